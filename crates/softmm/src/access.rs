@@ -1,0 +1,244 @@
+//! Accessors: how a thread reads and writes guest memory fast.
+//!
+//! An [`Accessor`] belongs to one thread and caches translations (virtual
+//! page -> frame, writable or not) in a direct-mapped software TLB. A hit
+//! takes no lock and no atomic read-modify-write: it publishes its slot as
+//! active, checks the address space's flush generation (see `tlb.rs`), and
+//! copies. A miss, a write through a read-only entry, or a stale generation
+//! takes the slow path: the page-table walk and, if needed, the fault.
+//!
+//! A cached entry is writable only when the PTE is writable *and* dirty, so
+//! the first write through a clean entry reaches the fault path and sets the
+//! dirty bit, as a CPU does.
+
+use crate::error::{Error, Result, SegvKind};
+use crate::mm::{Access, MmInner};
+use crate::phys::{FrameArena, PAGE_SIZE};
+use crate::tlb::Slot;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+const TLB_ENTRIES: usize = 256;
+const WRITABLE: usize = 1;
+
+#[derive(Clone, Copy, Default)]
+struct TlbEntry {
+    /// Virtual page number + 1 (0: invalid).
+    tag: u64,
+    /// Host address of the frame, with `WRITABLE` in bit 0.
+    ptr: usize,
+}
+
+/// A thread's handle for accessing one address space. Not `Sync`: create one
+/// per thread with [`crate::Mm::accessor`].
+pub struct Accessor {
+    mm: Arc<MmInner>,
+    slot: Arc<Slot>,
+    gen: u64,
+    tlb: Box<[TlbEntry; TLB_ENTRIES]>,
+    /// Hits and misses, for statistics.
+    misses: u64,
+}
+
+// The raw host pointers in the TLB are only dereferenced under the
+// shootdown protocol, which is per accessor, not per thread; moving an
+// accessor to another thread is fine.
+// SAFETY: see above; the accessor owns all its state.
+unsafe impl Send for Accessor {}
+
+impl Accessor {
+    pub(crate) fn new(mm: Arc<MmInner>) -> Accessor {
+        let slot = mm.tlb.register();
+        let gen = mm.tlb.generation();
+        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0 }
+    }
+
+    /// TLB misses so far.
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// Drop every cached translation.
+    pub fn flush(&mut self) {
+        self.tlb.fill(TlbEntry::default());
+    }
+
+    #[inline(always)]
+    fn entry(&self, va: u64) -> &TlbEntry {
+        &self.tlb[(va >> 12) as usize % TLB_ENTRIES]
+    }
+
+    /// Run `f(host_ptr_of_page)` for the page of `va` with the translation
+    /// held valid (slot active); fill the TLB first if needed.
+    #[inline(always)]
+    fn with_page<R>(&mut self, va: u64, write: bool, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
+        let tag = (va >> 12) + 1;
+        loop {
+            let e = *self.entry(va);
+            if e.tag == tag && (!write || e.ptr & WRITABLE != 0) {
+                self.slot.enter(self.gen);
+                if self.mm.tlb.generation_relaxed() == self.gen {
+                    let r = f((e.ptr & !WRITABLE) as *mut u8);
+                    self.slot.exit();
+                    return Ok(r);
+                }
+                self.slot.exit();
+            }
+            self.fill(va, write)?;
+        }
+    }
+
+    /// The slow path: revalidate the generation, walk or fault, cache.
+    #[cold]
+    fn fill(&mut self, va: u64, write: bool) -> Result<()> {
+        self.misses += 1;
+        let g = self.mm.tlb.generation();
+        if g != self.gen {
+            self.flush();
+            self.gen = g;
+        }
+        let access = if write { Access::Write } else { Access::Read };
+        let pte = {
+            let st = self.mm.state.read();
+            if st.exited() {
+                return Err(Error::Segv { addr: va, kind: SegvKind::MapErr });
+            }
+            crate::mm::fault_in_for(&self.mm, &st, va, access, &self.slot)?
+        };
+        let ptr = self.mm.arena().frame_ptr(pte.frame()) as usize;
+        let writable = if pte.is_writable() && pte.is_dirty() { WRITABLE } else { 0 };
+        self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry { tag: (va >> 12) + 1, ptr: ptr | writable };
+        Ok(())
+    }
+
+    fn arena(&self) -> &FrameArena {
+        self.mm.arena()
+    }
+
+    /// Copy `out.len()` bytes from guest address `addr`.
+    pub fn read(&mut self, addr: u64, out: &mut [u8]) -> Result<()> {
+        self.chunks(addr, out.len(), false, |p, lo, hi| {
+            // SAFETY: `p` points at `hi - lo` bytes inside one frame of the
+            // arena (chunks never cross a page), valid while the slot is
+            // active; `out[lo..hi]` is a distinct host buffer.
+            unsafe { std::ptr::copy_nonoverlapping(p, out[lo..hi].as_mut_ptr(), hi - lo) }
+        })
+    }
+
+    /// Copy `data` to guest address `addr` (breaking COW as needed).
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<()> {
+        self.chunks(addr, data.len(), true, |p, lo, hi| {
+            // SAFETY: as in `read`, with the roles swapped; the entry is writable.
+            unsafe { std::ptr::copy_nonoverlapping(data[lo..hi].as_ptr(), p, hi - lo) }
+        })
+    }
+
+    /// Store `len` copies of `byte` at `addr`.
+    pub fn fill_bytes(&mut self, addr: u64, len: usize, byte: u8) -> Result<()> {
+        self.chunks(addr, len, true, |p, lo, hi| {
+            // SAFETY: `p` points at `hi - lo` writable bytes of one frame.
+            unsafe { std::ptr::write_bytes(p, byte, hi - lo) }
+        })
+    }
+
+    /// Split `[addr, addr+len)` at page boundaries; `f(ptr, lo, hi)` gets the
+    /// host pointer of each piece and its offsets in the caller's buffer.
+    fn chunks(&mut self, addr: u64, len: usize, write: bool, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<()> {
+        let end = addr.checked_add(len as u64).ok_or(Error::Segv { addr, kind: SegvKind::MapErr })?;
+        let mut va = addr;
+        while va < end {
+            let hi = (((va >> 12) + 1) << 12).min(end);
+            let lo = (va - addr) as usize;
+            let n = (hi - va) as usize;
+            let off = (va & 0xfff) as usize;
+            // SAFETY: `off + n <= PAGE_SIZE`, so the pointer stays in the frame.
+            self.with_page(va, write, |p| f(unsafe { p.add(off) }, lo, lo + n))?;
+            va = hi;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn word<T, R>(&mut self, addr: u64, write: bool, f: impl FnOnce(&T) -> R) -> Result<R> {
+        let size = std::mem::size_of::<T>() as u64;
+        if addr % size != 0 {
+            return Err(Error::Misaligned { what: "atomic access address", value: addr });
+        }
+        let off = (addr & (PAGE_SIZE as u64 - 1)) as usize;
+        self.with_page(addr, write, |p| {
+            // SAFETY: `off` is a multiple of the word size and the word lies in
+            // one frame (aligned words never cross a page); frames are
+            // page-aligned, so the pointer is aligned for `T` (an std atomic
+            // of that size). Guest memory is only accessed via atomics or raw
+            // copies, and stays mapped while the slot is active.
+            f(unsafe { &*(p.add(off) as *const T) })
+        })
+    }
+
+    /// Atomic 64-bit load (aligned).
+    #[inline]
+    pub fn load_u64(&mut self, addr: u64) -> Result<u64> {
+        self.word(addr, false, |w: &AtomicU64| w.load(Ordering::Acquire))
+    }
+
+    /// Atomic 64-bit store (aligned).
+    #[inline]
+    pub fn store_u64(&mut self, addr: u64, v: u64) -> Result<()> {
+        self.word(addr, true, |w: &AtomicU64| w.store(v, Ordering::Release))
+    }
+
+    /// Atomic 64-bit compare-exchange; `Ok(Ok(old))` on success,
+    /// `Ok(Err(actual))` when the value differed.
+    #[inline]
+    pub fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>> {
+        self.word(addr, true, |w: &AtomicU64| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
+    }
+
+    /// Atomic 64-bit fetch-add; returns the previous value.
+    #[inline]
+    pub fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64> {
+        self.word(addr, true, |w: &AtomicU64| w.fetch_add(v, Ordering::AcqRel))
+    }
+
+    /// Atomic 32-bit load (aligned).
+    #[inline]
+    pub fn load_u32(&mut self, addr: u64) -> Result<u32> {
+        self.word(addr, false, |w: &AtomicU32| w.load(Ordering::Acquire))
+    }
+
+    /// Atomic 32-bit store (aligned).
+    #[inline]
+    pub fn store_u32(&mut self, addr: u64, v: u32) -> Result<()> {
+        self.word(addr, true, |w: &AtomicU32| w.store(v, Ordering::Release))
+    }
+
+    /// Atomic 32-bit compare-exchange.
+    #[inline]
+    pub fn cmpxchg_u32(&mut self, addr: u64, old: u32, new: u32) -> Result<std::result::Result<u32, u32>> {
+        self.word(addr, true, |w: &AtomicU32| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
+    }
+
+    /// Atomic 32-bit fetch-add; returns the previous value.
+    #[inline]
+    pub fn fetch_add_u32(&mut self, addr: u64, v: u32) -> Result<u32> {
+        self.word(addr, true, |w: &AtomicU32| w.fetch_add(v, Ordering::AcqRel))
+    }
+
+    /// The arena, for callers inside the crate.
+    #[allow(dead_code)]
+    pub(crate) fn arena_ref(&self) -> &FrameArena {
+        self.arena()
+    }
+}
+
+impl Drop for Accessor {
+    fn drop(&mut self) {
+        self.mm.tlb.unregister(&self.slot);
+    }
+}
+
+impl std::fmt::Debug for Accessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Accessor(mm {}, {} misses)", self.mm.id, self.misses)
+    }
+}

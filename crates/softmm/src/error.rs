@@ -1,0 +1,117 @@
+//! The one error type of softmm, with its mapping to Linux errno values.
+//!
+//! Every public operation returns [`Result`]. Variants say what was wrong in
+//! terms a caller can act on; [`Error::errno`] gives the value Linux returns for
+//! the same mistake, so hosts that emulate system calls can pass it through.
+
+use std::fmt;
+
+/// Why an access faulted, as `si_code` of a SIGSEGV would say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SegvKind {
+    /// No mapping covers the address (`SEGV_MAPERR`).
+    MapErr,
+    /// A mapping covers it but its protection forbids the access (`SEGV_ACCERR`).
+    AccErr,
+}
+
+impl fmt::Display for SegvKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SegvKind::MapErr => "maperr",
+            SegvKind::AccErr => "accerr",
+        })
+    }
+}
+
+/// Errors of softmm operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An address that must be page-aligned is not (`EINVAL`).
+    #[error("{what} {value:#x} is not page-aligned")]
+    Misaligned { what: &'static str, value: u64 },
+    /// A length of zero where the operation needs at least one byte (`EINVAL`).
+    #[error("length is zero")]
+    ZeroLength,
+    /// A range wraps around or leaves the user address space (`EINVAL` or
+    /// `ENOMEM`, as Linux answers for the operation; see `errno`).
+    #[error("range {addr:#x}+{len:#x} is outside the user address space")]
+    OutOfRange { addr: u64, len: u64, errno: i32 },
+    /// An argument that is not one of the accepted values (`EINVAL`).
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// A fixed mapping below the lowest address Linux lets a process map (`EPERM`).
+    #[error("address {addr:#x} is below mmap_min_addr {min:#x}")]
+    BelowMinAddr { addr: u64, min: u64 },
+    /// Part of the range is not mapped (`ENOMEM`, as mprotect and madvise say).
+    #[error("range {addr:#x}+{len:#x} is not fully mapped")]
+    NotMapped { addr: u64, len: u64 },
+    /// No physical frame or no address range is left (`ENOMEM`).
+    #[error("out of memory: {0}")]
+    NoMemory(&'static str),
+    /// An address the operation cannot touch (`EFAULT`).
+    #[error("bad address {addr:#x}")]
+    Fault { addr: u64 },
+    /// An access that a CPU would turn into SIGSEGV.
+    #[error("segmentation fault at {addr:#x} ({kind})")]
+    Segv { addr: u64, kind: SegvKind },
+    /// The address space has exited.
+    #[error("the address space has exited")]
+    Exited,
+    /// The host refused an operation softmm needed from it.
+    #[error("host error in {what}: errno {errno}")]
+    Host { what: &'static str, errno: i32 },
+}
+
+/// Linux errno values used by softmm.
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const EINTR: i32 = 4;
+    pub const EAGAIN: i32 = 11;
+    pub const ENOMEM: i32 = 12;
+    pub const EFAULT: i32 = 14;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSYS: i32 = 38;
+    pub const ETIMEDOUT: i32 = 110;
+
+    /// The symbolic name of an errno value, as traces print it.
+    pub fn name(e: i32) -> &'static str {
+        match e {
+            EPERM => "EPERM",
+            EINTR => "EINTR",
+            EAGAIN => "EAGAIN",
+            ENOMEM => "ENOMEM",
+            EFAULT => "EFAULT",
+            EINVAL => "EINVAL",
+            ENOSYS => "ENOSYS",
+            ETIMEDOUT => "ETIMEDOUT",
+            _ => "EUNKNOWN",
+        }
+    }
+}
+
+impl Error {
+    /// The errno Linux returns for the same condition. `Segv` has no errno in
+    /// Linux (it is a signal); it maps to `EFAULT`, what a system call touching
+    /// the same address would return.
+    pub fn errno(&self) -> i32 {
+        use errno::*;
+        match self {
+            Error::Misaligned { .. } | Error::ZeroLength | Error::Invalid(_) => EINVAL,
+            Error::OutOfRange { errno, .. } => *errno,
+            Error::BelowMinAddr { .. } => EPERM,
+            Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
+            Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
+            Error::Host { errno, .. } => *errno,
+        }
+    }
+
+    /// The errno's symbolic name (`"EINVAL"`).
+    pub fn errno_name(&self) -> &'static str {
+        errno::name(self.errno())
+    }
+}
+
+/// Result of softmm operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,123 @@
+//! The machine: one frame arena and every address space built on it.
+//!
+//! A [`Machine`] is what a host creates once. It owns the arena, hands out
+//! new address spaces ([`Mm`]), keeps a registry of them (for audits and
+//! global statistics) and the global event counters.
+//!
+//! Locks: `mms` and `shms` are leaf mutexes (registry only).
+
+use crate::error::Result;
+use crate::mm::{Mm, MmInner};
+use crate::phys::FrameArena;
+use crate::shm::ShmObject;
+use crate::stats::{Counters, MachineStats};
+use crate::sync::{AtomicU64, Ordering};
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
+
+/// Configuration of a [`Machine`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes of host address space reserved for frames. Only frames that are
+    /// touched cost host memory. Default: 8 GiB.
+    pub arena_bytes: u64,
+    /// Lowest address a fixed mapping may use (Linux's `mmap_min_addr`).
+    pub mmap_min_addr: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { arena_bytes: if cfg!(miri) { 512 * 4096 } else { 8 << 30 }, mmap_min_addr: 0x10000 }
+    }
+}
+
+pub(crate) struct MachineInner {
+    pub(crate) arena: Arc<FrameArena>,
+    pub(crate) config: Config,
+    pub(crate) counters: Counters,
+    next_id: AtomicU64,
+    mms: Mutex<Vec<Weak<MmInner>>>,
+    shms: Mutex<Vec<Weak<ShmObject>>>,
+}
+
+impl MachineInner {
+    /// A fresh identity for an address space, anon_vma or shared object.
+    pub(crate) fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register_mm(&self, mm: &Arc<MmInner>) {
+        let mut mms = self.mms.lock();
+        mms.retain(|w| w.strong_count() > 0);
+        mms.push(Arc::downgrade(mm));
+    }
+
+    pub(crate) fn new_shm(&self, npages: u64) -> Result<Arc<ShmObject>> {
+        let obj = ShmObject::new(self.new_id(), self.arena.clone(), npages)?;
+        let mut shms = self.shms.lock();
+        shms.retain(|w| w.strong_count() > 0);
+        shms.push(Arc::downgrade(&obj));
+        Ok(obj)
+    }
+
+    pub(crate) fn live_mms(&self) -> Vec<Arc<MmInner>> {
+        self.mms.lock().iter().filter_map(Weak::upgrade).collect()
+    }
+
+    pub(crate) fn live_shms(&self) -> Vec<Arc<ShmObject>> {
+        self.shms.lock().iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// A pool of physical frames and the address spaces over it.
+#[derive(Clone)]
+pub struct Machine {
+    pub(crate) inner: Arc<MachineInner>,
+}
+
+impl Machine {
+    /// Reserve the arena and set up an empty machine.
+    pub fn new(config: Config) -> Result<Machine> {
+        let arena = Arc::new(FrameArena::new(config.arena_bytes)?);
+        Ok(Machine {
+            inner: Arc::new(MachineInner {
+                arena,
+                config,
+                counters: Counters::default(),
+                next_id: AtomicU64::new(1),
+                mms: Mutex::new(Vec::new()),
+                shms: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// A new, empty address space.
+    pub fn new_mm(&self) -> Result<Mm> {
+        Mm::new(self.inner.clone())
+    }
+
+    /// A snapshot of the global counters.
+    pub fn stats(&self) -> MachineStats {
+        let mut s = MachineStats::from_counters(&self.inner.counters);
+        s.frames_in_use = self.inner.arena.in_use();
+        s.frames_capacity = self.inner.arena.capacity() as u64;
+        s.frames_touched = self.inner.arena.touched() as u64;
+        s
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Audit every frame of the machine; see [`Mm::check_invariants`].
+    pub fn check_invariants(&self) -> std::result::Result<(), crate::InvariantError> {
+        crate::mm::invariants::check_machine(&self.inner)
+    }
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine").field("config", &self.inner.config).finish()
+    }
+}

@@ -1,0 +1,142 @@
+//! Argument checks of the mapping calls, in the order Linux makes them, so
+//! the same mistake gets the same errno.
+
+use crate::error::{errno, Error, Result};
+use crate::pgtable::TASK_SIZE;
+
+const PAGE: u64 = 4096;
+
+/// Where `mmap` may place a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Exactly at the address, replacing existing mappings (`MAP_FIXED`).
+    Fixed,
+    /// Exactly at the address, failing with `EEXIST` over a mapping
+    /// (`MAP_FIXED_NOREPLACE`).
+    FixedNoReplace,
+    /// The address is a hint; 0 lets softmm choose (top-down, as Linux).
+    Hint,
+}
+
+/// Advice for `madvise`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Advice {
+    /// `MADV_DONTNEED`: drop the pages. Private memory reads back as zeros
+    /// afterwards; shared memory keeps its contents in the object.
+    DontNeed,
+}
+
+#[inline]
+pub(crate) fn page_aligned(x: u64) -> bool {
+    x % PAGE == 0
+}
+
+/// `PAGE_ALIGN(len)`, or `None` when it overflows.
+#[inline]
+pub(crate) fn page_align(len: u64) -> Option<u64> {
+    len.checked_add(PAGE - 1).map(|l| l & !(PAGE - 1))
+}
+
+/// do_mmap's checks. Returns the aligned length.
+pub(crate) fn mmap_len(len: u64) -> Result<u64> {
+    if len == 0 {
+        return Err(Error::ZeroLength);
+    }
+    let l = page_align(len).ok_or(Error::OutOfRange { addr: 0, len, errno: errno::ENOMEM })?;
+    if l > TASK_SIZE {
+        return Err(Error::OutOfRange { addr: 0, len, errno: errno::ENOMEM });
+    }
+    Ok(l)
+}
+
+/// get_unmapped_area's checks of a fixed address.
+pub(crate) fn mmap_fixed(addr: u64, len: u64, min_addr: u64) -> Result<()> {
+    if addr > TASK_SIZE - len {
+        return Err(Error::OutOfRange { addr, len, errno: errno::ENOMEM });
+    }
+    if !page_aligned(addr) {
+        return Err(Error::Misaligned { what: "mapping address", value: addr });
+    }
+    if addr < min_addr {
+        return Err(Error::BelowMinAddr { addr, min: min_addr });
+    }
+    Ok(())
+}
+
+/// munmap's checks. Returns the end of the range.
+pub(crate) fn munmap_range(addr: u64, len: u64) -> Result<u64> {
+    if !page_aligned(addr) {
+        return Err(Error::Misaligned { what: "munmap address", value: addr });
+    }
+    let inval = Error::OutOfRange { addr, len, errno: errno::EINVAL };
+    if addr > TASK_SIZE || len > TASK_SIZE - addr {
+        return Err(inval);
+    }
+    let l = page_align(len).ok_or(inval)?;
+    if l == 0 {
+        return Err(Error::ZeroLength);
+    }
+    Ok(addr + l)
+}
+
+/// mprotect's checks. `None` for a zero length (success with no effect).
+pub(crate) fn mprotect_range(addr: u64, len: u64) -> Result<Option<u64>> {
+    if !page_aligned(addr) {
+        return Err(Error::Misaligned { what: "mprotect address", value: addr });
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    let nomem = Error::OutOfRange { addr, len, errno: errno::ENOMEM };
+    let l = page_align(len).ok_or(nomem.clone())?;
+    let end = addr.checked_add(l).filter(|&e| e > addr).ok_or(nomem)?;
+    Ok(Some(end))
+}
+
+/// madvise's checks. `None` for a zero length (success with no effect).
+pub(crate) fn madvise_range(addr: u64, len: u64) -> Result<Option<u64>> {
+    if !page_aligned(addr) {
+        return Err(Error::Misaligned { what: "madvise address", value: addr });
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    let inval = Error::OutOfRange { addr, len, errno: errno::EINVAL };
+    let l = page_align(len).ok_or(inval.clone())?;
+    let end = addr.checked_add(l).ok_or(inval)?;
+    Ok(Some(end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn munmap_errors() {
+        assert_eq!(munmap_range(0x1001, 4096).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(munmap_range(0x1000, 0).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(munmap_range(0x1000, u64::MAX).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(munmap_range(0x1000, 1).unwrap(), 0x2000);
+    }
+
+    #[test]
+    fn mmap_errors() {
+        assert_eq!(mmap_len(0).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(mmap_len(u64::MAX).unwrap_err().errno(), errno::ENOMEM);
+        assert_eq!(mmap_len(1).unwrap(), 4096);
+        assert_eq!(mmap_fixed(0x0100_1000, 4096, 0x10000), Ok(()));
+        assert_eq!(mmap_fixed(0x10001, 4096, 0x10000).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(mmap_fixed(0x1000, 4096, 0x10000).unwrap_err().errno(), errno::EPERM);
+        assert_eq!(mmap_fixed(TASK_SIZE, 4096, 0x10000).unwrap_err().errno(), errno::ENOMEM);
+    }
+
+    #[test]
+    fn mprotect_and_madvise_errors() {
+        assert_eq!(mprotect_range(0x1000, 0), Ok(None));
+        assert_eq!(mprotect_range(0x1001, 0).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(mprotect_range(0x1000, u64::MAX - 0x100).unwrap_err().errno(), errno::ENOMEM);
+        assert_eq!(madvise_range(0x1000, 0), Ok(None));
+        assert_eq!(madvise_range(0x1000, u64::MAX - 0x100).unwrap_err().errno(), errno::EINVAL);
+    }
+}

@@ -1,0 +1,218 @@
+//! Page faults: demand-zero, the zero frame, copy-on-write, shared page-in.
+//!
+//! `fault_in` is the one entry point. It runs under the `mmap_lock` held for
+//! reading, takes the split page-table lock of the PTE table involved, and
+//! returns the entry now in force, which grants the access asked for.
+//!
+//! - Read of untouched private memory maps the shared zero frame read-only
+//!   (no frame allocated, counts in no RSS), as Linux does.
+//! - Write of untouched private memory allocates a zeroed frame.
+//! - Write to a present read-only private page is `do_wp_page`: a frame with
+//!   refcount 1 is exclusive and reused in place; otherwise (or for the zero
+//!   frame) the page is copied to a new frame.
+//! - Shared memory maps the object's page, allocating it on first touch.
+//! - A write to a present writable page that is not yet dirty sets the dirty
+//!   bit, as the CPU does on its first write through a clean entry.
+
+use super::gather::Gather;
+use super::{MmInner, MmState};
+use crate::error::{Error, Result, SegvKind};
+use crate::pgtable::{PteTableGuard, PTE_TABLE_SPAN};
+use crate::phys::{flags, FrameId, ZERO_FRAME};
+use crate::pte::Pte;
+use crate::stats::Counters;
+use crate::sync::Ordering;
+use crate::tlb::Slot;
+use crate::vma::{reusable_anon_of, Backing, Vma};
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+}
+
+fn segv(mm: &MmInner, addr: u64, kind: SegvKind) -> Error {
+    Counters::bump(&mm.machine.counters.segv);
+    Error::Segv { addr, kind }
+}
+
+/// Make `va` accessible for `access` and return its entry. `except` is the
+/// calling accessor's TLB slot, if any (see `Gather::finish`).
+pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Option<&Slot>) -> Result<Pte> {
+    let Some(vma) = st.vmas.find(va) else {
+        return Err(segv(mm, va, SegvKind::MapErr));
+    };
+    let allowed = match access {
+        Access::Read => vma.prot.readable(),
+        Access::Write => vma.prot.writable(),
+    };
+    if !allowed {
+        return Err(segv(mm, va, SegvKind::AccErr));
+    }
+    let pt = st.pt.as_ref().ok_or(Error::Exited)?;
+    let arena = mm.arena();
+    let va = va & !0xfff;
+    // Fast path: already mapped with what the access needs (no lock taken).
+    let cur = pt.follow_pte(arena, va);
+    if grants(cur, access) {
+        return Ok(cur);
+    }
+    let (table, added) = pt.pte_table_alloc(arena, va)?;
+    if added > 0 {
+        mm.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
+    }
+    let mut gather = Gather::default();
+    let result = {
+        let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
+        handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather)
+    };
+    gather.finish(mm, except);
+    result
+}
+
+/// Whether `pte` already lets `access` through without any update.
+#[inline]
+fn grants(pte: Pte, access: Access) -> bool {
+    let base = pte.is_present() && pte.is_user() && pte.is_accessed();
+    match access {
+        Access::Read => base,
+        Access::Write => base && pte.is_writable() && pte.is_dirty(),
+    }
+}
+
+fn handle_pte_fault(
+    mm: &MmInner,
+    st: &MmState,
+    vma: &Vma,
+    g: &mut PteTableGuard<'_>,
+    va: u64,
+    access: Access,
+    gather: &mut Gather,
+) -> Result<Pte> {
+    let pte = g.get(va);
+    let c = &mm.machine.counters;
+    if !pte.is_present() {
+        return match (&vma.backing, access) {
+            (Backing::Anon(_), Access::Read) => {
+                let new = Pte::new(ZERO_FRAME, Pte::USER | Pte::ACCESSED | Pte::SOFT_ZERO);
+                g.set(va, new);
+                Counters::bump(&c.fault_zero_page);
+                Ok(new)
+            }
+            (Backing::Anon(_), Access::Write) => {
+                let f = new_anon_frame(mm, st, vma, va, None)?;
+                Counters::bump(&c.fault_anon);
+                Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
+            }
+            (Backing::Shm(obj), _) => {
+                let f = obj.get_page(vma.pgoff_of(va))?;
+                let m = mm.arena().meta(f);
+                m.mapcount.fetch_add(1, Ordering::AcqRel);
+                let mut bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
+                if access == Access::Write {
+                    bits |= Pte::DIRTY;
+                    m.set_flags(flags::DIRTY);
+                }
+                Counters::bump(&c.fault_shared);
+                Ok(install(g, va, f, bits))
+            }
+        };
+    }
+    // Present: bring permission bits up to what the VMA allows.
+    let mut new = pte.with(Pte::ACCESSED);
+    if vma.prot.readable() {
+        new = new.with(Pte::USER);
+    }
+    if access == Access::Write && !pte.is_writable() {
+        if let Backing::Anon(_) = vma.backing {
+            return do_wp_page(mm, st, vma, g, va, pte, gather);
+        }
+        new = new.with(Pte::WRITE);
+    }
+    if access == Access::Write {
+        new = new.with(Pte::DIRTY);
+        if !pte.is_zero_frame() {
+            mm.arena().meta(pte.frame()).set_flags(flags::DIRTY);
+        }
+    }
+    if new != pte {
+        g.set(va, new);
+        Counters::bump(&c.fault_minor);
+    }
+    Ok(new)
+}
+
+/// Write to a present, write-protected private page.
+fn do_wp_page(
+    mm: &MmInner,
+    st: &MmState,
+    vma: &Vma,
+    g: &mut PteTableGuard<'_>,
+    va: u64,
+    pte: Pte,
+    gather: &mut Gather,
+) -> Result<Pte> {
+    let c = &mm.machine.counters;
+    let arena = mm.arena();
+    if pte.is_zero_frame() {
+        // Other threads may hold the zero frame in their TLBs for this page.
+        let f = new_anon_frame(mm, st, vma, va, None)?;
+        gather.need_flush();
+        Counters::bump(&c.fault_anon);
+        return Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY));
+    }
+    let old = pte.frame();
+    if arena.meta(old).refcount() == 1 {
+        // Exclusive: nobody else can see this frame, reuse it in place.
+        let new = pte.with(Pte::WRITE | Pte::DIRTY | Pte::ACCESSED | Pte::USER);
+        arena.meta(old).set_flags(flags::DIRTY);
+        g.set(va, new);
+        Counters::bump(&c.fault_cow_reuse);
+        return Ok(new);
+    }
+    let f = new_anon_frame(mm, st, vma, va, Some(old))?;
+    arena.meta(old).mapcount.fetch_sub(1, Ordering::AcqRel);
+    gather.defer_put(old);
+    Counters::bump(&c.fault_cow_copy);
+    Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
+}
+
+/// Install a freshly referenced frame `f` at `va` (mapcount already counted
+/// for shared pages; counted here for new anonymous ones).
+fn install(g: &mut PteTableGuard<'_>, va: u64, f: FrameId, bits: u64) -> Pte {
+    let new = Pte::new(f, bits | Pte::USER | Pte::ACCESSED);
+    g.set(va, new);
+    new
+}
+
+/// A new private anonymous frame for `va`: zeroed, or a copy of `copy_of`.
+/// It comes mapped once (refcount 1, mapcount 1) and linked to the VMA's
+/// anon_vma (prepared on first use).
+fn new_anon_frame(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, copy_of: Option<FrameId>) -> Result<FrameId> {
+    let arena = mm.arena();
+    let anon = anon_vma_prepare(mm, st, vma);
+    let f = arena.alloc(copy_of.is_none(), flags::ANON | flags::DIRTY)?;
+    if let Some(src) = copy_of {
+        arena.copy_frame(f, src);
+    }
+    let m = arena.meta(f);
+    m.owner.store(anon, Ordering::Relaxed);
+    m.index.store(vma.pgoff_of(va), Ordering::Relaxed);
+    m.mapcount.store(1, Ordering::Release);
+    Ok(f)
+}
+
+/// Give `vma` an anon_vma if it has none: a neighbour's when Linux would
+/// reuse it (`find_mergeable_anon_vma`), else a new one.
+fn anon_vma_prepare(mm: &MmInner, st: &MmState, vma: &Vma) -> u64 {
+    let Backing::Anon(link) = &vma.backing else { return 0 };
+    let (id, _) = link.get();
+    if id != 0 {
+        return id;
+    }
+    let (prev, _) = st.vmas.neighbours(vma.start);
+    let next = st.vmas.neighbours(vma.end).1.filter(|n| n.start == vma.end);
+    let reuse = next.and_then(|n| reusable_anon_of(vma, n)).or_else(|| prev.and_then(|p| reusable_anon_of(vma, p)));
+    link.prepare(reuse.unwrap_or_else(|| mm.machine.new_id()), 1)
+}

@@ -1,0 +1,55 @@
+//! Deferred frame release after a TLB shootdown (Linux's `mmu_gather`).
+//!
+//! An operation that removes or replaces PTEs records the frames it unmapped
+//! here instead of dropping their references at once: another thread's
+//! accessor may still be reading one through its software TLB. `finish` first
+//! shoots down every stale translation, then drops the references.
+
+use super::MmInner;
+use crate::phys::FrameId;
+use crate::stats::Counters;
+use crate::tlb::Slot;
+
+#[derive(Default)]
+pub(crate) struct Gather {
+    /// The common case (one COW copy) allocates nothing.
+    first: Option<FrameId>,
+    rest: Vec<FrameId>,
+    /// A translation may have become stale (even with no frame to free).
+    flush: bool,
+}
+
+impl Gather {
+    /// Record that cached translations must be flushed.
+    #[inline]
+    pub(crate) fn need_flush(&mut self) {
+        self.flush = true;
+    }
+
+    /// Drop a reference on `f` once stale translations are gone.
+    #[inline]
+    pub(crate) fn defer_put(&mut self, f: FrameId) {
+        self.flush = true;
+        if self.first.is_none() {
+            self.first = Some(f);
+        } else {
+            self.rest.push(f);
+        }
+    }
+
+    /// Shoot down stale translations, then release the frames. `except` is
+    /// the calling accessor's slot, if the operation runs on behalf of one.
+    pub(crate) fn finish(self, mm: &MmInner, except: Option<&Slot>) {
+        if !self.flush {
+            return;
+        }
+        if mm.tlb.accessors() > 0 {
+            Counters::bump(&mm.machine.counters.tlb_flushes);
+        }
+        mm.tlb.flush(except);
+        let arena = mm.arena();
+        for f in self.first.into_iter().chain(self.rest) {
+            arena.put(f);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `check_invariants`: an audit that recounts what the counters claim.
+//!
+//! It walks every live address space's VMAs and page tables and every shared
+//! object's page index, computes what each frame's refcount and mapcount must
+//! be, and compares with the stored values; it also checks that every frame
+//! is either referenced or on a free list (no leak, no double free), that
+//! page-table pages are marked and counted, that PTEs lie inside VMAs of the
+//! right kind, and that a writable private page is never shared.
+
+use super::MmInner;
+use crate::machine::MachineInner;
+use crate::phys::{flags, FrameId, ZERO_FRAME};
+use crate::pte::Pte;
+use crate::vma::Backing;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+/// The first broken invariant an audit found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvariantError {
+    /// What is wrong, with the frame, address space and address involved.
+    pub message: String,
+}
+
+impl fmt::Display for InvariantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invariant broken: {}", self.message)
+    }
+}
+
+impl std::error::Error for InvariantError {}
+
+macro_rules! fail {
+    ($($t:tt)*) => { return Err(InvariantError { message: format!($($t)*) }) };
+}
+
+#[derive(Default)]
+struct Expected {
+    refs: HashMap<FrameId, u32>,
+    maps: HashMap<FrameId, u32>,
+    tables: u64,
+}
+
+pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
+    let mut mms = m.live_mms();
+    mms.sort_by_key(|mm| mm.id);
+    // Quiesce: hold every mmap_lock for writing, in id order.
+    let guards: Vec<_> = mms.iter().map(|mm| mm.state.write()).collect();
+    let mut exp = Expected::default();
+    for (mm, st) in mms.iter().zip(&guards) {
+        check_mm(m, mm, st, &mut exp)?;
+    }
+    for obj in m.live_shms() {
+        for (pgoff, f) in obj.resident() {
+            let meta = m.arena.meta(f);
+            if !meta.has(flags::SHM) {
+                fail!("frame {} at page {pgoff} of shared object {} is not marked SHM", f.0, obj.id());
+            }
+            *exp.refs.entry(f).or_default() += 1;
+        }
+    }
+    check_frames(m, &exp)
+}
+
+fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expected) -> Result<(), InvariantError> {
+    let arena = &m.arena;
+    let mut prev_end = 0;
+    for v in st.vmas.iter() {
+        if v.start % 4096 != 0 || v.end % 4096 != 0 || v.start >= v.end || v.start < prev_end {
+            fail!("mm {}: VMA {:#x}-{:#x} misaligned, empty or overlapping", mm.id, v.start, v.end);
+        }
+        prev_end = v.end;
+    }
+    let Some(pt) = st.pt.as_ref() else {
+        if st.vmas.len() != 0 {
+            fail!("mm {} exited but still has {} VMAs", mm.id, st.vmas.len());
+        }
+        return Ok(());
+    };
+    let mut err = None;
+    let mut ptes: Vec<(u64, Pte)> = Vec::new();
+    pt.for_each_table(arena, |t, level| {
+        exp.tables += 1;
+        *exp.refs.entry(t).or_default() += 1;
+        if !arena.meta(t).has(flags::PAGETABLE) && err.is_none() {
+            err = Some(format!("mm {}: table frame {} (level {level}) not marked PAGETABLE", mm.id, t.0));
+        }
+    });
+    if let Some(e) = err {
+        fail!("{e}");
+    }
+    collect_ptes(arena, pt.root(), 3, 0, &mut ptes);
+    for (va, pte) in ptes {
+        let Some(v) = st.vmas.find(va) else {
+            fail!("mm {}: PTE at {va:#x} ({pte:?}) outside every VMA", mm.id);
+        };
+        if pte.is_zero_frame() {
+            if pte.frame() != ZERO_FRAME || pte.is_writable() {
+                fail!("mm {}: zero-frame PTE at {va:#x} is {pte:?}", mm.id);
+            }
+            if !matches!(v.backing, Backing::Anon(_)) {
+                fail!("mm {}: zero frame mapped in a shared VMA at {va:#x}", mm.id);
+            }
+            continue;
+        }
+        let f = pte.frame();
+        let meta = arena.meta(f);
+        if !meta.has(flags::ALLOCATED) {
+            fail!("mm {}: PTE at {va:#x} maps free frame {}", mm.id, f.0);
+        }
+        match &v.backing {
+            Backing::Anon(_) => {
+                if !meta.has(flags::ANON) {
+                    fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
+                }
+                if pte.is_writable() && meta.refcount() != 1 {
+                    fail!(
+                        "mm {}: writable private PTE at {va:#x} maps frame {} with refcount {} (COW broken)",
+                        mm.id,
+                        f.0,
+                        meta.refcount()
+                    );
+                }
+            }
+            Backing::Shm(obj) => {
+                let pgoff = v.pgoff_of(va);
+                let want = obj.resident().into_iter().find(|(p, _)| *p == pgoff).map(|(_, f)| f);
+                if want != Some(f) {
+                    fail!("mm {}: shared PTE at {va:#x} maps frame {} but the object has {want:?}", mm.id, f.0);
+                }
+            }
+        }
+        if pte.is_writable() && !v.prot.writable() {
+            fail!("mm {}: writable PTE at {va:#x} in a VMA without write permission", mm.id);
+        }
+        *exp.refs.entry(f).or_default() += 1;
+        *exp.maps.entry(f).or_default() += 1;
+    }
+    Ok(())
+}
+
+fn collect_ptes(arena: &crate::phys::FrameArena, t: FrameId, level: u32, base: u64, out: &mut Vec<(u64, Pte)>) {
+    let span = crate::pgtable::entry_span(level);
+    for i in 0..crate::pgtable::PTRS_PER_TABLE {
+        let e = Pte::from_raw(crate::pgtable::slot(arena, t, i).load(Ordering::Acquire));
+        if !e.is_present() {
+            continue;
+        }
+        let va = base + i as u64 * span;
+        if level == 0 {
+            out.push((va, e));
+        } else {
+            collect_ptes(arena, e.frame(), level - 1, va, out);
+        }
+    }
+}
+
+fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> {
+    let arena = &m.arena;
+    let free: std::collections::HashSet<FrameId> = arena.free_frames().into_iter().collect();
+    let mut in_use = 0u64;
+    for i in 1..arena.touched() {
+        let f = FrameId(i);
+        let meta = arena.meta(f);
+        let want_ref = exp.refs.get(&f).copied().unwrap_or(0);
+        let want_map = exp.maps.get(&f).copied().unwrap_or(0);
+        let on_free = free.contains(&f);
+        if want_ref == 0 {
+            if !on_free {
+                fail!(
+                    "frame {} leaked: refcount {}, flags {:#x}, referenced by nothing",
+                    i,
+                    meta.refcount(),
+                    meta.flags()
+                );
+            }
+            if meta.refcount() != 0 || meta.flags() != 0 {
+                fail!("free frame {} has refcount {} flags {:#x}", i, meta.refcount(), meta.flags());
+            }
+            continue;
+        }
+        in_use += 1;
+        if on_free {
+            fail!("frame {} is on a free list but referenced {} times", i, want_ref);
+        }
+        if meta.refcount() != want_ref {
+            fail!("frame {}: refcount {} but {} references found", i, meta.refcount(), want_ref);
+        }
+        if !meta.has(flags::PAGETABLE) && meta.mapcount() != want_map {
+            fail!("frame {}: mapcount {} but {} mappings found", i, meta.mapcount(), want_map);
+        }
+    }
+    if arena.in_use() != in_use {
+        fail!("allocator counts {} frames in use, audit found {}", arena.in_use(), in_use);
+    }
+    let counted = m.counters.page_tables.load(Ordering::Relaxed);
+    if counted != exp.tables {
+        fail!("page-table counter says {counted}, audit found {} table pages", exp.tables);
+    }
+    Ok(())
+}

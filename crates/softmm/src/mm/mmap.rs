@@ -1,0 +1,228 @@
+//! mmap, munmap, mprotect and madvise: VMA changes and the page-table work
+//! they imply (`zap_pte_range`, `change_protection`, `free_pgtables`).
+
+use super::args::{self, Advice, Placement};
+use super::gather::Gather;
+use super::{MmInner, MmState};
+use crate::error::{Error, Result};
+use crate::pgtable::{PageTable, PTE_TABLE_SPAN, TASK_SIZE};
+use crate::phys::FrameArena;
+use crate::pte::Pte;
+use crate::sync::Ordering;
+use crate::vma::{AnonLink, Backing, MapKind, Prot, Vma};
+
+pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKind, place: Placement) -> Result<u64> {
+    let len = args::mmap_len(len)?;
+    let min = mm.machine.config.mmap_min_addr;
+    let mut st = mm.state.write();
+    if st.pt.is_none() {
+        return Err(Error::Exited);
+    }
+    let start = match place {
+        Placement::Fixed => {
+            args::mmap_fixed(addr, len, min)?;
+            addr
+        }
+        Placement::FixedNoReplace => {
+            args::mmap_fixed(addr, len, min)?;
+            if st.vmas.overlapping(addr, addr + len).next().is_some() {
+                return Err(Error::Host { what: "MAP_FIXED_NOREPLACE over an existing mapping", errno: 17 });
+            }
+            addr
+        }
+        Placement::Hint => {
+            let hint = args::page_align(addr).unwrap_or(0).max(min);
+            let free = hint.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
+                && st.vmas.overlapping(hint, hint + len).next().is_none();
+            if addr != 0 && free {
+                hint
+            } else {
+                st.vmas.find_free(len, min, TASK_SIZE).ok_or(Error::NoMemory("no free address range"))?
+            }
+        }
+    };
+    let end = start + len;
+    let backing = match kind {
+        MapKind::Private => Backing::Anon(AnonLink::new(0, 0)),
+        MapKind::Shared => Backing::Shm(mm.machine.new_shm(len >> 12)?),
+    };
+    // MAP_FIXED over existing mappings unmaps them first.
+    unmap_locked(mm, &mut st, start, end);
+    let pgoff = match kind {
+        MapKind::Private => start >> 12,
+        MapKind::Shared => 0,
+    };
+    let account = kind == MapKind::Private && prot.writable();
+    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing });
+    st.vmas.try_merge_at(end);
+    st.vmas.try_merge_at(start);
+    Ok(start)
+}
+
+pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {
+    let end = args::munmap_range(addr, len)?;
+    let mut st = mm.state.write();
+    unmap_locked(mm, &mut st, addr, end);
+    Ok(())
+}
+
+/// Remove VMAs in `[start, end)`, zap their pages and free page tables that
+/// no longer cover any VMA. Requires the write lock.
+fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) {
+    if st.vmas.overlapping(start, end).next().is_none() {
+        return;
+    }
+    let removed = st.vmas.remove_range(start, end);
+    let Some(pt) = st.pt.as_ref() else { return };
+    let arena = mm.arena();
+    let mut gather = Gather::default();
+    for v in &removed {
+        zap_range(arena, pt, v.start, v.end, &mut gather);
+    }
+    let floor = st.vmas.floor(start);
+    let ceiling = st.vmas.ceiling(end, 1 << 48);
+    let freed = pt.free_tables(arena, start, end, floor, ceiling);
+    mm.machine.counters.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
+    gather.finish(mm, None);
+    // Shared objects of removed VMAs go when their last VMA does.
+    drop(removed);
+}
+
+/// `zap_pte_range` over `[start, end)`: clear every entry, drop mappings,
+/// and defer the frame references to `gather`.
+pub(crate) fn zap_range(arena: &FrameArena, pt: &PageTable, start: u64, end: u64, gather: &mut Gather) {
+    pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
+        let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1));
+        let mut va = lo;
+        while va < hi {
+            let pte = g.get(va);
+            if pte.is_present() {
+                g.set(va, Pte::NONE);
+                if pte.is_zero_frame() {
+                    gather.need_flush();
+                } else {
+                    arena.meta(pte.frame()).mapcount.fetch_sub(1, Ordering::AcqRel);
+                    gather.defer_put(pte.frame());
+                }
+            }
+            va += 4096;
+        }
+    });
+}
+
+pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Result<()> {
+    let Some(end) = args::mprotect_range(addr, len)? else { return Ok(()) };
+    let mut st = mm.state.write();
+    let nomem = Error::NotMapped { addr, len };
+    // A hole at the very start fails before anything changes.
+    match st.vmas.find(addr) {
+        Some(_) => {}
+        None => return Err(nomem),
+    }
+    let mut gather = Gather::default();
+    let mut tmp = addr;
+    let mut result = Ok(());
+    while tmp < end {
+        let Some(v) = st.vmas.find(tmp) else {
+            result = Err(nomem.clone());
+            break;
+        };
+        let hi = v.end.min(end);
+        let new_account = v.account || (v.kind() == MapKind::Private && prot.writable());
+        if v.prot != prot || v.account != new_account {
+            st.vmas.split_at(tmp);
+            st.vmas.split_at(hi);
+            if let Some(piece) = st.vmas.get_mut(tmp) {
+                piece.prot = prot;
+                piece.account = new_account;
+            }
+            let shared = v_kind_at(&st, tmp) == Some(MapKind::Shared);
+            if let Some(pt) = st.pt.as_ref() {
+                change_protection(mm.arena(), pt, tmp, hi, prot, shared, &mut gather);
+            }
+        }
+        tmp = hi;
+        if hi < end && st.vmas.find(hi).is_none_or(|n| n.start != hi) {
+            result = Err(nomem.clone());
+            break;
+        }
+    }
+    // Merge the changed pieces with each other and their neighbours.
+    let mut b = addr;
+    let stop = tmp.min(end);
+    loop {
+        st.vmas.try_merge_at(b);
+        match st.vmas.find(b).map(|v| v.end) {
+            Some(e) if e < stop => b = e,
+            _ => break,
+        }
+    }
+    st.vmas.try_merge_at(stop);
+    gather.finish(mm, None);
+    result
+}
+
+fn v_kind_at(st: &MmState, va: u64) -> Option<MapKind> {
+    st.vmas.find(va).map(|v| v.kind())
+}
+
+/// Rewrite the permission bits of present entries in `[start, end)`.
+/// Private pages never become writable here (COW decides at the next write
+/// fault); shared pages become writable when the protection allows it.
+fn change_protection(
+    arena: &FrameArena,
+    pt: &PageTable,
+    start: u64,
+    end: u64,
+    prot: Prot,
+    shared: bool,
+    gather: &mut Gather,
+) {
+    pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
+        let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1));
+        let mut va = lo;
+        while va < hi {
+            let pte = g.get(va);
+            if pte.is_present() {
+                let mut new = if prot.readable() { pte.with(Pte::USER) } else { pte.without(Pte::USER) };
+                if !prot.writable() {
+                    new = new.without(Pte::WRITE);
+                } else if shared {
+                    new = new.with(Pte::WRITE);
+                }
+                if new != pte {
+                    g.set(va, new);
+                    if (pte.is_writable() && !new.is_writable()) || (pte.is_user() && !new.is_user()) {
+                        gather.need_flush();
+                    }
+                }
+            }
+            va += 4096;
+        }
+    });
+}
+
+pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> Result<()> {
+    let Some(end) = args::madvise_range(addr, len)? else { return Ok(()) };
+    match advice {
+        Advice::DontNeed => {}
+    }
+    let st = mm.state.read();
+    let Some(pt) = st.pt.as_ref() else { return Err(Error::Exited) };
+    let mut gather = Gather::default();
+    let mut covered = addr;
+    let mut hole = false;
+    for v in st.vmas.overlapping(addr, end) {
+        if v.start > covered {
+            hole = true;
+        }
+        zap_range(mm.arena(), pt, v.start.max(addr), v.end.min(end), &mut gather);
+        covered = v.end;
+    }
+    drop(st);
+    gather.finish(mm, None);
+    if hole || covered < end {
+        return Err(Error::NotMapped { addr, len });
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Address spaces: [`Mm`] and the operations Linux gives a process
+//! (mmap, munmap, mprotect, madvise, fork, exit, faults).
+//!
+//! # Lock order (outer to inner)
+//!
+//! 1. `MmInner::state` — the `mmap_lock` (Linux's `mmap_sem`), a reader-writer
+//!    lock guarding the VMA tree and the page-table root. Faults, madvise and
+//!    remote accesses take it for reading; mmap, munmap, mprotect, fork and
+//!    exit for writing. Page-table pages are freed only under the write lock,
+//!    so lock-free walks under either mode never see a freed table. Fork holds
+//!    the parent's write lock, then takes the (new) child's: parent before child.
+//! 2. The split page-table lock (`FrameMeta::ptl` of a PTE-table page) — guards
+//!    the 512 entries of that table. Fork holds the parent table's lock, then the
+//!    child table's. Upper levels need no lock: they only grow by CAS while
+//!    the `mmap_lock` is held for reading, and shrink under the write lock.
+//! 3. anon_vma lock (reverse-map issue), vcache bucket, futex bucket (later issues).
+//! 4. Leaf locks: a shared object's page index (`ShmObject::pages`), the
+//!    frame allocator's mutexes, the registry mutexes of `Machine`, and the
+//!    TLB shootdown slot list (`Shootdown::slots`).
+//! 5. Frame metadata bits are atomics, taken under any of the above.
+//!
+//! Nothing takes an outer lock while holding an inner one. A TLB shootdown
+//! (`Shootdown::flush`) may wait for other accessors' in-flight accesses while
+//! holding 1 (and never 2): accessors hold no lock while active, so that wait
+//! always ends.
+//!
+//! # Who references a frame
+//! A private anonymous or shared frame's `refcount` is its number of PTE
+//! mappings, plus one for a shared object's page index, plus transient
+//! references of remote accesses. `mapcount` is its number of PTE mappings.
+//! The zero frame is mapped without references. A page-table page has one
+//! reference, from its parent entry (or from its `Mm`, for the root).
+//! `Mm::check_invariants` recounts all of this.
+
+mod args;
+mod fault;
+mod fork;
+mod gather;
+pub(crate) mod invariants;
+mod mmap;
+
+pub use args::{Advice, Placement};
+pub(crate) use fault::Access;
+
+/// The fault path on behalf of an accessor (whose TLB slot need not be waited for).
+pub(crate) fn fault_in_for(
+    mm: &MmInner,
+    st: &MmState,
+    va: u64,
+    access: Access,
+    slot: &crate::tlb::Slot,
+) -> Result<crate::pte::Pte> {
+    fault::fault_in(mm, st, va, access, Some(slot))
+}
+
+use crate::access::Accessor;
+use crate::error::{Error, Result};
+use crate::machine::{Machine, MachineInner};
+use crate::pgtable::PageTable;
+use crate::phys::{FrameArena, FrameId, PAGE_SIZE};
+use crate::stats::{Smaps, SmapsAcc};
+use crate::tlb::Shootdown;
+use crate::vma::{MapKind, Prot, VmaTree};
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+/// What the `mmap_lock` guards.
+pub(crate) struct MmState {
+    pub(crate) vmas: VmaTree,
+    /// `None` once the address space has exited.
+    pub(crate) pt: Option<PageTable>,
+}
+
+pub(crate) struct MmInner {
+    pub(crate) id: u64,
+    pub(crate) machine: Arc<MachineInner>,
+    pub(crate) state: RwLock<MmState>,
+    pub(crate) tlb: Shootdown,
+}
+
+impl MmInner {
+    #[inline]
+    pub(crate) fn arena(&self) -> &FrameArena {
+        &self.machine.arena
+    }
+}
+
+/// An address space.
+///
+/// Dropping an `Mm` (or calling [`Mm::exit`]) tears it down: every frame and
+/// page-table page it alone referenced goes back to the arena. Accessors
+/// created from it keep working after that, but see an empty address space.
+pub struct Mm {
+    pub(crate) inner: Arc<MmInner>,
+}
+
+impl Mm {
+    pub(crate) fn new(machine: Arc<MachineInner>) -> Result<Mm> {
+        let pt = PageTable::new(&machine.arena)?;
+        crate::stats::Counters::bump(&machine.counters.page_tables);
+        let inner = Arc::new(MmInner {
+            id: machine.new_id(),
+            machine,
+            state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
+            tlb: Shootdown::default(),
+        });
+        inner.machine.register_mm(&inner);
+        Ok(Mm { inner })
+    }
+
+    /// A stable identity of this address space.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The machine this address space lives on.
+    pub fn machine(&self) -> Machine {
+        Machine { inner: self.inner.machine.clone() }
+    }
+
+    /// A per-thread handle for fast access through a software TLB.
+    pub fn accessor(&self) -> Accessor {
+        Accessor::new(self.inner.clone())
+    }
+
+    /// Map `len` bytes of anonymous memory (rounded up to pages).
+    ///
+    /// With [`Placement::Fixed`] the mapping lands exactly at `addr`, replacing
+    /// what was there (`MAP_FIXED`); [`Placement::FixedNoReplace`] fails with
+    /// `EEXIST` instead; [`Placement::Hint`] treats `addr` as a hint (0: any).
+    /// Returns the start address.
+    pub fn mmap(&self, addr: u64, len: u64, prot: Prot, kind: MapKind, place: Placement) -> Result<u64> {
+        mmap::do_mmap(&self.inner, addr, len, prot, kind, place)
+    }
+
+    /// Unmap `[addr, addr + len)`; unmapped parts of the range are fine.
+    pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
+        mmap::do_munmap(&self.inner, addr, len)
+    }
+
+    /// Change the protection of `[addr, addr + len)`. Fails with `ENOMEM` at
+    /// the first hole, having changed the VMAs before it, as Linux does.
+    pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<()> {
+        mmap::do_mprotect(&self.inner, addr, len, prot)
+    }
+
+    /// Give advice about `[addr, addr + len)`; see [`Advice`].
+    pub fn madvise(&self, addr: u64, len: u64, advice: Advice) -> Result<()> {
+        mmap::do_madvise(&self.inner, addr, len, advice)
+    }
+
+    /// A copy-on-write child of this address space.
+    pub fn fork(&self) -> Result<Mm> {
+        self.fork_with(ForkPolicy::default())
+    }
+
+    /// Fork with an explicit page-table strategy.
+    pub fn fork_with(&self, policy: ForkPolicy) -> Result<Mm> {
+        fork::do_fork(&self.inner, policy)
+    }
+
+    /// Tear the address space down now (what dropping it does too).
+    pub fn exit(self) {
+        drop(self)
+    }
+
+    /// Read guest memory at `addr`, faulting pages in as a CPU access would.
+    pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<()> {
+        self.remote(addr, out.len(), Access::Read, |arena, f, off, lo, hi| arena.read(f, off, &mut out[lo..hi]))
+    }
+
+    /// Write guest memory at `addr`, faulting (and breaking COW) as a CPU would.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.remote(addr, data.len(), Access::Write, |arena, f, off, lo, hi| arena.write(f, off, &data[lo..hi]))
+    }
+
+    /// Store `len` copies of `byte` at `addr`.
+    pub fn fill(&self, addr: u64, len: usize, byte: u8) -> Result<()> {
+        self.remote(addr, len, Access::Write, |arena, f, off, lo, hi| arena.fill(f, off, hi - lo, byte))
+    }
+
+    /// The access path without a TLB (Linux's `access_process_vm`): fault each
+    /// page in, take a reference on its frame so it cannot be freed while we
+    /// copy, copy, drop the reference. Stops at the first faulting page, as a
+    /// CPU does; bytes before it have been transferred.
+    fn remote(
+        &self,
+        addr: u64,
+        len: usize,
+        access: Access,
+        mut copy: impl FnMut(&FrameArena, FrameId, usize, usize, usize),
+    ) -> Result<()> {
+        let end = addr.checked_add(len as u64).ok_or(Error::Segv { addr, kind: crate::SegvKind::MapErr })?;
+        let arena = self.inner.arena();
+        let mut va = addr;
+        while va < end {
+            let page_end = ((va >> 12) + 1) << 12;
+            let hi = page_end.min(end);
+            let frame = self.grab_page(va, access)?;
+            let lo = (va - addr) as usize;
+            copy(arena, frame, (va & 0xfff) as usize, lo, lo + (hi - va) as usize);
+            arena.put(frame);
+            va = hi;
+        }
+        Ok(())
+    }
+
+    /// Fault `va` in and take a reference on its frame, so a concurrent COW
+    /// or unmap in another thread cannot free it while we copy: get the
+    /// reference unless the frame is already free, then check that the entry
+    /// still maps that frame (it may have been freed and reused in between).
+    fn grab_page(&self, va: u64, access: Access) -> Result<FrameId> {
+        let arena = self.inner.arena();
+        let st = self.inner.state.read();
+        let pt = st.pt.as_ref().ok_or(Error::Exited)?;
+        loop {
+            let pte = fault::fault_in(&self.inner, &st, va, access, None)?;
+            let f = pte.frame();
+            if arena.try_get(f) {
+                let now = pt.follow_pte(arena, va & !(PAGE_SIZE as u64 - 1));
+                if now.is_present() && now.frame() == f && (access == Access::Read || now.is_writable()) {
+                    return Ok(f);
+                }
+                arena.put(f);
+            }
+        }
+    }
+
+    /// Which frame backs `addr`, without faulting anything in (`none` in the
+    /// trace format when nothing is mapped there). The zero frame counts.
+    pub fn phys(&self, addr: u64) -> Option<FrameId> {
+        let st = self.inner.state.read();
+        let pte = st.pt.as_ref()?.follow_pte(self.inner.arena(), addr & !(PAGE_SIZE as u64 - 1));
+        pte.is_present().then(|| pte.frame())
+    }
+
+    /// smaps counters of the VMA containing `addr`.
+    pub fn smaps(&self, addr: u64) -> Option<Smaps> {
+        let st = self.inner.state.read();
+        let vma = st.vmas.find(addr)?;
+        Some(vma_smaps(&self.inner, &st, vma.start, vma.end))
+    }
+
+    /// smaps counters of every VMA, in address order.
+    pub fn smaps_all(&self) -> Vec<Smaps> {
+        let st = self.inner.state.read();
+        st.vmas.iter().map(|v| vma_smaps(&self.inner, &st, v.start, v.end)).collect()
+    }
+
+    /// The mappings, as (start, end, prot, kind), in address order.
+    pub fn mappings(&self) -> Vec<(u64, u64, Prot, MapKind)> {
+        let st = self.inner.state.read();
+        st.vmas.iter().map(|v| (v.start, v.end, v.prot, v.kind())).collect()
+    }
+
+    /// Audit the whole machine this address space lives on: recount every
+    /// frame's references and mappings from all page tables and shared
+    /// objects, and compare them with the stored counts; check page-table
+    /// pages, free lists and VMA trees. Returns the first mismatch found.
+    /// Meant for tests and debugging: it takes every address space's
+    /// `mmap_lock` for writing, so run it while nothing else is in flight.
+    pub fn check_invariants(&self) -> std::result::Result<(), crate::InvariantError> {
+        invariants::check_machine(&self.inner.machine)
+    }
+}
+
+impl Drop for Mm {
+    fn drop(&mut self) {
+        fork::do_exit(&self.inner);
+    }
+}
+
+impl std::fmt::Debug for Mm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mm({})", self.inner.id)
+    }
+}
+
+/// How fork treats page tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForkPolicy {
+    /// Copy every PTE of private memory into new tables, write-protecting
+    /// both sides (what Linux does).
+    #[default]
+    CopyTables,
+}
+
+fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
+    let mut acc = SmapsAcc::default();
+    let arena = mm.arena();
+    if let Some(pt) = &st.pt {
+        pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
+            let g = pt.lock(arena, table, lo & !(crate::pgtable::PTE_TABLE_SPAN - 1));
+            let mut va = lo;
+            while va < hi {
+                let pte = g.get(va);
+                if pte.is_present() && !pte.is_zero_frame() {
+                    let m = arena.meta(pte.frame());
+                    let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
+                    acc.page(m.refcount(), m.mapcount(), m.has(crate::phys::flags::ANON), dirty);
+                }
+                va += PAGE_SIZE as u64;
+            }
+        });
+    }
+    acc.finish(start, end)
+}

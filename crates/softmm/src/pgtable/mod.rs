@@ -1,0 +1,280 @@
+//! Four-level radix page tables over arena frames.
+//!
+//! Levels are numbered as the span of one entry: level 0 entries map 4 KiB
+//! pages (PTE tables), level 1 entries map 2 MiB (PMD), level 2 map 1 GiB
+//! (PUD), level 3 map 512 GiB (PGD). 48-bit addresses, 512 entries a table.
+//!
+//! Concurrency (see also `mm/mod.rs`):
+//! - Walks ([`PageTable::follow_pte`], [`PageTable::pte_table`]) are lock-free
+//!   loads. They run under the `mmap_lock` (read or write), which is what keeps
+//!   tables from being freed under them: tables are only freed with the
+//!   `mmap_lock` held for writing.
+//! - A missing upper-level table is installed by compare-and-swap, so
+//!   concurrent faults (under the read lock) need no lock to grow the tree.
+//! - PTE entries change only through a [`PteTableGuard`], which holds the split
+//!   page-table lock of that one PTE-table page.
+
+mod cursor;
+
+pub use cursor::PteTableGuard;
+
+use crate::error::Result;
+use crate::phys::{flags, FrameArena, FrameId, PAGE_SHIFT};
+use crate::pte::Pte;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Entries per table.
+pub const PTRS_PER_TABLE: usize = 512;
+/// Number of levels.
+pub const LEVELS: u32 = 4;
+/// One past the highest user address (x86-64, 4-level paging, minus the guard page).
+pub const TASK_SIZE: u64 = (1 << 47) - 4096;
+
+/// Bytes mapped by one entry of a table at `level`.
+#[inline]
+pub const fn entry_span(level: u32) -> u64 {
+    1 << (PAGE_SHIFT + 9 * level)
+}
+
+/// Index of `va` in a table at `level`.
+#[inline]
+pub const fn index(va: u64, level: u32) -> usize {
+    ((va >> (PAGE_SHIFT + 9 * level)) & (PTRS_PER_TABLE as u64 - 1)) as usize
+}
+
+/// Bytes covered by one PTE table (2 MiB).
+pub const PTE_TABLE_SPAN: u64 = entry_span(1);
+
+/// The entry `idx` of table frame `table`.
+#[inline]
+pub(crate) fn slot(arena: &FrameArena, table: FrameId, idx: usize) -> &AtomicU64 {
+    arena.word64(table, idx * 8)
+}
+
+/// The page tables of one address space.
+pub(crate) struct PageTable {
+    root: FrameId,
+}
+
+impl PageTable {
+    /// A new, empty tree (one root table).
+    pub(crate) fn new(arena: &FrameArena) -> Result<PageTable> {
+        Ok(PageTable { root: arena.alloc(true, flags::PAGETABLE)? })
+    }
+
+    pub(crate) fn root(&self) -> FrameId {
+        self.root
+    }
+
+    /// The PTE mapping `va`, without faulting anything in (`follow_page`
+    /// without the page). `Pte::NONE` when any level is missing.
+    pub(crate) fn follow_pte(&self, arena: &FrameArena, va: u64) -> Pte {
+        match self.pte_table(arena, va) {
+            Some(t) => Pte::from_raw(slot(arena, t, index(va, 0)).load(Ordering::Acquire)),
+            None => Pte::NONE,
+        }
+    }
+
+    /// The PTE table covering `va`, if it exists. Lock-free.
+    pub(crate) fn pte_table(&self, arena: &FrameArena, va: u64) -> Option<FrameId> {
+        let mut table = self.root;
+        for level in (1..LEVELS).rev() {
+            let e = Pte::from_raw(slot(arena, table, index(va, level)).load(Ordering::Acquire));
+            if !e.is_present() {
+                return None;
+            }
+            table = e.frame();
+        }
+        Some(table)
+    }
+
+    /// The PTE table covering `va`, allocating missing levels. Returns the
+    /// table and how many table pages this call added.
+    pub(crate) fn pte_table_alloc(&self, arena: &FrameArena, va: u64) -> Result<(FrameId, u32)> {
+        let mut table = self.root;
+        let mut added = 0;
+        for level in (1..LEVELS).rev() {
+            let s = slot(arena, table, index(va, level));
+            let e = Pte::from_raw(s.load(Ordering::Acquire));
+            table = if e.is_present() {
+                e.frame()
+            } else {
+                let (t, new) = install_table(arena, s)?;
+                added += new as u32;
+                t
+            };
+        }
+        Ok((table, added))
+    }
+
+    /// Lock the PTE table `table` that covers the 2 MiB-aligned `base`.
+    pub(crate) fn lock<'a>(&self, arena: &'a FrameArena, table: FrameId, base: u64) -> PteTableGuard<'a> {
+        PteTableGuard::lock(arena, table, base)
+    }
+
+    /// Calls `f(table, lo, hi)` for every existing PTE table overlapping
+    /// `[start, end)`, with `lo..hi` the part of the range it covers.
+    pub(crate) fn for_each_pte_table(
+        &self,
+        arena: &FrameArena,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(FrameId, u64, u64),
+    ) {
+        let mut va = start;
+        while va < end {
+            let next = ((va / PTE_TABLE_SPAN) + 1) * PTE_TABLE_SPAN;
+            let hi = next.min(end);
+            if let Some(t) = self.pte_table(arena, va) {
+                f(t, va, hi);
+            }
+            va = hi;
+        }
+    }
+
+    /// Free every table whose whole span lies inside `[floor, ceiling)` and
+    /// overlaps `[start, end)`: Linux's `free_pgtables` for the hole left by an
+    /// unmap, where `floor`/`ceiling` are the ends of the neighbouring VMAs.
+    /// Entries of freed PTE tables must already be zapped. Requires the
+    /// `mmap_lock` held for writing. Returns the number of tables freed.
+    pub(crate) fn free_tables(&self, arena: &FrameArena, start: u64, end: u64, floor: u64, ceiling: u64) -> u32 {
+        free_range(arena, self.root, LEVELS - 1, 0, start, end, floor, ceiling)
+    }
+
+    /// Free the whole tree, root included. Every PTE must already be zapped.
+    /// Returns the number of table pages freed.
+    pub(crate) fn destroy(self, arena: &FrameArena) -> u32 {
+        let n = free_range(arena, self.root, LEVELS - 1, 0, 0, 1 << 48, 0, 1 << 48);
+        arena.put(self.root);
+        n + 1
+    }
+
+    /// Visit every table page of the tree: `f(frame, level)` (for audits).
+    pub(crate) fn for_each_table(&self, arena: &FrameArena, mut f: impl FnMut(FrameId, u32)) {
+        fn rec(arena: &FrameArena, t: FrameId, level: u32, f: &mut impl FnMut(FrameId, u32)) {
+            f(t, level);
+            if level == 0 {
+                return;
+            }
+            for i in 0..PTRS_PER_TABLE {
+                let e = Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire));
+                if e.is_present() {
+                    rec(arena, e.frame(), level - 1, f);
+                }
+            }
+        }
+        rec(arena, self.root, LEVELS - 1, &mut f);
+    }
+}
+
+/// Install a fresh table in the empty slot `s`, or use the one a racing
+/// fault installed first. Returns the table and whether this call added it.
+fn install_table(arena: &FrameArena, s: &AtomicU64) -> Result<(FrameId, bool)> {
+    let new = arena.alloc(true, flags::PAGETABLE)?;
+    match s.compare_exchange(0, Pte::table(new).raw(), Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Ok((new, true)),
+        Err(cur) => {
+            arena.put(new);
+            Ok((Pte::from_raw(cur).frame(), false))
+        }
+    }
+}
+
+/// Recursive worker of `free_tables`: `table` at `level` maps from `base`.
+#[allow(clippy::too_many_arguments)]
+fn free_range(
+    arena: &FrameArena,
+    table: FrameId,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    floor: u64,
+    ceiling: u64,
+) -> u32 {
+    let span = entry_span(level);
+    let mut freed = 0;
+    let first = if start > base { ((start - base) / span) as usize } else { 0 };
+    for i in first..PTRS_PER_TABLE {
+        let lo = base + i as u64 * span;
+        if lo >= end {
+            break;
+        }
+        let s = slot(arena, table, i);
+        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        if !e.is_present() || level == 0 {
+            continue;
+        }
+        let child = e.frame();
+        freed += free_range(arena, child, level - 1, lo, start, end, floor, ceiling);
+        if lo >= floor && lo + span <= ceiling {
+            debug_assert!(table_is_empty(arena, child), "freeing a non-empty page table");
+            s.store(0, Ordering::Release);
+            arena.put(child);
+            freed += 1;
+        }
+    }
+    freed
+}
+
+fn table_is_empty(arena: &FrameArena, t: FrameId) -> bool {
+    (0..PTRS_PER_TABLE).all(|i| slot(arena, t, i).load(Ordering::Acquire) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phys::PAGE_SIZE;
+
+    fn arena() -> FrameArena {
+        FrameArena::new(256 * PAGE_SIZE as u64).unwrap()
+    }
+
+    #[test]
+    fn walk_alloc_then_follow() {
+        let a = arena();
+        let pt = PageTable::new(&a).unwrap();
+        let va = 0x7f12_3456_7000;
+        assert!(pt.follow_pte(&a, va).is_none());
+        let (t, added) = pt.pte_table_alloc(&a, va).unwrap();
+        assert_eq!(added, 3);
+        let (t2, added2) = pt.pte_table_alloc(&a, va + 4096).unwrap();
+        assert_eq!((t2, added2), (t, 0));
+        let f = a.alloc(true, 0).unwrap();
+        {
+            let mut g = pt.lock(&a, t, va & !(PTE_TABLE_SPAN - 1));
+            g.set(va, Pte::new(f, Pte::USER));
+        }
+        assert_eq!(pt.follow_pte(&a, va).frame(), f);
+        assert!(pt.follow_pte(&a, va + 4096).is_none());
+    }
+
+    #[test]
+    fn free_tables_respects_floor_and_ceiling() {
+        let a = arena();
+        let pt = PageTable::new(&a).unwrap();
+        let x = 0x4000_0000u64; // 1 GiB
+        pt.pte_table_alloc(&a, x).unwrap();
+        pt.pte_table_alloc(&a, x + PTE_TABLE_SPAN).unwrap();
+        let before = a.in_use();
+        // A neighbour still maps the first 2 MiB: only the second table goes.
+        let n = pt.free_tables(&a, x + PTE_TABLE_SPAN, x + 2 * PTE_TABLE_SPAN, x + PTE_TABLE_SPAN, TASK_SIZE);
+        assert_eq!(n, 1);
+        assert!(pt.pte_table(&a, x).is_some());
+        assert!(pt.pte_table(&a, x + PTE_TABLE_SPAN).is_none());
+        assert_eq!(a.in_use(), before - 1);
+        // No neighbours: everything but the root goes.
+        let n = pt.free_tables(&a, x, x + 4096, 0, TASK_SIZE);
+        assert_eq!(n, 3);
+        assert_eq!(pt.destroy(&a), 1);
+        assert_eq!(a.in_use(), 0);
+    }
+
+    #[test]
+    fn index_and_span() {
+        assert_eq!(entry_span(0), 4096);
+        assert_eq!(entry_span(1), 2 << 20);
+        assert_eq!(index(0x20_1000, 0), 1);
+        assert_eq!(index(0x20_1000, 1), 1);
+    }
+}

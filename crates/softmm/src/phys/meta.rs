@@ -1,0 +1,98 @@
+//! Per-frame metadata, one cache line per frame, in a parallel array.
+//!
+//! An all-zero `FrameMeta` is a valid free frame, so the array can live in a
+//! lazily zero-filled host mapping: only frames ever used cost memory.
+
+use lock_api::RawMutex as _;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Frame flag bits (in `FrameMeta::flags`).
+pub mod flags {
+    /// The frame is handed out by the allocator.
+    pub const ALLOCATED: u32 = 1 << 0;
+    /// Private anonymous memory.
+    pub const ANON: u32 = 1 << 1;
+    /// Page of a shared memory object.
+    pub const SHM: u32 = 1 << 2;
+    /// Page-table page.
+    pub const PAGETABLE: u32 = 1 << 3;
+    /// Contents differ from what backing store has (always true for anon pages
+    /// once written; used for smaps `*_dirty`).
+    pub const DIRTY: u32 = 1 << 4;
+    /// The shared zero frame.
+    pub const ZERO: u32 = 1 << 5;
+}
+
+/// Metadata of one frame.
+///
+/// `refcount` counts every reference that keeps the frame alive: each PTE
+/// mapping it, a shared object's page index, a page-table parent entry (for
+/// page-table pages), and transient references taken by remote accesses.
+/// `mapcount` counts PTE mappings only (what smaps divides PSS by).
+#[repr(C, align(64))]
+pub struct FrameMeta {
+    pub(crate) refcount: AtomicU32,
+    pub(crate) mapcount: AtomicU32,
+    pub(crate) flags: AtomicU32,
+    /// Pins held by secondary users (a later issue); counted in `refcount` too.
+    pub(crate) pins: AtomicU32,
+    /// Split page-table lock, used when the frame is a PTE table.
+    pub(crate) ptl: parking_lot::RawMutex,
+    /// Owner of the frame for reverse mapping (anon_vma or shared object id).
+    pub(crate) owner: AtomicU64,
+    /// Page offset of the frame within its owner.
+    pub(crate) index: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<FrameMeta>() <= 64);
+
+impl FrameMeta {
+    #[inline]
+    pub fn refcount(&self) -> u32 {
+        self.refcount.load(Ordering::Acquire)
+    }
+    #[inline]
+    pub fn mapcount(&self) -> u32 {
+        self.mapcount.load(Ordering::Acquire)
+    }
+    #[inline]
+    pub fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Acquire)
+    }
+    #[inline]
+    pub fn has(&self, f: u32) -> bool {
+        self.flags() & f != 0
+    }
+    #[inline]
+    pub(crate) fn set_flags(&self, f: u32) {
+        self.flags.fetch_or(f, Ordering::AcqRel);
+    }
+    /// Take the split page-table lock of this (page-table) frame.
+    #[inline]
+    pub(crate) fn lock_ptl(&self) {
+        self.ptl.lock();
+    }
+
+    /// Release the split page-table lock.
+    ///
+    /// # Safety
+    /// The caller must hold the lock, taken by `lock_ptl` on this frame.
+    #[inline]
+    pub(crate) unsafe fn unlock_ptl(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.ptl.unlock() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The metadata array relies on all-zero bytes being a valid, unlocked
+    /// `RawMutex`; check that `parking_lot` still encodes it so.
+    #[test]
+    fn raw_mutex_init_is_all_zero() {
+        let m = <parking_lot::RawMutex as lock_api::RawMutex>::INIT;
+        // SAFETY: RawMutex is a plain one-byte atomic state; reading its bytes is fine.
+        let bytes: [u8; std::mem::size_of::<parking_lot::RawMutex>()] = unsafe { std::mem::transmute(m) };
+        assert!(bytes.iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,309 @@
+//! Physical memory: the frame arena.
+//!
+//! One host region holds every frame (4 KiB each); a parallel region holds
+//! one [`FrameMeta`] per frame. Page-table pages are frames too, so "the
+//! refcount of a page-table page" is the refcount of its frame.
+//!
+//! Frame 0 is the shared zero frame: always allocated, never written, never
+//! refcounted by mappings (as Linux's zero page is not a "normal" page).
+//!
+//! Guest memory is shared memory: several threads may read and write the same
+//! bytes at once, as threads of a process do. The arena therefore never hands
+//! out Rust references to frame bytes; it copies with raw byte copies and
+//! exposes words as std atomics. A racing guest sees torn or stale bytes,
+//! exactly as on hardware, and never undefined behaviour in the host.
+//!
+//! Locks: the allocator's cache and pool mutexes are leaves; `FrameMeta::ptl`
+//! (the split page-table lock) is described in `mm/mod.rs`.
+
+mod alloc;
+mod host;
+mod meta;
+
+pub use meta::{flags, FrameMeta};
+
+use crate::error::{Error, Result};
+use crate::sync::Ordering;
+use host::HostRegion;
+use std::sync::atomic::AtomicU64 as StdAtomicU64;
+
+/// Bytes in a page and in a frame.
+pub const PAGE_SIZE: usize = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+/// The number of a physical frame in the arena.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct FrameId(pub u32);
+
+/// The shared zero frame.
+pub const ZERO_FRAME: FrameId = FrameId(0);
+
+/// A pool of physical frames with their metadata.
+pub struct FrameArena {
+    data: HostRegion,
+    meta: HostRegion,
+    nframes: u32,
+    alloc: alloc::FrameAllocator,
+}
+
+impl FrameArena {
+    /// Reserve an arena of `bytes` (rounded down to whole frames; at least 2).
+    pub fn new(bytes: u64) -> Result<FrameArena> {
+        let nframes = bytes / PAGE_SIZE as u64;
+        if nframes < 2 {
+            return Err(Error::Invalid("arena must hold at least two frames"));
+        }
+        if nframes > u32::MAX as u64 {
+            return Err(Error::Invalid("arena larger than 2^32 frames (16 TiB)"));
+        }
+        let nframes = nframes as u32;
+        let data = HostRegion::reserve(nframes as usize * PAGE_SIZE, true)?;
+        let meta_len = (nframes as usize * std::mem::size_of::<FrameMeta>()).next_multiple_of(PAGE_SIZE);
+        let meta = HostRegion::reserve(meta_len, false)?;
+        let arena = FrameArena { data, meta, nframes, alloc: alloc::FrameAllocator::new(1, nframes) };
+        arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
+        arena.meta(ZERO_FRAME).refcount.store(1, Ordering::Release);
+        Ok(arena)
+    }
+
+    /// Frames in the arena, the zero frame included.
+    pub fn capacity(&self) -> u32 {
+        self.nframes
+    }
+
+    /// Frames currently allocated (the zero frame excluded).
+    pub fn in_use(&self) -> u64 {
+        self.alloc.in_use()
+    }
+
+    /// Frames that have ever been handed out (they cost host memory).
+    pub fn touched(&self) -> u32 {
+        self.alloc.touched()
+    }
+
+    #[inline]
+    fn check(&self, f: FrameId) -> usize {
+        // An out-of-range frame id can only come from a corrupted entry; fail
+        // loudly rather than touch memory outside the arena.
+        assert!(f.0 < self.nframes, "frame {} outside the arena of {} frames", f.0, self.nframes);
+        f.0 as usize
+    }
+
+    /// The metadata of frame `f`.
+    #[inline]
+    pub fn meta(&self, f: FrameId) -> &FrameMeta {
+        let i = self.check(f);
+        // SAFETY: `i < nframes` and the meta region holds `nframes` entries of
+        // `FrameMeta`, suitably aligned (the region is page-aligned and the
+        // entry size divides 4096). All-zero bytes are a valid `FrameMeta`
+        // (atomics and parking_lot's RawMutex, checked by a unit test), and
+        // the region is zero-filled by the host. It lives as long as `self`.
+        unsafe { &*(self.meta.as_ptr() as *const FrameMeta).add(i) }
+    }
+
+    /// Base address of frame `f` in host memory.
+    #[inline]
+    pub(crate) fn frame_ptr(&self, f: FrameId) -> *mut u8 {
+        let i = self.check(f);
+        // SAFETY: `i < nframes`, so the offset stays inside the data region.
+        unsafe { self.data.as_ptr().add(i * PAGE_SIZE) }
+    }
+
+    /// Allocate one frame, zero-filled when `zero` is set. The frame comes
+    /// back with refcount 1 and the given flags.
+    pub(crate) fn alloc(&self, zero: bool, fl: u32) -> Result<FrameId> {
+        let got = self.alloc.alloc().ok_or(Error::NoMemory("no free frame in the arena"))?;
+        if zero && !got.known_zero {
+            self.zero_frame(got.frame);
+        }
+        let m = self.meta(got.frame);
+        m.mapcount.store(0, Ordering::Relaxed);
+        m.owner.store(0, Ordering::Relaxed);
+        m.index.store(0, Ordering::Relaxed);
+        m.flags.store(flags::ALLOCATED | fl, Ordering::Relaxed);
+        m.refcount.store(1, Ordering::Release);
+        Ok(got.frame)
+    }
+
+    /// Take a reference on a frame that is already alive.
+    #[inline]
+    pub(crate) fn get(&self, f: FrameId) {
+        self.meta(f).refcount.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Take a reference unless the frame is already free (Linux's
+    /// `get_page_unless_zero`). The caller must recheck that the frame is
+    /// still the one it looked up: a freed frame can be reallocated.
+    #[inline]
+    pub(crate) fn try_get(&self, f: FrameId) -> bool {
+        let rc = &self.meta(f).refcount;
+        let mut cur = rc.load(Ordering::Acquire);
+        while cur != 0 {
+            match rc.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+
+    /// Drop a reference; frees the frame when it was the last. Returns whether
+    /// the frame was freed. The zero frame is never freed.
+    #[inline]
+    pub(crate) fn put(&self, f: FrameId) -> bool {
+        let m = self.meta(f);
+        let old = m.refcount.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(old > 0, "refcount underflow on frame {}", f.0);
+        if old == 1 && f != ZERO_FRAME {
+            m.flags.store(0, Ordering::Release);
+            self.alloc.free(f);
+            return true;
+        }
+        false
+    }
+
+    /// Every frame on a free list (for audits; not cheap).
+    pub(crate) fn free_frames(&self) -> Vec<FrameId> {
+        self.alloc.free_frames()
+    }
+
+    // ---- frame contents -------------------------------------------------
+
+    #[inline]
+    fn span(&self, f: FrameId, off: usize, len: usize) -> *mut u8 {
+        assert!(off <= PAGE_SIZE && len <= PAGE_SIZE - off, "access {off}+{len} beyond a frame");
+        // SAFETY: the frame is in the arena and `off + len <= PAGE_SIZE`.
+        unsafe { self.frame_ptr(f).add(off) }
+    }
+
+    /// Copy bytes out of a frame.
+    #[inline]
+    pub(crate) fn read(&self, f: FrameId, off: usize, out: &mut [u8]) {
+        let src = self.span(f, off, out.len());
+        // SAFETY: `src..src+len` lies in the arena (checked by `span`) and
+        // cannot overlap `out`, a Rust buffer outside the arena. Racing guest
+        // writes may tear the copy, which is the guest's shared-memory
+        // semantics; every byte value is a valid `u8`.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Copy bytes into a frame.
+    #[inline]
+    pub(crate) fn write(&self, f: FrameId, off: usize, data: &[u8]) {
+        let dst = self.span(f, off, data.len());
+        // SAFETY: as in `read`, with the roles swapped.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) }
+    }
+
+    /// Store `len` copies of `byte` into a frame.
+    #[inline]
+    pub(crate) fn fill(&self, f: FrameId, off: usize, len: usize, byte: u8) {
+        let dst = self.span(f, off, len);
+        // SAFETY: the span lies in the arena (checked by `span`).
+        unsafe { std::ptr::write_bytes(dst, byte, len) }
+    }
+
+    /// Zero a whole frame.
+    #[inline]
+    pub(crate) fn zero_frame(&self, f: FrameId) {
+        self.fill(f, 0, PAGE_SIZE, 0);
+    }
+
+    /// Copy a whole frame (the COW copy).
+    #[inline]
+    pub(crate) fn copy_frame(&self, dst: FrameId, src: FrameId) {
+        assert_ne!(dst, src, "copy of a frame onto itself");
+        let (d, s) = (self.frame_ptr(dst), self.frame_ptr(src));
+        // SAFETY: two distinct frames of the arena never overlap.
+        unsafe { std::ptr::copy_nonoverlapping(s, d, PAGE_SIZE) }
+    }
+
+    /// The aligned 64-bit word at `off` of frame `f`, as an atomic.
+    #[inline]
+    pub(crate) fn word64(&self, f: FrameId, off: usize) -> &StdAtomicU64 {
+        assert!(off % 8 == 0, "misaligned word offset {off}");
+        let p = self.span(f, off, 8);
+        // SAFETY: `p` is 8-byte aligned (frames are page-aligned, `off % 8 == 0`),
+        // lies in the arena, and lives as long as `&self`. Guest memory is only
+        // ever accessed through atomics or raw byte copies, never through Rust
+        // references to non-atomic data.
+        unsafe { &*(p as *const StdAtomicU64) }
+    }
+
+    /// Host bytes currently reserved for frames.
+    pub fn reserved_bytes(&self) -> usize {
+        self.data.len() + self.meta.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena() -> FrameArena {
+        FrameArena::new(64 * PAGE_SIZE as u64).unwrap()
+    }
+
+    #[test]
+    fn zero_frame_is_reserved() {
+        let a = arena();
+        assert!(a.meta(ZERO_FRAME).has(flags::ZERO));
+        let f = a.alloc(true, flags::ANON).unwrap();
+        assert_ne!(f, ZERO_FRAME);
+    }
+
+    #[test]
+    fn recycled_frames_come_back_zeroed() {
+        let a = arena();
+        let f = a.alloc(true, flags::ANON).unwrap();
+        a.fill(f, 0, PAGE_SIZE, 0xab);
+        assert!(a.put(f));
+        let g = a.alloc(true, flags::ANON).unwrap();
+        assert_eq!(f, g);
+        let mut buf = [1u8; PAGE_SIZE];
+        a.read(g, 0, &mut buf);
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn copy_read_write_words() {
+        let a = arena();
+        let f = a.alloc(true, 0).unwrap();
+        let g = a.alloc(false, 0).unwrap();
+        a.write(f, 100, b"hello");
+        a.copy_frame(g, f);
+        let mut buf = [0u8; 5];
+        a.read(g, 100, &mut buf);
+        assert_eq!(&buf, b"hello");
+        a.word64(g, 8).store(0x1122, std::sync::atomic::Ordering::Relaxed);
+        let mut w = [0u8; 8];
+        a.read(g, 8, &mut w);
+        assert_eq!(u64::from_ne_bytes(w), 0x1122);
+    }
+
+    #[test]
+    fn refcounting_frees_on_last_put() {
+        let a = arena();
+        let f = a.alloc(true, 0).unwrap();
+        a.get(f);
+        assert!(!a.put(f));
+        assert_eq!(a.in_use(), 1);
+        assert!(a.put(f));
+        assert_eq!(a.in_use(), 0);
+    }
+
+    #[test]
+    fn exhaustion_is_enomem() {
+        let a = FrameArena::new(4 * PAGE_SIZE as u64).unwrap();
+        for _ in 0..3 {
+            a.alloc(true, 0).unwrap();
+        }
+        assert_eq!(a.alloc(true, 0).unwrap_err().errno(), crate::error::errno::ENOMEM);
+    }
+
+    #[test]
+    fn too_small_arena_is_einval() {
+        assert!(FrameArena::new(4096).is_err());
+    }
+}

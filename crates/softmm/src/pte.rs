@@ -1,0 +1,133 @@
+//! Page-table entry encoding, x86-64-like.
+//!
+//! One `u64` per entry at every level. Bit 0 is present; for a present entry,
+//! bits 12..44 hold the frame number (a [`FrameId`]) of the page or of the
+//! next-level table. Software bits live where x86 leaves bits to the OS.
+//! A non-present, non-zero entry is reserved for swap entries (a later issue).
+
+use crate::phys::FrameId;
+
+/// One page-table entry, by value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Pte(u64);
+
+impl Pte {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    /// The page may be read by the user (cleared for PROT_NONE mappings,
+    /// which keep their frames mapped, as Linux's `PAGE_NONE` does).
+    pub const USER: u64 = 1 << 2;
+    pub const ACCESSED: u64 = 1 << 5;
+    pub const DIRTY: u64 = 1 << 6;
+    /// Software bit: the entry maps the shared zero frame.
+    pub const SOFT_ZERO: u64 = 1 << 9;
+    const FRAME_SHIFT: u32 = 12;
+    const FRAME_MASK: u64 = 0xffff_ffff << 12;
+    const FLAG_MASK: u64 = !Self::FRAME_MASK;
+
+    /// The empty entry.
+    pub const NONE: Pte = Pte(0);
+
+    /// A present entry mapping `frame` with the given flag bits (PRESENT is added).
+    #[inline]
+    pub fn new(frame: FrameId, flags: u64) -> Pte {
+        Pte(((frame.0 as u64) << Self::FRAME_SHIFT) | (flags & Self::FLAG_MASK) | Self::PRESENT)
+    }
+
+    /// An entry of an upper-level table pointing at the next table.
+    #[inline]
+    pub fn table(frame: FrameId) -> Pte {
+        Pte::new(frame, Self::WRITE | Self::USER)
+    }
+
+    #[inline]
+    pub const fn from_raw(raw: u64) -> Pte {
+        Pte(raw)
+    }
+    #[inline]
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+    #[inline]
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+    #[inline]
+    pub const fn is_present(self) -> bool {
+        self.0 & Self::PRESENT != 0
+    }
+    #[inline]
+    pub const fn is_writable(self) -> bool {
+        self.0 & Self::WRITE != 0
+    }
+    #[inline]
+    pub const fn is_user(self) -> bool {
+        self.0 & Self::USER != 0
+    }
+    #[inline]
+    pub const fn is_dirty(self) -> bool {
+        self.0 & Self::DIRTY != 0
+    }
+    #[inline]
+    pub const fn is_accessed(self) -> bool {
+        self.0 & Self::ACCESSED != 0
+    }
+    #[inline]
+    pub const fn is_zero_frame(self) -> bool {
+        self.0 & Self::SOFT_ZERO != 0
+    }
+    /// The frame of a present entry.
+    #[inline]
+    pub const fn frame(self) -> FrameId {
+        FrameId(((self.0 & Self::FRAME_MASK) >> Self::FRAME_SHIFT) as u32)
+    }
+    #[inline]
+    pub const fn with(self, bits: u64) -> Pte {
+        Pte(self.0 | (bits & Self::FLAG_MASK))
+    }
+    #[inline]
+    pub const fn without(self, bits: u64) -> Pte {
+        Pte(self.0 & !(bits & Self::FLAG_MASK))
+    }
+}
+
+impl std::fmt::Debug for Pte {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.is_present() {
+            return write!(f, "Pte(none {:#x})", self.0);
+        }
+        write!(
+            f,
+            "Pte(frame {} {}{}{}{}{})",
+            self.frame().0,
+            if self.is_user() { "u" } else { "-" },
+            if self.is_writable() { "w" } else { "-" },
+            if self.is_accessed() { "a" } else { "-" },
+            if self.is_dirty() { "d" } else { "-" },
+            if self.is_zero_frame() { " zero" } else { "" },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_frame_and_flags() {
+        let p = Pte::new(FrameId(0xdead_beef), Pte::WRITE | Pte::DIRTY);
+        assert!(p.is_present() && p.is_writable() && p.is_dirty());
+        assert!(!p.is_accessed() && !p.is_user());
+        assert_eq!(p.frame(), FrameId(0xdead_beef));
+        let q = p.without(Pte::WRITE).with(Pte::ACCESSED);
+        assert!(!q.is_writable() && q.is_accessed());
+        assert_eq!(q.frame(), FrameId(0xdead_beef));
+        assert!(Pte::NONE.is_none() && !Pte::NONE.is_present());
+    }
+
+    #[test]
+    fn flags_cannot_corrupt_frame() {
+        let p = Pte::new(FrameId(5), u64::MAX);
+        assert_eq!(p.frame(), FrameId(5));
+    }
+}

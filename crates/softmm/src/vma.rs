@@ -1,0 +1,392 @@
+//! Virtual memory areas: the per-address-space map of what is mapped where.
+//!
+//! A [`VmaTree`] is ordered by start address and guarded by the `mmap_lock`
+//! (see `mm/mod.rs`). Splitting and merging follow Linux, because VMA
+//! boundaries are visible to users through smaps:
+//! - an operation that changes nothing about a VMA does not split it;
+//! - adjacent VMAs merge when flags, backing, page offsets and anon_vma agree
+//!   (`is_mergeable_vma`, `is_mergeable_anon_vma`);
+//! - munmap never merges.
+//!
+//! The anon_vma here is only an identity (what the reverse-map issue turns
+//! into a real object): it is what decides whether two private VMAs may merge.
+
+use crate::shm::ShmObject;
+use crate::sync::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Page protection of a mapping.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Prot(u8);
+
+impl Prot {
+    pub const NONE: Prot = Prot(0);
+    pub const READ: Prot = Prot(1);
+    pub const WRITE: Prot = Prot(2);
+    pub const RW: Prot = Prot(3);
+
+    pub const fn readable(self) -> bool {
+        // x86 cannot map write-only: PROT_WRITE pages are readable too.
+        self.0 != 0
+    }
+    pub const fn writable(self) -> bool {
+        self.0 & 2 != 0
+    }
+    pub const fn union(self, o: Prot) -> Prot {
+        Prot(self.0 | o.0)
+    }
+
+    /// Parse the trace spelling: `r`, `w`, `rw` or `-`.
+    pub fn parse(s: &str) -> Option<Prot> {
+        match s {
+            "r" => Some(Prot::READ),
+            "w" => Some(Prot::WRITE),
+            "rw" | "wr" => Some(Prot::RW),
+            "-" => Some(Prot::NONE),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Prot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = if self.0 & 1 != 0 { "r" } else { "-" };
+        let w = if self.writable() { "w" } else { "-" };
+        write!(f, "{r}{w}")
+    }
+}
+
+/// What a mapping maps.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MapKind {
+    /// Private anonymous memory (copy-on-write across fork).
+    Private,
+    /// Shared anonymous memory (one object, shared across fork).
+    Shared,
+}
+
+/// The anon_vma identity of a private VMA, packed into one atomic so the
+/// fault path can assign it under the read lock: `id << 16 | chain_len`.
+/// `chain_len` is the number of anon_vmas the VMA is chained to (1 for a VMA
+/// that never went through fork; more for a forked child's).
+pub(crate) struct AnonLink(AtomicU64);
+
+impl AnonLink {
+    pub(crate) fn new(id: u64, chain: u64) -> AnonLink {
+        AnonLink(AtomicU64::new(id << 16 | chain.min(0xffff)))
+    }
+    pub(crate) fn get(&self) -> (u64, u64) {
+        let v = self.0.load(Ordering::Acquire);
+        (v >> 16, v & 0xffff)
+    }
+    /// Set the anon_vma if none is set yet; returns the one in force.
+    pub(crate) fn prepare(&self, id: u64, chain: u64) -> u64 {
+        let new = id << 16 | chain.min(0xffff);
+        match self.0.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => id,
+            Err(cur) => cur >> 16,
+        }
+    }
+    fn clone_link(&self) -> AnonLink {
+        AnonLink(AtomicU64::new(self.0.load(Ordering::Acquire)))
+    }
+}
+
+/// What backs a VMA.
+pub(crate) enum Backing {
+    Anon(AnonLink),
+    Shm(Arc<ShmObject>),
+}
+
+/// One mapping.
+pub(crate) struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    /// Linux's `VM_ACCOUNT`: a private mapping that has been writable.
+    pub account: bool,
+    /// Page offset of `start` in the backing (for anonymous memory,
+    /// `start >> 12` at mmap time, as Linux sets it).
+    pub pgoff: u64,
+    pub backing: Backing,
+}
+
+impl Vma {
+    pub(crate) fn kind(&self) -> MapKind {
+        match self.backing {
+            Backing::Anon(_) => MapKind::Private,
+            Backing::Shm(_) => MapKind::Shared,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub(crate) fn pgoff_of(&self, va: u64) -> u64 {
+        self.pgoff + ((va - self.start) >> 12)
+    }
+
+    /// A copy of this VMA restricted to `[start, end)`.
+    fn slice(&self, start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: self.prot,
+            account: self.account,
+            pgoff: self.pgoff_of(start),
+            backing: match &self.backing {
+                Backing::Anon(l) => Backing::Anon(l.clone_link()),
+                Backing::Shm(o) => Backing::Shm(o.clone()),
+            },
+        }
+    }
+
+    /// The VMA a fork gives the child: same range; a private VMA with an
+    /// anon_vma gets a new one chained to the parent's.
+    pub(crate) fn fork_copy(&self, new_anon_id: impl FnOnce() -> u64) -> Vma {
+        let mut v = self.slice(self.start, self.end);
+        if let Backing::Anon(l) = &self.backing {
+            let (id, chain) = l.get();
+            if id != 0 {
+                v.backing = Backing::Anon(AnonLink::new(new_anon_id(), chain + 1));
+            }
+        }
+        v
+    }
+
+    /// Flags equal and backing contiguous: `is_mergeable_vma` plus the pgoff test.
+    fn compatible(&self, next: &Vma) -> bool {
+        if self.end != next.start || self.prot != next.prot || self.account != next.account {
+            return false;
+        }
+        if next.pgoff != self.pgoff + (self.len() >> 12) {
+            return false;
+        }
+        match (&self.backing, &next.backing) {
+            (Backing::Shm(a), Backing::Shm(b)) => Arc::ptr_eq(a, b),
+            (Backing::Anon(a), Backing::Anon(b)) => anon_mergeable(a.get(), b.get()),
+            _ => false,
+        }
+    }
+}
+
+/// `is_mergeable_anon_vma`: the same anon_vma, or one side without one while
+/// the other was never forked (its chain is singular).
+fn anon_mergeable(a: (u64, u64), b: (u64, u64)) -> bool {
+    match (a.0, b.0) {
+        (0, 0) => true,
+        (0, _) => b.1 <= 1,
+        (_, 0) => a.1 <= 1,
+        (x, y) => x == y,
+    }
+}
+
+/// `anon_vma_compatible` + `reusable_anon_vma`: may a VMA at `[start,end)`
+/// with these flags take `neighbour`'s anon_vma at its first fault? Access
+/// flags do not matter here, unlike for merging.
+pub(crate) fn reusable_anon_of(v: &Vma, neighbour: &Vma) -> Option<u64> {
+    let adjacent = v.end == neighbour.start || neighbour.end == v.start;
+    let (lo, hi) = if v.start < neighbour.start { (v, neighbour) } else { (neighbour, v) };
+    let linear = hi.pgoff == lo.pgoff + (lo.len() >> 12);
+    if !adjacent || !linear || v.account != neighbour.account {
+        return None;
+    }
+    match &neighbour.backing {
+        Backing::Anon(l) => {
+            let (id, chain) = l.get();
+            (id != 0 && chain == 1).then_some(id)
+        }
+        Backing::Shm(_) => None,
+    }
+}
+
+/// The VMAs of one address space, by start address.
+#[derive(Default)]
+pub(crate) struct VmaTree {
+    map: BTreeMap<u64, Vma>,
+}
+
+impl VmaTree {
+    /// The VMA containing `va`.
+    pub(crate) fn find(&self, va: u64) -> Option<&Vma> {
+        self.map.range(..=va).next_back().map(|(_, v)| v).filter(|v| va < v.end)
+    }
+
+    /// The VMAs before and after `va` (`va` itself inside neither).
+    pub(crate) fn neighbours(&self, va: u64) -> (Option<&Vma>, Option<&Vma>) {
+        let prev = self.map.range(..va).next_back().map(|(_, v)| v).filter(|v| v.end <= va);
+        let next = self.map.range(va..).next().map(|(_, v)| v);
+        (prev, next)
+    }
+
+    /// End of the last VMA ending at or before `va` (0 if none).
+    pub(crate) fn floor(&self, va: u64) -> u64 {
+        self.map.range(..va).next_back().map(|(_, v)| v.end.min(va)).unwrap_or(0)
+    }
+
+    /// Start of the first VMA starting at or after `va` (`limit` if none).
+    pub(crate) fn ceiling(&self, va: u64, limit: u64) -> u64 {
+        self.map.range(va..).next().map(|(_, v)| v.start).unwrap_or(limit)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.map.values()
+    }
+
+    /// VMAs overlapping `[start, end)`, in order.
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        let first = self.find(start).map(|v| v.start).unwrap_or(start);
+        self.map.range(first..end).map(|(_, v)| v).filter(move |v| v.end > start)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Split the VMA containing `at` (if `at` is strictly inside one).
+    pub(crate) fn split_at(&mut self, at: u64) {
+        let Some(v) = self.find(at) else { return };
+        if v.start == at {
+            return;
+        }
+        let start = v.start;
+        let hi = v.slice(at, v.end);
+        if let Some(lo) = self.map.get_mut(&start) {
+            lo.end = at;
+        }
+        self.map.insert(at, hi);
+    }
+
+    /// Remove every VMA inside `[start, end)`, splitting at the edges first.
+    pub(crate) fn remove_range(&mut self, start: u64, end: u64) -> Vec<Vma> {
+        self.split_at(start);
+        self.split_at(end);
+        let keys: Vec<u64> = self.map.range(start..end).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| self.map.remove(&k)).collect()
+    }
+
+    /// Insert a VMA into a hole (the caller cleared the range first).
+    pub(crate) fn insert(&mut self, v: Vma) {
+        debug_assert!(self.overlapping(v.start, v.end).next().is_none(), "VMA insert over a mapping");
+        self.map.insert(v.start, v);
+    }
+
+    /// Apply `f` to every VMA inside `[start, end)` (split at the edges
+    /// only where `f` would change something, as Linux's mprotect does).
+    pub(crate) fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
+        self.map.get_mut(&start)
+    }
+
+    /// Merge the VMA ending at `at` with the one starting there, if they are
+    /// compatible. Returns whether they merged.
+    pub(crate) fn try_merge_at(&mut self, at: u64) -> bool {
+        let Some(next) = self.map.get(&at) else { return false };
+        let Some((&pstart, prev)) = self.map.range(..at).next_back() else { return false };
+        if !prev.compatible(next) {
+            return false;
+        }
+        // The merged VMA keeps the anon_vma of whichever side has one.
+        let next_anon = match &next.backing {
+            Backing::Anon(l) => Some(l.get()),
+            Backing::Shm(_) => None,
+        };
+        let Some(next) = self.map.remove(&at) else { return false };
+        if let Some(prev) = self.map.get_mut(&pstart) {
+            prev.end = next.end;
+            if let (Backing::Anon(l), Some((id, chain))) = (&mut prev.backing, next_anon) {
+                if l.get().0 == 0 && id != 0 {
+                    *l = AnonLink::new(id, chain);
+                }
+            }
+        }
+        true
+    }
+
+    /// Find a free range of `len` bytes at or above `min`, top-down below
+    /// `top` as Linux's default mmap layout does. Returns its start.
+    pub(crate) fn find_free(&self, len: u64, min: u64, top: u64) -> Option<u64> {
+        let mut hi = top;
+        for v in self.map.values().rev() {
+            if v.end <= hi && hi - v.end >= len {
+                return Some(hi - len).filter(|&s| s >= min);
+            }
+            hi = hi.min(v.start);
+            if hi < min + len {
+                return None;
+            }
+        }
+        (hi >= min + len).then(|| hi - len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon(start: u64, end: u64, prot: Prot) -> Vma {
+        Vma {
+            start,
+            end,
+            prot,
+            account: prot.writable(),
+            pgoff: start >> 12,
+            backing: Backing::Anon(AnonLink::new(0, 0)),
+        }
+    }
+
+    #[test]
+    fn split_and_find() {
+        let mut t = VmaTree::default();
+        t.insert(anon(0x10000, 0x20000, Prot::RW));
+        t.split_at(0x14000);
+        assert_eq!(t.len(), 2);
+        let v = t.find(0x15000).unwrap();
+        assert_eq!((v.start, v.end, v.pgoff), (0x14000, 0x20000, 0x14));
+        assert!(t.find(0x20000).is_none());
+        assert!(t.find(0xffff).is_none());
+    }
+
+    #[test]
+    fn remove_middle_leaves_two() {
+        let mut t = VmaTree::default();
+        t.insert(anon(0x10000, 0x20000, Prot::RW));
+        let gone = t.remove_range(0x12000, 0x13000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.floor(0x12000), 0x12000);
+        assert_eq!(t.ceiling(0x12000, 1 << 47), 0x13000);
+    }
+
+    #[test]
+    fn merge_rules() {
+        let mut t = VmaTree::default();
+        t.insert(anon(0x10000, 0x20000, Prot::RW));
+        t.insert(anon(0x20000, 0x30000, Prot::RW));
+        assert!(t.try_merge_at(0x20000));
+        assert_eq!(t.len(), 1);
+        t.insert(anon(0x30000, 0x40000, Prot::READ));
+        assert!(!t.try_merge_at(0x30000), "different protection");
+    }
+
+    #[test]
+    fn forked_anon_vma_does_not_merge_with_empty() {
+        let a = (7, 2);
+        assert!(!anon_mergeable(a, (0, 0)));
+        assert!(anon_mergeable((7, 1), (0, 0)));
+        assert!(anon_mergeable((7, 2), (7, 2)));
+        assert!(!anon_mergeable((7, 1), (8, 1)));
+    }
+
+    #[test]
+    fn find_free_is_top_down() {
+        let mut t = VmaTree::default();
+        let top = 0x100000;
+        assert_eq!(t.find_free(0x1000, 0x10000, top), Some(0xff000));
+        t.insert(anon(0xf0000, top, Prot::RW));
+        assert_eq!(t.find_free(0x1000, 0x10000, top), Some(0xef000));
+        assert_eq!(t.find_free(0x100000, 0x10000, top), None);
+    }
+}
