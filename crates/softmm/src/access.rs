@@ -147,7 +147,7 @@ impl Accessor {
         let end = addr.checked_add(len as u64).ok_or(Error::Segv { addr, kind: SegvKind::MapErr })?;
         let mut va = addr;
         while va < end {
-            let hi = (((va >> 12) + 1) << 12).min(end);
+            let hi = crate::mm::page_end(va).min(end);
             let lo = (va - addr) as usize;
             let n = (hi - va) as usize;
             let off = (va & 0xfff) as usize;
@@ -240,5 +240,42 @@ impl Drop for Accessor {
 impl std::fmt::Debug for Accessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Accessor(mm {}, {} misses)", self.mm.id, self.misses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, Error, Machine, MapKind, Placement, Prot, SegvKind};
+
+    /// Small enough for Miri: every unsafe path of the accessor (TLB fill,
+    /// cross-page copies, atomics) over fork, COW and unmap.
+    #[test]
+    fn accessor_paths_over_fork_cow_unmap() {
+        let m = Machine::new(Config { arena_bytes: 128 * 4096, ..Config::default() }).unwrap();
+        let p = m.new_mm().unwrap();
+        let base = 0x40_0000;
+        p.mmap(base, 3 * 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        let mut a = p.accessor();
+        let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+        a.write(base + 100, &data).unwrap();
+        let mut back = vec![0u8; 6000];
+        a.read(base + 100, &mut back).unwrap();
+        assert_eq!(back, data);
+        a.store_u32(base + 8192, 7).unwrap();
+        assert_eq!(a.cmpxchg_u32(base + 8192, 7, 9).unwrap(), Ok(7));
+        assert_eq!(a.fetch_add_u32(base + 8192, 1).unwrap(), 9);
+        let c = p.fork().unwrap();
+        let mut ca = c.accessor();
+        a.store_u32(base + 8192, 1).unwrap();
+        assert_eq!(ca.load_u32(base + 8192).unwrap(), 10);
+        ca.fill_bytes(base, 4096, 0xee).unwrap();
+        assert_eq!(a.load_u64(base).unwrap() & 0xff, 0);
+        p.munmap(base, 4096).unwrap();
+        assert_eq!(a.load_u64(base), Err(Error::Segv { addr: base, kind: SegvKind::MapErr }));
+        assert_eq!(ca.load_u64(base).unwrap(), u64::from_ne_bytes([0xee; 8]));
+        drop((a, ca));
+        p.check_invariants().unwrap();
+        drop((p, c));
+        assert_eq!(m.stats().frames_in_use, 0);
     }
 }

@@ -44,6 +44,9 @@ pub enum Error {
     /// A fixed mapping below the lowest address Linux lets a process map (`EPERM`).
     #[error("address {addr:#x} is below mmap_min_addr {min:#x}")]
     BelowMinAddr { addr: u64, min: u64 },
+    /// `MAP_FIXED_NOREPLACE` over an existing mapping (`EEXIST`).
+    #[error("range {addr:#x}+{len:#x} overlaps an existing mapping")]
+    Exists { addr: u64, len: u64 },
     /// Part of the range is not mapped (`ENOMEM`, as mprotect and madvise say).
     #[error("range {addr:#x}+{len:#x} is not fully mapped")]
     NotMapped { addr: u64, len: u64 },
@@ -71,6 +74,7 @@ pub mod errno {
     pub const EAGAIN: i32 = 11;
     pub const ENOMEM: i32 = 12;
     pub const EFAULT: i32 = 14;
+    pub const EEXIST: i32 = 17;
     pub const EINVAL: i32 = 22;
     pub const ENOSYS: i32 = 38;
     pub const ETIMEDOUT: i32 = 110;
@@ -83,6 +87,7 @@ pub mod errno {
             EAGAIN => "EAGAIN",
             ENOMEM => "ENOMEM",
             EFAULT => "EFAULT",
+            EEXIST => "EEXIST",
             EINVAL => "EINVAL",
             ENOSYS => "ENOSYS",
             ETIMEDOUT => "ETIMEDOUT",
@@ -101,6 +106,7 @@ impl Error {
             Error::Misaligned { .. } | Error::ZeroLength | Error::Invalid(_) => EINVAL,
             Error::OutOfRange { errno, .. } => *errno,
             Error::BelowMinAddr { .. } => EPERM,
+            Error::Exists { .. } => EEXIST,
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
             Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
             Error::Host { errno, .. } => *errno,

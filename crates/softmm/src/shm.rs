@@ -58,6 +58,15 @@ impl ShmObject {
         Ok(f)
     }
 
+    /// The frame at `pgoff` if it is resident, with an extra reference for
+    /// the caller (what fault-around maps: only pages already in the cache).
+    pub(crate) fn find_page(&self, pgoff: u64) -> Option<FrameId> {
+        let pages = self.pages.lock();
+        let f = (*pages.get(pgoff as usize)?)?;
+        self.arena.get(f);
+        Some(f)
+    }
+
     /// Every resident page, as (pgoff, frame) (for audits and statistics).
     pub(crate) fn resident(&self) -> Vec<(u64, FrameId)> {
         let pages = self.pages.lock();

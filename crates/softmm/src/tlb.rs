@@ -98,12 +98,14 @@ impl Shootdown {
     /// construction while it runs this), which need not be waited for; when
     /// it is the only accessor, nothing else can hold a stale translation
     /// and the caller refills its own entry, so no flush is needed at all.
-    pub fn flush(&self, except: Option<&Slot>) {
+    ///
+    /// Returns whether other accessors had to be reached.
+    pub fn flush(&self, except: Option<&Slot>) -> bool {
         let n = self.accessors();
-        let only_self = n == 1
-            && except.is_some_and(|e| self.slots.lock().first().is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), e)));
-        if n == 0 || only_self {
-            return;
+        // `except` is a registered slot (its accessor is alive and running
+        // this), so one registered slot in all means it is the only one.
+        if n == 0 || (n == 1 && except.is_some()) {
+            return false;
         }
         let new = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
         heavy_barrier();
@@ -120,6 +122,7 @@ impl Shootdown {
                 spin_hint();
             }
         }
+        true
     }
 }
 

@@ -53,15 +53,19 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     let pt = st.pt.as_ref().ok_or(Error::Exited)?;
     let arena = mm.arena();
     let va = va & !0xfff;
-    // Fast path: already mapped with what the access needs (no lock taken).
+    // Fast path: already mapped with what the access needs. Like the MMU,
+    // set a missing accessed (and, for a write, dirty) bit with a
+    // compare-and-swap instead of taking the page-table lock.
     let cur = pt.follow_pte(arena, va);
-    if grants(cur, access) {
-        return Ok(cur);
+    if let Some(pte) = fast_path(mm, pt, va, cur, access) {
+        return Ok(pte);
     }
-    let (table, added) = pt.pte_table_alloc(arena, va)?;
+    let mut added = 0;
+    let table = pt.pte_table_alloc(arena, va, &mut added);
     if added > 0 {
         mm.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
     }
+    let table = table?;
     let mut gather = Gather::default();
     let result = {
         let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
@@ -71,14 +75,27 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     result
 }
 
-/// Whether `pte` already lets `access` through without any update.
+/// The entry, if `pte` lets `access` through with at most the accessed and
+/// dirty bits to set (which this sets without the lock, as an MMU does).
 #[inline]
-fn grants(pte: Pte, access: Access) -> bool {
-    let base = pte.is_present() && pte.is_user() && pte.is_accessed();
-    match access {
-        Access::Read => base,
-        Access::Write => base && pte.is_writable() && pte.is_dirty(),
+fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, access: Access) -> Option<Pte> {
+    if !pte.is_present() || !pte.is_user() || (access == Access::Write && !pte.is_writable()) {
+        return None;
     }
+    let want = match access {
+        Access::Read => Pte::ACCESSED,
+        Access::Write => Pte::ACCESSED | Pte::DIRTY,
+    };
+    if pte.raw() & want == want {
+        return Some(pte);
+    }
+    if !pt.set_bits_lockless(mm.arena(), va, pte, want) {
+        return None; // the entry changed under us: take the locked path
+    }
+    if access == Access::Write {
+        mm.arena().meta(pte.frame()).set_flags(flags::DIRTY);
+    }
+    Some(pte.with(want))
 }
 
 fn handle_pte_fault(
@@ -106,6 +123,9 @@ fn handle_pte_fault(
                 Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
             }
             (Backing::Shm(obj), _) => {
+                if access == Access::Read {
+                    fault_around(mm, vma, obj, g, va);
+                }
                 let f = obj.get_page(vma.pgoff_of(va))?;
                 let m = mm.arena().meta(f);
                 m.mapcount.fetch_add(1, Ordering::AcqRel);
@@ -141,6 +161,32 @@ fn handle_pte_fault(
         Counters::bump(&c.fault_minor);
     }
     Ok(new)
+}
+
+/// Pages around a read fault that fault-around maps: Linux's
+/// `fault_around_bytes` (64 KiB) as a page count.
+const FAULT_AROUND_PAGES: u64 = 16;
+
+/// Linux's `do_fault_around` for shared memory: on a read fault, also map
+/// the pages of the aligned 64 KiB window around `va` (clamped to the VMA
+/// and to this PTE table) that are already resident in the object and not
+/// yet mapped here. They are mapped clean (not dirty), writable when the VMA
+/// is. Visible to users through `phys` and smaps (mapcount, PSS).
+fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
+    let window = FAULT_AROUND_PAGES * 4096;
+    let lo = (va & !(window - 1)).max(vma.start).max(g.base());
+    let hi = ((va & !(window - 1)) + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
+    let bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
+    let mut at = lo;
+    while at < hi {
+        if at != va && g.get(at).is_none() {
+            if let Some(f) = obj.find_page(vma.pgoff_of(at)) {
+                mm.arena().meta(f).mapcount.fetch_add(1, Ordering::AcqRel);
+                install(g, at, f, bits);
+            }
+        }
+        at += 4096;
+    }
 }
 
 /// Write to a present, write-protected private page.

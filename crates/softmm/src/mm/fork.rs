@@ -48,10 +48,9 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     if flush {
         // Write-protected parent entries: no accessor may keep writing
         // through a stale writable translation into a now shared frame.
-        if parent.tlb.accessors() > 0 {
+        if parent.tlb.flush(None) {
             Counters::bump(&machine.counters.tlb_flushes);
         }
-        parent.tlb.flush(None);
     }
     drop(pst);
     Counters::bump(&machine.counters.forks);
@@ -74,11 +73,11 @@ fn copy_page_range(
             return;
         }
         let base = lo & !(PTE_TABLE_SPAN - 1);
-        let ctable = match cpt.pte_table_alloc(arena, lo) {
-            Ok((t, added)) => {
-                parent.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
-                t
-            }
+        let mut added = 0;
+        let ctable = cpt.pte_table_alloc(arena, lo, &mut added);
+        parent.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
+        let ctable = match ctable {
+            Ok(t) => t,
             Err(e) => {
                 result = Err(e);
                 return;

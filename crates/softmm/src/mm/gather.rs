@@ -43,10 +43,9 @@ impl Gather {
         if !self.flush {
             return;
         }
-        if mm.tlb.accessors() > 0 {
+        if mm.tlb.flush(except) {
             Counters::bump(&mm.machine.counters.tlb_flushes);
         }
-        mm.tlb.flush(except);
         let arena = mm.arena();
         for f in self.first.into_iter().chain(self.rest) {
             arena.put(f);

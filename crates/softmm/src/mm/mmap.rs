@@ -26,7 +26,7 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
         Placement::FixedNoReplace => {
             args::mmap_fixed(addr, len, min)?;
             if st.vmas.overlapping(addr, addr + len).next().is_some() {
-                return Err(Error::Host { what: "MAP_FIXED_NOREPLACE over an existing mapping", errno: 17 });
+                return Err(Error::Exists { addr, len });
             }
             addr
         }
@@ -54,8 +54,10 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
     };
     let account = kind == MapKind::Private && prot.writable();
     st.vmas.insert(Vma { start, end, prot, account, pgoff, backing });
-    st.vmas.try_merge_at(end);
+    // Linux's vma_merge: merge with the previous VMA first; the next one
+    // joins only if it is compatible with the result (prev's anon_vma).
     st.vmas.try_merge_at(start);
+    st.vmas.try_merge_at(end);
     Ok(start)
 }
 

@@ -194,41 +194,27 @@ impl Mm {
         let arena = self.inner.arena();
         let mut va = addr;
         while va < end {
-            let page_end = ((va >> 12) + 1) << 12;
-            let hi = page_end.min(end);
-            let frame = self.grab_page(va, access)?;
+            let hi = page_end(va).min(end);
+            // The read lock is held across the copy, as Linux's
+            // access_remote_vm does: no fork can write-protect the page (and
+            // let another thread's COW move it away) while we write into it.
+            let st = self.inner.state.read();
+            let frame = grab_page(&self.inner, &st, va, access)?;
             let lo = (va - addr) as usize;
             copy(arena, frame, (va & 0xfff) as usize, lo, lo + (hi - va) as usize);
+            drop(st);
             arena.put(frame);
             va = hi;
         }
         Ok(())
     }
 
-    /// Fault `va` in and take a reference on its frame, so a concurrent COW
-    /// or unmap in another thread cannot free it while we copy: get the
-    /// reference unless the frame is already free, then check that the entry
-    /// still maps that frame (it may have been freed and reused in between).
-    fn grab_page(&self, va: u64, access: Access) -> Result<FrameId> {
-        let arena = self.inner.arena();
-        let st = self.inner.state.read();
-        let pt = st.pt.as_ref().ok_or(Error::Exited)?;
-        loop {
-            let pte = fault::fault_in(&self.inner, &st, va, access, None)?;
-            let f = pte.frame();
-            if arena.try_get(f) {
-                let now = pt.follow_pte(arena, va & !(PAGE_SIZE as u64 - 1));
-                if now.is_present() && now.frame() == f && (access == Access::Read || now.is_writable()) {
-                    return Ok(f);
-                }
-                arena.put(f);
-            }
-        }
-    }
-
     /// Which frame backs `addr`, without faulting anything in (`none` in the
     /// trace format when nothing is mapped there). The zero frame counts.
     pub fn phys(&self, addr: u64) -> Option<FrameId> {
+        if addr >= crate::pgtable::TASK_SIZE {
+            return None;
+        }
         let st = self.inner.state.read();
         let pte = st.pt.as_ref()?.follow_pte(self.inner.arena(), addr & !(PAGE_SIZE as u64 - 1));
         pte.is_present().then(|| pte.frame())
@@ -284,6 +270,34 @@ pub enum ForkPolicy {
     /// both sides (what Linux does).
     #[default]
     CopyTables,
+}
+
+/// Fault `va` in and take a reference on its frame, so that a concurrent
+/// DONTNEED or COW in another thread (both run under the read lock too)
+/// cannot free it while we copy: get the reference unless the frame is
+/// already free, then check that the entry still maps that frame (it may
+/// have been freed and reused in between), as GUP-fast does.
+fn grab_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> Result<FrameId> {
+    let arena = mm.arena();
+    let pt = st.pt.as_ref().ok_or(Error::Exited)?;
+    loop {
+        let pte = fault::fault_in(mm, st, va, access, None)?;
+        let f = pte.frame();
+        if arena.try_get(f) {
+            let now = pt.follow_pte(arena, va & !(PAGE_SIZE as u64 - 1));
+            if now.is_present() && now.frame() == f && (access == Access::Read || now.is_writable()) {
+                return Ok(f);
+            }
+            arena.put(f);
+        }
+    }
+}
+
+/// The first address of the page after `va`'s, saturating at the top of
+/// the 64-bit space instead of wrapping.
+#[inline]
+pub(crate) fn page_end(va: u64) -> u64 {
+    (va | (PAGE_SIZE as u64 - 1)).saturating_add(1)
 }
 
 fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {

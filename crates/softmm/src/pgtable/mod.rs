@@ -88,11 +88,11 @@ impl PageTable {
         Some(table)
     }
 
-    /// The PTE table covering `va`, allocating missing levels. Returns the
-    /// table and how many table pages this call added.
-    pub(crate) fn pte_table_alloc(&self, arena: &FrameArena, va: u64) -> Result<(FrameId, u32)> {
+    /// The PTE table covering `va`, allocating missing levels. `added` is
+    /// increased by the table pages this call installed, also when it fails
+    /// half-way (the tables installed before the failure stay).
+    pub(crate) fn pte_table_alloc(&self, arena: &FrameArena, va: u64, added: &mut u32) -> Result<FrameId> {
         let mut table = self.root;
-        let mut added = 0;
         for level in (1..LEVELS).rev() {
             let s = slot(arena, table, index(va, level));
             let e = Pte::from_raw(s.load(Ordering::Acquire));
@@ -100,11 +100,20 @@ impl PageTable {
                 e.frame()
             } else {
                 let (t, new) = install_table(arena, s)?;
-                added += new as u32;
+                *added += new as u32;
                 t
             };
         }
-        Ok((table, added))
+        Ok(table)
+    }
+
+    /// Set bits in the present PTE of `va` without the page-table lock, as
+    /// the MMU sets accessed and dirty bits: only if the entry is still
+    /// `expected` (a compare-and-swap). Returns whether it succeeded.
+    pub(crate) fn set_bits_lockless(&self, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
+        let Some(t) = self.pte_table(arena, va) else { return false };
+        let s = slot(arena, t, index(va, 0));
+        s.compare_exchange(expected.raw(), expected.with(bits).raw(), Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Lock the PTE table `table` that covers the 2 MiB-aligned `base`.
@@ -236,9 +245,11 @@ mod tests {
         let pt = PageTable::new(&a).unwrap();
         let va = 0x7f12_3456_7000;
         assert!(pt.follow_pte(&a, va).is_none());
-        let (t, added) = pt.pte_table_alloc(&a, va).unwrap();
+        let mut added = 0;
+        let t = pt.pte_table_alloc(&a, va, &mut added).unwrap();
         assert_eq!(added, 3);
-        let (t2, added2) = pt.pte_table_alloc(&a, va + 4096).unwrap();
+        let mut added2 = 0;
+        let t2 = pt.pte_table_alloc(&a, va + 4096, &mut added2).unwrap();
         assert_eq!((t2, added2), (t, 0));
         let f = a.alloc(true, 0).unwrap();
         {
@@ -254,8 +265,9 @@ mod tests {
         let a = arena();
         let pt = PageTable::new(&a).unwrap();
         let x = 0x4000_0000u64; // 1 GiB
-        pt.pte_table_alloc(&a, x).unwrap();
-        pt.pte_table_alloc(&a, x + PTE_TABLE_SPAN).unwrap();
+        let mut n = 0;
+        pt.pte_table_alloc(&a, x, &mut n).unwrap();
+        pt.pte_table_alloc(&a, x + PTE_TABLE_SPAN, &mut n).unwrap();
         let before = a.in_use();
         // A neighbour still maps the first 2 MiB: only the second table goes.
         let n = pt.free_tables(&a, x + PTE_TABLE_SPAN, x + 2 * PTE_TABLE_SPAN, x + PTE_TABLE_SPAN, TASK_SIZE);

@@ -50,6 +50,7 @@ impl FrameAllocator {
     pub(crate) fn alloc(&self) -> Option<Allocated> {
         let got = self.alloc_recycled().map(|frame| Allocated { frame, known_zero: false });
         let got = got.or_else(|| self.alloc_fresh().map(|frame| Allocated { frame, known_zero: true }));
+        let got = got.or_else(|| self.steal().map(|frame| Allocated { frame, known_zero: false }));
         if got.is_some() {
             self.in_use.fetch_add(1, Ordering::Relaxed);
         }
@@ -82,6 +83,12 @@ impl FrameAllocator {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Last resort before ENOMEM: a frame left in another CPU's cache.
+    #[cold]
+    fn steal(&self) -> Option<FrameId> {
+        self.caches.iter().find_map(|c| c.lock().pop())
     }
 
     pub(crate) fn free(&self, frame: FrameId) {
@@ -164,6 +171,21 @@ mod tests {
         assert!(a.alloc().is_none());
         a.free(got[0].frame);
         assert_eq!(a.alloc().map(|x| x.frame), Some(got[0].frame));
+    }
+
+    #[test]
+    fn frames_cached_by_another_cpu_are_not_lost() {
+        let a = FrameAllocator::new(1, 3);
+        let x = a.alloc().unwrap().frame;
+        let _y = a.alloc().unwrap().frame;
+        a.free(x);
+        // Move the freed frame to a cache this thread does not use.
+        let mine = current_cpu() % a.caches.len();
+        if a.caches.len() > 1 {
+            let f = a.caches[mine].lock().pop().unwrap();
+            a.caches[(mine + 1) % a.caches.len()].lock().push(f);
+        }
+        assert_eq!(a.alloc().map(|g| g.frame), Some(x));
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! The Linux side of the benchmarks: the same work done by this process on
+//! the kernel it runs on, with `mmap`, volatile stores, `fork` and `waitpid`.
+//!
+//! Every region is mapped `MAP_PRIVATE | MAP_ANONYMOUS` and advised
+//! `MADV_NOHUGEPAGE`, so each fault is a 4 KiB fault as in softmm, whatever
+//! the host's transparent-huge-page setting (the memcpy baseline of the read
+//! bench asks for huge pages instead, like softmm's arena, see `read`).
+//!
+//! `fork` is only called while this process has a single thread (the
+//! benchmarks start none), so the child may run any code; it runs only
+//! volatile stores, `clock_gettime`, `write` and `_exit` all the same.
+
+use super::Keep;
+use crate::error::{os_error, CliError, CliResult};
+use crate::units::PAGE;
+
+/// An anonymous private mapping of this process, unmapped on drop.
+pub struct Region {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Region {
+    /// Map `len` bytes (a multiple of the page size); nothing is touched.
+    pub fn new(len: u64, huge: bool) -> CliResult<Region> {
+        let len = usize::try_from(len).map_err(|_| CliError(format!("size {len} does not fit the host")))?;
+        // SAFETY: an anonymous mapping at an address the kernel chooses
+        // cannot alias any memory Rust knows about.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_error(&format!("mmap of {}", crate::units::bytes(len as u64))));
+        }
+        let advice = if huge { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
+        // SAFETY: the range is exactly the mapping just created; advice does
+        // not change its contents. Failure (no THP support) is harmless.
+        let _ = unsafe { libc::madvise(p, len, advice) };
+        Ok(Region { ptr: p.cast(), len })
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.len as u64 / PAGE
+    }
+
+    /// Write `byte` to the first byte of every page (a volatile store each,
+    /// so the compiler keeps every one of them).
+    pub fn touch(&mut self, byte: u8) {
+        for off in (0..self.len).step_by(PAGE as usize) {
+            // SAFETY: `off < len`, inside the mapping, which lives as long as
+            // `self`; `&mut self` guarantees no shared view of it exists.
+            unsafe { std::ptr::write_volatile(self.ptr.add(off), byte) }
+        }
+    }
+
+    /// Fill page `i` (`i < pages()`) with `byte`.
+    pub fn fill_page(&mut self, i: u64, byte: u8) {
+        let off = (i * PAGE) as usize;
+        if off < self.len {
+            // SAFETY: the page lies inside the mapping (off + PAGE <= len as
+            // len is a multiple of PAGE); `&mut self` excludes shared views.
+            unsafe { std::ptr::write_bytes(self.ptr.add(off), byte, PAGE as usize) }
+        }
+    }
+
+    /// The bytes of page `i` (`i < pages()`, else an empty slice).
+    pub fn page(&self, i: u64) -> &[u8] {
+        let off = (i * PAGE) as usize;
+        if off >= self.len {
+            return &[];
+        }
+        // SAFETY: the page lies inside the mapping, which is readable,
+        // initialized (zero-filled by the kernel or written by us) and lives
+        // as long as `&self`; writers need `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off), PAGE as usize) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, and no
+        // borrow of it outlives `self`.
+        let _ = unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Demand-zero faults on recycled memory: touch and unmap `size` once, then
+/// per repetition map `size`, time the touch of every page, unmap.
+pub fn fault_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    Region::new(size, false)?.touch(1);
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let mut r = Region::new(size, false)?;
+        let t0 = mono_ns();
+        r.touch(1);
+        let t1 = mono_ns();
+        out.push((t1 - t0) as f64 / r.pages() as f64);
+    }
+    Ok(out)
+}
+
+/// Demand-zero faults on fresh memory: per repetition a new mapping, never
+/// touched before; it is kept mapped (in `keep`) so that the next repetition
+/// cannot get its frames back.
+pub fn fault_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let mut r = Region::new(size, false)?;
+        let t0 = mono_ns();
+        r.touch(1);
+        let t1 = mono_ns();
+        out.push((t1 - t0) as f64 / r.pages() as f64);
+        keep.hold(r);
+    }
+    Ok(out)
+}
+
+/// One COW measurement: write every page of a fresh region, optionally warm
+/// (map, touch and unmap another region of the same size, so that the
+/// kernel's free lists hold that many recently used frames), fork; the child
+/// times its own write to every page and reports the nanoseconds per page.
+fn cow_once(size: u64, warm: bool) -> CliResult<(f64, Region)> {
+    let mut a = Region::new(size, false)?;
+    a.touch(1);
+    if warm {
+        Region::new(size, false)?.touch(1);
+    }
+    let ns = fork_timing_child_writes(&mut a)?;
+    Ok((ns as f64 / a.pages() as f64, a))
+}
+
+/// COW faults into recycled frames: one discarded run, then `reps` runs.
+pub fn cow_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    cow_once(size, true)?;
+    (0..reps).map(|_| cow_once(size, true).map(|(ns, _)| ns)).collect()
+}
+
+/// COW faults into fresh frames; each run's parent region is kept mapped.
+pub fn cow_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let (ns, a) = cow_once(size, false)?;
+        out.push(ns);
+        keep.hold(a);
+    }
+    Ok(out)
+}
+
+/// fork of a process with `size` resident: one discarded fork, then `reps`
+/// timed forks of the same process.
+pub fn fork_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    let mut a = Region::new(size, false)?;
+    a.touch(1);
+    fork_once()?;
+    (0..reps).map(|_| fork_once().map(|ns| ns as f64)).collect()
+}
+
+/// The first fork after the region was populated; a fresh region per run
+/// (the previous one unmapped first, so every fork copies the same amount).
+pub fn fork_cold(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let mut a = Region::new(size, false)?;
+        a.touch(1);
+        out.push(fork_once()? as f64);
+    }
+    Ok(out)
+}
+
+/// Time `fork()` in the parent, from just before the call to just after it
+/// returns there; the child exits at once.
+fn fork_once() -> CliResult<u64> {
+    let t0 = mono_ns();
+    // SAFETY: this process is single-threaded (see the module comment); the
+    // child calls nothing but `_exit`.
+    let pid = unsafe { libc::fork() };
+    let t1 = mono_ns();
+    if pid == 0 {
+        // SAFETY: `_exit` ends the child without running destructors or
+        // atexit handlers, which belong to the parent.
+        unsafe { libc::_exit(0) }
+    }
+    if pid < 0 {
+        return Err(os_error("fork"));
+    }
+    reap(pid)?;
+    Ok(t1 - t0)
+}
+
+/// Fork; the child writes one byte to every page of `a` (each a COW fault),
+/// timing that with `clock_gettime`, sends the nanoseconds through a pipe
+/// and exits. Returns the child's figure.
+fn fork_timing_child_writes(a: &mut Region) -> CliResult<u64> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_error("pipe2"));
+    }
+    let [rfd, wfd] = fds;
+    // SAFETY: single-threaded process (module comment); the child only does
+    // volatile stores into its copy of `a`, clock_gettime, write and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let t0 = mono_ns();
+        a.touch(2);
+        let t1 = mono_ns();
+        let ok = write_all(wfd, &(t1 - t0).to_ne_bytes());
+        // SAFETY: as in `fork_once`.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+    close(wfd);
+    if pid < 0 {
+        close(rfd);
+        return Err(os_error("fork"));
+    }
+    let mut buf = [0u8; 8];
+    let got = read_exact(rfd, &mut buf);
+    close(rfd);
+    reap(pid)?;
+    if !got {
+        return Err(CliError("the forked child did not report its timing".into()));
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
+fn close(fd: i32) {
+    // SAFETY: `fd` is a descriptor this module opened and closes once.
+    let _ = unsafe { libc::close(fd) };
+}
+
+fn write_all(fd: i32, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid buffer of `data.len()` bytes.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        data = &data[n as usize..];
+    }
+    true
+}
+
+fn read_exact(fd: i32, mut buf: &mut [u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        buf = &mut buf[n as usize..];
+    }
+    true
+}
+
+/// Wait for `pid`; it must have exited with status 0.
+fn reap(pid: libc::pid_t) -> CliResult<()> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int for the kernel to fill.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(os_error("waitpid"));
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(CliError(format!("the forked child failed (wait status {status:#x})")))
+    }
+}

@@ -1,0 +1,311 @@
+//! The softmm side of the benchmarks: the same work as `linux.rs`, done on
+//! a softmm [`Machine`] through accessors (the fast path a host would use).
+//!
+//! "Warm" runs reuse one machine whose arena already served the same amount
+//! of memory (mapped, touched, unmapped), so the frames handed out are
+//! recycled ones, exactly as the Linux side's are. "Cold" runs use a new
+//! machine per repetition: its arena has never been touched, so the host
+//! pays its own first-touch fault under softmm's, as it does under Linux's.
+
+use super::Keep;
+use crate::error::{check, CliError, CliResult, Context};
+use crate::units::PAGE;
+use softmm::{Accessor, Config, Machine, MapKind, Mm, Placement, Prot};
+use std::time::Instant;
+
+/// A machine whose arena can hold several regions of `size` plus their
+/// page tables (reserved, not touched: only used frames cost host memory).
+fn machine(size: u64) -> CliResult<Machine> {
+    let arena_bytes = size.saturating_mul(4).saturating_add(64 << 20);
+    Machine::new(Config { arena_bytes, ..Config::default() })
+        .context(|| format!("creating a machine with a {} arena", crate::units::bytes(arena_bytes)))
+}
+
+fn new_mm(m: &Machine) -> CliResult<Mm> {
+    m.new_mm().context(|| "creating an address space".into())
+}
+
+fn map(mm: &Mm, size: u64) -> CliResult<u64> {
+    mm.mmap(0, size, Prot::RW, MapKind::Private, Placement::Hint)
+        .context(|| format!("mmap of {}", crate::units::bytes(size)))
+}
+
+fn unmap(mm: &Mm, va: u64, size: u64) -> CliResult<()> {
+    mm.munmap(va, size).context(|| format!("munmap of {}", crate::units::bytes(size)))
+}
+
+/// Write `byte` to the first byte of every page of `[va, va + size)`.
+fn touch(acc: &mut Accessor, va: u64, size: u64, byte: u8) -> CliResult<()> {
+    let b = [byte];
+    let mut a = va;
+    let end = va + size;
+    while a < end {
+        acc.write(a, &b).context(|| format!("write at {a:#x}"))?;
+        a += PAGE;
+    }
+    Ok(())
+}
+
+/// Time `touch`, in ns per page.
+fn timed_touch(acc: &mut Accessor, va: u64, size: u64, byte: u8) -> CliResult<f64> {
+    let t = Instant::now();
+    touch(acc, va, size, byte)?;
+    Ok(t.elapsed().as_nanos() as f64 / (size / PAGE) as f64)
+}
+
+/// Demand-zero faults into recycled frames.
+pub fn fault_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    let m = machine(size)?;
+    let mm = new_mm(&m)?;
+    let mut acc = mm.accessor();
+    let va = map(&mm, size)?;
+    touch(&mut acc, va, size, 1)?;
+    unmap(&mm, va, size)?;
+    let before = m.stats();
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let va = map(&mm, size)?;
+        out.push(timed_touch(&mut acc, va, size, 1)?);
+        unmap(&mm, va, size)?;
+    }
+    let after = m.stats();
+    let want = reps as u64 * (size / PAGE);
+    check(after.fault_anon - before.fault_anon == want, || {
+        format!("fault bench: {} demand-zero faults counted, expected {want}", after.fault_anon - before.fault_anon)
+    })?;
+    // A few fresh frames are possible when the thread changes CPUs and its
+    // per-CPU free list is empty while another CPU's still holds frames.
+    let fresh = after.frames_touched - before.frames_touched;
+    check(fresh <= 1024, || format!("fault bench: warm runs took {fresh} fresh frames; they should be recycled ones"))?;
+    Ok(out)
+}
+
+/// Demand-zero faults into never-touched frames: a new machine per run,
+/// kept (in `keep`) until the cold measurements are over.
+pub fn fault_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let m = machine(size)?;
+        let mm = new_mm(&m)?;
+        let mut acc = mm.accessor();
+        let va = map(&mm, size)?;
+        out.push(timed_touch(&mut acc, va, size, 1)?);
+        keep.hold((acc, mm, m));
+    }
+    Ok(out)
+}
+
+/// One COW run on `m`: a parent writes every page of a region, optionally
+/// warms (maps, touches and unmaps another region of the same size, as the
+/// Linux side does), forks; the child writes one byte per page, timed.
+/// Returns ns per page and the parent (the child is gone).
+fn cow_once(m: &Machine, size: u64, warm: bool) -> CliResult<(f64, Mm)> {
+    let parent = new_mm(m)?;
+    let mut pacc = parent.accessor();
+    let va = map(&parent, size)?;
+    touch(&mut pacc, va, size, 1)?;
+    if warm {
+        let w = map(&parent, size)?;
+        touch(&mut pacc, w, size, 1)?;
+        unmap(&parent, w, size)?;
+    }
+    drop(pacc);
+    let child = parent.fork().context(|| "fork".into())?;
+    let mut cacc = child.accessor();
+    let before = m.stats();
+    let ns = timed_touch(&mut cacc, va, size, 2)?;
+    let copies = m.stats().fault_cow_copy - before.fault_cow_copy;
+    check(copies == size / PAGE, || format!("cow bench: {copies} COW copies counted, expected {}", size / PAGE))?;
+    Ok((ns, parent))
+}
+
+/// COW faults into recycled frames: one discarded run, then `reps` runs.
+pub fn cow_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    let m = machine(size)?;
+    cow_once(&m, size, true)?;
+    (0..reps).map(|_| cow_once(&m, size, true).map(|(ns, _)| ns)).collect()
+}
+
+/// COW faults into fresh frames: a new machine per run, kept with its parent.
+pub fn cow_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let m = machine(size)?;
+        let (ns, parent) = cow_once(&m, size, false)?;
+        out.push(ns);
+        keep.hold((parent, m));
+    }
+    Ok(out)
+}
+
+/// A populated parent (every page written) with a live accessor, as a
+/// running process has.
+fn populated(m: &Machine, size: u64) -> CliResult<(Mm, Accessor)> {
+    let parent = new_mm(m)?;
+    let mut acc = parent.accessor();
+    let va = map(&parent, size)?;
+    touch(&mut acc, va, size, 1)?;
+    Ok((parent, acc))
+}
+
+fn timed_fork(parent: &Mm) -> CliResult<f64> {
+    let t = Instant::now();
+    let child = parent.fork().context(|| "fork".into())?;
+    let ns = t.elapsed().as_nanos() as f64;
+    drop(child);
+    Ok(ns)
+}
+
+/// fork of a populated address space: one discarded fork, then `reps`.
+pub fn fork_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    let m = machine(size)?;
+    let (parent, _acc) = populated(&m, size)?;
+    timed_fork(&parent)?;
+    (0..reps).map(|_| timed_fork(&parent)).collect()
+}
+
+/// The first fork of a freshly populated address space on a new machine.
+pub fn fork_cold(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let m = machine(size)?;
+        let (parent, _acc) = populated(&m, size)?;
+        out.push(timed_fork(&parent)?);
+    }
+    Ok(out)
+}
+
+/// Figures of the TLB bench, in millions of loads per second per run.
+pub struct TlbFigures {
+    pub softmm: Vec<f64>,
+    pub native: Vec<f64>,
+    /// TLB misses during the timed loops (0 when the set fits the TLB).
+    pub misses: u64,
+}
+
+/// A xorshift step.
+#[inline(always)]
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// A word index in `[0, words)` from a random value (multiply-shift).
+#[inline(always)]
+fn index(x: u64, words: u64) -> u64 {
+    ((x >> 32) * words) >> 32
+}
+
+#[inline(never)]
+fn loads_softmm(acc: &mut Accessor, base: u64, words: u64, n: u64) -> CliResult<u64> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut sum = 0u64;
+    for _ in 0..n {
+        let a = base + index(next(&mut x), words) * 8;
+        sum = sum.wrapping_add(acc.load_u64(a).map_err(|e| CliError(format!("load at {a:#x}: {e}")))?);
+    }
+    Ok(sum)
+}
+
+#[inline(never)]
+fn loads_native(mem: &[u64], n: u64) -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut sum = 0u64;
+    let words = mem.len() as u64;
+    for _ in 0..n {
+        let i = index(next(&mut x), words) as usize;
+        sum = sum.wrapping_add(mem.get(i).copied().unwrap_or(0));
+    }
+    sum
+}
+
+/// Random aligned 8-byte loads over `size` bytes through one accessor (one
+/// core), and the same loop over a plain host array for reference.
+pub fn tlb(size: u64, loads: u64, reps: usize) -> CliResult<TlbFigures> {
+    let m = machine(size)?;
+    let mm = new_mm(&m)?;
+    let mut acc = mm.accessor();
+    let va = map(&mm, size)?;
+    let words = size / 8;
+    for w in 0..words {
+        acc.store_u64(va + w * 8, w).context(|| "filling the working set".into())?;
+    }
+    let host: Vec<u64> = (0..words).collect();
+    // One untimed pass of each fills the TLB and the caches.
+    std::hint::black_box(loads_softmm(&mut acc, va, words, loads / 10 + 1)?);
+    std::hint::black_box(loads_native(&host, loads / 10 + 1));
+    let misses0 = acc.misses();
+    let (mut softmm, mut native) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = Instant::now();
+        let s1 = std::hint::black_box(loads_softmm(&mut acc, va, words, loads)?);
+        softmm.push(loads as f64 / t.elapsed().as_nanos() as f64 * 1e3);
+        let t = Instant::now();
+        let s2 = std::hint::black_box(loads_native(&host, loads));
+        native.push(loads as f64 / t.elapsed().as_nanos() as f64 * 1e3);
+        check(s1 == s2, || format!("tlb bench: softmm loads summed to {s1:#x}, the host array to {s2:#x}"))?;
+    }
+    Ok(TlbFigures { softmm, native, misses: acc.misses() - misses0 })
+}
+
+/// Figures of the read bench, in GB/s per run.
+pub struct ReadFigures {
+    pub softmm: Vec<f64>,
+    pub memcpy: Vec<f64>,
+}
+
+/// Sequential 4 KiB page reads of `size` bytes through an accessor into one
+/// buffer, and the same copies from a host mapping (huge-page advised, as
+/// softmm's arena is) with plain memcpy, alternating, `passes` passes per run.
+pub fn read(size: u64, passes: u64, reps: usize) -> CliResult<ReadFigures> {
+    let m = machine(size)?;
+    let mm = new_mm(&m)?;
+    let mut acc = mm.accessor();
+    let va = map(&mm, size)?;
+    let pages = size / PAGE;
+    let mut host = super::linux::Region::new(size, true)?;
+    for i in 0..pages {
+        let b = (i % 251) as u8 | 1;
+        acc.fill_bytes(va + i * PAGE, PAGE as usize, b).context(|| "filling the region".into())?;
+        host.fill_page(i, b);
+    }
+    let mut buf = vec![0u8; PAGE as usize];
+    let mut pass_softmm = |buf: &mut [u8]| -> CliResult<u64> {
+        let mut sum = 0u64;
+        for _ in 0..passes {
+            for i in 0..pages {
+                acc.read(va + i * PAGE, buf).context(|| "read".into())?;
+                std::hint::black_box(&mut *buf);
+                sum += u64::from(buf[(i % PAGE) as usize]);
+            }
+        }
+        Ok(sum)
+    };
+    let pass_memcpy = |buf: &mut [u8]| -> u64 {
+        let mut sum = 0u64;
+        for _ in 0..passes {
+            for i in 0..pages {
+                buf.copy_from_slice(host.page(i));
+                std::hint::black_box(&mut *buf);
+                sum += u64::from(buf[(i % PAGE) as usize]);
+            }
+        }
+        sum
+    };
+    pass_softmm(&mut buf)?;
+    pass_memcpy(&mut buf);
+    let bytes = (size * passes) as f64;
+    let (mut softmm, mut memcpy) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = Instant::now();
+        let s1 = pass_softmm(&mut buf)?;
+        softmm.push(bytes / t.elapsed().as_nanos() as f64);
+        let t = Instant::now();
+        let s2 = pass_memcpy(&mut buf);
+        memcpy.push(bytes / t.elapsed().as_nanos() as f64);
+        check(s1 == s2, || format!("read bench: softmm read back checksum {s1}, the host copy {s2}"))?;
+    }
+    Ok(ReadFigures { softmm, memcpy })
+}

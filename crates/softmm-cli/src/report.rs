@@ -1,0 +1,178 @@
+//! Text reports: the `run` report and the tables of the benchmarks.
+
+use crate::error::{CliError, CliResult};
+use crate::units::{bytes, count, ns, PAGE};
+use softmm::{MachineStats, Mm, Smaps};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+/// One timed phase of `run`.
+pub struct Phase {
+    pub name: String,
+    pub ns: f64,
+    /// Pages the phase went over, for a per-page figure.
+    pub pages: Option<u64>,
+}
+
+impl Phase {
+    pub fn new(name: &str, since: Instant, pages: Option<u64>) -> Phase {
+        Phase { name: name.to_string(), ns: since.elapsed().as_nanos() as f64, pages }
+    }
+}
+
+/// smaps of one process's mapping.
+pub struct ProcSmaps {
+    pub name: String,
+    pub smaps: Smaps,
+}
+
+impl ProcSmaps {
+    pub fn of(name: &str, mm: &Mm, addr: u64) -> CliResult<ProcSmaps> {
+        let smaps = mm.smaps(addr).ok_or_else(|| CliError(format!("{name}: no mapping at {addr:#x} for smaps")))?;
+        Ok(ProcSmaps { name: name.to_string(), smaps })
+    }
+}
+
+/// Everything `run` measured.
+pub struct RunReport {
+    pub size: u64,
+    pub npages: u64,
+    pub children: u32,
+    pub write_percent: f64,
+    pub writes_per_child: u64,
+    pub threads: u32,
+    pub phases: Vec<Phase>,
+    pub total_ns: f64,
+    /// Machine counters at the snapshot (children written, nobody exited).
+    pub stats: MachineStats,
+    /// Machine counters after everything exited.
+    pub end: MachineStats,
+    pub procs: Vec<ProcSmaps>,
+    pub child_reads: u64,
+    pub child_writes: u64,
+    pub child_misses: u64,
+}
+
+pub fn run_report(r: &RunReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "softmm run: {} private anonymous ({} pages), {} children each writing {}% ({} pages) and reading the rest, on {} thread{}",
+        bytes(r.size),
+        count(r.npages),
+        r.children,
+        r.write_percent,
+        count(r.writes_per_child),
+        r.threads,
+        if r.threads == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(o, "\nPhases");
+    for p in &r.phases {
+        let per = match p.pages {
+            Some(n) if n > 0 => format!("  ({}/page)", ns(p.ns / n as f64)),
+            _ => String::new(),
+        };
+        let _ = writeln!(o, "  {:<28}{:>12}{per}", p.name, ns(p.ns));
+    }
+    let _ = writeln!(o, "  {:<28}{:>12}", "total", ns(r.total_ns));
+
+    let s = &r.stats;
+    let _ = writeln!(o, "\nFaults (machine counters at the snapshot: children written, nobody exited)");
+    let rows: [(&str, u64); 9] = [
+        ("demand-zero (fault_anon)", s.fault_anon),
+        ("zero-page reads", s.fault_zero_page),
+        ("COW copies", s.fault_cow_copy),
+        ("COW reuses", s.fault_cow_reuse),
+        ("minor (bits only)", s.fault_minor),
+        ("shared", s.fault_shared),
+        ("segv", s.segv),
+        ("forks", s.forks),
+        ("TLB shootdowns", s.tlb_flushes),
+    ];
+    for (name, v) in rows {
+        let _ = writeln!(o, "  {name:<28}{:>12}", count(v));
+    }
+    let _ = writeln!(
+        o,
+        "  {:<28}{:>12}  ({} reads, {} writes; {} accessor TLB misses)",
+        "child page accesses",
+        count(r.child_reads + r.child_writes),
+        count(r.child_reads),
+        count(r.child_writes),
+        count(r.child_misses)
+    );
+
+    let _ = writeln!(o, "\nMemory at the snapshot");
+    let frames = |n: u64| format!("{:>12}  ({})", count(n), bytes(n * PAGE));
+    let _ = writeln!(o, "  {:<28}{}", "frames in use", frames(s.frames_in_use));
+    let _ = writeln!(o, "  {:<28}{}", "  of which page tables", frames(s.page_tables));
+    let _ = writeln!(o, "  {:<28}{}", "  of which data", frames(s.frames_in_use.saturating_sub(s.page_tables)));
+    let _ = writeln!(o, "  {:<28}{}", "frames touched (host cost)", frames(s.frames_touched));
+    let _ = writeln!(o, "  {:<28}{}", "arena capacity", frames(s.frames_capacity));
+
+    let _ = writeln!(o, "\nsmaps at the snapshot (kB)");
+    let _ = writeln!(
+        o,
+        "  {:<10}{:>12}{:>12}{:>14}{:>14}{:>14}{:>14}",
+        "process", "Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty"
+    );
+    let mut tot = [0u64; 6];
+    for p in &r.procs {
+        let m = &p.smaps;
+        let v = [m.rss, m.pss, m.shared_clean, m.shared_dirty, m.private_clean, m.private_dirty];
+        for (t, x) in tot.iter_mut().zip(v) {
+            *t += x;
+        }
+        let _ = writeln!(
+            o,
+            "  {:<10}{:>12}{:>12}{:>14}{:>14}{:>14}{:>14}",
+            p.name,
+            count(v[0]),
+            count(v[1]),
+            count(v[2]),
+            count(v[3]),
+            count(v[4]),
+            count(v[5])
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  {:<10}{:>12}{:>12}{:>14}{:>14}{:>14}{:>14}",
+        "sum",
+        count(tot[0]),
+        count(tot[1]),
+        count(tot[2]),
+        count(tot[3]),
+        count(tot[4]),
+        count(tot[5])
+    );
+    let data_kb = s.frames_in_use.saturating_sub(s.page_tables) * PAGE / 1024;
+    let _ = writeln!(
+        o,
+        "  (Rss counts shared pages once per process; Pss sums to the {} kB of data frames really used)",
+        count(data_kb)
+    );
+
+    let e = &r.end;
+    let _ = writeln!(
+        o,
+        "\nAfter exit: {} frames in use, {} page tables; invariant audit ok",
+        e.frames_in_use, e.page_tables
+    );
+    let _ = writeln!(
+        o,
+        "Verification: ok (children read the parent's data on {} pages and their own on {}; the parent's {} pages are unchanged; counters match the workload)",
+        count(r.child_reads),
+        count(r.child_writes),
+        count(r.npages)
+    );
+    o
+}
+
+/// Write `text` to stdout. A closed stdout (`softmm ... | head`) is an
+/// error, not a panic as `print!` would make it.
+pub fn emit(text: &str) -> CliResult<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| CliError(format!("writing to stdout: {e}")))
+}

@@ -1,0 +1,212 @@
+//! `softmm gen`: random traces for differential testing.
+//!
+//! The generator is seeded SplitMix64, written out here rather than taken
+//! from a crate so that a seed names the same trace forever (crates' RNGs
+//! do not promise value stability across versions). Traces stay inside a
+//! 4 MiB window at 0x1000_0000 (well away from the Linux runner's own
+//! memory), use at most four address spaces, and only name spaces that exist.
+
+use super::parse::{Op, TKind, TProt};
+
+/// SplitMix64.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const BASE: u64 = 0x1000_0000;
+const WINDOW_PAGES: u64 = 1024;
+const NAMES: [&str; 6] = ["A", "B", "C", "D", "E", "F"];
+
+/// Generate a trace of `ops` operations from `seed`.
+pub fn generate(seed: u64, ops: usize) -> Vec<Op> {
+    let mut r = Rng::new(seed);
+    let mut live: Vec<String> = vec!["A".into()];
+    let mut out = vec![Op::New { a: "A".into() }];
+    let mut next_name = 1;
+    // Start with something mapped so most operations do something.
+    out.push(Op::Mmap { a: "A".into(), addr: BASE, len: 64 * 4096, prot: TProt::Rw, kind: TKind::Private });
+    while out.len() < ops {
+        if live.is_empty() {
+            let a = fresh(&mut next_name);
+            live.push(a.clone());
+            out.push(Op::New { a });
+            continue;
+        }
+        let a = live[r.below(live.len() as u64) as usize].clone();
+        let op = match r.below(100) {
+            0..=11 => Op::Mmap { a, addr: addr(&mut r), len: len(&mut r), prot: prot(&mut r), kind: kind(&mut r) },
+            12..=17 => Op::Munmap { a, addr: addr(&mut r), len: len(&mut r) },
+            18..=24 => Op::Mprotect { a, addr: addr(&mut r), len: len(&mut r), prot: prot(&mut r) },
+            25..=28 => Op::MadviseDontneed { a, addr: addr(&mut r), len: len(&mut r) },
+            29..=34 if live.len() < 4 => {
+                let b = fresh(&mut next_name);
+                live.push(b.clone());
+                Op::Fork { a, b }
+            }
+            35..=37 if live.len() > 1 => {
+                live.retain(|x| *x != a);
+                Op::Exit { a }
+            }
+            38..=57 => {
+                let n = 1 + r.below(16) as usize;
+                let bytes = (0..n).map(|_| r.below(256) as u8).collect();
+                Op::Write { a, addr: addr(&mut r) + r.below(4096), bytes }
+            }
+            58..=64 => Op::Fill { a, addr: addr(&mut r), len: 1 + r.below(3 * 4096), byte: r.below(256) as u8 },
+            65..=79 => Op::Read { a, addr: addr(&mut r) + r.below(4096), len: 1 + r.below(24) },
+            80..=89 => Op::Phys { a, addr: addr(&mut r) },
+            _ => Op::Smaps { a, addr: addr(&mut r) },
+        };
+        out.push(op);
+    }
+    out
+}
+
+fn fresh(next: &mut usize) -> String {
+    let n = *next;
+    *next += 1;
+    match NAMES.get(n) {
+        Some(s) => s.to_string(),
+        None => format!("P{n}"),
+    }
+}
+
+fn addr(r: &mut Rng) -> u64 {
+    // Favour a few hot pages so that operations overlap.
+    let page = if r.chance(50) { r.below(16) } else { r.below(WINDOW_PAGES) };
+    BASE + page * 4096
+}
+
+fn len(r: &mut Rng) -> u64 {
+    (1 + if r.chance(70) { r.below(8) } else { r.below(128) }) * 4096
+}
+
+fn prot(r: &mut Rng) -> TProt {
+    match r.below(10) {
+        0..=5 => TProt::Rw,
+        6..=7 => TProt::R,
+        8 => TProt::W,
+        _ => TProt::None,
+    }
+}
+
+fn kind(r: &mut Rng) -> TKind {
+    if r.chance(25) {
+        TKind::Shared
+    } else {
+        TKind::Private
+    }
+}
+
+/// Shrink a failing trace: drop operations one at a time (and then in
+/// halves) while `fails` still holds, keeping the trace well formed
+/// (operations on a name need its `new`/`fork` before them).
+pub fn minimize(ops: &[Op], mut fails: impl FnMut(&[Op]) -> bool) -> Vec<Op> {
+    let mut cur: Vec<Op> = ops.to_vec();
+    let mut chunk = (cur.len() / 2).max(1);
+    loop {
+        let mut shrunk = false;
+        let mut i = 0;
+        while i < cur.len() {
+            let end = (i + chunk).min(cur.len());
+            let mut cand = cur.clone();
+            cand.drain(i..end);
+            if well_formed(&cand) && fails(&cand) {
+                cur = cand;
+                shrunk = true;
+            } else {
+                i += chunk;
+            }
+        }
+        // Removing a later operation (an exit, say) can make an earlier one
+        // removable: repeat single-operation passes until nothing goes.
+        if chunk == 1 && !shrunk {
+            return cur;
+        }
+        chunk = (chunk / 2).max(1);
+    }
+}
+
+/// Every name is created before use and not used after its exit.
+pub fn well_formed(ops: &[Op]) -> bool {
+    let mut live: std::collections::HashSet<&str> = Default::default();
+    for op in ops {
+        match op {
+            Op::New { a } => {
+                if !live.insert(a) {
+                    return false;
+                }
+            }
+            Op::Fork { a, b } => {
+                if !live.contains(a.as_str()) || !live.insert(b) {
+                    return false;
+                }
+            }
+            Op::Exit { a } => {
+                if !live.remove(a.as_str()) {
+                    return false;
+                }
+            }
+            Op::Mmap { a, .. }
+            | Op::Munmap { a, .. }
+            | Op::Mprotect { a, .. }
+            | Op::MadviseDontneed { a, .. }
+            | Op::Write { a, .. }
+            | Op::Fill { a, .. }
+            | Op::Read { a, .. }
+            | Op::Phys { a, .. }
+            | Op::Smaps { a, .. }
+            | Op::FutexWait { a, .. }
+            | Op::FutexWake { a, .. }
+            | Op::Pin { a, .. } => {
+                if !live.contains(a.as_str()) {
+                    return false;
+                }
+            }
+            Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => {}
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_trace_and_well_formed() {
+        let a = generate(7, 200);
+        assert_eq!(a, generate(7, 200));
+        assert_ne!(a, generate(8, 200));
+        assert!(well_formed(&a));
+        assert_eq!(a.len(), 200);
+    }
+
+    #[test]
+    fn minimize_keeps_the_failure() {
+        let t = generate(3, 100);
+        let target = t[50].clone();
+        let small = minimize(&t, |c| c.contains(&target));
+        assert!(small.contains(&target));
+        assert!(small.len() <= 3, "{small:?}");
+        assert!(well_formed(&small));
+    }
+}

@@ -1,0 +1,181 @@
+//! Running a trace on real Linux processes: the controller side.
+//!
+//! The controller listens on a Unix socket in a private temporary
+//! directory; each worker (see `linux_worker.rs`) connects and introduces
+//! itself by name. `new A` starts a worker by re-executing this binary;
+//! `fork A B` asks worker A to fork, and waits for B to introduce itself.
+
+use super::parse::Op;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc {
+    conn: BufReader<UnixStream>,
+    pid: i32,
+}
+
+/// A trace's state on Linux: one worker process per address space.
+pub struct LinuxRunner {
+    dir: PathBuf,
+    socket: PathBuf,
+    listener: UnixListener,
+    procs: HashMap<String, Proc>,
+    spawned: Vec<Child>,
+}
+
+pub type Fatal = String;
+
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl LinuxRunner {
+    pub fn new() -> Result<LinuxRunner, Fatal> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("softmm-linux-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let socket = dir.join("ctl.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+        listener.set_nonblocking(true).map_err(|e| format!("socket setup: {e}"))?;
+        Ok(LinuxRunner { dir, socket, listener, procs: HashMap::new(), spawned: Vec::new() })
+    }
+
+    /// Wait for a worker to connect and introduce itself as `name`.
+    fn accept(&mut self, name: &str) -> Result<(), Fatal> {
+        let deadline = Instant::now() + ACCEPT_TIMEOUT;
+        let stream = loop {
+            match self.listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(format!("worker `{name}` did not connect within {ACCEPT_TIMEOUT:?}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(format!("accepting worker `{name}`: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| format!("socket setup: {e}"))?;
+        let mut conn = BufReader::new(stream);
+        let mut hello = String::new();
+        conn.read_line(&mut hello).map_err(|e| format!("reading hello of `{name}`: {e}"))?;
+        let mut parts = hello.split_whitespace();
+        let (h, got, pid) = (parts.next(), parts.next(), parts.next().and_then(|p| p.parse().ok()));
+        match (h, got, pid) {
+            (Some("hello"), Some(got), Some(pid)) if got == name => {
+                self.procs.insert(name.to_string(), Proc { conn, pid });
+                Ok(())
+            }
+            _ => Err(format!("expected worker `{name}` to say hello, got `{}`", hello.trim_end())),
+        }
+    }
+
+    fn ask(&mut self, a: &str, line: &str) -> Result<String, Fatal> {
+        let p = self.procs.get_mut(a).ok_or_else(|| format!("no address space named `{a}` (never created, or exited)"))?;
+        p.conn.get_mut().write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("worker `{a}`: {e}"))?;
+        let mut reply = String::new();
+        let n = p.conn.read_line(&mut reply).map_err(|e| format!("worker `{a}`: {e}"))?;
+        if n == 0 {
+            return Err(format!("worker `{a}` died while running `{line}`"));
+        }
+        let reply = reply.trim_end().to_string();
+        match reply.strip_prefix("fatal ") {
+            Some(msg) => Err(msg.to_string()),
+            None => Ok(reply),
+        }
+    }
+
+    /// Run one operation; returns its output line.
+    pub fn run(&mut self, op: &Op) -> Result<String, Fatal> {
+        match op {
+            Op::New { a } => {
+                if self.procs.contains_key(a) {
+                    return Err(format!("address space `{a}` already exists"));
+                }
+                let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+                let child = Command::new(exe)
+                    .arg("__linux-worker")
+                    .arg(&self.socket)
+                    .arg(a)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("starting a Linux worker: {e}"))?;
+                self.spawned.push(child);
+                self.accept(a)?;
+                Ok("ok".into())
+            }
+            Op::Fork { a, b } => {
+                if self.procs.contains_key(b) {
+                    return Err(format!("address space `{b}` already exists"));
+                }
+                let r = self.ask(a, &op.to_string())?;
+                if r == "ok" {
+                    self.accept(b)?;
+                }
+                Ok(r)
+            }
+            Op::Exit { a } => {
+                let r = self.ask(a, &op.to_string())?;
+                if let Some(p) = self.procs.remove(a) {
+                    reap(p.pid);
+                }
+                Ok(r)
+            }
+            Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => Ok("unsupported-on-linux".into()),
+            Op::Waiter { w } => {
+                // Waiters live in the process that started them; ask each.
+                let names: Vec<String> = self.procs.keys().cloned().collect();
+                for a in names {
+                    let r = self.ask(&a, &op.to_string());
+                    if let Ok(r) = r {
+                        return Ok(r);
+                    }
+                }
+                Err(format!("no waiter named `{w}`"))
+            }
+            Op::Mmap { a, .. }
+            | Op::Munmap { a, .. }
+            | Op::Mprotect { a, .. }
+            | Op::MadviseDontneed { a, .. }
+            | Op::Write { a, .. }
+            | Op::Fill { a, .. }
+            | Op::Read { a, .. }
+            | Op::Phys { a, .. }
+            | Op::Smaps { a, .. }
+            | Op::FutexWait { a, .. }
+            | Op::FutexWake { a, .. } => self.ask(a, &op.to_string()),
+        }
+    }
+}
+
+/// Wait (briefly) for a worker to be gone; it may not be our child.
+fn reap(pid: i32) {
+    for _ in 0..1000 {
+        // SAFETY: signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return;
+        }
+        let mut status = 0;
+        // SAFETY: reaping a child we may have spawned; harmless otherwise.
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Drop for LinuxRunner {
+    fn drop(&mut self) {
+        for p in self.procs.values() {
+            // SAFETY: killing a worker process this runner owns.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        for c in &mut self.spawned {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,486 @@
+//! Parsing of the trace format (`../shared/TRACE.md`, version 1).
+//!
+//! One operation per line; `#` starts a comment; blank lines are skipped.
+//! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal or `0x` hex, and a
+//! length may end in `K`, `M` or `G` (binary). Parsing is strict: anything
+//! else is a [`ParseError`] naming the line, which stops a replay with exit
+//! status 2.
+
+use std::fmt;
+
+/// Protection as written in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TProt {
+    R,
+    W,
+    Rw,
+    None,
+}
+
+/// Mapping kind as written in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TKind {
+    Private,
+    Shared,
+}
+
+/// One trace operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    New { a: String },
+    Mmap { a: String, addr: u64, len: u64, prot: TProt, kind: TKind },
+    Munmap { a: String, addr: u64, len: u64 },
+    Mprotect { a: String, addr: u64, len: u64, prot: TProt },
+    MadviseDontneed { a: String, addr: u64, len: u64 },
+    Fork { a: String, b: String },
+    Exit { a: String },
+    Write { a: String, addr: u64, bytes: Vec<u8> },
+    Fill { a: String, addr: u64, len: u64, byte: u8 },
+    Read { a: String, addr: u64, len: u64 },
+    Phys { a: String, addr: u64 },
+    Smaps { a: String, addr: u64 },
+    FutexWait { a: String, addr: u64, val: u32, w: String },
+    FutexWake { a: String, addr: u64, n: u32 },
+    Waiter { w: String },
+    Pin { a: String, addr: u64, len: u64, p: String },
+    Pinned { p: String, addr: u64, len: u64 },
+    Unpin { p: String },
+}
+
+impl Op {
+    /// Whether real Linux can run this operation (pins are softmm-only).
+    pub fn linux_can_run(&self) -> bool {
+        !matches!(self, Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. })
+    }
+}
+
+impl fmt::Display for TProt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TProt::R => "r",
+            TProt::W => "w",
+            TProt::Rw => "rw",
+            TProt::None => "-",
+        })
+    }
+}
+
+impl fmt::Display for TKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TKind::Private => "private",
+            TKind::Shared => "shared",
+        })
+    }
+}
+
+impl fmt::Display for Op {
+    /// The operation as a trace line (parses back to the same operation).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::New { a } => write!(f, "new {a}"),
+            Op::Mmap { a, addr, len, prot, kind } => write!(f, "mmap {a} {addr:#x} {len:#x} {prot} {kind}"),
+            Op::Munmap { a, addr, len } => write!(f, "munmap {a} {addr:#x} {len:#x}"),
+            Op::Mprotect { a, addr, len, prot } => write!(f, "mprotect {a} {addr:#x} {len:#x} {prot}"),
+            Op::MadviseDontneed { a, addr, len } => write!(f, "madvise {a} {addr:#x} {len:#x} dontneed"),
+            Op::Fork { a, b } => write!(f, "fork {a} {b}"),
+            Op::Exit { a } => write!(f, "exit {a}"),
+            Op::Write { a, addr, bytes } => write!(f, "write {a} {addr:#x} hex:{}", hex(bytes)),
+            Op::Fill { a, addr, len, byte } => write!(f, "fill {a} {addr:#x} {len:#x} {byte:02x}"),
+            Op::Read { a, addr, len } => write!(f, "read {a} {addr:#x} {len:#x}"),
+            Op::Phys { a, addr } => write!(f, "phys {a} {addr:#x}"),
+            Op::Smaps { a, addr } => write!(f, "smaps {a} {addr:#x}"),
+            Op::FutexWait { a, addr, val, w } => write!(f, "futex_wait {a} {addr:#x} {val} as {w}"),
+            Op::FutexWake { a, addr, n } => write!(f, "futex_wake {a} {addr:#x} {n}"),
+            Op::Waiter { w } => write!(f, "waiter {w}"),
+            Op::Pin { a, addr, len, p } => write!(f, "pin {a} {addr:#x} {len:#x} as {p}"),
+            Op::Pinned { p, addr, len } => write!(f, "pinned {p} {addr:#x} {len:#x}"),
+            Op::Unpin { p } => write!(f, "unpin {p}"),
+        }
+    }
+}
+
+/// A line of a trace that could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// A parsed trace line: its number (1-based) and operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub number: usize,
+    pub op: Op,
+}
+
+/// Parse a whole trace. Stops at the first malformed line.
+pub fn parse_trace(text: &str) -> Result<Vec<Line>, ParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        if let Some(op) = parse_line(raw).map_err(|message| ParseError { line: i + 1, message })? {
+            out.push(Line { number: i + 1, op });
+        }
+    }
+    Ok(out)
+}
+
+/// Parse one line; `Ok(None)` for blank and comment-only lines.
+pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
+    let toks = tokenize(raw)?;
+    if toks.is_empty() {
+        return Ok(None);
+    }
+    let mut t = Toks { toks: &toks, at: 0 };
+    let verb = t.word("operation")?;
+    let op = match verb {
+        "new" => Op::New { a: t.name()? },
+        "mmap" => Op::Mmap { a: t.name()?, addr: t.num("address")?, len: t.len()?, prot: t.prot()?, kind: t.kind()? },
+        "munmap" => Op::Munmap { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "mprotect" => Op::Mprotect { a: t.name()?, addr: t.num("address")?, len: t.len()?, prot: t.prot()? },
+        "madvise" => {
+            let (a, addr, len) = (t.name()?, t.num("address")?, t.len()?);
+            match t.word("advice")? {
+                "dontneed" => Op::MadviseDontneed { a, addr, len },
+                other => return Err(format!("unknown advice `{other}` (expected `dontneed`)")),
+            }
+        }
+        "fork" => Op::Fork { a: t.name()?, b: t.name()? },
+        "exit" => Op::Exit { a: t.name()? },
+        "write" => Op::Write { a: t.name()?, addr: t.num("address")?, bytes: t.bytes()? },
+        "fill" => Op::Fill { a: t.name()?, addr: t.num("address")?, len: t.len()?, byte: t.hex_byte()? },
+        "read" => Op::Read { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "phys" => Op::Phys { a: t.name()?, addr: t.num("address")? },
+        "smaps" => Op::Smaps { a: t.name()?, addr: t.num("address")? },
+        "futex_wait" => {
+            let (a, addr) = (t.name()?, t.num("address")?);
+            let val = t.num("value")?;
+            let val = u32::try_from(val).map_err(|_| format!("futex value {val} does not fit in 32 bits"))?;
+            t.keyword("as")?;
+            Op::FutexWait { a, addr, val, w: t.name()? }
+        }
+        "futex_wake" => {
+            let (a, addr) = (t.name()?, t.num("address")?);
+            let n = t.num("count")?;
+            let n = u32::try_from(n).map_err(|_| format!("wake count {n} does not fit in 32 bits"))?;
+            Op::FutexWake { a, addr, n }
+        }
+        "waiter" => Op::Waiter { w: t.name()? },
+        "pin" => {
+            let (a, addr, len) = (t.name()?, t.num("address")?, t.len()?);
+            t.keyword("as")?;
+            Op::Pin { a, addr, len, p: t.name()? }
+        }
+        "pinned" => Op::Pinned { p: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "unpin" => Op::Unpin { p: t.name()? },
+        other => return Err(format!("unknown operation `{other}`")),
+    };
+    if let Some(extra) = t.toks.get(t.at) {
+        return Err(format!("unexpected `{}` after the operation", extra.text()));
+    }
+    Ok(Some(op))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Word(String),
+    Quoted(Vec<u8>),
+}
+
+impl Tok {
+    fn text(&self) -> String {
+        match self {
+            Tok::Word(w) => w.clone(),
+            Tok::Quoted(_) => "\"...\"".to_string(),
+        }
+    }
+}
+
+/// Split a line into words and quoted strings, dropping a `#` comment.
+fn tokenize(raw: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '#' {
+            break;
+        } else if c == '"' {
+            chars.next();
+            out.push(Tok::Quoted(unescape(&mut chars)?));
+        } else {
+            let mut w = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() || c == '#' {
+                    break;
+                }
+                if c == '"' {
+                    return Err("a quote inside a word".into());
+                }
+                w.push(c);
+                chars.next();
+            }
+            out.push(Tok::Word(w));
+        }
+    }
+    Ok(out)
+}
+
+/// Read a C-escaped string up to its closing quote.
+fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let c = chars.next().ok_or("unterminated string")?;
+        match c {
+            '"' => return Ok(out),
+            '\\' => {
+                let e = chars.next().ok_or("unterminated escape")?;
+                match e {
+                    'n' => out.push(b'\n'),
+                    't' => out.push(b'\t'),
+                    'r' => out.push(b'\r'),
+                    '0'..='7' => {
+                        let mut v = e.to_digit(8).unwrap_or(0);
+                        for _ in 0..2 {
+                            match chars.peek().and_then(|c| c.to_digit(8)) {
+                                Some(d) => {
+                                    v = v * 8 + d;
+                                    chars.next();
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(u8::try_from(v).map_err(|_| format!("octal escape \\{v:o} above 255"))?);
+                    }
+                    'x' => {
+                        let mut v = 0u32;
+                        let mut n = 0;
+                        while let Some(d) = chars.peek().and_then(|c| c.to_digit(16)) {
+                            v = v * 16 + d;
+                            n += 1;
+                            chars.next();
+                            if n == 2 {
+                                break;
+                            }
+                        }
+                        if n == 0 {
+                            return Err("\\x without hex digits".into());
+                        }
+                        out.push(v as u8);
+                    }
+                    'a' => out.push(7),
+                    'b' => out.push(8),
+                    'f' => out.push(12),
+                    'v' => out.push(11),
+                    '\\' | '"' | '\'' | '?' => out.push(e as u8),
+                    other => return Err(format!("unknown escape \\{other}")),
+                }
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+struct Toks<'a> {
+    toks: &'a [Tok],
+    at: usize,
+}
+
+impl Toks<'_> {
+    fn next(&mut self, what: &str) -> Result<&Tok, String> {
+        let t = self.toks.get(self.at).ok_or_else(|| format!("missing {what}"))?;
+        self.at += 1;
+        Ok(t)
+    }
+
+    fn word(&mut self, what: &str) -> Result<&str, String> {
+        match self.next(what)? {
+            Tok::Word(w) => Ok(w),
+            Tok::Quoted(_) => Err(format!("expected {what}, found a string")),
+        }
+    }
+
+    fn keyword(&mut self, kw: &str) -> Result<(), String> {
+        let w = self.word(&format!("`{kw}`"))?;
+        if w == kw {
+            Ok(())
+        } else {
+            Err(format!("expected `{kw}`, found `{w}`"))
+        }
+    }
+
+    fn name(&mut self) -> Result<String, String> {
+        let w = self.word("name")?;
+        let mut cs = w.chars();
+        let ok = cs.next().is_some_and(|c| c.is_ascii_alphabetic()) && cs.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(w.to_string())
+        } else {
+            Err(format!("bad name `{w}` (names are [A-Za-z][A-Za-z0-9_]*)"))
+        }
+    }
+
+    fn num(&mut self, what: &str) -> Result<u64, String> {
+        let w = self.word(what)?;
+        parse_num(w).ok_or_else(|| format!("bad {what} `{w}` (decimal or 0x hex)"))
+    }
+
+    fn len(&mut self) -> Result<u64, String> {
+        let w = self.word("length")?;
+        let (digits, shift) = match w.as_bytes().last() {
+            Some(b'K') => (&w[..w.len() - 1], 10),
+            Some(b'M') => (&w[..w.len() - 1], 20),
+            Some(b'G') => (&w[..w.len() - 1], 30),
+            _ => (w, 0),
+        };
+        let v = parse_num(digits).ok_or_else(|| format!("bad length `{w}`"))?;
+        v.checked_mul(1u64 << shift).ok_or_else(|| format!("length `{w}` overflows 64 bits"))
+    }
+
+    fn prot(&mut self) -> Result<TProt, String> {
+        match self.word("protection")? {
+            "r" => Ok(TProt::R),
+            "w" => Ok(TProt::W),
+            "rw" => Ok(TProt::Rw),
+            "-" => Ok(TProt::None),
+            o => Err(format!("bad protection `{o}` (r, w, rw or -)")),
+        }
+    }
+
+    fn kind(&mut self) -> Result<TKind, String> {
+        match self.word("kind")? {
+            "private" => Ok(TKind::Private),
+            "shared" => Ok(TKind::Shared),
+            o => Err(format!("bad kind `{o}` (private or shared)")),
+        }
+    }
+
+    fn hex_byte(&mut self) -> Result<u8, String> {
+        let w = self.word("byte")?;
+        let h = w.strip_prefix("0x").unwrap_or(w);
+        if h.is_empty() || h.len() > 2 {
+            return Err(format!("bad byte `{w}` (one hex byte, e.g. ab)"));
+        }
+        u8::from_str_radix(h, 16).map_err(|_| format!("bad byte `{w}` (one hex byte, e.g. ab)"))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, String> {
+        match self.next("bytes")? {
+            Tok::Quoted(b) => Ok(b.clone()),
+            Tok::Word(w) => {
+                let h = w.strip_prefix("hex:").ok_or_else(|| format!("bad bytes `{w}` (\"text\" or hex:0011ff)"))?;
+                if h.len() % 2 != 0 {
+                    return Err(format!("odd number of hex digits in `{w}`"));
+                }
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| format!("bad hex in `{w}`")))
+                    .collect()
+            }
+        }
+    }
+}
+
+fn parse_num(w: &str) -> Option<u64> {
+    if let Some(h) = w.strip_prefix("0x").or_else(|| w.strip_prefix("0X")) {
+        if h.is_empty() {
+            return None;
+        }
+        u64::from_str_radix(&h.replace('_', ""), 16).ok()
+    } else {
+        if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        w.parse().ok()
+    }
+}
+
+/// Lower-case hex of `bytes`, as `data` lines print it.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_trace_md_example() {
+        let t = "new P\nmmap P 0x10000000 64K rw private\nwrite P 0x10000000 \"hello\"\nfork P C\n\
+                 phys P 0x10000000        # frame 7\nread C 0x10000000 5 # data\nsmaps P 0x10000000\n";
+        let lines = parse_trace(t).unwrap();
+        assert_eq!(lines.len(), 7);
+        assert_eq!(
+            lines[1].op,
+            Op::Mmap { a: "P".into(), addr: 0x1000_0000, len: 65536, prot: TProt::Rw, kind: TKind::Private }
+        );
+        assert_eq!(lines[2].op, Op::Write { a: "P".into(), addr: 0x1000_0000, bytes: b"hello".to_vec() });
+        assert_eq!(lines[4].number, 5);
+    }
+
+    #[test]
+    fn escapes_and_hex() {
+        let op = parse_line(r#"write A 4096 "a\n\x41\101\"\\""#).unwrap().unwrap();
+        assert_eq!(op, Op::Write { a: "A".into(), addr: 4096, bytes: b"a\nAA\"\\".to_vec() });
+        let op = parse_line("write A 4096 hex:00ff10").unwrap().unwrap();
+        assert_eq!(op, Op::Write { a: "A".into(), addr: 4096, bytes: vec![0, 0xff, 0x10] });
+        assert_eq!(parse_line("fill A 0x1000 2M ab").unwrap().unwrap(), Op::Fill {
+            a: "A".into(),
+            addr: 4096,
+            len: 2 << 20,
+            byte: 0xab
+        });
+    }
+
+    #[test]
+    fn malformed_lines_say_why() {
+        for bad in [
+            "mmap P 0x1000 4K rw",
+            "mmap P 0x1000 4K rwx private",
+            "frob P",
+            "new 1P",
+            "write P 0x1000 \"open",
+            "read P 0x1000 5 extra",
+            "fill P 0x1000 10 abc",
+            "futex_wait P 0x1000 1 W",
+            "mmap P 0x1000 99999999999999999999G rw private",
+        ] {
+            let e = parse_trace(&format!("new P\n{bad}\n")).unwrap_err();
+            assert_eq!(e.line, 2, "{bad}: {e}");
+            assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let t = "new P\nmmap P 0x10000000 64K rw private\nwrite P 0x10000000 \"hi\"\nfork P C\nfill C 4096 3 ab\n\
+                 munmap P 4096 4096\nmprotect P 4096 4096 -\nmadvise P 0 4096 dontneed\nread P 1 2\nphys P 3\n\
+                 smaps P 4\nfutex_wait P 8 1 as W\nfutex_wake P 8 1\nwaiter W\npin P 0 4096 as Q\n\
+                 pinned Q 0 8\nunpin Q\nexit C\n";
+        for l in parse_trace(t).unwrap() {
+            let again = parse_line(&l.op.to_string()).unwrap().unwrap();
+            assert_eq!(again, l.op);
+        }
+    }
+
+    #[test]
+    fn comments_and_blank_lines() {
+        assert_eq!(parse_line("   # nothing").unwrap(), None);
+        assert_eq!(parse_line("").unwrap(), None);
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+}

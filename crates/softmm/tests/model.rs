@@ -1,0 +1,755 @@
+//! Model-based test: random histories of mmap, munmap, mprotect, madvise,
+//! fork, exit and accesses over up to four address spaces, each step checked
+//! against a deliberately simple reference model.
+//!
+//! The model keeps, per address space, a map from virtual page number to
+//! (protection, contents). Private contents are plain byte vectors, copied by
+//! value on fork; shared contents are `Rc<RefCell<..>>` pages, so a fork
+//! shares them. Every step compares results (same `Ok`/`Err`, same fault kind
+//! and address, same bytes), then audits the whole machine with
+//! `check_invariants` and compares the mapped pages and their protection.
+//!
+//! `PROPTEST_CASES` overrides the number of cases (2,000 in release builds).
+
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use softmm::{errno, Accessor, Advice, Config, Error, Machine, MapKind, Mm, Placement, Prot, SegvKind};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+const PAGE: u64 = 4096;
+/// The window operations start in: 32 pages, so they overlap a lot.
+const BASE: u64 = 0x1000_0000;
+const WINDOW_PAGES: u64 = 32;
+/// Longest range operation, in pages (ranges may run past the window).
+const MAX_RANGE_PAGES: u64 = 8;
+const SLOTS: usize = 4;
+
+// ---------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------
+
+/// Which access path an access goes through.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// `Mm::read` / `Mm::write` / `Mm::fill` (no TLB).
+    Mm,
+    /// The slot's long-lived `Accessor` (software TLB).
+    Acc,
+}
+
+/// A range argument: `page` is an index into the window, `len` in bytes
+/// (0 and lengths that are not a page multiple included), `misalign` adds
+/// half a page to the address.
+#[derive(Clone, Copy)]
+struct Range {
+    page: u64,
+    len: u64,
+    misalign: bool,
+}
+
+impl Range {
+    fn addr(self) -> u64 {
+        BASE + self.page * PAGE + if self.misalign { PAGE / 2 } else { 0 }
+    }
+}
+
+impl std::fmt::Debug for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}+{:#x}", self.addr(), self.len)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A fresh, empty address space in an empty slot.
+    New {
+        s: usize,
+    },
+    Mmap {
+        s: usize,
+        r: Range,
+        prot: Prot,
+        kind: MapKind,
+        noreplace: bool,
+    },
+    Munmap {
+        s: usize,
+        r: Range,
+    },
+    Mprotect {
+        s: usize,
+        r: Range,
+        prot: Prot,
+    },
+    DontNeed {
+        s: usize,
+        r: Range,
+    },
+    /// Fork slot `s` into slot `into` (whatever lived there exits first).
+    Fork {
+        s: usize,
+        into: usize,
+    },
+    /// Drop the `Mm`; its accessor stays, seeing an empty address space.
+    Exit {
+        s: usize,
+    },
+    /// Replace the slot's accessor with a fresh one.
+    NewAccessor {
+        s: usize,
+    },
+    Read {
+        s: usize,
+        addr: Addr,
+        len: usize,
+        via: Via,
+    },
+    Write {
+        s: usize,
+        addr: Addr,
+        len: usize,
+        seed: u8,
+        via: Via,
+    },
+    Fill {
+        s: usize,
+        addr: Addr,
+        len: usize,
+        byte: u8,
+        via: Via,
+    },
+    FetchAdd {
+        s: usize,
+        addr: Addr,
+        v: u64,
+    },
+    Load32 {
+        s: usize,
+        addr: Addr,
+    },
+}
+
+#[derive(Clone, Copy)]
+struct Addr(u64);
+
+impl std::fmt::Debug for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+fn slot() -> impl Strategy<Value = usize> {
+    0..SLOTS
+}
+
+fn prot() -> impl Strategy<Value = Prot> {
+    prop_oneof![4 => Just(Prot::RW), 2 => Just(Prot::READ), 1 => Just(Prot::WRITE), 1 => Just(Prot::NONE)]
+}
+
+fn kind() -> impl Strategy<Value = MapKind> {
+    prop_oneof![3 => Just(MapKind::Private), 1 => Just(MapKind::Shared)]
+}
+
+fn range() -> impl Strategy<Value = Range> {
+    let pages = 0..WINDOW_PAGES;
+    let npages = prop_oneof![1 => Just(0u64), 12 => 1u64..=MAX_RANGE_PAGES];
+    // Mostly whole pages; sometimes a length that rounds up.
+    let shave = prop_oneof![4 => Just(0u64), 1 => 1u64..PAGE];
+    let misalign = prop_oneof![15 => Just(false), 1 => Just(true)];
+    (pages, npages, shave, misalign).prop_map(|(page, n, shave, misalign)| Range {
+        page,
+        len: (n * PAGE).saturating_sub(if n > 0 { shave } else { 0 }),
+        misalign,
+    })
+}
+
+fn addr(align: u64) -> impl Strategy<Value = Addr> {
+    // A little past the window too (mappings may extend past it).
+    (0..(WINDOW_PAGES + MAX_RANGE_PAGES / 2) * PAGE / align).prop_map(move |x| Addr(BASE + x * align))
+}
+
+fn access_len() -> impl Strategy<Value = usize> {
+    prop_oneof![1 => Just(0usize), 6 => 1usize..=16, 3 => 1usize..=2 * PAGE as usize]
+}
+
+fn via() -> impl Strategy<Value = Via> {
+    prop_oneof![Just(Via::Mm), Just(Via::Acc)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => slot().prop_map(|s| Op::New { s }),
+        12 => (slot(), range(), prot(), kind(), prop_oneof![5 => Just(false), 1 => Just(true)])
+            .prop_map(|(s, r, prot, kind, noreplace)| Op::Mmap { s, r, prot, kind, noreplace }),
+        4 => (slot(), range()).prop_map(|(s, r)| Op::Munmap { s, r }),
+        6 => (slot(), range(), prot()).prop_map(|(s, r, prot)| Op::Mprotect { s, r, prot }),
+        4 => (slot(), range()).prop_map(|(s, r)| Op::DontNeed { s, r }),
+        4 => (slot(), slot()).prop_map(|(s, into)| Op::Fork { s, into }),
+        2 => slot().prop_map(|s| Op::Exit { s }),
+        1 => slot().prop_map(|s| Op::NewAccessor { s }),
+        10 => (slot(), addr(1), access_len(), via()).prop_map(|(s, addr, len, via)| Op::Read { s, addr, len, via }),
+        12 => (slot(), addr(1), access_len(), any::<u8>(), via())
+            .prop_map(|(s, addr, len, seed, via)| Op::Write { s, addr, len, seed, via }),
+        4 => (slot(), addr(1), access_len(), 1u8..=255, via())
+            .prop_map(|(s, addr, len, byte, via)| Op::Fill { s, addr, len, byte, via }),
+        4 => (slot(), addr(4), 1u64..1000).prop_map(|(s, addr, v)| Op::FetchAdd { s, addr, v }),
+        2 => (slot(), addr(2)).prop_map(|(s, addr)| Op::Load32 { s, addr }),
+    ]
+}
+
+/// A few mappings first, so that the random operations find memory to act on.
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let mmap = (range(), prot(), kind()).prop_map(|(r, prot, kind)| Op::Mmap { s: 0, r, prot, kind, noreplace: false });
+    (prop::collection::vec(mmap, 3..=6), prop::collection::vec(op(), 30..=56)).prop_map(|(mut a, b)| {
+        a.extend(b);
+        a
+    })
+}
+
+/// The bytes a `Write` op stores: never zero, so they differ from fresh memory.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add((i as u8).wrapping_mul(13)) | 1).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The reference model
+// ---------------------------------------------------------------------------
+
+#[derive(Clone)]
+enum Mem {
+    /// Private memory: a value, copied on fork.
+    Private(Vec<u8>),
+    /// A page of a shared object: every mapping of it sees the same bytes.
+    Shared(Rc<RefCell<Vec<u8>>>),
+}
+
+#[derive(Clone)]
+struct Page {
+    prot: Prot,
+    mem: Mem,
+}
+
+impl Page {
+    fn new(prot: Prot, kind: MapKind) -> Page {
+        let zeros = vec![0u8; PAGE as usize];
+        let mem = match kind {
+            MapKind::Private => Mem::Private(zeros),
+            MapKind::Shared => Mem::Shared(Rc::new(RefCell::new(zeros))),
+        };
+        Page { prot, mem }
+    }
+
+    fn kind(&self) -> MapKind {
+        match self.mem {
+            Mem::Private(_) => MapKind::Private,
+            Mem::Shared(_) => MapKind::Shared,
+        }
+    }
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        match &mut self.mem {
+            Mem::Private(v) => f(v),
+            Mem::Shared(p) => f(&mut p.borrow_mut()),
+        }
+    }
+}
+
+/// One address space of the model: virtual page number -> page.
+#[derive(Clone, Default)]
+struct Space {
+    pages: BTreeMap<u64, Page>,
+}
+
+fn npages(len: u64) -> u64 {
+    len.div_ceil(PAGE)
+}
+
+impl Space {
+    fn vpns(addr: u64, len: u64) -> std::ops::Range<u64> {
+        addr / PAGE..addr / PAGE + npages(len)
+    }
+
+    fn mmap(&mut self, addr: u64, len: u64, prot: Prot, kind: MapKind, noreplace: bool) -> Result<u64, i32> {
+        if len == 0 || addr % PAGE != 0 {
+            return Err(errno::EINVAL);
+        }
+        if noreplace && Self::vpns(addr, len).any(|v| self.pages.contains_key(&v)) {
+            return Err(17); // EEXIST
+        }
+        for v in Self::vpns(addr, len) {
+            self.pages.insert(v, Page::new(prot, kind));
+        }
+        Ok(addr)
+    }
+
+    fn munmap(&mut self, addr: u64, len: u64) -> Result<(), i32> {
+        if len == 0 || addr % PAGE != 0 {
+            return Err(errno::EINVAL);
+        }
+        for v in Self::vpns(addr, len) {
+            self.pages.remove(&v);
+        }
+        Ok(())
+    }
+
+    /// Pages in address order up to the first hole change; the hole is ENOMEM.
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Result<(), i32> {
+        if addr % PAGE != 0 {
+            return Err(errno::EINVAL);
+        }
+        for v in Self::vpns(addr, len) {
+            match self.pages.get_mut(&v) {
+                Some(p) => p.prot = prot,
+                None => return Err(errno::ENOMEM),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every mapped page is dropped (private: back to zeros; shared: kept);
+    /// any hole makes it ENOMEM.
+    fn dontneed(&mut self, addr: u64, len: u64) -> Result<(), i32> {
+        if addr % PAGE != 0 {
+            return Err(errno::EINVAL);
+        }
+        let mut hole = false;
+        for v in Self::vpns(addr, len) {
+            match self.pages.get_mut(&v) {
+                Some(Page { mem: Mem::Private(bytes), .. }) => bytes.fill(0),
+                Some(_) => {}
+                None => hole = true,
+            }
+        }
+        if hole {
+            Err(errno::ENOMEM)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A CPU-like access of `[addr, addr+len)`, page by page: the first page
+    /// that faults stops it (earlier pages have been transferred). `f` gets
+    /// each page's bytes, the offset in the page and the offset in the buffer.
+    fn access(
+        &mut self,
+        addr: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(&mut [u8], usize, usize, usize),
+    ) -> Result<(), Error> {
+        let end = addr + len as u64;
+        let mut va = addr;
+        while va < end {
+            let hi = ((va / PAGE + 1) * PAGE).min(end);
+            let Some(page) = self.pages.get_mut(&(va / PAGE)) else {
+                return Err(Error::Segv { addr: va, kind: SegvKind::MapErr });
+            };
+            // x86: any protection but none is readable; write needs write.
+            let ok = if write { page.prot.writable() } else { page.prot != Prot::NONE };
+            if !ok {
+                return Err(Error::Segv { addr: va, kind: SegvKind::AccErr });
+            }
+            let off = (va % PAGE) as usize;
+            let lo = (va - addr) as usize;
+            page.with(|bytes| f(bytes, off, lo, lo + (hi - va) as usize));
+            va = hi;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let mut out = vec![0u8; len];
+        self.access(addr, len, false, |b, off, lo, hi| out[lo..hi].copy_from_slice(&b[off..off + hi - lo]))?;
+        Ok(out)
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.access(addr, data.len(), true, |b, off, lo, hi| b[off..off + hi - lo].copy_from_slice(&data[lo..hi]))
+    }
+
+    /// What `mappings()` should show, page by page.
+    fn layout(&self) -> BTreeMap<u64, (Prot, MapKind)> {
+        self.pages.iter().map(|(&v, p)| (v, (p.prot, p.kind()))).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The system under test, side by side with the model
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Slot {
+    mm: Option<Mm>,
+    /// Outlives `mm` after `Exit`, until the slot is reused.
+    acc: Option<Accessor>,
+    /// `Some` exactly when `mm` is.
+    model: Option<Space>,
+}
+
+struct World {
+    machine: Machine,
+    slots: Vec<Slot>,
+}
+
+type Res = Result<(), String>;
+
+macro_rules! ensure_eq {
+    ($a:expr, $b:expr, $($ctx:tt)*) => {{
+        let (a, b) = (&$a, &$b);
+        if a != b {
+            return Err(format!("{}: softmm gave {:?}, the model {:?}", format!($($ctx)*), a, b));
+        }
+    }};
+}
+
+fn errno_of<T>(r: &softmm::Result<T>) -> Result<(), i32> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.errno()),
+    }
+}
+
+fn unit<T, E: Clone>(r: &Result<T, E>) -> Result<(), E> {
+    r.as_ref().map(|_| ()).map_err(E::clone)
+}
+
+/// The accessor-path result of an access by an accessor whose address space
+/// has exited: it sees nothing mapped.
+fn exited<T>(addr: u64, len: usize, ok: T) -> Result<T, Error> {
+    if len == 0 {
+        Ok(ok)
+    } else {
+        Err(Error::Segv { addr, kind: SegvKind::MapErr })
+    }
+}
+
+impl World {
+    fn new() -> World {
+        let machine = Machine::new(Config { arena_bytes: 32 << 20, ..Config::default() }).expect("arena");
+        let mut slots: Vec<Slot> = (0..SLOTS).map(|_| Slot::default()).collect();
+        let mm = machine.new_mm().expect("new_mm");
+        slots[0] = Slot { acc: Some(mm.accessor()), mm: Some(mm), model: Some(Space::default()) };
+        World { machine, slots }
+    }
+
+    fn install(&mut self, s: usize, mm: Mm, model: Space) {
+        let slot = &mut self.slots[s];
+        // A zombie accessor left in the slot goes now.
+        slot.acc = Some(mm.accessor());
+        slot.mm = Some(mm);
+        slot.model = Some(model);
+    }
+
+    /// The `s`-th (modulo) slot with a live address space, or with an
+    /// accessor, so that most operations hit something.
+    fn pick(&self, s: usize, accessor: bool) -> Option<usize> {
+        let cands: Vec<usize> = (0..SLOTS)
+            .filter(|&i| if accessor { self.slots[i].acc.is_some() } else { self.slots[i].mm.is_some() })
+            .collect();
+        (!cands.is_empty()).then(|| cands[s % cands.len()])
+    }
+
+    /// The operation with its slot index resolved by `pick` (`New` and the
+    /// target of `Fork` name a slot directly). `None`: nothing to act on.
+    fn resolve(&self, op: &Op) -> Option<Op> {
+        let mut op = op.clone();
+        let (s, accessor) = match &mut op {
+            Op::New { .. } => return Some(op),
+            Op::Read { s, via, .. } | Op::Write { s, via, .. } | Op::Fill { s, via, .. } => {
+                (s, matches!(via, Via::Acc))
+            }
+            Op::FetchAdd { s, .. } | Op::Load32 { s, .. } => (s, true),
+            Op::Mmap { s, .. }
+            | Op::Munmap { s, .. }
+            | Op::Mprotect { s, .. }
+            | Op::DontNeed { s, .. }
+            | Op::Fork { s, .. }
+            | Op::Exit { s }
+            | Op::NewAccessor { s } => (s, false),
+        };
+        *s = self.pick(*s, accessor)?;
+        Some(op)
+    }
+
+    fn step(&mut self, op: &Op) -> Res {
+        match *op {
+            Op::New { s } => {
+                if self.slots[s].mm.is_none() {
+                    let mm = self.machine.new_mm().map_err(|e| format!("new_mm: {e}"))?;
+                    self.install(s, mm, Space::default());
+                }
+            }
+            Op::Mmap { s, r, prot, kind, noreplace } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                let place = if noreplace { Placement::FixedNoReplace } else { Placement::Fixed };
+                let got = mm.mmap(r.addr(), r.len, prot, kind, place);
+                let want = model.mmap(r.addr(), r.len, prot, kind, noreplace);
+                ensure_eq!(got.as_ref().map_err(Error::errno).copied(), want, "mmap");
+            }
+            Op::Munmap { s, r } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                ensure_eq!(errno_of(&mm.munmap(r.addr(), r.len)), model.munmap(r.addr(), r.len), "munmap");
+            }
+            Op::Mprotect { s, r, prot } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                let got = errno_of(&mm.mprotect(r.addr(), r.len, prot));
+                ensure_eq!(got, model.mprotect(r.addr(), r.len, prot), "mprotect");
+            }
+            Op::DontNeed { s, r } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                let got = errno_of(&mm.madvise(r.addr(), r.len, Advice::DontNeed));
+                ensure_eq!(got, model.dontneed(r.addr(), r.len), "madvise(DONTNEED)");
+            }
+            Op::Fork { s, into } => {
+                if s == into || self.slots[s].mm.is_none() {
+                    return Ok(());
+                }
+                // Whatever lived in the target slot exits first.
+                self.slots[into] = Slot::default();
+                let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { unreachable!() };
+                let child = mm.fork().map_err(|e| format!("fork: {e}"))?;
+                let child_model = model.clone();
+                self.install(into, child, child_model);
+            }
+            Op::Exit { s } => {
+                let slot = &mut self.slots[s];
+                if let Some(mm) = slot.mm.take() {
+                    mm.exit();
+                }
+                slot.model = None;
+            }
+            Op::NewAccessor { s } => {
+                let slot = &mut self.slots[s];
+                if let Some(mm) = &slot.mm {
+                    slot.acc = Some(mm.accessor());
+                }
+            }
+            Op::Read { s, addr: Addr(addr), len, via } => {
+                let slot = &mut self.slots[s];
+                let mut buf = vec![0u8; len];
+                let got = match via {
+                    Via::Mm => match &slot.mm {
+                        Some(mm) => mm.read(addr, &mut buf),
+                        None => return Ok(()),
+                    },
+                    Via::Acc => match &mut slot.acc {
+                        Some(acc) => acc.read(addr, &mut buf),
+                        None => return Ok(()),
+                    },
+                };
+                let want = match &mut slot.model {
+                    Some(model) => model.read(addr, len),
+                    None => exited(addr, len, vec![0; len]),
+                };
+                ensure_eq!(unit(&got), unit(&want), "read {via:?}");
+                if let Ok(want) = want {
+                    if buf != want {
+                        let at = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+                        return Err(format!(
+                            "read {via:?}: bytes differ first at {:#x}: softmm {:#04x}, model {:#04x}",
+                            addr + at as u64,
+                            buf[at],
+                            want[at]
+                        ));
+                    }
+                }
+            }
+            Op::Write { s, addr: Addr(addr), len, seed, via } => {
+                let data = pattern(seed, len);
+                self.write_like(s, addr, &data, via, |mm, acc| match (mm, acc) {
+                    (Some(mm), _) => mm.write(addr, &data),
+                    (_, Some(acc)) => acc.write(addr, &data),
+                    _ => unreachable!(),
+                })?;
+            }
+            Op::Fill { s, addr: Addr(addr), len, byte, via } => {
+                let data = vec![byte; len];
+                self.write_like(s, addr, &data, via, |mm, acc| match (mm, acc) {
+                    (Some(mm), _) => mm.fill(addr, len, byte),
+                    (_, Some(acc)) => acc.fill_bytes(addr, len, byte),
+                    _ => unreachable!(),
+                })?;
+            }
+            Op::FetchAdd { s, addr: Addr(addr), v } => {
+                let slot = &mut self.slots[s];
+                let Some(acc) = &mut slot.acc else { return Ok(()) };
+                let got = acc.fetch_add_u64(addr, v);
+                if addr % 8 != 0 {
+                    if !matches!(got, Err(Error::Misaligned { .. })) {
+                        return Err(format!("fetch_add_u64 at {addr:#x}: {got:?}, want Misaligned"));
+                    }
+                    return Ok(());
+                }
+                let want = match &mut slot.model {
+                    None => exited(addr, 8, 0),
+                    Some(model) => {
+                        // One write access to one word (aligned words never cross a page).
+                        let mut old = 0;
+                        model
+                            .access(addr, 8, true, |b, off, _, _| {
+                                let w: &mut [u8; 8] = (&mut b[off..off + 8]).try_into().unwrap();
+                                old = u64::from_ne_bytes(*w);
+                                *w = old.wrapping_add(v).to_ne_bytes();
+                            })
+                            .map(|()| old)
+                    }
+                };
+                ensure_eq!(got, want, "fetch_add_u64");
+            }
+            Op::Load32 { s, addr: Addr(addr) } => {
+                let slot = &mut self.slots[s];
+                let Some(acc) = &mut slot.acc else { return Ok(()) };
+                let got = acc.load_u32(addr);
+                if addr % 4 != 0 {
+                    if !matches!(got, Err(Error::Misaligned { .. })) {
+                        return Err(format!("load_u32 at {addr:#x}: {got:?}, want Misaligned"));
+                    }
+                    return Ok(());
+                }
+                let want = match &mut slot.model {
+                    None => exited(addr, 4, 0),
+                    Some(model) => model.read(addr, 4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())),
+                };
+                ensure_eq!(got, want, "load_u32");
+            }
+        }
+        Ok(())
+    }
+
+    /// A write-like access (`data` is what lands in memory) through `via`.
+    fn write_like(
+        &mut self,
+        s: usize,
+        addr: u64,
+        data: &[u8],
+        via: Via,
+        run: impl FnOnce(Option<&Mm>, Option<&mut Accessor>) -> softmm::Result<()>,
+    ) -> Res {
+        let slot = &mut self.slots[s];
+        let got = match via {
+            Via::Mm if slot.mm.is_some() => run(slot.mm.as_ref(), None),
+            Via::Acc if slot.acc.is_some() => run(None, slot.acc.as_mut()),
+            _ => return Ok(()),
+        };
+        let want = match &mut slot.model {
+            Some(model) => model.write(addr, data),
+            None => exited(addr, data.len(), ()),
+        };
+        ensure_eq!(got, want, "write {via:?}");
+        Ok(())
+    }
+
+    /// After every step: the machine-wide audit and the mapped pages.
+    fn check(&self) -> Res {
+        self.machine.check_invariants().map_err(|e| format!("check_invariants: {e}"))?;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let (Some(mm), Some(model)) = (&slot.mm, &slot.model) else { continue };
+            let mut got = BTreeMap::new();
+            for (start, end, prot, kind) in mm.mappings() {
+                for v in start / PAGE..end / PAGE {
+                    got.insert(v, (prot, kind));
+                }
+            }
+            let want = model.layout();
+            if got != want {
+                let diff: Vec<_> = got
+                    .keys()
+                    .chain(want.keys())
+                    .filter(|v| got.get(v) != want.get(v))
+                    .map(|v| format!("{:#x}: softmm {:?} model {:?}", v * PAGE, got.get(v), want.get(v)))
+                    .take(4)
+                    .collect();
+                return Err(format!("slot {i}: mapped pages differ: {diff:?}; mappings() = {:x?}", mm.mappings()));
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end: every readable page of every live address space, read
+    /// through `Mm::read`, matches the model.
+    fn check_contents(&mut self) -> Res {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let (Some(mm), Some(model)) = (&slot.mm, &mut slot.model) else { continue };
+            let vpns: Vec<u64> = model.pages.keys().copied().collect();
+            for v in vpns {
+                let want = model.read(v * PAGE, PAGE as usize);
+                let mut buf = vec![0u8; PAGE as usize];
+                let got = mm.read(v * PAGE, &mut buf);
+                ensure_eq!(unit(&got), unit(&want), "final read of slot {i} page {:#x}", v * PAGE);
+                if let Ok(want) = want {
+                    if buf != want {
+                        return Err(format!("final read of slot {i} page {:#x}: contents differ", v * PAGE));
+                    }
+                }
+            }
+        }
+        self.machine.check_invariants().map_err(|e| format!("check_invariants: {e}"))
+    }
+}
+
+fn run(ops: &[Op]) -> Res {
+    let mut w = World::new();
+    w.check()?;
+    for (i, op) in ops.iter().enumerate() {
+        let Some(op) = w.resolve(op) else { continue };
+        w.step(&op).map_err(|e| format!("step {i} {op:?} (slot resolved): {e}"))?;
+        w.check().map_err(|e| format!("after step {i} {op:?}: {e}"))?;
+    }
+    w.check_contents()?;
+    // Everything goes back to the arena once every address space and
+    // accessor is gone.
+    let machine = w.machine.clone();
+    drop(w);
+    machine.check_invariants().map_err(|e| format!("after teardown: {e}"))?;
+    let st = machine.stats();
+    if st.frames_in_use != 0 || st.page_tables != 0 {
+        return Err(format!("after teardown: {} frames, {} page tables in use", st.frames_in_use, st.page_tables));
+    }
+    Ok(())
+}
+
+fn config() -> ProptestConfig {
+    let default = if cfg!(debug_assertions) { 200 } else { 2000 };
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    ProptestConfig { cases, max_shrink_iters: 20_000, ..ProptestConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn model_based(ops in ops()) {
+        run(&ops).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// A fixed history through the same harness, so a broken harness shows up
+/// even with `PROPTEST_CASES=0`.
+#[test]
+fn model_harness_smoke() {
+    let r = |page, n| Range { page, len: n * PAGE, misalign: false };
+    let ops = [
+        Op::Mmap { s: 0, r: r(0, 8), prot: Prot::RW, kind: MapKind::Private, noreplace: false },
+        Op::Mmap { s: 0, r: r(8, 4), prot: Prot::RW, kind: MapKind::Shared, noreplace: false },
+        Op::Write { s: 0, addr: Addr(BASE + 100), len: 5000, seed: 3, via: Via::Acc },
+        Op::Write { s: 0, addr: Addr(BASE + 8 * PAGE), len: 10, seed: 9, via: Via::Mm },
+        Op::Fork { s: 0, into: 1 },
+        Op::Write { s: 1, addr: Addr(BASE + 8 * PAGE + 5), len: 10, seed: 1, via: Via::Acc },
+        Op::Write { s: 1, addr: Addr(BASE + 200), len: 10, seed: 2, via: Via::Acc },
+        Op::Read { s: 0, addr: Addr(BASE + 8 * PAGE), len: 20, via: Via::Acc },
+        Op::Read { s: 0, addr: Addr(BASE), len: 300, via: Via::Mm },
+        Op::Mprotect { s: 0, r: r(2, 10), prot: Prot::READ },
+        Op::Write { s: 0, addr: Addr(BASE + PAGE), len: 2 * PAGE as usize, seed: 4, via: Via::Acc },
+        Op::DontNeed { s: 1, r: r(0, 12) },
+        Op::FetchAdd { s: 1, addr: Addr(BASE + 8 * PAGE), v: 5 },
+        Op::Exit { s: 0 },
+        Op::Read { s: 0, addr: Addr(BASE), len: 1, via: Via::Acc },
+        Op::Munmap { s: 1, r: r(4, 2) },
+        Op::Read { s: 1, addr: Addr(BASE + 3 * PAGE), len: 2 * PAGE as usize, via: Via::Mm },
+    ];
+    if let Err(e) = run(&ops) {
+        panic!("{e}");
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run every test of the workspace: the release-mode test suites (unit,
+# integration, model-based, stress, CLI), the loom models of the lock-free
+# protocols, and the unit tests under Miri.
+#
+# Budgets (kept so the whole run fits CI's 25 minutes on 2 cores):
+#   PROPTEST_CASES   model-based cases (default 2000, set in the tests)
+#   LOOM_MAX_PREEMPTIONS  loom's preemption bound (default 3)
+#   SOFTMM_SKIP_MIRI=1    skip the Miri step (it is also skipped, with a
+#                         message, when Miri cannot be installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test --release --workspace"
+cargo test --release --workspace
+
+echo "== loom models (--cfg loom)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
+    cargo test --release -p softmm --lib loom
+
+echo "== Miri (unit tests)"
+if [ "${SOFTMM_SKIP_MIRI:-0}" = 1 ]; then
+    echo "skipped: SOFTMM_SKIP_MIRI=1"
+elif ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "skipped: no nightly toolchain on this machine (Miri needs one)"
+elif ! rustup component add miri rust-src --toolchain nightly >/dev/null 2>&1; then
+    echo "skipped: 'rustup component add miri --toolchain nightly' failed (no network to the Rust dist server?)"
+else
+    cargo +nightly miri test -p softmm --lib
+fi
