@@ -8,6 +8,11 @@
 //!   the same work on softmm and on Linux in the same run (see
 //!   `docs/BENCHMARKS.md` for the method).
 //!
+//! - `softmm replay [--on softmm|linux] FILE` runs a trace (the format of
+//!   `TRACE.md`); `softmm diff FILE...` runs traces on softmm and on Linux
+//!   and compares; `softmm gen` writes random traces and `softmm fuzz`
+//!   diffs many of them.
+//!
 //! Errors (bad arguments, library errors, failed verification) end the
 //! process with a message on stderr and a non-zero status; nothing that user
 //! input can reach panics.
@@ -16,6 +21,8 @@ mod bench;
 mod error;
 mod report;
 mod run;
+mod trace;
+mod trace_cmd;
 mod units;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -36,6 +43,69 @@ enum Command {
     Run(RunArgs),
     /// Benchmark softmm, optionally against Linux in the same run.
     Bench(BenchArgs),
+    /// Run a trace (one output line per operation); `-` reads standard input.
+    /// A malformed line stops the replay with status 2.
+    Replay(ReplayArgs),
+    /// Run traces on softmm and on real Linux processes and compare them line
+    /// by line (frames compared by who shares them, not by number).
+    Diff(DiffArgs),
+    /// Print a random trace.
+    Gen(GenArgs),
+    /// Diff many random traces against Linux; print a minimized trace for each
+    /// difference.
+    Fuzz(FuzzArgs),
+    /// Internal: a Linux-side trace worker process.
+    #[command(name = "__linux-worker", hide = true)]
+    LinuxWorker { socket: String, name: String },
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The trace file, or `-` for standard input.
+    file: String,
+    /// Run on softmm (default) or on real Linux processes.
+    #[arg(long, value_enum, default_value = "softmm")]
+    on: trace_cmd::On,
+    /// Futex keys (futex operations answer ENOSYS until futexes are built).
+    #[arg(long, value_enum, default_value = "physical")]
+    futex_keys: trace_cmd::FutexKeys,
+    /// Fork's page-table strategy (`shared` behaves as `copy` until shared
+    /// page tables are built).
+    #[arg(long, value_enum, default_value = "shared")]
+    page_tables: trace_cmd::PageTables,
+}
+
+#[derive(Args, Debug)]
+struct DiffArgs {
+    /// Trace files.
+    #[arg(required = true)]
+    files: Vec<String>,
+    #[arg(long, value_enum, default_value = "shared")]
+    page_tables: trace_cmd::PageTables,
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Operations in the trace.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
+    ops: u64,
+}
+
+#[derive(Args, Debug)]
+struct FuzzArgs {
+    /// How many traces.
+    #[arg(long, default_value_t = 300)]
+    traces: u64,
+    /// Operations per trace.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    ops: u64,
+    /// Seed of the first trace (the others follow).
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    #[arg(long, value_enum, default_value = "shared")]
+    page_tables: trace_cmd::PageTables,
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +175,7 @@ fn main() -> ExitCode {
     let no_thp = match &cli.command {
         Command::Run(a) => a.no_thp,
         Command::Bench(a) => a.no_thp,
+        _ => false,
     };
     if no_thp {
         if let Err(e) = disable_thp() {
@@ -129,12 +200,39 @@ fn main() -> ExitCode {
                 no_thp: a.no_thp,
             },
         ),
+        Command::Replay(a) => {
+            return match trace_cmd::replay(&a.file, a.on, a.page_tables, a.futex_keys) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(trace_cmd::BadTrace(msg)) => {
+                    eprintln!("softmm replay: {msg}");
+                    ExitCode::from(trace_cmd::EXIT_BAD_TRACE)
+                }
+            };
+        }
+        Command::Diff(a) => return verdict(trace_cmd::diff_files(&a.files, a.page_tables)),
+        Command::Gen(a) => trace_cmd::gen(a.seed, a.ops as usize),
+        Command::Fuzz(a) => {
+            return verdict(trace_cmd::fuzz(a.traces, a.ops as usize, a.first_seed, a.page_tables));
+        }
+        Command::LinuxWorker { socket, name } => trace_cmd::worker(&socket, &name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("softmm: error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status of a comparison: 0 all same, 1 some differ, 2 could not run.
+fn verdict(r: error::CliResult<bool>) -> ExitCode {
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("softmm: error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -23,11 +23,15 @@ pub struct Config {
     pub arena_bytes: u64,
     /// Lowest address a fixed mapping may use (Linux's `mmap_min_addr`).
     pub mmap_min_addr: u64,
+    /// Frame caches in front of the global pool; 0 means one per CPU.
+    /// With 1, a single-threaded history allocates the same frames every
+    /// time it runs (what trace replay wants for reproducible frame numbers).
+    pub cpu_caches: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { arena_bytes: if cfg!(miri) { 512 * 4096 } else { 8 << 30 }, mmap_min_addr: 0x10000 }
+        Config { arena_bytes: if cfg!(miri) { 512 * 4096 } else { 8 << 30 }, mmap_min_addr: 0x10000, cpu_caches: 0 }
     }
 }
 
@@ -78,7 +82,7 @@ pub struct Machine {
 impl Machine {
     /// Reserve the arena and set up an empty machine.
     pub fn new(config: Config) -> Result<Machine> {
-        let arena = Arc::new(FrameArena::new(config.arena_bytes)?);
+        let arena = Arc::new(FrameArena::new(config.arena_bytes, config.cpu_caches)?);
         Ok(Machine {
             inner: Arc::new(MachineInner {
                 arena,

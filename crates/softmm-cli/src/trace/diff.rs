@@ -77,7 +77,9 @@ pub fn diff(lines: &[Line], opts: &SoftmmOptions) -> Result<DiffResult, String> 
                         let l_same = l.run(&q)? == lo;
                         if s_same != l_same {
                             let (yes, no) = if s_same { ("softmm", "Linux") } else { ("Linux", "softmm") };
-                            return differ(format!("{a} {addr:#x} shares a frame with {b} {y:#x} on {yes}, not on {no}"));
+                            return differ(format!(
+                                "{a} {addr:#x} shares a frame with {b} {y:#x} on {yes}, not on {no}"
+                            ));
                         }
                     }
                 }

@@ -14,6 +14,9 @@ pub struct SoftmmOptions {
     pub fork_policy: ForkPolicy,
     /// Arena size; default 1 GiB (traces are small).
     pub arena_bytes: Option<u64>,
+    /// Audit the whole machine (`check_invariants`) after every operation;
+    /// a broken invariant stops the replay.
+    pub check_invariants: bool,
 }
 
 /// A trace's state on softmm: the machine and the named address spaces.
@@ -29,13 +32,11 @@ pub type Fatal = String;
 
 impl SoftmmRunner {
     pub fn new(opts: SoftmmOptions) -> Result<SoftmmRunner, Fatal> {
-        let config = Config { arena_bytes: opts.arena_bytes.unwrap_or(1 << 30), ..Config::default() };
+        // One frame cache: a trace allocates the same frames on every run,
+        // so `frame` numbers in expected outputs are reproducible.
+        let config = Config { arena_bytes: opts.arena_bytes.unwrap_or(1 << 30), cpu_caches: 1, ..Config::default() };
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;
         Ok(SoftmmRunner { machine, spaces: HashMap::new(), opts })
-    }
-
-    pub fn machine(&self) -> &Machine {
-        &self.machine
     }
 
     fn mm(&self, a: &str) -> Result<&Mm, Fatal> {
@@ -44,6 +45,14 @@ impl SoftmmRunner {
 
     /// Run one operation; returns its output line.
     pub fn run(&mut self, op: &Op) -> Result<String, Fatal> {
+        let out = self.run_op(op)?;
+        if self.opts.check_invariants {
+            self.machine.check_invariants().map_err(|e| format!("after `{op}`: {e}"))?;
+        }
+        Ok(out)
+    }
+
+    fn run_op(&mut self, op: &Op) -> Result<String, Fatal> {
         Ok(match op {
             Op::New { a } => {
                 if self.spaces.contains_key(a) {

@@ -10,14 +10,13 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 /// Set while a guarded copy runs (the worker is single-threaded).
 static IN_GUARD: AtomicBool = AtomicBool::new(false);
 /// Address to resume at after a fault inside a guarded copy.
 static FIXUP: AtomicUsize = AtomicUsize::new(0);
 static SEGV_CODE: AtomicI32 = AtomicI32::new(0);
-static SEGV_ADDR: AtomicU64 = AtomicU64::new(0);
 
 /// How a guarded access ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +45,6 @@ extern "C" fn on_segv(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
             return;
         }
         SEGV_CODE.store((*info).si_code, Ordering::SeqCst);
-        SEGV_ADDR.store((*info).si_addr() as u64, Ordering::SeqCst);
         let uc = ctx as *mut libc::ucontext_t;
         (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] = FIXUP.load(Ordering::SeqCst) as i64;
     }
@@ -144,9 +142,4 @@ pub fn fill(addr: u64, len: u64, byte: u8) -> Outcome {
         done += n as u64;
     }
     Outcome::Ok
-}
-
-/// The fault address of the last failed guarded copy.
-pub fn last_fault_addr() -> u64 {
-    SEGV_ADDR.load(Ordering::SeqCst)
 }

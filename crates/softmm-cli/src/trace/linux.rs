@@ -75,7 +75,8 @@ impl LinuxRunner {
     }
 
     fn ask(&mut self, a: &str, line: &str) -> Result<String, Fatal> {
-        let p = self.procs.get_mut(a).ok_or_else(|| format!("no address space named `{a}` (never created, or exited)"))?;
+        let p =
+            self.procs.get_mut(a).ok_or_else(|| format!("no address space named `{a}` (never created, or exited)"))?;
         p.conn.get_mut().write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("worker `{a}`: {e}"))?;
         let mut reply = String::new();
         let n = p.conn.read_line(&mut reply).map_err(|e| format!("worker `{a}`: {e}"))?;
@@ -152,17 +153,20 @@ impl LinuxRunner {
     }
 }
 
-/// Wait (briefly) for a worker to be gone; it may not be our child.
+/// Wait (briefly) for a worker to be gone, so that its memory is released
+/// before the next operation. It may not be our child: a forked worker is
+/// its parent's child (auto-reaped there); a zombie counts as gone.
 fn reap(pid: i32) {
-    for _ in 0..1000 {
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
-            return;
-        }
+    for _ in 0..2000 {
         let mut status = 0;
         // SAFETY: reaping a child we may have spawned; harmless otherwise.
         unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        std::thread::sleep(Duration::from_millis(1));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if stat.is_empty() || state == Some('Z') || state == Some('X') {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(500));
     }
 }
 

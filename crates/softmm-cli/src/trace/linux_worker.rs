@@ -393,6 +393,10 @@ fn smaps(addr: u64) -> Result<String, String> {
 /// Entry point of `softmm __linux-worker SOCKET NAME`.
 pub fn main(socket: &str, name: &str) -> Result<(), String> {
     guarded::install_handler().map_err(|e| format!("installing the SIGSEGV handler: {e}"))?;
+    // Children this worker forks (other address spaces) are reaped by the
+    // kernel when they exit, so an exited one never lingers as a zombie.
+    // SAFETY: setting a signal disposition has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     let mut worker = Worker { owned: Owned::default(), waiters: BTreeMap::new() };
     let mut conn = BufReader::new(connect(socket, name)?);
     loop {

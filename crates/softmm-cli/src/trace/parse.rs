@@ -321,7 +321,8 @@ impl Toks<'_> {
     fn name(&mut self) -> Result<String, String> {
         let w = self.word("name")?;
         let mut cs = w.chars();
-        let ok = cs.next().is_some_and(|c| c.is_ascii_alphabetic()) && cs.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ok =
+            cs.next().is_some_and(|c| c.is_ascii_alphabetic()) && cs.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if ok {
             Ok(w.to_string())
         } else {
@@ -438,12 +439,10 @@ mod tests {
         assert_eq!(op, Op::Write { a: "A".into(), addr: 4096, bytes: b"a\nAA\"\\".to_vec() });
         let op = parse_line("write A 4096 hex:00ff10").unwrap().unwrap();
         assert_eq!(op, Op::Write { a: "A".into(), addr: 4096, bytes: vec![0, 0xff, 0x10] });
-        assert_eq!(parse_line("fill A 0x1000 2M ab").unwrap().unwrap(), Op::Fill {
-            a: "A".into(),
-            addr: 4096,
-            len: 2 << 20,
-            byte: 0xab
-        });
+        assert_eq!(
+            parse_line("fill A 0x1000 2M ab").unwrap().unwrap(),
+            Op::Fill { a: "A".into(), addr: 4096, len: 2 << 20, byte: 0xab }
+        );
     }
 
     #[test]

@@ -92,9 +92,8 @@ fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, ac
     if !pt.set_bits_lockless(mm.arena(), va, pte, want) {
         return None; // the entry changed under us: take the locked path
     }
-    if access == Access::Write {
-        mm.arena().meta(pte.frame()).set_flags(flags::DIRTY);
-    }
+    // Only the entry becomes dirty, as with a CPU's write: the frame itself
+    // is marked when the entry is zapped (see `zap_range`).
     Some(pte.with(want))
 }
 
@@ -148,13 +147,15 @@ fn handle_pte_fault(
         if let Backing::Anon(_) = vma.backing {
             return do_wp_page(mm, st, vma, g, va, pte, gather);
         }
+        // A write fault on shared memory dirties the page itself (Linux's
+        // wp_page_shared -> fault_dirty_shared_page), so every mapping of it
+        // reports it dirty from now on.
         new = new.with(Pte::WRITE);
+        mm.arena().meta(pte.frame()).set_flags(flags::DIRTY);
     }
     if access == Access::Write {
+        // Writable but clean: the CPU sets the entry's dirty bit only.
         new = new.with(Pte::DIRTY);
-        if !pte.is_zero_frame() {
-            mm.arena().meta(pte.frame()).set_flags(flags::DIRTY);
-        }
     }
     if new != pte {
         g.set(va, new);
@@ -168,14 +169,17 @@ fn handle_pte_fault(
 const FAULT_AROUND_PAGES: u64 = 16;
 
 /// Linux's `do_fault_around` for shared memory: on a read fault, also map
-/// the pages of the aligned 64 KiB window around `va` (clamped to the VMA
-/// and to this PTE table) that are already resident in the object and not
-/// yet mapped here. They are mapped clean (not dirty), writable when the VMA
-/// is. Visible to users through `phys` and smaps (mapcount, PSS).
+/// the pages of a 64 KiB window around `va` that are already resident in
+/// the object and not yet mapped here. The window starts at `va` aligned
+/// down to 64 KiB, moved up to the VMA's start if that is later, and runs 16
+/// pages from there, cut at the VMA's end and the PTE table's end (exactly
+/// Linux's `from_pte`/`to_pte`). Pages are mapped clean (not dirty),
+/// writable when the VMA is. Visible to users through `phys` and smaps
+/// (mapcount, PSS).
 fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
     let window = FAULT_AROUND_PAGES * 4096;
-    let lo = (va & !(window - 1)).max(vma.start).max(g.base());
-    let hi = ((va & !(window - 1)) + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
+    let lo = (va & !(window - 1)).max(vma.start);
+    let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
     let bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
     let mut at = lo;
     while at < hi {

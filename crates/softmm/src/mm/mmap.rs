@@ -103,7 +103,14 @@ pub(crate) fn zap_range(arena: &FrameArena, pt: &PageTable, start: u64, end: u64
                 if pte.is_zero_frame() {
                     gather.need_flush();
                 } else {
-                    arena.meta(pte.frame()).mapcount.fetch_sub(1, Ordering::AcqRel);
+                    let m = arena.meta(pte.frame());
+                    // A dirty entry hands its dirtiness to the page (Linux's
+                    // zap_pte_range: folio_mark_dirty), so other mappings of
+                    // a shared page report it dirty afterwards.
+                    if pte.is_dirty() {
+                        m.set_flags(crate::phys::flags::DIRTY);
+                    }
+                    m.mapcount.fetch_sub(1, Ordering::AcqRel);
                     gather.defer_put(pte.frame());
                 }
             }
@@ -130,7 +137,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
             break;
         };
         let hi = v.end.min(end);
-        let new_account = v.account || (v.kind() == MapKind::Private && prot.writable());
+        let new_account = account_after_mprotect(v, prot);
         if v.prot != prot || v.account != new_account {
             st.vmas.split_at(tmp);
             st.vmas.split_at(hi);
@@ -162,6 +169,18 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     st.vmas.try_merge_at(stop);
     gather.finish(mm, None);
     result
+}
+
+/// Linux's `VM_ACCOUNT` after mprotect: a private mapping made writable is
+/// charged; one made unwritable keeps its charge, except when no anonymous
+/// page was ever faulted in (no anon_vma), where the charge is dropped.
+/// The flag takes part in VMA merging, so this is visible in smaps.
+fn account_after_mprotect(v: &Vma, prot: Prot) -> bool {
+    match &v.backing {
+        Backing::Shm(_) => false,
+        Backing::Anon(_) if prot.writable() => true,
+        Backing::Anon(link) => v.account && link.get().0 != 0,
+    }
 }
 
 fn v_kind_at(st: &MmState, va: u64) -> Option<MapKind> {

@@ -236,7 +236,7 @@ mod tests {
     use crate::phys::PAGE_SIZE;
 
     fn arena() -> FrameArena {
-        FrameArena::new(256 * PAGE_SIZE as u64).unwrap()
+        FrameArena::new(256 * PAGE_SIZE as u64, 0).unwrap()
     }
 
     #[test]

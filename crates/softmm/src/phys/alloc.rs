@@ -31,9 +31,10 @@ pub(crate) struct Allocated {
 }
 
 impl FrameAllocator {
-    /// Frames `first..limit` are allocatable.
-    pub(crate) fn new(first: u32, limit: u32) -> Self {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    /// Frames `first..limit` are allocatable; `caches` CPU caches (0: one per CPU).
+    pub(crate) fn new(first: u32, limit: u32, caches: usize) -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = if caches == 0 { cpus } else { caches }.max(1);
         FrameAllocator {
             caches: (0..n).map(|_| CachePadded::new(Mutex::new(Vec::with_capacity(CACHE_MAX)))).collect(),
             global: Mutex::new(Vec::new()),
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn fresh_then_lifo_recycling() {
-        let a = FrameAllocator::new(1, 10);
+        let a = FrameAllocator::new(1, 10, 0);
         let x = a.alloc().unwrap();
         assert!(x.known_zero);
         assert_eq!(x.frame, FrameId(1));
@@ -165,7 +166,7 @@ mod tests {
 
     #[test]
     fn exhaustion_is_none_not_panic() {
-        let a = FrameAllocator::new(1, 4);
+        let a = FrameAllocator::new(1, 4, 0);
         let got: Vec<_> = std::iter::from_fn(|| a.alloc()).collect();
         assert_eq!(got.len(), 3);
         assert!(a.alloc().is_none());
@@ -175,7 +176,7 @@ mod tests {
 
     #[test]
     fn frames_cached_by_another_cpu_are_not_lost() {
-        let a = FrameAllocator::new(1, 3);
+        let a = FrameAllocator::new(1, 3, 0);
         let x = a.alloc().unwrap().frame;
         let _y = a.alloc().unwrap().frame;
         a.free(x);
@@ -190,7 +191,7 @@ mod tests {
 
     #[test]
     fn spill_keeps_every_frame() {
-        let a = FrameAllocator::new(1, 1000);
+        let a = FrameAllocator::new(1, 1000, 0);
         let got: Vec<_> = (0..500).map(|_| a.alloc().unwrap().frame).collect();
         for f in &got {
             a.free(*f);

@@ -16,8 +16,10 @@ pub mod flags {
     pub const SHM: u32 = 1 << 2;
     /// Page-table page.
     pub const PAGETABLE: u32 = 1 << 3;
-    /// Contents differ from what backing store has (always true for anon pages
-    /// once written; used for smaps `*_dirty`).
+    /// The page itself is dirty (Linux's PG_dirty): set when a page is
+    /// created by a write, by a write *fault* on shared memory, and when a
+    /// dirty PTE is zapped. A CPU write through a writable entry dirties only
+    /// that entry. smaps counts a page dirty if either is.
     pub const DIRTY: u32 = 1 << 4;
     /// The shared zero frame.
     pub const ZERO: u32 = 1 << 5;

@@ -48,8 +48,9 @@ pub struct FrameArena {
 }
 
 impl FrameArena {
-    /// Reserve an arena of `bytes` (rounded down to whole frames; at least 2).
-    pub fn new(bytes: u64) -> Result<FrameArena> {
+    /// Reserve an arena of `bytes` (rounded down to whole frames; at least
+    /// 2), with `caches` per-CPU frame caches (0: one per CPU).
+    pub fn new(bytes: u64, caches: usize) -> Result<FrameArena> {
         let nframes = bytes / PAGE_SIZE as u64;
         if nframes < 2 {
             return Err(Error::Invalid("arena must hold at least two frames"));
@@ -61,7 +62,7 @@ impl FrameArena {
         let data = HostRegion::reserve(nframes as usize * PAGE_SIZE, true)?;
         let meta_len = (nframes as usize * std::mem::size_of::<FrameMeta>()).next_multiple_of(PAGE_SIZE);
         let meta = HostRegion::reserve(meta_len, false)?;
-        let arena = FrameArena { data, meta, nframes, alloc: alloc::FrameAllocator::new(1, nframes) };
+        let arena = FrameArena { data, meta, nframes, alloc: alloc::FrameAllocator::new(1, nframes, caches) };
         arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
         arena.meta(ZERO_FRAME).refcount.store(1, Ordering::Release);
         Ok(arena)
@@ -242,7 +243,7 @@ mod tests {
     use super::*;
 
     fn arena() -> FrameArena {
-        FrameArena::new(64 * PAGE_SIZE as u64).unwrap()
+        FrameArena::new(64 * PAGE_SIZE as u64, 0).unwrap()
     }
 
     #[test]
@@ -295,7 +296,7 @@ mod tests {
 
     #[test]
     fn exhaustion_is_enomem() {
-        let a = FrameArena::new(4 * PAGE_SIZE as u64).unwrap();
+        let a = FrameArena::new(4 * PAGE_SIZE as u64, 0).unwrap();
         for _ in 0..3 {
             a.alloc(true, 0).unwrap();
         }
@@ -304,6 +305,6 @@ mod tests {
 
     #[test]
     fn too_small_arena_is_einval() {
-        assert!(FrameArena::new(4096).is_err());
+        assert!(FrameArena::new(4096, 0).is_err());
     }
 }

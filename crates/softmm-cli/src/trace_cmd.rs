@@ -1,0 +1,157 @@
+//! The trace subcommands: `replay`, `diff`, `gen`, `fuzz`, and the hidden
+//! `__linux-worker` that `replay --on linux` and `diff` start.
+
+use crate::error::{CliError, CliResult};
+use crate::trace::diff::{diff, DiffResult};
+use crate::trace::exec_softmm::{SoftmmOptions, SoftmmRunner};
+use crate::trace::gen::{generate, minimize};
+use crate::trace::linux::LinuxRunner;
+use crate::trace::parse::{parse_line, parse_trace, Line, Op};
+use std::io::{BufRead, Write};
+
+/// Where a replay runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum On {
+    Softmm,
+    Linux,
+}
+
+/// How futexes are keyed (TRACE.md "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FutexKeys {
+    Physical,
+    Linux,
+}
+
+/// Fork's page-table strategy (TRACE.md "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PageTables {
+    /// Shared page-table pages (not built yet: behaves as `copy`).
+    Shared,
+    Copy,
+}
+
+/// The replay's exit status for a malformed trace or a runner failure.
+pub const EXIT_BAD_TRACE: u8 = 2;
+
+/// A failure that ends `replay` with status 2 after the lines before it ran.
+pub struct BadTrace(pub String);
+
+fn softmm_options(_page_tables: PageTables) -> SoftmmOptions {
+    // Until the shared page-table issue lands, both modes copy tables.
+    // Traces are small: audit the machine after every operation.
+    SoftmmOptions { check_invariants: true, ..SoftmmOptions::default() }
+}
+
+enum Runner {
+    Softmm(Box<SoftmmRunner>),
+    Linux(Box<LinuxRunner>),
+}
+
+impl Runner {
+    fn run(&mut self, op: &Op) -> Result<String, String> {
+        match self {
+            Runner::Softmm(r) => r.run(op),
+            Runner::Linux(r) => r.run(op),
+        }
+    }
+}
+
+/// `softmm replay`: run `file` (`-` for standard input) line by line,
+/// printing one output line per operation. A malformed line stops the
+/// replay with a message naming it; what ran before it stays done.
+pub fn replay(file: &str, on: On, page_tables: PageTables, _keys: FutexKeys) -> Result<(), BadTrace> {
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| BadTrace(format!("{file}: {e}")))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut runner = match on {
+        On::Softmm => Runner::Softmm(Box::new(SoftmmRunner::new(softmm_options(page_tables)).map_err(BadTrace)?)),
+        On::Linux => Runner::Linux(Box::new(LinuxRunner::new().map_err(BadTrace)?)),
+    };
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| BadTrace(format!("{file}:{n}: {e}")))?;
+        let op = match parse_line(&line) {
+            Ok(Some(op)) => op,
+            Ok(None) => continue,
+            Err(e) => return Err(BadTrace(format!("{file}:{n}: {e}"))),
+        };
+        let result = runner.run(&op).map_err(|e| BadTrace(format!("{file}:{n}: {e}")))?;
+        writeln!(out, "{result}").map_err(|e| BadTrace(format!("writing output: {e}")))?;
+    }
+    Ok(())
+}
+
+fn read_trace(file: &str) -> CliResult<Vec<Line>> {
+    let text = std::fs::read_to_string(file).map_err(|e| CliError(format!("{file}: {e}")))?;
+    parse_trace(&text).map_err(|e| CliError(format!("{file}:{e}")))
+}
+
+/// `softmm diff`: each trace on softmm and on Linux. Returns whether all
+/// were the same (or softmm-only).
+pub fn diff_files(files: &[String], page_tables: PageTables) -> CliResult<bool> {
+    let mut all_same = true;
+    for f in files {
+        let lines = read_trace(f)?;
+        match diff(&lines, &softmm_options(page_tables)).map_err(|e| CliError(format!("{f}: {e}")))? {
+            DiffResult::Same => println!("{f}: same"),
+            DiffResult::SoftmmOnly => println!("{f}: skipped (softmm-only operations)"),
+            DiffResult::Differs(d) => {
+                all_same = false;
+                println!("{f}: differs at {d}");
+            }
+        }
+    }
+    Ok(all_same)
+}
+
+/// `softmm gen`: print a random trace.
+pub fn gen(seed: u64, ops: usize) -> CliResult<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# softmm gen --seed {seed} --ops {ops}").map_err(|e| CliError(e.to_string()))?;
+    for op in generate(seed, ops) {
+        writeln!(out, "{op}").map_err(|e| CliError(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn numbered(ops: &[Op]) -> Vec<Line> {
+    ops.iter().enumerate().map(|(i, op)| Line { number: i + 1, op: op.clone() }).collect()
+}
+
+/// `softmm fuzz`: diff `traces` generated traces from `first_seed` on; for
+/// each that differs, print the seed and a minimized trace. Returns whether
+/// all were the same.
+pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables) -> CliResult<bool> {
+    let opts = softmm_options(page_tables);
+    let mut failures = 0;
+    for seed in first_seed..first_seed.saturating_add(traces) {
+        let trace = generate(seed, ops);
+        let result = diff(&numbered(&trace), &opts).map_err(|e| CliError(format!("seed {seed}: {e}")))?;
+        if let DiffResult::Differs(d) = result {
+            failures += 1;
+            println!("seed {seed}: differs at {d}");
+            let fails = |t: &[Op]| matches!(diff(&numbered(t), &opts), Ok(DiffResult::Differs(_)));
+            let small = minimize(&trace, fails);
+            println!("minimized trace (softmm gen --seed {seed} --ops {ops}, shrunk):");
+            for op in &small {
+                println!("    {op}");
+            }
+            if let Ok(DiffResult::Differs(d)) = diff(&numbered(&small), &opts) {
+                println!("  {d}");
+            }
+        }
+    }
+    println!("{} traces, {} same, {failures} differ", traces, traces - failures);
+    Ok(failures == 0)
+}
+
+/// `softmm __linux-worker SOCKET NAME`.
+pub fn worker(socket: &str, name: &str) -> CliResult<()> {
+    crate::trace::linux_worker::main(socket, name).map_err(CliError)
+}
