@@ -38,6 +38,8 @@ pub struct Accessor {
     tlb: Box<[TlbEntry; TLB_ENTRIES]>,
     /// Hits and misses, for statistics.
     misses: u64,
+    /// The hot-side barrier mode, read once (it never changes back).
+    light: bool,
 }
 
 // The raw host pointers in the TLB are only dereferenced under the
@@ -50,7 +52,8 @@ impl Accessor {
     pub(crate) fn new(mm: Arc<MmInner>) -> Accessor {
         let slot = mm.tlb.register();
         let gen = mm.tlb.generation();
-        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0 }
+        let light = crate::sync::light_barrier_is_compiler_only();
+        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0, light }
     }
 
     /// TLB misses so far.
@@ -76,7 +79,7 @@ impl Accessor {
         loop {
             let e = *self.entry(va);
             if e.tag == tag && (!write || e.ptr & WRITABLE != 0) {
-                self.slot.enter(self.gen);
+                self.slot.enter_as(self.gen, self.light);
                 if self.mm.tlb.generation_relaxed() == self.gen {
                     let r = f((e.ptr & !WRITABLE) as *mut u8);
                     self.slot.exit();

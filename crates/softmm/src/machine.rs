@@ -27,11 +27,21 @@ pub struct Config {
     /// With 1, a single-threaded history allocates the same frames every
     /// time it runs (what trace replay wants for reproducible frame numbers).
     pub cpu_caches: usize,
+    /// Zero freed frames on a low-priority background thread, so that
+    /// demand-zero faults find zeroed frames (see `phys/alloc.rs`). Default
+    /// on; off under Miri. Allocation order then depends on timing, so
+    /// reproducible histories (trace replay) turn it off.
+    pub prezero: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { arena_bytes: if cfg!(miri) { 512 * 4096 } else { 8 << 30 }, mmap_min_addr: 0x10000, cpu_caches: 0 }
+        Config {
+            arena_bytes: if cfg!(miri) { 512 * 4096 } else { 8 << 30 },
+            mmap_min_addr: 0x10000,
+            cpu_caches: 0,
+            prezero: !cfg!(miri),
+        }
     }
 }
 
@@ -73,6 +83,12 @@ impl MachineInner {
     }
 }
 
+impl Drop for MachineInner {
+    fn drop(&mut self) {
+        self.arena.stop_zeroer();
+    }
+}
+
 /// A pool of physical frames and the address spaces over it.
 #[derive(Clone)]
 pub struct Machine {
@@ -83,6 +99,9 @@ impl Machine {
     /// Reserve the arena and set up an empty machine.
     pub fn new(config: Config) -> Result<Machine> {
         let arena = Arc::new(FrameArena::new(config.arena_bytes, config.cpu_caches)?);
+        if config.prezero {
+            arena.start_zeroer()?;
+        }
         Ok(Machine {
             inner: Arc::new(MachineInner {
                 arena,
@@ -107,6 +126,20 @@ impl Machine {
         s.frames_capacity = self.inner.arena.capacity() as u64;
         s.frames_touched = self.inner.arena.touched() as u64;
         s
+    }
+
+    /// Wait until the background zeroing thread has zeroed every frame freed
+    /// to the global pool so far (or `timeout` passes). Returns whether it
+    /// finished. Useful before timing faults; a no-op without pre-zeroing.
+    pub fn wait_for_prezeroing(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.inner.config.prezero && self.inner.arena.zeroing_pending() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        true
     }
 
     /// The configuration in force.

@@ -55,6 +55,27 @@ pub fn prepare_asymmetric_fences() {
     let _ = membarrier_impl::available();
 }
 
+/// Whether the hot side may use a compiler fence only (membarrier is
+/// registered). Once true it stays true, so a hot-path user may read it
+/// once (after `prepare_asymmetric_fences`) and keep it.
+pub fn light_barrier_is_compiler_only() -> bool {
+    #[cfg(not(any(loom, miri)))]
+    return LIGHT_IS_COMPILER_ONLY.load(Ordering::SeqCst);
+    #[cfg(any(loom, miri))]
+    false
+}
+
+/// The hot side of the fence pair, with the mode read earlier by
+/// [`light_barrier_is_compiler_only`] (saves a load per access).
+#[inline(always)]
+pub fn light_barrier_as(compiler_only: bool) {
+    if compiler_only {
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
 /// The hot side of the asymmetric fence pair (see the module comment).
 #[inline(always)]
 pub fn light_barrier() {

@@ -42,6 +42,14 @@ impl Slot {
         light_barrier();
     }
 
+    /// `enter` with the barrier mode cached by the caller (see
+    /// `sync::light_barrier_as`).
+    #[inline(always)]
+    pub fn enter_as(&self, gen: u64, compiler_only_barrier: bool) {
+        self.state.store(gen << 1 | ACTIVE, Ordering::Relaxed);
+        crate::sync::light_barrier_as(compiler_only_barrier);
+    }
+
     /// Publish "idle": every access since `enter` is complete.
     #[inline(always)]
     pub fn exit(&self) {

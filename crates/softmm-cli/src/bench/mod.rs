@@ -168,6 +168,10 @@ struct PairJson {
     reps: usize,
     /// Warm, median.
     softmm_ns: f64,
+    /// Fault bench only: warm, but starting right after the unmap, before
+    /// the background zeroer has caught up.
+    softmm_warm_now_ns: Option<f64>,
+    ratio_vs_linux_warm_now: Option<f64>,
     linux_ns: Option<f64>,
     ratio_vs_linux: Option<f64>,
     softmm_cold_ns: f64,
@@ -262,13 +266,20 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     };
     say(&pb, format!("{}: softmm, warm", spec.name));
     let softmm_warm = match kind {
-        BenchKind::Fault => softmm_side::fault_warm(size, reps)?,
+        BenchKind::Fault => softmm_side::fault_warm(size, reps, true)?,
         BenchKind::Cow => softmm_side::cow_warm(size, reps)?,
         _ => softmm_side::fork_warm(size, reps)?,
+    };
+    let softmm_warm_now = if kind == BenchKind::Fault {
+        say(&pb, format!("{}: softmm, warm, right after unmap", spec.name));
+        Some(softmm_side::fault_warm(size, reps, false)?)
+    } else {
+        None
     };
     pb.finish_and_clear();
 
     let sw = median(&softmm_warm);
+    let swn = softmm_warm_now.as_deref().map(median);
     let sc = median(&softmm_cold);
     let lw = linux_warm.as_deref().map(median);
     let lc = linux_cold.as_deref().map(median);
@@ -302,6 +313,14 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
         )
     };
     t.push_str(&row("warm", sw, lw, rw));
+    if let Some(swn) = swn {
+        t.push_str(&row("warm-now", swn, lw, lw.map(|l| l / swn)));
+        let _ = writeln!(
+            t,
+            "  (warm: freed frames were zeroed by softmm's background thread before the run;\n   \
+             warm-now: the run starts right after the unmap and mostly zeroes frames itself)"
+        );
+    }
     t.push_str(&row("cold", sc, lc, rc));
     if !spec.per_page {
         let _ = writeln!(
@@ -335,6 +354,8 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
         pages,
         reps,
         softmm_ns: sw,
+        softmm_warm_now_ns: swn,
+        ratio_vs_linux_warm_now: lw.zip(swn).map(|(l, s)| l / s),
         linux_ns: lw,
         ratio_vs_linux: rw,
         softmm_cold_ns: sc,

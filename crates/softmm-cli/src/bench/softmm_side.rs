@@ -54,19 +54,31 @@ fn timed_touch(acc: &mut Accessor, va: u64, size: u64, byte: u8) -> CliResult<f6
 }
 
 /// Demand-zero faults into recycled frames.
-pub fn fault_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
+///
+/// With `let_zeroer_finish`, each timed run starts once the background
+/// zeroing thread has zeroed the frames the previous unmap freed (the arena
+/// is "warm": recycled and pre-zeroed); without, it starts right after the
+/// unmap, racing the zeroer, so most faults zero their frame themselves.
+pub fn fault_warm(size: u64, reps: usize, let_zeroer_finish: bool) -> CliResult<Vec<f64>> {
     let m = machine(size)?;
     let mm = new_mm(&m)?;
     let mut acc = mm.accessor();
     let va = map(&mm, size)?;
     touch(&mut acc, va, size, 1)?;
     unmap(&mm, va, size)?;
+    let settle = |m: &softmm::Machine| {
+        if let_zeroer_finish {
+            m.wait_for_prezeroing(std::time::Duration::from_secs(30));
+        }
+    };
+    settle(&m);
     let before = m.stats();
     let mut out = Vec::with_capacity(reps);
     for _ in 0..reps {
         let va = map(&mm, size)?;
         out.push(timed_touch(&mut acc, va, size, 1)?);
         unmap(&mm, va, size)?;
+        settle(&m);
     }
     let after = m.stats();
     let want = reps as u64 * (size / PAGE);

@@ -34,7 +34,12 @@ impl SoftmmRunner {
     pub fn new(opts: SoftmmOptions) -> Result<SoftmmRunner, Fatal> {
         // One frame cache: a trace allocates the same frames on every run,
         // so `frame` numbers in expected outputs are reproducible.
-        let config = Config { arena_bytes: opts.arena_bytes.unwrap_or(1 << 30), cpu_caches: 1, ..Config::default() };
+        let config = Config {
+            arena_bytes: opts.arena_bytes.unwrap_or(1 << 30),
+            cpu_caches: 1,
+            prezero: false,
+            ..Config::default()
+        };
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;
         Ok(SoftmmRunner { machine, spaces: HashMap::new(), opts })
     }

@@ -158,7 +158,13 @@ fn collect_ptes(arena: &crate::phys::FrameArena, t: FrameId, level: u32, base: u
 
 fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> {
     let arena = &m.arena;
-    let free: std::collections::HashSet<FrameId> = arena.free_frames().into_iter().collect();
+    let free_list = arena.free_frames();
+    for &(f, zeroed) in &free_list {
+        if zeroed && !arena.frame_is_zero(f) {
+            fail!("frame {} is on a zeroed free list but holds non-zero bytes", f.0);
+        }
+    }
+    let free: std::collections::HashSet<FrameId> = free_list.into_iter().map(|(f, _)| f).collect();
     let mut in_use = 0u64;
     for i in 1..arena.touched() {
         let f = FrameId(i);

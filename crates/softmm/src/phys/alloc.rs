@@ -1,23 +1,53 @@
-//! Frame allocator: per-CPU LIFO caches in front of a global pool.
+//! Frame allocator: per-CPU LIFO caches in front of a global pool, and a
+//! background zeroing thread.
 //!
 //! Recycled frames are handed out last-in-first-out so a fault gets a frame
-//! that is still hot in the CPU cache. Frames never used before come from a
-//! bump pointer; they are known to be zero, so the fault path skips zeroing
-//! them. A cache is picked by the CPU the thread runs on (`sched_getcpu` via
-//! the vDSO, cached per thread for a few hundred allocations), so threads on
-//! different cores rarely meet on a lock.
+//! that is still hot in the CPU cache. A cache is picked by the CPU the
+//! thread runs on (`sched_getcpu` via the vDSO, re-read every few hundred
+//! allocations), so threads on different cores rarely meet on a lock.
+//!
+//! Free frames are of two kinds: *dirty* (old contents) and *zeroed*.
+//! Zeroing a cache-cold 4 KiB frame costs a few hundred nanoseconds, most of
+//! a demand-zero fault, so it is kept out of the fault path where it can be:
+//! - frames never used before come from a bump pointer and are zero already;
+//! - with pre-zeroing on (`Config::prezero`), a low-priority thread zeroes
+//!   dirty frames from the global pool in the background (what an idle core
+//!   can do for free; Windows' zero-page thread does the same) and hands
+//!   them back as zeroed frames;
+//! - a demand-zero fault takes a zeroed frame first; a COW copy, which
+//!   overwrites the whole frame anyway, takes a dirty one first.
+//!
+//! Locks: a CPU cache, then the global pool (never the other way). The
+//! zeroer takes only the global pool, and never while zeroing.
 
 use super::FrameId;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 const BATCH: usize = 64;
 const CACHE_MAX: usize = 2 * BATCH;
 
+#[derive(Default)]
+struct Lists {
+    dirty: Vec<FrameId>,
+    zeroed: Vec<FrameId>,
+}
+
+#[derive(Default)]
+struct Global {
+    lists: Lists,
+    /// Frames the zeroer is working on (free, on no list for a moment).
+    in_flight: Vec<FrameId>,
+}
+
 pub(crate) struct FrameAllocator {
-    caches: Box<[CachePadded<Mutex<Vec<FrameId>>>]>,
-    global: Mutex<Vec<FrameId>>,
+    caches: Box<[CachePadded<Mutex<Lists>>]>,
+    global: Mutex<Global>,
+    /// Wakes the zeroer when dirty frames reach the global pool.
+    work: Condvar,
+    zeroer_on: AtomicBool,
+    stop: AtomicBool,
     /// Next never-used frame.
     next_fresh: AtomicU32,
     limit: u32,
@@ -36,48 +66,60 @@ impl FrameAllocator {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let n = if caches == 0 { cpus } else { caches }.max(1);
         FrameAllocator {
-            caches: (0..n).map(|_| CachePadded::new(Mutex::new(Vec::with_capacity(CACHE_MAX)))).collect(),
-            global: Mutex::new(Vec::new()),
+            caches: (0..n).map(|_| CachePadded::new(Mutex::new(Lists::default()))).collect(),
+            global: Mutex::new(Global::default()),
+            work: Condvar::new(),
+            zeroer_on: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
             next_fresh: AtomicU32::new(first),
             limit,
             in_use: AtomicU64::new(0),
         }
     }
 
-    fn cache(&self) -> &Mutex<Vec<FrameId>> {
+    fn cache(&self) -> &Mutex<Lists> {
         &self.caches[current_cpu() % self.caches.len()]
     }
 
-    pub(crate) fn alloc(&self) -> Option<Allocated> {
-        let got = self.alloc_recycled().map(|frame| Allocated { frame, known_zero: false });
+    /// A free frame; `want_zero` says which kind to prefer.
+    pub(crate) fn alloc(&self, want_zero: bool) -> Option<Allocated> {
+        let got = self.alloc_recycled(want_zero);
         let got = got.or_else(|| self.alloc_fresh().map(|frame| Allocated { frame, known_zero: true }));
-        let got = got.or_else(|| self.steal().map(|frame| Allocated { frame, known_zero: false }));
+        let got = got.or_else(|| self.steal());
         if got.is_some() {
             self.in_use.fetch_add(1, Ordering::Relaxed);
         }
         got
     }
 
-    fn alloc_recycled(&self) -> Option<FrameId> {
+    /// A recycled frame: the preferred kind from this CPU's cache, else a
+    /// batch of it from the pool (the hottest end); then the other kind the
+    /// same way.
+    fn alloc_recycled(&self, want_zero: bool) -> Option<Allocated> {
         let mut cache = self.cache().lock();
-        if let Some(f) = cache.pop() {
-            return Some(f);
+        for zeroed in [want_zero, !want_zero] {
+            if let Some(a) = take(&mut cache, zeroed) {
+                return Some(a);
+            }
+            let mut global = self.global.lock();
+            let g = &mut global.lists;
+            let src = if zeroed { &mut g.zeroed } else { &mut g.dirty };
+            if !src.is_empty() {
+                let at = src.len().saturating_sub(BATCH);
+                let dst = if zeroed { &mut cache.zeroed } else { &mut cache.dirty };
+                dst.extend(src.drain(at..));
+                drop(global);
+                return take(&mut cache, zeroed);
+            }
         }
-        let mut global = self.global.lock();
-        let take = global.len().min(BATCH);
-        let at = global.len() - take;
-        cache.extend(global.drain(at..));
-        drop(global);
-        cache.pop()
+        None
     }
 
     fn alloc_fresh(&self) -> Option<FrameId> {
         let mut cur = self.next_fresh.load(Ordering::Relaxed);
         loop {
             if cur >= self.limit {
-                // Another thread may have freed frames to the global pool
-                // after our recycled attempt; look once more.
-                return self.global.lock().pop();
+                return None;
             }
             match self.next_fresh.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Some(FrameId(cur)),
@@ -86,21 +128,42 @@ impl FrameAllocator {
         }
     }
 
-    /// Last resort before ENOMEM: a frame left in another CPU's cache.
+    /// Last resort before ENOMEM: a frame in the pool, in another CPU's
+    /// cache, or being zeroed right now (wait for it).
     #[cold]
-    fn steal(&self) -> Option<FrameId> {
-        self.caches.iter().find_map(|c| c.lock().pop())
+    fn steal(&self) -> Option<Allocated> {
+        loop {
+            let mut global = self.global.lock();
+            if let Some(a) = take(&mut global.lists, true).or_else(|| take(&mut global.lists, false)) {
+                return Some(a);
+            }
+            let zeroing = !global.in_flight.is_empty();
+            drop(global);
+            for c in self.caches.iter() {
+                let mut c = c.lock();
+                if let Some(a) = take(&mut c, true).or_else(|| take(&mut c, false)) {
+                    return Some(a);
+                }
+            }
+            if !zeroing {
+                return None;
+            }
+            std::thread::yield_now();
+        }
     }
 
     pub(crate) fn free(&self, frame: FrameId) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         let mut cache = self.cache().lock();
-        cache.push(frame);
-        if cache.len() >= CACHE_MAX {
+        cache.dirty.push(frame);
+        if cache.dirty.len() >= CACHE_MAX {
             // Spill the coldest frames (the bottom of the LIFO) to the pool.
-            let cold: Vec<FrameId> = cache.drain(..BATCH).collect();
+            let cold: Vec<FrameId> = cache.dirty.drain(..BATCH).collect();
             drop(cache);
-            self.global.lock().extend(cold);
+            self.global.lock().lists.dirty.extend(cold);
+            if self.zeroer_on.load(Ordering::Relaxed) {
+                self.work.notify_one();
+            }
         }
     }
 
@@ -113,14 +176,73 @@ impl FrameAllocator {
         self.next_fresh.load(Ordering::Relaxed)
     }
 
-    /// Every frame currently on a free list (for audits).
-    pub(crate) fn free_frames(&self) -> Vec<FrameId> {
-        let mut all: Vec<FrameId> = self.global.lock().clone();
+    /// Every free frame, and whether it is on a zeroed list (for audits).
+    pub(crate) fn free_frames(&self) -> Vec<(FrameId, bool)> {
+        let global = self.global.lock();
+        let mut all: Vec<(FrameId, bool)> = Vec::new();
+        let mut add = |l: &Lists| {
+            all.extend(l.dirty.iter().map(|&f| (f, false)));
+            all.extend(l.zeroed.iter().map(|&f| (f, true)));
+        };
+        add(&global.lists);
         for c in self.caches.iter() {
-            all.extend(c.lock().iter().copied());
+            add(&c.lock());
         }
+        all.extend(global.in_flight.iter().map(|&f| (f, false)));
         all
     }
+
+    // ---- the zeroer ----------------------------------------------------
+
+    pub(crate) fn set_zeroer_on(&self) {
+        self.zeroer_on.store(true, Ordering::Relaxed);
+    }
+
+    /// Ask the zeroer to exit.
+    pub(crate) fn stop_zeroer(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _g = self.global.lock();
+        self.work.notify_all();
+    }
+
+    /// Wait for dirty frames in the pool and take a batch of the coldest
+    /// (they are the least likely to be reused soon by a COW copy). `None`
+    /// when asked to stop.
+    pub(crate) fn zeroer_take(&self) -> Option<Vec<FrameId>> {
+        let mut global = self.global.lock();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if !global.lists.dirty.is_empty() {
+                let n = global.lists.dirty.len().min(BATCH);
+                let batch: Vec<FrameId> = global.lists.dirty.drain(..n).collect();
+                global.in_flight.extend_from_slice(&batch);
+                return Some(batch);
+            }
+            self.work.wait_for(&mut global, std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Hand back frames the zeroer has zeroed.
+    pub(crate) fn zeroer_done(&self, batch: &[FrameId]) {
+        let mut global = self.global.lock();
+        global.in_flight.retain(|f| !batch.contains(f));
+        // Below the hot end: fresh zeroed frames go on top, so the next
+        // fault gets one the zeroer touched last (warm in the shared cache).
+        global.lists.zeroed.extend_from_slice(batch);
+    }
+
+    /// Whether dirty frames wait in the pool or are being zeroed.
+    pub(crate) fn zeroing_pending(&self) -> bool {
+        let g = self.global.lock();
+        !g.lists.dirty.is_empty() || !g.in_flight.is_empty()
+    }
+}
+
+fn take(l: &mut Lists, zeroed: bool) -> Option<Allocated> {
+    let list = if zeroed { &mut l.zeroed } else { &mut l.dirty };
+    list.pop().map(|frame| Allocated { frame, known_zero: zeroed })
 }
 
 /// The CPU this thread runs on, re-read every few hundred calls so a thread
@@ -152,13 +274,13 @@ mod tests {
     #[test]
     fn fresh_then_lifo_recycling() {
         let a = FrameAllocator::new(1, 10, 0);
-        let x = a.alloc().unwrap();
+        let x = a.alloc(true).unwrap();
         assert!(x.known_zero);
         assert_eq!(x.frame, FrameId(1));
-        let y = a.alloc().unwrap();
+        let y = a.alloc(true).unwrap();
         a.free(x.frame);
         a.free(y.frame);
-        let z = a.alloc().unwrap();
+        let z = a.alloc(true).unwrap();
         assert_eq!(z.frame, y.frame, "LIFO: the last freed frame comes back first");
         assert!(!z.known_zero);
         assert_eq!(a.in_use(), 1);
@@ -167,39 +289,56 @@ mod tests {
     #[test]
     fn exhaustion_is_none_not_panic() {
         let a = FrameAllocator::new(1, 4, 0);
-        let got: Vec<_> = std::iter::from_fn(|| a.alloc()).collect();
+        let got: Vec<_> = std::iter::from_fn(|| a.alloc(true)).collect();
         assert_eq!(got.len(), 3);
-        assert!(a.alloc().is_none());
+        assert!(a.alloc(true).is_none());
         a.free(got[0].frame);
-        assert_eq!(a.alloc().map(|x| x.frame), Some(got[0].frame));
+        assert_eq!(a.alloc(true).map(|x| x.frame), Some(got[0].frame));
     }
 
     #[test]
     fn frames_cached_by_another_cpu_are_not_lost() {
         let a = FrameAllocator::new(1, 3, 0);
-        let x = a.alloc().unwrap().frame;
-        let _y = a.alloc().unwrap().frame;
+        let x = a.alloc(true).unwrap().frame;
+        let _y = a.alloc(true).unwrap().frame;
         a.free(x);
         // Move the freed frame to a cache this thread does not use.
         let mine = current_cpu() % a.caches.len();
         if a.caches.len() > 1 {
-            let f = a.caches[mine].lock().pop().unwrap();
-            a.caches[(mine + 1) % a.caches.len()].lock().push(f);
+            let f = a.caches[mine].lock().dirty.pop().unwrap();
+            a.caches[(mine + 1) % a.caches.len()].lock().dirty.push(f);
         }
-        assert_eq!(a.alloc().map(|g| g.frame), Some(x));
+        assert_eq!(a.alloc(true).map(|g| g.frame), Some(x));
     }
 
     #[test]
     fn spill_keeps_every_frame() {
         let a = FrameAllocator::new(1, 1000, 0);
-        let got: Vec<_> = (0..500).map(|_| a.alloc().unwrap().frame).collect();
+        let got: Vec<_> = (0..500).map(|_| a.alloc(true).unwrap().frame).collect();
         for f in &got {
             a.free(*f);
         }
-        let mut free = a.free_frames();
+        let mut free: Vec<FrameId> = a.free_frames().into_iter().map(|(f, _)| f).collect();
         free.sort();
         let mut want = got.clone();
         want.sort();
         assert_eq!(free, want);
+    }
+
+    #[test]
+    fn zeroed_frames_preferred_for_zero_and_dirty_for_copies() {
+        let a = FrameAllocator::new(1, 1000, 1);
+        let got: Vec<_> = (0..300).map(|_| a.alloc(true).unwrap().frame).collect();
+        for f in &got {
+            a.free(*f);
+        }
+        // Play the zeroer by hand: take a batch, "zero" it, give it back.
+        let batch = a.zeroer_take().unwrap();
+        assert!(a.free_frames().iter().any(|(f, _)| *f == batch[0]), "in-flight frames stay visible");
+        a.zeroer_done(&batch);
+        let z = a.alloc(true).unwrap();
+        assert!(z.known_zero && batch.contains(&z.frame));
+        let d = a.alloc(false).unwrap();
+        assert!(!d.known_zero);
     }
 }

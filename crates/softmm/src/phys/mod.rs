@@ -114,7 +114,7 @@ impl FrameArena {
     /// Allocate one frame, zero-filled when `zero` is set. The frame comes
     /// back with refcount 1 and the given flags.
     pub(crate) fn alloc(&self, zero: bool, fl: u32) -> Result<FrameId> {
-        let got = self.alloc.alloc().ok_or(Error::NoMemory("no free frame in the arena"))?;
+        let got = self.alloc.alloc(zero).ok_or(Error::NoMemory("no free frame in the arena"))?;
         if zero && !got.known_zero {
             self.zero_frame(got.frame);
         }
@@ -164,9 +164,39 @@ impl FrameArena {
         false
     }
 
-    /// Every frame on a free list (for audits; not cheap).
-    pub(crate) fn free_frames(&self) -> Vec<FrameId> {
+    /// Every free frame, and whether it is on a zeroed list (for audits;
+    /// not cheap).
+    pub(crate) fn free_frames(&self) -> Vec<(FrameId, bool)> {
         self.alloc.free_frames()
+    }
+
+    /// Whether frame `f` holds only zero bytes (for audits).
+    pub(crate) fn frame_is_zero(&self, f: FrameId) -> bool {
+        let mut buf = [0u8; PAGE_SIZE];
+        self.read(f, 0, &mut buf);
+        buf.iter().all(|&b| b == 0)
+    }
+
+    /// Start the background zeroing thread (see `alloc.rs`). It holds the
+    /// arena only weakly between batches and exits on `stop_zeroer`.
+    pub(crate) fn start_zeroer(self: &std::sync::Arc<Self>) -> Result<()> {
+        self.alloc.set_zeroer_on();
+        let weak = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("softmm-zeroer".into())
+            .spawn(move || zeroer_main(weak))
+            .map(|_| ())
+            .map_err(|_| Error::Host { what: "spawning the zeroing thread", errno: crate::error::errno::EAGAIN })
+    }
+
+    /// Ask the zeroing thread to exit.
+    pub(crate) fn stop_zeroer(&self) {
+        self.alloc.stop_zeroer();
+    }
+
+    /// Whether freed frames still wait for the zeroing thread.
+    pub(crate) fn zeroing_pending(&self) -> bool {
+        self.alloc.zeroing_pending()
     }
 
     // ---- frame contents -------------------------------------------------
@@ -235,6 +265,21 @@ impl FrameArena {
     /// Host bytes currently reserved for frames.
     pub fn reserved_bytes(&self) -> usize {
         self.data.len() + self.meta.len()
+    }
+}
+
+/// The zeroing thread: take dirty frames, zero them, give them back.
+fn zeroer_main(weak: std::sync::Weak<FrameArena>) {
+    // Lowest priority: zeroing is worth doing only with otherwise idle CPU.
+    #[cfg(not(miri))]
+    let _ = rustix::process::nice(19);
+    loop {
+        let Some(arena) = weak.upgrade() else { return };
+        let Some(batch) = arena.alloc.zeroer_take() else { return };
+        for &f in &batch {
+            arena.zero_frame(f);
+        }
+        arena.alloc.zeroer_done(&batch);
     }
 }
 
