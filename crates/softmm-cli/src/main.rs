@@ -69,8 +69,7 @@ struct ReplayArgs {
     /// Futex keys (futex operations answer ENOSYS until futexes are built).
     #[arg(long, value_enum, default_value = "physical")]
     futex_keys: trace_cmd::FutexKeys,
-    /// Fork's page-table strategy (`shared` behaves as `copy` until shared
-    /// page tables are built).
+    /// Fork's page-table strategy: share PTE tables (default) or copy them.
     #[arg(long, value_enum, default_value = "shared")]
     page_tables: trace_cmd::PageTables,
 }

@@ -26,7 +26,7 @@ pub enum FutexKeys {
 /// Fork's page-table strategy (TRACE.md "Modes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PageTables {
-    /// Shared page-table pages (not built yet: behaves as `copy`).
+    /// Share PTE tables between parent and child, copy on first change.
     Shared,
     Copy,
 }
@@ -37,10 +37,13 @@ pub const EXIT_BAD_TRACE: u8 = 2;
 /// A failure that ends `replay` with status 2 after the lines before it ran.
 pub struct BadTrace(pub String);
 
-fn softmm_options(_page_tables: PageTables) -> SoftmmOptions {
-    // Until the shared page-table issue lands, both modes copy tables.
+fn softmm_options(page_tables: PageTables) -> SoftmmOptions {
+    let fork_policy = match page_tables {
+        PageTables::Shared => softmm::ForkPolicy::SharedTables,
+        PageTables::Copy => softmm::ForkPolicy::CopyTables,
+    };
     // Traces are small: audit the machine after every operation.
-    SoftmmOptions { check_invariants: true, ..SoftmmOptions::default() }
+    SoftmmOptions { fork_policy, check_invariants: true, ..SoftmmOptions::default() }
 }
 
 enum Runner {

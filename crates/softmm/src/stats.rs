@@ -21,6 +21,11 @@ pub(crate) struct Counters {
     pub page_tables: AtomicU64,
     pub forks: AtomicU64,
     pub tlb_flushes: AtomicU64,
+    /// PTE tables currently shared by two or more address spaces.
+    pub shared_tables: AtomicU64,
+    pub table_shares: AtomicU64,
+    pub table_copies: AtomicU64,
+    pub table_reuses: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +58,14 @@ pub struct MachineStats {
     pub forks: u64,
     /// TLB shootdowns that had to reach other accessors.
     pub tlb_flushes: u64,
+    /// PTE tables shared by two or more address spaces right now.
+    pub shared_tables: u64,
+    /// PTE tables shared by fork (one per table per fork).
+    pub table_shares: u64,
+    /// Unshares that copied a table.
+    pub table_copies: u64,
+    /// Unshares by the last sharer, which kept the table.
+    pub table_reuses: u64,
     /// Frames allocated (page tables included, zero frame excluded).
     pub frames_in_use: u64,
     /// Frames in the arena.
@@ -75,6 +88,10 @@ impl MachineStats {
             page_tables: l(&c.page_tables),
             forks: l(&c.forks),
             tlb_flushes: l(&c.tlb_flushes),
+            shared_tables: l(&c.shared_tables),
+            table_shares: l(&c.table_shares),
+            table_copies: l(&c.table_copies),
+            table_reuses: l(&c.table_reuses),
             ..Default::default()
         }
     }

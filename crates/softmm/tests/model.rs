@@ -13,7 +13,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use softmm::{errno, Accessor, Advice, Config, Error, Machine, MapKind, Mm, Placement, Prot, SegvKind};
+use softmm::{errno, Accessor, Advice, Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SegvKind};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -91,6 +91,8 @@ enum Op {
     Fork {
         s: usize,
         into: usize,
+        /// Share PTE tables (`SharedTables`) or copy them (`CopyTables`).
+        shared_tables: bool,
     },
     /// Drop the `Mm`; its accessor stays, seeing an empty address space.
     Exit {
@@ -186,7 +188,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (slot(), range()).prop_map(|(s, r)| Op::Munmap { s, r }),
         6 => (slot(), range(), prot()).prop_map(|(s, r, prot)| Op::Mprotect { s, r, prot }),
         4 => (slot(), range()).prop_map(|(s, r)| Op::DontNeed { s, r }),
-        4 => (slot(), slot()).prop_map(|(s, into)| Op::Fork { s, into }),
+        4 => (slot(), slot(), any::<bool>()).prop_map(|(s, into, shared_tables)| Op::Fork { s, into, shared_tables }),
         2 => slot().prop_map(|s| Op::Exit { s }),
         1 => slot().prop_map(|s| Op::NewAccessor { s }),
         10 => (slot(), addr(1), access_len(), via()).prop_map(|(s, addr, len, via)| Op::Read { s, addr, len, via }),
@@ -502,14 +504,15 @@ impl World {
                 let got = errno_of(&mm.madvise(r.addr(), r.len, Advice::DontNeed));
                 ensure_eq!(got, model.dontneed(r.addr(), r.len), "madvise(DONTNEED)");
             }
-            Op::Fork { s, into } => {
+            Op::Fork { s, into, shared_tables } => {
                 if s == into || self.slots[s].mm.is_none() {
                     return Ok(());
                 }
                 // Whatever lived in the target slot exits first.
                 self.slots[into] = Slot::default();
                 let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { unreachable!() };
-                let child = mm.fork().map_err(|e| format!("fork: {e}"))?;
+                let policy = if shared_tables { ForkPolicy::SharedTables } else { ForkPolicy::CopyTables };
+                let child = mm.fork_with(policy).map_err(|e| format!("fork: {e}"))?;
                 let child_model = model.clone();
                 self.install(into, child, child_model);
             }
@@ -735,7 +738,7 @@ fn model_harness_smoke() {
         Op::Mmap { s: 0, r: r(8, 4), prot: Prot::RW, kind: MapKind::Shared, noreplace: false },
         Op::Write { s: 0, addr: Addr(BASE + 100), len: 5000, seed: 3, via: Via::Acc },
         Op::Write { s: 0, addr: Addr(BASE + 8 * PAGE), len: 10, seed: 9, via: Via::Mm },
-        Op::Fork { s: 0, into: 1 },
+        Op::Fork { s: 0, into: 1, shared_tables: true },
         Op::Write { s: 1, addr: Addr(BASE + 8 * PAGE + 5), len: 10, seed: 1, via: Via::Acc },
         Op::Write { s: 1, addr: Addr(BASE + 200), len: 10, seed: 2, via: Via::Acc },
         Op::Read { s: 0, addr: Addr(BASE + 8 * PAGE), len: 20, via: Via::Acc },

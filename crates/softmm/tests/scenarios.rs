@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use softmm::{errno, Advice, Error, MapKind, Placement, Prot, SegvKind, ZERO_FRAME};
+use softmm::{errno, Advice, Error, ForkPolicy, MapKind, Placement, Prot, SegvKind, ZERO_FRAME};
 
 const A: u64 = 0x1000_0000;
 
@@ -41,21 +41,33 @@ fn zero_frame_after_read_of_untouched_memory() {
     check(&p);
 }
 
-#[test]
-fn cow_after_other_side_exited_reuses_frame() {
+fn cow_after_other_side_exited(policy: ForkPolicy) {
     let m = machine();
     let p = m.new_mm().unwrap();
     map(&p, A, 4096, Prot::RW, MapKind::Private);
     p.write(A, b"a").unwrap();
     let f = p.phys(A);
-    let c = p.fork().unwrap();
+    let c = p.fork_with(policy).unwrap();
     drop(c);
     check(&p);
     p.write(A, b"b").unwrap();
     assert_eq!(p.phys(A), f, "exclusive frame is reused, not copied");
-    assert_eq!(m.stats().fault_cow_copy, 0);
-    assert_eq!(m.stats().fault_cow_reuse, 1);
+    let s = m.stats();
+    assert_eq!(s.fault_cow_copy, 0);
+    match policy {
+        // The write faults on the write-protected entry and reuses the frame.
+        ForkPolicy::CopyTables => assert_eq!((s.fault_cow_reuse, s.table_reuses), (1, 0)),
+        // The last sharer keeps the table; the entry never lost its write
+        // bit, so the write needs no COW fault at all.
+        _ => assert_eq!((s.fault_cow_reuse, s.table_reuses), (0, 1)),
+    }
     check(&p);
+}
+
+#[test]
+fn cow_after_other_side_exited_reuses_frame() {
+    cow_after_other_side_exited(ForkPolicy::CopyTables);
+    cow_after_other_side_exited(ForkPolicy::SharedTables);
 }
 
 #[test]

@@ -41,6 +41,11 @@ impl LinuxRunner {
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
         listener.set_nonblocking(true).map_err(|e| format!("socket setup: {e}"))?;
+        // Workers forked by workers are adopted by this process when their
+        // parent exits (instead of by PID 1, which may never reap them), and
+        // reaped in `reap_orphans`.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         Ok(LinuxRunner { dir, socket, listener, procs: HashMap::new(), spawned: Vec::new() })
     }
 
@@ -83,7 +88,8 @@ impl LinuxRunner {
         if n == 0 {
             return Err(format!("worker `{a}` died while running `{line}`"));
         }
-        let reply = reply.trim_end().to_string();
+        // Only the line end goes: `data ` (a zero-length read) keeps its space.
+        let reply = reply.trim_end_matches('\n').to_string();
         match reply.strip_prefix("fatal ") {
             Some(msg) => Err(msg.to_string()),
             None => Ok(reply),
@@ -170,6 +176,17 @@ fn reap(pid: i32) {
     }
 }
 
+/// Reap every exited child (adopted orphans included), without waiting.
+fn reap_orphans() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG on any child has no preconditions.
+        if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+            return;
+        }
+    }
+}
+
 impl Drop for LinuxRunner {
     fn drop(&mut self) {
         for p in self.procs.values() {
@@ -179,6 +196,11 @@ impl Drop for LinuxRunner {
         for c in &mut self.spawned {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Give killed, adopted workers a moment to become zombies, then reap.
+        for _ in 0..20 {
+            reap_orphans();
+            std::thread::sleep(Duration::from_millis(1));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

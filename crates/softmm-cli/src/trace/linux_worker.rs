@@ -393,6 +393,10 @@ fn smaps(addr: u64) -> Result<String, String> {
 /// Entry point of `softmm __linux-worker SOCKET NAME`.
 pub fn main(socket: &str, name: &str) -> Result<(), String> {
     guarded::install_handler().map_err(|e| format!("installing the SIGSEGV handler: {e}"))?;
+    // 4 KiB pages only, as softmm maps them: with transparent huge pages
+    // set to `always`, smaps would count 2 MiB pages and differ.
+    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     // Children this worker forks (other address spaces) are reaped by the
     // kernel when they exit, so an exited one never lingers as a zombie.
     // SAFETY: setting a signal disposition has no memory-safety preconditions.

@@ -17,7 +17,7 @@
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::{Error, Result, SegvKind};
-use crate::pgtable::{PteTableGuard, PTE_TABLE_SPAN};
+use crate::pgtable::{share, PteTableGuard, PTE_TABLE_SPAN};
 use crate::phys::{flags, FrameId, ZERO_FRAME};
 use crate::pte::Pte;
 use crate::stats::Counters;
@@ -65,7 +65,20 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     if added > 0 {
         mm.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
     }
-    let table = table?;
+    table?;
+    // Any change to a shared PTE table makes it this space's own first
+    // (seed 001: a write fault, a COW, or installing an entry).
+    if pt.pte_table_shared(arena, va) {
+        share::unshare(arena, pt, va, &mm.machine.counters)?;
+        let now = pt.follow_pte(arena, va);
+        if let Some(pte) = fast_path(mm, pt, va, now, access) {
+            return Ok(pte);
+        }
+    }
+    // Read the table from the PMD entry only now: another thread may have
+    // unshared it (installed a copy) since our walk. Once writable, the
+    // entry stays put while we hold the mmap_lock.
+    let table = pt.pte_table(arena, va).ok_or(Error::Exited)?;
     let mut gather = Gather::default();
     let result = {
         let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));

@@ -1,10 +1,10 @@
 //! fork (`dup_mmap` + `copy_page_range`) and exit (`exit_mmap`).
 
 use super::gather::Gather;
-use super::mmap::zap_range;
+use super::mmap::zap_pte;
 use super::{ForkPolicy, Mm, MmInner, MmState};
 use crate::error::{Error, Result};
-use crate::pgtable::{PageTable, PTE_TABLE_SPAN};
+use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
 use crate::phys::FrameArena;
 use crate::pte::Pte;
 use crate::stats::Counters;
@@ -13,7 +13,6 @@ use crate::vma::{Backing, Vma};
 use std::sync::Arc;
 
 pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
-    let ForkPolicy::CopyTables = policy;
     let child = Mm::new(parent.machine.clone())?;
     let machine = &parent.machine;
     let arena = parent.arena();
@@ -22,14 +21,15 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     let mut cst = child.inner.state.write();
     let mut flush = false;
     let mut result = Ok(());
+    let mut shared_spans: Vec<u64> = Vec::new();
     for v in pst.vmas.iter() {
         let cv = v.fork_copy(|| machine.new_id());
-        // Linux's vma_needs_copy: shared memory and private memory that was
-        // never written (no anon_vma) are refaulted by the child instead.
-        let copy = matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0);
-        if copy {
+        if needs_copy(v) {
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
-            result = copy_page_range(parent, arena, ppt, cpt, v, &mut flush);
+            result = match policy {
+                ForkPolicy::CopyTables => copy_page_range(parent, arena, ppt, cpt, v.start, v.end, &mut flush),
+                ForkPolicy::SharedTables => share_page_range(parent, &pst, ppt, cpt, v, &mut shared_spans, &mut flush),
+            };
         }
         // A VMA whose copy failed half-way still goes in, so that dropping
         // the child below releases what was copied.
@@ -57,18 +57,58 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     Ok(child)
 }
 
-/// Copy the entries of private VMA `v` into the child's tables,
-/// write-protecting both sides.
+/// Linux's `vma_needs_copy`: shared memory and private memory that was
+/// never written (no anon_vma) are refaulted by the child instead.
+fn needs_copy(v: &Vma) -> bool {
+    matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0)
+}
+
+/// `SharedTables`: share every PTE table of `v` whose whole 2 MiB span maps
+/// only memory fork would copy (private, with an anon_vma); copy the
+/// entries of the others (a table mixed with shared or never-written
+/// memory, whose PTEs the child must not see). `shared` remembers spans
+/// already shared through an earlier VMA.
+fn share_page_range(
+    parent: &MmInner,
+    pst: &MmState,
+    ppt: &PageTable,
+    cpt: &PageTable,
+    v: &Vma,
+    shared: &mut Vec<u64>,
+    flush: &mut bool,
+) -> Result<()> {
+    let arena = parent.arena();
+    let mut base = v.start & !(PTE_TABLE_SPAN - 1);
+    while base < v.end {
+        let span_end = base + PTE_TABLE_SPAN;
+        let eligible = pst.vmas.overlapping(base, span_end).all(needs_copy);
+        if eligible {
+            if !shared.contains(&base) {
+                let (did, was_writable) = share::share_table(arena, ppt, cpt, base, &parent.machine.counters)?;
+                *flush |= did && was_writable;
+                shared.push(base);
+            }
+        } else {
+            copy_page_range(parent, arena, ppt, cpt, v.start.max(base), v.end.min(span_end), flush)?;
+        }
+        base = span_end;
+    }
+    Ok(())
+}
+
+/// Copy the entries of `[start, end)` (private memory) into the child's
+/// tables, write-protecting both sides.
 fn copy_page_range(
     parent: &MmInner,
     arena: &FrameArena,
     ppt: &PageTable,
     cpt: &PageTable,
-    v: &Vma,
+    start: u64,
+    end: u64,
     flush: &mut bool,
 ) -> Result<()> {
     let mut result = Ok(());
-    ppt.for_each_pte_table(arena, v.start, v.end, |ptable, lo, hi| {
+    ppt.for_each_pte_table(arena, start, end, |ptable, lo, hi| {
         if result.is_err() {
             return;
         }
@@ -108,17 +148,33 @@ fn copy_page_range(
     result
 }
 
-/// Tear down an address space: zap every VMA, free every page table.
+/// Tear down an address space: drop or zap every PTE table (a shared
+/// one only loses this space's reference), then free the tree.
 pub(crate) fn do_exit(mm: &MmInner) {
     let mut st = mm.state.write();
     let Some(pt) = st.pt.take() else { return };
+    mm.root.store(0, Ordering::Release);
     let arena = mm.arena();
+    let c = &mm.machine.counters;
     let mut gather = Gather::default();
-    for v in st.vmas.iter() {
-        zap_range(arena, &pt, v.start, v.end, &mut gather);
-    }
+    pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |s, e, lo, _| {
+        let base = lo & !(PTE_TABLE_SPAN - 1);
+        if !e.is_writable() {
+            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(arena, p, &mut gather));
+            return;
+        }
+        let mut g = pt.lock(arena, e.frame(), base);
+        for i in 0..crate::pgtable::PTRS_PER_TABLE {
+            let va = base + i as u64 * 4096;
+            let p = g.get(va);
+            if p.is_present() {
+                g.set(va, Pte::NONE);
+                zap_pte(arena, p, &mut gather);
+            }
+        }
+    });
     let freed = pt.destroy(arena);
-    mm.machine.counters.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
+    c.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
     let vmas = std::mem::take(&mut st.vmas);
     gather.need_flush();
     gather.finish(mm, None);

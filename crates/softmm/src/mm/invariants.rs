@@ -39,7 +39,13 @@ macro_rules! fail {
 struct Expected {
     refs: HashMap<FrameId, u32>,
     maps: HashMap<FrameId, u32>,
-    tables: u64,
+    /// Distinct table pages (a shared PTE table counts once).
+    tables: std::collections::HashSet<FrameId>,
+    /// PTE tables whose entries were counted already (through another
+    /// address space sharing them).
+    counted_pte_tables: std::collections::HashSet<FrameId>,
+    /// Every PTE table of every address space.
+    pte_tables: std::collections::HashSet<FrameId>,
 }
 
 pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
@@ -79,9 +85,12 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
         return Ok(());
     };
     let mut err = None;
-    let mut ptes: Vec<(u64, Pte)> = Vec::new();
+    let mut ptes: Vec<(u64, Pte, FrameId, bool)> = Vec::new();
     pt.for_each_table(arena, |t, level| {
-        exp.tables += 1;
+        exp.tables.insert(t);
+        if level == 0 {
+            exp.pte_tables.insert(t);
+        }
         *exp.refs.entry(t).or_default() += 1;
         if !arena.meta(t).has(flags::PAGETABLE) && err.is_none() {
             err = Some(format!("mm {}: table frame {} (level {level}) not marked PAGETABLE", mm.id, t.0));
@@ -90,8 +99,29 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
     if let Some(e) = err {
         fail!("{e}");
     }
-    collect_ptes(arena, pt.root(), 3, 0, &mut ptes);
-    for (va, pte) in ptes {
+    collect_ptes(arena, pt.root(), 3, 0, true, &mut ptes);
+    // Sharing: a writable PMD entry means an exclusive table; a table with
+    // more than one reference is write-protected in every sharer.
+    let mut bad = None;
+    pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |_, e, lo, _| {
+        let rc = arena.meta(e.frame()).refcount();
+        if bad.is_none() && e.is_writable() && rc != 1 {
+            bad = Some(format!(
+                "mm {}: writable PMD entry at {lo:#x} maps PTE table {} with refcount {rc}",
+                mm.id,
+                e.frame().0
+            ));
+        }
+    });
+    if let Some(b) = bad {
+        fail!("{b}");
+    }
+    // Entries of a table shared with another space are checked against
+    // this space's VMAs too, but their frames are counted once.
+    let seen_before = exp.counted_pte_tables.clone();
+    exp.counted_pte_tables.extend(ptes.iter().map(|p| p.2));
+    for (va, pte, table, pmd_writable) in ptes {
+        let first_visit = !seen_before.contains(&table);
         let Some(v) = st.vmas.find(va) else {
             fail!("mm {}: PTE at {va:#x} ({pte:?}) outside every VMA", mm.id);
         };
@@ -114,7 +144,7 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
                 if !meta.has(flags::ANON) {
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
                 }
-                if pte.is_writable() && meta.refcount() != 1 {
+                if pte.is_writable() && pmd_writable && meta.refcount() != 1 {
                     fail!(
                         "mm {}: writable private PTE at {va:#x} maps frame {} with refcount {} (COW broken)",
                         mm.id,
@@ -134,13 +164,24 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
         if pte.is_writable() && !v.prot.writable() {
             fail!("mm {}: writable PTE at {va:#x} in a VMA without write permission", mm.id);
         }
-        *exp.refs.entry(f).or_default() += 1;
-        *exp.maps.entry(f).or_default() += 1;
+        if first_visit {
+            *exp.refs.entry(f).or_default() += 1;
+            *exp.maps.entry(f).or_default() += 1;
+        }
     }
     Ok(())
 }
 
-fn collect_ptes(arena: &crate::phys::FrameArena, t: FrameId, level: u32, base: u64, out: &mut Vec<(u64, Pte)>) {
+/// Every present PTE under `t`: (address, entry, its PTE table, whether
+/// the PMD entry above it is writable).
+fn collect_ptes(
+    arena: &crate::phys::FrameArena,
+    t: FrameId,
+    level: u32,
+    base: u64,
+    writable_above: bool,
+    out: &mut Vec<(u64, Pte, FrameId, bool)>,
+) {
     let span = crate::pgtable::entry_span(level);
     for i in 0..crate::pgtable::PTRS_PER_TABLE {
         let e = Pte::from_raw(crate::pgtable::slot(arena, t, i).load(Ordering::Acquire));
@@ -149,9 +190,9 @@ fn collect_ptes(arena: &crate::phys::FrameArena, t: FrameId, level: u32, base: u
         }
         let va = base + i as u64 * span;
         if level == 0 {
-            out.push((va, e));
+            out.push((va, e, t, writable_above));
         } else {
-            collect_ptes(arena, e.frame(), level - 1, va, out);
+            collect_ptes(arena, e.frame(), level - 1, va, writable_above && e.is_writable(), out);
         }
     }
 }
@@ -201,8 +242,13 @@ fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> 
         fail!("allocator counts {} frames in use, audit found {}", arena.in_use(), in_use);
     }
     let counted = m.counters.page_tables.load(Ordering::Relaxed);
-    if counted != exp.tables {
-        fail!("page-table counter says {counted}, audit found {} table pages", exp.tables);
+    if counted != exp.tables.len() as u64 {
+        fail!("page-table counter says {counted}, audit found {} table pages", exp.tables.len());
+    }
+    let shared = exp.pte_tables.iter().filter(|&&t| arena.meta(t).refcount() > 1).count() as u64;
+    let said = m.counters.shared_tables.load(Ordering::Relaxed);
+    if said != shared {
+        fail!("shared-table counter says {said}, audit found {shared} PTE tables with more than one sharer");
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use super::args::{self, Advice, Placement};
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::{Error, Result};
-use crate::pgtable::{PageTable, PTE_TABLE_SPAN, TASK_SIZE};
+use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN, TASK_SIZE};
 use crate::phys::FrameArena;
 use crate::pte::Pte;
 use crate::sync::Ordering;
@@ -47,7 +47,7 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
         MapKind::Shared => Backing::Shm(mm.machine.new_shm(len >> 12)?),
     };
     // MAP_FIXED over existing mappings unmaps them first.
-    unmap_locked(mm, &mut st, start, end);
+    unmap_locked(mm, &mut st, start, end)?;
     let pgoff = match kind {
         MapKind::Private => start >> 12,
         MapKind::Shared => 0,
@@ -64,23 +64,24 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
 pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {
     let end = args::munmap_range(addr, len)?;
     let mut st = mm.state.write();
-    unmap_locked(mm, &mut st, addr, end);
-    Ok(())
+    unmap_locked(mm, &mut st, addr, end)
 }
 
 /// Remove VMAs in `[start, end)`, zap their pages and free page tables that
-/// no longer cover any VMA. Requires the write lock.
-fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) {
+/// no longer cover any VMA. Requires the write lock. Fails (ENOMEM) only
+/// before changing anything: a shared PTE table the range covers in part
+/// must first become this space's own, which may need a frame.
+fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<()> {
     if st.vmas.overlapping(start, end).next().is_none() {
-        return;
+        return Ok(());
     }
+    let Some(pt) = st.pt.as_ref() else { return Ok(()) };
+    unshare_range(mm, pt, start, end, true)?;
     let removed = st.vmas.remove_range(start, end);
-    let Some(pt) = st.pt.as_ref() else { return };
+    let Some(pt) = st.pt.as_ref() else { return Ok(()) };
     let arena = mm.arena();
     let mut gather = Gather::default();
-    for v in &removed {
-        zap_range(arena, pt, v.start, v.end, &mut gather);
-    }
+    zap_range(mm, pt, start, end, true, &mut gather);
     let floor = st.vmas.floor(start);
     let ceiling = st.vmas.ceiling(end, 1 << 48);
     let freed = pt.free_tables(arena, start, end, floor, ceiling);
@@ -88,31 +89,66 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) {
     gather.finish(mm, None);
     // Shared objects of removed VMAs go when their last VMA does.
     drop(removed);
+    Ok(())
+}
+
+/// Make every shared PTE table overlapping `[start, end)` this space's own
+/// (`partial_only`: only those the range does not cover whole, which a zap
+/// may simply drop).
+pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, partial_only: bool) -> Result<()> {
+    let arena = mm.arena();
+    let mut ro: Vec<u64> = Vec::new();
+    pt.for_each_pmd(arena, start, end, |_, e, lo, hi| {
+        let whole = hi - lo == PTE_TABLE_SPAN;
+        let skip = e.is_writable() || (partial_only && whole);
+        if !skip {
+            ro.push(lo);
+        }
+    });
+    for va in ro {
+        share::unshare(arena, pt, va, &mm.machine.counters)?;
+    }
+    Ok(())
+}
+
+/// Release one zapped entry: the page becomes dirty if the entry was, the
+/// mapping goes now, the reference after the TLB shootdown.
+pub(crate) fn zap_pte(arena: &FrameArena, pte: Pte, gather: &mut Gather) {
+    if pte.is_zero_frame() {
+        gather.need_flush();
+        return;
+    }
+    let m = arena.meta(pte.frame());
+    // A dirty entry hands its dirtiness to the page (Linux's zap_pte_range:
+    // folio_mark_dirty), so other mappings of a shared page see it dirty.
+    if pte.is_dirty() {
+        m.set_flags(crate::phys::flags::DIRTY);
+    }
+    m.mapcount.fetch_sub(1, Ordering::AcqRel);
+    gather.defer_put(pte.frame());
 }
 
 /// `zap_pte_range` over `[start, end)`: clear every entry, drop mappings,
-/// and defer the frame references to `gather`.
-pub(crate) fn zap_range(arena: &FrameArena, pt: &PageTable, start: u64, end: u64, gather: &mut Gather) {
-    pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
-        let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1));
+/// and defer the frame references to `gather`. A shared PTE table the range
+/// covers whole is dropped instead (`may_drop`, under the write lock: only
+/// its last sharer zaps it); one covered in part must have been unshared.
+pub(crate) fn zap_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, may_drop: bool, gather: &mut Gather) {
+    let arena = mm.arena();
+    let c = &mm.machine.counters;
+    pt.for_each_pmd(arena, start, end, |s, e, lo, hi| {
+        let base = lo & !(PTE_TABLE_SPAN - 1);
+        if !e.is_writable() {
+            debug_assert!(may_drop && hi - lo == PTE_TABLE_SPAN, "partial zap of a shared PTE table");
+            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(arena, p, gather));
+            return;
+        }
+        let mut g = pt.lock(arena, e.frame(), base);
         let mut va = lo;
         while va < hi {
             let pte = g.get(va);
             if pte.is_present() {
                 g.set(va, Pte::NONE);
-                if pte.is_zero_frame() {
-                    gather.need_flush();
-                } else {
-                    let m = arena.meta(pte.frame());
-                    // A dirty entry hands its dirtiness to the page (Linux's
-                    // zap_pte_range: folio_mark_dirty), so other mappings of
-                    // a shared page report it dirty afterwards.
-                    if pte.is_dirty() {
-                        m.set_flags(crate::phys::flags::DIRTY);
-                    }
-                    m.mapcount.fetch_sub(1, Ordering::AcqRel);
-                    gather.defer_put(pte.frame());
-                }
+                zap_pte(arena, pte, gather);
             }
             va += 4096;
         }
@@ -127,6 +163,11 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     match st.vmas.find(addr) {
         Some(_) => {}
         None => return Err(nomem),
+    }
+    // Entries are about to change: every shared table in the range becomes
+    // this space's own first (the only step that can fail, with ENOMEM).
+    if let Some(pt) = st.pt.as_ref() {
+        unshare_range(mm, pt, addr, end, false)?;
     }
     let mut gather = Gather::default();
     let mut tmp = addr;
@@ -230,6 +271,8 @@ pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> R
     }
     let st = mm.state.read();
     let Some(pt) = st.pt.as_ref() else { return Err(Error::Exited) };
+    // Under the read lock no table may be dropped: unshare, then zap.
+    unshare_range(mm, pt, addr, end, false)?;
     let mut gather = Gather::default();
     let mut covered = addr;
     let mut hole = false;
@@ -237,7 +280,7 @@ pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> R
         if v.start > covered {
             hole = true;
         }
-        zap_range(mm.arena(), pt, v.start.max(addr), v.end.min(end), &mut gather);
+        zap_range(mm, pt, v.start.max(addr), v.end.min(end), false, &mut gather);
         covered = v.end;
     }
     drop(st);

@@ -73,6 +73,9 @@ pub(crate) struct MmState {
 
 pub(crate) struct MmInner {
     pub(crate) id: u64,
+    /// The page-table root, readable without the `mmap_lock` (0 once
+    /// exited): other address spaces read it to count sharers for smaps.
+    pub(crate) root: crate::sync::AtomicU32,
     pub(crate) machine: Arc<MachineInner>,
     pub(crate) state: RwLock<MmState>,
     pub(crate) tlb: Shootdown,
@@ -100,6 +103,7 @@ impl Mm {
         crate::stats::Counters::bump(&machine.counters.page_tables);
         let inner = Arc::new(MmInner {
             id: machine.new_id(),
+            root: crate::sync::AtomicU32::new(pt.root().0),
             machine,
             state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
             tlb: Shootdown::default(),
@@ -266,9 +270,13 @@ impl std::fmt::Debug for Mm {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForkPolicy {
+    /// Share each PTE table that maps only private anonymous memory between
+    /// parent and child, write-protected, and copy it at the first change
+    /// (seed 001; see `pgtable/share.rs`). Fork costs O(tables), not O(pages).
+    #[default]
+    SharedTables,
     /// Copy every PTE of private memory into new tables, write-protecting
     /// both sides (what Linux does).
-    #[default]
     CopyTables,
 }
 
@@ -300,23 +308,56 @@ pub(crate) fn page_end(va: u64) -> u64 {
     (va | (PAGE_SIZE as u64 - 1)).saturating_add(1)
 }
 
+/// smaps of `[start, end)` with Linux's meanings. Frame counts are
+/// physical (one per table entry); when PTE tables are shared anywhere,
+/// a frame's *logical* mapcount and refcount add, for every table mapping
+/// it, that table's sharers beyond the first, which is what the same
+/// history under `CopyTables` (and on Linux) would have counted.
 fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
     let mut acc = SmapsAcc::default();
     let arena = mm.arena();
-    if let Some(pt) = &st.pt {
-        pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
-            let g = pt.lock(arena, table, lo & !(crate::pgtable::PTE_TABLE_SPAN - 1));
-            let mut va = lo;
-            while va < hi {
-                let pte = g.get(va);
-                if pte.is_present() && !pte.is_zero_frame() {
-                    let m = arena.meta(pte.frame());
-                    let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
-                    acc.page(m.refcount(), m.mapcount(), m.has(crate::phys::flags::ANON), dirty);
-                }
-                va += PAGE_SIZE as u64;
+    let Some(pt) = &st.pt else { return acc.finish(start, end) };
+    let sharing = mm.machine.counters.shared_tables.load(crate::sync::Ordering::Relaxed) > 0;
+    let roots: Vec<FrameId> = if sharing {
+        mm.machine
+            .live_mms()
+            .iter()
+            .map(|m| FrameId(m.root.load(crate::sync::Ordering::Acquire)))
+            .filter(|r| r.0 != 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
+        let base = lo & !(crate::pgtable::PTE_TABLE_SPAN - 1);
+        let tables = if sharing { crate::pgtable::share::tables_at(arena, &roots, base) } else { Vec::new() };
+        let g = pt.lock(arena, table, base);
+        let mut va = lo;
+        while va < hi {
+            let pte = g.get(va);
+            if pte.is_present() && !pte.is_zero_frame() {
+                let f = pte.frame();
+                let m = arena.meta(f);
+                let extra = extra_sharers(arena, &tables, va, f);
+                let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
+                acc.page(m.refcount() + extra, m.mapcount() + extra, m.has(crate::phys::flags::ANON), dirty);
             }
-        });
-    }
+            va += PAGE_SIZE as u64;
+        }
+    });
     acc.finish(start, end)
+}
+
+/// For frame `f` at `va`: the sharers beyond the first of every table in
+/// `tables` whose entry for `va` maps `f`.
+fn extra_sharers(arena: &FrameArena, tables: &[FrameId], va: u64, f: FrameId) -> u32 {
+    let i = crate::pgtable::index(va, 0);
+    tables
+        .iter()
+        .filter(|&&t| {
+            let e = crate::pte::Pte::from_raw(crate::pgtable::slot(arena, t, i).load(crate::sync::Ordering::Acquire));
+            e.is_present() && e.frame() == f
+        })
+        .map(|&t| arena.meta(t).refcount().saturating_sub(1))
+        .sum()
 }

@@ -15,6 +15,7 @@
 //!   page-table lock of that one PTE-table page.
 
 mod cursor;
+pub(crate) mod share;
 
 pub use cursor::PteTableGuard;
 
@@ -67,12 +68,67 @@ impl PageTable {
     }
 
     /// The PTE mapping `va`, without faulting anything in (`follow_page`
-    /// without the page). `Pte::NONE` when any level is missing.
+    /// without the page). `Pte::NONE` when any level is missing. The write
+    /// bit is the *effective* one: clear when the PMD entry is
+    /// write-protected (a shared PTE table), as an MMU combines levels.
     pub(crate) fn follow_pte(&self, arena: &FrameArena, va: u64) -> Pte {
-        match self.pte_table(arena, va) {
-            Some(t) => Pte::from_raw(slot(arena, t, index(va, 0)).load(Ordering::Acquire)),
-            None => Pte::NONE,
+        let Some((s, _)) = self.pmd_slot(arena, va) else { return Pte::NONE };
+        let pmd = Pte::from_raw(s.load(Ordering::Acquire));
+        if !pmd.is_present() {
+            return Pte::NONE;
         }
+        let pte = Pte::from_raw(slot(arena, pmd.frame(), index(va, 0)).load(Ordering::Acquire));
+        if pmd.is_writable() {
+            pte
+        } else {
+            pte.without(Pte::WRITE)
+        }
+    }
+
+    /// The PMD entry slot covering `va` and the PMD table holding it, if the
+    /// upper levels exist. Lock-free.
+    pub(crate) fn pmd_slot<'a>(&self, arena: &'a FrameArena, va: u64) -> Option<(&'a AtomicU64, FrameId)> {
+        let mut table = self.root;
+        for level in (2..LEVELS).rev() {
+            let e = Pte::from_raw(slot(arena, table, index(va, level)).load(Ordering::Acquire));
+            if !e.is_present() {
+                return None;
+            }
+            table = e.frame();
+        }
+        Some((slot(arena, table, index(va, 1)), table))
+    }
+
+    /// The PMD entry slot covering `va`, allocating missing upper levels
+    /// (not the PTE table). `added` counts tables installed.
+    pub(crate) fn pmd_slot_alloc<'a>(
+        &self,
+        arena: &'a FrameArena,
+        va: u64,
+        added: &mut u32,
+    ) -> Result<(&'a AtomicU64, FrameId)> {
+        let mut table = self.root;
+        for level in (2..LEVELS).rev() {
+            let s = slot(arena, table, index(va, level));
+            let e = Pte::from_raw(s.load(Ordering::Acquire));
+            table = if e.is_present() {
+                e.frame()
+            } else {
+                let (t, new) = install_table(arena, s)?;
+                *added += new as u32;
+                t
+            };
+        }
+        Ok((slot(arena, table, index(va, 1)), table))
+    }
+
+    /// Whether the PTE table covering `va` is mapped write-protected at the
+    /// PMD level (shared with other address spaces, or last of a sharing).
+    pub(crate) fn pte_table_shared(&self, arena: &FrameArena, va: u64) -> bool {
+        self.pmd_slot(arena, va).is_some_and(|(s, _)| {
+            let e = Pte::from_raw(s.load(Ordering::Acquire));
+            e.is_present() && !e.is_writable()
+        })
     }
 
     /// The PTE table covering `va`, if it exists. Lock-free.
@@ -110,10 +166,20 @@ impl PageTable {
     /// Set bits in the present PTE of `va` without the page-table lock, as
     /// the MMU sets accessed and dirty bits: only if the entry is still
     /// `expected` (a compare-and-swap). Returns whether it succeeded.
+    ///
+    /// `expected` may be the effective entry of `follow_pte`; the swap is
+    /// made on the stored entry, which must still map the same frame.
     pub(crate) fn set_bits_lockless(&self, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
         let Some(t) = self.pte_table(arena, va) else { return false };
         let s = slot(arena, t, index(va, 0));
-        s.compare_exchange(expected.raw(), expected.with(bits).raw(), Ordering::AcqRel, Ordering::Acquire).is_ok()
+        let raw = Pte::from_raw(s.load(Ordering::Acquire));
+        if !raw.is_present()
+            || raw.frame() != expected.frame()
+            || raw.without(Pte::WRITE) != expected.without(Pte::WRITE)
+        {
+            return false;
+        }
+        s.compare_exchange(raw.raw(), raw.with(bits).raw(), Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Lock the PTE table `table` that covers the 2 MiB-aligned `base`.
@@ -123,6 +189,8 @@ impl PageTable {
 
     /// Calls `f(table, lo, hi)` for every existing PTE table overlapping
     /// `[start, end)`, with `lo..hi` the part of the range it covers.
+    /// Missing upper levels are skipped whole, so a sparse walk of a huge
+    /// range costs only what is mapped.
     pub(crate) fn for_each_pte_table(
         &self,
         arena: &FrameArena,
@@ -130,15 +198,19 @@ impl PageTable {
         end: u64,
         mut f: impl FnMut(FrameId, u64, u64),
     ) {
-        let mut va = start;
-        while va < end {
-            let next = ((va / PTE_TABLE_SPAN) + 1) * PTE_TABLE_SPAN;
-            let hi = next.min(end);
-            if let Some(t) = self.pte_table(arena, va) {
-                f(t, va, hi);
-            }
-            va = hi;
-        }
+        self.for_each_pmd(arena, start, end, |_, pmd, lo, hi| f(pmd.frame(), lo, hi));
+    }
+
+    /// Calls `f(slot, entry, lo, hi)` for every present PMD entry (a PTE
+    /// table) overlapping `[start, end)`, skipping missing upper levels.
+    pub(crate) fn for_each_pmd(
+        &self,
+        arena: &FrameArena,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(&AtomicU64, Pte, u64, u64),
+    ) {
+        walk_pmds(arena, self.root, LEVELS - 1, 0, start, end, &mut f);
     }
 
     /// Free every table whose whole span lies inside `[floor, ceiling)` and
@@ -173,6 +245,36 @@ impl PageTable {
             }
         }
         rec(arena, self.root, LEVELS - 1, &mut f);
+    }
+}
+
+/// Recursive worker of `for_each_pmd`: `table` at `level` maps from `base`.
+fn walk_pmds(
+    arena: &FrameArena,
+    table: FrameId,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    f: &mut impl FnMut(&AtomicU64, Pte, u64, u64),
+) {
+    let span = entry_span(level);
+    let first = if start > base { ((start - base) / span) as usize } else { 0 };
+    for i in first..PTRS_PER_TABLE {
+        let lo = base + i as u64 * span;
+        if lo >= end {
+            break;
+        }
+        let s = slot(arena, table, i);
+        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        if !e.is_present() {
+            continue;
+        }
+        if level == 1 {
+            f(s, e, lo.max(start), (lo + span).min(end));
+        } else {
+            walk_pmds(arena, e.frame(), level - 1, lo, start, end, f);
+        }
     }
 }
 
@@ -215,6 +317,7 @@ fn free_range(
             continue;
         }
         let child = e.frame();
+        debug_assert!(level > 1 || arena.meta(child).refcount() == 1, "freeing a shared PTE table");
         freed += free_range(arena, child, level - 1, lo, start, end, floor, ceiling);
         if lo >= floor && lo + span <= ceiling {
             debug_assert!(table_is_empty(arena, child), "freeing a non-empty page table");

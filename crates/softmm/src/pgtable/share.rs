@@ -1,0 +1,261 @@
+//! Shared PTE tables (seed 001): share at fork, unshare on change, drop.
+//!
+//! Fork with `ForkPolicy::SharedTables` does not copy a PTE table that maps
+//! only private anonymous memory: the child's PMD entry points at the
+//! parent's table, the table frame's refcount counts its sharers, and both
+//! PMD entries are write-protected, so every write through the table faults.
+//! Entries inside a shared table are never changed (only their accessed
+//! bits, by compare-and-swap, as an MMU would); any change first makes the
+//! table exclusive:
+//!
+//! - [`unshare`] (a write fault, a COW, a partial munmap/mprotect/madvise):
+//!   if this address space is the only sharer left (refcount 1) it *reuses*
+//!   the table: entries whose frames are still mapped elsewhere are
+//!   write-protected and the PMD entry becomes writable. Otherwise it copies
+//!   the 512 entries with write cleared into a new table, taking a
+//!   reference and a mapping on each frame, *while still holding its
+//!   reference* on the old table (so it cannot be freed under the copy), and
+//!   only then drops that reference. Ownership is learned by
+//!   decrement-and-test, as the seed says: a compare-and-swap that refuses to
+//!   take the count from 1 to 0. If the others let go while it copied, it
+//!   finds the count at 1, throws the copy away and reuses the original.
+//!   So unshare never frees a table, and can run under the `mmap_lock` held
+//!   for reading while other threads of the same address space walk it.
+//!   Unshares of one address space are serialized by the split lock of its
+//!   own (never shared) PMD table.
+//! - [`drop_shared`] (a munmap of the table's whole span, exit; under the
+//!   write lock): clears the PMD entry and drops the reference; only the last
+//!   sharer zaps the entries and frees the table.
+//!
+//! Frame counts stay physical: a frame mapped through a table shared by k
+//! address spaces has one reference and one mapping from that table. What
+//! users see (smaps' mapcount and PSS) is the logical count, the sum of the
+//! sharers of every table that maps the frame; see `mm::vma_smaps`.
+
+use super::{index, slot, PageTable, PteTableGuard, PTE_TABLE_SPAN, PTRS_PER_TABLE};
+use crate::error::Result;
+use crate::phys::{flags, FrameArena, FrameId};
+use crate::pte::Pte;
+use crate::stats::Counters;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// What [`unshare`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unshare {
+    /// Nothing to do: no table, or not write-protected.
+    Exclusive,
+    /// This address space was the last sharer and kept the table.
+    Reused,
+    /// The entries were copied into a new table.
+    Copied,
+}
+
+/// Share the parent's PTE table covering `base` with the child (fork).
+/// Requires the parent's `mmap_lock` held for writing. Returns whether a
+/// table was shared and whether the parent's PMD entry was writable before
+/// (its accessors then hold stale writable translations).
+pub(crate) fn share_table(
+    arena: &FrameArena,
+    parent: &PageTable,
+    child: &PageTable,
+    base: u64,
+    c: &Counters,
+) -> Result<(bool, bool)> {
+    let Some((ps, _)) = parent.pmd_slot(arena, base) else { return Ok((false, false)) };
+    let e = Pte::from_raw(ps.load(Ordering::Acquire));
+    if !e.is_present() {
+        return Ok((false, false));
+    }
+    let mut added = 0;
+    let r = child.pmd_slot_alloc(arena, base, &mut added);
+    c.page_tables.fetch_add(added as u64, Ordering::Relaxed);
+    let (cs, _) = r?;
+    let t = e.frame();
+    if arena.meta(t).refcount.fetch_add(1, Ordering::AcqRel) == 1 {
+        c.shared_tables.fetch_add(1, Ordering::Relaxed);
+    }
+    let ro = e.without(Pte::WRITE);
+    ps.store(ro.raw(), Ordering::Release);
+    cs.store(ro.raw(), Ordering::Release);
+    Counters::bump(&c.table_shares);
+    Ok((true, e.is_writable()))
+}
+
+/// Drop one sharer's reference unless it is the last (the count is 1):
+/// the seed's decrement-and-test, without ever showing a count of 0.
+/// Returns whether a reference was dropped (false: the caller is last).
+fn put_unless_last(rc: &AtomicU32, c: &Counters) -> bool {
+    let mut cur = rc.load(Ordering::Acquire);
+    loop {
+        if cur <= 1 {
+            return false;
+        }
+        match rc.compare_exchange(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if cur == 2 {
+                    c.shared_tables.fetch_sub(1, Ordering::Relaxed);
+                }
+                return true;
+            }
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Make the PTE table covering `va` exclusive to `pt`'s address space.
+/// Requires the `mmap_lock` (either mode). Never frees a table.
+pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters) -> Result<Unshare> {
+    let Some((s, pmd_table)) = pt.pmd_slot(arena, va) else { return Ok(Unshare::Exclusive) };
+    let _pmd_lock = PmdLock::lock(arena, pmd_table);
+    let e = Pte::from_raw(s.load(Ordering::Acquire));
+    if !e.is_present() || e.is_writable() {
+        return Ok(Unshare::Exclusive);
+    }
+    let t = e.frame();
+    let base = va & !(PTE_TABLE_SPAN - 1);
+    let rc = &arena.meta(t).refcount;
+    if rc.load(Ordering::Acquire) == 1 {
+        reuse(arena, s, e, base);
+        Counters::bump(&c.table_reuses);
+        return Ok(Unshare::Reused);
+    }
+    let n = arena.alloc(true, flags::PAGETABLE)?;
+    copy_entries(arena, t, n, base);
+    if !put_unless_last(rc, c) {
+        // Everyone else let go while we copied: keep the original.
+        release_copy(arena, n);
+        reuse(arena, s, e, base);
+        Counters::bump(&c.table_reuses);
+        return Ok(Unshare::Reused);
+    }
+    s.store(Pte::table(n).raw(), Ordering::Release);
+    c.page_tables.fetch_add(1, Ordering::Relaxed);
+    Counters::bump(&c.table_copies);
+    Ok(Unshare::Copied)
+}
+
+/// Copy the entries of shared table `t` into the new table `n`, write
+/// cleared, taking a reference and a mapping on every frame.
+fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64) {
+    let _g = PteTableGuard::lock(arena, t, base);
+    for i in 0..PTRS_PER_TABLE {
+        let p = Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire));
+        if !p.is_present() {
+            continue;
+        }
+        if !p.is_zero_frame() {
+            let m = arena.meta(p.frame());
+            m.refcount.fetch_add(1, Ordering::AcqRel);
+            m.mapcount.fetch_add(1, Ordering::AcqRel);
+        }
+        slot(arena, n, i).store(p.without(Pte::WRITE).raw(), Ordering::Release);
+    }
+}
+
+/// Undo `copy_entries` and free the copy (never seen by anyone).
+fn release_copy(arena: &FrameArena, n: FrameId) {
+    for i in 0..PTRS_PER_TABLE {
+        let p = Pte::from_raw(slot(arena, n, i).swap(0, Ordering::AcqRel));
+        if p.is_present() && !p.is_zero_frame() {
+            arena.meta(p.frame()).mapcount.fetch_sub(1, Ordering::AcqRel);
+            arena.put(p.frame());
+        }
+    }
+    arena.put(n);
+}
+
+/// The last sharer keeps the table: write-protect entries whose frames are
+/// mapped elsewhere too (another sharer's copy took references on them),
+/// then make the PMD entry writable.
+fn reuse(arena: &FrameArena, s: &AtomicU64, e: Pte, base: u64) {
+    let t = e.frame();
+    {
+        let mut g = PteTableGuard::lock(arena, t, base);
+        for i in 0..PTRS_PER_TABLE {
+            let va = base + (i as u64) * 4096;
+            let p = g.get(va);
+            if p.is_present() && p.is_writable() && !p.is_zero_frame() && arena.meta(p.frame()).refcount() > 1 {
+                g.set(va, p.without(Pte::WRITE));
+            }
+        }
+    }
+    s.store(e.with(Pte::WRITE).raw(), Ordering::Release);
+}
+
+/// Drop this address space's use of the PTE table in PMD slot `s` (entry
+/// `e`, write-protected): a munmap of the table's whole span, or exit.
+/// Requires the `mmap_lock` held for writing. The last sharer calls
+/// `zap(va, pte)` for every present entry and frees the table; the others
+/// only drop their reference. Returns whether the table was freed.
+pub(crate) fn drop_shared(
+    arena: &FrameArena,
+    s: &AtomicU64,
+    e: Pte,
+    base: u64,
+    c: &Counters,
+    mut zap: impl FnMut(u64, Pte),
+) -> bool {
+    s.store(0, Ordering::Release);
+    let t = e.frame();
+    if put_unless_last(&arena.meta(t).refcount, c) {
+        return false;
+    }
+    {
+        let mut g = PteTableGuard::lock(arena, t, base);
+        for i in 0..PTRS_PER_TABLE {
+            let va = base + (i as u64) * 4096;
+            let p = g.get(va);
+            if p.is_present() {
+                g.set(va, Pte::NONE);
+                zap(va, p);
+            }
+        }
+    }
+    arena.put(t);
+    c.page_tables.fetch_sub(1, Ordering::Relaxed);
+    true
+}
+
+/// The split lock of a PMD table page (serializes unshares of its entries).
+struct PmdLock<'a> {
+    arena: &'a FrameArena,
+    table: FrameId,
+}
+
+impl<'a> PmdLock<'a> {
+    fn lock(arena: &'a FrameArena, table: FrameId) -> Self {
+        arena.meta(table).lock_ptl();
+        PmdLock { arena, table }
+    }
+}
+
+impl Drop for PmdLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `lock` took this table's lock; the guard is its only owner.
+        unsafe { self.arena.meta(self.table).unlock_ptl() }
+    }
+}
+
+/// The PTE tables that map `base`'s 2 MiB span in other address spaces,
+/// read lock-free from their roots: for smaps' logical counts. Frame ids
+/// are checked before use, since another space may be changing its tables.
+pub(crate) fn tables_at(arena: &FrameArena, roots: &[FrameId], base: u64) -> Vec<FrameId> {
+    let mut out: Vec<FrameId> = Vec::new();
+    'next: for &root in roots {
+        let mut table = root;
+        for level in (1..super::LEVELS).rev() {
+            if table.0 >= arena.capacity() || !arena.meta(table).has(flags::PAGETABLE) {
+                continue 'next;
+            }
+            let e = Pte::from_raw(slot(arena, table, index(base, level)).load(Ordering::Acquire));
+            if !e.is_present() {
+                continue 'next;
+            }
+            table = e.frame();
+        }
+        if table.0 < arena.capacity() && arena.meta(table).has(flags::PAGETABLE) && !out.contains(&table) {
+            out.push(table);
+        }
+    }
+    out
+}
