@@ -236,12 +236,19 @@ fn corpus_is_the_same_on_linux() {
     // 2) does not hide the verdicts of the others.
     let traces = traces_in(&corpus_dir());
     let mut failures = Vec::new();
-    for t in &traces {
-        let o = run(softmm().arg("diff").arg(t));
-        let (out, err) = (text(&o.stdout), text(&o.stderr));
-        let same = format!("{}: same\n", t.display());
-        if !(o.status.success() && out == same) {
-            failures.push(format!("{}: `softmm diff` exited with {}:\n{out}{err}", short(t), o.status));
+    // Both fork strategies must look exactly like Linux.
+    for mode in ["shared", "copy"] {
+        for t in &traces {
+            let o = run(softmm().args(["diff", "--page-tables", mode]).arg(t));
+            let (out, err) = (text(&o.stdout), text(&o.stderr));
+            let same = format!("{}: same\n", t.display());
+            if !(o.status.success() && out == same) {
+                failures.push(format!(
+                    "{}: `softmm diff --page-tables {mode}` exited with {}:\n{out}{err}",
+                    short(t),
+                    o.status
+                ));
+            }
         }
     }
     fail_if_any(&format!("{} traces compared with Linux", traces.len()), &failures);
@@ -254,15 +261,19 @@ fn futex_corpus_replays_on_linux() {
 
 #[test]
 fn fuzz_finds_no_difference() {
-    let o = run(softmm().args(["fuzz", "--traces", "300", "--ops", "80", "--first-seed", "1"]));
-    let out = text(&o.stdout);
-    assert!(
-        o.status.success(),
-        "`softmm fuzz --traces 300 --ops 80 --first-seed 1` exited with {}:\n{out}\nstderr:\n{}",
-        o.status,
-        text(&o.stderr)
-    );
-    assert!(out.trim_end().ends_with("300 traces, 300 same, 0 differ"), "{out}");
+    for mode in ["shared", "copy"] {
+        let args = ["fuzz", "--traces", "300", "--ops", "80", "--first-seed", "1", "--page-tables", mode];
+        let o = run(softmm().args(args));
+        let out = text(&o.stdout);
+        assert!(
+            o.status.success(),
+            "`softmm {}` exited with {}:\n{out}\nstderr:\n{}",
+            args.join(" "),
+            o.status,
+            text(&o.stderr)
+        );
+        assert!(out.ends_with("300 traces, 300 same, 0 differ\n"), "`softmm {}` said:\n{out}", args.join(" "));
+    }
 }
 
 /// A trace file in a private temporary directory, removed on drop.

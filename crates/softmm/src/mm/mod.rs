@@ -9,19 +9,24 @@
 //!    exit for writing. Page-table pages are freed only under the write lock,
 //!    so lock-free walks under either mode never see a freed table. Fork holds
 //!    the parent's write lock, then takes the (new) child's: parent before child.
-//! 2. The split page-table lock (`FrameMeta::ptl` of a PTE-table page) — guards
-//!    the 512 entries of that table. Fork holds the parent table's lock, then the
-//!    child table's. Upper levels need no lock: they only grow by CAS while
-//!    the `mmap_lock` is held for reading, and shrink under the write lock.
-//! 3. anon_vma lock (reverse-map issue), vcache bucket, futex bucket (later issues).
-//! 4. Leaf locks: a shared object's page index (`ShmObject::pages`), the
+//! 2. The split lock of a PMD-table page (`FrameMeta::ptl`) — serializes the
+//!    unshares of its entries (`pgtable/share.rs`); PMD tables are never shared.
+//! 3. The split page-table lock (`FrameMeta::ptl` of a PTE-table page) — guards
+//!    the 512 entries of that table, shared or not. Fork holds the parent table's
+//!    lock, then the child table's; unshare holds the PMD lock, then the shared
+//!    table's. Upper levels otherwise need no lock: they only grow by CAS while
+//!    the `mmap_lock` is held for reading, and shrink under the write lock. A
+//!    shared PTE table is freed only by its last sharer, under that sharer's
+//!    write lock.
+//! 4. anon_vma lock (reverse-map issue), vcache bucket, futex bucket (later issues).
+//! 5. Leaf locks: a shared object's page index (`ShmObject::pages`), the
 //!    frame allocator's mutexes, the registry mutexes of `Machine`, and the
 //!    TLB shootdown slot list (`Shootdown::slots`).
-//! 5. Frame metadata bits are atomics, taken under any of the above.
+//! 6. Frame metadata bits are atomics, taken under any of the above.
 //!
 //! Nothing takes an outer lock while holding an inner one. A TLB shootdown
 //! (`Shootdown::flush`) may wait for other accessors' in-flight accesses while
-//! holding 1 (and never 2): accessors hold no lock while active, so that wait
+//! holding 1 (and never 2 or 3): accessors hold no lock while active, so that wait
 //! always ends.
 //!
 //! # Who references a frame

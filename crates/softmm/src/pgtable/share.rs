@@ -81,24 +81,60 @@ pub(crate) fn share_table(
     Ok((true, e.is_writable()))
 }
 
+/// The reference-count operations the sharing protocol needs: frame
+/// metadata's std atomics, and under loom loom's, so the loom model below
+/// runs this very code.
+pub(crate) trait RefCount {
+    fn load_acquire(&self) -> u32;
+    fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32>;
+}
+
+impl RefCount for AtomicU32 {
+    fn load_acquire(&self) -> u32 {
+        self.load(Ordering::Acquire)
+    }
+    fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32> {
+        self.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+}
+
+#[cfg(loom)]
+impl RefCount for loom::sync::atomic::AtomicU32 {
+    fn load_acquire(&self) -> u32 {
+        self.load(Ordering::Acquire)
+    }
+    fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32> {
+        self.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+}
+
 /// Drop one sharer's reference unless it is the last (the count is 1):
 /// the seed's decrement-and-test, without ever showing a count of 0.
-/// Returns whether a reference was dropped (false: the caller is last).
-fn put_unless_last(rc: &AtomicU32, c: &Counters) -> bool {
-    let mut cur = rc.load(Ordering::Acquire);
+/// Returns the count before the drop, or `None` when the caller is last
+/// (and so owns the table alone: nobody else can take a reference).
+pub(crate) fn put_unless_last(rc: &impl RefCount) -> Option<u32> {
+    let mut cur = rc.load_acquire();
     loop {
         if cur <= 1 {
-            return false;
+            return None;
         }
-        match rc.compare_exchange(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                if cur == 2 {
-                    c.shared_tables.fetch_sub(1, Ordering::Relaxed);
-                }
-                return true;
-            }
+        match rc.cas(cur, cur - 1) {
+            Ok(_) => return Some(cur),
             Err(now) => cur = now,
         }
+    }
+}
+
+/// `put_unless_last` on a table frame, keeping the shared-table count.
+fn put_table_unless_last(arena: &FrameArena, t: FrameId, c: &Counters) -> bool {
+    match put_unless_last(&arena.meta(t).refcount) {
+        Some(old) => {
+            if old == 2 {
+                c.shared_tables.fetch_sub(1, Ordering::Relaxed);
+            }
+            true
+        }
+        None => false,
     }
 }
 
@@ -121,7 +157,7 @@ pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters)
     }
     let n = arena.alloc(true, flags::PAGETABLE)?;
     copy_entries(arena, t, n, base);
-    if !put_unless_last(rc, c) {
+    if !put_table_unless_last(arena, t, c) {
         // Everyone else let go while we copied: keep the original.
         release_copy(arena, n);
         reuse(arena, s, e, base);
@@ -197,7 +233,7 @@ pub(crate) fn drop_shared(
 ) -> bool {
     s.store(0, Ordering::Release);
     let t = e.frame();
-    if put_unless_last(&arena.meta(t).refcount, c) {
+    if put_table_unless_last(arena, t, c) {
         return false;
     }
     {
@@ -258,4 +294,101 @@ pub(crate) fn tables_at(arena: &FrameArena, roots: &[FrameId], base: u64) -> Vec
         }
     }
     out
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The sharing protocol under loom: two address spaces drop a shared
+    //! table (munmap of its span, or exit) while a third unshares it. The
+    //! decrement-and-test is the real `put_unless_last`; the copy and the
+    //! zap are the steps of `unshare`/`drop_shared` on a two-entry table.
+    use super::put_unless_last;
+    use loom::sync::atomic::{AtomicBool, AtomicU32};
+    use loom::sync::{Arc, Mutex};
+    use std::sync::atomic::Ordering;
+
+    struct Table {
+        refcount: AtomicU32,
+        ptl: Mutex<()>,
+        /// Set while an unsharer copies the entries.
+        copying: AtomicBool,
+        /// Refcounts of the two frames the table maps.
+        frames: [AtomicU32; 2],
+        frames_freed: AtomicU32,
+        table_freed: AtomicU32,
+    }
+
+    /// `drop_shared`: only the last sharer zaps the entries and frees.
+    fn drop_shared(t: &Table) {
+        if put_unless_last(&t.refcount).is_some() {
+            return;
+        }
+        let _g = t.ptl.lock().unwrap();
+        assert!(!t.copying.load(Ordering::SeqCst), "zap of a table being copied");
+        for f in &t.frames {
+            let old = f.fetch_sub(1, Ordering::AcqRel);
+            assert!(old >= 1, "frame reference dropped twice");
+            if old == 1 {
+                t.frames_freed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        assert_eq!(t.table_freed.fetch_add(1, Ordering::SeqCst), 0, "table freed twice");
+    }
+
+    /// `unshare`: copy while holding our reference, then decrement-and-test;
+    /// returns whether the copy was kept (else the original was reused).
+    fn unshare(t: &Table) -> bool {
+        {
+            let _g = t.ptl.lock().unwrap();
+            t.copying.store(true, Ordering::SeqCst);
+            for f in &t.frames {
+                let old = f.fetch_add(1, Ordering::AcqRel);
+                assert!(old >= 1, "copied a freed frame");
+            }
+            t.copying.store(false, Ordering::SeqCst);
+        }
+        if put_unless_last(&t.refcount).is_some() {
+            return true;
+        }
+        for f in &t.frames {
+            assert!(f.fetch_sub(1, Ordering::AcqRel) >= 2, "released the table's own reference");
+        }
+        false
+    }
+
+    #[test]
+    fn two_drop_while_one_unshares() {
+        loom::model(|| {
+            let t = Arc::new(Table {
+                refcount: AtomicU32::new(3),
+                ptl: Mutex::new(()),
+                copying: AtomicBool::new(false),
+                frames: [AtomicU32::new(1), AtomicU32::new(1)],
+                frames_freed: AtomicU32::new(0),
+                table_freed: AtomicU32::new(0),
+            });
+            let zappers: Vec<_> = (0..2)
+                .map(|_| {
+                    let t = t.clone();
+                    loom::thread::spawn(move || drop_shared(&t))
+                })
+                .collect();
+            let kept_copy = unshare(&t);
+            for z in zappers {
+                z.join().unwrap();
+            }
+            // Whoever is last owns the table; every frame keeps exactly
+            // one reference (the surviving table's), none is freed.
+            let freed = t.table_freed.load(Ordering::SeqCst);
+            if kept_copy {
+                assert_eq!(freed, 1, "the last dropper frees the original");
+            } else {
+                assert_eq!((freed, t.refcount.load(Ordering::SeqCst)), (0, 1), "the unsharer reuses it");
+            }
+            for f in &t.frames {
+                assert_eq!(f.load(Ordering::SeqCst), 1);
+            }
+            assert_eq!(t.frames_freed.load(Ordering::SeqCst), 0);
+        });
+    }
 }

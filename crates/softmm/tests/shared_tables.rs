@@ -1,0 +1,89 @@
+//! Shared page tables under real threads: many address spaces share the
+//! same PTE tables and unshare, COW, partially unmap, fork again and exit
+//! at the same time, while their common parent keeps writing its own side.
+//! Every byte is checked; the machine audit runs at the end.
+
+mod common;
+use common::*;
+use softmm::{ForkPolicy, MapKind, Prot};
+
+const BASE: u64 = 0x1000_0000;
+const PAGES: u64 = 4 * 512; // 8 MiB: four PTE tables
+const PAGE: u64 = 4096;
+
+fn pattern(page: u64, gen: u8) -> [u8; 8] {
+    let mut b = (page as u32).to_le_bytes().repeat(2);
+    b[7] = gen;
+    b.try_into().unwrap_or([0; 8])
+}
+
+#[test]
+fn children_unshare_and_exit_concurrently_over_shared_tables() {
+    let m = machine();
+    let parent = m.new_mm().unwrap();
+    map(&parent, BASE, PAGES * PAGE, Prot::RW, MapKind::Private);
+    for p in 0..PAGES {
+        parent.write(BASE + p * PAGE, &pattern(p, 0)).unwrap();
+    }
+    for round in 0..160u8 {
+        let children: Vec<_> = (0..4).map(|_| parent.fork_with(ForkPolicy::SharedTables).unwrap()).collect();
+        assert!(m.stats().shared_tables >= 4, "fork shared the tables");
+        std::thread::scope(|s| {
+            for (i, child) in children.into_iter().enumerate() {
+                s.spawn(move || child_work(child, i as u64, round));
+            }
+            // The parent writes its own side meanwhile (unshare + COW).
+            let mut acc = parent.accessor();
+            for p in (round as u64..PAGES).step_by(97) {
+                acc.write(BASE + p * PAGE, &pattern(p, round + 1)).unwrap();
+            }
+        });
+        // Children are gone; the parent sees only its own writes.
+        for p in 0..PAGES {
+            let got = read(&parent, BASE + p * PAGE, 8);
+            let mut last = 0;
+            for r in 0..=round {
+                if p >= r as u64 && (p - r as u64) % 97 == 0 {
+                    last = r + 1;
+                }
+            }
+            assert_eq!(got, pattern(p, last), "parent page {p} after round {round}");
+        }
+        check(&parent);
+    }
+    drop(parent);
+    assert_eq!((m.stats().frames_in_use, m.stats().page_tables), (0, 0));
+}
+
+/// What one child does, in its own thread, while its siblings do the same.
+fn child_work(child: softmm::Mm, i: u64, round: u8) {
+    let mut acc = child.accessor();
+    // Before any write of ours, everything reads as the parent wrote it at fork
+    // time (its concurrent writes must not show through).
+    for p in (i..PAGES).step_by(11) {
+        let mut b = [0u8; 8];
+        acc.read(BASE + p * PAGE, &mut b).unwrap();
+        assert_eq!(b[..4], (p as u32).to_le_bytes(), "child {i} page {p}");
+    }
+    // Write (unshare + COW) into every table, then partially unmap one.
+    for p in (i..PAGES).step_by(37) {
+        acc.write(BASE + p * PAGE, &[0xc0 + i as u8; 8]).unwrap();
+    }
+    let hole = (i * 512 + 100)..(i * 512 + 150);
+    child.munmap(BASE + hole.start * PAGE, (hole.end - hole.start) * PAGE).unwrap();
+    // A grandchild shares the child's (now partly unshared) tables.
+    let grand = child.fork().unwrap();
+    let gpage = i * 512 + 7;
+    grand.write(BASE + gpage * PAGE, &[0xee; 8]).unwrap();
+    for p in (i..PAGES).step_by(37).filter(|p| !hole.contains(p) && *p != gpage) {
+        assert_eq!(read(&grand, BASE + p * PAGE, 8), [0xc0 + i as u8; 8], "grandchild of {i}, round {round}");
+    }
+    drop(grand);
+    for p in (i..PAGES).step_by(37).filter(|p| !hole.contains(p)) {
+        let mut b = [0u8; 8];
+        acc.read(BASE + p * PAGE, &mut b).unwrap();
+        assert_eq!(b, [0xc0 + i as u8; 8], "child {i} page {p}");
+    }
+    drop(acc);
+    drop(child);
+}
