@@ -392,3 +392,113 @@ mod loom_tests {
         });
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::phys::PAGE_SIZE;
+
+    const BASE: u64 = 0x4000_0000;
+
+    struct Fixture {
+        arena: FrameArena,
+        c: Counters,
+        parent: PageTable,
+        frames: Vec<FrameId>,
+    }
+
+    /// A parent with one PTE table mapping three writable anonymous frames.
+    fn fixture() -> Fixture {
+        let arena = FrameArena::new(64 * PAGE_SIZE as u64, 1).unwrap();
+        let c = Counters::default();
+        let parent = PageTable::new(&arena).unwrap();
+        let mut added = 0;
+        let t = parent.pte_table_alloc(&arena, BASE, &mut added).unwrap();
+        let mut frames = Vec::new();
+        {
+            let mut g = parent.lock(&arena, t, BASE);
+            for i in 0..3u64 {
+                let f = arena.alloc(true, flags::ANON).unwrap();
+                arena.meta(f).mapcount.store(1, Ordering::Relaxed);
+                g.set(BASE + i * 4096, Pte::new(f, Pte::USER | Pte::WRITE | Pte::DIRTY));
+                frames.push(f);
+            }
+        }
+        Fixture { arena, c, parent, frames }
+    }
+
+    fn refcounts(x: &Fixture) -> Vec<u32> {
+        x.frames.iter().map(|&f| x.arena.meta(f).refcount()).collect()
+    }
+
+    #[test]
+    fn share_then_last_sharer_reuses() {
+        let x = fixture();
+        let child = PageTable::new(&x.arena).unwrap();
+        let (did, was_writable) = share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
+        assert!(did && was_writable);
+        assert!(x.parent.pte_table_shared(&x.arena, BASE) && child.pte_table_shared(&x.arena, BASE));
+        assert_eq!(x.parent.pte_table(&x.arena, BASE), child.pte_table(&x.arena, BASE));
+        assert!(!x.parent.follow_pte(&x.arena, BASE).is_writable(), "effective write is off when shared");
+        assert_eq!(x.c.shared_tables.load(Ordering::Relaxed), 1);
+        assert_eq!(refcounts(&x), [1, 1, 1], "sharing takes no frame references");
+
+        // The child leaves (whole-span munmap or exit): only its reference goes.
+        let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
+        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        let mut zapped = 0;
+        assert!(!drop_shared(&x.arena, s, e, BASE, &x.c, |_, _| zapped += 1));
+        assert_eq!((zapped, x.c.shared_tables.load(Ordering::Relaxed)), (0, 0));
+
+        // The parent is the last sharer: it keeps the table, writable again.
+        assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c).unwrap(), Unshare::Reused);
+        assert!(!x.parent.pte_table_shared(&x.arena, BASE));
+        assert!(x.parent.follow_pte(&x.arena, BASE).is_writable(), "exclusive frames stay writable");
+    }
+
+    #[test]
+    fn unshare_copies_with_references_and_write_cleared() {
+        let x = fixture();
+        let child = PageTable::new(&x.arena).unwrap();
+        share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
+        let shared = x.parent.pte_table(&x.arena, BASE).unwrap();
+        assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c).unwrap(), Unshare::Copied);
+        let mine = x.parent.pte_table(&x.arena, BASE).unwrap();
+        assert_ne!(mine, shared);
+        assert_eq!(refcounts(&x), [2, 2, 2], "the copy takes a reference per frame");
+        assert_eq!(x.arena.meta(shared).refcount(), 1);
+        for i in 0..3u64 {
+            let p = x.parent.follow_pte(&x.arena, BASE + i * 4096);
+            assert!(p.is_present() && !p.is_writable() && p.is_dirty());
+        }
+        // The child, now last, reuses the original and write-protects the
+        // entries whose frames the parent's copy also maps.
+        assert_eq!(unshare(&x.arena, &child, BASE, &x.c).unwrap(), Unshare::Reused);
+        let raw = Pte::from_raw(slot(&x.arena, shared, 0).load(Ordering::Acquire));
+        assert!(!raw.is_writable());
+        assert_eq!(unshare(&x.arena, &child, BASE, &x.c).unwrap(), Unshare::Exclusive);
+    }
+
+    #[test]
+    fn last_sharer_drop_zaps_and_frees() {
+        let x = fixture();
+        let child = PageTable::new(&x.arena).unwrap();
+        share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
+        let before = x.arena.in_use();
+        let counted = x.c.page_tables.load(Ordering::Relaxed);
+        for pt in [&x.parent, &child] {
+            let (s, _) = pt.pmd_slot(&x.arena, BASE).unwrap();
+            let e = Pte::from_raw(s.load(Ordering::Acquire));
+            let mut zapped = Vec::new();
+            let freed = drop_shared(&x.arena, s, e, BASE, &x.c, |va, p| zapped.push((va, p.frame())));
+            if std::ptr::eq(pt, &child) {
+                assert!(freed, "the second drop is the last");
+                assert_eq!(zapped.iter().map(|z| z.1).collect::<Vec<_>>(), x.frames);
+            } else {
+                assert!(!freed && zapped.is_empty());
+            }
+        }
+        assert_eq!(x.arena.in_use(), before - 1, "the table frame went back");
+        assert_eq!(x.c.page_tables.load(Ordering::Relaxed), counted - 1, "one table counted out");
+    }
+}
