@@ -148,19 +148,14 @@ impl PageTable {
     /// increased by the table pages this call installed, also when it fails
     /// half-way (the tables installed before the failure stay).
     pub(crate) fn pte_table_alloc(&self, arena: &FrameArena, va: u64, added: &mut u32) -> Result<FrameId> {
-        let mut table = self.root;
-        for level in (1..LEVELS).rev() {
-            let s = slot(arena, table, index(va, level));
-            let e = Pte::from_raw(s.load(Ordering::Acquire));
-            table = if e.is_present() {
-                e.frame()
-            } else {
-                let (t, new) = install_table(arena, s)?;
-                *added += new as u32;
-                t
-            };
+        let (s, _) = self.pmd_slot_alloc(arena, va, added)?;
+        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        if e.is_present() {
+            return Ok(e.frame());
         }
-        Ok(table)
+        let (t, new) = install_table(arena, s)?;
+        *added += new as u32;
+        Ok(t)
     }
 
     /// Set bits in the present PTE of `va` without the page-table lock, as
