@@ -138,10 +138,19 @@ struct BenchArgs {
     /// End the output with one JSON object on its own line.
     #[arg(long)]
     json: bool,
-    /// Memory size per benchmark (default: fault 64M, cow 64M, fork 256M,
-    /// read 64M, tlb 1M). With `all`, applies to every benchmark but tlb.
+    /// Memory size per benchmark (default: fault 64M, cow 64M, read 64M,
+    /// tlb 1M; fork: the --sizes default, 256M with `all`). With `all`,
+    /// applies to every benchmark but tlb.
     #[arg(long, value_parser = units::parse_size)]
     size: Option<u64>,
+    /// fork only: resident sizes to fork, comma-separated (default
+    /// 64M,256M,1G). The costs after fork are measured at 1G if given, else
+    /// at the largest size that fits in memory.
+    #[arg(long, value_delimiter = ',', value_parser = units::parse_size, conflicts_with = "size")]
+    sizes: Option<Vec<u64>>,
+    /// fork only: write an SVG plot of fork latency against resident size.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<std::path::PathBuf>,
     /// Disable transparent huge pages for this process (prctl
     /// PR_SET_THP_DISABLE), so softmm's arena is backed by 4 KiB host pages
     /// like the Linux side's memory (the arena asks for huge pages otherwise).
@@ -195,6 +204,8 @@ fn main() -> ExitCode {
                 vs_linux: a.vs_linux,
                 json: a.json,
                 size: a.size,
+                sizes: a.sizes.unwrap_or_default(),
+                plot: a.plot,
                 reps: a.reps as usize,
                 no_thp: a.no_thp,
             },

@@ -74,6 +74,49 @@ fn bench_cow_and_fork_json() {
 }
 
 #[test]
+fn bench_fork_sizes_json_and_plot() {
+    let plot = std::env::temp_dir().join(format!("softmm-fork-test-{}.svg", std::process::id()));
+    let plot_arg = plot.to_string_lossy().into_owned();
+    let o = softmm(&["bench", "fork", "--sizes", "8M,16M", "--vs-linux", "--json", "--reps", "1", "--plot", &plot_arg]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "fork");
+    // The top-level figures are those of the largest size (no 1G given).
+    assert_eq!(v["size"].as_u64(), Some(16 << 20), "{v}");
+    let s = positive(&v, "shared_ns");
+    positive(&v, "copy_ns");
+    let l = positive(&v, "linux_ns");
+    let r = positive(&v, "ratio_vs_linux");
+    assert!((r - l / s).abs() < 1e-6 * r, "ratio {r} != {l} / {s}");
+    let sizes = v["sizes"].as_array().unwrap_or_else(|| panic!("no sizes array in {v}"));
+    assert_eq!(sizes.len(), 2, "{v}");
+    for (row, bytes) in sizes.iter().zip([8u64 << 20, 16 << 20]) {
+        assert_eq!(row["size_bytes"].as_u64(), Some(bytes), "{row}");
+        assert_eq!(row["tables"].as_u64(), Some(bytes >> 21), "{row}");
+        for key in ["shared_ns", "copy_ns", "linux_ns", "shared_ns_per_table", "ratio_vs_linux"] {
+            positive(row, key);
+        }
+    }
+    for key in ["shared_ns", "copy_ns", "linux_cow_ns", "ratio_shared_to_linux_cow"] {
+        positive(&v["first_write"], key);
+    }
+    for key in ["shared_ns", "copy_ns", "ratio_shared_to_copy"] {
+        positive(&v["write_all"], key);
+    }
+    for key in ["shared_ns", "copy_ns", "linux_ns", "ratio_vs_linux"] {
+        positive(&v["fork_exit"], key);
+    }
+    assert_eq!(v["fork_exit"]["tables_unshared"].as_u64(), Some(8), "{v}");
+    assert!(v["targets"].as_array().is_some_and(|t| t.len() == 4), "{v}");
+    let svg = std::fs::read_to_string(&plot).unwrap_or_else(|e| panic!("no plot {}: {e}", plot.display()));
+    let _ = std::fs::remove_file(&plot);
+    assert!(svg.starts_with("<svg") && svg.contains("Linux fork()"), "{svg}");
+
+    let o = softmm(&["bench", "cow", "--sizes", "8M"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--sizes"), "{}", text(&o.stderr));
+}
+
+#[test]
 fn bench_without_linux_has_null_ratio() {
     let o = softmm(&["bench", "fault", "--json", "--size", "4M", "--reps", "1"]);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));

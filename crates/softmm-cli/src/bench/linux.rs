@@ -53,11 +53,21 @@ impl Region {
     /// Write `byte` to the first byte of every page (a volatile store each,
     /// so the compiler keeps every one of them).
     pub fn touch(&mut self, byte: u8) {
-        for off in (0..self.len).step_by(PAGE as usize) {
+        self.touch_every(byte, 1);
+    }
+
+    /// Write `byte` to the first byte of every `stride`-th page, starting
+    /// with page 0 (a volatile store each). Returns how many were written.
+    pub fn touch_every(&mut self, byte: u8, stride: u64) -> u64 {
+        let step = (PAGE * stride.max(1)) as usize;
+        let mut n = 0;
+        for off in (0..self.len).step_by(step) {
             // SAFETY: `off < len`, inside the mapping, which lives as long as
             // `self`; `&mut self` guarantees no shared view of it exists.
             unsafe { std::ptr::write_volatile(self.ptr.add(off), byte) }
+            n += 1;
         }
+        n
     }
 
     /// Fill page `i` (`i < pages()`) with `byte`.
@@ -140,7 +150,7 @@ fn cow_once(size: u64, warm: bool) -> CliResult<(f64, Region)> {
     if warm {
         Region::new(size, false)?.touch(1);
     }
-    let ns = fork_timing_child_writes(&mut a)?;
+    let ns = fork_timing_child_writes(&mut a, 1)?;
     Ok((ns as f64 / a.pages() as f64, a))
 }
 
@@ -161,25 +171,69 @@ pub fn cow_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> 
     Ok(out)
 }
 
-/// fork of a process with `size` resident: one discarded fork, then `reps`
-/// timed forks of the same process.
-pub fn fork_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
-    let mut a = Region::new(size, false)?;
-    a.touch(1);
-    fork_once()?;
-    (0..reps).map(|_| fork_once().map(|ns| ns as f64)).collect()
+/// What the fork bench measures on Linux at one resident size.
+pub struct ForkFigures {
+    /// The first fork after the region was written (one sample; it also
+    /// write-protects every PTE of the parent).
+    pub first: f64,
+    /// Later forks of the same process, ns per fork call.
+    pub warm: Vec<f64>,
+    /// With `detail`: ns per first write of the child into each 2 MiB of the
+    /// region (one page per 2 MiB, each a COW fault).
+    pub first_write: Option<Vec<f64>>,
+    /// With `detail`: ns from just before `fork()` to `waitpid` returning,
+    /// the child writing one page in every `EXIT_STRIDE` and exiting.
+    pub fork_exit: Option<Vec<f64>>,
 }
 
-/// The first fork after the region was populated; a fresh region per run
-/// (the previous one unmapped first, so every fork copies the same amount).
-pub fn fork_cold(size: u64, reps: usize) -> CliResult<Vec<f64>> {
-    let mut out = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let mut a = Region::new(size, false)?;
-        a.touch(1);
-        out.push(fork_once()? as f64);
+/// Pages per 2 MiB (one PTE table).
+const PAGES_PER_TABLE: u64 = 512;
+
+/// fork of a process with `size` resident (every page written): the first
+/// fork (recorded apart), then `reps` timed forks of the same process. With
+/// `detail`, also the child's first writes (one page per 2 MiB) and fork +
+/// child writing every `exit_stride`-th page + exit + wait, each after one
+/// discarded run.
+pub fn fork_size(size: u64, reps: usize, detail: bool, exit_stride: u64) -> CliResult<ForkFigures> {
+    let mut a = Region::new(size, false)?;
+    a.touch(1);
+    let first = fork_once()? as f64;
+    let warm = (0..reps).map(|_| fork_once().map(|ns| ns as f64)).collect::<CliResult<Vec<f64>>>()?;
+    let (mut first_write, mut fork_exit) = (None, None);
+    if detail {
+        let writes = a.pages().div_ceil(PAGES_PER_TABLE) as f64;
+        fork_timing_child_writes(&mut a, PAGES_PER_TABLE)?;
+        let mut fw = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            fw.push(fork_timing_child_writes(&mut a, PAGES_PER_TABLE)? as f64 / writes);
+        }
+        first_write = Some(fw);
+        fork_write_exit(&mut a, exit_stride)?;
+        fork_exit = Some(
+            (0..reps).map(|_| fork_write_exit(&mut a, exit_stride).map(|ns| ns as f64)).collect::<CliResult<_>>()?,
+        );
     }
-    Ok(out)
+    Ok(ForkFigures { first, warm, first_write, fork_exit })
+}
+
+/// Time from just before `fork()` until `waitpid` has reaped the child,
+/// which writes one byte to every `stride`-th page of `a` (COW faults) and
+/// `_exit`s (tearing its copy of the address space down).
+fn fork_write_exit(a: &mut Region, stride: u64) -> CliResult<u64> {
+    let t0 = mono_ns();
+    // SAFETY: single-threaded process (module comment); the child only does
+    // volatile stores into its copy of `a` and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        a.touch_every(2, stride);
+        // SAFETY: as in `fork_once`.
+        unsafe { libc::_exit(0) }
+    }
+    if pid < 0 {
+        return Err(os_error("fork"));
+    }
+    reap(pid)?;
+    Ok(mono_ns() - t0)
 }
 
 /// Time `fork()` in the parent, from just before the call to just after it
@@ -202,10 +256,10 @@ fn fork_once() -> CliResult<u64> {
     Ok(t1 - t0)
 }
 
-/// Fork; the child writes one byte to every page of `a` (each a COW fault),
-/// timing that with `clock_gettime`, sends the nanoseconds through a pipe
-/// and exits. Returns the child's figure.
-fn fork_timing_child_writes(a: &mut Region) -> CliResult<u64> {
+/// Fork; the child writes one byte to every `stride`-th page of `a` (each
+/// a COW fault), timing that with `clock_gettime`, sends the nanoseconds
+/// through a pipe and exits. Returns the child's figure.
+fn fork_timing_child_writes(a: &mut Region, stride: u64) -> CliResult<u64> {
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -217,7 +271,7 @@ fn fork_timing_child_writes(a: &mut Region) -> CliResult<u64> {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         let t0 = mono_ns();
-        a.touch(2);
+        a.touch_every(2, stride);
         let t1 = mono_ns();
         let ok = write_all(wfd, &(t1 - t0).to_ne_bytes());
         // SAFETY: as in `fork_once`.

@@ -1,6 +1,7 @@
 //! `softmm bench`: time the same work on softmm and on Linux in one run.
 //!
-//! fault, cow and fork report WARM and COLD figures (see `docs/BENCHMARKS.md`):
+//! fault and cow report WARM and COLD figures (see `docs/BENCHMARKS.md`;
+//! fork, in `fork.rs`, reports warm figures over several sizes):
 //! on a VM the first touch of never-used memory costs the host a fault of
 //! its own, for Linux and for softmm's arena alike, so comparing a warm side
 //! with a cold one would measure the hypervisor, not the memory manager.
@@ -18,6 +19,7 @@
 //! `--reps` runs. The two sides never run at the same time, and no softmm
 //! machine is alive while Linux forks (fork copies this whole process).
 
+pub mod fork;
 pub mod linux;
 pub mod softmm_side;
 
@@ -35,6 +37,10 @@ pub struct BenchOpts {
     pub vs_linux: bool,
     pub json: bool,
     pub size: Option<u64>,
+    /// fork only: the resident sizes (empty: --size, or the default).
+    pub sizes: Vec<u64>,
+    /// fork only: where to write an SVG plot of fork latency against size.
+    pub plot: Option<std::path::PathBuf>,
     pub reps: usize,
     pub no_thp: bool,
 }
@@ -90,6 +96,12 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
         k => vec![k],
     };
     let all = which == BenchKind::All;
+    if !o.sizes.is_empty() && which != BenchKind::Fork {
+        return Err(CliError("--sizes is for `bench fork` only (use --size)".into()));
+    }
+    if o.plot.is_some() && !matches!(which, BenchKind::Fork | BenchKind::All) {
+        return Err(CliError("--plot is for `bench fork` only".into()));
+    }
     let mut results = Vec::new();
     let mut missed = Vec::new();
     for (n, k) in list.into_iter().enumerate() {
@@ -97,7 +109,16 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
         // set must fit its TLB.
         let size = if all && k == BenchKind::Tlb { None } else { o.size };
         let (text, json, met) = match k {
-            BenchKind::Fault | BenchKind::Cow | BenchKind::Fork => pair(k, o, size)?,
+            BenchKind::Fault | BenchKind::Cow => pair(k, o, size)?,
+            BenchKind::Fork => {
+                let sizes = match (all, &o.sizes[..], size) {
+                    (true, _, s) => vec![s.unwrap_or(fork::ALL_SIZE)],
+                    (false, [], Some(s)) => vec![s],
+                    (false, [], None) => fork::DEFAULT_SIZES.to_vec(),
+                    (false, list, _) => list.to_vec(),
+                };
+                fork::fork(o, &sizes)?
+            }
             BenchKind::Tlb => tlb(o, size)?,
             BenchKind::Read => read(o, size)?,
             BenchKind::All => unreachable_all()?,
@@ -135,13 +156,11 @@ fn unreachable_all() -> CliResult<(String, serde_json::Value, Option<bool>)> {
     Err(CliError("internal: 'all' is expanded before dispatch".into()))
 }
 
-/// The per-benchmark facts of fault, cow and fork.
+/// The per-benchmark facts of fault and cow.
 struct Spec {
     name: &'static str,
     what: &'static str,
     default_size: u64,
-    /// ns per page (fault, cow) or per fork call (fork).
-    per_page: bool,
     /// Minimum ratio vs Linux's warm figure asked for by the issue.
     target: Option<f64>,
     /// How many times `size` the cold phase keeps alive per run.
@@ -179,8 +198,7 @@ struct PairJson {
     ratio_vs_linux_cold: Option<f64>,
     target_ratio_vs_linux: Option<f64>,
     target_met: Option<bool>,
-    /// Whether cold runs kept their memory until all were done (fault,
-    /// cow; null for fork, whose cold runs free theirs by design).
+    /// Whether cold runs kept their memory until all were done.
     cold_runs_isolated: Option<bool>,
     /// Whether transparent huge pages were allowed (softmm's arena asks for them).
     host_thp: bool,
@@ -193,28 +211,17 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
             name: "fault",
             what: "demand-zero write fault (mmap, write one byte per page)",
             default_size: 64 << 20,
-            per_page: true,
             target: Some(4.0),
             keep_factor: 2,
             peak_factor: 2,
         },
-        BenchKind::Cow => Spec {
+        _ => Spec {
             name: "cow",
             what: "copy-on-write fault (parent wrote every page, fork, child writes one byte per page)",
             default_size: 64 << 20,
-            per_page: true,
             target: Some(3.0),
             keep_factor: 2,
             peak_factor: 3,
-        },
-        _ => Spec {
-            name: "fork",
-            what: "fork of a process with every page of its memory written (time of the fork call)",
-            default_size: 256 << 20,
-            per_page: false,
-            target: None,
-            keep_factor: 0,
-            peak_factor: 2,
         },
     };
     let size = size.unwrap_or(spec.default_size);
@@ -241,8 +248,7 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     let linux_cold = if o.vs_linux {
         Some(match kind {
             BenchKind::Fault => linux::fault_cold(size, reps, &mut keep)?,
-            BenchKind::Cow => linux::cow_cold(size, reps, &mut keep)?,
-            _ => linux::fork_cold(size, reps)?,
+            _ => linux::cow_cold(size, reps, &mut keep)?,
         })
     } else {
         None
@@ -250,16 +256,14 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     say(&pb, format!("{}: softmm, cold", spec.name));
     let softmm_cold = match kind {
         BenchKind::Fault => softmm_side::fault_cold(size, reps, &mut keep)?,
-        BenchKind::Cow => softmm_side::cow_cold(size, reps, &mut keep)?,
-        _ => softmm_side::fork_cold(size, reps)?,
+        _ => softmm_side::cow_cold(size, reps, &mut keep)?,
     };
     drop(keep);
     say(&pb, format!("{}: Linux, warm", spec.name));
     let linux_warm = if o.vs_linux {
         Some(match kind {
             BenchKind::Fault => linux::fault_warm(size, reps)?,
-            BenchKind::Cow => linux::cow_warm(size, reps)?,
-            _ => linux::fork_warm(size, reps)?,
+            _ => linux::cow_warm(size, reps)?,
         })
     } else {
         None
@@ -267,8 +271,7 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     say(&pb, format!("{}: softmm, warm", spec.name));
     let softmm_warm = match kind {
         BenchKind::Fault => softmm_side::fault_warm(size, reps, true)?,
-        BenchKind::Cow => softmm_side::cow_warm(size, reps)?,
-        _ => softmm_side::fork_warm(size, reps)?,
+        _ => softmm_side::cow_warm(size, reps)?,
     };
     let softmm_warm_now = if kind == BenchKind::Fault {
         say(&pb, format!("{}: softmm, warm, right after unmap", spec.name));
@@ -291,7 +294,7 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     };
 
     let mut t = String::new();
-    let unit = if spec.per_page { "ns/page" } else { "ns/fork" };
+    let unit = "ns/page";
     let _ = writeln!(t, "bench {}: {}", spec.name, spec.what);
     let _ = writeln!(
         t,
@@ -322,14 +325,6 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
         );
     }
     t.push_str(&row("cold", sc, lc, rc));
-    if !spec.per_page {
-        let _ = writeln!(
-            t,
-            "  per page of the parent: softmm warm {:.1} ns{}",
-            sw / pages as f64,
-            lw.map(|l| format!(", linux warm {:.1} ns", l / pages as f64)).unwrap_or_default()
-        );
-    }
     match (spec.target, rw) {
         (Some(target), Some(r)) => {
             let _ = writeln!(

@@ -10,7 +10,7 @@
 use super::Keep;
 use crate::error::{check, CliError, CliResult, Context};
 use crate::units::PAGE;
-use softmm::{Accessor, Config, Machine, MapKind, Mm, Placement, Prot};
+use softmm::{Accessor, Config, ForkPolicy, Machine, MachineStats, MapKind, Mm, Placement, Prot};
 use std::time::Instant;
 
 /// A machine whose arena can hold several regions of `size` plus their
@@ -150,41 +150,261 @@ pub fn cow_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> 
     Ok(out)
 }
 
-/// A populated parent (every page written) with a live accessor, as a
-/// running process has.
-fn populated(m: &Machine, size: u64) -> CliResult<(Mm, Accessor)> {
-    let parent = new_mm(m)?;
-    let mut acc = parent.accessor();
-    let va = map(&parent, size)?;
-    touch(&mut acc, va, size, 1)?;
-    Ok((parent, acc))
+/// Bytes mapped by one PTE table.
+pub const TABLE_SPAN: u64 = 2 << 20;
+/// Where the fork bench maps its region: 2 MiB aligned, so a region of
+/// `size` bytes spans exactly `size / 2 MiB` (rounded up) PTE tables.
+const FORK_BASE: u64 = 1 << 36;
+
+/// PTE tables a region of `size` bytes at `FORK_BASE` spans.
+pub fn tables(size: u64) -> u64 {
+    size.div_ceil(TABLE_SPAN)
 }
 
-fn timed_fork(parent: &Mm) -> CliResult<f64> {
+/// A machine for the fork bench: its arena holds `peak` bytes of data plus
+/// page tables (reserved, not touched: only used frames cost host memory).
+pub fn fork_machine(peak: u64) -> CliResult<Machine> {
+    let arena_bytes = peak.saturating_add(peak / 128).saturating_add(256 << 20);
+    Machine::new(Config { arena_bytes, ..Config::default() })
+        .context(|| format!("creating a machine with a {} arena", crate::units::bytes(arena_bytes)))
+}
+
+/// Figures of one fork policy at one size, in ns.
+#[derive(Default)]
+pub struct PolicyFigures {
+    /// The first fork after populating (one sample).
+    pub first: f64,
+    /// Later forks of the same parent, per fork call.
+    pub forks: Vec<f64>,
+    /// Detail only: per first write of the child into a distinct PTE table.
+    pub first_write: Vec<f64>,
+    /// Detail only: fork plus the child's write to every page, total.
+    pub write_all: Vec<f64>,
+    /// Detail only: fork, the child writes every `exit_stride`-th page and
+    /// exits, total.
+    pub fork_exit: Vec<f64>,
+}
+
+/// The populated parent of the fork bench: every page of `[FORK_BASE,
+/// FORK_BASE + size)` written, with a live accessor, as a running process has.
+struct Parent {
+    _acc: Accessor,
+    mm: Mm,
+}
+
+fn populate(m: &Machine, size: u64) -> CliResult<Parent> {
+    let mm = new_mm(m)?;
+    let va = mm
+        .mmap(FORK_BASE, size, Prot::RW, MapKind::Private, Placement::FixedNoReplace)
+        .context(|| format!("mmap of {} at {FORK_BASE:#x}", crate::units::bytes(size)))?;
+    check(va == FORK_BASE, || format!("fork bench: region mapped at {va:#x}, asked for {FORK_BASE:#x}"))?;
+    let mut acc = mm.accessor();
+    touch(&mut acc, va, size, 1)?;
+    Ok(Parent { _acc: acc, mm })
+}
+
+/// Let the background zeroer finish with what was freed, so that it does
+/// not compete with a timed run.
+fn settle(m: &Machine) {
+    m.wait_for_prezeroing(std::time::Duration::from_secs(30));
+}
+
+fn fork(parent: &Mm, policy: ForkPolicy) -> CliResult<Mm> {
+    parent.fork_with(policy).context(|| format!("fork ({policy:?})"))
+}
+
+/// Counter deltas between two snapshots.
+fn delta(a: &MachineStats, b: &MachineStats, f: impl Fn(&MachineStats) -> u64) -> i128 {
+    i128::from(f(b)) - i128::from(f(a))
+}
+
+/// Page-table pages above the PTE level a region of `size` may need
+/// (root, PUD, one PMD per GiB).
+fn upper_tables(size: u64) -> i128 {
+    i128::from(3 + size.div_ceil(1 << 30))
+}
+
+/// Check that one fork did what `policy` says: shared every PTE table of
+/// the region (and copied none), or copied all of them (and shared none).
+fn check_fork(policy: ForkPolicy, size: u64, b: &MachineStats, a: &MachineStats) -> CliResult<()> {
+    let t = i128::from(tables(size));
+    let shares = delta(b, a, |s| s.table_shares);
+    let pts = delta(b, a, |s| s.page_tables);
+    let forks = delta(b, a, |s| s.forks);
+    let ok = forks == 1
+        && match policy {
+            ForkPolicy::CopyTables => shares == 0 && pts >= t && pts <= t + upper_tables(size),
+            _ => shares == t && pts <= upper_tables(size),
+        };
+    check(ok, || {
+        format!(
+            "fork bench ({policy:?}, {}): {forks} forks, {shares} tables shared, {pts} page-table pages              allocated; expected 1 fork and {} over {t} PTE tables",
+            crate::units::bytes(size),
+            if policy == ForkPolicy::CopyTables { "copies" } else { "shares" }
+        )
+    })
+}
+
+/// One timed fork of `p` (the child is dropped untimed).
+fn timed_fork(m: &Machine, p: &Parent, policy: ForkPolicy, size: u64) -> CliResult<f64> {
+    settle(m);
+    let b = m.stats();
     let t = Instant::now();
-    let child = parent.fork().context(|| "fork".into())?;
+    let child = fork(&p.mm, policy)?;
     let ns = t.elapsed().as_nanos() as f64;
+    let a = m.stats();
+    check_fork(policy, size, &b, &a)?;
+    drop(child);
+    check(m.stats().shared_tables == b.shared_tables, || {
+        "fork bench: tables still shared after the child exited".into()
+    })?;
+    Ok(ns)
+}
+
+/// The child's first write into each PTE table (one byte to the first page
+/// of every 2 MiB), timed; ns per write. Under SharedTables each write
+/// copies the table (unshare) and then the page (COW); under CopyTables it
+/// is a COW fault.
+fn first_writes(m: &Machine, p: &Parent, policy: ForkPolicy, size: u64) -> CliResult<f64> {
+    let n = tables(size);
+    let child = fork(&p.mm, policy)?;
+    let mut acc = child.accessor();
+    settle(m);
+    let b = m.stats();
+    let t = Instant::now();
+    for i in 0..n {
+        let va = FORK_BASE + i * TABLE_SPAN;
+        acc.write(va, &[2]).context(|| format!("write at {va:#x}"))?;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let a = m.stats();
+    let cows = delta(&b, &a, |s| s.fault_cow_copy);
+    let copies = delta(&b, &a, |s| s.table_copies);
+    let reuses = delta(&b, &a, |s| s.table_reuses);
+    let want_copies = if policy == ForkPolicy::CopyTables { 0 } else { i128::from(n) };
+    check(cows == i128::from(n) && copies == want_copies && reuses == 0, || {
+        format!(
+            "fork bench, first writes ({policy:?}): {cows} COW copies, {copies} table copies, {reuses} table              reuses; expected {n}, {want_copies}, 0"
+        )
+    })?;
+    drop(acc);
     drop(child);
     Ok(ns)
 }
 
-/// fork of a populated address space: one discarded fork, then `reps`.
-pub fn fork_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
-    let m = machine(size)?;
-    let (parent, _acc) = populated(&m, size)?;
-    timed_fork(&parent)?;
-    (0..reps).map(|_| timed_fork(&parent)).collect()
+/// Fork and the child's write to every page, timed together (total ns);
+/// the child exits untimed.
+fn fork_write_all(m: &Machine, p: &Parent, policy: ForkPolicy, size: u64) -> CliResult<f64> {
+    settle(m);
+    let b = m.stats();
+    let t = Instant::now();
+    let child = fork(&p.mm, policy)?;
+    let mut acc = child.accessor();
+    touch(&mut acc, FORK_BASE, size, 2)?;
+    let ns = t.elapsed().as_nanos() as f64;
+    let a = m.stats();
+    let pages = i128::from(size / PAGE);
+    let cows = delta(&b, &a, |s| s.fault_cow_copy);
+    let copies = delta(&b, &a, |s| s.table_copies);
+    let want_copies = if policy == ForkPolicy::CopyTables { 0 } else { i128::from(tables(size)) };
+    check(cows == pages && copies == want_copies, || {
+        format!(
+            "fork bench, fork + write all ({policy:?}): {cows} COW copies, {copies} table copies;              expected {pages}, {want_copies}"
+        )
+    })?;
+    drop(acc);
+    drop(child);
+    Ok(ns)
 }
 
-/// The first fork of a freshly populated address space on a new machine.
-pub fn fork_cold(size: u64, reps: usize) -> CliResult<Vec<f64>> {
-    let mut out = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let m = machine(size)?;
-        let (parent, _acc) = populated(&m, size)?;
-        out.push(timed_fork(&parent)?);
+/// Pages written by a child that writes every `stride`-th page of `size`
+/// bytes (from page 0), and how many PTE tables those pages lie in.
+pub fn strided(size: u64, stride: u64) -> (u64, u64) {
+    let stride = stride.max(1);
+    let pages = size / PAGE;
+    let writes = pages.div_ceil(stride);
+    let mut tables = 0;
+    let mut last = u64::MAX;
+    for i in 0..writes {
+        let t = i * stride / (TABLE_SPAN / PAGE);
+        if t != last {
+            tables += 1;
+            last = t;
+        }
     }
-    Ok(out)
+    (writes, tables)
+}
+
+/// Fork, the child writes one byte to every `stride`-th page and exits;
+/// all of it timed (total ns), as the Linux side's fork + write + _exit +
+/// waitpid.
+fn fork_write_exit(m: &Machine, p: &Parent, policy: ForkPolicy, size: u64, stride: u64) -> CliResult<f64> {
+    settle(m);
+    let b = m.stats();
+    let t = Instant::now();
+    let child = fork(&p.mm, policy)?;
+    let mut acc = child.accessor();
+    let mut va = FORK_BASE;
+    let end = FORK_BASE + size;
+    while va < end {
+        acc.write(va, &[2]).context(|| format!("write at {va:#x}"))?;
+        va += PAGE * stride.max(1);
+    }
+    drop(acc);
+    drop(child);
+    let ns = t.elapsed().as_nanos() as f64;
+    let a = m.stats();
+    let (writes, touched) = strided(size, stride);
+    let cows = delta(&b, &a, |s| s.fault_cow_copy);
+    let copies = delta(&b, &a, |s| s.table_copies);
+    let want_copies = if policy == ForkPolicy::CopyTables { 0 } else { i128::from(touched) };
+    let pts = delta(&b, &a, |s| s.page_tables);
+    check(
+        cows == i128::from(writes) && copies == want_copies && pts == 0 && a.shared_tables == b.shared_tables,
+        || {
+            format!(
+            "fork bench, fork + write 1 in {stride} + exit ({policy:?}): {cows} COW copies, {copies} table              copies, {pts} page tables left over; expected {writes}, {want_copies}, 0"
+        )
+        },
+    )?;
+    Ok(ns)
+}
+
+/// The fork bench at one size on `m`, for one policy: a fresh parent
+/// populated with every page written, its first fork (recorded apart),
+/// then `reps` forks; with `detail`, also the child's first writes, fork +
+/// write every page, and fork + write every `exit_stride`-th page + exit,
+/// each after one discarded run. The parent is torn down at the end.
+pub fn fork_policy(
+    m: &Machine,
+    size: u64,
+    policy: ForkPolicy,
+    reps: usize,
+    detail: bool,
+    exit_stride: u64,
+) -> CliResult<PolicyFigures> {
+    let p = populate(m, size)?;
+    let mut f = PolicyFigures { first: timed_fork(m, &p, policy, size)?, ..PolicyFigures::default() };
+    for _ in 0..reps {
+        f.forks.push(timed_fork(m, &p, policy, size)?);
+    }
+    if detail {
+        first_writes(m, &p, policy, size)?;
+        for _ in 0..reps {
+            f.first_write.push(first_writes(m, &p, policy, size)?);
+        }
+        fork_write_all(m, &p, policy, size)?;
+        for _ in 0..reps {
+            f.write_all.push(fork_write_all(m, &p, policy, size)?);
+        }
+        fork_write_exit(m, &p, policy, size, exit_stride)?;
+        for _ in 0..reps {
+            f.fork_exit.push(fork_write_exit(m, &p, policy, size, exit_stride)?);
+        }
+    }
+    drop(p);
+    settle(m);
+    Ok(f)
 }
 
 /// Figures of the TLB bench, in millions of loads per second per run.

@@ -165,23 +165,11 @@ pub fn well_formed(ops: &[Op]) -> bool {
                     return false;
                 }
             }
-            Op::Mmap { a, .. }
-            | Op::Munmap { a, .. }
-            | Op::Mprotect { a, .. }
-            | Op::MadviseDontneed { a, .. }
-            | Op::Write { a, .. }
-            | Op::Fill { a, .. }
-            | Op::Read { a, .. }
-            | Op::Phys { a, .. }
-            | Op::Smaps { a, .. }
-            | Op::FutexWait { a, .. }
-            | Op::FutexWake { a, .. }
-            | Op::Pin { a, .. } => {
-                if !live.contains(a.as_str()) {
+            op => {
+                if op.space().is_some_and(|a| !live.contains(a)) {
                     return false;
                 }
             }
-            Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => {}
         }
     }
     true

@@ -144,17 +144,10 @@ impl LinuxRunner {
                 }
                 Err(format!("no waiter named `{w}`"))
             }
-            Op::Mmap { a, .. }
-            | Op::Munmap { a, .. }
-            | Op::Mprotect { a, .. }
-            | Op::MadviseDontneed { a, .. }
-            | Op::Write { a, .. }
-            | Op::Fill { a, .. }
-            | Op::Read { a, .. }
-            | Op::Phys { a, .. }
-            | Op::Smaps { a, .. }
-            | Op::FutexWait { a, .. }
-            | Op::FutexWake { a, .. } => self.ask(a, &op.to_string()),
+            op => match op.space() {
+                Some(a) => self.ask(a, &op.to_string()),
+                None => Err(format!("`{op}` names no address space")),
+            },
         }
     }
 }

@@ -48,6 +48,30 @@ pub enum Op {
 }
 
 impl Op {
+    /// The address space an operation acts in, for those that name one
+    /// first (`new`, `fork` and `exit` name it too; `waiter`, `pinned` and
+    /// `unpin` name a waiter or a pin instead).
+    pub fn space(&self) -> Option<&str> {
+        match self {
+            Op::New { a }
+            | Op::Fork { a, .. }
+            | Op::Exit { a }
+            | Op::Mmap { a, .. }
+            | Op::Munmap { a, .. }
+            | Op::Mprotect { a, .. }
+            | Op::MadviseDontneed { a, .. }
+            | Op::Write { a, .. }
+            | Op::Fill { a, .. }
+            | Op::Read { a, .. }
+            | Op::Phys { a, .. }
+            | Op::Smaps { a, .. }
+            | Op::FutexWait { a, .. }
+            | Op::FutexWake { a, .. }
+            | Op::Pin { a, .. } => Some(a),
+            Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => None,
+        }
+    }
+
     /// Whether real Linux can run this operation (pins are softmm-only).
     pub fn linux_can_run(&self) -> bool {
         !matches!(self, Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. })

@@ -83,7 +83,9 @@ fn share_page_range(
         let span_end = base + PTE_TABLE_SPAN;
         let eligible = pst.vmas.overlapping(base, span_end).all(needs_copy);
         if eligible {
-            if !shared.contains(&base) {
+            // VMAs come in address order, so a span can only repeat as the
+            // last one shared (two VMAs in one 2 MiB span).
+            if shared.last() != Some(&base) {
                 let (did, was_writable) = share::share_table(arena, ppt, cpt, base, &parent.machine.counters)?;
                 *flush |= did && was_writable;
                 shared.push(base);
