@@ -236,7 +236,7 @@ fn do_wp_page(
     }
     let f = new_anon_frame(mm, st, vma, va, Some(old))?;
     arena.meta(old).mapcount.fetch_sub(1, Ordering::AcqRel);
-    gather.defer_put(old);
+    gather.defer_put(arena, old);
     Counters::bump(&c.fault_cow_copy);
     Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
 }

@@ -158,22 +158,15 @@ pub(crate) fn do_exit(mm: &MmInner) {
     mm.root.store(0, Ordering::Release);
     let arena = mm.arena();
     let c = &mm.machine.counters;
-    let mut gather = Gather::default();
+    let mut gather = Gather::for_write_locked(mm);
     pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |s, e, lo, _| {
         let base = lo & !(PTE_TABLE_SPAN - 1);
         if !e.is_writable() {
             share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(arena, p, &mut gather));
             return;
         }
-        let mut g = pt.lock(arena, e.frame(), base);
-        for i in 0..crate::pgtable::PTRS_PER_TABLE {
-            let va = base + i as u64 * 4096;
-            let p = g.get(va);
-            if p.is_present() {
-                g.set(va, Pte::NONE);
-                zap_pte(arena, p, &mut gather);
-            }
-        }
+        let end = base + PTE_TABLE_SPAN;
+        crate::pgtable::zap_entries(arena, e.frame(), base, base, end, |_, p| zap_pte(arena, p, &mut gather));
     });
     let freed = pt.destroy(arena);
     c.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);

@@ -12,6 +12,8 @@ use crate::tlb::Slot;
 
 #[derive(Default)]
 pub(crate) struct Gather {
+    /// No accessor can hold a stale translation: references go at once.
+    immediate: bool,
     /// The common case (one COW copy) allocates nothing.
     first: Option<FrameId>,
     rest: Vec<FrameId>,
@@ -26,9 +28,21 @@ impl Gather {
         self.flush = true;
     }
 
+    /// For an operation under the `mmap_lock` held for writing. With no
+    /// accessor registered, nothing can hold a stale translation (fills
+    /// need the lock, and an accessor registered later starts empty), so
+    /// references are dropped at once instead of in a second pass.
+    pub(crate) fn for_write_locked(mm: &MmInner) -> Gather {
+        Gather { immediate: mm.tlb.accessors() == 0, ..Gather::default() }
+    }
+
     /// Drop a reference on `f` once stale translations are gone.
     #[inline]
-    pub(crate) fn defer_put(&mut self, f: FrameId) {
+    pub(crate) fn defer_put(&mut self, arena: &crate::phys::FrameArena, f: FrameId) {
+        if self.immediate {
+            arena.put(f);
+            return;
+        }
         self.flush = true;
         if self.first.is_none() {
             self.first = Some(f);

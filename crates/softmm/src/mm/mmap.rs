@@ -80,7 +80,7 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
     let removed = st.vmas.remove_range(start, end);
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
     let arena = mm.arena();
-    let mut gather = Gather::default();
+    let mut gather = Gather::for_write_locked(mm);
     zap_range(mm, pt, start, end, true, &mut gather);
     let floor = st.vmas.floor(start);
     let ceiling = st.vmas.ceiling(end, 1 << 48);
@@ -125,7 +125,7 @@ pub(crate) fn zap_pte(arena: &FrameArena, pte: Pte, gather: &mut Gather) {
         m.set_flags(crate::phys::flags::DIRTY);
     }
     m.mapcount.fetch_sub(1, Ordering::AcqRel);
-    gather.defer_put(pte.frame());
+    gather.defer_put(arena, pte.frame());
 }
 
 /// `zap_pte_range` over `[start, end)`: clear every entry, drop mappings,
@@ -142,16 +142,7 @@ pub(crate) fn zap_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, may_
             share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(arena, p, gather));
             return;
         }
-        let mut g = pt.lock(arena, e.frame(), base);
-        let mut va = lo;
-        while va < hi {
-            let pte = g.get(va);
-            if pte.is_present() {
-                g.set(va, Pte::NONE);
-                zap_pte(arena, pte, gather);
-            }
-            va += 4096;
-        }
+        crate::pgtable::zap_entries(arena, e.frame(), base, lo, hi, |_, p| zap_pte(arena, p, gather));
     });
 }
 

@@ -243,6 +243,27 @@ impl PageTable {
     }
 }
 
+/// Clear the present entries of PTE table `t` (which covers the 2 MiB at
+/// `base`) inside `[lo, hi)`, under its lock, calling `f(va, old)` for each.
+/// Frame metadata is prefetched a few entries ahead: the caller's `f`
+/// touches it, and 512 unrelated metadata lines are 512 cache misses.
+pub(crate) fn zap_entries(arena: &FrameArena, t: FrameId, base: u64, lo: u64, hi: u64, mut f: impl FnMut(u64, Pte)) {
+    let mut g = PteTableGuard::lock(arena, t, base);
+    let (first, last) = (index(lo, 0), index(hi - 1, 0));
+    let entries: Vec<Pte> = (first..=last).map(|i| g.get(base + i as u64 * 4096)).collect();
+    share::prefetch_frames(arena, &entries[..entries.len().min(share::PREFETCH_AHEAD)]);
+    for (k, &p) in entries.iter().enumerate() {
+        if let Some(&ahead) = entries.get(k + share::PREFETCH_AHEAD) {
+            share::prefetch_frames(arena, &[ahead]);
+        }
+        if p.is_present() {
+            let va = base + (first + k) as u64 * 4096;
+            g.set(va, Pte::NONE);
+            f(va, p);
+        }
+    }
+}
+
 /// Recursive worker of `for_each_pmd`: `table` at `level` maps from `base`.
 fn walk_pmds(
     arena: &FrameArena,

@@ -174,8 +174,13 @@ pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters)
 /// cleared, taking a reference and a mapping on every frame.
 fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64) {
     let _g = PteTableGuard::lock(arena, t, base);
-    for i in 0..PTRS_PER_TABLE {
-        let p = Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire));
+    let entries: [Pte; PTRS_PER_TABLE] =
+        std::array::from_fn(|i| Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire)));
+    prefetch_frames(arena, &entries[..PREFETCH_AHEAD]);
+    for (i, &p) in entries.iter().enumerate() {
+        if let Some(&ahead) = entries.get(i + PREFETCH_AHEAD) {
+            prefetch_frames(arena, &[ahead]);
+        }
         if !p.is_present() {
             continue;
         }
@@ -185,6 +190,19 @@ fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64) {
             m.mapcount.fetch_add(1, Ordering::AcqRel);
         }
         slot(arena, n, i).store(p.without(Pte::WRITE).raw(), Ordering::Release);
+    }
+}
+
+/// How far ahead table loops prefetch frame metadata.
+pub(crate) const PREFETCH_AHEAD: usize = 16;
+
+/// Prefetch the metadata of the frames `entries` map.
+#[inline(always)]
+pub(crate) fn prefetch_frames(arena: &FrameArena, entries: &[Pte]) {
+    for p in entries {
+        if p.is_present() && !p.is_zero_frame() {
+            arena.prefetch_meta(p.frame());
+        }
     }
 }
 
@@ -236,17 +254,7 @@ pub(crate) fn drop_shared(
     if put_table_unless_last(arena, t, c) {
         return false;
     }
-    {
-        let mut g = PteTableGuard::lock(arena, t, base);
-        for i in 0..PTRS_PER_TABLE {
-            let va = base + (i as u64) * 4096;
-            let p = g.get(va);
-            if p.is_present() {
-                g.set(va, Pte::NONE);
-                zap(va, p);
-            }
-        }
-    }
+    super::zap_entries(arena, t, base, base, base + PTE_TABLE_SPAN, &mut zap);
     arena.put(t);
     c.page_tables.fetch_sub(1, Ordering::Relaxed);
     true
