@@ -140,7 +140,7 @@ fn handle_pte_fault(
                 }
                 let f = obj.get_page(vma.pgoff_of(va))?;
                 let m = mm.arena().meta(f);
-                m.mapcount.fetch_add(1, Ordering::AcqRel);
+                m.add_counts(0, 1);
                 let mut bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
                 if access == Access::Write {
                     bits |= Pte::DIRTY;
@@ -198,7 +198,7 @@ fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut Pt
     while at < hi {
         if at != va && g.get(at).is_none() {
             if let Some(f) = obj.find_page(vma.pgoff_of(at)) {
-                mm.arena().meta(f).mapcount.fetch_add(1, Ordering::AcqRel);
+                mm.arena().meta(f).add_counts(0, 1);
                 install(g, at, f, bits);
             }
         }
@@ -235,8 +235,7 @@ fn do_wp_page(
         return Ok(new);
     }
     let f = new_anon_frame(mm, st, vma, va, Some(old))?;
-    arena.meta(old).mapcount.fetch_sub(1, Ordering::AcqRel);
-    gather.defer_put(arena, old);
+    gather.unmap_and_put(arena, old);
     Counters::bump(&c.fault_cow_copy);
     Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
 }
@@ -262,7 +261,7 @@ fn new_anon_frame(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, copy_of: Optio
     let m = arena.meta(f);
     m.owner.store(anon, Ordering::Relaxed);
     m.index.store(vma.pgoff_of(va), Ordering::Relaxed);
-    m.mapcount.store(1, Ordering::Release);
+    m.set_counts(1, 1);
     Ok(f)
 }
 

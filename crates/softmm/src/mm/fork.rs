@@ -139,8 +139,7 @@ fn copy_page_range(
                         *flush = true;
                     }
                     let m = arena.meta(pte.frame());
-                    m.refcount.fetch_add(1, Ordering::AcqRel);
-                    m.mapcount.fetch_add(1, Ordering::AcqRel);
+                    m.add_counts(1, 1);
                 }
                 cg.set(va, cpte);
             }

@@ -36,6 +36,18 @@ impl Gather {
         Gather { immediate: mm.tlb.accessors() == 0, ..Gather::default() }
     }
 
+    /// Drop a mapping of `f` now and its reference once stale translations
+    /// are gone (both in one locked instruction when no accessor exists).
+    #[inline]
+    pub(crate) fn unmap_and_put(&mut self, arena: &crate::phys::FrameArena, f: FrameId) {
+        if self.immediate {
+            arena.unmap_put(f);
+            return;
+        }
+        arena.meta(f).sub_counts(0, 1);
+        self.defer_put(arena, f);
+    }
+
     /// Drop a reference on `f` once stale translations are gone.
     #[inline]
     pub(crate) fn defer_put(&mut self, arena: &crate::phys::FrameArena, f: FrameId) {

@@ -124,8 +124,7 @@ pub(crate) fn zap_pte(arena: &FrameArena, pte: Pte, gather: &mut Gather) {
     if pte.is_dirty() {
         m.set_flags(crate::phys::flags::DIRTY);
     }
-    m.mapcount.fetch_sub(1, Ordering::AcqRel);
-    gather.defer_put(arena, pte.frame());
+    gather.unmap_and_put(arena, pte.frame());
 }
 
 /// `zap_pte_range` over `[start, end)`: clear every entry, drop mappings,

@@ -37,7 +37,7 @@ use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What [`unshare`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub(crate) fn share_table(
     c.page_tables.fetch_add(added as u64, Ordering::Relaxed);
     let (cs, _) = r?;
     let t = e.frame();
-    if arena.meta(t).refcount.fetch_add(1, Ordering::AcqRel) == 1 {
+    if arena.meta(t).add_counts(1, 0) == 1 {
         c.shared_tables.fetch_add(1, Ordering::Relaxed);
     }
     let ro = e.without(Pte::WRITE);
@@ -89,12 +89,16 @@ pub(crate) trait RefCount {
     fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32>;
 }
 
-impl RefCount for AtomicU32 {
+impl RefCount for crate::phys::meta::Refcount<'_> {
     fn load_acquire(&self) -> u32 {
-        self.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) as u32
     }
+    /// On the low half; a table frame's mapcount (high half) is always 0.
     fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32> {
-        self.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+        self.0
+            .compare_exchange(cur as u64, new as u64, Ordering::AcqRel, Ordering::Acquire)
+            .map(|v| v as u32)
+            .map_err(|v| v as u32)
     }
 }
 
@@ -127,7 +131,7 @@ pub(crate) fn put_unless_last(rc: &impl RefCount) -> Option<u32> {
 
 /// `put_unless_last` on a table frame, keeping the shared-table count.
 fn put_table_unless_last(arena: &FrameArena, t: FrameId, c: &Counters) -> bool {
-    match put_unless_last(&arena.meta(t).refcount) {
+    match put_unless_last(&crate::phys::meta::Refcount(&arena.meta(t).counts)) {
         Some(old) => {
             if old == 2 {
                 c.shared_tables.fetch_sub(1, Ordering::Relaxed);
@@ -149,8 +153,7 @@ pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters)
     }
     let t = e.frame();
     let base = va & !(PTE_TABLE_SPAN - 1);
-    let rc = &arena.meta(t).refcount;
-    if rc.load(Ordering::Acquire) == 1 {
+    if arena.meta(t).refcount() == 1 {
         reuse(arena, s, e, base);
         Counters::bump(&c.table_reuses);
         return Ok(Unshare::Reused);
@@ -185,9 +188,7 @@ fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64) {
             continue;
         }
         if !p.is_zero_frame() {
-            let m = arena.meta(p.frame());
-            m.refcount.fetch_add(1, Ordering::AcqRel);
-            m.mapcount.fetch_add(1, Ordering::AcqRel);
+            arena.meta(p.frame()).add_counts(1, 1);
         }
         slot(arena, n, i).store(p.without(Pte::WRITE).raw(), Ordering::Release);
     }
@@ -211,8 +212,8 @@ fn release_copy(arena: &FrameArena, n: FrameId) {
     for i in 0..PTRS_PER_TABLE {
         let p = Pte::from_raw(slot(arena, n, i).swap(0, Ordering::AcqRel));
         if p.is_present() && !p.is_zero_frame() {
-            arena.meta(p.frame()).mapcount.fetch_sub(1, Ordering::AcqRel);
-            arena.put(p.frame());
+            // The original table still maps the frame: this cannot free it.
+            arena.meta(p.frame()).sub_counts(1, 1);
         }
     }
     arena.put(n);
@@ -427,7 +428,7 @@ mod tests {
             let mut g = parent.lock(&arena, t, BASE);
             for i in 0..3u64 {
                 let f = arena.alloc(true, flags::ANON).unwrap();
-                arena.meta(f).mapcount.store(1, Ordering::Relaxed);
+                arena.meta(f).set_counts(1, 1);
                 g.set(BASE + i * 4096, Pte::new(f, Pte::USER | Pte::WRITE | Pte::DIRTY));
                 frames.push(f);
             }

@@ -6,6 +6,9 @@
 use lock_api::RawMutex as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+/// The refcount half of `FrameMeta::counts`, as `pgtable::share` needs it.
+pub(crate) struct Refcount<'a>(pub(crate) &'a AtomicU64);
+
 /// Frame flag bits (in `FrameMeta::flags`).
 pub mod flags {
     /// The frame is handed out by the allocator.
@@ -33,8 +36,11 @@ pub mod flags {
 /// `mapcount` counts PTE mappings only (what smaps divides PSS by).
 #[repr(C, align(64))]
 pub struct FrameMeta {
-    pub(crate) refcount: AtomicU32,
-    pub(crate) mapcount: AtomicU32,
+    /// `refcount` in the low 32 bits, `mapcount` in the high 32: one
+    /// locked instruction takes (or drops) a reference and a mapping
+    /// together, which the 512-entry table loops (fork, unshare, zap) do
+    /// for every frame. Always accessed as one 64-bit atomic.
+    pub(crate) counts: AtomicU64,
     pub(crate) flags: AtomicU32,
     /// Pins held by secondary users (a later issue); counted in `refcount` too.
     pub(crate) pins: AtomicU32,
@@ -51,11 +57,27 @@ const _: () = assert!(std::mem::size_of::<FrameMeta>() <= 64);
 impl FrameMeta {
     #[inline]
     pub fn refcount(&self) -> u32 {
-        self.refcount.load(Ordering::Acquire)
+        self.counts.load(Ordering::Acquire) as u32
     }
     #[inline]
     pub fn mapcount(&self) -> u32 {
-        self.mapcount.load(Ordering::Acquire)
+        (self.counts.load(Ordering::Acquire) >> 32) as u32
+    }
+    /// Set both counts (a frame nobody else can see yet).
+    #[inline]
+    pub(crate) fn set_counts(&self, refcount: u32, mapcount: u32) {
+        self.counts.store((mapcount as u64) << 32 | refcount as u64, Ordering::Release);
+    }
+    /// Add to the counts; returns the refcount before.
+    #[inline]
+    pub(crate) fn add_counts(&self, refs: u32, maps: u32) -> u32 {
+        self.counts.fetch_add((maps as u64) << 32 | refs as u64, Ordering::AcqRel) as u32
+    }
+    /// Subtract from the counts; returns the refcount before. The caller
+    /// holds what it drops, so neither half can underflow into the other.
+    #[inline]
+    pub(crate) fn sub_counts(&self, refs: u32, maps: u32) -> u32 {
+        self.counts.fetch_sub((maps as u64) << 32 | refs as u64, Ordering::AcqRel) as u32
     }
     #[inline]
     pub fn flags(&self) -> u32 {

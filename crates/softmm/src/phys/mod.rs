@@ -18,7 +18,7 @@
 
 mod alloc;
 mod host;
-mod meta;
+pub(crate) mod meta;
 
 pub use meta::{flags, FrameMeta};
 
@@ -64,7 +64,7 @@ impl FrameArena {
         let meta = HostRegion::reserve(meta_len, false)?;
         let arena = FrameArena { data, meta, nframes, alloc: alloc::FrameAllocator::new(1, nframes, caches) };
         arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
-        arena.meta(ZERO_FRAME).refcount.store(1, Ordering::Release);
+        arena.meta(ZERO_FRAME).set_counts(1, 0);
         Ok(arena)
     }
 
@@ -119,11 +119,11 @@ impl FrameArena {
             self.zero_frame(got.frame);
         }
         let m = self.meta(got.frame);
-        m.mapcount.store(0, Ordering::Relaxed);
+
         m.owner.store(0, Ordering::Relaxed);
         m.index.store(0, Ordering::Relaxed);
         m.flags.store(flags::ALLOCATED | fl, Ordering::Relaxed);
-        m.refcount.store(1, Ordering::Release);
+        m.set_counts(1, 0);
         Ok(got.frame)
     }
 
@@ -148,7 +148,7 @@ impl FrameArena {
     /// Take a reference on a frame that is already alive.
     #[inline]
     pub(crate) fn get(&self, f: FrameId) {
-        self.meta(f).refcount.fetch_add(1, Ordering::AcqRel);
+        self.meta(f).add_counts(1, 0);
     }
 
     /// Take a reference unless the frame is already free (Linux's
@@ -156,10 +156,10 @@ impl FrameArena {
     /// still the one it looked up: a freed frame can be reallocated.
     #[inline]
     pub(crate) fn try_get(&self, f: FrameId) -> bool {
-        let rc = &self.meta(f).refcount;
-        let mut cur = rc.load(Ordering::Acquire);
-        while cur != 0 {
-            match rc.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+        let counts = &self.meta(f).counts;
+        let mut cur = counts.load(Ordering::Acquire);
+        while cur as u32 != 0 {
+            match counts.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(now) => cur = now,
             }
@@ -171,8 +171,20 @@ impl FrameArena {
     /// the frame was freed. The zero frame is never freed.
     #[inline]
     pub(crate) fn put(&self, f: FrameId) -> bool {
+        self.release(f, 0)
+    }
+
+    /// Drop a mapping and a reference together (one locked instruction);
+    /// frees the frame when that was the last reference.
+    #[inline]
+    pub(crate) fn unmap_put(&self, f: FrameId) -> bool {
+        self.release(f, 1)
+    }
+
+    #[inline]
+    fn release(&self, f: FrameId, maps: u32) -> bool {
         let m = self.meta(f);
-        let old = m.refcount.fetch_sub(1, Ordering::AcqRel);
+        let old = m.sub_counts(1, maps);
         debug_assert!(old > 0, "refcount underflow on frame {}", f.0);
         if old == 1 && f != ZERO_FRAME {
             m.flags.store(0, Ordering::Release);
