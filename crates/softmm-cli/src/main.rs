@@ -90,6 +90,9 @@ struct GenArgs {
     /// Operations in the trace.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
     ops: u64,
+    /// The kind of trace (a profile and a seed always give the same trace).
+    #[arg(long, value_enum, default_value = "small")]
+    profile: trace::gen::Profile,
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +108,9 @@ struct FuzzArgs {
     first_seed: u64,
     #[arg(long, value_enum, default_value = "shared")]
     page_tables: trace_cmd::PageTables,
+    /// The kind of traces.
+    #[arg(long, value_enum, default_value = "small")]
+    profile: trace::gen::Profile,
 }
 
 #[derive(Args, Debug)]
@@ -220,9 +226,9 @@ fn main() -> ExitCode {
             };
         }
         Command::Diff(a) => return verdict(trace_cmd::diff_files(&a.files, a.page_tables)),
-        Command::Gen(a) => trace_cmd::gen(a.seed, a.ops as usize),
+        Command::Gen(a) => trace_cmd::gen(a.seed, a.ops as usize, a.profile),
         Command::Fuzz(a) => {
-            return verdict(trace_cmd::fuzz(a.traces, a.ops as usize, a.first_seed, a.page_tables));
+            return verdict(trace_cmd::fuzz(a.traces, a.ops as usize, a.first_seed, a.page_tables, a.profile));
         }
         Command::LinuxWorker { socket, name } => trace_cmd::worker(&socket, &name),
     };

@@ -2,9 +2,9 @@
 //! `__linux-worker` that `replay --on linux` and `diff` start.
 
 use crate::error::{CliError, CliResult};
-use crate::trace::diff::{diff, DiffResult};
+use crate::trace::diff::{diff, diff_with_stats, DiffResult};
 use crate::trace::exec_softmm::{SoftmmOptions, SoftmmRunner};
-use crate::trace::gen::{generate, minimize};
+use crate::trace::gen::{generate_with, minimize, Profile};
 use crate::trace::linux::LinuxRunner;
 use crate::trace::parse::{parse_line, parse_trace, Line, Op};
 use std::io::{BufRead, Write};
@@ -114,10 +114,11 @@ pub fn diff_files(files: &[String], page_tables: PageTables) -> CliResult<bool> 
 }
 
 /// `softmm gen`: print a random trace.
-pub fn gen(seed: u64, ops: usize) -> CliResult<()> {
+pub fn gen(seed: u64, ops: usize, profile: Profile) -> CliResult<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "# softmm gen --seed {seed} --ops {ops}").map_err(|e| CliError(e.to_string()))?;
-    for op in generate(seed, ops) {
+    let p = format!("{profile:?}").to_lowercase();
+    writeln!(out, "# softmm gen --seed {seed} --ops {ops} --profile {p}").map_err(|e| CliError(e.to_string()))?;
+    for op in generate_with(seed, ops, profile) {
         writeln!(out, "{op}").map_err(|e| CliError(e.to_string()))?;
     }
     Ok(())
@@ -130,18 +131,22 @@ fn numbered(ops: &[Op]) -> Vec<Line> {
 /// `softmm fuzz`: diff `traces` generated traces from `first_seed` on; for
 /// each that differs, print the seed and a minimized trace. Returns whether
 /// all were the same.
-pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables) -> CliResult<bool> {
+pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, profile: Profile) -> CliResult<bool> {
     let opts = softmm_options(page_tables);
     let mut failures = 0;
+    let (mut shares, mut copies, mut reuses) = (0, 0, 0);
     for seed in first_seed..first_seed.saturating_add(traces) {
-        let trace = generate(seed, ops);
-        let result = diff(&numbered(&trace), &opts).map_err(|e| CliError(format!("seed {seed}: {e}")))?;
+        let trace = generate_with(seed, ops, profile);
+        let (result, st) =
+            diff_with_stats(&numbered(&trace), &opts).map_err(|e| CliError(format!("seed {seed}: {e}")))?;
+        (shares, copies, reuses) = (shares + st.table_shares, copies + st.table_copies, reuses + st.table_reuses);
         if let DiffResult::Differs(d) = result {
             failures += 1;
             println!("seed {seed}: differs at {d}");
             let fails = |t: &[Op]| matches!(diff(&numbered(t), &opts), Ok(DiffResult::Differs(_)));
             let small = minimize(&trace, fails);
-            println!("minimized trace (softmm gen --seed {seed} --ops {ops}, shrunk):");
+            let p = format!("{profile:?}").to_lowercase();
+            println!("minimized trace (softmm gen --seed {seed} --ops {ops} --profile {p}, shrunk):");
             for op in &small {
                 println!("    {op}");
             }
@@ -150,6 +155,9 @@ pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables) -
             }
         }
     }
+    println!(
+        "softmm page tables over these traces: {shares} shared at fork, {copies} unshared by copy, {reuses} by reuse"
+    );
     println!("{} traces, {} same, {failures} differ", traces, traces - failures);
     Ok(failures == 0)
 }

@@ -261,18 +261,35 @@ fn futex_corpus_replays_on_linux() {
 
 #[test]
 fn fuzz_finds_no_difference() {
-    for mode in ["shared", "copy"] {
-        let args = ["fuzz", "--traces", "300", "--ops", "80", "--first-seed", "1", "--page-tables", mode];
-        let o = run(softmm().args(args));
-        let out = text(&o.stdout);
-        assert!(
-            o.status.success(),
-            "`softmm {}` exited with {}:\n{out}\nstderr:\n{}",
-            args.join(" "),
-            o.status,
-            text(&o.stderr)
-        );
-        assert!(out.ends_with("300 traces, 300 same, 0 differ\n"), "`softmm {}` said:\n{out}", args.join(" "));
+    // The small profile (4 MiB, short ranges) and the wide one (32 MiB,
+    // ranges on and across 2 MiB page-table boundaries: sharing, unsharing,
+    // dropping whole tables), each under both fork strategies.
+    for (profile, n) in [("small", "300"), ("wide", "150")] {
+        for mode in ["shared", "copy"] {
+            let args = [
+                "fuzz",
+                "--traces",
+                n,
+                "--ops",
+                "80",
+                "--first-seed",
+                "1",
+                "--page-tables",
+                mode,
+                "--profile",
+                profile,
+            ];
+            let o = run(softmm().args(args));
+            let out = text(&o.stdout);
+            let cmd = args.join(" ");
+            assert!(
+                o.status.success(),
+                "`softmm {cmd}` exited with {}:\n{out}\nstderr:\n{}",
+                o.status,
+                text(&o.stderr)
+            );
+            assert!(out.ends_with(&format!("{n} traces, {n} same, 0 differ\n")), "`softmm {cmd}` said:\n{out}");
+        }
     }
 }
 

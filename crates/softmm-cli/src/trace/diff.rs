@@ -43,6 +43,18 @@ impl std::fmt::Display for Difference {
 
 /// Diff a parsed trace. Fatal errors (a runner failed) are `Err`.
 pub fn diff(lines: &[Line], opts: &SoftmmOptions) -> Result<DiffResult, String> {
+    diff_with_stats(lines, opts).map(|(r, _)| r)
+}
+
+/// `diff`, also returning softmm's machine counters at the end (or at the
+/// first difference), to show what a trace exercised.
+pub fn diff_with_stats(lines: &[Line], opts: &SoftmmOptions) -> Result<(DiffResult, softmm::MachineStats), String> {
+    let mut stats = softmm::MachineStats::default();
+    let r = diff_inner(lines, opts, &mut stats)?;
+    Ok((r, stats))
+}
+
+fn diff_inner(lines: &[Line], opts: &SoftmmOptions, stats: &mut softmm::MachineStats) -> Result<DiffResult, String> {
     if lines.iter().any(|l| !l.op.linux_can_run()) {
         return Ok(DiffResult::SoftmmOnly);
     }
@@ -52,6 +64,7 @@ pub fn diff(lines: &[Line], opts: &SoftmmOptions) -> Result<DiffResult, String> 
     for line in lines {
         let so = s.run(&line.op).map_err(|e| format!("softmm, line {}: {e}", line.number))?;
         let lo = l.run(&line.op).map_err(|e| format!("linux, line {}: {e}", line.number))?;
+        *stats = s.stats();
         let differ = |why: String| {
             Ok(DiffResult::Differs(Difference {
                 line: line.number,

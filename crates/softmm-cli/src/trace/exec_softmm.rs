@@ -44,6 +44,11 @@ impl SoftmmRunner {
         Ok(SoftmmRunner { machine, spaces: HashMap::new(), opts })
     }
 
+    /// The machine's counters so far.
+    pub fn stats(&self) -> softmm::MachineStats {
+        self.machine.stats()
+    }
+
     fn mm(&self, a: &str) -> Result<&Mm, Fatal> {
         self.spaces.get(a).ok_or_else(|| format!("no address space named `{a}` (never created, or exited)"))
     }

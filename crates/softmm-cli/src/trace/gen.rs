@@ -35,14 +35,29 @@ const BASE: u64 = 0x1000_0000;
 const WINDOW_PAGES: u64 = 1024;
 const NAMES: [&str; 6] = ["A", "B", "C", "D", "E", "F"];
 
-/// Generate a trace of `ops` operations from `seed`.
-pub fn generate(seed: u64, ops: usize) -> Vec<Op> {
+/// Which kind of traces to generate. A profile and a seed name one trace
+/// forever: profiles are added, never changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Profile {
+    /// A 4 MiB window, short ranges, a few hot pages (the original mix).
+    #[default]
+    Small,
+    /// A 32 MiB window (16 PTE tables) where ranges often start at, end at
+    /// or cover whole 2 MiB tables: exercises sharing, unsharing and
+    /// dropping whole page tables across forks.
+    Wide,
+}
+
+/// Generate a trace of `ops` operations from `seed` with a profile.
+pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
     let mut r = Rng::new(seed);
+    let shape = profile;
     let mut live: Vec<String> = vec!["A".into()];
     let mut out = vec![Op::New { a: "A".into() }];
     let mut next_name = 1;
     // Start with something mapped so most operations do something.
-    out.push(Op::Mmap { a: "A".into(), addr: BASE, len: 64 * 4096, prot: TProt::Rw, kind: TKind::Private });
+    let first_len = if shape == Profile::Wide { 8 << 20 } else { 64 * 4096 };
+    out.push(Op::Mmap { a: "A".into(), addr: BASE, len: first_len, prot: TProt::Rw, kind: TKind::Private });
     while out.len() < ops {
         if live.is_empty() {
             let a = fresh(&mut next_name);
@@ -52,10 +67,16 @@ pub fn generate(seed: u64, ops: usize) -> Vec<Op> {
         }
         let a = live[r.below(live.len() as u64) as usize].clone();
         let op = match r.below(100) {
-            0..=11 => Op::Mmap { a, addr: addr(&mut r), len: len(&mut r), prot: prot(&mut r), kind: kind(&mut r) },
-            12..=17 => Op::Munmap { a, addr: addr(&mut r), len: len(&mut r) },
-            18..=24 => Op::Mprotect { a, addr: addr(&mut r), len: len(&mut r), prot: prot(&mut r) },
-            25..=28 => Op::MadviseDontneed { a, addr: addr(&mut r), len: len(&mut r) },
+            0..=11 => Op::Mmap {
+                a,
+                addr: addr(&mut r, shape),
+                len: len(&mut r, shape),
+                prot: prot(&mut r),
+                kind: kind(&mut r),
+            },
+            12..=17 => Op::Munmap { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
+            18..=24 => Op::Mprotect { a, addr: addr(&mut r, shape), len: len(&mut r, shape), prot: prot(&mut r) },
+            25..=28 => Op::MadviseDontneed { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
             29..=34 if live.len() < 4 => {
                 let b = fresh(&mut next_name);
                 live.push(b.clone());
@@ -68,12 +89,12 @@ pub fn generate(seed: u64, ops: usize) -> Vec<Op> {
             38..=57 => {
                 let n = 1 + r.below(16) as usize;
                 let bytes = (0..n).map(|_| r.below(256) as u8).collect();
-                Op::Write { a, addr: addr(&mut r) + r.below(4096), bytes }
+                Op::Write { a, addr: addr(&mut r, shape) + r.below(4096), bytes }
             }
-            58..=64 => Op::Fill { a, addr: addr(&mut r), len: 1 + r.below(3 * 4096), byte: r.below(256) as u8 },
-            65..=79 => Op::Read { a, addr: addr(&mut r) + r.below(4096), len: 1 + r.below(24) },
-            80..=89 => Op::Phys { a, addr: addr(&mut r) },
-            _ => Op::Smaps { a, addr: addr(&mut r) },
+            58..=64 => Op::Fill { a, addr: addr(&mut r, shape), len: 1 + r.below(3 * 4096), byte: r.below(256) as u8 },
+            65..=79 => Op::Read { a, addr: addr(&mut r, shape) + r.below(4096), len: 1 + r.below(24) },
+            80..=89 => Op::Phys { a, addr: addr(&mut r, shape) },
+            _ => Op::Smaps { a, addr: addr(&mut r, shape) },
         };
         out.push(op);
     }
@@ -89,14 +110,44 @@ fn fresh(next: &mut usize) -> String {
     }
 }
 
-fn addr(r: &mut Rng) -> u64 {
+fn addr(r: &mut Rng, shape: Profile) -> u64 {
+    if shape == Profile::Wide {
+        return wide_addr(r);
+    }
     // Favour a few hot pages so that operations overlap.
     let page = if r.chance(50) { r.below(16) } else { r.below(WINDOW_PAGES) };
     BASE + page * 4096
 }
 
-fn len(r: &mut Rng) -> u64 {
+fn len(r: &mut Rng, shape: Profile) -> u64 {
+    if shape == Profile::Wide {
+        return wide_len(r);
+    }
     (1 + if r.chance(70) { r.below(8) } else { r.below(128) }) * 4096
+}
+
+const TABLE_PAGES: u64 = 512;
+const WIDE_TABLES: u64 = 16;
+
+/// `Wide`: on a table boundary, next to one, or anywhere in 32 MiB.
+fn wide_addr(r: &mut Rng) -> u64 {
+    let table = r.below(WIDE_TABLES);
+    let page = match r.below(10) {
+        0..=3 => table * TABLE_PAGES,
+        4..=5 => table * TABLE_PAGES + TABLE_PAGES - 1 - r.below(4),
+        _ => r.below(WIDE_TABLES * TABLE_PAGES),
+    };
+    BASE + page * 4096
+}
+
+/// `Wide`: whole tables, a table and a bit, or a few pages.
+fn wide_len(r: &mut Rng) -> u64 {
+    let pages = match r.below(10) {
+        0..=3 => (1 + r.below(3)) * TABLE_PAGES,
+        4..=5 => (1 + r.below(2)) * TABLE_PAGES + 1 + r.below(8),
+        _ => 1 + r.below(16),
+    };
+    pages * 4096
 }
 
 fn prot(r: &mut Rng) -> TProt {
@@ -181,16 +232,19 @@ mod tests {
 
     #[test]
     fn same_seed_same_trace_and_well_formed() {
-        let a = generate(7, 200);
-        assert_eq!(a, generate(7, 200));
-        assert_ne!(a, generate(8, 200));
+        let a = generate_with(7, 200, Profile::Small);
+        assert_eq!(a, generate_with(7, 200, Profile::Small));
+        assert_ne!(a, generate_with(8, 200, Profile::Small));
         assert!(well_formed(&a));
         assert_eq!(a.len(), 200);
+        let w = generate_with(7, 200, Profile::Wide);
+        assert_ne!(a, w);
+        assert!(well_formed(&w));
     }
 
     #[test]
     fn minimize_keeps_the_failure() {
-        let t = generate(3, 100);
+        let t = generate_with(3, 100, Profile::Small);
         let target = t[50].clone();
         let small = minimize(&t, |c| c.contains(&target));
         assert!(small.contains(&target));
