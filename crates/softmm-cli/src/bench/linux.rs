@@ -297,34 +297,23 @@ fn close(fd: i32) {
     let _ = unsafe { libc::close(fd) };
 }
 
-fn write_all(fd: i32, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        // SAFETY: `data` is a valid buffer of `data.len()` bytes.
-        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            return false;
-        }
-        data = &data[n as usize..];
-    }
-    true
+/// `fd` as a `File` that does not close it when dropped (the module closes
+/// its descriptors itself, once, with `close`).
+fn borrow_fd(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is an open descriptor this module owns; ManuallyDrop keeps
+    // the File from closing it, so ownership stays with the caller.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
-fn read_exact(fd: i32, mut buf: &mut [u8]) -> bool {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            return false;
-        }
-        buf = &mut buf[n as usize..];
-    }
-    true
+fn write_all(fd: i32, data: &[u8]) -> bool {
+    use std::io::Write;
+    borrow_fd(fd).write_all(data).is_ok()
+}
+
+fn read_exact(fd: i32, buf: &mut [u8]) -> bool {
+    use std::io::Read;
+    borrow_fd(fd).read_exact(buf).is_ok()
 }
 
 /// Wait for `pid`; it must have exited with status 0.

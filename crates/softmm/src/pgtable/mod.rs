@@ -264,6 +264,28 @@ pub(crate) fn zap_entries(arena: &FrameArena, t: FrameId, base: u64, lo: u64, hi
     }
 }
 
+/// The present entries of `table` (at `level`, mapping from `base`) whose
+/// span starts before `end` and ends after `start`: (slot, entry, start of
+/// the entry's span).
+fn present_entries(
+    arena: &FrameArena,
+    table: FrameId,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = (&AtomicU64, Pte, u64)> {
+    let span = entry_span(level);
+    let first = if start > base { ((start - base) / span) as usize } else { 0 };
+    (first..PTRS_PER_TABLE).map(move |i| (i, base + i as u64 * span)).take_while(move |&(_, lo)| lo < end).filter_map(
+        move |(i, lo)| {
+            let s = slot(arena, table, i);
+            let e = Pte::from_raw(s.load(Ordering::Acquire));
+            e.is_present().then_some((s, e, lo))
+        },
+    )
+}
+
 /// Recursive worker of `for_each_pmd`: `table` at `level` maps from `base`.
 fn walk_pmds(
     arena: &FrameArena,
@@ -275,17 +297,7 @@ fn walk_pmds(
     f: &mut impl FnMut(&AtomicU64, Pte, u64, u64),
 ) {
     let span = entry_span(level);
-    let first = if start > base { ((start - base) / span) as usize } else { 0 };
-    for i in first..PTRS_PER_TABLE {
-        let lo = base + i as u64 * span;
-        if lo >= end {
-            break;
-        }
-        let s = slot(arena, table, i);
-        let e = Pte::from_raw(s.load(Ordering::Acquire));
-        if !e.is_present() {
-            continue;
-        }
+    for (s, e, lo) in present_entries(arena, table, level, base, start, end) {
         if level == 1 {
             f(s, e, lo.max(start), (lo + span).min(end));
         } else {
@@ -321,17 +333,10 @@ fn free_range(
 ) -> u32 {
     let span = entry_span(level);
     let mut freed = 0;
-    let first = if start > base { ((start - base) / span) as usize } else { 0 };
-    for i in first..PTRS_PER_TABLE {
-        let lo = base + i as u64 * span;
-        if lo >= end {
-            break;
-        }
-        let s = slot(arena, table, i);
-        let e = Pte::from_raw(s.load(Ordering::Acquire));
-        if !e.is_present() || level == 0 {
-            continue;
-        }
+    if level == 0 {
+        return 0;
+    }
+    for (s, e, lo) in present_entries(arena, table, level, base, start, end) {
         let child = e.frame();
         debug_assert!(level > 1 || arena.meta(child).refcount() == 1, "freeing a shared PTE table");
         freed += free_range(arena, child, level - 1, lo, start, end, floor, ceiling);
