@@ -62,6 +62,19 @@ pub enum Error {
     /// The address space has exited.
     #[error("the address space has exited")]
     Exited,
+    /// The futex word does not hold the expected value (`EAGAIN`).
+    #[error("the futex word does not hold the expected value")]
+    Again,
+    /// A futex wait reached its deadline (`ETIMEDOUT`).
+    #[error("the futex wait timed out")]
+    TimedOut,
+    /// A futex wait was cancelled (`EINTR`).
+    #[error("the futex wait was cancelled")]
+    Interrupted,
+    /// An operation or argument value softmm does not implement, as Linux
+    /// answers for unknown ones (`ENOSYS`).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     /// The host refused an operation softmm needed from it.
     #[error("host error in {what}: errno {errno}")]
     Host { what: &'static str, errno: i32 },
@@ -110,6 +123,10 @@ impl Error {
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
             Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
             Error::Host { errno, .. } => *errno,
+            Error::Again => EAGAIN,
+            Error::TimedOut => ETIMEDOUT,
+            Error::Interrupted => EINTR,
+            Error::Unsupported(_) => ENOSYS,
         }
     }
 

@@ -31,6 +31,7 @@
 
 pub mod access;
 pub mod error;
+pub mod futex;
 pub mod machine;
 pub mod mm;
 pub mod pgtable;
@@ -40,10 +41,12 @@ pub mod shm;
 pub mod stats;
 pub mod sync;
 pub mod tlb;
+pub mod vcache;
 pub mod vma;
 
 pub use access::Accessor;
 pub use error::{errno, Error, Result, SegvKind};
+pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{Advice, ForkPolicy, Mm, Placement};

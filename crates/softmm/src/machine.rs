@@ -32,6 +32,8 @@ pub struct Config {
     /// on; off under Miri. Allocation order then depends on timing, so
     /// reproducible histories (trace replay) turn it off.
     pub prezero: bool,
+    /// How futexes are keyed (see [`crate::futex`]). Default: physical.
+    pub futex_keys: crate::futex::FutexKeys,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             mmap_min_addr: 0x10000,
             cpu_caches: 0,
             prezero: !cfg!(miri),
+            futex_keys: crate::futex::FutexKeys::Physical,
         }
     }
 }
@@ -49,6 +52,7 @@ pub(crate) struct MachineInner {
     pub(crate) arena: Arc<FrameArena>,
     pub(crate) config: Config,
     pub(crate) counters: Counters,
+    pub(crate) futexes: crate::futex::Futexes,
     next_id: AtomicU64,
     mms: Mutex<Vec<Weak<MmInner>>>,
     shms: Mutex<Vec<Weak<ShmObject>>>,
@@ -107,6 +111,7 @@ impl Machine {
                 arena,
                 config,
                 counters: Counters::default(),
+                futexes: crate::futex::Futexes::default(),
                 next_id: AtomicU64::new(1),
                 mms: Mutex::new(Vec::new()),
                 shms: Mutex::new(Vec::new()),

@@ -14,9 +14,9 @@
 //! use a real `SeqCst` fence, which gives the same ordering guarantee.
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// Spin-wait hint; under loom, yields to the model scheduler instead.
 #[inline]
@@ -120,3 +120,52 @@ pub fn heavy_barrier() {
         }
     }
 }
+
+/// A mutex that loom can model: loom's under `--cfg loom`, parking_lot's
+/// otherwise. Poisoning does not exist here (a panic while holding a
+/// protocol lock is a bug that aborts the test anyway).
+pub struct Mutex<T> {
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+    #[cfg(not(loom))]
+    inner: parking_lot::Mutex<T>,
+}
+
+/// The guard of [`Mutex`].
+#[cfg(loom)]
+pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+/// The guard of [`Mutex`].
+#[cfg(not(loom))]
+pub type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    /// A new unlocked mutex.
+    pub fn new(value: T) -> Self {
+        Mutex {
+            #[cfg(loom)]
+            inner: loom::sync::Mutex::new(value),
+            #[cfg(not(loom))]
+            inner: parking_lot::Mutex::new(value),
+        }
+    }
+
+    /// Lock, blocking.
+    #[inline]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        #[cfg(loom)]
+        return self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(not(loom))]
+        self.inner.lock()
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Mutex::new(T::default())
+    }
+}
+
+#[cfg(loom)]
+pub use loom::sync::Arc;
+#[cfg(not(loom))]
+pub use std::sync::Arc;

@@ -70,6 +70,8 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     // (seed 001: a write fault, a COW, or installing an entry).
     if pt.pte_table_shared(arena, va) {
         share::unshare(arena, pt, va, &mm.machine.counters)?;
+        let base = va & !(PTE_TABLE_SPAN - 1);
+        crate::futex::invalidate(mm, Some(st), base, base + PTE_TABLE_SPAN);
         let now = pt.follow_pte(arena, va);
         if let Some(pte) = fast_path(mm, pt, va, now, access) {
             return Ok(pte);
@@ -85,6 +87,13 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
         handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather)
     };
     gather.finish(mm, except);
+    // A new frame for a page that had one (COW, or the zero frame's first
+    // write): tell the vcache, now that the page table says so.
+    if let Ok(new) = &result {
+        if cur.is_present() && new.frame() != cur.frame() {
+            crate::futex::invalidate(mm, Some(st), va, va + 4096);
+        }
+    }
     result
 }
 

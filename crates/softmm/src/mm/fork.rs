@@ -169,6 +169,7 @@ pub(crate) fn do_exit(mm: &MmInner) {
     });
     let freed = pt.destroy(arena);
     c.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
+    crate::futex::invalidate(mm, None, 0, crate::pgtable::TASK_SIZE);
     let vmas = std::mem::take(&mut st.vmas);
     gather.need_flush();
     gather.finish(mm, None);

@@ -66,6 +66,14 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
             *exp.refs.entry(f).or_default() += 1;
         }
     }
+    for (f, n) in m.futexes.held_refs() {
+        *exp.refs.entry(f).or_default() += n as u32;
+    }
+    for (mm, st) in mms.iter().zip(&guards) {
+        if let Err(e) = m.futexes.audit(mm, st) {
+            fail!("futex/vcache of mm {}: {e}", mm.id);
+        }
+    }
     check_frames(m, &exp)
 }
 
@@ -144,12 +152,12 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
                 if !meta.has(flags::ANON) {
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
                 }
-                if pte.is_writable() && pmd_writable && meta.refcount() != 1 {
+                if pte.is_writable() && pmd_writable && meta.mapcount() != 1 {
                     fail!(
-                        "mm {}: writable private PTE at {va:#x} maps frame {} with refcount {} (COW broken)",
+                        "mm {}: writable private PTE at {va:#x} maps frame {} with mapcount {} (COW broken)",
                         mm.id,
                         f.0,
-                        meta.refcount()
+                        meta.mapcount()
                     );
                 }
             }

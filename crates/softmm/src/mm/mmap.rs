@@ -82,6 +82,7 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
     let arena = mm.arena();
     let mut gather = Gather::for_write_locked(mm);
     zap_range(mm, pt, start, end, true, &mut gather);
+    crate::futex::invalidate(mm, Some(st), start, end);
     let floor = st.vmas.floor(start);
     let ceiling = st.vmas.ceiling(end, 1 << 48);
     let freed = pt.free_tables(arena, start, end, floor, ceiling);
@@ -198,6 +199,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         }
     }
     st.vmas.try_merge_at(stop);
+    crate::futex::invalidate(mm, Some(&st), addr, stop);
     gather.finish(mm, None);
     result
 }
@@ -273,6 +275,7 @@ pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> R
         zap_range(mm, pt, v.start.max(addr), v.end.min(end), false, &mut gather);
         covered = v.end;
     }
+    crate::futex::invalidate(mm, Some(&st), addr, end);
     drop(st);
     gather.finish(mm, None);
     if hole || covered < end {

@@ -84,6 +84,9 @@ pub(crate) struct MmInner {
     pub(crate) machine: Arc<MachineInner>,
     pub(crate) state: RwLock<MmState>,
     pub(crate) tlb: Shootdown,
+    /// vcache entries attached for pages of this space (read lock-free by
+    /// every changer of a translation; see `vcache.rs`).
+    pub(crate) vcache_users: crate::sync::Arc<crate::sync::AtomicUsize>,
 }
 
 impl MmInner {
@@ -112,6 +115,7 @@ impl Mm {
             machine,
             state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
             tlb: Shootdown::default(),
+            vcache_users: crate::futex::new_users(),
         });
         inner.machine.register_mm(&inner);
         Ok(Mm { inner })
@@ -290,7 +294,7 @@ pub enum ForkPolicy {
 /// cannot free it while we copy: get the reference unless the frame is
 /// already free, then check that the entry still maps that frame (it may
 /// have been freed and reused in between), as GUP-fast does.
-fn grab_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> Result<FrameId> {
+pub(crate) fn grab_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> Result<FrameId> {
     let arena = mm.arena();
     let pt = st.pt.as_ref().ok_or(Error::Exited)?;
     loop {

@@ -292,6 +292,15 @@ impl FrameArena {
         unsafe { &*(p as *const StdAtomicU64) }
     }
 
+    /// The aligned 32-bit word at `off` of frame `f`, as an atomic (futex words).
+    #[inline]
+    pub(crate) fn word32(&self, f: FrameId, off: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(off % 4 == 0, "misaligned word offset {off}");
+        let p = self.span(f, off, 4);
+        // SAFETY: as in `word64`, with 4-byte alignment.
+        unsafe { &*(p as *const std::sync::atomic::AtomicU32) }
+    }
+
     /// Host bytes currently reserved for frames.
     pub fn reserved_bytes(&self) -> usize {
         self.data.len() + self.meta.len()

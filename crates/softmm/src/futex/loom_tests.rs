@@ -1,0 +1,1 @@
+//! The loom model of wait vs COW vs wake (written next).

@@ -1,0 +1,533 @@
+//! Futexes on aligned `u32` words of softmm memory (seeds 000 and 003).
+//!
+//! A waiter is keyed either by the frame and offset of its word
+//! ([`FutexKeys::Physical`], the default: two address spaces that map the
+//! same frame meet in one queue, across fork, until either side breaks COW
+//! of that page) or as today's Linux keys it ([`FutexKeys::Linux`]:
+//! `(mm, address)` for private memory, `(object, offset)` for shared).
+//!
+//! In physical mode each waiter attaches a vcache entry for its
+//! `(mm, page)` before it re-checks the translation; every change of that
+//! translation calls back and the waiter is moved to the key of the new
+//! frame (`follow`), so it is never stranded on a frame its page left.
+//!
+//! # Protocol (physical mode), and the lock order
+//! `mmap_lock` (read) -> vcache bucket -> futex bucket -> waiter (leaf).
+//! - wait: resolve the key (may fault, no futex lock held); lock the vcache
+//!   bucket of `(mm, page)`; attach (count + entry + full fence); lock the
+//!   futex bucket and raise its waiter count; re-check that the page still
+//!   maps the same frame (lock-free walk) and compare the word; queue.
+//! - COW (and every other change): change the PTE under the page-table
+//!   lock, release it, full fence, read the mm's vcache count; if not zero,
+//!   lock the vcache bucket and call back; the callback takes futex buckets.
+//! - wake: resolve without faulting; if the mm has vcache entries, hold the
+//!   vcache bucket of the page while re-resolving and waking, so that a
+//!   callback moving one of this mm's waiters cannot run between our look at
+//!   the page and our look at the queue.
+//!
+//! The seed patch took vcache -> futex -> page-table locks in `queue_me`
+//! while COW held the page-table lock and called into the vcache: a cycle.
+//! Here the re-check is a lock-free walk (tables cannot be freed under the
+//! `mmap_lock`), and COW calls the vcache only after it released the
+//! page-table lock, so no path takes the page-table lock inside a vcache or
+//! futex lock. `docs/ARCHITECTURE.md` argues the fence pairing.
+
+mod key;
+#[cfg(all(test, loom))]
+mod loom_tests;
+pub mod mutex;
+mod op;
+mod resolve;
+mod table;
+#[cfg(all(test, not(loom)))]
+mod tests;
+mod waiter;
+
+pub use key::FutexKey;
+pub use op::{WakeOp, WakeOpCmp, WakeOpKind};
+pub use table::WaitState;
+pub use waiter::FutexWaiter;
+
+use crate::error::{Error, Result};
+use crate::mm::{MmInner, MmState};
+use crate::phys::{FrameArena, FrameId, ZERO_FRAME};
+use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::vcache::{Translation, Vcache};
+use resolve::{Intent, Resolved};
+use std::time::{Duration, Instant};
+use table::{Check, FrameRefs, FutexTable, Node};
+
+/// How futexes are keyed; see the module documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FutexKeys {
+    /// By frame and offset, kept right across COW by the vcache.
+    #[default]
+    Physical,
+    /// As Linux does: `(mm, address)` for private memory, `(object, offset)`
+    /// for shared memory.
+    Linux,
+}
+
+impl std::str::FromStr for FutexKeys {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "physical" => Ok(FutexKeys::Physical),
+            "linux" => Ok(FutexKeys::Linux),
+            other => Err(format!("unknown futex key mode `{other}` (physical or linux)")),
+        }
+    }
+}
+
+/// The bitset that matches every waiter (Linux's `FUTEX_BITSET_MATCH_ANY`).
+pub const BITSET_MATCH_ANY: u32 = u32::MAX;
+
+/// Futex state of a machine: the hash of waiters and the vcache.
+#[derive(Default)]
+pub(crate) struct Futexes {
+    pub(crate) table: FutexTable,
+    pub(crate) vcache: Vcache<Node>,
+    /// Waiters holding a frame reference through their key, for audits.
+    live: parking_lot::Mutex<std::collections::HashMap<usize, Arc<Node>>>,
+}
+
+impl FrameRefs for FrameArena {
+    fn get(&self, f: FrameId) {
+        FrameArena::get(self, f)
+    }
+    fn put(&self, f: FrameId) {
+        FrameArena::put(self, f);
+    }
+}
+
+impl Futexes {
+    /// The frame references futex waiters hold, per frame (audits).
+    pub(crate) fn held_refs(&self) -> std::collections::HashMap<FrameId, u64> {
+        let mut held = std::collections::HashMap::new();
+        for node in self.live.lock().values() {
+            if let Some(f) = node.inner.lock().key.frame() {
+                *held.entry(f).or_insert(0) += 1;
+            }
+        }
+        held
+    }
+
+    /// Check `mm`'s side of the vcache and the waiters following its pages:
+    /// the entry count is exact, and no queued waiter is keyed by a frame
+    /// its page no longer maps (a stale key). The caller holds `mm`'s
+    /// `mmap_lock` and nothing is in flight.
+    pub(crate) fn audit(&self, mm: &MmInner, st: &MmState) -> std::result::Result<(), String> {
+        let attached = self.vcache.count_for(mm.id);
+        let counted = mm.vcache_users.load(Ordering::SeqCst);
+        if attached != counted {
+            return Err(format!("{attached} vcache entries attached but the count says {counted}"));
+        }
+        for node in self.live.lock().values() {
+            let inner = node.inner.lock();
+            let Some((id, page)) = inner.tracked else { continue };
+            if id != mm.id || node.state() != WaitState::Waiting {
+                continue;
+            }
+            let (want, offset) = match inner.key {
+                FutexKey::Frame { frame, offset } => (Some(frame), offset),
+                FutexKey::Private { addr, .. } => (None, (addr & 0xfff) as u32),
+                FutexKey::Shared { .. } => return Err("a physical-mode waiter has a shared-object key".into()),
+            };
+            let now = resolve::translation(mm, st, page + u64::from(offset));
+            let stale = match now {
+                Translation::Frame(g) => {
+                    mm.arena().put(g);
+                    want != Some(g)
+                }
+                Translation::Zero => want.is_some(),
+                Translation::None => false,
+            };
+            if stale {
+                return Err(format!(
+                    "waiter at {:#x} keyed {:?} but the page maps {:?}",
+                    page + u64::from(offset),
+                    inner.key,
+                    now
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The vcache callback for a waiter: `(mm, page)`'s translation changed;
+    /// move the waiter to the key of what the page maps now. Runs under the
+    /// vcache bucket lock, with `mm`'s `mmap_lock` held by the caller.
+    fn follow(&self, arena: &FrameArena, node: &Arc<Node>, mm: u64, page: u64, lookup: &dyn Fn(u64) -> Translation) {
+        let (key, tracked) = {
+            let inner = node.inner.lock();
+            (inner.key, inner.tracked)
+        };
+        if node.state() != WaitState::Waiting || tracked != Some((mm, page)) {
+            return;
+        }
+        let offset = match key {
+            FutexKey::Frame { offset, .. } => offset,
+            FutexKey::Private { addr, .. } => (addr & 0xfff) as u32,
+            FutexKey::Shared { offset, .. } => (offset & 0xfff) as u32,
+        };
+        let addr = page + u64::from(offset);
+        let new = match lookup(addr) {
+            Translation::Frame(frame) => FutexKey::Frame { frame, offset },
+            Translation::Zero => FutexKey::Private { mm, addr },
+            // Unmapped or gone: stay on the frame waited on (still
+            // referenced), reachable through its other mappings.
+            Translation::None => return,
+        };
+        if new == key {
+            if let Some(f) = new.frame() {
+                arena.put(f);
+            }
+            return;
+        }
+        self.table.rekey(node, &key, new, arena);
+    }
+}
+
+/// Fire the vcache for `[lo, hi)` of `mm` after its page tables changed.
+/// With no waiter in `mm`, one fence and one load.
+pub(crate) fn invalidate(mm: &MmInner, st: Option<&MmState>, lo: u64, hi: u64) {
+    let fx = &mm.machine.futexes;
+    let arena = mm.arena();
+    let lookup = |va: u64| match st {
+        Some(st) => resolve::translation(mm, st, va),
+        None => Translation::None,
+    };
+    fx.vcache.invalidate(&mm.vcache_users, mm.id, lo, hi, |node, page| fx.follow(arena, node, mm.id, page, &lookup));
+}
+
+/// A deadline for a wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// Relative to the start of the wait (FUTEX_WAIT).
+    After(Duration),
+    /// An absolute instant (FUTEX_WAIT_BITSET).
+    At(Instant),
+}
+
+impl Timeout {
+    pub(crate) fn deadline(self) -> Instant {
+        match self {
+            Timeout::After(d) => Instant::now().checked_add(d).unwrap_or_else(far_future),
+            Timeout::At(t) => t,
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+fn check_addr(addr: u64) -> Result<()> {
+    if addr % 4 != 0 {
+        return Err(Error::Invalid("futex address is not 4-byte aligned"));
+    }
+    Ok(())
+}
+
+fn check_bitset(bitset: u32) -> Result<()> {
+    if bitset == 0 {
+        return Err(Error::Invalid("futex bitset is 0"));
+    }
+    Ok(())
+}
+
+/// Resolve `va` in the machine's key mode.
+fn resolve(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Result<Resolved> {
+    match mm.machine.config.futex_keys {
+        FutexKeys::Physical => resolve::physical(mm, st, va, intent),
+        FutexKeys::Linux => resolve::linux(mm, st, va, intent),
+    }
+}
+
+fn physical(mm: &MmInner) -> bool {
+    mm.machine.config.futex_keys == FutexKeys::Physical
+}
+
+/// The word at `va`, read through `frame` (zeros for the zero frame).
+fn load_word(mm: &MmInner, frame: FrameId, va: u64) -> u32 {
+    if frame == ZERO_FRAME {
+        return 0;
+    }
+    mm.arena().word32(frame, (va & 0xfff) as usize).load(Ordering::SeqCst)
+}
+
+impl crate::Mm {
+    /// FUTEX_WAIT: if the word at `addr` holds `val`, sleep until woken,
+    /// until `timeout` passes (`ETIMEDOUT`), or until cancelled (`EINTR`).
+    /// `EAGAIN` if the word differs, `EFAULT` if it is not mapped readable,
+    /// `EINVAL` if `addr` is not 4-byte aligned.
+    pub fn futex_wait(&self, addr: u64, val: u32, timeout: Option<Duration>) -> Result<()> {
+        self.futex_wait_start(addr, val, BITSET_MATCH_ANY)?.wait(timeout.map(Timeout::After))
+    }
+
+    /// FUTEX_WAIT_BITSET: as [`futex_wait`](Self::futex_wait), woken only by
+    /// wakes whose bitset meets `bitset`; the deadline is absolute, as in Linux.
+    pub fn futex_wait_bitset(&self, addr: u64, val: u32, bitset: u32, deadline: Option<Instant>) -> Result<()> {
+        self.futex_wait_start(addr, val, bitset)?.wait(deadline.map(Timeout::At))
+    }
+
+    /// The first half of a wait: check the word and queue a waiter, without
+    /// blocking. The returned [`FutexWaiter`] is then waited on (blocking,
+    /// or as a `Future`), polled, or cancelled; dropping it leaves the queue.
+    pub fn futex_wait_start(&self, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
+        check_addr(addr)?;
+        check_bitset(bitset)?;
+        let mm = &self.inner;
+        let st = mm.state.read();
+        if st.pt.is_none() {
+            return Err(Error::Fault { addr });
+        }
+        let node = Arc::new(Node::new(FutexKey::Private { mm: mm.id, addr }, bitset));
+        let waiter = FutexWaiter::new(mm.clone(), node.clone());
+        let fx = &mm.machine.futexes;
+        let page = addr & !0xfff;
+        loop {
+            let r = resolve(mm, &st, addr, Intent::Wait)?;
+            // Physical keys: publish the vcache entry before the re-check.
+            let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
+            if let Some(vb) = vb.as_mut() {
+                if waiter.attach_once(vb, mm, page) {
+                    fx.live.lock().insert(Arc::as_ptr(&node) as usize, node.clone());
+                }
+            }
+            let verdict = fx.table.queue(&node, r.key, || {
+                if !resolve::still_maps(mm, &st, addr, r.frame, false) {
+                    return Check::Retry;
+                }
+                if load_word(mm, r.frame, addr) == val {
+                    Check::Queue
+                } else {
+                    Check::Again
+                }
+            });
+            drop(vb);
+            match verdict {
+                Check::Queue => {
+                    if !physical(mm) {
+                        r.release_frame(mm); // Linux keys hold no frame
+                    }
+                    return Ok(waiter);
+                }
+                Check::Retry => r.release_frame(mm),
+                Check::Again => {
+                    r.release_frame(mm);
+                    return Err(Error::Again);
+                }
+            }
+        }
+    }
+
+    /// FUTEX_WAKE: wake at most `n` waiters of the futex at `addr` (as in
+    /// Linux, `n == 0` wakes one). Returns how many were woken.
+    pub fn futex_wake(&self, addr: u64, n: u32) -> Result<u32> {
+        self.futex_wake_bitset(addr, n, BITSET_MATCH_ANY)
+    }
+
+    /// FUTEX_WAKE_BITSET: wake at most `n` waiters whose bitset meets `bitset`.
+    pub fn futex_wake_bitset(&self, addr: u64, n: u32, bitset: u32) -> Result<u32> {
+        check_addr(addr)?;
+        check_bitset(bitset)?;
+        let mm = &self.inner;
+        let st = mm.state.read();
+        if st.pt.is_none() {
+            return Err(Error::Fault { addr });
+        }
+        let fx = &mm.machine.futexes;
+        let r = resolve(mm, &st, addr, Intent::Wake)?;
+        if !fx.table.maybe_waiters(&r.key) {
+            r.release_frame(mm);
+            return Ok(0);
+        }
+        if !physical(mm) || mm.vcache_users.load(Ordering::SeqCst) == 0 {
+            let n = fx.table.wake(&r.key, n, bitset);
+            r.release_frame(mm);
+            return Ok(n);
+        }
+        // One of this mm's waiters may be moving: look again with its
+        // vcache bucket held, so no callback runs between look and wake.
+        r.release_frame(mm);
+        let _vb = fx.vcache.lock(mm.id, addr & !0xfff);
+        let r = resolve(mm, &st, addr, Intent::Wake)?;
+        let n = fx.table.wake(&r.key, n, bitset);
+        r.release_frame(mm);
+        Ok(n)
+    }
+
+    /// FUTEX_REQUEUE: wake at most `n_wake` waiters at `addr`, move at most
+    /// `n_requeue` of the others to `addr2`. Returns woken + moved.
+    pub fn futex_requeue(&self, addr: u64, n_wake: u32, n_requeue: u32, addr2: u64) -> Result<u32> {
+        self.requeue(addr, n_wake, n_requeue, addr2, None)
+    }
+
+    /// FUTEX_CMP_REQUEUE: as [`futex_requeue`](Self::futex_requeue), but
+    /// only if the word at `addr` still holds `val` (else `EAGAIN`).
+    pub fn futex_cmp_requeue(&self, addr: u64, n_wake: u32, n_requeue: u32, addr2: u64, val: u32) -> Result<u32> {
+        self.requeue(addr, n_wake, n_requeue, addr2, Some(val))
+    }
+
+    fn requeue(&self, addr: u64, n_wake: u32, n_requeue: u32, addr2: u64, cmp: Option<u32>) -> Result<u32> {
+        check_addr(addr)?;
+        check_addr(addr2)?;
+        let mm = &self.inner;
+        let st = mm.state.read();
+        if st.pt.is_none() {
+            return Err(Error::Fault { addr });
+        }
+        let fx = &mm.machine.futexes;
+        let arena = mm.arena();
+        loop {
+            let r1 = resolve(mm, &st, addr, Intent::Wake)?;
+            let r2 = match resolve(mm, &st, addr2, Intent::Wait) {
+                Ok(r) => r,
+                Err(e) => {
+                    r1.release_frame(mm);
+                    return Err(e);
+                }
+            };
+            let (page1, page2) = (addr & !0xfff, addr2 & !0xfff);
+            let mut vbs = physical(mm).then(|| fx.vcache.lock_two(mm.id, page1, page2));
+            let result = fx.table.requeue(
+                &r1.key,
+                &r2.key,
+                n_wake,
+                n_requeue,
+                arena,
+                || {
+                    let stable = resolve::still_maps(mm, &st, addr, r1.frame, false)
+                        && resolve::still_maps(mm, &st, addr2, r2.frame, false);
+                    if !stable {
+                        return Err(None);
+                    }
+                    match cmp {
+                        Some(v) if load_word(mm, r1.frame, addr) != v => Err(Some(Error::Again)),
+                        _ => Ok(()),
+                    }
+                },
+                |node, inner| {
+                    // Physical keys follow the new page from now on.
+                    let Some((a, b)) = vbs.as_mut() else { return };
+                    let vb = match b {
+                        Some(b) if b.index == crate::vcache::Vcache::<Node>::index(mm.id, page2) => b,
+                        _ => a,
+                    };
+                    vb.attach(&mm.vcache_users, mm.id, page2, node.clone());
+                    inner.entries.push((mm.id, page2, mm.vcache_users.clone()));
+                    inner.tracked = Some((mm.id, page2));
+                },
+            );
+            drop(vbs);
+            r1.release_frame(mm);
+            r2.release_frame(mm);
+            match result {
+                Ok(n) => return Ok(n),
+                Err(None) => continue,
+                Err(Some(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// FUTEX_WAKE_OP: apply `op` to the word at `addr2` atomically, wake at
+    /// most `n` waiters at `addr` and, if `op`'s comparison of the old value
+    /// holds, at most `n2` at `addr2`. Returns the total woken.
+    pub fn futex_wake_op(&self, addr: u64, n: u32, addr2: u64, n2: u32, op: WakeOp) -> Result<u32> {
+        check_addr(addr)?;
+        check_addr(addr2)?;
+        let mm = &self.inner;
+        let st = mm.state.read();
+        if st.pt.is_none() {
+            return Err(Error::Fault { addr });
+        }
+        let fx = &mm.machine.futexes;
+        loop {
+            let r1 = resolve(mm, &st, addr, Intent::Wake)?;
+            let r2 = match resolve(mm, &st, addr2, Intent::Modify) {
+                Ok(r) => r,
+                Err(e) => {
+                    r1.release_frame(mm);
+                    return Err(e);
+                }
+            };
+            let vbs = (physical(mm) && mm.vcache_users.load(Ordering::SeqCst) > 0)
+                .then(|| fx.vcache.lock_two(mm.id, addr & !0xfff, addr2 & !0xfff));
+            let result = fx.table.wake_op(&r1.key, n, &r2.key, n2, || {
+                if !resolve::still_maps(mm, &st, addr, r1.frame, false)
+                    || !resolve::still_maps(mm, &st, addr2, r2.frame, true)
+                {
+                    return Err(None);
+                }
+                let word = mm.arena().word32(r2.frame, (addr2 & 0xfff) as usize);
+                op.apply(word).map_err(Some)
+            });
+            drop(vbs);
+            r1.release_frame(mm);
+            r2.release_frame(mm);
+            match result {
+                Ok(n) => return Ok(n),
+                Err(None) => continue,
+                Err(Some(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// The futex system call as Linux decodes it, for hosts that emulate
+    /// system calls: `op` is `FUTEX_*` (with `FUTEX_PRIVATE_FLAG` and
+    /// `FUTEX_CLOCK_REALTIME` accepted), `val2` is the requeue count or the
+    /// second wake count, `val3` the compare value, bitset or encoded op.
+    /// Unknown commands are `ENOSYS`, as in Linux.
+    #[allow(clippy::too_many_arguments)]
+    pub fn futex_syscall(
+        &self,
+        addr: u64,
+        op: u32,
+        val: u32,
+        timeout: Option<Timeout>,
+        addr2: u64,
+        val2: u32,
+        val3: u32,
+    ) -> Result<u32> {
+        const PRIVATE: u32 = 128;
+        const CLOCK_REALTIME: u32 = 256;
+        let cmd = op & !(PRIVATE | CLOCK_REALTIME);
+        if op & CLOCK_REALTIME != 0 && cmd != 9 {
+            return Err(Error::Unsupported("FUTEX_CLOCK_REALTIME with this command"));
+        }
+        let count = |v: u32| -> Result<u32> {
+            if (v as i32) < 0 {
+                return Err(Error::Invalid("negative futex count"));
+            }
+            Ok(v)
+        };
+        match cmd {
+            0 => self.futex_wait_start(addr, val, BITSET_MATCH_ANY)?.wait(timeout).map(|_| 0),
+            1 => self.futex_wake(addr, val),
+            3 => self.futex_requeue(addr, count(val)?, count(val2)?, addr2),
+            4 => self.futex_cmp_requeue(addr, count(val)?, count(val2)?, addr2, val3),
+            5 => self.futex_wake_op(addr, val, addr2, val2, WakeOp::from_raw(val3)?),
+            9 => self.futex_wait_start(addr, val, val3)?.wait(timeout).map(|_| 0),
+            10 => self.futex_wake_bitset(addr, val, val3),
+            _ => Err(Error::Unsupported("futex command")),
+        }
+    }
+
+    /// Waiters (and requeued waiters) tracking pages of this address space
+    /// through the vcache.
+    pub fn vcache_entries(&self) -> usize {
+        self.inner.vcache_users.load(Ordering::SeqCst)
+    }
+}
+
+impl Futexes {
+    pub(crate) fn forget(&self, node: &Arc<Node>) {
+        self.live.lock().remove(&(Arc::as_ptr(node) as usize));
+    }
+}
+
+/// The number of vcache entries of an mm, as a shared counter.
+pub(crate) fn new_users() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}

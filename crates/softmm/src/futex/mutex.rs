@@ -1,0 +1,1 @@
+//! A mutex and a condition variable on softmm futexes (written next).

@@ -1,0 +1,158 @@
+//! From a futex address to its key, in each key mode, with the page-table
+//! effects Linux has for the same call.
+//!
+//! - `linux` mode is today's Linux (`get_futex_key` of a non-private futex):
+//!   get the page as `get_user_pages_fast(FOLL_WRITE)` would — which breaks
+//!   COW and fills holes — falling back to a read-only get when the mapping
+//!   is not writable; then key by `(mm, address)` for private memory and by
+//!   `(object, offset)` for shared memory.
+//! - `physical` mode keys by the frame and offset. A wait does not break COW
+//!   (seed 003: "a nonintrusive futex-wait will not cause extra COW-copying"),
+//!   so waiters of a parent and a forked child meet in one queue; only a
+//!   page with no frame of its own (a hole or the zero frame) is faulted in
+//!   for writing, when the mapping allows, so that two unrelated waits on
+//!   untouched memory never share the zero frame's key. A wake never faults.
+
+use super::FutexKey;
+use crate::error::{Error, Result};
+use crate::mm::{Access, MmInner, MmState};
+use crate::phys::{FrameId, ZERO_FRAME};
+use crate::vcache::Translation;
+use crate::vma::{Backing, Vma};
+
+/// A key and the frame the futex word lives in now.
+pub(super) struct Resolved {
+    pub(super) key: FutexKey,
+    /// The frame behind the word, referenced (the zero frame is not).
+    pub(super) frame: FrameId,
+}
+
+impl Resolved {
+    /// Drop the reference on the frame, unless the key keeps it.
+    pub(super) fn release_frame(&self, mm: &MmInner) {
+        if self.frame != ZERO_FRAME {
+            mm.arena().put(self.frame);
+        }
+    }
+}
+
+/// How much faulting a resolution may do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Intent {
+    /// A wait (or requeue target): may fault the page in.
+    Wait,
+    /// A wake: faults only in `linux` mode, as Linux's GUP does.
+    Wake,
+    /// The target of FUTEX_WAKE_OP: needs a writable page.
+    Modify,
+}
+
+fn vma_for<'a>(st: &'a MmState, va: u64) -> Result<&'a Vma> {
+    match st.vmas.find(va) {
+        Some(v) if v.prot.readable() => Ok(v),
+        _ => Err(Error::Fault { addr: va }),
+    }
+}
+
+/// The frame the page of `va` maps now, referenced; faults it in for
+/// `access` first if `fault` (an access the mapping forbids is `EFAULT`).
+fn get_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> Result<FrameId> {
+    crate::mm::grab_page(mm, st, va, access).map_err(|e| match e {
+        Error::Segv { .. } => Error::Fault { addr: va },
+        other => other,
+    })
+}
+
+/// `get_user_pages_fast(FOLL_WRITE)`, falling back to a read-only get when
+/// the mapping is not writable and the caller only reads (Linux's FUTEX_READ).
+fn gup(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, need_write: bool) -> Result<FrameId> {
+    if vma.prot.writable() {
+        return get_page(mm, st, va, Access::Write);
+    }
+    if need_write {
+        return Err(Error::Fault { addr: va });
+    }
+    get_page(mm, st, va, Access::Read)
+}
+
+/// Key of `va` in `linux` mode.
+pub(super) fn linux(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Result<Resolved> {
+    let vma = vma_for(st, va)?;
+    let frame = gup(mm, st, vma, va, intent == Intent::Modify)?;
+    let key = match &vma.backing {
+        Backing::Anon(_) => FutexKey::Private { mm: mm.id, addr: va },
+        Backing::Shm(obj) => FutexKey::Shared { object: obj.id(), offset: vma.pgoff_of(va) * 4096 + (va & 0xfff) },
+    };
+    Ok(Resolved { key, frame: drop_zero_ref(mm, frame) })
+}
+
+/// The zero frame is mapped without references; `grab_page` still counts
+/// one on it, which we give back at once so `Resolved` stays uniform.
+fn drop_zero_ref(mm: &MmInner, f: FrameId) -> FrameId {
+    if f == ZERO_FRAME {
+        mm.arena().put(f);
+    }
+    f
+}
+
+/// Key of `va` in `physical` mode.
+pub(super) fn physical(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Result<Resolved> {
+    let vma = vma_for(st, va)?;
+    let offset = (va & 0xfff) as u32;
+    let private = FutexKey::Private { mm: mm.id, addr: va };
+    let frame_key = |frame: FrameId| Resolved { key: FutexKey::Frame { frame, offset }, frame };
+    if intent == Intent::Modify {
+        return Ok(frame_key(gup(mm, st, vma, va, true)?));
+    }
+    match translation(mm, st, va) {
+        Translation::Frame(f) => Ok(frame_key(f)),
+        Translation::Zero | Translation::None => match (&vma.backing, intent) {
+            (Backing::Shm(obj), Intent::Wake) => match obj.find_page(vma.pgoff_of(va)) {
+                Some(f) => Ok(frame_key(f)),
+                None => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+            },
+            (Backing::Shm(_), _) => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
+            (Backing::Anon(_), Intent::Wake) => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+            (Backing::Anon(_), _) if vma.prot.writable() => Ok(frame_key(get_page(mm, st, va, Access::Write)?)),
+            (Backing::Anon(_), _) => match drop_zero_ref(mm, get_page(mm, st, va, Access::Read)?) {
+                ZERO_FRAME => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+                f => Ok(frame_key(f)),
+            },
+        },
+    }
+}
+
+/// What `va` translates to now, without faulting; a frame comes referenced.
+/// Callers hold `mm`'s `mmap_lock` (either mode), so tables stay put.
+pub(crate) fn translation(mm: &MmInner, st: &MmState, va: u64) -> Translation {
+    let Some(pt) = st.pt.as_ref() else { return Translation::None };
+    let arena = mm.arena();
+    let page = va & !0xfff;
+    loop {
+        let pte = pt.follow_pte(arena, page);
+        if !pte.is_present() {
+            return Translation::None;
+        }
+        if pte.is_zero_frame() {
+            return Translation::Zero;
+        }
+        let f = pte.frame();
+        if arena.try_get(f) {
+            let now = pt.follow_pte(arena, page);
+            if now.is_present() && now.frame() == f {
+                return Translation::Frame(f);
+            }
+            arena.put(f);
+        }
+    }
+}
+
+/// Whether `va` still maps `frame` (the re-check under the bucket lock).
+pub(super) fn still_maps(mm: &MmInner, st: &MmState, va: u64, frame: FrameId, writable: bool) -> bool {
+    let Some(pt) = st.pt.as_ref() else { return false };
+    let pte = pt.follow_pte(mm.arena(), va & !0xfff);
+    if frame == ZERO_FRAME && !pte.is_present() {
+        return true; // a hole reads as zeros, as the zero frame does
+    }
+    pte.is_present() && pte.frame() == frame && (!writable || pte.is_writable())
+}

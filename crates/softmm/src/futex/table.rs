@@ -1,0 +1,399 @@
+//! The futex hash: buckets of queued waiters, keyed by [`FutexKey`].
+//!
+//! This file knows nothing about page tables: callers derive keys (see
+//! `key.rs`) and pass a `check` closure that re-validates the translation
+//! and reads the futex word under the bucket lock. It is written against
+//! `crate::sync` so that the loom model in `loom_tests.rs` runs this very
+//! code.
+//!
+//! Locks: a bucket's mutex, then a waiter's `inner` mutex (leaf). Two
+//! buckets are taken together only in index order.
+//!
+//! Frame references: a waiter keyed by `Frame` holds one reference on that
+//! frame (the seed's `pin_page`), so the key cannot name a freed and reused
+//! frame. Whoever changes a queued waiter's key (rekey, requeue) moves that
+//! reference; the waiter drops it when it leaves (`Waiter::finish`).
+
+use super::key::FutexKey;
+use crate::phys::FrameId;
+use crate::sync::{fence, Arc, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use std::collections::VecDeque;
+
+const BUCKETS: usize = if cfg!(loom) { 2 } else { 512 };
+
+/// Reference counting of frames, as the table needs it (the arena in
+/// softmm, a small model under loom).
+pub(crate) trait FrameRefs: Send + Sync {
+    /// Take a reference on a frame the caller already holds one on.
+    fn get(&self, f: FrameId);
+    /// Drop a reference.
+    fn put(&self, f: FrameId);
+}
+
+/// Where a waiter is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WaitState {
+    /// Not queued yet (being set up) or being set up again.
+    Idle = 0,
+    /// Queued, asleep or about to be.
+    Waiting = 1,
+    /// Taken off the queue by a wake.
+    Woken = 2,
+    /// Taken off the queue by its deadline.
+    TimedOut = 3,
+    /// Taken off the queue by a cancellation.
+    Cancelled = 4,
+}
+
+impl WaitState {
+    fn from_u8(v: u8) -> WaitState {
+        match v {
+            1 => WaitState::Waiting,
+            2 => WaitState::Woken,
+            3 => WaitState::TimedOut,
+            4 => WaitState::Cancelled,
+            _ => WaitState::Idle,
+        }
+    }
+}
+
+/// How to tell a sleeping waiter that its state changed.
+#[derive(Default)]
+pub(crate) enum Notify {
+    #[default]
+    None,
+    Thread(std::thread::Thread),
+    Task(std::task::Waker),
+}
+
+impl Notify {
+    fn notify(self) {
+        match self {
+            Notify::None => {}
+            Notify::Thread(t) => t.unpark(),
+            Notify::Task(w) => w.wake(),
+        }
+    }
+}
+
+/// What a waiter's mutex guards.
+pub(crate) struct NodeInner {
+    pub(crate) key: FutexKey,
+    pub(crate) bitset: u32,
+    pub(crate) notify: Notify,
+    /// The `(mm, page)` whose translation the key follows (physical keys);
+    /// a vcache callback for any other entry of this waiter is ignored.
+    pub(crate) tracked: Option<(u64, u64)>,
+    /// Every vcache entry attached for this waiter: `(mm, page, users)`.
+    pub(crate) entries: Vec<(u64, u64, Arc<AtomicUsize>)>,
+}
+
+/// A waiter: queued in at most one bucket at a time.
+pub(crate) struct Node {
+    pub(crate) state: AtomicU8,
+    pub(crate) inner: Mutex<NodeInner>,
+}
+
+impl Node {
+    pub(crate) fn new(key: FutexKey, bitset: u32) -> Node {
+        Node {
+            state: AtomicU8::new(WaitState::Idle as u8),
+            inner: Mutex::new(NodeInner { key, bitset, notify: Notify::None, tracked: None, entries: Vec::new() }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> WaitState {
+        WaitState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, s: WaitState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+struct Bucket {
+    /// Waiters queued or about to check the word (Linux's `hb->waiters`):
+    /// lets a wake with nobody waiting skip the lock.
+    waiters: AtomicUsize,
+    queue: Mutex<VecDeque<Arc<Node>>>,
+}
+
+/// The futex hash of a machine.
+pub(crate) struct FutexTable {
+    buckets: Box<[Bucket]>,
+}
+
+impl Default for FutexTable {
+    fn default() -> Self {
+        FutexTable {
+            buckets: (0..BUCKETS)
+                .map(|_| Bucket { waiters: AtomicUsize::new(0), queue: Mutex::new(VecDeque::new()) })
+                .collect(),
+        }
+    }
+}
+
+/// Two locked buckets (or one, when both keys hash to it).
+struct Pair<'a> {
+    lo: (usize, MutexGuard<'a, VecDeque<Arc<Node>>>),
+    hi: Option<(usize, MutexGuard<'a, VecDeque<Arc<Node>>>)>,
+}
+
+impl<'a> Pair<'a> {
+    fn get(&mut self, index: usize) -> &mut VecDeque<Arc<Node>> {
+        match &mut self.hi {
+            Some((i, g)) if *i == index => g,
+            _ => &mut self.lo.1,
+        }
+    }
+}
+
+/// What `queue` decided after its check.
+pub(crate) enum Check {
+    /// The word holds the expected value: queue.
+    Queue,
+    /// It does not (`EAGAIN`).
+    Again,
+    /// The translation moved since the key was derived: derive it again.
+    Retry,
+}
+
+impl FutexTable {
+    fn index(key: &FutexKey) -> usize {
+        (key.hash() >> 40) as usize % BUCKETS
+    }
+
+    fn lock_pair(&self, a: usize, b: usize) -> Pair<'_> {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let lo_g = self.buckets[lo].queue.lock();
+        let hi_g = (hi != lo).then(|| (hi, self.buckets[hi].queue.lock()));
+        Pair { lo: (lo, lo_g), hi: hi_g }
+    }
+
+    /// Queue `node` under `key` if `check` (run with the bucket locked and
+    /// the bucket's waiter count raised, so a concurrent wake cannot miss
+    /// us) says so. On `Queue` the node's state is `Waiting`.
+    pub(crate) fn queue(&self, node: &Arc<Node>, key: FutexKey, check: impl FnOnce() -> Check) -> Check {
+        let b = &self.buckets[Self::index(&key)];
+        let mut q = b.queue.lock();
+        b.waiters.fetch_add(1, Ordering::SeqCst);
+        let verdict = check();
+        if let Check::Queue = verdict {
+            node.inner.lock().key = key;
+            node.set_state(WaitState::Waiting);
+            q.push_back(node.clone());
+        } else {
+            b.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+        verdict
+    }
+
+    /// Whether anybody may be waiting in `key`'s bucket. The waker stored
+    /// the new value before; the fence pairs with the waiter's count
+    /// increment in `queue` (Linux's `futex_hb_waiters_pending`).
+    pub(crate) fn maybe_waiters(&self, key: &FutexKey) -> bool {
+        fence(Ordering::SeqCst);
+        self.buckets[Self::index(key)].waiters.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wake at most `limit` waiters of `key` whose bitset meets `bitset`.
+    pub(crate) fn wake(&self, key: &FutexKey, limit: u32, bitset: u32) -> u32 {
+        if !self.maybe_waiters(key) {
+            return 0;
+        }
+        let b = &self.buckets[Self::index(key)];
+        let mut woken = Vec::new();
+        {
+            let mut q = b.queue.lock();
+            take_matching(&mut q, key, bitset, limit, &mut woken);
+            b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
+        }
+        finish_wakes(woken)
+    }
+
+    /// Lock `k1`'s and `k2`'s buckets, run `op` (which may veto with an
+    /// error), then wake up to `n1` waiters of `k1` and, if `op` said so,
+    /// up to `n2` of `k2` (FUTEX_WAKE_OP).
+    pub(crate) fn wake_op<E>(
+        &self,
+        k1: &FutexKey,
+        n1: u32,
+        k2: &FutexKey,
+        n2: u32,
+        op: impl FnOnce() -> Result<bool, E>,
+    ) -> Result<u32, E> {
+        let (i1, i2) = (Self::index(k1), Self::index(k2));
+        let mut woken = Vec::new();
+        {
+            let mut pair = self.lock_pair(i1, i2);
+            let wake2 = op()?;
+            take_matching(pair.get(i1), k1, u32::MAX, n1, &mut woken);
+            let first = woken.len();
+            self.buckets[i1].waiters.fetch_sub(first, Ordering::SeqCst);
+            if wake2 {
+                take_matching(pair.get(i2), k2, u32::MAX, n2, &mut woken);
+                self.buckets[i2].waiters.fetch_sub(woken.len() - first, Ordering::SeqCst);
+            }
+        }
+        Ok(finish_wakes(woken))
+    }
+
+    /// FUTEX_(CMP_)REQUEUE: with both buckets locked and `check` passed,
+    /// wake up to `n_wake` waiters of `k1`, then move up to `n_requeue` of
+    /// the rest to `k2`, calling `moved` for each (under the locks) so the
+    /// caller can retarget its vcache tracking. Frame references move with
+    /// the key. Returns woken + requeued.
+    pub(crate) fn requeue<E>(
+        &self,
+        k1: &FutexKey,
+        k2: &FutexKey,
+        n_wake: u32,
+        n_requeue: u32,
+        refs: &dyn FrameRefs,
+        check: impl FnOnce() -> Result<(), E>,
+        mut moved: impl FnMut(&Arc<Node>, &mut NodeInner),
+    ) -> Result<u32, E> {
+        let (i1, i2) = (Self::index(k1), Self::index(k2));
+        let mut woken = Vec::new();
+        let mut requeued = 0u32;
+        {
+            let mut pair = self.lock_pair(i1, i2);
+            check()?;
+            take_matching(pair.get(i1), k1, u32::MAX, n_wake, &mut woken);
+            self.buckets[i1].waiters.fetch_sub(woken.len(), Ordering::SeqCst);
+            if n_requeue > 0 && k1 != k2 {
+                let src = pair.get(i1);
+                let mut take = Vec::new();
+                let mut i = 0;
+                while i < src.len() && (take.len() as u32) < n_requeue {
+                    if src[i].inner.lock().key == *k1 {
+                        if let Some(n) = src.remove(i) {
+                            take.push(n);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                for n in take {
+                    {
+                        let mut inner = n.inner.lock();
+                        if let Some(f) = k2.frame() {
+                            refs.get(f);
+                        }
+                        if let Some(f) = inner.key.frame() {
+                            refs.put(f);
+                        }
+                        inner.key = *k2;
+                        moved(&n, &mut inner);
+                    }
+                    self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
+                    self.buckets[i2].waiters.fetch_add(1, Ordering::SeqCst);
+                    pair.get(i2).push_back(n);
+                    requeued += 1;
+                }
+            } else if n_requeue > 0 {
+                // Requeue onto the same key: the waiters stay where they are,
+                // but Linux counts them as requeued.
+                let rest = pair.get(i1).iter().filter(|n| n.inner.lock().key == *k1).count() as u32;
+                requeued = rest.min(n_requeue);
+            }
+        }
+        Ok(finish_wakes(woken) + requeued)
+    }
+
+    /// Move a queued `node` from key `from` to key `to` (a vcache callback:
+    /// the page it waits on has a new frame). `to`'s frame reference is
+    /// handed over by the caller; `from`'s is dropped. If the node is no
+    /// longer queued under `from`, nothing changes and `to`'s reference is
+    /// dropped instead.
+    pub(crate) fn rekey(&self, node: &Arc<Node>, from: &FutexKey, to: FutexKey, refs: &dyn FrameRefs) {
+        let (i1, i2) = (Self::index(from), Self::index(&to));
+        let mut pair = self.lock_pair(i1, i2);
+        let mut inner = node.inner.lock();
+        let queued = node.state() == WaitState::Waiting && inner.key == *from;
+        let src = pair.get(i1);
+        let pos = if queued { src.iter().position(|n| Arc::ptr_eq(n, node)) } else { None };
+        let Some(pos) = pos else {
+            drop(inner);
+            if let Some(f) = to.frame() {
+                refs.put(f);
+            }
+            return;
+        };
+        let n = src.remove(pos);
+        inner.key = to;
+        drop(inner);
+        if let Some(f) = from.frame() {
+            refs.put(f);
+        }
+        self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
+        self.buckets[i2].waiters.fetch_add(1, Ordering::SeqCst);
+        if let Some(n) = n {
+            pair.get(i2).push_back(n);
+        }
+    }
+
+    /// Take `node` off its queue, if it is still on one, giving it state
+    /// `why`. Returns the state it ends in (`Woken` if a wake got there first).
+    pub(crate) fn unqueue(&self, node: &Arc<Node>, why: WaitState) -> WaitState {
+        loop {
+            let key = node.inner.lock().key;
+            let b = &self.buckets[Self::index(&key)];
+            let mut q = b.queue.lock();
+            if node.inner.lock().key != key {
+                continue; // requeued or rekeyed meanwhile: find it again
+            }
+            if node.state() != WaitState::Waiting {
+                return node.state();
+            }
+            if let Some(pos) = q.iter().position(|n| Arc::ptr_eq(n, node)) {
+                q.remove(pos);
+                b.waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+            node.set_state(why);
+            let notify = std::mem::take(&mut node.inner.lock().notify);
+            drop(q);
+            notify.notify();
+            return why;
+        }
+    }
+}
+
+/// Move up to `limit` waiters of `key` whose bitset meets `bitset` from `q`
+/// into `out`, marked woken. Linux's quirk kept: a limit of 0 wakes one.
+fn take_matching(
+    q: &mut VecDeque<Arc<Node>>,
+    key: &FutexKey,
+    bitset: u32,
+    limit: u32,
+    out: &mut Vec<(Arc<Node>, Notify)>,
+) {
+    let limit = limit.max(1) as usize;
+    let start = out.len();
+    let mut i = 0;
+    while i < q.len() && out.len() - start < limit {
+        let hit = {
+            let inner = q[i].inner.lock();
+            inner.key == *key && inner.bitset & bitset != 0
+        };
+        if !hit {
+            i += 1;
+            continue;
+        }
+        if let Some(n) = q.remove(i) {
+            n.set_state(WaitState::Woken);
+            let notify = std::mem::take(&mut n.inner.lock().notify);
+            out.push((n, notify));
+        }
+    }
+}
+
+/// Tell woken waiters, with no lock held.
+fn finish_wakes(woken: Vec<(Arc<Node>, Notify)>) -> u32 {
+    let n = woken.len() as u32;
+    for (_, notify) in woken {
+        notify.notify();
+    }
+    n
+}

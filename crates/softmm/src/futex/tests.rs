@@ -1,0 +1,236 @@
+//! Unit tests: every operation and every error, in both key modes.
+
+use super::*;
+use crate::{errno, Config, Machine, MapKind, Mm, Placement, Prot};
+
+const A: u64 = 0x1000_0000;
+
+fn machine(keys: FutexKeys) -> Machine {
+    let arena_bytes = if cfg!(miri) { 256 * 4096 } else { 64 << 20 };
+    Machine::new(Config { arena_bytes, prezero: false, cpu_caches: 1, futex_keys: keys, ..Config::default() })
+        .expect("machine")
+}
+
+fn space(m: &Machine, kind: MapKind) -> Mm {
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(A, 4 * 4096, Prot::RW, kind, Placement::Fixed).expect("mmap");
+    mm
+}
+
+fn both() -> [FutexKeys; 2] {
+    [FutexKeys::Physical, FutexKeys::Linux]
+}
+
+fn audit(mm: &Mm) {
+    mm.check_invariants().expect("invariants");
+}
+
+#[test]
+fn errors_as_linux() {
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Private);
+        let e = |r: Result<u32>| r.unwrap_err().errno();
+        assert_eq!(mm.futex_wait_start(A + 2, 0, BITSET_MATCH_ANY).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(mm.futex_wait_start(A, 0, 0).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(e(mm.futex_wake_bitset(A, 1, 0)), errno::EINVAL);
+        assert_eq!(e(mm.futex_wake(A + 1, 1)), errno::EINVAL);
+        assert_eq!(mm.futex_wait_start(0x2000_0000, 0, BITSET_MATCH_ANY).unwrap_err().errno(), errno::EFAULT);
+        assert_eq!(e(mm.futex_wake(0x2000_0000, 1)), errno::EFAULT);
+        mm.write(A, &5u32.to_ne_bytes()).unwrap();
+        assert_eq!(mm.futex_wait_start(A, 4, BITSET_MATCH_ANY).unwrap_err().errno(), errno::EAGAIN);
+        assert_eq!(mm.futex_wait(A, 5, Some(Duration::from_millis(5))).unwrap_err().errno(), errno::ETIMEDOUT);
+        assert_eq!(e(mm.futex_cmp_requeue(A, 1, 1, A + 8, 4)), errno::EAGAIN);
+        assert_eq!(e(mm.futex_syscall(A, 2, 0, None, 0, 0, 0)), errno::ENOSYS);
+        assert_eq!(e(mm.futex_syscall(A, 3, u32::MAX, None, A + 8, 0, 0)), errno::EINVAL);
+        assert_eq!(e(mm.futex_syscall(A, 5, 1, None, A + 8, 1, 7 << 28)), errno::ENOSYS);
+        mm.mprotect(A + 4096, 4096, Prot::NONE).unwrap();
+        assert_eq!(e(mm.futex_wake(A + 4096, 1)), errno::EFAULT);
+        let w = mm.futex_wait_start(A, 5, BITSET_MATCH_ANY).unwrap();
+        assert_eq!(w.cancel(), WaitState::Cancelled);
+        assert_eq!(w.wait(None).unwrap_err().errno(), errno::EINTR);
+        audit(&mm);
+    }
+}
+
+#[test]
+fn wake_counts_and_bitsets() {
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Private);
+        let ws: Vec<_> = (0..4).map(|i| mm.futex_wait_start(A, 0, 1 << i).unwrap()).collect();
+        audit(&mm);
+        assert_eq!(mm.futex_wake_bitset(A, 10, 0b0110).unwrap(), 2);
+        assert_eq!(ws[1].state(), WaitState::Woken);
+        assert_eq!(ws[0].state(), WaitState::Waiting);
+        assert_eq!(mm.futex_wake(A + 4, 10).unwrap(), 0, "another word");
+        assert_eq!(mm.futex_wake(A, 0).unwrap(), 1, "0 wakes one, as in Linux");
+        assert_eq!(mm.futex_wake(A, 5).unwrap(), 1);
+        assert_eq!(mm.futex_wake(A, 5).unwrap(), 0);
+        for w in ws {
+            assert_eq!(w.wait(None), Ok(()));
+        }
+        audit(&mm);
+    }
+}
+
+#[test]
+fn requeue_and_cmp_requeue() {
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Private);
+        let ws: Vec<_> = (0..5).map(|_| mm.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap()).collect();
+        assert_eq!(mm.futex_cmp_requeue(A, 1, 2, A + 64, 0).unwrap(), 3);
+        assert_eq!(mm.futex_requeue(A, 0, 10, A + 128).unwrap(), 1 + 1);
+        audit(&mm);
+        assert_eq!(mm.futex_wake(A + 64, 10).unwrap(), 2);
+        assert_eq!(mm.futex_wake(A + 128, 10).unwrap(), 1);
+        assert_eq!(mm.futex_wake(A, 10).unwrap(), 0);
+        for w in ws {
+            assert_eq!(w.wait(None), Ok(()));
+        }
+        audit(&mm);
+    }
+}
+
+#[test]
+fn wake_op_every_op_and_cmp() {
+    let cases = [
+        (WakeOpKind::Set, 7u32, 3u32, 7u32),
+        (WakeOpKind::Add, 2, 3, 5),
+        (WakeOpKind::Or, 4, 3, 7),
+        (WakeOpKind::AndNot, 1, 3, 2),
+        (WakeOpKind::Xor, 6, 3, 5),
+    ];
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Shared);
+        for (kind, arg, old, new) in cases {
+            for (cmp, holds) in [
+                (WakeOpCmp::Eq, true),
+                (WakeOpCmp::Ne, false),
+                (WakeOpCmp::Lt, false),
+                (WakeOpCmp::Le, true),
+                (WakeOpCmp::Gt, false),
+                (WakeOpCmp::Ge, true),
+            ] {
+                mm.write(A + 8, &old.to_ne_bytes()).unwrap();
+                let w1 = mm.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap();
+                let w2 = mm.futex_wait_start(A + 8, old, BITSET_MATCH_ANY).unwrap();
+                let n = mm.futex_wake_op(A, 1, A + 8, 1, WakeOp::new(kind, arg, cmp, old as i32)).unwrap();
+                let mut word = [0u8; 4];
+                mm.read(A + 8, &mut word).unwrap();
+                assert_eq!(u32::from_ne_bytes(word), new, "{kind:?}");
+                assert_eq!(n, 1 + u32::from(holds), "{kind:?} {cmp:?}");
+                assert_eq!(w2.state() == WaitState::Woken, holds);
+                drop((w1, w2));
+            }
+        }
+        // The raw encoding: FUTEX_OP(ADD, 1 << 3 via OPARG_SHIFT, CMP_GT, -1).
+        mm.write(A + 8, &0u32.to_ne_bytes()).unwrap();
+        let op = WakeOp::from_raw((8 | 1) << 28 | 4 << 24 | 3 << 12 | 0xfff).unwrap();
+        assert_eq!((op.kind, op.arg, op.cmp, op.cmp_arg), (WakeOpKind::Add, 8, WakeOpCmp::Gt, -1));
+        audit(&mm);
+    }
+}
+
+#[test]
+fn timeout_cancel_and_async() {
+    for keys in both() {
+        let m = machine(keys);
+        let mm = std::sync::Arc::new(space(&m, MapKind::Private));
+        let w = mm.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap();
+        let c = w.canceller();
+        let t = std::thread::spawn(move || w.wait(None));
+        std::thread::sleep(Duration::from_millis(10));
+        c.cancel();
+        assert_eq!(t.join().unwrap(), Err(Error::Interrupted));
+        let start = Instant::now();
+        assert_eq!(mm.futex_wait_bitset(A, 0, 1, Some(start + Duration::from_millis(20))), Err(Error::TimedOut));
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        // Async: a future that a wake on another thread completes.
+        let w = mm.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap();
+        let mm2 = mm.clone();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            mm2.futex_wake(A, 1).unwrap()
+        });
+        assert_eq!(block_on(w), Ok(()));
+        assert_eq!(waker.join().unwrap(), 1);
+        audit(&mm);
+    }
+}
+
+/// A minimal executor: poll on this thread, park between polls.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn physical_keys_cross_fork_until_cow() {
+    let m = machine(FutexKeys::Physical);
+    let p = space(&m, MapKind::Private);
+    p.write(A, &1u32.to_ne_bytes()).unwrap();
+    let c = p.fork().unwrap();
+    let w = c.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+    assert_eq!(p.phys(A), c.phys(A), "the wait did not break COW");
+    audit(&p);
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 1, "the parent's wake reaches the child's waiter");
+    drop(w);
+    // COW in the child moves its waiter with it: the parent no longer reaches it.
+    let w = c.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+    c.write(A + 8, b"x").unwrap();
+    assert_ne!(p.phys(A), c.phys(A));
+    audit(&p);
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 0);
+    assert_eq!(c.futex_wake(A, 1).unwrap(), 1);
+    drop(w);
+    audit(&p);
+}
+
+#[test]
+fn linux_keys_private_per_mm_shared_per_object() {
+    let m = machine(FutexKeys::Linux);
+    let p = space(&m, MapKind::Private);
+    p.mmap(A + 0x10_0000, 4096, Prot::RW, MapKind::Shared, Placement::Fixed).unwrap();
+    let c = p.fork().unwrap();
+    let w = c.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap();
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 0);
+    assert_eq!(c.futex_wake(A, 1).unwrap(), 1);
+    drop(w);
+    let w = c.futex_wait_start(A + 0x10_0000, 0, BITSET_MATCH_ANY).unwrap();
+    assert_eq!(p.futex_wake(A + 0x10_0000, 1).unwrap(), 1);
+    drop(w);
+    audit(&p);
+}
+
+#[test]
+fn waiter_survives_munmap_dontneed_exit() {
+    let m = machine(FutexKeys::Physical);
+    let p = space(&m, MapKind::Shared);
+    let c = p.fork().unwrap();
+    let w = c.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap();
+    c.madvise(A, 4096, crate::Advice::DontNeed).unwrap();
+    audit(&p);
+    c.munmap(A, 4096).unwrap();
+    audit(&p);
+    drop(c);
+    audit(&p);
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 1, "the shared page is still what it waits on");
+    assert_eq!(w.wait(None), Ok(()));
+    audit(&p);
+}

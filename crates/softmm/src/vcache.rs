@@ -1,0 +1,167 @@
+//! The vcache: callbacks on changes of a virtual page's translation
+//! (seeds 000 and 003).
+//!
+//! A user that depends on which frame backs `(mm, page)` — a futex waiter
+//! keyed by its frame — attaches an entry for that page. Every operation
+//! that changes or removes the page's translation (COW, unshare, munmap,
+//! `madvise(DONTNEED)`, an mprotect that removes access, exit) calls
+//! [`Vcache::invalidate`] *after* changing the page table, and the
+//! callback runs for each entry with the bucket lock held, so callbacks for one page are
+//! serialized and each sees the translation as it is then.
+//!
+//! # The fence pairing (seed 000)
+//! Attaching happens first and is followed by a full fence, then the user
+//! re-checks the translation; the changer writes the entry first, then a
+//! full fence, then reads the per-mm count of entries without a lock and
+//! takes a bucket lock only when it is not zero:
+//!
+//! ```text
+//! attacher:  users += 1 (SeqCst RMW); fence(SeqCst); read PTE
+//! changer:   write PTE;               fence(SeqCst); read users
+//! ```
+//!
+//! With both fences sequentially consistent, at least one side sees the
+//! other's write: either the attacher reads the new PTE (and re-derives its
+//! key itself) or the changer sees the entry and calls back. Nobody is left
+//! keyed by a translation that no longer exists.
+//!
+//! # Lock order
+//! A bucket lock is taken under the `mmap_lock` (either mode) and never
+//! under a page-table lock: changers call `invalidate` after releasing the
+//! page-table lock. Callbacks may take futex bucket locks (inner to this);
+//! two vcache buckets are taken together only in index order.
+
+use crate::phys::FrameId;
+use crate::sync::{fence, Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
+
+/// Buckets of the hash; few under loom so that the model meets collisions.
+const BUCKETS: usize = if cfg!(loom) { 2 } else { 1024 };
+
+/// Why a translation changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcacheEvent {
+    /// Copy-on-write (or first write to the zero frame) gave the page a new frame.
+    Cow,
+    /// The PTE table holding the page stopped being shared (same frames).
+    Unshare,
+    /// munmap or `madvise(DONTNEED)` removed the translation.
+    Unmap,
+    /// mprotect changed the access the page allows.
+    Protect,
+    /// The address space exited.
+    Exit,
+}
+
+/// What a page translates to at the time of a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Translation {
+    /// A frame, with a reference taken for the caller.
+    Frame(FrameId),
+    /// The shared zero frame (no reference).
+    Zero,
+    /// Nothing (unmapped, not present, or the address space is gone).
+    None,
+}
+
+/// One attached entry.
+pub(crate) struct Entry<C> {
+    mm: u64,
+    page: u64,
+    client: Arc<C>,
+}
+
+/// The hash of entries, one per machine.
+pub(crate) struct Vcache<C> {
+    buckets: Box<[Mutex<Vec<Entry<C>>>]>,
+}
+
+/// A locked bucket, to attach into while re-checking a translation.
+pub(crate) struct Bucket<'a, C> {
+    pub(crate) index: usize,
+    guard: MutexGuard<'a, Vec<Entry<C>>>,
+}
+
+impl<C> Bucket<'_, C> {
+    /// Publish an entry: count it in `users` (the per-mm count changers
+    /// read), add it, then fence. The caller re-checks the translation
+    /// only after this returns.
+    pub(crate) fn attach(&mut self, users: &AtomicUsize, mm: u64, page: u64, client: Arc<C>) {
+        users.fetch_add(1, Ordering::SeqCst);
+        self.guard.push(Entry { mm, page: page & !0xfff, client });
+        fence(Ordering::SeqCst);
+    }
+}
+
+impl<C> Default for Vcache<C> {
+    fn default() -> Self {
+        Vcache { buckets: (0..BUCKETS).map(|_| Mutex::new(Vec::new())).collect() }
+    }
+}
+
+impl<C> Vcache<C> {
+    /// The bucket of `(mm, page)`: invariant, so computable before any lock.
+    pub(crate) fn index(mm: u64, page: u64) -> usize {
+        let h = (page >> 12).wrapping_add(mm.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as usize % BUCKETS
+    }
+
+    /// Lock the bucket of `(mm, page)`.
+    pub(crate) fn lock(&self, mm: u64, page: u64) -> Bucket<'_, C> {
+        let index = Self::index(mm, page & !0xfff);
+        Bucket { index, guard: self.buckets[index].lock() }
+    }
+
+    /// Lock the buckets of two pages of one mm, in index order (one lock if
+    /// they share a bucket). The first returned is the lower index.
+    pub(crate) fn lock_two(&self, mm: u64, a: u64, b: u64) -> (Bucket<'_, C>, Option<Bucket<'_, C>>) {
+        let (ia, ib) = (Self::index(mm, a & !0xfff), Self::index(mm, b & !0xfff));
+        let (lo, hi) = (ia.min(ib), ia.max(ib));
+        let first = Bucket { index: lo, guard: self.buckets[lo].lock() };
+        let second = (hi != lo).then(|| Bucket { index: hi, guard: self.buckets[hi].lock() });
+        (first, second)
+    }
+
+    /// Remove one entry of `client` for `(mm, page)`, if attached.
+    pub(crate) fn detach(&self, users: &AtomicUsize, mm: u64, page: u64, client: &Arc<C>) {
+        let page = page & !0xfff;
+        let mut b = self.buckets[Self::index(mm, page)].lock();
+        if let Some(i) = b.iter().position(|e| e.mm == mm && e.page == page && Arc::ptr_eq(&e.client, client)) {
+            b.swap_remove(i);
+            users.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The translations of `[lo, hi)` in `mm` changed (the page tables
+    /// already say so): call `callback(client, page)` for every entry there,
+    /// under its bucket lock. `users` is `mm`'s count of entries: with none,
+    /// this is one fence and one load.
+    pub(crate) fn invalidate(&self, users: &AtomicUsize, mm: u64, lo: u64, hi: u64, callback: impl Fn(&Arc<C>, u64)) {
+        fence(Ordering::SeqCst);
+        if users.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let (lo, hi) = (lo & !0xfff, hi);
+        let pages = hi.saturating_sub(lo).div_ceil(4096);
+        let call = |index: usize| {
+            let b = self.buckets[index].lock();
+            for e in b.iter().filter(|e| e.mm == mm && e.page >= lo && e.page < hi) {
+                callback(&e.client, e.page);
+            }
+        };
+        if pages <= BUCKETS as u64 {
+            let mut page = lo;
+            while page < hi {
+                call(Self::index(mm, page));
+                page += 4096;
+            }
+        } else {
+            (0..BUCKETS).for_each(call);
+        }
+    }
+
+    /// Entries attached for `mm` (for audits and tests).
+    #[cfg(not(loom))]
+    pub(crate) fn count_for(&self, mm: u64) -> usize {
+        self.buckets.iter().map(|b| b.lock().iter().filter(|e| e.mm == mm).count()).sum()
+    }
+}
