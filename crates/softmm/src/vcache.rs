@@ -90,6 +90,13 @@ impl<C> Bucket<'_, C> {
         self.guard.push(Entry { mm, page: page & !0xfff, client });
         fence(Ordering::SeqCst);
     }
+
+    /// Call `f` for every entry of `(mm, page)` in this bucket (with the
+    /// bucket still locked).
+    pub(crate) fn each(&self, mm: u64, page: u64, mut f: impl FnMut(&Arc<C>)) {
+        let page = page & !0xfff;
+        self.guard.iter().filter(|e| e.mm == mm && e.page == page).for_each(|e| f(&e.client));
+    }
 }
 
 impl<C> Default for Vcache<C> {
@@ -160,7 +167,6 @@ impl<C> Vcache<C> {
     }
 
     /// Entries attached for `mm` (for audits and tests).
-    #[cfg(not(loom))]
     pub(crate) fn count_for(&self, mm: u64) -> usize {
         self.buckets.iter().map(|b| b.lock().iter().filter(|e| e.mm == mm).count()).sum()
     }

@@ -153,39 +153,6 @@ impl Futexes {
         }
         Ok(())
     }
-
-    /// The vcache callback for a waiter: `(mm, page)`'s translation changed;
-    /// move the waiter to the key of what the page maps now. Runs under the
-    /// vcache bucket lock, with `mm`'s `mmap_lock` held by the caller.
-    fn follow(&self, arena: &FrameArena, node: &Arc<Node>, mm: u64, page: u64, lookup: &dyn Fn(u64) -> Translation) {
-        let (key, tracked) = {
-            let inner = node.inner.lock();
-            (inner.key, inner.tracked)
-        };
-        if node.state() != WaitState::Waiting || tracked != Some((mm, page)) {
-            return;
-        }
-        let offset = match key {
-            FutexKey::Frame { offset, .. } => offset,
-            FutexKey::Private { addr, .. } => (addr & 0xfff) as u32,
-            FutexKey::Shared { offset, .. } => (offset & 0xfff) as u32,
-        };
-        let addr = page + u64::from(offset);
-        let new = match lookup(addr) {
-            Translation::Frame(frame) => FutexKey::Frame { frame, offset },
-            Translation::Zero => FutexKey::Private { mm, addr },
-            // Unmapped or gone: stay on the frame waited on (still
-            // referenced), reachable through its other mappings.
-            Translation::None => return,
-        };
-        if new == key {
-            if let Some(f) = new.frame() {
-                arena.put(f);
-            }
-            return;
-        }
-        self.table.rekey(node, &key, new, arena);
-    }
 }
 
 /// Fire the vcache for `[lo, hi)` of `mm` after its page tables changed.
@@ -197,7 +164,9 @@ pub(crate) fn invalidate(mm: &MmInner, st: Option<&MmState>, lo: u64, hi: u64) {
         Some(st) => resolve::translation(mm, st, va),
         None => Translation::None,
     };
-    fx.vcache.invalidate(&mm.vcache_users, mm.id, lo, hi, |node, page| fx.follow(arena, node, mm.id, page, &lookup));
+    fx.vcache.invalidate(&mm.vcache_users, mm.id, lo, hi, |node, page| {
+        table::follow(&fx.table, arena, node, mm.id, page, &lookup)
+    });
 }
 
 /// A deadline for a wait.
@@ -241,6 +210,48 @@ fn resolve(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Result<Resolv
     match mm.machine.config.futex_keys {
         FutexKeys::Physical => resolve::physical(mm, st, va, intent),
         FutexKeys::Linux => resolve::linux(mm, st, va, intent),
+    }
+}
+
+/// With `addr`'s vcache bucket locked (physical keys): the translation now,
+/// every waiter following the page brought to its key, and that key.
+fn settled(mm: &MmInner, st: &MmState, vb: &crate::vcache::Bucket<'_, Node>, addr: u64) -> Result<Resolved> {
+    let page = addr & !0xfff;
+    let now = resolve::translation(mm, st, addr);
+    table::settle(&mm.machine.futexes.table, mm.arena(), vb, mm.id, page, now);
+    match now {
+        Translation::Frame(frame) => {
+            Ok(Resolved { key: FutexKey::Frame { frame, offset: (addr & 0xfff) as u32 }, frame })
+        }
+        _ => resolve::physical(mm, st, addr, Intent::Wake),
+    }
+}
+
+type BucketPair<'a> = (crate::vcache::Bucket<'a, Node>, Option<crate::vcache::Bucket<'a, Node>>);
+
+/// The locked bucket of `(mm, page)` among two from `Vcache::lock_two`.
+fn bucket_of<'p, 'a>(vbs: &'p mut BucketPair<'a>, mm: u64, page: u64) -> &'p mut crate::vcache::Bucket<'a, Node> {
+    let want = Vcache::<Node>::index(mm, page & !0xfff);
+    match &mut vbs.1 {
+        Some(b) if b.index == want => b,
+        _ => &mut vbs.0,
+    }
+}
+
+/// `settled` for the two pages of a requeue or wake-op, keys re-derived by
+/// the caller (whose re-check under the futex locks retries if they moved).
+fn settle_two(mm: &MmInner, st: &MmState, vbs: &BucketPair<'_>, addr: u64, addr2: u64) {
+    for a in [addr, addr2] {
+        let want = Vcache::<Node>::index(mm.id, a & !0xfff);
+        let vb = match &vbs.1 {
+            Some(b) if b.index == want => b,
+            _ => &vbs.0,
+        };
+        let now = resolve::translation(mm, st, a);
+        table::settle(&mm.machine.futexes.table, mm.arena(), vb, mm.id, a & !0xfff, now);
+        if let Translation::Frame(f) = now {
+            mm.arena().put(f);
+        }
     }
 }
 
@@ -338,22 +349,21 @@ impl crate::Mm {
             return Err(Error::Fault { addr });
         }
         let fx = &mm.machine.futexes;
-        let r = resolve(mm, &st, addr, Intent::Wake)?;
-        if !fx.table.maybe_waiters(&r.key) {
-            r.release_frame(mm);
-            return Ok(0);
-        }
         if !physical(mm) || mm.vcache_users.load(Ordering::SeqCst) == 0 {
-            let n = fx.table.wake(&r.key, n, bitset);
+            // No waiter follows a page of this mm: nothing can be half-moved.
+            let r = resolve(mm, &st, addr, Intent::Wake)?;
+            let n = if fx.table.maybe_waiters(&r.key) { fx.table.wake(&r.key, n, bitset) } else { 0 };
             r.release_frame(mm);
             return Ok(n);
         }
-        // One of this mm's waiters may be moving: look again with its
-        // vcache bucket held, so no callback runs between look and wake.
-        r.release_frame(mm);
-        let _vb = fx.vcache.lock(mm.id, addr & !0xfff);
-        let r = resolve(mm, &st, addr, Intent::Wake)?;
+        // A COW may have changed the page and not yet moved this mm's
+        // waiters: look with the page's vcache bucket held, and settle
+        // pending moves to what we see.
+        let page = addr & !0xfff;
+        let vb = fx.vcache.lock(mm.id, page);
+        let r = settled(mm, &st, &vb, addr)?;
         let n = fx.table.wake(&r.key, n, bitset);
+        drop(vb);
         r.release_frame(mm);
         Ok(n)
     }
@@ -391,6 +401,9 @@ impl crate::Mm {
             };
             let (page1, page2) = (addr & !0xfff, addr2 & !0xfff);
             let mut vbs = physical(mm).then(|| fx.vcache.lock_two(mm.id, page1, page2));
+            if let Some(vbs) = &vbs {
+                settle_two(mm, &st, vbs, addr, addr2);
+            }
             let result = fx.table.requeue(
                 &r1.key,
                 &r2.key,
@@ -410,12 +423,8 @@ impl crate::Mm {
                 },
                 |node, inner| {
                     // Physical keys follow the new page from now on.
-                    let Some((a, b)) = vbs.as_mut() else { return };
-                    let vb = match b {
-                        Some(b) if b.index == crate::vcache::Vcache::<Node>::index(mm.id, page2) => b,
-                        _ => a,
-                    };
-                    vb.attach(&mm.vcache_users, mm.id, page2, node.clone());
+                    let Some(vbs) = vbs.as_mut() else { return };
+                    bucket_of(vbs, mm.id, page2).attach(&mm.vcache_users, mm.id, page2, node.clone());
                     inner.entries.push((mm.id, page2, mm.vcache_users.clone()));
                     inner.tracked = Some((mm.id, page2));
                 },
@@ -454,6 +463,9 @@ impl crate::Mm {
             };
             let vbs = (physical(mm) && mm.vcache_users.load(Ordering::SeqCst) > 0)
                 .then(|| fx.vcache.lock_two(mm.id, addr & !0xfff, addr2 & !0xfff));
+            if let Some(vbs) = &vbs {
+                settle_two(mm, &st, vbs, addr, addr2);
+            }
             let result = fx.table.wake_op(&r1.key, n, &r2.key, n2, || {
                 if !resolve::still_maps(mm, &st, addr, r1.frame, false)
                     || !resolve::still_maps(mm, &st, addr2, r2.frame, true)

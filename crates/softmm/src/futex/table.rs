@@ -17,6 +17,7 @@
 use super::key::FutexKey;
 use crate::phys::FrameId;
 use crate::sync::{fence, Arc, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::vcache::Translation;
 use std::collections::VecDeque;
 
 const BUCKETS: usize = if cfg!(loom) { 2 } else { 512 };
@@ -358,6 +359,71 @@ impl FutexTable {
             return why;
         }
     }
+}
+
+/// The vcache callback for a waiter: `(mm, page)`'s translation changed;
+/// move the waiter to the key of what the page maps now. Runs under the
+/// vcache bucket lock, with `mm`'s `mmap_lock` held by the caller; `lookup`
+/// returns frames referenced.
+pub(crate) fn follow(
+    table: &FutexTable,
+    refs: &dyn FrameRefs,
+    node: &Arc<Node>,
+    mm: u64,
+    page: u64,
+    lookup: &dyn Fn(u64) -> Translation,
+) {
+    let (key, tracked) = {
+        let inner = node.inner.lock();
+        (inner.key, inner.tracked)
+    };
+    if node.state() != WaitState::Waiting || tracked != Some((mm, page)) {
+        return;
+    }
+    let offset = match key {
+        FutexKey::Frame { offset, .. } => offset,
+        FutexKey::Private { addr, .. } => (addr & 0xfff) as u32,
+        FutexKey::Shared { offset, .. } => (offset & 0xfff) as u32,
+    };
+    let addr = page + u64::from(offset);
+    let new = match lookup(addr) {
+        Translation::Frame(frame) => FutexKey::Frame { frame, offset },
+        Translation::Zero => FutexKey::Private { mm, addr },
+        // Unmapped or gone: stay on the frame waited on (still referenced),
+        // reachable through its other mappings.
+        Translation::None => return,
+    };
+    if new == key {
+        if let Some(f) = new.frame() {
+            refs.put(f);
+        }
+        return;
+    }
+    table.rekey(node, &key, new, refs);
+}
+
+/// A waker's half of the vcache protocol. With `(mm, page)`'s vcache
+/// bucket locked, bring every waiter following that page to the key of
+/// `now` (the translation the waker is about to use, its frame referenced
+/// by the waker). A COW may have changed the page table and still be
+/// waiting for this bucket to move the waiters: without this, a wake
+/// through the new frame would miss them (found by the loom model).
+pub(crate) fn settle(
+    table: &FutexTable,
+    refs: &dyn FrameRefs,
+    bucket: &crate::vcache::Bucket<'_, Node>,
+    mm: u64,
+    page: u64,
+    now: Translation,
+) {
+    bucket.each(mm, page, |node| {
+        follow(table, refs, node, mm, page, &|_| {
+            if let Translation::Frame(f) = now {
+                refs.get(f);
+            }
+            now
+        })
+    });
 }
 
 /// Move up to `limit` waiters of `key` whose bitset meets `bitset` from `q`
