@@ -390,8 +390,12 @@ pub(crate) fn follow(
         Translation::Frame(frame) => FutexKey::Frame { frame, offset },
         Translation::Zero => FutexKey::Private { mm, addr },
         // Unmapped or gone: stay on the frame waited on (still referenced),
-        // reachable through its other mappings.
-        Translation::None => return,
+        // reachable through its other mappings, and stop following the page
+        // (a page mapped there later is a different page).
+        Translation::None => {
+            node.inner.lock().tracked = None;
+            return;
+        }
     };
     if new == key {
         if let Some(f) = new.frame() {
