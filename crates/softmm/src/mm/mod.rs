@@ -18,7 +18,13 @@
 //!    the `mmap_lock` is held for reading, and shrink under the write lock. A
 //!    shared PTE table is freed only by its last sharer, under that sharer's
 //!    write lock.
-//! 4. anon_vma lock (reverse-map issue), vcache bucket, futex bucket (later issues).
+//! 4. anon_vma lock (reverse-map issue, later), then a vcache bucket
+//!    (`vcache.rs`; two only in index order), then a futex bucket
+//!    (`futex/table.rs`; two only in index order), then a futex waiter's own
+//!    mutex. Changers of translations call the vcache only after releasing
+//!    the page-table lock, and waiters re-check translations by lock-free
+//!    walks, so no vcache or futex lock is ever held while a page-table lock
+//!    is taken (the cycle in seed 003's `queue_me` cannot form).
 //! 5. Leaf locks: a shared object's page index (`ShmObject::pages`), the
 //!    frame allocator's mutexes, the registry mutexes of `Machine`, and the
 //!    TLB shootdown slot list (`Shootdown::slots`).
