@@ -89,6 +89,8 @@ pub(crate) struct Futexes {
     pub(crate) vcache: Vcache<Node>,
     /// Waiters holding a frame reference through their key, for audits.
     live: parking_lot::Mutex<std::collections::HashMap<usize, Arc<Node>>>,
+    /// `live.len()`, readable without the lock (COW's reuse test).
+    live_count: std::sync::atomic::AtomicUsize,
 }
 
 impl FrameRefs for FrameArena {
@@ -303,7 +305,7 @@ impl crate::Mm {
             let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
             if let Some(vb) = vb.as_mut() {
                 if waiter.attach_once(vb, mm, page) {
-                    fx.live.lock().insert(Arc::as_ptr(&node) as usize, node.clone());
+                    fx.remember(&node);
                 }
             }
             let verdict = fx.table.queue(&node, r.key, || {
@@ -534,8 +536,28 @@ impl crate::Mm {
 }
 
 impl Futexes {
+    fn remember(&self, node: &Arc<Node>) {
+        let mut live = self.live.lock();
+        live.insert(Arc::as_ptr(node) as usize, node.clone());
+        self.live_count.store(live.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn forget(&self, node: &Arc<Node>) {
-        self.live.lock().remove(&(Arc::as_ptr(node) as usize));
+        let mut live = self.live.lock();
+        live.remove(&(Arc::as_ptr(node) as usize));
+        self.live_count.store(live.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// References on `f` held by futex waiters' keys. COW leaves them out
+    /// of its "is this page exclusive" test, so a wait never causes a copy
+    /// that the same history without it would not (seed 003). A count that
+    /// races with a waiter leaving only errs toward copying.
+    pub(crate) fn refs_on(&self, f: FrameId) -> u32 {
+        if self.live_count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let live = self.live.lock();
+        live.values().filter(|n| n.inner.lock().key.frame() == Some(f)).count() as u32
     }
 }
 

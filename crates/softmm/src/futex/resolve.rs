@@ -4,8 +4,9 @@
 //! - `linux` mode is today's Linux (`get_futex_key` of a non-private futex):
 //!   get the page as `get_user_pages_fast(FOLL_WRITE)` would — which breaks
 //!   COW and fills holes — falling back to a read-only get when the mapping
-//!   is not writable; then key by `(mm, address)` for private memory and by
-//!   `(object, offset)` for shared memory.
+//!   is not writable (Linux then refuses anonymous memory with `EFAULT`: a
+//!   read-only private word can never change); then key by `(mm, address)`
+//!   for private memory and by `(object, offset)` for shared memory.
 //! - `physical` mode keys by the frame and offset. A wait does not break COW
 //!   (seed 003: "a nonintrusive futex-wait will not cause extra COW-copying"),
 //!   so waiters of a parent and a forked child meet in one queue; only a
@@ -47,7 +48,7 @@ pub(super) enum Intent {
     Modify,
 }
 
-fn vma_for<'a>(st: &'a MmState, va: u64) -> Result<&'a Vma> {
+fn vma_for(st: &MmState, va: u64) -> Result<&Vma> {
     match st.vmas.find(va) {
         Some(v) if v.prot.readable() => Ok(v),
         _ => Err(Error::Fault { addr: va }),
@@ -79,6 +80,13 @@ fn gup(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, need_write: bool) -> Resu
 pub(super) fn linux(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Result<Resolved> {
     let vma = vma_for(st, va)?;
     let frame = gup(mm, st, vma, va, intent == Intent::Modify)?;
+    // Linux's get_futex_key refuses a page it could only get read-only when
+    // it is anonymous (or the zero page): such a word can never change. The
+    // read-only get has already faulted the page in, as on Linux.
+    if matches!(vma.backing, Backing::Anon(_)) && !vma.prot.writable() {
+        mm.arena().put(frame);
+        return Err(Error::Fault { addr: va });
+    }
     let key = match &vma.backing {
         Backing::Anon(_) => FutexKey::Private { mm: mm.id, addr: va },
         Backing::Shm(obj) => FutexKey::Shared { object: obj.id(), offset: vma.pgoff_of(va) * 4096 + (va & 0xfff) },

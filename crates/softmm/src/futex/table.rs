@@ -245,6 +245,7 @@ impl FutexTable {
     /// the rest to `k2`, calling `moved` for each (under the locks) so the
     /// caller can retarget its vcache tracking. Frame references move with
     /// the key. Returns woken + requeued.
+    #[allow(clippy::too_many_arguments)] // the futex call's own arguments, plus two hooks
     pub(crate) fn requeue<E>(
         &self,
         k1: &FutexKey,

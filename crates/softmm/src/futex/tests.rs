@@ -234,3 +234,37 @@ fn waiter_survives_munmap_dontneed_exit() {
     assert_eq!(w.wait(None), Ok(()));
     audit(&p);
 }
+
+#[test]
+fn a_wait_causes_no_extra_copy() {
+    // Seed 003: a waiter's frame reference must not turn a reuse into a copy.
+    let m = machine(FutexKeys::Physical);
+    let p = space(&m, MapKind::Private);
+    p.write(A, &6u32.to_ne_bytes()).unwrap();
+    let f = p.phys(A);
+    let w = p.futex_wait_start(A, 6, BITSET_MATCH_ANY).unwrap();
+    p.mprotect(A, 4096, Prot::READ).unwrap();
+    p.mprotect(A, 4096, Prot::RW).unwrap();
+    p.write(A + 4, b"x").unwrap();
+    assert_eq!(p.phys(A), f, "reused in place");
+    // After fork and the child's exit the parent's write reuses too.
+    let c = p.fork().unwrap();
+    drop(c);
+    p.write(A + 4, b"y").unwrap();
+    assert_eq!(p.phys(A), f);
+    audit(&p);
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 1);
+    assert_eq!(w.wait(None), Ok(()));
+    audit(&p);
+}
+
+#[test]
+fn linux_keys_refuse_read_only_private() {
+    let m = machine(FutexKeys::Linux);
+    let p = space(&m, MapKind::Private);
+    p.mprotect(A, 4096, Prot::READ).unwrap();
+    assert_eq!(p.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap_err().errno(), errno::EFAULT);
+    assert_eq!(p.futex_wake(A, 1).unwrap_err().errno(), errno::EFAULT);
+    assert_eq!(p.phys(A), Some(crate::ZERO_FRAME), "the read-only get faulted the zero page in, as Linux");
+    audit(&p);
+}

@@ -235,8 +235,10 @@ fn do_wp_page(
         return Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY));
     }
     let old = pte.frame();
-    if arena.meta(old).refcount() == 1 {
-        // Exclusive: nobody else can see this frame, reuse it in place.
+    let refs = arena.meta(old).refcount();
+    if refs == 1 || refs == 1 + mm.machine.futexes.refs_on(old) {
+        // Exclusive: no other mapping can see this frame (futex waiters
+        // keyed by it follow this page anyway): reuse it in place.
         let new = pte.with(Pte::WRITE | Pte::DIRTY | Pte::ACCESSED | Pte::USER);
         arena.meta(old).set_flags(flags::DIRTY);
         g.set(va, new);
