@@ -19,8 +19,21 @@ pub enum On {
 /// How futexes are keyed (TRACE.md "Modes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FutexKeys {
+    /// By frame and offset: a wait does not break COW, and a wake reaches a
+    /// forked child's waiter until either side breaks COW of the page.
     Physical,
+    /// As Linux keys them: (mm, address) for private memory, (object,
+    /// offset) for shared memory; a wait breaks COW.
     Linux,
+}
+
+impl From<FutexKeys> for softmm::FutexKeys {
+    fn from(k: FutexKeys) -> softmm::FutexKeys {
+        match k {
+            FutexKeys::Physical => softmm::FutexKeys::Physical,
+            FutexKeys::Linux => softmm::FutexKeys::Linux,
+        }
+    }
 }
 
 /// Fork's page-table strategy (TRACE.md "Modes").
@@ -37,13 +50,19 @@ pub const EXIT_BAD_TRACE: u8 = 2;
 /// A failure that ends `replay` with status 2 after the lines before it ran.
 pub struct BadTrace(pub String);
 
-fn softmm_options(page_tables: PageTables) -> SoftmmOptions {
+fn softmm_options(page_tables: PageTables, keys: FutexKeys) -> SoftmmOptions {
     let fork_policy = match page_tables {
         PageTables::Shared => softmm::ForkPolicy::SharedTables,
         PageTables::Copy => softmm::ForkPolicy::CopyTables,
     };
     // Traces are small: audit the machine after every operation.
-    SoftmmOptions { fork_policy, check_invariants: true, ..SoftmmOptions::default() }
+    SoftmmOptions { fork_policy, check_invariants: true, futex_keys: keys.into(), ..SoftmmOptions::default() }
+}
+
+/// The options of softmm's side of a comparison with Linux: Linux's futex
+/// keys, since physical keys differ from Linux by design.
+fn diff_options(page_tables: PageTables) -> SoftmmOptions {
+    softmm_options(page_tables, FutexKeys::Linux)
 }
 
 enum Runner {
@@ -63,7 +82,8 @@ impl Runner {
 /// `softmm replay`: run `file` (`-` for standard input) line by line,
 /// printing one output line per operation. A malformed line stops the
 /// replay with a message naming it; what ran before it stays done.
-pub fn replay(file: &str, on: On, page_tables: PageTables, _keys: FutexKeys) -> Result<(), BadTrace> {
+/// `keys` applies to softmm only (Linux keys futexes its own way).
+pub fn replay(file: &str, on: On, page_tables: PageTables, keys: FutexKeys) -> Result<(), BadTrace> {
     let reader: Box<dyn BufRead> = if file == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -71,7 +91,7 @@ pub fn replay(file: &str, on: On, page_tables: PageTables, _keys: FutexKeys) -> 
         Box::new(std::io::BufReader::new(f))
     };
     let mut runner = match on {
-        On::Softmm => Runner::Softmm(Box::new(SoftmmRunner::new(softmm_options(page_tables)).map_err(BadTrace)?)),
+        On::Softmm => Runner::Softmm(Box::new(SoftmmRunner::new(softmm_options(page_tables, keys)).map_err(BadTrace)?)),
         On::Linux => Runner::Linux(Box::new(LinuxRunner::new().map_err(BadTrace)?)),
     };
     let out = std::io::stdout();
@@ -95,13 +115,13 @@ fn read_trace(file: &str) -> CliResult<Vec<Line>> {
     parse_trace(&text).map_err(|e| CliError(format!("{file}:{e}")))
 }
 
-/// `softmm diff`: each trace on softmm and on Linux. Returns whether all
-/// were the same (or softmm-only).
+/// `softmm diff`: each trace on softmm (with Linux's futex keys) and on
+/// Linux. Returns whether all were the same (or softmm-only).
 pub fn diff_files(files: &[String], page_tables: PageTables) -> CliResult<bool> {
     let mut all_same = true;
     for f in files {
         let lines = read_trace(f)?;
-        match diff(&lines, &softmm_options(page_tables)).map_err(|e| CliError(format!("{f}: {e}")))? {
+        match diff(&lines, &diff_options(page_tables)).map_err(|e| CliError(format!("{f}: {e}")))? {
             DiffResult::Same => println!("{f}: same"),
             DiffResult::SoftmmOnly => println!("{f}: skipped (softmm-only operations)"),
             DiffResult::Differs(d) => {
@@ -132,7 +152,7 @@ fn numbered(ops: &[Op]) -> Vec<Line> {
 /// each that differs, print the seed and a minimized trace. Returns whether
 /// all were the same.
 pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, profile: Profile) -> CliResult<bool> {
-    let opts = softmm_options(page_tables);
+    let opts = diff_options(page_tables);
     let mut failures = 0;
     let (mut shares, mut copies, mut reuses) = (0, 0, 0);
     for seed in first_seed..first_seed.saturating_add(traces) {

@@ -1,17 +1,22 @@
 //! The trace corpus (`tests/traces/`, format in TRACE.md) and the
 //! differential oracle, end to end through the `softmm` binary:
 //!
-//! - every `NAME.trace` replays on softmm to exactly `NAME.out`;
-//! - `softmm diff` finds every one of them the same on real Linux;
-//! - `futex/NAME.trace` replays on Linux to `NAME.linux.out` (softmm has
-//!   no futexes yet);
+//! - every `NAME.trace` replays on softmm, with Linux's futex keys, to
+//!   exactly `NAME.out`;
+//! - `softmm diff` (which keys futexes as Linux does) finds every one of
+//!   them the same on real Linux;
+//! - `futex-physical/NAME.trace` replays with physical futex keys to
+//!   `NAME.out` under both fork strategies (these differ from Linux by
+//!   design, so they are not diffed);
 //! - `softmm fuzz` finds no difference in 300 random traces;
 //! - `softmm replay` stops at a malformed line with status 2, and reads
 //!   standard input for `-`.
 //!
 //! To add a trace: write `NAME.trace` (starting with a comment saying what
-//! it checks), run `softmm replay NAME.trace > NAME.out`, read every line of
-//! the output against Linux semantics, and check `softmm diff NAME.trace`.
+//! it checks), run `softmm replay --futex-keys linux NAME.trace > NAME.out`
+//! (`--futex-keys physical` in `futex-physical/`), read every line of the
+//! output against Linux semantics (or the physical keys' design), and check
+//! `softmm diff NAME.trace`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,11 @@ fn text(b: &[u8]) -> String {
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("traces")
+}
+
+/// Traces of softmm's physical futex keys, which differ from Linux by design.
+fn physical_dir() -> PathBuf {
+    corpus_dir().join("futex-physical")
 }
 
 /// The `*.trace` files directly in `dir`, sorted.
@@ -156,28 +166,31 @@ fn corpus_is_complete_and_documented() {
     let traces = traces_in(&corpus_dir());
     assert!(traces.len() >= MIN_TRACES, "only {} traces in {}", traces.len(), short(&corpus_dir()));
     let mut failures = Vec::new();
-    for t in traces.iter().chain(&traces_in(&corpus_dir().join("futex"))) {
+    for t in traces.iter().chain(&traces_in(&physical_dir())) {
         let first = read(t).lines().next().unwrap_or_default().to_string();
         if !first.starts_with("# ") {
             failures.push(format!("{}: does not start with a comment saying what it checks", short(t)));
         }
-    }
-    for t in &traces {
         if !sibling(t, ".out").is_file() {
             failures.push(format!("{}: no expected output {}", short(t), short(&sibling(t, ".out"))));
-        }
-    }
-    for t in traces_in(&corpus_dir().join("futex")) {
-        if !sibling(&t, ".linux.out").is_file() {
-            failures.push(format!("{}: no expected output {}", short(&t), short(&sibling(&t, ".linux.out"))));
         }
     }
     fail_if_any("corpus checks", &failures);
 }
 
+/// How a replay's output must match the expected output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frames {
+    /// Line for line, frame numbers included.
+    Exact,
+    /// Line for line, frame numbers up to a consistent renaming (another
+    /// fork strategy allocates page tables, and so frames, differently).
+    Renamed,
+}
+
 /// Replay every trace of `dir` (with extra arguments) and compare its
-/// output with `NAME{suffix}`.
-fn replay_all(dir: &Path, args: &[&str], suffix: &str) {
+/// output with `NAME.out`.
+fn replay_all(dir: &Path, args: &[&str], frames: Frames) {
     let traces = traces_in(dir);
     assert!(!traces.is_empty(), "no traces in {}", short(dir));
     let mut failures = Vec::new();
@@ -189,7 +202,7 @@ fn replay_all(dir: &Path, args: &[&str], suffix: &str) {
             failures.push(format!("{name}: replay failed ({}):\n{err}", o.status));
             continue;
         }
-        let expected_path = sibling(t, suffix);
+        let expected_path = sibling(t, ".out");
         let expected = match std::fs::read_to_string(&expected_path) {
             Ok(e) => e,
             Err(e) => {
@@ -197,6 +210,10 @@ fn replay_all(dir: &Path, args: &[&str], suffix: &str) {
                 continue;
             }
         };
+        if frames == Frames::Renamed && renumber_frames(&expected) == renumber_frames(&out) {
+            continue;
+        }
+        let name = format!("{name} (replay {})", args.join(" "));
         if let Some(d) = first_difference(&name, &read(t), &expected, &out) {
             failures.push(d);
         }
@@ -206,7 +223,15 @@ fn replay_all(dir: &Path, args: &[&str], suffix: &str) {
 
 #[test]
 fn corpus_replays_to_expected_outputs() {
-    replay_all(&corpus_dir(), &[], ".out");
+    replay_all(&corpus_dir(), &["--futex-keys", "linux"], Frames::Exact);
+}
+
+#[test]
+fn physical_futex_traces_replay_to_expected_outputs() {
+    // Every output line but frame numbers is the same under both fork
+    // strategies (TRACE.md, "Modes").
+    replay_all(&physical_dir(), &["--futex-keys", "physical"], Frames::Exact);
+    replay_all(&physical_dir(), &["--futex-keys", "physical", "--page-tables", "copy"], Frames::Renamed);
 }
 
 /// Whether /proc/self/pagemap shows frame numbers (it does for root only).
@@ -252,11 +277,6 @@ fn corpus_is_the_same_on_linux() {
         }
     }
     fail_if_any(&format!("{} traces compared with Linux", traces.len()), &failures);
-}
-
-#[test]
-fn futex_corpus_replays_on_linux() {
-    replay_all(&corpus_dir().join("futex"), &["--on", "linux"], ".linux.out");
 }
 
 #[test]
@@ -326,6 +346,7 @@ fn malformed_line_stops_replay_with_status_2() {
         ("mmap P 0x10000000 4K rwx private", "protection"),
         ("write P 0x10000000 \"open", "unterminated"),
         ("read Q 0x10000000 2", "`Q`"), // no such address space
+        ("waiter W", "no waiter named `W`"),
     ];
     for on in ["softmm", "linux"] {
         for (bad, why) in cases {

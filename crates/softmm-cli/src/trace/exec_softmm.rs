@@ -1,11 +1,16 @@
 //! Running a trace on softmm.
 //!
 //! Each named address space is an [`Mm`]; operations map one to one onto the
-//! library's calls, and results are printed in the trace format. Operations
-//! of later issues (futexes, pins) answer `err ENOSYS` until they exist.
+//! library's calls, and results are printed in the trace format. A
+//! `futex_wait` queues a [`FutexWaiter`] without blocking (the trace runs
+//! on one thread), kept under its name until the name is reused or its
+//! address space exits. Pins answer `err ENOSYS` until they exist.
 
 use super::parse::{hex, Op, TKind, TProt};
-use softmm::{errno, Advice, Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SegvKind};
+use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+use softmm::{
+    errno, Advice, Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, Placement, Prot, SegvKind,
+};
 use std::collections::HashMap;
 
 /// Options of a softmm replay.
@@ -17,12 +22,22 @@ pub struct SoftmmOptions {
     /// Audit the whole machine (`check_invariants`) after every operation;
     /// a broken invariant stops the replay.
     pub check_invariants: bool,
+    /// How the machine keys futexes (`replay --futex-keys`; `diff` uses
+    /// Linux keys, as real Linux does).
+    pub futex_keys: FutexKeys,
+}
+
+/// A queued futex waiter and the address space that started it.
+struct NamedWaiter {
+    space: String,
+    waiter: FutexWaiter,
 }
 
 /// A trace's state on softmm: the machine and the named address spaces.
 pub struct SoftmmRunner {
     machine: Machine,
     spaces: HashMap<String, Mm>,
+    waiters: HashMap<String, NamedWaiter>,
     opts: SoftmmOptions,
 }
 
@@ -38,10 +53,11 @@ impl SoftmmRunner {
             arena_bytes: opts.arena_bytes.unwrap_or(1 << 30),
             cpu_caches: 1,
             prezero: false,
+            futex_keys: opts.futex_keys,
             ..Config::default()
         };
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;
-        Ok(SoftmmRunner { machine, spaces: HashMap::new(), opts })
+        Ok(SoftmmRunner { machine, spaces: HashMap::new(), waiters: HashMap::new(), opts })
     }
 
     /// The machine's counters so far.
@@ -50,7 +66,7 @@ impl SoftmmRunner {
     }
 
     fn mm(&self, a: &str) -> Result<&Mm, Fatal> {
-        self.spaces.get(a).ok_or_else(|| format!("no address space named `{a}` (never created, or exited)"))
+        self.spaces.get(a).ok_or_else(|| no_space(a))
     }
 
     /// Run one operation; returns its output line.
@@ -97,6 +113,9 @@ impl SoftmmRunner {
             }
             Op::Exit { a } => {
                 let mm = self.spaces.remove(a).ok_or_else(|| format!("no address space named `{a}`"))?;
+                // Its waiter threads end with it (dropping a waiter takes it
+                // off its queue), as a process's threads do.
+                self.waiters.retain(|_, w| w.space != *a);
                 mm.exit();
                 "ok".into()
             }
@@ -122,15 +141,53 @@ impl SoftmmRunner {
                 Some(s) => s.to_string(),
                 None => "none".into(),
             },
-            Op::FutexWait { a, .. } | Op::FutexWake { a, .. } => {
-                self.mm(a)?;
-                format!("err {}", errno::name(errno::ENOSYS))
+            Op::FutexWait { a, addr, val, w } => {
+                let mm = self.spaces.get(a).ok_or_else(|| no_space(a))?;
+                // A reused name replaces its waiter; one still queued is
+                // cancelled first (it leaves the queue, as a thread
+                // interrupted by a signal would).
+                self.waiters.remove(w);
+                match mm.futex_wait_start(*addr, *val, BITSET_MATCH_ANY) {
+                    Ok(waiter) => {
+                        let line = waiter_line(w, waiter.state())?;
+                        self.waiters.insert(w.clone(), NamedWaiter { space: a.clone(), waiter });
+                        line
+                    }
+                    Err(Error::Again) => "eagain".into(),
+                    Err(e) => err_line(&e),
+                }
             }
-            Op::Waiter { .. } | Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => {
-                format!("err {}", errno::name(errno::ENOSYS))
+            Op::FutexWake { a, addr, n } => match self.mm(a)?.futex_wake(*addr, *n) {
+                Ok(k) => format!("woken {k}"),
+                Err(e) => err_line(&e),
+            },
+            Op::Waiter { w } => {
+                let named = self.waiters.get(w).ok_or_else(|| {
+                    format!(
+                        "no waiter named `{w}` (never started, its futex_wait did not queue, or its address \
+                         space exited)"
+                    )
+                })?;
+                waiter_line(w, named.waiter.state())?
             }
+            Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => format!("err {}", errno::name(errno::ENOSYS)),
         })
     }
+}
+
+fn no_space(a: &str) -> Fatal {
+    format!("no address space named `{a}` (never created, or exited)")
+}
+
+/// The output line of a waiter's state. The replay never cancels a waiter
+/// it still holds, and a queued one is past `Idle`: either is a bug.
+fn waiter_line(w: &str, state: WaitState) -> Result<String, Fatal> {
+    Ok(match state {
+        WaitState::Waiting => "waiting".into(),
+        WaitState::Woken => "woken".into(),
+        WaitState::TimedOut => "timeout".into(),
+        WaitState::Idle | WaitState::Cancelled => return Err(format!("waiter `{w}` is in state {state:?}")),
+    })
 }
 
 fn prot_of(p: TProt) -> Prot {

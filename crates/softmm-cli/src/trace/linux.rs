@@ -5,6 +5,7 @@
 //! itself by name. `new A` starts a worker by re-executing this binary;
 //! `fork A B` asks worker A to fork, and waits for B to introduce itself.
 
+use super::linux_worker::FORGET_WAITER;
 use super::parse::Op;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -24,6 +25,8 @@ pub struct LinuxRunner {
     socket: PathBuf,
     listener: UnixListener,
     procs: HashMap<String, Proc>,
+    /// Which worker runs each queued (or finished) waiter thread.
+    waiters: HashMap<String, String>,
     spawned: Vec<Child>,
 }
 
@@ -46,7 +49,7 @@ impl LinuxRunner {
         // reaped in `reap_orphans`.
         // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        Ok(LinuxRunner { dir, socket, listener, procs: HashMap::new(), spawned: Vec::new() })
+        Ok(LinuxRunner { dir, socket, listener, procs: HashMap::new(), waiters: HashMap::new(), spawned: Vec::new() })
     }
 
     /// Wait for a worker to connect and introduce itself as `name`.
@@ -130,20 +133,34 @@ impl LinuxRunner {
                 if let Some(p) = self.procs.remove(a) {
                     reap(p.pid);
                 }
+                // Its waiter threads died with it.
+                self.waiters.retain(|_, b| b != a);
                 Ok(r)
             }
             Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => Ok("unsupported-on-linux".into()),
-            Op::Waiter { w } => {
-                // Waiters live in the process that started them; ask each.
-                let names: Vec<String> = self.procs.keys().cloned().collect();
-                for a in names {
-                    let r = self.ask(&a, &op.to_string());
-                    if let Ok(r) = r {
-                        return Ok(r);
-                    }
+            Op::FutexWait { a, w, .. } => {
+                if !self.procs.contains_key(a) {
+                    return Err(format!("no address space named `{a}` (never created, or exited)"));
                 }
-                Err(format!("no waiter named `{w}`"))
+                // A reused name replaces its waiter; a thread still waiting
+                // under it is interrupted first.
+                if let Some(b) = self.waiters.remove(w) {
+                    self.ask(&b, &format!("{FORGET_WAITER} {w}"))?;
+                }
+                let r = self.ask(a, &op.to_string())?;
+                if r == "waiting" || r == "woken" {
+                    self.waiters.insert(w.clone(), a.clone());
+                }
+                Ok(r)
             }
+            Op::Waiter { w } => match self.waiters.get(w).cloned() {
+                // Waiters live in the process that started them.
+                Some(a) => self.ask(&a, &op.to_string()),
+                None => Err(format!(
+                    "no waiter named `{w}` (never started, its futex_wait did not queue, or its address space \
+                     exited)"
+                )),
+            },
             op => match op.space() {
                 Some(a) => self.ask(a, &op.to_string()),
                 None => Err(format!("`{op}` names no address space")),

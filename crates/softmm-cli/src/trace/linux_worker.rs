@@ -10,6 +10,11 @@
 //! The worker never maps over its own memory: it remembers which pages the
 //! trace mapped (that set is inherited across fork, being plain memory) and
 //! refuses any operation that would touch a mapping outside it.
+//!
+//! A `futex_wait` starts a thread that does FUTEX_WAIT. Besides trace
+//! lines, the controller sends [`FORGET_WAITER`] when a waiter's name is
+//! reused: a thread still waiting is interrupted by a signal (its
+//! FUTEX_WAIT ends with EINTR, off the queue) and the name forgotten.
 
 use super::guarded::{self, Outcome};
 use super::parse::{hex, parse_line, Op, TKind, TProt};
@@ -19,6 +24,30 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 const PAGE: u64 = 4096;
+
+/// `__forget_waiter W`: end waiter W's wait, if it still waits, and forget it.
+pub const FORGET_WAITER: &str = "__forget_waiter";
+
+/// The signal that interrupts a waiter thread's FUTEX_WAIT.
+const INTERRUPT: libc::c_int = libc::SIGUSR1;
+
+extern "C" fn on_interrupt(_sig: libc::c_int) {}
+
+/// Catch [`INTERRUPT`] without SA_RESTART, so that a FUTEX_WAIT it
+/// interrupts returns EINTR instead of waiting again.
+fn install_interrupt_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_interrupt as *const () as usize;
+        sa.sa_flags = 0;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(INTERRUPT, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// Pages mapped by the trace: start -> end, merged.
 #[derive(Default)]
@@ -261,6 +290,25 @@ impl Worker {
         })
     }
 
+    /// Forget waiter `w`; if its thread still waits, interrupt it first and
+    /// wait until it has left FUTEX_WAIT (and so the futex queue).
+    fn forget(&mut self, w: &str) -> Result<String, String> {
+        let Some(waiter) = self.waiters.remove(w) else { return Ok("ok".into()) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while waiter.result.lock().ok().and_then(|g| *g).is_none() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("waiter `{w}` did not leave FUTEX_WAIT when interrupted"));
+            }
+            if let Some(tid) = waiter.tid.lock().ok().and_then(|g| *g) {
+                // SAFETY: signals one of this process's own waiter threads,
+                // whose handler does nothing.
+                unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, INTERRUPT) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok("ok".into())
+    }
+
     fn waiter(&mut self, w: &str) -> Result<String, String> {
         let waiter = self.waiters.get(w).ok_or_else(|| format!("no waiter named `{w}` in this process"))?;
         Ok(match settle(waiter) {
@@ -393,6 +441,7 @@ fn smaps(addr: u64) -> Result<String, String> {
 /// Entry point of `softmm __linux-worker SOCKET NAME`.
 pub fn main(socket: &str, name: &str) -> Result<(), String> {
     guarded::install_handler().map_err(|e| format!("installing the SIGSEGV handler: {e}"))?;
+    install_interrupt_handler().map_err(|e| format!("installing the SIGUSR1 handler: {e}"))?;
     // 4 KiB pages only, as softmm maps them: with transparent huge pages
     // set to `always`, smaps would count 2 MiB pages and differ.
     // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments.
@@ -408,6 +457,11 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
         let n = conn.read_line(&mut line).map_err(|e| format!("reading a command: {e}"))?;
         if n == 0 {
             return Ok(()); // the controller went away
+        }
+        if let Some(w) = line.trim_end().strip_prefix(FORGET_WAITER).map(str::trim) {
+            let reply = worker.forget(w).unwrap_or_else(|fatal| format!("fatal {fatal}"));
+            conn.get_mut().write_all(format!("{reply}\n").as_bytes()).map_err(|e| format!("sending a reply: {e}"))?;
+            continue;
         }
         let op = match parse_line(line.trim_end()) {
             Ok(Some(op)) => op,
