@@ -75,6 +75,7 @@ fn wake_counts_and_bitsets() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
 fn requeue_and_cmp_requeue() {
     for keys in both() {
         let m = machine(keys);
@@ -94,6 +95,7 @@ fn requeue_and_cmp_requeue() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
 fn wake_op_every_op_and_cmp() {
     let cases = [
         (WakeOpKind::Set, 7u32, 3u32, 7u32),
@@ -135,6 +137,7 @@ fn wake_op_every_op_and_cmp() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
 fn timeout_cancel_and_async() {
     for keys in both() {
         let m = machine(keys);
