@@ -46,6 +46,10 @@ pub enum Profile {
     /// or cover whole 2 MiB tables: exercises sharing, unsharing and
     /// dropping whole page tables across forks.
     Wide,
+    /// The small mix plus futex waits and wakes on a few hot words (waiter
+    /// names reused, so a wait may replace an earlier waiter), with writes
+    /// that set those words: futex keys across fork, COW, munmap and exit.
+    Futex,
 }
 
 /// Generate a trace of `ops` operations from `seed` with a profile.
@@ -66,6 +70,10 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             continue;
         }
         let a = live[r.below(live.len() as u64) as usize].clone();
+        if shape == Profile::Futex && r.chance(30) {
+            out.push(futex_op(&mut r, a));
+            continue;
+        }
         let op = match r.below(100) {
             0..=11 => Op::Mmap {
                 a,
@@ -99,6 +107,17 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
         out.push(op);
     }
     out
+}
+
+/// `Futex`: a wait, a wake, or a store of a small value, on one of 8 words
+/// of the 4 hottest pages.
+fn futex_op(r: &mut Rng, a: String) -> Op {
+    let addr = BASE + r.below(4) * 4096 + r.below(8) * 4;
+    match r.below(10) {
+        0..=3 => Op::FutexWait { a, addr, val: r.below(2) as u32, w: format!("W{}", r.below(4)) },
+        4..=6 => Op::FutexWake { a, addr, n: r.below(3) as u32 },
+        _ => Op::Write { a, addr, bytes: (r.below(2) as u32).to_ne_bytes().to_vec() },
+    }
 }
 
 fn fresh(next: &mut usize) -> String {

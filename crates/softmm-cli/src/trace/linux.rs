@@ -169,8 +169,8 @@ impl LinuxRunner {
     }
 }
 
-/// Wait (briefly) for a worker to be gone, so that its memory is released
-/// before the next operation. It may not be our child: a forked worker is
+/// Wait (briefly) for a worker to be gone, threads included, so that its
+/// memory is released before the next operation. It may not be our child: a forked worker is
 /// its parent's child (auto-reaped there); a zombie counts as gone.
 fn reap(pid: i32) {
     for _ in 0..2000 {
@@ -179,7 +179,10 @@ fn reap(pid: i32) {
         unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-        if stat.is_empty() || state == Some('Z') || state == Some('X') {
+        // A zombie leader may still have threads (futex waiters) exiting,
+        // and the last of them releases the memory: wait for them too.
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+        if stat.is_empty() || ((state == Some('Z') || state == Some('X')) && threads <= 1) {
             return;
         }
         std::thread::sleep(Duration::from_micros(500));

@@ -68,12 +68,43 @@ fn get_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> Result<Frame
 /// the mapping is not writable and the caller only reads (Linux's FUTEX_READ).
 fn gup(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, need_write: bool) -> Result<FrameId> {
     if vma.prot.writable() {
-        return get_page(mm, st, va, Access::Write);
+        return match gup_fast(mm, st, va, true) {
+            Some(f) => Ok(f),
+            None => get_page(mm, st, va, Access::Write),
+        };
     }
     if need_write {
         return Err(Error::Fault { addr: va });
     }
-    get_page(mm, st, va, Access::Read)
+    match gup_fast(mm, st, va, false) {
+        Some(f) => Ok(f),
+        None => get_page(mm, st, va, Access::Read),
+    }
+}
+
+/// `get_user_pages_fast`'s lock-free part: a present entry that already
+/// allows the access gives its frame (referenced) with no change at all —
+/// in particular a writable but clean entry stays clean, where a CPU's
+/// write would dirty it (visible in smaps as private_clean vs dirty).
+fn gup_fast(mm: &MmInner, st: &MmState, va: u64, write: bool) -> Option<FrameId> {
+    let pt = st.pt.as_ref()?;
+    let arena = mm.arena();
+    let page = va & !0xfff;
+    let pte = pt.follow_pte(arena, page);
+    if !pte.is_present() || !pte.is_user() || (write && !pte.is_writable()) {
+        return None;
+    }
+    let f = pte.frame();
+    if !arena.try_get(f) {
+        return None;
+    }
+    if pt.follow_pte(arena, page).raw() & !(crate::pte::Pte::ACCESSED | crate::pte::Pte::DIRTY)
+        == pte.raw() & !(crate::pte::Pte::ACCESSED | crate::pte::Pte::DIRTY)
+    {
+        return Some(f);
+    }
+    arena.put(f);
+    None
 }
 
 /// Key of `va` in `linux` mode.
