@@ -6,6 +6,32 @@
 //! of that page) or as today's Linux keys it ([`FutexKeys::Linux`]:
 //! `(mm, address)` for private memory, `(object, offset)` for shared).
 //!
+//! ```
+//! use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+//! use softmm::{Config, Machine, MapKind, Placement, Prot};
+//!
+//! let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() })?;
+//! let parent = machine.new_mm()?;
+//! let word = parent.mmap(0x1000_0000, 4096, Prot::RW, MapKind::Private, Placement::Fixed)?;
+//! parent.write(word, &0u32.to_ne_bytes())?;
+//! let child = parent.fork()?;
+//!
+//! // The child waits; the page is still shared copy-on-write, so the
+//! // parent's wake reaches it (physical keys).
+//! let waiter = child.futex_wait_start(word, 0, BITSET_MATCH_ANY)?;
+//! assert_eq!(parent.futex_wake(word, 1)?, 1);
+//! assert_eq!(waiter.state(), WaitState::Woken);
+//! waiter.wait(None)?;
+//!
+//! // Once the child breaks COW, its waiter follows its own copy.
+//! let waiter = child.futex_wait_start(word, 0, BITSET_MATCH_ANY)?;
+//! child.write(word + 8, b"x")?;
+//! assert_eq!(parent.futex_wake(word, 1)?, 0);
+//! assert_eq!(child.futex_wake(word, 1)?, 1);
+//! # drop(waiter);
+//! # Ok::<(), softmm::Error>(())
+//! ```
+//!
 //! In physical mode each waiter attaches a vcache entry for its
 //! `(mm, page)` before it re-checks the translation; every change of that
 //! translation calls back and the waiter is moved to the key of the new
