@@ -4,14 +4,14 @@
 //! - `softmm run` forks a populated process into children that read and
 //!   write it, verifies every byte it checks, and prints a report (phase
 //!   times, fault counts, frames, page tables, RSS/PSS).
-//! - `softmm bench fault|cow|fork|tlb|read|all [--vs-linux] [--json]` times
+//! - `softmm bench fault|cow|fork|tlb|read|futex|all [--vs-linux] [--json]` times
 //!   the same work on softmm and on Linux in the same run (see
 //!   `docs/BENCHMARKS.md` for the method).
 //!
-//! - `softmm replay [--on softmm|linux] FILE` runs a trace (the format of
-//!   `TRACE.md`); `softmm diff FILE...` runs traces on softmm and on Linux
-//!   and compares; `softmm gen` writes random traces and `softmm fuzz`
-//!   diffs many of them.
+//! - `softmm replay [--on softmm|linux] [--futex-keys physical|linux] FILE`
+//!   runs a trace (the format of `TRACE.md`); `softmm diff FILE...` runs
+//!   traces on softmm (with Linux's futex keys) and on Linux and compares;
+//!   `softmm gen` writes random traces and `softmm fuzz` diffs many of them.
 //!
 //! Errors (bad arguments, library errors, failed verification) end the
 //! process with a message on stderr and a non-zero status; nothing that user
@@ -47,7 +47,8 @@ enum Command {
     /// A malformed line stops the replay with status 2.
     Replay(ReplayArgs),
     /// Run traces on softmm and on real Linux processes and compare them line
-    /// by line (frames compared by who shares them, not by number).
+    /// by line (frames compared by who shares them, not by number). softmm
+    /// keys futexes as Linux does here.
     Diff(DiffArgs),
     /// Print a random trace.
     Gen(GenArgs),
@@ -66,7 +67,8 @@ struct ReplayArgs {
     /// Run on softmm (default) or on real Linux processes.
     #[arg(long, value_enum, default_value = "softmm")]
     on: trace_cmd::On,
-    /// Futex keys (futex operations answer ENOSYS until futexes are built).
+    /// How softmm keys futexes: by frame (default) or as Linux does.
+    /// Ignored with `--on linux`.
     #[arg(long, value_enum, default_value = "physical")]
     futex_keys: trace_cmd::FutexKeys,
     /// Fork's page-table strategy: share PTE tables (default) or copy them.
@@ -79,6 +81,7 @@ struct DiffArgs {
     /// Trace files.
     #[arg(required = true)]
     files: Vec<String>,
+    /// Fork's page-table strategy on softmm's side.
     #[arg(long, value_enum, default_value = "shared")]
     page_tables: trace_cmd::PageTables,
 }
@@ -145,8 +148,8 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Memory size per benchmark (default: fault 64M, cow 64M, read 64M,
-    /// tlb 1M; fork: the --sizes default, 256M with `all`). With `all`,
-    /// applies to every benchmark but tlb.
+    /// tlb 1M, futex 16M (its COW region); fork: the --sizes default, 256M
+    /// with `all`). With `all`, applies to every benchmark but tlb and futex.
     #[arg(long, value_parser = units::parse_size)]
     size: Option<u64>,
     /// fork only: resident sizes to fork, comma-separated (default
@@ -180,6 +183,9 @@ pub enum BenchKind {
     Tlb,
     /// Sequential 4 KiB page reads through an accessor vs memcpy.
     Read,
+    /// Futexes vs futex(2): wake and EAGAIN rates, ping-pong, a contended
+    /// mutex with 2/4/8 threads, the vcache's cost to a COW fault.
+    Futex,
     /// All of the above.
     All,
 }

@@ -137,6 +137,31 @@ fn bench_read_json() {
 }
 
 #[test]
+fn bench_futex_json() {
+    let o = softmm(&["bench", "futex", "--vs-linux", "--json", "--size", "4M", "--reps", "1"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "futex");
+    for key in [
+        "wake_ratio_vs_linux",
+        "pingpong_ratio_vs_linux",
+        "eagain_ratio_vs_linux",
+        "mutex_ratio_vs_linux",
+        "wake_softmm_ns",
+        "wake_linux_ns",
+        "eagain_softmm_ns",
+        "pingpong_softmm_ns",
+        "cow_fault_ns",
+        "vcache_check_percent_of_cow",
+    ] {
+        positive(&v, key);
+    }
+    let mutex = v["mutex"].as_array().map(Vec::len);
+    assert_eq!(mutex, Some(3), "{v}");
+    assert!(v["target_met"].is_boolean(), "{v}");
+}
+
+#[test]
 fn bad_arguments_fail_clearly() {
     let cases: [(&[&str], &str); 6] = [
         (&["run", "--size", "12X"], "size suffix"),

@@ -56,6 +56,11 @@ impl Accessor {
         Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0, light }
     }
 
+    /// The identity of the address space this accessor reads ([`crate::Mm::id`]).
+    pub fn mm_id(&self) -> u64 {
+        self.mm.id
+    }
+
     /// TLB misses so far.
     pub fn misses(&self) -> u64 {
         self.misses
@@ -225,6 +230,57 @@ impl Accessor {
     #[inline]
     pub fn fetch_add_u32(&mut self, addr: u64, v: u32) -> Result<u32> {
         self.word(addr, true, |w: &AtomicU32| w.fetch_add(v, Ordering::AcqRel))
+    }
+
+    /// Whether futex calls may take the accessor's shortcuts: physical keys
+    /// (Linux keys must fault as Linux's GUP does) and no waiter following a
+    /// page of this address space (so no waiter is half-moved by a COW).
+    #[inline]
+    fn futex_shortcut(&self) -> bool {
+        self.mm.machine.config.futex_keys == crate::futex::FutexKeys::Physical
+            && self.mm.vcache_users.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// The frame of the word at `addr` through the TLB (a read access).
+    #[inline]
+    fn futex_frame(&mut self, addr: u64) -> Result<crate::phys::FrameId> {
+        let p = self.with_page(addr, false, |p| p as usize).map_err(|e| match e {
+            Error::Segv { .. } => Error::Fault { addr },
+            e => e,
+        })?;
+        Ok(self.arena().frame_of_ptr(p as *const u8))
+    }
+
+    /// FUTEX_WAKE, as [`crate::Mm::futex_wake`], with a shortcut: with
+    /// physical keys, a wake that finds nobody waiting costs a TLB hit, a
+    /// fence and a load (no lock, no page walk).
+    pub fn futex_wake(&mut self, addr: u64, n: u32) -> Result<u32> {
+        if addr % 4 == 0 && self.futex_shortcut() {
+            let frame = self.futex_frame(addr)?;
+            if frame != crate::phys::ZERO_FRAME {
+                let key = crate::futex::FutexKey::Frame { frame, offset: (addr & 0xfff) as u32 };
+                if !self.mm.machine.futexes.table.maybe_waiters(&key) {
+                    return Ok(0);
+                }
+            }
+        }
+        crate::futex::wake_bitset(&self.mm, addr, n, crate::futex::BITSET_MATCH_ANY)
+    }
+
+    /// FUTEX_WAIT, as [`crate::Mm::futex_wait`], with a shortcut: with
+    /// physical keys, a word that differs is `EAGAIN` after one TLB read.
+    pub fn futex_wait(&mut self, addr: u64, val: u32, timeout: Option<std::time::Duration>) -> Result<()> {
+        if addr % 4 == 0 && self.mm.machine.config.futex_keys == crate::futex::FutexKeys::Physical {
+            let now = self.word(addr, false, |w: &AtomicU32| w.load(Ordering::SeqCst)).map_err(|e| match e {
+                Error::Segv { .. } => Error::Fault { addr },
+                e => e,
+            })?;
+            if now != val {
+                return Err(Error::Again);
+            }
+        }
+        crate::futex::wait_start(&self.mm, addr, val, crate::futex::BITSET_MATCH_ANY)?
+            .wait(timeout.map(crate::futex::Timeout::After))
     }
 
     /// The arena, for callers inside the crate.

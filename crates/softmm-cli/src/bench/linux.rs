@@ -13,6 +13,7 @@
 use super::Keep;
 use crate::error::{os_error, CliError, CliResult};
 use crate::units::PAGE;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// An anonymous private mapping of this process, unmapped on drop.
 pub struct Region {
@@ -78,6 +79,29 @@ impl Region {
             // len is a multiple of PAGE); `&mut self` excludes shared views.
             unsafe { std::ptr::write_bytes(self.ptr.add(off), byte, PAGE as usize) }
         }
+    }
+
+    /// The aligned 32-bit word at byte `off`, as an atomic (`None` if it is
+    /// out of the mapping or misaligned): a futex word.
+    pub fn atomic_u32(&self, off: usize) -> Option<&AtomicU32> {
+        if off % 4 != 0 || off.checked_add(4).is_none_or(|end| end > self.len) {
+            return None;
+        }
+        // SAFETY: `off + 4 <= len`, inside the mapping, which lives as long as
+        // `&self`; the mapping is page-aligned and `off` a multiple of 4, so
+        // the pointer is aligned for `AtomicU32`. While `&self` lives, the
+        // memory is only accessed through such atomics (the plain writers
+        // take `&mut self`).
+        Some(unsafe { &*self.ptr.add(off).cast::<AtomicU32>() })
+    }
+
+    /// The aligned 64-bit word at byte `off`, as an atomic (as `atomic_u32`).
+    pub fn atomic_u64(&self, off: usize) -> Option<&AtomicU64> {
+        if off % 8 != 0 || off.checked_add(8).is_none_or(|end| end > self.len) {
+            return None;
+        }
+        // SAFETY: as in `atomic_u32`, for an 8-byte word at an 8-aligned offset.
+        Some(unsafe { &*self.ptr.add(off).cast::<AtomicU64>() })
     }
 
     /// The bytes of page `i` (`i < pages()`, else an empty slice).

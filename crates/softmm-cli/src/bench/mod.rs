@@ -1,5 +1,8 @@
 //! `softmm bench`: time the same work on softmm and on Linux in one run.
 //!
+//! (futex, in `futex.rs`, times futex calls, ping-pong, a contended mutex
+//! and the vcache's cost to a COW fault.)
+//!
 //! fault and cow report WARM and COLD figures (see `docs/BENCHMARKS.md`;
 //! fork, in `fork.rs`, reports warm figures over several sizes):
 //! on a VM the first touch of never-used memory costs the host a fault of
@@ -20,6 +23,7 @@
 //! machine is alive while Linux forks (fork copies this whole process).
 
 pub mod fork;
+pub mod futex;
 pub mod linux;
 pub mod softmm_side;
 
@@ -92,7 +96,9 @@ fn say(pb: &ProgressBar, msg: String) {
 
 pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     let list = match which {
-        BenchKind::All => vec![BenchKind::Fault, BenchKind::Cow, BenchKind::Fork, BenchKind::Tlb, BenchKind::Read],
+        BenchKind::All => {
+            vec![BenchKind::Fault, BenchKind::Cow, BenchKind::Fork, BenchKind::Tlb, BenchKind::Read, BenchKind::Futex]
+        }
         k => vec![k],
     };
     let all = which == BenchKind::All;
@@ -106,8 +112,8 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     let mut missed = Vec::new();
     for (n, k) in list.into_iter().enumerate() {
         // With `all`, --size applies to every bench but tlb, whose working
-        // set must fit its TLB.
-        let size = if all && k == BenchKind::Tlb { None } else { o.size };
+        // set must fit its TLB, and futex, whose COW region keeps its default.
+        let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex) { None } else { o.size };
         let (text, json, met) = match k {
             BenchKind::Fault | BenchKind::Cow => pair(k, o, size)?,
             BenchKind::Fork => {
@@ -121,6 +127,7 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
             }
             BenchKind::Tlb => tlb(o, size)?,
             BenchKind::Read => read(o, size)?,
+            BenchKind::Futex => futex::futex(o, size)?,
             BenchKind::All => unreachable_all()?,
         };
         if met == Some(false) {

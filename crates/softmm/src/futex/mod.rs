@@ -314,51 +314,7 @@ impl crate::Mm {
     /// blocking. The returned [`FutexWaiter`] is then waited on (blocking,
     /// or as a `Future`), polled, or cancelled; dropping it leaves the queue.
     pub fn futex_wait_start(&self, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
-        check_addr(addr)?;
-        check_bitset(bitset)?;
-        let mm = &self.inner;
-        let st = mm.state.read();
-        if st.pt.is_none() {
-            return Err(Error::Fault { addr });
-        }
-        let node = Arc::new(Node::new(FutexKey::Private { mm: mm.id, addr }, bitset));
-        let waiter = FutexWaiter::new(mm.clone(), node.clone());
-        let fx = &mm.machine.futexes;
-        let page = addr & !0xfff;
-        loop {
-            let r = resolve(mm, &st, addr, Intent::Wait)?;
-            // Physical keys: publish the vcache entry before the re-check.
-            let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
-            if let Some(vb) = vb.as_mut() {
-                if waiter.attach_once(vb, mm, page) {
-                    fx.remember(&node);
-                }
-            }
-            let verdict = fx.table.queue(&node, r.key, || {
-                if !resolve::still_maps(mm, &st, addr, r.frame, false) {
-                    return Check::Retry;
-                }
-                if load_word(mm, r.frame, addr) == val {
-                    Check::Queue
-                } else {
-                    Check::Again
-                }
-            });
-            drop(vb);
-            match verdict {
-                Check::Queue => {
-                    if !physical(mm) {
-                        r.release_frame(mm); // Linux keys hold no frame
-                    }
-                    return Ok(waiter);
-                }
-                Check::Retry => r.release_frame(mm),
-                Check::Again => {
-                    r.release_frame(mm);
-                    return Err(Error::Again);
-                }
-            }
-        }
+        wait_start(&self.inner, addr, val, bitset)
     }
 
     /// FUTEX_WAKE: wake at most `n` waiters of the futex at `addr` (as in
@@ -369,33 +325,97 @@ impl crate::Mm {
 
     /// FUTEX_WAKE_BITSET: wake at most `n` waiters whose bitset meets `bitset`.
     pub fn futex_wake_bitset(&self, addr: u64, n: u32, bitset: u32) -> Result<u32> {
-        check_addr(addr)?;
-        check_bitset(bitset)?;
-        let mm = &self.inner;
-        let st = mm.state.read();
-        if st.pt.is_none() {
-            return Err(Error::Fault { addr });
-        }
-        let fx = &mm.machine.futexes;
-        if !physical(mm) || mm.vcache_users.load(Ordering::SeqCst) == 0 {
-            // No waiter follows a page of this mm: nothing can be half-moved.
-            let r = resolve(mm, &st, addr, Intent::Wake)?;
-            let n = if fx.table.maybe_waiters(&r.key) { fx.table.wake(&r.key, n, bitset) } else { 0 };
-            r.release_frame(mm);
-            return Ok(n);
-        }
-        // A COW may have changed the page and not yet moved this mm's
-        // waiters: look with the page's vcache bucket held, and settle
-        // pending moves to what we see.
-        let page = addr & !0xfff;
-        let vb = fx.vcache.lock(mm.id, page);
-        let r = settled(mm, &st, &vb, addr)?;
-        let n = fx.table.wake(&r.key, n, bitset);
-        drop(vb);
-        r.release_frame(mm);
-        Ok(n)
+        wake_bitset(&self.inner, addr, n, bitset)
     }
+}
 
+pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
+    check_addr(addr)?;
+    check_bitset(bitset)?;
+    let st = mm.state.read();
+    if st.pt.is_none() {
+        return Err(Error::Fault { addr });
+    }
+    let fx = &mm.machine.futexes;
+    let page = addr & !0xfff;
+    let mut first = Some(resolve(mm, &st, addr, Intent::Wait)?);
+    // The common EAGAIN answered before anything is built: the word read
+    // through the translation in force (a read of the current value).
+    if let Some(r) = &first {
+        if load_word(mm, r.frame, addr) != val && resolve::still_maps(mm, &st, addr, r.frame, false) {
+            r.release_frame(mm);
+            return Err(Error::Again);
+        }
+    }
+    let node = Arc::new(Node::new(FutexKey::Private { mm: mm.id, addr }, bitset));
+    let waiter = FutexWaiter::new(mm.clone(), node.clone());
+    loop {
+        let r = match first.take() {
+            Some(r) => r,
+            None => resolve(mm, &st, addr, Intent::Wait)?,
+        };
+        // Physical keys: publish the vcache entry before the re-check.
+        let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
+        if let Some(vb) = vb.as_mut() {
+            if waiter.attach_once(vb, mm, page) {
+                fx.remember(&node);
+            }
+        }
+        let verdict = fx.table.queue(&node, r.key, || {
+            if !resolve::still_maps(mm, &st, addr, r.frame, false) {
+                return Check::Retry;
+            }
+            if load_word(mm, r.frame, addr) == val {
+                Check::Queue
+            } else {
+                Check::Again
+            }
+        });
+        drop(vb);
+        match verdict {
+            Check::Queue => {
+                if !physical(mm) {
+                    r.release_frame(mm); // Linux keys hold no frame
+                }
+                return Ok(waiter);
+            }
+            Check::Retry => r.release_frame(mm),
+            Check::Again => {
+                r.release_frame(mm);
+                return Err(Error::Again);
+            }
+        }
+    }
+}
+
+pub(crate) fn wake_bitset(mm: &MmInner, addr: u64, n: u32, bitset: u32) -> Result<u32> {
+    check_addr(addr)?;
+    check_bitset(bitset)?;
+    let st = mm.state.read();
+    if st.pt.is_none() {
+        return Err(Error::Fault { addr });
+    }
+    let fx = &mm.machine.futexes;
+    if !physical(mm) || mm.vcache_users.load(Ordering::SeqCst) == 0 {
+        // No waiter follows a page of this mm: nothing can be half-moved.
+        let r = resolve(mm, &st, addr, Intent::Wake)?;
+        let n = if fx.table.maybe_waiters(&r.key) { fx.table.wake(&r.key, n, bitset) } else { 0 };
+        r.release_frame(mm);
+        return Ok(n);
+    }
+    // A COW may have changed the page and not yet moved this mm's
+    // waiters: look with the page's vcache bucket held, and settle
+    // pending moves to what we see.
+    let page = addr & !0xfff;
+    let vb = fx.vcache.lock(mm.id, page);
+    let r = settled(mm, &st, &vb, addr)?;
+    let woken = fx.table.wake_later(&r.key, n, bitset);
+    drop(vb);
+    r.release_frame(mm);
+    Ok(woken.notify())
+}
+
+impl crate::Mm {
     /// FUTEX_REQUEUE: wake at most `n_wake` waiters at `addr`, move at most
     /// `n_requeue` of the others to `addr2`. Returns woken + moved.
     pub fn futex_requeue(&self, addr: u64, n_wake: u32, n_requeue: u32, addr2: u64) -> Result<u32> {

@@ -57,6 +57,10 @@
 use crate::error::{Error, Result};
 use crate::{Accessor, Mm};
 
+/// Reads of the word before a contended lock announces a waiter
+/// (adaptive spinning, as glibc's `PTHREAD_MUTEX_ADAPTIVE_NP`).
+pub const SPIN: u32 = 100;
+
 /// The mutex word is unlocked.
 pub const UNLOCKED: u32 = 0;
 /// The mutex word is locked and nobody waits.
@@ -68,6 +72,16 @@ pub const CONTENDED: u32 = 2;
 fn check_word(addr: u64) -> Result<()> {
     if addr % 4 != 0 {
         return Err(Error::Invalid("futex word address is not 4-byte aligned"));
+    }
+    Ok(())
+}
+
+/// `EINVAL` unless `acc` is an accessor of `mm` (the futex calls go
+/// through the accessor, the rarer ones through `mm`: both must be the same
+/// address space).
+fn check_pair(mm: &Mm, acc: &Accessor) -> Result<()> {
+    if acc.mm_id() != mm.id() {
+        return Err(Error::Invalid("the accessor belongs to another address space"));
     }
     Ok(())
 }
@@ -87,8 +101,8 @@ fn swap(acc: &mut Accessor, addr: u64, new: u32) -> Result<u32> {
 /// Sleep while the word at `addr` holds `val`. A changed word (`EAGAIN`) and
 /// a cancelled wait (`EINTR`, which nothing here causes) are ordinary
 /// returns; other errors are the caller's.
-fn wait_while(mm: &Mm, addr: u64, val: u32) -> Result<()> {
-    match mm.futex_wait(addr, val, None) {
+fn wait_while(acc: &mut Accessor, addr: u64, val: u32) -> Result<()> {
+    match acc.futex_wait(addr, val, None) {
         Ok(()) | Err(Error::Again) | Err(Error::Interrupted) => Ok(()),
         Err(e) => Err(e),
     }
@@ -119,18 +133,33 @@ impl GuestMutex {
     /// `acc` must be an accessor of `mm`. On an error (a fault on the word)
     /// the mutex is not held.
     pub fn lock(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+        check_pair(mm, acc)?;
         match acc.cmpxchg_u32(self.addr, UNLOCKED, LOCKED)? {
             Ok(_) => Ok(()),
-            Err(seen) => self.lock_slow(mm, acc, seen),
+            Err(seen) if seen == CONTENDED => self.lock_slow(acc, seen),
+            Err(seen) => {
+                // Spin a little, reading only, before announcing a waiter:
+                // a short critical section usually ends meanwhile, and a
+                // failed swap or a futex call would only bounce the word's
+                // cache line. (Not in `lock_contended`: a thread that may
+                // have been requeued must take the lock in state 2.)
+                for _ in 0..SPIN {
+                    if acc.load_u32(self.addr)? == UNLOCKED && acc.cmpxchg_u32(self.addr, UNLOCKED, LOCKED)?.is_ok() {
+                        return Ok(());
+                    }
+                    std::hint::spin_loop();
+                }
+                self.lock_slow(acc, seen)
+            }
         }
     }
 
     /// The contended path: announce a waiter (2) and sleep until the swap
     /// finds the word unlocked. `seen` is the value the fast path found.
-    fn lock_slow(&self, mm: &Mm, acc: &mut Accessor, seen: u32) -> Result<()> {
+    fn lock_slow(&self, acc: &mut Accessor, seen: u32) -> Result<()> {
         let mut old = if seen == CONTENDED { seen } else { swap(acc, self.addr, CONTENDED)? };
         while old != UNLOCKED {
-            wait_while(mm, self.addr, CONTENDED)?;
+            wait_while(acc, self.addr, CONTENDED)?;
             old = swap(acc, self.addr, CONTENDED)?;
         }
         Ok(())
@@ -140,7 +169,8 @@ impl GuestMutex {
     /// thread must that may have been requeued onto it (see
     /// [`GuestCondvar::notify_all_requeue`]).
     fn lock_contended(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
-        self.lock_slow(mm, acc, LOCKED)
+        check_pair(mm, acc)?;
+        self.lock_slow(acc, LOCKED)
     }
 
     /// Acquire the mutex if it is free; `Ok(false)` if somebody holds it.
@@ -155,12 +185,13 @@ impl GuestMutex {
     /// waiter, if any, woken, so a confused caller cannot strand others);
     /// other errors are faults on the word.
     pub fn unlock(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+        check_pair(mm, acc)?;
         let old = acc.fetch_add_u32(self.addr, u32::MAX)?; // decrement
         if old == LOCKED {
             return Ok(());
         }
         acc.store_u32(self.addr, UNLOCKED)?;
-        mm.futex_wake(self.addr, 1)?;
+        acc.futex_wake(self.addr, 1)?;
         if old == UNLOCKED {
             return Err(Error::Invalid("unlock of a guest mutex that is not locked"));
         }
@@ -203,22 +234,24 @@ impl GuestCondvar {
     pub fn wait(&self, mm: &Mm, acc: &mut Accessor, mutex: &GuestMutex) -> Result<()> {
         let seq = acc.load_u32(self.addr)?;
         mutex.unlock(mm, acc)?;
-        let waited = wait_while(mm, self.addr, seq);
+        let waited = wait_while(acc, self.addr, seq);
         mutex.lock_contended(mm, acc)?;
         waited
     }
 
     /// Wake one waiter (if any). The caller may or may not hold the mutex.
     pub fn notify_one(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+        check_pair(mm, acc)?;
         acc.fetch_add_u32(self.addr, 1)?;
-        mm.futex_wake(self.addr, 1)?;
+        acc.futex_wake(self.addr, 1)?;
         Ok(())
     }
 
     /// Wake every waiter; they then contend for the mutex.
     pub fn notify_all(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+        check_pair(mm, acc)?;
         acc.fetch_add_u32(self.addr, 1)?;
-        mm.futex_wake(self.addr, i32::MAX as u32)?;
+        acc.futex_wake(self.addr, i32::MAX as u32)?;
         Ok(())
     }
 
@@ -253,8 +286,18 @@ mod tests {
     const DATA: u64 = A + 128;
 
     fn machine(keys: FutexKeys) -> Machine {
-        Machine::new(Config { arena_bytes: 64 << 20, prezero: false, futex_keys: keys, ..Config::default() })
-            .expect("machine")
+        let arena_bytes = if cfg!(miri) { 256 * 4096 } else { 64 << 20 };
+        Machine::new(Config { arena_bytes, prezero: false, futex_keys: keys, ..Config::default() }).expect("machine")
+    }
+
+    /// Iterations of the threaded tests: few under Miri, which still checks
+    /// the accessor's unsafe code for data races while threads contend.
+    const fn iters(n: u64) -> u64 {
+        if cfg!(miri) {
+            20
+        } else {
+            n
+        }
     }
 
     fn space(m: &Machine, kind: MapKind) -> Arc<Mm> {
@@ -326,7 +369,7 @@ mod tests {
             let m = machine(keys);
             let mm = space(&m, MapKind::Private);
             const THREADS: u64 = 4;
-            const ITERS: u64 = 5_000;
+            const ITERS: u64 = iters(5_000);
             let mx = GuestMutex::new(M).unwrap();
             let mm2 = mm.clone();
             within("contended counter", move || {
@@ -360,6 +403,7 @@ mod tests {
     /// A waiter sleeping on the word is woken by the unlock (not by luck):
     /// the holder sleeps long enough for the waiter to be queued.
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
     fn unlock_wakes_a_sleeper() {
         for keys in both() {
             let m = machine(keys);
@@ -389,6 +433,7 @@ mod tests {
     /// A bounded queue of one slot: producer and consumer wait on two
     /// condition variables; every item arrives once, in order.
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
     fn condvar_handoff() {
         for keys in both() {
             let m = machine(keys);
@@ -396,7 +441,7 @@ mod tests {
             let mx = GuestMutex::new(M).unwrap();
             let not_empty = GuestCondvar::new(C).unwrap();
             let not_full = GuestCondvar::new(C + 4).unwrap();
-            const ITEMS: u64 = 2_000;
+            const ITEMS: u64 = iters(2_000);
             let (p, c) = (mm.clone(), mm.clone());
             let got = within("condvar handoff", move || {
                 let producer = std::thread::spawn(move || -> Result<()> {
@@ -440,6 +485,7 @@ mod tests {
     /// notify_all and notify_all_requeue release every waiter; requeued
     /// waiters pass the mutex on to each other (none is stranded on it).
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
     fn broadcast_with_and_without_requeue() {
         for keys in both() {
             for requeue in [false, true] {
@@ -499,6 +545,7 @@ mod tests {
     /// A mutex in shared memory is one mutex for a parent and its forked
     /// child, in both key modes (same frame; same shared object and offset).
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri; no unsafe code of its own")]
     fn across_fork_in_shared_memory() {
         for keys in both() {
             let m = machine(keys);
@@ -512,7 +559,7 @@ mod tests {
                     .map(|mm| {
                         std::thread::spawn(move || -> Result<()> {
                             let mut acc = mm.accessor();
-                            for _ in 0..3_000 {
+                            for _ in 0..iters(3_000) {
                                 mx.lock(&mm, &mut acc)?;
                                 let v = acc.load_u64(DATA)?;
                                 acc.store_u64(DATA, v + 1)?;
@@ -526,7 +573,7 @@ mod tests {
                     t.join().expect("thread").expect("ops");
                 }
             });
-            assert_eq!(p.accessor().load_u64(DATA).unwrap(), 6_000);
+            assert_eq!(p.accessor().load_u64(DATA).unwrap(), 2 * iters(3_000));
             p.check_invariants().unwrap();
         }
     }

@@ -200,17 +200,22 @@ impl FutexTable {
 
     /// Wake at most `limit` waiters of `key` whose bitset meets `bitset`.
     pub(crate) fn wake(&self, key: &FutexKey, limit: u32, bitset: u32) -> u32 {
-        if !self.maybe_waiters(key) {
-            return 0;
-        }
-        let b = &self.buckets[Self::index(key)];
+        self.wake_later(key, limit, bitset).notify()
+    }
+
+    /// `wake`, but the woken threads are told only when the returned
+    /// [`Woken`] is notified or dropped: a caller holding an outer lock
+    /// (a vcache bucket) tells them after releasing it, so that they do not
+    /// wake up only to block on it.
+    pub(crate) fn wake_later(&self, key: &FutexKey, limit: u32, bitset: u32) -> Woken {
         let mut woken = Vec::new();
-        {
+        if self.maybe_waiters(key) {
+            let b = &self.buckets[Self::index(key)];
             let mut q = b.queue.lock();
             take_matching(&mut q, key, bitset, limit, &mut woken);
             b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
         }
-        finish_wakes(woken)
+        Woken(woken)
     }
 
     /// Lock `k1`'s and `k2`'s buckets, run `op` (which may veto with an
@@ -339,6 +344,11 @@ impl FutexTable {
     /// Take `node` off its queue, if it is still on one, giving it state
     /// `why`. Returns the state it ends in (`Woken` if a wake got there first).
     pub(crate) fn unqueue(&self, node: &Arc<Node>, why: WaitState) -> WaitState {
+        // Woken, timed out and cancelled are final (they are set under the
+        // bucket lock and never left): no lock needed to see them.
+        if let s @ (WaitState::Woken | WaitState::TimedOut | WaitState::Cancelled) = node.state() {
+            return s;
+        }
         loop {
             let key = node.inner.lock().key;
             let b = &self.buckets[Self::index(&key)];
@@ -457,6 +467,22 @@ fn take_matching(
             let notify = std::mem::take(&mut n.inner.lock().notify);
             out.push((n, notify));
         }
+    }
+}
+
+/// Waiters taken off a queue, still to be told.
+pub(crate) struct Woken(Vec<(Arc<Node>, Notify)>);
+
+impl Woken {
+    /// Tell them now; returns how many were woken.
+    pub(crate) fn notify(mut self) -> u32 {
+        finish_wakes(std::mem::take(&mut self.0))
+    }
+}
+
+impl Drop for Woken {
+    fn drop(&mut self) {
+        finish_wakes(std::mem::take(&mut self.0));
     }
 }
 

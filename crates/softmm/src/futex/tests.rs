@@ -271,3 +271,29 @@ fn linux_keys_refuse_read_only_private() {
     assert_eq!(p.phys(A), Some(crate::ZERO_FRAME), "the read-only get faulted the zero page in, as Linux");
     audit(&p);
 }
+
+#[test]
+fn accessor_shortcuts_agree_with_the_mm_paths() {
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Private);
+        let mut acc = mm.accessor();
+        acc.store_u32(A, 3).unwrap();
+        assert_eq!(acc.futex_wait(A, 4, None), Err(Error::Again));
+        assert_eq!(acc.futex_wait(A + 1, 3, None).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(acc.futex_wait(0x3000_0000, 3, None).unwrap_err().errno(), errno::EFAULT);
+        assert_eq!(acc.futex_wake(A, 1), Ok(0));
+        assert_eq!(acc.futex_wake(0x3000_0000, 1).unwrap_err().errno(), errno::EFAULT);
+        let w = mm.futex_wait_start(A, 3, BITSET_MATCH_ANY).unwrap();
+        assert_eq!(acc.futex_wake(A, 1), Ok(1), "{keys:?}: the shortcut must not hide a waiter");
+        assert_eq!(w.wait(None), Ok(()));
+        // A waiter in a forked child on the shared page: the parent's
+        // accessor wake reaches it (physical) or not (Linux).
+        let c = mm.fork().unwrap();
+        let w = c.futex_wait_start(A, 3, BITSET_MATCH_ANY).unwrap();
+        let want = u32::from(keys == FutexKeys::Physical);
+        assert_eq!(acc.futex_wake(A, 1), Ok(want));
+        drop(w);
+        audit(&mm);
+    }
+}

@@ -292,6 +292,12 @@ impl FrameArena {
         unsafe { &*(p as *const StdAtomicU64) }
     }
 
+    /// The frame whose memory `p` points into (a pointer `frame_ptr` gave).
+    #[inline]
+    pub(crate) fn frame_of_ptr(&self, p: *const u8) -> FrameId {
+        FrameId(((p as usize - self.data.as_ptr() as usize) / PAGE_SIZE) as u32)
+    }
+
     /// The aligned 32-bit word at `off` of frame `f`, as an atomic (futex words).
     #[inline]
     pub(crate) fn word32(&self, f: FrameId, off: usize) -> &std::sync::atomic::AtomicU32 {

@@ -1,0 +1,1238 @@
+//! `softmm bench futex`: softmm's futexes against the futex(2) of the kernel
+//! this runs on, in one run (see `docs/BENCHMARKS.md`, "Futexes").
+//!
+//! - (a) FUTEX_WAKE with nobody waiting, ns per call;
+//! - (b) FUTEX_WAIT whose word differs (`EAGAIN`), ns per call;
+//! - (c) two threads passing a token back and forth through one futex word
+//!   (each waits for its turn, flips the word, wakes the other), ns per
+//!   round trip, with both threads pinned to one CPU (every hand-over a
+//!   context switch: the futex paths themselves) and pinned to two CPUs
+//!   (every sleep ends in a cross-CPU wake-up, which on a VM is mostly the
+//!   hypervisor's); the target is judged on the worse of the two;
+//! - (d) a contended mutex (Drepper's mutex 3: `softmm::futex::mutex::GuestMutex`
+//!   on softmm, the same algorithm over an `AtomicU32` and futex(2) on Linux)
+//!   with 2, 4 and 8 threads (pinned round-robin over the allowed CPUs, so
+//!   they really contend) each doing lock / counter += 1 / unlock, total
+//!   lock-unlock pairs per second;
+//! - (e) what the vcache costs a COW fault when the address space has no
+//!   waiter: the check is one SeqCst fence and one load, which cannot be
+//!   compiled out, so it is timed on its own (back to back, and right after a
+//!   4 KiB copy as in a COW fault, as the difference with the same loop
+//!   without the fence) and compared with the COW fault time measured here;
+//!   a COW fault with a waiter attached elsewhere in the address space (the
+//!   vcache then takes a bucket lock) is shown for context.
+//!
+//! Linux side: real memory of this process (`MAP_PRIVATE | MAP_ANONYMOUS`),
+//! real `syscall(SYS_futex, ...)`. The ops are **non-private** (no
+//! `FUTEX_PRIVATE_FLAG`), the variant whose semantics softmm's futexes have:
+//! a softmm futex call always resolves the page (physical keys meet across
+//! address spaces), as a non-private futex call does (`get_futex_key` with
+//! GUP). The private variants of (a) and (b), Linux's cheapest path, are
+//! printed too. softmm side: a `Machine` with physical keys (the default),
+//! words in private anonymous memory, plain loads and stores through one
+//! `Accessor` per thread; the futex calls of (a), (b) and (d) go through
+//! the accessor (`Accessor::futex_wake`/`futex_wait`: a no-waiter wake and
+//! an `EAGAIN` are answered from its TLB), the others through `Mm`.
+//!
+//! Also timed (softmm side only, not targets): the same (a) and (b)
+//! through `Mm` (a page walk under the `mmap_lock`), an `EAGAIN` through a
+//! plain accessor load (the floor), and ping-pong with waits that spin
+//! before parking (a prototype).
+//!
+//! Ratios are Linux ns / softmm ns (for (d) softmm rate / Linux rate, the
+//! same thing): above 1, softmm is faster. Each figure is the median of
+//! `--reps` runs; the two sides alternate run by run.
+
+use super::linux::{mono_ns, Region};
+use super::{median, say, status, BenchOpts};
+use crate::error::{check, CliError, CliResult, Context};
+use crate::units::{bytes, ns, PAGE};
+use serde::Serialize;
+use softmm::futex::mutex::GuestMutex;
+use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+use softmm::{Accessor, Config, Error, Machine, MapKind, Mm, Placement, Prot};
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::Instant;
+
+/// Calls per run of (a) and (b).
+const CALLS: u64 = 200_000;
+/// Round trips per run of (c), on one CPU and on two (where each takes
+/// tens of µs on an idle VM: a halted vCPU is woken by the hypervisor).
+const ROUND_TRIPS: u64 = 10_000;
+const ROUND_TRIPS_TWO_CPUS: u64 = 2_000;
+/// Lock-unlock pairs per run of (d), over all threads.
+const MUTEX_OPS: u64 = 100_000;
+const MUTEX_THREADS: [u64; 3] = [2, 4, 8];
+/// Default size of the COW region of (e).
+const COW_SIZE: u64 = 16 << 20;
+/// Fence-and-load checks per run of (e).
+const CHECKS: u64 = 1_000_000;
+/// Copies per run of the in-situ variant of (e), and the pages they rotate over.
+const COPIES: u64 = 100_000;
+const COPY_PAGES: usize = 64;
+
+/// The spin of the spin-then-park prototype of (c).
+const SPIN_NS: u64 = 5_000;
+
+const TARGET_WAKE: f64 = 5.0;
+const TARGET_EAGAIN: f64 = 5.0;
+/// Within 10 % of Linux: softmm's round trip at most 1.1x Linux's.
+const TARGET_PINGPONG: f64 = 1.0 / 1.1;
+const TARGET_MUTEX: f64 = 1.0;
+/// The no-waiter vcache check, in percent of a COW fault.
+const TARGET_VCACHE_PCT: f64 = 2.0;
+
+/// Where the softmm side maps its words: one private page, the mutex
+/// word, its counter and the ping-pong word on separate cache lines.
+const WORDS: u64 = 0x1000_0000;
+const MUTEX_OFF: u64 = 0;
+const COUNTER_OFF: u64 = 64;
+const PINGPONG_OFF: u64 = 128;
+const WAKE_OFF: u64 = 192;
+/// The COW region of (e), 2 MiB aligned.
+const COW_BASE: u64 = 1 << 36;
+
+const FUTEX_WAIT: i32 = libc::FUTEX_WAIT;
+const FUTEX_WAKE: i32 = libc::FUTEX_WAKE;
+const PRIVATE: i32 = libc::FUTEX_PRIVATE_FLAG;
+
+// ------------------------------------------------------------------ threads
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads bit `c` of the set; `c < CPU_SETSIZE`.
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: usize) -> CliResult<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET sets bit `cpu` of `set`; callers pass CPUs from
+    // `allowed_cpus`, all below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(crate::error::os_error(&format!("sched_setaffinity(CPU {cpu})")));
+    }
+    Ok(())
+}
+
+/// Pin thread `i` of a group to `cpus[i % cpus.len()]` (no pinning if the
+/// list is empty).
+fn pin_round_robin(cpus: &[usize], i: usize) -> CliResult<()> {
+    match cpus.get(i % cpus.len().max(1)) {
+        Some(&c) => pin(c),
+        None => Ok(()),
+    }
+}
+
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, CliResult<T>>) -> CliResult<T> {
+    h.join().map_err(|_| CliError("a benchmark thread panicked".into()))?
+}
+
+/// Join threads that report when they started and ended their timed loop;
+/// the time from the first start to the last end (timed by the workers, so
+/// that a descheduled main thread cannot shorten it).
+fn span(hs: Vec<std::thread::ScopedJoinHandle<'_, CliResult<(u64, u64)>>>) -> CliResult<u64> {
+    let (mut first, mut last) = (u64::MAX, 0);
+    for h in hs {
+        let (t0, t1) = join(h)?;
+        first = first.min(t0);
+        last = last.max(t1);
+    }
+    Ok(last.saturating_sub(first).max(1))
+}
+
+// ---------------------------------------------------------------- Linux side
+
+/// futex(2) on `word` with no timeout; the raw return value (-1 and errno
+/// on failure).
+fn sys_futex(word: &AtomicU32, op: i32, val: u32) -> i64 {
+    // SAFETY: `word` is a valid, aligned u32 of this process for the whole
+    // call; FUTEX_WAIT/FUTEX_WAKE read only the word and the null timeout;
+    // the remaining arguments are ignored for these commands.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op,
+            val,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// FUTEX_WAIT while `word` holds `val`; EAGAIN and EINTR are ordinary
+/// returns. Returns whether the call slept (was queued and woken).
+fn linux_wait(word: &AtomicU32, val: u32, flags: i32) -> CliResult<bool> {
+    if sys_futex(word, FUTEX_WAIT | flags, val) == 0 {
+        return Ok(true);
+    }
+    match errno() {
+        libc::EAGAIN | libc::EINTR => Ok(false),
+        e => Err(CliError(format!("futex(FUTEX_WAIT): errno {e}"))),
+    }
+}
+
+fn linux_wake(word: &AtomicU32, n: u32, flags: i32) -> CliResult<i64> {
+    let r = sys_futex(word, FUTEX_WAKE | flags, n);
+    if r < 0 {
+        return Err(CliError(format!("futex(FUTEX_WAKE): errno {}", errno())));
+    }
+    Ok(r)
+}
+
+/// A page of this process's memory holding the Linux side's words.
+struct LinuxWords {
+    page: Region,
+}
+
+impl LinuxWords {
+    fn new() -> CliResult<LinuxWords> {
+        let mut page = Region::new(PAGE, false)?;
+        page.touch(0);
+        Ok(LinuxWords { page })
+    }
+
+    fn u32_at(&self, off: u64) -> CliResult<&AtomicU32> {
+        self.page.atomic_u32(off as usize).ok_or_else(|| CliError(format!("no word at offset {off}")))
+    }
+
+    fn u64_at(&self, off: u64) -> CliResult<&AtomicU64> {
+        self.page.atomic_u64(off as usize).ok_or_else(|| CliError(format!("no word at offset {off}")))
+    }
+}
+
+/// (a) FUTEX_WAKE with no waiter, ns per call.
+fn linux_wake_idle(w: &LinuxWords, flags: i32) -> CliResult<f64> {
+    let word = w.u32_at(WAKE_OFF)?;
+    let t = mono_ns();
+    for _ in 0..CALLS {
+        let n = linux_wake(word, 1, flags)?;
+        if n != 0 {
+            return Err(CliError(format!("futex(FUTEX_WAKE) woke {n} waiters; there are none")));
+        }
+    }
+    Ok((mono_ns() - t) as f64 / CALLS as f64)
+}
+
+/// (b) FUTEX_WAIT on a word that differs, ns per call (each must be EAGAIN).
+fn linux_eagain(w: &LinuxWords, flags: i32) -> CliResult<f64> {
+    let word = w.u32_at(WAKE_OFF)?;
+    word.store(0, Ordering::Relaxed);
+    let t = mono_ns();
+    for _ in 0..CALLS {
+        if sys_futex(word, FUTEX_WAIT | flags, 1) != -1 || errno() != libc::EAGAIN {
+            return Err(CliError("futex(FUTEX_WAIT) on a differing word did not fail with EAGAIN".into()));
+        }
+    }
+    Ok((mono_ns() - t) as f64 / CALLS as f64)
+}
+
+/// Wait until `word` holds `want`, sleeping on whatever else it holds.
+/// Returns how many futex waits slept.
+fn linux_await(word: &AtomicU32, want: u32) -> CliResult<u64> {
+    let mut slept = 0;
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if v == want {
+            return Ok(slept);
+        }
+        if v == ABORT {
+            return Err(aborted());
+        }
+        slept += u64::from(linux_wait(word, v, 0)?);
+    }
+}
+
+/// Atomically replace the word with `new` by compare-exchange (as the
+/// softmm side must: the accessor has no exchange).
+fn linux_swap(word: &AtomicU32, new: u32) -> u32 {
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        match word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(old) => return old,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Drepper's mutex 3 on a real futex, exactly as `GuestMutex` does it
+/// (with the same read-only spin before announcing a waiter).
+fn linux_lock(word: &AtomicU32) -> CliResult<()> {
+    let seen = match word.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => return Ok(()),
+        Err(seen) => seen,
+    };
+    if seen != 2 {
+        for _ in 0..softmm::futex::mutex::SPIN {
+            if word.load(Ordering::Relaxed) == 0
+                && word.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+    }
+    let mut old = if seen == 2 { seen } else { linux_swap(word, 2) };
+    while old != 0 {
+        let _slept = linux_wait(word, 2, 0)?;
+        old = linux_swap(word, 2);
+    }
+    Ok(())
+}
+
+fn linux_unlock(word: &AtomicU32) -> CliResult<()> {
+    if word.fetch_sub(1, Ordering::AcqRel) != 1 {
+        word.store(0, Ordering::Release);
+        linux_wake(word, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// (d) `threads` threads share `MUTEX_OPS` lock / counter += 1 / unlock;
+/// lock-unlock pairs per second. The counter must come out exact.
+fn linux_mutex(w: &LinuxWords, threads: u64, cpus: &[usize]) -> CliResult<f64> {
+    let (word, counter) = (w.u32_at(MUTEX_OFF)?, w.u64_at(COUNTER_OFF)?);
+    word.store(0, Ordering::Relaxed);
+    counter.store(0, Ordering::Relaxed);
+    let per = MUTEX_OPS / threads;
+    let start = Barrier::new(threads as usize);
+    let elapsed = std::thread::scope(|s| -> CliResult<u64> {
+        let hs: Vec<_> = (0..threads as usize)
+            .map(|i| {
+                let start = &start;
+                s.spawn(move || -> CliResult<(u64, u64)> {
+                    let pinned = pin_round_robin(cpus, i);
+                    start.wait();
+                    pinned?;
+                    let t0 = mono_ns();
+                    for _ in 0..per {
+                        linux_lock(word)?;
+                        let v = counter.load(Ordering::Relaxed);
+                        counter.store(v + 1, Ordering::Relaxed);
+                        linux_unlock(word)?;
+                    }
+                    Ok((t0, mono_ns()))
+                })
+            })
+            .collect();
+        span(hs)
+    })?;
+    let got = counter.load(Ordering::Relaxed);
+    check(got == per * threads, || format!("futex bench (Linux mutex): counter {got}, expected {}", per * threads))?;
+    Ok((per * threads) as f64 / elapsed as f64 * 1e9)
+}
+
+// --------------------------------------------------------------- softmm side
+
+fn machine(arena_bytes: u64) -> CliResult<Machine> {
+    Machine::new(Config { arena_bytes, prezero: false, ..Config::default() })
+        .context(|| format!("creating a machine with a {} arena", bytes(arena_bytes)))
+}
+
+/// An address space with the word page mapped and written.
+fn words_mm(m: &Machine) -> CliResult<Mm> {
+    let mm = m.new_mm().context(|| "creating an address space".into())?;
+    mm.mmap(WORDS, PAGE, Prot::RW, MapKind::Private, Placement::Fixed).context(|| "mmap of the word page".into())?;
+    mm.write(WORDS, &[0; PAGE as usize]).context(|| "writing the word page".into())?;
+    Ok(mm)
+}
+
+fn lib<T>(r: softmm::Result<T>, what: &str) -> CliResult<T> {
+    r.map_err(|e| CliError(format!("{what}: {e}")))
+}
+
+/// (a) `Accessor::futex_wake` with no waiter, ns per call.
+fn softmm_wake_idle(mm: &Mm) -> CliResult<f64> {
+    let addr = WORDS + WAKE_OFF;
+    let mut acc = mm.accessor();
+    lib(acc.futex_wake(addr, 1), "futex_wake")?;
+    let t = Instant::now();
+    for _ in 0..CALLS {
+        let n = lib(acc.futex_wake(addr, 1), "futex_wake")?;
+        if n != 0 {
+            return Err(CliError(format!("futex_wake woke {n} waiters; there are none")));
+        }
+    }
+    Ok(t.elapsed().as_nanos() as f64 / CALLS as f64)
+}
+
+/// (b) `Accessor::futex_wait` on a word that differs, ns per call (each `EAGAIN`).
+fn softmm_eagain(mm: &Mm) -> CliResult<f64> {
+    let addr = WORDS + WAKE_OFF;
+    lib(mm.write(addr, &0u32.to_ne_bytes()), "write")?;
+    let mut acc = mm.accessor();
+    let t = Instant::now();
+    for _ in 0..CALLS {
+        match acc.futex_wait(addr, 1, None) {
+            Err(Error::Again) => {}
+            other => return Err(CliError(format!("futex_wait on a differing word returned {other:?}"))),
+        }
+    }
+    Ok(t.elapsed().as_nanos() as f64 / CALLS as f64)
+}
+
+/// `EAGAIN` and `EINTR` are ordinary ends of a wait; returns whether it
+/// was queued and woken.
+fn softmm_wait(mm: &Mm, addr: u64, val: u32) -> CliResult<bool> {
+    match mm.futex_wait(addr, val, None) {
+        Ok(()) => Ok(true),
+        Err(Error::Again) | Err(Error::Interrupted) => Ok(false),
+        Err(e) => Err(CliError(format!("futex_wait: {e}"))),
+    }
+}
+
+/// Prototype of a spin-then-park wait (a proposed change to
+/// `FutexWaiter::wait`, built here from the public API): queue with
+/// `futex_wait_start`, poll the waiter's state for up to `spin_ns`, then
+/// block. Returns whether the waiter was queued and woken.
+fn softmm_wait_spinning(mm: &Mm, addr: u64, val: u32, spin_ns: u64) -> CliResult<bool> {
+    let w = match mm.futex_wait_start(addr, val, BITSET_MATCH_ANY) {
+        Ok(w) => w,
+        Err(Error::Again) => return Ok(false),
+        Err(e) => return Err(CliError(format!("futex_wait_start: {e}"))),
+    };
+    let t = mono_ns();
+    let mut i = 0u32;
+    while w.state() == WaitState::Waiting {
+        std::hint::spin_loop();
+        i = i.wrapping_add(1);
+        if i % 32 == 0 && mono_ns() - t > spin_ns {
+            break;
+        }
+    }
+    match w.wait(None) {
+        Ok(()) => Ok(true),
+        Err(Error::Interrupted) => Ok(false),
+        Err(e) => Err(CliError(format!("futex wait: {e}"))),
+    }
+}
+
+/// (d) As `linux_mutex`, with `GuestMutex` and a counter in guest memory.
+fn softmm_mutex(mm: &Mm, threads: u64, cpus: &[usize]) -> CliResult<f64> {
+    let mutex = lib(GuestMutex::new(WORDS + MUTEX_OFF), "mutex")?;
+    let counter = WORDS + COUNTER_OFF;
+    lib(mm.write(WORDS, &[0; 128]), "write")?;
+    let per = MUTEX_OPS / threads;
+    let start = Barrier::new(threads as usize);
+    let elapsed = std::thread::scope(|s| -> CliResult<u64> {
+        let hs: Vec<_> = (0..threads as usize)
+            .map(|i| {
+                let start = &start;
+                s.spawn(move || -> CliResult<(u64, u64)> {
+                    let pinned = pin_round_robin(cpus, i);
+                    let mut acc = mm.accessor();
+                    // Fill the TLB before the clock starts.
+                    lib(acc.load_u64(counter), "load")?;
+                    start.wait();
+                    pinned?;
+                    let t0 = mono_ns();
+                    for _ in 0..per {
+                        lib(mutex.lock(mm, &mut acc), "lock")?;
+                        let v = lib(acc.load_u64(counter), "load")?;
+                        lib(acc.store_u64(counter, v + 1), "store")?;
+                        lib(mutex.unlock(mm, &mut acc), "unlock")?;
+                    }
+                    Ok((t0, mono_ns()))
+                })
+            })
+            .collect();
+        span(hs)
+    })?;
+    let mut buf = [0u8; 8];
+    lib(mm.read(counter, &mut buf), "read")?;
+    let got = u64::from_ne_bytes(buf);
+    check(got == per * threads, || format!("futex bench (softmm mutex): counter {got}, expected {}", per * threads))?;
+    Ok((per * threads) as f64 / elapsed as f64 * 1e9)
+}
+
+/// (e) One COW run on `m`: a parent writes every page of `size` bytes and
+/// forks; with `waiter`, a waiter is queued on a word of the child's word
+/// page (so the child's vcache count is 1 and every COW fault takes a
+/// vcache bucket lock); the child writes one byte per page, timed. ns per
+/// page; exactly one COW copy per page is checked.
+fn softmm_cow(m: &Machine, size: u64, waiter: bool) -> CliResult<f64> {
+    let parent = words_mm(m)?;
+    lib(parent.mmap(COW_BASE, size, Prot::RW, MapKind::Private, Placement::Fixed), "mmap")?;
+    let pages = size / PAGE;
+    {
+        let mut acc = parent.accessor();
+        for i in 0..pages {
+            lib(acc.write(COW_BASE + i * PAGE, &[1]), "write")?;
+        }
+    }
+    let child = lib(parent.fork(), "fork")?;
+    let w = if waiter {
+        Some(lib(child.futex_wait_start(WORDS + WAKE_OFF, 0, BITSET_MATCH_ANY), "futex_wait_start")?)
+    } else {
+        None
+    };
+    check(child.vcache_entries() == usize::from(waiter), || {
+        format!("futex bench: the child has {} vcache entries, expected {}", child.vcache_entries(), u8::from(waiter))
+    })?;
+    let mut acc = child.accessor();
+    let before = m.stats();
+    let t = Instant::now();
+    for i in 0..pages {
+        lib(acc.write(COW_BASE + i * PAGE, &[2]), "write")?;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / pages as f64;
+    let copies = m.stats().fault_cow_copy - before.fault_cow_copy;
+    check(copies == pages, || format!("futex bench: {copies} COW copies counted, expected {pages}"))?;
+    drop(w);
+    Ok(ns)
+}
+
+/// (e) The no-waiter vcache check as `Vcache::invalidate` does it: a
+/// SeqCst fence, then a SeqCst load of the address space's entry count;
+/// ns per check, back to back.
+fn vcache_check_alone(users: &AtomicUsize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..CHECKS {
+        fence(Ordering::SeqCst);
+        if users.load(Ordering::SeqCst) != 0 {
+            black_box(());
+        }
+    }
+    t.elapsed().as_nanos() as f64 / CHECKS as f64
+}
+
+/// (e) The check right after a 4 KiB copy (as in a COW fault, whose
+/// fence waits for the copy's stores): ns per copy with and without it.
+fn vcache_check_after_copy(users: &AtomicUsize, pages: &mut [[u8; PAGE as usize]], with: bool) -> f64 {
+    let n = pages.len();
+    let t = Instant::now();
+    for i in 0..COPIES as usize {
+        let (src, dst) = (i % n, (i + 1) % n);
+        let (a, b) = if src < dst {
+            let (lo, hi) = pages.split_at_mut(dst);
+            (&lo[src], &mut hi[0])
+        } else {
+            let (lo, hi) = pages.split_at_mut(src);
+            (&hi[0], &mut lo[dst])
+        };
+        b.copy_from_slice(a);
+        black_box(&mut *b);
+        if with {
+            fence(Ordering::SeqCst);
+        }
+        if users.load(Ordering::SeqCst) != 0 {
+            black_box(());
+        }
+    }
+    t.elapsed().as_nanos() as f64 / COPIES as f64
+}
+
+/// (a) through `Mm::futex_wake` (read lock, page walk, frame reference), ns per call.
+fn mm_wake_idle(mm: &Mm, _unused: &AtomicUsize) -> CliResult<f64> {
+    let addr = WORDS + WAKE_OFF;
+    let t = mono_ns();
+    for _ in 0..CALLS {
+        if lib(mm.futex_wake(addr, 1), "futex_wake")? != 0 {
+            return Err(CliError("futex_wake found a waiter; there is none".into()));
+        }
+    }
+    Ok((mono_ns() - t) as f64 / CALLS as f64)
+}
+
+/// (b) through `Mm::futex_wait`: the word compared after the key is
+/// resolved, before anything is built; ns per call.
+fn mm_eagain(mm: &Mm) -> CliResult<f64> {
+    let addr = WORDS + WAKE_OFF;
+    let t = mono_ns();
+    for _ in 0..CALLS {
+        match mm.futex_wait(addr, 1, None) {
+            Err(Error::Again) => {}
+            other => return Err(CliError(format!("futex_wait on a differing word returned {other:?}"))),
+        }
+    }
+    Ok((mono_ns() - t) as f64 / CALLS as f64)
+}
+
+/// The floor of (b): one TLB-hit load and a compare; ns per call.
+fn proto_eagain_via_accessor(mm: &Mm) -> CliResult<f64> {
+    let mut acc = mm.accessor();
+    let addr = WORDS + WAKE_OFF;
+    lib(acc.load_u32(addr), "load")?;
+    let t = mono_ns();
+    for _ in 0..CALLS {
+        if black_box(lib(acc.load_u32(addr), "load")?) == 1 {
+            return Err(CliError("prototype: the word holds the value waited for".into()));
+        }
+    }
+    Ok((mono_ns() - t) as f64 / CALLS as f64)
+}
+
+// ---------------------------------------------------------------- ping-pong
+
+/// Where the two ping-pong threads run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Both pinned to one CPU: every hand-over is a context switch, no
+    /// cross-CPU wake-up (what is left is the futex paths themselves).
+    OneCpu(usize),
+    /// Pinned to two CPUs: every sleep ends with a cross-CPU wake-up.
+    TwoCpus(usize, usize),
+}
+
+/// What a ping-pong run measured.
+struct PingPong {
+    /// ns per round trip.
+    ns: f64,
+    /// Futex waits that slept, per round trip (both threads).
+    sleeps: f64,
+}
+
+/// A ping-pong word value no round trip uses: the other thread failed.
+const ABORT: u32 = u32::MAX;
+
+fn aborted() -> CliError {
+    CliError("the other ping-pong thread failed".into())
+}
+
+/// One side of a ping-pong: given `i`, play its half of round trip `i`;
+/// returns how many futex waits slept.
+trait Side: Send {
+    fn ping(&mut self, i: u32) -> CliResult<u64>;
+    fn pong(&mut self, i: u32) -> CliResult<u64>;
+    /// Store `ABORT` and wake the other thread, which then gives up (best
+    /// effort: this runs after an error).
+    fn abort(&mut self);
+}
+
+/// Run `rounds` halves with `half`; on an error, release the other thread.
+fn play<S: Side>(side: &mut S, rounds: u64, half: fn(&mut S, u32) -> CliResult<u64>) -> CliResult<u64> {
+    let mut slept = 0;
+    for i in 0..rounds as u32 {
+        match half(side, i) {
+            Ok(n) => slept += n,
+            Err(e) => {
+                side.abort();
+                return Err(e);
+            }
+        }
+    }
+    Ok(slept)
+}
+
+/// Run `ROUND_TRIPS` (`ROUND_TRIPS_TWO_CPUS`) round trips between two
+/// threads pinned as `place` says: ping stores 2i+1 and wakes, pong waits
+/// for it, stores 2i+2 and wakes, ping waits for that. Timed in the ping
+/// thread. A failing thread stores `ABORT` so that the other one cannot
+/// wait for it forever.
+fn pingpong<S: Side>(place: Place, make: impl Fn() -> S + Sync) -> CliResult<PingPong> {
+    let (cpu_ping, cpu_pong, rounds) = match place {
+        Place::OneCpu(c) => (c, c, ROUND_TRIPS),
+        Place::TwoCpus(a, b) => (a, b, ROUND_TRIPS_TWO_CPUS),
+    };
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        let pong = s.spawn(|| -> CliResult<u64> {
+            let pinned = pin(cpu_pong);
+            let mut side = make();
+            start.wait();
+            if let Err(e) = pinned {
+                side.abort();
+                return Err(e);
+            }
+            play(&mut side, rounds, S::pong)
+        });
+        let ping = s.spawn(|| -> CliResult<(u64, u64)> {
+            let pinned = pin(cpu_ping);
+            let mut side = make();
+            start.wait();
+            if let Err(e) = pinned {
+                side.abort();
+                return Err(e);
+            }
+            let t = mono_ns();
+            let slept = play(&mut side, rounds, S::ping)?;
+            Ok((mono_ns() - t, slept))
+        });
+        let (elapsed, a) = join(ping)?;
+        let b = join(pong)?;
+        Ok(PingPong { ns: elapsed as f64 / rounds as f64, sleeps: (a + b) as f64 / rounds as f64 })
+    })
+}
+
+/// The Linux side of a ping-pong: an `AtomicU32` and futex(2).
+struct LinuxSide<'a> {
+    word: &'a AtomicU32,
+}
+
+impl Side for LinuxSide<'_> {
+    fn ping(&mut self, i: u32) -> CliResult<u64> {
+        self.word.store(2 * i + 1, Ordering::Release);
+        linux_wake(self.word, 1, 0)?;
+        linux_await(self.word, 2 * i + 2)
+    }
+
+    fn pong(&mut self, i: u32) -> CliResult<u64> {
+        let slept = linux_await(self.word, 2 * i + 1)?;
+        self.word.store(2 * i + 2, Ordering::Release);
+        linux_wake(self.word, 1, 0)?;
+        Ok(slept)
+    }
+
+    fn abort(&mut self) {
+        self.word.store(ABORT, Ordering::Release);
+        let _ = linux_wake(self.word, i32::MAX as u32, 0);
+    }
+}
+
+/// (c) Linux ping-pong.
+fn linux_pingpong(w: &LinuxWords, place: Place) -> CliResult<PingPong> {
+    let word = w.u32_at(PINGPONG_OFF)?;
+    word.store(0, Ordering::Relaxed);
+    pingpong(place, || LinuxSide { word })
+}
+
+/// The softmm side: an accessor per thread and `Mm::futex_*`; with
+/// `spin_ns`, waits spin that long before parking (a prototype).
+struct SoftmmSide<'a> {
+    mm: &'a Mm,
+    acc: Accessor,
+    spin_ns: Option<u64>,
+}
+
+impl SoftmmSide<'_> {
+    const ADDR: u64 = WORDS + PINGPONG_OFF;
+
+    fn wake(&mut self, v: u32) -> CliResult<()> {
+        lib(self.acc.store_u32(Self::ADDR, v), "store")?;
+        lib(self.mm.futex_wake(Self::ADDR, 1), "futex_wake")?;
+        Ok(())
+    }
+
+    fn await_(&mut self, want: u32) -> CliResult<u64> {
+        let mut slept = 0;
+        loop {
+            let v = lib(self.acc.load_u32(Self::ADDR), "load")?;
+            if v == want {
+                return Ok(slept);
+            }
+            if v == ABORT {
+                return Err(aborted());
+            }
+            let woken = match self.spin_ns {
+                None => softmm_wait(self.mm, Self::ADDR, v)?,
+                Some(spin) => softmm_wait_spinning(self.mm, Self::ADDR, v, spin)?,
+            };
+            slept += u64::from(woken);
+        }
+    }
+}
+
+impl Side for SoftmmSide<'_> {
+    fn ping(&mut self, i: u32) -> CliResult<u64> {
+        self.wake(2 * i + 1)?;
+        self.await_(2 * i + 2)
+    }
+
+    fn pong(&mut self, i: u32) -> CliResult<u64> {
+        let slept = self.await_(2 * i + 1)?;
+        self.wake(2 * i + 2)?;
+        Ok(slept)
+    }
+
+    fn abort(&mut self) {
+        let _ = self.acc.store_u32(Self::ADDR, ABORT);
+        let _ = self.mm.futex_wake(Self::ADDR, i32::MAX as u32);
+    }
+}
+
+/// (c) softmm ping-pong (`spin_ns`: the spin-then-park prototype).
+fn softmm_pingpong(mm: &Mm, place: Place, spin_ns: Option<u64>) -> CliResult<PingPong> {
+    lib(mm.write(SoftmmSide::ADDR, &0u32.to_ne_bytes()), "write")?;
+    pingpong(place, || SoftmmSide { mm, acc: mm.accessor(), spin_ns })
+}
+
+// ------------------------------------------------------------ orchestration
+
+#[derive(Serialize)]
+struct MutexRow {
+    threads: u64,
+    /// Lock-unlock pairs per second, millions.
+    softmm_mops: f64,
+    linux_mops: Option<f64>,
+    /// softmm rate / Linux rate.
+    ratio_vs_linux: Option<f64>,
+    softmm_samples: Vec<f64>,
+    linux_samples: Option<Vec<f64>>,
+}
+
+/// Ping-pong at one placement.
+#[derive(Serialize)]
+struct PingPongRow {
+    /// "one CPU" or "two CPUs".
+    place: String,
+    cpus: Vec<usize>,
+    softmm_ns: f64,
+    linux_ns: Option<f64>,
+    ratio_vs_linux: Option<f64>,
+    /// Futex waits that slept per round trip (both threads), median; the
+    /// others found the word changed (EAGAIN) or were woken before it.
+    softmm_sleeps_per_round_trip: f64,
+    linux_sleeps_per_round_trip: Option<f64>,
+    /// Prototype: softmm with waits that spin `SPIN_NS` before parking.
+    softmm_spin_ns: f64,
+    softmm_spin_ratio_vs_linux: Option<f64>,
+    softmm_spin_sleeps_per_round_trip: f64,
+    softmm_samples: Vec<f64>,
+    linux_samples: Option<Vec<f64>>,
+}
+
+#[derive(Serialize)]
+struct Samples {
+    wake_softmm: Vec<f64>,
+    wake_linux: Option<Vec<f64>>,
+    eagain_softmm: Vec<f64>,
+    eagain_linux: Option<Vec<f64>>,
+    cow_ns: Vec<f64>,
+    cow_with_waiter_ns: Vec<f64>,
+}
+
+/// The `Mm` paths and prototypes, softmm side only (not part of the
+/// targets); ratios against the Linux figures.
+#[derive(Serialize)]
+struct Prototypes {
+    /// A no-waiter wake through `Mm::futex_wake`.
+    wake_via_mm_ns: f64,
+    wake_via_mm_ratio_vs_linux: Option<f64>,
+    /// EAGAIN through `Mm::futex_wait`.
+    eagain_via_mm_ns: f64,
+    eagain_via_mm_ratio_vs_linux: Option<f64>,
+    /// The floor: one TLB-hit load and a compare.
+    eagain_via_accessor_ns: f64,
+    eagain_via_accessor_ratio_vs_linux: Option<f64>,
+    /// The spin of the spin-then-park ping-pong prototype (see `pingpong`).
+    spin_ns: u64,
+}
+
+#[derive(Serialize)]
+struct FutexJson {
+    bench: &'static str,
+    /// Which futex(2) ops the Linux figures use.
+    linux_ops: &'static str,
+    reps: usize,
+    calls_per_run: u64,
+    round_trips_per_run: u64,
+    round_trips_per_run_two_cpus: u64,
+    mutex_ops_per_run: u64,
+    wake_softmm_ns: f64,
+    wake_linux_ns: Option<f64>,
+    wake_linux_private_ns: Option<f64>,
+    wake_ratio_vs_linux: Option<f64>,
+    wake_ratio_vs_linux_private: Option<f64>,
+    eagain_softmm_ns: f64,
+    eagain_linux_ns: Option<f64>,
+    eagain_linux_private_ns: Option<f64>,
+    eagain_ratio_vs_linux: Option<f64>,
+    eagain_ratio_vs_linux_private: Option<f64>,
+    /// The placement with the lower ratio (the target must hold in both).
+    pingpong_place: String,
+    pingpong_softmm_ns: f64,
+    pingpong_linux_ns: Option<f64>,
+    pingpong_ratio_vs_linux: Option<f64>,
+    /// Every placement measured.
+    pingpong: Vec<PingPongRow>,
+    mutex: Vec<MutexRow>,
+    /// The smallest of the mutex ratios.
+    mutex_ratio_vs_linux: Option<f64>,
+    cow_size_bytes: u64,
+    cow_fault_ns: f64,
+    cow_fault_with_waiter_ns: f64,
+    vcache_check_ns: f64,
+    vcache_check_after_copy_ns: f64,
+    /// max(vcache_check_ns, vcache_check_after_copy_ns) / cow_fault_ns, in percent.
+    vcache_check_percent_of_cow: f64,
+    prototypes: Prototypes,
+    target_wake_ratio: f64,
+    target_eagain_ratio: f64,
+    target_pingpong_ratio: f64,
+    target_mutex_ratio: f64,
+    target_vcache_percent: f64,
+    targets_missed: Vec<&'static str>,
+    target_met: Option<bool>,
+    samples: Samples,
+}
+
+fn ratio(linux: Option<f64>, softmm: f64) -> Option<f64> {
+    linux.map(|l| l / softmm)
+}
+
+fn verdict(r: Option<f64>, target: f64) -> String {
+    match r {
+        Some(r) if r >= target => format!("{r:.2}x met"),
+        Some(r) => format!("{r:.2}x MISSED"),
+        None => "-".into(),
+    }
+}
+
+fn times(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
+}
+
+/// `reps` runs of `f` after one untimed warm-up run.
+fn runs(reps: usize, mut f: impl FnMut() -> CliResult<f64>) -> CliResult<Vec<f64>> {
+    f()?;
+    (0..reps).map(|_| f()).collect()
+}
+
+/// `reps` runs of each of the two sides (the Linux one only with
+/// `linux`), alternating, after one untimed warm-up run of each.
+fn pairs(
+    reps: usize,
+    linux: bool,
+    mut soft: impl FnMut() -> CliResult<f64>,
+    mut lx: impl FnMut() -> CliResult<f64>,
+) -> CliResult<(Vec<f64>, Option<Vec<f64>>)> {
+    soft()?;
+    if linux {
+        lx()?;
+    }
+    let (mut s, mut l) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        s.push(soft()?);
+        if linux {
+            l.push(lx()?);
+        }
+    }
+    Ok((s, linux.then_some(l)))
+}
+
+/// Ping-pong at `place`: softmm and Linux alternating, then the
+/// spin-then-park prototype.
+fn pingpong_row(mm: &Mm, lw: &LinuxWords, place: Place, reps: usize, vs: bool) -> CliResult<PingPongRow> {
+    let (mut ss, mut sl, mut sp) = (Vec::new(), Vec::new(), Vec::new());
+    let (s, l) = pairs(
+        reps,
+        vs,
+        || {
+            softmm_pingpong(mm, place, None).map(|p| (p.sleeps, p.ns)).map(|(z, n)| {
+                ss.push(z);
+                n
+            })
+        },
+        || {
+            linux_pingpong(lw, place).map(|p| (p.sleeps, p.ns)).map(|(z, n)| {
+                sl.push(z);
+                n
+            })
+        },
+    )?;
+    let spin = runs(reps, || {
+        softmm_pingpong(mm, place, Some(SPIN_NS)).map(|p| {
+            sp.push(p.sleeps);
+            p.ns
+        })
+    })?;
+    // The first sleep count of each is the warm-up's.
+    let timed = |v: &[f64]| median(v.get(1..).unwrap_or_default());
+    let (sm, lm, spm) = (median(&s), l.as_deref().map(median), median(&spin));
+    let (name, cpus) = match place {
+        Place::OneCpu(c) => ("one CPU", vec![c]),
+        Place::TwoCpus(a, b) => ("two CPUs", vec![a, b]),
+    };
+    Ok(PingPongRow {
+        place: name.into(),
+        cpus,
+        softmm_ns: sm,
+        linux_ns: lm,
+        ratio_vs_linux: ratio(lm, sm),
+        softmm_sleeps_per_round_trip: timed(&ss),
+        linux_sleeps_per_round_trip: vs.then(|| timed(&sl)),
+        softmm_spin_ns: spm,
+        softmm_spin_ratio_vs_linux: ratio(lm, spm),
+        softmm_spin_sleeps_per_round_trip: timed(&sp),
+        softmm_samples: s,
+        linux_samples: l,
+    })
+}
+
+pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
+    let cow_size = size.unwrap_or(COW_SIZE);
+    let reps = o.reps;
+    let vs = o.vs_linux;
+    let cpus = allowed_cpus();
+    let Some(&first_cpu) = cpus.first() else {
+        return Err(CliError("bench futex: no CPU allowed by sched_getaffinity".into()));
+    };
+    let mut places = vec![Place::OneCpu(first_cpu)];
+    if let Some(&second) = cpus.get(1) {
+        places.push(Place::TwoCpus(first_cpu, second));
+    }
+    let m = machine(cow_size.saturating_mul(3).saturating_add(64 << 20))?;
+    let mm = words_mm(&m)?;
+    let lw = LinuxWords::new()?;
+    let pb = status();
+
+    say(&pb, "futex: wake with no waiters".into());
+    let (wake_s, wake_l) = pairs(reps, vs, || softmm_wake_idle(&mm), || linux_wake_idle(&lw, 0))?;
+    let wake_lp = vs.then(|| runs(reps, || linux_wake_idle(&lw, PRIVATE))).transpose()?;
+    say(&pb, "futex: wait returning EAGAIN".into());
+    let (eagain_s, eagain_l) = pairs(reps, vs, || softmm_eagain(&mm), || linux_eagain(&lw, 0))?;
+    let eagain_lp = vs.then(|| runs(reps, || linux_eagain(&lw, PRIVATE))).transpose()?;
+    let mut pp = Vec::new();
+    for &place in &places {
+        say(&pb, format!("futex: ping-pong, {place:?}"));
+        pp.push(pingpong_row(&mm, &lw, place, reps, vs)?);
+    }
+    let mut rows = Vec::new();
+    for threads in MUTEX_THREADS {
+        say(&pb, format!("futex: mutex, {threads} threads"));
+        let (s, l) = pairs(reps, vs, || softmm_mutex(&mm, threads, &cpus), || linux_mutex(&lw, threads, &cpus))?;
+        let sm = median(&s) / 1e6;
+        let lm = l.as_deref().map(|l| median(l) / 1e6);
+        rows.push(MutexRow {
+            threads,
+            softmm_mops: sm,
+            linux_mops: lm,
+            ratio_vs_linux: lm.map(|l| sm / l),
+            softmm_samples: s,
+            linux_samples: l,
+        });
+    }
+    say(&pb, "futex: COW fault and the vcache check".into());
+    let (mut cow, mut cow_w) = (Vec::new(), Vec::new());
+    softmm_cow(&m, cow_size, false)?;
+    for _ in 0..reps {
+        cow.push(softmm_cow(&m, cow_size, false)?);
+        cow_w.push(softmm_cow(&m, cow_size, true)?);
+    }
+    let users = AtomicUsize::new(0);
+    let mut pages = vec![[0u8; PAGE as usize]; COPY_PAGES];
+    let (mut alone, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    vcache_check_alone(&users);
+    vcache_check_after_copy(&users, &mut pages, true);
+    for _ in 0..reps {
+        alone.push(vcache_check_alone(&users));
+        with.push(vcache_check_after_copy(&users, &mut pages, true));
+        without.push(vcache_check_after_copy(&users, &mut pages, false));
+    }
+    say(&pb, "futex: the Mm paths, and prototypes".into());
+    let bucket_waiters = AtomicUsize::new(0);
+    let p_wake = runs(reps, || mm_wake_idle(&mm, &bucket_waiters))?;
+    let p_pre = runs(reps, || mm_eagain(&mm))?;
+    let p_acc = runs(reps, || proto_eagain_via_accessor(&mm))?;
+    pb.finish_and_clear();
+    drop(mm);
+    drop(m);
+
+    let med_opt = |v: &Option<Vec<f64>>| v.as_deref().map(median);
+    let (ws, wl, wlp) = (median(&wake_s), med_opt(&wake_l), med_opt(&wake_lp));
+    let (es, el, elp) = (median(&eagain_s), med_opt(&eagain_l), med_opt(&eagain_lp));
+    let (cow_ns, cow_w_ns) = (median(&cow), median(&cow_w));
+    let (pw, ppre, pacc) = (median(&p_wake), median(&p_pre), median(&p_acc));
+    let check_alone = median(&alone);
+    let check_copy = (median(&with) - median(&without)).max(0.0);
+    let pct = check_alone.max(check_copy) / cow_ns * 100.0;
+    // Judged on the worse placement: the target must hold in both.
+    let key = |r: &PingPongRow| r.ratio_vs_linux.unwrap_or(f64::INFINITY);
+    let worst = pp.iter().min_by(|a, b| key(a).total_cmp(&key(b)));
+    let (pplace, ps, pl, pr) = match worst {
+        Some(r) => (r.place.clone(), r.softmm_ns, r.linux_ns, r.ratio_vs_linux),
+        None => (String::new(), f64::NAN, None, None),
+    };
+    let (wr, er) = (ratio(wl, ws), ratio(el, es));
+    let mutex_min = rows.iter().filter_map(|r| r.ratio_vs_linux).reduce(f64::min);
+
+    let mut missed = Vec::new();
+    let mut judge = |name: &'static str, r: Option<f64>, target: f64| {
+        if r.is_some_and(|r| r < target) {
+            missed.push(name);
+        }
+    };
+    judge("wake", wr, TARGET_WAKE);
+    judge("eagain", er, TARGET_EAGAIN);
+    judge("pingpong", pr, TARGET_PINGPONG);
+    judge("mutex", mutex_min, TARGET_MUTEX);
+    if pct > TARGET_VCACHE_PCT {
+        missed.push("vcache");
+    }
+    let met = missed.is_empty();
+
+    let mut t = String::new();
+    let _ = writeln!(t, "bench futex: softmm futexes vs Linux futex(2) (non-private ops, private anonymous memory)");
+    let _ = writeln!(
+        t,
+        "  median of {reps} runs; per run {CALLS} calls, {ROUND_TRIPS} round trips ({ROUND_TRIPS_TWO_CPUS} on two CPUs), \
+         {MUTEX_OPS} lock/unlock pairs"
+    );
+    let _ = writeln!(t, "  {:<30}{:>12}{:>12}{:>14}{:>16}", "", "softmm", "linux", "linux/softmm", "target");
+    let row = |t: &mut String, name: &str, s: String, l: Option<String>, v: String, target: String| {
+        let _ = writeln!(
+            t,
+            "  {:<30}{:>12}{:>12}{:>14}{:>16}",
+            name,
+            s,
+            l.as_deref().unwrap_or("-"),
+            v,
+            if l.is_some() { target } else { String::new() }
+        );
+    };
+    row(&mut t, "(a) wake, no waiters", ns(ws), wl.map(ns), verdict(wr, TARGET_WAKE), format!(">= {TARGET_WAKE}x"));
+    row(&mut t, "    Linux private op", ns(ws), wlp.map(ns), times(ratio(wlp, ws)), String::new());
+    row(&mut t, "(b) wait, EAGAIN", ns(es), el.map(ns), verdict(er, TARGET_EAGAIN), format!(">= {TARGET_EAGAIN}x"));
+    row(&mut t, "    Linux private op", ns(es), elp.map(ns), times(ratio(elp, es)), String::new());
+    let _ = writeln!(t, "  (c) ping-pong round trip (target >= 0.91x in both placements):");
+    for r in &pp {
+        row(
+            &mut t,
+            &format!("    {} {:?}", r.place, r.cpus),
+            ns(r.softmm_ns),
+            r.linux_ns.map(ns),
+            verdict(r.ratio_vs_linux, TARGET_PINGPONG),
+            ">= 0.91x".into(),
+        );
+        let _ = writeln!(
+            t,
+            "      waits that slept per round trip: softmm {:.2}{}",
+            r.softmm_sleeps_per_round_trip,
+            r.linux_sleeps_per_round_trip.map(|l| format!(", Linux {l:.2}")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(t, "  (d) contended mutex, lock/unlock pairs per second:");
+    for r in &rows {
+        row(
+            &mut t,
+            &format!("    {} threads", r.threads),
+            format!("{:.2} M/s", r.softmm_mops),
+            r.linux_mops.map(|l| format!("{l:.2} M/s")),
+            verdict(r.ratio_vs_linux, TARGET_MUTEX),
+            format!(">= {TARGET_MUTEX}x"),
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  (e) COW fault ({}, per page): {} with no waiter, {} with a waiter in the address space",
+        bytes(cow_size),
+        ns(cow_ns),
+        ns(cow_w_ns)
+    );
+    let _ = writeln!(
+        t,
+        "      no-waiter vcache check (fence + load): {check_alone:.1} ns alone, {check_copy:.1} ns after a 4 KiB copy"
+    );
+    let _ = writeln!(
+        t,
+        "      = {pct:.2} % of a COW fault (target <= {TARGET_VCACHE_PCT} %: {})",
+        if pct <= TARGET_VCACHE_PCT { "met" } else { "MISSED" }
+    );
+    let x = |r: Option<f64>| r.map(|r| format!(" ({r:.2}x Linux)")).unwrap_or_default();
+    let _ = writeln!(t, "  the same through `Mm`, and prototypes (softmm side only, not targets):");
+    let _ = writeln!(
+        t,
+        "    wake, no waiters, Mm::futex_wake (read lock + page walk):       {}{}",
+        ns(pw),
+        x(ratio(wl, pw))
+    );
+    let _ = writeln!(
+        t,
+        "    EAGAIN, Mm::futex_wait (read lock + page walk, then compare):   {}{}",
+        ns(ppre),
+        x(ratio(el, ppre))
+    );
+    let _ = writeln!(
+        t,
+        "    EAGAIN floor: one accessor load and a compare:                  {}{}",
+        ns(pacc),
+        x(ratio(el, pacc))
+    );
+    for r in &pp {
+        let _ = writeln!(
+            t,
+            "    ping-pong, {}, waits spin {} before parking: {}{}, {:.2} sleeps per round trip",
+            r.place,
+            ns(SPIN_NS as f64),
+            ns(r.softmm_spin_ns),
+            x(r.softmm_spin_ratio_vs_linux),
+            r.softmm_spin_sleeps_per_round_trip
+        );
+    }
+    if vs {
+        let _ = writeln!(
+            t,
+            "  targets: {}",
+            if met { "all met".to_string() } else { format!("missed: {}", missed.join(", ")) }
+        );
+    } else {
+        let _ = writeln!(t, "  (run with --vs-linux for the Linux figures and ratios)");
+    }
+
+    let json = FutexJson {
+        bench: "futex",
+        linux_ops: "non-private (FUTEX_WAIT, FUTEX_WAKE); *_private_* fields: with FUTEX_PRIVATE_FLAG",
+        reps,
+        calls_per_run: CALLS,
+        round_trips_per_run: ROUND_TRIPS,
+        round_trips_per_run_two_cpus: ROUND_TRIPS_TWO_CPUS,
+        mutex_ops_per_run: MUTEX_OPS,
+        wake_softmm_ns: ws,
+        wake_linux_ns: wl,
+        wake_linux_private_ns: wlp,
+        wake_ratio_vs_linux: wr,
+        wake_ratio_vs_linux_private: ratio(wlp, ws),
+        eagain_softmm_ns: es,
+        eagain_linux_ns: el,
+        eagain_linux_private_ns: elp,
+        eagain_ratio_vs_linux: er,
+        eagain_ratio_vs_linux_private: ratio(elp, es),
+        pingpong_place: pplace,
+        pingpong_softmm_ns: ps,
+        pingpong_linux_ns: pl,
+        pingpong_ratio_vs_linux: pr,
+        pingpong: pp,
+        mutex: rows,
+        mutex_ratio_vs_linux: mutex_min,
+        cow_size_bytes: cow_size,
+        cow_fault_ns: cow_ns,
+        cow_fault_with_waiter_ns: cow_w_ns,
+        vcache_check_ns: check_alone,
+        vcache_check_after_copy_ns: check_copy,
+        vcache_check_percent_of_cow: pct,
+        prototypes: Prototypes {
+            wake_via_mm_ns: pw,
+            wake_via_mm_ratio_vs_linux: ratio(wl, pw),
+            eagain_via_mm_ns: ppre,
+            eagain_via_mm_ratio_vs_linux: ratio(el, ppre),
+            eagain_via_accessor_ns: pacc,
+            eagain_via_accessor_ratio_vs_linux: ratio(el, pacc),
+            spin_ns: SPIN_NS,
+        },
+        target_wake_ratio: TARGET_WAKE,
+        target_eagain_ratio: TARGET_EAGAIN,
+        target_pingpong_ratio: TARGET_PINGPONG,
+        target_mutex_ratio: TARGET_MUTEX,
+        target_vcache_percent: TARGET_VCACHE_PCT,
+        targets_missed: missed,
+        target_met: vs.then_some(met),
+        samples: Samples {
+            wake_softmm: wake_s,
+            wake_linux: wake_l,
+            eagain_softmm: eagain_s,
+            eagain_linux: eagain_l,
+            cow_ns: cow,
+            cow_with_waiter_ns: cow_w,
+        },
+    };
+    let v = serde_json::to_value(&json).map_err(|e| CliError(format!("JSON output: {e}")))?;
+    Ok((t, v, vs.then_some(met)))
+}
