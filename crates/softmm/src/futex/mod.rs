@@ -283,6 +283,28 @@ fn settle_two(mm: &MmInner, st: &MmState, vbs: &BucketPair<'_>, addr: u64, addr2
     }
 }
 
+/// The `mmap_lock` for a futex call at `addr` (`EFAULT` once the space exited).
+fn read_state(mm: &MmInner, addr: u64) -> Result<parking_lot::RwLockReadGuard<'_, MmState>> {
+    let st = mm.state.read();
+    if st.pt.is_none() {
+        return Err(Error::Fault { addr });
+    }
+    Ok(st)
+}
+
+/// The keys of the two words of a requeue or wake-op (the first as a wake
+/// resolves it).
+fn resolve_two(mm: &MmInner, st: &MmState, addr: u64, addr2: u64, intent2: Intent) -> Result<(Resolved, Resolved)> {
+    let r1 = resolve(mm, st, addr, Intent::Wake)?;
+    match resolve(mm, st, addr2, intent2) {
+        Ok(r2) => Ok((r1, r2)),
+        Err(e) => {
+            r1.release_frame(mm);
+            Err(e)
+        }
+    }
+}
+
 fn physical(mm: &MmInner) -> bool {
     mm.machine.config.futex_keys == FutexKeys::Physical
 }
@@ -332,10 +354,7 @@ impl crate::Mm {
 pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
     check_addr(addr)?;
     check_bitset(bitset)?;
-    let st = mm.state.read();
-    if st.pt.is_none() {
-        return Err(Error::Fault { addr });
-    }
+    let st = read_state(mm, addr)?;
     let fx = &mm.machine.futexes;
     let page = addr & !0xfff;
     let mut first = Some(resolve(mm, &st, addr, Intent::Wait)?);
@@ -391,10 +410,7 @@ pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bits
 pub(crate) fn wake_bitset(mm: &MmInner, addr: u64, n: u32, bitset: u32) -> Result<u32> {
     check_addr(addr)?;
     check_bitset(bitset)?;
-    let st = mm.state.read();
-    if st.pt.is_none() {
-        return Err(Error::Fault { addr });
-    }
+    let st = read_state(mm, addr)?;
     let fx = &mm.machine.futexes;
     if !physical(mm) || mm.vcache_users.load(Ordering::SeqCst) == 0 {
         // No waiter follows a page of this mm: nothing can be half-moved.
@@ -432,21 +448,11 @@ impl crate::Mm {
         check_addr(addr)?;
         check_addr(addr2)?;
         let mm = &self.inner;
-        let st = mm.state.read();
-        if st.pt.is_none() {
-            return Err(Error::Fault { addr });
-        }
+        let st = read_state(mm, addr)?;
         let fx = &mm.machine.futexes;
         let arena = mm.arena();
         loop {
-            let r1 = resolve(mm, &st, addr, Intent::Wake)?;
-            let r2 = match resolve(mm, &st, addr2, Intent::Wait) {
-                Ok(r) => r,
-                Err(e) => {
-                    r1.release_frame(mm);
-                    return Err(e);
-                }
-            };
+            let (r1, r2) = resolve_two(mm, &st, addr, addr2, Intent::Wait)?;
             let (page1, page2) = (addr & !0xfff, addr2 & !0xfff);
             let mut vbs = physical(mm).then(|| fx.vcache.lock_two(mm.id, page1, page2));
             if let Some(vbs) = &vbs {
@@ -495,20 +501,10 @@ impl crate::Mm {
         check_addr(addr)?;
         check_addr(addr2)?;
         let mm = &self.inner;
-        let st = mm.state.read();
-        if st.pt.is_none() {
-            return Err(Error::Fault { addr });
-        }
+        let st = read_state(mm, addr)?;
         let fx = &mm.machine.futexes;
         loop {
-            let r1 = resolve(mm, &st, addr, Intent::Wake)?;
-            let r2 = match resolve(mm, &st, addr2, Intent::Modify) {
-                Ok(r) => r,
-                Err(e) => {
-                    r1.release_frame(mm);
-                    return Err(e);
-                }
-            };
+            let (r1, r2) = resolve_two(mm, &st, addr, addr2, Intent::Modify)?;
             let vbs = (physical(mm) && mm.vcache_users.load(Ordering::SeqCst) > 0)
                 .then(|| fx.vcache.lock_two(mm.id, addr & !0xfff, addr2 & !0xfff));
             if let Some(vbs) = &vbs {
