@@ -259,20 +259,25 @@ type BucketPair<'a> = (crate::vcache::Bucket<'a, Node>, Option<crate::vcache::Bu
 
 /// The locked bucket of `(mm, page)` among two from `Vcache::lock_two`.
 fn bucket_of<'p, 'a>(vbs: &'p mut BucketPair<'a>, mm: u64, page: u64) -> &'p mut crate::vcache::Bucket<'a, Node> {
-    let want = Vcache::<Node>::index(mm, page & !0xfff);
-    match &mut vbs.1 {
-        Some(b) if b.index == want => b,
-        _ => &mut vbs.0,
+    if second_holds(vbs, mm, page) {
+        if let Some(b) = &mut vbs.1 {
+            return b;
+        }
     }
+    &mut vbs.0
+}
+
+/// Whether `(mm, page)`'s bucket is the second of the pair (else the first).
+fn second_holds(vbs: &BucketPair<'_>, mm: u64, page: u64) -> bool {
+    vbs.1.as_ref().is_some_and(|b| b.index == Vcache::<Node>::index(mm, page & !0xfff))
 }
 
 /// `settled` for the two pages of a requeue or wake-op, keys re-derived by
 /// the caller (whose re-check under the futex locks retries if they moved).
 fn settle_two(mm: &MmInner, st: &MmState, vbs: &BucketPair<'_>, addr: u64, addr2: u64) {
     for a in [addr, addr2] {
-        let want = Vcache::<Node>::index(mm.id, a & !0xfff);
         let vb = match &vbs.1 {
-            Some(b) if b.index == want => b,
+            Some(b) if second_holds(vbs, mm.id, a) => b,
             _ => &vbs.0,
         };
         let now = resolve::translation(mm, st, a);
@@ -302,6 +307,22 @@ fn resolve_two(mm: &MmInner, st: &MmState, addr: u64, addr2: u64, intent2: Inten
             r1.release_frame(mm);
             Err(e)
         }
+    }
+}
+
+/// The end of one try of a two-word call (its locks already dropped):
+/// release both frames; `None` means the pages moved, try again.
+fn end_try(
+    mm: &MmInner,
+    (r1, r2): (Resolved, Resolved),
+    result: std::result::Result<u32, Option<Error>>,
+) -> Option<Result<u32>> {
+    r1.release_frame(mm);
+    r2.release_frame(mm);
+    match result {
+        Ok(n) => Some(Ok(n)),
+        Err(None) => None,
+        Err(Some(e)) => Some(Err(e)),
     }
 }
 
@@ -484,12 +505,8 @@ impl crate::Mm {
                 },
             );
             drop(vbs);
-            r1.release_frame(mm);
-            r2.release_frame(mm);
-            match result {
-                Ok(n) => return Ok(n),
-                Err(None) => continue,
-                Err(Some(e)) => return Err(e),
+            if let Some(done) = end_try(mm, (r1, r2), result) {
+                return done;
             }
         }
     }
@@ -520,12 +537,8 @@ impl crate::Mm {
                 op.apply(word).map_err(Some)
             });
             drop(vbs);
-            r1.release_frame(mm);
-            r2.release_frame(mm);
-            match result {
-                Ok(n) => return Ok(n),
-                Err(None) => continue,
-                Err(Some(e)) => return Err(e),
+            if let Some(done) = end_try(mm, (r1, r2), result) {
+                return done;
             }
         }
     }
