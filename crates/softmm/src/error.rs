@@ -75,6 +75,17 @@ pub enum Error {
     /// answers for unknown ones (`ENOSYS`).
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    /// The swap device failed to give back a page (the access that needed
+    /// it gets this, like a SIGBUS; nothing wrong is ever mapped).
+    #[error("I/O error on the swap device at {addr:#x}: {what}")]
+    Io { addr: u64, what: String },
+    /// The swap device is full or refused a write.
+    #[error("swap device full or failing: {0}")]
+    SwapFull(String),
+    /// The frame is in use in a way that forbids the operation now (it is
+    /// locked by reclaim or migration, pinned, or held by a futex waiter).
+    #[error("frame busy: {0}")]
+    Busy(&'static str),
     /// The host refused an operation softmm needed from it.
     #[error("host error in {what}: errno {errno}")]
     Host { what: &'static str, errno: i32 },
@@ -84,6 +95,9 @@ pub enum Error {
 pub mod errno {
     pub const EPERM: i32 = 1;
     pub const EINTR: i32 = 4;
+    pub const EIO: i32 = 5;
+    pub const EBUSY: i32 = 16;
+    pub const ENOSPC: i32 = 28;
     pub const EAGAIN: i32 = 11;
     pub const ENOMEM: i32 = 12;
     pub const EFAULT: i32 = 14;
@@ -97,6 +111,9 @@ pub mod errno {
         match e {
             EPERM => "EPERM",
             EINTR => "EINTR",
+            EIO => "EIO",
+            EBUSY => "EBUSY",
+            ENOSPC => "ENOSPC",
             EAGAIN => "EAGAIN",
             ENOMEM => "ENOMEM",
             EFAULT => "EFAULT",
@@ -127,6 +144,9 @@ impl Error {
             Error::TimedOut => ETIMEDOUT,
             Error::Interrupted => EINTR,
             Error::Unsupported(_) => ENOSYS,
+            Error::Io { .. } => EIO,
+            Error::SwapFull(_) => ENOSPC,
+            Error::Busy(_) => EBUSY,
         }
     }
 

@@ -34,6 +34,12 @@ pub struct Config {
     pub prezero: bool,
     /// How futexes are keyed (see [`crate::futex`]). Default: physical.
     pub futex_keys: crate::futex::FutexKeys,
+    /// Most bytes of frames in use at once (data, page tables and the swap
+    /// cache), rounded down to frames; `None`: the arena's size. When an
+    /// allocation would pass it, reclaim swaps cold pages out.
+    pub mem_limit: Option<u64>,
+    /// Where swapped-out pages go (see [`crate::reclaim::SwapConfig`]).
+    pub swap: crate::reclaim::SwapConfig,
 }
 
 impl Default for Config {
@@ -44,6 +50,8 @@ impl Default for Config {
             cpu_caches: 0,
             prezero: !cfg!(miri),
             futex_keys: crate::futex::FutexKeys::Physical,
+            mem_limit: None,
+            swap: crate::reclaim::SwapConfig::Auto,
         }
     }
 }
@@ -53,6 +61,9 @@ pub(crate) struct MachineInner {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) futexes: crate::futex::Futexes,
+    /// Registry of anon_vmas, for reverse-map walks from a frame.
+    pub(crate) anon_vmas: Arc<crate::rmap::AnonVmas>,
+    pub(crate) reclaim: crate::reclaim::Reclaim,
     next_id: AtomicU64,
     mms: Mutex<Vec<Weak<MmInner>>>,
     shms: Mutex<Vec<Weak<ShmObject>>>,
@@ -103,6 +114,14 @@ impl Machine {
     /// Reserve the arena and set up an empty machine.
     pub fn new(config: Config) -> Result<Machine> {
         let arena = Arc::new(FrameArena::new(config.arena_bytes, config.cpu_caches)?);
+        if let Some(limit) = config.mem_limit {
+            let frames = limit / crate::phys::PAGE_SIZE as u64;
+            if frames < 16 {
+                return Err(crate::Error::Invalid("mem_limit must allow at least 16 frames (64 KiB)"));
+            }
+            arena.set_limit(frames);
+        }
+        let reclaim = crate::reclaim::Reclaim::new(config.mem_limit.is_some(), &config.swap)?;
         if config.prezero {
             arena.start_zeroer()?;
         }
@@ -112,6 +131,8 @@ impl Machine {
                 config,
                 counters: Counters::default(),
                 futexes: crate::futex::Futexes::default(),
+                anon_vmas: crate::rmap::AnonVmas::new(),
+                reclaim,
                 next_id: AtomicU64::new(1),
                 mms: Mutex::new(Vec::new()),
                 shms: Mutex::new(Vec::new()),
@@ -130,6 +151,9 @@ impl Machine {
         s.frames_in_use = self.inner.arena.in_use();
         s.frames_capacity = self.inner.arena.capacity() as u64;
         s.frames_touched = self.inner.arena.touched() as u64;
+        s.swap_used = self.inner.reclaim.swap.as_ref().map_or(0, |sw| sw.used());
+        s.swap_slots = self.inner.reclaim.swap.as_ref().map_or(0, |sw| sw.slots());
+        s.anon_vmas = self.inner.anon_vmas.len() as u64;
         s
     }
 
@@ -145,6 +169,40 @@ impl Machine {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
         true
+    }
+
+    /// Run the reclaim clock until `frames` frames are freed (swapped out)
+    /// or nothing more can be; returns the frames freed. Without a swap
+    /// device this frees nothing.
+    pub fn reclaim(&self, frames: usize) -> usize {
+        crate::reclaim::shrink(&self.inner, frames)
+    }
+
+    /// Compaction: move every private anonymous frame whose number lies in
+    /// `range` to a frame outside it (through [`Mm::migrate`]'s mechanism),
+    /// so the range can be given back or used for something contiguous.
+    /// Frames that cannot move now (locked, pinned, in the swap cache, held
+    /// by a futex waiter or a remote access) stay. Returns (moved, stayed).
+    pub fn evacuate(&self, range: std::ops::Range<u32>) -> (u64, u64) {
+        let m = &self.inner;
+        let arena = &m.arena;
+        let (mut moved, mut stayed) = (0, 0);
+        let hi = range.end.min(arena.touched());
+        for i in range.start.max(1)..hi {
+            let f = crate::phys::FrameId(i);
+            let meta = arena.meta(f);
+            if !meta.has(crate::phys::flags::ANON) || !arena.try_get(f) {
+                continue;
+            }
+            if meta.has(crate::phys::flags::ANON) {
+                match crate::reclaim::migrate_frame(m, f, |n| range.contains(&n.0)) {
+                    Ok(_) => moved += 1,
+                    Err(_) => stayed += 1,
+                }
+            }
+            arena.put(f);
+        }
+        (moved, stayed)
     }
 
     /// The configuration in force.

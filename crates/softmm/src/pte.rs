@@ -3,7 +3,12 @@
 //! One `u64` per entry at every level. Bit 0 is present; for a present entry,
 //! bits 12..44 hold the frame number (a [`FrameId`]) of the page or of the
 //! next-level table. Software bits live where x86 leaves bits to the OS.
-//! A non-present, non-zero entry is reserved for swap entries (a later issue).
+//! A non-present, non-zero entry is one of two kinds, told apart by a
+//! software bit: a *swap entry* (the page is on the swap device; the frame
+//! field holds the swap slot) or a *migration entry* (the page is being
+//! moved; the frame field holds the old frame and the other bits keep the
+//! entry's flags, so the move can put them back). Neither has bit 0 set, so
+//! every walker that only looks for present entries skips both.
 
 use crate::phys::FrameId;
 
@@ -21,6 +26,10 @@ impl Pte {
     pub const DIRTY: u64 = 1 << 6;
     /// Software bit: the entry maps the shared zero frame.
     pub const SOFT_ZERO: u64 = 1 << 9;
+    /// Software bit of a non-present entry: a swap entry.
+    const SOFT_SWAP: u64 = 1 << 10;
+    /// Software bit of a non-present entry: a migration entry.
+    const SOFT_MIGRATION: u64 = 1 << 11;
     const FRAME_SHIFT: u32 = 12;
     const FRAME_MASK: u64 = 0xffff_ffff << 12;
     const FLAG_MASK: u64 = !Self::FRAME_MASK;
@@ -38,6 +47,54 @@ impl Pte {
     #[inline]
     pub fn table(frame: FrameId) -> Pte {
         Pte::new(frame, Self::WRITE | Self::USER)
+    }
+
+    /// A swap entry for `slot` of the swap device.
+    #[inline]
+    pub const fn swap(slot: u32) -> Pte {
+        Pte(((slot as u64) << Self::FRAME_SHIFT) | Self::SOFT_SWAP)
+    }
+
+    /// Whether this is a swap entry.
+    #[inline]
+    pub const fn is_swap(self) -> bool {
+        self.0 & (Self::PRESENT | Self::SOFT_SWAP) == Self::SOFT_SWAP
+    }
+
+    /// The slot of a swap entry.
+    #[inline]
+    pub const fn swap_slot(self) -> u32 {
+        ((self.0 & Self::FRAME_MASK) >> Self::FRAME_SHIFT) as u32
+    }
+
+    /// The migration entry standing for present entry `self` while its
+    /// frame moves: same frame and flags, not present.
+    #[inline]
+    pub const fn to_migration(self) -> Pte {
+        Pte((self.0 & !Self::PRESENT) | Self::SOFT_MIGRATION)
+    }
+
+    /// Whether this is a migration entry.
+    #[inline]
+    pub const fn is_migration(self) -> bool {
+        self.0 & (Self::PRESENT | Self::SOFT_MIGRATION) == Self::SOFT_MIGRATION
+    }
+
+    /// The present entry a migration entry stood for, mapping `to` instead.
+    #[inline]
+    pub const fn from_migration(self, to: FrameId) -> Pte {
+        Pte(((self.0 & !Self::SOFT_MIGRATION & Self::FLAG_MASK) | ((to.0 as u64) << Self::FRAME_SHIFT)) | Self::PRESENT)
+    }
+
+    /// The frame a present or migration entry holds a reference on (not
+    /// the zero frame, which is mapped without one).
+    #[inline]
+    pub const fn counted_frame(self) -> Option<FrameId> {
+        if (self.is_present() && !self.is_zero_frame()) || self.is_migration() {
+            Some(self.frame())
+        } else {
+            None
+        }
     }
 
     #[inline]
@@ -93,6 +150,12 @@ impl Pte {
 
 impl std::fmt::Debug for Pte {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_swap() {
+            return write!(f, "Pte(swap slot {})", self.swap_slot());
+        }
+        if self.is_migration() {
+            return write!(f, "Pte(migrating frame {})", self.frame().0);
+        }
         if !self.is_present() {
             return write!(f, "Pte(none {:#x})", self.0);
         }
@@ -123,6 +186,24 @@ mod tests {
         assert!(!q.is_writable() && q.is_accessed());
         assert_eq!(q.frame(), FrameId(0xdead_beef));
         assert!(Pte::NONE.is_none() && !Pte::NONE.is_present());
+    }
+
+    #[test]
+    fn swap_and_migration_entries() {
+        let s = Pte::swap(77);
+        assert!(s.is_swap() && !s.is_present() && !s.is_none() && !s.is_migration());
+        assert_eq!(s.swap_slot(), 77);
+        assert_eq!(s.counted_frame(), None);
+        let p = Pte::new(FrameId(9), Pte::WRITE | Pte::USER | Pte::DIRTY);
+        let m = p.to_migration();
+        assert!(m.is_migration() && !m.is_present() && !m.is_swap());
+        assert_eq!(m.counted_frame(), Some(FrameId(9)));
+        let back = m.from_migration(FrameId(12));
+        assert!(back.is_present() && back.is_writable() && back.is_dirty() && back.is_user());
+        assert_eq!(back.frame(), FrameId(12));
+        assert_eq!(back, Pte::new(FrameId(12), Pte::WRITE | Pte::USER | Pte::DIRTY));
+        // Write-protecting a migration entry (fork, unshare) carries over.
+        assert!(!m.without(Pte::WRITE).from_migration(FrameId(1)).is_writable());
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub(crate) struct Counters {
     pub table_shares: AtomicU64,
     pub table_copies: AtomicU64,
     pub table_reuses: AtomicU64,
+    pub swap_outs: AtomicU64,
+    pub swap_ins: AtomicU64,
+    pub swap_cache_hits: AtomicU64,
+    pub swap_failures: AtomicU64,
+    pub migrations: AtomicU64,
 }
 
 impl Counters {
@@ -66,6 +71,22 @@ pub struct MachineStats {
     pub table_copies: u64,
     /// Unshares by the last sharer, which kept the table.
     pub table_reuses: u64,
+    /// Pages written to the swap device and freed.
+    pub swap_outs: u64,
+    /// Faults that read a page back from the swap device.
+    pub swap_ins: u64,
+    /// Faults on a swap entry that found the page still in the swap cache.
+    pub swap_cache_hits: u64,
+    /// Swap-outs that failed (device full or failing); the page stayed.
+    pub swap_failures: u64,
+    /// Frames moved by migration.
+    pub migrations: u64,
+    /// Swap slots in use.
+    pub swap_used: u64,
+    /// Slots on the swap device (0: no swap).
+    pub swap_slots: u64,
+    /// Live anon_vmas (reverse-map objects).
+    pub anon_vmas: u64,
     /// Frames allocated (page tables included, zero frame excluded).
     pub frames_in_use: u64,
     /// Frames in the arena.
@@ -92,6 +113,11 @@ impl MachineStats {
             table_shares: l(&c.table_shares),
             table_copies: l(&c.table_copies),
             table_reuses: l(&c.table_reuses),
+            swap_outs: l(&c.swap_outs),
+            swap_ins: l(&c.swap_ins),
+            swap_cache_hits: l(&c.swap_cache_hits),
+            swap_failures: l(&c.swap_failures),
+            migrations: l(&c.migrations),
             ..Default::default()
         }
     }
@@ -125,9 +151,15 @@ pub(crate) struct SmapsAcc {
     shared_dirty: u64,
     private_clean: u64,
     private_dirty: u64,
+    swap: u64,
 }
 
 impl SmapsAcc {
+    /// One page held by a swap entry (Linux's `Swap:` line).
+    pub(crate) fn swapped(&mut self) {
+        self.swap += 4096;
+    }
+
     /// One present, non-zero page: its frame's refcount and mapcount, whether
     /// it is anonymous and whether it is dirty (PTE or frame).
     pub(crate) fn page(&mut self, refcount: u32, mapcount: u32, anon: bool, dirty: bool) {
@@ -158,7 +190,7 @@ impl SmapsAcc {
             shared_dirty: self.shared_dirty >> 10,
             private_clean: self.private_clean >> 10,
             private_dirty: self.private_dirty >> 10,
-            swap: 0,
+            swap: self.swap >> 10,
         }
     }
 }

@@ -8,11 +8,12 @@
 //!   (`is_mergeable_vma`, `is_mergeable_anon_vma`);
 //! - munmap never merges.
 //!
-//! The anon_vma here is only an identity (what the reverse-map issue turns
-//! into a real object): it is what decides whether two private VMAs may merge.
+//! A private VMA carries its anon_vma links ([`AnonLink`], `rmap.rs`); the
+//! anon_vma also decides whether two private VMAs may merge.
 
+pub(crate) use crate::rmap::AnonLink;
+use crate::rmap::{AnonVma, AnonVmas, MmRef};
 use crate::shm::ShmObject;
-use crate::sync::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -67,33 +68,6 @@ pub enum MapKind {
     Shared,
 }
 
-/// The anon_vma identity of a private VMA, packed into one atomic so the
-/// fault path can assign it under the read lock: `id << 16 | chain_len`.
-/// `chain_len` is the number of anon_vmas the VMA is chained to (1 for a VMA
-/// that never went through fork; more for a forked child's).
-pub(crate) struct AnonLink(AtomicU64);
-
-impl AnonLink {
-    pub(crate) fn new(id: u64, chain: u64) -> AnonLink {
-        AnonLink(AtomicU64::new(id << 16 | chain.min(0xffff)))
-    }
-    pub(crate) fn get(&self) -> (u64, u64) {
-        let v = self.0.load(Ordering::Acquire);
-        (v >> 16, v & 0xffff)
-    }
-    /// Set the anon_vma if none is set yet; returns the one in force.
-    pub(crate) fn prepare(&self, id: u64, chain: u64) -> u64 {
-        let new = id << 16 | chain.min(0xffff);
-        match self.0.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => id,
-            Err(cur) => cur >> 16,
-        }
-    }
-    fn clone_link(&self) -> AnonLink {
-        AnonLink(AtomicU64::new(self.0.load(Ordering::Acquire)))
-    }
-}
-
 /// What backs a VMA.
 pub(crate) enum Backing {
     Anon(AnonLink),
@@ -145,16 +119,16 @@ impl Vma {
     }
 
     /// The VMA a fork gives the child: same range; a private VMA with an
-    /// anon_vma gets a new one chained to the parent's.
-    pub(crate) fn fork_copy(&self, new_anon_id: impl FnOnce() -> u64) -> Vma {
-        let mut v = self.slice(self.start, self.end);
-        if let Backing::Anon(l) = &self.backing {
-            let (id, chain) = l.get();
-            if id != 0 {
-                v.backing = Backing::Anon(AnonLink::new(new_anon_id(), chain + 1));
+    /// anon_vma gets a new one chained to the parent's (`anon_vma_fork`).
+    pub(crate) fn fork_copy(&self, reg: &AnonVmas, new_anon_id: impl FnOnce() -> u64, child: &MmRef) -> Vma {
+        let backing = match &self.backing {
+            Backing::Anon(l) => {
+                let id = if l.get().0 != 0 { new_anon_id() } else { 0 };
+                Backing::Anon(l.fork_link(reg, id, child))
             }
-        }
-        v
+            Backing::Shm(o) => Backing::Shm(o.clone()),
+        };
+        Vma { start: self.start, end: self.end, prot: self.prot, account: self.account, pgoff: self.pgoff, backing }
     }
 
     /// Flags equal and backing contiguous: `is_mergeable_vma` plus the pgoff test.
@@ -187,7 +161,7 @@ fn anon_mergeable(a: (u64, u64), b: (u64, u64)) -> bool {
 /// `anon_vma_compatible` + `reusable_anon_vma`: may a VMA at `[start,end)`
 /// with these flags take `neighbour`'s anon_vma at its first fault? Access
 /// flags do not matter here, unlike for merging.
-pub(crate) fn reusable_anon_of(v: &Vma, neighbour: &Vma) -> Option<u64> {
+pub(crate) fn reusable_anon_of<'a>(v: &Vma, neighbour: &'a Vma) -> Option<&'a std::sync::Arc<AnonVma>> {
     let adjacent = v.end == neighbour.start || neighbour.end == v.start;
     let (lo, hi) = if v.start < neighbour.start { (v, neighbour) } else { (neighbour, v) };
     let linear = hi.pgoff == lo.pgoff + (lo.len() >> 12);
@@ -197,7 +171,11 @@ pub(crate) fn reusable_anon_of(v: &Vma, neighbour: &Vma) -> Option<u64> {
     match &neighbour.backing {
         Backing::Anon(l) => {
             let (id, chain) = l.get();
-            (id != 0 && chain == 1).then_some(id)
+            if id != 0 && chain == 1 {
+                l.anon_vma()
+            } else {
+                None
+            }
         }
         Backing::Shm(_) => None,
     }
@@ -289,17 +267,11 @@ impl VmaTree {
             return false;
         }
         // The merged VMA keeps the anon_vma of whichever side has one.
-        let next_anon = match &next.backing {
-            Backing::Anon(l) => Some(l.get()),
-            Backing::Shm(_) => None,
-        };
         let Some(next) = self.map.remove(&at) else { return false };
         if let Some(prev) = self.map.get_mut(&pstart) {
             prev.end = next.end;
-            if let (Backing::Anon(l), Some((id, chain))) = (&mut prev.backing, next_anon) {
-                if l.get().0 == 0 && id != 0 {
-                    *l = AnonLink::new(id, chain);
-                }
+            if let (Backing::Anon(l), Backing::Anon(n)) = (&mut prev.backing, &next.backing) {
+                l.adopt(n);
             }
         }
         true
@@ -333,7 +305,7 @@ mod tests {
             prot,
             account: prot.writable(),
             pgoff: start >> 12,
-            backing: Backing::Anon(AnonLink::new(0, 0)),
+            backing: Backing::Anon(AnonLink::new(MmRef::detached())),
         }
     }
 

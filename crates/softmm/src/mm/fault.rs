@@ -38,8 +38,28 @@ fn segv(mm: &MmInner, addr: u64, kind: SegvKind) -> Error {
 }
 
 /// Make `va` accessible for `access` and return its entry. `except` is the
-/// calling accessor's TLB slot, if any (see `Gather::finish`).
+/// calling accessor's TLB slot, if any (see `Gather::finish`). When the
+/// frame limit is reached, reclaims (swaps pages out) and tries again.
 pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Option<&Slot>) -> Result<Pte> {
+    let mut reclaims = 0;
+    loop {
+        match fault_once(mm, st, va, access, except) {
+            Ok(Some(pte)) => return Ok(pte),
+            Ok(None) => continue,
+            Err(Error::NoMemory(_)) if reclaims < MAX_RECLAIMS && crate::reclaim::direct_reclaim(&mm.machine) => {
+                reclaims += 1
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Direct reclaims one fault may run before it gives up with ENOMEM.
+const MAX_RECLAIMS: u32 = 16;
+
+/// One attempt of `fault_in`: `None` when the entry changed under it (a
+/// racing swap-in, a migration that finished) and it must look again.
+fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Option<&Slot>) -> Result<Option<Pte>> {
     let Some(vma) = st.vmas.find(va) else {
         return Err(segv(mm, va, SegvKind::MapErr));
     };
@@ -58,7 +78,7 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     // compare-and-swap instead of taking the page-table lock.
     let cur = pt.follow_pte(arena, va);
     if let Some(pte) = fast_path(mm, pt, va, cur, access) {
-        return Ok(pte);
+        return Ok(Some(pte));
     }
     let mut added = 0;
     let table = pt.pte_table_alloc(arena, va, &mut added);
@@ -69,14 +89,31 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     // Any change to a shared PTE table makes it this space's own first
     // (seed 001: a write fault, a COW, or installing an entry).
     if pt.pte_table_shared(arena, va) {
-        share::unshare(arena, pt, va, &mm.machine.counters)?;
+        share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_ref())?;
         let base = va & !(PTE_TABLE_SPAN - 1);
         crate::futex::invalidate(mm, Some(st), base, base + PTE_TABLE_SPAN);
         let now = pt.follow_pte(arena, va);
         if let Some(pte) = fast_path(mm, pt, va, now, access) {
-            return Ok(pte);
+            return Ok(Some(pte));
         }
     }
+    // A page on its way somewhere: wait for a migration to finish, or
+    // bring a swapped-out page back (I/O happens here, outside every
+    // page-table lock).
+    let now = pt.follow_pte(arena, va);
+    if now.is_migration() {
+        wait_for_migration(pt, arena, va, now);
+        return Ok(None);
+    }
+    let swapped_in = if now.is_swap() {
+        match crate::reclaim::swap_in(mm, vma, va, now.swap_slot()) {
+            Ok(f) => Some((now, f)),
+            Err(Error::Again) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     // Read the table from the PMD entry only now: another thread may have
     // unshared it (installed a copy) since our walk. Once writable, the
     // entry stays put while we hold the mmap_lock.
@@ -84,17 +121,78 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     let mut gather = Gather::default();
     let result = {
         let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
-        handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather)
+        let entry = g.get(va);
+        match swapped_in {
+            Some((swp, f)) if entry.is_swap() && entry.swap_slot() == swp.swap_slot() => {
+                Ok(do_swap_page(mm, vma, &mut g, va, entry, f, access))
+            }
+            Some((_, f)) => {
+                arena.put(f); // someone else brought it back first
+                Ok(None)
+            }
+            None if entry.is_swap() || entry.is_migration() => Ok(None),
+            None => handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather).map(Some),
+        }
     };
     gather.finish(mm, except);
     // A new frame for a page that had one (COW, or the zero frame's first
     // write): tell the vcache, now that the page table says so.
-    if let Ok(new) = &result {
+    if let Ok(Some(new)) = &result {
         if cur.is_present() && new.frame() != cur.frame() {
             crate::futex::invalidate(mm, Some(st), va, va + 4096);
         }
     }
     result
+}
+
+/// Wait until the migration entry `entry` at `va` is replaced (the
+/// migrating thread never needs this space's `mmap_lock` for writing, so
+/// the wait ends).
+fn wait_for_migration(pt: &crate::pgtable::PageTable, arena: &crate::phys::FrameArena, va: u64, entry: Pte) {
+    let mut spins = 0u32;
+    loop {
+        let p = pt.follow_pte(arena, va);
+        if !p.is_migration() || p.frame() != entry.frame() {
+            return;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Map frame `f`, just brought back for the swap entry `entry` (the
+/// caller's reference on `f` becomes the entry's). Linux's `do_swap_page`:
+/// a write by the only user of the slot takes the page out of the swap
+/// cache and maps it writable; otherwise it is mapped read-only and a write
+/// goes on to copy-on-write. `None` asks the caller to fault again.
+fn do_swap_page(
+    mm: &MmInner,
+    vma: &Vma,
+    g: &mut PteTableGuard<'_>,
+    va: u64,
+    entry: Pte,
+    f: FrameId,
+    access: Access,
+) -> Option<Pte> {
+    let arena = mm.arena();
+    let swap = mm.machine.reclaim.swap.as_ref()?;
+    let meta = arena.meta(f);
+    meta.add_counts(0, 1);
+    swap.put(entry.swap_slot());
+    let mut bits = 0;
+    if access == Access::Write && vma.prot.writable() && swap.remove_if(arena, f, 2, true) {
+        bits = Pte::WRITE | Pte::DIRTY;
+        meta.set_flags(flags::DIRTY);
+    }
+    let new = install(g, va, f, bits);
+    if access == Access::Write && !new.is_writable() {
+        return None; // mapped read-only: the retry copies on write
+    }
+    Some(new)
 }
 
 /// The entry, if `pte` lets `access` through with at most the accessed and
@@ -235,7 +333,16 @@ fn do_wp_page(
         return Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY));
     }
     let old = pte.frame();
-    let refs = arena.meta(old).refcount();
+    let mut refs = arena.meta(old).refcount();
+    if refs == 2 && arena.meta(old).has(flags::SWAPCACHE) {
+        // Only the swap cache shares it: take it out (the device copy goes
+        // stale the moment the page is written) and reuse it.
+        if let Some(swap) = mm.machine.reclaim.swap.as_ref() {
+            if swap.remove_if(arena, old, 2, true) {
+                refs = 1;
+            }
+        }
+    }
     if refs == 1 || refs == 1 + mm.machine.futexes.refs_on(old) {
         // Exclusive: no other mapping can see this frame (futex waiters
         // keyed by it follow this page anyway): reuse it in place.
@@ -277,15 +384,23 @@ fn new_anon_frame(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, copy_of: Optio
 }
 
 /// Give `vma` an anon_vma if it has none: a neighbour's when Linux would
-/// reuse it (`find_mergeable_anon_vma`), else a new one.
+/// reuse it (`find_mergeable_anon_vma`), else a new one. Returns its id.
 fn anon_vma_prepare(mm: &MmInner, st: &MmState, vma: &Vma) -> u64 {
     let Backing::Anon(link) = &vma.backing else { return 0 };
-    let (id, _) = link.get();
-    if id != 0 {
-        return id;
+    if let Some(av) = link.anon_vma() {
+        return av.id;
     }
     let (prev, _) = st.vmas.neighbours(vma.start);
     let next = st.vmas.neighbours(vma.end).1.filter(|n| n.start == vma.end);
     let reuse = next.and_then(|n| reusable_anon_of(vma, n)).or_else(|| prev.and_then(|p| reusable_anon_of(vma, p)));
-    link.prepare(reuse.unwrap_or_else(|| mm.machine.new_id()), 1)
+    let reuse = reuse.cloned();
+    let machine = &mm.machine;
+    link.prepare(|me| match reuse {
+        Some(av) => {
+            av.link(me);
+            av
+        }
+        None => machine.anon_vmas.create(machine.new_id(), me),
+    })
+    .id
 }

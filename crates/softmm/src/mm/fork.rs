@@ -22,8 +22,11 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     let mut flush = false;
     let mut result = Ok(());
     let mut shared_spans: Vec<u64> = Vec::new();
+    let child_ref = child.inner.mm_ref();
     for v in pst.vmas.iter() {
-        let cv = v.fork_copy(|| machine.new_id());
+        // The child's VMA is linked into the anon_vmas before any entry is
+        // copied: a reverse-map walk relies on it (`rmap::rmap_walk`).
+        let cv = v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref);
         if needs_copy(v) {
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
             result = match policy {
@@ -130,18 +133,24 @@ fn copy_page_range(
         let mut va = lo;
         while va < hi {
             let pte = pg.get(va);
-            if pte.is_present() {
-                let mut cpte = pte.without(Pte::ACCESSED);
-                if !pte.is_zero_frame() {
-                    if pte.is_writable() {
-                        pg.set(va, pte.without(Pte::WRITE));
-                        cpte = cpte.without(Pte::WRITE);
-                        *flush = true;
-                    }
-                    let m = arena.meta(pte.frame());
-                    m.add_counts(1, 1);
+            if pte.is_swap() {
+                // Both spaces now name the slot (Linux's swap_duplicate).
+                if let Some(swap) = parent.machine.reclaim.swap.as_ref() {
+                    swap.dup(pte.swap_slot());
                 }
+                cg.set(va, pte);
+            } else if let Some(f) = pte.counted_frame() {
+                // Present, or a migration entry (which stands for one).
+                let mut cpte = pte.without(Pte::ACCESSED);
+                if pte.is_writable() {
+                    pg.set(va, pte.without(Pte::WRITE));
+                    cpte = cpte.without(Pte::WRITE);
+                    *flush = true;
+                }
+                arena.meta(f).add_counts(1, 1);
                 cg.set(va, cpte);
+            } else if pte.is_present() {
+                cg.set(va, pte.without(Pte::ACCESSED)); // the zero frame
             }
             va += 4096;
         }
@@ -161,11 +170,11 @@ pub(crate) fn do_exit(mm: &MmInner) {
     pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |s, e, lo, _| {
         let base = lo & !(PTE_TABLE_SPAN - 1);
         if !e.is_writable() {
-            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(arena, p, &mut gather));
+            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(&mm.machine, p, &mut gather));
             return;
         }
         let end = base + PTE_TABLE_SPAN;
-        crate::pgtable::zap_entries(arena, e.frame(), base, base, end, |_, p| zap_pte(arena, p, &mut gather));
+        crate::pgtable::zap_entries(arena, e.frame(), base, base, end, |_, p| zap_pte(&mm.machine, p, &mut gather));
     });
     let freed = pt.destroy(arena);
     c.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);

@@ -46,6 +46,8 @@ struct Expected {
     counted_pte_tables: std::collections::HashSet<FrameId>,
     /// Every PTE table of every address space.
     pte_tables: std::collections::HashSet<FrameId>,
+    /// References on swap slots: swap entries and the swap cache.
+    slots: HashMap<u32, u32>,
 }
 
 pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
@@ -66,6 +68,17 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
             *exp.refs.entry(f).or_default() += 1;
         }
     }
+    if let Some(swap) = m.reclaim.swap.as_ref() {
+        let (cached, _) = swap.snapshot();
+        for (slot, f) in cached {
+            let meta = m.arena.meta(f);
+            if !meta.has(flags::SWAPCACHE) || meta.swap.load(Ordering::Acquire) != slot + 1 {
+                fail!("frame {} caches swap slot {slot} but its metadata says {:#x}", f.0, meta.flags());
+            }
+            *exp.refs.entry(f).or_default() += 1;
+            *exp.slots.entry(slot).or_default() += 1;
+        }
+    }
     for (f, n) in m.futexes.held_refs() {
         *exp.refs.entry(f).or_default() += n as u32;
     }
@@ -74,7 +87,70 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
             fail!("futex/vcache of mm {}: {e}", mm.id);
         }
     }
-    check_frames(m, &exp)
+    check_frames(m, &exp)?;
+    check_slots(m, &exp)
+}
+
+/// Every swap slot's count equals the swap entries and cache naming it.
+fn check_slots(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> {
+    let Some(swap) = m.reclaim.swap.as_ref() else {
+        if let Some(slot) = exp.slots.keys().next() {
+            fail!("swap entry for slot {slot} without a swap device");
+        }
+        return Ok(());
+    };
+    let (_, counts) = swap.snapshot();
+    for &(slot, c) in &counts {
+        let want = exp.slots.get(&slot).copied().unwrap_or(0);
+        if c != want {
+            fail!("swap slot {slot}: count {c} but {want} entries and cache references found");
+        }
+    }
+    for (&slot, &want) in &exp.slots {
+        if swap.count(slot) == 0 {
+            fail!("swap slot {slot} is free but {want} entries name it");
+        }
+    }
+    if swap.used() != counts.len() as u64 {
+        fail!("swap device counts {} slots in use, audit found {}", swap.used(), counts.len());
+    }
+    Ok(())
+}
+
+/// The reverse map is complete: each anonymous page mapped at `va` in `mm`
+/// has an anon_vma that lists `mm`, and its index says `va`.
+fn check_rmap(m: &MachineInner, mm: &MmInner, va: u64, f: FrameId) -> Result<(), InvariantError> {
+    let meta = m.arena.meta(f);
+    let owner = meta.owner.load(Ordering::Acquire);
+    let index = meta.index.load(Ordering::Acquire);
+    if index << 12 != va {
+        fail!("mm {}: frame {} mapped at {va:#x} has rmap index {index:#x}", mm.id, f.0);
+    }
+    match m.anon_vmas.get(owner) {
+        Some(av) if av.links_of(mm.id) > 0 => Ok(()),
+        Some(_) => fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} does not list the space", mm.id, f.0),
+        None => fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} is gone", mm.id, f.0),
+    }
+}
+
+/// Each anon_vma lists each space with exactly the number of its VMAs
+/// chained to it.
+fn check_links(mm: &MmInner, st: &super::MmState) -> Result<(), InvariantError> {
+    let mut links: HashMap<u64, (u32, std::sync::Arc<crate::rmap::AnonVma>)> = HashMap::new();
+    for v in st.vmas.iter() {
+        if let Backing::Anon(l) = &v.backing {
+            for av in l.chain() {
+                links.entry(av.id).or_insert_with(|| (0, av.clone())).0 += 1;
+            }
+        }
+    }
+    for (id, (n, av)) in links {
+        let listed = av.links_of(mm.id);
+        if listed != n {
+            fail!("mm {}: anon_vma {id} lists {listed} of its VMAs, {n} are chained to it", mm.id);
+        }
+    }
+    Ok(())
 }
 
 fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expected) -> Result<(), InvariantError> {
@@ -107,6 +183,7 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
     if let Some(e) = err {
         fail!("{e}");
     }
+    check_links(mm, st)?;
     collect_ptes(arena, pt.root(), 3, 0, true, &mut ptes);
     // Sharing: a writable PMD entry means an exclusive table; a table with
     // more than one reference is write-protected in every sharer.
@@ -133,6 +210,15 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
         let Some(v) = st.vmas.find(va) else {
             fail!("mm {}: PTE at {va:#x} ({pte:?}) outside every VMA", mm.id);
         };
+        if pte.is_swap() {
+            if !matches!(v.backing, Backing::Anon(_)) {
+                fail!("mm {}: swap entry at {va:#x} in a shared VMA", mm.id);
+            }
+            if first_visit {
+                *exp.slots.entry(pte.swap_slot()).or_default() += 1;
+            }
+            continue;
+        }
         if pte.is_zero_frame() {
             if pte.frame() != ZERO_FRAME || pte.is_writable() {
                 fail!("mm {}: zero-frame PTE at {va:#x} is {pte:?}", mm.id);
@@ -151,6 +237,10 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
             Backing::Anon(_) => {
                 if !meta.has(flags::ANON) {
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
+                }
+                check_rmap(m, mm, va, f)?;
+                if pte.is_writable() && pte.is_present() && meta.has(flags::SWAPCACHE) {
+                    fail!("mm {}: writable PTE at {va:#x} maps frame {} of the swap cache", mm.id, f.0);
                 }
                 if pte.is_writable() && pmd_writable && meta.mapcount() != 1 {
                     fail!(
@@ -180,8 +270,9 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
     Ok(())
 }
 
-/// Every present PTE under `t`: (address, entry, its PTE table, whether
-/// the PMD entry above it is writable).
+/// Every non-empty PTE under `t` (present, swap or migration entry):
+/// (address, entry, its PTE table, whether the PMD entry above it is
+/// writable).
 fn collect_ptes(
     arena: &crate::phys::FrameArena,
     t: FrameId,
@@ -193,10 +284,14 @@ fn collect_ptes(
     let span = crate::pgtable::entry_span(level);
     for i in 0..crate::pgtable::PTRS_PER_TABLE {
         let e = Pte::from_raw(crate::pgtable::slot(arena, t, i).load(Ordering::Acquire));
+        let va = base + i as u64 * span;
+        if level == 0 && !e.is_none() {
+            out.push((va, e, t, writable_above));
+            continue;
+        }
         if !e.is_present() {
             continue;
         }
-        let va = base + i as u64 * span;
         if level == 0 {
             out.push((va, e, t, writable_above));
         } else {

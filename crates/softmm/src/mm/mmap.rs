@@ -43,7 +43,7 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
     };
     let end = start + len;
     let backing = match kind {
-        MapKind::Private => Backing::Anon(AnonLink::new(0, 0)),
+        MapKind::Private => Backing::Anon(AnonLink::new(mm.mm_ref())),
         MapKind::Shared => Backing::Shm(mm.machine.new_shm(len >> 12)?),
     };
     // MAP_FIXED over existing mappings unmaps them first.
@@ -107,25 +107,50 @@ pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, 
         }
     });
     for va in ro {
-        share::unshare(arena, pt, va, &mm.machine.counters)?;
+        share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_ref())?;
     }
     Ok(())
 }
 
 /// Release one zapped entry: the page becomes dirty if the entry was, the
-/// mapping goes now, the reference after the TLB shootdown.
-pub(crate) fn zap_pte(arena: &FrameArena, pte: Pte, gather: &mut Gather) {
+/// mapping goes now, the reference after the TLB shootdown. A swap entry
+/// drops its slot reference (and the swap cache's frame, if that was the
+/// last); a migration entry is released as the present entry it stands for.
+pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut Gather) {
+    let arena = &*m.arena;
+    if pte.is_swap() {
+        if let Some(swap) = m.reclaim.swap.as_ref() {
+            swap.put_entry(arena, pte.swap_slot());
+        }
+        return;
+    }
     if pte.is_zero_frame() {
         gather.need_flush();
         return;
     }
-    let m = arena.meta(pte.frame());
+    let meta = arena.meta(pte.frame());
+    if meta.has(crate::phys::flags::SWAPCACHE) {
+        free_swap_cache(m, pte.frame());
+    }
+    let m = meta;
     // A dirty entry hands its dirtiness to the page (Linux's zap_pte_range:
     // folio_mark_dirty), so other mappings of a shared page see it dirty.
     if pte.is_dirty() {
         m.set_flags(crate::phys::flags::DIRTY);
     }
     gather.unmap_and_put(arena, pte.frame());
+}
+
+/// The last mapping of a swap-cache frame is going and no swap entry names
+/// its slot: nobody can look it up again, so take it out of the cache now
+/// (Linux's `free_swap_cache`); the zapped entry's reference then frees it.
+fn free_swap_cache(m: &crate::machine::MachineInner, f: crate::phys::FrameId) {
+    let Some(swap) = m.reclaim.swap.as_ref() else { return };
+    let meta = m.arena.meta(f);
+    if meta.try_lock() {
+        swap.remove_if(&m.arena, f, 2, true);
+        meta.unlock();
+    }
 }
 
 /// `zap_pte_range` over `[start, end)`: clear every entry, drop mappings,
@@ -139,10 +164,10 @@ pub(crate) fn zap_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, may_
         let base = lo & !(PTE_TABLE_SPAN - 1);
         if !e.is_writable() {
             debug_assert!(may_drop && hi - lo == PTE_TABLE_SPAN, "partial zap of a shared PTE table");
-            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(arena, p, gather));
+            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(&mm.machine, p, gather));
             return;
         }
-        crate::pgtable::zap_entries(arena, e.frame(), base, lo, hi, |_, p| zap_pte(arena, p, gather));
+        crate::pgtable::zap_entries(arena, e.frame(), base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather));
     });
 }
 
@@ -237,7 +262,9 @@ fn change_protection(
         let mut va = lo;
         while va < hi {
             let pte = g.get(va);
-            if pte.is_present() {
+            // A migration entry carries the flags it will be restored
+            // with: they change as the present entry's would.
+            if pte.is_present() || pte.is_migration() {
                 let mut new = if prot.readable() { pte.with(Pte::USER) } else { pte.without(Pte::USER) };
                 if !prot.writable() {
                     new = new.without(Pte::WRITE);

@@ -83,6 +83,8 @@ pub(crate) struct MmState {
 }
 
 pub(crate) struct MmInner {
+    /// This space as the reverse map names it (members of anon_vmas).
+    me: std::sync::Weak<MmInner>,
     pub(crate) id: u64,
     /// The page-table root, readable without the `mmap_lock` (0 once
     /// exited): other address spaces read it to count sharers for smaps.
@@ -96,6 +98,10 @@ pub(crate) struct MmInner {
 }
 
 impl MmInner {
+    pub(crate) fn mm_ref(&self) -> crate::rmap::MmRef {
+        crate::rmap::MmRef { id: self.id, mm: self.me.clone() }
+    }
+
     #[inline]
     pub(crate) fn arena(&self) -> &FrameArena {
         &self.machine.arena
@@ -115,7 +121,8 @@ impl Mm {
     pub(crate) fn new(machine: Arc<MachineInner>) -> Result<Mm> {
         let pt = PageTable::new(&machine.arena)?;
         crate::stats::Counters::bump(&machine.counters.page_tables);
-        let inner = Arc::new(MmInner {
+        let inner = Arc::new_cyclic(|me| MmInner {
+            me: me.clone(),
             id: machine.new_id(),
             root: crate::sync::AtomicU32::new(pt.root().0),
             machine,
@@ -175,7 +182,17 @@ impl Mm {
 
     /// Fork with an explicit page-table strategy.
     pub fn fork_with(&self, policy: ForkPolicy) -> Result<Mm> {
-        fork::do_fork(&self.inner, policy)
+        let mut reclaims = 0;
+        loop {
+            match fork::do_fork(&self.inner, policy) {
+                // A failed fork changed nothing and released this space,
+                // whose pages reclaim may now swap out too.
+                Err(Error::NoMemory(_)) if reclaims < 16 && crate::reclaim::direct_reclaim(&self.inner.machine) => {
+                    reclaims += 1
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Tear the address space down now (what dropping it does too).
@@ -226,6 +243,36 @@ impl Mm {
             va = hi;
         }
         Ok(())
+    }
+
+    /// Move the page at `addr` (private anonymous memory) to a new frame
+    /// and repoint every address space that maps it, under the reverse map
+    /// (Linux's `move_pages` for one page). Returns the new frame. Errors:
+    /// `Segv`/`Fault` when nothing is mapped there, `EINVAL` for shared
+    /// memory or the zero page, `EBUSY` when the frame is in use in a way
+    /// that forbids moving it now (locked, pinned, in the swap cache, held
+    /// by a futex waiter or an access in flight).
+    pub fn migrate(&self, addr: u64) -> Result<FrameId> {
+        let arena = self.inner.arena();
+        let f = {
+            let st = self.inner.state.read();
+            let pt = st.pt.as_ref().ok_or(Error::Exited)?;
+            let va = addr & !(PAGE_SIZE as u64 - 1);
+            if addr >= crate::pgtable::TASK_SIZE {
+                return Err(Error::Fault { addr });
+            }
+            let pte = pt.follow_pte(arena, va);
+            if !pte.is_present() {
+                return Err(Error::Fault { addr });
+            }
+            if pte.is_zero_frame() || !arena.try_get(pte.frame()) {
+                return Err(Error::Invalid("no private anonymous page to migrate there"));
+            }
+            pte.frame()
+        };
+        let r = crate::reclaim::migrate_frame(&self.inner.machine, f, |_| false);
+        arena.put(f);
+        r
     }
 
     /// Which frame backs `addr`, without faulting anything in (`none` in the
@@ -350,8 +397,11 @@ fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
         let mut va = lo;
         while va < hi {
             let pte = g.get(va);
-            if pte.is_present() && !pte.is_zero_frame() {
-                let f = pte.frame();
+            if pte.is_swap() {
+                acc.swapped();
+            } else if let Some(f) = pte.counted_frame() {
+                // A migration entry counts as the page it stands for, as
+                // Linux's smaps_pte_entry counts it.
                 let m = arena.meta(f);
                 let extra = extra_sharers(arena, &tables, va, f);
                 let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);

@@ -243,7 +243,7 @@ impl PageTable {
     }
 }
 
-/// Clear the present entries of PTE table `t` (which covers the 2 MiB at
+/// Clear the non-empty entries (present, swap, migration) of PTE table `t` (which covers the 2 MiB at
 /// `base`) inside `[lo, hi)`, under its lock, calling `f(va, old)` for each.
 /// Frame metadata is prefetched a few entries ahead: the caller's `f`
 /// touches it, and 512 unrelated metadata lines are 512 cache misses.
@@ -256,7 +256,7 @@ pub(crate) fn zap_entries(arena: &FrameArena, t: FrameId, base: u64, lo: u64, hi
         if let Some(&ahead) = entries.get(k + share::PREFETCH_AHEAD) {
             share::prefetch_frames(arena, &[ahead]);
         }
-        if p.is_present() {
+        if !p.is_none() {
             let va = base + (first + k) as u64 * 4096;
             g.set(va, Pte::NONE);
             f(va, p);

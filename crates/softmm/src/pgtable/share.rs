@@ -36,6 +36,7 @@ use super::{index, slot, PageTable, PteTableGuard, PTE_TABLE_SPAN, PTRS_PER_TABL
 use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId};
 use crate::pte::Pte;
+use crate::reclaim::swap::SwapSpace;
 use crate::stats::Counters;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -143,8 +144,15 @@ fn put_table_unless_last(arena: &FrameArena, t: FrameId, c: &Counters) -> bool {
 }
 
 /// Make the PTE table covering `va` exclusive to `pt`'s address space.
-/// Requires the `mmap_lock` (either mode). Never frees a table.
-pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters) -> Result<Unshare> {
+/// Requires the `mmap_lock` (either mode). Never frees a table. `swap`
+/// counts the copies of swap entries.
+pub(crate) fn unshare(
+    arena: &FrameArena,
+    pt: &PageTable,
+    va: u64,
+    c: &Counters,
+    swap: Option<&SwapSpace>,
+) -> Result<Unshare> {
     let Some((s, pmd_table)) = pt.pmd_slot(arena, va) else { return Ok(Unshare::Exclusive) };
     let _pmd_lock = PmdLock::lock(arena, pmd_table);
     let e = Pte::from_raw(s.load(Ordering::Acquire));
@@ -159,10 +167,10 @@ pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters)
         return Ok(Unshare::Reused);
     }
     let n = arena.alloc(true, flags::PAGETABLE)?;
-    copy_entries(arena, t, n, base);
+    copy_entries(arena, t, n, base, swap);
     if !put_table_unless_last(arena, t, c) {
         // Everyone else let go while we copied: keep the original.
-        release_copy(arena, n);
+        release_copy(arena, n, swap);
         reuse(arena, s, e, base);
         Counters::bump(&c.table_reuses);
         return Ok(Unshare::Reused);
@@ -174,8 +182,10 @@ pub(crate) fn unshare(arena: &FrameArena, pt: &PageTable, va: u64, c: &Counters)
 }
 
 /// Copy the entries of shared table `t` into the new table `n`, write
-/// cleared, taking a reference and a mapping on every frame.
-fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64) {
+/// cleared, taking a reference and a mapping on every frame (a migration
+/// entry holds its frame as a present one does) and a reference on the
+/// slot of every swap entry.
+fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64, swap: Option<&SwapSpace>) {
     let _g = PteTableGuard::lock(arena, t, base);
     let entries: [Pte; PTRS_PER_TABLE] =
         std::array::from_fn(|i| Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire)));
@@ -184,11 +194,15 @@ fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64) {
         if let Some(&ahead) = entries.get(i + PREFETCH_AHEAD) {
             prefetch_frames(arena, &[ahead]);
         }
-        if !p.is_present() {
+        if p.is_none() {
             continue;
         }
-        if !p.is_zero_frame() {
-            arena.meta(p.frame()).add_counts(1, 1);
+        if let Some(f) = p.counted_frame() {
+            arena.meta(f).add_counts(1, 1);
+        } else if p.is_swap() {
+            if let Some(sw) = swap {
+                sw.dup(p.swap_slot());
+            }
         }
         slot(arena, n, i).store(p.without(Pte::WRITE).raw(), Ordering::Release);
     }
@@ -208,12 +222,17 @@ pub(crate) fn prefetch_frames(arena: &FrameArena, entries: &[Pte]) {
 }
 
 /// Undo `copy_entries` and free the copy (never seen by anyone).
-fn release_copy(arena: &FrameArena, n: FrameId) {
+fn release_copy(arena: &FrameArena, n: FrameId, swap: Option<&SwapSpace>) {
     for i in 0..PTRS_PER_TABLE {
         let p = Pte::from_raw(slot(arena, n, i).swap(0, Ordering::AcqRel));
-        if p.is_present() && !p.is_zero_frame() {
+        if let Some(f) = p.counted_frame() {
             // The original table still maps the frame: this cannot free it.
-            arena.meta(p.frame()).sub_counts(1, 1);
+            arena.meta(f).sub_counts(1, 1);
+        } else if p.is_swap() {
+            // Nor can this free the slot: the original entry names it too.
+            if let Some(sw) = swap {
+                sw.put(p.swap_slot());
+            }
         }
     }
     arena.put(n);
@@ -229,7 +248,8 @@ fn reuse(arena: &FrameArena, s: &AtomicU64, e: Pte, base: u64) {
         for i in 0..PTRS_PER_TABLE {
             let va = base + (i as u64) * 4096;
             let p = g.get(va);
-            if p.is_present() && p.is_writable() && !p.is_zero_frame() && arena.meta(p.frame()).refcount() > 1 {
+            let shared = p.counted_frame().is_some_and(|f| arena.meta(f).refcount() > 1);
+            if p.is_writable() && shared {
                 g.set(va, p.without(Pte::WRITE));
             }
         }
@@ -259,6 +279,22 @@ pub(crate) fn drop_shared(
     arena.put(t);
     c.page_tables.fetch_sub(1, Ordering::Relaxed);
     true
+}
+
+/// Lock the PTE table that maps `va` in `pt` with no unshare of it in
+/// flight: under the PMD table's lock (which every unshare holds from its
+/// copy to its PMD store), read the PMD entry, then lock the PTE table.
+/// Reverse-map walks use this, under the `mmap_lock` held for reading, so
+/// that an entry they change cannot have been copied into a new table
+/// they do not see. `None` when no PTE table maps `va`.
+pub(crate) fn lock_pte_table<'a>(arena: &'a FrameArena, pt: &PageTable, va: u64) -> Option<PteTableGuard<'a>> {
+    let (s, pmd_table) = pt.pmd_slot(arena, va)?;
+    let _pmd = PmdLock::lock(arena, pmd_table);
+    let e = Pte::from_raw(s.load(Ordering::Acquire));
+    if !e.is_present() {
+        return None;
+    }
+    Some(PteTableGuard::lock(arena, e.frame(), va & !(PTE_TABLE_SPAN - 1)))
 }
 
 /// The split lock of a PMD table page (serializes unshares of its entries).
@@ -460,7 +496,7 @@ mod tests {
         assert_eq!((zapped, x.c.shared_tables.load(Ordering::Relaxed)), (0, 0));
 
         // The parent is the last sharer: it keeps the table, writable again.
-        assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c).unwrap(), Unshare::Reused);
+        assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c, None).unwrap(), Unshare::Reused);
         assert!(!x.parent.pte_table_shared(&x.arena, BASE));
         assert!(x.parent.follow_pte(&x.arena, BASE).is_writable(), "exclusive frames stay writable");
     }
@@ -471,7 +507,7 @@ mod tests {
         let child = PageTable::new(&x.arena).unwrap();
         share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
         let shared = x.parent.pte_table(&x.arena, BASE).unwrap();
-        assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c).unwrap(), Unshare::Copied);
+        assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c, None).unwrap(), Unshare::Copied);
         let mine = x.parent.pte_table(&x.arena, BASE).unwrap();
         assert_ne!(mine, shared);
         assert_eq!(refcounts(&x), [2, 2, 2], "the copy takes a reference per frame");
@@ -482,10 +518,10 @@ mod tests {
         }
         // The child, now last, reuses the original and write-protects the
         // entries whose frames the parent's copy also maps.
-        assert_eq!(unshare(&x.arena, &child, BASE, &x.c).unwrap(), Unshare::Reused);
+        assert_eq!(unshare(&x.arena, &child, BASE, &x.c, None).unwrap(), Unshare::Reused);
         let raw = Pte::from_raw(slot(&x.arena, shared, 0).load(Ordering::Acquire));
         assert!(!raw.is_writable());
-        assert_eq!(unshare(&x.arena, &child, BASE, &x.c).unwrap(), Unshare::Exclusive);
+        assert_eq!(unshare(&x.arena, &child, BASE, &x.c, None).unwrap(), Unshare::Exclusive);
     }
 
     #[test]

@@ -26,6 +26,16 @@ pub mod flags {
     pub const DIRTY: u32 = 1 << 4;
     /// The shared zero frame.
     pub const ZERO: u32 = 1 << 5;
+    /// Locked against swap-in, reclaim and migration of the same frame
+    /// (Linux's PG_locked); see `FrameMeta::try_lock`.
+    pub const LOCKED: u32 = 1 << 6;
+    /// In the swap cache: `FrameMeta::swap` names its slot, and the cache
+    /// holds one reference.
+    pub const SWAPCACHE: u32 = 1 << 7;
+    /// In the swap cache with a copy on the device that matches the frame
+    /// (written out, or read in and never mapped writable since): the
+    /// frame may be dropped without I/O.
+    pub const SWAP_VALID: u32 = 1 << 8;
 }
 
 /// Metadata of one frame.
@@ -46,6 +56,8 @@ pub struct FrameMeta {
     pub(crate) pins: AtomicU32,
     /// Split page-table lock, used when the frame is a PTE table.
     pub(crate) ptl: parking_lot::RawMutex,
+    /// Swap slot + 1 while in the swap cache (0: none).
+    pub(crate) swap: AtomicU32,
     /// Owner of the frame for reverse mapping (anon_vma or shared object id).
     pub(crate) owner: AtomicU64,
     /// Page offset of the frame within its owner.
@@ -90,6 +102,37 @@ impl FrameMeta {
     #[inline]
     pub(crate) fn set_flags(&self, f: u32) {
         self.flags.fetch_or(f, Ordering::AcqRel);
+    }
+    #[inline]
+    pub(crate) fn clear_flags(&self, f: u32) {
+        self.flags.fetch_and(!f, Ordering::AcqRel);
+    }
+
+    /// Take the frame lock if it is free. Holders: reclaim and migration of
+    /// this frame, and a swap-in filling it. Nobody holding a page-table
+    /// lock waits for it (see `mm/mod.rs`).
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.flags.fetch_or(flags::LOCKED, Ordering::Acquire) & flags::LOCKED == 0
+    }
+
+    /// Release the frame lock.
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        self.flags.fetch_and(!flags::LOCKED, Ordering::Release);
+    }
+
+    /// Wait until the frame lock is free (without taking it).
+    pub(crate) fn wait_unlocked(&self) {
+        let mut spins = 0u32;
+        while self.has(flags::LOCKED) {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
     /// Take the split page-table lock of this (page-table) frame.
     #[inline]

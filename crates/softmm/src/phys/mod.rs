@@ -45,6 +45,8 @@ pub struct FrameArena {
     meta: HostRegion,
     nframes: u32,
     alloc: alloc::FrameAllocator,
+    /// Most frames in use at once (`Config::mem_limit`).
+    limit: std::sync::atomic::AtomicU64,
 }
 
 impl FrameArena {
@@ -62,10 +64,26 @@ impl FrameArena {
         let data = HostRegion::reserve(nframes as usize * PAGE_SIZE, true)?;
         let meta_len = (nframes as usize * std::mem::size_of::<FrameMeta>()).next_multiple_of(PAGE_SIZE);
         let meta = HostRegion::reserve(meta_len, false)?;
-        let arena = FrameArena { data, meta, nframes, alloc: alloc::FrameAllocator::new(1, nframes, caches) };
+        let arena = FrameArena {
+            data,
+            meta,
+            nframes,
+            alloc: alloc::FrameAllocator::new(1, nframes, caches),
+            limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+        };
         arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
         arena.meta(ZERO_FRAME).set_counts(1, 0);
         Ok(arena)
+    }
+
+    /// Cap the frames in use (allocations past it fail with ENOMEM).
+    pub(crate) fn set_limit(&self, frames: u64) {
+        self.limit.store(frames, Ordering::Relaxed);
+    }
+
+    /// The cap on frames in use.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed).min(self.nframes as u64 - 1)
     }
 
     /// Frames in the arena, the zero frame included.
@@ -114,6 +132,9 @@ impl FrameArena {
     /// Allocate one frame, zero-filled when `zero` is set. The frame comes
     /// back with refcount 1 and the given flags.
     pub(crate) fn alloc(&self, zero: bool, fl: u32) -> Result<FrameId> {
+        if self.alloc.in_use() >= self.limit.load(Ordering::Relaxed) {
+            return Err(Error::NoMemory("frame limit reached"));
+        }
         let got = self.alloc.alloc(zero).ok_or(Error::NoMemory("no free frame in the arena"))?;
         if zero && !got.known_zero {
             self.zero_frame(got.frame);

@@ -1,0 +1,165 @@
+//! Reclaim: a frame limit, swap-out to a swap device, swap-in on fault, and
+//! migration of frames, all driven by the reverse map (`rmap.rs`).
+//!
+//! - [`swap`]: swap slots and the swap cache.
+//! - [`device`]: the swap device trait, a real swap file, an in-memory
+//!   device and a fault-injecting wrapper.
+//! - `scan.rs`: the clock that picks victims by their accessed bits, and
+//!   swap-out of one frame.
+//! - `migrate.rs`: moving a frame's contents to another frame.
+//! - `swapin.rs`: bringing a page back on a fault.
+//!
+//! # Locks
+//! A frame being swapped out, swapped in or migrated is locked
+//! (`FrameMeta::try_lock`). Reclaim and migration visit each address space
+//! that may map the frame under its `mmap_lock` held for reading
+//! (`read_recursive`, so a writer queued behind a fault that waits for this
+//! very frame cannot block them; reclaim only *tries* the lock and skips a
+//! busy space), then its PMD lock, then the PTE table's lock, as
+//! `share::lock_pte_table` explains. No path that holds a page-table lock
+//! waits for a frame lock, and writers of the `mmap_lock` never wait for
+//! one either, so a fault may wait for a locked frame while holding its
+//! space's `mmap_lock` for reading.
+
+pub mod device;
+mod migrate;
+mod scan;
+pub(crate) mod swap;
+mod swapin;
+
+pub(crate) use migrate::migrate_frame;
+pub(crate) use scan::{direct_reclaim, shrink};
+pub(crate) use swapin::swap_in;
+
+use crate::machine::MachineInner;
+use crate::mm::MmInner;
+use crate::phys::FrameId;
+use crate::pte::Pte;
+use crate::sync::Ordering;
+use device::SwapDevice;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where pages go when the frame limit is reached.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum SwapConfig {
+    /// A swap file of [`AUTO_SWAP_BYTES`] in the system temp directory,
+    /// created only when a memory limit is set. (Default.)
+    #[default]
+    Auto,
+    /// A swap file at `path` (created, must not exist) of `bytes`.
+    File { path: PathBuf, bytes: u64 },
+    /// A device of the host's own (an in-memory or fault-injecting one).
+    Device(Arc<dyn SwapDevice>),
+    /// No swap: the frame limit is a hard limit (faults fail with ENOMEM).
+    Off,
+}
+
+/// Size of the swap file `SwapConfig::Auto` creates (sparse on disk).
+pub const AUTO_SWAP_BYTES: u64 = 4 << 30;
+
+/// The machine's reclaim state.
+pub(crate) struct Reclaim {
+    pub(crate) swap: Option<swap::SwapSpace>,
+    /// The clock hand: the next frame the scan looks at.
+    pub(crate) hand: std::sync::atomic::AtomicU32,
+    /// One direct reclaimer at a time does the scanning; others wait for it.
+    pub(crate) scanning: parking_lot::Mutex<()>,
+}
+
+impl Reclaim {
+    pub(crate) fn new(limited: bool, cfg: &SwapConfig) -> crate::Result<Reclaim> {
+        let dev: Option<Arc<dyn SwapDevice>> = match cfg {
+            SwapConfig::Off => None,
+            SwapConfig::Auto if !limited => None,
+            SwapConfig::Auto => Some(Arc::new(device::FileSwap::create(None, AUTO_SWAP_BYTES).map_err(io_err)?)),
+            SwapConfig::File { path, bytes } => {
+                Some(Arc::new(device::FileSwap::create(Some(path), *bytes).map_err(io_err)?))
+            }
+            SwapConfig::Device(d) => Some(d.clone()),
+        };
+        Ok(Reclaim {
+            swap: dev.map(swap::SwapSpace::new),
+            hand: std::sync::atomic::AtomicU32::new(1),
+            scanning: parking_lot::Mutex::new(()),
+        })
+    }
+}
+
+fn io_err(e: std::io::Error) -> crate::Error {
+    crate::Error::Host { what: "creating the swap file", errno: e.raw_os_error().unwrap_or(crate::errno::EIO) }
+}
+
+/// What a visit of every mapping of a frame did.
+#[derive(Default)]
+pub(crate) struct Visit {
+    /// PTE tables whose entry was changed (a shared one counts once).
+    tables: Vec<FrameId>,
+    /// Address spaces that may cache the old translation.
+    flush: Vec<Arc<MmInner>>,
+    /// Entries changed.
+    pub(crate) changed: u32,
+    /// Some address space was busy and skipped (`try_only`).
+    pub(crate) skipped: bool,
+}
+
+impl Visit {
+    /// Shoot down every stale translation the changes left.
+    pub(crate) fn flush(&self) {
+        for mm in &self.flush {
+            if mm.tlb.flush(None) {
+                crate::stats::Counters::bump(&mm.machine.counters.tlb_flushes);
+            }
+        }
+    }
+}
+
+/// Visit every page-table entry that holds anonymous frame `f` (present or
+/// migration entry), through the reverse map, and let `edit` replace it.
+/// `try_only`: skip address spaces whose `mmap_lock` is not free now.
+pub(crate) fn visit_mappings(
+    m: &MachineInner,
+    f: FrameId,
+    try_only: bool,
+    mut edit: impl FnMut(&MmInner, Pte) -> Option<Pte>,
+) -> Visit {
+    let arena = &m.arena;
+    let meta = arena.meta(f);
+    let owner = meta.owner.load(Ordering::Acquire);
+    let va = meta.index.load(Ordering::Acquire) << 12;
+    let mut v = Visit::default();
+    crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
+        let st = if try_only {
+            match mm.state.try_read_recursive() {
+                Some(st) => st,
+                None => {
+                    v.skipped = true;
+                    return;
+                }
+            }
+        } else {
+            mm.state.read_recursive()
+        };
+        let Some(pt) = st.pt.as_ref() else { return };
+        let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
+        if v.tables.contains(&g.table()) {
+            // A table shared with a space visited before: already changed.
+            v.flush.push(mm.clone());
+            return;
+        }
+        let pte = g.get(va);
+        if pte.counted_frame() != Some(f) {
+            return;
+        }
+        if let Some(new) = edit(mm, pte) {
+            g.set(va, new);
+            v.tables.push(g.table());
+            v.flush.push(mm.clone());
+            v.changed += 1;
+            drop(g);
+            crate::futex::invalidate(mm, Some(&st), va, va + 4096);
+        }
+    });
+    v
+}

@@ -1,0 +1,320 @@
+//! Reverse mapping of private anonymous memory: the anon_vma (seed 004).
+//!
+//! A private anonymous frame records, in its metadata, the id of the
+//! [`AnonVma`] of the VMA that created it (`FrameMeta::owner`) and its page
+//! offset (`FrameMeta::index`). An anon_vma lists the address spaces whose
+//! VMAs may map its frames: the VMA that owns it and, after fork, every
+//! child VMA (Linux's `anon_vma_chain`: a VMA is linked into its own
+//! anon_vma and into every ancestor's). A reverse-map walk goes from a frame
+//! to that list and looks, in each listed address space, at the one address
+//! where the frame can be mapped. Private anonymous VMAs keep `pgoff ==
+//! start >> 12` (mmap sets it; splits, merges and fork keep it), so that
+//! address is `index << 12` everywhere.
+//!
+//! # Membership and lifetime
+//! A member is an address space with a count of its VMAs linked here. VMA
+//! values carry their links ([`AnonLink`]): creating a VMA (prepare at the
+//! first fault, a split, a fork) links it, dropping it (munmap, a merge,
+//! exit) unlinks it. When the last member goes the list is empty and the
+//! anon_vma is unreachable by any new link: that is the garbage collection
+//! the seed asks for, "through list_empty". Memory safety does not rest on
+//! it: VMAs hold the anon_vma by `Arc`, and the machine's registry (how a
+//! walker turns a frame's id into the object) holds a `Weak`, so the race of
+//! the seed (a walk against `zap_pte_range` and exit freeing the anon_vma)
+//! can at worst make the walker find an empty list. A walker takes no
+//! reference on the list itself and never holds the anon_vma lock while it
+//! takes an `mmap_lock` (see [`rmap_walk`]).
+//!
+//! # Lock kinds
+//! The member list lock is chosen at build time (seed 004: "a configuration
+//! option to switch the locking at compile time"): a spinning lock by
+//! default, or with the `rmap-rwsem` feature a sleeping reader-writer lock,
+//! which walks take shared (what sleeping MMU notifiers need).
+//!
+//! Lock order: `mmap_lock` -> page-table lock -> anon_vma lock. The anon_vma
+//! lock is a leaf in practice: nothing is taken while it is held.
+
+use crate::mm::MmInner;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+/// The member-list lock: spinning by default, sleeping with `rmap-rwsem`.
+#[cfg(not(feature = "rmap-rwsem"))]
+pub(crate) struct RmapLock<T>(spin::Mutex<T>);
+#[cfg(feature = "rmap-rwsem")]
+pub(crate) struct RmapLock<T>(parking_lot::RwLock<T>);
+
+#[cfg(not(feature = "rmap-rwsem"))]
+impl<T> RmapLock<T> {
+    fn new(v: T) -> Self {
+        RmapLock(spin::Mutex::new(v))
+    }
+    fn read(&self) -> spin::MutexGuard<'_, T> {
+        self.0.lock()
+    }
+    fn write(&self) -> spin::MutexGuard<'_, T> {
+        self.0.lock()
+    }
+}
+
+#[cfg(feature = "rmap-rwsem")]
+impl<T> RmapLock<T> {
+    fn new(v: T) -> Self {
+        RmapLock(parking_lot::RwLock::new(v))
+    }
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, T> {
+        self.0.read()
+    }
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, T> {
+        self.0.write()
+    }
+}
+
+/// The lock kind compiled in, for reports and benchmarks.
+pub const LOCK_KIND: &str = if cfg!(feature = "rmap-rwsem") { "rwsem" } else { "spin" };
+
+/// An address space as the reverse map names it.
+#[derive(Clone)]
+pub(crate) struct MmRef {
+    pub(crate) id: u64,
+    pub(crate) mm: Weak<MmInner>,
+}
+
+impl MmRef {
+    /// A reference to no address space (VMA unit tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> MmRef {
+        MmRef { id: 0, mm: Weak::new() }
+    }
+}
+
+struct Member {
+    mm: MmRef,
+    /// VMAs of that space linked to this anon_vma.
+    vmas: u32,
+}
+
+/// One anon_vma: the address spaces that may map its frames.
+pub(crate) struct AnonVma {
+    pub(crate) id: u64,
+    members: RmapLock<Vec<Member>>,
+    registry: Weak<AnonVmas>,
+}
+
+impl AnonVma {
+    /// Link one more VMA of `mm`.
+    pub(crate) fn link(&self, mm: &MmRef) {
+        let mut list = self.members.write();
+        match list.iter_mut().find(|m| m.mm.id == mm.id) {
+            Some(m) => m.vmas += 1,
+            None => list.push(Member { mm: mm.clone(), vmas: 1 }),
+        }
+    }
+
+    /// Unlink one VMA of the space `mm_id`.
+    pub(crate) fn unlink(&self, mm_id: u64) {
+        let empty = {
+            let mut list = self.members.write();
+            if let Some(i) = list.iter().position(|m| m.mm.id == mm_id) {
+                list[i].vmas -= 1;
+                if list[i].vmas == 0 {
+                    list.swap_remove(i);
+                }
+            }
+            list.is_empty()
+        };
+        if empty {
+            // Garbage collection through the empty list: no walker can
+            // find this anon_vma any more.
+            if let Some(r) = self.registry.upgrade() {
+                r.forget(self.id);
+            }
+        }
+    }
+
+    /// The members now, except those in `skip`.
+    fn members_except(&self, skip: &[u64]) -> Vec<MmRef> {
+        self.members.read().iter().filter(|m| !skip.contains(&m.mm.id)).map(|m| m.mm.clone()).collect()
+    }
+
+    /// Whether `mm_id` is a member with `vmas` linked VMAs (audits).
+    pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
+        self.members.read().iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
+    }
+}
+
+impl Drop for AnonVma {
+    fn drop(&mut self) {
+        if let Some(r) = self.registry.upgrade() {
+            r.forget(self.id);
+        }
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// The machine's registry: anon_vma id -> object, for walkers that start
+/// from a frame. Holds `Weak`s: VMAs own anon_vmas.
+pub(crate) struct AnonVmas {
+    shards: [Mutex<HashMap<u64, Weak<AnonVma>>>; SHARDS],
+    me: Weak<AnonVmas>,
+}
+
+impl AnonVmas {
+    pub(crate) fn new() -> Arc<AnonVmas> {
+        Arc::new_cyclic(|me| AnonVmas { shards: std::array::from_fn(|_| Mutex::new(HashMap::new())), me: me.clone() })
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Weak<AnonVma>>> {
+        &self.shards[(id as usize).wrapping_mul(0x9e37_79b9) % SHARDS]
+    }
+
+    /// A new anon_vma with `first` as its only member.
+    pub(crate) fn create(&self, id: u64, first: &MmRef) -> Arc<AnonVma> {
+        let av = Arc::new(AnonVma { id, members: RmapLock::new(Vec::new()), registry: self.me.clone() });
+        av.link(first);
+        self.shard(id).lock().insert(id, Arc::downgrade(&av));
+        av
+    }
+
+    /// The anon_vma with this id, if it still has members.
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<AnonVma>> {
+        self.shard(id).lock().get(&id).and_then(Weak::upgrade)
+    }
+
+    fn forget(&self, id: u64) {
+        self.shard(id).lock().remove(&id);
+    }
+
+    /// Number of live anon_vmas (audits, reports).
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().values().filter(|w| w.strong_count() > 0).count()).sum()
+    }
+}
+
+/// The links of one private VMA: its own anon_vma (set at the first fault
+/// that needs one, or at fork) and its ancestors' (root first).
+pub(crate) struct AnonLink {
+    mm: MmRef,
+    own: std::sync::OnceLock<Arc<AnonVma>>,
+    ancestors: Arc<[Arc<AnonVma>]>,
+}
+
+impl AnonLink {
+    /// The links of a new private mapping of `mm`: none yet.
+    pub(crate) fn new(mm: MmRef) -> AnonLink {
+        AnonLink { mm, own: std::sync::OnceLock::new(), ancestors: Arc::from(Vec::new()) }
+    }
+
+    /// (own anon_vma id or 0, anon_vmas chained): what VMA merging and
+    /// anon_vma reuse look at (Linux's `vma->anon_vma` and whether the
+    /// chain is singular).
+    pub(crate) fn get(&self) -> (u64, u64) {
+        match self.own.get() {
+            Some(av) => (av.id, self.ancestors.len() as u64 + 1),
+            None => (0, 0),
+        }
+    }
+
+    /// The own anon_vma, if any.
+    pub(crate) fn anon_vma(&self) -> Option<&Arc<AnonVma>> {
+        self.own.get()
+    }
+
+    /// The oldest anon_vma this VMA is chained to (Linux's `anon_vma->root`):
+    /// its list covers every VMA of the fork tree, so a page that may be
+    /// shared with relatives (one swapped in) uses it.
+    pub(crate) fn root(&self) -> Option<&Arc<AnonVma>> {
+        self.ancestors.first().or(self.own.get())
+    }
+
+    /// Set the own anon_vma (at the first fault) unless a racing fault did:
+    /// `make` gives a new one or a neighbour's. Returns the one in force.
+    pub(crate) fn prepare(&self, make: impl FnOnce(&MmRef) -> Arc<AnonVma>) -> &Arc<AnonVma> {
+        self.own.get_or_init(|| make(&self.mm))
+    }
+
+    /// This VMA's links again, for another VMA of the same space (a split).
+    pub(crate) fn clone_link(&self) -> AnonLink {
+        let own = std::sync::OnceLock::new();
+        if let Some(av) = self.own.get() {
+            av.link(&self.mm);
+            let _ = own.set(av.clone());
+        }
+        for a in self.ancestors.iter() {
+            a.link(&self.mm);
+        }
+        AnonLink { mm: self.mm.clone(), own, ancestors: self.ancestors.clone() }
+    }
+
+    /// The links of the child's copy of this VMA at fork: chained to all of
+    /// this VMA's anon_vmas, plus a new own one (`anon_vma_fork`). `None`
+    /// when this VMA has no anon_vma (the child's VMA then has none either).
+    pub(crate) fn fork_link(&self, reg: &AnonVmas, id: u64, child: &MmRef) -> AnonLink {
+        let Some(own) = self.own.get() else { return AnonLink::new(child.clone()) };
+        let mut chain: Vec<Arc<AnonVma>> = Vec::with_capacity(self.ancestors.len() + 1);
+        for a in self.ancestors.iter().chain(std::iter::once(own)) {
+            a.link(child);
+            chain.push(a.clone());
+        }
+        let new = std::sync::OnceLock::new();
+        let _ = new.set(reg.create(id, child));
+        AnonLink { mm: child.clone(), own: new, ancestors: Arc::from(chain) }
+    }
+
+    /// Take `other`'s own anon_vma (a merge of a VMA without one into a
+    /// neighbour with a singular chain).
+    pub(crate) fn adopt(&mut self, other: &AnonLink) {
+        if self.own.get().is_some() {
+            return;
+        }
+        if let Some(av) = other.own.get() {
+            av.link(&self.mm);
+            let _ = self.own.set(av.clone());
+            for a in other.ancestors.iter() {
+                a.link(&self.mm);
+            }
+            self.ancestors = other.ancestors.clone();
+        }
+    }
+
+    /// Every anon_vma this VMA is linked to (audits).
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &Arc<AnonVma>> {
+        self.ancestors.iter().chain(self.own.get())
+    }
+}
+
+impl Drop for AnonLink {
+    fn drop(&mut self) {
+        for a in self.ancestors.iter().chain(self.own.get()) {
+            a.unlink(self.mm.id);
+        }
+    }
+}
+
+/// Visit every address space that may map the anonymous frame with rmap
+/// `owner` id at `va`: `visit(mm)`. The walk takes no lock of its own while
+/// `visit` runs (which takes the space's `mmap_lock` and page-table lock).
+/// Members that join while the walk runs (a fork copying the page) are
+/// visited too: the list is re-read until it has no one new. Fork links the
+/// child before it copies any entry, and holds the parent's `mmap_lock` for
+/// writing while it copies, so a child that maps the frame is always seen
+/// by a walk that visits the parent after the fork, or finds the page
+/// already changed when it visits the parent before.
+pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, mut visit: impl FnMut(&Arc<MmInner>)) {
+    let Some(av) = reg.get(owner) else { return };
+    let mut seen: Vec<u64> = Vec::new();
+    loop {
+        let fresh = av.members_except(&seen);
+        if fresh.is_empty() {
+            return;
+        }
+        for m in fresh {
+            seen.push(m.id);
+            if let Some(mm) = m.mm.upgrade() {
+                visit(&mm);
+            }
+        }
+    }
+}
