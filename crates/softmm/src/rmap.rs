@@ -318,3 +318,123 @@ pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, mut visit: impl FnMut(&Arc<M
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The race of seed 004 under loom: an rmap walk (reclaim holding a
+    //! reference on the frame) against `zap_pte_range` and exit of the only
+    //! address space mapping it. The model spells out what `Arc`/`Weak`
+    //! and the member list do in `AnonVma`: the registry holds a weak
+    //! reference that a walker upgrades with increment-unless-zero; the
+    //! VMA holds the strong one, dropped when exit unlinks the last member
+    //! (garbage collection through the empty list). Checked: the walker
+    //! never reads a freed anon_vma or a freed frame, the frame and the
+    //! anon_vma are each freed exactly once, nothing leaks.
+    use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use loom::sync::{Arc, Mutex};
+
+    struct Model {
+        /// The frame: refcount (1 from the PTE), freed count.
+        frame_refs: AtomicU32,
+        frame_frees: AtomicU32,
+        /// The PTE of the one mapping, under its page-table lock.
+        ptl: Mutex<u64>,
+        /// The anon_vma: strong count (the VMA's), member list, registry
+        /// entry (the weak reference), freed flag.
+        av_strong: AtomicU32,
+        av_freed: AtomicBool,
+        av_frees: AtomicU32,
+        members: Mutex<Vec<u64>>,
+        registered: Mutex<bool>,
+        walker_saw: AtomicU64,
+    }
+
+    fn inc_unless_zero(a: &AtomicU32) -> bool {
+        let mut cur = a.load(Ordering::Acquire);
+        while cur != 0 {
+            match a.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+
+    fn put_frame(m: &Model) {
+        if m.frame_refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            m.frame_frees.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn put_av(m: &Model) {
+        if m.av_strong.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // `AnonVma::drop`: forget the registry entry, then free.
+            *m.registered.lock().unwrap() = false;
+            m.av_freed.store(true, Ordering::Release);
+            m.av_frees.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Exit of the only space: zap the entry, then unlink its VMA.
+    fn exit(m: &Model) {
+        let old = std::mem::replace(&mut *m.ptl.lock().unwrap(), 0);
+        if old != 0 {
+            put_frame(m);
+        }
+        let empty = {
+            let mut list = m.members.lock().unwrap();
+            list.retain(|&id| id != 1);
+            list.is_empty()
+        };
+        if empty {
+            *m.registered.lock().unwrap() = false;
+        }
+        put_av(m); // the VMA's strong reference goes with the VMA
+    }
+
+    /// `rmap_walk` from a frame the walker found by scanning.
+    fn walk(m: &Model) {
+        if !inc_unless_zero(&m.frame_refs) {
+            return; // the frame was freed before the scan got it
+        }
+        let found = *m.registered.lock().unwrap() && inc_unless_zero(&m.av_strong);
+        if found {
+            assert!(!m.av_freed.load(Ordering::Acquire), "anon_vma used after free");
+            let members = m.members.lock().unwrap().clone();
+            for _ in members {
+                let pte = *m.ptl.lock().unwrap();
+                m.walker_saw.fetch_add(pte, Ordering::Relaxed);
+            }
+            assert!(!m.av_freed.load(Ordering::Acquire), "anon_vma freed under the walker");
+            put_av(m);
+        }
+        assert!(m.frame_frees.load(Ordering::Acquire) == 0, "frame freed under the walker's reference");
+        put_frame(m);
+    }
+
+    #[test]
+    fn rmap_walk_races_zap_and_exit() {
+        loom::model(|| {
+            let m = Arc::new(Model {
+                frame_refs: AtomicU32::new(1),
+                frame_frees: AtomicU32::new(0),
+                ptl: Mutex::new(1),
+                av_strong: AtomicU32::new(1),
+                av_freed: AtomicBool::new(false),
+                av_frees: AtomicU32::new(0),
+                members: Mutex::new(vec![1]),
+                registered: Mutex::new(true),
+                walker_saw: AtomicU64::new(0),
+            });
+            let w = {
+                let m = m.clone();
+                loom::thread::spawn(move || walk(&m))
+            };
+            exit(&m);
+            w.join().unwrap();
+            assert_eq!(m.frame_frees.load(Ordering::Acquire), 1, "frame leaked or freed twice");
+            assert_eq!(m.av_frees.load(Ordering::Acquire), 1, "anon_vma leaked or freed twice");
+            assert!(!*m.registered.lock().unwrap(), "registry keeps a dead anon_vma");
+        });
+    }
+}
