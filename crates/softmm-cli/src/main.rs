@@ -4,9 +4,12 @@
 //! - `softmm run` forks a populated process into children that read and
 //!   write it, verifies every byte it checks, and prints a report (phase
 //!   times, fault counts, frames, page tables, RSS/PSS).
-//! - `softmm bench fault|cow|fork|tlb|read|futex|all [--vs-linux] [--json]` times
-//!   the same work on softmm and on Linux in the same run (see
-//!   `docs/BENCHMARKS.md` for the method).
+//! - `softmm bench fault|cow|fork|tlb|read|futex|rmap|reclaim|all [--vs-linux]
+//!   [--json]` times the same work on softmm and on Linux in the same run
+//!   (see `docs/BENCHMARKS.md` for the method); rmap and reclaim have no
+//!   Linux side (reclaim compares with its swap file's own bandwidth).
+//! - `softmm run` and `softmm replay` take `--mem-limit SIZE` (and
+//!   `--swap-file PATH`): beyond the limit, pages are swapped out.
 //!
 //! - `softmm replay [--on softmm|linux] [--futex-keys physical|linux] FILE`
 //!   runs a trace (the format of `TRACE.md`); `softmm diff FILE...` runs
@@ -19,6 +22,7 @@
 
 mod bench;
 mod error;
+mod memlimit;
 mod report;
 mod run;
 mod trace;
@@ -74,6 +78,27 @@ struct ReplayArgs {
     /// Fork's page-table strategy: share PTE tables (default) or copy them.
     #[arg(long, value_enum, default_value = "shared")]
     page_tables: trace_cmd::PageTables,
+    #[command(flatten)]
+    mem: MemArgs,
+}
+
+/// The memory limit and swap of `run` and `replay`.
+#[derive(Args, Debug, Clone)]
+struct MemArgs {
+    /// Most memory the machine's frames may use (K, M, G suffixes; at least
+    /// 64K); beyond it, reclaim swaps cold pages out. Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    mem_limit: Option<u64>,
+    /// The swap file to create (it must not exist; it is removed at exit).
+    /// Default: a sparse file in the temp directory, made only with --mem-limit.
+    #[arg(long, value_name = "PATH", requires = "mem_limit")]
+    swap_file: Option<std::path::PathBuf>,
+}
+
+impl MemArgs {
+    fn limits(&self) -> memlimit::MemLimit {
+        memlimit::MemLimit { mem_limit: self.mem_limit, swap_file: self.swap_file.clone() }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +159,8 @@ struct RunArgs {
     /// backed by 4 KiB host pages).
     #[arg(long)]
     no_thp: bool,
+    #[command(flatten)]
+    mem: MemArgs,
 }
 
 #[derive(Args, Debug)]
@@ -148,8 +175,10 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Memory size per benchmark (default: fault 64M, cow 64M, read 64M,
-    /// tlb 1M, futex 16M (its COW region); fork: the --sizes default, 256M
-    /// with `all`). With `all`, applies to every benchmark but tlb and futex.
+    /// tlb 1M, futex 16M (its COW region), rmap 64M (the forked process),
+    /// reclaim 256M (written and read back under a 16M limit); fork: the
+    /// --sizes default, 256M with `all`). With `all`, applies to every
+    /// benchmark but tlb, futex and rmap.
     #[arg(long, value_parser = units::parse_size)]
     size: Option<u64>,
     /// fork only: resident sizes to fork, comma-separated (default
@@ -168,6 +197,9 @@ struct BenchArgs {
     /// Timed repetitions per figure; the median is reported.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     reps: u32,
+    /// rmap only: forks per thread per timed run (default 400).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    iterations: Option<u64>,
 }
 
 /// The benchmarks.
@@ -186,6 +218,13 @@ pub enum BenchKind {
     /// Futexes vs futex(2): wake and EAGAIN rates, ping-pong, a contended
     /// mutex with 2/4/8 threads, the vcache's cost to a COW fault.
     Futex,
+    /// fork + exit churn of a 64 MiB process on 2 threads (AIM-like), the
+    /// reverse map's lock under contention; prints which lock is built in.
+    Rmap,
+    /// Swap-out and swap-in throughput under a memory limit, against the
+    /// swap file's sequential bandwidth (`--vs-linux`: no Linux swap without
+    /// root; the file is the reference).
+    Reclaim,
     /// All of the above.
     All,
 }
@@ -209,6 +248,7 @@ fn main() -> ExitCode {
             children: a.children,
             write_percent: a.write_percent,
             threads: a.threads,
+            mem: a.mem.limits(),
         }),
         Command::Bench(a) => bench::bench(
             a.which,
@@ -220,10 +260,11 @@ fn main() -> ExitCode {
                 plot: a.plot,
                 reps: a.reps as usize,
                 no_thp: a.no_thp,
+                iterations: a.iterations,
             },
         ),
         Command::Replay(a) => {
-            return match trace_cmd::replay(&a.file, a.on, a.page_tables, a.futex_keys) {
+            return match trace_cmd::replay(&a.file, a.on, a.page_tables, a.futex_keys, &a.mem.limits()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(trace_cmd::BadTrace(msg)) => {
                     eprintln!("softmm replay: {msg}");

@@ -33,6 +33,14 @@ impl ProcSmaps {
     }
 }
 
+/// The memory limit of `run` and what it swapped to.
+pub struct SwapReport {
+    /// `--mem-limit`, bytes.
+    pub limit: u64,
+    /// The swap device, in words.
+    pub device: String,
+}
+
 /// Everything `run` measured.
 pub struct RunReport {
     pub size: u64,
@@ -51,6 +59,8 @@ pub struct RunReport {
     pub child_reads: u64,
     pub child_writes: u64,
     pub child_misses: u64,
+    /// Set with `--mem-limit`.
+    pub swap: Option<SwapReport>,
 }
 
 pub fn run_report(r: &RunReport) -> String {
@@ -109,24 +119,17 @@ pub fn run_report(r: &RunReport) -> String {
     let _ = writeln!(o, "  {:<28}{}", "  of which data", frames(s.frames_in_use.saturating_sub(s.page_tables)));
     let _ = writeln!(o, "  {:<28}{}", "frames touched (host cost)", frames(s.frames_touched));
     let _ = writeln!(o, "  {:<28}{}", "arena capacity", frames(s.frames_capacity));
+    if let Some(sw) = &r.swap {
+        swap_section(&mut o, sw, s, &r.end);
+    }
 
     let _ = writeln!(o, "\nsmaps at the snapshot (kB)");
-    let _ = writeln!(
-        o,
-        "  {:<10}{:>12}{:>12}{:>14}{:>14}{:>14}{:>14}",
-        "process", "Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty"
-    );
-    let mut tot = [0u64; 6];
-    for p in &r.procs {
-        let m = &p.smaps;
-        let v = [m.rss, m.pss, m.shared_clean, m.shared_dirty, m.private_clean, m.private_dirty];
-        for (t, x) in tot.iter_mut().zip(v) {
-            *t += x;
-        }
-        let _ = writeln!(
-            o,
+    // The Swap column only under a limit: without one it is always zero.
+    let swap_col = r.swap.is_some();
+    let row = |name: &str, v: [u64; 7]| {
+        let mut l = format!(
             "  {:<10}{:>12}{:>12}{:>14}{:>14}{:>14}{:>14}",
-            p.name,
+            name,
             count(v[0]),
             count(v[1]),
             count(v[2]),
@@ -134,18 +137,29 @@ pub fn run_report(r: &RunReport) -> String {
             count(v[4]),
             count(v[5])
         );
-    }
-    let _ = writeln!(
-        o,
+        if swap_col {
+            let _ = write!(l, "{:>12}", count(v[6]));
+        }
+        l
+    };
+    let mut head = format!(
         "  {:<10}{:>12}{:>12}{:>14}{:>14}{:>14}{:>14}",
-        "sum",
-        count(tot[0]),
-        count(tot[1]),
-        count(tot[2]),
-        count(tot[3]),
-        count(tot[4]),
-        count(tot[5])
+        "process", "Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty"
     );
+    if swap_col {
+        let _ = write!(head, "{:>12}", "Swap");
+    }
+    let _ = writeln!(o, "{head}");
+    let mut tot = [0u64; 7];
+    for p in &r.procs {
+        let m = &p.smaps;
+        let v = [m.rss, m.pss, m.shared_clean, m.shared_dirty, m.private_clean, m.private_dirty, m.swap];
+        for (t, x) in tot.iter_mut().zip(v) {
+            *t += x;
+        }
+        let _ = writeln!(o, "{}", row(&p.name, v));
+    }
+    let _ = writeln!(o, "{}", row("sum", tot));
     let data_kb = s.frames_in_use.saturating_sub(s.page_tables) * PAGE / 1024;
     let _ = writeln!(
         o,
@@ -161,12 +175,41 @@ pub fn run_report(r: &RunReport) -> String {
     );
     let _ = writeln!(
         o,
-        "Verification: ok (children read the parent's data on {} pages and their own on {}; the parent's {} pages are unchanged; counters match the workload)",
+        "Verification: ok (children read the parent's data on {} pages and their own on {}; the parent's {} pages are unchanged; {})",
         count(r.child_reads),
         count(r.child_writes),
-        count(r.npages)
+        count(r.npages),
+        if r.stats.swap_outs > 0 {
+            "counters within what the workload and swapping allow, no swap slot left"
+        } else {
+            "counters match the workload"
+        }
     );
     o
+}
+
+/// The swap figures of a run under `--mem-limit`: at the snapshot and at
+/// the end (the parent's verification swaps pages in too).
+fn swap_section(o: &mut String, sw: &SwapReport, s: &MachineStats, e: &MachineStats) {
+    let _ = writeln!(o, "\nSwap (memory limit {}; swap on {})", bytes(sw.limit), sw.device);
+    let _ = writeln!(o, "  {:<28}{:>12}{:>12}", "", "snapshot", "end");
+    let rows: [(&str, u64, u64); 5] = [
+        ("swap_outs (pages)", s.swap_outs, e.swap_outs),
+        ("swap_ins (pages)", s.swap_ins, e.swap_ins),
+        ("swap cache hits", s.swap_cache_hits, e.swap_cache_hits),
+        ("failed swap-outs", s.swap_failures, e.swap_failures),
+        ("swap_used (slots)", s.swap_used, e.swap_used),
+    ];
+    for (name, a, b) in rows {
+        let _ = writeln!(o, "  {name:<28}{:>12}{:>12}", count(a), count(b));
+    }
+    let _ = writeln!(
+        o,
+        "  ({} swapped out, {} swapped in in all{})",
+        bytes(e.swap_outs * PAGE),
+        bytes(e.swap_ins * PAGE),
+        if e.swap_outs == 0 { "; the workload fits in the limit" } else { "" }
+    );
 }
 
 /// Write `text` to stdout. A closed stdout (`softmm ... | head`) is an

@@ -15,9 +15,16 @@
 //! exactly what the workload implies; the library's invariant audit runs
 //! before and after the parent exits; after exit no frame or page table may
 //! remain in use. Any mismatch is an error (non-zero exit).
+//!
+//! With `--mem-limit`, pages beyond the limit are swapped out and back in.
+//! The data checks stay the same; the counters that swapping makes depend on
+//! timing (which pages are resident at the snapshot, which COW faults met a
+//! swap entry) are checked as bounds instead (`rss + swap` per process is
+//! still exact), and no swap slot may remain in use after exit.
 
 use crate::error::{check, CliError, CliResult, Context};
-use crate::report::{self, Phase, ProcSmaps, RunReport};
+use crate::memlimit::MemLimit;
+use crate::report::{self, Phase, ProcSmaps, RunReport, SwapReport};
 use crate::units::PAGE;
 use indicatif::{ProgressBar, ProgressStyle};
 use softmm::{Accessor, Config, Machine, MapKind, Mm, Placement, Prot};
@@ -30,6 +37,7 @@ pub struct RunOpts {
     pub children: u32,
     pub write_percent: f64,
     pub threads: Option<u32>,
+    pub mem: MemLimit,
 }
 
 /// The 8-byte tag the parent stores at the start of page `i`.
@@ -101,22 +109,34 @@ pub fn run(o: &RunOpts) -> CliResult<()> {
     let data_frames = npages + u64::from(children) * k;
     let pt_frames = (u64::from(children) + 1) * (npages / 512 + 16);
     let needed = (data_frames + pt_frames) * PAGE;
+    // Under a limit the frames in use never pass it (the rest is on swap).
+    let resident = o.mem.mem_limit.map_or(needed, |l| needed.min(l));
     if let Some(avail) = crate::units::mem_available() {
-        if needed > avail / 10 * 9 {
+        if resident > avail / 10 * 9 {
             return Err(CliError(format!(
                 "this workload needs about {} of memory but only {} is available; use a smaller --size or \
-                 fewer --children",
-                crate::units::bytes(needed),
-                crate::units::bytes(avail)
+                 fewer --children{}",
+                crate::units::bytes(resident),
+                crate::units::bytes(avail),
+                if o.mem.mem_limit.is_some() { ", or a lower --mem-limit" } else { ", or --mem-limit" }
             )));
         }
     }
     let arena_bytes = needed + (64 << 20);
+    let (swap, swap_what) = o.mem.swap(needed)?;
 
     let mut phases = Vec::new();
     let t = Instant::now();
-    let machine = Machine::new(Config { arena_bytes, ..Config::default() })
-        .context(|| format!("creating a machine with a {} arena", crate::units::bytes(arena_bytes)))?;
+    let machine =
+        Machine::new(Config { arena_bytes, mem_limit: o.mem.mem_limit, swap, ..Config::default() }).context(|| {
+            format!(
+                "creating a machine with a {} arena{}",
+                crate::units::bytes(arena_bytes),
+                o.mem
+                    .mem_limit
+                    .map_or(String::new(), |l| format!(", a {} limit and swap on {swap_what}", crate::units::bytes(l)))
+            )
+        })?;
     let parent = machine.new_mm().context(|| "creating the parent address space".into())?;
     let base = parent
         .mmap(0, o.size, Prot::RW, MapKind::Private, Placement::Hint)
@@ -151,7 +171,8 @@ pub fn run(o: &RunOpts) -> CliResult<()> {
         procs.push(ProcSmaps::of(&format!("child {c}"), kid, base)?);
     }
     phases.push(Phase::new("snapshot (stats, smaps)", t, None));
-    verify_snapshot(&stats, &procs, npages, k, children)?;
+    let limit_frames = o.mem.mem_limit.map(|l| l / PAGE);
+    verify_snapshot(&stats, &procs, npages, k, children, limit_frames)?;
 
     // Phase 4: the children exit; the parent must be unaffected.
     let t = Instant::now();
@@ -174,6 +195,8 @@ pub fn run(o: &RunOpts) -> CliResult<()> {
     let end = machine.stats();
     check(end.frames_in_use == 0, || format!("{} frames still in use after every process exited", end.frames_in_use))?;
     check(end.page_tables == 0, || format!("{} page-table pages left after every process exited", end.page_tables))?;
+    check(end.swap_used == 0, || format!("{} swap slots still in use after every process exited", end.swap_used))?;
+    check(end.anon_vmas == 0, || format!("{} anon_vmas left after every process exited", end.anon_vmas))?;
     phases.push(Phase::new("final audit", t, None));
 
     let rep = RunReport {
@@ -191,6 +214,7 @@ pub fn run(o: &RunOpts) -> CliResult<()> {
         child_reads: outcomes.iter().map(|x| x.reads).sum(),
         child_writes: outcomes.iter().map(|x| x.writes).sum(),
         child_misses: outcomes.iter().map(|x| x.misses).sum(),
+        swap: o.mem.mem_limit.map(|limit| SwapReport { limit, device: swap_what }),
     };
     report::emit(&report::run_report(&rep))
 }
@@ -337,8 +361,22 @@ fn parent_verify(acc: &mut Accessor, base: u64, npages: u64) -> CliResult<()> {
     Ok(())
 }
 
-/// The counters at the snapshot must be exactly what the workload implies.
-fn verify_snapshot(s: &softmm::MachineStats, procs: &[ProcSmaps], npages: u64, k: u64, children: u32) -> CliResult<()> {
+/// The counters at the snapshot must be exactly what the workload implies
+/// (bounds of it once pages were swapped out, as the module doc says).
+fn verify_snapshot(
+    s: &softmm::MachineStats,
+    procs: &[ProcSmaps],
+    npages: u64,
+    k: u64,
+    children: u32,
+    limit_frames: Option<u64>,
+) -> CliResult<()> {
+    if let Some(limit) = limit_frames {
+        check(s.frames_in_use <= limit, || format!("{} frames in use, over the limit of {limit}", s.frames_in_use))?;
+    }
+    if s.swap_outs > 0 {
+        return verify_swapped(s, procs, npages, k, children);
+    }
     let copies = u64::from(children) * k;
     check(s.fault_anon == npages, || {
         format!("{} demand-zero faults, expected {npages} (one per parent page)", s.fault_anon)
@@ -374,6 +412,47 @@ fn verify_snapshot(s: &softmm::MachineStats, procs: &[ProcSmaps], npages: u64, k
     let slack = procs.len() as u64;
     check(pss <= want && pss + slack >= want, || {
         format!("the PSS of all processes sums to {pss} kB, expected {want} kB (data frames x 4 kB)")
+    })?;
+    Ok(())
+}
+
+/// The snapshot checks once pages went to swap: which pages are resident
+/// and which COW faults met a swap entry depend on the reclaim clock, so
+/// the counters are bounded rather than exact; the per-process page count
+/// (resident + swapped) is still exact.
+fn verify_swapped(s: &softmm::MachineStats, procs: &[ProcSmaps], npages: u64, k: u64, children: u32) -> CliResult<()> {
+    let copies = u64::from(children) * k;
+    check(s.fault_anon == npages, || {
+        format!("{} demand-zero faults, expected {npages} (one per parent page)", s.fault_anon)
+    })?;
+    check(s.fault_cow_copy <= copies, || {
+        format!("{} COW copies, expected at most {copies} ({children} x {k})", s.fault_cow_copy)
+    })?;
+    check(s.segv == 0, || format!("{} segmentation faults", s.segv))?;
+    check(s.swap_failures == 0, || format!("{} swap-outs failed", s.swap_failures))?;
+    check(s.forks == u64::from(children), || format!("{} forks counted, expected {children}", s.forks))?;
+    check(s.swap_used <= s.swap_outs, || {
+        format!("{} swap slots in use but only {} pages were ever swapped out", s.swap_used, s.swap_outs)
+    })?;
+    let data = s.frames_in_use.saturating_sub(s.page_tables);
+    check(data <= npages + copies, || {
+        format!("{data} data frames in use, more than the {} pages the workload has", npages + copies)
+    })?;
+    let size_kb = npages * PAGE / 1024;
+    for p in procs {
+        check(p.smaps.rss + p.smaps.swap == size_kb, || {
+            format!("{}: Rss {} kB + Swap {} kB, expected {size_kb} kB", p.name, p.smaps.rss, p.smaps.swap)
+        })?;
+    }
+    for (c, p) in procs.iter().skip(1).enumerate() {
+        let own = k * PAGE / 1024;
+        check(p.smaps.private_dirty <= own, || {
+            format!("child {c}: Private_Dirty {} kB, expected at most {own} kB (its COW copies)", p.smaps.private_dirty)
+        })?;
+    }
+    let pss: u64 = procs.iter().map(|p| p.smaps.pss).sum();
+    check(pss <= data * PAGE / 1024, || {
+        format!("the PSS of all processes sums to {pss} kB, more than the {} kB of data frames", data * PAGE / 1024)
     })?;
     Ok(())
 }

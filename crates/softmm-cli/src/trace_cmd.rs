@@ -82,8 +82,20 @@ impl Runner {
 /// `softmm replay`: run `file` (`-` for standard input) line by line,
 /// printing one output line per operation. A malformed line stops the
 /// replay with a message naming it; what ran before it stays done.
-/// `keys` applies to softmm only (Linux keys futexes its own way).
-pub fn replay(file: &str, on: On, page_tables: PageTables, keys: FutexKeys) -> Result<(), BadTrace> {
+/// `keys` and `mem` apply to softmm only (Linux keys futexes its own way;
+/// a memory limit with `--on linux` is refused).
+pub fn replay(
+    file: &str,
+    on: On,
+    page_tables: PageTables,
+    keys: FutexKeys,
+    mem: &crate::memlimit::MemLimit,
+) -> Result<(), BadTrace> {
+    if on == On::Linux && mem.mem_limit.is_some() {
+        // Silently replaying without the limit would pass off unlimited
+        // results as limited ones.
+        return Err(BadTrace("--mem-limit applies to softmm only (Linux's memory cannot be limited here)".into()));
+    }
     let reader: Box<dyn BufRead> = if file == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -91,7 +103,10 @@ pub fn replay(file: &str, on: On, page_tables: PageTables, keys: FutexKeys) -> R
         Box::new(std::io::BufReader::new(f))
     };
     let mut runner = match on {
-        On::Softmm => Runner::Softmm(Box::new(SoftmmRunner::new(softmm_options(page_tables, keys)).map_err(BadTrace)?)),
+        On::Softmm => {
+            let opts = SoftmmOptions { mem: mem.clone(), ..softmm_options(page_tables, keys) };
+            Runner::Softmm(Box::new(SoftmmRunner::new(opts).map_err(BadTrace)?))
+        }
         On::Linux => Runner::Linux(Box::new(LinuxRunner::new().map_err(BadTrace)?)),
     };
     let out = std::io::stdout();

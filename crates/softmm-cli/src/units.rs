@@ -1,4 +1,5 @@
-//! Parsing and printing of sizes, percentages and durations.
+//! Parsing and printing of sizes, percentages and durations, and the
+//! host's free memory and disk space.
 
 /// Bytes in a page.
 pub const PAGE: u64 = 4096;
@@ -98,6 +99,12 @@ pub fn mem_available() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kb.checked_mul(1024)
+}
+
+/// Free bytes for an unprivileged user in the file system holding `dir`.
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    st.f_bavail.checked_mul(st.f_frsize)
 }
 
 #[cfg(test)]

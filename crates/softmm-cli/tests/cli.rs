@@ -161,15 +161,133 @@ fn bench_futex_json() {
     assert!(v["target_met"].is_boolean(), "{v}");
 }
 
+/// The first figure on the report line that starts with `name`.
+fn figure(out: &str, name: &str) -> u64 {
+    let line = out.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+    let rest = line.trim_start().trim_start_matches(name);
+    let word = rest.split_whitespace().next().unwrap_or_default();
+    word.replace(',', "").parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+#[test]
+fn run_under_a_memory_limit_swaps_and_verifies() {
+    let o = softmm(&["run", "--mem-limit", "32M", "--size", "64M", "--children", "2"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    for want in ["Swap (memory limit 32.0 MiB", "swap_ins (pages)", "swap_used (slots)", "Verification: ok"] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // 64 MiB of data cannot stay under a 32 MiB limit.
+    assert!(figure(&out, "swap_outs (pages)") > 0, "{out}");
+    assert!(figure(&out, "swap_ins (pages)") > 0, "{out}");
+    assert!(figure(&out, "frames in use") <= 32 << 8, "{out}");
+}
+
+#[test]
+fn run_within_its_memory_limit_swaps_nothing() {
+    let o = softmm(&["run", "--mem-limit", "64M", "--size", "4M", "--children", "2"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    assert_eq!(figure(&out, "swap_outs (pages)"), 0, "{out}");
+    assert!(out.contains("counters match the workload"), "{out}");
+}
+
+#[test]
+fn run_with_an_explicit_swap_file() {
+    let path = std::env::temp_dir().join(format!("softmm-cli-test-swap-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let arg = path.to_string_lossy().into_owned();
+    let o = softmm(&["run", "--mem-limit", "4M", "--size", "8M", "--children", "1", "--swap-file", &arg]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    assert!(out.contains(&format!("swap on file {arg}")), "{out}");
+    assert!(figure(&out, "swap_outs (pages)") > 0, "{out}");
+    assert!(!path.exists(), "the swap file outlived the run");
+}
+
+#[test]
+fn replay_under_a_memory_limit_reads_swapped_pages_back() {
+    use std::io::Write;
+    let trace = "new P\nmmap P 0x10000000 256K rw private\nfill P 0x10000000 256K 5a\nread P 0x10000000 2\n\
+                 read P 0x1003f000 1\nsmaps P 0x10000000\n";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_softmm"))
+        .args(["replay", "--mem-limit", "64K", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start softmm: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(trace.as_bytes()).unwrap_or_else(|e| panic!("writing the trace: {e}"));
+    }
+    let o = child.wait_with_output().unwrap_or_else(|e| panic!("waiting for softmm: {e}"));
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.get(3..5), Some(&["data 5a5a", "data 5a"][..]), "{out}");
+    // 64 pages, at most 16 frames: most of them are on swap, none is lost.
+    let smaps = lines.get(5).copied().unwrap_or_default();
+    let field = |k: &str| -> u64 {
+        let f = smaps.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("{k} in {smaps}"));
+        f.parse().unwrap_or_else(|e| panic!("{smaps}: {e}"))
+    };
+    assert_eq!(field("rss=") + field("swap="), 256, "{smaps}");
+    assert!(field("swap=") >= 256 - 64, "{smaps}");
+
+    let o = softmm(&["replay", "--on", "linux", "--mem-limit", "1M", "-"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--mem-limit"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn bench_reclaim_json() {
+    let o = softmm(&["bench", "reclaim", "--size", "16M", "--json", "--reps", "1", "--vs-linux"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(out.contains("Linux's own swap needs root"), "{out}");
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "reclaim");
+    let so = positive(&v, "swap_out_bytes_per_s");
+    let si = positive(&v, "swap_in_bytes_per_s");
+    let dw = positive(&v, "dev_write_bytes_per_s");
+    let dr = positive(&v, "dev_read_bytes_per_s");
+    let ro = positive(&v, "out_ratio");
+    let ri = positive(&v, "in_ratio");
+    assert!((ro - so / dw).abs() < 1e-9 * ro && (ri - si / dr).abs() < 1e-9 * ri, "{v}");
+    // Every page was read back; most were swapped out on the way.
+    assert_eq!(v["swap_ins"].as_u64(), Some(4096), "{v}");
+    assert!(v["swap_outs"].as_u64().is_some_and(|n| n >= 4096 / 2), "{v}");
+    assert!(v["target_met"].is_boolean(), "{v}");
+}
+
+#[test]
+fn bench_rmap_json() {
+    let o = softmm(&["bench", "rmap", "--json", "--iterations", "4", "--reps", "1", "--size", "8M"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "rmap");
+    assert!(v["lock"] == "spin" || v["lock"] == "rwsem", "{v}");
+    for key in ["fork_exit_per_s", "fork_exit_per_s_copy", "fork_write_exit_per_s", "fork_write_exit_per_s_copy"] {
+        positive(&v, key);
+    }
+    assert_eq!(v["threads"].as_u64(), Some(2), "{v}");
+    assert_eq!(v["iterations"].as_u64(), Some(4), "{v}");
+    assert_eq!(v["writes_per_child"].as_u64(), Some(21), "{v}");
+}
+
 #[test]
 fn bad_arguments_fail_clearly() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["run", "--size", "12X"], "size suffix"),
         (&["run", "--size", "0"], "at least one byte"),
         (&["run", "--write-percent", "150"], "percentage"),
         (&["run", "--children", "lots"], "--children"),
         (&["bench", "nope"], "invalid value"),
         (&["bench", "fault", "--reps", "0"], "--reps"),
+        (&["bench", "fault", "--iterations", "3"], "--iterations"),
+        (&["bench", "reclaim", "--size", "1M"], "too small"),
+        (&["run", "--size", "1M", "--swap-file", "/nonexistent/swap"], "--mem-limit"),
+        (&["run", "--size", "1M", "--mem-limit", "32K"], "64 KiB"),
     ];
     for (args, want) in cases {
         let o = softmm(args);

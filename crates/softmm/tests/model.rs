@@ -13,7 +13,9 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use softmm::{errno, Accessor, Advice, Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SegvKind};
+use softmm::{
+    errno, Accessor, Advice, Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SegvKind, SwapConfig,
+};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -131,6 +133,16 @@ enum Op {
         s: usize,
         addr: Addr,
     },
+    /// Swap out up to `n` private pages of the machine (nothing the model
+    /// can see may change).
+    Reclaim {
+        n: usize,
+    },
+    /// Move the frame at `addr` (nothing the model can see may change).
+    Migrate {
+        s: usize,
+        addr: Addr,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -198,6 +210,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(s, addr, len, byte, via)| Op::Fill { s, addr, len, byte, via }),
         4 => (slot(), addr(4), 1u64..1000).prop_map(|(s, addr, v)| Op::FetchAdd { s, addr, v }),
         2 => (slot(), addr(2)).prop_map(|(s, addr)| Op::Load32 { s, addr }),
+        2 => (1usize..64).prop_map(|n| Op::Reclaim { n }),
+        2 => (slot(), addr(PAGE)).prop_map(|(s, addr)| Op::Migrate { s, addr }),
     ]
 }
 
@@ -429,7 +443,12 @@ fn exited<T>(addr: u64, len: usize, ok: T) -> Result<T, Error> {
 
 impl World {
     fn new() -> World {
-        let machine = Machine::new(Config { arena_bytes: 32 << 20, ..Config::default() }).expect("arena");
+        // A swap device, so that `Reclaim` steps swap pages out (no frame
+        // limit: the steps decide when).
+        let swap = std::sync::Arc::new(softmm::reclaim::device::MemSwap::new(16 << 20).expect("swap"));
+        let machine =
+            Machine::new(Config { arena_bytes: 32 << 20, swap: SwapConfig::Device(swap), ..Config::default() })
+                .expect("arena");
         let mut slots: Vec<Slot> = (0..SLOTS).map(|_| Slot::default()).collect();
         let mm = machine.new_mm().expect("new_mm");
         slots[0] = Slot { acc: Some(mm.accessor()), mm: Some(mm), model: Some(Space::default()) };
@@ -458,11 +477,12 @@ impl World {
     fn resolve(&self, op: &Op) -> Option<Op> {
         let mut op = op.clone();
         let (s, accessor) = match &mut op {
-            Op::New { .. } => return Some(op),
+            Op::New { .. } | Op::Reclaim { .. } => return Some(op),
             Op::Read { s, via, .. } | Op::Write { s, via, .. } | Op::Fill { s, via, .. } => {
                 (s, matches!(via, Via::Acc))
             }
             Op::FetchAdd { s, .. } | Op::Load32 { s, .. } => (s, true),
+            Op::Migrate { s, .. } => (s, false),
             Op::Mmap { s, .. }
             | Op::Munmap { s, .. }
             | Op::Mprotect { s, .. }
@@ -616,6 +636,16 @@ impl World {
                     Some(model) => model.read(addr, 4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())),
                 };
                 ensure_eq!(got, want, "load_u32");
+            }
+            Op::Reclaim { n } => {
+                self.machine.reclaim(n);
+            }
+            Op::Migrate { s, addr: Addr(addr) } => {
+                let Some(mm) = &self.slots[s].mm else { return Ok(()) };
+                match mm.migrate(addr) {
+                    Ok(_) | Err(Error::Fault { .. }) | Err(Error::Invalid(_)) | Err(Error::Busy(_)) => {}
+                    Err(e) => return Err(format!("migrate {addr:#x}: {e}")),
+                }
             }
         }
         Ok(())

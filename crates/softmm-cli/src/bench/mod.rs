@@ -1,7 +1,9 @@
 //! `softmm bench`: time the same work on softmm and on Linux in one run.
 //!
 //! (futex, in `futex.rs`, times futex calls, ping-pong, a contended mutex
-//! and the vcache's cost to a COW fault.)
+//! and the vcache's cost to a COW fault; rmap, in `rmap.rs`, fork + exit
+//! churn on two threads; reclaim, in `reclaim.rs`, swap throughput against
+//! the swap file's bandwidth. Those two have no Linux side.)
 //!
 //! fault and cow report WARM and COLD figures (see `docs/BENCHMARKS.md`;
 //! fork, in `fork.rs`, reports warm figures over several sizes):
@@ -25,6 +27,8 @@
 pub mod fork;
 pub mod futex;
 pub mod linux;
+pub mod reclaim;
+pub mod rmap;
 pub mod softmm_side;
 
 use crate::error::{CliError, CliResult};
@@ -47,6 +51,8 @@ pub struct BenchOpts {
     pub plot: Option<std::path::PathBuf>,
     pub reps: usize,
     pub no_thp: bool,
+    /// rmap only: forks per thread per timed run.
+    pub iterations: Option<u64>,
 }
 
 /// Memory of cold runs, kept alive until all cold runs are done so that no
@@ -97,7 +103,16 @@ fn say(pb: &ProgressBar, msg: String) {
 pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     let list = match which {
         BenchKind::All => {
-            vec![BenchKind::Fault, BenchKind::Cow, BenchKind::Fork, BenchKind::Tlb, BenchKind::Read, BenchKind::Futex]
+            vec![
+                BenchKind::Fault,
+                BenchKind::Cow,
+                BenchKind::Fork,
+                BenchKind::Tlb,
+                BenchKind::Read,
+                BenchKind::Futex,
+                BenchKind::Rmap,
+                BenchKind::Reclaim,
+            ]
         }
         k => vec![k],
     };
@@ -108,12 +123,17 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     if o.plot.is_some() && !matches!(which, BenchKind::Fork | BenchKind::All) {
         return Err(CliError("--plot is for `bench fork` only".into()));
     }
+    if o.iterations.is_some() && !matches!(which, BenchKind::Rmap | BenchKind::All) {
+        return Err(CliError("--iterations is for `bench rmap` only".into()));
+    }
     let mut results = Vec::new();
     let mut missed = Vec::new();
     for (n, k) in list.into_iter().enumerate() {
         // With `all`, --size applies to every bench but tlb, whose working
-        // set must fit its TLB, and futex, whose COW region keeps its default.
-        let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex) { None } else { o.size };
+        // set must fit its TLB, futex, whose COW region keeps its default,
+        // and rmap, whose 64 MiB process is the load it models (a large one
+        // would make its copied-tables forks take minutes).
+        let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap) { None } else { o.size };
         let (text, json, met) = match k {
             BenchKind::Fault | BenchKind::Cow => pair(k, o, size)?,
             BenchKind::Fork => {
@@ -128,6 +148,8 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
             BenchKind::Tlb => tlb(o, size)?,
             BenchKind::Read => read(o, size)?,
             BenchKind::Futex => futex::futex(o, size)?,
+            BenchKind::Rmap => rmap::rmap(o, size)?,
+            BenchKind::Reclaim => reclaim::reclaim(o, size)?,
             BenchKind::All => unreachable_all()?,
         };
         if met == Some(false) {

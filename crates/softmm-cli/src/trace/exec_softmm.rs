@@ -25,6 +25,8 @@ pub struct SoftmmOptions {
     /// How the machine keys futexes (`replay --futex-keys`; `diff` uses
     /// Linux keys, as real Linux does).
     pub futex_keys: FutexKeys,
+    /// A frame limit and its swap (`replay --mem-limit`, `--swap-file`).
+    pub mem: crate::memlimit::MemLimit,
 }
 
 /// A queued futex waiter and the address space that started it.
@@ -49,11 +51,14 @@ impl SoftmmRunner {
     pub fn new(opts: SoftmmOptions) -> Result<SoftmmRunner, Fatal> {
         // One frame cache: a trace allocates the same frames on every run,
         // so `frame` numbers in expected outputs are reproducible.
+        let (swap, _) = opts.mem.swap(0).map_err(|e| format!("cannot set up swap: {e}"))?;
         let config = Config {
             arena_bytes: opts.arena_bytes.unwrap_or(1 << 30),
             cpu_caches: 1,
             prezero: false,
             futex_keys: opts.futex_keys,
+            mem_limit: opts.mem.mem_limit,
+            swap,
             ..Config::default()
         };
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;

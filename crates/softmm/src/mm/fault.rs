@@ -41,21 +41,27 @@ fn segv(mm: &MmInner, addr: u64, kind: SegvKind) -> Error {
 /// calling accessor's TLB slot, if any (see `Gather::finish`). When the
 /// frame limit is reached, reclaims (swaps pages out) and tries again.
 pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Option<&Slot>) -> Result<Pte> {
-    let mut reclaims = 0;
+    let mut stalls = 0;
     loop {
         match fault_once(mm, st, va, access, except) {
             Ok(Some(pte)) => return Ok(pte),
             Ok(None) => continue,
-            Err(Error::NoMemory(_)) if reclaims < MAX_RECLAIMS && crate::reclaim::direct_reclaim(&mm.machine) => {
-                reclaims += 1
+            Err(Error::NoMemory(_)) if stalls < MAX_STALLS && mm.machine.reclaim.swap.is_some() => {
+                // Frames another faulting thread takes first do not count
+                // against this one: only reclaims that free nothing do.
+                if !crate::reclaim::direct_reclaim(&mm.machine) {
+                    stalls += 1;
+                    std::thread::yield_now();
+                }
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Direct reclaims one fault may run before it gives up with ENOMEM.
-const MAX_RECLAIMS: u32 = 16;
+/// Direct reclaims freeing nothing that one fault sits through before it
+/// gives up with ENOMEM (every page pinned, locked or busy).
+const MAX_STALLS: u32 = 64;
 
 /// One attempt of `fault_in`: `None` when the entry changed under it (a
 /// racing swap-in, a migration that finished) and it must look again.
@@ -184,7 +190,7 @@ fn do_swap_page(
     meta.add_counts(0, 1);
     swap.put(entry.swap_slot());
     let mut bits = 0;
-    if access == Access::Write && vma.prot.writable() && swap.remove_if(arena, f, 2, true) {
+    if access == Access::Write && vma.prot.writable() && take_from_swap_cache(mm, f) {
         bits = Pte::WRITE | Pte::DIRTY;
         meta.set_flags(flags::DIRTY);
     }
@@ -239,7 +245,7 @@ fn handle_pte_fault(
             (Backing::Anon(_), Access::Write) => {
                 let f = new_anon_frame(mm, st, vma, va, None)?;
                 Counters::bump(&c.fault_anon);
-                Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
+                Ok(install_anon(mm, g, va, f))
             }
             (Backing::Shm(obj), _) => {
                 if access == Access::Read {
@@ -330,18 +336,14 @@ fn do_wp_page(
         let f = new_anon_frame(mm, st, vma, va, None)?;
         gather.need_flush();
         Counters::bump(&c.fault_anon);
-        return Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY));
+        return Ok(install_anon(mm, g, va, f));
     }
     let old = pte.frame();
     let mut refs = arena.meta(old).refcount();
-    if refs == 2 && arena.meta(old).has(flags::SWAPCACHE) {
-        // Only the swap cache shares it: take it out (the device copy goes
-        // stale the moment the page is written) and reuse it.
-        if let Some(swap) = mm.machine.reclaim.swap.as_ref() {
-            if swap.remove_if(arena, old, 2, true) {
-                refs = 1;
-            }
-        }
+    if refs == 2 && arena.meta(old).has(flags::SWAPCACHE) && take_from_swap_cache(mm, old) {
+        // Only the swap cache shared it: out of the cache (the device copy
+        // goes stale the moment the page is written), it is reused.
+        refs = 1;
     }
     if refs == 1 || refs == 1 + mm.machine.futexes.refs_on(old) {
         // Exclusive: no other mapping can see this frame (futex waiters
@@ -355,7 +357,24 @@ fn do_wp_page(
     let f = new_anon_frame(mm, st, vma, va, Some(old))?;
     gather.unmap_and_put(arena, old);
     Counters::bump(&c.fault_cow_copy);
-    Ok(install(g, va, f, Pte::WRITE | Pte::DIRTY))
+    Ok(install_anon(mm, g, va, f))
+}
+
+/// Take `f` (mapped once, by the entry being faulted) out of the swap cache
+/// if nothing else holds it and no swap entry names its slot, so that it
+/// may be mapped writable. Needs the frame lock, as every removal from the
+/// cache does (reclaim holds it from the moment it looks at the cache to
+/// the end of a swap-out); when reclaim holds it now, the answer is no and
+/// the write copies instead.
+fn take_from_swap_cache(mm: &MmInner, f: FrameId) -> bool {
+    let Some(swap) = mm.machine.reclaim.swap.as_ref() else { return false };
+    let meta = mm.arena().meta(f);
+    if !meta.try_lock() {
+        return false;
+    }
+    let taken = swap.remove_if(mm.arena(), f, 2, true);
+    meta.unlock();
+    taken
 }
 
 /// Install a freshly referenced frame `f` at `va` (mapcount already counted
@@ -366,20 +385,32 @@ fn install(g: &mut PteTableGuard<'_>, va: u64, f: FrameId, bits: u64) -> Pte {
     new
 }
 
+/// Install the new anonymous frame `f` writable at `va`, and only then
+/// mark it anonymous: the reclaim clock considers only frames marked so,
+/// and must find them mapped and fully set up (rmap owner and index).
+fn install_anon(mm: &MmInner, g: &mut PteTableGuard<'_>, va: u64, f: FrameId) -> Pte {
+    let new = install(g, va, f, Pte::WRITE | Pte::DIRTY);
+    mm.arena().meta(f).set_flags(flags::ANON);
+    new
+}
+
 /// A new private anonymous frame for `va`: zeroed, or a copy of `copy_of`.
-/// It comes mapped once (refcount 1, mapcount 1) and linked to the VMA's
-/// anon_vma (prepared on first use).
+/// It comes with one reference and one mapping (for the entry the caller
+/// installs with `install_anon`) and its rmap link to the VMA's anon_vma
+/// (prepared on first use); it is not marked `ANON` until installed.
 fn new_anon_frame(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, copy_of: Option<FrameId>) -> Result<FrameId> {
     let arena = mm.arena();
     let anon = anon_vma_prepare(mm, st, vma);
-    let f = arena.alloc(copy_of.is_none(), flags::ANON | flags::DIRTY)?;
+    let f = arena.alloc(copy_of.is_none(), flags::DIRTY)?;
     if let Some(src) = copy_of {
         arena.copy_frame(f, src);
     }
     let m = arena.meta(f);
     m.owner.store(anon, Ordering::Relaxed);
     m.index.store(vma.pgoff_of(va), Ordering::Relaxed);
-    m.set_counts(1, 1);
+    // Add, never set: a scanner that looked at this frame's previous life
+    // may hold a reference it is about to drop.
+    m.add_counts(0, 1);
     Ok(f)
 }
 

@@ -239,8 +239,11 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
                 }
                 check_rmap(m, mm, va, f)?;
-                if pte.is_writable() && pte.is_present() && meta.has(flags::SWAPCACHE) {
-                    fail!("mm {}: writable PTE at {va:#x} maps frame {} of the swap cache", mm.id, f.0);
+                // A frame reclaim put in the swap cache but could not unmap
+                // everywhere (a busy space) may stay writable there; its
+                // device copy must then never be trusted.
+                if pte.is_writable() && pte.is_present() && meta.has(flags::SWAP_VALID) {
+                    fail!("mm {}: writable PTE at {va:#x} maps frame {} whose swap copy is marked valid", mm.id, f.0);
                 }
                 if pte.is_writable() && pmd_writable && meta.mapcount() != 1 {
                     fail!(

@@ -41,6 +41,17 @@ impl<'a> PteTableGuard<'a> {
         slot(self.arena, self.table, self.at(va)).store(pte.raw(), Ordering::Release);
     }
 
+    /// Replace the entry for `va` if it still is `old`: entries of a
+    /// locked table may still gain accessed and dirty bits lock-free (see
+    /// `PageTable::set_bits_lockless`). Returns the entry found.
+    #[inline]
+    pub fn cas(&mut self, va: u64, old: Pte, new: Pte) -> std::result::Result<Pte, Pte> {
+        slot(self.arena, self.table, self.at(va))
+            .compare_exchange(old.raw(), new.raw(), Ordering::AcqRel, Ordering::Acquire)
+            .map(Pte::from_raw)
+            .map_err(Pte::from_raw)
+    }
+
     /// The table frame.
     pub fn table(&self) -> FrameId {
         self.table

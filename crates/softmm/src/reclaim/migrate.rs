@@ -32,18 +32,27 @@ pub(crate) fn migrate_frame(m: &MachineInner, f: FrameId, avoid: impl Fn(FrameId
     if !meta.has(flags::ANON) {
         return Err(Error::Invalid("only private anonymous frames can migrate"));
     }
-    if meta.has(flags::SWAPCACHE) {
-        return Err(Error::Busy("the frame is in the swap cache"));
-    }
-    if meta.pins.load(Ordering::Acquire) > 0 {
-        return Err(Error::Busy("the frame is pinned"));
-    }
     let n = alloc_destination(m, f, &avoid)?;
     if !meta.try_lock() {
         m.arena.put(n);
         return Err(Error::Busy("the frame is locked by reclaim or another migration"));
     }
-    let r = migrate_locked(m, f, n);
+    // Checked under the lock: reclaim, which puts frames in the swap cache,
+    // holds it too.
+    let refusal = if meta.has(flags::SWAPCACHE) {
+        Some("the frame is in the swap cache")
+    } else if meta.pins.load(Ordering::Acquire) > 0 {
+        Some("the frame is pinned")
+    } else {
+        None
+    };
+    let r = match refusal {
+        Some(why) => {
+            m.arena.put(n);
+            Err(Error::Busy(why))
+        }
+        None => migrate_locked(m, f, n),
+    };
     meta.unlock();
     r
 }
@@ -51,7 +60,8 @@ pub(crate) fn migrate_frame(m: &MachineInner, f: FrameId, avoid: impl Fn(FrameId
 /// A frame for the contents of `f`, not one `avoid` rejects.
 fn alloc_destination(m: &MachineInner, f: FrameId, avoid: &impl Fn(FrameId) -> bool) -> Result<FrameId> {
     let arena = &m.arena;
-    let fl = arena.meta(f).flags() & (flags::ANON | flags::DIRTY);
+    // Marked ANON only once it maps the page (see `migrate_locked`).
+    let fl = arena.meta(f).flags() & flags::DIRTY;
     let mut rejected = Vec::new();
     let got = loop {
         match arena.alloc(false, fl) {
@@ -70,7 +80,7 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     let (fm, nm) = (arena.meta(f), arena.meta(n));
     nm.owner.store(fm.owner.load(Ordering::Acquire), Ordering::Release);
     nm.index.store(fm.index.load(Ordering::Acquire), Ordering::Release);
-    let freeze = visit_mappings(m, f, false, |_, pte| pte.is_present().then(|| pte.to_migration()));
+    let freeze = visit_mappings(m, f, false, |pte| pte.is_present().then(|| pte.to_migration()), |_| {});
     freeze.flush();
     // Only the entries (all migration entries now) and our own reference
     // may hold the frame; anything else may still read or write it.
@@ -79,20 +89,23 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     if !busy {
         arena.copy_frame(n, f);
     }
-    visit_mappings(m, f, false, |_, pte| {
-        if !pte.is_migration() {
-            return None;
-        }
-        if !busy {
-            nm.add_counts(1, 1);
-            fm.sub_counts(1, 1);
-        }
-        Some(pte.from_migration(target))
-    });
+    visit_mappings(
+        m,
+        f,
+        false,
+        |pte| pte.is_migration().then(|| pte.from_migration(target)),
+        |_| {
+            if !busy {
+                nm.add_counts(1, 1);
+                fm.sub_counts(1, 1);
+            }
+        },
+    );
     if busy {
         arena.put(n);
         return Err(Error::Busy("the frame is held by a remote access, a futex waiter or a pin"));
     }
+    nm.set_flags(flags::ANON);
     arena.put(n); // the allocation's reference: the entries hold it now
     Counters::bump(&m.counters.migrations);
     Ok(n)

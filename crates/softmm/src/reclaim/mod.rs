@@ -116,13 +116,17 @@ impl Visit {
 }
 
 /// Visit every page-table entry that holds anonymous frame `f` (present or
-/// migration entry), through the reverse map, and let `edit` replace it.
-/// `try_only`: skip address spaces whose `mmap_lock` is not free now.
+/// migration entry), through the reverse map, and let `edit` (a pure
+/// function: it may run more than once for one entry) choose a
+/// replacement; `changed(old)` runs once for each entry replaced, under its
+/// page-table lock. `try_only`: skip address spaces whose `mmap_lock` is
+/// not free now.
 pub(crate) fn visit_mappings(
     m: &MachineInner,
     f: FrameId,
     try_only: bool,
-    mut edit: impl FnMut(&MmInner, Pte) -> Option<Pte>,
+    edit: impl Fn(Pte) -> Option<Pte>,
+    mut changed: impl FnMut(Pte),
 ) -> Visit {
     let arena = &m.arena;
     let meta = arena.meta(f);
@@ -143,17 +147,31 @@ pub(crate) fn visit_mappings(
         };
         let Some(pt) = st.pt.as_ref() else { return };
         let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
-        if v.tables.contains(&g.table()) {
-            // A table shared with a space visited before: already changed.
-            v.flush.push(mm.clone());
-            return;
-        }
-        let pte = g.get(va);
-        if pte.counted_frame() != Some(f) {
-            return;
-        }
-        if let Some(new) = edit(mm, pte) {
-            g.set(va, new);
+        // A table shared with a space visited before, whose entry was
+        // changed through it: this space may cache the old translation
+        // too. (Looked at only when the entry no longer holds the frame: a
+        // table freed and reallocated during the walk may reuse the id.)
+        let changed_before = v.tables.contains(&g.table());
+        let mut pte = g.get(va);
+        let changed = loop {
+            if pte.counted_frame() != Some(f) {
+                if changed_before {
+                    v.flush.push(mm.clone());
+                }
+                return;
+            }
+            let Some(new) = edit(pte) else { break false };
+            // An MMU-style lock-free setter may add accessed or dirty bits
+            // meanwhile: never lose them.
+            match g.cas(va, pte, new) {
+                Ok(old) => {
+                    changed(old);
+                    break true;
+                }
+                Err(now) => pte = now,
+            }
+        };
+        if changed {
             v.tables.push(g.table());
             v.flush.push(mm.clone());
             v.changed += 1;

@@ -37,12 +37,19 @@ pub(crate) fn direct_reclaim(m: &MachineInner) -> bool {
     if m.arena.in_use() < before {
         return true; // another thread freed frames while we waited
     }
-    shrink(m, BATCH) > 0
+    // First skip busy address spaces; if that frees nothing, wait for them
+    // (the caller holds at most `mmap_lock`s for reading, and writers never
+    // wait for what a reclaimer holds, so the wait ends).
+    shrink_with(m, BATCH, true) > 0 || shrink_with(m, BATCH, false) > 0
 }
 
 /// Run the clock until `want` frames are freed or two sweeps found nothing
-/// more. Returns the frames freed.
+/// more. Returns the frames freed. Busy address spaces are skipped.
 pub(crate) fn shrink(m: &MachineInner, want: usize) -> usize {
+    shrink_with(m, want, true)
+}
+
+fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
     let Some(swap) = m.reclaim.swap.as_ref() else { return 0 };
     let arena = &m.arena;
     let touched = arena.touched().max(2);
@@ -60,8 +67,8 @@ pub(crate) fn shrink(m: &MachineInner, want: usize) -> usize {
         if !arena.try_get(f) {
             continue;
         }
-        if meta.has(flags::ANON) && !referenced(m, f) {
-            match swap_out(m, swap, f) {
+        if meta.has(flags::ANON) && !referenced(m, f, try_only) {
+            match swap_out(m, swap, f, try_only) {
                 Ok(true) => freed += 1,
                 Ok(false) => {}
                 Err(_) => Counters::bump(&m.counters.swap_failures),
@@ -74,31 +81,31 @@ pub(crate) fn shrink(m: &MachineInner, want: usize) -> usize {
 
 /// Whether any mapping of `f` was accessed since the last look; clears the
 /// accessed bits it finds (Linux's `folio_referenced` + `ptep_clear_young`).
-fn referenced(m: &MachineInner, f: FrameId) -> bool {
+fn referenced(m: &MachineInner, f: FrameId, try_only: bool) -> bool {
     let mut young = false;
-    visit_mappings(m, f, true, |_, pte| {
-        if pte.is_present() && pte.is_accessed() {
-            young = true;
-            return Some(pte.without(Pte::ACCESSED));
-        }
-        None
-    });
+    visit_mappings(
+        m,
+        f,
+        try_only,
+        |pte| (pte.is_present() && pte.is_accessed()).then(|| pte.without(Pte::ACCESSED)),
+        |_| young = true,
+    );
     young
 }
 
 /// Swap out `f` (the caller holds a reference). Returns whether the frame
 /// left memory.
-pub(crate) fn swap_out(m: &MachineInner, swap: &SwapSpace, f: FrameId) -> Result<bool> {
+pub(crate) fn swap_out(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
     let meta = m.arena.meta(f);
     if !meta.try_lock() {
         return Ok(false);
     }
-    let r = swap_out_locked(m, swap, f);
+    let r = swap_out_locked(m, swap, f, try_only);
     meta.unlock();
     r
 }
 
-fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId) -> Result<bool> {
+fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
     let arena = &m.arena;
     let meta = arena.meta(f);
     if !meta.has(flags::ANON) || meta.pins.load(Ordering::Acquire) > 0 {
@@ -120,14 +127,17 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId) -> Result<boo
     };
     // Unmap everywhere: each entry becomes a swap entry holding the slot.
     let mut dirty = false;
-    let visit = visit_mappings(m, f, true, |_, pte| {
-        if !pte.is_present() {
-            return None; // a migration entry: the frame is busy
-        }
-        dirty |= pte.is_dirty();
-        swap.dup(slot);
-        Some(Pte::swap(slot))
-    });
+    let visit = visit_mappings(
+        m,
+        f,
+        try_only,
+        // Not a migration entry: a frame being migrated is locked anyway.
+        |pte| pte.is_present().then_some(Pte::swap(slot)),
+        |old| {
+            dirty |= old.is_dirty();
+            swap.dup(slot);
+        },
+    );
     visit.flush();
     if visit.changed > 0 {
         meta.sub_counts(visit.changed, visit.changed);
@@ -136,9 +146,12 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId) -> Result<boo
         meta.set_flags(flags::DIRTY);
         meta.clear_flags(flags::SWAP_VALID);
     }
-    // Still mapped (a busy space skipped) or held (a remote access, a
-    // futex waiter): it stays in the swap cache for a later sweep.
-    if meta.mapcount() != 0 || meta.refcount() != 2 {
+    // A skipped (busy) space may share a PTE table whose entry was just
+    // replaced through another space, and so still hold the frame in its
+    // accessors' TLBs, unflushed: the frame must not change hands. Still
+    // mapped, or held (a remote access, a futex waiter): likewise. It
+    // stays in the swap cache for a later sweep.
+    if visit.skipped || meta.mapcount() != 0 || meta.refcount() != 2 {
         return Ok(false);
     }
     if swap.count(slot) == 1 {

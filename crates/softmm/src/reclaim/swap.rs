@@ -158,12 +158,15 @@ impl SwapSpace {
     }
 
     /// Take `f` out of the cache if its references are exactly `expected`
+    /// (the caller holds the frame lock: whoever holds it may rely on the
+    /// frame's cache membership not changing)
     /// (the cache's included) and, with `need_exclusive`, no swap entry
     /// names the slot any more. The cache's references on the frame and
     /// the slot are dropped; the frame is not freed here unless `expected`
     /// was 1. Returns whether it was removed.
     pub(crate) fn remove_if(&self, arena: &FrameArena, f: FrameId, expected: u32, need_exclusive: bool) -> bool {
         let m = arena.meta(f);
+        debug_assert!(m.has(flags::LOCKED), "swap-cache removal of frame {} without its lock", f.0);
         let slot = m.swap.load(Ordering::Acquire);
         if slot == 0 {
             return false;
@@ -186,7 +189,8 @@ impl SwapSpace {
         true
     }
 
-    /// Take `f` out of the cache unconditionally (a failed read-in).
+    /// Take `f` out of the cache unconditionally (a failed read-in; the
+    /// caller holds the frame lock).
     pub(crate) fn remove(&self, arena: &FrameArena, slot: u32, f: FrameId) {
         let removed = {
             let mut shard = self.shard(slot).lock();

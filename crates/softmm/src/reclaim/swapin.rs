@@ -34,7 +34,8 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
             // The entry was zapped meanwhile; the caller's recheck sees it.
             return Err(Error::Again);
         }
-        let n = arena.alloc(false, flags::ANON | flags::DIRTY)?;
+        // Marked ANON only once filled: the clock skips it until then.
+        let n = arena.alloc(false, 0)?;
         let meta = arena.meta(n);
         // The page may be mapped by every relative of this VMA (it was
         // swapped out of a fork tree): rmap it through the oldest anon_vma.
@@ -59,8 +60,7 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
             return Err(Error::Io { addr: va, what: format!("reading slot {slot} of {}: {e}", swap.dev.describe()) });
         }
         arena.write(n, 0, &page);
-        meta.set_flags(flags::SWAP_VALID);
-        meta.clear_flags(flags::DIRTY);
+        meta.set_flags(flags::SWAP_VALID | flags::ANON);
         meta.unlock();
         Counters::bump(&m.counters.swap_ins);
         return Ok(n);

@@ -1,0 +1,322 @@
+//! `softmm bench reclaim`: swap-out and swap-in throughput under a memory
+//! limit, against the sequential bandwidth of the swap file itself.
+//!
+//! Each run first measures a fresh swap file in the temp directory with
+//! `sequential_bandwidth` (write then read every page, no fsync, so both go
+//! to the page cache as a swap file's I/O does), over as many pages as the
+//! run swaps, and removes it. Then a machine whose frames are limited to a
+//! small amount (16 MiB, or a quarter of `--size` when that is smaller) and
+//! whose swap is another fresh file of the same kind writes `--size` of
+//! private memory page by page: nearly all of it is swapped out on the way.
+//! Swap-out throughput is pages swapped out x 4 KiB / time of that loop, so
+//! it includes the demand-zero faults and the page writes themselves, not
+//! only reclaim. Then every page is read back in order (swap-in throughput:
+//! pages swapped in x 4 KiB / time of the reads); each page carries its
+//! index at both ends and is compared whole against what was written,
+//! between timed batches as `sequential_bandwidth` verifies its reads.
+//!
+//! The ratios to the file's bandwidth are the figures of merit (target:
+//! at least 50 % both ways). There is no Linux swap this tool can drive
+//! without root, so `--vs-linux` takes the file's bandwidth, measured in the
+//! same run, as the reference and says so.
+
+use super::{median, say, status, BenchOpts};
+use crate::error::{check, CliError, CliResult, Context};
+use crate::units::{bytes, count, free_space, mem_available, PAGE};
+use softmm::reclaim::device::{sequential_bandwidth, FileSwap, SwapDevice};
+use softmm::{Config, Machine, MapKind, Placement, Prot, SwapConfig};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes swapped out and in without --size.
+pub const DEFAULT_SIZE: u64 = 256 << 20;
+/// The machine's memory limit, at most.
+const MAX_LIMIT: u64 = 16 << 20;
+/// The smallest limit the bench uses (a quarter of the smallest --size).
+const MIN_LIMIT: u64 = 1 << 20;
+/// Minimum ratio to the file's bandwidth, both ways.
+const TARGET: f64 = 0.5;
+/// Pages read per timed batch in the swap-in phase.
+const BATCH: usize = 64;
+/// Slots beyond the data, so page tables and the rounding of the last
+/// batch can never fill the device.
+const SWAP_SLACK: u64 = 16 << 20;
+
+/// The contents of page `i`: a fixed non-zero body, the index at both ends.
+fn fill(i: u64, page: &mut [u8]) {
+    for (j, b) in page.iter_mut().enumerate() {
+        *b = (j % 251) as u8 + 1;
+    }
+    stamp(i, page);
+}
+
+fn stamp(i: u64, page: &mut [u8]) {
+    let n = page.len();
+    let tag = i.to_le_bytes();
+    if n >= 16 {
+        page[..8].copy_from_slice(&tag);
+        page[n - 8..].copy_from_slice(&tag);
+    }
+}
+
+/// One run's figures, bytes per second.
+struct Run {
+    dev_write: f64,
+    dev_read: f64,
+    swap_out: f64,
+    swap_in: f64,
+    /// Pages swapped out while writing, swapped in while reading.
+    outs: u64,
+    ins: u64,
+    /// Swap-outs during the read phase, to make room: the resident tail
+    /// (written out) and pages read back (clean, dropped).
+    outs_reading: u64,
+    cache_hits: u64,
+    device: String,
+}
+
+fn one_run(size: u64, limit: u64) -> CliResult<Run> {
+    let pages = size / PAGE;
+    let swap_bytes = size + SWAP_SLACK;
+
+    // The reference: a fresh file of the same kind, removed before the
+    // machine's is made so the two never compete for the page cache.
+    let (dev_write, dev_read) = {
+        let dev = FileSwap::create(None, swap_bytes).context(|| "creating the reference swap file".into())?;
+        sequential_bandwidth(&dev, pages).context(|| format!("measuring the bandwidth of {}", dev.describe()))?
+    };
+
+    let dev: Arc<dyn SwapDevice> =
+        Arc::new(FileSwap::create(None, swap_bytes).context(|| "creating the machine's swap file".into())?);
+    let device = dev.describe();
+    let arena_bytes = limit.saturating_mul(4).saturating_add(64 << 20);
+    let m = Machine::new(Config {
+        arena_bytes,
+        mem_limit: Some(limit),
+        swap: SwapConfig::Device(dev.clone()),
+        ..Config::default()
+    })
+    .context(|| format!("creating a machine with a {} limit swapping to {device}", bytes(limit)))?;
+    let mm = m.new_mm().context(|| "creating an address space".into())?;
+    let base =
+        mm.mmap(0, size, Prot::RW, MapKind::Private, Placement::Hint).context(|| format!("mmap of {}", bytes(size)))?;
+    let mut acc = mm.accessor();
+
+    // Swap-out: write every page; all but the last `limit` worth leave.
+    let mut page = vec![0u8; PAGE as usize];
+    fill(0, &mut page);
+    m.wait_for_prezeroing(Duration::from_secs(30));
+    let b = m.stats();
+    let t = Instant::now();
+    for i in 0..pages {
+        stamp(i, &mut page);
+        let va = base + i * PAGE;
+        acc.write(va, &page).context(|| format!("write of page {i} (swap-out phase)"))?;
+    }
+    let out_secs = t.elapsed().as_secs_f64();
+    let a = m.stats();
+    let outs = a.swap_outs - b.swap_outs;
+    check(a.swap_failures == b.swap_failures, || {
+        format!("bench reclaim: {} swap-outs failed while writing", a.swap_failures - b.swap_failures)
+    })?;
+    check(outs > 0, || {
+        format!("bench reclaim: nothing was swapped out writing {} under a {} limit", bytes(size), bytes(limit))
+    })?;
+
+    // Swap-in: read every page back in order, verifying each.
+    let mut batch = vec![0u8; PAGE as usize * BATCH];
+    let mut expected = vec![0u8; PAGE as usize];
+    fill(0, &mut expected);
+    let b = m.stats();
+    let mut in_time = Duration::ZERO;
+    let mut first = 0;
+    while first < pages {
+        let n = (pages - first).min(BATCH as u64);
+        let t = Instant::now();
+        for (k, buf) in batch.chunks_exact_mut(PAGE as usize).take(n as usize).enumerate() {
+            let i = first + k as u64;
+            acc.read(base + i * PAGE, buf).context(|| format!("read of page {i} (swap-in phase)"))?;
+        }
+        in_time += t.elapsed();
+        for (k, buf) in batch.chunks_exact(PAGE as usize).take(n as usize).enumerate() {
+            let i = first + k as u64;
+            stamp(i, &mut expected);
+            if buf != expected.as_slice() {
+                let at = buf.iter().zip(&expected).position(|(x, y)| x != y).unwrap_or(0);
+                return Err(CliError(format!(
+                    "verification failed: bench reclaim: page {i} read back {:#04x} at byte {at}, wrote {:#04x} \
+                     (swap on {device})",
+                    buf.get(at).copied().unwrap_or(0),
+                    expected.get(at).copied().unwrap_or(0)
+                )));
+            }
+        }
+        first += n;
+    }
+    let a = m.stats();
+    let ins = a.swap_ins - b.swap_ins;
+    check(ins > 0, || "bench reclaim: reading every page back swapped nothing in".into())?;
+    check(a.swap_failures == b.swap_failures, || {
+        format!("bench reclaim: {} swap-outs failed while reading", a.swap_failures - b.swap_failures)
+    })?;
+    check(a.frames_in_use <= limit / PAGE, || {
+        format!("bench reclaim: {} frames in use, over the limit of {}", a.frames_in_use, limit / PAGE)
+    })?;
+    drop(acc);
+    drop(mm);
+    m.check_invariants().context(|| "bench reclaim: invariant audit after exit".into())?;
+    let end = m.stats();
+    check(end.swap_used == 0 && end.frames_in_use == 0, || {
+        format!("bench reclaim: {} swap slots and {} frames in use after exit", end.swap_used, end.frames_in_use)
+    })?;
+
+    let per_s = |pages: u64, secs: f64| (pages * PAGE) as f64 / secs.max(1e-9);
+    Ok(Run {
+        dev_write,
+        dev_read,
+        swap_out: per_s(outs, out_secs),
+        swap_in: per_s(ins, in_time.as_secs_f64()),
+        outs,
+        ins,
+        outs_reading: a.swap_outs - b.swap_outs,
+        cache_hits: a.swap_cache_hits - b.swap_cache_hits,
+        device,
+    })
+}
+
+/// "512 MB/s" (decimal, as bandwidths usually are).
+fn rate(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} GB/s", bps / 1e9)
+    } else {
+        format!("{:.0} MB/s", bps / 1e6)
+    }
+}
+
+pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
+    let size = size.unwrap_or(DEFAULT_SIZE);
+    let limit = (size / 4).min(MAX_LIMIT) / PAGE * PAGE;
+    if limit < MIN_LIMIT {
+        return Err(CliError(format!(
+            "bench reclaim: --size {} is too small to swap (at least {} is needed: the limit is a quarter of it)",
+            bytes(size),
+            bytes(MIN_LIMIT * 4)
+        )));
+    }
+    // Only the limit's frames are the bench's own memory; the swap file
+    // lives in the page cache while there is room (without room both the
+    // bench and its reference measure the disk instead, still comparably).
+    let avail = mem_available().unwrap_or(u64::MAX);
+    let need = limit.saturating_add(64 << 20);
+    if need > avail / 10 * 9 {
+        return Err(CliError(format!(
+            "bench reclaim: needs about {} of memory but only {} is available",
+            bytes(need),
+            bytes(avail)
+        )));
+    }
+    let dir = std::env::temp_dir();
+    if let Some(free) = free_space(&dir) {
+        let want = size + SWAP_SLACK;
+        if want > free {
+            return Err(CliError(format!(
+                "bench reclaim: the swap file needs {} in {} but only {} is free; use a smaller --size or set TMPDIR",
+                bytes(want),
+                dir.display(),
+                bytes(free)
+            )));
+        }
+    }
+
+    let pb = status();
+    let mut runs = Vec::with_capacity(o.reps);
+    for r in 0..o.reps {
+        say(&pb, format!("reclaim: {} under a {} limit, run {}/{}", bytes(size), bytes(limit), r + 1, o.reps));
+        runs.push(one_run(size, limit)?);
+    }
+    pb.finish_and_clear();
+
+    let med = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (dw, dr, so, si) = (med(|r| r.dev_write), med(|r| r.dev_read), med(|r| r.swap_out), med(|r| r.swap_in));
+    let (out_ratio, in_ratio) = (so / dw, si / dr);
+    let met = out_ratio >= TARGET && in_ratio >= TARGET;
+    let last = runs.last();
+    let device = last.map_or_else(String::new, |r| r.device.clone());
+    let reference = "sequential bandwidth of a swap file of the same kind, measured in this run (no fsync: page \
+                     cache); Linux's own swap needs root, so it is not measured";
+
+    let mut t = String::new();
+    let _ = writeln!(t, "bench reclaim: swap-out and swap-in through a swap file under a memory limit");
+    let _ = writeln!(
+        t,
+        "  {} ({} pages) written then read back in order, memory limit {}, median of {} runs",
+        bytes(size),
+        count(size / PAGE),
+        bytes(limit),
+        o.reps
+    );
+    let _ = writeln!(t, "  swap device: {device} (a fresh file per run)");
+    let _ = writeln!(t, "  {:<12}{:>14}{:>14}{:>10}", "", "softmm", "file", "ratio");
+    let _ = writeln!(t, "  {:<12}{:>14}{:>14}{:>9.0}%", "swap-out", rate(so), rate(dw), out_ratio * 100.0);
+    let _ = writeln!(t, "  {:<12}{:>14}{:>14}{:>9.0}%", "swap-in", rate(si), rate(dr), in_ratio * 100.0);
+    if let Some(r) = last {
+        let _ = writeln!(
+            t,
+            "  last run: {} pages swapped out while writing; {} swapped in while reading, with {} swap-outs to make \
+             room (clean pages are dropped, not rewritten) and {} swap-cache hits",
+            count(r.outs),
+            count(r.ins),
+            count(r.outs_reading),
+            count(r.cache_hits)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  (swap-out time includes the demand-zero faults and the page writes; file = sequential_bandwidth over the \
+         same number of pages)"
+    );
+    if o.vs_linux {
+        let _ = writeln!(t, "  --vs-linux: the reference is the {reference}");
+    }
+    let _ = writeln!(
+        t,
+        "  target: >= {:.0}% of the file's bandwidth both ways -> {} ({:.0}% out, {:.0}% in)",
+        TARGET * 100.0,
+        if met { "met" } else { "MISSED" },
+        out_ratio * 100.0,
+        in_ratio * 100.0
+    );
+
+    let json = serde_json::json!({
+        "bench": "reclaim",
+        "what": "swap-out (write every page) and swap-in (read every page back) under a memory limit, vs the swap \
+                 file's sequential bandwidth",
+        "unit": "bytes/s",
+        "size_bytes": size,
+        "pages": size / PAGE,
+        "mem_limit_bytes": limit,
+        "reps": o.reps,
+        "device": device,
+        "swap_out_bytes_per_s": so,
+        "swap_in_bytes_per_s": si,
+        "dev_write_bytes_per_s": dw,
+        "dev_read_bytes_per_s": dr,
+        "out_ratio": out_ratio,
+        "in_ratio": in_ratio,
+        "reference": reference,
+        "swap_outs": last.map(|r| r.outs),
+        "swap_ins": last.map(|r| r.ins),
+        "swap_outs_while_reading": last.map(|r| r.outs_reading),
+        "swap_cache_hits": last.map(|r| r.cache_hits),
+        "target_ratio": TARGET,
+        "target_met": met,
+        "samples": {
+            "swap_out": runs.iter().map(|r| r.swap_out).collect::<Vec<_>>(),
+            "swap_in": runs.iter().map(|r| r.swap_in).collect::<Vec<_>>(),
+            "dev_write": runs.iter().map(|r| r.dev_write).collect::<Vec<_>>(),
+            "dev_read": runs.iter().map(|r| r.dev_read).collect::<Vec<_>>(),
+        },
+    });
+    Ok((t, json, Some(met)))
+}
