@@ -82,7 +82,7 @@ impl MachineInner {
     }
 
     pub(crate) fn new_shm(&self, npages: u64) -> Result<Arc<ShmObject>> {
-        let obj = ShmObject::new(self.new_id(), self.arena.clone(), npages)?;
+        let obj = ShmObject::new(self.new_id(), self.arena.clone(), self.reclaim.swap.clone(), npages)?;
         let mut shms = self.shms.lock();
         shms.retain(|w| w.strong_count() > 0);
         shms.push(Arc::downgrade(&obj));
@@ -91,6 +91,11 @@ impl MachineInner {
 
     pub(crate) fn live_mms(&self) -> Vec<Arc<MmInner>> {
         self.mms.lock().iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The live shared object with this id (reclaim, from a frame's owner).
+    pub(crate) fn shm_by_id(&self, id: u64) -> Option<Arc<ShmObject>> {
+        self.shms.lock().iter().filter_map(Weak::upgrade).find(|o| o.id() == id)
     }
 
     pub(crate) fn live_shms(&self) -> Vec<Arc<ShmObject>> {
@@ -169,6 +174,19 @@ impl Machine {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
         true
+    }
+
+    /// Read bytes of physical frame `frame` at `offset`, whatever it holds
+    /// now: how a secondary MMU (a shadow TLB, a device) reads through a
+    /// translation it cached. Only meaningful while the secondary knows the
+    /// frame is still mapped, which is what MMU notifiers tell it.
+    pub fn read_frame(&self, frame: crate::phys::FrameId, offset: usize, out: &mut [u8]) -> Result<()> {
+        let arena = &self.inner.arena;
+        if frame.0 >= arena.capacity() || offset.checked_add(out.len()).is_none_or(|e| e > crate::phys::PAGE_SIZE) {
+            return Err(crate::Error::Invalid("frame or range outside the arena"));
+        }
+        arena.read(frame, offset, out);
+        Ok(())
     }
 
     /// Run the reclaim clock until `frames` frames are freed (swapped out)

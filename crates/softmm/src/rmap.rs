@@ -91,39 +91,89 @@ impl MmRef {
 
 struct Member {
     mm: MmRef,
-    /// VMAs of that space linked to this anon_vma.
+    /// VMAs of that space linked here.
     vmas: u32,
 }
 
-/// One anon_vma: the address spaces that may map its frames.
-pub(crate) struct AnonVma {
-    pub(crate) id: u64,
-    members: RmapLock<Vec<Member>>,
-    registry: Weak<AnonVmas>,
+/// The address spaces whose VMAs may map some frames, each with its count
+/// of linked VMAs: an anon_vma's list, and a shared object's (Linux's
+/// `i_mmap`, at address-space granularity).
+pub(crate) struct Members(RmapLock<Vec<Member>>);
+
+impl Default for Members {
+    fn default() -> Self {
+        Members(RmapLock::new(Vec::new()))
+    }
 }
 
-impl AnonVma {
+impl Members {
     /// Link one more VMA of `mm`.
     pub(crate) fn link(&self, mm: &MmRef) {
-        let mut list = self.members.write();
+        let mut list = self.0.write();
         match list.iter_mut().find(|m| m.mm.id == mm.id) {
             Some(m) => m.vmas += 1,
             None => list.push(Member { mm: mm.clone(), vmas: 1 }),
         }
     }
 
-    /// Unlink one VMA of the space `mm_id`.
-    pub(crate) fn unlink(&self, mm_id: u64) {
-        let empty = {
-            let mut list = self.members.write();
-            if let Some(i) = list.iter().position(|m| m.mm.id == mm_id) {
-                list[i].vmas -= 1;
-                if list[i].vmas == 0 {
-                    list.swap_remove(i);
+    /// Unlink one VMA of the space `mm_id`; returns whether the list is
+    /// now empty.
+    pub(crate) fn unlink(&self, mm_id: u64) -> bool {
+        let mut list = self.0.write();
+        if let Some(i) = list.iter().position(|m| m.mm.id == mm_id) {
+            list[i].vmas -= 1;
+            if list[i].vmas == 0 {
+                list.swap_remove(i);
+            }
+        }
+        list.is_empty()
+    }
+
+    /// The members now, except those in `skip`.
+    pub(crate) fn except(&self, skip: &[u64]) -> Vec<MmRef> {
+        self.0.read().iter().filter(|m| !skip.contains(&m.mm.id)).map(|m| m.mm.clone()).collect()
+    }
+
+    /// How many VMAs of `mm_id` are linked (audits).
+    pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
+        self.0.read().iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
+    }
+
+    /// Visit every member, including those that join while the visit runs
+    /// (re-read until no one is new); see [`rmap_walk`].
+    pub(crate) fn walk(&self, mut visit: impl FnMut(&std::sync::Arc<MmInner>)) {
+        let mut seen: Vec<u64> = Vec::new();
+        loop {
+            let fresh = self.except(&seen);
+            if fresh.is_empty() {
+                return;
+            }
+            for m in fresh {
+                seen.push(m.id);
+                if let Some(mm) = m.mm.upgrade() {
+                    visit(&mm);
                 }
             }
-            list.is_empty()
-        };
+        }
+    }
+}
+
+/// One anon_vma: the address spaces that may map its frames.
+pub(crate) struct AnonVma {
+    pub(crate) id: u64,
+    members: Members,
+    registry: Weak<AnonVmas>,
+}
+
+impl AnonVma {
+    /// Link one more VMA of `mm`.
+    pub(crate) fn link(&self, mm: &MmRef) {
+        self.members.link(mm);
+    }
+
+    /// Unlink one VMA of the space `mm_id`.
+    pub(crate) fn unlink(&self, mm_id: u64) {
+        let empty = self.members.unlink(mm_id);
         if empty {
             // Garbage collection through the empty list: no walker can
             // find this anon_vma any more.
@@ -133,14 +183,9 @@ impl AnonVma {
         }
     }
 
-    /// The members now, except those in `skip`.
-    fn members_except(&self, skip: &[u64]) -> Vec<MmRef> {
-        self.members.read().iter().filter(|m| !skip.contains(&m.mm.id)).map(|m| m.mm.clone()).collect()
-    }
-
-    /// Whether `mm_id` is a member with `vmas` linked VMAs (audits).
+    /// How many VMAs of `mm_id` are linked (audits).
     pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
-        self.members.read().iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
+        self.members.links_of(mm_id)
     }
 }
 
@@ -172,7 +217,7 @@ impl AnonVmas {
 
     /// A new anon_vma with `first` as its only member.
     pub(crate) fn create(&self, id: u64, first: &MmRef) -> Arc<AnonVma> {
-        let av = Arc::new(AnonVma { id, members: RmapLock::new(Vec::new()), registry: self.me.clone() });
+        let av = Arc::new(AnonVma { id, members: Members::default(), registry: self.me.clone() });
         av.link(first);
         self.shard(id).lock().insert(id, Arc::downgrade(&av));
         av
@@ -302,20 +347,9 @@ impl Drop for AnonLink {
 /// writing while it copies, so a child that maps the frame is always seen
 /// by a walk that visits the parent after the fork, or finds the page
 /// already changed when it visits the parent before.
-pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, mut visit: impl FnMut(&Arc<MmInner>)) {
-    let Some(av) = reg.get(owner) else { return };
-    let mut seen: Vec<u64> = Vec::new();
-    loop {
-        let fresh = av.members_except(&seen);
-        if fresh.is_empty() {
-            return;
-        }
-        for m in fresh {
-            seen.push(m.id);
-            if let Some(mm) = m.mm.upgrade() {
-                visit(&mm);
-            }
-        }
+pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, visit: impl FnMut(&Arc<MmInner>)) {
+    if let Some(av) = reg.get(owner) {
+        av.members.walk(visit);
     }
 }
 

@@ -1,32 +1,56 @@
 //! Shared anonymous memory objects (what `MAP_SHARED|MAP_ANONYMOUS` creates).
 //!
-//! An object has its own page index: page offset -> frame. The index holds one
-//! reference on each frame (Linux's page-cache reference); each PTE mapping it
-//! holds another. The object lives as long as a VMA refers to it, across fork.
+//! An object has its own page index: page offset -> frame, or -> swap slot
+//! once reclaim pushed the page out (as Linux's shmem keeps swap entries in
+//! its page cache). The index holds one reference on each frame (Linux's
+//! page-cache reference) and one on each slot; each PTE mapping a frame
+//! holds another. The object lives as long as a VMA refers to it, across
+//! fork. Its VMAs are linked into `members` ([`ShmLink`]), the reverse map
+//! reclaim uses to unmap a page before it goes to swap.
 //!
-//! Lock: `pages` is a leaf taken under the page-table lock by the fault path.
+//! Lock: `pages` is a leaf taken under the page-table lock by the fault path;
+//! device I/O never happens under it.
 
 use crate::error::{Error, Result};
-use crate::phys::{flags, FrameArena, FrameId};
+use crate::phys::{flags, FrameArena, FrameId, PAGE_SIZE};
+use crate::reclaim::swap::SwapSpace;
+use crate::rmap::{Members, MmRef};
 use crate::sync::Ordering;
 use parking_lot::Mutex;
 use std::sync::Arc;
+
+/// One page of the index.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ShmPage {
+    /// Never touched: reads as zeros.
+    Absent,
+    Frame(FrameId),
+    /// On the swap device, in this slot.
+    Swapped(u32),
+}
 
 /// A shared memory object.
 pub struct ShmObject {
     id: u64,
     arena: Arc<FrameArena>,
-    /// Frame of each page; `None` until first touched.
-    pages: Mutex<Vec<Option<FrameId>>>,
+    swap: Option<Arc<SwapSpace>>,
+    pages: Mutex<Vec<ShmPage>>,
+    /// Address spaces with VMAs mapping the object.
+    pub(crate) members: Members,
 }
 
 impl ShmObject {
-    pub(crate) fn new(id: u64, arena: Arc<FrameArena>, npages: u64) -> Result<Arc<ShmObject>> {
+    pub(crate) fn new(
+        id: u64,
+        arena: Arc<FrameArena>,
+        swap: Option<Arc<SwapSpace>>,
+        npages: u64,
+    ) -> Result<Arc<ShmObject>> {
         let n = usize::try_from(npages).map_err(|_| Error::NoMemory("shared object too large"))?;
         let mut pages = Vec::new();
         pages.try_reserve_exact(n).map_err(|_| Error::NoMemory("shared object page index"))?;
-        pages.resize(n, None);
-        Ok(Arc::new(ShmObject { id, arena, pages: Mutex::new(pages) }))
+        pages.resize(n, ShmPage::Absent);
+        Ok(Arc::new(ShmObject { id, arena, swap, pages: Mutex::new(pages), members: Members::default() }))
     }
 
     /// The object's identity (stable for its lifetime).
@@ -41,16 +65,18 @@ impl ShmObject {
 
     /// The frame at `pgoff`, allocated zeroed when absent. Takes one extra
     /// reference for the caller (the mapping it is about to install).
+    /// `Error::Again` when the page is on swap: the caller brings it back
+    /// with [`ShmObject::swap_in`] (outside its page-table lock) and retries.
     pub(crate) fn get_page(&self, pgoff: u64) -> Result<FrameId> {
         let mut pages = self.pages.lock();
         let slot = pages.get_mut(pgoff as usize).ok_or(Error::Fault { addr: pgoff << 12 })?;
         let f = match *slot {
-            Some(f) => f,
-            None => {
-                let f = self.arena.alloc(true, flags::SHM)?;
-                self.arena.meta(f).owner.store(self.id, Ordering::Relaxed);
-                self.arena.meta(f).index.store(pgoff, Ordering::Relaxed);
-                *slot = Some(f);
+            ShmPage::Frame(f) => f,
+            ShmPage::Swapped(_) => return Err(Error::Again),
+            ShmPage::Absent => {
+                let f = self.arena.alloc(true, 0)?;
+                self.adopt(f, pgoff);
+                *slot = ShmPage::Frame(f);
                 f
             }
         };
@@ -58,11 +84,76 @@ impl ShmObject {
         Ok(f)
     }
 
+    /// Make `f` the object's page `pgoff` (rmap owner and index), and only
+    /// then visible to the reclaim clock (which looks at `SHM` frames).
+    fn adopt(&self, f: FrameId, pgoff: u64) {
+        let m = self.arena.meta(f);
+        m.owner.store(self.id, Ordering::Relaxed);
+        m.index.store(pgoff, Ordering::Relaxed);
+        m.set_flags(flags::SHM);
+    }
+
+    /// The swap slot page `pgoff` is in, if it is swapped out.
+    pub(crate) fn swapped(&self, pgoff: u64) -> Option<u32> {
+        match self.pages.lock().get(pgoff as usize) {
+            Some(&ShmPage::Swapped(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Bring page `pgoff` back from swap slot `slot` (no lock held while
+    /// reading). A failed read is `Error::Io` and leaves the page on swap.
+    pub(crate) fn swap_in(&self, pgoff: u64, slot: u32, addr: u64) -> Result<()> {
+        let Some(swap) = self.swap.as_ref() else {
+            return Err(Error::Io { addr, what: "shared page on swap without a swap device".into() });
+        };
+        let n = self.arena.alloc(false, 0)?;
+        let mut page = [0u8; PAGE_SIZE];
+        if let Err(e) = swap.dev.read_page(slot as u64, &mut page) {
+            self.arena.put(n);
+            return Err(Error::Io { addr, what: format!("reading slot {slot} of {}: {e}", swap.dev.describe()) });
+        }
+        self.arena.write(n, 0, &page);
+        let mut pages = self.pages.lock();
+        match pages.get_mut(pgoff as usize) {
+            Some(p) if *p == ShmPage::Swapped(slot) => {
+                // The slot was the only copy: the page is dirty again.
+                self.arena.meta(n).set_flags(flags::DIRTY);
+                self.adopt(n, pgoff);
+                *p = ShmPage::Frame(n);
+                drop(pages);
+                swap.put(slot);
+            }
+            _ => {
+                drop(pages);
+                self.arena.put(n); // another fault brought it back first
+            }
+        }
+        Ok(())
+    }
+
+    /// Replace resident page `pgoff` (frame `f`, which nobody but the index
+    /// and the caller holds: `expected` references) by swap `slot`, whose
+    /// reference the index takes over. Fails (and changes nothing) when
+    /// the page changed or someone took a reference meanwhile.
+    pub(crate) fn replace_with_slot(&self, pgoff: u64, f: FrameId, expected: u32, slot: u32) -> bool {
+        let mut pages = self.pages.lock();
+        match pages.get_mut(pgoff as usize) {
+            Some(p) if *p == ShmPage::Frame(f) && self.arena.meta(f).refcount() == expected => {
+                *p = ShmPage::Swapped(slot);
+                drop(pages);
+                self.arena.put(f); // the index's reference
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The frame at `pgoff` if it is resident, with an extra reference for
     /// the caller (what fault-around maps: only pages already in the cache).
     pub(crate) fn find_page(&self, pgoff: u64) -> Option<FrameId> {
         let pages = self.pages.lock();
-        let f = (*pages.get(pgoff as usize)?)?;
+        let ShmPage::Frame(f) = *pages.get(pgoff as usize)? else { return None };
         self.arena.get(f);
         Some(f)
     }
@@ -70,14 +161,44 @@ impl ShmObject {
     /// Every resident page, as (pgoff, frame) (for audits and statistics).
     pub(crate) fn resident(&self) -> Vec<(u64, FrameId)> {
         let pages = self.pages.lock();
-        pages.iter().enumerate().filter_map(|(i, f)| f.map(|f| (i as u64, f))).collect()
+        pages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                ShmPage::Frame(f) => Some((i as u64, *f)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every swapped page, as (pgoff, slot) (audits, smaps).
+    pub(crate) fn swapped_pages(&self) -> Vec<(u64, u32)> {
+        let pages = self.pages.lock();
+        pages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                ShmPage::Swapped(s) => Some((i as u64, *s)),
+                _ => None,
+            })
+            .collect()
     }
 }
 
 impl Drop for ShmObject {
     fn drop(&mut self) {
-        for f in self.pages.get_mut().drain(..).flatten() {
-            self.arena.put(f);
+        for p in self.pages.get_mut().drain(..) {
+            match p {
+                ShmPage::Frame(f) => {
+                    self.arena.put(f);
+                }
+                ShmPage::Swapped(s) => {
+                    if let Some(swap) = self.swap.as_ref() {
+                        swap.put(s);
+                    }
+                }
+                ShmPage::Absent => {}
+            }
         }
     }
 }
@@ -85,5 +206,42 @@ impl Drop for ShmObject {
 impl std::fmt::Debug for ShmObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ShmObject({})", self.id)
+    }
+}
+
+/// A VMA's hold on its shared object, linked into the object's members for
+/// as long as the VMA exists (creation links, drop unlinks).
+pub(crate) struct ShmLink {
+    obj: Arc<ShmObject>,
+    mm: MmRef,
+}
+
+impl ShmLink {
+    pub(crate) fn new(obj: Arc<ShmObject>, mm: MmRef) -> ShmLink {
+        obj.members.link(&mm);
+        ShmLink { obj, mm }
+    }
+
+    /// The same object for another VMA of `mm` (a split, or a fork's child).
+    pub(crate) fn link_for(&self, mm: &MmRef) -> ShmLink {
+        ShmLink::new(self.obj.clone(), mm.clone())
+    }
+
+    /// The same object for another VMA of this VMA's space (a split).
+    pub(crate) fn clone_link(&self) -> ShmLink {
+        self.link_for(&self.mm)
+    }
+}
+
+impl std::ops::Deref for ShmLink {
+    type Target = Arc<ShmObject>;
+    fn deref(&self) -> &Arc<ShmObject> {
+        &self.obj
+    }
+}
+
+impl Drop for ShmLink {
+    fn drop(&mut self) {
+        self.obj.members.unlink(self.mm.id);
     }
 }

@@ -13,7 +13,7 @@
 
 pub(crate) use crate::rmap::AnonLink;
 use crate::rmap::{AnonVma, AnonVmas, MmRef};
-use crate::shm::ShmObject;
+use crate::shm::ShmLink;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ pub enum MapKind {
 /// What backs a VMA.
 pub(crate) enum Backing {
     Anon(AnonLink),
-    Shm(Arc<ShmObject>),
+    Shm(ShmLink),
 }
 
 /// One mapping.
@@ -113,7 +113,7 @@ impl Vma {
             pgoff: self.pgoff_of(start),
             backing: match &self.backing {
                 Backing::Anon(l) => Backing::Anon(l.clone_link()),
-                Backing::Shm(o) => Backing::Shm(o.clone()),
+                Backing::Shm(o) => Backing::Shm(o.clone_link()),
             },
         }
     }
@@ -126,7 +126,7 @@ impl Vma {
                 let id = if l.get().0 != 0 { new_anon_id() } else { 0 };
                 Backing::Anon(l.fork_link(reg, id, child))
             }
-            Backing::Shm(o) => Backing::Shm(o.clone()),
+            Backing::Shm(o) => Backing::Shm(o.link_for(child)),
         };
         Vma { start: self.start, end: self.end, prot: self.prot, account: self.account, pgoff: self.pgoff, backing }
     }
@@ -140,7 +140,7 @@ impl Vma {
             return false;
         }
         match (&self.backing, &next.backing) {
-            (Backing::Shm(a), Backing::Shm(b)) => Arc::ptr_eq(a, b),
+            (Backing::Shm(a), Backing::Shm(b)) => Arc::ptr_eq(&**a, &**b),
             (Backing::Anon(a), Backing::Anon(b)) => anon_mergeable(a.get(), b.get()),
             _ => false,
         }

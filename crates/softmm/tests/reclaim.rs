@@ -297,48 +297,59 @@ fn migration_under_concurrent_writers_loses_nothing() {
     mm.mmap(BASE, pages * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
     mm.write(BASE, &[0; 16]).expect("touch");
     let child = mm.fork().expect("fork"); // the frames are COW-shared too
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicU64::new(0));
+    // Writers go on until the migrator has moved pages under them a few
+    // times (bounded, so a broken migration fails rather than hangs).
     let writers: Vec<_> = (0..2u64)
         .map(|t| {
-            let mm = mm.clone();
+            let (mm, moved) = (mm.clone(), moved.clone());
             std::thread::spawn(move || {
                 let mut acc = mm.accessor();
                 let va = BASE + t * PAGE;
-                for i in 1..=20_000u32 {
+                let mut i = 0u32;
+                while i < 20_000 || (moved.load(Ordering::Relaxed) < 20 && i < 5_000_000) {
+                    i += 1;
                     acc.store_u32(va, i).expect("store");
                     let back = acc.load_u32(va).expect("load");
                     assert_eq!(back, i, "thread {t}: wrote {i}, read {back}");
                 }
-                acc.load_u32(va).expect("load")
+                (i, acc.load_u32(va).expect("load"))
             })
         })
         .collect();
     let migrator = {
-        let mm = mm.clone();
-        let stop = stop.clone();
+        let (mm, stop, moved) = (mm.clone(), stop.clone(), moved.clone());
         std::thread::spawn(move || {
-            let mut moved = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 for p in 0..pages {
                     match mm.migrate(BASE + p * PAGE) {
-                        Ok(_) => moved += 1,
+                        Ok(_) => {
+                            moved.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(Error::Busy(_)) | Err(Error::Fault { .. }) | Err(Error::Invalid(_)) => {}
                         Err(e) => panic!("migrate: {e}"),
                     }
                 }
             }
-            moved
         })
     };
-    for (t, w) in writers.into_iter().enumerate() {
-        assert_eq!(w.join().expect("writer"), 20_000, "thread {t}");
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let moved = migrator.join().expect("migrator");
-    assert!(moved > 0, "no migration succeeded");
+    let last: Vec<u32> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(t, w)| {
+            let (i, v) = w.join().expect("writer");
+            assert_eq!(v, i, "thread {t}");
+            i
+        })
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    migrator.join().expect("migrator");
+    assert!(moved.load(Ordering::Relaxed) > 0, "no migration succeeded");
     let mut acc = mm.accessor();
-    assert_eq!(acc.load_u32(BASE).expect("load"), 20_000);
-    assert_eq!(acc.load_u32(BASE + PAGE).expect("load"), 20_000);
+    assert_eq!(acc.load_u32(BASE).expect("load"), last[0]);
+    assert_eq!(acc.load_u32(BASE + PAGE).expect("load"), last[1]);
     let mut b = [0u8; 4];
     child.read(BASE, &mut b).expect("child read");
     assert_eq!(b, [0; 4], "the child's copy is untouched");
@@ -381,4 +392,49 @@ fn anon_vmas_are_collected_when_their_lists_empty() {
     check(&chain[0]);
     drop(chain);
     assert_eq!(m.stats().anon_vmas, 0);
+}
+
+/// Shared-object pages go to swap too: every mapping (parent and child)
+/// loses its entry, the object's index names the slot, and the first fault
+/// from either side brings the page back for both.
+#[test]
+fn shared_memory_pages_are_swapped_and_shared_again() {
+    let dev = device(64);
+    let m = limited(1024, dev.clone());
+    let parent = m.new_mm().expect("mm");
+    parent.mmap(BASE, 32 * PAGE, Prot::RW, MapKind::Shared, Placement::Fixed).expect("mmap");
+    for i in 0..32 {
+        write_page(&parent, BASE + i * PAGE, &pattern(1, BASE + i * PAGE, 5));
+    }
+    let child = parent.fork().expect("fork");
+    for i in 0..32 {
+        assert_eq!(read_page(&child, BASE + i * PAGE), pattern(1, BASE + i * PAGE, 5));
+    }
+    let freed = m.reclaim(1000);
+    assert_eq!(freed, 32, "every shared page leaves memory");
+    check(&parent);
+    assert_eq!(parent.phys(BASE), None);
+    assert_eq!(child.phys(BASE), None);
+    assert_eq!(parent.smaps(BASE).expect("vma").swap, 32 * 4);
+    assert_eq!(child.smaps(BASE).expect("vma").swap, 32 * 4);
+    // The child writes one page back in; the parent sees the write.
+    write_page(&child, BASE + 3 * PAGE, &pattern(2, BASE + 3 * PAGE, 6));
+    assert_eq!(read_page(&parent, BASE + 3 * PAGE), pattern(2, BASE + 3 * PAGE, 6));
+    assert_eq!(parent.phys(BASE + 3 * PAGE), child.phys(BASE + 3 * PAGE));
+    for i in 0..32 {
+        let want = if i == 3 { pattern(2, BASE + i * PAGE, 6) } else { pattern(1, BASE + i * PAGE, 5) };
+        assert_eq!(read_page(&parent, BASE + i * PAGE), want, "page {i}");
+    }
+    check(&parent);
+    // A failed read is an I/O error and loses nothing.
+    assert!(m.reclaim(1000) > 0);
+    dev.fail_reads(1, Fault::Io);
+    let mut b = [0u8; 16];
+    assert!(matches!(child.read(BASE + 7 * PAGE, &mut b), Err(Error::Io { .. })));
+    assert_eq!(read_page(&child, BASE + 7 * PAGE), pattern(1, BASE + 7 * PAGE, 5));
+    check(&parent);
+    drop(child);
+    drop(parent);
+    assert_eq!(m.stats().swap_used, 0);
+    assert_eq!(m.stats().frames_in_use, 0);
 }

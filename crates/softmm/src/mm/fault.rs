@@ -45,7 +45,9 @@ pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, exce
     loop {
         match fault_once(mm, st, va, access, except) {
             Ok(Some(pte)) => return Ok(pte),
-            Ok(None) => continue,
+            // The entry changed under us, or a shared page went back to
+            // swap between its swap-in and its mapping: look again.
+            Ok(None) | Err(Error::Again) => continue,
             Err(Error::NoMemory(_)) if stalls < MAX_STALLS && mm.machine.reclaim.swap.is_some() => {
                 // Frames another faulting thread takes first do not count
                 // against this one: only reclaims that free nothing do.
@@ -95,8 +97,11 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
     // Any change to a shared PTE table makes it this space's own first
     // (seed 001: a write fault, a COW, or installing an entry).
     if pt.pte_table_shared(arena, va) {
-        share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_ref())?;
         let base = va & !(PTE_TABLE_SPAN - 1);
+        let inv = mm.notifiers.start_blocking(base, base + PTE_TABLE_SPAN, crate::notifier::Event::Cow);
+        let r = share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_deref());
+        mm.notifiers.end(inv);
+        r?;
         crate::futex::invalidate(mm, Some(st), base, base + PTE_TABLE_SPAN);
         let now = pt.follow_pte(arena, va);
         if let Some(pte) = fast_path(mm, pt, va, now, access) {
@@ -111,6 +116,16 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
         wait_for_migration(pt, arena, va, now);
         return Ok(None);
     }
+    if now.is_none() {
+        if let Backing::Shm(obj) = &vma.backing {
+            // A shared page on swap is named by the object's index, not by
+            // a PTE: bring it back into the object first.
+            if let Some(slot) = obj.swapped(vma.pgoff_of(va)) {
+                obj.swap_in(vma.pgoff_of(va), slot, va)?;
+                crate::stats::Counters::bump(&mm.machine.counters.swap_ins);
+            }
+        }
+    }
     let swapped_in = if now.is_swap() {
         match crate::reclaim::swap_in(mm, vma, va, now.swap_slot()) {
             Ok(f) => Some((now, f)),
@@ -124,6 +139,11 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
     // unshared it (installed a copy) since our walk. Once writable, the
     // entry stays put while we hold the mmap_lock.
     let table = pt.pte_table(arena, va).ok_or(Error::Exited)?;
+    // A write to a present read-only page may give it a new frame (COW):
+    // secondary MMUs drop the page first (not under the page-table lock,
+    // since a subscriber may sleep).
+    let cow = cur.is_present() && access == Access::Write && !cur.is_writable();
+    let inv = cow.then(|| mm.notifiers.start_blocking(va, va + 4096, crate::notifier::Event::Cow));
     let mut gather = Gather::default();
     let result = {
         let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
@@ -137,10 +157,24 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
                 Ok(None)
             }
             None if entry.is_swap() || entry.is_migration() => Ok(None),
+            // The entry became a present read-only one since `cur` (a racing
+            // read fault): a write now copies on write, which secondary MMUs
+            // must hear about first. Look again with the bracket in place.
+            None if inv.is_none()
+                && access == Access::Write
+                && entry.is_present()
+                && !entry.is_writable()
+                && mm.notifiers.any() =>
+            {
+                Ok(None)
+            }
             None => handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather).map(Some),
         }
     };
     gather.finish(mm, except);
+    if let Some(inv) = inv {
+        mm.notifiers.end(inv);
+    }
     // A new frame for a page that had one (COW, or the zero frame's first
     // write): tell the vcache, now that the page table says so.
     if let Ok(Some(new)) = &result {

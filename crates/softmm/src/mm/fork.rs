@@ -28,11 +28,14 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
         // copied: a reverse-map walk relies on it (`rmap::rmap_walk`).
         let cv = v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref);
         if needs_copy(v) {
+            // Linux's copy_page_range: the parent's entries lose write.
+            let inv = parent.notifiers.start_blocking(v.start, v.end, crate::notifier::Event::Protection);
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
             result = match policy {
                 ForkPolicy::CopyTables => copy_page_range(parent, arena, ppt, cpt, v.start, v.end, &mut flush),
                 ForkPolicy::SharedTables => share_page_range(parent, &pst, ppt, cpt, v, &mut shared_spans, &mut flush),
             };
+            parent.notifiers.end(inv);
         }
         // A VMA whose copy failed half-way still goes in, so that dropping
         // the child below releases what was copied.
@@ -167,6 +170,7 @@ pub(crate) fn do_exit(mm: &MmInner) {
     let arena = mm.arena();
     let c = &mm.machine.counters;
     let mut gather = Gather::for_write_locked(mm);
+    let inv = mm.notifiers.start_blocking(0, crate::pgtable::TASK_SIZE, crate::notifier::Event::Release);
     pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |s, e, lo, _| {
         let base = lo & !(PTE_TABLE_SPAN - 1);
         if !e.is_writable() {
@@ -182,6 +186,8 @@ pub(crate) fn do_exit(mm: &MmInner) {
     let vmas = std::mem::take(&mut st.vmas);
     gather.need_flush();
     gather.finish(mm, None);
+    mm.notifiers.end(inv);
+    mm.notifiers.release();
     drop(st);
     drop(vmas);
 }

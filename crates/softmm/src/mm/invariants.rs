@@ -67,6 +67,9 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
             }
             *exp.refs.entry(f).or_default() += 1;
         }
+        for (_, slot) in obj.swapped_pages() {
+            *exp.slots.entry(slot).or_default() += 1;
+        }
     }
     if let Some(swap) = m.reclaim.swap.as_ref() {
         let (cached, _) = swap.snapshot();

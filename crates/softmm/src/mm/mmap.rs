@@ -44,7 +44,7 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
     let end = start + len;
     let backing = match kind {
         MapKind::Private => Backing::Anon(AnonLink::new(mm.mm_ref())),
-        MapKind::Shared => Backing::Shm(mm.machine.new_shm(len >> 12)?),
+        MapKind::Shared => Backing::Shm(crate::shm::ShmLink::new(mm.machine.new_shm(len >> 12)?, mm.mm_ref())),
     };
     // MAP_FIXED over existing mappings unmaps them first.
     unmap_locked(mm, &mut st, start, end)?;
@@ -77,6 +77,7 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
     }
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
     unshare_range(mm, pt, start, end, true)?;
+    let inv = mm.notifiers.start_blocking(start, end, crate::notifier::Event::Unmap);
     let removed = st.vmas.remove_range(start, end);
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
     let arena = mm.arena();
@@ -88,6 +89,7 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
     let freed = pt.free_tables(arena, start, end, floor, ceiling);
     mm.machine.counters.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
     gather.finish(mm, None);
+    mm.notifiers.end(inv);
     // Shared objects of removed VMAs go when their last VMA does.
     drop(removed);
     Ok(())
@@ -107,7 +109,7 @@ pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, 
         }
     });
     for va in ro {
-        share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_ref())?;
+        share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_deref())?;
     }
     Ok(())
 }
@@ -185,6 +187,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     if let Some(pt) = st.pt.as_ref() {
         unshare_range(mm, pt, addr, end, false)?;
     }
+    let inv = mm.notifiers.start_blocking(addr, end, crate::notifier::Event::Protection);
     let mut gather = Gather::default();
     let mut tmp = addr;
     let mut result = Ok(());
@@ -226,6 +229,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     st.vmas.try_merge_at(stop);
     crate::futex::invalidate(mm, Some(&st), addr, stop);
     gather.finish(mm, None);
+    mm.notifiers.end(inv);
     result
 }
 
@@ -292,6 +296,7 @@ pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> R
     let Some(pt) = st.pt.as_ref() else { return Err(Error::Exited) };
     // Under the read lock no table may be dropped: unshare, then zap.
     unshare_range(mm, pt, addr, end, false)?;
+    let inv = mm.notifiers.start_blocking(addr, end, crate::notifier::Event::Clear);
     let mut gather = Gather::default();
     let mut covered = addr;
     let mut hole = false;
@@ -305,6 +310,7 @@ pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> R
     crate::futex::invalidate(mm, Some(&st), addr, end);
     drop(st);
     gather.finish(mm, None);
+    mm.notifiers.end(inv);
     if hole || covered < end {
         return Err(Error::NotMapped { addr, len });
     }

@@ -18,7 +18,8 @@
 //!    the `mmap_lock` is held for reading, and shrink under the write lock. A
 //!    shared PTE table is freed only by its last sharer, under that sharer's
 //!    write lock.
-//! 4. anon_vma lock (reverse-map issue, later), then a vcache bucket
+//! 4. The member-list lock of an anon_vma or shared object (`rmap.rs`;
+//!    nothing is taken while it is held), then a vcache bucket
 //!    (`vcache.rs`; two only in index order), then a futex bucket
 //!    (`futex/table.rs`; two only in index order), then a futex waiter's own
 //!    mutex. Changers of translations call the vcache only after releasing
@@ -30,6 +31,15 @@
 //!    TLB shootdown slot list (`Shootdown::slots`).
 //! 6. Frame metadata bits are atomics, taken under any of the above.
 //!
+//! The frame lock (`flags::LOCKED`, Linux's page lock; `reclaim/`) sits
+//! outside all of these: reclaim and migration hold it while they take
+//! `mmap_lock`s (for reading), PMD and page-table locks. A fault may wait
+//! for it while holding its `mmap_lock` for reading, never while holding a
+//! page-table lock (it only *tries* it there); writers of an `mmap_lock`
+//! never wait for it; and reverse-map walks take `mmap_lock`s with
+//! `read_recursive`, which does not queue behind a waiting writer. So a
+//! wait for a frame lock always ends.
+//!
 //! Nothing takes an outer lock while holding an inner one. A TLB shootdown
 //! (`Shootdown::flush`) may wait for other accessors' in-flight accesses while
 //! holding 1 (and never 2 or 3): accessors hold no lock while active, so that wait
@@ -37,7 +47,8 @@
 //!
 //! # Who references a frame
 //! A private anonymous or shared frame's `refcount` is its number of PTE
-//! mappings, plus one for a shared object's page index, plus transient
+//! mappings (a migration entry counts as one), plus one for a shared
+//! object's page index, plus one while it is in the swap cache, plus transient
 //! references of remote accesses. `mapcount` is its number of PTE mappings.
 //! The zero frame is mapped without references. A page-table page has one
 //! reference, from its parent entry (or from its `Mm`, for the root).
@@ -95,6 +106,8 @@ pub(crate) struct MmInner {
     /// vcache entries attached for pages of this space (read lock-free by
     /// every changer of a translation; see `vcache.rs`).
     pub(crate) vcache_users: crate::sync::Arc<crate::sync::AtomicUsize>,
+    /// MMU notifier subscribers (`notifier.rs`).
+    pub(crate) notifiers: crate::notifier::Notifiers,
 }
 
 impl MmInner {
@@ -129,6 +142,7 @@ impl Mm {
             state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
             tlb: Shootdown::default(),
             vcache_users: crate::futex::new_users(),
+            notifiers: crate::notifier::Notifiers::default(),
         });
         inner.machine.register_mm(&inner);
         Ok(Mm { inner })
@@ -243,6 +257,25 @@ impl Mm {
             va = hi;
         }
         Ok(())
+    }
+
+    /// Subscribe a secondary MMU to this address space's invalidations
+    /// (see [`crate::notifier`]). Dropping the subscription unregisters it;
+    /// once that returns, no callback into it runs any more.
+    pub fn register_notifier(&self, sub: Arc<dyn crate::notifier::MmuNotifier>) -> crate::notifier::Subscription {
+        self.inner.notifiers.register(sub.clone());
+        crate::notifier::Subscription { mm: Arc::downgrade(&self.inner), sub }
+    }
+
+    /// Subscribe to invalidations of `[start, start + len)` with a
+    /// sequence count (Linux's `mmu_interval_notifier_insert`).
+    pub fn insert_interval_notifier(
+        &self,
+        start: u64,
+        len: u64,
+        ops: Arc<dyn crate::notifier::IntervalOps>,
+    ) -> Result<crate::notifier::IntervalNotifier> {
+        crate::notifier::IntervalNotifier::new(&self.inner, start, len, ops)
     }
 
     /// Move the page at `addr` (private anonymous memory) to a new frame
@@ -390,6 +423,16 @@ fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
     } else {
         Vec::new()
     };
+    // A shared object's swapped pages are named by its index, not by PTEs:
+    // Linux's smaps counts them in every VMA mapping them (shmem_swapped).
+    if let Some(v) = st.vmas.find(start) {
+        if let crate::vma::Backing::Shm(obj) = &v.backing {
+            let (lo, hi) = (v.pgoff, v.pgoff + ((end - start) >> 12));
+            for _ in obj.swapped_pages().into_iter().filter(|&(p, _)| p >= lo && p < hi) {
+                acc.swapped();
+            }
+        }
+    }
     pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
         let base = lo & !(crate::pgtable::PTE_TABLE_SPAN - 1);
         let tables = if sharing { crate::pgtable::share::tables_at(arena, &roots, base) } else { Vec::new() };

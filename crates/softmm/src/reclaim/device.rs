@@ -47,6 +47,36 @@ pub trait SwapDevice: Send + Sync + fmt::Debug {
     /// zeros. Fails with [`ErrorKind::InvalidInput`] if the slot is out of range.
     fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()>;
 
+    /// Stores `pages` in the consecutive slots `first..first + pages.len()`,
+    /// in one operation where the device can (swap-out writes a run of
+    /// slots at once). Fails with [`ErrorKind::InvalidInput`], writing
+    /// nothing, if any slot of the run is out of range. Any other failure
+    /// may leave any part of the run written, torn or untouched: the caller
+    /// must treat every slot of the run as unwritten. The default writes
+    /// page by page.
+    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
+        check_run(first, pages.len(), self.slots())?;
+        // Pages first: an empty run at `u64::MAX` must not step the range.
+        for (page, slot) in pages.iter().zip(first..) {
+            self.write_page(slot, page)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the consecutive slots `first..first + pages.len()` into
+    /// `pages`, in one operation where the device can (swap readahead).
+    /// Fails with [`ErrorKind::InvalidInput`], reading nothing, if any slot
+    /// of the run is out of range. Any other failure leaves `pages` in an
+    /// unspecified state: the caller must use none of them. The default
+    /// reads page by page.
+    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
+        check_run(first, pages.len(), self.slots())?;
+        for (page, slot) in pages.iter_mut().zip(first..) {
+            self.read_page(slot, page)?;
+        }
+        Ok(())
+    }
+
     /// One line for logs and `bench` output, e.g. `file /tmp/softmm-swap-123-0 (64 MiB)`.
     fn describe(&self) -> String;
 }
@@ -60,6 +90,12 @@ impl<T: SwapDevice + ?Sized> SwapDevice for Arc<T> {
     }
     fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
         (**self).read_page(slot, page)
+    }
+    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
+        (**self).write_pages(first, pages)
+    }
+    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
+        (**self).read_pages(first, pages)
     }
     fn describe(&self) -> String {
         (**self).describe()
@@ -76,6 +112,12 @@ impl<T: SwapDevice + ?Sized> SwapDevice for Box<T> {
     fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
         (**self).read_page(slot, page)
     }
+    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
+        (**self).write_pages(first, pages)
+    }
+    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
+        (**self).read_pages(first, pages)
+    }
     fn describe(&self) -> String {
         (**self).describe()
     }
@@ -89,6 +131,19 @@ fn check_slot(slot: u64, slots: u64) -> io::Result<()> {
             ErrorKind::InvalidInput,
             format!("swap slot {slot} is out of range: the device has {slots} slots"),
         ))
+    }
+}
+
+/// `first..first + len` lies inside `0..slots` (an empty run always does:
+/// it touches no slot).
+fn check_run(first: u64, len: usize, slots: u64) -> io::Result<()> {
+    let Some(last) = (len as u64).checked_sub(1) else { return Ok(()) };
+    match first.checked_add(last) {
+        Some(end) if end < slots => Ok(()),
+        _ => Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("swap slots {first}..{first}+{len} are out of range: the device has {slots} slots"),
+        )),
     }
 }
 
@@ -204,6 +259,25 @@ impl SwapDevice for FileSwap {
     fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
         let off = self.offset(slot)?;
         self.file.read_exact_at(page, off)
+    }
+
+    // One pwrite/pread of the whole run: the pages are contiguous in memory
+    // and on the file, so no iovec is needed.
+    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
+        check_run(first, pages.len(), self.slots)?;
+        if pages.is_empty() {
+            return Ok(()); // `first` may be anything then
+        }
+        // Cannot overflow: the run ends inside the file.
+        self.file.write_all_at(pages.as_flattened(), first * SWAP_PAGE_U64)
+    }
+
+    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
+        check_run(first, pages.len(), self.slots)?;
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.file.read_exact_at(pages.as_flattened_mut(), first * SWAP_PAGE_U64)
     }
 
     fn describe(&self) -> String {
@@ -329,6 +403,15 @@ impl Script {
 /// is consulted first and consumed, whichever slot is accessed; only when it
 /// is exhausted do per-slot faults apply. Out-of-range slots always fail with
 /// [`ErrorKind::InvalidInput`], consume no budget, and count as no injection.
+///
+/// A vectored call ([`write_pages`](SwapDevice::write_pages),
+/// [`read_pages`](SwapDevice::read_pages)) is a run of page accesses, checked
+/// in slot order against the script like single-page calls, up to the
+/// first one that faults; that fault fails the whole call and counts as one
+/// injection. A faulting write leaves the pages before the faulting one
+/// written (a device can stop part way through a run), the faulting one
+/// as its fault says (torn by [`Fault::ShortWrite`]) and the rest
+/// untouched; a faulting read reads nothing.
 #[derive(Debug)]
 pub struct FaultySwap<D: SwapDevice> {
     inner: D,
@@ -392,12 +475,14 @@ impl<D: SwapDevice> FaultySwap<D> {
         self.injected.load(Ordering::Relaxed)
     }
 
-    /// `write_page` calls so far, whatever their outcome.
+    /// Pages asked to be written so far (one per `write_page` call, one per
+    /// page of a `write_pages` call), whatever the outcome.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
 
-    /// `read_page` calls so far, whatever their outcome.
+    /// Pages asked to be read so far (one per `read_page` call, one per page
+    /// of a `read_pages` call), whatever the outcome.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
@@ -414,6 +499,20 @@ impl<D: SwapDevice> FaultySwap<D> {
             ErrorKind::WriteZero,
             format!("injected short write: {HALF} of {SWAP_PAGE} bytes written to swap slot {slot}"),
         ))
+    }
+
+    /// The first page of the run `first..first + len` whose access the
+    /// script fails, and how (consuming budget as that many single-page
+    /// accesses would).
+    fn first_fault(&self, first: u64, len: usize, write: bool) -> Option<(usize, Fault)> {
+        let mut script = self.script.lock();
+        let script = &mut *script;
+        let (budget, slots) =
+            if write { (&mut script.writes, &script.write_slots) } else { (&mut script.reads, &script.read_slots) };
+        (first..)
+            .take(len)
+            .enumerate()
+            .find_map(|(i, slot)| Some((i, Script::take(budget).or_else(|| slots.get(&slot).copied())?)))
     }
 }
 
@@ -449,6 +548,36 @@ impl<D: SwapDevice> SwapDevice for FaultySwap<D> {
         };
         let Some(fault) = fault else {
             return self.inner.read_page(slot, page);
+        };
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Fault::NoSpace => Err(io::Error::from(Errno::NOSPC)),
+            Fault::Io | Fault::ShortWrite => Err(io::Error::from(Errno::IO)),
+        }
+    }
+
+    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
+        self.writes.fetch_add(pages.len() as u64, Ordering::Relaxed);
+        check_run(first, pages.len(), self.inner.slots())?;
+        let Some((i, fault)) = self.first_fault(first, pages.len(), true) else {
+            return self.inner.write_pages(first, pages);
+        };
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        // Cannot overflow: the run was checked against the device.
+        let slot = first + i as u64;
+        self.inner.write_pages(first, pages.get(..i).unwrap_or_default())?;
+        match (fault, pages.get(i)) {
+            (Fault::ShortWrite, Some(page)) => self.short_write(slot, page),
+            (Fault::NoSpace, _) => Err(io::Error::from(Errno::NOSPC)),
+            _ => Err(io::Error::from(Errno::IO)),
+        }
+    }
+
+    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
+        self.reads.fetch_add(pages.len() as u64, Ordering::Relaxed);
+        check_run(first, pages.len(), self.inner.slots())?;
+        let Some((_, fault)) = self.first_fault(first, pages.len(), false) else {
+            return self.inner.read_pages(first, pages);
         };
         self.injected.fetch_add(1, Ordering::Relaxed);
         match fault {
@@ -821,6 +950,158 @@ mod tests {
         let dev = FaultySwap::new(Arc::clone(&inner));
         dev.write_page(1, &filled(3)).unwrap();
         assert_eq!(read(&*inner, 1), filled(3));
+    }
+
+    /// Pages `0x10 + i` for the run's `i`-th slot, so a page landing in the
+    /// wrong slot shows.
+    fn run_of(len: usize) -> Vec<[u8; SWAP_PAGE]> {
+        (0..len).map(|i| filled(0x10 + i as u8)).collect()
+    }
+
+    fn vectored(dev: &dyn SwapDevice) {
+        let slots = dev.slots();
+        let run = run_of(5);
+        dev.write_pages(2, &run).unwrap();
+        for (i, page) in run.iter().enumerate() {
+            assert_eq!(&read(dev, 2 + i as u64), page, "slot {}", 2 + i);
+        }
+        assert_eq!(read(dev, 1), filled(0), "slot before the run untouched");
+        assert_eq!(read(dev, 7), filled(0), "slot after the run untouched");
+        let mut back = vec![filled(0xee); 7];
+        dev.read_pages(1, &mut back).unwrap();
+        assert_eq!(back[0], filled(0));
+        assert_eq!(back[1..6], run[..]);
+        assert_eq!(back[6], filled(0));
+        // A run ending on the last slot is fine; one beyond it is refused whole.
+        dev.write_pages(slots - 2, &run[..2]).unwrap();
+        assert_eq!(read(dev, slots - 1), run[1]);
+        for (first, len) in [(slots - 2, 3), (slots, 1), (u64::MAX, 2)] {
+            let e = dev.write_pages(first, &run_of(len)[..]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{first}+{len}");
+            assert!(e.to_string().contains("out of range"), "{e}");
+            let mut back = vec![filled(7); len];
+            assert_eq!(dev.read_pages(first, &mut back).unwrap_err().kind(), ErrorKind::InvalidInput);
+            assert!(back.iter().all(|p| p == &filled(7)), "failed read leaves the buffer alone");
+        }
+        assert_eq!(read(dev, slots - 2), run[0], "a refused run writes nothing");
+        // Empty runs touch nothing, wherever they are.
+        dev.write_pages(u64::MAX, &[]).unwrap();
+        dev.read_pages(slots, &mut []).unwrap();
+    }
+
+    #[test]
+    fn mem_vectored_round_trip() {
+        vectored(&mem(16));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn file_vectored_round_trip() {
+        vectored(&FileSwap::create(None, 16 * SWAP_PAGE_U64).unwrap());
+    }
+
+    #[test]
+    fn default_vectored_methods_loop_over_pages() {
+        /// Implements only the required methods.
+        #[derive(Debug)]
+        struct PageOnly(MemSwap);
+        impl SwapDevice for PageOnly {
+            fn slots(&self) -> u64 {
+                self.0.slots()
+            }
+            fn write_page(&self, slot: u64, page: &[u8; SWAP_PAGE]) -> io::Result<()> {
+                self.0.write_page(slot, page)
+            }
+            fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
+                self.0.read_page(slot, page)
+            }
+            fn describe(&self) -> String {
+                "page only".into()
+            }
+        }
+        vectored(&PageOnly(mem(16)));
+        let boxed: Box<dyn SwapDevice> = Box::new(PageOnly(mem(16)));
+        vectored(&boxed);
+    }
+
+    #[test]
+    fn fault_vectored_write_budget_fails_the_first_page_and_writes_nothing() {
+        for (fault, errno) in [(Fault::NoSpace, Some(28)), (Fault::Io, Some(5)), (Fault::ShortWrite, None)] {
+            let dev = FaultySwap::new(mem(8));
+            dev.fail_writes(2, fault);
+            let e = dev.write_pages(1, &run_of(4)).unwrap_err();
+            assert_eq!(e.raw_os_error(), errno, "{fault:?}: {e}");
+            assert_eq!((dev.injected(), dev.writes()), (1, 4), "one injection, every page counted");
+            assert_eq!(read(dev.inner(), 2), filled(0), "{fault:?}: pages after the fault untouched");
+            if fault == Fault::ShortWrite {
+                assert_eq!(e.kind(), ErrorKind::WriteZero);
+                let page = read(dev.inner(), 1);
+                assert_eq!(page[..SWAP_PAGE / 2], filled(0x10)[..SWAP_PAGE / 2], "torn first page");
+                assert_eq!(page[SWAP_PAGE / 2..], filled(0)[SWAP_PAGE / 2..]);
+            } else {
+                assert_eq!(read(dev.inner(), 1), filled(0), "{fault:?} wrote through");
+            }
+            // One page of budget left: the next run fails too, then runs work.
+            assert!(dev.write_pages(1, &run_of(4)).is_err());
+            dev.write_pages(1, &run_of(4)).unwrap();
+            assert_eq!(read(&dev, 4), filled(0x13));
+            assert_eq!((dev.injected(), dev.writes()), (2, 12));
+        }
+    }
+
+    #[test]
+    fn fault_vectored_write_slot_fault_stops_part_way() {
+        let dev = FaultySwap::new(mem(8));
+        dev.write_pages(0, &[filled(0xaa); 8]).unwrap();
+        dev.fail_write_slot(3, Fault::ShortWrite);
+        let e = dev.write_pages(1, &run_of(5)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WriteZero);
+        assert_eq!(dev.injected(), 1);
+        let inner = dev.inner();
+        assert_eq!((read(inner, 1), read(inner, 2)), (filled(0x10), filled(0x11)), "pages before the fault written");
+        let torn = read(inner, 3);
+        assert_eq!(torn[..SWAP_PAGE / 2], filled(0x12)[..SWAP_PAGE / 2]);
+        assert_eq!(torn[SWAP_PAGE / 2..], filled(0xaa)[SWAP_PAGE / 2..]);
+        assert_eq!((read(inner, 4), read(inner, 5)), (filled(0xaa), filled(0xaa)), "pages after the fault untouched");
+        // A run that avoids the slot is unaffected.
+        dev.write_pages(4, &run_of(4)).unwrap();
+        assert_eq!(dev.injected(), 1);
+    }
+
+    #[test]
+    fn fault_vectored_read_fails_whole_and_leaves_buffer() {
+        let dev = FaultySwap::new(mem(8));
+        dev.write_pages(0, &run_of(8)).unwrap();
+        dev.fail_read_slot(5, Fault::Io);
+        let mut back = vec![filled(1); 4];
+        assert_eq!(dev.read_pages(3, &mut back).unwrap_err().raw_os_error(), Some(5));
+        assert!(back.iter().all(|p| p == &filled(1)), "a failed read reads nothing");
+        // Slots before the bad one read fine on their own, and so does a run
+        // that stops short of it.
+        dev.read_pages(3, &mut back[..2]).unwrap();
+        assert_eq!(back[..2], run_of(8)[3..5]);
+
+        dev.fail_reads(1, Fault::NoSpace);
+        assert_eq!(dev.read_pages(0, &mut back).unwrap_err().raw_os_error(), Some(28));
+        dev.read_pages(0, &mut back).unwrap();
+        assert_eq!(back[..], run_of(8)[..4]);
+        assert_eq!((dev.injected(), dev.reads()), (2, 14));
+
+        // Out of range: no budget consumed, no injection.
+        dev.fail_reads(1, Fault::Io);
+        assert_eq!(dev.read_pages(6, &mut back).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(dev.injected(), 2);
+        assert_eq!(dev.read_pages(0, &mut back[..1]).unwrap_err().raw_os_error(), Some(5), "budget kept");
+    }
+
+    #[test]
+    fn faulty_vectored_through_arc_is_injected() {
+        let faulty = Arc::new(FaultySwap::new(mem(4)));
+        let dev: Arc<dyn SwapDevice> = faulty.clone();
+        faulty.fail_writes(1, Fault::Io);
+        assert_eq!(dev.write_pages(0, &run_of(2)).unwrap_err().raw_os_error(), Some(5));
+        assert_eq!(faulty.injected(), 1, "Arc forwards the vectored call, not the default loop");
+        assert_eq!(faulty.writes(), 2);
     }
 
     #[test]

@@ -17,9 +17,10 @@
 //! (a fork, an unshare) are found by step 3: fork links the child into the
 //! anon_vma before it copies, and `rmap_walk` re-reads the member list.
 
-use super::visit_mappings;
+use super::visit_mappings_for;
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
+use crate::notifier::Event;
 use crate::phys::{flags, FrameId};
 use crate::stats::Counters;
 use std::sync::atomic::Ordering;
@@ -80,7 +81,14 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     let (fm, nm) = (arena.meta(f), arena.meta(n));
     nm.owner.store(fm.owner.load(Ordering::Acquire), Ordering::Release);
     nm.index.store(fm.index.load(Ordering::Acquire), Ordering::Release);
-    let freeze = visit_mappings(m, f, false, |pte| pte.is_present().then(|| pte.to_migration()), |_| {});
+    let mut freeze = visit_mappings_for(
+        m,
+        f,
+        false,
+        Some(Event::Migrate),
+        |pte| pte.is_present().then(|| pte.to_migration()),
+        |_| {},
+    );
     freeze.flush();
     // Only the entries (all migration entries now) and our own reference
     // may hold the frame; anything else may still read or write it.
@@ -89,10 +97,11 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     if !busy {
         arena.copy_frame(n, f);
     }
-    visit_mappings(
+    visit_mappings_for(
         m,
         f,
         false,
+        None,
         |pte| pte.is_migration().then(|| pte.from_migration(target)),
         |_| {
             if !busy {

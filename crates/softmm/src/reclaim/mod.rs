@@ -5,7 +5,7 @@
 //! - [`device`]: the swap device trait, a real swap file, an in-memory
 //!   device and a fault-injecting wrapper.
 //! - `scan.rs`: the clock that picks victims by their accessed bits, and
-//!   swap-out of one frame.
+//!   swap-out of frames in batches (one vectored write per run of slots).
 //! - `migrate.rs`: moving a frame's contents to another frame.
 //! - `swapin.rs`: bringing a page back on a fault.
 //!
@@ -24,6 +24,7 @@
 pub mod device;
 mod migrate;
 mod scan;
+mod shm;
 pub(crate) mod swap;
 mod swapin;
 
@@ -61,7 +62,8 @@ pub const AUTO_SWAP_BYTES: u64 = 4 << 30;
 
 /// The machine's reclaim state.
 pub(crate) struct Reclaim {
-    pub(crate) swap: Option<swap::SwapSpace>,
+    /// Shared with shared-memory objects, whose page index may name slots.
+    pub(crate) swap: Option<Arc<swap::SwapSpace>>,
     /// The clock hand: the next frame the scan looks at.
     pub(crate) hand: std::sync::atomic::AtomicU32,
     /// One direct reclaimer at a time does the scanning; others wait for it.
@@ -80,7 +82,7 @@ impl Reclaim {
             SwapConfig::Device(d) => Some(d.clone()),
         };
         Ok(Reclaim {
-            swap: dev.map(swap::SwapSpace::new),
+            swap: dev.map(|d| Arc::new(swap::SwapSpace::new(d))),
             hand: std::sync::atomic::AtomicU32::new(1),
             scanning: parking_lot::Mutex::new(()),
         })
@@ -100,18 +102,36 @@ pub(crate) struct Visit {
     flush: Vec<Arc<MmInner>>,
     /// Entries changed.
     pub(crate) changed: u32,
-    /// Some address space was busy and skipped (`try_only`).
+    /// Some address space was busy and skipped (`try_only`), or one of
+    /// its secondary MMUs refused a non-blocking invalidation.
     pub(crate) skipped: bool,
+    /// MMU-notifier invalidations started, ended once translations are
+    /// shot down (`flush`, or dropping the visit).
+    pending: Vec<(Arc<MmInner>, crate::notifier::Invalidation)>,
 }
 
 impl Visit {
-    /// Shoot down every stale translation the changes left.
-    pub(crate) fn flush(&self) {
+    /// Shoot down every stale translation the changes left, then end the
+    /// secondary MMUs' invalidations.
+    pub(crate) fn flush(&mut self) {
         for mm in &self.flush {
             if mm.tlb.flush(None) {
                 crate::stats::Counters::bump(&mm.machine.counters.tlb_flushes);
             }
         }
+        self.end_invalidations();
+    }
+
+    fn end_invalidations(&mut self) {
+        for (mm, inv) in self.pending.drain(..) {
+            mm.notifiers.end(inv);
+        }
+    }
+}
+
+impl Drop for Visit {
+    fn drop(&mut self) {
+        self.end_invalidations();
     }
 }
 
@@ -125,6 +145,19 @@ pub(crate) fn visit_mappings(
     m: &MachineInner,
     f: FrameId,
     try_only: bool,
+    edit: impl Fn(Pte) -> Option<Pte>,
+    changed: impl FnMut(Pte),
+) -> Visit {
+    visit_mappings_for(m, f, try_only, None, edit, changed)
+}
+
+/// `visit_mappings` that brackets each address space's change with MMU
+/// notifier calls for `event` (one page, `[va, va + 4096)`, per space).
+pub(crate) fn visit_mappings_for(
+    m: &MachineInner,
+    f: FrameId,
+    try_only: bool,
+    event: Option<crate::notifier::Event>,
     edit: impl Fn(Pte) -> Option<Pte>,
     mut changed: impl FnMut(Pte),
 ) -> Visit {
@@ -146,6 +179,23 @@ pub(crate) fn visit_mappings(
             mm.state.read_recursive()
         };
         let Some(pt) = st.pt.as_ref() else { return };
+        // Secondary MMUs first, outside the page-table lock (they may sleep).
+        let inv = match event.filter(|_| mm.notifiers.any()) {
+            None => None,
+            Some(event) => {
+                let range = crate::notifier::Range { start: va, end: va + 4096, event, blockable: !try_only };
+                match mm.notifiers.start(range) {
+                    Ok(inv) => Some(inv),
+                    Err(_) => {
+                        v.skipped = true;
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(inv) = inv {
+            v.pending.push((mm.clone(), inv));
+        }
         let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
         // A table shared with a space visited before, whose entry was
         // changed through it: this space may cache the old translation
@@ -180,4 +230,20 @@ pub(crate) fn visit_mappings(
         }
     });
     v
+}
+
+/// Whether a secondary MMU (MMU notifier `clear_young`) accessed anonymous
+/// frame `f` since the last look, in any address space mapping it; clears
+/// those bits. Spaces whose `mmap_lock` is busy are skipped.
+pub(crate) fn young_in_secondaries(m: &MachineInner, f: FrameId) -> bool {
+    let meta = m.arena.meta(f);
+    let owner = meta.owner.load(Ordering::Acquire);
+    let va = meta.index.load(Ordering::Acquire) << 12;
+    let mut young = false;
+    crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
+        if mm.notifiers.any() {
+            young |= mm.notifiers.clear_young(va, va + 4096);
+        }
+    });
+    young
 }

@@ -1,4 +1,4 @@
-//! The clock scan and swap-out of one frame.
+//! The clock scan and batched swap-out of anonymous frames.
 //!
 //! The hand sweeps the arena's frames in order. A private anonymous frame
 //! whose mappings were accessed since the last sweep gets a second chance
@@ -10,21 +10,36 @@
 //! "faulted or filled into a TLB since the last sweep": a clock over TLB
 //! fills rather than over every access, which is what softmm can see.
 //!
+//! Anonymous victims are swapped out in batches (`SwapBatch`, up to
+//! `WRITE_BATCH` frames, each locked meanwhile): sorted by owner and page
+//! index, they get consecutive slots in that order (`SlotMap` is next-fit),
+//! and each run of consecutive slots is written with one vectored write.
+//! Neighbouring pages thus sit side by side on the device, where swap
+//! readahead (`swapin.rs`) reads them back with one read. The batch's
+//! translations are shot down once per address space, not once per page
+//! (Linux's `try_to_unmap_flush`).
+//!
 //! Failures lose nothing: a full device leaves the page mapped; a failed
-//! write leaves it in the swap cache, resident and intact, where a fault
-//! finds it and a later sweep writes it again.
+//! write leaves every page of its run in the swap cache, resident and
+//! intact, where a fault finds it and a later sweep writes it again.
 
-use super::swap::SwapSpace;
-use super::visit_mappings;
+use super::swap::{with_scratch, SwapSpace};
+use super::{visit_mappings, visit_mappings_for, Visit};
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
-use crate::phys::{flags, FrameId, PAGE_SIZE};
+use crate::mm::MmInner;
+use crate::notifier::Event;
+use crate::phys::{flags, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Frames one direct reclaim tries to free.
 const BATCH: usize = 32;
+
+/// Anonymous frames swapped out together at most (see the module doc).
+const WRITE_BATCH: usize = 32;
 
 /// Free frames for an allocation that hit the frame limit. Returns whether
 /// anything was freed (the caller retries its allocation then).
@@ -55,28 +70,37 @@ fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
     let touched = arena.touched().max(2);
     let mut freed = 0;
     let mut looked = 0u64;
+    let mut batch = SwapBatch::default();
     while freed < want && looked < 2 * touched as u64 {
         looked += 1;
         let i = m.reclaim.hand.fetch_add(1, Ordering::Relaxed);
         let f = FrameId(1 + i % (touched - 1));
         let meta = arena.meta(f);
         let fl = meta.flags();
-        if fl & flags::ANON == 0 || fl & (flags::PAGETABLE | flags::ZERO | flags::LOCKED) != 0 {
+        if fl & (flags::ANON | flags::SHM) == 0 || fl & (flags::PAGETABLE | flags::ZERO | flags::LOCKED) != 0 {
             continue;
         }
         if !arena.try_get(f) {
             continue;
         }
-        if meta.has(flags::ANON) && !referenced(m, f, try_only) {
-            match swap_out(m, swap, f, try_only) {
+        if meta.has(flags::SHM) {
+            match super::shm::swap_out_shm(m, swap, f, try_only) {
                 Ok(true) => freed += 1,
                 Ok(false) => {}
                 Err(_) => Counters::bump(&m.counters.swap_failures),
             }
+        } else if meta.has(flags::ANON) && !referenced(m, f, try_only) {
+            batch.add(m, f);
         }
         arena.put(f);
+        // Victims go out together once they make a batch or would make up
+        // what is still wanted (after the put above: a frame leaves only
+        // when the cache and the batch are all that hold it).
+        if !batch.is_empty() && batch.len() >= WRITE_BATCH.min(want.saturating_sub(freed)) {
+            freed += batch.flush(m, swap, try_only);
+        }
     }
-    freed
+    freed + batch.flush(m, swap, try_only)
 }
 
 /// Whether any mapping of `f` was accessed since the last look; clears the
@@ -90,26 +114,159 @@ fn referenced(m: &MachineInner, f: FrameId, try_only: bool) -> bool {
         |pte| (pte.is_present() && pte.is_accessed()).then(|| pte.without(Pte::ACCESSED)),
         |_| young = true,
     );
-    young
+    // Secondary MMUs' accessed bits count too (MMU notifier `clear_young`).
+    super::young_in_secondaries(m, f) || young
 }
 
-/// Swap out `f` (the caller holds a reference). Returns whether the frame
-/// left memory.
-pub(crate) fn swap_out(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
-    let meta = m.arena.meta(f);
-    if !meta.try_lock() {
-        return Ok(false);
+/// Anonymous frames the clock chose, each locked and held by a reference
+/// of the batch's own, waiting to be swapped out together.
+///
+/// Holding several frame locks at once is safe: a thread waiting for one
+/// (a fault on its swap entry) holds at most an `mmap_lock` for reading,
+/// which the batch's visits take recursively, and nothing waits for a
+/// frame lock while holding what a visit takes after it (see `mod.rs`).
+#[derive(Default)]
+struct SwapBatch {
+    frames: Vec<FrameId>,
+}
+
+/// A frame of the batch whose entries became swap entries, waiting for
+/// the batch's TLB shootdown.
+struct Unmapped {
+    f: FrameId,
+    slot: u32,
+    /// The visit that changed the entries: dropping it ends the secondary
+    /// MMUs' invalidations, which must wait for the shootdown.
+    visit: Visit,
+}
+
+/// What is left to do for a frame once its stale translations are gone.
+enum Settled {
+    /// The frame stays in memory (busy, mapped again).
+    Stays,
+    /// The frame left the swap cache: the batch's reference is the last.
+    Freed,
+    /// Its page must be written to its slot before it can go.
+    Write(u32),
+}
+
+impl SwapBatch {
+    fn len(&self) -> usize {
+        self.frames.len()
     }
-    let r = swap_out_locked(m, swap, f, try_only);
-    meta.unlock();
-    r
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Lock `f` (the caller holds a reference) and keep it, with a
+    /// reference of the batch's own, for the next flush; nothing if someone
+    /// else holds its lock.
+    fn add(&mut self, m: &MachineInner, f: FrameId) {
+        if m.arena.meta(f).try_lock() {
+            m.arena.get(f);
+            self.frames.push(f);
+        }
+    }
+
+    /// Swap out every frame of the batch and release it. Returns the frames
+    /// freed; failures are counted in `swap_failures`, one per page.
+    fn flush(&mut self, m: &MachineInner, swap: &SwapSpace, try_only: bool) -> usize {
+        let arena = &m.arena;
+        // Neighbouring pages get consecutive slots, in address order: the
+        // fault on the first reads the others ahead.
+        self.frames.sort_by_cached_key(|&f| {
+            let meta = arena.meta(f);
+            (meta.owner.load(Ordering::Relaxed), meta.index.load(Ordering::Relaxed))
+        });
+        let mut unmapped = Vec::with_capacity(self.frames.len());
+        let mut stale = Vec::new();
+        for &f in &self.frames {
+            match unmap(m, swap, f, try_only, &mut stale) {
+                Ok(Some(u)) => unmapped.push(u),
+                Ok(None) => {}
+                Err(_) => Counters::bump(&m.counters.swap_failures),
+            }
+        }
+        // One shootdown per address space for the whole batch (Linux's
+        // `try_to_unmap_flush`), before any page is copied out or freed;
+        // then the visits end their invalidations.
+        for mm in &stale {
+            if mm.tlb.flush(None) {
+                Counters::bump(&m.counters.tlb_flushes);
+            }
+        }
+        let mut freed = 0;
+        let mut writes = Vec::with_capacity(unmapped.len());
+        for u in unmapped {
+            let skipped = u.visit.skipped;
+            drop(u.visit);
+            match settle(m, swap, u.f, u.slot, skipped) {
+                Settled::Stays => {}
+                Settled::Freed => freed += 1,
+                Settled::Write(slot) => writes.push((slot, u.f)),
+            }
+        }
+        writes.sort_unstable_by_key(|&(slot, _)| slot);
+        for run in writes.chunk_by(|a, b| a.0.checked_add(1) == Some(b.0)) {
+            freed += write_run(m, swap, run);
+        }
+        for f in self.frames.drain(..) {
+            arena.meta(f).unlock();
+            arena.put(f); // frees a frame that left the swap cache
+        }
+        freed
+    }
 }
 
-fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+/// Write the pages of a run of consecutive slots with one vectored
+/// write, then take out of the swap cache those nothing else holds.
+/// Returns the frames that left. A failed write leaves every page of
+/// the run in the cache, resident, intact and not `SWAP_VALID`, so a
+/// later sweep writes it again.
+fn write_run(m: &MachineInner, swap: &SwapSpace, run: &[(u32, FrameId)]) -> usize {
+    let arena = &m.arena;
+    let Some(&(first, _)) = run.first() else { return 0 };
+    let written = with_scratch(run.len(), |pages| {
+        for (page, &(_, f)) in pages.iter_mut().zip(run) {
+            arena.read(f, 0, page);
+        }
+        swap.dev.write_pages(first as u64, pages)
+    });
+    if written.is_err() {
+        m.counters.swap_failures.fetch_add(run.len() as u64, Ordering::Relaxed);
+        return 0;
+    }
+    let mut freed = 0;
+    for &(slot, f) in run {
+        let meta = arena.meta(f);
+        meta.set_flags(flags::SWAP_VALID);
+        // What the slot now holds, for readahead of it.
+        swap.set_rmap(slot, meta.owner.load(Ordering::Relaxed), meta.index.load(Ordering::Relaxed));
+        if swap.remove_if(arena, f, 2, false) {
+            Counters::bump(&m.counters.swap_outs);
+            freed += 1;
+        }
+    }
+    freed
+}
+
+/// Put locked frame `f` (held by the caller and the batch) in the swap
+/// cache and replace its entries everywhere with swap entries holding the
+/// slot; the address spaces that may still cache the old translations are
+/// added to `stale`, for the caller to shoot down before it settles the
+/// frame. `None`: the frame stays as it was.
+fn unmap(
+    m: &MachineInner,
+    swap: &SwapSpace,
+    f: FrameId,
+    try_only: bool,
+    stale: &mut Vec<Arc<MmInner>>,
+) -> Result<Option<Unmapped>> {
     let arena = &m.arena;
     let meta = arena.meta(f);
     if !meta.has(flags::ANON) || meta.pins.load(Ordering::Acquire) > 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let slot = match meta.swap.load(Ordering::Acquire) {
         0 => {
@@ -119,18 +276,20 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
             let cached = swap.insert(arena, slot, f);
             swap.put(slot); // the allocation's reference: the cache holds one now
             if !cached {
-                return Ok(false);
+                return Ok(None);
             }
             slot
         }
         s => s - 1,
     };
-    // Unmap everywhere: each entry becomes a swap entry holding the slot.
     let mut dirty = false;
-    let visit = visit_mappings(
+    // Secondary MMUs drop their translations too; their invalidations
+    // end when the visit is dropped, after the batch's shootdown.
+    let mut visit = visit_mappings_for(
         m,
         f,
         try_only,
+        Some(Event::SwapOut),
         // Not a migration entry: a frame being migrated is locked anyway.
         |pte| pte.is_present().then_some(Pte::swap(slot)),
         |old| {
@@ -138,42 +297,51 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
             swap.dup(slot);
         },
     );
-    visit.flush();
     if visit.changed > 0 {
+        // The frame stays alive (the cache and the batch hold it) and is
+        // neither copied nor freed before the shootdown.
         meta.sub_counts(visit.changed, visit.changed);
     }
     if dirty {
         meta.set_flags(flags::DIRTY);
         meta.clear_flags(flags::SWAP_VALID);
     }
+    // The batch shoots these down once for all its frames.
+    for mm in std::mem::take(&mut visit.flush) {
+        if !stale.iter().any(|s| Arc::ptr_eq(s, &mm)) {
+            stale.push(mm);
+        }
+    }
+    Ok(Some(Unmapped { f, slot, visit }))
+}
+
+/// Decide the fate of an unmapped frame of the batch, its stale
+/// translations shot down: free it if its device copy is valid (or nobody
+/// needs the page any more), or have it written.
+fn settle(m: &MachineInner, swap: &SwapSpace, f: FrameId, slot: u32, skipped: bool) -> Settled {
+    let arena = &m.arena;
+    let meta = arena.meta(f);
     // A skipped (busy) space may share a PTE table whose entry was just
     // replaced through another space, and so still hold the frame in its
     // accessors' TLBs, unflushed: the frame must not change hands. Still
     // mapped, or held (a remote access, a futex waiter): likewise. It
-    // stays in the swap cache for a later sweep.
-    if visit.skipped || meta.mapcount() != 0 || meta.refcount() != 2 {
-        return Ok(false);
+    // stays in the swap cache for a later sweep. (2: the cache and the
+    // batch.)
+    if skipped || meta.mapcount() != 0 || meta.refcount() != 2 {
+        return Settled::Stays;
     }
     if swap.count(slot) == 1 {
         // No entry names the slot (its mappings went away meanwhile): the
         // page is garbage, nothing to write.
-        return Ok(swap.remove_if(arena, f, 2, true));
+        return if swap.remove_if(arena, f, 2, true) { Settled::Freed } else { Settled::Stays };
     }
     if !meta.has(flags::SWAP_VALID) {
-        write_out(m, swap, slot, f)?;
-        meta.set_flags(flags::SWAP_VALID);
+        return Settled::Write(slot);
     }
+    // Clean (not written to since it was read or written): drop it.
     if swap.remove_if(arena, f, 2, false) {
         Counters::bump(&m.counters.swap_outs);
-        return Ok(true);
+        return Settled::Freed;
     }
-    Ok(false)
-}
-
-fn write_out(m: &MachineInner, swap: &SwapSpace, slot: u32, f: FrameId) -> Result<()> {
-    let mut page = [0u8; PAGE_SIZE];
-    m.arena.read(f, 0, &mut page);
-    swap.dev
-        .write_page(slot as u64, &page)
-        .map_err(|e| Error::SwapFull(format!("writing slot {slot} of {}: {e}", swap.dev.describe())))
+    Settled::Stays
 }

@@ -1,6 +1,21 @@
-//! Swap-in: the frame for a swap entry, from the swap cache or the device.
+//! Swap-in: the frame for a swap entry, from the swap cache or the device,
+//! and swap readahead (see `swap.rs`).
+//!
+//! A fault that reads its page from the device also reads the slots after
+//! it, as far as the readahead window goes, with one vectored read into new
+//! frames it puts in the swap cache, unmapped; a later fault on one of them
+//! finds it there. The faulting page is read on its own first, so its
+//! outcome never depends on its neighbours': a failed readahead only leaves
+//! those pages on the device.
+//!
+//! Counting: `swap_ins` counts pages read back from the device *that a
+//! fault used*: a demand read at once, a page read ahead at the first fault
+//! that finds it (which is a `swap_cache_hits` too). Pages read ahead and
+//! dropped unused count nowhere, so readahead cannot inflate the figure.
 
+use super::swap::{with_scratch, SwapSpace};
 use crate::error::{Error, Result};
+use crate::machine::MachineInner;
 use crate::mm::MmInner;
 use crate::phys::{flags, FrameId, PAGE_SIZE};
 use crate::stats::Counters;
@@ -25,6 +40,10 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
             meta.wait_unlocked();
             if meta.swap.load(Ordering::Acquire) == slot + 1 {
                 Counters::bump(&m.counters.swap_cache_hits);
+                if swap.take_ra_mark(slot) {
+                    swap.readahead_hit();
+                    Counters::bump(&m.counters.swap_ins);
+                }
                 return Ok(f);
             }
             arena.put(f); // a read-in that failed, or reclaim finished: look again
@@ -63,6 +82,266 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
         meta.set_flags(flags::SWAP_VALID | flags::ANON);
         meta.unlock();
         Counters::bump(&m.counters.swap_ins);
+        read_ahead(m, swap, slot, swap.readahead_window(slot));
         return Ok(n);
+    }
+}
+
+/// Read the slots after `slot`, up to `window` slots in all (`slot`
+/// included), into the swap cache: as many consecutive ones as can be read
+/// ahead (in use by an anonymous page, not cached) and as free frames
+/// allow (readahead never reclaims: it is a guess), with one read. A failed
+/// read leaves those pages on the device, where their own faults find them.
+fn read_ahead(m: &MachineInner, swap: &SwapSpace, slot: u32, window: u32) {
+    let arena = &m.arena;
+    let mut frames = Vec::new();
+    for t in (1..window).map_while(|d| slot.checked_add(d)) {
+        // The cheap check first: most refusals then cost no frame.
+        if !swap.may_read_ahead(t) {
+            break;
+        }
+        let Ok(f) = arena.alloc(false, 0) else { break };
+        let meta = arena.meta(f);
+        // A fresh frame nobody else can see: the lock is free. Marked ANON
+        // only once filled: the clock skips it until then.
+        let _ = meta.try_lock();
+        if !swap.insert_readahead(arena, t, f) {
+            meta.unlock();
+            arena.put(f);
+            break;
+        }
+        frames.push(f);
+    }
+    let Some(first) = slot.checked_add(1) else { return };
+    if frames.is_empty() {
+        return;
+    }
+    with_scratch(frames.len(), |pages| {
+        let read = swap.dev.read_pages(first as u64, pages);
+        for ((&f, page), t) in frames.iter().zip(pages.iter()).zip(first..) {
+            let meta = arena.meta(f);
+            if read.is_ok() {
+                arena.write(f, 0, page);
+                meta.set_flags(flags::SWAP_VALID | flags::ANON);
+            } else {
+                // A fault waiting for it sees it gone and reads the slot itself.
+                swap.remove(arena, t, f);
+            }
+            meta.unlock();
+            arena.put(f); // the cache holds the page now (or nobody does)
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::reclaim::device::{Fault, FaultySwap, MemSwap, SwapDevice};
+    use crate::{Config, Error, Machine, MapKind, Mm, Placement, Prot, SwapConfig};
+    use std::sync::Arc;
+
+    const BASE: u64 = 0x4000_0000;
+    const PAGE: u64 = 4096;
+
+    fn machine(limit_pages: u64) -> (Machine, Arc<FaultySwap<MemSwap>>) {
+        let dev = Arc::new(FaultySwap::new(MemSwap::new(4 << 20).unwrap()));
+        let m = Machine::new(Config {
+            arena_bytes: 16 << 20,
+            mem_limit: Some(limit_pages * PAGE),
+            swap: SwapConfig::Device(dev.clone()),
+            cpu_caches: 1,
+            prezero: false,
+            ..Config::default()
+        })
+        .unwrap();
+        (m, dev)
+    }
+
+    /// Map `pages` pages at `base` in `mm`, each stamped with its address
+    /// and `tag`.
+    fn fill(mm: &Mm, base: u64, pages: u64, tag: u8) {
+        mm.mmap(base, pages * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        for i in 0..pages {
+            mm.write(base + i * PAGE, &stamp(base + i * PAGE, tag)).unwrap();
+        }
+    }
+
+    fn stamp(va: u64, tag: u8) -> [u8; 9] {
+        let mut s = [tag; 9];
+        s[..8].copy_from_slice(&va.to_le_bytes());
+        s
+    }
+
+    fn read(mm: &Mm, va: u64) -> crate::Result<[u8; 9]> {
+        let mut b = [0u8; 9];
+        mm.read(va, &mut b).map(|()| b)
+    }
+
+    #[test]
+    fn pages_read_ahead_are_found_in_the_swap_cache() {
+        let (m, dev) = machine(256);
+        let mm = m.new_mm().unwrap();
+        let pages = 64;
+        fill(&mm, BASE, pages, 1);
+        assert_eq!(m.reclaim(1000) as u64, pages);
+        let before = m.stats();
+        let reads = dev.reads();
+        for i in 0..pages {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 1), "page {i}");
+        }
+        let after = m.stats();
+        let hits = after.swap_cache_hits - before.swap_cache_hits;
+        assert!(hits >= pages / 2, "sequential faults should mostly hit pages read ahead: {hits} hits");
+        assert_eq!(after.swap_ins - before.swap_ins, pages, "every page read back once, and used");
+        assert_eq!(dev.reads() - reads, pages, "no page read twice");
+        m.check_invariants().unwrap();
+
+        // All clean now: reclaim drops them without writing anything.
+        let writes = dev.writes();
+        assert_eq!(m.reclaim(1000) as u64, pages);
+        assert_eq!(dev.writes(), writes, "clean pages are dropped, not rewritten");
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn unused_readahead_pages_are_dropped_without_io() {
+        let (m, dev) = machine(256);
+        let mm = m.new_mm().unwrap();
+        fill(&mm, BASE, 32, 2);
+        m.reclaim(1000);
+        // A few sequential faults: the window opens and pages beyond the
+        // last one touched sit in the swap cache, unmapped.
+        for i in 0..4 {
+            read(&mm, BASE + i * PAGE).unwrap();
+        }
+        let s = m.stats();
+        assert!(s.frames_in_use > 4 + s.page_tables, "something was read ahead: {s:?}");
+        m.check_invariants().unwrap();
+        let writes = dev.writes();
+        m.reclaim(1000);
+        let s = m.stats();
+        assert_eq!(s.frames_in_use, s.page_tables, "only page tables left: {s:?}");
+        assert_eq!(dev.writes(), writes, "nothing written");
+        assert_eq!(s.swap_used, 32, "every page keeps its slot");
+        m.check_invariants().unwrap();
+        for i in 0..32 {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 2), "page {i}");
+        }
+        drop(mm);
+        assert_eq!((m.stats().swap_used, m.stats().frames_in_use), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_readahead_never_fails_the_fault() {
+        let (m, dev) = machine(256);
+        let mm = m.new_mm().unwrap();
+        fill(&mm, BASE, 16, 3);
+        m.reclaim(1000);
+        // Page i went to slot i (a fresh device, one batch in address
+        // order). Slot 5 cannot be read.
+        dev.fail_read_slot(5, Fault::Io);
+        for i in 0..5 {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 3), "page {i}");
+        }
+        assert!(dev.injected() > 0, "a readahead covered slot 5 and failed, silently");
+        m.check_invariants().unwrap();
+        // The page's own fault reports the error; nothing wrong is mapped.
+        let e = read(&mm, BASE + 5 * PAGE).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        dev.clear();
+        for i in 5..16 {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 3), "page {i}");
+        }
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn readahead_of_another_space_s_pages_gives_them_their_own_rmap() {
+        let (m, _dev) = machine(256);
+        let (a, b) = (m.new_mm().unwrap(), m.new_mm().unwrap());
+        // Swapped out together, their pages lie side by side on the device:
+        // reading `a` sequentially reads `b`'s first pages ahead.
+        fill(&a, BASE, 16, 4);
+        fill(&b, BASE + 64 * PAGE, 16, 5);
+        m.reclaim(1000);
+        for i in 0..16 {
+            assert_eq!(read(&a, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 4), "a page {i}");
+        }
+        m.check_invariants().unwrap();
+        let hits = m.stats().swap_cache_hits;
+        for i in 0..16 {
+            let va = BASE + (64 + i) * PAGE;
+            assert_eq!(read(&b, va).unwrap(), stamp(va, 5), "b page {i}");
+        }
+        assert!(m.stats().swap_cache_hits > hits, "b found pages a's faults read ahead");
+        // The audit checks each mapped page's rmap owner and index.
+        m.check_invariants().unwrap();
+        assert_eq!(m.reclaim(1000), 32);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_failed_batched_write_keeps_every_page_of_its_run() {
+        let (m, dev) = machine(256);
+        let mm = m.new_mm().unwrap();
+        fill(&mm, BASE, 32, 7);
+        // One bad slot in the middle of the run: the write stops there, torn.
+        dev.fail_write_slot(10, Fault::ShortWrite);
+        assert_eq!(m.reclaim(1000), 0, "nothing may leave memory");
+        let failures = m.stats().swap_failures;
+        assert!(failures >= 32 && failures % 32 == 0, "each page of the run counts its failure: {failures}");
+        m.check_invariants().unwrap();
+        for i in 0..32 {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 7), "page {i}");
+        }
+        dev.clear();
+        assert_eq!(m.reclaim(1000), 32);
+        m.check_invariants().unwrap();
+        for i in 0..32 {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 7), "page {i}");
+        }
+    }
+
+    #[test]
+    fn slots_of_a_batch_are_written_with_one_vectored_write() {
+        /// Counts calls, not pages.
+        #[derive(Debug)]
+        struct Calls(MemSwap, std::sync::atomic::AtomicU64);
+        impl SwapDevice for Calls {
+            fn slots(&self) -> u64 {
+                self.0.slots()
+            }
+            fn write_page(&self, slot: u64, page: &[u8; 4096]) -> std::io::Result<()> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.write_page(slot, page)
+            }
+            fn write_pages(&self, first: u64, pages: &[[u8; 4096]]) -> std::io::Result<()> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.write_pages(first, pages)
+            }
+            fn read_page(&self, slot: u64, page: &mut [u8; 4096]) -> std::io::Result<()> {
+                self.0.read_page(slot, page)
+            }
+            fn describe(&self) -> String {
+                "calls".into()
+            }
+        }
+        let dev = Arc::new(Calls(MemSwap::new(1 << 20).unwrap(), 0.into()));
+        let m = Machine::new(Config {
+            arena_bytes: 16 << 20,
+            mem_limit: Some(256 * PAGE),
+            swap: SwapConfig::Device(dev.clone()),
+            cpu_caches: 1,
+            prezero: false,
+            ..Config::default()
+        })
+        .unwrap();
+        let mm = m.new_mm().unwrap();
+        fill(&mm, BASE, 64, 6);
+        assert_eq!(m.reclaim(1000), 64);
+        assert_eq!(dev.1.load(std::sync::atomic::Ordering::Relaxed), 2, "two batches of 32");
+        for i in 0..64 {
+            assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 6), "page {i}");
+        }
+        m.check_invariants().unwrap();
     }
 }

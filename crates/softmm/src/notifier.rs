@@ -1,0 +1,444 @@
+//! MMU notifiers (seeds 002, 004): how secondary MMUs — a shadow TLB, a
+//! device's mirror of the page tables, an exporter mapping this space into
+//! another — learn that translations they copied are about to change.
+//!
+//! A subscriber implements [`MmuNotifier`] and registers with
+//! [`crate::Mm::register_notifier`]. Every operation that can strand a
+//! secondary translation brackets its page-table changes with
+//! `invalidate_range_start(range)` / `invalidate_range_end(range)`, once per
+//! operation and range (never once per page): between the two the
+//! subscriber must not create new translations for the range, and after
+//! `start` returns it must no longer use old ones. `release` comes once, at
+//! teardown.
+//!
+//! # Registration without a global stop
+//! The subscriber list is an immutable snapshot (`Arc<[..]>`) replaced on
+//! every (un)registration, read-copy-update style. An operation takes the
+//! snapshot at `start` and uses the same one for `end`, so a subscriber
+//! gets either both calls or neither (registration racing an operation
+//! cannot split a pair). Unregistration publishes a snapshot without the
+//! subscriber and then waits for the grace period: until every operation
+//! holding an older snapshot has dropped it (the snapshot's reference count
+//! says so). That is SRCU's guarantee — after `unregister` returns, no
+//! callback into the subscriber is running or will run — with the reference
+//! count of the snapshot as the per-epoch reader count. With no subscriber
+//! the whole cost on every path is one load (`active`).
+//!
+//! # Interval notifiers
+//! [`IntervalNotifier`] (Linux's `mmu_interval_notifier`) covers one range
+//! and carries a sequence count for the collision-retry pattern: a
+//! secondary fault handler takes `seq = read_begin()`, looks the page up in
+//! the primary, and installs its translation under its own lock only if
+//! `!read_retry(seq)`; the invalidate callback takes the same lock and
+//! calls `set_seq`, so any overlapping invalidation makes the install retry.
+
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Why a range is being invalidated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Event {
+    /// munmap, or a `MAP_FIXED` mapping replacing what was there.
+    Unmap,
+    /// Pages dropped while the mapping stays (`madvise(DONTNEED)`).
+    Clear,
+    /// Permissions reduced (mprotect; fork write-protecting for COW).
+    Protection,
+    /// A page gets a new frame (copy-on-write) or a shared page table is
+    /// copied for this space (unshare).
+    Cow,
+    /// Pages leave memory for the swap device.
+    SwapOut,
+    /// Frames move (migration, compaction).
+    Migrate,
+    /// The address space is being torn down.
+    Release,
+}
+
+/// One invalidation: `[start, end)`, why, and whether the caller may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub start: u64,
+    pub end: u64,
+    pub event: Event,
+    /// `false` when the caller cannot sleep (reclaim under a busy address
+    /// space): a subscriber that would have to wait answers `Err(Again)`.
+    pub blockable: bool,
+}
+
+/// A subscriber's refusal to invalidate now without blocking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Again;
+
+/// A secondary MMU's view of an address space's changes.
+pub trait MmuNotifier: Send + Sync {
+    /// Translations of `range` are about to change: stop using them. May
+    /// return `Err(Again)` only when `!range.blockable`.
+    fn invalidate_range_start(&self, range: &Range) -> std::result::Result<(), Again>;
+    /// The change is done; translations may be created again.
+    fn invalidate_range_end(&self, range: &Range);
+    /// Clear the secondary's accessed bits in `[start, end)`; whether any was set.
+    fn clear_young(&self, _start: u64, _end: u64) -> bool {
+        false
+    }
+    /// Whether the secondary accessed `[start, end)` since the last clear.
+    fn test_young(&self, _start: u64, _end: u64) -> bool {
+        false
+    }
+    /// The address space is gone; called once, before its pages are freed.
+    fn release(&self) {}
+}
+
+type Snapshot = Arc<[Arc<dyn MmuNotifier>]>;
+
+/// The subscribers of one address space.
+pub(crate) struct Notifiers {
+    /// Number of subscribers: the one load every path pays.
+    active: AtomicUsize,
+    list: Mutex<Snapshot>,
+    /// Interval notifiers' shared sequence: odd while any invalidation that
+    /// overlaps an interval is between its start and its end.
+    pub(crate) seq: Arc<AtomicU64>,
+    /// Such invalidations in flight (the sequence turns even at 0).
+    in_flight: Mutex<usize>,
+    intervals: Mutex<Vec<Arc<IntervalInner>>>,
+}
+
+impl Default for Notifiers {
+    fn default() -> Self {
+        Notifiers {
+            active: AtomicUsize::new(0),
+            list: Mutex::new(Arc::from(Vec::new())),
+            seq: Arc::new(AtomicU64::new(0)),
+            in_flight: Mutex::new(0),
+            intervals: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// An invalidation in progress: the snapshot it started with, for `end`.
+#[must_use = "an invalidation must be ended"]
+pub(crate) struct Invalidation {
+    range: Range,
+    subs: Option<Snapshot>,
+    /// Whether it counts in `in_flight` (it overlapped an interval).
+    intervals: bool,
+}
+
+impl Notifiers {
+    /// Whether anyone listens (one load).
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.active.load(Ordering::Acquire) != 0
+    }
+
+    /// `invalidate_range_start` to every subscriber. On `Err(Again)` from
+    /// one (non-blockable callers only), those already started get their
+    /// `end` and the caller must back off.
+    pub(crate) fn start(&self, range: Range) -> Result<Invalidation> {
+        if !self.any() {
+            return Ok(Invalidation { range, subs: None, intervals: false });
+        }
+        let subs = self.list.lock().clone();
+        for (i, s) in subs.iter().enumerate() {
+            if s.invalidate_range_start(&range).is_err() {
+                for done in &subs[..i] {
+                    done.invalidate_range_end(&range);
+                }
+                return Err(Error::Again);
+            }
+        }
+        let mut inv = Invalidation { range, subs: Some(subs), intervals: false };
+        if self.invalidate_intervals(&range, &mut inv.intervals).is_err() {
+            self.end(inv);
+            return Err(Error::Again);
+        }
+        Ok(inv)
+    }
+
+    /// `start` for a caller that may block: subscribers must not refuse
+    /// (`Again` is for non-blockable callers); one that does anyway is
+    /// treated as having started.
+    pub(crate) fn start_blocking(&self, start: u64, end: u64, event: Event) -> Invalidation {
+        let range = Range { start, end, event, blockable: true };
+        self.start(range).unwrap_or(Invalidation { range, subs: None, intervals: false })
+    }
+
+    /// `invalidate_range_end` to the subscribers `start` reached.
+    pub(crate) fn end(&self, inv: Invalidation) {
+        if inv.intervals {
+            let mut n = self.in_flight.lock();
+            *n -= 1;
+            if *n == 0 {
+                self.seq.fetch_add(1, Ordering::AcqRel); // even: installs may go on
+            }
+        }
+        if let Some(subs) = inv.subs {
+            for s in subs.iter() {
+                s.invalidate_range_end(&inv.range);
+            }
+        }
+    }
+
+    /// Any subscriber's accessed bit over `[start, end)`, clearing them.
+    pub(crate) fn clear_young(&self, start: u64, end: u64) -> bool {
+        if !self.any() {
+            return false;
+        }
+        let subs = self.list.lock().clone();
+        subs.iter().fold(false, |young, s| s.clear_young(start, end) | young)
+    }
+
+    /// `release` to every subscriber (teardown), then forget them.
+    pub(crate) fn release(&self) {
+        if !self.any() {
+            return;
+        }
+        let subs = std::mem::replace(&mut *self.list.lock(), Arc::from(Vec::new()));
+        self.active.fetch_sub(subs.len(), Ordering::AcqRel);
+        for s in subs.iter() {
+            s.release();
+        }
+    }
+
+    pub(crate) fn register(&self, sub: Arc<dyn MmuNotifier>) {
+        let mut list = self.list.lock();
+        let mut v: Vec<Arc<dyn MmuNotifier>> = list.iter().cloned().collect();
+        v.push(sub);
+        *list = Arc::from(v);
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Remove `sub` and wait for the grace period (see the module comment).
+    fn unregister(&self, sub: &Arc<dyn MmuNotifier>) {
+        let old = {
+            let mut list = self.list.lock();
+            let v: Vec<Arc<dyn MmuNotifier>> = list.iter().filter(|s| !Arc::ptr_eq(s, sub)).cloned().collect();
+            if v.len() < list.len() {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+            }
+            std::mem::replace(&mut *list, Arc::from(v))
+        };
+        // Operations that started with `old` hold a clone until their end.
+        let mut spins = 0u32;
+        while Arc::strong_count(&old) > 1 {
+            spins += 1;
+            if spins < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Make the interval sequence odd for an invalidation overlapping any
+    /// interval (until its `end`), and call those intervals' callbacks.
+    fn invalidate_intervals(&self, range: &Range, counted: &mut bool) -> std::result::Result<(), Again> {
+        let hits: Vec<Arc<IntervalInner>> =
+            self.intervals.lock().iter().filter(|iv| iv.start < range.end && range.start < iv.end).cloned().collect();
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let cur = {
+            let mut n = self.in_flight.lock();
+            *n += 1;
+            *counted = true;
+            if *n == 1 {
+                self.seq.fetch_add(1, Ordering::AcqRel) + 1 // odd: invalidating
+            } else {
+                self.seq.load(Ordering::Acquire)
+            }
+        };
+        let mut r = Ok(());
+        for iv in hits {
+            if !iv.ops.invalidate(&IntervalHandle { inner: &iv }, range, cur) {
+                r = Err(Again);
+            }
+        }
+        r
+    }
+}
+
+/// A registration; unregisters (waiting for the grace period) when dropped.
+pub struct Subscription {
+    pub(crate) mm: std::sync::Weak<crate::mm::MmInner>,
+    pub(crate) sub: Arc<dyn MmuNotifier>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(mm) = self.mm.upgrade() {
+            mm.notifiers.unregister(&self.sub);
+        }
+    }
+}
+
+/// Callbacks of an interval notifier.
+pub trait IntervalOps: Send + Sync {
+    /// `range` overlapping the interval is being invalidated, with sequence
+    /// `cur_seq`: take the secondary's lock, drop its translations in the
+    /// range, call `handle.set_seq(cur_seq)`. Return `false` to refuse a
+    /// non-blockable invalidation.
+    fn invalidate(&self, handle: &IntervalHandle<'_>, range: &Range, cur_seq: u64) -> bool;
+}
+
+pub(crate) struct IntervalInner {
+    start: u64,
+    end: u64,
+    /// The sequence the owner last saw invalidated (`set_seq`).
+    seen: AtomicU64,
+    mm_seq: Arc<AtomicU64>,
+    ops: Arc<dyn IntervalOps>,
+}
+
+/// What an interval callback gets to record the sequence.
+pub struct IntervalHandle<'a> {
+    inner: &'a IntervalInner,
+}
+
+impl IntervalHandle<'_> {
+    /// Record that the invalidation with `seq` was handled (under the
+    /// secondary's lock, as Linux's `mmu_interval_set_seq`).
+    pub fn set_seq(&self, seq: u64) {
+        self.inner.seen.store(seq, Ordering::Release);
+    }
+}
+
+/// A subscription to one range with a sequence count (Linux's
+/// `mmu_interval_notifier`). Removed when dropped.
+pub struct IntervalNotifier {
+    pub(crate) inner: Arc<IntervalInner>,
+    pub(crate) mm: std::sync::Weak<crate::mm::MmInner>,
+}
+
+impl IntervalNotifier {
+    pub(crate) fn new(mm: &Arc<crate::mm::MmInner>, start: u64, len: u64, ops: Arc<dyn IntervalOps>) -> Result<Self> {
+        let end = start.checked_add(len).filter(|_| len > 0).ok_or(Error::Invalid("empty or overflowing interval"))?;
+        let n = &mm.notifiers;
+        let inner = Arc::new(IntervalInner { start, end, seen: AtomicU64::new(0), mm_seq: n.seq.clone(), ops });
+        n.intervals.lock().push(inner.clone());
+        n.active.fetch_add(1, Ordering::AcqRel);
+        Ok(IntervalNotifier { inner, mm: Arc::downgrade(mm) })
+    }
+
+    /// Start of a secondary fault: the sequence to check with `read_retry`.
+    /// Waits while an invalidation is running (odd sequence).
+    pub fn read_begin(&self) -> u64 {
+        loop {
+            let s = self.inner.mm_seq.load(Ordering::Acquire);
+            if s % 2 == 0 {
+                return s;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether an invalidation ran since `read_begin` returned `seq`: the
+    /// translation just looked up must not be installed (call under the
+    /// same lock the callback takes around `set_seq`).
+    pub fn read_retry(&self, seq: u64) -> bool {
+        self.inner.mm_seq.load(Ordering::Acquire) != seq
+    }
+
+    /// The covered range.
+    pub fn range(&self) -> (u64, u64) {
+        (self.inner.start, self.inner.end)
+    }
+
+    /// The last sequence recorded by `set_seq`.
+    pub fn seen_seq(&self) -> u64 {
+        self.inner.seen.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for IntervalNotifier {
+    fn drop(&mut self) {
+        if let Some(mm) = self.mm.upgrade() {
+            let n = &mm.notifiers;
+            n.intervals.lock().retain(|iv| !Arc::ptr_eq(iv, &self.inner));
+            n.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The two protocols of this module under loom, spelled with loom's
+    //! types step for step: (1) a secondary fault against an invalidation
+    //! with the interval sequence count — the secondary never keeps a
+    //! translation the primary replaced; (2) unregistration against an
+    //! invalidation — after unregistration returns, no callback runs, and a
+    //! subscriber never gets an `end` without its `start`.
+    use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use loom::sync::{Arc, Mutex};
+
+    #[test]
+    fn fault_vs_invalidate_with_the_sequence_count() {
+        loom::model(|| {
+            let seq = Arc::new(AtomicU64::new(0)); // the address space's sequence
+            let pte = Arc::new(AtomicU64::new(1)); // the primary's translation
+            let shadow = Arc::new(Mutex::new(None::<u64>)); // the secondary's copy
+            let inv = {
+                let (seq, pte, shadow) = (seq.clone(), pte.clone(), shadow.clone());
+                loom::thread::spawn(move || {
+                    // start: the sequence turns odd, the callback drops the
+                    // range under the secondary's lock.
+                    seq.fetch_add(1, Ordering::AcqRel);
+                    *shadow.lock().unwrap() = None;
+                    pte.store(2, Ordering::Release); // the change itself
+                    seq.fetch_add(1, Ordering::AcqRel); // end: even again
+                })
+            };
+            // The secondary's fault: read_begin, look up, install unless retry.
+            let s = seq.load(Ordering::Acquire);
+            if s % 2 == 0 {
+                let t = pte.load(Ordering::Acquire);
+                let mut g = shadow.lock().unwrap();
+                if seq.load(Ordering::Acquire) == s {
+                    *g = Some(t);
+                }
+            }
+            inv.join().unwrap();
+            let kept = *shadow.lock().unwrap();
+            assert!(kept.is_none() || kept == Some(2), "stale translation {kept:?} kept after the invalidation");
+        });
+    }
+
+    #[test]
+    fn unregistration_vs_invalidation() {
+        loom::model(|| {
+            // The snapshot: present (1) or absent (0); its reader count.
+            let list = Arc::new(Mutex::new(Arc::new(1u8)));
+            let started = Arc::new(AtomicUsize::new(0));
+            let ended = Arc::new(AtomicUsize::new(0));
+            let after_unregister = Arc::new(AtomicUsize::new(0));
+            let op = {
+                let (list, started, ended) = (list.clone(), started.clone(), ended.clone());
+                loom::thread::spawn(move || {
+                    let snap = list.lock().unwrap().clone(); // start takes the snapshot
+                    if *snap == 1 {
+                        started.fetch_add(1, Ordering::AcqRel);
+                        ended.fetch_add(1, Ordering::AcqRel); // end with the same snapshot
+                    }
+                    drop(snap);
+                })
+            };
+            // unregister: publish an empty snapshot, wait for older readers.
+            let old = std::mem::replace(&mut *list.lock().unwrap(), Arc::new(0u8));
+            while Arc::strong_count(&old) > 1 {
+                loom::thread::yield_now();
+            }
+            after_unregister.store(started.load(Ordering::Acquire), Ordering::Release);
+            op.join().unwrap();
+            assert_eq!(started.load(Ordering::Acquire), ended.load(Ordering::Acquire), "a start without its end");
+            assert_eq!(
+                after_unregister.load(Ordering::Acquire),
+                started.load(Ordering::Acquire),
+                "a callback ran after unregistration returned"
+            );
+        });
+    }
+}

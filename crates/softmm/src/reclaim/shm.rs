@@ -1,0 +1,150 @@
+//! Swap-out of shared-memory pages.
+//!
+//! A page of a shared object is unmapped from every address space that
+//! maps it (the object's member list is its reverse map; the address in
+//! each is found from that space's VMAs of the object), its translations
+//! are shot down, and it is written to a fresh slot; the object's index
+//! then names the slot instead of the frame (as Linux's shmem keeps swap
+//! entries in its page cache), and the frame is freed. Page-table entries
+//! become empty, not swap entries: a later fault goes through the object,
+//! which reads the page back (`ShmObject::swap_in`). Every failure leaves
+//! the page resident and its index entry unchanged.
+
+use super::swap::SwapSpace;
+use crate::error::{Error, Result};
+use crate::machine::MachineInner;
+use crate::mm::MmInner;
+use crate::notifier::{Event, Range};
+use crate::phys::{flags, FrameId, PAGE_SIZE};
+use crate::pte::Pte;
+use crate::shm::ShmObject;
+use crate::stats::Counters;
+use crate::vma::Backing;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Swap out page `f` of a shared object (the caller holds a reference).
+/// Returns whether the frame left memory.
+pub(crate) fn swap_out_shm(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+    let meta = m.arena.meta(f);
+    if !meta.try_lock() {
+        return Ok(false);
+    }
+    let r = swap_out_locked(m, swap, f, try_only);
+    meta.unlock();
+    r
+}
+
+fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+    let arena = &m.arena;
+    let meta = arena.meta(f);
+    if !meta.has(flags::SHM) || meta.pins.load(Ordering::Acquire) > 0 {
+        return Ok(false);
+    }
+    let Some(obj) = m.shm_by_id(meta.owner.load(Ordering::Acquire)) else { return Ok(false) };
+    let pgoff = meta.index.load(Ordering::Acquire);
+    let (unmapped, skipped, dirty) = unmap_everywhere(m, &obj, f, pgoff, try_only);
+    if unmapped > 0 {
+        meta.sub_counts(unmapped, unmapped);
+    }
+    if dirty {
+        meta.set_flags(flags::DIRTY);
+    }
+    // The index's reference and ours, nothing else (no mapping left, no
+    // access in flight), and no busy space that might still cache it.
+    if skipped || meta.mapcount() != 0 || meta.refcount() != 2 {
+        return Ok(false);
+    }
+    let Some(slot) = swap.alloc() else {
+        return Err(Error::SwapFull(format!("no free slot on {}", swap.dev.describe())));
+    };
+    let mut page = [0u8; PAGE_SIZE];
+    arena.read(f, 0, &mut page);
+    if let Err(e) = swap.dev.write_page(slot as u64, &page) {
+        swap.put(slot);
+        return Err(Error::SwapFull(format!("writing slot {slot} of {}: {e}", swap.dev.describe())));
+    }
+    if obj.replace_with_slot(pgoff, f, 2, slot) {
+        Counters::bump(&m.counters.swap_outs);
+        Ok(true)
+    } else {
+        swap.put(slot); // mapped again meanwhile: it stays
+        Ok(false)
+    }
+}
+
+/// Clear every PTE that maps page `pgoff` (frame `f`) of `obj`; shoot the
+/// translations down. Returns (entries cleared, some space skipped, some
+/// entry was dirty).
+fn unmap_everywhere(
+    m: &MachineInner,
+    obj: &Arc<ShmObject>,
+    f: FrameId,
+    pgoff: u64,
+    try_only: bool,
+) -> (u32, bool, bool) {
+    let arena = &m.arena;
+    let (mut cleared, mut skipped, mut dirty) = (0, false, false);
+    let mut flush: Vec<Arc<MmInner>> = Vec::new();
+    let mut pending = Vec::new();
+    obj.members.walk(|mm| {
+        let st = if try_only {
+            match mm.state.try_read_recursive() {
+                Some(st) => st,
+                None => {
+                    skipped = true;
+                    return;
+                }
+            }
+        } else {
+            mm.state.read_recursive()
+        };
+        let Some(pt) = st.pt.as_ref() else { return };
+        let vmas_addrs: Vec<u64> = st
+            .vmas
+            .iter()
+            .filter(|v| matches!(&v.backing, Backing::Shm(o) if Arc::ptr_eq(&**o, obj)))
+            .filter(|v| pgoff >= v.pgoff && pgoff < v.pgoff + (v.len() >> 12))
+            .map(|v| v.start + ((pgoff - v.pgoff) << 12))
+            .collect();
+        let mut addrs = Vec::new();
+        for va in vmas_addrs {
+            let range = Range { start: va, end: va + 4096, event: Event::SwapOut, blockable: !try_only };
+            match mm.notifiers.start(range) {
+                Ok(inv) => {
+                    pending.push((mm.clone(), inv));
+                    addrs.push(va);
+                }
+                Err(_) => skipped = true,
+            }
+        }
+        for va in addrs {
+            let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { continue };
+            let mut pte = g.get(va);
+            while pte.is_present() && pte.frame() == f {
+                match g.cas(va, pte, Pte::NONE) {
+                    Ok(old) => {
+                        dirty |= old.is_dirty();
+                        cleared += 1;
+                        if !flush.iter().any(|x| Arc::ptr_eq(x, mm)) {
+                            flush.push(mm.clone());
+                        }
+                        break;
+                    }
+                    Err(now) => pte = now,
+                }
+            }
+            drop(g);
+            crate::futex::invalidate(mm, Some(&st), va, va + 4096);
+        }
+    });
+    for mm in &flush {
+        if mm.tlb.flush(None) {
+            Counters::bump(&m.counters.tlb_flushes);
+        }
+    }
+    for (mm, inv) in pending {
+        mm.notifiers.end(inv);
+    }
+    (cleared, skipped, dirty)
+}
