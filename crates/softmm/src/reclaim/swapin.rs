@@ -177,6 +177,9 @@ mod tests {
     }
 
     #[test]
+    // Whole machines swapping pages: minutes under Miri, and no unsafe
+    // code of their own (the integration tests run them in release).
+    #[cfg_attr(miri, ignore)]
     fn pages_read_ahead_are_found_in_the_swap_cache() {
         let (m, dev) = machine(256);
         let mm = m.new_mm().unwrap();
@@ -203,6 +206,9 @@ mod tests {
     }
 
     #[test]
+    // Whole machines swapping pages: minutes under Miri, and no unsafe
+    // code of their own (the integration tests run them in release).
+    #[cfg_attr(miri, ignore)]
     fn unused_readahead_pages_are_dropped_without_io() {
         let (m, dev) = machine(256);
         let mm = m.new_mm().unwrap();
@@ -231,6 +237,9 @@ mod tests {
     }
 
     #[test]
+    // Whole machines swapping pages: minutes under Miri, and no unsafe
+    // code of their own (the integration tests run them in release).
+    #[cfg_attr(miri, ignore)]
     fn a_failed_readahead_never_fails_the_fault() {
         let (m, dev) = machine(256);
         let mm = m.new_mm().unwrap();
@@ -255,6 +264,9 @@ mod tests {
     }
 
     #[test]
+    // Whole machines swapping pages: minutes under Miri, and no unsafe
+    // code of their own (the integration tests run them in release).
+    #[cfg_attr(miri, ignore)]
     fn readahead_of_another_space_s_pages_gives_them_their_own_rmap() {
         let (m, _dev) = machine(256);
         let (a, b) = (m.new_mm().unwrap(), m.new_mm().unwrap());
@@ -280,6 +292,9 @@ mod tests {
     }
 
     #[test]
+    // Whole machines swapping pages: minutes under Miri, and no unsafe
+    // code of their own (the integration tests run them in release).
+    #[cfg_attr(miri, ignore)]
     fn a_failed_batched_write_keeps_every_page_of_its_run() {
         let (m, dev) = machine(256);
         let mm = m.new_mm().unwrap();
@@ -302,6 +317,9 @@ mod tests {
     }
 
     #[test]
+    // Whole machines swapping pages: minutes under Miri, and no unsafe
+    // code of their own (the integration tests run them in release).
+    #[cfg_attr(miri, ignore)]
     fn slots_of_a_batch_are_written_with_one_vectored_write() {
         /// Counts calls, not pages.
         #[derive(Debug)]
