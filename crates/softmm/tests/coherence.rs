@@ -11,9 +11,13 @@
 #[path = "../examples/shadow_tlb.rs"]
 mod shadow_tlb;
 
+#[path = "../examples/device_mirror.rs"]
+mod device_mirror;
+
+use device_mirror::DeviceMirror;
 use shadow_tlb::{ShadowRead, ShadowTlb};
 use softmm::reclaim::device::MemSwap;
-use softmm::{Config, Machine, MapKind, Placement, Prot, SwapConfig};
+use softmm::{Config, Machine, MapKind, Mm, Placement, Prot, SwapConfig};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -26,8 +30,55 @@ fn stamp(p: u64, g: u32) -> u32 {
     ((p as u32) << 20) | (g & 0xfffff)
 }
 
+/// A secondary MMU as the checker drives it.
+trait Secondary: Send + Sync {
+    /// A read through a cached translation; `None` is a miss.
+    fn read(&self, machine: &Machine, va: u64) -> Option<u32>;
+    /// The secondary's own fault path after a miss.
+    fn fill(&self, mm: &Mm, va: u64);
+}
+
+impl Secondary for ShadowTlb {
+    fn read(&self, machine: &Machine, va: u64) -> Option<u32> {
+        match self.read_u32(machine, va) {
+            ShadowRead::Hit(v) => Some(v),
+            ShadowRead::Miss => None,
+        }
+    }
+    fn fill(&self, mm: &Mm, va: u64) {
+        ShadowTlb::fill(self, mm, va);
+    }
+}
+
+impl Secondary for DeviceMirror {
+    fn read(&self, machine: &Machine, va: u64) -> Option<u32> {
+        self.read_u32(machine, va)
+    }
+    fn fill(&self, mm: &Mm, va: u64) {
+        self.fault(mm, va);
+    }
+}
+
 #[test]
-fn shadow_reads_are_current_or_miss_under_every_change() {
+fn shadow_tlb_reads_are_current_or_miss_under_every_change() {
+    check_coherence(|mm| {
+        let shadow = Arc::new(ShadowTlb::default());
+        let sub = mm.register_notifier(shadow.clone());
+        (shadow as Arc<dyn Secondary>, Box::new(sub) as Box<dyn std::any::Any>)
+    });
+}
+
+#[test]
+fn device_mirror_reads_are_current_or_miss_under_every_change() {
+    check_coherence(|mm| {
+        let dev = Arc::new(DeviceMirror::new(mm, BASE, PAGES * PAGE).expect("interval"));
+        (dev as Arc<dyn Secondary>, Box::new(()) as Box<dyn std::any::Any>)
+    });
+}
+
+/// Drive a secondary made by `attach` (which also returns what keeps it
+/// subscribed) with two reader threads while the primary changes pages.
+fn check_coherence(attach: impl FnOnce(&Mm) -> (Arc<dyn Secondary>, Box<dyn std::any::Any>)) {
     let swap = Arc::new(MemSwap::new(16 << 20).expect("swap"));
     let machine = Machine::new(Config { arena_bytes: 64 << 20, swap: SwapConfig::Device(swap), ..Config::default() })
         .expect("machine");
@@ -42,8 +93,7 @@ fn shadow_reads_are_current_or_miss_under_every_change() {
         mm.write(BASE + p * PAGE, &stamp(p, 1).to_ne_bytes()).expect("write");
         done[p as usize].store(1, Ordering::Release);
     }
-    let shadow = Arc::new(ShadowTlb::default());
-    let _sub = mm.register_notifier(shadow.clone());
+    let (shadow, _keep) = attach(&mm);
     let stop = Arc::new(AtomicBool::new(false));
     let at = Arc::new(AtomicU32::new(0));
     let readers: Vec<_> = (0..2)
@@ -58,9 +108,9 @@ fn shadow_reads_are_current_or_miss_under_every_change() {
                     let va = BASE + p * PAGE;
                     let zero_ok = zeroing[p as usize].load(Ordering::Acquire);
                     let floor = done[p as usize].load(Ordering::Acquire);
-                    match shadow.read_u32(&machine, va) {
-                        ShadowRead::Hit(0) if zero_ok => hits += 1,
-                        ShadowRead::Hit(v) => {
+                    match shadow.read(&machine, va) {
+                        Some(0) if zero_ok => hits += 1,
+                        Some(v) => {
                             hits += 1;
                             assert_eq!(
                                 v >> 20,
@@ -70,9 +120,7 @@ fn shadow_reads_are_current_or_miss_under_every_change() {
                             );
                             assert!(v & 0xfffff >= floor, "page {p}: stale generation {} < {floor}", v & 0xfffff);
                         }
-                        ShadowRead::Miss => {
-                            shadow.fill(&mm, va);
-                        }
+                        None => shadow.fill(&mm, va),
                     }
                 }
                 hits
