@@ -160,28 +160,24 @@ impl ShmObject {
 
     /// Every resident page, as (pgoff, frame) (for audits and statistics).
     pub(crate) fn resident(&self) -> Vec<(u64, FrameId)> {
-        let pages = self.pages.lock();
-        pages
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match p {
-                ShmPage::Frame(f) => Some((i as u64, *f)),
-                _ => None,
-            })
-            .collect()
+        self.index_where(|p| match p {
+            ShmPage::Frame(f) => Some(f),
+            _ => None,
+        })
     }
 
     /// Every swapped page, as (pgoff, slot) (audits, smaps).
     pub(crate) fn swapped_pages(&self) -> Vec<(u64, u32)> {
+        self.index_where(|p| match p {
+            ShmPage::Swapped(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// (pgoff, what `pick` takes from the entry) for the entries it takes.
+    fn index_where<T>(&self, pick: impl Fn(ShmPage) -> Option<T>) -> Vec<(u64, T)> {
         let pages = self.pages.lock();
-        pages
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match p {
-                ShmPage::Swapped(s) => Some((i as u64, *s)),
-                _ => None,
-            })
-            .collect()
+        pages.iter().enumerate().filter_map(|(i, &p)| pick(p).map(|x| (i as u64, x))).collect()
     }
 }
 

@@ -189,18 +189,13 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
 /// migrating thread never needs this space's `mmap_lock` for writing, so
 /// the wait ends).
 fn wait_for_migration(pt: &crate::pgtable::PageTable, arena: &crate::phys::FrameArena, va: u64, entry: Pte) {
-    let mut spins = 0u32;
+    let backoff = crossbeam_utils::Backoff::new();
     loop {
         let p = pt.follow_pte(arena, va);
         if !p.is_migration() || p.frame() != entry.frame() {
             return;
         }
-        spins += 1;
-        if spins < 64 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
+        backoff.snooze();
     }
 }
 

@@ -124,14 +124,9 @@ impl FrameMeta {
 
     /// Wait until the frame lock is free (without taking it).
     pub(crate) fn wait_unlocked(&self) {
-        let mut spins = 0u32;
+        let backoff = crossbeam_utils::Backoff::new();
         while self.has(flags::LOCKED) {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            backoff.snooze();
         }
     }
     /// Take the split page-table lock of this (page-table) frame.

@@ -81,47 +81,33 @@ pub trait SwapDevice: Send + Sync + fmt::Debug {
     fn describe(&self) -> String;
 }
 
-impl<T: SwapDevice + ?Sized> SwapDevice for Arc<T> {
-    fn slots(&self) -> u64 {
-        (**self).slots()
-    }
-    fn write_page(&self, slot: u64, page: &[u8; SWAP_PAGE]) -> io::Result<()> {
-        (**self).write_page(slot, page)
-    }
-    fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
-        (**self).read_page(slot, page)
-    }
-    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
-        (**self).write_pages(first, pages)
-    }
-    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
-        (**self).read_pages(first, pages)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
+/// A shared or boxed device is the device (e.g. `FaultySwap<Arc<dyn SwapDevice>>`).
+macro_rules! forward_swap_device {
+    ($($ptr:ident),*) => {$(
+        impl<T: SwapDevice + ?Sized> SwapDevice for $ptr<T> {
+            fn slots(&self) -> u64 {
+                (**self).slots()
+            }
+            fn write_page(&self, slot: u64, page: &[u8; SWAP_PAGE]) -> io::Result<()> {
+                (**self).write_page(slot, page)
+            }
+            fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
+                (**self).read_page(slot, page)
+            }
+            fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
+                (**self).write_pages(first, pages)
+            }
+            fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
+                (**self).read_pages(first, pages)
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+        }
+    )*};
 }
 
-impl<T: SwapDevice + ?Sized> SwapDevice for Box<T> {
-    fn slots(&self) -> u64 {
-        (**self).slots()
-    }
-    fn write_page(&self, slot: u64, page: &[u8; SWAP_PAGE]) -> io::Result<()> {
-        (**self).write_page(slot, page)
-    }
-    fn read_page(&self, slot: u64, page: &mut [u8; SWAP_PAGE]) -> io::Result<()> {
-        (**self).read_page(slot, page)
-    }
-    fn write_pages(&self, first: u64, pages: &[[u8; SWAP_PAGE]]) -> io::Result<()> {
-        (**self).write_pages(first, pages)
-    }
-    fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
-        (**self).read_pages(first, pages)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-}
+forward_swap_device!(Arc, Box);
 
 fn check_slot(slot: u64, slots: u64) -> io::Result<()> {
     if slot < slots {

@@ -162,21 +162,12 @@ pub(crate) fn visit_mappings_for(
     mut changed: impl FnMut(Pte),
 ) -> Visit {
     let arena = &m.arena;
-    let meta = arena.meta(f);
-    let owner = meta.owner.load(Ordering::Acquire);
-    let va = meta.index.load(Ordering::Acquire) << 12;
+    let (owner, va) = rmap_address(arena.meta(f));
     let mut v = Visit::default();
     crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
-        let st = if try_only {
-            match mm.state.try_read_recursive() {
-                Some(st) => st,
-                None => {
-                    v.skipped = true;
-                    return;
-                }
-            }
-        } else {
-            mm.state.read_recursive()
+        let Some(st) = lock_member(mm, try_only) else {
+            v.skipped = true;
+            return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
         // Secondary MMUs first, outside the page-table lock (they may sleep).
@@ -236,9 +227,7 @@ pub(crate) fn visit_mappings_for(
 /// frame `f` since the last look, in any address space mapping it; clears
 /// those bits. Spaces whose `mmap_lock` is busy are skipped.
 pub(crate) fn young_in_secondaries(m: &MachineInner, f: FrameId) -> bool {
-    let meta = m.arena.meta(f);
-    let owner = meta.owner.load(Ordering::Acquire);
-    let va = meta.index.load(Ordering::Acquire) << 12;
+    let (owner, va) = rmap_address(m.arena.meta(f));
     let mut young = false;
     crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
         if mm.notifiers.any() {
@@ -246,4 +235,23 @@ pub(crate) fn young_in_secondaries(m: &MachineInner, f: FrameId) -> bool {
         }
     });
     young
+}
+
+/// An anonymous frame's anon_vma id and the one address it can be mapped
+/// at in any space (`rmap.rs`, rule 3).
+fn rmap_address(meta: &crate::phys::FrameMeta) -> (u64, u64) {
+    (meta.owner.load(Ordering::Acquire), meta.index.load(Ordering::Acquire) << 12)
+}
+
+/// A member address space's `mmap_lock` for a reverse-map visit: tried only
+/// (`None` when busy) or waited for, without queueing behind a writer.
+pub(crate) fn lock_member(
+    mm: &MmInner,
+    try_only: bool,
+) -> Option<parking_lot::RwLockReadGuard<'_, crate::mm::MmState>> {
+    if try_only {
+        mm.state.try_read_recursive()
+    } else {
+        Some(mm.state.read_recursive())
+    }
 }

@@ -88,16 +88,9 @@ fn unmap_everywhere(
     let mut flush: Vec<Arc<MmInner>> = Vec::new();
     let mut pending = Vec::new();
     obj.members.walk(|mm| {
-        let st = if try_only {
-            match mm.state.try_read_recursive() {
-                Some(st) => st,
-                None => {
-                    skipped = true;
-                    return;
-                }
-            }
-        } else {
-            mm.state.read_recursive()
+        let Some(st) = super::lock_member(mm, try_only) else {
+            skipped = true;
+            return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
         let vmas_addrs: Vec<u64> = st
