@@ -52,7 +52,7 @@ pub use error::{errno, Error, Result, SegvKind};
 pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
-pub use mm::{Advice, ForkPolicy, Mm, Placement};
+pub use mm::{Advice, ForkPolicy, Mm, PinnedPages, Placement};
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use phys::{FrameId, PAGE_SIZE, ZERO_FRAME};
 pub use reclaim::SwapConfig;

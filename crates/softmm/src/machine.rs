@@ -64,6 +64,8 @@ pub(crate) struct MachineInner {
     /// Registry of anon_vmas, for reverse-map walks from a frame.
     pub(crate) anon_vmas: Arc<crate::rmap::AnonVmas>,
     pub(crate) reclaim: crate::reclaim::Reclaim,
+    /// Every pin, by frame (`mm/pin.rs`), for audits.
+    pub(crate) pins: crate::mm::pin::PinRegistry,
     next_id: AtomicU64,
     mms: Mutex<Vec<Weak<MmInner>>>,
     shms: Mutex<Vec<Weak<ShmObject>>>,
@@ -138,6 +140,7 @@ impl Machine {
                 futexes: crate::futex::Futexes::default(),
                 anon_vmas: crate::rmap::AnonVmas::new(),
                 reclaim,
+                pins: Default::default(),
                 next_id: AtomicU64::new(1),
                 mms: Mutex::new(Vec::new()),
                 shms: Mutex::new(Vec::new()),
@@ -159,6 +162,7 @@ impl Machine {
         s.swap_used = self.inner.reclaim.swap.as_ref().map_or(0, |sw| sw.used());
         s.swap_slots = self.inner.reclaim.swap.as_ref().map_or(0, |sw| sw.slots());
         s.anon_vmas = self.inner.anon_vmas.len() as u64;
+        s.pins = self.inner.pins.total();
         s
     }
 

@@ -31,6 +31,7 @@ pub(crate) struct Counters {
     pub swap_cache_hits: AtomicU64,
     pub swap_failures: AtomicU64,
     pub migrations: AtomicU64,
+    pub fork_pinned_copies: AtomicU64,
 }
 
 impl Counters {
@@ -81,6 +82,10 @@ pub struct MachineStats {
     pub swap_failures: u64,
     /// Frames moved by migration.
     pub migrations: u64,
+    /// Pinned pages fork copied for the child instead of sharing them.
+    pub fork_pinned_copies: u64,
+    /// Pins held now (a frame pinned twice counts twice).
+    pub pins: u64,
     /// Swap slots in use.
     pub swap_used: u64,
     /// Slots on the swap device (0: no swap).
@@ -118,6 +123,7 @@ impl MachineStats {
             swap_cache_hits: l(&c.swap_cache_hits),
             swap_failures: l(&c.swap_failures),
             migrations: l(&c.migrations),
+            fork_pinned_copies: l(&c.fork_pinned_copies),
             ..Default::default()
         }
     }

@@ -27,6 +27,8 @@ const WINDOW_PAGES: u64 = 32;
 /// Longest range operation, in pages (ranges may run past the window).
 const MAX_RANGE_PAGES: u64 = 8;
 const SLOTS: usize = 4;
+/// Pins held at once.
+const MAX_PINS: usize = 4;
 
 // ---------------------------------------------------------------------------
 // Operations
@@ -143,6 +145,28 @@ enum Op {
         s: usize,
         addr: Addr,
     },
+    /// Pin the pages of a range (`Mm::pin_pages`).
+    Pin {
+        s: usize,
+        r: Range,
+        write: bool,
+    },
+    /// Read through the `p`-th (modulo) pin, `off` bytes into its range.
+    PinRead {
+        p: usize,
+        off: u64,
+        len: usize,
+    },
+    /// Write through the `p`-th (modulo) pin (a device's DMA write).
+    PinWrite {
+        p: usize,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
+    Unpin {
+        p: usize,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -212,6 +236,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (slot(), addr(2)).prop_map(|(s, addr)| Op::Load32 { s, addr }),
         2 => (1usize..64).prop_map(|n| Op::Reclaim { n }),
         2 => (slot(), addr(PAGE)).prop_map(|(s, addr)| Op::Migrate { s, addr }),
+        3 => (slot(), range(), any::<bool>()).prop_map(|(s, r, write)| Op::Pin { s, r, write }),
+        2 => (0..MAX_PINS, 0..MAX_RANGE_PAGES * PAGE, access_len()).prop_map(|(p, off, len)| Op::PinRead { p, off, len }),
+        2 => (0..MAX_PINS, 0..MAX_RANGE_PAGES * PAGE, access_len(), any::<u8>())
+            .prop_map(|(p, off, len, seed)| Op::PinWrite { p, off, len, seed }),
+        1 => (0..MAX_PINS).prop_map(|p| Op::Unpin { p }),
     ]
 }
 
@@ -391,6 +420,65 @@ impl Space {
     }
 }
 
+/// What one pinned page shows the pinner.
+#[derive(Clone)]
+enum PinPage {
+    /// The private page of the pin's address space at its address: the
+    /// pinner sees every write the space makes there (pin rules, `mm/pin.rs`).
+    Attached,
+    /// The space let go of the page (munmap, DONTNEED, mmap over it, exit):
+    /// the pinner keeps the frame, with the bytes it had then.
+    Frozen(Vec<u8>),
+    /// A page of a shared object: the object's one frame.
+    Shared(Rc<RefCell<Vec<u8>>>),
+}
+
+/// A pin in the model.
+struct ModelPin {
+    s: usize,
+    addr: u64,
+    len: u64,
+    write: bool,
+    pages: Vec<PinPage>,
+}
+
+impl ModelPin {
+    fn first_vpn(&self) -> u64 {
+        self.addr / PAGE
+    }
+}
+
+/// How a pin's failure compares: the fault kind and page, or the errno.
+fn pin_err(e: &Error) -> String {
+    match e {
+        Error::Segv { addr, kind } => format!("segv {kind} at page {:#x}", addr / PAGE),
+        e => format!("errno {}", e.errno()),
+    }
+}
+
+impl Space {
+    /// What `pin_pages` gives: the pages, or the first page's fault.
+    fn pin(&self, addr: u64, len: u64, write: bool) -> Result<Vec<PinPage>, String> {
+        if len == 0 {
+            return Err(format!("errno {}", errno::EINVAL));
+        }
+        let mut pages = Vec::new();
+        // Every page the range touches (it need not be page-aligned).
+        for v in addr / PAGE..=(addr + len - 1) / PAGE {
+            let Some(p) = self.pages.get(&v) else { return Err(format!("segv maperr at page {v:#x}")) };
+            let ok = if write { p.prot.writable() } else { p.prot != Prot::NONE };
+            if !ok {
+                return Err(format!("segv accerr at page {v:#x}"));
+            }
+            pages.push(match &p.mem {
+                Mem::Private(_) => PinPage::Attached,
+                Mem::Shared(rc) => PinPage::Shared(rc.clone()),
+            });
+        }
+        Ok(pages)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The system under test, side by side with the model
 // ---------------------------------------------------------------------------
@@ -407,6 +495,7 @@ struct Slot {
 struct World {
     machine: Machine,
     slots: Vec<Slot>,
+    pins: Vec<(softmm::PinnedPages, ModelPin)>,
 }
 
 type Res = Result<(), String>;
@@ -452,7 +541,7 @@ impl World {
         let mut slots: Vec<Slot> = (0..SLOTS).map(|_| Slot::default()).collect();
         let mm = machine.new_mm().expect("new_mm");
         slots[0] = Slot { acc: Some(mm.accessor()), mm: Some(mm), model: Some(Space::default()) };
-        World { machine, slots }
+        World { machine, slots, pins: Vec::new() }
     }
 
     fn install(&mut self, s: usize, mm: Mm, model: Space) {
@@ -478,11 +567,18 @@ impl World {
         let mut op = op.clone();
         let (s, accessor) = match &mut op {
             Op::New { .. } | Op::Reclaim { .. } => return Some(op),
+            Op::PinRead { p, .. } | Op::PinWrite { p, .. } | Op::Unpin { p } => {
+                if self.pins.is_empty() {
+                    return None;
+                }
+                *p %= self.pins.len();
+                return Some(op);
+            }
             Op::Read { s, via, .. } | Op::Write { s, via, .. } | Op::Fill { s, via, .. } => {
                 (s, matches!(via, Via::Acc))
             }
             Op::FetchAdd { s, .. } | Op::Load32 { s, .. } => (s, true),
-            Op::Migrate { s, .. } => (s, false),
+            Op::Migrate { s, .. } | Op::Pin { s, .. } => (s, false),
             Op::Mmap { s, .. }
             | Op::Munmap { s, .. }
             | Op::Mprotect { s, .. }
@@ -504,6 +600,13 @@ impl World {
                 }
             }
             Op::Mmap { s, r, prot, kind, noreplace } => {
+                let replaces = self.slots[s]
+                    .model
+                    .as_ref()
+                    .is_some_and(|m| !(noreplace && Space::vpns(r.addr(), r.len).any(|v| m.pages.contains_key(&v))));
+                if replaces {
+                    self.detach_range(s, r);
+                }
                 let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
                 let place = if noreplace { Placement::FixedNoReplace } else { Placement::Fixed };
                 let got = mm.mmap(r.addr(), r.len, prot, kind, place);
@@ -511,6 +614,7 @@ impl World {
                 ensure_eq!(got.as_ref().map_err(Error::errno).copied(), want, "mmap");
             }
             Op::Munmap { s, r } => {
+                self.detach_range(s, r);
                 let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
                 ensure_eq!(errno_of(&mm.munmap(r.addr(), r.len)), model.munmap(r.addr(), r.len), "munmap");
             }
@@ -520,6 +624,7 @@ impl World {
                 ensure_eq!(got, model.mprotect(r.addr(), r.len, prot), "mprotect");
             }
             Op::DontNeed { s, r } => {
+                self.detach_range(s, r);
                 let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
                 let got = errno_of(&mm.madvise(r.addr(), r.len, Advice::DontNeed));
                 ensure_eq!(got, model.dontneed(r.addr(), r.len), "madvise(DONTNEED)");
@@ -529,6 +634,7 @@ impl World {
                     return Ok(());
                 }
                 // Whatever lived in the target slot exits first.
+                self.detach(into, |_| true);
                 self.slots[into] = Slot::default();
                 let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { unreachable!() };
                 let policy = if shared_tables { ForkPolicy::SharedTables } else { ForkPolicy::CopyTables };
@@ -537,6 +643,7 @@ impl World {
                 self.install(into, child, child_model);
             }
             Op::Exit { s } => {
+                self.detach(s, |_| true);
                 let slot = &mut self.slots[s];
                 if let Some(mm) = slot.mm.take() {
                     mm.exit();
@@ -647,6 +754,124 @@ impl World {
                     Err(e) => return Err(format!("migrate {addr:#x}: {e}")),
                 }
             }
+            Op::Pin { s, r, write } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { return Ok(()) };
+                if self.pins.len() >= MAX_PINS {
+                    return Ok(());
+                }
+                let got = mm.pin_pages(r.addr(), r.len, write);
+                let want = model.pin(r.addr(), r.len, write);
+                ensure_eq!(
+                    got.as_ref().map(|_| ()).map_err(pin_err),
+                    want.as_ref().map(|_| ()).map_err(String::clone),
+                    "pin"
+                );
+                if let (Ok(pinned), Ok(pages)) = (got, want) {
+                    self.pins.push((pinned, ModelPin { s, addr: r.addr(), len: r.len, write, pages }));
+                }
+            }
+            Op::PinRead { p, off, len } => {
+                let (pinned, mp) = &self.pins[p];
+                let addr = mp.addr + off;
+                let mut buf = vec![0u8; len];
+                let got = pinned.read(addr, &mut buf).map(|()| buf);
+                let want = self.pin_read(mp, addr, len);
+                ensure_eq!(got.map_err(|e| e.errno()), want, "read through pin {p}");
+            }
+            Op::PinWrite { p, off, len, seed } => {
+                let data = pattern(seed, len);
+                let addr = self.pins[p].1.addr + off;
+                let got = self.pins[p].0.write(addr, &data).map_err(|e| e.errno());
+                let want = self.pin_write(p, addr, &data);
+                ensure_eq!(got, want, "write through pin {p}");
+            }
+            Op::Unpin { p } => {
+                self.pins.remove(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages of slot `s` for which `hit(vpn)` holds stop being what pins
+    /// see: each such pinned private page keeps its bytes as they are now.
+    fn detach(&mut self, s: usize, hit: impl Fn(u64) -> bool) {
+        let model = self.slots[s].model.as_ref();
+        for (_, mp) in self.pins.iter_mut().filter(|(_, mp)| mp.s == s) {
+            let first = mp.first_vpn();
+            for (i, pg) in mp.pages.iter_mut().enumerate() {
+                let vpn = first + i as u64;
+                if matches!(pg, PinPage::Attached) && hit(vpn) {
+                    let bytes = match model.and_then(|m| m.pages.get(&vpn)).map(|p| &p.mem) {
+                        Some(Mem::Private(v)) => v.clone(),
+                        _ => unreachable!("an attached pin on page {vpn:#x} that is not private memory"),
+                    };
+                    *pg = PinPage::Frozen(bytes);
+                }
+            }
+        }
+    }
+
+    /// `detach` for a range operation that changes pages (munmap, mmap,
+    /// DONTNEED): only when its arguments are valid.
+    fn detach_range(&mut self, s: usize, r: Range) {
+        if r.len != 0 && r.addr() % PAGE == 0 {
+            let vpns = Space::vpns(r.addr(), r.len);
+            self.detach(s, |v| vpns.contains(&v));
+        }
+    }
+
+    /// The bytes of pinned page `i` of `mp` as the model has them.
+    fn pin_page(&self, mp: &ModelPin, i: usize) -> Vec<u8> {
+        match &mp.pages[i] {
+            PinPage::Attached => {
+                match self.slots[mp.s].model.as_ref().and_then(|m| m.pages.get(&(mp.first_vpn() + i as u64))) {
+                    Some(Page { mem: Mem::Private(v), .. }) => v.clone(),
+                    _ => unreachable!("an attached pin without its private page"),
+                }
+            }
+            PinPage::Frozen(v) => v.clone(),
+            PinPage::Shared(rc) => rc.borrow().clone(),
+        }
+    }
+
+    /// A read through a pin, as the model sees it (EFAULT outside the pin).
+    fn pin_read(&self, mp: &ModelPin, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
+        if addr + len as u64 > mp.addr + mp.len {
+            return Err(errno::EFAULT);
+        }
+        let first = mp.first_vpn() * PAGE;
+        let mut out = Vec::with_capacity(len);
+        for va in addr..addr + len as u64 {
+            let i = ((va - first) / PAGE) as usize;
+            out.push(self.pin_page(mp, i)[((va - first) % PAGE) as usize]);
+        }
+        Ok(out)
+    }
+
+    /// A write through pin `p`, applied to the model (EINVAL for a
+    /// read-only pin, EFAULT outside it).
+    fn pin_write(&mut self, p: usize, addr: u64, data: &[u8]) -> Result<(), i32> {
+        let (s, first, write, end) = {
+            let mp = &self.pins[p].1;
+            (mp.s, mp.first_vpn() * PAGE, mp.write, mp.addr + mp.len)
+        };
+        if !write {
+            return Err(errno::EINVAL);
+        }
+        if addr + data.len() as u64 > end {
+            return Err(errno::EFAULT);
+        }
+        for (k, &b) in data.iter().enumerate() {
+            let va = addr + k as u64;
+            let (i, off) = (((va - first) / PAGE) as usize, ((va - first) % PAGE) as usize);
+            match &mut self.pins[p].1.pages[i] {
+                PinPage::Frozen(v) => v[off] = b,
+                PinPage::Shared(rc) => rc.borrow_mut()[off] = b,
+                PinPage::Attached => match self.slots[s].model.as_mut().and_then(|m| m.pages.get_mut(&(va / PAGE))) {
+                    Some(Page { mem: Mem::Private(v), .. }) => v[off] = b,
+                    _ => unreachable!("an attached pin without its private page"),
+                },
+            }
         }
         Ok(())
     }
@@ -674,9 +899,27 @@ impl World {
         Ok(())
     }
 
-    /// After every step: the machine-wide audit and the mapped pages.
+    /// After every step: the machine-wide audit, the mapped pages, and
+    /// every pin's whole range read through the pin.
     fn check(&self) -> Res {
         self.machine.check_invariants().map_err(|e| format!("check_invariants: {e}"))?;
+        for (k, (pinned, mp)) in self.pins.iter().enumerate() {
+            let mut buf = vec![0u8; mp.len as usize];
+            pinned.read(mp.addr, &mut buf).map_err(|e| format!("pin {k}: read of its own range: {e}"))?;
+            let want = self.pin_read(mp, mp.addr, mp.len as usize).map_err(|e| format!("pin {k}: model {e}"))?;
+            if buf != want {
+                let at = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+                return Err(format!(
+                    "pin {k} (slot {}, {:#x}+{:#x}): byte at {:#x} is {:#04x} through the pin, model {:#04x}",
+                    mp.s,
+                    mp.addr,
+                    mp.len,
+                    mp.addr + at as u64,
+                    buf[at],
+                    want[at]
+                ));
+            }
+        }
         for (i, slot) in self.slots.iter().enumerate() {
             let (Some(mm), Some(model)) = (&slot.mm, &slot.model) else { continue };
             let mut got = BTreeMap::new();

@@ -30,6 +30,19 @@ use crate::vma::{reusable_anon_of, Backing, Vma};
 pub(crate) enum Access {
     Read,
     Write,
+    /// A read that needs the page exclusive to this space (Linux's
+    /// `FAULT_FLAG_UNSHARE`, for a read-only pin): COW is broken as for a
+    /// write, but the entry keeps the protection it had, and untouched
+    /// memory gets a frame of its own instead of the zero frame.
+    Unshare,
+}
+
+impl Access {
+    /// Whether the fault makes the page this space's own (copy on write).
+    #[inline]
+    fn breaks_cow(self) -> bool {
+        matches!(self, Access::Write | Access::Unshare)
+    }
 }
 
 fn segv(mm: &MmInner, addr: u64, kind: SegvKind) -> Error {
@@ -72,7 +85,7 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
         return Err(segv(mm, va, SegvKind::MapErr));
     };
     let allowed = match access {
-        Access::Read => vma.prot.readable(),
+        Access::Read | Access::Unshare => vma.prot.readable(),
         Access::Write => vma.prot.writable(),
     };
     if !allowed {
@@ -142,7 +155,7 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
     // A write to a present read-only page may give it a new frame (COW):
     // secondary MMUs drop the page first (not under the page-table lock,
     // since a subscriber may sleep).
-    let cow = cur.is_present() && access == Access::Write && !cur.is_writable();
+    let cow = cur.is_present() && access.breaks_cow() && !cur.is_writable();
     let inv = cow.then(|| mm.notifiers.start_blocking(va, va + 4096, crate::notifier::Event::Cow));
     let mut gather = Gather::default();
     let result = {
@@ -161,7 +174,7 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
             // read fault): a write now copies on write, which secondary MMUs
             // must hear about first. Look again with the bracket in place.
             None if inv.is_none()
-                && access == Access::Write
+                && access.breaks_cow()
                 && entry.is_present()
                 && !entry.is_writable()
                 && mm.notifiers.any() =>
@@ -234,11 +247,11 @@ fn do_swap_page(
 /// dirty bits to set (which this sets without the lock, as an MMU does).
 #[inline]
 fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, access: Access) -> Option<Pte> {
-    if !pte.is_present() || !pte.is_user() || (access == Access::Write && !pte.is_writable()) {
+    if !pte.is_present() || !pte.is_user() || (access.breaks_cow() && !pte.is_writable()) {
         return None;
     }
     let want = match access {
-        Access::Read => Pte::ACCESSED,
+        Access::Read | Access::Unshare => Pte::ACCESSED,
         Access::Write => Pte::ACCESSED | Pte::DIRTY,
     };
     if pte.raw() & want == want {
@@ -271,13 +284,13 @@ fn handle_pte_fault(
                 Counters::bump(&c.fault_zero_page);
                 Ok(new)
             }
-            (Backing::Anon(_), Access::Write) => {
+            (Backing::Anon(_), _) => {
                 let f = new_anon_frame(mm, st, vma, va, None)?;
                 Counters::bump(&c.fault_anon);
-                Ok(install_anon(mm, g, va, f))
+                Ok(install_anon(mm, g, va, f, access))
             }
             (Backing::Shm(obj), _) => {
-                if access == Access::Read {
+                if access != Access::Write {
                     fault_around(mm, vma, obj, g, va);
                 }
                 let f = obj.get_page(vma.pgoff_of(va))?;
@@ -298,10 +311,12 @@ fn handle_pte_fault(
     if vma.prot.readable() {
         new = new.with(Pte::USER);
     }
-    if access == Access::Write && !pte.is_writable() {
+    if access.breaks_cow() && !pte.is_writable() {
         if let Backing::Anon(_) = vma.backing {
-            return do_wp_page(mm, st, vma, g, va, pte, gather);
+            return do_wp_page(mm, st, vma, g, va, pte, access, gather);
         }
+    }
+    if access == Access::Write && !pte.is_writable() {
         // A write fault on shared memory dirties the page itself (Linux's
         // wp_page_shared -> fault_dirty_shared_page), so every mapping of it
         // reports it dirty from now on.
@@ -348,7 +363,9 @@ fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut Pt
     }
 }
 
-/// Write to a present, write-protected private page.
+/// Write to a present, write-protected private page (or an unshare of
+/// it: the same, but the entry stays read-only).
+#[allow(clippy::too_many_arguments)]
 fn do_wp_page(
     mm: &MmInner,
     st: &MmState,
@@ -356,6 +373,7 @@ fn do_wp_page(
     g: &mut PteTableGuard<'_>,
     va: u64,
     pte: Pte,
+    access: Access,
     gather: &mut Gather,
 ) -> Result<Pte> {
     let c = &mm.machine.counters;
@@ -365,18 +383,13 @@ fn do_wp_page(
         let f = new_anon_frame(mm, st, vma, va, None)?;
         gather.need_flush();
         Counters::bump(&c.fault_anon);
-        return Ok(install_anon(mm, g, va, f));
+        return Ok(install_anon(mm, g, va, f, access));
     }
     let old = pte.frame();
-    let mut refs = arena.meta(old).refcount();
-    if refs == 2 && arena.meta(old).has(flags::SWAPCACHE) && take_from_swap_cache(mm, old) {
-        // Only the swap cache shared it: out of the cache (the device copy
-        // goes stale the moment the page is written), it is reused.
-        refs = 1;
-    }
-    if refs == 1 || refs == 1 + mm.machine.futexes.refs_on(old) {
-        // Exclusive: no other mapping can see this frame (futex waiters
-        // keyed by it follow this page anyway): reuse it in place.
+    if anon_exclusive(mm, old) {
+        if access == Access::Unshare {
+            return Ok(pte); // already this space's own
+        }
         let new = pte.with(Pte::WRITE | Pte::DIRTY | Pte::ACCESSED | Pte::USER);
         arena.meta(old).set_flags(flags::DIRTY);
         g.set(va, new);
@@ -386,7 +399,24 @@ fn do_wp_page(
     let f = new_anon_frame(mm, st, vma, va, Some(old))?;
     gather.unmap_and_put(arena, old);
     Counters::bump(&c.fault_cow_copy);
-    Ok(install_anon(mm, g, va, f))
+    Ok(install_anon(mm, g, va, f, access))
+}
+
+/// COW's reuse test (Linux's `wp_can_reuse_anon_folio`): whether the
+/// private frame `f`, mapped by the entry being faulted (in a table this
+/// space owns alone), is seen by nobody else, so that a write may reuse it
+/// in place. Pins do not count (a pinner must keep seeing this page), nor
+/// do futex waiters keyed by it (they follow this page anyway); a swap
+/// cache holding it alone lets go first (the device copy goes stale the
+/// moment the page is written). Needs the page-table lock: pins are taken
+/// under it.
+pub(crate) fn anon_exclusive(mm: &MmInner, f: FrameId) -> bool {
+    let meta = mm.arena().meta(f);
+    let mut refs = meta.unpinned_refs();
+    if refs == 2 && meta.has(flags::SWAPCACHE) && take_from_swap_cache(mm, f) {
+        refs = 1;
+    }
+    refs == 1 || refs == 1 + mm.machine.futexes.refs_on(f)
 }
 
 /// Take `f` (mapped once, by the entry being faulted) out of the swap cache
@@ -401,7 +431,7 @@ fn take_from_swap_cache(mm: &MmInner, f: FrameId) -> bool {
     if !meta.try_lock() {
         return false;
     }
-    let taken = swap.remove_if(mm.arena(), f, 2, true);
+    let taken = swap.remove_if(mm.arena(), f, 2 + meta.pins(), true);
     meta.unlock();
     taken
 }
@@ -414,11 +444,13 @@ fn install(g: &mut PteTableGuard<'_>, va: u64, f: FrameId, bits: u64) -> Pte {
     new
 }
 
-/// Install the new anonymous frame `f` writable at `va`, and only then
-/// mark it anonymous: the reclaim clock considers only frames marked so,
-/// and must find them mapped and fully set up (rmap owner and index).
-fn install_anon(mm: &MmInner, g: &mut PteTableGuard<'_>, va: u64, f: FrameId) -> Pte {
-    let new = install(g, va, f, Pte::WRITE | Pte::DIRTY);
+/// Install the new anonymous frame `f` at `va` (writable for a write,
+/// read-only for an unshare), and only then mark it anonymous: the reclaim
+/// clock considers only frames marked so, and must find them mapped and
+/// fully set up (rmap owner and index).
+fn install_anon(mm: &MmInner, g: &mut PteTableGuard<'_>, va: u64, f: FrameId, access: Access) -> Pte {
+    let bits = if access == Access::Write { Pte::WRITE | Pte::DIRTY } else { 0 };
+    let new = install(g, va, f, bits);
     mm.arena().meta(f).set_flags(flags::ANON);
     new
 }

@@ -5,7 +5,8 @@ use super::mmap::zap_pte;
 use super::{ForkPolicy, Mm, MmInner, MmState};
 use crate::error::{Error, Result};
 use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
-use crate::phys::FrameArena;
+use crate::phys::flags;
+use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
 use crate::sync::Ordering;
@@ -15,14 +16,16 @@ use std::sync::Arc;
 pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     let child = Mm::new(parent.machine.clone())?;
     let machine = &parent.machine;
-    let arena = parent.arena();
     let pst = parent.state.write();
     let ppt = pst.pt.as_ref().ok_or(Error::Exited)?;
     let mut cst = child.inner.state.write();
     let mut flush = false;
     let mut result = Ok(());
-    let mut shared_spans: Vec<u64> = Vec::new();
+    let mut last_span = None;
     let child_ref = child.inner.mm_ref();
+    // Pins are taken under the mmap_lock held for reading: none appears
+    // while we hold it for writing.
+    let pinned = parent.has_pinned.load(std::sync::atomic::Ordering::Relaxed);
     for v in pst.vmas.iter() {
         // The child's VMA is linked into the anon_vmas before any entry is
         // copied: a reverse-map walk relies on it (`rmap::rmap_walk`).
@@ -31,9 +34,10 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
             // Linux's copy_page_range: the parent's entries lose write.
             let inv = parent.notifiers.start_blocking(v.start, v.end, crate::notifier::Event::Protection);
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
+            let copy = CopyRange { parent, ppt, cpt, child_anon: anon_id(&cv), pinned };
             result = match policy {
-                ForkPolicy::CopyTables => copy_page_range(parent, arena, ppt, cpt, v.start, v.end, &mut flush),
-                ForkPolicy::SharedTables => share_page_range(parent, &pst, ppt, cpt, v, &mut shared_spans, &mut flush),
+                ForkPolicy::CopyTables => copy.copy_page_range(v, v.start, v.end, &mut flush),
+                ForkPolicy::SharedTables => copy.share_page_range(&pst, v, &mut last_span, &mut flush),
             };
             parent.notifiers.end(inv);
         }
@@ -69,96 +73,155 @@ fn needs_copy(v: &Vma) -> bool {
     matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0)
 }
 
-/// `SharedTables`: share every PTE table of `v` whose whole 2 MiB span maps
-/// only memory fork would copy (private, with an anon_vma); copy the
-/// entries of the others (a table mixed with shared or never-written
-/// memory, whose PTEs the child must not see). `shared` remembers spans
-/// already shared through an earlier VMA.
-fn share_page_range(
-    parent: &MmInner,
-    pst: &MmState,
-    ppt: &PageTable,
-    cpt: &PageTable,
-    v: &Vma,
-    shared: &mut Vec<u64>,
-    flush: &mut bool,
-) -> Result<()> {
-    let arena = parent.arena();
-    let mut base = v.start & !(PTE_TABLE_SPAN - 1);
-    while base < v.end {
-        let span_end = base + PTE_TABLE_SPAN;
-        let eligible = pst.vmas.overlapping(base, span_end).all(needs_copy);
-        if eligible {
-            // VMAs come in address order, so a span can only repeat as the
-            // last one shared (two VMAs in one 2 MiB span).
-            if shared.last() != Some(&base) {
-                let (did, was_writable) = share::share_table(arena, ppt, cpt, base, &parent.machine.counters)?;
-                *flush |= did && was_writable;
-                shared.push(base);
-            }
-        } else {
-            copy_page_range(parent, arena, ppt, cpt, v.start.max(base), v.end.min(span_end), flush)?;
-        }
-        base = span_end;
+/// The child's own anon_vma id for `v` (0 when it has none).
+fn anon_id(v: &Vma) -> u64 {
+    match &v.backing {
+        Backing::Anon(l) => l.get().0,
+        Backing::Shm(_) => 0,
     }
-    Ok(())
 }
 
-/// Copy the entries of `[start, end)` (private memory) into the child's
-/// tables, write-protecting both sides.
-fn copy_page_range(
-    parent: &MmInner,
-    arena: &FrameArena,
-    ppt: &PageTable,
-    cpt: &PageTable,
-    start: u64,
-    end: u64,
-    flush: &mut bool,
-) -> Result<()> {
-    let mut result = Ok(());
-    ppt.for_each_pte_table(arena, start, end, |ptable, lo, hi| {
-        if result.is_err() {
-            return;
+/// What copying one VMA's entries into the child needs.
+struct CopyRange<'a> {
+    parent: &'a MmInner,
+    ppt: &'a PageTable,
+    cpt: &'a PageTable,
+    /// The child VMA's own anon_vma: the rmap owner of pages copied for it.
+    child_anon: u64,
+    /// The parent ever pinned a page (`MmInner::has_pinned`).
+    pinned: bool,
+}
+
+impl CopyRange<'_> {
+    /// `SharedTables`: share every PTE table of `v` whose whole 2 MiB span
+    /// maps only memory fork would copy (private, with an anon_vma) and no
+    /// pinned page; copy the entries of the others (a table mixed with
+    /// shared or never-written memory, whose PTEs the child must not see,
+    /// or one whose pinned pages the child must get copies of). `last`
+    /// remembers the decision for the last span: two VMAs in one span must
+    /// get the same one (an unpin between them could change the answer).
+    fn share_page_range(&self, pst: &MmState, v: &Vma, last: &mut Option<(u64, bool)>, flush: &mut bool) -> Result<()> {
+        let arena = self.parent.arena();
+        let mut base = v.start & !(PTE_TABLE_SPAN - 1);
+        while base < v.end {
+            let span_end = base + PTE_TABLE_SPAN;
+            // VMAs come in address order, so a span can only repeat as the
+            // last one decided.
+            let share = match *last {
+                Some((b, share)) if b == base => share,
+                _ => {
+                    let share = pst.vmas.overlapping(base, span_end).all(needs_copy)
+                        && !(self.pinned && table_has_pins(arena, self.ppt, base));
+                    if share {
+                        let (did, was_writable) =
+                            share::share_table(arena, self.ppt, self.cpt, base, &self.parent.machine.counters)?;
+                        *flush |= did && was_writable;
+                    }
+                    *last = Some((base, share));
+                    share
+                }
+            };
+            if !share {
+                self.copy_page_range(v, v.start.max(base), v.end.min(span_end), flush)?;
+            }
+            base = span_end;
         }
-        let base = lo & !(PTE_TABLE_SPAN - 1);
-        let mut added = 0;
-        let ctable = cpt.pte_table_alloc(arena, lo, &mut added);
-        parent.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
-        let ctable = match ctable {
-            Ok(t) => t,
-            Err(e) => {
-                result = Err(e);
+        Ok(())
+    }
+
+    /// Copy the entries of `[start, end)` (private memory of `v`) into the
+    /// child's tables, write-protecting both sides; a maybe-pinned page is
+    /// copied for the child instead (`copy_present_page`).
+    fn copy_page_range(&self, v: &Vma, start: u64, end: u64, flush: &mut bool) -> Result<()> {
+        let (parent, arena) = (self.parent, self.parent.arena());
+        let mut result = Ok(());
+        self.ppt.for_each_pte_table(arena, start, end, |ptable, lo, hi| {
+            if result.is_err() {
                 return;
             }
-        };
-        let mut pg = ppt.lock(arena, ptable, base);
-        let mut cg = cpt.lock(arena, ctable, base);
-        let mut va = lo;
-        while va < hi {
-            let pte = pg.get(va);
-            if pte.is_swap() {
-                // Both spaces now name the slot (Linux's swap_duplicate).
-                if let Some(swap) = parent.machine.reclaim.swap.as_ref() {
-                    swap.dup(pte.swap_slot());
+            let base = lo & !(PTE_TABLE_SPAN - 1);
+            let mut added = 0;
+            let ctable = self.cpt.pte_table_alloc(arena, lo, &mut added);
+            parent.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
+            let ctable = match ctable {
+                Ok(t) => t,
+                Err(e) => {
+                    result = Err(e);
+                    return;
                 }
-                cg.set(va, pte);
-            } else if let Some(f) = pte.counted_frame() {
-                // Present, or a migration entry (which stands for one).
-                let mut cpte = pte.without(Pte::ACCESSED);
-                if pte.is_writable() {
-                    pg.set(va, pte.without(Pte::WRITE));
-                    cpte = cpte.without(Pte::WRITE);
-                    *flush = true;
+            };
+            let mut pg = self.ppt.lock(arena, ptable, base);
+            let mut cg = self.cpt.lock(arena, ctable, base);
+            let mut va = lo;
+            while va < hi {
+                let pte = pg.get(va);
+                if pte.is_swap() {
+                    // Both spaces now name the slot (Linux's swap_duplicate).
+                    if let Some(swap) = parent.machine.reclaim.swap.as_ref() {
+                        swap.dup(pte.swap_slot());
+                    }
+                    cg.set(va, pte);
+                } else if self.pinned && pte.is_present() && arena.meta(pte.frame()).pins() > 0 {
+                    match self.copy_present_page(v, va, pte) {
+                        Ok((cpte, f)) => {
+                            cg.set(va, cpte);
+                            arena.meta(f).set_flags(flags::ANON);
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            return;
+                        }
+                    }
+                } else if let Some(f) = pte.counted_frame() {
+                    // Present, or a migration entry (which stands for one).
+                    let mut cpte = pte.without(Pte::ACCESSED);
+                    if pte.is_writable() {
+                        pg.set(va, pte.without(Pte::WRITE));
+                        cpte = cpte.without(Pte::WRITE);
+                        *flush = true;
+                    }
+                    arena.meta(f).add_counts(1, 1);
+                    cg.set(va, cpte);
+                } else if pte.is_present() {
+                    cg.set(va, pte.without(Pte::ACCESSED)); // the zero frame
                 }
-                arena.meta(f).add_counts(1, 1);
-                cg.set(va, cpte);
-            } else if pte.is_present() {
-                cg.set(va, pte.without(Pte::ACCESSED)); // the zero frame
+                va += 4096;
             }
-            va += 4096;
+        });
+        result
+    }
+
+    /// The child's entry for a pinned page at `va`: a copy of it in a new
+    /// frame of the child's own (Linux's `copy_present_page`), so that the
+    /// parent's entry keeps write and the pinner keeps seeing the parent's
+    /// writes. Called under both page-table locks; the caller marks the
+    /// frame anonymous once it has installed the entry, as a fault does.
+    fn copy_present_page(&self, v: &Vma, va: u64, pte: Pte) -> Result<(Pte, FrameId)> {
+        let arena = self.parent.arena();
+        let f = arena.alloc(false, flags::DIRTY)?;
+        arena.copy_frame(f, pte.frame());
+        let m = arena.meta(f);
+        m.owner.store(self.child_anon, Ordering::Relaxed);
+        m.index.store(v.pgoff_of(va), Ordering::Relaxed);
+        // Add, never set (see `fault::new_anon_frame`).
+        m.add_counts(0, 1);
+        let mut bits = Pte::USER | Pte::DIRTY;
+        if v.prot.writable() {
+            bits |= Pte::WRITE;
         }
-    });
-    result
+        Counters::bump(&self.parent.machine.counters.fork_pinned_copies);
+        Ok((Pte::new(f, bits), f))
+    }
+}
+
+/// Whether any page the PTE table covering `base` maps is pinned. Under
+/// the parent's `mmap_lock` held for writing, so no pin appears meanwhile.
+fn table_has_pins(arena: &FrameArena, pt: &PageTable, base: u64) -> bool {
+    let Some(t) = pt.pte_table(arena, base) else { return false };
+    (0..crate::pgtable::PTRS_PER_TABLE).any(|i| {
+        let p = Pte::from_raw(crate::pgtable::slot(arena, t, i).load(Ordering::Acquire));
+        p.is_present() && !p.is_zero_frame() && arena.meta(p.frame()).pins() > 0
+    })
 }
 
 /// Tear down an address space: drop or zap every PTE table (a shared

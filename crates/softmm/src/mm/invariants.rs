@@ -48,6 +48,8 @@ struct Expected {
     pte_tables: std::collections::HashSet<FrameId>,
     /// References on swap slots: swap entries and the swap cache.
     slots: HashMap<u32, u32>,
+    /// Pins by frame, from the machine's pin registry.
+    pins: HashMap<FrameId, u32>,
 }
 
 pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
@@ -81,6 +83,10 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
             *exp.refs.entry(f).or_default() += 1;
             *exp.slots.entry(slot).or_default() += 1;
         }
+    }
+    exp.pins = m.pins.snapshot();
+    for (&f, &n) in &exp.pins {
+        *exp.refs.entry(f).or_default() += n;
     }
     for (f, n) in m.futexes.held_refs() {
         *exp.refs.entry(f).or_default() += n as u32;
@@ -248,6 +254,17 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
                 if pte.is_writable() && pte.is_present() && meta.has(flags::SWAP_VALID) {
                     fail!("mm {}: writable PTE at {va:#x} maps frame {} whose swap copy is marked valid", mm.id, f.0);
                 }
+                // Pin rule 1 and 3 (`mm/pin.rs`): a pinned private page is
+                // its space's own, in a table of its own.
+                if meta.pins() > 0 && (!pmd_writable || meta.mapcount() != 1) {
+                    fail!(
+                        "mm {}: pinned private frame {} at {va:#x} is shared (mapcount {}, table shared: {})",
+                        mm.id,
+                        f.0,
+                        meta.mapcount(),
+                        !pmd_writable
+                    );
+                }
                 if pte.is_writable() && pmd_writable && meta.mapcount() != 1 {
                     fail!(
                         "mm {}: writable private PTE at {va:#x} maps frame {} with mapcount {} (COW broken)",
@@ -331,8 +348,14 @@ fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> 
                     meta.flags()
                 );
             }
-            if meta.refcount() != 0 || meta.flags() != 0 {
-                fail!("free frame {} has refcount {} flags {:#x}", i, meta.refcount(), meta.flags());
+            if meta.refcount() != 0 || meta.flags() != 0 || meta.pins() != 0 {
+                fail!(
+                    "free frame {} has refcount {} flags {:#x} pins {}",
+                    i,
+                    meta.refcount(),
+                    meta.flags(),
+                    meta.pins()
+                );
             }
             continue;
         }
@@ -342,6 +365,10 @@ fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> 
         }
         if meta.refcount() != want_ref {
             fail!("frame {}: refcount {} but {} references found", i, meta.refcount(), want_ref);
+        }
+        let want_pins = exp.pins.get(&f).copied().unwrap_or(0);
+        if meta.pins() != want_pins {
+            fail!("frame {}: pin count {} but {} pins registered", i, meta.pins(), want_pins);
         }
         if !meta.has(flags::PAGETABLE) && meta.mapcount() != want_map {
             fail!("frame {}: mapcount {} but {} mappings found", i, meta.mapcount(), want_map);

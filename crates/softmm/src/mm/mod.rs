@@ -60,9 +60,11 @@ mod fork;
 mod gather;
 pub(crate) mod invariants;
 mod mmap;
+pub(crate) mod pin;
 
 pub use args::{Advice, Placement};
 pub(crate) use fault::Access;
+pub use pin::PinnedPages;
 
 /// The fault path on behalf of an accessor (whose TLB slot need not be waited for).
 pub(crate) fn fault_in_for(
@@ -108,6 +110,11 @@ pub(crate) struct MmInner {
     pub(crate) vcache_users: crate::sync::Arc<crate::sync::AtomicUsize>,
     /// MMU notifier subscribers (`notifier.rs`).
     pub(crate) notifiers: crate::notifier::Notifiers,
+    /// Set at the first `pin_pages` and never cleared (Linux's
+    /// `MMF_HAS_PINNED`): fork looks for pinned pages only when set. Written
+    /// under the `mmap_lock` held for reading, read by fork under it held
+    /// for writing.
+    pub(crate) has_pinned: std::sync::atomic::AtomicBool,
 }
 
 impl MmInner {
@@ -143,6 +150,7 @@ impl Mm {
             tlb: Shootdown::default(),
             vcache_users: crate::futex::new_users(),
             notifiers: crate::notifier::Notifiers::default(),
+            has_pinned: std::sync::atomic::AtomicBool::new(false),
         });
         inner.machine.register_mm(&inner);
         Ok(Mm { inner })
@@ -257,6 +265,23 @@ impl Mm {
             va = hi;
         }
         Ok(())
+    }
+
+    /// Pin the pages of `[addr, addr + len)` for a secondary user that holds
+    /// the frames directly (Linux's `pin_user_pages`; see `mm/pin.rs`).
+    /// Faults each page in, breaking COW first: for a write pin as a write
+    /// does, for a read-only pin by an unshare that leaves the page
+    /// read-only. While the returned guard lives, the frames are neither
+    /// swapped out nor migrated, a fork copies them for the child instead of
+    /// sharing them, and what this space writes at those addresses is what
+    /// the pinner reads ([`PinnedPages::read`]), until the range is unmapped.
+    ///
+    /// Errors: `Segv` as the access would fault (no mapping, or a write pin
+    /// of memory without write permission); `ZeroLength`; `OutOfRange`
+    /// (EFAULT) for a range beyond the user address space; `NoMemory`.
+    /// On error no pin is left behind.
+    pub fn pin_pages(&self, addr: u64, len: u64, write: bool) -> Result<PinnedPages> {
+        pin::pin_pages(&self.inner, addr, len, write)
     }
 
     /// Subscribe a secondary MMU to this address space's invalidations

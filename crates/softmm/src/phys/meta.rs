@@ -52,7 +52,8 @@ pub struct FrameMeta {
     /// for every frame. Always accessed as one 64-bit atomic.
     pub(crate) counts: AtomicU64,
     pub(crate) flags: AtomicU32,
-    /// Pins held by secondary users (a later issue); counted in `refcount` too.
+    /// Pins held by secondary users (`Mm::pin_pages`); each is counted in
+    /// `refcount` too.
     pub(crate) pins: AtomicU32,
     /// Split page-table lock, used when the frame is a PTE table.
     pub(crate) ptl: parking_lot::RawMutex,
@@ -90,6 +91,20 @@ impl FrameMeta {
     #[inline]
     pub(crate) fn sub_counts(&self, refs: u32, maps: u32) -> u32 {
         self.counts.fetch_sub((maps as u64) << 32 | refs as u64, Ordering::AcqRel) as u32
+    }
+    /// Pins held on the frame now.
+    #[inline]
+    pub fn pins(&self) -> u32 {
+        self.pins.load(Ordering::Acquire)
+    }
+    /// References that are not pins: what COW's reuse test and fork's
+    /// sharing decisions look at. Pins drop before their references (see
+    /// `FrameArena::unpin`), so a racing unpin can only make this read
+    /// high (a needless copy), never low.
+    #[inline]
+    pub(crate) fn unpinned_refs(&self) -> u32 {
+        let refs = self.refcount();
+        refs.saturating_sub(self.pins())
     }
     #[inline]
     pub fn flags(&self) -> u32 {

@@ -188,6 +188,27 @@ impl FrameArena {
         false
     }
 
+    /// Pin a frame the caller holds mapped (under its page-table lock): a
+    /// pin is a reference that also counts in `FrameMeta::pins`, so that
+    /// "maybe pinned" can be told from a plain reference (Linux's
+    /// `folio_maybe_dma_pinned`, exact here).
+    #[inline]
+    pub(crate) fn pin(&self, f: FrameId) {
+        let m = self.meta(f);
+        m.pins.fetch_add(1, Ordering::AcqRel);
+        m.add_counts(1, 0);
+    }
+
+    /// Drop a pin; frees the frame when its reference was the last (the
+    /// page was unmapped while pinned). The pin count goes first, so a
+    /// reader that sees the reference gone never sees the pin still there.
+    #[inline]
+    pub(crate) fn unpin(&self, f: FrameId) -> bool {
+        let old = self.meta(f).pins.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(old > 0, "pin underflow on frame {}", f.0);
+        self.put(f)
+    }
+
     /// Drop a reference; frees the frame when it was the last. Returns whether
     /// the frame was freed. The zero frame is never freed.
     #[inline]

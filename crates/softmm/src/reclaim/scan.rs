@@ -291,7 +291,9 @@ fn unmap(
         try_only,
         Some(Event::SwapOut),
         // Not a migration entry: a frame being migrated is locked anyway.
-        |pte| pte.is_present().then_some(Pte::swap(slot)),
+        // Pins are taken under the page-table lock held here: one taken
+        // since the check above keeps the page mapped (and so unswapped).
+        |pte| (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot)),
         |old| {
             dirty |= old.is_dirty();
             swap.dup(slot);
