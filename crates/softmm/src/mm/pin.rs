@@ -104,6 +104,35 @@ impl PinnedPages {
         })
     }
 
+    /// Atomic load of the aligned 64-bit word at `addr` through the pin
+    /// (a device reading a descriptor). `Misaligned` unless 8-byte aligned,
+    /// `Fault` outside the range.
+    pub fn load_u64(&self, addr: u64) -> Result<u64> {
+        let (f, off) = self.word_at(addr)?;
+        Ok(self.machine.arena.word64(f, off).load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Atomic store of the aligned 64-bit word at `addr` through a write pin.
+    pub fn store_u64(&self, addr: u64, v: u64) -> Result<()> {
+        if !self.write {
+            return Err(Error::Invalid("a read-only pin cannot be written through"));
+        }
+        let (f, off) = self.word_at(addr)?;
+        self.machine.arena.meta(f).set_flags(flags::DIRTY);
+        self.machine.arena.word64(f, off).store(v, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The frame and offset of the aligned word at `addr`.
+    fn word_at(&self, addr: u64) -> Result<(FrameId, usize)> {
+        if addr % 8 != 0 {
+            return Err(Error::Misaligned { what: "address", value: addr });
+        }
+        let mut at = None;
+        self.each_piece(addr, 8, |f, off, _, _| at = Some((f, off)))?;
+        at.ok_or(Error::Fault { addr })
+    }
+
     /// Call `copy(frame, offset in frame, lo, hi)` for each page-sized piece
     /// of `[addr, addr + len)`, after checking the whole range is pinned.
     fn each_piece(&self, addr: u64, len: usize, mut copy: impl FnMut(FrameId, usize, usize, usize)) -> Result<()> {
