@@ -136,10 +136,7 @@ fn read_only_pin_of_a_read_only_shared_page_sees_later_writes() {
         let child = parent.fork_with(policy).expect("fork");
         parent.mprotect(BASE, LEN, Prot::READ).expect("mprotect");
         let pin = parent.pin_pages(va, PAGE, false).expect("read-only pin");
-        assert!(
-            parent.write(va, &[1]).is_err(),
-            "{policy:?}: an unshare must not make a read-only mapping writable"
-        );
+        assert!(parent.write(va, &[1]).is_err(), "{policy:?}: an unshare must not make a read-only mapping writable");
         parent.mprotect(BASE, LEN, Prot::RW).expect("mprotect");
         parent.write(va, &[0x66]).expect("write");
         assert_eq!(through(&pin, va), 0x66, "{policy:?}: the read-only pin lost the parent's write");
@@ -300,10 +297,7 @@ fn errors_are_those_of_an_access() {
     let m = machine();
     let mm = m.new_mm().expect("mm");
     mm.mmap(BASE, 2 * PAGE, Prot::READ, MapKind::Private, Placement::Fixed).expect("mmap");
-    assert_eq!(
-        mm.pin_pages(BASE, 2 * PAGE, true).err(),
-        Some(Error::Segv { addr: BASE, kind: SegvKind::AccErr })
-    );
+    assert_eq!(mm.pin_pages(BASE, 2 * PAGE, true).err(), Some(Error::Segv { addr: BASE, kind: SegvKind::AccErr }));
     let e = mm.pin_pages(BASE + PAGE, 2 * PAGE, false).err();
     assert_eq!(e, Some(Error::Segv { addr: BASE + 2 * PAGE, kind: SegvKind::MapErr }));
     assert_eq!(mm.pin_pages(BASE, 0, false).err(), Some(Error::ZeroLength));

@@ -208,6 +208,48 @@ impl PinRegistry {
     }
 }
 
+/// The counts the pin protocol works on: frame metadata's std atomics, and
+/// under loom loom's, so that the loom model below runs this very code.
+pub(crate) trait PinCounts {
+    /// The reference count (pins included), acquire.
+    fn refs(&self) -> u32;
+    /// The pin count, acquire.
+    fn pins(&self) -> u32;
+    fn add_pin(&self);
+    fn sub_pin(&self);
+    fn add_ref(&self);
+    /// Returns the reference count before.
+    fn sub_ref(&self) -> u32;
+}
+
+/// Take a pin: under the page-table lock mapping the frame, which COW's
+/// reuse test also holds, so the order of the two increments is not
+/// observable there.
+#[inline]
+pub(crate) fn take_pin(c: &impl PinCounts) {
+    c.add_pin();
+    c.add_ref();
+}
+
+/// Drop a pin, with no lock held: the pin count first, then the reference
+/// (returns the reference count before, 1 meaning the caller must free).
+/// With `unpinned_refs` reading the reference count before the pin count,
+/// a racing unpin can only make that read high (a needless COW copy),
+/// never low (a wrong reuse of a page someone else maps).
+#[inline]
+pub(crate) fn drop_pin(c: &impl PinCounts) -> u32 {
+    c.sub_pin();
+    c.sub_ref()
+}
+
+/// References that are not pins: what COW's reuse test and a pin's
+/// exclusivity test look at. Reference count first (see `drop_pin`).
+#[inline]
+pub(crate) fn unpinned_refs(c: &impl PinCounts) -> u32 {
+    let refs = c.refs();
+    refs.saturating_sub(c.pins())
+}
+
 /// `Mm::pin_pages`: fault in and pin every page of `[addr, addr + len)`.
 pub(crate) fn pin_pages(mm: &MmInner, addr: u64, len: u64, write: bool) -> Result<PinnedPages> {
     if len == 0 {
@@ -268,5 +310,187 @@ fn pin_one(mm: &MmInner, st: &MmState, va: u64, write: bool) -> Result<FrameId> 
             arena.pin(pte.frame());
             return Ok(pte.frame());
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The pin protocol under loom: a read-only pin (an unshare, then the
+    //! exclusivity test and `take_pin` under the page-table lock), a fork
+    //! (under the `mmap_lock` held for writing: a pinned page is copied for
+    //! the child, another is shared and write-protected; the child then
+    //! exits) and a write fault (COW's reuse test, `unpinned_refs`) race on
+    //! one page, mapped read-only and exclusive at the start (as after an
+    //! earlier fork whose child exited). The counts are the real protocol
+    //! functions on loom atomics.
+    use super::{drop_pin, take_pin, unpinned_refs, PinCounts};
+    use loom::sync::atomic::{AtomicBool, AtomicU32};
+    use loom::sync::{Arc, Mutex, RwLock};
+    use std::sync::atomic::Ordering;
+
+    #[derive(Default)]
+    struct Frame {
+        refs: AtomicU32,
+        pins: AtomicU32,
+        freed: AtomicBool,
+    }
+
+    impl PinCounts for Frame {
+        fn refs(&self) -> u32 {
+            self.refs.load(Ordering::Acquire)
+        }
+        fn pins(&self) -> u32 {
+            self.pins.load(Ordering::Acquire)
+        }
+        fn add_pin(&self) {
+            self.pins.fetch_add(1, Ordering::AcqRel);
+        }
+        fn sub_pin(&self) {
+            self.pins.fetch_sub(1, Ordering::AcqRel);
+        }
+        fn add_ref(&self) {
+            self.refs.fetch_add(1, Ordering::AcqRel);
+        }
+        fn sub_ref(&self) -> u32 {
+            self.refs.fetch_sub(1, Ordering::AcqRel)
+        }
+    }
+
+    impl Frame {
+        fn put(&self) {
+            let old = self.sub_ref();
+            assert!(old >= 1, "reference dropped twice");
+            if old == 1 {
+                assert!(!self.freed.swap(true, Ordering::SeqCst), "frame freed twice");
+            }
+        }
+    }
+
+    /// The parent's page: whether its entry still maps the original frame
+    /// `f` and is writable; whether the child maps `f`.
+    struct Page {
+        mmap_lock: RwLock<()>,
+        ptl: Mutex<()>,
+        f: Frame,
+        parent_on_f: AtomicBool,
+        parent_writable: AtomicBool,
+        child_on_f: AtomicBool,
+    }
+
+    fn page() -> Arc<Page> {
+        let p = Page {
+            mmap_lock: RwLock::new(()),
+            ptl: Mutex::new(()),
+            f: Frame::default(),
+            parent_on_f: AtomicBool::new(true),
+            parent_writable: AtomicBool::new(false),
+            child_on_f: AtomicBool::new(false),
+        };
+        p.f.refs.store(1, Ordering::Relaxed);
+        Arc::new(p)
+    }
+
+    /// `pin_one` for a read-only pin, without the retry: pin if exclusive.
+    fn pin(p: &Page) -> bool {
+        let _r = p.mmap_lock.read().unwrap();
+        let _g = p.ptl.lock().unwrap();
+        if p.parent_on_f.load(Ordering::Relaxed) && unpinned_refs(&p.f) == 1 {
+            take_pin(&p.f);
+            return true;
+        }
+        false
+    }
+
+    /// `copy_page_range` for the page, then the child's exit.
+    fn fork_and_exit(p: &Page) {
+        {
+            let _w = p.mmap_lock.write().unwrap();
+            let _g = p.ptl.lock().unwrap();
+            if p.parent_on_f.load(Ordering::Relaxed) && p.f.pins() == 0 {
+                p.f.add_ref();
+                p.child_on_f.store(true, Ordering::SeqCst);
+                p.parent_writable.store(false, Ordering::Relaxed);
+            } // else: the child gets a copy of its own, the parent keeps write
+        }
+        // The child's exit, under its own locks only: clear its entry, then
+        // drop the reference.
+        if p.child_on_f.swap(false, Ordering::SeqCst) {
+            p.f.put();
+        }
+    }
+
+    /// `do_wp_page` for a write fault on the parent's page.
+    fn write_fault(p: &Page) {
+        let _r = p.mmap_lock.read().unwrap();
+        let _g = p.ptl.lock().unwrap();
+        if !p.parent_on_f.load(Ordering::Relaxed) || p.parent_writable.load(Ordering::Relaxed) {
+            return;
+        }
+        if unpinned_refs(&p.f) == 1 {
+            assert!(!p.child_on_f.load(Ordering::SeqCst), "COW reused a frame the child still maps");
+            p.parent_writable.store(true, Ordering::Relaxed);
+        } else {
+            p.parent_on_f.store(false, Ordering::Relaxed); // a copy
+            p.f.put();
+        }
+    }
+
+    fn final_counts(p: &Page, pins: u32) {
+        let maps = u32::from(p.parent_on_f.load(Ordering::SeqCst)) + u32::from(p.child_on_f.load(Ordering::SeqCst));
+        assert_eq!(p.f.refs(), maps + pins, "references are not mappings plus pins");
+        assert_eq!(p.f.pins(), pins);
+        assert_eq!(p.f.freed.load(Ordering::SeqCst), maps + pins == 0, "frame freed while referenced, or leaked");
+    }
+
+    /// A pin held across the race: the pinner keeps seeing the parent's
+    /// page (the parent never moves off the pinned frame).
+    #[test]
+    fn pin_held_across_fork_and_cow() {
+        loom::model(|| {
+            let p = page();
+            let pinner = {
+                let p = p.clone();
+                loom::thread::spawn(move || pin(&p))
+            };
+            let forker = {
+                let p = p.clone();
+                loom::thread::spawn(move || fork_and_exit(&p))
+            };
+            write_fault(&p);
+            let pinned = pinner.join().unwrap();
+            forker.join().unwrap();
+            if pinned {
+                assert!(p.parent_on_f.load(Ordering::SeqCst), "the parent moved off its pinned frame");
+            }
+            final_counts(&p, u32::from(pinned));
+            if pinned && drop_pin(&p.f) == 1 {
+                p.f.freed.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    /// The pin dropped during the race: counts stay exact, the frame is
+    /// freed once or not at all.
+    #[test]
+    fn unpin_races_fork_and_cow() {
+        loom::model(|| {
+            let p = page();
+            let pinner = {
+                let p = p.clone();
+                loom::thread::spawn(move || {
+                    if pin(&p) && drop_pin(&p.f) == 1 {
+                        assert!(!p.f.freed.swap(true, Ordering::SeqCst), "frame freed twice");
+                    }
+                })
+            };
+            let forker = {
+                let p = p.clone();
+                loom::thread::spawn(move || fork_and_exit(&p))
+            };
+            write_fault(&p);
+            pinner.join().unwrap();
+            forker.join().unwrap();
+            final_counts(&p, 0);
+        });
     }
 }

@@ -97,14 +97,11 @@ impl FrameMeta {
     pub fn pins(&self) -> u32 {
         self.pins.load(Ordering::Acquire)
     }
-    /// References that are not pins: what COW's reuse test and fork's
-    /// sharing decisions look at. Pins drop before their references (see
-    /// `FrameArena::unpin`), so a racing unpin can only make this read
-    /// high (a needless copy), never low.
+    /// References that are not pins: what COW's reuse test looks at (see
+    /// `mm::pin::unpinned_refs`).
     #[inline]
     pub(crate) fn unpinned_refs(&self) -> u32 {
-        let refs = self.refcount();
-        refs.saturating_sub(self.pins())
+        crate::mm::pin::unpinned_refs(self)
     }
     #[inline]
     pub fn flags(&self) -> u32 {
@@ -158,6 +155,34 @@ impl FrameMeta {
     pub(crate) unsafe fn unlock_ptl(&self) {
         // SAFETY: forwarded to the caller.
         unsafe { self.ptl.unlock() }
+    }
+}
+
+impl crate::mm::pin::PinCounts for FrameMeta {
+    #[inline]
+    fn refs(&self) -> u32 {
+        self.refcount()
+    }
+    #[inline]
+    fn pins(&self) -> u32 {
+        FrameMeta::pins(self)
+    }
+    #[inline]
+    fn add_pin(&self) {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+    }
+    #[inline]
+    fn sub_pin(&self) {
+        let old = self.pins.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(old > 0, "pin underflow");
+    }
+    #[inline]
+    fn add_ref(&self) {
+        self.add_counts(1, 0);
+    }
+    #[inline]
+    fn sub_ref(&self) -> u32 {
+        self.sub_counts(1, 0)
     }
 }
 

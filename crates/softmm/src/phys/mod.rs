@@ -194,19 +194,17 @@ impl FrameArena {
     /// `folio_maybe_dma_pinned`, exact here).
     #[inline]
     pub(crate) fn pin(&self, f: FrameId) {
-        let m = self.meta(f);
-        m.pins.fetch_add(1, Ordering::AcqRel);
-        m.add_counts(1, 0);
+        crate::mm::pin::take_pin(self.meta(f));
     }
 
     /// Drop a pin; frees the frame when its reference was the last (the
-    /// page was unmapped while pinned). The pin count goes first, so a
-    /// reader that sees the reference gone never sees the pin still there.
+    /// page was unmapped while pinned). See `mm::pin::drop_pin` for the
+    /// order of the two decrements.
     #[inline]
     pub(crate) fn unpin(&self, f: FrameId) -> bool {
-        let old = self.meta(f).pins.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(old > 0, "pin underflow on frame {}", f.0);
-        self.put(f)
+        let old = crate::mm::pin::drop_pin(self.meta(f));
+        debug_assert!(old > 0, "refcount underflow on frame {}", f.0);
+        old == 1 && self.free_released(f)
     }
 
     /// Drop a reference; frees the frame when it was the last. Returns whether
@@ -228,12 +226,18 @@ impl FrameArena {
         let m = self.meta(f);
         let old = m.sub_counts(1, maps);
         debug_assert!(old > 0, "refcount underflow on frame {}", f.0);
-        if old == 1 && f != ZERO_FRAME {
-            m.flags.store(0, Ordering::Release);
-            self.alloc.free(f);
-            return true;
+        old == 1 && self.free_released(f)
+    }
+
+    /// Free `f`, whose last reference the caller just dropped.
+    #[inline]
+    fn free_released(&self, f: FrameId) -> bool {
+        if f == ZERO_FRAME {
+            return false;
         }
-        false
+        self.meta(f).flags.store(0, Ordering::Release);
+        self.alloc.free(f);
+        true
     }
 
     /// Every free frame, and whether it is on a zeroed list (for audits;
