@@ -8,6 +8,9 @@
 //! - `futex-physical/NAME.trace` replays with physical futex keys to
 //!   `NAME.out` under both fork strategies (these differ from Linux by
 //!   design, so they are not diffed);
+//! - `pinned/NAME.trace` (pins, which real Linux cannot take from user
+//!   space) replays to `NAME.out` under both fork strategies, and `softmm
+//!   diff` skips it;
 //! - `softmm fuzz` finds no difference in 300 random traces;
 //! - `softmm replay` stops at a malformed line with status 2, and reads
 //!   standard input for `-`.
@@ -47,6 +50,11 @@ fn corpus_dir() -> PathBuf {
 /// Traces of softmm's physical futex keys, which differ from Linux by design.
 fn physical_dir() -> PathBuf {
     corpus_dir().join("futex-physical")
+}
+
+/// Traces with pins, which real Linux cannot run from user space.
+fn pinned_dir() -> PathBuf {
+    corpus_dir().join("pinned")
 }
 
 /// The `*.trace` files directly in `dir`, sorted.
@@ -166,7 +174,7 @@ fn corpus_is_complete_and_documented() {
     let traces = traces_in(&corpus_dir());
     assert!(traces.len() >= MIN_TRACES, "only {} traces in {}", traces.len(), short(&corpus_dir()));
     let mut failures = Vec::new();
-    for t in traces.iter().chain(&traces_in(&physical_dir())) {
+    for t in traces.iter().chain(&traces_in(&physical_dir())).chain(&traces_in(&pinned_dir())) {
         let first = read(t).lines().next().unwrap_or_default().to_string();
         if !first.starts_with("# ") {
             failures.push(format!("{}: does not start with a comment saying what it checks", short(t)));
@@ -232,6 +240,20 @@ fn physical_futex_traces_replay_to_expected_outputs() {
     // strategies (TRACE.md, "Modes").
     replay_all(&physical_dir(), &["--futex-keys", "physical"], Frames::Exact);
     replay_all(&physical_dir(), &["--futex-keys", "physical", "--page-tables", "copy"], Frames::Renamed);
+}
+
+#[test]
+fn pinned_traces_replay_to_expected_outputs() {
+    replay_all(&pinned_dir(), &[], Frames::Exact);
+    replay_all(&pinned_dir(), &["--page-tables", "copy"], Frames::Renamed);
+}
+
+#[test]
+fn diff_skips_pinned_traces() {
+    let t = pinned_dir().join("pin_then_fork.trace");
+    let o = run(softmm().arg("diff").arg(&t));
+    let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(out.contains("skipped (softmm-only operations)"), "softmm diff did not skip a trace with pins: {out}");
 }
 
 /// Whether /proc/self/pagemap shows frame numbers (it does for root only).

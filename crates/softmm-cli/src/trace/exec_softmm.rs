@@ -4,12 +4,15 @@
 //! library's calls, and results are printed in the trace format. A
 //! `futex_wait` queues a [`FutexWaiter`] without blocking (the trace runs
 //! on one thread), kept under its name until the name is reused or its
-//! address space exits. Pins answer `err ENOSYS` until they exist.
+//! address space exits. A pin (`pin ... as P`) is kept under its name
+//! until `unpin P` or the name's reuse; it outlives its address space, as
+//! a pin outlives munmap and exit.
 
 use super::parse::{hex, Op, TKind, TProt};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
-    errno, Advice, Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, Placement, Prot, SegvKind,
+    Advice, Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot,
+    SegvKind,
 };
 use std::collections::HashMap;
 
@@ -40,6 +43,7 @@ pub struct SoftmmRunner {
     machine: Machine,
     spaces: HashMap<String, Mm>,
     waiters: HashMap<String, NamedWaiter>,
+    pins: HashMap<String, PinnedPages>,
     opts: SoftmmOptions,
 }
 
@@ -62,7 +66,7 @@ impl SoftmmRunner {
             ..Config::default()
         };
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;
-        Ok(SoftmmRunner { machine, spaces: HashMap::new(), waiters: HashMap::new(), opts })
+        Ok(SoftmmRunner { machine, spaces: HashMap::new(), waiters: HashMap::new(), pins: HashMap::new(), opts })
     }
 
     /// The machine's counters so far.
@@ -175,9 +179,36 @@ impl SoftmmRunner {
                 })?;
                 waiter_line(w, named.waiter.state())?
             }
-            Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => format!("err {}", errno::name(errno::ENOSYS)),
+            Op::Pin { a, addr, len, p } => {
+                // A reused name drops the pin it named first.
+                self.pins.remove(p);
+                match self.mm(a)?.pin_pages(*addr, *len, true) {
+                    Ok(pinned) => {
+                        self.pins.insert(p.clone(), pinned);
+                        "ok".into()
+                    }
+                    Err(e) => err_line(&e),
+                }
+            }
+            Op::Pinned { p, addr, len } => {
+                let pinned = self.pins.get(p).ok_or_else(|| no_pin(p))?;
+                let len = usize::try_from(*len).ok().filter(|&l| l <= 1 << 30);
+                let mut buf = vec![0u8; len.ok_or_else(|| "pinned read length above 1 GiB".to_string())?];
+                match pinned.read(*addr, &mut buf) {
+                    Ok(()) => format!("data {}", hex(&buf)),
+                    Err(e) => err_line(&e),
+                }
+            }
+            Op::Unpin { p } => {
+                self.pins.remove(p).ok_or_else(|| no_pin(p))?;
+                "ok".into()
+            }
         })
     }
+}
+
+fn no_pin(p: &str) -> Fatal {
+    format!("no pin named `{p}` (never pinned, its pin failed, or unpinned)")
 }
 
 fn no_space(a: &str) -> Fatal {
