@@ -48,7 +48,8 @@
 //! # Who references a frame
 //! A private anonymous or shared frame's `refcount` is its number of PTE
 //! mappings (a migration entry counts as one), plus one for a shared
-//! object's page index, plus one while it is in the swap cache, plus transient
+//! object's page index, plus one while it is in the swap cache, plus one per
+//! pin (`pin.rs`, which also counts them in `FrameMeta::pins`), plus transient
 //! references of remote accesses. `mapcount` is its number of PTE mappings.
 //! The zero frame is mapped without references. A page-table page has one
 //! reference, from its parent entry (or from its `Mm`, for the root).
