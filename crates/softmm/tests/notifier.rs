@@ -19,7 +19,8 @@ struct Recorder {
     /// Starts that came with `blockable == false`.
     nonblocking: AtomicU64,
     releases: AtomicU64,
-    /// Answer `Again` (logged as 'r') to non-blockable starts.
+    /// Answer `Again` to every start (logged as 'r'), blockable or not, or
+    /// only to non-blockable ones.
     refuse: Refuse,
 }
 
@@ -28,6 +29,8 @@ enum Refuse {
     #[default]
     Never,
     NonBlockable,
+    /// A subscriber breaking the contract (`Again` only when !blockable).
+    Always,
 }
 
 impl Recorder {
@@ -48,6 +51,7 @@ impl MmuNotifier for Recorder {
         let refuse = match self.refuse {
             Refuse::Never => false,
             Refuse::NonBlockable => !r.blockable,
+            Refuse::Always => true,
         };
         self.log.lock().expect("log").push((if refuse { 'r' } else { 's' }, r.start, r.end, r.event));
         if refuse {
@@ -411,4 +415,23 @@ fn migration_brackets_the_page_in_each_space() {
         }
         common::check(&mm);
     }
+}
+
+/// `Again` is for non-blockable callers. A subscriber that refuses a
+/// blockable start anyway is treated as having started: it gets its `end`,
+/// and the subscribers after it still get their pair (the operation goes on
+/// either way, so skipping them would leave them stale).
+#[test]
+fn a_refused_blockable_start_still_brackets_every_subscriber() {
+    let m = common::machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 4 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    mm.write(BASE, &[1]).expect("write");
+    let (before, refuser, after) =
+        (Arc::new(Recorder::default()), Recorder::refusing(Refuse::Always), Arc::new(Recorder::default()));
+    let _subs: Vec<_> = [&before, &refuser, &after].map(|r| mm.register_notifier(r.clone())).into();
+    mm.munmap(BASE, PAGE).expect("munmap");
+    assert_eq!(before.take(), pair(BASE, BASE + PAGE, Event::Unmap));
+    assert_eq!(refuser.take(), vec![('r', BASE, BASE + PAGE, Event::Unmap), ('e', BASE, BASE + PAGE, Event::Unmap)]);
+    assert_eq!(after.take(), pair(BASE, BASE + PAGE, Event::Unmap));
 }
