@@ -76,7 +76,8 @@ pub struct Again;
 /// A secondary MMU's view of an address space's changes.
 pub trait MmuNotifier: Send + Sync {
     /// Translations of `range` are about to change: stop using them. May
-    /// return `Err(Again)` only when `!range.blockable`.
+    /// return `Err(Again)` only when `!range.blockable` (a blockable
+    /// caller makes the change anyway and still calls `end`).
     fn invalidate_range_start(&self, range: &Range) -> std::result::Result<(), Again>;
     /// The change is done; translations may be created again.
     fn invalidate_range_end(&self, range: &Range);
@@ -88,7 +89,9 @@ pub trait MmuNotifier: Send + Sync {
     fn test_young(&self, _start: u64, _end: u64) -> bool {
         false
     }
-    /// The address space is gone; called once, before its pages are freed.
+    /// The address space is gone; called once, after the `Release`
+    /// bracket over the whole user range. No `start` follows; the `end` of
+    /// a bracket reclaim or migration opened before the exit may.
     fn release(&self) {}
 }
 
@@ -136,15 +139,19 @@ impl Notifiers {
     }
 
     /// `invalidate_range_start` to every subscriber. On `Err(Again)` from
-    /// one (non-blockable callers only), those already started get their
-    /// `end` and the caller must back off.
+    /// one when `!range.blockable`, those already started get their `end`
+    /// and the caller must back off. A blockable caller goes on whatever
+    /// the answers, so a refusal is then taken as a start: the refuser gets
+    /// its `end` and the subscribers after it still get their pair (ending
+    /// the others early or skipping them would let the change happen
+    /// outside their bracket).
     pub(crate) fn start(&self, range: Range) -> Result<Invalidation> {
         if !self.any() {
             return Ok(Invalidation { range, subs: None, intervals: false });
         }
         let subs = self.list.lock().clone();
         for (i, s) in subs.iter().enumerate() {
-            if s.invalidate_range_start(&range).is_err() {
+            if s.invalidate_range_start(&range).is_err() && !range.blockable {
                 for done in &subs[..i] {
                     done.invalidate_range_end(&range);
                 }
@@ -152,16 +159,14 @@ impl Notifiers {
             }
         }
         let mut inv = Invalidation { range, subs: Some(subs), intervals: false };
-        if self.invalidate_intervals(&range, &mut inv.intervals).is_err() {
+        if self.invalidate_intervals(&range, &mut inv.intervals).is_err() && !range.blockable {
             self.end(inv);
             return Err(Error::Again);
         }
         Ok(inv)
     }
 
-    /// `start` for a caller that may block: subscribers must not refuse
-    /// (`Again` is for non-blockable callers); one that does anyway is
-    /// treated as having started.
+    /// `start` for a caller that may block (which `start` never refuses).
     pub(crate) fn start_blocking(&self, start: u64, end: u64, event: Event) -> Invalidation {
         let range = Range { start, end, event, blockable: true };
         self.start(range).unwrap_or(Invalidation { range, subs: None, intervals: false })
