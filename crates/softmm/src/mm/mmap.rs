@@ -77,9 +77,11 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
     }
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
     unshare_range(mm, pt, start, end, true)?;
-    let inv = mm.notifiers.start_blocking(start, end, crate::notifier::Event::Unmap);
     let removed = st.vmas.remove_range(start, end);
+    // Borrowed again after the VMA change; checked before the bracket
+    // opens, so that no return can skip its end.
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
+    let inv = mm.notifiers.start_blocking(start, end, crate::notifier::Event::Unmap);
     let arena = mm.arena();
     let mut gather = Gather::for_write_locked(mm);
     zap_range(mm, pt, start, end, true, &mut gather);
