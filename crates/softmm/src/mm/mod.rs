@@ -38,7 +38,9 @@
 //! page-table lock (it only *tries* it there); writers of an `mmap_lock`
 //! never wait for it; and reverse-map walks take `mmap_lock`s with
 //! `read_recursive`, which does not queue behind a waiting writer. So a
-//! wait for a frame lock always ends.
+//! wait for a frame lock always ends. A zap that finds a swap-cache frame
+//! locked leaves taking it out of the cache to the holder, who looks again
+//! after unlocking (`SwapSpace::unlock_frame`).
 //!
 //! Nothing takes an outer lock while holding an inner one. A TLB shootdown
 //! (`Shootdown::flush`) may wait for other accessors' in-flight accesses while

@@ -278,6 +278,24 @@ impl FrameArena {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) }
     }
 
+    /// Frame `f`'s bytes as a page a swap device reads into directly (one
+    /// copy fewer than reading into a buffer and copying it in).
+    ///
+    /// # Safety
+    /// Nothing else may access `f`'s bytes while the reference lives: the
+    /// caller owns the frame alone (fresh from the allocator, locked, not
+    /// mapped, not yet marked `ANON`, so no fault, accessor, scan or
+    /// migration reaches its bytes; `Machine::read_frame` is only for
+    /// frames a secondary MMU knows are mapped).
+    #[allow(clippy::mut_from_ref)] // exclusivity is the caller's promise, above
+    pub(crate) unsafe fn page_mut(&self, f: FrameId) -> &mut [u8; PAGE_SIZE] {
+        let p = self.frame_ptr(f) as *mut [u8; PAGE_SIZE];
+        // SAFETY: the frame lies in the arena (`frame_ptr` checks), is
+        // page-aligned and PAGE_SIZE bytes long, lives as long as `self`,
+        // and the caller guarantees no other access while this lives.
+        unsafe { &mut *p }
+    }
+
     /// Store `len` copies of `byte` into a frame.
     #[inline]
     pub(crate) fn fill(&self, f: FrameId, off: usize, len: usize, byte: u8) {
