@@ -40,6 +40,15 @@ pub struct Config {
     pub mem_limit: Option<u64>,
     /// Where swapped-out pages go (see [`crate::reclaim::SwapConfig`]).
     pub swap: crate::reclaim::SwapConfig,
+    /// With a memory limit and swap, reclaim on a background thread
+    /// (Linux's kswapd) whenever free frames below the limit fall under a
+    /// low watermark, up to a high one ([`crate::reclaim::watermarks`]),
+    /// so faults rarely have to reclaim themselves. Default off: on the
+    /// 2-CPU machine softmm is measured on, reclaim from another CPU
+    /// (cache lines moving between CPUs, TLB shootdowns that interrupt the
+    /// faulting thread) cost more than the parallelism saved (see
+    /// `docs/BENCHMARKS.md`). Which pages go out then depends on timing.
+    pub background_reclaim: bool,
 }
 
 impl Default for Config {
@@ -52,6 +61,7 @@ impl Default for Config {
             futex_keys: crate::futex::FutexKeys::Physical,
             mem_limit: None,
             swap: crate::reclaim::SwapConfig::Auto,
+            background_reclaim: false,
         }
     }
 }
@@ -106,6 +116,8 @@ impl MachineInner {
 impl Drop for MachineInner {
     fn drop(&mut self) {
         self.arena.stop_zeroer();
+        self.arena.pressure.stop();
+        self.reclaim.join_kswapd();
     }
 }
 
@@ -130,19 +142,22 @@ impl Machine {
         if config.prezero {
             arena.start_zeroer()?;
         }
-        Ok(Machine {
-            inner: Arc::new(MachineInner {
-                arena,
-                config,
-                counters: Counters::default(),
-                futexes: crate::futex::Futexes::default(),
-                anon_vmas: crate::rmap::AnonVmas::new(),
-                reclaim,
-                next_id: AtomicU64::new(1),
-                mms: Mutex::new(Vec::new()),
-                shms: Mutex::new(Vec::new()),
-            }),
-        })
+        let background = config.background_reclaim && config.mem_limit.is_some() && reclaim.swap.is_some();
+        let inner = Arc::new(MachineInner {
+            arena,
+            config,
+            counters: Counters::default(),
+            futexes: crate::futex::Futexes::default(),
+            anon_vmas: crate::rmap::AnonVmas::new(),
+            reclaim,
+            next_id: AtomicU64::new(1),
+            mms: Mutex::new(Vec::new()),
+            shms: Mutex::new(Vec::new()),
+        });
+        if background {
+            crate::reclaim::Reclaim::start_kswapd(&inner)?;
+        }
+        Ok(Machine { inner })
     }
 
     /// A new, empty address space.

@@ -31,6 +31,8 @@ pub(crate) struct Counters {
     pub swap_cache_hits: AtomicU64,
     pub swap_failures: AtomicU64,
     pub migrations: AtomicU64,
+    pub direct_reclaims: AtomicU64,
+    pub background_reclaimed: AtomicU64,
 }
 
 impl Counters {
@@ -81,6 +83,11 @@ pub struct MachineStats {
     pub swap_failures: u64,
     /// Frames moved by migration.
     pub migrations: u64,
+    /// Times an allocation at the frame limit reclaimed itself (Linux's
+    /// `allocstall`).
+    pub direct_reclaims: u64,
+    /// Frames the background reclaimer freed (Linux's `pgsteal_kswapd`).
+    pub background_reclaimed: u64,
     /// Swap slots in use.
     pub swap_used: u64,
     /// Slots on the swap device (0: no swap).
@@ -118,6 +125,8 @@ impl MachineStats {
             swap_cache_hits: l(&c.swap_cache_hits),
             swap_failures: l(&c.swap_failures),
             migrations: l(&c.migrations),
+            direct_reclaims: l(&c.direct_reclaims),
+            background_reclaimed: l(&c.background_reclaimed),
             ..Default::default()
         }
     }

@@ -42,6 +42,15 @@
 //! locked leaves taking it out of the cache to the holder, who looks again
 //! after unlocking (`SwapSpace::unlock_frame`).
 //!
+//! Reclaim's own locks (`reclaim/mod.rs`): `Reclaim::scanning` is taken by
+//! a fault that reached the frame limit (holding its `mmap_lock` for
+//! reading) and by the background reclaimer, before any frame lock;
+//! `Reclaim::round`, inside it, by the background reclaimer for each round
+//! (which only *tries* `mmap_lock`s) and by the audit after it holds every
+//! `mmap_lock` for writing, which is safe because a round never waits for
+//! one. The background reclaimer's wake-up mutex (`phys/pressure.rs`) is a
+//! leaf.
+//!
 //! Nothing takes an outer lock while holding an inner one. A TLB shootdown
 //! (`Shootdown::flush`) may wait for other accessors' in-flight accesses while
 //! holding 1 (and never 2 or 3): accessors hold no lock while active, so that wait

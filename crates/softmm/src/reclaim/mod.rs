@@ -8,6 +8,8 @@
 //!   swap-out of frames in batches (one vectored write per run of slots).
 //! - `migrate.rs`: moving a frame's contents to another frame.
 //! - `swapin.rs`: bringing a page back on a fault.
+//! - `kswapd.rs`: the background reclaimer, which keeps frames free ahead
+//!   of the faults.
 //! - `visit.rs`: visiting every entry that maps a frame (reverse map).
 //!
 //! # Locks
@@ -23,6 +25,7 @@
 //! space's `mmap_lock` for reading.
 
 pub mod device;
+mod kswapd;
 mod migrate;
 mod scan;
 mod shm;
@@ -30,11 +33,13 @@ pub(crate) mod swap;
 mod swapin;
 mod visit;
 
+pub use kswapd::watermarks;
 pub(crate) use migrate::migrate_frame;
 pub(crate) use scan::{direct_reclaim, shrink};
 pub(crate) use swapin::swap_in;
 pub(crate) use visit::{age, lock_member, visit_mappings, How, Visit};
 
+use crate::machine::MachineInner;
 use device::SwapDevice;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,8 +69,16 @@ pub(crate) struct Reclaim {
     pub(crate) swap: Option<Arc<swap::SwapSpace>>,
     /// The clock hand: the next frame the scan looks at.
     pub(crate) hand: std::sync::atomic::AtomicU32,
-    /// One direct reclaimer at a time does the scanning; others wait for it.
+    /// One direct reclaimer (or the background one) at a time does the
+    /// scanning; others wait for it.
     pub(crate) scanning: parking_lot::Mutex<()>,
+    /// The background reclaimer, if started (joined when the machine goes).
+    kswapd: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held by the background reclaimer for each round (inside
+    /// `scanning`), and by the audit once it holds every `mmap_lock`, so
+    /// that it never sees a batch half done. A round never waits for an
+    /// `mmap_lock` (it only tries them), so the audit's wait ends.
+    pub(crate) round: parking_lot::Mutex<()>,
 }
 
 impl Reclaim {
@@ -83,7 +96,27 @@ impl Reclaim {
             swap: dev.map(|d| Arc::new(swap::SwapSpace::new(d))),
             hand: std::sync::atomic::AtomicU32::new(1),
             scanning: parking_lot::Mutex::new(()),
+            kswapd: parking_lot::Mutex::new(None),
+            round: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Start the background reclaimer of `m` (which has a frame limit and
+    /// a swap device).
+    pub(crate) fn start_kswapd(m: &Arc<MachineInner>) -> crate::Result<()> {
+        let handle = kswapd::start(m)?;
+        *m.reclaim.kswapd.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Wait for the background reclaimer to exit (its `Pressure` was told
+    /// to stop). A machine dropped by that thread itself does not wait:
+    /// the thread exits once the drop returns.
+    pub(crate) fn join_kswapd(&self) {
+        let Some(handle) = self.kswapd.lock().take() else { return };
+        if handle.thread().id() != std::thread::current().id() {
+            let _ = handle.join();
+        }
     }
 }
 

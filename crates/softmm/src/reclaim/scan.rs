@@ -63,6 +63,7 @@ pub(crate) fn direct_reclaim(m: &MachineInner) -> bool {
     if m.reclaim.swap.is_none() {
         return false;
     }
+    Counters::bump(&m.counters.direct_reclaims);
     let before = m.arena.in_use();
     let _one = m.reclaim.scanning.lock();
     if m.arena.in_use() < before {

@@ -154,6 +154,9 @@ mod tests {
             swap: SwapConfig::Device(dev.clone()),
             cpu_caches: 1,
             prezero: false,
+            // Exact read counts and scripted device faults: only the
+            // test's own faults and reclaims may touch the device.
+            background_reclaim: false,
             ..Config::default()
         })
         .unwrap();
@@ -354,6 +357,9 @@ mod tests {
             swap: SwapConfig::Device(dev.clone()),
             cpu_caches: 1,
             prezero: false,
+            // Exact read counts and scripted device faults: only the
+            // test's own faults and reclaims may touch the device.
+            background_reclaim: false,
             ..Config::default()
         })
         .unwrap();
