@@ -77,9 +77,27 @@ pub(crate) struct MachineInner {
     next_id: AtomicU64,
     mms: Mutex<Vec<Weak<MmInner>>>,
     shms: Mutex<Vec<Weak<ShmObject>>>,
+    /// Live `Machine` and `Mm` values (`hold`, `release`).
+    handles: AtomicU64,
 }
 
 impl MachineInner {
+    /// One more `Machine` or `Mm` value.
+    pub(crate) fn hold(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `Machine` or `Mm` value went away. The last one stops the
+    /// background reclaimer and waits for its round in progress: otherwise
+    /// the reclaimer could hold the machine (and its swap file) past the
+    /// user's last handle, even past the process's exit.
+    pub(crate) fn release(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.arena.pressure.stop();
+            self.reclaim.join_kswapd();
+        }
+    }
+
     /// A fresh identity for an address space, anon_vma or shared object.
     pub(crate) fn new_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -122,9 +140,28 @@ impl Drop for MachineInner {
 }
 
 /// A pool of physical frames and the address spaces over it.
-#[derive(Clone)]
 pub struct Machine {
     pub(crate) inner: Arc<MachineInner>,
+}
+
+impl Machine {
+    /// A handle on `inner`, counted (see `MachineInner::release`).
+    pub(crate) fn from_inner(inner: Arc<MachineInner>) -> Machine {
+        inner.hold();
+        Machine { inner }
+    }
+}
+
+impl Clone for Machine {
+    fn clone(&self) -> Self {
+        Machine::from_inner(self.inner.clone())
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
 }
 
 impl Machine {
@@ -153,6 +190,7 @@ impl Machine {
             next_id: AtomicU64::new(1),
             mms: Mutex::new(Vec::new()),
             shms: Mutex::new(Vec::new()),
+            handles: AtomicU64::new(1),
         });
         if background {
             crate::reclaim::Reclaim::start_kswapd(&inner)?;

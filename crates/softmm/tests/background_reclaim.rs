@@ -1,24 +1,27 @@
 //! The background reclaimer (kswapd-like): it frees frames up to its high
 //! watermark after faults push the free frames under its low one, audits
-//! running meanwhile see no batch half done, and it stops with the machine.
+//! running meanwhile see no batch half done, and it stops with the machine,
+//! even in the middle of a round.
 //!
-//! One test in this file on purpose: it counts the process's reclaimer
-//! threads, which tests running in parallel would change.
+//! The tests here run one at a time (`ONE_AT_A_TIME`): they count the
+//! process's reclaimer threads.
 
 mod common;
 
 use common::check;
-use softmm::reclaim::device::MemSwap;
+use softmm::reclaim::device::{MemSwap, SwapDevice};
 use softmm::reclaim::watermarks;
 use softmm::{Config, Machine, MapKind, Placement, Prot, SwapConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const BASE: u64 = 0x4000_0000;
 const PAGE: u64 = 4096;
 const LIMIT: u64 = 512;
 const PAGES: u64 = 2048;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn machine(background: bool) -> Machine {
     Machine::new(Config {
@@ -59,21 +62,24 @@ fn free(m: &Machine) -> u64 {
     LIMIT - m.stats().frames_in_use
 }
 
-/// Write every page (each stamped with its index), then check them all.
+/// Write every page (each stamped with its index), then check them all,
+/// through an accessor: its accesses hold no frame references an audit
+/// running meanwhile could see (`Mm::read` drops its reference only after
+/// the `mmap_lock`).
 fn write_then_verify(mm: &softmm::Mm) {
+    let mut acc = mm.accessor();
     for i in 0..PAGES {
-        mm.write(BASE + i * PAGE, &i.to_le_bytes()).expect("write");
+        acc.store_u64(BASE + i * PAGE, i).expect("write");
     }
     for i in 0..PAGES {
-        let mut b = [0u8; 8];
-        mm.read(BASE + i * PAGE, &mut b).expect("read");
-        assert_eq!(u64::from_le_bytes(b), i, "page {i}");
+        assert_eq!(acc.load_u64(BASE + i * PAGE).expect("read"), i, "page {i}");
     }
 }
 
 #[test]
 #[cfg_attr(miri, ignore)] // real threads and timing; Linux's /proc
 fn background_reclaim_keeps_frames_free_and_stops_with_the_machine() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (low, high) = watermarks(LIMIT);
     assert!(0 < low && low < high && high < LIMIT);
     let before = reclaimer_threads();
@@ -131,4 +137,96 @@ fn background_reclaim_keeps_frames_free_and_stops_with_the_machine() {
     // thread would notice on its own.
     drop(m);
     assert_eq!(reclaimer_threads_reaching(before, Duration::from_millis(50)), before, "joined when the machine goes");
+}
+
+/// A device whose writes wait until the test opens it.
+#[derive(Debug)]
+struct Gate {
+    inner: MemSwap,
+    open: Mutex<bool>,
+    opened: Condvar,
+    writing: AtomicBool,
+}
+
+impl Gate {
+    fn wait(&self) {
+        self.writing.store(true, Ordering::Release);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+}
+
+impl SwapDevice for Gate {
+    fn slots(&self) -> u64 {
+        self.inner.slots()
+    }
+    fn write_page(&self, slot: u64, page: &[u8; 4096]) -> std::io::Result<()> {
+        self.wait();
+        self.inner.write_page(slot, page)
+    }
+    fn write_pages(&self, first: u64, pages: &[[u8; 4096]]) -> std::io::Result<()> {
+        self.wait();
+        self.inner.write_pages(first, pages)
+    }
+    fn read_page(&self, slot: u64, page: &mut [u8; 4096]) -> std::io::Result<()> {
+        self.inner.read_page(slot, page)
+    }
+    fn describe(&self) -> String {
+        "gate".into()
+    }
+}
+
+/// Dropping the last handles while the reclaimer is in the middle of a
+/// round waits for the round: the machine (and its swap device, a file
+/// to remove) is gone when the drop returns, not whenever the reclaimer
+/// lets go of it (after the process may have exited).
+#[test]
+#[cfg_attr(miri, ignore)] // real threads and timing
+fn dropping_the_machine_mid_round_waits_for_the_round() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let gate = Arc::new(Gate {
+        inner: MemSwap::new(64 << 20).expect("swap"),
+        open: Mutex::new(false),
+        opened: Condvar::new(),
+        writing: AtomicBool::new(false),
+    });
+    let m = Machine::new(Config {
+        arena_bytes: 64 << 20,
+        mem_limit: Some(LIMIT * PAGE),
+        swap: SwapConfig::Device(gate.clone()),
+        prezero: false,
+        background_reclaim: true,
+        ..Config::default()
+    })
+    .expect("machine");
+    let mm = m.new_mm().expect("mm");
+    // Under the low watermark, not at the limit: the reclaimer wakes and
+    // blocks writing its first batch; no fault has to reclaim.
+    let (low, _) = watermarks(LIMIT);
+    let pages = LIMIT - low / 2;
+    mm.mmap(BASE, pages * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    for i in 0..pages {
+        mm.write(BASE + i * PAGE, &i.to_le_bytes()).expect("write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gate.writing.load(Ordering::Acquire) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(gate.writing.load(Ordering::Acquire), "the reclaimer never wrote: {:?}", m.stats());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            gate.open();
+        });
+        drop(mm);
+        drop(m);
+        assert_eq!(Arc::strong_count(&gate), 1, "the machine still holds its device after its last handle went");
+    });
 }

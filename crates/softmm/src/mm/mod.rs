@@ -156,6 +156,7 @@ impl Mm {
             notifiers: crate::notifier::Notifiers::default(),
         });
         inner.machine.register_mm(&inner);
+        inner.machine.hold();
         Ok(Mm { inner })
     }
 
@@ -166,7 +167,7 @@ impl Mm {
 
     /// The machine this address space lives on.
     pub fn machine(&self) -> Machine {
-        Machine { inner: self.inner.machine.clone() }
+        Machine::from_inner(self.inner.machine.clone())
     }
 
     /// A per-thread handle for fast access through a software TLB.
@@ -363,6 +364,7 @@ impl Mm {
 impl Drop for Mm {
     fn drop(&mut self) {
         fork::do_exit(&self.inner);
+        self.inner.machine.release();
     }
 }
 

@@ -16,10 +16,10 @@
 //! `mmap_lock`) waits for the round in progress through the `round` lock.
 //!
 //! Lifetime: the thread holds the machine weakly while it waits and
-//! strongly only during a balancing pass. Dropping the machine stops it
-//! and joins it (unless the drop runs on this very thread, which then
-//! exits as soon as it returns to its loop), so no thread outlives a
-//! machine's last handle by more than that pass.
+//! strongly only during a balancing pass. The last `Machine` or `Mm` value
+//! to go stops it and joins it (`MachineInner::release`), waiting for a
+//! pass in progress, so the machine and its swap file go with the user's
+//! last handle, not with the end of that pass.
 
 use super::scan::{shrink, HOLD_MAX};
 use crate::error::{Error, Result};

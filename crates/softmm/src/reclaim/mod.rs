@@ -110,8 +110,8 @@ impl Reclaim {
     }
 
     /// Wait for the background reclaimer to exit (its `Pressure` was told
-    /// to stop). A machine dropped by that thread itself does not wait:
-    /// the thread exits once the drop returns.
+    /// to stop). Not from that thread itself (a handle dropped in an MMU
+    /// notifier it called): it exits once it returns to its loop.
     pub(crate) fn join_kswapd(&self) {
         let Some(handle) = self.kswapd.lock().take() else { return };
         if handle.thread().id() != std::thread::current().id() {
