@@ -200,6 +200,10 @@ struct BenchArgs {
     /// rmap only: forks per thread per timed run (default 400).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     iterations: Option<u64>,
+    /// reclaim only: give the machine its background reclaimer
+    /// (`Config::background_reclaim`, kswapd-like), off by default.
+    #[arg(long)]
+    background_reclaim: bool,
 }
 
 /// The benchmarks.
@@ -261,6 +265,7 @@ fn main() -> ExitCode {
                 reps: a.reps as usize,
                 no_thp: a.no_thp,
                 iterations: a.iterations,
+                background_reclaim: a.background_reclaim,
             },
         ),
         Command::Replay(a) => {

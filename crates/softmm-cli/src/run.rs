@@ -164,12 +164,15 @@ pub fn run(o: &RunOpts) -> CliResult<()> {
 
     // The snapshot: everything written, nobody exited.
     let t = Instant::now();
-    let stats = machine.stats();
     let mut procs = Vec::with_capacity(kids.len() + 1);
     procs.push(ProcSmaps::of("parent", &parent, base)?);
     for (c, kid) in kids.iter().enumerate() {
         procs.push(ProcSmaps::of(&format!("child {c}"), kid, base)?);
     }
+    // After the smaps: under a limit the background reclaimer may swap
+    // pages out meanwhile, and then `swap_outs` says so (the checks are
+    // bounds rather than exact figures).
+    let stats = machine.stats();
     phases.push(Phase::new("snapshot (stats, smaps)", t, None));
     let limit_frames = o.mem.mem_limit.map(|l| l / PAGE);
     verify_snapshot(&stats, &procs, npages, k, children, limit_frames)?;

@@ -31,6 +31,7 @@
 
 pub mod access;
 pub mod error;
+mod few;
 pub mod futex;
 pub mod machine;
 pub mod mm;

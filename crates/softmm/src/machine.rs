@@ -40,6 +40,15 @@ pub struct Config {
     pub mem_limit: Option<u64>,
     /// Where swapped-out pages go (see [`crate::reclaim::SwapConfig`]).
     pub swap: crate::reclaim::SwapConfig,
+    /// With a memory limit and swap, reclaim on a background thread
+    /// (Linux's kswapd) whenever free frames below the limit fall under a
+    /// low watermark, up to a high one ([`crate::reclaim::watermarks`]),
+    /// so faults rarely have to reclaim themselves. Default off: on the
+    /// 2-CPU machine softmm is measured on, reclaim from another CPU
+    /// (cache lines moving between CPUs, TLB shootdowns that interrupt the
+    /// faulting thread) cost more than the parallelism saved (see
+    /// `docs/BENCHMARKS.md`). Which pages go out then depends on timing.
+    pub background_reclaim: bool,
 }
 
 impl Default for Config {
@@ -52,6 +61,7 @@ impl Default for Config {
             futex_keys: crate::futex::FutexKeys::Physical,
             mem_limit: None,
             swap: crate::reclaim::SwapConfig::Auto,
+            background_reclaim: false,
         }
     }
 }
@@ -69,9 +79,27 @@ pub(crate) struct MachineInner {
     next_id: AtomicU64,
     mms: Mutex<Vec<Weak<MmInner>>>,
     shms: Mutex<Vec<Weak<ShmObject>>>,
+    /// Live `Machine` and `Mm` values (`hold`, `release`).
+    handles: AtomicU64,
 }
 
 impl MachineInner {
+    /// One more `Machine` or `Mm` value.
+    pub(crate) fn hold(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `Machine` or `Mm` value went away. The last one stops the
+    /// background reclaimer and waits for its round in progress: otherwise
+    /// the reclaimer could hold the machine (and its swap file) past the
+    /// user's last handle, even past the process's exit.
+    pub(crate) fn release(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.arena.pressure.stop();
+            self.reclaim.join_kswapd();
+        }
+    }
+
     /// A fresh identity for an address space, anon_vma or shared object.
     pub(crate) fn new_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -108,13 +136,34 @@ impl MachineInner {
 impl Drop for MachineInner {
     fn drop(&mut self) {
         self.arena.stop_zeroer();
+        self.arena.pressure.stop();
+        self.reclaim.join_kswapd();
     }
 }
 
 /// A pool of physical frames and the address spaces over it.
-#[derive(Clone)]
 pub struct Machine {
     pub(crate) inner: Arc<MachineInner>,
+}
+
+impl Machine {
+    /// A handle on `inner`, counted (see `MachineInner::release`).
+    pub(crate) fn from_inner(inner: Arc<MachineInner>) -> Machine {
+        inner.hold();
+        Machine { inner }
+    }
+}
+
+impl Clone for Machine {
+    fn clone(&self) -> Self {
+        Machine::from_inner(self.inner.clone())
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
 }
 
 impl Machine {
@@ -132,20 +181,24 @@ impl Machine {
         if config.prezero {
             arena.start_zeroer()?;
         }
-        Ok(Machine {
-            inner: Arc::new(MachineInner {
-                arena,
-                config,
-                counters: Counters::default(),
-                futexes: crate::futex::Futexes::default(),
-                anon_vmas: crate::rmap::AnonVmas::new(),
-                reclaim,
-                pins: Default::default(),
-                next_id: AtomicU64::new(1),
-                mms: Mutex::new(Vec::new()),
-                shms: Mutex::new(Vec::new()),
-            }),
-        })
+        let background = config.background_reclaim && config.mem_limit.is_some() && reclaim.swap.is_some();
+        let inner = Arc::new(MachineInner {
+            arena,
+            config,
+            counters: Counters::default(),
+            futexes: crate::futex::Futexes::default(),
+            anon_vmas: crate::rmap::AnonVmas::new(),
+            reclaim,
+            pins: Default::default(),
+            next_id: AtomicU64::new(1),
+            mms: Mutex::new(Vec::new()),
+            shms: Mutex::new(Vec::new()),
+            handles: AtomicU64::new(1),
+        });
+        if background {
+            crate::reclaim::Reclaim::start_kswapd(&inner)?;
+        }
+        Ok(Machine { inner })
     }
 
     /// A new, empty address space.

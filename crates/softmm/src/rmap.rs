@@ -34,6 +34,7 @@
 //! Lock order: `mmap_lock` -> page-table lock -> anon_vma lock. The anon_vma
 //! lock is a leaf in practice: nothing is taken while it is held.
 
+use crate::few::Few;
 use crate::mm::MmInner;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -98,11 +99,19 @@ struct Member {
 /// The address spaces whose VMAs may map some frames, each with its count
 /// of linked VMAs: an anon_vma's list, and a shared object's (Linux's
 /// `i_mmap`, at address-space granularity).
-pub(crate) struct Members(RmapLock<Vec<Member>>);
+pub(crate) struct Members(RmapLock<List>);
+
+#[derive(Default)]
+struct List {
+    members: Vec<Member>,
+    /// Links made so far: a walker that finds it unchanged after its
+    /// visits knows no one joined meanwhile, without comparing lists.
+    joins: u64,
+}
 
 impl Default for Members {
     fn default() -> Self {
-        Members(RmapLock::new(Vec::new()))
+        Members(RmapLock::new(List::default()))
     }
 }
 
@@ -110,9 +119,10 @@ impl Members {
     /// Link one more VMA of `mm`.
     pub(crate) fn link(&self, mm: &MmRef) {
         let mut list = self.0.write();
-        match list.iter_mut().find(|m| m.mm.id == mm.id) {
+        list.joins += 1;
+        match list.members.iter_mut().find(|m| m.mm.id == mm.id) {
             Some(m) => m.vmas += 1,
-            None => list.push(Member { mm: mm.clone(), vmas: 1 }),
+            None => list.members.push(Member { mm: mm.clone(), vmas: 1 }),
         }
     }
 
@@ -120,37 +130,45 @@ impl Members {
     /// now empty.
     pub(crate) fn unlink(&self, mm_id: u64) -> bool {
         let mut list = self.0.write();
-        if let Some(i) = list.iter().position(|m| m.mm.id == mm_id) {
-            list[i].vmas -= 1;
-            if list[i].vmas == 0 {
-                list.swap_remove(i);
+        let members = &mut list.members;
+        if let Some(i) = members.iter().position(|m| m.mm.id == mm_id) {
+            members[i].vmas -= 1;
+            if members[i].vmas == 0 {
+                members.swap_remove(i);
             }
         }
-        list.is_empty()
-    }
-
-    /// The members now, except those in `skip`.
-    pub(crate) fn except(&self, skip: &[u64]) -> Vec<MmRef> {
-        self.0.read().iter().filter(|m| !skip.contains(&m.mm.id)).map(|m| m.mm.clone()).collect()
+        members.is_empty()
     }
 
     /// How many VMAs of `mm_id` are linked (audits).
     pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
-        self.0.read().iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
+        self.0.read().members.iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
     }
 
     /// Visit every member, including those that join while the visit runs
-    /// (re-read until no one is new); see [`rmap_walk`].
-    pub(crate) fn walk(&self, mut visit: impl FnMut(&std::sync::Arc<MmInner>)) {
-        let mut seen: Vec<u64> = Vec::new();
+    /// (the list is looked at again until no link was made since the last
+    /// look); see [`rmap_walk`]. The list lock is not held while `visit`
+    /// runs.
+    pub(crate) fn walk(&self, mut visit: impl FnMut(&Arc<MmInner>)) {
+        // Most lists hold one space: neither list below allocates then.
+        let mut seen: Few<u64> = Few::default();
+        let mut found: Few<(u64, Option<Arc<MmInner>>)> = Few::default();
+        let mut joins = None;
         loop {
-            let fresh = self.except(&seen);
-            if fresh.is_empty() {
-                return;
+            {
+                let list = self.0.read();
+                if joins == Some(list.joins) {
+                    return;
+                }
+                joins = Some(list.joins);
+                // Upgraded under the lock (one atomic each), dropped after it.
+                for m in list.members.iter().filter(|m| !seen.iter().any(|&id| id == m.mm.id)) {
+                    found.push((m.mm.id, m.mm.mm.upgrade()));
+                }
             }
-            for m in fresh {
-                seen.push(m.id);
-                if let Some(mm) = m.mm.upgrade() {
+            for (id, mm) in found.drain() {
+                seen.push(id);
+                if let Some(mm) = mm {
                     visit(&mm);
                 }
             }
@@ -199,19 +217,45 @@ impl Drop for AnonVma {
 
 const SHARDS: usize = 64;
 
+/// Hashes an id with one multiply: ids are a counter's values, not
+/// attacker-chosen, and every reverse-map walk looks one up (SipHash cost
+/// as much as the rest of the lookup).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        // Odd multiplier: the low bits (the bucket) stay a bijection of the
+        // id's, the high bits (the tag) mix all of them.
+        self.0 = (self.0 ^ x ^ (x >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The machine's registry: anon_vma id -> object, for walkers that start
 /// from a frame. Holds `Weak`s: VMAs own anon_vmas.
 pub(crate) struct AnonVmas {
-    shards: [Mutex<HashMap<u64, Weak<AnonVma>>>; SHARDS],
+    shards: [Mutex<IdMap<Weak<AnonVma>>>; SHARDS],
     me: Weak<AnonVmas>,
 }
 
 impl AnonVmas {
     pub(crate) fn new() -> Arc<AnonVmas> {
-        Arc::new_cyclic(|me| AnonVmas { shards: std::array::from_fn(|_| Mutex::new(HashMap::new())), me: me.clone() })
+        Arc::new_cyclic(|me| AnonVmas { shards: std::array::from_fn(|_| Mutex::new(IdMap::default())), me: me.clone() })
     }
 
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Weak<AnonVma>>> {
+    fn shard(&self, id: u64) -> &Mutex<IdMap<Weak<AnonVma>>> {
         &self.shards[(id as usize).wrapping_mul(0x9e37_79b9) % SHARDS]
     }
 
@@ -342,7 +386,8 @@ impl Drop for AnonLink {
 /// `owner` id at `va`: `visit(mm)`. The walk takes no lock of its own while
 /// `visit` runs (which takes the space's `mmap_lock` and page-table lock).
 /// Members that join while the walk runs (a fork copying the page) are
-/// visited too: the list is re-read until it has no one new. Fork links the
+/// visited too: the list is read again until no link was made since the
+/// last read (a count of links under the list lock). Fork links the
 /// child before it copies any entry, and holds the parent's `mmap_lock` for
 /// writing while it copies, so a child that maps the frame is always seen
 /// by a walk that visits the parent after the fork, or finds the page

@@ -32,6 +32,8 @@ pub(crate) struct Counters {
     pub swap_failures: AtomicU64,
     pub migrations: AtomicU64,
     pub fork_pinned_copies: AtomicU64,
+    pub direct_reclaims: AtomicU64,
+    pub background_reclaimed: AtomicU64,
 }
 
 impl Counters {
@@ -86,6 +88,11 @@ pub struct MachineStats {
     pub fork_pinned_copies: u64,
     /// Pins held now (a frame pinned twice counts twice).
     pub pins: u64,
+    /// Times an allocation at the frame limit reclaimed itself (Linux's
+    /// `allocstall`).
+    pub direct_reclaims: u64,
+    /// Frames the background reclaimer freed (Linux's `pgsteal_kswapd`).
+    pub background_reclaimed: u64,
     /// Swap slots in use.
     pub swap_used: u64,
     /// Slots on the swap device (0: no swap).
@@ -124,6 +131,8 @@ impl MachineStats {
             swap_failures: l(&c.swap_failures),
             migrations: l(&c.migrations),
             fork_pinned_copies: l(&c.fork_pinned_copies),
+            direct_reclaims: l(&c.direct_reclaims),
+            background_reclaimed: l(&c.background_reclaimed),
             ..Default::default()
         }
     }

@@ -169,3 +169,41 @@ impl<T: Default> Default for Mutex<T> {
 pub use loom::sync::Arc;
 #[cfg(not(loom))]
 pub use std::sync::Arc;
+
+/// A condition variable over [`Mutex`] that loom can model (loom's waits
+/// never time out, so a lost wake-up shows as a deadlock there).
+#[derive(Default)]
+pub struct Condvar {
+    #[cfg(loom)]
+    inner: loom::sync::Condvar,
+    #[cfg(not(loom))]
+    inner: parking_lot::Condvar,
+}
+
+impl Condvar {
+    /// Wait for a notification or until `timeout` passes (spurious wake-ups
+    /// possible), releasing the lock meanwhile.
+    pub fn wait_for<'a, T>(&self, guard: MutexGuard<'a, T>, timeout: std::time::Duration) -> MutexGuard<'a, T> {
+        #[cfg(loom)]
+        return match self.inner.wait_timeout(guard, timeout) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        };
+        #[cfg(not(loom))]
+        {
+            let mut guard = guard;
+            self.inner.wait_for(&mut guard, timeout);
+            guard
+        }
+    }
+
+    /// Wake every waiter.
+    pub fn notify_all(&self) {
+        self.inner.notify_all();
+    }
+
+    /// Wake one waiter.
+    pub fn notify_one(&self) {
+        self.inner.notify_one();
+    }
+}

@@ -12,13 +12,21 @@ use std::sync::Arc;
 const BASE: u64 = 0x4000_0000;
 const PAGE: u64 = 4096;
 
+/// A machine whose faults reclaim for themselves: which pages go out, and
+/// which device access a scripted fault hits, depends on nothing else.
 fn limited(limit_pages: u64, dev: Arc<FaultySwap<MemSwap>>) -> Machine {
+    limited_with(limit_pages, dev, false)
+}
+
+/// `limited`, with the background reclaimer or not.
+fn limited_with(limit_pages: u64, dev: Arc<FaultySwap<MemSwap>>, background: bool) -> Machine {
     Machine::new(Config {
         arena_bytes: 64 << 20,
         mem_limit: Some(limit_pages * PAGE),
         swap: SwapConfig::Device(dev),
         cpu_caches: 1,
         prezero: false,
+        background_reclaim: background,
         ..Config::default()
     })
     .expect("machine")
@@ -112,12 +120,13 @@ fn swapped_pages_stay_shared_across_fork_and_cow_breaks_after_swap_in() {
 
 /// A random workload over a fork tree with a limit of 25% of its working
 /// set: every byte read back equals the model; audits after each phase.
+/// Seeds 5 to 8 run with the background reclaimer swapping alongside.
 #[test]
 fn memory_pressure_random_workload_over_forked_spaces() {
-    for seed in 1..=4u64 {
+    for seed in 1..=8u64 {
         let dev = device(64);
         let pages = 192u64;
-        let m = limited(pages / 4 + 16, dev.clone());
+        let m = limited_with(pages / 4 + 16, dev.clone(), seed > 4);
         let root = m.new_mm().expect("mm");
         root.mmap(BASE, pages * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
         let mut spaces: Vec<(Mm, HashMap<u64, [u8; 16]>)> = vec![(root, HashMap::new())];
@@ -177,6 +186,8 @@ fn memory_pressure_random_workload_over_forked_spaces() {
         assert!(m.stats().swap_outs > 0 && m.stats().swap_ins > 0, "seed {seed}: no swapping happened");
         check(&spaces[0].0);
         drop(spaces);
+        // Also waits for a background round that held the last pages.
+        m.check_invariants().expect("audit after exit");
         assert_eq!(m.stats().swap_used, 0);
         assert_eq!(m.stats().frames_in_use, 0);
     }

@@ -53,6 +53,8 @@ pub struct BenchOpts {
     pub no_thp: bool,
     /// rmap only: forks per thread per timed run.
     pub iterations: Option<u64>,
+    /// reclaim only: run the machine's background reclaimer.
+    pub background_reclaim: bool,
 }
 
 /// Memory of cold runs, kept alive until all cold runs are done so that no
@@ -125,6 +127,9 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     }
     if o.iterations.is_some() && !matches!(which, BenchKind::Rmap | BenchKind::All) {
         return Err(CliError("--iterations is for `bench rmap` only".into()));
+    }
+    if o.background_reclaim && !matches!(which, BenchKind::Reclaim | BenchKind::All) {
+        return Err(CliError("--background-reclaim is for `bench reclaim` only".into()));
     }
     let mut results = Vec::new();
     let mut missed = Vec::new();

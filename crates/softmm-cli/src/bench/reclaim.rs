@@ -14,6 +14,11 @@
 //! pages swapped in x 4 KiB / time of the reads); each page carries its
 //! index at both ends and is compared whole against what was written,
 //! between timed batches as `sequential_bandwidth` verifies its reads.
+//! The faulting thread reclaims for itself (direct reclaim); with
+//! `--background-reclaim` the machine also has its kswapd-like background
+//! reclaimer (`Config::background_reclaim`), and the report says how many
+//! frames it freed while reading and how often the faulting thread had to
+//! reclaim for itself all the same.
 //!
 //! The ratios to the file's bandwidth are the figures of merit (target:
 //! at least 50 % both ways). There is no Linux swap this tool can drive
@@ -73,10 +78,14 @@ struct Run {
     /// (written out) and pages read back (clean, dropped).
     outs_reading: u64,
     cache_hits: u64,
+    /// While reading: rounds of reclaim the faulting thread ran itself, and
+    /// frames the background reclaimer freed.
+    direct_reclaims: u64,
+    background_reclaimed: u64,
     device: String,
 }
 
-fn one_run(size: u64, limit: u64) -> CliResult<Run> {
+fn one_run(size: u64, limit: u64, background: bool) -> CliResult<Run> {
     let pages = size / PAGE;
     let swap_bytes = size + SWAP_SLACK;
 
@@ -95,6 +104,7 @@ fn one_run(size: u64, limit: u64) -> CliResult<Run> {
         arena_bytes,
         mem_limit: Some(limit),
         swap: SwapConfig::Device(dev.clone()),
+        background_reclaim: background,
         ..Config::default()
     })
     .context(|| format!("creating a machine with a {} limit swapping to {device}", bytes(limit)))?;
@@ -181,6 +191,8 @@ fn one_run(size: u64, limit: u64) -> CliResult<Run> {
         ins,
         outs_reading: a.swap_outs - b.swap_outs,
         cache_hits: a.swap_cache_hits - b.swap_cache_hits,
+        direct_reclaims: a.direct_reclaims - b.direct_reclaims,
+        background_reclaimed: a.background_reclaimed - b.background_reclaimed,
         device,
     })
 }
@@ -233,7 +245,7 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
     let mut runs = Vec::with_capacity(o.reps);
     for r in 0..o.reps {
         say(&pb, format!("reclaim: {} under a {} limit, run {}/{}", bytes(size), bytes(limit), r + 1, o.reps));
-        runs.push(one_run(size, limit)?);
+        runs.push(one_run(size, limit, o.background_reclaim)?);
     }
     pb.finish_and_clear();
 
@@ -257,6 +269,15 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
         o.reps
     );
     let _ = writeln!(t, "  swap device: {device} (a fresh file per run)");
+    let _ = writeln!(
+        t,
+        "  reclaim: {}",
+        if o.background_reclaim {
+            "background reclaimer + direct reclaim"
+        } else {
+            "direct reclaim (by the faulting thread)"
+        }
+    );
     let _ = writeln!(t, "  {:<12}{:>14}{:>14}{:>10}", "", "softmm", "file", "ratio");
     let _ = writeln!(t, "  {:<12}{:>14}{:>14}{:>9.0}%", "swap-out", rate(so), rate(dw), out_ratio * 100.0);
     let _ = writeln!(t, "  {:<12}{:>14}{:>14}{:>9.0}%", "swap-in", rate(si), rate(dr), in_ratio * 100.0);
@@ -270,6 +291,17 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
             count(r.outs_reading),
             count(r.cache_hits)
         );
+        let _ = if o.background_reclaim {
+            writeln!(
+                t,
+                "  while reading, the background reclaimer freed {} frames and the faulting thread reclaimed for \
+                 itself {} times",
+                count(r.background_reclaimed),
+                count(r.direct_reclaims)
+            )
+        } else {
+            writeln!(t, "  while reading, the faulting thread reclaimed for itself {} times", count(r.direct_reclaims))
+        };
     }
     let _ = writeln!(
         t,
@@ -297,6 +329,7 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
         "pages": size / PAGE,
         "mem_limit_bytes": limit,
         "reps": o.reps,
+        "background_reclaim": o.background_reclaim,
         "device": device,
         "swap_out_bytes_per_s": so,
         "swap_in_bytes_per_s": si,
@@ -309,6 +342,8 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
         "swap_ins": last.map(|r| r.ins),
         "swap_outs_while_reading": last.map(|r| r.outs_reading),
         "swap_cache_hits": last.map(|r| r.cache_hits),
+        "background_reclaimed_while_reading": last.map(|r| r.background_reclaimed),
+        "direct_reclaims_while_reading": last.map(|r| r.direct_reclaims),
         "target_ratio": TARGET,
         "target_met": met,
         "samples": {

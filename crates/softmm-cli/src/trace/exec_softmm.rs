@@ -53,8 +53,9 @@ pub type Fatal = String;
 
 impl SoftmmRunner {
     pub fn new(opts: SoftmmOptions) -> Result<SoftmmRunner, Fatal> {
-        // One frame cache: a trace allocates the same frames on every run,
-        // so `frame` numbers in expected outputs are reproducible.
+        // One frame cache and no background reclaim: a trace allocates the
+        // same frames (and swaps the same pages) on every run, so `frame`
+        // numbers in expected outputs are reproducible.
         let (swap, _) = opts.mem.swap(0).map_err(|e| format!("cannot set up swap: {e}"))?;
         let config = Config {
             arena_bytes: opts.arena_bytes.unwrap_or(1 << 30),
@@ -63,6 +64,7 @@ impl SoftmmRunner {
             futex_keys: opts.futex_keys,
             mem_limit: opts.mem.mem_limit,
             swap,
+            background_reclaim: false,
             ..Config::default()
         };
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;

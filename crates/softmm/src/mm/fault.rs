@@ -432,7 +432,7 @@ fn take_from_swap_cache(mm: &MmInner, f: FrameId) -> bool {
         return false;
     }
     let taken = swap.remove_if(mm.arena(), f, 2 + meta.pins(), true);
-    meta.unlock();
+    swap.unlock_frame(mm.arena(), f);
     taken
 }
 

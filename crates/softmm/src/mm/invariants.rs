@@ -55,8 +55,10 @@ struct Expected {
 pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
     let mut mms = m.live_mms();
     mms.sort_by_key(|mm| mm.id);
-    // Quiesce: hold every mmap_lock for writing, in id order.
+    // Quiesce: hold every mmap_lock for writing, in id order, then wait
+    // for a background reclaim round in progress (whose batch holds frames).
     let guards: Vec<_> = mms.iter().map(|mm| mm.state.write()).collect();
+    let _round = m.reclaim.round.lock();
     let mut exp = Expected::default();
     for (mm, st) in mms.iter().zip(&guards) {
         check_mm(m, mm, st, &mut exp)?;

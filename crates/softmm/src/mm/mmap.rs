@@ -132,28 +132,35 @@ pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut G
         gather.need_flush();
         return;
     }
-    let meta = arena.meta(pte.frame());
-    if meta.has(crate::phys::flags::SWAPCACHE) {
-        free_swap_cache(m, pte.frame());
-    }
-    let m = meta;
+    let f = pte.frame();
+    let meta = arena.meta(f);
     // A dirty entry hands its dirtiness to the page (Linux's zap_pte_range:
     // folio_mark_dirty), so other mappings of a shared page see it dirty.
     if pte.is_dirty() {
-        m.set_flags(crate::phys::flags::DIRTY);
+        meta.set_flags(crate::phys::flags::DIRTY);
     }
-    gather.unmap_and_put(arena, pte.frame());
+    match m.reclaim.swap.as_ref().filter(|_| meta.has(crate::phys::flags::SWAPCACHE)) {
+        Some(swap) => {
+            arena.get(f); // keeps it ours while we look, whatever the gather does
+            gather.unmap_and_put(arena, f);
+            free_swap_cache(swap, arena, f);
+            arena.put(f);
+        }
+        None => gather.unmap_and_put(arena, f),
+    }
 }
 
-/// The last mapping of a swap-cache frame is going and no swap entry names
-/// its slot: nobody can look it up again, so take it out of the cache now
-/// (Linux's `free_swap_cache`); the zapped entry's reference then frees it.
-fn free_swap_cache(m: &crate::machine::MachineInner, f: crate::phys::FrameId) {
-    let Some(swap) = m.reclaim.swap.as_ref() else { return };
-    let meta = m.arena.meta(f);
-    if meta.try_lock() {
-        swap.remove_if(&m.arena, f, 2, true);
-        meta.unlock();
+/// A mapping of swap-cache frame `f` is gone (the caller holds a reference):
+/// if it was the last and no swap entry names its slot, nobody can look
+/// it up again, so take it out of the cache now (Linux's
+/// `free_swap_cache`); the zapped entry's reference then frees it. A frame
+/// locked now is left to its holder (`SwapSpace::unlock_frame`): the
+/// mapping is dropped before the lock is tried, for that protocol.
+fn free_swap_cache(swap: &crate::reclaim::swap::SwapSpace, arena: &crate::phys::FrameArena, f: crate::phys::FrameId) {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    if arena.meta(f).try_lock() {
+        swap.remove_orphan(arena, f);
+        swap.unlock_frame(arena, f);
     }
 }
 

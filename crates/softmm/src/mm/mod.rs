@@ -38,7 +38,18 @@
 //! page-table lock (it only *tries* it there); writers of an `mmap_lock`
 //! never wait for it; and reverse-map walks take `mmap_lock`s with
 //! `read_recursive`, which does not queue behind a waiting writer. So a
-//! wait for a frame lock always ends.
+//! wait for a frame lock always ends. A zap that finds a swap-cache frame
+//! locked leaves taking it out of the cache to the holder, who looks again
+//! after unlocking (`SwapSpace::unlock_frame`).
+//!
+//! Reclaim's own locks (`reclaim/mod.rs`): `Reclaim::scanning` is taken by
+//! a fault that reached the frame limit (holding its `mmap_lock` for
+//! reading) and by the background reclaimer, before any frame lock;
+//! `Reclaim::round`, inside it, by the background reclaimer for each round
+//! (which only *tries* `mmap_lock`s) and by the audit after it holds every
+//! `mmap_lock` for writing, which is safe because a round never waits for
+//! one. The background reclaimer's wake-up mutex (`phys/pressure.rs`) is a
+//! leaf.
 //!
 //! Nothing takes an outer lock while holding an inner one. A TLB shootdown
 //! (`Shootdown::flush`) may wait for other accessors' in-flight accesses while
@@ -154,6 +165,7 @@ impl Mm {
             has_pinned: std::sync::atomic::AtomicBool::new(false),
         });
         inner.machine.register_mm(&inner);
+        inner.machine.hold();
         Ok(Mm { inner })
     }
 
@@ -164,7 +176,7 @@ impl Mm {
 
     /// The machine this address space lives on.
     pub fn machine(&self) -> Machine {
-        Machine { inner: self.inner.machine.clone() }
+        Machine::from_inner(self.inner.machine.clone())
     }
 
     /// A per-thread handle for fast access through a software TLB.
@@ -378,6 +390,7 @@ impl Mm {
 impl Drop for Mm {
     fn drop(&mut self) {
         fork::do_exit(&self.inner);
+        self.inner.machine.release();
     }
 }
 

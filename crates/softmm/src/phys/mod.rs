@@ -19,6 +19,7 @@
 mod alloc;
 mod host;
 pub(crate) mod meta;
+pub(crate) mod pressure;
 
 pub use meta::{flags, FrameMeta};
 
@@ -47,6 +48,9 @@ pub struct FrameArena {
     alloc: alloc::FrameAllocator,
     /// Most frames in use at once (`Config::mem_limit`).
     limit: std::sync::atomic::AtomicU64,
+    /// Wakes the background reclaimer as the limit nears (shared with it:
+    /// it waits there while the arena may be gone).
+    pub(crate) pressure: std::sync::Arc<pressure::Pressure>,
 }
 
 impl FrameArena {
@@ -70,6 +74,7 @@ impl FrameArena {
             nframes,
             alloc: alloc::FrameAllocator::new(1, nframes, caches),
             limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+            pressure: Default::default(),
         };
         arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
         arena.meta(ZERO_FRAME).set_counts(1, 0);
@@ -132,10 +137,14 @@ impl FrameArena {
     /// Allocate one frame, zero-filled when `zero` is set. The frame comes
     /// back with refcount 1 and the given flags.
     pub(crate) fn alloc(&self, zero: bool, fl: u32) -> Result<FrameId> {
-        if self.alloc.in_use() >= self.limit.load(Ordering::Relaxed) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let in_use = self.alloc.in_use();
+        if in_use >= limit {
+            self.pressure.note(in_use, limit);
             return Err(Error::NoMemory("frame limit reached"));
         }
         let got = self.alloc.alloc(zero).ok_or(Error::NoMemory("no free frame in the arena"))?;
+        self.pressure.note(in_use + 1, limit);
         if zero && !got.known_zero {
             self.zero_frame(got.frame);
         }
@@ -301,6 +310,24 @@ impl FrameArena {
         let dst = self.span(f, off, data.len());
         // SAFETY: as in `read`, with the roles swapped.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) }
+    }
+
+    /// Frame `f`'s bytes as a page a swap device reads into directly (one
+    /// copy fewer than reading into a buffer and copying it in).
+    ///
+    /// # Safety
+    /// Nothing else may access `f`'s bytes while the reference lives: the
+    /// caller owns the frame alone (fresh from the allocator, locked, not
+    /// mapped, not yet marked `ANON`, so no fault, accessor, scan or
+    /// migration reaches its bytes; `Machine::read_frame` is only for
+    /// frames a secondary MMU knows are mapped).
+    #[allow(clippy::mut_from_ref)] // exclusivity is the caller's promise, above
+    pub(crate) unsafe fn page_mut(&self, f: FrameId) -> &mut [u8; PAGE_SIZE] {
+        let p = self.frame_ptr(f) as *mut [u8; PAGE_SIZE];
+        // SAFETY: the frame lies in the arena (`frame_ptr` checks), is
+        // page-aligned and PAGE_SIZE bytes long, lives as long as `self`,
+        // and the caller guarantees no other access while this lives.
+        unsafe { &mut *p }
     }
 
     /// Store `len` copies of `byte` into a frame.

@@ -77,6 +77,18 @@ pub trait SwapDevice: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Loads the consecutive slots `first..first + pages.len()` into the
+    /// pages `pages` point at, wherever they are (swap-in reads straight
+    /// into frames), in one operation where the device can. Errors as
+    /// [`read_pages`](Self::read_pages). The default reads page by page.
+    fn read_pages_into(&self, first: u64, pages: &mut [&mut [u8; SWAP_PAGE]]) -> io::Result<()> {
+        check_run(first, pages.len(), self.slots())?;
+        for (page, slot) in pages.iter_mut().zip(first..) {
+            self.read_page(slot, page)?;
+        }
+        Ok(())
+    }
+
     /// One line for logs and `bench` output, e.g. `file /tmp/softmm-swap-123-0 (64 MiB)`.
     fn describe(&self) -> String;
 }
@@ -99,6 +111,9 @@ macro_rules! forward_swap_device {
             }
             fn read_pages(&self, first: u64, pages: &mut [[u8; SWAP_PAGE]]) -> io::Result<()> {
                 (**self).read_pages(first, pages)
+            }
+            fn read_pages_into(&self, first: u64, pages: &mut [&mut [u8; SWAP_PAGE]]) -> io::Result<()> {
+                (**self).read_pages_into(first, pages)
             }
             fn describe(&self) -> String {
                 (**self).describe()
@@ -264,6 +279,27 @@ impl SwapDevice for FileSwap {
             return Ok(());
         }
         self.file.read_exact_at(pages.as_flattened_mut(), first * SWAP_PAGE_U64)
+    }
+
+    // One preadv of the whole run, however scattered the pages are.
+    fn read_pages_into(&self, first: u64, pages: &mut [&mut [u8; SWAP_PAGE]]) -> io::Result<()> {
+        check_run(first, pages.len(), self.slots)?;
+        let mut slices: Vec<io::IoSliceMut<'_>> = pages.iter_mut().map(|p| io::IoSliceMut::new(&mut p[..])).collect();
+        let mut left = &mut slices[..];
+        // Cannot overflow: the run ends inside the file.
+        let mut off = first * SWAP_PAGE_U64;
+        while !left.is_empty() {
+            match rustix::io::preadv(&self.file, left, off) {
+                Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "swap file shorter than its slots")),
+                Ok(n) => {
+                    off += n as u64;
+                    io::IoSliceMut::advance_slices(&mut left, n);
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -564,6 +600,19 @@ impl<D: SwapDevice> SwapDevice for FaultySwap<D> {
         check_run(first, pages.len(), self.inner.slots())?;
         let Some((_, fault)) = self.first_fault(first, pages.len(), false) else {
             return self.inner.read_pages(first, pages);
+        };
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Fault::NoSpace => Err(io::Error::from(Errno::NOSPC)),
+            Fault::Io | Fault::ShortWrite => Err(io::Error::from(Errno::IO)),
+        }
+    }
+
+    fn read_pages_into(&self, first: u64, pages: &mut [&mut [u8; SWAP_PAGE]]) -> io::Result<()> {
+        self.reads.fetch_add(pages.len() as u64, Ordering::Relaxed);
+        check_run(first, pages.len(), self.inner.slots())?;
+        let Some((_, fault)) = self.first_fault(first, pages.len(), false) else {
+            return self.inner.read_pages_into(first, pages);
         };
         self.injected.fetch_add(1, Ordering::Relaxed);
         match fault {
@@ -973,6 +1022,22 @@ mod tests {
         // Empty runs touch nothing, wherever they are.
         dev.write_pages(u64::MAX, &[]).unwrap();
         dev.read_pages(slots, &mut []).unwrap();
+        scattered(dev, &run);
+    }
+
+    /// `read_pages_into` fills pages that are not side by side in memory.
+    fn scattered(dev: &dyn SwapDevice, run: &[[u8; SWAP_PAGE]]) {
+        let slots = dev.slots();
+        let mut pages: Vec<Box<[u8; SWAP_PAGE]>> = (0..6).map(|_| Box::new(filled(0xee))).collect();
+        // Every other buffer, backwards: one iovec each, nothing contiguous.
+        let mut refs: Vec<&mut [u8; SWAP_PAGE]> = pages.iter_mut().rev().step_by(2).map(|b| &mut **b).collect();
+        dev.read_pages_into(2, &mut refs).unwrap();
+        assert_eq!((*pages[5], *pages[3], *pages[1]), (run[0], run[1], run[2]));
+        assert_eq!((*pages[4], *pages[2], *pages[0]), (filled(0xee), filled(0xee), filled(0xee)), "others untouched");
+        let mut refs: Vec<&mut [u8; SWAP_PAGE]> = pages.iter_mut().map(|b| &mut **b).collect();
+        assert_eq!(dev.read_pages_into(slots - 1, &mut refs[..2]).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(*pages[0], filled(0xee), "a refused run reads nothing");
+        dev.read_pages_into(u64::MAX, &mut []).unwrap();
     }
 
     #[test]
@@ -1078,6 +1143,22 @@ mod tests {
         assert_eq!(dev.read_pages(6, &mut back).unwrap_err().kind(), ErrorKind::InvalidInput);
         assert_eq!(dev.injected(), 2);
         assert_eq!(dev.read_pages(0, &mut back[..1]).unwrap_err().raw_os_error(), Some(5), "budget kept");
+    }
+
+    #[test]
+    fn fault_scattered_read_fails_whole_and_counts() {
+        let faulty = Arc::new(FaultySwap::new(mem(8)));
+        let dev: Arc<dyn SwapDevice> = faulty.clone();
+        dev.write_pages(0, &run_of(8)).unwrap();
+        faulty.fail_read_slot(5, Fault::Io);
+        let mut pages = [filled(1), filled(1), filled(1)];
+        let mut refs: Vec<&mut [u8; SWAP_PAGE]> = pages.iter_mut().collect();
+        assert_eq!(dev.read_pages_into(4, &mut refs).unwrap_err().raw_os_error(), Some(5));
+        assert!(pages.iter().all(|p| p == &filled(1)), "a failed read reads nothing");
+        let mut refs: Vec<&mut [u8; SWAP_PAGE]> = pages.iter_mut().collect();
+        dev.read_pages_into(1, &mut refs).unwrap();
+        assert_eq!(pages[..], run_of(8)[1..4]);
+        assert_eq!((faulty.injected(), faulty.reads()), (1, 6), "Arc forwards the call, not the default loop");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! (a fork, an unshare) are found by step 3: fork links the child into the
 //! anon_vma before it copies, and `rmap_walk` re-reads the member list.
 
-use super::visit_mappings_for;
+use super::{visit_mappings, How};
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
 use crate::notifier::Event;
@@ -81,14 +81,8 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     let (fm, nm) = (arena.meta(f), arena.meta(n));
     nm.owner.store(fm.owner.load(Ordering::Acquire), Ordering::Release);
     nm.index.store(fm.index.load(Ordering::Acquire), Ordering::Release);
-    let mut freeze = visit_mappings_for(
-        m,
-        f,
-        false,
-        Some(Event::Migrate),
-        |pte| pte.is_present().then(|| pte.to_migration()),
-        |_| {},
-    );
+    let how = How { event: Some(Event::Migrate), ..How::default() };
+    let mut freeze = visit_mappings(m, f, how, |pte| pte.is_present().then(|| pte.to_migration()), |_| {});
     freeze.flush();
     // Only the entries (all migration entries now) and our own reference
     // may hold the frame; anything else may still read or write it.
@@ -97,11 +91,10 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     if !busy {
         arena.copy_frame(n, f);
     }
-    visit_mappings_for(
+    visit_mappings(
         m,
         f,
-        false,
-        None,
+        How::default(),
         |pte| pte.is_migration().then(|| pte.from_migration(target)),
         |_| {
             if !busy {

@@ -8,6 +8,9 @@
 //!   swap-out of frames in batches (one vectored write per run of slots).
 //! - `migrate.rs`: moving a frame's contents to another frame.
 //! - `swapin.rs`: bringing a page back on a fault.
+//! - `kswapd.rs`: the background reclaimer, which keeps frames free ahead
+//!   of the faults.
+//! - `visit.rs`: visiting every entry that maps a frame (reverse map).
 //!
 //! # Locks
 //! A frame being swapped out, swapped in or migrated is locked
@@ -22,21 +25,21 @@
 //! space's `mmap_lock` for reading.
 
 pub mod device;
+mod kswapd;
 mod migrate;
 mod scan;
 mod shm;
 pub(crate) mod swap;
 mod swapin;
+mod visit;
 
+pub use kswapd::watermarks;
 pub(crate) use migrate::migrate_frame;
 pub(crate) use scan::{direct_reclaim, shrink};
 pub(crate) use swapin::swap_in;
+pub(crate) use visit::{age, lock_member, visit_mappings, How, Visit};
 
 use crate::machine::MachineInner;
-use crate::mm::MmInner;
-use crate::phys::FrameId;
-use crate::pte::Pte;
-use crate::sync::Ordering;
 use device::SwapDevice;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,8 +69,16 @@ pub(crate) struct Reclaim {
     pub(crate) swap: Option<Arc<swap::SwapSpace>>,
     /// The clock hand: the next frame the scan looks at.
     pub(crate) hand: std::sync::atomic::AtomicU32,
-    /// One direct reclaimer at a time does the scanning; others wait for it.
+    /// One direct reclaimer (or the background one) at a time does the
+    /// scanning; others wait for it.
     pub(crate) scanning: parking_lot::Mutex<()>,
+    /// The background reclaimer, if started (joined when the machine goes).
+    kswapd: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held by the background reclaimer for each round (inside
+    /// `scanning`), and by the audit once it holds every `mmap_lock`, so
+    /// that it never sees a batch half done. A round never waits for an
+    /// `mmap_lock` (it only tries them), so the audit's wait ends.
+    pub(crate) round: parking_lot::Mutex<()>,
 }
 
 impl Reclaim {
@@ -85,173 +96,30 @@ impl Reclaim {
             swap: dev.map(|d| Arc::new(swap::SwapSpace::new(d))),
             hand: std::sync::atomic::AtomicU32::new(1),
             scanning: parking_lot::Mutex::new(()),
+            kswapd: parking_lot::Mutex::new(None),
+            round: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Start the background reclaimer of `m` (which has a frame limit and
+    /// a swap device).
+    pub(crate) fn start_kswapd(m: &Arc<MachineInner>) -> crate::Result<()> {
+        let handle = kswapd::start(m)?;
+        *m.reclaim.kswapd.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Wait for the background reclaimer to exit (its `Pressure` was told
+    /// to stop). Not from that thread itself (a handle dropped in an MMU
+    /// notifier it called): it exits once it returns to its loop.
+    pub(crate) fn join_kswapd(&self) {
+        let Some(handle) = self.kswapd.lock().take() else { return };
+        if handle.thread().id() != std::thread::current().id() {
+            let _ = handle.join();
+        }
     }
 }
 
 fn io_err(e: std::io::Error) -> crate::Error {
     crate::Error::Host { what: "creating the swap file", errno: e.raw_os_error().unwrap_or(crate::errno::EIO) }
-}
-
-/// What a visit of every mapping of a frame did.
-#[derive(Default)]
-pub(crate) struct Visit {
-    /// PTE tables whose entry was changed (a shared one counts once).
-    tables: Vec<FrameId>,
-    /// Address spaces that may cache the old translation.
-    flush: Vec<Arc<MmInner>>,
-    /// Entries changed.
-    pub(crate) changed: u32,
-    /// Some address space was busy and skipped (`try_only`), or one of
-    /// its secondary MMUs refused a non-blocking invalidation.
-    pub(crate) skipped: bool,
-    /// MMU-notifier invalidations started, ended once translations are
-    /// shot down (`flush`, or dropping the visit).
-    pending: Vec<(Arc<MmInner>, crate::notifier::Invalidation)>,
-}
-
-impl Visit {
-    /// Shoot down every stale translation the changes left, then end the
-    /// secondary MMUs' invalidations.
-    pub(crate) fn flush(&mut self) {
-        for mm in &self.flush {
-            if mm.tlb.flush(None) {
-                crate::stats::Counters::bump(&mm.machine.counters.tlb_flushes);
-            }
-        }
-        self.end_invalidations();
-    }
-
-    fn end_invalidations(&mut self) {
-        for (mm, inv) in self.pending.drain(..) {
-            mm.notifiers.end(inv);
-        }
-    }
-}
-
-impl Drop for Visit {
-    fn drop(&mut self) {
-        self.end_invalidations();
-    }
-}
-
-/// Visit every page-table entry that holds anonymous frame `f` (present or
-/// migration entry), through the reverse map, and let `edit` (a pure
-/// function: it may run more than once for one entry) choose a
-/// replacement; `changed(old)` runs once for each entry replaced, under its
-/// page-table lock. `try_only`: skip address spaces whose `mmap_lock` is
-/// not free now.
-pub(crate) fn visit_mappings(
-    m: &MachineInner,
-    f: FrameId,
-    try_only: bool,
-    edit: impl Fn(Pte) -> Option<Pte>,
-    changed: impl FnMut(Pte),
-) -> Visit {
-    visit_mappings_for(m, f, try_only, None, edit, changed)
-}
-
-/// `visit_mappings` that brackets each address space's change with MMU
-/// notifier calls for `event` (one page, `[va, va + 4096)`, per space).
-pub(crate) fn visit_mappings_for(
-    m: &MachineInner,
-    f: FrameId,
-    try_only: bool,
-    event: Option<crate::notifier::Event>,
-    edit: impl Fn(Pte) -> Option<Pte>,
-    mut changed: impl FnMut(Pte),
-) -> Visit {
-    let arena = &m.arena;
-    let (owner, va) = rmap_address(arena.meta(f));
-    let mut v = Visit::default();
-    crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
-        let Some(st) = lock_member(mm, try_only) else {
-            v.skipped = true;
-            return;
-        };
-        let Some(pt) = st.pt.as_ref() else { return };
-        // Secondary MMUs first, outside the page-table lock (they may sleep).
-        let inv = match event.filter(|_| mm.notifiers.any()) {
-            None => None,
-            Some(event) => {
-                let range = crate::notifier::Range { start: va, end: va + 4096, event, blockable: !try_only };
-                match mm.notifiers.start(range) {
-                    Ok(inv) => Some(inv),
-                    Err(_) => {
-                        v.skipped = true;
-                        return;
-                    }
-                }
-            }
-        };
-        if let Some(inv) = inv {
-            v.pending.push((mm.clone(), inv));
-        }
-        let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
-        // A table shared with a space visited before, whose entry was
-        // changed through it: this space may cache the old translation
-        // too. (Looked at only when the entry no longer holds the frame: a
-        // table freed and reallocated during the walk may reuse the id.)
-        let changed_before = v.tables.contains(&g.table());
-        let mut pte = g.get(va);
-        let changed = loop {
-            if pte.counted_frame() != Some(f) {
-                if changed_before {
-                    v.flush.push(mm.clone());
-                }
-                return;
-            }
-            let Some(new) = edit(pte) else { break false };
-            // An MMU-style lock-free setter may add accessed or dirty bits
-            // meanwhile: never lose them.
-            match g.cas(va, pte, new) {
-                Ok(old) => {
-                    changed(old);
-                    break true;
-                }
-                Err(now) => pte = now,
-            }
-        };
-        if changed {
-            v.tables.push(g.table());
-            v.flush.push(mm.clone());
-            v.changed += 1;
-            drop(g);
-            crate::futex::invalidate(mm, Some(&st), va, va + 4096);
-        }
-    });
-    v
-}
-
-/// Whether a secondary MMU (MMU notifier `clear_young`) accessed anonymous
-/// frame `f` since the last look, in any address space mapping it; clears
-/// those bits. Spaces whose `mmap_lock` is busy are skipped.
-pub(crate) fn young_in_secondaries(m: &MachineInner, f: FrameId) -> bool {
-    let (owner, va) = rmap_address(m.arena.meta(f));
-    let mut young = false;
-    crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
-        if mm.notifiers.any() {
-            young |= mm.notifiers.clear_young(va, va + 4096);
-        }
-    });
-    young
-}
-
-/// An anonymous frame's anon_vma id and the one address it can be mapped
-/// at in any space (`rmap.rs`, rule 3).
-fn rmap_address(meta: &crate::phys::FrameMeta) -> (u64, u64) {
-    (meta.owner.load(Ordering::Acquire), meta.index.load(Ordering::Acquire) << 12)
-}
-
-/// A member address space's `mmap_lock` for a reverse-map visit: tried only
-/// (`None` when busy) or waited for, without queueing behind a writer.
-pub(crate) fn lock_member(
-    mm: &MmInner,
-    try_only: bool,
-) -> Option<parking_lot::RwLockReadGuard<'_, crate::mm::MmState>> {
-    if try_only {
-        mm.state.try_read_recursive()
-    } else {
-        Some(mm.state.read_recursive())
-    }
 }

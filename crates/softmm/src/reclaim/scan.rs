@@ -10,21 +10,29 @@
 //! "faulted or filled into a TLB since the last sweep": a clock over TLB
 //! fills rather than over every access, which is what softmm can see.
 //!
-//! Anonymous victims are swapped out in batches (`SwapBatch`, up to
-//! `WRITE_BATCH` frames, each locked meanwhile): sorted by owner and page
-//! index, they get consecutive slots in that order (`SlotMap` is next-fit),
-//! and each run of consecutive slots is written with one vectored write.
-//! Neighbouring pages thus sit side by side on the device, where swap
-//! readahead (`swapin.rs`) reads them back with one read. The batch's
-//! translations are shot down once per address space, not once per page
-//! (Linux's `try_to_unmap_flush`).
+//! A frame already in the swap cache (read back from swap, or written
+//! before) has a slot, so one reverse-map walk both ages and unmaps it
+//! (`SwapBatch::age_or_unmap`): entries accessed since the last look only
+//! lose their accessed bit, the others become swap entries at once. A page
+//! read back and not written since is clean: once unmapped it is dropped
+//! without I/O. Other frames take a walk to age them and, when cold, a
+//! second one to unmap them once the batch has given them their slots.
+//!
+//! Anonymous victims are swapped out in batches (`SwapBatch`, each frame
+//! locked meanwhile): up to `WRITE_BATCH` frames to write, sorted by owner
+//! and page index, get consecutive slots in that order (`SlotMap` is
+//! next-fit), and each run of consecutive slots is written with one
+//! vectored write. Neighbouring pages thus sit side by side on the device,
+//! where swap readahead (`swapin.rs`) reads them back with one read. The
+//! batch's translations are shot down once per address space, not once per
+//! page (Linux's `try_to_unmap_flush`), for up to `HOLD_MAX` frames.
 //!
 //! Failures lose nothing: a full device leaves the page mapped; a failed
 //! write leaves every page of its run in the swap cache, resident and
 //! intact, where a fault finds it and a later sweep writes it again.
 
 use super::swap::{with_scratch, SwapSpace};
-use super::{visit_mappings, visit_mappings_for, Visit};
+use super::{age, visit_mappings, How, Visit};
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
 use crate::mm::MmInner;
@@ -41,12 +49,21 @@ const BATCH: usize = 32;
 /// Anonymous frames swapped out together at most (see the module doc).
 const WRITE_BATCH: usize = 32;
 
+/// Frames one batch holds at most (locked; at most `WRITE_BATCH` of them
+/// still to be written): one TLB shootdown covers them all. A shootdown
+/// that must reach another thread costs a `membarrier`, which interrupts
+/// every other CPU running this process (tens of microseconds measured on
+/// a loaded 2-CPU VM): pages dropped without I/O share one among up to
+/// this many.
+pub(crate) const HOLD_MAX: usize = 256;
+
 /// Free frames for an allocation that hit the frame limit. Returns whether
 /// anything was freed (the caller retries its allocation then).
 pub(crate) fn direct_reclaim(m: &MachineInner) -> bool {
     if m.reclaim.swap.is_none() {
         return false;
     }
+    Counters::bump(&m.counters.direct_reclaims);
     let before = m.arena.in_use();
     let _one = m.reclaim.scanning.lock();
     if m.arena.in_use() < before {
@@ -70,7 +87,7 @@ fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
     let touched = arena.touched().max(2);
     let mut freed = 0;
     let mut looked = 0u64;
-    let mut batch = SwapBatch::default();
+    let mut batch = SwapBatch::with_capacity(want.min(HOLD_MAX));
     while freed < want && looked < 2 * touched as u64 {
         looked += 1;
         let i = m.reclaim.hand.fetch_add(1, Ordering::Relaxed);
@@ -89,33 +106,26 @@ fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
                 Ok(false) => {}
                 Err(_) => Counters::bump(&m.counters.swap_failures),
             }
-        } else if meta.has(flags::ANON) && !referenced(m, f, try_only) {
-            batch.add(m, f);
+        } else if meta.has(flags::ANON) {
+            batch.consider(m, swap, f, try_only);
         }
         arena.put(f);
         // Victims go out together once they make a batch or would make up
         // what is still wanted (after the put above: a frame leaves only
         // when the cache and the batch are all that hold it).
-        if !batch.is_empty() && batch.len() >= WRITE_BATCH.min(want.saturating_sub(freed)) {
+        let full = batch.queued.len() >= WRITE_BATCH || batch.len() >= HOLD_MAX.min(want.saturating_sub(freed));
+        if !batch.is_empty() && full {
             freed += batch.flush(m, swap, try_only);
         }
     }
     freed + batch.flush(m, swap, try_only)
 }
 
-/// Whether any mapping of `f` was accessed since the last look; clears the
-/// accessed bits it finds (Linux's `folio_referenced` + `ptep_clear_young`).
+/// Whether any mapping of `f` was accessed since the last look, by the
+/// entry or by a secondary MMU; clears the accessed bits it finds (Linux's
+/// `folio_referenced` + `ptep_clear_young` and MMU notifier `clear_young`).
 fn referenced(m: &MachineInner, f: FrameId, try_only: bool) -> bool {
-    let mut young = false;
-    visit_mappings(
-        m,
-        f,
-        try_only,
-        |pte| (pte.is_present() && pte.is_accessed()).then(|| pte.without(Pte::ACCESSED)),
-        |_| young = true,
-    );
-    // Secondary MMUs' accessed bits count too (MMU notifier `clear_young`).
-    super::young_in_secondaries(m, f) || young
+    visit_mappings(m, f, How { try_only, age: true, ..How::default() }, age, |_| {}).young
 }
 
 /// Anonymous frames the clock chose, each locked and held by a reference
@@ -125,9 +135,15 @@ fn referenced(m: &MachineInner, f: FrameId, try_only: bool) -> bool {
 /// (a fault on its swap entry) holds at most an `mmap_lock` for reading,
 /// which the batch's visits take recursively, and nothing waits for a
 /// frame lock while holding what a visit takes after it (see `mod.rs`).
-#[derive(Default)]
 struct SwapBatch {
-    frames: Vec<FrameId>,
+    /// Every frame of the batch (locked, with the batch's reference).
+    held: Vec<FrameId>,
+    /// Frames still to unmap, at the next flush.
+    queued: Vec<FrameId>,
+    /// Frames unmapped, waiting for the shootdown of `stale`.
+    unmapped: Vec<Unmapped>,
+    /// Address spaces that may cache translations of unmapped frames.
+    stale: Vec<Arc<MmInner>>,
 }
 
 /// A frame of the batch whose entries became swap entries, waiting for
@@ -151,22 +167,122 @@ enum Settled {
 }
 
 impl SwapBatch {
+    /// A batch that holds up to `n` frames without growing.
+    fn with_capacity(n: usize) -> SwapBatch {
+        SwapBatch {
+            held: Vec::with_capacity(n),
+            queued: Vec::with_capacity(n.min(WRITE_BATCH)),
+            unmapped: Vec::with_capacity(n),
+            stale: Vec::new(),
+        }
+    }
+
     fn len(&self) -> usize {
-        self.frames.len()
+        self.held.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.held.is_empty()
+    }
+
+    /// Age private frame `f` (the caller holds a reference), or take it
+    /// into the batch if it is cold.
+    fn consider(&mut self, m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) {
+        if m.arena.meta(f).has(flags::SWAPCACHE) {
+            self.age_or_unmap(m, swap, f, try_only);
+        } else if !referenced(m, f, try_only) {
+            self.add(m, f);
+        }
     }
 
     /// Lock `f` (the caller holds a reference) and keep it, with a
-    /// reference of the batch's own, for the next flush; nothing if someone
+    /// reference of the batch's own, for the next flush; false if someone
     /// else holds its lock.
-    fn add(&mut self, m: &MachineInner, f: FrameId) {
-        if m.arena.meta(f).try_lock() {
-            m.arena.get(f);
-            self.frames.push(f);
+    fn hold(&mut self, m: &MachineInner, f: FrameId) -> bool {
+        if !m.arena.meta(f).try_lock() {
+            return false;
         }
+        m.arena.get(f);
+        self.held.push(f);
+        true
+    }
+
+    /// Queue `f` to be unmapped at the next flush.
+    fn add(&mut self, m: &MachineInner, f: FrameId) {
+        if self.hold(m, f) {
+            self.queued.push(f);
+        }
+    }
+
+    /// One walk for a frame in the swap cache: mappings accessed since the
+    /// last look are aged, the others become swap entries for its slot.
+    /// The frame joins the batch if any entry was replaced (the shootdown
+    /// is the batch's) or none maps it any more (it may go).
+    fn age_or_unmap(&mut self, m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) {
+        if !self.hold(m, f) {
+            return;
+        }
+        let meta = m.arena.meta(f);
+        // Under the frame lock: every removal from the cache holds it.
+        let slot = meta.swap.load(Ordering::Acquire);
+        if !meta.has(flags::ANON) || slot == 0 || meta.pins.load(Ordering::Acquire) > 0 {
+            return self.release_last(m, swap);
+        }
+        let slot = slot - 1;
+        let how = How { try_only, event: Some(Event::SwapOut), age: true };
+        // Pins are taken under the page-table lock the edit runs under: one
+        // taken since the check above keeps the page mapped (unswapped).
+        let edit = |pte: Pte| age(pte).or_else(|| (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot)));
+        let visit = self.unmap_with(m, swap, f, slot, how, edit);
+        if visit.changed == 0 && meta.mapcount() != 0 {
+            drop(visit);
+            return self.release_last(m, swap); // still mapped, nothing to shoot down
+        }
+        self.unmapped.push(Unmapped { f, slot, visit });
+    }
+
+    /// Give back the frame `hold` took last.
+    fn release_last(&mut self, m: &MachineInner, swap: &SwapSpace) {
+        if let Some(f) = self.held.pop() {
+            swap.unlock_frame(&m.arena, f);
+            m.arena.put(f);
+        }
+    }
+
+    /// Replace the entries `edit` chooses of locked frame `f`, cached for
+    /// `slot`, with swap entries (`edit` gives `Pte::swap(slot)` or ages):
+    /// counts, slot references and dirtiness follow; the spaces that may
+    /// cache the old translations join `stale`.
+    fn unmap_with(
+        &mut self,
+        m: &MachineInner,
+        swap: &SwapSpace,
+        f: FrameId,
+        slot: u32,
+        how: How,
+        edit: impl Fn(Pte) -> Option<Pte>,
+    ) -> Visit {
+        let meta = m.arena.meta(f);
+        let mut dirty = false;
+        let mut visit = visit_mappings(m, f, how, edit, |old| {
+            dirty |= old.is_dirty();
+            swap.dup(slot);
+        });
+        if visit.changed > 0 {
+            // The frame stays alive (the cache and the batch hold it) and is
+            // neither copied nor freed before the shootdown.
+            meta.sub_counts(visit.changed, visit.changed);
+        }
+        if dirty {
+            meta.set_flags(flags::DIRTY);
+            meta.clear_flags(flags::SWAP_VALID);
+        }
+        for mm in visit.take_stale().drain() {
+            if !self.stale.iter().any(|s| Arc::ptr_eq(s, &mm)) {
+                self.stale.push(mm);
+            }
+        }
+        visit
     }
 
     /// Swap out every frame of the batch and release it. Returns the frames
@@ -175,15 +291,14 @@ impl SwapBatch {
         let arena = &m.arena;
         // Neighbouring pages get consecutive slots, in address order: the
         // fault on the first reads the others ahead.
-        self.frames.sort_by_cached_key(|&f| {
+        let mut queued = std::mem::take(&mut self.queued);
+        queued.sort_by_cached_key(|&f| {
             let meta = arena.meta(f);
             (meta.owner.load(Ordering::Relaxed), meta.index.load(Ordering::Relaxed))
         });
-        let mut unmapped = Vec::with_capacity(self.frames.len());
-        let mut stale = Vec::new();
-        for &f in &self.frames {
-            match unmap(m, swap, f, try_only, &mut stale) {
-                Ok(Some(u)) => unmapped.push(u),
+        for f in queued {
+            match self.unmap(m, swap, f, try_only) {
+                Ok(Some(u)) => self.unmapped.push(u),
                 Ok(None) => {}
                 Err(_) => Counters::bump(&m.counters.swap_failures),
             }
@@ -191,14 +306,14 @@ impl SwapBatch {
         // One shootdown per address space for the whole batch (Linux's
         // `try_to_unmap_flush`), before any page is copied out or freed;
         // then the visits end their invalidations.
-        for mm in &stale {
+        for mm in self.stale.drain(..) {
             if mm.tlb.flush(None) {
                 Counters::bump(&m.counters.tlb_flushes);
             }
         }
         let mut freed = 0;
-        let mut writes = Vec::with_capacity(unmapped.len());
-        for u in unmapped {
+        let mut writes = Vec::with_capacity(self.unmapped.len());
+        for u in self.unmapped.drain(..) {
             let skipped = u.visit.skipped;
             drop(u.visit);
             match settle(m, swap, u.f, u.slot, skipped) {
@@ -211,11 +326,45 @@ impl SwapBatch {
         for run in writes.chunk_by(|a, b| a.0.checked_add(1) == Some(b.0)) {
             freed += write_run(m, swap, run);
         }
-        for f in self.frames.drain(..) {
-            arena.meta(f).unlock();
+        for f in self.held.drain(..) {
+            // Exits meanwhile may have left it an orphan (`unlock_frame`).
+            swap.unlock_frame(arena, f);
             arena.put(f); // frees a frame that left the swap cache
         }
         freed
+    }
+
+    /// Put locked frame `f` of the batch in the swap cache (unless it is
+    /// there) and replace its entries everywhere with swap entries holding
+    /// the slot. `None`: the frame stays as it was.
+    fn unmap(&mut self, m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<Option<Unmapped>> {
+        let meta = m.arena.meta(f);
+        if !meta.has(flags::ANON) || meta.pins.load(Ordering::Acquire) > 0 {
+            return Ok(None);
+        }
+        let slot = match meta.swap.load(Ordering::Acquire) {
+            0 => {
+                let Some(slot) = swap.alloc() else {
+                    return Err(Error::SwapFull(format!("no free slot on {}", swap.dev.describe())));
+                };
+                let cached = swap.insert(&m.arena, slot, f);
+                swap.put(slot); // the allocation's reference: the cache holds one now
+                if !cached {
+                    return Ok(None);
+                }
+                slot
+            }
+            s => s - 1,
+        };
+        // Secondary MMUs drop their translations too; their invalidations
+        // end when the visit is dropped, after the batch's shootdown. (Not
+        // a migration entry: a frame being migrated is locked anyway.)
+        // Pins are taken under the page-table lock the edit runs under: one
+        // taken since the check above keeps the page mapped (unswapped).
+        let how = How { try_only, event: Some(Event::SwapOut), ..How::default() };
+        let edit = |pte: Pte| (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot));
+        let visit = self.unmap_with(m, swap, f, slot, how, edit);
+        Ok(Some(Unmapped { f, slot, visit }))
     }
 }
 
@@ -249,72 +398,6 @@ fn write_run(m: &MachineInner, swap: &SwapSpace, run: &[(u32, FrameId)]) -> usiz
         }
     }
     freed
-}
-
-/// Put locked frame `f` (held by the caller and the batch) in the swap
-/// cache and replace its entries everywhere with swap entries holding the
-/// slot; the address spaces that may still cache the old translations are
-/// added to `stale`, for the caller to shoot down before it settles the
-/// frame. `None`: the frame stays as it was.
-fn unmap(
-    m: &MachineInner,
-    swap: &SwapSpace,
-    f: FrameId,
-    try_only: bool,
-    stale: &mut Vec<Arc<MmInner>>,
-) -> Result<Option<Unmapped>> {
-    let arena = &m.arena;
-    let meta = arena.meta(f);
-    if !meta.has(flags::ANON) || meta.pins.load(Ordering::Acquire) > 0 {
-        return Ok(None);
-    }
-    let slot = match meta.swap.load(Ordering::Acquire) {
-        0 => {
-            let Some(slot) = swap.alloc() else {
-                return Err(Error::SwapFull(format!("no free slot on {}", swap.dev.describe())));
-            };
-            let cached = swap.insert(arena, slot, f);
-            swap.put(slot); // the allocation's reference: the cache holds one now
-            if !cached {
-                return Ok(None);
-            }
-            slot
-        }
-        s => s - 1,
-    };
-    let mut dirty = false;
-    // Secondary MMUs drop their translations too; their invalidations
-    // end when the visit is dropped, after the batch's shootdown.
-    let mut visit = visit_mappings_for(
-        m,
-        f,
-        try_only,
-        Some(Event::SwapOut),
-        // Not a migration entry: a frame being migrated is locked anyway.
-        // Pins are taken under the page-table lock held here: one taken
-        // since the check above keeps the page mapped (and so unswapped).
-        |pte| (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot)),
-        |old| {
-            dirty |= old.is_dirty();
-            swap.dup(slot);
-        },
-    );
-    if visit.changed > 0 {
-        // The frame stays alive (the cache and the batch hold it) and is
-        // neither copied nor freed before the shootdown.
-        meta.sub_counts(visit.changed, visit.changed);
-    }
-    if dirty {
-        meta.set_flags(flags::DIRTY);
-        meta.clear_flags(flags::SWAP_VALID);
-    }
-    // The batch shoots these down once for all its frames.
-    for mm in std::mem::take(&mut visit.flush) {
-        if !stale.iter().any(|s| Arc::ptr_eq(s, &mm)) {
-            stale.push(mm);
-        }
-    }
-    Ok(Some(Unmapped { f, slot, visit }))
 }
 
 /// Decide the fate of an unmapped frame of the batch, its stale

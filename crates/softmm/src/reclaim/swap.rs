@@ -46,7 +46,7 @@ use super::device::SwapDevice;
 use crate::phys::{flags, FrameArena, FrameId, PAGE_SIZE};
 use parking_lot::Mutex;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 const SHARDS: usize = 64;
@@ -413,13 +413,35 @@ impl SwapSpace {
     }
 
     /// Take `f` out of the cache if its references are exactly `expected`
-    /// (the caller holds the frame lock: whoever holds it may rely on the
-    /// frame's cache membership not changing)
     /// (the cache's included) and, with `need_exclusive`, no swap entry
-    /// names the slot any more. The cache's references on the frame and
-    /// the slot are dropped; the frame is not freed here unless `expected`
-    /// was 1. Returns whether it was removed.
+    /// names the slot any more. The caller holds the frame lock: whoever
+    /// holds it may rely on the frame's cache membership not changing. The
+    /// cache's references on the frame and the slot are dropped; the frame
+    /// is not freed here unless `expected` was 1. Returns whether it was
+    /// removed.
     pub(crate) fn remove_if(&self, arena: &FrameArena, f: FrameId, expected: u32, need_exclusive: bool) -> bool {
+        self.remove_when(arena, f, |m, slot| m.refcount() == expected && (!need_exclusive || self.count(slot) == 1))
+    }
+
+    /// Take `f` out of the cache if it is an orphan: no swap entry names
+    /// its slot and nothing maps it, so no fault can ever find it again.
+    /// Others may still hold references (a zap's deferred one); the
+    /// caller holds the frame lock and a reference, so the frame is not
+    /// freed here.
+    pub(crate) fn remove_orphan(&self, arena: &FrameArena, f: FrameId) -> bool {
+        self.remove_when(arena, f, |m, slot| m.mapcount() == 0 && self.count(slot) == 1)
+    }
+
+    /// Whether `f` looks like an orphan now (a hint, read without locks).
+    fn looks_orphaned(&self, arena: &FrameArena, f: FrameId) -> bool {
+        let m = arena.meta(f);
+        let slot = m.swap.load(Ordering::Acquire);
+        m.has(flags::SWAPCACHE) && m.mapcount() == 0 && slot != 0 && self.count(slot - 1) == 1
+    }
+
+    /// Take `f` out of the cache if `cond(meta, slot)` holds under the
+    /// slot's shard lock (the caller holds the frame lock).
+    fn remove_when(&self, arena: &FrameArena, f: FrameId, cond: impl Fn(&crate::phys::FrameMeta, u32) -> bool) -> bool {
         let m = arena.meta(f);
         debug_assert!(m.has(flags::LOCKED), "swap-cache removal of frame {} without its lock", f.0);
         let slot = m.swap.load(Ordering::Acquire);
@@ -429,10 +451,7 @@ impl SwapSpace {
         let slot = slot - 1;
         {
             let _shard = self.shard(slot).lock();
-            if self.cached(slot) != Some(f) || m.refcount() != expected {
-                return false;
-            }
-            if need_exclusive && self.count(slot) != 1 {
+            if self.cached(slot) != Some(f) || !cond(m, slot) {
                 return false;
             }
             self.set_cached(slot, None);
@@ -442,6 +461,30 @@ impl SwapSpace {
         self.put(slot);
         arena.put(f);
         true
+    }
+
+    /// Unlock frame `f`, which may be in the cache (the caller holds a
+    /// reference). An exit or unmap that dropped the last entry or mapping
+    /// of a cached page while it was locked could not take it out of the
+    /// cache (that needs the lock) and left it to the lock's holder: so
+    /// every holder looks again *after* unlocking, and the other side
+    /// tries the lock *after* its change (`put_entry`, `free_swap_cache`),
+    /// with a full fence on both sides: one of the two sees the other.
+    /// (Linux leaves such pages to a later scan; here an exit must free
+    /// everything.)
+    pub(crate) fn unlock_frame(&self, arena: &FrameArena, f: FrameId) {
+        let m = arena.meta(f);
+        loop {
+            m.unlock();
+            fence(Ordering::SeqCst);
+            if !self.looks_orphaned(arena, f) || !m.try_lock() {
+                return; // not an orphan, or the new holder looks again
+            }
+            if self.remove_orphan(arena, f) {
+                m.unlock(); // out of the cache: nothing left to look at
+                return;
+            }
+        }
     }
 
     /// Take `f` out of the cache unconditionally (a failed read-in; the
@@ -466,17 +509,19 @@ impl SwapSpace {
     }
 
     /// After a swap entry for `slot` went away: if only the cache still
-    /// refers to the slot and nothing else holds its frame, nobody can ever
-    /// fault it in again, so drop both (Linux's `free_swap_and_cache`).
+    /// refers to the slot and nothing maps its frame, nobody can ever fault
+    /// it in again, so drop both (Linux's `free_swap_and_cache`). A frame
+    /// locked now is left to its holder (`unlock_frame`).
     pub(crate) fn put_entry(&self, arena: &FrameArena, slot: u32) {
         if self.put(slot) != 1 {
             return;
         }
+        // After the change, before the try: see `unlock_frame`.
+        fence(Ordering::SeqCst);
         if let Some(f) = self.lookup(arena, slot) {
-            let m = arena.meta(f);
-            if m.try_lock() {
-                self.remove_if(arena, f, 2, true);
-                m.unlock();
+            if arena.meta(f).try_lock() {
+                self.remove_orphan(arena, f);
+                self.unlock_frame(arena, f);
             }
             arena.put(f);
         }

@@ -2,8 +2,8 @@
 //! and swap readahead (see `swap.rs`).
 //!
 //! A fault that reads its page from the device also reads the slots after
-//! it, as far as the readahead window goes, with one vectored read into new
-//! frames it puts in the swap cache, unmapped; a later fault on one of them
+//! it, as far as the readahead window goes, with one vectored read straight
+//! into new frames it puts in the swap cache, unmapped; a later fault on one of them
 //! finds it there. The faulting page is read on its own first, so its
 //! outcome never depends on its neighbours': a failed readahead only leaves
 //! those pages on the device.
@@ -13,7 +13,7 @@
 //! that finds it (which is a `swap_cache_hits` too). Pages read ahead and
 //! dropped unused count nowhere, so readahead cannot inflate the figure.
 
-use super::swap::{with_scratch, SwapSpace};
+use super::swap::SwapSpace;
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
 use crate::mm::MmInner;
@@ -70,17 +70,18 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
             arena.put(n);
             continue;
         }
-        let mut page = [0u8; PAGE_SIZE];
-        let read = swap.dev.read_page(slot as u64, &mut page);
+        // SAFETY: `n` is fresh from the allocator, locked and not `ANON`:
+        // a fault that finds it in the cache waits for the lock before it
+        // looks at the bytes, and nothing else reaches them (see `page_mut`).
+        let read = swap.dev.read_page(slot as u64, unsafe { arena.page_mut(n) });
         if let Err(e) = read {
             swap.remove(arena, slot, n);
             meta.unlock();
             arena.put(n);
             return Err(Error::Io { addr: va, what: format!("reading slot {slot} of {}: {e}", swap.dev.describe()) });
         }
-        arena.write(n, 0, &page);
         meta.set_flags(flags::SWAP_VALID | flags::ANON);
-        meta.unlock();
+        swap.unlock_frame(arena, n);
         Counters::bump(&m.counters.swap_ins);
         read_ahead(m, swap, slot, swap.readahead_window(slot));
         return Ok(n);
@@ -116,21 +117,24 @@ fn read_ahead(m: &MachineInner, swap: &SwapSpace, slot: u32, window: u32) {
     if frames.is_empty() {
         return;
     }
-    with_scratch(frames.len(), |pages| {
-        let read = swap.dev.read_pages(first as u64, pages);
-        for ((&f, page), t) in frames.iter().zip(pages.iter()).zip(first..) {
-            let meta = arena.meta(f);
-            if read.is_ok() {
-                arena.write(f, 0, page);
-                meta.set_flags(flags::SWAP_VALID | flags::ANON);
-            } else {
-                // A fault waiting for it sees it gone and reads the slot itself.
-                swap.remove(arena, t, f);
-            }
-            meta.unlock();
-            arena.put(f); // the cache holds the page now (or nobody does)
+    // SAFETY: each frame is fresh from the allocator, locked and not
+    // `ANON`, and appears once: a fault that finds one in the cache waits
+    // for its lock before it looks at the bytes (see `page_mut`).
+    let mut pages: Vec<&mut [u8; PAGE_SIZE]> = frames.iter().map(|&f| unsafe { arena.page_mut(f) }).collect();
+    let read = swap.dev.read_pages_into(first as u64, &mut pages);
+    drop(pages);
+    for (&f, t) in frames.iter().zip(first..) {
+        let meta = arena.meta(f);
+        if read.is_ok() {
+            meta.set_flags(flags::SWAP_VALID | flags::ANON);
+        } else {
+            // A fault waiting for it sees it gone and reads the slot itself.
+            swap.remove(arena, t, f);
         }
-    });
+        // (An exit meanwhile may have left it an orphan: see `unlock_frame`.)
+        swap.unlock_frame(arena, f);
+        arena.put(f); // the cache holds the page now (or nobody does)
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +154,9 @@ mod tests {
             swap: SwapConfig::Device(dev.clone()),
             cpu_caches: 1,
             prezero: false,
+            // Exact read counts and scripted device faults: only the
+            // test's own faults and reclaims may touch the device.
+            background_reclaim: false,
             ..Config::default()
         })
         .unwrap();
@@ -350,6 +357,9 @@ mod tests {
             swap: SwapConfig::Device(dev.clone()),
             cpu_caches: 1,
             prezero: false,
+            // Exact read counts and scripted device faults: only the
+            // test's own faults and reclaims may touch the device.
+            background_reclaim: false,
             ..Config::default()
         })
         .unwrap();
@@ -360,6 +370,71 @@ mod tests {
         for i in 0..64 {
             assert_eq!(read(&mm, BASE + i * PAGE).unwrap(), stamp(BASE + i * PAGE, 6), "page {i}");
         }
+        m.check_invariants().unwrap();
+    }
+
+    /// The frame caching page `i` of `BASE`, locked and held as a reclaim
+    /// batch holds it (another thread's reclaim, frozen mid-batch).
+    fn hold_cached(m: &Machine, i: u64) -> crate::phys::FrameId {
+        let arena = &m.inner.arena;
+        let f = (1..arena.touched())
+            .map(crate::phys::FrameId)
+            .find(|&f| {
+                let meta = arena.meta(f);
+                meta.has(crate::phys::flags::SWAPCACHE) && meta.index.load(Ordering::Relaxed) == (BASE >> 12) + i
+            })
+            .expect("page in the swap cache");
+        assert!(arena.meta(f).try_lock());
+        arena.get(f);
+        f
+    }
+
+    /// Release what `hold_cached` took, as the batch does.
+    fn release(m: &Machine, f: crate::phys::FrameId) {
+        let swap = m.inner.reclaim.swap.as_ref().unwrap();
+        swap.unlock_frame(&m.inner.arena, f);
+        m.inner.arena.put(f);
+    }
+
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_cached_page_whose_last_swap_entry_goes_while_locked_is_freed_by_the_holder() {
+        let (m, _dev) = machine(256);
+        let mm = m.new_mm().unwrap();
+        fill(&mm, BASE, 16, 8);
+        m.reclaim(1000);
+        // Sequential faults read pages ahead: page 6 sits in the swap
+        // cache, unmapped, named only by its swap entry.
+        for i in 0..4 {
+            read(&mm, BASE + i * PAGE).unwrap();
+        }
+        let f = hold_cached(&m, 6);
+        // Exit zaps the swap entry while the frame is locked: the zap
+        // cannot take the page out of the cache, so the holder must.
+        drop(mm);
+        release(&m, f);
+        let s = m.stats();
+        assert_eq!((s.frames_in_use, s.swap_used), (0, 0), "nothing may outlive the exit: {s:?}");
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_cached_page_whose_last_mapping_goes_while_locked_is_freed_by_the_holder() {
+        let (m, _dev) = machine(256);
+        let mm = m.new_mm().unwrap();
+        fill(&mm, BASE, 1, 9);
+        m.reclaim(1000);
+        // Read back: mapped read-only and still in the swap cache, whose
+        // slot no entry names any more.
+        read(&mm, BASE).unwrap();
+        let f = hold_cached(&m, 0);
+        drop(mm);
+        release(&m, f);
+        let s = m.stats();
+        assert_eq!((s.frames_in_use, s.swap_used), (0, 0), "nothing may outlive the exit: {s:?}");
         m.check_invariants().unwrap();
     }
 }

@@ -1,0 +1,212 @@
+//! Visiting every page-table entry that maps an anonymous frame, through
+//! the reverse map: how reclaim ages and unmaps a frame and migration
+//! freezes and repoints one (see `mod.rs` for the locks taken).
+
+use crate::few::Few;
+use crate::machine::MachineInner;
+use crate::mm::MmInner;
+use crate::phys::FrameId;
+use crate::pte::Pte;
+use crate::sync::Ordering;
+use std::sync::Arc;
+
+/// What a visit of every mapping of a frame did.
+#[derive(Default)]
+pub(crate) struct Visit {
+    /// PTE tables whose entry was replaced (a shared one counts once).
+    tables: Few<FrameId>,
+    /// Address spaces that may cache the old translation.
+    flush: Few<Arc<MmInner>>,
+    /// Entries replaced (not counting those only aged).
+    pub(crate) changed: u32,
+    /// Some mapping had been accessed since the last look (an entry's
+    /// accessed bit, or a secondary MMU's with `How::age`); those bits are
+    /// cleared now.
+    pub(crate) young: bool,
+    /// Some address space was busy and skipped (`try_only`), or one of
+    /// its secondary MMUs refused a non-blocking invalidation.
+    pub(crate) skipped: bool,
+    /// MMU-notifier invalidations started, ended once translations are
+    /// shot down (`flush`, or dropping the visit).
+    pending: Vec<(Arc<MmInner>, crate::notifier::Invalidation)>,
+}
+
+impl Visit {
+    /// Shoot down every stale translation the changes left, then end the
+    /// secondary MMUs' invalidations.
+    pub(crate) fn flush(&mut self) {
+        for mm in self.flush.iter() {
+            if mm.tlb.flush(None) {
+                crate::stats::Counters::bump(&mm.machine.counters.tlb_flushes);
+            }
+        }
+        self.end_invalidations();
+    }
+
+    /// The address spaces that may still cache a replaced translation,
+    /// for the caller to shoot down (before it drops the visit).
+    pub(crate) fn take_stale(&mut self) -> Few<Arc<MmInner>> {
+        std::mem::take(&mut self.flush)
+    }
+
+    fn end_invalidations(&mut self) {
+        for (mm, inv) in self.pending.drain(..) {
+            mm.notifiers.end(inv);
+        }
+    }
+}
+
+impl Drop for Visit {
+    fn drop(&mut self) {
+        self.end_invalidations();
+    }
+}
+
+/// How a visit treats each address space that may map the frame.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct How {
+    /// Skip address spaces whose `mmap_lock` is not free now.
+    pub(crate) try_only: bool,
+    /// Bracket each space's change with MMU-notifier calls for this event
+    /// (one page, `[va, va + 4096)`, per space).
+    pub(crate) event: Option<crate::notifier::Event>,
+    /// Ask each space's secondary MMUs first whether they accessed the
+    /// page (`clear_young`); in a space where one did, the entry is only
+    /// aged (its accessed bit cleared), never edited.
+    pub(crate) age: bool,
+}
+
+/// Visit every page-table entry that holds anonymous frame `f` (present or
+/// migration entry), through the reverse map, and let `edit` (a pure
+/// function: it may run more than once for one entry) choose a
+/// replacement; `changed(old)` runs once for each entry replaced, under its
+/// page-table lock. A replacement that only clears the accessed bit ages
+/// the entry: it sets `Visit::young` and needs no shootdown (a translation
+/// cached meanwhile only hides later accesses, as an x86 TLB does).
+pub(crate) fn visit_mappings(
+    m: &MachineInner,
+    f: FrameId,
+    how: How,
+    edit: impl Fn(Pte) -> Option<Pte>,
+    mut changed: impl FnMut(Pte),
+) -> Visit {
+    let arena = &m.arena;
+    let (owner, va) = rmap_address(arena.meta(f));
+    let mut v = Visit::default();
+    crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
+        let Some(st) = lock_member(mm, how.try_only) else {
+            v.skipped = true;
+            return;
+        };
+        let Some(pt) = st.pt.as_ref() else { return };
+        // Secondary MMUs first, outside the page-table lock (they may sleep).
+        let young_here = how.age && mm.notifiers.clear_young(va, va + 4096);
+        v.young |= young_here;
+        if !young_here && !start_invalidation(&mut v, mm, how, va) {
+            return;
+        }
+        let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
+        let edit_here = |pte: Pte| if young_here { age(pte) } else { edit(pte) };
+        match edit_entry(&mut g, va, f, edit_here, &mut changed) {
+            Edited::Replaced => {
+                v.tables.push(g.table());
+                v.flush.push(mm.clone());
+                v.changed += 1;
+                drop(g);
+                crate::futex::invalidate(mm, Some(&st), va, va + 4096);
+            }
+            Edited::Aged => v.young = true,
+            Edited::Kept => {}
+            // A table shared with a space visited before, whose entry was
+            // replaced through it: this space may cache the old
+            // translation too. (Looked at only when the entry no longer
+            // holds the frame: a table freed and reallocated during the
+            // walk may reuse the id.)
+            Edited::Gone if v.tables.iter().any(|&t| t == g.table()) => v.flush.push(mm.clone()),
+            Edited::Gone => {}
+        }
+    });
+    v
+}
+
+/// Start `how.event`'s invalidation of `[va, va + 4096)` in `mm`'s
+/// secondary MMUs, if it has any; false (the space is skipped) when one
+/// refuses a non-blocking call.
+fn start_invalidation(v: &mut Visit, mm: &Arc<MmInner>, how: How, va: u64) -> bool {
+    let Some(event) = how.event.filter(|_| mm.notifiers.any()) else { return true };
+    let range = crate::notifier::Range { start: va, end: va + 4096, event, blockable: !how.try_only };
+    match mm.notifiers.start(range) {
+        Ok(inv) => {
+            v.pending.push((mm.clone(), inv));
+            true
+        }
+        Err(_) => {
+            v.skipped = true;
+            false
+        }
+    }
+}
+
+/// The aging edit: clear the accessed bit of a present entry that has it.
+pub(crate) fn age(pte: Pte) -> Option<Pte> {
+    (pte.is_present() && pte.is_accessed()).then(|| pte.without(Pte::ACCESSED))
+}
+
+/// What `edit_entry` did to one entry.
+enum Edited {
+    /// The entry no longer holds the frame.
+    Gone,
+    /// `edit` left it alone.
+    Kept,
+    /// Only its accessed bit was cleared.
+    Aged,
+    /// It was replaced.
+    Replaced,
+}
+
+/// Apply `edit` to the entry at `va` while it holds frame `f`, under its
+/// page-table lock.
+fn edit_entry(
+    g: &mut crate::pgtable::PteTableGuard<'_>,
+    va: u64,
+    f: FrameId,
+    edit: impl Fn(Pte) -> Option<Pte>,
+    changed: &mut impl FnMut(Pte),
+) -> Edited {
+    let mut pte = g.get(va);
+    loop {
+        if pte.counted_frame() != Some(f) {
+            return Edited::Gone;
+        }
+        let Some(new) = edit(pte) else { return Edited::Kept };
+        // An MMU-style lock-free setter may add accessed or dirty bits
+        // meanwhile: never lose them.
+        match g.cas(va, pte, new) {
+            Ok(old) if pte.is_accessed() && new == old.without(Pte::ACCESSED) => return Edited::Aged,
+            Ok(old) => {
+                changed(old);
+                return Edited::Replaced;
+            }
+            Err(now) => pte = now,
+        }
+    }
+}
+
+/// An anonymous frame's anon_vma id and the one address it can be mapped
+/// at in any space (`rmap.rs`, rule 3).
+fn rmap_address(meta: &crate::phys::FrameMeta) -> (u64, u64) {
+    (meta.owner.load(Ordering::Acquire), meta.index.load(Ordering::Acquire) << 12)
+}
+
+/// A member address space's `mmap_lock` for a reverse-map visit: tried only
+/// (`None` when busy) or waited for, without queueing behind a writer.
+pub(crate) fn lock_member(
+    mm: &MmInner,
+    try_only: bool,
+) -> Option<parking_lot::RwLockReadGuard<'_, crate::mm::MmState>> {
+    if try_only {
+        mm.state.try_read_recursive()
+    } else {
+        Some(mm.state.read_recursive())
+    }
+}
