@@ -428,7 +428,8 @@ enum PinPage {
     Attached,
     /// The space let go of the page (munmap, DONTNEED, mmap over it, exit):
     /// the pinner keeps the frame, with the bytes it had then.
-    Frozen(Vec<u8>),
+    /// Shared by every pin that was attached to the page: one frame.
+    Frozen(Rc<RefCell<Vec<u8>>>),
     /// A page of a shared object: the object's one frame.
     Shared(Rc<RefCell<Vec<u8>>>),
 }
@@ -796,6 +797,8 @@ impl World {
     /// see: each such pinned private page keeps its bytes as they are now.
     fn detach(&mut self, s: usize, hit: impl Fn(u64) -> bool) {
         let model = self.slots[s].model.as_ref();
+        // Pins of one page hold one frame: they freeze into one copy.
+        let mut frozen: std::collections::HashMap<u64, Rc<RefCell<Vec<u8>>>> = Default::default();
         for (_, mp) in self.pins.iter_mut().filter(|(_, mp)| mp.s == s) {
             let first = mp.first_vpn();
             for (i, pg) in mp.pages.iter_mut().enumerate() {
@@ -805,7 +808,7 @@ impl World {
                         Some(Mem::Private(v)) => v.clone(),
                         _ => unreachable!("an attached pin on page {vpn:#x} that is not private memory"),
                     };
-                    *pg = PinPage::Frozen(bytes);
+                    *pg = PinPage::Frozen(frozen.entry(vpn).or_insert_with(|| Rc::new(RefCell::new(bytes))).clone());
                 }
             }
         }
@@ -829,7 +832,7 @@ impl World {
                     _ => unreachable!("an attached pin without its private page"),
                 }
             }
-            PinPage::Frozen(v) => v.clone(),
+            PinPage::Frozen(v) => v.borrow().clone(),
             PinPage::Shared(rc) => rc.borrow().clone(),
         }
     }
@@ -865,7 +868,7 @@ impl World {
             let va = addr + k as u64;
             let (i, off) = (((va - first) / PAGE) as usize, ((va - first) % PAGE) as usize);
             match &mut self.pins[p].1.pages[i] {
-                PinPage::Frozen(v) => v[off] = b,
+                PinPage::Frozen(v) => v.borrow_mut()[off] = b,
                 PinPage::Shared(rc) => rc.borrow_mut()[off] = b,
                 PinPage::Attached => match self.slots[s].model.as_mut().and_then(|m| m.pages.get_mut(&(va / PAGE))) {
                     Some(Page { mem: Mem::Private(v), .. }) => v[off] = b,

@@ -4,7 +4,7 @@ use super::gather::Gather;
 use super::mmap::zap_pte;
 use super::{ForkPolicy, Mm, MmInner, MmState};
 use crate::error::{Error, Result};
-use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
+use crate::pgtable::{share, PageTable, PteTableGuard, PTE_TABLE_SPAN};
 use crate::phys::flags;
 use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
@@ -152,43 +152,59 @@ impl CopyRange<'_> {
             };
             let mut pg = self.ppt.lock(arena, ptable, base);
             let mut cg = self.cpt.lock(arena, ctable, base);
-            let mut va = lo;
-            while va < hi {
-                let pte = pg.get(va);
-                if pte.is_swap() {
-                    // Both spaces now name the slot (Linux's swap_duplicate).
-                    if let Some(swap) = parent.machine.reclaim.swap.as_ref() {
-                        swap.dup(pte.swap_slot());
-                    }
-                    cg.set(va, pte);
-                } else if self.pinned && pte.is_present() && arena.meta(pte.frame()).pins() > 0 {
-                    match self.copy_present_page(v, va, pte) {
-                        Ok((cpte, f)) => {
-                            cg.set(va, cpte);
-                            arena.meta(f).set_flags(flags::ANON);
-                        }
-                        Err(e) => {
-                            result = Err(e);
-                            return;
-                        }
-                    }
-                } else if let Some(f) = pte.counted_frame() {
-                    // Present, or a migration entry (which stands for one).
-                    let mut cpte = pte.without(Pte::ACCESSED);
-                    if pte.is_writable() {
-                        pg.set(va, pte.without(Pte::WRITE));
-                        cpte = cpte.without(Pte::WRITE);
-                        *flush = true;
-                    }
-                    arena.meta(f).add_counts(1, 1);
-                    cg.set(va, cpte);
-                } else if pte.is_present() {
-                    cg.set(va, pte.without(Pte::ACCESSED)); // the zero frame
-                }
-                va += 4096;
-            }
+            // Two instances of the entry loop: the one for spaces that never
+            // pinned has no pin test at all (fork without pins costs what it
+            // did before pins existed).
+            result = if self.pinned {
+                self.copy_pte_range::<true>(v, &mut pg, &mut cg, lo, hi, flush)
+            } else {
+                self.copy_pte_range::<false>(v, &mut pg, &mut cg, lo, hi, flush)
+            };
         });
         result
+    }
+
+    /// Linux's `copy_pte_range`: the entries of `[lo, hi)` of one table.
+    /// `PINNED`: the parent may hold pins (look for them).
+    fn copy_pte_range<const PINNED: bool>(
+        &self,
+        v: &Vma,
+        pg: &mut PteTableGuard<'_>,
+        cg: &mut PteTableGuard<'_>,
+        lo: u64,
+        hi: u64,
+        flush: &mut bool,
+    ) -> Result<()> {
+        let arena = self.parent.arena();
+        let mut va = lo;
+        while va < hi {
+            let pte = pg.get(va);
+            if pte.is_swap() {
+                // Both spaces now name the slot (Linux's swap_duplicate).
+                if let Some(swap) = self.parent.machine.reclaim.swap.as_ref() {
+                    swap.dup(pte.swap_slot());
+                }
+                cg.set(va, pte);
+            } else if PINNED && pte.is_present() && arena.meta(pte.frame()).pins() > 0 {
+                let (cpte, f) = self.copy_present_page(v, va, pte)?;
+                cg.set(va, cpte);
+                arena.meta(f).set_flags(flags::ANON);
+            } else if let Some(f) = pte.counted_frame() {
+                // Present, or a migration entry (which stands for one).
+                let mut cpte = pte.without(Pte::ACCESSED);
+                if pte.is_writable() {
+                    pg.set(va, pte.without(Pte::WRITE));
+                    cpte = cpte.without(Pte::WRITE);
+                    *flush = true;
+                }
+                arena.meta(f).add_counts(1, 1);
+                cg.set(va, cpte);
+            } else if pte.is_present() {
+                cg.set(va, pte.without(Pte::ACCESSED)); // the zero frame
+            }
+            va += 4096;
+        }
+        Ok(())
     }
 
     /// The child's entry for a pinned page at `va`: a copy of it in a new
