@@ -3,12 +3,15 @@
 //!
 //! - (a) No subscriber: every bracket is then one load. The paths that
 //!   carry one are timed: munmap of small written ranges (ns per munmap),
-//!   demand-zero first-touch faults (ns per fault, as `bench fault` warm)
-//!   and COW faults (ns per fault, as `bench cow` warm; the COW path
-//!   brackets every copy). Against a build with
-//!   `RUSTFLAGS="--cfg softmm_no_notifiers"` (no brackets at all) these must
-//!   be within 1 %: `scripts/bench-notifier.sh` runs both builds and
-//!   compares them; one process cannot.
+//!   demand-zero first-touch faults (ns per fault, as `bench fault` warm,
+//!   4 MiB per run) and COW faults (ns per fault, as `bench cow` warm, 4 MiB
+//!   per run; the COW path brackets every copy). Each run's figure is the
+//!   fastest of 8 short runs (about a millisecond each): on a shared
+//!   machine noise only ever adds time, and a preemption costs a whole
+//!   time slice, which one long run would catch now and then. Against a
+//!   build with `RUSTFLAGS="--cfg softmm_no_notifiers"` (no brackets at
+//!   all) these must be within 1 %: `scripts/bench-notifier.sh` runs both
+//!   builds and compares them; one process cannot.
 //! - (b) One subscriber (a counting one): munmap of a `--size` mapping
 //!   (default 1 GiB) with one page written per 2 MiB, so every PTE table
 //!   exists and the zap walks them all. It must make exactly one start/end
@@ -16,8 +19,7 @@
 //! - (c) Per-invalidation overhead with one subscriber: the same operation
 //!   timed in blocks without and with the subscriber, alternating which
 //!   comes first (each run's figure per side is the fastest of 16 short
-//!   blocks, which sheds preemptions), and the median of the per-run
-//!   differences: madvise
+//!   blocks, as in (a)), and the median of the per-run differences: madvise
 //!   (DONTNEED) of one empty page (the cheapest operation with a bracket,
 //!   so the difference is least buried in the operation's own noise; the
 //!   headline figure), mprotect of one written page (alternately read-only
@@ -49,21 +51,24 @@ const RANGE_BYTES: u64 = RANGE_PAGES * PAGE;
 /// A hole as large as the range between two ranges, so they stay separate
 /// VMAs and each munmap removes one whole VMA.
 const RANGE_STRIDE: u64 = 2 * RANGE_BYTES;
-/// munmaps per timed run (a 64 MiB span: 32 PTE tables, each freed by the
+/// munmaps per timed block (an 8 MiB span: 4 PTE tables, each freed by the
 /// munmap of its last range).
-const RANGES: u64 = 2048;
+const RANGES: u64 = 256;
 /// Where the munmap runs map their ranges (2 MiB aligned, in an address
 /// space of their own).
 const RANGES_BASE: u64 = 1 << 36;
-/// Memory of the fault and COW figures per run (as `bench fault` for the
-/// former; the COW run touches three times its size).
-const FAULT_SIZE: u64 = 64 << 20;
-const COW_SIZE: u64 = 32 << 20;
+/// Memory of the fault and COW figures per block (the COW run touches
+/// three times its size).
+const FAULT_SIZE: u64 = 4 << 20;
+const COW_SIZE: u64 = 4 << 20;
+/// Blocks per run in (a) (and per side in its munmap runs), the fastest of
+/// which is the run's figure.
+const BLOCKS_A: usize = 8;
 /// Operations per timed block in (c) (about half a millisecond each), and
 /// blocks per side and run, the fastest of which is the run's figure.
 const MADVISE_OPS: u64 = 2_000;
 const MPROTECT_OPS: u64 = 1_000;
-const BLOCKS: usize = 16;
+const BLOCKS_C: usize = 16;
 /// Target of (c), ns per invalidation with one subscriber.
 const OVERHEAD_TARGET_NS: f64 = 100.0;
 /// Target of (a) against a build without notifiers (checked by the script).
@@ -102,6 +107,11 @@ impl Counter {
 fn subscribe(mm: &Mm, c: &Arc<Counter>) -> Subscription {
     let sub: Arc<dyn MmuNotifier> = c.clone();
     mm.register_notifier(sub)
+}
+
+/// The fastest of each `k` consecutive figures.
+fn fastest_of(v: &[f64], k: usize) -> Vec<f64> {
+    v.chunks(k.max(1)).map(|c| c.iter().copied().fold(f64::INFINITY, f64::min)).collect()
 }
 
 /// Time `ops` calls of `op`, in ns per call.
@@ -294,17 +304,17 @@ pub fn notifier(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_js
     let mu = m.new_mm().context(|| "creating an address space".into())?;
     say(&pb, "notifier: munmap of small ranges".into());
     let munmap = if NOTIFIERS_COMPILED {
-        paired("munmap", &mu, reps, 1, RANGES, || munmap_run(&m, &mu))?
+        paired("munmap", &mu, reps, BLOCKS_A, RANGES, || munmap_run(&m, &mu))?
     } else {
         munmap_run(&m, &mu)?;
-        let without = (0..reps).map(|_| munmap_run(&m, &mu)).collect::<CliResult<Vec<f64>>>()?;
-        Paired { without, ..Paired::default() }
+        let runs = (0..reps * BLOCKS_A).map(|_| munmap_run(&m, &mu)).collect::<CliResult<Vec<f64>>>()?;
+        Paired { without: fastest_of(&runs, BLOCKS_A), ..Paired::default() }
     };
     drop(mu);
     say(&pb, format!("notifier: demand-zero faults ({})", bytes(FAULT_SIZE)));
-    let fault = softmm_side::fault_warm(FAULT_SIZE, reps, true)?;
+    let fault = fastest_of(&softmm_side::fault_warm(FAULT_SIZE, reps * BLOCKS_A, true)?, BLOCKS_A);
     say(&pb, format!("notifier: COW faults ({})", bytes(COW_SIZE)));
-    let cow = softmm_side::cow_warm(COW_SIZE, reps)?;
+    let cow = fastest_of(&softmm_side::cow_warm(COW_SIZE, reps * BLOCKS_A)?, BLOCKS_A);
 
     // (b) and (c), with one subscriber.
     let (big, madvise, mprotect) = if NOTIFIERS_COMPILED {
@@ -323,11 +333,11 @@ pub fn notifier(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_js
         // No accessor while timing (no TLB shootdowns; see `munmap_run`).
         drop(acc);
         say(&pb, "notifier: madvise of one page, without and with one subscriber".into());
-        let madvise = paired("madvise", &mc, reps, BLOCKS, MADVISE_OPS, || {
+        let madvise = paired("madvise", &mc, reps, BLOCKS_C, MADVISE_OPS, || {
             block(MADVISE_OPS, |_| mc.madvise(r + PAGE, PAGE, Advice::DontNeed).context(|| "madvise".into()))
         })?;
         say(&pb, "notifier: mprotect of one page, without and with one subscriber".into());
-        let mprotect = paired("mprotect", &mc, reps, BLOCKS, MPROTECT_OPS, || {
+        let mprotect = paired("mprotect", &mc, reps, BLOCKS_C, MPROTECT_OPS, || {
             block(MPROTECT_OPS, |i| {
                 let prot = if i % 2 == 0 { Prot::READ } else { Prot::RW };
                 mc.mprotect(r + 2 * PAGE, PAGE, prot).context(|| "mprotect".into())
@@ -355,7 +365,7 @@ pub fn notifier(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_js
     let _ = writeln!(t, "bench notifier: MMU notifier brackets with no subscriber and with one (a counting one)");
     let _ = writeln!(
         t,
-        "  notifiers compiled in: {}; median of {reps} runs",
+        "  notifiers compiled in: {}; median of {reps} runs, each the fastest of {BLOCKS_A} short ones ({BLOCKS_C} in (c))",
         if NOTIFIERS_COMPILED { "yes" } else { "NO (--cfg softmm_no_notifiers)" }
     );
     let _ = writeln!(t, "  (a) no subscriber");
@@ -412,7 +422,8 @@ pub fn notifier(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_js
         "reps": reps,
         "unit": "ns",
         "range_bytes": RANGE_BYTES,
-        "munmaps_per_run": RANGES,
+        "munmaps_per_block": RANGES,
+        "blocks_per_run": BLOCKS_A,
         "munmap_ns": mu_ns,
         "fault_size_bytes": FAULT_SIZE,
         "fault_ns": fault_ns,
