@@ -3,17 +3,19 @@
 # --json` from the default build and from a build without notifiers
 # (RUSTFLAGS="--cfg softmm_no_notifiers", in its own target directory
 # target/no-notifiers so the two builds do not keep invalidating each other),
-# alternately, ROUNDS times, and print the figures with no subscriber (munmap,
-# madvise, mprotect, demand-zero and COW faults) side by side: per build the median over rounds (each round's figure is itself the
-# median of the bench's --reps runs) with the min-max spread, and the ratio
-# notifiers / none, both of the medians and per round (adjacent runs, so a
-# drift in the machine's load hits both sides), with a 90 % bootstrap
-# interval for the ratio of medians. The target is notifiers at most 1 %
-# slower: met when the whole interval is below 1.01, missed when all of it
-# is above; otherwise the machine's noise, not the code, decides at this
-# number of rounds, and the script says so. The last column is
-# the ratio of each build's fastest run over all rounds (noise only adds
-# time, so on a busy machine it is the steadier view; not the target's).
+# alternately, ROUNDS times, and print the figures with no subscriber
+# (munmap, madvise, mprotect, demand-zero and COW faults) side by side: per
+# build the median over rounds (each round's figure is itself the median of
+# the bench's --reps runs) with the min-max spread, and the ratio notifiers /
+# none, both of the medians and per round (adjacent runs, so a drift in the
+# machine's load hits both sides), with a 90 % bootstrap interval for the
+# ratio of medians. The target is notifiers at most 1 % slower: met when the
+# whole interval is below 1.01, missed when all of it is above; otherwise
+# the machine's noise, not the code, decides at this number of rounds, and
+# the script says so. The last column is the ratio of each build's fastest
+# run over all rounds (noise only adds time, so it can be the steadier view;
+# but not when the machine switches between a fast and a slow state and one
+# build never ran in the fast one; not the target's).
 #
 # Also prints the one-subscriber figures of the default build: start/end
 # pairs of the big munmap and the overhead per invalidation.
