@@ -4,10 +4,11 @@
 //! - `softmm run` forks a populated process into children that read and
 //!   write it, verifies every byte it checks, and prints a report (phase
 //!   times, fault counts, frames, page tables, RSS/PSS).
-//! - `softmm bench fault|cow|fork|tlb|read|futex|rmap|reclaim|all [--vs-linux]
-//!   [--json]` times the same work on softmm and on Linux in the same run
-//!   (see `docs/BENCHMARKS.md` for the method); rmap and reclaim have no
-//!   Linux side (reclaim compares with its swap file's own bandwidth).
+//! - `softmm bench fault|cow|fork|tlb|read|futex|rmap|reclaim|notifier|all
+//!   [--vs-linux] [--json]` times the same work on softmm and on Linux in
+//!   the same run (see `docs/BENCHMARKS.md` for the method); rmap, reclaim
+//!   and notifier have no Linux side (reclaim compares with its swap file's
+//!   own bandwidth, notifier with a build without notifiers).
 //! - `softmm run` and `softmm replay` take `--mem-limit SIZE` (and
 //!   `--swap-file PATH`): beyond the limit, pages are swapped out.
 //!
@@ -176,9 +177,10 @@ struct BenchArgs {
     json: bool,
     /// Memory size per benchmark (default: fault 64M, cow 64M, read 64M,
     /// tlb 1M, futex 16M (its COW region), rmap 64M (the forked process),
-    /// reclaim 256M (written and read back under a 16M limit); fork: the
-    /// --sizes default, 256M with `all`). With `all`, applies to every
-    /// benchmark but tlb, futex and rmap.
+    /// reclaim 256M (written and read back under a 16M limit), notifier 1G
+    /// (the mapping munmapped whole with one subscriber); fork: the --sizes
+    /// default, 256M with `all`). With `all`, applies to every benchmark but
+    /// tlb, futex, rmap and notifier.
     #[arg(long, value_parser = units::parse_size)]
     size: Option<u64>,
     /// fork only: resident sizes to fork, comma-separated (default
@@ -229,6 +231,10 @@ pub enum BenchKind {
     /// swap file's sequential bandwidth (`--vs-linux`: no Linux swap without
     /// root; the file is the reference).
     Reclaim,
+    /// MMU notifier brackets: munmap and fault rates with no subscriber; one
+    /// subscriber's pairs for a 1 GiB munmap and its cost per invalidation
+    /// (`scripts/bench-notifier.sh` compares with a build without notifiers).
+    Notifier,
     /// All of the above.
     All,
 }

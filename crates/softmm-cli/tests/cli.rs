@@ -276,6 +276,29 @@ fn bench_rmap_json() {
 }
 
 #[test]
+fn bench_notifier_json() {
+    let o = softmm(&["bench", "notifier", "--json", "--size", "8M", "--reps", "1"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "notifier");
+    assert_eq!(v["notifiers_compiled"], true, "{v}");
+    assert_eq!(v["size_bytes"].as_u64(), Some(8 << 20), "{v}");
+    // One start/end pair for the whole munmap, whatever its size.
+    assert_eq!(v["pairs_1g_munmap"].as_u64(), Some(1), "{v}");
+    // 4 PTE tables plus the upper levels above them.
+    assert!(v["big_munmap_tables"].as_u64().is_some_and(|n| n >= 4), "{v}");
+    for key in ["munmap_ns", "fault_ns", "cow_fault_ns", "madvise_ns", "madvise_1sub_ns", "mprotect_ns"] {
+        positive(&v, key);
+    }
+    // A difference of two timings: any finite number (no timing asserts).
+    for key in ["per_invalidation_ns", "per_invalidation_mprotect_ns", "per_invalidation_munmap_ns"] {
+        assert!(v[key].as_f64().is_some_and(f64::is_finite), "{key}: {v}");
+    }
+    assert!(v["target_met"].is_boolean(), "{v}");
+}
+
+#[test]
 fn bad_arguments_fail_clearly() {
     let cases: [(&[&str], &str); 10] = [
         (&["run", "--size", "12X"], "size suffix"),

@@ -3,7 +3,9 @@
 //! (futex, in `futex.rs`, times futex calls, ping-pong, a contended mutex
 //! and the vcache's cost to a COW fault; rmap, in `rmap.rs`, fork + exit
 //! churn on two threads; reclaim, in `reclaim.rs`, swap throughput against
-//! the swap file's bandwidth. Those two have no Linux side.)
+//! the swap file's bandwidth; notifier, in `notifier.rs`, what MMU notifier
+//! brackets cost with no subscriber and with one. Those three have no Linux
+//! side.)
 //!
 //! fault and cow report WARM and COLD figures (see `docs/BENCHMARKS.md`;
 //! fork, in `fork.rs`, reports warm figures over several sizes):
@@ -27,6 +29,7 @@
 pub mod fork;
 pub mod futex;
 pub mod linux;
+pub mod notifier;
 pub mod reclaim;
 pub mod rmap;
 pub mod softmm_side;
@@ -114,6 +117,7 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
                 BenchKind::Futex,
                 BenchKind::Rmap,
                 BenchKind::Reclaim,
+                BenchKind::Notifier,
             ]
         }
         k => vec![k],
@@ -136,9 +140,14 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     for (n, k) in list.into_iter().enumerate() {
         // With `all`, --size applies to every bench but tlb, whose working
         // set must fit its TLB, futex, whose COW region keeps its default,
-        // and rmap, whose 64 MiB process is the load it models (a large one
-        // would make its copied-tables forks take minutes).
-        let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap) { None } else { o.size };
+        // rmap, whose 64 MiB process is the load it models (a large one
+        // would make its copied-tables forks take minutes), and notifier,
+        // whose 1 GiB munmap is the one the issue names (and costs little).
+        let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap | BenchKind::Notifier) {
+            None
+        } else {
+            o.size
+        };
         let (text, json, met) = match k {
             BenchKind::Fault | BenchKind::Cow => pair(k, o, size)?,
             BenchKind::Fork => {
@@ -155,6 +164,7 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
             BenchKind::Futex => futex::futex(o, size)?,
             BenchKind::Rmap => rmap::rmap(o, size)?,
             BenchKind::Reclaim => reclaim::reclaim(o, size)?,
+            BenchKind::Notifier => notifier::notifier(o, size)?,
             BenchKind::All => unreachable_all()?,
         };
         if met == Some(false) {

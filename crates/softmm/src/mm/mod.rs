@@ -299,7 +299,9 @@ impl Mm {
 
     /// Subscribe a secondary MMU to this address space's invalidations
     /// (see [`crate::notifier`]). Dropping the subscription unregisters it;
-    /// once that returns, no callback into it runs any more.
+    /// once that returns, no callback into it runs any more. In a build
+    /// without notifiers (`--cfg softmm_no_notifiers`, see
+    /// [`crate::notifier::NOTIFIERS_COMPILED`]) the subscriber is never called.
     pub fn register_notifier(&self, sub: Arc<dyn crate::notifier::MmuNotifier>) -> crate::notifier::Subscription {
         self.inner.notifiers.register(sub.clone());
         crate::notifier::Subscription { mm: Arc::downgrade(&self.inner), sub }
@@ -307,6 +309,7 @@ impl Mm {
 
     /// Subscribe to invalidations of `[start, start + len)` with a
     /// sequence count (Linux's `mmu_interval_notifier_insert`).
+    /// `Unsupported` in a build without notifiers.
     pub fn insert_interval_notifier(
         &self,
         start: u64,
