@@ -24,6 +24,15 @@
 //! count of the snapshot as the per-epoch reader count. With no subscriber
 //! the whole cost on every path is one load (`active`).
 //!
+//! Registration (and inserting an interval notifier) also takes the
+//! space's `mmap_lock` for writing, as Linux's `mmu_notifier_register`
+//! does; unregistration does not. That is one space's faults waiting for a
+//! moment, not a global stop, and it is what lets a fault look at `active`
+//! once, when it begins, and run without a single bracket when nobody
+//! listens: a subscriber cannot appear between a fault's look at a page and
+//! its change of the page, which would leave the subscriber holding a
+//! translation of the page's old frame.
+//!
 //! # Interval notifiers
 //! [`IntervalNotifier`] (Linux's `mmu_interval_notifier`) covers one range
 //! and carries a sequence count for the collision-retry pattern: a
@@ -366,6 +375,8 @@ impl IntervalNotifier {
         }
         let end = start.checked_add(len).filter(|_| len > 0).ok_or(Error::Invalid("empty or overflowing interval"))?;
         let n = &mm.notifiers;
+        // As `Mm::register_notifier`: not in the middle of a fault.
+        let _mmap = mm.state.write();
         let inner = Arc::new(IntervalInner { start, end, seen: AtomicU64::new(0), mm_seq: n.seq.clone(), ops });
         n.intervals.lock().push(inner.clone());
         n.active.fetch_add(1, Ordering::AcqRel);
@@ -419,9 +430,62 @@ mod loom_tests {
     //! with the interval sequence count — the secondary never keeps a
     //! translation the primary replaced; (2) unregistration against an
     //! invalidation — after unregistration returns, no callback runs, and a
-    //! subscriber never gets an `end` without its `start`.
+    //! subscriber never gets an `end` without its `start`; (3) registration
+    //! against a fault that looks once, when it begins, whether anyone
+    //! listens — a subscriber registered meanwhile never keeps a
+    //! translation of the frame the fault replaced.
     use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use loom::sync::{Arc, Mutex};
+    use loom::sync::{Arc, Mutex, RwLock};
+
+    #[test]
+    fn registration_vs_a_fault_that_looks_once() {
+        loom::model(|| {
+            let mmap_lock = Arc::new(RwLock::new(()));
+            let active = Arc::new(AtomicUsize::new(0));
+            let seq = Arc::new(AtomicU64::new(0));
+            let pte = Arc::new(AtomicU64::new(1));
+            let shadow = Arc::new(Mutex::new(None::<u64>));
+            // A COW fault: under the mmap_lock (read), decide once whether
+            // to bracket, then replace the frame.
+            let fault = {
+                let (mmap_lock, active, seq, pte, shadow) =
+                    (mmap_lock.clone(), active.clone(), seq.clone(), pte.clone(), shadow.clone());
+                loom::thread::spawn(move || {
+                    let _r = mmap_lock.read().unwrap();
+                    let notify = active.load(Ordering::Acquire) != 0;
+                    if notify {
+                        seq.fetch_add(1, Ordering::AcqRel);
+                        *shadow.lock().unwrap() = None;
+                    }
+                    pte.store(2, Ordering::Release);
+                    if notify {
+                        seq.fetch_add(1, Ordering::AcqRel);
+                    }
+                })
+            };
+            // Register (the mmap_lock for writing), then the secondary's
+            // own fault: look the page up under the mmap_lock (read) and
+            // install it unless an invalidation overlapped.
+            {
+                let _w = mmap_lock.write().unwrap();
+                active.fetch_add(1, Ordering::AcqRel);
+            }
+            let s = seq.load(Ordering::Acquire);
+            if s % 2 == 0 {
+                let t = {
+                    let _r = mmap_lock.read().unwrap();
+                    pte.load(Ordering::Acquire)
+                };
+                let mut g = shadow.lock().unwrap();
+                if seq.load(Ordering::Acquire) == s {
+                    *g = Some(t);
+                }
+            }
+            fault.join().unwrap();
+            let kept = *shadow.lock().unwrap();
+            assert!(kept.is_none() || kept == Some(2), "stale translation {kept:?} kept by a new subscriber");
+        });
+    }
 
     #[test]
     fn fault_vs_invalidate_with_the_sequence_count() {

@@ -54,9 +54,28 @@ fn segv(mm: &MmInner, addr: u64, kind: SegvKind) -> Error {
 /// calling accessor's TLB slot, if any (see `Gather::finish`). When the
 /// frame limit is reached, reclaims (swaps pages out) and tries again.
 pub(crate) fn fault_in(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Option<&Slot>) -> Result<Pte> {
+    // Whether anyone listens cannot change while we hold the `mmap_lock`
+    // (registration takes it for writing, as Linux's does): look once, and
+    // run an instance of the fault without a single bracket when nobody
+    // does, the same code as a build without notifiers.
+    if mm.notifiers.any() {
+        fault_in_as::<true>(mm, st, va, access, except)
+    } else {
+        fault_in_as::<false>(mm, st, va, access, except)
+    }
+}
+
+/// `fault_in`; `NOTIFY` says whether subscribers hear of the changes.
+fn fault_in_as<const NOTIFY: bool>(
+    mm: &MmInner,
+    st: &MmState,
+    va: u64,
+    access: Access,
+    except: Option<&Slot>,
+) -> Result<Pte> {
     let mut stalls = 0;
     loop {
-        match fault_once(mm, st, va, access, except) {
+        match fault_once::<NOTIFY>(mm, st, va, access, except) {
             Ok(Some(pte)) => return Ok(pte),
             // The entry changed under us, or a shared page went back to
             // swap between its swap-in and its mapping: look again.
@@ -80,7 +99,13 @@ const MAX_STALLS: u32 = 64;
 
 /// One attempt of `fault_in`: `None` when the entry changed under it (a
 /// racing swap-in, a migration that finished) and it must look again.
-fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Option<&Slot>) -> Result<Option<Pte>> {
+fn fault_once<const NOTIFY: bool>(
+    mm: &MmInner,
+    st: &MmState,
+    va: u64,
+    access: Access,
+    except: Option<&Slot>,
+) -> Result<Option<Pte>> {
     let Some(vma) = st.vmas.find(va) else {
         return Err(segv(mm, va, SegvKind::MapErr));
     };
@@ -111,9 +136,11 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
     // (seed 001: a write fault, a COW, or installing an entry).
     if pt.pte_table_shared(arena, va) {
         let base = va & !(PTE_TABLE_SPAN - 1);
-        let inv = mm.notifiers.start_blocking(base, base + PTE_TABLE_SPAN, crate::notifier::Event::Cow);
+        let inv = NOTIFY.then(|| mm.notifiers.start_blocking(base, base + PTE_TABLE_SPAN, crate::notifier::Event::Cow));
         let r = share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_deref());
-        mm.notifiers.end(inv);
+        if let Some(inv) = inv {
+            mm.notifiers.end(inv);
+        }
         r?;
         crate::futex::invalidate(mm, Some(st), base, base + PTE_TABLE_SPAN);
         let now = pt.follow_pte(arena, va);
@@ -156,7 +183,7 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
     // secondary MMUs drop the page first (not under the page-table lock,
     // since a subscriber may sleep).
     let cow = cur.is_present() && access.breaks_cow() && !cur.is_writable();
-    let inv = cow.then(|| mm.notifiers.start_blocking(va, va + 4096, crate::notifier::Event::Cow));
+    let inv = (NOTIFY && cow).then(|| mm.notifiers.start_blocking(va, va + 4096, crate::notifier::Event::Cow));
     let mut gather = Gather::default();
     let result = {
         let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
@@ -173,12 +200,7 @@ fn fault_once(mm: &MmInner, st: &MmState, va: u64, access: Access, except: Optio
             // The entry became a present read-only one since `cur` (a racing
             // read fault): a write now copies on write, which secondary MMUs
             // must hear about first. Look again with the bracket in place.
-            None if inv.is_none()
-                && access.breaks_cow()
-                && entry.is_present()
-                && !entry.is_writable()
-                && mm.notifiers.any() =>
-            {
+            None if NOTIFY && inv.is_none() && access.breaks_cow() && entry.is_present() && !entry.is_writable() => {
                 Ok(None)
             }
             None => handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather).map(Some),

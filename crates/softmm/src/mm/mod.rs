@@ -302,7 +302,15 @@ impl Mm {
     /// once that returns, no callback into it runs any more. In a build
     /// without notifiers (`--cfg softmm_no_notifiers`, see
     /// [`crate::notifier::NOTIFIERS_COMPILED`]) the subscriber is never called.
+    ///
+    /// Takes the `mmap_lock` for writing, as Linux's `mmu_notifier_register`
+    /// does, so it waits for faults in flight: do not call it from a
+    /// callback.
     pub fn register_notifier(&self, sub: Arc<dyn crate::notifier::MmuNotifier>) -> crate::notifier::Subscription {
+        // A fault decides once, under the `mmap_lock`, whether anyone
+        // listens (`fault.rs`): a subscriber must not appear in the middle
+        // of one, between its look at a page and its change of it.
+        let _mmap = self.inner.state.write();
         self.inner.notifiers.register(sub.clone());
         crate::notifier::Subscription { mm: Arc::downgrade(&self.inner), sub }
     }
