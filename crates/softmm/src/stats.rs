@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub fork_pinned_copies: AtomicU64,
     pub direct_reclaims: AtomicU64,
     pub background_reclaimed: AtomicU64,
+    pub look_around_aged: AtomicU64,
 }
 
 impl Counters {
@@ -80,6 +81,9 @@ pub struct MachineStats {
     pub swap_ins: u64,
     /// Faults on a swap entry that found the page still in the swap cache.
     pub swap_cache_hits: u64,
+    /// Pages whose accessed bit a reclaim look-around cleared (each one
+    /// reverse-map walk the clock did not need: `reclaim/visit.rs`).
+    pub look_around_aged: u64,
     /// Swap-outs that failed (device full or failing); the page stayed.
     pub swap_failures: u64,
     /// Frames moved by migration.
@@ -133,6 +137,7 @@ impl MachineStats {
             fork_pinned_copies: l(&c.fork_pinned_copies),
             direct_reclaims: l(&c.direct_reclaims),
             background_reclaimed: l(&c.background_reclaimed),
+            look_around_aged: l(&c.look_around_aged),
             ..Default::default()
         }
     }

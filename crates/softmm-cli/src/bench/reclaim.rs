@@ -82,6 +82,8 @@ struct Run {
     /// frames the background reclaimer freed.
     direct_reclaims: u64,
     background_reclaimed: u64,
+    /// While reading: pages a look-around aged (a reverse-map walk saved each).
+    look_around_aged: u64,
     device: String,
 }
 
@@ -193,6 +195,7 @@ fn one_run(size: u64, limit: u64, background: bool) -> CliResult<Run> {
         cache_hits: a.swap_cache_hits - b.swap_cache_hits,
         direct_reclaims: a.direct_reclaims - b.direct_reclaims,
         background_reclaimed: a.background_reclaimed - b.background_reclaimed,
+        look_around_aged: a.look_around_aged - b.look_around_aged,
         device,
     })
 }
@@ -285,11 +288,13 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
         let _ = writeln!(
             t,
             "  last run: {} pages swapped out while writing; {} swapped in while reading, with {} swap-outs to make \
-             room (clean pages are dropped, not rewritten) and {} swap-cache hits",
+             room (clean pages are dropped, not rewritten), {} swap-cache hits, and {} pages aged by a \
+             look-around (each a reverse-map walk saved)",
             count(r.outs),
             count(r.ins),
             count(r.outs_reading),
-            count(r.cache_hits)
+            count(r.cache_hits),
+            count(r.look_around_aged)
         );
         let _ = if o.background_reclaim {
             writeln!(
@@ -342,6 +347,7 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
         "swap_ins": last.map(|r| r.ins),
         "swap_outs_while_reading": last.map(|r| r.outs_reading),
         "swap_cache_hits": last.map(|r| r.cache_hits),
+        "look_around_aged_while_reading": last.map(|r| r.look_around_aged),
         "background_reclaimed_while_reading": last.map(|r| r.background_reclaimed),
         "direct_reclaims_while_reading": last.map(|r| r.direct_reclaims),
         "target_ratio": TARGET,

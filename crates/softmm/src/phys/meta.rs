@@ -36,6 +36,12 @@ pub mod flags {
     /// (written out, or read in and never mapped writable since): the
     /// frame may be dropped without I/O.
     pub const SWAP_VALID: u32 = 1 << 8;
+    /// A look-around found a mapping of this private anonymous frame
+    /// accessed, and cleared that entry's accessed bit, since the clock's
+    /// last look at it (`reclaim/visit.rs`): the clock's next look gives it
+    /// its second chance without a reverse-map walk (Linux's PG_referenced
+    /// as MGLRU's look-around uses it).
+    pub const REFERENCED: u32 = 1 << 9;
 }
 
 /// Metadata of one frame.
@@ -118,6 +124,13 @@ impl FrameMeta {
     #[inline]
     pub(crate) fn clear_flags(&self, f: u32) {
         self.flags.fetch_and(!f, Ordering::AcqRel);
+    }
+    /// Clear `f`; whether any of it was set.
+    #[inline]
+    pub(crate) fn test_and_clear_flags(&self, f: u32) -> bool {
+        // A plain load first: the common answer (not set) takes no locked
+        // instruction and leaves the line shared.
+        self.flags() & f != 0 && self.flags.fetch_and(!f, Ordering::AcqRel) & f != 0
     }
 
     /// Take the frame lock if it is free. Holders: reclaim and migration of

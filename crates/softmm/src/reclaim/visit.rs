@@ -115,7 +115,13 @@ pub(crate) fn visit_mappings(
                 drop(g);
                 crate::futex::invalidate(mm, Some(&st), va, va + 4096);
             }
-            Edited::Aged => v.young = true,
+            Edited::Aged => {
+                v.young = true;
+                if how.age {
+                    let aged = look_around(arena, &mut g, va);
+                    m.counters.look_around_aged.fetch_add(aged, Ordering::Relaxed);
+                }
+            }
             Edited::Kept => {}
             // A table shared with a space visited before, whose entry was
             // replaced through it: this space may cache the old
@@ -145,6 +151,40 @@ fn start_invalidation(v: &mut Visit, mm: &Arc<MmInner>, how: How, va: u64) -> bo
             false
         }
     }
+}
+
+/// Entries a look-around covers: the aligned group around the accessed
+/// one (Linux's MGLRU looks at up to 64 too, `MIN_LRU_BATCH`).
+const LOOK_AROUND: u64 = 64;
+
+/// An aging walk found the entry at `va` accessed: age the accessed
+/// entries of private anonymous frames around it in the same locked table
+/// as well, and mark their frames `REFERENCED`, so that the clock gives
+/// each its second chance without a reverse-map walk of its own (Linux's
+/// `lru_gen_look_around`). Pages used together sit together: a sequential
+/// reader's pages come back from swap side by side, and one walk then ages
+/// up to 64 of them instead of 64 walks.
+/// Returns the entries it aged.
+fn look_around(arena: &crate::phys::FrameArena, g: &mut crate::pgtable::PteTableGuard<'_>, va: u64) -> u64 {
+    let first = va & !(LOOK_AROUND * 4096 - 1);
+    let mut aged = 0;
+    for a in (first..first + LOOK_AROUND * 4096).step_by(4096) {
+        let pte = g.get(a);
+        if a == va || !pte.is_present() || !pte.is_accessed() {
+            continue;
+        }
+        let Some(f) = pte.counted_frame() else { continue };
+        let meta = arena.meta(f);
+        if !meta.has(crate::phys::flags::ANON) {
+            continue;
+        }
+        // Lost to a lock-free setter (dirty bit): the next walk ages it.
+        if g.cas(a, pte, pte.without(Pte::ACCESSED)).is_ok() {
+            meta.set_flags(crate::phys::flags::REFERENCED);
+            aged += 1;
+        }
+    }
+    aged
 }
 
 /// The aging edit: clear the accessed bit of a present entry that has it.
