@@ -420,3 +420,46 @@ fn remote_access_races_with_unmap_and_remap() {
     drop(p);
     assert_eq!(m.stats().frames_in_use, 0);
 }
+
+/// The audit may run while remote accesses are in flight: an access holds
+/// its page's reference only while it holds the `mmap_lock`, so the audit
+/// (which takes every `mmap_lock` for writing) never counts a stray one.
+/// (It did: `Mm::read` dropped the reference just after the lock, and an
+/// audit in between reported the frame's refcount one too high.)
+#[test]
+fn audit_during_remote_accesses_sees_no_stray_reference() {
+    let m = machine();
+    let p = m.new_mm().unwrap();
+    map(&p, STABLE, 4 * PAGE, Prot::RW, MapKind::Private);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..2u64 {
+            let (p, stop) = (&p, &stop);
+            s.spawn(move || {
+                let mut b = [0u8; 8];
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = STABLE + (n + w) % 4 * PAGE;
+                    p.write(a, &n.to_ne_bytes()).unwrap();
+                    p.read(a, &mut b).unwrap();
+                    n += 1;
+                }
+            });
+        }
+        let mut failure = None;
+        for _ in 0..AUDITS_DURING_ACCESSES {
+            if let Err(e) = p.check_invariants() {
+                failure = Some(e);
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        if let Some(e) = failure {
+            panic!("audit during remote accesses: {e}");
+        }
+    });
+    check(&p);
+}
+
+/// Audits run against the accessing threads (each takes every lock once).
+const AUDITS_DURING_ACCESSES: u32 = 20_000;

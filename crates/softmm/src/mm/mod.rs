@@ -273,8 +273,10 @@ impl Mm {
             let frame = grab_page(&self.inner, &st, va, access)?;
             let lo = (va - addr) as usize;
             copy(arena, frame, (va & 0xfff) as usize, lo, lo + (hi - va) as usize);
-            drop(st);
+            // Dropped before the lock: an audit (every `mmap_lock` for
+            // writing) must not find a reference nobody accounts for.
             arena.put(frame);
+            drop(st);
             va = hi;
         }
         Ok(())
