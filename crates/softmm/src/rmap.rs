@@ -1,7 +1,7 @@
 //! Reverse mapping of private anonymous memory: the anon_vma (seed 004).
 //!
 //! A private anonymous frame records, in its metadata, the id of the
-//! [`AnonVma`] of the VMA that created it (`FrameMeta::owner`) and its page
+//! `AnonVma` of the VMA that created it (`FrameMeta::owner`) and its page
 //! offset (`FrameMeta::index`). An anon_vma lists the address spaces whose
 //! VMAs may map its frames: the VMA that owns it and, after fork, every
 //! child VMA (Linux's `anon_vma_chain`: a VMA is linked into its own
@@ -13,7 +13,7 @@
 //!
 //! # Membership and lifetime
 //! A member is an address space with a count of its VMAs linked here. VMA
-//! values carry their links ([`AnonLink`]): creating a VMA (prepare at the
+//! values carry their links (`AnonLink`): creating a VMA (prepare at the
 //! first fault, a split, a fork) links it, dropping it (munmap, a merge,
 //! exit) unlinks it. When the last member goes the list is empty and the
 //! anon_vma is unreachable by any new link: that is the garbage collection
@@ -23,7 +23,7 @@
 //! the seed (a walk against `zap_pte_range` and exit freeing the anon_vma)
 //! can at worst make the walker find an empty list. A walker takes no
 //! reference on the list itself and never holds the anon_vma lock while it
-//! takes an `mmap_lock` (see [`rmap_walk`]).
+//! takes an `mmap_lock` (see `rmap_walk`).
 //!
 //! # Lock kinds
 //! The member list lock is chosen at build time (seed 004: "a configuration

@@ -5,7 +5,7 @@
 //! its page cache). The index holds one reference on each frame (Linux's
 //! page-cache reference) and one on each slot; each PTE mapping a frame
 //! holds another. The object lives as long as a VMA refers to it, across
-//! fork. Its VMAs are linked into `members` ([`ShmLink`]), the reverse map
+//! fork. Its VMAs are linked into `members` (`ShmLink`), the reverse map
 //! reclaim uses to unmap a page before it goes to swap.
 //!
 //! Lock: `pages` is a leaf taken under the page-table lock by the fault path;

@@ -5,7 +5,7 @@
 //! keyed by its frame — attaches an entry for that page. Every operation
 //! that changes or removes the page's translation (COW, unshare, munmap,
 //! `madvise(DONTNEED)`, an mprotect that removes access, exit) calls
-//! [`Vcache::invalidate`] *after* changing the page table, and the
+//! `Vcache::invalidate` *after* changing the page table, and the
 //! callback runs for each entry with the bucket lock held, so callbacks for one page are
 //! serialized and each sees the translation as it is then.
 //!

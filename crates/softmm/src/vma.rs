@@ -1,6 +1,6 @@
 //! Virtual memory areas: the per-address-space map of what is mapped where.
 //!
-//! A [`VmaTree`] is ordered by start address and guarded by the `mmap_lock`
+//! A `VmaTree` is ordered by start address and guarded by the `mmap_lock`
 //! (see `mm/mod.rs`). Splitting and merging follow Linux, because VMA
 //! boundaries are visible to users through smaps:
 //! - an operation that changes nothing about a VMA does not split it;
@@ -8,7 +8,7 @@
 //!   (`is_mergeable_vma`, `is_mergeable_anon_vma`);
 //! - munmap never merges.
 //!
-//! A private VMA carries its anon_vma links ([`AnonLink`], `rmap.rs`); the
+//! A private VMA carries its anon_vma links (`AnonLink`, `rmap.rs`); the
 //! anon_vma also decides whether two private VMAs may merge.
 
 pub(crate) use crate::rmap::AnonLink;

@@ -5,7 +5,7 @@
 //! (PUD), level 3 map 512 GiB (PGD). 48-bit addresses, 512 entries a table.
 //!
 //! Concurrency (see also `mm/mod.rs`):
-//! - Walks ([`PageTable::follow_pte`], [`PageTable::pte_table`]) are lock-free
+//! - Walks (`PageTable::follow_pte`, `PageTable::pte_table`) are lock-free
 //!   loads. They run under the `mmap_lock` (read or write), which is what keeps
 //!   tables from being freed under them: tables are only freed with the
 //!   `mmap_lock` held for writing.

@@ -1,7 +1,7 @@
 //! Reclaim: a frame limit, swap-out to a swap device, swap-in on fault, and
 //! migration of frames, all driven by the reverse map (`rmap.rs`).
 //!
-//! - [`swap`]: swap slots and the swap cache.
+//! - `swap`: swap slots and the swap cache.
 //! - [`device`]: the swap device trait, a real swap file, an in-memory
 //!   device and a fault-injecting wrapper.
 //! - `scan.rs`: the clock that picks victims by their accessed bits, and
