@@ -135,6 +135,14 @@ fn referenced(m: &MachineInner, f: FrameId, try_only: bool) -> bool {
     visit_mappings(m, f, How { try_only, age: true, ..How::default() }, age, |_| {}).young
 }
 
+/// The unmap edit: a present entry of the frame `meta` describes becomes
+/// a swap entry for `slot`, unless the frame is pinned. Pins are taken
+/// under the page-table lock the edit runs under, so a pin taken since the
+/// caller's own check keeps the page mapped (unswapped).
+fn to_swap_entry(meta: &crate::phys::FrameMeta, slot: u32, pte: Pte) -> Option<Pte> {
+    (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot))
+}
+
 /// Anonymous frames the clock chose, each locked and held by a reference
 /// of the batch's own, waiting to be swapped out together.
 ///
@@ -243,9 +251,7 @@ impl SwapBatch {
         }
         let slot = slot - 1;
         let how = How { try_only, event: Some(Event::SwapOut), age: true };
-        // Pins are taken under the page-table lock the edit runs under: one
-        // taken since the check above keeps the page mapped (unswapped).
-        let edit = |pte: Pte| age(pte).or_else(|| (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot)));
+        let edit = |pte: Pte| age(pte).or_else(|| to_swap_entry(meta, slot, pte));
         let visit = self.unmap_with(m, swap, f, slot, how, edit);
         if visit.changed == 0 && meta.mapcount() != 0 {
             drop(visit);
@@ -372,10 +378,8 @@ impl SwapBatch {
         // Secondary MMUs drop their translations too; their invalidations
         // end when the visit is dropped, after the batch's shootdown. (Not
         // a migration entry: a frame being migrated is locked anyway.)
-        // Pins are taken under the page-table lock the edit runs under: one
-        // taken since the check above keeps the page mapped (unswapped).
         let how = How { try_only, event: Some(Event::SwapOut), ..How::default() };
-        let edit = |pte: Pte| (pte.is_present() && meta.pins() == 0).then_some(Pte::swap(slot));
+        let edit = |pte: Pte| to_swap_entry(meta, slot, pte);
         let visit = self.unmap_with(m, swap, f, slot, how, edit);
         Ok(Some(Unmapped { f, slot, visit }))
     }
