@@ -25,6 +25,11 @@ impl<T> Few<T> {
         }
     }
 
+    /// Whether the list is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
     /// Every element, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.first.iter().chain(self.rest.iter())

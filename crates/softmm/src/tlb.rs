@@ -27,8 +27,10 @@ use std::sync::Arc;
 
 const ACTIVE: u64 = 1;
 
-/// One accessor's published state.
+/// One accessor's published state. On a cache line of its own: every access
+/// stores to it twice, and a neighbour's line would bounce.
 #[derive(Default)]
+#[repr(align(128))]
 pub struct Slot {
     state: AtomicU64,
 }
@@ -57,8 +59,11 @@ impl Slot {
     }
 }
 
-/// The shootdown domain of one address space.
+/// The shootdown domain of one address space. Every access reads `gen`:
+/// aligned so that no neighbour written often (the `mmap_lock` word, next to
+/// it in `MmInner`) shares its cache line.
 #[derive(Default)]
+#[repr(align(128))]
 pub struct Shootdown {
     gen: AtomicU64,
     nslots: AtomicUsize,

@@ -166,6 +166,16 @@ impl<C> Vcache<C> {
         }
     }
 
+    /// Call `f(mm, page, client)` for every entry, one bucket locked at a
+    /// time (audits).
+    pub(crate) fn each_entry(&self, mut f: impl FnMut(u64, u64, &Arc<C>)) {
+        for b in self.buckets.iter() {
+            for e in b.lock().iter() {
+                f(e.mm, e.page, &e.client);
+            }
+        }
+    }
+
     /// Entries attached for `mm` (for audits and tests).
     pub(crate) fn count_for(&self, mm: u64) -> usize {
         self.buckets.iter().map(|b| b.lock().iter().filter(|e| e.mm == mm).count()).sum()

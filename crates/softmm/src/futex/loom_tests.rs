@@ -32,6 +32,9 @@ struct World {
     ro: AtomicU32,
     ptl: Mutex<()>,
     refs: [AtomicU32; NFRAMES],
+    /// Waiters keyed by each frame (`FrameMeta::futex_keys`): never more
+    /// than the references they hold.
+    keyed: [AtomicU32; NFRAMES],
     words: [AtomicU32; NFRAMES],
     next: AtomicU32,
 }
@@ -44,6 +47,17 @@ impl FrameRefs for World {
     fn put(&self, f: FrameId) {
         let old = self.refs[f.0 as usize].fetch_sub(1, Ordering::SeqCst);
         assert!(old > 0, "frame {} freed twice", f.0);
+        let keyed = self.keyed[f.0 as usize].load(Ordering::SeqCst);
+        assert!(keyed < old, "frame {}: {keyed} keyed waiters but {} references left", f.0, old - 1);
+    }
+    fn key_on(&self, f: FrameId) {
+        let old = self.keyed[f.0 as usize].fetch_add(1, Ordering::SeqCst);
+        let refs = self.refs[f.0 as usize].load(Ordering::SeqCst);
+        assert!(old < refs, "frame {}: {} keyed waiters but {refs} references", f.0, old + 1);
+    }
+    fn key_off(&self, f: FrameId) {
+        let old = self.keyed[f.0 as usize].fetch_sub(1, Ordering::SeqCst);
+        assert!(old > 0, "frame {}: keyed waiter count underflow", f.0);
     }
 }
 
@@ -58,6 +72,7 @@ impl World {
             ro: AtomicU32::new(1),
             ptl: Mutex::new(()),
             refs: [AtomicU32::new(1), AtomicU32::new(2), AtomicU32::new(0), AtomicU32::new(0)],
+            keyed: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
             words: [AtomicU32::new(0), AtomicU32::new(word), AtomicU32::new(0), AtomicU32::new(0)],
             next: AtomicU32::new(2),
         }
@@ -139,7 +154,7 @@ impl World {
                 crate::sync::fence(Ordering::SeqCst);
             }
             let key = FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
-            let verdict = self.table.queue(&node, key, || {
+            let verdict = self.table.queue(&node, key, self, || {
                 if self.pte.load(Ordering::SeqCst) != f.0 {
                     return Check::Retry;
                 }
@@ -166,6 +181,13 @@ impl World {
     /// vcache bucket held and pending moves settled, as `settled` does).
     fn wake(&self) -> u32 {
         if self.users.load(Ordering::SeqCst) == 0 {
+            // `resolve::peek`: nobody waiting is answered from the entry,
+            // without a reference.
+            let peeked =
+                FutexKey::Frame { frame: FrameId(self.pte.load(Ordering::SeqCst)), offset: (ADDR & 0xfff) as u32 };
+            if !self.table.maybe_waiters(&peeked) {
+                return 0;
+            }
             let Translation::Frame(f) = self.lookup() else { unreachable!() };
             let key = FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
             let n = if self.table.maybe_waiters(&key) { self.table.wake(&key, 1, u32::MAX) } else { 0 };
@@ -188,10 +210,11 @@ impl World {
             let mut inner = node.inner.lock();
             (std::mem::take(&mut inner.entries), inner.key.frame())
         };
-        for (mm, page, users) in &entries {
+        for (mm, page, users) in entries.iter() {
             self.vcache.detach(users, *mm, *page, node);
         }
         if let Some(f) = frame {
+            self.key_off(f);
             self.put(f);
         }
         end
@@ -204,6 +227,7 @@ impl World {
         for (i, r) in self.refs.iter().enumerate() {
             let want = u32::from(i == 0) + u32::from(i == 1) + u32::from(i == cur);
             assert_eq!(r.load(Ordering::SeqCst), want, "frame {i}");
+            assert_eq!(self.keyed[i].load(Ordering::SeqCst), 0, "frame {i} keyed");
         }
         assert_eq!(self.users.load(Ordering::SeqCst), 0);
     }

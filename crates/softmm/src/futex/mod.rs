@@ -109,14 +109,16 @@ impl std::str::FromStr for FutexKeys {
 pub const BITSET_MATCH_ANY: u32 = u32::MAX;
 
 /// Futex state of a machine: the hash of waiters and the vcache.
+///
+/// There is no machine-wide list of waiters: a waiter holding a frame
+/// reference through its key (physical keys only) has a vcache entry from
+/// before it is queued until it has dropped that reference, so audits find
+/// every such waiter through the vcache; the reuse test of COW reads the
+/// per-frame count of keyed waiters (`FrameMeta::futex_keys`).
 #[derive(Default)]
 pub(crate) struct Futexes {
     pub(crate) table: FutexTable,
     pub(crate) vcache: Vcache<Node>,
-    /// Waiters holding a frame reference through their key, for audits.
-    live: parking_lot::Mutex<std::collections::HashMap<usize, Arc<Node>>>,
-    /// `live.len()`, readable without the lock (COW's reuse test).
-    live_count: std::sync::atomic::AtomicUsize,
 }
 
 impl FrameRefs for FrameArena {
@@ -126,18 +128,40 @@ impl FrameRefs for FrameArena {
     fn put(&self, f: FrameId) {
         FrameArena::put(self, f);
     }
+    fn key_on(&self, f: FrameId) {
+        self.meta(f).futex_keys.fetch_add(1, Ordering::SeqCst);
+    }
+    fn key_off(&self, f: FrameId) {
+        self.meta(f).futex_keys.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Futexes {
-    /// The frame references futex waiters hold, per frame (audits).
-    pub(crate) fn held_refs(&self) -> std::collections::HashMap<FrameId, u64> {
+    /// The frame references futex waiters hold, per frame (audits; nothing
+    /// in flight). Also checks that every frame's count of keyed waiters
+    /// matches the waiters found.
+    pub(crate) fn held_refs(
+        &self,
+        arena: &FrameArena,
+    ) -> std::result::Result<std::collections::HashMap<FrameId, u64>, String> {
+        let mut seen = std::collections::HashSet::new();
         let mut held = std::collections::HashMap::new();
-        for node in self.live.lock().values() {
-            if let Some(f) = node.inner.lock().key.frame() {
-                *held.entry(f).or_insert(0) += 1;
+        self.vcache.each_entry(|_, _, node| {
+            if seen.insert(Arc::as_ptr(node) as usize) {
+                if let Some(f) = node.inner.lock().key.frame() {
+                    *held.entry(f).or_insert(0) += 1;
+                }
+            }
+        });
+        for i in 1..arena.touched() {
+            let f = FrameId(i);
+            let counted = u64::from(arena.meta(f).futex_keys());
+            let found = held.get(&f).copied().unwrap_or(0);
+            if counted != found {
+                return Err(format!("frame {i} counts {counted} keyed futex waiters, {found} found"));
             }
         }
-        held
+        Ok(held)
     }
 
     /// Check `mm`'s side of the vcache and the waiters following its pages:
@@ -150,34 +174,43 @@ impl Futexes {
         if attached != counted {
             return Err(format!("{attached} vcache entries attached but the count says {counted}"));
         }
-        for node in self.live.lock().values() {
-            let inner = node.inner.lock();
-            let Some((id, page)) = inner.tracked else { continue };
-            if id != mm.id || node.state() != WaitState::Waiting {
-                continue;
+        let mut found = Ok(());
+        self.vcache.each_entry(|id, page, node| {
+            if id != mm.id || found.is_err() {
+                return;
             }
-            let (want, offset) = match inner.key {
-                FutexKey::Frame { frame, offset } => (Some(frame), offset),
-                FutexKey::Private { addr, .. } => (None, (addr & 0xfff) as u32),
-                FutexKey::Shared { .. } => return Err("a physical-mode waiter has a shared-object key".into()),
-            };
-            let now = resolve::translation(mm, st, page + u64::from(offset));
-            let stale = match now {
-                Translation::Frame(g) => {
-                    mm.arena().put(g);
-                    want != Some(g)
-                }
-                Translation::Zero => want.is_some(),
-                Translation::None => false,
-            };
-            if stale {
-                return Err(format!(
-                    "waiter at {:#x} keyed {:?} but the page maps {:?}",
-                    page + u64::from(offset),
-                    inner.key,
-                    now
-                ));
+            found = Self::audit_waiter(mm, st, node, page);
+        });
+        found
+    }
+
+    /// `audit` of one waiter with an entry for `page` of `mm`.
+    fn audit_waiter(mm: &MmInner, st: &MmState, node: &Arc<Node>, page: u64) -> std::result::Result<(), String> {
+        let inner = node.inner.lock();
+        if inner.tracked != Some((mm.id, page)) || node.state() != WaitState::Waiting {
+            return Ok(());
+        }
+        let (want, offset) = match inner.key {
+            FutexKey::Frame { frame, offset } => (Some(frame), offset),
+            FutexKey::Private { addr, .. } => (None, (addr & 0xfff) as u32),
+            FutexKey::Shared { .. } => return Err("a physical-mode waiter has a shared-object key".into()),
+        };
+        let now = resolve::translation(mm, st, page + u64::from(offset));
+        let stale = match now {
+            Translation::Frame(g) => {
+                mm.arena().put(g);
+                want != Some(g)
             }
+            Translation::Zero => want.is_some(),
+            Translation::None => false,
+        };
+        if stale {
+            return Err(format!(
+                "waiter at {:#x} keyed {:?} but the page maps {:?}",
+                page + u64::from(offset),
+                inner.key,
+                now
+            ));
         }
         Ok(())
     }
@@ -387,7 +420,7 @@ pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bits
             return Err(Error::Again);
         }
     }
-    let node = Arc::new(Node::new(FutexKey::Private { mm: mm.id, addr }, bitset));
+    let node = waiter::new_node(FutexKey::Private { mm: mm.id, addr }, bitset);
     let waiter = FutexWaiter::new(mm.clone(), node.clone());
     loop {
         let r = match first.take() {
@@ -397,11 +430,9 @@ pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bits
         // Physical keys: publish the vcache entry before the re-check.
         let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
         if let Some(vb) = vb.as_mut() {
-            if waiter.attach_once(vb, mm, page) {
-                fx.remember(&node);
-            }
+            waiter.attach_once(vb, mm, page);
         }
-        let verdict = fx.table.queue(&node, r.key, || {
+        let verdict = fx.table.queue(&node, r.key, mm.arena(), || {
             if !resolve::still_maps(mm, &st, addr, r.frame, false) {
                 return Check::Retry;
             }
@@ -435,6 +466,16 @@ pub(crate) fn wake_bitset(mm: &MmInner, addr: u64, n: u32, bitset: u32) -> Resul
     let fx = &mm.machine.futexes;
     if !physical(mm) || mm.vcache_users.load(Ordering::SeqCst) == 0 {
         // No waiter follows a page of this mm: nothing can be half-moved.
+        if physical(mm) {
+            // Nobody waiting is answered from the entry as it is, without a
+            // frame reference: the frame only chooses the bucket to look at
+            // (as the accessor's TLB answers it).
+            if let Some(key) = resolve::peek(mm, &st, addr)? {
+                if !fx.table.maybe_waiters(&key) {
+                    return Ok(0);
+                }
+            }
+        }
         let r = resolve(mm, &st, addr, Intent::Wake)?;
         let n = if fx.table.maybe_waiters(&r.key) { fx.table.wake(&r.key, n, bitset) } else { 0 };
         r.release_frame(mm);
@@ -587,32 +628,6 @@ impl crate::Mm {
     /// through the vcache.
     pub fn vcache_entries(&self) -> usize {
         self.inner.vcache_users.load(Ordering::SeqCst)
-    }
-}
-
-impl Futexes {
-    fn remember(&self, node: &Arc<Node>) {
-        let mut live = self.live.lock();
-        live.insert(Arc::as_ptr(node) as usize, node.clone());
-        self.live_count.store(live.len(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub(crate) fn forget(&self, node: &Arc<Node>) {
-        let mut live = self.live.lock();
-        live.remove(&(Arc::as_ptr(node) as usize));
-        self.live_count.store(live.len(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// References on `f` held by futex waiters' keys. COW leaves them out
-    /// of its "is this page exclusive" test, so a wait never causes a copy
-    /// that the same history without it would not (seed 003). A count that
-    /// races with a waiter leaving only errs toward copying.
-    pub(crate) fn refs_on(&self, f: FrameId) -> u32 {
-        if self.live_count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let live = self.live.lock();
-        live.values().filter(|n| n.inner.lock().key.frame() == Some(f)).count() as u32
     }
 }
 

@@ -161,6 +161,19 @@ pub(super) fn physical(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> R
     }
 }
 
+/// The physical key of `va` if it maps a frame of its own now, read from
+/// the entry without taking a reference (the frame may change at once: only
+/// good for choosing a bucket). `EFAULT` as `physical` gives it.
+pub(super) fn peek(mm: &MmInner, st: &MmState, va: u64) -> Result<Option<FutexKey>> {
+    vma_for(st, va)?;
+    let Some(pt) = st.pt.as_ref() else { return Ok(None) };
+    let pte = pt.follow_pte(mm.arena(), va & !0xfff);
+    if !pte.is_present() || pte.is_zero_frame() {
+        return Ok(None);
+    }
+    Ok(Some(FutexKey::Frame { frame: pte.frame(), offset: (va & 0xfff) as u32 }))
+}
+
 /// What `va` translates to now, without faulting; a frame comes referenced.
 /// Callers hold `mm`'s `mmap_lock` (either mode), so tables stay put.
 pub(crate) fn translation(mm: &MmInner, st: &MmState, va: u64) -> Translation {

@@ -12,7 +12,10 @@
 //! Frame references: a waiter keyed by `Frame` holds one reference on that
 //! frame (the seed's `pin_page`), so the key cannot name a freed and reused
 //! frame. Whoever changes a queued waiter's key (rekey, requeue) moves that
-//! reference; the waiter drops it when it leaves (`Waiter::finish`).
+//! reference; the waiter drops it when it leaves (`Waiter::finish`). Each
+//! such reference is also counted per frame (`FrameRefs::key_on`/`key_off`:
+//! counted after it is taken, uncounted before it is dropped), for COW's
+//! reuse test.
 
 use super::key::FutexKey;
 use crate::phys::FrameId;
@@ -29,6 +32,10 @@ pub(crate) trait FrameRefs: Send + Sync {
     fn get(&self, f: FrameId);
     /// Drop a reference.
     fn put(&self, f: FrameId);
+    /// A waiter's key now names `f`, holding one of its references (taken before).
+    fn key_on(&self, f: FrameId);
+    /// A waiter's key no longer names `f` (its reference is dropped or moved after).
+    fn key_off(&self, f: FrameId);
 }
 
 /// Where a waiter is in its life.
@@ -86,8 +93,9 @@ pub(crate) struct NodeInner {
     /// The `(mm, page)` whose translation the key follows (physical keys);
     /// a vcache callback for any other entry of this waiter is ignored.
     pub(crate) tracked: Option<(u64, u64)>,
-    /// Every vcache entry attached for this waiter: `(mm, page, users)`.
-    pub(crate) entries: Vec<(u64, u64, Arc<AtomicUsize>)>,
+    /// Every vcache entry attached for this waiter: `(mm, page, users)`
+    /// (usually one, kept inline: no allocation per wait).
+    pub(crate) entries: crate::few::Few<(u64, u64, Arc<AtomicUsize>)>,
 }
 
 /// A waiter: queued in at most one bucket at a time.
@@ -100,7 +108,13 @@ impl Node {
     pub(crate) fn new(key: FutexKey, bitset: u32) -> Node {
         Node {
             state: AtomicU8::new(WaitState::Idle as u8),
-            inner: Mutex::new(NodeInner { key, bitset, notify: Notify::None, tracked: None, entries: Vec::new() }),
+            inner: Mutex::new(NodeInner {
+                key,
+                bitset,
+                notify: Notify::None,
+                tracked: None,
+                entries: Default::default(),
+            }),
         }
     }
 
@@ -174,13 +188,23 @@ impl FutexTable {
 
     /// Queue `node` under `key` if `check` (run with the bucket locked and
     /// the bucket's waiter count raised, so a concurrent wake cannot miss
-    /// us) says so. On `Queue` the node's state is `Waiting`.
-    pub(crate) fn queue(&self, node: &Arc<Node>, key: FutexKey, check: impl FnOnce() -> Check) -> Check {
+    /// us) says so. On `Queue` the node's state is `Waiting` and its key
+    /// holds the caller's reference on `key`'s frame, if any.
+    pub(crate) fn queue(
+        &self,
+        node: &Arc<Node>,
+        key: FutexKey,
+        refs: &dyn FrameRefs,
+        check: impl FnOnce() -> Check,
+    ) -> Check {
         let b = &self.buckets[Self::index(&key)];
         let mut q = b.queue.lock();
         b.waiters.fetch_add(1, Ordering::SeqCst);
         let verdict = check();
         if let Check::Queue = verdict {
+            if let Some(f) = key.frame() {
+                refs.key_on(f);
+            }
             node.inner.lock().key = key;
             node.set_state(WaitState::Waiting);
             q.push_back(node.clone());
@@ -287,8 +311,10 @@ impl FutexTable {
                         let mut inner = n.inner.lock();
                         if let Some(f) = k2.frame() {
                             refs.get(f);
+                            refs.key_on(f);
                         }
                         if let Some(f) = inner.key.frame() {
+                            refs.key_off(f);
                             refs.put(f);
                         }
                         inner.key = *k2;
@@ -329,9 +355,13 @@ impl FutexTable {
             return;
         };
         let n = src.remove(pos);
+        if let Some(f) = to.frame() {
+            refs.key_on(f);
+        }
         inner.key = to;
         drop(inner);
         if let Some(f) = from.frame() {
+            refs.key_off(f);
             refs.put(f);
         }
         self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
@@ -432,6 +462,12 @@ pub(crate) fn settle(
     now: Translation,
 ) {
     bucket.each(mm, page, |node| {
+        if let Translation::Frame(f) = now {
+            // Already there (the common case): nothing to move, no reference to take.
+            if node.inner.lock().key.frame() == Some(f) {
+                return;
+            }
+        }
         follow(table, refs, node, mm, page, &|_| {
             if let Translation::Frame(f) = now {
                 refs.get(f);

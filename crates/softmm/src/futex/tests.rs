@@ -297,3 +297,35 @@ fn accessor_shortcuts_agree_with_the_mm_paths() {
         audit(&mm);
     }
 }
+
+#[test]
+fn a_recycled_waiter_node_is_not_reached_through_an_old_canceller() {
+    // A finished waiter's node is reused by the thread's next wait only if
+    // nothing else holds it: a canceller kept from the first wait must not
+    // reach the second one.
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Private);
+        mm.write(A, &1u32.to_ne_bytes()).unwrap();
+        let first = mm.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+        let old = first.canceller();
+        assert_eq!(mm.futex_wake(A, 1).unwrap(), 1);
+        assert_eq!(first.wait(None), Ok(()));
+        let second = mm.futex_wait_start(A, 1, 0b10).unwrap();
+        assert_eq!(old.cancel(), WaitState::Woken, "the old canceller sees its own, finished waiter");
+        assert_eq!(second.state(), WaitState::Waiting);
+        assert_eq!(mm.futex_wake_bitset(A, 1, 0b01).unwrap(), 0, "the new bitset holds");
+        drop(old);
+        drop(second);
+        // Now the node may be recycled: waits and wakes still count right.
+        for round in 0..3 {
+            let w = mm.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+            assert_eq!(w.state(), WaitState::Waiting, "round {round}");
+            audit(&mm);
+            assert_eq!(mm.futex_wake(A, 2).unwrap(), 1, "round {round}");
+            assert_eq!(w.wait(None), Ok(()));
+        }
+        assert_eq!(mm.vcache_entries(), 0);
+        audit(&mm);
+    }
+}

@@ -1,6 +1,6 @@
 //! A queued futex waiter: block on it, await it, poll it, or cancel it.
 
-use super::table::{Node, Notify, WaitState};
+use super::table::{FrameRefs, Node, Notify, WaitState};
 use super::Timeout;
 use crate::error::{Error, Result};
 use crate::mm::MmInner;
@@ -9,6 +9,26 @@ use crate::vcache::Bucket;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+#[cfg(not(loom))]
+thread_local! {
+    /// The node of this thread's last finished waiter, if nothing else
+    /// held it: the next wait reuses it instead of allocating.
+    static SPARE: std::cell::Cell<Option<Arc<Node>>> = const { std::cell::Cell::new(None) };
+}
+
+/// A fresh node for a waiter: this thread's spare if nobody else holds it
+/// (no queue, vcache entry or canceller: `Arc::get_mut` says so), else a new one.
+pub(super) fn new_node(key: super::FutexKey, bitset: u32) -> Arc<Node> {
+    #[cfg(not(loom))]
+    if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
+        if let Some(node) = Arc::get_mut(&mut spare) {
+            *node = Node::new(key, bitset);
+            return spare;
+        }
+    }
+    Arc::new(Node::new(key, bitset))
+}
 
 /// A waiter queued by [`Mm::futex_wait_start`](crate::Mm::futex_wait_start).
 ///
@@ -42,21 +62,19 @@ impl FutexWaiter {
         FutexWaiter { mm, node, finished: false }
     }
 
-    /// Publish the vcache entry for `(mm, page)` the first time (returns
-    /// true then); on a retry the entry is there already and only the
-    /// fence is repeated.
-    pub(super) fn attach_once(&self, vb: &mut Bucket<'_, Node>, mm: &MmInner, page: u64) -> bool {
+    /// Publish the vcache entry for `(mm, page)` the first time; on a
+    /// retry the entry is there already and only the fence is repeated.
+    pub(super) fn attach_once(&self, vb: &mut Bucket<'_, Node>, mm: &MmInner, page: u64) {
         let mut inner = self.node.inner.lock();
         if !inner.entries.is_empty() {
             drop(inner);
             crate::sync::fence(crate::sync::Ordering::SeqCst);
-            return false;
+            return;
         }
         inner.entries.push((mm.id, page, mm.vcache_users.clone()));
         inner.tracked = Some((mm.id, page));
         drop(inner);
         vb.attach(&mm.vcache_users, mm.id, page, self.node.clone());
-        true
     }
 
     /// Where the waiter is now.
@@ -119,11 +137,11 @@ impl FutexWaiter {
             let mut inner = self.node.inner.lock();
             (std::mem::take(&mut inner.entries), inner.key.frame())
         };
-        for (mm, page, users) in &entries {
+        for (mm, page, users) in entries.iter() {
             fx.vcache.detach(users, *mm, *page, &self.node);
         }
-        fx.forget(&self.node);
         if let Some(f) = frame {
+            self.mm.arena().key_off(f);
             self.mm.arena().put(f);
         }
         match end {
@@ -157,6 +175,12 @@ impl Drop for FutexWaiter {
     fn drop(&mut self) {
         if !self.finished {
             let _ = self.finish();
+        }
+        // Keep the node for this thread's next wait if this is its last
+        // holder (a clone stays in the spare slot; ours is dropped next).
+        #[cfg(not(loom))]
+        if Arc::strong_count(&self.node) == 1 {
+            let _ = SPARE.try_with(|s| s.set(Some(self.node.clone())));
         }
     }
 }

@@ -434,11 +434,16 @@ fn do_wp_page(
 /// under it.
 pub(crate) fn anon_exclusive(mm: &MmInner, f: FrameId) -> bool {
     let meta = mm.arena().meta(f);
+    // Waiters are counted after they took their reference and uncounted
+    // before they drop it: read before the references, the count is at most
+    // the waiters' share of them (a waiter leaving or coming meanwhile only
+    // errs toward copying).
+    let waiters = meta.futex_keys();
     let mut refs = meta.unpinned_refs();
     if refs == 2 && meta.has(flags::SWAPCACHE) && take_from_swap_cache(mm, f) {
         refs = 1;
     }
-    refs == 1 || refs == 1 + mm.machine.futexes.refs_on(f)
+    refs == 1 || refs == 1 + waiters
 }
 
 /// Take `f` (mapped once, by the entry being faulted) out of the swap cache

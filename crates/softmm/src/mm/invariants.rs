@@ -90,7 +90,11 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
     for (&f, &n) in &exp.pins {
         *exp.refs.entry(f).or_default() += n;
     }
-    for (f, n) in m.futexes.held_refs() {
+    let held = match m.futexes.held_refs(&m.arena) {
+        Ok(held) => held,
+        Err(e) => fail!("futex keys: {e}"),
+    };
+    for (f, n) in held {
         *exp.refs.entry(f).or_default() += n as u32;
     }
     for (mm, st) in mms.iter().zip(&guards) {

@@ -69,6 +69,11 @@ pub struct FrameMeta {
     pub(crate) owner: AtomicU64,
     /// Page offset of the frame within its owner.
     pub(crate) index: AtomicU64,
+    /// Futex waiters whose key names this frame (physical keys); each holds
+    /// one of `refcount`, taken before it is counted here and dropped after
+    /// it is uncounted, so this never exceeds the references it stands for.
+    /// COW's reuse test leaves them out (see `mm::fault::anon_exclusive`).
+    pub(crate) futex_keys: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<FrameMeta>() <= 64);
@@ -97,6 +102,11 @@ impl FrameMeta {
     #[inline]
     pub(crate) fn sub_counts(&self, refs: u32, maps: u32) -> u32 {
         self.counts.fetch_sub((maps as u64) << 32 | refs as u64, Ordering::AcqRel) as u32
+    }
+    /// Futex waiters keyed by the frame now.
+    #[inline]
+    pub fn futex_keys(&self) -> u32 {
+        self.futex_keys.load(Ordering::SeqCst)
     }
     /// Pins held on the frame now.
     #[inline]
