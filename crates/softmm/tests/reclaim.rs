@@ -231,17 +231,22 @@ fn failed_swap_in_is_an_io_error_never_wrong_data() {
         write_page(&mm, BASE + i * PAGE, &pattern(1, BASE + i * PAGE, 3));
     }
     assert_eq!(m.reclaim(100), 16);
-    dev.fail_reads(1, Fault::Io);
+    // Every read fails (a swap-in retries a failed run once, alone, so a
+    // single failed device call would not reach the access).
+    dev.fail_reads(u32::MAX, Fault::Io);
     let mut b = [0u8; 16];
     let err = mm.read(BASE, &mut b).expect_err("the read must fail");
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert_eq!(err.errno(), softmm::errno::EIO);
     check(&mm);
-    // The page is still on the device: the next access gets it.
+    // The page is still on the device: once it reads again, the next
+    // access gets it.
+    dev.clear();
     assert_eq!(read_page(&mm, BASE), pattern(1, BASE, 3));
     let mut acc = mm.accessor();
-    dev.fail_reads(1, Fault::Io);
+    dev.fail_reads(u32::MAX, Fault::Io);
     assert!(matches!(acc.load_u32(BASE + PAGE), Err(Error::Io { .. })));
+    dev.clear();
     assert_eq!(acc.load_u32(BASE + PAGE).expect("load") as u64, (BASE + PAGE) & 0xffff_ffff);
     check(&mm);
 }
@@ -439,9 +444,10 @@ fn shared_memory_pages_are_swapped_and_shared_again() {
     check(&parent);
     // A failed read is an I/O error and loses nothing.
     assert!(m.reclaim(1000) > 0);
-    dev.fail_reads(1, Fault::Io);
+    dev.fail_reads(u32::MAX, Fault::Io);
     let mut b = [0u8; 16];
     assert!(matches!(child.read(BASE + 7 * PAGE, &mut b), Err(Error::Io { .. })));
+    dev.clear();
     assert_eq!(read_page(&child, BASE + 7 * PAGE), pattern(1, BASE + 7 * PAGE, 5));
     check(&parent);
     drop(child);
