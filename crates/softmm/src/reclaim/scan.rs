@@ -104,6 +104,12 @@ fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
         if fl & (flags::ANON | flags::SHM) == 0 || fl & (flags::PAGETABLE | flags::ZERO | flags::LOCKED) != 0 {
             continue;
         }
+        // A look-around's mark is the page's second chance (`consider`),
+        // spent without taking a reference: clearing it on a frame freed
+        // meanwhile is harmless (the allocator overwrites the flags).
+        if fl & flags::REFERENCED != 0 && meta.test_and_clear_flags(flags::REFERENCED) {
+            continue;
+        }
         if !arena.try_get(f) {
             continue;
         }
