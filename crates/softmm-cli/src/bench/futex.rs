@@ -43,6 +43,7 @@
 //! same thing): above 1, softmm is faster. Each figure is the median of
 //! `--reps` runs; the two sides alternate run by run.
 
+use super::cpu::{allowed_cpus, pin};
 use super::linux::{mono_ns, Region};
 use super::{median, say, status, BenchOpts};
 use crate::error::{check, CliError, CliResult, Context};
@@ -100,32 +101,6 @@ const FUTEX_WAKE: i32 = libc::FUTEX_WAKE;
 const PRIVATE: i32 = libc::FUTEX_PRIVATE_FLAG;
 
 // ------------------------------------------------------------------ threads
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: an all-zero cpu_set_t is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return Vec::new();
-    }
-    // SAFETY: CPU_ISSET reads bit `c` of the set; `c < CPU_SETSIZE`.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-}
-
-/// Pin the calling thread to `cpu`.
-fn pin(cpu: usize) -> CliResult<()> {
-    // SAFETY: an all-zero cpu_set_t is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET sets bit `cpu` of `set`; callers pass CPUs from
-    // `allowed_cpus`, all below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is this thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(crate::error::os_error(&format!("sched_setaffinity(CPU {cpu})")));
-    }
-    Ok(())
-}
 
 /// Pin thread `i` of a group to `cpus[i % cpus.len()]` (no pinning if the
 /// list is empty).

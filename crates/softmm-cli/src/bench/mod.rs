@@ -26,6 +26,7 @@
 //! `--reps` runs. The two sides never run at the same time, and no softmm
 //! machine is alive while Linux forks (fork copies this whole process).
 
+pub(crate) mod cpu;
 pub mod fork;
 pub mod futex;
 pub mod linux;
