@@ -1,8 +1,9 @@
 //! `Few`: a list that keeps its first element inline.
 //!
 //! For the short lists of hot paths that would otherwise allocate every
-//! time: a reverse-map walk usually meets one address space, and a visit
-//! of a frame's mappings usually changes one entry.
+//! time: a reverse-map walk usually meets one address space, a visit of a
+//! frame's mappings usually changes one entry, and a futex wake usually
+//! wakes one waiter.
 
 /// A list whose first element needs no allocation.
 pub(crate) struct Few<T> {
@@ -30,6 +31,11 @@ impl<T> Few<T> {
         self.first.is_none()
     }
 
+    /// How many elements it holds.
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
     /// Every element, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.first.iter().chain(self.rest.iter())
@@ -53,9 +59,11 @@ mod tests {
             f.push(i);
         }
         assert_eq!(f.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert_eq!(f.len(), 5);
         assert_eq!(f.drain().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
-        assert_eq!(f.iter().count(), 0);
+        assert_eq!((f.iter().count(), f.len()), (0, 0));
         f.push(7);
+        assert_eq!(f.len(), 1);
         assert_eq!(f.iter().copied().collect::<Vec<_>>(), [7]);
     }
 }

@@ -18,6 +18,7 @@
 //! reuse test.
 
 use super::key::FutexKey;
+use crate::few::Few;
 use crate::phys::FrameId;
 use crate::sync::{fence, Arc, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::vcache::Translation;
@@ -232,7 +233,7 @@ impl FutexTable {
     /// (a vcache bucket) tells them after releasing it, so that they do not
     /// wake up only to block on it.
     pub(crate) fn wake_later(&self, key: &FutexKey, limit: u32, bitset: u32) -> Woken {
-        let mut woken = Vec::new();
+        let mut woken = Few::default();
         if self.maybe_waiters(key) {
             let b = &self.buckets[Self::index(key)];
             let mut q = b.queue.lock();
@@ -254,7 +255,7 @@ impl FutexTable {
         op: impl FnOnce() -> Result<bool, E>,
     ) -> Result<u32, E> {
         let (i1, i2) = (Self::index(k1), Self::index(k2));
-        let mut woken = Vec::new();
+        let mut woken = Few::default();
         {
             let mut pair = self.lock_pair(i1, i2);
             let wake2 = op()?;
@@ -286,7 +287,7 @@ impl FutexTable {
         mut moved: impl FnMut(&Arc<Node>, &mut NodeInner),
     ) -> Result<u32, E> {
         let (i1, i2) = (Self::index(k1), Self::index(k2));
-        let mut woken = Vec::new();
+        let mut woken = Few::default();
         let mut requeued = 0u32;
         {
             let mut pair = self.lock_pair(i1, i2);
@@ -484,7 +485,7 @@ fn take_matching(
     key: &FutexKey,
     bitset: u32,
     limit: u32,
-    out: &mut Vec<(Arc<Node>, Notify)>,
+    out: &mut Few<(Arc<Node>, Notify)>,
 ) {
     let limit = limit.max(1) as usize;
     let start = out.len();
@@ -507,7 +508,7 @@ fn take_matching(
 }
 
 /// Waiters taken off a queue, still to be told.
-pub(crate) struct Woken(Vec<(Arc<Node>, Notify)>);
+pub(crate) struct Woken(Few<(Arc<Node>, Notify)>);
 
 impl Woken {
     /// Tell them now; returns how many were woken.
@@ -523,9 +524,9 @@ impl Drop for Woken {
 }
 
 /// Tell woken waiters, with no lock held.
-fn finish_wakes(woken: Vec<(Arc<Node>, Notify)>) -> u32 {
+fn finish_wakes(mut woken: Few<(Arc<Node>, Notify)>) -> u32 {
     let n = woken.len() as u32;
-    for (_, notify) in woken {
+    for (_, notify) in woken.drain() {
         notify.notify();
     }
     n
