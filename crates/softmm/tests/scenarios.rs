@@ -227,3 +227,29 @@ fn accessor_sees_cow_and_unmap() {
     assert!(matches!(acc.load_u64(A + 4), Err(Error::Misaligned { .. })));
     check(&p);
 }
+
+/// A dirty entry hands its dirtiness to the page when it is zapped (Linux's
+/// `zap_pte_range`: `folio_mark_dirty`), so the page's other mappings see it
+/// dirty. Here the only write is a CPU store through an entry a read fault
+/// made writable: it dirties that entry, not the page, until the munmap.
+#[test]
+fn munmap_hands_a_dirty_entry_to_the_page() {
+    let m = machine();
+    let p = m.new_mm().unwrap();
+    map(&p, A, 4096, Prot::RW, MapKind::Shared);
+    let c = p.fork().unwrap();
+    let mut pa = p.accessor();
+    let mut ca = c.accessor();
+    assert_eq!(pa.load_u32(A).unwrap(), 0);
+    assert_eq!(ca.load_u32(A).unwrap(), 0);
+    pa.store_u32(A, 7).unwrap();
+    drop(pa);
+    let s = c.smaps(A).unwrap();
+    assert_eq!((s.rss, s.shared_clean, s.shared_dirty), (4, 4, 0), "only the parent's entry is dirty: {s:?}");
+    p.munmap(A, 4096).unwrap();
+    let s = c.smaps(A).unwrap();
+    assert_eq!((s.rss, s.private_clean, s.private_dirty), (4, 0, 4), "the page is dirty now: {s:?}");
+    assert_eq!(ca.load_u32(A).unwrap(), 7);
+    drop(ca);
+    check(&c);
+}
