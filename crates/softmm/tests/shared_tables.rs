@@ -87,3 +87,71 @@ fn child_work(child: softmm::Mm, i: u64, round: u8) {
     drop(acc);
     drop(child);
 }
+
+/// Two sharers leave their shared tables at the same time (whole-table
+/// munmaps) while threads of theirs still read through cached
+/// translations, and a third space recycles freed frames with a pattern
+/// nobody else writes. A reader sees its page's data or a fault, never the
+/// pattern: a sharer keeps its table reference until its own shootdown, so
+/// the other cannot free the frames under its translations (the bug Linux
+/// had as CVE-2021-4002). The window is narrow, so this mostly runs the
+/// late drop (`Left::Later`, `put_late`, both orders) under the audit; the
+/// loom model `share::loom_leave_tests` proves the order.
+#[test]
+fn leaving_sharers_never_read_a_recycled_frame() {
+    const N: u64 = 8 * 512;
+    let m = machine();
+    let recycler = m.new_mm().unwrap();
+    let spare = 0x4000_0000;
+    for round in 0..40u8 {
+        let parent = m.new_mm().unwrap();
+        map(&parent, BASE, N * PAGE, Prot::RW, MapKind::Private);
+        for p in 0..N {
+            parent.write(BASE + p * PAGE, &pattern(p, 1)).unwrap();
+        }
+        let child = parent.fork_with(ForkPolicy::SharedTables).unwrap();
+        let leaving = std::sync::Barrier::new(5);
+        std::thread::scope(|s| {
+            for mm in [&parent, &child] {
+                let leaving = &leaving;
+                s.spawn(move || {
+                    let mut acc = mm.accessor();
+                    let mut b = [0u8; 8];
+                    for p in 0..N {
+                        acc.read(BASE + p * PAGE, &mut b).unwrap(); // fill the TLB
+                    }
+                    leaving.wait();
+                    'reading: for _ in 0..20 {
+                        for p in (0..N).step_by(7) {
+                            if acc.read(BASE + p * PAGE, &mut b).is_err() {
+                                break 'reading; // unmapped: a fault from now on
+                            }
+                            assert_eq!(b, pattern(p, 1), "page {p}, round {round}: a recycled frame");
+                        }
+                    }
+                });
+                s.spawn(move || {
+                    leaving.wait();
+                    mm.munmap(BASE, N * PAGE).unwrap();
+                });
+            }
+            s.spawn(|| {
+                leaving.wait();
+                for _ in 0..2 {
+                    map(&recycler, spare, N * PAGE, Prot::RW, MapKind::Private);
+                    let mut acc = recycler.accessor();
+                    for p in 0..N {
+                        acc.write(spare + p * PAGE, &[0xde; 8]).unwrap();
+                    }
+                    drop(acc);
+                    recycler.munmap(spare, N * PAGE).unwrap();
+                }
+            });
+        });
+        check(&parent);
+        drop((parent, child));
+    }
+    check(&recycler);
+    drop(recycler);
+    assert_eq!((m.stats().frames_in_use, m.stats().page_tables), (0, 0));
+}

@@ -253,7 +253,11 @@ pub(crate) fn do_exit(mm: &MmInner) {
     pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |s, e, lo, _| {
         let base = lo & !(PTE_TABLE_SPAN - 1);
         if !e.is_writable() {
-            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(&mm.machine, p, &mut gather));
+            let pending = gather.shootdown_pending();
+            let left = share::drop_shared(arena, s, e, base, c, pending, |_, p| zap_pte(&mm.machine, p, &mut gather));
+            if let share::Left::Later(t) = left {
+                gather.drop_table_later(t, base);
+            }
             return;
         }
         let end = base + PTE_TABLE_SPAN;

@@ -19,6 +19,10 @@ pub(crate) struct Gather {
     rest: Vec<FrameId>,
     /// A translation may have become stale (even with no frame to free).
     flush: bool,
+    /// Shared PTE tables this space left while others still shared them:
+    /// (table, base). The reference goes after the shootdown (see
+    /// `share::drop_shared`).
+    tables: Vec<(FrameId, u64)>,
 }
 
 impl Gather {
@@ -63,6 +67,19 @@ impl Gather {
         }
     }
 
+    /// Whether leaving a shared table must wait for the shootdown (see
+    /// `share::drop_shared`): not when no accessor can cache anything.
+    pub(crate) fn shootdown_pending(&self) -> bool {
+        !self.immediate
+    }
+
+    /// Drop this space's reference on shared table `t` (covering `base`)
+    /// once stale translations are gone.
+    pub(crate) fn drop_table_later(&mut self, t: FrameId, base: u64) {
+        self.flush = true;
+        self.tables.push((t, base));
+    }
+
     /// Shoot down stale translations, then release the frames. `except` is
     /// the calling accessor's slot, if the operation runs on behalf of one.
     pub(crate) fn finish(self, mm: &MmInner, except: Option<&Slot>) {
@@ -75,6 +92,15 @@ impl Gather {
         let arena = mm.arena();
         for f in self.first.into_iter().chain(self.rest) {
             arena.put(f);
+        }
+        // After the shootdown, so the frames such a table maps outlive every
+        // translation of this space. A table found last here is zapped with
+        // its frames released at once: every other sharer dropped its
+        // reference only after its own shootdown, and this space's is done.
+        let c = &mm.machine.counters;
+        for (t, base) in self.tables {
+            let mut now = Gather { immediate: true, ..Gather::default() };
+            crate::pgtable::share::put_late(arena, t, base, c, |_, p| super::mmap::zap_pte(&mm.machine, p, &mut now));
         }
     }
 }

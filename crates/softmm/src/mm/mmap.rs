@@ -179,7 +179,12 @@ pub(crate) fn zap_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, may_
         let base = lo & !(PTE_TABLE_SPAN - 1);
         if !e.is_writable() {
             debug_assert!(may_drop && hi - lo == PTE_TABLE_SPAN, "partial zap of a shared PTE table");
-            share::drop_shared(arena, s, e, base, c, |_, p| zap_pte(&mm.machine, p, gather));
+            let pending = gather.shootdown_pending();
+            if let share::Left::Later(t) =
+                share::drop_shared(arena, s, e, base, c, pending, |_, p| zap_pte(&mm.machine, p, gather))
+            {
+                gather.drop_table_later(t, base);
+            }
             return;
         }
         crate::pgtable::zap_entries(arena, e.frame(), base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather));

@@ -257,28 +257,75 @@ fn reuse(arena: &FrameArena, s: &AtomicU64, e: Pte, base: u64) {
     s.store(e.with(Pte::WRITE).raw(), Ordering::Release);
 }
 
+/// What [`drop_shared`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// This space was the last sharer: it zapped the entries and freed the table.
+    Freed,
+    /// Others still share the table: this space's reference is dropped.
+    Dropped,
+    /// Others may still share the table, and this space's accessors may
+    /// still cache translations through it: drop the reference with
+    /// [`put_late`], after the TLB shootdown.
+    Later(FrameId),
+}
+
 /// Drop this address space's use of the PTE table in PMD slot `s` (entry
 /// `e`, write-protected): a munmap of the table's whole span, or exit.
 /// Requires the `mmap_lock` held for writing. The last sharer calls
 /// `zap(va, pte)` for every present entry and frees the table; the others
-/// only drop their reference. Returns whether the table was freed.
+/// drop their reference — at once if `shootdown_pending` is false, else
+/// only after their TLB shootdown ([`Left::Later`]).
+///
+/// Why later: a sharer that is not last leaves the frames mapped by the
+/// table, so it defers no frame reference to its shootdown. If it dropped
+/// its table reference at once, the last sharer could zap the table and
+/// free those frames (after *its own* shootdown) while this space's
+/// accessors still read them through cached translations — a freed, maybe
+/// reused, frame (Linux's CVE-2021-4002, a missing flush after
+/// `huge_pmd_unshare`, is this bug). Holding the reference until this
+/// space's shootdown is done keeps the frames alive until then.
 pub(crate) fn drop_shared(
     arena: &FrameArena,
     s: &AtomicU64,
     e: Pte,
     base: u64,
     c: &Counters,
-    mut zap: impl FnMut(u64, Pte),
-) -> bool {
+    shootdown_pending: bool,
+    zap: impl FnMut(u64, Pte),
+) -> Left {
     s.store(0, Ordering::Release);
     let t = e.frame();
+    // A count of 1 is ours alone, and stays so: only a sharer's fork adds
+    // one, and this space (the only sharer then) holds its own write lock.
+    if arena.meta(t).refcount() > 1 {
+        if shootdown_pending {
+            return Left::Later(t);
+        }
+        if put_table_unless_last(arena, t, c) {
+            return Left::Dropped;
+        }
+    }
+    zap_table(arena, t, base, c, zap);
+    Left::Freed
+}
+
+/// The end of [`Left::Later`], after this space's TLB shootdown: drop the
+/// reference on table `t` (covering `base`), or, if the others left
+/// meanwhile, zap and free it. Returns whether the table was freed.
+pub(crate) fn put_late(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, zap: impl FnMut(u64, Pte)) -> bool {
     if put_table_unless_last(arena, t, c) {
         return false;
     }
+    zap_table(arena, t, base, c, zap);
+    true
+}
+
+/// Zap every entry of table `t`, now this space's alone, and free it.
+fn zap_table(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, mut zap: impl FnMut(u64, Pte)) {
     super::zap_entries(arena, t, base, base, base + PTE_TABLE_SPAN, &mut zap);
     arena.put(t);
     c.page_tables.fetch_sub(1, Ordering::Relaxed);
-    true
 }
 
 /// Lock the PTE table that maps `va` in `pt` with no unshare of it in
@@ -438,6 +485,92 @@ mod loom_tests {
     }
 }
 
+#[cfg(all(test, loom))]
+mod loom_leave_tests {
+    //! Leaving a shared table while an accessor of the leaving space may
+    //! still cache translations through it (the software TLB, emptied by
+    //! the space's shootdown). Two spaces share a table mapping one frame,
+    //! each with that frame cached; both leave at once. Whoever frees the
+    //! frame must find it cached nowhere. `put_unless_last` is the real one;
+    //! the order of steps is `drop_shared` + `Gather::finish` + `put_late`.
+    use super::put_unless_last;
+    use loom::sync::atomic::{AtomicBool, AtomicU32};
+    use loom::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    struct Shared {
+        table: AtomicU32,
+        frame: AtomicU32,
+        /// Per space: a translation of the frame is cached.
+        cached: [AtomicBool; 2],
+    }
+
+    impl Shared {
+        /// Drop the frame's reference (the zap of the last sharer).
+        fn put_frame(&self) {
+            if self.frame.fetch_sub(1, Ordering::AcqRel) == 1 {
+                for c in &self.cached {
+                    assert!(!c.load(Ordering::SeqCst), "frame freed while a space still caches it");
+                }
+            }
+        }
+
+        fn shootdown(&self, me: usize) {
+            self.cached[me].store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Space `me` leaves. `late`: the reference goes after the shootdown
+    /// (the current code); otherwise at once (the code before, which let
+    /// the other space free the frame under this one's cached translation).
+    fn leave(s: &Shared, me: usize, late: bool) {
+        let last_now = s.table.load(Ordering::Acquire) == 1;
+        if !last_now && late {
+            s.shootdown(me); // Gather::finish, then put_late
+            if put_unless_last(&s.table).is_none() {
+                s.put_frame(); // zapped with immediate puts
+            }
+            return;
+        }
+        if !last_now && put_unless_last(&s.table).is_some() {
+            s.shootdown(me);
+            return;
+        }
+        // Last: the zap defers the frame's reference to the shootdown.
+        s.shootdown(me);
+        s.put_frame();
+    }
+
+    fn run(late: bool) {
+        loom::model(move || {
+            let s = Arc::new(Shared {
+                table: AtomicU32::new(2),
+                frame: AtomicU32::new(1),
+                cached: [AtomicBool::new(true), AtomicBool::new(true)],
+            });
+            let other = {
+                let s = s.clone();
+                loom::thread::spawn(move || leave(&s, 1, late))
+            };
+            leave(&s, 0, late);
+            other.join().unwrap();
+            assert_eq!(s.frame.load(Ordering::SeqCst), 0, "the frame is freed exactly once");
+        });
+    }
+
+    #[test]
+    fn leaving_after_the_shootdown_frees_no_cached_frame() {
+        run(true);
+    }
+
+    /// The model can fail: the order before the fix is caught.
+    #[test]
+    #[should_panic(expected = "frame freed while a space still caches it")]
+    fn leaving_before_the_shootdown_is_caught() {
+        run(false);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -492,7 +625,7 @@ mod tests {
         let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
         let e = Pte::from_raw(s.load(Ordering::Acquire));
         let mut zapped = 0;
-        assert!(!drop_shared(&x.arena, s, e, BASE, &x.c, |_, _| zapped += 1));
+        assert_eq!(drop_shared(&x.arena, s, e, BASE, &x.c, false, |_, _| zapped += 1), Left::Dropped);
         assert_eq!((zapped, x.c.shared_tables.load(Ordering::Relaxed)), (0, 0));
 
         // The parent is the last sharer: it keeps the table, writable again.
@@ -535,15 +668,45 @@ mod tests {
             let (s, _) = pt.pmd_slot(&x.arena, BASE).unwrap();
             let e = Pte::from_raw(s.load(Ordering::Acquire));
             let mut zapped = Vec::new();
-            let freed = drop_shared(&x.arena, s, e, BASE, &x.c, |va, p| zapped.push((va, p.frame())));
+            let left = drop_shared(&x.arena, s, e, BASE, &x.c, false, |va, p| zapped.push((va, p.frame())));
             if std::ptr::eq(pt, &child) {
-                assert!(freed, "the second drop is the last");
+                assert_eq!(left, Left::Freed, "the second drop is the last");
                 assert_eq!(zapped.iter().map(|z| z.1).collect::<Vec<_>>(), x.frames);
             } else {
-                assert!(!freed && zapped.is_empty());
+                assert!(left == Left::Dropped && zapped.is_empty());
             }
         }
         assert_eq!(x.arena.in_use(), before - 1, "the table frame went back");
         assert_eq!(x.c.page_tables.load(Ordering::Relaxed), counted - 1, "one table counted out");
+    }
+
+    /// With a shootdown pending, a sharer that is not last keeps its
+    /// reference until `put_late`; whoever is last by then zaps and frees.
+    #[test]
+    fn a_sharer_with_a_pending_shootdown_drops_its_reference_late() {
+        let x = fixture();
+        let child = PageTable::new(&x.arena).unwrap();
+        share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
+        let t = x.parent.pte_table(&x.arena, BASE).unwrap();
+        let slot_of = |pt: &PageTable| {
+            let (s, _) = pt.pmd_slot(&x.arena, BASE).unwrap();
+            (s, Pte::from_raw(s.load(Ordering::Acquire)))
+        };
+        let (s, e) = slot_of(&child);
+        let left = drop_shared(&x.arena, s, e, BASE, &x.c, true, |_, _| panic!("not last"));
+        assert_eq!(left, Left::Later(t));
+        assert_eq!(x.arena.meta(t).refcount(), 2, "the child's reference is held until its shootdown");
+        assert!(child.pte_table(&x.arena, BASE).is_none(), "but its PMD entry is gone already");
+        // The parent leaves too, while the child's put is still pending: it
+        // is not last either.
+        let (s, e) = slot_of(&x.parent);
+        assert_eq!(drop_shared(&x.arena, s, e, BASE, &x.c, true, |_, _| panic!("not last")), Left::Later(t));
+        // The child's shootdown is done: not last, it only drops.
+        assert!(!put_late(&x.arena, t, BASE, &x.c, |_, _| panic!("not last")));
+        // The parent's: last now, it zaps every entry and frees the table.
+        let mut zapped = Vec::new();
+        assert!(put_late(&x.arena, t, BASE, &x.c, |_, p| zapped.push(p.frame())));
+        assert_eq!(zapped, x.frames);
+        assert_eq!(x.c.shared_tables.load(Ordering::Relaxed), 0);
     }
 }
