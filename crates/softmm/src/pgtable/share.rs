@@ -282,8 +282,8 @@ pub(crate) enum Left {
 /// its table reference at once, the last sharer could zap the table and
 /// free those frames (after *its own* shootdown) while this space's
 /// accessors still read them through cached translations — a freed, maybe
-/// reused, frame (Linux's CVE-2021-4002, a missing flush after
-/// `huge_pmd_unshare`, is this bug). Holding the reference until this
+/// reused, frame (Linux's shared hugetlb PMDs had the like: CVE-2021-4002,
+/// a missing flush after `huge_pmd_unshare`). Holding the reference until this
 /// space's shootdown is done keeps the frames alive until then.
 pub(crate) fn drop_shared(
     arena: &FrameArena,
