@@ -279,7 +279,7 @@ impl Accessor {
                 return Err(Error::Again);
             }
         }
-        crate::futex::wait_start(&self.mm, addr, val, crate::futex::BITSET_MATCH_ANY)?
+        crate::futex::wait_start(&self.mm, addr, val, crate::futex::BITSET_MATCH_ANY, true)?
             .wait(timeout.map(crate::futex::Timeout::After))
     }
 

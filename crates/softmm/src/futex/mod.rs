@@ -49,7 +49,9 @@
 //! - wake: resolve without faulting; if the mm has vcache entries, hold the
 //!   vcache bucket of the page while re-resolving and waking, so that a
 //!   callback moving one of this mm's waiters cannot run between our look at
-//!   the page and our look at the queue.
+//!   the page and our look at the queue. A woken waiter whose only entry is
+//!   that page's is detached there, and its key's frame reference dropped
+//!   (`table::release`): it leaves without taking a lock.
 //!
 //! The seed patch took vcache -> futex -> page-table locks in `queue_me`
 //! while COW held the page-table lock and called into the vcache: a cycle.
@@ -81,7 +83,7 @@ use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::vcache::{Translation, Vcache};
 use resolve::{Intent, Resolved};
 use std::time::{Duration, Instant};
-use table::{Check, FrameRefs, FutexTable, Node};
+use table::{Check, FrameRefs, FutexTable, Node, Notify};
 
 /// How futexes are keyed; see the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -377,20 +379,20 @@ impl crate::Mm {
     /// `EAGAIN` if the word differs, `EFAULT` if it is not mapped readable,
     /// `EINVAL` if `addr` is not 4-byte aligned.
     pub fn futex_wait(&self, addr: u64, val: u32, timeout: Option<Duration>) -> Result<()> {
-        self.futex_wait_start(addr, val, BITSET_MATCH_ANY)?.wait(timeout.map(Timeout::After))
+        wait_start(&self.inner, addr, val, BITSET_MATCH_ANY, true)?.wait(timeout.map(Timeout::After))
     }
 
     /// FUTEX_WAIT_BITSET: as [`futex_wait`](Self::futex_wait), woken only by
     /// wakes whose bitset meets `bitset`; the deadline is absolute, as in Linux.
     pub fn futex_wait_bitset(&self, addr: u64, val: u32, bitset: u32, deadline: Option<Instant>) -> Result<()> {
-        self.futex_wait_start(addr, val, bitset)?.wait(deadline.map(Timeout::At))
+        wait_start(&self.inner, addr, val, bitset, true)?.wait(deadline.map(Timeout::At))
     }
 
     /// The first half of a wait: check the word and queue a waiter, without
     /// blocking. The returned [`FutexWaiter`] is then waited on (blocking,
     /// or as a `Future`), polled, or cancelled; dropping it leaves the queue.
     pub fn futex_wait_start(&self, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
-        wait_start(&self.inner, addr, val, bitset)
+        wait_start(&self.inner, addr, val, bitset, false)
     }
 
     /// FUTEX_WAKE: wake at most `n` waiters of the futex at `addr` (as in
@@ -405,7 +407,15 @@ impl crate::Mm {
     }
 }
 
-pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
+/// `blocking`: the caller blocks on the returned waiter in this thread
+/// (`FutexWaiter::wait`), so the node is built to unpark it.
+pub(crate) fn wait_start(
+    mm: &std::sync::Arc<MmInner>,
+    addr: u64,
+    val: u32,
+    bitset: u32,
+    blocking: bool,
+) -> Result<FutexWaiter> {
     check_addr(addr)?;
     check_bitset(bitset)?;
     let st = read_state(mm, addr)?;
@@ -420,17 +430,32 @@ pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bits
             return Err(Error::Again);
         }
     }
-    let node = waiter::new_node(FutexKey::Private { mm: mm.id, addr }, bitset);
-    let waiter = FutexWaiter::new(mm.clone(), node.clone());
+    // Everything the node needs is set before it is shared: no lock.
+    let notify = if blocking { Notify::Thread(std::thread::current()) } else { Notify::None };
+    let track = physical(mm).then(|| (mm.id, page, mm.vcache_users.clone()));
+    let key = first.as_ref().map_or(FutexKey::Private { mm: mm.id, addr }, |r| r.key);
+    let node = waiter::new_node(key, bitset, notify, track);
+    let waiter = FutexWaiter::new(mm.clone(), node.clone(), blocking);
+    let mut attached = false;
     loop {
         let r = match first.take() {
             Some(r) => r,
-            None => resolve(mm, &st, addr, Intent::Wait)?,
+            None => {
+                let r = resolve(mm, &st, addr, Intent::Wait)?;
+                node.set_key(&mut node.inner.lock(), r.key);
+                r
+            }
         };
-        // Physical keys: publish the vcache entry before the re-check.
+        // Physical keys: publish the vcache entry before the re-check (on
+        // a retry it is there already: only the fence is repeated).
         let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
         if let Some(vb) = vb.as_mut() {
-            waiter.attach_once(vb, mm, page);
+            if attached {
+                crate::sync::fence(Ordering::SeqCst);
+            } else {
+                vb.attach(&mm.vcache_users, mm.id, page, node.clone());
+                attached = true;
+            }
         }
         let verdict = fx.table.queue(&node, r.key, mm.arena(), || {
             if !resolve::still_maps(mm, &st, addr, r.frame, false) {
@@ -485,9 +510,13 @@ pub(crate) fn wake_bitset(mm: &MmInner, addr: u64, n: u32, bitset: u32) -> Resul
     // waiters: look with the page's vcache bucket held, and settle
     // pending moves to what we see.
     let page = addr & !0xfff;
-    let vb = fx.vcache.lock(mm.id, page);
+    let mut vb = fx.vcache.lock(mm.id, page);
     let r = settled(mm, &st, &vb, addr)?;
-    let woken = fx.table.wake_later(&r.key, n, bitset);
+    // A woken waiter whose only entry is this page's would lock this bucket
+    // again to detach it: detach it here, and drop its key's reference.
+    let woken = fx.table.wake_later_releasing(&r.key, n, bitset, |node, inner| {
+        table::release(&mut vb, mm.arena(), mm.id, page, node, inner)
+    });
     drop(vb);
     r.release_frame(mm);
     Ok(woken.notify())
@@ -613,12 +642,12 @@ impl crate::Mm {
             Ok(v)
         };
         match cmd {
-            0 => self.futex_wait_start(addr, val, BITSET_MATCH_ANY)?.wait(timeout).map(|_| 0),
+            0 => wait_start(&self.inner, addr, val, BITSET_MATCH_ANY, true)?.wait(timeout).map(|_| 0),
             1 => self.futex_wake(addr, val),
             3 => self.futex_requeue(addr, count(val)?, count(val2)?, addr2),
             4 => self.futex_cmp_requeue(addr, count(val)?, count(val2)?, addr2, val3),
             5 => self.futex_wake_op(addr, val, addr2, val2, WakeOp::from_raw(val3)?),
-            9 => self.futex_wait_start(addr, val, val3)?.wait(timeout).map(|_| 0),
+            9 => wait_start(&self.inner, addr, val, val3, true)?.wait(timeout).map(|_| 0),
             10 => self.futex_wake_bitset(addr, val, val3),
             _ => Err(Error::Unsupported("futex command")),
         }

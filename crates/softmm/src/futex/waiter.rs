@@ -1,11 +1,10 @@
 //! A queued futex waiter: block on it, await it, poll it, or cancel it.
 
-use super::table::{FrameRefs, Node, Notify, WaitState};
+use super::table::{FrameRefs, Node, Notify, Tracking, WaitState};
 use super::Timeout;
 use crate::error::{Error, Result};
 use crate::mm::MmInner;
 use crate::sync::Arc;
-use crate::vcache::Bucket;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,17 +16,18 @@ thread_local! {
     static SPARE: std::cell::Cell<Option<Arc<Node>>> = const { std::cell::Cell::new(None) };
 }
 
-/// A fresh node for a waiter: this thread's spare if nobody else holds it
-/// (no queue, vcache entry or canceller: `Arc::get_mut` says so), else a new one.
-pub(super) fn new_node(key: super::FutexKey, bitset: u32) -> Arc<Node> {
+/// A fresh node for a waiter (`Node::with`): this thread's spare if nobody
+/// else holds it (no queue, vcache entry or canceller: `Arc::get_mut` says
+/// so), else a new one.
+pub(super) fn new_node(key: super::FutexKey, bitset: u32, notify: Notify, track: Option<Tracking>) -> Arc<Node> {
     #[cfg(not(loom))]
     if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
         if let Some(node) = Arc::get_mut(&mut spare) {
-            *node = Node::new(key, bitset);
+            *node = Node::with(key, bitset, notify, track);
             return spare;
         }
     }
-    Arc::new(Node::new(key, bitset))
+    Arc::new(Node::with(key, bitset, notify, track))
 }
 
 /// A waiter queued by [`Mm::futex_wait_start`](crate::Mm::futex_wait_start).
@@ -40,6 +40,8 @@ pub struct FutexWaiter {
     mm: std::sync::Arc<MmInner>,
     node: Arc<Node>,
     finished: bool,
+    /// The node was built to unpark this thread (a blocking wait).
+    unparks_me: bool,
 }
 
 /// Cancels a waiter from another thread; its wait ends with `EINTR`
@@ -58,23 +60,10 @@ impl FutexCanceller {
 }
 
 impl FutexWaiter {
-    pub(super) fn new(mm: std::sync::Arc<MmInner>, node: Arc<Node>) -> FutexWaiter {
-        FutexWaiter { mm, node, finished: false }
-    }
-
-    /// Publish the vcache entry for `(mm, page)` the first time; on a
-    /// retry the entry is there already and only the fence is repeated.
-    pub(super) fn attach_once(&self, vb: &mut Bucket<'_, Node>, mm: &MmInner, page: u64) {
-        let mut inner = self.node.inner.lock();
-        if !inner.entries.is_empty() {
-            drop(inner);
-            crate::sync::fence(crate::sync::Ordering::SeqCst);
-            return;
-        }
-        inner.entries.push((mm.id, page, mm.vcache_users.clone()));
-        inner.tracked = Some((mm.id, page));
-        drop(inner);
-        vb.attach(&mm.vcache_users, mm.id, page, self.node.clone());
+    /// `unparks_me`: the node's notification unparks the calling thread
+    /// (only a waiter that this thread will block on).
+    pub(super) fn new(mm: std::sync::Arc<MmInner>, node: Arc<Node>, unparks_me: bool) -> FutexWaiter {
+        FutexWaiter { mm, node, finished: false, unparks_me }
     }
 
     /// Where the waiter is now.
@@ -101,7 +90,7 @@ impl FutexWaiter {
     /// (`ETIMEDOUT`), or the waiter is cancelled (`EINTR`).
     pub fn wait(mut self, timeout: Option<Timeout>) -> Result<()> {
         let deadline = timeout.map(Timeout::deadline);
-        {
+        if !self.unparks_me {
             let mut inner = self.node.inner.lock();
             if self.node.state() == WaitState::Waiting {
                 inner.notify = Notify::Thread(std::thread::current());
@@ -133,9 +122,14 @@ impl FutexWaiter {
         self.finished = true;
         let fx = &self.mm.machine.futexes;
         let end = fx.table.unqueue(&self.node, WaitState::Cancelled);
+        if end == WaitState::Woken && self.node.released() {
+            return Ok(()); // the wake detached us and dropped the key's reference
+        }
         let (entries, frame) = {
             let mut inner = self.node.inner.lock();
-            (std::mem::take(&mut inner.entries), inner.key.frame())
+            // Never queued (`Idle`): the key holds no reference yet.
+            let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
+            (std::mem::take(&mut inner.entries), frame)
         };
         for (mm, page, users) in entries.iter() {
             fx.vcache.detach(users, *mm, *page, &self.node);
