@@ -139,7 +139,7 @@ impl World {
     fn wait(&self, val: u32) -> Option<Arc<Node>> {
         let key_of = |f: FrameId| FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
         let Translation::Frame(first) = self.lookup() else { unreachable!() };
-        let track = Some((C, PAGE, self.users.clone()));
+        let track = Some((C, PAGE, None));
         let node = Arc::new(Node::with(key_of(first), u32::MAX, Notify::None, track));
         let mut first = Some(first);
         let mut attached = false;
@@ -207,13 +207,13 @@ impl World {
         let key = FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
         let woken = self
             .table
-            .wake_later_releasing(&key, 1, u32::MAX, |node, inner| release(&mut vb, self, C, PAGE, node, inner));
+            .wake_expected(&key, 1, u32::MAX, |node, inner| release(&mut vb, self, &self.users, C, PAGE, node, inner));
         drop(vb);
         self.put(f);
         woken.notify()
     }
 
-    /// `FutexWaiter::finish`: off the queue, detached, key reference dropped.
+    /// `waiter::leave`: off the queue, detached, key reference dropped.
     fn finish(&self, node: &Arc<Node>) -> WaitState {
         let end = self.table.unqueue(node, WaitState::Cancelled);
         if end == WaitState::Woken && node.released() {
@@ -225,7 +225,7 @@ impl World {
             (std::mem::take(&mut inner.entries), frame)
         };
         for (mm, page, users) in entries.iter() {
-            self.vcache.detach(users, *mm, *page, node);
+            self.vcache.detach(users.as_deref().unwrap_or(&self.users), *mm, *page, node);
         }
         if let Some(f) = frame {
             self.key_off(f);

@@ -12,10 +12,10 @@
 //! Frame references: a waiter keyed by `Frame` holds one reference on that
 //! frame (the seed's `pin_page`), so the key cannot name a freed and reused
 //! frame. Whoever changes a queued waiter's key (rekey, requeue) moves that
-//! reference; the waiter drops it when it leaves (`Waiter::finish`). Each
-//! such reference is also counted per frame (`FrameRefs::key_on`/`key_off`:
-//! counted after it is taken, uncounted before it is dropped), for COW's
-//! reuse test.
+//! reference; the waiter drops it when it leaves (`waiter::leave`), or the
+//! wake that takes it off the queue does (`release`). Each such reference
+//! is also counted per frame (`FrameRefs::key_on`/`key_off`: counted after
+//! it is taken, uncounted before it is dropped), for COW's reuse test.
 
 use super::key::FutexKey;
 use crate::few::Few;
@@ -94,13 +94,16 @@ pub(crate) struct NodeInner {
     /// The `(mm, page)` whose translation the key follows (physical keys);
     /// a vcache callback for any other entry of this waiter is ignored.
     pub(crate) tracked: Option<(u64, u64)>,
-    /// Every vcache entry attached for this waiter: `(mm, page, users)`
-    /// (usually one, kept inline: no allocation per wait).
-    pub(crate) entries: crate::few::Few<(u64, u64, Arc<AtomicUsize>)>,
+    /// Every vcache entry attached for this waiter (usually one, kept
+    /// inline: no allocation per wait).
+    pub(crate) entries: crate::few::Few<Tracking>,
 }
 
-/// A vcache entry of a waiter: `(mm, page, mm's count of entries)`.
-pub(crate) type Tracking = (u64, u64, Arc<AtomicUsize>);
+/// A vcache entry of a waiter: `(mm, page, mm's count of entries)`, the
+/// count `None` for the mm that started the wait (its own page: every
+/// place that detaches it has that mm at hand, so no `Arc` is cloned per
+/// wait).
+pub(crate) type Tracking = (u64, u64, Option<Arc<AtomicUsize>>);
 
 /// No frame in `Node::frame`.
 const NO_FRAME: u32 = u32::MAX;
@@ -114,7 +117,7 @@ pub(crate) struct Node {
     frame: AtomicU32,
     /// Set (before the state becomes `Woken`) by a wake that already
     /// detached the waiter's only vcache entry and dropped its key's frame
-    /// reference: the waiter's `finish` has nothing left to do.
+    /// reference: the waiter's `leave` has nothing left to do.
     released: AtomicBool,
     pub(crate) inner: Mutex<NodeInner>,
 }
@@ -273,14 +276,21 @@ impl FutexTable {
     /// (a vcache bucket) tells them after releasing it, so that they do not
     /// wake up only to block on it.
     pub(crate) fn wake_later(&self, key: &FutexKey, limit: u32, bitset: u32) -> Woken {
-        self.wake_later_releasing(key, limit, bitset, |_, _| false)
+        let mut woken = Few::default();
+        if self.maybe_waiters(key) {
+            self.take_locked(key, limit, bitset, &mut woken, |_, _| false);
+        }
+        Woken(woken)
     }
 
-    /// `wake_later`, calling `release` for each waiter taken (its `inner`
-    /// locked, under the bucket lock): if it returns true, it has detached
-    /// the waiter's vcache entries and dropped its key's frame reference
-    /// (uncounted first), and the waiter's `finish` skips both.
-    pub(crate) fn wake_later_releasing(
+    /// `wake_later` for a caller that expects a waiter: without the look at
+    /// the bucket's waiter count first (a fence and a load; the bucket lock
+    /// orders us with the waiter's check as well). `release` is called for
+    /// each waiter taken (its `inner` locked, under the bucket lock): if it
+    /// returns true, it has detached the waiter's vcache entries and dropped
+    /// its key's frame reference (uncounted first), and the waiter's
+    /// `leave` skips both.
+    pub(crate) fn wake_expected(
         &self,
         key: &FutexKey,
         limit: u32,
@@ -288,13 +298,22 @@ impl FutexTable {
         release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
     ) -> Woken {
         let mut woken = Few::default();
-        if self.maybe_waiters(key) {
-            let b = &self.buckets[Self::index(key)];
-            let mut q = b.queue.lock();
-            take_matching(&mut q, key, bitset, limit, &mut woken, release);
-            b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
-        }
+        self.take_locked(key, limit, bitset, &mut woken, release);
         Woken(woken)
+    }
+
+    fn take_locked(
+        &self,
+        key: &FutexKey,
+        limit: u32,
+        bitset: u32,
+        woken: &mut Few<Notify>,
+        release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
+    ) {
+        let b = &self.buckets[Self::index(key)];
+        let mut q = b.queue.lock();
+        take_matching(&mut q, key, bitset, limit, woken, release);
+        b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
     }
 
     /// Lock `k1`'s and `k2`'s buckets, run `op` (which may veto with an
@@ -536,8 +555,9 @@ pub(crate) fn settle(
     });
 }
 
-/// A wake's `release` (`FutexTable::wake_later_releasing`) with
-/// `(mm, page)`'s vcache bucket held: if the waiter's only vcache entry is
+/// A wake's `release` (`FutexTable::wake_expected`) with
+/// `(mm, page)`'s vcache bucket held (`users`: `mm`'s count of entries,
+/// for an entry that names none): if the waiter's only vcache entry is
 /// for that page, detach it and drop the key's frame reference. The waiter
 /// is being taken off its queue (its state is not `Waiting` once the
 /// bucket lock is dropped), so no callback will move it again; whatever
@@ -546,6 +566,7 @@ pub(crate) fn settle(
 pub(crate) fn release(
     vb: &mut crate::vcache::Bucket<'_, Node>,
     refs: &dyn FrameRefs,
+    users: &AtomicUsize,
     mm: u64,
     page: u64,
     node: &Arc<Node>,
@@ -554,7 +575,9 @@ pub(crate) fn release(
     let detached = {
         let mut entries = inner.entries.iter();
         match (entries.next(), entries.next()) {
-            (Some((emm, epage, users)), None) if (*emm, *epage) == (mm, page) => vb.detach(users, mm, page, node),
+            (Some((emm, epage, own)), None) if (*emm, *epage) == (mm, page) => {
+                vb.detach(own.as_deref().unwrap_or(users), mm, page, node)
+            }
             _ => false,
         }
     };
@@ -571,7 +594,7 @@ pub(crate) fn release(
 }
 
 /// Move up to `limit` waiters of `key` whose bitset meets `bitset` off `q`,
-/// marked woken, their notifications into `out` (see `wake_later_releasing`
+/// marked woken, their notifications into `out` (see `wake_expected`
 /// for `release`). Linux's quirk kept: a limit of 0 wakes one.
 fn take_matching(
     q: &mut VecDeque<Arc<Node>>,

@@ -30,6 +30,62 @@ pub(super) fn new_node(key: super::FutexKey, bitset: u32, notify: Notify, track:
     Arc::new(Node::with(key, bitset, notify, track))
 }
 
+/// Keep `node` as this thread's spare if nothing else holds it.
+pub(super) fn recycle(node: Arc<Node>) {
+    #[cfg(not(loom))]
+    if Arc::strong_count(&node) == 1 {
+        let _ = SPARE.try_with(|s| s.set(Some(node)));
+    }
+    #[cfg(loom)]
+    drop(node);
+}
+
+/// Park the calling thread (which `node` notifies) until `node` is no
+/// longer `Waiting`; at `deadline`, take it off its queue as timed out.
+pub(super) fn park(mm: &MmInner, node: &Arc<Node>, deadline: Option<std::time::Instant>) {
+    while node.state() == WaitState::Waiting {
+        match deadline {
+            None => std::thread::park(),
+            Some(d) => {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    mm.machine.futexes.table.unqueue(node, WaitState::TimedOut);
+                    break;
+                }
+                std::thread::park_timeout(d - now);
+            }
+        }
+    }
+}
+
+/// Leave, for a waiter started in `mm`: off the queue, vcache entries
+/// detached, frame reference dropped. Returns the outcome.
+pub(super) fn leave(mm: &MmInner, node: &Arc<Node>) -> Result<()> {
+    let fx = &mm.machine.futexes;
+    let end = fx.table.unqueue(node, WaitState::Cancelled);
+    if end == WaitState::Woken && node.released() {
+        return Ok(()); // the wake detached us and dropped the key's reference
+    }
+    let (entries, frame) = {
+        let mut inner = node.inner.lock();
+        // Never queued (`Idle`): the key holds no reference yet.
+        let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
+        (std::mem::take(&mut inner.entries), frame)
+    };
+    for (emm, page, users) in entries.iter() {
+        fx.vcache.detach(users.as_deref().unwrap_or(&mm.vcache_users), *emm, *page, node);
+    }
+    if let Some(f) = frame {
+        mm.arena().key_off(f);
+        mm.arena().put(f);
+    }
+    match end {
+        WaitState::Woken => Ok(()),
+        WaitState::TimedOut => Err(Error::TimedOut),
+        _ => Err(Error::Interrupted),
+    }
+}
+
 /// A waiter queued by [`Mm::futex_wait_start`](crate::Mm::futex_wait_start).
 ///
 /// It stays queued until woken, cancelled, timed out, or dropped (dropping
@@ -40,8 +96,6 @@ pub struct FutexWaiter {
     mm: std::sync::Arc<MmInner>,
     node: Arc<Node>,
     finished: bool,
-    /// The node was built to unpark this thread (a blocking wait).
-    unparks_me: bool,
 }
 
 /// Cancels a waiter from another thread; its wait ends with `EINTR`
@@ -60,10 +114,8 @@ impl FutexCanceller {
 }
 
 impl FutexWaiter {
-    /// `unparks_me`: the node's notification unparks the calling thread
-    /// (only a waiter that this thread will block on).
-    pub(super) fn new(mm: std::sync::Arc<MmInner>, node: Arc<Node>, unparks_me: bool) -> FutexWaiter {
-        FutexWaiter { mm, node, finished: false, unparks_me }
+    pub(super) fn new(mm: std::sync::Arc<MmInner>, node: Arc<Node>) -> FutexWaiter {
+        FutexWaiter { mm, node, finished: false }
     }
 
     /// Where the waiter is now.
@@ -90,26 +142,13 @@ impl FutexWaiter {
     /// (`ETIMEDOUT`), or the waiter is cancelled (`EINTR`).
     pub fn wait(mut self, timeout: Option<Timeout>) -> Result<()> {
         let deadline = timeout.map(Timeout::deadline);
-        if !self.unparks_me {
+        {
             let mut inner = self.node.inner.lock();
             if self.node.state() == WaitState::Waiting {
                 inner.notify = Notify::Thread(std::thread::current());
             }
         }
-        let table = &self.mm.machine.futexes.table;
-        while self.node.state() == WaitState::Waiting {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = std::time::Instant::now();
-                    if now >= d {
-                        table.unqueue(&self.node, WaitState::TimedOut);
-                        break;
-                    }
-                    std::thread::park_timeout(d - now);
-                }
-            }
-        }
+        park(&self.mm, &self.node, deadline);
         self.finish()
     }
 
@@ -120,29 +159,7 @@ impl FutexWaiter {
             return Err(Error::Invalid("futex waiter already finished"));
         }
         self.finished = true;
-        let fx = &self.mm.machine.futexes;
-        let end = fx.table.unqueue(&self.node, WaitState::Cancelled);
-        if end == WaitState::Woken && self.node.released() {
-            return Ok(()); // the wake detached us and dropped the key's reference
-        }
-        let (entries, frame) = {
-            let mut inner = self.node.inner.lock();
-            // Never queued (`Idle`): the key holds no reference yet.
-            let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
-            (std::mem::take(&mut inner.entries), frame)
-        };
-        for (mm, page, users) in entries.iter() {
-            fx.vcache.detach(users, *mm, *page, &self.node);
-        }
-        if let Some(f) = frame {
-            self.mm.arena().key_off(f);
-            self.mm.arena().put(f);
-        }
-        match end {
-            WaitState::Woken => Ok(()),
-            WaitState::TimedOut => Err(Error::TimedOut),
-            _ => Err(Error::Interrupted),
-        }
+        leave(&self.mm, &self.node)
     }
 }
 
