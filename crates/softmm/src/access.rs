@@ -279,8 +279,13 @@ impl Accessor {
                 return Err(Error::Again);
             }
         }
-        crate::futex::wait_start(&self.mm, addr, val, crate::futex::BITSET_MATCH_ANY)?
-            .wait(timeout.map(crate::futex::Timeout::After))
+        crate::futex::wait(
+            &self.mm,
+            addr,
+            val,
+            crate::futex::BITSET_MATCH_ANY,
+            timeout.map(crate::futex::Timeout::After),
+        )
     }
 
     /// The arena, for callers inside the crate.

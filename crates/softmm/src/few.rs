@@ -26,11 +26,6 @@ impl<T> Few<T> {
         }
     }
 
-    /// Whether the list is empty.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
     /// How many elements it holds.
     pub(crate) fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()

@@ -91,6 +91,20 @@ impl<C> Bucket<'_, C> {
         fence(Ordering::SeqCst);
     }
 
+    /// Remove one entry of `client` for `(mm, page)` (which must hash to
+    /// this bucket), if attached; returns whether one was.
+    pub(crate) fn detach(&mut self, users: &AtomicUsize, mm: u64, page: u64, client: &Arc<C>) -> bool {
+        let page = page & !0xfff;
+        debug_assert_eq!(self.index, Vcache::<C>::index(mm, page), "detach from another bucket");
+        let Some(i) = self.guard.iter().position(|e| e.mm == mm && e.page == page && Arc::ptr_eq(&e.client, client))
+        else {
+            return false;
+        };
+        self.guard.swap_remove(i);
+        users.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
     /// Call `f` for every entry of `(mm, page)` in this bucket (with the
     /// bucket still locked).
     pub(crate) fn each(&self, mm: u64, page: u64, mut f: impl FnMut(&Arc<C>)) {
@@ -130,12 +144,7 @@ impl<C> Vcache<C> {
 
     /// Remove one entry of `client` for `(mm, page)`, if attached.
     pub(crate) fn detach(&self, users: &AtomicUsize, mm: u64, page: u64, client: &Arc<C>) {
-        let page = page & !0xfff;
-        let mut b = self.buckets[Self::index(mm, page)].lock();
-        if let Some(i) = b.iter().position(|e| e.mm == mm && e.page == page && Arc::ptr_eq(&e.client, client)) {
-            b.swap_remove(i);
-            users.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.lock(mm, page).detach(users, mm, page, client);
     }
 
     /// The translations of `[lo, hi)` in `mm` changed (the page tables

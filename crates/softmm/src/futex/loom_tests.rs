@@ -13,7 +13,7 @@
 //! end (nothing freed twice, nothing leaked).
 
 use super::key::FutexKey;
-use super::table::{follow, settle, Check, FrameRefs, FutexTable, Node, WaitState};
+use super::table::{follow, release, settle, Check, FrameRefs, FutexTable, Node, Notify, WaitState};
 use crate::phys::FrameId;
 use crate::sync::{Arc, AtomicU32, AtomicUsize, Mutex, Ordering};
 use crate::vcache::{Translation, Vcache};
@@ -137,23 +137,29 @@ impl World {
 
     /// `futex_wait_start` in C, expecting `val`. Returns the queued node.
     fn wait(&self, val: u32) -> Option<Arc<Node>> {
-        let node = Arc::new(Node::new(FutexKey::Private { mm: C, addr: ADDR }, u32::MAX));
+        let key_of = |f: FrameId| FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
+        let Translation::Frame(first) = self.lookup() else { unreachable!() };
+        let track = Some((C, PAGE, None));
+        let node = Arc::new(Node::with(key_of(first), u32::MAX, Notify::None, track));
+        let mut first = Some(first);
         let mut attached = false;
         loop {
-            let Translation::Frame(f) = self.lookup() else { unreachable!() };
+            let f = match first.take() {
+                Some(f) => f,
+                None => {
+                    let Translation::Frame(f) = self.lookup() else { unreachable!() };
+                    node.set_key(&mut node.inner.lock(), key_of(f));
+                    f
+                }
+            };
             let mut vb = self.vcache.lock(C, PAGE);
             if !attached {
-                {
-                    let mut inner = node.inner.lock();
-                    inner.entries.push((C, PAGE, self.users.clone()));
-                    inner.tracked = Some((C, PAGE));
-                }
                 vb.attach(&self.users, C, PAGE, node.clone());
                 attached = true;
             } else {
                 crate::sync::fence(Ordering::SeqCst);
             }
-            let key = FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
+            let key = key_of(f);
             let verdict = self.table.queue(&node, key, self, || {
                 if self.pte.load(Ordering::SeqCst) != f.0 {
                     return Check::Retry;
@@ -194,24 +200,32 @@ impl World {
             self.put(f);
             return n;
         }
-        let vb = self.vcache.lock(C, PAGE);
+        let mut vb = self.vcache.lock(C, PAGE);
         let now = self.lookup();
         settle(&self.table, self, &vb, C, PAGE, now);
         let Translation::Frame(f) = now else { unreachable!() };
-        let n = self.table.wake(&FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 }, 1, u32::MAX);
+        let key = FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
+        let woken = self
+            .table
+            .wake_expected(&key, 1, u32::MAX, |node, inner| release(&mut vb, self, &self.users, C, PAGE, node, inner));
+        drop(vb);
         self.put(f);
-        n
+        woken.notify()
     }
 
-    /// `FutexWaiter::finish`: off the queue, detached, key reference dropped.
+    /// `waiter::leave`: off the queue, detached, key reference dropped.
     fn finish(&self, node: &Arc<Node>) -> WaitState {
         let end = self.table.unqueue(node, WaitState::Cancelled);
+        if end == WaitState::Woken && node.released() {
+            return end;
+        }
         let (entries, frame) = {
             let mut inner = node.inner.lock();
-            (std::mem::take(&mut inner.entries), inner.key.frame())
+            let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
+            (std::mem::take(&mut inner.entries), frame)
         };
         for (mm, page, users) in entries.iter() {
-            self.vcache.detach(users, *mm, *page, node);
+            self.vcache.detach(users.as_deref().unwrap_or(&self.users), *mm, *page, node);
         }
         if let Some(f) = frame {
             self.key_off(f);
@@ -303,6 +317,29 @@ fn wake_vs_cow_by_another_thread() {
         assert_eq!(n, 1, "lost wake-up");
         assert_eq!(node.state(), WaitState::Woken);
         assert_eq!(w.finish(&node), WaitState::Woken);
+        w.check_refs();
+    });
+}
+
+/// A wake that detaches the woken waiter's vcache entry itself (`release`)
+/// races the waiter leaving on its own (a cancel or timeout: `finish`) and
+/// a COW moving it: the entry is detached, and the key's reference dropped,
+/// exactly once, whoever gets there first.
+#[test]
+fn wake_release_vs_finish_vs_cow() {
+    model(|| {
+        let w = Arc::new(World::new(0));
+        let node = w.wait(0).expect("queued");
+        let w2 = w.clone();
+        let cow = loom::thread::spawn(move || w2.touch());
+        let w3 = w.clone();
+        let n2 = node.clone();
+        let leaver = loom::thread::spawn(move || w3.finish(&n2));
+        let woken = w.wake();
+        let end = leaver.join().unwrap_or(WaitState::Idle);
+        let _ = cow.join();
+        assert_eq!(woken == 1, end == WaitState::Woken, "woken {woken} but the waiter ended {end:?}");
+        assert_ne!(end, WaitState::Idle);
         w.check_refs();
     });
 }

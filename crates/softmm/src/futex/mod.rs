@@ -49,7 +49,9 @@
 //! - wake: resolve without faulting; if the mm has vcache entries, hold the
 //!   vcache bucket of the page while re-resolving and waking, so that a
 //!   callback moving one of this mm's waiters cannot run between our look at
-//!   the page and our look at the queue.
+//!   the page and our look at the queue. A woken waiter whose only entry is
+//!   that page's is detached there, and its key's frame reference dropped
+//!   (`table::release`): it leaves without taking a lock.
 //!
 //! The seed patch took vcache -> futex -> page-table locks in `queue_me`
 //! while COW held the page-table lock and called into the vcache: a cycle.
@@ -81,7 +83,7 @@ use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::vcache::{Translation, Vcache};
 use resolve::{Intent, Resolved};
 use std::time::{Duration, Instant};
-use table::{Check, FrameRefs, FutexTable, Node};
+use table::{Check, FrameRefs, FutexTable, Node, Notify};
 
 /// How futexes are keyed; see the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -377,13 +379,13 @@ impl crate::Mm {
     /// `EAGAIN` if the word differs, `EFAULT` if it is not mapped readable,
     /// `EINVAL` if `addr` is not 4-byte aligned.
     pub fn futex_wait(&self, addr: u64, val: u32, timeout: Option<Duration>) -> Result<()> {
-        self.futex_wait_start(addr, val, BITSET_MATCH_ANY)?.wait(timeout.map(Timeout::After))
+        wait(&self.inner, addr, val, BITSET_MATCH_ANY, timeout.map(Timeout::After))
     }
 
     /// FUTEX_WAIT_BITSET: as [`futex_wait`](Self::futex_wait), woken only by
     /// wakes whose bitset meets `bitset`; the deadline is absolute, as in Linux.
     pub fn futex_wait_bitset(&self, addr: u64, val: u32, bitset: u32, deadline: Option<Instant>) -> Result<()> {
-        self.futex_wait_start(addr, val, bitset)?.wait(deadline.map(Timeout::At))
+        wait(&self.inner, addr, val, bitset, deadline.map(Timeout::At))
     }
 
     /// The first half of a wait: check the word and queue a waiter, without
@@ -406,34 +408,76 @@ impl crate::Mm {
 }
 
 pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bitset: u32) -> Result<FutexWaiter> {
+    Ok(FutexWaiter::new(mm.clone(), start(mm, addr, val, bitset, false)?))
+}
+
+/// A wait that blocks the calling thread (`wait_start` + `FutexWaiter::wait`
+/// without the `FutexWaiter`: no reference on the mm, no lock to say whom
+/// to unpark, the node kept for the next wait without another reference).
+pub(crate) fn wait(mm: &MmInner, addr: u64, val: u32, bitset: u32, timeout: Option<Timeout>) -> Result<()> {
+    let node = start(mm, addr, val, bitset, true)?;
+    waiter::park(mm, &node, timeout.map(Timeout::deadline));
+    let end = waiter::leave(mm, &node);
+    waiter::recycle(node);
+    end
+}
+
+/// Check the word and queue a waiter's node; `blocking`: the caller blocks
+/// on it in this thread, so the node is built to unpark it.
+fn start(mm: &MmInner, addr: u64, val: u32, bitset: u32, blocking: bool) -> Result<Arc<Node>> {
     check_addr(addr)?;
     check_bitset(bitset)?;
     let st = read_state(mm, addr)?;
-    let fx = &mm.machine.futexes;
-    let page = addr & !0xfff;
-    let mut first = Some(resolve(mm, &st, addr, Intent::Wait)?);
+    let first = resolve(mm, &st, addr, Intent::Wait)?;
     // The common EAGAIN answered before anything is built: the word read
     // through the translation in force (a read of the current value).
-    if let Some(r) = &first {
-        if load_word(mm, r.frame, addr) != val && resolve::still_maps(mm, &st, addr, r.frame, false) {
-            r.release_frame(mm);
-            return Err(Error::Again);
+    if load_word(mm, first.frame, addr) != val && resolve::still_maps(mm, &st, addr, first.frame, false) {
+        first.release_frame(mm);
+        return Err(Error::Again);
+    }
+    // Everything the node needs is set before it is shared: no lock.
+    let notify = if blocking { Notify::Thread(std::thread::current()) } else { Notify::None };
+    let track = physical(mm).then_some((mm.id, addr & !0xfff, None));
+    let node = waiter::new_node(first.key, bitset, notify, track);
+    match enqueue(mm, &st, &node, first, addr, val) {
+        Ok(()) => Ok(node),
+        Err(e) => {
+            let _ = waiter::leave(mm, &node);
+            waiter::recycle(node);
+            Err(e)
         }
     }
-    let node = waiter::new_node(FutexKey::Private { mm: mm.id, addr }, bitset);
-    let waiter = FutexWaiter::new(mm.clone(), node.clone());
+}
+
+/// `start`'s queueing of `node` (keyed by `first`), retried while the
+/// translation moves under it.
+fn enqueue(mm: &MmInner, st: &MmState, node: &Arc<Node>, first: Resolved, addr: u64, val: u32) -> Result<()> {
+    let fx = &mm.machine.futexes;
+    let page = addr & !0xfff;
+    let mut first = Some(first);
+    let mut attached = false;
     loop {
         let r = match first.take() {
             Some(r) => r,
-            None => resolve(mm, &st, addr, Intent::Wait)?,
+            None => {
+                let r = resolve(mm, st, addr, Intent::Wait)?;
+                node.set_key(&mut node.inner.lock(), r.key);
+                r
+            }
         };
-        // Physical keys: publish the vcache entry before the re-check.
+        // Physical keys: publish the vcache entry before the re-check (on
+        // a retry it is there already: only the fence is repeated).
         let mut vb = physical(mm).then(|| fx.vcache.lock(mm.id, page));
         if let Some(vb) = vb.as_mut() {
-            waiter.attach_once(vb, mm, page);
+            if attached {
+                crate::sync::fence(Ordering::SeqCst);
+            } else {
+                vb.attach(&mm.vcache_users, mm.id, page, node.clone());
+                attached = true;
+            }
         }
-        let verdict = fx.table.queue(&node, r.key, mm.arena(), || {
-            if !resolve::still_maps(mm, &st, addr, r.frame, false) {
+        let verdict = fx.table.queue(node, r.key, mm.arena(), || {
+            if !resolve::still_maps(mm, st, addr, r.frame, false) {
                 return Check::Retry;
             }
             if load_word(mm, r.frame, addr) == val {
@@ -448,7 +492,7 @@ pub(crate) fn wait_start(mm: &std::sync::Arc<MmInner>, addr: u64, val: u32, bits
                 if !physical(mm) {
                     r.release_frame(mm); // Linux keys hold no frame
                 }
-                return Ok(waiter);
+                return Ok(());
             }
             Check::Retry => r.release_frame(mm),
             Check::Again => {
@@ -485,9 +529,13 @@ pub(crate) fn wake_bitset(mm: &MmInner, addr: u64, n: u32, bitset: u32) -> Resul
     // waiters: look with the page's vcache bucket held, and settle
     // pending moves to what we see.
     let page = addr & !0xfff;
-    let vb = fx.vcache.lock(mm.id, page);
+    let mut vb = fx.vcache.lock(mm.id, page);
     let r = settled(mm, &st, &vb, addr)?;
-    let woken = fx.table.wake_later(&r.key, n, bitset);
+    // A woken waiter whose only entry is this page's would lock this bucket
+    // again to detach it: detach it here, and drop its key's reference.
+    let woken = fx.table.wake_expected(&r.key, n, bitset, |node, inner| {
+        table::release(&mut vb, mm.arena(), &mm.vcache_users, mm.id, page, node, inner)
+    });
     drop(vb);
     r.release_frame(mm);
     Ok(woken.notify())
@@ -541,7 +589,7 @@ impl crate::Mm {
                     // Physical keys follow the new page from now on.
                     let Some(vbs) = vbs.as_mut() else { return };
                     bucket_of(vbs, mm.id, page2).attach(&mm.vcache_users, mm.id, page2, node.clone());
-                    inner.entries.push((mm.id, page2, mm.vcache_users.clone()));
+                    inner.entries.push((mm.id, page2, Some(mm.vcache_users.clone())));
                     inner.tracked = Some((mm.id, page2));
                 },
             );
@@ -613,12 +661,12 @@ impl crate::Mm {
             Ok(v)
         };
         match cmd {
-            0 => self.futex_wait_start(addr, val, BITSET_MATCH_ANY)?.wait(timeout).map(|_| 0),
+            0 => wait(&self.inner, addr, val, BITSET_MATCH_ANY, timeout).map(|_| 0),
             1 => self.futex_wake(addr, val),
             3 => self.futex_requeue(addr, count(val)?, count(val2)?, addr2),
             4 => self.futex_cmp_requeue(addr, count(val)?, count(val2)?, addr2, val3),
             5 => self.futex_wake_op(addr, val, addr2, val2, WakeOp::from_raw(val3)?),
-            9 => self.futex_wait_start(addr, val, val3)?.wait(timeout).map(|_| 0),
+            9 => wait(&self.inner, addr, val, val3, timeout).map(|_| 0),
             10 => self.futex_wake_bitset(addr, val, val3),
             _ => Err(Error::Unsupported("futex command")),
         }

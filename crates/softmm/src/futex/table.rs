@@ -12,15 +12,15 @@
 //! Frame references: a waiter keyed by `Frame` holds one reference on that
 //! frame (the seed's `pin_page`), so the key cannot name a freed and reused
 //! frame. Whoever changes a queued waiter's key (rekey, requeue) moves that
-//! reference; the waiter drops it when it leaves (`Waiter::finish`). Each
-//! such reference is also counted per frame (`FrameRefs::key_on`/`key_off`:
-//! counted after it is taken, uncounted before it is dropped), for COW's
-//! reuse test.
+//! reference; the waiter drops it when it leaves (`waiter::leave`), or the
+//! wake that takes it off the queue does (`release`). Each such reference
+//! is also counted per frame (`FrameRefs::key_on`/`key_off`: counted after
+//! it is taken, uncounted before it is dropped), for COW's reuse test.
 
 use super::key::FutexKey;
 use crate::few::Few;
 use crate::phys::FrameId;
-use crate::sync::{fence, Arc, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{fence, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::vcache::Translation;
 use std::collections::VecDeque;
 
@@ -94,33 +94,75 @@ pub(crate) struct NodeInner {
     /// The `(mm, page)` whose translation the key follows (physical keys);
     /// a vcache callback for any other entry of this waiter is ignored.
     pub(crate) tracked: Option<(u64, u64)>,
-    /// Every vcache entry attached for this waiter: `(mm, page, users)`
-    /// (usually one, kept inline: no allocation per wait).
-    pub(crate) entries: crate::few::Few<(u64, u64, Arc<AtomicUsize>)>,
+    /// Every vcache entry attached for this waiter (usually one, kept
+    /// inline: no allocation per wait).
+    pub(crate) entries: crate::few::Few<Tracking>,
 }
+
+/// A vcache entry of a waiter: `(mm, page, mm's count of entries)`, the
+/// count `None` for the mm that started the wait (its own page: every
+/// place that detaches it has that mm at hand, so no `Arc` is cloned per
+/// wait).
+pub(crate) type Tracking = (u64, u64, Option<Arc<AtomicUsize>>);
+
+/// No frame in `Node::frame`.
+const NO_FRAME: u32 = u32::MAX;
 
 /// A waiter: queued in at most one bucket at a time.
 pub(crate) struct Node {
     pub(crate) state: AtomicU8,
+    /// `inner.key.frame()`, written with it under `inner`: lets a wake's
+    /// `settle` see that a waiter is keyed where it should be without
+    /// taking the waiter's lock.
+    frame: AtomicU32,
+    /// Set (before the state becomes `Woken`) by a wake that already
+    /// detached the waiter's only vcache entry and dropped its key's frame
+    /// reference: the waiter's `leave` has nothing left to do.
+    released: AtomicBool,
     pub(crate) inner: Mutex<NodeInner>,
 }
 
 impl Node {
-    pub(crate) fn new(key: FutexKey, bitset: u32) -> Node {
+    /// A node already keyed by `key` (not counted: `queue` does that),
+    /// told through `notify`, and (physical keys) tracking `(mm, page)`:
+    /// all set before anyone else can see the node, so without a lock.
+    pub(crate) fn with(key: FutexKey, bitset: u32, notify: Notify, track: Option<Tracking>) -> Node {
+        let mut entries = crate::few::Few::default();
+        let tracked = track.as_ref().map(|(mm, page, _)| (*mm, *page));
+        if let Some(t) = track {
+            entries.push(t);
+        }
         Node {
             state: AtomicU8::new(WaitState::Idle as u8),
-            inner: Mutex::new(NodeInner {
-                key,
-                bitset,
-                notify: Notify::None,
-                tracked: None,
-                entries: Default::default(),
-            }),
+            frame: AtomicU32::new(key.frame().map_or(NO_FRAME, |f| f.0)),
+            released: AtomicBool::new(false),
+            inner: Mutex::new(NodeInner { key, bitset, notify, tracked, entries }),
         }
     }
 
     pub(crate) fn state(&self) -> WaitState {
         WaitState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Change the key (`inner` is this node's, locked by the caller).
+    pub(crate) fn set_key(&self, inner: &mut NodeInner, key: FutexKey) {
+        inner.key = key;
+        self.frame.store(key.frame().map_or(NO_FRAME, |f| f.0), Ordering::Relaxed);
+    }
+
+    /// The frame of the key, as last set (a snapshot: exact only under a
+    /// lock that keeps the key from changing).
+    fn key_frame(&self) -> Option<FrameId> {
+        match self.frame.load(Ordering::Relaxed) {
+            NO_FRAME => None,
+            f => Some(FrameId(f)),
+        }
+    }
+
+    /// Whether a wake released this waiter (see `released`); read after
+    /// seeing the state `Woken`.
+    pub(crate) fn released(&self) -> bool {
+        self.released.load(Ordering::Relaxed)
     }
 
     fn set_state(&self, s: WaitState) {
@@ -187,10 +229,11 @@ impl FutexTable {
         Pair { lo: (lo, lo_g), hi: hi_g }
     }
 
-    /// Queue `node` under `key` if `check` (run with the bucket locked and
-    /// the bucket's waiter count raised, so a concurrent wake cannot miss
-    /// us) says so. On `Queue` the node's state is `Waiting` and its key
-    /// holds the caller's reference on `key`'s frame, if any.
+    /// Queue `node`, already keyed by `key` (`Node::with`, `set_key`), if
+    /// `check` (run with the bucket locked and the bucket's waiter count
+    /// raised, so a concurrent wake cannot miss us) says so. On `Queue` the
+    /// node's state is `Waiting` and its key holds the caller's reference
+    /// on `key`'s frame, if any.
     pub(crate) fn queue(
         &self,
         node: &Arc<Node>,
@@ -203,10 +246,10 @@ impl FutexTable {
         b.waiters.fetch_add(1, Ordering::SeqCst);
         let verdict = check();
         if let Check::Queue = verdict {
+            debug_assert_eq!(node.key_frame(), key.frame(), "queue: the node is keyed elsewhere");
             if let Some(f) = key.frame() {
                 refs.key_on(f);
             }
-            node.inner.lock().key = key;
             node.set_state(WaitState::Waiting);
             q.push_back(node.clone());
         } else {
@@ -235,12 +278,42 @@ impl FutexTable {
     pub(crate) fn wake_later(&self, key: &FutexKey, limit: u32, bitset: u32) -> Woken {
         let mut woken = Few::default();
         if self.maybe_waiters(key) {
-            let b = &self.buckets[Self::index(key)];
-            let mut q = b.queue.lock();
-            take_matching(&mut q, key, bitset, limit, &mut woken);
-            b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
+            self.take_locked(key, limit, bitset, &mut woken, |_, _| false);
         }
         Woken(woken)
+    }
+
+    /// `wake_later` for a caller that expects a waiter: without the look at
+    /// the bucket's waiter count first (a fence and a load; the bucket lock
+    /// orders us with the waiter's check as well). `release` is called for
+    /// each waiter taken (its `inner` locked, under the bucket lock): if it
+    /// returns true, it has detached the waiter's vcache entries and dropped
+    /// its key's frame reference (uncounted first), and the waiter's
+    /// `leave` skips both.
+    pub(crate) fn wake_expected(
+        &self,
+        key: &FutexKey,
+        limit: u32,
+        bitset: u32,
+        release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
+    ) -> Woken {
+        let mut woken = Few::default();
+        self.take_locked(key, limit, bitset, &mut woken, release);
+        Woken(woken)
+    }
+
+    fn take_locked(
+        &self,
+        key: &FutexKey,
+        limit: u32,
+        bitset: u32,
+        woken: &mut Few<Notify>,
+        release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
+    ) {
+        let b = &self.buckets[Self::index(key)];
+        let mut q = b.queue.lock();
+        take_matching(&mut q, key, bitset, limit, woken, release);
+        b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
     }
 
     /// Lock `k1`'s and `k2`'s buckets, run `op` (which may veto with an
@@ -259,11 +332,11 @@ impl FutexTable {
         {
             let mut pair = self.lock_pair(i1, i2);
             let wake2 = op()?;
-            take_matching(pair.get(i1), k1, u32::MAX, n1, &mut woken);
+            take_matching(pair.get(i1), k1, u32::MAX, n1, &mut woken, |_, _| false);
             let first = woken.len();
             self.buckets[i1].waiters.fetch_sub(first, Ordering::SeqCst);
             if wake2 {
-                take_matching(pair.get(i2), k2, u32::MAX, n2, &mut woken);
+                take_matching(pair.get(i2), k2, u32::MAX, n2, &mut woken, |_, _| false);
                 self.buckets[i2].waiters.fetch_sub(woken.len() - first, Ordering::SeqCst);
             }
         }
@@ -292,7 +365,7 @@ impl FutexTable {
         {
             let mut pair = self.lock_pair(i1, i2);
             check()?;
-            take_matching(pair.get(i1), k1, u32::MAX, n_wake, &mut woken);
+            take_matching(pair.get(i1), k1, u32::MAX, n_wake, &mut woken, |_, _| false);
             self.buckets[i1].waiters.fetch_sub(woken.len(), Ordering::SeqCst);
             if n_requeue > 0 && k1 != k2 {
                 let src = pair.get(i1);
@@ -318,7 +391,7 @@ impl FutexTable {
                             refs.key_off(f);
                             refs.put(f);
                         }
-                        inner.key = *k2;
+                        n.set_key(&mut inner, *k2);
                         moved(&n, &mut inner);
                     }
                     self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
@@ -359,7 +432,7 @@ impl FutexTable {
         if let Some(f) = to.frame() {
             refs.key_on(f);
         }
-        inner.key = to;
+        node.set_key(&mut inner, to);
         drop(inner);
         if let Some(f) = from.frame() {
             refs.key_off(f);
@@ -464,8 +537,12 @@ pub(crate) fn settle(
 ) {
     bucket.each(mm, page, |node| {
         if let Translation::Frame(f) = now {
-            // Already there (the common case): nothing to move, no reference to take.
-            if node.inner.lock().key.frame() == Some(f) {
+            // Already there (the common case): nothing to move, no reference
+            // to take. The key cannot change meanwhile: a move of this
+            // waiter needs this vcache bucket (`follow`) or takes it off
+            // the page (`requeue` retargets `tracked` under the bucket of
+            // the target page, and `follow` then ignores this entry).
+            if node.key_frame() == Some(f) {
                 return;
             }
         }
@@ -478,37 +555,80 @@ pub(crate) fn settle(
     });
 }
 
-/// Move up to `limit` waiters of `key` whose bitset meets `bitset` from `q`
-/// into `out`, marked woken. Linux's quirk kept: a limit of 0 wakes one.
+/// A wake's `release` (`FutexTable::wake_expected`) with
+/// `(mm, page)`'s vcache bucket held (`users`: `mm`'s count of entries,
+/// for an entry that names none): if the waiter's only vcache entry is
+/// for that page, detach it and drop the key's frame reference. The waiter
+/// is being taken off its queue (its state is not `Waiting` once the
+/// bucket lock is dropped), so no callback will move it again; whatever
+/// `follow` runs for this entry runs under this vcache bucket, before or
+/// not at all.
+pub(crate) fn release(
+    vb: &mut crate::vcache::Bucket<'_, Node>,
+    refs: &dyn FrameRefs,
+    users: &AtomicUsize,
+    mm: u64,
+    page: u64,
+    node: &Arc<Node>,
+    inner: &mut NodeInner,
+) -> bool {
+    let detached = {
+        let mut entries = inner.entries.iter();
+        match (entries.next(), entries.next()) {
+            (Some((emm, epage, own)), None) if (*emm, *epage) == (mm, page) => {
+                vb.detach(own.as_deref().unwrap_or(users), mm, page, node)
+            }
+            _ => false,
+        }
+    };
+    if !detached {
+        return false;
+    }
+    inner.entries = Default::default();
+    inner.tracked = None;
+    if let Some(f) = inner.key.frame() {
+        refs.key_off(f);
+        refs.put(f);
+    }
+    true
+}
+
+/// Move up to `limit` waiters of `key` whose bitset meets `bitset` off `q`,
+/// marked woken, their notifications into `out` (see `wake_expected`
+/// for `release`). Linux's quirk kept: a limit of 0 wakes one.
 fn take_matching(
     q: &mut VecDeque<Arc<Node>>,
     key: &FutexKey,
     bitset: u32,
     limit: u32,
-    out: &mut Few<(Arc<Node>, Notify)>,
+    out: &mut Few<Notify>,
+    mut release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
 ) {
     let limit = limit.max(1) as usize;
     let start = out.len();
     let mut i = 0;
     while i < q.len() && out.len() - start < limit {
-        let hit = {
-            let inner = q[i].inner.lock();
-            inner.key == *key && inner.bitset & bitset != 0
-        };
-        if !hit {
+        let node = &q[i];
+        let mut inner = node.inner.lock();
+        if inner.key != *key || inner.bitset & bitset == 0 {
+            drop(inner);
             i += 1;
             continue;
         }
-        if let Some(n) = q.remove(i) {
-            n.set_state(WaitState::Woken);
-            let notify = std::mem::take(&mut n.inner.lock().notify);
-            out.push((n, notify));
+        if release(node, &mut inner) {
+            node.released.store(true, Ordering::Relaxed); // published by the state's Release store
         }
+        node.set_state(WaitState::Woken);
+        out.push(std::mem::take(&mut inner.notify));
+        drop(inner);
+        // The queue's reference goes now, before the waiter is told: a
+        // waiter that finds its node unshared keeps it for its next wait.
+        q.remove(i);
     }
 }
 
 /// Waiters taken off a queue, still to be told.
-pub(crate) struct Woken(Few<(Arc<Node>, Notify)>);
+pub(crate) struct Woken(Few<Notify>);
 
 impl Woken {
     /// Tell them now; returns how many were woken.
@@ -524,9 +644,9 @@ impl Drop for Woken {
 }
 
 /// Tell woken waiters, with no lock held.
-fn finish_wakes(mut woken: Few<(Arc<Node>, Notify)>) -> u32 {
+fn finish_wakes(mut woken: Few<Notify>) -> u32 {
     let n = woken.len() as u32;
-    for (_, notify) in woken.drain() {
+    for notify in woken.drain() {
         notify.notify();
     }
     n

@@ -329,3 +329,38 @@ fn a_recycled_waiter_node_is_not_reached_through_an_old_canceller() {
         audit(&mm);
     }
 }
+
+#[test]
+fn a_wake_detaches_its_woken_waiter() {
+    // Physical keys: the wake detaches the woken waiter's vcache entry and
+    // drops its frame reference itself, so the audits hold between the
+    // wake and the waiter's return, and a COW meanwhile moves nothing.
+    let m = machine(FutexKeys::Physical);
+    let p = space(&m, MapKind::Private);
+    p.write(A, &1u32.to_ne_bytes()).unwrap();
+    let w = p.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+    let frame = p.phys(A);
+    assert_eq!(p.vcache_entries(), 1);
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 1);
+    assert_eq!(p.vcache_entries(), 0, "detached by the wake");
+    audit(&p);
+    let c = p.fork().unwrap();
+    p.write(A + 8, b"x").unwrap();
+    assert_ne!(p.phys(A), frame, "COW moved the page");
+    audit(&p);
+    assert_eq!(w.wait(None), Ok(()));
+    audit(&p);
+    audit(&c);
+    // A waiter tracking another page too (requeued) is left to detach itself.
+    let w1 = p.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+    let w2 = p.futex_wait_start(A, 1, BITSET_MATCH_ANY).unwrap();
+    assert_eq!(p.futex_requeue(A, 1, 1, A + 4096).unwrap(), 2, "one woken, one requeued");
+    assert_eq!(p.vcache_entries(), 3);
+    assert_eq!(p.futex_wake(A + 4096, 1).unwrap(), 1);
+    assert_eq!(p.vcache_entries(), 3, "two pages tracked: the waiter detaches its entries");
+    audit(&p);
+    assert_eq!(w1.wait(None), Ok(()));
+    assert_eq!(w2.wait(None), Ok(()));
+    assert_eq!(p.vcache_entries(), 0);
+    audit(&p);
+}

@@ -1,11 +1,10 @@
 //! A queued futex waiter: block on it, await it, poll it, or cancel it.
 
-use super::table::{FrameRefs, Node, Notify, WaitState};
+use super::table::{FrameRefs, Node, Notify, Tracking, WaitState};
 use super::Timeout;
 use crate::error::{Error, Result};
 use crate::mm::MmInner;
 use crate::sync::Arc;
-use crate::vcache::Bucket;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,17 +16,74 @@ thread_local! {
     static SPARE: std::cell::Cell<Option<Arc<Node>>> = const { std::cell::Cell::new(None) };
 }
 
-/// A fresh node for a waiter: this thread's spare if nobody else holds it
-/// (no queue, vcache entry or canceller: `Arc::get_mut` says so), else a new one.
-pub(super) fn new_node(key: super::FutexKey, bitset: u32) -> Arc<Node> {
+/// A fresh node for a waiter (`Node::with`): this thread's spare if nobody
+/// else holds it (no queue, vcache entry or canceller: `Arc::get_mut` says
+/// so), else a new one.
+pub(super) fn new_node(key: super::FutexKey, bitset: u32, notify: Notify, track: Option<Tracking>) -> Arc<Node> {
     #[cfg(not(loom))]
     if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
         if let Some(node) = Arc::get_mut(&mut spare) {
-            *node = Node::new(key, bitset);
+            *node = Node::with(key, bitset, notify, track);
             return spare;
         }
     }
-    Arc::new(Node::new(key, bitset))
+    Arc::new(Node::with(key, bitset, notify, track))
+}
+
+/// Keep `node` as this thread's spare if nothing else holds it.
+pub(super) fn recycle(node: Arc<Node>) {
+    #[cfg(not(loom))]
+    if Arc::strong_count(&node) == 1 {
+        let _ = SPARE.try_with(|s| s.set(Some(node)));
+    }
+    #[cfg(loom)]
+    drop(node);
+}
+
+/// Park the calling thread (which `node` notifies) until `node` is no
+/// longer `Waiting`; at `deadline`, take it off its queue as timed out.
+pub(super) fn park(mm: &MmInner, node: &Arc<Node>, deadline: Option<std::time::Instant>) {
+    while node.state() == WaitState::Waiting {
+        match deadline {
+            None => std::thread::park(),
+            Some(d) => {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    mm.machine.futexes.table.unqueue(node, WaitState::TimedOut);
+                    break;
+                }
+                std::thread::park_timeout(d - now);
+            }
+        }
+    }
+}
+
+/// Leave, for a waiter started in `mm`: off the queue, vcache entries
+/// detached, frame reference dropped. Returns the outcome.
+pub(super) fn leave(mm: &MmInner, node: &Arc<Node>) -> Result<()> {
+    let fx = &mm.machine.futexes;
+    let end = fx.table.unqueue(node, WaitState::Cancelled);
+    if end == WaitState::Woken && node.released() {
+        return Ok(()); // the wake detached us and dropped the key's reference
+    }
+    let (entries, frame) = {
+        let mut inner = node.inner.lock();
+        // Never queued (`Idle`): the key holds no reference yet.
+        let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
+        (std::mem::take(&mut inner.entries), frame)
+    };
+    for (emm, page, users) in entries.iter() {
+        fx.vcache.detach(users.as_deref().unwrap_or(&mm.vcache_users), *emm, *page, node);
+    }
+    if let Some(f) = frame {
+        mm.arena().key_off(f);
+        mm.arena().put(f);
+    }
+    match end {
+        WaitState::Woken => Ok(()),
+        WaitState::TimedOut => Err(Error::TimedOut),
+        _ => Err(Error::Interrupted),
+    }
 }
 
 /// A waiter queued by [`Mm::futex_wait_start`](crate::Mm::futex_wait_start).
@@ -62,21 +118,6 @@ impl FutexWaiter {
         FutexWaiter { mm, node, finished: false }
     }
 
-    /// Publish the vcache entry for `(mm, page)` the first time; on a
-    /// retry the entry is there already and only the fence is repeated.
-    pub(super) fn attach_once(&self, vb: &mut Bucket<'_, Node>, mm: &MmInner, page: u64) {
-        let mut inner = self.node.inner.lock();
-        if !inner.entries.is_empty() {
-            drop(inner);
-            crate::sync::fence(crate::sync::Ordering::SeqCst);
-            return;
-        }
-        inner.entries.push((mm.id, page, mm.vcache_users.clone()));
-        inner.tracked = Some((mm.id, page));
-        drop(inner);
-        vb.attach(&mm.vcache_users, mm.id, page, self.node.clone());
-    }
-
     /// Where the waiter is now.
     pub fn state(&self) -> WaitState {
         self.node.state()
@@ -107,20 +148,7 @@ impl FutexWaiter {
                 inner.notify = Notify::Thread(std::thread::current());
             }
         }
-        let table = &self.mm.machine.futexes.table;
-        while self.node.state() == WaitState::Waiting {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = std::time::Instant::now();
-                    if now >= d {
-                        table.unqueue(&self.node, WaitState::TimedOut);
-                        break;
-                    }
-                    std::thread::park_timeout(d - now);
-                }
-            }
-        }
+        park(&self.mm, &self.node, deadline);
         self.finish()
     }
 
@@ -131,24 +159,7 @@ impl FutexWaiter {
             return Err(Error::Invalid("futex waiter already finished"));
         }
         self.finished = true;
-        let fx = &self.mm.machine.futexes;
-        let end = fx.table.unqueue(&self.node, WaitState::Cancelled);
-        let (entries, frame) = {
-            let mut inner = self.node.inner.lock();
-            (std::mem::take(&mut inner.entries), inner.key.frame())
-        };
-        for (mm, page, users) in entries.iter() {
-            fx.vcache.detach(users, *mm, *page, &self.node);
-        }
-        if let Some(f) = frame {
-            self.mm.arena().key_off(f);
-            self.mm.arena().put(f);
-        }
-        match end {
-            WaitState::Woken => Ok(()),
-            WaitState::TimedOut => Err(Error::TimedOut),
-            _ => Err(Error::Interrupted),
-        }
+        leave(&self.mm, &self.node)
     }
 }
 
