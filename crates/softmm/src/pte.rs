@@ -30,6 +30,12 @@ impl Pte {
     const SOFT_SWAP: u64 = 1 << 10;
     /// Software bit of a non-present entry: a migration entry.
     const SOFT_MIGRATION: u64 = 1 << 11;
+    /// Software bit of a present entry: *borrowed* from the backing table
+    /// of the PTE table it sits in (`pgtable/borrow.rs`). It holds no
+    /// reference and no mapping on its frame; the backing table does.
+    /// Bit 52, where x86 leaves bits to the OS, so that it survives
+    /// every flag edit and never looks like a swap or migration entry.
+    pub const BORROWED: u64 = 1 << 52;
     const FRAME_SHIFT: u32 = 12;
     const FRAME_MASK: u64 = 0xffff_ffff << 12;
     const FLAG_MASK: u64 = !Self::FRAME_MASK;
@@ -87,14 +93,33 @@ impl Pte {
     }
 
     /// The frame a present or migration entry holds a reference on (not
-    /// the zero frame, which is mapped without one).
+    /// the zero frame, which is mapped without one, nor a borrowed entry's,
+    /// whose reference its backing table holds).
     #[inline]
     pub const fn counted_frame(self) -> Option<FrameId> {
+        if (self.is_present() && !self.is_zero_frame() && !self.is_borrowed()) || self.is_migration() {
+            Some(self.frame())
+        } else {
+            None
+        }
+    }
+
+    /// The page frame a present or migration entry maps, whether it holds
+    /// the reference or borrows it (not the zero frame): what a user of
+    /// the address space sees there.
+    #[inline]
+    pub const fn page_frame(self) -> Option<FrameId> {
         if (self.is_present() && !self.is_zero_frame()) || self.is_migration() {
             Some(self.frame())
         } else {
             None
         }
+    }
+
+    /// Whether this present entry borrows its frame (see [`Pte::BORROWED`]).
+    #[inline]
+    pub const fn is_borrowed(self) -> bool {
+        self.0 & (Self::PRESENT | Self::BORROWED) == Self::PRESENT | Self::BORROWED
     }
 
     #[inline]
@@ -161,13 +186,14 @@ impl std::fmt::Debug for Pte {
         }
         write!(
             f,
-            "Pte(frame {} {}{}{}{}{})",
+            "Pte(frame {} {}{}{}{}{}{})",
             self.frame().0,
             if self.is_user() { "u" } else { "-" },
             if self.is_writable() { "w" } else { "-" },
             if self.is_accessed() { "a" } else { "-" },
             if self.is_dirty() { "d" } else { "-" },
             if self.is_zero_frame() { " zero" } else { "" },
+            if self.is_borrowed() { " borrowed" } else { "" },
         )
     }
 }
@@ -204,6 +230,19 @@ mod tests {
         assert_eq!(back, Pte::new(FrameId(12), Pte::WRITE | Pte::USER | Pte::DIRTY));
         // Write-protecting a migration entry (fork, unshare) carries over.
         assert!(!m.without(Pte::WRITE).from_migration(FrameId(1)).is_writable());
+    }
+
+    #[test]
+    fn borrowed_entries_map_a_frame_they_do_not_count() {
+        let p = Pte::new(FrameId(7), Pte::USER | Pte::ACCESSED).with(Pte::BORROWED);
+        assert!(p.is_present() && p.is_borrowed() && !p.is_swap() && !p.is_migration());
+        assert_eq!(p.counted_frame(), None);
+        assert_eq!(p.page_frame(), Some(FrameId(7)));
+        assert_eq!(p.frame(), FrameId(7));
+        assert!(!p.without(Pte::BORROWED).is_borrowed());
+        assert_eq!(p.without(Pte::BORROWED).counted_frame(), Some(FrameId(7)));
+        // Not present: never borrowed, whatever the bit.
+        assert!(!Pte::swap(3).with(Pte::BORROWED).is_borrowed());
     }
 
     #[test]

@@ -408,6 +408,17 @@ fn do_wp_page(
         return Ok(install_anon(mm, g, va, f, access));
     }
     let old = pte.frame();
+    if pte.is_borrowed() {
+        // Never exclusive (B4: its backing maps the frame too). The entry
+        // holds no reference to drop; take one for the shootdown instead,
+        // since the backing's last mapper may free the frame as soon as
+        // this entry no longer borrows it.
+        let f = new_anon_frame(mm, st, vma, va, Some(old))?;
+        arena.get(old);
+        gather.defer_put(arena, old);
+        Counters::bump(&c.fault_cow_copy);
+        return Ok(install_anon(mm, g, va, f, access));
+    }
     if anon_exclusive(mm, old) {
         if access == Access::Unshare {
             return Ok(pte); // already this space's own

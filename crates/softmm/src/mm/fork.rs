@@ -189,6 +189,10 @@ impl CopyRange<'_> {
                 let (cpte, f) = self.copy_present_page(v, va, pte)?;
                 cg.set(va, cpte);
                 arena.meta(f).set_flags(flags::ANON);
+            } else if pte.is_borrowed() {
+                // The child's entry owns what the parent's borrows.
+                arena.meta(pte.frame()).add_counts(1, 1);
+                cg.set(va, pte.without(Pte::ACCESSED | Pte::BORROWED));
             } else if let Some(f) = pte.counted_frame() {
                 // Present, or a migration entry (which stands for one).
                 let mut cpte = pte.without(Pte::ACCESSED);
@@ -260,10 +264,9 @@ pub(crate) fn do_exit(mm: &MmInner) {
             }
             return;
         }
-        let end = base + PTE_TABLE_SPAN;
-        crate::pgtable::zap_entries(arena, e.frame(), base, base, end, |_, p| zap_pte(&mm.machine, p, &mut gather));
+        crate::mm::mmap::zap_table_entries(mm, e.frame(), base, base, base + PTE_TABLE_SPAN, &mut gather);
     });
-    let freed = pt.destroy(arena);
+    let freed = pt.destroy(arena, c);
     c.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
     crate::futex::invalidate(mm, None, 0, crate::pgtable::TASK_SIZE);
     let vmas = std::mem::take(&mut st.vmas);

@@ -50,6 +50,8 @@ struct Expected {
     slots: HashMap<u32, u32>,
     /// Pins by frame, from the machine's pin registry.
     pins: HashMap<FrameId, u32>,
+    /// Every PTE table that borrows, with its backing (`pgtable/borrow.rs`).
+    borrowers: HashMap<FrameId, FrameId>,
 }
 
 pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
@@ -102,8 +104,53 @@ pub(crate) fn check_machine(m: &MachineInner) -> Result<(), InvariantError> {
             fail!("futex/vcache of mm {}: {e}", mm.id);
         }
     }
+    check_borrowers(m, &mut exp)?;
     check_frames(m, &exp)?;
     check_slots(m, &exp)
+}
+
+/// Borrowed entries: each borrower holds a reference on its backing and
+/// counts in its borrower half (B2: the backing is a live table, mapped
+/// by some space), and the registry lists exactly these pairs.
+fn check_borrowers(m: &MachineInner, exp: &mut Expected) -> Result<(), InvariantError> {
+    let mut listed: HashMap<FrameId, FrameId> = HashMap::new();
+    for (t, cs) in m.arena.borrows.snapshot() {
+        for c in cs {
+            if listed.insert(c, t).is_some() {
+                fail!("PTE table {} is registered twice as a borrower", c.0);
+            }
+        }
+    }
+    for (&c, &t) in &exp.borrowers {
+        if listed.get(&c) != Some(&t) {
+            fail!("PTE table {} borrows from table {} but the registry says {:?}", c.0, t.0, listed.get(&c));
+        }
+        if !exp.pte_tables.contains(&t) {
+            fail!("PTE table {} borrows from table {}, which no address space maps (an orphan)", c.0, t.0);
+        }
+        *exp.refs.entry(t).or_default() += 1;
+        *exp.maps.entry(t).or_default() += 1;
+    }
+    if let Some((c, t)) = listed.iter().find(|(c, _)| !exp.borrowers.contains_key(c)) {
+        fail!("the registry lists PTE table {} as a borrower of {}, but no live table is", c.0, t.0);
+    }
+    Ok(())
+}
+
+/// B1 for the borrowed entry `pte` at `va` of PTE table `c`: `c` has a
+/// backing whose entry there maps the same frame, and it is not writable.
+fn check_borrowed(m: &MachineInner, mm: &MmInner, va: u64, pte: Pte, c: FrameId) -> Result<(), InvariantError> {
+    let Some(t) = crate::pgtable::borrow::backing(&m.arena, c) else {
+        fail!("mm {}: borrowed entry at {va:#x} ({pte:?}) in table {}, which borrows from nothing", mm.id, c.0);
+    };
+    let there = crate::pgtable::borrow::entry(&m.arena, t, crate::pgtable::index(va, 0));
+    if !there.is_present() || there.frame() != pte.frame() {
+        fail!("mm {}: borrowed entry at {va:#x} ({pte:?}) but its backing {} has {there:?}", mm.id, t.0);
+    }
+    if pte.is_writable() {
+        fail!("mm {}: borrowed entry at {va:#x} is writable ({pte:?})", mm.id);
+    }
+    Ok(())
 }
 
 /// Every swap slot's count equals the swap entries and cache naming it.
@@ -189,6 +236,9 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
         exp.tables.insert(t);
         if level == 0 {
             exp.pte_tables.insert(t);
+            if let Some(b) = crate::pgtable::borrow::backing(arena, t) {
+                exp.borrowers.insert(t, b);
+            }
         }
         *exp.refs.entry(t).or_default() += 1;
         if !arena.meta(t).has(flags::PAGETABLE) && err.is_none() {
@@ -248,6 +298,9 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
         if !meta.has(flags::ALLOCATED) {
             fail!("mm {}: PTE at {va:#x} maps free frame {}", mm.id, f.0);
         }
+        if pte.is_borrowed() {
+            check_borrowed(m, mm, va, pte, table)?;
+        }
         match &v.backing {
             Backing::Anon(_) => {
                 if !meta.has(flags::ANON) {
@@ -291,7 +344,7 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
         if pte.is_writable() && !v.prot.writable() {
             fail!("mm {}: writable PTE at {va:#x} in a VMA without write permission", mm.id);
         }
-        if first_visit {
+        if first_visit && !pte.is_borrowed() {
             *exp.refs.entry(f).or_default() += 1;
             *exp.maps.entry(f).or_default() += 1;
         }
@@ -376,8 +429,9 @@ fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> 
         if meta.pins() != want_pins {
             fail!("frame {}: pin count {} but {} pins registered", i, meta.pins(), want_pins);
         }
-        if !meta.has(flags::PAGETABLE) && meta.mapcount() != want_map {
-            fail!("frame {}: mapcount {} but {} mappings found", i, meta.mapcount(), want_map);
+        if meta.mapcount() != want_map {
+            let what = if meta.has(flags::PAGETABLE) { "borrowing tables" } else { "mappings" };
+            fail!("frame {}: mapcount {} but {} {what} found", i, meta.mapcount(), want_map);
         }
     }
     if arena.in_use() != in_use {

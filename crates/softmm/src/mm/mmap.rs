@@ -6,7 +6,7 @@ use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::{Error, Result};
 use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN, TASK_SIZE};
-use crate::phys::FrameArena;
+use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::sync::Ordering;
 use crate::vma::{AnonLink, Backing, MapKind, Prot, Vma};
@@ -88,7 +88,7 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
     crate::futex::invalidate(mm, Some(st), start, end);
     let floor = st.vmas.floor(start);
     let ceiling = st.vmas.ceiling(end, 1 << 48);
-    let freed = pt.free_tables(arena, start, end, floor, ceiling);
+    let freed = pt.free_tables(arena, &mm.machine.counters, start, end, floor, ceiling);
     mm.machine.counters.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
     gather.finish(mm, None);
     mm.notifiers.end(inv);
@@ -122,6 +122,12 @@ pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, 
 /// last); a migration entry is released as the present entry it stands for.
 pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut Gather) {
     let arena = &*m.arena;
+    if pte.is_borrowed() {
+        // Its backing holds the frame (and a hold keeps the backing's
+        // frames mapped until the shootdown: see `zap_table_entries`).
+        gather.need_flush();
+        return;
+    }
     if pte.is_swap() {
         if let Some(swap) = m.reclaim.swap.as_ref() {
             swap.put_entry(arena, pte.swap_slot());
@@ -187,8 +193,22 @@ pub(crate) fn zap_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, may_
             }
             return;
         }
-        crate::pgtable::zap_entries(arena, e.frame(), base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather));
+        zap_table_entries(mm, e.frame(), base, lo, hi, gather);
     });
+}
+
+/// Zap `[lo, hi)` of this space's own PTE table `t` (covering `base`). If
+/// `t` borrows entries and accessors may cache them until the shootdown,
+/// first take a hold on its backing (`pgtable/borrow.rs`): the backing's
+/// last mapper could otherwise free their frames before that.
+pub(crate) fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi: u64, gather: &mut Gather) {
+    let arena = mm.arena();
+    if gather.shootdown_pending() {
+        if let Some(b) = crate::pgtable::borrow::hold(arena, t, base) {
+            gather.drop_table_later(b, base);
+        }
+    }
+    crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather));
 }
 
 pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Result<()> {
@@ -290,7 +310,7 @@ fn change_protection(
                 let mut new = if prot.readable() { pte.with(Pte::USER) } else { pte.without(Pte::USER) };
                 if !prot.writable() {
                     new = new.without(Pte::WRITE);
-                } else if shared {
+                } else if shared && !pte.is_borrowed() {
                     new = new.with(Pte::WRITE);
                 }
                 if new != pte {

@@ -494,11 +494,12 @@ fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
             let pte = g.get(va);
             if pte.is_swap() {
                 acc.swapped();
-            } else if let Some(f) = pte.counted_frame() {
+            } else if let Some(f) = pte.page_frame() {
                 // A migration entry counts as the page it stands for, as
                 // Linux's smaps_pte_entry counts it.
                 let m = arena.meta(f);
                 let extra = extra_sharers(arena, &tables, va, f);
+                debug_assert!(!pte.is_borrowed() || sharing, "a borrowed entry while no table is shared");
                 let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
                 acc.page(m.refcount() + extra, m.mapcount() + extra, m.has(crate::phys::flags::ANON), dirty);
             }
@@ -508,16 +509,21 @@ fn vma_smaps(mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
     acc.finish(start, end)
 }
 
-/// For frame `f` at `va`: the sharers beyond the first of every table in
-/// `tables` whose entry for `va` maps `f`.
+/// For frame `f` at `va`: the mappings the physical counts miss. Every
+/// table in `tables` whose entry for `va` maps `f` stands for one mapping
+/// per address space mapping the table (its mappers); the physical counts
+/// have one for an entry that owns its frame and none for one that borrows
+/// it (`pgtable/borrow.rs`).
 fn extra_sharers(arena: &FrameArena, tables: &[FrameId], va: u64, f: FrameId) -> u32 {
     let i = crate::pgtable::index(va, 0);
     tables
         .iter()
-        .filter(|&&t| {
-            let e = crate::pte::Pte::from_raw(crate::pgtable::slot(arena, t, i).load(crate::sync::Ordering::Acquire));
-            e.is_present() && e.frame() == f
+        .filter_map(|&t| {
+            let e = crate::pgtable::borrow::entry(arena, t, i);
+            (e.page_frame() == Some(f)).then(|| {
+                let mappers = crate::pgtable::borrow::mappers_of(arena, t);
+                mappers.saturating_sub(u32::from(!e.is_borrowed()))
+            })
         })
-        .map(|&t| arena.meta(t).refcount().saturating_sub(1))
         .sum()
 }

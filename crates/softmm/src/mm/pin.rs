@@ -304,6 +304,7 @@ fn pin_one(mm: &MmInner, st: &MmState, va: u64, write: bool) -> Result<FrameId> 
         let pte = g.get(va);
         let ok = pte.is_present()
             && !pte.is_zero_frame()
+            && !pte.is_borrowed()
             && (!write || pte.is_writable())
             && (!private || anon_exclusive(mm, pte.frame()));
         if ok {

@@ -14,6 +14,7 @@
 //! - PTE entries change only through a [`PteTableGuard`], which holds the split
 //!   page-table lock of that one PTE-table page.
 
+pub(crate) mod borrow;
 mod cursor;
 pub(crate) mod share;
 
@@ -22,6 +23,7 @@ pub use cursor::PteTableGuard;
 use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId, PAGE_SHIFT};
 use crate::pte::Pte;
+use crate::stats::Counters;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries per table.
@@ -213,14 +215,22 @@ impl PageTable {
     /// unmap, where `floor`/`ceiling` are the ends of the neighbouring VMAs.
     /// Entries of freed PTE tables must already be zapped. Requires the
     /// `mmap_lock` held for writing. Returns the number of tables freed.
-    pub(crate) fn free_tables(&self, arena: &FrameArena, start: u64, end: u64, floor: u64, ceiling: u64) -> u32 {
-        free_range(arena, self.root, LEVELS - 1, 0, start, end, floor, ceiling)
+    pub(crate) fn free_tables(
+        &self,
+        arena: &FrameArena,
+        c: &Counters,
+        start: u64,
+        end: u64,
+        floor: u64,
+        ceiling: u64,
+    ) -> u32 {
+        free_range(arena, c, self.root, LEVELS - 1, 0, start, end, floor, ceiling)
     }
 
     /// Free the whole tree, root included. Every PTE must already be zapped.
     /// Returns the number of table pages freed.
-    pub(crate) fn destroy(self, arena: &FrameArena) -> u32 {
-        let n = free_range(arena, self.root, LEVELS - 1, 0, 0, 1 << 48, 0, 1 << 48);
+    pub(crate) fn destroy(self, arena: &FrameArena, c: &Counters) -> u32 {
+        let n = free_range(arena, c, self.root, LEVELS - 1, 0, 0, 1 << 48, 0, 1 << 48);
         arena.put(self.root);
         n + 1
     }
@@ -310,6 +320,7 @@ fn walk_pmds(
 /// fault installed first. Returns the table and whether this call added it.
 fn install_table(arena: &FrameArena, s: &AtomicU64) -> Result<(FrameId, bool)> {
     let new = arena.alloc(true, flags::PAGETABLE)?;
+    borrow::init_table(arena, new);
     match s.compare_exchange(0, Pte::table(new).raw(), Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Ok((new, true)),
         Err(cur) => {
@@ -323,6 +334,7 @@ fn install_table(arena: &FrameArena, s: &AtomicU64) -> Result<(FrameId, bool)> {
 #[allow(clippy::too_many_arguments)]
 fn free_range(
     arena: &FrameArena,
+    c: &Counters,
     table: FrameId,
     level: u32,
     base: u64,
@@ -339,10 +351,13 @@ fn free_range(
     for (s, e, lo) in present_entries(arena, table, level, base, start, end) {
         let child = e.frame();
         debug_assert!(level > 1 || arena.meta(child).refcount() == 1, "freeing a shared PTE table");
-        freed += free_range(arena, child, level - 1, lo, start, end, floor, ceiling);
+        freed += free_range(arena, c, child, level - 1, lo, start, end, floor, ceiling);
         if lo >= floor && lo + span <= ceiling {
             debug_assert!(table_is_empty(arena, child), "freeing a non-empty page table");
             s.store(0, Ordering::Release);
+            if level == 1 {
+                borrow::detach(arena, child, lo, c);
+            }
             arena.put(child);
             freed += 1;
         }
@@ -394,15 +409,16 @@ mod tests {
         pt.pte_table_alloc(&a, x + PTE_TABLE_SPAN, &mut n).unwrap();
         let before = a.in_use();
         // A neighbour still maps the first 2 MiB: only the second table goes.
-        let n = pt.free_tables(&a, x + PTE_TABLE_SPAN, x + 2 * PTE_TABLE_SPAN, x + PTE_TABLE_SPAN, TASK_SIZE);
+        let c = Counters::default();
+        let n = pt.free_tables(&a, &c, x + PTE_TABLE_SPAN, x + 2 * PTE_TABLE_SPAN, x + PTE_TABLE_SPAN, TASK_SIZE);
         assert_eq!(n, 1);
         assert!(pt.pte_table(&a, x).is_some());
         assert!(pt.pte_table(&a, x + PTE_TABLE_SPAN).is_none());
         assert_eq!(a.in_use(), before - 1);
         // No neighbours: everything but the root goes.
-        let n = pt.free_tables(&a, x, x + 4096, 0, TASK_SIZE);
+        let n = pt.free_tables(&a, &c, x, x + 4096, 0, TASK_SIZE);
         assert_eq!(n, 3);
-        assert_eq!(pt.destroy(&a), 1);
+        assert_eq!(pt.destroy(&a, &c), 1);
         assert_eq!(a.in_use(), 0);
     }
 

@@ -32,7 +32,7 @@
 //! users see (smaps' mapcount and PSS) is the logical count, the sum of the
 //! sharers of every table that maps the frame; see `mm::vma_smaps`.
 
-use super::{index, slot, PageTable, PteTableGuard, PTE_TABLE_SPAN, PTRS_PER_TABLE};
+use super::{borrow, index, slot, PageTable, PteTableGuard, PTE_TABLE_SPAN, PTRS_PER_TABLE};
 use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId};
 use crate::pte::Pte;
@@ -84,47 +84,46 @@ pub(crate) fn share_table(
 
 /// The reference-count operations the sharing protocol needs: frame
 /// metadata's std atomics, and under loom loom's, so the loom model below
-/// runs this very code.
+/// runs this very code. The word is a table frame's packed counts:
+/// refcount (mappers and borrowers) in the low half, borrowers in the high
+/// half (see `borrow.rs`).
 pub(crate) trait RefCount {
-    fn load_acquire(&self) -> u32;
-    fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32>;
+    fn load_acquire(&self) -> u64;
+    fn cas(&self, cur: u64, new: u64) -> std::result::Result<u64, u64>;
 }
 
 impl RefCount for crate::phys::meta::Refcount<'_> {
-    fn load_acquire(&self) -> u32 {
-        self.0.load(Ordering::Acquire) as u32
+    fn load_acquire(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
     }
-    /// On the low half; a table frame's mapcount (high half) is always 0.
-    fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32> {
-        self.0
-            .compare_exchange(cur as u64, new as u64, Ordering::AcqRel, Ordering::Acquire)
-            .map(|v| v as u32)
-            .map_err(|v| v as u32)
+    fn cas(&self, cur: u64, new: u64) -> std::result::Result<u64, u64> {
+        self.0.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
     }
 }
 
 #[cfg(loom)]
-impl RefCount for loom::sync::atomic::AtomicU32 {
-    fn load_acquire(&self) -> u32 {
+impl RefCount for loom::sync::atomic::AtomicU64 {
+    fn load_acquire(&self) -> u64 {
         self.load(Ordering::Acquire)
     }
-    fn cas(&self, cur: u32, new: u32) -> std::result::Result<u32, u32> {
+    fn cas(&self, cur: u64, new: u64) -> std::result::Result<u64, u64> {
         self.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
     }
 }
 
-/// Drop one sharer's reference unless it is the last (the count is 1):
-/// the seed's decrement-and-test, without ever showing a count of 0.
-/// Returns the count before the drop, or `None` when the caller is last
-/// (and so owns the table alone: nobody else can take a reference).
+/// Drop one mapper's reference unless it is the last *mapper* (borrowers
+/// do not count): the seed's decrement-and-test, without ever showing no
+/// mapper. Returns the refcount before the drop, or `None` when the caller
+/// is the last mapper (and so decides, under the table's lock, what
+/// happens to it: see [`put_late`]).
 pub(crate) fn put_unless_last(rc: &impl RefCount) -> Option<u32> {
     let mut cur = rc.load_acquire();
     loop {
-        if cur <= 1 {
+        if borrow::mappers(cur) <= 1 {
             return None;
         }
         match rc.cas(cur, cur - 1) {
-            Ok(_) => return Some(cur),
+            Ok(_) => return Some(cur as u32),
             Err(now) => cur = now,
         }
     }
@@ -161,50 +160,61 @@ pub(crate) fn unshare(
     }
     let t = e.frame();
     let base = va & !(PTE_TABLE_SPAN - 1);
-    if arena.meta(t).refcount() == 1 {
-        reuse(arena, s, e, base);
-        Counters::bump(&c.table_reuses);
-        return Ok(Unshare::Reused);
+    loop {
+        // Allocate before taking the table's lock (an allocation may wait
+        // for reclaim, which takes page-table locks).
+        let n = if borrow::mappers_of(arena, t) >= 2 { Some(arena.alloc(true, flags::PAGETABLE)?) } else { None };
+        let mut g = PteTableGuard::lock(arena, t, base);
+        if let Some(n) = n {
+            borrow::init_table(arena, n);
+            copy_borrowing(arena, &g, n, base, swap);
+            if borrow::become_borrower(arena, t) {
+                borrow::register(arena, t, n);
+                drop(g);
+                s.store(Pte::table(n).raw(), Ordering::Release);
+                c.page_tables.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&c.table_copies);
+                return Ok(Unshare::Copied);
+            }
+            // Everyone else let go while we copied: keep the original.
+            release_copy(arena, n, swap);
+        }
+        // The last mapper: its borrowers own their entries first (B2, B3),
+        // and holds taken meanwhile (a borrower's zap in flight) make it
+        // copy after all.
+        borrow::own_all(arena, t, base, c);
+        if borrow::mappers_of(arena, t) == 1 {
+            reuse(arena, &mut g, s, e, base);
+            Counters::bump(&c.table_reuses);
+            return Ok(Unshare::Reused);
+        }
     }
-    let n = arena.alloc(true, flags::PAGETABLE)?;
-    copy_entries(arena, t, n, base, swap);
-    if !put_table_unless_last(arena, t, c) {
-        // Everyone else let go while we copied: keep the original.
-        release_copy(arena, n, swap);
-        reuse(arena, s, e, base);
-        Counters::bump(&c.table_reuses);
-        return Ok(Unshare::Reused);
-    }
-    s.store(Pte::table(n).raw(), Ordering::Release);
-    c.page_tables.fetch_add(1, Ordering::Relaxed);
-    Counters::bump(&c.table_copies);
-    Ok(Unshare::Copied)
 }
 
-/// Copy the entries of shared table `t` into the new table `n`, write
-/// cleared, taking a reference and a mapping on every frame (a migration
-/// entry holds its frame as a present one does) and a reference on the
-/// slot of every swap entry.
-fn copy_entries(arena: &FrameArena, t: FrameId, n: FrameId, base: u64, swap: Option<&SwapSpace>) {
-    let _g = PteTableGuard::lock(arena, t, base);
-    let entries: [Pte; PTRS_PER_TABLE] =
-        std::array::from_fn(|i| Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire)));
-    prefetch_frames(arena, &entries[..PREFETCH_AHEAD]);
-    for (i, &p) in entries.iter().enumerate() {
-        if let Some(&ahead) = entries.get(i + PREFETCH_AHEAD) {
-            prefetch_frames(arena, &[ahead]);
-        }
+/// Copy the entries of shared table `t` (locked: `g`) into the new table
+/// `n`, write cleared. A present entry *borrows* its frame (no reference,
+/// no mapping: `borrow.rs`), whether `t`'s own entry owns or borrows it; a
+/// migration entry holds its frame as an owned present one does, and a
+/// swap entry takes a reference on its slot.
+fn copy_borrowing(arena: &FrameArena, g: &PteTableGuard<'_>, n: FrameId, base: u64, swap: Option<&SwapSpace>) {
+    for i in 0..PTRS_PER_TABLE {
+        let p = g.get(base + i as u64 * 4096);
         if p.is_none() {
             continue;
         }
-        if let Some(f) = p.counted_frame() {
-            arena.meta(f).add_counts(1, 1);
-        } else if p.is_swap() {
-            if let Some(sw) = swap {
-                sw.dup(p.swap_slot());
+        let copy = if p.is_present() && !p.is_zero_frame() {
+            p.with(Pte::BORROWED)
+        } else {
+            if p.is_migration() {
+                arena.meta(p.frame()).add_counts(1, 1);
+            } else if p.is_swap() {
+                if let Some(sw) = swap {
+                    sw.dup(p.swap_slot());
+                }
             }
-        }
-        slot(arena, n, i).store(p.without(Pte::WRITE).raw(), Ordering::Release);
+            p
+        };
+        slot(arena, n, i).store(copy.without(Pte::WRITE).raw(), Ordering::Release);
     }
 }
 
@@ -215,13 +225,13 @@ pub(crate) const PREFETCH_AHEAD: usize = 16;
 #[inline(always)]
 pub(crate) fn prefetch_frames(arena: &FrameArena, entries: &[Pte]) {
     for p in entries {
-        if p.is_present() && !p.is_zero_frame() {
+        if p.is_present() && !p.is_zero_frame() && !p.is_borrowed() {
             arena.prefetch_meta(p.frame());
         }
     }
 }
 
-/// Undo `copy_entries` and free the copy (never seen by anyone).
+/// Undo `copy_borrowing` and free the copy (never seen by anyone).
 fn release_copy(arena: &FrameArena, n: FrameId, swap: Option<&SwapSpace>) {
     for i in 0..PTRS_PER_TABLE {
         let p = Pte::from_raw(slot(arena, n, i).swap(0, Ordering::AcqRel));
@@ -238,20 +248,17 @@ fn release_copy(arena: &FrameArena, n: FrameId, swap: Option<&SwapSpace>) {
     arena.put(n);
 }
 
-/// The last sharer keeps the table: write-protect entries whose frames are
-/// mapped elsewhere too (another sharer's copy took references on them),
-/// then make the PMD entry writable.
-fn reuse(arena: &FrameArena, s: &AtomicU64, e: Pte, base: u64) {
-    let t = e.frame();
-    {
-        let mut g = PteTableGuard::lock(arena, t, base);
-        for i in 0..PTRS_PER_TABLE {
-            let va = base + (i as u64) * 4096;
-            let p = g.get(va);
-            let shared = p.counted_frame().is_some_and(|f| arena.meta(f).refcount() > 1);
-            if p.is_writable() && shared {
-                g.set(va, p.without(Pte::WRITE));
-            }
+/// The last sharer keeps the table (locked: `g`, no borrowers left):
+/// write-protect entries whose frames are mapped elsewhere too (another
+/// sharer's copy took references on them), then make the PMD entry
+/// writable.
+fn reuse(arena: &FrameArena, g: &mut PteTableGuard<'_>, s: &AtomicU64, e: Pte, base: u64) {
+    for i in 0..PTRS_PER_TABLE {
+        let va = base + (i as u64) * 4096;
+        let p = g.get(va);
+        let shared = p.counted_frame().is_some_and(|f| arena.meta(f).refcount() > 1);
+        if p.is_writable() && shared {
+            g.set(va, p.without(Pte::WRITE));
         }
     }
     s.store(e.with(Pte::WRITE).raw(), Ordering::Release);
@@ -273,7 +280,7 @@ pub(crate) enum Left {
 /// Drop this address space's use of the PTE table in PMD slot `s` (entry
 /// `e`, write-protected): a munmap of the table's whole span, or exit.
 /// Requires the `mmap_lock` held for writing. The last sharer calls
-/// `zap(va, pte)` for every present entry and frees the table; the others
+/// `zap(va, pte)` for every non-empty entry and frees the table; the others
 /// drop their reference — at once if `shootdown_pending` is false, else
 /// only after their TLB shootdown ([`Left::Later`]).
 ///
@@ -296,34 +303,50 @@ pub(crate) fn drop_shared(
 ) -> Left {
     s.store(0, Ordering::Release);
     let t = e.frame();
-    // A count of 1 is ours alone, and stays so: only a sharer's fork adds
-    // one, and this space (the only sharer then) holds its own write lock.
-    if arena.meta(t).refcount() > 1 {
-        if shootdown_pending {
-            return Left::Later(t);
-        }
-        if put_table_unless_last(arena, t, c) {
-            return Left::Dropped;
-        }
+    // Even the last mapper waits: the zap then releases frames at once,
+    // and the table's own borrowed entries need their backing no longer.
+    if shootdown_pending {
+        return Left::Later(t);
     }
-    zap_table(arena, t, base, c, zap);
-    Left::Freed
+    if put_late(arena, t, base, c, zap) {
+        Left::Freed
+    } else {
+        Left::Dropped
+    }
 }
 
-/// The end of [`Left::Later`], after this space's TLB shootdown: drop the
-/// reference on table `t` (covering `base`), or, if the others left
-/// meanwhile, zap and free it. Returns whether the table was freed.
+/// Drop a mapper reference on table `t` (covering `base`): a sharer after
+/// its TLB shootdown ([`Left::Later`]), a hold (`borrow::hold`), or a
+/// sharer with nothing to shoot down. The last mapper decides under the
+/// table's lock: its borrowers own their entries first (B2), and if
+/// holds came meanwhile the last of them decides instead; else it zaps
+/// `t` (calling `zap` for every non-empty entry) and frees it. Returns
+/// whether the table was freed.
 pub(crate) fn put_late(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, zap: impl FnMut(u64, Pte)) -> bool {
     if put_table_unless_last(arena, t, c) {
         return false;
+    }
+    {
+        let _g = PteTableGuard::lock(arena, t, base);
+        if put_table_unless_last(arena, t, c) {
+            return false;
+        }
+        borrow::own_all(arena, t, base, c);
+        if put_table_unless_last(arena, t, c) {
+            return false;
+        }
+        debug_assert_eq!(arena.meta(t).refcount(), 1, "last mapper of table {} with borrowers", t.0);
     }
     zap_table(arena, t, base, c, zap);
     true
 }
 
 /// Zap every entry of table `t`, now this space's alone, and free it.
+/// Nobody can cache a translation through it any more, so its own
+/// borrowed entries (if it borrows too) go without a hold.
 fn zap_table(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, mut zap: impl FnMut(u64, Pte)) {
     super::zap_entries(arena, t, base, base, base + PTE_TABLE_SPAN, &mut zap);
+    borrow::detach(arena, t, base, c);
     arena.put(t);
     c.page_tables.fetch_sub(1, Ordering::Relaxed);
 }
@@ -634,8 +657,17 @@ mod tests {
         assert!(x.parent.follow_pte(&x.arena, BASE).is_writable(), "exclusive frames stay writable");
     }
 
+    fn counts(x: &Fixture, t: FrameId) -> (u32, u32) {
+        let m = x.arena.meta(t);
+        (m.refcount(), m.mapcount())
+    }
+
+    fn borrowed(pt: &PageTable, x: &Fixture) -> Vec<bool> {
+        (0..3u64).map(|i| pt.follow_pte(&x.arena, BASE + i * 4096).is_borrowed()).collect()
+    }
+
     #[test]
-    fn unshare_copies_with_references_and_write_cleared() {
+    fn unshare_copies_by_borrowing_and_the_last_mapper_owns_out() {
         let x = fixture();
         let child = PageTable::new(&x.arena).unwrap();
         share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
@@ -643,18 +675,84 @@ mod tests {
         assert_eq!(unshare(&x.arena, &x.parent, BASE, &x.c, None).unwrap(), Unshare::Copied);
         let mine = x.parent.pte_table(&x.arena, BASE).unwrap();
         assert_ne!(mine, shared);
-        assert_eq!(refcounts(&x), [2, 2, 2], "the copy takes a reference per frame");
-        assert_eq!(x.arena.meta(shared).refcount(), 1);
+        assert_eq!(refcounts(&x), [1, 1, 1], "a borrowing copy takes no frame reference");
+        assert_eq!(counts(&x, shared), (2, 1), "one mapper (the child) and one borrower (the copy)");
+        assert_eq!(borrow::backing(&x.arena, mine), Some(shared));
+        assert_eq!(x.arena.borrows.snapshot(), vec![(shared, vec![mine])]);
         for i in 0..3u64 {
             let p = x.parent.follow_pte(&x.arena, BASE + i * 4096);
-            assert!(p.is_present() && !p.is_writable() && p.is_dirty());
+            assert!(p.is_present() && p.is_borrowed() && !p.is_writable() && p.is_dirty());
         }
-        // The child, now last, reuses the original and write-protects the
-        // entries whose frames the parent's copy also maps.
+        // The child, now the last mapper, reuses the original: the copy
+        // owns its entries first (B3), and the original's entries, whose
+        // frames the copy now maps too, are write-protected.
         assert_eq!(unshare(&x.arena, &child, BASE, &x.c, None).unwrap(), Unshare::Reused);
+        assert_eq!(borrowed(&x.parent, &x), [false, false, false]);
+        assert_eq!(refcounts(&x), [2, 2, 2]);
+        assert_eq!(counts(&x, shared), (1, 0));
+        assert_eq!(borrow::backing(&x.arena, mine), None);
+        assert!(x.arena.borrows.snapshot().is_empty());
         let raw = Pte::from_raw(slot(&x.arena, shared, 0).load(Ordering::Acquire));
         assert!(!raw.is_writable());
         assert_eq!(unshare(&x.arena, &child, BASE, &x.c, None).unwrap(), Unshare::Exclusive);
+    }
+
+    /// B2: the last mapper to leave a table with borrowers owns them out
+    /// before it zaps, so no borrowed entry outlives its frame.
+    #[test]
+    fn the_last_mapper_leaving_owns_its_borrowers_out_first() {
+        let x = fixture();
+        let child = PageTable::new(&x.arena).unwrap();
+        share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
+        let shared = x.parent.pte_table(&x.arena, BASE).unwrap();
+        unshare(&x.arena, &x.parent, BASE, &x.c, None).unwrap();
+        let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
+        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        let mut zapped = Vec::new();
+        let left = drop_shared(&x.arena, s, e, BASE, &x.c, false, |_, p| zapped.push(p.frame()));
+        assert_eq!(left, Left::Freed);
+        // The zap dropped the table's references: the copy's are its own now.
+        assert_eq!(zapped, x.frames);
+        for &f in &x.frames {
+            x.arena.meta(f).sub_counts(1, 1); // what the zap callback stands for
+        }
+        assert_eq!(refcounts(&x), [1, 1, 1]);
+        assert_eq!(borrowed(&x.parent, &x), [false, false, false]);
+        assert!(x.arena.borrows.snapshot().is_empty());
+        assert_eq!(x.c.shared_tables.load(Ordering::Relaxed), 0);
+    }
+
+    /// A borrower that goes first detaches; a hold taken for its pending
+    /// shootdown keeps the backing mapped, and the last put then zaps it.
+    #[test]
+    fn a_borrower_detaches_and_its_hold_may_be_the_last_mapper() {
+        let x = fixture();
+        let child = PageTable::new(&x.arena).unwrap();
+        share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
+        let shared = x.parent.pte_table(&x.arena, BASE).unwrap();
+        unshare(&x.arena, &x.parent, BASE, &x.c, None).unwrap();
+        let mine = x.parent.pte_table(&x.arena, BASE).unwrap();
+        // The parent zaps its copy with a shootdown pending: a hold first.
+        assert_eq!(borrow::hold(&x.arena, mine, BASE), Some(shared));
+        assert_eq!(counts(&x, shared), (3, 1));
+        let mut zapped = 0;
+        super::super::zap_entries(&x.arena, mine, BASE, BASE, BASE + PTE_TABLE_SPAN, |_, p| {
+            assert!(p.is_borrowed());
+            zapped += 1;
+        });
+        assert_eq!(zapped, 3);
+        borrow::detach(&x.arena, mine, BASE, &x.c);
+        assert_eq!(counts(&x, shared), (2, 0), "the child and the hold are its mappers");
+        assert!(x.arena.borrows.snapshot().is_empty());
+        // The child leaves before the parent's shootdown ends: not last.
+        let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
+        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        assert_eq!(drop_shared(&x.arena, s, e, BASE, &x.c, false, |_, _| panic!("not last")), Left::Dropped);
+        // The hold goes after the shootdown: it was the last mapper.
+        let mut frames = Vec::new();
+        assert!(put_late(&x.arena, shared, BASE, &x.c, |_, p| frames.push(p.frame())));
+        assert_eq!(frames, x.frames);
+        assert_eq!(x.c.shared_tables.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct FrameArena {
     /// Wakes the background reclaimer as the limit nears (shared with it:
     /// it waits there while the arena may be gone).
     pub(crate) pressure: std::sync::Arc<pressure::Pressure>,
+    /// Which PTE tables borrow from which (`pgtable/borrow.rs`): part of
+    /// page-table frames' metadata, kept beside it.
+    pub(crate) borrows: crate::pgtable::borrow::Registry,
 }
 
 impl FrameArena {
@@ -75,6 +78,7 @@ impl FrameArena {
             alloc: alloc::FrameAllocator::new(1, nframes, caches),
             limit: std::sync::atomic::AtomicU64::new(u64::MAX),
             pressure: Default::default(),
+            borrows: Default::default(),
         };
         arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
         arena.meta(ZERO_FRAME).set_counts(1, 0);

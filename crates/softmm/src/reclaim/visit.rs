@@ -107,7 +107,7 @@ pub(crate) fn visit_mappings(
         }
         let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
         let edit_here = |pte: Pte| if young_here { age(pte) } else { edit(pte) };
-        match edit_entry(&mut g, va, f, edit_here, &mut changed) {
+        match edit_entry(arena, &mut g, va, f, edit_here, &mut changed) {
             Edited::Replaced => {
                 v.tables.push(g.table());
                 v.flush.push(mm.clone());
@@ -206,7 +206,12 @@ enum Edited {
 
 /// Apply `edit` to the entry at `va` while it holds frame `f`, under its
 /// page-table lock.
+///
+/// Borrowed entries (`pgtable/borrow.rs`): aging one needs nothing, but
+/// before any other replacement a borrowed entry is owned (B5), and the
+/// entry of a table others borrow from is owned in every borrower (B3).
 fn edit_entry(
+    arena: &crate::phys::FrameArena,
     g: &mut crate::pgtable::PteTableGuard<'_>,
     va: u64,
     f: FrameId,
@@ -214,11 +219,23 @@ fn edit_entry(
     changed: &mut impl FnMut(Pte),
 ) -> Edited {
     let mut pte = g.get(va);
+    let mut borrowers_owned = false;
     loop {
-        if pte.counted_frame() != Some(f) {
+        if pte.page_frame() != Some(f) {
             return Edited::Gone;
         }
         let Some(new) = edit(pte) else { return Edited::Kept };
+        if new != pte.without(Pte::ACCESSED) {
+            if pte.is_borrowed() {
+                crate::pgtable::borrow::own_entry(arena, g, va);
+                pte = g.get(va);
+                continue;
+            }
+            if !borrowers_owned {
+                crate::pgtable::borrow::own_index(arena, g.table(), g.base(), va);
+                borrowers_owned = true;
+            }
+        }
         // An MMU-style lock-free setter may add accessed or dirty bits
         // meanwhile: never lose them.
         match g.cas(va, pte, new) {
