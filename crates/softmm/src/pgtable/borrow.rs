@@ -56,8 +56,11 @@ const SHARDS: usize = 64;
 /// Each backing table's borrowers, per machine (it lives in the arena, next
 /// to the frame metadata it extends).
 pub(crate) struct Registry {
-    shards: Box<[parking_lot::Mutex<HashMap<FrameId, Vec<FrameId>>>]>,
+    shards: Box<[Shard]>,
 }
+
+/// Backing table -> its borrowers.
+type Shard = parking_lot::Mutex<HashMap<FrameId, Vec<FrameId>>>;
 
 impl Default for Registry {
     fn default() -> Self {
@@ -66,7 +69,7 @@ impl Default for Registry {
 }
 
 impl Registry {
-    fn shard(&self, t: FrameId) -> &parking_lot::Mutex<HashMap<FrameId, Vec<FrameId>>> {
+    fn shard(&self, t: FrameId) -> &Shard {
         &self.shards[t.0 as usize % SHARDS]
     }
 

@@ -418,12 +418,12 @@ mod loom_tests {
     //! decrement-and-test is the real `put_unless_last`; the copy and the
     //! zap are the steps of `unshare`/`drop_shared` on a two-entry table.
     use super::put_unless_last;
-    use loom::sync::atomic::{AtomicBool, AtomicU32};
+    use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
     use loom::sync::{Arc, Mutex};
     use std::sync::atomic::Ordering;
 
     struct Table {
-        refcount: AtomicU32,
+        refcount: AtomicU64,
         ptl: Mutex<()>,
         /// Set while an unsharer copies the entries.
         copying: AtomicBool,
@@ -475,7 +475,7 @@ mod loom_tests {
     fn two_drop_while_one_unshares() {
         loom::model(|| {
             let t = Arc::new(Table {
-                refcount: AtomicU32::new(3),
+                refcount: AtomicU64::new(3),
                 ptl: Mutex::new(()),
                 copying: AtomicBool::new(false),
                 frames: [AtomicU32::new(1), AtomicU32::new(1)],
@@ -517,12 +517,12 @@ mod loom_leave_tests {
     //! frame must find it cached nowhere. `put_unless_last` is the real one;
     //! the order of steps is `drop_shared` + `Gather::finish` + `put_late`.
     use super::put_unless_last;
-    use loom::sync::atomic::{AtomicBool, AtomicU32};
+    use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
     use loom::sync::Arc;
     use std::sync::atomic::Ordering;
 
     struct Shared {
-        table: AtomicU32,
+        table: AtomicU64,
         frame: AtomicU32,
         /// Per space: a translation of the frame is cached.
         cached: [AtomicBool; 2],
@@ -567,7 +567,7 @@ mod loom_leave_tests {
     fn run(late: bool) {
         loom::model(move || {
             let s = Arc::new(Shared {
-                table: AtomicU32::new(2),
+                table: AtomicU64::new(2),
                 frame: AtomicU32::new(1),
                 cached: [AtomicBool::new(true), AtomicBool::new(true)],
             });
@@ -720,6 +720,7 @@ mod tests {
         assert_eq!(borrowed(&x.parent, &x), [false, false, false]);
         assert!(x.arena.borrows.snapshot().is_empty());
         assert_eq!(x.c.shared_tables.load(Ordering::Relaxed), 0);
+        assert!(!x.arena.meta(shared).has(flags::ALLOCATED), "the shared table is freed");
     }
 
     /// A borrower that goes first detaches; a hold taken for its pending
