@@ -208,7 +208,18 @@ pub(crate) fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi
             gather.drop_table_later(b, base);
         }
     }
-    crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather));
+    // Most entries of a copy borrow: nothing to release, so not a call each.
+    let mut borrowed = false;
+    crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| {
+        if p.is_borrowed() {
+            borrowed = true;
+        } else {
+            zap_pte(&mm.machine, p, gather);
+        }
+    });
+    if borrowed {
+        gather.need_flush();
+    }
 }
 
 pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Result<()> {

@@ -167,7 +167,7 @@ pub(crate) fn unshare(
         let mut g = PteTableGuard::lock(arena, t, base);
         if let Some(n) = n {
             borrow::init_table(arena, n);
-            copy_borrowing(arena, &g, n, base, swap);
+            copy_borrowing(arena, &g, n, swap);
             if borrow::become_borrower(arena, t) {
                 borrow::register(arena, t, n);
                 drop(g);
@@ -196,9 +196,12 @@ pub(crate) fn unshare(
 /// no mapping: `borrow.rs`), whether `t`'s own entry owns or borrows it; a
 /// migration entry holds its frame as an owned present one does, and a
 /// swap entry takes a reference on its slot.
-fn copy_borrowing(arena: &FrameArena, g: &PteTableGuard<'_>, n: FrameId, base: u64, swap: Option<&SwapSpace>) {
+fn copy_borrowing(arena: &FrameArena, g: &PteTableGuard<'_>, n: FrameId, swap: Option<&SwapSpace>) {
+    let t = g.table();
     for i in 0..PTRS_PER_TABLE {
-        let p = g.get(base + i as u64 * 4096);
+        // The guard's table, read by slot: this loop is the whole cost of
+        // an unshare, and the guard's per-address checks a good part.
+        let p = Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire));
         if p.is_none() {
             continue;
         }

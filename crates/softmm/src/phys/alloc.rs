@@ -227,7 +227,15 @@ impl FrameAllocator {
     /// Hand back frames the zeroer has zeroed.
     pub(crate) fn zeroer_done(&self, batch: &[FrameId]) {
         let mut global = self.global.lock();
-        global.in_flight.retain(|f| !batch.contains(f));
+        // One zeroer, one batch at a time: the batch is all that is in
+        // flight. (A quadratic `retain` here held the pool's lock for
+        // microseconds, and a freeing thread then slept on it.)
+        if global.in_flight == batch {
+            global.in_flight.clear();
+        } else {
+            let done: std::collections::HashSet<FrameId> = batch.iter().copied().collect();
+            global.in_flight.retain(|f| !done.contains(f));
+        }
         // Below the hot end: fresh zeroed frames go on top, so the next
         // fault gets one the zeroer touched last (warm in the shared cache).
         global.lists.zeroed.extend_from_slice(batch);
