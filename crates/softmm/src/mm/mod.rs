@@ -17,7 +17,11 @@
 //!    table's. Upper levels otherwise need no lock: they only grow by CAS while
 //!    the `mmap_lock` is held for reading, and shrink under the write lock. A
 //!    shared PTE table is freed only by its last sharer, under that sharer's
-//!    write lock.
+//!    write lock (or after its TLB shootdown, when no space maps it any
+//!    more). A table that others borrow from (`pgtable/borrow.rs`) is
+//!    locked before its borrowers' (owning their entries out, or one entry
+//!    of each for reclaim), never after: chains go from backing to
+//!    borrower. The borrow registry's shard mutexes are leaves.
 //! 4. The member-list lock of an anon_vma or shared object (`rmap.rs`;
 //!    nothing is taken while it is held), then a vcache bucket
 //!    (`vcache.rs`; two only in index order), then a futex bucket
@@ -58,12 +62,15 @@
 //!
 //! # Who references a frame
 //! A private anonymous or shared frame's `refcount` is its number of PTE
-//! mappings (a migration entry counts as one), plus one for a shared
-//! object's page index, plus one while it is in the swap cache, plus one per
-//! pin (`pin.rs`, which also counts them in `FrameMeta::pins`), plus transient
-//! references of remote accesses. `mapcount` is its number of PTE mappings.
-//! The zero frame is mapped without references. A page-table page has one
-//! reference, from its parent entry (or from its `Mm`, for the root).
+//! mappings (a migration entry counts as one; a *borrowed* entry does not,
+//! `pgtable/borrow.rs`), plus one for a shared object's page index, plus
+//! one while it is in the swap cache, plus one per pin (`pin.rs`, which
+//! also counts them in `FrameMeta::pins`), plus transient references of
+//! remote accesses. `mapcount` is its number of PTE mappings, borrowed ones
+//! excepted. The zero frame is mapped without references. A page-table page
+//! has one reference per parent entry pointing at it (several for a shared
+//! PTE table) or from its `Mm` (the root), plus one per table borrowing
+//! from it, which its `mapcount` counts, plus transient holds.
 //! `Mm::check_invariants` recounts all of this.
 
 mod args;

@@ -9,28 +9,32 @@
 //! table exclusive:
 //!
 //! - [`unshare`] (a write fault, a COW, a partial munmap/mprotect/madvise):
-//!   if this address space is the only sharer left (refcount 1) it *reuses*
-//!   the table: entries whose frames are still mapped elsewhere are
-//!   write-protected and the PMD entry becomes writable. Otherwise it copies
-//!   the 512 entries with write cleared into a new table, taking a
-//!   reference and a mapping on each frame, *while still holding its
-//!   reference* on the old table (so it cannot be freed under the copy), and
-//!   only then drops that reference. Ownership is learned by
-//!   decrement-and-test, as the seed says: a compare-and-swap that refuses to
-//!   take the count from 1 to 0. If the others let go while it copied, it
-//!   finds the count at 1, throws the copy away and reuses the original.
-//!   So unshare never frees a table, and can run under the `mmap_lock` held
-//!   for reading while other threads of the same address space walk it.
+//!   if this address space is the only *mapper* left it *reuses* the table:
+//!   tables that borrow from it own their entries first (`borrow.rs`),
+//!   entries whose frames are still mapped elsewhere are write-protected
+//!   and the PMD entry becomes writable. Otherwise it copies the 512
+//!   entries with write cleared into a new table whose present entries
+//!   *borrow* their frames (no frame reference, no mapping: `borrow.rs`),
+//!   *while still holding its reference* on the old table (so it cannot be
+//!   freed under the copy), and only then turns that reference into a
+//!   borrower's. Ownership is learned by decrement-and-test, as the seed
+//!   says: a compare-and-swap that refuses to take the mappers from 1 to 0.
+//!   If the others let go while it copied, it finds itself the last
+//!   mapper, throws the copy away and reuses the original. So unshare
+//!   never frees a table, and can run under the `mmap_lock` held for
+//!   reading while other threads of the same address space walk it.
 //!   Unshares of one address space are serialized by the split lock of its
 //!   own (never shared) PMD table.
 //! - [`drop_shared`] (a munmap of the table's whole span, exit; under the
-//!   write lock): clears the PMD entry and drops the reference; only the last
-//!   sharer zaps the entries and frees the table.
+//!   write lock): clears the PMD entry and drops the reference (after the
+//!   space's TLB shootdown, [`put_late`]); only the last mapper owns out
+//!   the tables borrowing from it, zaps the entries and frees the table.
 //!
 //! Frame counts stay physical: a frame mapped through a table shared by k
-//! address spaces has one reference and one mapping from that table. What
-//! users see (smaps' mapcount and PSS) is the logical count, the sum of the
-//! sharers of every table that maps the frame; see `mm::vma_smaps`.
+//! address spaces has one reference and one mapping from that table, and
+//! none from a table that borrows it. What users see (smaps' mapcount and
+//! PSS) is the logical count: for every table that maps the frame, one
+//! per address space mapping the table; see `mm::vma_smaps`.
 
 use super::{borrow, index, slot, PageTable, PteTableGuard, PTE_TABLE_SPAN, PTRS_PER_TABLE};
 use crate::error::Result;
