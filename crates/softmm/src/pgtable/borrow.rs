@@ -241,10 +241,15 @@ pub(crate) fn detach(arena: &FrameArena, c: FrameId, base: u64, counters: &Count
     let g = PteTableGuard::lock(arena, c, base);
     let Some(t) = backing(arena, c) else { return };
     debug_assert!((0..PTRS_PER_TABLE).all(|i| !g.get(base + i as u64 * 4096).is_borrowed()));
-    arena.borrows.remove(t, c);
-    arena.meta(c).owner.store(0, Ordering::Release);
-    drop(g);
+    // The reference goes first, still under `c`'s lock: an `own_all` that
+    // finds `c` gone (from the registry, or its backing cleared) must also
+    // find its reference gone, or the backing's last mapper would take
+    // itself for not last, or free nothing (the loom model
+    // `loom_borrow_tests` caught the reverse order).
     drop_borrower_ref(arena, t, counters);
+    arena.meta(c).owner.store(0, Ordering::Release);
+    arena.borrows.remove(t, c);
+    drop(g);
 }
 
 /// The entry `i` of table `t`, for audits and smaps.
@@ -328,8 +333,9 @@ mod loom_borrow_tests {
         /// [space][frame]: an accessor of the space may reach the frame.
         cached: [[AtomicBool; FRAMES]; 2],
         /// `detach` drops `C`'s borrower reference first, under `C`'s lock
-        /// and before `C` leaves the registry (not what `detach` does: see
-        /// `the_backing_left_while_a_borrower_exits_without_accessors`).
+        /// and before `C` leaves the registry, as `borrow::detach` does
+        /// (false: the first, wrong order; see
+        /// `detach_dropping_its_reference_last_is_caught`).
         detach_ref_first: bool,
     }
 
@@ -485,8 +491,8 @@ mod loom_borrow_tests {
             if self.detach_ref_first {
                 self.drop_borrower_ref();
             }
-            self.registered.swap(false, Ordering::AcqRel);
             self.backing.store(false, Ordering::Release);
+            self.registered.swap(false, Ordering::AcqRel);
             drop(c);
             if !self.detach_ref_first {
                 self.drop_borrower_ref();
@@ -631,7 +637,7 @@ mod loom_borrow_tests {
     /// B leaves `T` while A COWs a borrowed entry; A exits afterwards.
     fn leave_and_cow(fair: bool) {
         loom::model(move || {
-            let m = Arc::new(Model::after_unshare(true, false));
+            let m = Arc::new(Model::after_unshare(true, true));
             let b = {
                 let m = m.clone();
                 loom::thread::spawn(move || m.b_leaves())
@@ -647,7 +653,7 @@ mod loom_borrow_tests {
     /// whoever is last (B, or A's put of the hold) zaps `T` after both.
     #[test]
     fn the_backing_left_while_a_borrower_exits_with_a_hold() {
-        leave_and_exit(Exit::Pending, false);
+        leave_and_exit(Exit::Pending, true);
     }
 
     /// The model can fail: borrowed entries zapped with a shootdown pending
@@ -672,9 +678,10 @@ mod loom_borrow_tests {
         leave_and_cow(false);
     }
 
-    /// BUG in `borrow::detach` (fails; run with `--ignored`). With no hold
-    /// (no accessor, so no shootdown pending), `detach` clears `C`'s
-    /// backing and leaves the registry under `C`'s lock, but drops the
+    /// The model can fail, and caught this bug of the first `borrow::detach`
+    /// (session 7; fixed by dropping the reference first). With no hold
+    /// (no accessor, so no shootdown pending), that `detach` cleared `C`'s
+    /// backing and left the registry under `C`'s lock, but dropped the
     /// borrower reference only after unlocking. B's `put_late` meanwhile:
     /// `put_unless_last` finds one mapper, `own_all` skips `C` (gone from
     /// the registry, or its backing cleared), `put_unless_last` again finds
@@ -685,16 +692,16 @@ mod loom_borrow_tests {
     /// nothing either: the table frame leaks (and `drop_borrower_ref`'s
     /// `old > 1` debug assertion fires).
     #[test]
-    #[ignore = "BUG: borrow::detach drops its borrower reference after leaving the registry and unlocking"]
-    fn the_backing_left_while_a_borrower_exits_without_accessors() {
+    #[should_panic(expected = "last mapper of T with borrowers")]
+    fn detach_dropping_its_reference_last_is_caught() {
         leave_and_exit(Exit::NoAccessors, false);
     }
 
-    /// The same with the borrower reference dropped first (under `C`'s
-    /// lock, before the registry): whichever way `own_all` meets `C`, it
-    /// sees the reference gone, so the race above is closed.
+    /// `detach` as it is: the borrower reference dropped first (under
+    /// `C`'s lock, before the registry), so whichever way `own_all` meets
+    /// `C`, it sees the reference gone.
     #[test]
-    fn a_borrower_exits_without_accessors_when_detach_drops_its_reference_first() {
+    fn the_backing_left_while_a_borrower_exits_without_accessors() {
         leave_and_exit(Exit::NoAccessors, true);
     }
 }
