@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use softmm::{ForkPolicy, MapKind, Prot};
+use softmm::{Advice, ForkPolicy, MapKind, Prot};
 
 const BASE: u64 = 0x1000_0000;
 const PAGES: u64 = 4 * 512; // 8 MiB: four PTE tables
@@ -137,6 +137,85 @@ fn leaving_sharers_never_read_a_recycled_frame() {
             }
             s.spawn(|| {
                 leaving.wait();
+                for _ in 0..2 {
+                    map(&recycler, spare, N * PAGE, Prot::RW, MapKind::Private);
+                    let mut acc = recycler.accessor();
+                    for p in 0..N {
+                        acc.write(spare + p * PAGE, &[0xde; 8]).unwrap();
+                    }
+                    drop(acc);
+                    recycler.munmap(spare, N * PAGE).unwrap();
+                }
+            });
+        });
+        check(&parent);
+        drop((parent, child));
+    }
+    check(&recycler);
+    drop(recycler);
+    assert_eq!((m.stats().frames_in_use, m.stats().page_tables), (0, 0));
+}
+
+/// Borrowed entries under real threads (`pgtable/borrow.rs`): the parent
+/// writes one page in every table after fork, so its tables become copies
+/// that borrow their frames from the tables the child still maps. Then, at
+/// once: the child exits (the last mapper: it owns the parent's borrowed
+/// entries out before it zaps), the parent zaps some of its borrowed
+/// entries with DONTNEED while its own reader caches them (the zap holds
+/// the child's tables until the parent's shootdown), its reader checks
+/// every byte, and a recycler writes garbage into whatever frames come
+/// free. The reader must never see the garbage; the audit runs after each
+/// round. (The windows are narrow; the loom models in `borrow.rs` prove the
+/// orders, this checks the whole under the real code.)
+#[test]
+fn borrowers_never_read_a_recycled_frame() {
+    const N: u64 = 8 * 512;
+    const HOLE: std::ops::Range<u64> = 1000..3000;
+    let m = machine();
+    let recycler = m.new_mm().unwrap();
+    let spare = 0x4000_0000;
+    for round in 0..40u8 {
+        let parent = m.new_mm().unwrap();
+        map(&parent, BASE, N * PAGE, Prot::RW, MapKind::Private);
+        for p in 0..N {
+            parent.write(BASE + p * PAGE, &pattern(p, 1)).unwrap();
+        }
+        let child = parent.fork_with(ForkPolicy::SharedTables).unwrap();
+        let copies = m.stats().table_copies;
+        for t in 0..N / 512 {
+            parent.write(BASE + t * 512 * PAGE, &pattern(t * 512, 2)).unwrap();
+        }
+        assert_eq!(m.stats().table_copies - copies, N / 512, "the parent copied (borrowing) every table");
+        let go = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let (go, parent) = (&go, &parent);
+            s.spawn(move || {
+                let mut acc = parent.accessor();
+                let mut b = [0u8; 8];
+                for p in 0..N {
+                    acc.read(BASE + p * PAGE, &mut b).unwrap(); // fill the TLB
+                }
+                go.wait();
+                for _ in 0..20 {
+                    for p in (0..N).step_by(5) {
+                        acc.read(BASE + p * PAGE, &mut b).unwrap();
+                        let want = pattern(p, if p % 512 == 0 { 2 } else { 1 });
+                        let zapped = HOLE.contains(&p) && b == [0; 8];
+                        assert!(b == want || zapped, "page {p}, round {round}: read {b:?}, a recycled frame?");
+                    }
+                }
+            });
+            s.spawn(move || {
+                go.wait();
+                parent.madvise(BASE + HOLE.start * PAGE, (HOLE.end - HOLE.start) * PAGE, Advice::DontNeed).unwrap();
+            });
+            let child = &child;
+            s.spawn(move || {
+                go.wait();
+                child.munmap(BASE, N * PAGE).unwrap(); // the last mapper leaves
+            });
+            s.spawn(|| {
+                go.wait();
                 for _ in 0..2 {
                     map(&recycler, spare, N * PAGE, Prot::RW, MapKind::Private);
                     let mut acc = recycler.accessor();
