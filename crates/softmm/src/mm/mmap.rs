@@ -122,12 +122,7 @@ pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, 
 /// last); a migration entry is released as the present entry it stands for.
 pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut Gather) {
     let arena = &*m.arena;
-    if pte.is_borrowed() {
-        // Its backing holds the frame (and a hold keeps the backing's
-        // frames mapped until the shootdown: see `zap_table_entries`).
-        gather.need_flush();
-        return;
-    }
+    debug_assert!(!pte.is_borrowed(), "zap_entries releases borrowed entries itself");
     if pte.is_swap() {
         if let Some(swap) = m.reclaim.swap.as_ref() {
             swap.put_entry(arena, pte.swap_slot());
@@ -208,16 +203,7 @@ pub(crate) fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi
             gather.drop_table_later(b, base);
         }
     }
-    // Most entries of a copy borrow: nothing to release, so not a call each.
-    let mut borrowed = false;
-    crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| {
-        if p.is_borrowed() {
-            borrowed = true;
-        } else {
-            zap_pte(&mm.machine, p, gather);
-        }
-    });
-    if borrowed {
+    if crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather)) {
         gather.need_flush();
     }
 }

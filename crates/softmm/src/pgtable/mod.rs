@@ -259,7 +259,19 @@ impl PageTable {
 /// touches it, and 512 unrelated metadata lines are 512 cache misses.
 /// (An exit runs this over every table: the loop reads the locked table's
 /// slots directly, without the guard's per-address checks.)
-pub(crate) fn zap_entries(arena: &FrameArena, t: FrameId, base: u64, lo: u64, hi: u64, mut f: impl FnMut(u64, Pte)) {
+///
+/// Borrowed entries (`borrow.rs`) hold nothing to release: they are cleared
+/// without a call to `f`, and the result says whether there were any (a
+/// translation of one may be cached: the caller's shootdown must run).
+#[must_use]
+pub(crate) fn zap_entries(
+    arena: &FrameArena,
+    t: FrameId,
+    base: u64,
+    lo: u64,
+    hi: u64,
+    mut f: impl FnMut(u64, Pte),
+) -> bool {
     debug_assert!(lo >= base && hi <= base + PTE_TABLE_SPAN && lo < hi);
     let _g = PteTableGuard::lock(arena, t, base);
     let (first, last) = (index(lo, 0), index(hi - 1, 0));
@@ -267,16 +279,23 @@ pub(crate) fn zap_entries(arena: &FrameArena, t: FrameId, base: u64, lo: u64, hi
     for i in first..(first + share::PREFETCH_AHEAD).min(last + 1) {
         share::prefetch_frames(arena, &[entry(i)]);
     }
+    let mut borrowed = false;
     for i in first..=last {
+        let p = entry(i);
+        if p.is_none() {
+            continue;
+        }
+        slot(arena, t, i).store(0, Ordering::Release);
+        if p.is_borrowed() {
+            borrowed = true;
+            continue;
+        }
         if i + share::PREFETCH_AHEAD <= last {
             share::prefetch_frames(arena, &[entry(i + share::PREFETCH_AHEAD)]);
         }
-        let p = entry(i);
-        if !p.is_none() {
-            slot(arena, t, i).store(0, Ordering::Release);
-            f(base + i as u64 * 4096, p);
-        }
+        f(base + i as u64 * 4096, p);
     }
+    borrowed
 }
 
 /// The present entries of `table` (at `level`, mapping from `base`) whose
