@@ -436,7 +436,7 @@ fn start(mm: &MmInner, addr: u64, val: u32, bitset: u32, blocking: bool) -> Resu
         return Err(Error::Again);
     }
     // Everything the node needs is set before it is shared: no lock.
-    let notify = if blocking { Notify::Thread(std::thread::current()) } else { Notify::None };
+    let notify = if blocking { waiter::blocking_notify() } else { Notify::None };
     let track = physical(mm).then_some((mm.id, addr & !0xfff, None));
     let node = waiter::new_node(first.key, bitset, notify, track);
     match enqueue(mm, &st, &node, first, addr, val) {

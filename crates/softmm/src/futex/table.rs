@@ -20,7 +20,7 @@
 use super::key::FutexKey;
 use crate::few::Few;
 use crate::phys::FrameId;
-use crate::sync::{fence, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{fence, Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::vcache::Translation;
 use std::collections::VecDeque;
 
@@ -72,16 +72,29 @@ impl WaitState {
 pub(crate) enum Notify {
     #[default]
     None,
+    /// Loom and Miri: the thread's parker (there is no futex(2) there).
+    #[cfg(any(loom, miri))]
     Thread(std::thread::Thread),
     Task(std::task::Waker),
+    /// The waiter sleeps in futex(2) on its node's `state` word
+    /// (`waiter::park`): a wake changes the state, then wakes that word.
+    /// No thread handle is cloned per wait or dropped per wake, and no
+    /// parker state is changed on either side.
+    #[cfg(not(any(loom, miri)))]
+    Futex,
 }
 
 impl Notify {
-    fn notify(self) {
+    fn notify(self, node: &Node) {
+        #[cfg(any(loom, miri))]
+        let _ = node; // no futex(2) there: the parker or the waker says it
         match self {
             Notify::None => {}
+            #[cfg(any(loom, miri))]
             Notify::Thread(t) => t.unpark(),
             Notify::Task(w) => w.wake(),
+            #[cfg(not(any(loom, miri)))]
+            Notify::Futex => node.wake_sleeper(),
         }
     }
 }
@@ -110,7 +123,9 @@ const NO_FRAME: u32 = u32::MAX;
 
 /// A waiter: queued in at most one bucket at a time.
 pub(crate) struct Node {
-    pub(crate) state: AtomicU8,
+    /// A `WaitState`; a 32-bit word so that a blocked waiter can sleep on
+    /// it in futex(2) (`Notify::Futex`).
+    pub(crate) state: AtomicU32,
     /// `inner.key.frame()`, written with it under `inner`: lets a wake's
     /// `settle` see that a waiter is keyed where it should be without
     /// taking the waiter's lock.
@@ -133,7 +148,7 @@ impl Node {
             entries.push(t);
         }
         Node {
-            state: AtomicU8::new(WaitState::Idle as u8),
+            state: AtomicU32::new(WaitState::Idle as u32),
             frame: AtomicU32::new(key.frame().map_or(NO_FRAME, |f| f.0)),
             released: AtomicBool::new(false),
             inner: Mutex::new(NodeInner { key, bitset, notify, tracked, entries }),
@@ -141,7 +156,15 @@ impl Node {
     }
 
     pub(crate) fn state(&self) -> WaitState {
-        WaitState::from_u8(self.state.load(Ordering::Acquire))
+        WaitState::from_u8(self.state.load(Ordering::Acquire) as u8)
+    }
+
+    /// Wake the thread sleeping on `state` (`Notify::Futex`), after the
+    /// state left `Waiting`. A private futex: the word is in this process.
+    #[cfg(not(any(loom, miri)))]
+    fn wake_sleeper(&self) {
+        use rustix::thread::futex;
+        let _ = futex::wake(&self.state, futex::Flags::PRIVATE, 1);
     }
 
     /// Change the key (`inner` is this node's, locked by the caller).
@@ -166,7 +189,7 @@ impl Node {
     }
 
     fn set_state(&self, s: WaitState) {
-        self.state.store(s as u8, Ordering::Release);
+        self.state.store(s as u32, Ordering::Release);
     }
 }
 
@@ -307,7 +330,7 @@ impl FutexTable {
         key: &FutexKey,
         limit: u32,
         bitset: u32,
-        woken: &mut Few<Notify>,
+        woken: &mut Few<(Notify, Arc<Node>)>,
         release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
     ) {
         let b = &self.buckets[Self::index(key)];
@@ -470,7 +493,7 @@ impl FutexTable {
             node.set_state(why);
             let notify = std::mem::take(&mut node.inner.lock().notify);
             drop(q);
-            notify.notify();
+            notify.notify(node);
             return why;
         }
     }
@@ -601,7 +624,7 @@ fn take_matching(
     key: &FutexKey,
     bitset: u32,
     limit: u32,
-    out: &mut Few<Notify>,
+    out: &mut Few<(Notify, Arc<Node>)>,
     mut release: impl FnMut(&Arc<Node>, &mut NodeInner) -> bool,
 ) {
     let limit = limit.max(1) as usize;
@@ -619,16 +642,20 @@ fn take_matching(
             node.released.store(true, Ordering::Relaxed); // published by the state's Release store
         }
         node.set_state(WaitState::Woken);
-        out.push(std::mem::take(&mut inner.notify));
+        let notify = std::mem::take(&mut inner.notify);
         drop(inner);
-        // The queue's reference goes now, before the waiter is told: a
-        // waiter that finds its node unshared keeps it for its next wait.
-        q.remove(i);
+        // The queue's reference moves to the waker, which drops it right
+        // after telling the waiter (a `Notify::Futex` sleeper is woken
+        // through the node). The waiter keeps its node for its next wait
+        // anyway (`waiter::recycle`), and takes it if nobody holds it then.
+        if let Some(node) = q.remove(i) {
+            out.push((notify, node));
+        }
     }
 }
 
 /// Waiters taken off a queue, still to be told.
-pub(crate) struct Woken(Few<Notify>);
+pub(crate) struct Woken(Few<(Notify, Arc<Node>)>);
 
 impl Woken {
     /// Tell them now; returns how many were woken.
@@ -644,10 +671,10 @@ impl Drop for Woken {
 }
 
 /// Tell woken waiters, with no lock held.
-fn finish_wakes(mut woken: Few<Notify>) -> u32 {
+fn finish_wakes(mut woken: Few<(Notify, Arc<Node>)>) -> u32 {
     let n = woken.len() as u32;
-    for notify in woken.drain() {
-        notify.notify();
+    for (notify, node) in woken.drain() {
+        notify.notify(&node);
     }
     n
 }

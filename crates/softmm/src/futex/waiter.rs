@@ -30,31 +30,67 @@ pub(super) fn new_node(key: super::FutexKey, bitset: u32, notify: Notify, track:
     Arc::new(Node::with(key, bitset, notify, track))
 }
 
-/// Keep `node` as this thread's spare if nothing else holds it.
+/// Keep `node` as this thread's spare. A waker may still hold it for a
+/// moment (it drops its reference right after telling us): `new_node`
+/// takes the spare only if nobody else holds it by then.
 pub(super) fn recycle(node: Arc<Node>) {
     #[cfg(not(loom))]
-    if Arc::strong_count(&node) == 1 {
+    if Arc::strong_count(&node) <= 2 {
         let _ = SPARE.try_with(|s| s.set(Some(node)));
     }
     #[cfg(loom)]
     drop(node);
 }
 
+/// How a blocking wait is told (the node's `Notify`): it sleeps in futex(2)
+/// on the node's state word; under loom and Miri, which have no futex(2),
+/// through the thread's parker.
+pub(super) fn blocking_notify() -> Notify {
+    #[cfg(not(any(loom, miri)))]
+    return Notify::Futex;
+    #[cfg(any(loom, miri))]
+    return Notify::Thread(std::thread::current());
+}
+
 /// Park the calling thread (which `node` notifies) until `node` is no
 /// longer `Waiting`; at `deadline`, take it off its queue as timed out.
 pub(super) fn park(mm: &MmInner, node: &Arc<Node>, deadline: Option<std::time::Instant>) {
     while node.state() == WaitState::Waiting {
-        match deadline {
-            None => std::thread::park(),
+        let timeout = match deadline {
+            None => None,
             Some(d) => {
                 let now = std::time::Instant::now();
                 if now >= d {
                     mm.machine.futexes.table.unqueue(node, WaitState::TimedOut);
                     break;
                 }
-                std::thread::park_timeout(d - now);
+                Some(d - now)
             }
-        }
+        };
+        sleep(node, timeout);
+    }
+}
+
+/// Sleep until the node's state may have left `Waiting`, `timeout` passes,
+/// or for no reason (callers loop).
+#[cfg(not(any(loom, miri)))]
+fn sleep(node: &Node, timeout: Option<std::time::Duration>) {
+    use rustix::thread::futex;
+    let ts = timeout.map(|t| futex::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    // Returns at once (EAGAIN) if the state is no longer `Waiting`: the
+    // kernel compares it under its own lock, so a wake between our look
+    // and the sleep is not lost.
+    let _ = futex::wait(&node.state, futex::Flags::PRIVATE, WaitState::Waiting as u32, ts.as_ref());
+}
+
+#[cfg(any(loom, miri))]
+fn sleep(_node: &Node, timeout: Option<std::time::Duration>) {
+    match timeout {
+        None => std::thread::park(),
+        Some(t) => std::thread::park_timeout(t),
     }
 }
 
@@ -145,7 +181,7 @@ impl FutexWaiter {
         {
             let mut inner = self.node.inner.lock();
             if self.node.state() == WaitState::Waiting {
-                inner.notify = Notify::Thread(std::thread::current());
+                inner.notify = blocking_notify();
             }
         }
         park(&self.mm, &self.node, deadline);
