@@ -281,11 +281,22 @@ pub(crate) fn zap_entries(
     }
     let mut borrowed = false;
     for i in first..=last {
-        let p = entry(i);
+        let mut p = entry(i);
         if p.is_none() {
             continue;
         }
-        slot(arena, t, i).store(0, Ordering::Release);
+        if p.is_writable() && !p.is_dirty() {
+            // A thread writing through a lock-free fault (`set_bits_lockless`,
+            // under the read lock that DONTNEED holds too) may set the dirty
+            // bit of this very entry now: take the entry with an exchange,
+            // so the dirtiness reaches the page (Linux's
+            // `ptep_get_and_clear`). No other entry can change under us: the
+            // lock-free path sets dirty only on a writable entry, and an
+            // accessed bit lost here is harmless.
+            p = Pte::from_raw(slot(arena, t, i).swap(0, Ordering::AcqRel));
+        } else {
+            slot(arena, t, i).store(0, Ordering::Release);
+        }
         if p.is_borrowed() {
             borrowed = true;
             continue;
