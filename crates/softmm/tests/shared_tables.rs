@@ -137,15 +137,7 @@ fn leaving_sharers_never_read_a_recycled_frame() {
             }
             s.spawn(|| {
                 leaving.wait();
-                for _ in 0..2 {
-                    map(&recycler, spare, N * PAGE, Prot::RW, MapKind::Private);
-                    let mut acc = recycler.accessor();
-                    for p in 0..N {
-                        acc.write(spare + p * PAGE, &[0xde; 8]).unwrap();
-                    }
-                    drop(acc);
-                    recycler.munmap(spare, N * PAGE).unwrap();
-                }
+                recycle(&recycler, spare, N);
             });
         });
         check(&parent);
@@ -216,15 +208,7 @@ fn borrowers_never_read_a_recycled_frame() {
             });
             s.spawn(|| {
                 go.wait();
-                for _ in 0..2 {
-                    map(&recycler, spare, N * PAGE, Prot::RW, MapKind::Private);
-                    let mut acc = recycler.accessor();
-                    for p in 0..N {
-                        acc.write(spare + p * PAGE, &[0xde; 8]).unwrap();
-                    }
-                    drop(acc);
-                    recycler.munmap(spare, N * PAGE).unwrap();
-                }
+                recycle(&recycler, spare, N);
             });
         });
         check(&parent);
@@ -233,4 +217,19 @@ fn borrowers_never_read_a_recycled_frame() {
     check(&recycler);
     drop(recycler);
     assert_eq!((m.stats().frames_in_use, m.stats().page_tables), (0, 0));
+}
+
+/// Write garbage into whatever frames come free: map `pages` pages at
+/// `spare` in `recycler`, fill them with 0xde, unmap, twice. A reader that
+/// sees 0xde read a frame freed under its translation.
+fn recycle(recycler: &softmm::Mm, spare: u64, pages: u64) {
+    for _ in 0..2 {
+        map(recycler, spare, pages * PAGE, Prot::RW, MapKind::Private);
+        let mut acc = recycler.accessor();
+        for p in 0..pages {
+            acc.write(spare + p * PAGE, &[0xde; 8]).unwrap();
+        }
+        drop(acc);
+        recycler.munmap(spare, pages * PAGE).unwrap();
+    }
 }

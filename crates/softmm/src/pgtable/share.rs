@@ -636,6 +636,12 @@ mod tests {
         Fixture { arena, c, parent, frames }
     }
 
+    /// `pt`'s PMD slot for `BASE` and the entry in it.
+    fn pmd<'a>(pt: &PageTable, x: &'a Fixture) -> (&'a AtomicU64, Pte) {
+        let (s, _) = pt.pmd_slot(&x.arena, BASE).unwrap();
+        (s, Pte::from_raw(s.load(Ordering::Acquire)))
+    }
+
     fn refcounts(x: &Fixture) -> Vec<u32> {
         x.frames.iter().map(|&f| x.arena.meta(f).refcount()).collect()
     }
@@ -653,8 +659,7 @@ mod tests {
         assert_eq!(refcounts(&x), [1, 1, 1], "sharing takes no frame references");
 
         // The child leaves (whole-span munmap or exit): only its reference goes.
-        let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
-        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        let (s, e) = pmd(&child, &x);
         let mut zapped = 0;
         assert_eq!(drop_shared(&x.arena, s, e, BASE, &x.c, false, |_, _| zapped += 1), Left::Dropped);
         assert_eq!((zapped, x.c.shared_tables.load(Ordering::Relaxed)), (0, 0));
@@ -714,8 +719,7 @@ mod tests {
         share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
         let shared = x.parent.pte_table(&x.arena, BASE).unwrap();
         unshare(&x.arena, &x.parent, BASE, &x.c, None).unwrap();
-        let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
-        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        let (s, e) = pmd(&child, &x);
         let mut zapped = Vec::new();
         let left = drop_shared(&x.arena, s, e, BASE, &x.c, false, |_, p| zapped.push(p.frame()));
         assert_eq!(left, Left::Freed);
@@ -752,8 +756,7 @@ mod tests {
         assert_eq!(counts(&x, shared), (2, 0), "the child and the hold are its mappers");
         assert!(x.arena.borrows.snapshot().is_empty());
         // The child leaves before the parent's shootdown ends: not last.
-        let (s, _) = child.pmd_slot(&x.arena, BASE).unwrap();
-        let e = Pte::from_raw(s.load(Ordering::Acquire));
+        let (s, e) = pmd(&child, &x);
         assert_eq!(drop_shared(&x.arena, s, e, BASE, &x.c, false, |_, _| panic!("not last")), Left::Dropped);
         // The hold goes after the shootdown: it was the last mapper.
         let mut frames = Vec::new();
@@ -770,8 +773,7 @@ mod tests {
         let before = x.arena.in_use();
         let counted = x.c.page_tables.load(Ordering::Relaxed);
         for pt in [&x.parent, &child] {
-            let (s, _) = pt.pmd_slot(&x.arena, BASE).unwrap();
-            let e = Pte::from_raw(s.load(Ordering::Acquire));
+            let (s, e) = pmd(pt, &x);
             let mut zapped = Vec::new();
             let left = drop_shared(&x.arena, s, e, BASE, &x.c, false, |va, p| zapped.push((va, p.frame())));
             if std::ptr::eq(pt, &child) {
@@ -793,18 +795,14 @@ mod tests {
         let child = PageTable::new(&x.arena).unwrap();
         share_table(&x.arena, &x.parent, &child, BASE, &x.c).unwrap();
         let t = x.parent.pte_table(&x.arena, BASE).unwrap();
-        let slot_of = |pt: &PageTable| {
-            let (s, _) = pt.pmd_slot(&x.arena, BASE).unwrap();
-            (s, Pte::from_raw(s.load(Ordering::Acquire)))
-        };
-        let (s, e) = slot_of(&child);
+        let (s, e) = pmd(&child, &x);
         let left = drop_shared(&x.arena, s, e, BASE, &x.c, true, |_, _| panic!("not last"));
         assert_eq!(left, Left::Later(t));
         assert_eq!(x.arena.meta(t).refcount(), 2, "the child's reference is held until its shootdown");
         assert!(child.pte_table(&x.arena, BASE).is_none(), "but its PMD entry is gone already");
         // The parent leaves too, while the child's put is still pending: it
         // is not last either.
-        let (s, e) = slot_of(&x.parent);
+        let (s, e) = pmd(&x.parent, &x);
         assert_eq!(drop_shared(&x.arena, s, e, BASE, &x.c, true, |_, _| panic!("not last")), Left::Later(t));
         // The child's shootdown is done: not last, it only drops.
         assert!(!put_late(&x.arena, t, BASE, &x.c, |_, _| panic!("not last")));
