@@ -48,7 +48,7 @@ pub mod tlb;
 pub mod vcache;
 pub mod vma;
 
-pub use access::Accessor;
+pub use access::{Accessor, Batch, GuestWords};
 pub use error::{errno, Error, Result, SegvKind};
 pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};

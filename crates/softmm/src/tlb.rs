@@ -172,6 +172,53 @@ mod loom_tests {
     }
 }
 
+#[cfg(all(test, loom))]
+mod loom_batch_tests {
+    use super::*;
+    use loom::sync::atomic::AtomicU64 as LAtomic;
+
+    /// A batch (`access/batch.rs`): one publication, several accesses, a
+    /// `relax` (end and reopen) in the middle. `recheck`: whether the reopen
+    /// checks the generation again, as `Batch::enter` does.
+    fn batch_against_flush(recheck: bool) {
+        loom::model(move || {
+            let sd = Arc::new(Shootdown::default());
+            let frame = Arc::new(LAtomic::new(1));
+            let slot = sd.register();
+            let g0 = sd.generation();
+            let (sd2, frame2) = (sd.clone(), frame.clone());
+            let flusher = loom::thread::spawn(move || {
+                sd2.flush(None);
+                frame2.store(0xdead, Ordering::Relaxed); // the frame is reused
+            });
+            slot.enter(g0);
+            if sd.generation_relaxed() == g0 {
+                assert_eq!(frame.load(Ordering::Relaxed), 1, "first access of the batch");
+                assert_eq!(frame.load(Ordering::Relaxed), 1, "second access of the batch");
+                slot.exit(); // relax
+                slot.enter(g0);
+                if !recheck || sd.generation_relaxed() == g0 {
+                    assert_eq!(frame.load(Ordering::Relaxed), 1, "read a freed frame after a relax");
+                }
+            }
+            slot.exit();
+            flusher.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn batch_never_sees_freed_frame() {
+        batch_against_flush(true);
+    }
+
+    /// The model catches a reopen that trusts the old generation.
+    #[test]
+    #[should_panic(expected = "read a freed frame after a relax")]
+    fn reopen_without_recheck_is_caught() {
+        batch_against_flush(false);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

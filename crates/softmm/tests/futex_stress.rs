@@ -18,8 +18,9 @@
 //!   the space's sleepers through the shared frame: a spurious wake the
 //!   mutex must absorb), and lets the copy exit.
 //!
-//! The increment is a plain load and store through the accessor, so a
-//! broken mutex shows as a lost update; the count must be exact. No thread
+//! The increment is a plain load and store through the accessor (in half
+//! the threads, each iteration in one accessor batch), so a broken mutex
+//! shows as a lost update; the count must be exact. No thread
 //! may hang: every run has a deadline, and missing it fails the test with
 //! the state of the words instead of hanging. `check_invariants` runs
 //! between the phases.
@@ -27,7 +28,7 @@
 mod common;
 use common::check;
 use softmm::futex::mutex::GuestMutex;
-use softmm::{Config, FutexKeys, Machine, MapKind, Mm, Placement, Prot};
+use softmm::{Config, FutexKeys, GuestWords, Machine, MapKind, Mm, Placement, Prot};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -61,21 +62,40 @@ fn map(mm: &Mm, addr: u64, len: u64, kind: MapKind) {
 /// Lock, add one to the u64 at `counter` with a plain load and store, unlock;
 /// at least `min` times, then until `stop` is set (if given). Every 32nd
 /// time the thread yields while holding the mutex, so that the others find
-/// it locked and go to sleep on the futex. Returns how many increments it made.
-fn lock_loop(mm: &Mm, mutex: GuestMutex, counter: u64, min: u64, stop: Option<&AtomicBool>) -> softmm::Result<u64> {
+/// it locked and go to sleep on the futex. Odd-numbered threads (`t`) run
+/// each iteration in one accessor batch, so batches meet the forks, COW
+/// faults and unshares of the churn (which wait for them) and the sleeps
+/// of the mutex (which leave them). Returns how many increments it made.
+fn lock_loop(
+    mm: &Mm,
+    t: u64,
+    mutex: GuestMutex,
+    counter: u64,
+    min: u64,
+    stop: Option<&AtomicBool>,
+) -> softmm::Result<u64> {
     let mut acc = mm.accessor();
     let mut n = 0;
     while n < min || stop.is_some_and(|s| !s.load(Ordering::Acquire)) {
-        mutex.lock(mm, &mut acc)?;
-        let v = acc.load_u64(counter)?;
-        if n % 32 == 0 {
-            std::thread::yield_now();
+        if t % 2 == 1 {
+            increment(mm, &mut acc.batch(), mutex, counter, n)?;
+        } else {
+            increment(mm, &mut acc, mutex, counter, n)?;
         }
-        acc.store_u64(counter, v + 1)?;
-        mutex.unlock(mm, &mut acc)?;
         n += 1;
     }
     Ok(n)
+}
+
+/// One locked increment of `lock_loop` (the `n`th).
+fn increment(mm: &Mm, w: &mut impl GuestWords, mutex: GuestMutex, counter: u64, n: u64) -> softmm::Result<()> {
+    mutex.lock(mm, w)?;
+    let v = w.load_u64(counter)?;
+    if n % 32 == 0 {
+        std::thread::yield_now();
+    }
+    w.store_u64(counter, v + 1)?;
+    mutex.unlock(mm, w)
 }
 
 /// Write a tag to the first word of every private page of `mm`.
@@ -140,7 +160,7 @@ fn shared_mutex_two_spaces(keys: FutexKeys) {
         for t in 0..PER_SPACE {
             let mm = mm.clone();
             spawn(&ltx, format!("{name} locker {t}"), move || {
-                lock_loop(&mm, mutex, counter, per_thread, None).map_err(|e| e.to_string())
+                lock_loop(&mm, t, mutex, counter, per_thread, None).map_err(|e| e.to_string())
             });
         }
     }
@@ -228,7 +248,7 @@ fn private_mutex(keys: FutexKeys) {
     for t in 0..THREADS {
         let (mm, stop) = (mm.clone(), forker_done.clone());
         spawn(&ltx, format!("locker {t}"), move || {
-            lock_loop(&mm, mutex, counter, MIN_ITERS, Some(&stop)).map_err(|e| e.to_string())
+            lock_loop(&mm, t, mutex, counter, MIN_ITERS, Some(&stop)).map_err(|e| e.to_string())
         });
     }
     {

@@ -310,7 +310,46 @@ fn errors_are_those_of_an_access() {
     assert_eq!(pin.read(BASE + 96, &mut b).err(), Some(Error::Fault { addr: BASE + 96 }));
     assert_eq!(pin.read(BASE + 105, &mut b).err(), Some(Error::Fault { addr: BASE + 110 }));
     assert!(matches!(pin.write(BASE + 100, b"x"), Err(Error::Invalid(_))));
+    assert!(matches!(pin.atomic_u32(BASE + 100), Err(Error::Invalid(_))), "a read-only pin hands out no atomic");
     assert_eq!(pin.frames().len(), 1);
+}
+
+/// The host atomics of a write pin are the owner's memory: stores through
+/// them are what the owner reads, the owner's writes are what they load
+/// (across fork), and misuse gets the errors of an access.
+#[test]
+fn atomics_of_a_write_pin_are_the_owner_memory() {
+    for policy in POLICIES {
+        let m = machine();
+        let mm = populated(&m);
+        let pin = mm.pin_pages(BASE + PAGE, PAGE, true).expect("pin");
+        let w = pin.atomic_u32(BASE + PAGE + 8).expect("u32");
+        let d = pin.atomic_u64(BASE + PAGE + 16).expect("u64");
+        w.store(0xfeed, std::sync::atomic::Ordering::SeqCst);
+        d.fetch_add(5, std::sync::atomic::Ordering::SeqCst);
+        let mut b = [0u8; 16];
+        mm.read(BASE + PAGE + 8, &mut b).expect("read");
+        assert_eq!(u32::from_ne_bytes(b[..4].try_into().unwrap()), 0xfeed, "{policy:?}");
+        assert_eq!(u64::from_ne_bytes(b[8..].try_into().unwrap()), 5, "{policy:?}");
+        let child = mm.fork_with(policy).expect("fork");
+        mm.write(BASE + PAGE + 8, &7u32.to_ne_bytes()).expect("owner write");
+        assert_eq!(w.load(std::sync::atomic::Ordering::SeqCst), 7, "the pin follows the owner after fork ({policy:?})");
+        let mut c = [0u8; 4];
+        child.read(BASE + PAGE + 8, &mut c).expect("child read");
+        assert_eq!(u32::from_ne_bytes(c), 0xfeed, "the child keeps the fork-time value ({policy:?})");
+        assert_eq!(
+            pin.atomic_u32(BASE + PAGE + 2).err(),
+            Some(Error::Misaligned { what: "address", value: BASE + PAGE + 2 })
+        );
+        assert_eq!(
+            pin.atomic_u64(BASE + PAGE + 4).err(),
+            Some(Error::Misaligned { what: "address", value: BASE + PAGE + 4 })
+        );
+        assert_eq!(pin.atomic_u32(BASE).err(), Some(Error::Fault { addr: BASE }));
+        assert_eq!(pin.atomic_u64(BASE + 2 * PAGE).err(), Some(Error::Fault { addr: BASE + 2 * PAGE }));
+        drop(child);
+        audit(&mm);
+    }
 }
 
 /// Fork chains: a pinned page stays the parent's through forks of forks,

@@ -51,10 +51,10 @@ use crate::units::{bytes, ns, PAGE};
 use serde::Serialize;
 use softmm::futex::mutex::GuestMutex;
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
-use softmm::{Accessor, Config, Error, Machine, MapKind, Mm, Placement, Prot};
+use softmm::{Accessor, Config, Error, Machine, MapKind, Mm, PinnedPages, Placement, Prot};
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -65,7 +65,7 @@ const CALLS: u64 = 200_000;
 const ROUND_TRIPS: u64 = 10_000;
 const ROUND_TRIPS_TWO_CPUS: u64 = 2_000;
 /// Lock-unlock pairs per run of (d), over all threads.
-const MUTEX_OPS: u64 = 100_000;
+const MUTEX_OPS: u64 = 400_000;
 const MUTEX_THREADS: [u64; 3] = [2, 4, 8];
 /// Default size of the COW region of (e).
 const COW_SIZE: u64 = 16 << 20;
@@ -93,6 +93,8 @@ const MUTEX_OFF: u64 = 0;
 const COUNTER_OFF: u64 = 64;
 const PINGPONG_OFF: u64 = 128;
 const WAKE_OFF: u64 = 192;
+/// The pages of (d), one per run (`MutexPage`).
+const MUTEX_PAGES: u64 = 0x1100_0000;
 /// The COW region of (e), 2 MiB aligned.
 const COW_BASE: u64 = 1 << 36;
 
@@ -188,10 +190,6 @@ impl LinuxWords {
     fn u32_at(&self, off: u64) -> CliResult<&AtomicU32> {
         self.page.atomic_u32(off as usize).ok_or_else(|| CliError(format!("no word at offset {off}")))
     }
-
-    fn u64_at(&self, off: u64) -> CliResult<&AtomicU64> {
-        self.page.atomic_u64(off as usize).ok_or_else(|| CliError(format!("no word at offset {off}")))
-    }
 }
 
 /// (a) FUTEX_WAKE with no waiter, ns per call.
@@ -282,9 +280,11 @@ fn linux_unlock(word: &AtomicU32) -> CliResult<()> {
 }
 
 /// (d) `threads` threads share `MUTEX_OPS` lock / counter += 1 / unlock;
-/// lock-unlock pairs per second. The counter must come out exact.
-fn linux_mutex(w: &LinuxWords, threads: u64, cpus: &[usize]) -> CliResult<f64> {
-    let (word, counter) = (w.u32_at(MUTEX_OFF)?, w.u64_at(COUNTER_OFF)?);
+/// lock-unlock pairs per second. The counter must come out exact. The
+/// words are `page`'s own host bytes, through its pin (see `MutexPage`).
+fn linux_mutex(page: &MutexPage, threads: u64, cpus: &[usize]) -> CliResult<f64> {
+    let word = lib(page.pin.atomic_u32(page.addr + MUTEX_OFF), "the pinned mutex word")?;
+    let counter = lib(page.pin.atomic_u64(page.addr + COUNTER_OFF), "the pinned counter")?;
     word.store(0, Ordering::Relaxed);
     counter.store(0, Ordering::Relaxed);
     let per = MUTEX_OPS / threads;
@@ -400,11 +400,31 @@ fn softmm_wait_spinning(mm: &Mm, addr: u64, val: u32, spin_ns: u64) -> CliResult
     }
 }
 
-/// (d) As `linux_mutex`, with `GuestMutex` and a counter in guest memory.
-fn softmm_mutex(mm: &Mm, threads: u64, cpus: &[usize]) -> CliResult<f64> {
-    let mutex = lib(GuestMutex::new(WORDS + MUTEX_OFF), "mutex")?;
-    let counter = WORDS + COUNTER_OFF;
-    lib(mm.write(WORDS, &[0; 128]), "write")?;
+/// The page of (d)'s run `rep`: a fresh frame per run, so that the runs
+/// sample where the lock word's cache line lands (which alone moves the
+/// rate of either side by tens of percent, see `docs/BENCHMARKS.md`),
+/// pinned so that the Linux side runs on the very same host bytes.
+struct MutexPage {
+    addr: u64,
+    pin: PinnedPages,
+}
+
+impl MutexPage {
+    fn new(mm: &Mm, rep: usize) -> CliResult<MutexPage> {
+        let addr = MUTEX_PAGES + rep as u64 * PAGE;
+        lib(mm.write(addr, &[0; 128]), "writing a mutex page")?;
+        let pin = lib(mm.pin_pages(addr, PAGE, true), "pinning a mutex page")?;
+        Ok(MutexPage { addr, pin })
+    }
+}
+
+/// (d) As `linux_mutex`, with `GuestMutex` and the counter in guest memory:
+/// each iteration in one accessor [`Batch`](softmm::Batch) (one slot
+/// publication for the lock, the counter and the unlock; a sleep leaves it).
+fn softmm_mutex(mm: &Mm, page: &MutexPage, threads: u64, cpus: &[usize]) -> CliResult<f64> {
+    let mutex = lib(GuestMutex::new(page.addr + MUTEX_OFF), "mutex")?;
+    let counter = page.addr + COUNTER_OFF;
+    lib(mm.write(page.addr, &[0; 128]), "write")?;
     let per = MUTEX_OPS / threads;
     let start = Barrier::new(threads as usize);
     let elapsed = std::thread::scope(|s| -> CliResult<u64> {
@@ -420,10 +440,11 @@ fn softmm_mutex(mm: &Mm, threads: u64, cpus: &[usize]) -> CliResult<f64> {
                     pinned?;
                     let t0 = mono_ns();
                     for _ in 0..per {
-                        lib(mutex.lock(mm, &mut acc), "lock")?;
-                        let v = lib(acc.load_u64(counter), "load")?;
-                        lib(acc.store_u64(counter, v + 1), "store")?;
-                        lib(mutex.unlock(mm, &mut acc), "unlock")?;
+                        let mut b = acc.batch();
+                        lib(mutex.lock(mm, &mut b), "lock")?;
+                        let v = lib(b.load_u64(counter), "load")?;
+                        lib(b.store_u64(counter, v + 1), "store")?;
+                        lib(mutex.unlock(mm, &mut b), "unlock")?;
                     }
                     Ok((t0, mono_ns()))
                 })
@@ -436,6 +457,39 @@ fn softmm_mutex(mm: &Mm, threads: u64, cpus: &[usize]) -> CliResult<f64> {
     let got = u64::from_ne_bytes(buf);
     check(got == per * threads, || format!("futex bench (softmm mutex): counter {got}, expected {}", per * threads))?;
     Ok((per * threads) as f64 / elapsed as f64 * 1e9)
+}
+
+/// (d) with `threads` threads: a warm-up pair, then `reps` pairs of runs,
+/// run `rep` on page `rep` for both sides, the side that goes first
+/// alternating.
+fn mutex_row(mm: &Mm, threads: u64, cpus: &[usize], reps: usize, vs: bool) -> CliResult<MutexRow> {
+    let (mut s, mut l) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for rep in 0..=reps {
+        let page = MutexPage::new(mm, rep)?;
+        let linux_first = rep % 2 == 1;
+        if vs && linux_first {
+            l.push(linux_mutex(&page, threads, cpus)?);
+        }
+        s.push(softmm_mutex(mm, &page, threads, cpus)?);
+        if vs && !linux_first {
+            l.push(linux_mutex(&page, threads, cpus)?);
+        }
+        if rep == 0 {
+            s.clear();
+            l.clear();
+        }
+    }
+    let l = vs.then_some(l);
+    let sm = median(&s) / 1e6;
+    let lm = l.as_deref().map(|l| median(l) / 1e6);
+    Ok(MutexRow {
+        threads,
+        softmm_mops: sm,
+        linux_mops: lm,
+        ratio_vs_linux: lm.map(|l| sm / l),
+        softmm_samples: s,
+        linux_samples: l,
+    })
 }
 
 /// (e) One COW run on `m`: a parent writes every page of `size` bytes and
@@ -971,20 +1025,13 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
         pp.push(pingpong_row(&mm, &lw, place, reps, vs)?);
     }
     let mut rows = Vec::new();
+    let mutex_pages = (reps as u64 + 1) * PAGE;
+    lib(mm.mmap(MUTEX_PAGES, mutex_pages, Prot::RW, MapKind::Private, Placement::Fixed), "mmap of the mutex pages")?;
     for threads in MUTEX_THREADS {
         say(&pb, format!("futex: mutex, {threads} threads"));
-        let (s, l) = pairs(reps, vs, || softmm_mutex(&mm, threads, &cpus), || linux_mutex(&lw, threads, &cpus))?;
-        let sm = median(&s) / 1e6;
-        let lm = l.as_deref().map(|l| median(l) / 1e6);
-        rows.push(MutexRow {
-            threads,
-            softmm_mops: sm,
-            linux_mops: lm,
-            ratio_vs_linux: lm.map(|l| sm / l),
-            softmm_samples: s,
-            linux_samples: l,
-        });
+        rows.push(mutex_row(&mm, threads, &cpus, reps, vs)?);
     }
+    lib(mm.munmap(MUTEX_PAGES, mutex_pages), "munmap of the mutex pages")?;
     say(&pb, "futex: COW fault and the vcache check".into());
     let (mut cow, mut cow_w) = (Vec::new(), Vec::new());
     softmm_cow(&m, cow_size, false)?;

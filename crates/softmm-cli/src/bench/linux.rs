@@ -13,7 +13,7 @@
 use super::Keep;
 use crate::error::{os_error, CliError, CliResult};
 use crate::units::PAGE;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU32;
 
 /// An anonymous private mapping of this process, unmapped on drop.
 pub struct Region {
@@ -93,15 +93,6 @@ impl Region {
         // memory is only accessed through such atomics (the plain writers
         // take `&mut self`).
         Some(unsafe { &*self.ptr.add(off).cast::<AtomicU32>() })
-    }
-
-    /// The aligned 64-bit word at byte `off`, as an atomic (as `atomic_u32`).
-    pub fn atomic_u64(&self, off: usize) -> Option<&AtomicU64> {
-        if off % 8 != 0 || off.checked_add(8).is_none_or(|end| end > self.len) {
-            return None;
-        }
-        // SAFETY: as in `atomic_u32`, for an 8-byte word at an 8-aligned offset.
-        Some(unsafe { &*self.ptr.add(off).cast::<AtomicU64>() })
     }
 
     /// The bytes of page `i` (`i < pages()`, else an empty slice).

@@ -47,15 +47,22 @@
 //! predicate, as with any condition variable.
 //!
 //! # What the caller provides
-//! Every method takes the [`Mm`] the words live in and an [`Accessor`] of
-//! that same address space (one per thread). Both words are ordinary guest
+//! Every method takes the [`Mm`] the words live in and the [`GuestWords`] of
+//! one thread in that same address space: its [`Accessor`], or a
+//! [`Batch`](crate::Batch) of it, which publishes the accessor's slot once
+//! for a run of accesses (a host running a lock, a short critical section
+//! and the unlock in one batch pays one publication instead of one per
+//! access). Sleeps and `Mm` calls leave the batch; the spin before a sleep
+//! lets waiting TLB shootdowns through each round. Both words are ordinary guest
 //! memory: private or shared, in one address space or, when shared (or not
 //! yet COW-broken in physical key mode), in several. Errors are those of the
 //! accessor (a fault on the word) and of the futex calls, as
 //! [`crate::Result`]; nothing here panics.
 
 use crate::error::{Error, Result};
-use crate::{Accessor, Mm};
+#[cfg(doc)]
+use crate::Accessor;
+use crate::{GuestWords, Mm};
 
 /// Reads of the word before a contended lock announces a waiter
 /// (adaptive spinning, as glibc's `PTHREAD_MUTEX_ADAPTIVE_NP`).
@@ -79,7 +86,8 @@ fn check_word(addr: u64) -> Result<()> {
 /// `EINVAL` unless `acc` is an accessor of `mm` (the futex calls go
 /// through the accessor, the rarer ones through `mm`: both must be the same
 /// address space).
-fn check_pair(mm: &Mm, acc: &Accessor) -> Result<()> {
+#[inline]
+fn check_pair(mm: &Mm, acc: &impl GuestWords) -> Result<()> {
     if acc.mm_id() != mm.id() {
         return Err(Error::Invalid("the accessor belongs to another address space"));
     }
@@ -88,7 +96,7 @@ fn check_pair(mm: &Mm, acc: &Accessor) -> Result<()> {
 
 /// Atomically replace the word at `addr` with `new`; returns the old value
 /// (the accessor has no exchange, so a compare-exchange loop).
-fn swap(acc: &mut Accessor, addr: u64, new: u32) -> Result<u32> {
+fn swap(acc: &mut impl GuestWords, addr: u64, new: u32) -> Result<u32> {
     let mut cur = acc.load_u32(addr)?;
     loop {
         match acc.cmpxchg_u32(addr, cur, new)? {
@@ -101,7 +109,7 @@ fn swap(acc: &mut Accessor, addr: u64, new: u32) -> Result<u32> {
 /// Sleep while the word at `addr` holds `val`. A changed word (`EAGAIN`) and
 /// a cancelled wait (`EINTR`, which nothing here causes) are ordinary
 /// returns; other errors are the caller's.
-fn wait_while(acc: &mut Accessor, addr: u64, val: u32) -> Result<()> {
+fn wait_while(acc: &mut impl GuestWords, addr: u64, val: u32) -> Result<()> {
     match acc.futex_wait(addr, val, None) {
         Ok(()) | Err(Error::Again) | Err(Error::Interrupted) => Ok(()),
         Err(e) => Err(e),
@@ -132,31 +140,37 @@ impl GuestMutex {
     /// Acquire the mutex, sleeping on its futex while another holder has it.
     /// `acc` must be an accessor of `mm`. On an error (a fault on the word)
     /// the mutex is not held.
-    pub fn lock(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+    #[inline]
+    pub fn lock(&self, mm: &Mm, acc: &mut impl GuestWords) -> Result<()> {
         check_pair(mm, acc)?;
         match acc.cmpxchg_u32(self.addr, UNLOCKED, LOCKED)? {
             Ok(_) => Ok(()),
-            Err(seen) if seen == CONTENDED => self.lock_slow(acc, seen),
-            Err(seen) => {
-                // Spin a little, reading only, before announcing a waiter:
-                // a short critical section usually ends meanwhile, and a
-                // failed swap or a futex call would only bounce the word's
-                // cache line. (Not in `lock_contended`: a thread that may
-                // have been requeued must take the lock in state 2.)
-                for _ in 0..SPIN {
-                    if acc.load_u32(self.addr)? == UNLOCKED && acc.cmpxchg_u32(self.addr, UNLOCKED, LOCKED)?.is_ok() {
-                        return Ok(());
-                    }
-                    std::hint::spin_loop();
+            Err(seen) => self.lock_spin(acc, seen),
+        }
+    }
+
+    /// `lock` when the word was not 0 (`seen`): spin a little, reading only,
+    /// before announcing a waiter. A short critical section usually ends
+    /// meanwhile, and a failed swap or a futex call would only bounce the
+    /// word's cache line. (Not in `lock_contended`: a thread that may have
+    /// been requeued must take the lock in state 2.)
+    #[cold]
+    fn lock_spin(&self, acc: &mut impl GuestWords, seen: u32) -> Result<()> {
+        if seen != CONTENDED {
+            for _ in 0..SPIN {
+                if acc.load_u32(self.addr)? == UNLOCKED && acc.cmpxchg_u32(self.addr, UNLOCKED, LOCKED)?.is_ok() {
+                    return Ok(());
                 }
-                self.lock_slow(acc, seen)
+                std::hint::spin_loop();
+                acc.relax();
             }
         }
+        self.lock_slow(acc, seen)
     }
 
     /// The contended path: announce a waiter (2) and sleep until the swap
     /// finds the word unlocked. `seen` is the value the fast path found.
-    fn lock_slow(&self, acc: &mut Accessor, seen: u32) -> Result<()> {
+    fn lock_slow(&self, acc: &mut impl GuestWords, seen: u32) -> Result<()> {
         let mut old = if seen == CONTENDED { seen } else { swap(acc, self.addr, CONTENDED)? };
         while old != UNLOCKED {
             wait_while(acc, self.addr, CONTENDED)?;
@@ -168,13 +182,13 @@ impl GuestMutex {
     /// Acquire the mutex in the contended state (the word becomes 2), as a
     /// thread must that may have been requeued onto it (see
     /// [`GuestCondvar::notify_all_requeue`]).
-    fn lock_contended(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+    fn lock_contended(&self, mm: &Mm, acc: &mut impl GuestWords) -> Result<()> {
         check_pair(mm, acc)?;
         self.lock_slow(acc, LOCKED)
     }
 
     /// Acquire the mutex if it is free; `Ok(false)` if somebody holds it.
-    pub fn try_lock(&self, acc: &mut Accessor) -> Result<bool> {
+    pub fn try_lock(&self, acc: &mut impl GuestWords) -> Result<bool> {
         Ok(acc.cmpxchg_u32(self.addr, UNLOCKED, LOCKED)?.is_ok())
     }
 
@@ -184,12 +198,19 @@ impl GuestMutex {
     /// `EINVAL` if the mutex was not locked (the word is left unlocked and a
     /// waiter, if any, woken, so a confused caller cannot strand others);
     /// other errors are faults on the word.
-    pub fn unlock(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+    #[inline]
+    pub fn unlock(&self, mm: &Mm, acc: &mut impl GuestWords) -> Result<()> {
         check_pair(mm, acc)?;
         let old = acc.fetch_add_u32(self.addr, u32::MAX)?; // decrement
         if old == LOCKED {
             return Ok(());
         }
+        self.unlock_slow(acc, old)
+    }
+
+    /// `unlock` when the word was not 1: unlock and wake one waiter.
+    #[cold]
+    fn unlock_slow(&self, acc: &mut impl GuestWords, old: u32) -> Result<()> {
         acc.store_u32(self.addr, UNLOCKED)?;
         acc.futex_wake(self.addr, 1)?;
         if old == UNLOCKED {
@@ -199,7 +220,7 @@ impl GuestMutex {
     }
 
     /// Whether the word says the mutex is held (a snapshot).
-    pub fn is_locked(&self, acc: &mut Accessor) -> Result<bool> {
+    pub fn is_locked(&self, acc: &mut impl GuestWords) -> Result<bool> {
         Ok(acc.load_u32(self.addr)? != UNLOCKED)
     }
 }
@@ -231,7 +252,7 @@ impl GuestCondvar {
     /// If the wait itself fails (a fault on the counter), the mutex is
     /// reacquired before the error is returned, so the caller holds it
     /// whenever the mutex word itself is usable.
-    pub fn wait(&self, mm: &Mm, acc: &mut Accessor, mutex: &GuestMutex) -> Result<()> {
+    pub fn wait(&self, mm: &Mm, acc: &mut impl GuestWords, mutex: &GuestMutex) -> Result<()> {
         let seq = acc.load_u32(self.addr)?;
         mutex.unlock(mm, acc)?;
         let waited = wait_while(acc, self.addr, seq);
@@ -240,7 +261,7 @@ impl GuestCondvar {
     }
 
     /// Wake one waiter (if any). The caller may or may not hold the mutex.
-    pub fn notify_one(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+    pub fn notify_one(&self, mm: &Mm, acc: &mut impl GuestWords) -> Result<()> {
         check_pair(mm, acc)?;
         acc.fetch_add_u32(self.addr, 1)?;
         acc.futex_wake(self.addr, 1)?;
@@ -248,7 +269,7 @@ impl GuestCondvar {
     }
 
     /// Wake every waiter; they then contend for the mutex.
-    pub fn notify_all(&self, mm: &Mm, acc: &mut Accessor) -> Result<()> {
+    pub fn notify_all(&self, mm: &Mm, acc: &mut impl GuestWords) -> Result<()> {
         check_pair(mm, acc)?;
         acc.fetch_add_u32(self.addr, 1)?;
         acc.futex_wake(self.addr, i32::MAX as u32)?;
@@ -259,16 +280,17 @@ impl GuestCondvar {
     /// (`FUTEX_CMP_REQUEUE`), so that each is woken by the unlock of the one
     /// before it. If another notify changed the counter in between
     /// (`EAGAIN`), falls back to waking every waiter.
-    pub fn notify_all_requeue(&self, mm: &Mm, acc: &mut Accessor, mutex: &GuestMutex) -> Result<()> {
+    pub fn notify_all_requeue(&self, mm: &Mm, acc: &mut impl GuestWords, mutex: &GuestMutex) -> Result<()> {
         let seq = acc.fetch_add_u32(self.addr, 1)?.wrapping_add(1);
-        match mm.futex_cmp_requeue(self.addr, 1, i32::MAX as u32, mutex.addr, seq) {
+        check_pair(mm, acc)?;
+        acc.outside(|_| match mm.futex_cmp_requeue(self.addr, 1, i32::MAX as u32, mutex.addr, seq) {
             Ok(_) => Ok(()),
             Err(Error::Again) => {
                 mm.futex_wake(self.addr, i32::MAX as u32)?;
                 Ok(())
             }
             Err(e) => Err(e),
-        }
+        })
     }
 }
 

@@ -177,6 +177,7 @@ impl Mm {
     }
 
     /// A stable identity of this address space.
+    #[inline]
     pub fn id(&self) -> u64 {
         self.inner.id
     }

@@ -38,6 +38,7 @@ use crate::machine::MachineInner;
 use crate::phys::{flags, FrameId, PAGE_SIZE};
 use crate::vma::Backing;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -121,6 +122,40 @@ impl PinnedPages {
         self.machine.arena.meta(f).set_flags(flags::DIRTY);
         self.machine.arena.word64(f, off).store(v, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// The aligned 32-bit word at `addr` as a host atomic, for a device model
+    /// (or a host fast path) that works on the pinned memory directly, as a
+    /// kernel driver does on pinned user pages. Needs a write pin (the
+    /// atomic can store): `Invalid` for a read-only pin, `Misaligned` unless
+    /// 4-byte aligned, `Fault` outside the range. The page is marked dirty,
+    /// as the word may be written. The reference lives as long as the pin,
+    /// and with it the frame.
+    pub fn atomic_u32(&self, addr: u64) -> Result<&AtomicU32> {
+        let (f, off) = self.writable_word(addr, 4)?;
+        Ok(self.machine.arena.word32(f, off))
+    }
+
+    /// As [`atomic_u32`](Self::atomic_u32), for the aligned 64-bit word at `addr`.
+    pub fn atomic_u64(&self, addr: u64) -> Result<&AtomicU64> {
+        let (f, off) = self.writable_word(addr, 8)?;
+        Ok(self.machine.arena.word64(f, off))
+    }
+
+    /// The frame and offset of the aligned `size`-byte word at `addr` of a
+    /// write pin, its page marked dirty.
+    fn writable_word(&self, addr: u64, size: u64) -> Result<(FrameId, usize)> {
+        if !self.write {
+            return Err(Error::Invalid("a read-only pin cannot be written through"));
+        }
+        if addr % size != 0 {
+            return Err(Error::Misaligned { what: "address", value: addr });
+        }
+        let mut at = None;
+        self.each_piece(addr, size as usize, |f, off, _, _| at = Some((f, off)))?;
+        let (f, off) = at.ok_or(Error::Fault { addr })?;
+        self.machine.arena.meta(f).set_flags(flags::DIRTY);
+        Ok((f, off))
     }
 
     /// The frame and offset of the aligned word at `addr`.

@@ -10,6 +10,18 @@
 //! A cached entry is writable only when the PTE is writable *and* dirty, so
 //! the first write through a clean entry reaches the fault path and sets the
 //! dirty bit, as a CPU does.
+//!
+//! A [`Batch`] ([`Accessor::batch`]) publishes the slot once for several
+//! word operations: between its opening and its end each hit is a tag
+//! compare and the atomic instruction, as close to host memory as a
+//! software TLB gets. [`GuestWords`] is what both offer, so code such as
+//! [`crate::futex::mutex::GuestMutex`] runs on either.
+
+mod batch;
+mod words;
+
+pub use batch::Batch;
+pub use words::GuestWords;
 
 use crate::error::{Error, Result, SegvKind};
 use crate::mm::{Access, MmInner};
@@ -57,6 +69,7 @@ impl Accessor {
     }
 
     /// The identity of the address space this accessor reads ([`crate::Mm::id`]).
+    #[inline]
     pub fn mm_id(&self) -> u64 {
         self.mm.id
     }
@@ -100,11 +113,7 @@ impl Accessor {
     #[cold]
     fn fill(&mut self, va: u64, write: bool) -> Result<()> {
         self.misses += 1;
-        let g = self.mm.tlb.generation();
-        if g != self.gen {
-            self.flush();
-            self.gen = g;
-        }
+        self.resync();
         let access = if write { Access::Write } else { Access::Read };
         let pte = {
             let st = self.mm.state.read();
@@ -117,6 +126,16 @@ impl Accessor {
         let writable = if pte.is_writable() && pte.is_dirty() { WRITABLE } else { 0 };
         self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry { tag: (va >> 12) + 1, ptr: ptr | writable };
         Ok(())
+    }
+
+    /// Catch up with the address space's flush generation: a newer one
+    /// means translations were shot down, so drop every cached one.
+    fn resync(&mut self) {
+        let g = self.mm.tlb.generation();
+        if g != self.gen {
+            self.flush();
+            self.gen = g;
+        }
     }
 
     fn arena(&self) -> &FrameArena {
