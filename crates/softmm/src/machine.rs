@@ -49,6 +49,16 @@ pub struct Config {
     /// faulting thread) cost more than the parallelism saved (see
     /// `docs/BENCHMARKS.md`). Which pages go out then depends on timing.
     pub background_reclaim: bool,
+    /// How long a blocking futex wait ([`crate::Mm::futex_wait`] and the
+    /// accessor's) keeps yielding its CPU (`sched_yield`) before it sleeps
+    /// in the kernel. A wake that comes meanwhile costs neither side a
+    /// futex(2) call: the waker sees nobody asleep, and the waiter, still
+    /// running, sees its state change. On one CPU the yield is what lets
+    /// the waker run; on several, the waiter notices within a yield.
+    /// Zero: sleep at once, as Linux's futex does. A waiter that ends up
+    /// asleep has spent up to this much CPU (less if other threads wanted
+    /// the CPU: they got it). Default 5 µs; see `docs/BENCHMARKS.md`.
+    pub futex_spin: std::time::Duration,
 }
 
 impl Default for Config {
@@ -62,6 +72,7 @@ impl Default for Config {
             mem_limit: None,
             swap: crate::reclaim::SwapConfig::Auto,
             background_reclaim: false,
+            futex_spin: std::time::Duration::from_micros(5),
         }
     }
 }

@@ -36,8 +36,9 @@
 //!
 //! Also timed (softmm side only, not targets): the same (a) and (b)
 //! through `Mm` (a page walk under the `mmap_lock`), an `EAGAIN` through a
-//! plain accessor load (the floor), and ping-pong with waits that spin
-//! before parking (a prototype).
+//! plain accessor load (the floor), and ping-pong on a machine whose
+//! blocking waits sleep in the kernel at once (`Config::futex_spin` zero,
+//! Linux's policy; the default yields for 5 µs first).
 //!
 //! Ratios are Linux ns / softmm ns (for (d) softmm rate / Linux rate, the
 //! same thing): above 1, softmm is faster. Each figure is the median of
@@ -50,13 +51,13 @@ use crate::error::{check, CliError, CliResult, Context};
 use crate::units::{bytes, ns, PAGE};
 use serde::Serialize;
 use softmm::futex::mutex::GuestMutex;
-use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+use softmm::futex::BITSET_MATCH_ANY;
 use softmm::{Accessor, Config, Error, Machine, MapKind, Mm, PinnedPages, Placement, Prot};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Barrier;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Calls per run of (a) and (b).
 const CALLS: u64 = 200_000;
@@ -74,9 +75,6 @@ const CHECKS: u64 = 1_000_000;
 /// Copies per run of the in-situ variant of (e), and the pages they rotate over.
 const COPIES: u64 = 100_000;
 const COPY_PAGES: usize = 64;
-
-/// The spin of the spin-then-park prototype of (c).
-const SPIN_NS: u64 = 5_000;
 
 const TARGET_WAKE: f64 = 5.0;
 const TARGET_EAGAIN: f64 = 5.0;
@@ -322,6 +320,13 @@ fn machine(arena_bytes: u64) -> CliResult<Machine> {
         .context(|| format!("creating a machine with a {} arena", bytes(arena_bytes)))
 }
 
+/// A small machine whose blocking futex waits sleep at once
+/// (`Config::futex_spin` zero), for the context rows of (c).
+fn machine_sleeping_at_once() -> CliResult<Machine> {
+    Machine::new(Config { arena_bytes: 16 << 20, prezero: false, futex_spin: Duration::ZERO, ..Config::default() })
+        .context(|| "creating a machine whose futex waits sleep at once".into())
+}
+
 /// An address space with the word page mapped and written.
 fn words_mm(m: &Machine) -> CliResult<Mm> {
     let mm = m.new_mm().context(|| "creating an address space".into())?;
@@ -371,32 +376,6 @@ fn softmm_wait(mm: &Mm, addr: u64, val: u32) -> CliResult<bool> {
         Ok(()) => Ok(true),
         Err(Error::Again) | Err(Error::Interrupted) => Ok(false),
         Err(e) => Err(CliError(format!("futex_wait: {e}"))),
-    }
-}
-
-/// Prototype of a spin-then-park wait (a proposed change to
-/// `FutexWaiter::wait`, built here from the public API): queue with
-/// `futex_wait_start`, poll the waiter's state for up to `spin_ns`, then
-/// block. Returns whether the waiter was queued and woken.
-fn softmm_wait_spinning(mm: &Mm, addr: u64, val: u32, spin_ns: u64) -> CliResult<bool> {
-    let w = match mm.futex_wait_start(addr, val, BITSET_MATCH_ANY) {
-        Ok(w) => w,
-        Err(Error::Again) => return Ok(false),
-        Err(e) => return Err(CliError(format!("futex_wait_start: {e}"))),
-    };
-    let t = mono_ns();
-    let mut i = 0u32;
-    while w.state() == WaitState::Waiting {
-        std::hint::spin_loop();
-        i = i.wrapping_add(1);
-        if i % 32 == 0 && mono_ns() - t > spin_ns {
-            break;
-        }
-    }
-    match w.wait(None) {
-        Ok(()) => Ok(true),
-        Err(Error::Interrupted) => Ok(false),
-        Err(e) => Err(CliError(format!("futex wait: {e}"))),
     }
 }
 
@@ -625,7 +604,9 @@ enum Place {
 struct PingPong {
     /// ns per round trip.
     ns: f64,
-    /// Futex waits that slept, per round trip (both threads).
+    /// Futex waits that were woken (not `EAGAIN`), per round trip (both
+    /// threads): on Linux asleep in the kernel; on softmm asleep or still
+    /// yielding (`Config::futex_spin`).
     sleeps: f64,
 }
 
@@ -733,12 +714,11 @@ fn linux_pingpong(w: &LinuxWords, place: Place) -> CliResult<PingPong> {
     pingpong(place, || LinuxSide { word })
 }
 
-/// The softmm side: an accessor per thread and `Mm::futex_*`; with
-/// `spin_ns`, waits spin that long before parking (a prototype).
+/// The softmm side: an accessor per thread and `Mm::futex_*` (blocking
+/// waits yield for the machine's `Config::futex_spin` before they sleep).
 struct SoftmmSide<'a> {
     mm: &'a Mm,
     acc: Accessor,
-    spin_ns: Option<u64>,
 }
 
 impl SoftmmSide<'_> {
@@ -760,11 +740,7 @@ impl SoftmmSide<'_> {
             if v == ABORT {
                 return Err(aborted());
             }
-            let woken = match self.spin_ns {
-                None => softmm_wait(self.mm, Self::ADDR, v)?,
-                Some(spin) => softmm_wait_spinning(self.mm, Self::ADDR, v, spin)?,
-            };
-            slept += u64::from(woken);
+            slept += u64::from(softmm_wait(self.mm, Self::ADDR, v)?);
         }
     }
 }
@@ -787,10 +763,10 @@ impl Side for SoftmmSide<'_> {
     }
 }
 
-/// (c) softmm ping-pong (`spin_ns`: the spin-then-park prototype).
-fn softmm_pingpong(mm: &Mm, place: Place, spin_ns: Option<u64>) -> CliResult<PingPong> {
+/// (c) softmm ping-pong.
+fn softmm_pingpong(mm: &Mm, place: Place) -> CliResult<PingPong> {
     lib(mm.write(SoftmmSide::ADDR, &0u32.to_ne_bytes()), "write")?;
-    pingpong(place, || SoftmmSide { mm, acc: mm.accessor(), spin_ns })
+    pingpong(place, || SoftmmSide { mm, acc: mm.accessor() })
 }
 
 // ------------------------------------------------------------ orchestration
@@ -816,14 +792,16 @@ struct PingPongRow {
     softmm_ns: f64,
     linux_ns: Option<f64>,
     ratio_vs_linux: Option<f64>,
-    /// Futex waits that slept per round trip (both threads), median; the
-    /// others found the word changed (EAGAIN) or were woken before it.
+    /// Futex waits that were woken per round trip (both threads), median
+    /// (Linux: asleep in the kernel; softmm: queued, asleep or still
+    /// yielding); the others found the word changed (EAGAIN).
     softmm_sleeps_per_round_trip: f64,
     linux_sleeps_per_round_trip: Option<f64>,
-    /// Prototype: softmm with waits that spin `SPIN_NS` before parking.
-    softmm_spin_ns: f64,
-    softmm_spin_ratio_vs_linux: Option<f64>,
-    softmm_spin_sleeps_per_round_trip: f64,
+    /// softmm with `Config::futex_spin` zero: waits sleep in the kernel at
+    /// once, as Linux's do (context, not a target).
+    softmm_sleep_at_once_ns: f64,
+    softmm_sleep_at_once_ratio_vs_linux: Option<f64>,
+    softmm_sleep_at_once_sleeps_per_round_trip: f64,
     softmm_samples: Vec<f64>,
     linux_samples: Option<Vec<f64>>,
 }
@@ -838,7 +816,7 @@ struct Samples {
     cow_with_waiter_ns: Vec<f64>,
 }
 
-/// The `Mm` paths and prototypes, softmm side only (not part of the
+/// The `Mm` paths and context rows, softmm side only (not part of the
 /// targets); ratios against the Linux figures.
 #[derive(Serialize)]
 struct Prototypes {
@@ -851,8 +829,8 @@ struct Prototypes {
     /// The floor: one TLB-hit load and a compare.
     eagain_via_accessor_ns: f64,
     eagain_via_accessor_ratio_vs_linux: Option<f64>,
-    /// The spin of the spin-then-park ping-pong prototype (see `pingpong`).
-    spin_ns: u64,
+    /// `Config::futex_spin` of the softmm side, ns.
+    futex_spin_ns: u64,
 }
 
 #[derive(Serialize)]
@@ -947,15 +925,16 @@ fn pairs(
     Ok((s, linux.then_some(l)))
 }
 
-/// Ping-pong at `place`: softmm and Linux alternating, then the
-/// spin-then-park prototype.
-fn pingpong_row(mm: &Mm, lw: &LinuxWords, place: Place, reps: usize, vs: bool) -> CliResult<PingPongRow> {
+/// Ping-pong at `place`: softmm and Linux alternating, then softmm with
+/// waits that sleep at once (`at_once`: a space of a machine whose
+/// `Config::futex_spin` is zero).
+fn pingpong_row(mm: &Mm, at_once: &Mm, lw: &LinuxWords, place: Place, reps: usize, vs: bool) -> CliResult<PingPongRow> {
     let (mut ss, mut sl, mut sp) = (Vec::new(), Vec::new(), Vec::new());
     let (s, l) = pairs(
         reps,
         vs,
         || {
-            softmm_pingpong(mm, place, None).map(|p| (p.sleeps, p.ns)).map(|(z, n)| {
+            softmm_pingpong(mm, place).map(|p| (p.sleeps, p.ns)).map(|(z, n)| {
                 ss.push(z);
                 n
             })
@@ -968,7 +947,7 @@ fn pingpong_row(mm: &Mm, lw: &LinuxWords, place: Place, reps: usize, vs: bool) -
         },
     )?;
     let spin = runs(reps, || {
-        softmm_pingpong(mm, place, Some(SPIN_NS)).map(|p| {
+        softmm_pingpong(at_once, place).map(|p| {
             sp.push(p.sleeps);
             p.ns
         })
@@ -988,9 +967,9 @@ fn pingpong_row(mm: &Mm, lw: &LinuxWords, place: Place, reps: usize, vs: bool) -
         ratio_vs_linux: ratio(lm, sm),
         softmm_sleeps_per_round_trip: timed(&ss),
         linux_sleeps_per_round_trip: vs.then(|| timed(&sl)),
-        softmm_spin_ns: spm,
-        softmm_spin_ratio_vs_linux: ratio(lm, spm),
-        softmm_spin_sleeps_per_round_trip: timed(&sp),
+        softmm_sleep_at_once_ns: spm,
+        softmm_sleep_at_once_ratio_vs_linux: ratio(lm, spm),
+        softmm_sleep_at_once_sleeps_per_round_trip: timed(&sp),
         softmm_samples: s,
         linux_samples: l,
     })
@@ -1010,6 +989,9 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
     }
     let m = machine(cow_size.saturating_mul(3).saturating_add(64 << 20))?;
     let mm = words_mm(&m)?;
+    let futex_spin_ns = m.config().futex_spin.as_nanos() as u64;
+    let m0 = machine_sleeping_at_once()?;
+    let mm0 = words_mm(&m0)?;
     let lw = LinuxWords::new()?;
     let pb = status();
 
@@ -1022,7 +1004,7 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
     let mut pp = Vec::new();
     for &place in &places {
         say(&pb, format!("futex: ping-pong, {place:?}"));
-        pp.push(pingpong_row(&mm, &lw, place, reps, vs)?);
+        pp.push(pingpong_row(&mm, &mm0, &lw, place, reps, vs)?);
     }
     let mut rows = Vec::new();
     let mutex_pages = (reps as u64 + 1) * PAGE;
@@ -1049,7 +1031,7 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
         with.push(vcache_check_after_copy(&users, &mut pages, true));
         without.push(vcache_check_after_copy(&users, &mut pages, false));
     }
-    say(&pb, "futex: the Mm paths, and prototypes".into());
+    say(&pb, "futex: the Mm paths, and context".into());
     let bucket_waiters = AtomicUsize::new(0);
     let p_wake = runs(reps, || mm_wake_idle(&mm, &bucket_waiters))?;
     let p_pre = runs(reps, || mm_eagain(&mm))?;
@@ -1126,7 +1108,7 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
         );
         let _ = writeln!(
             t,
-            "      waits that slept per round trip: softmm {:.2}{}",
+            "      woken waits per round trip (softmm: asleep or yielding): softmm {:.2}{}",
             r.softmm_sleeps_per_round_trip,
             r.linux_sleeps_per_round_trip.map(|l| format!(", Linux {l:.2}")).unwrap_or_default()
         );
@@ -1159,7 +1141,7 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
         if pct <= TARGET_VCACHE_PCT { "met" } else { "MISSED" }
     );
     let x = |r: Option<f64>| r.map(|r| format!(" ({r:.2}x Linux)")).unwrap_or_default();
-    let _ = writeln!(t, "  the same through `Mm`, and prototypes (softmm side only, not targets):");
+    let _ = writeln!(t, "  the same through `Mm`, and context (softmm side only, not targets):");
     let _ = writeln!(
         t,
         "    wake, no waiters, Mm::futex_wake (read lock + page walk):       {}{}",
@@ -1181,12 +1163,11 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
     for r in &pp {
         let _ = writeln!(
             t,
-            "    ping-pong, {}, waits spin {} before parking: {}{}, {:.2} sleeps per round trip",
+            "    ping-pong, {}, waits that sleep at once (futex_spin 0): {}{}, {:.2} woken waits per round trip",
             r.place,
-            ns(SPIN_NS as f64),
-            ns(r.softmm_spin_ns),
-            x(r.softmm_spin_ratio_vs_linux),
-            r.softmm_spin_sleeps_per_round_trip
+            ns(r.softmm_sleep_at_once_ns),
+            x(r.softmm_sleep_at_once_ratio_vs_linux),
+            r.softmm_sleep_at_once_sleeps_per_round_trip
         );
     }
     if vs {
@@ -1237,7 +1218,7 @@ pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json:
             eagain_via_mm_ratio_vs_linux: ratio(el, ppre),
             eagain_via_accessor_ns: pacc,
             eagain_via_accessor_ratio_vs_linux: ratio(el, pacc),
-            spin_ns: SPIN_NS,
+            futex_spin_ns,
         },
         target_wake_ratio: TARGET_WAKE,
         target_eagain_ratio: TARGET_EAGAIN,

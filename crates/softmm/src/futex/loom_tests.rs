@@ -343,3 +343,56 @@ fn wake_release_vs_finish_vs_cow() {
         w.check_refs();
     });
 }
+
+/// The system call a waker skips (`Node::wake_sleeper` against
+/// `waiter::sleep`): the waker stores the state, fences and reads
+/// `sleeping`; the waiter stores `sleeping`, fences, and sleeps in the
+/// kernel if the state still says waiting. The kernel's futex is modelled
+/// as its hash-bucket lock (a mutex) and its sleep queue (a condvar): it
+/// compares the word and sleeps under the lock, and a wake takes the lock.
+/// A lost wake leaves the waiter asleep forever, which loom reports.
+/// `waker_fences`: whether the waker fences as `wake_sleeper` does.
+fn sleeper_protocol(waker_fences: bool) {
+    use loom::sync::atomic::{fence, AtomicBool};
+    use loom::sync::{Condvar, Mutex};
+    const WAITING: u32 = WaitState::Waiting as u32;
+    loom::model(move || {
+        let state = Arc::new(AtomicU32::new(WAITING));
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let kernel = Arc::new((Mutex::new(()), Condvar::new()));
+        let waker = {
+            let (state, sleeping, kernel) = (state.clone(), sleeping.clone(), kernel.clone());
+            loom::thread::spawn(move || {
+                state.store(WaitState::Woken as u32, Ordering::Release);
+                if waker_fences {
+                    fence(Ordering::SeqCst);
+                }
+                if sleeping.load(Ordering::Relaxed) {
+                    let _bucket = kernel.0.lock().unwrap();
+                    kernel.1.notify_all();
+                }
+            })
+        };
+        while state.load(Ordering::Acquire) == WAITING {
+            sleeping.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let bucket = kernel.0.lock().unwrap();
+            if state.load(Ordering::Relaxed) == WAITING {
+                drop(kernel.1.wait(bucket).unwrap());
+            }
+        }
+        waker.join().unwrap();
+    });
+}
+
+#[test]
+fn a_skipped_wake_syscall_never_loses_the_waiter() {
+    sleeper_protocol(true);
+}
+
+/// Without the waker's fence, both sides can miss each other's store.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn the_waker_fence_is_needed() {
+    sleeper_protocol(false);
+}

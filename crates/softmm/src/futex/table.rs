@@ -134,6 +134,10 @@ pub(crate) struct Node {
     /// detached the waiter's only vcache entry and dropped its key's frame
     /// reference: the waiter's `leave` has nothing left to do.
     released: AtomicBool,
+    /// Set by a blocking waiter (`Notify::Futex`) before it sleeps in
+    /// futex(2) on `state`; a waker whose waiter never got that far skips
+    /// the system call (see `wake_sleeper`).
+    pub(crate) sleeping: AtomicBool,
     pub(crate) inner: Mutex<NodeInner>,
 }
 
@@ -151,6 +155,7 @@ impl Node {
             state: AtomicU32::new(WaitState::Idle as u32),
             frame: AtomicU32::new(key.frame().map_or(NO_FRAME, |f| f.0)),
             released: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
             inner: Mutex::new(NodeInner { key, bitset, notify, tracked, entries }),
         }
     }
@@ -160,11 +165,23 @@ impl Node {
     }
 
     /// Wake the thread sleeping on `state` (`Notify::Futex`), after the
-    /// state left `Waiting`. A private futex: the word is in this process.
+    /// state left `Waiting`, if it sleeps. A private futex: the word is in
+    /// this process.
+    ///
+    /// Dekker's pattern with `waiter::sleep`: we store the state, fence,
+    /// read `sleeping`; the waiter stores `sleeping`, fences, and the kernel
+    /// reads the state under its own lock. At least one side sees the
+    /// other's store: either we see `sleeping` and wake it (at worst a wake
+    /// the kernel finds nobody for, while the waiter's sleep then returns at
+    /// once on the changed state), or the waiter's kernel sees the state
+    /// changed and does not sleep.
     #[cfg(not(any(loom, miri)))]
     fn wake_sleeper(&self) {
         use rustix::thread::futex;
-        let _ = futex::wake(&self.state, futex::Flags::PRIVATE, 1);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            let _ = futex::wake(&self.state, futex::Flags::PRIVATE, 1);
+        }
     }
 
     /// Change the key (`inner` is this node's, locked by the caller).

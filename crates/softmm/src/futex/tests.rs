@@ -364,3 +364,50 @@ fn a_wake_detaches_its_woken_waiter() {
     assert_eq!(p.vcache_entries(), 0);
     audit(&p);
 }
+
+/// `Config::futex_spin`: a blocking wait yields before sleeping in the
+/// kernel, but never past its deadline, and is woken whether the wake
+/// comes while it yields (no system call) or after it went to sleep.
+#[test]
+fn blocking_waits_yield_then_sleep() {
+    for spin in [Duration::ZERO, Duration::from_micros(5), Duration::from_secs(30)] {
+        let m = Machine::new(Config {
+            arena_bytes: if cfg!(miri) { 256 * 4096 } else { 64 << 20 },
+            futex_spin: spin,
+            ..Config::default()
+        })
+        .expect("machine");
+        let mm = std::sync::Arc::new(space(&m, MapKind::Private));
+        mm.write(A, &0u32.to_ne_bytes()).unwrap();
+        // A timeout far shorter than the spin still times out on time.
+        let t = Instant::now();
+        assert_eq!(mm.futex_wait(A, 0, Some(Duration::from_millis(20))), Err(Error::TimedOut), "{spin:?}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{spin:?}: the wait yielded past its deadline");
+        // Woken by another thread, early (while yielding, for the long
+        // spin) and late (asleep, for the others).
+        for delay in [Duration::ZERO, Duration::from_millis(30)] {
+            mm.write(A, &0u32.to_ne_bytes()).unwrap();
+            let waker = {
+                let mm = mm.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    mm.write(A, &1u32.to_ne_bytes()).unwrap();
+                    mm.futex_wake(A, 1).unwrap()
+                })
+            };
+            loop {
+                let mut b = [0u8; 4];
+                mm.read(A, &mut b).unwrap();
+                if u32::from_ne_bytes(b) == 1 {
+                    break;
+                }
+                match mm.futex_wait(A, 0, Some(Duration::from_secs(60))) {
+                    Ok(()) | Err(Error::Again) => {}
+                    Err(e) => panic!("{spin:?}, {delay:?}: {e}"),
+                }
+            }
+            waker.join().unwrap();
+        }
+        audit(&mm);
+    }
+}

@@ -55,6 +55,8 @@ pub(super) fn blocking_notify() -> Notify {
 /// Park the calling thread (which `node` notifies) until `node` is no
 /// longer `Waiting`; at `deadline`, take it off its queue as timed out.
 pub(super) fn park(mm: &MmInner, node: &Arc<Node>, deadline: Option<std::time::Instant>) {
+    #[cfg(not(any(loom, miri)))]
+    yield_while_waiting(node, mm.machine.config.futex_spin, deadline);
     while node.state() == WaitState::Waiting {
         let timeout = match deadline {
             None => None,
@@ -71,11 +73,34 @@ pub(super) fn park(mm: &MmInner, node: &Arc<Node>, deadline: Option<std::time::I
     }
 }
 
+/// Before sleeping in the kernel: yield the CPU while the node is still
+/// `Waiting`, for at most `spin` (and never past `deadline`). A wake that
+/// comes meanwhile needs no system call on either side (`Config::futex_spin`).
+#[cfg(not(any(loom, miri)))]
+fn yield_while_waiting(node: &Node, spin: std::time::Duration, deadline: Option<std::time::Instant>) {
+    if spin.is_zero() || node.state() != WaitState::Waiting {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let end = match (start.checked_add(spin), deadline) {
+        (Some(e), Some(d)) => e.min(d),
+        (Some(e), None) => e,
+        (None, d) => d.unwrap_or(start),
+    };
+    while node.state() == WaitState::Waiting && std::time::Instant::now() < end {
+        std::thread::yield_now();
+    }
+}
+
 /// Sleep until the node's state may have left `Waiting`, `timeout` passes,
 /// or for no reason (callers loop).
 #[cfg(not(any(loom, miri)))]
 fn sleep(node: &Node, timeout: Option<std::time::Duration>) {
     use rustix::thread::futex;
+    // Tell wakers to make the system call (`Node::wake_sleeper`), then
+    // fence: the kernel's look at the state below comes after it.
+    node.sleeping.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     let ts = timeout.map(|t| futex::Timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: i64::from(t.subsec_nanos()),
