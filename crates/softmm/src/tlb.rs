@@ -1,6 +1,6 @@
 //! TLB shootdown for software TLBs: a flush generation plus per-accessor slots.
 //!
-//! Each accessor (a thread's handle with a software TLB, see `access.rs`)
+//! Each accessor (a thread's handle with a software TLB, see `access/`)
 //! owns a [`Slot`]. Around every access through a cached translation it
 //! publishes "active at generation g" and checks that the address space's
 //! generation is still g; afterwards it publishes "idle". A change that can
