@@ -135,6 +135,12 @@ enum Op {
         s: usize,
         addr: Addr,
     },
+    /// Several `FetchAdd`s in one accessor `Batch` (one slot publication;
+    /// a miss, a COW or an error in the middle leaves and reopens it).
+    BatchAdds {
+        s: usize,
+        adds: Vec<(Addr, u64)>,
+    },
     /// Swap out up to `n` private pages of the machine (nothing the model
     /// can see may change).
     Reclaim {
@@ -234,6 +240,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(s, addr, len, byte, via)| Op::Fill { s, addr, len, byte, via }),
         4 => (slot(), addr(4), 1u64..1000).prop_map(|(s, addr, v)| Op::FetchAdd { s, addr, v }),
         2 => (slot(), addr(2)).prop_map(|(s, addr)| Op::Load32 { s, addr }),
+        3 => (slot(), prop::collection::vec((addr(4), 1u64..1000), 1..=6))
+            .prop_map(|(s, adds)| Op::BatchAdds { s, adds }),
         2 => (1usize..64).prop_map(|n| Op::Reclaim { n }),
         2 => (slot(), addr(PAGE)).prop_map(|(s, addr)| Op::Migrate { s, addr }),
         3 => (slot(), range(), any::<bool>()).prop_map(|(s, r, write)| Op::Pin { s, r, write }),
@@ -531,6 +539,33 @@ fn exited<T>(addr: u64, len: usize, ok: T) -> Result<T, Error> {
     }
 }
 
+/// Check an accessor's (or a batch's) `fetch_add_u64(addr, v)` result
+/// `got` against the model, applying it there.
+fn check_fetch_add(model: &mut Option<Space>, addr: u64, v: u64, got: softmm::Result<u64>, what: &str) -> Res {
+    if addr % 8 != 0 {
+        if !matches!(got, Err(Error::Misaligned { .. })) {
+            return Err(format!("{what} at {addr:#x}: {got:?}, want Misaligned"));
+        }
+        return Ok(());
+    }
+    let want = match model {
+        None => exited(addr, 8, 0),
+        Some(model) => {
+            // One write access to one word (aligned words never cross a page).
+            let mut old = 0;
+            model
+                .access(addr, 8, true, |b, off, _, _| {
+                    let w: &mut [u8; 8] = (&mut b[off..off + 8]).try_into().unwrap();
+                    old = u64::from_ne_bytes(*w);
+                    *w = old.wrapping_add(v).to_ne_bytes();
+                })
+                .map(|()| old)
+        }
+    };
+    ensure_eq!(got, want, "{what}");
+    Ok(())
+}
+
 impl World {
     fn new() -> World {
         // A swap device, so that `Reclaim` steps swap pages out (no frame
@@ -578,7 +613,7 @@ impl World {
             Op::Read { s, via, .. } | Op::Write { s, via, .. } | Op::Fill { s, via, .. } => {
                 (s, matches!(via, Via::Acc))
             }
-            Op::FetchAdd { s, .. } | Op::Load32 { s, .. } => (s, true),
+            Op::FetchAdd { s, .. } | Op::Load32 { s, .. } | Op::BatchAdds { s, .. } => (s, true),
             Op::Migrate { s, .. } | Op::Pin { s, .. } => (s, false),
             Op::Mmap { s, .. }
             | Op::Munmap { s, .. }
@@ -707,27 +742,16 @@ impl World {
                 let slot = &mut self.slots[s];
                 let Some(acc) = &mut slot.acc else { return Ok(()) };
                 let got = acc.fetch_add_u64(addr, v);
-                if addr % 8 != 0 {
-                    if !matches!(got, Err(Error::Misaligned { .. })) {
-                        return Err(format!("fetch_add_u64 at {addr:#x}: {got:?}, want Misaligned"));
-                    }
-                    return Ok(());
+                check_fetch_add(&mut slot.model, addr, v, got, "fetch_add_u64")?;
+            }
+            Op::BatchAdds { s, ref adds } => {
+                let slot = &mut self.slots[s];
+                let Some(acc) = &mut slot.acc else { return Ok(()) };
+                let mut batch = acc.batch();
+                for &(Addr(addr), v) in adds {
+                    let got = batch.fetch_add_u64(addr, v);
+                    check_fetch_add(&mut slot.model, addr, v, got, "batch fetch_add_u64")?;
                 }
-                let want = match &mut slot.model {
-                    None => exited(addr, 8, 0),
-                    Some(model) => {
-                        // One write access to one word (aligned words never cross a page).
-                        let mut old = 0;
-                        model
-                            .access(addr, 8, true, |b, off, _, _| {
-                                let w: &mut [u8; 8] = (&mut b[off..off + 8]).try_into().unwrap();
-                                old = u64::from_ne_bytes(*w);
-                                *w = old.wrapping_add(v).to_ne_bytes();
-                            })
-                            .map(|()| old)
-                    }
-                };
-                ensure_eq!(got, want, "fetch_add_u64");
             }
             Op::Load32 { s, addr: Addr(addr) } => {
                 let slot = &mut self.slots[s];
