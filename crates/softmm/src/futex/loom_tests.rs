@@ -213,25 +213,10 @@ impl World {
         woken.notify()
     }
 
-    /// `waiter::leave`: off the queue, detached, key reference dropped.
+    /// `waiter::leave`, the library's own code: off the queue, detached,
+    /// key reference dropped.
     fn finish(&self, node: &Arc<Node>) -> WaitState {
-        let end = self.table.unqueue(node, WaitState::Cancelled);
-        if end == WaitState::Woken && node.released() {
-            return end;
-        }
-        let (entries, frame) = {
-            let mut inner = node.inner.lock();
-            let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
-            (std::mem::take(&mut inner.entries), frame)
-        };
-        for (mm, page, users) in entries.iter() {
-            self.vcache.detach(users.as_deref().unwrap_or(&self.users), *mm, *page, node);
-        }
-        if let Some(f) = frame {
-            self.key_off(f);
-            self.put(f);
-        }
-        end
+        super::waiter::leave_from(&self.table, &self.vcache, &self.users, self, node)
     }
 
     /// Every frame's count equals its mappings (C's PTE, the parent's

@@ -136,7 +136,9 @@ pub(crate) struct Node {
     released: AtomicBool,
     /// Set by a blocking waiter (`Notify::Futex`) before it sleeps in
     /// futex(2) on `state`; a waker whose waiter never got that far skips
-    /// the system call (see `wake_sleeper`).
+    /// the system call (see `wake_sleeper`). Unread under loom and Miri,
+    /// whose waiters use the thread parker.
+    #[cfg_attr(any(loom, miri), allow(dead_code))]
     pub(crate) sleeping: AtomicBool,
     pub(crate) inner: Mutex<NodeInner>,
 }

@@ -1,10 +1,11 @@
 //! A queued futex waiter: block on it, await it, poll it, or cancel it.
 
-use super::table::{FrameRefs, Node, Notify, Tracking, WaitState};
+use super::table::{FrameRefs, FutexTable, Node, Notify, Tracking, WaitState};
 use super::Timeout;
 use crate::error::{Error, Result};
 use crate::mm::MmInner;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicUsize};
+use crate::vcache::Vcache;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -123,9 +124,26 @@ fn sleep(_node: &Node, timeout: Option<std::time::Duration>) {
 /// detached, frame reference dropped. Returns the outcome.
 pub(super) fn leave(mm: &MmInner, node: &Arc<Node>) -> Result<()> {
     let fx = &mm.machine.futexes;
-    let end = fx.table.unqueue(node, WaitState::Cancelled);
+    match leave_from(&fx.table, &fx.vcache, &mm.vcache_users, mm.arena(), node) {
+        WaitState::Woken => Ok(()),
+        WaitState::TimedOut => Err(Error::TimedOut),
+        _ => Err(Error::Interrupted),
+    }
+}
+
+/// `leave` on just the state it touches (the futex table, the vcache, the
+/// waiting space's vcache entry count and the frames' counts), so that the
+/// loom models run this very code. Returns how the wait ended.
+pub(super) fn leave_from(
+    table: &FutexTable,
+    vcache: &Vcache<Node>,
+    users: &AtomicUsize,
+    frames: &impl FrameRefs,
+    node: &Arc<Node>,
+) -> WaitState {
+    let end = table.unqueue(node, WaitState::Cancelled);
     if end == WaitState::Woken && node.released() {
-        return Ok(()); // the wake detached us and dropped the key's reference
+        return end; // the wake detached us and dropped the key's reference
     }
     let (entries, frame) = {
         let mut inner = node.inner.lock();
@@ -133,18 +151,14 @@ pub(super) fn leave(mm: &MmInner, node: &Arc<Node>) -> Result<()> {
         let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
         (std::mem::take(&mut inner.entries), frame)
     };
-    for (emm, page, users) in entries.iter() {
-        fx.vcache.detach(users.as_deref().unwrap_or(&mm.vcache_users), *emm, *page, node);
+    for (emm, page, own) in entries.iter() {
+        vcache.detach(own.as_deref().unwrap_or(users), *emm, *page, node);
     }
     if let Some(f) = frame {
-        mm.arena().key_off(f);
-        mm.arena().put(f);
+        frames.key_off(f);
+        frames.put(f);
     }
-    match end {
-        WaitState::Woken => Ok(()),
-        WaitState::TimedOut => Err(Error::TimedOut),
-        _ => Err(Error::Interrupted),
-    }
+    end
 }
 
 /// A waiter queued by [`Mm::futex_wait_start`](crate::Mm::futex_wait_start).
