@@ -199,6 +199,10 @@ impl FutexWaiter {
     }
 
     /// The key it is queued under now (it changes when COW moves its page).
+    /// Once the wait has ended (woken, timed out, cancelled) it is the key
+    /// the waiter was last queued under: the waiter no longer holds that
+    /// frame, which may since have been freed and reused, so the key then
+    /// names the wait, not memory.
     pub fn key(&self) -> super::FutexKey {
         self.node.inner.lock().key
     }
