@@ -144,43 +144,11 @@ mod loom_tests {
     use super::*;
     use loom::sync::atomic::AtomicU64 as LAtomic;
 
-    /// An accessor reads a "frame" through a cached translation while a
-    /// flusher invalidates it and then "frees" the frame (writes a poison
-    /// value). The accessor must never observe the poison through the old
-    /// translation: either it sees the new generation and retries, or the
-    /// flusher waits for its access to end.
-    #[test]
-    fn access_never_sees_freed_frame() {
-        loom::model(|| {
-            let sd = Arc::new(Shootdown::default());
-            let frame = Arc::new(LAtomic::new(1));
-            let slot = sd.register();
-            let g0 = sd.generation();
-            let (sd2, frame2) = (sd.clone(), frame.clone());
-            let flusher = loom::thread::spawn(move || {
-                sd2.flush(None);
-                frame2.store(0xdead, Ordering::Relaxed); // the frame is reused
-            });
-            slot.enter(g0);
-            if sd.generation_relaxed() == g0 {
-                let v = frame.load(Ordering::Relaxed);
-                assert_eq!(v, 1, "read a freed frame through a stale translation");
-            }
-            slot.exit();
-            flusher.join().unwrap();
-        });
-    }
-}
-
-#[cfg(all(test, loom))]
-mod loom_batch_tests {
-    use super::*;
-    use loom::sync::atomic::AtomicU64 as LAtomic;
-
-    /// A batch (`access/batch.rs`): one publication, several accesses, a
-    /// `relax` (end and reopen) in the middle. `recheck`: whether the reopen
-    /// checks the generation again, as `Batch::enter` does.
-    fn batch_against_flush(recheck: bool) {
+    /// The accessor side `access(shootdown, slot, generation, frame)` runs
+    /// while a flusher invalidates the translation and then "frees" the
+    /// frame (writes a poison value); `access` reads the frame only through
+    /// the translation cached at the generation it is given.
+    fn against_flush(access: impl Fn(&Shootdown, &Slot, u64, &LAtomic) + Sync + Send + 'static) {
         loom::model(move || {
             let sd = Arc::new(Shootdown::default());
             let frame = Arc::new(LAtomic::new(1));
@@ -191,6 +159,31 @@ mod loom_batch_tests {
                 sd2.flush(None);
                 frame2.store(0xdead, Ordering::Relaxed); // the frame is reused
             });
+            access(&sd, &slot, g0, &frame);
+            flusher.join().unwrap();
+        });
+    }
+
+    /// One access must never observe the poison through the old
+    /// translation: either it sees the new generation and retries, or the
+    /// flusher waits for its access to end.
+    #[test]
+    fn access_never_sees_freed_frame() {
+        against_flush(|sd, slot, g0, frame| {
+            slot.enter(g0);
+            if sd.generation_relaxed() == g0 {
+                let v = frame.load(Ordering::Relaxed);
+                assert_eq!(v, 1, "read a freed frame through a stale translation");
+            }
+            slot.exit();
+        });
+    }
+
+    /// A batch (`access/batch.rs`): one publication, several accesses, a
+    /// `relax` (end and reopen) in the middle. `recheck`: whether the reopen
+    /// checks the generation again, as `Batch::enter` does.
+    fn batch(recheck: bool) {
+        against_flush(move |sd, slot, g0, frame| {
             slot.enter(g0);
             if sd.generation_relaxed() == g0 {
                 assert_eq!(frame.load(Ordering::Relaxed), 1, "first access of the batch");
@@ -202,20 +195,19 @@ mod loom_batch_tests {
                 }
             }
             slot.exit();
-            flusher.join().unwrap();
         });
     }
 
     #[test]
     fn batch_never_sees_freed_frame() {
-        batch_against_flush(true);
+        batch(true);
     }
 
     /// The model catches a reopen that trusts the old generation.
     #[test]
     #[should_panic(expected = "read a freed frame after a relax")]
     fn reopen_without_recheck_is_caught() {
-        batch_against_flush(false);
+        batch(false);
     }
 }
 

@@ -28,8 +28,7 @@
 //!   writer that waits for the slot. Both would hang the thread.
 
 use super::{Accessor, TlbEntry, WRITABLE};
-use crate::error::{Error, Result};
-use crate::phys::PAGE_SIZE;
+use crate::error::Result;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -101,11 +100,7 @@ impl Batch<'_> {
     /// batch and retries.
     #[inline(always)]
     fn word<T, R>(&mut self, addr: u64, write: bool, f: impl FnOnce(&T) -> R) -> Result<R> {
-        let size = std::mem::size_of::<T>() as u64;
-        if addr % size != 0 {
-            return Err(Error::Misaligned { what: "atomic access address", value: addr });
-        }
-        let off = (addr & (PAGE_SIZE as u64 - 1)) as usize;
+        let off = super::word_offset::<T>(addr)?;
         let mut e = *self.acc.entry(addr);
         if !hits(e, addr, write) {
             self.refill(addr, write)?;
@@ -139,53 +134,7 @@ impl Batch<'_> {
         }
     }
 
-    /// Atomic 64-bit load (aligned).
-    #[inline]
-    pub fn load_u64(&mut self, addr: u64) -> Result<u64> {
-        self.word(addr, false, |w: &AtomicU64| w.load(Ordering::Acquire))
-    }
-
-    /// Atomic 64-bit store (aligned).
-    #[inline]
-    pub fn store_u64(&mut self, addr: u64, v: u64) -> Result<()> {
-        self.word(addr, true, |w: &AtomicU64| w.store(v, Ordering::Release))
-    }
-
-    /// Atomic 64-bit compare-exchange, as [`Accessor::cmpxchg_u64`].
-    #[inline]
-    pub fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>> {
-        self.word(addr, true, |w: &AtomicU64| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
-    }
-
-    /// Atomic 64-bit fetch-add; returns the previous value.
-    #[inline]
-    pub fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64> {
-        self.word(addr, true, |w: &AtomicU64| w.fetch_add(v, Ordering::AcqRel))
-    }
-
-    /// Atomic 32-bit load (aligned).
-    #[inline]
-    pub fn load_u32(&mut self, addr: u64) -> Result<u32> {
-        self.word(addr, false, |w: &AtomicU32| w.load(Ordering::Acquire))
-    }
-
-    /// Atomic 32-bit store (aligned).
-    #[inline]
-    pub fn store_u32(&mut self, addr: u64, v: u32) -> Result<()> {
-        self.word(addr, true, |w: &AtomicU32| w.store(v, Ordering::Release))
-    }
-
-    /// Atomic 32-bit compare-exchange, as [`Accessor::cmpxchg_u32`].
-    #[inline]
-    pub fn cmpxchg_u32(&mut self, addr: u64, old: u32, new: u32) -> Result<std::result::Result<u32, u32>> {
-        self.word(addr, true, |w: &AtomicU32| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
-    }
-
-    /// Atomic 32-bit fetch-add; returns the previous value.
-    #[inline]
-    pub fn fetch_add_u32(&mut self, addr: u64, v: u32) -> Result<u32> {
-        self.word(addr, true, |w: &AtomicU32| w.fetch_add(v, Ordering::AcqRel))
-    }
+    word_ops!();
 
     /// FUTEX_WAIT, as [`Accessor::futex_wait`], with the batch ended for the
     /// call (it may sleep).
@@ -278,11 +227,10 @@ mod tests {
         assert_eq!(m.stats().frames_in_use, 0);
     }
 
-    /// A munmap in another thread waits for an open batch (whose cached
-    /// translation it would strand), and the batch's next access after it
-    /// ends faults as it must.
-    #[test]
-    fn munmap_waits_for_an_open_batch() {
+    /// A space with one page at `BASE`, an accessor with an open batch that
+    /// wrote 3 there, and a thread munmapping the page (its flag set once
+    /// the munmap returned); `check(batch, done)` runs meanwhile.
+    fn munmap_under_a_batch(check: impl FnOnce(&mut super::Batch<'_>, &AtomicBool)) {
         let m = machine();
         let p = Arc::new(m.new_mm().unwrap());
         p.mmap(BASE, 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
@@ -297,44 +245,38 @@ mod tests {
                 done.store(true, Ordering::SeqCst);
             })
         };
-        std::thread::sleep(Duration::from_millis(if cfg!(miri) { 5 } else { 50 }));
-        assert!(!done.load(Ordering::SeqCst), "munmap returned while a batch used the page");
-        assert_eq!(b.load_u64(BASE).unwrap(), 3, "the page stays while the batch is open");
+        check(&mut b, &done);
         drop(b);
         t.join().unwrap();
         assert!(done.load(Ordering::SeqCst));
-        let mut b = a.batch();
-        assert_eq!(b.load_u64(BASE), Err(Error::Segv { addr: BASE, kind: SegvKind::MapErr }));
-        drop(b);
+        assert_eq!(a.batch().load_u64(BASE), Err(Error::Segv { addr: BASE, kind: SegvKind::MapErr }));
         drop(a);
         p.check_invariants().unwrap();
+    }
+
+    /// A munmap in another thread waits for an open batch (whose cached
+    /// translation it would strand), and the batch's next access after it
+    /// ends faults as it must.
+    #[test]
+    fn munmap_waits_for_an_open_batch() {
+        munmap_under_a_batch(|b, done| {
+            std::thread::sleep(Duration::from_millis(if cfg!(miri) { 5 } else { 50 }));
+            assert!(!done.load(Ordering::SeqCst), "munmap returned while a batch used the page");
+            assert_eq!(b.load_u64(BASE).unwrap(), 3, "the page stays while the batch is open");
+        });
     }
 
     /// `relax` lets a waiting shootdown through: a batch that spins with it
     /// sees another thread's munmap finish, and then faults.
     #[test]
     fn relax_lets_a_shootdown_through() {
-        let m = machine();
-        let p = Arc::new(m.new_mm().unwrap());
-        p.mmap(BASE, 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
-        let mut a = p.accessor();
-        let done = Arc::new(AtomicBool::new(false));
-        let mut b = a.batch();
-        b.store_u64(BASE, 3).unwrap();
-        let t = {
-            let (p, done) = (p.clone(), done.clone());
-            std::thread::spawn(move || {
-                p.munmap(BASE, 4096).unwrap();
-                done.store(true, Ordering::SeqCst);
-            })
-        };
-        while !done.load(Ordering::SeqCst) {
-            b.relax();
-            std::thread::yield_now();
-        }
-        assert_eq!(b.load_u64(BASE), Err(Error::Segv { addr: BASE, kind: SegvKind::MapErr }));
-        drop(b);
-        t.join().unwrap();
+        munmap_under_a_batch(|b, done| {
+            while !done.load(Ordering::SeqCst) {
+                b.relax();
+                std::thread::yield_now();
+            }
+            assert_eq!(b.load_u64(BASE), Err(Error::Segv { addr: BASE, kind: SegvKind::MapErr }));
+        });
     }
 
     /// The batch's futex calls leave it: a waiter in a batch sleeps while

@@ -17,6 +17,63 @@
 //! software TLB gets. [`GuestWords`] is what both offer, so code such as
 //! [`crate::futex::mutex::GuestMutex`] runs on either.
 
+/// The typed word operations of a type with a `word(addr, write, f)` that
+/// runs `f` on the aligned atomic at `addr` (the accessor's and the
+/// batch's), so both offer the same set with the same orderings.
+macro_rules! word_ops {
+    () => {
+        /// Atomic 64-bit load (aligned).
+        #[inline]
+        pub fn load_u64(&mut self, addr: u64) -> Result<u64> {
+            self.word(addr, false, |w: &AtomicU64| w.load(Ordering::Acquire))
+        }
+
+        /// Atomic 64-bit store (aligned).
+        #[inline]
+        pub fn store_u64(&mut self, addr: u64, v: u64) -> Result<()> {
+            self.word(addr, true, |w: &AtomicU64| w.store(v, Ordering::Release))
+        }
+
+        /// Atomic 64-bit compare-exchange; `Ok(Ok(old))` on success,
+        /// `Ok(Err(actual))` when the value differed.
+        #[inline]
+        pub fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>> {
+            self.word(addr, true, |w: &AtomicU64| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
+        }
+
+        /// Atomic 64-bit fetch-add; returns the previous value.
+        #[inline]
+        pub fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64> {
+            self.word(addr, true, |w: &AtomicU64| w.fetch_add(v, Ordering::AcqRel))
+        }
+
+        /// Atomic 32-bit load (aligned).
+        #[inline]
+        pub fn load_u32(&mut self, addr: u64) -> Result<u32> {
+            self.word(addr, false, |w: &AtomicU32| w.load(Ordering::Acquire))
+        }
+
+        /// Atomic 32-bit store (aligned).
+        #[inline]
+        pub fn store_u32(&mut self, addr: u64, v: u32) -> Result<()> {
+            self.word(addr, true, |w: &AtomicU32| w.store(v, Ordering::Release))
+        }
+
+        /// Atomic 32-bit compare-exchange; `Ok(Ok(old))` on success,
+        /// `Ok(Err(actual))` when the value differed.
+        #[inline]
+        pub fn cmpxchg_u32(&mut self, addr: u64, old: u32, new: u32) -> Result<std::result::Result<u32, u32>> {
+            self.word(addr, true, |w: &AtomicU32| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
+        }
+
+        /// Atomic 32-bit fetch-add; returns the previous value.
+        #[inline]
+        pub fn fetch_add_u32(&mut self, addr: u64, v: u32) -> Result<u32> {
+            self.word(addr, true, |w: &AtomicU32| w.fetch_add(v, Ordering::AcqRel))
+        }
+    };
+}
+
 mod batch;
 mod words;
 
@@ -187,11 +244,7 @@ impl Accessor {
 
     #[inline(always)]
     fn word<T, R>(&mut self, addr: u64, write: bool, f: impl FnOnce(&T) -> R) -> Result<R> {
-        let size = std::mem::size_of::<T>() as u64;
-        if addr % size != 0 {
-            return Err(Error::Misaligned { what: "atomic access address", value: addr });
-        }
-        let off = (addr & (PAGE_SIZE as u64 - 1)) as usize;
+        let off = word_offset::<T>(addr)?;
         self.with_page(addr, write, |p| {
             // SAFETY: `off` is a multiple of the word size and the word lies in
             // one frame (aligned words never cross a page); frames are
@@ -202,54 +255,7 @@ impl Accessor {
         })
     }
 
-    /// Atomic 64-bit load (aligned).
-    #[inline]
-    pub fn load_u64(&mut self, addr: u64) -> Result<u64> {
-        self.word(addr, false, |w: &AtomicU64| w.load(Ordering::Acquire))
-    }
-
-    /// Atomic 64-bit store (aligned).
-    #[inline]
-    pub fn store_u64(&mut self, addr: u64, v: u64) -> Result<()> {
-        self.word(addr, true, |w: &AtomicU64| w.store(v, Ordering::Release))
-    }
-
-    /// Atomic 64-bit compare-exchange; `Ok(Ok(old))` on success,
-    /// `Ok(Err(actual))` when the value differed.
-    #[inline]
-    pub fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>> {
-        self.word(addr, true, |w: &AtomicU64| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
-    }
-
-    /// Atomic 64-bit fetch-add; returns the previous value.
-    #[inline]
-    pub fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64> {
-        self.word(addr, true, |w: &AtomicU64| w.fetch_add(v, Ordering::AcqRel))
-    }
-
-    /// Atomic 32-bit load (aligned).
-    #[inline]
-    pub fn load_u32(&mut self, addr: u64) -> Result<u32> {
-        self.word(addr, false, |w: &AtomicU32| w.load(Ordering::Acquire))
-    }
-
-    /// Atomic 32-bit store (aligned).
-    #[inline]
-    pub fn store_u32(&mut self, addr: u64, v: u32) -> Result<()> {
-        self.word(addr, true, |w: &AtomicU32| w.store(v, Ordering::Release))
-    }
-
-    /// Atomic 32-bit compare-exchange.
-    #[inline]
-    pub fn cmpxchg_u32(&mut self, addr: u64, old: u32, new: u32) -> Result<std::result::Result<u32, u32>> {
-        self.word(addr, true, |w: &AtomicU32| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
-    }
-
-    /// Atomic 32-bit fetch-add; returns the previous value.
-    #[inline]
-    pub fn fetch_add_u32(&mut self, addr: u64, v: u32) -> Result<u32> {
-        self.word(addr, true, |w: &AtomicU32| w.fetch_add(v, Ordering::AcqRel))
-    }
+    word_ops!();
 
     /// Whether futex calls may take the accessor's shortcuts: physical keys
     /// (Linux keys must fault as Linux's GUP does) and no waiter following a
@@ -312,6 +318,16 @@ impl Accessor {
     pub(crate) fn arena_ref(&self) -> &FrameArena {
         self.arena()
     }
+}
+
+/// The offset in its page of an aligned word of type `T` at `addr`
+/// (aligned words never cross a page); `Misaligned` if `addr` is not.
+#[inline(always)]
+fn word_offset<T>(addr: u64) -> Result<usize> {
+    if addr % std::mem::size_of::<T>() as u64 != 0 {
+        return Err(Error::Misaligned { what: "atomic access address", value: addr });
+    }
+    Ok((addr & (PAGE_SIZE as u64 - 1)) as usize)
 }
 
 impl Drop for Accessor {
