@@ -369,6 +369,7 @@ fn a_wake_detaches_its_woken_waiter() {
 /// kernel, but never past its deadline, and is woken whether the wake
 /// comes while it yields (no system call) or after it went to sleep.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri, where waits do not yield (no sched_yield loop there)")]
 fn blocking_waits_yield_then_sleep() {
     for spin in [Duration::ZERO, Duration::from_micros(5), Duration::from_secs(30)] {
         let m = Machine::new(Config {
