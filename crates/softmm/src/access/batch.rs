@@ -34,7 +34,9 @@ use std::time::Duration;
 
 /// Word accesses with the accessor's slot published once; see the module
 /// documentation for what a thread may not do while one is open. Ends
-/// (publishes the slot idle) when dropped.
+/// (publishes the slot idle) when dropped; a batch leaked with
+/// `mem::forget` stays open, and every later shootdown of its address space
+/// waits for it forever (a hang, never a stale access).
 pub struct Batch<'a> {
     acc: &'a mut Accessor,
 }

@@ -281,8 +281,8 @@ impl GuestCondvar {
     /// before it. If another notify changed the counter in between
     /// (`EAGAIN`), falls back to waking every waiter.
     pub fn notify_all_requeue(&self, mm: &Mm, acc: &mut impl GuestWords, mutex: &GuestMutex) -> Result<()> {
-        let seq = acc.fetch_add_u32(self.addr, 1)?.wrapping_add(1);
         check_pair(mm, acc)?;
+        let seq = acc.fetch_add_u32(self.addr, 1)?.wrapping_add(1);
         acc.outside(|_| match mm.futex_cmp_requeue(self.addr, 1, i32::MAX as u32, mutex.addr, seq) {
             Ok(_) => Ok(()),
             Err(Error::Again) => {
@@ -381,6 +381,14 @@ mod tests {
             assert!(cv.notify_one(&mm, &mut acc).is_err());
             assert!(cv.notify_all_requeue(&mm, &mut acc, &mx).is_err());
             mx.unlock(&mm, &mut acc).unwrap();
+            // Words of one space with an accessor (or batch) of another.
+            let other = space(&m, MapKind::Private);
+            let mut oacc = other.accessor();
+            let ok_cv = GuestCondvar::new(C).unwrap();
+            assert_eq!(mx.lock(&mm, &mut oacc).unwrap_err().errno(), errno::EINVAL);
+            assert_eq!(mx.lock(&mm, &mut oacc.batch()).unwrap_err().errno(), errno::EINVAL);
+            assert_eq!(ok_cv.notify_all_requeue(&mm, &mut oacc, &mx).unwrap_err().errno(), errno::EINVAL);
+            assert_eq!(oacc.load_u32(C).unwrap(), 0, "a refused requeue changed nothing");
             mm.check_invariants().unwrap();
         }
     }
@@ -466,16 +474,19 @@ mod tests {
             const ITEMS: u64 = iters(2_000);
             let (p, c) = (mm.clone(), mm.clone());
             let got = within("condvar handoff", move || {
+                // The producer runs each item in one accessor batch (its
+                // waits and wakes leave it), the consumer access by access.
                 let producer = std::thread::spawn(move || -> Result<()> {
                     let mut acc = p.accessor();
                     for i in 1..=ITEMS {
-                        mx.lock(&p, &mut acc)?;
-                        while acc.load_u64(DATA)? != 0 {
-                            not_full.wait(&p, &mut acc, &mx)?;
+                        let mut b = acc.batch();
+                        mx.lock(&p, &mut b)?;
+                        while b.load_u64(DATA)? != 0 {
+                            not_full.wait(&p, &mut b, &mx)?;
                         }
-                        acc.store_u64(DATA, i)?;
-                        not_empty.notify_one(&p, &mut acc)?;
-                        mx.unlock(&p, &mut acc)?;
+                        b.store_u64(DATA, i)?;
+                        not_empty.notify_one(&p, &mut b)?;
+                        mx.unlock(&p, &mut b)?;
                     }
                     Ok(())
                 });
@@ -546,13 +557,17 @@ mod tests {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     std::thread::sleep(Duration::from_millis(10));
-                    acc.store_u64(DATA, 1).expect("store");
+                    // The broadcast in one accessor batch (the requeue's `Mm`
+                    // call leaves it).
+                    let mut b = acc.batch();
+                    b.store_u64(DATA, 1).expect("store");
                     if requeue {
-                        cv.notify_all_requeue(&mm2, &mut acc, &mx).expect("notify");
+                        cv.notify_all_requeue(&mm2, &mut b, &mx).expect("notify");
                     } else {
-                        cv.notify_all(&mm2, &mut acc).expect("notify");
+                        cv.notify_all(&mm2, &mut b).expect("notify");
                     }
-                    mx.unlock(&mm2, &mut acc).expect("unlock");
+                    mx.unlock(&mm2, &mut b).expect("unlock");
+                    drop(b);
                     for t in ts {
                         t.join().expect("thread").expect("waiter ops");
                     }
