@@ -13,7 +13,11 @@
 //!   on softmm, the same algorithm over an `AtomicU32` and futex(2) on Linux)
 //!   with 2, 4 and 8 threads (pinned round-robin over the allowed CPUs, so
 //!   they really contend) each doing lock / counter += 1 / unlock, total
-//!   lock-unlock pairs per second;
+//!   lock-unlock pairs per second. Both sides run on the same host bytes: a
+//!   fresh guest page per run, pinned, the Linux side on the pin's atomics
+//!   (where the lock word's cache line lands moves either side's rate by
+//!   tens of percent); the softmm side runs each iteration in one accessor
+//!   `Batch`;
 //! - (e) what the vcache costs a COW fault when the address space has no
 //!   waiter: the check is one SeqCst fence and one load, which cannot be
 //!   compiled out, so it is timed on its own (back to back, and right after a
@@ -22,7 +26,8 @@
 //!   a COW fault with a waiter attached elsewhere in the address space (the
 //!   vcache then takes a bucket lock) is shown for context.
 //!
-//! Linux side: real memory of this process (`MAP_PRIVATE | MAP_ANONYMOUS`),
+//! Linux side: real memory of this process (`MAP_PRIVATE | MAP_ANONYMOUS`;
+//! for (d), the pinned guest page),
 //! real `syscall(SYS_futex, ...)`. The ops are **non-private** (no
 //! `FUTEX_PRIVATE_FLAG`), the variant whose semantics softmm's futexes have:
 //! a softmm futex call always resolves the page (physical keys meet across
