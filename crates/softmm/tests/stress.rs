@@ -1,5 +1,6 @@
-//! Real-thread stress: accessors and remote accesses racing with fork, COW,
-//! munmap, mmap, mprotect and madvise. Bounded by iteration counts (a few
+//! Real-thread stress: accessors (every other round of word accesses in one
+//! accessor batch) and remote accesses racing with fork, COW, munmap, mmap,
+//! mprotect and madvise. Bounded by iteration counts (a few
 //! seconds in release builds), checked exactly:
 //! - a thread's own words always read back what it last wrote;
 //! - atomic counters shared by all threads end at exactly the number of
@@ -12,7 +13,7 @@
 
 mod common;
 use common::*;
-use softmm::{Advice, Error, MapKind, Mm, Prot, SegvKind};
+use softmm::{Advice, Error, GuestWords, MapKind, Mm, Prot, SegvKind};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -98,34 +99,15 @@ fn writer(p: &Mm, w: u64, prog: &Progress) -> u64 {
     let mut it = 0;
     while it < MAX_ITERS && (it < MIN_ITERS || !prog.forker_done.load(Ordering::Acquire)) {
         it += 1;
-        prog.started[w as usize].store(it, Ordering::SeqCst);
-        for page in 0..OWN_PAGES {
-            for j in 0..WORDS {
-                acc.store_u64(own_word(w, page, j), tag(w, page, j, it)).unwrap();
-            }
-        }
-        for page in 0..OWN_PAGES {
-            for j in 0..WORDS {
-                let got = acc.load_u64(own_word(w, page, j)).unwrap();
-                assert_eq!(got, tag(w, page, j, it), "writer {w} lost its write to page {page} word {j}");
-            }
-        }
-        prog.done[w as usize].store(it, Ordering::SeqCst);
-        for c in 0..COUNTERS {
-            acc.fetch_add_u64(counter(c), 1).unwrap();
-        }
-
-        // The volatile region: faults are fine, wrong data is not.
-        let vp = VOLATILE + (it * 3 + w) % VOLATILE_PAGES * PAGE;
-        let x = (w << 24 | it) as u32;
-        if let Err(e) = acc.store_u64(vp + 8 * (it % 64), vword(x)) {
-            assert!(volatile_fault_ok(&e, true), "{e:?}");
-        }
-        match acc.load_u64(vp + 8 * ((it + 1) % 64)) {
-            Ok(v) => assert!(vword_ok(v), "read {v:#x} from the volatile region"),
-            Err(e) => assert!(volatile_fault_ok(&e, false), "{e:?}"),
+        // Every other iteration runs its word accesses in one accessor
+        // batch, which the forker's forks, COW faults and munmaps wait for.
+        if it % 2 == 1 {
+            word_round(&mut acc.batch(), w, it, prog);
+        } else {
+            word_round(&mut acc, w, it, prog);
         }
         if it % 4 == 0 {
+            let vp = VOLATILE + (it * 3 + w) % VOLATILE_PAGES * PAGE;
             if let Err(e) = acc.fill_bytes(vp + PAGE / 2, 256, vbyte(w)) {
                 assert!(volatile_fault_ok(&e, true), "{e:?}");
             }
@@ -137,6 +119,37 @@ fn writer(p: &Mm, w: u64, prog: &Progress) -> u64 {
         }
     }
     it
+}
+
+/// Iteration `it` of writer `w`'s word accesses: its own words written and
+/// read back, the shared counters bumped, a word of the volatile region
+/// written and one read (faults are fine there, wrong data is not).
+fn word_round(acc: &mut impl GuestWords, w: u64, it: u64, prog: &Progress) {
+    prog.started[w as usize].store(it, Ordering::SeqCst);
+    for page in 0..OWN_PAGES {
+        for j in 0..WORDS {
+            acc.store_u64(own_word(w, page, j), tag(w, page, j, it)).unwrap();
+        }
+    }
+    for page in 0..OWN_PAGES {
+        for j in 0..WORDS {
+            let got = acc.load_u64(own_word(w, page, j)).unwrap();
+            assert_eq!(got, tag(w, page, j, it), "writer {w} lost its write to page {page} word {j}");
+        }
+    }
+    prog.done[w as usize].store(it, Ordering::SeqCst);
+    for c in 0..COUNTERS {
+        acc.fetch_add_u64(counter(c), 1).unwrap();
+    }
+    let vp = VOLATILE + (it * 3 + w) % VOLATILE_PAGES * PAGE;
+    let x = (w << 24 | it) as u32;
+    if let Err(e) = acc.store_u64(vp + 8 * (it % 64), vword(x)) {
+        assert!(volatile_fault_ok(&e, true), "{e:?}");
+    }
+    match acc.load_u64(vp + 8 * ((it + 1) % 64)) {
+        Ok(v) => assert!(vword_ok(v), "read {v:#x} from the volatile region"),
+        Err(e) => assert!(volatile_fault_ok(&e, false), "{e:?}"),
+    }
 }
 
 /// What a child must see of writer `w`'s words, given the writer's progress

@@ -27,6 +27,10 @@ pub trait GuestWords {
     fn load_u64(&mut self, addr: u64) -> Result<u64>;
     /// Atomic store (release).
     fn store_u64(&mut self, addr: u64, v: u64) -> Result<()>;
+    /// Compare-exchange, as [`cmpxchg_u32`](Self::cmpxchg_u32).
+    fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>>;
+    /// Fetch-add (wrapping); returns the previous value.
+    fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64>;
     /// FUTEX_WAIT on the word at `addr`.
     fn futex_wait(&mut self, addr: u64, val: u32, timeout: Option<Duration>) -> Result<()>;
     /// FUTEX_WAKE of at most `n` waiters on the word at `addr`.
@@ -68,6 +72,14 @@ macro_rules! forward_words {
         #[inline]
         fn store_u64(&mut self, addr: u64, v: u64) -> Result<()> {
             Self::store_u64(self, addr, v)
+        }
+        #[inline]
+        fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>> {
+            Self::cmpxchg_u64(self, addr, old, new)
+        }
+        #[inline]
+        fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64> {
+            Self::fetch_add_u64(self, addr, v)
         }
         fn futex_wait(&mut self, addr: u64, val: u32, timeout: Option<Duration>) -> Result<()> {
             Self::futex_wait(self, addr, val, timeout)
