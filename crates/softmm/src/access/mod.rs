@@ -229,15 +229,10 @@ impl Accessor {
     /// host pointer of each piece and its offsets in the caller's buffer.
     fn chunks(&mut self, addr: u64, len: usize, write: bool, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<()> {
         let end = addr.checked_add(len as u64).ok_or(Error::Segv { addr, kind: SegvKind::MapErr })?;
-        let mut va = addr;
-        while va < end {
-            let hi = crate::mm::page_end(va).min(end);
-            let lo = (va - addr) as usize;
-            let n = (hi - va) as usize;
-            let off = (va & 0xfff) as usize;
-            // SAFETY: `off + n <= PAGE_SIZE`, so the pointer stays in the frame.
-            self.with_page(va, write, |p| f(unsafe { p.add(off) }, lo, lo + n))?;
-            va = hi;
+        for piece in crate::mm::page_pieces(addr, end) {
+            // SAFETY: a piece lies in one page (`off + (hi - lo) <=
+            // PAGE_SIZE`), so the pointer stays in the frame.
+            self.with_page(piece.va, write, |p| f(unsafe { p.add(piece.off) }, piece.lo, piece.hi))?;
         }
         Ok(())
     }

@@ -271,21 +271,17 @@ impl Mm {
     ) -> Result<()> {
         let end = addr.checked_add(len as u64).ok_or(Error::Segv { addr, kind: crate::SegvKind::MapErr })?;
         let arena = self.inner.arena();
-        let mut va = addr;
-        while va < end {
-            let hi = page_end(va).min(end);
+        for p in page_pieces(addr, end) {
             // The read lock is held across the copy, as Linux's
             // access_remote_vm does: no fork can write-protect the page (and
             // let another thread's COW move it away) while we write into it.
             let st = self.inner.state.read();
-            let frame = grab_page(&self.inner, &st, va, access)?;
-            let lo = (va - addr) as usize;
-            copy(arena, frame, (va & 0xfff) as usize, lo, lo + (hi - va) as usize);
+            let frame = grab_page(&self.inner, &st, p.va, access)?;
+            copy(arena, frame, p.off, p.lo, p.hi);
             // Dropped before the lock: an audit (every `mmap_lock` for
             // writing) must not find a reference nobody accounts for.
             arena.put(frame);
             drop(st);
-            va = hi;
         }
         Ok(())
     }
@@ -461,6 +457,52 @@ pub(crate) fn grab_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> 
 #[inline]
 pub(crate) fn page_end(va: u64) -> u64 {
     (va | (PAGE_SIZE as u64 - 1)).saturating_add(1)
+}
+
+/// One page's piece of a byte range `[addr, end)` (`page_pieces`): it
+/// starts at guest address `va`, at offset `off` in its page, and is bytes
+/// `lo..hi` of the range.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub(crate) va: u64,
+    pub(crate) off: usize,
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+}
+
+/// `[addr, end)` cut at page boundaries, in order (`end >= addr`): what
+/// every byte copy to or from guest memory walks, one frame at a time.
+pub(crate) fn page_pieces(addr: u64, end: u64) -> impl Iterator<Item = Piece> {
+    let mut va = addr;
+    std::iter::from_fn(move || {
+        if va >= end {
+            return None;
+        }
+        let hi = page_end(va).min(end);
+        let lo = (va - addr) as usize;
+        let piece = Piece { va, off: (va & (PAGE_SIZE as u64 - 1)) as usize, lo, hi: lo + (hi - va) as usize };
+        va = hi;
+        Some(piece)
+    })
+}
+
+#[cfg(all(test, not(loom)))]
+mod page_pieces_tests {
+    use super::{page_pieces, Piece};
+
+    fn pieces(addr: u64, end: u64) -> Vec<(u64, usize, usize, usize)> {
+        page_pieces(addr, end).map(|Piece { va, off, lo, hi }| (va, off, lo, hi)).collect()
+    }
+
+    #[test]
+    fn ranges_cut_at_page_boundaries() {
+        assert_eq!(pieces(0x1000, 0x1000), vec![]);
+        assert_eq!(pieces(0x1ffe, 0x2003), vec![(0x1ffe, 0xffe, 0, 2), (0x2000, 0, 2, 5)]);
+        assert_eq!(pieces(0x1000, 0x3000), vec![(0x1000, 0, 0, 0x1000), (0x2000, 0, 0x1000, 0x2000)]);
+        // The last page of the address space ends the walk (no overflow).
+        let top = u64::MAX - 0xfff;
+        assert_eq!(pieces(top + 8, u64::MAX), vec![(top + 8, 8, 0, 0xff7)]);
+    }
 }
 
 /// smaps of `[start, end)` with Linux's meanings. Frame counts are

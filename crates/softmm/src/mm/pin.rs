@@ -177,13 +177,8 @@ impl PinnedPages {
             return Err(Error::Fault { addr: bad });
         }
         let first = self.addr & !(PAGE - 1);
-        let mut va = addr;
-        while va < end {
-            let hi = super::page_end(va).min(end);
-            let f = self.frames[((va - first) / PAGE) as usize];
-            let lo = (va - addr) as usize;
-            copy(f, (va & (PAGE - 1)) as usize, lo, lo + (hi - va) as usize);
-            va = hi;
+        for p in super::page_pieces(addr, end) {
+            copy(self.frames[((p.va - first) / PAGE) as usize], p.off, p.lo, p.hi);
         }
         Ok(())
     }
