@@ -371,7 +371,7 @@ fn a_wake_detaches_its_woken_waiter() {
 #[test]
 #[cfg_attr(miri, ignore = "slow under Miri, where waits do not yield (no sched_yield loop there)")]
 fn blocking_waits_yield_then_sleep() {
-    for spin in [Duration::ZERO, Duration::from_micros(5), Duration::from_secs(30)] {
+    for spin in [Duration::ZERO, Duration::from_micros(5), Duration::from_secs(30), Duration::MAX] {
         let m = Machine::new(Config {
             arena_bytes: if cfg!(miri) { 256 * 4096 } else { 64 << 20 },
             futex_spin: spin,

@@ -82,12 +82,10 @@ fn yield_while_waiting(node: &Node, spin: std::time::Duration, deadline: Option<
     if spin.is_zero() || node.state() != WaitState::Waiting {
         return;
     }
-    let start = std::time::Instant::now();
-    let end = match (start.checked_add(spin), deadline) {
-        (Some(e), Some(d)) => e.min(d),
-        (Some(e), None) => e,
-        (None, d) => d.unwrap_or(start),
-    };
+    // A window too long to add to the clock (`Duration::MAX`) is "until
+    // woken", bounded by the deadline like any other.
+    let window_end = std::time::Instant::now().checked_add(spin).unwrap_or_else(super::far_future);
+    let end = deadline.map_or(window_end, |d| window_end.min(d));
     while node.state() == WaitState::Waiting && std::time::Instant::now() < end {
         std::thread::yield_now();
     }
