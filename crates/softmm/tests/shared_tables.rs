@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use softmm::{Advice, ForkPolicy, MapKind, Prot};
+use softmm::{Advice, ForkPolicy, Machine, MapKind, Mm, Prot};
 
 const BASE: u64 = 0x1000_0000;
 const PAGES: u64 = 4 * 512; // 8 MiB: four PTE tables
@@ -97,6 +97,18 @@ fn child_work(child: softmm::Mm, i: u64, round: u8) {
 /// had as CVE-2021-4002). The window is narrow, so this mostly runs the
 /// late drop (`Left::Later`, `put_late`, both orders) under the audit; the
 /// loom model `share::loom_leave_tests` proves the order.
+/// A parent with `n` pages at `BASE`, each written with `pattern(p, 1)`,
+/// and its child forked with shared page tables.
+fn written_and_forked(m: &Machine, n: u64) -> (Mm, Mm) {
+    let parent = m.new_mm().unwrap();
+    map(&parent, BASE, n * PAGE, Prot::RW, MapKind::Private);
+    for p in 0..n {
+        parent.write(BASE + p * PAGE, &pattern(p, 1)).unwrap();
+    }
+    let child = parent.fork_with(ForkPolicy::SharedTables).unwrap();
+    (parent, child)
+}
+
 #[test]
 fn leaving_sharers_never_read_a_recycled_frame() {
     const N: u64 = 8 * 512;
@@ -104,12 +116,7 @@ fn leaving_sharers_never_read_a_recycled_frame() {
     let recycler = m.new_mm().unwrap();
     let spare = 0x4000_0000;
     for round in 0..40u8 {
-        let parent = m.new_mm().unwrap();
-        map(&parent, BASE, N * PAGE, Prot::RW, MapKind::Private);
-        for p in 0..N {
-            parent.write(BASE + p * PAGE, &pattern(p, 1)).unwrap();
-        }
-        let child = parent.fork_with(ForkPolicy::SharedTables).unwrap();
+        let (parent, child) = written_and_forked(&m, N);
         let leaving = std::sync::Barrier::new(5);
         std::thread::scope(|s| {
             for mm in [&parent, &child] {
@@ -167,12 +174,7 @@ fn borrowers_never_read_a_recycled_frame() {
     let recycler = m.new_mm().unwrap();
     let spare = 0x4000_0000;
     for round in 0..40u8 {
-        let parent = m.new_mm().unwrap();
-        map(&parent, BASE, N * PAGE, Prot::RW, MapKind::Private);
-        for p in 0..N {
-            parent.write(BASE + p * PAGE, &pattern(p, 1)).unwrap();
-        }
-        let child = parent.fork_with(ForkPolicy::SharedTables).unwrap();
+        let (parent, child) = written_and_forked(&m, N);
         let copies = m.stats().table_copies;
         for t in 0..N / 512 {
             parent.write(BASE + t * 512 * PAGE, &pattern(t * 512, 2)).unwrap();
