@@ -285,3 +285,32 @@ fn a_swapped_in_page_is_followed_across_cow() {
         audit(&m);
     }
 }
+
+/// The exit of the space that started a wait ends the wait (as Linux's
+/// exit ends its threads) and releases its frame at once, whether or not
+/// the host still holds the waiter.
+#[test]
+fn exit_ends_the_waits_of_the_space_and_releases_their_frames() {
+    for keys in MODES {
+        let m = machine(keys, None);
+        let mm = space(&m, 2, MapKind::Private);
+        let held = wait(&mm, BASE);
+        let blocked = wait(&mm, BASE + PAGE);
+        let thread = std::thread::spawn(move || blocked.wait(None));
+        // A waiter of another space on a page the exiting space shares
+        // with it is not the exiting space's: it stays.
+        let child = mm.fork().expect("fork");
+        let other = wait(&child, BASE + 8);
+        mm.exit();
+        assert_eq!(held.state(), WaitState::Exited, "{keys:?}");
+        assert!(matches!(thread.join().expect("thread"), Err(softmm::Error::Exited)), "{keys:?}");
+        assert_eq!(other.state(), WaitState::Waiting, "{keys:?}");
+        audit(&m);
+        child.exit();
+        assert_eq!(other.state(), WaitState::Exited);
+        assert_eq!(m.stats().frames_in_use, 0, "no waiter keeps a frame of an exited space ({keys:?})");
+        assert!(matches!(held.wait(None), Err(softmm::Error::Exited)));
+        drop(other);
+        audit(&m);
+    }
+}

@@ -224,6 +224,7 @@ fn waiter_line(w: &str, state: WaitState) -> Result<String, Fatal> {
         WaitState::Waiting => "waiting".into(),
         WaitState::Woken => "woken".into(),
         WaitState::TimedOut => "timeout".into(),
+        WaitState::Exited => return Err(format!("waiter `{w}`: its address space has exited")),
         WaitState::Idle | WaitState::Cancelled => return Err(format!("waiter `{w}` is in state {state:?}")),
     })
 }

@@ -365,7 +365,7 @@ impl World {
         let key_of = |f: FrameId| FutexKey::Frame { frame: f, offset: (ADDR & 0xfff) as u32 };
         let first = self.resolve_for_wait();
         let track = Some((C, PAGE, None));
-        let node = Arc::new(Node::with(key_of(first), u32::MAX, Notify::None, track));
+        let node = Arc::new(Node::with(key_of(first), u32::MAX, Notify::None, track, C));
         let mut first = Some(first);
         let mut attached = false;
         loop {

@@ -246,6 +246,19 @@ pub(crate) fn invalidate(mm: &MmInner, st: Option<&MmState>, lo: u64, hi: u64) {
     });
 }
 
+/// The address space `mm` exited (its page tables are gone): end every
+/// wait it started, as Linux's exit ends the threads that wait. Each ends
+/// `Exited` (`Error::Exited` to whoever waits on it), its frame reference
+/// dropped and its vcache entries detached now, whether or not the host
+/// ever drops its `FutexWaiter`.
+pub(crate) fn exit(mm: &MmInner) {
+    let fx = &mm.machine.futexes;
+    for (notify, node) in fx.table.end_owned(mm.id) {
+        waiter::release_from(&fx.vcache, &mm.vcache_users, mm.arena(), &node, true);
+        notify.notify(&node);
+    }
+}
+
 /// A deadline for a wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timeout {
@@ -452,7 +465,7 @@ fn start(mm: &MmInner, addr: u64, val: u32, bitset: u32, blocking: bool) -> Resu
     // Everything the node needs is set before it is shared: no lock.
     let notify = if blocking { waiter::blocking_notify() } else { Notify::None };
     let track = physical(mm).then_some((mm.id, addr & !0xfff, None));
-    let node = waiter::new_node(first.key, bitset, notify, track);
+    let node = waiter::new_node(first.key, bitset, notify, track, mm.id);
     match enqueue(mm, &st, &node, first, addr, val) {
         Ok(()) => Ok(node),
         Err(e) => {

@@ -53,6 +53,10 @@ pub enum WaitState {
     TimedOut = 3,
     /// Taken off the queue by a cancellation.
     Cancelled = 4,
+    /// Taken off the queue because the address space that started the
+    /// wait exited (Linux ends the threads that wait); its frame reference
+    /// and vcache entries are released then.
+    Exited = 5,
 }
 
 impl WaitState {
@@ -62,6 +66,7 @@ impl WaitState {
             2 => WaitState::Woken,
             3 => WaitState::TimedOut,
             4 => WaitState::Cancelled,
+            5 => WaitState::Exited,
             _ => WaitState::Idle,
         }
     }
@@ -85,7 +90,7 @@ pub(crate) enum Notify {
 }
 
 impl Notify {
-    fn notify(self, node: &Node) {
+    pub(crate) fn notify(self, node: &Node) {
         #[cfg(any(loom, miri))]
         let _ = node; // no futex(2) there: the parker or the waker says it
         match self {
@@ -134,10 +139,15 @@ pub(crate) struct Node {
     /// `settle` see that a waiter is keyed where it should be without
     /// taking the waiter's lock.
     frame: AtomicU32,
-    /// Set (before the state becomes `Woken`) by a wake that already
-    /// detached the waiter's only vcache entry and dropped its key's frame
-    /// reference: the waiter's `leave` has nothing left to do.
-    released: AtomicBool,
+    /// Set, under `inner`, by whoever detached the waiter's vcache entries
+    /// and dropped its key's frame reference: a wake that found the
+    /// waiter's only entry (before the state becomes `Woken`), the exit of
+    /// the waiter's address space, or the waiter's own `leave`. Whoever
+    /// finds it set has nothing left to release.
+    pub(crate) released: AtomicBool,
+    /// The id of the address space that started the wait (its exit ends
+    /// the wait: `FutexTable::end_owned`).
+    owner: u64,
     /// Set by a blocking waiter (`Notify::Futex`) before it sleeps in
     /// futex(2) on `state`; a waker whose waiter never got that far skips
     /// the system call (see `wake_sleeper`). Unread under loom and Miri,
@@ -151,7 +161,7 @@ impl Node {
     /// A node already keyed by `key` (not counted: `queue` does that),
     /// told through `notify`, and (physical keys) tracking `(mm, page)`:
     /// all set before anyone else can see the node, so without a lock.
-    pub(crate) fn with(key: FutexKey, bitset: u32, notify: Notify, track: Option<Tracking>) -> Node {
+    pub(crate) fn with(key: FutexKey, bitset: u32, notify: Notify, track: Option<Tracking>, owner: u64) -> Node {
         let mut entries = crate::few::Few::default();
         let tracked = track.as_ref().map(|(mm, page, _)| (*mm, *page));
         if let Some(t) = track {
@@ -161,6 +171,7 @@ impl Node {
             state: AtomicU32::new(WaitState::Idle as u32),
             frame: AtomicU32::new(key.frame().map_or(NO_FRAME, |f| f.0)),
             released: AtomicBool::new(false),
+            owner,
             sleeping: AtomicBool::new(false),
             inner: Mutex::new(NodeInner { key, bitset, notify, tracked, left: None, entries }),
         }
@@ -226,6 +237,10 @@ struct Bucket {
 /// The futex hash of a machine.
 pub(crate) struct FutexTable {
     buckets: Box<[Bucket]>,
+    /// Moves of queued waiters from one bucket to another (rekey,
+    /// requeue), counted under the locks of both: a scan of every bucket
+    /// that saw no move meanwhile saw every waiter (`end_owned`).
+    moves: AtomicUsize,
 }
 
 impl Default for FutexTable {
@@ -234,6 +249,7 @@ impl Default for FutexTable {
             buckets: (0..BUCKETS)
                 .map(|_| Bucket { waiters: AtomicUsize::new(0), queue: Mutex::new(VecDeque::new()) })
                 .collect(),
+            moves: AtomicUsize::new(0),
         }
     }
 }
@@ -442,6 +458,7 @@ impl FutexTable {
                     }
                     self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
                     self.buckets[i2].waiters.fetch_add(1, Ordering::SeqCst);
+                    self.moves.fetch_add(1, Ordering::SeqCst);
                     pair.get(i2).push_back(n);
                     requeued += 1;
                 }
@@ -486,17 +503,47 @@ impl FutexTable {
         }
         self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
         self.buckets[i2].waiters.fetch_add(1, Ordering::SeqCst);
+        self.moves.fetch_add(1, Ordering::SeqCst);
         if let Some(n) = n {
             pair.get(i2).push_back(n);
+        }
+    }
+
+    /// Take every queued waiter that address space `owner` started off its
+    /// queue, as `Exited` (the space is gone: nothing can wake them through
+    /// it any more, and Linux's exit ends the threads that wait). Returns
+    /// them, still to be released and told (`futex::exit`). Bucket by
+    /// bucket, again whenever a waiter moved between buckets meanwhile (it
+    /// may have moved behind the scan).
+    pub(crate) fn end_owned(&self, owner: u64) -> Vec<(Notify, Arc<Node>)> {
+        let mut ended = Vec::new();
+        loop {
+            let moves = self.moves.load(Ordering::SeqCst);
+            for b in self.buckets.iter() {
+                let mut q = b.queue.lock();
+                let before = ended.len();
+                q.retain(|node| {
+                    if node.owner != owner || node.state() != WaitState::Waiting {
+                        return true;
+                    }
+                    node.set_state(WaitState::Exited);
+                    ended.push((std::mem::take(&mut node.inner.lock().notify), node.clone()));
+                    false
+                });
+                b.waiters.fetch_sub(ended.len() - before, Ordering::SeqCst);
+            }
+            if self.moves.load(Ordering::SeqCst) == moves {
+                return ended;
+            }
         }
     }
 
     /// Take `node` off its queue, if it is still on one, giving it state
     /// `why`. Returns the state it ends in (`Woken` if a wake got there first).
     pub(crate) fn unqueue(&self, node: &Arc<Node>, why: WaitState) -> WaitState {
-        // Woken, timed out and cancelled are final (they are set under the
+        // Woken, timed out, cancelled and exited are final (they are set under the
         // bucket lock and never left): no lock needed to see them.
-        if let s @ (WaitState::Woken | WaitState::TimedOut | WaitState::Cancelled) = node.state() {
+        if let s @ (WaitState::Woken | WaitState::TimedOut | WaitState::Cancelled | WaitState::Exited) = node.state() {
             return s;
         }
         loop {

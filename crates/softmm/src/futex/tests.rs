@@ -222,7 +222,7 @@ fn linux_keys_private_per_mm_shared_per_object() {
 }
 
 #[test]
-fn waiter_survives_munmap_dontneed_exit() {
+fn waiter_survives_munmap_dontneed_and_ends_at_exit() {
     let m = machine(FutexKeys::Physical);
     let p = space(&m, MapKind::Shared);
     let c = p.fork().unwrap();
@@ -231,10 +231,14 @@ fn waiter_survives_munmap_dontneed_exit() {
     audit(&p);
     c.munmap(A, 4096).unwrap();
     audit(&p);
-    drop(c);
-    audit(&p);
     assert_eq!(p.futex_wake(A, 1).unwrap(), 1, "the shared page is still what it waits on");
     assert_eq!(w.wait(None), Ok(()));
+    // The exit of the space that started a wait ends it (Linux ends the
+    // threads that wait), even though the page lives on in `p`.
+    let w = c.futex_wait_start(A + 0x1000, 0, BITSET_MATCH_ANY).unwrap();
+    drop(c);
+    assert_eq!(w.state(), WaitState::Exited);
+    assert_eq!(w.wait(None), Err(crate::Error::Exited));
     audit(&p);
 }
 

@@ -20,15 +20,21 @@ thread_local! {
 /// A fresh node for a waiter (`Node::with`): this thread's spare if nobody
 /// else holds it (no queue, vcache entry or canceller: `Arc::get_mut` says
 /// so), else a new one.
-pub(super) fn new_node(key: super::FutexKey, bitset: u32, notify: Notify, track: Option<Tracking>) -> Arc<Node> {
+pub(super) fn new_node(
+    key: super::FutexKey,
+    bitset: u32,
+    notify: Notify,
+    track: Option<Tracking>,
+    owner: u64,
+) -> Arc<Node> {
     #[cfg(not(loom))]
     if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
         if let Some(node) = Arc::get_mut(&mut spare) {
-            *node = Node::with(key, bitset, notify, track);
+            *node = Node::with(key, bitset, notify, track, owner);
             return spare;
         }
     }
-    Arc::new(Node::with(key, bitset, notify, track))
+    Arc::new(Node::with(key, bitset, notify, track, owner))
 }
 
 /// Keep `node` as this thread's spare. A waker may still hold it for a
@@ -125,6 +131,7 @@ pub(super) fn leave(mm: &MmInner, node: &Arc<Node>) -> Result<()> {
     match leave_from(&fx.table, &fx.vcache, &mm.vcache_users, mm.arena(), node) {
         WaitState::Woken => Ok(()),
         WaitState::TimedOut => Err(Error::TimedOut),
+        WaitState::Exited => Err(Error::Exited),
         _ => Err(Error::Interrupted),
     }
 }
@@ -143,10 +150,29 @@ pub(super) fn leave_from(
     if end == WaitState::Woken && node.released() {
         return end; // the wake detached us and dropped the key's reference
     }
+    release_from(vcache, users, frames, node, end != WaitState::Idle);
+    end
+}
+
+/// Detach `node`'s vcache entries and drop its key's frame reference
+/// (`keyed`: the key holds one; a node never queued holds none), unless
+/// that was done already (`Node::released`). The node is off its queue.
+/// `users`: the count of the space that started the wait (its entries
+/// name no count of their own).
+pub(super) fn release_from(
+    vcache: &Vcache<Node>,
+    users: &AtomicUsize,
+    frames: &impl FrameRefs,
+    node: &Arc<Node>,
+    keyed: bool,
+) {
     let (entries, frame) = {
         let mut inner = node.inner.lock();
-        // Never queued (`Idle`): the key holds no reference yet.
-        let frame = if end == WaitState::Idle { None } else { inner.key.frame() };
+        if node.released() {
+            return;
+        }
+        node.released.store(true, crate::sync::Ordering::Relaxed);
+        let frame = if keyed { inner.key.frame() } else { None };
         (std::mem::take(&mut inner.entries), frame)
     };
     for (emm, page, own) in entries.iter() {
@@ -156,7 +182,6 @@ pub(super) fn leave_from(
         frames.key_off(f);
         frames.put(f);
     }
-    end
 }
 
 /// A waiter queued by [`Mm::futex_wait_start`](crate::Mm::futex_wait_start).

@@ -272,6 +272,8 @@ pub(crate) fn do_exit(mm: &MmInner) {
     let vmas = std::mem::take(&mut st.vmas);
     gather.need_flush();
     gather.finish(mm, None);
+    // After the shootdown: a waiter's reference may be its frame's last.
+    crate::futex::exit(mm);
     mm.notifiers.end(inv);
     mm.notifiers.release();
     drop(st);
