@@ -39,7 +39,9 @@
 //! cases of up to `CHAOS_STEPS` (default 60) steps. `CHAOS_REPORT=1` prints
 //! the total number of steps and what they did at the end (run with
 //! `--nocapture`). `CHAOS_RECLAIM=0` leaves out the frame limit, reclaim,
-//! migration and compaction (a check of the model itself).
+//! migration and compaction (a check of the model itself); `CHAOS_SKIP`
+//! names kinds of steps to leave out (`CHAOS_SKIP=Reclaim,Evacuate`);
+//! `CHAOS_KEYS=physical` or `linux` runs one key mode only.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestCaseError, TestRunner};
@@ -215,11 +217,19 @@ fn reclaim_on() -> bool {
 
 fn case() -> impl Strategy<Value = (FutexKeys, Vec<Op>)> {
     let steps = env_num("CHAOS_STEPS").unwrap_or(60).max(1) as usize;
-    let keys = prop_oneof![Just(FutexKeys::Physical), Just(FutexKeys::Linux)];
+    let keys = match std::env::var("CHAOS_KEYS").ok().and_then(|k| k.parse().ok()) {
+        Some(k) => Just(k).boxed(),
+        None => prop_oneof![Just(FutexKeys::Physical), Just(FutexKeys::Linux)].boxed(),
+    };
     let ops = prop::collection::vec(op(), 1..=steps);
-    (keys, ops).prop_map(|(k, ops)| {
-        let keep = reclaim_on();
-        (k, ops.into_iter().filter(|o| keep || !o.is_reclaim()).collect())
+    let skip: Vec<String> = std::env::var("CHAOS_SKIP").unwrap_or_default().split(',').map(str::to_owned).collect();
+    (keys, ops).prop_map(move |(k, ops)| {
+        let keep = |o: &Op| {
+            let name = format!("{o:?}");
+            let name = name.split(' ').next().unwrap_or_default();
+            (reclaim_on() || !o.is_reclaim()) && !skip.iter().any(|s| s == name)
+        };
+        (k, ops.into_iter().filter(keep).collect())
     })
 }
 
@@ -1088,4 +1098,131 @@ fn chaos_model() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Fixed histories: the harness itself, and what the chaos model found
+// ---------------------------------------------------------------------------
+
+/// Run `ops` on `w` as the chaos test does (each step checked).
+fn steps(w: &mut World, ops: &[Op]) {
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = w.step(op).and_then(|()| w.check()) {
+            panic!("step {i} {op:?}: {e}");
+        }
+    }
+}
+
+fn world(keys: FutexKeys) -> World {
+    World::new(keys).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn end(w: World) {
+    if let Err(e) = w.finish() {
+        panic!("{e}");
+    }
+}
+
+const WAIT0: Op = Op::Wait { s: 0, pg: 0, off: 0, matches: true };
+const WAKE0: Op = Op::Wake { s: 0, pg: 0, off: 0, n: 1 };
+const WRITE0: Op = Op::Write { s: 0, pg: 0, off: 1, v: 7 };
+const FORK0: Op = Op::Fork { s: 0, copy_tables: false, subscribe: true };
+
+/// The harness with every kind of step, so a broken harness shows even with
+/// `PROPTEST_CASES=0`; a page really goes to swap and comes back.
+#[test]
+fn chaos_harness_smoke() {
+    for keys in [FutexKeys::Physical, FutexKeys::Linux] {
+        let mut w = world(keys);
+        steps(
+            &mut w,
+            &[
+                Op::Subscribe { s: 0 },
+                Op::Write { s: 0, pg: 1, off: 0, v: 2 },
+                Op::Scribble { s: 0, pg: 6, at: 100, seed: 3 },
+                FORK0,
+                Op::Pin { s: 0, pg: 2, write: true },
+                Op::Fork { s: 0, copy_tables: true, subscribe: false },
+                Op::Write { s: 1, pg: 1, off: 1, v: 1 },
+                Op::Mprotect { s: 2, pg: 1, ro: true },
+                Op::Write { s: 2, pg: 1, off: 1, v: 1 },
+                Op::Reclaim { k: 20 },
+            ],
+        );
+        assert_eq!(w.mm(0).phys(PRIV + PAGE), None, "{keys:?}: the page went to swap");
+        assert!(w.m.stats().swap_outs > 0);
+        steps(
+            &mut w,
+            &[
+                Op::Read { s: 0, pg: 1 },
+                Op::Wait { s: 0, pg: 6, off: 0, matches: true },
+                Op::WakeAt { j: 0, s: 1, n: 1 },
+                Op::Migrate { s: 1, pg: 1 },
+                Op::Migrate { s: 0, pg: 2 },
+                Op::Evacuate { lo: 0, len: 63 },
+                Op::DontNeed { s: 1, pg: 1 },
+                Op::Munmap { s: 1, pg: 6 },
+                Op::Remap { s: 0, pg: 1 },
+                Op::Unpin { j: 0 },
+                Op::Exit { s: 1 },
+                Op::Cancel { j: 0 },
+            ],
+        );
+        assert!(w.m.stats().swap_ins > 0);
+        end(w);
+    }
+}
+
+/// A waiter whose page is swapped out is still reached by a wake through
+/// that page (physical keys: the page, not its residence, is the key).
+#[test]
+fn a_wake_reaches_a_waiter_whose_page_is_swapped_out() {
+    let mut w = world(FutexKeys::Physical);
+    steps(&mut w, &[WAIT0, Op::Reclaim { k: 1 }]);
+    assert_eq!(w.mm(0).phys(PRIV), None, "the page went to swap");
+    steps(&mut w, &[WAKE0]);
+    end(w);
+}
+
+/// After swap-in, the first write reuses the page (the waiter and the swap
+/// cache do not force a copy) and the waiter is still reached.
+#[test]
+fn a_waiter_follows_its_page_through_swap_in_and_write() {
+    let mut w = world(FutexKeys::Physical);
+    steps(&mut w, &[WAIT0, Op::Reclaim { k: 1 }]);
+    assert_eq!(w.mm(0).phys(PRIV), None, "the page went to swap");
+    steps(&mut w, &[Op::Read { s: 0, pg: 0 }, WRITE0, WAKE0]);
+    end(w);
+}
+
+/// A waiter on a page that was swapped out and written leaks nothing once
+/// everything is gone (frames and swap slots all given back).
+#[test]
+fn a_waiter_on_a_swapped_page_leaks_nothing() {
+    let mut w = world(FutexKeys::Physical);
+    steps(&mut w, &[WAIT0, Op::Reclaim { k: 1 }]);
+    assert_eq!(w.mm(0).phys(PRIV), None, "the page went to swap");
+    steps(&mut w, &[WRITE0]);
+    end(w);
+}
+
+/// A wait on a swapped-out page shared copy-on-write does not break COW
+/// (it does not when the page is resident): the child's wake reaches it.
+#[test]
+fn a_wait_on_a_swapped_cow_page_stays_on_the_shared_page() {
+    let mut w = world(FutexKeys::Physical);
+    steps(&mut w, &[WRITE0, FORK0, Op::Reclaim { k: 8 }]);
+    assert_eq!(w.mm(0).phys(PRIV), None, "the page went to swap");
+    steps(&mut w, &[WAIT0, Op::Wake { s: 1, pg: 0, off: 0, n: 1 }]);
+    end(w);
+}
+
+/// A migration refused because a waiter holds the page leaves the waiter
+/// following its page: a later fork and a write by the waiter's space
+/// (COW: a new page) take the waiter along.
+#[test]
+fn a_failed_migration_leaves_the_waiter_following_its_page() {
+    let mut w = world(FutexKeys::Physical);
+    steps(&mut w, &[WAIT0, Op::Migrate { s: 0, pg: 0 }, FORK0, WRITE0, WAKE0]);
+    end(w);
 }
