@@ -971,7 +971,13 @@ impl World {
                     ensure!(ok, "{what}: a hole in the model maps {phys:?}");
                     continue;
                 };
-                let Some(f) = phys else { continue }; // not resident (swapped, or not touched)
+                let Some(f) = phys else {
+                    // Not resident (swapped out, or a shared page not
+                    // touched here); a pinned private page never leaves
+                    // memory (a shared one need not be mapped everywhere).
+                    ensure!(!is_private(pg) || !self.pinned(id), "{what}: pinned page id {id} is not resident");
+                    continue;
+                };
                 ensure!(f != ZERO_FRAME, "{what}: page id {id} maps the zero frame");
                 note(id, f, &what)?;
                 self.m.read_frame(f, 0, &mut page).map_err(|e| format!("{what}: read_frame: {e}"))?;
