@@ -36,7 +36,7 @@
 //! `check_invariants` audits the machine after every step.
 //!
 //! Budget: `PROPTEST_CASES` (default 2,000 in release builds, 200 in debug)
-//! cases of up to `CHAOS_STEPS` (default 60) steps. `CHAOS_REPORT=1` prints
+//! cases of up to `CHAOS_STEPS` (default 100) steps. `CHAOS_REPORT=1` prints
 //! the total number of steps and what they did at the end (run with
 //! `--nocapture`). `CHAOS_RECLAIM=0` leaves out the frame limit, reclaim,
 //! migration and compaction (a check of the model itself); `CHAOS_SKIP`
@@ -216,7 +216,7 @@ fn reclaim_on() -> bool {
 }
 
 fn case() -> impl Strategy<Value = (FutexKeys, Vec<Op>)> {
-    let steps = env_num("CHAOS_STEPS").unwrap_or(60).max(1) as usize;
+    let steps = env_num("CHAOS_STEPS").unwrap_or(100).max(1) as usize;
     let keys = match std::env::var("CHAOS_KEYS").ok().and_then(|k| k.parse().ok()) {
         Some(k) => Just(k).boxed(),
         None => prop_oneof![Just(FutexKeys::Physical), Just(FutexKeys::Linux)].boxed(),
