@@ -59,7 +59,9 @@ pub(crate) enum Translation {
     Frame(FrameId),
     /// The shared zero frame (no reference).
     Zero,
-    /// Nothing (unmapped, not present, or the address space is gone).
+    /// A page whose contents are only on the swap device (no frame).
+    Swapped,
+    /// Nothing (unmapped, or the address space is gone).
     None,
 }
 

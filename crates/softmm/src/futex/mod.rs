@@ -186,10 +186,14 @@ impl Futexes {
         found
     }
 
-    /// `audit` of one waiter with an entry for `page` of `mm`.
+    /// `audit` of one waiter with an entry for `page` of `mm`: a waiter
+    /// that follows the page is keyed by what the page is now; one that
+    /// stopped following it (the page was unmapped) is not keyed by the
+    /// frame the page maps now (else it would miss that page's next COW).
+    /// Every queued waiter follows a page it has an entry for, or left one.
     fn audit_waiter(mm: &MmInner, st: &MmState, node: &Arc<Node>, page: u64) -> std::result::Result<(), String> {
         let inner = node.inner.lock();
-        if inner.tracked != Some((mm.id, page)) || node.state() != WaitState::Waiting {
+        if node.state() != WaitState::Waiting {
             return Ok(());
         }
         let (want, offset) = match inner.key {
@@ -197,22 +201,32 @@ impl Futexes {
             FutexKey::Private { addr, .. } => (None, (addr & 0xfff) as u32),
             FutexKey::Shared { .. } => return Err("a physical-mode waiter has a shared-object key".into()),
         };
-        let now = resolve::translation(mm, st, page + u64::from(offset));
-        let stale = match now {
-            Translation::Frame(g) => {
-                mm.arena().put(g);
-                want != Some(g)
-            }
-            Translation::Zero => want.is_some(),
-            Translation::None => false,
+        let va = page + u64::from(offset);
+        let whose = |t: Option<(u64, u64)>| t.is_some_and(|(m, p)| inner.entries.iter().any(|e| (e.0, e.1) == (m, p)));
+        if !whose(inner.tracked) && !whose(inner.left) {
+            return Err(format!("waiter at {va:#x} keyed {:?} follows no page it has an entry for", inner.key));
+        }
+        let follows = inner.tracked == Some((mm.id, page));
+        let left = inner.left == Some((mm.id, page));
+        if !follows && !left {
+            return Ok(()); // it follows another entry's page: audited there
+        }
+        let now = resolve::page_now(mm, st, va);
+        if let Translation::Frame(g) = now {
+            mm.arena().put(g);
+        }
+        let stale = match (follows, now) {
+            (true, Translation::Frame(g)) => want != Some(g),
+            (true, Translation::Zero) => want.is_some(),
+            (true, Translation::Swapped | Translation::None) => true,
+            // Shared memory keeps its frame under every mapping of it (no
+            // COW), so a waiter that left a page of it misses nothing.
+            (false, Translation::Frame(g)) => want == Some(g) && !mm.arena().meta(g).has(crate::phys::flags::SHM),
+            (false, _) => false,
         };
         if stale {
-            return Err(format!(
-                "waiter at {:#x} keyed {:?} but the page maps {:?}",
-                page + u64::from(offset),
-                inner.key,
-                now
-            ));
+            let how = if follows { "follows" } else { "left" };
+            return Err(format!("waiter at {va:#x} keyed {:?} {how} a page that is {now:?}", inner.key));
         }
         Ok(())
     }
@@ -224,7 +238,7 @@ pub(crate) fn invalidate(mm: &MmInner, st: Option<&MmState>, lo: u64, hi: u64) {
     let fx = &mm.machine.futexes;
     let arena = mm.arena();
     let lookup = |va: u64| match st {
-        Some(st) => resolve::translation(mm, st, va),
+        Some(st) => resolve::page_now(mm, st, va),
         None => Translation::None,
     };
     fx.vcache.invalidate(&mm.vcache_users, mm.id, lo, hi, |node, page| {
@@ -280,7 +294,7 @@ fn resolve(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Result<Resolv
 /// every waiter following the page brought to its key, and that key.
 fn settled(mm: &MmInner, st: &MmState, vb: &crate::vcache::Bucket<'_, Node>, addr: u64) -> Result<Resolved> {
     let page = addr & !0xfff;
-    let now = resolve::translation(mm, st, addr);
+    let now = resolve::page_now(mm, st, addr);
     table::settle(&mm.machine.futexes.table, mm.arena(), vb, mm.id, page, now);
     match now {
         Translation::Frame(frame) => {
@@ -315,7 +329,7 @@ fn settle_two(mm: &MmInner, st: &MmState, vbs: &BucketPair<'_>, addr: u64, addr2
             Some(b) if second_holds(vbs, mm.id, a) => b,
             _ => &vbs.0,
         };
-        let now = resolve::translation(mm, st, a);
+        let now = resolve::page_now(mm, st, a);
         table::settle(&mm.machine.futexes.table, mm.arena(), vb, mm.id, a & !0xfff, now);
         if let Translation::Frame(f) = now {
             mm.arena().put(f);
@@ -591,6 +605,7 @@ impl crate::Mm {
                     bucket_of(vbs, mm.id, page2).attach(&mm.vcache_users, mm.id, page2, node.clone());
                     inner.entries.push((mm.id, page2, Some(mm.vcache_users.clone())));
                     inner.tracked = Some((mm.id, page2));
+                    inner.left = None;
                 },
             );
             drop(vbs);

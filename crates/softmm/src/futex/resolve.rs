@@ -18,6 +18,7 @@ use super::FutexKey;
 use crate::error::{Error, Result};
 use crate::mm::{Access, MmInner, MmState};
 use crate::phys::{FrameId, ZERO_FRAME};
+use crate::pte::Pte;
 use crate::vcache::Translation;
 use crate::vma::{Backing, Vma};
 
@@ -145,6 +146,13 @@ pub(super) fn physical(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> R
     }
     match translation(mm, st, va) {
         Translation::Frame(f) => Ok(frame_key(f)),
+        // A page only on the swap device: no waiter can be keyed by it (a
+        // waiter's frame reference keeps its page in the swap cache). A
+        // wait reads it back, mapped read-only: waiting never breaks COW.
+        Translation::Swapped => match intent {
+            Intent::Wake => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+            _ => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
+        },
         Translation::Zero | Translation::None => match (&vma.backing, intent) {
             (Backing::Shm(obj), Intent::Wake) => match obj.find_page(vma.pgoff_of(va)) {
                 Some(f) => Ok(frame_key(f)),
@@ -174,15 +182,36 @@ pub(super) fn peek(mm: &MmInner, st: &MmState, va: u64) -> Result<Option<FutexKe
     Ok(Some(FutexKey::Frame { frame: pte.frame(), offset: (va & 0xfff) as u32 }))
 }
 
-/// What `va` translates to now, without faulting; a frame comes referenced.
-/// Callers hold `mm`'s `mmap_lock` (either mode), so tables stay put.
+/// What `va`'s page-table entry translates to now, without faulting; a
+/// frame comes referenced. Callers hold `mm`'s `mmap_lock` (either mode),
+/// so tables stay put.
+///
+/// The rule, per kind of entry (see `docs/ARCHITECTURE.md`, "Futexes"):
+/// - present: its frame (a borrowed entry's frame too: it is the page's);
+/// - the zero frame: `Zero`;
+/// - migration entry: the frame being moved, which the entry still holds
+///   (the page has not left it yet; the move's repointing fires the vcache);
+/// - swap entry: the frame the swap cache holds for its slot, if any (the
+///   page's contents, where a fault will find them); else `Swapped`;
+/// - none: `None`.
 pub(crate) fn translation(mm: &MmInner, st: &MmState, va: u64) -> Translation {
     let Some(pt) = st.pt.as_ref() else { return Translation::None };
     let arena = mm.arena();
     let page = va & !0xfff;
     loop {
         let pte = pt.follow_pte(arena, page);
-        if !pte.is_present() {
+        if pte.is_swap() {
+            match swap_cached(mm, pte) {
+                Some(f) if pt.follow_pte(arena, page) == pte => return Translation::Frame(f),
+                Some(f) => {
+                    arena.put(f); // the entry changed: look again
+                }
+                None if pt.follow_pte(arena, page) == pte => return Translation::Swapped,
+                None => {}
+            }
+            continue;
+        }
+        if !pte.is_present() && !pte.is_migration() {
             return Translation::None;
         }
         if pte.is_zero_frame() {
@@ -191,7 +220,7 @@ pub(crate) fn translation(mm: &MmInner, st: &MmState, va: u64) -> Translation {
         let f = pte.frame();
         if arena.try_get(f) {
             let now = pt.follow_pte(arena, page);
-            if now.is_present() && now.frame() == f {
+            if now.page_frame() == Some(f) {
                 return Translation::Frame(f);
             }
             arena.put(f);
@@ -199,12 +228,47 @@ pub(crate) fn translation(mm: &MmInner, st: &MmState, va: u64) -> Translation {
     }
 }
 
-/// Whether `va` still maps `frame` (the re-check under the bucket lock).
+/// The frame the swap cache holds for swap entry `pte`'s slot, referenced.
+fn swap_cached(mm: &MmInner, pte: Pte) -> Option<FrameId> {
+    let swap = mm.machine.reclaim.swap.as_ref()?;
+    swap.lookup(mm.arena(), pte.swap_slot())
+}
+
+/// What the page at `va` is now, as a vcache callback or an audit sees it:
+/// `translation`, and for an empty entry of shared memory the object's
+/// page (reclaim clears the entries of a shared page it tries to swap out;
+/// the page stays the object's, and the next fault maps it again).
+pub(crate) fn page_now(mm: &MmInner, st: &MmState, va: u64) -> Translation {
+    match translation(mm, st, va) {
+        Translation::None => match st.vmas.find(va).map(|v| (v, &v.backing)) {
+            Some((vma, Backing::Shm(obj))) => {
+                obj.find_page(vma.pgoff_of(va)).map_or(Translation::None, Translation::Frame)
+            }
+            _ => Translation::None,
+        },
+        t => t,
+    }
+}
+
+/// Whether `va` still maps `frame` (the re-check under the bucket lock),
+/// by `translation`'s rule; `writable`: through a present writable entry.
 pub(super) fn still_maps(mm: &MmInner, st: &MmState, va: u64, frame: FrameId, writable: bool) -> bool {
     let Some(pt) = st.pt.as_ref() else { return false };
     let pte = pt.follow_pte(mm.arena(), va & !0xfff);
-    if frame == ZERO_FRAME && !pte.is_present() {
-        return true; // a hole reads as zeros, as the zero frame does
+    if writable {
+        return pte.is_present() && pte.frame() == frame && pte.is_writable();
     }
-    pte.is_present() && pte.frame() == frame && (!writable || pte.is_writable())
+    if frame == ZERO_FRAME {
+        return pte.is_none() || pte.is_zero_frame(); // a hole reads as zeros, as the zero frame does
+    }
+    if pte.is_swap() {
+        return match swap_cached(mm, pte) {
+            Some(f) => {
+                mm.arena().put(f);
+                f == frame
+            }
+            None => false,
+        };
+    }
+    pte.page_frame() == Some(frame)
 }

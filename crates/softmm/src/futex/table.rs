@@ -107,6 +107,10 @@ pub(crate) struct NodeInner {
     /// The `(mm, page)` whose translation the key follows (physical keys);
     /// a vcache callback for any other entry of this waiter is ignored.
     pub(crate) tracked: Option<(u64, u64)>,
+    /// The page this waiter stopped following because it was unmapped
+    /// (`follow` on `Translation::None`): the audit checks that page no
+    /// longer maps the key's frame.
+    pub(crate) left: Option<(u64, u64)>,
     /// Every vcache entry attached for this waiter (usually one, kept
     /// inline: no allocation per wait).
     pub(crate) entries: crate::few::Few<Tracking>,
@@ -158,7 +162,7 @@ impl Node {
             frame: AtomicU32::new(key.frame().map_or(NO_FRAME, |f| f.0)),
             released: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
-            inner: Mutex::new(NodeInner { key, bitset, notify, tracked, entries }),
+            inner: Mutex::new(NodeInner { key, bitset, notify, tracked, left: None, entries }),
         }
     }
 
@@ -546,11 +550,16 @@ pub(crate) fn follow(
     let new = match lookup(addr) {
         Translation::Frame(frame) => FutexKey::Frame { frame, offset },
         Translation::Zero => FutexKey::Private { mm, addr },
+        // Only on the swap device: a waiter's reference keeps its frame in
+        // the swap cache, so this waiter's frame is not this page's (the
+        // audit says so); nothing to follow to.
+        Translation::Swapped => return,
         // Unmapped or gone: stay on the frame waited on (still referenced),
         // reachable through its other mappings, and stop following the page
         // (a page mapped there later is a different page).
         Translation::None => {
-            node.inner.lock().tracked = None;
+            let mut inner = node.inner.lock();
+            inner.left = inner.tracked.take();
             return;
         }
     };

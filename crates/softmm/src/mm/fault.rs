@@ -254,7 +254,7 @@ fn do_swap_page(
     meta.add_counts(0, 1);
     swap.put(entry.swap_slot());
     let mut bits = 0;
-    if access == Access::Write && vma.prot.writable() && take_from_swap_cache(mm, f) {
+    if access == Access::Write && vma.prot.writable() && take_from_swap_cache(mm, f, meta.futex_keys()) {
         bits = Pte::WRITE | Pte::DIRTY;
         meta.set_flags(flags::DIRTY);
     }
@@ -451,25 +451,26 @@ pub(crate) fn anon_exclusive(mm: &MmInner, f: FrameId) -> bool {
     // errs toward copying).
     let waiters = meta.futex_keys();
     let mut refs = meta.unpinned_refs();
-    if refs == 2 && meta.has(flags::SWAPCACHE) && take_from_swap_cache(mm, f) {
-        refs = 1;
+    if refs == 2 + waiters && meta.has(flags::SWAPCACHE) && take_from_swap_cache(mm, f, waiters) {
+        refs -= 1;
     }
     refs == 1 || refs == 1 + waiters
 }
 
 /// Take `f` (mapped once, by the entry being faulted) out of the swap cache
-/// if nothing else holds it and no swap entry names its slot, so that it
-/// may be mapped writable. Needs the frame lock, as every removal from the
-/// cache does (reclaim holds it from the moment it looks at the cache to
-/// the end of a swap-out); when reclaim holds it now, the answer is no and
-/// the write copies instead.
-fn take_from_swap_cache(mm: &MmInner, f: FrameId) -> bool {
+/// if nothing else holds it (but pins and the `waiters` futex waiters keyed
+/// by it, read before: they follow this page wherever it goes) and no swap
+/// entry names its slot, so that it may be mapped writable. Needs the frame
+/// lock, as every removal from the cache does (reclaim holds it from the
+/// moment it looks at the cache to the end of a swap-out); when reclaim
+/// holds it now, the answer is no and the write copies instead.
+fn take_from_swap_cache(mm: &MmInner, f: FrameId, waiters: u32) -> bool {
     let Some(swap) = mm.machine.reclaim.swap.as_ref() else { return false };
     let meta = mm.arena().meta(f);
     if !meta.try_lock() {
         return false;
     }
-    let taken = swap.remove_if(mm.arena(), f, 2 + meta.pins(), true);
+    let taken = swap.remove_if(mm.arena(), f, 2 + meta.pins() + waiters, true);
     swap.unlock_frame(mm.arena(), f);
     taken
 }
