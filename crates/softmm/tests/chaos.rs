@@ -1107,7 +1107,8 @@ fn chaos_model() {
 }
 
 // ---------------------------------------------------------------------------
-// Fixed histories: the harness itself, and what the chaos model found
+// Fixed histories: the harness itself, and what the chaos model found (each
+// failed before waiters followed their pages across swap and migration)
 // ---------------------------------------------------------------------------
 
 /// Run `ops` on `w` as the chaos test does (each step checked).
