@@ -50,7 +50,8 @@ enum Command {
     /// Benchmark softmm, optionally against Linux in the same run.
     Bench(BenchArgs),
     /// Run a trace (one output line per operation); `-` reads standard input.
-    /// A malformed line stops the replay with status 2.
+    /// A malformed line (or one longer than 64 KiB) stops the replay with
+    /// status 2.
     Replay(ReplayArgs),
     /// Run traces on softmm and on real Linux processes and compare them line
     /// by line (frames compared by who shares them, not by number). softmm

@@ -508,3 +508,22 @@ fn a_closed_stdout_ends_quietly() {
     }
     assert!(!f.0.exists(), "the swap file outlived the replay");
 }
+
+#[test]
+fn accesses_at_the_top_of_the_address_space_are_segv_on_both_sides() {
+    // The Linux side rounded the access's end up to a page without a check
+    // (an overflow panic in debug builds) and called an access whose last
+    // byte is u64::MAX one that wraps around.
+    let t = TempTrace::new(
+        "top",
+        b"new P\nread P 0xfffffffffffffff0 8\nread P 0xfffffffffffffff8 8\nwrite P 0xfffffffffffffffe hex:0011\n\
+          fill P 0xffffffffffffff00 0x100 ab\n",
+    );
+    for on in ["softmm", "linux"] {
+        let o = softmm(&["replay", "--on", on, t.path()]);
+        assert!(o.status.success(), "{on}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "ok\nsegv maperr\nsegv maperr\nsegv maperr\nsegv maperr\n", "{on}");
+    }
+    let o = softmm(&["diff", t.path()]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+}
