@@ -47,3 +47,41 @@ pub fn os_error(what: &str) -> CliError {
     let e = std::io::Error::last_os_error();
     CliError(format!("{what}: {e}"))
 }
+
+/// Input as error messages echo it: its first 40 characters (then `...`),
+/// control characters escaped (`\0`, `\x1b`), so that a message stays one
+/// short line and writes nothing raw to the terminal, whatever was read.
+pub fn shown(input: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    let mut out = String::new();
+    for (i, c) in input.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '\0' => out.push_str("\\0"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && u32::from(c) < 0x100 => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn shown_bounds_and_escapes() {
+        assert_eq!(shown("abc"), "abc");
+        assert_eq!(shown(&"x".repeat(40)), "x".repeat(40));
+        assert_eq!(shown(&"x".repeat(41)), format!("{}...", "x".repeat(40)));
+        assert_eq!(shown(&"\u{e9}".repeat(50)), format!("{}...", "\u{e9}".repeat(40)));
+        assert_eq!(shown("a\0b\x1b[\t\u{7f}\u{85}"), "a\\0b\\x1b[\\t\\x7f\\x85");
+    }
+}

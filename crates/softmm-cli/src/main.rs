@@ -19,7 +19,8 @@
 //!
 //! Errors (bad arguments, library errors, failed verification) end the
 //! process with a message on stderr and a non-zero status; nothing that user
-//! input can reach panics.
+//! input can reach panics. A closed stdout (`softmm diff ... | head -1`)
+//! ends the process quietly, killed by SIGPIPE as Unix tools are.
 
 mod bench;
 mod error;
@@ -49,7 +50,8 @@ enum Command {
     /// Benchmark softmm, optionally against Linux in the same run.
     Bench(BenchArgs),
     /// Run a trace (one output line per operation); `-` reads standard input.
-    /// A malformed line stops the replay with status 2.
+    /// A malformed line (or one longer than 64 KiB) stops the replay with
+    /// status 2.
     Replay(ReplayArgs),
     /// Run traces on softmm and on real Linux processes and compare them line
     /// by line (frames compared by who shares them, not by number). softmm
@@ -277,6 +279,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => {
             return match trace_cmd::replay(&a.file, a.on, a.page_tables, a.futex_keys, &a.mem.limits()) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(_) if report::stdout_was_closed() => end_by_sigpipe(),
                 Err(trace_cmd::BadTrace(msg)) => {
                     eprintln!("softmm replay: {msg}");
                     ExitCode::from(trace_cmd::EXIT_BAD_TRACE)
@@ -292,6 +295,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if report::stdout_was_closed() => end_by_sigpipe(),
         Err(e) => {
             eprintln!("softmm: error: {e}");
             ExitCode::FAILURE
@@ -304,11 +308,27 @@ fn verdict(r: error::CliResult<bool>) -> ExitCode {
     match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
+        Err(_) if report::stdout_was_closed() => end_by_sigpipe(),
         Err(e) => {
             eprintln!("softmm: error: {e}");
             ExitCode::from(2)
         }
     }
+}
+
+/// End as a Unix tool whose reader went away: killed by SIGPIPE, saying
+/// nothing. (Rust ignores SIGPIPE, so the write itself only failed with
+/// EPIPE and everything has been unwound and cleaned up by now.)
+fn end_by_sigpipe() -> ExitCode {
+    // SAFETY: restoring SIGPIPE's default action and raising it in this
+    // process, which has nothing left to do; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Not reached: the default action of SIGPIPE ends the process. The
+    // shell's status for it, should it ever be.
+    ExitCode::from(128 + libc::SIGPIPE as u8)
 }
 
 /// Turn transparent huge pages off for this process (`--no-thp`).

@@ -4,6 +4,7 @@ use crate::error::{CliError, CliResult};
 use crate::units::{bytes, count, ns, PAGE};
 use softmm::{MachineStats, Mm, Smaps};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// One timed phase of `run`.
@@ -212,10 +213,30 @@ fn swap_section(o: &mut String, sw: &SwapReport, s: &MachineStats, e: &MachineSt
     );
 }
 
+/// Whether a write to stdout found its reader gone.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
 /// Write `text` to stdout. A closed stdout (`softmm ... | head`) is an
-/// error, not a panic as `print!` would make it.
+/// error, not a panic as `print!` would make it; see [`stdout_error`].
 pub fn emit(text: &str) -> CliResult<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| CliError(format!("writing to stdout: {e}")))
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError(stdout_error(&e, "writing to stdout")))
+}
+
+/// The message of a failed write to stdout. A reader that went away is
+/// also noted, so that `main`, once the error has unwound everything (swap
+/// files removed, Linux workers reaped), ends quietly as Unix tools do.
+pub fn stdout_error(e: &std::io::Error, what: &str) -> String {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+    format!("{what}: {e}")
+}
+
+/// Whether stdout's reader went away during the run.
+pub fn stdout_was_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
 }

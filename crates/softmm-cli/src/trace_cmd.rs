@@ -2,11 +2,12 @@
 //! `__linux-worker` that `replay --on linux` and `diff` start.
 
 use crate::error::{CliError, CliResult};
+use crate::report::{emit, stdout_error};
 use crate::trace::diff::{diff, diff_with_stats, DiffResult};
 use crate::trace::exec_softmm::{SoftmmOptions, SoftmmRunner};
 use crate::trace::gen::{generate_with, minimize, Profile};
 use crate::trace::linux::LinuxRunner;
-use crate::trace::parse::{parse_line, parse_trace, Line, Op};
+use crate::trace::parse::{parse_line, Line, Op, TraceLines};
 use std::io::{BufRead, Write};
 
 /// Where a replay runs.
@@ -111,23 +112,23 @@ pub fn replay(
     };
     let out = std::io::stdout();
     let mut out = out.lock();
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|e| BadTrace(format!("{file}:{n}: {e}")))?;
+    for line in TraceLines::new(reader) {
+        let (n, line) = line.map_err(|e| BadTrace(format!("{file}:{}: {}", e.line, e.message)))?;
         let op = match parse_line(&line) {
             Ok(Some(op)) => op,
             Ok(None) => continue,
             Err(e) => return Err(BadTrace(format!("{file}:{n}: {e}"))),
         };
         let result = runner.run(&op).map_err(|e| BadTrace(format!("{file}:{n}: {e}")))?;
-        writeln!(out, "{result}").map_err(|e| BadTrace(format!("writing output: {e}")))?;
+        writeln!(out, "{result}").map_err(|e| BadTrace(stdout_error(&e, "writing output")))?;
     }
     Ok(())
 }
 
 fn read_trace(file: &str) -> CliResult<Vec<Line>> {
-    let text = std::fs::read_to_string(file).map_err(|e| CliError(format!("{file}: {e}")))?;
-    parse_trace(&text).map_err(|e| CliError(format!("{file}:{e}")))
+    let f = std::fs::File::open(file).map_err(|e| CliError(format!("{file}: {e}")))?;
+    crate::trace::parse::read_trace(std::io::BufReader::new(f))
+        .map_err(|e| CliError(format!("{file}:{}: {}", e.line, e.message)))
 }
 
 /// `softmm diff`: each trace on softmm (with Linux's futex keys) and on
@@ -137,11 +138,11 @@ pub fn diff_files(files: &[String], page_tables: PageTables) -> CliResult<bool> 
     for f in files {
         let lines = read_trace(f)?;
         match diff(&lines, &diff_options(page_tables)).map_err(|e| CliError(format!("{f}: {e}")))? {
-            DiffResult::Same => println!("{f}: same"),
-            DiffResult::SoftmmOnly => println!("{f}: skipped (softmm-only operations)"),
+            DiffResult::Same => emit(&format!("{f}: same\n"))?,
+            DiffResult::SoftmmOnly => emit(&format!("{f}: skipped (softmm-only operations)\n"))?,
             DiffResult::Differs(d) => {
                 all_same = false;
-                println!("{f}: differs at {d}");
+                emit(&format!("{f}: differs at {d}\n"))?;
             }
         }
     }
@@ -152,11 +153,12 @@ pub fn diff_files(files: &[String], page_tables: PageTables) -> CliResult<bool> 
 pub fn gen(seed: u64, ops: usize, profile: Profile) -> CliResult<()> {
     let mut out = std::io::stdout().lock();
     let p = format!("{profile:?}").to_lowercase();
-    writeln!(out, "# softmm gen --seed {seed} --ops {ops} --profile {p}").map_err(|e| CliError(e.to_string()))?;
+    let closed = |e: std::io::Error| CliError(stdout_error(&e, "writing the trace"));
+    writeln!(out, "# softmm gen --seed {seed} --ops {ops} --profile {p}").map_err(closed)?;
     for op in generate_with(seed, ops, profile) {
-        writeln!(out, "{op}").map_err(|e| CliError(e.to_string()))?;
+        writeln!(out, "{op}").map_err(closed)?;
     }
-    Ok(())
+    out.flush().map_err(closed)
 }
 
 fn numbered(ops: &[Op]) -> Vec<Line> {
@@ -165,36 +167,53 @@ fn numbered(ops: &[Op]) -> Vec<Line> {
 
 /// `softmm fuzz`: diff `traces` generated traces from `first_seed` on; for
 /// each that differs, print the seed and a minimized trace. Returns whether
-/// all were the same.
+/// all were the same. Seeds do not wrap: a range past `u64::MAX` is refused.
 pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, profile: Profile) -> CliResult<bool> {
+    let seeds = seed_range(first_seed, traces)?;
     let opts = diff_options(page_tables);
-    let mut failures = 0;
+    let (mut ran, mut failures) = (0u64, 0u64);
     let (mut shares, mut copies, mut reuses) = (0, 0, 0);
-    for seed in first_seed..first_seed.saturating_add(traces) {
+    for seed in seeds {
+        ran += 1;
         let trace = generate_with(seed, ops, profile);
         let (result, st) =
             diff_with_stats(&numbered(&trace), &opts).map_err(|e| CliError(format!("seed {seed}: {e}")))?;
         (shares, copies, reuses) = (shares + st.table_shares, copies + st.table_copies, reuses + st.table_reuses);
         if let DiffResult::Differs(d) = result {
             failures += 1;
-            println!("seed {seed}: differs at {d}");
+            emit(&format!("seed {seed}: differs at {d}\n"))?;
             let fails = |t: &[Op]| matches!(diff(&numbered(t), &opts), Ok(DiffResult::Differs(_)));
             let small = minimize(&trace, fails);
             let p = format!("{profile:?}").to_lowercase();
-            println!("minimized trace (softmm gen --seed {seed} --ops {ops} --profile {p}, shrunk):");
+            let mut text = format!("minimized trace (softmm gen --seed {seed} --ops {ops} --profile {p}, shrunk):\n");
             for op in &small {
-                println!("    {op}");
+                text.push_str(&format!("    {op}\n"));
             }
             if let Ok(DiffResult::Differs(d)) = diff(&numbered(&small), &opts) {
-                println!("  {d}");
+                text.push_str(&format!("  {d}\n"));
             }
+            emit(&text)?;
         }
     }
-    println!(
-        "softmm page tables over these traces: {shares} shared at fork, {copies} unshared by copy, {reuses} by reuse"
-    );
-    println!("{} traces, {} same, {failures} differ", traces, traces - failures);
+    emit(&format!(
+        "softmm page tables over these traces: {shares} shared at fork, {copies} unshared by copy, {reuses} by reuse\n\
+         {ran} traces, {} same, {failures} differ\n",
+        ran - failures
+    ))?;
     Ok(failures == 0)
+}
+
+/// The seeds of `traces` traces from `first`, if the last fits in 64 bits.
+fn seed_range(first: u64, traces: u64) -> CliResult<impl Iterator<Item = u64>> {
+    if traces > 0 && first.checked_add(traces - 1).is_none() {
+        return Err(CliError(format!(
+            "--first-seed {first} with --traces {traces} runs past the last seed ({}); at most {} traces from that seed",
+            u64::MAX,
+            (u64::MAX - first).saturating_add(1)
+        )));
+    }
+    // first + i <= first + traces - 1, checked above.
+    Ok((0..traces).map(move |i| first + i))
 }
 
 /// `softmm __linux-worker SOCKET NAME`.

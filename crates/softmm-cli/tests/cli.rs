@@ -328,3 +328,202 @@ fn too_large_a_run_is_an_error_not_a_crash() {
     assert!(!o.status.success());
     assert!(err.starts_with("softmm: error:") && err.contains("smaller --size"), "{err}");
 }
+
+/// `softmm ARGS` with its address space limited to `gib` GiB, so that a
+/// regression that allocates without bound fails fast instead of taking
+/// the machine's memory.
+fn softmm_limited(args: &[&str], gib: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_softmm"));
+    cmd.args(args);
+    let bytes = gib << 30;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap_or_else(|e| panic!("could not start softmm: {e}"))
+}
+
+#[test]
+fn every_bench_refuses_a_size_beyond_memory_up_front() {
+    // (notifier keeps one page and one table per 2 MiB: 1T needs about 4 GiB.)
+    for which in ["fault", "cow", "fork", "tlb", "read", "futex", "rmap", "reclaim"] {
+        let o = softmm_limited(&["bench", which, "--size", "1T", "--reps", "1"], 2);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{which}: {err}");
+        assert!(err.starts_with(&format!("softmm: error: bench {which}: ")), "{which}: {err}");
+        // reclaim's memory is its limit, bounded whatever the size: the
+        // refusal is for the swap file's disk space.
+        let room = if which == "reclaim" { "is free" } else { "available" };
+        assert!(err.contains("needs") && err.contains(room), "{which}: {err}");
+        assert!(text(&o.stdout).is_empty(), "{which}: {}", text(&o.stdout));
+    }
+}
+
+/// A trace file in the temp directory, removed on drop.
+struct TempTrace(std::path::PathBuf);
+
+impl TempTrace {
+    fn new(name: &str, content: &[u8]) -> TempTrace {
+        let p = std::env::temp_dir().join(format!("softmm-cli-{}-{name}.trace", std::process::id()));
+        std::fs::write(&p, content).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+        TempTrace(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap_or_else(|| panic!("non-UTF-8 temp path {}", self.0.display()))
+    }
+}
+
+impl Drop for TempTrace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn non_ascii_hex_is_a_malformed_line_everywhere() {
+    let t = TempTrace::new(
+        "nonascii",
+        "new P\nmmap P 0x10000000 4K rw private\nwrite P 0x10000000 hex:a\u{e9}1\n".as_bytes(),
+    );
+    for args in [&["replay", t.path()][..], &["replay", "--on", "linux", t.path()], &["diff", t.path()]] {
+        let o = softmm(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains(&format!("{}:3: ", t.path())), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn parser_rejects_signs_in_numbers_end_to_end() {
+    for bad in ["munmap P 0x+10000000 4K", "write P 0x10000000 hex:+1+2", "fill P 0x10000000 1 +f"] {
+        let t = TempTrace::new("sign", format!("new P\nmmap P 0x10000000 4K rw private\n{bad}\n").as_bytes());
+        let o = softmm(&["replay", t.path()]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "ok\nok\n", "{bad}");
+    }
+}
+
+#[test]
+fn an_endless_line_is_an_error_naming_it() {
+    for args in [&["replay", "/dev/zero"][..], &["diff", "/dev/zero"]] {
+        let o = softmm_limited(args, 4);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("/dev/zero:1: ") && err.contains("64 KiB"), "{args:?}: {err}");
+        assert!(err.len() < 300, "{args:?}: {} bytes of error", err.len());
+    }
+}
+
+#[test]
+fn errors_echo_input_bounded_and_escaped() {
+    let long = "y".repeat(60_000);
+    let t = TempTrace::new("long", format!("new P\n{long}\n").as_bytes());
+    let o = softmm(&["replay", t.path()]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{}", err.len());
+    assert!(err.len() < 300 && err.contains("..."), "{} bytes: {}", err.len(), &err[..300.min(err.len())]);
+
+    let t = TempTrace::new("nul", b"new P\nfr\0ob\x1b[2J P\n");
+    let o = softmm(&["replay", t.path()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!o.stderr.iter().any(|&b| b < 0x20 && b != b'\n'), "{:?}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("fr\\0ob"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn swap_file_errors_say_what_went_wrong_and_where() {
+    let t = TempTrace::new("exists", b"new P\n");
+    let o = softmm(&["run", "--size", "1M", "--mem-limit", "64K", "--swap-file", t.path()]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("File exists") && err.contains(t.path()) && !err.contains("errno 17"), "{err}");
+    let o = softmm(&["replay", "--mem-limit", "64K", "--swap-file", t.path(), t.path()]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("File exists") && err.contains(t.path()) && !err.contains("errno 17"), "{err}");
+    assert_eq!(std::fs::read(&t.0).unwrap_or_default(), b"new P\n", "the existing file was changed");
+}
+
+#[test]
+fn fuzz_refuses_a_seed_range_past_the_last_seed() {
+    let o = softmm(&["fuzz", "--first-seed", "18446744073709551615", "--traces", "3", "--ops", "10"]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("--first-seed") && err.contains("--traces"), "{err}");
+    assert!(!out.contains("traces,"), "{out}");
+    // The last seed itself runs, and the summary counts it.
+    let o = softmm(&["fuzz", "--first-seed", "18446744073709551615", "--traces", "1", "--ops", "10"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(out.ends_with("1 traces, 1 same, 0 differ\n"), "{out}");
+}
+
+/// `softmm ARGS` writing to a pipe whose reader has already gone.
+fn softmm_into_closed_pipe(args: &[&str]) -> Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        panic!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_softmm"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start softmm: {e}"));
+    child.wait_with_output().unwrap_or_else(|e| panic!("waiting for softmm: {e}"))
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = TempTrace::new("pipe", b"new P\nmmap P 0x10000000 4K rw private\nread P 0x10000000 1\n");
+    let f = TempTrace::new("pipe-swap", b"");
+    let _ = std::fs::remove_file(&f.0);
+    let cases: [&[&str]; 6] = [
+        &["replay", t.path()],
+        &["replay", "--mem-limit", "64K", "--swap-file", f.path(), t.path()],
+        &["diff", t.path()],
+        &["gen", "--ops", "1000"],
+        &["fuzz", "--traces", "1", "--ops", "10"],
+        &["bench", "tlb", "--reps", "1"],
+    ];
+    for args in cases {
+        let o = softmm_into_closed_pipe(args);
+        assert_eq!(text(&o.stderr), "", "{args:?}");
+        assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?}", o.status);
+    }
+    assert!(!f.0.exists(), "the swap file outlived the replay");
+}
+
+#[test]
+fn accesses_at_the_top_of_the_address_space_are_segv_on_both_sides() {
+    // The Linux side rounded the access's end up to a page without a check
+    // (an overflow panic in debug builds) and called an access whose last
+    // byte is u64::MAX one that wraps around.
+    let t = TempTrace::new(
+        "top",
+        b"new P\nread P 0xfffffffffffffff0 8\nread P 0xfffffffffffffff8 8\nwrite P 0xfffffffffffffffe hex:0011\n\
+          fill P 0xffffffffffffff00 0x100 ab\n",
+    );
+    for on in ["softmm", "linux"] {
+        let o = softmm(&["replay", "--on", on, t.path()]);
+        assert!(o.status.success(), "{on}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "ok\nsegv maperr\nsegv maperr\nsegv maperr\nsegv maperr\n", "{on}");
+    }
+    let o = softmm(&["diff", t.path()]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+}

@@ -86,8 +86,9 @@ pub enum Error {
     /// locked by reclaim or migration, pinned, or held by a futex waiter).
     #[error("frame busy: {0}")]
     Busy(&'static str),
-    /// The host refused an operation softmm needed from it.
-    #[error("host error in {what}: errno {errno}")]
+    /// The host refused an operation softmm needed from it (shown with the
+    /// host's words for `errno`).
+    #[error("host error in {what}: {}", std::io::Error::from_raw_os_error(*errno))]
     Host { what: &'static str, errno: i32 },
 }
 
@@ -158,3 +159,18 @@ impl Error {
 
 /// Result of softmm operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_errors_say_the_host_words() {
+        let e = Error::Host { what: "creating the swap file", errno: errno::EEXIST };
+        let shown = e.to_string();
+        let words = std::io::Error::from_raw_os_error(errno::EEXIST).to_string();
+        assert_eq!(shown, format!("host error in creating the swap file: {words}"));
+        assert!(words.contains("os error 17"), "{words}");
+        assert_eq!(e.errno(), errno::EEXIST);
+    }
+}

@@ -16,7 +16,7 @@
 
 use super::{linux, median, say, softmm_side, status, BenchOpts};
 use crate::error::{CliError, CliResult};
-use crate::units::{bytes, count, mem_available, ns, PAGE};
+use crate::units::{bytes, count, ns, PAGE};
 use serde::Serialize;
 use softmm::ForkPolicy;
 use std::fmt::Write as _;
@@ -129,8 +129,7 @@ pub fn fork(o: &BenchOpts, sizes: &[u64]) -> CliResult<(String, serde_json::Valu
         }
     }
     let reps = o.reps;
-    let avail = mem_available().unwrap_or(u64::MAX);
-    let budget = avail / 10 * 9;
+    let (avail, budget) = super::memory_budget();
     let fits: Vec<bool> = sizes.iter().map(|&s| need_fork(s) <= budget).collect();
     let detail = if sizes.contains(&DETAIL_SIZE) && need_detail(DETAIL_SIZE) <= budget {
         Some(DETAIL_SIZE)

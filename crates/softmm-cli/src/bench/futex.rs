@@ -982,6 +982,8 @@ fn pingpong_row(mm: &Mm, at_once: &Mm, lw: &LinuxWords, place: Place, reps: usiz
 
 pub fn futex(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
     let cow_size = size.unwrap_or(COW_SIZE);
+    // The COW run's parent and child copies, the word and mutex pages.
+    super::ensure_memory("futex", cow_size, cow_size.saturating_mul(2).saturating_add(64 << 20))?;
     let reps = o.reps;
     let vs = o.vs_linux;
     let cpus = allowed_cpus();

@@ -197,6 +197,30 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     Ok(())
 }
 
+/// What the host has available (`MemAvailable`; unlimited when it cannot
+/// tell), and the 90 % of it a bench may use.
+pub fn memory_budget() -> (u64, u64) {
+    let avail = mem_available().unwrap_or(u64::MAX);
+    (avail, avail / 10 * 9)
+}
+
+/// Refuse up front a bench of `size` that needs about `need` bytes of
+/// memory beyond its budget ([`memory_budget`]), rather than take the
+/// machine's memory until the kernel kills it. Every bench that takes a
+/// size calls this before allocating.
+pub fn ensure_memory(bench: &str, size: u64, need: u64) -> CliResult<()> {
+    let (avail, budget) = memory_budget();
+    if need > budget {
+        return Err(CliError(format!(
+            "bench {bench}: {} needs about {} of memory but only {} is available; use a smaller --size",
+            bytes(size),
+            bytes(need),
+            bytes(avail)
+        )));
+    }
+    Ok(())
+}
+
 fn unreachable_all() -> CliResult<(String, serde_json::Value, Option<bool>)> {
     Err(CliError("internal: 'all' is expanded before dispatch".into()))
 }
@@ -272,17 +296,9 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     let size = size.unwrap_or(spec.default_size);
     let pages = size / PAGE;
     let reps = o.reps;
-    let avail = mem_available().unwrap_or(u64::MAX);
     let peak = size.saturating_mul(spec.peak_factor);
-    if peak > avail / 10 * 9 {
-        return Err(CliError(format!(
-            "bench {}: {} needs about {} of memory but only {} is available; use a smaller --size",
-            spec.name,
-            bytes(size),
-            bytes(peak),
-            bytes(avail)
-        )));
-    }
+    ensure_memory(spec.name, size, peak)?;
+    let (avail, _) = memory_budget();
     let kept = size.saturating_mul(spec.keep_factor).saturating_mul(reps as u64);
     let isolate = spec.keep_factor > 0 && kept.saturating_add(peak) <= avail / 2;
 
@@ -419,6 +435,8 @@ const TLB_TARGET: f64 = 150.0;
 
 fn tlb(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
     let size = size.unwrap_or(TLB_PAGES * PAGE);
+    // softmm's working set, the host array of the same size, page tables.
+    ensure_memory("tlb", size, size.saturating_mul(2).saturating_add(64 << 20))?;
     let pages = size / PAGE;
     let pb = status();
     say(&pb, "tlb: random loads".into());
@@ -471,15 +489,7 @@ const READ_TARGET: f64 = 0.5;
 
 fn read(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
     let size = size.unwrap_or(64 << 20);
-    let avail = mem_available().unwrap_or(u64::MAX);
-    if size.saturating_mul(2) > avail / 10 * 9 {
-        return Err(CliError(format!(
-            "bench read: {} needs about {} of memory but only {} is available; use a smaller --size",
-            bytes(size),
-            bytes(size.saturating_mul(2)),
-            bytes(avail)
-        )));
-    }
+    ensure_memory("read", size, size.saturating_mul(2))?;
     // At least 256 MiB copied per timed run.
     let passes = ((256u64 << 20) / size).max(1);
     let small = TLB_PAGES * PAGE;

@@ -35,8 +35,8 @@
 //! so (`notifiers_compiled` is false in the JSON).
 
 use super::{median, say, softmm_side, status, BenchOpts};
-use crate::error::{check, CliError, CliResult, Context};
-use crate::units::{bytes, count, mem_available, ns, PAGE};
+use crate::error::{check, CliResult, Context};
+use crate::units::{bytes, count, ns, PAGE};
 use softmm::notifier::{Again, Event, MmuNotifier, Range, NOTIFIERS_COMPILED};
 use softmm::{Advice, Config, Machine, MapKind, Mm, Placement, Prot, Subscription};
 use std::fmt::Write as _;
@@ -303,15 +303,7 @@ pub fn notifier(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_js
     // fault, COW and munmap runs, one at a time.
     let big_need = size.div_ceil(TABLE_SPAN).saturating_mul(2 * PAGE);
     let need = big_need.saturating_add(3 * COW_SIZE).saturating_add(FAULT_SIZE).saturating_add(64 << 20);
-    let avail = mem_available().unwrap_or(u64::MAX);
-    if need > avail / 10 * 9 {
-        return Err(CliError(format!(
-            "bench notifier: a {} mapping needs about {} of memory but only {} is available; use a smaller --size",
-            bytes(size),
-            bytes(need),
-            bytes(avail)
-        )));
-    }
+    super::ensure_memory("notifier", size, need)?;
     let reps = o.reps;
     let pb = status();
 

@@ -27,7 +27,7 @@
 
 use super::{median, say, status, BenchOpts};
 use crate::error::{check, CliError, CliResult, Context};
-use crate::units::{bytes, count, free_space, mem_available, PAGE};
+use crate::units::{bytes, count, free_space, PAGE};
 use softmm::reclaim::device::{sequential_bandwidth, FileSwap, SwapDevice};
 use softmm::{Config, Machine, MapKind, Placement, Prot, SwapConfig};
 use std::fmt::Write as _;
@@ -241,15 +241,7 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
     // Only the limit's frames are the bench's own memory; the swap file
     // lives in the page cache while there is room (without room both the
     // bench and its reference measure the disk instead, still comparably).
-    let avail = mem_available().unwrap_or(u64::MAX);
-    let need = limit.saturating_add(64 << 20);
-    if need > avail / 10 * 9 {
-        return Err(CliError(format!(
-            "bench reclaim: needs about {} of memory but only {} is available",
-            bytes(need),
-            bytes(avail)
-        )));
-    }
+    super::ensure_memory("reclaim", size, limit.saturating_add(64 << 20))?;
     let dir = std::env::temp_dir();
     if let Some(free) = free_space(&dir) {
         let want = size + SWAP_SLACK;

@@ -20,7 +20,7 @@
 
 use super::{median, say, status, BenchOpts};
 use crate::error::{check, CliError, CliResult, Context};
-use crate::units::{bytes, count, mem_available, PAGE};
+use crate::units::{bytes, count, PAGE};
 use softmm::{Config, ForkPolicy, Machine, MachineStats, MapKind, Mm, Placement, Prot};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,15 +179,7 @@ pub fn rmap(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::
     let writes = pages.div_ceil(WRITE_STRIDE);
     // The parent, two children's page tables and COW copies, slack.
     let need = size.saturating_add(size / 64).saturating_add(64 << 20);
-    let avail = mem_available().unwrap_or(u64::MAX);
-    if need > avail / 10 * 9 {
-        return Err(CliError(format!(
-            "bench rmap: {} needs about {} of memory but only {} is available; use a smaller --size",
-            bytes(size),
-            bytes(need),
-            bytes(avail)
-        )));
-    }
+    super::ensure_memory("rmap", size, need)?;
     let pb = status();
     say(&pb, format!("rmap: populating {}", bytes(size)));
     let arena_bytes = need.saturating_add(size);

@@ -67,7 +67,9 @@ impl SoftmmRunner {
             background_reclaim: false,
             ..Config::default()
         };
-        let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm: {e}"))?;
+        let swap_file =
+            opts.mem.swap_file.as_ref().map_or(String::new(), |p| format!(" with swap file {}", p.display()));
+        let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm{swap_file}: {e}"))?;
         Ok(SoftmmRunner { machine, spaces: HashMap::new(), waiters: HashMap::new(), pins: HashMap::new(), opts })
     }
 

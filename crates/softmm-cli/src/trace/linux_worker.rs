@@ -210,11 +210,17 @@ impl Worker {
     }
 
     fn guard_access(&self, addr: u64, len: u64) -> Result<(), String> {
-        let end = addr.checked_add(len).ok_or("access range wraps around")?;
         if len > 1 << 30 {
             return Err("access longer than 1 GiB".into());
         }
-        self.guard(addr & !(PAGE - 1), (end + PAGE - 1) & !(PAGE - 1))
+        if len == 0 {
+            return Ok(());
+        }
+        // An access may end exactly at the top of the 64-bit space (its
+        // last byte is u64::MAX); only one past it wraps.
+        let last = addr.checked_add(len - 1).ok_or("access range wraps around")?;
+        let end = (last | (PAGE - 1)).saturating_add(1);
+        self.guard(addr & !(PAGE - 1), end)
     }
 
     fn mmap(&mut self, addr: u64, len: u64, prot: TProt, kind: TKind) -> Result<String, String> {

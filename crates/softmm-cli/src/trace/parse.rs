@@ -1,12 +1,22 @@
 //! Parsing of the trace format (`../shared/TRACE.md`, version 1).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
-//! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal or `0x` hex, and a
-//! length may end in `K`, `M` or `G` (binary). Parsing is strict: anything
-//! else is a [`ParseError`] naming the line, which stops a replay with exit
-//! status 2.
+//! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
+//! and hex digits (no sign, no `_`), and a length may end in `K`, `M` or `G`
+//! (binary); a fill byte is one or two hex digits, optionally after `0x`.
+//! A line is at most [`MAX_LINE`] bytes of UTF-8. Parsing is strict:
+//! anything else is a [`ParseError`] naming the line, which stops a replay
+//! with exit status 2. Messages echo at most the first 40 characters of a
+//! token, with control characters escaped.
 
+use crate::error::shown;
 use std::fmt;
+use std::io::BufRead;
+
+/// The longest trace line, in bytes without its line end: far beyond any
+/// trace written by hand or by `softmm gen`, and a bound on what one line
+/// may allocate (an endless line, `/dev/zero`, is an error, not an abort).
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Protection as written in a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,14 +155,82 @@ pub struct Line {
 }
 
 /// Parse a whole trace. Stops at the first malformed line.
+#[cfg(test)]
 pub fn parse_trace(text: &str) -> Result<Vec<Line>, ParseError> {
+    read_trace(text.as_bytes())
+}
+
+/// Read and parse a whole trace. Stops at the first malformed line.
+pub fn read_trace(input: impl BufRead) -> Result<Vec<Line>, ParseError> {
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        if let Some(op) = parse_line(raw).map_err(|message| ParseError { line: i + 1, message })? {
-            out.push(Line { number: i + 1, op });
+    for line in TraceLines::new(input) {
+        let (number, raw) = line?;
+        if let Some(op) = parse_line(&raw).map_err(|message| ParseError { line: number, message })? {
+            out.push(Line { number, op });
         }
     }
     Ok(out)
+}
+
+/// The lines of a trace, numbered from 1, without their line ends (`\n`
+/// or `\r\n`). A line longer than [`MAX_LINE`], one that is not UTF-8, or
+/// a read error is an error naming the line, and ends the lines.
+pub struct TraceLines<R> {
+    input: R,
+    number: usize,
+    done: bool,
+}
+
+impl<R: BufRead> TraceLines<R> {
+    pub fn new(input: R) -> TraceLines<R> {
+        TraceLines { input, number: 0, done: false }
+    }
+
+    fn read_line(&mut self) -> Result<Option<String>, String> {
+        let mut buf = Vec::new();
+        // Room for the longest line and `\r\n`: a longer read has no
+        // newline at its end and is too long whatever follows.
+        let limit = MAX_LINE as u64 + 2;
+        let n =
+            std::io::Read::take(self.input.by_ref(), limit).read_until(b'\n', &mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        if buf.len() > MAX_LINE {
+            return Err(format!("line longer than {} KiB, the longest a trace may have", MAX_LINE >> 10));
+        }
+        String::from_utf8(buf)
+            .map(Some)
+            .map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to() + 1))
+    }
+}
+
+impl<R: BufRead> Iterator for TraceLines<R> {
+    type Item = Result<(usize, String), ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        self.number += 1;
+        match self.read_line() {
+            Ok(Some(text)) => Some(Ok((self.number, text))),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(message) => {
+                self.done = true;
+                Some(Err(ParseError { line: self.number, message }))
+            }
+        }
+    }
 }
 
 /// Parse one line; `Ok(None)` for blank and comment-only lines.
@@ -172,7 +250,7 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
             let (a, addr, len) = (t.name()?, t.num("address")?, t.len()?);
             match t.word("advice")? {
                 "dontneed" => Op::MadviseDontneed { a, addr, len },
-                other => return Err(format!("unknown advice `{other}` (expected `dontneed`)")),
+                other => return Err(format!("unknown advice `{}` (expected `dontneed`)", shown(other))),
             }
         }
         "fork" => Op::Fork { a: t.name()?, b: t.name()? },
@@ -203,7 +281,7 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         }
         "pinned" => Op::Pinned { p: t.name()?, addr: t.num("address")?, len: t.len()? },
         "unpin" => Op::Unpin { p: t.name()? },
-        other => return Err(format!("unknown operation `{other}`")),
+        other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
         return Err(format!("unexpected `{}` after the operation", extra.text()));
@@ -220,7 +298,7 @@ enum Tok {
 impl Tok {
     fn text(&self) -> String {
         match self {
-            Tok::Word(w) => w.clone(),
+            Tok::Word(w) => shown(w),
             Tok::Quoted(_) => "\"...\"".to_string(),
         }
     }
@@ -303,7 +381,7 @@ fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<Vec<
                     'f' => out.push(12),
                     'v' => out.push(11),
                     '\\' | '"' | '\'' | '?' => out.push(e as u8),
-                    other => return Err(format!("unknown escape \\{other}")),
+                    other => return Err(format!("unknown escape \\{}", shown(other.encode_utf8(&mut [0; 4])))),
                 }
             }
             c => {
@@ -338,7 +416,7 @@ impl Toks<'_> {
         if w == kw {
             Ok(())
         } else {
-            Err(format!("expected `{kw}`, found `{w}`"))
+            Err(format!("expected `{kw}`, found `{}`", shown(w)))
         }
     }
 
@@ -350,25 +428,24 @@ impl Toks<'_> {
         if ok {
             Ok(w.to_string())
         } else {
-            Err(format!("bad name `{w}` (names are [A-Za-z][A-Za-z0-9_]*)"))
+            Err(format!("bad name `{}` (names are [A-Za-z][A-Za-z0-9_]*)", shown(w)))
         }
     }
 
     fn num(&mut self, what: &str) -> Result<u64, String> {
         let w = self.word(what)?;
-        parse_num(w).ok_or_else(|| format!("bad {what} `{w}` (decimal or 0x hex)"))
+        parse_num(w).ok_or_else(|| format!("bad {what} `{}` (decimal or 0x hex)", shown(w)))
     }
 
     fn len(&mut self) -> Result<u64, String> {
         let w = self.word("length")?;
-        let (digits, shift) = match w.as_bytes().last() {
-            Some(b'K') => (&w[..w.len() - 1], 10),
-            Some(b'M') => (&w[..w.len() - 1], 20),
-            Some(b'G') => (&w[..w.len() - 1], 30),
-            _ => (w, 0),
-        };
-        let v = parse_num(digits).ok_or_else(|| format!("bad length `{w}`"))?;
-        v.checked_mul(1u64 << shift).ok_or_else(|| format!("length `{w}` overflows 64 bits"))
+        let (digits, shift) = [('K', 10), ('M', 20), ('G', 30)]
+            .into_iter()
+            .find_map(|(suffix, shift)| Some((w.strip_suffix(suffix)?, shift)))
+            .unwrap_or((w, 0));
+        let v = parse_num(digits)
+            .ok_or_else(|| format!("bad length `{}` (decimal or 0x hex, then K, M or G)", shown(w)))?;
+        v.checked_mul(1u64 << shift).ok_or_else(|| format!("length `{}` overflows 64 bits", shown(w)))
     }
 
     fn prot(&mut self) -> Result<TProt, String> {
@@ -377,7 +454,7 @@ impl Toks<'_> {
             "w" => Ok(TProt::W),
             "rw" => Ok(TProt::Rw),
             "-" => Ok(TProt::None),
-            o => Err(format!("bad protection `{o}` (r, w, rw or -)")),
+            o => Err(format!("bad protection `{}` (r, w, rw or -)", shown(o))),
         }
     }
 
@@ -385,48 +462,61 @@ impl Toks<'_> {
         match self.word("kind")? {
             "private" => Ok(TKind::Private),
             "shared" => Ok(TKind::Shared),
-            o => Err(format!("bad kind `{o}` (private or shared)")),
+            o => Err(format!("bad kind `{}` (private or shared)", shown(o))),
         }
     }
 
     fn hex_byte(&mut self) -> Result<u8, String> {
         let w = self.word("byte")?;
         let h = w.strip_prefix("0x").unwrap_or(w);
-        if h.is_empty() || h.len() > 2 {
-            return Err(format!("bad byte `{w}` (one hex byte, e.g. ab)"));
-        }
-        u8::from_str_radix(h, 16).map_err(|_| format!("bad byte `{w}` (one hex byte, e.g. ab)"))
+        digits(h, 16)
+            .filter(|_| h.len() <= 2)
+            .and_then(|v| u8::try_from(v).ok())
+            .ok_or_else(|| format!("bad byte `{}` (one hex byte, e.g. ab)", shown(w)))
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, String> {
         match self.next("bytes")? {
             Tok::Quoted(b) => Ok(b.clone()),
             Tok::Word(w) => {
-                let h = w.strip_prefix("hex:").ok_or_else(|| format!("bad bytes `{w}` (\"text\" or hex:0011ff)"))?;
-                if h.len() % 2 != 0 {
-                    return Err(format!("odd number of hex digits in `{w}`"));
+                let h = w
+                    .strip_prefix("hex:")
+                    .ok_or_else(|| format!("bad bytes `{}` (\"text\" or hex:0011ff)", shown(w)))?;
+                if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("bad hex in `{}` (hex digits only)", shown(w)));
                 }
-                (0..h.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| format!("bad hex in `{w}`")))
+                if h.len() % 2 != 0 {
+                    return Err(format!("odd number of hex digits in `{}`", shown(w)));
+                }
+                // All ASCII digits: every pair is two whole characters.
+                h.as_bytes()
+                    .chunks(2)
+                    .map(|pair| {
+                        let pair = std::str::from_utf8(pair).ok();
+                        pair.and_then(|p| u8::from_str_radix(p, 16).ok())
+                            .ok_or_else(|| format!("bad hex in `{}`", shown(w)))
+                    })
                     .collect()
             }
         }
     }
 }
 
+/// A number as TRACE.md writes it: decimal digits, or `0x` and hex digits.
 fn parse_num(w: &str) -> Option<u64> {
-    if let Some(h) = w.strip_prefix("0x").or_else(|| w.strip_prefix("0X")) {
-        if h.is_empty() {
-            return None;
-        }
-        u64::from_str_radix(&h.replace('_', ""), 16).ok()
-    } else {
-        if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        w.parse().ok()
+    match w.strip_prefix("0x") {
+        Some(h) => digits(h, 16),
+        None => digits(w, 10),
     }
+}
+
+/// `s` as a number of `radix` if it is one or more of its digits and
+/// nothing else (`from_str_radix` alone also takes a leading `+`).
+fn digits(s: &str, radix: u32) -> Option<u64> {
+    if s.is_empty() || !s.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(s, radix).ok()
 }
 
 /// Lower-case hex of `bytes`, as `data` lines print it.
@@ -498,6 +588,107 @@ mod tests {
             let again = parse_line(&l.op.to_string()).unwrap().unwrap();
             assert_eq!(again, l.op);
         }
+    }
+
+    #[test]
+    fn only_the_documented_number_forms_parse() {
+        // TRACE.md: decimal, or `0x` and hex digits; a length may end in K, M or G.
+        for bad in [
+            "munmap P 0x+10000000 4096",
+            "munmap P 0x+1_000 4096",
+            "munmap P 0x1_000 4096",
+            "munmap P 0X1000 4096",
+            "munmap P +4096 4096",
+            "munmap P 0x1000 +4K",
+            "munmap P 0x1000 0x-1",
+            "munmap P 0x 4096",
+            "munmap P 0x1000 K",
+            "write P 0x1000 hex:+1+2",
+            "write P 0x1000 hex:-1",
+            "write P 0x1000 hex:0x11",
+            "fill P 0x1000 1 +f",
+            "fill P 0x1000 1 0x+f",
+            "fill P 0x1000 1 -1",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad} parsed");
+        }
+        let ok = |l: &str| parse_line(l).unwrap().unwrap();
+        assert_eq!(ok("munmap P 0xAbC000 4K"), Op::Munmap { a: "P".into(), addr: 0xabc000, len: 4096 });
+        assert_eq!(ok("munmap P 4096 0x1000"), Op::Munmap { a: "P".into(), addr: 4096, len: 4096 });
+        assert_eq!(ok("write P 0 hex:aBcD"), Op::Write { a: "P".into(), addr: 0, bytes: vec![0xab, 0xcd] });
+        assert_eq!(ok("fill P 0 1 f"), Op::Fill { a: "P".into(), addr: 0, len: 1, byte: 0xf });
+        assert_eq!(ok("fill P 0 1 0xfe"), Op::Fill { a: "P".into(), addr: 0, len: 1, byte: 0xfe });
+    }
+
+    #[test]
+    fn non_ascii_input_is_an_error_not_a_panic() {
+        for bad in [
+            "write P 0x10000000 hex:a\u{e9}1",
+            "write P 0x10000000 hex:\u{e9}\u{e9}",
+            "write P 0x10000000 hex:\u{1f600}",
+            "fill P 0x1000 1 \u{e9}",
+            "fill P 0x1000 1 0x\u{e9}",
+            "munmap P 0x\u{e9}1 4K",
+            "munmap P 0x1000 \u{e9}K",
+            "mmap P 0x1000 4K \u{e9} private",
+            "new \u{e9}",
+            "\u{e9}",
+            "write P 0 \"\\\u{e9}\"",
+        ] {
+            let e = parse_line(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn echoed_input_is_bounded_and_escaped() {
+        let long = "x".repeat(100_000);
+        for line in [long.clone(), format!("new 1{long}"), format!("munmap P {long} 4K"), format!("read P 0 1 {long}")]
+        {
+            let e = parse_line(&line).unwrap_err();
+            assert!(e.len() < 200, "{} bytes: {}", e.len(), e.chars().take(200).collect::<String>());
+            assert!(e.contains("..."), "{e}");
+        }
+        for line in ["fr\0ob P", "new P\x1b[2J", "write P 0 \"\\\x07\"", "munmap P 0x1000 4K\x01"] {
+            let e = parse_line(line).unwrap_err();
+            assert!(!e.chars().any(|c| c.is_control()), "{line:?}: {e:?}");
+        }
+    }
+
+    fn read_all(input: impl std::io::BufRead) -> Vec<Result<(usize, String), ParseError>> {
+        TraceLines::new(input).collect()
+    }
+
+    #[test]
+    fn lines_longer_than_the_limit_stop_reading() {
+        let at_limit = format!("#{}", "x".repeat(MAX_LINE - 1));
+        let text = format!("new P\n{at_limit}\r\n{at_limit}x\nnew Q\n");
+        let got = read_all(text.as_bytes());
+        assert_eq!(got.len(), 3, "reading stops at the first error");
+        assert_eq!(got[0], Ok((1, "new P".to_string())));
+        assert_eq!(got[1], Ok((2, at_limit.clone())));
+        let e = got[2].clone().unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("64 KiB"), "{e}");
+        // The same limit holds for a trace parsed from memory.
+        assert_eq!(parse_trace(&text).unwrap_err().line, 3);
+        // An endless line (`/dev/zero`) ends in the same error, without
+        // reading more than the limit.
+        let got = read_all(std::io::BufReader::new(std::io::repeat(0)));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].clone().unwrap_err().line, 1);
+    }
+
+    #[test]
+    fn non_utf8_lines_are_errors_naming_the_line() {
+        let got = read_all(&b"new P\nnew \xff\xfe\nnew Q\n"[..]);
+        assert_eq!(got.len(), 2);
+        let e = got[1].clone().unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("UTF-8"), "{e}");
+        // The last line needs no newline.
+        let got = read_all(&b"new P\nnew Q"[..]);
+        assert_eq!(got, vec![Ok((1, "new P".to_string())), Ok((2, "new Q".to_string()))]);
     }
 
     #[test]
