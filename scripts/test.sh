@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the workspace: the release-mode test suites (unit,
 # integration, model-based, stress, CLI), the loom models of the lock-free
-# protocols, and the unit tests under Miri.
+# protocols, the unit and loom tests again with `--features rmap-rwsem`, the
+# examples' own checks, and the unit tests under Miri.
 #
 # Budgets (kept so the whole run fits CI's 25 minutes on 2 cores):
 #   PROPTEST_CASES   model-based cases (default 2000, set in the tests)
@@ -17,6 +18,20 @@ cargo test --release --workspace
 echo "== loom models (--cfg loom)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
     cargo test --release -p softmm --lib loom
+
+echo "== rmap-rwsem (--features rmap-rwsem): unit tests and loom models"
+# The other lock kind of the reverse map, built nowhere else; its own target
+# directory (as scripts/bench-rmap.sh) so the default build stays cached.
+CARGO_TARGET_DIR=target/rmap-rwsem cargo test --release -p softmm --features rmap-rwsem --lib
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
+    cargo test --release -p softmm --features rmap-rwsem --lib loom
+
+echo "== examples (each one's main; a failed check exits non-zero)"
+for ex in crates/softmm/examples/*.rs; do
+    name=$(basename "$ex" .rs)
+    echo "-- $name"
+    cargo run --quiet --release -p softmm --example "$name"
+done
 
 echo "== Miri (unit tests)"
 if [ "${SOFTMM_SKIP_MIRI:-0}" = 1 ]; then

@@ -32,7 +32,10 @@
 //! entry of the range and outside its page-table locks (so sleeping here is
 //! allowed when `blockable`), `end` with the same range after the entries
 //! changed and the primary's TLBs were shot down, and frees a frame only
-//! after the `end` of the invalidation that unmapped it.
+//! after the `start` of the invalidation that unmapped it returned (munmap,
+//! DONTNEED and COW free it before `end`, once the primary's own TLBs are
+//! shot down): the importers must have dropped their translations of the
+//! range by the time `start` returns, which is what `start` here does.
 //!
 //! Imports are read-only: a writable import would have to fault the page in
 //! for writing (breaking copy-on-write first) before mapping it.

@@ -45,7 +45,7 @@ pub mod shm;
 pub mod stats;
 pub mod sync;
 pub mod tlb;
-pub mod vcache;
+mod vcache;
 pub mod vma;
 
 pub use access::{Accessor, Batch, GuestWords};

@@ -39,7 +39,15 @@
 //! secondary fault handler takes `seq = read_begin()`, looks the page up in
 //! the primary, and installs its translation under its own lock only if
 //! `!read_retry(seq)`; the invalidate callback takes the same lock and
-//! calls `set_seq`, so any overlapping invalidation makes the install retry.
+//! calls `set_seq(cur_seq)`, so an invalidation of this interval makes the
+//! install retry. As in Linux, the address space keeps one sequence, odd
+//! while invalidations overlapping any interval are in flight; each
+//! interval keeps the value its callback last recorded (`set_seq`), always
+//! odd. `read_begin` returns the interval's value (waiting while it equals
+//! the space's, i.e. while this interval is being invalidated) and
+//! `read_retry` compares the interval's value with it: an invalidation of
+//! another interval, or one whose callback did not call `set_seq`, makes no
+//! retry.
 //!
 //! # A build without notifiers
 //! `RUSTFLAGS="--cfg softmm_no_notifiers"` compiles the brackets out (see
@@ -106,12 +114,11 @@ pub trait MmuNotifier: Send + Sync {
     fn invalidate_range_start(&self, range: &Range) -> std::result::Result<(), Again>;
     /// The change is done; translations may be created again.
     fn invalidate_range_end(&self, range: &Range);
-    /// Clear the secondary's accessed bits in `[start, end)`; whether any was set.
+    /// Clear the secondary's accessed bits in `[start, end)`; whether any
+    /// was set. Reclaim asks it when aging a page. (Linux's `test_young`,
+    /// the same question without clearing, has no caller here: every look
+    /// at whether a page was accessed is reclaim's, which ages.)
     fn clear_young(&self, _start: u64, _end: u64) -> bool {
-        false
-    }
-    /// Whether the secondary accessed `[start, end)` since the last clear.
-    fn test_young(&self, _start: u64, _end: u64) -> bool {
         false
     }
     /// The address space is gone; called once, after the `Release`
@@ -127,22 +134,34 @@ pub(crate) struct Notifiers {
     /// Number of subscribers: the one load every path pays.
     active: AtomicUsize,
     list: Mutex<Snapshot>,
-    /// Interval notifiers' shared sequence: odd while any invalidation that
-    /// overlaps an interval is between its start and its end.
-    pub(crate) seq: Arc<AtomicU64>,
-    /// Such invalidations in flight (the sequence turns even at 0).
-    in_flight: Mutex<usize>,
-    intervals: Mutex<Vec<Arc<IntervalInner>>>,
+    /// Interval notifiers' shared sequence (Linux's `invalidate_seq`):
+    /// odd while an invalidation that overlaps an interval is between its
+    /// start and its end. Changed only under `itree`.
+    seq: Arc<AtomicU64>,
+    itree: Mutex<Itree>,
 }
+
+/// The interval notifiers and the invalidations that may concern them
+/// (Linux's `subscriptions->lock` protects the same).
+#[derive(Default)]
+struct Itree {
+    intervals: Vec<Arc<IntervalInner>>,
+    /// Invalidations in flight that started while an interval existed
+    /// (Linux's `active_invalidate_ranges`); the sequence turns even at 0.
+    in_flight: usize,
+}
+
+/// The sequence of an idle address space: even, and its predecessor (the
+/// value of a new interval) odd without wrapping.
+const SEQ_IDLE_START: u64 = 2;
 
 impl Default for Notifiers {
     fn default() -> Self {
         Notifiers {
             active: AtomicUsize::new(0),
             list: Mutex::new(Arc::from(Vec::new())),
-            seq: Arc::new(AtomicU64::new(0)),
-            in_flight: Mutex::new(0),
-            intervals: Mutex::new(Vec::new()),
+            seq: Arc::new(AtomicU64::new(SEQ_IDLE_START)),
+            itree: Mutex::new(Itree::default()),
         }
     }
 }
@@ -152,7 +171,7 @@ impl Default for Notifiers {
 pub(crate) struct Invalidation {
     range: Range,
     subs: Option<Snapshot>,
-    /// Whether it counts in `in_flight` (it overlapped an interval).
+    /// Whether it counts in `Itree::in_flight`.
     intervals: bool,
 }
 
@@ -224,10 +243,10 @@ impl Notifiers {
     #[inline(never)]
     fn end_subscribed(&self, inv: Invalidation) {
         if inv.intervals {
-            let mut n = self.in_flight.lock();
-            *n -= 1;
-            if *n == 0 {
-                self.seq.fetch_add(1, Ordering::AcqRel); // even: installs may go on
+            let mut t = self.itree.lock();
+            t.in_flight -= 1;
+            if t.in_flight == 0 && self.seq.load(Ordering::Relaxed) % 2 == 1 {
+                self.seq.fetch_add(1, Ordering::AcqRel); // even: read_begin may go on
             }
         }
         if let Some(subs) = inv.subs {
@@ -288,23 +307,25 @@ impl Notifiers {
         }
     }
 
-    /// Make the interval sequence odd for an invalidation overlapping any
-    /// interval (until its `end`), and call those intervals' callbacks.
+    /// Count an invalidation in flight while intervals exist (until its
+    /// `end`), make the sequence odd if it overlaps one, and call those
+    /// intervals' callbacks with it (Linux's `mn_itree_invalidate`).
     fn invalidate_intervals(&self, range: &Range, counted: &mut bool) -> std::result::Result<(), Again> {
-        let hits: Vec<Arc<IntervalInner>> =
-            self.intervals.lock().iter().filter(|iv| iv.start < range.end && range.start < iv.end).cloned().collect();
-        if hits.is_empty() {
-            return Ok(());
-        }
-        let cur = {
-            let mut n = self.in_flight.lock();
-            *n += 1;
-            *counted = true;
-            if *n == 1 {
-                self.seq.fetch_add(1, Ordering::AcqRel) + 1 // odd: invalidating
-            } else {
-                self.seq.load(Ordering::Acquire)
+        let (hits, cur) = {
+            let mut t = self.itree.lock();
+            if t.intervals.is_empty() {
+                return Ok(());
             }
+            // Counted even without an overlap: an interval inserted before
+            // its end cannot know what it changed (see `IntervalNotifier::new`).
+            t.in_flight += 1;
+            *counted = true;
+            let hits: Vec<Arc<IntervalInner>> =
+                t.intervals.iter().filter(|iv| iv.start < range.end && range.start < iv.end).cloned().collect();
+            if hits.is_empty() {
+                return Ok(());
+            }
+            (hits, self.make_odd())
         };
         let mut r = Ok(());
         for iv in hits {
@@ -313,6 +334,15 @@ impl Notifiers {
             }
         }
         r
+    }
+
+    /// The sequence, made odd (invalidating) if it was not; under `itree`.
+    fn make_odd(&self) -> u64 {
+        let s = self.seq.load(Ordering::Relaxed);
+        if s % 2 == 1 {
+            return s;
+        }
+        self.seq.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
 
@@ -334,7 +364,8 @@ impl Drop for Subscription {
 pub trait IntervalOps: Send + Sync {
     /// `range` overlapping the interval is being invalidated, with sequence
     /// `cur_seq`: take the secondary's lock, drop its translations in the
-    /// range, call `handle.set_seq(cur_seq)`. Return `false` to refuse a
+    /// range, call `handle.set_seq(cur_seq)` (without it, `read_retry`
+    /// does not see this invalidation). Return `false` to refuse a
     /// non-blockable invalidation.
     fn invalidate(&self, handle: &IntervalHandle<'_>, range: &Range, cur_seq: u64) -> bool;
 }
@@ -342,7 +373,8 @@ pub trait IntervalOps: Send + Sync {
 pub(crate) struct IntervalInner {
     start: u64,
     end: u64,
-    /// The sequence the owner last saw invalidated (`set_seq`).
+    /// The sequence of the last invalidation its callback handled
+    /// (`set_seq`; Linux's `interval_sub->invalidate_seq`): always odd.
     seen: AtomicU64,
     mm_seq: Arc<AtomicU64>,
     ops: Arc<dyn IntervalOps>,
@@ -354,8 +386,10 @@ pub struct IntervalHandle<'a> {
 }
 
 impl IntervalHandle<'_> {
-    /// Record that the invalidation with `seq` was handled (under the
-    /// secondary's lock, as Linux's `mmu_interval_set_seq`).
+    /// Record that the invalidation with `seq` (the callback's `cur_seq`)
+    /// was handled, under the secondary's lock, as Linux's
+    /// `mmu_interval_set_seq`: from now on `read_retry` answers true for
+    /// any `read_begin` value taken before.
     pub fn set_seq(&self, seq: u64) {
         self.inner.seen.store(seq, Ordering::Release);
     }
@@ -377,29 +411,41 @@ impl IntervalNotifier {
         let n = &mm.notifiers;
         // As `Mm::register_notifier`: not in the middle of a fault.
         let _mmap = mm.state.write();
-        let inner = Arc::new(IntervalInner { start, end, seen: AtomicU64::new(0), mm_seq: n.seq.clone(), ops });
-        n.intervals.lock().push(inner.clone());
+        let mut t = n.itree.lock();
+        // An invalidation in flight (reclaim, which does not take the
+        // `mmap_lock`) may be changing this range without having called
+        // us: count the interval as invalidated by it, so `read_begin`
+        // waits for its end (Linux's `__mmu_interval_notifier_insert`).
+        // Otherwise the interval starts odd and unequal to the sequence.
+        let seen = if t.in_flight > 0 { n.make_odd() } else { n.seq.load(Ordering::Relaxed) - 1 };
+        let inner = Arc::new(IntervalInner { start, end, seen: AtomicU64::new(seen), mm_seq: n.seq.clone(), ops });
+        t.intervals.push(inner.clone());
+        drop(t);
         n.active.fetch_add(1, Ordering::AcqRel);
         Ok(IntervalNotifier { inner, mm: Arc::downgrade(mm) })
     }
 
-    /// Start of a secondary fault: the sequence to check with `read_retry`.
-    /// Waits while an invalidation is running (odd sequence).
+    /// Start of a secondary fault: the value to check with `read_retry`
+    /// (Linux's `mmu_interval_read_begin`). Waits while this interval is
+    /// being invalidated (its value equals the space's odd sequence);
+    /// invalidations of other ranges do not make it wait.
     pub fn read_begin(&self) -> u64 {
-        loop {
-            let s = self.inner.mm_seq.load(Ordering::Acquire);
-            if s % 2 == 0 {
-                return s;
-            }
+        let seq = self.inner.seen.load(Ordering::Acquire);
+        // Values only grow: if the space's sequence has moved past `seq`,
+        // any invalidation of this interval not yet handled will call
+        // `set_seq` with a newer value, which `read_retry` sees.
+        while self.inner.mm_seq.load(Ordering::Acquire) == seq {
             std::thread::yield_now();
         }
+        seq
     }
 
-    /// Whether an invalidation ran since `read_begin` returned `seq`: the
-    /// translation just looked up must not be installed (call under the
-    /// same lock the callback takes around `set_seq`).
+    /// Whether this interval was invalidated (its callback called
+    /// `set_seq`) since `read_begin` returned `seq`: the translation just
+    /// looked up must not be installed (Linux's `mmu_interval_read_retry`;
+    /// call under the same lock the callback takes around `set_seq`).
     pub fn read_retry(&self, seq: u64) -> bool {
-        self.inner.mm_seq.load(Ordering::Acquire) != seq
+        self.inner.seen.load(Ordering::Acquire) != seq
     }
 
     /// The covered range.
@@ -407,7 +453,8 @@ impl IntervalNotifier {
         (self.inner.start, self.inner.end)
     }
 
-    /// The last sequence recorded by `set_seq`.
+    /// The interval's value: the last recorded by `set_seq` (odd), or the
+    /// odd value it started with.
     pub fn seen_seq(&self) -> u64 {
         self.inner.seen.load(Ordering::Acquire)
     }
@@ -417,7 +464,7 @@ impl Drop for IntervalNotifier {
     fn drop(&mut self) {
         if let Some(mm) = self.mm.upgrade() {
             let n = &mm.notifiers;
-            n.intervals.lock().retain(|iv| !Arc::ptr_eq(iv, &self.inner));
+            n.itree.lock().intervals.retain(|iv| !Arc::ptr_eq(iv, &self.inner));
             n.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -442,20 +489,23 @@ mod loom_tests {
         loom::model(|| {
             let mmap_lock = Arc::new(RwLock::new(()));
             let active = Arc::new(AtomicUsize::new(0));
-            let seq = Arc::new(AtomicU64::new(0));
+            let seq = Arc::new(AtomicU64::new(2));
+            let seen = Arc::new(AtomicU64::new(1));
             let pte = Arc::new(AtomicU64::new(1));
             let shadow = Arc::new(Mutex::new(None::<u64>));
             // A COW fault: under the mmap_lock (read), decide once whether
             // to bracket, then replace the frame.
             let fault = {
-                let (mmap_lock, active, seq, pte, shadow) =
-                    (mmap_lock.clone(), active.clone(), seq.clone(), pte.clone(), shadow.clone());
+                let (mmap_lock, active, seq, seen, pte, shadow) =
+                    (mmap_lock.clone(), active.clone(), seq.clone(), seen.clone(), pte.clone(), shadow.clone());
                 loom::thread::spawn(move || {
                     let _r = mmap_lock.read().unwrap();
                     let notify = active.load(Ordering::Acquire) != 0;
                     if notify {
-                        seq.fetch_add(1, Ordering::AcqRel);
-                        *shadow.lock().unwrap() = None;
+                        let cur = seq.fetch_add(1, Ordering::AcqRel) + 1;
+                        let mut g = shadow.lock().unwrap();
+                        *g = None;
+                        seen.store(cur, Ordering::Release);
                     }
                     pte.store(2, Ordering::Release);
                     if notify {
@@ -470,14 +520,14 @@ mod loom_tests {
                 let _w = mmap_lock.write().unwrap();
                 active.fetch_add(1, Ordering::AcqRel);
             }
-            let s = seq.load(Ordering::Acquire);
-            if s % 2 == 0 {
+            let s = seen.load(Ordering::Acquire);
+            if seq.load(Ordering::Acquire) != s {
                 let t = {
                     let _r = mmap_lock.read().unwrap();
                     pte.load(Ordering::Acquire)
                 };
                 let mut g = shadow.lock().unwrap();
-                if seq.load(Ordering::Acquire) == s {
+                if seen.load(Ordering::Acquire) == s {
                     *g = Some(t);
                 }
             }
@@ -490,26 +540,33 @@ mod loom_tests {
     #[test]
     fn fault_vs_invalidate_with_the_sequence_count() {
         loom::model(|| {
-            let seq = Arc::new(AtomicU64::new(0)); // the address space's sequence
+            let seq = Arc::new(AtomicU64::new(2)); // the address space's sequence
+            let seen = Arc::new(AtomicU64::new(1)); // the interval's (`set_seq`)
             let pte = Arc::new(AtomicU64::new(1)); // the primary's translation
             let shadow = Arc::new(Mutex::new(None::<u64>)); // the secondary's copy
             let inv = {
-                let (seq, pte, shadow) = (seq.clone(), pte.clone(), shadow.clone());
+                let (seq, seen, pte, shadow) = (seq.clone(), seen.clone(), pte.clone(), shadow.clone());
                 loom::thread::spawn(move || {
                     // start: the sequence turns odd, the callback drops the
-                    // range under the secondary's lock.
-                    seq.fetch_add(1, Ordering::AcqRel);
-                    *shadow.lock().unwrap() = None;
+                    // range and calls set_seq under the secondary's lock.
+                    let cur = seq.fetch_add(1, Ordering::AcqRel) + 1;
+                    {
+                        let mut g = shadow.lock().unwrap();
+                        *g = None;
+                        seen.store(cur, Ordering::Release);
+                    }
                     pte.store(2, Ordering::Release); // the change itself
                     seq.fetch_add(1, Ordering::AcqRel); // end: even again
                 })
             };
-            // The secondary's fault: read_begin, look up, install unless retry.
-            let s = seq.load(Ordering::Acquire);
-            if s % 2 == 0 {
+            // The secondary's fault: read_begin (given up, not waited for,
+            // while this interval is being invalidated), look up, install
+            // under the lock unless read_retry.
+            let s = seen.load(Ordering::Acquire);
+            if seq.load(Ordering::Acquire) != s {
                 let t = pte.load(Ordering::Acquire);
                 let mut g = shadow.lock().unwrap();
-                if seq.load(Ordering::Acquire) == s {
+                if seen.load(Ordering::Acquire) == s {
                     *g = Some(t);
                 }
             }

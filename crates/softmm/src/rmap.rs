@@ -29,7 +29,9 @@
 //! The member list lock is chosen at build time (seed 004: "a configuration
 //! option to switch the locking at compile time"): a spinning lock by
 //! default, or with the `rmap-rwsem` feature a sleeping reader-writer lock,
-//! which walks take shared (what sleeping MMU notifiers need).
+//! which walks take shared. Sleeping MMU notifiers need neither: a walk
+//! copies the member list under the lock and visits the members (where
+//! notifiers are called) with it released (`Members::walk`).
 //!
 //! Lock order: `mmap_lock` -> page-table lock -> anon_vma lock. The anon_vma
 //! lock is a leaf in practice: nothing is taken while it is held.

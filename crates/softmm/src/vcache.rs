@@ -37,21 +37,6 @@ use crate::sync::{fence, Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
 /// Buckets of the hash; few under loom so that the model meets collisions.
 const BUCKETS: usize = if cfg!(loom) { 2 } else { 1024 };
 
-/// Why a translation changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VcacheEvent {
-    /// Copy-on-write (or first write to the zero frame) gave the page a new frame.
-    Cow,
-    /// The PTE table holding the page stopped being shared (same frames).
-    Unshare,
-    /// munmap or `madvise(DONTNEED)` removed the translation.
-    Unmap,
-    /// mprotect changed the access the page allows.
-    Protect,
-    /// The address space exited.
-    Exit,
-}
-
 /// What a page translates to at the time of a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Translation {

@@ -192,10 +192,6 @@ impl MmuNotifier for Brackets {
         self.inner.as_ref().is_some_and(|i| i.clear_young(start, end))
     }
 
-    fn test_young(&self, start: u64, end: u64) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.test_young(start, end))
-    }
-
     fn release(&self) {
         if self.releases.fetch_add(1, Ordering::AcqRel) > 0 {
             self.violation("release twice".into());

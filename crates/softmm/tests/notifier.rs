@@ -206,6 +206,85 @@ fn interval_sequence_makes_a_racing_install_retry() {
     assert!(mm.insert_interval_notifier(BASE, 0, ops).is_err(), "empty interval");
 }
 
+/// An interval callback that drops nothing and may forget `set_seq`, and
+/// may look at another interval (`read_begin`) while it runs.
+#[derive(Default)]
+struct Forgetful {
+    record: bool,
+    hits: AtomicU64,
+    other: std::sync::OnceLock<softmm::IntervalNotifier>,
+    other_seq: Mutex<Option<u64>>,
+}
+
+impl IntervalOps for Forgetful {
+    fn invalidate(&self, h: &IntervalHandle<'_>, _r: &Range, cur: u64) -> bool {
+        if self.record {
+            h.set_seq(cur);
+        }
+        if let Some(o) = self.other.get() {
+            // Only this interval is being invalidated: no wait.
+            *self.other_seq.lock().expect("other") = Some(o.read_begin());
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// `read_retry` answers for the interval's own invalidations, those whose
+/// callback recorded them with `set_seq` (Linux's `mmu_interval_set_seq`
+/// and `mmu_interval_read_retry`), not for any invalidation of the space.
+#[test]
+fn read_retry_follows_this_intervals_set_seq() {
+    let m = common::machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 16 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    let ops_x = Arc::new(Seq { lock: Mutex::new(()), hits: AtomicU64::new(0) });
+    let x = mm.insert_interval_notifier(BASE, 4 * PAGE, ops_x.clone()).expect("x");
+    let ops_y = Arc::new(Forgetful { record: true, ..Forgetful::default() });
+    let y = mm.insert_interval_notifier(BASE + 4 * PAGE, 4 * PAGE, ops_y.clone()).expect("y");
+    assert_eq!(x.seen_seq() % 2, 1, "an interval's value is odd from the start");
+    let (sx, sy) = (x.read_begin(), y.read_begin());
+    // An invalidation of y only: x's lookup stays valid.
+    mm.madvise(BASE + 5 * PAGE, PAGE, Advice::DontNeed).expect("madvise");
+    assert_eq!((ops_x.hits.load(Ordering::Relaxed), ops_y.hits.load(Ordering::Relaxed)), (0, 1));
+    assert!(!x.read_retry(sx), "another interval's invalidation made x retry");
+    assert!(y.read_retry(sy), "y's own invalidation did not make it retry");
+    // Both: both retry.
+    let (sx, sy) = (x.read_begin(), y.read_begin());
+    mm.madvise(BASE, 8 * PAGE, Advice::DontNeed).expect("madvise");
+    assert!(x.read_retry(sx) && y.read_retry(sy));
+    assert_eq!(x.seen_seq(), y.seen_seq(), "one invalidation, one sequence value");
+
+    // A callback that does not call set_seq: the invalidation goes
+    // unrecorded, so read_retry cannot see it.
+    let ops_z = Arc::new(Forgetful { record: false, ..Forgetful::default() });
+    let z = mm.insert_interval_notifier(BASE + 8 * PAGE, 4 * PAGE, ops_z.clone()).expect("z");
+    let sz = z.read_begin();
+    mm.madvise(BASE + 8 * PAGE, PAGE, Advice::DontNeed).expect("madvise");
+    assert_eq!(ops_z.hits.load(Ordering::Relaxed), 1);
+    assert!(!z.read_retry(sz), "read_retry saw an invalidation no set_seq recorded");
+}
+
+/// `read_begin` waits only while its own interval is being invalidated:
+/// called on `x` from inside the callback of an invalidation of `y` only,
+/// it returns (it used to wait for the space's sequence to turn even,
+/// which that invalidation's own callback would wait for for ever).
+#[test]
+fn read_begin_does_not_wait_for_another_intervals_invalidation() {
+    let m = common::machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 16 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    let ops_x = Arc::new(Forgetful { record: true, ..Forgetful::default() });
+    let x = mm.insert_interval_notifier(BASE, 4 * PAGE, ops_x.clone()).expect("x");
+    let ops_y = Arc::new(Forgetful { record: true, ..Forgetful::default() });
+    let _y = mm.insert_interval_notifier(BASE + 4 * PAGE, 4 * PAGE, ops_y.clone()).expect("y");
+    let before = x.seen_seq();
+    assert!(ops_y.other.set(x).is_ok());
+    mm.madvise(BASE + 4 * PAGE, PAGE, Advice::DontNeed).expect("madvise");
+    assert_eq!(*ops_y.other_seq.lock().expect("other"), Some(before));
+    assert_eq!(ops_x.hits.load(Ordering::Relaxed), 0);
+}
+
 fn swap_machine() -> softmm::Machine {
     let swap = Arc::new(softmm::reclaim::device::MemSwap::new(16 << 20).expect("swap"));
     softmm::Machine::new(softmm::Config {

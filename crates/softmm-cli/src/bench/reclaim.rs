@@ -2,9 +2,11 @@
 //! limit, against the sequential bandwidth of the swap file itself.
 //!
 //! Each run first measures a fresh swap file in the temp directory with
-//! `sequential_bandwidth` (write then read every page, no fsync, so both go
-//! to the page cache as a swap file's I/O does), over as many pages as the
-//! run swaps, and removes it. Then a machine whose frames are limited to a
+//! `sequential_bandwidth`: the best the file does, the same total size
+//! written then read back in order in 1 MiB `pwrite`s and `pread`s, no
+//! fsync (softmm's swap-out does not fsync either, so both sides go to the
+//! page cache, each on a fresh file), over as many pages as the run swaps;
+//! then it removes the file. Then a machine whose frames are limited to a
 //! small amount (16 MiB, or a quarter of `--size` when that is smaller) and
 //! whose swap is another fresh file of the same kind writes `--size` of
 //! private memory page by page: nearly all of it is swapped out on the way.
@@ -270,8 +272,8 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
     let met = out_ratio >= TARGET && in_ratio >= TARGET;
     let last = runs.last();
     let device = last.map_or_else(String::new, |r| r.device.clone());
-    let reference = "sequential bandwidth of a swap file of the same kind, measured in this run (no fsync: page \
-                     cache); Linux's own swap needs root, so it is not measured";
+    let reference = "sequential bandwidth of a swap file of the same kind, measured in this run (1 MiB pwrite then \
+                     pread, no fsync: page cache); Linux's own swap needs root, so it is not measured";
 
     let mut t = String::new();
     let _ = writeln!(t, "bench reclaim: swap-out and swap-in through a swap file under a memory limit");
@@ -322,8 +324,8 @@ pub fn reclaim(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_jso
     }
     let _ = writeln!(
         t,
-        "  (swap-out time includes the demand-zero faults and the page writes; file = sequential_bandwidth over the \
-         same number of pages)"
+        "  (swap-out time includes the demand-zero faults and the page writes; file = the same total size written \
+         then read in order in 1 MiB pwrite/pread calls, on a fresh file)"
     );
     if o.vs_linux {
         let _ = writeln!(t, "  --vs-linux: the reference is the {reference}");

@@ -661,8 +661,10 @@ impl crate::Mm {
     }
 
     /// The futex system call as Linux decodes it, for hosts that emulate
-    /// system calls: `op` is `FUTEX_*` (with `FUTEX_PRIVATE_FLAG` and
-    /// `FUTEX_CLOCK_REALTIME` accepted), `val2` is the requeue count or the
+    /// system calls: `op` is `FUTEX_*` (with `FUTEX_PRIVATE_FLAG`, and
+    /// `FUTEX_CLOCK_REALTIME` with `FUTEX_WAIT_BITSET` only: Linux took it
+    /// with `FUTEX_WAIT` from 4.5 to 5.12 and answers `ENOSYS` again since
+    /// 5.13, in the stable kernels too), `val2` is the requeue count or the
     /// second wake count, `val3` the compare value, bitset or encoded op.
     /// Unknown commands are `ENOSYS`, as in Linux.
     #[allow(clippy::too_many_arguments)]

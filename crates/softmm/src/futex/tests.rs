@@ -53,6 +53,39 @@ fn errors_as_linux() {
     }
 }
 
+/// `FUTEX_CLOCK_REALTIME` goes with `FUTEX_WAIT_BITSET` only, as in Linux
+/// since 5.13: 4.5 had accepted it with `FUTEX_WAIT` too (commit 337f13046ff0),
+/// and 4fbf5d6837bf reverted that (backported to the stable kernels): a
+/// relative timeout does not depend on the clock, and the kernel had armed a
+/// monotonic deadline on the realtime clock. `FUTEX_WAIT_BITSET` with
+/// `BITSET_MATCH_ANY` is the way to wait on the realtime clock.
+#[test]
+fn clock_realtime_only_with_wait_bitset() {
+    const PRIVATE: u32 = 128;
+    const CLOCK_REALTIME: u32 = 256;
+    for keys in both() {
+        let m = machine(keys);
+        let mm = space(&m, MapKind::Private);
+        mm.write(A, &5u32.to_ne_bytes()).unwrap();
+        let e = |r: Result<u32>| r.unwrap_err().errno();
+        let soon = Some(Timeout::After(Duration::from_millis(1)));
+        for op in [CLOCK_REALTIME, CLOCK_REALTIME | PRIVATE] {
+            assert_eq!(e(mm.futex_syscall(A, op, 5, soon, 0, 0, 0)), errno::ENOSYS, "FUTEX_WAIT | {op:#x}");
+            assert_eq!(e(mm.futex_syscall(A, op, 4, None, 0, 0, 0)), errno::ENOSYS, "checked before the value");
+        }
+        assert_eq!(e(mm.futex_syscall(A, 1 | CLOCK_REALTIME, 1, None, 0, 0, 0)), errno::ENOSYS, "FUTEX_WAKE");
+        assert_eq!(e(mm.futex_syscall(A, 10 | CLOCK_REALTIME, 1, None, 0, 0, 1)), errno::ENOSYS);
+        // WAIT_BITSET takes it: the value is compared, the deadline kept.
+        let op = 9 | CLOCK_REALTIME | PRIVATE;
+        assert_eq!(e(mm.futex_syscall(A, op, 4, None, 0, 0, BITSET_MATCH_ANY)), errno::EAGAIN);
+        let past = Some(Timeout::At(Instant::now()));
+        assert_eq!(e(mm.futex_syscall(A, op, 5, past, 0, 0, BITSET_MATCH_ANY)), errno::ETIMEDOUT);
+        // Without the flag, FUTEX_WAIT waits (until its relative timeout).
+        assert_eq!(e(mm.futex_syscall(A, PRIVATE, 5, soon, 0, 0, 0)), errno::ETIMEDOUT);
+        audit(&mm);
+    }
+}
+
 #[test]
 fn wake_counts_and_bitsets() {
     for keys in both() {
