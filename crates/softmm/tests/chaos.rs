@@ -24,8 +24,9 @@
 //!   a read-only mapping it is keyed by (space, address) while its page is a
 //!   hole), and follows its page to new ids until the page is removed from
 //!   its space; it then stays with the id it had. Linux keys: private words
-//!   by (space, address), shared words by (object, offset); a space's exit
-//!   makes its private keys unreachable. A wake through (space, address)
+//!   by (space, address), shared words by (object, offset). In both modes a
+//!   space's exit ends every wait it started (`WaitState::Exited`, as
+//!   Linux's exit ends the threads that wait) and no other. A wake through (space, address)
 //!   must wake exactly min(max(n, 1), reachable) waiters, all reachable;
 //!   no waiter may be woken by anything else.
 //! - **Notifier.** A shadow TLB caches each subscribed space's translations
@@ -331,6 +332,8 @@ enum WKey {
 
 struct ModelWaiter {
     h: FutexWaiter,
+    /// The space that started the wait: its exit ends the wait.
+    owner: usize,
     key: WKey,
     /// Physical keys: the (space, page) whose id changes it follows.
     follows: Option<(usize, usize)>,
@@ -786,7 +789,7 @@ impl World {
                 ensure!(matches, "wait at {addr:#x} queued although the word is {cur}, not {val}");
                 let follows = (self.physical() && is_private(pg)).then_some((s, pg));
                 let what = format!("waiter of space {s} at {addr:#x} (keyed {key:?} when it waited)");
-                self.waiters.push(ModelWaiter { h, key, follows, word: (pg, off), what });
+                self.waiters.push(ModelWaiter { h, owner: s, key, follows, word: (pg, off), what });
                 bump(&TALLY.waits_queued, 1);
             }
             Err(e) => ensure!(!matches && e == Error::Again, "wait at {addr:#x} for {val} (word {cur}): {e}"),
@@ -862,6 +865,14 @@ impl World {
         let sp = self.spaces[s].take().expect("live");
         let shadow = sp.shadow.as_ref().map(|(_, sh)| sh.clone());
         drop(sp);
+        // The exit ends every wait the space started (as Linux's exit ends
+        // its threads), and no other.
+        let (ended, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.owner == s);
+        self.waiters = kept;
+        for w in ended {
+            ensure!(w.h.state() == WaitState::Exited, "{} is {:?} after its space exited", w.what, w.h.state());
+            ensure!(matches!(w.h.wait(None), Err(Error::Exited)), "a wait of an exited space ends with Exited");
+        }
         if let Some(sh) = shadow {
             sh.settled()?;
             let releases = sh.st.lock().unwrap().releases;
