@@ -328,3 +328,75 @@ fn too_large_a_run_is_an_error_not_a_crash() {
     assert!(!o.status.success());
     assert!(err.starts_with("softmm: error:") && err.contains("smaller --size"), "{err}");
 }
+
+/// A swap file path of this test process's own, not yet existing.
+fn fresh_swap_path(tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("softmm-cli-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Whether process `pid` has `path` open (also once it is unlinked, which
+/// `/proc` shows as "PATH (deleted)").
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let want = path.to_string_lossy().into_owned();
+    fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let t = target.to_string_lossy();
+        t == want || t.strip_suffix(" (deleted)") == Some(want.as_str())
+    })
+}
+
+/// SIGINT or SIGTERM in the middle of a run under a limit leaves no swap
+/// file behind, and the same `--swap-file` works for the next run.
+#[test]
+fn a_signalled_run_leaves_no_swap_file() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let path = fresh_swap_path(&format!("signal-{signal}"));
+        let arg = path.to_string_lossy().into_owned();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_softmm"))
+            .args(["run", "--mem-limit", "8M", "--size", "4G", "--children", "2", "--swap-file", &arg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start softmm: {e}"));
+        // Wait (a minute at most: a hang detector) until the run has its
+        // swap file open, so the signal comes mid-run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !has_open(child.id(), &path) {
+            let done = child.try_wait().unwrap_or_else(|e| panic!("waiting for softmm: {e}"));
+            assert!(done.is_none(), "the run ended before it opened its swap file: {done:?}");
+            assert!(std::time::Instant::now() < deadline, "no swap file open after 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let status = child.wait().unwrap_or_else(|e| panic!("waiting for softmm: {e}"));
+        assert!(!status.success(), "signal {signal}: {status:?}");
+        assert!(!path.exists(), "signal {signal}: the swap file {arg} outlived the run");
+        let o = softmm(&["run", "--mem-limit", "4M", "--size", "8M", "--children", "1", "--swap-file", &arg]);
+        assert!(o.status.success(), "signal {signal}: the next run: {}", text(&o.stderr));
+        assert!(!path.exists());
+    }
+}
+
+/// An explicit `--swap-file` that exists is refused with a message naming
+/// it, and left as it was.
+#[test]
+fn an_existing_swap_file_is_refused_by_name() {
+    let path = fresh_swap_path("exists");
+    std::fs::write(&path, b"someone's data").unwrap_or_else(|e| panic!("{e}"));
+    let arg = path.to_string_lossy().into_owned();
+    for cmd in ["run", "replay"] {
+        let o = if cmd == "run" {
+            softmm(&["run", "--mem-limit", "4M", "--size", "8M", "--children", "1", "--swap-file", &arg])
+        } else {
+            softmm(&["replay", "--mem-limit", "64K", "--swap-file", &arg, "/dev/null"])
+        };
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{cmd}: {err}");
+        assert!(err.contains(&format!("{arg} exists; remove it or choose another")), "{cmd}: {err}");
+        assert_eq!(std::fs::read(&path).ok().as_deref(), Some(&b"someone's data"[..]), "{cmd}: the file changed");
+    }
+    let _ = std::fs::remove_file(&path);
+}

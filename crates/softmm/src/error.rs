@@ -89,6 +89,14 @@ pub enum Error {
     /// The host refused an operation softmm needed from it.
     #[error("host error in {what}: errno {errno}")]
     Host { what: &'static str, errno: i32 },
+    /// The swap file could not be set up; `what` names it and says why.
+    #[error("{what}")]
+    SwapFile { what: String, errno: i32 },
+    /// No frame is left under the frame limit and none can be freed because
+    /// the swap device, which `device` describes, is full: Linux would OOM
+    /// (`ENOMEM`).
+    #[error("out of memory: frame limit reached and no space left on the swap device ({device})")]
+    SwapExhausted { device: String },
 }
 
 /// Linux errno values used by softmm.
@@ -139,7 +147,8 @@ impl Error {
             Error::Exists { .. } => EEXIST,
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
             Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
-            Error::Host { errno, .. } => *errno,
+            Error::Host { errno, .. } | Error::SwapFile { errno, .. } => *errno,
+            Error::SwapExhausted { .. } => ENOMEM,
             Error::Again => EAGAIN,
             Error::TimedOut => ETIMEDOUT,
             Error::Interrupted => EINTR,

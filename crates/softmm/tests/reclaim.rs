@@ -525,3 +525,26 @@ fn faults_needing_table_and_page_under_a_tight_limit_answer() {
         });
     }
 }
+
+/// A swap file path that exists is never reused: the machine is refused
+/// with EEXIST and a message naming the path, and the file is left alone.
+/// One that does not exist is unlinked at once (nothing to leave behind).
+#[test]
+fn an_existing_swap_file_is_refused_by_name() {
+    let path = std::env::temp_dir().join(format!("softmm-reclaim-test-{}-exists", std::process::id()));
+    std::fs::write(&path, b"someone's").expect("write");
+    let config = || Config {
+        arena_bytes: 16 << 20,
+        mem_limit: Some(64 * PAGE),
+        swap: SwapConfig::File { path: path.clone(), bytes: 1 << 20 },
+        ..Config::default()
+    };
+    let Err(e) = Machine::new(config()) else { panic!("an existing swap file is refused") };
+    assert_eq!(e.errno_name(), "EEXIST", "{e}");
+    assert_eq!(e.to_string(), format!("swap file {} exists; remove it or choose another", path.display()));
+    assert_eq!(std::fs::read(&path).expect("read"), b"someone's");
+    std::fs::remove_file(&path).expect("remove");
+    let m = Machine::new(config()).expect("machine");
+    assert!(!path.exists(), "the swap file is unlinked as soon as it is open");
+    drop(m);
+}

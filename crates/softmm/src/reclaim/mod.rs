@@ -86,9 +86,11 @@ impl Reclaim {
         let dev: Option<Arc<dyn SwapDevice>> = match cfg {
             SwapConfig::Off => None,
             SwapConfig::Auto if !limited => None,
-            SwapConfig::Auto => Some(Arc::new(device::FileSwap::create(None, AUTO_SWAP_BYTES).map_err(io_err)?)),
+            SwapConfig::Auto => {
+                Some(Arc::new(device::FileSwap::create(None, AUTO_SWAP_BYTES).map_err(|e| io_err(None, e))?))
+            }
             SwapConfig::File { path, bytes } => {
-                Some(Arc::new(device::FileSwap::create(Some(path), *bytes).map_err(io_err)?))
+                Some(Arc::new(device::FileSwap::create(Some(path), *bytes).map_err(|e| io_err(Some(path), e))?))
             }
             SwapConfig::Device(d) => Some(d.clone()),
         };
@@ -120,6 +122,16 @@ impl Reclaim {
     }
 }
 
-fn io_err(e: std::io::Error) -> crate::Error {
-    crate::Error::Host { what: "creating the swap file", errno: e.raw_os_error().unwrap_or(crate::errno::EIO) }
+/// Why the swap file at `path` (`None`: one in the temp directory) could
+/// not be created, naming it.
+fn io_err(path: Option<&std::path::Path>, e: std::io::Error) -> crate::Error {
+    let errno = e.raw_os_error().unwrap_or(crate::errno::EIO);
+    let what = match path {
+        Some(p) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            format!("swap file {} exists; remove it or choose another", p.display())
+        }
+        Some(p) => format!("creating the swap file {}: {e}", p.display()),
+        None => format!("creating a swap file in {}: {e}", std::env::temp_dir().display()),
+    };
+    crate::Error::SwapFile { what, errno }
 }
