@@ -95,7 +95,7 @@ pub enum Error {
     /// No frame is left under the frame limit and none can be freed because
     /// the swap device, which `device` describes, is full: Linux would OOM
     /// (`ENOMEM`).
-    #[error("out of memory: frame limit reached and no space left on the swap device ({device})")]
+    #[error("out of memory: frame limit reached and no space left on swap device {device}")]
     SwapExhausted { device: String },
 }
 

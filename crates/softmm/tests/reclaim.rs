@@ -548,3 +548,50 @@ fn an_existing_swap_file_is_refused_by_name() {
     assert!(!path.exists(), "the swap file is unlinked as soon as it is open");
     drop(m);
 }
+
+/// A full swap device: the allocation that finds no frame and no slot
+/// fails with ENOMEM and a message naming the full device; every page on
+/// swap stays readable (a page-in may take the last frame, and reclaim
+/// frees it again by dropping a page read back, which needs no new slot),
+/// and writes to written pages go on (each frees its slot).
+#[test]
+fn a_full_swap_device_is_named_and_loses_no_data() {
+    finishes("full swap", || {
+        let m = limited(16, Arc::new(FaultySwap::new(MemSwap::new(16 * PAGE).expect("mem swap"))));
+        let mm = m.new_mm().expect("mm");
+        mm.mmap(BASE, 64 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+        let mut n = 0;
+        let full = loop {
+            match mm.write(BASE + n * PAGE, &pattern(1, BASE + n * PAGE, 0)) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 64, "16 frames and 16 slots hold all 64 pages");
+        };
+        assert_eq!(full.errno_name(), "ENOMEM", "{full}");
+        assert_eq!(
+            full.to_string(),
+            "out of memory: frame limit reached and no space left on swap device faulty memory (64 KiB)"
+        );
+        assert!(m.stats().swap_used == 16 && n > 16, "{n} pages written, {} slots used", m.stats().swap_used);
+        check(&mm);
+        for round in 0..2 {
+            for i in 0..n {
+                let va = BASE + i * PAGE;
+                let mut b = [0u8; 16];
+                mm.read(va, &mut b).unwrap_or_else(|e| panic!("round {round}: read of page {i}: {e}"));
+                assert_eq!(b, pattern(1, va, 0), "round {round}: page {i}");
+            }
+            check(&mm);
+        }
+        for i in 0..n {
+            let va = BASE + i * PAGE;
+            mm.write(va, &pattern(1, va, 1)).unwrap_or_else(|e| panic!("rewrite of page {i}: {e}"));
+        }
+        check(&mm);
+        for i in 0..n {
+            assert_eq!(read_page(&mm, BASE + i * PAGE), pattern(1, BASE + i * PAGE, 1), "page {i}");
+        }
+        check(&mm);
+    });
+}

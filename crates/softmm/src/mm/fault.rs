@@ -91,6 +91,7 @@ fn fault_in_as<const NOTIFY: bool>(
                     std::thread::yield_now();
                 }
             }
+            Err(Error::NoMemory(why)) => return Err(crate::reclaim::out_of_memory(&mm.machine, why)),
             Err(e) => return Err(e),
         }
     }

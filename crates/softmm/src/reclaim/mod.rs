@@ -82,7 +82,7 @@ pub(crate) struct Reclaim {
 }
 
 impl Reclaim {
-    pub(crate) fn new(limited: bool, cfg: &SwapConfig) -> crate::Result<Reclaim> {
+    pub(crate) fn new(limited: bool, cfg: &SwapConfig, arena: &crate::phys::FrameArena) -> crate::Result<Reclaim> {
         let dev: Option<Arc<dyn SwapDevice>> = match cfg {
             SwapConfig::Off => None,
             SwapConfig::Auto if !limited => None,
@@ -95,7 +95,7 @@ impl Reclaim {
             SwapConfig::Device(d) => Some(d.clone()),
         };
         Ok(Reclaim {
-            swap: dev.map(|d| Arc::new(swap::SwapSpace::new(d))),
+            swap: dev.map(|d| Arc::new(swap::SwapSpace::with_full_flag(d, arena.swap_full.clone()))),
             hand: std::sync::atomic::AtomicU32::new(1),
             scanning: parking_lot::Mutex::new(()),
             kswapd: parking_lot::Mutex::new(None),
@@ -124,6 +124,16 @@ impl Reclaim {
 
 /// Why the swap file at `path` (`None`: one in the temp directory) could
 /// not be created, naming it.
+/// The error of an allocation that failed under the frame limit for
+/// `why`: when the swap device is full, a message naming it (still
+/// `ENOMEM`: Linux would run out of memory).
+pub(crate) fn out_of_memory(m: &MachineInner, why: &'static str) -> crate::Error {
+    match m.reclaim.swap.as_ref() {
+        Some(swap) if swap.is_full() => crate::Error::SwapExhausted { device: swap.dev.describe() },
+        _ => crate::Error::NoMemory(why),
+    }
+}
+
 fn io_err(path: Option<&std::path::Path>, e: std::io::Error) -> crate::Error {
     let errno = e.raw_os_error().unwrap_or(crate::errno::EIO);
     let what = match path {
