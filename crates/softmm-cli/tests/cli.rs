@@ -400,3 +400,57 @@ fn an_existing_swap_file_is_refused_by_name() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// `softmm ARGS` with `input` on stdin, killed (and the test failed) if it
+/// has not ended after a minute: a hang detector, not a timing assertion.
+fn softmm_finishing(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_softmm"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start softmm: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("writing stdin: {e}"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap_or_else(|e| panic!("waiting for softmm: {e}")).is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("softmm {args:?} did not end within 60 s (livelock?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("waiting for softmm: {e}"))
+}
+
+/// A child's writes through page tables shared with its parent under a
+/// limit the tables nearly fill once spun forever; now every line answers,
+/// `ok`/the right data or ENOMEM.
+#[test]
+fn shared_table_writes_under_a_tight_limit_answer() {
+    let pages = ["0x10000000", "0x10200000", "0x10400000", "0x10600000", "0x10800000"];
+    let mut trace = String::from("new P\nmmap P 0x10000000 10M rw private\n");
+    for a in pages {
+        trace += &format!("write P {a} \"x\"\n");
+    }
+    trace += "fork P C\n";
+    for a in pages {
+        trace += &format!("write C {a} \"y\"\n");
+    }
+    trace += "read P 0x10000000 1\n";
+    let o = softmm_finishing(&["replay", "--mem-limit", "64K", "-"], &trace);
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 14, "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    assert!(lines[..8].iter().all(|l| *l == "ok"), "{out}");
+    assert!(lines[8..13].iter().all(|l| *l == "ok" || *l == "err ENOMEM"), "{out}");
+    assert!(["data 78", "err ENOMEM"].contains(&lines[13]), "{out}");
+
+    let o = softmm_finishing(&["run", "--mem-limit", "1M", "--size", "64M"], "");
+    let err = text(&o.stderr);
+    assert!(o.status.success() || err.contains("out of memory"), "stdout:\n{}\nstderr:\n{err}", text(&o.stdout));
+}
