@@ -92,7 +92,8 @@ struct MemArgs {
     /// 64K); beyond it, reclaim swaps cold pages out. Default: no limit.
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     mem_limit: Option<u64>,
-    /// The swap file to create (it must not exist; it is removed at exit).
+    /// The swap file to create (it must not exist; it is unlinked as soon as
+    /// it is open, so it never outlives the run, even one killed by a signal).
     /// Default: a sparse file in the temp directory, made only with --mem-limit.
     #[arg(long, value_name = "PATH", requires = "mem_limit")]
     swap_file: Option<std::path::PathBuf>,

@@ -32,6 +32,10 @@ impl MemLimit {
         };
         // What does not fit under the limit is written to the file: refuse
         // up front rather than fill the disk and fail half-way.
+        if let Some(p) = self.swap_file.as_ref().filter(|p| p.symlink_metadata().is_ok()) {
+            // Never reused (it may be someone's data): say so before any work.
+            return Err(CliError(format!("swap file {} exists; remove it or choose another", p.display())));
+        }
         let dir = match &self.swap_file {
             Some(p) => {
                 p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from)

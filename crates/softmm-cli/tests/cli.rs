@@ -527,3 +527,129 @@ fn accesses_at_the_top_of_the_address_space_are_segv_on_both_sides() {
     let o = softmm(&["diff", t.path()]);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
 }
+
+/// A swap file path of this test process's own, not yet existing.
+fn fresh_swap_path(tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("softmm-cli-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Whether process `pid` has `path` open (also once it is unlinked, which
+/// `/proc` shows as "PATH (deleted)").
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let want = path.to_string_lossy().into_owned();
+    fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let t = target.to_string_lossy();
+        t == want || t.strip_suffix(" (deleted)") == Some(want.as_str())
+    })
+}
+
+/// SIGINT or SIGTERM in the middle of a run under a limit leaves no swap
+/// file behind, and the same `--swap-file` works for the next run.
+#[test]
+fn a_signalled_run_leaves_no_swap_file() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let path = fresh_swap_path(&format!("signal-{signal}"));
+        let arg = path.to_string_lossy().into_owned();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_softmm"))
+            .args(["run", "--mem-limit", "8M", "--size", "4G", "--children", "2", "--swap-file", &arg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start softmm: {e}"));
+        // Wait (a minute at most: a hang detector) until the run has its
+        // swap file open, so the signal comes mid-run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !has_open(child.id(), &path) {
+            let done = child.try_wait().unwrap_or_else(|e| panic!("waiting for softmm: {e}"));
+            assert!(done.is_none(), "the run ended before it opened its swap file: {done:?}");
+            assert!(std::time::Instant::now() < deadline, "no swap file open after 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let status = child.wait().unwrap_or_else(|e| panic!("waiting for softmm: {e}"));
+        assert!(!status.success(), "signal {signal}: {status:?}");
+        assert!(!path.exists(), "signal {signal}: the swap file {arg} outlived the run");
+        let o = softmm(&["run", "--mem-limit", "4M", "--size", "8M", "--children", "1", "--swap-file", &arg]);
+        assert!(o.status.success(), "signal {signal}: the next run: {}", text(&o.stderr));
+        assert!(!path.exists());
+    }
+}
+
+/// An explicit `--swap-file` that exists is refused with a message naming
+/// it, and left as it was.
+#[test]
+fn an_existing_swap_file_is_refused_by_name() {
+    let path = fresh_swap_path("exists");
+    std::fs::write(&path, b"someone's data").unwrap_or_else(|e| panic!("{e}"));
+    let arg = path.to_string_lossy().into_owned();
+    for cmd in ["run", "replay"] {
+        let o = if cmd == "run" {
+            softmm(&["run", "--mem-limit", "4M", "--size", "8M", "--children", "1", "--swap-file", &arg])
+        } else {
+            softmm(&["replay", "--mem-limit", "64K", "--swap-file", &arg, "/dev/null"])
+        };
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{cmd}: {err}");
+        assert!(err.contains(&format!("{arg} exists; remove it or choose another")), "{cmd}: {err}");
+        assert_eq!(std::fs::read(&path).ok().as_deref(), Some(&b"someone's data"[..]), "{cmd}: the file changed");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `softmm ARGS` with `input` on stdin, killed (and the test failed) if it
+/// has not ended after a minute: a hang detector, not a timing assertion.
+fn softmm_finishing(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_softmm"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start softmm: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("writing stdin: {e}"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap_or_else(|e| panic!("waiting for softmm: {e}")).is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("softmm {args:?} did not end within 60 s (livelock?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("waiting for softmm: {e}"))
+}
+
+/// A child's writes through page tables shared with its parent under a
+/// limit the tables nearly fill once spun forever; now every line answers,
+/// `ok`/the right data or ENOMEM.
+#[test]
+fn shared_table_writes_under_a_tight_limit_answer() {
+    let pages = ["0x10000000", "0x10200000", "0x10400000", "0x10600000", "0x10800000"];
+    let mut trace = String::from("new P\nmmap P 0x10000000 10M rw private\n");
+    for a in pages {
+        trace += &format!("write P {a} \"x\"\n");
+    }
+    trace += "fork P C\n";
+    for a in pages {
+        trace += &format!("write C {a} \"y\"\n");
+    }
+    trace += "read P 0x10000000 1\n";
+    let o = softmm_finishing(&["replay", "--mem-limit", "64K", "-"], &trace);
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 14, "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    assert!(lines[..8].iter().all(|l| *l == "ok"), "{out}");
+    assert!(lines[8..13].iter().all(|l| *l == "ok" || *l == "err ENOMEM"), "{out}");
+    assert!(["data 78", "err ENOMEM"].contains(&lines[13]), "{out}");
+
+    let o = softmm_finishing(&["run", "--mem-limit", "1M", "--size", "64M"], "");
+    let err = text(&o.stderr);
+    assert!(o.status.success() || err.contains("out of memory"), "stdout:\n{}\nstderr:\n{err}", text(&o.stdout));
+}

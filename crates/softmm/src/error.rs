@@ -90,6 +90,14 @@ pub enum Error {
     /// host's words for `errno`).
     #[error("host error in {what}: {}", std::io::Error::from_raw_os_error(*errno))]
     Host { what: &'static str, errno: i32 },
+    /// The swap file could not be set up; `what` names it and says why.
+    #[error("{what}")]
+    SwapFile { what: String, errno: i32 },
+    /// No frame is left under the frame limit and none can be freed because
+    /// the swap device, which `device` describes, is full: Linux would OOM
+    /// (`ENOMEM`).
+    #[error("out of memory: frame limit reached and no space left on swap device {device}")]
+    SwapExhausted { device: String },
 }
 
 /// Linux errno values used by softmm.
@@ -140,7 +148,8 @@ impl Error {
             Error::Exists { .. } => EEXIST,
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
             Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
-            Error::Host { errno, .. } => *errno,
+            Error::Host { errno, .. } | Error::SwapFile { errno, .. } => *errno,
+            Error::SwapExhausted { .. } => ENOMEM,
             Error::Again => EAGAIN,
             Error::TimedOut => ETIMEDOUT,
             Error::Interrupted => EINTR,

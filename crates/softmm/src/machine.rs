@@ -192,7 +192,7 @@ impl Machine {
             }
             arena.set_limit(frames);
         }
-        let reclaim = crate::reclaim::Reclaim::new(config.mem_limit.is_some(), &config.swap)?;
+        let reclaim = crate::reclaim::Reclaim::new(config.mem_limit.is_some(), &config.swap, &arena)?;
         if config.prezero {
             arena.start_zeroer()?;
         }

@@ -455,3 +455,143 @@ fn shared_memory_pages_are_swapped_and_shared_again() {
     assert_eq!(m.stats().swap_used, 0);
     assert_eq!(m.stats().frames_in_use, 0);
 }
+
+/// Run `f` on a thread of its own and fail if it has not returned after a
+/// minute: a hang detector (a livelocked fault spins forever), not a timing
+/// assertion.
+fn finishes<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(v) => {
+            worker.join().expect("worker");
+            v
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().expect_err("worker ended without an answer"))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within 60 s (livelock?)"),
+    }
+}
+
+/// An access under a frame limit answers with the right bytes, or with
+/// ENOMEM where `may_fail`; never anything else.
+fn right_bytes_or_enomem(got: softmm::Result<()>, got_bytes: &[u8], want: &[u8], may_fail: bool, what: &str) {
+    match got {
+        Ok(()) => assert_eq!(got_bytes, want, "{what}: wrong bytes"),
+        Err(e) => assert!(may_fail && e.errno_name() == "ENOMEM", "{what}: {e}"),
+    }
+}
+
+/// A child's writes through PTE tables shared with its parent, under a
+/// limit that the page tables nearly fill: each write needs a table (to
+/// unshare) and a page (to copy) at once, and reclaim can free only data
+/// pages, which the same fault then swaps back in. Every access must
+/// answer (the fault once spun forever between reclaim and swap-in), with
+/// the right bytes or ENOMEM, and the machine stays consistent. With room
+/// for the 16 page tables, a page and its copy, every access succeeds.
+#[test]
+fn faults_needing_table_and_page_under_a_tight_limit_answer() {
+    for limit in [16u64, 17, 18, 20, 24] {
+        finishes(&format!("limit {limit} pages"), move || {
+            let may_fail = limit < 18;
+            let m = limited(limit, device(16));
+            let parent = m.new_mm().expect("mm");
+            let base = 0x1000_0000u64;
+            let at = |i: u64| base + i * (2 << 20);
+            parent.mmap(base, 10 << 20, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+            for i in 0..5 {
+                parent.write(at(i), b"x").expect("parent write");
+            }
+            let child = parent.fork_with(ForkPolicy::SharedTables).expect("fork");
+            let mut written = [false; 5];
+            for (i, w) in written.iter_mut().enumerate() {
+                let got = child.write(at(i as u64), b"y");
+                *w = got.is_ok();
+                right_bytes_or_enomem(got, b"", b"", may_fail, &format!("limit {limit}: child write {i}"));
+                m.check_invariants().expect("audit after a child write");
+            }
+            for i in 0..5u64 {
+                let mut b = [0u8; 1];
+                let got = parent.read(at(i), &mut b);
+                right_bytes_or_enomem(got, &b, b"x", may_fail, &format!("limit {limit}: parent page {i}"));
+                let got = child.read(at(i), &mut b);
+                let want: &[u8] = if written[i as usize] { b"y" } else { b"x" };
+                right_bytes_or_enomem(got, &b, want, may_fail, &format!("limit {limit}: child page {i}"));
+                m.check_invariants().expect("audit after reads");
+            }
+        });
+    }
+}
+
+/// A swap file path that exists is never reused: the machine is refused
+/// with EEXIST and a message naming the path, and the file is left alone.
+/// One that does not exist is unlinked at once (nothing to leave behind).
+#[test]
+fn an_existing_swap_file_is_refused_by_name() {
+    let path = std::env::temp_dir().join(format!("softmm-reclaim-test-{}-exists", std::process::id()));
+    std::fs::write(&path, b"someone's").expect("write");
+    let config = || Config {
+        arena_bytes: 16 << 20,
+        mem_limit: Some(64 * PAGE),
+        swap: SwapConfig::File { path: path.clone(), bytes: 1 << 20 },
+        ..Config::default()
+    };
+    let Err(e) = Machine::new(config()) else { panic!("an existing swap file is refused") };
+    assert_eq!(e.errno_name(), "EEXIST", "{e}");
+    assert_eq!(e.to_string(), format!("swap file {} exists; remove it or choose another", path.display()));
+    assert_eq!(std::fs::read(&path).expect("read"), b"someone's");
+    std::fs::remove_file(&path).expect("remove");
+    let m = Machine::new(config()).expect("machine");
+    assert!(!path.exists(), "the swap file is unlinked as soon as it is open");
+    drop(m);
+}
+
+/// A full swap device: the allocation that finds no frame and no slot
+/// fails with ENOMEM and a message naming the full device; every page on
+/// swap stays readable (a page-in may take the last frame, and reclaim
+/// frees it again by dropping a page read back, which needs no new slot),
+/// and writes to written pages go on (each frees its slot).
+#[test]
+fn a_full_swap_device_is_named_and_loses_no_data() {
+    finishes("full swap", || {
+        let m = limited(16, Arc::new(FaultySwap::new(MemSwap::new(16 * PAGE).expect("mem swap"))));
+        let mm = m.new_mm().expect("mm");
+        mm.mmap(BASE, 64 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+        let mut n = 0;
+        let full = loop {
+            match mm.write(BASE + n * PAGE, &pattern(1, BASE + n * PAGE, 0)) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 64, "16 frames and 16 slots hold all 64 pages");
+        };
+        assert_eq!(full.errno_name(), "ENOMEM", "{full}");
+        assert_eq!(
+            full.to_string(),
+            "out of memory: frame limit reached and no space left on swap device faulty memory (64 KiB)"
+        );
+        assert!(m.stats().swap_used == 16 && n > 16, "{n} pages written, {} slots used", m.stats().swap_used);
+        check(&mm);
+        for round in 0..2 {
+            for i in 0..n {
+                let va = BASE + i * PAGE;
+                let mut b = [0u8; 16];
+                mm.read(va, &mut b).unwrap_or_else(|e| panic!("round {round}: read of page {i}: {e}"));
+                assert_eq!(b, pattern(1, va, 0), "round {round}: page {i}");
+            }
+            check(&mm);
+        }
+        for i in 0..n {
+            let va = BASE + i * PAGE;
+            mm.write(va, &pattern(1, va, 1)).unwrap_or_else(|e| panic!("rewrite of page {i}: {e}"));
+        }
+        check(&mm);
+        for i in 0..n {
+            assert_eq!(read_page(&mm, BASE + i * PAGE), pattern(1, BASE + i * PAGE, 1), "page {i}");
+        }
+        check(&mm);
+    });
+}

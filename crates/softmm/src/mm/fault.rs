@@ -73,21 +73,25 @@ fn fault_in_as<const NOTIFY: bool>(
     access: Access,
     except: Option<&Slot>,
 ) -> Result<Pte> {
-    let mut stalls = 0;
+    let (mut stalls, mut reclaims) = (0, 0);
     loop {
         match fault_once::<NOTIFY>(mm, st, va, access, except) {
             Ok(Some(pte)) => return Ok(pte),
             // The entry changed under us, or a shared page went back to
             // swap between its swap-in and its mapping: look again.
             Ok(None) | Err(Error::Again) => continue,
-            Err(Error::NoMemory(_)) if stalls < MAX_STALLS && mm.machine.reclaim.swap.is_some() => {
+            Err(Error::NoMemory(_))
+                if stalls < MAX_STALLS && reclaims < MAX_RECLAIMS && mm.machine.reclaim.swap.is_some() =>
+            {
                 // Frames another faulting thread takes first do not count
                 // against this one: only reclaims that free nothing do.
-                if !crate::reclaim::direct_reclaim(&mm.machine) {
+                reclaims += 1;
+                if !reclaim_for(mm, st, va) {
                     stalls += 1;
                     std::thread::yield_now();
                 }
             }
+            Err(Error::NoMemory(why)) => return Err(crate::reclaim::out_of_memory(&mm.machine, why)),
             Err(e) => return Err(e),
         }
     }
@@ -96,6 +100,48 @@ fn fault_in_as<const NOTIFY: bool>(
 /// Direct reclaims freeing nothing that one fault sits through before it
 /// gives up with ENOMEM (every page pinned, locked or busy).
 const MAX_STALLS: u32 = 64;
+
+/// Direct reclaims in all that one fault runs before it gives up with
+/// ENOMEM (Linux's bounded `should_reclaim_retry`): far more than racing
+/// faults ever take from one, so reached only when reclaim keeps freeing
+/// what this very fault needs again.
+const MAX_RECLAIMS: u32 = 1024;
+
+/// Direct reclaim for a fault at `va` that found no free frame. The page
+/// the fault works on (the one it copies on write, or just swapped in) is
+/// held meanwhile, so reclaim cannot free it: the fault needs it and its
+/// next attempt would only read it back, taking the freed frame (a fault
+/// that needs a page table to unshare, the page, and its copy at once, with
+/// one frame to spare, cycled so forever). Reclaim that can free nothing
+/// else is then a stall. Returns whether frames were freed.
+fn reclaim_for(mm: &MmInner, st: &MmState, va: u64) -> bool {
+    let held = hold_page(mm, st, va);
+    let freed = crate::reclaim::direct_reclaim(&mm.machine);
+    if let Some(f) = held {
+        mm.arena().put(f);
+    }
+    freed
+}
+
+/// A reference on the page mapped at `va`, if it is one reclaim may take
+/// (Linux's `get_page_unless_zero`, then a recheck of the entry).
+fn hold_page(mm: &MmInner, st: &MmState, va: u64) -> Option<FrameId> {
+    let pt = st.pt.as_ref()?;
+    let arena = mm.arena();
+    let pte = pt.follow_pte(arena, va);
+    let f = pte.frame();
+    let reclaimable =
+        pte.is_present() && !pte.is_zero_frame() && arena.meta(f).flags() & (flags::ANON | flags::SHM) != 0;
+    if !reclaimable || !arena.try_get(f) {
+        return None;
+    }
+    let now = pt.follow_pte(arena, va);
+    if !now.is_present() || now.frame() != f {
+        arena.put(f);
+        return None;
+    }
+    Some(f)
+}
 
 /// One attempt of `fault_in`: `None` when the entry changed under it (a
 /// racing swap-in, a migration that finished) and it must look again.

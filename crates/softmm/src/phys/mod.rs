@@ -54,6 +54,12 @@ pub struct FrameArena {
     /// Which PTE tables borrow from which (`pgtable/borrow.rs`): part of
     /// page-table frames' metadata, kept beside it.
     pub(crate) borrows: crate::pgtable::borrow::Registry,
+    /// Set by the swap space while it has no free slot (shared with it).
+    /// Then the last frame below the limit is kept for swap-in
+    /// (`alloc_swap_in`): reclaim can always free a page read back (its
+    /// slot is still its own) but no page that needs a new slot, so a page
+    /// on swap stays readable however full the device is.
+    pub(crate) swap_full: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FrameArena {
@@ -79,6 +85,7 @@ impl FrameArena {
             limit: std::sync::atomic::AtomicU64::new(u64::MAX),
             pressure: Default::default(),
             borrows: Default::default(),
+            swap_full: Default::default(),
         };
         arena.meta(ZERO_FRAME).set_flags(flags::ALLOCATED | flags::ZERO);
         arena.meta(ZERO_FRAME).set_counts(1, 0);
@@ -141,9 +148,20 @@ impl FrameArena {
     /// Allocate one frame, zero-filled when `zero` is set. The frame comes
     /// back with refcount 1 and the given flags.
     pub(crate) fn alloc(&self, zero: bool, fl: u32) -> Result<FrameId> {
+        self.alloc_below(zero, fl, false)
+    }
+
+    /// `alloc` for the page a fault reads back from swap: it may take the
+    /// last frame below the limit, kept for it while swap is full.
+    pub(crate) fn alloc_swap_in(&self, zero: bool, fl: u32) -> Result<FrameId> {
+        self.alloc_below(zero, fl, true)
+    }
+
+    fn alloc_below(&self, zero: bool, fl: u32, swap_in: bool) -> Result<FrameId> {
         let limit = self.limit.load(Ordering::Relaxed);
         let in_use = self.alloc.in_use();
-        if in_use >= limit {
+        let kept = !swap_in && in_use + 1 == limit && self.swap_full.load(Ordering::Relaxed);
+        if in_use >= limit || kept {
             self.pressure.note(in_use, limit);
             return Err(Error::NoMemory("frame limit reached"));
         }

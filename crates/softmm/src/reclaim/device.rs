@@ -182,8 +182,10 @@ static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 /// A swap file on the host file system.
 ///
 /// The file is created fresh (never reused, so two devices cannot share one)
-/// and removed when the `FileSwap` is dropped, whether or not the caller chose
-/// its path. It is sized with `set_len`, so it is sparse until written.
+/// and unlinked at once, whether or not the caller chose its path: the open
+/// descriptor keeps it alive, and the kernel frees it when the descriptor
+/// closes, however the process ends (a signal, a crash). It is sized with
+/// `set_len`, so it is sparse until written.
 #[derive(Debug)]
 pub struct FileSwap {
     file: File,
@@ -204,10 +206,11 @@ impl FileSwap {
             Some(p) => (Self::open_new(p)?, p.to_path_buf()),
             None => Self::create_temp()?,
         };
-        // Construct first so that Drop removes the file if sizing fails.
-        let swap = FileSwap { file, path, slots };
-        swap.file.set_len(slots * SWAP_PAGE_U64)?;
-        Ok(swap)
+        // Before anything else can fail or the process can die: from here
+        // on only the descriptor names the file.
+        std::fs::remove_file(&path)?;
+        file.set_len(slots * SWAP_PAGE_U64)?;
+        Ok(FileSwap { file, path, slots })
     }
 
     fn open_new(path: &Path) -> io::Result<File> {
@@ -235,7 +238,7 @@ impl FileSwap {
         ))
     }
 
-    /// Where the file is.
+    /// Where the file was created (it is unlinked already).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -304,14 +307,6 @@ impl SwapDevice for FileSwap {
 
     fn describe(&self) -> String {
         format!("file {} ({})", self.path.display(), human_size(self.slots * SWAP_PAGE_U64))
-    }
-}
-
-impl Drop for FileSwap {
-    fn drop(&mut self) {
-        // Nothing useful can be done about a failure here, and the file may
-        // legitimately be gone already (removed by hand, tmp cleaner).
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -829,37 +824,41 @@ mod tests {
     fn file_size_rounds_down_and_rejects_less_than_a_page() {
         let dev = FileSwap::create(None, 3 * SWAP_PAGE_U64 + 100).unwrap();
         assert_eq!(dev.slots(), 3);
-        assert_eq!(std::fs::metadata(dev.path()).unwrap().len(), 3 * SWAP_PAGE_U64);
+        assert_eq!(dev.file.metadata().unwrap().len(), 3 * SWAP_PAGE_U64);
         let e = FileSwap::create(None, SWAP_PAGE_U64 - 1).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]
     #[cfg_attr(miri, ignore)]
-    fn file_removed_on_drop() {
+    fn file_is_unlinked_at_once() {
         let dev = FileSwap::create(None, 16 << 20).unwrap();
         let path = dev.path().to_path_buf();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(&format!("softmm-swap-{}-", std::process::id())), "{name}");
         assert_eq!(path.parent(), Some(std::env::temp_dir().as_path()));
         assert_eq!(dev.describe(), format!("file {} (16 MiB)", path.display()));
-        assert!(path.exists());
-        drop(dev);
+        // Nothing is left to remove, however the process ends.
         assert!(!path.exists());
+        dev.write_page(3, &filled(7)).unwrap();
+        assert_eq!(read(&dev, 3), filled(7), "the open file still holds the pages");
     }
 
     #[test]
     #[cfg_attr(miri, ignore)]
-    fn file_explicit_path_is_created_new_and_removed() {
+    fn file_explicit_path_is_created_new_and_unlinked() {
         let path = std::env::temp_dir().join(format!("softmm-swap-test-{}-explicit", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let dev = FileSwap::create(Some(&path), 2 * SWAP_PAGE_U64).unwrap();
-        assert_eq!(dev.path(), path.as_path());
+        std::fs::write(&path, b"someone's").unwrap();
         let e = FileSwap::create(Some(&path), 2 * SWAP_PAGE_U64).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::AlreadyExists, "never reuses an existing file");
-        assert!(path.exists(), "a failed create does not remove someone else's file");
-        drop(dev);
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone's", "a failed create leaves someone else's file alone");
+        std::fs::remove_file(&path).unwrap();
+        let dev = FileSwap::create(Some(&path), 2 * SWAP_PAGE_U64).unwrap();
+        assert_eq!(dev.path(), path.as_path());
         assert!(!path.exists());
+        let again = FileSwap::create(Some(&path), 2 * SWAP_PAGE_U64).unwrap();
+        again.write_page(0, &filled(2)).unwrap();
+        assert_eq!(read(&dev, 0), filled(0), "two devices never share a file");
     }
 
     #[test]

@@ -82,18 +82,20 @@ pub(crate) struct Reclaim {
 }
 
 impl Reclaim {
-    pub(crate) fn new(limited: bool, cfg: &SwapConfig) -> crate::Result<Reclaim> {
+    pub(crate) fn new(limited: bool, cfg: &SwapConfig, arena: &crate::phys::FrameArena) -> crate::Result<Reclaim> {
         let dev: Option<Arc<dyn SwapDevice>> = match cfg {
             SwapConfig::Off => None,
             SwapConfig::Auto if !limited => None,
-            SwapConfig::Auto => Some(Arc::new(device::FileSwap::create(None, AUTO_SWAP_BYTES).map_err(io_err)?)),
+            SwapConfig::Auto => {
+                Some(Arc::new(device::FileSwap::create(None, AUTO_SWAP_BYTES).map_err(|e| io_err(None, e))?))
+            }
             SwapConfig::File { path, bytes } => {
-                Some(Arc::new(device::FileSwap::create(Some(path), *bytes).map_err(io_err)?))
+                Some(Arc::new(device::FileSwap::create(Some(path), *bytes).map_err(|e| io_err(Some(path), e))?))
             }
             SwapConfig::Device(d) => Some(d.clone()),
         };
         Ok(Reclaim {
-            swap: dev.map(|d| Arc::new(swap::SwapSpace::new(d))),
+            swap: dev.map(|d| Arc::new(swap::SwapSpace::with_full_flag(d, arena.swap_full.clone()))),
             hand: std::sync::atomic::AtomicU32::new(1),
             scanning: parking_lot::Mutex::new(()),
             kswapd: parking_lot::Mutex::new(None),
@@ -120,6 +122,26 @@ impl Reclaim {
     }
 }
 
-fn io_err(e: std::io::Error) -> crate::Error {
-    crate::Error::Host { what: "creating the swap file", errno: e.raw_os_error().unwrap_or(crate::errno::EIO) }
+/// Why the swap file at `path` (`None`: one in the temp directory) could
+/// not be created, naming it.
+/// The error of an allocation that failed under the frame limit for
+/// `why`: when the swap device is full, a message naming it (still
+/// `ENOMEM`: Linux would run out of memory).
+pub(crate) fn out_of_memory(m: &MachineInner, why: &'static str) -> crate::Error {
+    match m.reclaim.swap.as_ref() {
+        Some(swap) if swap.is_full() => crate::Error::SwapExhausted { device: swap.dev.describe() },
+        _ => crate::Error::NoMemory(why),
+    }
+}
+
+fn io_err(path: Option<&std::path::Path>, e: std::io::Error) -> crate::Error {
+    let errno = e.raw_os_error().unwrap_or(crate::errno::EIO);
+    let what = match path {
+        Some(p) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            format!("swap file {} exists; remove it or choose another", p.display())
+        }
+        Some(p) => format!("creating the swap file {}: {e}", p.display()),
+        None => format!("creating a swap file in {}: {e}", std::env::temp_dir().display()),
+    };
+    crate::Error::SwapFile { what, errno }
 }

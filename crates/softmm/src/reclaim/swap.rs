@@ -190,10 +190,19 @@ pub(crate) struct SwapSpace {
     cache: Box<[AtomicU32]>,
     shards: [Mutex<()>; SHARDS],
     used: AtomicU64,
+    /// Whether no slot is free, changed under `map`'s lock (the arena's
+    /// `swap_full`: see `FrameArena::alloc_swap_in`).
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SwapSpace {
+    #[cfg(test)]
     pub(crate) fn new(dev: Arc<dyn SwapDevice>) -> SwapSpace {
+        Self::with_full_flag(dev, Default::default())
+    }
+
+    /// A swap space that keeps `full` set while it has no free slot.
+    pub(crate) fn with_full_flag(dev: Arc<dyn SwapDevice>, full: Arc<std::sync::atomic::AtomicBool>) -> SwapSpace {
         // Slot + 1 must fit `FrameMeta::swap`.
         let n = dev.slots().min(u32::MAX as u64) as usize;
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
@@ -208,12 +217,18 @@ impl SwapSpace {
             cache: (0..n).map(|_| AtomicU32::new(0)).collect(),
             shards: std::array::from_fn(|_| Mutex::new(())),
             used: AtomicU64::new(0),
+            full,
         }
     }
 
     /// Slots on the device.
     pub(crate) fn slots(&self) -> u64 {
         self.counts.len() as u64
+    }
+
+    /// Whether no slot is free.
+    pub(crate) fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
     }
 
     /// Slots in use.
@@ -224,7 +239,13 @@ impl SwapSpace {
     /// A free slot with count 1 (the caller's reference), or `None` when
     /// the device is full.
     pub(crate) fn alloc(&self) -> Option<u32> {
-        let slot = self.map.lock().take(self.counts.len() as u32)?;
+        let slot = {
+            let mut map = self.map.lock();
+            let n = self.counts.len() as u32;
+            let slot = map.take(n);
+            self.full.store(map.used >= n, Ordering::Relaxed);
+            slot?
+        };
         let (Some(count), Some(owner)) = (self.counts.get(slot as usize), self.owners.get(slot as usize)) else {
             return None; // unreachable: the map covers exactly the counted slots
         };
@@ -251,7 +272,9 @@ impl SwapSpace {
         debug_assert!(old > 0, "swap slot {slot} count underflow");
         if old == 1 {
             self.used.fetch_sub(1, Ordering::Relaxed);
-            self.map.lock().release(slot);
+            let mut map = self.map.lock();
+            map.release(slot);
+            self.full.store(false, Ordering::Relaxed);
         }
         old - 1
     }

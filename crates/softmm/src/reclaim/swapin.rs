@@ -55,7 +55,7 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
             return Err(Error::Again);
         }
         // Marked ANON only once filled: the clock skips it until then.
-        let n = arena.alloc(false, 0)?;
+        let n = arena.alloc_swap_in(false, 0)?;
         let meta = arena.meta(n);
         // The page may be mapped by every relative of this VMA (it was
         // swapped out of a fork tree): rmap it through the oldest anon_vma.
