@@ -449,3 +449,33 @@ fn blocking_waits_yield_then_sleep() {
         audit(&mm);
     }
 }
+
+/// The audit sees every queued waiter: one that stopped following the page
+/// its key names (the mistake reclaim and migration once made) fails it,
+/// and so does one that follows no page it has an entry for.
+#[test]
+fn the_audit_fails_on_a_waiter_that_no_longer_follows_its_page() {
+    let m = machine(FutexKeys::Physical);
+    let p = space(&m, MapKind::Private);
+    p.write(A, &0u32.to_ne_bytes()).unwrap();
+    let w = p.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap();
+    audit(&p);
+    {
+        let mut inner = w.node().inner.lock();
+        inner.left = inner.tracked.take();
+    }
+    let e = p.check_invariants().unwrap_err().to_string();
+    assert!(e.contains("left a page"), "{e}");
+    {
+        let mut inner = w.node().inner.lock();
+        inner.left = None;
+    }
+    let e = p.check_invariants().unwrap_err().to_string();
+    assert!(e.contains("follows no page"), "{e}");
+    {
+        let mut inner = w.node().inner.lock();
+        inner.tracked = Some((p.inner.id, A));
+    }
+    audit(&p);
+    assert_eq!(p.futex_wake(A, 1).unwrap(), 1);
+}

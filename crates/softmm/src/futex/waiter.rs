@@ -230,6 +230,12 @@ impl FutexWaiter {
         self.node.inner.lock().key
     }
 
+    /// The queued node (tests that corrupt it on purpose).
+    #[cfg(test)]
+    pub(super) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// A handle that cancels this waiter from elsewhere.
     pub fn canceller(&self) -> FutexCanceller {
         FutexCanceller { mm: self.mm.clone(), node: self.node.clone() }
