@@ -104,9 +104,42 @@ pub(crate) struct Members(RmapLock<List>);
 #[derive(Default)]
 struct List {
     members: Vec<Member>,
+    /// Each member's position in `members`: a fork chain of depth d links
+    /// each new space into d anon_vmas of up to d members each, so a
+    /// search of the list would make deep chains cubic.
+    at: IdMap<usize>,
     /// Links made so far: a walker that finds it unchanged after its
     /// visits knows no one joined meanwhile, without comparing lists.
     joins: u64,
+}
+
+impl List {
+    fn find(&self, mm_id: u64) -> Option<&Member> {
+        self.at.get(&mm_id).map(|&i| &self.members[i])
+    }
+
+    fn link(&mut self, mm: &MmRef) {
+        self.joins += 1;
+        match self.at.get(&mm.id) {
+            Some(&i) => self.members[i].vmas += 1,
+            None => {
+                self.at.insert(mm.id, self.members.len());
+                self.members.push(Member { mm: mm.clone(), vmas: 1 });
+            }
+        }
+    }
+
+    fn unlink(&mut self, mm_id: u64) {
+        let Some(&i) = self.at.get(&mm_id) else { return };
+        self.members[i].vmas -= 1;
+        if self.members[i].vmas == 0 {
+            self.at.remove(&mm_id);
+            self.members.swap_remove(i);
+            if let Some(moved) = self.members.get(i) {
+                self.at.insert(moved.mm.id, i);
+            }
+        }
+    }
 }
 
 impl Default for Members {
@@ -118,31 +151,26 @@ impl Default for Members {
 impl Members {
     /// Link one more VMA of `mm`.
     pub(crate) fn link(&self, mm: &MmRef) {
-        let mut list = self.0.write();
-        list.joins += 1;
-        match list.members.iter_mut().find(|m| m.mm.id == mm.id) {
-            Some(m) => m.vmas += 1,
-            None => list.members.push(Member { mm: mm.clone(), vmas: 1 }),
-        }
+        self.0.write().link(mm);
     }
 
     /// Unlink one VMA of the space `mm_id`; returns whether the list is
     /// now empty.
     pub(crate) fn unlink(&self, mm_id: u64) -> bool {
         let mut list = self.0.write();
-        let members = &mut list.members;
-        if let Some(i) = members.iter().position(|m| m.mm.id == mm_id) {
-            members[i].vmas -= 1;
-            if members[i].vmas == 0 {
-                members.swap_remove(i);
-            }
-        }
-        members.is_empty()
+        list.unlink(mm_id);
+        list.members.is_empty()
     }
 
     /// How many VMAs of `mm_id` are linked (audits).
     pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
-        self.0.read().members.iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
+        self.0.read().find(mm_id).map_or(0, |m| m.vmas)
+    }
+
+    /// Members listed (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.read().members.len()
     }
 
     /// Visit every member, including those that join while the visit runs
@@ -395,6 +423,64 @@ impl Drop for AnonLink {
 pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, visit: impl FnMut(&Arc<MmInner>)) {
     if let Some(av) = reg.get(owner) {
         av.members.walk(visit);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{List, Members, MmRef};
+    use std::sync::Weak;
+
+    fn mm(id: u64) -> MmRef {
+        MmRef { id, mm: Weak::new() }
+    }
+
+    /// The index names each member's position, and nothing else.
+    fn consistent(l: &List) {
+        assert_eq!(l.at.len(), l.members.len());
+        for (i, m) in l.members.iter().enumerate() {
+            assert_eq!(l.at.get(&m.mm.id), Some(&i), "member {} at {i}", m.mm.id);
+        }
+    }
+
+    #[test]
+    fn link_unlink_keep_counts_order_and_index() {
+        let mut l = List::default();
+        for id in [1, 2, 3, 2, 4] {
+            l.link(&mm(id));
+            consistent(&l);
+        }
+        assert_eq!(l.find(2).map(|m| m.vmas), Some(2));
+        l.unlink(2);
+        assert_eq!(l.find(2).map(|m| m.vmas), Some(1));
+        // The last member fills the gap of a removed one (walk order as a
+        // plain list with swap_remove had it).
+        l.unlink(1);
+        consistent(&l);
+        assert_eq!(l.members.iter().map(|m| m.mm.id).collect::<Vec<_>>(), [4, 2, 3]);
+        l.unlink(3); // the last one: nothing moves
+        l.unlink(9); // not a member: nothing changes
+        consistent(&l);
+        assert_eq!(l.members.iter().map(|m| m.mm.id).collect::<Vec<_>>(), [4, 2]);
+        assert_eq!(l.joins, 5);
+    }
+
+    #[test]
+    fn a_deep_fork_chain_lists_each_space_once() {
+        // What a live fork chain does to the root anon_vma: each level
+        // links one VMA; the list stays one member per space.
+        let root = Members::default();
+        for id in 0..2000 {
+            root.link(&mm(id));
+        }
+        assert_eq!(root.len(), 2000);
+        assert!((0..2000).all(|id| root.links_of(id) == 1));
+        for id in (0..2000).step_by(2) {
+            assert!(!root.unlink(id));
+        }
+        assert_eq!(root.len(), 1000);
+        assert!((0..2000).all(|id| root.links_of(id) == (id % 2) as u32));
+        consistent(&root.0.read());
     }
 }
 

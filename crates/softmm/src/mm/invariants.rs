@@ -268,10 +268,13 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
     }
     // Entries of a table shared with another space are checked against
     // this space's VMAs too, but their frames are counted once.
-    let seen_before = exp.counted_pte_tables.clone();
-    exp.counted_pte_tables.extend(ptes.iter().map(|p| p.2));
+    // (Only this space's tables are looked up: copying the set of every
+    // space's would make an audit quadratic in the number of spaces.)
+    let first_seen: std::collections::HashSet<FrameId> =
+        ptes.iter().map(|p| p.2).filter(|t| !exp.counted_pte_tables.contains(t)).collect();
+    exp.counted_pte_tables.extend(first_seen.iter().copied());
     for (va, pte, table, pmd_writable) in ptes {
-        let first_visit = !seen_before.contains(&table);
+        let first_visit = first_seen.contains(&table);
         let Some(v) = st.vmas.find(va) else {
             fail!("mm {}: PTE at {va:#x} ({pte:?}) outside every VMA", mm.id);
         };
