@@ -12,8 +12,10 @@
 //! - `softmm run` and `softmm replay` take `--mem-limit SIZE` (and
 //!   `--swap-file PATH`): beyond the limit, pages are swapped out.
 //!
-//! - `softmm replay [--on softmm|linux] [--futex-keys physical|linux] FILE`
-//!   runs a trace (the format of `TRACE.md`); `softmm diff FILE...` runs
+//! - `softmm replay [--on softmm|linux] [--futex-keys physical|linux]
+//!   [--audit every|end|never] FILE` runs a trace (the format of
+//!   `TRACE.md`), auditing the machine after every operation by default;
+//!   `softmm diff FILE...` runs
 //!   traces on softmm (with Linux's futex keys) and on Linux and compares;
 //!   `softmm gen` writes random traces and `softmm fuzz` diffs many of them.
 //!

@@ -12,6 +12,10 @@ use crate::phys::{FrameArena, FrameId, PAGE_SIZE};
 use crate::stats::{Smaps, SmapsAcc};
 use std::collections::HashMap;
 
+/// The mappings the physical counts miss, by (entry index, frame), of
+/// one 2 MiB span.
+type SpanExtras = HashMap<(usize, FrameId), u32>;
+
 /// Where the sharers of a span's frames are found, for one smaps call or
 /// for many (`Mm::smaps_many`).
 pub(crate) struct Sharers {
@@ -24,7 +28,7 @@ pub(crate) struct Sharers {
     /// computed once for all of them, so that N spaces cost N scans of a
     /// span's tables, not N per space. One call looks entries up one by
     /// one instead (it usually reads few of a span's 512).
-    cache: Option<HashMap<u64, HashMap<(usize, FrameId), u32>>>,
+    cache: Option<HashMap<u64, SpanExtras>>,
     /// Spans whose tables were scanned into `cache` (tests).
     pub(crate) spans_scanned: u64,
 }
@@ -115,7 +119,7 @@ enum Span<'a> {
     /// Every live table of the span.
     Tables(Vec<FrameId>),
     /// The extra mappings of each (index, frame) of the span.
-    Cached(&'a HashMap<(usize, FrameId), u32>),
+    Cached(&'a SpanExtras),
 }
 
 impl Span<'_> {
@@ -143,4 +147,36 @@ fn table_extra(arena: &FrameArena, t: FrameId, i: usize) -> Option<(FrameId, u32
     // Read after the entry, as only entries that map a frame need it.
     let mappers = crate::pgtable::borrow::mappers_of(arena, t);
     Some((f, mappers.saturating_sub(u32::from(!e.is_borrowed()))))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Sharers;
+    use crate::{Config, ForkPolicy, Machine, MapKind, Placement, Prot};
+
+    /// smaps of every space of a forked tree: each span's tables are
+    /// scanned once for all of them, and the figures are those of the
+    /// one-call path.
+    #[test]
+    fn many_spaces_scan_each_span_once() {
+        let m = Machine::new(Config { arena_bytes: 64 << 20, prezero: false, ..Config::default() }).unwrap();
+        let parent = m.new_mm().unwrap();
+        let base = 0x1000_0000;
+        parent.mmap(base, 64 << 10, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        parent.fill(base, 64 << 10, 7).unwrap();
+        let mut spaces = vec![parent];
+        for c in 0..30u64 {
+            let child = spaces[0].fork_with(ForkPolicy::SharedTables).unwrap();
+            child.write(base + (c % 16) * 4096, b"c").unwrap();
+            spaces.push(child);
+        }
+        let mut many = Sharers::new(&spaces[0].inner, true);
+        for mm in &spaces {
+            let st = mm.inner.state.read();
+            let together = many.vma_smaps(&mm.inner, &st, base, base + (64 << 10));
+            let alone = Sharers::new(&mm.inner, false).vma_smaps(&mm.inner, &st, base, base + (64 << 10));
+            assert_eq!(together, alone);
+        }
+        assert_eq!(many.spans_scanned, 1);
+    }
 }
