@@ -12,8 +12,10 @@
 //! - `softmm run` and `softmm replay` take `--mem-limit SIZE` (and
 //!   `--swap-file PATH`): beyond the limit, pages are swapped out.
 //!
-//! - `softmm replay [--on softmm|linux] [--futex-keys physical|linux] FILE`
-//!   runs a trace (the format of `TRACE.md`); `softmm diff FILE...` runs
+//! - `softmm replay [--on softmm|linux] [--futex-keys physical|linux]
+//!   [--audit every|end|never] FILE` runs a trace (the format of
+//!   `TRACE.md`), auditing the machine after every operation by default;
+//!   `softmm diff FILE...` runs
 //!   traces on softmm (with Linux's futex keys) and on Linux and compares;
 //!   `softmm gen` writes random traces and `softmm fuzz` diffs many of them.
 //!
@@ -81,6 +83,14 @@ struct ReplayArgs {
     /// Fork's page-table strategy: share PTE tables (default) or copy them.
     #[arg(long, value_enum, default_value = "shared")]
     page_tables: trace_cmd::PageTables,
+    /// When softmm audits the whole machine (every reference recounted):
+    /// after every operation (default), once after the last one, or never.
+    /// An audit's cost grows with the machine, so `end` or `never` suit
+    /// traces of thousands of address spaces. The output lines are the
+    /// same; a broken invariant stops the replay with status 2.
+    /// Ignored with `--on linux`.
+    #[arg(long, value_enum, default_value = "every")]
+    audit: trace::exec_softmm::Audit,
     #[command(flatten)]
     mem: MemArgs,
 }
@@ -278,7 +288,14 @@ fn main() -> ExitCode {
             },
         ),
         Command::Replay(a) => {
-            return match trace_cmd::replay(&a.file, a.on, a.page_tables, a.futex_keys, &a.mem.limits()) {
+            let opts = trace_cmd::ReplayOptions {
+                on: a.on,
+                page_tables: a.page_tables,
+                keys: a.futex_keys,
+                audit: a.audit,
+                mem: a.mem.limits(),
+            };
+            return match trace_cmd::replay(&a.file, &opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(_) if report::stdout_was_closed() => end_by_sigpipe(),
                 Err(trace_cmd::BadTrace(msg)) => {

@@ -28,9 +28,19 @@ pub struct ProcSmaps {
 }
 
 impl ProcSmaps {
-    pub fn of(name: &str, mm: &Mm, addr: u64) -> CliResult<ProcSmaps> {
-        let smaps = mm.smaps(addr).ok_or_else(|| CliError(format!("{name}: no mapping at {addr:#x} for smaps")))?;
-        Ok(ProcSmaps { name: name.to_string(), smaps })
+    /// smaps of the mapping at `addr` of each named process, taken together
+    /// (`Mm::smaps_many`: linear in the number of processes).
+    pub fn of_each(procs: &[(String, &Mm)], addr: u64) -> CliResult<Vec<ProcSmaps>> {
+        let at: Vec<(&Mm, u64)> = procs.iter().map(|&(_, mm)| (mm, addr)).collect();
+        let all = Mm::smaps_many(&at);
+        procs
+            .iter()
+            .zip(all)
+            .map(|((name, _), smaps)| {
+                let smaps = smaps.ok_or_else(|| CliError(format!("{name}: no mapping at {addr:#x} for smaps")))?;
+                Ok(ProcSmaps { name: name.clone(), smaps })
+            })
+            .collect()
     }
 }
 

@@ -164,11 +164,10 @@ pub fn run(o: &RunOpts) -> CliResult<()> {
 
     // The snapshot: everything written, nobody exited.
     let t = Instant::now();
-    let mut procs = Vec::with_capacity(kids.len() + 1);
-    procs.push(ProcSmaps::of("parent", &parent, base)?);
-    for (c, kid) in kids.iter().enumerate() {
-        procs.push(ProcSmaps::of(&format!("child {c}"), kid, base)?);
-    }
+    let mut named = Vec::with_capacity(kids.len() + 1);
+    named.push(("parent".to_string(), &parent));
+    named.extend(kids.iter().enumerate().map(|(c, kid)| (format!("child {c}"), kid)));
+    let procs = ProcSmaps::of_each(&named, base)?;
     // After the smaps: under a limit the background reclaimer may swap
     // pages out meanwhile, and then `swap_outs` says so (the checks are
     // bounds rather than exact figures).

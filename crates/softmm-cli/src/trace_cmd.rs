@@ -4,7 +4,7 @@
 use crate::error::{CliError, CliResult};
 use crate::report::{emit, stdout_error};
 use crate::trace::diff::{diff, diff_with_stats, DiffResult};
-use crate::trace::exec_softmm::{SoftmmOptions, SoftmmRunner};
+use crate::trace::exec_softmm::{Audit, SoftmmOptions, SoftmmRunner};
 use crate::trace::gen::{generate_with, minimize, Profile};
 use crate::trace::linux::LinuxRunner;
 use crate::trace::parse::{parse_line, Line, Op, TraceLines};
@@ -56,14 +56,17 @@ fn softmm_options(page_tables: PageTables, keys: FutexKeys) -> SoftmmOptions {
         PageTables::Shared => softmm::ForkPolicy::SharedTables,
         PageTables::Copy => softmm::ForkPolicy::CopyTables,
     };
-    // Traces are small: audit the machine after every operation.
-    SoftmmOptions { fork_policy, check_invariants: true, futex_keys: keys.into(), ..SoftmmOptions::default() }
+    // Traces are usually small: audit the machine after every operation
+    // unless told otherwise (`replay --audit`).
+    SoftmmOptions { fork_policy, audit: Audit::Every, futex_keys: keys.into(), ..SoftmmOptions::default() }
 }
 
 /// The options of softmm's side of a comparison with Linux: Linux's futex
-/// keys, since physical keys differ from Linux by design.
+/// keys, since physical keys differ from Linux by design, and the lowest
+/// fixed mapping address the Linux side has on this host.
 fn diff_options(page_tables: PageTables) -> SoftmmOptions {
-    softmm_options(page_tables, FutexKeys::Linux)
+    let mmap_min_addr = crate::trace::linux::mmap_floor();
+    SoftmmOptions { mmap_min_addr, ..softmm_options(page_tables, FutexKeys::Linux) }
 }
 
 enum Runner {
@@ -78,21 +81,31 @@ impl Runner {
             Runner::Linux(r) => r.run(op),
         }
     }
+
+    fn finish(&mut self) -> Result<(), String> {
+        match self {
+            Runner::Softmm(r) => r.finish(),
+            Runner::Linux(_) => Ok(()),
+        }
+    }
+}
+
+/// How `softmm replay` runs a trace, besides where.
+pub struct ReplayOptions {
+    pub on: On,
+    pub page_tables: PageTables,
+    pub keys: FutexKeys,
+    pub audit: Audit,
+    pub mem: crate::memlimit::MemLimit,
 }
 
 /// `softmm replay`: run `file` (`-` for standard input) line by line,
 /// printing one output line per operation. A malformed line stops the
 /// replay with a message naming it; what ran before it stays done.
-/// `keys` and `mem` apply to softmm only (Linux keys futexes its own way;
-/// a memory limit with `--on linux` is refused).
-pub fn replay(
-    file: &str,
-    on: On,
-    page_tables: PageTables,
-    keys: FutexKeys,
-    mem: &crate::memlimit::MemLimit,
-) -> Result<(), BadTrace> {
-    if on == On::Linux && mem.mem_limit.is_some() {
+/// `keys`, `audit` and `mem` apply to softmm only (Linux keys futexes its
+/// own way; a memory limit with `--on linux` is refused).
+pub fn replay(file: &str, o: &ReplayOptions) -> Result<(), BadTrace> {
+    if o.on == On::Linux && o.mem.mem_limit.is_some() {
         // Silently replaying without the limit would pass off unlimited
         // results as limited ones.
         return Err(BadTrace("--mem-limit applies to softmm only (Linux's memory cannot be limited here)".into()));
@@ -103,9 +116,9 @@ pub fn replay(
         let f = std::fs::File::open(file).map_err(|e| BadTrace(format!("{file}: {e}")))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let mut runner = match on {
+    let mut runner = match o.on {
         On::Softmm => {
-            let opts = SoftmmOptions { mem: mem.clone(), ..softmm_options(page_tables, keys) };
+            let opts = SoftmmOptions { mem: o.mem.clone(), audit: o.audit, ..softmm_options(o.page_tables, o.keys) };
             Runner::Softmm(Box::new(SoftmmRunner::new(opts).map_err(BadTrace)?))
         }
         On::Linux => Runner::Linux(Box::new(LinuxRunner::new().map_err(BadTrace)?)),
@@ -122,7 +135,7 @@ pub fn replay(
         let result = runner.run(&op).map_err(|e| BadTrace(format!("{file}:{n}: {e}")))?;
         writeln!(out, "{result}").map_err(|e| BadTrace(stdout_error(&e, "writing output")))?;
     }
-    Ok(())
+    runner.finish().map_err(|e| BadTrace(format!("{file}: {e}")))
 }
 
 fn read_trace(file: &str) -> CliResult<Vec<Line>> {

@@ -370,10 +370,14 @@ fn every_bench_refuses_a_size_beyond_memory_up_front() {
 struct TempTrace(std::path::PathBuf);
 
 impl TempTrace {
-    fn new(name: &str, content: &[u8]) -> TempTrace {
+    fn new(name: &str, content: impl AsRef<[u8]>) -> TempTrace {
         let p = std::env::temp_dir().join(format!("softmm-cli-{}-{name}.trace", std::process::id()));
         std::fs::write(&p, content).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
         TempTrace(p)
+    }
+
+    fn arg(&self) -> String {
+        self.path().to_owned()
     }
 
     fn path(&self) -> &str {
@@ -652,4 +656,97 @@ fn shared_table_writes_under_a_tight_limit_answer() {
     let o = softmm_finishing(&["run", "--mem-limit", "1M", "--size", "64M"], "");
     let err = text(&o.stderr);
     assert!(o.status.success() || err.contains("out of memory"), "stdout:\n{}\nstderr:\n{err}", text(&o.stdout));
+}
+
+/// 2,000 live spaces: 1,800 children of one parent and a fork chain of
+/// 200, each writing its own copy of a page.
+fn many_spaces_trace() -> String {
+    let mut t = String::from("new P0\nmmap P0 0x10000000 64K rw private\nwrite P0 0x10000000 \"parent\"\n");
+    for i in 1..1800 {
+        t += &format!("fork P0 P{i}\nwrite P{i} 0x10000000 \"c{i}\"\n");
+    }
+    t += "fork P0 L0\n";
+    for i in 1..=200 {
+        t += &format!("fork L{} L{i}\nwrite L{i} 0x10001000 \"l{i}\"\n", i - 1);
+    }
+    t += "read P1799 0x10000000 6\nread L200 0x10001000 4\nread L200 0x10000000 6\nsmaps L100 0x10000000\n";
+    t
+}
+
+#[test]
+fn replay_audit_end_runs_a_trace_of_2000_spaces() {
+    let trace = TempTrace::new("many", many_spaces_trace());
+    let o = softmm(&["replay", "--audit", "end", &trace.arg()]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stderr:\n{}", text(&o.stderr));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3 + 2 * 1799 + 1 + 2 * 200 + 4, "{}", text(&o.stderr));
+    assert!(lines[..lines.len() - 4].iter().all(|l| *l == "ok"));
+    // "c1799" over "parent"; the chain's last write; the parent's page.
+    assert_eq!(lines[lines.len() - 4..lines.len() - 1], ["data 633137393974", "data 6c323030", "data 706172656e74"]);
+    // L100's own copy of the second page, and the parent's first page,
+    // which P0 and the 201 spaces of the chain share.
+    let smaps = "rss=8 pss=4 anon=8 shared_clean=0 shared_dirty=4 private_clean=0 private_dirty=4 swap=0";
+    assert_eq!(lines[lines.len() - 1], smaps);
+    // Never auditing answers the same.
+    let never = softmm(&["replay", "--audit", "never", &trace.arg()]);
+    assert!(never.status.success(), "stderr:\n{}", text(&never.stderr));
+    assert_eq!(text(&never.stdout), out);
+}
+
+#[test]
+fn replay_audit_modes_print_the_same_lines() {
+    let trace = TempTrace::new(
+        "audit",
+        "new P\nmmap P 0x10000000 64K rw private\nwrite P 0x10000000 \"hi\"\nfork P C\nwrite C 0x10000000 \"j\"\n\
+         phys P 0x10000000\nphys C 0x10000000\nexit C\nsmaps P 0x10000000\n",
+    );
+    let outs: Vec<String> = ["every", "end", "never"]
+        .iter()
+        .map(|mode| {
+            let o = softmm(&["replay", "--audit", mode, &trace.arg()]);
+            assert!(o.status.success(), "--audit {mode}: {}", text(&o.stderr));
+            text(&o.stdout)
+        })
+        .collect();
+    assert_eq!(outs[0].lines().count(), 9, "{}", outs[0]);
+    assert_eq!((&outs[1], &outs[2]), (&outs[0], &outs[0]));
+    let o = softmm(&["replay", "--audit", "sometimes", &trace.arg()]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--audit"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn low_and_non_canonical_addresses_answer_as_linux_does() {
+    // softmm alone: the library's floor (Linux's default, 64 KiB), and
+    // SI_KERNEL for a non-canonical address, page faults either side.
+    let trace = TempTrace::new(
+        "canon",
+        "new P\nmmap P 0x1000 4K rw private\nread P 0x800000000000 1\nwrite P 0xffff7ffffffff000 \"a\"\n\
+         read P 0x7ffffffff000 1\nread P 0xffff800000000000 1\nread P 0x7fffffffffff 2\n",
+    );
+    let o = softmm(&["replay", &trace.arg()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let want = ["ok", "err EPERM", "segv code128", "segv code128", "segv maperr", "segv maperr", "segv maperr"];
+    assert_eq!(text(&o.stdout).lines().collect::<Vec<_>>(), want);
+    // Against this host's Linux, whatever its vm.mmap_min_addr and this
+    // process's CAP_SYS_RAWIO: `diff` gives softmm the same floor.
+    let low = TempTrace::new(
+        "low",
+        "new P\nmmap P 0x0 4K rw private\nmmap P 0x1000 4K rw private\nwrite P 0x1000 \"a\"\n\
+         mmap P 0xf000 8K r private\nread P 0x1000 1\nread P 0x800000000000 1\nfill P 0x7ffffffffff0 32 aa\n",
+    );
+    let o = softmm(&["diff", &low.arg(), &trace.arg()]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    assert_eq!(out.lines().filter(|l| l.ends_with(": same")).count(), 2, "{out}");
+}
+
+#[test]
+fn run_with_many_small_children_verifies() {
+    // Every child's smaps counts the parent's pages shared with all the
+    // others (through borrowed entries): the snapshot's figures are exact.
+    let o = softmm(&["run", "--size", "256K", "--children", "1024", "--threads", "1"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{}", text(&o.stderr));
+    assert!(out.contains("Verification: ok"), "{out}");
 }

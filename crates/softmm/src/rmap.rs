@@ -2,12 +2,15 @@
 //!
 //! A private anonymous frame records, in its metadata, the id of the
 //! `AnonVma` of the VMA that created it (`FrameMeta::owner`) and its page
-//! offset (`FrameMeta::index`). An anon_vma lists the address spaces whose
-//! VMAs may map its frames: the VMA that owns it and, after fork, every
-//! child VMA (Linux's `anon_vma_chain`: a VMA is linked into its own
-//! anon_vma and into every ancestor's). A reverse-map walk goes from a frame
-//! to that list and looks, in each listed address space, at the one address
-//! where the frame can be mapped. Private anonymous VMAs keep `pgoff ==
+//! offset (`FrameMeta::index`). The VMAs that may map its frames are the
+//! VMAs whose own anon_vma it is and, after fork, every descendant VMA. An
+//! anon_vma lists the first (by address space) and its *children*: fork
+//! gives the child's VMA a new anon_vma, listed as a child of the parent
+//! VMA's. (Linux's `anon_vma_chain` links each VMA into every ancestor's
+//! anon_vma instead, which costs a fork one link per ancestor: a live fork
+//! chain of N levels would make N²/2 links.) A reverse-map walk goes from
+//! a frame to its anon_vma, down the tree of children, and looks, in each
+//! listed address space, at the one address where the frame can be mapped. Private anonymous VMAs keep `pgoff ==
 //! start >> 12` (mmap sets it; splits, merges and fork keep it), so that
 //! address is `index << 12` everywhere.
 //!
@@ -15,8 +18,10 @@
 //! A member is an address space with a count of its VMAs linked here. VMA
 //! values carry their links (`AnonLink`): creating a VMA (prepare at the
 //! first fault, a split, a fork) links it, dropping it (munmap, a merge,
-//! exit) unlinks it. When the last member goes the list is empty and the
-//! anon_vma is unreachable by any new link: that is the garbage collection
+//! exit) unlinks it. When the last member goes and no child is listed, the
+//! list is empty, its parent stops listing it, and the anon_vma is
+//! unreachable by any new link (a child holds its parent by `Arc`, so an
+//! ancestor lives as long as its descendants): that is the garbage collection
 //! the seed asks for, "through list_empty". Memory safety does not rest on
 //! it: VMAs hold the anon_vma by `Arc`, and the machine's registry (how a
 //! walker turns a frame's id into the object) holds a `Weak`, so the race of
@@ -106,9 +111,50 @@ pub(crate) struct Members(RmapLock<List>);
 #[derive(Default)]
 struct List {
     members: Vec<Member>,
+    /// Each member's position in `members`: a fork chain of depth d links
+    /// each new space into d anon_vmas of up to d members each, so a
+    /// search of the list would make deep chains cubic.
+    at: IdMap<usize>,
+    /// An anon_vma's children: the anon_vmas of the VMAs forked from its
+    /// members' (empty for a shared object's list).
+    children: IdMap<Weak<AnonVma>>,
     /// Links made so far: a walker that finds it unchanged after its
     /// visits knows no one joined meanwhile, without comparing lists.
     joins: u64,
+}
+
+impl List {
+    fn find(&self, mm_id: u64) -> Option<&Member> {
+        self.at.get(&mm_id).map(|&i| &self.members[i])
+    }
+
+    fn link(&mut self, mm: &MmRef) {
+        self.joins += 1;
+        match self.at.get(&mm.id) {
+            Some(&i) => self.members[i].vmas += 1,
+            None => {
+                self.at.insert(mm.id, self.members.len());
+                self.members.push(Member { mm: mm.clone(), vmas: 1 });
+            }
+        }
+    }
+
+    /// Nothing listed: no member and no child.
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.children.is_empty()
+    }
+
+    fn unlink(&mut self, mm_id: u64) {
+        let Some(&i) = self.at.get(&mm_id) else { return };
+        self.members[i].vmas -= 1;
+        if self.members[i].vmas == 0 {
+            self.at.remove(&mm_id);
+            self.members.swap_remove(i);
+            if let Some(moved) = self.members.get(i) {
+                self.at.insert(moved.mm.id, i);
+            }
+        }
+    }
 }
 
 impl Default for Members {
@@ -120,41 +166,58 @@ impl Default for Members {
 impl Members {
     /// Link one more VMA of `mm`.
     pub(crate) fn link(&self, mm: &MmRef) {
-        let mut list = self.0.write();
-        list.joins += 1;
-        match list.members.iter_mut().find(|m| m.mm.id == mm.id) {
-            Some(m) => m.vmas += 1,
-            None => list.members.push(Member { mm: mm.clone(), vmas: 1 }),
-        }
+        self.0.write().link(mm);
     }
 
     /// Unlink one VMA of the space `mm_id`; returns whether the list is
     /// now empty.
     pub(crate) fn unlink(&self, mm_id: u64) -> bool {
         let mut list = self.0.write();
-        let members = &mut list.members;
-        if let Some(i) = members.iter().position(|m| m.mm.id == mm_id) {
-            members[i].vmas -= 1;
-            if members[i].vmas == 0 {
-                members.swap_remove(i);
-            }
-        }
-        members.is_empty()
+        list.unlink(mm_id);
+        list.is_empty()
+    }
+
+    /// List a child anon_vma (a walk that is looking at the list sees it).
+    fn add_child(&self, child: &Arc<AnonVma>) {
+        let mut list = self.0.write();
+        list.joins += 1;
+        list.children.insert(child.id, Arc::downgrade(child));
+    }
+
+    /// Unlist child `id`; returns whether it was listed and the list is
+    /// now empty.
+    fn remove_child(&self, id: u64) -> bool {
+        let mut list = self.0.write();
+        list.children.remove(&id).is_some() && list.is_empty()
     }
 
     /// How many VMAs of `mm_id` are linked (audits).
     pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
-        self.0.read().members.iter().find(|m| m.mm.id == mm_id).map_or(0, |m| m.vmas)
+        self.0.read().find(mm_id).map_or(0, |m| m.vmas)
+    }
+
+    /// Members listed (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.read().members.len()
     }
 
     /// Visit every member, including those that join while the visit runs
     /// (the list is looked at again until no link was made since the last
     /// look); see [`rmap_walk`]. The list lock is not held while `visit`
     /// runs.
-    pub(crate) fn walk(&self, mut visit: impl FnMut(&Arc<MmInner>)) {
+    pub(crate) fn walk(&self, visit: impl FnMut(&Arc<MmInner>)) {
+        self.walk_with(visit, |_| {});
+    }
+
+    /// `walk`, also handing each child anon_vma (those that join while
+    /// the walk runs too) to `child`, after the members seen with it.
+    fn walk_with(&self, mut visit: impl FnMut(&Arc<MmInner>), mut child: impl FnMut(Arc<AnonVma>)) {
         // Most lists hold one space: neither list below allocates then.
         let mut seen: Few<u64> = Few::default();
         let mut found: Few<(u64, Option<Arc<MmInner>>)> = Few::default();
+        let mut seen_children: Few<u64> = Few::default();
+        let mut kids: Vec<Arc<AnonVma>> = Vec::new();
         let mut joins = None;
         loop {
             {
@@ -167,6 +230,12 @@ impl Members {
                 for m in list.members.iter().filter(|m| !seen.iter().any(|&id| id == m.mm.id)) {
                     found.push((m.mm.id, m.mm.mm.upgrade()));
                 }
+                for (&id, c) in list.children.iter() {
+                    if !seen_children.iter().any(|&s| s == id) {
+                        seen_children.push(id);
+                        kids.extend(c.upgrade());
+                    }
+                }
             }
             for (id, mm) in found.drain() {
                 seen.push(id);
@@ -174,14 +243,22 @@ impl Members {
                     visit(&mm);
                 }
             }
+            kids.drain(..).for_each(&mut child);
         }
     }
 }
 
-/// One anon_vma: the address spaces that may map its frames.
+/// One anon_vma: the VMAs whose own anon_vma it is (by address space),
+/// and the anon_vmas forked from it. The spaces that may map its frames
+/// are its members and, down the tree of children, theirs.
 pub(crate) struct AnonVma {
     pub(crate) id: u64,
     members: Members,
+    /// The anon_vma this one was forked from: its frames may be mapped by
+    /// this one's members. Held, so an ancestor outlives its descendants.
+    parent: Option<Arc<AnonVma>>,
+    /// The id of the oldest ancestor (its own, without a parent).
+    root: u64,
     registry: Weak<AnonVmas>,
 }
 
@@ -193,13 +270,30 @@ impl AnonVma {
 
     /// Unlink one VMA of the space `mm_id`.
     pub(crate) fn unlink(&self, mm_id: u64) {
-        let empty = self.members.unlink(mm_id);
-        if empty {
-            // Garbage collection through the empty list: no walker can
-            // find this anon_vma any more.
-            if let Some(r) = self.registry.upgrade() {
-                r.forget(self.id);
+        if self.members.unlink(mm_id) {
+            self.emptied();
+        }
+    }
+
+    /// Garbage collection through the empty list: no walker can find this
+    /// anon_vma any more, and its parent no longer lists it (which may
+    /// empty the parent in turn: a loop, as chains can be long).
+    fn emptied(&self) {
+        self.forget();
+        let mut child = self.id;
+        let mut up = self.parent.as_ref();
+        while let Some(p) = up {
+            if !p.members.remove_child(child) {
+                return;
             }
+            p.forget();
+            (child, up) = (p.id, p.parent.as_ref());
+        }
+    }
+
+    fn forget(&self) {
+        if let Some(r) = self.registry.upgrade() {
+            r.forget(self.id);
         }
     }
 
@@ -207,12 +301,29 @@ impl AnonVma {
     pub(crate) fn links_of(&self, mm_id: u64) -> u32 {
         self.members.links_of(mm_id)
     }
+
+    /// Whether `id` is this anon_vma or one of its ancestors: whether the
+    /// frames it owns may be mapped by this one's members (audits).
+    pub(crate) fn descends_from(&self, id: u64) -> bool {
+        let mut at = Some(self);
+        while let Some(a) = at {
+            if a.id == id {
+                return true;
+            }
+            at = a.parent.as_deref();
+        }
+        false
+    }
 }
 
 impl Drop for AnonVma {
     fn drop(&mut self) {
-        if let Some(r) = self.registry.upgrade() {
-            r.forget(self.id);
+        self.forget();
+        // Drop a chain of ancestors that only this one held in a loop, not
+        // by recursion (a deep fork chain would overflow the stack).
+        let mut up = self.parent.take();
+        while let Some(p) = up {
+            up = Arc::into_inner(p).and_then(|mut a| a.parent.take());
         }
     }
 }
@@ -263,8 +374,23 @@ impl AnonVmas {
 
     /// A new anon_vma with `first` as its only member.
     pub(crate) fn create(&self, id: u64, first: &MmRef) -> Arc<AnonVma> {
-        let av = Arc::new(AnonVma { id, members: Members::default(), registry: self.me.clone() });
+        self.create_under(id, first, None)
+    }
+
+    /// A new anon_vma with `first` as its only member, a child of `parent`
+    /// if given.
+    fn create_under(&self, id: u64, first: &MmRef, parent: Option<&Arc<AnonVma>>) -> Arc<AnonVma> {
+        let av = Arc::new(AnonVma {
+            id,
+            members: Members::default(),
+            parent: parent.cloned(),
+            root: parent.map_or(id, |p| p.root),
+            registry: self.me.clone(),
+        });
         av.link(first);
+        if let Some(p) = parent {
+            p.members.add_child(&av);
+        }
         self.shard(id).lock().insert(id, Arc::downgrade(&av));
         av
     }
@@ -284,18 +410,23 @@ impl AnonVmas {
     }
 }
 
-/// The links of one private VMA: its own anon_vma (set at the first fault
-/// that needs one, or at fork) and its ancestors' (root first).
+/// The link of one private VMA: its own anon_vma (set at the first fault
+/// that needs one, or at fork), whose ancestors are the anon_vmas whose
+/// frames it may map (Linux's anon_vma chain). Only the own anon_vma lists
+/// the VMA: its ancestors reach it through their children, so a fork links
+/// one anon_vma whatever the depth of the fork tree (Linux links one per
+/// ancestor).
 pub(crate) struct AnonLink {
     mm: MmRef,
     own: std::sync::OnceLock<Arc<AnonVma>>,
-    ancestors: Arc<[Arc<AnonVma>]>,
+    /// Ancestors of `own` (0 for a VMA whose anon_vma it created or reused).
+    ancestors: u64,
 }
 
 impl AnonLink {
     /// The links of a new private mapping of `mm`: none yet.
     pub(crate) fn new(mm: MmRef) -> AnonLink {
-        AnonLink { mm, own: std::sync::OnceLock::new(), ancestors: Arc::from(Vec::new()) }
+        AnonLink { mm, own: std::sync::OnceLock::new(), ancestors: 0 }
     }
 
     /// (own anon_vma id or 0, anon_vmas chained): what VMA merging and
@@ -303,7 +434,7 @@ impl AnonLink {
     /// chain is singular).
     pub(crate) fn get(&self) -> (u64, u64) {
         match self.own.get() {
-            Some(av) => (av.id, self.ancestors.len() as u64 + 1),
+            Some(av) => (av.id, self.ancestors + 1),
             None => (0, 0),
         }
     }
@@ -313,45 +444,39 @@ impl AnonLink {
         self.own.get()
     }
 
-    /// The oldest anon_vma this VMA is chained to (Linux's `anon_vma->root`):
-    /// its list covers every VMA of the fork tree, so a page that may be
-    /// shared with relatives (one swapped in) uses it.
-    pub(crate) fn root(&self) -> Option<&Arc<AnonVma>> {
-        self.ancestors.first().or(self.own.get())
+    /// The id of the oldest anon_vma this VMA is chained to (Linux's
+    /// `anon_vma->root`), 0 if none: a walk from it covers every VMA of the
+    /// fork tree, so a page that may be shared with relatives (one swapped
+    /// in) uses it.
+    pub(crate) fn root_id(&self) -> u64 {
+        self.own.get().map_or(0, |a| a.root)
     }
 
     /// Set the own anon_vma (at the first fault) unless a racing fault did:
-    /// `make` gives a new one or a neighbour's. Returns the one in force.
+    /// `make` gives a new one or a neighbour's (one without ancestors).
+    /// Returns the one in force.
     pub(crate) fn prepare(&self, make: impl FnOnce(&MmRef) -> Arc<AnonVma>) -> &Arc<AnonVma> {
         self.own.get_or_init(|| make(&self.mm))
     }
 
-    /// This VMA's links again, for another VMA of the same space (a split).
+    /// This VMA's link again, for another VMA of the same space (a split).
     pub(crate) fn clone_link(&self) -> AnonLink {
         let own = std::sync::OnceLock::new();
         if let Some(av) = self.own.get() {
             av.link(&self.mm);
             let _ = own.set(av.clone());
         }
-        for a in self.ancestors.iter() {
-            a.link(&self.mm);
-        }
-        AnonLink { mm: self.mm.clone(), own, ancestors: self.ancestors.clone() }
+        AnonLink { mm: self.mm.clone(), own, ancestors: self.ancestors }
     }
 
-    /// The links of the child's copy of this VMA at fork: chained to all of
-    /// this VMA's anon_vmas, plus a new own one (`anon_vma_fork`). `None`
-    /// when this VMA has no anon_vma (the child's VMA then has none either).
+    /// The link of the child's copy of this VMA at fork: a new own
+    /// anon_vma, a child of this VMA's (`anon_vma_fork`). A VMA without an
+    /// anon_vma has no frames: the child's copy then has none either.
     pub(crate) fn fork_link(&self, reg: &AnonVmas, id: u64, child: &MmRef) -> AnonLink {
         let Some(own) = self.own.get() else { return AnonLink::new(child.clone()) };
-        let mut chain: Vec<Arc<AnonVma>> = Vec::with_capacity(self.ancestors.len() + 1);
-        for a in self.ancestors.iter().chain(std::iter::once(own)) {
-            a.link(child);
-            chain.push(a.clone());
-        }
         let new = std::sync::OnceLock::new();
-        let _ = new.set(reg.create(id, child));
-        AnonLink { mm: child.clone(), own: new, ancestors: Arc::from(chain) }
+        let _ = new.set(reg.create_under(id, child, Some(own)));
+        AnonLink { mm: child.clone(), own: new, ancestors: self.ancestors + 1 }
     }
 
     /// Take `other`'s own anon_vma (a merge of a VMA without one into a
@@ -363,22 +488,14 @@ impl AnonLink {
         if let Some(av) = other.own.get() {
             av.link(&self.mm);
             let _ = self.own.set(av.clone());
-            for a in other.ancestors.iter() {
-                a.link(&self.mm);
-            }
-            self.ancestors = other.ancestors.clone();
+            self.ancestors = other.ancestors;
         }
-    }
-
-    /// Every anon_vma this VMA is linked to (audits).
-    pub(crate) fn chain(&self) -> impl Iterator<Item = &Arc<AnonVma>> {
-        self.ancestors.iter().chain(self.own.get())
     }
 }
 
 impl Drop for AnonLink {
     fn drop(&mut self) {
-        for a in self.ancestors.iter().chain(self.own.get()) {
+        if let Some(a) = self.own.get() {
             a.unlink(self.mm.id);
         }
     }
@@ -387,16 +504,147 @@ impl Drop for AnonLink {
 /// Visit every address space that may map the anonymous frame with rmap
 /// `owner` id at `va`: `visit(mm)`. The walk takes no lock of its own while
 /// `visit` runs (which takes the space's `mmap_lock` and page-table lock).
-/// Members that join while the walk runs (a fork copying the page) are
-/// visited too: the list is read again until no link was made since the
-/// last read (a count of links under the list lock). Fork links the
-/// child before it copies any entry, and holds the parent's `mmap_lock` for
+/// Members and children that join while the walk runs (a fork copying the
+/// page) are visited too: each list is read again until no link was made
+/// since its last read (a count of links under the list lock). Fork lists
+/// the child's new anon_vma, with the child as its member, under the
+/// parent's before it copies any entry, and holds the parent's `mmap_lock` for
 /// writing while it copies, so a child that maps the frame is always seen
 /// by a walk that visits the parent after the fork, or finds the page
 /// already changed when it visits the parent before.
-pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, visit: impl FnMut(&Arc<MmInner>)) {
-    if let Some(av) = reg.get(owner) {
-        av.members.walk(visit);
+pub(crate) fn rmap_walk(reg: &AnonVmas, owner: u64, mut visit: impl FnMut(&Arc<MmInner>)) {
+    // The owner's members, then its descendants' (each anon_vma's children
+    // are read with its members, under the same re-reading rule). A stack,
+    // not recursion: fork trees can be deep.
+    let mut todo: Vec<Arc<AnonVma>> = reg.get(owner).into_iter().collect();
+    while let Some(av) = todo.pop() {
+        av.members.walk_with(&mut visit, |c| todo.push(c));
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{List, Members, MmRef};
+    use std::sync::Weak;
+
+    fn mm(id: u64) -> MmRef {
+        MmRef { id, mm: Weak::new() }
+    }
+
+    /// The index names each member's position, and nothing else.
+    fn consistent(l: &List) {
+        assert_eq!(l.at.len(), l.members.len());
+        for (i, m) in l.members.iter().enumerate() {
+            assert_eq!(l.at.get(&m.mm.id), Some(&i), "member {} at {i}", m.mm.id);
+        }
+    }
+
+    #[test]
+    fn link_unlink_keep_counts_order_and_index() {
+        let mut l = List::default();
+        for id in [1, 2, 3, 2, 4] {
+            l.link(&mm(id));
+            consistent(&l);
+        }
+        assert_eq!(l.find(2).map(|m| m.vmas), Some(2));
+        l.unlink(2);
+        assert_eq!(l.find(2).map(|m| m.vmas), Some(1));
+        // The last member fills the gap of a removed one (walk order as a
+        // plain list with swap_remove had it).
+        l.unlink(1);
+        consistent(&l);
+        assert_eq!(l.members.iter().map(|m| m.mm.id).collect::<Vec<_>>(), [4, 2, 3]);
+        l.unlink(3); // the last one: nothing moves
+        l.unlink(9); // not a member: nothing changes
+        consistent(&l);
+        assert_eq!(l.members.iter().map(|m| m.mm.id).collect::<Vec<_>>(), [4, 2]);
+        assert_eq!(l.joins, 5);
+    }
+
+    #[test]
+    fn many_members_link_and_unlink_through_the_index() {
+        // A shared object mapped by many spaces: one member per space.
+        let root = Members::default();
+        for id in 0..2000 {
+            root.link(&mm(id));
+        }
+        assert_eq!(root.len(), 2000);
+        assert!((0..2000).all(|id| root.links_of(id) == 1));
+        for id in (0..2000).step_by(2) {
+            assert!(!root.unlink(id));
+        }
+        assert_eq!(root.len(), 1000);
+        assert!((0..2000).all(|id| root.links_of(id) == (id % 2) as u32));
+        consistent(&root.0.read());
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tree_tests {
+    use super::rmap_walk;
+    use crate::vma::Backing;
+    use crate::{Config, Machine, MapKind, Mm, Placement, Prot};
+
+    const BASE: u64 = 0x1000_0000;
+
+    /// The own anon_vma of the VMA at BASE of `mm`.
+    fn own(mm: &Mm) -> std::sync::Arc<super::AnonVma> {
+        let st = mm.inner.state.read();
+        match st.vmas.find(BASE).map(|v| &v.backing) {
+            Some(Backing::Anon(l)) => l.anon_vma().cloned().unwrap(),
+            _ => panic!("no private VMA at BASE"),
+        }
+    }
+
+    /// What a walk from `id` visits, by space id.
+    fn walk(m: &Machine, id: u64) -> Vec<u64> {
+        let mut seen = vec![];
+        rmap_walk(&m.inner.anon_vmas, id, |mm| seen.push(mm.id));
+        seen.sort_unstable();
+        seen
+    }
+
+    #[test]
+    fn a_fork_chain_links_one_anon_vma_per_level_and_walks_reach_descendants() {
+        let m = Machine::new(Config { arena_bytes: 64 << 20, prezero: false, ..Config::default() }).unwrap();
+        let root = m.new_mm().unwrap();
+        root.mmap(BASE, 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        root.write(BASE, b"r").unwrap();
+        let mut chain = vec![root];
+        for _ in 0..1000 {
+            let next = chain[chain.len() - 1].fork().unwrap();
+            chain.push(next);
+        }
+        // Each anon_vma lists its own space and at most one child, however
+        // deep the chain (a chain of links per ancestor would give the
+        // root 1001 members).
+        for mm in &chain {
+            let av = own(mm);
+            let list = av.members.0.read();
+            assert_eq!((list.members.len(), list.at.len()), (1, 1));
+            assert!(list.children.len() <= 1);
+        }
+        let ids: Vec<u64> = chain.iter().map(|mm| mm.inner.id).collect();
+        let mut all = ids.clone();
+        all.sort_unstable();
+        assert_eq!(walk(&m, own(&chain[0]).id), all, "the root's frames may be mapped anywhere below");
+        assert_eq!(walk(&m, own(&chain[990]).id), ids[990..].to_vec());
+        assert_eq!(own(&chain[1000]).root, own(&chain[0]).id);
+        assert!(own(&chain[1000]).descends_from(own(&chain[0]).id));
+        // A space leaving the middle: its anon_vma stays (a child holds
+        // it) and walks still pass through it.
+        let mid_av = own(&chain[500]).id;
+        chain.remove(500).exit();
+        assert_eq!(walk(&m, own(&chain[0]).id).len(), 1000);
+        assert!(m.inner.anon_vmas.get(mid_av).is_some());
+        m.check_invariants().unwrap();
+        // The leaves go first: each emptied anon_vma unlists itself, and
+        // the empty ancestors with it.
+        while let Some(mm) = chain.pop() {
+            mm.exit();
+        }
+        assert_eq!(m.stats().anon_vmas, 0);
+        assert!(m.inner.anon_vmas.get(mid_av).is_none());
     }
 }
 

@@ -22,14 +22,32 @@ pub struct SoftmmOptions {
     pub fork_policy: ForkPolicy,
     /// Arena size; default 1 GiB (traces are small).
     pub arena_bytes: Option<u64>,
-    /// Audit the whole machine (`check_invariants`) after every operation;
-    /// a broken invariant stops the replay.
-    pub check_invariants: bool,
+    /// When to audit the whole machine (`check_invariants`); a broken
+    /// invariant stops the replay.
+    pub audit: Audit,
     /// How the machine keys futexes (`replay --futex-keys`; `diff` uses
     /// Linux keys, as real Linux does).
     pub futex_keys: FutexKeys,
     /// A frame limit and its swap (`replay --mem-limit`, `--swap-file`).
     pub mem: crate::memlimit::MemLimit,
+    /// The lowest address a fixed mapping may use; default the library's
+    /// (Linux's default `mmap_min_addr`). `diff` sets the host's.
+    pub mmap_min_addr: Option<u64>,
+}
+
+/// When a replay audits the machine (`replay --audit`). An audit recounts
+/// every reference of every live space, so auditing after each operation
+/// costs time proportional to the machine's size per operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Audit {
+    /// After every operation: a broken invariant names the operation that
+    /// broke it.
+    Every,
+    /// Once, after the last operation.
+    End,
+    /// Never.
+    #[default]
+    Never,
 }
 
 /// A queued futex waiter and the address space that started it.
@@ -45,6 +63,8 @@ pub struct SoftmmRunner {
     waiters: HashMap<String, NamedWaiter>,
     pins: HashMap<String, PinnedPages>,
     opts: SoftmmOptions,
+    /// Audits run so far.
+    audits: u64,
 }
 
 /// A trace error that stops the replay (exit status 2), as opposed to an
@@ -67,10 +87,18 @@ impl SoftmmRunner {
             background_reclaim: false,
             ..Config::default()
         };
+        let config = Config { mmap_min_addr: opts.mmap_min_addr.unwrap_or(config.mmap_min_addr), ..config };
         let swap_file =
             opts.mem.swap_file.as_ref().map_or(String::new(), |p| format!(" with swap file {}", p.display()));
         let machine = Machine::new(config).map_err(|e| format!("cannot set up softmm{swap_file}: {e}"))?;
-        Ok(SoftmmRunner { machine, spaces: HashMap::new(), waiters: HashMap::new(), pins: HashMap::new(), opts })
+        Ok(SoftmmRunner {
+            machine,
+            spaces: HashMap::new(),
+            waiters: HashMap::new(),
+            pins: HashMap::new(),
+            opts,
+            audits: 0,
+        })
     }
 
     /// The machine's counters so far.
@@ -85,10 +113,24 @@ impl SoftmmRunner {
     /// Run one operation; returns its output line.
     pub fn run(&mut self, op: &Op) -> Result<String, Fatal> {
         let out = self.run_op(op)?;
-        if self.opts.check_invariants {
-            self.machine.check_invariants().map_err(|e| format!("after `{op}`: {e}"))?;
+        if self.opts.audit == Audit::Every {
+            self.audit().map_err(|e| format!("after `{op}`: {e}"))?;
         }
         Ok(out)
+    }
+
+    /// The end of the trace: the audit of `Audit::End` (`Every` audited
+    /// after the last operation already).
+    pub fn finish(&mut self) -> Result<(), Fatal> {
+        if self.opts.audit == Audit::End {
+            self.audit().map_err(|e| format!("after the last operation: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn audit(&mut self) -> Result<(), softmm::InvariantError> {
+        self.audits += 1;
+        self.machine.check_invariants()
     }
 
     fn run_op(&mut self, op: &Op) -> Result<String, Fatal> {
@@ -248,10 +290,46 @@ fn unit<T>(r: softmm::Result<T>) -> String {
 }
 
 /// The output line of a failed operation.
+/// Whether `addr` is outside both halves of x86-64's 48-bit (4-level
+/// paging) address space, whose page tables softmm models.
+fn non_canonical(addr: u64) -> bool {
+    (1 << 47..0xffff_8000_0000_0000).contains(&addr)
+}
+
 pub fn err_line(e: &Error) -> String {
     match e {
+        // x86-64 raises a general protection fault, not a page fault, for
+        // a non-canonical address, and Linux's SIGSEGV then says SI_KERNEL
+        // (128), which the trace format writes as the Linux runner does.
+        Error::Segv { addr, kind: SegvKind::MapErr } if non_canonical(*addr) => "segv code128".into(),
         Error::Segv { kind: SegvKind::MapErr, .. } => "segv maperr".into(),
         Error::Segv { kind: SegvKind::AccErr, .. } => "segv accerr".into(),
         e => format!("err {}", e.errno_name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Audit, SoftmmOptions, SoftmmRunner};
+    use crate::trace::parse::parse_line;
+
+    /// Runs a small trace with `audit`; returns the output and the audits.
+    fn replay(audit: Audit) -> (Vec<String>, u64) {
+        let trace =
+            ["new P", "mmap P 0x10000 16K rw private", "write P 0x10000 \"hi\"", "fork P C", "read C 0x10000 2"];
+        let mut r = SoftmmRunner::new(SoftmmOptions { audit, ..SoftmmOptions::default() }).unwrap();
+        let out = trace.iter().map(|l| r.run(&parse_line(l).unwrap().unwrap()).unwrap()).collect();
+        r.finish().unwrap();
+        (out, r.audits)
+    }
+
+    #[test]
+    fn audits_run_when_asked_and_never_change_the_output() {
+        let (every, n_every) = replay(Audit::Every);
+        let (end, n_end) = replay(Audit::End);
+        let (never, n_never) = replay(Audit::Never);
+        assert_eq!((n_every, n_end, n_never), (5, 1, 0));
+        assert_eq!(every, ["ok", "ok", "ok", "ok", "data 6869"]);
+        assert_eq!((&end, &never), (&every, &every));
     }
 }

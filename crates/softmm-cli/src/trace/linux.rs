@@ -14,6 +14,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The lowest address this process's fixed mappings may use on this host,
+/// as Linux checks it (`cap_mmap_addr`): `vm.mmap_min_addr`, or 0 with
+/// `CAP_SYS_RAWIO`, which lifts that floor. `None` if `/proc` does not
+/// say (the library's default, Linux's default value, applies then).
+pub fn mmap_floor() -> Option<u64> {
+    /// The capability's bit in `CapEff` (linux/capability.h).
+    const CAP_SYS_RAWIO: u32 = 17;
+    let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr").ok()?.trim().parse::<u64>().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let caps = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let caps = u64::from_str_radix(caps.trim(), 16).ok()?;
+    Some(if caps & (1 << CAP_SYS_RAWIO) != 0 { 0 } else { min })
+}
+
 struct Proc {
     conn: BufReader<UnixStream>,
     pid: i32,

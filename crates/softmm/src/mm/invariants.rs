@@ -180,28 +180,38 @@ fn check_slots(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> {
 }
 
 /// The reverse map is complete: each anonymous page mapped at `va` in `mm`
-/// has an anon_vma that lists `mm`, and its index says `va`.
-fn check_rmap(m: &MachineInner, mm: &MmInner, va: u64, f: FrameId) -> Result<(), InvariantError> {
+/// by a VMA whose own anon_vma is `own` has a live anon_vma that is `own`
+/// or an ancestor of it (a walk from it reaches `mm`), and its index says
+/// `va`.
+fn check_rmap(
+    m: &MachineInner,
+    mm: &MmInner,
+    own: Option<&crate::rmap::AnonVma>,
+    va: u64,
+    f: FrameId,
+) -> Result<(), InvariantError> {
     let meta = m.arena.meta(f);
     let owner = meta.owner.load(Ordering::Acquire);
     let index = meta.index.load(Ordering::Acquire);
     if index << 12 != va {
         fail!("mm {}: frame {} mapped at {va:#x} has rmap index {index:#x}", mm.id, f.0);
     }
-    match m.anon_vmas.get(owner) {
-        Some(av) if av.links_of(mm.id) > 0 => Ok(()),
-        Some(_) => fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} does not list the space", mm.id, f.0),
-        None => fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} is gone", mm.id, f.0),
+    if m.anon_vmas.get(owner).is_none() {
+        fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} is gone", mm.id, f.0);
+    }
+    match own {
+        Some(own) if own.links_of(mm.id) > 0 && own.descends_from(owner) => Ok(()),
+        _ => fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} does not reach the space", mm.id, f.0),
     }
 }
 
 /// Each anon_vma lists each space with exactly the number of its VMAs
-/// chained to it.
+/// whose own anon_vma it is.
 fn check_links(mm: &MmInner, st: &super::MmState) -> Result<(), InvariantError> {
     let mut links: HashMap<u64, (u32, std::sync::Arc<crate::rmap::AnonVma>)> = HashMap::new();
     for v in st.vmas.iter() {
         if let Backing::Anon(l) = &v.backing {
-            for av in l.chain() {
+            if let Some(av) = l.anon_vma() {
                 links.entry(av.id).or_insert_with(|| (0, av.clone())).0 += 1;
             }
         }
@@ -268,10 +278,13 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
     }
     // Entries of a table shared with another space are checked against
     // this space's VMAs too, but their frames are counted once.
-    let seen_before = exp.counted_pte_tables.clone();
-    exp.counted_pte_tables.extend(ptes.iter().map(|p| p.2));
+    // (Only this space's tables are looked up: copying the set of every
+    // space's would make an audit quadratic in the number of spaces.)
+    let first_seen: std::collections::HashSet<FrameId> =
+        ptes.iter().map(|p| p.2).filter(|t| !exp.counted_pte_tables.contains(t)).collect();
+    exp.counted_pte_tables.extend(first_seen.iter().copied());
     for (va, pte, table, pmd_writable) in ptes {
-        let first_visit = !seen_before.contains(&table);
+        let first_visit = first_seen.contains(&table);
         let Some(v) = st.vmas.find(va) else {
             fail!("mm {}: PTE at {va:#x} ({pte:?}) outside every VMA", mm.id);
         };
@@ -302,11 +315,11 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
             check_borrowed(m, mm, va, pte, table)?;
         }
         match &v.backing {
-            Backing::Anon(_) => {
+            Backing::Anon(link) => {
                 if !meta.has(flags::ANON) {
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
                 }
-                check_rmap(m, mm, va, f)?;
+                check_rmap(m, mm, link.anon_vma().map(|a| &**a), va, f)?;
                 // A frame reclaim put in the swap cache but could not unmap
                 // everywhere (a busy space) may stay writable there; its
                 // device copy must then never be trusted.

@@ -400,6 +400,8 @@ impl Drop for PmdLock<'_> {
 /// are checked before use, since another space may be changing its tables.
 pub(crate) fn tables_at(arena: &FrameArena, roots: &[FrameId], base: u64) -> Vec<FrameId> {
     let mut out: Vec<FrameId> = Vec::new();
+    // Sharers of one table each find it: keep the first only, in O(1).
+    let mut seen: std::collections::HashSet<FrameId> = std::collections::HashSet::new();
     'next: for &root in roots {
         let mut table = root;
         for level in (1..super::LEVELS).rev() {
@@ -412,7 +414,7 @@ pub(crate) fn tables_at(arena: &FrameArena, roots: &[FrameId], base: u64) -> Vec
             }
             table = e.frame();
         }
-        if table.0 < arena.capacity() && arena.meta(table).has(flags::PAGETABLE) && !out.contains(&table) {
+        if table.0 < arena.capacity() && arena.meta(table).has(flags::PAGETABLE) && seen.insert(table) {
             out.push(table);
         }
     }

@@ -60,7 +60,7 @@ pub(crate) fn swap_in(mm: &MmInner, vma: &Vma, va: u64, slot: u32) -> Result<Fra
         // The page may be mapped by every relative of this VMA (it was
         // swapped out of a fork tree): rmap it through the oldest anon_vma.
         if let Backing::Anon(link) = &vma.backing {
-            let av = link.root().map_or(0, |a| a.id);
+            let av = link.root_id();
             meta.owner.store(av, Ordering::Relaxed);
         }
         meta.index.store(vma.pgoff_of(va), Ordering::Relaxed);

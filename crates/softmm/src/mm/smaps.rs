@@ -1,0 +1,182 @@
+//! smaps: per-VMA counters with `/proc/PID/smaps` meanings.
+//!
+//! Frame counts are physical (one per table entry); when PTE tables are
+//! shared anywhere, a frame's *logical* mapcount and refcount add, for
+//! every table mapping it, that table's sharers beyond the first, which is
+//! what the same history under `CopyTables` (and on Linux) would have
+//! counted. Finding those tables means looking at every live space's
+//! tables for the same 2 MiB span ([`Sharers`]).
+
+use super::{MmInner, MmState};
+use crate::phys::{FrameArena, FrameId, PAGE_SIZE};
+use crate::stats::{Smaps, SmapsAcc};
+use std::collections::HashMap;
+
+/// The mappings the physical counts miss, by (entry index, frame), of
+/// one 2 MiB span.
+type SpanExtras = HashMap<(usize, FrameId), u32>;
+
+/// Where the sharers of a span's frames are found, for one smaps call or
+/// for many (`Mm::smaps_many`).
+pub(crate) struct Sharers {
+    /// Whether any PTE table is shared: if not, physical counts are the
+    /// logical ones.
+    sharing: bool,
+    /// Page-table roots of every live space.
+    roots: Vec<FrameId>,
+    /// Many calls: per span, the extra mappings of each (index, frame),
+    /// computed once for all of them, so that N spaces cost N scans of a
+    /// span's tables, not N per space. One call looks entries up one by
+    /// one instead (it usually reads few of a span's 512).
+    cache: Option<HashMap<u64, SpanExtras>>,
+    /// Spans whose tables were scanned into `cache` (tests).
+    pub(crate) spans_scanned: u64,
+}
+
+impl Sharers {
+    /// The sharers as the machine of `mm` has them now; `many` when the
+    /// same spans will be looked at for many spaces.
+    pub(crate) fn new(mm: &MmInner, many: bool) -> Sharers {
+        let sharing = mm.machine.counters.shared_tables.load(crate::sync::Ordering::Relaxed) > 0;
+        let roots = if sharing {
+            let mms = mm.machine.live_mms();
+            mms.iter().map(|m| FrameId(m.root.load(crate::sync::Ordering::Acquire))).filter(|r| r.0 != 0).collect()
+        } else {
+            Vec::new()
+        };
+        Sharers { sharing, roots, cache: many.then(HashMap::new), spans_scanned: 0 }
+    }
+
+    /// smaps of `[start, end)` of `mm`.
+    pub(crate) fn vma_smaps(&mut self, mm: &MmInner, st: &MmState, start: u64, end: u64) -> Smaps {
+        let mut acc = SmapsAcc::default();
+        let arena = mm.arena();
+        let Some(pt) = &st.pt else { return acc.finish(start, end) };
+        // A shared object's swapped pages are named by its index, not by
+        // PTEs: Linux's smaps counts them in every VMA mapping them
+        // (shmem_swapped).
+        if let Some(v) = st.vmas.find(start) {
+            if let crate::vma::Backing::Shm(obj) = &v.backing {
+                let (lo, hi) = (v.pgoff, v.pgoff + ((end - start) >> 12));
+                for _ in obj.swapped_pages().into_iter().filter(|&(p, _)| p >= lo && p < hi) {
+                    acc.swapped();
+                }
+            }
+        }
+        let sharing = self.sharing;
+        pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
+            let base = lo & !(crate::pgtable::PTE_TABLE_SPAN - 1);
+            let span = self.span(arena, base);
+            let g = pt.lock(arena, table, base);
+            let mut va = lo;
+            while va < hi {
+                let pte = g.get(va);
+                if pte.is_swap() {
+                    acc.swapped();
+                } else if let Some(f) = pte.page_frame() {
+                    // A migration entry counts as the page it stands for, as
+                    // Linux's smaps_pte_entry counts it.
+                    let m = arena.meta(f);
+                    let extra = span.extra(arena, va, f);
+                    debug_assert!(!pte.is_borrowed() || sharing, "a borrowed entry while no table is shared");
+                    let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
+                    acc.page(m.refcount() + extra, m.mapcount() + extra, m.has(crate::phys::flags::ANON), dirty);
+                }
+                va += PAGE_SIZE as u64;
+            }
+        });
+        acc.finish(start, end)
+    }
+
+    /// The sharers of the span at `base`.
+    fn span(&mut self, arena: &FrameArena, base: u64) -> Span<'_> {
+        if !self.sharing {
+            return Span::Unshared;
+        }
+        let Some(cache) = self.cache.as_mut() else {
+            return Span::Tables(crate::pgtable::share::tables_at(arena, &self.roots, base));
+        };
+        let extras = cache.entry(base).or_insert_with(|| {
+            self.spans_scanned += 1;
+            let mut extras = HashMap::new();
+            for t in crate::pgtable::share::tables_at(arena, &self.roots, base) {
+                for i in 0..crate::pgtable::PTRS_PER_TABLE {
+                    if let Some((f, n)) = table_extra(arena, t, i) {
+                        *extras.entry((i, f)).or_insert(0) += n;
+                    }
+                }
+            }
+            extras
+        });
+        Span::Cached(extras)
+    }
+}
+
+/// The sharers of one span's frames.
+enum Span<'a> {
+    /// No table is shared anywhere.
+    Unshared,
+    /// Every live table of the span.
+    Tables(Vec<FrameId>),
+    /// The extra mappings of each (index, frame) of the span.
+    Cached(&'a SpanExtras),
+}
+
+impl Span<'_> {
+    /// For frame `f` at `va`: the mappings the physical counts miss.
+    fn extra(&self, arena: &FrameArena, va: u64, f: FrameId) -> u32 {
+        let i = crate::pgtable::index(va, 0);
+        match self {
+            Span::Unshared => 0,
+            Span::Tables(tables) => {
+                tables.iter().filter_map(|&t| table_extra(arena, t, i).filter(|e| e.0 == f)).map(|e| e.1).sum()
+            }
+            Span::Cached(extras) => extras.get(&(i, f)).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Entry `i` of table `t`, if it maps a frame: that frame, and the mappings
+/// of it the physical counts miss there. The entry stands for one mapping
+/// per address space mapping the table (its mappers); the physical counts
+/// have one for an entry that owns its frame and none for one that borrows
+/// it (`pgtable/borrow.rs`).
+fn table_extra(arena: &FrameArena, t: FrameId, i: usize) -> Option<(FrameId, u32)> {
+    let e = crate::pgtable::borrow::entry(arena, t, i);
+    let f = e.page_frame()?;
+    // Read after the entry, as only entries that map a frame need it.
+    let mappers = crate::pgtable::borrow::mappers_of(arena, t);
+    Some((f, mappers.saturating_sub(u32::from(!e.is_borrowed()))))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Sharers;
+    use crate::{Config, ForkPolicy, Machine, MapKind, Placement, Prot};
+
+    /// smaps of every space of a forked tree: each span's tables are
+    /// scanned once for all of them, and the figures are those of the
+    /// one-call path.
+    #[test]
+    fn many_spaces_scan_each_span_once() {
+        let m = Machine::new(Config { arena_bytes: 64 << 20, prezero: false, ..Config::default() }).unwrap();
+        let parent = m.new_mm().unwrap();
+        let base = 0x1000_0000;
+        parent.mmap(base, 64 << 10, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        parent.fill(base, 64 << 10, 7).unwrap();
+        let mut spaces = vec![parent];
+        for c in 0..30u64 {
+            let child = spaces[0].fork_with(ForkPolicy::SharedTables).unwrap();
+            child.write(base + (c % 16) * 4096, b"c").unwrap();
+            spaces.push(child);
+        }
+        let mut many = Sharers::new(&spaces[0].inner, true);
+        for mm in &spaces {
+            let st = mm.inner.state.read();
+            let together = many.vma_smaps(&mm.inner, &st, base, base + (64 << 10));
+            let alone = Sharers::new(&mm.inner, false).vma_smaps(&mm.inner, &st, base, base + (64 << 10));
+            assert_eq!(together, alone);
+        }
+        assert_eq!(many.spans_scanned, 1);
+    }
+}
