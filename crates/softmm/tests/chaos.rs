@@ -359,6 +359,7 @@ struct Tally {
     swap_ins: AtomicU64,
     migrations: AtomicU64,
     migrate_busy: AtomicU64,
+    migrate_no_memory: AtomicU64,
     cow_copies: AtomicU64,
     fork_pinned_copies: AtomicU64,
 }
@@ -372,6 +373,7 @@ static TALLY: Tally = Tally {
     swap_ins: AtomicU64::new(0),
     migrations: AtomicU64::new(0),
     migrate_busy: AtomicU64::new(0),
+    migrate_no_memory: AtomicU64::new(0),
     cow_copies: AtomicU64::new(0),
     fork_pinned_copies: AtomicU64::new(0),
 };
@@ -910,6 +912,12 @@ impl World {
                 bump(&TALLY.migrations, 1);
             }
             Err(Error::Busy(_)) => bump(&TALLY.migrate_busy, 1),
+            // The move needs a frame of its own: at the frame limit (less
+            // the frame kept for swap-in while swap is full) there is none,
+            // and nothing changes (the checks after the step say so).
+            Err(Error::NoMemory(_)) if self.m.stats().frames_in_use + 1 >= LIMIT_FRAMES => {
+                bump(&TALLY.migrate_no_memory, 1)
+            }
             Err(e) => return Err(format!("migrate of {addr:#x} (page id {id}): {e}")),
         }
         Ok(())
@@ -1080,7 +1088,7 @@ fn report() {
     let t = &TALLY;
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "chaos: {} cases, {} steps; {} waits queued, {} woken; {} swap-outs, {} swap-ins; {} migrations, {} busy; \
+        "chaos: {} cases, {} steps; {} waits queued, {} woken; {} swap-outs, {} swap-ins; {} migrations, {} busy, {} without a frame; \
          {} COW copies; {} pinned pages copied at fork",
         g(&t.cases),
         g(&t.steps),
@@ -1090,6 +1098,7 @@ fn report() {
         g(&t.swap_ins),
         g(&t.migrations),
         g(&t.migrate_busy),
+        g(&t.migrate_no_memory),
         g(&t.cow_copies),
         g(&t.fork_pinned_copies),
     );
