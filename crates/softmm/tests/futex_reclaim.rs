@@ -314,3 +314,25 @@ fn exit_ends_the_waits_of_the_space_and_releases_their_frames() {
         audit(&m);
     }
 }
+
+/// A wait on a hole of a read-only mapping is keyed by its address (no
+/// frame); once the page is mapped afresh, written and swapped out, a wake
+/// through it must not reach that waiter: the page has contents, it is not
+/// the hole (found by the chaos model).
+#[test]
+fn a_swapped_page_is_not_the_hole_it_once_was() {
+    let m = machine(FutexKeys::Physical, None);
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, PAGE, Prot::READ, MapKind::Private, Placement::Fixed).expect("mmap");
+    let w = wait(&mm, BASE);
+    mm.munmap(BASE, PAGE).expect("munmap");
+    mm.mmap(BASE, PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    set(&mm, BASE + 8, 7);
+    assert_eq!(mm.futex_wake(BASE, 1).expect("wake"), 0, "resident: a frame of its own");
+    swap_out(&m, &mm, BASE);
+    audit(&m);
+    assert_eq!(mm.futex_wake(BASE, 1).expect("wake"), 0, "swapped out: still not the hole");
+    assert_eq!(w.state(), WaitState::Waiting);
+    drop(w);
+    audit(&m);
+}

@@ -150,7 +150,11 @@ pub(super) fn physical(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> R
         // waiter's frame reference keeps its page in the swap cache). A
         // wait reads it back, mapped read-only: waiting never breaks COW.
         Translation::Swapped => match intent {
-            Intent::Wake => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+            // Not the hole key `(mm, address)`: the page has contents, and a
+            // waiter on the hole this page once was must not be reached
+            // through it. The zero frame never keys a waiter (its waits key
+            // by address), so this key meets nobody.
+            Intent::Wake => Ok(Resolved { key: FutexKey::Frame { frame: ZERO_FRAME, offset }, frame: ZERO_FRAME }),
             _ => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
         },
         Translation::Zero | Translation::None => match (&vma.backing, intent) {
