@@ -33,6 +33,10 @@
 //! which keeps `T`'s frames mapped until then, exactly as a sharer that
 //! leaves `T` keeps its reference until its shootdown.
 //!
+//! The registry of borrowers is the arena's (`FrameArena::borrows`, a
+//! `phys::links::FrameLinks`: `T` -> its borrowers); this module says what
+//! its links mean and when they come and go.
+//!
 //! Locks: `T`'s PTE lock, then a borrower's PTE lock, then a registry
 //! shard (a leaf). `C` is registered under `T`'s PTE lock (so [`own_all`],
 //! which holds it, sees every borrower); it leaves under its own PTE lock,
@@ -47,59 +51,7 @@ use super::{slot, PteTableGuard, PTRS_PER_TABLE};
 use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-
-/// Registry shards: unshares of unrelated tables rarely meet on a lock.
-const SHARDS: usize = 64;
-
-/// Each backing table's borrowers, per machine (it lives in the arena, next
-/// to the frame metadata it extends).
-pub(crate) struct Registry {
-    shards: Box<[Shard]>,
-}
-
-/// Backing table -> its borrowers.
-type Shard = parking_lot::Mutex<HashMap<FrameId, Vec<FrameId>>>;
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry { shards: (0..SHARDS).map(|_| parking_lot::Mutex::new(HashMap::new())).collect() }
-    }
-}
-
-impl Registry {
-    fn shard(&self, t: FrameId) -> &Shard {
-        &self.shards[t.0 as usize % SHARDS]
-    }
-
-    fn add(&self, t: FrameId, c: FrameId) {
-        self.shard(t).lock().entry(t).or_default().push(c);
-    }
-
-    fn remove(&self, t: FrameId, c: FrameId) {
-        let mut s = self.shard(t).lock();
-        if let Some(list) = s.get_mut(&t) {
-            list.retain(|&x| x != c);
-            if list.is_empty() {
-                s.remove(&t);
-            }
-        }
-    }
-
-    fn take(&self, t: FrameId) -> Vec<FrameId> {
-        self.shard(t).lock().remove(&t).unwrap_or_default()
-    }
-
-    fn borrowers(&self, t: FrameId) -> Vec<FrameId> {
-        self.shard(t).lock().get(&t).cloned().unwrap_or_default()
-    }
-
-    /// Every (backing, borrowers) pair, for audits.
-    pub(crate) fn snapshot(&self) -> Vec<(FrameId, Vec<FrameId>)> {
-        self.shards.iter().flat_map(|s| s.lock().iter().map(|(&t, c)| (t, c.clone())).collect::<Vec<_>>()).collect()
-    }
-}
 
 /// Mappers of a table frame from its packed counts.
 #[inline]
@@ -211,7 +163,7 @@ pub(crate) fn own_index(arena: &FrameArena, t: FrameId, base: u64, va: u64) {
     if arena.meta(t).mapcount() == 0 {
         return;
     }
-    for b in arena.borrows.borrowers(t) {
+    for b in arena.borrows.list(t) {
         let mut g = PteTableGuard::lock(arena, b, base);
         if backing(arena, b) == Some(t) {
             own_entry(arena, &mut g, va);

@@ -114,10 +114,10 @@ impl FrameMeta {
         self.pins.load(Ordering::Acquire)
     }
     /// References that are not pins: what COW's reuse test looks at (see
-    /// `mm::pin::unpinned_refs`).
+    /// `phys::pin::unpinned_refs`).
     #[inline]
     pub(crate) fn unpinned_refs(&self) -> u32 {
-        crate::mm::pin::unpinned_refs(self)
+        super::pin::unpinned_refs(self)
     }
     #[inline]
     pub fn flags(&self) -> u32 {
@@ -181,7 +181,7 @@ impl FrameMeta {
     }
 }
 
-impl crate::mm::pin::PinCounts for FrameMeta {
+impl super::pin::PinCounts for FrameMeta {
     #[inline]
     fn refs(&self) -> u32 {
         self.refcount()
