@@ -50,7 +50,7 @@ const KNOWN: &[(&str, &str, &str)] = &[
          which also owns the layers above (reclaim, futexes): the context wants splitting off the machine",
     ),
     ("reclaim", "machine", "as mm: the reclaimer works on MachineInner"),
-    ("mm", "reclaim", "faults call reclaim (direct reclaim, swap_in, out_of_memory) and Mm::migrate calls migration"),
+    ("mm", "reclaim", "faults call reclaim (direct reclaim, swap_in, out_of_memory); Mm::migrate calls migration"),
     ("mm", "access", "Mm::accessor builds an Accessor (public API convenience)"),
     ("rmap", "mm", "an anon_vma's members are address spaces (MmRef holds Weak<MmInner>); walks hand them out"),
     ("vma", "shm", "a shared VMA's backing names its shared object (Backing::Shm(ShmLink))"),

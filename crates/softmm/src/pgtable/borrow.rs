@@ -65,25 +65,19 @@ pub(crate) fn mappers_of(arena: &FrameArena, t: FrameId) -> u32 {
     mappers(arena.meta(t).counts.load(Ordering::Acquire))
 }
 
-/// How a table frame's `owner` names its backing: tagged, so that no
-/// anon_vma or object id (what `owner` holds for a page frame, and still
-/// holds in a recycled frame a stale look may meet) can read as one.
-const BACKING_TAG: u64 = 1 << 63;
-
 /// Table `c`'s backing, if it borrows: read without a lock, so only a
 /// `None` is final (a backing is set before `c` is installed and only ever
 /// cleared).
 #[inline]
 pub(crate) fn backing(arena: &FrameArena, c: FrameId) -> Option<FrameId> {
-    let o = arena.meta(c).owner.load(Ordering::Acquire);
-    (o & BACKING_TAG != 0).then_some(FrameId(o as u32))
+    arena.meta(c).table_backing()
 }
 
 /// A new PTE table borrows from nothing (its frame's `owner` may hold a
 /// previous life's anon_vma id).
 #[inline]
 pub(crate) fn init_table(arena: &FrameArena, c: FrameId) {
-    arena.meta(c).owner.store(0, Ordering::Release);
+    arena.meta(c).set_table_backing(None);
 }
 
 /// Turn the caller's mapper reference on `t` into a borrower reference
@@ -104,7 +98,7 @@ pub(crate) fn become_borrower(arena: &FrameArena, t: FrameId) -> bool {
 /// Record `c` (not yet installed) as a borrower of `t`, whose PTE lock the
 /// caller holds, after `become_borrower` succeeded.
 pub(crate) fn register(arena: &FrameArena, t: FrameId, c: FrameId) {
-    arena.meta(c).owner.store(BACKING_TAG | t.0 as u64, Ordering::Release);
+    arena.meta(c).set_table_backing(Some(t));
     arena.borrows.add(t, c);
 }
 
@@ -151,7 +145,7 @@ pub(crate) fn own_all(arena: &FrameArena, t: FrameId, base: u64, c: &Counters) {
         for i in 0..PTRS_PER_TABLE {
             own_entry(arena, &mut g, base + i as u64 * 4096);
         }
-        arena.meta(b).owner.store(0, Ordering::Release);
+        arena.meta(b).set_table_backing(None);
         drop(g);
         drop_borrower_ref(arena, t, c);
     }
@@ -199,7 +193,7 @@ pub(crate) fn detach(arena: &FrameArena, c: FrameId, base: u64, counters: &Count
     // itself for not last, or free nothing (the loom model
     // `loom_borrow_tests` caught the reverse order).
     drop_borrower_ref(arena, t, counters);
-    arena.meta(c).owner.store(0, Ordering::Release);
+    arena.meta(c).set_table_backing(None);
     arena.borrows.remove(t, c);
     drop(g);
 }
