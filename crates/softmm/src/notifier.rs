@@ -58,7 +58,7 @@
 use crate::error::{Error, Result};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Whether MMU notifiers are compiled in: `false` in a build with
 /// `--cfg softmm_no_notifiers`. There every gate (`Notifiers::any` and
@@ -346,16 +346,33 @@ impl Notifiers {
     }
 }
 
+/// What holds a [`Notifiers`] list: the address space. A subscription
+/// reaches its list through it when dropped, so this module needs no name
+/// for the address space's type: `mm` calls notifiers, never the reverse.
+pub(crate) trait NotifierOwner: Send + Sync {
+    fn notifiers(&self) -> &Notifiers;
+}
+
 /// A registration; unregisters (waiting for the grace period) when dropped.
 pub struct Subscription {
-    pub(crate) mm: std::sync::Weak<crate::mm::MmInner>,
-    pub(crate) sub: Arc<dyn MmuNotifier>,
+    owner: Weak<dyn NotifierOwner>,
+    sub: Arc<dyn MmuNotifier>,
+}
+
+impl Subscription {
+    /// Register `sub` with `owner`'s list. The caller holds the owner's
+    /// `mmap_lock` for writing (see the module comment).
+    pub(crate) fn new<O: NotifierOwner + 'static>(owner: &Arc<O>, sub: Arc<dyn MmuNotifier>) -> Self {
+        owner.notifiers().register(sub.clone());
+        let owner: Weak<dyn NotifierOwner> = Arc::downgrade(owner) as Weak<O>;
+        Subscription { owner, sub }
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(mm) = self.mm.upgrade() {
-            mm.notifiers.unregister(&self.sub);
+        if let Some(owner) = self.owner.upgrade() {
+            owner.notifiers().unregister(&self.sub);
         }
     }
 }
@@ -399,18 +416,29 @@ impl IntervalHandle<'_> {
 /// `mmu_interval_notifier`). Removed when dropped.
 pub struct IntervalNotifier {
     pub(crate) inner: Arc<IntervalInner>,
-    pub(crate) mm: std::sync::Weak<crate::mm::MmInner>,
+    owner: Weak<dyn NotifierOwner>,
 }
 
 impl IntervalNotifier {
-    pub(crate) fn new(mm: &Arc<crate::mm::MmInner>, start: u64, len: u64, ops: Arc<dyn IntervalOps>) -> Result<Self> {
+    /// Check the interval (before the caller takes the owner's
+    /// `mmap_lock`): its end.
+    pub(crate) fn check(start: u64, len: u64) -> Result<u64> {
         if !NOTIFIERS_COMPILED {
             return Err(Error::Unsupported("MMU notifiers (this build has --cfg softmm_no_notifiers)"));
         }
-        let end = start.checked_add(len).filter(|_| len > 0).ok_or(Error::Invalid("empty or overflowing interval"))?;
-        let n = &mm.notifiers;
-        // As `Mm::register_notifier`: not in the middle of a fault.
-        let _mmap = mm.state.write();
+        start.checked_add(len).filter(|_| len > 0).ok_or(Error::Invalid("empty or overflowing interval"))
+    }
+
+    /// Insert `[start, end)` (from [`check`](Self::check)) into `owner`'s
+    /// list. As `Subscription::new`, the caller holds the owner's
+    /// `mmap_lock` for writing: not in the middle of a fault.
+    pub(crate) fn new<O: NotifierOwner + 'static>(
+        owner: &Arc<O>,
+        start: u64,
+        end: u64,
+        ops: Arc<dyn IntervalOps>,
+    ) -> Self {
+        let n = owner.notifiers();
         let mut t = n.itree.lock();
         // An invalidation in flight (reclaim, which does not take the
         // `mmap_lock`) may be changing this range without having called
@@ -422,7 +450,8 @@ impl IntervalNotifier {
         t.intervals.push(inner.clone());
         drop(t);
         n.active.fetch_add(1, Ordering::AcqRel);
-        Ok(IntervalNotifier { inner, mm: Arc::downgrade(mm) })
+        let owner: Weak<dyn NotifierOwner> = Arc::downgrade(owner) as Weak<O>;
+        IntervalNotifier { inner, owner }
     }
 
     /// Start of a secondary fault: the value to check with `read_retry`
@@ -462,8 +491,8 @@ impl IntervalNotifier {
 
 impl Drop for IntervalNotifier {
     fn drop(&mut self) {
-        if let Some(mm) = self.mm.upgrade() {
-            let n = &mm.notifiers;
+        if let Some(owner) = self.owner.upgrade() {
+            let n = owner.notifiers();
             n.itree.lock().intervals.retain(|iv| !Arc::ptr_eq(iv, &self.inner));
             n.active.fetch_sub(1, Ordering::AcqRel);
         }

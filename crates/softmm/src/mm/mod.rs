@@ -148,6 +148,13 @@ impl MmInner {
     }
 }
 
+/// Subscriptions reach the space's notifier list through this when dropped.
+impl crate::notifier::NotifierOwner for MmInner {
+    fn notifiers(&self) -> &crate::notifier::Notifiers {
+        &self.notifiers
+    }
+}
+
 /// An address space.
 ///
 /// Dropping an `Mm` (or calling [`Mm::exit`]) tears it down: every frame and
@@ -318,8 +325,7 @@ impl Mm {
         // listens (`fault.rs`): a subscriber must not appear in the middle
         // of one, between its look at a page and its change of it.
         let _mmap = self.inner.state.write();
-        self.inner.notifiers.register(sub.clone());
-        crate::notifier::Subscription { mm: Arc::downgrade(&self.inner), sub }
+        crate::notifier::Subscription::new(&self.inner, sub)
     }
 
     /// Subscribe to invalidations of `[start, start + len)` with a
@@ -331,7 +337,10 @@ impl Mm {
         len: u64,
         ops: Arc<dyn crate::notifier::IntervalOps>,
     ) -> Result<crate::notifier::IntervalNotifier> {
-        crate::notifier::IntervalNotifier::new(&self.inner, start, len, ops)
+        let end = crate::notifier::IntervalNotifier::check(start, len)?;
+        // As `register_notifier`: not in the middle of a fault.
+        let _mmap = self.inner.state.write();
+        Ok(crate::notifier::IntervalNotifier::new(&self.inner, start, end, ops))
     }
 
     /// Move the page at `addr` (private anonymous memory) to a new frame

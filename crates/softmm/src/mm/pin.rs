@@ -27,9 +27,9 @@
 //! 5. **munmap drops the mapping, not the pin**: the frame lives until the
 //!    last pin goes (`PinnedPages` dropped).
 //!
-//! Pins are counted in `FrameMeta::pins` and in the refcount; the machine's
-//! [`PinRegistry`] counts them independently so `check_invariants` can
-//! recount them.
+//! Pins are counted in `FrameMeta::pins` and in the refcount (the order of
+//! the two is `phys/pin.rs`'s); the machine's [`PinRegistry`] counts them
+//! independently so `check_invariants` can recount them.
 
 use super::fault::{anon_exclusive, fault_in, Access};
 use super::{MmInner, MmState};
@@ -238,48 +238,6 @@ impl PinRegistry {
     }
 }
 
-/// The counts the pin protocol works on: frame metadata's std atomics, and
-/// under loom loom's, so that the loom model below runs this very code.
-pub(crate) trait PinCounts {
-    /// The reference count (pins included), acquire.
-    fn refs(&self) -> u32;
-    /// The pin count, acquire.
-    fn pins(&self) -> u32;
-    fn add_pin(&self);
-    fn sub_pin(&self);
-    fn add_ref(&self);
-    /// Returns the reference count before.
-    fn sub_ref(&self) -> u32;
-}
-
-/// Take a pin: under the page-table lock mapping the frame, which COW's
-/// reuse test also holds, so the order of the two increments is not
-/// observable there.
-#[inline]
-pub(crate) fn take_pin(c: &impl PinCounts) {
-    c.add_pin();
-    c.add_ref();
-}
-
-/// Drop a pin, with no lock held: the pin count first, then the reference
-/// (returns the reference count before, 1 meaning the caller must free).
-/// With `unpinned_refs` reading the reference count before the pin count,
-/// a racing unpin can only make that read high (a needless COW copy),
-/// never low (a wrong reuse of a page someone else maps).
-#[inline]
-pub(crate) fn drop_pin(c: &impl PinCounts) -> u32 {
-    c.sub_pin();
-    c.sub_ref()
-}
-
-/// References that are not pins: what COW's reuse test and a pin's
-/// exclusivity test look at. Reference count first (see `drop_pin`).
-#[inline]
-pub(crate) fn unpinned_refs(c: &impl PinCounts) -> u32 {
-    let refs = c.refs();
-    refs.saturating_sub(c.pins())
-}
-
 /// `Mm::pin_pages`: fault in and pin every page of `[addr, addr + len)`.
 pub(crate) fn pin_pages(mm: &MmInner, addr: u64, len: u64, write: bool) -> Result<PinnedPages> {
     if len == 0 {
@@ -354,7 +312,7 @@ mod loom_tests {
     //! one page, mapped read-only and exclusive at the start (as after an
     //! earlier fork whose child exited). The counts are the real protocol
     //! functions on loom atomics.
-    use super::{drop_pin, take_pin, unpinned_refs, PinCounts};
+    use crate::phys::pin::{drop_pin, take_pin, unpinned_refs, PinCounts};
     use loom::sync::atomic::{AtomicBool, AtomicU32};
     use loom::sync::{Arc, Mutex, RwLock};
     use std::sync::atomic::Ordering;

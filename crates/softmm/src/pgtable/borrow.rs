@@ -33,6 +33,10 @@
 //! which keeps `T`'s frames mapped until then, exactly as a sharer that
 //! leaves `T` keeps its reference until its shootdown.
 //!
+//! The registry of borrowers is the arena's (`FrameArena::borrows`, a
+//! `phys::links::FrameLinks`: `T` -> its borrowers); this module says what
+//! its links mean and when they come and go.
+//!
 //! Locks: `T`'s PTE lock, then a borrower's PTE lock, then a registry
 //! shard (a leaf). `C` is registered under `T`'s PTE lock (so [`own_all`],
 //! which holds it, sees every borrower); it leaves under its own PTE lock,
@@ -47,59 +51,7 @@ use super::{slot, PteTableGuard, PTRS_PER_TABLE};
 use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-
-/// Registry shards: unshares of unrelated tables rarely meet on a lock.
-const SHARDS: usize = 64;
-
-/// Each backing table's borrowers, per machine (it lives in the arena, next
-/// to the frame metadata it extends).
-pub(crate) struct Registry {
-    shards: Box<[Shard]>,
-}
-
-/// Backing table -> its borrowers.
-type Shard = parking_lot::Mutex<HashMap<FrameId, Vec<FrameId>>>;
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry { shards: (0..SHARDS).map(|_| parking_lot::Mutex::new(HashMap::new())).collect() }
-    }
-}
-
-impl Registry {
-    fn shard(&self, t: FrameId) -> &Shard {
-        &self.shards[t.0 as usize % SHARDS]
-    }
-
-    fn add(&self, t: FrameId, c: FrameId) {
-        self.shard(t).lock().entry(t).or_default().push(c);
-    }
-
-    fn remove(&self, t: FrameId, c: FrameId) {
-        let mut s = self.shard(t).lock();
-        if let Some(list) = s.get_mut(&t) {
-            list.retain(|&x| x != c);
-            if list.is_empty() {
-                s.remove(&t);
-            }
-        }
-    }
-
-    fn take(&self, t: FrameId) -> Vec<FrameId> {
-        self.shard(t).lock().remove(&t).unwrap_or_default()
-    }
-
-    fn borrowers(&self, t: FrameId) -> Vec<FrameId> {
-        self.shard(t).lock().get(&t).cloned().unwrap_or_default()
-    }
-
-    /// Every (backing, borrowers) pair, for audits.
-    pub(crate) fn snapshot(&self) -> Vec<(FrameId, Vec<FrameId>)> {
-        self.shards.iter().flat_map(|s| s.lock().iter().map(|(&t, c)| (t, c.clone())).collect::<Vec<_>>()).collect()
-    }
-}
 
 /// Mappers of a table frame from its packed counts.
 #[inline]
@@ -113,25 +65,19 @@ pub(crate) fn mappers_of(arena: &FrameArena, t: FrameId) -> u32 {
     mappers(arena.meta(t).counts.load(Ordering::Acquire))
 }
 
-/// How a table frame's `owner` names its backing: tagged, so that no
-/// anon_vma or object id (what `owner` holds for a page frame, and still
-/// holds in a recycled frame a stale look may meet) can read as one.
-const BACKING_TAG: u64 = 1 << 63;
-
 /// Table `c`'s backing, if it borrows: read without a lock, so only a
 /// `None` is final (a backing is set before `c` is installed and only ever
 /// cleared).
 #[inline]
 pub(crate) fn backing(arena: &FrameArena, c: FrameId) -> Option<FrameId> {
-    let o = arena.meta(c).owner.load(Ordering::Acquire);
-    (o & BACKING_TAG != 0).then_some(FrameId(o as u32))
+    arena.meta(c).table_backing()
 }
 
 /// A new PTE table borrows from nothing (its frame's `owner` may hold a
 /// previous life's anon_vma id).
 #[inline]
 pub(crate) fn init_table(arena: &FrameArena, c: FrameId) {
-    arena.meta(c).owner.store(0, Ordering::Release);
+    arena.meta(c).set_table_backing(None);
 }
 
 /// Turn the caller's mapper reference on `t` into a borrower reference
@@ -152,7 +98,7 @@ pub(crate) fn become_borrower(arena: &FrameArena, t: FrameId) -> bool {
 /// Record `c` (not yet installed) as a borrower of `t`, whose PTE lock the
 /// caller holds, after `become_borrower` succeeded.
 pub(crate) fn register(arena: &FrameArena, t: FrameId, c: FrameId) {
-    arena.meta(c).owner.store(BACKING_TAG | t.0 as u64, Ordering::Release);
+    arena.meta(c).set_table_backing(Some(t));
     arena.borrows.add(t, c);
 }
 
@@ -199,7 +145,7 @@ pub(crate) fn own_all(arena: &FrameArena, t: FrameId, base: u64, c: &Counters) {
         for i in 0..PTRS_PER_TABLE {
             own_entry(arena, &mut g, base + i as u64 * 4096);
         }
-        arena.meta(b).owner.store(0, Ordering::Release);
+        arena.meta(b).set_table_backing(None);
         drop(g);
         drop_borrower_ref(arena, t, c);
     }
@@ -211,7 +157,7 @@ pub(crate) fn own_index(arena: &FrameArena, t: FrameId, base: u64, va: u64) {
     if arena.meta(t).mapcount() == 0 {
         return;
     }
-    for b in arena.borrows.borrowers(t) {
+    for b in arena.borrows.list(t) {
         let mut g = PteTableGuard::lock(arena, b, base);
         if backing(arena, b) == Some(t) {
             own_entry(arena, &mut g, va);
@@ -247,7 +193,7 @@ pub(crate) fn detach(arena: &FrameArena, c: FrameId, base: u64, counters: &Count
     // itself for not last, or free nothing (the loom model
     // `loom_borrow_tests` caught the reverse order).
     drop_borrower_ref(arena, t, counters);
-    arena.meta(c).owner.store(0, Ordering::Release);
+    arena.meta(c).set_table_backing(None);
     arena.borrows.remove(t, c);
     drop(g);
 }

@@ -46,35 +46,90 @@ pub mod flags {
 
 /// Metadata of one frame.
 ///
-/// `refcount` counts every reference that keeps the frame alive: each PTE
-/// mapping it, a shared object's page index, a page-table parent entry (for
-/// page-table pages), and transient references taken by remote accesses.
-/// `mapcount` counts PTE mappings only (what smaps divides PSS by).
+/// A frame is of one kind at a time, told by its flags: free (no
+/// `ALLOCATED`), the zero frame (`ZERO`), a page of private anonymous memory
+/// (`ANON`, set once the frame is mapped or filled), a page of a shared
+/// object (`SHM`), or a page-table page (`PAGETABLE`). Several fields mean
+/// something else per kind; "—" is "unused, 0" (an unused lock is free).
+///
+/// | field | anonymous page | shared-object page | page-table page | zero frame |
+/// |---|---|---|---|---|
+/// | `counts` refcount | PTEs mapping it + swap cache + pins + futex keys + transient holds | 1 for the object's page index + the same | parent entries (the `Mm` for a root) + holds + 1 per borrowing table | 1, forever |
+/// | `counts` mapcount | PTEs mapping it | PTEs mapping it | tables borrowing its entries (`pgtable/borrow.rs`) | 0 |
+/// | `flags` | kind, `DIRTY`, `LOCKED`, `SWAPCACHE`, `SWAP_VALID`, `REFERENCED` | kind, `DIRTY`, `LOCKED` | kind | kind |
+/// | `pins` | pins (`mm/pin.rs`) | pins | — | — |
+/// | `ptl` | — | — | the split page-table lock (PTE tables) | — |
+/// | `swap` | swap slot + 1 while in the swap cache | — | — | — |
+/// | `owner` | anon_vma id (reverse map) | object id | the table it borrows from, tagged (`table_backing`), or 0 | — |
+/// | `index` | page offset in the anon_vma | page offset in the object | — | — |
+/// | `futex_keys` | futex waiters keyed by it | futex waiters keyed by it | — | — |
+///
+/// Who writes what, in gVisor's "X is protected by Y" style, is said on
+/// each field. Two rules cover most of it: a frame the allocator just
+/// handed out is its caller's alone until published (a PTE install under a
+/// page-table lock, a shared object's page index, the swap cache), so
+/// plain stores may set it up; and the counts are only ever changed by
+/// atomic read-modify-writes of holders (never set on a visible frame),
+/// because a scanner that looked at a frame's previous life may still drop
+/// a reference it took with `FrameArena::try_get`. The metadata of a freed
+/// frame stays readable: lock-free lookers recheck what they found.
 #[repr(C, align(64))]
 pub struct FrameMeta {
     /// `refcount` in the low 32 bits, `mapcount` in the high 32: one
     /// locked instruction takes (or drops) a reference and a mapping
     /// together, which the 512-entry table loops (fork, unshare, zap) do
     /// for every frame. Always accessed as one 64-bit atomic.
+    ///
+    /// Changed by whoever holds (or takes) the reference or mapping it
+    /// counts, with atomic adds and subtracts; `set_counts` only on a frame
+    /// nobody else can see yet. For a page-table page, `refcount -
+    /// mapcount` is its mappers, read in one load (`borrow::mappers`).
     pub(crate) counts: AtomicU64,
+    /// `flags::*` bits. `ALLOCATED` and the kind bits (`ANON`, `SHM`,
+    /// `PAGETABLE`, `ZERO`) are set when the frame is set up, before or as
+    /// it is published, and cleared all at once by the free; `LOCKED` is
+    /// the frame lock itself (`try_lock`); `SWAPCACHE` and `SWAP_VALID`
+    /// change under the swap slot's shard lock (and the frame lock when
+    /// leaving the cache, `reclaim/swap.rs`); `DIRTY` and `REFERENCED` are
+    /// hints set and cleared by atomic or/and at any time.
     pub(crate) flags: AtomicU32,
     /// Pins held by secondary users (`Mm::pin_pages`); each is counted in
-    /// `refcount` too.
+    /// `refcount` too. Taken under the page-table lock mapping the frame,
+    /// dropped with no lock, in the order `phys/pin.rs` gives. Page frames
+    /// only.
     pub(crate) pins: AtomicU32,
-    /// Split page-table lock, used when the frame is a PTE table.
+    /// Split page-table lock, used when the frame is a PTE table (its
+    /// order among the other locks is at the top of `mm/mod.rs`). Unused,
+    /// and so free, on every other kind.
     pub(crate) ptl: parking_lot::RawMutex,
-    /// Swap slot + 1 while in the swap cache (0: none).
+    /// Swap slot + 1 while in the swap cache (0: none). Written under the
+    /// slot's shard lock of the swap space (cleared also under the frame
+    /// lock); read without a lock by a fault that then rechecks it.
     pub(crate) swap: AtomicU32,
-    /// Owner of the frame for reverse mapping (anon_vma or shared object id).
+    /// Page frames: the owner for reverse mapping (anon_vma id for `ANON`,
+    /// shared object id for `SHM`), written while the frame is its
+    /// writer's alone (new, being read in, a migration's copy) and then
+    /// constant until freed. Page-table frames: the backing table tagged
+    /// with [`BACKING_TAG`] while the table borrows, else 0 (see
+    /// [`table_backing`](Self::table_backing)); set before the table is
+    /// installed, cleared under the table's own PTE lock.
     pub(crate) owner: AtomicU64,
-    /// Page offset of the frame within its owner.
+    /// Page frames: the page offset within the owner, written and kept as
+    /// `owner` is. Unused (0) on page-table frames.
     pub(crate) index: AtomicU64,
     /// Futex waiters whose key names this frame (physical keys); each holds
     /// one of `refcount`, taken before it is counted here and dropped after
     /// it is uncounted, so this never exceeds the references it stands for.
     /// COW's reuse test leaves them out (see `mm::fault::anon_exclusive`).
+    /// Changed by the futex code (sequentially consistent adds), page
+    /// frames only.
     pub(crate) futex_keys: AtomicU32,
 }
+
+/// How a page-table frame's `owner` names its backing table: tagged, so
+/// that no anon_vma or object id (what `owner` holds for a page frame, and
+/// still holds in a recycled frame a stale look may meet) reads as one.
+pub(crate) const BACKING_TAG: u64 = 1 << 63;
 
 const _: () = assert!(std::mem::size_of::<FrameMeta>() <= 64);
 
@@ -114,10 +169,10 @@ impl FrameMeta {
         self.pins.load(Ordering::Acquire)
     }
     /// References that are not pins: what COW's reuse test looks at (see
-    /// `mm::pin::unpinned_refs`).
+    /// `phys::pin::unpinned_refs`).
     #[inline]
     pub(crate) fn unpinned_refs(&self) -> u32 {
-        crate::mm::pin::unpinned_refs(self)
+        super::pin::unpinned_refs(self)
     }
     #[inline]
     pub fn flags(&self) -> u32 {
@@ -141,6 +196,21 @@ impl FrameMeta {
         // A plain load first: the common answer (not set) takes no locked
         // instruction and leaves the line shared.
         self.flags() & f != 0 && self.flags.fetch_and(!f, Ordering::AcqRel) & f != 0
+    }
+
+    /// A page-table frame's backing table (the table whose entries it
+    /// borrows, `pgtable/borrow.rs`), if it has one. Read without a lock;
+    /// only a `None` is final there.
+    #[inline]
+    pub(crate) fn table_backing(&self) -> Option<super::FrameId> {
+        let o = self.owner.load(Ordering::Acquire);
+        (o & BACKING_TAG != 0).then_some(super::FrameId(o as u32))
+    }
+
+    /// Set (or clear, with `None`) a page-table frame's backing table.
+    #[inline]
+    pub(crate) fn set_table_backing(&self, t: Option<super::FrameId>) {
+        self.owner.store(t.map_or(0, |t| BACKING_TAG | t.0 as u64), Ordering::Release);
     }
 
     /// Take the frame lock if it is free. Holders: reclaim and migration of
@@ -181,7 +251,7 @@ impl FrameMeta {
     }
 }
 
-impl crate::mm::pin::PinCounts for FrameMeta {
+impl super::pin::PinCounts for FrameMeta {
     #[inline]
     fn refs(&self) -> u32 {
         self.refcount()

@@ -18,7 +18,9 @@
 
 mod alloc;
 mod host;
+pub(crate) mod links;
 pub(crate) mod meta;
+pub(crate) mod pin;
 pub(crate) mod pressure;
 
 pub use meta::{flags, FrameMeta};
@@ -51,9 +53,10 @@ pub struct FrameArena {
     /// Wakes the background reclaimer as the limit nears (shared with it:
     /// it waits there while the arena may be gone).
     pub(crate) pressure: std::sync::Arc<pressure::Pressure>,
-    /// Which PTE tables borrow from which (`pgtable/borrow.rs`): part of
-    /// page-table frames' metadata, kept beside it.
-    pub(crate) borrows: crate::pgtable::borrow::Registry,
+    /// Which PTE tables borrow from which: links stored for
+    /// `pgtable/borrow.rs`, which gives them their meaning (the arena
+    /// never reads them).
+    pub(crate) borrows: links::FrameLinks,
     /// Set by the swap space while it has no free slot (shared with it).
     /// Then the last frame below the limit is kept for swap-in
     /// (`alloc_swap_in`): reclaim can always free a page read back (its
@@ -225,15 +228,15 @@ impl FrameArena {
     /// `folio_maybe_dma_pinned`, exact here).
     #[inline]
     pub(crate) fn pin(&self, f: FrameId) {
-        crate::mm::pin::take_pin(self.meta(f));
+        pin::take_pin(self.meta(f));
     }
 
     /// Drop a pin; frees the frame when its reference was the last (the
-    /// page was unmapped while pinned). See `mm::pin::drop_pin` for the
+    /// page was unmapped while pinned). See `pin::drop_pin` for the
     /// order of the two decrements.
     #[inline]
     pub(crate) fn unpin(&self, f: FrameId) -> bool {
-        let old = crate::mm::pin::drop_pin(self.meta(f));
+        let old = pin::drop_pin(self.meta(f));
         debug_assert!(old > 0, "refcount underflow on frame {}", f.0);
         old == 1 && self.free_released(f)
     }
