@@ -325,7 +325,7 @@ fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, ac
         return None; // the entry changed under us: take the locked path
     }
     // Only the entry becomes dirty, as with a CPU's write: the frame itself
-    // is marked when the entry is zapped (see `zap_range`).
+    // is marked when the entry is zapped (see `Change::zap`).
     Some(pte.with(want))
 }
 
