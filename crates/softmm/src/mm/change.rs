@@ -36,7 +36,6 @@
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::Result;
-use crate::few::Few;
 use crate::notifier::{Event, Invalidation};
 use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
 use crate::phys::{FrameArena, FrameId};
@@ -54,9 +53,8 @@ pub(crate) struct Change<'a> {
     /// vcache's clients get; `None` once the space has exited (every page
     /// then translates to nothing).
     st: Option<&'a MmState>,
-    /// Secondary MMUs' brackets opened (usually one; fork opens one per
-    /// VMA it copies), all ended last.
-    invs: Few<Invalidation>,
+    /// The secondary MMUs' bracket, if one was opened.
+    inv: Option<Invalidation>,
     gather: Gather,
     /// The calling accessor's TLB slot, which the shootdown need not wait for.
     except: Option<&'a Slot>,
@@ -70,9 +68,9 @@ impl<'a> Change<'a> {
     /// given (a fault with nobody listening passes `None` and costs no call).
     #[inline]
     pub(crate) fn open(mm: &'a MmInner, st: Option<&'a MmState>, lo: u64, hi: u64, event: Option<Event>) -> Self {
-        let mut c = Change { mm, st, invs: Few::default(), gather: Gather::default(), except: None, changed: (0, 0) };
+        let mut c = Change { mm, st, inv: None, gather: Gather::default(), except: None, changed: (0, 0) };
         if let Some(event) = event {
-            c.bracket(lo, hi, event);
+            c.inv = Some(mm.notifiers.start_blocking(lo, hi, event));
         }
         c
     }
@@ -90,11 +88,6 @@ impl<'a> Change<'a> {
     pub(crate) fn except(mut self, slot: Option<&'a Slot>) -> Self {
         self.except = slot;
         self
-    }
-
-    /// Open one more bracket (blocking) for `[lo, hi)`, ended with the others.
-    pub(crate) fn bracket(&mut self, lo: u64, hi: u64, event: Event) {
-        self.invs.push(self.mm.notifiers.start_blocking(lo, hi, event));
     }
 
     /// The deferred work of the caller's own changes under a page-table
@@ -232,7 +225,7 @@ impl Drop for Change<'_> {
         // shootdown hands out).
         std::mem::take(&mut self.gather).finish(mm, self.except);
         // 6. Secondary MMUs may map again.
-        for inv in self.invs.drain() {
+        if let Some(inv) = self.inv.take() {
             mm.notifiers.end(inv);
         }
     }

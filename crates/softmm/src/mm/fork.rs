@@ -26,16 +26,18 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     // Pins are taken under the mmap_lock held for reading: none appears
     // while we hold it for writing.
     let pinned = parent.has_pinned.load(std::sync::atomic::Ordering::Relaxed);
-    // One change of the parent for the whole fork: a bracket per VMA whose
-    // entries lose write, one shootdown at the end.
-    let mut change = Change::open(parent, Some(&pst), 0, 0, None);
     for v in pst.vmas.iter() {
         // The child's VMA is linked into the anon_vmas before any entry is
         // copied: a reverse-map walk relies on it (`rmap::rmap_walk`).
         let cv = v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref);
         if needs_copy(v) {
             // Linux's copy_page_range: the parent's entries lose write.
-            change.bracket(v.start, v.end, Event::Protection);
+            // A bracket per VMA whose entries lose write, in address
+            // order; the shootdown for them all comes once, below (as
+            // Linux's `dup_mmap` flushes after every `copy_page_range`):
+            // nothing is freed, and secondary MMUs dropped their mappings
+            // at the start.
+            let _change = Change::open(parent, Some(&pst), v.start, v.end, Some(Event::Protection));
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
             let copy = CopyRange { parent, ppt, cpt, child_anon: anon_id(&cv), pinned };
             result = match policy {
@@ -53,6 +55,7 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     drop(cst);
     // Write-protected parent entries: no accessor may keep writing through
     // a stale writable translation into a now shared frame.
+    let mut change = Change::open(parent, Some(&pst), 0, 0, None);
     if flush || result.is_err() {
         change.need_flush();
     }
