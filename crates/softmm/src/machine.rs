@@ -99,6 +99,15 @@ pub(crate) struct MachineInner {
 }
 
 impl MachineInner {
+    /// The clients of the vcache (`vcache::Client`), which every change of
+    /// translations tells: futexes, the one so far.
+    #[inline]
+    pub(crate) fn vcache_clients(&self) -> [&dyn crate::vcache::Client; 1] {
+        [&self.futexes]
+    }
+}
+
+impl MachineInner {
     /// One more `Machine` or `Mm` value.
     pub(crate) fn hold(&self) {
         self.handles.fetch_add(1, Ordering::Relaxed);

@@ -31,8 +31,65 @@
 //! page-table lock. Callbacks may take futex bucket locks (inner to this);
 //! two vcache buckets are taken together only in index order.
 
-use crate::phys::FrameId;
+use crate::phys::{FrameArena, FrameId};
 use crate::sync::{fence, Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
+
+/// A subscriber of the vcache (seed 003's `callback`): it attaches entries
+/// of its own kind (`Vcache<Entry>`) and is called back for them when the
+/// translation of their page changes. Futexes are one (`futex::Futexes`);
+/// the machine lists its clients (`MachineInner::vcache_clients`), and a
+/// changer of translations reaches them only through [`invalidate`] (the
+/// change type `mm::Change` calls it), never a client directly.
+pub(crate) trait Client: Sync {
+    /// The translations of `[lo, hi)` in space `mm` changed (the page
+    /// tables say so): call back this client's entries there, under their
+    /// bucket locks. `now(va)` is what the page at `va` is now (a frame
+    /// comes referenced for the callee; `frames` takes references back).
+    fn invalidate(&self, frames: &FrameArena, mm: u64, lo: u64, hi: u64, now: &dyn Fn(u64) -> Translation);
+
+    /// Space `mm` is gone and its translations are shot down: drop
+    /// whatever this client keeps for it (entries counted in `users`).
+    fn release(&self, frames: &FrameArena, users: &AtomicUsize, mm: u64);
+}
+
+/// The changer's side of the fence pairing (see the top of this file):
+/// after writing the entries, a full fence, then whether `users` (a
+/// space's count of entries) says anything is attached.
+#[inline]
+pub(crate) fn attached(users: &AtomicUsize) -> bool {
+    fence(Ordering::SeqCst);
+    users.load(Ordering::SeqCst) != 0
+}
+
+/// Tell every client that the translations of `[lo, hi)` in `mm` changed:
+/// one fence and one load when the space has no entries (`users`).
+pub(crate) fn invalidate(
+    clients: &[&dyn Client],
+    users: &AtomicUsize,
+    frames: &FrameArena,
+    mm: u64,
+    lo: u64,
+    hi: u64,
+    now: &dyn Fn(u64) -> Translation,
+) {
+    if attached(users) {
+        for c in clients {
+            c.invalidate(frames, mm, lo, hi, now);
+        }
+    }
+}
+
+/// Space `mm` is gone (its translations shot down): every client lets go.
+pub(crate) fn release(clients: &[&dyn Client], users: &AtomicUsize, frames: &FrameArena, mm: u64) {
+    for c in clients {
+        c.release(frames, users, mm);
+    }
+}
+
+/// A new per-space count of attached entries (`MmInner::vcache_users`).
+pub(crate) fn new_users() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
 
 /// Buckets of the hash; few under loom so that the model meets collisions.
 const BUCKETS: usize = if cfg!(loom) { 2 } else { 1024 };
@@ -137,12 +194,17 @@ impl<C> Vcache<C> {
     /// The translations of `[lo, hi)` in `mm` changed (the page tables
     /// already say so): call `callback(client, page)` for every entry there,
     /// under its bucket lock. `users` is `mm`'s count of entries: with none,
-    /// this is one fence and one load.
+    /// this is one fence and one load. (Changers go through the free
+    /// [`invalidate`], which tells every client; the models call this.)
+    #[cfg(loom)]
     pub(crate) fn invalidate(&self, users: &AtomicUsize, mm: u64, lo: u64, hi: u64, callback: impl Fn(&Arc<C>, u64)) {
-        fence(Ordering::SeqCst);
-        if users.load(Ordering::SeqCst) == 0 {
-            return;
+        if attached(users) {
+            self.call_range(mm, lo, hi, callback);
         }
+    }
+
+    /// `invalidate` after the caller's own `attached` check.
+    pub(crate) fn call_range(&self, mm: u64, lo: u64, hi: u64, callback: impl Fn(&Arc<C>, u64)) {
         let (lo, hi) = (lo & !0xfff, hi);
         let pages = hi.saturating_sub(lo).div_ceil(4096);
         let call = |index: usize| {

@@ -232,30 +232,25 @@ impl Futexes {
     }
 }
 
-/// Fire the vcache for `[lo, hi)` of `mm` after its page tables changed.
-/// With no waiter in `mm`, one fence and one load.
-pub(crate) fn invalidate(mm: &MmInner, st: Option<&MmState>, lo: u64, hi: u64) {
-    let fx = &mm.machine.futexes;
-    let arena = mm.arena();
-    let lookup = |va: u64| match st {
-        Some(st) => resolve::page_now(mm, st, va),
-        None => Translation::None,
-    };
-    fx.vcache.invalidate(&mm.vcache_users, mm.id, lo, hi, |node, page| {
-        table::follow(&fx.table, arena, node, mm.id, page, &lookup)
-    });
-}
+/// Futexes are a vcache client: a waiter keyed by a frame follows its
+/// page when the translation changes, and a space that exits ends the
+/// waits it started.
+impl crate::vcache::Client for Futexes {
+    fn invalidate(&self, frames: &FrameArena, mm: u64, lo: u64, hi: u64, now: &dyn Fn(u64) -> Translation) {
+        self.vcache.call_range(mm, lo, hi, |node, page| table::follow(&self.table, frames, node, mm, page, now));
+    }
 
-/// The address space `mm` exited (its page tables are gone): end every
-/// wait it started, as Linux's exit ends the threads that wait. Each ends
-/// `Exited` (`Error::Exited` to whoever waits on it), its frame reference
-/// dropped and its vcache entries detached now, whether or not the host
-/// ever drops its `FutexWaiter`.
-pub(crate) fn exit(mm: &MmInner) {
-    let fx = &mm.machine.futexes;
-    for (notify, node) in fx.table.end_owned(mm.id) {
-        waiter::release_from(&fx.vcache, &mm.vcache_users, mm.arena(), &node, true);
-        notify.notify(&node);
+    /// End every wait the space started, as Linux's exit ends the threads
+    /// that wait. Each ends `Exited` (`Error::Exited` to whoever waits on
+    /// it), its frame reference dropped and its vcache entries detached
+    /// now, whether or not the host ever drops its `FutexWaiter`. Runs
+    /// after the space's shootdown: a waiter's reference may be its
+    /// frame's last.
+    fn release(&self, frames: &FrameArena, users: &AtomicUsize, mm: u64) {
+        for (notify, node) in self.table.end_owned(mm) {
+            waiter::release_from(&self.vcache, users, frames, &node, true);
+            notify.notify(&node);
+        }
     }
 }
 
@@ -707,9 +702,4 @@ impl crate::Mm {
     pub fn vcache_entries(&self) -> usize {
         self.inner.vcache_users.load(Ordering::SeqCst)
     }
-}
-
-/// The number of vcache entries of an mm, as a shared counter.
-pub(crate) fn new_users() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
 }

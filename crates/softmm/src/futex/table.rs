@@ -512,7 +512,7 @@ impl FutexTable {
     /// Take every queued waiter that address space `owner` started off its
     /// queue, as `Exited` (the space is gone: nothing can wake them through
     /// it any more, and Linux's exit ends the threads that wait). Returns
-    /// them, still to be released and told (`futex::exit`). Bucket by
+    /// them, still to be released and told (`vcache::Client::release` for `Futexes`). Bucket by
     /// bucket, again whenever a waiter moved between buckets meanwhile (it
     /// may have moved behind the scan).
     pub(crate) fn end_owned(&self, owner: u64) -> Vec<(Notify, Arc<Node>)> {

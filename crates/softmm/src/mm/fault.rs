@@ -14,10 +14,12 @@
 //! - A write to a present writable page that is not yet dirty sets the dirty
 //!   bit, as the CPU does on its first write through a clean entry.
 
+use super::change::Change;
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::{Error, Result, SegvKind};
-use crate::pgtable::{share, PteTableGuard, PTE_TABLE_SPAN};
+use crate::notifier::Event;
+use crate::pgtable::{PteTableGuard, PTE_TABLE_SPAN};
 use crate::phys::{flags, FrameId, ZERO_FRAME};
 use crate::pte::Pte;
 use crate::stats::Counters;
@@ -182,13 +184,10 @@ fn fault_once<const NOTIFY: bool>(
     // (seed 001: a write fault, a COW, or installing an entry).
     if pt.pte_table_shared(arena, va) {
         let base = va & !(PTE_TABLE_SPAN - 1);
-        let inv = NOTIFY.then(|| mm.notifiers.start_blocking(base, base + PTE_TABLE_SPAN, crate::notifier::Event::Cow));
-        let r = share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_deref());
-        if let Some(inv) = inv {
-            mm.notifiers.end(inv);
-        }
-        r?;
-        crate::futex::invalidate(mm, Some(st), base, base + PTE_TABLE_SPAN);
+        let mut change = Change::open(mm, Some(st), base, base + PTE_TABLE_SPAN, NOTIFY.then_some(Event::Cow));
+        change.unshare(pt, va)?;
+        change.translations_changed(base, base + PTE_TABLE_SPAN);
+        drop(change);
         let now = pt.follow_pte(arena, va);
         if let Some(pte) = fast_path(mm, pt, va, now, access) {
             return Ok(Some(pte));
@@ -229,8 +228,8 @@ fn fault_once<const NOTIFY: bool>(
     // secondary MMUs drop the page first (not under the page-table lock,
     // since a subscriber may sleep).
     let cow = cur.is_present() && access.breaks_cow() && !cur.is_writable();
-    let inv = (NOTIFY && cow).then(|| mm.notifiers.start_blocking(va, va + 4096, crate::notifier::Event::Cow));
-    let mut gather = Gather::default();
+    let bracketed = NOTIFY && cow;
+    let mut change = Change::open(mm, Some(st), va, va + 4096, bracketed.then_some(Event::Cow)).except(except);
     let result = {
         let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
         let entry = g.get(va);
@@ -246,23 +245,20 @@ fn fault_once<const NOTIFY: bool>(
             // The entry became a present read-only one since `cur` (a racing
             // read fault): a write now copies on write, which secondary MMUs
             // must hear about first. Look again with the bracket in place.
-            None if NOTIFY && inv.is_none() && access.breaks_cow() && entry.is_present() && !entry.is_writable() => {
+            None if NOTIFY && !bracketed && access.breaks_cow() && entry.is_present() && !entry.is_writable() => {
                 Ok(None)
             }
-            None => handle_pte_fault(mm, st, vma, &mut g, va, access, &mut gather).map(Some),
+            None => handle_pte_fault(mm, st, vma, &mut g, va, access, change.gather()).map(Some),
         }
     };
-    gather.finish(mm, except);
-    if let Some(inv) = inv {
-        mm.notifiers.end(inv);
-    }
     // A new frame for a page that had one (COW, or the zero frame's first
-    // write): tell the vcache, now that the page table says so.
+    // write): the vcache hears of it when the change ends.
     if let Ok(Some(new)) = &result {
         if cur.is_present() && new.frame() != cur.frame() {
-            crate::futex::invalidate(mm, Some(st), va, va + 4096);
+            change.translations_changed(va, va + 4096);
         }
     }
+    drop(change);
     result
 }
 
@@ -325,11 +321,11 @@ fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, ac
     if pte.raw() & want == want {
         return Some(pte);
     }
-    if !pt.set_bits_lockless(mm.arena(), va, pte, want) {
+    if !super::change::set_young_dirty(pt, mm.arena(), va, pte, want) {
         return None; // the entry changed under us: take the locked path
     }
     // Only the entry becomes dirty, as with a CPU's write: the frame itself
-    // is marked when the entry is zapped (see `zap_range`).
+    // is marked when the entry is zapped (see `Change::zap`).
     Some(pte.with(want))
 }
 

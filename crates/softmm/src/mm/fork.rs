@@ -1,9 +1,9 @@
 //! fork (`dup_mmap` + `copy_page_range`) and exit (`exit_mmap`).
 
-use super::gather::Gather;
-use super::mmap::zap_pte;
+use super::change::Change;
 use super::{ForkPolicy, Mm, MmInner, MmState};
 use crate::error::{Error, Result};
+use crate::notifier::Event;
 use crate::pgtable::{share, PageTable, PteTableGuard, PTE_TABLE_SPAN};
 use crate::phys::flags;
 use crate::phys::{FrameArena, FrameId};
@@ -32,14 +32,18 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
         let cv = v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref);
         if needs_copy(v) {
             // Linux's copy_page_range: the parent's entries lose write.
-            let inv = parent.notifiers.start_blocking(v.start, v.end, crate::notifier::Event::Protection);
+            // A bracket per VMA whose entries lose write, in address
+            // order; the shootdown for them all comes once, below (as
+            // Linux's `dup_mmap` flushes after every `copy_page_range`):
+            // nothing is freed, and secondary MMUs dropped their mappings
+            // at the start.
+            let _change = Change::open(parent, Some(&pst), v.start, v.end, Some(Event::Protection));
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
             let copy = CopyRange { parent, ppt, cpt, child_anon: anon_id(&cv), pinned };
             result = match policy {
                 ForkPolicy::CopyTables => copy.copy_page_range(v, v.start, v.end, &mut flush),
                 ForkPolicy::SharedTables => copy.share_page_range(&pst, v, &mut last_span, &mut flush),
             };
-            parent.notifiers.end(inv);
         }
         // A VMA whose copy failed half-way still goes in, so that dropping
         // the child below releases what was copied.
@@ -49,18 +53,17 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
         }
     }
     drop(cst);
+    // Write-protected parent entries: no accessor may keep writing through
+    // a stale writable translation into a now shared frame.
+    let mut change = Change::open(parent, Some(&pst), 0, 0, None);
+    if flush || result.is_err() {
+        change.need_flush();
+    }
+    drop(change);
     if let Err(e) = result {
         drop(pst);
-        parent.tlb.flush(None);
         drop(child);
         return Err(e);
-    }
-    if flush {
-        // Write-protected parent entries: no accessor may keep writing
-        // through a stale writable translation into a now shared frame.
-        if parent.tlb.flush(None) {
-            Counters::bump(&machine.counters.tlb_flushes);
-        }
     }
     drop(pst);
     Counters::bump(&machine.counters.forks);
@@ -252,29 +255,16 @@ pub(crate) fn do_exit(mm: &MmInner) {
     mm.root.store(0, Ordering::Release);
     let arena = mm.arena();
     let c = &mm.machine.counters;
-    let mut gather = Gather::for_write_locked(mm);
-    let inv = mm.notifiers.start_blocking(0, crate::pgtable::TASK_SIZE, crate::notifier::Event::Release);
-    pt.for_each_pmd(arena, 0, crate::pgtable::TASK_SIZE, |s, e, lo, _| {
-        let base = lo & !(PTE_TABLE_SPAN - 1);
-        if !e.is_writable() {
-            let pending = gather.shootdown_pending();
-            let left = share::drop_shared(arena, s, e, base, c, pending, |_, p| zap_pte(&mm.machine, p, &mut gather));
-            if let share::Left::Later(t) = left {
-                gather.drop_table_later(t, base);
-            }
-            return;
-        }
-        crate::mm::mmap::zap_table_entries(mm, e.frame(), base, base, base + PTE_TABLE_SPAN, &mut gather);
-    });
+    let vmas = std::mem::take(&mut st.vmas);
+    let mut change = Change::open(mm, None, 0, crate::pgtable::TASK_SIZE, Some(Event::Release)).write_locked();
+    change.zap_all(&pt);
     let freed = pt.destroy(arena, c);
     c.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
-    crate::futex::invalidate(mm, None, 0, crate::pgtable::TASK_SIZE);
-    let vmas = std::mem::take(&mut st.vmas);
-    gather.need_flush();
-    gather.finish(mm, None);
+    change.need_flush();
+    drop(change);
     // After the shootdown: a waiter's reference may be its frame's last.
-    crate::futex::exit(mm);
-    mm.notifiers.end(inv);
+    let m = &mm.machine;
+    crate::vcache::release(&m.vcache_clients(), &mm.vcache_users, arena, mm.id);
     mm.notifiers.release();
     drop(st);
     drop(vmas);

@@ -82,13 +82,38 @@ impl Gather {
 
     /// Shoot down stale translations, then release the frames. `except` is
     /// the calling accessor's slot, if the operation runs on behalf of one.
+    #[inline]
     pub(crate) fn finish(self, mm: &MmInner, except: Option<&Slot>) {
         if !self.flush {
             return;
         }
-        if mm.tlb.flush(except) {
+        self.shootdown(mm, except).release(mm);
+    }
+
+    /// Shoot down stale translations; the references to drop come back as
+    /// a [`Deferred`], the only way to reach them, so they can be released
+    /// only after the shootdown.
+    pub(crate) fn shootdown(self, mm: &MmInner, except: Option<&Slot>) -> Deferred {
+        if self.flush && mm.tlb.flush(except) {
             Counters::bump(&mm.machine.counters.tlb_flushes);
         }
+        Deferred { first: self.first, rest: self.rest, tables: self.tables }
+    }
+}
+
+/// References a change dropped, whose translations are shot down now
+/// (`Gather::shootdown` makes the only ones): frames, and shared tables
+/// this space left.
+#[must_use = "deferred references must be released"]
+pub(crate) struct Deferred {
+    first: Option<FrameId>,
+    rest: Vec<FrameId>,
+    tables: Vec<(FrameId, u64)>,
+}
+
+impl Deferred {
+    /// Drop the references.
+    pub(crate) fn release(self, mm: &MmInner) {
         let arena = mm.arena();
         for f in self.first.into_iter().chain(self.rest) {
             arena.put(f);

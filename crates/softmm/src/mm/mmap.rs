@@ -2,11 +2,13 @@
 //! they imply (`zap_pte_range`, `change_protection`, `free_pgtables`).
 
 use super::args::{self, Advice, Placement};
+use super::change::Change;
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::{Error, Result};
-use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN, TASK_SIZE};
-use crate::phys::{FrameArena, FrameId};
+use crate::few::Few;
+use crate::notifier::Event;
+use crate::pgtable::{PageTable, PTE_TABLE_SPAN, TASK_SIZE};
 use crate::pte::Pte;
 use crate::sync::Ordering;
 use crate::vma::{AnonLink, Backing, MapKind, Prot, Vma};
@@ -76,22 +78,19 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
         return Ok(());
     }
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
-    unshare_range(mm, pt, start, end, true)?;
+    unshare_range(mm, st, pt, start, end, true)?;
     let removed = st.vmas.remove_range(start, end);
-    // Borrowed again after the VMA change; checked before the bracket
+    let st: &MmState = st;
+    // Borrowed again after the VMA change; checked before the change
     // opens, so that no return can skip its end.
     let Some(pt) = st.pt.as_ref() else { return Ok(()) };
-    let inv = mm.notifiers.start_blocking(start, end, crate::notifier::Event::Unmap);
-    let arena = mm.arena();
-    let mut gather = Gather::for_write_locked(mm);
-    zap_range(mm, pt, start, end, true, &mut gather);
-    crate::futex::invalidate(mm, Some(st), start, end);
+    let mut change = Change::open(mm, Some(st), start, end, Some(Event::Unmap)).write_locked();
+    change.zap(pt, start, end, true);
     let floor = st.vmas.floor(start);
     let ceiling = st.vmas.ceiling(end, 1 << 48);
-    let freed = pt.free_tables(arena, &mm.machine.counters, start, end, floor, ceiling);
+    let freed = pt.free_tables(mm.arena(), &mm.machine.counters, start, end, floor, ceiling);
     mm.machine.counters.page_tables.fetch_sub(freed as u64, Ordering::Relaxed);
-    gather.finish(mm, None);
-    mm.notifiers.end(inv);
+    drop(change);
     // Shared objects of removed VMAs go when their last VMA does.
     drop(removed);
     Ok(())
@@ -100,7 +99,14 @@ fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<
 /// Make every shared PTE table overlapping `[start, end)` this space's own
 /// (`partial_only`: only those the range does not cover whole, which a zap
 /// may simply drop).
-pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, partial_only: bool) -> Result<()> {
+pub(crate) fn unshare_range(
+    mm: &MmInner,
+    st: &MmState,
+    pt: &PageTable,
+    start: u64,
+    end: u64,
+    partial_only: bool,
+) -> Result<()> {
     let arena = mm.arena();
     let mut ro: Vec<u64> = Vec::new();
     pt.for_each_pmd(arena, start, end, |_, e, lo, hi| {
@@ -110,8 +116,14 @@ pub(crate) fn unshare_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, 
             ro.push(lo);
         }
     });
+    if ro.is_empty() {
+        return Ok(());
+    }
+    // The same entries in a table of this space's own: no translation
+    // changes, so the change is opened with no event.
+    let mut change = Change::open(mm, Some(st), start, end, None);
     for va in ro {
-        share::unshare(arena, pt, va, &mm.machine.counters, mm.machine.reclaim.swap.as_deref())?;
+        change.unshare(pt, va)?;
     }
     Ok(())
 }
@@ -169,45 +181,6 @@ fn free_swap_cache(swap: &crate::reclaim::swap::SwapSpace, arena: &crate::phys::
     }
 }
 
-/// `zap_pte_range` over `[start, end)`: clear every entry, drop mappings,
-/// and defer the frame references to `gather`. A shared PTE table the range
-/// covers whole is dropped instead (`may_drop`, under the write lock: only
-/// its last sharer zaps it); one covered in part must have been unshared.
-pub(crate) fn zap_range(mm: &MmInner, pt: &PageTable, start: u64, end: u64, may_drop: bool, gather: &mut Gather) {
-    let arena = mm.arena();
-    let c = &mm.machine.counters;
-    pt.for_each_pmd(arena, start, end, |s, e, lo, hi| {
-        let base = lo & !(PTE_TABLE_SPAN - 1);
-        if !e.is_writable() {
-            debug_assert!(may_drop && hi - lo == PTE_TABLE_SPAN, "partial zap of a shared PTE table");
-            let pending = gather.shootdown_pending();
-            if let share::Left::Later(t) =
-                share::drop_shared(arena, s, e, base, c, pending, |_, p| zap_pte(&mm.machine, p, gather))
-            {
-                gather.drop_table_later(t, base);
-            }
-            return;
-        }
-        zap_table_entries(mm, e.frame(), base, lo, hi, gather);
-    });
-}
-
-/// Zap `[lo, hi)` of this space's own PTE table `t` (covering `base`). If
-/// `t` borrows entries and accessors may cache them until the shootdown,
-/// first take a hold on its backing (`pgtable/borrow.rs`): the backing's
-/// last mapper could otherwise free their frames before that.
-pub(crate) fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi: u64, gather: &mut Gather) {
-    let arena = mm.arena();
-    if gather.shootdown_pending() {
-        if let Some(b) = crate::pgtable::borrow::hold(arena, t, base) {
-            gather.drop_table_later(b, base);
-        }
-    }
-    if crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| zap_pte(&mm.machine, p, gather)) {
-        gather.need_flush();
-    }
-}
-
 pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Result<()> {
     let Some(end) = args::mprotect_range(addr, len)? else { return Ok(()) };
     let mut st = mm.state.write();
@@ -220,10 +193,11 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     // Entries are about to change: every shared table in the range becomes
     // this space's own first (the only step that can fail, with ENOMEM).
     if let Some(pt) = st.pt.as_ref() {
-        unshare_range(mm, pt, addr, end, false)?;
+        unshare_range(mm, &st, pt, addr, end, false)?;
     }
-    let inv = mm.notifiers.start_blocking(addr, end, crate::notifier::Event::Protection);
-    let mut gather = Gather::default();
+    // The VMAs first, remembering the pieces whose entries change; then
+    // the entries, in one change of the space.
+    let mut pieces: Few<(u64, u64, bool)> = Few::default();
     let mut tmp = addr;
     let mut result = Ok(());
     while tmp < end {
@@ -240,10 +214,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
                 piece.prot = prot;
                 piece.account = new_account;
             }
-            let shared = v_kind_at(&st, tmp) == Some(MapKind::Shared);
-            if let Some(pt) = st.pt.as_ref() {
-                change_protection(mm.arena(), pt, tmp, hi, prot, shared, &mut gather);
-            }
+            pieces.push((tmp, hi, v_kind_at(&st, tmp) == Some(MapKind::Shared)));
         }
         tmp = hi;
         if hi < end && st.vmas.find(hi).is_none_or(|n| n.start != hi) {
@@ -251,9 +222,19 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
             break;
         }
     }
+    let stop = tmp.min(end);
+    {
+        let mut change = Change::open(mm, Some(&st), addr, end, Some(Event::Protection));
+        if let Some(pt) = st.pt.as_ref() {
+            for &(lo, hi, shared) in pieces.iter() {
+                change.protect(pt, lo, hi, prot, shared);
+            }
+        }
+        // As before the change type: every page of the range is looked at.
+        change.translations_changed(addr, stop);
+    }
     // Merge the changed pieces with each other and their neighbours.
     let mut b = addr;
-    let stop = tmp.min(end);
     loop {
         st.vmas.try_merge_at(b);
         match st.vmas.find(b).map(|v| v.end) {
@@ -262,9 +243,6 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         }
     }
     st.vmas.try_merge_at(stop);
-    crate::futex::invalidate(mm, Some(&st), addr, stop);
-    gather.finish(mm, None);
-    mm.notifiers.end(inv);
     result
 }
 
@@ -284,44 +262,6 @@ fn v_kind_at(st: &MmState, va: u64) -> Option<MapKind> {
     st.vmas.find(va).map(|v| v.kind())
 }
 
-/// Rewrite the permission bits of present entries in `[start, end)`.
-/// Private pages never become writable here (COW decides at the next write
-/// fault); shared pages become writable when the protection allows it.
-fn change_protection(
-    arena: &FrameArena,
-    pt: &PageTable,
-    start: u64,
-    end: u64,
-    prot: Prot,
-    shared: bool,
-    gather: &mut Gather,
-) {
-    pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
-        let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1));
-        let mut va = lo;
-        while va < hi {
-            let pte = g.get(va);
-            // A migration entry carries the flags it will be restored
-            // with: they change as the present entry's would.
-            if pte.is_present() || pte.is_migration() {
-                let mut new = if prot.readable() { pte.with(Pte::USER) } else { pte.without(Pte::USER) };
-                if !prot.writable() {
-                    new = new.without(Pte::WRITE);
-                } else if shared && !pte.is_borrowed() {
-                    new = new.with(Pte::WRITE);
-                }
-                if new != pte {
-                    g.set(va, new);
-                    if (pte.is_writable() && !new.is_writable()) || (pte.is_user() && !new.is_user()) {
-                        gather.need_flush();
-                    }
-                }
-            }
-            va += 4096;
-        }
-    });
-}
-
 pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> Result<()> {
     let Some(end) = args::madvise_range(addr, len)? else { return Ok(()) };
     match advice {
@@ -330,22 +270,21 @@ pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> R
     let st = mm.state.read();
     let Some(pt) = st.pt.as_ref() else { return Err(Error::Exited) };
     // Under the read lock no table may be dropped: unshare, then zap.
-    unshare_range(mm, pt, addr, end, false)?;
-    let inv = mm.notifiers.start_blocking(addr, end, crate::notifier::Event::Clear);
-    let mut gather = Gather::default();
+    unshare_range(mm, &st, pt, addr, end, false)?;
+    let mut change = Change::open(mm, Some(&st), addr, end, Some(Event::Clear));
     let mut covered = addr;
     let mut hole = false;
     for v in st.vmas.overlapping(addr, end) {
         if v.start > covered {
             hole = true;
         }
-        zap_range(mm, pt, v.start.max(addr), v.end.min(end), false, &mut gather);
+        change.zap(pt, v.start.max(addr), v.end.min(end), false);
         covered = v.end;
     }
-    crate::futex::invalidate(mm, Some(&st), addr, end);
+    // As before the change type: every page of the range is looked at.
+    change.translations_changed(addr, end);
+    drop(change);
     drop(st);
-    gather.finish(mm, None);
-    mm.notifiers.end(inv);
     if hole || covered < end {
         return Err(Error::NotMapped { addr, len });
     }

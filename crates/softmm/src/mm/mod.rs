@@ -74,6 +74,7 @@
 //! `Mm::check_invariants` recounts all of this.
 
 mod args;
+mod change;
 mod fault;
 mod fork;
 mod gather;
@@ -81,8 +82,10 @@ pub(crate) mod invariants;
 mod mmap;
 pub(crate) mod pin;
 mod smaps;
+pub(crate) mod translation;
 
 pub use args::{Advice, Placement};
+pub(crate) use change::Change;
 pub(crate) use fault::Access;
 pub use pin::PinnedPages;
 
@@ -175,7 +178,7 @@ impl Mm {
             machine,
             state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
             tlb: Shootdown::default(),
-            vcache_users: crate::futex::new_users(),
+            vcache_users: crate::vcache::new_users(),
             notifiers: crate::notifier::Notifiers::default(),
             has_pinned: std::sync::atomic::AtomicBool::new(false),
         });

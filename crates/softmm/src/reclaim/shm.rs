@@ -128,7 +128,9 @@ fn unmap_everywhere(
                 }
             }
             drop(g);
-            crate::futex::invalidate(mm, Some(&st), va, va + 4096);
+            // The visit's shootdown and brackets are batched over spaces (ended
+            // by its owner); this space's vcache hears of the page now.
+            crate::mm::Change::open(mm, Some(&st), va, va + 4096, None).translations_changed(va, va + 4096);
         }
     });
     for mm in &flush {

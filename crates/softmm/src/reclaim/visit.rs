@@ -113,7 +113,9 @@ pub(crate) fn visit_mappings(
                 v.flush.push(mm.clone());
                 v.changed += 1;
                 drop(g);
-                crate::futex::invalidate(mm, Some(&st), va, va + 4096);
+                // The visit's shootdown and brackets are batched over spaces (ended
+                // by its owner); this space's vcache hears of the page now.
+                crate::mm::Change::open(mm, Some(&st), va, va + 4096, None).translations_changed(va, va + 4096);
             }
             Edited::Aged => {
                 v.young = true;

@@ -1,0 +1,232 @@
+//! The one way to change entries of a live address space: a [`Change`] is
+//! opened for a range and an event, offers the operations (zap, protect,
+//! unshare, install or replace under a page-table lock), and on drop runs
+//! the side effects of every change of translations in one fixed order
+//! (Linux's `mmu_gather` + `mmu_notifier_range` + the vcache call in one
+//! value, as Asterinas' `CursorMut` owns its `TlbFlusher`):
+//!
+//! 1. **`invalidate_range_start`** to secondary MMUs (`notifier.rs`), when
+//!    the change is opened: before any entry changes, and outside every
+//!    page-table lock, since a subscriber may sleep.
+//! 2. **Entries change** under their page-table locks (the operations
+//!    below, or the caller's own under a lock it took through this type's
+//!    borrow of the space).
+//! 3. **The vcache** (`vcache.rs`): its clients hear of the pages whose
+//!    translation changed, after the page tables say so (the changer's
+//!    half of the fence pairing) and after the page-table locks are
+//!    released (a vcache bucket is never taken under one), with the
+//!    `mmap_lock` still held, so that the lookup a client is handed reads
+//!    tables that stay put.
+//! 4. **TLB shootdown** (`Gather::finish`): no accessor keeps a stale
+//!    translation. After the vcache: a futex waiter that followed its page
+//!    to a new frame no longer needs the old one, whose reference the next
+//!    step may drop.
+//! 5. **Deferred frees** (`gather::Deferred`, which only the shootdown
+//!    hands out): frames and
+//!    shared tables unmapped here lose their references only now, after
+//!    the shootdown, so no accessor reads a freed frame.
+//! 6. **`invalidate_range_end`**: last, so that a secondary MMU refaulting
+//!    after it sees the new entries and no frame that is still in flux.
+//!
+//! Dropping the value on any path (an early return, `?`) runs the same
+//! steps, so no bracket stays open. The raw slot writers (`zap_entries`,
+//! `set_bits_lockless`) are called only from this module outside
+//! `pgtable/` (`tests/raw_stores.rs` checks).
+
+use super::gather::Gather;
+use super::{MmInner, MmState};
+use crate::error::Result;
+use crate::notifier::{Event, Invalidation};
+use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
+use crate::phys::{FrameArena, FrameId};
+use crate::pte::Pte;
+use crate::tlb::Slot;
+use crate::vcache::Translation;
+use crate::vma::Prot;
+
+/// A change of entries in `[lo, hi)` of one address space, open until it
+/// is dropped (see the module documentation for what the drop does).
+#[must_use = "a change runs its side effects when dropped"]
+pub(crate) struct Change<'a> {
+    mm: &'a MmInner,
+    /// The `mmap_lock`'s state the change runs under, for the lookup the
+    /// vcache's clients get; `None` once the space has exited (every page
+    /// then translates to nothing).
+    st: Option<&'a MmState>,
+    /// The secondary MMUs' bracket, if one was opened.
+    inv: Option<Invalidation>,
+    gather: Gather,
+    /// The calling accessor's TLB slot, which the shootdown need not wait for.
+    except: Option<&'a Slot>,
+    /// Pages whose translation changed: `[changed.0, changed.1)`.
+    changed: (u64, u64),
+}
+
+impl<'a> Change<'a> {
+    /// Open a change of `mm` (under its `mmap_lock`, whose state is `st`)
+    /// for `[lo, hi)`: secondary MMUs hear `event`'s start now, if one is
+    /// given (a fault with nobody listening passes `None` and costs no call).
+    #[inline]
+    pub(crate) fn open(mm: &'a MmInner, st: Option<&'a MmState>, lo: u64, hi: u64, event: Option<Event>) -> Self {
+        let mut c = Change { mm, st, inv: None, gather: Gather::default(), except: None, changed: (0, 0) };
+        if let Some(event) = event {
+            c.inv = Some(mm.notifiers.start_blocking(lo, hi, event));
+        }
+        c
+    }
+
+    /// For an operation under the `mmap_lock` held for writing: references
+    /// are dropped at once when no accessor exists (`Gather::for_write_locked`).
+    #[inline]
+    pub(crate) fn write_locked(mut self) -> Self {
+        self.gather = Gather::for_write_locked(self.mm);
+        self
+    }
+
+    /// The shootdown need not wait for `slot` (the accessor this runs for).
+    #[inline]
+    pub(crate) fn except(mut self, slot: Option<&'a Slot>) -> Self {
+        self.except = slot;
+        self
+    }
+
+    /// The deferred work of the caller's own changes under a page-table
+    /// lock (COW's replaced frame, an install over the zero frame).
+    #[inline]
+    pub(crate) fn gather(&mut self) -> &mut Gather {
+        &mut self.gather
+    }
+
+    /// Cached translations must be shot down (an entry lost write or access).
+    #[inline]
+    pub(crate) fn need_flush(&mut self) {
+        self.gather.need_flush();
+    }
+
+    /// The translations of `[lo, hi)` changed: the vcache's clients hear so.
+    #[inline]
+    pub(crate) fn translations_changed(&mut self, lo: u64, hi: u64) {
+        self.changed =
+            if self.changed.0 < self.changed.1 { (self.changed.0.min(lo), self.changed.1.max(hi)) } else { (lo, hi) };
+    }
+
+    /// `zap_pte_range` over `[start, end)`: clear every entry, drop
+    /// mappings, and defer the frame references to the shootdown. A shared
+    /// PTE table the range covers whole is dropped instead (`may_drop`,
+    /// under the write lock: only its last sharer zaps it); one covered in
+    /// part must have been unshared.
+    pub(crate) fn zap(&mut self, pt: &PageTable, start: u64, end: u64, may_drop: bool) {
+        let (mm, gather) = (self.mm, &mut self.gather);
+        let arena = mm.arena();
+        let c = &mm.machine.counters;
+        pt.for_each_pmd(arena, start, end, |s, e, lo, hi| {
+            let base = lo & !(PTE_TABLE_SPAN - 1);
+            if !e.is_writable() {
+                debug_assert!(may_drop && hi - lo == PTE_TABLE_SPAN, "partial zap of a shared PTE table");
+                let pending = gather.shootdown_pending();
+                if let share::Left::Later(t) = share::drop_shared(arena, s, e, base, c, pending, |_, p| {
+                    super::mmap::zap_pte(&mm.machine, p, gather)
+                }) {
+                    gather.drop_table_later(t, base);
+                }
+                return;
+            }
+            zap_table_entries(mm, e.frame(), base, lo, hi, gather);
+        });
+        self.translations_changed(start, end);
+    }
+
+    /// Rewrite the permission bits of present entries in `[start, end)`.
+    /// Private pages never become writable here (COW decides at the next
+    /// write fault); shared pages become writable when `prot` allows it.
+    pub(crate) fn protect(&mut self, pt: &PageTable, start: u64, end: u64, prot: Prot, shared: bool) {
+        let arena = self.mm.arena();
+        let gather = &mut self.gather;
+        pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
+            let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1));
+            let mut va = lo;
+            while va < hi {
+                let pte = g.get(va);
+                // A migration entry carries the flags it will be restored
+                // with: they change as the present entry's would.
+                if pte.is_present() || pte.is_migration() {
+                    let mut new = if prot.readable() { pte.with(Pte::USER) } else { pte.without(Pte::USER) };
+                    if !prot.writable() {
+                        new = new.without(Pte::WRITE);
+                    } else if shared && !pte.is_borrowed() {
+                        new = new.with(Pte::WRITE);
+                    }
+                    if new != pte {
+                        g.set(va, new);
+                        if (pte.is_writable() && !new.is_writable()) || (pte.is_user() && !new.is_user()) {
+                            gather.need_flush();
+                        }
+                    }
+                }
+                va += 4096;
+            }
+        });
+        self.translations_changed(start, end);
+    }
+
+    /// Make the shared PTE table covering `va` this space's own (seed 001).
+    /// Whether its pages' translations changed is the caller's to say.
+    pub(crate) fn unshare(&mut self, pt: &PageTable, va: u64) -> Result<share::Unshare> {
+        let m = &self.mm.machine;
+        share::unshare(&m.arena, pt, va, &m.counters, m.reclaim.swap.as_deref())
+    }
+
+    /// Zap every entry of the exited space (its tree `pt`, already taken
+    /// out of the state): shared tables lose this space's reference.
+    pub(crate) fn zap_all(&mut self, pt: &PageTable) {
+        self.zap(pt, 0, crate::pgtable::TASK_SIZE, true);
+    }
+}
+
+/// Zap `[lo, hi)` of this space's own PTE table `t` (covering `base`). If
+/// `t` borrows entries and accessors may cache them until the shootdown,
+/// first take a hold on its backing (`pgtable/borrow.rs`): the backing's
+/// last mapper could otherwise free their frames before that.
+fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi: u64, gather: &mut Gather) {
+    let arena = mm.arena();
+    if gather.shootdown_pending() {
+        if let Some(b) = crate::pgtable::borrow::hold(arena, t, base) {
+            gather.drop_table_later(b, base);
+        }
+    }
+    if crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| super::mmap::zap_pte(&mm.machine, p, gather)) {
+        gather.need_flush();
+    }
+}
+
+/// The MMU's own update of an entry's accessed and dirty bits (`bits`)
+/// without the lock: no translation changes, so no side effect is due.
+/// False when the entry is no longer `expected`.
+#[inline]
+pub(crate) fn set_young_dirty(pt: &PageTable, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
+    pt.set_bits_lockless(arena, va, expected, bits)
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        let mm = self.mm;
+        // 3. The vcache, after the tables say so and their locks are gone.
+        let (lo, hi) = self.changed;
+        if lo < hi {
+            let st = self.st;
+            let now = |va: u64| match st {
+                Some(st) => super::translation::page_now(mm, st, va),
+                None => Translation::None,
+            };
+            let m = &mm.machine;
+            crate::vcache::invalidate(&m.vcache_clients(), &mm.vcache_users, &m.arena, mm.id, lo, hi, &now);
+        }
+        // 4 and 5. The shootdown, then the deferred frees (which only the
+        // shootdown hands out).
+        std::mem::take(&mut self.gather).finish(mm, self.except);
+        // 6. Secondary MMUs may map again.
+        if let Some(inv) = self.inv.take() {
+            mm.notifiers.end(inv);
+        }
+    }
+}
