@@ -35,14 +35,6 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// (from module prefix, to module prefix, reason). A prefix covers the
 /// module and every module under it.
 const KNOWN: &[(&str, &str, &str)] = &[
-    // removed when mm calls the vcache
-    ("mm", "futex", "mm invalidates futex keys itself (futex::invalidate, new_users, exit)"),
-    (
-        "reclaim::visit",
-        "futex",
-        "reclaim invalidates futex keys itself, as mm does (futex::invalidate); goes with mm's",
-    ),
-    ("reclaim::shm", "futex", "reclaim invalidates futex keys itself, as mm does (futex::invalidate); goes with mm's"),
     (
         "mm",
         "machine",
