@@ -7,7 +7,7 @@
 //! and fast access through per-thread software TLBs.
 //!
 //! ```
-//! use softmm::{Config, Machine, MapKind, Placement, Prot};
+//! use softmm::{Config, GuestWords, Machine, MapKind, Placement, Prot};
 //!
 //! let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() })?;
 //! let parent = machine.new_mm()?;
@@ -48,12 +48,12 @@ pub mod tlb;
 mod vcache;
 pub mod vma;
 
-pub use access::{Accessor, Batch, GuestWords};
+pub use access::{Accessor, Batch, BytesError, GuestWords, SharedAccessor, Word};
 pub use error::{errno, Error, Result, SegvKind};
 pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
-pub use mm::{Advice, ForkPolicy, Mm, PinnedPages, Placement};
+pub use mm::{Advice, ForkPolicy, Mapping, Mm, PinnedPages, Placement};
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use phys::{FrameId, PAGE_SIZE, ZERO_FRAME};
 pub use reclaim::SwapConfig;
