@@ -27,6 +27,7 @@ use crate::memlimit::MemLimit;
 use crate::report::{self, Phase, ProcSmaps, RunReport, SwapReport};
 use crate::units::PAGE;
 use indicatif::{ProgressBar, ProgressStyle};
+use softmm::GuestWords;
 use softmm::{Accessor, Config, Machine, MapKind, Mm, Placement, Prot};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;

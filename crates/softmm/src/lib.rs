@@ -7,7 +7,7 @@
 //! and fast access through per-thread software TLBs.
 //!
 //! ```
-//! use softmm::{Config, Machine, MapKind, Placement, Prot};
+//! use softmm::{Config, GuestWords, Machine, MapKind, Placement, Prot};
 //!
 //! let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() })?;
 //! let parent = machine.new_mm()?;
@@ -26,6 +26,37 @@
 //! let mut acc = child.accessor();                   // per-thread fast path
 //! assert_eq!(acc.load_u32(base)? & 0xff, u32::from(b'j'));
 //! parent.check_invariants()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Through rust-vmm's `vm-memory`: [`Mm`] and [`SharedAccessor`] implement
+//! [`vm_memory::Bytes`] (see [`access`] for the choices behind it).
+//!
+//! ```
+//! use softmm::{Config, Machine, MapKind, Placement, Prot, SegvKind, SharedAccessor};
+//! use std::sync::atomic::Ordering;
+//! use vm_memory::{ByteValued, Bytes, GuestAddress};
+//!
+//! #[repr(C)]
+//! #[derive(Clone, Copy, Default, Debug, PartialEq)]
+//! struct Desc { addr: u64, len: u32, flags: u16, next: u16 }
+//! // SAFETY: plain integers, no padding: every byte pattern is a value.
+//! unsafe impl ByteValued for Desc {}
+//!
+//! let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() })?;
+//! let mm = machine.new_mm()?;
+//! let base = mm.mmap(0x1000_0000, 2 * 4096, Prot::RW, MapKind::Private, Placement::Fixed)?;
+//! let mem = SharedAccessor::new(mm.accessor());          // or use `mm` itself
+//! let d = Desc { addr: 0x2000, len: 512, flags: 1, next: 3 };
+//! mem.write_obj(d, GuestAddress(base + 4090))?;          // across a page boundary
+//! assert_eq!(mem.read_obj::<Desc>(GuestAddress(base + 4090))?, d);
+//! mem.store(7u32, GuestAddress(base), Ordering::Release)?;
+//! assert_eq!(mm.load::<u32>(GuestAddress(base), Ordering::Acquire)?, 7);
+//!
+//! let err = mem.read_obj::<Desc>(GuestAddress(base + 2 * 4096 - 4)).unwrap_err();
+//! assert_eq!(err.completed(), 4);                        // the next page is not mapped
+//! assert!(matches!(err.mm_error(), Some(softmm::Error::Segv { kind: SegvKind::MapErr, .. })));
+//! assert_eq!(err.errno(), softmm::errno::EFAULT);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -48,12 +79,12 @@ pub mod tlb;
 mod vcache;
 pub mod vma;
 
-pub use access::{Accessor, Batch, GuestWords};
+pub use access::{Accessor, Batch, BytesError, GuestWords, SharedAccessor, Word};
 pub use error::{errno, Error, Result, SegvKind};
 pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
-pub use mm::{Advice, ForkPolicy, Mm, PinnedPages, Placement};
+pub use mm::{Advice, ForkPolicy, Mapping, Mm, PinnedPages, Placement};
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use phys::{FrameId, PAGE_SIZE, ZERO_FRAME};
 pub use reclaim::SwapConfig;

@@ -11,6 +11,7 @@ mod common;
 use common::check;
 use softmm::reclaim::device::{MemSwap, SwapDevice};
 use softmm::reclaim::watermarks;
+use softmm::GuestWords;
 use softmm::{Config, Machine, MapKind, Placement, Prot, SwapConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use softmm::errno::{EINVAL, ENOMEM, EPERM};
 use softmm::pgtable::TASK_SIZE;
-use softmm::{Advice, Config, Error, Machine, MapKind, Mm, Placement, Prot, SegvKind, ZERO_FRAME};
+use softmm::GuestWords;
+use softmm::{Advice, Config, Error, Machine, MapKind, Mapping, Mm, Placement, Prot, SegvKind, ZERO_FRAME};
 
 const A: u64 = 0x1000_0000;
 const PAGE: u64 = 4096;
@@ -33,8 +34,9 @@ fn setup() -> (Machine, Mm) {
     map(&p, A + 16 * PAGE, 2 * PAGE, Prot::RW, MapKind::Private);
     map(&p, A + 20 * PAGE, PAGE, Prot::RW, MapKind::Private);
     map(&p, A + 21 * PAGE, PAGE, Prot::RW, MapKind::Private);
-    for (i, &(start, end, _, _)) in p.mappings().iter().enumerate() {
-        let data: Vec<u8> = (0..end - start).map(|j| (i as u64 * 31 + j % 251 + 1) as u8).collect();
+    for (i, m) in p.mappings().iter().enumerate() {
+        let start = m.range.start;
+        let data: Vec<u8> = (0..m.range.end - start).map(|j| (i as u64 * 31 + j % 251 + 1) as u8).collect();
         p.write(start, &data).unwrap();
     }
     p.mprotect(A + 16 * PAGE, 2 * PAGE, Prot::READ).unwrap();
@@ -145,7 +147,7 @@ fn munmap_bad_input() {
     assert_eq!(p.read(A, &mut [0]), segv(A, SegvKind::MapErr));
     assert_eq!(read(&p, A + PAGE, 1), [before.bytes[0].1[PAGE as usize]]);
     p.munmap(A + 3 * PAGE, 6 * PAGE).unwrap();
-    let now: Vec<_> = p.mappings().iter().map(|m| (m.0, m.1)).collect();
+    let now: Vec<_> = p.mappings().iter().map(|m| (m.range.start, m.range.end)).collect();
     assert_eq!(now[..2], [(A + PAGE, A + 3 * PAGE), (A + 9 * PAGE, A + 12 * PAGE)]);
     assert_eq!(read(&p, A + 9 * PAGE, 4), before.bytes[1].1[PAGE as usize..][..4]);
     check(&p);
@@ -190,9 +192,17 @@ fn mprotect_over_a_hole_changes_what_comes_before_it() {
     assert_eq!(errno_of(p.mprotect(A + 2 * PAGE, 6 * PAGE + 1, Prot::READ)), ENOMEM);
     check(&p);
     let maps = p.mappings();
-    assert_eq!(maps[0], (A, A + 2 * PAGE, Prot::RW, MapKind::Private));
-    assert_eq!(maps[1], (A + 2 * PAGE, A + 4 * PAGE, Prot::READ, MapKind::Private), "changed up to the hole");
-    assert_eq!(maps[2], (A + 8 * PAGE, A + 12 * PAGE, Prot::RW, MapKind::Shared), "after the hole: unchanged");
+    assert_eq!(maps[0], Mapping { range: A..A + 2 * PAGE, prot: Prot::RW, kind: MapKind::Private });
+    assert_eq!(
+        maps[1],
+        Mapping { range: A + 2 * PAGE..A + 4 * PAGE, prot: Prot::READ, kind: MapKind::Private },
+        "changed up to the hole"
+    );
+    assert_eq!(
+        maps[2],
+        Mapping { range: A + 8 * PAGE..A + 12 * PAGE, prot: Prot::RW, kind: MapKind::Shared },
+        "after the hole: unchanged"
+    );
     assert_eq!(maps[3..], before.mappings[2..]);
     assert_eq!(p.write(A + 2 * PAGE, b"x"), segv(A + 2 * PAGE, SegvKind::AccErr));
     assert_eq!(p.write(A + PAGE, b"y"), Ok(()));
@@ -205,8 +215,12 @@ fn mprotect_over_a_hole_changes_what_comes_before_it() {
     assert_eq!(errno_of(p.mprotect(A + 8 * PAGE, 12 * PAGE, Prot::NONE)), ENOMEM);
     check(&p);
     let maps = p.mappings();
-    assert_eq!(maps[1], (A + 8 * PAGE, A + 12 * PAGE, Prot::NONE, MapKind::Shared));
-    assert_eq!(maps[2], (A + 16 * PAGE, A + 18 * PAGE, Prot::READ, MapKind::Private), "after the hole");
+    assert_eq!(maps[1], Mapping { range: A + 8 * PAGE..A + 12 * PAGE, prot: Prot::NONE, kind: MapKind::Shared });
+    assert_eq!(
+        maps[2],
+        Mapping { range: A + 16 * PAGE..A + 18 * PAGE, prot: Prot::READ, kind: MapKind::Private },
+        "after the hole"
+    );
     assert_eq!(p.read(A + 11 * PAGE, &mut [0]), segv(A + 11 * PAGE, SegvKind::AccErr));
 }
 

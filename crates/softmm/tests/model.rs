@@ -13,6 +13,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use softmm::GuestWords;
 use softmm::{
     errno, Accessor, Advice, Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SegvKind, SwapConfig,
 };
@@ -950,9 +951,9 @@ impl World {
         for (i, slot) in self.slots.iter().enumerate() {
             let (Some(mm), Some(model)) = (&slot.mm, &slot.model) else { continue };
             let mut got = BTreeMap::new();
-            for (start, end, prot, kind) in mm.mappings() {
-                for v in start / PAGE..end / PAGE {
-                    got.insert(v, (prot, kind));
+            for m in mm.mappings() {
+                for v in m.range.start / PAGE..m.range.end / PAGE {
+                    got.insert(v, (m.prot, m.kind));
                 }
             }
             let want = model.layout();

@@ -7,6 +7,7 @@
 //! and the errors.
 
 use softmm::reclaim::device::MemSwap;
+use softmm::GuestWords;
 use softmm::{Config, Error, ForkPolicy, Machine, MapKind, Mm, PinnedPages, Placement, Prot, SegvKind, SwapConfig};
 use std::sync::Arc;
 

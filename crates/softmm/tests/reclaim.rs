@@ -5,6 +5,7 @@ mod common;
 
 use common::check;
 use softmm::reclaim::device::{Fault, FaultySwap, MemSwap};
+use softmm::GuestWords;
 use softmm::{Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SwapConfig};
 use std::collections::HashMap;
 use std::sync::Arc;

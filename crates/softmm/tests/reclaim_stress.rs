@@ -8,6 +8,7 @@ mod common;
 
 use common::check;
 use softmm::reclaim::device::MemSwap;
+use softmm::GuestWords;
 use softmm::{Config, Error, ForkPolicy, Machine, MapKind, Mm, Placement, Prot, SwapConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use softmm::GuestWords;
 use softmm::{errno, Advice, Error, ForkPolicy, MapKind, Placement, Prot, SegvKind, ZERO_FRAME};
 
 const A: u64 = 0x1000_0000;

@@ -57,6 +57,7 @@ use crate::units::{bytes, ns, PAGE};
 use serde::Serialize;
 use softmm::futex::mutex::GuestMutex;
 use softmm::futex::BITSET_MATCH_ANY;
+use softmm::GuestWords;
 use softmm::{Accessor, Config, Error, Machine, MapKind, Mm, PinnedPages, Placement, Prot};
 use std::fmt::Write as _;
 use std::hint::black_box;

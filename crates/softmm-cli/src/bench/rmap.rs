@@ -21,6 +21,7 @@
 use super::{median, say, status, BenchOpts};
 use crate::error::{check, CliError, CliResult, Context};
 use crate::units::{bytes, count, PAGE};
+use softmm::GuestWords;
 use softmm::{Config, ForkPolicy, Machine, MachineStats, MapKind, Mm, Placement, Prot};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};

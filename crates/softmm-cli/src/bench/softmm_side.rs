@@ -10,6 +10,7 @@
 use super::Keep;
 use crate::error::{check, CliError, CliResult, Context};
 use crate::units::PAGE;
+use softmm::GuestWords;
 use softmm::{Accessor, Config, ForkPolicy, Machine, MachineStats, MapKind, Mm, Placement, Prot};
 use std::time::Instant;
 

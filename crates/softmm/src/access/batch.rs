@@ -29,7 +29,6 @@
 
 use super::{Accessor, TlbEntry, WRITABLE};
 use crate::error::Result;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Word accesses with the accessor's slot published once; see the module
@@ -101,7 +100,7 @@ impl Batch<'_> {
     /// `f` on the aligned word at `addr`; a miss fills the TLB outside the
     /// batch and retries.
     #[inline(always)]
-    fn word<T, R>(&mut self, addr: u64, write: bool, f: impl FnOnce(&T) -> R) -> Result<R> {
+    pub(super) fn word<T, R>(&mut self, addr: u64, write: bool, f: impl FnOnce(&T) -> R) -> Result<R> {
         let off = super::word_offset::<T>(addr)?;
         let mut e = *self.acc.entry(addr);
         if !hits(e, addr, write) {
@@ -135,8 +134,6 @@ impl Batch<'_> {
             }
         }
     }
-
-    word_ops!();
 
     /// FUTEX_WAIT, as [`Accessor::futex_wait`], with the batch ended for the
     /// call (it may sleep).
@@ -172,7 +169,7 @@ impl std::fmt::Debug for Batch<'_> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::{Config, Error, Machine, MapKind, Placement, Prot, SegvKind};
+    use crate::{Config, Error, GuestWords, Machine, MapKind, Placement, Prot, SegvKind};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;

@@ -16,75 +16,24 @@
 //! compare and the atomic instruction, as close to host memory as a
 //! software TLB gets. [`GuestWords`] is what both offer, so code such as
 //! [`crate::futex::mutex::GuestMutex`] runs on either.
-
-/// The typed word operations of a type with a `word(addr, write, f)` that
-/// runs `f` on the aligned atomic at `addr` (the accessor's and the
-/// batch's), so both offer the same set with the same orderings.
-macro_rules! word_ops {
-    () => {
-        /// Atomic 64-bit load (aligned).
-        #[inline]
-        pub fn load_u64(&mut self, addr: u64) -> Result<u64> {
-            self.word(addr, false, |w: &AtomicU64| w.load(Ordering::Acquire))
-        }
-
-        /// Atomic 64-bit store (aligned).
-        #[inline]
-        pub fn store_u64(&mut self, addr: u64, v: u64) -> Result<()> {
-            self.word(addr, true, |w: &AtomicU64| w.store(v, Ordering::Release))
-        }
-
-        /// Atomic 64-bit compare-exchange; `Ok(Ok(old))` on success,
-        /// `Ok(Err(actual))` when the value differed.
-        #[inline]
-        pub fn cmpxchg_u64(&mut self, addr: u64, old: u64, new: u64) -> Result<std::result::Result<u64, u64>> {
-            self.word(addr, true, |w: &AtomicU64| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
-        }
-
-        /// Atomic 64-bit fetch-add; returns the previous value.
-        #[inline]
-        pub fn fetch_add_u64(&mut self, addr: u64, v: u64) -> Result<u64> {
-            self.word(addr, true, |w: &AtomicU64| w.fetch_add(v, Ordering::AcqRel))
-        }
-
-        /// Atomic 32-bit load (aligned).
-        #[inline]
-        pub fn load_u32(&mut self, addr: u64) -> Result<u32> {
-            self.word(addr, false, |w: &AtomicU32| w.load(Ordering::Acquire))
-        }
-
-        /// Atomic 32-bit store (aligned).
-        #[inline]
-        pub fn store_u32(&mut self, addr: u64, v: u32) -> Result<()> {
-            self.word(addr, true, |w: &AtomicU32| w.store(v, Ordering::Release))
-        }
-
-        /// Atomic 32-bit compare-exchange; `Ok(Ok(old))` on success,
-        /// `Ok(Err(actual))` when the value differed.
-        #[inline]
-        pub fn cmpxchg_u32(&mut self, addr: u64, old: u32, new: u32) -> Result<std::result::Result<u32, u32>> {
-            self.word(addr, true, |w: &AtomicU32| w.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
-        }
-
-        /// Atomic 32-bit fetch-add; returns the previous value.
-        #[inline]
-        pub fn fetch_add_u32(&mut self, addr: u64, v: u32) -> Result<u32> {
-            self.word(addr, true, |w: &AtomicU32| w.fetch_add(v, Ordering::AcqRel))
-        }
-    };
-}
+//!
+//! [`SharedAccessor`] puts an accessor behind `&self`, for the
+//! [`vm_memory::Bytes`] interface of rust-vmm (which [`crate::Mm`] offers
+//! too, without a TLB).
 
 mod batch;
+mod vm;
 mod words;
 
 pub use batch::Batch;
-pub use words::GuestWords;
+pub use vm::{BytesError, SharedAccessor};
+pub use words::{GuestWords, Word};
 
 use crate::error::{Error, Result, SegvKind};
 use crate::mm::{Access, MmInner};
 use crate::phys::{FrameArena, PAGE_SIZE};
 use crate::tlb::Slot;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 const TLB_ENTRIES: usize = 256;
@@ -250,8 +199,6 @@ impl Accessor {
         })
     }
 
-    word_ops!();
-
     /// Whether futex calls may take the accessor's shortcuts: physical keys
     /// (Linux keys must fault as Linux's GUP does) and no waiter following a
     /// page of this address space (so no waiter is half-moved by a COW).
@@ -339,7 +286,7 @@ impl std::fmt::Debug for Accessor {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Config, Error, Machine, MapKind, Placement, Prot, SegvKind};
+    use crate::{Config, Error, GuestWords, Machine, MapKind, Placement, Prot, SegvKind};
 
     /// Small enough for Miri: every unsafe path of the accessor (TLB fill,
     /// cross-page copies, atomics) over fork, COW and unmap.

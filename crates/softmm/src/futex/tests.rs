@@ -1,6 +1,7 @@
 //! Unit tests: every operation and every error, in both key modes.
 
 use super::*;
+use crate::GuestWords;
 use crate::{errno, Config, Machine, MapKind, Mm, Placement, Prot};
 
 const A: u64 = 0x1000_0000;

@@ -422,10 +422,26 @@ impl Mm {
             .collect()
     }
 
-    /// The mappings, as (start, end, prot, kind), in address order.
-    pub fn mappings(&self) -> Vec<(u64, u64, Prot, MapKind)> {
+    /// The mappings (VMAs), in address order, as `/proc/PID/maps` lists
+    /// them: neighbours with the same protection and kind are one mapping.
+    ///
+    /// ```
+    /// use softmm::{Config, Machine, MapKind, Placement, Prot};
+    ///
+    /// let machine = Machine::new(Config { arena_bytes: 16 << 20, ..Config::default() })?;
+    /// let mm = machine.new_mm()?;
+    /// mm.mmap(0x10000, 3 * 4096, Prot::RW, MapKind::Private, Placement::Fixed)?;
+    /// mm.mprotect(0x11000, 4096, Prot::READ)?;
+    /// let maps = mm.mappings();
+    /// assert_eq!(maps.len(), 3);
+    /// assert_eq!(maps[1].range, 0x11000..0x12000);
+    /// assert_eq!(maps[1].prot, Prot::READ);
+    /// assert_eq!(maps[1].kind, MapKind::Private);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mappings(&self) -> Vec<Mapping> {
         let st = self.inner.state.read();
-        st.vmas.iter().map(|v| (v.start, v.end, v.prot, v.kind())).collect()
+        st.vmas.iter().map(|v| Mapping { range: v.start..v.end, prot: v.prot, kind: v.kind() }).collect()
     }
 
     /// Audit the whole machine this address space lives on: recount every
@@ -437,6 +453,17 @@ impl Mm {
     pub fn check_invariants(&self) -> std::result::Result<(), crate::InvariantError> {
         invariants::check_machine(&self.inner.machine)
     }
+}
+
+/// One mapping of an address space, as [`Mm::mappings`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The addresses it covers (page-aligned).
+    pub range: std::ops::Range<u64>,
+    /// What it lets an access do.
+    pub prot: Prot,
+    /// Private or shared memory (and which shared object).
+    pub kind: MapKind,
 }
 
 impl Drop for Mm {

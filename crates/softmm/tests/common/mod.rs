@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use softmm::{Config, Machine, MapKind, Mm, Placement, Prot};
+use softmm::{Config, Machine, MapKind, Mapping, Mm, Placement, Prot};
 
 pub fn machine() -> Machine {
     Machine::new(Config { arena_bytes: 256 << 20, ..Config::default() }).expect("arena")
@@ -29,7 +29,7 @@ pub fn check(mm: &Mm) {
 /// frame), so take it twice around the call: before and after.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Snapshot {
-    pub mappings: Vec<(u64, u64, Prot, MapKind)>,
+    pub mappings: Vec<Mapping>,
     pub frames: Vec<(u64, Option<softmm::FrameId>)>,
     pub bytes: Vec<(u64, Vec<u8>)>,
     pub frames_in_use: u64,
@@ -41,8 +41,9 @@ impl Snapshot {
         let mappings = mm.mappings();
         let mut frames = Vec::new();
         let mut bytes = Vec::new();
-        for &(start, end, prot, _) in &mappings {
-            if prot != Prot::NONE {
+        for m in &mappings {
+            let (start, end) = (m.range.start, m.range.end);
+            if m.prot != Prot::NONE {
                 bytes.push((start, read(mm, start, (end - start) as usize)));
             }
             for va in (start..end).step_by(4096) {
