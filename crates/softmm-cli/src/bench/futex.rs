@@ -50,9 +50,10 @@
 //! `--reps` runs; the two sides alternate run by run.
 
 use super::cpu::{allowed_cpus, pin};
-use super::linux::{mono_ns, Region};
+use super::linux::Region;
 use super::{median, say, status, BenchOpts, Report};
 use crate::error::{check, CliError, CliResult, Context};
+use crate::sys::{errno, futex as sys_futex, mono_ns};
 use crate::units::{bytes, ns, PAGE};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -127,29 +128,6 @@ fn span(hs: Vec<std::thread::ScopedJoinHandle<'_, CliResult<(u64, u64)>>>) -> Cl
 }
 
 // ---------------------------------------------------------------- Linux side
-
-/// futex(2) on `word` with no timeout; the raw return value (-1 and errno
-/// on failure).
-fn sys_futex(word: &AtomicU32, op: i32, val: u32) -> i64 {
-    // SAFETY: `word` is a valid, aligned u32 of this process for the whole
-    // call; FUTEX_WAIT/FUTEX_WAKE read only the word and the null timeout;
-    // the remaining arguments are ignored for these commands.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            op,
-            val,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
 
 /// FUTEX_WAIT while `word` holds `val`; EAGAIN and EINTR are ordinary
 /// returns. Returns whether the call slept (was queued and woken).
