@@ -69,7 +69,9 @@ load = lambda name: [json.load(open(f"{out}/{name}-{r}.json")) for r in range(1,
 w, n = load("notifiers"), load("none")
 if not all(x["notifiers_compiled"] for x in w) or any(x["notifiers_compiled"] for x in n):
     sys.exit("bench-notifier.sh: the builds do not say what they were built as (notifiers_compiled)")
-tol = w[0]["target_same_rate_tolerance"]
+# The bounds of docs/BENCHMARKS.md (the binary's JSON carries figures only).
+tol = 0.01
+per_invalidation_bound_ns = 100
 print(f"no subscriber: default build (notifiers) vs --cfg softmm_no_notifiers (none); {rounds} rounds, "
       f"each the median of {w[0]['reps']} runs")
 print(f"{'ns per operation':<34}{'notifiers':>20}{'none':>20}{'ratio':>9}{'90 % interval':>18}"
@@ -124,6 +126,6 @@ for key, name in [("per_invalidation_madvise_ns", "madvise(DONTNEED) of one empt
                   ("per_invalidation_munmap_ns", "munmap of a small range")]:
     v = [x[key] for x in w]
     print(f"  overhead per invalidation, {name:<38}{span(v):>20} ns")
-print(f"  target: <= {w[0]['target_per_invalidation_ns']:.0f} ns (headline: madvise)")
+print(f"  target: <= {per_invalidation_bound_ns} ns (headline: madvise)")
 print(f"raw JSON: {out}/")
 EOF

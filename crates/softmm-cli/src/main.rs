@@ -29,6 +29,7 @@ mod error;
 mod memlimit;
 mod report;
 mod run;
+mod sys;
 mod trace;
 mod trace_cmd;
 mod units;
@@ -338,12 +339,7 @@ fn verdict(r: error::CliResult<bool>) -> ExitCode {
 /// nothing. (Rust ignores SIGPIPE, so the write itself only failed with
 /// EPIPE and everything has been unwound and cleaned up by now.)
 fn end_by_sigpipe() -> ExitCode {
-    // SAFETY: restoring SIGPIPE's default action and raising it in this
-    // process, which has nothing left to do; no handler runs.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
+    sys::die_of_sigpipe();
     // Not reached: the default action of SIGPIPE ends the process. The
     // shell's status for it, should it ever be.
     ExitCode::from(128 + libc::SIGPIPE as u8)
@@ -351,10 +347,5 @@ fn end_by_sigpipe() -> ExitCode {
 
 /// Turn transparent huge pages off for this process (`--no-thp`).
 fn disable_thp() -> error::CliResult<()> {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and only
-    // changes how later faults of this process are backed.
-    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        return Err(error::os_error("prctl(PR_SET_THP_DISABLE)"));
-    }
-    Ok(())
+    sys::disable_thp().map_err(|e| error::io_error("prctl(PR_SET_THP_DISABLE)", e))
 }

@@ -107,7 +107,6 @@ fn bench_fork_sizes_json_and_plot() {
         positive(&v["fork_exit"], key);
     }
     assert_eq!(v["fork_exit"]["tables_unshared"].as_u64(), Some(8), "{v}");
-    assert!(v["targets"].as_array().is_some_and(|t| t.len() == 4), "{v}");
     let svg = std::fs::read_to_string(&plot).unwrap_or_else(|e| panic!("no plot {}: {e}", plot.display()));
     let _ = std::fs::remove_file(&plot);
     assert!(svg.starts_with("<svg") && svg.contains("Linux fork()"), "{svg}");
@@ -158,7 +157,6 @@ fn bench_futex_json() {
     }
     let mutex = v["mutex"].as_array().map(Vec::len);
     assert_eq!(mutex, Some(3), "{v}");
-    assert!(v["target_met"].is_boolean(), "{v}");
 }
 
 /// The first figure on the report line that starts with `name`.
@@ -257,7 +255,6 @@ fn bench_reclaim_json() {
     // Every page was read back; most were swapped out on the way.
     assert_eq!(v["swap_ins"].as_u64(), Some(4096), "{v}");
     assert!(v["swap_outs"].as_u64().is_some_and(|n| n >= 4096 / 2), "{v}");
-    assert!(v["target_met"].is_boolean(), "{v}");
 }
 
 #[test]
@@ -295,7 +292,55 @@ fn bench_notifier_json() {
     for key in ["per_invalidation_ns", "per_invalidation_mprotect_ns", "per_invalidation_munmap_ns"] {
         assert!(v[key].as_f64().is_some_and(f64::is_finite), "{key}: {v}");
     }
-    assert!(v["target_met"].is_boolean(), "{v}");
+}
+
+/// Words the product's output must not use: it reports figures, not the
+/// project's targets or verdicts on them (those live in docs/BENCHMARKS.md).
+fn verdict_words(out: &str) -> Vec<String> {
+    let lower = out.to_lowercase();
+    let mut found: Vec<String> =
+        ["target", "missed", "issue", "session"].iter().filter(|w| lower.contains(*w)).map(|w| w.to_string()).collect();
+    // "met" as a word ("metric" or "parameter" would be fine).
+    let words = lower.split(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+    found.extend(words.filter(|w| *w == "met" || w.starts_with("met_") || w.ends_with("_met")).map(String::from));
+    found
+}
+
+#[test]
+fn verdict_words_are_found() {
+    assert_eq!(verdict_words("fault: 6.03x, target 4x -> met"), ["target", "met"]);
+    assert_eq!(verdict_words(r#"{"target_met":true}"#), ["target", "target_met"]);
+    assert_eq!(verdict_words("MISSED (see issue 4)"), ["missed", "issue"]);
+    assert!(verdict_words("metric parameter metres").is_empty());
+}
+
+#[test]
+fn bench_output_names_no_targets() {
+    // Every bench at its smallest size and fewest reps, with the Linux
+    // side, text and JSON; `all` would run the large defaults of tlb,
+    // futex, rmap and notifier.
+    let runs: [&[&str]; 9] = [
+        &["fault", "--size", "4K"],
+        &["cow", "--size", "4K"],
+        &["fork", "--size", "4K"],
+        &["tlb", "--size", "4K"],
+        &["read", "--size", "4K"],
+        &["futex", "--size", "4K"],
+        &["rmap", "--size", "4K", "--iterations", "1"],
+        &["reclaim", "--size", "4M"],
+        &["notifier", "--size", "4K"],
+    ];
+    for args in runs {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--vs-linux", "--json", "--reps", "1"]);
+        let o = softmm(&all);
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{all:?}: {out}{}", text(&o.stderr));
+        last_json(&o);
+        let bad = verdict_words(&out);
+        assert!(bad.is_empty(), "{all:?} prints {bad:?}:\n{out}");
+    }
 }
 
 #[test]

@@ -14,29 +14,25 @@
 //! machine exists (fork copies this whole process); then one machine serves
 //! every softmm measurement, so later sizes get recycled frames.
 
-use super::{linux, median, say, softmm_side, status, BenchOpts};
+use super::{linux, median, say, softmm_side, status, BenchOpts, Report};
 use crate::error::{CliError, CliResult};
 use crate::units::{bytes, count, ns, PAGE};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use softmm::ForkPolicy;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Sizes of `softmm bench fork` without --size/--sizes.
 pub const DEFAULT_SIZES: [u64; 3] = [64 << 20, 256 << 20, 1 << 30];
 /// Size of the fork bench within `bench all` without --size.
 pub const ALL_SIZE: u64 = 256 << 20;
-/// The preferred detail size, where the issue states its targets.
+/// The preferred detail size (the one docs/BENCHMARKS.md reports).
 const DETAIL_SIZE: u64 = 1 << 30;
 /// (f): the child writes one page in every `EXIT_STRIDE`.
 const EXIT_STRIDE: u64 = 100;
 /// (d): size of the dense Linux COW reference (the cow bench's default).
 const LINUX_COW_SIZE: u64 = 64 << 20;
-
-const TARGET_FORK: f64 = 200.0;
-const TARGET_FIRST_WRITE: f64 = 2.0;
-const TARGET_WRITE_ALL: f64 = 1.1;
-const TARGET_FORK_EXIT: f64 = 5.0;
 
 /// Memory one size's fork measurements need at most: the region plus the
 /// parent's and the child's page tables, and some slack.
@@ -83,10 +79,115 @@ struct SizeRow {
     samples: Samples,
 }
 
+/// Samples of one detail figure, per softmm fork policy.
+#[derive(Serialize)]
+struct PolicySamples {
+    shared: Vec<f64>,
+    copy: Vec<f64>,
+}
+
+#[derive(Serialize)]
+struct FirstWriteLinuxSamples {
+    cow: Option<Vec<f64>>,
+    first_write: Option<Vec<f64>>,
+}
+
+/// (d): the child's first write into each table, per write.
+#[derive(Serialize)]
+struct FirstWrite {
+    size_bytes: Option<u64>,
+    writes: Option<u64>,
+    shared_ns: Option<f64>,
+    copy_ns: Option<f64>,
+    linux_cow_ns: Option<f64>,
+    linux_cow_size_bytes: u64,
+    linux_first_write_ns: Option<f64>,
+    ratio_shared_to_linux_cow: Option<f64>,
+    ratio_shared_to_linux_first_write: Option<f64>,
+    ratio_shared_to_copy: Option<f64>,
+    samples: Option<PolicySamples>,
+    linux_samples: FirstWriteLinuxSamples,
+}
+
+/// (e): fork + write every page, total.
+#[derive(Serialize)]
+struct WriteAll {
+    size_bytes: Option<u64>,
+    pages: Option<u64>,
+    shared_ns: Option<f64>,
+    copy_ns: Option<f64>,
+    ratio_shared_to_copy: Option<f64>,
+    samples: Option<PolicySamples>,
+}
+
+/// (f): fork + the child writes one page in `stride_pages` + exit, total.
+#[derive(Serialize)]
+struct ForkExit {
+    size_bytes: Option<u64>,
+    stride_pages: u64,
+    writes: Option<u64>,
+    tables_unshared: Option<u64>,
+    shared_ns: Option<f64>,
+    copy_ns: Option<f64>,
+    linux_ns: Option<f64>,
+    ratio_vs_linux: Option<f64>,
+    ratio_copy_vs_linux: Option<f64>,
+    samples: Option<PolicySamples>,
+    linux_samples: Option<Vec<f64>>,
+}
+
+/// The result of `bench fork`. The top-level figures are those of `size`:
+/// the detail size, or else the largest size measured.
+#[derive(Serialize)]
+pub struct ForkResult {
+    bench: &'static str,
+    what: &'static str,
+    unit: &'static str,
+    reps: usize,
+    host_thp: bool,
+    mem_available_bytes: u64,
+    size: u64,
+    size_bytes: u64,
+    pages: u64,
+    tables: u64,
+    shared_ns: Option<f64>,
+    copy_ns: Option<f64>,
+    linux_ns: Option<f64>,
+    softmm_ns: Option<f64>,
+    ratio_vs_linux: Option<f64>,
+    ratio_copy_vs_linux: Option<f64>,
+    sizes: Vec<SizeRow>,
+    detail_size: Option<u64>,
+    first_write: FirstWrite,
+    write_all: WriteAll,
+    fork_exit: ForkExit,
+    /// Where the plot was written (text only).
+    #[serde(skip)]
+    plot: Option<PathBuf>,
+}
+
 /// The softmm figures of one size.
 struct Soft {
     shared: softmm_side::PolicyFigures,
     copy: softmm_side::PolicyFigures,
+}
+
+/// The Linux figures: per size (None: not measured), and the warm COW
+/// fault reference of (d).
+struct Lin {
+    sizes: Vec<Option<linux::ForkFigures>>,
+    cow: Option<Vec<f64>>,
+}
+
+/// What to measure: the sizes, which fit in memory, the detail size.
+struct Plan {
+    sizes: Vec<u64>,
+    fits: Vec<bool>,
+    detail: Option<u64>,
+    largest: u64,
+    /// The size whose figures are the JSON's top-level ones.
+    at: u64,
+    avail: u64,
 }
 
 fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
@@ -105,17 +206,7 @@ fn opt_x(v: Option<f64>) -> String {
     v.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
 }
 
-/// A target check: "met", "MISSED" or why it was not checked.
-struct Target {
-    key: &'static str,
-    what: String,
-    /// The measured value and whether it meets the target.
-    value: Option<(f64, bool)>,
-    /// How the value is shown.
-    shown: String,
-}
-
-pub fn fork(o: &BenchOpts, sizes: &[u64]) -> CliResult<(String, serde_json::Value, Option<bool>)> {
+fn plan(o: &BenchOpts, sizes: &[u64]) -> CliResult<Plan> {
     let mut sizes = sizes.to_vec();
     sizes.sort_unstable();
     sizes.dedup();
@@ -128,7 +219,6 @@ pub fn fork(o: &BenchOpts, sizes: &[u64]) -> CliResult<(String, serde_json::Valu
             return Err(CliError(format!("--plot {}: no directory {}", p.display(), dir.display())));
         }
     }
-    let reps = o.reps;
     let (avail, budget) = super::memory_budget();
     let fits: Vec<bool> = sizes.iter().map(|&s| need_fork(s) <= budget).collect();
     let detail = if sizes.contains(&DETAIL_SIZE) && need_detail(DETAIL_SIZE) <= budget {
@@ -145,343 +235,322 @@ pub fn fork(o: &BenchOpts, sizes: &[u64]) -> CliResult<(String, serde_json::Valu
             bytes(need_fork(sizes[0]))
         )));
     };
-    // The size whose figures are the JSON's top-level ones.
-    let at = detail.unwrap_or(largest);
+    Ok(Plan { at: detail.unwrap_or(largest), sizes, fits, detail, largest, avail })
+}
 
+/// The Linux side, which must run before any softmm machine exists (fork
+/// copies this whole process).
+fn measure_linux(p: &Plan, reps: usize, pb: &ProgressBar) -> CliResult<Lin> {
+    let mut sizes = Vec::new();
+    for (&s, &f) in p.sizes.iter().zip(&p.fits) {
+        if !f {
+            sizes.push(None);
+            continue;
+        }
+        say(pb, format!("fork: Linux, {}", bytes(s)));
+        sizes.push(Some(linux::fork_size(s, reps, Some(s) == p.detail, EXIT_STRIDE)?));
+    }
+    let mut cow = None;
+    if p.detail.is_some() {
+        say(pb, format!("fork: Linux COW fault reference, {}", bytes(LINUX_COW_SIZE)));
+        cow = Some(linux::cow_warm(LINUX_COW_SIZE, reps)?);
+    }
+    Ok(Lin { sizes, cow })
+}
+
+/// The softmm side: one machine for every size and both policies.
+fn measure_softmm(p: &Plan, reps: usize, pb: &ProgressBar) -> CliResult<Vec<Option<Soft>>> {
+    let peak = p.largest.max(p.detail.map_or(0, |d| d.saturating_mul(2)));
+    let m = softmm_side::fork_machine(peak)?;
+    let mut soft = Vec::new();
+    for (&s, &f) in p.sizes.iter().zip(&p.fits) {
+        if !f {
+            soft.push(None);
+            continue;
+        }
+        let det = Some(s) == p.detail;
+        say(pb, format!("fork: softmm, shared tables, {}", bytes(s)));
+        let shared = softmm_side::fork_policy(&m, s, ForkPolicy::SharedTables, reps, det, EXIT_STRIDE)?;
+        say(pb, format!("fork: softmm, copied tables, {}", bytes(s)));
+        let copy = softmm_side::fork_policy(&m, s, ForkPolicy::CopyTables, reps, det, EXIT_STRIDE)?;
+        soft.push(Some(Soft { shared, copy }));
+    }
+    Ok(soft)
+}
+
+/// The row of size `i` of the plan.
+fn size_row(p: &Plan, i: usize, soft: Option<&Soft>, lin: Option<&linux::ForkFigures>) -> SizeRow {
+    let s = p.sizes[i];
+    let tables = softmm_side::tables(s);
+    let mut r = SizeRow { size_bytes: s, pages: s / PAGE, tables, ..SizeRow::default() };
+    if !p.fits[i] {
+        r.skipped =
+            Some(format!("needs about {} of memory, {} available (90 % usable)", bytes(need_fork(s)), bytes(p.avail)));
+        return r;
+    }
+    if let Some(sf) = soft {
+        r.shared_ns = med(&sf.shared.forks);
+        r.copy_ns = med(&sf.copy.forks);
+        r.first_shared_ns = Some(sf.shared.first);
+        r.first_copy_ns = Some(sf.copy.first);
+        r.samples.shared = sf.shared.forks.clone();
+        r.samples.copy = sf.copy.forks.clone();
+    }
+    if let Some(l) = lin {
+        r.linux_ns = med(&l.warm);
+        r.first_linux_ns = Some(l.first);
+        r.samples.linux = Some(l.warm.clone());
+    }
+    let t = tables as f64;
+    r.shared_ns_per_table = r.shared_ns.map(|v| v / t);
+    r.copy_ns_per_table = r.copy_ns.map(|v| v / t);
+    r.linux_ns_per_table = r.linux_ns.map(|v| v / t);
+    r.ratio_vs_linux = ratio(r.linux_ns, r.shared_ns);
+    r.ratio_copy_vs_linux = ratio(r.linux_ns, r.copy_ns);
+    r
+}
+
+/// The figures (d), (e), (f) at the detail size (all None without one).
+fn detail_figures(
+    p: &Plan,
+    soft: Option<&Soft>,
+    lin: Option<&linux::ForkFigures>,
+    cow: Option<Vec<f64>>,
+) -> (FirstWrite, WriteAll, ForkExit) {
+    let detail = p.detail;
+    let policy = |f: fn(&softmm_side::PolicyFigures) -> &Vec<f64>| {
+        soft.map(|s| PolicySamples { shared: f(&s.shared).clone(), copy: f(&s.copy).clone() })
+    };
+    let both = |f: fn(&softmm_side::PolicyFigures) -> &Vec<f64>| {
+        (soft.and_then(|s| med(f(&s.shared))), soft.and_then(|s| med(f(&s.copy))))
+    };
+    let (fw_shared, fw_copy) = both(|p| &p.first_write);
+    let fw_linux_cow = cow.as_deref().and_then(med);
+    let fw_linux_strided = lin.and_then(|l| l.first_write.as_deref()).and_then(med);
+    let first_write = FirstWrite {
+        size_bytes: detail,
+        writes: detail.map(softmm_side::tables),
+        shared_ns: fw_shared,
+        copy_ns: fw_copy,
+        linux_cow_ns: fw_linux_cow,
+        linux_cow_size_bytes: LINUX_COW_SIZE,
+        linux_first_write_ns: fw_linux_strided,
+        ratio_shared_to_linux_cow: ratio(fw_shared, fw_linux_cow),
+        ratio_shared_to_linux_first_write: ratio(fw_shared, fw_linux_strided),
+        ratio_shared_to_copy: ratio(fw_shared, fw_copy),
+        samples: policy(|p| &p.first_write),
+        linux_samples: FirstWriteLinuxSamples { cow, first_write: lin.and_then(|l| l.first_write.clone()) },
+    };
+    let (wa_shared, wa_copy) = both(|p| &p.write_all);
+    let write_all = WriteAll {
+        size_bytes: detail,
+        pages: detail.map(|d| d / PAGE),
+        shared_ns: wa_shared,
+        copy_ns: wa_copy,
+        ratio_shared_to_copy: ratio(wa_shared, wa_copy),
+        samples: policy(|p| &p.write_all),
+    };
+    let (fe_shared, fe_copy) = both(|p| &p.fork_exit);
+    let fe_linux = lin.and_then(|l| l.fork_exit.as_deref()).and_then(med);
+    let (fe_writes, fe_tables) = softmm_side::strided(detail.unwrap_or(0), EXIT_STRIDE);
+    let fork_exit = ForkExit {
+        size_bytes: detail,
+        stride_pages: EXIT_STRIDE,
+        writes: detail.map(|_| fe_writes),
+        tables_unshared: detail.map(|_| fe_tables),
+        shared_ns: fe_shared,
+        copy_ns: fe_copy,
+        linux_ns: fe_linux,
+        ratio_vs_linux: ratio(fe_linux, fe_shared),
+        ratio_copy_vs_linux: ratio(fe_linux, fe_copy),
+        samples: policy(|p| &p.fork_exit),
+        linux_samples: lin.and_then(|l| l.fork_exit.clone()),
+    };
+    (first_write, write_all, fork_exit)
+}
+
+pub fn fork(o: &BenchOpts, sizes: &[u64]) -> CliResult<ForkResult> {
+    let p = plan(o, sizes)?;
+    let reps = o.reps;
     let pb = status();
     // Linux first: no softmm machine may exist while this process forks.
-    let mut lin: Vec<Option<linux::ForkFigures>> = Vec::new();
-    let mut linux_cow: Option<Vec<f64>> = None;
-    if o.vs_linux {
-        for (&s, &f) in sizes.iter().zip(&fits) {
-            if !f {
-                lin.push(None);
-                continue;
-            }
-            say(&pb, format!("fork: Linux, {}", bytes(s)));
-            lin.push(Some(linux::fork_size(s, reps, Some(s) == detail, EXIT_STRIDE)?));
-        }
-        if detail.is_some() {
-            say(&pb, format!("fork: Linux COW fault reference, {}", bytes(LINUX_COW_SIZE)));
-            linux_cow = Some(linux::cow_warm(LINUX_COW_SIZE, reps)?);
-        }
-    }
-    // One machine for every softmm measurement.
-    let peak = largest.max(detail.map_or(0, |d| d.saturating_mul(2)));
-    let mut soft: Vec<Option<Soft>> = Vec::new();
-    {
-        let m = softmm_side::fork_machine(peak)?;
-        for (&s, &f) in sizes.iter().zip(&fits) {
-            if !f {
-                soft.push(None);
-                continue;
-            }
-            let det = Some(s) == detail;
-            say(&pb, format!("fork: softmm, shared tables, {}", bytes(s)));
-            let shared = softmm_side::fork_policy(&m, s, ForkPolicy::SharedTables, reps, det, EXIT_STRIDE)?;
-            say(&pb, format!("fork: softmm, copied tables, {}", bytes(s)));
-            let copy = softmm_side::fork_policy(&m, s, ForkPolicy::CopyTables, reps, det, EXIT_STRIDE)?;
-            soft.push(Some(Soft { shared, copy }));
-        }
-    }
+    let lin = if o.vs_linux { measure_linux(&p, reps, &pb)? } else { Lin { sizes: Vec::new(), cow: None } };
+    let soft = measure_softmm(&p, reps, &pb)?;
     pb.finish_and_clear();
 
-    // Per-size rows.
-    let mut rows = Vec::new();
-    for (i, &s) in sizes.iter().enumerate() {
-        let tables = softmm_side::tables(s);
-        let mut r = SizeRow { size_bytes: s, pages: s / PAGE, tables, ..SizeRow::default() };
-        if !fits[i] {
-            r.skipped = Some(format!(
-                "needs about {} of memory, {} available (90 % usable)",
-                bytes(need_fork(s)),
-                bytes(avail)
-            ));
-            rows.push(r);
-            continue;
-        }
-        if let Some(Some(sf)) = soft.get(i) {
-            r.shared_ns = med(&sf.shared.forks);
-            r.copy_ns = med(&sf.copy.forks);
-            r.first_shared_ns = Some(sf.shared.first);
-            r.first_copy_ns = Some(sf.copy.first);
-            r.samples.shared = sf.shared.forks.clone();
-            r.samples.copy = sf.copy.forks.clone();
-        }
-        if let Some(Some(l)) = lin.get(i) {
-            r.linux_ns = med(&l.warm);
-            r.first_linux_ns = Some(l.first);
-            r.samples.linux = Some(l.warm.clone());
-        }
-        let t = tables as f64;
-        r.shared_ns_per_table = r.shared_ns.map(|v| v / t);
-        r.copy_ns_per_table = r.copy_ns.map(|v| v / t);
-        r.linux_ns_per_table = r.linux_ns.map(|v| v / t);
-        r.ratio_vs_linux = ratio(r.linux_ns, r.shared_ns);
-        r.ratio_copy_vs_linux = ratio(r.linux_ns, r.copy_ns);
-        rows.push(r);
+    let rows: Vec<SizeRow> = (0..p.sizes.len())
+        .map(|i| size_row(&p, i, soft.get(i).and_then(Option::as_ref), lin.sizes.get(i).and_then(Option::as_ref)))
+        .collect();
+    let d_i = p.detail.and_then(|d| p.sizes.iter().position(|&s| s == d));
+    let d_soft = d_i.and_then(|i| soft.get(i)).and_then(Option::as_ref);
+    let d_lin = d_i.and_then(|i| lin.sizes.get(i)).and_then(Option::as_ref);
+    let (first_write, write_all, fork_exit) = detail_figures(&p, d_soft, d_lin, lin.cow);
+    if let Some(path) = &o.plot {
+        plot(path, &rows)?;
     }
-    let at_i = sizes.iter().position(|&s| s == at).unwrap_or(0);
-    let at_row = rows.get(at_i);
+    let at = p.at;
+    let at_row = rows.get(p.sizes.iter().position(|&s| s == at).unwrap_or(0));
+    Ok(ForkResult {
+        bench: "fork",
+        what: "fork of a process with every page of its memory written (time of the fork call), warm",
+        unit: "ns/fork",
+        reps,
+        host_thp: !o.no_thp,
+        mem_available_bytes: p.avail,
+        size: at,
+        size_bytes: at,
+        pages: at / PAGE,
+        tables: softmm_side::tables(at),
+        shared_ns: at_row.and_then(|r| r.shared_ns),
+        copy_ns: at_row.and_then(|r| r.copy_ns),
+        linux_ns: at_row.and_then(|r| r.linux_ns),
+        softmm_ns: at_row.and_then(|r| r.shared_ns),
+        ratio_vs_linux: at_row.and_then(|r| r.ratio_vs_linux),
+        ratio_copy_vs_linux: at_row.and_then(|r| r.ratio_copy_vs_linux),
+        detail_size: p.detail,
+        sizes: rows,
+        first_write,
+        write_all,
+        fork_exit,
+        plot: o.plot.clone(),
+    })
+}
 
-    // Detail figures.
-    let d_i = detail.and_then(|d| sizes.iter().position(|&s| s == d));
-    let d_soft = d_i.and_then(|i| soft.get(i)).and_then(|s| s.as_ref());
-    let d_lin = d_i.and_then(|i| lin.get(i)).and_then(|l| l.as_ref());
-    let fw_shared = d_soft.and_then(|s| med(&s.shared.first_write));
-    let fw_copy = d_soft.and_then(|s| med(&s.copy.first_write));
-    let fw_linux_cow = linux_cow.as_deref().and_then(med);
-    let fw_linux_strided = d_lin.and_then(|l| l.first_write.as_deref()).and_then(med);
-    let wa_shared = d_soft.and_then(|s| med(&s.shared.write_all));
-    let wa_copy = d_soft.and_then(|s| med(&s.copy.write_all));
-    let fe_shared = d_soft.and_then(|s| med(&s.shared.fork_exit));
-    let fe_copy = d_soft.and_then(|s| med(&s.copy.fork_exit));
-    let fe_linux = d_lin.and_then(|l| l.fork_exit.as_deref()).and_then(med);
-    let (fe_writes, fe_tables) = softmm_side::strided(detail.unwrap_or(0), EXIT_STRIDE);
-
-    // Targets.
-    let at_note =
-        if at == DETAIL_SIZE { String::new() } else { format!(" (measured at {}; stated for 1 GiB)", bytes(at)) };
-    let fork_ratio = at_row.and_then(|r| r.ratio_vs_linux);
-    let fw_ratio = ratio(fw_shared, fw_linux_cow);
-    let wa_ratio = ratio(wa_shared, wa_copy);
-    let fe_ratio = ratio(fe_linux, fe_shared);
-    let targets = [
-        Target {
-            key: "fork",
-            what: format!("fork of {} resident >= {TARGET_FORK}x faster than Linux's fork{at_note}", bytes(at)),
-            value: fork_ratio.map(|r| (r, r >= TARGET_FORK)),
-            shown: opt_x(fork_ratio),
-        },
-        Target {
-            key: "first_write",
-            what: format!("(d) first write into a shared table <= {TARGET_FIRST_WRITE}x one warm Linux COW fault"),
-            value: fw_ratio.map(|r| (r, r <= TARGET_FIRST_WRITE)),
-            shown: format!("{} ({} vs {})", opt_x(fw_ratio), opt_ns(fw_shared), opt_ns(fw_linux_cow)),
-        },
-        Target {
-            key: "write_all",
-            what: format!("(e) fork + write every page, shared tables <= {TARGET_WRITE_ALL}x copied tables"),
-            value: wa_ratio.map(|r| (r, r <= TARGET_WRITE_ALL)),
-            shown: format!("{} ({} vs {})", opt_x(wa_ratio), opt_ns(wa_shared), opt_ns(wa_copy)),
-        },
-        Target {
-            key: "fork_exit",
-            what: format!("(f) fork + child writes 1 % + exit >= {TARGET_FORK_EXIT}x faster than Linux"),
-            value: fe_ratio.map(|r| (r, r >= TARGET_FORK_EXIT)),
-            shown: format!("{} ({} vs {})", opt_x(fe_ratio), opt_ns(fe_shared), opt_ns(fe_linux)),
-        },
-    ];
-    let checked: Vec<&Target> = targets.iter().filter(|t| t.value.is_some()).collect();
-    let missed: Vec<&str> = checked.iter().filter(|t| t.value.is_some_and(|(_, m)| !m)).map(|t| t.key).collect();
-    let met = (!checked.is_empty()).then_some(missed.is_empty());
-
-    // Text.
-    let mut t = String::new();
-    let _ = writeln!(t, "bench fork: fork of a process with every page of its memory written (warm, median of {reps})");
-    let _ = writeln!(
-        t,
-        "  shared = softmm ForkPolicy::SharedTables, copy = softmm ForkPolicy::CopyTables, linux = fork() of \
-         this process{}",
-        if o.no_thp { "; THP disabled (4 KiB host pages)" } else { "" }
-    );
-    let _ = writeln!(
-        t,
-        "  {:>9}{:>8}{:>11}{:>11}{:>11}  {:>10}{:>10}{:>10}  {:>13}{:>11}",
-        "size", "tables", "shared", "copy", "linux", "shared/tb", "copy/tb", "linux/tb", "linux/shared", "linux/copy"
-    );
-    for r in &rows {
-        if let Some(why) = &r.skipped {
-            let _ = writeln!(t, "  {:>9}{:>8}  skipped: {why}", bytes(r.size_bytes), count(r.tables));
-            continue;
-        }
+impl ForkResult {
+    /// The table of fork latency per size, and the first forks.
+    fn text_sizes(&self, t: &mut String) {
         let _ = writeln!(
             t,
             "  {:>9}{:>8}{:>11}{:>11}{:>11}  {:>10}{:>10}{:>10}  {:>13}{:>11}",
-            bytes(r.size_bytes),
-            count(r.tables),
-            opt_ns(r.shared_ns),
-            opt_ns(r.copy_ns),
-            opt_ns(r.linux_ns),
-            opt_ns(r.shared_ns_per_table),
-            opt_ns(r.copy_ns_per_table),
-            opt_ns(r.linux_ns_per_table),
-            opt_x(r.ratio_vs_linux),
-            opt_x(r.ratio_copy_vs_linux)
+            "size",
+            "tables",
+            "shared",
+            "copy",
+            "linux",
+            "shared/tb",
+            "copy/tb",
+            "linux/tb",
+            "linux/shared",
+            "linux/copy"
         );
+        for r in &self.sizes {
+            if let Some(why) = &r.skipped {
+                let _ = writeln!(t, "  {:>9}{:>8}  skipped: {why}", bytes(r.size_bytes), count(r.tables));
+                continue;
+            }
+            let _ = writeln!(
+                t,
+                "  {:>9}{:>8}{:>11}{:>11}{:>11}  {:>10}{:>10}{:>10}  {:>13}{:>11}",
+                bytes(r.size_bytes),
+                count(r.tables),
+                opt_ns(r.shared_ns),
+                opt_ns(r.copy_ns),
+                opt_ns(r.linux_ns),
+                opt_ns(r.shared_ns_per_table),
+                opt_ns(r.copy_ns_per_table),
+                opt_ns(r.linux_ns_per_table),
+                opt_x(r.ratio_vs_linux),
+                opt_x(r.ratio_copy_vs_linux)
+            );
+        }
+        let _ = writeln!(t, "  first fork after populating (one sample; write-protects the parent):");
+        for r in self.sizes.iter().filter(|r| r.skipped.is_none()) {
+            let _ = writeln!(
+                t,
+                "  {:>9}{:>8}{:>11}{:>11}{:>11}",
+                bytes(r.size_bytes),
+                "",
+                opt_ns(r.first_shared_ns),
+                opt_ns(r.first_copy_ns),
+                opt_ns(r.first_linux_ns)
+            );
+        }
     }
-    let _ = writeln!(t, "  first fork after populating (one sample; write-protects the parent):");
-    for r in rows.iter().filter(|r| r.skipped.is_none()) {
+
+    /// (d), (e), (f) at the detail size `d`.
+    fn text_detail(&self, t: &mut String, d: u64) {
+        let (fw, wa, fe) = (&self.first_write, &self.write_all, &self.fork_exit);
+        let _ =
+            writeln!(t, "  at {} ({} PTE tables, {} pages):", bytes(d), count(softmm_side::tables(d)), count(d / PAGE));
         let _ = writeln!(
             t,
-            "  {:>9}{:>8}{:>11}{:>11}{:>11}",
-            bytes(r.size_bytes),
-            "",
-            opt_ns(r.first_shared_ns),
-            opt_ns(r.first_copy_ns),
-            opt_ns(r.first_linux_ns)
+            "  (d) first write into each table of the child, per write: shared (unshare + COW) {}, \
+             copy (COW) {}; shared/copy {}",
+            opt_ns(fw.shared_ns),
+            opt_ns(fw.copy_ns),
+            opt_x(fw.ratio_shared_to_copy)
+        );
+        let _ = writeln!(
+            t,
+            "      Linux warm COW fault: {} per page ({}, every page, as bench cow), {} (one page per 2 MiB, \
+             as above)",
+            opt_ns(fw.linux_cow_ns),
+            bytes(fw.linux_cow_size_bytes),
+            opt_ns(fw.linux_first_write_ns)
+        );
+        let _ = writeln!(
+            t,
+            "      shared / Linux COW: {} (every page), {} (one page per 2 MiB)",
+            opt_x(fw.ratio_shared_to_linux_cow),
+            opt_x(fw.ratio_shared_to_linux_first_write)
+        );
+        let pages = (d / PAGE) as f64;
+        let _ = writeln!(
+            t,
+            "  (e) fork + write every page, total: shared {} ({:.0} ns/page), copy {} ({:.0} ns/page); \
+             shared/copy {}",
+            opt_ns(wa.shared_ns),
+            wa.shared_ns.unwrap_or(f64::NAN) / pages,
+            opt_ns(wa.copy_ns),
+            wa.copy_ns.unwrap_or(f64::NAN) / pages,
+            opt_x(wa.ratio_shared_to_copy)
+        );
+        let _ = writeln!(
+            t,
+            "  (f) fork + child writes 1 page in {} ({} pages, {} tables unshared) + exit, total: \
+             shared {}, copy {}, linux {}; linux/shared {}, linux/copy {}",
+            fe.stride_pages,
+            count(fe.writes.unwrap_or(0)),
+            count(fe.tables_unshared.unwrap_or(0)),
+            opt_ns(fe.shared_ns),
+            opt_ns(fe.copy_ns),
+            opt_ns(fe.linux_ns),
+            opt_x(fe.ratio_vs_linux),
+            opt_x(fe.ratio_copy_vs_linux)
         );
     }
-    match detail {
-        None => {
-            let _ = writeln!(
-                t,
-                "  (d)-(f) skipped: no size fits their memory need (2x the size plus slack; {} available)",
-                bytes(avail)
-            );
-        }
-        Some(d) => {
-            let _ = writeln!(
-                t,
-                "  at {} ({} PTE tables, {} pages):",
-                bytes(d),
-                count(softmm_side::tables(d)),
-                count(d / PAGE)
-            );
-            let _ = writeln!(
-                t,
-                "  (d) first write into each table of the child, per write: shared (unshare + COW) {}, \
-                 copy (COW) {}; shared/copy {}",
-                opt_ns(fw_shared),
-                opt_ns(fw_copy),
-                opt_x(ratio(fw_shared, fw_copy))
-            );
-            let _ = writeln!(
-                t,
-                "      Linux warm COW fault: {} per page ({}, every page, as bench cow), {} (one page per 2 MiB, \
-                 as above)",
-                opt_ns(fw_linux_cow),
-                bytes(LINUX_COW_SIZE),
-                opt_ns(fw_linux_strided)
-            );
-            let _ = writeln!(
-                t,
-                "      shared / Linux COW: {} (every page), {} (one page per 2 MiB)",
-                opt_x(fw_ratio),
-                opt_x(ratio(fw_shared, fw_linux_strided))
-            );
-            let pages = (d / PAGE) as f64;
-            let _ = writeln!(
-                t,
-                "  (e) fork + write every page, total: shared {} ({:.0} ns/page), copy {} ({:.0} ns/page); \
-                 shared/copy {}",
-                opt_ns(wa_shared),
-                wa_shared.unwrap_or(f64::NAN) / pages,
-                opt_ns(wa_copy),
-                wa_copy.unwrap_or(f64::NAN) / pages,
-                opt_x(wa_ratio)
-            );
-            let _ = writeln!(
-                t,
-                "  (f) fork + child writes 1 page in {EXIT_STRIDE} ({} pages, {} tables unshared) + exit, total: \
-                 shared {}, copy {}, linux {}; linux/shared {}, linux/copy {}",
-                count(fe_writes),
-                count(fe_tables),
-                opt_ns(fe_shared),
-                opt_ns(fe_copy),
-                opt_ns(fe_linux),
-                opt_x(fe_ratio),
-                opt_x(ratio(fe_linux, fe_copy))
-            );
-        }
-    }
-    let _ = writeln!(t, "  targets:");
-    for tg in &targets {
-        let verdict = match tg.value {
-            Some((_, true)) => "met".to_string(),
-            Some((_, false)) => "MISSED".to_string(),
-            None if detail.is_none() && tg.key != "fork" => "not measured (no detail size)".to_string(),
-            None => "not checked (run with --vs-linux)".to_string(),
-        };
-        let _ = writeln!(t, "    {}: {verdict} -> {}", tg.what, tg.shown);
-    }
+}
 
-    if let Some(p) = &o.plot {
-        plot(p, &rows)?;
-        let _ = writeln!(t, "  plot written to {}", p.display());
+impl Report for ForkResult {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "bench fork: fork of a process with every page of its memory written (warm, median of {})",
+            self.reps
+        );
+        let _ = writeln!(
+            t,
+            "  shared = softmm ForkPolicy::SharedTables, copy = softmm ForkPolicy::CopyTables, linux = fork() of \
+             this process{}",
+            if self.host_thp { "" } else { "; THP disabled (4 KiB host pages)" }
+        );
+        self.text_sizes(&mut t);
+        match self.detail_size {
+            None => {
+                let _ = writeln!(
+                    t,
+                    "  (d)-(f) skipped: no size fits their memory need (2x the size plus slack; {} available)",
+                    bytes(self.mem_available_bytes)
+                );
+            }
+            Some(d) => self.text_detail(&mut t, d),
+        }
+        if let Some(p) = &self.plot {
+            let _ = writeln!(t, "  plot written to {}", p.display());
+        }
+        t
     }
-
-    // JSON.
-    let target_json: Vec<serde_json::Value> = targets
-        .iter()
-        .map(|tg| {
-            serde_json::json!({
-                "key": tg.key,
-                "what": tg.what,
-                "value": tg.value.map(|v| v.0),
-                "met": tg.value.map(|v| v.1),
-            })
-        })
-        .collect();
-    let soft_samples = |f: fn(&softmm_side::PolicyFigures) -> &Vec<f64>| {
-        d_soft.map(|s| serde_json::json!({ "shared": f(&s.shared), "copy": f(&s.copy) }))
-    };
-    let json = serde_json::json!({
-        "bench": "fork",
-        "what": "fork of a process with every page of its memory written (time of the fork call), warm",
-        "unit": "ns/fork",
-        "reps": reps,
-        "host_thp": !o.no_thp,
-        "mem_available_bytes": avail,
-        "size": at,
-        "size_bytes": at,
-        "pages": at / PAGE,
-        "tables": softmm_side::tables(at),
-        "shared_ns": at_row.and_then(|r| r.shared_ns),
-        "copy_ns": at_row.and_then(|r| r.copy_ns),
-        "linux_ns": at_row.and_then(|r| r.linux_ns),
-        "softmm_ns": at_row.and_then(|r| r.shared_ns),
-        "ratio_vs_linux": fork_ratio,
-        "ratio_copy_vs_linux": at_row.and_then(|r| r.ratio_copy_vs_linux),
-        "sizes": rows,
-        "detail_size": detail,
-        "first_write": {
-            "size_bytes": detail,
-            "writes": detail.map(softmm_side::tables),
-            "shared_ns": fw_shared,
-            "copy_ns": fw_copy,
-            "linux_cow_ns": fw_linux_cow,
-            "linux_cow_size_bytes": LINUX_COW_SIZE,
-            "linux_first_write_ns": fw_linux_strided,
-            "ratio_shared_to_linux_cow": fw_ratio,
-            "ratio_shared_to_linux_first_write": ratio(fw_shared, fw_linux_strided),
-            "ratio_shared_to_copy": ratio(fw_shared, fw_copy),
-            "target_max_ratio_to_linux_cow": TARGET_FIRST_WRITE,
-            "target_met": fw_ratio.map(|r| r <= TARGET_FIRST_WRITE),
-            "samples": soft_samples(|p| &p.first_write),
-            "linux_samples": { "cow": linux_cow, "first_write": d_lin.and_then(|l| l.first_write.clone()) },
-        },
-        "write_all": {
-            "size_bytes": detail,
-            "pages": detail.map(|d| d / PAGE),
-            "shared_ns": wa_shared,
-            "copy_ns": wa_copy,
-            "ratio_shared_to_copy": wa_ratio,
-            "target_max_ratio": TARGET_WRITE_ALL,
-            "target_met": wa_ratio.map(|r| r <= TARGET_WRITE_ALL),
-            "samples": soft_samples(|p| &p.write_all),
-        },
-        "fork_exit": {
-            "size_bytes": detail,
-            "stride_pages": EXIT_STRIDE,
-            "writes": detail.map(|_| fe_writes),
-            "tables_unshared": detail.map(|_| fe_tables),
-            "shared_ns": fe_shared,
-            "copy_ns": fe_copy,
-            "linux_ns": fe_linux,
-            "ratio_vs_linux": fe_ratio,
-            "ratio_copy_vs_linux": ratio(fe_linux, fe_copy),
-            "target_min_ratio_vs_linux": TARGET_FORK_EXIT,
-            "target_met": fe_ratio.map(|r| r >= TARGET_FORK_EXIT),
-            "samples": soft_samples(|p| &p.fork_exit),
-            "linux_samples": d_lin.and_then(|l| l.fork_exit.clone()),
-        },
-        "target_ratio_vs_linux": TARGET_FORK,
-        "targets": target_json,
-        "targets_missed": missed,
-        "target_met": met,
-    });
-    Ok((t, json, met))
 }
 
 /// An SVG plot of fork latency against resident size, log-log.

@@ -11,7 +11,8 @@
 //! volatile stores, `clock_gettime`, `write` and `_exit` all the same.
 
 use super::Keep;
-use crate::error::{os_error, CliError, CliResult};
+use crate::error::{io_error, os_error, CliError, CliResult};
+use crate::sys;
 use crate::units::PAGE;
 use std::sync::atomic::AtomicU32;
 
@@ -116,13 +117,7 @@ impl Drop for Region {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
-}
+pub use crate::sys::mono_ns;
 
 /// Demand-zero faults on recycled memory: touch and unmap `size` once, then
 /// per repetition map `size`, time the touch of every page, unmap.
@@ -237,16 +232,11 @@ pub fn fork_size(size: u64, reps: usize, detail: bool, exit_stride: u64) -> CliR
 fn fork_write_exit(a: &mut Region, stride: u64) -> CliResult<u64> {
     let t0 = mono_ns();
     // SAFETY: single-threaded process (module comment); the child only does
-    // volatile stores into its copy of `a` and `_exit`s.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
+    // volatile stores into its copy of `a` and exits at once.
+    let Some(pid) = (unsafe { sys::fork() }).map_err(|e| io_error("fork", e))? else {
         a.touch_every(2, stride);
-        // SAFETY: as in `fork_once`.
-        unsafe { libc::_exit(0) }
-    }
-    if pid < 0 {
-        return Err(os_error("fork"));
-    }
+        sys::exit_now(0)
+    };
     reap(pid)?;
     Ok(mono_ns() - t0)
 }
@@ -256,17 +246,10 @@ fn fork_write_exit(a: &mut Region, stride: u64) -> CliResult<u64> {
 fn fork_once() -> CliResult<u64> {
     let t0 = mono_ns();
     // SAFETY: this process is single-threaded (see the module comment); the
-    // child calls nothing but `_exit`.
-    let pid = unsafe { libc::fork() };
+    // child only exits.
+    let pid = unsafe { sys::fork() };
     let t1 = mono_ns();
-    if pid == 0 {
-        // SAFETY: `_exit` ends the child without running destructors or
-        // atexit handlers, which belong to the parent.
-        unsafe { libc::_exit(0) }
-    }
-    if pid < 0 {
-        return Err(os_error("fork"));
-    }
+    let Some(pid) = pid.map_err(|e| io_error("fork", e))? else { sys::exit_now(0) };
     reap(pid)?;
     Ok(t1 - t0)
 }
@@ -275,31 +258,22 @@ fn fork_once() -> CliResult<u64> {
 /// a COW fault), timing that with `clock_gettime`, sends the nanoseconds
 /// through a pipe and exits. Returns the child's figure.
 fn fork_timing_child_writes(a: &mut Region, stride: u64) -> CliResult<u64> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(os_error("pipe2"));
-    }
-    let [rfd, wfd] = fds;
+    use std::io::{Read, Write};
+    let (rfd, wfd) = sys::pipe().map_err(|e| io_error("pipe2", e))?;
+    let (mut rx, mut tx) = (std::fs::File::from(rfd), std::fs::File::from(wfd));
     // SAFETY: single-threaded process (module comment); the child only does
-    // volatile stores into its copy of `a`, clock_gettime, write and _exit.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
+    // volatile stores into its copy of `a`, clock_gettime, write and exits.
+    let Some(pid) = (unsafe { sys::fork() }).map_err(|e| io_error("fork", e))? else {
         let t0 = mono_ns();
         a.touch_every(2, stride);
         let t1 = mono_ns();
-        let ok = write_all(wfd, &(t1 - t0).to_ne_bytes());
-        // SAFETY: as in `fork_once`.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-    }
-    close(wfd);
-    if pid < 0 {
-        close(rfd);
-        return Err(os_error("fork"));
-    }
+        let ok = tx.write_all(&(t1 - t0).to_ne_bytes()).is_ok();
+        sys::exit_now(if ok { 0 } else { 1 })
+    };
+    drop(tx);
     let mut buf = [0u8; 8];
-    let got = read_exact(rfd, &mut buf);
-    close(rfd);
+    let got = rx.read_exact(&mut buf).is_ok();
+    drop(rx);
     reap(pid)?;
     if !got {
         return Err(CliError("the forked child did not report its timing".into()));
@@ -307,47 +281,12 @@ fn fork_timing_child_writes(a: &mut Region, stride: u64) -> CliResult<u64> {
     Ok(u64::from_ne_bytes(buf))
 }
 
-fn close(fd: i32) {
-    // SAFETY: `fd` is a descriptor this module opened and closes once.
-    let _ = unsafe { libc::close(fd) };
-}
-
-/// `fd` as a `File` that does not close it when dropped (the module closes
-/// its descriptors itself, once, with `close`).
-fn borrow_fd(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is an open descriptor this module owns; ManuallyDrop keeps
-    // the File from closing it, so ownership stays with the caller.
-    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
-}
-
-fn write_all(fd: i32, data: &[u8]) -> bool {
-    use std::io::Write;
-    borrow_fd(fd).write_all(data).is_ok()
-}
-
-fn read_exact(fd: i32, buf: &mut [u8]) -> bool {
-    use std::io::Read;
-    borrow_fd(fd).read_exact(buf).is_ok()
-}
-
 /// Wait for `pid`; it must have exited with status 0.
-fn reap(pid: libc::pid_t) -> CliResult<()> {
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid int for the kernel to fill.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return Err(os_error("waitpid"));
-    }
-    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+fn reap(pid: i32) -> CliResult<()> {
+    let status = sys::wait_for(pid).map_err(|e| io_error("waitpid", e))?;
+    if status.exit_status() == Some(0) {
         Ok(())
     } else {
-        Err(CliError(format!("the forked child failed (wait status {status:#x})")))
+        Err(CliError(format!("the forked child failed (wait status {:#x})", status.as_raw())))
     }
 }

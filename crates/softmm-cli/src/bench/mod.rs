@@ -106,24 +106,34 @@ fn say(pb: &ProgressBar, msg: String) {
     pb.tick();
 }
 
-pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
-    let list = match which {
-        BenchKind::All => {
-            vec![
-                BenchKind::Fault,
-                BenchKind::Cow,
-                BenchKind::Fork,
-                BenchKind::Tlb,
-                BenchKind::Read,
-                BenchKind::Futex,
-                BenchKind::Rmap,
-                BenchKind::Reclaim,
-                BenchKind::Notifier,
-            ]
-        }
-        k => vec![k],
-    };
-    let all = which == BenchKind::All;
+/// What a bench measured: one value that is both its JSON object and
+/// the source of its text table, so the two never disagree.
+pub trait Report: Serialize {
+    /// The human-readable table of these figures.
+    fn text(&self) -> String;
+}
+
+/// The text and JSON of one bench's result.
+fn output<R: Report>(r: &R) -> CliResult<(String, serde_json::Value)> {
+    let v = serde_json::to_value(r).map_err(|e| CliError(format!("JSON output: {e}")))?;
+    Ok((r.text(), v))
+}
+
+/// The benches of `bench all`, in the order they run.
+const ALL: [BenchKind; 9] = [
+    BenchKind::Fault,
+    BenchKind::Cow,
+    BenchKind::Fork,
+    BenchKind::Tlb,
+    BenchKind::Read,
+    BenchKind::Futex,
+    BenchKind::Rmap,
+    BenchKind::Reclaim,
+    BenchKind::Notifier,
+];
+
+/// Refuse options given to a bench that does not take them.
+fn check_options(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     if !o.sizes.is_empty() && which != BenchKind::Fork {
         return Err(CliError("--sizes is for `bench fork` only (use --size)".into()));
     }
@@ -136,58 +146,58 @@ pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     if o.background_reclaim && !matches!(which, BenchKind::Reclaim | BenchKind::All) {
         return Err(CliError("--background-reclaim is for `bench reclaim` only".into()));
     }
-    let mut results = Vec::new();
-    let mut missed = Vec::new();
-    for (n, k) in list.into_iter().enumerate() {
-        // With `all`, --size applies to every bench but tlb, whose working
-        // set must fit its TLB, futex, whose COW region keeps its default,
-        // rmap, whose 64 MiB process is the load it models (a large one
-        // would make its copied-tables forks take minutes), and notifier,
-        // whose 1 GiB munmap is the one the issue names (and costs little).
-        let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap | BenchKind::Notifier) {
-            None
-        } else {
-            o.size
-        };
-        let (text, json, met) = match k {
-            BenchKind::Fault | BenchKind::Cow => pair(k, o, size)?,
-            BenchKind::Fork => {
-                let sizes = match (all, &o.sizes[..], size) {
-                    (true, _, s) => vec![s.unwrap_or(fork::ALL_SIZE)],
-                    (false, [], Some(s)) => vec![s],
-                    (false, [], None) => fork::DEFAULT_SIZES.to_vec(),
-                    (false, list, _) => list.to_vec(),
-                };
-                fork::fork(o, &sizes)?
-            }
-            BenchKind::Tlb => tlb(o, size)?,
-            BenchKind::Read => read(o, size)?,
-            BenchKind::Futex => futex::futex(o, size)?,
-            BenchKind::Rmap => rmap::rmap(o, size)?,
-            BenchKind::Reclaim => reclaim::reclaim(o, size)?,
-            BenchKind::Notifier => notifier::notifier(o, size)?,
-            BenchKind::All => unreachable_all()?,
-        };
-        if met == Some(false) {
-            if let Some(b) = json.get("bench").and_then(|b| b.as_str()) {
-                missed.push(b.to_string());
-            }
+    Ok(())
+}
+
+/// Run one bench: its text and its JSON object.
+fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_json::Value)> {
+    // With `all`, --size applies to every bench but tlb, whose working
+    // set must fit its TLB, futex, whose COW region keeps its default,
+    // rmap, whose 64 MiB process is the load it models (a large one
+    // would make its copied-tables forks take minutes), and notifier,
+    // whose 1 GiB munmap is the case it measures (and costs little).
+    let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap | BenchKind::Notifier) {
+        None
+    } else {
+        o.size
+    };
+    match k {
+        BenchKind::Fault | BenchKind::Cow => output(&pair(k, o, size)?),
+        BenchKind::Fork => {
+            let sizes = match (all, &o.sizes[..], size) {
+                (true, _, s) => vec![s.unwrap_or(fork::ALL_SIZE)],
+                (false, [], Some(s)) => vec![s],
+                (false, [], None) => fork::DEFAULT_SIZES.to_vec(),
+                (false, list, _) => list.to_vec(),
+            };
+            output(&fork::fork(o, &sizes)?)
         }
+        BenchKind::Tlb => output(&tlb(o, size)?),
+        BenchKind::Read => output(&read(o, size)?),
+        BenchKind::Futex => output(&futex::futex(o, size)?),
+        BenchKind::Rmap => output(&rmap::rmap(o, size)?),
+        BenchKind::Reclaim => output(&reclaim::reclaim(o, size)?),
+        BenchKind::Notifier => output(&notifier::notifier(o, size)?),
+        BenchKind::All => Err(CliError("internal: 'all' is expanded before dispatch".into())),
+    }
+}
+
+pub fn bench(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
+    check_options(which, o)?;
+    let all = which == BenchKind::All;
+    let list = if all { ALL.to_vec() } else { vec![which] };
+    let mut results = Vec::new();
+    for (n, k) in list.into_iter().enumerate() {
+        let (text, json) = run_one(k, o, all)?;
         if n > 0 {
             emit("\n")?;
         }
         emit(&text)?;
         results.push(json);
     }
-    if all {
-        emit(&format!(
-            "\ntargets: {}\n",
-            if missed.is_empty() { "all met".to_string() } else { format!("missed by {}", missed.join(", ")) }
-        ))?;
-    }
     if o.json {
         let last = if all {
-            serde_json::json!({ "bench": "all", "targets_missed": missed, "results": results })
+            serde_json::json!({ "bench": "all", "results": results })
         } else {
             results.pop().unwrap_or(serde_json::Value::Null)
         };
@@ -221,21 +231,36 @@ pub fn ensure_memory(bench: &str, size: u64, need: u64) -> CliResult<()> {
     Ok(())
 }
 
-fn unreachable_all() -> CliResult<(String, serde_json::Value, Option<bool>)> {
-    Err(CliError("internal: 'all' is expanded before dispatch".into()))
-}
-
 /// The per-benchmark facts of fault and cow.
 struct Spec {
     name: &'static str,
     what: &'static str,
     default_size: u64,
-    /// Minimum ratio vs Linux's warm figure asked for by the issue.
-    target: Option<f64>,
     /// How many times `size` the cold phase keeps alive per run.
     keep_factor: u64,
     /// Peak memory of one run, in multiples of `size`.
     peak_factor: u64,
+}
+
+impl Spec {
+    fn of(kind: BenchKind) -> Spec {
+        match kind {
+            BenchKind::Fault => Spec {
+                name: "fault",
+                what: "demand-zero write fault (mmap, write one byte per page)",
+                default_size: 64 << 20,
+                keep_factor: 2,
+                peak_factor: 2,
+            },
+            _ => Spec {
+                name: "cow",
+                what: "copy-on-write fault (parent wrote every page, fork, child writes one byte per page)",
+                default_size: 64 << 20,
+                keep_factor: 2,
+                peak_factor: 3,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -246,8 +271,9 @@ struct Samples {
     linux_cold: Option<Vec<f64>>,
 }
 
+/// The result of `bench fault` or `bench cow`.
 #[derive(Serialize)]
-struct PairJson {
+pub struct PairResult {
     bench: &'static str,
     what: &'static str,
     unit: &'static str,
@@ -265,8 +291,6 @@ struct PairJson {
     softmm_cold_ns: f64,
     linux_cold_ns: Option<f64>,
     ratio_vs_linux_cold: Option<f64>,
-    target_ratio_vs_linux: Option<f64>,
-    target_met: Option<bool>,
     /// Whether cold runs kept their memory until all were done.
     cold_runs_isolated: Option<bool>,
     /// Whether transparent huge pages were allowed (softmm's arena asks for them).
@@ -274,25 +298,68 @@ struct PairJson {
     samples: Samples,
 }
 
-fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
-    let spec = match kind {
-        BenchKind::Fault => Spec {
-            name: "fault",
-            what: "demand-zero write fault (mmap, write one byte per page)",
-            default_size: 64 << 20,
-            target: Some(4.0),
-            keep_factor: 2,
-            peak_factor: 2,
-        },
-        _ => Spec {
-            name: "cow",
-            what: "copy-on-write fault (parent wrote every page, fork, child writes one byte per page)",
-            default_size: 64 << 20,
-            target: Some(3.0),
-            keep_factor: 2,
-            peak_factor: 3,
-        },
+/// The cold runs of fault or cow, Linux (with --vs-linux) then softmm,
+/// each run's memory kept in `keep`.
+fn pair_cold(
+    kind: BenchKind,
+    o: &BenchOpts,
+    size: u64,
+    keep: &mut Keep,
+    pb: &ProgressBar,
+) -> CliResult<(Vec<f64>, Option<Vec<f64>>)> {
+    let name = Spec::of(kind).name;
+    say(pb, format!("{name}: Linux, cold"));
+    let linux = if o.vs_linux {
+        Some(match kind {
+            BenchKind::Fault => linux::fault_cold(size, o.reps, keep)?,
+            _ => linux::cow_cold(size, o.reps, keep)?,
+        })
+    } else {
+        None
     };
+    say(pb, format!("{name}: softmm, cold"));
+    let softmm = match kind {
+        BenchKind::Fault => softmm_side::fault_cold(size, o.reps, keep)?,
+        _ => softmm_side::cow_cold(size, o.reps, keep)?,
+    };
+    Ok((softmm, linux))
+}
+
+/// The warm runs of fault or cow: Linux (with --vs-linux), softmm, and for
+/// fault softmm again starting right after the unmap.
+#[allow(clippy::type_complexity)]
+fn pair_warm(
+    kind: BenchKind,
+    o: &BenchOpts,
+    size: u64,
+    pb: &ProgressBar,
+) -> CliResult<(Vec<f64>, Option<Vec<f64>>, Option<Vec<f64>>)> {
+    let name = Spec::of(kind).name;
+    say(pb, format!("{name}: Linux, warm"));
+    let linux = if o.vs_linux {
+        Some(match kind {
+            BenchKind::Fault => linux::fault_warm(size, o.reps)?,
+            _ => linux::cow_warm(size, o.reps)?,
+        })
+    } else {
+        None
+    };
+    say(pb, format!("{name}: softmm, warm"));
+    let softmm = match kind {
+        BenchKind::Fault => softmm_side::fault_warm(size, o.reps, true)?,
+        _ => softmm_side::cow_warm(size, o.reps)?,
+    };
+    let now = if kind == BenchKind::Fault {
+        say(pb, format!("{name}: softmm, warm, right after unmap"));
+        Some(softmm_side::fault_warm(size, o.reps, false)?)
+    } else {
+        None
+    };
+    Ok((softmm, now, linux))
+}
+
+fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<PairResult> {
+    let spec = Spec::of(kind);
     let size = size.unwrap_or(spec.default_size);
     let pages = size / PAGE;
     let reps = o.reps;
@@ -305,41 +372,9 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     let pb = status();
     // Cold first: nothing of this benchmark has been freed yet.
     let mut keep = Keep::new(isolate);
-    say(&pb, format!("{}: Linux, cold", spec.name));
-    let linux_cold = if o.vs_linux {
-        Some(match kind {
-            BenchKind::Fault => linux::fault_cold(size, reps, &mut keep)?,
-            _ => linux::cow_cold(size, reps, &mut keep)?,
-        })
-    } else {
-        None
-    };
-    say(&pb, format!("{}: softmm, cold", spec.name));
-    let softmm_cold = match kind {
-        BenchKind::Fault => softmm_side::fault_cold(size, reps, &mut keep)?,
-        _ => softmm_side::cow_cold(size, reps, &mut keep)?,
-    };
+    let (softmm_cold, linux_cold) = pair_cold(kind, o, size, &mut keep, &pb)?;
     drop(keep);
-    say(&pb, format!("{}: Linux, warm", spec.name));
-    let linux_warm = if o.vs_linux {
-        Some(match kind {
-            BenchKind::Fault => linux::fault_warm(size, reps)?,
-            _ => linux::cow_warm(size, reps)?,
-        })
-    } else {
-        None
-    };
-    say(&pb, format!("{}: softmm, warm", spec.name));
-    let softmm_warm = match kind {
-        BenchKind::Fault => softmm_side::fault_warm(size, reps, true)?,
-        _ => softmm_side::cow_warm(size, reps)?,
-    };
-    let softmm_warm_now = if kind == BenchKind::Fault {
-        say(&pb, format!("{}: softmm, warm, right after unmap", spec.name));
-        Some(softmm_side::fault_warm(size, reps, false)?)
-    } else {
-        None
-    };
+    let (softmm_warm, softmm_warm_now, linux_warm) = pair_warm(kind, o, size, &pb)?;
     pb.finish_and_clear();
 
     let sw = median(&softmm_warm);
@@ -347,65 +382,10 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
     let sc = median(&softmm_cold);
     let lw = linux_warm.as_deref().map(median);
     let lc = linux_cold.as_deref().map(median);
-    let rw = lw.map(|l| l / sw);
-    let rc = lc.map(|l| l / sc);
-    let met = match (spec.target, rw) {
-        (Some(t), Some(r)) => Some(r >= t),
-        _ => None,
-    };
-
-    let mut t = String::new();
-    let unit = "ns/page";
-    let _ = writeln!(t, "bench {}: {}", spec.name, spec.what);
-    let _ = writeln!(
-        t,
-        "  {} ({} pages) per run, median of {} runs{}{}",
-        bytes(size),
-        count(pages),
-        reps,
-        if o.no_thp { ", THP disabled (4 KiB host pages)" } else { "" },
-        if isolate || spec.keep_factor == 0 { "" } else { " (cold runs not isolated: not enough free memory)" }
-    );
-    let _ = writeln!(t, "  {:<8}{:>14}{:>14}{:>16}", "", "softmm", "linux", "linux/softmm");
-    let row = |name: &str, s: f64, l: Option<f64>, r: Option<f64>| {
-        format!(
-            "  {:<8}{:>14}{:>14}{:>16}\n",
-            name,
-            ns(s),
-            l.map(ns).unwrap_or_else(|| "-".into()),
-            r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
-        )
-    };
-    t.push_str(&row("warm", sw, lw, rw));
-    if let Some(swn) = swn {
-        t.push_str(&row("warm-now", swn, lw, lw.map(|l| l / swn)));
-        let _ = writeln!(
-            t,
-            "  (warm: freed frames were zeroed by softmm's background thread before the run;\n   \
-             warm-now: the run starts right after the unmap and mostly zeroes frames itself)"
-        );
-    }
-    t.push_str(&row("cold", sc, lc, rc));
-    match (spec.target, rw) {
-        (Some(target), Some(r)) => {
-            let _ = writeln!(
-                t,
-                "  target: softmm >= {target}x Linux's warm rate -> {} ({r:.2}x)",
-                if r >= target { "met" } else { "MISSED" }
-            );
-        }
-        (Some(target), None) => {
-            let _ = writeln!(t, "  target: softmm >= {target}x Linux's warm rate (run with --vs-linux to check)");
-        }
-        (None, _) => {
-            let _ = writeln!(t, "  (no target in the issue; for context)");
-        }
-    }
-
-    let json = PairJson {
+    Ok(PairResult {
         bench: spec.name,
         what: spec.what,
-        unit,
+        unit: "ns/page",
         size_bytes: size,
         pages,
         reps,
@@ -413,81 +393,157 @@ fn pair(kind: BenchKind, o: &BenchOpts, size: Option<u64>) -> CliResult<(String,
         softmm_warm_now_ns: swn,
         ratio_vs_linux_warm_now: lw.zip(swn).map(|(l, s)| l / s),
         linux_ns: lw,
-        ratio_vs_linux: rw,
+        ratio_vs_linux: lw.map(|l| l / sw),
         softmm_cold_ns: sc,
         linux_cold_ns: lc,
-        ratio_vs_linux_cold: rc,
-        target_ratio_vs_linux: spec.target,
-        target_met: met,
+        ratio_vs_linux_cold: lc.map(|l| l / sc),
         cold_runs_isolated: (spec.keep_factor > 0).then_some(isolate),
         host_thp: !o.no_thp,
         samples: Samples { softmm_warm, linux_warm, softmm_cold, linux_cold },
-    };
-    let v = serde_json::to_value(&json).map_err(|e| CliError(format!("JSON output: {e}")))?;
-    Ok((t, v, met))
+    })
+}
+
+impl Report for PairResult {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "bench {}: {}", self.bench, self.what);
+        let _ = writeln!(
+            t,
+            "  {} ({} pages) per run, median of {} runs{}{}",
+            bytes(self.size_bytes),
+            count(self.pages),
+            self.reps,
+            if self.host_thp { "" } else { ", THP disabled (4 KiB host pages)" },
+            if self.cold_runs_isolated == Some(false) {
+                " (cold runs not isolated: not enough free memory)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(t, "  {:<8}{:>14}{:>14}{:>16}", "", "softmm", "linux", "linux/softmm");
+        let row = |name: &str, s: f64, l: Option<f64>, r: Option<f64>| {
+            format!(
+                "  {:<8}{:>14}{:>14}{:>16}\n",
+                name,
+                ns(s),
+                l.map(ns).unwrap_or_else(|| "-".into()),
+                r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
+            )
+        };
+        t.push_str(&row("warm", self.softmm_ns, self.linux_ns, self.ratio_vs_linux));
+        if let Some(swn) = self.softmm_warm_now_ns {
+            t.push_str(&row("warm-now", swn, self.linux_ns, self.ratio_vs_linux_warm_now));
+            let _ = writeln!(
+                t,
+                "  (warm: freed frames were zeroed by softmm's background thread before the run;\n   \
+                 warm-now: the run starts right after the unmap and mostly zeroes frames itself)"
+            );
+        }
+        t.push_str(&row("cold", self.softmm_cold_ns, self.linux_cold_ns, self.ratio_vs_linux_cold));
+        t
+    }
 }
 
 /// Loads per timed run of the TLB bench.
 const TLB_LOADS: u64 = 50_000_000;
 /// Entries of an accessor's TLB (4 KiB each).
 const TLB_PAGES: u64 = 256;
-const TLB_TARGET: f64 = 150.0;
 
-fn tlb(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
+#[derive(Serialize)]
+struct TlbSamples {
+    softmm: Vec<f64>,
+    native: Vec<f64>,
+}
+
+/// The result of `bench tlb`.
+#[derive(Serialize)]
+pub struct TlbResult {
+    bench: &'static str,
+    size_bytes: u64,
+    pages: u64,
+    loads_per_run: u64,
+    reps: usize,
+    softmm_mloads_per_s: f64,
+    native_mloads_per_s: f64,
+    ratio_vs_native: f64,
+    softmm_ns_per_load: f64,
+    tlb_misses_while_timing: u64,
+    samples: TlbSamples,
+}
+
+fn tlb(o: &BenchOpts, size: Option<u64>) -> CliResult<TlbResult> {
     let size = size.unwrap_or(TLB_PAGES * PAGE);
     // softmm's working set, the host array of the same size, page tables.
     ensure_memory("tlb", size, size.saturating_mul(2).saturating_add(64 << 20))?;
-    let pages = size / PAGE;
     let pb = status();
     say(&pb, "tlb: random loads".into());
     let f = softmm_side::tlb(size, TLB_LOADS, o.reps)?;
     pb.finish_and_clear();
     let s = median(&f.softmm);
     let n = median(&f.native);
-    // The target is for a working set that fits the TLB.
-    let fits = pages <= TLB_PAGES;
-    let met = s >= TLB_TARGET;
-    let mut t = String::new();
-    let _ = writeln!(t, "bench tlb: random aligned 8-byte loads through one accessor, one core");
-    let _ = writeln!(
-        t,
-        "  working set {} ({} pages, TLB {} entries), {}M loads per run, median of {} runs",
-        bytes(size),
-        pages,
-        TLB_PAGES,
-        TLB_LOADS / 1_000_000,
-        o.reps
-    );
-    let _ = writeln!(t, "  softmm accessor  {s:>8.1} M loads/s  ({:.2} ns/load)", 1e3 / s);
-    let _ = writeln!(t, "  host array       {n:>8.1} M loads/s  ({:.2} ns/load; same loop, plain loads)", 1e3 / n);
-    let _ = writeln!(t, "  TLB misses while timing: {}", count(f.misses));
-    if pages > TLB_PAGES {
-        let _ = writeln!(t, "  note: the working set exceeds the TLB; figures include misses");
-    }
-    if fits {
-        let _ = writeln!(t, "  target: >= {TLB_TARGET} M loads/s -> {} ({s:.1})", if met { "met" } else { "MISSED" });
-    }
-    let json = serde_json::json!({
-        "bench": "tlb",
-        "size_bytes": size,
-        "pages": pages,
-        "loads_per_run": TLB_LOADS,
-        "reps": o.reps,
-        "softmm_mloads_per_s": s,
-        "native_mloads_per_s": n,
-        "ratio_vs_native": s / n,
-        "softmm_ns_per_load": 1e3 / s,
-        "tlb_misses_while_timing": f.misses,
-        "target_mloads_per_s": TLB_TARGET,
-        "target_met": fits.then_some(met),
-        "samples": { "softmm": f.softmm, "native": f.native },
-    });
-    Ok((t, json, fits.then_some(met)))
+    Ok(TlbResult {
+        bench: "tlb",
+        size_bytes: size,
+        pages: size / PAGE,
+        loads_per_run: TLB_LOADS,
+        reps: o.reps,
+        softmm_mloads_per_s: s,
+        native_mloads_per_s: n,
+        ratio_vs_native: s / n,
+        softmm_ns_per_load: 1e3 / s,
+        tlb_misses_while_timing: f.misses,
+        samples: TlbSamples { softmm: f.softmm, native: f.native },
+    })
 }
 
-const READ_TARGET: f64 = 0.5;
+impl Report for TlbResult {
+    fn text(&self) -> String {
+        let (s, n) = (self.softmm_mloads_per_s, self.native_mloads_per_s);
+        let mut t = String::new();
+        let _ = writeln!(t, "bench tlb: random aligned 8-byte loads through one accessor, one core");
+        let _ = writeln!(
+            t,
+            "  working set {} ({} pages, TLB {} entries), {}M loads per run, median of {} runs",
+            bytes(self.size_bytes),
+            self.pages,
+            TLB_PAGES,
+            self.loads_per_run / 1_000_000,
+            self.reps
+        );
+        let _ = writeln!(t, "  softmm accessor  {s:>8.1} M loads/s  ({:.2} ns/load)", self.softmm_ns_per_load);
+        let _ = writeln!(t, "  host array       {n:>8.1} M loads/s  ({:.2} ns/load; same loop, plain loads)", 1e3 / n);
+        let _ = writeln!(t, "  TLB misses while timing: {}", count(self.tlb_misses_while_timing));
+        if self.pages > TLB_PAGES {
+            let _ = writeln!(t, "  note: the working set exceeds the TLB; figures include misses");
+        }
+        t
+    }
+}
 
-fn read(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
+#[derive(Serialize)]
+struct ReadSamples {
+    softmm: Vec<f64>,
+    memcpy: Vec<f64>,
+}
+
+/// The result of `bench read`.
+#[derive(Serialize)]
+pub struct ReadResult {
+    bench: &'static str,
+    size_bytes: u64,
+    passes: u64,
+    reps: usize,
+    softmm_gbps: f64,
+    memcpy_gbps: f64,
+    ratio_vs_memcpy: f64,
+    in_tlb_size_bytes: u64,
+    in_tlb_softmm_gbps: f64,
+    in_tlb_memcpy_gbps: f64,
+    in_tlb_ratio_vs_memcpy: f64,
+    samples: ReadSamples,
+}
+
+fn read(o: &BenchOpts, size: Option<u64>) -> CliResult<ReadResult> {
     let size = size.unwrap_or(64 << 20);
     ensure_memory("read", size, size.saturating_mul(2))?;
     // At least 256 MiB copied per timed run.
@@ -501,50 +557,43 @@ fn read(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Valu
     pb.finish_and_clear();
     let (s, m) = (median(&big.softmm), median(&big.memcpy));
     let (ss, sm) = (median(&little.softmm), median(&little.memcpy));
-    let ratio = s / m;
-    let met = ratio >= READ_TARGET;
-    let mut t = String::new();
-    let _ = writeln!(t, "bench read: sequential 4 KiB page reads through an accessor into one buffer, vs memcpy");
-    let _ = writeln!(t, "  {:<26}{:>12}{:>12}{:>10}", "", "softmm", "memcpy", "ratio");
-    let _ = writeln!(
-        t,
-        "  {:<26}{:>7.2} GB/s{:>7.2} GB/s{:>9.0}%",
-        format!("{} x{passes} (TLB misses)", bytes(size)),
-        s,
-        m,
-        ratio * 100.0
-    );
-    let _ = writeln!(
-        t,
-        "  {:<26}{:>7.2} GB/s{:>7.2} GB/s{:>9.0}%",
-        format!("{} (in the TLB)", bytes(small)),
-        ss,
-        sm,
-        ss / sm * 100.0
-    );
-    let _ = writeln!(
-        t,
-        "  target: >= {:.0}% of memcpy -> {} ({:.0}%, {} set)",
-        READ_TARGET * 100.0,
-        if met { "met" } else { "MISSED" },
-        ratio * 100.0,
-        bytes(size)
-    );
-    let json = serde_json::json!({
-        "bench": "read",
-        "size_bytes": size,
-        "passes": passes,
-        "reps": o.reps,
-        "softmm_gbps": s,
-        "memcpy_gbps": m,
-        "ratio_vs_memcpy": ratio,
-        "in_tlb_size_bytes": small,
-        "in_tlb_softmm_gbps": ss,
-        "in_tlb_memcpy_gbps": sm,
-        "in_tlb_ratio_vs_memcpy": ss / sm,
-        "target_ratio_vs_memcpy": READ_TARGET,
-        "target_met": met,
-        "samples": { "softmm": big.softmm, "memcpy": big.memcpy },
-    });
-    Ok((t, json, Some(met)))
+    Ok(ReadResult {
+        bench: "read",
+        size_bytes: size,
+        passes,
+        reps: o.reps,
+        softmm_gbps: s,
+        memcpy_gbps: m,
+        ratio_vs_memcpy: s / m,
+        in_tlb_size_bytes: small,
+        in_tlb_softmm_gbps: ss,
+        in_tlb_memcpy_gbps: sm,
+        in_tlb_ratio_vs_memcpy: ss / sm,
+        samples: ReadSamples { softmm: big.softmm, memcpy: big.memcpy },
+    })
+}
+
+impl Report for ReadResult {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "bench read: sequential 4 KiB page reads through an accessor into one buffer, vs memcpy");
+        let _ = writeln!(t, "  {:<26}{:>12}{:>12}{:>10}", "", "softmm", "memcpy", "ratio");
+        let _ = writeln!(
+            t,
+            "  {:<26}{:>7.2} GB/s{:>7.2} GB/s{:>9.0}%",
+            format!("{} x{} (TLB misses)", bytes(self.size_bytes), self.passes),
+            self.softmm_gbps,
+            self.memcpy_gbps,
+            self.ratio_vs_memcpy * 100.0
+        );
+        let _ = writeln!(
+            t,
+            "  {:<26}{:>7.2} GB/s{:>7.2} GB/s{:>9.0}%",
+            format!("{} (in the TLB)", bytes(self.in_tlb_size_bytes)),
+            self.in_tlb_softmm_gbps,
+            self.in_tlb_memcpy_gbps,
+            self.in_tlb_ratio_vs_memcpy * 100.0
+        );
+        t
+    }
 }

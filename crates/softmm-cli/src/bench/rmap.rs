@@ -18,9 +18,10 @@
 //! more than before; at the end the parent's data is intact and the
 //! machine passes its audit.
 
-use super::{median, say, status, BenchOpts};
+use super::{median, say, status, BenchOpts, Report};
 use crate::error::{check, CliError, CliResult, Context};
 use crate::units::{bytes, count, PAGE};
+use serde::Serialize;
 use softmm::GuestWords;
 use softmm::{Config, ForkPolicy, Machine, MachineStats, MapKind, Mm, Placement, Prot};
 use std::fmt::Write as _;
@@ -173,7 +174,7 @@ fn check_run(v: Variant, iters: u64, writes: u64, b: &MachineStats, a: &MachineS
     )
 }
 
-pub fn rmap(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::Value, Option<bool>)> {
+pub fn rmap(o: &BenchOpts, size: Option<u64>) -> CliResult<RmapResult> {
     let size = size.unwrap_or(DEFAULT_SIZE);
     let iters = o.iterations.unwrap_or(DEFAULT_ITERATIONS);
     let pages = size / PAGE;
@@ -226,60 +227,99 @@ pub fn rmap(o: &BenchOpts, size: Option<u64>) -> CliResult<(String, serde_json::
     pb.finish_and_clear();
 
     let med = samples.each_ref().map(|s| median(s));
-    let lock = softmm::rmap::LOCK_KIND;
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "bench rmap: fork + exit churn of a {} process (every page written) on {THREADS} threads; anon_vma lock: {lock}",
-        bytes(size)
-    );
-    let _ = writeln!(
-        t,
-        "  {} forks per thread per run ({} for plain fork + exit, shared tables), median of {} runs",
-        count(iters),
-        count(VARIANTS[0].iterations(iters)),
-        o.reps
-    );
-    let _ = writeln!(t, "  figures: fork + exit pairs per second, both threads together");
-    let _ = writeln!(t, "  {:<34}{:>16}{:>16}", "", "shared tables", "copied tables");
-    let rate = |x: f64| format!("{} /s", count(x.round() as u64));
-    let _ = writeln!(t, "  {:<34}{:>16}{:>16}", "fork + exit", rate(med[0]), rate(med[1]));
-    let _ = writeln!(
-        t,
-        "  {:<34}{:>16}{:>16}",
-        format!("fork + write {} pages + exit", count(writes)),
-        rate(med[2]),
-        rate(med[3])
-    );
-    let _ = writeln!(
-        t,
-        "  (shared tables is softmm's default fork policy; the writing child writes 1 page in {WRITE_STRIDE}, touching \
-         every PTE table)"
-    );
-    let json = serde_json::json!({
-        "bench": "rmap",
-        "lock": lock,
-        "what": "fork + exit churn of a process with every page written, 2 threads forking it at once",
-        "unit": "fork+exit per s",
-        "size_bytes": size,
-        "pages": pages,
-        "threads": THREADS,
-        "iterations": iters,
-        "iterations_fork_exit_shared": VARIANTS[0].iterations(iters),
-        "reps": o.reps,
-        "fork_exit_per_s": med[0],
-        "fork_exit_per_s_copy": med[1],
-        "fork_write_exit_per_s": med[2],
-        "fork_write_exit_per_s_copy": med[3],
-        "write_stride_pages": WRITE_STRIDE,
-        "writes_per_child": writes,
-        "target_met": null,
-        "samples": {
-            "shared": samples[0],
-            "copy": samples[1],
-            "shared_write": samples[2],
-            "copy_write": samples[3],
-        },
-    });
-    Ok((t, json, None))
+    let [shared, copy, shared_write, copy_write] = samples;
+    Ok(RmapResult {
+        bench: "rmap",
+        lock: softmm::rmap::LOCK_KIND,
+        what: "fork + exit churn of a process with every page written, 2 threads forking it at once",
+        unit: "fork+exit per s",
+        size_bytes: size,
+        pages,
+        threads: THREADS,
+        iterations: iters,
+        iterations_fork_exit_shared: VARIANTS[0].iterations(iters),
+        reps: o.reps,
+        fork_exit_per_s: med[0],
+        fork_exit_per_s_copy: med[1],
+        fork_write_exit_per_s: med[2],
+        fork_write_exit_per_s_copy: med[3],
+        write_stride_pages: WRITE_STRIDE,
+        writes_per_child: writes,
+        samples: RmapSamples { shared, copy, shared_write, copy_write },
+    })
+}
+
+#[derive(Serialize)]
+struct RmapSamples {
+    shared: Vec<f64>,
+    copy: Vec<f64>,
+    shared_write: Vec<f64>,
+    copy_write: Vec<f64>,
+}
+
+/// The result of `bench rmap`: fork + exit pairs per second, both threads
+/// together, per variant.
+#[derive(Serialize)]
+pub struct RmapResult {
+    bench: &'static str,
+    lock: &'static str,
+    what: &'static str,
+    unit: &'static str,
+    size_bytes: u64,
+    pages: u64,
+    threads: u64,
+    iterations: u64,
+    iterations_fork_exit_shared: u64,
+    reps: usize,
+    fork_exit_per_s: f64,
+    fork_exit_per_s_copy: f64,
+    fork_write_exit_per_s: f64,
+    fork_write_exit_per_s_copy: f64,
+    write_stride_pages: u64,
+    writes_per_child: u64,
+    samples: RmapSamples,
+}
+
+impl Report for RmapResult {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "bench rmap: fork + exit churn of a {} process (every page written) on {} threads; anon_vma lock: {}",
+            bytes(self.size_bytes),
+            self.threads,
+            self.lock
+        );
+        let _ = writeln!(
+            t,
+            "  {} forks per thread per run ({} for plain fork + exit, shared tables), median of {} runs",
+            count(self.iterations),
+            count(self.iterations_fork_exit_shared),
+            self.reps
+        );
+        let _ = writeln!(t, "  figures: fork + exit pairs per second, both threads together");
+        let _ = writeln!(t, "  {:<34}{:>16}{:>16}", "", "shared tables", "copied tables");
+        let rate = |x: f64| format!("{} /s", count(x.round() as u64));
+        let _ = writeln!(
+            t,
+            "  {:<34}{:>16}{:>16}",
+            "fork + exit",
+            rate(self.fork_exit_per_s),
+            rate(self.fork_exit_per_s_copy)
+        );
+        let _ = writeln!(
+            t,
+            "  {:<34}{:>16}{:>16}",
+            format!("fork + write {} pages + exit", count(self.writes_per_child)),
+            rate(self.fork_write_exit_per_s),
+            rate(self.fork_write_exit_per_s_copy)
+        );
+        let _ = writeln!(
+            t,
+            "  (shared tables is softmm's default fork policy; the writing child writes 1 page in {}, touching \
+             every PTE table)",
+            self.write_stride_pages
+        );
+        t
+    }
 }

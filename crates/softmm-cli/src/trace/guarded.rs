@@ -52,17 +52,8 @@ extern "C" fn on_segv(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
 
 /// Install the SIGSEGV/SIGBUS handler. Call once in the worker process.
 pub fn install_handler() -> std::io::Result<()> {
-    // SAFETY: a zeroed sigaction is valid; we fill in the handler and flags.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_segv as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-        libc::sigemptyset(&mut sa.sa_mask);
-        for sig in [libc::SIGSEGV, libc::SIGBUS] {
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        crate::sys::set_handler(sig, on_segv, libc::SA_SIGINFO | libc::SA_NODEFER)?;
     }
     Ok(())
 }

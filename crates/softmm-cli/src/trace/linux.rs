@@ -61,8 +61,7 @@ impl LinuxRunner {
         // Workers forked by workers are adopted by this process when their
         // parent exits (instead of by PID 1, which may never reap them), and
         // reaped in `reap_orphans`.
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        crate::sys::become_subreaper();
         Ok(LinuxRunner { dir, socket, listener, procs: HashMap::new(), waiters: HashMap::new(), spawned: Vec::new() })
     }
 
@@ -188,9 +187,7 @@ impl LinuxRunner {
 /// its parent's child (auto-reaped there); a zombie counts as gone.
 fn reap(pid: i32) {
     for _ in 0..2000 {
-        let mut status = 0;
-        // SAFETY: reaping a child we may have spawned; harmless otherwise.
-        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        crate::sys::reap_nohang(pid);
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
         // A zombie leader may still have threads (futex waiters) exiting,
@@ -205,20 +202,13 @@ fn reap(pid: i32) {
 
 /// Reap every exited child (adopted orphans included), without waiting.
 fn reap_orphans() {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with WNOHANG on any child has no preconditions.
-        if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
-            return;
-        }
-    }
+    while crate::sys::reap_any_nohang() {}
 }
 
 impl Drop for LinuxRunner {
     fn drop(&mut self) {
         for p in self.procs.values() {
-            // SAFETY: killing a worker process this runner owns.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            crate::sys::kill(p.pid);
         }
         for c in &mut self.spawned {
             let _ = c.kill();

@@ -18,6 +18,7 @@
 
 use super::guarded::{self, Outcome};
 use super::parse::{hex, parse_line, Op, TKind, TProt};
+use crate::sys;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -31,22 +32,12 @@ pub const FORGET_WAITER: &str = "__forget_waiter";
 /// The signal that interrupts a waiter thread's FUTEX_WAIT.
 const INTERRUPT: libc::c_int = libc::SIGUSR1;
 
-extern "C" fn on_interrupt(_sig: libc::c_int) {}
+extern "C" fn on_interrupt(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {}
 
 /// Catch [`INTERRUPT`] without SA_RESTART, so that a FUTEX_WAIT it
 /// interrupts returns EINTR instead of waiting again.
 fn install_interrupt_handler() -> std::io::Result<()> {
-    // SAFETY: a zeroed sigaction is valid; the handler does nothing.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_interrupt as *const () as usize;
-        sa.sa_flags = 0;
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(INTERRUPT, &sa, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    sys::set_handler(INTERRUPT, on_interrupt, 0)
 }
 
 /// Pages mapped by the trace: start -> end, merged.
@@ -195,9 +186,7 @@ impl Worker {
             Op::Smaps { addr, .. } => smaps(*addr)?,
             Op::FutexWait { addr, val, w, .. } => self.futex_wait(*addr, *val, w)?,
             Op::FutexWake { addr, n, .. } => {
-                // SAFETY: FUTEX_WAKE only reads the futex word's key; a bad
-                // address gives EFAULT.
-                let r = unsafe { libc::syscall(libc::SYS_futex, *addr as *const u32, libc::FUTEX_WAKE, *n, 0, 0, 0) };
+                let r = sys::futex_at(*addr, libc::FUTEX_WAKE, *n);
                 if r < 0 {
                     errno_line()
                 } else {
@@ -266,14 +255,11 @@ impl Worker {
         std::thread::Builder::new()
             .name(format!("waiter-{w}"))
             .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                let me = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+                let me = sys::gettid();
                 if let Ok(mut t) = t2.lock() {
                     *t = Some(me);
                 }
-                // SAFETY: FUTEX_WAIT reads the word at `addr`; a bad address
-                // gives EFAULT rather than a signal.
-                let r = unsafe { libc::syscall(libc::SYS_futex, addr as *const u32, libc::FUTEX_WAIT, val, 0, 0, 0) };
+                let r = sys::futex_at(addr, libc::FUTEX_WAIT, val);
                 let code = if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) };
                 if let Ok(mut res) = r2.lock() {
                     *res = Some(code);
@@ -306,9 +292,7 @@ impl Worker {
                 return Err(format!("waiter `{w}` did not leave FUTEX_WAIT when interrupted"));
             }
             if let Some(tid) = waiter.tid.lock().ok().and_then(|g| *g) {
-                // SAFETY: signals one of this process's own waiter threads,
-                // whose handler does nothing.
-                unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, INTERRUPT) };
+                sys::tgkill(tid, INTERRUPT);
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -450,12 +434,10 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
     install_interrupt_handler().map_err(|e| format!("installing the SIGUSR1 handler: {e}"))?;
     // 4 KiB pages only, as softmm maps them: with transparent huge pages
     // set to `always`, smaps would count 2 MiB pages and differ.
-    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    let _ = sys::disable_thp();
     // Children this worker forks (other address spaces) are reaped by the
     // kernel when they exit, so an exited one never lingers as a zombie.
-    // SAFETY: setting a signal disposition has no memory-safety preconditions.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    sys::ignore_sigchld();
     let mut worker = Worker { owned: Owned::default(), waiters: BTreeMap::new() };
     let mut conn = BufReader::new(connect(socket, name)?);
     loop {
@@ -478,21 +460,19 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
             Op::Fork { b, .. } => {
                 // SAFETY: the worker's waiter threads, if any, hold no lock the
                 // child needs: the child only connects and runs commands.
-                let pid = unsafe { libc::fork() };
-                if pid < 0 {
-                    errno_line()
-                } else if pid == 0 {
-                    worker.waiters.clear();
-                    conn = BufReader::new(connect(socket, b)?);
-                    continue;
-                } else {
-                    "ok".into()
+                match unsafe { sys::fork() } {
+                    Err(_) => errno_line(),
+                    Ok(None) => {
+                        worker.waiters.clear();
+                        conn = BufReader::new(connect(socket, b)?);
+                        continue;
+                    }
+                    Ok(Some(_)) => "ok".into(),
                 }
             }
             Op::Exit { .. } => {
                 let _ = conn.get_mut().write_all(b"ok\n");
-                // SAFETY: ends this process at once, threads included.
-                unsafe { libc::_exit(0) };
+                sys::exit_now(0);
             }
             op => match worker.run(op) {
                 Ok(r) => r,
@@ -505,8 +485,7 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
 
 fn connect(socket: &str, name: &str) -> Result<UnixStream, String> {
     let mut s = UnixStream::connect(socket).map_err(|e| format!("connecting to {socket}: {e}"))?;
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = std::process::id();
     s.write_all(format!("hello {name} {pid}\n").as_bytes()).map_err(|e| format!("introducing {name}: {e}"))?;
     Ok(s)
 }
