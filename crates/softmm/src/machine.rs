@@ -60,8 +60,8 @@ pub struct Config {
     /// the CPU: they got it). The trade-off: a waiter woken this fast
     /// contends again at once, so a mutex whose critical sections take
     /// about the yield window hands over more often and loses throughput
-    /// (measured: 2 threads, 0.5 µs sections, two thirds of Linux's rate;
-    /// zero gives Linux's). Default 5 µs; see `docs/BENCHMARKS.md`.
+    /// (zero gives Linux's; figures in `docs/BENCHMARKS.md`, futex).
+    /// Default 5 µs.
     pub futex_spin: std::time::Duration,
 }
 

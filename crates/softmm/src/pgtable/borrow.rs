@@ -625,7 +625,7 @@ mod loom_borrow_tests {
     }
 
     /// The model can fail, and caught this bug of the first `borrow::detach`
-    /// (session 7; fixed by dropping the reference first). With no hold
+    /// (fixed by dropping the reference first). With no hold
     /// (no accessor, so no shootdown pending), that `detach` cleared `C`'s
     /// backing and left the registry under `C`'s lock, but dropped the
     /// borrower reference only after unlocking. B's `put_late` meanwhile:
