@@ -56,8 +56,10 @@
 //! (`scripts/bench-notifier.sh`); nothing else should use it.
 
 use crate::error::{Error, Result};
-use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+// Protocol state (the sequence, the intervals' values, the lists and the
+// snapshot's reader count) is `crate::sync`'s, so the loom models below
+// run this code; subscribers and the owner are plain `std` `Arc`s.
+use crate::sync::{Arc as SyncArc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Whether MMU notifiers are compiled in: `false` in a build with
@@ -127,7 +129,16 @@ pub trait MmuNotifier: Send + Sync {
     fn release(&self) {}
 }
 
-type Snapshot = Arc<[Arc<dyn MmuNotifier>]>;
+/// The subscriber list as operations see it; its reader count is the
+/// grace period's (see the module comment).
+type Snapshot = SyncArc<[Arc<dyn MmuNotifier>]>;
+
+fn snapshot(v: Vec<Arc<dyn MmuNotifier>>) -> Snapshot {
+    #[cfg(loom)]
+    return SyncArc::from_std(Arc::from(v));
+    #[cfg(not(loom))]
+    SyncArc::from(v)
+}
 
 /// The subscribers of one address space.
 pub(crate) struct Notifiers {
@@ -137,7 +148,7 @@ pub(crate) struct Notifiers {
     /// Interval notifiers' shared sequence (Linux's `invalidate_seq`):
     /// odd while an invalidation that overlaps an interval is between its
     /// start and its end. Changed only under `itree`.
-    seq: Arc<AtomicU64>,
+    seq: SyncArc<AtomicU64>,
     itree: Mutex<Itree>,
 }
 
@@ -145,7 +156,7 @@ pub(crate) struct Notifiers {
 /// (Linux's `subscriptions->lock` protects the same).
 #[derive(Default)]
 struct Itree {
-    intervals: Vec<Arc<IntervalInner>>,
+    intervals: Vec<SyncArc<IntervalInner>>,
     /// Invalidations in flight that started while an interval existed
     /// (Linux's `active_invalidate_ranges`); the sequence turns even at 0.
     in_flight: usize,
@@ -159,8 +170,8 @@ impl Default for Notifiers {
     fn default() -> Self {
         Notifiers {
             active: AtomicUsize::new(0),
-            list: Mutex::new(Arc::from(Vec::new())),
-            seq: Arc::new(AtomicU64::new(SEQ_IDLE_START)),
+            list: Mutex::new(snapshot(Vec::new())),
+            seq: SyncArc::new(AtomicU64::new(SEQ_IDLE_START)),
             itree: Mutex::new(Itree::default()),
         }
     }
@@ -270,7 +281,7 @@ impl Notifiers {
         if !self.any() {
             return;
         }
-        let subs = std::mem::replace(&mut *self.list.lock(), Arc::from(Vec::new()));
+        let subs = std::mem::replace(&mut *self.list.lock(), snapshot(Vec::new()));
         self.active.fetch_sub(subs.len(), Ordering::AcqRel);
         for s in subs.iter() {
             s.release();
@@ -281,26 +292,33 @@ impl Notifiers {
         let mut list = self.list.lock();
         let mut v: Vec<Arc<dyn MmuNotifier>> = list.iter().cloned().collect();
         v.push(sub);
-        *list = Arc::from(v);
+        *list = snapshot(v);
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Remove `sub` and wait for the grace period (see the module comment).
     fn unregister(&self, sub: &Arc<dyn MmuNotifier>) {
-        let old = {
-            let mut list = self.list.lock();
-            let v: Vec<Arc<dyn MmuNotifier>> = list.iter().filter(|s| !Arc::ptr_eq(s, sub)).cloned().collect();
-            if v.len() < list.len() {
-                self.active.fetch_sub(1, Ordering::AcqRel);
-            }
-            std::mem::replace(&mut *list, Arc::from(v))
-        };
-        // Operations that started with `old` hold a clone until their end.
+        Self::wait_for_readers(self.unpublish(sub));
+    }
+
+    /// Publish a snapshot without `sub`; returns the one replaced.
+    fn unpublish(&self, sub: &Arc<dyn MmuNotifier>) -> Snapshot {
+        let mut list = self.list.lock();
+        let v: Vec<Arc<dyn MmuNotifier>> = list.iter().filter(|s| !Arc::ptr_eq(s, sub)).cloned().collect();
+        if v.len() < list.len() {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+        }
+        std::mem::replace(&mut *list, snapshot(v))
+    }
+
+    /// The grace period: operations that started with `old` hold a clone
+    /// until their end.
+    fn wait_for_readers(old: Snapshot) {
         let mut spins = 0u32;
-        while Arc::strong_count(&old) > 1 {
+        while SyncArc::strong_count(&old) > 1 {
             spins += 1;
-            if spins < 100 {
-                std::thread::yield_now();
+            if cfg!(loom) || spins < 100 {
+                crate::sync::yield_now();
             } else {
                 std::thread::sleep(std::time::Duration::from_micros(50));
             }
@@ -320,7 +338,7 @@ impl Notifiers {
             // its end cannot know what it changed (see `IntervalNotifier::new`).
             t.in_flight += 1;
             *counted = true;
-            let hits: Vec<Arc<IntervalInner>> =
+            let hits: Vec<SyncArc<IntervalInner>> =
                 t.intervals.iter().filter(|iv| iv.start < range.end && range.start < iv.end).cloned().collect();
             if hits.is_empty() {
                 return Ok(());
@@ -393,7 +411,7 @@ pub(crate) struct IntervalInner {
     /// The sequence of the last invalidation its callback handled
     /// (`set_seq`; Linux's `interval_sub->invalidate_seq`): always odd.
     seen: AtomicU64,
-    mm_seq: Arc<AtomicU64>,
+    mm_seq: SyncArc<AtomicU64>,
     ops: Arc<dyn IntervalOps>,
 }
 
@@ -415,7 +433,7 @@ impl IntervalHandle<'_> {
 /// A subscription to one range with a sequence count (Linux's
 /// `mmu_interval_notifier`). Removed when dropped.
 pub struct IntervalNotifier {
-    pub(crate) inner: Arc<IntervalInner>,
+    pub(crate) inner: SyncArc<IntervalInner>,
     owner: Weak<dyn NotifierOwner>,
 }
 
@@ -446,7 +464,7 @@ impl IntervalNotifier {
         // waits for its end (Linux's `__mmu_interval_notifier_insert`).
         // Otherwise the interval starts odd and unequal to the sequence.
         let seen = if t.in_flight > 0 { n.make_odd() } else { n.seq.load(Ordering::Relaxed) - 1 };
-        let inner = Arc::new(IntervalInner { start, end, seen: AtomicU64::new(seen), mm_seq: n.seq.clone(), ops });
+        let inner = SyncArc::new(IntervalInner { start, end, seen: AtomicU64::new(seen), mm_seq: n.seq.clone(), ops });
         t.intervals.push(inner.clone());
         drop(t);
         n.active.fetch_add(1, Ordering::AcqRel);
@@ -464,7 +482,7 @@ impl IntervalNotifier {
         // any invalidation of this interval not yet handled will call
         // `set_seq` with a newer value, which `read_retry` sees.
         while self.inner.mm_seq.load(Ordering::Acquire) == seq {
-            std::thread::yield_now();
+            crate::sync::yield_now();
         }
         seq
     }
@@ -493,7 +511,7 @@ impl Drop for IntervalNotifier {
     fn drop(&mut self) {
         if let Some(owner) = self.owner.upgrade() {
             let n = owner.notifiers();
-            n.itree.lock().intervals.retain(|iv| !Arc::ptr_eq(iv, &self.inner));
+            n.itree.lock().intervals.retain(|iv| !SyncArc::ptr_eq(iv, &self.inner));
             n.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -501,142 +519,197 @@ impl Drop for IntervalNotifier {
 
 #[cfg(all(test, loom))]
 mod loom_tests {
-    //! The two protocols of this module under loom, spelled with loom's
-    //! types step for step: (1) a secondary fault against an invalidation
-    //! with the interval sequence count — the secondary never keeps a
-    //! translation the primary replaced; (2) unregistration against an
-    //! invalidation — after unregistration returns, no callback runs, and a
-    //! subscriber never gets an `end` without its `start`; (3) registration
-    //! against a fault that looks once, when it begins, whether anyone
-    //! listens — a subscriber registered meanwhile never keeps a
-    //! translation of the frame the fault replaced.
-    use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use loom::sync::{Arc, Mutex, RwLock};
+    //! The protocols of this module under loom, running the real
+    //! `Notifiers`, `IntervalNotifier` and `Subscription`: (1) a secondary
+    //! fault (`read_begin`, look-up, `read_retry` under the secondary's
+    //! lock) against an invalidation (`start`, the change, `end`) — the
+    //! secondary never keeps a translation the primary replaced; (2) an
+    //! interval registered (under the `mmap_lock` for writing) against a
+    //! fault that looks once, when it begins, whether anyone listens;
+    //! (3) unregistration against an invalidation — after it returns no
+    //! callback runs, and no subscriber gets an `end` without its `start`.
+    //! Modelled: the primary's one entry, the secondary's copy of it
+    //! (under its own lock) and the `mmap_lock`.
+    use super::*;
+    use loom::sync::RwLock;
 
-    #[test]
-    fn registration_vs_a_fault_that_looks_once() {
-        loom::model(|| {
-            let mmap_lock = Arc::new(RwLock::new(()));
-            let active = Arc::new(AtomicUsize::new(0));
-            let seq = Arc::new(AtomicU64::new(2));
-            let seen = Arc::new(AtomicU64::new(1));
-            let pte = Arc::new(AtomicU64::new(1));
-            let shadow = Arc::new(Mutex::new(None::<u64>));
-            // A COW fault: under the mmap_lock (read), decide once whether
-            // to bracket, then replace the frame.
-            let fault = {
-                let (mmap_lock, active, seq, seen, pte, shadow) =
-                    (mmap_lock.clone(), active.clone(), seq.clone(), seen.clone(), pte.clone(), shadow.clone());
-                loom::thread::spawn(move || {
-                    let _r = mmap_lock.read().unwrap();
-                    let notify = active.load(Ordering::Acquire) != 0;
-                    if notify {
-                        let cur = seq.fetch_add(1, Ordering::AcqRel) + 1;
-                        let mut g = shadow.lock().unwrap();
-                        *g = None;
-                        seen.store(cur, Ordering::Release);
-                    }
-                    pte.store(2, Ordering::Release);
-                    if notify {
-                        seq.fetch_add(1, Ordering::AcqRel);
-                    }
-                })
+    struct World {
+        n: Notifiers,
+        mmap_lock: RwLock<()>,
+        /// The primary's translation of the one page.
+        pte: AtomicU64,
+    }
+
+    impl NotifierOwner for World {
+        fn notifiers(&self) -> &Notifiers {
+            &self.n
+        }
+    }
+
+    fn world() -> Arc<World> {
+        Arc::new(World { n: Notifiers::default(), mmap_lock: RwLock::new(()), pte: AtomicU64::new(1) })
+    }
+
+    /// The secondary MMU: its copy of the translation.
+    #[derive(Default)]
+    struct Shadow(Mutex<Option<u64>>);
+
+    impl IntervalOps for Shadow {
+        fn invalidate(&self, handle: &IntervalHandle<'_>, _range: &Range, cur_seq: u64) -> bool {
+            let mut g = self.0.lock();
+            *g = None;
+            handle.set_seq(cur_seq);
+            true
+        }
+    }
+
+    /// A secondary fault. `locked`: `read_retry` and the install under the
+    /// lock the callback takes (as documented); else the check comes first.
+    fn secondary_fault(w: &World, iv: &IntervalNotifier, sh: &Shadow, locked: bool) {
+        let seq = iv.read_begin();
+        let t = {
+            let _r = w.mmap_lock.read().unwrap();
+            w.pte.load(Ordering::Acquire)
+        };
+        if locked {
+            let mut g = sh.0.lock();
+            if !iv.read_retry(seq) {
+                *g = Some(t);
+            }
+        } else if !iv.read_retry(seq) {
+            *sh.0.lock() = Some(t);
+        }
+    }
+
+    /// A COW fault of the primary: under the `mmap_lock` (read), `start`
+    /// looks once whether anyone listens; the frame changes; `end`.
+    fn primary_cow(w: &World) {
+        let _r = w.mmap_lock.read().unwrap();
+        let inv = w.n.start_blocking(0, 0x1000, Event::Cow);
+        w.pte.store(2, Ordering::Release);
+        w.n.end(inv);
+    }
+
+    fn check(sh: &Shadow) {
+        let kept = *sh.0.lock();
+        assert!(kept.is_none() || kept == Some(2), "stale translation {kept:?} kept by the secondary");
+    }
+
+    fn fault_vs_invalidate(locked: bool) {
+        loom::model(move || {
+            let w = world();
+            let sh = Arc::new(Shadow::default());
+            let iv = IntervalNotifier::new(&w, 0, 0x1000, sh.clone());
+            let p = {
+                let w = w.clone();
+                loom::thread::spawn(move || primary_cow(&w))
             };
-            // Register (the mmap_lock for writing), then the secondary's
-            // own fault: look the page up under the mmap_lock (read) and
-            // install it unless an invalidation overlapped.
-            {
-                let _w = mmap_lock.write().unwrap();
-                active.fetch_add(1, Ordering::AcqRel);
-            }
-            let s = seen.load(Ordering::Acquire);
-            if seq.load(Ordering::Acquire) != s {
-                let t = {
-                    let _r = mmap_lock.read().unwrap();
-                    pte.load(Ordering::Acquire)
-                };
-                let mut g = shadow.lock().unwrap();
-                if seen.load(Ordering::Acquire) == s {
-                    *g = Some(t);
-                }
-            }
-            fault.join().unwrap();
-            let kept = *shadow.lock().unwrap();
-            assert!(kept.is_none() || kept == Some(2), "stale translation {kept:?} kept by a new subscriber");
+            secondary_fault(&w, &iv, &sh, locked);
+            p.join().unwrap();
+            check(&sh);
         });
     }
 
     #[test]
     fn fault_vs_invalidate_with_the_sequence_count() {
-        loom::model(|| {
-            let seq = Arc::new(AtomicU64::new(2)); // the address space's sequence
-            let seen = Arc::new(AtomicU64::new(1)); // the interval's (`set_seq`)
-            let pte = Arc::new(AtomicU64::new(1)); // the primary's translation
-            let shadow = Arc::new(Mutex::new(None::<u64>)); // the secondary's copy
-            let inv = {
-                let (seq, seen, pte, shadow) = (seq.clone(), seen.clone(), pte.clone(), shadow.clone());
-                loom::thread::spawn(move || {
-                    // start: the sequence turns odd, the callback drops the
-                    // range and calls set_seq under the secondary's lock.
-                    let cur = seq.fetch_add(1, Ordering::AcqRel) + 1;
-                    {
-                        let mut g = shadow.lock().unwrap();
-                        *g = None;
-                        seen.store(cur, Ordering::Release);
-                    }
-                    pte.store(2, Ordering::Release); // the change itself
-                    seq.fetch_add(1, Ordering::AcqRel); // end: even again
-                })
+        fault_vs_invalidate(true);
+    }
+
+    /// The model can fail: `read_retry` outside the secondary's lock.
+    #[test]
+    #[should_panic(expected = "stale translation")]
+    fn read_retry_outside_the_lock_is_caught() {
+        fault_vs_invalidate(false);
+    }
+
+    /// `locked`: registration under the `mmap_lock` for writing, as
+    /// `Mm::insert_interval_notifier` does.
+    fn registration_vs_fault(locked: bool) {
+        loom::model(move || {
+            let w = world();
+            let sh = Arc::new(Shadow::default());
+            let p = {
+                let w = w.clone();
+                loom::thread::spawn(move || primary_cow(&w))
             };
-            // The secondary's fault: read_begin (given up, not waited for,
-            // while this interval is being invalidated), look up, install
-            // under the lock unless read_retry.
-            let s = seen.load(Ordering::Acquire);
-            if seq.load(Ordering::Acquire) != s {
-                let t = pte.load(Ordering::Acquire);
-                let mut g = shadow.lock().unwrap();
-                if seen.load(Ordering::Acquire) == s {
-                    *g = Some(t);
-                }
-            }
-            inv.join().unwrap();
-            let kept = *shadow.lock().unwrap();
-            assert!(kept.is_none() || kept == Some(2), "stale translation {kept:?} kept after the invalidation");
+            let iv = {
+                let _w = locked.then(|| w.mmap_lock.write().unwrap());
+                IntervalNotifier::new(&w, 0, 0x1000, sh.clone())
+            };
+            secondary_fault(&w, &iv, &sh, true);
+            p.join().unwrap();
+            check(&sh);
         });
     }
 
     #[test]
-    fn unregistration_vs_invalidation() {
-        loom::model(|| {
-            // The snapshot: present (1) or absent (0); its reader count.
-            let list = Arc::new(Mutex::new(Arc::new(1u8)));
-            let started = Arc::new(AtomicUsize::new(0));
-            let ended = Arc::new(AtomicUsize::new(0));
-            let after_unregister = Arc::new(AtomicUsize::new(0));
+    fn registration_vs_a_fault_that_looks_once() {
+        registration_vs_fault(true);
+    }
+
+    /// The model can fail: registration without the `mmap_lock`.
+    #[test]
+    #[should_panic(expected = "stale translation")]
+    fn registration_without_the_mmap_lock_is_caught() {
+        registration_vs_fault(false);
+    }
+
+    /// Counts its callbacks; `gone` is set once unregistration returned.
+    #[derive(Default)]
+    struct Counting {
+        started: AtomicUsize,
+        ended: AtomicUsize,
+        gone: crate::sync::AtomicBool,
+    }
+
+    impl MmuNotifier for Counting {
+        fn invalidate_range_start(&self, _range: &Range) -> std::result::Result<(), Again> {
+            assert!(!self.gone.load(Ordering::Acquire), "a callback ran after unregistration returned");
+            self.started.fetch_add(1, Ordering::AcqRel);
+            Ok(())
+        }
+        fn invalidate_range_end(&self, _range: &Range) {
+            assert!(!self.gone.load(Ordering::Acquire), "a callback ran after unregistration returned");
+            self.ended.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `grace`: unregistration as `Subscription`'s drop does it; else
+    /// it publishes the new list and returns without the grace period.
+    fn unregistration_vs_invalidation(grace: bool) {
+        loom::model(move || {
+            let w = world();
+            let sub = Arc::new(Counting::default());
+            let subscription = Subscription::new(&w, sub.clone());
             let op = {
-                let (list, started, ended) = (list.clone(), started.clone(), ended.clone());
+                let w = w.clone();
                 loom::thread::spawn(move || {
-                    let snap = list.lock().unwrap().clone(); // start takes the snapshot
-                    if *snap == 1 {
-                        started.fetch_add(1, Ordering::AcqRel);
-                        ended.fetch_add(1, Ordering::AcqRel); // end with the same snapshot
-                    }
-                    drop(snap);
+                    let inv = w.n.start_blocking(0, 0x1000, Event::Unmap);
+                    w.n.end(inv);
                 })
             };
-            // unregister: publish an empty snapshot, wait for older readers.
-            let old = std::mem::replace(&mut *list.lock().unwrap(), Arc::new(0u8));
-            while Arc::strong_count(&old) > 1 {
-                loom::thread::yield_now();
+            if grace {
+                drop(subscription);
+            } else {
+                drop(w.n.unpublish(&(sub.clone() as Arc<dyn MmuNotifier>)));
+                std::mem::forget(subscription);
             }
-            after_unregister.store(started.load(Ordering::Acquire), Ordering::Release);
+            sub.gone.store(true, Ordering::Release);
             op.join().unwrap();
-            assert_eq!(started.load(Ordering::Acquire), ended.load(Ordering::Acquire), "a start without its end");
-            assert_eq!(
-                after_unregister.load(Ordering::Acquire),
-                started.load(Ordering::Acquire),
-                "a callback ran after unregistration returned"
-            );
+            let (s, e) = (sub.started.load(Ordering::Acquire), sub.ended.load(Ordering::Acquire));
+            assert_eq!(s, e, "a start without its end");
         });
+    }
+
+    #[test]
+    fn unregistration_waits_for_invalidations_in_flight() {
+        unregistration_vs_invalidation(true);
+    }
+
+    /// The model can fail: unregistration without the grace period.
+    #[test]
+    #[should_panic(expected = "a callback ran after unregistration returned")]
+    fn unregistration_without_the_grace_period_is_caught() {
+        unregistration_vs_invalidation(false);
     }
 }

@@ -197,7 +197,7 @@ impl Members {
     }
 
     /// Members listed (tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
         self.0.read().members.len()
     }

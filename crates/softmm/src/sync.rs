@@ -27,6 +27,16 @@ pub fn spin_hint() {
     std::hint::spin_loop();
 }
 
+/// Let other threads run while waiting for one of them; under loom, yields
+/// to the model scheduler.
+#[inline]
+pub fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
 #[cfg(not(any(loom, miri)))]
 mod membarrier_impl {
     use std::sync::OnceLock;

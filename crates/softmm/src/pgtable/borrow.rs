@@ -80,23 +80,8 @@ pub(crate) fn init_table(arena: &FrameArena, c: FrameId) {
     arena.meta(c).set_table_backing(None);
 }
 
-/// Turn the caller's mapper reference on `t` into a borrower reference
-/// (one compare-and-swap: borrowers + 1, refcount unchanged), unless it is
-/// the last mapper. Under `t`'s PTE lock.
-pub(crate) fn become_borrower(arena: &FrameArena, t: FrameId) -> bool {
-    let counts = &arena.meta(t).counts;
-    let mut cur = counts.load(Ordering::Acquire);
-    while mappers(cur) >= 2 {
-        match counts.compare_exchange_weak(cur, cur + (1 << 32), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return true,
-            Err(now) => cur = now,
-        }
-    }
-    false
-}
-
 /// Record `c` (not yet installed) as a borrower of `t`, whose PTE lock the
-/// caller holds, after `become_borrower` succeeded.
+/// caller holds, after `share::try_borrow` succeeded.
 pub(crate) fn register(arena: &FrameArena, t: FrameId, c: FrameId) {
     arena.meta(c).set_table_backing(Some(t));
     arena.borrows.add(t, c);
@@ -208,7 +193,7 @@ mod loom_borrow_tests {
     //! Borrowed entries under loom. A table `T` with two entries maps two
     //! frames and is mapped by two spaces, A and B. A has unshared by copy
     //! (`share::unshare`): its table `C` borrows both entries, A's mapper
-    //! reference became `C`'s borrower reference (`become_borrower`), and
+    //! reference became `C`'s borrower reference (`share::try_borrow`), and
     //! `C` is registered with its backing set (`register`). Then B leaves
     //! `T` (`drop_shared` + `Gather::finish` + `put_late`, with `own_all`)
     //! while A exits (`zap_table_entries` with `hold`, `zap_pte`, `detach`
@@ -226,7 +211,7 @@ mod loom_borrow_tests {
     //! shootdown. Frames are freed when their refcount reaches 0, and must
     //! then be cached nowhere.
     use super::mappers;
-    use crate::pgtable::share::put_unless_last;
+    use crate::pgtable::share::{put_unless_last, try_borrow};
     use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
     use loom::sync::{Arc, Mutex};
     use std::sync::atomic::Ordering;
@@ -333,19 +318,13 @@ mod loom_borrow_tests {
             assert!(borrowers == 0 || mappers(counts) >= 1, "T has borrowers but no mapper (B2): {counts:#x}");
         }
 
-        /// `borrow::become_borrower`.
+        /// `share::try_borrow`, the real one.
         fn become_borrower(&self) -> bool {
-            let mut cur = self.counts.load(Ordering::Acquire);
-            while mappers(cur) >= 2 {
-                match self.counts.compare_exchange_weak(cur, cur + (1 << 32), Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        self.check_counts(cur + (1 << 32));
-                        return true;
-                    }
-                    Err(now) => cur = now,
-                }
+            let ok = try_borrow(&self.counts);
+            if ok {
+                self.check_counts(self.counts.load(Ordering::Acquire));
             }
-            false
+            ok
         }
 
         /// A reference on a frame some entry names: it must still be live
