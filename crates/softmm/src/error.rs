@@ -30,35 +30,70 @@ impl fmt::Display for SegvKind {
 pub enum Error {
     /// An address that must be page-aligned is not (`EINVAL`).
     #[error("{what} {value:#x} is not page-aligned")]
-    Misaligned { what: &'static str, value: u64 },
+    Misaligned {
+        /// The argument (`"addr"`, `"len"`, ...).
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
     /// A length of zero where the operation needs at least one byte (`EINVAL`).
     #[error("length is zero")]
     ZeroLength,
     /// A range wraps around or leaves the user address space (`EINVAL` or
     /// `ENOMEM`, as Linux answers for the operation; see `errno`).
     #[error("range {addr:#x}+{len:#x} is outside the user address space")]
-    OutOfRange { addr: u64, len: u64, errno: i32 },
+    OutOfRange {
+        /// Start of the range.
+        addr: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// The errno Linux answers with for this operation.
+        errno: i32,
+    },
     /// An argument that is not one of the accepted values (`EINVAL`).
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
     /// A fixed mapping below the lowest address Linux lets a process map (`EPERM`).
     #[error("address {addr:#x} is below mmap_min_addr {min:#x}")]
-    BelowMinAddr { addr: u64, min: u64 },
+    BelowMinAddr {
+        /// The address asked for.
+        addr: u64,
+        /// The lowest address that may be mapped.
+        min: u64,
+    },
     /// `MAP_FIXED_NOREPLACE` over an existing mapping (`EEXIST`).
     #[error("range {addr:#x}+{len:#x} overlaps an existing mapping")]
-    Exists { addr: u64, len: u64 },
+    Exists {
+        /// Start of the range.
+        addr: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// Part of the range is not mapped (`ENOMEM`, as mprotect and madvise say).
     #[error("range {addr:#x}+{len:#x} is not fully mapped")]
-    NotMapped { addr: u64, len: u64 },
+    NotMapped {
+        /// Start of the range.
+        addr: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// No physical frame or no address range is left (`ENOMEM`).
     #[error("out of memory: {0}")]
     NoMemory(&'static str),
     /// An address the operation cannot touch (`EFAULT`).
     #[error("bad address {addr:#x}")]
-    Fault { addr: u64 },
+    Fault {
+        /// The address.
+        addr: u64,
+    },
     /// An access that a CPU would turn into SIGSEGV.
     #[error("segmentation fault at {addr:#x} ({kind})")]
-    Segv { addr: u64, kind: SegvKind },
+    Segv {
+        /// The faulting address.
+        addr: u64,
+        /// Unmapped or not permitted (`si_code`).
+        kind: SegvKind,
+    },
     /// The address space has exited.
     #[error("the address space has exited")]
     Exited,
@@ -78,7 +113,12 @@ pub enum Error {
     /// The swap device failed to give back a page (the access that needed
     /// it gets this, like a SIGBUS; nothing wrong is ever mapped).
     #[error("I/O error on the swap device at {addr:#x}: {what}")]
-    Io { addr: u64, what: String },
+    Io {
+        /// The address whose page could not be read back.
+        addr: u64,
+        /// The device's error.
+        what: String,
+    },
     /// The swap device is full or refused a write.
     #[error("swap device full or failing: {0}")]
     SwapFull(String),
@@ -89,30 +129,55 @@ pub enum Error {
     /// The host refused an operation softmm needed from it (shown with the
     /// host's words for `errno`).
     #[error("host error in {what}: {}", std::io::Error::from_raw_os_error(*errno))]
-    Host { what: &'static str, errno: i32 },
+    Host {
+        /// The host call.
+        what: &'static str,
+        /// The host's errno.
+        errno: i32,
+    },
     /// The swap file could not be set up; `what` names it and says why.
     #[error("{what}")]
-    SwapFile { what: String, errno: i32 },
+    SwapFile {
+        /// The file and what went wrong.
+        what: String,
+        /// The host's errno.
+        errno: i32,
+    },
     /// No frame is left under the frame limit and none can be freed because
     /// the swap device, which `device` describes, is full: Linux would OOM
     /// (`ENOMEM`).
     #[error("out of memory: frame limit reached and no space left on swap device {device}")]
-    SwapExhausted { device: String },
+    SwapExhausted {
+        /// The swap device, as it describes itself.
+        device: String,
+    },
 }
 
 /// Linux errno values used by softmm.
 pub mod errno {
+    /// Operation not permitted.
     pub const EPERM: i32 = 1;
+    /// Interrupted (a cancelled futex wait).
     pub const EINTR: i32 = 4;
+    /// I/O error (the swap device failed).
     pub const EIO: i32 = 5;
+    /// Device or resource busy.
     pub const EBUSY: i32 = 16;
+    /// No space left on device.
     pub const ENOSPC: i32 = 28;
+    /// Try again (the futex word changed).
     pub const EAGAIN: i32 = 11;
+    /// Out of memory, or a range not (fully) mapped.
     pub const ENOMEM: i32 = 12;
+    /// Bad address.
     pub const EFAULT: i32 = 14;
+    /// The range is already mapped.
     pub const EEXIST: i32 = 17;
+    /// Invalid argument.
     pub const EINVAL: i32 = 22;
+    /// Not implemented.
     pub const ENOSYS: i32 = 38;
+    /// A futex wait timed out.
     pub const ETIMEDOUT: i32 = 110;
 
     /// The symbolic name of an errno value, as traces print it.

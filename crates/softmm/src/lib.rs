@@ -6,6 +6,27 @@
 //! copy-on-write faults, fork, shared anonymous memory, smaps accounting,
 //! and fast access through per-thread software TLBs.
 //!
+//! # The API
+//!
+//! - [`Machine`], built from a [`Config`]: the frame arena, its limit and
+//!   swap ([`SwapConfig`]; devices in [`reclaim::device`]), counters
+//!   ([`MachineStats`]), futexes ([`FutexKeys`]).
+//! - [`Mm`]: an address space. `mmap`/`munmap`/`mprotect`/`madvise`
+//!   ([`MapKind`], [`Prot`], [`Placement`], [`Advice`]), `fork`
+//!   ([`ForkPolicy`]), `read`/`write`, [`Mapping`] listings and [`Smaps`],
+//!   pins ([`PinnedPages`]), invariant checks ([`InvariantError`]).
+//! - Fast access: [`Accessor`] (one per thread, a software TLB), [`Batch`]
+//!   (many accesses under one entry), [`GuestWords`] (atomic words),
+//!   [`SharedAccessor`] and `vm-memory` ([`access`]).
+//! - Futexes: [`FutexWaiter`], keys, wake-op and a guest mutex in
+//!   [`futex`].
+//! - Observers: [`MmuNotifier`] subscriptions ([`Subscription`]) and
+//!   interval notifiers ([`IntervalNotifier`], [`IntervalOps`]) in
+//!   [`notifier`].
+//! - Errors: [`Error`] (each maps to a Linux errno, [`errno`]), [`Result`].
+//!
+//! # Examples
+//!
 //! ```
 //! use softmm::{Config, GuestWords, Machine, MapKind, Placement, Prot};
 //!
@@ -60,24 +81,26 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod access;
-pub mod error;
+pub(crate) mod error;
 mod few;
 pub mod futex;
-pub mod machine;
-pub mod mm;
+pub(crate) mod machine;
+pub(crate) mod mm;
 pub mod notifier;
-pub mod pgtable;
-pub mod phys;
-pub mod pte;
+pub(crate) mod pgtable;
+pub(crate) mod phys;
+pub(crate) mod pte;
 pub mod reclaim;
-pub mod rmap;
-pub mod shm;
-pub mod stats;
-pub mod sync;
-pub mod tlb;
+pub(crate) mod rmap;
+pub(crate) mod shm;
+pub(crate) mod stats;
+pub(crate) mod sync;
+pub(crate) mod tlb;
 mod vcache;
-pub mod vma;
+pub(crate) mod vma;
 
 pub use access::{Accessor, Batch, BytesError, GuestWords, SharedAccessor, Word};
 pub use error::{errno, Error, Result, SegvKind};
@@ -86,7 +109,16 @@ pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{Advice, ForkPolicy, Mapping, Mm, PinnedPages, Placement};
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
+pub use pgtable::TASK_SIZE;
 pub use phys::{FrameId, PAGE_SIZE, ZERO_FRAME};
 pub use reclaim::SwapConfig;
 pub use stats::{MachineStats, Smaps};
 pub use vma::{MapKind, Prot};
+
+/// Internals for softmm's own tests and the `softmm` command. Unstable: no
+/// part of the API, may change or go away in any release. Built only with
+/// the `testing` feature.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::rmap::LOCK_KIND;
+}

@@ -96,8 +96,11 @@ pub enum Event {
 /// One invalidation: `[start, end)`, why, and whether the caller may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
+    /// First address of the range.
     pub start: u64,
+    /// The address after its last byte.
     pub end: u64,
+    /// Why the range is invalidated.
     pub event: Event,
     /// `false` when the caller cannot sleep (reclaim under a busy address
     /// space): a subscriber that would have to wait answers `Err(Again)`.

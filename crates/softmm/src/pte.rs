@@ -87,6 +87,10 @@ impl Pte {
     }
 
     /// The present entry a migration entry stood for, mapping `to` instead.
+    // "from" reads as "the entry back from migration", not a constructor;
+    // the name predates the module going crate-private (clippy's exported-API
+    // exemption used to cover it).
+    #[allow(clippy::wrong_self_convention)]
     #[inline]
     pub const fn from_migration(self, to: FrameId) -> Pte {
         Pte(((self.0 & !Self::SOFT_MIGRATION & Self::FLAG_MASK) | ((to.0 as u64) << Self::FRAME_SHIFT)) | Self::PRESENT)

@@ -80,6 +80,7 @@ impl<T> RmapLock<T> {
 }
 
 /// The lock kind compiled in, for reports and benchmarks.
+#[cfg(feature = "testing")]
 pub const LOCK_KIND: &str = if cfg!(feature = "rmap-rwsem") { "rwsem" } else { "spin" };
 
 /// An address space as the reverse map names it.

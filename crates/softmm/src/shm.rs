@@ -58,11 +58,6 @@ impl ShmObject {
         self.id
     }
 
-    /// Pages in the object.
-    pub fn npages(&self) -> u64 {
-        self.pages.lock().len() as u64
-    }
-
     /// The frame at `pgoff`, allocated zeroed when absent. Takes one extra
     /// reference for the caller (the mapping it is about to install).
     /// `Error::Again` when the page is on swap: the caller brings it back

@@ -146,15 +146,25 @@ impl MachineStats {
 /// smaps counters of one VMA, in kB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Smaps {
+    /// First address of the VMA (bytes, not kB).
     pub start: u64,
+    /// The address after its end (bytes, not kB).
     pub end: u64,
+    /// Resident set: kB of the VMA present in frames.
     pub rss: u64,
+    /// Proportional set: each resident page divided by its number of mappers.
     pub pss: u64,
+    /// Anonymous memory.
     pub anonymous: u64,
+    /// Clean memory mapped by more than one address space.
     pub shared_clean: u64,
+    /// Dirty memory mapped by more than one address space.
     pub shared_dirty: u64,
+    /// Clean memory mapped by this address space only.
     pub private_clean: u64,
+    /// Dirty memory mapped by this address space only.
     pub private_dirty: u64,
+    /// Memory out on the swap device.
     pub swap: u64,
 }
 

@@ -14,9 +14,9 @@
 //! use a real `SeqCst` fence, which gives the same ordering guarantee.
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Spin-wait hint; under loom, yields to the model scheduler instead.
 #[inline]
@@ -87,6 +87,7 @@ pub fn light_barrier_as(compiler_only: bool) {
 }
 
 /// The hot side of the asymmetric fence pair (see the module comment).
+#[cfg(test)]
 #[inline(always)]
 pub fn light_barrier() {
     #[cfg(not(any(loom, miri)))]

@@ -21,7 +21,7 @@
 //!
 //! Lock: `slots` is a leaf mutex, taken to register, unregister and flush.
 
-use crate::sync::{heavy_barrier, light_barrier, spin_hint, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{heavy_barrier, spin_hint, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -38,10 +38,11 @@ pub struct Slot {
 impl Slot {
     /// Publish "active at generation `gen`"; the caller must then check the
     /// generation with [`Shootdown::generation_relaxed`].
+    #[cfg(test)]
     #[inline(always)]
     pub fn enter(&self, gen: u64) {
         self.state.store(gen << 1 | ACTIVE, Ordering::Relaxed);
-        light_barrier();
+        crate::sync::light_barrier();
     }
 
     /// `enter` with the barrier mode cached by the caller (see

@@ -23,18 +23,25 @@ use std::sync::Arc;
 pub struct Prot(u8);
 
 impl Prot {
+    /// No access (`PROT_NONE`).
     pub const NONE: Prot = Prot(0);
+    /// Read only.
     pub const READ: Prot = Prot(1);
+    /// Write (readable too: x86 cannot map write-only).
     pub const WRITE: Prot = Prot(2);
+    /// Read and write.
     pub const RW: Prot = Prot(3);
 
+    /// Loads are allowed.
     pub const fn readable(self) -> bool {
         // x86 cannot map write-only: PROT_WRITE pages are readable too.
         self.0 != 0
     }
+    /// Stores are allowed.
     pub const fn writable(self) -> bool {
         self.0 & 2 != 0
     }
+    /// Both protections' rights.
     pub const fn union(self, o: Prot) -> Prot {
         Prot(self.0 | o.0)
     }

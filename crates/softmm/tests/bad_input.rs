@@ -9,8 +9,8 @@
 mod common;
 use common::*;
 use softmm::errno::{EINVAL, ENOMEM, EPERM};
-use softmm::pgtable::TASK_SIZE;
 use softmm::GuestWords;
+use softmm::TASK_SIZE;
 use softmm::{Advice, Config, Error, Machine, MapKind, Mapping, Mm, Placement, Prot, SegvKind, ZERO_FRAME};
 
 const A: u64 = 0x1000_0000;

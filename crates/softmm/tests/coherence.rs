@@ -533,7 +533,7 @@ fn check_coherence(attach: impl FnOnce(&Mm) -> Attached) {
     assert!(late.is_empty(), "reads hit after release: {:?}", &late[..late.len().min(5)]);
     b.assert_settled("after exit");
     assert_eq!(b.saw(Event::Release, |_| true), 1, "exit sends one Release bracket");
-    assert_eq!(b.saw(Event::Release, |l| l == softmm::pgtable::TASK_SIZE), 1, "over the whole user range");
+    assert_eq!(b.saw(Event::Release, |l| l == softmm::TASK_SIZE), 1, "over the whole user range");
     machine.check_invariants().expect("audit after exit");
     eprintln!(
         "{} brackets ({} swap-outs, {} refused), {hits} hits, {:.2?}",

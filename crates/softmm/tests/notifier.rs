@@ -111,7 +111,7 @@ fn each_operation_sends_one_pair_with_its_event_and_range() {
     assert_eq!(rec.releases.load(Ordering::Relaxed), 0);
     drop(mm);
     let log = rec.take();
-    assert_eq!(log, pair(0, softmm::pgtable::TASK_SIZE, Event::Release));
+    assert_eq!(log, pair(0, softmm::TASK_SIZE, Event::Release));
     assert_eq!(rec.releases.load(Ordering::Relaxed), 1, "release once at teardown");
 }
 

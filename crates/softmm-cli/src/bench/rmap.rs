@@ -9,7 +9,7 @@
 //! lock, while the other thread forks or exits too; the figure is fork +
 //! exit pairs per second over both threads, for softmm's default fork
 //! policy (shared PTE tables) and for copied tables. The lock compiled in
-//! (`softmm::rmap::LOCK_KIND`, spin or rwsem by the `rmap-rwsem` feature)
+//! (`softmm::testing::LOCK_KIND`, spin or rwsem by the `rmap-rwsem` feature)
 //! is printed with the figures; `scripts/bench-rmap.sh` builds both and
 //! compares them.
 //!
@@ -202,11 +202,11 @@ pub fn rmap(o: &BenchOpts, size: Option<u64>) -> CliResult<RmapResult> {
 
     let mut samples: [Vec<f64>; 4] = Default::default();
     for (v, rates) in VARIANTS.into_iter().zip(samples.iter_mut()) {
-        say(&pb, format!("rmap: {} ({} lock), warm-up", v.name(), softmm::rmap::LOCK_KIND));
+        say(&pb, format!("rmap: {} ({} lock), warm-up", v.name(), softmm::testing::LOCK_KIND));
         let n = v.iterations(iters);
         churn(&parent, base, pages, v, n.div_ceil(10))?;
         for r in 0..o.reps {
-            say(&pb, format!("rmap: {} ({} lock), run {}/{}", v.name(), softmm::rmap::LOCK_KIND, r + 1, o.reps));
+            say(&pb, format!("rmap: {} ({} lock), run {}/{}", v.name(), softmm::testing::LOCK_KIND, r + 1, o.reps));
             m.wait_for_prezeroing(std::time::Duration::from_secs(30));
             let b = m.stats();
             let secs = churn(&parent, base, pages, v, n)?;
@@ -230,7 +230,7 @@ pub fn rmap(o: &BenchOpts, size: Option<u64>) -> CliResult<RmapResult> {
     let [shared, copy, shared_write, copy_write] = samples;
     Ok(RmapResult {
         bench: "rmap",
-        lock: softmm::rmap::LOCK_KIND,
+        lock: softmm::testing::LOCK_KIND,
         what: "fork + exit churn of a process with every page written, 2 threads forking it at once",
         unit: "fork+exit per s",
         size_bytes: size,

@@ -48,21 +48,30 @@ pub enum BytesError {
     /// load, `Acquire` for a store).
     #[error("{error} ({completed} bytes transferred before it)")]
     Mm {
+        /// What the address space answered.
         #[source]
         error: Error,
+        /// Bytes transferred before the error.
         completed: usize,
     },
     /// The host reader or writer of a volatile transfer failed.
     #[error("host I/O failed after {completed} bytes: {error}")]
     Io {
+        /// What the host reader or writer answered.
         #[source]
         error: VolatileMemoryError,
+        /// Bytes transferred before the error.
         completed: usize,
     },
     /// The host reader ended, or the host writer took nothing, before an
     /// `_exact`/`_all` transfer was complete.
     #[error("the host object stopped after {completed} of {expected} bytes")]
-    Short { completed: usize, expected: usize },
+    Short {
+        /// Bytes transferred.
+        completed: usize,
+        /// Bytes asked for.
+        expected: usize,
+    },
 }
 
 impl BytesError {

@@ -7,12 +7,27 @@ use crate::phys::FrameId;
 pub enum FutexKey {
     /// Physical keys: a frame and the word's offset in it. The waiter
     /// holding this key holds a reference on the frame.
-    Frame { frame: FrameId, offset: u32 },
+    Frame {
+        /// The frame holding the word.
+        frame: FrameId,
+        /// The word's byte offset in the frame.
+        offset: u32,
+    },
     /// Linux's key for private mappings (and, in physical mode, for a page
     /// that maps nothing but the zero frame): the address space and address.
-    Private { mm: u64, addr: u64 },
+    Private {
+        /// The address space's id.
+        mm: u64,
+        /// The word's virtual address.
+        addr: u64,
+    },
     /// Linux's key for shared mappings: the shared object and byte offset.
-    Shared { object: u64, offset: u64 },
+    Shared {
+        /// The shared object's id.
+        object: u64,
+        /// The word's byte offset in the object.
+        offset: u64,
+    },
 }
 
 impl FutexKey {

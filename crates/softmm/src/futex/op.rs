@@ -22,21 +22,29 @@ pub enum WakeOpKind {
 /// The comparison of the old value with `cmp_arg` (signed, as in Linux).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WakeOpCmp {
+    /// `old == cmp_arg`
     Eq,
+    /// `old != cmp_arg`
     Ne,
+    /// `old < cmp_arg`
     Lt,
+    /// `old <= cmp_arg`
     Le,
+    /// `old > cmp_arg`
     Gt,
+    /// `old >= cmp_arg`
     Ge,
 }
 
 /// A decoded FUTEX_WAKE_OP operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WakeOp {
+    /// What to do to the second word.
     pub kind: WakeOpKind,
     /// The operand (Linux: 12 bits, sign-extended; with `FUTEX_OP_OPARG_SHIFT`
     /// it is `1 << arg`).
     pub arg: u32,
+    /// How to compare the second word's old value with `cmp_arg`.
     pub cmp: WakeOpCmp,
     /// The comparison operand (12 bits, sign-extended).
     pub cmp_arg: i32,

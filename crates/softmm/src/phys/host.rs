@@ -66,11 +66,6 @@ impl HostRegion {
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
-
-    #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
 }
 
 impl Drop for HostRegion {

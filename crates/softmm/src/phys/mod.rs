@@ -404,11 +404,6 @@ impl FrameArena {
         // SAFETY: as in `word64`, with 4-byte alignment.
         unsafe { &*(p as *const std::sync::atomic::AtomicU32) }
     }
-
-    /// Host bytes currently reserved for frames.
-    pub fn reserved_bytes(&self) -> usize {
-        self.data.len() + self.meta.len()
-    }
 }
 
 /// The zeroing thread: take dirty frames, zero them, give them back.

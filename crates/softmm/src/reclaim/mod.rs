@@ -53,7 +53,12 @@ pub enum SwapConfig {
     #[default]
     Auto,
     /// A swap file at `path` (created, must not exist) of `bytes`.
-    File { path: PathBuf, bytes: u64 },
+    File {
+        /// Where to create the file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
     /// A device of the host's own (an in-memory or fault-injecting one).
     Device(Arc<dyn SwapDevice>),
     /// No swap: the frame limit is a hard limit (faults fail with ENOMEM).
