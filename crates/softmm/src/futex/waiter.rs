@@ -231,7 +231,7 @@ impl FutexWaiter {
     }
 
     /// The queued node (tests that corrupt it on purpose).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(super) fn node(&self) -> &Arc<Node> {
         &self.node
     }
