@@ -29,20 +29,24 @@
 //!    after it sees the new entries and no frame that is still in flux.
 //!
 //! Dropping the value on any path (an early return, `?`) runs the same
-//! steps, so no bracket stays open. The raw slot writers (`zap_entries`,
+//! steps, so no bracket stays open. A reclaim or migration pass, which
+//! changes one page in many spaces, hands each change's steps 4 to 6 to a
+//! [`ChangeBatch`] (`Change::defer_to`, after step 3), which runs them in
+//! the same order once per space for the whole pass. The raw slot writers (`zap_entries`,
 //! `set_bits_lockless`) are called only from this module outside
 //! `pgtable/` (`tests/raw_stores.rs` checks).
 
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::Result;
-use crate::notifier::{Event, Invalidation};
+use crate::notifier::{Event, Invalidation, Range};
 use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
 use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::tlb::Slot;
 use crate::vcache::Translation;
 use crate::vma::Prot;
+use std::sync::Arc;
 
 /// A change of entries in `[lo, hi)` of one address space, open until it
 /// is dropped (see the module documentation for what the drop does).
@@ -73,6 +77,26 @@ impl<'a> Change<'a> {
             c.inv = Some(mm.notifiers.start_blocking(lo, hi, event));
         }
         c
+    }
+
+    /// Open a change of one page or range for a reverse-map visit, which
+    /// may not block when `blockable` is false: `None` when a secondary MMU
+    /// refused the non-blocking start (the caller skips the space). With
+    /// nobody listening, no bracket is opened.
+    #[inline]
+    pub(crate) fn try_open(
+        mm: &'a MmInner,
+        st: Option<&'a MmState>,
+        lo: u64,
+        hi: u64,
+        event: Option<Event>,
+        blockable: bool,
+    ) -> Option<Self> {
+        let mut c = Change::open(mm, st, lo, hi, None);
+        if let Some(event) = event.filter(|_| mm.notifiers.any()) {
+            c.inv = Some(mm.notifiers.start(Range { start: lo, end: hi, event, blockable }).ok()?);
+        }
+        Some(c)
     }
 
     /// For an operation under the `mmap_lock` held for writing: references
@@ -205,6 +229,88 @@ fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi: u64, gath
 #[inline]
 pub(crate) fn set_young_dirty(pt: &PageTable, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
     pt.set_bits_lockless(arena, va, expected, bits)
+}
+
+impl Change<'_> {
+    /// End the change here for its entries and the vcache (steps 2 and 3,
+    /// now, under the `mmap_lock` the caller holds), and hand its
+    /// shootdown, deferred frees and bracket end (steps 4 to 6) to `batch`,
+    /// which runs them once per space for all the changes it holds.
+    /// `mm` is the space the change was opened for.
+    pub(crate) fn defer_to(mut self, batch: &mut ChangeBatch, mm: &Arc<MmInner>) {
+        debug_assert!(std::ptr::eq(&**mm, self.mm), "a change deferred to another space's entry");
+        let gather = std::mem::take(&mut self.gather);
+        let inv = self.inv.take();
+        if gather.is_empty() && inv.is_none() {
+            return;
+        }
+        let i = match batch.spaces.iter().position(|s| Arc::ptr_eq(&s.mm, mm)) {
+            Some(i) => i,
+            None => {
+                batch.spaces.push(Space { mm: mm.clone(), gather: Gather::default(), invs: Vec::new() });
+                batch.spaces.len() - 1
+            }
+        };
+        let s = &mut batch.spaces[i];
+        s.gather.absorb(gather);
+        s.invs.extend(inv);
+    }
+}
+
+/// The side effects several changes handed over (`Change::defer_to`),
+/// run once per address space: a reclaim or migration pass changes entries
+/// of many spaces, frame after frame, and shoots each space down once for
+/// them all (Linux's `try_to_unmap_flush`). Dropping the batch runs, for
+/// every space: the TLB shootdown, then the deferred frees, then the
+/// secondary MMUs' `invalidate_range_end` — the order of a single
+/// `Change`'s drop, whose vcache step each change ran when it was handed
+/// over.
+#[derive(Default)]
+#[must_use = "a batch runs its changes' side effects when dropped"]
+pub(crate) struct ChangeBatch {
+    spaces: Vec<Space>,
+}
+
+/// What a batch still owes one address space.
+struct Space {
+    mm: Arc<MmInner>,
+    gather: Gather,
+    invs: Vec<Invalidation>,
+}
+
+impl ChangeBatch {
+    /// Take over what `other` owes (its spaces' shootdowns, frees and
+    /// bracket ends), so that they run with this batch's.
+    pub(crate) fn absorb(&mut self, mut other: ChangeBatch) {
+        for s in other.spaces.drain(..) {
+            match self.spaces.iter_mut().find(|x| Arc::ptr_eq(&x.mm, &s.mm)) {
+                Some(x) => {
+                    x.gather.absorb(s.gather);
+                    x.invs.extend(s.invs);
+                }
+                None => self.spaces.push(s),
+            }
+        }
+    }
+
+    /// Run the side effects now (what dropping the batch does).
+    pub(crate) fn finish(self) {}
+}
+
+impl Drop for ChangeBatch {
+    fn drop(&mut self) {
+        let mut spaces = std::mem::take(&mut self.spaces);
+        // 4 and 5: every space's shootdown, then its deferred frees.
+        for s in &mut spaces {
+            std::mem::take(&mut s.gather).finish(&s.mm, None);
+        }
+        // 6. Secondary MMUs may map again.
+        for s in spaces {
+            for inv in s.invs {
+                s.mm.notifiers.end(inv);
+            }
+        }
+    }
 }
 
 impl Drop for Change<'_> {

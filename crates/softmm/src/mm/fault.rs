@@ -248,7 +248,7 @@ fn fault_once<const NOTIFY: bool>(
             None if NOTIFY && !bracketed && access.breaks_cow() && entry.is_present() && !entry.is_writable() => {
                 Ok(None)
             }
-            None => handle_pte_fault(mm, st, vma, &mut g, va, access, change.gather()).map(Some),
+            None => handle_pte_fault(&Vmf { mm, st, vma, va, access }, &mut g, change.gather()).map(Some),
         }
     };
     // A new frame for a page that had one (COW, or the zero frame's first
@@ -329,15 +329,19 @@ fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, ac
     Some(pte.with(want))
 }
 
-fn handle_pte_fault(
-    mm: &MmInner,
-    st: &MmState,
-    vma: &Vma,
-    g: &mut PteTableGuard<'_>,
+/// One fault, as the locked path handles it (Linux's `vm_fault`).
+struct Vmf<'a> {
+    mm: &'a MmInner,
+    /// The `mmap_lock`'s state, held for reading.
+    st: &'a MmState,
+    vma: &'a Vma,
+    /// The faulting address, page-aligned.
     va: u64,
     access: Access,
-    gather: &mut Gather,
-) -> Result<Pte> {
+}
+
+fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gather) -> Result<Pte> {
+    let Vmf { mm, st, vma, va, access } = *vmf;
     let pte = g.get(va);
     let c = &mm.machine.counters;
     if !pte.is_present() {
@@ -377,7 +381,7 @@ fn handle_pte_fault(
     }
     if access.breaks_cow() && !pte.is_writable() {
         if let Backing::Anon(_) = vma.backing {
-            return do_wp_page(mm, st, vma, g, va, pte, access, gather);
+            return do_wp_page(vmf, g, pte, gather);
         }
     }
     if access == Access::Write && !pte.is_writable() {
@@ -429,17 +433,9 @@ fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut Pt
 
 /// Write to a present, write-protected private page (or an unshare of
 /// it: the same, but the entry stays read-only).
-#[allow(clippy::too_many_arguments)]
-fn do_wp_page(
-    mm: &MmInner,
-    st: &MmState,
-    vma: &Vma,
-    g: &mut PteTableGuard<'_>,
-    va: u64,
-    pte: Pte,
-    access: Access,
-    gather: &mut Gather,
-) -> Result<Pte> {
+/// `pte` is the entry found under the page-table lock `g` holds.
+fn do_wp_page(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, pte: Pte, gather: &mut Gather) -> Result<Pte> {
+    let Vmf { mm, st, vma, va, access } = *vmf;
     let c = &mm.machine.counters;
     let arena = mm.arena();
     if pte.is_zero_frame() {

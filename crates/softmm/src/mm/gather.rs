@@ -80,6 +80,26 @@ impl Gather {
         self.tables.push((t, base));
     }
 
+    /// Nothing to shoot down and nothing to free.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.flush && self.first.is_none() && self.tables.is_empty()
+    }
+
+    /// Take over `other`'s flush and deferred references, so one shootdown
+    /// covers both (a `ChangeBatch`'s, for one space).
+    pub(crate) fn absorb(&mut self, other: Gather) {
+        self.flush |= other.flush;
+        let Gather { first, rest, tables, .. } = other;
+        for f in first.into_iter().chain(rest) {
+            if self.first.is_none() {
+                self.first = Some(f);
+            } else {
+                self.rest.push(f);
+            }
+        }
+        self.tables.extend(tables);
+    }
+
     /// Shoot down stale translations, then release the frames. `except` is
     /// the calling accessor's slot, if the operation runs on behalf of one.
     #[inline]

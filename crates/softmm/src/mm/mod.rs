@@ -85,7 +85,7 @@ mod smaps;
 pub(crate) mod translation;
 
 pub use args::{Advice, Placement};
-pub(crate) use change::Change;
+pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
 pub use pin::PinnedPages;
 

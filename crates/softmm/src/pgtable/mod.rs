@@ -224,13 +224,15 @@ impl PageTable {
         floor: u64,
         ceiling: u64,
     ) -> u32 {
-        free_range(arena, c, self.root, LEVELS - 1, 0, start, end, floor, ceiling)
+        let r = FreeRange { arena, c, start, end, floor, ceiling };
+        r.free(self.root, LEVELS - 1, 0)
     }
 
     /// Free the whole tree, root included. Every PTE must already be zapped.
     /// Returns the number of table pages freed.
     pub(crate) fn destroy(self, arena: &FrameArena, c: &Counters) -> u32 {
-        let n = free_range(arena, c, self.root, LEVELS - 1, 0, 0, 1 << 48, 0, 1 << 48);
+        let all = FreeRange { arena, c, start: 0, end: 1 << 48, floor: 0, ceiling: 1 << 48 };
+        let n = all.free(self.root, LEVELS - 1, 0);
         arena.put(self.root);
         n + 1
     }
@@ -365,39 +367,43 @@ fn install_table(arena: &FrameArena, s: &AtomicU64) -> Result<(FrameId, bool)> {
     }
 }
 
-/// Recursive worker of `free_tables`: `table` at `level` maps from `base`.
-#[allow(clippy::too_many_arguments)]
-fn free_range(
-    arena: &FrameArena,
-    c: &Counters,
-    table: FrameId,
-    level: u32,
-    base: u64,
+/// What `free_tables` frees (Linux's `free_pgtables` arguments): tables
+/// overlapping `[start, end)` whose whole span lies in `[floor, ceiling)`.
+struct FreeRange<'a> {
+    arena: &'a FrameArena,
+    c: &'a Counters,
     start: u64,
     end: u64,
     floor: u64,
     ceiling: u64,
-) -> u32 {
-    let span = entry_span(level);
-    let mut freed = 0;
-    if level == 0 {
-        return 0;
-    }
-    for (s, e, lo) in present_entries(arena, table, level, base, start, end) {
-        let child = e.frame();
-        debug_assert!(level > 1 || arena.meta(child).refcount() == 1, "freeing a shared PTE table");
-        freed += free_range(arena, c, child, level - 1, lo, start, end, floor, ceiling);
-        if lo >= floor && lo + span <= ceiling {
-            debug_assert!(table_is_empty(arena, child), "freeing a non-empty page table");
-            s.store(0, Ordering::Release);
-            if level == 1 {
-                borrow::detach(arena, child, lo, c);
-            }
-            arena.put(child);
-            freed += 1;
+}
+
+impl FreeRange<'_> {
+    /// Free what the range covers under `table` at `level`, which maps from
+    /// `base` (recursively). Returns the number of tables freed.
+    fn free(&self, table: FrameId, level: u32, base: u64) -> u32 {
+        let FreeRange { arena, c, start, end, floor, ceiling } = *self;
+        let span = entry_span(level);
+        let mut freed = 0;
+        if level == 0 {
+            return 0;
         }
+        for (s, e, lo) in present_entries(arena, table, level, base, start, end) {
+            let child = e.frame();
+            debug_assert!(level > 1 || arena.meta(child).refcount() == 1, "freeing a shared PTE table");
+            freed += self.free(child, level - 1, lo);
+            if lo >= floor && lo + span <= ceiling {
+                debug_assert!(table_is_empty(arena, child), "freeing a non-empty page table");
+                s.store(0, Ordering::Release);
+                if level == 1 {
+                    borrow::detach(arena, child, lo, c);
+                }
+                arena.put(child);
+                freed += 1;
+            }
+        }
+        freed
     }
-    freed
 }
 
 fn table_is_empty(arena: &FrameArena, t: FrameId) -> bool {

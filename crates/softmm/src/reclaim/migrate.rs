@@ -82,8 +82,9 @@ fn migrate_locked(m: &MachineInner, f: FrameId, n: FrameId) -> Result<FrameId> {
     nm.owner.store(fm.owner.load(Ordering::Acquire), Ordering::Release);
     nm.index.store(fm.index.load(Ordering::Acquire), Ordering::Release);
     let how = How { event: Some(Event::Migrate), ..How::default() };
-    let mut freeze = visit_mappings(m, f, how, |pte| pte.is_present().then(|| pte.to_migration()), |_| {});
-    freeze.flush();
+    let freeze = visit_mappings(m, f, how, |pte| pte.is_present().then(|| pte.to_migration()), |_| {});
+    // Every space's shootdown, then its secondary MMUs' bracket end.
+    freeze.changes.finish();
     // Only the entries (all migration entries now) and our own reference
     // may hold the frame; anything else may still read or write it.
     let busy = fm.refcount() != fm.mapcount() + 1;

@@ -42,13 +42,12 @@ use super::swap::{with_scratch, SwapSpace};
 use super::{age, visit_mappings, How, Visit};
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
-use crate::mm::MmInner;
+use crate::mm::ChangeBatch;
 use crate::notifier::Event;
 use crate::phys::{flags, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 /// Frames one direct reclaim tries to free.
 const BATCH: usize = 32;
@@ -161,10 +160,11 @@ struct SwapBatch {
     held: Vec<FrameId>,
     /// Frames still to unmap, at the next flush.
     queued: Vec<FrameId>,
-    /// Frames unmapped, waiting for the shootdown of `stale`.
+    /// Frames unmapped, waiting for the shootdowns of `changes`.
     unmapped: Vec<Unmapped>,
-    /// Address spaces that may cache translations of unmapped frames.
-    stale: Vec<Arc<MmInner>>,
+    /// The visits' changes of entries: one shootdown per address space
+    /// for the whole batch, then the secondary MMUs' bracket ends.
+    changes: ChangeBatch,
 }
 
 /// A frame of the batch whose entries became swap entries, waiting for
@@ -172,9 +172,8 @@ struct SwapBatch {
 struct Unmapped {
     f: FrameId,
     slot: u32,
-    /// The visit that changed the entries: dropping it ends the secondary
-    /// MMUs' invalidations, which must wait for the shootdown.
-    visit: Visit,
+    /// The visit skipped a space (`Visit::skipped`).
+    skipped: bool,
 }
 
 /// What is left to do for a frame once its stale translations are gone.
@@ -194,7 +193,7 @@ impl SwapBatch {
             held: Vec::with_capacity(n),
             queued: Vec::with_capacity(n.min(WRITE_BATCH)),
             unmapped: Vec::with_capacity(n),
-            stale: Vec::new(),
+            changes: ChangeBatch::default(),
         }
     }
 
@@ -258,12 +257,13 @@ impl SwapBatch {
         let slot = slot - 1;
         let how = How { try_only, event: Some(Event::SwapOut), age: true };
         let edit = |pte: Pte| age(pte).or_else(|| to_swap_entry(meta, slot, pte));
-        let visit = self.unmap_with(m, swap, f, slot, how, edit);
+        let visit = unmap_with(m, swap, f, slot, how, edit);
         if visit.changed == 0 && meta.mapcount() != 0 {
-            drop(visit);
-            return self.release_last(m, swap); // still mapped, nothing to shoot down
+            drop(visit); // ends its brackets: nothing to shoot down
+            return self.release_last(m, swap); // still mapped
         }
-        self.unmapped.push(Unmapped { f, slot, visit });
+        self.unmapped.push(Unmapped { f, slot, skipped: visit.skipped });
+        self.changes.absorb(visit.changes);
     }
 
     /// Give back the frame `hold` took last.
@@ -272,42 +272,6 @@ impl SwapBatch {
             swap.unlock_frame(&m.arena, f);
             m.arena.put(f);
         }
-    }
-
-    /// Replace the entries `edit` chooses of locked frame `f`, cached for
-    /// `slot`, with swap entries (`edit` gives `Pte::swap(slot)` or ages):
-    /// counts, slot references and dirtiness follow; the spaces that may
-    /// cache the old translations join `stale`.
-    fn unmap_with(
-        &mut self,
-        m: &MachineInner,
-        swap: &SwapSpace,
-        f: FrameId,
-        slot: u32,
-        how: How,
-        edit: impl Fn(Pte) -> Option<Pte>,
-    ) -> Visit {
-        let meta = m.arena.meta(f);
-        let mut dirty = false;
-        let mut visit = visit_mappings(m, f, how, edit, |old| {
-            dirty |= old.is_dirty();
-            swap.dup(slot);
-        });
-        if visit.changed > 0 {
-            // The frame stays alive (the cache and the batch hold it) and is
-            // neither copied nor freed before the shootdown.
-            meta.sub_counts(visit.changed, visit.changed);
-        }
-        if dirty {
-            meta.set_flags(flags::DIRTY);
-            meta.clear_flags(flags::SWAP_VALID);
-        }
-        for mm in visit.take_stale().drain() {
-            if !self.stale.iter().any(|s| Arc::ptr_eq(s, &mm)) {
-                self.stale.push(mm);
-            }
-        }
-        visit
     }
 
     /// Swap out every frame of the batch and release it. Returns the frames
@@ -330,18 +294,12 @@ impl SwapBatch {
         }
         // One shootdown per address space for the whole batch (Linux's
         // `try_to_unmap_flush`), before any page is copied out or freed;
-        // then the visits end their invalidations.
-        for mm in self.stale.drain(..) {
-            if mm.tlb.flush(None) {
-                Counters::bump(&m.counters.tlb_flushes);
-            }
-        }
+        // then the secondary MMUs' invalidations end.
+        std::mem::take(&mut self.changes).finish();
         let mut freed = 0;
         let mut writes = Vec::with_capacity(self.unmapped.len());
         for u in self.unmapped.drain(..) {
-            let skipped = u.visit.skipped;
-            drop(u.visit);
-            match settle(m, swap, u.f, u.slot, skipped) {
+            match settle(m, swap, u.f, u.slot, u.skipped) {
                 Settled::Stays => {}
                 Settled::Freed => freed += 1,
                 Settled::Write(slot) => writes.push((slot, u.f)),
@@ -386,9 +344,40 @@ impl SwapBatch {
         // a migration entry: a frame being migrated is locked anyway.)
         let how = How { try_only, event: Some(Event::SwapOut), ..How::default() };
         let edit = |pte: Pte| to_swap_entry(meta, slot, pte);
-        let visit = self.unmap_with(m, swap, f, slot, how, edit);
-        Ok(Some(Unmapped { f, slot, visit }))
+        let visit = unmap_with(m, swap, f, slot, how, edit);
+        self.changes.absorb(visit.changes);
+        Ok(Some(Unmapped { f, slot, skipped: visit.skipped }))
     }
+}
+
+/// Replace the entries `edit` chooses of locked frame `f`, cached for
+/// `slot`, with swap entries (`edit` gives `Pte::swap(slot)` or ages):
+/// counts, slot references and dirtiness follow. The visit's changes
+/// are the caller's to hand to the batch.
+fn unmap_with(
+    m: &MachineInner,
+    swap: &SwapSpace,
+    f: FrameId,
+    slot: u32,
+    how: How,
+    edit: impl Fn(Pte) -> Option<Pte>,
+) -> Visit {
+    let meta = m.arena.meta(f);
+    let mut dirty = false;
+    let visit = visit_mappings(m, f, how, edit, |old| {
+        dirty |= old.is_dirty();
+        swap.dup(slot);
+    });
+    if visit.changed > 0 {
+        // The frame stays alive (the cache and the batch hold it) and is
+        // neither copied nor freed before the shootdown.
+        meta.sub_counts(visit.changed, visit.changed);
+    }
+    if dirty {
+        meta.set_flags(flags::DIRTY);
+        meta.clear_flags(flags::SWAP_VALID);
+    }
+    visit
 }
 
 /// Write the pages of a run of consecutive slots with one vectored
@@ -459,6 +448,7 @@ mod tests {
     use super::*;
     use crate::reclaim::device::MemSwap;
     use crate::{Config, Machine, MapKind, Mm, Placement, Prot, SwapConfig};
+    use std::sync::Arc;
 
     const BASE: u64 = 0x4000_0000;
     const PAGE: u64 = 4096;

@@ -13,8 +13,8 @@
 use super::swap::SwapSpace;
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
-use crate::mm::MmInner;
-use crate::notifier::{Event, Range};
+use crate::mm::{Change, ChangeBatch};
+use crate::notifier::Event;
 use crate::phys::{flags, FrameId, PAGE_SIZE};
 use crate::pte::Pte;
 use crate::shm::ShmObject;
@@ -85,61 +85,48 @@ fn unmap_everywhere(
 ) -> (u32, bool, bool) {
     let arena = &m.arena;
     let (mut cleared, mut skipped, mut dirty) = (0, false, false);
-    let mut flush: Vec<Arc<MmInner>> = Vec::new();
-    let mut pending = Vec::new();
+    // One shootdown per space for all its mappings of the page, then the
+    // secondary MMUs' bracket ends, when the batch is dropped.
+    let mut batch = ChangeBatch::default();
     obj.members.walk(|mm| {
         let Some(st) = super::lock_member(mm, try_only) else {
             skipped = true;
             return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
-        let vmas_addrs: Vec<u64> = st
+        let addrs = st
             .vmas
             .iter()
             .filter(|v| matches!(&v.backing, Backing::Shm(o) if Arc::ptr_eq(&**o, obj)))
             .filter(|v| pgoff >= v.pgoff && pgoff < v.pgoff + (v.len() >> 12))
-            .map(|v| v.start + ((pgoff - v.pgoff) << 12))
-            .collect();
-        let mut addrs = Vec::new();
-        for va in vmas_addrs {
-            let range = Range { start: va, end: va + 4096, event: Event::SwapOut, blockable: !try_only };
-            match mm.notifiers.start(range) {
-                Ok(inv) => {
-                    pending.push((mm.clone(), inv));
-                    addrs.push(va);
-                }
-                Err(_) => skipped = true,
+            .map(|v| v.start + ((pgoff - v.pgoff) << 12));
+        // Every bracket opens before any entry changes.
+        let mut changes = Vec::new();
+        for va in addrs {
+            match Change::try_open(mm, Some(&st), va, va + 4096, Some(Event::SwapOut), !try_only) {
+                Some(c) => changes.push((va, c)),
+                None => skipped = true,
             }
         }
-        for va in addrs {
-            let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { continue };
-            let mut pte = g.get(va);
-            while pte.is_present() && pte.frame() == f {
-                match g.cas(va, pte, Pte::NONE) {
-                    Ok(old) => {
-                        dirty |= old.is_dirty();
-                        cleared += 1;
-                        if !flush.iter().any(|x| Arc::ptr_eq(x, mm)) {
-                            flush.push(mm.clone());
+        for (va, mut change) in changes {
+            if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) {
+                let mut pte = g.get(va);
+                while pte.is_present() && pte.frame() == f {
+                    match g.cas(va, pte, Pte::NONE) {
+                        Ok(old) => {
+                            dirty |= old.is_dirty();
+                            cleared += 1;
+                            change.need_flush();
+                            break;
                         }
-                        break;
+                        Err(now) => pte = now,
                     }
-                    Err(now) => pte = now,
                 }
+                change.translations_changed(va, va + 4096);
             }
-            drop(g);
-            // The visit's shootdown and brackets are batched over spaces (ended
-            // by its owner); this space's vcache hears of the page now.
-            crate::mm::Change::open(mm, Some(&st), va, va + 4096, None).translations_changed(va, va + 4096);
+            change.defer_to(&mut batch, mm);
         }
     });
-    for mm in &flush {
-        if mm.tlb.flush(None) {
-            Counters::bump(&m.counters.tlb_flushes);
-        }
-    }
-    for (mm, inv) in pending {
-        mm.notifiers.end(inv);
-    }
+    batch.finish();
     (cleared, skipped, dirty)
 }

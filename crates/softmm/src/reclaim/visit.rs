@@ -4,19 +4,17 @@
 
 use crate::few::Few;
 use crate::machine::MachineInner;
-use crate::mm::MmInner;
+use crate::mm::{Change, ChangeBatch, MmInner};
 use crate::phys::FrameId;
 use crate::pte::Pte;
 use crate::sync::Ordering;
-use std::sync::Arc;
 
 /// What a visit of every mapping of a frame did.
 #[derive(Default)]
 pub(crate) struct Visit {
-    /// PTE tables whose entry was replaced (a shared one counts once).
+    /// PTE tables where a present entry was replaced (a shared one counts
+    /// once).
     tables: Few<FrameId>,
-    /// Address spaces that may cache the old translation.
-    flush: Few<Arc<MmInner>>,
     /// Entries replaced (not counting those only aged).
     pub(crate) changed: u32,
     /// Some mapping had been accessed since the last look (an entry's
@@ -26,40 +24,10 @@ pub(crate) struct Visit {
     /// Some address space was busy and skipped (`try_only`), or one of
     /// its secondary MMUs refused a non-blocking invalidation.
     pub(crate) skipped: bool,
-    /// MMU-notifier invalidations started, ended once translations are
-    /// shot down (`flush`, or dropping the visit).
-    pending: Vec<(Arc<MmInner>, crate::notifier::Invalidation)>,
-}
-
-impl Visit {
-    /// Shoot down every stale translation the changes left, then end the
-    /// secondary MMUs' invalidations.
-    pub(crate) fn flush(&mut self) {
-        for mm in self.flush.iter() {
-            if mm.tlb.flush(None) {
-                crate::stats::Counters::bump(&mm.machine.counters.tlb_flushes);
-            }
-        }
-        self.end_invalidations();
-    }
-
-    /// The address spaces that may still cache a replaced translation,
-    /// for the caller to shoot down (before it drops the visit).
-    pub(crate) fn take_stale(&mut self) -> Few<Arc<MmInner>> {
-        std::mem::take(&mut self.flush)
-    }
-
-    fn end_invalidations(&mut self) {
-        for (mm, inv) in self.pending.drain(..) {
-            mm.notifiers.end(inv);
-        }
-    }
-}
-
-impl Drop for Visit {
-    fn drop(&mut self) {
-        self.end_invalidations();
-    }
+    /// Each space's change, its entries edited and its vcache told: the
+    /// shootdowns and bracket ends run when this batch is dropped (or
+    /// handed to a larger one, `ChangeBatch::absorb`).
+    pub(crate) changes: ChangeBatch,
 }
 
 /// How a visit treats each address space that may map the frame.
@@ -102,57 +70,45 @@ pub(crate) fn visit_mappings(
         // Secondary MMUs first, outside the page-table lock (they may sleep).
         let young_here = how.age && mm.notifiers.clear_young(va, va + 4096);
         v.young |= young_here;
-        if !young_here && !start_invalidation(&mut v, mm, how, va) {
+        let event = if young_here { None } else { how.event };
+        let Some(mut change) = Change::try_open(mm, Some(&st), va, va + 4096, event, !how.try_only) else {
+            v.skipped = true;
             return;
-        }
-        let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { return };
-        let edit_here = |pte: Pte| if young_here { age(pte) } else { edit(pte) };
-        match edit_entry(arena, &mut g, va, f, edit_here, &mut changed) {
-            Edited::Replaced => {
-                v.tables.push(g.table());
-                v.flush.push(mm.clone());
-                v.changed += 1;
-                drop(g);
-                // The visit's shootdown and brackets are batched over spaces (ended
-                // by its owner); this space's vcache hears of the page now.
-                crate::mm::Change::open(mm, Some(&st), va, va + 4096, None).translations_changed(va, va + 4096);
-            }
-            Edited::Aged => {
-                v.young = true;
-                if how.age {
-                    let aged = look_around(arena, &mut g, va);
-                    m.counters.look_around_aged.fetch_add(aged, Ordering::Relaxed);
+        };
+        if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) {
+            let edit_here = |pte: Pte| if young_here { age(pte) } else { edit(pte) };
+            match edit_entry(arena, &mut g, va, f, edit_here, &mut changed) {
+                Edited::Replaced(old) => {
+                    // A translation is cached only of a present entry.
+                    if old.is_present() {
+                        v.tables.push(g.table());
+                        change.need_flush();
+                    }
+                    v.changed += 1;
+                    drop(g);
+                    change.translations_changed(va, va + 4096);
                 }
+                Edited::Aged => {
+                    v.young = true;
+                    if how.age {
+                        let aged = look_around(arena, &mut g, va);
+                        m.counters.look_around_aged.fetch_add(aged, Ordering::Relaxed);
+                    }
+                }
+                Edited::Kept => {}
+                // A table shared with a space visited before, whose present
+                // entry was replaced through it: this space may cache the
+                // old translation too. (Looked at only when the entry no
+                // longer holds the frame: a table freed and reallocated
+                // during the walk may reuse the id.)
+                Edited::Gone if v.tables.iter().any(|&t| t == g.table()) => change.need_flush(),
+                Edited::Gone => {}
             }
-            Edited::Kept => {}
-            // A table shared with a space visited before, whose entry was
-            // replaced through it: this space may cache the old
-            // translation too. (Looked at only when the entry no longer
-            // holds the frame: a table freed and reallocated during the
-            // walk may reuse the id.)
-            Edited::Gone if v.tables.iter().any(|&t| t == g.table()) => v.flush.push(mm.clone()),
-            Edited::Gone => {}
         }
+        // The vcache hears now, the shootdown and bracket end are batched.
+        change.defer_to(&mut v.changes, mm);
     });
     v
-}
-
-/// Start `how.event`'s invalidation of `[va, va + 4096)` in `mm`'s
-/// secondary MMUs, if it has any; false (the space is skipped) when one
-/// refuses a non-blocking call.
-fn start_invalidation(v: &mut Visit, mm: &Arc<MmInner>, how: How, va: u64) -> bool {
-    let Some(event) = how.event.filter(|_| mm.notifiers.any()) else { return true };
-    let range = crate::notifier::Range { start: va, end: va + 4096, event, blockable: !how.try_only };
-    match mm.notifiers.start(range) {
-        Ok(inv) => {
-            v.pending.push((mm.clone(), inv));
-            true
-        }
-        Err(_) => {
-            v.skipped = true;
-            false
-        }
-    }
 }
 
 /// Entries a look-around covers: the aligned group around the accessed
@@ -202,8 +158,8 @@ enum Edited {
     Kept,
     /// Only its accessed bit was cleared.
     Aged,
-    /// It was replaced.
-    Replaced,
+    /// It was replaced; the entry it held.
+    Replaced(Pte),
 }
 
 /// Apply `edit` to the entry at `va` while it holds frame `f`, under its
@@ -244,7 +200,7 @@ fn edit_entry(
             Ok(old) if pte.is_accessed() && new == old.without(Pte::ACCESSED) => return Edited::Aged,
             Ok(old) => {
                 changed(old);
-                return Edited::Replaced;
+                return Edited::Replaced(old);
             }
             Err(now) => pte = now,
         }
