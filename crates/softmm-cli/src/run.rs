@@ -276,12 +276,19 @@ fn run_children(kids: &[Mm], base: u64, npages: u64, k: u64, threads: u32) -> Cl
             .collect()
     });
     pb.finish_and_clear();
+    // The error that stopped the others, not one of theirs.
+    if let Some(Err(e)) = results.iter().find(|r| matches!(r, Err(e) if e.0 != STOPPED)) {
+        return Err(CliError(e.0.clone()));
+    }
     let mut all = Vec::new();
     for r in results {
         all.extend(r?);
     }
     Ok(all)
 }
+
+/// What a child says when it stops because another one failed.
+const STOPPED: &str = "stopped: another child failed";
 
 /// Child `c`: write the pages of `ws`, read every other page; check both.
 fn child_work(
@@ -326,7 +333,7 @@ fn child_work(
         if i % TICK == TICK - 1 {
             pb.inc(TICK);
             if stop.load(Ordering::Relaxed) {
-                return Err(CliError("stopped: another child failed".into()));
+                return Err(CliError(STOPPED.into()));
             }
         }
     }
