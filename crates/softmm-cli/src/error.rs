@@ -42,11 +42,6 @@ pub fn check(ok: bool, msg: impl FnOnce() -> String) -> CliResult<()> {
     }
 }
 
-/// The last OS error, as "what: message (errno N)".
-pub fn os_error(what: &str) -> CliError {
-    io_error(what, std::io::Error::last_os_error())
-}
-
 /// An OS error, as "what: message (errno N)".
 pub fn io_error(what: &str, e: std::io::Error) -> CliError {
     CliError(format!("{what}: {e}"))

@@ -438,3 +438,23 @@ fn difference_messages_name_the_line() {
     let d = first_difference("t", trace, "ok\nok\nok\n", "ok\nok\n").unwrap_or_default();
     assert!(d.contains("trace line 5: `write P 0x10000000 \"#\"`") && d.contains("(no line)"), "{d}");
 }
+
+#[test]
+fn linux_runner_refuses_calls_over_its_own_memory() {
+    // Each range covers the whole user address space, so the runner's own
+    // mappings (its binary, heap, stack) lie inside it.
+    for op in [
+        "mmap P 0x1000 0x7ffffffff000 rw private",
+        "munmap P 0x1000 0x7ffffffff000",
+        "mprotect P 0x1000 0x7ffffffff000 r",
+        "madvise P 0x1000 0x7ffffffff000 dontneed",
+    ] {
+        let trace = TempTrace::new("own.trace", &format!("{GOOD_PREFIX}{op}\nread P 0x10000000 2\n"));
+        let o = run(softmm().args(["replay", "--on", "linux"]).arg(&trace.path));
+        let (out, err) = (text(&o.stdout), text(&o.stderr));
+        let ctx = format!("replay --on linux of `{op}`");
+        assert_eq!(o.status.code(), Some(2), "{ctx}: status {}\nstdout:\n{out}stderr:\n{err}", o.status);
+        assert_eq!(out, "ok\nok\nok\n", "{ctx}: only the lines before it must have run");
+        assert!(err.contains("the Linux runner's own memory"), "{ctx}: stderr:\n{err}");
+    }
+}

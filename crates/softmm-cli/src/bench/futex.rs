@@ -157,7 +157,7 @@ struct LinuxWords {
 
 impl LinuxWords {
     fn new() -> CliResult<LinuxWords> {
-        let mut page = Region::new(PAGE, false)?;
+        let mut page = super::linux::region(PAGE, false)?;
         page.touch(0);
         Ok(LinuxWords { page })
     }

@@ -11,110 +11,16 @@
 //! volatile stores, `clock_gettime`, `write` and `_exit` all the same.
 
 use super::Keep;
-use crate::error::{io_error, os_error, CliError, CliResult};
+use crate::error::{io_error, CliError, CliResult};
 use crate::sys;
-use crate::units::PAGE;
-use std::sync::atomic::AtomicU32;
 
-/// An anonymous private mapping of this process, unmapped on drop.
-pub struct Region {
-    ptr: *mut u8,
-    len: usize,
-}
+pub use crate::sys::mem::Region;
 
-impl Region {
-    /// Map `len` bytes (a multiple of the page size); nothing is touched.
-    pub fn new(len: u64, huge: bool) -> CliResult<Region> {
-        let len = usize::try_from(len).map_err(|_| CliError(format!("size {len} does not fit the host")))?;
-        // SAFETY: an anonymous mapping at an address the kernel chooses
-        // cannot alias any memory Rust knows about.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(os_error(&format!("mmap of {}", crate::units::bytes(len as u64))));
-        }
-        let advice = if huge { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
-        // SAFETY: the range is exactly the mapping just created; advice does
-        // not change its contents. Failure (no THP support) is harmless.
-        let _ = unsafe { libc::madvise(p, len, advice) };
-        Ok(Region { ptr: p.cast(), len })
-    }
-
-    pub fn pages(&self) -> u64 {
-        self.len as u64 / PAGE
-    }
-
-    /// Write `byte` to the first byte of every page (a volatile store each,
-    /// so the compiler keeps every one of them).
-    pub fn touch(&mut self, byte: u8) {
-        self.touch_every(byte, 1);
-    }
-
-    /// Write `byte` to the first byte of every `stride`-th page, starting
-    /// with page 0 (a volatile store each). Returns how many were written.
-    pub fn touch_every(&mut self, byte: u8, stride: u64) -> u64 {
-        let step = (PAGE * stride.max(1)) as usize;
-        let mut n = 0;
-        for off in (0..self.len).step_by(step) {
-            // SAFETY: `off < len`, inside the mapping, which lives as long as
-            // `self`; `&mut self` guarantees no shared view of it exists.
-            unsafe { std::ptr::write_volatile(self.ptr.add(off), byte) }
-            n += 1;
-        }
-        n
-    }
-
-    /// Fill page `i` (`i < pages()`) with `byte`.
-    pub fn fill_page(&mut self, i: u64, byte: u8) {
-        let off = (i * PAGE) as usize;
-        if off < self.len {
-            // SAFETY: the page lies inside the mapping (off + PAGE <= len as
-            // len is a multiple of PAGE); `&mut self` excludes shared views.
-            unsafe { std::ptr::write_bytes(self.ptr.add(off), byte, PAGE as usize) }
-        }
-    }
-
-    /// The aligned 32-bit word at byte `off`, as an atomic (`None` if it is
-    /// out of the mapping or misaligned): a futex word.
-    pub fn atomic_u32(&self, off: usize) -> Option<&AtomicU32> {
-        if off % 4 != 0 || off.checked_add(4).is_none_or(|end| end > self.len) {
-            return None;
-        }
-        // SAFETY: `off + 4 <= len`, inside the mapping, which lives as long as
-        // `&self`; the mapping is page-aligned and `off` a multiple of 4, so
-        // the pointer is aligned for `AtomicU32`. While `&self` lives, the
-        // memory is only accessed through such atomics (the plain writers
-        // take `&mut self`).
-        Some(unsafe { &*self.ptr.add(off).cast::<AtomicU32>() })
-    }
-
-    /// The bytes of page `i` (`i < pages()`, else an empty slice).
-    pub fn page(&self, i: u64) -> &[u8] {
-        let off = (i * PAGE) as usize;
-        if off >= self.len {
-            return &[];
-        }
-        // SAFETY: the page lies inside the mapping, which is readable,
-        // initialized (zero-filled by the kernel or written by us) and lives
-        // as long as `&self`; writers need `&mut self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(off), PAGE as usize) }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, and no
-        // borrow of it outlives `self`.
-        let _ = unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+/// A [`Region`] of `len` bytes (a multiple of the page size), nothing
+/// touched, advised for huge pages if `huge`, else against them.
+pub fn region(len: u64, huge: bool) -> CliResult<Region> {
+    let n = usize::try_from(len).map_err(|_| CliError(format!("size {len} does not fit the host")))?;
+    Region::new(n, huge).map_err(|e| io_error(&format!("mmap of {}", crate::units::bytes(len)), e))
 }
 
 pub use crate::sys::mono_ns;
@@ -122,10 +28,10 @@ pub use crate::sys::mono_ns;
 /// Demand-zero faults on recycled memory: touch and unmap `size` once, then
 /// per repetition map `size`, time the touch of every page, unmap.
 pub fn fault_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
-    Region::new(size, false)?.touch(1);
+    region(size, false)?.touch(1);
     let mut out = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let mut r = Region::new(size, false)?;
+        let mut r = region(size, false)?;
         let t0 = mono_ns();
         r.touch(1);
         let t1 = mono_ns();
@@ -140,7 +46,7 @@ pub fn fault_warm(size: u64, reps: usize) -> CliResult<Vec<f64>> {
 pub fn fault_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>> {
     let mut out = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let mut r = Region::new(size, false)?;
+        let mut r = region(size, false)?;
         let t0 = mono_ns();
         r.touch(1);
         let t1 = mono_ns();
@@ -155,10 +61,10 @@ pub fn fault_cold(size: u64, reps: usize, keep: &mut Keep) -> CliResult<Vec<f64>
 /// kernel's free lists hold that many recently used frames), fork; the child
 /// times its own write to every page and reports the nanoseconds per page.
 fn cow_once(size: u64, warm: bool) -> CliResult<(f64, Region)> {
-    let mut a = Region::new(size, false)?;
+    let mut a = region(size, false)?;
     a.touch(1);
     if warm {
-        Region::new(size, false)?.touch(1);
+        region(size, false)?.touch(1);
     }
     let ns = fork_timing_child_writes(&mut a, 1)?;
     Ok((ns as f64 / a.pages() as f64, a))
@@ -205,7 +111,7 @@ const PAGES_PER_TABLE: u64 = 512;
 /// child writing every `exit_stride`-th page + exit + wait, each after one
 /// discarded run.
 pub fn fork_size(size: u64, reps: usize, detail: bool, exit_stride: u64) -> CliResult<ForkFigures> {
-    let mut a = Region::new(size, false)?;
+    let mut a = region(size, false)?;
     a.touch(1);
     let first = fork_once()? as f64;
     let warm = (0..reps).map(|_| fork_once().map(|ns| ns as f64)).collect::<CliResult<Vec<f64>>>()?;

@@ -498,7 +498,7 @@ pub fn read(size: u64, passes: u64, reps: usize) -> CliResult<ReadFigures> {
     let mut acc = mm.accessor();
     let va = map(&mm, size)?;
     let pages = size / PAGE;
-    let mut host = super::linux::Region::new(size, true)?;
+    let mut host = super::linux::region(size, true)?;
     for i in 0..pages {
         let b = (i % 251) as u8 | 1;
         acc.fill_bytes(va + i * PAGE, PAGE as usize, b).context(|| "filling the region".into())?;

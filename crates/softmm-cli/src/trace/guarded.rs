@@ -8,11 +8,10 @@
 //! a guarded copy, records `si_code` and the faulting address and moves the
 //! instruction pointer to the fixup, which returns "faulted".
 
-#![allow(clippy::missing_safety_doc)]
-
+use crate::sys::trace_mem::TraceMem;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
-/// Set while a guarded copy runs (the worker is single-threaded).
+/// Set while a guarded copy runs (only the worker's main thread copies).
 static IN_GUARD: AtomicBool = AtomicBool::new(false);
 /// Address to resume at after a fault inside a guarded copy.
 static FIXUP: AtomicUsize = AtomicUsize::new(0);
@@ -34,8 +33,15 @@ const SEGV_MAPERR: i32 = 1;
 const SEGV_ACCERR: i32 = 2;
 
 extern "C" fn on_segv(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes valid siginfo and ucontext pointers to an
-    // SA_SIGINFO handler; we only read and write plain fields.
+    // SAFETY: installed with SA_SIGINFO (`install_handler`), so the kernel
+    // passes a valid `siginfo_t` and the interrupted thread's `ucontext_t`,
+    // both live for the handler's run. `signal` is async-signal-safe (a
+    // sigaction call). IN_GUARD is set only around `raw_copy`, and the
+    // worker's other threads (futex waiters) touch no trace memory, so a
+    // fault seen while it is set was raised by the copy loop's load or
+    // store: rewriting RIP to FIXUP (label 3 of that loop, published before
+    // its first access) makes the kernel resume there on sigreturn, with
+    // every register the asm block declares intact.
     unsafe {
         if !IN_GUARD.load(Ordering::SeqCst) {
             // A fault outside a guarded copy is a bug in the runner: restore
@@ -60,12 +66,22 @@ pub fn install_handler() -> std::io::Result<()> {
 
 /// Copy `n` bytes from `src` to `dst` byte by byte with real loads and stores.
 /// Returns the number of bytes not copied (0 on success).
+///
+/// # Safety
+/// Each of `src..src + n` and `dst..dst + n` is either a host buffer the
+/// caller may read (src) or write (dst), or a range holding only unmapped
+/// or trace memory, which no Rust reference points into. Run it inside
+/// [`guarded`], so that a fault there ends the copy, not the process (with
+/// the handler installed).
 #[inline(never)]
 unsafe fn raw_copy(dst: *mut u8, src: *const u8, n: usize) -> usize {
     let left: usize;
-    // SAFETY: the caller guarantees that faults in this loop are handled by
-    // `on_segv`, which resumes at label 3 (published in FIXUP) with rcx
-    // holding the bytes left.
+    // SAFETY: the loop reads `n` bytes at rsi and writes them at rdi, one
+    // at a time, which the caller's contract allows; it touches no stack
+    // (`nostack`) and clobbers only the registers declared (rsi, rdi, rcx,
+    // al, tmp). A fault in it is handled by `on_segv` (caller's contract),
+    // which resumes at label 3, FIXUP, stored by the first two instructions:
+    // rcx then holds the bytes not copied, as the loop's own exit would.
     unsafe {
         std::arch::asm!(
             "lea {tmp}, [rip + 3f]",
@@ -107,30 +123,47 @@ fn guarded(f: impl FnOnce() -> usize) -> Outcome {
     }
 }
 
-/// Read `out.len()` bytes at guest address `addr` with real loads.
-pub fn read(addr: u64, out: &mut [u8]) -> Outcome {
-    // SAFETY: `out` is a valid host buffer; faults on `addr` are caught.
-    guarded(|| unsafe { raw_copy(out.as_mut_ptr(), addr as *const u8, out.len()) })
+/// Read `out.len()` bytes at trace address `addr` with real loads
+/// (refused if the range holds memory the trace did not map).
+pub fn read(mem: &TraceMem, addr: u64, out: &mut [u8]) -> Result<Outcome, String> {
+    mem.check_access(addr, out.len() as u64)?;
+    // SAFETY: inside `guarded`; `out` is a host buffer of `out.len()` bytes,
+    // borrowed mutably here; `addr..addr + out.len()` was just checked to
+    // be unmapped or trace memory, so no Rust borrow is read under a
+    // writer. A fault there is caught by the handler or, were it not
+    // installed, kills the process (SIGSEGV's default action).
+    Ok(guarded(|| unsafe { raw_copy(out.as_mut_ptr(), addr as *const u8, out.len()) }))
 }
 
-/// Write `data` at guest address `addr` with real stores.
-pub fn write(addr: u64, data: &[u8]) -> Outcome {
-    // SAFETY: `data` is a valid host buffer; faults on `addr` are caught. The
-    // runner refuses addresses inside its own memory before calling this.
-    guarded(|| unsafe { raw_copy(addr as *mut u8, data.as_ptr(), data.len()) })
+/// Write `data` at trace address `addr` with real stores (refused if the
+/// range holds memory the trace did not map).
+pub fn write(mem: &TraceMem, addr: u64, data: &[u8]) -> Result<Outcome, String> {
+    mem.check_access(addr, data.len() as u64)?;
+    Ok(write_checked(addr, data))
 }
 
-/// Store `len` copies of `byte` at `addr`, a page-sized chunk at a time.
-pub fn fill(addr: u64, len: u64, byte: u8) -> Outcome {
+/// Store `len` copies of `byte` at `addr`, a page-sized chunk at a time
+/// (refused if the range holds memory the trace did not map).
+pub fn fill(mem: &TraceMem, addr: u64, len: u64, byte: u8) -> Result<Outcome, String> {
+    mem.check_access(addr, len)?;
     let chunk = [byte; 4096];
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(4096) as usize;
-        let r = write(addr + done, &chunk[..n]);
+        let r = write_checked(addr + done, &chunk[..n]);
         if r != Outcome::Ok {
-            return r;
+            return Ok(r);
         }
         done += n as u64;
     }
-    Outcome::Ok
+    Ok(Outcome::Ok)
+}
+
+/// `write` once `addr..addr + data.len()` has passed `check_access`.
+fn write_checked(addr: u64, data: &[u8]) -> Outcome {
+    // SAFETY: as in `read`, roles swapped: `data` is a host buffer of
+    // `data.len()` bytes, only read; the stores go to a range the callers
+    // (`write`, `fill`) checked to be unmapped or trace memory, never
+    // memory Rust code uses.
+    guarded(|| unsafe { raw_copy(addr as *mut u8, data.as_ptr(), data.len()) })
 }

@@ -7,9 +7,9 @@
 //! and stores (see `guarded.rs`). `fork A B` is a real `fork()`: the child
 //! connects anew and introduces itself as B.
 //!
-//! The worker never maps over its own memory: it remembers which pages the
-//! trace mapped (that set is inherited across fork, being plain memory) and
-//! refuses any operation that would touch a mapping outside it.
+//! The worker never maps over its own memory: `sys::trace_mem` remembers
+//! which pages the trace mapped and refuses any operation that would touch
+//! a mapping outside them.
 //!
 //! A `futex_wait` starts a thread that does FUTEX_WAIT. Besides trace
 //! lines, the controller sends [`FORGET_WAITER`] when a waiter's name is
@@ -19,6 +19,8 @@
 use super::guarded::{self, Outcome};
 use super::parse::{hex, parse_line, Op, TKind, TProt};
 use crate::sys;
+use crate::sys::trace_mem::{Answer, Sharing, TraceMem};
+use rustix::mm::ProtFlags;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -40,144 +42,35 @@ fn install_interrupt_handler() -> std::io::Result<()> {
     sys::set_handler(INTERRUPT, on_interrupt, 0)
 }
 
-/// Pages mapped by the trace: start -> end, merged.
-#[derive(Default)]
-struct Owned {
-    ranges: BTreeMap<u64, u64>,
-}
-
-impl Owned {
-    fn add(&mut self, start: u64, end: u64) {
-        self.remove(start, end);
-        self.ranges.insert(start, end);
-    }
-    fn remove(&mut self, start: u64, end: u64) {
-        let keys: Vec<(u64, u64)> =
-            self.ranges.range(..end).filter(|(_, &e)| e > start).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in keys {
-            self.ranges.remove(&s);
-            if s < start {
-                self.ranges.insert(s, start);
-            }
-            if e > end {
-                self.ranges.insert(end, e);
-            }
-        }
-    }
-    fn covers(&self, start: u64, end: u64) -> bool {
-        let mut at = start;
-        for (&s, &e) in self.ranges.range(..end) {
-            if e <= at {
-                continue;
-            }
-            if s > at {
-                return false;
-            }
-            at = e;
-            if at >= end {
-                return true;
-            }
-        }
-        at >= end
-    }
-}
-
-/// One mapping of /proc/self/maps.
-struct MapsEntry {
-    start: u64,
-    end: u64,
-}
-
-fn read_maps() -> Result<Vec<MapsEntry>, String> {
-    let text = std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("reading /proc/self/maps: {e}"))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let range = line.split_whitespace().next().unwrap_or("");
-        let (s, e) = range.split_once('-').ok_or("malformed /proc/self/maps")?;
-        let s = u64::from_str_radix(s, 16).map_err(|_| "malformed /proc/self/maps")?;
-        let e = u64::from_str_radix(e, 16).map_err(|_| "malformed /proc/self/maps")?;
-        out.push(MapsEntry { start: s, end: e });
-    }
-    Ok(out)
-}
-
 struct Waiter {
     tid: Arc<Mutex<Option<i32>>>,
     result: Arc<Mutex<Option<i32>>>,
 }
 
 struct Worker {
-    owned: Owned,
+    mem: TraceMem,
     waiters: BTreeMap<String, Waiter>,
 }
 
-/// The range `[addr, addr + PAGE_ALIGN(len))`, if it does not wrap.
-fn span(addr: u64, len: u64) -> Option<(u64, u64)> {
-    let l = len.checked_add(PAGE - 1)? & !(PAGE - 1);
-    Some((addr & !(PAGE - 1), addr.checked_add(l)?))
-}
-
 impl Worker {
-    /// Refuse `[start, end)` if it overlaps memory the trace did not map.
-    fn guard(&self, start: u64, end: u64) -> Result<(), String> {
-        for m in read_maps()? {
-            if m.start < end && start < m.end {
-                let (s, e) = (m.start.max(start), m.end.min(end));
-                if !self.owned.covers(s, e) {
-                    return Err(format!(
-                        "the trace touches {s:#x}-{e:#x}, which is the Linux runner's own memory ({:#x}-{:#x}); \
-                         choose other addresses",
-                        m.start, m.end
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn run(&mut self, op: &Op) -> Result<String, String> {
         Ok(match op {
-            Op::Mmap { addr, len, prot, kind, .. } => self.mmap(*addr, *len, *prot, *kind)?,
-            Op::Munmap { addr, len, .. } => {
-                if let Some((s, e)) = span(*addr, *len) {
-                    self.guard(s, e)?;
-                }
-                // SAFETY: the range holds only trace memory (checked above) or
-                // the arguments are invalid and the kernel rejects them.
-                let r = unsafe { libc::munmap(*addr as *mut libc::c_void, *len as usize) };
-                if r == 0 {
-                    if let Some((s, e)) = span(*addr, *len) {
-                        self.owned.remove(s, e);
-                    }
-                }
-                status(r)
+            Op::Mmap { addr, len, prot, kind, .. } => {
+                let sharing = match kind {
+                    TKind::Private => Sharing::Private,
+                    TKind::Shared => Sharing::Shared,
+                };
+                status(self.mem.mmap(*addr, *len, prot_flags(*prot), sharing)?)
             }
-            Op::Mprotect { addr, len, prot, .. } => {
-                if let Some((s, e)) = span(*addr, *len) {
-                    self.guard(s, e)?;
-                }
-                // SAFETY: as for munmap; only trace memory changes protection.
-                status(unsafe { libc::mprotect(*addr as *mut libc::c_void, *len as usize, prot_bits(*prot)) })
-            }
-            Op::MadviseDontneed { addr, len, .. } => {
-                if let Some((s, e)) = span(*addr, *len) {
-                    self.guard(s, e)?;
-                }
-                // SAFETY: as for munmap.
-                status(unsafe { libc::madvise(*addr as *mut libc::c_void, *len as usize, libc::MADV_DONTNEED) })
-            }
-            Op::Write { addr, bytes, .. } => {
-                self.guard_access(*addr, bytes.len() as u64)?;
-                outcome(guarded::write(*addr, bytes))
-            }
-            Op::Fill { addr, len, byte, .. } => {
-                self.guard_access(*addr, *len)?;
-                outcome(guarded::fill(*addr, *len, *byte))
-            }
+            Op::Munmap { addr, len, .. } => status(self.mem.munmap(*addr, *len)?),
+            Op::Mprotect { addr, len, prot, .. } => status(self.mem.mprotect(*addr, *len, prot_flags(*prot))?),
+            Op::MadviseDontneed { addr, len, .. } => status(self.mem.madvise_dontneed(*addr, *len)?),
+            Op::Write { addr, bytes, .. } => outcome(guarded::write(&self.mem, *addr, bytes)?),
+            Op::Fill { addr, len, byte, .. } => outcome(guarded::fill(&self.mem, *addr, *len, *byte)?),
             Op::Read { addr, len, .. } => {
-                self.guard_access(*addr, *len)?;
+                self.mem.check_access(*addr, *len)?;
                 let mut buf = vec![0u8; *len as usize];
-                match guarded::read(*addr, &mut buf) {
+                match guarded::read(&self.mem, *addr, &mut buf)? {
                     Outcome::Ok => format!("data {}", hex(&buf)),
                     o => outcome(o),
                 }
@@ -198,57 +91,11 @@ impl Worker {
         })
     }
 
-    fn guard_access(&self, addr: u64, len: u64) -> Result<(), String> {
-        if len > 1 << 30 {
-            return Err("access longer than 1 GiB".into());
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        // An access may end exactly at the top of the 64-bit space (its
-        // last byte is u64::MAX); only one past it wraps.
-        let last = addr.checked_add(len - 1).ok_or("access range wraps around")?;
-        let end = (last | (PAGE - 1)).saturating_add(1);
-        self.guard(addr & !(PAGE - 1), end)
-    }
-
-    fn mmap(&mut self, addr: u64, len: u64, prot: TProt, kind: TKind) -> Result<String, String> {
-        let kind_flag = match kind {
-            TKind::Private => libc::MAP_PRIVATE,
-            TKind::Shared => libc::MAP_SHARED,
-        };
-        // Over trace memory only: real MAP_FIXED semantics. Over nothing:
-        // MAP_FIXED_NOREPLACE, which can never clobber the runner.
-        let mut flags = kind_flag | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
-        if let Some((s, e)) = span(addr, len) {
-            self.guard(s, e)?;
-            if read_maps()?.iter().any(|m| m.start < e && s < m.end) {
-                flags = kind_flag | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
-            }
-        }
-        // SAFETY: with MAP_FIXED the range holds only trace memory (checked
-        // above); otherwise MAP_FIXED_NOREPLACE never replaces anything.
-        let p = unsafe { libc::mmap(addr as *mut libc::c_void, len as usize, prot_bits(prot), flags, -1, 0) };
-        if p == libc::MAP_FAILED {
-            return Ok(errno_line());
-        }
-        if p as u64 != addr {
-            // Kernels before 4.17 treat MAP_FIXED_NOREPLACE as a hint.
-            // SAFETY: `p` is the mapping just created.
-            unsafe { libc::munmap(p, len as usize) };
-            return Err(format!("the kernel placed a fixed mapping at {:#x}, not {addr:#x}", p as u64));
-        }
-        if let Some((s, e)) = span(addr, len) {
-            self.owned.add(s, e);
-        }
-        Ok("ok".into())
-    }
-
     fn futex_wait(&mut self, addr: u64, val: u32, w: &str) -> Result<String, String> {
         if self.waiters.contains_key(w) {
             return Err(format!("waiter `{w}` already exists"));
         }
-        self.guard_access(addr, 4)?;
+        self.mem.check_access(addr, 4)?;
         let tid = Arc::new(Mutex::new(None));
         let result = Arc::new(Mutex::new(None));
         let (t2, r2) = (tid.clone(), result.clone());
@@ -342,12 +189,12 @@ fn blocked_in_futex(tid: i32) -> bool {
     state == Some('S') && nr == Some(libc::SYS_futex)
 }
 
-fn prot_bits(p: TProt) -> i32 {
+fn prot_flags(p: TProt) -> ProtFlags {
     match p {
-        TProt::R => libc::PROT_READ,
-        TProt::W => libc::PROT_WRITE,
-        TProt::Rw => libc::PROT_READ | libc::PROT_WRITE,
-        TProt::None => libc::PROT_NONE,
+        TProt::R => ProtFlags::READ,
+        TProt::W => ProtFlags::WRITE,
+        TProt::Rw => ProtFlags::READ | ProtFlags::WRITE,
+        TProt::None => ProtFlags::empty(),
     }
 }
 
@@ -356,11 +203,10 @@ fn errno_line() -> String {
     format!("err {}", softmm::errno::name(e))
 }
 
-fn status(r: i32) -> String {
-    if r == 0 {
-        "ok".into()
-    } else {
-        errno_line()
+fn status(r: Answer) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("err {}", softmm::errno::name(e.raw_os_error())),
     }
 }
 
@@ -438,7 +284,7 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
     // Children this worker forks (other address spaces) are reaped by the
     // kernel when they exit, so an exited one never lingers as a zombie.
     sys::ignore_sigchld();
-    let mut worker = Worker { owned: Owned::default(), waiters: BTreeMap::new() };
+    let mut worker = Worker { mem: TraceMem::default(), waiters: BTreeMap::new() };
     let mut conn = BufReader::new(connect(socket, name)?);
     loop {
         let mut line = String::new();
@@ -488,23 +334,4 @@ fn connect(socket: &str, name: &str) -> Result<UnixStream, String> {
     let pid = std::process::id();
     s.write_all(format!("hello {name} {pid}\n").as_bytes()).map_err(|e| format!("introducing {name}: {e}"))?;
     Ok(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owned_ranges() {
-        let mut o = Owned::default();
-        o.add(0x1000, 0x5000);
-        assert!(o.covers(0x1000, 0x5000));
-        assert!(o.covers(0x2000, 0x3000));
-        o.remove(0x2000, 0x3000);
-        assert!(!o.covers(0x1000, 0x5000));
-        assert!(o.covers(0x3000, 0x5000));
-        o.add(0x2000, 0x3000);
-        assert!(o.covers(0x1000, 0x5000));
-        assert!(!o.covers(0x0, 0x2000));
-    }
 }

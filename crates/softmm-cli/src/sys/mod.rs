@@ -1,11 +1,14 @@
-//! The CLI's system calls: through `rustix` where it has them (no `unsafe`
-//! there), else through `libc` here, each `unsafe` block with its reason.
+//! The CLI's system calls: through `rustix` where it has them, else through
+//! `libc` here, each `unsafe` block with its reason. Memory mappings are in
+//! [`mem`] (the benchmarks' own regions) and [`trace_mem`] (the trace
+//! worker's calls on trace addresses).
 //!
-//! Two things stay raw on purpose: the futex calls the bench times go
-//! through libc's `syscall()`, the call every Linux program makes, so the
-//! Linux figures time futex(2) as it is usually called; and the trace
-//! worker's calls on trace addresses take any address the trace names (the
-//! kernel answers a bad one with an error, never a fault).
+//! The futex calls the bench times stay raw on purpose: they go through
+//! libc's `syscall()`, the call every Linux program makes, so the Linux
+//! figures time futex(2) as it is usually called.
+
+pub mod mem;
+pub mod trace_mem;
 
 use rustix::process::{Pid, WaitOptions, WaitStatus};
 use std::io;
