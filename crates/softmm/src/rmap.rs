@@ -692,6 +692,9 @@ mod tree_tests {
     }
 
     #[test]
+    // Whole machines forking many times: minutes under Miri, and no unsafe
+    // code of their own (the release suite runs them).
+    #[cfg_attr(miri, ignore)]
     fn a_fork_chain_links_one_anon_vma_per_level_and_walks_reach_descendants() {
         let m = Machine::new(Config { arena_bytes: 64 << 20, prezero: false, ..Config::default() }).unwrap();
         let root = m.new_mm().unwrap();

@@ -158,6 +158,9 @@ mod tests {
     /// scanned once for all of them, and the figures are those of the
     /// one-call path.
     #[test]
+    // Whole machines forking many times: minutes under Miri, and no unsafe
+    // code of their own (the release suite runs them).
+    #[cfg_attr(miri, ignore)]
     fn many_spaces_scan_each_span_once() {
         let m = Machine::new(Config { arena_bytes: 64 << 20, prezero: false, ..Config::default() }).unwrap();
         let parent = m.new_mm().unwrap();
