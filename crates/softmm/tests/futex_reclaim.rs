@@ -68,6 +68,12 @@ fn set(mm: &Mm, va: u64, v: u32) {
     mm.write(va, &v.to_ne_bytes()).expect("write");
 }
 
+/// `waker`'s wake at `va` reaches `w`, which ends woken.
+fn wakes(waker: &Mm, va: u64, w: FutexWaiter, keys: FutexKeys) {
+    assert_eq!(waker.futex_wake(va, 1).expect("wake"), 1, "{keys:?}");
+    assert_eq!(w.state(), WaitState::Woken, "{keys:?}");
+}
+
 #[test]
 fn swap_out_then_write_then_wake() {
     for keys in MODES {
@@ -82,9 +88,7 @@ fn swap_out_then_write_then_wake() {
         if keys == FutexKeys::Physical {
             assert_eq!(m.stats().fault_cow_copy, copies, "a waited-on page is reused, not copied, after swap-in");
         }
-        assert_eq!(mm.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&mm, BASE, w, keys);
         audit(&m);
     }
 }
@@ -97,9 +101,7 @@ fn swap_out_then_wake_with_no_write() {
         let w = wait(&mm, BASE);
         swap_out(&m, &mm, BASE);
         audit(&m);
-        assert_eq!(mm.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&mm, BASE, w, keys);
         audit(&m);
         // The page is still there, with its contents.
         let mut b = [9u8; 4];
@@ -129,9 +131,7 @@ fn swap_out_by_other_pages_pressure_under_a_frame_limit() {
         audit(&m);
         set(&mm, BASE, 1);
         audit(&m);
-        assert_eq!(mm.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&mm, BASE, w, keys);
         audit(&m);
     }
 }
@@ -154,9 +154,7 @@ fn failed_migration_then_fork_then_parent_write() {
         set(&parent, BASE, 1);
         audit(&m);
         assert_eq!(child.futex_wake(BASE, 1).expect("wake"), 0, "the child's copy has no waiter ({keys:?})");
-        assert_eq!(parent.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&parent, BASE, w, keys);
         audit(&m);
     }
 }
@@ -194,9 +192,7 @@ fn child_waiter_while_both_sides_are_swapped() {
         swap_out(&m, &parent, BASE);
         audit(&m);
         assert_eq!(parent.futex_wake(BASE + 4, 1).expect("wake"), 0, "{keys:?}");
-        assert_eq!(child.futex_wake(BASE + 4, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&child, BASE + 4, w, keys);
         audit(&m);
     }
 }
@@ -247,17 +243,13 @@ fn shared_anonymous_pages() {
         audit(&m);
         set(&a, BASE, 1);
         audit(&m);
-        assert_eq!(a.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&a, BASE, w, keys);
         // Without a waiter it does leave memory, and comes back.
         set(&a, BASE, 0);
         swap_out(&m, &a, BASE);
         swap_out(&m, &b, BASE);
         let w = wait(&b, BASE);
-        assert_eq!(a.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&a, BASE, w, keys);
         audit(&m);
     }
 }
@@ -279,9 +271,7 @@ fn a_swapped_in_page_is_followed_across_cow() {
         set(&parent, BASE, 1);
         audit(&m);
         assert_eq!(child.futex_wake(BASE, 1).expect("wake"), 0, "{keys:?}");
-        assert_eq!(parent.futex_wake(BASE, 1).expect("wake"), 1, "{keys:?}");
-        assert_eq!(w.state(), WaitState::Woken);
-        drop(w);
+        wakes(&parent, BASE, w, keys);
         audit(&m);
     }
 }
