@@ -32,16 +32,20 @@
 //! steps, so no bracket stays open. A reclaim or migration pass, which
 //! changes one page in many spaces, hands each change's steps 4 to 6 to a
 //! [`ChangeBatch`] (`Change::defer_to`, after step 3), which runs them in
-//! the same order once per space for the whole pass. The raw slot writers (`zap_entries`,
-//! `set_bits_lockless`) are called only from this module outside
-//! `pgtable/` (`tests/raw_stores.rs` checks).
+//! the same order once per space for the whole pass.
+//!
+//! Entries are written only inside `pgtable/`; outside it, a table is
+//! locked for writing only with the `pgtable::Edit` a change hands out,
+//! and only this module mints one (`tests/raw_stores.rs` checks both).
+//! The MMU-style setting of accessed and dirty bits
+//! (`PageTable::set_access_flags`) changes no translation and needs none.
 
 use super::gather::Gather;
 use super::{MmInner, MmState};
 use crate::error::Result;
 use crate::notifier::{Event, Invalidation, Range};
-use crate::pgtable::{share, PageTable, PTE_TABLE_SPAN};
-use crate::phys::{FrameArena, FrameId};
+use crate::pgtable::{share, Edit, PageTable, PteTableGuard, ZapSink, PTE_TABLE_SPAN};
+use crate::phys::FrameId;
 use crate::pte::Pte;
 use crate::tlb::Slot;
 use crate::vcache::Translation;
@@ -64,6 +68,8 @@ pub(crate) struct Change<'a> {
     except: Option<&'a Slot>,
     /// Pages whose translation changed: `[changed.0, changed.1)`.
     changed: (u64, u64),
+    /// Leave to write entries (`pgtable::Edit`), minted here alone.
+    edit: Edit,
 }
 
 impl<'a> Change<'a> {
@@ -72,7 +78,15 @@ impl<'a> Change<'a> {
     /// given (a fault with nobody listening passes `None` and costs no call).
     #[inline]
     pub(crate) fn open(mm: &'a MmInner, st: Option<&'a MmState>, lo: u64, hi: u64, event: Option<Event>) -> Self {
-        let mut c = Change { mm, st, inv: None, gather: Gather::default(), except: None, changed: (0, 0) };
+        let mut c = Change {
+            mm,
+            st,
+            inv: None,
+            gather: Gather::default(),
+            except: None,
+            changed: (0, 0),
+            edit: Edit::for_change(),
+        };
         if let Some(event) = event {
             c.inv = Some(mm.notifiers.start_blocking(lo, hi, event));
         }
@@ -114,6 +128,20 @@ impl<'a> Change<'a> {
         self
     }
 
+    /// Leave to lock page tables for writing while this change is open
+    /// (`share::lock_pte_table`).
+    #[inline]
+    pub(crate) fn edit(&self) -> Edit {
+        self.edit
+    }
+
+    /// Lock the PTE table `table` of `pt` (covering `base`) to change its
+    /// entries as part of this change.
+    #[inline]
+    pub(crate) fn lock_table(&self, pt: &PageTable, table: FrameId, base: u64) -> PteTableGuard<'a> {
+        pt.lock(self.mm.arena(), table, base, self.edit)
+    }
+
     /// The deferred work of the caller's own changes under a page-table
     /// lock (COW's replaced frame, an install over the zero frame).
     #[inline]
@@ -140,23 +168,9 @@ impl<'a> Change<'a> {
     /// under the write lock: only its last sharer zaps it); one covered in
     /// part must have been unshared.
     pub(crate) fn zap(&mut self, pt: &PageTable, start: u64, end: u64, may_drop: bool) {
-        let (mm, gather) = (self.mm, &mut self.gather);
-        let arena = mm.arena();
-        let c = &mm.machine.counters;
-        pt.for_each_pmd(arena, start, end, |s, e, lo, hi| {
-            let base = lo & !(PTE_TABLE_SPAN - 1);
-            if !e.is_writable() {
-                debug_assert!(may_drop && hi - lo == PTE_TABLE_SPAN, "partial zap of a shared PTE table");
-                let pending = gather.shootdown_pending();
-                if let share::Left::Later(t) = share::drop_shared(arena, s, e, base, c, pending, |_, p| {
-                    super::mmap::zap_pte(&mm.machine, p, gather)
-                }) {
-                    gather.drop_table_later(t, base);
-                }
-                return;
-            }
-            zap_table_entries(mm, e.frame(), base, lo, hi, gather);
-        });
+        let m = &self.mm.machine;
+        let mut sink = Zapper { m, gather: &mut self.gather };
+        pt.zap_range(&m.arena, &m.counters, (start, end), may_drop, self.edit, &mut sink);
         self.translations_changed(start, end);
     }
 
@@ -165,9 +179,9 @@ impl<'a> Change<'a> {
     /// write fault); shared pages become writable when `prot` allows it.
     pub(crate) fn protect(&mut self, pt: &PageTable, start: u64, end: u64, prot: Prot, shared: bool) {
         let arena = self.mm.arena();
-        let gather = &mut self.gather;
+        let (gather, edit) = (&mut self.gather, self.edit);
         pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
-            let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1));
+            let mut g = pt.lock(arena, table, lo & !(PTE_TABLE_SPAN - 1), edit);
             let mut va = lo;
             while va < hi {
                 let pte = g.get(va);
@@ -207,28 +221,30 @@ impl<'a> Change<'a> {
     }
 }
 
-/// Zap `[lo, hi)` of this space's own PTE table `t` (covering `base`). If
-/// `t` borrows entries and accessors may cache them until the shootdown,
-/// first take a hold on its backing (`pgtable/borrow.rs`): the backing's
-/// last mapper could otherwise free their frames before that.
-fn zap_table_entries(mm: &MmInner, t: FrameId, base: u64, lo: u64, hi: u64, gather: &mut Gather) {
-    let arena = mm.arena();
-    if gather.shootdown_pending() {
-        if let Some(b) = crate::pgtable::borrow::hold(arena, t, base) {
-            gather.drop_table_later(b, base);
-        }
-    }
-    if crate::pgtable::zap_entries(arena, t, base, lo, hi, |_, p| super::mmap::zap_pte(&mm.machine, p, gather)) {
-        gather.need_flush();
-    }
+/// What a zap of this change's entries hands back: the mappings drop now
+/// (`mmap::zap_pte`), the frame references and tables after the shootdown.
+struct Zapper<'g> {
+    m: &'g crate::machine::MachineInner,
+    gather: &'g mut Gather,
 }
 
-/// The MMU's own update of an entry's accessed and dirty bits (`bits`)
-/// without the lock: no translation changes, so no side effect is due.
-/// False when the entry is no longer `expected`.
-#[inline]
-pub(crate) fn set_young_dirty(pt: &PageTable, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
-    pt.set_bits_lockless(arena, va, expected, bits)
+impl ZapSink for Zapper<'_> {
+    #[inline]
+    fn zapped(&mut self, _va: u64, pte: Pte) {
+        super::mmap::zap_pte(self.m, pte, self.gather);
+    }
+    #[inline]
+    fn shootdown_pending(&self) -> bool {
+        self.gather.shootdown_pending()
+    }
+    #[inline]
+    fn drop_table_later(&mut self, t: FrameId, base: u64) {
+        self.gather.drop_table_later(t, base);
+    }
+    #[inline]
+    fn need_flush(&mut self) {
+        self.gather.need_flush();
+    }
 }
 
 impl Change<'_> {

@@ -231,7 +231,7 @@ fn fault_once<const NOTIFY: bool>(
     let bracketed = NOTIFY && cow;
     let mut change = Change::open(mm, Some(st), va, va + 4096, bracketed.then_some(Event::Cow)).except(except);
     let result = {
-        let mut g = pt.lock(arena, table, va & !(PTE_TABLE_SPAN - 1));
+        let mut g = change.lock_table(pt, table, va & !(PTE_TABLE_SPAN - 1));
         let entry = g.get(va);
         match swapped_in {
             Some((swp, f)) if entry.is_swap() && entry.swap_slot() == swp.swap_slot() => {
@@ -321,7 +321,7 @@ fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, ac
     if pte.raw() & want == want {
         return Some(pte);
     }
-    if !super::change::set_young_dirty(pt, mm.arena(), va, pte, want) {
+    if !pt.set_access_flags(mm.arena(), va, pte, want) {
         return None; // the entry changed under us: take the locked path
     }
     // Only the entry becomes dirty, as with a CPU's write: the frame itself

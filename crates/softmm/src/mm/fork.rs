@@ -4,7 +4,7 @@ use super::change::Change;
 use super::{ForkPolicy, Mm, MmInner, MmState};
 use crate::error::{Error, Result};
 use crate::notifier::Event;
-use crate::pgtable::{share, PageTable, PteTableGuard, PTE_TABLE_SPAN};
+use crate::pgtable::{share, Edit, PageTable, PteTableGuard, PTE_TABLE_SPAN};
 use crate::phys::flags;
 use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
@@ -37,9 +37,9 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
             // Linux's `dup_mmap` flushes after every `copy_page_range`):
             // nothing is freed, and secondary MMUs dropped their mappings
             // at the start.
-            let _change = Change::open(parent, Some(&pst), v.start, v.end, Some(Event::Protection));
+            let change = Change::open(parent, Some(&pst), v.start, v.end, Some(Event::Protection));
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
-            let copy = CopyRange { parent, ppt, cpt, child_anon: anon_id(&cv), pinned };
+            let copy = CopyRange { parent, ppt, cpt, child_anon: anon_id(&cv), pinned, edit: change.edit() };
             result = match policy {
                 ForkPolicy::CopyTables => copy.copy_page_range(v, v.start, v.end, &mut flush),
                 ForkPolicy::SharedTables => copy.share_page_range(&pst, v, &mut last_span, &mut flush),
@@ -93,6 +93,9 @@ struct CopyRange<'a> {
     child_anon: u64,
     /// The parent ever pinned a page (`MmInner::has_pinned`).
     pinned: bool,
+    /// The parent's change the entries are written under (the child is
+    /// not live yet: nothing caches its translations).
+    edit: Edit,
 }
 
 impl CopyRange<'_> {
@@ -153,8 +156,8 @@ impl CopyRange<'_> {
                     return;
                 }
             };
-            let mut pg = self.ppt.lock(arena, ptable, base);
-            let mut cg = self.cpt.lock(arena, ctable, base);
+            let mut pg = self.ppt.lock(arena, ptable, base, self.edit);
+            let mut cg = self.cpt.lock(arena, ctable, base, self.edit);
             // Two instances of the entry loop: the one for spaces that never
             // pinned has no pin test at all (fork without pins costs what it
             // did before pins existed).

@@ -134,7 +134,7 @@ pub(crate) fn unshare_range(
 /// last); a migration entry is released as the present entry it stands for.
 pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut Gather) {
     let arena = &*m.arena;
-    debug_assert!(!pte.is_borrowed(), "zap_entries releases borrowed entries itself");
+    debug_assert!(!pte.is_borrowed(), "the zap core releases borrowed entries itself");
     if pte.is_swap() {
         if let Some(swap) = m.reclaim.swap.as_ref() {
             swap.put_entry(arena, pte.swap_slot());

@@ -283,7 +283,7 @@ fn pin_one(mm: &MmInner, st: &MmState, va: u64, write: bool) -> Result<FrameId> 
         }
         tries += 1;
         fault_in(mm, st, va, access, None)?;
-        let Some(g) = crate::pgtable::share::lock_pte_table(arena, pt, va) else { continue };
+        let Some(g) = crate::pgtable::share::lock_pte_table_read(arena, pt, va) else { continue };
         // An entry in a shared table is never exclusive: fault again (the
         // unshare fault makes the table this space's own).
         if pt.pte_table_shared(arena, va) {

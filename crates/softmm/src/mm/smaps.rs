@@ -67,7 +67,7 @@ impl Sharers {
         pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
             let base = lo & !(crate::pgtable::PTE_TABLE_SPAN - 1);
             let span = self.span(arena, base);
-            let g = pt.lock(arena, table, base);
+            let g = pt.lock_read(arena, table, base);
             let mut va = lo;
             while va < hi {
                 let pte = g.get(va);

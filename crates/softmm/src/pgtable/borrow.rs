@@ -154,7 +154,7 @@ pub(crate) fn own_index(arena: &FrameArena, t: FrameId, base: u64, va: u64) {
 /// keeps the backing's frames mapped until the caller's TLB shootdown, when
 /// `share::put_late` drops it. For a zap of borrowed entries with a
 /// shootdown pending (the borrower may lose its backing meanwhile).
-pub(crate) fn hold(arena: &FrameArena, c: FrameId, base: u64) -> Option<FrameId> {
+pub(super) fn hold(arena: &FrameArena, c: FrameId, base: u64) -> Option<FrameId> {
     backing(arena, c)?;
     let _g = PteTableGuard::lock(arena, c, base);
     // Under `c`'s lock a backing still set is referenced by `c`: alive.

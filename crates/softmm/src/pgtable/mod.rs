@@ -17,8 +17,11 @@
 pub(crate) mod borrow;
 mod cursor;
 pub(crate) mod share;
+mod zap;
 
 pub use cursor::PteTableGuard;
+pub(crate) use cursor::{Edit, PteTableRead};
+pub(crate) use zap::ZapSink;
 
 use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId, PAGE_SHIFT};
@@ -160,13 +163,17 @@ impl PageTable {
         Ok(t)
     }
 
-    /// Set bits in the present PTE of `va` without the page-table lock, as
-    /// the MMU sets accessed and dirty bits: only if the entry is still
-    /// `expected` (a compare-and-swap). Returns whether it succeeded.
+    /// Set the accessed and dirty bits `bits` in the present PTE of `va`
+    /// without the page-table lock, as an MMU does (Linux's
+    /// `ptep_set_access_flags`): only if the entry is still `expected` (a
+    /// compare-and-swap). Returns whether it succeeded. No translation
+    /// changes, so no `mm::Change` is needed; other bits are refused.
     ///
     /// `expected` may be the effective entry of `follow_pte`; the swap is
     /// made on the stored entry, which must still map the same frame.
-    pub(crate) fn set_bits_lockless(&self, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
+    pub(crate) fn set_access_flags(&self, arena: &FrameArena, va: u64, expected: Pte, bits: u64) -> bool {
+        debug_assert_eq!(bits & !(Pte::ACCESSED | Pte::DIRTY), 0, "only accessed and dirty bits are set lock-free");
+        let bits = bits & (Pte::ACCESSED | Pte::DIRTY);
         let Some(t) = self.pte_table(arena, va) else { return false };
         let s = slot(arena, t, index(va, 0));
         let raw = Pte::from_raw(s.load(Ordering::Acquire));
@@ -179,9 +186,16 @@ impl PageTable {
         s.compare_exchange(raw.raw(), raw.with(bits).raw(), Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
-    /// Lock the PTE table `table` that covers the 2 MiB-aligned `base`.
-    pub(crate) fn lock<'a>(&self, arena: &'a FrameArena, table: FrameId, base: u64) -> PteTableGuard<'a> {
+    /// Lock the PTE table `table` that covers the 2 MiB-aligned `base`, to
+    /// change its entries under an open `mm::Change` (`edit`).
+    pub(crate) fn lock<'a>(&self, arena: &'a FrameArena, table: FrameId, base: u64, _edit: Edit) -> PteTableGuard<'a> {
         PteTableGuard::lock(arena, table, base)
+    }
+
+    /// Lock the PTE table `table` that covers the 2 MiB-aligned `base`, to
+    /// read its entries.
+    pub(crate) fn lock_read<'a>(&self, arena: &'a FrameArena, table: FrameId, base: u64) -> PteTableRead<'a> {
+        PteTableRead::new(PteTableGuard::lock(arena, table, base))
     }
 
     /// Calls `f(table, lo, hi)` for every existing PTE table overlapping
@@ -253,62 +267,6 @@ impl PageTable {
         }
         rec(arena, self.root, LEVELS - 1, &mut f);
     }
-}
-
-/// Clear the non-empty entries (present, swap, migration) of PTE table `t` (which covers the 2 MiB at
-/// `base`) inside `[lo, hi)`, under its lock, calling `f(va, old)` for each.
-/// Frame metadata is prefetched a few entries ahead: the caller's `f`
-/// touches it, and 512 unrelated metadata lines are 512 cache misses.
-/// (An exit runs this over every table: the loop reads the locked table's
-/// slots directly, without the guard's per-address checks.)
-///
-/// Borrowed entries (`borrow.rs`) hold nothing to release: they are cleared
-/// without a call to `f`, and the result says whether there were any (a
-/// translation of one may be cached: the caller's shootdown must run).
-#[must_use]
-pub(crate) fn zap_entries(
-    arena: &FrameArena,
-    t: FrameId,
-    base: u64,
-    lo: u64,
-    hi: u64,
-    mut f: impl FnMut(u64, Pte),
-) -> bool {
-    debug_assert!(lo >= base && hi <= base + PTE_TABLE_SPAN && lo < hi);
-    let _g = PteTableGuard::lock(arena, t, base);
-    let (first, last) = (index(lo, 0), index(hi - 1, 0));
-    let entry = |i: usize| Pte::from_raw(slot(arena, t, i).load(Ordering::Acquire));
-    for i in first..(first + share::PREFETCH_AHEAD).min(last + 1) {
-        share::prefetch_frames(arena, &[entry(i)]);
-    }
-    let mut borrowed = false;
-    for i in first..=last {
-        let mut p = entry(i);
-        if p.is_none() {
-            continue;
-        }
-        if p.is_writable() && !p.is_dirty() {
-            // A thread writing through a lock-free fault (`set_bits_lockless`,
-            // under the read lock that DONTNEED holds too) may set the dirty
-            // bit of this very entry now: take the entry with an exchange,
-            // so the dirtiness reaches the page (Linux's
-            // `ptep_get_and_clear`). No other entry can change under us: the
-            // lock-free path sets dirty only on a writable entry, and an
-            // accessed bit lost here is harmless.
-            p = Pte::from_raw(slot(arena, t, i).swap(0, Ordering::AcqRel));
-        } else {
-            slot(arena, t, i).store(0, Ordering::Release);
-        }
-        if p.is_borrowed() {
-            borrowed = true;
-            continue;
-        }
-        if i + share::PREFETCH_AHEAD <= last {
-            share::prefetch_frames(arena, &[entry(i + share::PREFETCH_AHEAD)]);
-        }
-        f(base + i as u64 * 4096, p);
-    }
-    borrowed
 }
 
 /// The present entries of `table` (at `level`, mapping from `base`) whose
@@ -433,7 +391,7 @@ mod tests {
         assert_eq!((t2, added2), (t, 0));
         let f = a.alloc(true, 0).unwrap();
         {
-            let mut g = pt.lock(&a, t, va & !(PTE_TABLE_SPAN - 1));
+            let mut g = PteTableGuard::lock(&a, t, va & !(PTE_TABLE_SPAN - 1));
             g.set(va, Pte::new(f, Pte::USER));
         }
         assert_eq!(pt.follow_pte(&a, va).frame(), f);

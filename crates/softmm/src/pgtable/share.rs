@@ -36,7 +36,7 @@
 //! PSS) is the logical count: for every table that maps the frame, one
 //! per address space mapping the table; see `mm::vma_smaps`.
 
-use super::{borrow, index, slot, PageTable, PteTableGuard, PTE_TABLE_SPAN, PTRS_PER_TABLE};
+use super::{borrow, index, slot, Edit, PageTable, PteTableGuard, PteTableRead, PTE_TABLE_SPAN, PTRS_PER_TABLE};
 use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId};
 use crate::pte::Pte;
@@ -410,7 +410,7 @@ fn reuse(arena: &FrameArena, g: &mut PteTableGuard<'_>, s: &AtomicU64, e: Pte, b
 
 /// What [`drop_shared`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Left {
+pub(super) enum Left {
     /// This space was the last sharer: it zapped the entries and freed the table.
     Freed,
     /// Others still share the table: this space's reference is dropped.
@@ -436,7 +436,7 @@ pub(crate) enum Left {
 /// reused, frame (Linux's shared hugetlb PMDs had the like: CVE-2021-4002,
 /// a missing flush after `huge_pmd_unshare`). Holding the reference until this
 /// space's shootdown is done keeps the frames alive until then.
-pub(crate) fn drop_shared(
+pub(super) fn drop_shared(
     arena: &FrameArena,
     s: &AtomicU64,
     e: Pte,
@@ -480,7 +480,7 @@ pub(crate) fn put_late(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, 
 /// borrowed entries (if it borrows too) go without a hold.
 fn zap_table(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, mut zap: impl FnMut(u64, Pte)) {
     // Its borrowed entries need no shootdown: nobody maps the table now.
-    let _ = super::zap_entries(arena, t, base, base, base + PTE_TABLE_SPAN, &mut zap);
+    let _ = super::zap::zap_entries(arena, t, base, base, base + PTE_TABLE_SPAN, &mut zap);
     borrow::detach(arena, t, base, c);
     arena.put(t);
     c.page_tables.fetch_sub(1, Ordering::Relaxed);
@@ -491,8 +491,23 @@ fn zap_table(arena: &FrameArena, t: FrameId, base: u64, c: &Counters, mut zap: i
 /// copy to its PMD store), read the PMD entry, then lock the PTE table.
 /// Reverse-map walks use this, under the `mmap_lock` held for reading, so
 /// that an entry they change cannot have been copied into a new table
-/// they do not see. `None` when no PTE table maps `va`.
-pub(crate) fn lock_pte_table<'a>(arena: &'a FrameArena, pt: &PageTable, va: u64) -> Option<PteTableGuard<'a>> {
+/// they do not see. `None` when no PTE table maps `va`. To change entries
+/// under an open `mm::Change` (`edit`).
+pub(crate) fn lock_pte_table<'a>(
+    arena: &'a FrameArena,
+    pt: &PageTable,
+    va: u64,
+    _edit: Edit,
+) -> Option<PteTableGuard<'a>> {
+    locked_pte_table(arena, pt, va)
+}
+
+/// [`lock_pte_table`], to read the entries only.
+pub(crate) fn lock_pte_table_read<'a>(arena: &'a FrameArena, pt: &PageTable, va: u64) -> Option<PteTableRead<'a>> {
+    locked_pte_table(arena, pt, va).map(PteTableRead::new)
+}
+
+fn locked_pte_table<'a>(arena: &'a FrameArena, pt: &PageTable, va: u64) -> Option<PteTableGuard<'a>> {
     let (s, pmd_table) = pt.pmd_slot(arena, va)?;
     let _pmd = PmdLock::lock(arena, pmd_table);
     let e = Pte::from_raw(s.load(Ordering::Acquire));
@@ -846,7 +861,7 @@ mod tests {
         let t = parent.pte_table_alloc(&arena, BASE, &mut added).unwrap();
         let mut frames = Vec::new();
         {
-            let mut g = parent.lock(&arena, t, BASE);
+            let mut g = PteTableGuard::lock(&arena, t, BASE);
             for i in 0..3u64 {
                 let f = arena.alloc(true, flags::ANON).unwrap();
                 arena.meta(f).set_counts(1, 1);
@@ -969,7 +984,7 @@ mod tests {
         // The parent zaps its copy with a shootdown pending: a hold first.
         assert_eq!(borrow::hold(&x.arena, mine, BASE), Some(shared));
         assert_eq!(counts(&x, shared), (3, 1));
-        let borrowed = super::super::zap_entries(&x.arena, mine, BASE, BASE, BASE + PTE_TABLE_SPAN, |_, p| {
+        let borrowed = super::super::zap::zap_entries(&x.arena, mine, BASE, BASE, BASE + PTE_TABLE_SPAN, |_, p| {
             panic!("a borrowed entry has nothing to release: {p:?}")
         });
         assert!(borrowed, "the zap reports borrowed entries (their translations need a shootdown)");

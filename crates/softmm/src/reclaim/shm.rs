@@ -109,7 +109,7 @@ fn unmap_everywhere(
             }
         }
         for (va, mut change) in changes {
-            if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) {
+            if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va, change.edit()) {
                 let mut pte = g.get(va);
                 while pte.is_present() && pte.frame() == f {
                     match g.cas(va, pte, Pte::NONE) {

@@ -75,7 +75,7 @@ pub(crate) fn visit_mappings(
             v.skipped = true;
             return;
         };
-        if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va) {
+        if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va, change.edit()) {
             let edit_here = |pte: Pte| if young_here { age(pte) } else { edit(pte) };
             match edit_entry(arena, &mut g, va, f, edit_here, &mut changed) {
                 Edited::Replaced(old) => {
