@@ -31,6 +31,13 @@ impl Prot {
     pub const WRITE: Prot = Prot(2);
     /// Read and write.
     pub const RW: Prot = Prot(3);
+    /// Execute (`PROT_EXEC`; readable too, as on x86-64 without
+    /// protection keys).
+    pub const EXEC: Prot = Prot(4);
+    /// Read and execute.
+    pub const RX: Prot = Prot(5);
+    /// Read, write and execute.
+    pub const RWX: Prot = Prot(7);
 
     /// Loads are allowed.
     pub const fn readable(self) -> bool {
@@ -41,20 +48,41 @@ impl Prot {
     pub const fn writable(self) -> bool {
         self.0 & 2 != 0
     }
+    /// Instruction fetches are allowed.
+    pub const fn executable(self) -> bool {
+        self.0 & 4 != 0
+    }
     /// Both protections' rights.
     pub const fn union(self, o: Prot) -> Prot {
         Prot(self.0 | o.0)
     }
 
-    /// Parse the trace spelling: `r`, `w`, `rw` or `-`.
+    /// Parse the trace spelling: `-`, or the letters `r`, `w`, `x` in that
+    /// order, each at most once (`r`, `rw`, `rx`, `rwx`, `x`); `wr` is
+    /// accepted too, as version 1 traces may spell it.
     pub fn parse(s: &str) -> Option<Prot> {
-        match s {
-            "r" => Some(Prot::READ),
-            "w" => Some(Prot::WRITE),
-            "rw" | "wr" => Some(Prot::RW),
-            "-" => Some(Prot::NONE),
-            _ => None,
+        if s == "-" {
+            return Some(Prot::NONE);
         }
+        if s == "wr" {
+            return Some(Prot::RW);
+        }
+        let mut bits = 0u8;
+        let mut last = 0u8;
+        for c in s.bytes() {
+            let bit = match c {
+                b'r' => 1,
+                b'w' => 2,
+                b'x' => 4,
+                _ => return None,
+            };
+            if bit <= last {
+                return None; // out of order or repeated
+            }
+            bits |= bit;
+            last = bit;
+        }
+        (bits != 0).then_some(Prot(bits))
     }
 }
 
@@ -62,7 +90,44 @@ impl fmt::Debug for Prot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = if self.0 & 1 != 0 { "r" } else { "-" };
         let w = if self.writable() { "w" } else { "-" };
-        write!(f, "{r}{w}")
+        let x = if self.executable() { "x" } else { "" };
+        write!(f, "{r}{w}{x}")
+    }
+}
+
+/// Linux's `vm_flags` that are not protections: what `mlock`, `madvise`
+/// and the stack set on a VMA. Two VMAs merge only when these are equal,
+/// and an operation that changes them splits a VMA at the range's edges,
+/// as Linux's `vma_modify_flags` does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub(crate) struct VmFlags(u16);
+
+#[allow(dead_code)] // set by mlock, madvise and the stack as they land
+impl VmFlags {
+    /// No flag.
+    pub(crate) const NONE: VmFlags = VmFlags(0);
+    /// `VM_LOCKED`: pages are faulted in and never reclaimed (`mlock`).
+    pub(crate) const LOCKED: VmFlags = VmFlags(1 << 0);
+    /// `VM_LOCKONFAULT`: locked as they fault in (`mlock2(MLOCK_ONFAULT)`).
+    pub(crate) const LOCKONFAULT: VmFlags = VmFlags(1 << 1);
+    /// `VM_DONTCOPY`: a fork does not copy the VMA (`MADV_DONTFORK`).
+    pub(crate) const DONTCOPY: VmFlags = VmFlags(1 << 2);
+    /// `VM_WIPEONFORK`: the child gets the range zero-filled.
+    pub(crate) const WIPEONFORK: VmFlags = VmFlags(1 << 3);
+    /// `VM_GROWSDOWN`: a stack that grows toward lower addresses.
+    pub(crate) const GROWSDOWN: VmFlags = VmFlags(1 << 4);
+
+    /// Whether every flag of `f` is set.
+    pub(crate) const fn contains(self, f: VmFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+    /// These flags and `f`'s.
+    pub(crate) const fn with(self, f: VmFlags) -> VmFlags {
+        VmFlags(self.0 | f.0)
+    }
+    /// These flags without `f`'s.
+    pub(crate) const fn without(self, f: VmFlags) -> VmFlags {
+        VmFlags(self.0 & !f.0)
     }
 }
 
@@ -92,6 +157,8 @@ pub(crate) struct Vma {
     /// `start >> 12` at mmap time, as Linux sets it).
     pub pgoff: u64,
     pub backing: Backing,
+    /// `mlock`, `madvise` and stack flags (merging needs them equal).
+    pub flags: VmFlags,
 }
 
 impl Vma {
@@ -117,6 +184,7 @@ impl Vma {
             end,
             prot: self.prot,
             account: self.account,
+            flags: self.flags,
             pgoff: self.pgoff_of(start),
             backing: match &self.backing {
                 Backing::Anon(l) => Backing::Anon(l.clone_link()),
@@ -135,12 +203,15 @@ impl Vma {
             }
             Backing::Shm(o) => Backing::Shm(o.link_for(child)),
         };
-        Vma { start: self.start, end: self.end, prot: self.prot, account: self.account, pgoff: self.pgoff, backing }
+        let (start, end, prot, account, pgoff, flags) =
+            (self.start, self.end, self.prot, self.account, self.pgoff, self.flags);
+        Vma { start, end, prot, account, pgoff, backing, flags }
     }
 
     /// Flags equal and backing contiguous: `is_mergeable_vma` plus the pgoff test.
     fn compatible(&self, next: &Vma) -> bool {
-        if self.end != next.start || self.prot != next.prot || self.account != next.account {
+        if self.end != next.start || self.prot != next.prot || self.account != next.account || self.flags != next.flags
+        {
             return false;
         }
         if next.pgoff != self.pgoff + (self.len() >> 12) {
@@ -310,10 +381,39 @@ mod tests {
             start,
             end,
             prot,
+            flags: VmFlags::NONE,
             account: prot.writable(),
             pgoff: start >> 12,
             backing: Backing::Anon(AnonLink::new(MmRef::detached())),
         }
+    }
+
+    #[test]
+    fn prot_spellings() {
+        for (s, p) in [("-", Prot::NONE), ("r", Prot::READ), ("w", Prot::WRITE), ("rw", Prot::RW), ("wr", Prot::RW)] {
+            assert_eq!(Prot::parse(s), Some(p), "{s}");
+        }
+        for (s, p) in [("x", Prot::EXEC), ("rx", Prot::RX), ("rwx", Prot::RWX)] {
+            assert_eq!(Prot::parse(s), Some(p), "{s}");
+            assert!(p.executable() && p.readable());
+        }
+        assert!(!Prot::RW.executable());
+        for bad in ["", "xr", "rr", "rwxx", "q", "r-x", "wx r"] {
+            assert_eq!(Prot::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_split_and_merge() {
+        let mut t = VmaTree::default();
+        t.insert(anon(0x10000, 0x20000, Prot::RW));
+        t.insert(anon(0x20000, 0x30000, Prot::RW));
+        t.get_mut(0x20000).unwrap().flags = VmFlags::LOCKED;
+        assert!(!t.try_merge_at(0x20000), "different flags");
+        t.get_mut(0x20000).unwrap().flags = VmFlags::NONE;
+        assert!(t.try_merge_at(0x20000));
+        let f = VmFlags::LOCKED.with(VmFlags::DONTCOPY);
+        assert!(f.contains(VmFlags::LOCKED) && !f.without(VmFlags::LOCKED).contains(VmFlags::LOCKED));
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
         MapKind::Shared => 0,
     };
     let account = kind == MapKind::Private && prot.writable();
-    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing });
+    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags: crate::vma::VmFlags::NONE });
     // Linux's vma_merge: merge with the previous VMA first; the next one
     // joins only if it is compatible with the result (prev's anon_vma).
     st.vmas.try_merge_at(start);
