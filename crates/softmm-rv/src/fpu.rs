@@ -1,0 +1,510 @@
+//! F and D arithmetic with RISC-V's semantics on top of the host's IEEE
+//! arithmetic (which rounds to nearest, ties to even).
+//!
+//! - NaN results are the canonical NaN; single values live NaN-boxed in
+//!   64-bit registers (upper half all ones; anything else reads as NaN).
+//! - Rounding modes: add, sub, mul, div and sqrt honour all five modes. The
+//!   host result is correct for round-to-nearest-even; its exact error
+//!   (TwoSum, or the residual through a fused multiply-add) says which side
+//!   the exact value lies on, and the result moves one ulp when a directed
+//!   mode wants the other neighbour. Singles are computed in double (exact
+//!   for these operations: 53 >= 2*24+2) and rounded the same way.
+//!   Ties-to-max-magnitude (RMM) is treated as ties-to-even except in
+//!   conversions to integer. Fused multiply-add and int->float conversions
+//!   always round to nearest-even (the host's `mul_add` / `as`), and a
+//!   single-precision fused multiply-add is computed in double and rounded
+//!   again, which can differ from a fused single in the last bit in rare
+//!   cases. Conversions to integer honour every mode exactly.
+//! - fflags: NV, DZ, OF, UF, NX for the operations above; fused
+//!   multiply-add raises NV and OF but not NX or UF.
+
+/// fflags bits.
+pub const NV: u32 = 0x10;
+pub const DZ: u32 = 0x08;
+pub const OF: u32 = 0x04;
+pub const UF: u32 = 0x02;
+pub const NX: u32 = 0x01;
+
+/// Rounding modes (the `rm` field and `frm`).
+pub const RNE: u8 = 0;
+pub const RTZ: u8 = 1;
+pub const RDN: u8 = 2;
+pub const RUP: u8 = 3;
+pub const RMM: u8 = 4;
+
+const CANON_F32: u32 = 0x7fc0_0000;
+const CANON_F64: u64 = 0x7ff8_0000_0000_0000;
+const BOX: u64 = 0xffff_ffff_0000_0000;
+
+/// The single held in a 64-bit register (a non-boxed value is NaN).
+pub fn unbox(r: u64) -> f32 {
+    if r & BOX == BOX {
+        f32::from_bits(r as u32)
+    } else {
+        f32::from_bits(CANON_F32)
+    }
+}
+
+/// Box a single into a register value.
+pub fn boxed(v: f32) -> u64 {
+    BOX | u64::from(v.to_bits())
+}
+
+/// Box a single result, canonicalising NaN.
+pub fn box_result(v: f32) -> u64 {
+    if v.is_nan() {
+        BOX | u64::from(CANON_F32)
+    } else {
+        boxed(v)
+    }
+}
+
+/// A double result's bits, canonicalising NaN.
+pub fn d_result(v: f64) -> u64 {
+    if v.is_nan() {
+        CANON_F64
+    } else {
+        v.to_bits()
+    }
+}
+
+fn snan32(v: f32) -> bool {
+    v.is_nan() && v.to_bits() & 0x0040_0000 == 0
+}
+fn snan64(v: f64) -> bool {
+    v.is_nan() && v.to_bits() & 0x0008_0000_0000_0000 == 0
+}
+
+/// Binary arithmetic operations with directed rounding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Sqrt,
+}
+
+/// The neighbour of `x` one ulp up (toward +inf) or down.
+fn step(x: f64, up: bool) -> f64 {
+    if x.is_nan() || (x.is_infinite() && (x > 0.0) == up) {
+        return x;
+    }
+    if x == 0.0 {
+        let tiny = f64::from_bits(1);
+        return if up { tiny } else { -tiny };
+    }
+    let b = x.to_bits();
+    let away = (x > 0.0) == up;
+    f64::from_bits(if away { b + 1 } else { b - 1 })
+}
+
+/// Move the nearest-even result `r` to the neighbour `rm` asks for, given
+/// the sign of `exact - r` (`err`: -1, 0, +1).
+fn direct(r: f64, err: i8, rm: u8) -> f64 {
+    let toward_zero_needed = |r: f64| (r > 0.0 && err < 0) || (r < 0.0 && err > 0);
+    match rm {
+        RDN if err < 0 => step(r, false),
+        RUP if err > 0 => step(r, true),
+        RTZ if toward_zero_needed(r) => step(r, r < 0.0),
+        _ => r,
+    }
+}
+
+fn sign(x: f64) -> i8 {
+    if x > 0.0 {
+        1
+    } else if x < 0.0 {
+        -1
+    } else {
+        0
+    }
+}
+
+/// Nearest-even result and the sign of `exact - result`, for finite
+/// inputs and a finite result.
+fn nearest_with_error(op: Arith, a: f64, b: f64) -> (f64, i8) {
+    match op {
+        Arith::Add | Arith::Sub => {
+            let b = if op == Arith::Sub { -b } else { b };
+            let r = a + b;
+            let bb = r - a;
+            let err = (a - (r - bb)) + (b - bb);
+            (r, sign(err))
+        }
+        Arith::Mul => {
+            let r = a * b;
+            (r, sign(a.mul_add(b, -r)))
+        }
+        Arith::Div => {
+            let r = a / b;
+            let rem = (-r).mul_add(b, a);
+            (r, sign(rem) * sign(b))
+        }
+        Arith::Sqrt => {
+            let r = a.sqrt();
+            (r, sign((-r).mul_add(r, a)))
+        }
+    }
+}
+
+/// Flags for a result `r` of finite-or-not inputs that produced no NaN.
+fn special_flags(op: Arith, a: f64, b: f64, r: f64) -> u32 {
+    let finite_in = a.is_finite() && (op == Arith::Sqrt || b.is_finite());
+    if op == Arith::Div && b == 0.0 && a.is_finite() && a != 0.0 {
+        return DZ;
+    }
+    if r.is_infinite() && finite_in {
+        return OF | NX;
+    }
+    0
+}
+
+/// Largest finite value with the sign of `r`, for overflow in a mode that
+/// does not round away from zero.
+fn overflow_result(r: f64, rm: u8, max: f64) -> f64 {
+    let keep_inf = match rm {
+        RTZ => false,
+        RDN => r < 0.0,
+        RUP => r > 0.0,
+        _ => true,
+    };
+    if keep_inf {
+        r
+    } else {
+        max.copysign(r)
+    }
+}
+
+/// A double operation: result and flags.
+pub fn arith64(op: Arith, a: f64, b: f64, rm: u8) -> (f64, u32) {
+    let nan_in = a.is_nan() || (op != Arith::Sqrt && b.is_nan());
+    let snan = snan64(a) || (op != Arith::Sqrt && snan64(b));
+    let (r, err) = nearest_with_error(op, a, b);
+    if r.is_nan() {
+        let nv = if snan || !nan_in { NV } else { 0 };
+        return (f64::from_bits(CANON_F64), nv);
+    }
+    let flags = special_flags(op, a, b, r);
+    if flags & OF != 0 {
+        return (overflow_result(r, rm, f64::MAX), flags);
+    }
+    if !r.is_finite() || err == 0 {
+        return (r, flags);
+    }
+    let r = direct(r, err, rm);
+    let uf = if r.abs() < f64::MIN_POSITIVE { UF } else { 0 };
+    (r, flags | NX | uf)
+}
+
+/// A single operation, computed in double and rounded once more.
+pub fn arith32(op: Arith, a: f32, b: f32, rm: u8) -> (f32, u32) {
+    let snan = snan32(a) || (op != Arith::Sqrt && snan32(b));
+    let (r64, f64flags) = arith64(op, f64::from(a), f64::from(b), RNE);
+    if r64.is_nan() {
+        let nan_in = a.is_nan() || (op != Arith::Sqrt && b.is_nan());
+        let nv = if snan || !nan_in { NV } else { 0 };
+        return (f32::from_bits(CANON_F32), nv);
+    }
+    let err64 = if f64flags & NX != 0 { nearest_with_error(op, f64::from(a), f64::from(b)).1 } else { 0 };
+    narrow(r64, err64, rm, f64flags & DZ)
+}
+
+/// Round a double `r64` (with `exact - r64` of sign `err64`) to single.
+fn narrow(r64: f64, err64: i8, rm: u8, dz: u32) -> (f32, u32) {
+    let r32 = r64 as f32;
+    if r32.is_infinite() && r64.is_finite() {
+        let r = overflow_result(f64::from(r32), rm, f64::from(f32::MAX)) as f32;
+        return (r, OF | NX);
+    }
+    if !r64.is_finite() {
+        return (r32, dz);
+    }
+    let diff = r64 - f64::from(r32);
+    let err = if diff != 0.0 { sign(diff) } else { err64 };
+    if err == 0 {
+        return (r32, 0);
+    }
+    let r = direct32(r32, err, rm);
+    let uf = if r.abs() < f32::MIN_POSITIVE { UF } else { 0 };
+    (r, NX | uf)
+}
+
+fn direct32(r: f32, err: i8, rm: u8) -> f32 {
+    let step32 = |x: f32, up: bool| -> f32 {
+        if x == 0.0 {
+            let tiny = f32::from_bits(1);
+            return if up { tiny } else { -tiny };
+        }
+        let away = (x > 0.0) == up;
+        let b = x.to_bits();
+        f32::from_bits(if away { b + 1 } else { b - 1 })
+    };
+    match rm {
+        RDN if err < 0 => step32(r, false),
+        RUP if err > 0 => step32(r, true),
+        RTZ if (r > 0.0 && err < 0) || (r < 0.0 && err > 0) => step32(r, r < 0.0),
+        _ => r,
+    }
+}
+
+/// Fused multiply-add variants, in double.
+pub fn fma64(a: f64, b: f64, c: f64) -> (f64, u32) {
+    let r = a.mul_add(b, c);
+    fma_flags(r, [snan64(a), snan64(b), snan64(c)], [a, b, c])
+}
+
+/// Fused multiply-add of singles (computed in double, see the module doc).
+pub fn fma32(a: f32, b: f32, c: f32) -> (f32, u32) {
+    let r = f64::from(a).mul_add(f64::from(b), f64::from(c)) as f32;
+    let (r64, flags) = fma_flags(f64::from(r), [snan32(a), snan32(b), snan32(c)], [a.into(), b.into(), c.into()]);
+    (r64 as f32, flags)
+}
+
+fn fma_flags(r: f64, snans: [bool; 3], ins: [f64; 3]) -> (f64, u32) {
+    let nan_in = ins.iter().any(|x| x.is_nan());
+    // inf * 0 is invalid even when the addend is a quiet NaN.
+    let inf_zero = (ins[0].is_infinite() && ins[1] == 0.0) || (ins[1].is_infinite() && ins[0] == 0.0);
+    if r.is_nan() {
+        let nv = if snans.iter().any(|&s| s) || !nan_in || inf_zero { NV } else { 0 };
+        return (f64::from_bits(CANON_F64), nv);
+    }
+    if r.is_infinite() && ins.iter().all(|x| x.is_finite()) {
+        return (r, OF | NX);
+    }
+    (r, 0)
+}
+
+/// `fmin`/`fmax` (IEEE 754-2019 minimumNumber/maximumNumber: a NaN
+/// operand is ignored, -0 < +0).
+pub fn minmax64(a: f64, b: f64, max: bool, snan: bool) -> (f64, u32) {
+    let nv = if snan { NV } else { 0 };
+    let r = match (a.is_nan(), b.is_nan()) {
+        (true, true) => f64::from_bits(CANON_F64),
+        (true, false) => b,
+        (false, true) => a,
+        _ if a == b => {
+            // Equal values differ only for zeros: pick by sign.
+            if (a.is_sign_negative() && !max) || (!a.is_sign_negative() && max) {
+                a
+            } else {
+                b
+            }
+        }
+        _ if (a < b) != max => a,
+        _ => b,
+    };
+    (r, nv)
+}
+
+/// `fmin`/`fmax` of singles.
+pub fn minmax32(a: f32, b: f32, max: bool) -> (f32, u32) {
+    let snan = snan32(a) || snan32(b);
+    if a.is_nan() && b.is_nan() {
+        return (f32::from_bits(CANON_F32), if snan { NV } else { 0 });
+    }
+    let (r, f) = minmax64(f64::from(a), f64::from(b), max, snan);
+    (r as f32, f)
+}
+
+/// `feq`/`flt`/`fle`: quiet equality (NV only for signalling NaN),
+/// signalling order (NV for any NaN).
+pub fn compare(a: f64, b: f64, op: crate::decode::FpCmp, snan: bool) -> (u64, u32) {
+    use crate::decode::FpCmp;
+    let nan = a.is_nan() || b.is_nan();
+    let nv = match op {
+        FpCmp::Eq if snan => NV,
+        FpCmp::Lt | FpCmp::Le if nan => NV,
+        _ => 0,
+    };
+    let r = match op {
+        FpCmp::Eq => a == b,
+        FpCmp::Lt => a < b,
+        FpCmp::Le => a <= b,
+    };
+    (u64::from(r), nv)
+}
+
+pub fn is_snan32(v: f32) -> bool {
+    snan32(v)
+}
+pub fn is_snan64(v: f64) -> bool {
+    snan64(v)
+}
+
+/// `fclass`: one bit set, as the specification numbers the classes.
+pub fn classify(v: f64, snan: bool, subnormal: bool) -> u64 {
+    let neg = v.is_sign_negative();
+    let bit = if v.is_nan() {
+        if snan {
+            8
+        } else {
+            9
+        }
+    } else if v.is_infinite() {
+        if neg {
+            0
+        } else {
+            7
+        }
+    } else if v == 0.0 {
+        if neg {
+            3
+        } else {
+            4
+        }
+    } else if subnormal {
+        if neg {
+            2
+        } else {
+            5
+        }
+    } else if neg {
+        1
+    } else {
+        6
+    };
+    1 << bit
+}
+
+/// Round to an integral value in mode `rm`.
+fn round_integral(x: f64, rm: u8) -> f64 {
+    match rm {
+        RTZ => x.trunc(),
+        RDN => x.floor(),
+        RUP => x.ceil(),
+        RMM => x.round(),
+        _ => x.round_ties_even(),
+    }
+}
+
+/// `fcvt.{w,wu,l,lu}`: the integer register value (32-bit results
+/// sign-extended) and flags. Out of range and NaN saturate with NV.
+pub fn to_int(x: f64, rm: u8, kind: crate::decode::IntKind) -> (u64, u32) {
+    use crate::decode::IntKind;
+    let (lo, hi): (f64, f64) = match kind {
+        IntKind::W => (-2147483648.0, 2147483647.0),
+        IntKind::Wu => (0.0, 4294967295.0),
+        IntKind::L => (-9223372036854775808.0, 9223372036854775807.0),
+        IntKind::Lu => (0.0, 18446744073709551615.0),
+    };
+    let sat = |v: i128| -> u64 {
+        match kind {
+            IntKind::W | IntKind::Wu => i64::from(v as u32 as i32) as u64,
+            IntKind::L | IntKind::Lu => v as u64,
+        }
+    };
+    let max = match kind {
+        IntKind::W => i128::from(i32::MAX),
+        IntKind::Wu => i128::from(u32::MAX),
+        IntKind::L => i128::from(i64::MAX),
+        IntKind::Lu => i128::from(u64::MAX),
+    };
+    let min = match kind {
+        IntKind::W => i128::from(i32::MIN),
+        IntKind::L => i128::from(i64::MIN),
+        _ => 0,
+    };
+    if x.is_nan() {
+        return (sat(max), NV);
+    }
+    let r = round_integral(x, rm);
+    // `hi` for L and LU is 2^63 and 2^64 after rounding to double: a value
+    // equal to it is out of range.
+    let over = match kind {
+        IntKind::L => r >= 9223372036854775808.0,
+        IntKind::Lu => r >= 18446744073709551616.0,
+        _ => r > hi,
+    };
+    if over {
+        return (sat(max), NV);
+    }
+    if r < lo {
+        return (sat(min), NV);
+    }
+    let nx = if r != x { NX } else { 0 };
+    (sat(r as i128), nx)
+}
+
+/// `fcvt.d.{w,wu,l,lu}`: nearest-even conversion and NX.
+pub fn int_to_f64(v: u64, kind: crate::decode::IntKind) -> (f64, u32) {
+    let i = int_value(v, kind);
+    let r = i as f64;
+    (r, if r as i128 != i { NX } else { 0 })
+}
+
+/// `fcvt.s.{w,wu,l,lu}`.
+pub fn int_to_f32(v: u64, kind: crate::decode::IntKind) -> (f32, u32) {
+    let i = int_value(v, kind);
+    let r = i as f32;
+    (r, if r as i128 != i { NX } else { 0 })
+}
+
+fn int_value(v: u64, kind: crate::decode::IntKind) -> i128 {
+    use crate::decode::IntKind;
+    match kind {
+        IntKind::W => i128::from(v as u32 as i32),
+        IntKind::Wu => i128::from(v as u32),
+        IntKind::L => i128::from(v as i64),
+        IntKind::Lu => i128::from(v),
+    }
+}
+
+/// `fcvt.s.d`.
+pub fn f64_to_f32(a: f64, rm: u8) -> (f32, u32) {
+    if a.is_nan() {
+        return (f32::from_bits(CANON_F32), if snan64(a) { NV } else { 0 });
+    }
+    narrow(a, 0, rm, 0)
+}
+
+/// `fcvt.d.s` (exact).
+pub fn f32_to_f64(a: f32) -> (f64, u32) {
+    if a.is_nan() {
+        return (f64::from_bits(CANON_F64), if snan32(a) { NV } else { 0 });
+    }
+    (f64::from(a), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::IntKind;
+
+    #[test]
+    fn nan_boxing() {
+        assert!(unbox(0x0000_0000_3f80_0000).is_nan());
+        assert_eq!(unbox(boxed(1.5)), 1.5);
+        assert_eq!(box_result(f32::NAN), 0xffff_ffff_7fc0_0000);
+    }
+
+    #[test]
+    fn directed_rounding() {
+        let third_rne = arith64(Arith::Div, 1.0, 3.0, RNE).0;
+        let up = arith64(Arith::Div, 1.0, 3.0, RUP).0;
+        let down = arith64(Arith::Div, 1.0, 3.0, RDN).0;
+        assert!(down < up);
+        assert!(third_rne == down || third_rne == up);
+        assert_eq!(arith64(Arith::Div, 1.0, 3.0, RTZ).0, down);
+        assert_eq!(arith64(Arith::Add, 1.0, 2.0, RUP), (3.0, 0));
+        assert_eq!(arith64(Arith::Div, 1.0, 0.0, RNE), (f64::INFINITY, DZ));
+        assert_eq!(arith64(Arith::Mul, f64::MAX, 2.0, RTZ), (f64::MAX, OF | NX));
+        let (r, f) = arith64(Arith::Sub, f64::INFINITY, f64::INFINITY, RNE);
+        assert_eq!((r.to_bits(), f), (CANON_F64, NV));
+        let (r, f) = arith32(Arith::Div, 1.0, 3.0, RUP);
+        assert!(r > 1.0 / 3.0 && f == NX);
+    }
+
+    #[test]
+    fn conversions() {
+        assert_eq!(to_int(2.5, RNE, IntKind::W), (2, NX));
+        assert_eq!(to_int(2.5, RMM, IntKind::W), (3, NX));
+        assert_eq!(to_int(-2.5, RDN, IntKind::L), (-3i64 as u64, NX));
+        assert_eq!(to_int(f64::NAN, RNE, IntKind::W), (i32::MAX as u64, NV));
+        assert_eq!(to_int(-1.0, RNE, IntKind::Wu), (0, NV));
+        assert_eq!(to_int(4294967295.0, RNE, IntKind::Wu), (u64::MAX, 0)); // sign-extended
+        assert_eq!(to_int(1e30, RNE, IntKind::L), (i64::MAX as u64, NV));
+        assert_eq!(int_to_f64(u64::MAX, IntKind::Lu), (18446744073709551616.0, NX));
+        assert_eq!(f64_to_f32(1e300, RNE), (f32::INFINITY, OF | NX));
+    }
+}
