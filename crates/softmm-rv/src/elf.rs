@@ -220,6 +220,7 @@ mod tests {
         let mut f = tiny();
         f[64 + 40..64 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
         f[64 + 32..64 + 40].copy_from_slice(&u64::MAX.to_le_bytes());
+        f[64 + 8..64 + 16].copy_from_slice(&16u64.to_le_bytes());
         assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::BadSegment("p_offset + p_filesz overflows"));
         let mut f = tiny();
         f[64..68].copy_from_slice(&PT_INTERP.to_le_bytes());

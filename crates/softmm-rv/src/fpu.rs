@@ -491,8 +491,12 @@ mod tests {
         assert_eq!(arith64(Arith::Mul, f64::MAX, 2.0, RTZ), (f64::MAX, OF | NX));
         let (r, f) = arith64(Arith::Sub, f64::INFINITY, f64::INFINITY, RNE);
         assert_eq!((r.to_bits(), f), (CANON_F64, NV));
-        let (r, f) = arith32(Arith::Div, 1.0, 3.0, RUP);
-        assert!(r > 1.0 / 3.0 && f == NX);
+        // 1/3 in single: 0x3eaaaaab rounds up, 0x3eaaaaaa down.
+        assert_eq!(arith32(Arith::Div, 1.0, 3.0, RUP), (f32::from_bits(0x3eaa_aaab), NX));
+        assert_eq!(arith32(Arith::Div, 1.0, 3.0, RNE), (f32::from_bits(0x3eaa_aaab), NX));
+        assert_eq!(arith32(Arith::Div, 1.0, 3.0, RDN), (f32::from_bits(0x3eaa_aaaa), NX));
+        assert_eq!(arith32(Arith::Div, -1.0, 3.0, RTZ), (f32::from_bits(0xbeaa_aaaa), NX));
+        assert_eq!(arith32(Arith::Add, 1.0, 2.0, RDN), (3.0, 0));
     }
 
     #[test]

@@ -146,6 +146,9 @@ fn pipe_stat() -> [u8; 128] {
     .encode()
 }
 
+// The field types of the host's `struct stat` differ between platforms:
+// the casts are not all no-ops everywhere.
+#[allow(clippy::unnecessary_cast)]
 fn host_stat(fd: impl std::os::fd::AsFd) -> [u8; 128] {
     let Ok(s) = rustix::fs::fstat(fd) else {
         return pipe_stat();

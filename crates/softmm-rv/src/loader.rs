@@ -28,10 +28,11 @@ pub const STACK_SIZE: u64 = 8 << 20;
 /// address space (2/3 of it).
 pub const ET_DYN_BASE: u64 = 0x2a_aaaa_a000;
 
-/// `AT_HWCAP`: one bit per single-letter extension, I, M, A, F, D, C.
+/// `AT_HWCAP`: one bit per single-letter extension (bit 0 is A), here
+/// I, M, A, F, D, C.
 pub const HWCAP_IMAFDC: u64 = (1 << (b'I' - b'A'))
     | (1 << (b'M' - b'A'))
-    | (1 << (b'A' - b'A'))
+    | 1
     | (1 << (b'F' - b'A'))
     | (1 << (b'D' - b'A'))
     | (1 << (b'C' - b'A'));

@@ -1,0 +1,215 @@
+//! Real programs: each C file in `tests/programs/` is compiled natively
+//! (the reference: real Linux runs it) and with the riscv64 cross compiler
+//! (`-static -O2`; `pie.c` as a static-PIE), run under softmm-rv, and its
+//! stdout and exit status must equal the native run's. Without the cross
+//! compiler the test installs it with `scripts/rv-toolchain.sh`, and fails
+//! saying why if that does not work (it never skips silently).
+
+use softmm_rv::io::{Input, Output};
+use softmm_rv::{exec, ExecOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Once};
+
+const CROSS: &str = "riscv64-linux-gnu-gcc";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Make sure the cross compiler exists, installing it once if needed.
+fn toolchain() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if have(CROSS) {
+            return;
+        }
+        let script = manifest_dir().join("../../scripts/rv-toolchain.sh");
+        let out = Command::new("bash").arg(&script).output();
+        match out {
+            Ok(o) if o.status.success() && have(CROSS) => {}
+            Ok(o) => panic!(
+                "{CROSS} is missing and {} failed ({}):\n{}\n{}",
+                script.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("{CROSS} is missing and {} could not run: {e}", script.display()),
+        }
+    });
+    assert!(have(CROSS), "{CROSS} is still missing after scripts/rv-toolchain.sh");
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    Native,
+    Riscv,
+    /// Static-PIE, freestanding (the cross glibc has no rcrt1.o).
+    NativePie,
+    RiscvPie,
+}
+
+fn compile(name: &str, build: Build) -> PathBuf {
+    let src = manifest_dir().join("tests/programs").join(format!("{name}.c"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-programs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cc, suffix) = match build {
+        Build::Native | Build::NativePie => ("gcc", "native"),
+        Build::Riscv | Build::RiscvPie => (CROSS, "rv"),
+    };
+    let out = dir.join(format!("{name}.{suffix}"));
+    let mut cmd = Command::new(cc);
+    cmd.arg("-O2").arg("-o").arg(&out).arg(&src);
+    match build {
+        Build::Native => cmd.arg("-lm"),
+        Build::Riscv => cmd.args(["-static", "-lm"]),
+        Build::NativePie | Build::RiscvPie => {
+            cmd.args(["-nostdlib", "-ffreestanding", "-fno-builtin", "-fPIE", "-static-pie", "-Wl,--no-dynamic-linker"])
+        }
+    };
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cc} could not run: {e}"));
+    assert!(o.status.success(), "{cc} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+const ENV: [&str; 3] = ["HOME=/nonexistent", "LANG=C", "SOFTMM_TEST=1"];
+
+/// (stdout, status as a shell sees it: code, or 128 + signal).
+fn run_native(bin: &Path, args: &[&str]) -> (Vec<u8>, i32) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env_clear();
+    for kv in ENV {
+        let (k, v) = kv.split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    let status = o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap());
+    (o.stdout, status)
+}
+
+/// (stdout, status, stderr) under softmm-rv.
+fn run_rv(bin: &Path, args: &[&str]) -> (Vec<u8>, i32, String) {
+    let mut opts = ExecOptions::new(bin);
+    opts.argv.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+    opts.envp = ENV.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let (out, out_buf) = Output::capture();
+    let (err, err_buf) = Output::capture();
+    opts.stdout = out;
+    opts.stderr = err;
+    opts.stdin = Input::Bytes(Arc::new(Vec::new()), 0);
+    opts.report_syscalls = true;
+    opts.arena_bytes = 1 << 30;
+    let exit = exec(bin, opts).unwrap_or_else(|e| panic!("exec {}: {e}", bin.display()));
+    let stdout = out_buf.lock().unwrap().clone();
+    let stderr = String::from_utf8_lossy(&err_buf.lock().unwrap()).into_owned();
+    (stdout, exit.status, stderr)
+}
+
+/// Compile `name` both ways, run both, compare; returns softmm-rv's stderr.
+fn same_as_native(name: &str, args: &[&str]) -> String {
+    toolchain();
+    let native = compile(name, Build::Native);
+    let rv = compile(name, Build::Riscv);
+    compare(name, &native, &rv, args)
+}
+
+fn compare(name: &str, native: &Path, rv: &Path, args: &[&str]) -> String {
+    let (want_out, want_status) = run_native(native, args);
+    let (out, status, stderr) = run_rv(rv, args);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&want_out),
+        "{name}: stdout differs from the native run (stderr under softmm-rv:\n{stderr})"
+    );
+    assert_eq!(status, want_status, "{name}: exit status differs (stderr under softmm-rv:\n{stderr})");
+    stderr
+}
+
+#[test]
+fn hello() {
+    same_as_native("hello", &["one", "two words", "-x"]);
+}
+
+#[test]
+fn malloc_and_big_allocations() {
+    same_as_native("malloc", &[]);
+}
+
+#[test]
+fn integer_and_float_arithmetic() {
+    same_as_native("arith", &[]);
+}
+
+#[test]
+fn string_functions() {
+    same_as_native("strings", &[]);
+}
+
+#[test]
+fn deep_recursion() {
+    same_as_native("recursion", &[]);
+}
+
+#[test]
+fn atomic_operations() {
+    same_as_native("atomics", &[]);
+}
+
+#[test]
+fn exit_status_is_the_programs() {
+    same_as_native("exitcode", &["a", "b"]);
+}
+
+#[test]
+fn initial_stack_and_auxv() {
+    same_as_native("auxv", &["first", "", "third"]);
+}
+
+#[test]
+fn null_store_is_sigsegv() {
+    let stderr = same_as_native("segv", &[]);
+    assert!(stderr.contains("Segmentation fault"), "no SIGSEGV message on stderr: {stderr}");
+    assert!(stderr.contains("0x0"), "the message does not name the address: {stderr}");
+}
+
+#[test]
+fn static_pie() {
+    toolchain();
+    let native = compile("pie", Build::NativePie);
+    let rv = compile("pie", Build::RiscvPie);
+    compare("pie", &native, &rv, &[]);
+}
+
+#[test]
+fn unknown_system_calls_are_reported() {
+    toolchain();
+    let rv = compile("malloc", Build::Riscv);
+    let (_, status, stderr) = run_rv(&rv, &[]);
+    assert_eq!(status, 0);
+    // glibc's realloc of a big chunk tries mremap, which is not there yet.
+    assert!(stderr.contains("system calls answered ENOSYS"), "no report: {stderr}");
+    assert!(stderr.contains("216 mremap"), "mremap not counted: {stderr}");
+}
+
+#[test]
+fn bad_executables_are_errors() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    let err = exec(&script, ExecOptions::new(&script)).unwrap_err();
+    assert!(err.to_string().contains("not an ELF file"), "{err}");
+    let missing = dir.join("missing");
+    let err = exec(&missing, ExecOptions::new(&missing)).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    // A host (x86-64) executable is the wrong machine.
+    let host = std::env::current_exe().unwrap();
+    let err = exec(&host, ExecOptions::new(&host)).unwrap_err();
+    assert!(err.to_string().contains("not a RISC-V executable"), "{err}");
+}
