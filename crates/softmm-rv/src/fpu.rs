@@ -3,18 +3,23 @@
 //!
 //! - NaN results are the canonical NaN; single values live NaN-boxed in
 //!   64-bit registers (upper half all ones; anything else reads as NaN).
-//! - Rounding modes: add, sub, mul, div and sqrt honour all five modes. The
-//!   host result is correct for round-to-nearest-even; its exact error
-//!   (TwoSum, or the residual through a fused multiply-add) says which side
-//!   the exact value lies on, and the result moves one ulp when a directed
-//!   mode wants the other neighbour. Singles are computed in double (exact
-//!   for these operations: 53 >= 2*24+2) and rounded the same way.
-//!   Ties-to-max-magnitude (RMM) is treated as ties-to-even except in
-//!   conversions to integer. Fused multiply-add and int->float conversions
-//!   always round to nearest-even (the host's `mul_add` / `as`), and a
-//!   single-precision fused multiply-add is computed in double and rounded
-//!   again, which can differ from a fused single in the last bit in rare
-//!   cases. Conversions to integer honour every mode exactly.
+//! - Rounding modes: add, sub, mul, div, sqrt, int->float and
+//!   double->single conversions honour all five modes. The host result is
+//!   correct for round-to-nearest-even; the sign of its exact error (TwoSum
+//!   for sums, an exact integer comparison of products for mul, div and
+//!   sqrt) says which side the exact value lies on, and the result moves
+//!   one ulp when a directed mode wants the other neighbour. Singles are
+//!   computed in double (exact for these operations: 53 >= 2*24+2) and
+//!   rounded the same way. Ties-to-max-magnitude (RMM) is treated as
+//!   ties-to-even except in conversions to integer, which honour every
+//!   mode exactly. Fused multiply-add always rounds to nearest-even (the
+//!   host's `mul_add`), and a single-precision one is computed in double
+//!   and rounded again, which can differ from a fused single in the last
+//!   bit in rare cases.
+//! - Underflow is detected after rounding (as RISC-V does) from the
+//!   result's magnitude: a result that rounds up to the smallest normal is
+//!   not flagged, where IEEE's "after rounding" with unbounded exponent
+//!   would flag it.
 //! - fflags: NV, DZ, OF, UF, NX for the operations above; fused
 //!   multiply-add raises NV and OF but not NX or UF.
 
@@ -121,11 +126,68 @@ fn sign(x: f64) -> i8 {
     }
 }
 
+/// `|x|` of a finite double as `mantissa * 2^exponent`.
+fn decompose(x: f64) -> (u128, i32) {
+    let b = x.to_bits();
+    let e = ((b >> 52) & 0x7ff) as i32;
+    let m = u128::from(b & ((1 << 52) - 1));
+    if e == 0 {
+        (m, -1074)
+    } else {
+        (m | (1 << 52), e - 1075)
+    }
+}
+
+/// An exact real number `(-1)^neg * m * 2^e`.
+#[derive(Clone, Copy)]
+struct Exact {
+    neg: bool,
+    m: u128,
+    e: i32,
+}
+
+impl Exact {
+    fn of(x: f64) -> Exact {
+        let (m, e) = decompose(x);
+        Exact { neg: x.is_sign_negative(), m, e }
+    }
+    /// The exact product (mantissas of at most 53 bits: fits in 106).
+    fn mul(self, o: Exact) -> Exact {
+        Exact { neg: self.neg ^ o.neg, m: self.m * o.m, e: self.e + o.e }
+    }
+    fn signum(self) -> i8 {
+        match (self.m == 0, self.neg) {
+            (true, _) => 0,
+            (false, true) => -1,
+            (false, false) => 1,
+        }
+    }
+    /// The sign of `self - o`.
+    fn cmp(self, o: Exact) -> i8 {
+        let (s1, s2) = (self.signum(), o.signum());
+        if s1 != s2 || s1 == 0 {
+            return sign(f64::from(s1) - f64::from(s2));
+        }
+        let (z1, z2) = (self.m.leading_zeros(), o.m.leading_zeros());
+        let (n1, x1) = (self.m << z1, self.e - z1 as i32);
+        let (n2, x2) = (o.m << z2, o.e - z2 as i32);
+        let mag = match x1.cmp(&x2).then(n1.cmp(&n2)) {
+            std::cmp::Ordering::Less => -1,
+            std::cmp::Ordering::Equal => 0,
+            std::cmp::Ordering::Greater => 1,
+        };
+        mag * s1
+    }
+}
+
 /// Nearest-even result and the sign of `exact - result`, for finite
-/// inputs and a finite result.
+/// inputs and a finite result. Products are compared exactly in integers,
+/// so results that underflow (even to zero) still know their error.
 fn nearest_with_error(op: Arith, a: f64, b: f64) -> (f64, i8) {
     match op {
         Arith::Add | Arith::Sub => {
+            // TwoSum: the rounding error of a sum is itself a double, even
+            // among subnormals.
             let b = if op == Arith::Sub { -b } else { b };
             let r = a + b;
             let bb = r - a;
@@ -134,16 +196,17 @@ fn nearest_with_error(op: Arith, a: f64, b: f64) -> (f64, i8) {
         }
         Arith::Mul => {
             let r = a * b;
-            (r, sign(a.mul_add(b, -r)))
+            (r, Exact::of(a).mul(Exact::of(b)).cmp(Exact::of(r)))
         }
         Arith::Div => {
+            // sign(a/b - r) = sign(a - r*b) * sign(b)
             let r = a / b;
-            let rem = (-r).mul_add(b, a);
-            (r, sign(rem) * sign(b))
+            let d = Exact::of(a).cmp(Exact::of(r).mul(Exact::of(b)));
+            (r, d * Exact::of(b).signum())
         }
         Arith::Sqrt => {
             let r = a.sqrt();
-            (r, sign((-r).mul_add(r, a)))
+            (r, Exact::of(a).cmp(Exact::of(r).mul(Exact::of(r))))
         }
     }
 }
@@ -426,18 +489,27 @@ pub fn to_int(x: f64, rm: u8, kind: crate::decode::IntKind) -> (u64, u32) {
     (sat(r as i128), nx)
 }
 
-/// `fcvt.d.{w,wu,l,lu}`: nearest-even conversion and NX.
-pub fn int_to_f64(v: u64, kind: crate::decode::IntKind) -> (f64, u32) {
+/// `fcvt.d.{w,wu,l,lu}` in rounding mode `rm`, and NX.
+pub fn int_to_f64(v: u64, kind: crate::decode::IntKind, rm: u8) -> (f64, u32) {
     let i = int_value(v, kind);
     let r = i as f64;
-    (r, if r as i128 != i { NX } else { 0 })
+    // `r` is integral and below 2^65: exact in i128.
+    let err = (i - r as i128).signum() as i8;
+    if err == 0 {
+        return (r, 0);
+    }
+    (direct(r, err, rm), NX)
 }
 
-/// `fcvt.s.{w,wu,l,lu}`.
-pub fn int_to_f32(v: u64, kind: crate::decode::IntKind) -> (f32, u32) {
+/// `fcvt.s.{w,wu,l,lu}` in rounding mode `rm`, and NX.
+pub fn int_to_f32(v: u64, kind: crate::decode::IntKind, rm: u8) -> (f32, u32) {
     let i = int_value(v, kind);
     let r = i as f32;
-    (r, if r as i128 != i { NX } else { 0 })
+    let err = (i - r as i128).signum() as i8;
+    if err == 0 {
+        return (r, 0);
+    }
+    (direct32(r, err, rm), NX)
 }
 
 fn int_value(v: u64, kind: crate::decode::IntKind) -> i128 {
@@ -497,6 +569,19 @@ mod tests {
         assert_eq!(arith32(Arith::Div, 1.0, 3.0, RDN), (f32::from_bits(0x3eaa_aaaa), NX));
         assert_eq!(arith32(Arith::Div, -1.0, 3.0, RTZ), (f32::from_bits(0xbeaa_aaaa), NX));
         assert_eq!(arith32(Arith::Add, 1.0, 2.0, RDN), (3.0, 0));
+        // Results that underflow know their error too.
+        assert_eq!(arith64(Arith::Mul, 1e-310, 1e-310, RNE), (0.0, UF | NX));
+        assert_eq!(arith64(Arith::Mul, 1e-310, 1e-310, RUP), (f64::from_bits(1), UF | NX));
+        assert_eq!(arith64(Arith::Mul, -1e-310, 1e-310, RUP), (-0.0, UF | NX));
+        assert_eq!(arith64(Arith::Div, f64::from_bits(3), 2.0, RDN), (f64::from_bits(1), UF | NX));
+        assert_eq!(arith64(Arith::Mul, f64::from_bits(4), 0.5, RNE), (f64::from_bits(2), 0));
+        // sqrt(2) = 0x1.6a09e667f3bcc908b...: RNE and RUP give ...bcd, RDN ...bcc.
+        assert_eq!(arith64(Arith::Sqrt, 2.0, 0.0, RDN), (f64::from_bits(0x3ff6_a09e_667f_3bcc), NX));
+        assert_eq!(arith64(Arith::Sqrt, 2.0, 0.0, RUP), (f64::from_bits(0x3ff6_a09e_667f_3bcd), NX));
+        // 3 * (1/3 rounded up) = 1 + 2^-53 exactly: up is 1 + 2^-52.
+        let third_up = arith64(Arith::Div, 1.0, 3.0, RUP).0;
+        assert_eq!(arith64(Arith::Mul, 3.0, third_up, RUP), (1.0 + f64::EPSILON, NX));
+        assert_eq!(arith64(Arith::Mul, 3.0, third_up, RNE), (1.0, NX));
     }
 
     #[test]
@@ -508,7 +593,11 @@ mod tests {
         assert_eq!(to_int(-1.0, RNE, IntKind::Wu), (0, NV));
         assert_eq!(to_int(4294967295.0, RNE, IntKind::Wu), (u64::MAX, 0)); // sign-extended
         assert_eq!(to_int(1e30, RNE, IntKind::L), (i64::MAX as u64, NV));
-        assert_eq!(int_to_f64(u64::MAX, IntKind::Lu), (18446744073709551616.0, NX));
+        assert_eq!(int_to_f64(u64::MAX, IntKind::Lu, RNE), (18446744073709551616.0, NX));
+        assert_eq!(int_to_f64(u64::MAX, IntKind::Lu, RTZ), (18446744073709549568.0, NX));
+        assert_eq!(int_to_f64((1 << 53) + 1, IntKind::L, RUP), ((1u64 << 53) as f64 + 2.0, NX));
+        assert_eq!(int_to_f32(16777217, IntKind::W, RDN), (16777216.0, NX));
+        assert_eq!(int_to_f32(-16777217i64 as u64, IntKind::L, RDN), (-16777218.0, NX));
         assert_eq!(f64_to_f32(1e300, RNE), (f32::INFINITY, OF | NX));
     }
 }

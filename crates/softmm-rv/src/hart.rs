@@ -340,13 +340,13 @@ impl Hart {
                 self.raise(flags);
             }
             Inst::FCvtFromInt { from, double, rd, rs1, rm } => {
-                self.rounding(rm)?;
+                let rm = self.rounding(rm)?;
                 let v = self.r(rs1);
                 let (r, flags) = if double {
-                    let (r, f) = fpu::int_to_f64(v, from);
+                    let (r, f) = fpu::int_to_f64(v, from, rm);
                     (r.to_bits(), f)
                 } else {
-                    let (r, f) = fpu::int_to_f32(v, from);
+                    let (r, f) = fpu::int_to_f32(v, from, rm);
                     (fpu::boxed(r), f)
                 };
                 self.f[rd as usize] = r;

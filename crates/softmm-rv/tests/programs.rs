@@ -7,9 +7,10 @@
 
 use softmm_rv::io::{Input, Output};
 use softmm_rv::{exec, ExecOptions};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 
 const CROSS: &str = "riscv64-linux-gnu-gcc";
 
@@ -45,7 +46,7 @@ fn toolchain() {
     assert!(have(CROSS), "{CROSS} is still missing after scripts/rv-toolchain.sh");
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Build {
     Native,
     Riscv,
@@ -54,7 +55,22 @@ enum Build {
     RiscvPie,
 }
 
+/// Compile once per test process: tests run in parallel and some share a
+/// program, so each (program, build) is built by the first asker while the
+/// others wait.
 fn compile(name: &str, build: Build) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let key = format!("{name}/{build:?}");
+    if let Some(p) = built.get(&key) {
+        return p.clone();
+    }
+    let p = compile_now(name, build);
+    built.insert(key, p.clone());
+    p
+}
+
+fn compile_now(name: &str, build: Build) -> PathBuf {
     let src = manifest_dir().join("tests/programs").join(format!("{name}.c"));
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-programs");
     std::fs::create_dir_all(&dir).unwrap();
@@ -80,21 +96,27 @@ fn compile(name: &str, build: Build) -> PathBuf {
 const ENV: [&str; 3] = ["HOME=/nonexistent", "LANG=C", "SOFTMM_TEST=1"];
 
 /// (stdout, status as a shell sees it: code, or 128 + signal).
-fn run_native(bin: &Path, args: &[&str]) -> (Vec<u8>, i32) {
+fn run_native(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
+    use std::io::Write;
     use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
     let mut cmd = Command::new(bin);
-    cmd.args(args).env_clear();
+    cmd.args(args).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for kv in ENV {
         let (k, v) = kv.split_once('=').unwrap();
         cmd.env(k, v);
     }
-    let o = cmd.output().unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    let o = child.wait_with_output().unwrap();
     let status = o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap());
     (o.stdout, status)
 }
 
 /// (stdout, status, stderr) under softmm-rv.
-fn run_rv(bin: &Path, args: &[&str]) -> (Vec<u8>, i32, String) {
+fn run_rv(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32, String) {
     let mut opts = ExecOptions::new(bin);
     opts.argv.extend(args.iter().map(|a| a.as_bytes().to_vec()));
     opts.envp = ENV.iter().map(|s| s.as_bytes().to_vec()).collect();
@@ -102,7 +124,7 @@ fn run_rv(bin: &Path, args: &[&str]) -> (Vec<u8>, i32, String) {
     let (err, err_buf) = Output::capture();
     opts.stdout = out;
     opts.stderr = err;
-    opts.stdin = Input::Bytes(Arc::new(Vec::new()), 0);
+    opts.stdin = Input::Bytes(Arc::new(stdin.to_vec()), 0);
     opts.report_syscalls = true;
     opts.arena_bytes = 1 << 30;
     let exit = exec(bin, opts).unwrap_or_else(|e| panic!("exec {}: {e}", bin.display()));
@@ -113,15 +135,19 @@ fn run_rv(bin: &Path, args: &[&str]) -> (Vec<u8>, i32, String) {
 
 /// Compile `name` both ways, run both, compare; returns softmm-rv's stderr.
 fn same_as_native(name: &str, args: &[&str]) -> String {
+    same_as_native_with_input(name, args, b"")
+}
+
+fn same_as_native_with_input(name: &str, args: &[&str], stdin: &[u8]) -> String {
     toolchain();
     let native = compile(name, Build::Native);
     let rv = compile(name, Build::Riscv);
-    compare(name, &native, &rv, args)
+    compare(name, &native, &rv, args, stdin)
 }
 
-fn compare(name: &str, native: &Path, rv: &Path, args: &[&str]) -> String {
-    let (want_out, want_status) = run_native(native, args);
-    let (out, status, stderr) = run_rv(rv, args);
+fn compare(name: &str, native: &Path, rv: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let (want_out, want_status) = run_native(native, args, stdin);
+    let (out, status, stderr) = run_rv(rv, args, stdin);
     assert_eq!(
         String::from_utf8_lossy(&out),
         String::from_utf8_lossy(&want_out),
@@ -179,18 +205,42 @@ fn null_store_is_sigsegv() {
 }
 
 #[test]
+fn rounding_modes_and_exception_flags() {
+    same_as_native("fenv", &[]);
+}
+
+#[test]
+fn reads_standard_input_to_the_end() {
+    same_as_native_with_input("stdin", &[], b"first line\nsecond, longer line\n\nno newline at the end");
+}
+
+#[test]
+fn abort_is_sigabrt() {
+    let stderr = same_as_native("abort", &[]);
+    assert!(stderr.contains("Aborted"), "{stderr}");
+}
+
+#[test]
+fn illegal_instruction_is_sigill_and_ebreak_sigtrap() {
+    let stderr = same_as_native("sigill", &[]);
+    assert!(stderr.contains("Illegal instruction"), "{stderr}");
+    let stderr = same_as_native("sigill", &["trap"]);
+    assert!(stderr.contains("Trace/breakpoint trap"), "{stderr}");
+}
+
+#[test]
 fn static_pie() {
     toolchain();
     let native = compile("pie", Build::NativePie);
     let rv = compile("pie", Build::RiscvPie);
-    compare("pie", &native, &rv, &[]);
+    compare("pie", &native, &rv, &[], b"");
 }
 
 #[test]
 fn unknown_system_calls_are_reported() {
     toolchain();
     let rv = compile("malloc", Build::Riscv);
-    let (_, status, stderr) = run_rv(&rv, &[]);
+    let (_, status, stderr) = run_rv(&rv, &[], b"");
     assert_eq!(status, 0);
     // glibc's realloc of a big chunk tries mremap, which is not there yet.
     assert!(stderr.contains("system calls answered ENOSYS"), "no report: {stderr}");
