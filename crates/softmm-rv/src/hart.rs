@@ -6,6 +6,7 @@
 
 use crate::decode::{decode, inst_len, AluOp, AmoOp, BranchOp, CsrOp, FmaOp, FpOp, Inst, LoadOp, StoreOp, Width};
 use crate::fpu;
+use crate::icache::ICache;
 use crate::mem::{GuestFault, MemResult, Memory};
 use std::time::Instant;
 
@@ -57,6 +58,9 @@ pub struct Hart {
     /// detected.
     reservation: Option<(u64, u64, u64)>,
     pub mem: Memory,
+    /// Decoded instructions by page, when the address space has a
+    /// [`crate::icache::CodeWatch`].
+    icache: Option<ICache>,
     boot: Instant,
 }
 
@@ -64,7 +68,17 @@ impl Hart {
     pub fn new(mem: Memory, pc: u64, sp: u64) -> Hart {
         let mut x = [0u64; 32];
         x[2] = sp;
-        Hart { x, f: [0; 32], pc, fcsr: 0, instret: 0, reservation: None, mem, boot: Instant::now() }
+        Hart { x, f: [0; 32], pc, fcsr: 0, instret: 0, reservation: None, mem, icache: None, boot: Instant::now() }
+    }
+
+    /// Cache decoded instructions (see [`crate::icache`]).
+    pub fn set_icache(&mut self, cache: ICache) {
+        self.icache = Some(cache);
+    }
+
+    /// The decoded-instruction cache, if this hart has one.
+    pub fn icache(&self) -> Option<&ICache> {
+        self.icache.as_ref()
     }
 
     /// Run until an ecall, a fault, an illegal instruction or a breakpoint.
@@ -79,14 +93,29 @@ impl Hart {
     /// Fetch, decode and execute one instruction.
     #[inline]
     pub fn step(&mut self) -> Result<(), Stop> {
-        let raw = self.mem.fetch(self.pc)?;
-        let inst = decode(raw);
+        let cached = self.icache.as_mut().and_then(|c| c.lookup(self.pc));
+        let (inst, raw) = match cached {
+            Some(hit) => hit,
+            None => self.fetch_decode()?,
+        };
         let next = self.pc.wrapping_add(inst_len(raw));
         let r = self.execute(inst, raw, next);
         if r.is_ok() || r == Err(Stop::Ecall) {
             self.instret += 1;
         }
         r
+    }
+
+    /// The slow path of [`step`](Self::step): fetch through the accessor,
+    /// decode, and fill the cache.
+    fn fetch_decode(&mut self) -> Result<(Inst, u32), Stop> {
+        let ticket = self.icache.as_ref().map(|c| c.begin_fill(self.pc));
+        let raw = self.mem.fetch(self.pc)?;
+        let inst = decode(raw);
+        if let (Some(c), Some(t)) = (self.icache.as_mut(), ticket) {
+            c.fill(t, self.pc, inst, raw);
+        }
+        Ok((inst, raw))
     }
 
     #[inline]
@@ -139,9 +168,14 @@ impl Hart {
             Inst::Op { op, rd, rs1, rs2 } => self.set(rd, alu64(op, self.r(rs1), self.r(rs2))),
             Inst::Op32 { op, rd, rs1, rs2 } => self.set(rd, alu32(op, self.r(rs1), self.r(rs2))),
             // One hart per host thread and host atomics for every shared
-            // access: the host's ordering already covers FENCE. FENCE.I has
-            // nothing to flush until a decoded-instruction cache exists.
-            Inst::Fence | Inst::FenceI => {}
+            // access: the host's ordering already covers FENCE.
+            Inst::Fence => {}
+            // This hart's later fetches see its earlier stores.
+            Inst::FenceI => {
+                if let Some(c) = self.icache.as_mut() {
+                    c.flush();
+                }
+            }
             Inst::Ecall => {
                 self.pc = next;
                 return Err(Stop::Ecall);

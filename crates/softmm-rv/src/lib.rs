@@ -4,7 +4,8 @@
 //! softmm address space ([`loader`], [`elf`]) with the initial stack Linux
 //! builds; one hart ([`hart`]) interprets RV64GC, fetching, loading and
 //! storing through its own softmm accessor ([`mem`]), with LR/SC and AMOs
-//! as host atomics; `ecall`s go to a Linux system-call layer
+//! as host atomics, and keeps what it decoded per page ([`icache`],
+//! invalidated through softmm's MMU notifiers); `ecall`s go to a Linux system-call layer
 //! ([`syscall`]) whose memory calls are softmm's. A guest fault is a value
 //! ([`mem::GuestFault`]) that ends the process as SIGSEGV/SIGBUS would,
 //! never a host panic.
@@ -23,6 +24,7 @@ pub mod elf;
 pub mod errno;
 pub mod fpu;
 pub mod hart;
+pub mod icache;
 pub mod io;
 pub mod loader;
 pub mod mem;

@@ -4,6 +4,7 @@
 
 use crate::elf::Elf;
 use crate::hart::{Hart, Stop};
+use crate::icache::{CodeWatch, ICache};
 use crate::io::{Input, Output};
 use crate::loader::{load, LoadError, StartInfo};
 use crate::mem::Memory;
@@ -90,6 +91,14 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
     let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let mut hart = Hart::new(Memory::new(mm.accessor()), image.entry, image.sp);
+    // The subscription lives as long as the hart runs.
+    let _code_watch = match CodeWatch::register(&mm) {
+        Some((watch, sub)) => {
+            hart.set_icache(ICache::new(watch));
+            Some(sub)
+        }
+        None => None,
+    };
     let mut kernel =
         Kernel::new(mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), opts.stdin, opts.stdout, opts.stderr);
     let (status, signal, message) = run(&mut hart, &mut kernel);

@@ -53,6 +53,7 @@ pub mod nr {
     pub const MADVISE: u64 = 233;
     pub const PRLIMIT64: u64 = 261;
     pub const GETRANDOM: u64 = 278;
+    pub const RISCV_FLUSH_ICACHE: u64 = 259;
 }
 
 /// Names of system calls for the unknown-call report.
@@ -204,6 +205,17 @@ impl Kernel {
             nr::GETGID => Ok(u64::from(rustix::process::getgid().as_raw())),
             nr::GETEGID => Ok(u64::from(rustix::process::getegid().as_raw())),
             nr::FUTEX => self.futex(a[0], a[1], a[2], a[3], hart, a[5]),
+            nr::RISCV_FLUSH_ICACHE => {
+                // flags: 0 (all harts) or SYS_RISCV_FLUSH_ICACHE_LOCAL (1);
+                // both drop every hart's decoded instructions.
+                if a[2] > 1 {
+                    return Err(EINVAL);
+                }
+                if let Some(c) = hart.icache() {
+                    c.watch().flush_all();
+                }
+                Ok(0)
+            }
             _ => {
                 *self.unknown.entry(n).or_insert(0) += 1;
                 Err(ENOSYS)

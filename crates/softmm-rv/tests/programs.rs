@@ -228,6 +228,14 @@ fn illegal_instruction_is_sigill_and_ebreak_sigtrap() {
     assert!(stderr.contains("Trace/breakpoint trap"), "{stderr}");
 }
 
+/// The decoded-instruction cache sees rewritten code after the flush
+/// system call, and remapped or unmapped code through softmm's notifiers.
+#[test]
+fn code_written_at_run_time() {
+    let stderr = same_as_native("jit", &[]);
+    assert!(stderr.contains("Segmentation fault"), "{stderr}");
+}
+
 #[test]
 fn static_pie() {
     toolchain();
