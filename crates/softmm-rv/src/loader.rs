@@ -126,9 +126,11 @@ pub fn load(mm: &Mm, file: &[u8], elf: &Elf, info: &StartInfo<'_>) -> Result<Ima
     let bad = |what| LoadError::Elf(ElfError::BadSegment(what));
     let mut spans = Vec::new();
     for p in elf.loads() {
-        let start = page_down(p.vaddr.checked_add(bias).ok_or(bad("segment address overflows"))?);
-        let end =
-            p.vaddr.wrapping_add(bias).checked_add(p.memsz).and_then(page_up).ok_or(bad("segment end overflows"))?;
+        // The bias of a static-PIE is an offset modulo 2^64 (it may move
+        // segments down); the end check catches a wrap.
+        let va = p.vaddr.wrapping_add(bias);
+        let start = page_down(va);
+        let end = va.checked_add(p.memsz).and_then(page_up).ok_or(bad("segment end overflows"))?;
         if end > softmm::TASK_SIZE {
             return Err(bad("segment outside the user address space"));
         }

@@ -87,7 +87,8 @@ impl Memory {
         if lo & 3 != 3 {
             return Ok(lo);
         }
-        let hi = u32::from(self.acc.load_word::<u16>(pc + 2).map_err(|e| fault(pc + 2, e))?);
+        let pc2 = pc.wrapping_add(2);
+        let hi = u32::from(self.acc.load_word::<u16>(pc2).map_err(|e| fault(pc2, e))?);
         Ok(lo | (hi << 16))
     }
 
@@ -201,7 +202,7 @@ impl Memory {
                 break;
             }
             out.push(b);
-            a += 1;
+            a = a.wrapping_add(1);
         }
         Ok(out)
     }

@@ -117,6 +117,7 @@ const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MADV_DONTNEED: u64 = 4;
 const AT_EMPTY_PATH: u64 = 0x1000;
 const TCGETS: u64 = 0x5401;
+const TIOCGWINSZ: u64 = 0x5413;
 const IOV_MAX: u64 = 1024;
 const FUTEX_WAIT: u64 = 0;
 const FUTEX_WAKE: u64 = 1;
@@ -256,8 +257,9 @@ impl Kernel {
         }
         let mut total = 0u64;
         for i in 0..cnt {
-            let base = hart.mem.load(iov + 16 * i, 8).map_err(|_| EFAULT)?;
-            let len = hart.mem.load(iov + 16 * i + 8, 8).map_err(|_| EFAULT)?;
+            let entry = iov.wrapping_add(16 * i);
+            let base = hart.mem.load(entry, 8).map_err(|_| EFAULT)?;
+            let len = hart.mem.load(entry.wrapping_add(8), 8).map_err(|_| EFAULT)?;
             if len == 0 {
                 continue;
             }
@@ -339,8 +341,8 @@ impl Kernel {
             let m = &mut hart.mem;
             let new = SigAction {
                 handler: m.load(act, 8).map_err(|_| EFAULT)?,
-                flags: m.load(act + 8, 8).map_err(|_| EFAULT)?,
-                mask: m.load(act + 16, 8).map_err(|_| EFAULT)?,
+                flags: m.load(act.wrapping_add(8), 8).map_err(|_| EFAULT)?,
+                mask: m.load(act.wrapping_add(16), 8).map_err(|_| EFAULT)?,
             };
             self.signals.actions[sig as usize - 1] = new;
         }
@@ -442,6 +444,11 @@ impl Kernel {
             hart.mem.write_bytes(arg, &[0u8; 36]).map_err(|_| EFAULT)?;
             return Ok(0);
         }
+        if req == TIOCGWINSZ && tty {
+            // musl's isatty(): success is what it asks; the size is unknown.
+            hart.mem.write_bytes(arg, &[0u8; 8]).map_err(|_| EFAULT)?;
+            return Ok(0);
+        }
         Err(ENOTTY)
     }
 
@@ -476,11 +483,12 @@ impl Kernel {
                     None
                 } else {
                     let ts = read_timespec(hart, timeout)?;
-                    Some(if cmd == FUTEX_WAIT {
-                        Instant::now() + ts
+                    // A deadline past what an Instant holds is no deadline.
+                    if cmd == FUTEX_WAIT {
+                        Instant::now().checked_add(ts)
                     } else {
                         absolute_deadline(ts, op & FUTEX_CLOCK_REALTIME != 0)
-                    })
+                    }
                 };
                 self.mm.futex_wait_bitset(addr, val32, bitset, deadline).map(|()| 0).map_err(|e| e.errno())
             }
@@ -516,7 +524,7 @@ fn prot(bits: u64) -> Result<Prot, i32> {
 
 fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
     let sec = hart.mem.load(addr, 8).map_err(|_| EFAULT)? as i64;
-    let nsec = hart.mem.load(addr + 8, 8).map_err(|_| EFAULT)? as i64;
+    let nsec = hart.mem.load(addr.wrapping_add(8), 8).map_err(|_| EFAULT)? as i64;
     if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
         return Err(EINVAL);
     }
@@ -536,10 +544,11 @@ fn host_clock(realtime: bool) -> Duration {
     Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
-/// An absolute time on the monotonic (or real-time) clock as an Instant.
-fn absolute_deadline(at: Duration, realtime: bool) -> Instant {
+/// An absolute time on the monotonic (or real-time) clock as an Instant
+/// (`None`: too far to represent).
+fn absolute_deadline(at: Duration, realtime: bool) -> Option<Instant> {
     let now = host_clock(realtime);
-    Instant::now() + at.saturating_sub(now)
+    Instant::now().checked_add(at.saturating_sub(now))
 }
 
 fn clock_gettime(hart: &mut Hart, clk: u64, tp: u64, res: bool) -> SysResult {
