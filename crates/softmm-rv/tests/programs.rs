@@ -3,7 +3,8 @@
 //! (`-static -O2`; `pie.c` as a static-PIE), run under softmm-rv, and its
 //! stdout and exit status must equal the native run's. Without the cross
 //! compiler the test installs it with `scripts/rv-toolchain.sh`, and fails
-//! saying why if that does not work (it never skips silently).
+//! saying why if that does not work (it never skips silently). qemu-riscv64
+//! (installed by the same script) gives a second opinion on every program.
 
 use softmm_rv::io::{Input, Output};
 use softmm_rv::{exec, ExecOptions};
@@ -13,6 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, Once};
 
 const CROSS: &str = "riscv64-linux-gnu-gcc";
+const QEMU: &str = "qemu-riscv64";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,28 +24,29 @@ fn have(cmd: &str) -> bool {
     Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// Make sure the cross compiler exists, installing it once if needed.
+/// Make sure the cross compiler and qemu exist, installing them once if
+/// needed.
 fn toolchain() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if have(CROSS) {
+        if have(CROSS) && have(QEMU) {
             return;
         }
         let script = manifest_dir().join("../../scripts/rv-toolchain.sh");
         let out = Command::new("bash").arg(&script).output();
         match out {
-            Ok(o) if o.status.success() && have(CROSS) => {}
+            Ok(o) if o.status.success() && have(CROSS) && have(QEMU) => {}
             Ok(o) => panic!(
-                "{CROSS} is missing and {} failed ({}):\n{}\n{}",
+                "{CROSS} or {QEMU} is missing and {} failed ({}):\n{}\n{}",
                 script.display(),
                 o.status,
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr)
             ),
-            Err(e) => panic!("{CROSS} is missing and {} could not run: {e}", script.display()),
+            Err(e) => panic!("{CROSS} or {QEMU} is missing and {} could not run: {e}", script.display()),
         }
     });
-    assert!(have(CROSS), "{CROSS} is still missing after scripts/rv-toolchain.sh");
+    assert!(have(CROSS) && have(QEMU), "{CROSS} or {QEMU} is still missing after scripts/rv-toolchain.sh");
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -97,10 +100,21 @@ const ENV: [&str; 3] = ["HOME=/nonexistent", "LANG=C", "SOFTMM_TEST=1"];
 
 /// (stdout, status as a shell sees it: code, or 128 + signal).
 fn run_native(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
+    run_host(Command::new(bin), args, stdin)
+}
+
+/// The same under qemu-riscv64 (its guest sees the same argv and
+/// environment).
+fn run_qemu(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
+    let mut cmd = Command::new(QEMU);
+    cmd.arg(bin);
+    run_host(cmd, args, stdin)
+}
+
+fn run_host(mut cmd: Command, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
     use std::io::Write;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
-    let mut cmd = Command::new(bin);
     cmd.args(args).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for kv in ENV {
         let (k, v) = kv.split_once('=').unwrap();
@@ -253,6 +267,45 @@ fn unknown_system_calls_are_reported() {
     // glibc's realloc of a big chunk tries mremap, which is not there yet.
     assert!(stderr.contains("system calls answered ENOSYS"), "no report: {stderr}");
     assert!(stderr.contains("216 mremap"), "mremap not counted: {stderr}");
+}
+
+/// Every program, the riscv64 build, under softmm-rv and under
+/// qemu-riscv64: the same stdout and status.
+#[test]
+fn same_as_qemu() {
+    toolchain();
+    let cases: [(&str, &[&str], &[u8]); 14] = [
+        ("hello", &["one", "two words"], b""),
+        ("malloc", &[], b""),
+        ("arith", &[], b""),
+        ("strings", &[], b""),
+        ("recursion", &[], b""),
+        ("atomics", &[], b""),
+        ("exitcode", &["a"], b""),
+        ("auxv", &["x", ""], b""),
+        ("segv", &[], b""),
+        ("abort", &[], b""),
+        ("sigill", &["trap"], b""),
+        ("stdin", &[], b"some\ninput\n"),
+        ("fenv", &[], b""),
+        ("jit", &[], b""),
+    ];
+    for (name, args, stdin) in cases {
+        let rv = compile(name, Build::Riscv);
+        let (want_out, want_status) = run_qemu(&rv, args, stdin);
+        let (out, status, stderr) = run_rv(&rv, args, stdin);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want_out),
+            "{name}: stdout differs from qemu's (stderr under softmm-rv:\n{stderr})"
+        );
+        assert_eq!(status, want_status, "{name}: status differs from qemu's (stderr:\n{stderr})");
+    }
+    let pie = compile("pie", Build::RiscvPie);
+    assert_eq!(run_qemu(&pie, &[], b""), {
+        let (o, s, _) = run_rv(&pie, &[], b"");
+        (o, s)
+    });
 }
 
 #[test]

@@ -1,10 +1,13 @@
 #include <elf.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <unistd.h>
 
 extern char **environ;
+
+static int cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* The initial stack as Linux lays it out, checked through what every
    architecture shares: argv, envp and auxv contiguous, AT_* values. */
@@ -32,6 +35,11 @@ int main(int argc, char **argv) {
     for (unsigned long i = 0; i < getauxval(AT_PHNUM); i++) loads += ph[i].p_type == PT_LOAD;
     printf("phdr loads>0 %d\n", loads > 0);
     for (int i = 1; i < argc; i++) printf("argv[%d] = %s\n", i, argv[i]);
-    for (int i = 0; i < envc; i++) printf("env %s\n", envp[i]);
+    /* Sorted: qemu-user hands the environment over in reverse order. */
+    char *sorted[64];
+    int n_env = envc < 64 ? envc : 64;
+    for (int i = 0; i < n_env; i++) sorted[i] = envp[i];
+    qsort(sorted, n_env, sizeof sorted[0], cmp);
+    for (int i = 0; i < n_env; i++) printf("env %s\n", sorted[i]);
     return 0;
 }
