@@ -10,18 +10,17 @@
 //!   sqrt) says which side the exact value lies on, and the result moves
 //!   one ulp when a directed mode wants the other neighbour. Singles are
 //!   computed in double (exact for these operations: 53 >= 2*24+2) and
-//!   rounded the same way. Ties-to-max-magnitude (RMM) is treated as
-//!   ties-to-even except in conversions to integer, which honour every
-//!   mode exactly. Fused multiply-add always rounds to nearest-even (the
-//!   host's `mul_add`), and a single-precision one is computed in double
-//!   and rounded again, which can differ from a fused single in the last
-//!   bit in rare cases.
+//!   rounded the same way (a tie of the second rounding is decided by the
+//!   first one's error). Fused multiply-add gets its error sign from an
+//!   exact multi-limb sum of `a*b + c - result`, so it honours the modes
+//!   and flags too. Ties-to-max-magnitude (RMM) is treated as ties-to-even
+//!   in double results; single results and conversions to integer honour
+//!   it.
 //! - Underflow is detected after rounding (as RISC-V does) from the
 //!   result's magnitude: a result that rounds up to the smallest normal is
 //!   not flagged, where IEEE's "after rounding" with unbounded exponent
 //!   would flag it.
-//! - fflags: NV, DZ, OF, UF, NX for the operations above; fused
-//!   multiply-add raises NV and OF but not NX or UF.
+//! - fflags: NV, DZ, OF, UF, NX for every operation above.
 
 /// fflags bits.
 pub const NV: u32 = 0x10;
@@ -239,6 +238,18 @@ fn overflow_result(r: f64, rm: u8, max: f64) -> f64 {
     }
 }
 
+/// IEEE's sign of an exact zero sum: +0 in every mode but round-down,
+/// where it is -0, unless both addends are +0. The host, rounding to
+/// nearest, gives +0 for `x + -x`.
+fn zero_sum_sign(r: f64, x: f64, y: f64, rm: u8) -> f64 {
+    let plus_zero = |v: f64| v == 0.0 && v.is_sign_positive();
+    if r == 0.0 && rm == RDN && !(plus_zero(x) && plus_zero(y)) {
+        -0.0
+    } else {
+        r
+    }
+}
+
 /// A double operation: result and flags.
 pub fn arith64(op: Arith, a: f64, b: f64, rm: u8) -> (f64, u32) {
     let nan_in = a.is_nan() || (op != Arith::Sqrt && b.is_nan());
@@ -248,11 +259,19 @@ pub fn arith64(op: Arith, a: f64, b: f64, rm: u8) -> (f64, u32) {
         let nv = if snan || !nan_in { NV } else { 0 };
         return (f64::from_bits(CANON_F64), nv);
     }
+    let r = match op {
+        Arith::Add => zero_sum_sign(r, a, b, rm),
+        Arith::Sub => zero_sum_sign(r, a, -b, rm),
+        _ => r,
+    };
     let flags = special_flags(op, a, b, r);
     if flags & OF != 0 {
         return (overflow_result(r, rm, f64::MAX), flags);
     }
-    if !r.is_finite() || err == 0 {
+    // With an infinite operand (x/inf = 0, inf+x = inf, ...) or result
+    // (x/0), the result is exact; `err` is only meaningful otherwise.
+    let finite_in = a.is_finite() && (op == Arith::Sqrt || b.is_finite());
+    if !finite_in || !r.is_finite() || err == 0 {
         return (r, flags);
     }
     let r = direct(r, err, rm);
@@ -264,12 +283,20 @@ pub fn arith64(op: Arith, a: f64, b: f64, rm: u8) -> (f64, u32) {
 pub fn arith32(op: Arith, a: f32, b: f32, rm: u8) -> (f32, u32) {
     let snan = snan32(a) || (op != Arith::Sqrt && snan32(b));
     let (r64, f64flags) = arith64(op, f64::from(a), f64::from(b), RNE);
+    // An exact zero sum takes its sign from the mode (the double one was
+    // rounded to nearest).
+    let r64 = match op {
+        Arith::Add => zero_sum_sign(r64, a.into(), b.into(), rm),
+        Arith::Sub => zero_sum_sign(r64, a.into(), (-b).into(), rm),
+        _ => r64,
+    };
     if r64.is_nan() {
         let nan_in = a.is_nan() || (op != Arith::Sqrt && b.is_nan());
         let nv = if snan || !nan_in { NV } else { 0 };
         return (f32::from_bits(CANON_F32), nv);
     }
-    let err64 = if f64flags & NX != 0 { nearest_with_error(op, f64::from(a), f64::from(b)).1 } else { 0 };
+    let finite_in = a.is_finite() && (op == Arith::Sqrt || b.is_finite());
+    let err64 = if f64flags & NX != 0 && finite_in { nearest_with_error(op, f64::from(a), f64::from(b)).1 } else { 0 };
     narrow(r64, err64, rm, f64flags & DZ)
 }
 
@@ -288,21 +315,48 @@ fn narrow(r64: f64, err64: i8, rm: u8, dz: u32) -> (f32, u32) {
     if err == 0 {
         return (r32, 0);
     }
-    let r = direct32(r32, err, rm);
+    let r = if rm == RNE || rm == RMM { nearest_tie(r32, diff, err64, rm) } else { direct32(r32, err, rm) };
     let uf = if r.abs() < f32::MIN_POSITIVE { UF } else { 0 };
     (r, NX | uf)
 }
 
-fn direct32(r: f32, err: i8, rm: u8) -> f32 {
-    let step32 = |x: f32, up: bool| -> f32 {
-        if x == 0.0 {
-            let tiny = f32::from_bits(1);
-            return if up { tiny } else { -tiny };
-        }
-        let away = (x > 0.0) == up;
-        let b = x.to_bits();
-        f32::from_bits(if away { b + 1 } else { b - 1 })
+/// Round to nearest when `r32` is the host's rounding of `r64 = r32 +
+/// diff`: if `r64` lies exactly halfway between two singles, the exact
+/// value (`r64` plus an error of sign `err64`) may not, and a second
+/// rounding would wrongly break the tie; a real tie (no error) goes to
+/// even (RNE, as the host did) or away from zero (RMM).
+fn nearest_tie(r32: f32, diff: f64, err64: i8, rm: u8) -> f32 {
+    if diff == 0.0 {
+        return r32;
+    }
+    let other = step32(r32, diff > 0.0);
+    let half = (f64::from(other) - f64::from(r32)) / 2.0;
+    if diff != half {
+        return r32;
+    }
+    let take_other = match err64 {
+        0 => rm == RMM && other.abs() > r32.abs(),
+        e => e == sign(diff),
     };
+    if take_other {
+        other
+    } else {
+        r32
+    }
+}
+
+/// The neighbour of a finite single one ulp up or down.
+fn step32(x: f32, up: bool) -> f32 {
+    if x == 0.0 {
+        let tiny = f32::from_bits(1);
+        return if up { tiny } else { -tiny };
+    }
+    let away = (x > 0.0) == up;
+    let b = x.to_bits();
+    f32::from_bits(if away { b + 1 } else { b - 1 })
+}
+
+fn direct32(r: f32, err: i8, rm: u8) -> f32 {
     match rm {
         RDN if err < 0 => step32(r, false),
         RUP if err > 0 => step32(r, true),
@@ -311,31 +365,107 @@ fn direct32(r: f32, err: i8, rm: u8) -> f32 {
     }
 }
 
-/// Fused multiply-add variants, in double.
-pub fn fma64(a: f64, b: f64, c: f64) -> (f64, u32) {
+/// Limbs wide enough for `a*b + c - r` of any finite doubles aligned to
+/// the lowest exponent: products reach 2^2048 and go down to 2^-2148.
+const FMA_LIMBS: usize = 72;
+
+/// Add `m * 2^shift` to a little-endian multi-limb number.
+fn add_shifted(acc: &mut [u64; FMA_LIMBS], m: u128, shift: usize) {
+    let (limb, bit) = (shift / 64, (shift % 64) as u32);
+    let (lo, hi) = (m as u64, (m >> 64) as u64);
+    let parts = if bit == 0 { [lo, hi, 0] } else { [lo << bit, (hi << bit) | (lo >> (64 - bit)), hi >> (64 - bit)] };
+    let mut carry = 0u64;
+    for (i, acc_limb) in acc.iter_mut().enumerate().skip(limb) {
+        let add = parts.get(i - limb).copied().unwrap_or(0);
+        if add == 0 && carry == 0 && i >= limb + 3 {
+            break;
+        }
+        let (s1, c1) = acc_limb.overflowing_add(add);
+        let (s2, c2) = s1.overflowing_add(carry);
+        *acc_limb = s2;
+        carry = u64::from(c1) + u64::from(c2);
+    }
+}
+
+/// The sign of the exact sum of `terms`.
+fn exact_sum_sign(terms: &[Exact]) -> i8 {
+    let Some(emin) = terms.iter().filter(|t| t.m != 0).map(|t| t.e).min() else {
+        return 0;
+    };
+    let (mut pos, mut neg) = ([0u64; FMA_LIMBS], [0u64; FMA_LIMBS]);
+    for t in terms.iter().filter(|t| t.m != 0) {
+        let shift = (t.e - emin) as usize;
+        if shift / 64 + 3 > FMA_LIMBS {
+            // Outside the range of finite doubles: not reached.
+            return 0;
+        }
+        add_shifted(if t.neg { &mut neg } else { &mut pos }, t.m, shift);
+    }
+    for i in (0..FMA_LIMBS).rev() {
+        if pos[i] != neg[i] {
+            return if pos[i] > neg[i] { 1 } else { -1 };
+        }
+    }
+    0
+}
+
+/// Nearest-even `a*b + c` and the sign of `exact - result`, or the
+/// special result and flags when an operand is not finite or the result
+/// is not finite.
+fn fma_nearest(a: f64, b: f64, c: f64, snans: [bool; 3]) -> Result<(f64, i8), (f64, u32)> {
     let r = a.mul_add(b, c);
-    fma_flags(r, [snan64(a), snan64(b), snan64(c)], [a, b, c])
-}
-
-/// Fused multiply-add of singles (computed in double, see the module doc).
-pub fn fma32(a: f32, b: f32, c: f32) -> (f32, u32) {
-    let r = f64::from(a).mul_add(f64::from(b), f64::from(c)) as f32;
-    let (r64, flags) = fma_flags(f64::from(r), [snan32(a), snan32(b), snan32(c)], [a.into(), b.into(), c.into()]);
-    (r64 as f32, flags)
-}
-
-fn fma_flags(r: f64, snans: [bool; 3], ins: [f64; 3]) -> (f64, u32) {
+    let ins = [a, b, c];
     let nan_in = ins.iter().any(|x| x.is_nan());
     // inf * 0 is invalid even when the addend is a quiet NaN.
-    let inf_zero = (ins[0].is_infinite() && ins[1] == 0.0) || (ins[1].is_infinite() && ins[0] == 0.0);
+    let inf_zero = (a.is_infinite() && b == 0.0) || (b.is_infinite() && a == 0.0);
     if r.is_nan() {
         let nv = if snans.iter().any(|&s| s) || !nan_in || inf_zero { NV } else { 0 };
-        return (f64::from_bits(CANON_F64), nv);
+        return Err((f64::from_bits(CANON_F64), nv));
     }
-    if r.is_infinite() && ins.iter().all(|x| x.is_finite()) {
-        return (r, OF | NX);
+    if !ins.iter().all(|x| x.is_finite()) {
+        return Err((r, 0));
     }
-    (r, 0)
+    if r.is_infinite() {
+        return Ok((r, 0));
+    }
+    if r == 0.0 {
+        // The host added a zero product to c, or rounded to a zero: the
+        // exact sum decides (an exact zero's sign is the mode's business).
+        let exact = exact_sum_sign(&[Exact::of(a).mul(Exact::of(b)), Exact::of(c)]);
+        if exact == 0 {
+            return Ok((r, 0));
+        }
+    }
+    let minus_r = Exact { neg: !r.is_sign_negative(), ..Exact::of(r) };
+    Ok((r, exact_sum_sign(&[Exact::of(a).mul(Exact::of(b)), Exact::of(c), minus_r])))
+}
+
+/// Fused multiply-add `a*b + c` in double, rounded once in mode `rm`.
+pub fn fma64(a: f64, b: f64, c: f64, rm: u8) -> (f64, u32) {
+    let (r, err) = match fma_nearest(a, b, c, [snan64(a), snan64(b), snan64(c)]) {
+        Ok(v) => v,
+        Err(special) => return special,
+    };
+    if r.is_infinite() {
+        return (overflow_result(r, rm, f64::MAX), OF | NX);
+    }
+    if err == 0 {
+        return (zero_sum_sign(r, a * b, c, rm), 0);
+    }
+    let r = direct(r, err, rm);
+    let uf = if r.abs() < f64::MIN_POSITIVE { UF } else { 0 };
+    (r, NX | uf)
+}
+
+/// Fused multiply-add of singles: the double result and its exact error
+/// sign, then one correct rounding to single.
+pub fn fma32(a: f32, b: f32, c: f32, rm: u8) -> (f32, u32) {
+    let snans = [snan32(a), snan32(b), snan32(c)];
+    match fma_nearest(a.into(), b.into(), c.into(), snans) {
+        Ok((r64, 0)) if r64 == 0.0 => (zero_sum_sign(r64, f64::from(a) * f64::from(b), c.into(), rm) as f32, 0),
+        Ok((r64, err)) => narrow(r64, err, rm, 0),
+        Err((r, flags)) => (r as f32, flags),
+    }
 }
 
 /// `fmin`/`fmax` (IEEE 754-2019 minimumNumber/maximumNumber: a NaN
@@ -560,6 +690,18 @@ mod tests {
         assert_eq!(arith64(Arith::Div, 1.0, 3.0, RTZ).0, down);
         assert_eq!(arith64(Arith::Add, 1.0, 2.0, RUP), (3.0, 0));
         assert_eq!(arith64(Arith::Div, 1.0, 0.0, RNE), (f64::INFINITY, DZ));
+        // Infinite operands give exact results (found by tests/programs/fprand.c).
+        assert_eq!(arith64(Arith::Div, -3.5, f64::NEG_INFINITY, RDN), (0.0, 0));
+        assert_eq!(arith64(Arith::Mul, f64::INFINITY, -2.0, RNE), (f64::NEG_INFINITY, 0));
+        assert_eq!(arith32(Arith::Div, 1e30, f32::INFINITY, RUP), (0.0, 0));
+        // x - x is -0 rounding down, +0 otherwise; +0 + +0 stays +0.
+        assert!(arith64(Arith::Sub, 2.5, 2.5, RDN).0.is_sign_negative());
+        assert!(arith64(Arith::Sub, 2.5, 2.5, RTZ).0.is_sign_positive());
+        assert!(arith64(Arith::Add, 0.0, 0.0, RDN).0.is_sign_positive());
+        assert!(arith64(Arith::Add, 0.0, -0.0, RDN).0.is_sign_negative());
+        assert!(arith32(Arith::Add, 1.5, -1.5, RDN).0.is_sign_negative());
+        assert!(fma64(2.0, 3.0, -6.0, RDN).0.is_sign_negative());
+        assert!(fma64(2.0, 3.0, -6.0, RNE).0.is_sign_positive());
         assert_eq!(arith64(Arith::Mul, f64::MAX, 2.0, RTZ), (f64::MAX, OF | NX));
         let (r, f) = arith64(Arith::Sub, f64::INFINITY, f64::INFINITY, RNE);
         assert_eq!((r.to_bits(), f), (CANON_F64, NV));
@@ -582,6 +724,32 @@ mod tests {
         let third_up = arith64(Arith::Div, 1.0, 3.0, RUP).0;
         assert_eq!(arith64(Arith::Mul, 3.0, third_up, RUP), (1.0 + f64::EPSILON, NX));
         assert_eq!(arith64(Arith::Mul, 3.0, third_up, RNE), (1.0, NX));
+    }
+
+    #[test]
+    fn fused_multiply_add() {
+        // 0.1*10 - 1 is 2^-54 exactly (0.1 is not 1/10): inexact in two
+        // steps, exact in one.
+        assert_eq!(fma64(0.1, 10.0, -1.0, RNE), (5.551115123125783e-17, 0));
+        let (r, f) = fma64(1.0, 1.0, 1e-30, RNE);
+        assert_eq!((r, f), (1.0, NX));
+        assert_eq!(fma64(1.0, 1.0, 1e-30, RUP), (1.0 + f64::EPSILON, NX));
+        assert_eq!(fma64(1.0, 1.0, -1e-30, RDN), (1.0 - f64::EPSILON / 2.0, NX));
+        assert_eq!(fma64(1e-200, 1e-200, 0.0, RNE), (0.0, UF | NX));
+        assert_eq!(fma64(f64::MAX, 2.0, 0.0, RTZ), (f64::MAX, OF | NX));
+        let (r, f) = fma64(f64::INFINITY, 0.0, f64::NAN, RNE);
+        assert_eq!((r.to_bits(), f), (CANON_F64, NV));
+        assert_eq!(fma32(3.0, 5.0, -1.0, RNE), (14.0, 0));
+        assert_eq!(fma32(1.0, 1.0, 1e-20, RUP), (1.0 + f32::EPSILON, NX));
+        // A real tie goes to even: (1 + 2^-12)^2 - 2^-11 = 1 + 2^-24.
+        let a = 1.0 + 2f32.powi(-12);
+        assert_eq!(fma32(a, a, -2f32.powi(-11), RNE), (1.0, NX));
+        // a*b + c = 1 + 2^-23 + 2^-24 - 2^-64: rounded to double it is a
+        // tie between 1 + 2^-23 and 1 + 2^-22 (even), but the value is
+        // below it, so the single is 1 + 2^-23.
+        let a = (1.0 + 2f32.powi(-20)) * 2f32.powi(-12);
+        let b = (1.0 - 2f32.powi(-20)) * 2f32.powi(-12);
+        assert_eq!(fma32(a, b, 1.0 + 2f32.powi(-23), RNE), (f32::from_bits(0x3f80_0001), NX));
     }
 
     #[test]

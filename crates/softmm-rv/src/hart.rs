@@ -347,14 +347,14 @@ impl Hart {
         match inst {
             Inst::FOp { op, double, rd, rs1, rs2, rm } => self.fp_op(op, double, rd, rs1, rs2, rm)?,
             Inst::Fma { op, double, rd, rs1, rs2, rs3, rm } => {
-                self.rounding(rm)?;
+                let rm = self.rounding(rm)?;
                 let (r, flags) = if double {
                     let (a, b, c) = fma_operands(op, self.fd(rs1), self.fd(rs2), self.fd(rs3));
-                    let (r, fl) = fpu::fma64(a, b, c);
+                    let (r, fl) = fpu::fma64(a, b, c, rm);
                     (fpu::d_result(r), fl)
                 } else {
                     let (a, b, c) = fma_operands(op, self.fs(rs1), self.fs(rs2), self.fs(rs3));
-                    let (r, fl) = fpu::fma32(a, b, c);
+                    let (r, fl) = fpu::fma32(a, b, c, rm);
                     (fpu::box_result(r), fl)
                 };
                 self.f[rd as usize] = r;

@@ -223,6 +223,12 @@ fn rounding_modes_and_exception_flags() {
     same_as_native("fenv", &[]);
 }
 
+/// Thousands of random operations in every rounding mode, bits and flags.
+#[test]
+fn random_float_operations_bit_exact() {
+    same_as_native("fprand", &[]);
+}
+
 #[test]
 fn reads_standard_input_to_the_end() {
     same_as_native_with_input("stdin", &[], b"first line\nsecond, longer line\n\nno newline at the end");
@@ -274,7 +280,7 @@ fn unknown_system_calls_are_reported() {
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 14] = [
+    let cases: [(&str, &[&str], &[u8]); 15] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -288,6 +294,7 @@ fn same_as_qemu() {
         ("sigill", &["trap"], b""),
         ("stdin", &[], b"some\ninput\n"),
         ("fenv", &[], b""),
+        ("fprand", &[], b""),
         ("jit", &[], b""),
     ];
     for (name, args, stdin) in cases {
