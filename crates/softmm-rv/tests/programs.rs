@@ -223,6 +223,12 @@ fn rounding_modes_and_exception_flags() {
     same_as_native("fenv", &[]);
 }
 
+/// Random integer operations of every width (mulh*, *w, div/rem, shifts).
+#[test]
+fn random_integer_operations() {
+    same_as_native("intrand", &[]);
+}
+
 /// Thousands of random operations in every rounding mode, bits and flags.
 #[test]
 fn random_float_operations_bit_exact() {
@@ -280,7 +286,7 @@ fn unknown_system_calls_are_reported() {
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 15] = [
+    let cases: [(&str, &[&str], &[u8]); 16] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -295,6 +301,7 @@ fn same_as_qemu() {
         ("stdin", &[], b"some\ninput\n"),
         ("fenv", &[], b""),
         ("fprand", &[], b""),
+        ("intrand", &[], b""),
         ("jit", &[], b""),
     ];
     for (name, args, stdin) in cases {
