@@ -81,6 +81,13 @@ impl Input {
         }
     }
 
+    /// Give back the last `n` bytes read (an in-memory input only).
+    pub fn unread(&mut self, n: usize) {
+        if let Input::Bytes(_, pos) = self {
+            *pos = pos.saturating_sub(n);
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(self, Input::Host) && std::io::stdin().is_terminal()
     }

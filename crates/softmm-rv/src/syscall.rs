@@ -59,6 +59,7 @@ pub mod nr {
 /// Names of system calls for the unknown-call report.
 pub fn name(n: u64) -> &'static str {
     match n {
+        nr::FUTEX => "futex (op)",
         17 => "getcwd",
         23 => "dup",
         25 => "fcntl",
@@ -232,7 +233,9 @@ impl Kernel {
         }
     }
 
+    /// write: at most 1 MiB per call (a short write, as a pipe may make).
     fn write(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
+        self.out(fd)?;
         let mut data = vec![0u8; len.min(1 << 20) as usize];
         hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
         let out = self.out(fd)?;
@@ -240,13 +243,20 @@ impl Kernel {
         Ok(data.len() as u64)
     }
 
+    /// read of fd 0. At end of file the buffer is not touched (0, as
+    /// Linux answers even for a bad pointer); bytes that cannot be copied
+    /// to a bad buffer go back to an in-memory input (a pipe's keep them
+    /// too), and are lost only from the host's stdin.
     fn read(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
         if fd != 0 {
             return Err(EBADF);
         }
         let mut data = vec![0u8; len.min(1 << 20) as usize];
         let n = self.stdin.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        hart.mem.write_bytes(buf, &data[..n]).map_err(|_| EFAULT)?;
+        if hart.mem.write_bytes(buf, &data[..n]).is_err() {
+            self.stdin.unread(n);
+            return Err(EFAULT);
+        }
         Ok(n as u64)
     }
 
@@ -416,6 +426,9 @@ impl Kernel {
     }
 
     fn readlinkat(&mut self, hart: &mut Hart, path: u64, buf: u64, size: u64) -> SysResult {
+        if size == 0 || size > i32::MAX as u64 {
+            return Err(EINVAL);
+        }
         let p = hart.mem.read_cstr(path, 4096).map_err(|_| EFAULT)?;
         if p != b"/proc/self/exe" {
             return Err(ENOENT);
