@@ -9,9 +9,12 @@ use softmm::{Accessor, Error, GuestWords, SegvKind};
 pub enum FaultKind {
     /// SIGSEGV: no mapping (`SEGV_MAPERR`) or not permitted (`SEGV_ACCERR`).
     Segv(SegvKind),
-    /// SIGBUS: a misaligned atomic, or memory that could not be provided
-    /// (swap I/O error, no frame left).
+    /// SIGBUS: a misaligned atomic, or a page that could not be read back
+    /// (swap I/O error).
     Bus,
+    /// No frame left for the page: Linux's OOM killer would end the
+    /// process (SIGKILL).
+    OutOfMemory,
 }
 
 /// A guest access that faulted: the address and the kind.
@@ -27,6 +30,7 @@ impl GuestFault {
         match self.kind {
             FaultKind::Segv(_) => crate::signal::SIGSEGV,
             FaultKind::Bus => crate::signal::SIGBUS,
+            FaultKind::OutOfMemory => crate::signal::SIGKILL,
         }
     }
 }
@@ -36,6 +40,7 @@ impl std::fmt::Display for GuestFault {
         match self.kind {
             FaultKind::Segv(k) => write!(f, "segmentation fault at {:#x} ({k})", self.addr),
             FaultKind::Bus => write!(f, "bus error at {:#x}", self.addr),
+            FaultKind::OutOfMemory => write!(f, "out of memory at {:#x}", self.addr),
         }
     }
 }
@@ -44,6 +49,7 @@ fn fault(addr: u64, e: Error) -> GuestFault {
     let kind = match e {
         Error::Segv { kind, .. } => FaultKind::Segv(kind),
         Error::Fault { .. } | Error::Exited => FaultKind::Segv(SegvKind::MapErr),
+        Error::NoMemory(_) | Error::SwapFull(_) | Error::SwapExhausted { .. } => FaultKind::OutOfMemory,
         _ => FaultKind::Bus,
     };
     let addr = match e {

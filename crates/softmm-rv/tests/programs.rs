@@ -330,6 +330,25 @@ fn same_as_qemu() {
     });
 }
 
+/// Memory running out (a small frame arena) ends the program as a kernel
+/// would end it, without taking the host down.
+#[test]
+fn out_of_memory_is_not_a_host_failure() {
+    toolchain();
+    let rv = compile("malloc", Build::Riscv);
+    let mut opts = ExecOptions::new(&rv);
+    let (out, _) = Output::capture();
+    let (err, err_buf) = Output::capture();
+    opts.stdout = out;
+    opts.stderr = err;
+    opts.arena_bytes = 4 << 20;
+    let exit = exec(&rv, opts).unwrap();
+    let stderr = String::from_utf8_lossy(&err_buf.lock().unwrap()).into_owned();
+    // The page fault that finds no frame: the OOM killer's SIGKILL.
+    assert_eq!(exit.status, 128 + 9, "{stderr}");
+    assert!(stderr.contains("Killed (out of memory at"), "{stderr}");
+}
+
 #[test]
 fn bad_executables_are_errors() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-bad");
