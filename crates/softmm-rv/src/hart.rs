@@ -118,16 +118,18 @@ impl Hart {
         Ok((inst, raw))
     }
 
+    // Register numbers come from 5-bit fields: the mask only tells the
+    // compiler so (no bounds check).
     #[inline]
     fn set(&mut self, rd: u8, v: u64) {
         if rd != 0 {
-            self.x[rd as usize] = v;
+            self.x[(rd & 31) as usize] = v;
         }
     }
 
     #[inline]
     fn r(&self, r: u8) -> u64 {
-        self.x[r as usize]
+        self.x[(r & 31) as usize]
     }
 
     fn execute(&mut self, inst: Inst, raw: u32, next: u64) -> Result<(), Stop> {
@@ -207,12 +209,12 @@ impl Hart {
             }
             Inst::FLoad { double, rd, rs1, imm } => {
                 let addr = self.r(rs1).wrapping_add(imm as i64 as u64);
-                self.f[rd as usize] =
+                self.f[(rd & 31) as usize] =
                     if double { self.mem.load(addr, 8)? } else { self.mem.load(addr, 4)? | 0xffff_ffff_0000_0000 };
             }
             Inst::FStore { double, rs1, rs2, imm } => {
                 let addr = self.r(rs1).wrapping_add(imm as i64 as u64);
-                self.mem.store(addr, if double { 8 } else { 4 }, self.f[rs2 as usize])?;
+                self.mem.store(addr, if double { 8 } else { 4 }, self.f[(rs2 & 31) as usize])?;
             }
             _ => self.execute_fp(inst).ok_or(Stop::Illegal { pc, raw })?,
         }
@@ -335,10 +337,10 @@ impl Hart {
     }
 
     fn fs(&self, r: u8) -> f32 {
-        fpu::unbox(self.f[r as usize])
+        fpu::unbox(self.f[(r & 31) as usize])
     }
     fn fd(&self, r: u8) -> f64 {
-        f64::from_bits(self.f[r as usize])
+        f64::from_bits(self.f[(r & 31) as usize])
     }
 
     /// The F and D instructions other than loads and stores; `None` for an
@@ -357,7 +359,7 @@ impl Hart {
                     let (r, fl) = fpu::fma32(a, b, c, rm);
                     (fpu::box_result(r), fl)
                 };
-                self.f[rd as usize] = r;
+                self.f[(rd & 31) as usize] = r;
                 self.raise(flags);
             }
             Inst::FCmp { op, double, rd, rs1, rs2 } => {
@@ -383,7 +385,7 @@ impl Hart {
                     let (r, f) = fpu::int_to_f32(v, from, rm);
                     (fpu::boxed(r), f)
                 };
-                self.f[rd as usize] = r;
+                self.f[(rd & 31) as usize] = r;
                 self.raise(flags);
             }
             Inst::FCvtFloat { to_double, rd, rs1, rm } => {
@@ -395,16 +397,16 @@ impl Hart {
                     let (r, f) = fpu::f64_to_f32(self.fd(rs1), rm);
                     (fpu::box_result(r), f)
                 };
-                self.f[rd as usize] = r;
+                self.f[(rd & 31) as usize] = r;
                 self.raise(flags);
             }
             Inst::FMvToInt { double, rd, rs1 } => {
-                let v = self.f[rs1 as usize];
+                let v = self.f[(rs1 & 31) as usize];
                 self.set(rd, if double { v } else { v as u32 as i32 as i64 as u64 });
             }
             Inst::FMvFromInt { double, rd, rs1 } => {
                 let v = self.r(rs1);
-                self.f[rd as usize] = if double { v } else { fpu::boxed(f32::from_bits(v as u32)) };
+                self.f[(rd & 31) as usize] = if double { v } else { fpu::boxed(f32::from_bits(v as u32)) };
             }
             Inst::FClass { double, rd, rs1 } => {
                 let c = if double {
@@ -464,7 +466,7 @@ impl Hart {
         } else {
             (self.sign_inject(op, double, rs1, rs2), 0)
         };
-        self.f[rd as usize] = r;
+        self.f[(rd & 31) as usize] = r;
         self.raise(flags);
         Some(())
     }
@@ -473,7 +475,7 @@ impl Hart {
     /// unboxed single operand is the canonical NaN, though).
     fn sign_inject(&self, op: FpOp, double: bool, rs1: u8, rs2: u8) -> u64 {
         let (a, b, sign) = if double {
-            (self.f[rs1 as usize], self.f[rs2 as usize], 1u64 << 63)
+            (self.f[(rs1 & 31) as usize], self.f[(rs2 & 31) as usize], 1u64 << 63)
         } else {
             (u64::from(self.fs(rs1).to_bits()), u64::from(self.fs(rs2).to_bits()), 1u64 << 31)
         };
