@@ -161,7 +161,7 @@ fn check_load(p: &Phdr, file_len: u64) -> Result<(), ElfError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal valid header with one PT_LOAD of 16 bytes at 0x10000.

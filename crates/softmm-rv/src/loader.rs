@@ -237,3 +237,109 @@ fn build_stack(mm: &Mm, elf: &Elf, info: &StartInfo<'_>, phdr: u64, entry: u64) 
     mm.write(sp, &bytes)?;
     Ok(sp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use softmm::{Config, Machine};
+
+    fn read_u64(mm: &Mm, addr: u64) -> u64 {
+        let mut b = [0u8; 8];
+        mm.read(addr, &mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    fn read_str(mm: &Mm, addr: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        for a in addr.. {
+            mm.read(a, &mut b).unwrap();
+            if b[0] == 0 {
+                break;
+            }
+            out.push(b[0]);
+        }
+        out
+    }
+
+    fn load_tiny(argv: &[Vec<u8>], envp: &[Vec<u8>]) -> Result<(Machine, Mm, Image), LoadError> {
+        let file = crate::elf::tests::tiny();
+        let elf = Elf::parse(&file).unwrap();
+        let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() }).unwrap();
+        let mm = machine.new_mm().unwrap();
+        let info = StartInfo { argv, envp, execfn: b"/bin/prog", random: [7; 16], ids: [1, 2, 3, 4] };
+        let image = load(&mm, &file, &elf, &info)?;
+        Ok((machine, mm, image))
+    }
+
+    /// The stack as Linux's create_elf_tables builds it, word by word.
+    #[test]
+    fn initial_stack_layout() {
+        let argv = [b"prog".to_vec(), b"-x".to_vec()];
+        let envp = [b"A=1".to_vec()];
+        let (_m, mm, image) = load_tiny(&argv, &envp).unwrap();
+        assert_eq!(image.entry, 0x10078);
+        assert_eq!(image.brk, 0x11000);
+        assert_eq!(image.phdr, 0x10040);
+        assert_eq!(image.sp % 16, 0);
+        let sp = image.sp;
+        assert_eq!(read_u64(&mm, sp), 2);
+        let (a0, a1) = (read_u64(&mm, sp + 8), read_u64(&mm, sp + 16));
+        assert_eq!(read_u64(&mm, sp + 24), 0);
+        let e0 = read_u64(&mm, sp + 32);
+        assert_eq!(read_u64(&mm, sp + 40), 0);
+        assert_eq!(
+            (read_str(&mm, a0), read_str(&mm, a1), read_str(&mm, e0)),
+            (argv[0].clone(), argv[1].clone(), envp[0].clone())
+        );
+        // Strings ascend: argv, envp, then the file name; an 8-byte zero
+        // word ends the stack.
+        assert!(a0 < a1 && a1 < e0);
+        let total = (5 + 3 + 4 + 10) as u64;
+        assert_eq!(a0, STACK_TOP - 8 - total);
+        assert_eq!(read_u64(&mm, STACK_TOP - 8), 0);
+        let mut auxv = Vec::new();
+        let mut p = sp + 48;
+        loop {
+            let (k, v) = (read_u64(&mm, p), read_u64(&mm, p + 8));
+            auxv.push((k, v));
+            p += 16;
+            if k == AT_NULL {
+                break;
+            }
+        }
+        let get = |k| auxv.iter().find(|e| e.0 == k).map(|e| e.1);
+        assert_eq!(get(AT_HWCAP), Some(0x112d));
+        assert_eq!(get(AT_PAGESZ), Some(4096));
+        assert_eq!(get(AT_PHDR), Some(0x10040));
+        assert_eq!(get(AT_PHENT), Some(56));
+        assert_eq!(get(AT_PHNUM), Some(1));
+        assert_eq!(get(AT_BASE), Some(0));
+        assert_eq!(get(AT_ENTRY), Some(0x10078));
+        assert_eq!((get(AT_UID), get(AT_EUID), get(AT_GID), get(AT_EGID)), (Some(1), Some(2), Some(3), Some(4)));
+        assert_eq!(get(AT_SECURE), Some(0));
+        assert_eq!(get(AT_CLKTCK), Some(100));
+        let execfn = get(AT_EXECFN).unwrap();
+        assert_eq!((read_str(&mm, execfn), execfn), (b"/bin/prog".to_vec(), e0 + 4));
+        // AT_RANDOM: 16 bytes right below the strings, aligned down to 16.
+        let random = get(AT_RANDOM).unwrap();
+        assert_eq!(random, (a0 & !15) - 16);
+        let mut r = [0u8; 16];
+        mm.read(random, &mut r).unwrap();
+        assert_eq!(r, [7; 16]);
+        // The tables end right below AT_RANDOM, rounded down to 16.
+        assert_eq!(p, sp + 8 * (1 + 3 + 2 + 2 * auxv.len() as u64));
+        assert!(p <= random && random - p < 16);
+        // The segment: its bytes, read-only.
+        let mut b = [0u8; 4];
+        mm.read(0x10000, &mut b).unwrap();
+        assert_eq!(&b, b"\x7fELF");
+        assert!(mm.write(0x10000, b"x").is_err());
+    }
+
+    #[test]
+    fn arguments_too_long_is_an_error() {
+        let huge = vec![vec![b'a'; 1 << 20]; 9];
+        assert!(matches!(load_tiny(&huge, &[]), Err(LoadError::ArgsTooLong)));
+    }
+}
