@@ -19,6 +19,10 @@
 //!   traces on softmm (with Linux's futex keys) and on Linux and compares;
 //!   `softmm gen` writes random traces and `softmm fuzz` diffs many of them.
 //!
+//! - `softmm exec [--syscall-report] PROGRAM [ARGS...]` runs a static
+//!   riscv64 Linux program on softmm (`softmm-rv`); the status is the
+//!   program's.
+//!
 //! Errors (bad arguments, library errors, failed verification) end the
 //! process with a message on stderr and a non-zero status; nothing that user
 //! input can reach panics. A closed stdout (`softmm diff ... | head -1`)
@@ -26,6 +30,7 @@
 
 mod bench;
 mod error;
+mod exec_cmd;
 mod memlimit;
 mod report;
 mod run;
@@ -65,6 +70,9 @@ enum Command {
     /// Diff many random traces against Linux; print a minimized trace for each
     /// difference.
     Fuzz(FuzzArgs),
+    /// Run a static riscv64 Linux program (ELF executable or static-PIE) on
+    /// softmm; the status is the program's (128 + signal if a fault ended it).
+    Exec(ExecArgs),
     /// Internal: a Linux-side trace worker process.
     #[command(name = "__linux-worker", hide = true)]
     LinuxWorker { socket: String, name: String },
@@ -94,6 +102,19 @@ struct ReplayArgs {
     audit: trace::exec_softmm::Audit,
     #[command(flatten)]
     mem: MemArgs,
+}
+
+#[derive(Args, Debug)]
+struct ExecArgs {
+    /// At exit, print the system calls answered ENOSYS and their counts to
+    /// stderr (also with SOFTMM_SYSCALL_REPORT=1 in the environment).
+    #[arg(long)]
+    syscall_report: bool,
+    /// The program.
+    program: std::path::PathBuf,
+    /// Its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
 }
 
 /// The memory limit and swap of `run` and `replay`.
@@ -311,6 +332,16 @@ fn main() -> ExitCode {
             return verdict(trace_cmd::fuzz(a.traces, a.ops as usize, a.first_seed, a.page_tables, a.profile));
         }
         Command::LinuxWorker { socket, name } => trace_cmd::worker(&socket, &name),
+        Command::Exec(a) => {
+            let opts = exec_cmd::ExecOpts { program: a.program, args: a.args, syscall_report: a.syscall_report };
+            return match exec_cmd::exec(&opts) {
+                Ok(status) => ExitCode::from(status),
+                Err(e) => {
+                    eprintln!("softmm exec: {e}");
+                    ExitCode::from(EXIT_EXEC_FAILED)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -321,6 +352,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Status of `softmm exec` when the program could not be started (the
+/// shell's "command not executable").
+const EXIT_EXEC_FAILED: u8 = 126;
 
 /// Exit status of a comparison: 0 all same, 1 some differ, 2 could not run.
 fn verdict(r: error::CliResult<bool>) -> ExitCode {

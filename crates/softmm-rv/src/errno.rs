@@ -1,0 +1,13 @@
+//! The Linux errno values the system-call layer answers with (the
+//! asm-generic numbering riscv64 uses).
+
+pub const ENOENT: i32 = 2;
+pub const ESRCH: i32 = 3;
+pub const EIO: i32 = 5;
+pub const EBADF: i32 = 9;
+pub const EAGAIN: i32 = 11;
+pub const EFAULT: i32 = 14;
+pub const ENODEV: i32 = 19;
+pub const EINVAL: i32 = 22;
+pub const ENOTTY: i32 = 25;
+pub const ENOSYS: i32 = 38;

@@ -1,0 +1,165 @@
+//! Decoded-instruction caches: each hart keeps the [`Inst`]s it decoded,
+//! per 4 KiB page of code, so a hot loop is fetched through the softmm
+//! accessor and decoded once, not at every step.
+//!
+//! Staleness is softmm's to report. One [`CodeWatch`] per address space is
+//! an MMU notifier: an invalidation that can change what a code address
+//! holds or whether it may be fetched (unmap, a replacing `MAP_FIXED`,
+//! `MADV_DONTNEED`, reduced protection, teardown) and that overlaps the
+//! span of pages any hart has cached bumps the watch's generation; a hart
+//! whose cache was filled under an older generation drops it before its
+//! next lookup. Copy-on-write, swap-out and migration move frames without
+//! changing their bytes and leave the caches alone. Stores to code are seen
+//! after `fence.i` (this hart) or the `riscv_flush_icache` system call
+//! (every hart), which is what RISC-V asks of self-modifying programs.
+//!
+//! Instructions that cross a page boundary are not cached (they are fetched
+//! every time).
+
+use crate::decode::Inst;
+use softmm::notifier::{Again, Event, MmuNotifier, Range};
+use softmm::{Mm, Subscription};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Most pages a hart caches before it starts over (each page is 32 KiB of
+/// decoded slots).
+const MAX_PAGES: usize = 1024;
+/// Slots per page: one per 2-byte instruction start.
+const SLOTS: usize = 2048;
+
+/// One address space's invalidation generation, and the span of pages
+/// whose code some hart may have cached.
+pub struct CodeWatch {
+    gen: AtomicU64,
+    lo: AtomicU64,
+    hi: AtomicU64,
+}
+
+impl CodeWatch {
+    /// A watch subscribed to `mm`'s notifiers; `None` in a softmm built
+    /// without notifiers (nobody would tell the caches, so harts must not
+    /// have one). Keep the subscription as long as harts run.
+    pub fn register(mm: &Mm) -> Option<(Arc<CodeWatch>, Subscription)> {
+        if !softmm::notifier::NOTIFIERS_COMPILED {
+            return None;
+        }
+        let w = Arc::new(CodeWatch { gen: AtomicU64::new(0), lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0) });
+        let sub = mm.register_notifier(w.clone());
+        Some((w, sub))
+    }
+
+    /// Drop every hart's cache (`riscv_flush_icache`).
+    pub fn flush_all(&self) {
+        self.gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Widen the watched span to the page of `pc`, then read the
+    /// generation: a change after this read makes the caller's fill stale.
+    fn watch_page(&self, pc: u64) -> u64 {
+        let page = pc & !0xfff;
+        self.lo.fetch_min(page, Ordering::SeqCst);
+        self.hi.fetch_max(page + 0x1000, Ordering::SeqCst);
+        self.gen.load(Ordering::SeqCst)
+    }
+}
+
+impl MmuNotifier for CodeWatch {
+    fn invalidate_range_start(&self, range: &Range) -> Result<(), Again> {
+        let changes_code = matches!(range.event, Event::Unmap | Event::Clear | Event::Protection | Event::Release);
+        if changes_code && range.start < self.hi.load(Ordering::SeqCst) && range.end > self.lo.load(Ordering::SeqCst) {
+            self.gen.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, _range: &Range) {}
+}
+
+type Slot = Option<(Inst, u32)>;
+
+/// One hart's cache.
+pub struct ICache {
+    watch: Arc<CodeWatch>,
+    /// The generation the cached pages were filled under.
+    seen: u64,
+    index: HashMap<u64, usize>,
+    pages: Vec<Box<[Slot; SLOTS]>>,
+    /// The page of the last lookup, as (page number + 1, index); 0: none.
+    last: (u64, usize),
+}
+
+/// A fill in progress: the generation read before the fetch.
+#[derive(Clone, Copy)]
+pub struct Ticket(u64);
+
+impl ICache {
+    pub fn new(watch: Arc<CodeWatch>) -> ICache {
+        let seen = watch.gen.load(Ordering::SeqCst);
+        ICache { watch, seen, index: HashMap::new(), pages: Vec::new(), last: (0, 0) }
+    }
+
+    /// Forget everything (this hart's `fence.i`).
+    pub fn flush(&mut self) {
+        self.index.clear();
+        self.pages.clear();
+        self.last = (0, 0);
+    }
+
+    /// The watch this cache follows.
+    pub fn watch(&self) -> &Arc<CodeWatch> {
+        &self.watch
+    }
+
+    /// The decoded instruction at `pc` and its raw bits, if cached and
+    /// still valid.
+    #[inline]
+    pub fn lookup(&mut self, pc: u64) -> Option<(Inst, u32)> {
+        if self.watch.gen.load(Ordering::Acquire) != self.seen {
+            self.flush();
+            return None;
+        }
+        let tag = (pc >> 12) + 1;
+        let i = if self.last.0 == tag {
+            self.last.1
+        } else {
+            let i = *self.index.get(&tag)?;
+            self.last = (tag, i);
+            i
+        };
+        self.pages[i][((pc & 0xfff) >> 1) as usize]
+    }
+
+    /// Before fetching `pc` for a fill.
+    #[inline]
+    pub fn begin_fill(&self, pc: u64) -> Ticket {
+        Ticket(self.watch.watch_page(pc))
+    }
+
+    /// Cache what the fetch begun with `ticket` found, unless an
+    /// invalidation came in between or the instruction crosses a page.
+    pub fn fill(&mut self, ticket: Ticket, pc: u64, inst: Inst, raw: u32) {
+        let len = crate::decode::inst_len(raw);
+        if (pc & 0xfff) + len > 0x1000 || self.watch.gen.load(Ordering::SeqCst) != ticket.0 {
+            return;
+        }
+        if ticket.0 != self.seen {
+            self.flush();
+            self.seen = ticket.0;
+        }
+        let tag = (pc >> 12) + 1;
+        let i = match self.index.get(&tag) {
+            Some(&i) => i,
+            None => {
+                if self.pages.len() >= MAX_PAGES {
+                    self.flush();
+                }
+                self.pages.push(Box::new([None; SLOTS]));
+                self.index.insert(tag, self.pages.len() - 1);
+                self.pages.len() - 1
+            }
+        };
+        self.pages[i][((pc & 0xfff) >> 1) as usize] = Some((inst, raw));
+    }
+}

@@ -1,0 +1,35 @@
+//! softmm-rv: a RISC-V 64-bit Linux user-mode machine over softmm.
+//!
+//! A static riscv64 executable (ET_EXEC or static-PIE) is loaded into a
+//! softmm address space ([`loader`], [`elf`]) with the initial stack Linux
+//! builds; one hart ([`hart`]) interprets RV64GC, fetching, loading and
+//! storing through its own softmm accessor ([`mem`]), with LR/SC and AMOs
+//! as host atomics, and keeps what it decoded per page ([`icache`],
+//! invalidated through softmm's MMU notifiers); `ecall`s go to a Linux system-call layer
+//! ([`syscall`]) whose memory calls are softmm's. A guest fault is a value
+//! ([`mem::GuestFault`]) that ends the process as SIGSEGV/SIGBUS would,
+//! never a host panic.
+//!
+//! ```no_run
+//! use softmm_rv::{exec, ExecOptions};
+//! use std::path::Path;
+//!
+//! let exit = exec(Path::new("hello.riscv"), ExecOptions::new(Path::new("hello.riscv")))?;
+//! std::process::exit(exit.status);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod decode;
+pub mod elf;
+pub mod errno;
+pub mod fpu;
+pub mod hart;
+pub mod icache;
+pub mod io;
+pub mod loader;
+pub mod mem;
+pub mod process;
+pub mod signal;
+pub mod syscall;
+
+pub use process::{exec, report, ExecError, ExecOptions, ExitInfo};

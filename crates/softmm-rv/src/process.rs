@@ -1,0 +1,146 @@
+//! Running a program: read and load the executable into a fresh softmm
+//! address space, start one hart, and serve its system calls until it
+//! exits or a fault ends it.
+
+use crate::elf::Elf;
+use crate::hart::{Hart, Stop};
+use crate::icache::{CodeWatch, ICache};
+use crate::io::{Input, Output};
+use crate::loader::{load, LoadError, StartInfo};
+use crate::mem::Memory;
+use crate::signal::{describe, SIGILL, SIGTRAP};
+use crate::syscall::{Flow, Kernel};
+use softmm::{Config, Machine};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// How to run a program.
+#[derive(Clone, Debug)]
+pub struct ExecOptions {
+    /// The argument vector, `argv[0]` included.
+    pub argv: Vec<Vec<u8>>,
+    /// The environment, `NAME=value` strings.
+    pub envp: Vec<Vec<u8>>,
+    pub stdin: Input,
+    pub stdout: Output,
+    pub stderr: Output,
+    /// At exit, print the unknown system calls and their counts to the
+    /// guest's stderr stream.
+    pub report_syscalls: bool,
+    /// Bytes of host address space the machine reserves for frames.
+    pub arena_bytes: u64,
+}
+
+impl ExecOptions {
+    /// The host's streams, no environment, `argv = [program]`.
+    pub fn new(program: &Path) -> ExecOptions {
+        ExecOptions {
+            argv: vec![program.as_os_str().as_encoded_bytes().to_vec()],
+            envp: Vec::new(),
+            stdin: Input::Host,
+            stdout: Output::HostStdout,
+            stderr: Output::HostStderr,
+            report_syscalls: false,
+            arena_bytes: 4 << 30,
+        }
+    }
+}
+
+/// How the program ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The status a shell would see: the exit code, or 128 + signal.
+    pub status: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Instructions retired.
+    pub instret: u64,
+    /// System calls answered ENOSYS, by number.
+    pub unknown_syscalls: BTreeMap<u64, u64>,
+}
+
+/// Why a program could not be started.
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("cannot load {path}: {err}")]
+    Load { path: PathBuf, err: LoadError },
+    #[error("cannot create the machine: {0}")]
+    Machine(#[from] softmm::Error),
+}
+
+/// Run `program` to completion.
+pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
+    let file = std::fs::read(program).map_err(|err| ExecError::Read { path: program.into(), err })?;
+    let load_err = |err: LoadError| ExecError::Load { path: program.into(), err };
+    let elf = Elf::parse(&file).map_err(|e| load_err(e.into()))?;
+    let machine = Machine::new(Config { arena_bytes: opts.arena_bytes, ..Config::default() })?;
+    let mm = machine.new_mm()?;
+    let mut random = [0u8; 16];
+    crate::io::random_bytes(&mut random).map_err(|err| ExecError::Read { path: "getrandom".into(), err })?;
+    let ids = [
+        u64::from(rustix::process::getuid().as_raw()),
+        u64::from(rustix::process::geteuid().as_raw()),
+        u64::from(rustix::process::getgid().as_raw()),
+        u64::from(rustix::process::getegid().as_raw()),
+    ];
+    let execfn = program.as_os_str().as_encoded_bytes().to_vec();
+    let info = StartInfo { argv: &opts.argv, envp: &opts.envp, execfn: &execfn, random, ids };
+    let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
+    let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let mut hart = Hart::new(Memory::new(mm.accessor()), image.entry, image.sp);
+    // The subscription lives as long as the hart runs.
+    let _code_watch = match CodeWatch::register(&mm) {
+        Some((watch, sub)) => {
+            hart.set_icache(ICache::new(watch));
+            Some(sub)
+        }
+        None => None,
+    };
+    let mut kernel =
+        Kernel::new(mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), opts.stdin, opts.stdout, opts.stderr);
+    let (status, signal, message) = run(&mut hart, &mut kernel);
+    if let Some(m) = message {
+        // What a shell prints for a killed child, with the guest's details.
+        let _ = kernel.stderr.write_all(m.as_bytes());
+    }
+    if opts.report_syscalls {
+        let _ = kernel.stderr.write_all(report(&kernel.unknown).as_bytes());
+    }
+    Ok(ExitInfo { status, signal, instret: hart.instret, unknown_syscalls: kernel.unknown.clone() })
+}
+
+/// The interpreter and system-call loop: status, signal, and the message
+/// for a killed process.
+fn run(hart: &mut Hart, kernel: &mut Kernel) -> (i32, Option<i32>, Option<String>) {
+    loop {
+        let (sig, what) = match hart.run() {
+            Stop::Ecall => match kernel.syscall(hart) {
+                Flow::Continue => continue,
+                Flow::Exit { status, signal: None } => return (status, None, None),
+                Flow::Exit { status, signal: Some(sig) } => {
+                    return (status, Some(sig), Some(format!("softmm: {}\n", describe(sig))))
+                }
+            },
+            Stop::Fault(f) => (f.signal(), format!("{f}")),
+            Stop::Illegal { raw, .. } => (SIGILL, format!("illegal instruction {raw:#010x}")),
+            Stop::Breakpoint { .. } => (SIGTRAP, "ebreak".to_string()),
+        };
+        let msg = format!("softmm: {} ({what}, pc {:#x})\n", describe(sig), hart.pc);
+        return (128 + sig, Some(sig), Some(msg));
+    }
+}
+
+/// The unknown-system-call report.
+pub fn report(unknown: &BTreeMap<u64, u64>) -> String {
+    if unknown.is_empty() {
+        return "softmm: every system call was known\n".to_string();
+    }
+    let mut s = String::from("softmm: system calls answered ENOSYS:\n");
+    for (n, c) in unknown {
+        s.push_str(&format!("  {:>4} {:<16} {c}\n", n, crate::syscall::name(*n)));
+    }
+    s
+}

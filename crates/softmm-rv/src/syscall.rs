@@ -1,0 +1,628 @@
+//! The Linux system-call layer for riscv64 (asm-generic numbers): `a7`
+//! holds the number, `a0..a5` the arguments, `a0` the result (a negative
+//! errno on failure). Memory calls go to the process's softmm [`Mm`];
+//! buffers are copied through the hart's accessor, and a bad guest pointer
+//! is `EFAULT`, never a host fault. A number this layer does not know
+//! answers `ENOSYS` and is counted for the exit report.
+
+use crate::hart::Hart;
+use crate::io::{Input, Output};
+use crate::signal::{SigAction, SigState, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
+use softmm::{Advice, MapKind, Mm, Placement, Prot};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub mod nr {
+    pub const IOCTL: u64 = 29;
+    pub const READLINKAT: u64 = 78;
+    pub const NEWFSTATAT: u64 = 79;
+    pub const FSTAT: u64 = 80;
+    pub const READ: u64 = 63;
+    pub const WRITE: u64 = 64;
+    pub const READV: u64 = 65;
+    pub const WRITEV: u64 = 66;
+    pub const EXIT: u64 = 93;
+    pub const EXIT_GROUP: u64 = 94;
+    pub const SET_TID_ADDRESS: u64 = 96;
+    pub const FUTEX: u64 = 98;
+    pub const SET_ROBUST_LIST: u64 = 99;
+    pub const NANOSLEEP: u64 = 101;
+    pub const CLOCK_GETTIME: u64 = 113;
+    pub const CLOCK_GETRES: u64 = 114;
+    pub const CLOCK_NANOSLEEP: u64 = 115;
+    pub const SCHED_YIELD: u64 = 124;
+    pub const KILL: u64 = 129;
+    pub const TKILL: u64 = 130;
+    pub const TGKILL: u64 = 131;
+    pub const RT_SIGACTION: u64 = 134;
+    pub const RT_SIGPROCMASK: u64 = 135;
+    pub const UNAME: u64 = 160;
+    pub const GETRLIMIT: u64 = 163;
+    pub const GETTIMEOFDAY: u64 = 169;
+    pub const GETPID: u64 = 172;
+    pub const GETPPID: u64 = 173;
+    pub const GETUID: u64 = 174;
+    pub const GETEUID: u64 = 175;
+    pub const GETGID: u64 = 176;
+    pub const GETEGID: u64 = 177;
+    pub const GETTID: u64 = 178;
+    pub const BRK: u64 = 214;
+    pub const MUNMAP: u64 = 215;
+    pub const MMAP: u64 = 222;
+    pub const MPROTECT: u64 = 226;
+    pub const MADVISE: u64 = 233;
+    pub const PRLIMIT64: u64 = 261;
+    pub const GETRANDOM: u64 = 278;
+    pub const RISCV_FLUSH_ICACHE: u64 = 259;
+}
+
+/// Names of system calls for the unknown-call report.
+pub fn name(n: u64) -> &'static str {
+    match n {
+        nr::FUTEX => "futex (op)",
+        17 => "getcwd",
+        23 => "dup",
+        25 => "fcntl",
+        56 => "openat",
+        57 => "close",
+        62 => "lseek",
+        220 => "clone",
+        221 => "execve",
+        216 => "mremap",
+        258 => "riscv_hwprobe",
+        260 => "wait4",
+        293 => "rseq",
+        _ => "?",
+    }
+}
+
+use crate::errno::{EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENODEV, ENOENT, ENOSYS, ENOTTY, ESRCH};
+
+/// What the process does after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The process ends with this wait status (exit code, or 128+signal).
+    Exit {
+        status: i32,
+        signal: Option<i32>,
+    },
+}
+
+/// The kernel-side state of one (single-threaded) process.
+pub struct Kernel {
+    pub mm: Mm,
+    brk_start: u64,
+    brk: u64,
+    pub exe: Vec<u8>,
+    pub stdin: Input,
+    pub stdout: Output,
+    pub stderr: Output,
+    pub signals: SigState,
+    clear_child_tid: u64,
+    robust_list: (u64, u64),
+    pid: u64,
+    /// Unknown system calls by number, for the report.
+    pub unknown: BTreeMap<u64, u64>,
+}
+
+type SysResult = Result<u64, i32>;
+
+const PROT_MASK: u64 = 7;
+const MAP_SHARED: u64 = 0x01;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_SHARED_VALIDATE: u64 = 0x03;
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+const MADV_DONTNEED: u64 = 4;
+const AT_EMPTY_PATH: u64 = 0x1000;
+const TCGETS: u64 = 0x5401;
+const TIOCGWINSZ: u64 = 0x5413;
+const IOV_MAX: u64 = 1024;
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAKE: u64 = 1;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAKE_BITSET: u64 = 10;
+const FUTEX_CLOCK_REALTIME: u64 = 256;
+
+impl Kernel {
+    pub fn new(mm: Mm, brk: u64, exe: Vec<u8>, stdin: Input, stdout: Output, stderr: Output) -> Kernel {
+        Kernel {
+            mm,
+            brk_start: brk,
+            brk,
+            exe,
+            stdin,
+            stdout,
+            stderr,
+            signals: SigState::default(),
+            clear_child_tid: 0,
+            robust_list: (0, 0),
+            pid: u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32),
+            unknown: BTreeMap::new(),
+        }
+    }
+
+    /// Handle the ecall the hart stopped at.
+    pub fn syscall(&mut self, hart: &mut Hart) -> Flow {
+        let n = hart.x[17];
+        let a = [hart.x[10], hart.x[11], hart.x[12], hart.x[13], hart.x[14], hart.x[15]];
+        let r = match n {
+            nr::EXIT | nr::EXIT_GROUP => return Flow::Exit { status: (a[0] & 0xff) as i32, signal: None },
+            nr::KILL | nr::TKILL | nr::TGKILL => return self.kill_self(n, a),
+            _ => self.dispatch(hart, n, a),
+        };
+        hart.x[10] = match r {
+            Ok(v) => v,
+            Err(e) => (-i64::from(e)) as u64,
+        };
+        Flow::Continue
+    }
+
+    fn dispatch(&mut self, hart: &mut Hart, n: u64, a: [u64; 6]) -> SysResult {
+        match n {
+            nr::READ => self.read(hart, a[0], a[1], a[2]),
+            nr::WRITE => self.write(hart, a[0], a[1], a[2]),
+            nr::READV | nr::WRITEV => self.rwv(hart, n == nr::WRITEV, a[0], a[1], a[2]),
+            nr::BRK => Ok(self.sys_brk(a[0])),
+            nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4]),
+            nr::MUNMAP => self.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
+            nr::MADVISE => self.madvise(a[0], a[1], a[2]),
+            nr::SET_TID_ADDRESS => {
+                self.clear_child_tid = a[0];
+                Ok(self.pid)
+            }
+            nr::SET_ROBUST_LIST => {
+                if a[1] != 24 {
+                    return Err(EINVAL);
+                }
+                self.robust_list = (a[0], a[1]);
+                Ok(0)
+            }
+            nr::RT_SIGACTION => self.sigaction(hart, a[0], a[1], a[2], a[3]),
+            nr::RT_SIGPROCMASK => self.sigprocmask(hart, a[0], a[1], a[2], a[3]),
+            nr::UNAME => uname(hart, a[0]),
+            nr::GETRANDOM => getrandom(hart, a[0], a[1]),
+            nr::CLOCK_GETTIME => clock_gettime(hart, a[0], a[1], false),
+            nr::CLOCK_GETRES => clock_gettime(hart, a[0], a[1], true),
+            nr::GETTIMEOFDAY => gettimeofday(hart, a[0]),
+            nr::NANOSLEEP => nanosleep(hart, a[0]),
+            nr::CLOCK_NANOSLEEP => clock_nanosleep(hart, a[0], a[1], a[2]),
+            nr::SCHED_YIELD => {
+                std::thread::yield_now();
+                Ok(0)
+            }
+            nr::PRLIMIT64 => self.prlimit(hart, a[0], a[1], a[2], a[3]),
+            nr::GETRLIMIT => self.prlimit(hart, 0, a[0], 0, a[1]),
+            nr::READLINKAT => self.readlinkat(hart, a[1], a[2], a[3]),
+            nr::IOCTL => self.ioctl(hart, a[0], a[1], a[2]),
+            nr::FSTAT => self.fstat(hart, a[0], a[1]),
+            nr::NEWFSTATAT => self.newfstatat(hart, a[0], a[1], a[2], a[3]),
+            nr::GETPID | nr::GETTID => Ok(self.pid),
+            nr::GETPPID => Ok(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64)),
+            nr::GETUID => Ok(u64::from(rustix::process::getuid().as_raw())),
+            nr::GETEUID => Ok(u64::from(rustix::process::geteuid().as_raw())),
+            nr::GETGID => Ok(u64::from(rustix::process::getgid().as_raw())),
+            nr::GETEGID => Ok(u64::from(rustix::process::getegid().as_raw())),
+            nr::FUTEX => self.futex(a[0], a[1], a[2], a[3], hart, a[5]),
+            nr::RISCV_FLUSH_ICACHE => {
+                // flags: 0 (all harts) or SYS_RISCV_FLUSH_ICACHE_LOCAL (1);
+                // both drop every hart's decoded instructions.
+                if a[2] > 1 {
+                    return Err(EINVAL);
+                }
+                if let Some(c) = hart.icache() {
+                    c.watch().flush_all();
+                }
+                Ok(0)
+            }
+            _ => {
+                *self.unknown.entry(n).or_insert(0) += 1;
+                Err(ENOSYS)
+            }
+        }
+    }
+
+    fn out(&mut self, fd: u64) -> Result<&mut Output, i32> {
+        match fd {
+            1 => Ok(&mut self.stdout),
+            2 => Ok(&mut self.stderr),
+            _ => Err(EBADF),
+        }
+    }
+
+    /// write: at most 1 MiB per call (a short write, as a pipe may make).
+    fn write(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
+        self.out(fd)?;
+        let mut data = vec![0u8; len.min(1 << 20) as usize];
+        hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
+        let out = self.out(fd)?;
+        out.write_all(&data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        Ok(data.len() as u64)
+    }
+
+    /// read of fd 0. At end of file the buffer is not touched (0, as
+    /// Linux answers even for a bad pointer); bytes that cannot be copied
+    /// to a bad buffer go back to an in-memory input (a pipe's keep them
+    /// too), and are lost only from the host's stdin.
+    fn read(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
+        if fd != 0 {
+            return Err(EBADF);
+        }
+        let mut data = vec![0u8; len.min(1 << 20) as usize];
+        let n = self.stdin.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        if hart.mem.write_bytes(buf, &data[..n]).is_err() {
+            self.stdin.unread(n);
+            return Err(EFAULT);
+        }
+        Ok(n as u64)
+    }
+
+    /// readv/writev: one call per iovec, stopping at a short transfer.
+    fn rwv(&mut self, hart: &mut Hart, write: bool, fd: u64, iov: u64, cnt: u64) -> SysResult {
+        if cnt > IOV_MAX {
+            return Err(EINVAL);
+        }
+        let mut total = 0u64;
+        for i in 0..cnt {
+            let entry = iov.wrapping_add(16 * i);
+            let base = hart.mem.load(entry, 8).map_err(|_| EFAULT)?;
+            let len = hart.mem.load(entry.wrapping_add(8), 8).map_err(|_| EFAULT)?;
+            if len == 0 {
+                continue;
+            }
+            let r = if write { self.write(hart, fd, base, len) } else { self.read(hart, fd, base, len) };
+            match r {
+                Ok(n) => {
+                    total += n;
+                    if n < len {
+                        break;
+                    }
+                }
+                Err(e) if total == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(total)
+    }
+
+    /// brk as Linux answers it: the new break on success, the old one when
+    /// the request is below the start or cannot be mapped.
+    fn sys_brk(&mut self, want: u64) -> u64 {
+        if want < self.brk_start {
+            return self.brk;
+        }
+        let page = |x: u64| x.checked_add(4095).map(|v| v & !4095);
+        let (Some(old_end), Some(new_end)) = (page(self.brk), page(want)) else {
+            return self.brk;
+        };
+        if new_end > old_end {
+            let r = self.mm.mmap(old_end, new_end - old_end, Prot::RW, MapKind::Private, Placement::FixedNoReplace);
+            if r.is_err() {
+                return self.brk;
+            }
+        } else if new_end < old_end && self.mm.munmap(new_end, old_end - new_end).is_err() {
+            return self.brk;
+        }
+        self.brk = want;
+        want
+    }
+
+    fn mmap(&mut self, addr: u64, len: u64, prot_bits: u64, flags: u64, _fd: u64) -> SysResult {
+        if flags & MAP_ANONYMOUS == 0 {
+            // File mappings come with the file calls.
+            return Err(ENODEV);
+        }
+        let kind = match flags & 3 {
+            MAP_SHARED | MAP_SHARED_VALIDATE => MapKind::Shared,
+            MAP_PRIVATE => MapKind::Private,
+            _ => return Err(EINVAL),
+        };
+        let place = if flags & MAP_FIXED_NOREPLACE != 0 {
+            Placement::FixedNoReplace
+        } else if flags & MAP_FIXED != 0 {
+            Placement::Fixed
+        } else {
+            Placement::Hint
+        };
+        self.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
+    }
+
+    fn madvise(&mut self, addr: u64, len: u64, advice: u64) -> SysResult {
+        if advice == MADV_DONTNEED {
+            return self.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
+        }
+        // Other advice is a hint Linux may ignore too.
+        Ok(0)
+    }
+
+    fn sigaction(&mut self, hart: &mut Hart, sig: u64, act: u64, oact: u64, size: u64) -> SysResult {
+        let sig = i32::try_from(sig).map_err(|_| EINVAL)?;
+        if size != 8 || !(1..=NSIG as i32).contains(&sig) {
+            return Err(EINVAL);
+        }
+        if act != 0 && (sig == SIGKILL || sig == SIGSTOP) {
+            return Err(EINVAL);
+        }
+        let old = *self.signals.action(sig).ok_or(EINVAL)?;
+        if act != 0 {
+            let m = &mut hart.mem;
+            let new = SigAction {
+                handler: m.load(act, 8).map_err(|_| EFAULT)?,
+                flags: m.load(act.wrapping_add(8), 8).map_err(|_| EFAULT)?,
+                mask: m.load(act.wrapping_add(16), 8).map_err(|_| EFAULT)?,
+            };
+            self.signals.actions[sig as usize - 1] = new;
+        }
+        if oact != 0 {
+            let mut b = Vec::with_capacity(24);
+            for w in [old.handler, old.flags, old.mask] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+            hart.mem.write_bytes(oact, &b).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+
+    fn sigprocmask(&mut self, hart: &mut Hart, how: u64, set: u64, oset: u64, size: u64) -> SysResult {
+        if size != 8 {
+            return Err(EINVAL);
+        }
+        let old = self.signals.blocked;
+        if set != 0 {
+            let s = hart.mem.load(set, 8).map_err(|_| EFAULT)?;
+            // SIGKILL and SIGSTOP cannot be blocked.
+            let s = s & !((1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1)));
+            self.signals.blocked = match how {
+                0 => old | s,
+                1 => old & !s,
+                2 => s,
+                _ => return Err(EINVAL),
+            };
+        }
+        if oset != 0 {
+            hart.mem.store(oset, 8, old).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+
+    /// kill/tkill/tgkill aimed at this process: signal 0 probes; an ignored
+    /// signal is dropped; otherwise the process ends as the default action
+    /// would (handlers are not delivered yet). Another target: ESRCH.
+    fn kill_self(&mut self, n: u64, a: [u64; 6]) -> Flow {
+        let (target, sig) = match n {
+            nr::TGKILL => (a[1], a[2]),
+            _ => (a[0], a[1]),
+        };
+        let sig = sig as i32;
+        if target != self.pid || !(0..=NSIG as i32).contains(&sig) {
+            return Flow::Continue;
+        }
+        if sig == 0 || self.signals.action(sig).is_some_and(|a| a.handler == SIG_IGN && sig != SIGKILL) {
+            return Flow::Continue;
+        }
+        Flow::Exit { status: 128 + sig, signal: Some(sig) }
+    }
+
+    fn prlimit(&mut self, hart: &mut Hart, pid: u64, res: u64, _new: u64, old: u64) -> SysResult {
+        if pid != 0 && pid != self.pid {
+            return Err(ESRCH);
+        }
+        const INF: u64 = u64::MAX;
+        let (cur, max) = match res {
+            3 => (crate::loader::STACK_SIZE, INF), // RLIMIT_STACK
+            7 => (1024, 4096),                     // RLIMIT_NOFILE
+            0..=15 => (INF, INF),
+            _ => return Err(EINVAL),
+        };
+        if old != 0 {
+            let mut b = cur.to_le_bytes().to_vec();
+            b.extend_from_slice(&max.to_le_bytes());
+            hart.mem.write_bytes(old, &b).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+
+    fn readlinkat(&mut self, hart: &mut Hart, path: u64, buf: u64, size: u64) -> SysResult {
+        if size == 0 || size > i32::MAX as u64 {
+            return Err(EINVAL);
+        }
+        let p = hart.mem.read_cstr(path, 4096).map_err(|_| EFAULT)?;
+        if p != b"/proc/self/exe" {
+            return Err(ENOENT);
+        }
+        let n = self.exe.len().min(size as usize);
+        hart.mem.write_bytes(buf, &self.exe[..n]).map_err(|_| EFAULT)?;
+        Ok(n as u64)
+    }
+
+    fn std_output(&self, fd: u64) -> Result<Option<&Output>, i32> {
+        match fd {
+            0 => Ok(None),
+            1 => Ok(Some(&self.stdout)),
+            2 => Ok(Some(&self.stderr)),
+            _ => Err(EBADF),
+        }
+    }
+
+    fn ioctl(&mut self, hart: &mut Hart, fd: u64, req: u64, arg: u64) -> SysResult {
+        let tty = match self.std_output(fd)? {
+            Some(o) => o.is_terminal(),
+            None => self.stdin.is_terminal(),
+        };
+        if req == TCGETS && tty {
+            // Enough for isatty(): a zeroed riscv64 struct termios (36 bytes).
+            hart.mem.write_bytes(arg, &[0u8; 36]).map_err(|_| EFAULT)?;
+            return Ok(0);
+        }
+        if req == TIOCGWINSZ && tty {
+            // musl's isatty(): success is what it asks; the size is unknown.
+            hart.mem.write_bytes(arg, &[0u8; 8]).map_err(|_| EFAULT)?;
+            return Ok(0);
+        }
+        Err(ENOTTY)
+    }
+
+    fn fstat(&mut self, hart: &mut Hart, fd: u64, buf: u64) -> SysResult {
+        let st = match self.std_output(fd)? {
+            Some(o) => o.stat(),
+            None => self.stdin.stat(),
+        };
+        hart.mem.write_bytes(buf, &st).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    fn newfstatat(&mut self, hart: &mut Hart, dirfd: u64, path: u64, buf: u64, flags: u64) -> SysResult {
+        let p = hart.mem.read_cstr(path, 4096).map_err(|_| EFAULT)?;
+        if p.is_empty() && flags & AT_EMPTY_PATH != 0 {
+            return self.fstat(hart, dirfd, buf);
+        }
+        // Paths come with the file calls.
+        Err(ENOENT)
+    }
+
+    fn futex(&mut self, addr: u64, op: u64, val: u64, timeout: u64, hart: &mut Hart, val3: u64) -> SysResult {
+        let cmd = op & !(128 | FUTEX_CLOCK_REALTIME);
+        let val32 = val as u32;
+        match cmd {
+            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
+                let bitset = if cmd == FUTEX_WAIT { u32::MAX } else { val3 as u32 };
+                if bitset == 0 {
+                    return Err(EINVAL);
+                }
+                let deadline = if timeout == 0 {
+                    None
+                } else {
+                    let ts = read_timespec(hart, timeout)?;
+                    // A deadline past what an Instant holds is no deadline.
+                    if cmd == FUTEX_WAIT {
+                        Instant::now().checked_add(ts)
+                    } else {
+                        absolute_deadline(ts, op & FUTEX_CLOCK_REALTIME != 0)
+                    }
+                };
+                self.mm.futex_wait_bitset(addr, val32, bitset, deadline).map(|()| 0).map_err(|e| e.errno())
+            }
+            FUTEX_WAKE | FUTEX_WAKE_BITSET => {
+                let bitset = if cmd == FUTEX_WAKE { u32::MAX } else { val3 as u32 };
+                if bitset == 0 {
+                    return Err(EINVAL);
+                }
+                let n = val32.min(i32::MAX as u32);
+                self.mm.futex_wake_bitset(addr, n, bitset).map(u64::from).map_err(|e| e.errno())
+            }
+            _ => {
+                *self.unknown.entry(nr::FUTEX).or_insert(0) += 1;
+                Err(ENOSYS)
+            }
+        }
+    }
+}
+
+fn prot(bits: u64) -> Result<Prot, i32> {
+    if bits & !PROT_MASK != 0 {
+        return Err(EINVAL);
+    }
+    // PROT_EXEC alone still needs reads: softmm fetches through reads.
+    Ok(if bits & 2 != 0 {
+        Prot::RW
+    } else if bits & 5 != 0 {
+        Prot::READ
+    } else {
+        Prot::NONE
+    })
+}
+
+fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
+    let sec = hart.mem.load(addr, 8).map_err(|_| EFAULT)? as i64;
+    let nsec = hart.mem.load(addr.wrapping_add(8), 8).map_err(|_| EFAULT)? as i64;
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return Err(EINVAL);
+    }
+    Ok(Duration::new(sec as u64, nsec as u32))
+}
+
+fn write_timespec(hart: &mut Hart, addr: u64, d: Duration) -> SysResult {
+    let mut b = d.as_secs().to_le_bytes().to_vec();
+    b.extend_from_slice(&u64::from(d.subsec_nanos()).to_le_bytes());
+    hart.mem.write_bytes(addr, &b).map_err(|_| EFAULT)?;
+    Ok(0)
+}
+
+fn host_clock(realtime: bool) -> Duration {
+    use rustix::time::{clock_gettime, ClockId};
+    let ts = clock_gettime(if realtime { ClockId::Realtime } else { ClockId::Monotonic });
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// An absolute time on the monotonic (or real-time) clock as an Instant
+/// (`None`: too far to represent).
+fn absolute_deadline(at: Duration, realtime: bool) -> Option<Instant> {
+    let now = host_clock(realtime);
+    Instant::now().checked_add(at.saturating_sub(now))
+}
+
+fn clock_gettime(hart: &mut Hart, clk: u64, tp: u64, res: bool) -> SysResult {
+    use rustix::time::{clock_gettime, ClockId};
+    let id = match clk {
+        0 => ClockId::Realtime,
+        1 | 4 => ClockId::Monotonic,
+        2 => ClockId::ProcessCPUTime,
+        3 => ClockId::ThreadCPUTime,
+        5 => ClockId::RealtimeCoarse,
+        6 => ClockId::MonotonicCoarse,
+        7 => ClockId::Boottime,
+        _ => return Err(EINVAL),
+    };
+    if tp == 0 {
+        return Ok(0);
+    }
+    if res {
+        return write_timespec(hart, tp, Duration::from_nanos(1));
+    }
+    let ts = clock_gettime(id);
+    write_timespec(hart, tp, Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32))
+}
+
+fn gettimeofday(hart: &mut Hart, tv: u64) -> SysResult {
+    if tv == 0 {
+        return Ok(0);
+    }
+    let d = host_clock(true);
+    let mut b = d.as_secs().to_le_bytes().to_vec();
+    b.extend_from_slice(&u64::from(d.subsec_micros()).to_le_bytes());
+    hart.mem.write_bytes(tv, &b).map_err(|_| EFAULT)?;
+    Ok(0)
+}
+
+fn nanosleep(hart: &mut Hart, req: u64) -> SysResult {
+    let d = read_timespec(hart, req)?;
+    std::thread::sleep(d);
+    Ok(0)
+}
+
+fn clock_nanosleep(hart: &mut Hart, clk: u64, flags: u64, req: u64) -> SysResult {
+    let d = read_timespec(hart, req)?;
+    let d = if flags & 1 != 0 { d.saturating_sub(host_clock(clk == 0)) } else { d };
+    std::thread::sleep(d);
+    Ok(0)
+}
+
+fn uname(hart: &mut Hart, buf: u64) -> SysResult {
+    let fields: [&[u8]; 6] = [b"Linux", b"softmm", b"6.1.0-softmm", b"#1 SMP", b"riscv64", b"(none)"];
+    let mut b = vec![0u8; 65 * 6];
+    for (i, f) in fields.iter().enumerate() {
+        b[65 * i..65 * i + f.len()].copy_from_slice(f);
+    }
+    hart.mem.write_bytes(buf, &b).map_err(|_| EFAULT)?;
+    Ok(0)
+}
+
+fn getrandom(hart: &mut Hart, buf: u64, len: u64) -> SysResult {
+    let mut data = vec![0u8; len.min(1 << 20) as usize];
+    crate::io::random_bytes(&mut data).map_err(|_| EAGAIN)?;
+    hart.mem.write_bytes(buf, &data).map_err(|_| EFAULT)?;
+    Ok(data.len() as u64)
+}

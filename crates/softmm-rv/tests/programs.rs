@@ -1,0 +1,367 @@
+//! Real programs: each C file in `tests/programs/` is compiled natively
+//! (the reference: real Linux runs it) and with the riscv64 cross compiler
+//! (`-static -O2`; `pie.c` as a static-PIE), run under softmm-rv, and its
+//! stdout and exit status must equal the native run's. Without the cross
+//! compiler the test installs it with `scripts/rv-toolchain.sh`, and fails
+//! saying why if that does not work (it never skips silently). qemu-riscv64
+//! (installed by the same script) gives a second opinion on every program.
+
+use softmm_rv::io::{Input, Output};
+use softmm_rv::{exec, ExecOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Once};
+
+const CROSS: &str = "riscv64-linux-gnu-gcc";
+const QEMU: &str = "qemu-riscv64";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Make sure the cross compiler and qemu exist, installing them once if
+/// needed.
+fn toolchain() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if have(CROSS) && have(QEMU) {
+            return;
+        }
+        let script = manifest_dir().join("../../scripts/rv-toolchain.sh");
+        let out = Command::new("bash").arg(&script).output();
+        match out {
+            Ok(o) if o.status.success() && have(CROSS) && have(QEMU) => {}
+            Ok(o) => panic!(
+                "{CROSS} or {QEMU} is missing and {} failed ({}):\n{}\n{}",
+                script.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("{CROSS} or {QEMU} is missing and {} could not run: {e}", script.display()),
+        }
+    });
+    assert!(have(CROSS) && have(QEMU), "{CROSS} or {QEMU} is still missing after scripts/rv-toolchain.sh");
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Build {
+    Native,
+    Riscv,
+    /// Static-PIE, freestanding (the cross glibc has no rcrt1.o).
+    NativePie,
+    RiscvPie,
+}
+
+/// Compile once per test process: tests run in parallel and some share a
+/// program, so each (program, build) is built by the first asker while the
+/// others wait.
+fn compile(name: &str, build: Build) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let key = format!("{name}/{build:?}");
+    if let Some(p) = built.get(&key) {
+        return p.clone();
+    }
+    let p = compile_now(name, build);
+    built.insert(key, p.clone());
+    p
+}
+
+fn compile_now(name: &str, build: Build) -> PathBuf {
+    let src = manifest_dir().join("tests/programs").join(format!("{name}.c"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-programs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cc, suffix) = match build {
+        Build::Native | Build::NativePie => ("gcc", "native"),
+        Build::Riscv | Build::RiscvPie => (CROSS, "rv"),
+    };
+    let out = dir.join(format!("{name}.{suffix}"));
+    let mut cmd = Command::new(cc);
+    // A missing prototype is an error: an int-returning guess truncates
+    // pointers differently on the two machines.
+    cmd.args(["-O2", "-Werror=implicit-function-declaration", "-o"]).arg(&out).arg(&src);
+    match build {
+        Build::Native => cmd.arg("-lm"),
+        Build::Riscv => cmd.args(["-static", "-lm"]),
+        Build::NativePie | Build::RiscvPie => {
+            cmd.args(["-nostdlib", "-ffreestanding", "-fno-builtin", "-fPIE", "-static-pie", "-Wl,--no-dynamic-linker"])
+        }
+    };
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cc} could not run: {e}"));
+    assert!(o.status.success(), "{cc} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+const ENV: [&str; 3] = ["HOME=/nonexistent", "LANG=C", "SOFTMM_TEST=1"];
+
+/// (stdout, status as a shell sees it: code, or 128 + signal).
+fn run_native(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
+    run_host(Command::new(bin), args, stdin)
+}
+
+/// The same under qemu-riscv64 (its guest sees the same argv and
+/// environment).
+fn run_qemu(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
+    let mut cmd = Command::new(QEMU);
+    cmd.arg(bin);
+    run_host(cmd, args, stdin)
+}
+
+fn run_host(mut cmd: Command, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32) {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    cmd.args(args).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for kv in ENV {
+        let (k, v) = kv.split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    let status = o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap());
+    (o.stdout, status)
+}
+
+/// (stdout, status, stderr) under softmm-rv.
+fn run_rv(bin: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, i32, String) {
+    let mut opts = ExecOptions::new(bin);
+    opts.argv.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+    opts.envp = ENV.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let (out, out_buf) = Output::capture();
+    let (err, err_buf) = Output::capture();
+    opts.stdout = out;
+    opts.stderr = err;
+    opts.stdin = Input::Bytes(Arc::new(stdin.to_vec()), 0);
+    opts.report_syscalls = true;
+    opts.arena_bytes = 1 << 30;
+    let exit = exec(bin, opts).unwrap_or_else(|e| panic!("exec {}: {e}", bin.display()));
+    let stdout = out_buf.lock().unwrap().clone();
+    let stderr = String::from_utf8_lossy(&err_buf.lock().unwrap()).into_owned();
+    (stdout, exit.status, stderr)
+}
+
+/// Compile `name` both ways, run both, compare; returns softmm-rv's stderr.
+fn same_as_native(name: &str, args: &[&str]) -> String {
+    same_as_native_with_input(name, args, b"")
+}
+
+fn same_as_native_with_input(name: &str, args: &[&str], stdin: &[u8]) -> String {
+    toolchain();
+    let native = compile(name, Build::Native);
+    let rv = compile(name, Build::Riscv);
+    compare(name, &native, &rv, args, stdin)
+}
+
+fn compare(name: &str, native: &Path, rv: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let (want_out, want_status) = run_native(native, args, stdin);
+    let (out, status, stderr) = run_rv(rv, args, stdin);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&want_out),
+        "{name}: stdout differs from the native run (stderr under softmm-rv:\n{stderr})"
+    );
+    assert_eq!(status, want_status, "{name}: exit status differs (stderr under softmm-rv:\n{stderr})");
+    stderr
+}
+
+#[test]
+fn hello() {
+    same_as_native("hello", &["one", "two words", "-x"]);
+}
+
+#[test]
+fn malloc_and_big_allocations() {
+    same_as_native("malloc", &[]);
+}
+
+#[test]
+fn integer_and_float_arithmetic() {
+    same_as_native("arith", &[]);
+}
+
+#[test]
+fn string_functions() {
+    same_as_native("strings", &[]);
+}
+
+#[test]
+fn deep_recursion() {
+    same_as_native("recursion", &[]);
+}
+
+#[test]
+fn atomic_operations() {
+    same_as_native("atomics", &[]);
+}
+
+#[test]
+fn exit_status_is_the_programs() {
+    same_as_native("exitcode", &["a", "b"]);
+}
+
+#[test]
+fn initial_stack_and_auxv() {
+    same_as_native("auxv", &["first", "", "third"]);
+}
+
+#[test]
+fn null_store_is_sigsegv() {
+    let stderr = same_as_native("segv", &[]);
+    assert!(stderr.contains("Segmentation fault"), "no SIGSEGV message on stderr: {stderr}");
+    assert!(stderr.contains("0x0"), "the message does not name the address: {stderr}");
+}
+
+#[test]
+fn rounding_modes_and_exception_flags() {
+    same_as_native("fenv", &[]);
+}
+
+/// Errors and semantics of the system calls, as Linux answers them.
+#[test]
+fn system_call_answers() {
+    same_as_native("syscalls", &[]);
+}
+
+/// Random integer operations of every width (mulh*, *w, div/rem, shifts).
+#[test]
+fn random_integer_operations() {
+    same_as_native("intrand", &[]);
+}
+
+/// Thousands of random operations in every rounding mode, bits and flags.
+#[test]
+fn random_float_operations_bit_exact() {
+    same_as_native("fprand", &[]);
+}
+
+#[test]
+fn reads_standard_input_to_the_end() {
+    same_as_native_with_input("stdin", &[], b"first line\nsecond, longer line\n\nno newline at the end");
+}
+
+#[test]
+fn abort_is_sigabrt() {
+    let stderr = same_as_native("abort", &[]);
+    assert!(stderr.contains("Aborted"), "{stderr}");
+}
+
+#[test]
+fn illegal_instruction_is_sigill_and_ebreak_sigtrap() {
+    let stderr = same_as_native("sigill", &[]);
+    assert!(stderr.contains("Illegal instruction"), "{stderr}");
+    let stderr = same_as_native("sigill", &["trap"]);
+    assert!(stderr.contains("Trace/breakpoint trap"), "{stderr}");
+}
+
+/// The decoded-instruction cache sees rewritten code after the flush
+/// system call, and remapped or unmapped code through softmm's notifiers.
+#[test]
+fn code_written_at_run_time() {
+    let stderr = same_as_native("jit", &[]);
+    assert!(stderr.contains("Segmentation fault"), "{stderr}");
+}
+
+#[test]
+fn static_pie() {
+    toolchain();
+    let native = compile("pie", Build::NativePie);
+    let rv = compile("pie", Build::RiscvPie);
+    compare("pie", &native, &rv, &[], b"");
+}
+
+#[test]
+fn unknown_system_calls_are_reported() {
+    toolchain();
+    let rv = compile("malloc", Build::Riscv);
+    let (_, status, stderr) = run_rv(&rv, &[], b"");
+    assert_eq!(status, 0);
+    // glibc's realloc of a big chunk tries mremap, which is not there yet.
+    assert!(stderr.contains("system calls answered ENOSYS"), "no report: {stderr}");
+    assert!(stderr.contains("216 mremap"), "mremap not counted: {stderr}");
+}
+
+/// Every program, the riscv64 build, under softmm-rv and under
+/// qemu-riscv64: the same stdout and status.
+#[test]
+fn same_as_qemu() {
+    toolchain();
+    let cases: [(&str, &[&str], &[u8]); 16] = [
+        ("hello", &["one", "two words"], b""),
+        ("malloc", &[], b""),
+        ("arith", &[], b""),
+        ("strings", &[], b""),
+        ("recursion", &[], b""),
+        ("atomics", &[], b""),
+        ("exitcode", &["a"], b""),
+        ("auxv", &["x", ""], b""),
+        ("segv", &[], b""),
+        ("abort", &[], b""),
+        ("sigill", &["trap"], b""),
+        ("stdin", &[], b"some\ninput\n"),
+        ("fenv", &[], b""),
+        ("fprand", &[], b""),
+        ("intrand", &[], b""),
+        ("jit", &[], b""),
+    ];
+    for (name, args, stdin) in cases {
+        let rv = compile(name, Build::Riscv);
+        let (want_out, want_status) = run_qemu(&rv, args, stdin);
+        let (out, status, stderr) = run_rv(&rv, args, stdin);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want_out),
+            "{name}: stdout differs from qemu's (stderr under softmm-rv:\n{stderr})"
+        );
+        assert_eq!(status, want_status, "{name}: status differs from qemu's (stderr:\n{stderr})");
+    }
+    let pie = compile("pie", Build::RiscvPie);
+    assert_eq!(run_qemu(&pie, &[], b""), {
+        let (o, s, _) = run_rv(&pie, &[], b"");
+        (o, s)
+    });
+}
+
+/// Memory running out (a small frame arena) ends the program as a kernel
+/// would end it, without taking the host down.
+#[test]
+fn out_of_memory_is_not_a_host_failure() {
+    toolchain();
+    let rv = compile("malloc", Build::Riscv);
+    let mut opts = ExecOptions::new(&rv);
+    let (out, _) = Output::capture();
+    let (err, err_buf) = Output::capture();
+    opts.stdout = out;
+    opts.stderr = err;
+    opts.arena_bytes = 4 << 20;
+    let exit = exec(&rv, opts).unwrap();
+    let stderr = String::from_utf8_lossy(&err_buf.lock().unwrap()).into_owned();
+    // The page fault that finds no frame: the OOM killer's SIGKILL.
+    assert_eq!(exit.status, 128 + 9, "{stderr}");
+    assert!(stderr.contains("Killed (out of memory at"), "{stderr}");
+}
+
+#[test]
+fn bad_executables_are_errors() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    let err = exec(&script, ExecOptions::new(&script)).unwrap_err();
+    assert!(err.to_string().contains("not an ELF file"), "{err}");
+    let missing = dir.join("missing");
+    let err = exec(&missing, ExecOptions::new(&missing)).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    // A host (x86-64) executable is the wrong machine.
+    let host = std::env::current_exe().unwrap();
+    let err = exec(&host, ExecOptions::new(&host)).unwrap_err();
+    assert!(err.to_string().contains("not a RISC-V executable"), "{err}");
+}
