@@ -66,6 +66,7 @@ mod loom_tests;
 pub mod mutex;
 mod op;
 mod resolve;
+mod robust;
 mod table;
 #[cfg(all(test, not(loom)))]
 mod tests;
@@ -73,6 +74,9 @@ mod waiter;
 
 pub use key::FutexKey;
 pub use op::{WakeOp, WakeOpCmp, WakeOpKind};
+pub use robust::{
+    RobustExit, FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS, ROBUST_LIST_HEAD_LEN, ROBUST_LIST_LIMIT,
+};
 pub use table::WaitState;
 pub use waiter::FutexWaiter;
 
@@ -121,6 +125,8 @@ pub const BITSET_MATCH_ANY: u32 = u32::MAX;
 pub(crate) struct Futexes {
     pub(crate) table: FutexTable,
     pub(crate) vcache: Vcache<Node>,
+    /// Robust-list heads per space and thread (`robust.rs`).
+    pub(crate) robust: robust::RobustHeads,
 }
 
 impl FrameRefs for FrameArena {

@@ -31,8 +31,9 @@
 //!    walks, so no vcache or futex lock is ever held while a page-table lock
 //!    is taken (the cycle in seed 003's `queue_me` cannot form).
 //! 5. Leaf locks: a shared object's page index (`ShmObject::pages`), the
-//!    frame allocator's mutexes, the registry mutexes of `Machine`, and the
-//!    TLB shootdown slot list (`Shootdown::slots`).
+//!    frame allocator's mutexes, the registry mutexes of `Machine`, the
+//!    TLB shootdown slot list (`Shootdown::slots`), a space's exit hooks
+//!    (`MmInner::exit_hooks`) and the futexes' robust-list registry.
 //! 6. Frame metadata bits are atomics, taken under any of the above.
 //!
 //! The frame lock (`flags::LOCKED`, Linux's page lock; `reclaim/`) sits
@@ -138,7 +139,15 @@ pub(crate) struct MmInner {
     /// under the `mmap_lock` held for reading, read by fork under it held
     /// for writing.
     pub(crate) has_pinned: std::sync::atomic::AtomicBool,
+    /// Work clients asked to run when the space exits, before its memory
+    /// goes (`Mm::on_exit`).
+    exit_hooks: parking_lot::Mutex<Vec<ExitHook>>,
 }
+
+/// Work to run when a space exits while its memory is still whole (Linux's
+/// `mm_release` work): futexes walk the robust lists registered for the
+/// space's threads. A client registers it; `mm` knows nothing of what it does.
+pub(crate) type ExitHook = Box<dyn FnOnce(&Mm) + Send>;
 
 impl MmInner {
     pub(crate) fn mm_ref(&self) -> crate::rmap::MmRef {
@@ -181,6 +190,7 @@ impl Mm {
             vcache_users: crate::vcache::new_users(),
             notifiers: crate::notifier::Notifiers::default(),
             has_pinned: std::sync::atomic::AtomicBool::new(false),
+            exit_hooks: parking_lot::Mutex::new(Vec::new()),
         });
         inner.machine.register_mm(&inner);
         inner.machine.hold();
@@ -466,8 +476,21 @@ pub struct Mapping {
     pub kind: MapKind,
 }
 
+impl Mm {
+    /// Run `hook` when this space exits, before its memory is torn down.
+    pub(crate) fn on_exit(&self, hook: ExitHook) {
+        self.inner.exit_hooks.lock().push(hook);
+    }
+}
+
 impl Drop for Mm {
     fn drop(&mut self) {
+        // The hooks may read and write the space's memory and wake waiters
+        // of other spaces; none is taken under another lock.
+        let hooks = std::mem::take(&mut *self.inner.exit_hooks.lock());
+        for hook in hooks {
+            hook(self);
+        }
         fork::do_exit(&self.inner);
         self.inner.machine.release();
     }
