@@ -71,6 +71,7 @@ mod table;
 #[cfg(all(test, not(loom)))]
 mod tests;
 mod waiter;
+mod waitv;
 
 pub use key::FutexKey;
 pub use op::{WakeOp, WakeOpCmp, WakeOpKind};
@@ -79,6 +80,10 @@ pub use robust::{
 };
 pub use table::WaitState;
 pub use waiter::FutexWaiter;
+pub use waitv::{
+    FutexWaitv, FutexWaitvCanceller, FUTEX2_MPOL, FUTEX2_NUMA, FUTEX2_PRIVATE, FUTEX2_SIZE_MASK, FUTEX2_SIZE_U32,
+    FUTEX_WAITV_MAX,
+};
 
 use crate::error::{Error, Result};
 use crate::mm::{MmInner, MmState};
