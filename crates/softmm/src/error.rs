@@ -106,6 +106,12 @@ pub enum Error {
     /// A futex wait was cancelled (`EINTR`).
     #[error("the futex wait was cancelled")]
     Interrupted,
+    /// A PI futex lock by the thread that owns it already (`EDEADLK`).
+    #[error("the calling thread already owns this PI futex")]
+    Deadlock,
+    /// A PI futex unlock by a thread that does not own it (`EPERM`).
+    #[error("the calling thread does not own this PI futex")]
+    NotOwner,
     /// An operation or argument value softmm does not implement, as Linux
     /// answers for unknown ones (`ENOSYS`).
     #[error("not supported: {0}")]
@@ -175,6 +181,8 @@ pub mod errno {
     pub const EEXIST: i32 = 17;
     /// Invalid argument.
     pub const EINVAL: i32 = 22;
+    /// Resource deadlock would occur (a PI futex's owner locks it again).
+    pub const EDEADLK: i32 = 35;
     /// Not implemented.
     pub const ENOSYS: i32 = 38;
     /// A futex wait timed out.
@@ -193,6 +201,7 @@ pub mod errno {
             EFAULT => "EFAULT",
             EEXIST => "EEXIST",
             EINVAL => "EINVAL",
+            EDEADLK => "EDEADLK",
             ENOSYS => "ENOSYS",
             ETIMEDOUT => "ETIMEDOUT",
             _ => "EUNKNOWN",
@@ -218,6 +227,8 @@ impl Error {
             Error::Again => EAGAIN,
             Error::TimedOut => ETIMEDOUT,
             Error::Interrupted => EINTR,
+            Error::Deadlock => EDEADLK,
+            Error::NotOwner => EPERM,
             Error::Unsupported(_) => ENOSYS,
             Error::Io { .. } => EIO,
             Error::SwapFull(_) => ENOSPC,

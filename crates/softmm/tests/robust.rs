@@ -116,17 +116,32 @@ fn a_pending_unlock_that_finished_wakes_a_waiter() {
 }
 
 #[test]
-fn a_pi_futex_is_marked_but_its_waiters_are_not_woken() {
-    let m = machine(FutexKeys::Physical);
-    let mm = space(&m, MapKind::Private);
-    let (head, e1) = (BASE, BASE + 0x100);
-    build(&mm, head, &[(e1, true)], 0);
-    put_u32(&mm, word(e1), 4 | FUTEX_WAITERS);
-    let w = mm.futex_wait_start(word(e1), 4 | FUTEX_WAITERS, BITSET_MATCH_ANY).unwrap();
-    mm.set_robust_list(4, head, ROBUST_LIST_HEAD_LEN).unwrap();
-    assert_eq!(mm.exit_robust_list(4), RobustExit { marked: 1, woken: 0, complete: true });
-    assert_eq!(get_u32(&mm, word(e1)), FUTEX_WAITERS | FUTEX_OWNER_DIED);
-    assert_eq!(w.state(), WaitState::Waiting);
+fn a_pi_lock_goes_to_its_first_waiter_with_owner_died() {
+    for keys in MODES {
+        let m = machine(keys);
+        let mm = std::sync::Arc::new(space(&m, MapKind::Private));
+        let (head, e1, e2) = (BASE, BASE + 0x100, BASE + 0x200);
+        build(&mm, head, &[(e1, true), (e2, true)], 0);
+        put_u32(&mm, word(e1), 4);
+        put_u32(&mm, word(e2), 4 | FUTEX_WAITERS); // waiters bit, nobody queued
+                                                   // Thread 11 blocks in FUTEX_LOCK_PI behind owner 4.
+        let locker = {
+            let mm = mm.clone();
+            std::thread::spawn(move || mm.futex_lock_pi(word(e1), 11, None))
+        };
+        while get_u32(&mm, word(e1)) & FUTEX_WAITERS == 0 {
+            std::thread::yield_now();
+        }
+        mm.set_robust_list(4, head, ROBUST_LIST_HEAD_LEN).unwrap();
+        // The bit is set and the waiter queued under one bucket lock, which
+        // the hand-over takes too: the waiter is there to take the lock.
+        let out = mm.exit_robust_list(4);
+        locker.join().unwrap().unwrap();
+        assert_eq!(out, RobustExit { marked: 2, woken: 1, complete: true }, "{keys:?}");
+        assert_eq!(get_u32(&mm, word(e1)), FUTEX_WAITERS | 11 | FUTEX_OWNER_DIED, "{keys:?}");
+        assert_eq!(get_u32(&mm, word(e2)), FUTEX_WAITERS | FUTEX_OWNER_DIED);
+        mm.check_invariants().unwrap();
+    }
 }
 
 #[test]

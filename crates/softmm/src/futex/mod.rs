@@ -65,6 +65,7 @@ mod key;
 mod loom_tests;
 pub mod mutex;
 mod op;
+mod pi;
 mod resolve;
 mod robust;
 mod table;
@@ -472,7 +473,16 @@ fn start(mm: &MmInner, addr: u64, val: u32, bitset: u32, blocking: bool) -> Resu
     let notify = if blocking { waiter::blocking_notify() } else { Notify::None };
     let track = physical(mm).then_some((mm.id, addr & !0xfff, None));
     let node = waiter::new_node(first.key, bitset, notify, track, mm.id);
-    match enqueue(mm, &st, &node, first, addr, val) {
+    let check = |r: &Resolved| {
+        if !resolve::still_maps(mm, &st, addr, r.frame, false) {
+            Check::Retry
+        } else if load_word(mm, r.frame, addr) == val {
+            Check::Queue
+        } else {
+            Check::Again
+        }
+    };
+    match enqueue(mm, &st, &node, first, addr, Intent::Wait, check) {
         Ok(()) => Ok(node),
         Err(e) => {
             let _ = waiter::leave(mm, &node);
@@ -482,9 +492,18 @@ fn start(mm: &MmInner, addr: u64, val: u32, bitset: u32, blocking: bool) -> Resu
     }
 }
 
-/// `start`'s queueing of `node` (keyed by `first`), retried while the
-/// translation moves under it.
-fn enqueue(mm: &MmInner, st: &MmState, node: &Arc<Node>, first: Resolved, addr: u64, val: u32) -> Result<()> {
+/// `start`'s queueing of `node` (keyed by `first`, resolved with `intent`),
+/// if `check` says so under the bucket lock (`Check::Again` answers
+/// `EAGAIN`), retried while the translation moves under it.
+fn enqueue(
+    mm: &MmInner,
+    st: &MmState,
+    node: &Arc<Node>,
+    first: Resolved,
+    addr: u64,
+    intent: Intent,
+    mut check: impl FnMut(&Resolved) -> Check,
+) -> Result<()> {
     let fx = &mm.machine.futexes;
     let page = addr & !0xfff;
     let mut first = Some(first);
@@ -493,7 +512,7 @@ fn enqueue(mm: &MmInner, st: &MmState, node: &Arc<Node>, first: Resolved, addr: 
         let r = match first.take() {
             Some(r) => r,
             None => {
-                let r = resolve(mm, st, addr, Intent::Wait)?;
+                let r = resolve(mm, st, addr, intent)?;
                 node.set_key(&mut node.inner.lock(), r.key);
                 r
             }
@@ -509,16 +528,7 @@ fn enqueue(mm: &MmInner, st: &MmState, node: &Arc<Node>, first: Resolved, addr: 
                 attached = true;
             }
         }
-        let verdict = fx.table.queue(node, r.key, mm.arena(), || {
-            if !resolve::still_maps(mm, st, addr, r.frame, false) {
-                return Check::Retry;
-            }
-            if load_word(mm, r.frame, addr) == val {
-                Check::Queue
-            } else {
-                Check::Again
-            }
-        });
+        let verdict = fx.table.queue(node, r.key, mm.arena(), || check(&r));
         drop(vb);
         match verdict {
             Check::Queue => {
@@ -704,6 +714,10 @@ impl crate::Mm {
             5 => self.futex_wake_op(addr, val, addr2, val2, WakeOp::from_raw(val3)?),
             9 => wait(&self.inner, addr, val, val3, timeout).map(|_| 0),
             10 => self.futex_wake_bitset(addr, val, val3),
+            6..=8 | 13 => Err(Error::Unsupported(
+                "PI futex commands need the caller's TID: use Mm::futex_lock_pi, futex_trylock_pi, futex_unlock_pi",
+            )),
+            11 | 12 => Err(Error::Unsupported("FUTEX_WAIT_REQUEUE_PI and FUTEX_CMP_REQUEUE_PI")),
             _ => Err(Error::Unsupported("futex command")),
         }
     }

@@ -48,8 +48,9 @@ pub const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 pub struct RobustExit {
     /// Futex words the thread still owned, now marked `FUTEX_OWNER_DIED`.
     pub marked: u32,
-    /// Waiters woken (one per marked non-PI word that had waiters, and one
-    /// for a pending unlock that had finished).
+    /// Waiters woken: one per marked word that had waiters (a PI lock's
+    /// first waiter wakes owning it), and one for a pending unlock that
+    /// had finished.
     pub woken: u32,
     /// The walk reached the list's end: false when it stopped at a word it
     /// could not read or write, an unaligned futex, or the entry limit.
@@ -101,7 +102,9 @@ impl Mm {
     /// Thread `tid` exits: walk its robust list (if it registered one) and
     /// forget it. Every futex word on the list that `tid` still owns gets
     /// `FUTEX_OWNER_DIED` (keeping `FUTEX_WAITERS`), and one waiter of each
-    /// such non-PI word is woken, as Linux's `exit_robust_list` does.
+    /// such non-PI word is woken, as Linux's `exit_robust_list` does; a PI
+    /// lock goes to its first waiter with `FUTEX_OWNER_DIED`, as Linux's
+    /// `exit_pi_state_list` hands it on.
     pub fn exit_robust_list(&self, tid: u32) -> RobustExit {
         let head = {
             let mut heads = self.inner.machine.futexes.robust.heads.lock();
@@ -197,6 +200,9 @@ impl Walk<'_> {
             if uval & FUTEX_TID_MASK != self.tid {
                 return Ok(());
             }
+            if pi {
+                return self.pi_owner_died(uaddr);
+            }
             let died = (uval & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
             match self.acc.cmpxchg_u32(uaddr, uval, died).map_err(|_| ())? {
                 Ok(_) => break,
@@ -204,11 +210,26 @@ impl Walk<'_> {
             }
         }
         self.out.marked += 1;
-        // A PI futex's waiters are the PI state's to hand over, not ours.
-        if !pi && uval & FUTEX_WAITERS != 0 {
+        if uval & FUTEX_WAITERS != 0 {
             self.wake(uaddr);
         }
         Ok(())
+    }
+
+    /// A PI lock the thread still owns goes to its first waiter with
+    /// `FUTEX_OWNER_DIED` (Linux: `handle_futex_death`, then
+    /// `exit_pi_state_list` unlocking the rt_mutex); with none, the word
+    /// keeps only `FUTEX_OWNER_DIED`.
+    fn pi_owner_died(&mut self, uaddr: u64) -> Death {
+        match super::pi::owner_died(&self.mm.inner, uaddr, self.tid) {
+            Ok(handed) => {
+                self.out.marked += 1;
+                self.out.woken += u32::from(handed);
+                Ok(())
+            }
+            Err(crate::Error::NotOwner) => Ok(()), // unlocked meanwhile
+            Err(_) => Err(()),
+        }
     }
 
     fn wake(&mut self, uaddr: u64) {

@@ -119,6 +119,10 @@ pub(crate) struct NodeInner {
     /// Every vcache entry attached for this waiter (usually one, kept
     /// inline: no allocation per wait).
     pub(crate) entries: crate::few::Few<Tracking>,
+    /// A `FUTEX_LOCK_PI` waiter's TID (0 for other waiters). Such a waiter
+    /// has bitset 0, so no plain wake takes it: only an unlock that hands
+    /// it the lock (`FutexTable::unlock_pi`).
+    pub(crate) pi_tid: u32,
 }
 
 /// A vcache entry of a waiter: `(mm, page, mm's count of entries)`, the
@@ -173,7 +177,7 @@ impl Node {
             released: AtomicBool::new(false),
             owner,
             sleeping: AtomicBool::new(false),
-            inner: Mutex::new(NodeInner { key, bitset, notify, tracked, left: None, entries }),
+            inner: Mutex::new(NodeInner { key, bitset, notify, tracked, left: None, entries, pi_tid: 0 }),
         }
     }
 
@@ -376,6 +380,37 @@ impl FutexTable {
         let mut q = b.queue.lock();
         take_matching(&mut q, key, bitset, limit, woken, release);
         b.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
+    }
+
+    /// FUTEX_UNLOCK_PI: with `key`'s bucket locked, `hand` is given the TID
+    /// of the first PI waiter queued under `key` (FIFO), if any, and
+    /// updates the word (the unlocker's checks). If it succeeds and there
+    /// is such a waiter, the waiter is taken off as the new owner
+    /// (`Woken`); the returned [`Woken`] tells it.
+    pub(crate) fn unlock_pi<E>(
+        &self,
+        key: &FutexKey,
+        hand: impl FnOnce(Option<u32>) -> Result<(), E>,
+    ) -> Result<Woken, E> {
+        let b = &self.buckets[Self::index(key)];
+        let mut q = b.queue.lock();
+        let top = q.iter().position(|n| {
+            let inner = n.inner.lock();
+            inner.key == *key && inner.pi_tid != 0
+        });
+        let tid = top.map(|i| q[i].inner.lock().pi_tid);
+        hand(tid)?;
+        let mut woken = Few::default();
+        if let Some(node) = top.and_then(|i| q.remove(i)) {
+            let notify = {
+                let mut inner = node.inner.lock();
+                node.set_state(WaitState::Woken);
+                std::mem::take(&mut inner.notify)
+            };
+            b.waiters.fetch_sub(1, Ordering::SeqCst);
+            woken.push((notify, node));
+        }
+        Ok(Woken(woken))
     }
 
     /// Lock `k1`'s and `k2`'s buckets, run `op` (which may veto with an
