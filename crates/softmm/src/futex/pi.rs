@@ -69,7 +69,7 @@ fn check_tid(tid: u32) -> Result<()> {
 }
 
 /// The word at `addr` in `frame` (resolved writable).
-fn word(mm: &MmInner, frame: crate::phys::FrameId, addr: u64) -> &crate::sync::AtomicU32 {
+fn word(mm: &MmInner, frame: crate::phys::FrameId, addr: u64) -> &std::sync::atomic::AtomicU32 {
     mm.arena().word32(frame, (addr & 0xfff) as usize)
 }
 
