@@ -95,6 +95,18 @@ impl fmt::Debug for Prot {
     }
 }
 
+/// The three letters `/proc/PID/maps` writes for these rights (`rw-`,
+/// `r-x`, `--x`): the bits as asked, so `PROT_EXEC` alone is `--x` and
+/// `PROT_WRITE` alone `-w-`, as Linux shows them, though x86 reads both.
+impl fmt::Display for Prot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = if self.0 & 1 != 0 { 'r' } else { '-' };
+        let w = if self.writable() { 'w' } else { '-' };
+        let x = if self.executable() { 'x' } else { '-' };
+        write!(f, "{r}{w}{x}")
+    }
+}
+
 /// Linux's `vm_flags` that are not protections: what `mlock`, `madvise`
 /// and the stack set on a VMA. Two VMAs merge only when these are equal,
 /// and an operation that changes them splits a VMA at the range's edges,

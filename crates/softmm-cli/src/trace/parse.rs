@@ -25,6 +25,11 @@ pub enum TProt {
     W,
     Rw,
     None,
+    /// Version 2: PROT_EXEC, alone or with the others.
+    X,
+    Rx,
+    Wx,
+    Rwx,
 }
 
 /// Mapping kind as written in a trace.
@@ -37,24 +42,95 @@ pub enum TKind {
 /// One trace operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    New { a: String },
-    Mmap { a: String, addr: u64, len: u64, prot: TProt, kind: TKind },
-    Munmap { a: String, addr: u64, len: u64 },
-    Mprotect { a: String, addr: u64, len: u64, prot: TProt },
-    MadviseDontneed { a: String, addr: u64, len: u64 },
-    Fork { a: String, b: String },
-    Exit { a: String },
-    Write { a: String, addr: u64, bytes: Vec<u8> },
-    Fill { a: String, addr: u64, len: u64, byte: u8 },
-    Read { a: String, addr: u64, len: u64 },
-    Phys { a: String, addr: u64 },
-    Smaps { a: String, addr: u64 },
-    FutexWait { a: String, addr: u64, val: u32, w: String },
-    FutexWake { a: String, addr: u64, n: u32 },
-    Waiter { w: String },
-    Pin { a: String, addr: u64, len: u64, p: String },
-    Pinned { p: String, addr: u64, len: u64 },
-    Unpin { p: String },
+    New {
+        a: String,
+    },
+    Mmap {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+        kind: TKind,
+    },
+    Munmap {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+    },
+    MadviseDontneed {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Fork {
+        a: String,
+        b: String,
+    },
+    Exit {
+        a: String,
+    },
+    Write {
+        a: String,
+        addr: u64,
+        bytes: Vec<u8>,
+    },
+    Fill {
+        a: String,
+        addr: u64,
+        len: u64,
+        byte: u8,
+    },
+    Read {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Phys {
+        a: String,
+        addr: u64,
+    },
+    Smaps {
+        a: String,
+        addr: u64,
+    },
+    FutexWait {
+        a: String,
+        addr: u64,
+        val: u32,
+        w: String,
+    },
+    FutexWake {
+        a: String,
+        addr: u64,
+        n: u32,
+    },
+    Waiter {
+        w: String,
+    },
+    Pin {
+        a: String,
+        addr: u64,
+        len: u64,
+        p: String,
+    },
+    Pinned {
+        p: String,
+        addr: u64,
+        len: u64,
+    },
+    Unpin {
+        p: String,
+    },
+    /// Version 2: the VMAs overlapping the ranges the trace named.
+    Maps {
+        a: String,
+    },
 }
 
 impl Op {
@@ -77,7 +153,8 @@ impl Op {
             | Op::Smaps { a, .. }
             | Op::FutexWait { a, .. }
             | Op::FutexWake { a, .. }
-            | Op::Pin { a, .. } => Some(a),
+            | Op::Pin { a, .. }
+            | Op::Maps { a } => Some(a),
             Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => None,
         }
     }
@@ -95,6 +172,10 @@ impl fmt::Display for TProt {
             TProt::W => "w",
             TProt::Rw => "rw",
             TProt::None => "-",
+            TProt::X => "x",
+            TProt::Rx => "rx",
+            TProt::Wx => "wx",
+            TProt::Rwx => "rwx",
         })
     }
 }
@@ -130,6 +211,7 @@ impl fmt::Display for Op {
             Op::Pin { a, addr, len, p } => write!(f, "pin {a} {addr:#x} {len:#x} as {p}"),
             Op::Pinned { p, addr, len } => write!(f, "pinned {p} {addr:#x} {len:#x}"),
             Op::Unpin { p } => write!(f, "unpin {p}"),
+            Op::Maps { a } => write!(f, "maps {a}"),
         }
     }
 }
@@ -281,6 +363,7 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         }
         "pinned" => Op::Pinned { p: t.name()?, addr: t.num("address")?, len: t.len()? },
         "unpin" => Op::Unpin { p: t.name()? },
+        "maps" => Op::Maps { a: t.name()? },
         other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
@@ -454,7 +537,11 @@ impl Toks<'_> {
             "w" => Ok(TProt::W),
             "rw" => Ok(TProt::Rw),
             "-" => Ok(TProt::None),
-            o => Err(format!("bad protection `{}` (r, w, rw or -)", shown(o))),
+            "x" => Ok(TProt::X),
+            "rx" => Ok(TProt::Rx),
+            "wx" => Ok(TProt::Wx),
+            "rwx" => Ok(TProt::Rwx),
+            o => Err(format!("bad protection `{}` (-, or the letters r, w, x in that order)", shown(o))),
         }
     }
 
@@ -548,6 +635,18 @@ mod tests {
     }
 
     #[test]
+    fn version_2_exec_letters_and_maps() {
+        for (text, prot) in
+            [("x", TProt::X), ("rx", TProt::Rx), ("wx", TProt::Wx), ("rwx", TProt::Rwx), ("rw", TProt::Rw)]
+        {
+            let op = parse_line(&format!("mprotect P 0x1000 4K {text}")).unwrap().unwrap();
+            assert_eq!(op, Op::Mprotect { a: "P".into(), addr: 0x1000, len: 4096, prot });
+            assert_eq!(op.to_string(), format!("mprotect P 0x1000 0x1000 {text}"));
+        }
+        assert_eq!(parse_line("maps P").unwrap().unwrap(), Op::Maps { a: "P".into() });
+    }
+
+    #[test]
     fn escapes_and_hex() {
         let op = parse_line(r#"write A 4096 "a\n\x41\101\"\\""#).unwrap().unwrap();
         assert_eq!(op, Op::Write { a: "A".into(), addr: 4096, bytes: b"a\nAA\"\\".to_vec() });
@@ -563,7 +662,11 @@ mod tests {
     fn malformed_lines_say_why() {
         for bad in [
             "mmap P 0x1000 4K rw",
-            "mmap P 0x1000 4K rwx private",
+            "mmap P 0x1000 4K xr private",
+            "mmap P 0x1000 4K rrw private",
+            "mprotect P 0x1000 4K -x",
+            "maps",
+            "maps P P",
             "frob P",
             "new 1P",
             "write P 0x1000 \"open",

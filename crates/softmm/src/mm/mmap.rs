@@ -200,6 +200,9 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     let mut pieces: Few<(u64, u64, bool)> = Few::default();
     let mut tmp = addr;
     let mut result = Ok(());
+    // PROT_EXEC lives in the VMA alone (entries carry no NX bit), but an
+    // accessor caches a fetch's right: taking it away must shoot down.
+    let mut lost_exec = false;
     while tmp < end {
         let Some(v) = st.vmas.find(tmp) else {
             result = Err(nomem.clone());
@@ -208,6 +211,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         let hi = v.end.min(end);
         let new_account = account_after_mprotect(v, prot);
         if v.prot != prot || v.account != new_account {
+            lost_exec |= v.prot.executable() && !prot.executable();
             st.vmas.split_at(tmp);
             st.vmas.split_at(hi);
             if let Some(piece) = st.vmas.get_mut(tmp) {
@@ -225,6 +229,9 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     let stop = tmp.min(end);
     {
         let mut change = Change::open(mm, Some(&st), addr, end, Some(Event::Protection));
+        if lost_exec {
+            change.need_flush();
+        }
         if let Some(pt) = st.pt.as_ref() {
             for &(lo, hi, shared) in pieces.iter() {
                 change.protect(pt, lo, hi, prot, shared);

@@ -423,6 +423,26 @@ impl Mm {
     }
 
     /// The mappings (VMAs), in address order, as `/proc/PID/maps` lists
+    /// them: one entry per VMA (neighbours with the same protection, kind
+    /// and flags are one VMA, as in Linux). [`Mapping::perms`] spells the
+    /// permissions as that file does. The same list as [`Mm::mappings`].
+    ///
+    /// ```
+    /// use softmm::{Config, Machine, MapKind, Placement, Prot};
+    ///
+    /// let machine = Machine::new(Config { arena_bytes: 16 << 20, ..Config::default() })?;
+    /// let mm = machine.new_mm()?;
+    /// mm.mmap(0x10000, 2 * 4096, Prot::RX, MapKind::Private, Placement::Fixed)?;
+    /// mm.mmap(0x12000, 4096, Prot::RW, MapKind::Shared, Placement::Fixed)?;
+    /// let maps: Vec<String> = mm.maps().iter().map(|m| m.to_string()).collect();
+    /// assert_eq!(maps, ["0x10000-0x12000 r-xp anon", "0x12000-0x13000 rw-s anon"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn maps(&self) -> Vec<Mapping> {
+        self.mappings()
+    }
+
+    /// The mappings (VMAs), in address order, as `/proc/PID/maps` lists
     /// them: neighbours with the same protection and kind are one mapping.
     ///
     /// ```
@@ -455,7 +475,7 @@ impl Mm {
     }
 }
 
-/// One mapping of an address space, as [`Mm::mappings`] lists it.
+/// One mapping of an address space, as [`Mm::maps`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// The addresses it covers (page-aligned).
@@ -464,6 +484,27 @@ pub struct Mapping {
     pub prot: Prot,
     /// Private or shared memory (and which shared object).
     pub kind: MapKind,
+}
+
+impl Mapping {
+    /// The permissions as `/proc/PID/maps` writes them: `rw-p`, `r-xs`,
+    /// `---p` (`s` for shared memory, `p` for private).
+    pub fn perms(&self) -> String {
+        let ps = match self.kind {
+            MapKind::Private => 'p',
+            MapKind::Shared => 's',
+        };
+        format!("{}{ps}", self.prot)
+    }
+}
+
+/// `0xSTART-0xEND PERMS anon`: the line of the trace format's `maps`
+/// (anonymous memory, shared or private, is `anon` there; Linux's
+/// `/proc/PID/maps` names shared anonymous memory `/dev/zero (deleted)`).
+impl std::fmt::Display for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}-{:#x} {} anon", self.range.start, self.range.end, self.perms())
+    }
 }
 
 impl Drop for Mm {
