@@ -215,8 +215,9 @@ impl Vma {
             }
             Backing::Shm(o) => Backing::Shm(o.link_for(child)),
         };
-        let (start, end, prot, account, pgoff, flags) =
-            (self.start, self.end, self.prot, self.account, self.pgoff, self.flags);
+        // A child does not inherit memory locks (Linux's dup_mmap).
+        let flags = self.flags.without(VmFlags::LOCKED.with(VmFlags::LOCKONFAULT));
+        let (start, end, prot, account, pgoff) = (self.start, self.end, self.prot, self.account, self.pgoff);
         Vma { start, end, prot, account, pgoff, backing, flags }
     }
 

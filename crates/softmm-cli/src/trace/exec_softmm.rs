@@ -262,6 +262,12 @@ impl SoftmmRunner {
                 "ok".into()
             }
             Op::Maps { a } => self.maps(a)?,
+            Op::Mlock { a, addr, len } => unit(self.mm(a)?.mlock(*addr, *len)),
+            Op::Munlock { a, addr, len } => unit(self.mm(a)?.munlock(*addr, *len)),
+            Op::Locked { a, addr } => match self.mm(a)?.smaps(*addr) {
+                Some(s) => format!("locked {}", s.locked),
+                None => "none".into(),
+            },
         })
     }
 

@@ -96,6 +96,12 @@ impl Worker {
             }
             Op::Waiter { w } => self.waiter(w)?,
             Op::Maps { .. } => maps_line(proc_maps()?, &self.named),
+            Op::Mlock { addr, len, .. } => status(self.mem.mlock(*addr, *len)?),
+            Op::Munlock { addr, len, .. } => status(self.mem.munlock(*addr, *len)?),
+            Op::Locked { addr, .. } => match smaps_fields(*addr)? {
+                Some(fields) => format!("locked {}", fields.get("Locked").copied().unwrap_or(0)),
+                None => "none".into(),
+            },
             other => return Err(format!("the Linux worker cannot run {other:?}")),
         })
     }
@@ -269,9 +275,27 @@ fn phys(addr: u64) -> Result<String, String> {
 
 /// The smaps line of the VMA holding `addr`, or `none`.
 fn smaps(addr: u64) -> Result<String, String> {
+    let Some(fields) = smaps_fields(addr)? else { return Ok("none".into()) };
+    let g = |k: &str| fields.get(k).copied().unwrap_or(0);
+    Ok(format!(
+        "rss={} pss={} anon={} shared_clean={} shared_dirty={} private_clean={} private_dirty={} swap={}",
+        g("Rss"),
+        g("Pss"),
+        g("Anonymous"),
+        g("Shared_Clean"),
+        g("Shared_Dirty"),
+        g("Private_Clean"),
+        g("Private_Dirty"),
+        g("Swap")
+    ))
+}
+
+/// The kB fields of /proc/self/smaps for the VMA holding `addr`, or
+/// `None` when no VMA holds it.
+fn smaps_fields(addr: u64) -> Result<Option<BTreeMap<String, u64>>, String> {
     let text = std::fs::read_to_string("/proc/self/smaps").map_err(|e| format!("reading /proc/self/smaps: {e}"))?;
     let mut inside = false;
-    let mut fields: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut fields: BTreeMap<String, u64> = BTreeMap::new();
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if let Some((s, e)) = first.split_once('-') {
@@ -286,25 +310,11 @@ fn smaps(addr: u64) -> Result<String, String> {
         if inside {
             if let Some((k, v)) = line.split_once(':') {
                 let kb = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                fields.insert(k.trim(), kb);
+                fields.insert(k.trim().to_string(), kb);
             }
         }
     }
-    if !inside {
-        return Ok("none".into());
-    }
-    let g = |k: &str| fields.get(k).copied().unwrap_or(0);
-    Ok(format!(
-        "rss={} pss={} anon={} shared_clean={} shared_dirty={} private_clean={} private_dirty={} swap={}",
-        g("Rss"),
-        g("Pss"),
-        g("Anonymous"),
-        g("Shared_Clean"),
-        g("Shared_Dirty"),
-        g("Private_Clean"),
-        g("Private_Dirty"),
-        g("Swap")
-    ))
+    Ok(inside.then_some(fields))
 }
 
 /// Entry point of `softmm __linux-worker SOCKET NAME`.

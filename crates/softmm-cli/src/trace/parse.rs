@@ -39,98 +39,32 @@ pub enum TKind {
     Shared,
 }
 
-/// One trace operation.
+/// One trace operation. Version 2 adds `Maps` (the VMAs over the ranges
+/// the trace named), `Mlock`, `Munlock` and `Locked` (smaps' `Locked:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    New {
-        a: String,
-    },
-    Mmap {
-        a: String,
-        addr: u64,
-        len: u64,
-        prot: TProt,
-        kind: TKind,
-    },
-    Munmap {
-        a: String,
-        addr: u64,
-        len: u64,
-    },
-    Mprotect {
-        a: String,
-        addr: u64,
-        len: u64,
-        prot: TProt,
-    },
-    MadviseDontneed {
-        a: String,
-        addr: u64,
-        len: u64,
-    },
-    Fork {
-        a: String,
-        b: String,
-    },
-    Exit {
-        a: String,
-    },
-    Write {
-        a: String,
-        addr: u64,
-        bytes: Vec<u8>,
-    },
-    Fill {
-        a: String,
-        addr: u64,
-        len: u64,
-        byte: u8,
-    },
-    Read {
-        a: String,
-        addr: u64,
-        len: u64,
-    },
-    Phys {
-        a: String,
-        addr: u64,
-    },
-    Smaps {
-        a: String,
-        addr: u64,
-    },
-    FutexWait {
-        a: String,
-        addr: u64,
-        val: u32,
-        w: String,
-    },
-    FutexWake {
-        a: String,
-        addr: u64,
-        n: u32,
-    },
-    Waiter {
-        w: String,
-    },
-    Pin {
-        a: String,
-        addr: u64,
-        len: u64,
-        p: String,
-    },
-    Pinned {
-        p: String,
-        addr: u64,
-        len: u64,
-    },
-    Unpin {
-        p: String,
-    },
-    /// Version 2: the VMAs overlapping the ranges the trace named.
-    Maps {
-        a: String,
-    },
+    New { a: String },
+    Mmap { a: String, addr: u64, len: u64, prot: TProt, kind: TKind },
+    Munmap { a: String, addr: u64, len: u64 },
+    Mprotect { a: String, addr: u64, len: u64, prot: TProt },
+    MadviseDontneed { a: String, addr: u64, len: u64 },
+    Fork { a: String, b: String },
+    Exit { a: String },
+    Write { a: String, addr: u64, bytes: Vec<u8> },
+    Fill { a: String, addr: u64, len: u64, byte: u8 },
+    Read { a: String, addr: u64, len: u64 },
+    Phys { a: String, addr: u64 },
+    Smaps { a: String, addr: u64 },
+    FutexWait { a: String, addr: u64, val: u32, w: String },
+    FutexWake { a: String, addr: u64, n: u32 },
+    Waiter { w: String },
+    Pin { a: String, addr: u64, len: u64, p: String },
+    Pinned { p: String, addr: u64, len: u64 },
+    Unpin { p: String },
+    Maps { a: String },
+    Mlock { a: String, addr: u64, len: u64 },
+    Munlock { a: String, addr: u64, len: u64 },
+    Locked { a: String, addr: u64 },
 }
 
 impl Op {
@@ -154,7 +88,10 @@ impl Op {
             | Op::FutexWait { a, .. }
             | Op::FutexWake { a, .. }
             | Op::Pin { a, .. }
-            | Op::Maps { a } => Some(a),
+            | Op::Maps { a }
+            | Op::Mlock { a, .. }
+            | Op::Munlock { a, .. }
+            | Op::Locked { a, .. } => Some(a),
             Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => None,
         }
     }
@@ -212,6 +149,9 @@ impl fmt::Display for Op {
             Op::Pinned { p, addr, len } => write!(f, "pinned {p} {addr:#x} {len:#x}"),
             Op::Unpin { p } => write!(f, "unpin {p}"),
             Op::Maps { a } => write!(f, "maps {a}"),
+            Op::Mlock { a, addr, len } => write!(f, "mlock {a} {addr:#x} {len:#x}"),
+            Op::Munlock { a, addr, len } => write!(f, "munlock {a} {addr:#x} {len:#x}"),
+            Op::Locked { a, addr } => write!(f, "locked {a} {addr:#x}"),
         }
     }
 }
@@ -364,6 +304,9 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         "pinned" => Op::Pinned { p: t.name()?, addr: t.num("address")?, len: t.len()? },
         "unpin" => Op::Unpin { p: t.name()? },
         "maps" => Op::Maps { a: t.name()? },
+        "mlock" => Op::Mlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "munlock" => Op::Munlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "locked" => Op::Locked { a: t.name()?, addr: t.num("address")? },
         other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
@@ -644,6 +587,9 @@ mod tests {
             assert_eq!(op.to_string(), format!("mprotect P 0x1000 0x1000 {text}"));
         }
         assert_eq!(parse_line("maps P").unwrap().unwrap(), Op::Maps { a: "P".into() });
+        for line in ["mlock P 0x1000 0x2000", "munlock P 0x1000 0x1", "locked P 0x1000"] {
+            assert_eq!(parse_line(line).unwrap().unwrap().to_string(), line);
+        }
     }
 
     #[test]

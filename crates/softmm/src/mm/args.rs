@@ -18,6 +18,36 @@ pub enum Placement {
     Hint,
 }
 
+/// Flags of [`crate::Mm::mmap_with`] beyond the placement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MapFlags(u8);
+
+impl MapFlags {
+    /// None.
+    pub const NONE: MapFlags = MapFlags(0);
+    /// `MAP_LOCKED`: the mapping is locked (`VM_LOCKED`) and faulted in.
+    pub const LOCKED: MapFlags = MapFlags(1);
+    /// `MAP_POPULATE`: the mapping is faulted in now.
+    pub const POPULATE: MapFlags = MapFlags(2);
+
+    /// Whether every flag of `f` is set.
+    pub const fn contains(self, f: MapFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+    /// Both sets of flags.
+    pub const fn union(self, f: MapFlags) -> MapFlags {
+        MapFlags(self.0 | f.0)
+    }
+    /// The VMA flags these ask for.
+    pub(crate) const fn vm_flags(self) -> crate::vma::VmFlags {
+        if self.contains(MapFlags::LOCKED) {
+            crate::vma::VmFlags::LOCKED
+        } else {
+            crate::vma::VmFlags::NONE
+        }
+    }
+}
+
 /// Advice for `madvise`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -13,7 +13,17 @@ use crate::pte::Pte;
 use crate::sync::Ordering;
 use crate::vma::{AnonLink, Backing, MapKind, Prot, Vma};
 
-pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKind, place: Placement) -> Result<u64> {
+/// Returns the start and whether the new VMA is `VM_LOCKED` (by `flags`
+/// or the space's `def_flags`), so must be populated.
+pub(crate) fn do_mmap(
+    mm: &MmInner,
+    addr: u64,
+    len: u64,
+    prot: Prot,
+    kind: MapKind,
+    place: Placement,
+    flags: crate::vma::VmFlags,
+) -> Result<(u64, bool)> {
     let len = args::mmap_len(len)?;
     let min = mm.machine.config.mmap_min_addr;
     let mut st = mm.state.write();
@@ -55,12 +65,15 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
         MapKind::Shared => 0,
     };
     let account = kind == MapKind::Private && prot.writable();
-    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags: crate::vma::VmFlags::NONE });
+    let flags = flags.with(st.def_flags);
+    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags });
     // Linux's vma_merge: merge with the previous VMA first; the next one
     // joins only if it is compatible with the result (prev's anon_vma).
     st.vmas.try_merge_at(start);
     st.vmas.try_merge_at(end);
-    Ok(start)
+    // Locked and not lock-on-fault: populated now (`mm_populate`).
+    let populate = flags.contains(crate::vma::VmFlags::LOCKED) && !flags.contains(crate::vma::VmFlags::LOCKONFAULT);
+    Ok((start, populate))
 }
 
 pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {
@@ -203,6 +216,9 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     // PROT_EXEC lives in the VMA alone (entries carry no NX bit), but an
     // accessor caches a fetch's right: taking it away must shoot down.
     let mut lost_exec = false;
+    // Locked private pieces made writable: COW is broken now, as mlock
+    // would have (Linux's mprotect_fixup populates them).
+    let mut repopulate: Vec<(u64, u64)> = Vec::new();
     while tmp < end {
         let Some(v) = st.vmas.find(tmp) else {
             result = Err(nomem.clone());
@@ -212,6 +228,13 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         let new_account = account_after_mprotect(v, prot);
         if v.prot != prot || v.account != new_account {
             lost_exec |= v.prot.executable() && !prot.executable();
+            if v.flags.contains(crate::vma::VmFlags::LOCKED)
+                && v.kind() == MapKind::Private
+                && !v.prot.writable()
+                && prot.writable()
+            {
+                repopulate.push((tmp, hi));
+            }
             st.vmas.split_at(tmp);
             st.vmas.split_at(hi);
             if let Some(piece) = st.vmas.get_mut(tmp) {
@@ -250,6 +273,10 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         }
     }
     st.vmas.try_merge_at(stop);
+    drop(st);
+    for (lo, hi) in repopulate {
+        let _ = super::mlock::populate(mm, lo, hi, true);
+    }
     result
 }
 

@@ -79,14 +79,16 @@ mod fault;
 mod fork;
 mod gather;
 pub(crate) mod invariants;
+mod mlock;
 mod mmap;
 pub(crate) mod pin;
 mod smaps;
 pub(crate) mod translation;
 
-pub use args::{Advice, Placement};
+pub use args::{Advice, MapFlags, Placement};
 pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
+pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
 pub use pin::PinnedPages;
 
 /// The fault path on behalf of an accessor (whose TLB slot need not be waited for).
@@ -116,6 +118,9 @@ pub(crate) struct MmState {
     pub(crate) vmas: VmaTree,
     /// `None` once the address space has exited.
     pub(crate) pt: Option<PageTable>,
+    /// Flags every new mapping gets (Linux's `mm->def_flags`: `VM_LOCKED`
+    /// after `mlockall(MCL_FUTURE)`); a fork's child starts without them.
+    pub(crate) def_flags: crate::vma::VmFlags,
 }
 
 pub(crate) struct MmInner {
@@ -176,7 +181,11 @@ impl Mm {
             id: machine.new_id(),
             root: crate::sync::AtomicU32::new(pt.root().0),
             machine,
-            state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
+            state: RwLock::new(MmState {
+                vmas: VmaTree::default(),
+                pt: Some(pt),
+                def_flags: crate::vma::VmFlags::NONE,
+            }),
             tlb: Shootdown::default(),
             vcache_users: crate::vcache::new_users(),
             notifiers: crate::notifier::Notifiers::default(),
@@ -210,7 +219,70 @@ impl Mm {
     /// `EEXIST` instead; [`Placement::Hint`] treats `addr` as a hint (0: any).
     /// Returns the start address.
     pub fn mmap(&self, addr: u64, len: u64, prot: Prot, kind: MapKind, place: Placement) -> Result<u64> {
-        mmap::do_mmap(&self.inner, addr, len, prot, kind, place)
+        self.mmap_with(addr, len, prot, kind, place, MapFlags::NONE)
+    }
+
+    /// [`Mm::mmap`] with flags: [`MapFlags::LOCKED`] (`MAP_LOCKED`: the
+    /// mapping is `VM_LOCKED`, as after `mlock`) and [`MapFlags::POPULATE`]
+    /// (`MAP_POPULATE`). A locked or populated mapping is faulted in before
+    /// this returns, writable private memory with write faults; a failure
+    /// to fault it in is ignored, as Linux's `mm_populate` ignores it.
+    /// After [`Mm::mlockall`] with `MCL_FUTURE` every new mapping is locked.
+    pub fn mmap_with(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        kind: MapKind,
+        place: Placement,
+        flags: MapFlags,
+    ) -> Result<u64> {
+        let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags())?;
+        if flags.contains(MapFlags::POPULATE) || locked {
+            let end = args::page_align(len).map_or(start, |l| start.saturating_add(l));
+            let _ = mlock::populate(&self.inner, start, end, true);
+        }
+        Ok(start)
+    }
+
+    /// Lock `[addr, addr + len)` in memory (`mlock`): the VMAs become
+    /// `VM_LOCKED` (split at the range's edges, merged with equal
+    /// neighbours) and every page is faulted in, writable private pages
+    /// with a write fault (copy on write broken now); reclaim never takes a
+    /// page a locked VMA maps. `addr` is rounded down to its page and the
+    /// length up, as Linux does. Errors as Linux's: `ENOMEM` when part of
+    /// the range is not mapped (the VMAs before the hole are locked) or
+    /// when the range holds `PROT_NONE` memory (locked, not faulted in),
+    /// `EINVAL` for a range that wraps, `EAGAIN` when no memory could be
+    /// had for the pages. `RLIMIT_MEMLOCK` is not modelled.
+    pub fn mlock(&self, addr: u64, len: u64) -> Result<()> {
+        mlock::do_mlock(&self.inner, addr, len, 0)
+    }
+
+    /// `mlock2`: as [`Mm::mlock`]; with [`MLOCK_ONFAULT`] the VMAs become
+    /// `VM_LOCKED | VM_LOCKONFAULT` and pages are locked as they fault in
+    /// instead of now. Other flags: `EINVAL`.
+    pub fn mlock2(&self, addr: u64, len: u64, flags: u32) -> Result<()> {
+        mlock::do_mlock(&self.inner, addr, len, flags)
+    }
+
+    /// Unlock `[addr, addr + len)` (`munlock`): the VMAs lose `VM_LOCKED`
+    /// and `VM_LOCKONFAULT`; `ENOMEM` at a hole, as [`Mm::mlock`].
+    pub fn munlock(&self, addr: u64, len: u64) -> Result<()> {
+        mlock::do_munlock(&self.inner, addr, len)
+    }
+
+    /// `mlockall(flags)`: [`MCL_CURRENT`] locks (and faults in) every
+    /// mapping now, [`MCL_FUTURE`] every later one, [`MCL_ONFAULT`] with
+    /// either locks pages as they fault in. `EINVAL` for no flag, an
+    /// unknown one, or `MCL_ONFAULT` alone. Not inherited by a fork.
+    pub fn mlockall(&self, flags: u32) -> Result<()> {
+        mlock::do_mlockall(&self.inner, flags, false)
+    }
+
+    /// `munlockall`: unlock every mapping and stop locking new ones.
+    pub fn munlockall(&self) -> Result<()> {
+        mlock::do_mlockall(&self.inner, 0, true)
     }
 
     /// Unmap `[addr, addr + len)`; unmapped parts of the range are fine.

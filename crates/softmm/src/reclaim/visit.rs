@@ -24,6 +24,9 @@ pub(crate) struct Visit {
     /// Some address space was busy and skipped (`try_only`), or one of
     /// its secondary MMUs refused a non-blocking invalidation.
     pub(crate) skipped: bool,
+    /// Some address space maps the frame in a `VM_LOCKED` VMA and was
+    /// left alone (`How::mlock`).
+    pub(crate) mlocked: bool,
     /// Each space's change, its entries edited and its vcache told: the
     /// shootdowns and bracket ends run when this batch is dropped (or
     /// handed to a larger one, `ChangeBatch::absorb`).
@@ -42,6 +45,10 @@ pub(crate) struct How {
     /// page (`clear_young`); in a space where one did, the entry is only
     /// aged (its accessed bit cleared), never edited.
     pub(crate) age: bool,
+    /// Leave alone every space whose VMA at the frame's address is
+    /// `VM_LOCKED` (reclaim: Linux's `try_to_unmap_one` fails there and
+    /// the page stays resident; migration ignores mlock, as Linux's does).
+    pub(crate) mlock: bool,
 }
 
 /// Visit every page-table entry that holds anonymous frame `f` (present or
@@ -67,6 +74,10 @@ pub(crate) fn visit_mappings(
             return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
+        if how.mlock && st.vmas.find(va).is_some_and(|v| v.flags.contains(crate::vma::VmFlags::LOCKED)) {
+            v.mlocked = true;
+            return;
+        }
         // Secondary MMUs first, outside the page-table lock (they may sleep).
         let young_here = how.age && mm.notifiers.clear_young(va, va + 4096);
         v.young |= young_here;
