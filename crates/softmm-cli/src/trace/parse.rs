@@ -1,4 +1,5 @@
-//! Parsing of the trace format (`../shared/TRACE.md`, version 1).
+//! Parsing of the trace format (`../shared/TRACE.md`: version 1, and of
+//! version 2 the `x` protections, `maps`, `mlock`, `munlock` and `locked`).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
 //! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
