@@ -86,7 +86,7 @@ pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {
 /// no longer cover any VMA. Requires the write lock. Fails (ENOMEM) only
 /// before changing anything: a shared PTE table the range covers in part
 /// must first become this space's own, which may need a frame.
-fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<()> {
+pub(crate) fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<()> {
     if st.vmas.overlapping(start, end).next().is_none() {
         return Ok(());
     }

@@ -74,6 +74,7 @@
 //! `Mm::check_invariants` recounts all of this.
 
 mod args;
+mod brk;
 mod change;
 mod fault;
 mod fork;
@@ -121,6 +122,8 @@ pub(crate) struct MmState {
     /// Flags every new mapping gets (Linux's `mm->def_flags`: `VM_LOCKED`
     /// after `mlockall(MCL_FUTURE)`); a fork's child starts without them.
     pub(crate) def_flags: crate::vma::VmFlags,
+    /// The heap (`start_brk` and the break), once set or first asked for.
+    pub(crate) heap: Option<brk::Heap>,
 }
 
 pub(crate) struct MmInner {
@@ -185,6 +188,7 @@ impl Mm {
                 vmas: VmaTree::default(),
                 pt: Some(pt),
                 def_flags: crate::vma::VmFlags::NONE,
+                heap: None,
             }),
             tlb: Shootdown::default(),
             vcache_users: crate::vcache::new_users(),
@@ -264,6 +268,25 @@ impl Mm {
     /// instead of now. Other flags: `EINVAL`.
     pub fn mlock2(&self, addr: u64, len: u64, flags: u32) -> Result<()> {
         mlock::do_mlock(&self.inner, addr, len, flags)
+    }
+
+    /// Move the program break to `addr` (Linux's `brk` system call) and
+    /// return the break now in force: `addr` if the move was made, the
+    /// old break if it was refused (below the heap's start, into a page
+    /// below the next mapping or its stack guard gap, beyond the address
+    /// space), so `brk(0)` reads the break. The heap is private read-write
+    /// memory from its start to the break rounded up to a page; it starts
+    /// where [`Mm::set_start_brk`] put it or, by default, at the end of the
+    /// highest mapping when `brk` is first called. Shrinking unmaps.
+    pub fn brk(&self, addr: u64) -> Result<u64> {
+        brk::do_brk(&self.inner, addr)
+    }
+
+    /// Set where the heap starts (`start_brk`, which exec sets after the
+    /// program's data), rounded up to a page; the break moves there too.
+    /// `EINVAL` once the heap has grown, `EPERM` below `mmap_min_addr`.
+    pub fn set_start_brk(&self, addr: u64) -> Result<()> {
+        brk::set_start(&self.inner, addr)
     }
 
     /// Unlock `[addr, addr + len)` (`munlock`): the VMAs lose `VM_LOCKED`
