@@ -343,6 +343,16 @@ impl VmaTree {
         self.map.insert(v.start, v);
     }
 
+    /// Move the start of the VMA at `start` down to `new_start` (a stack
+    /// growing into the hole below it), its page offset with it, so every
+    /// page keeps its offset.
+    pub(crate) fn extend_down(&mut self, start: u64, new_start: u64) {
+        let Some(mut v) = self.map.remove(&start) else { return };
+        v.pgoff -= (start - new_start) >> 12;
+        v.start = new_start;
+        self.map.insert(new_start, v);
+    }
+
     /// Apply `f` to every VMA inside `[start, end)` (split at the edges
     /// only where `f` would change something, as Linux's mprotect does).
     pub(crate) fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {

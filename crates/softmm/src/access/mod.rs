@@ -152,7 +152,18 @@ impl Accessor {
             if st.exited() {
                 return Err(Error::Segv { addr: va, kind: SegvKind::MapErr });
             }
-            crate::mm::fault_in_for(&self.mm, &st, va, access, &self.slot)?
+            match crate::mm::fault_in_for(&self.mm, &st, va, access, &self.slot) {
+                // A CPU access below a stack grows it (`mm/stack.rs`), then
+                // faults again.
+                Err(e @ Error::Segv { kind: SegvKind::MapErr, .. }) => {
+                    drop(st);
+                    if !crate::mm::expand_stack(&self.mm, va) {
+                        return Err(e);
+                    }
+                    return self.fill_for(va, need);
+                }
+                r => r?,
+            }
         };
         let ptr = self.mm.arena().frame_ptr(pte.frame()) as usize;
         let writable = if pte.is_writable() && pte.is_dirty() { WRITABLE } else { 0 };

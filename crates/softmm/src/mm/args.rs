@@ -29,6 +29,10 @@ impl MapFlags {
     pub const LOCKED: MapFlags = MapFlags(1);
     /// `MAP_POPULATE`: the mapping is faulted in now.
     pub const POPULATE: MapFlags = MapFlags(2);
+    /// `MAP_GROWSDOWN`: a stack (`VM_GROWSDOWN`, private memory only)
+    /// that grows down when a CPU access faults below it, keeping a guard
+    /// gap of 256 pages above any other mapping.
+    pub const GROWSDOWN: MapFlags = MapFlags(4);
 
     /// Whether every flag of `f` is set.
     pub const fn contains(self, f: MapFlags) -> bool {
@@ -40,11 +44,10 @@ impl MapFlags {
     }
     /// The VMA flags these ask for.
     pub(crate) const fn vm_flags(self) -> crate::vma::VmFlags {
-        if self.contains(MapFlags::LOCKED) {
-            crate::vma::VmFlags::LOCKED
-        } else {
-            crate::vma::VmFlags::NONE
-        }
+        use crate::vma::VmFlags;
+        let locked = if self.contains(MapFlags::LOCKED) { VmFlags::LOCKED } else { VmFlags::NONE };
+        let stack = if self.contains(MapFlags::GROWSDOWN) { VmFlags::GROWSDOWN } else { VmFlags::NONE };
+        locked.with(stack)
     }
 }
 

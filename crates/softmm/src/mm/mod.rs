@@ -84,6 +84,7 @@ mod mlock;
 mod mmap;
 pub(crate) mod pin;
 mod smaps;
+mod stack;
 pub(crate) mod translation;
 
 pub use args::{Advice, MapFlags, Placement};
@@ -91,6 +92,7 @@ pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
 pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
 pub use pin::PinnedPages;
+pub(crate) use stack::expand_stack;
 
 /// The fault path on behalf of an accessor (whose TLB slot need not be waited for).
 pub(crate) fn fault_in_for(
@@ -241,6 +243,9 @@ impl Mm {
         place: Placement,
         flags: MapFlags,
     ) -> Result<u64> {
+        if flags.contains(MapFlags::GROWSDOWN) && kind == MapKind::Shared {
+            return Err(Error::Invalid("MAP_GROWSDOWN with shared memory"));
+        }
         let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags())?;
         if flags.contains(MapFlags::POPULATE) || locked {
             let end = args::page_align(len).map_or(start, |l| start.saturating_add(l));
@@ -381,8 +386,19 @@ impl Mm {
             // The read lock is held across the copy, as Linux's
             // access_remote_vm does: no fork can write-protect the page (and
             // let another thread's COW move it away) while we write into it.
-            let st = self.inner.state.read();
-            let frame = grab_page(&self.inner, &st, p.va, access)?;
+            let mut st = self.inner.state.read();
+            let frame = match grab_page(&self.inner, &st, p.va, access) {
+                // A CPU access below a stack grows it (`mm/stack.rs`).
+                Err(e @ Error::Segv { kind: crate::SegvKind::MapErr, .. }) => {
+                    drop(st);
+                    if !stack::expand_stack(&self.inner, p.va) {
+                        return Err(e);
+                    }
+                    st = self.inner.state.read();
+                    grab_page(&self.inner, &st, p.va, access)?
+                }
+                r => r?,
+            };
             copy(arena, frame, p.off, p.lo, p.hi);
             // Dropped before the lock: an audit (every `mmap_lock` for
             // writing) must not find a reference nobody accounts for.
