@@ -187,3 +187,33 @@ fn locking_more_than_memory_fails_with_eagain() {
     mm.munlock(A, 64 * PAGE).unwrap();
     check(&mm);
 }
+
+#[test]
+fn extreme_arguments_never_panic() {
+    let m = machine();
+    let mm = m.new_mm().unwrap();
+    map(&mm, A, PAGE, Prot::RW, MapKind::Private);
+    let top = softmm::TASK_SIZE;
+    for addr in [0, 1, A, top - PAGE, top, top + 1, u64::MAX - PAGE, u64::MAX] {
+        for len in [0, 1, PAGE, top, u64::MAX - PAGE, u64::MAX] {
+            let _ = mm.mlock(addr, len);
+            let _ = mm.mlock2(addr, len, MLOCK_ONFAULT);
+            let _ = mm.munlock(addr, len);
+            let flags = [MapFlags::LOCKED, MapFlags::POPULATE, MapFlags::GROWSDOWN];
+            for f in flags {
+                let _ = mm.mmap_with(addr, len, Prot::RW, MapKind::Private, Placement::Hint, f);
+            }
+        }
+        let _ = mm.brk(addr);
+        let _ = mm.set_start_brk(addr);
+        let mut acc = mm.accessor();
+        let _ = acc.fetch_u32(addr);
+        let _ = acc.fetch(addr, &mut [0u8; 16]);
+        let _ = mm.write(addr, b"x");
+    }
+    for flags in [0, u32::MAX, MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT] {
+        let _ = mm.mlockall(flags);
+    }
+    mm.munlockall().unwrap();
+    check(&mm);
+}
