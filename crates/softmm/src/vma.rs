@@ -143,6 +143,10 @@ impl VmFlags {
     }
 }
 
+/// Linux's `stack_guard_gap` default: 256 pages below a stack VMA that no
+/// other mapping placed by the kernel (or the heap) may take.
+pub(crate) const STACK_GUARD_GAP: u64 = 256 * 4096;
+
 /// What a mapping maps.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MapKind {
@@ -183,6 +187,16 @@ impl Vma {
 
     pub(crate) fn len(&self) -> u64 {
         self.end - self.start
+    }
+
+    /// Where this VMA starts for those who must keep clear of it (Linux's
+    /// `vm_start_gap`): a stack keeps its guard gap below it.
+    pub(crate) fn start_gap(&self) -> u64 {
+        if self.flags.contains(VmFlags::GROWSDOWN) {
+            self.start.saturating_sub(STACK_GUARD_GAP)
+        } else {
+            self.start
+        }
     }
 
     pub(crate) fn pgoff_of(&self, va: u64) -> u64 {
@@ -386,7 +400,7 @@ impl VmaTree {
             if v.end <= hi && hi - v.end >= len {
                 return Some(hi - len).filter(|&s| s >= min);
             }
-            hi = hi.min(v.start);
+            hi = hi.min(v.start_gap());
             if hi < min + len {
                 return None;
             }

@@ -81,3 +81,29 @@ fn the_heap_stays_clear_of_a_stack_gap() {
     assert_eq!(mm.brk(limit + PAGE).unwrap(), limit);
     check(&mm);
 }
+
+#[test]
+fn placed_mappings_keep_out_of_the_guard_gap() {
+    let m = machine();
+    let mm = m.new_mm().unwrap();
+    let start = stack(&mm, TOP, 1);
+    // A hint inside the gap is not taken; one below it is.
+    let hint = start - 2 * PAGE;
+    let got = mm.mmap(hint, PAGE, Prot::RW, MapKind::Private, Placement::Hint).unwrap();
+    assert_ne!(got, hint);
+    let below = start - GAP - PAGE;
+    assert_eq!(mm.mmap(below, PAGE, Prot::RW, MapKind::Private, Placement::Hint).unwrap(), below);
+    // MAP_FIXED may map into the gap, as in Linux.
+    assert_eq!(mm.mmap(hint, PAGE, Prot::RW, MapKind::Private, Placement::Fixed).unwrap(), hint);
+    check(&mm);
+}
+
+#[test]
+fn top_down_placement_skips_a_stack_gap() {
+    let m = machine();
+    let mm = m.new_mm().unwrap();
+    let top = softmm::TASK_SIZE;
+    let start = stack(&mm, top, 1);
+    let got = mm.mmap(0, PAGE, Prot::RW, MapKind::Private, Placement::Hint).unwrap();
+    assert_eq!(got, start - GAP - PAGE);
+}

@@ -15,25 +15,11 @@ use crate::vma::{AnonLink, Backing, Prot, VmFlags, Vma};
 
 const PAGE: u64 = 4096;
 
-/// Linux's `stack_guard_gap` default: 256 pages below a stack VMA that no
-/// other mapping (the heap included) may take.
-pub(crate) const STACK_GUARD_GAP: u64 = 256 * PAGE;
-
 /// `mm->start_brk` and `mm->brk`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Heap {
     pub(crate) start: u64,
     pub(crate) brk: u64,
-}
-
-/// Where a VMA's start is for those who must keep clear of it: a stack
-/// (`VM_GROWSDOWN`) keeps its guard gap below it (`vm_start_gap`).
-pub(crate) fn start_gap(v: &Vma) -> u64 {
-    if v.flags.contains(VmFlags::GROWSDOWN) {
-        v.start.saturating_sub(STACK_GUARD_GAP)
-    } else {
-        v.start
-    }
 }
 
 fn page_align(x: u64) -> Option<u64> {
@@ -114,7 +100,7 @@ fn move_break(mm: &MmInner, st: &mut MmState, heap: Heap, want: u64) -> Option<O
         return None;
     }
     // A page must stay free below the next mapping (and its guard gap).
-    let next = st.vmas.overlapping(oldbrk, u64::MAX).next().map(start_gap);
+    let next = st.vmas.overlapping(oldbrk, u64::MAX).next().map(Vma::start_gap);
     if next.is_some_and(|gap| newbrk + PAGE > gap) {
         return None;
     }

@@ -44,8 +44,10 @@ pub(crate) fn do_mmap(
         }
         Placement::Hint => {
             let hint = args::page_align(addr).unwrap_or(0).max(min);
+            // Clear of every VMA and of the guard gap below a stack.
             let free = hint.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
-                && st.vmas.overlapping(hint, hint + len).next().is_none();
+                && st.vmas.overlapping(hint, hint + len).next().is_none()
+                && st.vmas.neighbours(hint).1.is_none_or(|n| n.start_gap() >= hint + len);
             if addr != 0 && free {
                 hint
             } else {

@@ -10,9 +10,8 @@
 //! default `RLIMIT_STACK`, not configurable here). Pinning and futexes,
 //! which go through GUP in Linux, do not grow a stack.
 
-use super::brk::STACK_GUARD_GAP;
 use super::MmInner;
-use crate::vma::{Prot, VmFlags};
+use crate::vma::{Prot, VmFlags, STACK_GUARD_GAP};
 
 /// Linux's default `RLIMIT_STACK`.
 pub(crate) const STACK_LIMIT: u64 = 8 << 20;
