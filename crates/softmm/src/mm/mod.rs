@@ -1,12 +1,14 @@
 //! Address spaces: [`Mm`] and the operations Linux gives a process
-//! (mmap, munmap, mprotect, madvise, fork, exit, faults).
+//! (mmap, munmap, mprotect, madvise, mlock, brk, fork, exit, faults).
 //!
 //! # Lock order (outer to inner)
 //!
 //! 1. `MmInner::state` — the `mmap_lock` (Linux's `mmap_sem`), a reader-writer
 //!    lock guarding the VMA tree and the page-table root. Faults, madvise and
-//!    remote accesses take it for reading; mmap, munmap, mprotect, fork and
-//!    exit for writing. Page-table pages are freed only under the write lock,
+//!    remote accesses take it for reading; mmap, munmap, mprotect, mlock,
+//!    brk, fork and exit for writing (mlock then populates under it held
+//!    for reading; a CPU access that grows a stack drops its read lock,
+//!    takes it for writing, and faults again after, never holding both). Page-table pages are freed only under the write lock,
 //!    so lock-free walks under either mode never see a freed table. Fork holds
 //!    the parent's write lock, then takes the (new) child's: parent before child.
 //! 2. The split lock of a PMD-table page (`FrameMeta::ptl`) — serializes the
