@@ -7,8 +7,8 @@ use common::*;
 use softmm::errno::{EAGAIN, EINVAL, ENOMEM};
 use softmm::reclaim::device::{FaultySwap, MemSwap};
 use softmm::{
-    Config, Machine, MapFlags, MapKind, Mm, Placement, Prot, SwapConfig, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT,
-    MLOCK_ONFAULT, ZERO_FRAME,
+    Config, GuestWords, Machine, MapFlags, MapKind, Mm, Placement, Prot, SwapConfig, MCL_CURRENT, MCL_FUTURE,
+    MCL_ONFAULT, MLOCK_ONFAULT, ZERO_FRAME,
 };
 use std::sync::Arc;
 
@@ -216,4 +216,49 @@ fn extreme_arguments_never_panic() {
     }
     mm.munlockall().unwrap();
     check(&mm);
+}
+
+#[test]
+fn locking_races_with_accesses_and_reclaim() {
+    let m = limited(48);
+    let mm = Arc::new(m.new_mm().unwrap());
+    map(&mm, A, 32 * PAGE, Prot::RW, MapKind::Private);
+    map(&mm, A + (1 << 20), 64 * PAGE, Prot::RW, MapKind::Private);
+    let writer = {
+        let mm = mm.clone();
+        std::thread::spawn(move || {
+            let mut acc = mm.accessor();
+            for round in 0..20u64 {
+                for i in 0..64 {
+                    acc.store_u64(A + (1 << 20) + i * PAGE, round).unwrap();
+                }
+                for i in 0..32 {
+                    acc.store_u64(A + i * PAGE, round).unwrap();
+                }
+            }
+        })
+    };
+    for _ in 0..20 {
+        // EAGAIN is fine when the writer holds most frames at that moment.
+        let r = mm.mlock(A, 16 * PAGE);
+        assert!(r.is_ok() || r.unwrap_err().errno() == EAGAIN);
+        mm.munlock(A, 32 * PAGE).unwrap();
+    }
+    writer.join().unwrap();
+    for i in 0..32 {
+        assert_eq!(mm.read_u64_at(A + i * PAGE), 19);
+    }
+    check(&mm);
+}
+
+trait ReadU64 {
+    fn read_u64_at(&self, addr: u64) -> u64;
+}
+
+impl ReadU64 for Mm {
+    fn read_u64_at(&self, addr: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).unwrap();
+        u64::from_ne_bytes(b)
+    }
 }
