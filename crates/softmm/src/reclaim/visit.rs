@@ -24,9 +24,6 @@ pub(crate) struct Visit {
     /// Some address space was busy and skipped (`try_only`), or one of
     /// its secondary MMUs refused a non-blocking invalidation.
     pub(crate) skipped: bool,
-    /// Some address space maps the frame in a `VM_LOCKED` VMA and was
-    /// left alone (`How::mlock`).
-    pub(crate) mlocked: bool,
     /// Each space's change, its entries edited and its vcache told: the
     /// shootdowns and bracket ends run when this batch is dropped (or
     /// handed to a larger one, `ChangeBatch::absorb`).
@@ -75,8 +72,7 @@ pub(crate) fn visit_mappings(
         };
         let Some(pt) = st.pt.as_ref() else { return };
         if how.mlock && st.vmas.find(va).is_some_and(|v| v.flags.contains(crate::vma::VmFlags::LOCKED)) {
-            v.mlocked = true;
-            return;
+            return; // the frame stays mapped there, so it stays resident
         }
         // Secondary MMUs first, outside the page-table lock (they may sleep).
         let young_here = how.age && mm.notifiers.clear_young(va, va + 4096);
