@@ -366,7 +366,7 @@ const GOOD_PREFIX: &str = "# a good start\nnew P\nmmap P 0x10000000 16K rw priva
 fn malformed_line_stops_replay_with_status_2() {
     let cases = [
         ("frob P", "unknown operation"),
-        ("mmap P 0x10000000 4K rwx private", "protection"),
+        ("mmap P 0x10000000 4K xr private", "protection"),
         ("write P 0x10000000 \"open", "unterminated"),
         ("read Q 0x10000000 2", "`Q`"), // no such address space
         ("waiter W", "no waiter named `W`"),

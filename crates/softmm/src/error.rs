@@ -100,6 +100,11 @@ pub enum Error {
     /// The futex word does not hold the expected value (`EAGAIN`).
     #[error("the futex word does not hold the expected value")]
     Again,
+
+    /// The range could not be locked now (`EAGAIN`): mlock found no
+    /// memory to fault it in.
+    #[error("cannot lock the range now: {0}")]
+    LockFailed(&'static str),
     /// A futex wait reached its deadline (`ETIMEDOUT`).
     #[error("the futex wait timed out")]
     TimedOut,
@@ -224,7 +229,7 @@ impl Error {
             Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
             Error::Host { errno, .. } | Error::SwapFile { errno, .. } => *errno,
             Error::SwapExhausted { .. } => ENOMEM,
-            Error::Again => EAGAIN,
+            Error::Again | Error::LockFailed(_) => EAGAIN,
             Error::TimedOut => ETIMEDOUT,
             Error::Interrupted => EINTR,
             Error::Deadlock => EDEADLK,

@@ -107,7 +107,10 @@ pub use error::{errno, Error, Result, SegvKind};
 pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
-pub use mm::{Advice, ForkPolicy, Mapping, Mm, PinnedPages, Placement};
+pub use mm::{
+    Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT,
+    MLOCK_ONFAULT,
+};
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use pgtable::TASK_SIZE;
 pub use phys::{FrameId, PAGE_SIZE, ZERO_FRAME};

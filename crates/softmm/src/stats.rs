@@ -166,6 +166,9 @@ pub struct Smaps {
     pub private_dirty: u64,
     /// Memory out on the swap device.
     pub swap: u64,
+    /// Linux's `Locked:`: the PSS of the VMA when it is `VM_LOCKED`
+    /// (`mlock`), else 0.
+    pub locked: u64,
 }
 
 /// Fixed-point shift of PSS, as Linux's `PSS_SHIFT`.
@@ -221,6 +224,7 @@ impl SmapsAcc {
             private_clean: self.private_clean >> 10,
             private_dirty: self.private_dirty >> 10,
             swap: self.swap >> 10,
+            locked: 0,
         }
     }
 }

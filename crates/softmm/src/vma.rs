@@ -95,6 +95,18 @@ impl fmt::Debug for Prot {
     }
 }
 
+/// The three letters `/proc/PID/maps` writes for these rights (`rw-`,
+/// `r-x`, `--x`): the bits as asked, so `PROT_EXEC` alone is `--x` and
+/// `PROT_WRITE` alone `-w-`, as Linux shows them, though x86 reads both.
+impl fmt::Display for Prot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = if self.0 & 1 != 0 { 'r' } else { '-' };
+        let w = if self.writable() { 'w' } else { '-' };
+        let x = if self.executable() { 'x' } else { '-' };
+        write!(f, "{r}{w}{x}")
+    }
+}
+
 /// Linux's `vm_flags` that are not protections: what `mlock`, `madvise`
 /// and the stack set on a VMA. Two VMAs merge only when these are equal,
 /// and an operation that changes them splits a VMA at the range's edges,
@@ -130,6 +142,10 @@ impl VmFlags {
         VmFlags(self.0 & !f.0)
     }
 }
+
+/// Linux's `stack_guard_gap` default: 256 pages below a stack VMA that no
+/// other mapping placed by the kernel (or the heap) may take.
+pub(crate) const STACK_GUARD_GAP: u64 = 256 * 4096;
 
 /// What a mapping maps.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -173,6 +189,16 @@ impl Vma {
         self.end - self.start
     }
 
+    /// Where this VMA starts for those who must keep clear of it (Linux's
+    /// `vm_start_gap`): a stack keeps its guard gap below it.
+    pub(crate) fn start_gap(&self) -> u64 {
+        if self.flags.contains(VmFlags::GROWSDOWN) {
+            self.start.saturating_sub(STACK_GUARD_GAP)
+        } else {
+            self.start
+        }
+    }
+
     pub(crate) fn pgoff_of(&self, va: u64) -> u64 {
         self.pgoff + ((va - self.start) >> 12)
     }
@@ -203,8 +229,9 @@ impl Vma {
             }
             Backing::Shm(o) => Backing::Shm(o.link_for(child)),
         };
-        let (start, end, prot, account, pgoff, flags) =
-            (self.start, self.end, self.prot, self.account, self.pgoff, self.flags);
+        // A child does not inherit memory locks (Linux's dup_mmap).
+        let flags = self.flags.without(VmFlags::LOCKED.with(VmFlags::LOCKONFAULT));
+        let (start, end, prot, account, pgoff) = (self.start, self.end, self.prot, self.account, self.pgoff);
         Vma { start, end, prot, account, pgoff, backing, flags }
     }
 
@@ -330,6 +357,16 @@ impl VmaTree {
         self.map.insert(v.start, v);
     }
 
+    /// Move the start of the VMA at `start` down to `new_start` (a stack
+    /// growing into the hole below it), its page offset with it, so every
+    /// page keeps its offset.
+    pub(crate) fn extend_down(&mut self, start: u64, new_start: u64) {
+        let Some(mut v) = self.map.remove(&start) else { return };
+        v.pgoff -= (start - new_start) >> 12;
+        v.start = new_start;
+        self.map.insert(new_start, v);
+    }
+
     /// Apply `f` to every VMA inside `[start, end)` (split at the edges
     /// only where `f` would change something, as Linux's mprotect does).
     pub(crate) fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
@@ -363,7 +400,7 @@ impl VmaTree {
             if v.end <= hi && hi - v.end >= len {
                 return Some(hi - len).filter(|&s| s >= min);
             }
-            hi = hi.min(v.start);
+            hi = hi.min(v.start_gap());
             if hi < min + len {
                 return None;
             }

@@ -1,6 +1,7 @@
-//! Model-based test: random histories of mmap, munmap, mprotect, madvise,
-//! fork, exit and accesses over up to four address spaces, each step checked
-//! against a deliberately simple reference model.
+//! Model-based test: random histories of mmap, munmap, mprotect (PROT_EXEC
+//! included), madvise, fork, exit and accesses (instruction fetches too)
+//! over up to four address spaces, each step checked against a
+//! deliberately simple reference model.
 //!
 //! The model keeps, per address space, a map from virtual page number to
 //! (protection, contents). Private contents are plain byte vectors, copied by
@@ -136,6 +137,12 @@ enum Op {
         s: usize,
         addr: Addr,
     },
+    /// An instruction fetch through the slot's accessor (needs PROT_EXEC).
+    Fetch {
+        s: usize,
+        addr: Addr,
+        len: usize,
+    },
     /// Several `FetchAdd`s in one accessor `Batch` (one slot publication;
     /// a miss, a COW or an error in the middle leaves and reopens it).
     BatchAdds {
@@ -190,7 +197,14 @@ fn slot() -> impl Strategy<Value = usize> {
 }
 
 fn prot() -> impl Strategy<Value = Prot> {
-    prop_oneof![4 => Just(Prot::RW), 2 => Just(Prot::READ), 1 => Just(Prot::WRITE), 1 => Just(Prot::NONE)]
+    prop_oneof![
+        4 => Just(Prot::RW),
+        2 => Just(Prot::READ),
+        1 => Just(Prot::WRITE),
+        1 => Just(Prot::NONE),
+        1 => Just(Prot::RX),
+        1 => Just(Prot::RWX)
+    ]
 }
 
 fn kind() -> impl Strategy<Value = MapKind> {
@@ -235,6 +249,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => slot().prop_map(|s| Op::Exit { s }),
         1 => slot().prop_map(|s| Op::NewAccessor { s }),
         10 => (slot(), addr(1), access_len(), via()).prop_map(|(s, addr, len, via)| Op::Read { s, addr, len, via }),
+        3 => (slot(), addr(1), access_len()).prop_map(|(s, addr, len)| Op::Fetch { s, addr, len }),
         12 => (slot(), addr(1), access_len(), any::<u8>(), via())
             .prop_map(|(s, addr, len, seed, via)| Op::Write { s, addr, len, seed, via }),
         4 => (slot(), addr(1), access_len(), 1u8..=255, via())
@@ -411,6 +426,21 @@ impl Space {
             va = hi;
         }
         Ok(())
+    }
+
+    /// An instruction fetch: every page needs PROT_EXEC (x86-64 with NX),
+    /// the first that lacks it faults; then it reads.
+    fn fetch(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let end = addr + len as u64;
+        let mut va = addr;
+        while va < end {
+            match self.pages.get(&(va / PAGE)) {
+                None => return Err(Error::Segv { addr: va, kind: SegvKind::MapErr }),
+                Some(p) if !p.prot.executable() => return Err(Error::Segv { addr: va, kind: SegvKind::AccErr }),
+                Some(_) => va = ((va / PAGE + 1) * PAGE).min(end),
+            }
+        }
+        self.read(addr, len)
     }
 
     fn read(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
@@ -614,7 +644,7 @@ impl World {
             Op::Read { s, via, .. } | Op::Write { s, via, .. } | Op::Fill { s, via, .. } => {
                 (s, matches!(via, Via::Acc))
             }
-            Op::FetchAdd { s, .. } | Op::Load32 { s, .. } | Op::BatchAdds { s, .. } => (s, true),
+            Op::FetchAdd { s, .. } | Op::Load32 { s, .. } | Op::BatchAdds { s, .. } | Op::Fetch { s, .. } => (s, true),
             Op::Migrate { s, .. } | Op::Pin { s, .. } => (s, false),
             Op::Mmap { s, .. }
             | Op::Munmap { s, .. }
@@ -721,6 +751,20 @@ impl World {
                             want[at]
                         ));
                     }
+                }
+            }
+            Op::Fetch { s, addr: Addr(addr), len } => {
+                let slot = &mut self.slots[s];
+                let Some(acc) = &mut slot.acc else { return Ok(()) };
+                let mut buf = vec![0u8; len];
+                let got = acc.fetch(addr, &mut buf);
+                let want = match &mut slot.model {
+                    Some(model) => model.fetch(addr, len),
+                    None => exited(addr, len, vec![0; len]),
+                };
+                ensure_eq!(unit(&got), unit(&want), "fetch");
+                if let Ok(want) = want {
+                    ensure_eq!(buf, want, "fetched bytes");
                 }
             }
             Op::Write { s, addr: Addr(addr), len, seed, via } => {

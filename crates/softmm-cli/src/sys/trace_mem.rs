@@ -144,6 +144,46 @@ impl TraceMem {
     }
 }
 
+/// mlock(2) and munlock(2), on the trace's memory only.
+impl TraceMem {
+    /// mlock(2).
+    pub fn mlock(&self, addr: u64, len: u64) -> Result<Answer, String> {
+        self.check_lock_span(addr, len)?;
+        // SAFETY: locking changes no memory; the range holds only trace
+        // memory or nothing (checked above).
+        Ok(errno_answer(unsafe { libc::mlock(addr as *const libc::c_void, len as usize) }))
+    }
+
+    /// munlock(2).
+    pub fn munlock(&self, addr: u64, len: u64) -> Result<Answer, String> {
+        self.check_lock_span(addr, len)?;
+        // SAFETY: as in `mlock`.
+        Ok(errno_answer(unsafe { libc::munlock(addr as *const libc::c_void, len as usize) }))
+    }
+
+    /// Check the pages mlock or munlock of `[addr, addr + len)` touch:
+    /// the address rounded down, the length with its page offset rounded
+    /// up, in the kernel's wrapping arithmetic (a range that wraps or is
+    /// empty changes nothing).
+    fn check_lock_span(&self, addr: u64, len: u64) -> Result<(), String> {
+        let l = len.wrapping_add(addr % PAGE).wrapping_add(PAGE - 1) & !(PAGE - 1);
+        let start = addr & !(PAGE - 1);
+        match start.checked_add(l) {
+            Some(end) if end > start => self.check(start, end),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A libc call's answer: `Err(errno)` when it returned -1.
+fn errno_answer(r: libc::c_int) -> Answer {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+    }
+}
+
 /// Pages mapped by the trace: start -> end, merged.
 #[derive(Default)]
 struct Owned {

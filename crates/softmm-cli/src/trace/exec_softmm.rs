@@ -8,6 +8,7 @@
 //! until `unpin P` or the name's reuse; it outlives its address space, as
 //! a pin outlives munmap and exit.
 
+use super::maps::{maps_line, MapsEntry, NamedRanges};
 use super::parse::{hex, Op, TKind, TProt};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
@@ -62,6 +63,8 @@ pub struct SoftmmRunner {
     spaces: HashMap<String, Mm>,
     waiters: HashMap<String, NamedWaiter>,
     pins: HashMap<String, PinnedPages>,
+    /// The ranges each space's `mmap`s named, for `maps`.
+    named: HashMap<String, NamedRanges>,
     opts: SoftmmOptions,
     /// Audits run so far.
     audits: u64,
@@ -96,6 +99,7 @@ impl SoftmmRunner {
             spaces: HashMap::new(),
             waiters: HashMap::new(),
             pins: HashMap::new(),
+            named: HashMap::new(),
             opts,
             audits: 0,
         })
@@ -141,6 +145,7 @@ impl SoftmmRunner {
                 }
                 let mm = self.machine.new_mm().map_err(|e| format!("new {a}: {e}"))?;
                 self.spaces.insert(a.clone(), mm);
+                self.named.insert(a.clone(), NamedRanges::default());
                 "ok".into()
             }
             Op::Mmap { a, addr, len, prot, kind } => {
@@ -148,7 +153,11 @@ impl SoftmmRunner {
                     TKind::Private => MapKind::Private,
                     TKind::Shared => MapKind::Shared,
                 };
-                unit(self.mm(a)?.mmap(*addr, *len, prot_of(*prot), kind, Placement::Fixed))
+                let r = self.mm(a)?.mmap(*addr, *len, prot_of(*prot), kind, Placement::Fixed);
+                if r.is_ok() {
+                    self.named.entry(a.clone()).or_default().add_mmap(*addr, *len);
+                }
+                unit(r)
             }
             Op::Munmap { a, addr, len } => unit(self.mm(a)?.munmap(*addr, *len)),
             Op::Mprotect { a, addr, len, prot } => unit(self.mm(a)?.mprotect(*addr, *len, prot_of(*prot))),
@@ -161,6 +170,8 @@ impl SoftmmRunner {
                 match child {
                     Ok(c) => {
                         self.spaces.insert(b.clone(), c);
+                        let named = self.named.get(a).cloned().unwrap_or_default();
+                        self.named.insert(b.clone(), named);
                         "ok".into()
                     }
                     Err(e) => err_line(&e),
@@ -171,6 +182,7 @@ impl SoftmmRunner {
                 // Its waiter threads end with it (dropping a waiter takes it
                 // off its queue), as a process's threads do.
                 self.waiters.retain(|_, w| w.space != *a);
+                self.named.remove(a);
                 mm.exit();
                 "ok".into()
             }
@@ -249,7 +261,25 @@ impl SoftmmRunner {
                 self.pins.remove(p).ok_or_else(|| no_pin(p))?;
                 "ok".into()
             }
+            Op::Maps { a } => self.maps(a)?,
+            Op::Mlock { a, addr, len } => unit(self.mm(a)?.mlock(*addr, *len)),
+            Op::Munlock { a, addr, len } => unit(self.mm(a)?.munlock(*addr, *len)),
+            Op::Locked { a, addr } => match self.mm(a)?.smaps(*addr) {
+                Some(s) => format!("locked {}", s.locked),
+                None => "none".into(),
+            },
         })
+    }
+
+    /// `maps A`: A's VMAs over the ranges the trace named in A.
+    fn maps(&self, a: &str) -> Result<String, Fatal> {
+        let entries = self.mm(a)?.maps().into_iter().map(|m| MapsEntry {
+            start: m.range.start,
+            end: m.range.end,
+            perms: m.perms(),
+            kind: "anon".into(),
+        });
+        Ok(maps_line(entries, self.named.get(a).unwrap_or(&NamedRanges::default())))
     }
 }
 
@@ -279,6 +309,10 @@ fn prot_of(p: TProt) -> Prot {
         TProt::W => Prot::WRITE,
         TProt::Rw => Prot::RW,
         TProt::None => Prot::NONE,
+        TProt::X => Prot::EXEC,
+        TProt::Rx => Prot::RX,
+        TProt::Wx => Prot::WRITE.union(Prot::EXEC),
+        TProt::Rwx => Prot::RWX,
     }
 }
 

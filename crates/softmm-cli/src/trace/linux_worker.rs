@@ -17,6 +17,7 @@
 //! FUTEX_WAIT ends with EINTR, off the queue) and the name forgotten.
 
 use super::guarded::{self, Outcome};
+use super::maps::{maps_line, MapsEntry, NamedRanges};
 use super::parse::{hex, parse_line, Op, TKind, TProt};
 use crate::sys;
 use crate::sys::trace_mem::{Answer, Sharing, TraceMem};
@@ -50,6 +51,9 @@ struct Waiter {
 struct Worker {
     mem: TraceMem,
     waiters: BTreeMap<String, Waiter>,
+    /// The ranges this space's `mmap`s named (a forked worker inherits
+    /// them with its memory), for `maps`.
+    named: NamedRanges,
 }
 
 impl Worker {
@@ -60,7 +64,11 @@ impl Worker {
                     TKind::Private => Sharing::Private,
                     TKind::Shared => Sharing::Shared,
                 };
-                status(self.mem.mmap(*addr, *len, prot_flags(*prot), sharing)?)
+                let r = self.mem.mmap(*addr, *len, prot_flags(*prot), sharing)?;
+                if r.is_ok() {
+                    self.named.add_mmap(*addr, *len);
+                }
+                status(r)
             }
             Op::Munmap { addr, len, .. } => status(self.mem.munmap(*addr, *len)?),
             Op::Mprotect { addr, len, prot, .. } => status(self.mem.mprotect(*addr, *len, prot_flags(*prot))?),
@@ -87,6 +95,13 @@ impl Worker {
                 }
             }
             Op::Waiter { w } => self.waiter(w)?,
+            Op::Maps { .. } => maps_line(proc_maps()?, &self.named),
+            Op::Mlock { addr, len, .. } => status(self.mem.mlock(*addr, *len)?),
+            Op::Munlock { addr, len, .. } => status(self.mem.munlock(*addr, *len)?),
+            Op::Locked { addr, .. } => match smaps_fields(*addr)? {
+                Some(fields) => format!("locked {}", fields.get("Locked").copied().unwrap_or(0)),
+                None => "none".into(),
+            },
             other => return Err(format!("the Linux worker cannot run {other:?}")),
         })
     }
@@ -195,7 +210,31 @@ fn prot_flags(p: TProt) -> ProtFlags {
         TProt::W => ProtFlags::WRITE,
         TProt::Rw => ProtFlags::READ | ProtFlags::WRITE,
         TProt::None => ProtFlags::empty(),
+        TProt::X => ProtFlags::EXEC,
+        TProt::Rx => ProtFlags::READ | ProtFlags::EXEC,
+        TProt::Wx => ProtFlags::WRITE | ProtFlags::EXEC,
+        TProt::Rwx => ProtFlags::READ | ProtFlags::WRITE | ProtFlags::EXEC,
     }
+}
+
+/// This process's VMAs from /proc/self/maps, in address order. Anonymous
+/// memory is `anon`, shared or private: Linux names shared anonymous
+/// memory `/dev/zero (deleted)` (its shmem file), private none.
+fn proc_maps() -> Result<Vec<MapsEntry>, String> {
+    let text = std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // START-END PERMS OFFSET DEV INODE [PATH]
+        let mut f = line.splitn(6, ' ');
+        let (range, perms) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let path = f.nth(3).unwrap_or("").trim();
+        let Some((s, e)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else { continue };
+        let kind =
+            if path.is_empty() || path == "/dev/zero (deleted)" { "anon".into() } else { format!("file {path}") };
+        out.push(MapsEntry { start, end, perms: perms.into(), kind });
+    }
+    Ok(out)
 }
 
 fn errno_line() -> String {
@@ -236,30 +275,7 @@ fn phys(addr: u64) -> Result<String, String> {
 
 /// The smaps line of the VMA holding `addr`, or `none`.
 fn smaps(addr: u64) -> Result<String, String> {
-    let text = std::fs::read_to_string("/proc/self/smaps").map_err(|e| format!("reading /proc/self/smaps: {e}"))?;
-    let mut inside = false;
-    let mut fields: BTreeMap<&str, u64> = BTreeMap::new();
-    for line in text.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((s, e)) = first.split_once('-') {
-            if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
-                if inside {
-                    break;
-                }
-                inside = s <= addr && addr < e;
-                continue;
-            }
-        }
-        if inside {
-            if let Some((k, v)) = line.split_once(':') {
-                let kb = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                fields.insert(k.trim(), kb);
-            }
-        }
-    }
-    if !inside {
-        return Ok("none".into());
-    }
+    let Some(fields) = smaps_fields(addr)? else { return Ok("none".into()) };
     let g = |k: &str| fields.get(k).copied().unwrap_or(0);
     Ok(format!(
         "rss={} pss={} anon={} shared_clean={} shared_dirty={} private_clean={} private_dirty={} swap={}",
@@ -274,6 +290,33 @@ fn smaps(addr: u64) -> Result<String, String> {
     ))
 }
 
+/// The kB fields of /proc/self/smaps for the VMA holding `addr`, or
+/// `None` when no VMA holds it.
+fn smaps_fields(addr: u64) -> Result<Option<BTreeMap<String, u64>>, String> {
+    let text = std::fs::read_to_string("/proc/self/smaps").map_err(|e| format!("reading /proc/self/smaps: {e}"))?;
+    let mut inside = false;
+    let mut fields: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((s, e)) = first.split_once('-') {
+            if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+                if inside {
+                    break;
+                }
+                inside = s <= addr && addr < e;
+                continue;
+            }
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once(':') {
+                let kb = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                fields.insert(k.trim().to_string(), kb);
+            }
+        }
+    }
+    Ok(inside.then_some(fields))
+}
+
 /// Entry point of `softmm __linux-worker SOCKET NAME`.
 pub fn main(socket: &str, name: &str) -> Result<(), String> {
     guarded::install_handler().map_err(|e| format!("installing the SIGSEGV handler: {e}"))?;
@@ -284,7 +327,7 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
     // Children this worker forks (other address spaces) are reaped by the
     // kernel when they exit, so an exited one never lingers as a zombie.
     sys::ignore_sigchld();
-    let mut worker = Worker { mem: TraceMem::default(), waiters: BTreeMap::new() };
+    let mut worker = Worker { mem: TraceMem::default(), waiters: BTreeMap::new(), named: NamedRanges::default() };
     let mut conn = BufReader::new(connect(socket, name)?);
     loop {
         let mut line = String::new();

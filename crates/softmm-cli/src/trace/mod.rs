@@ -6,4 +6,5 @@ pub mod gen;
 pub mod guarded;
 pub mod linux;
 pub mod linux_worker;
+pub mod maps;
 pub mod parse;

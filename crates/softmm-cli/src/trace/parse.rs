@@ -1,4 +1,5 @@
-//! Parsing of the trace format (`../shared/TRACE.md`, version 1).
+//! Parsing of the trace format (`../shared/TRACE.md`: version 1, and of
+//! version 2 the `x` protections, `maps`, `mlock`, `munlock` and `locked`).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
 //! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
@@ -25,6 +26,11 @@ pub enum TProt {
     W,
     Rw,
     None,
+    /// Version 2: PROT_EXEC, alone or with the others.
+    X,
+    Rx,
+    Wx,
+    Rwx,
 }
 
 /// Mapping kind as written in a trace.
@@ -34,7 +40,8 @@ pub enum TKind {
     Shared,
 }
 
-/// One trace operation.
+/// One trace operation. Version 2 adds `Maps` (the VMAs over the ranges
+/// the trace named), `Mlock`, `Munlock` and `Locked` (smaps' `Locked:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     New { a: String },
@@ -55,6 +62,10 @@ pub enum Op {
     Pin { a: String, addr: u64, len: u64, p: String },
     Pinned { p: String, addr: u64, len: u64 },
     Unpin { p: String },
+    Maps { a: String },
+    Mlock { a: String, addr: u64, len: u64 },
+    Munlock { a: String, addr: u64, len: u64 },
+    Locked { a: String, addr: u64 },
 }
 
 impl Op {
@@ -77,7 +88,11 @@ impl Op {
             | Op::Smaps { a, .. }
             | Op::FutexWait { a, .. }
             | Op::FutexWake { a, .. }
-            | Op::Pin { a, .. } => Some(a),
+            | Op::Pin { a, .. }
+            | Op::Maps { a }
+            | Op::Mlock { a, .. }
+            | Op::Munlock { a, .. }
+            | Op::Locked { a, .. } => Some(a),
             Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => None,
         }
     }
@@ -95,6 +110,10 @@ impl fmt::Display for TProt {
             TProt::W => "w",
             TProt::Rw => "rw",
             TProt::None => "-",
+            TProt::X => "x",
+            TProt::Rx => "rx",
+            TProt::Wx => "wx",
+            TProt::Rwx => "rwx",
         })
     }
 }
@@ -130,6 +149,10 @@ impl fmt::Display for Op {
             Op::Pin { a, addr, len, p } => write!(f, "pin {a} {addr:#x} {len:#x} as {p}"),
             Op::Pinned { p, addr, len } => write!(f, "pinned {p} {addr:#x} {len:#x}"),
             Op::Unpin { p } => write!(f, "unpin {p}"),
+            Op::Maps { a } => write!(f, "maps {a}"),
+            Op::Mlock { a, addr, len } => write!(f, "mlock {a} {addr:#x} {len:#x}"),
+            Op::Munlock { a, addr, len } => write!(f, "munlock {a} {addr:#x} {len:#x}"),
+            Op::Locked { a, addr } => write!(f, "locked {a} {addr:#x}"),
         }
     }
 }
@@ -281,6 +304,10 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         }
         "pinned" => Op::Pinned { p: t.name()?, addr: t.num("address")?, len: t.len()? },
         "unpin" => Op::Unpin { p: t.name()? },
+        "maps" => Op::Maps { a: t.name()? },
+        "mlock" => Op::Mlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "munlock" => Op::Munlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "locked" => Op::Locked { a: t.name()?, addr: t.num("address")? },
         other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
@@ -454,7 +481,11 @@ impl Toks<'_> {
             "w" => Ok(TProt::W),
             "rw" => Ok(TProt::Rw),
             "-" => Ok(TProt::None),
-            o => Err(format!("bad protection `{}` (r, w, rw or -)", shown(o))),
+            "x" => Ok(TProt::X),
+            "rx" => Ok(TProt::Rx),
+            "wx" => Ok(TProt::Wx),
+            "rwx" => Ok(TProt::Rwx),
+            o => Err(format!("bad protection `{}` (-, or the letters r, w, x in that order)", shown(o))),
         }
     }
 
@@ -548,6 +579,21 @@ mod tests {
     }
 
     #[test]
+    fn version_2_exec_letters_and_maps() {
+        for (text, prot) in
+            [("x", TProt::X), ("rx", TProt::Rx), ("wx", TProt::Wx), ("rwx", TProt::Rwx), ("rw", TProt::Rw)]
+        {
+            let op = parse_line(&format!("mprotect P 0x1000 4K {text}")).unwrap().unwrap();
+            assert_eq!(op, Op::Mprotect { a: "P".into(), addr: 0x1000, len: 4096, prot });
+            assert_eq!(op.to_string(), format!("mprotect P 0x1000 0x1000 {text}"));
+        }
+        assert_eq!(parse_line("maps P").unwrap().unwrap(), Op::Maps { a: "P".into() });
+        for line in ["mlock P 0x1000 0x2000", "munlock P 0x1000 0x1", "locked P 0x1000"] {
+            assert_eq!(parse_line(line).unwrap().unwrap().to_string(), line);
+        }
+    }
+
+    #[test]
     fn escapes_and_hex() {
         let op = parse_line(r#"write A 4096 "a\n\x41\101\"\\""#).unwrap().unwrap();
         assert_eq!(op, Op::Write { a: "A".into(), addr: 4096, bytes: b"a\nAA\"\\".to_vec() });
@@ -563,7 +609,11 @@ mod tests {
     fn malformed_lines_say_why() {
         for bad in [
             "mmap P 0x1000 4K rw",
-            "mmap P 0x1000 4K rwx private",
+            "mmap P 0x1000 4K xr private",
+            "mmap P 0x1000 4K rrw private",
+            "mprotect P 0x1000 4K -x",
+            "maps",
+            "maps P P",
             "frob P",
             "new 1P",
             "write P 0x1000 \"open",

@@ -27,7 +27,7 @@
 //!   the batch's own slot, and even a read of the `mmap_lock` can wait for a
 //!   writer that waits for the slot. Both would hang the thread.
 
-use super::{Accessor, TlbEntry, WRITABLE};
+use super::{Accessor, TlbEntry, ENTRY_FLAGS, WRITABLE};
 use crate::error::Result;
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ impl Batch<'_> {
             self.refill(addr, write)?;
             e = *self.acc.entry(addr);
         }
-        let p = (e.ptr & !WRITABLE) as *const u8;
+        let p = (e.ptr & !ENTRY_FLAGS) as *const u8;
         // SAFETY: `e` hits (`refill` returns only once it does, and nothing
         // but this accessor changes its TLB), and it was cached at the
         // accessor's generation, which the open batch holds valid (module

@@ -38,12 +38,17 @@ use std::sync::Arc;
 
 const TLB_ENTRIES: usize = 256;
 const WRITABLE: usize = 1;
+/// The entry was filled by an instruction fetch from a `PROT_EXEC` VMA.
+/// Frames are page-aligned, so both flags fit below the host address.
+const EXECUTABLE: usize = 2;
+const ENTRY_FLAGS: usize = WRITABLE | EXECUTABLE;
 
 #[derive(Clone, Copy, Default)]
 struct TlbEntry {
     /// Virtual page number + 1 (0: invalid).
     tag: u64,
-    /// Host address of the frame, with `WRITABLE` in bit 0.
+    /// Host address of the frame, with `WRITABLE` in bit 0 and
+    /// `EXECUTABLE` in bit 1.
     ptr: usize,
 }
 
@@ -99,38 +104,71 @@ impl Accessor {
     /// held valid (slot active); fill the TLB first if needed.
     #[inline(always)]
     fn with_page<R>(&mut self, va: u64, write: bool, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
+        self.with_page_for(va, if write { WRITABLE } else { 0 }, f)
+    }
+
+    /// `with_page` for an access that needs the entry flags `need`.
+    #[inline(always)]
+    fn with_page_for<R>(&mut self, va: u64, need: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
         let tag = (va >> 12) + 1;
         loop {
             let e = *self.entry(va);
-            if e.tag == tag && (!write || e.ptr & WRITABLE != 0) {
+            if e.tag == tag && e.ptr & need == need {
                 self.slot.enter_as(self.gen, self.light);
                 if self.mm.tlb.generation_relaxed() == self.gen {
-                    let r = f((e.ptr & !WRITABLE) as *mut u8);
+                    let r = f((e.ptr & !ENTRY_FLAGS) as *mut u8);
                     self.slot.exit();
                     return Ok(r);
                 }
                 self.slot.exit();
             }
-            self.fill(va, write)?;
+            self.fill_for(va, need)?;
         }
     }
 
     /// The slow path: revalidate the generation, walk or fault, cache.
     #[cold]
     fn fill(&mut self, va: u64, write: bool) -> Result<()> {
+        self.fill_for(va, if write { WRITABLE } else { 0 })
+    }
+
+    /// `fill` for an access that needs the entry flags `need`. An entry is
+    /// marked executable only by a fetch, which the fault path allowed
+    /// because the VMA has `PROT_EXEC`; mprotect taking `PROT_EXEC` away
+    /// shoots the translations down, so no stale mark outlives it.
+    #[cold]
+    fn fill_for(&mut self, va: u64, need: usize) -> Result<()> {
         self.misses += 1;
         self.resync();
-        let access = if write { Access::Write } else { Access::Read };
+        let access = if need & WRITABLE != 0 {
+            Access::Write
+        } else if need & EXECUTABLE != 0 {
+            Access::Fetch
+        } else {
+            Access::Read
+        };
         let pte = {
             let st = self.mm.state.read();
             if st.exited() {
                 return Err(Error::Segv { addr: va, kind: SegvKind::MapErr });
             }
-            crate::mm::fault_in_for(&self.mm, &st, va, access, &self.slot)?
+            match crate::mm::fault_in_for(&self.mm, &st, va, access, &self.slot) {
+                // A CPU access below a stack grows it (`mm/stack.rs`), then
+                // faults again.
+                Err(e @ Error::Segv { kind: SegvKind::MapErr, .. }) => {
+                    drop(st);
+                    if !crate::mm::expand_stack(&self.mm, va) {
+                        return Err(e);
+                    }
+                    return self.fill_for(va, need);
+                }
+                r => r?,
+            }
         };
         let ptr = self.mm.arena().frame_ptr(pte.frame()) as usize;
         let writable = if pte.is_writable() && pte.is_dirty() { WRITABLE } else { 0 };
-        self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry { tag: (va >> 12) + 1, ptr: ptr | writable };
+        let exec = if access == Access::Fetch { EXECUTABLE } else { 0 };
+        self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry { tag: (va >> 12) + 1, ptr: ptr | writable | exec };
         Ok(())
     }
 
@@ -172,6 +210,41 @@ impl Accessor {
             // SAFETY: `p` points at `hi - lo` writable bytes of one frame.
             unsafe { std::ptr::write_bytes(p, byte, hi - lo) }
         })
+    }
+
+    /// Fetch `out.len()` bytes of instructions from guest address `addr`
+    /// (any alignment; may cross pages). Every page needs `PROT_EXEC`: a
+    /// page without it faults with `Segv { kind: AccErr }`, as an
+    /// instruction fetch from a non-executable page does on x86-64 with NX.
+    /// A fetch is a read: it never breaks copy-on-write. Bytes of pages
+    /// before a faulting one have been copied.
+    pub fn fetch(&mut self, addr: u64, out: &mut [u8]) -> Result<()> {
+        let end = addr.checked_add(out.len() as u64).ok_or(Error::Segv { addr, kind: SegvKind::MapErr })?;
+        for piece in crate::mm::page_pieces(addr, end) {
+            let dst = &mut out[piece.lo..piece.hi];
+            self.with_page_for(piece.va, EXECUTABLE, |p| {
+                // SAFETY: as in `read`: the piece lies in one frame, valid
+                // while the slot is active; `dst` is a distinct host buffer.
+                unsafe { std::ptr::copy_nonoverlapping(p.add(piece.off), dst.as_mut_ptr(), dst.len()) }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Fetch a 16-bit instruction parcel at `addr` (native endian, any
+    /// alignment), as [`Accessor::fetch`].
+    pub fn fetch_u16(&mut self, addr: u64) -> Result<u16> {
+        let mut b = [0u8; 2];
+        self.fetch(addr, &mut b)?;
+        Ok(u16::from_ne_bytes(b))
+    }
+
+    /// Fetch a 32-bit instruction word at `addr` (native endian, any
+    /// alignment), as [`Accessor::fetch`].
+    pub fn fetch_u32(&mut self, addr: u64) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.fetch(addr, &mut b)?;
+        Ok(u32::from_ne_bytes(b))
     }
 
     /// Split `[addr, addr+len)` at page boundaries; `f(ptr, lo, hi)` gets the

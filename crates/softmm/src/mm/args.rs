@@ -18,6 +18,39 @@ pub enum Placement {
     Hint,
 }
 
+/// Flags of [`crate::Mm::mmap_with`] beyond the placement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MapFlags(u8);
+
+impl MapFlags {
+    /// None.
+    pub const NONE: MapFlags = MapFlags(0);
+    /// `MAP_LOCKED`: the mapping is locked (`VM_LOCKED`) and faulted in.
+    pub const LOCKED: MapFlags = MapFlags(1);
+    /// `MAP_POPULATE`: the mapping is faulted in now.
+    pub const POPULATE: MapFlags = MapFlags(2);
+    /// `MAP_GROWSDOWN`: a stack (`VM_GROWSDOWN`, private memory only)
+    /// that grows down when a CPU access faults below it, keeping a guard
+    /// gap of 256 pages above any other mapping.
+    pub const GROWSDOWN: MapFlags = MapFlags(4);
+
+    /// Whether every flag of `f` is set.
+    pub const fn contains(self, f: MapFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+    /// Both sets of flags.
+    pub const fn union(self, f: MapFlags) -> MapFlags {
+        MapFlags(self.0 | f.0)
+    }
+    /// The VMA flags these ask for.
+    pub(crate) const fn vm_flags(self) -> crate::vma::VmFlags {
+        use crate::vma::VmFlags;
+        let locked = if self.contains(MapFlags::LOCKED) { VmFlags::LOCKED } else { VmFlags::NONE };
+        let stack = if self.contains(MapFlags::GROWSDOWN) { VmFlags::GROWSDOWN } else { VmFlags::NONE };
+        locked.with(stack)
+    }
+}
+
 /// Advice for `madvise`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

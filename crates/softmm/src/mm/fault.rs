@@ -37,6 +37,10 @@ pub(crate) enum Access {
     /// write, but the entry keeps the protection it had, and untouched
     /// memory gets a frame of its own instead of the zero frame.
     Unshare,
+    /// An instruction fetch: needs `PROT_EXEC` (x86-64 with NX faults a
+    /// fetch from a page without it with an access error), then is a read:
+    /// it never breaks COW.
+    Fetch,
 }
 
 impl Access {
@@ -160,10 +164,13 @@ fn fault_once<const NOTIFY: bool>(
     let allowed = match access {
         Access::Read | Access::Unshare => vma.prot.readable(),
         Access::Write => vma.prot.writable(),
+        Access::Fetch => vma.prot.executable(),
     };
     if !allowed {
         return Err(segv(mm, va, SegvKind::AccErr));
     }
+    // Past the permission check a fetch is a read of the page.
+    let access = if access == Access::Fetch { Access::Read } else { access };
     let pt = st.pt.as_ref().ok_or(Error::Exited)?;
     let arena = mm.arena();
     let va = va & !0xfff;
@@ -315,7 +322,7 @@ fn fast_path(mm: &MmInner, pt: &crate::pgtable::PageTable, va: u64, pte: Pte, ac
         return None;
     }
     let want = match access {
-        Access::Read | Access::Unshare => Pte::ACCESSED,
+        Access::Read | Access::Unshare | Access::Fetch => Pte::ACCESSED,
         Access::Write => Pte::ACCESSED | Pte::DIRTY,
     };
     if pte.raw() & want == want {

@@ -19,6 +19,7 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     let pst = parent.state.write();
     let ppt = pst.pt.as_ref().ok_or(Error::Exited)?;
     let mut cst = child.inner.state.write();
+    cst.heap = pst.heap; // the break is inherited (dup_mm); the locks are not
     let mut flush = false;
     let mut result = Ok(());
     let mut last_span = None;

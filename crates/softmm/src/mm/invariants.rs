@@ -225,6 +225,20 @@ fn check_links(mm: &MmInner, st: &super::MmState) -> Result<(), InvariantError> 
     Ok(())
 }
 
+/// Flags a VMA may carry together: lock-on-fault only with a lock (as
+/// `mlock2` and `mlockall` set them), a growing stack only in private
+/// memory (`MAP_GROWSDOWN` of shared memory is refused).
+fn check_vma_flags(mm: &MmInner, v: &crate::vma::Vma) -> Result<(), InvariantError> {
+    use crate::vma::VmFlags;
+    if v.flags.contains(VmFlags::LOCKONFAULT) && !v.flags.contains(VmFlags::LOCKED) {
+        fail!("mm {}: VMA {:#x}-{:#x} is lock-on-fault without being locked", mm.id, v.start, v.end);
+    }
+    if v.flags.contains(VmFlags::GROWSDOWN) && v.kind() == crate::vma::MapKind::Shared {
+        fail!("mm {}: shared VMA {:#x}-{:#x} grows down", mm.id, v.start, v.end);
+    }
+    Ok(())
+}
+
 fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expected) -> Result<(), InvariantError> {
     let arena = &m.arena;
     let mut prev_end = 0;
@@ -233,6 +247,7 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
             fail!("mm {}: VMA {:#x}-{:#x} misaligned, empty or overlapping", mm.id, v.start, v.end);
         }
         prev_end = v.end;
+        check_vma_flags(mm, v)?;
     }
     let Some(pt) = st.pt.as_ref() else {
         if st.vmas.len() != 0 {

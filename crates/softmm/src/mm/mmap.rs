@@ -13,7 +13,17 @@ use crate::pte::Pte;
 use crate::sync::Ordering;
 use crate::vma::{AnonLink, Backing, MapKind, Prot, Vma};
 
-pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKind, place: Placement) -> Result<u64> {
+/// Returns the start and whether the new VMA is `VM_LOCKED` (by `flags`
+/// or the space's `def_flags`), so must be populated.
+pub(crate) fn do_mmap(
+    mm: &MmInner,
+    addr: u64,
+    len: u64,
+    prot: Prot,
+    kind: MapKind,
+    place: Placement,
+    flags: crate::vma::VmFlags,
+) -> Result<(u64, bool)> {
     let len = args::mmap_len(len)?;
     let min = mm.machine.config.mmap_min_addr;
     let mut st = mm.state.write();
@@ -34,8 +44,10 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
         }
         Placement::Hint => {
             let hint = args::page_align(addr).unwrap_or(0).max(min);
+            // Clear of every VMA and of the guard gap below a stack.
             let free = hint.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
-                && st.vmas.overlapping(hint, hint + len).next().is_none();
+                && st.vmas.overlapping(hint, hint + len).next().is_none()
+                && st.vmas.neighbours(hint).1.is_none_or(|n| n.start_gap() >= hint + len);
             if addr != 0 && free {
                 hint
             } else {
@@ -55,12 +67,15 @@ pub(crate) fn do_mmap(mm: &MmInner, addr: u64, len: u64, prot: Prot, kind: MapKi
         MapKind::Shared => 0,
     };
     let account = kind == MapKind::Private && prot.writable();
-    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags: crate::vma::VmFlags::NONE });
+    let flags = flags.with(st.def_flags);
+    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags });
     // Linux's vma_merge: merge with the previous VMA first; the next one
     // joins only if it is compatible with the result (prev's anon_vma).
     st.vmas.try_merge_at(start);
     st.vmas.try_merge_at(end);
-    Ok(start)
+    // Locked and not lock-on-fault: populated now (`mm_populate`).
+    let populate = flags.contains(crate::vma::VmFlags::LOCKED) && !flags.contains(crate::vma::VmFlags::LOCKONFAULT);
+    Ok((start, populate))
 }
 
 pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {
@@ -73,7 +88,7 @@ pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {
 /// no longer cover any VMA. Requires the write lock. Fails (ENOMEM) only
 /// before changing anything: a shared PTE table the range covers in part
 /// must first become this space's own, which may need a frame.
-fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<()> {
+pub(crate) fn unmap_locked(mm: &MmInner, st: &mut MmState, start: u64, end: u64) -> Result<()> {
     if st.vmas.overlapping(start, end).next().is_none() {
         return Ok(());
     }
@@ -200,6 +215,12 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     let mut pieces: Few<(u64, u64, bool)> = Few::default();
     let mut tmp = addr;
     let mut result = Ok(());
+    // PROT_EXEC lives in the VMA alone (entries carry no NX bit), but an
+    // accessor caches a fetch's right: taking it away must shoot down.
+    let mut lost_exec = false;
+    // Locked private pieces made writable: COW is broken now, as mlock
+    // would have (Linux's mprotect_fixup populates them).
+    let mut repopulate: Vec<(u64, u64)> = Vec::new();
     while tmp < end {
         let Some(v) = st.vmas.find(tmp) else {
             result = Err(nomem.clone());
@@ -208,6 +229,14 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         let hi = v.end.min(end);
         let new_account = account_after_mprotect(v, prot);
         if v.prot != prot || v.account != new_account {
+            lost_exec |= v.prot.executable() && !prot.executable();
+            if v.flags.contains(crate::vma::VmFlags::LOCKED)
+                && v.kind() == MapKind::Private
+                && !v.prot.writable()
+                && prot.writable()
+            {
+                repopulate.push((tmp, hi));
+            }
             st.vmas.split_at(tmp);
             st.vmas.split_at(hi);
             if let Some(piece) = st.vmas.get_mut(tmp) {
@@ -225,6 +254,9 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     let stop = tmp.min(end);
     {
         let mut change = Change::open(mm, Some(&st), addr, end, Some(Event::Protection));
+        if lost_exec {
+            change.need_flush();
+        }
         if let Some(pt) = st.pt.as_ref() {
             for &(lo, hi, shared) in pieces.iter() {
                 change.protect(pt, lo, hi, prot, shared);
@@ -243,6 +275,10 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
         }
     }
     st.vmas.try_merge_at(stop);
+    drop(st);
+    for (lo, hi) in repopulate {
+        let _ = super::mlock::populate(mm, lo, hi, true);
+    }
     result
 }
 

@@ -1,12 +1,14 @@
 //! Address spaces: [`Mm`] and the operations Linux gives a process
-//! (mmap, munmap, mprotect, madvise, fork, exit, faults).
+//! (mmap, munmap, mprotect, madvise, mlock, brk, fork, exit, faults).
 //!
 //! # Lock order (outer to inner)
 //!
 //! 1. `MmInner::state` — the `mmap_lock` (Linux's `mmap_sem`), a reader-writer
 //!    lock guarding the VMA tree and the page-table root. Faults, madvise and
-//!    remote accesses take it for reading; mmap, munmap, mprotect, fork and
-//!    exit for writing. Page-table pages are freed only under the write lock,
+//!    remote accesses take it for reading; mmap, munmap, mprotect, mlock,
+//!    brk, fork and exit for writing (mlock then populates under it held
+//!    for reading; a CPU access that grows a stack drops its read lock,
+//!    takes it for writing, and faults again after, never holding both). Page-table pages are freed only under the write lock,
 //!    so lock-free walks under either mode never see a freed table. Fork holds
 //!    the parent's write lock, then takes the (new) child's: parent before child.
 //! 2. The split lock of a PMD-table page (`FrameMeta::ptl`) — serializes the
@@ -75,20 +77,25 @@
 //! `Mm::check_invariants` recounts all of this.
 
 mod args;
+mod brk;
 mod change;
 mod fault;
 mod fork;
 mod gather;
 pub(crate) mod invariants;
+mod mlock;
 mod mmap;
 pub(crate) mod pin;
 mod smaps;
+mod stack;
 pub(crate) mod translation;
 
-pub use args::{Advice, Placement};
+pub use args::{Advice, MapFlags, Placement};
 pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
+pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
 pub use pin::PinnedPages;
+pub(crate) use stack::expand_stack;
 
 /// The fault path on behalf of an accessor (whose TLB slot need not be waited for).
 pub(crate) fn fault_in_for(
@@ -117,6 +124,11 @@ pub(crate) struct MmState {
     pub(crate) vmas: VmaTree,
     /// `None` once the address space has exited.
     pub(crate) pt: Option<PageTable>,
+    /// Flags every new mapping gets (Linux's `mm->def_flags`: `VM_LOCKED`
+    /// after `mlockall(MCL_FUTURE)`); a fork's child starts without them.
+    pub(crate) def_flags: crate::vma::VmFlags,
+    /// The heap (`start_brk` and the break), once set or first asked for.
+    pub(crate) heap: Option<brk::Heap>,
 }
 
 pub(crate) struct MmInner {
@@ -185,7 +197,12 @@ impl Mm {
             id: machine.new_id(),
             root: crate::sync::AtomicU32::new(pt.root().0),
             machine,
-            state: RwLock::new(MmState { vmas: VmaTree::default(), pt: Some(pt) }),
+            state: RwLock::new(MmState {
+                vmas: VmaTree::default(),
+                pt: Some(pt),
+                def_flags: crate::vma::VmFlags::NONE,
+                heap: None,
+            }),
             tlb: Shootdown::default(),
             vcache_users: crate::vcache::new_users(),
             notifiers: crate::notifier::Notifiers::default(),
@@ -220,7 +237,92 @@ impl Mm {
     /// `EEXIST` instead; [`Placement::Hint`] treats `addr` as a hint (0: any).
     /// Returns the start address.
     pub fn mmap(&self, addr: u64, len: u64, prot: Prot, kind: MapKind, place: Placement) -> Result<u64> {
-        mmap::do_mmap(&self.inner, addr, len, prot, kind, place)
+        self.mmap_with(addr, len, prot, kind, place, MapFlags::NONE)
+    }
+
+    /// [`Mm::mmap`] with flags: [`MapFlags::LOCKED`] (`MAP_LOCKED`: the
+    /// mapping is `VM_LOCKED`, as after `mlock`) and [`MapFlags::POPULATE`]
+    /// (`MAP_POPULATE`). A locked or populated mapping is faulted in before
+    /// this returns, writable private memory with write faults; a failure
+    /// to fault it in is ignored, as Linux's `mm_populate` ignores it.
+    /// After [`Mm::mlockall`] with `MCL_FUTURE` every new mapping is locked.
+    pub fn mmap_with(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        kind: MapKind,
+        place: Placement,
+        flags: MapFlags,
+    ) -> Result<u64> {
+        if flags.contains(MapFlags::GROWSDOWN) && kind == MapKind::Shared {
+            return Err(Error::Invalid("MAP_GROWSDOWN with shared memory"));
+        }
+        let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags())?;
+        if flags.contains(MapFlags::POPULATE) || locked {
+            let end = args::page_align(len).map_or(start, |l| start.saturating_add(l));
+            let _ = mlock::populate(&self.inner, start, end, true);
+        }
+        Ok(start)
+    }
+
+    /// Lock `[addr, addr + len)` in memory (`mlock`): the VMAs become
+    /// `VM_LOCKED` (split at the range's edges, merged with equal
+    /// neighbours) and every page is faulted in, writable private pages
+    /// with a write fault (copy on write broken now); reclaim never takes a
+    /// page a locked VMA maps. `addr` is rounded down to its page and the
+    /// length up, as Linux does. Errors as Linux's: `ENOMEM` when part of
+    /// the range is not mapped (the VMAs before the hole are locked) or
+    /// when the range holds `PROT_NONE` memory (locked, not faulted in),
+    /// `EINVAL` for a range that wraps, `EAGAIN` when no memory could be
+    /// had for the pages. `RLIMIT_MEMLOCK` is not modelled.
+    pub fn mlock(&self, addr: u64, len: u64) -> Result<()> {
+        mlock::do_mlock(&self.inner, addr, len, 0)
+    }
+
+    /// `mlock2`: as [`Mm::mlock`]; with [`MLOCK_ONFAULT`] the VMAs become
+    /// `VM_LOCKED | VM_LOCKONFAULT` and pages are locked as they fault in
+    /// instead of now. Other flags: `EINVAL`.
+    pub fn mlock2(&self, addr: u64, len: u64, flags: u32) -> Result<()> {
+        mlock::do_mlock(&self.inner, addr, len, flags)
+    }
+
+    /// Move the program break to `addr` (Linux's `brk` system call) and
+    /// return the break now in force: `addr` if the move was made, the
+    /// old break if it was refused (below the heap's start, into a page
+    /// below the next mapping or its stack guard gap, beyond the address
+    /// space), so `brk(0)` reads the break. The heap is private read-write
+    /// memory from its start to the break rounded up to a page; it starts
+    /// where [`Mm::set_start_brk`] put it or, by default, at the end of the
+    /// highest mapping when `brk` is first called. Shrinking unmaps.
+    pub fn brk(&self, addr: u64) -> Result<u64> {
+        brk::do_brk(&self.inner, addr)
+    }
+
+    /// Set where the heap starts (`start_brk`, which exec sets after the
+    /// program's data), rounded up to a page; the break moves there too.
+    /// `EINVAL` once the heap has grown, `EPERM` below `mmap_min_addr`.
+    pub fn set_start_brk(&self, addr: u64) -> Result<()> {
+        brk::set_start(&self.inner, addr)
+    }
+
+    /// Unlock `[addr, addr + len)` (`munlock`): the VMAs lose `VM_LOCKED`
+    /// and `VM_LOCKONFAULT`; `ENOMEM` at a hole, as [`Mm::mlock`].
+    pub fn munlock(&self, addr: u64, len: u64) -> Result<()> {
+        mlock::do_munlock(&self.inner, addr, len)
+    }
+
+    /// `mlockall(flags)`: [`MCL_CURRENT`] locks (and faults in) every
+    /// mapping now, [`MCL_FUTURE`] every later one, [`MCL_ONFAULT`] with
+    /// either locks pages as they fault in. `EINVAL` for no flag, an
+    /// unknown one, or `MCL_ONFAULT` alone. Not inherited by a fork.
+    pub fn mlockall(&self, flags: u32) -> Result<()> {
+        mlock::do_mlockall(&self.inner, flags, false)
+    }
+
+    /// `munlockall`: unlock every mapping and stop locking new ones.
+    pub fn munlockall(&self) -> Result<()> {
+        mlock::do_mlockall(&self.inner, 0, true)
     }
 
     /// Unmap `[addr, addr + len)`; unmapped parts of the range are fine.
@@ -296,8 +398,19 @@ impl Mm {
             // The read lock is held across the copy, as Linux's
             // access_remote_vm does: no fork can write-protect the page (and
             // let another thread's COW move it away) while we write into it.
-            let st = self.inner.state.read();
-            let frame = grab_page(&self.inner, &st, p.va, access)?;
+            let mut st = self.inner.state.read();
+            let frame = match grab_page(&self.inner, &st, p.va, access) {
+                // A CPU access below a stack grows it (`mm/stack.rs`).
+                Err(e @ Error::Segv { kind: crate::SegvKind::MapErr, .. }) => {
+                    drop(st);
+                    if !stack::expand_stack(&self.inner, p.va) {
+                        return Err(e);
+                    }
+                    st = self.inner.state.read();
+                    grab_page(&self.inner, &st, p.va, access)?
+                }
+                r => r?,
+            };
             copy(arena, frame, p.off, p.lo, p.hi);
             // Dropped before the lock: an audit (every `mmap_lock` for
             // writing) must not find a reference nobody accounts for.
@@ -433,6 +546,26 @@ impl Mm {
     }
 
     /// The mappings (VMAs), in address order, as `/proc/PID/maps` lists
+    /// them: one entry per VMA (neighbours with the same protection, kind
+    /// and flags are one VMA, as in Linux). [`Mapping::perms`] spells the
+    /// permissions as that file does. The same list as [`Mm::mappings`].
+    ///
+    /// ```
+    /// use softmm::{Config, Machine, MapKind, Placement, Prot};
+    ///
+    /// let machine = Machine::new(Config { arena_bytes: 16 << 20, ..Config::default() })?;
+    /// let mm = machine.new_mm()?;
+    /// mm.mmap(0x10000, 2 * 4096, Prot::RX, MapKind::Private, Placement::Fixed)?;
+    /// mm.mmap(0x12000, 4096, Prot::RW, MapKind::Shared, Placement::Fixed)?;
+    /// let maps: Vec<String> = mm.maps().iter().map(|m| m.to_string()).collect();
+    /// assert_eq!(maps, ["0x10000-0x12000 r-xp anon", "0x12000-0x13000 rw-s anon"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn maps(&self) -> Vec<Mapping> {
+        self.mappings()
+    }
+
+    /// The mappings (VMAs), in address order, as `/proc/PID/maps` lists
     /// them: neighbours with the same protection and kind are one mapping.
     ///
     /// ```
@@ -465,7 +598,7 @@ impl Mm {
     }
 }
 
-/// One mapping of an address space, as [`Mm::mappings`] lists it.
+/// One mapping of an address space, as [`Mm::maps`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// The addresses it covers (page-aligned).
@@ -474,6 +607,27 @@ pub struct Mapping {
     pub prot: Prot,
     /// Private or shared memory (and which shared object).
     pub kind: MapKind,
+}
+
+impl Mapping {
+    /// The permissions as `/proc/PID/maps` writes them: `rw-p`, `r-xs`,
+    /// `---p` (`s` for shared memory, `p` for private).
+    pub fn perms(&self) -> String {
+        let ps = match self.kind {
+            MapKind::Private => 'p',
+            MapKind::Shared => 's',
+        };
+        format!("{}{ps}", self.prot)
+    }
+}
+
+/// `0xSTART-0xEND PERMS anon`: the line of the trace format's `maps`
+/// (anonymous memory, shared or private, is `anon` there; Linux's
+/// `/proc/PID/maps` names shared anonymous memory `/dev/zero (deleted)`).
+impl std::fmt::Display for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}-{:#x} {} anon", self.range.start, self.range.end, self.perms())
+    }
 }
 
 impl Mm {

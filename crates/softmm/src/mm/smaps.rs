@@ -85,7 +85,12 @@ impl Sharers {
                 va += PAGE_SIZE as u64;
             }
         });
-        acc.finish(start, end)
+        let mut s = acc.finish(start, end);
+        // Linux adds each page's PSS to `pss_locked` in a VM_LOCKED VMA.
+        if st.vmas.find(start).is_some_and(|v| v.flags.contains(crate::vma::VmFlags::LOCKED)) {
+            s.locked = s.pss;
+        }
+        s
     }
 
     /// The sharers of the span at `base`.

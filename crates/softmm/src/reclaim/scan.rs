@@ -255,7 +255,7 @@ impl SwapBatch {
             return self.release_last(m, swap);
         }
         let slot = slot - 1;
-        let how = How { try_only, event: Some(Event::SwapOut), age: true };
+        let how = How { try_only, event: Some(Event::SwapOut), age: true, mlock: true };
         let edit = |pte: Pte| age(pte).or_else(|| to_swap_entry(meta, slot, pte));
         let visit = unmap_with(m, swap, f, slot, how, edit);
         if visit.changed == 0 && meta.mapcount() != 0 {
@@ -342,7 +342,7 @@ impl SwapBatch {
         // Secondary MMUs drop their translations too; their invalidations
         // end when the visit is dropped, after the batch's shootdown. (Not
         // a migration entry: a frame being migrated is locked anyway.)
-        let how = How { try_only, event: Some(Event::SwapOut), ..How::default() };
+        let how = How { try_only, event: Some(Event::SwapOut), mlock: true, ..How::default() };
         let edit = |pte: Pte| to_swap_entry(meta, slot, pte);
         let visit = unmap_with(m, swap, f, slot, how, edit);
         self.changes.absorb(visit.changes);

@@ -94,11 +94,14 @@ fn unmap_everywhere(
             return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
+        // A mapping in a VM_LOCKED VMA stays (Linux's try_to_unmap fails
+        // there): the page is still mapped, so it is not swapped out.
         let addrs = st
             .vmas
             .iter()
             .filter(|v| matches!(&v.backing, Backing::Shm(o) if Arc::ptr_eq(&**o, obj)))
             .filter(|v| pgoff >= v.pgoff && pgoff < v.pgoff + (v.len() >> 12))
+            .filter(|v| !v.flags.contains(crate::vma::VmFlags::LOCKED))
             .map(|v| v.start + ((pgoff - v.pgoff) << 12));
         // Every bracket opens before any entry changes.
         let mut changes = Vec::new();

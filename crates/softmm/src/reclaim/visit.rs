@@ -42,6 +42,10 @@ pub(crate) struct How {
     /// page (`clear_young`); in a space where one did, the entry is only
     /// aged (its accessed bit cleared), never edited.
     pub(crate) age: bool,
+    /// Leave alone every space whose VMA at the frame's address is
+    /// `VM_LOCKED` (reclaim: Linux's `try_to_unmap_one` fails there and
+    /// the page stays resident; migration ignores mlock, as Linux's does).
+    pub(crate) mlock: bool,
 }
 
 /// Visit every page-table entry that holds anonymous frame `f` (present or
@@ -67,6 +71,9 @@ pub(crate) fn visit_mappings(
             return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
+        if how.mlock && st.vmas.find(va).is_some_and(|v| v.flags.contains(crate::vma::VmFlags::LOCKED)) {
+            return; // the frame stays mapped there, so it stays resident
+        }
         // Secondary MMUs first, outside the page-table lock (they may sleep).
         let young_here = how.age && mm.notifiers.clear_young(va, va + 4096);
         v.young |= young_here;
