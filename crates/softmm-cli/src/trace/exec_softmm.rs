@@ -11,7 +11,7 @@
 use super::parse::{hex, Op, TKind, TProt};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
-    Advice, Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot,
+    Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot,
     SegvKind,
 };
 use std::collections::HashMap;
@@ -152,7 +152,7 @@ impl SoftmmRunner {
             }
             Op::Munmap { a, addr, len } => unit(self.mm(a)?.munmap(*addr, *len)),
             Op::Mprotect { a, addr, len, prot } => unit(self.mm(a)?.mprotect(*addr, *len, prot_of(*prot))),
-            Op::MadviseDontneed { a, addr, len } => unit(self.mm(a)?.madvise(*addr, *len, Advice::DontNeed)),
+            Op::Madvise { a, addr, len, advice } => unit(self.mm(a)?.madvise(*addr, *len, *advice)),
             Op::Fork { a, b } => {
                 if self.spaces.contains_key(b) {
                     return Err(format!("address space `{b}` already exists"));

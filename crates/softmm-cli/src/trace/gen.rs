@@ -7,6 +7,7 @@
 //! memory), use at most four address spaces, and only name spaces that exist.
 
 use super::parse::{Op, TKind, TProt};
+use softmm::Advice;
 
 /// SplitMix64.
 pub struct Rng(u64);
@@ -84,7 +85,7 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             },
             12..=17 => Op::Munmap { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
             18..=24 => Op::Mprotect { a, addr: addr(&mut r, shape), len: len(&mut r, shape), prot: prot(&mut r) },
-            25..=28 => Op::MadviseDontneed { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
+            25..=28 => Op::Madvise { a, addr: addr(&mut r, shape), len: len(&mut r, shape), advice: Advice::DontNeed },
             29..=34 if live.len() < 4 => {
                 let b = fresh(&mut next_name);
                 live.push(b.clone());

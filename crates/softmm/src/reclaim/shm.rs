@@ -76,7 +76,7 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
 /// Clear every PTE that maps page `pgoff` (frame `f`) of `obj`; shoot the
 /// translations down. Returns (entries cleared, some space skipped, some
 /// entry was dirty).
-fn unmap_everywhere(
+pub(super) fn unmap_everywhere(
     m: &MachineInner,
     obj: &Arc<ShmObject>,
     f: FrameId,
