@@ -17,7 +17,7 @@ use crate::notifier::Event;
 use crate::phys::flags;
 use crate::pgtable::{PageTable, PTE_TABLE_SPAN};
 use crate::pte::Pte;
-use crate::vma::{Backing, MapKind, Vma, VmFlags};
+use crate::vma::{Backing, MapKind, Prot, Vma, VmFlags};
 use std::sync::Arc;
 
 pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> Result<()> {
@@ -139,9 +139,9 @@ fn madvise_free_single_vma(mm: &MmInner, st: &MmState, pt: &PageTable, pieces: &
 /// Mark the present private pages of `[lo, hi)` lazily freeable: their
 /// entries lose accessed and dirty, their frames lose `DIRTY` and gain
 /// `LAZYFREE`, so that reclaim drops a page nobody wrote since instead of
-/// swapping it. A page mapped more than once (COW-shared after a fork) or
-/// in the swap cache is left as it is when it is dirty, as Linux skips a
-/// folio it cannot make clean. Returns the swap entries met.
+/// swapping it. A page also mapped elsewhere (COW-shared after a fork)
+/// stays mapped there: reclaim drops only clean entries, and a sharer that
+/// wrote it holds a dirty one. Returns the swap entries met.
 fn madvise_free_pte_range(mm: &MmInner, pt: &PageTable, change: &mut Change<'_>, lo: u64, hi: u64) -> Vec<u64> {
     let arena = mm.arena();
     let mut swapped = Vec::new();
@@ -154,19 +154,26 @@ fn madvise_free_pte_range(mm: &MmInner, pt: &PageTable, change: &mut Change<'_>,
                 swapped.push(va);
                 continue;
             }
-            if !pte.is_present() || pte.is_zero_frame() || pte.is_borrowed() || pte.is_migration() {
+            // A borrowed entry (`pgtable/borrow.rs`) is cleaned like an
+            // owned one: only its accessed and dirty bits change.
+            if !pte.is_present() || pte.is_zero_frame() {
                 continue;
             }
             let meta = arena.meta(pte.frame());
             if !meta.has(flags::ANON) {
                 continue;
             }
-            if meta.has(flags::DIRTY) || meta.has(flags::SWAPCACHE) {
-                if meta.mapcount() != 1 || meta.has(flags::SWAPCACHE) {
-                    continue;
-                }
-                meta.clear_flags(flags::DIRTY);
+            // A page in the swap cache is left as it is (Linux frees its
+            // swap copy first, when it can).
+            if meta.has(flags::SWAPCACHE) {
+                continue;
             }
+            // Every mapping that wrote the page holds a dirty entry (fork
+            // copies the bit), so the frame's own DIRTY, which softmm sets
+            // when a write creates the page, can go: Linux's anonymous
+            // folio is clean there too, and a sharer's smaps and reclaim
+            // go by its own entry.
+            meta.clear_flags(flags::DIRTY);
             // The CPU may set accessed or dirty meanwhile (without the lock).
             while pte.is_accessed() || pte.is_dirty() {
                 match g.cas(va, pte, pte.without(Pte::ACCESSED | Pte::DIRTY)) {
@@ -269,9 +276,11 @@ fn madvise_populate(mm: &MmInner, start: u64, end: u64, access: Access, hole: Er
     let mut va = start;
     while va < end {
         let Some(v) = st.vmas.find(va) else { return Err(hole) };
+        // GUP's check_vma_flags: VM_READ itself, not what x86 lets
+        // loads through (PROT_WRITE alone is not readable here).
         let allowed = match access {
             Access::Write => v.prot.writable(),
-            _ => v.prot.readable(),
+            _ => v.prot.union(Prot::READ) == v.prot,
         };
         if !allowed {
             return Err(Error::Invalid("populate of memory without that access"));

@@ -152,8 +152,9 @@ pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut G
     // Test first, as Linux's `noop_dirty_folio` does: the page of a dirty
     // entry is usually dirty already, and a locked instruction per entry is
     // a large share of an exit's cost. DIRTY is cleared on a live frame
-    // only by MADV_FREE, under the lock of its only mapping's table, which
-    // this zap holds too, so the test cannot go stale.
+    // only by MADV_FREE, which first cleans the entry it holds: a racing
+    // zap of a dirty entry elsewhere may lose only the frame's copy of a
+    // dirtiness that entry's space no longer needs.
     if pte.is_dirty() && !meta.has(crate::phys::flags::DIRTY) {
         meta.set_flags(crate::phys::flags::DIRTY);
     }
