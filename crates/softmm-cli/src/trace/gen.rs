@@ -85,7 +85,7 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             },
             12..=17 => Op::Munmap { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
             18..=24 => Op::Mprotect { a, addr: addr(&mut r, shape), len: len(&mut r, shape), prot: prot(&mut r) },
-            25..=28 => Op::Madvise { a, addr: addr(&mut r, shape), len: len(&mut r, shape), advice: Advice::DontNeed },
+            25..=28 => Op::Madvise { a, addr: addr(&mut r, shape), len: len(&mut r, shape), advice: advice(&mut r) },
             29..=34 if live.len() < 4 => {
                 let b = fresh(&mut next_name);
                 live.push(b.clone());
@@ -108,6 +108,28 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
         out.push(op);
     }
     out
+}
+
+/// A madvise advice: DONTNEED half the time, else any other whose outcome
+/// does not depend on swap (not PAGEOUT; COLD changes nothing a trace sees).
+fn advice(r: &mut Rng) -> Advice {
+    const OTHERS: [Advice; 10] = [
+        Advice::Free,
+        Advice::WillNeed,
+        Advice::Cold,
+        Advice::PopulateRead,
+        Advice::PopulateWrite,
+        Advice::Remove,
+        Advice::DontFork,
+        Advice::DoFork,
+        Advice::WipeOnFork,
+        Advice::KeepOnFork,
+    ];
+    if r.chance(50) {
+        Advice::DontNeed
+    } else {
+        OTHERS[r.below(OTHERS.len() as u64) as usize]
+    }
 }
 
 /// `Futex`: a wait, a wake, or a store of a small value, on one of 8 words

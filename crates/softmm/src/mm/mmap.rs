@@ -148,15 +148,19 @@ pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut G
     let f = pte.frame();
     let meta = arena.meta(f);
     // A dirty entry hands its dirtiness to the page (Linux's zap_pte_range:
-    // folio_mark_dirty), so other mappings of a shared page see it dirty.
-    // Test first, as Linux's `noop_dirty_folio` does: the page of a dirty
-    // entry is usually dirty already, and a locked instruction per entry is
-    // a large share of an exit's cost. DIRTY is cleared on a live frame
-    // only by MADV_FREE, which first cleans the entry it holds: a racing
-    // zap of a dirty entry elsewhere may lose only the frame's copy of a
-    // dirtiness that entry's space no longer needs.
-    if pte.is_dirty() && !meta.has(crate::phys::flags::DIRTY) {
-        meta.set_flags(crate::phys::flags::DIRTY);
+    // folio_mark_dirty), so other mappings of a shared page see it dirty;
+    // a private page only when it is in the swap cache (its copy there is
+    // stale), as Linux marks no anonymous folio dirty at a zap: a sharer
+    // that wrote holds a dirty entry of its own (fork copies the bit), and
+    // one that gave MADV_FREE stays clean. Test first, as Linux's
+    // `noop_dirty_folio` does: the page of a dirty entry is usually dirty
+    // already, and a locked instruction per entry is a large share of an
+    // exit's cost. DIRTY is cleared on a live frame only by MADV_FREE,
+    // which first cleans the entry it holds.
+    use crate::phys::flags::{ANON, DIRTY, SWAPCACHE};
+    let fl = meta.flags();
+    if pte.is_dirty() && fl & DIRTY == 0 && fl & (ANON | SWAPCACHE) != ANON {
+        meta.set_flags(DIRTY);
     }
     match m.reclaim.swap.as_ref().filter(|_| meta.has(crate::phys::flags::SWAPCACHE)) {
         Some(swap) => {
