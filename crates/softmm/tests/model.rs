@@ -92,6 +92,13 @@ enum Op {
         s: usize,
         r: Range,
     },
+    /// Any other advice whose outcome the model knows exactly (not FREE,
+    /// whose pages reclaim may or may not drop).
+    Madvise {
+        s: usize,
+        r: Range,
+        advice: Advice,
+    },
     /// Fork slot `s` into slot `into` (whatever lived there exits first).
     Fork {
         s: usize,
@@ -197,6 +204,21 @@ fn kind() -> impl Strategy<Value = MapKind> {
     prop_oneof![3 => Just(MapKind::Private), 1 => Just(MapKind::Shared)]
 }
 
+fn advice() -> impl Strategy<Value = Advice> {
+    prop::sample::select(vec![
+        Advice::WillNeed,
+        Advice::Cold,
+        Advice::PageOut,
+        Advice::PopulateRead,
+        Advice::PopulateWrite,
+        Advice::Remove,
+        Advice::DontFork,
+        Advice::DoFork,
+        Advice::WipeOnFork,
+        Advice::KeepOnFork,
+    ])
+}
+
 fn range() -> impl Strategy<Value = Range> {
     let pages = 0..WINDOW_PAGES;
     let npages = prop_oneof![1 => Just(0u64), 12 => 1u64..=MAX_RANGE_PAGES];
@@ -231,6 +253,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (slot(), range()).prop_map(|(s, r)| Op::Munmap { s, r }),
         6 => (slot(), range(), prot()).prop_map(|(s, r, prot)| Op::Mprotect { s, r, prot }),
         4 => (slot(), range()).prop_map(|(s, r)| Op::DontNeed { s, r }),
+        5 => (slot(), range(), advice()).prop_map(|(s, r, advice)| Op::Madvise { s, r, advice }),
         4 => (slot(), slot(), any::<bool>()).prop_map(|(s, into, shared_tables)| Op::Fork { s, into, shared_tables }),
         2 => slot().prop_map(|s| Op::Exit { s }),
         1 => slot().prop_map(|s| Op::NewAccessor { s }),
@@ -283,6 +306,10 @@ enum Mem {
 struct Page {
     prot: Prot,
     mem: Mem,
+    /// MADV_DONTFORK: a fork's child does not get the page.
+    dontfork: bool,
+    /// MADV_WIPEONFORK: a fork's child gets it zero-filled.
+    wipe: bool,
 }
 
 impl Page {
@@ -292,7 +319,7 @@ impl Page {
             MapKind::Private => Mem::Private(zeros),
             MapKind::Shared => Mem::Shared(Rc::new(RefCell::new(zeros))),
         };
-        Page { prot, mem }
+        Page { prot, mem, dontfork: false, wipe: false }
     }
 
     fn kind(&self) -> MapKind {
@@ -381,6 +408,65 @@ impl Space {
         } else {
             Ok(())
         }
+    }
+
+    /// madvise with any advice but DONTNEED and FREE, page by page in
+    /// address order as Linux walks VMAs: populate stops at a hole
+    /// (ENOMEM) or a page without the access (EINVAL); the others stop at
+    /// a page the advice does not apply to (EINVAL) and answer ENOMEM at
+    /// the end for holes. Also returns the shared pages REMOVE punched.
+    fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> (Result<(), i32>, Vec<Rc<RefCell<Vec<u8>>>>) {
+        let mut punched = Vec::new();
+        if addr % PAGE != 0 {
+            return (Err(errno::EINVAL), punched);
+        }
+        let populate = matches!(advice, Advice::PopulateRead | Advice::PopulateWrite);
+        let mut hole = false;
+        for v in Self::vpns(addr, len) {
+            let Some(p) = self.pages.get_mut(&v) else {
+                if populate {
+                    return (Err(errno::ENOMEM), punched);
+                }
+                hole = true;
+                continue;
+            };
+            let shared = p.kind() == MapKind::Shared;
+            let refused = match advice {
+                // VM_READ itself, not x86's readable write-only pages.
+                Advice::PopulateRead => p.prot != Prot::READ && p.prot != Prot::RW,
+                Advice::PopulateWrite => !p.prot.writable(),
+                Advice::Remove => !shared,
+                Advice::WipeOnFork => shared,
+                _ => false,
+            };
+            if refused {
+                return (Err(errno::EINVAL), punched);
+            }
+            match advice {
+                Advice::Remove => {
+                    if let Mem::Shared(rc) = &p.mem {
+                        punched.push(rc.clone());
+                    }
+                }
+                Advice::DontFork => p.dontfork = true,
+                Advice::DoFork => p.dontfork = false,
+                Advice::WipeOnFork => p.wipe = true,
+                Advice::KeepOnFork => p.wipe = false,
+                _ => {}
+            }
+        }
+        (if hole { Err(errno::ENOMEM) } else { Ok(()) }, punched)
+    }
+
+    /// The space a fork's child gets: no DONTFORK page, WIPEONFORK pages
+    /// zero-filled (and still marked so).
+    fn forked(&self) -> Space {
+        let mut child = self.clone();
+        child.pages.retain(|_, p| !p.dontfork);
+        for p in child.pages.values_mut().filter(|p| p.wipe) {
+            p.mem = Mem::Private(vec![0u8; PAGE as usize]);
+        }
+        child
     }
 
     /// A CPU-like access of `[addr, addr+len)`, page by page: the first page
@@ -581,6 +667,23 @@ impl World {
         World { machine, slots, pins: Vec::new() }
     }
 
+    /// Shared pages punched out of their object: every space that maps
+    /// one sees a fresh zero page from now on (a pin keeps the old one).
+    fn punch(&mut self, punched: &[Rc<RefCell<Vec<u8>>>]) {
+        for old in punched {
+            let fresh = Rc::new(RefCell::new(vec![0u8; PAGE as usize]));
+            for model in self.slots.iter_mut().filter_map(|s| s.model.as_mut()) {
+                for p in model.pages.values_mut() {
+                    if let Mem::Shared(rc) = &mut p.mem {
+                        if Rc::ptr_eq(rc, old) {
+                            *rc = fresh.clone();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn install(&mut self, s: usize, mm: Mm, model: Space) {
         let slot = &mut self.slots[s];
         // A zombie accessor left in the slot goes now.
@@ -620,6 +723,7 @@ impl World {
             | Op::Munmap { s, .. }
             | Op::Mprotect { s, .. }
             | Op::DontNeed { s, .. }
+            | Op::Madvise { s, .. }
             | Op::Fork { s, .. }
             | Op::Exit { s }
             | Op::NewAccessor { s } => (s, false),
@@ -666,6 +770,13 @@ impl World {
                 let got = errno_of(&mm.madvise(r.addr(), r.len, Advice::DontNeed));
                 ensure_eq!(got, model.dontneed(r.addr(), r.len), "madvise(DONTNEED)");
             }
+            Op::Madvise { s, r, advice } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                let got = errno_of(&mm.madvise(r.addr(), r.len, advice));
+                let (want, punched) = model.madvise(r.addr(), r.len, advice);
+                ensure_eq!(got, want, "madvise({advice:?})");
+                self.punch(&punched);
+            }
             Op::Fork { s, into, shared_tables } => {
                 if s == into || self.slots[s].mm.is_none() {
                     return Ok(());
@@ -676,7 +787,7 @@ impl World {
                 let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { unreachable!() };
                 let policy = if shared_tables { ForkPolicy::SharedTables } else { ForkPolicy::CopyTables };
                 let child = mm.fork_with(policy).map_err(|e| format!("fork: {e}"))?;
-                let child_model = model.clone();
+                let child_model = model.forked();
                 self.install(into, child, child_model);
             }
             Op::Exit { s } => {

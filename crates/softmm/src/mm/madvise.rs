@@ -244,12 +244,8 @@ fn madvise_cold_or_pageout_pte_range(
             change.need_flush();
         }
     }
-    if !frames.is_empty() {
-        crate::reclaim::reclaim_pages(&mm.machine, &frames);
-    }
-    for f in frames {
-        arena.put(f);
-    }
+    // The references taken above pass to reclaim.
+    crate::reclaim::reclaim_pages(&mm.machine, &frames);
 }
 
 /// `MADV_WILLNEED`: swapped-out pages of the range are read back into
