@@ -18,7 +18,8 @@ const PAGE: u64 = 4096;
 /// test asks.
 fn swapping() -> Machine {
     let swap = Arc::new(MemSwap::new(16 << 20).expect("swap"));
-    Machine::new(Config { arena_bytes: 32 << 20, swap: SwapConfig::Device(swap), ..Config::default() }).expect("machine")
+    Machine::new(Config { arena_bytes: 32 << 20, swap: SwapConfig::Device(swap), ..Config::default() })
+        .expect("machine")
 }
 
 fn fill_pages(mm: &Mm, n: u64, byte: u8) {

@@ -83,7 +83,8 @@ fn softmm_cycles(size: u64, reps: usize) -> CliResult<Vec<f64>> {
     let m = Machine::new(Config { arena_bytes, ..Config::default() })
         .context(|| format!("creating a machine with a {} arena", bytes(arena_bytes)))?;
     let mm = m.new_mm().context(|| "creating an address space".into())?;
-    let va = mm.mmap(0, size, Prot::RW, MapKind::Private, Placement::Hint).context(|| format!("mmap of {}", bytes(size)))?;
+    let va =
+        mm.mmap(0, size, Prot::RW, MapKind::Private, Placement::Hint).context(|| format!("mmap of {}", bytes(size)))?;
     let mut acc = mm.accessor();
     let touch = |acc: &mut softmm::Accessor, byte: u8| -> CliResult<()> {
         for a in (va..va + size).step_by(PAGE as usize) {

@@ -11,8 +11,7 @@
 use super::parse::{hex, Op, TKind, TProt};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
-    Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot,
-    SegvKind,
+    Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot, SegvKind,
 };
 use std::collections::HashMap;
 

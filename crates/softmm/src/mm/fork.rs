@@ -10,7 +10,7 @@ use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
 use crate::sync::Ordering;
-use crate::vma::{Backing, Vma, VmFlags};
+use crate::vma::{Backing, VmFlags, Vma};
 use std::sync::Arc;
 
 pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {

@@ -14,10 +14,10 @@ use super::mmap::unshare_range;
 use super::{MmInner, MmState};
 use crate::error::{Error, Result};
 use crate::notifier::Event;
-use crate::phys::flags;
 use crate::pgtable::{PageTable, PTE_TABLE_SPAN};
+use crate::phys::flags;
 use crate::pte::Pte;
-use crate::vma::{Backing, MapKind, Prot, Vma, VmFlags};
+use crate::vma::{Backing, MapKind, Prot, VmFlags, Vma};
 use std::sync::Arc;
 
 pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> Result<()> {
@@ -106,14 +106,7 @@ fn valid_vma(advice: Advice, v: &Vma) -> Result<()> {
 
 /// `MADV_DONTNEED`: drop the pages. Private memory reads back as zeros
 /// afterwards; shared memory keeps its contents in the object.
-fn madvise_dontneed_single_vma(
-    mm: &MmInner,
-    st: &MmState,
-    pt: &PageTable,
-    pieces: &[Piece<'_>],
-    start: u64,
-    end: u64,
-) {
+fn madvise_dontneed_single_vma(mm: &MmInner, st: &MmState, pt: &PageTable, pieces: &[Piece<'_>], start: u64, end: u64) {
     let mut change = Change::open(mm, Some(st), start, end, Some(Event::Clear));
     for &(lo, hi, _) in pieces {
         change.zap(pt, lo, hi, false);
@@ -198,13 +191,7 @@ fn madvise_free_pte_range(mm: &MmInner, pt: &PageTable, change: &mut Change<'_>,
 /// the private pages mapped only here lose their accessed bits, so that
 /// reclaim takes them first; PAGEOUT then reclaims them now, as far as
 /// swap allows. Pages mapped in several spaces are left alone.
-fn madvise_cold_or_pageout_pte_range(
-    mm: &MmInner,
-    st: &MmState,
-    pt: &PageTable,
-    pieces: &[Piece<'_>],
-    pageout: bool,
-) {
+fn madvise_cold_or_pageout_pte_range(mm: &MmInner, st: &MmState, pt: &PageTable, pieces: &[Piece<'_>], pageout: bool) {
     let arena = mm.arena();
     let Some(&(start, _, _)) = pieces.first() else { return };
     let end = pieces.last().map_or(start, |p| p.1);
@@ -301,7 +288,8 @@ fn madvise_update_vma(mm: &MmInner, start: u64, end: u64, advice: Advice, hole: 
         return Err(Error::Exited);
     }
     let (pieces, holes) = walk_vmas(&st, start, end);
-    let ranges: Vec<(u64, u64, VmFlags, MapKind)> = pieces.iter().map(|&(lo, hi, v)| (lo, hi, v.flags, v.kind())).collect();
+    let ranges: Vec<(u64, u64, VmFlags, MapKind)> =
+        pieces.iter().map(|&(lo, hi, v)| (lo, hi, v.flags, v.kind())).collect();
     let mut refused = None;
     let mut changed = Vec::new();
     for (lo, hi, old, kind) in ranges {

@@ -4,6 +4,7 @@
 
 use crate::machine::MachineInner;
 use crate::mm::{MmInner, MmState};
+use crate::notifier::Event;
 use crate::phys::PAGE_SIZE;
 use crate::shm::{ShmObject, ShmPage};
 use crate::vma::{Backing, Vma};
@@ -56,7 +57,7 @@ pub(crate) fn punch_shm(m: &MachineInner, obj: &Arc<ShmObject>, pgoff: u64, n: u
                 while !meta.try_lock() {
                     meta.wait_unlocked();
                 }
-                let (unmapped, _, _) = super::shm::unmap_everywhere(m, obj, f, p, false);
+                let (unmapped, _, _) = super::shm::unmap_everywhere(m, obj, f, p, false, Event::Clear);
                 if unmapped > 0 {
                     meta.sub_counts(unmapped, unmapped);
                 }
