@@ -330,7 +330,7 @@ fn bench_output_names_no_targets() {
     // Every bench at its smallest size and fewest reps, with the Linux
     // side, text and JSON; `all` would run the large defaults of tlb,
     // futex, rmap and notifier.
-    let runs: [&[&str]; 9] = [
+    let runs: [&[&str]; 10] = [
         &["fault", "--size", "4K"],
         &["cow", "--size", "4K"],
         &["fork", "--size", "4K"],

@@ -294,6 +294,9 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 // The reference model
 // ---------------------------------------------------------------------------
 
+/// The bytes of one page of a shared object, as every mapping sees them.
+type SharedPage = Rc<RefCell<Vec<u8>>>;
+
 #[derive(Clone)]
 enum Mem {
     /// Private memory: a value, copied on fork.
@@ -415,7 +418,7 @@ impl Space {
     /// (ENOMEM) or a page without the access (EINVAL); the others stop at
     /// a page the advice does not apply to (EINVAL) and answer ENOMEM at
     /// the end for holes. Also returns the shared pages REMOVE punched.
-    fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> (Result<(), i32>, Vec<Rc<RefCell<Vec<u8>>>>) {
+    fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> (Result<(), i32>, Vec<SharedPage>) {
         let mut punched = Vec::new();
         if addr % PAGE != 0 {
             return (Err(errno::EINVAL), punched);
@@ -669,7 +672,7 @@ impl World {
 
     /// Shared pages punched out of their object: every space that maps
     /// one sees a fresh zero page from now on (a pin keeps the old one).
-    fn punch(&mut self, punched: &[Rc<RefCell<Vec<u8>>>]) {
+    fn punch(&mut self, punched: &[SharedPage]) {
         for old in punched {
             let fresh = Rc::new(RefCell::new(vec![0u8; PAGE as usize]));
             for model in self.slots.iter_mut().filter_map(|s| s.model.as_mut()) {
