@@ -272,3 +272,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn free_drops_swapped_out_pages_and_their_slots() {
+    let m = swapping();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 4 * PAGE, Prot::RW, MapKind::Private);
+    fill_pages(&mm, 4, 0x88);
+    mm.madvise(BASE, 4 * PAGE, Advice::PageOut).unwrap();
+    assert!(m.stats().swap_used >= 4, "PAGEOUT left {} slots used", m.stats().swap_used);
+    mm.madvise(BASE, 4 * PAGE, Advice::Free).unwrap();
+    check(&mm);
+    assert_eq!(m.stats().swap_used, 0);
+    assert_eq!(read(&mm, BASE, 4 * PAGE as usize), vec![0; 4 * PAGE as usize]);
+    check(&mm);
+}
+
+#[test]
+fn remove_releases_swapped_out_shared_pages() {
+    let m = swapping();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 4 * PAGE, Prot::RW, MapKind::Shared);
+    mm.fill(BASE, 4 * PAGE as usize, 0x99).unwrap();
+    reclaim_all(&m);
+    assert!(m.stats().swap_used >= 4, "reclaim left {} slots used", m.stats().swap_used);
+    mm.madvise(BASE, 4 * PAGE, Advice::Remove).unwrap();
+    check(&mm);
+    assert_eq!(m.stats().swap_used, 0);
+    assert_eq!(read(&mm, BASE + PAGE, 1), [0]);
+    check(&mm);
+}
