@@ -333,6 +333,10 @@ impl SwapBatch {
             self.discard_lazyfree(m, f, try_only);
             return Ok(None);
         }
+        // Written since MADV_FREE: swapped as any page (`folio_set_swapbacked`).
+        if meta.has(flags::LAZYFREE) {
+            meta.clear_flags(flags::LAZYFREE);
+        }
         let slot = match meta.swap.load(Ordering::Acquire) {
             0 => {
                 let Some(slot) = swap.alloc() else {
