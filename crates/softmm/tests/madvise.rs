@@ -47,6 +47,7 @@ fn free_pages_still_clean_are_dropped_by_reclaim_written_ones_stay() {
     reclaim_all(&m);
     check(&mm);
     assert!(m.stats().frames_in_use < used, "reclaim freed nothing");
+    assert_eq!(m.stats().lazyfree_dropped, 7);
     assert_eq!(read(&mm, BASE + 3 * PAGE, 5), b"kept\x5a");
     for p in [0, 1, 2, 4, 5, 6, 7] {
         // Dropped, not swapped: reads fault a zero page.
@@ -300,5 +301,46 @@ fn remove_releases_swapped_out_shared_pages() {
     check(&mm);
     assert_eq!(m.stats().swap_used, 0);
     assert_eq!(read(&mm, BASE + PAGE, 1), [0]);
+    check(&mm);
+}
+
+/// A store after MADV_FREE is never lost to a reclaim running at the same
+/// time: either reclaim dropped the page first (the store faults a new
+/// one) or the store's dirty entry keeps it.
+#[test]
+fn a_store_after_free_survives_concurrent_reclaim() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PAGES: u64 = 16;
+    let m = swapping();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, PAGES * PAGE, Prot::RW, MapKind::Private);
+    fill_pages(&mm, PAGES, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reclaimer = {
+        let (m, stop) = (m.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                m.reclaim(64);
+            }
+        })
+    };
+    let mut acc = mm.accessor();
+    for round in 0..300u32 {
+        let v = (round as u8) | 1;
+        mm.madvise(BASE, PAGES * PAGE, Advice::Free).unwrap();
+        for p in 0..PAGES {
+            acc.write(BASE + p * PAGE + 7, &[v]).unwrap();
+            // Room for the reclaimer to look at the pages not written yet.
+            std::thread::yield_now();
+        }
+        for p in 0..PAGES {
+            let mut b = [0u8; 1];
+            acc.read(BASE + p * PAGE + 7, &mut b).unwrap();
+            assert_eq!(b[0], v, "round {round}, page {p}: the store was lost");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    reclaimer.join().unwrap();
+    eprintln!("lazily freed pages dropped meanwhile: {}", m.stats().lazyfree_dropped);
     check(&mm);
 }

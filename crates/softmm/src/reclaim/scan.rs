@@ -300,7 +300,7 @@ impl SwapBatch {
         // `try_to_unmap_flush`), before any page is copied out or freed;
         // then the secondary MMUs' invalidations end.
         std::mem::take(&mut self.changes).finish();
-        let mut freed = self.settle_lazyfree(&m.arena);
+        let mut freed = self.settle_lazyfree(m);
         let mut writes = Vec::with_capacity(self.unmapped.len());
         for u in self.unmapped.drain(..) {
             match settle(m, swap, u.f, u.slot, u.skipped) {
@@ -481,12 +481,14 @@ impl SwapBatch {
     /// After the shootdown: a lazily freeable frame nothing maps goes with
     /// the batch's reference; one still mapped was written since and
     /// becomes an ordinary (dirty) page. Returns the frames that go.
-    fn settle_lazyfree(&mut self, arena: &crate::phys::FrameArena) -> usize {
+    fn settle_lazyfree(&mut self, m: &MachineInner) -> usize {
+        let arena = &m.arena;
         let mut freed = 0;
         for f in self.lazy.drain(..) {
             let meta = arena.meta(f);
             if meta.mapcount() == 0 && meta.refcount() == 1 {
                 freed += 1;
+                Counters::bump(&m.counters.lazyfree_dropped);
             } else if meta.mapcount() != 0 {
                 meta.set_flags(flags::DIRTY);
                 meta.clear_flags(flags::LAZYFREE);
