@@ -92,8 +92,8 @@ enum Op {
         s: usize,
         r: Range,
     },
-    /// Any other advice whose outcome the model knows exactly (not FREE,
-    /// whose pages reclaim may or may not drop).
+    /// Any other advice (FREE: the page may read back as zeros once
+    /// reclaim ran, until it is written; see `World::settle_lazy`).
     Madvise {
         s: usize,
         r: Range,
@@ -206,6 +206,7 @@ fn kind() -> impl Strategy<Value = MapKind> {
 
 fn advice() -> impl Strategy<Value = Advice> {
     prop::sample::select(vec![
+        Advice::Free,
         Advice::WillNeed,
         Advice::Cold,
         Advice::PageOut,
@@ -313,6 +314,8 @@ struct Page {
     dontfork: bool,
     /// MADV_WIPEONFORK: a fork's child gets it zero-filled.
     wipe: bool,
+    /// MADV_FREE and not written since: reclaim may have dropped it.
+    lazy: bool,
 }
 
 impl Page {
@@ -322,7 +325,7 @@ impl Page {
             MapKind::Private => Mem::Private(zeros),
             MapKind::Shared => Mem::Shared(Rc::new(RefCell::new(zeros))),
         };
-        Page { prot, mem, dontfork: false, wipe: false }
+        Page { prot, mem, dontfork: false, wipe: false, lazy: false }
     }
 
     fn kind(&self) -> MapKind {
@@ -401,7 +404,10 @@ impl Space {
         let mut hole = false;
         for v in Self::vpns(addr, len) {
             match self.pages.get_mut(&v) {
-                Some(Page { mem: Mem::Private(bytes), .. }) => bytes.fill(0),
+                Some(Page { mem: Mem::Private(bytes), lazy, .. }) => {
+                    bytes.fill(0);
+                    *lazy = false;
+                }
                 Some(_) => {}
                 None => hole = true,
             }
@@ -439,7 +445,7 @@ impl Space {
                 Advice::PopulateRead => p.prot != Prot::READ && p.prot != Prot::RW,
                 Advice::PopulateWrite => !p.prot.writable(),
                 Advice::Remove => !shared,
-                Advice::WipeOnFork => shared,
+                Advice::WipeOnFork | Advice::Free => shared,
                 _ => false,
             };
             if refused {
@@ -451,6 +457,9 @@ impl Space {
                         punched.push(rc.clone());
                     }
                 }
+                Advice::Free => p.lazy = true,
+                // A write fault dirties the entry: the page is kept.
+                Advice::PopulateWrite => p.lazy = false,
                 Advice::DontFork => p.dontfork = true,
                 Advice::DoFork => p.dontfork = false,
                 Advice::WipeOnFork => p.wipe = true,
@@ -496,6 +505,8 @@ impl Space {
             }
             let off = (va % PAGE) as usize;
             let lo = (va - addr) as usize;
+            // A store dirties the entry: a lazily freed page is kept.
+            page.lazy &= !write;
             page.with(|bytes| f(bytes, off, lo, lo + (hi - va) as usize));
             va = hi;
         }
@@ -670,6 +681,32 @@ impl World {
         World { machine, slots, pins: Vec::new() }
     }
 
+    /// Lazily freed pages (MADV_FREE, not written since) that reclaim may
+    /// have dropped: read each readable one through its space and take
+    /// what it holds: its bytes, or zeros once dropped (it is then an
+    /// ordinary zero page). Anything else is a lost or corrupted page.
+    fn settle_lazy(&mut self) -> Res {
+        for slot in &mut self.slots {
+            let (Some(mm), Some(model)) = (&slot.mm, &mut slot.model) else { continue };
+            for (&v, p) in model.pages.iter_mut().filter(|(_, p)| p.lazy && p.prot != Prot::NONE) {
+                let mut buf = vec![0u8; PAGE as usize];
+                if mm.read(v * PAGE, &mut buf).is_err() {
+                    continue;
+                }
+                let Mem::Private(bytes) = &mut p.mem else { continue };
+                if buf == *bytes {
+                    continue;
+                }
+                if buf.iter().any(|&b| b != 0) {
+                    return Err(format!("lazily freed page {:#x} holds neither its bytes nor zeros", v * PAGE));
+                }
+                *bytes = buf;
+                p.lazy = false;
+            }
+        }
+        Ok(())
+    }
+
     /// Shared pages punched out of their object: every space that maps
     /// one sees a fresh zero page from now on (a pin keeps the old one).
     fn punch(&mut self, punched: &[SharedPage]) {
@@ -736,6 +773,7 @@ impl World {
     }
 
     fn step(&mut self, op: &Op) -> Res {
+        self.settle_lazy()?;
         match *op {
             Op::New { s } => {
                 if self.slots[s].mm.is_none() {
@@ -1088,6 +1126,7 @@ impl World {
     /// At the end: every readable page of every live address space, read
     /// through `Mm::read`, matches the model.
     fn check_contents(&mut self) -> Res {
+        self.settle_lazy()?;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let (Some(mm), Some(model)) = (&slot.mm, &mut slot.model) else { continue };
             let vpns: Vec<u64> = model.pages.keys().copied().collect();
