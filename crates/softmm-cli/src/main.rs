@@ -270,6 +270,9 @@ pub enum BenchKind {
     /// subscriber's pairs for a 1 GiB munmap and its cost per invalidation
     /// (`scripts/bench-notifier.sh` compares with a build without notifiers).
     Notifier,
+    /// MADV_FREE of a written region, then a store to every page again
+    /// (the lazily freed pages come back dirty), per page.
+    Free,
     /// All of the above.
     All,
 }

@@ -61,6 +61,17 @@ fn bench_fault_json_has_required_keys() {
 }
 
 #[test]
+fn bench_free_json() {
+    let o = softmm(&["bench", "free", "--vs-linux", "--json", "--size", "4M", "--reps", "2"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "free");
+    positive(&v, "softmm_ns");
+    positive(&v, "linux_ns");
+    positive(&v, "ratio_vs_linux");
+}
+
+#[test]
 fn bench_cow_and_fork_json() {
     for which in ["cow", "fork"] {
         let o = softmm(&["bench", which, "--vs-linux", "--json", "--size", "4M", "--reps", "1"]);
@@ -319,7 +330,7 @@ fn bench_output_names_no_targets() {
     // Every bench at its smallest size and fewest reps, with the Linux
     // side, text and JSON; `all` would run the large defaults of tlb,
     // futex, rmap and notifier.
-    let runs: [&[&str]; 9] = [
+    let runs: [&[&str]; 10] = [
         &["fault", "--size", "4K"],
         &["cow", "--size", "4K"],
         &["fork", "--size", "4K"],
@@ -329,6 +340,7 @@ fn bench_output_names_no_targets() {
         &["rmap", "--size", "4K", "--iterations", "1"],
         &["reclaim", "--size", "4M"],
         &["notifier", "--size", "4K"],
+        &["free", "--size", "4K"],
     ];
     for args in runs {
         let mut all = vec!["bench"];

@@ -35,6 +35,7 @@ pub(crate) struct Counters {
     pub direct_reclaims: AtomicU64,
     pub background_reclaimed: AtomicU64,
     pub look_around_aged: AtomicU64,
+    pub lazyfree_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -97,6 +98,9 @@ pub struct MachineStats {
     pub direct_reclaims: u64,
     /// Frames the background reclaimer freed (Linux's `pgsteal_kswapd`).
     pub background_reclaimed: u64,
+    /// Lazily freed pages (MADV_FREE) that reclaim dropped instead of
+    /// swapping them (Linux's `pglazyfreed`).
+    pub lazyfree_dropped: u64,
     /// Swap slots in use.
     pub swap_used: u64,
     /// Slots on the swap device (0: no swap).
@@ -116,6 +120,7 @@ impl MachineStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MachineStats {
             fault_zero_page: l(&c.fault_zero_page),
+            lazyfree_dropped: l(&c.lazyfree_dropped),
             fault_anon: l(&c.fault_anon),
             fault_shared: l(&c.fault_shared),
             fault_cow_copy: l(&c.fault_cow_copy),

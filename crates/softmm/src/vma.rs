@@ -235,6 +235,16 @@ impl Vma {
         Vma { start, end, prot, account, pgoff, backing, flags }
     }
 
+    /// The VMA a fork gives the child for a `VM_WIPEONFORK` VMA: same range
+    /// and flags, a new private backing without an anon_vma (Linux's
+    /// `anon_vma_fork` leaves it none), so every page reads as zeros.
+    pub(crate) fn wiped_copy(&self, child: &MmRef) -> Vma {
+        let backing = Backing::Anon(AnonLink::new(child.clone()));
+        let (start, end, prot, account, pgoff, flags) =
+            (self.start, self.end, self.prot, self.account, self.pgoff, self.flags);
+        Vma { start, end, prot, account, pgoff, backing, flags }
+    }
+
     /// Flags equal and backing contiguous: `is_mergeable_vma` plus the pgoff test.
     fn compatible(&self, next: &Vma) -> bool {
         if self.end != next.start || self.prot != next.prot || self.account != next.account || self.flags != next.flags

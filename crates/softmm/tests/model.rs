@@ -93,6 +93,13 @@ enum Op {
         s: usize,
         r: Range,
     },
+    /// Any other advice (FREE: the page may read back as zeros once
+    /// reclaim ran, until it is written; see `World::settle_lazy`).
+    Madvise {
+        s: usize,
+        r: Range,
+        advice: Advice,
+    },
     /// Fork slot `s` into slot `into` (whatever lived there exits first).
     Fork {
         s: usize,
@@ -211,6 +218,22 @@ fn kind() -> impl Strategy<Value = MapKind> {
     prop_oneof![3 => Just(MapKind::Private), 1 => Just(MapKind::Shared)]
 }
 
+fn advice() -> impl Strategy<Value = Advice> {
+    prop::sample::select(vec![
+        Advice::Free,
+        Advice::WillNeed,
+        Advice::Cold,
+        Advice::PageOut,
+        Advice::PopulateRead,
+        Advice::PopulateWrite,
+        Advice::Remove,
+        Advice::DontFork,
+        Advice::DoFork,
+        Advice::WipeOnFork,
+        Advice::KeepOnFork,
+    ])
+}
+
 fn range() -> impl Strategy<Value = Range> {
     let pages = 0..WINDOW_PAGES;
     let npages = prop_oneof![1 => Just(0u64), 12 => 1u64..=MAX_RANGE_PAGES];
@@ -245,6 +268,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (slot(), range()).prop_map(|(s, r)| Op::Munmap { s, r }),
         6 => (slot(), range(), prot()).prop_map(|(s, r, prot)| Op::Mprotect { s, r, prot }),
         4 => (slot(), range()).prop_map(|(s, r)| Op::DontNeed { s, r }),
+        5 => (slot(), range(), advice()).prop_map(|(s, r, advice)| Op::Madvise { s, r, advice }),
         4 => (slot(), slot(), any::<bool>()).prop_map(|(s, into, shared_tables)| Op::Fork { s, into, shared_tables }),
         2 => slot().prop_map(|s| Op::Exit { s }),
         1 => slot().prop_map(|s| Op::NewAccessor { s }),
@@ -286,6 +310,9 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 // The reference model
 // ---------------------------------------------------------------------------
 
+/// The bytes of one page of a shared object, as every mapping sees them.
+type SharedPage = Rc<RefCell<Vec<u8>>>;
+
 #[derive(Clone)]
 enum Mem {
     /// Private memory: a value, copied on fork.
@@ -298,6 +325,12 @@ enum Mem {
 struct Page {
     prot: Prot,
     mem: Mem,
+    /// MADV_DONTFORK: a fork's child does not get the page.
+    dontfork: bool,
+    /// MADV_WIPEONFORK: a fork's child gets it zero-filled.
+    wipe: bool,
+    /// MADV_FREE and not written since: reclaim may have dropped it.
+    lazy: bool,
 }
 
 impl Page {
@@ -307,7 +340,7 @@ impl Page {
             MapKind::Private => Mem::Private(zeros),
             MapKind::Shared => Mem::Shared(Rc::new(RefCell::new(zeros))),
         };
-        Page { prot, mem }
+        Page { prot, mem, dontfork: false, wipe: false, lazy: false }
     }
 
     fn kind(&self) -> MapKind {
@@ -386,7 +419,10 @@ impl Space {
         let mut hole = false;
         for v in Self::vpns(addr, len) {
             match self.pages.get_mut(&v) {
-                Some(Page { mem: Mem::Private(bytes), .. }) => bytes.fill(0),
+                Some(Page { mem: Mem::Private(bytes), lazy, .. }) => {
+                    bytes.fill(0);
+                    *lazy = false;
+                }
                 Some(_) => {}
                 None => hole = true,
             }
@@ -396,6 +432,68 @@ impl Space {
         } else {
             Ok(())
         }
+    }
+
+    /// madvise with any advice but DONTNEED and FREE, page by page in
+    /// address order as Linux walks VMAs: populate stops at a hole
+    /// (ENOMEM) or a page without the access (EINVAL); the others stop at
+    /// a page the advice does not apply to (EINVAL) and answer ENOMEM at
+    /// the end for holes. Also returns the shared pages REMOVE punched.
+    fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> (Result<(), i32>, Vec<SharedPage>) {
+        let mut punched = Vec::new();
+        if addr % PAGE != 0 {
+            return (Err(errno::EINVAL), punched);
+        }
+        let populate = matches!(advice, Advice::PopulateRead | Advice::PopulateWrite);
+        let mut hole = false;
+        for v in Self::vpns(addr, len) {
+            let Some(p) = self.pages.get_mut(&v) else {
+                if populate {
+                    return (Err(errno::ENOMEM), punched);
+                }
+                hole = true;
+                continue;
+            };
+            let shared = p.kind() == MapKind::Shared;
+            let refused = match advice {
+                // VM_READ itself, not x86's readable write-only pages.
+                Advice::PopulateRead => p.prot != Prot::READ && p.prot != Prot::RW,
+                Advice::PopulateWrite => !p.prot.writable(),
+                Advice::Remove => !shared,
+                Advice::WipeOnFork | Advice::Free => shared,
+                _ => false,
+            };
+            if refused {
+                return (Err(errno::EINVAL), punched);
+            }
+            match advice {
+                Advice::Remove => {
+                    if let Mem::Shared(rc) = &p.mem {
+                        punched.push(rc.clone());
+                    }
+                }
+                Advice::Free => p.lazy = true,
+                // A write fault dirties the entry: the page is kept.
+                Advice::PopulateWrite => p.lazy = false,
+                Advice::DontFork => p.dontfork = true,
+                Advice::DoFork => p.dontfork = false,
+                Advice::WipeOnFork => p.wipe = true,
+                Advice::KeepOnFork => p.wipe = false,
+                _ => {}
+            }
+        }
+        (if hole { Err(errno::ENOMEM) } else { Ok(()) }, punched)
+    }
+
+    /// The space a fork's child gets: no DONTFORK page, WIPEONFORK pages
+    /// zero-filled (and still marked so).
+    fn forked(&self) -> Space {
+        let mut child = self.clone();
+        child.pages.retain(|_, p| !p.dontfork);
+        for p in child.pages.values_mut().filter(|p| p.wipe) {
+            p.mem = Mem::Private(vec![0u8; PAGE as usize]);
+        }
+        child
     }
 
     /// A CPU-like access of `[addr, addr+len)`, page by page: the first page
@@ -422,6 +520,8 @@ impl Space {
             }
             let off = (va % PAGE) as usize;
             let lo = (va - addr) as usize;
+            // A store dirties the entry: a lazily freed page is kept.
+            page.lazy &= !write;
             page.with(|bytes| f(bytes, off, lo, lo + (hi - va) as usize));
             va = hi;
         }
@@ -611,6 +711,49 @@ impl World {
         World { machine, slots, pins: Vec::new() }
     }
 
+    /// Lazily freed pages (MADV_FREE, not written since) that reclaim may
+    /// have dropped: read each readable one through its space and take
+    /// what it holds: its bytes, or zeros once dropped (it is then an
+    /// ordinary zero page). Anything else is a lost or corrupted page.
+    fn settle_lazy(&mut self) -> Res {
+        for slot in &mut self.slots {
+            let (Some(mm), Some(model)) = (&slot.mm, &mut slot.model) else { continue };
+            for (&v, p) in model.pages.iter_mut().filter(|(_, p)| p.lazy && p.prot != Prot::NONE) {
+                let mut buf = vec![0u8; PAGE as usize];
+                if mm.read(v * PAGE, &mut buf).is_err() {
+                    continue;
+                }
+                let Mem::Private(bytes) = &mut p.mem else { continue };
+                if buf == *bytes {
+                    continue;
+                }
+                if buf.iter().any(|&b| b != 0) {
+                    return Err(format!("lazily freed page {:#x} holds neither its bytes nor zeros", v * PAGE));
+                }
+                *bytes = buf;
+                p.lazy = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shared pages punched out of their object: every space that maps
+    /// one sees a fresh zero page from now on (a pin keeps the old one).
+    fn punch(&mut self, punched: &[SharedPage]) {
+        for old in punched {
+            let fresh = Rc::new(RefCell::new(vec![0u8; PAGE as usize]));
+            for model in self.slots.iter_mut().filter_map(|s| s.model.as_mut()) {
+                for p in model.pages.values_mut() {
+                    if let Mem::Shared(rc) = &mut p.mem {
+                        if Rc::ptr_eq(rc, old) {
+                            *rc = fresh.clone();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn install(&mut self, s: usize, mm: Mm, model: Space) {
         let slot = &mut self.slots[s];
         // A zombie accessor left in the slot goes now.
@@ -650,6 +793,7 @@ impl World {
             | Op::Munmap { s, .. }
             | Op::Mprotect { s, .. }
             | Op::DontNeed { s, .. }
+            | Op::Madvise { s, .. }
             | Op::Fork { s, .. }
             | Op::Exit { s }
             | Op::NewAccessor { s } => (s, false),
@@ -659,6 +803,7 @@ impl World {
     }
 
     fn step(&mut self, op: &Op) -> Res {
+        self.settle_lazy()?;
         match *op {
             Op::New { s } => {
                 if self.slots[s].mm.is_none() {
@@ -696,6 +841,13 @@ impl World {
                 let got = errno_of(&mm.madvise(r.addr(), r.len, Advice::DontNeed));
                 ensure_eq!(got, model.dontneed(r.addr(), r.len), "madvise(DONTNEED)");
             }
+            Op::Madvise { s, r, advice } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                let got = errno_of(&mm.madvise(r.addr(), r.len, advice));
+                let (want, punched) = model.madvise(r.addr(), r.len, advice);
+                ensure_eq!(got, want, "madvise({advice:?})");
+                self.punch(&punched);
+            }
             Op::Fork { s, into, shared_tables } => {
                 if s == into || self.slots[s].mm.is_none() {
                     return Ok(());
@@ -706,7 +858,7 @@ impl World {
                 let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { unreachable!() };
                 let policy = if shared_tables { ForkPolicy::SharedTables } else { ForkPolicy::CopyTables };
                 let child = mm.fork_with(policy).map_err(|e| format!("fork: {e}"))?;
-                let child_model = model.clone();
+                let child_model = model.forked();
                 self.install(into, child, child_model);
             }
             Op::Exit { s } => {
@@ -1018,6 +1170,7 @@ impl World {
     /// At the end: every readable page of every live address space, read
     /// through `Mm::read`, matches the model.
     fn check_contents(&mut self) -> Res {
+        self.settle_lazy()?;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let (Some(mm), Some(model)) = (&slot.mm, &mut slot.model) else { continue };
             let vpns: Vec<u64> = model.pages.keys().copied().collect();

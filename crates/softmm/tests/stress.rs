@@ -13,7 +13,7 @@
 
 mod common;
 use common::*;
-use softmm::{Advice, Error, GuestWords, MapKind, Mm, Prot, SegvKind};
+use softmm::{errno, Advice, Error, GuestWords, MapKind, Mm, Prot, SegvKind};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -417,11 +417,19 @@ fn remote_access_races_with_unmap_and_remap() {
             });
         }
         while running.load(Ordering::Acquire) > 0 {
-            match changes % 5 {
+            match changes % 7 {
                 0 => p.munmap(VOLATILE, len).unwrap(),
-                1 => map(&p, VOLATILE, len, Prot::RW, [MapKind::Private, MapKind::Shared][(changes / 5 % 2) as usize]),
+                1 => map(&p, VOLATILE, len, Prot::RW, [MapKind::Private, MapKind::Shared][(changes / 7 % 2) as usize]),
                 2 => p.madvise(VOLATILE, len, Advice::DontNeed).unwrap(),
                 3 => p.mprotect(VOLATILE, len / 2, Prot::READ).unwrap(),
+                // Advice while the remote threads fault and write: EINVAL
+                // (FREE of shared memory, a populating write of the
+                // read-only half) and ENOMEM (unmapped) are expected.
+                4 => madvise_racing(&p, VOLATILE, len, Advice::Free),
+                5 => {
+                    madvise_racing(&p, VOLATILE, len, Advice::PageOut);
+                    madvise_racing(&p, VOLATILE, len, Advice::PopulateWrite);
+                }
                 _ => drop(p.fork().unwrap()),
             }
             changes += 1;
@@ -476,3 +484,10 @@ fn audit_during_remote_accesses_sees_no_stray_reference() {
 
 /// Audits run against the accessing threads (each takes every lock once).
 const AUDITS_DURING_ACCESSES: u32 = 20_000;
+
+/// madvise during the race: Ok, or an errno the range's state explains.
+fn madvise_racing(p: &Mm, addr: u64, len: u64, advice: Advice) {
+    if let Err(e) = p.madvise(addr, len, advice) {
+        assert!([errno::EINVAL, errno::ENOMEM].contains(&e.errno()), "{advice:?}: {e}");
+    }
+}

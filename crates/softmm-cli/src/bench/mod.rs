@@ -28,6 +28,7 @@
 
 pub(crate) mod cpu;
 pub mod fork;
+pub mod free;
 pub mod futex;
 pub mod linux;
 pub mod notifier;
@@ -120,7 +121,7 @@ fn output<R: Report>(r: &R) -> CliResult<(String, serde_json::Value)> {
 }
 
 /// The benches of `bench all`, in the order they run.
-const ALL: [BenchKind; 9] = [
+const ALL: [BenchKind; 10] = [
     BenchKind::Fault,
     BenchKind::Cow,
     BenchKind::Fork,
@@ -130,6 +131,7 @@ const ALL: [BenchKind; 9] = [
     BenchKind::Rmap,
     BenchKind::Reclaim,
     BenchKind::Notifier,
+    BenchKind::Free,
 ];
 
 /// Refuse options given to a bench that does not take them.
@@ -178,6 +180,7 @@ fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_j
         BenchKind::Rmap => output(&rmap::rmap(o, size)?),
         BenchKind::Reclaim => output(&reclaim::reclaim(o, size)?),
         BenchKind::Notifier => output(&notifier::notifier(o, size)?),
+        BenchKind::Free => output(&free::free(o, size)?),
         BenchKind::All => Err(CliError("internal: 'all' is expanded before dispatch".into())),
     }
 }

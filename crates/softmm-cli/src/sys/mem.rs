@@ -39,6 +39,16 @@ impl Region {
         Ok(Region { ptr: p.cast(), len })
     }
 
+    /// `madvise(MADV_FREE)` over the whole region: its pages become lazily
+    /// freeable (what a later store writes stays).
+    pub fn lazy_free(&mut self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping; `&mut self` means no
+        // view of it exists, and MADV_FREE keeps every page readable (its
+        // bytes are the old ones or zeros).
+        unsafe { rustix::mm::madvise(self.ptr.cast(), self.len, Advice::LinuxFree) }?;
+        Ok(())
+    }
+
     /// The number of pages mapped.
     pub fn pages(&self) -> u64 {
         (self.len / PAGE) as u64

@@ -14,7 +14,7 @@
 //! cannot change between the check and the call.
 
 use rustix::io::Errno;
-use rustix::mm::{Advice, MapFlags, MprotectFlags, ProtFlags};
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use std::collections::BTreeMap;
 
 const PAGE: u64 = 4096;
@@ -136,11 +136,14 @@ impl TraceMem {
         Ok(unsafe { rustix::mm::mprotect(addr as *mut _, len as usize, flags) })
     }
 
-    /// madvise(2) with MADV_DONTNEED.
-    pub fn madvise_dontneed(&self, addr: u64, len: u64) -> Result<Answer, String> {
+    /// madvise(2) with `advice` (a `MADV_*` value).
+    pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<Answer, String> {
         self.check_span(addr, len)?;
-        // SAFETY: as in `munmap`: only trace memory is zapped.
-        Ok(unsafe { rustix::mm::madvise(addr as *mut _, len as usize, Advice::LinuxDontNeed) })
+        // SAFETY: as in `munmap`: only trace memory is changed (zapped,
+        // punched, populated or flagged); no Rust object lives there.
+        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as libc::size_t, advice) };
+        let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        Ok(if r == 0 { Ok(()) } else { Err(Errno::from_raw_os_error(errno())) })
     }
 }
 

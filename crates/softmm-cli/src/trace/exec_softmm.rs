@@ -12,8 +12,7 @@ use super::maps::{maps_line, MapsEntry, NamedRanges};
 use super::parse::{hex, Op, TKind, TProt};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
-    Advice, Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot,
-    SegvKind,
+    Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot, SegvKind,
 };
 use std::collections::HashMap;
 
@@ -161,7 +160,7 @@ impl SoftmmRunner {
             }
             Op::Munmap { a, addr, len } => unit(self.mm(a)?.munmap(*addr, *len)),
             Op::Mprotect { a, addr, len, prot } => unit(self.mm(a)?.mprotect(*addr, *len, prot_of(*prot))),
-            Op::MadviseDontneed { a, addr, len } => unit(self.mm(a)?.madvise(*addr, *len, Advice::DontNeed)),
+            Op::Madvise { a, addr, len, advice } => unit(self.mm(a)?.madvise(*addr, *len, *advice)),
             Op::Fork { a, b } => {
                 if self.spaces.contains_key(b) {
                     return Err(format!("address space `{b}` already exists"));

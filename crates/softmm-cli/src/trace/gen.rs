@@ -7,6 +7,7 @@
 //! memory), use at most four address spaces, and only name spaces that exist.
 
 use super::parse::{Op, TKind, TProt};
+use softmm::Advice;
 
 /// SplitMix64.
 pub struct Rng(u64);
@@ -84,7 +85,7 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             },
             12..=17 => Op::Munmap { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
             18..=24 => Op::Mprotect { a, addr: addr(&mut r, shape), len: len(&mut r, shape), prot: prot(&mut r) },
-            25..=28 => Op::MadviseDontneed { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
+            25..=28 => Op::Madvise { a, addr: addr(&mut r, shape), len: len(&mut r, shape), advice: advice(&mut r) },
             29..=34 if live.len() < 4 => {
                 let b = fresh(&mut next_name);
                 live.push(b.clone());
@@ -108,6 +109,28 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
         out.push(op);
     }
     out
+}
+
+/// A madvise advice: DONTNEED half the time, else any other whose outcome
+/// does not depend on swap (not PAGEOUT; COLD changes nothing a trace sees).
+fn advice(r: &mut Rng) -> Advice {
+    const OTHERS: [Advice; 10] = [
+        Advice::Free,
+        Advice::WillNeed,
+        Advice::Cold,
+        Advice::PopulateRead,
+        Advice::PopulateWrite,
+        Advice::Remove,
+        Advice::DontFork,
+        Advice::DoFork,
+        Advice::WipeOnFork,
+        Advice::KeepOnFork,
+    ];
+    if r.chance(50) {
+        Advice::DontNeed
+    } else {
+        OTHERS[r.below(OTHERS.len() as u64) as usize]
+    }
 }
 
 /// `Futex`: a wait, a wake, or a store of a small value, on one of 8 words
@@ -269,7 +292,10 @@ mod tests {
     #[test]
     fn minimize_keeps_the_failure() {
         let t = generate_with(3, 100, Profile::Small);
-        let target = t[50].clone();
+        // An operation of the first space, which needs only its `new`
+        // (one in a forked space needs its chain of forks too).
+        let first_space = |o: &&Op| o.space() == Some("A") && !matches!(o, Op::New { .. } | Op::Fork { .. });
+        let target = t[50..].iter().find(first_space).cloned().expect("an operation of A");
         let small = minimize(&t, |c| c.contains(&target));
         assert!(small.contains(&target));
         // What is left: the target, and the `new` and forks that made its

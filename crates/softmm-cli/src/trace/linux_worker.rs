@@ -72,7 +72,7 @@ impl Worker {
             }
             Op::Munmap { addr, len, .. } => status(self.mem.munmap(*addr, *len)?),
             Op::Mprotect { addr, len, prot, .. } => status(self.mem.mprotect(*addr, *len, prot_flags(*prot))?),
-            Op::MadviseDontneed { addr, len, .. } => status(self.mem.madvise_dontneed(*addr, *len)?),
+            Op::Madvise { addr, len, advice, .. } => status(self.mem.madvise(*addr, *len, madv_of(*advice))?),
             Op::Write { addr, bytes, .. } => outcome(guarded::write(&self.mem, *addr, bytes)?),
             Op::Fill { addr, len, byte, .. } => outcome(guarded::fill(&self.mem, *addr, *len, *byte)?),
             Op::Read { addr, len, .. } => {
@@ -240,6 +240,28 @@ fn proc_maps() -> Result<Vec<MapsEntry>, String> {
 fn errno_line() -> String {
     let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
     format!("err {}", softmm::errno::name(e))
+}
+
+/// The `MADV_*` value of an advice.
+fn madv_of(a: softmm::Advice) -> i32 {
+    use softmm::Advice as A;
+    match a {
+        A::DontNeed => libc::MADV_DONTNEED,
+        A::Free => libc::MADV_FREE,
+        A::WillNeed => libc::MADV_WILLNEED,
+        A::Cold => libc::MADV_COLD,
+        A::PageOut => libc::MADV_PAGEOUT,
+        A::PopulateRead => libc::MADV_POPULATE_READ,
+        A::PopulateWrite => libc::MADV_POPULATE_WRITE,
+        A::Remove => libc::MADV_REMOVE,
+        A::DontFork => libc::MADV_DONTFORK,
+        A::DoFork => libc::MADV_DOFORK,
+        A::WipeOnFork => libc::MADV_WIPEONFORK,
+        A::KeepOnFork => libc::MADV_KEEPONFORK,
+        // An advice this runner does not know: an invalid one, as Linux
+        // answers a value it does not know (EINVAL).
+        _ => -1,
+    }
 }
 
 fn status(r: Answer) -> String {

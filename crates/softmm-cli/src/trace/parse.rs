@@ -48,7 +48,7 @@ pub enum Op {
     Mmap { a: String, addr: u64, len: u64, prot: TProt, kind: TKind },
     Munmap { a: String, addr: u64, len: u64 },
     Mprotect { a: String, addr: u64, len: u64, prot: TProt },
-    MadviseDontneed { a: String, addr: u64, len: u64 },
+    Madvise { a: String, addr: u64, len: u64, advice: softmm::Advice },
     Fork { a: String, b: String },
     Exit { a: String },
     Write { a: String, addr: u64, bytes: Vec<u8> },
@@ -80,7 +80,7 @@ impl Op {
             | Op::Mmap { a, .. }
             | Op::Munmap { a, .. }
             | Op::Mprotect { a, .. }
-            | Op::MadviseDontneed { a, .. }
+            | Op::Madvise { a, .. }
             | Op::Write { a, .. }
             | Op::Fill { a, .. }
             | Op::Read { a, .. }
@@ -135,7 +135,7 @@ impl fmt::Display for Op {
             Op::Mmap { a, addr, len, prot, kind } => write!(f, "mmap {a} {addr:#x} {len:#x} {prot} {kind}"),
             Op::Munmap { a, addr, len } => write!(f, "munmap {a} {addr:#x} {len:#x}"),
             Op::Mprotect { a, addr, len, prot } => write!(f, "mprotect {a} {addr:#x} {len:#x} {prot}"),
-            Op::MadviseDontneed { a, addr, len } => write!(f, "madvise {a} {addr:#x} {len:#x} dontneed"),
+            Op::Madvise { a, addr, len, advice } => write!(f, "madvise {a} {addr:#x} {len:#x} {}", advice.word()),
             Op::Fork { a, b } => write!(f, "fork {a} {b}"),
             Op::Exit { a } => write!(f, "exit {a}"),
             Op::Write { a, addr, bytes } => write!(f, "write {a} {addr:#x} hex:{}", hex(bytes)),
@@ -271,10 +271,7 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         "mprotect" => Op::Mprotect { a: t.name()?, addr: t.num("address")?, len: t.len()?, prot: t.prot()? },
         "madvise" => {
             let (a, addr, len) = (t.name()?, t.num("address")?, t.len()?);
-            match t.word("advice")? {
-                "dontneed" => Op::MadviseDontneed { a, addr, len },
-                other => return Err(format!("unknown advice `{}` (expected `dontneed`)", shown(other))),
-            }
+            Op::Madvise { a, addr, len, advice: t.advice()? }
         }
         "fork" => Op::Fork { a: t.name()?, b: t.name()? },
         "exit" => Op::Exit { a: t.name()? },
@@ -487,6 +484,15 @@ impl Toks<'_> {
             "rwx" => Ok(TProt::Rwx),
             o => Err(format!("bad protection `{}` (-, or the letters r, w, x in that order)", shown(o))),
         }
+    }
+
+    /// A madvise advice word (TRACE.md version 2).
+    fn advice(&mut self) -> Result<softmm::Advice, String> {
+        let w = self.word("advice")?;
+        softmm::Advice::from_word(w).ok_or_else(|| {
+            let words: Vec<&str> = softmm::Advice::ALL.iter().map(|a| a.word()).collect();
+            format!("unknown advice `{}` (expected one of {})", shown(w), words.join(", "))
+        })
     }
 
     fn kind(&mut self) -> Result<TKind, String> {

@@ -58,6 +58,77 @@ pub enum Advice {
     /// `MADV_DONTNEED`: drop the pages. Private memory reads back as zeros
     /// afterwards; shared memory keeps its contents in the object.
     DontNeed,
+    /// `MADV_FREE`: private anonymous pages become lazily freeable: under
+    /// memory pressure a page not written since is dropped (it reads back
+    /// as zeros) instead of swapped; a write keeps it. EINVAL on shared
+    /// memory.
+    Free,
+    /// `MADV_WILLNEED`: swapped-out pages of the range are read back.
+    WillNeed,
+    /// `MADV_COLD`: the range's private pages mapped only here are
+    /// deactivated (reclaim takes them first).
+    Cold,
+    /// `MADV_PAGEOUT`: the range's private pages mapped only here are
+    /// reclaimed now, as far as swap allows.
+    PageOut,
+    /// `MADV_POPULATE_READ`: fault the pages in as reads would.
+    PopulateRead,
+    /// `MADV_POPULATE_WRITE`: fault the pages in as writes would (breaking
+    /// copy-on-write), without changing their contents.
+    PopulateWrite,
+    /// `MADV_REMOVE`: punch the pages out of the shared memory behind the
+    /// range (every mapping reads zeros afterwards). EINVAL on private memory.
+    Remove,
+    /// `MADV_DONTFORK`: a fork does not copy the range (`VM_DONTCOPY`).
+    DontFork,
+    /// `MADV_DOFORK`: undo `DontFork`.
+    DoFork,
+    /// `MADV_WIPEONFORK`: a fork gives the child the range zero-filled
+    /// (`VM_WIPEONFORK`). EINVAL on shared memory.
+    WipeOnFork,
+    /// `MADV_KEEPONFORK`: undo `WipeOnFork`.
+    KeepOnFork,
+}
+
+impl Advice {
+    /// Every advice, in the order of the trace format's words.
+    pub const ALL: [Advice; 12] = [
+        Advice::DontNeed,
+        Advice::Free,
+        Advice::WillNeed,
+        Advice::Cold,
+        Advice::PageOut,
+        Advice::PopulateRead,
+        Advice::PopulateWrite,
+        Advice::Remove,
+        Advice::DontFork,
+        Advice::DoFork,
+        Advice::WipeOnFork,
+        Advice::KeepOnFork,
+    ];
+
+    /// The trace format's word for the advice (`dontneed`, `populate_read`).
+    pub const fn word(self) -> &'static str {
+        match self {
+            Advice::DontNeed => "dontneed",
+            Advice::Free => "free",
+            Advice::WillNeed => "willneed",
+            Advice::Cold => "cold",
+            Advice::PageOut => "pageout",
+            Advice::PopulateRead => "populate_read",
+            Advice::PopulateWrite => "populate_write",
+            Advice::Remove => "remove",
+            Advice::DontFork => "dontfork",
+            Advice::DoFork => "dofork",
+            Advice::WipeOnFork => "wipeonfork",
+            Advice::KeepOnFork => "keeponfork",
+        }
+    }
+
+    /// The advice a trace word names.
+    pub fn from_word(w: &str) -> Option<Advice> {
+        Advice::ALL.into_iter().find(|a| a.word() == w)
+    }
 }
 
 #[inline]

@@ -10,7 +10,7 @@ use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
 use crate::stats::Counters;
 use crate::sync::Ordering;
-use crate::vma::{Backing, Vma};
+use crate::vma::{Backing, VmFlags, Vma};
 use std::sync::Arc;
 
 pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
@@ -28,9 +28,17 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     // while we hold it for writing.
     let pinned = parent.has_pinned.load(std::sync::atomic::Ordering::Relaxed);
     for v in pst.vmas.iter() {
+        // MADV_DONTFORK: the child does not get the VMA at all.
+        if v.flags.contains(VmFlags::DONTCOPY) {
+            continue;
+        }
         // The child's VMA is linked into the anon_vmas before any entry is
         // copied: a reverse-map walk relies on it (`rmap::rmap_walk`).
-        let cv = v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref);
+        let cv = match v.flags.contains(VmFlags::WIPEONFORK) {
+            // MADV_WIPEONFORK: a fresh private VMA, zero-filled on demand.
+            true => v.wiped_copy(&child_ref),
+            false => v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref),
+        };
         if needs_copy(v) {
             // Linux's copy_page_range: the parent's entries lose write.
             // A bracket per VMA whose entries lose write, in address
@@ -72,9 +80,11 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
 }
 
 /// Linux's `vma_needs_copy`: shared memory and private memory that was
-/// never written (no anon_vma) are refaulted by the child instead.
+/// never written (no anon_vma) are refaulted by the child instead; a VMA
+/// the child does not get, or gets wiped, is not copied either.
 fn needs_copy(v: &Vma) -> bool {
-    matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0)
+    let skipped = v.flags.contains(VmFlags::DONTCOPY) || v.flags.contains(VmFlags::WIPEONFORK);
+    !skipped && matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0)
 }
 
 /// The child's own anon_vma id for `v` (0 when it has none).

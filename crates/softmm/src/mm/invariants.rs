@@ -457,6 +457,9 @@ fn check_frames(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> 
         if meta.pins() != want_pins {
             fail!("frame {}: pin count {} but {} pins registered", i, meta.pins(), want_pins);
         }
+        if meta.has(flags::LAZYFREE) && !meta.has(flags::ANON) {
+            fail!("frame {}: lazily freeable but not private anonymous (flags {:#x})", i, meta.flags());
+        }
         if meta.mapcount() != want_map {
             let what = if meta.has(flags::PAGETABLE) { "borrowing tables" } else { "mappings" };
             fail!("frame {}: mapcount {} but {} {what} found", i, meta.mapcount(), want_map);

@@ -1,7 +1,7 @@
-//! mmap, munmap, mprotect and madvise: VMA changes and the page-table work
-//! they imply (`zap_pte_range`, `change_protection`, `free_pgtables`).
+//! mmap, munmap and mprotect: VMA changes and the page-table work they
+//! imply (`zap_pte_range`, `change_protection`, `free_pgtables`).
 
-use super::args::{self, Advice, Placement};
+use super::args::{self, Placement};
 use super::change::Change;
 use super::gather::Gather;
 use super::{MmInner, MmState};
@@ -163,13 +163,19 @@ pub(crate) fn zap_pte(m: &crate::machine::MachineInner, pte: Pte, gather: &mut G
     let f = pte.frame();
     let meta = arena.meta(f);
     // A dirty entry hands its dirtiness to the page (Linux's zap_pte_range:
-    // folio_mark_dirty), so other mappings of a shared page see it dirty.
-    // Test first, as Linux's `noop_dirty_folio` does: the page of a dirty
-    // entry is usually dirty already, and a locked instruction per entry is
-    // a large share of an exit's cost. DIRTY is never cleared on a live
-    // frame (only a free resets the flags), so the test cannot go stale.
-    if pte.is_dirty() && !meta.has(crate::phys::flags::DIRTY) {
-        meta.set_flags(crate::phys::flags::DIRTY);
+    // folio_mark_dirty), so other mappings of a shared page see it dirty;
+    // a private page only when it is in the swap cache (its copy there is
+    // stale), as Linux marks no anonymous folio dirty at a zap: a sharer
+    // that wrote holds a dirty entry of its own (fork copies the bit), and
+    // one that gave MADV_FREE stays clean. Test first, as Linux's
+    // `noop_dirty_folio` does: the page of a dirty entry is usually dirty
+    // already, and a locked instruction per entry is a large share of an
+    // exit's cost. DIRTY is cleared on a live frame only by MADV_FREE,
+    // which first cleans the entry it holds.
+    use crate::phys::flags::{ANON, DIRTY, SWAPCACHE};
+    let fl = meta.flags();
+    if pte.is_dirty() && fl & DIRTY == 0 && fl & (ANON | SWAPCACHE) != ANON {
+        meta.set_flags(DIRTY);
     }
     match m.reclaim.swap.as_ref().filter(|_| meta.has(crate::phys::flags::SWAPCACHE)) {
         Some(swap) => {
@@ -296,33 +302,4 @@ fn account_after_mprotect(v: &Vma, prot: Prot) -> bool {
 
 fn v_kind_at(st: &MmState, va: u64) -> Option<MapKind> {
     st.vmas.find(va).map(|v| v.kind())
-}
-
-pub(crate) fn do_madvise(mm: &MmInner, addr: u64, len: u64, advice: Advice) -> Result<()> {
-    let Some(end) = args::madvise_range(addr, len)? else { return Ok(()) };
-    match advice {
-        Advice::DontNeed => {}
-    }
-    let st = mm.state.read();
-    let Some(pt) = st.pt.as_ref() else { return Err(Error::Exited) };
-    // Under the read lock no table may be dropped: unshare, then zap.
-    unshare_range(mm, &st, pt, addr, end, false)?;
-    let mut change = Change::open(mm, Some(&st), addr, end, Some(Event::Clear));
-    let mut covered = addr;
-    let mut hole = false;
-    for v in st.vmas.overlapping(addr, end) {
-        if v.start > covered {
-            hole = true;
-        }
-        change.zap(pt, v.start.max(addr), v.end.min(end), false);
-        covered = v.end;
-    }
-    // As before the change type: every page of the range is looked at.
-    change.translations_changed(addr, end);
-    drop(change);
-    drop(st);
-    if hole || covered < end {
-        return Err(Error::NotMapped { addr, len });
-    }
-    Ok(())
 }

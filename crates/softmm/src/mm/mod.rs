@@ -83,6 +83,7 @@ mod fault;
 mod fork;
 mod gather;
 pub(crate) mod invariants;
+mod madvise;
 mod mlock;
 mod mmap;
 pub(crate) mod pin;
@@ -336,9 +337,14 @@ impl Mm {
         mmap::do_mprotect(&self.inner, addr, len, prot)
     }
 
-    /// Give advice about `[addr, addr + len)`; see [`Advice`].
+    /// Give advice about `[addr, addr + len)`; see [`Advice`]. Errors as
+    /// Linux's: `EINVAL` for a misaligned address, a length that wraps, or
+    /// a VMA the advice does not apply to (the VMAs before it took the
+    /// advice); `ENOMEM` when part of the range is not mapped (the mapped
+    /// parts took it; `PopulateRead`/`PopulateWrite` stop at the hole);
+    /// `EFAULT` when a populate fault would raise a signal.
     pub fn madvise(&self, addr: u64, len: u64, advice: Advice) -> Result<()> {
-        mmap::do_madvise(&self.inner, addr, len, advice)
+        madvise::do_madvise(&self.inner, addr, len, advice)
     }
 
     /// A copy-on-write child of this address space.

@@ -42,6 +42,11 @@ pub mod flags {
     /// its second chance without a reverse-map walk (Linux's PG_referenced
     /// as MGLRU's look-around uses it).
     pub const REFERENCED: u32 = 1 << 9;
+    /// `madvise(MADV_FREE)` made this private anonymous page lazily
+    /// freeable (Linux's lazyfree folio, `!PG_swapbacked`): while it stays
+    /// clean (no `DIRTY`, no dirty entry), reclaim drops it instead of
+    /// swapping it out.
+    pub const LAZYFREE: u32 = 1 << 10;
 }
 
 /// Metadata of one frame.

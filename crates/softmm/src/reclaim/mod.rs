@@ -24,6 +24,7 @@
 //! one either, so a fault may wait for a locked frame while holding its
 //! space's `mmap_lock` for reading.
 
+mod advice;
 pub mod device;
 mod kswapd;
 mod migrate;
@@ -33,9 +34,10 @@ pub(crate) mod swap;
 mod swapin;
 mod visit;
 
+pub(crate) use advice::{punch_shm, swapin_range};
 pub use kswapd::watermarks;
 pub(crate) use migrate::migrate_frame;
-pub(crate) use scan::{direct_reclaim, shrink};
+pub(crate) use scan::{direct_reclaim, reclaim_pages, shrink};
 pub(crate) use swapin::swap_in;
 pub(crate) use visit::{age, lock_member, visit_mappings, How, Visit};
 

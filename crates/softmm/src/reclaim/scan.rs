@@ -165,6 +165,9 @@ struct SwapBatch {
     /// The visits' changes of entries: one shootdown per address space
     /// for the whole batch, then the secondary MMUs' bracket ends.
     changes: ChangeBatch,
+    /// Lazily freeable frames whose clean entries were dropped, waiting
+    /// for the batch's TLB shootdown (`discard_lazyfree`).
+    lazy: Vec<FrameId>,
 }
 
 /// A frame of the batch whose entries became swap entries, waiting for
@@ -194,6 +197,7 @@ impl SwapBatch {
             queued: Vec::with_capacity(n.min(WRITE_BATCH)),
             unmapped: Vec::with_capacity(n),
             changes: ChangeBatch::default(),
+            lazy: Vec::new(),
         }
     }
 
@@ -296,7 +300,7 @@ impl SwapBatch {
         // `try_to_unmap_flush`), before any page is copied out or freed;
         // then the secondary MMUs' invalidations end.
         std::mem::take(&mut self.changes).finish();
-        let mut freed = 0;
+        let mut freed = self.settle_lazyfree(m);
         let mut writes = Vec::with_capacity(self.unmapped.len());
         for u in self.unmapped.drain(..) {
             match settle(m, swap, u.f, u.slot, u.skipped) {
@@ -324,6 +328,14 @@ impl SwapBatch {
         let meta = m.arena.meta(f);
         if !meta.has(flags::ANON) || meta.pins.load(Ordering::Acquire) > 0 {
             return Ok(None);
+        }
+        if meta.has(flags::LAZYFREE) && !meta.has(flags::DIRTY | flags::SWAPCACHE) {
+            self.discard_lazyfree(m, f, try_only);
+            return Ok(None);
+        }
+        // Written since MADV_FREE: swapped as any page (`folio_set_swapbacked`).
+        if meta.has(flags::LAZYFREE) {
+            meta.clear_flags(flags::LAZYFREE);
         }
         let slot = match meta.swap.load(Ordering::Acquire) {
             0 => {
@@ -441,6 +453,76 @@ fn settle(m: &MachineInner, swap: &SwapSpace, f: FrameId, slot: u32, skipped: bo
         return Settled::Freed;
     }
     Settled::Stays
+}
+
+// MADV_FREE and MADV_PAGEOUT (`mm/madvise.rs`).
+impl SwapBatch {
+    /// Drop the clean entries of lazily freeable frame `f` (locked, held
+    /// by the batch) instead of swapping it: nobody wrote it since
+    /// `MADV_FREE`, so its contents are not needed (the next read faults a
+    /// zero page). A dirty entry keeps it mapped, and so does any holder
+    /// besides its mappings and the batch (Linux's `ref_count == 1 +
+    /// map_count` test); the frame is then an ordinary page again.
+    fn discard_lazyfree(&mut self, m: &MachineInner, f: FrameId, try_only: bool) {
+        let meta = m.arena.meta(f);
+        let how = How { try_only, event: Some(Event::SwapOut), ..How::default() };
+        let edit = |pte: Pte| {
+            let alone = meta.refcount() == meta.mapcount() + 1 && meta.pins() == 0;
+            (pte.is_present() && !pte.is_dirty() && alone).then_some(Pte::NONE)
+        };
+        let visit = visit_mappings(m, f, how, edit, |_| {});
+        if visit.changed > 0 {
+            meta.sub_counts(visit.changed, visit.changed);
+        }
+        self.changes.absorb(visit.changes);
+        self.lazy.push(f);
+    }
+
+    /// After the shootdown: a lazily freeable frame nothing maps goes with
+    /// the batch's reference; one still mapped was written since and
+    /// becomes an ordinary (dirty) page. Returns the frames that go.
+    fn settle_lazyfree(&mut self, m: &MachineInner) -> usize {
+        let arena = &m.arena;
+        let mut freed = 0;
+        for f in self.lazy.drain(..) {
+            let meta = arena.meta(f);
+            if meta.mapcount() == 0 && meta.refcount() == 1 {
+                freed += 1;
+                Counters::bump(&m.counters.lazyfree_dropped);
+            } else if meta.mapcount() != 0 {
+                meta.set_flags(flags::DIRTY);
+                meta.clear_flags(flags::LAZYFREE);
+            }
+        }
+        freed
+    }
+}
+
+/// `MADV_PAGEOUT`'s `reclaim_pages`: swap out (or, lazily freeable and
+/// clean, drop) the private frames `frames` now, each handed over with a
+/// reference this call takes. Frames that cannot go (no swap, no slot,
+/// mapped again, held) stay. Returns the frames freed.
+pub(crate) fn reclaim_pages(m: &MachineInner, frames: &[FrameId]) -> usize {
+    let arena = &m.arena;
+    let Some(swap) = m.reclaim.swap.as_ref() else {
+        for &f in frames {
+            arena.put(f);
+        }
+        return 0;
+    };
+    let mut batch = SwapBatch::with_capacity(frames.len());
+    for &f in frames {
+        let fl = arena.meta(f).flags();
+        let evictable = fl & flags::ANON != 0 && fl & (flags::PAGETABLE | flags::ZERO) == 0;
+        if evictable && fl & flags::SWAPCACHE != 0 {
+            batch.age_or_unmap(m, swap, f, false);
+        } else if evictable {
+            batch.add(m, f);
+        }
+        // The batch holds its own reference on what it took.
+        arena.put(f);
+    }
+    batch.flush(m, swap, false)
 }
 
 #[cfg(test)]

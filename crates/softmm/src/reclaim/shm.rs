@@ -43,7 +43,7 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
     }
     let Some(obj) = m.shm_by_id(meta.owner.load(Ordering::Acquire)) else { return Ok(false) };
     let pgoff = meta.index.load(Ordering::Acquire);
-    let (unmapped, skipped, dirty) = unmap_everywhere(m, &obj, f, pgoff, try_only);
+    let (unmapped, skipped, dirty) = unmap_everywhere(m, &obj, f, pgoff, try_only, Event::SwapOut);
     if unmapped > 0 {
         meta.sub_counts(unmapped, unmapped);
     }
@@ -74,14 +74,15 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
 }
 
 /// Clear every PTE that maps page `pgoff` (frame `f`) of `obj`; shoot the
-/// translations down. Returns (entries cleared, some space skipped, some
-/// entry was dirty).
-fn unmap_everywhere(
+/// translations down, each space's change bracketed for `event`. Returns
+/// (entries cleared, some space skipped, some entry was dirty).
+pub(super) fn unmap_everywhere(
     m: &MachineInner,
     obj: &Arc<ShmObject>,
     f: FrameId,
     pgoff: u64,
     try_only: bool,
+    event: Event,
 ) -> (u32, bool, bool) {
     let arena = &m.arena;
     let (mut cleared, mut skipped, mut dirty) = (0, false, false);
@@ -106,7 +107,7 @@ fn unmap_everywhere(
         // Every bracket opens before any entry changes.
         let mut changes = Vec::new();
         for va in addrs {
-            match Change::try_open(mm, Some(&st), va, va + 4096, Some(Event::SwapOut), !try_only) {
+            match Change::try_open(mm, Some(&st), va, va + 4096, Some(event), !try_only) {
                 Some(c) => changes.push((va, c)),
                 None => skipped = true,
             }
