@@ -280,7 +280,10 @@ pub(crate) fn reusable_anon_of<'a>(v: &Vma, neighbour: &'a Vma) -> Option<&'a st
     let adjacent = v.end == neighbour.start || neighbour.end == v.start;
     let (lo, hi) = if v.start < neighbour.start { (v, neighbour) } else { (neighbour, v) };
     let linear = hi.pgoff == lo.pgoff + (lo.len() >> 12);
-    if !adjacent || !linear || v.account != neighbour.account {
+    // Linux's `anon_vma_compatible`: the flags other than the access
+    // rights must agree (a locked or don't-fork neighbour's anon_vma is not
+    // taken, so the two VMAs never merge later).
+    if !adjacent || !linear || v.account != neighbour.account || v.flags != neighbour.flags {
         return None;
     }
     match &neighbour.backing {

@@ -457,7 +457,7 @@ impl Space {
             let shared = p.kind() == MapKind::Shared;
             let refused = match advice {
                 // VM_READ itself, not x86's readable write-only pages.
-                Advice::PopulateRead => p.prot != Prot::READ && p.prot != Prot::RW,
+                Advice::PopulateRead => ![Prot::READ, Prot::RW, Prot::RX, Prot::RWX].contains(&p.prot),
                 Advice::PopulateWrite => !p.prot.writable(),
                 Advice::Remove => !shared,
                 Advice::WipeOnFork | Advice::Free => shared,

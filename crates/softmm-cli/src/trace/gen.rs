@@ -51,6 +51,10 @@ pub enum Profile {
     /// names reused, so a wait may replace an earlier waiter), with writes
     /// that set those words: futex keys across fork, COW, munmap and exit.
     Futex,
+    /// The small mix with version 2's operations: every madvise advice but
+    /// PAGEOUT (whose outcome depends on swap), protections with exec,
+    /// `maps`, `mlock`, `munlock` and `locked`.
+    Api,
 }
 
 /// Generate a trace of `ops` operations from `seed` with a profile.
@@ -80,12 +84,18 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
                 a,
                 addr: addr(&mut r, shape),
                 len: len(&mut r, shape),
-                prot: prot(&mut r),
+                prot: prot(&mut r, shape),
                 kind: kind(&mut r),
             },
             12..=17 => Op::Munmap { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
-            18..=24 => Op::Mprotect { a, addr: addr(&mut r, shape), len: len(&mut r, shape), prot: prot(&mut r) },
-            25..=28 => Op::Madvise { a, addr: addr(&mut r, shape), len: len(&mut r, shape), advice: advice(&mut r) },
+            18..=24 => {
+                Op::Mprotect { a, addr: addr(&mut r, shape), len: len(&mut r, shape), prot: prot(&mut r, shape) }
+            }
+            25..=28 => {
+                let (addr, len) = (addr(&mut r, shape), len(&mut r, shape));
+                let advice = if shape == Profile::Api { advice(&mut r) } else { Advice::DontNeed };
+                Op::Madvise { a, addr, len, advice }
+            }
             29..=34 if live.len() < 4 => {
                 let b = fresh(&mut next_name);
                 live.push(b.clone());
@@ -103,12 +113,24 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             58..=64 => Op::Fill { a, addr: addr(&mut r, shape), len: 1 + r.below(3 * 4096), byte: r.below(256) as u8 },
             65..=79 => Op::Read { a, addr: addr(&mut r, shape) + r.below(4096), len: 1 + r.below(24) },
             80..=89 => Op::Phys { a, addr: addr(&mut r, shape) },
-            90..=96 => Op::Smaps { a, addr: addr(&mut r, shape) },
-            _ => Op::Maps { a },
+            90..=99 if shape == Profile::Api => api_op(&mut r, a),
+            _ => Op::Smaps { a, addr: addr(&mut r, shape) },
         };
         out.push(op);
     }
     out
+}
+
+/// `Api`: smaps, maps, or a memory lock operation.
+fn api_op(r: &mut Rng, a: String) -> Op {
+    let shape = Profile::Api;
+    match r.below(10) {
+        0..=3 => Op::Smaps { a, addr: addr(r, shape) },
+        4..=5 => Op::Maps { a },
+        6..=7 => Op::Mlock { a, addr: addr(r, shape), len: len(r, shape) },
+        8 => Op::Munlock { a, addr: addr(r, shape), len: len(r, shape) },
+        _ => Op::Locked { a, addr: addr(r, shape) },
+    }
 }
 
 /// A madvise advice: DONTNEED half the time, else any other whose outcome
@@ -193,14 +215,22 @@ fn wide_len(r: &mut Rng) -> u64 {
     pages * 4096
 }
 
-fn prot(r: &mut Rng) -> TProt {
-    // Never `x` alone: with protection keys Linux makes such memory
-    // unreadable, and traces never load from it (TRACE.md, version 2).
+fn prot(r: &mut Rng, shape: Profile) -> TProt {
+    if shape == Profile::Api {
+        // Never `x` alone: with protection keys Linux makes such memory
+        // unreadable, and traces never load from it (TRACE.md, version 2).
+        return match r.below(10) {
+            0..=4 => TProt::Rw,
+            5 => TProt::Rwx,
+            6 => TProt::R,
+            7 => TProt::Rx,
+            8 => TProt::W,
+            _ => TProt::None,
+        };
+    }
     match r.below(10) {
-        0..=4 => TProt::Rw,
-        5 => TProt::Rwx,
-        6 => TProt::R,
-        7 => TProt::Rx,
+        0..=5 => TProt::Rw,
+        6..=7 => TProt::R,
         8 => TProt::W,
         _ => TProt::None,
     }
