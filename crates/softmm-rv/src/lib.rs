@@ -23,6 +23,7 @@ pub mod decode;
 pub mod elf;
 pub mod errno;
 pub mod fpu;
+mod futex;
 pub mod hart;
 pub mod icache;
 pub mod io;
@@ -31,5 +32,7 @@ pub mod mem;
 pub mod process;
 pub mod signal;
 pub mod syscall;
+pub mod task;
+pub mod thread;
 
 pub use process::{exec, report, ExecError, ExecOptions, ExitInfo};

@@ -3,13 +3,14 @@
 //! exits or a fault ends it.
 
 use crate::elf::Elf;
-use crate::hart::{Hart, Stop};
-use crate::icache::{CodeWatch, ICache};
+use crate::hart::Hart;
+use crate::icache::ICache;
 use crate::io::{Input, Output};
 use crate::loader::{load, LoadError, StartInfo};
 use crate::mem::Memory;
-use crate::signal::{describe, SIGILL, SIGTRAP};
-use crate::syscall::{Flow, Kernel};
+use crate::syscall::Kernel;
+use crate::task::{lock, Process, Stdio, ThreadCtl};
+use crate::thread::run_thread;
 use softmm::{Config, Machine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,47 +91,29 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let info = StartInfo { argv: &opts.argv, envp: &opts.envp, execfn: &execfn, random, ids };
     let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
     let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
-    let mut hart = Hart::new(Memory::new(mm.accessor()), image.entry, image.sp);
-    // The subscription lives as long as the hart runs.
-    let _code_watch = match CodeWatch::register(&mm) {
-        Some((watch, sub)) => {
-            hart.set_icache(ICache::new(watch));
-            Some(sub)
-        }
-        None => None,
-    };
-    let mut kernel =
-        Kernel::new(mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), opts.stdin, opts.stdout, opts.stderr);
-    let (status, signal, message) = run(&mut hart, &mut kernel);
-    if let Some(m) = message {
+    let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32);
+    let io = Stdio { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
+    let p = Process::new(pid, mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), io);
+    let ctl = ThreadCtl::new(pid);
+    p.add_thread(ctl.clone());
+    let mut hart = Hart::new(Memory::new(p.mm.accessor()), image.entry, image.sp);
+    if let Some(w) = &p.code_watch {
+        hart.set_icache(ICache::new(w.clone()));
+    }
+    hart.set_attention(ctl.attention.clone());
+    run_thread(hart, Kernel::new(p.clone(), ctl));
+    let ending = p.wait_ended();
+    let mut stderr = lock(&p.stderr);
+    if let Some(m) = &ending.message {
         // What a shell prints for a killed child, with the guest's details.
-        let _ = kernel.stderr.write_all(m.as_bytes());
+        let _ = stderr.write_all(m.as_bytes());
     }
+    let unknown = lock(&p.unknown).clone();
     if opts.report_syscalls {
-        let _ = kernel.stderr.write_all(report(&kernel.unknown).as_bytes());
+        let _ = stderr.write_all(report(&unknown).as_bytes());
     }
-    Ok(ExitInfo { status, signal, instret: hart.instret, unknown_syscalls: kernel.unknown.clone() })
-}
-
-/// The interpreter and system-call loop: status, signal, and the message
-/// for a killed process.
-fn run(hart: &mut Hart, kernel: &mut Kernel) -> (i32, Option<i32>, Option<String>) {
-    loop {
-        let (sig, what) = match hart.run() {
-            Stop::Ecall => match kernel.syscall(hart) {
-                Flow::Continue => continue,
-                Flow::Exit { status, signal: None } => return (status, None, None),
-                Flow::Exit { status, signal: Some(sig) } => {
-                    return (status, Some(sig), Some(format!("softmm: {}\n", describe(sig))))
-                }
-            },
-            Stop::Fault(f) => (f.signal(), format!("{f}")),
-            Stop::Illegal { raw, .. } => (SIGILL, format!("illegal instruction {raw:#010x}")),
-            Stop::Breakpoint { .. } => (SIGTRAP, "ebreak".to_string()),
-        };
-        let msg = format!("softmm: {} ({what}, pc {:#x})\n", describe(sig), hart.pc);
-        return (128 + sig, Some(sig), Some(msg));
-    }
+    let instret = p.instret.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(ExitInfo { status: ending.status, signal: ending.signal, instret, unknown_syscalls: unknown })
 }
 
 /// The unknown-system-call report.

@@ -6,10 +6,11 @@
 //! answers `ENOSYS` and is counted for the exit report.
 
 use crate::hart::Hart;
-use crate::io::{Input, Output};
-use crate::signal::{SigAction, SigState, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
-use softmm::{Advice, MapKind, Mm, Placement, Prot};
-use std::collections::BTreeMap;
+use crate::io::Output;
+use crate::signal::{describe, SigAction, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
+use crate::task::{lock, Ending, Process, ThreadCtl};
+use softmm::{Advice, MapKind, Placement, Prot};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod nr {
@@ -23,6 +24,8 @@ pub mod nr {
     pub const WRITEV: u64 = 66;
     pub const EXIT: u64 = 93;
     pub const EXIT_GROUP: u64 = 94;
+    pub const CLONE: u64 = 220;
+    pub const CLONE3: u64 = 435;
     pub const SET_TID_ADDRESS: u64 = 96;
     pub const FUTEX: u64 = 98;
     pub const SET_ROBUST_LIST: u64 = 99;
@@ -66,7 +69,6 @@ pub fn name(n: u64) -> &'static str {
         56 => "openat",
         57 => "close",
         62 => "lseek",
-        220 => "clone",
         221 => "execve",
         216 => "mremap",
         258 => "riscv_hwprobe",
@@ -78,35 +80,31 @@ pub fn name(n: u64) -> &'static str {
 
 use crate::errno::{EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENODEV, ENOENT, ENOSYS, ENOTTY, ESRCH};
 
-/// What the process does after a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the thread does after a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    /// The process ends with this wait status (exit code, or 128+signal).
-    Exit {
-        status: i32,
-        signal: Option<i32>,
-    },
+    /// This thread leaves (`exit`) with this code.
+    ExitThread(i32),
+    /// The whole process ends (`exit_group`, a fatal signal).
+    ExitGroup(Ending),
 }
 
-/// The kernel-side state of one (single-threaded) process.
+/// The kernel side of one guest thread: the process it belongs to and
+/// its own state.
 pub struct Kernel {
-    pub mm: Mm,
-    brk_start: u64,
-    brk: u64,
-    pub exe: Vec<u8>,
-    pub stdin: Input,
-    pub stdout: Output,
-    pub stderr: Output,
-    pub signals: SigState,
-    clear_child_tid: u64,
-    robust_list: (u64, u64),
-    pid: u64,
-    /// Unknown system calls by number, for the report.
-    pub unknown: BTreeMap<u64, u64>,
+    pub p: Arc<Process>,
+    pub ctl: Arc<ThreadCtl>,
+    pub tid: u64,
+    /// `set_tid_address` / `CLONE_CHILD_CLEARTID`: zeroed and woken at exit.
+    pub clear_child_tid: u64,
+    /// `set_robust_list`'s head, walked at exit.
+    pub robust_list: u64,
+    /// The blocked-signal mask.
+    pub blocked: u64,
 }
 
-type SysResult = Result<u64, i32>;
+pub(crate) type SysResult = Result<u64, i32>;
 
 const PROT_MASK: u64 = 7;
 const MAP_SHARED: u64 = 0x01;
@@ -120,28 +118,11 @@ const AT_EMPTY_PATH: u64 = 0x1000;
 const TCGETS: u64 = 0x5401;
 const TIOCGWINSZ: u64 = 0x5413;
 const IOV_MAX: u64 = 1024;
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_WAKE: u64 = 1;
-const FUTEX_WAIT_BITSET: u64 = 9;
-const FUTEX_WAKE_BITSET: u64 = 10;
-const FUTEX_CLOCK_REALTIME: u64 = 256;
 
 impl Kernel {
-    pub fn new(mm: Mm, brk: u64, exe: Vec<u8>, stdin: Input, stdout: Output, stderr: Output) -> Kernel {
-        Kernel {
-            mm,
-            brk_start: brk,
-            brk,
-            exe,
-            stdin,
-            stdout,
-            stderr,
-            signals: SigState::default(),
-            clear_child_tid: 0,
-            robust_list: (0, 0),
-            pid: u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32),
-            unknown: BTreeMap::new(),
-        }
+    /// The kernel side of thread `ctl` of `p`.
+    pub fn new(p: Arc<Process>, ctl: Arc<ThreadCtl>) -> Kernel {
+        Kernel { tid: ctl.tid, p, ctl, clear_child_tid: 0, robust_list: 0, blocked: 0 }
     }
 
     /// Handle the ecall the hart stopped at.
@@ -149,8 +130,15 @@ impl Kernel {
         let n = hart.x[17];
         let a = [hart.x[10], hart.x[11], hart.x[12], hart.x[13], hart.x[14], hart.x[15]];
         let r = match n {
-            nr::EXIT | nr::EXIT_GROUP => return Flow::Exit { status: (a[0] & 0xff) as i32, signal: None },
-            nr::KILL | nr::TKILL | nr::TGKILL => return self.kill_self(n, a),
+            nr::EXIT => return Flow::ExitThread((a[0] & 0xff) as i32),
+            nr::EXIT_GROUP => return Flow::ExitGroup(Ending::code(a[0] as i32)),
+            nr::KILL | nr::TKILL | nr::TGKILL => match self.kill(n, a) {
+                Ok(Some(sig)) => return Flow::ExitGroup(Ending::killed(sig, format!("softmm: {}\n", describe(sig)))),
+                Ok(None) => Ok(0),
+                Err(e) => Err(e),
+            },
+            nr::CLONE => self.clone(hart, a[0], a[1], a[2], a[3], a[4]),
+            nr::CLONE3 => self.clone3(hart, a[0], a[1]),
             _ => self.dispatch(hart, n, a),
         };
         hart.x[10] = match r {
@@ -167,18 +155,18 @@ impl Kernel {
             nr::READV | nr::WRITEV => self.rwv(hart, n == nr::WRITEV, a[0], a[1], a[2]),
             nr::BRK => Ok(self.sys_brk(a[0])),
             nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4]),
-            nr::MUNMAP => self.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
-            nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
+            nr::MUNMAP => self.p.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MPROTECT => self.p.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
             nr::MADVISE => self.madvise(a[0], a[1], a[2]),
             nr::SET_TID_ADDRESS => {
                 self.clear_child_tid = a[0];
-                Ok(self.pid)
+                Ok(self.tid)
             }
             nr::SET_ROBUST_LIST => {
                 if a[1] != 24 {
                     return Err(EINVAL);
                 }
-                self.robust_list = (a[0], a[1]);
+                self.robust_list = a[0];
                 Ok(0)
             }
             nr::RT_SIGACTION => self.sigaction(hart, a[0], a[1], a[2], a[3]),
@@ -188,8 +176,8 @@ impl Kernel {
             nr::CLOCK_GETTIME => clock_gettime(hart, a[0], a[1], false),
             nr::CLOCK_GETRES => clock_gettime(hart, a[0], a[1], true),
             nr::GETTIMEOFDAY => gettimeofday(hart, a[0]),
-            nr::NANOSLEEP => nanosleep(hart, a[0]),
-            nr::CLOCK_NANOSLEEP => clock_nanosleep(hart, a[0], a[1], a[2]),
+            nr::NANOSLEEP => self.nanosleep(hart, a[0]),
+            nr::CLOCK_NANOSLEEP => self.clock_nanosleep(hart, a[0], a[1], a[2]),
             nr::SCHED_YIELD => {
                 std::thread::yield_now();
                 Ok(0)
@@ -200,13 +188,14 @@ impl Kernel {
             nr::IOCTL => self.ioctl(hart, a[0], a[1], a[2]),
             nr::FSTAT => self.fstat(hart, a[0], a[1]),
             nr::NEWFSTATAT => self.newfstatat(hart, a[0], a[1], a[2], a[3]),
-            nr::GETPID | nr::GETTID => Ok(self.pid),
+            nr::GETPID => Ok(self.p.pid),
+            nr::GETTID => Ok(self.tid),
             nr::GETPPID => Ok(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64)),
             nr::GETUID => Ok(u64::from(rustix::process::getuid().as_raw())),
             nr::GETEUID => Ok(u64::from(rustix::process::geteuid().as_raw())),
             nr::GETGID => Ok(u64::from(rustix::process::getgid().as_raw())),
             nr::GETEGID => Ok(u64::from(rustix::process::getegid().as_raw())),
-            nr::FUTEX => self.futex(a[0], a[1], a[2], a[3], hart, a[5]),
+            nr::FUTEX => self.futex(hart, a),
             nr::RISCV_FLUSH_ICACHE => {
                 // flags: 0 (all harts) or SYS_RISCV_FLUSH_ICACHE_LOCAL (1);
                 // both drop every hart's decoded instructions.
@@ -219,16 +208,16 @@ impl Kernel {
                 Ok(0)
             }
             _ => {
-                *self.unknown.entry(n).or_insert(0) += 1;
+                self.p.unknown_call(n);
                 Err(ENOSYS)
             }
         }
     }
 
-    fn out(&mut self, fd: u64) -> Result<&mut Output, i32> {
+    fn out(&self, fd: u64) -> Result<&Mutex<Output>, i32> {
         match fd {
-            1 => Ok(&mut self.stdout),
-            2 => Ok(&mut self.stderr),
+            1 => Ok(&self.p.stdout),
+            2 => Ok(&self.p.stderr),
             _ => Err(EBADF),
         }
     }
@@ -238,8 +227,7 @@ impl Kernel {
         self.out(fd)?;
         let mut data = vec![0u8; len.min(1 << 20) as usize];
         hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
-        let out = self.out(fd)?;
-        out.write_all(&data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        lock(self.out(fd)?).write_all(&data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
         Ok(data.len() as u64)
     }
 
@@ -252,9 +240,10 @@ impl Kernel {
             return Err(EBADF);
         }
         let mut data = vec![0u8; len.min(1 << 20) as usize];
-        let n = self.stdin.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        let mut stdin = lock(&self.p.stdin);
+        let n = stdin.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
         if hart.mem.write_bytes(buf, &data[..n]).is_err() {
-            self.stdin.unread(n);
+            stdin.unread(n);
             return Err(EFAULT);
         }
         Ok(n as u64)
@@ -291,22 +280,24 @@ impl Kernel {
     /// brk as Linux answers it: the new break on success, the old one when
     /// the request is below the start or cannot be mapped.
     fn sys_brk(&mut self, want: u64) -> u64 {
-        if want < self.brk_start {
-            return self.brk;
+        let mut brk = lock(&self.p.brk);
+        if want < brk.start {
+            return brk.cur;
         }
         let page = |x: u64| x.checked_add(4095).map(|v| v & !4095);
-        let (Some(old_end), Some(new_end)) = (page(self.brk), page(want)) else {
-            return self.brk;
+        let (Some(old_end), Some(new_end)) = (page(brk.cur), page(want)) else {
+            return brk.cur;
         };
+        let mm = &self.p.mm;
         if new_end > old_end {
-            let r = self.mm.mmap(old_end, new_end - old_end, Prot::RW, MapKind::Private, Placement::FixedNoReplace);
+            let r = mm.mmap(old_end, new_end - old_end, Prot::RW, MapKind::Private, Placement::FixedNoReplace);
             if r.is_err() {
-                return self.brk;
+                return brk.cur;
             }
-        } else if new_end < old_end && self.mm.munmap(new_end, old_end - new_end).is_err() {
-            return self.brk;
+        } else if new_end < old_end && mm.munmap(new_end, old_end - new_end).is_err() {
+            return brk.cur;
         }
-        self.brk = want;
+        brk.cur = want;
         want
     }
 
@@ -327,12 +318,12 @@ impl Kernel {
         } else {
             Placement::Hint
         };
-        self.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
+        self.p.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: u64) -> SysResult {
         if advice == MADV_DONTNEED {
-            return self.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
+            return self.p.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
         }
         // Other advice is a hint Linux may ignore too.
         Ok(0)
@@ -346,7 +337,7 @@ impl Kernel {
         if act != 0 && (sig == SIGKILL || sig == SIGSTOP) {
             return Err(EINVAL);
         }
-        let old = *self.signals.action(sig).ok_or(EINVAL)?;
+        let old = *lock(&self.p.actions).get(sig as usize - 1).ok_or(EINVAL)?;
         if act != 0 {
             let m = &mut hart.mem;
             let new = SigAction {
@@ -354,7 +345,9 @@ impl Kernel {
                 flags: m.load(act.wrapping_add(8), 8).map_err(|_| EFAULT)?,
                 mask: m.load(act.wrapping_add(16), 8).map_err(|_| EFAULT)?,
             };
-            self.signals.actions[sig as usize - 1] = new;
+            if let Some(slot) = lock(&self.p.actions).get_mut(sig as usize - 1) {
+                *slot = new;
+            }
         }
         if oact != 0 {
             let mut b = Vec::with_capacity(24);
@@ -370,12 +363,12 @@ impl Kernel {
         if size != 8 {
             return Err(EINVAL);
         }
-        let old = self.signals.blocked;
+        let old = self.blocked;
         if set != 0 {
             let s = hart.mem.load(set, 8).map_err(|_| EFAULT)?;
             // SIGKILL and SIGSTOP cannot be blocked.
             let s = s & !((1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1)));
-            self.signals.blocked = match how {
+            self.blocked = match how {
                 0 => old | s,
                 1 => old & !s,
                 2 => s,
@@ -388,26 +381,32 @@ impl Kernel {
         Ok(0)
     }
 
-    /// kill/tkill/tgkill aimed at this process: signal 0 probes; an ignored
-    /// signal is dropped; otherwise the process ends as the default action
-    /// would (handlers are not delivered yet). Another target: ESRCH.
-    fn kill_self(&mut self, n: u64, a: [u64; 6]) -> Flow {
-        let (target, sig) = match n {
-            nr::TGKILL => (a[1], a[2]),
-            _ => (a[0], a[1]),
+    /// kill/tkill/tgkill: signal 0 probes; a target outside this process
+    /// is ESRCH; an ignored signal is dropped; otherwise the process ends
+    /// as the default action would (`Some(signal)`; handlers are not
+    /// delivered yet).
+    fn kill(&mut self, n: u64, a: [u64; 6]) -> Result<Option<i32>, i32> {
+        let (ours, sig) = match n {
+            nr::TGKILL => (a[0] == self.p.pid && self.p.thread(a[1]).is_some(), a[2]),
+            nr::TKILL => (self.p.thread(a[0]).is_some(), a[1]),
+            _ => (a[0] as i64 == 0 || a[0] as i64 == -1 || a[0] == self.p.pid, a[1]),
         };
-        let sig = sig as i32;
-        if target != self.pid || !(0..=NSIG as i32).contains(&sig) {
-            return Flow::Continue;
+        let sig = i32::try_from(sig).map_err(|_| EINVAL)?;
+        if !(0..=NSIG as i32).contains(&sig) {
+            return Err(EINVAL);
         }
-        if sig == 0 || self.signals.action(sig).is_some_and(|a| a.handler == SIG_IGN && sig != SIGKILL) {
-            return Flow::Continue;
+        if !ours {
+            return Err(ESRCH);
         }
-        Flow::Exit { status: 128 + sig, signal: Some(sig) }
+        let ignored = lock(&self.p.actions).get(sig.max(1) as usize - 1).is_some_and(|a| a.handler == SIG_IGN);
+        if sig == 0 || (ignored && sig != SIGKILL) {
+            return Ok(None);
+        }
+        Ok(Some(sig))
     }
 
     fn prlimit(&mut self, hart: &mut Hart, pid: u64, res: u64, _new: u64, old: u64) -> SysResult {
-        if pid != 0 && pid != self.pid {
+        if pid != 0 && pid != self.p.pid {
             return Err(ESRCH);
         }
         const INF: u64 = u64::MAX;
@@ -433,24 +432,25 @@ impl Kernel {
         if p != b"/proc/self/exe" {
             return Err(ENOENT);
         }
-        let n = self.exe.len().min(size as usize);
-        hart.mem.write_bytes(buf, &self.exe[..n]).map_err(|_| EFAULT)?;
+        let n = self.p.exe.len().min(size as usize);
+        hart.mem.write_bytes(buf, &self.p.exe[..n]).map_err(|_| EFAULT)?;
         Ok(n as u64)
     }
 
-    fn std_output(&self, fd: u64) -> Result<Option<&Output>, i32> {
+    /// fd 0 (`None`), 1 or 2.
+    fn std_output(&self, fd: u64) -> Result<Option<&Mutex<Output>>, i32> {
         match fd {
             0 => Ok(None),
-            1 => Ok(Some(&self.stdout)),
-            2 => Ok(Some(&self.stderr)),
+            1 => Ok(Some(&self.p.stdout)),
+            2 => Ok(Some(&self.p.stderr)),
             _ => Err(EBADF),
         }
     }
 
     fn ioctl(&mut self, hart: &mut Hart, fd: u64, req: u64, arg: u64) -> SysResult {
         let tty = match self.std_output(fd)? {
-            Some(o) => o.is_terminal(),
-            None => self.stdin.is_terminal(),
+            Some(o) => lock(o).is_terminal(),
+            None => lock(&self.p.stdin).is_terminal(),
         };
         if req == TCGETS && tty {
             // Enough for isatty(): a zeroed riscv64 struct termios (36 bytes).
@@ -467,8 +467,8 @@ impl Kernel {
 
     fn fstat(&mut self, hart: &mut Hart, fd: u64, buf: u64) -> SysResult {
         let st = match self.std_output(fd)? {
-            Some(o) => o.stat(),
-            None => self.stdin.stat(),
+            Some(o) => lock(o).stat(),
+            None => lock(&self.p.stdin).stat(),
         };
         hart.mem.write_bytes(buf, &st).map_err(|_| EFAULT)?;
         Ok(0)
@@ -481,43 +481,6 @@ impl Kernel {
         }
         // Paths come with the file calls.
         Err(ENOENT)
-    }
-
-    fn futex(&mut self, addr: u64, op: u64, val: u64, timeout: u64, hart: &mut Hart, val3: u64) -> SysResult {
-        let cmd = op & !(128 | FUTEX_CLOCK_REALTIME);
-        let val32 = val as u32;
-        match cmd {
-            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
-                let bitset = if cmd == FUTEX_WAIT { u32::MAX } else { val3 as u32 };
-                if bitset == 0 {
-                    return Err(EINVAL);
-                }
-                let deadline = if timeout == 0 {
-                    None
-                } else {
-                    let ts = read_timespec(hart, timeout)?;
-                    // A deadline past what an Instant holds is no deadline.
-                    if cmd == FUTEX_WAIT {
-                        Instant::now().checked_add(ts)
-                    } else {
-                        absolute_deadline(ts, op & FUTEX_CLOCK_REALTIME != 0)
-                    }
-                };
-                self.mm.futex_wait_bitset(addr, val32, bitset, deadline).map(|()| 0).map_err(|e| e.errno())
-            }
-            FUTEX_WAKE | FUTEX_WAKE_BITSET => {
-                let bitset = if cmd == FUTEX_WAKE { u32::MAX } else { val3 as u32 };
-                if bitset == 0 {
-                    return Err(EINVAL);
-                }
-                let n = val32.min(i32::MAX as u32);
-                self.mm.futex_wake_bitset(addr, n, bitset).map(u64::from).map_err(|e| e.errno())
-            }
-            _ => {
-                *self.unknown.entry(nr::FUTEX).or_insert(0) += 1;
-                Err(ENOSYS)
-            }
-        }
     }
 }
 
@@ -535,7 +498,7 @@ fn prot(bits: u64) -> Result<Prot, i32> {
     })
 }
 
-fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
+pub(crate) fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
     let sec = hart.mem.load(addr, 8).map_err(|_| EFAULT)? as i64;
     let nsec = hart.mem.load(addr.wrapping_add(8), 8).map_err(|_| EFAULT)? as i64;
     if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
@@ -551,7 +514,7 @@ fn write_timespec(hart: &mut Hart, addr: u64, d: Duration) -> SysResult {
     Ok(0)
 }
 
-fn host_clock(realtime: bool) -> Duration {
+pub(crate) fn host_clock(realtime: bool) -> Duration {
     use rustix::time::{clock_gettime, ClockId};
     let ts = clock_gettime(if realtime { ClockId::Realtime } else { ClockId::Monotonic });
     Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
@@ -559,7 +522,7 @@ fn host_clock(realtime: bool) -> Duration {
 
 /// An absolute time on the monotonic (or real-time) clock as an Instant
 /// (`None`: too far to represent).
-fn absolute_deadline(at: Duration, realtime: bool) -> Option<Instant> {
+pub(crate) fn absolute_deadline(at: Duration, realtime: bool) -> Option<Instant> {
     let now = host_clock(realtime);
     Instant::now().checked_add(at.saturating_sub(now))
 }
@@ -594,19 +557,6 @@ fn gettimeofday(hart: &mut Hart, tv: u64) -> SysResult {
     let mut b = d.as_secs().to_le_bytes().to_vec();
     b.extend_from_slice(&u64::from(d.subsec_micros()).to_le_bytes());
     hart.mem.write_bytes(tv, &b).map_err(|_| EFAULT)?;
-    Ok(0)
-}
-
-fn nanosleep(hart: &mut Hart, req: u64) -> SysResult {
-    let d = read_timespec(hart, req)?;
-    std::thread::sleep(d);
-    Ok(0)
-}
-
-fn clock_nanosleep(hart: &mut Hart, clk: u64, flags: u64, req: u64) -> SysResult {
-    let d = read_timespec(hart, req)?;
-    let d = if flags & 1 != 0 { d.saturating_sub(host_clock(clk == 0)) } else { d };
-    std::thread::sleep(d);
     Ok(0)
 }
 

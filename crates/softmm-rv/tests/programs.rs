@@ -289,12 +289,45 @@ fn unknown_system_calls_are_reported() {
     assert!(stderr.contains("216 mremap"), "mremap not counted: {stderr}");
 }
 
+/// Threads on host threads: mutex, condvar and barrier counters, joins,
+/// thread-local storage, pthread_exit.
+#[test]
+fn threads_mutex_condvar_barrier() {
+    same_as_native("threads", &[]);
+}
+
+/// exit() in main ends threads blocked in a futex and threads spinning.
+#[test]
+fn exit_in_main_ends_every_thread() {
+    same_as_native("threads", &["exit-main"]);
+}
+
+/// exit() in another thread ends the process while main waits in join.
+#[test]
+fn exit_in_a_thread_ends_the_process() {
+    same_as_native("threads", &["exit-thread"]);
+}
+
+/// A fault in one thread kills the whole process.
+#[test]
+fn fault_in_a_thread_kills_the_process() {
+    let stderr = same_as_native("threads", &["fault-thread"]);
+    assert!(stderr.contains("Segmentation fault"), "{stderr}");
+}
+
+/// The robust-list walk at thread exit: EOWNERDEAD, consistent,
+/// ENOTRECOVERABLE, and a waiter woken when the owner dies.
+#[test]
+fn robust_mutex_owner_dies() {
+    same_as_native("robust", &[]);
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 16] = [
+    let cases: [(&str, &[&str], &[u8]); 20] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -311,6 +344,10 @@ fn same_as_qemu() {
         ("fprand", &[], b""),
         ("intrand", &[], b""),
         ("jit", &[], b""),
+        ("threads", &[], b""),
+        ("threads", &["exit-main"], b""),
+        ("threads", &["fault-thread"], b""),
+        ("robust", &[], b""),
     ];
     for (name, args, stdin) in cases {
         let rv = compile(name, Build::Riscv);

@@ -1,0 +1,270 @@
+//! Guest threads: `clone`/`clone3` with `CLONE_THREAD` start a new hart
+//! on its own host thread, with its own softmm accessor (software TLB)
+//! and decoded-instruction cache, over the process's one address space.
+//! A thread runs until it calls `exit`, the process ends (`exit_group`, a
+//! fatal fault in any thread), or its host thread fails; at exit it walks
+//! its robust-futex list and clears and wakes its `clear_child_tid` word,
+//! as Linux's `mm_release` does.
+
+use crate::errno::{EAGAIN, EFAULT, EINVAL, ENOSYS};
+use crate::hart::{Hart, Stop};
+use crate::icache::ICache;
+use crate::mem::Memory;
+use crate::signal::{describe, SIGILL, SIGKILL, SIGTRAP};
+use crate::syscall::{Flow, Kernel, SysResult};
+use crate::task::{Ending, ThreadCtl};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub const CLONE_VM: u64 = 0x100;
+pub const CLONE_SIGHAND: u64 = 0x800;
+pub const CLONE_VFORK: u64 = 0x4000;
+pub const CLONE_THREAD: u64 = 0x10000;
+pub const CLONE_SETTLS: u64 = 0x80000;
+pub const CLONE_PARENT_SETTID: u64 = 0x10_0000;
+pub const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
+pub const CLONE_CHILD_SETTID: u64 = 0x100_0000;
+
+/// `struct clone_args` of clone3, version 0 (64 bytes).
+const CLONE_ARGS_SIZE_VER0: u64 = 64;
+
+/// Linux's bound on robust-list entries walked at exit.
+const ROBUST_LIST_LIMIT: u32 = 2048;
+const FUTEX_WAITERS: u32 = 0x8000_0000;
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// What a clone asks for, from either system call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub exit_signal: u64,
+    /// The child's stack pointer (0: the parent's).
+    pub stack: u64,
+    pub parent_tid: u64,
+    pub child_tid: u64,
+    pub tls: u64,
+}
+
+impl Kernel {
+    /// clone(flags, stack, parent_tid, tls, child_tid): riscv64 has
+    /// Linux's `CLONE_BACKWARDS` argument order.
+    pub(crate) fn clone(
+        &mut self,
+        hart: &mut Hart,
+        flags: u64,
+        stack: u64,
+        ptid: u64,
+        tls: u64,
+        ctid: u64,
+    ) -> SysResult {
+        let c = CloneArgs {
+            flags: flags & !0xff,
+            exit_signal: flags & 0xff,
+            stack,
+            parent_tid: ptid,
+            child_tid: ctid,
+            tls,
+        };
+        self.do_clone(hart, c)
+    }
+
+    /// clone3(args, size).
+    pub(crate) fn clone3(&mut self, hart: &mut Hart, uargs: u64, size: u64) -> SysResult {
+        if !(CLONE_ARGS_SIZE_VER0..=4096).contains(&size) {
+            return Err(EINVAL);
+        }
+        let mut w = [0u64; 11];
+        let n = (size / 8).min(11) as usize;
+        for (i, slot) in w.iter_mut().enumerate().take(n) {
+            *slot = hart.mem.load(uargs.wrapping_add(8 * i as u64), 8).map_err(|_| EFAULT)?;
+        }
+        let [flags, _pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup] =
+            w;
+        if (stack == 0) != (stack_size == 0) || exit_signal > 64 || flags & 0xff != 0 {
+            return Err(EINVAL);
+        }
+        if set_tid != 0 || set_tid_size != 0 || cgroup != 0 {
+            // Choosing pids and cgroups: not in this machine.
+            return Err(EINVAL);
+        }
+        let top = stack.wrapping_add(stack_size);
+        self.do_clone(hart, CloneArgs { flags, exit_signal, stack: top, parent_tid, child_tid, tls })
+    }
+
+    fn do_clone(&mut self, hart: &mut Hart, c: CloneArgs) -> SysResult {
+        if c.flags & CLONE_THREAD != 0 {
+            // As Linux: a thread shares the signal handlers, which needs
+            // the address space shared.
+            if c.flags & CLONE_SIGHAND == 0 || c.flags & CLONE_VM == 0 {
+                return Err(EINVAL);
+            }
+            return self.spawn_thread(hart, c);
+        }
+        self.p.unknown_call(crate::syscall::nr::CLONE);
+        Err(ENOSYS)
+    }
+
+    /// A new thread of this process, running from the clone's return.
+    fn spawn_thread(&mut self, hart: &mut Hart, c: CloneArgs) -> SysResult {
+        let tid = self.p.new_tid();
+        let ctl = ThreadCtl::new(tid);
+        let mut child = hart.spawn(Memory::new(self.p.mm.accessor()));
+        child.x[10] = 0;
+        if c.stack != 0 {
+            child.x[2] = c.stack;
+        }
+        if c.flags & CLONE_SETTLS != 0 {
+            child.x[4] = c.tls;
+        }
+        if let Some(w) = &self.p.code_watch {
+            child.set_icache(ICache::new(w.clone()));
+        }
+        child.set_attention(ctl.attention.clone());
+        let mut k = Kernel::new(self.p.clone(), ctl.clone());
+        k.blocked = self.blocked;
+        if c.flags & CLONE_CHILD_CLEARTID != 0 {
+            k.clear_child_tid = c.child_tid;
+        }
+        // Linux ignores a bad pointer here as well.
+        if c.flags & CLONE_PARENT_SETTID != 0 {
+            let _ = hart.mem.store(c.parent_tid, 4, tid);
+        }
+        if c.flags & CLONE_CHILD_SETTID != 0 {
+            let _ = hart.mem.store(c.child_tid, 4, tid);
+        }
+        if !self.p.add_thread(ctl) {
+            return Err(EAGAIN);
+        }
+        let spawned = std::thread::Builder::new().name(format!("rv-{tid}")).spawn(move || run_thread(child, k));
+        match spawned {
+            Ok(h) => {
+                self.p.keep_host(h);
+                Ok(tid)
+            }
+            Err(_) => {
+                self.p.remove_thread(tid, 0, 0);
+                Err(EAGAIN)
+            }
+        }
+    }
+
+    /// Run this thread's hart until the thread leaves; its exit code.
+    pub fn run(&mut self, hart: &mut Hart) -> i32 {
+        loop {
+            let flow = match hart.run() {
+                Stop::Ecall => self.syscall(hart),
+                Stop::Attention => Flow::Continue,
+                Stop::Fault(f) => fatal(f.signal(), &format!("{f}"), hart.pc),
+                Stop::Illegal { raw, .. } => fatal(SIGILL, &format!("illegal instruction {raw:#010x}"), hart.pc),
+                Stop::Breakpoint { .. } => fatal(SIGTRAP, "ebreak", hart.pc),
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::ExitThread(code) => return code,
+                Flow::ExitGroup(e) => {
+                    self.p.exit_group(e);
+                    return 0;
+                }
+            }
+            if self.ctl.attention() && self.p.ending() {
+                return 0;
+            }
+        }
+    }
+
+    /// Leave: robust futexes, the clear-tid word, then the thread table.
+    pub fn exit_thread(&mut self, hart: &mut Hart, code: i32) {
+        self.exit_robust_list(hart);
+        let ctid = self.clear_child_tid;
+        if ctid != 0 && hart.mem.store(ctid, 4, 0).is_ok() {
+            let _ = self.p.mm.futex_wake(ctid, 1);
+        }
+        self.p.remove_thread(self.tid, code, hart.instret);
+    }
+
+    /// Linux's `exit_robust_list`: every futex on the list (and the one
+    /// being locked or unlocked, `list_op_pending`) still owned by this
+    /// thread gets `FUTEX_OWNER_DIED` and one waiter woken.
+    fn exit_robust_list(&mut self, hart: &mut Hart) {
+        let head = self.robust_list;
+        if head == 0 {
+            return;
+        }
+        let m = &mut hart.mem;
+        let (Ok(mut entry), Ok(offset), Ok(pending)) =
+            (m.load(head, 8), m.load(head.wrapping_add(8), 8), m.load(head.wrapping_add(16), 8))
+        else {
+            return;
+        };
+        let mut limit = ROBUST_LIST_LIMIT;
+        while entry & !1 != head {
+            let e = entry & !1;
+            let Ok(next) = hart.mem.load(e, 8) else {
+                return;
+            };
+            if e != pending & !1 {
+                self.futex_death(hart, e.wrapping_add(offset), entry & 1 != 0, false);
+            }
+            entry = next;
+            limit -= 1;
+            if limit == 0 {
+                break;
+            }
+        }
+        if pending & !1 != 0 {
+            self.futex_death(hart, (pending & !1).wrapping_add(offset), pending & 1 != 0, true);
+        }
+    }
+
+    /// Linux's `handle_futex_death`.
+    fn futex_death(&mut self, hart: &mut Hart, uaddr: u64, pi: bool, pending: bool) {
+        if uaddr % 4 != 0 {
+            return;
+        }
+        loop {
+            let Ok(uval) = hart.mem.load(uaddr, 4) else {
+                return;
+            };
+            let uval = uval as u32;
+            let owner = uval & FUTEX_TID_MASK;
+            if pending && !pi && owner == 0 {
+                let _ = self.p.mm.futex_wake(uaddr, 1);
+                return;
+            }
+            if u64::from(owner) != self.tid {
+                return;
+            }
+            let mval = (uval & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
+            match hart.mem.cmpxchg(uaddr, 4, u64::from(uval), u64::from(mval)) {
+                Ok(true) => {
+                    if !pi && uval & FUTEX_WAITERS != 0 {
+                        let _ = self.p.mm.futex_wake(uaddr, 1);
+                    }
+                    return;
+                }
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A fault or trap the guest has no handler for: the process ends.
+fn fatal(sig: i32, what: &str, pc: u64) -> Flow {
+    Flow::ExitGroup(Ending::killed(sig, format!("softmm: {} ({what}, pc {pc:#x})\n", describe(sig))))
+}
+
+/// The body of a guest thread's host thread (the main thread's too). A
+/// host panic (a bug here) ends the guest process, never the host.
+pub fn run_thread(mut hart: Hart, mut k: Kernel) {
+    k.ctl.bind_host();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let code = k.run(&mut hart);
+        k.exit_thread(&mut hart, code);
+    }));
+    if r.is_err() {
+        let msg = format!("softmm: internal error in guest thread {}\n", k.tid);
+        k.p.exit_group(Ending::killed(SIGKILL, msg));
+        k.p.remove_thread(k.tid, 0, hart.instret);
+    }
+}
