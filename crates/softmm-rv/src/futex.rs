@@ -45,7 +45,7 @@ impl Kernel {
             FUTEX_WAKE | FUTEX_WAKE_BITSET | FUTEX_REQUEUE | FUTEX_CMP_REQUEUE | FUTEX_WAKE_OP => {
                 // For these the timeout argument is the second count.
                 let op = (op & !FUTEX_CLOCK_REALTIME) as u32;
-                let r = self.p.mm.futex_syscall(addr, op, val as u32, None, addr2, timeout as u32, val3 as u32);
+                let r = self.mm.futex_syscall(addr, op, val as u32, None, addr2, timeout as u32, val3 as u32);
                 r.map(u64::from).map_err(|e| e.errno())
             }
             _ => {
@@ -58,7 +58,7 @@ impl Kernel {
     /// Sleep on the futex at `addr` while it holds `val`: woken (0),
     /// timed out, or interrupted (`EINTR`).
     pub(crate) fn futex_wait(&mut self, addr: u64, val: u32, bitset: u32, deadline: Option<Instant>) -> SysResult {
-        let waiter = self.p.mm.futex_wait_start(addr, val, bitset).map_err(|e| e.errno())?;
+        let waiter = self.mm.futex_wait_start(addr, val, bitset).map_err(|e| e.errno())?;
         let c = waiter.canceller();
         if !self.ctl.begin_wait(Box::new(move || {
             c.cancel();

@@ -22,6 +22,8 @@
 pub mod decode;
 pub mod elf;
 pub mod errno;
+pub mod exec;
+pub mod fork;
 pub mod fpu;
 mod futex;
 pub mod hart;

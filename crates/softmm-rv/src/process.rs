@@ -4,13 +4,12 @@
 
 use crate::elf::Elf;
 use crate::hart::Hart;
-use crate::icache::ICache;
 use crate::io::{Input, Output};
 use crate::loader::{load, LoadError, StartInfo};
 use crate::mem::Memory;
 use crate::syscall::Kernel;
-use crate::task::{lock, Process, Stdio, ThreadCtl};
-use crate::thread::run_thread;
+use crate::task::{lock, Process, Stdio, System, ThreadCtl};
+use crate::thread::{prepare, run_thread};
 use softmm::{Config, Machine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,28 +80,21 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let mm = machine.new_mm()?;
     let mut random = [0u8; 16];
     crate::io::random_bytes(&mut random).map_err(|err| ExecError::Read { path: "getrandom".into(), err })?;
-    let ids = [
-        u64::from(rustix::process::getuid().as_raw()),
-        u64::from(rustix::process::geteuid().as_raw()),
-        u64::from(rustix::process::getgid().as_raw()),
-        u64::from(rustix::process::getegid().as_raw()),
-    ];
+    let ids = crate::exec::host_ids();
     let execfn = program.as_os_str().as_encoded_bytes().to_vec();
     let info = StartInfo { argv: &opts.argv, envp: &opts.envp, execfn: &execfn, random, ids };
     let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
     let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32);
     let io = Stdio { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
-    let p = Process::new(pid, mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), io);
+    let sys = System::new(pid);
+    let p = Process::new(sys.clone(), pid, mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), io);
     let ctl = ThreadCtl::new(pid);
     p.add_thread(ctl.clone());
-    let mut hart = Hart::new(Memory::new(p.mm.accessor()), image.entry, image.sp);
-    if let Some(w) = &p.code_watch {
-        hart.set_icache(ICache::new(w.clone()));
-    }
-    hart.set_attention(ctl.attention.clone());
+    let mut hart = Hart::new(Memory::new(p.mm().accessor()), image.entry, image.sp);
+    prepare(&mut hart, &p, &ctl);
     run_thread(hart, Kernel::new(p.clone(), ctl));
-    let ending = p.wait_ended();
+    let ending = sys.wait_all(&p);
     let mut stderr = lock(&p.stderr);
     if let Some(m) = &ending.message {
         // What a shell prints for a killed child, with the guest's details.

@@ -9,6 +9,14 @@ pub const SIGABRT: i32 = 6;
 pub const SIGBUS: i32 = 7;
 pub const SIGKILL: i32 = 9;
 pub const SIGSEGV: i32 = 11;
+pub const SIGFPE: i32 = 8;
+pub const SIGUSR1: i32 = 10;
+pub const SIGUSR2: i32 = 12;
+pub const SIGPIPE: i32 = 13;
+pub const SIGALRM: i32 = 14;
+pub const SIGTERM: i32 = 15;
+pub const SIGCHLD: i32 = 17;
+pub const SIGCONT: i32 = 18;
 pub const SIGSTOP: i32 = 19;
 
 /// Number of signals (1..=64).
@@ -26,7 +34,38 @@ pub fn describe(sig: i32) -> &'static str {
         SIGBUS => "Bus error",
         SIGKILL => "Killed",
         SIGSEGV => "Segmentation fault",
+        1 => "Hangup",
+        2 => "Interrupt",
+        3 => "Quit",
+        SIGFPE => "Floating point exception",
+        SIGUSR1 => "User defined signal 1",
+        SIGUSR2 => "User defined signal 2",
+        SIGPIPE => "Broken pipe",
+        SIGALRM => "Alarm clock",
+        SIGTERM => "Terminated",
         _ => "Terminated by a signal",
+    }
+}
+
+/// What a signal does when no handler catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultAction {
+    Terminate,
+    /// Terminate with a core dump (no core is written here, as with a
+    /// core size limit of 0).
+    Core,
+    Ignore,
+    /// Stop the process (job control is not emulated: treated as ignored).
+    Stop,
+}
+
+/// Linux's default action for `sig`.
+pub fn default_action(sig: i32) -> DefaultAction {
+    match sig {
+        SIGCHLD | SIGCONT | 23 | 28 => DefaultAction::Ignore,
+        SIGSTOP | 20 | 21 | 22 => DefaultAction::Stop,
+        3 | SIGILL | SIGTRAP | SIGABRT | SIGBUS | SIGFPE | SIGSEGV | 24 | 25 | 31 => DefaultAction::Core,
+        _ => DefaultAction::Terminate,
     }
 }
 

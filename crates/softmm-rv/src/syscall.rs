@@ -7,9 +7,9 @@
 
 use crate::hart::Hart;
 use crate::io::Output;
-use crate::signal::{describe, SigAction, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
+use crate::signal::{default_action, DefaultAction, SigAction, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
 use crate::task::{lock, Ending, Process, ThreadCtl};
-use softmm::{Advice, MapKind, Placement, Prot};
+use softmm::{Advice, MapKind, Mm, Placement, Prot};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ pub mod nr {
     pub const EXIT: u64 = 93;
     pub const EXIT_GROUP: u64 = 94;
     pub const CLONE: u64 = 220;
+    pub const EXECVE: u64 = 221;
+    pub const WAIT4: u64 = 260;
+    pub const WAITID: u64 = 95;
     pub const CLONE3: u64 = 435;
     pub const SET_TID_ADDRESS: u64 = 96;
     pub const FUTEX: u64 = 98;
@@ -69,10 +72,8 @@ pub fn name(n: u64) -> &'static str {
         56 => "openat",
         57 => "close",
         62 => "lseek",
-        221 => "execve",
         216 => "mremap",
         258 => "riscv_hwprobe",
-        260 => "wait4",
         293 => "rseq",
         _ => "?",
     }
@@ -94,6 +95,8 @@ pub enum Flow {
 /// its own state.
 pub struct Kernel {
     pub p: Arc<Process>,
+    /// The process's address space (replaced by execve).
+    pub mm: Arc<Mm>,
     pub ctl: Arc<ThreadCtl>,
     pub tid: u64,
     /// `set_tid_address` / `CLONE_CHILD_CLEARTID`: zeroed and woken at exit.
@@ -122,7 +125,7 @@ const IOV_MAX: u64 = 1024;
 impl Kernel {
     /// The kernel side of thread `ctl` of `p`.
     pub fn new(p: Arc<Process>, ctl: Arc<ThreadCtl>) -> Kernel {
-        Kernel { tid: ctl.tid, p, ctl, clear_child_tid: 0, robust_list: 0, blocked: 0 }
+        Kernel { tid: ctl.tid, mm: p.mm(), p, ctl, clear_child_tid: 0, robust_list: 0, blocked: 0 }
     }
 
     /// Handle the ecall the hart stopped at.
@@ -132,9 +135,10 @@ impl Kernel {
         let r = match n {
             nr::EXIT => return Flow::ExitThread((a[0] & 0xff) as i32),
             nr::EXIT_GROUP => return Flow::ExitGroup(Ending::code(a[0] as i32)),
-            nr::KILL | nr::TKILL | nr::TGKILL => match self.kill(n, a) {
-                Ok(Some(sig)) => return Flow::ExitGroup(Ending::killed(sig, format!("softmm: {}\n", describe(sig)))),
-                Ok(None) => Ok(0),
+            nr::KILL | nr::TKILL | nr::TGKILL => self.kill(n, a),
+            nr::EXECVE => match self.execve(hart, a[0], a[1], a[2]) {
+                // The new program starts with the registers Linux gives it.
+                Ok(()) => return Flow::Continue,
                 Err(e) => Err(e),
             },
             nr::CLONE => self.clone(hart, a[0], a[1], a[2], a[3], a[4]),
@@ -155,8 +159,8 @@ impl Kernel {
             nr::READV | nr::WRITEV => self.rwv(hart, n == nr::WRITEV, a[0], a[1], a[2]),
             nr::BRK => Ok(self.sys_brk(a[0])),
             nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4]),
-            nr::MUNMAP => self.p.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
-            nr::MPROTECT => self.p.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
+            nr::MUNMAP => self.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
             nr::MADVISE => self.madvise(a[0], a[1], a[2]),
             nr::SET_TID_ADDRESS => {
                 self.clear_child_tid = a[0];
@@ -190,7 +194,9 @@ impl Kernel {
             nr::NEWFSTATAT => self.newfstatat(hart, a[0], a[1], a[2], a[3]),
             nr::GETPID => Ok(self.p.pid),
             nr::GETTID => Ok(self.tid),
-            nr::GETPPID => Ok(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64)),
+            nr::GETPPID => Ok(self.getppid()),
+            nr::WAIT4 => self.wait4(hart, a[0], a[1], a[2], a[3]),
+            nr::WAITID => self.waitid(hart, a),
             nr::GETUID => Ok(u64::from(rustix::process::getuid().as_raw())),
             nr::GETEUID => Ok(u64::from(rustix::process::geteuid().as_raw())),
             nr::GETGID => Ok(u64::from(rustix::process::getgid().as_raw())),
@@ -288,7 +294,7 @@ impl Kernel {
         let (Some(old_end), Some(new_end)) = (page(brk.cur), page(want)) else {
             return brk.cur;
         };
-        let mm = &self.p.mm;
+        let mm = &self.mm;
         if new_end > old_end {
             let r = mm.mmap(old_end, new_end - old_end, Prot::RW, MapKind::Private, Placement::FixedNoReplace);
             if r.is_err() {
@@ -318,12 +324,12 @@ impl Kernel {
         } else {
             Placement::Hint
         };
-        self.p.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
+        self.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: u64) -> SysResult {
         if advice == MADV_DONTNEED {
-            return self.p.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
+            return self.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
         }
         // Other advice is a hint Linux may ignore too.
         Ok(0)
@@ -381,28 +387,35 @@ impl Kernel {
         Ok(0)
     }
 
-    /// kill/tkill/tgkill: signal 0 probes; a target outside this process
-    /// is ESRCH; an ignored signal is dropped; otherwise the process ends
-    /// as the default action would (`Some(signal)`; handlers are not
-    /// delivered yet).
-    fn kill(&mut self, n: u64, a: [u64; 6]) -> Result<Option<i32>, i32> {
-        let (ours, sig) = match n {
-            nr::TGKILL => (a[0] == self.p.pid && self.p.thread(a[1]).is_some(), a[2]),
-            nr::TKILL => (self.p.thread(a[0]).is_some(), a[1]),
-            _ => (a[0] as i64 == 0 || a[0] as i64 == -1 || a[0] == self.p.pid, a[1]),
+    /// kill/tkill/tgkill: signal 0 probes; no target is ESRCH.
+    fn kill(&mut self, n: u64, a: [u64; 6]) -> SysResult {
+        let sig = match n {
+            nr::TGKILL => a[2],
+            _ => a[1],
         };
         let sig = i32::try_from(sig).map_err(|_| EINVAL)?;
         if !(0..=NSIG as i32).contains(&sig) {
             return Err(EINVAL);
         }
-        if !ours {
+        let targets = match n {
+            nr::TGKILL => {
+                let q = self.p.sys.get(a[0]).ok_or(ESRCH)?;
+                q.thread(a[1]).ok_or(ESRCH)?;
+                vec![q]
+            }
+            nr::TKILL => {
+                let q = self.p.sys.all().into_iter().find(|q| q.thread(a[0]).is_some()).ok_or(ESRCH)?;
+                vec![q]
+            }
+            _ => self.kill_targets(a[0])?,
+        };
+        if targets.is_empty() {
             return Err(ESRCH);
         }
-        let ignored = lock(&self.p.actions).get(sig.max(1) as usize - 1).is_some_and(|a| a.handler == SIG_IGN);
-        if sig == 0 || (ignored && sig != SIGKILL) {
-            return Ok(None);
+        for q in targets {
+            send_signal(&q, sig);
         }
-        Ok(Some(sig))
+        Ok(0)
     }
 
     fn prlimit(&mut self, hart: &mut Hart, pid: u64, res: u64, _new: u64, old: u64) -> SysResult {
@@ -432,8 +445,9 @@ impl Kernel {
         if p != b"/proc/self/exe" {
             return Err(ENOENT);
         }
-        let n = self.p.exe.len().min(size as usize);
-        hart.mem.write_bytes(buf, &self.p.exe[..n]).map_err(|_| EFAULT)?;
+        let exe = lock(&self.p.exe).clone();
+        let n = exe.len().min(size as usize);
+        hart.mem.write_bytes(buf, &exe[..n]).map_err(|_| EFAULT)?;
         Ok(n as u64)
     }
 
@@ -482,6 +496,24 @@ impl Kernel {
         // Paths come with the file calls.
         Err(ENOENT)
     }
+}
+
+/// A signal sent to process `q`: ignored, or (no handlers are delivered
+/// yet) the default action.
+pub fn send_signal(q: &Process, sig: i32) {
+    if sig == 0 {
+        return;
+    }
+    let handler = lock(&q.actions).get(sig as usize - 1).map_or(0, |a| a.handler);
+    if sig != SIGKILL && sig != SIGSTOP {
+        if handler == SIG_IGN {
+            return;
+        }
+        if matches!(default_action(sig), DefaultAction::Ignore | DefaultAction::Stop) {
+            return;
+        }
+    }
+    q.exit_group(crate::fork::killed_by(sig));
 }
 
 fn prot(bits: u64) -> Result<Prot, i32> {

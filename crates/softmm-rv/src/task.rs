@@ -56,6 +56,8 @@ pub struct ThreadCtl {
     pub tid: u64,
     /// Raised to stop the thread's hart between instructions.
     pub attention: Arc<AtomicBool>,
+    /// Told to leave on its own (another thread's execve).
+    killed: AtomicBool,
     /// Cancels the futex wait the thread is in (softmm does not export
     /// the canceller's type, so it is held as a closure).
     wait: Mutex<Option<Canceller>>,
@@ -68,6 +70,7 @@ impl ThreadCtl {
         Arc::new(ThreadCtl {
             tid,
             attention: Arc::new(AtomicBool::new(false)),
+            killed: AtomicBool::new(false),
             wait: Mutex::new(None),
             host: Mutex::new(None),
         })
@@ -80,6 +83,16 @@ impl ThreadCtl {
 
     pub fn attention(&self) -> bool {
         self.attention.load(Ordering::SeqCst)
+    }
+
+    /// Make this thread leave (without ending its process).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.interrupt();
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
     }
 
     /// Raise the flag and interrupt a futex wait or sleep.
@@ -129,29 +142,147 @@ struct Group {
     ending: Option<Ending>,
     /// The leader's own `exit` code (the status when no group exit came).
     leader_code: i32,
+    /// Every thread has left: the process is a zombie until reaped.
+    done: bool,
+}
+
+/// Every guest process of one run: the process table (pids and thread
+/// ids come from one counter, as in one pid namespace), the condition
+/// `wait4` and `vfork` sleep on, and the host threads to join.
+pub struct System {
+    procs: Mutex<BTreeMap<u64, Arc<Process>>>,
+    changed: Condvar,
+    next_id: AtomicU64,
+    hosts: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How often a wait on the process table looks at its thread's
+/// attention flag.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+
+impl System {
+    /// A system whose ids start after `first_pid` (the first process's).
+    pub fn new(first_pid: u64) -> Arc<System> {
+        Arc::new(System {
+            procs: Mutex::new(BTreeMap::new()),
+            changed: Condvar::new(),
+            next_id: AtomicU64::new(first_pid + 1),
+            hosts: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A fresh process or thread id.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub fn add(&self, p: Arc<Process>) {
+        lock(&self.procs).insert(p.pid, p);
+        self.changed.notify_all();
+    }
+
+    pub fn get(&self, pid: u64) -> Option<Arc<Process>> {
+        lock(&self.procs).get(&pid).cloned()
+    }
+
+    /// Every process not yet reaped.
+    pub fn all(&self) -> Vec<Arc<Process>> {
+        lock(&self.procs).values().cloned().collect()
+    }
+
+    /// Keep a host thread to join at the end of the run.
+    pub fn keep_host(&self, h: JoinHandle<()>) {
+        lock(&self.hosts).push(h);
+    }
+
+    /// Tell the sleepers that a process ended, exec'd or appeared.
+    pub fn notify(&self) {
+        let _g = lock(&self.procs);
+        self.changed.notify_all();
+    }
+
+    /// Sleep until `f` answers `Some`, looking again at each change;
+    /// `None` when `ctl`'s attention flag goes up first.
+    pub fn wait_for<T>(
+        &self,
+        ctl: &ThreadCtl,
+        mut f: impl FnMut(&mut BTreeMap<u64, Arc<Process>>) -> Option<T>,
+    ) -> Option<T> {
+        let mut procs = lock(&self.procs);
+        loop {
+            if let Some(v) = f(&mut procs) {
+                return Some(v);
+            }
+            if ctl.attention() {
+                return None;
+            }
+            procs = self.changed.wait_timeout(procs, WAIT_SLICE).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Wait until every process has ended (as a shell reading a pipe
+    /// waits for every writer), join the host threads, and say how
+    /// `first` ended.
+    pub fn wait_all(&self, first: &Process) -> Ending {
+        {
+            let mut procs = lock(&self.procs);
+            while procs.values().any(|p| !p.is_done()) || !first.is_done() {
+                procs = self.changed.wait_timeout(procs, WAIT_SLICE).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+        loop {
+            let hosts = std::mem::take(&mut *lock(&self.hosts));
+            if hosts.is_empty() {
+                break;
+            }
+            for h in hosts {
+                // A host thread that panicked has already left its
+                // process (run_thread's handler did it).
+                let _ = h.join();
+            }
+        }
+        first.ending_now().unwrap_or_else(|| Ending::code(0))
+    }
+}
+
+/// The code watch of an address space and its subscription.
+struct Code {
+    watch: Option<Arc<CodeWatch>>,
+    _sub: Option<Subscription>,
+}
+
+impl Code {
+    fn watch(mm: &Mm) -> Code {
+        match CodeWatch::register(mm) {
+            Some((w, s)) => Code { watch: Some(w), _sub: Some(s) },
+            None => Code { watch: None, _sub: None },
+        }
+    }
 }
 
 /// What the threads of one process share.
 pub struct Process {
     pub pid: u64,
-    pub mm: Mm,
-    pub exe: Vec<u8>,
+    pub sys: Arc<System>,
+    pub ppid: AtomicU64,
+    mm: Mutex<Arc<Mm>>,
+    pub exe: Mutex<Vec<u8>>,
     pub brk: Mutex<Brk>,
-    pub stdin: Mutex<Input>,
-    pub stdout: Mutex<Output>,
-    pub stderr: Mutex<Output>,
+    pub stdin: Arc<Mutex<Input>>,
+    pub stdout: Arc<Mutex<Output>>,
+    pub stderr: Arc<Mutex<Output>>,
     pub actions: Mutex<[SigAction; NSIG]>,
-    /// Unknown system calls by number, for the report.
-    pub unknown: Mutex<BTreeMap<u64, u64>>,
+    /// Unknown system calls by number, for the report (one table for
+    /// every process of the run).
+    pub unknown: Arc<Mutex<BTreeMap<u64, u64>>>,
     /// Instructions retired by threads that have ended.
     pub instret: AtomicU64,
-    /// The code watch every hart's decoded-instruction cache follows.
-    pub code_watch: Option<Arc<CodeWatch>>,
-    _code_sub: Option<Subscription>,
+    code: Mutex<Code>,
     group: Mutex<Group>,
-    ended: Condvar,
-    hosts: Mutex<Vec<JoinHandle<()>>>,
-    next_tid: AtomicU64,
+    /// Signalled when a thread leaves (exec waits for the others).
+    left: Condvar,
+    /// Set once the process has exec'd or ended: a vfork parent resumes.
+    released: AtomicBool,
 }
 
 /// The standard streams a process starts with.
@@ -162,35 +293,70 @@ pub struct Stdio {
 }
 
 impl Process {
-    pub fn new(pid: u64, mm: Mm, brk: u64, exe: Vec<u8>, io: Stdio) -> Arc<Process> {
-        let (code_watch, code_sub) = match CodeWatch::register(&mm) {
-            Some((w, s)) => (Some(w), Some(s)),
-            None => (None, None),
-        };
+    /// The first process of a run.
+    pub fn new(sys: Arc<System>, pid: u64, mm: Mm, brk: u64, exe: Vec<u8>, io: Stdio) -> Arc<Process> {
+        let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64);
+        let p = Arc::new(Process {
+            pid,
+            sys,
+            ppid: AtomicU64::new(ppid),
+            code: Mutex::new(Code::watch(&mm)),
+            mm: Mutex::new(Arc::new(mm)),
+            exe: Mutex::new(exe),
+            brk: Mutex::new(Brk { start: brk, cur: brk }),
+            stdin: Arc::new(Mutex::new(io.stdin)),
+            stdout: Arc::new(Mutex::new(io.stdout)),
+            stderr: Arc::new(Mutex::new(io.stderr)),
+            actions: Mutex::new([SigAction::default(); NSIG]),
+            unknown: Arc::new(Mutex::new(BTreeMap::new())),
+            instret: AtomicU64::new(0),
+            group: Mutex::new(Group::default()),
+            left: Condvar::new(),
+            released: AtomicBool::new(false),
+        });
+        p.sys.add(p.clone());
+        p
+    }
+
+    /// A child of this process (fork, vfork) over `mm`: the break, the
+    /// executable, the streams and the signal actions are inherited.
+    pub fn child(&self, pid: u64, mm: Arc<Mm>) -> Arc<Process> {
         Arc::new(Process {
             pid,
-            mm,
-            exe,
-            brk: Mutex::new(Brk { start: brk, cur: brk }),
-            stdin: Mutex::new(io.stdin),
-            stdout: Mutex::new(io.stdout),
-            stderr: Mutex::new(io.stderr),
-            actions: Mutex::new([SigAction::default(); NSIG]),
-            unknown: Mutex::new(BTreeMap::new()),
+            sys: self.sys.clone(),
+            ppid: AtomicU64::new(self.pid),
+            code: Mutex::new(Code::watch(&mm)),
+            mm: Mutex::new(mm),
+            exe: Mutex::new(lock(&self.exe).clone()),
+            brk: Mutex::new(*lock(&self.brk)),
+            stdin: self.stdin.clone(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+            actions: Mutex::new(*lock(&self.actions)),
+            unknown: self.unknown.clone(),
             instret: AtomicU64::new(0),
-            code_watch,
-            _code_sub: code_sub,
             group: Mutex::new(Group::default()),
-            ended: Condvar::new(),
-            hosts: Mutex::new(Vec::new()),
-            next_tid: AtomicU64::new(pid + 1),
+            left: Condvar::new(),
+            released: AtomicBool::new(false),
         })
     }
 
-    /// A fresh thread id (thread ids follow the process id, as a fresh
-    /// Linux pid namespace would hand them out).
-    pub fn new_tid(&self) -> u64 {
-        self.next_tid.fetch_add(1, Ordering::SeqCst)
+    /// The address space.
+    pub fn mm(&self) -> Arc<Mm> {
+        lock(&self.mm).clone()
+    }
+
+    /// The code watch harts of this process follow.
+    pub fn code_watch(&self) -> Option<Arc<CodeWatch>> {
+        lock(&self.code).watch.clone()
+    }
+
+    /// Replace the address space (execve), with a new code watch and break.
+    pub fn replace_mm(&self, mm: Arc<Mm>, brk: u64, exe: Vec<u8>) {
+        *lock(&self.code) = Code::watch(&mm);
+        *lock(&self.mm) = mm;
+        *lock(&self.brk) = Brk { start: brk, cur: brk };
+        *lock(&self.exe) = exe;
     }
 
     /// Count an unknown system call.
@@ -201,16 +367,11 @@ impl Process {
     /// Add a live thread; `false` if the process is already ending.
     pub fn add_thread(&self, ctl: Arc<ThreadCtl>) -> bool {
         let mut g = lock(&self.group);
-        if g.ending.is_some() {
+        if g.ending.is_some() || g.done {
             return false;
         }
         g.threads.insert(ctl.tid, ctl);
         true
-    }
-
-    /// Keep a host thread to join when the process has ended.
-    pub fn keep_host(&self, h: JoinHandle<()>) {
-        lock(&self.hosts).push(h);
     }
 
     /// A live thread of this process.
@@ -218,9 +379,25 @@ impl Process {
         lock(&self.group).threads.get(&tid).cloned()
     }
 
+    /// The live threads.
+    pub fn threads(&self) -> Vec<Arc<ThreadCtl>> {
+        lock(&self.group).threads.values().cloned().collect()
+    }
+
     /// Whether the process is ending (every thread is to leave).
     pub fn ending(&self) -> bool {
         lock(&self.group).ending.is_some()
+    }
+
+    /// Every thread has left.
+    pub fn is_done(&self) -> bool {
+        lock(&self.group).done
+    }
+
+    /// How the process ended, once every thread has left.
+    pub fn ending_now(&self) -> Option<Ending> {
+        let g = lock(&self.group);
+        g.done.then(|| g.ending.clone().unwrap_or_else(|| Ending::code(g.leader_code)))
     }
 
     /// End the process: the first ending wins; every thread is told.
@@ -234,35 +411,42 @@ impl Process {
         }
     }
 
-    /// A thread has left (its robust list and clear-tid word done).
+    /// A thread has left (its robust list and clear-tid word done). The
+    /// last one makes the process a zombie for its parent to reap.
     pub fn remove_thread(&self, tid: u64, code: i32, instret: u64) {
         self.instret.fetch_add(instret, Ordering::SeqCst);
-        let mut g = lock(&self.group);
-        g.threads.remove(&tid);
-        if tid == self.pid {
-            g.leader_code = code & 0xff;
-        }
-        if g.threads.is_empty() {
-            self.ended.notify_all();
+        let done = {
+            let mut g = lock(&self.group);
+            g.threads.remove(&tid);
+            if tid == self.pid {
+                g.leader_code = code & 0xff;
+            }
+            self.left.notify_all();
+            g.done = g.threads.is_empty();
+            g.done
+        };
+        if done {
+            self.released.store(true, Ordering::SeqCst);
+            self.sys.notify();
         }
     }
 
-    /// Wait until every thread has left, join their host threads, and
-    /// say how the process ended.
-    pub fn wait_ended(&self) -> Ending {
-        let ending = {
-            let mut g = lock(&self.group);
-            while !g.threads.is_empty() {
-                g = self.ended.wait(g).unwrap_or_else(|p| p.into_inner());
-            }
-            g.ending.clone().unwrap_or_else(|| Ending::code(g.leader_code))
-        };
-        let hosts = std::mem::take(&mut *lock(&self.hosts));
-        for h in hosts {
-            // A host thread that panicked has already left the group (its
-            // guard removed it); nothing more to do with it here.
-            let _ = h.join();
+    /// Wait until `tid` is the only thread left (execve's de-thread: the
+    /// others have been told to leave).
+    pub fn wait_alone(&self, tid: u64) {
+        let mut g = lock(&self.group);
+        while g.threads.keys().any(|&t| t != tid) {
+            g = self.left.wait_timeout(g, WAIT_SLICE).unwrap_or_else(|p| p.into_inner()).0;
         }
-        ending
+    }
+
+    /// The process has exec'd: a vfork parent may go on.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        self.sys.notify();
+    }
+
+    pub fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
     }
 }

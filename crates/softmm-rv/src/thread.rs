@@ -6,13 +6,13 @@
 //! its robust-futex list and clears and wakes its `clear_child_tid` word,
 //! as Linux's `mm_release` does.
 
-use crate::errno::{EAGAIN, EFAULT, EINVAL, ENOSYS};
+use crate::errno::{EAGAIN, EFAULT, EINVAL};
 use crate::hart::{Hart, Stop};
 use crate::icache::ICache;
 use crate::mem::Memory;
 use crate::signal::{describe, SIGILL, SIGKILL, SIGTRAP};
 use crate::syscall::{Flow, Kernel, SysResult};
-use crate::task::{Ending, ThreadCtl};
+use crate::task::{Ending, Process, ThreadCtl};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub const CLONE_VM: u64 = 0x100;
@@ -100,15 +100,15 @@ impl Kernel {
             }
             return self.spawn_thread(hart, c);
         }
-        self.p.unknown_call(crate::syscall::nr::CLONE);
-        Err(ENOSYS)
+        self.fork(hart, c)
     }
 
     /// A new thread of this process, running from the clone's return.
     fn spawn_thread(&mut self, hart: &mut Hart, c: CloneArgs) -> SysResult {
-        let tid = self.p.new_tid();
+        let tid = self.p.sys.new_id();
         let ctl = ThreadCtl::new(tid);
-        let mut child = hart.spawn(Memory::new(self.p.mm.accessor()));
+        let mut child = hart.spawn(Memory::new(self.mm.accessor()));
+        prepare(&mut child, &self.p, &ctl);
         child.x[10] = 0;
         if c.stack != 0 {
             child.x[2] = c.stack;
@@ -116,10 +116,6 @@ impl Kernel {
         if c.flags & CLONE_SETTLS != 0 {
             child.x[4] = c.tls;
         }
-        if let Some(w) = &self.p.code_watch {
-            child.set_icache(ICache::new(w.clone()));
-        }
-        child.set_attention(ctl.attention.clone());
         let mut k = Kernel::new(self.p.clone(), ctl.clone());
         k.blocked = self.blocked;
         if c.flags & CLONE_CHILD_CLEARTID != 0 {
@@ -135,17 +131,7 @@ impl Kernel {
         if !self.p.add_thread(ctl) {
             return Err(EAGAIN);
         }
-        let spawned = std::thread::Builder::new().name(format!("rv-{tid}")).spawn(move || run_thread(child, k));
-        match spawned {
-            Ok(h) => {
-                self.p.keep_host(h);
-                Ok(tid)
-            }
-            Err(_) => {
-                self.p.remove_thread(tid, 0, 0);
-                Err(EAGAIN)
-            }
-        }
+        launch(child, k).map(|_| tid)
     }
 
     /// Run this thread's hart until the thread leaves; its exit code.
@@ -166,7 +152,7 @@ impl Kernel {
                     return 0;
                 }
             }
-            if self.ctl.attention() && self.p.ending() {
+            if self.ctl.attention() && (self.p.ending() || self.ctl.killed()) {
                 return 0;
             }
         }
@@ -174,12 +160,20 @@ impl Kernel {
 
     /// Leave: robust futexes, the clear-tid word, then the thread table.
     pub fn exit_thread(&mut self, hart: &mut Hart, code: i32) {
-        self.exit_robust_list(hart);
-        let ctid = self.clear_child_tid;
-        if ctid != 0 && hart.mem.store(ctid, 4, 0).is_ok() {
-            let _ = self.p.mm.futex_wake(ctid, 1);
-        }
+        self.mm_release(hart);
         self.p.remove_thread(self.tid, code, hart.instret);
+    }
+
+    /// Linux's `mm_release` (thread exit and execve): the robust list,
+    /// then the clear-tid word zeroed and its futex woken; both are
+    /// forgotten after.
+    pub(crate) fn mm_release(&mut self, hart: &mut Hart) {
+        self.exit_robust_list(hart);
+        let ctid = std::mem::take(&mut self.clear_child_tid);
+        if ctid != 0 && hart.mem.store(ctid, 4, 0).is_ok() {
+            let _ = self.mm.futex_wake(ctid, 1);
+        }
+        self.robust_list = 0;
     }
 
     /// Linux's `exit_robust_list`: every futex on the list (and the one
@@ -228,7 +222,7 @@ impl Kernel {
             let uval = uval as u32;
             let owner = uval & FUTEX_TID_MASK;
             if pending && !pi && owner == 0 {
-                let _ = self.p.mm.futex_wake(uaddr, 1);
+                let _ = self.mm.futex_wake(uaddr, 1);
                 return;
             }
             if u64::from(owner) != self.tid {
@@ -238,13 +232,37 @@ impl Kernel {
             match hart.mem.cmpxchg(uaddr, 4, u64::from(uval), u64::from(mval)) {
                 Ok(true) => {
                     if !pi && uval & FUTEX_WAITERS != 0 {
-                        let _ = self.p.mm.futex_wake(uaddr, 1);
+                        let _ = self.mm.futex_wake(uaddr, 1);
                     }
                     return;
                 }
                 Ok(false) => continue,
                 Err(_) => return,
             }
+        }
+    }
+}
+
+/// Give a new hart its process's decoded-instruction cache and its
+/// thread's attention flag.
+pub fn prepare(hart: &mut Hart, p: &Process, ctl: &ThreadCtl) {
+    if let Some(w) = p.code_watch() {
+        hart.set_icache(ICache::new(w));
+    }
+    hart.set_attention(ctl.attention.clone());
+}
+
+/// Start `k`'s thread (already in its process's table) on a host thread.
+pub fn launch(hart: Hart, k: Kernel) -> SysResult {
+    let (p, tid, sys) = (k.p.clone(), k.tid, k.p.sys.clone());
+    match std::thread::Builder::new().name(format!("rv-{tid}")).spawn(move || run_thread(hart, k)) {
+        Ok(h) => {
+            sys.keep_host(h);
+            Ok(0)
+        }
+        Err(_) => {
+            p.remove_thread(tid, 0, 0);
+            Err(EAGAIN)
         }
     }
 }

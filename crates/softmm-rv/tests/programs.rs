@@ -322,12 +322,28 @@ fn robust_mutex_owner_dies() {
     same_as_native("robust", &[]);
 }
 
+/// fork trees with copy-on-write checks, wait statuses of exits and
+/// signals, waitid, WNOHANG, ECHILD, kill, a process-shared mutex in
+/// MAP_SHARED memory.
+#[test]
+fn fork_wait_and_shared_memory() {
+    same_as_native("fork", &[]);
+}
+
+/// execve chains (arguments and environment), vfork + exec, exec errors.
+/// Not compared with qemu-riscv64: qemu-user hands execve to the host
+/// kernel, which cannot run a riscv64 program without binfmt_misc.
+#[test]
+fn execve_vfork_and_chains() {
+    same_as_native("exec", &[]);
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 20] = [
+    let cases: [(&str, &[&str], &[u8]); 21] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -348,6 +364,7 @@ fn same_as_qemu() {
         ("threads", &["exit-main"], b""),
         ("threads", &["fault-thread"], b""),
         ("robust", &[], b""),
+        ("fork", &[], b""),
     ];
     for (name, args, stdin) in cases {
         let rv = compile(name, Build::Riscv);
