@@ -1,6 +1,7 @@
 //! The Linux errno values the system-call layer answers with (the
 //! asm-generic numbering riscv64 uses).
 
+pub const EPERM: i32 = 1;
 pub const ENOENT: i32 = 2;
 pub const ESRCH: i32 = 3;
 pub const EINTR: i32 = 4;

@@ -94,6 +94,7 @@ impl Kernel {
             LoadError::Elf(_) => ENOEXEC,
             LoadError::Memory(e) => e.errno(),
         })?;
+        let tramp = crate::sigframe::map_trampoline(&mm).map_err(|e| e.errno())?;
         // The point of no return.
         for t in self.p.threads() {
             if t.tid != self.tid {
@@ -104,8 +105,9 @@ impl Kernel {
         self.mm_release(hart);
         let exe = std::fs::canonicalize(&host).unwrap_or(host);
         let mm = Arc::new(mm);
-        self.p.replace_mm(mm.clone(), image.brk, exe.as_os_str().as_bytes().to_vec());
+        self.p.replace_mm(mm.clone(), image.brk, exe.as_os_str().as_bytes().to_vec(), tramp);
         self.mm = mm;
+        self.altstack = (0, 0, true);
         for a in lock(&self.p.actions).iter_mut() {
             let ignored = a.handler == SIG_IGN;
             *a = SigAction::default();

@@ -7,7 +7,7 @@
 use crate::errno::{ECHILD, EFAULT, EINTR, EINVAL, ESRCH};
 use crate::hart::Hart;
 use crate::mem::Memory;
-use crate::signal::{describe, SIGCHLD};
+use crate::signal::{CLD_DUMPED, CLD_EXITED, CLD_KILLED, SIGCHLD};
 use crate::syscall::{Kernel, SysResult};
 use crate::task::{Ending, Process, ThreadCtl};
 use crate::thread::{
@@ -29,10 +29,6 @@ const WCLONE: u64 = 0x8000_0000;
 const P_ALL: u64 = 0;
 const P_PID: u64 = 1;
 const P_PGID: u64 = 2;
-
-const CLD_EXITED: i32 = 1;
-const CLD_KILLED: i32 = 2;
-const CLD_DUMPED: i32 = 3;
 
 /// Which children a wait accepts.
 #[derive(Clone, Copy)]
@@ -84,7 +80,7 @@ impl Kernel {
             let _ = h.mem.store(c.child_tid, 4, pid);
         }
         let mut k = Kernel::new(child.clone(), ctl);
-        k.blocked = self.blocked;
+        k.ctl.blocked.store(self.ctl.blocked.load(Ordering::SeqCst), Ordering::SeqCst);
         if c.flags & CLONE_CHILD_CLEARTID != 0 {
             k.clear_child_tid = c.child_tid;
         }
@@ -204,9 +200,4 @@ impl Kernel {
             _ => Ok(self.p.sys.all()),
         }
     }
-}
-
-/// What a shell prints for a process a signal killed.
-pub fn killed_by(sig: i32) -> Ending {
-    Ending::killed(sig, format!("softmm: {}\n", describe(sig)))
 }

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod decode;
+pub mod deliver;
 pub mod elf;
 pub mod errno;
 pub mod exec;
@@ -32,6 +33,7 @@ pub mod io;
 pub mod loader;
 pub mod mem;
 pub mod process;
+pub mod sigframe;
 pub mod signal;
 pub mod syscall;
 pub mod task;

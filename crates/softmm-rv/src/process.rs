@@ -88,7 +88,9 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32);
     let io = Stdio { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
     let sys = System::new(pid);
+    let tramp = crate::sigframe::map_trampoline(&mm).map_err(|e| load_err(e.into()))?;
     let p = Process::new(sys.clone(), pid, mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), io);
+    p.sigreturn.store(tramp, std::sync::atomic::Ordering::SeqCst);
     let ctl = ThreadCtl::new(pid);
     p.add_thread(ctl.clone());
     let mut hart = Hart::new(Memory::new(p.mm().accessor()), image.entry, image.sp);

@@ -5,9 +5,10 @@
 //! is `EFAULT`, never a host fault. A number this layer does not know
 //! answers `ENOSYS` and is counted for the exit report.
 
+use crate::deliver::{send_to_process, send_to_thread};
 use crate::hart::Hart;
 use crate::io::Output;
-use crate::signal::{default_action, DefaultAction, SigAction, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
+use crate::signal::{Payload, SigInfo, NSIG, SI_TKILL, SI_USER};
 use crate::task::{lock, Ending, Process, ThreadCtl};
 use softmm::{Advice, MapKind, Mm, Placement, Prot};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,11 @@ pub mod nr {
     pub const TGKILL: u64 = 131;
     pub const RT_SIGACTION: u64 = 134;
     pub const RT_SIGPROCMASK: u64 = 135;
+    pub const RT_SIGPENDING: u64 = 136;
+    pub const RT_SIGRETURN: u64 = 139;
+    pub const RT_SIGSUSPEND: u64 = 133;
+    pub const SIGALTSTACK: u64 = 132;
+    pub const PPOLL: u64 = 73;
     pub const UNAME: u64 = 160;
     pub const GETRLIMIT: u64 = 163;
     pub const GETTIMEOFDAY: u64 = 169;
@@ -79,7 +85,7 @@ pub fn name(n: u64) -> &'static str {
     }
 }
 
-use crate::errno::{EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENODEV, ENOENT, ENOSYS, ENOTTY, ESRCH};
+use crate::errno::{EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENODEV, ENOENT, ENOSYS, ENOTTY, ESRCH};
 
 /// What the thread does after a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,8 +109,15 @@ pub struct Kernel {
     pub clear_child_tid: u64,
     /// `set_robust_list`'s head, walked at exit.
     pub robust_list: u64,
-    /// The blocked-signal mask.
-    pub blocked: u64,
+    /// The mask `rt_sigsuspend` replaced, restored after the handler.
+    pub saved_mask: Option<u64>,
+    /// The first argument of a system call a signal interrupted (Linux's
+    /// `orig_a0`), to restart it when no handler runs, or when the handler
+    /// has SA_RESTART and the flag (ERESTARTSYS rather than ERESTARTNOHAND)
+    /// says so.
+    pub restart: Option<(u64, bool)>,
+    /// `sigaltstack`: base, size, and whether it is disabled.
+    pub altstack: (u64, u64, bool),
 }
 
 pub(crate) type SysResult = Result<u64, i32>;
@@ -125,7 +138,17 @@ const IOV_MAX: u64 = 1024;
 impl Kernel {
     /// The kernel side of thread `ctl` of `p`.
     pub fn new(p: Arc<Process>, ctl: Arc<ThreadCtl>) -> Kernel {
-        Kernel { tid: ctl.tid, mm: p.mm(), p, ctl, clear_child_tid: 0, robust_list: 0, blocked: 0 }
+        Kernel {
+            tid: ctl.tid,
+            mm: p.mm(),
+            p,
+            ctl,
+            clear_child_tid: 0,
+            robust_list: 0,
+            saved_mask: None,
+            restart: None,
+            altstack: (0, 0, true),
+        }
     }
 
     /// Handle the ecall the hart stopped at.
@@ -136,6 +159,7 @@ impl Kernel {
             nr::EXIT => return Flow::ExitThread((a[0] & 0xff) as i32),
             nr::EXIT_GROUP => return Flow::ExitGroup(Ending::code(a[0] as i32)),
             nr::KILL | nr::TKILL | nr::TGKILL => self.kill(n, a),
+            nr::RT_SIGRETURN => return self.rt_sigreturn(hart),
             nr::EXECVE => match self.execve(hart, a[0], a[1], a[2]) {
                 // The new program starts with the registers Linux gives it.
                 Ok(()) => return Flow::Continue,
@@ -145,6 +169,16 @@ impl Kernel {
             nr::CLONE3 => self.clone3(hart, a[0], a[1]),
             _ => self.dispatch(hart, n, a),
         };
+        if r == Err(EINTR) {
+            // Interrupted by a signal: wait4 and futex waits are
+            // ERESTARTSYS in Linux, sleeps and pause-likes ERESTARTNOHAND.
+            let futex_wait = n == nr::FUTEX && matches!(a[1] & 127, 0 | 9);
+            let restartsys = matches!(n, nr::WAIT4 | nr::WAITID) || futex_wait;
+            let nohand = matches!(n, nr::PPOLL | nr::RT_SIGSUSPEND | nr::NANOSLEEP | nr::CLOCK_NANOSLEEP);
+            if restartsys || nohand {
+                self.restart = Some((a[0], restartsys));
+            }
+        }
         hart.x[10] = match r {
             Ok(v) => v,
             Err(e) => (-i64::from(e)) as u64,
@@ -175,6 +209,10 @@ impl Kernel {
             }
             nr::RT_SIGACTION => self.sigaction(hart, a[0], a[1], a[2], a[3]),
             nr::RT_SIGPROCMASK => self.sigprocmask(hart, a[0], a[1], a[2], a[3]),
+            nr::RT_SIGPENDING => self.rt_sigpending(hart, a[0], a[1]),
+            nr::RT_SIGSUSPEND => self.rt_sigsuspend(hart, a[0], a[1]),
+            nr::SIGALTSTACK => self.sigaltstack(hart, a[0], a[1]),
+            nr::PPOLL => self.ppoll(hart, a),
             nr::UNAME => uname(hart, a[0]),
             nr::GETRANDOM => getrandom(hart, a[0], a[1]),
             nr::CLOCK_GETTIME => clock_gettime(hart, a[0], a[1], false),
@@ -335,58 +373,6 @@ impl Kernel {
         Ok(0)
     }
 
-    fn sigaction(&mut self, hart: &mut Hart, sig: u64, act: u64, oact: u64, size: u64) -> SysResult {
-        let sig = i32::try_from(sig).map_err(|_| EINVAL)?;
-        if size != 8 || !(1..=NSIG as i32).contains(&sig) {
-            return Err(EINVAL);
-        }
-        if act != 0 && (sig == SIGKILL || sig == SIGSTOP) {
-            return Err(EINVAL);
-        }
-        let old = *lock(&self.p.actions).get(sig as usize - 1).ok_or(EINVAL)?;
-        if act != 0 {
-            let m = &mut hart.mem;
-            let new = SigAction {
-                handler: m.load(act, 8).map_err(|_| EFAULT)?,
-                flags: m.load(act.wrapping_add(8), 8).map_err(|_| EFAULT)?,
-                mask: m.load(act.wrapping_add(16), 8).map_err(|_| EFAULT)?,
-            };
-            if let Some(slot) = lock(&self.p.actions).get_mut(sig as usize - 1) {
-                *slot = new;
-            }
-        }
-        if oact != 0 {
-            let mut b = Vec::with_capacity(24);
-            for w in [old.handler, old.flags, old.mask] {
-                b.extend_from_slice(&w.to_le_bytes());
-            }
-            hart.mem.write_bytes(oact, &b).map_err(|_| EFAULT)?;
-        }
-        Ok(0)
-    }
-
-    fn sigprocmask(&mut self, hart: &mut Hart, how: u64, set: u64, oset: u64, size: u64) -> SysResult {
-        if size != 8 {
-            return Err(EINVAL);
-        }
-        let old = self.blocked;
-        if set != 0 {
-            let s = hart.mem.load(set, 8).map_err(|_| EFAULT)?;
-            // SIGKILL and SIGSTOP cannot be blocked.
-            let s = s & !((1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1)));
-            self.blocked = match how {
-                0 => old | s,
-                1 => old & !s,
-                2 => s,
-                _ => return Err(EINVAL),
-            };
-        }
-        if oset != 0 {
-            hart.mem.store(oset, 8, old).map_err(|_| EFAULT)?;
-        }
-        Ok(0)
-    }
-
     /// kill/tkill/tgkill: signal 0 probes; no target is ESRCH.
     fn kill(&mut self, n: u64, a: [u64; 6]) -> SysResult {
         let sig = match n {
@@ -397,24 +383,25 @@ impl Kernel {
         if !(0..=NSIG as i32).contains(&sig) {
             return Err(EINVAL);
         }
-        let targets = match n {
-            nr::TGKILL => {
-                let q = self.p.sys.get(a[0]).ok_or(ESRCH)?;
-                q.thread(a[1]).ok_or(ESRCH)?;
-                vec![q]
+        let from = Payload::Kill { pid: self.p.pid as u32, uid: rustix::process::getuid().as_raw() };
+        if n == nr::KILL {
+            let targets = self.kill_targets(a[0])?;
+            if targets.is_empty() {
+                return Err(ESRCH);
             }
-            nr::TKILL => {
-                let q = self.p.sys.all().into_iter().find(|q| q.thread(a[0]).is_some()).ok_or(ESRCH)?;
-                vec![q]
+            for q in targets {
+                send_to_process(&q, SigInfo { signo: sig, code: SI_USER, payload: from });
             }
-            _ => self.kill_targets(a[0])?,
+            return Ok(0);
+        }
+        let (q, t) = if n == nr::TGKILL {
+            let q = self.p.sys.get(a[0]).ok_or(ESRCH)?;
+            let t = q.thread(a[1]).ok_or(ESRCH)?;
+            (q, t)
+        } else {
+            self.p.sys.all().into_iter().find_map(|q| q.thread(a[0]).map(|t| (q, t))).ok_or(ESRCH)?
         };
-        if targets.is_empty() {
-            return Err(ESRCH);
-        }
-        for q in targets {
-            send_signal(&q, sig);
-        }
+        send_to_thread(&q, &t, SigInfo { signo: sig, code: SI_TKILL, payload: from });
         Ok(0)
     }
 
@@ -496,24 +483,6 @@ impl Kernel {
         // Paths come with the file calls.
         Err(ENOENT)
     }
-}
-
-/// A signal sent to process `q`: ignored, or (no handlers are delivered
-/// yet) the default action.
-pub fn send_signal(q: &Process, sig: i32) {
-    if sig == 0 {
-        return;
-    }
-    let handler = lock(&q.actions).get(sig as usize - 1).map_or(0, |a| a.handler);
-    if sig != SIGKILL && sig != SIGSTOP {
-        if handler == SIG_IGN {
-            return;
-        }
-        if matches!(default_action(sig), DefaultAction::Ignore | DefaultAction::Stop) {
-            return;
-        }
-    }
-    q.exit_group(crate::fork::killed_by(sig));
 }
 
 fn prot(bits: u64) -> Result<Prot, i32> {

@@ -6,7 +6,7 @@
 
 use crate::icache::CodeWatch;
 use crate::io::{Input, Output};
-use crate::signal::{SigAction, NSIG};
+use crate::signal::{SigAction, SigInfo, NSIG};
 use softmm::{Mm, Subscription};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +58,10 @@ pub struct ThreadCtl {
     pub attention: Arc<AtomicBool>,
     /// Told to leave on its own (another thread's execve).
     killed: AtomicBool,
+    /// The blocked-signal mask (senders look at it to pick a thread).
+    pub blocked: AtomicU64,
+    /// Signals sent to this thread (tgkill), not yet delivered.
+    pub pending: Mutex<Vec<SigInfo>>,
     /// Cancels the futex wait the thread is in (softmm does not export
     /// the canceller's type, so it is held as a closure).
     wait: Mutex<Option<Canceller>>,
@@ -71,6 +75,8 @@ impl ThreadCtl {
             tid,
             attention: Arc::new(AtomicBool::new(false)),
             killed: AtomicBool::new(false),
+            blocked: AtomicU64::new(0),
+            pending: Mutex::new(Vec::new()),
             wait: Mutex::new(None),
             host: Mutex::new(None),
         })
@@ -272,6 +278,11 @@ pub struct Process {
     pub stdout: Arc<Mutex<Output>>,
     pub stderr: Arc<Mutex<Output>>,
     pub actions: Mutex<[SigAction; NSIG]>,
+    /// Signals sent to the process, not yet delivered to a thread.
+    pub pending: Mutex<Vec<SigInfo>>,
+    /// The signal-return trampoline (what the vDSO's `__vdso_rt_sigreturn`
+    /// is on Linux): handlers return to it.
+    pub sigreturn: AtomicU64,
     /// Unknown system calls by number, for the report (one table for
     /// every process of the run).
     pub unknown: Arc<Mutex<BTreeMap<u64, u64>>>,
@@ -308,6 +319,8 @@ impl Process {
             stdout: Arc::new(Mutex::new(io.stdout)),
             stderr: Arc::new(Mutex::new(io.stderr)),
             actions: Mutex::new([SigAction::default(); NSIG]),
+            pending: Mutex::new(Vec::new()),
+            sigreturn: AtomicU64::new(0),
             unknown: Arc::new(Mutex::new(BTreeMap::new())),
             instret: AtomicU64::new(0),
             group: Mutex::new(Group::default()),
@@ -333,6 +346,8 @@ impl Process {
             stdout: self.stdout.clone(),
             stderr: self.stderr.clone(),
             actions: Mutex::new(*lock(&self.actions)),
+            pending: Mutex::new(Vec::new()),
+            sigreturn: AtomicU64::new(self.sigreturn.load(Ordering::SeqCst)),
             unknown: self.unknown.clone(),
             instret: AtomicU64::new(0),
             group: Mutex::new(Group::default()),
@@ -351,8 +366,10 @@ impl Process {
         lock(&self.code).watch.clone()
     }
 
-    /// Replace the address space (execve), with a new code watch and break.
-    pub fn replace_mm(&self, mm: Arc<Mm>, brk: u64, exe: Vec<u8>) {
+    /// Replace the address space (execve), with a new code watch, break
+    /// and signal-return trampoline.
+    pub fn replace_mm(&self, mm: Arc<Mm>, brk: u64, exe: Vec<u8>, sigreturn: u64) {
+        self.sigreturn.store(sigreturn, Ordering::SeqCst);
         *lock(&self.code) = Code::watch(&mm);
         *lock(&self.mm) = mm;
         *lock(&self.brk) = Brk { start: brk, cur: brk };
@@ -412,8 +429,9 @@ impl Process {
     }
 
     /// A thread has left (its robust list and clear-tid word done). The
-    /// last one makes the process a zombie for its parent to reap.
-    pub fn remove_thread(&self, tid: u64, code: i32, instret: u64) {
+    /// last one makes the process a zombie for its parent to reap
+    /// (`true`).
+    pub fn remove_thread(&self, tid: u64, code: i32, instret: u64) -> bool {
         self.instret.fetch_add(instret, Ordering::SeqCst);
         let done = {
             let mut g = lock(&self.group);
@@ -429,6 +447,7 @@ impl Process {
             self.released.store(true, Ordering::SeqCst);
             self.sys.notify();
         }
+        done
     }
 
     /// Wait until `tid` is the only thread left (execve's de-thread: the

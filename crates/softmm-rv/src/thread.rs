@@ -6,14 +6,20 @@
 //! its robust-futex list and clears and wakes its `clear_child_tid` word,
 //! as Linux's `mm_release` does.
 
+use crate::deliver::{fault_info, send_to_process};
 use crate::errno::{EAGAIN, EFAULT, EINVAL};
 use crate::hart::{Hart, Stop};
 use crate::icache::ICache;
+use crate::mem::FaultKind;
 use crate::mem::Memory;
-use crate::signal::{describe, SIGILL, SIGKILL, SIGTRAP};
+use crate::signal::{
+    default_action, describe, DefaultAction, Payload, SigInfo, CLD_DUMPED, CLD_EXITED, CLD_KILLED, ILL_ILLOPC, SIGCHLD,
+    SIGILL, SIGKILL, SIGTRAP, TRAP_BRKPT,
+};
 use crate::syscall::{Flow, Kernel, SysResult};
 use crate::task::{Ending, Process, ThreadCtl};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 
 pub const CLONE_VM: u64 = 0x100;
 pub const CLONE_SIGHAND: u64 = 0x800;
@@ -117,7 +123,7 @@ impl Kernel {
             child.x[4] = c.tls;
         }
         let mut k = Kernel::new(self.p.clone(), ctl.clone());
-        k.blocked = self.blocked;
+        k.ctl.blocked.store(self.ctl.blocked.load(Ordering::SeqCst), Ordering::SeqCst);
         if c.flags & CLONE_CHILD_CLEARTID != 0 {
             k.clear_child_tid = c.child_tid;
         }
@@ -140,20 +146,49 @@ impl Kernel {
             let flow = match hart.run() {
                 Stop::Ecall => self.syscall(hart),
                 Stop::Attention => Flow::Continue,
-                Stop::Fault(f) => fatal(f.signal(), &format!("{f}"), hart.pc),
-                Stop::Illegal { raw, .. } => fatal(SIGILL, &format!("illegal instruction {raw:#010x}"), hart.pc),
-                Stop::Breakpoint { .. } => fatal(SIGTRAP, "ebreak", hart.pc),
+                Stop::Fault(f) if f.kind == FaultKind::OutOfMemory => fatal(f.signal(), &format!("{f}"), hart.pc),
+                Stop::Fault(f) => {
+                    let msg = fatal_message(f.signal(), &format!("{f}"), hart.pc);
+                    self.force(hart, fault_info(&f), msg)
+                }
+                Stop::Illegal { raw, pc } => {
+                    let msg = fatal_message(SIGILL, &format!("illegal instruction {raw:#010x}"), pc);
+                    let info = SigInfo { signo: SIGILL, code: ILL_ILLOPC, payload: Payload::Fault { addr: pc } };
+                    self.force(hart, info, msg)
+                }
+                Stop::Breakpoint { pc } => {
+                    let msg = fatal_message(SIGTRAP, "ebreak", pc);
+                    let info = SigInfo { signo: SIGTRAP, code: TRAP_BRKPT, payload: Payload::Fault { addr: pc } };
+                    self.force(hart, info, msg)
+                }
             };
-            match flow {
-                Flow::Continue => {}
-                Flow::ExitThread(code) => return code,
-                Flow::ExitGroup(e) => {
-                    self.p.exit_group(e);
+            if let Some(code) = self.after(flow) {
+                return code;
+            }
+            if self.ctl.attention() {
+                // Cleared before looking, so a sender's later raise stays.
+                self.ctl.attention.store(false, Ordering::SeqCst);
+                if self.p.ending() || self.ctl.killed() {
                     return 0;
                 }
+                let flow = self.deliver_pending(hart);
+                if let Some(code) = self.after(flow) {
+                    return code;
+                }
+            } else {
+                self.restart = None;
             }
-            if self.ctl.attention() && (self.p.ending() || self.ctl.killed()) {
-                return 0;
+        }
+    }
+
+    /// Act on a flow: `Some(code)` when the thread is to leave.
+    fn after(&mut self, flow: Flow) -> Option<i32> {
+        match flow {
+            Flow::Continue => None,
+            Flow::ExitThread(code) => Some(code),
+            Flow::ExitGroup(e) => {
+                self.p.exit_group(e);
+                Some(0)
             }
         }
     }
@@ -161,7 +196,9 @@ impl Kernel {
     /// Leave: robust futexes, the clear-tid word, then the thread table.
     pub fn exit_thread(&mut self, hart: &mut Hart, code: i32) {
         self.mm_release(hart);
-        self.p.remove_thread(self.tid, code, hart.instret);
+        if self.p.remove_thread(self.tid, code, hart.instret) {
+            notify_parent(&self.p);
+        }
     }
 
     /// Linux's `mm_release` (thread exit and execve): the robust list,
@@ -267,9 +304,14 @@ pub fn launch(hart: Hart, k: Kernel) -> SysResult {
     }
 }
 
-/// A fault or trap the guest has no handler for: the process ends.
+/// What a shell prints when a fault or trap ends the process.
+fn fatal_message(sig: i32, what: &str, pc: u64) -> String {
+    format!("softmm: {} ({what}, pc {pc:#x})\n", describe(sig))
+}
+
+/// A fault no handler can take: the process ends.
 fn fatal(sig: i32, what: &str, pc: u64) -> Flow {
-    Flow::ExitGroup(Ending::killed(sig, format!("softmm: {} ({what}, pc {pc:#x})\n", describe(sig))))
+    Flow::ExitGroup(Ending::killed(sig, fatal_message(sig, what, pc)))
 }
 
 /// The body of a guest thread's host thread (the main thread's too). A
@@ -283,6 +325,26 @@ pub fn run_thread(mut hart: Hart, mut k: Kernel) {
     if r.is_err() {
         let msg = format!("softmm: internal error in guest thread {}\n", k.tid);
         k.p.exit_group(Ending::killed(SIGKILL, msg));
-        k.p.remove_thread(k.tid, 0, hart.instret);
+        if k.p.remove_thread(k.tid, 0, hart.instret) {
+            notify_parent(&k.p);
+        }
     }
+}
+
+/// SIGCHLD to the parent of a process that has ended.
+fn notify_parent(p: &Process) {
+    let Some(e) = p.ending_now() else {
+        return;
+    };
+    let Some(parent) = p.sys.get(p.ppid.load(Ordering::SeqCst)) else {
+        return;
+    };
+    let (code, status) = match e.signal {
+        Some(sig) if default_action(sig) == DefaultAction::Core => (CLD_DUMPED, sig),
+        Some(sig) => (CLD_KILLED, sig),
+        None => (CLD_EXITED, e.status),
+    };
+    let uid = rustix::process::getuid().as_raw();
+    let payload = Payload::Child { pid: p.pid as u32, uid, status };
+    send_to_process(&parent, SigInfo { signo: SIGCHLD, code, payload });
 }

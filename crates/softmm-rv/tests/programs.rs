@@ -338,6 +338,17 @@ fn execve_vfork_and_chains() {
     same_as_native("exec", &[]);
 }
 
+/// Signal delivery with Linux's riscv64 frame: guard-page SIGSEGV with
+/// si_addr/si_code and siglongjmp, raise with SA_SIGINFO, blocking,
+/// SA_RESETHAND, SA_NODEFER, SA_ONSTACK, FP state across a handler,
+/// pthread_kill, SIGCHLD with SA_RESTART around waitpid, sigsuspend,
+/// default actions seen by wait. Not compared with qemu-riscv64, whose
+/// handlers run without the action's sa_mask blocked (Linux blocks it).
+#[test]
+fn signal_handlers_and_frames() {
+    same_as_native("signals", &[]);
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
