@@ -18,7 +18,7 @@ use crate::task::lock;
 use crate::thread::prepare;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -81,7 +81,7 @@ impl Kernel {
         }
         let argv = read_strings(hart, argv)?;
         let envp = read_strings(hart, envp)?;
-        let host = PathBuf::from(std::ffi::OsStr::from_bytes(&name));
+        let host = self.host_path(&name);
         let file = read_executable(&host)?;
         // Scripts (#!) are not run: only riscv64 ELF executables.
         let elf = Elf::parse(&file).map_err(|_| ENOEXEC)?;
@@ -108,6 +108,7 @@ impl Kernel {
         self.p.replace_mm(mm.clone(), image.brk, exe.as_os_str().as_bytes().to_vec(), tramp);
         self.mm = mm;
         self.altstack = (0, 0, true);
+        lock(&self.p.files).close_on_exec();
         for a in lock(&self.p.actions).iter_mut() {
             let ignored = a.handler == SIG_IGN;
             *a = SigAction::default();

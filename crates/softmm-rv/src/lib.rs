@@ -24,6 +24,7 @@ pub mod deliver;
 pub mod elf;
 pub mod errno;
 pub mod exec;
+pub mod files;
 pub mod fork;
 pub mod fpu;
 mod futex;

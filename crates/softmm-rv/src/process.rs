@@ -86,6 +86,7 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
     let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32);
+    let mut stderr = opts.stderr.clone();
     let io = Stdio { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
     let sys = System::new(pid);
     let tramp = crate::sigframe::map_trampoline(&mm).map_err(|e| load_err(e.into()))?;
@@ -97,7 +98,6 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     prepare(&mut hart, &p, &ctl);
     run_thread(hart, Kernel::new(p.clone(), ctl));
     let ending = sys.wait_all(&p);
-    let mut stderr = lock(&p.stderr);
     if let Some(m) = &ending.message {
         // What a shell prints for a killed child, with the guest's details.
         let _ = stderr.write_all(m.as_bytes());

@@ -7,15 +7,30 @@
 
 use crate::deliver::{send_to_process, send_to_thread};
 use crate::hart::Hart;
-use crate::io::Output;
 use crate::signal::{Payload, SigInfo, NSIG, SI_TKILL, SI_USER};
 use crate::task::{lock, Ending, Process, ThreadCtl};
 use softmm::{Advice, MapKind, Mm, Placement, Prot};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod nr {
     pub const IOCTL: u64 = 29;
+    pub const GETCWD: u64 = 17;
+    pub const CHDIR: u64 = 49;
+    pub const DUP: u64 = 23;
+    pub const DUP3: u64 = 24;
+    pub const FCNTL: u64 = 25;
+    pub const MKDIRAT: u64 = 34;
+    pub const UNLINKAT: u64 = 35;
+    pub const FTRUNCATE: u64 = 46;
+    pub const OPENAT: u64 = 56;
+    pub const CLOSE: u64 = 57;
+    pub const PIPE2: u64 = 59;
+    pub const LSEEK: u64 = 62;
+    pub const PREAD64: u64 = 67;
+    pub const PWRITE64: u64 = 68;
+    pub const STATX: u64 = 291;
+    pub const MEMFD_CREATE: u64 = 279;
     pub const READLINKAT: u64 = 78;
     pub const NEWFSTATAT: u64 = 79;
     pub const FSTAT: u64 = 80;
@@ -72,12 +87,6 @@ pub mod nr {
 pub fn name(n: u64) -> &'static str {
     match n {
         nr::FUTEX => "futex (op)",
-        17 => "getcwd",
-        23 => "dup",
-        25 => "fcntl",
-        56 => "openat",
-        57 => "close",
-        62 => "lseek",
         216 => "mremap",
         258 => "riscv_hwprobe",
         293 => "rseq",
@@ -85,7 +94,7 @@ pub fn name(n: u64) -> &'static str {
     }
 }
 
-use crate::errno::{EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENODEV, ENOENT, ENOSYS, ENOTTY, ESRCH};
+use crate::errno::{EAGAIN, EFAULT, EINTR, EINVAL, ENODEV, ENOENT, ENOSYS, ESRCH};
 
 /// What the thread does after a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,9 +139,6 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MADV_DONTNEED: u64 = 4;
-const AT_EMPTY_PATH: u64 = 0x1000;
-const TCGETS: u64 = 0x5401;
-const TIOCGWINSZ: u64 = 0x5413;
 const IOV_MAX: u64 = 1024;
 
 impl Kernel {
@@ -227,6 +233,22 @@ impl Kernel {
             nr::PRLIMIT64 => self.prlimit(hart, a[0], a[1], a[2], a[3]),
             nr::GETRLIMIT => self.prlimit(hart, 0, a[0], 0, a[1]),
             nr::READLINKAT => self.readlinkat(hart, a[1], a[2], a[3]),
+            nr::OPENAT => self.openat(hart, a[0], a[1], a[2], a[3]),
+            nr::CLOSE => self.close(a[0]),
+            nr::PREAD64 => self.pread(hart, a[0], a[1], a[2], a[3]),
+            nr::PWRITE64 => self.pwrite(hart, a[0], a[1], a[2], a[3]),
+            nr::LSEEK => self.lseek(a[0], a[1], a[2]),
+            nr::STATX => self.statx(hart, a),
+            nr::DUP => self.dup(a[0]),
+            nr::DUP3 => self.dup3(a[0], a[1], a[2]),
+            nr::FCNTL => self.fcntl(a[0], a[1], a[2]),
+            nr::PIPE2 => self.pipe2(hart, a[0], a[1]),
+            nr::GETCWD => self.getcwd(hart, a[0], a[1]),
+            nr::CHDIR => self.chdir(hart, a[0]),
+            nr::UNLINKAT => self.unlinkat(hart, a[0], a[1], a[2]),
+            nr::MKDIRAT => self.mkdirat(hart, a[0], a[1], a[2]),
+            nr::FTRUNCATE => self.ftruncate(a[0], a[1]),
+            nr::MEMFD_CREATE => self.memfd_create(hart, a[0], a[1]),
             nr::IOCTL => self.ioctl(hart, a[0], a[1], a[2]),
             nr::FSTAT => self.fstat(hart, a[0], a[1]),
             nr::NEWFSTATAT => self.newfstatat(hart, a[0], a[1], a[2], a[3]),
@@ -256,41 +278,6 @@ impl Kernel {
                 Err(ENOSYS)
             }
         }
-    }
-
-    fn out(&self, fd: u64) -> Result<&Mutex<Output>, i32> {
-        match fd {
-            1 => Ok(&self.p.stdout),
-            2 => Ok(&self.p.stderr),
-            _ => Err(EBADF),
-        }
-    }
-
-    /// write: at most 1 MiB per call (a short write, as a pipe may make).
-    fn write(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
-        self.out(fd)?;
-        let mut data = vec![0u8; len.min(1 << 20) as usize];
-        hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
-        lock(self.out(fd)?).write_all(&data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        Ok(data.len() as u64)
-    }
-
-    /// read of fd 0. At end of file the buffer is not touched (0, as
-    /// Linux answers even for a bad pointer); bytes that cannot be copied
-    /// to a bad buffer go back to an in-memory input (a pipe's keep them
-    /// too), and are lost only from the host's stdin.
-    fn read(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
-        if fd != 0 {
-            return Err(EBADF);
-        }
-        let mut data = vec![0u8; len.min(1 << 20) as usize];
-        let mut stdin = lock(&self.p.stdin);
-        let n = stdin.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        if hart.mem.write_bytes(buf, &data[..n]).is_err() {
-            stdin.unread(n);
-            return Err(EFAULT);
-        }
-        Ok(n as u64)
     }
 
     /// readv/writev: one call per iovec, stopping at a short transfer.
@@ -436,52 +423,6 @@ impl Kernel {
         let n = exe.len().min(size as usize);
         hart.mem.write_bytes(buf, &exe[..n]).map_err(|_| EFAULT)?;
         Ok(n as u64)
-    }
-
-    /// fd 0 (`None`), 1 or 2.
-    fn std_output(&self, fd: u64) -> Result<Option<&Mutex<Output>>, i32> {
-        match fd {
-            0 => Ok(None),
-            1 => Ok(Some(&self.p.stdout)),
-            2 => Ok(Some(&self.p.stderr)),
-            _ => Err(EBADF),
-        }
-    }
-
-    fn ioctl(&mut self, hart: &mut Hart, fd: u64, req: u64, arg: u64) -> SysResult {
-        let tty = match self.std_output(fd)? {
-            Some(o) => lock(o).is_terminal(),
-            None => lock(&self.p.stdin).is_terminal(),
-        };
-        if req == TCGETS && tty {
-            // Enough for isatty(): a zeroed riscv64 struct termios (36 bytes).
-            hart.mem.write_bytes(arg, &[0u8; 36]).map_err(|_| EFAULT)?;
-            return Ok(0);
-        }
-        if req == TIOCGWINSZ && tty {
-            // musl's isatty(): success is what it asks; the size is unknown.
-            hart.mem.write_bytes(arg, &[0u8; 8]).map_err(|_| EFAULT)?;
-            return Ok(0);
-        }
-        Err(ENOTTY)
-    }
-
-    fn fstat(&mut self, hart: &mut Hart, fd: u64, buf: u64) -> SysResult {
-        let st = match self.std_output(fd)? {
-            Some(o) => lock(o).stat(),
-            None => lock(&self.p.stdin).stat(),
-        };
-        hart.mem.write_bytes(buf, &st).map_err(|_| EFAULT)?;
-        Ok(0)
-    }
-
-    fn newfstatat(&mut self, hart: &mut Hart, dirfd: u64, path: u64, buf: u64, flags: u64) -> SysResult {
-        let p = hart.mem.read_cstr(path, 4096).map_err(|_| EFAULT)?;
-        if p.is_empty() && flags & AT_EMPTY_PATH != 0 {
-            return self.fstat(hart, dirfd, buf);
-        }
-        // Paths come with the file calls.
-        Err(ENOENT)
     }
 }
 

@@ -4,6 +4,7 @@
 //! flag, the futex wait to cancel, the host thread to wake), with how a
 //! process ends (`exit_group`, a fatal signal, its last thread leaving).
 
+use crate::files::FdTable;
 use crate::icache::CodeWatch;
 use crate::io::{Input, Output};
 use crate::signal::{SigAction, SigInfo, NSIG};
@@ -274,9 +275,10 @@ pub struct Process {
     mm: Mutex<Arc<Mm>>,
     pub exe: Mutex<Vec<u8>>,
     pub brk: Mutex<Brk>,
-    pub stdin: Arc<Mutex<Input>>,
-    pub stdout: Arc<Mutex<Output>>,
-    pub stderr: Arc<Mutex<Output>>,
+    /// The descriptor table (threads share it; a fork copies it).
+    pub files: Mutex<FdTable>,
+    /// The working directory: a host directory descriptor and its path.
+    pub cwd: Mutex<Cwd>,
     pub actions: Mutex<[SigAction; NSIG]>,
     /// Signals sent to the process, not yet delivered to a thread.
     pub pending: Mutex<Vec<SigInfo>>,
@@ -294,6 +296,22 @@ pub struct Process {
     left: Condvar,
     /// Set once the process has exec'd or ended: a vfork parent resumes.
     released: AtomicBool,
+}
+
+/// A working directory: a host descriptor (paths resolve against it, so
+/// each guest process has its own while the host's stays put) and the
+/// path getcwd reports.
+#[derive(Clone)]
+pub struct Cwd {
+    /// `None`: the host's own working directory.
+    pub dir: Option<Arc<rustix::fd::OwnedFd>>,
+    pub path: std::path::PathBuf,
+}
+
+impl Cwd {
+    fn host() -> Cwd {
+        Cwd { dir: None, path: std::env::current_dir().unwrap_or_else(|_| "/".into()) }
+    }
 }
 
 /// The standard streams a process starts with.
@@ -315,9 +333,8 @@ impl Process {
             mm: Mutex::new(Arc::new(mm)),
             exe: Mutex::new(exe),
             brk: Mutex::new(Brk { start: brk, cur: brk }),
-            stdin: Arc::new(Mutex::new(io.stdin)),
-            stdout: Arc::new(Mutex::new(io.stdout)),
-            stderr: Arc::new(Mutex::new(io.stderr)),
+            files: Mutex::new(FdTable::standard(io.stdin, io.stdout, io.stderr)),
+            cwd: Mutex::new(Cwd::host()),
             actions: Mutex::new([SigAction::default(); NSIG]),
             pending: Mutex::new(Vec::new()),
             sigreturn: AtomicU64::new(0),
@@ -332,7 +349,8 @@ impl Process {
     }
 
     /// A child of this process (fork, vfork) over `mm`: the break, the
-    /// executable, the streams and the signal actions are inherited.
+    /// executable, a copy of the descriptor table and the signal actions
+    /// are inherited.
     pub fn child(&self, pid: u64, mm: Arc<Mm>) -> Arc<Process> {
         Arc::new(Process {
             pid,
@@ -342,9 +360,8 @@ impl Process {
             mm: Mutex::new(mm),
             exe: Mutex::new(lock(&self.exe).clone()),
             brk: Mutex::new(*lock(&self.brk)),
-            stdin: self.stdin.clone(),
-            stdout: self.stdout.clone(),
-            stderr: self.stderr.clone(),
+            files: Mutex::new(lock(&self.files).clone()),
+            cwd: Mutex::new(lock(&self.cwd).clone()),
             actions: Mutex::new(*lock(&self.actions)),
             pending: Mutex::new(Vec::new()),
             sigreturn: AtomicU64::new(self.sigreturn.load(Ordering::SeqCst)),
@@ -444,6 +461,8 @@ impl Process {
             g.done
         };
         if done {
+            // Linux's exit_files: the pipes this process held may close.
+            lock(&self.files).clear();
             self.released.store(true, Ordering::SeqCst);
             self.sys.notify();
         }

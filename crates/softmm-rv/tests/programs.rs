@@ -349,6 +349,23 @@ fn signal_handlers_and_frames() {
     same_as_native("signals", &[]);
 }
 
+/// A scratch directory for the file-call program (its own per caller:
+/// tests run in parallel).
+fn scratch(name: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// File calls over host files: open/read/write/pread/pwrite/lseek,
+/// stat/fstat/statx, dup/dup3/fcntl, chdir/getcwd, mkdir/unlinkat,
+/// ftruncate, pipes between processes, memfd, stdio on files.
+#[test]
+fn file_calls() {
+    let dir = scratch("rv-files");
+    same_as_native("files", &[&dir]);
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
@@ -388,6 +405,12 @@ fn same_as_qemu() {
         );
         assert_eq!(status, want_status, "{name}: status differs from qemu's (stderr:\n{stderr})");
     }
+    let dir = scratch("rv-files-qemu");
+    let rv = compile("files", Build::Riscv);
+    let (want, want_status) = run_qemu(&rv, &[&dir], b"");
+    let (out, status, stderr) = run_rv(&rv, &[&dir], b"");
+    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want), "files: differs from qemu ({stderr})");
+    assert_eq!(status, want_status, "files: status differs from qemu ({stderr})");
     let pie = compile("pie", Build::RiscvPie);
     assert_eq!(run_qemu(&pie, &[], b""), {
         let (o, s, _) = run_rv(&pie, &[], b"");
