@@ -84,3 +84,63 @@ pub fn restore(hart: &mut Hart, b: &[u8]) -> Option<u64> {
     hart.fcsr = fcsr & 0xff;
     Some(mask)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::Memory;
+    use softmm::{Config, Machine};
+
+    fn hart() -> Hart {
+        let machine = Machine::new(Config { arena_bytes: 16 << 20, ..Config::default() }).unwrap();
+        let mm = machine.new_mm().unwrap();
+        let mut h = Hart::new(Memory::new(mm.accessor()), 0x1234, 0x8000);
+        for i in 1..32 {
+            h.x[i] = 0x100 + i as u64;
+            h.f[i] = 0x2000 + i as u64;
+        }
+        h.fcsr = 0xe5;
+        h
+    }
+
+    /// Offsets as in Linux's struct rt_sigframe for riscv64 (and glibc's
+    /// ucontext_t: uc_mcontext at 176, __fpregs at 176 + 256).
+    #[test]
+    fn frame_layout_is_linuxs() {
+        let h = hart();
+        let mut info = [0u8; 128];
+        info[0] = 11;
+        let stack = StackInfo { sp: 0x7000, flags: SS_DISABLE, size: 0x800 };
+        let b = build(&h, &info, 0xdead_beef, stack);
+        assert_eq!(b.len() as u64, FRAME_SIZE);
+        assert_eq!(FRAME_SIZE % 16, 0);
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        assert_eq!(b[0], 11, "siginfo first");
+        assert_eq!(word(UC), 0, "uc_flags");
+        assert_eq!(word(UC + 8), 0, "uc_link");
+        assert_eq!(word(UC + 16), 0x7000, "uc_stack.ss_sp");
+        assert_eq!(u32::from_le_bytes(b[UC + 24..UC + 28].try_into().unwrap()), SS_DISABLE);
+        assert_eq!(word(UC + 32), 0x800, "uc_stack.ss_size");
+        assert_eq!(word(UC + 40), 0xdead_beef, "uc_sigmask");
+        assert_eq!(word(UC + 176), 0x1234, "sc_regs.pc");
+        assert_eq!(word(UC + 176 + 8), 0x101, "sc_regs.ra");
+        assert_eq!(word(UC + 176 + 31 * 8), 0x11f, "sc_regs.t6");
+        assert_eq!(word(UC + 176 + 256 + 8), 0x2001, "f1");
+        assert_eq!(u32::from_le_bytes(b[UC + 176 + 512..UC + 176 + 516].try_into().unwrap()), 0xe5, "fcsr");
+        assert!(b[UC + 176 + 516..].iter().all(|&x| x == 0), "reserved and END header are zero");
+    }
+
+    #[test]
+    fn restore_undoes_build() {
+        let h = hart();
+        let b = build(&h, &[0u8; 128], 0x55, StackInfo { sp: 0, flags: SS_DISABLE, size: 0 });
+        let mut g = hart();
+        g.x = [7; 32];
+        g.f = [9; 32];
+        g.pc = 0;
+        g.fcsr = 0;
+        assert_eq!(restore(&mut g, &b), Some(0x55));
+        assert_eq!((g.pc, g.x, g.f, g.fcsr), (h.pc, h.x, h.f, h.fcsr));
+        assert_eq!(restore(&mut g, &b[..100]), None, "a short frame is refused");
+    }
+}

@@ -6,14 +6,25 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static pthread_mutex_t m;
+
+/* Lock with a deadline: without the robust-list walk at thread exit the
+ * lock would never come, and the run would hang instead of differing. */
+static int lock_or_timeout(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += 5;
+    int r = pthread_mutex_timedlock(&m, &t);
+    return r == ETIMEDOUT ? -1 : r;
+}
 static pthread_barrier_t locked;
 
 static void *owner_dies(void *arg) {
     (void)arg;
-    int r = pthread_mutex_lock(&m);
+    int r = lock_or_timeout();
     printf("owner locked: %d\n", r);
     fflush(stdout);
     pthread_barrier_wait(&locked);
@@ -23,7 +34,7 @@ static void *owner_dies(void *arg) {
 
 static void *waiter(void *arg) {
     (void)arg;
-    int r = pthread_mutex_lock(&m);
+    int r = lock_or_timeout();
     printf("waiter: %s\n", r == EOWNERDEAD ? "EOWNERDEAD" : strerror(r));
     if (r == EOWNERDEAD)
         pthread_mutex_consistent(&m);
@@ -43,11 +54,11 @@ int main(void) {
     pthread_create(&t, NULL, owner_dies, NULL);
     pthread_barrier_wait(&locked);
     pthread_join(t, NULL);
-    int r = pthread_mutex_lock(&m);
+    int r = lock_or_timeout();
     printf("main: %s\n", r == EOWNERDEAD ? "EOWNERDEAD" : strerror(r));
     printf("consistent: %d\n", pthread_mutex_consistent(&m));
     printf("unlock: %d\n", pthread_mutex_unlock(&m));
-    printf("lock again: %d\n", pthread_mutex_lock(&m));
+    printf("lock again: %d\n", lock_or_timeout());
     printf("unlock: %d\n", pthread_mutex_unlock(&m));
 
     /* 2: a waiter is blocked when the owner dies. */
@@ -56,17 +67,17 @@ int main(void) {
     pthread_create(&w, NULL, waiter, NULL);
     pthread_join(t, NULL);
     pthread_join(w, NULL);
-    printf("final lock: %d\n", pthread_mutex_lock(&m));
+    printf("final lock: %d\n", lock_or_timeout());
     pthread_mutex_unlock(&m);
 
     /* 3: not made consistent: the mutex becomes unusable. */
     pthread_create(&t, NULL, owner_dies, NULL);
     pthread_barrier_wait(&locked);
     pthread_join(t, NULL);
-    r = pthread_mutex_lock(&m);
+    r = lock_or_timeout();
     printf("main: %s\n", r == EOWNERDEAD ? "EOWNERDEAD" : strerror(r));
     pthread_mutex_unlock(&m);
-    r = pthread_mutex_lock(&m);
+    r = lock_or_timeout();
     printf("after unlock without consistent: %s\n", r == ENOTRECOVERABLE ? "ENOTRECOVERABLE" : strerror(r));
     return 0;
 }
