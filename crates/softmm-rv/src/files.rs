@@ -263,6 +263,11 @@ impl Kernel {
         let mut data = vec![0u8; len.min(1 << 20) as usize];
         let n = match &*file {
             OpenFile::Input(i) => {
+                if matches!(*lock(i), Input::Host) {
+                    // The host's stdin: wait outside the lock, interruptibly.
+                    let stdin = std::io::stdin();
+                    wait_ready(stdin.as_fd(), rustix::event::PollFlags::IN, &self.ctl)?;
+                }
                 let mut i = lock(i);
                 let n = i.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
                 if hart.mem.write_bytes(buf, &data[..n]).is_err() {
