@@ -39,9 +39,13 @@ fn ignored(p: &Process, sig: i32) -> bool {
     h == SIG_IGN || (h == SIG_DFL && matches!(default_action(sig), DefaultAction::Ignore | DefaultAction::Stop))
 }
 
-/// Queue `info` (a standard signal only once).
+/// Most queued signals per queue (Linux bounds them by RLIMIT_SIGPENDING).
+const MAX_QUEUED: usize = 4096;
+
+/// Queue `info` (a standard signal only once; real-time ones up to a
+/// bound, past which they are dropped).
 fn enqueue(q: &mut Vec<SigInfo>, info: SigInfo) {
-    if info.signo < 32 && q.iter().any(|i| i.signo == info.signo) {
+    if (info.signo < 32 && q.iter().any(|i| i.signo == info.signo)) || q.len() >= MAX_QUEUED {
         return;
     }
     q.push(info);
