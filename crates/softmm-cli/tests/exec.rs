@@ -100,3 +100,28 @@ fn exec_of_something_not_runnable_is_126() {
     assert_eq!(o.status.code(), Some(126));
     assert!(text(&o.stderr).contains("not a RISC-V executable"), "{}", text(&o.stderr));
 }
+
+/// Threads, processes and signals through the command: an exit in
+/// another thread is the status, a fault in a thread kills the process
+/// with a message, an execve chain ends with the last program's status.
+#[test]
+fn exec_threads_processes_and_signals() {
+    let p = program("threads", "threads");
+    let o = softmm(&["exec", p.to_str().unwrap(), "exit-thread"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let o = softmm(&["exec", p.to_str().unwrap(), "fault-thread"]);
+    assert_eq!(o.status.code(), Some(139));
+    assert!(text(&o.stderr).contains("Segmentation fault"), "{}", text(&o.stderr));
+    let p = program("exec", "chain");
+    let path = p.to_str().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_softmm"))
+        .args(["exec", path, "chain", "2"])
+        .env_remove("DEPTH")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(17), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "chain 2 (DEPTH=unset, argc 3)\nchain 1 (DEPTH=2, argc 4)\nchain 0 (DEPTH=1, argc 4)\n"
+    );
+}

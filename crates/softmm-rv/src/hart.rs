@@ -8,6 +8,8 @@ use crate::decode::{decode, inst_len, AluOp, AmoOp, BranchOp, CsrOp, FmaOp, FpOp
 use crate::fpu;
 use crate::icache::ICache;
 use crate::mem::{GuestFault, MemResult, Memory};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why the interpreter loop stopped.
@@ -21,6 +23,9 @@ pub enum Stop {
     Illegal { pc: u64, raw: u32 },
     /// `ebreak` at `pc` (SIGTRAP).
     Breakpoint { pc: u64 },
+    /// The hart's attention flag was raised (another thread ended the
+    /// process, or a signal is pending); the pc is at the next instruction.
+    Attention,
 }
 
 impl From<GuestFault> for Stop {
@@ -62,13 +67,46 @@ pub struct Hart {
     /// [`crate::icache::CodeWatch`].
     icache: Option<ICache>,
     boot: Instant,
+    /// Raised from other threads to stop [`run`](Self::run) between
+    /// instructions.
+    attention: Arc<AtomicBool>,
 }
+
+/// Instructions between two looks at the attention flag.
+const ATTENTION_EVERY: u32 = 1024;
 
 impl Hart {
     pub fn new(mem: Memory, pc: u64, sp: u64) -> Hart {
         let mut x = [0u64; 32];
         x[2] = sp;
-        Hart { x, f: [0; 32], pc, fcsr: 0, instret: 0, reservation: None, mem, icache: None, boot: Instant::now() }
+        Hart {
+            x,
+            f: [0; 32],
+            pc,
+            fcsr: 0,
+            instret: 0,
+            reservation: None,
+            mem,
+            icache: None,
+            boot: Instant::now(),
+            attention: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A hart for a new thread of the same program: this hart's registers
+    /// (a clone's child starts as a copy of its parent) over `mem`.
+    pub fn spawn(&self, mem: Memory) -> Hart {
+        let mut h = Hart::new(mem, self.pc, self.x[2]);
+        h.x = self.x;
+        h.f = self.f;
+        h.fcsr = self.fcsr;
+        h.boot = self.boot;
+        h
+    }
+
+    /// The flag that stops [`run`](Self::run) when raised.
+    pub fn set_attention(&mut self, flag: Arc<AtomicBool>) {
+        self.attention = flag;
     }
 
     /// Cache decoded instructions (see [`crate::icache`]).
@@ -84,8 +122,13 @@ impl Hart {
     /// Run until an ecall, a fault, an illegal instruction or a breakpoint.
     pub fn run(&mut self) -> Stop {
         loop {
-            if let Err(stop) = self.step() {
-                return stop;
+            if self.attention.load(Ordering::Acquire) {
+                return Stop::Attention;
+            }
+            for _ in 0..ATTENTION_EVERY {
+                if let Err(stop) = self.step() {
+                    return stop;
+                }
             }
         }
     }

@@ -153,13 +153,20 @@ fn pipe_stat() -> [u8; 128] {
     .encode()
 }
 
+fn host_stat(fd: impl std::os::fd::AsFd) -> [u8; 128] {
+    stat_of(fd).unwrap_or_else(pipe_stat)
+}
+
+/// The riscv64 `struct stat` of a host descriptor.
+pub fn stat_of(fd: impl std::os::fd::AsFd) -> Option<[u8; 128]> {
+    rustix::fs::fstat(fd).ok().map(|s| encode_stat(&s))
+}
+
+/// A host `struct stat` in riscv64's layout.
 // The field types of the host's `struct stat` differ between platforms:
 // the casts are not all no-ops everywhere.
 #[allow(clippy::unnecessary_cast)]
-fn host_stat(fd: impl std::os::fd::AsFd) -> [u8; 128] {
-    let Ok(s) = rustix::fs::fstat(fd) else {
-        return pipe_stat();
-    };
+pub fn encode_stat(s: &rustix::fs::Stat) -> [u8; 128] {
     Stat {
         dev: s.st_dev as u64,
         ino: s.st_ino as u64,

@@ -2,13 +2,18 @@
 //!
 //! A static riscv64 executable (ET_EXEC or static-PIE) is loaded into a
 //! softmm address space ([`loader`], [`elf`]) with the initial stack Linux
-//! builds; one hart ([`hart`]) interprets RV64GC, fetching, loading and
-//! storing through its own softmm accessor ([`mem`]), with LR/SC and AMOs
-//! as host atomics, and keeps what it decoded per page ([`icache`],
-//! invalidated through softmm's MMU notifiers); `ecall`s go to a Linux system-call layer
-//! ([`syscall`]) whose memory calls are softmm's. A guest fault is a value
-//! ([`mem::GuestFault`]) that ends the process as SIGSEGV/SIGBUS would,
-//! never a host panic.
+//! builds. Each guest thread is a host thread with its own hart ([`hart`]),
+//! which interprets RV64GC, fetching, loading and storing through its own
+//! softmm accessor ([`mem`]), with LR/SC and AMOs as host atomics, and
+//! keeps what it decoded per page ([`icache`], invalidated through
+//! softmm's MMU notifiers). `ecall`s go to a Linux system-call layer
+//! ([`syscall`]): memory calls are softmm's, threads and processes
+//! ([`task`], [`thread`], [`fork`], [`mod@exec`]) map onto softmm spaces
+//! (threads share one `Mm`, fork is `Mm::fork`), futexes are softmm's,
+//! signals are delivered with Linux's riscv64 frame ([`deliver`],
+//! [`sigframe`]), and file calls reach host files ([`files`]). A guest
+//! fault is a value ([`mem::GuestFault`]) that becomes a signal, never a
+//! host panic; a host panic in a guest thread ends the guest process.
 //!
 //! ```no_run
 //! use softmm_rv::{exec, ExecOptions};
@@ -20,16 +25,24 @@
 //! ```
 
 pub mod decode;
+pub mod deliver;
 pub mod elf;
 pub mod errno;
+pub mod exec;
+pub mod files;
+pub mod fork;
 pub mod fpu;
+mod futex;
 pub mod hart;
 pub mod icache;
 pub mod io;
 pub mod loader;
 pub mod mem;
 pub mod process;
+pub mod sigframe;
 pub mod signal;
 pub mod syscall;
+pub mod task;
+pub mod thread;
 
 pub use process::{exec, report, ExecError, ExecOptions, ExitInfo};

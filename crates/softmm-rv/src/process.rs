@@ -3,13 +3,13 @@
 //! exits or a fault ends it.
 
 use crate::elf::Elf;
-use crate::hart::{Hart, Stop};
-use crate::icache::{CodeWatch, ICache};
+use crate::hart::Hart;
 use crate::io::{Input, Output};
 use crate::loader::{load, LoadError, StartInfo};
 use crate::mem::Memory;
-use crate::signal::{describe, SIGILL, SIGTRAP};
-use crate::syscall::{Flow, Kernel};
+use crate::syscall::Kernel;
+use crate::task::{lock, Process, Stdio, System, ThreadCtl};
+use crate::thread::{prepare, run_thread};
 use softmm::{Config, Machine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,57 +80,34 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let mm = machine.new_mm()?;
     let mut random = [0u8; 16];
     crate::io::random_bytes(&mut random).map_err(|err| ExecError::Read { path: "getrandom".into(), err })?;
-    let ids = [
-        u64::from(rustix::process::getuid().as_raw()),
-        u64::from(rustix::process::geteuid().as_raw()),
-        u64::from(rustix::process::getgid().as_raw()),
-        u64::from(rustix::process::getegid().as_raw()),
-    ];
+    let ids = crate::exec::host_ids();
     let execfn = program.as_os_str().as_encoded_bytes().to_vec();
     let info = StartInfo { argv: &opts.argv, envp: &opts.envp, execfn: &execfn, random, ids };
     let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
     let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
-    let mut hart = Hart::new(Memory::new(mm.accessor()), image.entry, image.sp);
-    // The subscription lives as long as the hart runs.
-    let _code_watch = match CodeWatch::register(&mm) {
-        Some((watch, sub)) => {
-            hart.set_icache(ICache::new(watch));
-            Some(sub)
-        }
-        None => None,
-    };
-    let mut kernel =
-        Kernel::new(mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), opts.stdin, opts.stdout, opts.stderr);
-    let (status, signal, message) = run(&mut hart, &mut kernel);
-    if let Some(m) = message {
+    let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32);
+    let mut stderr = opts.stderr.clone();
+    let io = Stdio { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
+    let sys = System::new(pid);
+    let tramp = crate::sigframe::map_trampoline(&mm).map_err(|e| load_err(e.into()))?;
+    let p = Process::new(sys.clone(), pid, mm, image.brk, exe.as_os_str().as_encoded_bytes().to_vec(), io);
+    p.sigreturn.store(tramp, std::sync::atomic::Ordering::SeqCst);
+    let ctl = ThreadCtl::new(pid);
+    p.add_thread(ctl.clone());
+    let mut hart = Hart::new(Memory::new(p.mm().accessor()), image.entry, image.sp);
+    prepare(&mut hart, &p, &ctl);
+    run_thread(hart, Kernel::new(p.clone(), ctl));
+    let ending = sys.wait_all(&p);
+    if let Some(m) = &ending.message {
         // What a shell prints for a killed child, with the guest's details.
-        let _ = kernel.stderr.write_all(m.as_bytes());
+        let _ = stderr.write_all(m.as_bytes());
     }
+    let unknown = lock(&p.unknown).clone();
     if opts.report_syscalls {
-        let _ = kernel.stderr.write_all(report(&kernel.unknown).as_bytes());
+        let _ = stderr.write_all(report(&unknown).as_bytes());
     }
-    Ok(ExitInfo { status, signal, instret: hart.instret, unknown_syscalls: kernel.unknown.clone() })
-}
-
-/// The interpreter and system-call loop: status, signal, and the message
-/// for a killed process.
-fn run(hart: &mut Hart, kernel: &mut Kernel) -> (i32, Option<i32>, Option<String>) {
-    loop {
-        let (sig, what) = match hart.run() {
-            Stop::Ecall => match kernel.syscall(hart) {
-                Flow::Continue => continue,
-                Flow::Exit { status, signal: None } => return (status, None, None),
-                Flow::Exit { status, signal: Some(sig) } => {
-                    return (status, Some(sig), Some(format!("softmm: {}\n", describe(sig))))
-                }
-            },
-            Stop::Fault(f) => (f.signal(), format!("{f}")),
-            Stop::Illegal { raw, .. } => (SIGILL, format!("illegal instruction {raw:#010x}")),
-            Stop::Breakpoint { .. } => (SIGTRAP, "ebreak".to_string()),
-        };
-        let msg = format!("softmm: {} ({what}, pc {:#x})\n", describe(sig), hart.pc);
-        return (128 + sig, Some(sig), Some(msg));
-    }
+    let instret = p.instret.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(ExitInfo { status: ending.status, signal: ending.signal, instret, unknown_syscalls: unknown })
 }
 
 /// The unknown-system-call report.

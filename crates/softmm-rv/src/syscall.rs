@@ -5,15 +5,32 @@
 //! is `EFAULT`, never a host fault. A number this layer does not know
 //! answers `ENOSYS` and is counted for the exit report.
 
+use crate::deliver::{send_to_process, send_to_thread};
 use crate::hart::Hart;
-use crate::io::{Input, Output};
-use crate::signal::{SigAction, SigState, NSIG, SIGKILL, SIGSTOP, SIG_IGN};
+use crate::signal::{Payload, SigInfo, NSIG, SI_TKILL, SI_USER};
+use crate::task::{lock, Ending, Process, ThreadCtl};
 use softmm::{Advice, MapKind, Mm, Placement, Prot};
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod nr {
     pub const IOCTL: u64 = 29;
+    pub const GETCWD: u64 = 17;
+    pub const CHDIR: u64 = 49;
+    pub const DUP: u64 = 23;
+    pub const DUP3: u64 = 24;
+    pub const FCNTL: u64 = 25;
+    pub const MKDIRAT: u64 = 34;
+    pub const UNLINKAT: u64 = 35;
+    pub const FTRUNCATE: u64 = 46;
+    pub const OPENAT: u64 = 56;
+    pub const CLOSE: u64 = 57;
+    pub const PIPE2: u64 = 59;
+    pub const LSEEK: u64 = 62;
+    pub const PREAD64: u64 = 67;
+    pub const PWRITE64: u64 = 68;
+    pub const STATX: u64 = 291;
+    pub const MEMFD_CREATE: u64 = 279;
     pub const READLINKAT: u64 = 78;
     pub const NEWFSTATAT: u64 = 79;
     pub const FSTAT: u64 = 80;
@@ -23,6 +40,11 @@ pub mod nr {
     pub const WRITEV: u64 = 66;
     pub const EXIT: u64 = 93;
     pub const EXIT_GROUP: u64 = 94;
+    pub const CLONE: u64 = 220;
+    pub const EXECVE: u64 = 221;
+    pub const WAIT4: u64 = 260;
+    pub const WAITID: u64 = 95;
+    pub const CLONE3: u64 = 435;
     pub const SET_TID_ADDRESS: u64 = 96;
     pub const FUTEX: u64 = 98;
     pub const SET_ROBUST_LIST: u64 = 99;
@@ -36,6 +58,11 @@ pub mod nr {
     pub const TGKILL: u64 = 131;
     pub const RT_SIGACTION: u64 = 134;
     pub const RT_SIGPROCMASK: u64 = 135;
+    pub const RT_SIGPENDING: u64 = 136;
+    pub const RT_SIGRETURN: u64 = 139;
+    pub const RT_SIGSUSPEND: u64 = 133;
+    pub const SIGALTSTACK: u64 = 132;
+    pub const PPOLL: u64 = 73;
     pub const UNAME: u64 = 160;
     pub const GETRLIMIT: u64 = 163;
     pub const GETTIMEOFDAY: u64 = 169;
@@ -60,53 +87,49 @@ pub mod nr {
 pub fn name(n: u64) -> &'static str {
     match n {
         nr::FUTEX => "futex (op)",
-        17 => "getcwd",
-        23 => "dup",
-        25 => "fcntl",
-        56 => "openat",
-        57 => "close",
-        62 => "lseek",
-        220 => "clone",
-        221 => "execve",
         216 => "mremap",
         258 => "riscv_hwprobe",
-        260 => "wait4",
         293 => "rseq",
         _ => "?",
     }
 }
 
-use crate::errno::{EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENODEV, ENOENT, ENOSYS, ENOTTY, ESRCH};
+use crate::errno::{EAGAIN, EFAULT, EINTR, EINVAL, ENODEV, ENOENT, ENOSYS, ESRCH};
 
-/// What the process does after a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the thread does after a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    /// The process ends with this wait status (exit code, or 128+signal).
-    Exit {
-        status: i32,
-        signal: Option<i32>,
-    },
+    /// This thread leaves (`exit`) with this code.
+    ExitThread(i32),
+    /// The whole process ends (`exit_group`, a fatal signal).
+    ExitGroup(Ending),
 }
 
-/// The kernel-side state of one (single-threaded) process.
+/// The kernel side of one guest thread: the process it belongs to and
+/// its own state.
 pub struct Kernel {
-    pub mm: Mm,
-    brk_start: u64,
-    brk: u64,
-    pub exe: Vec<u8>,
-    pub stdin: Input,
-    pub stdout: Output,
-    pub stderr: Output,
-    pub signals: SigState,
-    clear_child_tid: u64,
-    robust_list: (u64, u64),
-    pid: u64,
-    /// Unknown system calls by number, for the report.
-    pub unknown: BTreeMap<u64, u64>,
+    pub p: Arc<Process>,
+    /// The process's address space (replaced by execve).
+    pub mm: Arc<Mm>,
+    pub ctl: Arc<ThreadCtl>,
+    pub tid: u64,
+    /// `set_tid_address` / `CLONE_CHILD_CLEARTID`: zeroed and woken at exit.
+    pub clear_child_tid: u64,
+    /// `set_robust_list`'s head, walked at exit.
+    pub robust_list: u64,
+    /// The mask `rt_sigsuspend` replaced, restored after the handler.
+    pub saved_mask: Option<u64>,
+    /// The first argument of a system call a signal interrupted (Linux's
+    /// `orig_a0`), to restart it when no handler runs, or when the handler
+    /// has SA_RESTART and the flag (ERESTARTSYS rather than ERESTARTNOHAND)
+    /// says so.
+    pub restart: Option<(u64, bool)>,
+    /// `sigaltstack`: base, size, and whether it is disabled.
+    pub altstack: (u64, u64, bool),
 }
 
-type SysResult = Result<u64, i32>;
+pub(crate) type SysResult = Result<u64, i32>;
 
 const PROT_MASK: u64 = 7;
 const MAP_SHARED: u64 = 0x01;
@@ -116,31 +139,21 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MADV_DONTNEED: u64 = 4;
-const AT_EMPTY_PATH: u64 = 0x1000;
-const TCGETS: u64 = 0x5401;
-const TIOCGWINSZ: u64 = 0x5413;
 const IOV_MAX: u64 = 1024;
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_WAKE: u64 = 1;
-const FUTEX_WAIT_BITSET: u64 = 9;
-const FUTEX_WAKE_BITSET: u64 = 10;
-const FUTEX_CLOCK_REALTIME: u64 = 256;
 
 impl Kernel {
-    pub fn new(mm: Mm, brk: u64, exe: Vec<u8>, stdin: Input, stdout: Output, stderr: Output) -> Kernel {
+    /// The kernel side of thread `ctl` of `p`.
+    pub fn new(p: Arc<Process>, ctl: Arc<ThreadCtl>) -> Kernel {
         Kernel {
-            mm,
-            brk_start: brk,
-            brk,
-            exe,
-            stdin,
-            stdout,
-            stderr,
-            signals: SigState::default(),
+            tid: ctl.tid,
+            mm: p.mm(),
+            p,
+            ctl,
             clear_child_tid: 0,
-            robust_list: (0, 0),
-            pid: u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32),
-            unknown: BTreeMap::new(),
+            robust_list: 0,
+            saved_mask: None,
+            restart: None,
+            altstack: (0, 0, true),
         }
     }
 
@@ -149,10 +162,29 @@ impl Kernel {
         let n = hart.x[17];
         let a = [hart.x[10], hart.x[11], hart.x[12], hart.x[13], hart.x[14], hart.x[15]];
         let r = match n {
-            nr::EXIT | nr::EXIT_GROUP => return Flow::Exit { status: (a[0] & 0xff) as i32, signal: None },
-            nr::KILL | nr::TKILL | nr::TGKILL => return self.kill_self(n, a),
+            nr::EXIT => return Flow::ExitThread((a[0] & 0xff) as i32),
+            nr::EXIT_GROUP => return Flow::ExitGroup(Ending::code(a[0] as i32)),
+            nr::KILL | nr::TKILL | nr::TGKILL => self.kill(n, a),
+            nr::RT_SIGRETURN => return self.rt_sigreturn(hart),
+            nr::EXECVE => match self.execve(hart, a[0], a[1], a[2]) {
+                // The new program starts with the registers Linux gives it.
+                Ok(()) => return Flow::Continue,
+                Err(e) => Err(e),
+            },
+            nr::CLONE => self.clone(hart, a[0], a[1], a[2], a[3], a[4]),
+            nr::CLONE3 => self.clone3(hart, a[0], a[1]),
             _ => self.dispatch(hart, n, a),
         };
+        if r == Err(EINTR) {
+            // Interrupted by a signal: wait4 and futex waits are
+            // ERESTARTSYS in Linux, sleeps and pause-likes ERESTARTNOHAND.
+            let futex_wait = n == nr::FUTEX && matches!(a[1] & 127, 0 | 9);
+            let restartsys = matches!(n, nr::WAIT4 | nr::WAITID) || futex_wait;
+            let nohand = matches!(n, nr::PPOLL | nr::RT_SIGSUSPEND | nr::NANOSLEEP | nr::CLOCK_NANOSLEEP);
+            if restartsys || nohand {
+                self.restart = Some((a[0], restartsys));
+            }
+        }
         hart.x[10] = match r {
             Ok(v) => v,
             Err(e) => (-i64::from(e)) as u64,
@@ -172,24 +204,28 @@ impl Kernel {
             nr::MADVISE => self.madvise(a[0], a[1], a[2]),
             nr::SET_TID_ADDRESS => {
                 self.clear_child_tid = a[0];
-                Ok(self.pid)
+                Ok(self.tid)
             }
             nr::SET_ROBUST_LIST => {
                 if a[1] != 24 {
                     return Err(EINVAL);
                 }
-                self.robust_list = (a[0], a[1]);
+                self.robust_list = a[0];
                 Ok(0)
             }
             nr::RT_SIGACTION => self.sigaction(hart, a[0], a[1], a[2], a[3]),
             nr::RT_SIGPROCMASK => self.sigprocmask(hart, a[0], a[1], a[2], a[3]),
+            nr::RT_SIGPENDING => self.rt_sigpending(hart, a[0], a[1]),
+            nr::RT_SIGSUSPEND => self.rt_sigsuspend(hart, a[0], a[1]),
+            nr::SIGALTSTACK => self.sigaltstack(hart, a[0], a[1]),
+            nr::PPOLL => self.ppoll(hart, a),
             nr::UNAME => uname(hart, a[0]),
             nr::GETRANDOM => getrandom(hart, a[0], a[1]),
             nr::CLOCK_GETTIME => clock_gettime(hart, a[0], a[1], false),
             nr::CLOCK_GETRES => clock_gettime(hart, a[0], a[1], true),
             nr::GETTIMEOFDAY => gettimeofday(hart, a[0]),
-            nr::NANOSLEEP => nanosleep(hart, a[0]),
-            nr::CLOCK_NANOSLEEP => clock_nanosleep(hart, a[0], a[1], a[2]),
+            nr::NANOSLEEP => self.nanosleep(hart, a[0]),
+            nr::CLOCK_NANOSLEEP => self.clock_nanosleep(hart, a[0], a[1], a[2]),
             nr::SCHED_YIELD => {
                 std::thread::yield_now();
                 Ok(0)
@@ -197,16 +233,35 @@ impl Kernel {
             nr::PRLIMIT64 => self.prlimit(hart, a[0], a[1], a[2], a[3]),
             nr::GETRLIMIT => self.prlimit(hart, 0, a[0], 0, a[1]),
             nr::READLINKAT => self.readlinkat(hart, a[1], a[2], a[3]),
+            nr::OPENAT => self.openat(hart, a[0], a[1], a[2], a[3]),
+            nr::CLOSE => self.close(a[0]),
+            nr::PREAD64 => self.pread(hart, a[0], a[1], a[2], a[3]),
+            nr::PWRITE64 => self.pwrite(hart, a[0], a[1], a[2], a[3]),
+            nr::LSEEK => self.lseek(a[0], a[1], a[2]),
+            nr::STATX => self.statx(hart, a),
+            nr::DUP => self.dup(a[0]),
+            nr::DUP3 => self.dup3(a[0], a[1], a[2]),
+            nr::FCNTL => self.fcntl(a[0], a[1], a[2]),
+            nr::PIPE2 => self.pipe2(hart, a[0], a[1]),
+            nr::GETCWD => self.getcwd(hart, a[0], a[1]),
+            nr::CHDIR => self.chdir(hart, a[0]),
+            nr::UNLINKAT => self.unlinkat(hart, a[0], a[1], a[2]),
+            nr::MKDIRAT => self.mkdirat(hart, a[0], a[1], a[2]),
+            nr::FTRUNCATE => self.ftruncate(a[0], a[1]),
+            nr::MEMFD_CREATE => self.memfd_create(hart, a[0], a[1]),
             nr::IOCTL => self.ioctl(hart, a[0], a[1], a[2]),
             nr::FSTAT => self.fstat(hart, a[0], a[1]),
             nr::NEWFSTATAT => self.newfstatat(hart, a[0], a[1], a[2], a[3]),
-            nr::GETPID | nr::GETTID => Ok(self.pid),
-            nr::GETPPID => Ok(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64)),
+            nr::GETPID => Ok(self.p.pid),
+            nr::GETTID => Ok(self.tid),
+            nr::GETPPID => Ok(self.getppid()),
+            nr::WAIT4 => self.wait4(hart, a[0], a[1], a[2], a[3]),
+            nr::WAITID => self.waitid(hart, a),
             nr::GETUID => Ok(u64::from(rustix::process::getuid().as_raw())),
             nr::GETEUID => Ok(u64::from(rustix::process::geteuid().as_raw())),
             nr::GETGID => Ok(u64::from(rustix::process::getgid().as_raw())),
             nr::GETEGID => Ok(u64::from(rustix::process::getegid().as_raw())),
-            nr::FUTEX => self.futex(a[0], a[1], a[2], a[3], hart, a[5]),
+            nr::FUTEX => self.futex(hart, a),
             nr::RISCV_FLUSH_ICACHE => {
                 // flags: 0 (all harts) or SYS_RISCV_FLUSH_ICACHE_LOCAL (1);
                 // both drop every hart's decoded instructions.
@@ -219,45 +274,10 @@ impl Kernel {
                 Ok(0)
             }
             _ => {
-                *self.unknown.entry(n).or_insert(0) += 1;
+                self.p.unknown_call(n);
                 Err(ENOSYS)
             }
         }
-    }
-
-    fn out(&mut self, fd: u64) -> Result<&mut Output, i32> {
-        match fd {
-            1 => Ok(&mut self.stdout),
-            2 => Ok(&mut self.stderr),
-            _ => Err(EBADF),
-        }
-    }
-
-    /// write: at most 1 MiB per call (a short write, as a pipe may make).
-    fn write(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
-        self.out(fd)?;
-        let mut data = vec![0u8; len.min(1 << 20) as usize];
-        hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
-        let out = self.out(fd)?;
-        out.write_all(&data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        Ok(data.len() as u64)
-    }
-
-    /// read of fd 0. At end of file the buffer is not touched (0, as
-    /// Linux answers even for a bad pointer); bytes that cannot be copied
-    /// to a bad buffer go back to an in-memory input (a pipe's keep them
-    /// too), and are lost only from the host's stdin.
-    fn read(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64) -> SysResult {
-        if fd != 0 {
-            return Err(EBADF);
-        }
-        let mut data = vec![0u8; len.min(1 << 20) as usize];
-        let n = self.stdin.read(&mut data).map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        if hart.mem.write_bytes(buf, &data[..n]).is_err() {
-            self.stdin.unread(n);
-            return Err(EFAULT);
-        }
-        Ok(n as u64)
     }
 
     /// readv/writev: one call per iovec, stopping at a short transfer.
@@ -291,22 +311,24 @@ impl Kernel {
     /// brk as Linux answers it: the new break on success, the old one when
     /// the request is below the start or cannot be mapped.
     fn sys_brk(&mut self, want: u64) -> u64 {
-        if want < self.brk_start {
-            return self.brk;
+        let mut brk = lock(&self.p.brk);
+        if want < brk.start {
+            return brk.cur;
         }
         let page = |x: u64| x.checked_add(4095).map(|v| v & !4095);
-        let (Some(old_end), Some(new_end)) = (page(self.brk), page(want)) else {
-            return self.brk;
+        let (Some(old_end), Some(new_end)) = (page(brk.cur), page(want)) else {
+            return brk.cur;
         };
+        let mm = &self.mm;
         if new_end > old_end {
-            let r = self.mm.mmap(old_end, new_end - old_end, Prot::RW, MapKind::Private, Placement::FixedNoReplace);
+            let r = mm.mmap(old_end, new_end - old_end, Prot::RW, MapKind::Private, Placement::FixedNoReplace);
             if r.is_err() {
-                return self.brk;
+                return brk.cur;
             }
-        } else if new_end < old_end && self.mm.munmap(new_end, old_end - new_end).is_err() {
-            return self.brk;
+        } else if new_end < old_end && mm.munmap(new_end, old_end - new_end).is_err() {
+            return brk.cur;
         }
-        self.brk = want;
+        brk.cur = want;
         want
     }
 
@@ -338,76 +360,40 @@ impl Kernel {
         Ok(0)
     }
 
-    fn sigaction(&mut self, hart: &mut Hart, sig: u64, act: u64, oact: u64, size: u64) -> SysResult {
-        let sig = i32::try_from(sig).map_err(|_| EINVAL)?;
-        if size != 8 || !(1..=NSIG as i32).contains(&sig) {
-            return Err(EINVAL);
-        }
-        if act != 0 && (sig == SIGKILL || sig == SIGSTOP) {
-            return Err(EINVAL);
-        }
-        let old = *self.signals.action(sig).ok_or(EINVAL)?;
-        if act != 0 {
-            let m = &mut hart.mem;
-            let new = SigAction {
-                handler: m.load(act, 8).map_err(|_| EFAULT)?,
-                flags: m.load(act.wrapping_add(8), 8).map_err(|_| EFAULT)?,
-                mask: m.load(act.wrapping_add(16), 8).map_err(|_| EFAULT)?,
-            };
-            self.signals.actions[sig as usize - 1] = new;
-        }
-        if oact != 0 {
-            let mut b = Vec::with_capacity(24);
-            for w in [old.handler, old.flags, old.mask] {
-                b.extend_from_slice(&w.to_le_bytes());
-            }
-            hart.mem.write_bytes(oact, &b).map_err(|_| EFAULT)?;
-        }
-        Ok(0)
-    }
-
-    fn sigprocmask(&mut self, hart: &mut Hart, how: u64, set: u64, oset: u64, size: u64) -> SysResult {
-        if size != 8 {
-            return Err(EINVAL);
-        }
-        let old = self.signals.blocked;
-        if set != 0 {
-            let s = hart.mem.load(set, 8).map_err(|_| EFAULT)?;
-            // SIGKILL and SIGSTOP cannot be blocked.
-            let s = s & !((1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1)));
-            self.signals.blocked = match how {
-                0 => old | s,
-                1 => old & !s,
-                2 => s,
-                _ => return Err(EINVAL),
-            };
-        }
-        if oset != 0 {
-            hart.mem.store(oset, 8, old).map_err(|_| EFAULT)?;
-        }
-        Ok(0)
-    }
-
-    /// kill/tkill/tgkill aimed at this process: signal 0 probes; an ignored
-    /// signal is dropped; otherwise the process ends as the default action
-    /// would (handlers are not delivered yet). Another target: ESRCH.
-    fn kill_self(&mut self, n: u64, a: [u64; 6]) -> Flow {
-        let (target, sig) = match n {
-            nr::TGKILL => (a[1], a[2]),
-            _ => (a[0], a[1]),
+    /// kill/tkill/tgkill: signal 0 probes; no target is ESRCH.
+    fn kill(&mut self, n: u64, a: [u64; 6]) -> SysResult {
+        let sig = match n {
+            nr::TGKILL => a[2],
+            _ => a[1],
         };
-        let sig = sig as i32;
-        if target != self.pid || !(0..=NSIG as i32).contains(&sig) {
-            return Flow::Continue;
+        let sig = i32::try_from(sig).map_err(|_| EINVAL)?;
+        if !(0..=NSIG as i32).contains(&sig) {
+            return Err(EINVAL);
         }
-        if sig == 0 || self.signals.action(sig).is_some_and(|a| a.handler == SIG_IGN && sig != SIGKILL) {
-            return Flow::Continue;
+        let from = Payload::Kill { pid: self.p.pid as u32, uid: rustix::process::getuid().as_raw() };
+        if n == nr::KILL {
+            let targets = self.kill_targets(a[0])?;
+            if targets.is_empty() {
+                return Err(ESRCH);
+            }
+            for q in targets {
+                send_to_process(&q, SigInfo { signo: sig, code: SI_USER, payload: from });
+            }
+            return Ok(0);
         }
-        Flow::Exit { status: 128 + sig, signal: Some(sig) }
+        let (q, t) = if n == nr::TGKILL {
+            let q = self.p.sys.get(a[0]).ok_or(ESRCH)?;
+            let t = q.thread(a[1]).ok_or(ESRCH)?;
+            (q, t)
+        } else {
+            self.p.sys.all().into_iter().find_map(|q| q.thread(a[0]).map(|t| (q, t))).ok_or(ESRCH)?
+        };
+        send_to_thread(&q, &t, SigInfo { signo: sig, code: SI_TKILL, payload: from });
+        Ok(0)
     }
 
     fn prlimit(&mut self, hart: &mut Hart, pid: u64, res: u64, _new: u64, old: u64) -> SysResult {
-        if pid != 0 && pid != self.pid {
+        if pid != 0 && pid != self.p.pid {
             return Err(ESRCH);
         }
         const INF: u64 = u64::MAX;
@@ -433,91 +419,10 @@ impl Kernel {
         if p != b"/proc/self/exe" {
             return Err(ENOENT);
         }
-        let n = self.exe.len().min(size as usize);
-        hart.mem.write_bytes(buf, &self.exe[..n]).map_err(|_| EFAULT)?;
+        let exe = lock(&self.p.exe).clone();
+        let n = exe.len().min(size as usize);
+        hart.mem.write_bytes(buf, &exe[..n]).map_err(|_| EFAULT)?;
         Ok(n as u64)
-    }
-
-    fn std_output(&self, fd: u64) -> Result<Option<&Output>, i32> {
-        match fd {
-            0 => Ok(None),
-            1 => Ok(Some(&self.stdout)),
-            2 => Ok(Some(&self.stderr)),
-            _ => Err(EBADF),
-        }
-    }
-
-    fn ioctl(&mut self, hart: &mut Hart, fd: u64, req: u64, arg: u64) -> SysResult {
-        let tty = match self.std_output(fd)? {
-            Some(o) => o.is_terminal(),
-            None => self.stdin.is_terminal(),
-        };
-        if req == TCGETS && tty {
-            // Enough for isatty(): a zeroed riscv64 struct termios (36 bytes).
-            hart.mem.write_bytes(arg, &[0u8; 36]).map_err(|_| EFAULT)?;
-            return Ok(0);
-        }
-        if req == TIOCGWINSZ && tty {
-            // musl's isatty(): success is what it asks; the size is unknown.
-            hart.mem.write_bytes(arg, &[0u8; 8]).map_err(|_| EFAULT)?;
-            return Ok(0);
-        }
-        Err(ENOTTY)
-    }
-
-    fn fstat(&mut self, hart: &mut Hart, fd: u64, buf: u64) -> SysResult {
-        let st = match self.std_output(fd)? {
-            Some(o) => o.stat(),
-            None => self.stdin.stat(),
-        };
-        hart.mem.write_bytes(buf, &st).map_err(|_| EFAULT)?;
-        Ok(0)
-    }
-
-    fn newfstatat(&mut self, hart: &mut Hart, dirfd: u64, path: u64, buf: u64, flags: u64) -> SysResult {
-        let p = hart.mem.read_cstr(path, 4096).map_err(|_| EFAULT)?;
-        if p.is_empty() && flags & AT_EMPTY_PATH != 0 {
-            return self.fstat(hart, dirfd, buf);
-        }
-        // Paths come with the file calls.
-        Err(ENOENT)
-    }
-
-    fn futex(&mut self, addr: u64, op: u64, val: u64, timeout: u64, hart: &mut Hart, val3: u64) -> SysResult {
-        let cmd = op & !(128 | FUTEX_CLOCK_REALTIME);
-        let val32 = val as u32;
-        match cmd {
-            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
-                let bitset = if cmd == FUTEX_WAIT { u32::MAX } else { val3 as u32 };
-                if bitset == 0 {
-                    return Err(EINVAL);
-                }
-                let deadline = if timeout == 0 {
-                    None
-                } else {
-                    let ts = read_timespec(hart, timeout)?;
-                    // A deadline past what an Instant holds is no deadline.
-                    if cmd == FUTEX_WAIT {
-                        Instant::now().checked_add(ts)
-                    } else {
-                        absolute_deadline(ts, op & FUTEX_CLOCK_REALTIME != 0)
-                    }
-                };
-                self.mm.futex_wait_bitset(addr, val32, bitset, deadline).map(|()| 0).map_err(|e| e.errno())
-            }
-            FUTEX_WAKE | FUTEX_WAKE_BITSET => {
-                let bitset = if cmd == FUTEX_WAKE { u32::MAX } else { val3 as u32 };
-                if bitset == 0 {
-                    return Err(EINVAL);
-                }
-                let n = val32.min(i32::MAX as u32);
-                self.mm.futex_wake_bitset(addr, n, bitset).map(u64::from).map_err(|e| e.errno())
-            }
-            _ => {
-                *self.unknown.entry(nr::FUTEX).or_insert(0) += 1;
-                Err(ENOSYS)
-            }
-        }
     }
 }
 
@@ -535,7 +440,7 @@ fn prot(bits: u64) -> Result<Prot, i32> {
     })
 }
 
-fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
+pub(crate) fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
     let sec = hart.mem.load(addr, 8).map_err(|_| EFAULT)? as i64;
     let nsec = hart.mem.load(addr.wrapping_add(8), 8).map_err(|_| EFAULT)? as i64;
     if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
@@ -551,7 +456,7 @@ fn write_timespec(hart: &mut Hart, addr: u64, d: Duration) -> SysResult {
     Ok(0)
 }
 
-fn host_clock(realtime: bool) -> Duration {
+pub(crate) fn host_clock(realtime: bool) -> Duration {
     use rustix::time::{clock_gettime, ClockId};
     let ts = clock_gettime(if realtime { ClockId::Realtime } else { ClockId::Monotonic });
     Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
@@ -559,7 +464,7 @@ fn host_clock(realtime: bool) -> Duration {
 
 /// An absolute time on the monotonic (or real-time) clock as an Instant
 /// (`None`: too far to represent).
-fn absolute_deadline(at: Duration, realtime: bool) -> Option<Instant> {
+pub(crate) fn absolute_deadline(at: Duration, realtime: bool) -> Option<Instant> {
     let now = host_clock(realtime);
     Instant::now().checked_add(at.saturating_sub(now))
 }
@@ -594,19 +499,6 @@ fn gettimeofday(hart: &mut Hart, tv: u64) -> SysResult {
     let mut b = d.as_secs().to_le_bytes().to_vec();
     b.extend_from_slice(&u64::from(d.subsec_micros()).to_le_bytes());
     hart.mem.write_bytes(tv, &b).map_err(|_| EFAULT)?;
-    Ok(0)
-}
-
-fn nanosleep(hart: &mut Hart, req: u64) -> SysResult {
-    let d = read_timespec(hart, req)?;
-    std::thread::sleep(d);
-    Ok(0)
-}
-
-fn clock_nanosleep(hart: &mut Hart, clk: u64, flags: u64, req: u64) -> SysResult {
-    let d = read_timespec(hart, req)?;
-    let d = if flags & 1 != 0 { d.saturating_sub(host_clock(clk == 0)) } else { d };
-    std::thread::sleep(d);
     Ok(0)
 }
 

@@ -289,12 +289,89 @@ fn unknown_system_calls_are_reported() {
     assert!(stderr.contains("216 mremap"), "mremap not counted: {stderr}");
 }
 
+/// Threads on host threads: mutex, condvar and barrier counters, joins,
+/// thread-local storage, pthread_exit.
+#[test]
+fn threads_mutex_condvar_barrier() {
+    same_as_native("threads", &[]);
+}
+
+/// exit() in main ends threads blocked in a futex and threads spinning.
+#[test]
+fn exit_in_main_ends_every_thread() {
+    same_as_native("threads", &["exit-main"]);
+}
+
+/// exit() in another thread ends the process while main waits in join.
+#[test]
+fn exit_in_a_thread_ends_the_process() {
+    same_as_native("threads", &["exit-thread"]);
+}
+
+/// A fault in one thread kills the whole process.
+#[test]
+fn fault_in_a_thread_kills_the_process() {
+    let stderr = same_as_native("threads", &["fault-thread"]);
+    assert!(stderr.contains("Segmentation fault"), "{stderr}");
+}
+
+/// The robust-list walk at thread exit: EOWNERDEAD, consistent,
+/// ENOTRECOVERABLE, and a waiter woken when the owner dies.
+#[test]
+fn robust_mutex_owner_dies() {
+    same_as_native("robust", &[]);
+}
+
+/// fork trees with copy-on-write checks, wait statuses of exits and
+/// signals, waitid, WNOHANG, ECHILD, kill, a process-shared mutex in
+/// MAP_SHARED memory.
+#[test]
+fn fork_wait_and_shared_memory() {
+    same_as_native("fork", &[]);
+}
+
+/// execve chains (arguments and environment), vfork + exec, exec errors.
+/// Not compared with qemu-riscv64: qemu-user hands execve to the host
+/// kernel, which cannot run a riscv64 program without binfmt_misc.
+#[test]
+fn execve_vfork_and_chains() {
+    same_as_native("exec", &[]);
+}
+
+/// Signal delivery with Linux's riscv64 frame: guard-page SIGSEGV with
+/// si_addr/si_code and siglongjmp, raise with SA_SIGINFO, blocking,
+/// SA_RESETHAND, SA_NODEFER, SA_ONSTACK, FP state across a handler,
+/// pthread_kill, SIGCHLD with SA_RESTART around waitpid, sigsuspend,
+/// default actions seen by wait. Not compared with qemu-riscv64, whose
+/// handlers run without the action's sa_mask blocked (Linux blocks it).
+#[test]
+fn signal_handlers_and_frames() {
+    same_as_native("signals", &[]);
+}
+
+/// A scratch directory for the file-call program (its own per caller:
+/// tests run in parallel).
+fn scratch(name: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// File calls over host files: open/read/write/pread/pwrite/lseek,
+/// stat/fstat/statx, dup/dup3/fcntl, chdir/getcwd, mkdir/unlinkat,
+/// ftruncate, pipes between processes, memfd, stdio on files.
+#[test]
+fn file_calls() {
+    let dir = scratch("rv-files");
+    same_as_native("files", &[&dir]);
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 16] = [
+    let cases: [(&str, &[&str], &[u8]); 21] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -311,6 +388,11 @@ fn same_as_qemu() {
         ("fprand", &[], b""),
         ("intrand", &[], b""),
         ("jit", &[], b""),
+        ("threads", &[], b""),
+        ("threads", &["exit-main"], b""),
+        ("threads", &["fault-thread"], b""),
+        ("robust", &[], b""),
+        ("fork", &[], b""),
     ];
     for (name, args, stdin) in cases {
         let rv = compile(name, Build::Riscv);
@@ -323,6 +405,12 @@ fn same_as_qemu() {
         );
         assert_eq!(status, want_status, "{name}: status differs from qemu's (stderr:\n{stderr})");
     }
+    let dir = scratch("rv-files-qemu");
+    let rv = compile("files", Build::Riscv);
+    let (want, want_status) = run_qemu(&rv, &[&dir], b"");
+    let (out, status, stderr) = run_rv(&rv, &[&dir], b"");
+    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want), "files: differs from qemu ({stderr})");
+    assert_eq!(status, want_status, "files: status differs from qemu ({stderr})");
     let pie = compile("pie", Build::RiscvPie);
     assert_eq!(run_qemu(&pie, &[], b""), {
         let (o, s, _) = run_rv(&pie, &[], b"");

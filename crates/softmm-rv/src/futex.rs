@@ -1,0 +1,91 @@
+//! The futex system call and the sleeps: waits go through softmm's
+//! futexes with a canceller the thread's control block holds, so a
+//! process that ends (or, later, a signal) interrupts them.
+
+use crate::errno::{EINTR, EINVAL};
+use crate::hart::Hart;
+use crate::syscall::{absolute_deadline, host_clock, read_timespec, Kernel, SysResult};
+use softmm::futex::Timeout;
+use std::time::{Duration, Instant};
+
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAKE: u64 = 1;
+const FUTEX_REQUEUE: u64 = 3;
+const FUTEX_CMP_REQUEUE: u64 = 4;
+const FUTEX_WAKE_OP: u64 = 5;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAKE_BITSET: u64 = 10;
+const FUTEX_PRIVATE_FLAG: u64 = 128;
+const FUTEX_CLOCK_REALTIME: u64 = 256;
+
+impl Kernel {
+    /// futex(uaddr, op, val, timeout or val2, uaddr2, val3).
+    pub(crate) fn futex(&mut self, hart: &mut Hart, a: [u64; 6]) -> SysResult {
+        let [addr, op, val, timeout, addr2, val3] = a;
+        let cmd = op & !(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
+        match cmd {
+            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
+                let bitset = if cmd == FUTEX_WAIT { u32::MAX } else { val3 as u32 };
+                if bitset == 0 {
+                    return Err(EINVAL);
+                }
+                let deadline = if timeout == 0 {
+                    None
+                } else {
+                    let ts = read_timespec(hart, timeout)?;
+                    // A deadline past what an Instant holds is no deadline.
+                    if cmd == FUTEX_WAIT {
+                        Instant::now().checked_add(ts)
+                    } else {
+                        absolute_deadline(ts, op & FUTEX_CLOCK_REALTIME != 0)
+                    }
+                };
+                self.futex_wait(addr, val as u32, bitset, deadline)
+            }
+            FUTEX_WAKE | FUTEX_WAKE_BITSET | FUTEX_REQUEUE | FUTEX_CMP_REQUEUE | FUTEX_WAKE_OP => {
+                // For these the timeout argument is the second count.
+                let op = (op & !FUTEX_CLOCK_REALTIME) as u32;
+                let r = self.mm.futex_syscall(addr, op, val as u32, None, addr2, timeout as u32, val3 as u32);
+                r.map(u64::from).map_err(|e| e.errno())
+            }
+            _ => {
+                self.p.unknown_call(crate::syscall::nr::FUTEX);
+                Err(crate::errno::ENOSYS)
+            }
+        }
+    }
+
+    /// Sleep on the futex at `addr` while it holds `val`: woken (0),
+    /// timed out, or interrupted (`EINTR`).
+    pub(crate) fn futex_wait(&mut self, addr: u64, val: u32, bitset: u32, deadline: Option<Instant>) -> SysResult {
+        let waiter = self.mm.futex_wait_start(addr, val, bitset).map_err(|e| e.errno())?;
+        let c = waiter.canceller();
+        if !self.ctl.begin_wait(Box::new(move || {
+            c.cancel();
+        })) {
+            waiter.cancel();
+        }
+        let r = waiter.wait(deadline.map(Timeout::At));
+        self.ctl.end_wait();
+        r.map(|()| 0).map_err(|e| e.errno())
+    }
+
+    pub(crate) fn nanosleep(&mut self, hart: &mut Hart, req: u64) -> SysResult {
+        let d = read_timespec(hart, req)?;
+        self.sleep(d)
+    }
+
+    pub(crate) fn clock_nanosleep(&mut self, hart: &mut Hart, clk: u64, flags: u64, req: u64) -> SysResult {
+        let d = read_timespec(hart, req)?;
+        let d = if flags & 1 != 0 { d.saturating_sub(host_clock(clk == 0)) } else { d };
+        self.sleep(d)
+    }
+
+    fn sleep(&mut self, d: Duration) -> SysResult {
+        if self.ctl.sleep(d) {
+            Ok(0)
+        } else {
+            Err(EINTR)
+        }
+    }
+}
