@@ -76,7 +76,7 @@ impl<'a> Change<'a> {
     /// Open a change of `mm` (under its `mmap_lock`, whose state is `st`)
     /// for `[lo, hi)`: secondary MMUs hear `event`'s start now, if one is
     /// given (a fault with nobody listening passes `None` and costs no call).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn open(mm: &'a MmInner, st: Option<&'a MmState>, lo: u64, hi: u64, event: Option<Event>) -> Self {
         let mut c = Change {
             mm,
@@ -123,9 +123,8 @@ impl<'a> Change<'a> {
 
     /// The shootdown need not wait for `slot` (the accessor this runs for).
     #[inline]
-    pub(crate) fn except(mut self, slot: Option<&'a Slot>) -> Self {
+    pub(crate) fn except(&mut self, slot: Option<&'a Slot>) {
         self.except = slot;
-        self
     }
 
     /// Leave to lock page tables for writing while this change is open
@@ -330,6 +329,7 @@ impl Drop for ChangeBatch {
 }
 
 impl Drop for Change<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         let mm = self.mm;
         // 3. The vcache, after the tables say so and their locks are gone.

@@ -236,7 +236,8 @@ fn fault_once<const NOTIFY: bool>(
     // since a subscriber may sleep).
     let cow = cur.is_present() && access.breaks_cow() && !cur.is_writable();
     let bracketed = NOTIFY && cow;
-    let mut change = Change::open(mm, Some(st), va, va + 4096, bracketed.then_some(Event::Cow)).except(except);
+    let mut change = Change::open(mm, Some(st), va, va + 4096, bracketed.then_some(Event::Cow));
+    change.except(except);
     let result = {
         let mut g = change.lock_table(pt, table, va & !(PTE_TABLE_SPAN - 1));
         let entry = g.get(va);
