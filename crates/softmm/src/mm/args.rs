@@ -192,9 +192,9 @@ pub(crate) fn mprotect_range(addr: u64, len: u64) -> Result<Option<u64>> {
     if len == 0 {
         return Ok(None);
     }
-    let nomem = Error::OutOfRange { addr, len, errno: errno::ENOMEM };
-    let l = page_align(len).ok_or(nomem.clone())?;
-    let end = addr.checked_add(l).filter(|&e| e > addr).ok_or(nomem)?;
+    let nomem = || Error::OutOfRange { addr, len, errno: errno::ENOMEM };
+    let l = page_align(len).ok_or_else(nomem)?;
+    let end = addr.checked_add(l).filter(|&e| e > addr).ok_or_else(nomem)?;
     Ok(Some(end))
 }
 
@@ -206,9 +206,9 @@ pub(crate) fn madvise_range(addr: u64, len: u64) -> Result<Option<u64>> {
     if len == 0 {
         return Ok(None);
     }
-    let inval = Error::OutOfRange { addr, len, errno: errno::EINVAL };
-    let l = page_align(len).ok_or(inval.clone())?;
-    let end = addr.checked_add(l).ok_or(inval)?;
+    let inval = || Error::OutOfRange { addr, len, errno: errno::EINVAL };
+    let l = page_align(len).ok_or_else(inval)?;
+    let end = addr.checked_add(l).ok_or_else(inval)?;
     Ok(Some(end))
 }
 

@@ -78,19 +78,13 @@ impl<'a> Change<'a> {
     /// given (a fault with nobody listening passes `None` and costs no call).
     #[inline(always)]
     pub(crate) fn open(mm: &'a MmInner, st: Option<&'a MmState>, lo: u64, hi: u64, event: Option<Event>) -> Self {
-        let mut c = Change {
-            mm,
-            st,
-            inv: None,
-            gather: Gather::default(),
-            except: None,
-            changed: (0, 0),
-            edit: Edit::for_change(),
+        // With nobody listening no bracket is kept (its end would be a
+        // no-op), and the value is built in one expression, in place.
+        let inv = match event {
+            Some(event) if mm.notifiers.any() => Some(mm.notifiers.start_blocking(lo, hi, event)),
+            _ => None,
         };
-        if let Some(event) = event {
-            c.inv = Some(mm.notifiers.start_blocking(lo, hi, event));
-        }
-        c
+        Change { mm, st, inv, gather: Gather::default(), except: None, changed: (0, 0), edit: Edit::for_change() }
     }
 
     /// Open a change of one page or range for a reverse-map visit, which
