@@ -304,8 +304,12 @@ mod tests {
             let p = p.clone();
             std::thread::spawn(move || {
                 let c = p.fork().unwrap();
-                p.write(BASE + 4, &5u32.to_ne_bytes()).unwrap();
-                p.write(BASE, &1u32.to_ne_bytes()).unwrap();
+                // Atomic stores (the waiter loads the same words atomically:
+                // byte copies racing them would be a data race, as in C).
+                let mut a = p.accessor();
+                a.store_u32(BASE + 4, 5).unwrap();
+                a.store_u32(BASE, 1).unwrap();
+                drop(a);
                 p.futex_wake(BASE, 1).unwrap();
                 let _ = tx.send(());
                 c
