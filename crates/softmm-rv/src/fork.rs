@@ -174,7 +174,7 @@ impl Kernel {
                     continue;
                 }
                 any = true;
-                if let Some(e) = q.ending_now() {
+                if let Some(e) = q.reapable_ending() {
                     if reap {
                         procs.remove(&pid);
                     }

@@ -296,6 +296,11 @@ pub struct Process {
     left: Condvar,
     /// Set once the process has exec'd or ended: a vfork parent resumes.
     released: AtomicBool,
+    /// Every thread has left and the parent has been sent SIGCHLD: `wait4`
+    /// may reap it now. (Linux's `exit_notify` signals the parent as the
+    /// task becomes a zombie, so a parent's `waitpid` never returns before
+    /// its SIGCHLD is pending.)
+    reapable: AtomicBool,
 }
 
 /// A working directory: a host descriptor (paths resolve against it, so
@@ -343,6 +348,7 @@ impl Process {
             group: Mutex::new(Group::default()),
             left: Condvar::new(),
             released: AtomicBool::new(false),
+            reapable: AtomicBool::new(false),
         });
         p.sys.add(p.clone());
         p
@@ -370,6 +376,7 @@ impl Process {
             group: Mutex::new(Group::default()),
             left: Condvar::new(),
             released: AtomicBool::new(false),
+            reapable: AtomicBool::new(false),
         })
     }
 
@@ -486,5 +493,19 @@ impl Process {
 
     pub fn released(&self) -> bool {
         self.released.load(Ordering::SeqCst)
+    }
+
+    /// The parent has been told (SIGCHLD): `wait4` may reap it.
+    pub fn set_reapable(&self) {
+        self.reapable.store(true, Ordering::SeqCst);
+        self.sys.notify();
+    }
+
+    /// How the process ended, once `wait4` may reap it.
+    pub fn reapable_ending(&self) -> Option<Ending> {
+        if !self.reapable.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.ending_now()
     }
 }

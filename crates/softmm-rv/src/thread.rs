@@ -298,7 +298,9 @@ pub fn launch(hart: Hart, k: Kernel) -> SysResult {
             Ok(0)
         }
         Err(_) => {
-            p.remove_thread(tid, 0, 0);
+            if p.remove_thread(tid, 0, 0) {
+                notify_parent(&p);
+            }
             Err(EAGAIN)
         }
     }
@@ -331,8 +333,14 @@ pub fn run_thread(mut hart: Hart, mut k: Kernel) {
     }
 }
 
-/// SIGCHLD to the parent of a process that has ended.
+/// SIGCHLD to the parent of a process that has ended; then (and only
+/// then) the parent's `wait4` may reap it.
 fn notify_parent(p: &Process) {
+    send_sigchld(p);
+    p.set_reapable();
+}
+
+fn send_sigchld(p: &Process) {
     let Some(e) = p.ending_now() else {
         return;
     };
