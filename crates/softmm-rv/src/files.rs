@@ -289,20 +289,25 @@ impl Kernel {
     }
 
     pub(crate) fn pread(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64, off: u64) -> SysResult {
-        let file = self.file(fd)?;
-        let OpenFile::Host(h) = &*file else {
-            return Err(crate::errno::ESPIPE);
-        };
-        if (off as i64) < 0 {
-            return Err(EINVAL);
-        }
-        let mut data = vec![0u8; len.min(1 << 20) as usize];
-        let n = rustix::io::pread(h, &mut data, off).map_err(os)?;
-        hart.mem.write_bytes(buf, &data[..n]).map_err(|_| EFAULT)?;
-        Ok(n as u64)
+        self.positioned(fd, off, |h| {
+            let mut data = vec![0u8; len.min(1 << 20) as usize];
+            let n = rustix::io::pread(h, &mut data, off).map_err(os)?;
+            hart.mem.write_bytes(buf, &data[..n]).map_err(|_| EFAULT)?;
+            Ok(n as u64)
+        })
     }
 
     pub(crate) fn pwrite(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64, off: u64) -> SysResult {
+        self.positioned(fd, off, |h| {
+            let mut data = vec![0u8; len.min(1 << 20) as usize];
+            hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
+            rustix::io::pwrite(h, &data, off).map(|n| n as u64).map_err(os)
+        })
+    }
+
+    /// pread/pwrite's checks: a host file (ESPIPE for a pipe or terminal)
+    /// and an offset that is not negative (EINVAL); then `io` on it.
+    fn positioned(&self, fd: u64, off: u64, io: impl FnOnce(&OwnedFd) -> SysResult) -> SysResult {
         let file = self.file(fd)?;
         let OpenFile::Host(h) = &*file else {
             return Err(crate::errno::ESPIPE);
@@ -310,9 +315,7 @@ impl Kernel {
         if (off as i64) < 0 {
             return Err(EINVAL);
         }
-        let mut data = vec![0u8; len.min(1 << 20) as usize];
-        hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
-        rustix::io::pwrite(h, &data, off).map(|n| n as u64).map_err(os)
+        io(h)
     }
 
     pub(crate) fn lseek(&mut self, fd: u64, off: u64, whence: u64) -> SysResult {
