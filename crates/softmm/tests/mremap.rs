@@ -8,7 +8,7 @@ mod common;
 
 use common::{check, map, read};
 use softmm::reclaim::device::MemSwap;
-use softmm::{errno, Config, Machine, MapKind, Mm, Prot, RemapFlags, SwapConfig};
+use softmm::{errno, Config, ForkPolicy, Machine, MapKind, Mm, Prot, RemapFlags, SwapConfig};
 use std::sync::Arc;
 
 const BASE: u64 = 0x4000_0000;
@@ -287,4 +287,55 @@ fn a_move_across_page_tables_and_within_one() {
     assert_eq!(mm.mremap(small, 4 * PAGE, 4 * PAGE, fixed, small + 16 * PAGE).unwrap(), small + 16 * PAGE);
     check(&mm);
     assert_filled(&mm, small + 16 * PAGE, 4);
+}
+
+#[test]
+fn a_move_out_of_tables_shared_by_fork_leaves_the_other_space_alone() {
+    let m = swapping();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 16 * PAGE, Prot::RW, MapKind::Private);
+    filled(&mm, BASE, 16);
+    let child = mm.fork_with(ForkPolicy::SharedTables).unwrap();
+    let grand = child.fork_with(ForkPolicy::SharedTables).unwrap();
+    // The middle of the child's range moves: its tables are unshared first.
+    let fixed = MAYMOVE.union(RemapFlags::FIXED);
+    let to = BASE + (3 << 30) + 3 * PAGE;
+    assert_eq!(child.mremap(BASE + 4 * PAGE, 8 * PAGE, 8 * PAGE, fixed, to).unwrap(), to);
+    for s in [&mm, &child, &grand] {
+        check(s);
+    }
+    assert_filled(&mm, BASE, 16);
+    assert_filled(&grand, BASE, 16);
+    for i in 0..8 {
+        assert_eq!(read(&child, to + i * PAGE, 1), [i as u8 + 5]);
+    }
+    assert!(child.read(BASE + 4 * PAGE, &mut [0]).is_err());
+    // Writes after the move are each space's own.
+    child.write(to, b"c").unwrap();
+    assert_eq!(read(&mm, BASE + 4 * PAGE, 1), [5]);
+    assert_eq!(read(&grand, BASE + 4 * PAGE, 1), [5]);
+    while m.reclaim(1024) > 0 {}
+    for s in [&mm, &child, &grand] {
+        check(s);
+    }
+    assert_eq!(read(&child, to, 1), b"c");
+    assert_eq!(read(&child, to + PAGE, 1), [6]);
+    assert_filled(&mm, BASE, 16);
+    assert_filled(&grand, BASE, 16);
+}
+
+#[test]
+fn a_futex_waiter_on_a_moved_page_is_woken_through_the_new_address() {
+    use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+    let m = common::machine();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 2 * PAGE, Prot::RW, MapKind::Private);
+    mm.write(BASE + 8, &0u32.to_ne_bytes()).unwrap();
+    let waiter = mm.futex_wait_start(BASE + 8, 0, BITSET_MATCH_ANY).unwrap();
+    let new = move_away(&mm, BASE, 2 * PAGE);
+    check(&mm);
+    assert_eq!(mm.futex_wake(new + 8, 1).unwrap(), 1);
+    assert_eq!(waiter.state(), WaitState::Woken);
+    waiter.wait(None).unwrap();
+    check(&mm);
 }
