@@ -34,18 +34,28 @@ pub(crate) fn do_mremap(
     let maymove = flags.contains(RemapFlags::MAYMOVE);
     let fixed = flags.contains(RemapFlags::FIXED);
     let dontunmap = flags.contains(RemapFlags::DONTUNMAP);
-    if fixed && !maymove {
-        return Err(Error::Invalid("MREMAP_FIXED without MREMAP_MAYMOVE"));
-    }
-    if dontunmap && (!maymove || old_len != new_len) {
-        return Err(Error::Invalid("MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and equal lengths"));
-    }
+    // Linux's `check_mremap_params`, in its order (every failure EINVAL).
     if addr % PAGE != 0 {
         return Err(Error::Misaligned { what: "old_address", value: addr });
     }
     let (old_len, new_len) = (page_align(old_len), page_align(new_len));
     if new_len == 0 {
         return Err(Error::ZeroLength);
+    }
+    if new_len > TASK_SIZE {
+        return Err(Error::Invalid("the new size exceeds the user address space"));
+    }
+    if fixed || dontunmap {
+        check_new_addr(new_addr, new_len)?;
+        if !maymove {
+            return Err(Error::Invalid("MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE"));
+        }
+        if dontunmap && old_len != new_len {
+            return Err(Error::Invalid("MREMAP_DONTUNMAP cannot resize"));
+        }
+        if addr.saturating_add(old_len) > new_addr && new_addr + new_len > addr {
+            return Err(Error::Invalid("the old and new ranges overlap"));
+        }
     }
     let mut st = mm.state.write();
     if st.exited() {
@@ -94,15 +104,6 @@ fn mremap_to(
     dontunmap: bool,
 ) -> Result<u64> {
     let new = to.addr;
-    if new % PAGE != 0 {
-        return Err(Error::Misaligned { what: "new_address", value: new });
-    }
-    if new_len > TASK_SIZE || new > TASK_SIZE - new_len {
-        return Err(Error::Invalid("the new range leaves the user address space"));
-    }
-    if addr.saturating_add(old_len) > new && new + new_len > addr {
-        return Err(Error::Invalid("the old and new ranges overlap"));
-    }
     if to.fixed {
         unmap_locked(mm, &mut st, new, new + new_len)?;
     }
@@ -113,6 +114,18 @@ fn mremap_to(
     let v = vma_to_resize(&st, addr, old_len, new_len, dontunmap)?;
     let new = if to.fixed { new } else { unmapped_area(&st, mm, new, new_len)? };
     move_vma(mm, st, addr, old_len, new, new_len, dontunmap, v.locked)
+}
+
+/// The new address (a fixed target, or `MREMAP_DONTUNMAP`'s hint) must
+/// leave room below the top and be page-aligned, in that order.
+fn check_new_addr(new: u64, new_len: u64) -> Result<()> {
+    if new > TASK_SIZE - new_len {
+        return Err(Error::Invalid("the new range leaves the user address space"));
+    }
+    if new % PAGE != 0 {
+        return Err(Error::Misaligned { what: "new_address", value: new });
+    }
+    Ok(())
 }
 
 /// Unmap the tail `[addr + new_len, addr + old_len)`, whatever VMAs it
