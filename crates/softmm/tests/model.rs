@@ -101,7 +101,8 @@ enum Op {
         advice: Advice,
     },
     /// mremap of `r` to `new_len` bytes (`to`: MREMAP_FIXED to that
-    /// window page). The model knows pages, not VMAs: where only VMA
+    /// window page; without resizing it moves every mapping of the range,
+    /// as Linux 6.17 does). The model knows pages, not VMAs: where only VMA
     /// boundaries decide (EFAULT for an old range crossing VMAs, ENOMEM
     /// for growth that is not at a VMA's end) it accepts softmm's answer
     /// and checks that nothing changed; the trace corpus diffs those
@@ -1113,19 +1114,10 @@ impl World {
                 let _ = m.munmap(a, l);
             }
         };
-        if let Some(t) = to {
-            unmap(self, t, nl);
-        }
-        if ol > nl {
+        if !moving && ol >= nl {
+            // A shrink: the tail goes, whatever it covers.
             unmap(self, old + nl, ol - nl);
-            ol = nl;
-            if !moving {
-                ensure_eq!(got_errno, Ok(()), "mremap shrinking");
-                ensure_eq!(got.as_ref().ok(), Some(&old), "mremap shrinking");
-                return Ok(());
-            }
-        } else if !moving && ol == nl {
-            ensure_eq!(got.as_ref().ok(), Some(&old), "mremap to the same size");
+            ensure_eq!(got.as_ref().ok(), Some(&old), "mremap shrinking");
             return Ok(());
         }
         let private = self.slots[s].model.as_ref().and_then(|m| m.pages.get(&(old / PAGE))).map(Page::kind)
@@ -1134,12 +1126,25 @@ impl World {
             ensure_eq!(got_errno, Err(errno::EINVAL), "mremap duplicating private memory");
             return Ok(());
         }
-        if Space::vpns(old, ol).any(|v| !mapped(self, v)) {
+        if let (Some(t), true) = (to, ol == nl) {
+            // Every mapping of the range moves, each page to its offset
+            // from `t` (gaps stay gaps, and the target's pages facing them
+            // stay).
+            ensure_eq!(got.as_ref().ok(), Some(&t), "mremap moving the mappings of a range");
+            let vpns: Vec<u64> = Space::vpns(old, ol).filter(|&v| mapped(self, v)).collect();
+            for v in vpns {
+                unmap(self, t + (v * PAGE - old), PAGE);
+            }
+            self.apply_remap(s, old, ol, t, nl, dontunmap);
+            return Ok(());
+        }
+        // Checked before anything is unmapped; a shrink's tail may cross.
+        if Space::vpns(old, ol.min(nl)).any(|v| !mapped(self, v)) {
             ensure_eq!(got_errno, Err(errno::EFAULT), "mremap of a range with a hole");
             return Ok(());
         }
         let at = match got {
-            // VMA boundaries the model does not know: nothing more changed.
+            // VMA boundaries the model does not know: nothing changed.
             Err(e) if e.errno() == errno::EFAULT => return Ok(()),
             Err(e) if e.errno() == errno::ENOMEM && !maymove && nl > ol => return Ok(()),
             Err(e) => return Err(format!("mremap: softmm gave {e}, the model expects success or EFAULT")),
@@ -1147,6 +1152,11 @@ impl World {
         };
         if let Some(t) = to {
             ensure_eq!(at, t, "mremap fixed address");
+            unmap(self, t, nl);
+        }
+        if ol > nl {
+            unmap(self, old + nl, ol - nl);
+            ol = nl;
         }
         if at == old {
             ensure_eq!(moving, false, "mremap moved in place");

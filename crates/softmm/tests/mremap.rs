@@ -339,3 +339,31 @@ fn a_futex_waiter_on_a_moved_page_is_woken_through_the_new_address() {
     waiter.wait(None).unwrap();
     check(&mm);
 }
+
+#[test]
+fn fixed_moves_every_mapping_of_the_range_keeping_gaps() {
+    let m = common::machine();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 2 * PAGE, Prot::RW, MapKind::Private);
+    map(&mm, BASE + 3 * PAGE, PAGE, Prot::READ, MapKind::Shared);
+    filled(&mm, BASE, 2);
+    let to = BASE + (1 << 30);
+    map(&mm, to + 2 * PAGE, PAGE, Prot::RW, MapKind::Private);
+    mm.fill(to + 2 * PAGE, PAGE as usize, 0x77).unwrap();
+    let fixed = MAYMOVE.union(RemapFlags::FIXED);
+    assert_eq!(mm.mremap(BASE + PAGE, 3 * PAGE, 3 * PAGE, fixed, to + PAGE).unwrap(), to + PAGE);
+    check(&mm);
+    assert_eq!(read(&mm, to + PAGE, 1), [2]);
+    assert_eq!(read(&mm, to + 2 * PAGE, 1), [0x77], "the page facing the gap was unmapped");
+    assert_eq!(read(&mm, to + 3 * PAGE, 1), [0]);
+    assert_eq!(read(&mm, BASE, 1), [1]);
+    assert!(mm.read(BASE + PAGE, &mut [0]).is_err());
+    // A gap at the start is EFAULT; with DONTUNMAP the old range stays,
+    // and a range ending inside a mapping moves only its part.
+    assert_eq!(errno_of(mm.mremap(BASE + PAGE, PAGE, PAGE, fixed, to + (8 << 20))), errno::EFAULT);
+    let keep = fixed.union(RemapFlags::DONTUNMAP);
+    assert_eq!(mm.mremap(BASE, PAGE, PAGE, keep, to + (8 << 20)).unwrap(), to + (8 << 20));
+    check(&mm);
+    assert_eq!(read(&mm, to + (8 << 20), 1), [1]);
+    assert_eq!(read(&mm, BASE, 1), [0]);
+}

@@ -64,9 +64,15 @@ pub(crate) fn do_mremap(
     if st.vmas.find(addr).is_none() {
         return Err(Error::Fault { addr });
     }
+    if fixed && old_len == new_len {
+        return remap_move(mm, &mut st, addr, old_len, new_addr, dontunmap);
+    }
     if fixed || dontunmap {
         let to = Target { addr: new_addr, fixed };
-        return mremap_to(mm, st, addr, old_len, new_len, to, dontunmap);
+        let (new, locked) = mremap_to(mm, &mut st, addr, old_len, new_len, to, dontunmap)?;
+        drop(st);
+        populate_if_locked(mm, locked, new + old_len.min(new_len), new + new_len);
+        return Ok(new);
     }
     if old_len >= new_len {
         shrink(mm, &mut st, addr, old_len, new_len)?;
@@ -84,7 +90,39 @@ pub(crate) fn do_mremap(
         return Err(Error::NoMemory("the mapping cannot grow in place and may not move"));
     }
     let new = unmapped_area(&st, mm, 0, new_len)?;
-    move_vma(mm, st, addr, old_len, new, new_len, false, v.locked)
+    move_vma(mm, &mut st, addr, old_len, new, new_len, false)?;
+    drop(st);
+    populate_if_locked(mm, v.locked, new + old_len, new + new_len);
+    Ok(new)
+}
+
+/// Linux 6.17's `remap_move`: `MREMAP_FIXED` without resizing moves every
+/// VMA of `[addr, addr + len)` (split at the ends), each at its offset
+/// from the previous one's end kept, so gaps between them stay gaps (a
+/// gap at the start is EFAULT). A failure stops the walk; the VMAs moved
+/// before it stay moved. Returns the first VMA's new address.
+fn remap_move(mm: &MmInner, st: &mut MmState, addr: u64, len: u64, new: u64, dontunmap: bool) -> Result<u64> {
+    let end = addr + len;
+    let (mut at, mut target) = (addr, new);
+    let mut last_end: Option<u64> = None;
+    while at < end {
+        let next = st.vmas.overlapping(at, end).next().map(|v| (v.start, v.end));
+        let Some((vs, ve)) = next else { break };
+        let (lo, hi) = (vs.max(at), ve.min(end));
+        if last_end.is_none() && addr < vs {
+            return Err(Error::Fault { addr });
+        }
+        let to = target + last_end.map_or(0, |e| vs - e);
+        let t = Target { addr: to, fixed: true };
+        let (moved, _) = mremap_to(mm, st, lo, hi - lo, hi - lo, t, dontunmap)?;
+        last_end = Some(ve);
+        target = moved + (hi - lo);
+        at = hi;
+    }
+    if last_end.is_none() {
+        return Err(Error::Fault { addr });
+    }
+    Ok(new)
 }
 
 /// Where a move goes: exactly `addr` (`fixed`) or a hint.
@@ -94,26 +132,30 @@ struct Target {
 }
 
 /// Linux's `mremap_to`: `MREMAP_FIXED` and/or `MREMAP_DONTUNMAP`.
+/// Returns the new address and whether the mapping is locked (the
+/// caller populates what grew, once the lock is dropped).
 fn mremap_to(
     mm: &MmInner,
-    mut st: parking_lot::RwLockWriteGuard<'_, MmState>,
+    st: &mut MmState,
     addr: u64,
     mut old_len: u64,
     new_len: u64,
     to: Target,
     dontunmap: bool,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     let new = to.addr;
+    // Checked before anything is unmapped (Linux's `check_prep_vma`).
+    let v = vma_to_resize(st, addr, old_len, new_len, dontunmap)?;
     if to.fixed {
-        unmap_locked(mm, &mut st, new, new + new_len)?;
+        unmap_locked(mm, st, new, new + new_len)?;
     }
     if old_len > new_len {
-        shrink(mm, &mut st, addr, old_len, new_len)?;
+        shrink(mm, st, addr, old_len, new_len)?;
         old_len = new_len;
     }
-    let v = vma_to_resize(&st, addr, old_len, new_len, dontunmap)?;
-    let new = if to.fixed { new } else { unmapped_area(&st, mm, new, new_len)? };
-    move_vma(mm, st, addr, old_len, new, new_len, dontunmap, v.locked)
+    let new = if to.fixed { new } else { unmapped_area(st, mm, new, new_len)? };
+    move_vma(mm, st, addr, old_len, new, new_len, dontunmap)?;
+    Ok((new, v.locked))
 }
 
 /// The new address (a fixed target, or `MREMAP_DONTUNMAP`'s hint) must
@@ -149,13 +191,16 @@ struct Resized {
     locked: bool,
 }
 
-/// Linux's `vma_to_resize`: the old range must lie in one VMA, and a
-/// private mapping cannot be duplicated (`old_len` 0).
+/// Linux's `check_prep_vma` (`vma_to_resize` before 6.16): the old range
+/// must lie in one VMA (for a shrink, the part that stays), and a private
+/// mapping cannot be duplicated (`old_len` 0).
 fn vma_to_resize(st: &MmState, addr: u64, old_len: u64, new_len: u64, _dontunmap: bool) -> Result<Resized> {
     let Some(v) = st.vmas.find(addr) else { return Err(Error::Fault { addr }) };
     if old_len == 0 && v.kind() == MapKind::Private {
         return Err(Error::Invalid("a private mapping cannot be duplicated (old_size 0)"));
     }
+    // A shrink may unmap across VMA boundaries.
+    let old_len = old_len.min(new_len);
     if old_len > v.end - addr {
         return Err(Error::Fault { addr: v.end });
     }
@@ -195,43 +240,39 @@ fn unmapped_area(st: &MmState, mm: &MmInner, hint: u64, len: u64) -> Result<u64>
 /// Linux's `move_vma`: a copy of the VMA at `new` with the old range's
 /// page offset, the entries moved there, the old range unmapped (or, with
 /// `dontunmap`, left mapped, unlocked and empty).
-#[allow(clippy::too_many_arguments)]
 fn move_vma(
     mm: &MmInner,
-    mut st: parking_lot::RwLockWriteGuard<'_, MmState>,
+    st: &mut MmState,
     addr: u64,
     old_len: u64,
     new: u64,
     new_len: u64,
     dontunmap: bool,
-    locked: bool,
-) -> Result<u64> {
+) -> Result<()> {
     let Some(pt) = st.pt.as_ref() else { return Err(Error::Exited) };
     // Entries are about to move: no table either range touches may be
     // shared with another space (the only step that can fail, ENOMEM).
-    unshare_range(mm, &st, pt, addr, addr + old_len, false)?;
-    unshare_range(mm, &st, pt, new, new + new_len, false)?;
+    unshare_range(mm, st, pt, addr, addr + old_len, false)?;
+    unshare_range(mm, st, pt, new, new + new_len, false)?;
     let Some(copy) = st.vmas.find(addr).map(|v| v.moved_copy(addr, new, new_len)) else {
         return Err(Error::Fault { addr });
     };
     st.vmas.insert(copy);
     st.vmas.try_merge_at(new);
     st.vmas.try_merge_at(new + new_len);
-    if let Err(e) = move_entries(mm, &st, addr, new, old_len) {
+    if let Err(e) = move_entries(mm, st, addr, new, old_len) {
         // Back where they were (their tables are still there), and the
         // new VMA goes: the call fails having changed nothing visible.
-        let _ = move_entries(mm, &st, new, addr, old_len);
-        unmap_locked(mm, &mut st, new, new + new_len)?;
+        let _ = move_entries(mm, st, new, addr, old_len);
+        unmap_locked(mm, st, new, new + new_len)?;
         return Err(e);
     }
     if dontunmap {
-        keep_old_range(mm, &mut st, addr, old_len);
+        keep_old_range(mm, st, addr, old_len);
+        Ok(())
     } else {
-        unmap_locked(mm, &mut st, addr, addr + old_len)?;
+        unmap_locked(mm, st, addr, addr + old_len)
     }
-    drop(st);
-    populate_if_locked(mm, locked, new + old_len, new + new_len);
-    Ok(new)
 }
 
 /// Move the entries of `[from, from + len)` to `to` in one change of the
