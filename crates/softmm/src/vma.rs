@@ -223,10 +223,18 @@ impl Vma {
     /// (Linux's `copy_vma`): same rights, flags and backing (the same
     /// anon_vma), `len` bytes long, with the page offset `old` had, so
     /// every page keeps its offset (and an anonymous page its `index`).
+    ///
+    /// A private VMA never faulted (no anon_vma) has no page to keep an
+    /// offset for: it takes the new address's, so it may merge there.
     pub(crate) fn moved_copy(&self, old: u64, new: u64, len: u64) -> Vma {
         let mut v = self.slice(old, self.end);
         v.start = new;
         v.end = new + len;
+        if let Backing::Anon(l) = &v.backing {
+            if l.get().0 == 0 {
+                v.pgoff = new >> 12;
+            }
+        }
         v
     }
 
