@@ -305,9 +305,10 @@ fn corpus_is_the_same_on_linux() {
 fn fuzz_finds_no_difference() {
     // The small profile (4 MiB, short ranges) and the wide one (32 MiB,
     // ranges on and across 2 MiB page-table boundaries: sharing, unsharing,
-    // dropping whole tables), and the futex one (waits and wakes across
-    // fork, COW, munmap and exit), each under both fork strategies.
-    for (profile, n) in [("small", "300"), ("wide", "150"), ("futex", "150")] {
+    // dropping whole tables), the futex one (waits and wakes across
+    // fork, COW, munmap and exit) and the remap one (mremap of private
+    // memory), each under both fork strategies.
+    for (profile, n) in [("small", "300"), ("wide", "150"), ("futex", "150"), ("remap", "150")] {
         for mode in ["shared", "copy"] {
             let args = [
                 "fuzz",

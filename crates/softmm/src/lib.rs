@@ -108,8 +108,8 @@ pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{
-    Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT,
-    MLOCK_ONFAULT,
+    Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, RemapFlags, MCL_CURRENT, MCL_FUTURE,
+    MCL_ONFAULT, MLOCK_ONFAULT,
 };
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use pgtable::TASK_SIZE;

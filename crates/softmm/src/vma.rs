@@ -219,6 +219,25 @@ impl Vma {
         }
     }
 
+    /// The VMA a move of `[old, old + len)`'s start to `new` creates
+    /// (Linux's `copy_vma`): same rights, flags and backing (the same
+    /// anon_vma), `len` bytes long, with the page offset `old` had, so
+    /// every page keeps its offset (and an anonymous page its `index`).
+    ///
+    /// A private VMA never faulted (no anon_vma) has no page to keep an
+    /// offset for: it takes the new address's, so it may merge there.
+    pub(crate) fn moved_copy(&self, old: u64, new: u64, len: u64) -> Vma {
+        let mut v = self.slice(old, self.end);
+        v.start = new;
+        v.end = new + len;
+        if let Backing::Anon(l) = &v.backing {
+            if l.get().0 == 0 {
+                v.pgoff = new >> 12;
+            }
+        }
+        v
+    }
+
     /// The VMA a fork gives the child: same range; a private VMA with an
     /// anon_vma gets a new one chained to the parent's (`anon_vma_fork`).
     pub(crate) fn fork_copy(&self, reg: &AnonVmas, new_anon_id: impl FnOnce() -> u64, child: &MmRef) -> Vma {
@@ -303,6 +322,10 @@ pub(crate) fn reusable_anon_of<'a>(v: &Vma, neighbour: &'a Vma) -> Option<&'a st
 #[derive(Default)]
 pub(crate) struct VmaTree {
     map: BTreeMap<u64, Vma>,
+    /// Some private VMA was moved (mremap), here or in an ancestor before
+    /// a fork: its page offset no longer says its address, and the
+    /// reverse map must look its pages up by offset (`anon_addresses`).
+    remapped: bool,
 }
 
 impl VmaTree {
@@ -367,6 +390,7 @@ impl VmaTree {
     /// Insert a VMA into a hole (the caller cleared the range first).
     pub(crate) fn insert(&mut self, v: Vma) {
         debug_assert!(self.overlapping(v.start, v.end).next().is_none(), "VMA insert over a mapping");
+        self.remapped |= matches!(v.backing, Backing::Anon(_)) && v.pgoff != v.start >> 12;
         self.map.insert(v.start, v);
     }
 
@@ -403,6 +427,27 @@ impl VmaTree {
             }
         }
         true
+    }
+
+    /// The addresses at which anonymous page `index` of anon_vma `owner`
+    /// (or of a descendant) can be mapped here: Linux's
+    /// `vma_address` over the VMAs of the anon_vma, `start + (index -
+    /// pgoff) << 12`. Until a private VMA was moved, every such VMA has
+    /// `pgoff == start >> 12`, and the one address is `index << 12`.
+    pub(crate) fn anon_addresses(&self, owner: u64, index: u64) -> crate::few::Few<u64> {
+        let mut out = crate::few::Few::default();
+        if !self.remapped {
+            out.push(index << 12);
+            return out;
+        }
+        for v in self.map.values() {
+            let Backing::Anon(l) = &v.backing else { continue };
+            let inside = index >= v.pgoff && index - v.pgoff < v.len() >> 12;
+            if inside && l.anon_vma().is_some_and(|a| a.descends_from(owner)) {
+                out.push(v.start + ((index - v.pgoff) << 12));
+            }
+        }
+        out
     }
 
     /// Find a free range of `len` bytes at or above `min`, top-down below

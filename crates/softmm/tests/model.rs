@@ -100,6 +100,21 @@ enum Op {
         r: Range,
         advice: Advice,
     },
+    /// mremap of `r` to `new_len` bytes (`to`: MREMAP_FIXED to that
+    /// window page; without resizing it moves every mapping of the range,
+    /// as Linux 6.17 does). The model knows pages, not VMAs: where only VMA
+    /// boundaries decide (EFAULT for an old range crossing VMAs, ENOMEM
+    /// for growth that is not at a VMA's end) it accepts softmm's answer
+    /// and checks that nothing changed; the trace corpus diffs those
+    /// decisions against Linux.
+    Mremap {
+        s: usize,
+        r: Range,
+        new_len: u64,
+        maymove: bool,
+        to: Option<u64>,
+        dontunmap: bool,
+    },
     /// Fork slot `s` into slot `into` (whatever lived there exits first).
     Fork {
         s: usize,
@@ -247,6 +262,11 @@ fn range() -> impl Strategy<Value = Range> {
     })
 }
 
+/// A new length for mremap: as often the old one's page count as not.
+fn remap_len() -> impl Strategy<Value = u64> {
+    prop_oneof![1 => Just(u64::MAX), 8 => 1u64..=MAX_RANGE_PAGES * PAGE]
+}
+
 fn addr(align: u64) -> impl Strategy<Value = Addr> {
     // A little past the window too (mappings may extend past it).
     (0..(WINDOW_PAGES + MAX_RANGE_PAGES / 2) * PAGE / align).prop_map(move |x| Addr(BASE + x * align))
@@ -270,6 +290,10 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (slot(), range()).prop_map(|(s, r)| Op::DontNeed { s, r }),
         5 => (slot(), range(), advice()).prop_map(|(s, r, advice)| Op::Madvise { s, r, advice }),
         4 => (slot(), slot(), any::<bool>()).prop_map(|(s, into, shared_tables)| Op::Fork { s, into, shared_tables }),
+        4 => (slot(), range(), remap_len(), prop_oneof![1 => Just(false), 3 => Just(true)],
+              prop_oneof![2 => Just(None), 1 => (0..WINDOW_PAGES).prop_map(Some)],
+              prop_oneof![4 => Just(false), 1 => Just(true)])
+            .prop_map(|(s, r, new_len, maymove, to, dontunmap)| Op::Mremap { s, r, new_len, maymove, to, dontunmap }),
         2 => slot().prop_map(|s| Op::Exit { s }),
         1 => slot().prop_map(|s| Op::NewAccessor { s }),
         10 => (slot(), addr(1), access_len(), via()).prop_map(|(s, addr, len, via)| Op::Read { s, addr, len, via }),
@@ -564,7 +588,8 @@ impl Space {
 enum PinPage {
     /// The private page of the pin's address space at its address: the
     /// pinner sees every write the space makes there (pin rules, `mm/pin.rs`).
-    Attached,
+    /// (`Attached(vpn)`: the page now at `vpn`, where mremap may have moved it.)
+    Attached(u64),
     /// The space let go of the page (munmap, DONTNEED, mmap over it, exit):
     /// the pinner keeps the frame, with the bytes it had then.
     /// Shared by every pin that was attached to the page: one frame.
@@ -611,7 +636,7 @@ impl Space {
                 return Err(format!("segv accerr at page {v:#x}"));
             }
             pages.push(match &p.mem {
-                Mem::Private(_) => PinPage::Attached,
+                Mem::Private(_) => PinPage::Attached(v),
                 Mem::Shared(rc) => PinPage::Shared(rc.clone()),
             });
         }
@@ -794,6 +819,7 @@ impl World {
             | Op::Mprotect { s, .. }
             | Op::DontNeed { s, .. }
             | Op::Madvise { s, .. }
+            | Op::Mremap { s, .. }
             | Op::Fork { s, .. }
             | Op::Exit { s }
             | Op::NewAccessor { s } => (s, false),
@@ -847,6 +873,11 @@ impl World {
                 let (want, punched) = model.madvise(r.addr(), r.len, advice);
                 ensure_eq!(got, want, "madvise({advice:?})");
                 self.punch(&punched);
+            }
+            Op::Mremap { s, r, new_len, maymove, to, dontunmap } => {
+                // `u64::MAX` stands for the old length (a move that keeps it).
+                let new_len = if new_len == u64::MAX { r.len.max(1) } else { new_len };
+                self.mremap(s, r, new_len, maymove, to.map(|p| BASE + p * PAGE), dontunmap)?;
             }
             Op::Fork { s, into, shared_tables } => {
                 if s == into || self.slots[s].mm.is_none() {
@@ -1021,10 +1052,9 @@ impl World {
         // Pins of one page hold one frame: they freeze into one copy.
         let mut frozen: std::collections::HashMap<u64, Rc<RefCell<Vec<u8>>>> = Default::default();
         for (_, mp) in self.pins.iter_mut().filter(|(_, mp)| mp.s == s) {
-            let first = mp.first_vpn();
-            for (i, pg) in mp.pages.iter_mut().enumerate() {
-                let vpn = first + i as u64;
-                if matches!(pg, PinPage::Attached) && hit(vpn) {
+            for pg in mp.pages.iter_mut() {
+                let PinPage::Attached(vpn) = *pg else { continue };
+                if hit(vpn) {
                     let bytes = match model.and_then(|m| m.pages.get(&vpn)).map(|p| &p.mem) {
                         Some(Mem::Private(v)) => v.clone(),
                         _ => unreachable!("an attached pin on page {vpn:#x} that is not private memory"),
@@ -1032,6 +1062,150 @@ impl World {
                     *pg = PinPage::Frozen(frozen.entry(vpn).or_insert_with(|| Rc::new(RefCell::new(bytes))).clone());
                 }
             }
+        }
+    }
+
+    /// mremap on softmm and in the model (see `Op::Mremap`).
+    fn mremap(&mut self, s: usize, r: Range, new_len: u64, maymove: bool, to: Option<u64>, dontunmap: bool) -> Res {
+        let (old, old_len) = (r.addr(), r.len);
+        let align = |l: u64| l.wrapping_add(PAGE - 1) & !(PAGE - 1);
+        let (mut ol, nl) = (align(old_len), align(new_len));
+        {
+            // Growth of shared memory past its object (SIGBUS there) and
+            // duplication are left to the corpus: skip them.
+            let Some(model) = self.slots[s].model.as_ref() else { return Ok(()) };
+            let shared =
+                Space::vpns(old, ol.max(1)).any(|v| model.pages.get(&v).is_some_and(|p| p.kind() == MapKind::Shared));
+            if old % PAGE == 0 && shared && (nl > ol || ol == 0) {
+                return Ok(());
+            }
+        }
+        let mut flags = softmm::RemapFlags::NONE;
+        for (on, f) in [
+            (maymove, softmm::RemapFlags::MAYMOVE),
+            (to.is_some(), softmm::RemapFlags::FIXED),
+            (dontunmap, softmm::RemapFlags::DONTUNMAP),
+        ] {
+            if on {
+                flags = flags.union(f);
+            }
+        }
+        let Some(mm) = self.slots[s].mm.as_ref() else { return Ok(()) };
+        let got = mm.mremap(old, old_len, new_len, flags, to.unwrap_or(0));
+        let got_errno = got.as_ref().map(|_| ()).map_err(Error::errno);
+        let moving = to.is_some() || dontunmap;
+        let t = to.unwrap_or(0);
+        let einval = old % PAGE != 0
+            || nl == 0
+            || (moving && (!maymove || (dontunmap && ol != nl) || (old.saturating_add(ol) > t && t + nl > old)));
+        if einval {
+            ensure_eq!(got_errno, Err(errno::EINVAL), "mremap arguments");
+            return Ok(());
+        }
+        let mapped = |w: &World, v: u64| w.slots[s].model.as_ref().is_some_and(|m| m.pages.contains_key(&v));
+        if !mapped(self, old / PAGE) {
+            ensure_eq!(got_errno, Err(errno::EFAULT), "mremap of an unmapped address");
+            return Ok(());
+        }
+        let unmap = |w: &mut World, a: u64, l: u64| {
+            let vpns = Space::vpns(a, l);
+            w.detach(s, |v| vpns.contains(&v));
+            if let Some(m) = w.slots[s].model.as_mut() {
+                let _ = m.munmap(a, l);
+            }
+        };
+        if !moving && ol >= nl {
+            // A shrink: the tail goes, whatever it covers.
+            unmap(self, old + nl, ol - nl);
+            ensure_eq!(got.as_ref().ok(), Some(&old), "mremap shrinking");
+            return Ok(());
+        }
+        let private = self.slots[s].model.as_ref().and_then(|m| m.pages.get(&(old / PAGE))).map(Page::kind)
+            == Some(MapKind::Private);
+        if ol == 0 && private {
+            ensure_eq!(got_errno, Err(errno::EINVAL), "mremap duplicating private memory");
+            return Ok(());
+        }
+        if let (Some(t), true) = (to, ol == nl) {
+            // Every mapping of the range moves, each page to its offset
+            // from `t` (gaps stay gaps, and the target's pages facing them
+            // stay).
+            ensure_eq!(got.as_ref().ok(), Some(&t), "mremap moving the mappings of a range");
+            let vpns: Vec<u64> = Space::vpns(old, ol).filter(|&v| mapped(self, v)).collect();
+            for v in vpns {
+                unmap(self, t + (v * PAGE - old), PAGE);
+            }
+            self.apply_remap(s, old, ol, t, nl, dontunmap);
+            return Ok(());
+        }
+        // Checked before anything is unmapped; a shrink's tail may cross.
+        if Space::vpns(old, ol.min(nl)).any(|v| !mapped(self, v)) {
+            ensure_eq!(got_errno, Err(errno::EFAULT), "mremap of a range with a hole");
+            return Ok(());
+        }
+        let at = match got {
+            // VMA boundaries the model does not know: nothing changed.
+            Err(e) if e.errno() == errno::EFAULT => return Ok(()),
+            Err(e) if e.errno() == errno::ENOMEM && !maymove && nl > ol => return Ok(()),
+            Err(e) => return Err(format!("mremap: softmm gave {e}, the model expects success or EFAULT")),
+            Ok(at) => at,
+        };
+        if let Some(t) = to {
+            ensure_eq!(at, t, "mremap fixed address");
+            unmap(self, t, nl);
+        }
+        if ol > nl {
+            unmap(self, old + nl, ol - nl);
+            ol = nl;
+        }
+        if at == old {
+            ensure_eq!(moving, false, "mremap moved in place");
+            let free = Space::vpns(old + ol, nl - ol).all(|v| !mapped(self, v));
+            ensure_eq!(free, true, "mremap grew in place over mapped pages");
+        } else {
+            ensure_eq!(maymove, true, "mremap moved without MAYMOVE");
+        }
+        self.apply_remap(s, old, ol, at, nl, dontunmap);
+        Ok(())
+    }
+
+    /// The model's move of `[old, old + ol)` to `at` (in place when equal),
+    /// grown to `nl` with zero pages like the first one.
+    fn apply_remap(&mut self, s: usize, old: u64, ol: u64, at: u64, nl: u64, dontunmap: bool) {
+        let Some(model) = self.slots[s].model.as_mut() else { return };
+        let Some(first) = model.pages.get(&(old / PAGE)).cloned() else { return };
+        let fresh = |p: &Page| Page {
+            prot: p.prot,
+            mem: match &p.mem {
+                Mem::Private(_) => Mem::Private(vec![0u8; PAGE as usize]),
+                Mem::Shared(rc) => Mem::Shared(rc.clone()),
+            },
+            dontfork: p.dontfork,
+            wipe: p.wipe,
+            lazy: false,
+        };
+        let (from, dest) = (old / PAGE, at / PAGE);
+        if at != old {
+            let moved: Vec<(u64, Page)> =
+                Space::vpns(old, ol).filter_map(|v| model.pages.remove(&v).map(|p| (v, p))).collect();
+            for (v, p) in moved {
+                if dontunmap {
+                    model.pages.insert(v, fresh(&p));
+                }
+                model.pages.insert(v - from + dest, p);
+            }
+            for (_, mp) in self.pins.iter_mut().filter(|(_, mp)| mp.s == s) {
+                for pg in mp.pages.iter_mut() {
+                    if let PinPage::Attached(v) = pg {
+                        if (from..from + ol / PAGE).contains(v) {
+                            *v = *v - from + dest;
+                        }
+                    }
+                }
+            }
+        }
+        for v in dest + ol / PAGE..dest + nl / PAGE {
+            model.pages.insert(v, fresh(&first));
         }
     }
 
@@ -1047,12 +1221,10 @@ impl World {
     /// The bytes of pinned page `i` of `mp` as the model has them.
     fn pin_page(&self, mp: &ModelPin, i: usize) -> Vec<u8> {
         match &mp.pages[i] {
-            PinPage::Attached => {
-                match self.slots[mp.s].model.as_ref().and_then(|m| m.pages.get(&(mp.first_vpn() + i as u64))) {
-                    Some(Page { mem: Mem::Private(v), .. }) => v.clone(),
-                    _ => unreachable!("an attached pin without its private page"),
-                }
-            }
+            PinPage::Attached(vpn) => match self.slots[mp.s].model.as_ref().and_then(|m| m.pages.get(vpn)) {
+                Some(Page { mem: Mem::Private(v), .. }) => v.clone(),
+                _ => unreachable!("an attached pin without its private page"),
+            },
             PinPage::Frozen(v) => v.borrow().clone(),
             PinPage::Shared(rc) => rc.borrow().clone(),
         }
@@ -1091,7 +1263,7 @@ impl World {
             match &mut self.pins[p].1.pages[i] {
                 PinPage::Frozen(v) => v.borrow_mut()[off] = b,
                 PinPage::Shared(rc) => rc.borrow_mut()[off] = b,
-                PinPage::Attached => match self.slots[s].model.as_mut().and_then(|m| m.pages.get_mut(&(va / PAGE))) {
+                PinPage::Attached(vpn) => match self.slots[s].model.as_mut().and_then(|m| m.pages.get_mut(vpn)) {
                     Some(Page { mem: Mem::Private(v), .. }) => v[off] = b,
                     _ => unreachable!("an attached pin without its private page"),
                 },

@@ -116,6 +116,25 @@ fn each_operation_sends_one_pair_with_its_event_and_range() {
 }
 
 #[test]
+fn mremap_unmaps_the_old_range_for_secondary_mmus_as_linux() {
+    let m = common::machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 8 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    mm.write(BASE, &[1]).expect("write");
+    let rec = Arc::new(Recorder::default());
+    let _sub = mm.register_notifier(rec.clone());
+    let to = BASE + (1 << 30);
+    let fixed = softmm::RemapFlags::MAYMOVE.union(softmm::RemapFlags::FIXED);
+    assert_eq!(mm.mremap(BASE, 8 * PAGE, 8 * PAGE, fixed, to), Ok(to));
+    // move_page_tables' MMU_NOTIFY_UNMAP, then the old range's munmap.
+    let old = pair(BASE, BASE + 8 * PAGE, Event::Unmap);
+    assert_eq!(rec.take(), [old.clone(), old].concat());
+    // Growing in place changes no entry: nothing to hear.
+    assert_eq!(mm.mremap(to, 8 * PAGE, 16 * PAGE, softmm::RemapFlags::NONE, 0), Ok(to));
+    assert_eq!(rec.take(), vec![]);
+}
+
+#[test]
 fn unregistered_subscribers_hear_nothing_more() {
     let m = common::machine();
     let mm = m.new_mm().expect("mm");

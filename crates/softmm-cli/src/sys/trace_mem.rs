@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 
 const PAGE: u64 = 4096;
 
+/// `MREMAP_DONTUNMAP` (Linux 5.7), spelled out as uapi/linux/mman.h has it.
+const MREMAP_DONTUNMAP: i32 = 4;
+
 /// What the kernel answered: `Err(errno)` when it refused the call.
 pub type Answer = Result<(), Errno>;
 
@@ -126,6 +129,62 @@ impl TraceMem {
             }
         }
         Ok(r)
+    }
+
+    /// mremap(2) with `MREMAP_MAYMOVE`, `MREMAP_FIXED` (to `fixed`) and
+    /// `MREMAP_DONTUNMAP` as asked. The old range and a fixed target must
+    /// be trace memory or unmapped; growth in place takes only free
+    /// addresses, and a kernel-chosen target is free, so nothing of the
+    /// runner moves or goes. Returns the mapping's address.
+    pub fn mremap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+        dontunmap: bool,
+    ) -> Result<Result<u64, Errno>, String> {
+        // The old range (at least its first page: a zero old length
+        // duplicates a mapping) and a fixed target.
+        self.check_span(old, old_len.max(1))?;
+        if let Some(to) = fixed {
+            self.check_span(to, new_len)?;
+        }
+        let bit = |on: bool, b: i32| if on { b } else { 0 };
+        let flags = bit(maymove, libc::MREMAP_MAYMOVE)
+            | bit(fixed.is_some(), libc::MREMAP_FIXED)
+            | bit(dontunmap, MREMAP_DONTUNMAP);
+        // SAFETY: every page this call can unmap or move is trace memory
+        // (checked above; see the module comment), and the kernel places a
+        // moved mapping only over free addresses or the fixed target.
+        let p = unsafe {
+            libc::mremap(
+                old as *mut libc::c_void,
+                old_len as usize,
+                new_len as usize,
+                flags,
+                fixed.unwrap_or(0) as usize,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            return Ok(Err(Errno::from_raw_os_error(errno)));
+        }
+        let at = p as u64;
+        let aligned = |l: u64| l.wrapping_add(PAGE - 1) & !(PAGE - 1);
+        let (old_len, new_len) = (aligned(old_len), aligned(new_len));
+        if at == old {
+            // In place: the tail of a shrink went, a growth is ours.
+            self.owned.remove(old + new_len.min(old_len), old + old_len);
+            self.owned.add(old, old + new_len);
+        } else {
+            if !dontunmap {
+                self.owned.remove(old, old + old_len);
+            }
+            self.owned.add(at, at + new_len);
+        }
+        Ok(Ok(at))
     }
 
     /// mprotect(2).

@@ -8,7 +8,7 @@
 //! until `unpin P` or the name's reuse; it outlives its address space, as
 //! a pin outlives munmap and exit.
 
-use super::maps::{maps_line, MapsEntry, NamedRanges};
+use super::maps::{maps_line, remap_line, MapsEntry, NamedRanges};
 use super::parse::{hex, Op, TKind, TProt};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
@@ -161,6 +161,28 @@ impl SoftmmRunner {
             Op::Munmap { a, addr, len } => unit(self.mm(a)?.munmap(*addr, *len)),
             Op::Mprotect { a, addr, len, prot } => unit(self.mm(a)?.mprotect(*addr, *len, prot_of(*prot))),
             Op::Madvise { a, addr, len, advice } => unit(self.mm(a)?.madvise(*addr, *len, *advice)),
+            Op::Mremap { a, old, old_len, new_len, flags } => {
+                let mut f = softmm::RemapFlags::NONE;
+                for (on, bit) in [
+                    (flags.maymove, softmm::RemapFlags::MAYMOVE),
+                    (flags.fixed.is_some(), softmm::RemapFlags::FIXED),
+                    (flags.dontunmap, softmm::RemapFlags::DONTUNMAP),
+                ] {
+                    if on {
+                        f = f.union(bit);
+                    }
+                }
+                match self.mm(a)?.mremap(*old, *old_len, *new_len, f, flags.fixed.unwrap_or(0)) {
+                    Ok(at) => {
+                        let (line, named) = remap_line(*old, *new_len, flags.fixed.is_some(), at);
+                        if let Some((s, e)) = named {
+                            self.named.entry(a.clone()).or_default().add_range(s, e);
+                        }
+                        line
+                    }
+                    Err(e) => err_line(&e),
+                }
+            }
             Op::Fork { a, b } => {
                 if self.spaces.contains_key(b) {
                     return Err(format!("address space `{b}` already exists"));

@@ -55,6 +55,11 @@ pub enum Profile {
     /// PAGEOUT (whose outcome depends on swap), protections with exec,
     /// `maps`, `mlock`, `munlock` and `locked`.
     Api,
+    /// The small mix, private memory only, with mremap: shrinking, growing,
+    /// moving (to a chosen address or one in the window) and DONTUNMAP.
+    /// (Shared memory grown past its object faults with SIGBUS, which the
+    /// trace format's runners do not compare.)
+    Remap,
 }
 
 /// Generate a trace of `ops` operations from `seed` with a profile.
@@ -79,13 +84,17 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             out.push(futex_op(&mut r, a));
             continue;
         }
+        if shape == Profile::Remap && r.chance(15) {
+            out.push(remap_op(&mut r, a));
+            continue;
+        }
         let op = match r.below(100) {
             0..=11 => Op::Mmap {
                 a,
                 addr: addr(&mut r, shape),
                 len: len(&mut r, shape),
                 prot: prot(&mut r, shape),
-                kind: kind(&mut r),
+                kind: if shape == Profile::Remap { TKind::Private } else { kind(&mut r) },
             },
             12..=17 => Op::Munmap { a, addr: addr(&mut r, shape), len: len(&mut r, shape) },
             18..=24 => {
@@ -153,6 +162,19 @@ fn advice(r: &mut Rng) -> Advice {
     } else {
         OTHERS[r.below(OTHERS.len() as u64) as usize]
     }
+}
+
+/// `Remap`: an mremap of a window range, as often without resizing as
+/// with; MAYMOVE mostly, FIXED to a window page sometimes, DONTUNMAP
+/// rarely (with unequal sizes it is EINVAL).
+fn remap_op(r: &mut Rng, a: String) -> Op {
+    let shape = Profile::Remap;
+    let (old, old_len) = (addr(r, shape), len(r, shape));
+    let new_len = if r.chance(50) { old_len } else { len(r, shape) };
+    let maymove = r.chance(75);
+    let fixed = if r.chance(35) { Some(addr(r, shape)) } else { None };
+    let dontunmap = r.chance(15);
+    Op::Mremap { a, old, old_len, new_len, flags: crate::trace::parse::RemapArgs { maymove, fixed, dontunmap } }
 }
 
 /// `Futex`: a wait, a wake, or a store of a small value, on one of 8 words

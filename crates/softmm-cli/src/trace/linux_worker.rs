@@ -17,7 +17,7 @@
 //! FUTEX_WAIT ends with EINTR, off the queue) and the name forgotten.
 
 use super::guarded::{self, Outcome};
-use super::maps::{maps_line, MapsEntry, NamedRanges};
+use super::maps::{maps_line, remap_line, MapsEntry, NamedRanges};
 use super::parse::{hex, parse_line, Op, TKind, TProt};
 use crate::sys;
 use crate::sys::trace_mem::{Answer, Sharing, TraceMem};
@@ -71,6 +71,19 @@ impl Worker {
                 status(r)
             }
             Op::Munmap { addr, len, .. } => status(self.mem.munmap(*addr, *len)?),
+            Op::Mremap { old, old_len, new_len, flags, .. } => {
+                let (maymove, fixed, dontunmap) = (flags.maymove, flags.fixed, flags.dontunmap);
+                match self.mem.mremap(*old, *old_len, *new_len, maymove, fixed, dontunmap)? {
+                    Ok(at) => {
+                        let (line, named) = remap_line(*old, *new_len, fixed.is_some(), at);
+                        if let Some((s, e)) = named {
+                            self.named.add_range(s, e);
+                        }
+                        line
+                    }
+                    Err(e) => format!("err {}", softmm::errno::name(e.raw_os_error())),
+                }
+            }
             Op::Mprotect { addr, len, prot, .. } => status(self.mem.mprotect(*addr, *len, prot_flags(*prot))?),
             Op::Madvise { addr, len, advice, .. } => status(self.mem.madvise(*addr, *len, madv_of(*advice))?),
             Op::Write { addr, bytes, .. } => outcome(guarded::write(&self.mem, *addr, bytes)?),

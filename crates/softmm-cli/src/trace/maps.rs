@@ -1,7 +1,8 @@
 //! The `maps A` operation (TRACE.md, version 2), for both runners: which
 //! VMAs it lists and how its line is written.
 //!
-//! A space's *named ranges* are the ranges of its successful `mmap`s; a
+//! A space's *named ranges* are the ranges of its successful `mmap`s, of
+//! in-place `mremap` growth and of `mremap ... fixed` targets; a
 //! fork inherits its parent's and they never shrink. `maps` lists the VMAs
 //! that overlap one of them, so that what else lives in a real process
 //! (the worker's own code, heap and stacks) stays out of the comparison.
@@ -23,9 +24,35 @@ impl NamedRanges {
         }
     }
 
+    /// Name `[start, end)` (page-aligned, from a successful mremap: in-place
+    /// growth or a fixed target).
+    pub fn add_range(&mut self, start: u64, end: u64) {
+        if end > start && !self.0.contains(&(start, end)) {
+            self.0.push((start, end));
+        }
+    }
+
     /// Whether `[start, end)` overlaps a named range.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         self.0.iter().any(|&(s, e)| s < end && start < e)
+    }
+}
+
+/// The output line of an `mremap` of `old` that succeeded at `at`, and the
+/// range it names (TRACE.md): `at 0xNEW` for a fixed target, `ok` in
+/// place (growth names the grown range), `moved` when the kernel chose
+/// the address (not named).
+pub fn remap_line(old: u64, new_len: u64, fixed: bool, at: u64) -> (String, Option<(u64, u64)>) {
+    let named = |start: u64| {
+        let len = new_len.checked_add(0xfff).map(|l| l & !0xfff)?;
+        Some((start, start.checked_add(len)?))
+    };
+    if fixed {
+        (format!("at {at:#x}"), named(at))
+    } else if at == old {
+        ("ok".into(), named(old))
+    } else {
+        ("moved".into(), None)
     }
 }
 

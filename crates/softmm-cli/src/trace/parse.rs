@@ -1,5 +1,6 @@
 //! Parsing of the trace format (`../shared/TRACE.md`: version 1, and of
-//! version 2 the `x` protections, `maps`, `mlock`, `munlock` and `locked`).
+//! version 2 the `x` protections, `maps`, `mlock`, `munlock`, `locked` and
+//! `mremap`).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
 //! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
@@ -18,6 +19,31 @@ use std::io::BufRead;
 /// trace written by hand or by `softmm gen`, and a bound on what one line
 /// may allocate (an endless line, `/dev/zero`, is an error, not an abort).
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// The flags of `mremap` as written (`maymove`, `fixed NEW`, `dontunmap`,
+/// in that order, each optional; `fixed` without `maymove` is written as
+/// given and answered EINVAL, as Linux answers it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemapArgs {
+    pub maymove: bool,
+    pub fixed: Option<u64>,
+    pub dontunmap: bool,
+}
+
+impl fmt::Display for RemapArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.maymove {
+            f.write_str(" maymove")?;
+        }
+        if let Some(n) = self.fixed {
+            write!(f, " fixed {n:#x}")?;
+        }
+        if self.dontunmap {
+            f.write_str(" dontunmap")?;
+        }
+        Ok(())
+    }
+}
 
 /// Protection as written in a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +75,7 @@ pub enum Op {
     Munmap { a: String, addr: u64, len: u64 },
     Mprotect { a: String, addr: u64, len: u64, prot: TProt },
     Madvise { a: String, addr: u64, len: u64, advice: softmm::Advice },
+    Mremap { a: String, old: u64, old_len: u64, new_len: u64, flags: RemapArgs },
     Fork { a: String, b: String },
     Exit { a: String },
     Write { a: String, addr: u64, bytes: Vec<u8> },
@@ -81,6 +108,7 @@ impl Op {
             | Op::Munmap { a, .. }
             | Op::Mprotect { a, .. }
             | Op::Madvise { a, .. }
+            | Op::Mremap { a, .. }
             | Op::Write { a, .. }
             | Op::Fill { a, .. }
             | Op::Read { a, .. }
@@ -136,6 +164,9 @@ impl fmt::Display for Op {
             Op::Munmap { a, addr, len } => write!(f, "munmap {a} {addr:#x} {len:#x}"),
             Op::Mprotect { a, addr, len, prot } => write!(f, "mprotect {a} {addr:#x} {len:#x} {prot}"),
             Op::Madvise { a, addr, len, advice } => write!(f, "madvise {a} {addr:#x} {len:#x} {}", advice.word()),
+            Op::Mremap { a, old, old_len, new_len, flags } => {
+                write!(f, "mremap {a} {old:#x} {old_len:#x} {new_len:#x}{flags}")
+            }
             Op::Fork { a, b } => write!(f, "fork {a} {b}"),
             Op::Exit { a } => write!(f, "exit {a}"),
             Op::Write { a, addr, bytes } => write!(f, "write {a} {addr:#x} hex:{}", hex(bytes)),
@@ -272,6 +303,10 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         "madvise" => {
             let (a, addr, len) = (t.name()?, t.num("address")?, t.len()?);
             Op::Madvise { a, addr, len, advice: t.advice()? }
+        }
+        "mremap" => {
+            let (a, old, old_len) = (t.name()?, t.num("address")?, t.len()?);
+            Op::Mremap { a, old, old_len, new_len: t.len()?, flags: t.remap_args()? }
         }
         "fork" => Op::Fork { a: t.name()?, b: t.name()? },
         "exit" => Op::Exit { a: t.name()? },
@@ -461,6 +496,20 @@ impl Toks<'_> {
         parse_num(w).ok_or_else(|| format!("bad {what} `{}` (decimal or 0x hex)", shown(w)))
     }
 
+    /// The next token if it is the word `w` (taken), else nothing taken.
+    fn optional(&mut self, w: &str) -> bool {
+        let hit = matches!(self.toks.get(self.at), Some(Tok::Word(x)) if x == w);
+        self.at += hit as usize;
+        hit
+    }
+
+    fn remap_args(&mut self) -> Result<RemapArgs, String> {
+        let maymove = self.optional("maymove");
+        let fixed = if self.optional("fixed") { Some(self.num("new address")?) } else { None };
+        let dontunmap = self.optional("dontunmap");
+        Ok(RemapArgs { maymove, fixed, dontunmap })
+    }
+
     fn len(&mut self) -> Result<u64, String> {
         let w = self.word("length")?;
         let (digits, shift) = [('K', 10), ('M', 20), ('G', 30)]
@@ -639,10 +688,21 @@ mod tests {
         let t = "new P\nmmap P 0x10000000 64K rw private\nwrite P 0x10000000 \"hi\"\nfork P C\nfill C 4096 3 ab\n\
                  munmap P 4096 4096\nmprotect P 4096 4096 -\nmadvise P 0 4096 dontneed\nread P 1 2\nphys P 3\n\
                  smaps P 4\nfutex_wait P 8 1 as W\nfutex_wake P 8 1\nwaiter W\npin P 0 4096 as Q\n\
-                 pinned Q 0 8\nunpin Q\nexit C\n";
+                 pinned Q 0 8\nunpin Q\nmremap P 0 4K 8K\nmremap P 0 4K 4K maymove fixed 0x2000 dontunmap\n\
+                 mremap P 0 4K 4K fixed 8192\nmremap P 0 0 4K dontunmap\nexit C\n";
         for l in parse_trace(t).unwrap() {
             let again = parse_line(&l.op.to_string()).unwrap().unwrap();
             assert_eq!(again, l.op);
+        }
+    }
+
+    #[test]
+    fn mremap_flags_parse_in_their_order_only() {
+        let op = parse_line("mremap P 0x1000 4K 8K maymove fixed 0x9000 dontunmap").unwrap().unwrap();
+        let flags = RemapArgs { maymove: true, fixed: Some(0x9000), dontunmap: true };
+        assert_eq!(op, Op::Mremap { a: "P".into(), old: 0x1000, old_len: 4096, new_len: 8192, flags });
+        for bad in ["mremap P 0 4K 4K dontunmap maymove", "mremap P 0 4K 4K fixed", "mremap P 0 4K 4K moved"] {
+            assert!(parse_line(bad).is_err(), "{bad} parsed");
         }
     }
 

@@ -51,6 +51,32 @@ impl MapFlags {
     }
 }
 
+/// Flags of [`crate::Mm::mremap`] (`MREMAP_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RemapFlags(u8);
+
+impl RemapFlags {
+    /// None: resize in place or fail.
+    pub const NONE: RemapFlags = RemapFlags(0);
+    /// `MREMAP_MAYMOVE`: move the mapping when it cannot grow in place.
+    pub const MAYMOVE: RemapFlags = RemapFlags(1);
+    /// `MREMAP_FIXED`: move it to exactly the new address, unmapping what
+    /// was there (needs `MAYMOVE`).
+    pub const FIXED: RemapFlags = RemapFlags(2);
+    /// `MREMAP_DONTUNMAP`: move the pages but leave the old range mapped,
+    /// and empty (needs `MAYMOVE` and equal lengths).
+    pub const DONTUNMAP: RemapFlags = RemapFlags(4);
+
+    /// Whether every flag of `f` is set.
+    pub const fn contains(self, f: RemapFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+    /// Both sets of flags.
+    pub const fn union(self, f: RemapFlags) -> RemapFlags {
+        RemapFlags(self.0 | f.0)
+    }
+}
+
 /// Advice for `madvise`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

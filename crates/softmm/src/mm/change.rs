@@ -207,6 +207,23 @@ impl<'a> Change<'a> {
         share::unshare(&m.arena, pt, va, &m.counters, m.reclaim.swap.as_deref())
     }
 
+    /// `move_page_tables` for mremap: the entries of `[old, old + len)`
+    /// move to `new` (`PageTable::move_ptes`). The change was opened for
+    /// the old range: its translations are gone (the vcache's clients hear
+    /// so and re-look their pages up) and, if any was present, shot down.
+    /// The new range held nothing, so nobody caches a translation of it.
+    pub(crate) fn move_ptes(&mut self, pt: &PageTable, old: u64, new: u64, len: u64) -> Result<crate::pgtable::Moved> {
+        let m = &self.mm.machine;
+        let mut moved = crate::pgtable::Moved::default();
+        let r = pt.move_ptes(&m.arena, old, new, len, self.edit, &mut moved);
+        m.counters.page_tables.fetch_add(moved.tables_added as u64, crate::sync::Ordering::Relaxed);
+        if moved.present > 0 {
+            self.gather.need_flush();
+        }
+        self.translations_changed(old, old + len);
+        r.map(|()| moved)
+    }
+
     /// Zap every entry of the exited space (its tree `pt`, already taken
     /// out of the state): shared tables lose this space's reference.
     pub(crate) fn zap_all(&mut self, pt: &PageTable) {

@@ -181,20 +181,21 @@ fn check_slots(m: &MachineInner, exp: &Expected) -> Result<(), InvariantError> {
 
 /// The reverse map is complete: each anonymous page mapped at `va` in `mm`
 /// by a VMA whose own anon_vma is `own` has a live anon_vma that is `own`
-/// or an ancestor of it (a walk from it reaches `mm`), and its index says
-/// `va`.
+/// or an ancestor of it (a walk from it reaches `mm`), and its index is
+/// the VMA's page offset at `va` (`expected`).
 fn check_rmap(
     m: &MachineInner,
     mm: &MmInner,
     own: Option<&crate::rmap::AnonVma>,
     va: u64,
+    expected: u64,
     f: FrameId,
 ) -> Result<(), InvariantError> {
     let meta = m.arena.meta(f);
     let owner = meta.owner.load(Ordering::Acquire);
     let index = meta.index.load(Ordering::Acquire);
-    if index << 12 != va {
-        fail!("mm {}: frame {} mapped at {va:#x} has rmap index {index:#x}", mm.id, f.0);
+    if index != expected {
+        fail!("mm {}: frame {} mapped at {va:#x} has rmap index {index:#x}, not {expected:#x}", mm.id, f.0);
     }
     if m.anon_vmas.get(owner).is_none() {
         fail!("mm {}: frame {} at {va:#x}: its anon_vma {owner} is gone", mm.id, f.0);
@@ -334,7 +335,7 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
                 if !meta.has(flags::ANON) {
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
                 }
-                check_rmap(m, mm, link.anon_vma().map(|a| &**a), va, f)?;
+                check_rmap(m, mm, link.anon_vma().map(|a| &**a), va, v.pgoff_of(va), f)?;
                 // A frame reclaim put in the swap cache but could not unmap
                 // everywhere (a busy space) may stay writable there; its
                 // device copy must then never be trusted.

@@ -42,18 +42,7 @@ pub(crate) fn do_mmap(
             }
             addr
         }
-        Placement::Hint => {
-            let hint = args::page_align(addr).unwrap_or(0).max(min);
-            // Clear of every VMA and of the guard gap below a stack.
-            let free = hint.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
-                && st.vmas.overlapping(hint, hint + len).next().is_none()
-                && st.vmas.neighbours(hint).1.is_none_or(|n| n.start_gap() >= hint + len);
-            if addr != 0 && free {
-                hint
-            } else {
-                st.vmas.find_free(len, min, TASK_SIZE).ok_or(Error::NoMemory("no free address range"))?
-            }
-        }
+        Placement::Hint => hinted_area(&st, addr, len, min)?,
     };
     let end = start + len;
     let backing = match kind {
@@ -76,6 +65,21 @@ pub(crate) fn do_mmap(
     // Locked and not lock-on-fault: populated now (`mm_populate`).
     let populate = flags.contains(crate::vma::VmFlags::LOCKED) && !flags.contains(crate::vma::VmFlags::LOCKONFAULT);
     Ok((start, populate))
+}
+
+/// A free range of `len` bytes at the hint `addr` when it is free (clear
+/// of every VMA and of the guard gap below a stack), else the top-down
+/// search's (`get_unmapped_area` without `MAP_FIXED`).
+pub(crate) fn hinted_area(st: &MmState, addr: u64, len: u64, min: u64) -> Result<u64> {
+    let hint = args::page_align(addr).unwrap_or(0).max(min);
+    let free = hint.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
+        && st.vmas.overlapping(hint, hint + len).next().is_none()
+        && st.vmas.neighbours(hint).1.is_none_or(|n| n.start_gap() >= hint + len);
+    if addr != 0 && free {
+        Ok(hint)
+    } else {
+        st.vmas.find_free(len, min, TASK_SIZE).ok_or(Error::NoMemory("no free address range"))
+    }
 }
 
 pub(crate) fn do_munmap(mm: &MmInner, addr: u64, len: u64) -> Result<()> {

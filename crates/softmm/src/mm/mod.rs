@@ -86,12 +86,13 @@ pub(crate) mod invariants;
 mod madvise;
 mod mlock;
 mod mmap;
+mod mremap;
 pub(crate) mod pin;
 mod smaps;
 mod stack;
 pub(crate) mod translation;
 
-pub use args::{Advice, MapFlags, Placement};
+pub use args::{Advice, MapFlags, Placement, RemapFlags};
 pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
 pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
@@ -345,6 +346,20 @@ impl Mm {
     /// `EFAULT` when a populate fault would raise a signal.
     pub fn madvise(&self, addr: u64, len: u64, advice: Advice) -> Result<()> {
         madvise::do_madvise(&self.inner, addr, len, advice)
+    }
+
+    /// Resize or move the mapping at `old` (Linux's mremap(2)): shrink in
+    /// place, grow in place when the range after it is free, or, with
+    /// [`RemapFlags::MAYMOVE`], move it to a free range (or to `new` with
+    /// [`RemapFlags::FIXED`]), moving its page-table entries rather than
+    /// copying pages. Returns the mapping's address. Errors as Linux's:
+    /// `EINVAL` for bad flags, a misaligned address, a zero new length,
+    /// overlapping fixed ranges or a private mapping duplicated
+    /// (`old_len` 0); `EFAULT` when `old` is not mapped or the old range
+    /// leaves its mapping; `ENOMEM` when it cannot grow in place and may
+    /// not move, or no range is free.
+    pub fn mremap(&self, old: u64, old_len: u64, new_len: u64, flags: RemapFlags, new: u64) -> Result<u64> {
+        mremap::do_mremap(&self.inner, old, old_len, new_len, flags, new)
     }
 
     /// A copy-on-write child of this address space.

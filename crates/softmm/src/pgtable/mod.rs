@@ -16,11 +16,13 @@
 
 pub(crate) mod borrow;
 mod cursor;
+mod remap;
 pub(crate) mod share;
 mod zap;
 
 pub use cursor::PteTableGuard;
 pub(crate) use cursor::{Edit, PteTableRead};
+pub(crate) use remap::Moved;
 pub(crate) use zap::ZapSink;
 
 use crate::error::Result;

@@ -4,10 +4,11 @@
 
 use crate::few::Few;
 use crate::machine::MachineInner;
-use crate::mm::{Change, ChangeBatch, MmInner};
+use crate::mm::{Change, ChangeBatch, MmInner, MmState};
 use crate::phys::FrameId;
 use crate::pte::Pte;
 use crate::sync::Ordering;
+use std::sync::Arc;
 
 /// What a visit of every mapping of a frame did.
 #[derive(Default)]
@@ -63,7 +64,7 @@ pub(crate) fn visit_mappings(
     mut changed: impl FnMut(Pte),
 ) -> Visit {
     let arena = &m.arena;
-    let (owner, va) = rmap_address(arena.meta(f));
+    let (owner, index) = rmap_index(arena.meta(f));
     let mut v = Visit::default();
     crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
         let Some(st) = lock_member(mm, how.try_only) else {
@@ -71,6 +72,29 @@ pub(crate) fn visit_mappings(
             return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
+        for va in st.vmas.anon_addresses(owner, index).drain() {
+            visit_one(m, mm, &st, pt, va, f, how, &edit, &mut changed, &mut v);
+        }
+    });
+    v
+}
+
+/// One address of a member space where frame `f` may be mapped.
+#[allow(clippy::too_many_arguments)]
+fn visit_one(
+    m: &MachineInner,
+    mm: &Arc<MmInner>,
+    st: &MmState,
+    pt: &crate::pgtable::PageTable,
+    va: u64,
+    f: FrameId,
+    how: How,
+    edit: &impl Fn(Pte) -> Option<Pte>,
+    changed: &mut impl FnMut(Pte),
+    v: &mut Visit,
+) {
+    let arena = &m.arena;
+    {
         if how.mlock && st.vmas.find(va).is_some_and(|v| v.flags.contains(crate::vma::VmFlags::LOCKED)) {
             return; // the frame stays mapped there, so it stays resident
         }
@@ -78,13 +102,13 @@ pub(crate) fn visit_mappings(
         let young_here = how.age && mm.notifiers.clear_young(va, va + 4096);
         v.young |= young_here;
         let event = if young_here { None } else { how.event };
-        let Some(mut change) = Change::try_open(mm, Some(&st), va, va + 4096, event, !how.try_only) else {
+        let Some(mut change) = Change::try_open(mm, Some(st), va, va + 4096, event, !how.try_only) else {
             v.skipped = true;
             return;
         };
         if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va, change.edit()) {
             let edit_here = |pte: Pte| if young_here { age(pte) } else { edit(pte) };
-            match edit_entry(arena, &mut g, va, f, edit_here, &mut changed) {
+            match edit_entry(arena, &mut g, va, f, edit_here, &mut *changed) {
                 Edited::Replaced(old) => {
                     // A translation is cached only of a present entry.
                     if old.is_present() {
@@ -114,8 +138,7 @@ pub(crate) fn visit_mappings(
         }
         // The vcache hears now, the shootdown and bracket end are batched.
         change.defer_to(&mut v.changes, mm);
-    });
-    v
+    }
 }
 
 /// Entries a look-around covers: the aligned group around the accessed
@@ -214,10 +237,10 @@ fn edit_entry(
     }
 }
 
-/// An anonymous frame's anon_vma id and the one address it can be mapped
-/// at in any space (`rmap.rs`, rule 3).
-fn rmap_address(meta: &crate::phys::FrameMeta) -> (u64, u64) {
-    (meta.owner.load(Ordering::Acquire), meta.index.load(Ordering::Acquire) << 12)
+/// An anonymous frame's anon_vma id and page offset, which say where it
+/// can be mapped in each space (`VmaTree::anon_addresses`, `rmap.rs`).
+fn rmap_index(meta: &crate::phys::FrameMeta) -> (u64, u64) {
+    (meta.owner.load(Ordering::Acquire), meta.index.load(Ordering::Acquire))
 }
 
 /// A member address space's `mmap_lock` for a reverse-map visit: tried only
