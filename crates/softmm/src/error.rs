@@ -154,6 +154,18 @@ pub enum Error {
         /// The host's errno.
         errno: i32,
     },
+    /// A host file's read, write or truncation failed (the host's `errno`,
+    /// `EIO` when it gave none); `what` names the file and the offset.
+    #[error("file I/O error: {what}")]
+    FileIo {
+        /// The file, the operation and the host's words.
+        what: String,
+        /// The host's errno.
+        errno: i32,
+    },
+    /// A file would grow past the largest size Linux allows (`EFBIG`).
+    #[error("file too large")]
+    FileTooBig,
     /// No frame is left under the frame limit and none can be freed because
     /// the swap device, which `device` describes, is full: Linux would OOM
     /// (`ENOMEM`).
@@ -174,6 +186,8 @@ pub mod errno {
     pub const EIO: i32 = 5;
     /// Device or resource busy.
     pub const EBUSY: i32 = 16;
+    /// File too large.
+    pub const EFBIG: i32 = 27;
     /// No space left on device.
     pub const ENOSPC: i32 = 28;
     /// Try again (the futex word changed).
@@ -200,6 +214,7 @@ pub mod errno {
             EINTR => "EINTR",
             EIO => "EIO",
             EBUSY => "EBUSY",
+            EFBIG => "EFBIG",
             ENOSPC => "ENOSPC",
             EAGAIN => "EAGAIN",
             ENOMEM => "ENOMEM",
@@ -227,7 +242,8 @@ impl Error {
             Error::Exists { .. } => EEXIST,
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
             Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
-            Error::Host { errno, .. } | Error::SwapFile { errno, .. } => *errno,
+            Error::Host { errno, .. } | Error::SwapFile { errno, .. } | Error::FileIo { errno, .. } => *errno,
+            Error::FileTooBig => EFBIG,
             Error::SwapExhausted { .. } => ENOMEM,
             Error::Again | Error::LockFailed(_) => EAGAIN,
             Error::TimedOut => ETIMEDOUT,

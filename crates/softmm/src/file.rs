@@ -1,0 +1,99 @@
+//! Files: an in-memory file (`memfd_create`) or a host file, each a shared
+//! object with a page cache of arena frames (`shm/file.rs`).
+//!
+//! [`File`] is the handle a host holds, as a file descriptor: `pread`,
+//! `pwrite`, `truncate` (`ftruncate`) and `sync` (`fsync`). Every read and
+//! write goes through the cache, so all handles on one file see each
+//! other's bytes at once; a host file sees them when dirty pages are
+//! written back (`sync`, or when the last handle goes).
+
+use crate::error::{Error, Result};
+use crate::machine::MachineInner;
+use crate::shm::{ShmObject, Store};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A file: in memory or a host file, with its page cache.
+#[derive(Clone)]
+pub struct File {
+    obj: Arc<ShmObject>,
+}
+
+impl File {
+    /// An in-memory file of `len` bytes of zeros (`memfd_create` and
+    /// `ftruncate`); `name` is only for display.
+    pub(crate) fn memfd(m: &MachineInner, name: &str, len: u64) -> Result<File> {
+        let store = Store::Memory { name: name.to_owned() };
+        Self::create(m, store, len)
+    }
+
+    /// The host file at `path`, opened for reading and writing; its pages
+    /// are read in on first use.
+    pub(crate) fn open(m: &MachineInner, path: &Path) -> Result<File> {
+        let host = |e: std::io::Error| Error::FileIo {
+            what: format!("opening {}: {e}", path.display()),
+            errno: e.raw_os_error().unwrap_or(crate::error::errno::EIO),
+        };
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(host)?;
+        let len = file.metadata().map_err(host)?.len();
+        Self::create(m, Store::Host { file, path: path.to_owned() }, len)
+    }
+
+    fn create(m: &MachineInner, store: Store, len: u64) -> Result<File> {
+        if len > crate::shm::MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        Ok(File { obj: m.new_shm_with(store, len)? })
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.obj.size()
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Read up to `buf.len()` bytes at `offset`; returns how many were read
+    /// (fewer at the end of the file, 0 past it), as `pread`.
+    pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.obj.pread(offset, buf)
+    }
+
+    /// Write `data` at `offset`, growing the file when the write ends past
+    /// its end; returns the bytes written, as `pwrite`. `Error::FileTooBig`
+    /// (`EFBIG`) past the largest file size.
+    pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        self.obj.pwrite(offset, data)
+    }
+
+    /// Set the length (`ftruncate`): growing reads as zeros, shrinking
+    /// drops the cached pages past the end and zeroes the rest of the last
+    /// page.
+    pub fn truncate(&self, len: u64) -> Result<()> {
+        let removed = self.obj.set_size(len)?;
+        // No address space maps a file object yet, so no entry maps a
+        // page taken out: the index's references are the last ones.
+        self.obj.release(removed.into_iter().map(|(_, p)| p));
+        Ok(())
+    }
+
+    /// Write every dirty cached page back to the host file (`fsync`);
+    /// nothing for an in-memory file.
+    pub fn sync(&self) -> Result<()> {
+        self.obj.write_back()
+    }
+
+    /// Pages of the file in the page cache (in memory, not on swap).
+    pub fn cached_pages(&self) -> u64 {
+        self.obj.resident().len() as u64
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "File({:?}, {} bytes)", self.obj, self.len())
+    }
+}

@@ -1,0 +1,225 @@
+//! Files: in-memory (memfd) and host files with a page cache of arena
+//! frames: pread/pwrite, ftruncate both ways, write-back, typed errors.
+
+mod common;
+
+use common::{errno_of, machine};
+use softmm::reclaim::device::MemSwap;
+use softmm::{errno, Config, Error, Machine, SwapConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const PAGE: u64 = 4096;
+
+/// A scratch host file holding `content`, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str, content: &[u8]) -> Scratch {
+        let p = std::env::temp_dir().join(format!("softmm-files-{}-{name}", std::process::id()));
+        std::fs::write(&p, content).unwrap();
+        Scratch(p)
+    }
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn pread(f: &softmm::File, off: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0xeeu8; len];
+    let n = f.pread(off, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn memfd_reads_zeros_and_holes_take_no_memory() {
+    let m = machine();
+    let f = m.memfd("zeros", 3 * PAGE).unwrap();
+    assert_eq!(f.len(), 3 * PAGE);
+    assert_eq!(pread(&f, 100, 5000), vec![0; 5000]);
+    assert_eq!(f.cached_pages(), 0);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn memfd_write_then_read_across_pages() {
+    let m = machine();
+    let f = m.memfd("rw", 3 * PAGE).unwrap();
+    let data: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(f.pwrite(PAGE - 1000, &data).unwrap(), data.len());
+    assert_eq!(pread(&f, PAGE - 1000, data.len()), data);
+    assert_eq!(pread(&f, 0, 4), vec![0; 4]);
+    assert_eq!(f.cached_pages(), 3, "pages 0..=2 were written");
+    assert_eq!(f.len(), 3 * PAGE, "a write inside the file keeps its length");
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn reads_stop_at_the_end_of_the_file() {
+    let m = machine();
+    let f = m.memfd("short", 100).unwrap();
+    f.pwrite(90, b"0123456789").unwrap();
+    assert_eq!(pread(&f, 95, 50), b"56789");
+    assert!(pread(&f, 100, 10).is_empty());
+    assert!(pread(&f, 1 << 40, 10).is_empty());
+}
+
+#[test]
+fn a_write_past_the_end_grows_the_file() {
+    let m = machine();
+    let f = m.memfd("grow", 0).unwrap();
+    assert!(f.is_empty());
+    f.pwrite(2 * PAGE + 10, b"xyz").unwrap();
+    assert_eq!(f.len(), 2 * PAGE + 13);
+    assert_eq!(pread(&f, 2 * PAGE + 8, 10), b"\0\0xyz");
+    assert_eq!(f.cached_pages(), 1, "the hole before stays a hole");
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn truncate_down_drops_pages_and_zeroes_the_tail() {
+    let m = machine();
+    let f = m.memfd("trunc", 4 * PAGE).unwrap();
+    f.pwrite(0, &vec![7u8; 4 * PAGE as usize]).unwrap();
+    let before = m.stats().frames_in_use;
+    assert_eq!(f.cached_pages(), 4);
+    f.truncate(PAGE + 100).unwrap();
+    assert_eq!(f.len(), PAGE + 100);
+    assert_eq!(f.cached_pages(), 2);
+    assert_eq!(m.stats().frames_in_use, before - 2, "the two pages past the end are freed");
+    assert_eq!(pread(&f, PAGE + 90, 100), vec![7; 10]);
+    // Growing again: what was cut off reads as zeros, the tail of the old
+    // last page too.
+    f.truncate(3 * PAGE).unwrap();
+    assert_eq!(pread(&f, PAGE + 98, 4), [7, 7, 0, 0]);
+    assert_eq!(pread(&f, 2 * PAGE, 10), vec![0; 10]);
+    f.truncate(0).unwrap();
+    assert_eq!(f.cached_pages(), 0);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn handles_share_one_cache() {
+    let m = machine();
+    let a = m.memfd("shared", PAGE).unwrap();
+    let b = a.clone();
+    a.pwrite(10, b"seen").unwrap();
+    assert_eq!(pread(&b, 10, 4), b"seen");
+    drop(a);
+    assert_eq!(pread(&b, 10, 4), b"seen");
+}
+
+#[test]
+fn too_large_is_efbig_and_changes_nothing() {
+    let m = machine();
+    let f = m.memfd("big", PAGE).unwrap();
+    f.pwrite(0, b"keep").unwrap();
+    assert_eq!(errno_of(f.pwrite(u64::MAX - 1, b"abc")), errno::EFBIG);
+    assert_eq!(errno_of(f.pwrite(i64::MAX as u64, b"a")), errno::EFBIG);
+    assert_eq!(errno_of(f.truncate(u64::MAX)), errno::EFBIG);
+    assert_eq!(errno_of(m.memfd("huge", u64::MAX)), errno::EFBIG);
+    assert_eq!(f.len(), PAGE);
+    assert_eq!(pread(&f, 0, 4), b"keep");
+}
+
+#[test]
+fn host_file_reads_its_content_through_the_cache() {
+    let content: Vec<u8> = (0..10000u32).map(|i| (i % 253) as u8).collect();
+    let s = Scratch::new("read", &content);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    assert_eq!(f.len(), 10000);
+    assert_eq!(pread(&f, 0, 20000), content);
+    assert_eq!(f.cached_pages(), 3);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn host_file_sees_writes_after_sync() {
+    let s = Scratch::new("sync", &[1u8; 5000]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    f.pwrite(4095, b"ab").unwrap();
+    assert_eq!(pread(&f, 4094, 4), [1, b'a', b'b', 1]);
+    assert_eq!(s.bytes()[4095], 1, "a dirty page reaches the host file on write-back");
+    f.sync().unwrap();
+    let mut want = vec![1u8; 5000];
+    want[4095] = b'a';
+    want[4096] = b'b';
+    assert_eq!(s.bytes(), want, "write-back writes no byte past the end of the file");
+}
+
+#[test]
+fn host_file_grows_and_shrinks() {
+    let s = Scratch::new("size", b"hello world");
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    f.pwrite(PAGE + 1, b"!").unwrap();
+    assert_eq!(std::fs::metadata(&s.0).unwrap().len(), PAGE + 2);
+    f.sync().unwrap();
+    let b = s.bytes();
+    assert_eq!((&b[..11], b[PAGE as usize + 1]), (&b"hello world"[..], b'!'));
+    f.truncate(5).unwrap();
+    assert_eq!(f.len(), 5);
+    assert_eq!(s.bytes(), b"hello");
+    f.truncate(8).unwrap();
+    assert_eq!(pread(&f, 0, 100), b"hello\0\0\0");
+    f.sync().unwrap();
+    assert_eq!(s.bytes(), b"hello\0\0\0");
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn the_last_handle_writes_dirty_pages_back() {
+    let s = Scratch::new("drop", b"0000");
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    f.pwrite(1, b"xy").unwrap();
+    drop(f);
+    assert_eq!(s.bytes(), b"0xy0");
+}
+
+#[test]
+fn opening_a_missing_file_says_so() {
+    let m = machine();
+    let missing = std::env::temp_dir().join(format!("softmm-files-{}-missing", std::process::id()));
+    let e = m.open_file(&missing).unwrap_err();
+    assert_eq!(e.errno(), libc_enoent());
+    assert!(matches!(&e, Error::FileIo { what, .. } if what.contains("softmm-files")), "{e}");
+}
+
+fn libc_enoent() -> i32 {
+    std::io::Error::from(std::io::ErrorKind::NotFound).raw_os_error().unwrap_or(2)
+}
+
+#[test]
+fn memfd_pages_go_to_swap_and_come_back() {
+    let dev = Arc::new(MemSwap::new(1 << 20).unwrap());
+    let m = Machine::new(Config {
+        arena_bytes: 64 << 20,
+        mem_limit: Some(64 * PAGE),
+        swap: SwapConfig::Device(dev),
+        cpu_caches: 1,
+        prezero: false,
+        ..Config::default()
+    })
+    .unwrap();
+    let f = m.memfd("swapped", 8 * PAGE).unwrap();
+    for i in 0..8u64 {
+        f.pwrite(i * PAGE, &[i as u8 + 1; 16]).unwrap();
+    }
+    m.reclaim(64);
+    assert!(f.cached_pages() < 8, "reclaim took some of the file's pages");
+    for i in 0..8u64 {
+        assert_eq!(pread(&f, i * PAGE, 16), vec![i as u8 + 1; 16]);
+    }
+    assert_eq!(f.cached_pages(), 8);
+    m.check_invariants().unwrap();
+}
