@@ -94,6 +94,13 @@ pub enum Error {
         /// Unmapped or not permitted (`si_code`).
         kind: SegvKind,
     },
+    /// An access that a CPU would turn into SIGBUS: the page is wholly past
+    /// the end of the file the mapping maps (`EFAULT` for a system call).
+    #[error("bus error at {addr:#x}: past the end of the mapped file")]
+    Bus {
+        /// The faulting address.
+        addr: u64,
+    },
     /// The address space has exited.
     #[error("the address space has exited")]
     Exited,
@@ -163,6 +170,9 @@ pub enum Error {
         /// The host's errno.
         errno: i32,
     },
+    /// A file offset plus length past the largest file offset (`EOVERFLOW`).
+    #[error("value too large: {0}")]
+    Overflow(&'static str),
     /// A file would grow past the largest size Linux allows (`EFBIG`).
     #[error("file too large")]
     FileTooBig,
@@ -204,6 +214,8 @@ pub mod errno {
     pub const EDEADLK: i32 = 35;
     /// Not implemented.
     pub const ENOSYS: i32 = 38;
+    /// Value too large for the data type (a file offset).
+    pub const EOVERFLOW: i32 = 75;
     /// A futex wait timed out.
     pub const ETIMEDOUT: i32 = 110;
 
@@ -223,6 +235,7 @@ pub mod errno {
             EINVAL => "EINVAL",
             EDEADLK => "EDEADLK",
             ENOSYS => "ENOSYS",
+            EOVERFLOW => "EOVERFLOW",
             ETIMEDOUT => "ETIMEDOUT",
             _ => "EUNKNOWN",
         }
@@ -241,9 +254,10 @@ impl Error {
             Error::BelowMinAddr { .. } => EPERM,
             Error::Exists { .. } => EEXIST,
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
-            Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
+            Error::Fault { .. } | Error::Segv { .. } | Error::Bus { .. } | Error::Exited => EFAULT,
             Error::Host { errno, .. } | Error::SwapFile { errno, .. } | Error::FileIo { errno, .. } => *errno,
             Error::FileTooBig => EFBIG,
+            Error::Overflow(_) => EOVERFLOW,
             Error::SwapExhausted { .. } => ENOMEM,
             Error::Again | Error::LockFailed(_) => EAGAIN,
             Error::TimedOut => ETIMEDOUT,

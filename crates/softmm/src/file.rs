@@ -16,20 +16,21 @@ use std::sync::Arc;
 /// A file: in memory or a host file, with its page cache.
 #[derive(Clone)]
 pub struct File {
-    obj: Arc<ShmObject>,
+    pub(crate) obj: Arc<ShmObject>,
+    machine: Arc<MachineInner>,
 }
 
 impl File {
     /// An in-memory file of `len` bytes of zeros (`memfd_create` and
     /// `ftruncate`); `name` is only for display.
-    pub(crate) fn memfd(m: &MachineInner, name: &str, len: u64) -> Result<File> {
+    pub(crate) fn memfd(m: &Arc<MachineInner>, name: &str, len: u64) -> Result<File> {
         let store = Store::Memory { name: name.to_owned() };
         Self::create(m, store, len)
     }
 
     /// The host file at `path`, opened for reading and writing; its pages
     /// are read in on first use.
-    pub(crate) fn open(m: &MachineInner, path: &Path) -> Result<File> {
+    pub(crate) fn open(m: &Arc<MachineInner>, path: &Path) -> Result<File> {
         let host = |e: std::io::Error| Error::FileIo {
             what: format!("opening {}: {e}", path.display()),
             errno: e.raw_os_error().unwrap_or(crate::error::errno::EIO),
@@ -39,11 +40,11 @@ impl File {
         Self::create(m, Store::Host { file, path: path.to_owned() }, len)
     }
 
-    fn create(m: &MachineInner, store: Store, len: u64) -> Result<File> {
+    fn create(m: &Arc<MachineInner>, store: Store, len: u64) -> Result<File> {
         if len > crate::shm::MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
-        Ok(File { obj: m.new_shm_with(store, len)? })
+        Ok(File { obj: m.new_shm_with(store, len)?, machine: m.clone() })
     }
 
     /// The file's length in bytes.
@@ -74,9 +75,7 @@ impl File {
     /// page.
     pub fn truncate(&self, len: u64) -> Result<()> {
         let removed = self.obj.set_size(len)?;
-        // No address space maps a file object yet, so no entry maps a
-        // page taken out: the index's references are the last ones.
-        self.obj.release(removed.into_iter().map(|(_, p)| p));
+        crate::reclaim::drop_pages(&self.machine, &self.obj, removed);
         Ok(())
     }
 
@@ -89,6 +88,36 @@ impl File {
     /// Pages of the file in the page cache (in memory, not on swap).
     pub fn cached_pages(&self) -> u64 {
         self.obj.resident().len() as u64
+    }
+}
+
+impl crate::Mm {
+    /// Map `len` bytes of `file` from byte `offset` (page-aligned, else
+    /// `EINVAL`), as `mmap` of a file descriptor. [`crate::MapKind::Shared`]: the
+    /// mapping maps the file's page-cache pages, so writes reach the file's
+    /// pages at once and every mapping and `File::pread` sees them. A page
+    /// wholly past the end of the file faults with [`Error::Bus`] (SIGBUS);
+    /// the rest of the last page reads as zeros. Private file mappings are
+    /// not implemented yet (`ENOSYS`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap_file(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: crate::Prot,
+        kind: crate::MapKind,
+        place: crate::Placement,
+        file: &File,
+        offset: u64,
+    ) -> Result<u64> {
+        if offset & 0xfff != 0 {
+            return Err(Error::Misaligned { what: "offset", value: offset });
+        }
+        let pages = len.div_ceil(crate::PAGE_SIZE as u64);
+        if (offset >> 12).checked_add(pages).is_none_or(|e| e > crate::shm::MAX_FILE_SIZE >> 12) {
+            return Err(Error::Overflow("file offset plus length"));
+        }
+        self.mmap_source(addr, len, prot, kind, place, crate::MapFlags::NONE, Some((&file.obj, offset >> 12)))
     }
 }
 

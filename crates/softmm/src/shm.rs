@@ -96,9 +96,10 @@ impl ShmObject {
     /// reference for the caller (the mapping it is about to install).
     /// `Error::Again` when the page is on swap: the caller brings it back
     /// with [`ShmObject::swap_in`] (outside its page-table lock) and retries.
-    pub(crate) fn get_page(&self, pgoff: u64) -> Result<FrameId> {
+    /// `Error::Bus` at `addr` when the page is wholly past the end.
+    pub(crate) fn get_page(&self, pgoff: u64, addr: u64) -> Result<FrameId> {
         let mut index = self.index.lock();
-        let slot = index.pages.get_mut(pgoff as usize).ok_or(Error::Fault { addr: pgoff << 12 })?;
+        let slot = index.pages.get_mut(pgoff as usize).ok_or(Error::Bus { addr })?;
         let f = match *slot {
             ShmPage::Frame(f) => f,
             ShmPage::Swapped(_) => return Err(Error::Again),
@@ -113,6 +114,29 @@ impl ShmObject {
         };
         self.arena.get(f);
         Ok(f)
+    }
+
+    /// Before a fault takes its page-table lock: `Error::Bus` at `addr` for
+    /// a page wholly past the end; bring page `pgoff` back from swap, or
+    /// read a host file's page in (I/O outside every lock). Returns whether
+    /// the page came back from swap.
+    pub(crate) fn prepare_fault(&self, pgoff: u64, addr: u64) -> Result<bool> {
+        let index = self.index.lock();
+        let truncations = index.truncations;
+        match index.pages.get(pgoff as usize) {
+            None => Err(Error::Bus { addr }),
+            Some(&ShmPage::Swapped(slot)) => {
+                drop(index);
+                self.swap_in(pgoff, slot, addr)?;
+                Ok(true)
+            }
+            Some(&ShmPage::Absent) if self.store.is_host() => {
+                drop(index);
+                self.read_in(pgoff, truncations)?;
+                Ok(false)
+            }
+            Some(_) => Ok(false),
+        }
     }
 
     /// Make `f` the object's page `pgoff` (rmap owner and index), and only

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{errno_of, machine};
+use common::{errno_of, machine, read};
 use softmm::reclaim::device::MemSwap;
-use softmm::{errno, Config, Error, Machine, SwapConfig};
+use softmm::{errno, Config, Error, Machine, MapKind, Placement, Prot, SwapConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -222,4 +222,117 @@ fn memfd_pages_go_to_swap_and_come_back() {
     }
     assert_eq!(f.cached_pages(), 8);
     m.check_invariants().unwrap();
+}
+
+const BASE: u64 = 0x1000_0000;
+
+fn map_file(mm: &softmm::Mm, f: &softmm::File, len: u64, offset: u64) -> u64 {
+    mm.mmap_file(BASE, len, Prot::RW, MapKind::Shared, Placement::Fixed, f, offset).unwrap()
+}
+
+#[test]
+fn a_shared_mapping_and_the_file_see_the_same_pages() {
+    let m = machine();
+    let f = m.memfd("map", 2 * PAGE).unwrap();
+    let a = m.new_mm().unwrap();
+    let b = m.new_mm().unwrap();
+    map_file(&a, &f, 2 * PAGE, 0);
+    map_file(&b, &f, 2 * PAGE, 0);
+    a.write(BASE + 10, b"via a").unwrap();
+    assert_eq!(pread(&f, 10, 5), b"via a");
+    assert_eq!(read(&b, BASE + 10, 5), b"via a");
+    f.pwrite(PAGE + 7, b"via file").unwrap();
+    assert_eq!(read(&a, BASE + PAGE + 7, 8), b"via file");
+    assert_eq!(a.phys(BASE), b.phys(BASE), "one cache page, two mappings");
+    a.check_invariants().unwrap();
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn a_mapping_from_an_offset_maps_the_pages_from_there() {
+    let content: Vec<u8> = (0..3 * PAGE).map(|i| (i / PAGE) as u8 + 1).collect();
+    let s = Scratch::new("offset", &content);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 2 * PAGE, PAGE);
+    assert_eq!(read(&mm, BASE, 1), [2]);
+    assert_eq!(read(&mm, BASE + PAGE, 1), [3]);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn writes_through_a_host_file_mapping_reach_the_file_after_unmap_and_sync() {
+    let s = Scratch::new("mapwrite", &[5u8; 100]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, PAGE, 0);
+    assert_eq!(read(&mm, BASE + 98, 4), [5, 5, 0, 0], "the tail of the last page reads as zeros");
+    mm.write(BASE + 1, b"ok").unwrap();
+    mm.write(BASE + 200, b"tail").unwrap(); // within the last page, past the end
+    mm.munmap(BASE, PAGE).unwrap();
+    f.sync().unwrap();
+    let mut want = vec![5u8; 100];
+    want[1..3].copy_from_slice(b"ok");
+    assert_eq!(s.bytes(), want, "only bytes before the end of the file are written back");
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn a_page_wholly_past_the_end_is_sigbus() {
+    let m = machine();
+    let f = m.memfd("bus", PAGE + 10).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 3 * PAGE, 0);
+    assert_eq!(read(&mm, BASE + PAGE + 100, 2), [0, 0], "the last page is mapped whole");
+    let mut b = [0u8; 1];
+    assert_eq!(mm.read(BASE + 2 * PAGE, &mut b), Err(Error::Bus { addr: BASE + 2 * PAGE }));
+    assert_eq!(errno_of(mm.write(BASE + 2 * PAGE + 5, b"x")), errno::EFAULT);
+    mm.check_invariants().unwrap();
+}
+
+#[test]
+fn truncation_unmaps_pages_past_the_end_from_every_mapping() {
+    let m = machine();
+    let f = m.memfd("shrink", 3 * PAGE).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 3 * PAGE, 0);
+    mm.write(BASE, &vec![9u8; 3 * PAGE as usize]).unwrap();
+    let before = m.stats().frames_in_use;
+    f.truncate(PAGE / 2).unwrap();
+    assert_eq!(mm.phys(BASE + PAGE), None, "unmapped");
+    assert_eq!(m.stats().frames_in_use, before - 2, "and freed");
+    assert_eq!(read(&mm, BASE + PAGE / 2 - 1, 2), [9, 0], "the tail of the last page is zeroed");
+    let mut b = [0u8; 1];
+    assert_eq!(mm.read(BASE + PAGE, &mut b), Err(Error::Bus { addr: BASE + PAGE }));
+    mm.check_invariants().unwrap();
+    f.truncate(3 * PAGE).unwrap();
+    assert_eq!(read(&mm, BASE + 2 * PAGE, 4), [0; 4], "grown again: zeros");
+    mm.check_invariants().unwrap();
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn bad_file_mappings_are_refused() {
+    let m = machine();
+    let f = m.memfd("bad", PAGE).unwrap();
+    let mm = m.new_mm().unwrap();
+    let map = |kind, offset| mm.mmap_file(BASE, PAGE, Prot::RW, kind, Placement::Fixed, &f, offset);
+    assert_eq!(errno_of(map(MapKind::Shared, 100)), errno::EINVAL);
+    assert_eq!(errno_of(map(MapKind::Shared, !0xfff)), errno::EOVERFLOW);
+    assert_eq!(errno_of(map(MapKind::Private, 0)), errno::ENOSYS);
+    assert!(mm.mappings().is_empty(), "nothing was mapped");
+}
+
+#[test]
+fn the_file_outlives_its_handles_while_mapped() {
+    let m = machine();
+    let f = m.memfd("kept", PAGE).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, PAGE, 0);
+    f.pwrite(0, b"still").unwrap();
+    drop(f);
+    assert_eq!(read(&mm, BASE, 5), b"still");
+    mm.check_invariants().unwrap();
 }

@@ -259,7 +259,22 @@ impl Mm {
         if flags.contains(MapFlags::GROWSDOWN) && kind == MapKind::Shared {
             return Err(Error::Invalid("MAP_GROWSDOWN with shared memory"));
         }
-        let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags())?;
+        self.mmap_source(addr, len, prot, kind, place, flags, None)
+    }
+
+    /// `mmap_with` of anonymous memory or of a file (`file.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mmap_source(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        kind: MapKind,
+        place: Placement,
+        flags: MapFlags,
+        file: mmap::Source<'_>,
+    ) -> Result<u64> {
+        let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags(), file)?;
         if flags.contains(MapFlags::POPULATE) || locked {
             let end = args::page_align(len).map_or(start, |l| start.saturating_add(l));
             let _ = mlock::populate(&self.inner, start, end, true);

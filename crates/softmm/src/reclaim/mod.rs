@@ -34,7 +34,7 @@ pub(crate) mod swap;
 mod swapin;
 mod visit;
 
-pub(crate) use advice::{punch_shm, swapin_range};
+pub(crate) use advice::{drop_pages, punch_shm, swapin_range};
 pub use kswapd::watermarks;
 pub(crate) use migrate::migrate_frame;
 pub(crate) use scan::{direct_reclaim, reclaim_pages, shrink};
