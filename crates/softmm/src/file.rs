@@ -82,7 +82,7 @@ impl File {
     /// Write every dirty cached page back to the host file (`fsync`);
     /// nothing for an in-memory file.
     pub fn sync(&self) -> Result<()> {
-        self.obj.write_back()
+        crate::reclaim::write_back_range(&self.machine, &self.obj, 0, u64::MAX)
     }
 
     /// Pages of the file in the page cache (in memory, not on swap).

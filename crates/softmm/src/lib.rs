@@ -113,7 +113,7 @@ pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{
     Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT,
-    MLOCK_ONFAULT,
+    MLOCK_ONFAULT, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
 };
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use pgtable::TASK_SIZE;

@@ -5,7 +5,7 @@ mod common;
 
 use common::{errno_of, machine, read};
 use softmm::reclaim::device::MemSwap;
-use softmm::{errno, Config, Error, Machine, MapKind, Placement, Prot, SwapConfig};
+use softmm::{errno, Config, Error, Machine, MapKind, Placement, Prot, SwapConfig, MS_ASYNC, MS_INVALIDATE, MS_SYNC};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -335,4 +335,68 @@ fn the_file_outlives_its_handles_while_mapped() {
     drop(f);
     assert_eq!(read(&mm, BASE, 5), b"still");
     mm.check_invariants().unwrap();
+}
+
+#[test]
+fn msync_writes_a_live_mapping_back_and_keeps_tracking_it() {
+    let s = Scratch::new("msync", &[0u8; 2 * PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 2 * PAGE, 0);
+    let mut acc = mm.accessor();
+    acc.write(BASE + 5, b"one").unwrap();
+    mm.msync(BASE, 2 * PAGE, MS_SYNC).unwrap();
+    assert_eq!(&s.bytes()[5..8], b"one");
+    // The accessor's cached translation must not let a write go unseen.
+    acc.write(BASE + 5, b"two").unwrap();
+    mm.msync(BASE, PAGE, MS_SYNC).unwrap();
+    assert_eq!(&s.bytes()[5..8], b"two");
+    acc.write(BASE + PAGE, b"three").unwrap();
+    f.sync().unwrap();
+    assert_eq!(&s.bytes()[PAGE as usize..PAGE as usize + 5], b"three", "fsync harvests mappings too");
+    mm.check_invariants().unwrap();
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn msync_of_part_of_a_file_writes_only_that_part() {
+    let s = Scratch::new("msync-part", &[0u8; 2 * PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 2 * PAGE, 0);
+    mm.write(BASE, b"a").unwrap();
+    mm.write(BASE + PAGE, b"b").unwrap();
+    mm.msync(BASE + PAGE, 1, MS_SYNC).unwrap();
+    let b = s.bytes();
+    assert_eq!((b[0], b[PAGE as usize]), (0, b'b'));
+}
+
+#[test]
+fn msync_errors_are_linuxs() {
+    let s = Scratch::new("msync-err", &[0u8; PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, PAGE, 0);
+    assert_eq!(errno_of(mm.msync(BASE, PAGE, 8)), errno::EINVAL);
+    assert_eq!(errno_of(mm.msync(BASE + 1, PAGE, MS_SYNC)), errno::EINVAL);
+    assert_eq!(errno_of(mm.msync(BASE, PAGE, MS_SYNC | MS_ASYNC)), errno::EINVAL);
+    assert_eq!(errno_of(mm.msync(!0xfff, 2 * PAGE, MS_SYNC)), errno::ENOMEM);
+    mm.msync(BASE, 0, MS_SYNC).unwrap();
+    mm.msync(BASE, PAGE, MS_ASYNC).unwrap();
+    mm.msync(BASE, PAGE, MS_INVALIDATE).unwrap();
+    // A hole: ENOMEM, but the mapped part is written back all the same.
+    mm.write(BASE, b"z").unwrap();
+    assert_eq!(errno_of(mm.msync(BASE - PAGE, 2 * PAGE, MS_SYNC)), errno::ENOMEM);
+    assert_eq!(s.bytes()[0], b'z');
+    assert_eq!(errno_of(mm.msync(BASE - PAGE, 2 * PAGE, MS_ASYNC)), errno::ENOMEM);
+    assert_eq!(errno_of(mm.msync(BASE, 2 * PAGE, MS_SYNC)), errno::ENOMEM, "a hole at the end");
+    mm.mlock(BASE, PAGE).unwrap();
+    assert_eq!(errno_of(mm.msync(BASE, PAGE, MS_INVALIDATE)), errno::EBUSY);
+    mm.msync(BASE, PAGE, MS_SYNC).unwrap();
+    // Private anonymous memory: nothing to write, no error.
+    let anon = mm.mmap(0x2000_0000, PAGE, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+    mm.msync(anon, PAGE, MS_SYNC).unwrap();
 }

@@ -86,6 +86,7 @@ pub(crate) mod invariants;
 mod madvise;
 mod mlock;
 mod mmap;
+mod msync;
 pub(crate) mod pin;
 mod smaps;
 mod stack;
@@ -95,6 +96,7 @@ pub use args::{Advice, MapFlags, Placement};
 pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
 pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
+pub use msync::{MS_ASYNC, MS_INVALIDATE, MS_SYNC};
 pub use pin::PinnedPages;
 pub(crate) use stack::expand_stack;
 
@@ -280,6 +282,18 @@ impl Mm {
             let _ = mlock::populate(&self.inner, start, end, true);
         }
         Ok(start)
+    }
+
+    /// `msync`: with [`MS_SYNC`], write the dirty pages of the shared file
+    /// mappings in `[addr, addr + len)` back to their host files and wait
+    /// (dirty entries of every mapping of those pages are harvested first).
+    /// Errors as Linux's: `EINVAL` for unknown flags, a misaligned `addr`,
+    /// or both `MS_ASYNC` and `MS_SYNC`; `ENOMEM` when part of the range is
+    /// not mapped (the mapped parts are still written back); `EBUSY` for
+    /// `MS_INVALIDATE` over locked memory; a failed write is
+    /// [`Error::FileIo`] with the host's errno.
+    pub fn msync(&self, addr: u64, len: u64, flags: u32) -> Result<()> {
+        msync::do_msync(&self.inner, addr, len, flags)
     }
 
     /// Lock `[addr, addr + len)` in memory (`mlock`): the VMAs become

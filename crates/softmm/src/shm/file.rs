@@ -101,9 +101,11 @@ impl ShmObject {
         Ok((first..).zip(removed).filter(|(_, p)| *p != ShmPage::Absent).collect())
     }
 
-    /// Write every dirty page back to the host file (`fsync`, `msync`):
-    /// nothing to do for an in-memory file. A failed write leaves the page
-    /// dirty and is `Error::FileIo`.
+    /// Write every dirty page back to the host file when no address space
+    /// maps it any more (the object's last reference going): the pages'
+    /// own dirty flags say all. Live mappings' entries are harvested first
+    /// by `reclaim::write_back_range`. A failed write leaves the page dirty
+    /// and is `Error::FileIo`.
     pub(crate) fn write_back(&self) -> Result<()> {
         if !self.store.is_host() {
             return Ok(());
