@@ -13,6 +13,10 @@ use crate::shm::{ShmObject, Store};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Direct reclaims one page of a read or write runs before it gives up
+/// with ENOMEM (as a fault's `MAX_RECLAIMS`).
+const MAX_RECLAIMS: u32 = 1024;
+
 /// A file: in memory or a host file, with its page cache.
 #[derive(Clone)]
 pub struct File {
@@ -60,14 +64,54 @@ impl File {
     /// Read up to `buf.len()` bytes at `offset`; returns how many were read
     /// (fewer at the end of the file, 0 past it), as `pread`.
     pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.obj.pread(offset, buf)
+        self.by_page(offset, buf.len(), |pos, r| self.obj.pread(pos, &mut buf[r]))
     }
 
     /// Write `data` at `offset`, growing the file when the write ends past
     /// its end; returns the bytes written, as `pwrite`. `Error::FileTooBig`
     /// (`EFBIG`) past the largest file size.
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
-        self.obj.pwrite(offset, data)
+        // The whole size check first: EFBIG writes nothing.
+        offset.checked_add(data.len() as u64).filter(|&e| e <= crate::shm::MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        self.by_page(offset, data.len(), |pos, r| self.obj.pwrite(pos, &data[r]))
+    }
+
+    /// Run `op` on each page's part of `len` bytes at `offset` (the file
+    /// offset and the range of the caller's buffer), with direct reclaim
+    /// and a retry of that page when it finds no frame, so a file larger
+    /// than the memory limit is read or written whole. Stops at a short
+    /// part (the end of the file); an error after some bytes is a short
+    /// count, as Linux's read and write answer.
+    fn by_page(
+        &self,
+        offset: u64,
+        len: usize,
+        mut op: impl FnMut(u64, std::ops::Range<usize>) -> Result<usize>,
+    ) -> Result<usize> {
+        let mut done = 0;
+        while done < len {
+            let pos = offset + done as u64;
+            let chunk = (crate::PAGE_SIZE - (pos & 0xfff) as usize).min(len - done);
+            let mut reclaims = 0;
+            let n = loop {
+                match op(pos, done..done + chunk) {
+                    // Bounded as a fault's reclaim is: others may keep
+                    // taking what is freed.
+                    Err(Error::NoMemory(_))
+                        if reclaims < MAX_RECLAIMS && crate::reclaim::direct_reclaim(&self.machine) =>
+                    {
+                        reclaims += 1;
+                    }
+                    Err(_) if done > 0 => return Ok(done),
+                    r => break r?,
+                }
+            };
+            done += n;
+            if n < chunk {
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// Set the length (`ftruncate`): growing reads as zeros, shrinking

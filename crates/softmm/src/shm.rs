@@ -202,10 +202,20 @@ impl ShmObject {
     /// reference the index takes over. Fails (and changes nothing) when
     /// the page changed or someone took a reference meanwhile.
     pub(crate) fn replace_with_slot(&self, pgoff: u64, f: FrameId, expected: u32, slot: u32) -> bool {
+        self.replace_page(pgoff, f, expected, ShmPage::Swapped(slot))
+    }
+
+    /// Drop a host file's clean page `pgoff` (frame `f`) from the cache, as
+    /// `replace_with_slot` does: a later access reads it in again.
+    pub(crate) fn evict(&self, pgoff: u64, f: FrameId, expected: u32) -> bool {
+        self.replace_page(pgoff, f, expected, ShmPage::Absent)
+    }
+
+    fn replace_page(&self, pgoff: u64, f: FrameId, expected: u32, new: ShmPage) -> bool {
         let mut index = self.index.lock();
         match index.pages.get_mut(pgoff as usize) {
             Some(p) if *p == ShmPage::Frame(f) && self.arena.meta(f).refcount() == expected => {
-                *p = ShmPage::Swapped(slot);
+                *p = new;
                 drop(index);
                 self.arena.put(f); // the index's reference
                 true

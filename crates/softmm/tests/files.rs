@@ -400,3 +400,75 @@ fn msync_errors_are_linuxs() {
     let anon = mm.mmap(0x2000_0000, PAGE, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
     mm.msync(anon, PAGE, MS_SYNC).unwrap();
 }
+
+fn no_swap(limit_pages: u64) -> Machine {
+    Machine::new(Config {
+        arena_bytes: 64 << 20,
+        mem_limit: Some(limit_pages * PAGE),
+        swap: SwapConfig::Off,
+        cpu_caches: 1,
+        prezero: false,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn reclaim_drops_clean_file_pages_without_swap() {
+    let content: Vec<u8> = (0..8 * PAGE).map(|i| (i % 241) as u8).collect();
+    let s = Scratch::new("reclaim-clean", &content);
+    let m = no_swap(64);
+    let f = m.open_file(&s.0).unwrap();
+    assert_eq!(pread(&f, 0, content.len()), content);
+    assert_eq!(f.cached_pages(), 8);
+    m.reclaim(64);
+    assert_eq!(f.cached_pages(), 0, "clean pages are dropped");
+    assert_eq!(m.stats().file_pages_dropped, 8);
+    assert_eq!(m.stats().swap_outs, 0);
+    assert_eq!(s.bytes(), content, "nothing was written");
+    assert_eq!(pread(&f, 0, content.len()), content, "and read in again");
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn reclaim_writes_dirty_file_pages_back_first() {
+    let s = Scratch::new("reclaim-dirty", &[0u8; 3 * PAGE as usize]);
+    let m = no_swap(64);
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 3 * PAGE, 0);
+    f.pwrite(10, b"by pwrite").unwrap();
+    mm.write(BASE + PAGE + 10, b"by a store").unwrap();
+    m.reclaim(64);
+    assert_eq!(f.cached_pages(), 0);
+    assert_eq!(mm.phys(BASE + PAGE), None, "unmapped through the object's mappers");
+    let b = s.bytes();
+    assert_eq!(&b[10..19], b"by pwrite");
+    assert_eq!(&b[PAGE as usize + 10..PAGE as usize + 20], b"by a store");
+    assert_eq!(read(&mm, BASE + PAGE + 10, 10), b"by a store", "faulted in again from the file");
+    mm.check_invariants().unwrap();
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn a_file_larger_than_the_memory_limit_reads_and_writes_whole() {
+    let n = 48 * PAGE as usize;
+    let s = Scratch::new("reclaim-big", &vec![3u8; n]);
+    let m = no_swap(16);
+    let f = m.open_file(&s.0).unwrap();
+    // Made first: `Machine::new_mm` does not reclaim for its page table.
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, n as u64, 0);
+    assert_eq!(pread(&f, 0, n), vec![3u8; n]);
+    let data: Vec<u8> = (0..n).map(|i| (i % 239) as u8).collect();
+    assert_eq!(f.pwrite(0, &data).unwrap(), n);
+    assert_eq!(pread(&f, 0, n), data);
+    f.sync().unwrap();
+    assert_eq!(s.bytes(), data);
+    assert_eq!(read(&mm, BASE, n), data, "faults reclaim file pages too");
+    mm.write(BASE, &vec![1u8; n]).unwrap();
+    mm.msync(BASE, n as u64, MS_SYNC).unwrap();
+    assert_eq!(s.bytes(), vec![1u8; n]);
+    mm.check_invariants().unwrap();
+    m.check_invariants().unwrap();
+}

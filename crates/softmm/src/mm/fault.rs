@@ -87,7 +87,7 @@ fn fault_in_as<const NOTIFY: bool>(
             // swap between its swap-in and its mapping: look again.
             Ok(None) | Err(Error::Again) => continue,
             Err(Error::NoMemory(_))
-                if stalls < MAX_STALLS && reclaims < MAX_RECLAIMS && mm.machine.reclaim.swap.is_some() =>
+                if stalls < MAX_STALLS && reclaims < MAX_RECLAIMS && crate::reclaim::can_reclaim(&mm.machine) =>
             {
                 // Frames another faulting thread takes first do not count
                 // against this one: only reclaims that free nothing do.

@@ -23,9 +23,10 @@ use crate::vma::Backing;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Swap out page `f` of a shared object (the caller holds a reference).
-/// Returns whether the frame left memory.
-pub(crate) fn swap_out_shm(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+/// Swap out page `f` of a shared object (the caller holds a reference);
+/// a host file's page is written back if dirty and dropped instead (no
+/// swap needed). Returns whether the frame left memory.
+pub(crate) fn swap_out_shm(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_only: bool) -> Result<bool> {
     let meta = m.arena.meta(f);
     if !meta.try_lock() {
         return Ok(false);
@@ -35,7 +36,7 @@ pub(crate) fn swap_out_shm(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_o
     r
 }
 
-fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+fn swap_out_locked(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_only: bool) -> Result<bool> {
     let arena = &m.arena;
     let meta = arena.meta(f);
     if !meta.has(flags::SHM) || meta.pins.load(Ordering::Acquire) > 0 {
@@ -55,6 +56,16 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
     if skipped || meta.mapcount() != 0 || meta.refcount() != 2 {
         return Ok(false);
     }
+    if obj.store.is_host() {
+        // Linux's pageout then __remove_mapping: a failed write keeps it.
+        obj.write_back_page(pgoff, f)?;
+        let dropped = obj.evict(pgoff, f, 2);
+        if dropped {
+            Counters::bump(&m.counters.file_pages_dropped);
+        }
+        return Ok(dropped);
+    }
+    let Some(swap) = swap else { return Ok(false) };
     let Some(slot) = swap.alloc() else {
         return Err(Error::SwapFull(format!("no free slot on {}", swap.dev.describe())));
     };
