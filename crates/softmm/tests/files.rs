@@ -472,3 +472,24 @@ fn a_file_larger_than_the_memory_limit_reads_and_writes_whole() {
     mm.check_invariants().unwrap();
     m.check_invariants().unwrap();
 }
+
+#[test]
+fn a_read_fault_maps_cached_neighbours_and_reads_only_its_own_page() {
+    let s = Scratch::new("around", &[4u8; 32 * PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    map_file(&mm, &f, 32 * PAGE, 0);
+    // Nothing cached: a fault reads its own page only (no readahead).
+    assert_eq!(read(&mm, BASE + 20 * PAGE, 1), [4]);
+    assert_eq!(f.cached_pages(), 1);
+    assert_eq!(mm.phys(BASE + 21 * PAGE), None);
+    // All cached: a read fault maps the 64 KiB window around it.
+    assert_eq!(pread(&f, 0, 32 * PAGE as usize).len(), 32 * PAGE as usize);
+    assert_eq!(read(&mm, BASE + 5 * PAGE, 1), [4]);
+    for p in 0..16 {
+        assert!(mm.phys(BASE + p * PAGE).is_some(), "page {p} of the window is mapped");
+    }
+    assert_eq!(mm.phys(BASE + 16 * PAGE), None, "past the window");
+    mm.check_invariants().unwrap();
+}
