@@ -72,7 +72,13 @@ impl File {
     /// (`EFBIG`) past the largest file size.
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
         // The whole size check first: EFBIG writes nothing.
-        offset.checked_add(data.len() as u64).filter(|&e| e <= crate::shm::MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= crate::shm::MAX_FILE_SIZE)
+            .ok_or(Error::FileTooBig)?;
+        if !data.is_empty() {
+            self.obj.load_last_page(end)?; // as for `truncate`
+        }
         self.by_page(offset, data.len(), |pos, r| self.obj.pwrite(pos, &data[r]))
     }
 
@@ -118,6 +124,10 @@ impl File {
     /// drops the cached pages past the end and zeroes the rest of the last
     /// page.
     pub fn truncate(&self, len: u64) -> Result<()> {
+        // Growing zeroes the rest of the old last page, which must be in
+        // memory for that (a swapped one could hold a mapping's stores
+        // past the end; an evicted host page was written only up to it).
+        self.obj.load_last_page(len)?;
         let removed = self.obj.set_size(len)?;
         crate::reclaim::drop_pages(&self.machine, &self.obj, removed);
         Ok(())

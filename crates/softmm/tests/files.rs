@@ -493,3 +493,25 @@ fn a_read_fault_maps_cached_neighbours_and_reads_only_its_own_page() {
     assert_eq!(mm.phys(BASE + 16 * PAGE), None, "past the window");
     mm.check_invariants().unwrap();
 }
+
+#[test]
+fn stores_past_the_end_never_become_file_content() {
+    for grow_by_write in [false, true] {
+        let s = Scratch::new(&format!("tail-{grow_by_write}"), &[7u8; 100]);
+        let m = machine();
+        let f = m.open_file(&s.0).unwrap();
+        let mm = m.new_mm().unwrap();
+        map_file(&mm, &f, PAGE, 0);
+        mm.write(BASE + 100, b"junk").unwrap(); // the tail of the last page
+        assert_eq!(read(&mm, BASE + 100, 4), b"junk", "the mapping sees its own store");
+        if grow_by_write {
+            f.pwrite(200, b"x").unwrap();
+        } else {
+            f.truncate(200).unwrap();
+        }
+        assert_eq!(pread(&f, 98, 6), [7, 7, 0, 0, 0, 0], "the file grew by zeros");
+        assert_eq!(read(&mm, BASE + 100, 4), [0; 4]);
+        f.sync().unwrap();
+        assert_eq!(&s.bytes()[98..104], [7, 7, 0, 0, 0, 0]);
+    }
+}

@@ -62,21 +62,48 @@ impl ShmObject {
         Ok(done)
     }
 
-    /// Make the file at least `end` bytes long (a write past its end).
+    /// Zero the page holding byte `end` from there on, if it is in memory:
+    /// what a mapping stored past the end of the file never becomes file
+    /// content (the caller brought a swapped page in beforehand).
+    fn zero_past(&self, index: &super::Index, end: u64) {
+        let tail = (end & 0xfff) as usize;
+        if let (true, Some(&ShmPage::Frame(f))) = (tail != 0, index.pages.get((end >> 12) as usize)) {
+            self.arena.fill(f, tail, PAGE_SIZE - tail, 0);
+        }
+    }
+
+    /// Bring the page holding the end of the file into memory if the
+    /// file is about to grow past it (so `zero_past` finds it).
+    pub(crate) fn load_last_page(&self, new_size: u64) -> Result<()> {
+        let old = self.size();
+        if new_size > old && old & 0xfff != 0 {
+            if let Some(f) = self.page_for_io(old >> 12, false)? {
+                self.arena.put(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the file at least `end` bytes long (a write past its end): the
+    /// file grows by zeros, as with `set_size`.
     fn grow_to(&self, end: u64) -> Result<()> {
         let mut index = self.index.lock();
         if end <= index.size {
             return Ok(());
         }
+        self.zero_past(&index, index.size);
         self.store.set_len(end)?;
         resize_index(&mut index.pages, end)?;
         index.size = end;
         Ok(())
     }
 
-    /// Set the size (`ftruncate`): growing adds holes; shrinking drops the
-    /// pages wholly past the end from the cache and zeroes the tail of the
-    /// last page (Linux's `truncate_inode_pages` and partial-page zeroing).
+    /// Set the size (`ftruncate`): growing adds holes and zeroes what a
+    /// mapping stored past the old end in its last page (as POSIX wants and
+    /// XFS's `xfs_zero_range` does: the file grows by zeros); shrinking
+    /// drops the pages wholly past the end from the cache and zeroes the
+    /// tail of the last page (Linux's `truncate_inode_pages` and
+    /// partial-page zeroing).
     /// Returns the pages dropped from the index (the caller unmaps them
     /// from every mapping, then drops the index's references).
     pub(crate) fn set_size(&self, size: u64) -> Result<Vec<(u64, ShmPage)>> {
@@ -88,14 +115,12 @@ impl ShmObject {
         let mut index = self.index.lock();
         self.store.set_len(size)?;
         let first = size.div_ceil(PAGE_SIZE as u64);
+        let old = index.size;
         let removed = resize_index(&mut index.pages, size)?;
-        if size < index.size {
+        if size < old {
             index.truncations += 1;
-            let tail = (size & 0xfff) as usize;
-            if let (true, Some(&ShmPage::Frame(f))) = (tail != 0, index.pages.last()) {
-                self.arena.fill(f, tail, PAGE_SIZE - tail, 0);
-            }
         }
+        self.zero_past(&index, size.min(old));
         index.size = size;
         drop(index);
         Ok((first..).zip(removed).filter(|(_, p)| *p != ShmPage::Absent).collect())
