@@ -94,6 +94,13 @@ pub enum Error {
         /// Unmapped or not permitted (`si_code`).
         kind: SegvKind,
     },
+    /// An access that a CPU would turn into SIGBUS: the page is wholly past
+    /// the end of the file the mapping maps (`EFAULT` for a system call).
+    #[error("bus error at {addr:#x}: past the end of the mapped file")]
+    Bus {
+        /// The faulting address.
+        addr: u64,
+    },
     /// The address space has exited.
     #[error("the address space has exited")]
     Exited,
@@ -154,6 +161,21 @@ pub enum Error {
         /// The host's errno.
         errno: i32,
     },
+    /// A host file's read, write or truncation failed (the host's `errno`,
+    /// `EIO` when it gave none); `what` names the file and the offset.
+    #[error("file I/O error: {what}")]
+    FileIo {
+        /// The file, the operation and the host's words.
+        what: String,
+        /// The host's errno.
+        errno: i32,
+    },
+    /// A file offset plus length past the largest file offset (`EOVERFLOW`).
+    #[error("value too large: {0}")]
+    Overflow(&'static str),
+    /// A file would grow past the largest size Linux allows (`EFBIG`).
+    #[error("file too large")]
+    FileTooBig,
     /// No frame is left under the frame limit and none can be freed because
     /// the swap device, which `device` describes, is full: Linux would OOM
     /// (`ENOMEM`).
@@ -174,6 +196,8 @@ pub mod errno {
     pub const EIO: i32 = 5;
     /// Device or resource busy.
     pub const EBUSY: i32 = 16;
+    /// File too large.
+    pub const EFBIG: i32 = 27;
     /// No space left on device.
     pub const ENOSPC: i32 = 28;
     /// Try again (the futex word changed).
@@ -190,6 +214,8 @@ pub mod errno {
     pub const EDEADLK: i32 = 35;
     /// Not implemented.
     pub const ENOSYS: i32 = 38;
+    /// Value too large for the data type (a file offset).
+    pub const EOVERFLOW: i32 = 75;
     /// A futex wait timed out.
     pub const ETIMEDOUT: i32 = 110;
 
@@ -200,6 +226,7 @@ pub mod errno {
             EINTR => "EINTR",
             EIO => "EIO",
             EBUSY => "EBUSY",
+            EFBIG => "EFBIG",
             ENOSPC => "ENOSPC",
             EAGAIN => "EAGAIN",
             ENOMEM => "ENOMEM",
@@ -208,6 +235,7 @@ pub mod errno {
             EINVAL => "EINVAL",
             EDEADLK => "EDEADLK",
             ENOSYS => "ENOSYS",
+            EOVERFLOW => "EOVERFLOW",
             ETIMEDOUT => "ETIMEDOUT",
             _ => "EUNKNOWN",
         }
@@ -226,8 +254,10 @@ impl Error {
             Error::BelowMinAddr { .. } => EPERM,
             Error::Exists { .. } => EEXIST,
             Error::NotMapped { .. } | Error::NoMemory(_) => ENOMEM,
-            Error::Fault { .. } | Error::Segv { .. } | Error::Exited => EFAULT,
-            Error::Host { errno, .. } | Error::SwapFile { errno, .. } => *errno,
+            Error::Fault { .. } | Error::Segv { .. } | Error::Bus { .. } | Error::Exited => EFAULT,
+            Error::Host { errno, .. } | Error::SwapFile { errno, .. } | Error::FileIo { errno, .. } => *errno,
+            Error::FileTooBig => EFBIG,
+            Error::Overflow(_) => EOVERFLOW,
             Error::SwapExhausted { .. } => ENOMEM,
             Error::Again | Error::LockFailed(_) => EAGAIN,
             Error::TimedOut => ETIMEDOUT,

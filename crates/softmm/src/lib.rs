@@ -18,6 +18,8 @@
 //! - Fast access: [`Accessor`] (one per thread, a software TLB), [`Batch`]
 //!   (many accesses under one entry), [`GuestWords`] (atomic words),
 //!   [`SharedAccessor`] and `vm-memory` ([`access`]).
+//! - Files: [`File`] (`Machine::memfd`, `Machine::open_file`): an
+//!   in-memory or host file with a page cache of arena frames.
 //! - Futexes: [`FutexWaiter`], keys, wake-op and a guest mutex in
 //!   [`futex`].
 //! - Observers: [`MmuNotifier`] subscriptions ([`Subscription`]) and
@@ -86,6 +88,7 @@
 pub mod access;
 pub(crate) mod error;
 mod few;
+pub(crate) mod file;
 pub mod futex;
 pub(crate) mod machine;
 pub(crate) mod mm;
@@ -104,12 +107,13 @@ pub(crate) mod vma;
 
 pub use access::{Accessor, Batch, BytesError, GuestWords, SharedAccessor, Word};
 pub use error::{errno, Error, Result, SegvKind};
+pub use file::File;
 pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{
     Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, RemapFlags, MCL_CURRENT, MCL_FUTURE,
-    MCL_ONFAULT, MLOCK_ONFAULT,
+    MCL_ONFAULT, MLOCK_ONFAULT, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
 };
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use pgtable::TASK_SIZE;

@@ -137,6 +137,16 @@ impl MachineInner {
 
     pub(crate) fn new_shm(&self, npages: u64) -> Result<Arc<ShmObject>> {
         let obj = ShmObject::new(self.new_id(), self.arena.clone(), self.reclaim.swap.clone(), npages)?;
+        self.register_shm(obj)
+    }
+
+    /// A shared object of `size` bytes over `store` (a file).
+    pub(crate) fn new_shm_with(&self, store: crate::shm::Store, size: u64) -> Result<Arc<ShmObject>> {
+        let obj = ShmObject::with_store(self.new_id(), self.arena.clone(), self.reclaim.swap.clone(), size, store)?;
+        self.register_shm(obj)
+    }
+
+    fn register_shm(&self, obj: Arc<ShmObject>) -> Result<Arc<ShmObject>> {
         let mut shms = self.shms.lock();
         shms.retain(|w| w.strong_count() > 0);
         shms.push(Arc::downgrade(&obj));
@@ -228,6 +238,19 @@ impl Machine {
     /// A new, empty address space.
     pub fn new_mm(&self) -> Result<Mm> {
         Mm::new(self.inner.clone())
+    }
+
+    /// A new in-memory file of `len` bytes of zeros, as `memfd_create`
+    /// then `ftruncate`; `name` is for display only.
+    pub fn memfd(&self, name: &str, len: u64) -> Result<crate::File> {
+        crate::file::File::memfd(&self.inner, name, len)
+    }
+
+    /// The host file at `path`, opened for reading and writing, with a page
+    /// cache in the arena. `Error::FileIo` with the host's errno when it
+    /// cannot be opened.
+    pub fn open_file(&self, path: impl AsRef<std::path::Path>) -> Result<crate::File> {
+        crate::file::File::open(&self.inner, path.as_ref())
     }
 
     /// A snapshot of the global counters.

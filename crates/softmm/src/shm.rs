@@ -19,6 +19,11 @@ use crate::sync::Ordering;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
+mod file;
+mod store;
+pub(crate) use file::MAX_FILE_SIZE;
+pub(crate) use store::Store;
+
 /// One page of the index.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum ShmPage {
@@ -29,12 +34,25 @@ pub(crate) enum ShmPage {
     Swapped(u32),
 }
 
-/// A shared memory object.
+/// The page index and the size it covers, changed together.
+pub(crate) struct Index {
+    pub(crate) pages: Vec<ShmPage>,
+    /// In bytes; `pages` covers it, rounded up to whole pages.
+    pub(crate) size: u64,
+    /// Bumped by every truncation: a page read from the host file while it
+    /// ran may hold stale bytes and must not enter the cache.
+    pub(crate) truncations: u64,
+}
+
+/// A shared memory object: shared anonymous memory, or a file (an
+/// in-memory file or a host file's page cache, `shm/file.rs`).
 pub struct ShmObject {
     id: u64,
-    arena: Arc<FrameArena>,
+    pub(crate) arena: Arc<FrameArena>,
     swap: Option<Arc<SwapSpace>>,
-    pages: Mutex<Vec<ShmPage>>,
+    pub(crate) index: Mutex<Index>,
+    /// Where the pages come from and go back to.
+    pub(crate) store: Store,
     /// Address spaces with VMAs mapping the object.
     pub(crate) members: Members,
 }
@@ -46,11 +64,22 @@ impl ShmObject {
         swap: Option<Arc<SwapSpace>>,
         npages: u64,
     ) -> Result<Arc<ShmObject>> {
-        let n = usize::try_from(npages).map_err(|_| Error::NoMemory("shared object too large"))?;
+        let size = npages.checked_mul(PAGE_SIZE as u64).ok_or(Error::NoMemory("shared object too large"))?;
+        ShmObject::with_store(id, arena, swap, size, Store::Memory { name: String::new() })
+    }
+
+    /// An object of `size` bytes whose pages come from `store`.
+    pub(crate) fn with_store(
+        id: u64,
+        arena: Arc<FrameArena>,
+        swap: Option<Arc<SwapSpace>>,
+        size: u64,
+        store: Store,
+    ) -> Result<Arc<ShmObject>> {
         let mut pages = Vec::new();
-        pages.try_reserve_exact(n).map_err(|_| Error::NoMemory("shared object page index"))?;
-        pages.resize(n, ShmPage::Absent);
-        Ok(Arc::new(ShmObject { id, arena, swap, pages: Mutex::new(pages), members: Members::default() }))
+        resize_index(&mut pages, size)?;
+        let index = Mutex::new(Index { pages, size, truncations: 0 });
+        Ok(Arc::new(ShmObject { id, arena, swap, index, store, members: Members::default() }))
     }
 
     /// The object's identity (stable for its lifetime).
@@ -58,16 +87,24 @@ impl ShmObject {
         self.id
     }
 
+    /// The size in bytes (a file's length; a shared mapping's object size).
+    pub(crate) fn size(&self) -> u64 {
+        self.index.lock().size
+    }
+
     /// The frame at `pgoff`, allocated zeroed when absent. Takes one extra
     /// reference for the caller (the mapping it is about to install).
     /// `Error::Again` when the page is on swap: the caller brings it back
     /// with [`ShmObject::swap_in`] (outside its page-table lock) and retries.
-    pub(crate) fn get_page(&self, pgoff: u64) -> Result<FrameId> {
-        let mut pages = self.pages.lock();
-        let slot = pages.get_mut(pgoff as usize).ok_or(Error::Fault { addr: pgoff << 12 })?;
+    /// `Error::Bus` at `addr` when the page is wholly past the end.
+    pub(crate) fn get_page(&self, pgoff: u64, addr: u64) -> Result<FrameId> {
+        let mut index = self.index.lock();
+        let slot = index.pages.get_mut(pgoff as usize).ok_or(Error::Bus { addr })?;
         let f = match *slot {
             ShmPage::Frame(f) => f,
             ShmPage::Swapped(_) => return Err(Error::Again),
+            // A host file's page is read in first (`read_in`), outside the lock.
+            ShmPage::Absent if self.store.is_host() => return Err(Error::Again),
             ShmPage::Absent => {
                 let f = self.arena.alloc(true, 0)?;
                 self.adopt(f, pgoff);
@@ -79,9 +116,32 @@ impl ShmObject {
         Ok(f)
     }
 
+    /// Before a fault takes its page-table lock: `Error::Bus` at `addr` for
+    /// a page wholly past the end; bring page `pgoff` back from swap, or
+    /// read a host file's page in (I/O outside every lock). Returns whether
+    /// the page came back from swap.
+    pub(crate) fn prepare_fault(&self, pgoff: u64, addr: u64) -> Result<bool> {
+        let index = self.index.lock();
+        let truncations = index.truncations;
+        match index.pages.get(pgoff as usize) {
+            None => Err(Error::Bus { addr }),
+            Some(&ShmPage::Swapped(slot)) => {
+                drop(index);
+                self.swap_in(pgoff, slot, addr)?;
+                Ok(true)
+            }
+            Some(&ShmPage::Absent) if self.store.is_host() => {
+                drop(index);
+                self.read_in(pgoff, truncations)?;
+                Ok(false)
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
     /// Make `f` the object's page `pgoff` (rmap owner and index), and only
     /// then visible to the reclaim clock (which looks at `SHM` frames).
-    fn adopt(&self, f: FrameId, pgoff: u64) {
+    pub(crate) fn adopt(&self, f: FrameId, pgoff: u64) {
         let m = self.arena.meta(f);
         m.owner.store(self.id, Ordering::Relaxed);
         m.index.store(pgoff, Ordering::Relaxed);
@@ -92,7 +152,7 @@ impl ShmObject {
     /// it reads as zeros from now on. The index's reference on the frame
     /// or slot it held passes to the caller.
     pub(crate) fn take_page(&self, pgoff: u64) -> ShmPage {
-        match self.pages.lock().get_mut(pgoff as usize) {
+        match self.index.lock().pages.get_mut(pgoff as usize) {
             Some(p) => std::mem::replace(p, ShmPage::Absent),
             None => ShmPage::Absent,
         }
@@ -100,7 +160,7 @@ impl ShmObject {
 
     /// The swap slot page `pgoff` is in, if it is swapped out.
     pub(crate) fn swapped(&self, pgoff: u64) -> Option<u32> {
-        match self.pages.lock().get(pgoff as usize) {
+        match self.index.lock().pages.get(pgoff as usize) {
             Some(&ShmPage::Swapped(s)) => Some(s),
             _ => None,
         }
@@ -119,18 +179,18 @@ impl ShmObject {
             return Err(Error::Io { addr, what: format!("reading slot {slot} of {}: {e}", swap.dev.describe()) });
         }
         self.arena.write(n, 0, &page);
-        let mut pages = self.pages.lock();
-        match pages.get_mut(pgoff as usize) {
+        let mut index = self.index.lock();
+        match index.pages.get_mut(pgoff as usize) {
             Some(p) if *p == ShmPage::Swapped(slot) => {
                 // The slot was the only copy: the page is dirty again.
                 self.arena.meta(n).set_flags(flags::DIRTY);
                 self.adopt(n, pgoff);
                 *p = ShmPage::Frame(n);
-                drop(pages);
+                drop(index);
                 swap.put(slot);
             }
             _ => {
-                drop(pages);
+                drop(index);
                 self.arena.put(n); // another fault brought it back first
             }
         }
@@ -142,11 +202,21 @@ impl ShmObject {
     /// reference the index takes over. Fails (and changes nothing) when
     /// the page changed or someone took a reference meanwhile.
     pub(crate) fn replace_with_slot(&self, pgoff: u64, f: FrameId, expected: u32, slot: u32) -> bool {
-        let mut pages = self.pages.lock();
-        match pages.get_mut(pgoff as usize) {
+        self.replace_page(pgoff, f, expected, ShmPage::Swapped(slot))
+    }
+
+    /// Drop a host file's clean page `pgoff` (frame `f`) from the cache, as
+    /// `replace_with_slot` does: a later access reads it in again.
+    pub(crate) fn evict(&self, pgoff: u64, f: FrameId, expected: u32) -> bool {
+        self.replace_page(pgoff, f, expected, ShmPage::Absent)
+    }
+
+    fn replace_page(&self, pgoff: u64, f: FrameId, expected: u32, new: ShmPage) -> bool {
+        let mut index = self.index.lock();
+        match index.pages.get_mut(pgoff as usize) {
             Some(p) if *p == ShmPage::Frame(f) && self.arena.meta(f).refcount() == expected => {
-                *p = ShmPage::Swapped(slot);
-                drop(pages);
+                *p = new;
+                drop(index);
                 self.arena.put(f); // the index's reference
                 true
             }
@@ -157,8 +227,8 @@ impl ShmObject {
     /// The frame at `pgoff` if it is resident, with an extra reference for
     /// the caller (what fault-around maps: only pages already in the cache).
     pub(crate) fn find_page(&self, pgoff: u64) -> Option<FrameId> {
-        let pages = self.pages.lock();
-        let ShmPage::Frame(f) = *pages.get(pgoff as usize)? else { return None };
+        let index = self.index.lock();
+        let ShmPage::Frame(f) = *index.pages.get(pgoff as usize)? else { return None };
         self.arena.get(f);
         Some(f)
     }
@@ -181,14 +251,26 @@ impl ShmObject {
 
     /// (pgoff, what `pick` takes from the entry) for the entries it takes.
     fn index_where<T>(&self, pick: impl Fn(ShmPage) -> Option<T>) -> Vec<(u64, T)> {
-        let pages = self.pages.lock();
-        pages.iter().enumerate().filter_map(|(i, &p)| pick(p).map(|x| (i as u64, x))).collect()
+        let index = self.index.lock();
+        index.pages.iter().enumerate().filter_map(|(i, &p)| pick(p).map(|x| (i as u64, x))).collect()
     }
 }
 
 impl Drop for ShmObject {
     fn drop(&mut self) {
-        for p in self.pages.get_mut().drain(..) {
+        // The last chance to keep a host file's dirty pages; an error here
+        // has no one to go to (Linux reports write-back errors only to a
+        // later fsync).
+        let _ = self.write_back();
+        let pages = std::mem::take(&mut self.index.get_mut().pages);
+        self.release(pages);
+    }
+}
+
+impl ShmObject {
+    /// Drop the index's references on pages taken out of it.
+    pub(crate) fn release(&self, pages: impl IntoIterator<Item = ShmPage>) {
+        for p in pages {
             match p {
                 ShmPage::Frame(f) => {
                     self.arena.put(f);
@@ -204,9 +286,21 @@ impl Drop for ShmObject {
     }
 }
 
+/// Make `pages` cover `size` bytes: new pages are absent, pages past the
+/// end are returned (their references still to drop).
+pub(crate) fn resize_index(pages: &mut Vec<ShmPage>, size: u64) -> Result<Vec<ShmPage>> {
+    let n = usize::try_from(size.div_ceil(PAGE_SIZE as u64)).map_err(|_| Error::NoMemory("object too large"))?;
+    if n <= pages.len() {
+        return Ok(pages.split_off(n));
+    }
+    pages.try_reserve_exact(n - pages.len()).map_err(|_| Error::NoMemory("object page index"))?;
+    pages.resize(n, ShmPage::Absent);
+    Ok(Vec::new())
+}
+
 impl std::fmt::Debug for ShmObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShmObject({})", self.id)
+        write!(f, "ShmObject({}, {})", self.id, self.store.describe())
     }
 }
 

@@ -36,6 +36,7 @@ pub(crate) struct Counters {
     pub background_reclaimed: AtomicU64,
     pub look_around_aged: AtomicU64,
     pub lazyfree_dropped: AtomicU64,
+    pub file_pages_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -78,6 +79,9 @@ pub struct MachineStats {
     pub table_reuses: u64,
     /// Pages written to the swap device and freed.
     pub swap_outs: u64,
+    /// Host-file pages reclaim dropped from the page cache (written back
+    /// first when dirty).
+    pub file_pages_dropped: u64,
     /// Faults that read a page back from the swap device.
     pub swap_ins: u64,
     /// Faults on a swap entry that found the page still in the swap cache.
@@ -135,6 +139,7 @@ impl MachineStats {
             table_copies: l(&c.table_copies),
             table_reuses: l(&c.table_reuses),
             swap_outs: l(&c.swap_outs),
+            file_pages_dropped: l(&c.file_pages_dropped),
             swap_ins: l(&c.swap_ins),
             swap_cache_hits: l(&c.swap_cache_hits),
             swap_failures: l(&c.swap_failures),

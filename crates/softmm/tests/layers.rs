@@ -28,7 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("address spaces", &["mm"]),
     ("reclaim", &["reclaim"]),
     ("clients", &["access", "futex"]),
-    ("machine", &["machine"]),
+    ("machine", &["machine", "file"]),
 ];
 
 /// Arrows that point up today, each with why it is still there:

@@ -87,7 +87,7 @@ fn fault_in_as<const NOTIFY: bool>(
             // swap between its swap-in and its mapping: look again.
             Ok(None) | Err(Error::Again) => continue,
             Err(Error::NoMemory(_))
-                if stalls < MAX_STALLS && reclaims < MAX_RECLAIMS && mm.machine.reclaim.swap.is_some() =>
+                if stalls < MAX_STALLS && reclaims < MAX_RECLAIMS && crate::reclaim::can_reclaim(&mm.machine) =>
             {
                 // Frames another faulting thread takes first do not count
                 // against this one: only reclaims that free nothing do.
@@ -211,9 +211,9 @@ fn fault_once<const NOTIFY: bool>(
     if now.is_none() {
         if let Backing::Shm(obj) = &vma.backing {
             // A shared page on swap is named by the object's index, not by
-            // a PTE: bring it back into the object first.
-            if let Some(slot) = obj.swapped(vma.pgoff_of(va)) {
-                obj.swap_in(vma.pgoff_of(va), slot, va)?;
+            // a PTE, and a file's page may have to be read in: the object
+            // brings it into its cache first (or says it is past the end).
+            if obj.prepare_fault(vma.pgoff_of(va), va)? {
                 crate::stats::Counters::bump(&mm.machine.counters.swap_ins);
             }
         }
@@ -369,7 +369,7 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
                 if access != Access::Write {
                     fault_around(mm, vma, obj, g, va);
                 }
-                let f = obj.get_page(vma.pgoff_of(va))?;
+                let f = obj.get_page(vma.pgoff_of(va), va)?;
                 let m = mm.arena().meta(f);
                 m.add_counts(0, 1);
                 let mut bits = if vma.prot.writable() { Pte::WRITE } else { 0 };

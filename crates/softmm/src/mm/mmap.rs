@@ -13,8 +13,12 @@ use crate::pte::Pte;
 use crate::sync::Ordering;
 use crate::vma::{AnonLink, Backing, MapKind, Prot, Vma};
 
+/// What a new mapping maps: anonymous memory, or a file from a page offset.
+pub(crate) type Source<'a> = Option<(&'a std::sync::Arc<crate::shm::ShmObject>, u64)>;
+
 /// Returns the start and whether the new VMA is `VM_LOCKED` (by `flags`
 /// or the space's `def_flags`), so must be populated.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn do_mmap(
     mm: &MmInner,
     addr: u64,
@@ -23,6 +27,7 @@ pub(crate) fn do_mmap(
     kind: MapKind,
     place: Placement,
     flags: crate::vma::VmFlags,
+    file: Source<'_>,
 ) -> Result<(u64, bool)> {
     let len = args::mmap_len(len)?;
     let min = mm.machine.config.mmap_min_addr;
@@ -45,16 +50,18 @@ pub(crate) fn do_mmap(
         Placement::Hint => hinted_area(&st, addr, len, min)?,
     };
     let end = start + len;
-    let backing = match kind {
-        MapKind::Private => Backing::Anon(AnonLink::new(mm.mm_ref())),
-        MapKind::Shared => Backing::Shm(crate::shm::ShmLink::new(mm.machine.new_shm(len >> 12)?, mm.mm_ref())),
+    let (backing, pgoff) = match (kind, file) {
+        (MapKind::Private, None) => (Backing::Anon(AnonLink::new(mm.mm_ref())), start >> 12),
+        (MapKind::Private, Some(_)) => return Err(Error::Unsupported("private file mappings")),
+        (MapKind::Shared, None) => {
+            (Backing::Shm(crate::shm::ShmLink::new(mm.machine.new_shm(len >> 12)?, mm.mm_ref())), 0)
+        }
+        (MapKind::Shared, Some((obj, pgoff))) => {
+            (Backing::Shm(crate::shm::ShmLink::new(obj.clone(), mm.mm_ref())), pgoff)
+        }
     };
     // MAP_FIXED over existing mappings unmaps them first.
     unmap_locked(mm, &mut st, start, end)?;
-    let pgoff = match kind {
-        MapKind::Private => start >> 12,
-        MapKind::Shared => 0,
-    };
     let account = kind == MapKind::Private && prot.writable();
     let flags = flags.with(st.def_flags);
     st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags });

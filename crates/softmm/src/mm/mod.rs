@@ -87,6 +87,7 @@ mod madvise;
 mod mlock;
 mod mmap;
 mod mremap;
+mod msync;
 pub(crate) mod pin;
 mod smaps;
 mod stack;
@@ -96,6 +97,7 @@ pub use args::{Advice, MapFlags, Placement, RemapFlags};
 pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
 pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
+pub use msync::{MS_ASYNC, MS_INVALIDATE, MS_SYNC};
 pub use pin::PinnedPages;
 pub(crate) use stack::expand_stack;
 
@@ -260,12 +262,39 @@ impl Mm {
         if flags.contains(MapFlags::GROWSDOWN) && kind == MapKind::Shared {
             return Err(Error::Invalid("MAP_GROWSDOWN with shared memory"));
         }
-        let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags())?;
+        self.mmap_source(addr, len, prot, kind, place, flags, None)
+    }
+
+    /// `mmap_with` of anonymous memory or of a file (`file.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mmap_source(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        kind: MapKind,
+        place: Placement,
+        flags: MapFlags,
+        file: mmap::Source<'_>,
+    ) -> Result<u64> {
+        let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags(), file)?;
         if flags.contains(MapFlags::POPULATE) || locked {
             let end = args::page_align(len).map_or(start, |l| start.saturating_add(l));
             let _ = mlock::populate(&self.inner, start, end, true);
         }
         Ok(start)
+    }
+
+    /// `msync`: with [`MS_SYNC`], write the dirty pages of the shared file
+    /// mappings in `[addr, addr + len)` back to their host files and wait
+    /// (dirty entries of every mapping of those pages are harvested first).
+    /// Errors as Linux's: `EINVAL` for unknown flags, a misaligned `addr`,
+    /// or both `MS_ASYNC` and `MS_SYNC`; `ENOMEM` when part of the range is
+    /// not mapped (the mapped parts are still written back); `EBUSY` for
+    /// `MS_INVALIDATE` over locked memory; a failed write is
+    /// [`Error::FileIo`] with the host's errno.
+    pub fn msync(&self, addr: u64, len: u64, flags: u32) -> Result<()> {
+        msync::do_msync(&self.inner, addr, len, flags)
     }
 
     /// Lock `[addr, addr + len)` in memory (`mlock`): the VMAs become

@@ -43,8 +43,15 @@ pub(crate) fn swapin_range(mm: &MmInner, st: &MmState, v: &Vma, lo: u64, hi: u64
 /// fault finds a zero page, then every mapping of it goes, and its frame
 /// or slot is released.
 pub(crate) fn punch_shm(m: &MachineInner, obj: &Arc<ShmObject>, pgoff: u64, n: u64) {
-    for p in pgoff..pgoff.saturating_add(n) {
-        match obj.take_page(p) {
+    drop_pages(m, obj, (pgoff..pgoff.saturating_add(n)).map(|p| (p, obj.take_page(p))));
+}
+
+/// Unmap pages already out of `obj`'s index from every mapping, then drop
+/// the index's references (the end of a hole punch and of a truncation,
+/// Linux's `truncate_inode_pages` after `unmap_mapping_range`).
+pub(crate) fn drop_pages(m: &MachineInner, obj: &Arc<ShmObject>, pages: impl IntoIterator<Item = (u64, ShmPage)>) {
+    for (p, page) in pages {
+        match page {
             ShmPage::Absent => {}
             ShmPage::Swapped(slot) => {
                 if let Some(swap) = m.reclaim.swap.as_ref() {

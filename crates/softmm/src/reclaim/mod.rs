@@ -34,10 +34,11 @@ pub(crate) mod swap;
 mod swapin;
 mod visit;
 
-pub(crate) use advice::{punch_shm, swapin_range};
+pub(crate) use advice::{drop_pages, punch_shm, swapin_range};
 pub use kswapd::watermarks;
 pub(crate) use migrate::migrate_frame;
-pub(crate) use scan::{direct_reclaim, reclaim_pages, shrink};
+pub(crate) use scan::{can_reclaim, direct_reclaim, reclaim_pages, shrink};
+pub(crate) use shm::write_back_range;
 pub(crate) use swapin::swap_in;
 pub(crate) use visit::{age, lock_member, visit_mappings, How, Visit};
 

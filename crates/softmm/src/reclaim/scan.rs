@@ -66,7 +66,7 @@ pub(crate) const HOLD_MAX: usize = 256;
 /// Free frames for an allocation that hit the frame limit. Returns whether
 /// anything was freed (the caller retries its allocation then).
 pub(crate) fn direct_reclaim(m: &MachineInner) -> bool {
-    if m.reclaim.swap.is_none() {
+    if !can_reclaim(m) {
         return false;
     }
     Counters::bump(&m.counters.direct_reclaims);
@@ -87,8 +87,17 @@ pub(crate) fn shrink(m: &MachineInner, want: usize) -> usize {
     shrink_with(m, want, true)
 }
 
+/// Whether any page could leave memory: with swap, any; without, only
+/// host files' pages (dropped, or written back first).
+pub(crate) fn can_reclaim(m: &MachineInner) -> bool {
+    m.reclaim.swap.is_some() || m.live_shms().iter().any(|o| o.store.is_host())
+}
+
 fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
-    let Some(swap) = m.reclaim.swap.as_ref() else { return 0 };
+    let swap = m.reclaim.swap.as_deref();
+    if !can_reclaim(m) {
+        return 0;
+    }
     let arena = &m.arena;
     let touched = arena.touched().max(2);
     let mut freed = 0;
@@ -118,7 +127,7 @@ fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
                 Ok(false) => {}
                 Err(_) => Counters::bump(&m.counters.swap_failures),
             }
-        } else if meta.has(flags::ANON) {
+        } else if let (true, Some(swap)) = (meta.has(flags::ANON), swap) {
             batch.consider(m, swap, f, try_only);
         }
         arena.put(f);
@@ -126,11 +135,11 @@ fn shrink_with(m: &MachineInner, want: usize, try_only: bool) -> usize {
         // what is still wanted (after the put above: a frame leaves only
         // when the cache and the batch are all that hold it).
         let full = batch.queued.len() >= WRITE_BATCH || batch.len() >= HOLD_MAX.min(want.saturating_sub(freed));
-        if !batch.is_empty() && full {
+        if let (false, true, Some(swap)) = (batch.is_empty(), full, swap) {
             freed += batch.flush(m, swap, try_only);
         }
     }
-    freed + batch.flush(m, swap, try_only)
+    freed + swap.map_or(0, |swap| batch.flush(m, swap, try_only))
 }
 
 /// Whether any mapping of `f` was accessed since the last look, by the

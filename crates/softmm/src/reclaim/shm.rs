@@ -23,9 +23,10 @@ use crate::vma::Backing;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Swap out page `f` of a shared object (the caller holds a reference).
-/// Returns whether the frame left memory.
-pub(crate) fn swap_out_shm(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+/// Swap out page `f` of a shared object (the caller holds a reference);
+/// a host file's page is written back if dirty and dropped instead (no
+/// swap needed). Returns whether the frame left memory.
+pub(crate) fn swap_out_shm(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_only: bool) -> Result<bool> {
     let meta = m.arena.meta(f);
     if !meta.try_lock() {
         return Ok(false);
@@ -35,7 +36,7 @@ pub(crate) fn swap_out_shm(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_o
     r
 }
 
-fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: bool) -> Result<bool> {
+fn swap_out_locked(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_only: bool) -> Result<bool> {
     let arena = &m.arena;
     let meta = arena.meta(f);
     if !meta.has(flags::SHM) || meta.pins.load(Ordering::Acquire) > 0 {
@@ -55,6 +56,16 @@ fn swap_out_locked(m: &MachineInner, swap: &SwapSpace, f: FrameId, try_only: boo
     if skipped || meta.mapcount() != 0 || meta.refcount() != 2 {
         return Ok(false);
     }
+    if obj.store.is_host() {
+        // Linux's pageout then __remove_mapping: a failed write keeps it.
+        obj.write_back_page(pgoff, f)?;
+        let dropped = obj.evict(pgoff, f, 2);
+        if dropped {
+            Counters::bump(&m.counters.file_pages_dropped);
+        }
+        return Ok(dropped);
+    }
+    let Some(swap) = swap else { return Ok(false) };
     let Some(slot) = swap.alloc() else {
         return Err(Error::SwapFull(format!("no free slot on {}", swap.dev.describe())));
     };
@@ -83,6 +94,56 @@ pub(super) fn unmap_everywhere(
     pgoff: u64,
     try_only: bool,
     event: Event,
+) -> (u32, bool, bool) {
+    edit_everywhere(m, obj, f, pgoff, try_only, event, |_| Pte::NONE)
+}
+
+/// Write page `pgoff` (frame `f`, referenced by the caller) of a host file
+/// back if it is dirty, Linux's `folio_clear_dirty_for_io` then write:
+/// every entry mapping it loses its dirty bit (shot down, so no software
+/// TLB keeps writing unseen), which the page takes over first.
+pub(crate) fn write_back_page(m: &MachineInner, obj: &Arc<ShmObject>, f: FrameId, pgoff: u64) -> Result<()> {
+    let meta = m.arena.meta(f);
+    // Swap-out and migration of the page hold its lock.
+    while !meta.try_lock() {
+        meta.wait_unlocked();
+    }
+    let (_, _, dirty) = edit_everywhere(m, obj, f, pgoff, false, Event::Protection, |p| p.without(Pte::DIRTY));
+    if dirty {
+        meta.set_flags(flags::DIRTY);
+    }
+    let r = obj.write_back_page(pgoff, f);
+    meta.unlock();
+    r
+}
+
+/// Write back the dirty pages of `obj` in `[first, end)` (page offsets):
+/// `fsync`, `msync(MS_SYNC)`. Nothing for an in-memory object.
+pub(crate) fn write_back_range(m: &MachineInner, obj: &Arc<ShmObject>, first: u64, end: u64) -> Result<()> {
+    if !obj.store.is_host() {
+        return Ok(());
+    }
+    for (pgoff, _) in obj.resident().into_iter().filter(|&(p, _)| p >= first && p < end) {
+        // Referenced anew: a truncation may drop the page meanwhile.
+        let Some(f) = obj.find_page(pgoff) else { continue };
+        let r = write_back_page(m, obj, f, pgoff);
+        m.arena.put(f);
+        r?;
+    }
+    Ok(())
+}
+
+/// Replace every PTE that maps page `pgoff` (frame `f`) of `obj` by what
+/// `edit` makes of it; otherwise as `unmap_everywhere`. Returns (entries
+/// changed, some space skipped, some entry was dirty).
+fn edit_everywhere(
+    m: &MachineInner,
+    obj: &Arc<ShmObject>,
+    f: FrameId,
+    pgoff: u64,
+    try_only: bool,
+    event: Event,
+    edit: impl Fn(Pte) -> Pte,
 ) -> (u32, bool, bool) {
     let arena = &m.arena;
     let (mut cleared, mut skipped, mut dirty) = (0, false, false);
@@ -116,7 +177,7 @@ pub(super) fn unmap_everywhere(
             if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va, change.edit()) {
                 let mut pte = g.get(va);
                 while pte.is_present() && pte.frame() == f {
-                    match g.cas(va, pte, Pte::NONE) {
+                    match g.cas(va, pte, edit(pte)) {
                         Ok(old) => {
                             dirty |= old.is_dirty();
                             cleared += 1;

@@ -1,0 +1,182 @@
+//! Files: an in-memory file (`memfd_create`) or a host file, each a shared
+//! object with a page cache of arena frames (`shm/file.rs`).
+//!
+//! [`File`] is the handle a host holds, as a file descriptor: `pread`,
+//! `pwrite`, `truncate` (`ftruncate`) and `sync` (`fsync`). Every read and
+//! write goes through the cache, so all handles on one file see each
+//! other's bytes at once; a host file sees them when dirty pages are
+//! written back (`sync`, or when the last handle goes).
+
+use crate::error::{Error, Result};
+use crate::machine::MachineInner;
+use crate::shm::{ShmObject, Store};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Direct reclaims one page of a read or write runs before it gives up
+/// with ENOMEM (as a fault's `MAX_RECLAIMS`).
+const MAX_RECLAIMS: u32 = 1024;
+
+/// A file: in memory or a host file, with its page cache.
+#[derive(Clone)]
+pub struct File {
+    pub(crate) obj: Arc<ShmObject>,
+    machine: Arc<MachineInner>,
+}
+
+impl File {
+    /// An in-memory file of `len` bytes of zeros (`memfd_create` and
+    /// `ftruncate`); `name` is only for display.
+    pub(crate) fn memfd(m: &Arc<MachineInner>, name: &str, len: u64) -> Result<File> {
+        let store = Store::Memory { name: name.to_owned() };
+        Self::create(m, store, len)
+    }
+
+    /// The host file at `path`, opened for reading and writing; its pages
+    /// are read in on first use.
+    pub(crate) fn open(m: &Arc<MachineInner>, path: &Path) -> Result<File> {
+        let host = |e: std::io::Error| Error::FileIo {
+            what: format!("opening {}: {e}", path.display()),
+            errno: e.raw_os_error().unwrap_or(crate::error::errno::EIO),
+        };
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(host)?;
+        let len = file.metadata().map_err(host)?.len();
+        Self::create(m, Store::Host { file, path: path.to_owned() }, len)
+    }
+
+    fn create(m: &Arc<MachineInner>, store: Store, len: u64) -> Result<File> {
+        if len > crate::shm::MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        Ok(File { obj: m.new_shm_with(store, len)?, machine: m.clone() })
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.obj.size()
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Read up to `buf.len()` bytes at `offset`; returns how many were read
+    /// (fewer at the end of the file, 0 past it), as `pread`.
+    pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.by_page(offset, buf.len(), |pos, r| self.obj.pread(pos, &mut buf[r]))
+    }
+
+    /// Write `data` at `offset`, growing the file when the write ends past
+    /// its end; returns the bytes written, as `pwrite`. `Error::FileTooBig`
+    /// (`EFBIG`) past the largest file size.
+    pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        // The whole size check first: EFBIG writes nothing.
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= crate::shm::MAX_FILE_SIZE)
+            .ok_or(Error::FileTooBig)?;
+        if !data.is_empty() {
+            self.obj.load_last_page(end)?; // as for `truncate`
+        }
+        self.by_page(offset, data.len(), |pos, r| self.obj.pwrite(pos, &data[r]))
+    }
+
+    /// Run `op` on each page's part of `len` bytes at `offset` (the file
+    /// offset and the range of the caller's buffer), with direct reclaim
+    /// and a retry of that page when it finds no frame, so a file larger
+    /// than the memory limit is read or written whole. Stops at a short
+    /// part (the end of the file); an error after some bytes is a short
+    /// count, as Linux's read and write answer.
+    fn by_page(
+        &self,
+        offset: u64,
+        len: usize,
+        mut op: impl FnMut(u64, std::ops::Range<usize>) -> Result<usize>,
+    ) -> Result<usize> {
+        let mut done = 0;
+        while done < len {
+            let pos = offset + done as u64;
+            let chunk = (crate::PAGE_SIZE - (pos & 0xfff) as usize).min(len - done);
+            let mut reclaims = 0;
+            let n = loop {
+                match op(pos, done..done + chunk) {
+                    // Bounded as a fault's reclaim is: others may keep
+                    // taking what is freed.
+                    Err(Error::NoMemory(_))
+                        if reclaims < MAX_RECLAIMS && crate::reclaim::direct_reclaim(&self.machine) =>
+                    {
+                        reclaims += 1;
+                    }
+                    Err(_) if done > 0 => return Ok(done),
+                    r => break r?,
+                }
+            };
+            done += n;
+            if n < chunk {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Set the length (`ftruncate`): growing reads as zeros, shrinking
+    /// drops the cached pages past the end and zeroes the rest of the last
+    /// page.
+    pub fn truncate(&self, len: u64) -> Result<()> {
+        // Growing zeroes the rest of the old last page, which must be in
+        // memory for that (a swapped one could hold a mapping's stores
+        // past the end; an evicted host page was written only up to it).
+        self.obj.load_last_page(len)?;
+        let removed = self.obj.set_size(len)?;
+        crate::reclaim::drop_pages(&self.machine, &self.obj, removed);
+        Ok(())
+    }
+
+    /// Write every dirty cached page back to the host file (`fsync`);
+    /// nothing for an in-memory file.
+    pub fn sync(&self) -> Result<()> {
+        crate::reclaim::write_back_range(&self.machine, &self.obj, 0, u64::MAX)
+    }
+
+    /// Pages of the file in the page cache (in memory, not on swap).
+    pub fn cached_pages(&self) -> u64 {
+        self.obj.resident().len() as u64
+    }
+}
+
+impl crate::Mm {
+    /// Map `len` bytes of `file` from byte `offset` (page-aligned, else
+    /// `EINVAL`), as `mmap` of a file descriptor. [`crate::MapKind::Shared`]: the
+    /// mapping maps the file's page-cache pages, so writes reach the file's
+    /// pages at once and every mapping and `File::pread` sees them. A page
+    /// wholly past the end of the file faults with [`Error::Bus`] (SIGBUS);
+    /// the rest of the last page reads as zeros. Private file mappings are
+    /// not implemented yet (`ENOSYS`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap_file(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: crate::Prot,
+        kind: crate::MapKind,
+        place: crate::Placement,
+        file: &File,
+        offset: u64,
+    ) -> Result<u64> {
+        if offset & 0xfff != 0 {
+            return Err(Error::Misaligned { what: "offset", value: offset });
+        }
+        let pages = len.div_ceil(crate::PAGE_SIZE as u64);
+        if (offset >> 12).checked_add(pages).is_none_or(|e| e > crate::shm::MAX_FILE_SIZE >> 12) {
+            return Err(Error::Overflow("file offset plus length"));
+        }
+        self.mmap_source(addr, len, prot, kind, place, crate::MapFlags::NONE, Some((&file.obj, offset >> 12)))
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "File({:?}, {} bytes)", self.obj, self.len())
+    }
+}

@@ -1,0 +1,251 @@
+//! A shared object as a file: read and write through its page cache,
+//! truncation, and write-back of dirty pages to a host file.
+//!
+//! `read`/`write` go through the same frames every mapping of the object
+//! maps (Linux's page cache), so both see each other's bytes at once. A
+//! host file's page is read in on a miss with no lock held (`read_in`); a
+//! truncation meanwhile bumps `Index::truncations` and the page read is
+//! thrown away, so no stale bytes enter the cache.
+
+use super::{resize_index, ShmObject, ShmPage};
+use crate::error::{Error, Result};
+use crate::phys::{flags, FrameId, PAGE_SIZE};
+
+/// Linux's `MAX_LFS_FILESIZE` on 64-bit: no file grows past it (`EFBIG`).
+pub(crate) const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+impl ShmObject {
+    /// Read up to `buf.len()` bytes at `off`; fewer at the end of the
+    /// file, none past it (`pread`). Holes of an in-memory file read as
+    /// zeros without taking memory.
+    pub(crate) fn pread(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = self.size();
+        let n = size.saturating_sub(off).min(buf.len() as u64) as usize;
+        let mut done = 0;
+        while done < n {
+            let pos = off + done as u64;
+            let (pgoff, in_page) = (pos >> 12, (pos & 0xfff) as usize);
+            let chunk = (PAGE_SIZE - in_page).min(n - done);
+            let out = &mut buf[done..done + chunk];
+            match self.page_for_io(pgoff, false)? {
+                Some(f) => {
+                    self.arena.read(f, in_page, out);
+                    self.arena.put(f);
+                }
+                None => out.fill(0),
+            }
+            done += chunk;
+        }
+        Ok(n)
+    }
+
+    /// Write `data` at `off`, growing the file when it ends past the end
+    /// (`pwrite`). The pages written are dirty until written back.
+    pub(crate) fn pwrite(&self, off: u64, data: &[u8]) -> Result<usize> {
+        let end = off.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        if end > self.size() {
+            self.grow_to(end)?;
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let pos = off + done as u64;
+            let (pgoff, in_page) = (pos >> 12, (pos & 0xfff) as usize);
+            let chunk = (PAGE_SIZE - in_page).min(data.len() - done);
+            // A truncation racing with the write may have taken the page
+            // away: Linux's write stops short there too.
+            let Some(f) = self.page_for_io(pgoff, true)? else { break };
+            self.arena.write(f, in_page, &data[done..done + chunk]);
+            self.arena.meta(f).set_flags(flags::DIRTY);
+            self.arena.put(f);
+            done += chunk;
+        }
+        Ok(done)
+    }
+
+    /// Zero the page holding byte `end` from there on, if it is in memory:
+    /// what a mapping stored past the end of the file never becomes file
+    /// content (the caller brought a swapped page in beforehand).
+    fn zero_past(&self, index: &super::Index, end: u64) {
+        let tail = (end & 0xfff) as usize;
+        if let (true, Some(&ShmPage::Frame(f))) = (tail != 0, index.pages.get((end >> 12) as usize)) {
+            self.arena.fill(f, tail, PAGE_SIZE - tail, 0);
+        }
+    }
+
+    /// Bring the page holding the end of the file into memory if the
+    /// file is about to grow past it (so `zero_past` finds it).
+    pub(crate) fn load_last_page(&self, new_size: u64) -> Result<()> {
+        let old = self.size();
+        if new_size > old && old & 0xfff != 0 {
+            if let Some(f) = self.page_for_io(old >> 12, false)? {
+                self.arena.put(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the file at least `end` bytes long (a write past its end): the
+    /// file grows by zeros, as with `set_size`.
+    fn grow_to(&self, end: u64) -> Result<()> {
+        let mut index = self.index.lock();
+        if end <= index.size {
+            return Ok(());
+        }
+        self.zero_past(&index, index.size);
+        self.store.set_len(end)?;
+        resize_index(&mut index.pages, end)?;
+        index.size = end;
+        Ok(())
+    }
+
+    /// Set the size (`ftruncate`): growing adds holes and zeroes what a
+    /// mapping stored past the old end in its last page (as POSIX wants and
+    /// XFS's `xfs_zero_range` does: the file grows by zeros); shrinking
+    /// drops the pages wholly past the end from the cache and zeroes the
+    /// tail of the last page (Linux's `truncate_inode_pages` and
+    /// partial-page zeroing).
+    /// Returns the pages dropped from the index (the caller unmaps them
+    /// from every mapping, then drops the index's references).
+    pub(crate) fn set_size(&self, size: u64) -> Result<Vec<(u64, ShmPage)>> {
+        if size > MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        // The host file changes length under the index lock, so the cache
+        // and the file never disagree on the size (Linux holds i_rwsem).
+        let mut index = self.index.lock();
+        self.store.set_len(size)?;
+        let first = size.div_ceil(PAGE_SIZE as u64);
+        let old = index.size;
+        let removed = resize_index(&mut index.pages, size)?;
+        if size < old {
+            index.truncations += 1;
+        }
+        self.zero_past(&index, size.min(old));
+        index.size = size;
+        drop(index);
+        Ok((first..).zip(removed).filter(|(_, p)| *p != ShmPage::Absent).collect())
+    }
+
+    /// Write every dirty page back to the host file when no address space
+    /// maps it any more (the object's last reference going): the pages'
+    /// own dirty flags say all. Live mappings' entries are harvested first
+    /// by `reclaim::write_back_range`. A failed write leaves the page dirty
+    /// and is `Error::FileIo`.
+    pub(crate) fn write_back(&self) -> Result<()> {
+        if !self.store.is_host() {
+            return Ok(());
+        }
+        for (pgoff, _) in self.resident() {
+            // Referenced anew: a truncation may drop the page meanwhile.
+            let Some(f) = self.find_page(pgoff) else { continue };
+            let r = self.write_back_page(pgoff, f);
+            self.arena.put(f);
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Write page `pgoff` (frame `f`, referenced by the caller) back if it
+    /// is dirty; only the bytes before the end of the file.
+    pub(crate) fn write_back_page(&self, pgoff: u64, f: FrameId) -> Result<()> {
+        let meta = self.arena.meta(f);
+        if !meta.test_and_clear_flags(flags::DIRTY) {
+            return Ok(());
+        }
+        let off = pgoff << 12;
+        let len = self.size().saturating_sub(off).min(PAGE_SIZE as u64) as usize;
+        let mut page = [0u8; PAGE_SIZE];
+        self.arena.read(f, 0, &mut page[..len]);
+        self.store.write_at(off, &page[..len]).inspect_err(|_| meta.set_flags(flags::DIRTY))
+    }
+
+    /// The frame of page `pgoff` with a reference for the caller, read in
+    /// or brought back from swap as needed; a hole of an in-memory file is
+    /// allocated only when `create`. None past the end of the file, or for
+    /// a hole not created.
+    pub(crate) fn page_for_io(&self, pgoff: u64, create: bool) -> Result<Option<FrameId>> {
+        loop {
+            let truncations = {
+                let mut index = self.index.lock();
+                let truncations = index.truncations;
+                let Some(slot) = index.pages.get_mut(pgoff as usize) else { return Ok(None) };
+                match *slot {
+                    ShmPage::Frame(f) => {
+                        self.arena.get(f);
+                        return Ok(Some(f));
+                    }
+                    ShmPage::Swapped(s) => {
+                        drop(index);
+                        self.swap_in(pgoff, s, pgoff << 12)?;
+                        continue;
+                    }
+                    ShmPage::Absent if self.store.is_host() => truncations,
+                    ShmPage::Absent if !create => return Ok(None),
+                    ShmPage::Absent => {
+                        let f = self.arena.alloc(true, 0)?;
+                        self.adopt(f, pgoff);
+                        *slot = ShmPage::Frame(f);
+                        self.arena.get(f);
+                        return Ok(Some(f));
+                    }
+                }
+            };
+            self.read_in(pgoff, truncations)?;
+        }
+    }
+
+    /// Read page `pgoff` of a host file into the cache (no lock held while
+    /// reading). It enters the cache only if the page is still absent and
+    /// no truncation ran since `truncations` was seen.
+    pub(crate) fn read_in(&self, pgoff: u64, truncations: u64) -> Result<()> {
+        let n = self.arena.alloc(false, 0)?;
+        let mut page = [0u8; PAGE_SIZE];
+        if let Err(e) = self.store.read_page(pgoff, &mut page) {
+            self.arena.put(n);
+            return Err(e);
+        }
+        self.arena.write(n, 0, &page);
+        let mut index = self.index.lock();
+        let fresh = index.truncations == truncations;
+        match index.pages.get_mut(pgoff as usize) {
+            Some(p) if fresh && *p == ShmPage::Absent => {
+                self.adopt(n, pgoff);
+                *p = ShmPage::Frame(n);
+            }
+            _ => {
+                drop(index);
+                self.arena.put(n); // read in by another, or truncated meanwhile
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phys::FrameArena;
+    use crate::shm::Store;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_page_read_across_a_truncation_stays_out_of_the_cache() {
+        let path = std::env::temp_dir().join(format!("softmm-shm-file-{}", std::process::id()));
+        std::fs::write(&path, b"old!").unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let arena = Arc::new(FrameArena::new(16 << 20, 1).unwrap());
+        let obj = ShmObject::with_store(1, arena, None, 4, Store::Host { file, path: path.clone() }).unwrap();
+        // A read that began before a truncation down and up ends after it.
+        let seen = obj.index.lock().truncations;
+        obj.release(obj.set_size(0).unwrap().into_iter().map(|(_, p)| p));
+        obj.set_size(4).unwrap();
+        obj.read_in(0, seen).unwrap();
+        assert!(obj.find_page(0).is_none(), "a read from before the truncation is dropped");
+        let now = obj.index.lock().truncations;
+        obj.read_in(0, now).unwrap();
+        let f = obj.find_page(0).expect("a read after it enters the cache");
+        obj.arena.put(f);
+        drop(obj);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
