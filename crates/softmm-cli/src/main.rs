@@ -273,6 +273,12 @@ pub enum BenchKind {
     /// MADV_FREE of a written region, then a store to every page again
     /// (the lazily freed pages come back dirty), per page.
     Free,
+    /// mremap(MAYMOVE|FIXED) of a populated 1 GiB private mapping between
+    /// two 2 MiB-aligned addresses, per move.
+    Mremap,
+    /// Read faults on a shared mapping of a file whose pages are all
+    /// cached (fault-around on both sides), per page.
+    File,
     /// All of the above.
     All,
 }

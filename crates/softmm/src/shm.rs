@@ -233,6 +233,32 @@ impl ShmObject {
         Some(f)
     }
 
+    /// Each resident page of `[first, first + n)` that `want(pgoff)`
+    /// accepts, under one lock of the index, with a reference and a mapping
+    /// counted for the caller, who is about to map it: `found(pgoff,
+    /// frame)`. Fault-around's lookup.
+    pub(crate) fn find_pages(
+        &self,
+        first: u64,
+        n: u64,
+        mut want: impl FnMut(u64) -> bool,
+        mut found: impl FnMut(u64, FrameId),
+    ) {
+        let index = self.index.lock();
+        let lo = (first as usize).min(index.pages.len());
+        let hi = (first.saturating_add(n) as usize).min(index.pages.len());
+        for (i, p) in index.pages[lo..hi].iter().enumerate() {
+            let pgoff = (lo + i) as u64;
+            if let ShmPage::Frame(f) = *p {
+                if want(pgoff) {
+                    // One atomic for both counts (`get` and a mapping).
+                    self.arena.meta(f).add_counts(1, 1);
+                    found(pgoff, f);
+                }
+            }
+        }
+    }
+
     /// Every resident page, as (pgoff, frame) (for audits and statistics).
     pub(crate) fn resident(&self) -> Vec<(u64, FrameId)> {
         self.index_where(|p| match p {

@@ -37,6 +37,7 @@ pub(crate) struct Counters {
     pub look_around_aged: AtomicU64,
     pub lazyfree_dropped: AtomicU64,
     pub file_pages_dropped: AtomicU64,
+    pub tables_moved: AtomicU64,
 }
 
 impl Counters {
@@ -82,6 +83,8 @@ pub struct MachineStats {
     /// Host-file pages reclaim dropped from the page cache (written back
     /// first when dirty).
     pub file_pages_dropped: u64,
+    /// PTE tables mremap moved whole, by their PMD entry (512 entries each).
+    pub tables_moved: u64,
     /// Faults that read a page back from the swap device.
     pub swap_ins: u64,
     /// Faults on a swap entry that found the page still in the swap cache.
@@ -140,6 +143,7 @@ impl MachineStats {
             table_reuses: l(&c.table_reuses),
             swap_outs: l(&c.swap_outs),
             file_pages_dropped: l(&c.file_pages_dropped),
+            tables_moved: l(&c.tables_moved),
             swap_ins: l(&c.swap_ins),
             swap_cache_hits: l(&c.swap_cache_hits),
             swap_failures: l(&c.swap_failures),

@@ -367,3 +367,71 @@ fn fixed_moves_every_mapping_of_the_range_keeping_gaps() {
     assert_eq!(read(&mm, to + (8 << 20), 1), [1]);
     assert_eq!(read(&mm, BASE, 1), [0]);
 }
+
+/// 2 MiB in pages.
+const TABLE_PAGES: u64 = 512;
+const TABLE: u64 = TABLE_PAGES * PAGE;
+
+#[test]
+fn aligned_moves_take_whole_tables_and_everything_follows() {
+    let m = swapping();
+    let mm = m.new_mm().unwrap();
+    // Two whole tables and a piece of a third: the piece moves by entries.
+    let len = 2 * TABLE + 8 * PAGE;
+    map(&mm, BASE, len, Prot::RW, MapKind::Private);
+    // Sparse writes: the arena is small; every written page is checked.
+    for i in (0..len / PAGE).step_by(64) {
+        mm.fill(BASE + i * PAGE, 16, i as u8 + 1).unwrap();
+    }
+    let frame = mm.phys(BASE + 64 * PAGE);
+    let to = BASE + (1 << 32) + TABLE;
+    assert_eq!(mm.mremap(BASE, len, len, MAYMOVE.union(RemapFlags::FIXED), to).unwrap(), to);
+    check(&mm);
+    assert_eq!(m.stats().tables_moved, 2, "the two whole 2 MiB tables should move by their PMD entry");
+    assert_eq!(mm.phys(to + 64 * PAGE), frame, "a page was copied, not moved");
+    assert!(mm.read(BASE, &mut [0]).is_err(), "the old range is still mapped");
+    let sparse = |mm: &Mm, at: u64| {
+        for i in (0..len / PAGE).step_by(64) {
+            assert_eq!(read(mm, at + i * PAGE, 16), [i as u8 + 1; 16], "page {i}");
+        }
+    };
+    sparse(&mm, to);
+    // The reverse map finds the moved pages: reclaim, swap-in, fork, COW.
+    while m.reclaim(1024) > 0 {}
+    check(&mm);
+    assert_eq!(mm.phys(to), None);
+    sparse(&mm, to);
+    let child = mm.fork().unwrap();
+    child.write(to + PAGE, b"c").unwrap();
+    check(&mm);
+    check(&child);
+    assert_eq!(read(&mm, to + PAGE, 1), [0]);
+    // And back. The first table, which the child left when it wrote (its
+    // copy is its own), is the parent's alone again and moves whole; the
+    // second is still shared, so the parent's copy of it borrows and moves
+    // entry by entry.
+    assert_eq!(mm.mremap(to, len, len, MAYMOVE.union(RemapFlags::FIXED), BASE).unwrap(), BASE);
+    check(&mm);
+    check(&child);
+    assert_eq!(m.stats().tables_moved, 3);
+    sparse(&mm, BASE);
+    sparse(&child, to);
+}
+
+#[test]
+fn tables_shared_by_fork_move_entry_by_entry() {
+    let m = common::machine();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, TABLE, Prot::RW, MapKind::Private);
+    filled(&mm, BASE, 4);
+    // Shared with a child: unshared first (the copy borrows), so the
+    // table moves entry by entry and the child keeps its view.
+    let child = mm.fork_with(ForkPolicy::SharedTables).unwrap();
+    let to = BASE + (1 << 33);
+    assert_eq!(mm.mremap(BASE, TABLE, TABLE, MAYMOVE.union(RemapFlags::FIXED), to).unwrap(), to);
+    check(&mm);
+    check(&child);
+    assert_eq!(m.stats().tables_moved, 0);
+    assert_filled(&mm, to, 4);
+    assert_filled(&child, BASE, 4);
+}

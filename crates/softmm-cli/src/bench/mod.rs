@@ -27,12 +27,14 @@
 //! machine is alive while Linux forks (fork copies this whole process).
 
 pub(crate) mod cpu;
+pub mod file;
 pub mod fork;
 pub mod free;
 pub mod futex;
 pub mod linux;
 pub mod notifier;
 pub mod reclaim;
+pub mod remap;
 pub mod rmap;
 pub mod softmm_side;
 
@@ -121,7 +123,7 @@ fn output<R: Report>(r: &R) -> CliResult<(String, serde_json::Value)> {
 }
 
 /// The benches of `bench all`, in the order they run.
-const ALL: [BenchKind; 10] = [
+const ALL: [BenchKind; 12] = [
     BenchKind::Fault,
     BenchKind::Cow,
     BenchKind::Fork,
@@ -132,6 +134,8 @@ const ALL: [BenchKind; 10] = [
     BenchKind::Reclaim,
     BenchKind::Notifier,
     BenchKind::Free,
+    BenchKind::Mremap,
+    BenchKind::File,
 ];
 
 /// Refuse options given to a bench that does not take them.
@@ -157,8 +161,11 @@ fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_j
     // set must fit its TLB, futex, whose COW region keeps its default,
     // rmap, whose 64 MiB process is the load it models (a large one
     // would make its copied-tables forks take minutes), and notifier,
-    // whose 1 GiB munmap is the case it measures (and costs little).
-    let size = if all && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap | BenchKind::Notifier) {
+    // whose 1 GiB munmap is the case it measures (and costs little), and
+    // mremap, whose 1 GiB move is its case too.
+    let size = if all
+        && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap | BenchKind::Notifier | BenchKind::Mremap)
+    {
         None
     } else {
         o.size
@@ -181,6 +188,8 @@ fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_j
         BenchKind::Reclaim => output(&reclaim::reclaim(o, size)?),
         BenchKind::Notifier => output(&notifier::notifier(o, size)?),
         BenchKind::Free => output(&free::free(o, size)?),
+        BenchKind::Mremap => output(&remap::remap(o, size)?),
+        BenchKind::File => output(&file::file(o, size)?),
         BenchKind::All => Err(CliError("internal: 'all' is expanded before dispatch".into())),
     }
 }

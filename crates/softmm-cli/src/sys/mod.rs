@@ -7,7 +7,9 @@
 //! libc's `syscall()`, the call every Linux program makes, so the Linux
 //! figures time futex(2) as it is usually called.
 
+pub mod filemap;
 pub mod mem;
+pub mod remap;
 pub mod trace_mem;
 
 use rustix::process::{Pid, WaitOptions, WaitStatus};

@@ -217,6 +217,7 @@ impl<'a> Change<'a> {
         let mut moved = crate::pgtable::Moved::default();
         let r = pt.move_ptes(&m.arena, old, new, len, self.edit, &mut moved);
         m.counters.page_tables.fetch_add(moved.tables_added as u64, crate::sync::Ordering::Relaxed);
+        m.counters.tables_moved.fetch_add(moved.tables_moved as u64, crate::sync::Ordering::Relaxed);
         if moved.present > 0 {
             self.gather.need_flush();
         }

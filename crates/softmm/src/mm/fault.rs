@@ -367,7 +367,7 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
             }
             (Backing::Shm(obj), _) => {
                 if access != Access::Write {
-                    fault_around(mm, vma, obj, g, va);
+                    fault_around(vma, obj, g, va);
                 }
                 let f = obj.get_page(vma.pgoff_of(va), va)?;
                 let m = mm.arena().meta(f);
@@ -422,20 +422,28 @@ const FAULT_AROUND_PAGES: u64 = 16;
 /// Linux's `from_pte`/`to_pte`). Pages are mapped clean (not dirty),
 /// writable when the VMA is. Visible to users through `phys` and smaps
 /// (mapcount, PSS).
-fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
+fn fault_around(vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
     let window = FAULT_AROUND_PAGES * 4096;
     let lo = (va & !(window - 1)).max(vma.start);
     let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
     let bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
-    let mut at = lo;
-    while at < hi {
-        if at != va && g.get(at).is_none() {
-            if let Some(f) = obj.find_page(vma.pgoff_of(at)) {
-                mm.arena().meta(f).add_counts(0, 1);
-                install(g, at, f, bits);
-            }
-        }
-        at += 4096;
+    let first = vma.pgoff_of(lo);
+    let addr = |pgoff: u64| lo + ((pgoff - first) << 12);
+    // One look at the object's index for the window: the index lock nests
+    // inside the page-table lock, as for the faulting page's own lookup.
+    let mut found = [(0u64, FrameId(0)); FAULT_AROUND_PAGES as usize];
+    let mut n = 0;
+    obj.find_pages(
+        first,
+        (hi - lo) >> 12,
+        |pgoff| addr(pgoff) != va && g.get(addr(pgoff)).is_none(),
+        |pgoff, f| {
+            found[n] = (addr(pgoff), f);
+            n += 1;
+        },
+    );
+    for &(at, f) in &found[..n] {
+        install(g, at, f, bits);
     }
 }
 

@@ -112,6 +112,24 @@ pub(crate) fn fault_in_for(
     fault::fault_in(mm, st, va, access, Some(slot))
 }
 
+/// The readable translations next to `va` that a TLB fill may cache along
+/// with `va`'s own: the present, user-accessible entries already marked
+/// accessed in the 64 KiB around `va` (the window fault-around maps), as
+/// `(address, entry)`. Called with the `mmap_lock` held for reading, as the
+/// walk of `fault_in_for`; a translation cached so is kept right by the
+/// same shootdowns as the fill's own.
+pub(crate) fn readable_neighbours(st: &MmState, arena: &FrameArena, va: u64, mut f: impl FnMut(u64, crate::pte::Pte)) {
+    const WINDOW: u64 = 64 << 10;
+    let Some(pt) = st.pt.as_ref() else { return };
+    let lo = va & !(WINDOW - 1);
+    pt.peek_ptes(arena, lo, lo + WINDOW, |a, pte| {
+        let want = crate::pte::Pte::PRESENT | crate::pte::Pte::USER | crate::pte::Pte::ACCESSED;
+        if a != va & !0xfff && pte.raw() & want == want {
+            f(a, pte);
+        }
+    });
+}
+
 use crate::access::Accessor;
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineInner};

@@ -165,6 +165,19 @@ impl PageTable {
         Ok(t)
     }
 
+    /// Each entry of `[lo, hi)`, a range inside one PTE table, lock-free
+    /// (as `follow_pte`, but the write bit is the table's own: callers
+    /// look at present and accessed entries for reading only).
+    pub(crate) fn peek_ptes(&self, arena: &FrameArena, lo: u64, hi: u64, mut f: impl FnMut(u64, Pte)) {
+        debug_assert!(hi <= (lo | (PTE_TABLE_SPAN - 1)) + 1, "{lo:#x}..{hi:#x} crosses a PTE table");
+        let Some(t) = self.pte_table(arena, lo) else { return };
+        let mut va = lo;
+        while va < hi {
+            f(va, Pte::from_raw(slot(arena, t, index(va, 0)).load(Ordering::Acquire)));
+            va += 4096;
+        }
+    }
+
     /// Set the accessed and dirty bits `bits` in the present PTE of `va`
     /// without the page-table lock, as an MMU does (Linux's
     /// `ptep_set_access_flags`): only if the entry is still `expected` (a

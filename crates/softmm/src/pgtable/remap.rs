@@ -7,6 +7,7 @@ use super::{borrow, Edit, PageTable, PTE_TABLE_SPAN};
 use crate::error::Result;
 use crate::phys::FrameArena;
 use crate::pte::Pte;
+use std::sync::atomic::Ordering;
 
 /// What a move did.
 #[derive(Default, Debug, Clone, Copy)]
@@ -17,6 +18,8 @@ pub(crate) struct Moved {
     pub(crate) present: u64,
     /// PTE tables (and upper tables) the destination needed.
     pub(crate) tables_added: u32,
+    /// Whole PTE tables moved by their PMD entry.
+    pub(crate) tables_moved: u32,
 }
 
 impl PageTable {
@@ -46,6 +49,10 @@ impl PageTable {
             let step = (PTE_TABLE_SPAN - (va & (PTE_TABLE_SPAN - 1)))
                 .min(PTE_TABLE_SPAN - (to & (PTE_TABLE_SPAN - 1)))
                 .min(end - va);
+            if step == PTE_TABLE_SPAN && self.move_pte_table(arena, va, to, edit, moved)? {
+                va += step;
+                continue;
+            }
             if let Some(src) = self.pte_table(arena, va) {
                 let dst = self.pte_table_alloc(arena, to, &mut moved.tables_added)?;
                 let src_base = va & !(PTE_TABLE_SPAN - 1);
@@ -64,6 +71,50 @@ impl PageTable {
             va += step;
         }
         Ok(())
+    }
+}
+
+impl PageTable {
+    /// Move the whole PTE table covering the 2 MiB at `va` to the 2 MiB at
+    /// `to` by its PMD entry, as Linux's `move_normal_pmd`: 512 entries
+    /// change place with two stores, and the frames' references and
+    /// mappings stay as they are (they belong to the entries, which are
+    /// unchanged). Only a table this space alone maps, writable at the PMD
+    /// level, that neither borrows nor lends entries, and only to a slot
+    /// with no table: anything else moves entry by entry. Returns whether
+    /// it moved the table.
+    fn move_pte_table(&self, arena: &FrameArena, va: u64, to: u64, edit: Edit, moved: &mut Moved) -> Result<bool> {
+        let Some((src_slot, _)) = self.pmd_slot(arena, va) else { return Ok(true) };
+        let e = Pte::from_raw(src_slot.load(Ordering::Acquire));
+        if !e.is_present() {
+            return Ok(true); // nothing mapped in these 2 MiB: nothing to move
+        }
+        let t = e.frame();
+        let counts = arena.meta(t).counts.load(Ordering::Acquire);
+        // One mapper (this PMD entry, no hold), no borrowers, no backing:
+        // nobody else reaches the table's entries, and none of them is
+        // borrowed. A writable PMD entry means no other space shares it.
+        if !e.is_writable()
+            || borrow::mappers(counts) != 1
+            || (counts >> 32) != 0
+            || borrow::backing(arena, t).is_some()
+        {
+            return Ok(false);
+        }
+        let (dst_slot, _) = self.pmd_slot_alloc(arena, to, &mut moved.tables_added)?;
+        if Pte::from_raw(dst_slot.load(Ordering::Acquire)).is_present() {
+            return Ok(false); // a table left there (empty): move entries into it
+        }
+        // The table's lock excludes lock-free access-bit setters' effects
+        // only in that they see one slot or the other; the `mmap_lock`,
+        // held for writing, keeps every walker of this space out.
+        let _g = self.lock(arena, t, va, edit);
+        dst_slot.store(e.raw(), Ordering::Release);
+        src_slot.store(Pte::NONE.raw(), Ordering::Release);
+        moved.tables_moved += 1;
+        // Whatever the table maps may be cached as translations of `va`.
+        moved.present += 1;
+        Ok(true)
     }
 }
 
