@@ -365,3 +365,29 @@ fn private_file_vmas_merge_only_with_their_own_file() {
     assert_eq!(read(&mm, BASE + 2 * PAGE, 1), [3]);
     check(&mm);
 }
+
+#[test]
+fn willneed_brings_the_files_swapped_pages_back() {
+    let dev = Arc::new(MemSwap::new(1 << 20).unwrap());
+    let m = Machine::new(Config {
+        arena_bytes: 64 << 20,
+        mem_limit: Some(64 * PAGE),
+        swap: SwapConfig::Device(dev),
+        cpu_caches: 1,
+        prezero: false,
+        ..Config::default()
+    })
+    .unwrap();
+    let f = filled(&m, 8);
+    let mm = m.new_mm().unwrap();
+    map_private(&mm, BASE, &f, 8 * PAGE, Prot::RW);
+    assert_eq!(read(&mm, BASE, 1), [1]);
+    m.reclaim(64);
+    assert_eq!(f.cached_pages(), 0, "the file's pages went to swap, unmapped from the private mapping");
+    check(&mm);
+    mm.madvise(BASE, 8 * PAGE, Advice::WillNeed).unwrap();
+    assert_eq!(f.cached_pages(), 8, "back in the file's cache");
+    assert_eq!(mm.phys(BASE), None, "not mapped by the advice");
+    assert_eq!(read(&mm, BASE + 7 * PAGE, 1), [8]);
+    check(&mm);
+}
