@@ -151,8 +151,10 @@ impl crate::Mm {
     /// mapping maps the file's page-cache pages, so writes reach the file's
     /// pages at once and every mapping and `File::pread` sees them. A page
     /// wholly past the end of the file faults with [`Error::Bus`] (SIGBUS);
-    /// the rest of the last page reads as zeros. Private file mappings are
-    /// not implemented yet (`ENOSYS`).
+    /// the rest of the last page reads as zeros. [`crate::MapKind::Private`]:
+    /// the mapping reads the file's pages (and sees later writes to them)
+    /// until it writes a page, which it then copies into an anonymous page
+    /// of its own (copy on write); the file never sees its stores.
     #[allow(clippy::too_many_arguments)]
     pub fn mmap_file(
         &self,

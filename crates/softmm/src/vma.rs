@@ -173,6 +173,12 @@ pub(crate) struct Vma {
     /// `start >> 12` at mmap time, as Linux sets it).
     pub pgoff: u64,
     pub backing: Backing,
+    /// The file a private file mapping maps (`MAP_PRIVATE` of a file): its
+    /// backing is `Anon` (its copies on write are anonymous pages of its
+    /// anon_vma) and its other pages are the file's page-cache pages,
+    /// mapped read-only. Linked into the file's members (its `i_mmap`).
+    /// Always `None` for shared VMAs.
+    pub file: Option<ShmLink>,
     /// `mlock`, `madvise` and stack flags (merging needs them equal).
     pub flags: VmFlags,
 }
@@ -187,6 +193,26 @@ impl Vma {
 
     pub(crate) fn len(&self) -> u64 {
         self.end - self.start
+    }
+
+    /// The object whose page-cache pages this VMA maps: a shared VMA's
+    /// object, or a private file mapping's file.
+    pub(crate) fn mapped_object(&self) -> Option<&std::sync::Arc<crate::shm::ShmObject>> {
+        match &self.backing {
+            Backing::Shm(o) => Some(o),
+            Backing::Anon(_) => self.file.as_deref(),
+        }
+    }
+
+    /// The file of a private file mapping (`None` for anonymous memory and
+    /// shared VMAs).
+    pub(crate) fn private_file(&self) -> Option<&std::sync::Arc<crate::shm::ShmObject>> {
+        self.file.as_deref()
+    }
+
+    /// Whether this VMA maps object `obj`'s pages (shared or private).
+    pub(crate) fn maps_object(&self, obj: &crate::shm::ShmObject) -> bool {
+        self.mapped_object().is_some_and(|o| std::ptr::eq(&**o, obj))
     }
 
     /// Where this VMA starts for those who must keep clear of it (Linux's
@@ -216,6 +242,7 @@ impl Vma {
                 Backing::Anon(l) => Backing::Anon(l.clone_link()),
                 Backing::Shm(o) => Backing::Shm(o.clone_link()),
             },
+            file: self.file.as_ref().map(ShmLink::clone_link),
         }
     }
 
@@ -224,13 +251,14 @@ impl Vma {
     /// anon_vma), `len` bytes long, with the page offset `old` had, so
     /// every page keeps its offset (and an anonymous page its `index`).
     ///
-    /// A private VMA never faulted (no anon_vma) has no page to keep an
-    /// offset for: it takes the new address's, so it may merge there.
+    /// A private anonymous VMA never faulted (no anon_vma) has no page to
+    /// keep an offset for: it takes the new address's, so it may merge
+    /// there. A file mapping's offset is in the file: it always stays.
     pub(crate) fn moved_copy(&self, old: u64, new: u64, len: u64) -> Vma {
         let mut v = self.slice(old, self.end);
         v.start = new;
         v.end = new + len;
-        if let Backing::Anon(l) = &v.backing {
+        if let (Backing::Anon(l), None) = (&v.backing, &v.file) {
             if l.get().0 == 0 {
                 v.pgoff = new >> 12;
             }
@@ -251,7 +279,8 @@ impl Vma {
         // A child does not inherit memory locks (Linux's dup_mmap).
         let flags = self.flags.without(VmFlags::LOCKED.with(VmFlags::LOCKONFAULT));
         let (start, end, prot, account, pgoff) = (self.start, self.end, self.prot, self.account, self.pgoff);
-        Vma { start, end, prot, account, pgoff, backing, flags }
+        let file = self.file.as_ref().map(|f| f.link_for(child));
+        Vma { start, end, prot, account, pgoff, backing, file, flags }
     }
 
     /// The VMA a fork gives the child for a `VM_WIPEONFORK` VMA: same range
@@ -261,7 +290,7 @@ impl Vma {
         let backing = Backing::Anon(AnonLink::new(child.clone()));
         let (start, end, prot, account, pgoff, flags) =
             (self.start, self.end, self.prot, self.account, self.pgoff, self.flags);
-        Vma { start, end, prot, account, pgoff, backing, flags }
+        Vma { start, end, prot, account, pgoff, backing, file: None, flags }
     }
 
     /// Flags equal and backing contiguous: `is_mergeable_vma` plus the pgoff test.
@@ -270,7 +299,7 @@ impl Vma {
         {
             return false;
         }
-        if next.pgoff != self.pgoff + (self.len() >> 12) {
+        if next.pgoff != self.pgoff + (self.len() >> 12) || !same_file(self, next) {
             return false;
         }
         match (&self.backing, &next.backing) {
@@ -278,6 +307,16 @@ impl Vma {
             (Backing::Anon(a), Backing::Anon(b)) => anon_mergeable(a.get(), b.get()),
             _ => false,
         }
+    }
+}
+
+/// The same private file, or neither a private file mapping (Linux's
+/// `vm_file` test of `is_mergeable_vma` and `anon_vma_compatible`).
+fn same_file(a: &Vma, b: &Vma) -> bool {
+    match (&a.file, &b.file) {
+        (None, None) => true,
+        (Some(x), Some(y)) => Arc::ptr_eq(&**x, &**y),
+        _ => false,
     }
 }
 
@@ -302,7 +341,8 @@ pub(crate) fn reusable_anon_of<'a>(v: &Vma, neighbour: &'a Vma) -> Option<&'a st
     // Linux's `anon_vma_compatible`: the flags other than the access
     // rights must agree (a locked or don't-fork neighbour's anon_vma is not
     // taken, so the two VMAs never merge later).
-    if !adjacent || !linear || v.account != neighbour.account || v.flags != neighbour.flags {
+    if !adjacent || !linear || v.account != neighbour.account || v.flags != neighbour.flags || !same_file(v, neighbour)
+    {
         return None;
     }
     match &neighbour.backing {
@@ -480,6 +520,7 @@ mod tests {
             account: prot.writable(),
             pgoff: start >> 12,
             backing: Backing::Anon(AnonLink::new(MmRef::detached())),
+            file: None,
         }
     }
 

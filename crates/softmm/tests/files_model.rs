@@ -1,7 +1,10 @@
 //! Files against a model: random pwrite, pread, ftruncate, stores and
-//! loads through a shared mapping, fsync and reclaim, on an in-memory or a
-//! host file, compared with a byte vector (and, after each sync, the host
-//! file's bytes), with the invariant audit after every step.
+//! loads through a shared mapping and through a private one, fsync and
+//! reclaim, on an in-memory or a host file, compared with a byte vector
+//! (and, after each sync, the host file's bytes), with the invariant audit
+//! after every step. A private mapping's page reads the file until the
+//! mapping writes it; from then on it is the mapping's own copy, which no
+//! later write to the file reaches (and which `MADV_DONTNEED` drops).
 //!
 //! `PROPTEST_CASES` overrides the number of cases (256).
 
@@ -12,6 +15,8 @@ use std::sync::Arc;
 
 const PAGE: u64 = 4096;
 const BASE: u64 = 0x1000_0000;
+/// Where the private mapping of the same file starts.
+const PRIVATE: u64 = 0x3000_0000;
 /// Pages the mapping covers; the file may grow past them.
 const MAP_PAGES: u64 = 8;
 const MAX_SIZE: u64 = 10 * PAGE;
@@ -25,6 +30,9 @@ enum Op {
     Load { page: u64, off: u64, len: u64 },
     Sync,
     Reclaim { n: usize },
+    PrivateStore { page: u64, off: u64, len: u64, byte: u8 },
+    PrivateLoad { page: u64, off: u64, len: u64 },
+    PrivateDrop { page: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,9 +43,13 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..MAX_SIZE).prop_map(|len| Op::Truncate { len }),
         4 => (0..MAP_PAGES, in_page.clone(), any::<u8>())
             .prop_map(|(page, (off, len), byte)| Op::Store { page, off, len, byte }),
-        3 => (0..MAP_PAGES, in_page).prop_map(|(page, (off, len))| Op::Load { page, off, len }),
+        3 => (0..MAP_PAGES, in_page.clone()).prop_map(|(page, (off, len))| Op::Load { page, off, len }),
         1 => Just(Op::Sync),
         1 => (1usize..32).prop_map(|n| Op::Reclaim { n }),
+        3 => (0..MAP_PAGES, in_page.clone(), any::<u8>())
+            .prop_map(|(page, (off, len), byte)| Op::PrivateStore { page, off, len, byte }),
+        3 => (0..MAP_PAGES, in_page).prop_map(|(page, (off, len))| Op::PrivateLoad { page, off, len }),
+        1 => (0..MAP_PAGES).prop_map(|page| Op::PrivateDrop { page }),
     ]
 }
 
@@ -47,6 +59,10 @@ struct World {
     f: softmm::File,
     path: Option<std::path::PathBuf>,
     model: Vec<u8>,
+    /// The private mapping's own copy of each page it wrote; a byte the
+    /// copy took from past the end of the file is unknown (`None`: the
+    /// shared mapping may have stored there).
+    copies: Vec<Option<Vec<Option<u8>>>>,
 }
 
 impl World {
@@ -71,7 +87,8 @@ impl World {
         };
         let mm = m.new_mm().unwrap();
         mm.mmap_file(BASE, MAP_PAGES * PAGE, Prot::RW, MapKind::Shared, Placement::Fixed, &f, 0).unwrap();
-        World { m, mm, f, path, model }
+        mm.mmap_file(PRIVATE, MAP_PAGES * PAGE, Prot::RW, MapKind::Private, Placement::Fixed, &f, 0).unwrap();
+        World { m, mm, f, path, model, copies: vec![None; MAP_PAGES as usize] }
     }
 
     fn size(&self) -> u64 {
@@ -136,12 +153,64 @@ impl World {
             Op::Reclaim { n } => {
                 self.m.reclaim(n);
             }
+            Op::PrivateStore { page, off, len, byte } => self.private_store(page, off, len, byte)?,
+            Op::PrivateLoad { page, off, len } => self.private_load(page, off, len)?,
+            Op::PrivateDrop { page } => {
+                self.mm.madvise(PRIVATE + page * PAGE, PAGE, softmm::Advice::DontNeed).unwrap();
+                self.copies[page as usize] = None;
+            }
         }
         self.f.len().eq(&self.size()).then_some(()).ok_or_else(|| TestCaseError::fail("length differs"))?;
         if let Err(e) = self.m.check_invariants() {
             return Err(TestCaseError::fail(format!("{e}")));
         }
         Ok(())
+    }
+}
+
+impl World {
+    /// The file's page `page` as a private mapping reads it: the model's
+    /// bytes before the end of the file, unknown ones past it.
+    fn file_page(&self, page: u64) -> Vec<Option<u8>> {
+        (page * PAGE..(page + 1) * PAGE).map(|i| self.model.get(i as usize).copied()).collect()
+    }
+
+    /// A store through the private mapping: the first one to a page copies
+    /// it from the file (SIGBUS wholly past the end), later ones go to the
+    /// copy, wherever the end of the file is now.
+    fn private_store(&mut self, page: u64, off: u64, len: u64, byte: u8) -> Result<(), TestCaseError> {
+        let r = self.mm.write(PRIVATE + page * PAGE + off, &vec![byte; len as usize]);
+        if self.copies[page as usize].is_none() {
+            if page * PAGE >= self.size() {
+                prop_assert_eq!(r, Err(Error::Bus { addr: PRIVATE + page * PAGE }));
+                return Ok(());
+            }
+            self.copies[page as usize] = Some(self.file_page(page));
+        }
+        r.unwrap();
+        if let Some(copy) = self.copies[page as usize].as_mut() {
+            copy[off as usize..(off + len) as usize].fill(Some(byte));
+        }
+        Ok(())
+    }
+
+    /// A load through the private mapping: its copy, else the file's page.
+    fn private_load(&mut self, page: u64, off: u64, len: u64) -> Result<(), TestCaseError> {
+        let mut buf = vec![0u8; len as usize];
+        let r = self.mm.read(PRIVATE + page * PAGE + off, &mut buf);
+        let want = match &self.copies[page as usize] {
+            Some(copy) => copy.clone(),
+            None if page * PAGE >= self.size() => {
+                prop_assert_eq!(r, Err(Error::Bus { addr: PRIVATE + page * PAGE }));
+                return Ok(());
+            }
+            None => self.file_page(page),
+        };
+        r.unwrap();
+        let want = &want[off as usize..(off + len) as usize];
+        let known: Vec<(u8, u8)> = buf.iter().zip(want).filter_map(|(&g, w)| w.map(|w| (g, w))).collect();
+        let (got, want): (Vec<u8>, Vec<u8>) = known.into_iter().unzip();
+        same(&got, &want, "private load")
     }
 }
 

@@ -13,13 +13,20 @@
 //!   page with no frame of its own (a hole or the zero frame) is faulted in
 //!   for writing, when the mapping allows, so that two unrelated waits on
 //!   untouched memory never share the zero frame's key. A wake never faults.
+//! - A private file mapping's page not yet copied on write is the file's
+//!   page-cache page, mapped read-only: `physical` keys it by that frame
+//!   (and an empty entry by the file's cached page, as for a shared
+//!   mapping; a wait reads, never copies), `linux` by `(file, offset)` as
+//!   Linux keys every page that is not anonymous. Once the space writes the
+//!   page, its anonymous copy keys as private memory does; a waiter keyed
+//!   by the file's page is not reached through the copy (on Linux neither).
 
 use super::FutexKey;
 use crate::error::{Error, Result};
 use crate::mm::translation::swap_cached;
 pub(crate) use crate::mm::translation::{page_now, translation};
 use crate::mm::{Access, MmInner, MmState};
-use crate::phys::{FrameId, ZERO_FRAME};
+use crate::phys::{flags, FrameId, ZERO_FRAME};
 use crate::vcache::Translation;
 use crate::vma::{Backing, Vma};
 
@@ -116,13 +123,22 @@ pub(super) fn linux(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> Resu
     // Linux's get_futex_key refuses a page it could only get read-only when
     // it is anonymous (or the zero page): such a word can never change. The
     // read-only get has already faulted the page in, as on Linux.
-    if matches!(vma.backing, Backing::Anon(_)) && !vma.prot.writable() {
+    // A private file mapping's page not yet copied on write is the file's
+    // page-cache page: keyed by the file and offset, as a shared mapping's
+    // (Linux keys every page that is not anonymous by its inode).
+    let cache_page = vma.private_file().filter(|_| frame != ZERO_FRAME && !mm.arena().meta(frame).has(flags::ANON));
+    if matches!(vma.backing, Backing::Anon(_)) && cache_page.is_none() && !vma.prot.writable() {
         mm.arena().put(frame);
         return Err(Error::Fault { addr: va });
     }
-    let key = match &vma.backing {
-        Backing::Anon(_) => FutexKey::Private { mm: mm.id, addr: va },
-        Backing::Shm(obj) => FutexKey::Shared { object: obj.id(), offset: vma.pgoff_of(va) * 4096 + (va & 0xfff) },
+    let shared = |obj: &crate::shm::ShmObject| FutexKey::Shared {
+        object: obj.id(),
+        offset: vma.pgoff_of(va) * 4096 + (va & 0xfff),
+    };
+    let key = match (&vma.backing, cache_page) {
+        (Backing::Anon(_), Some(obj)) => shared(obj),
+        (Backing::Anon(_), None) => FutexKey::Private { mm: mm.id, addr: va },
+        (Backing::Shm(obj), _) => shared(obj),
     };
     Ok(Resolved { key, frame: drop_zero_ref(mm, frame) })
 }
@@ -158,19 +174,34 @@ pub(super) fn physical(mm: &MmInner, st: &MmState, va: u64, intent: Intent) -> R
             Intent::Wake => Ok(Resolved { key: FutexKey::Frame { frame: ZERO_FRAME, offset }, frame: ZERO_FRAME }),
             _ => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
         },
-        Translation::Zero | Translation::None => match (&vma.backing, intent) {
-            (Backing::Shm(obj), Intent::Wake) => match obj.find_page(vma.pgoff_of(va)) {
+        // A private file mapping's empty entry is keyed as a shared
+        // mapping's: by the file's page-cache page, which its next read
+        // maps (a wait reads, so it never copies the page on write).
+        Translation::Zero | Translation::None => match (vma.mapped_object(), intent) {
+            (Some(obj), Intent::Wake) => match obj.find_page(vma.pgoff_of(va)) {
                 Some(f) => Ok(frame_key(f)),
                 None => Ok(Resolved { key: private, frame: ZERO_FRAME }),
             },
-            (Backing::Shm(_), _) => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
-            (Backing::Anon(_), Intent::Wake) => Ok(Resolved { key: private, frame: ZERO_FRAME }),
-            (Backing::Anon(_), _) if vma.prot.writable() => Ok(frame_key(get_page(mm, st, va, Access::Write)?)),
-            (Backing::Anon(_), _) => match drop_zero_ref(mm, get_page(mm, st, va, Access::Read)?) {
-                ZERO_FRAME => Ok(Resolved { key: private, frame: ZERO_FRAME }),
-                f => Ok(frame_key(f)),
-            },
+            (Some(_), _) => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
+            (None, _) => physical_anon(mm, st, vma, va, intent),
         },
+    }
+}
+
+/// `physical`'s key for an empty entry (or the zero frame) of private
+/// anonymous memory.
+fn physical_anon(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, intent: Intent) -> Result<Resolved> {
+    let offset = (va & 0xfff) as u32;
+    let private = FutexKey::Private { mm: mm.id, addr: va };
+    let frame_key = |frame: FrameId| Resolved { key: FutexKey::Frame { frame, offset }, frame };
+    match (&vma.backing, intent) {
+        (Backing::Anon(_), Intent::Wake) => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+        (Backing::Anon(_), _) if vma.prot.writable() => Ok(frame_key(get_page(mm, st, va, Access::Write)?)),
+        (Backing::Anon(_), _) => match drop_zero_ref(mm, get_page(mm, st, va, Access::Read)?) {
+            ZERO_FRAME => Ok(Resolved { key: private, frame: ZERO_FRAME }),
+            f => Ok(frame_key(f)),
+        },
+        (Backing::Shm(_), _) => Ok(frame_key(get_page(mm, st, va, Access::Read)?)),
     }
 }
 

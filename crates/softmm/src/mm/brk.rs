@@ -106,7 +106,16 @@ fn move_break(mm: &MmInner, st: &mut MmState, heap: Heap, want: u64) -> Option<O
     }
     let flags = st.def_flags;
     let backing = Backing::Anon(AnonLink::new(mm.mm_ref()));
-    let vma = Vma { start: oldbrk, end: newbrk, prot: Prot::RW, account: true, pgoff: oldbrk >> 12, backing, flags };
+    let vma = Vma {
+        start: oldbrk,
+        end: newbrk,
+        prot: Prot::RW,
+        account: true,
+        pgoff: oldbrk >> 12,
+        backing,
+        file: None,
+        flags,
+    };
     st.vmas.insert(vma);
     // Only the heap's own VMA is extended (`do_brk_flags`).
     if st.vmas.find(oldbrk - 1).is_some_and(|p| p.start >= heap.start) {

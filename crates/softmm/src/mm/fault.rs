@@ -209,7 +209,7 @@ fn fault_once<const NOTIFY: bool>(
         return Ok(None);
     }
     if now.is_none() {
-        if let Backing::Shm(obj) = &vma.backing {
+        if let Some(obj) = vma.mapped_object() {
             // A shared page on swap is named by the object's index, not by
             // a PTE, and a file's page may have to be read in: the object
             // brings it into its cache first (or says it is past the end).
@@ -353,6 +353,9 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
     let pte = g.get(va);
     let c = &mm.machine.counters;
     if !pte.is_present() {
+        if let Some(obj) = vma.private_file() {
+            return do_private_file_fault(vmf, obj, g);
+        }
         return match (&vma.backing, access) {
             (Backing::Anon(_), Access::Read) => {
                 let new = Pte::new(ZERO_FRAME, Pte::USER | Pte::ACCESSED | Pte::SOFT_ZERO);
@@ -410,6 +413,31 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
     Ok(new)
 }
 
+/// A fault on an empty entry of a private file mapping (Linux's
+/// `do_read_fault` and `do_cow_fault`): a read maps the file's page-cache
+/// page read-only, with fault-around, so later writes to the file show
+/// through until this space writes the page; a write (or an unshare)
+/// copies the file's page into a new anonymous frame of the VMA's
+/// anon_vma, and the file's page stays as it was.
+fn do_private_file_fault(vmf: &Vmf<'_>, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>) -> Result<Pte> {
+    let Vmf { mm, st, vma, va, access } = *vmf;
+    let c = &mm.machine.counters;
+    let src = obj.get_page(vma.pgoff_of(va), va)?;
+    if !access.breaks_cow() {
+        fault_around(vma, obj, g, va);
+        mm.arena().meta(src).add_counts(0, 1);
+        Counters::bump(&c.fault_shared);
+        return Ok(install(g, va, src, 0));
+    }
+    let copy = new_anon_frame(mm, st, vma, va, Some(src));
+    // The file keeps its page (the index's reference); a truncation that
+    // took it meanwhile leaves ours the last, and the frame goes now.
+    mm.arena().put(src);
+    let f = copy?;
+    Counters::bump(&c.fault_cow_copy);
+    Ok(install_anon(mm, g, va, f, access))
+}
+
 /// Pages around a read fault that fault-around maps: Linux's
 /// `fault_around_bytes` (64 KiB) as a page count.
 const FAULT_AROUND_PAGES: u64 = 16;
@@ -420,13 +448,15 @@ const FAULT_AROUND_PAGES: u64 = 16;
 /// down to 64 KiB, moved up to the VMA's start if that is later, and runs 16
 /// pages from there, cut at the VMA's end and the PTE table's end (exactly
 /// Linux's `from_pte`/`to_pte`). Pages are mapped clean (not dirty),
-/// writable when the VMA is. Visible to users through `phys` and smaps
-/// (mapcount, PSS).
+/// writable when the VMA is shared and writable (a private file mapping
+/// maps them read-only: a write copies). Visible to users through `phys`
+/// and smaps (mapcount, PSS).
 fn fault_around(vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
     let window = FAULT_AROUND_PAGES * 4096;
     let lo = (va & !(window - 1)).max(vma.start);
     let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
-    let bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
+    let shared = matches!(vma.backing, Backing::Shm(_));
+    let bits = if shared && vma.prot.writable() { Pte::WRITE } else { 0 };
     let first = vma.pgoff_of(lo);
     let addr = |pgoff: u64| lo + ((pgoff - first) << 12);
     // One look at the object's index for the window: the index lock nests
@@ -470,6 +500,14 @@ fn do_wp_page(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, pte: Pte, gather: &mut G
         let f = new_anon_frame(mm, st, vma, va, Some(old))?;
         arena.get(old);
         gather.defer_put(arena, old);
+        Counters::bump(&c.fault_cow_copy);
+        return Ok(install_anon(mm, g, va, f, access));
+    }
+    if !arena.meta(old).has(flags::ANON) {
+        // A private file mapping's page-cache page (Linux's wp_page_copy
+        // for a page that is not anonymous): never reused, always copied.
+        let f = new_anon_frame(mm, st, vma, va, Some(old))?;
+        gather.unmap_and_put(arena, old);
         Counters::bump(&c.fault_cow_copy);
         return Ok(install_anon(mm, g, va, f, access));
     }

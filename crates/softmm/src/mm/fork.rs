@@ -202,7 +202,7 @@ impl CopyRange<'_> {
                     swap.dup(pte.swap_slot());
                 }
                 cg.set(va, pte);
-            } else if PINNED && pte.is_present() && arena.meta(pte.frame()).pins() > 0 {
+            } else if PINNED && pte.is_present() && is_pinned_anon(arena, pte.frame()) {
                 let (cpte, f) = self.copy_present_page(v, va, pte)?;
                 cg.set(va, cpte);
                 arena.meta(f).set_flags(flags::ANON);
@@ -249,6 +249,14 @@ impl CopyRange<'_> {
         Counters::bump(&self.parent.machine.counters.fork_pinned_copies);
         Ok((Pte::new(f, bits), f))
     }
+}
+
+/// A pinned anonymous page, which fork copies for the child (a private
+/// file mapping's page-cache page is shared as it is, as Linux's
+/// `copy_present_pte` shares every page that is not anonymous).
+fn is_pinned_anon(arena: &FrameArena, f: FrameId) -> bool {
+    let m = arena.meta(f);
+    m.pins() > 0 && m.has(flags::ANON)
 }
 
 /// Whether any page the PTE table covering `base` maps is pinned. Under

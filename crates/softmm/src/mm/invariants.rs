@@ -317,8 +317,8 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
             if pte.frame() != ZERO_FRAME || pte.is_writable() {
                 fail!("mm {}: zero-frame PTE at {va:#x} is {pte:?}", mm.id);
             }
-            if !matches!(v.backing, Backing::Anon(_)) {
-                fail!("mm {}: zero frame mapped in a shared VMA at {va:#x}", mm.id);
+            if !matches!(v.backing, Backing::Anon(_)) || v.private_file().is_some() {
+                fail!("mm {}: zero frame mapped in a shared or file VMA at {va:#x}", mm.id);
             }
             continue;
         }
@@ -331,6 +331,11 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
             check_borrowed(m, mm, va, pte, table)?;
         }
         match &v.backing {
+            // A private file mapping's page not yet copied on write: the
+            // file's own page at that offset, mapped read-only.
+            Backing::Anon(_) if !meta.has(flags::ANON) && v.private_file().is_some() => {
+                check_cache_page(mm, v, va, pte, f)?;
+            }
             Backing::Anon(link) => {
                 if !meta.has(flags::ANON) {
                     fail!("mm {}: private PTE at {va:#x} maps non-anonymous frame {}", mm.id, f.0);
@@ -377,6 +382,21 @@ fn check_mm(m: &MachineInner, mm: &MmInner, st: &super::MmState, exp: &mut Expec
             *exp.refs.entry(f).or_default() += 1;
             *exp.maps.entry(f).or_default() += 1;
         }
+    }
+    Ok(())
+}
+
+/// A private file VMA maps a frame of its file read-only: the file's page
+/// at the entry's offset (invariant 3).
+fn check_cache_page(mm: &MmInner, v: &crate::vma::Vma, va: u64, pte: Pte, f: FrameId) -> Result<(), InvariantError> {
+    let Some(obj) = v.private_file() else { return Ok(()) };
+    let pgoff = v.pgoff_of(va);
+    let want = obj.resident().into_iter().find(|(p, _)| *p == pgoff).map(|(_, f)| f);
+    if want != Some(f) {
+        fail!("mm {}: private file PTE at {va:#x} maps frame {} but the file has {want:?}", mm.id, f.0);
+    }
+    if pte.is_writable() {
+        fail!("mm {}: private file PTE at {va:#x} maps page-cache frame {} writable", mm.id, f.0);
     }
     Ok(())
 }

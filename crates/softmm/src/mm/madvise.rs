@@ -142,7 +142,9 @@ fn valid_vma(advice: Advice, v: &Vma) -> Result<()> {
         Advice::DontNeed | Advice::Cold | Advice::PageOut if locked => Err(Error::Invalid("madvise of mlocked memory")),
         Advice::Free if locked => Err(Error::Invalid("madvise of mlocked memory")),
         // madvise_free_single_vma: private anonymous memory only.
-        Advice::Free if v.kind() == MapKind::Shared => Err(Error::Invalid("MADV_FREE of shared memory")),
+        Advice::Free if v.kind() == MapKind::Shared || v.private_file().is_some() => {
+            Err(Error::Invalid("MADV_FREE of shared or file memory"))
+        }
         _ => Ok(()),
     }
 }
@@ -331,8 +333,11 @@ fn madvise_update_vma(mm: &MmInner, start: u64, end: u64, advice: Advice, hole: 
         return Err(Error::Exited);
     }
     let (pieces, holes) = walk_vmas(&st, start, end);
+    // A private file mapping counts as shared here: Linux's
+    // WIPEONFORK wants anonymous memory (no `vm_file`).
+    let kind_of = |v: &Vma| if v.private_file().is_some() { MapKind::Shared } else { v.kind() };
     let ranges: Vec<(u64, u64, VmFlags, MapKind)> =
-        pieces.iter().map(|&(lo, hi, v)| (lo, hi, v.flags, v.kind())).collect();
+        pieces.iter().map(|&(lo, hi, v)| (lo, hi, v.flags, kind_of(v))).collect();
     let mut refused = None;
     let mut changed = Vec::new();
     for (lo, hi, old, kind) in ranges {
@@ -341,7 +346,7 @@ fn madvise_update_vma(mm: &MmInner, start: u64, end: u64, advice: Advice, hole: 
             Advice::DoFork => old.without(VmFlags::DONTCOPY),
             // Anonymous private memory only.
             Advice::WipeOnFork if kind == MapKind::Shared => {
-                refused = Some(Error::Invalid("MADV_WIPEONFORK of shared memory"));
+                refused = Some(Error::Invalid("MADV_WIPEONFORK of shared or file memory"));
                 break;
             }
             Advice::WipeOnFork => old.with(VmFlags::WIPEONFORK),

@@ -50,21 +50,26 @@ pub(crate) fn do_mmap(
         Placement::Hint => hinted_area(&st, addr, len, min)?,
     };
     let end = start + len;
-    let (backing, pgoff) = match (kind, file) {
-        (MapKind::Private, None) => (Backing::Anon(AnonLink::new(mm.mm_ref())), start >> 12),
-        (MapKind::Private, Some(_)) => return Err(Error::Unsupported("private file mappings")),
+    let (backing, pgoff, file) = match (kind, file) {
+        (MapKind::Private, None) => (Backing::Anon(AnonLink::new(mm.mm_ref())), start >> 12, None),
+        // A private file mapping: anonymous copies on write over the
+        // file's pages, and a member of the file's reverse map.
+        (MapKind::Private, Some((obj, pgoff))) => {
+            let link = crate::shm::ShmLink::new(obj.clone(), mm.mm_ref());
+            (Backing::Anon(AnonLink::new(mm.mm_ref())), pgoff, Some(link))
+        }
         (MapKind::Shared, None) => {
-            (Backing::Shm(crate::shm::ShmLink::new(mm.machine.new_shm(len >> 12)?, mm.mm_ref())), 0)
+            (Backing::Shm(crate::shm::ShmLink::new(mm.machine.new_shm(len >> 12)?, mm.mm_ref())), 0, None)
         }
         (MapKind::Shared, Some((obj, pgoff))) => {
-            (Backing::Shm(crate::shm::ShmLink::new(obj.clone(), mm.mm_ref())), pgoff)
+            (Backing::Shm(crate::shm::ShmLink::new(obj.clone(), mm.mm_ref())), pgoff, None)
         }
     };
     // MAP_FIXED over existing mappings unmaps them first.
     unmap_locked(mm, &mut st, start, end)?;
     let account = kind == MapKind::Private && prot.writable();
     let flags = flags.with(st.def_flags);
-    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, flags });
+    st.vmas.insert(Vma { start, end, prot, account, pgoff, backing, file, flags });
     // Linux's vma_merge: merge with the previous VMA first; the next one
     // joins only if it is compatible with the result (prev's anon_vma).
     st.vmas.try_merge_at(start);

@@ -6,7 +6,6 @@ use super::{MmInner, MmState};
 use crate::phys::FrameId;
 use crate::pte::Pte;
 use crate::vcache::Translation;
-use crate::vma::Backing;
 
 /// What `va`'s page-table entry translates to now, without faulting; a
 /// frame comes referenced. Callers hold `mm`'s `mmap_lock` (either mode),
@@ -66,11 +65,10 @@ pub(crate) fn swap_cached(mm: &MmInner, pte: Pte) -> Option<FrameId> {
 /// the page stays the object's, and the next fault maps it again).
 pub(crate) fn page_now(mm: &MmInner, st: &MmState, va: u64) -> Translation {
     match translation(mm, st, va) {
-        Translation::None => match st.vmas.find(va).map(|v| (v, &v.backing)) {
-            Some((vma, Backing::Shm(obj))) => {
-                obj.find_page(vma.pgoff_of(va)).map_or(Translation::None, Translation::Frame)
-            }
-            _ => Translation::None,
+        // A private file mapping's next read maps the file's page as well.
+        Translation::None => match st.vmas.find(va).and_then(|v| Some((v, v.mapped_object()?))) {
+            Some((vma, obj)) => obj.find_page(vma.pgoff_of(va)).map_or(Translation::None, Translation::Frame),
+            None => Translation::None,
         },
         t => t,
     }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// `MADV_WILLNEED` over `[lo, hi)` of `v` (Linux's `swapin_walk_ops` and
 /// `shmem_swapin_range`): swapped-out private pages are read into the swap
 /// cache, where their next fault finds them, and swapped-out pages of a
-/// shared object come back into its index. Failures are ignored: it is a
+/// shared object (or of the file a private mapping maps, where it has no
+/// copy) come back into its index. Failures are ignored: it is a
 /// hint, and the fault reads the page itself.
 pub(crate) fn swapin_range(mm: &MmInner, st: &MmState, v: &Vma, lo: u64, hi: u64) {
     let Some(pt) = st.pt.as_ref() else { return };
@@ -24,6 +25,12 @@ pub(crate) fn swapin_range(mm: &MmInner, st: &MmState, v: &Vma, lo: u64, hi: u64
                 if pte.is_swap() {
                     if let Ok(f) = super::swapin::swap_in(mm, v, va, pte.swap_slot()) {
                         mm.arena().put(f); // the swap cache keeps it
+                    }
+                } else if let (true, Some(obj)) = (pte.is_none(), v.private_file()) {
+                    // A private file mapping's page not copied: the file's.
+                    let pgoff = v.pgoff_of(va);
+                    if let Some(slot) = obj.swapped(pgoff) {
+                        let _ = obj.swap_in(pgoff, slot, va);
                     }
                 }
             }

@@ -11,6 +11,7 @@
 //! the page resident and its index entry unchanged.
 
 use super::swap::SwapSpace;
+use super::visit::{edit_entry, Edited};
 use crate::error::{Error, Result};
 use crate::machine::MachineInner;
 use crate::mm::{Change, ChangeBatch};
@@ -19,7 +20,6 @@ use crate::phys::{flags, FrameId, PAGE_SIZE};
 use crate::pte::Pte;
 use crate::shm::ShmObject;
 use crate::stats::Counters;
-use crate::vma::Backing;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -147,6 +147,7 @@ fn edit_everywhere(
 ) -> (u32, bool, bool) {
     let arena = &m.arena;
     let (mut cleared, mut skipped, mut dirty) = (0, false, false);
+    let mut tables: Vec<FrameId> = Vec::new();
     // One shootdown per space for all its mappings of the page, then the
     // secondary MMUs' bracket ends, when the batch is dropped.
     let mut batch = ChangeBatch::default();
@@ -161,7 +162,7 @@ fn edit_everywhere(
         let addrs = st
             .vmas
             .iter()
-            .filter(|v| matches!(&v.backing, Backing::Shm(o) if Arc::ptr_eq(&**o, obj)))
+            .filter(|v| v.maps_object(obj))
             .filter(|v| pgoff >= v.pgoff && pgoff < v.pgoff + (v.len() >> 12))
             .filter(|v| !v.flags.contains(crate::vma::VmFlags::LOCKED))
             .map(|v| v.start + ((pgoff - v.pgoff) << 12));
@@ -175,17 +176,20 @@ fn edit_everywhere(
         }
         for (va, mut change) in changes {
             if let Some(mut g) = crate::pgtable::share::lock_pte_table(arena, pt, va, change.edit()) {
-                let mut pte = g.get(va);
-                while pte.is_present() && pte.frame() == f {
-                    match g.cas(va, pte, edit(pte)) {
-                        Ok(old) => {
-                            dirty |= old.is_dirty();
-                            cleared += 1;
-                            change.need_flush();
-                            break;
-                        }
-                        Err(now) => pte = now,
+                // The anonymous visit's entry edit: a private file mapping's
+                // page may sit in a PTE table shared at fork, or be
+                // borrowed by a table unshared from one.
+                let mut was_dirty = |old: Pte| dirty |= old.is_dirty();
+                match edit_entry(arena, &mut g, va, f, |p| Some(edit(p)), &mut was_dirty) {
+                    Edited::Replaced(_) | Edited::Aged => {
+                        tables.push(g.table());
+                        cleared += 1;
+                        change.need_flush();
                     }
+                    // Cleared through a table shared with a space seen
+                    // before: this one may cache the translation too.
+                    Edited::Gone if tables.contains(&g.table()) => change.need_flush(),
+                    Edited::Gone | Edited::Kept => {}
                 }
                 change.translations_changed(va, va + 4096);
             }

@@ -181,7 +181,7 @@ pub(crate) fn age(pte: Pte) -> Option<Pte> {
 }
 
 /// What `edit_entry` did to one entry.
-enum Edited {
+pub(super) enum Edited {
     /// The entry no longer holds the frame.
     Gone,
     /// `edit` left it alone.
@@ -198,7 +198,7 @@ enum Edited {
 /// Borrowed entries (`pgtable/borrow.rs`): aging one needs nothing, but
 /// before any other replacement a borrowed entry is owned (B5), and the
 /// entry of a table others borrow from is owned in every borrower (B3).
-fn edit_entry(
+pub(super) fn edit_entry(
     arena: &crate::phys::FrameArena,
     g: &mut crate::pgtable::PteTableGuard<'_>,
     va: u64,
