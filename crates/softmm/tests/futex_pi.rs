@@ -362,3 +362,18 @@ fn a_requeued_waiter_past_its_deadline_leaves_the_mutex_to_the_others() {
         mm.check_invariants().unwrap();
     }
 }
+
+#[test]
+fn a_plain_requeue_never_moves_a_lock_pi_waiter() {
+    let (_m, mm) = space(FutexKeys::Physical, MapKind::Private);
+    mm.futex_lock_pi(BASE, 1, None).unwrap();
+    let waiter = {
+        let mm = mm.clone();
+        std::thread::spawn(move || mm.futex_lock_pi(BASE, 2, None))
+    };
+    until_queued(&mm, 1);
+    assert_eq!(mm.futex_requeue(BASE, 0, 10, COND).unwrap(), 0);
+    mm.futex_unlock_pi(BASE, 1).unwrap();
+    waiter.join().unwrap().unwrap();
+    assert_eq!(get(&mm, BASE), FUTEX_WAITERS | 2);
+}

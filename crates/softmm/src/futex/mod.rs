@@ -62,6 +62,8 @@
 
 mod key;
 #[cfg(all(test, loom))]
+mod loom_pi;
+#[cfg(all(test, loom))]
 mod loom_tests;
 pub mod mutex;
 mod op;

@@ -355,6 +355,13 @@ impl FutexTable {
         let b = &self.buckets[Self::index(&key)];
         let mut q = b.queue.lock();
         b.waiters.fetch_add(1, Ordering::SeqCst);
+        // Loom models SeqCst read-modify-writes as AcqRel, so it needs the
+        // fence the C++ SC order (and the locked instruction) gives here.
+        // Without it, a wake that changed the word and then found no waiter
+        // counted (`maybe_waiters`) passes loom's wait check too: a lost
+        // wake-up that only the model has (`loom_pi::robust_death_*`).
+        #[cfg(loom)]
+        fence(Ordering::SeqCst);
         let verdict = check();
         if let Check::Queue = verdict {
             debug_assert_eq!(node.key_frame(), key.frame(), "queue: the node is keyed elsewhere");
