@@ -377,3 +377,24 @@ fn a_plain_requeue_never_moves_a_lock_pi_waiter() {
     waiter.join().unwrap().unwrap();
     assert_eq!(get(&mm, BASE), FUTEX_WAITERS | 2);
 }
+
+#[test]
+fn a_requeue_in_shared_memory_reaches_another_spaces_waiter() {
+    for keys in MODES {
+        let (_m, parent) = space(keys, MapKind::Shared);
+        let child = Arc::new(parent.fork().unwrap());
+        parent.futex_lock_pi(BASE, 10, None).unwrap();
+        let waiter = {
+            let child = child.clone();
+            std::thread::spawn(move || child.futex_wait_requeue_pi(COND, 0, BASE, None, 20))
+        };
+        broadcast(&parent, 1);
+        parent.futex_unlock_pi(BASE, 10).unwrap();
+        waiter.join().unwrap().unwrap();
+        assert_eq!(get(&parent, BASE), FUTEX_WAITERS | 20, "{keys:?}");
+        child.futex_unlock_pi(BASE, 20).unwrap();
+        assert_eq!(get(&parent, BASE), 0);
+        parent.check_invariants().unwrap();
+        child.check_invariants().unwrap();
+    }
+}
