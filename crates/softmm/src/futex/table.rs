@@ -355,7 +355,7 @@ impl FutexTable {
         let b = &self.buckets[Self::index(&key)];
         let mut q = b.queue.lock();
         b.waiters.fetch_add(1, Ordering::SeqCst);
-        // Loom models SeqCst read-modify-writes as AcqRel, so it needs the
+        // Loom models SeqCst accesses as AcqRel (tokio-rs/loom#180), so it needs the
         // fence the C++ SC order (and the locked instruction) gives here.
         // Without it, a wake that changed the word and then found no waiter
         // counted (`maybe_waiters`) passes loom's wait check too: a lost
