@@ -62,10 +62,13 @@
 
 mod key;
 #[cfg(all(test, loom))]
+mod loom_pi;
+#[cfg(all(test, loom))]
 mod loom_tests;
 pub mod mutex;
 mod op;
 mod pi;
+mod requeue_pi;
 mod resolve;
 mod robust;
 mod table;
@@ -714,10 +717,11 @@ impl crate::Mm {
             5 => self.futex_wake_op(addr, val, addr2, val2, WakeOp::from_raw(val3)?),
             9 => wait(&self.inner, addr, val, val3, timeout).map(|_| 0),
             10 => self.futex_wake_bitset(addr, val, val3),
-            6..=8 | 13 => Err(Error::Unsupported(
-                "PI futex commands need the caller's TID: use Mm::futex_lock_pi, futex_trylock_pi, futex_unlock_pi",
+            6..=8 | 11 | 13 => Err(Error::Unsupported(
+                "PI futex commands need the caller's TID: use Mm::futex_lock_pi, futex_trylock_pi, futex_unlock_pi, \
+                 futex_wait_requeue_pi",
             )),
-            11 | 12 => Err(Error::Unsupported("FUTEX_WAIT_REQUEUE_PI and FUTEX_CMP_REQUEUE_PI")),
+            12 => self.futex_cmp_requeue_pi(addr, val, count(val2)?, addr2, val3),
             _ => Err(Error::Unsupported("futex command")),
         }
     }

@@ -61,7 +61,7 @@ impl crate::Mm {
     }
 }
 
-fn check_tid(tid: u32) -> Result<()> {
+pub(super) fn check_tid(tid: u32) -> Result<()> {
     if tid == 0 || tid > FUTEX_TID_MASK {
         return Err(Error::Invalid("thread id is 0 or wider than FUTEX_TID_MASK"));
     }

@@ -125,6 +125,50 @@ fn exit_all(mm: &Mm) {
     }
 }
 
+/// What Linux's `handle_futex_death` did to one word (`mark_death`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeathStep {
+    /// A pending unlock had finished (the word is 0): wake one waiter, who
+    /// takes the lock.
+    Unlocked,
+    /// The thread does not own the word: nothing to do.
+    NotOwned,
+    /// A PI word the thread owns: hand it on (`pi::owner_died`).
+    Pi,
+    /// The word lost its owner and got `FUTEX_OWNER_DIED`, keeping
+    /// `FUTEX_WAITERS`; `waiters`: it had that bit, so wake one waiter.
+    Marked { waiters: bool },
+}
+
+/// `handle_futex_death`'s change of the word, first read as `uval`, for
+/// thread `tid` (`pi`: a PI entry; `pending`: the list's pending entry);
+/// `cmpxchg(old, new)` answers the value found (`Ok(old)` if stored). The
+/// caller wakes as the result says, after the word changed.
+pub(crate) fn mark_death<E>(
+    tid: u32,
+    pi: bool,
+    pending: bool,
+    mut uval: u32,
+    mut cmpxchg: impl FnMut(u32, u32) -> std::result::Result<std::result::Result<u32, u32>, E>,
+) -> std::result::Result<DeathStep, E> {
+    loop {
+        if pending && !pi && uval == 0 {
+            return Ok(DeathStep::Unlocked);
+        }
+        if uval & FUTEX_TID_MASK != tid {
+            return Ok(DeathStep::NotOwned);
+        }
+        if pi {
+            return Ok(DeathStep::Pi);
+        }
+        let died = (uval & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
+        match cmpxchg(uval, died)? {
+            Ok(_) => return Ok(DeathStep::Marked { waiters: uval & FUTEX_WAITERS != 0 }),
+            Err(now) => uval = now,
+        }
+    }
+}
+
 /// One walk of thread `tid`'s list.
 struct Walk<'a> {
     mm: &'a Mm,
@@ -189,29 +233,21 @@ impl Walk<'_> {
         if uaddr % 4 != 0 {
             return Err(());
         }
-        let mut uval = self.acc.load_u32(uaddr).map_err(|_| ())?;
-        loop {
-            // An unlock that finished (the word is 0) but died before its
-            // wake: wake one waiter, who takes the lock.
-            if pending && !pi && uval == 0 {
-                self.wake(uaddr);
-                return Ok(());
+        let uval = self.acc.load_u32(uaddr).map_err(|_| ())?;
+        let acc = &mut self.acc;
+        match mark_death(self.tid, pi, pending, uval, |old, new| acc.cmpxchg_u32(uaddr, old, new).map_err(|_| ()))? {
+            DeathStep::Unlocked => self.wake(uaddr),
+            DeathStep::NotOwned => {}
+            DeathStep::Pi => return self.pi_owner_died(uaddr),
+            DeathStep::Marked { waiters } => {
+                self.out.marked += 1;
+                // After the mark, never before: a waiter that queues
+                // between a wake and the mark would sleep on a word that
+                // nobody wakes again (the loom model `robust_death_*`).
+                if waiters {
+                    self.wake(uaddr);
+                }
             }
-            if uval & FUTEX_TID_MASK != self.tid {
-                return Ok(());
-            }
-            if pi {
-                return self.pi_owner_died(uaddr);
-            }
-            let died = (uval & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
-            match self.acc.cmpxchg_u32(uaddr, uval, died).map_err(|_| ())? {
-                Ok(_) => break,
-                Err(now) => uval = now,
-            }
-        }
-        self.out.marked += 1;
-        if uval & FUTEX_WAITERS != 0 {
-            self.wake(uaddr);
         }
         Ok(())
     }

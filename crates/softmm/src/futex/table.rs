@@ -123,6 +123,23 @@ pub(crate) struct NodeInner {
     /// has bitset 0, so no plain wake takes it: only an unlock that hands
     /// it the lock (`FutexTable::unlock_pi`).
     pub(crate) pi_tid: u32,
+    /// A `FUTEX_WAIT_REQUEUE_PI` waiter still on its first futex: the PI
+    /// futex it agreed to be requeued to (`FUTEX_CMP_REQUEUE_PI` checks
+    /// it). `None` once requeued: it is then a PI waiter like any other.
+    pub(crate) pi_target: Option<PiTarget>,
+    /// Set with `Woken` by a `FUTEX_CMP_REQUEUE_PI` that found this waiter's
+    /// TID owning the PI futex it was to be requeued to (`EDEADLK`).
+    pub(crate) pi_deadlock: bool,
+}
+
+/// The PI futex a `FUTEX_WAIT_REQUEUE_PI` waiter named: its key when the
+/// wait started, and the address in the space that started it. A requeue
+/// to either matches (a physical key changes when the page is copied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PiTarget {
+    pub(crate) key: FutexKey,
+    pub(crate) mm: u64,
+    pub(crate) addr: u64,
 }
 
 /// A vcache entry of a waiter: `(mm, page, mm's count of entries)`, the
@@ -177,7 +194,17 @@ impl Node {
             released: AtomicBool::new(false),
             owner,
             sleeping: AtomicBool::new(false),
-            inner: Mutex::new(NodeInner { key, bitset, notify, tracked, left: None, entries, pi_tid: 0 }),
+            inner: Mutex::new(NodeInner {
+                key,
+                bitset,
+                notify,
+                tracked,
+                left: None,
+                entries,
+                pi_tid: 0,
+                pi_target: None,
+                pi_deadlock: false,
+            }),
         }
     }
 
@@ -273,6 +300,24 @@ impl<'a> Pair<'a> {
     }
 }
 
+/// The caller's half of [`FutexTable::requeue_pi`], run under both
+/// bucket locks.
+pub(crate) trait RequeuePiOps {
+    type Err;
+    /// The translations still hold and the first word holds the expected
+    /// value (else `Err`: retry or `EAGAIN`).
+    fn check(&mut self) -> Result<(), Self::Err>;
+    /// Whether a waiter that named `t` may be requeued to this PI futex.
+    fn targets(&self, t: &PiTarget) -> bool;
+    /// The error for a waiter that may not (`EINVAL`).
+    fn invalid(&self) -> Self::Err;
+    /// Take the PI lock for `tid` if it is free (`None`), else mark it
+    /// `FUTEX_WAITERS` and answer its owner's TID; `EDEADLK` if `tid` owns it.
+    fn acquire(&mut self, tid: u32) -> Result<Option<u32>, Self::Err>;
+    /// `node` now waits on the PI futex (physical keys retarget its tracking).
+    fn moved(&mut self, node: &Arc<Node>, inner: &mut NodeInner);
+}
+
 /// What `queue` decided after its check.
 pub(crate) enum Check {
     /// The word holds the expected value: queue.
@@ -310,6 +355,13 @@ impl FutexTable {
         let b = &self.buckets[Self::index(&key)];
         let mut q = b.queue.lock();
         b.waiters.fetch_add(1, Ordering::SeqCst);
+        // Loom models SeqCst accesses as AcqRel (tokio-rs/loom#180), so it needs the
+        // fence the C++ SC order (and the locked instruction) gives here.
+        // Without it, a wake that changed the word and then found no waiter
+        // counted (`maybe_waiters`) passes loom's wait check too: a lost
+        // wake-up that only the model has (`loom_pi::robust_death_*`).
+        #[cfg(loom)]
+        fence(Ordering::SeqCst);
         let verdict = check();
         if let Check::Queue = verdict {
             debug_assert_eq!(node.key_frame(), key.frame(), "queue: the node is keyed elsewhere");
@@ -396,7 +448,7 @@ impl FutexTable {
         let mut q = b.queue.lock();
         let top = q.iter().position(|n| {
             let inner = n.inner.lock();
-            inner.key == *key && inner.pi_tid != 0
+            inner.key == *key && inner.pi_tid != 0 && inner.pi_target.is_none()
         });
         let tid = top.map(|i| q[i].inner.lock().pi_tid);
         hand(tid)?;
@@ -469,7 +521,11 @@ impl FutexTable {
                 let mut take = Vec::new();
                 let mut i = 0;
                 while i < src.len() && (take.len() as u32) < n_requeue {
-                    if src[i].inner.lock().key == *k1 {
+                    let movable = {
+                        let inner = src[i].inner.lock();
+                        inner.key == *k1 && inner.pi_tid == 0
+                    };
+                    if movable {
                         if let Some(n) = src.remove(i) {
                             take.push(n);
                         }
@@ -478,23 +534,7 @@ impl FutexTable {
                     }
                 }
                 for n in take {
-                    {
-                        let mut inner = n.inner.lock();
-                        if let Some(f) = k2.frame() {
-                            refs.get(f);
-                            refs.key_on(f);
-                        }
-                        if let Some(f) = inner.key.frame() {
-                            refs.key_off(f);
-                            refs.put(f);
-                        }
-                        n.set_key(&mut inner, *k2);
-                        moved(&n, &mut inner);
-                    }
-                    self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
-                    self.buckets[i2].waiters.fetch_add(1, Ordering::SeqCst);
-                    self.moves.fetch_add(1, Ordering::SeqCst);
-                    pair.get(i2).push_back(n);
+                    self.move_to(&mut pair, i1, i2, n, k2, refs, &mut moved);
                     requeued += 1;
                 }
             } else if n_requeue > 0 {
@@ -505,6 +545,127 @@ impl FutexTable {
             }
         }
         Ok(finish_wakes(woken) + requeued)
+    }
+
+    /// Move `n`, already off bucket `i1`'s queue, to key `k2` (bucket
+    /// `i2`), both locked in `pair`: the frame reference moves with the key.
+    #[allow(clippy::too_many_arguments)]
+    fn move_to(
+        &self,
+        pair: &mut Pair<'_>,
+        i1: usize,
+        i2: usize,
+        n: Arc<Node>,
+        k2: &FutexKey,
+        refs: &dyn FrameRefs,
+        moved: &mut impl FnMut(&Arc<Node>, &mut NodeInner),
+    ) {
+        {
+            let mut inner = n.inner.lock();
+            if let Some(f) = k2.frame() {
+                refs.get(f);
+                refs.key_on(f);
+            }
+            if let Some(f) = inner.key.frame() {
+                refs.key_off(f);
+                refs.put(f);
+            }
+            n.set_key(&mut inner, *k2);
+            moved(&n, &mut inner);
+        }
+        self.buckets[i1].waiters.fetch_sub(1, Ordering::SeqCst);
+        self.buckets[i2].waiters.fetch_add(1, Ordering::SeqCst);
+        self.moves.fetch_add(1, Ordering::SeqCst);
+        pair.get(i2).push_back(n);
+    }
+
+    /// FUTEX_CMP_REQUEUE_PI (Linux's `futex_requeue` with `requeue_pi`),
+    /// with both buckets locked and `ops.check` passed: the first
+    /// `1 + n_requeue` waiters of `k1` must all be `FUTEX_WAIT_REQUEUE_PI`
+    /// waiters that named `k2` (`ops.invalid` otherwise, nothing changed).
+    /// The first one gets the PI lock at once if it is free
+    /// (`ops.acquire`, Linux's `futex_proxy_trylock_atomic`) and is woken
+    /// owning it; the others (the first too, if the lock is owned) move to
+    /// `k2` as PI waiters, which an unlock hands the lock to in turn. A
+    /// waiter whose TID owns the lock is woken with `pi_deadlock` set.
+    /// Returns how many waiters were woken or moved.
+    pub(crate) fn requeue_pi<O: RequeuePiOps>(
+        &self,
+        k1: &FutexKey,
+        k2: &FutexKey,
+        n_requeue: u32,
+        refs: &dyn FrameRefs,
+        ops: &mut O,
+    ) -> Result<u32, O::Err> {
+        let (i1, i2) = (Self::index(k1), Self::index(k2));
+        let mut woken = Few::default();
+        let mut count = 0u32;
+        {
+            let mut pair = self.lock_pair(i1, i2);
+            ops.check()?;
+            let limit = (n_requeue as usize).saturating_add(1);
+            let mut picked = Vec::new();
+            for n in pair.get(i1).iter() {
+                if picked.len() == limit {
+                    break;
+                }
+                let inner = n.inner.lock();
+                if inner.key != *k1 {
+                    continue;
+                }
+                match &inner.pi_target {
+                    Some(t) if ops.targets(t) => picked.push((n.clone(), inner.pi_tid)),
+                    _ => return Err(ops.invalid()),
+                }
+            }
+            let Some(&(_, top_tid)) = picked.first() else { return Ok(0) };
+            let owner = match ops.acquire(top_tid)? {
+                Some(owner) => owner,
+                None => {
+                    let (top, _) = picked.remove(0);
+                    self.take_woken(&mut pair, i1, &top, false, &mut woken);
+                    count += 1;
+                    top_tid
+                }
+            };
+            for (n, tid) in picked {
+                if tid == owner {
+                    self.take_woken(&mut pair, i1, &n, true, &mut woken);
+                    count += 1;
+                    continue;
+                }
+                let q = pair.get(i1);
+                if let Some(n) = q.iter().position(|m| Arc::ptr_eq(m, &n)).and_then(|i| q.remove(i)) {
+                    n.inner.lock().pi_target = None;
+                    self.move_to(&mut pair, i1, i2, n, k2, refs, &mut |n, inner| ops.moved(n, inner));
+                    count += 1;
+                }
+            }
+        }
+        finish_wakes(woken);
+        Ok(count)
+    }
+
+    /// Take queued `n` off bucket `i`'s queue as `Woken` (`deadlock`: with
+    /// `EDEADLK` for it), its notification into `out`.
+    fn take_woken(
+        &self,
+        pair: &mut Pair<'_>,
+        i: usize,
+        n: &Arc<Node>,
+        deadlock: bool,
+        out: &mut Few<(Notify, Arc<Node>)>,
+    ) {
+        let q = pair.get(i);
+        let Some(n) = q.iter().position(|m| Arc::ptr_eq(m, n)).and_then(|p| q.remove(p)) else { return };
+        let notify = {
+            let mut inner = n.inner.lock();
+            inner.pi_deadlock = deadlock;
+            n.set_state(WaitState::Woken);
+            std::mem::take(&mut inner.notify)
+        };
+        self.buckets[i].waiters.fetch_sub(1, Ordering::SeqCst);
+        out.push((notify, n));
     }
 
     /// Move a queued `node` from key `from` to key `to` (a vcache callback:
