@@ -9,7 +9,7 @@ use crate::deliver::{send_to_process, send_to_thread};
 use crate::hart::Hart;
 use crate::signal::{Payload, SigInfo, NSIG, SI_TKILL, SI_USER};
 use crate::task::{lock, Ending, Process, ThreadCtl};
-use softmm::{Advice, MapKind, Mm, Placement, Prot};
+use softmm::{Advice, MapKind, Mm, Placement, Prot, RemapFlags};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,7 @@ pub mod nr {
     pub const GETTID: u64 = 178;
     pub const BRK: u64 = 214;
     pub const MUNMAP: u64 = 215;
+    pub const MREMAP: u64 = 216;
     pub const MMAP: u64 = 222;
     pub const MPROTECT: u64 = 226;
     pub const MADVISE: u64 = 233;
@@ -87,7 +88,6 @@ pub mod nr {
 pub fn name(n: u64) -> &'static str {
     match n {
         nr::FUTEX => "futex (op)",
-        216 => "mremap",
         258 => "riscv_hwprobe",
         293 => "rseq",
         _ => "?",
@@ -139,6 +139,9 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MADV_DONTNEED: u64 = 4;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+const MREMAP_DONTUNMAP: u64 = 4;
 const IOV_MAX: u64 = 1024;
 
 impl Kernel {
@@ -200,6 +203,7 @@ impl Kernel {
             nr::BRK => Ok(self.sys_brk(a[0])),
             nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4]),
             nr::MUNMAP => self.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MREMAP => self.mremap(a[0], a[1], a[2], a[3], a[4]),
             nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
             nr::MADVISE => self.madvise(a[0], a[1], a[2]),
             nr::SET_TID_ADDRESS => {
@@ -350,6 +354,26 @@ impl Kernel {
             Placement::Hint
         };
         self.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
+    }
+
+    /// mremap(old, old_len, new_len, flags, new): Linux's flag bits, any
+    /// other bit EINVAL. A move unmaps the old range through softmm, whose
+    /// notifier drops the harts' decoded instructions there.
+    fn mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64, new: u64) -> SysResult {
+        if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
+            return Err(EINVAL);
+        }
+        let mut f = RemapFlags::NONE;
+        for (bit, flag) in [
+            (MREMAP_MAYMOVE, RemapFlags::MAYMOVE),
+            (MREMAP_FIXED, RemapFlags::FIXED),
+            (MREMAP_DONTUNMAP, RemapFlags::DONTUNMAP),
+        ] {
+            if flags & bit != 0 {
+                f = f.union(flag);
+            }
+        }
+        self.mm.mremap(old, old_len, new_len, f, new).map_err(|e| e.errno())
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: u64) -> SysResult {
