@@ -48,6 +48,7 @@ pub mod nr {
     pub const SET_TID_ADDRESS: u64 = 96;
     pub const FUTEX: u64 = 98;
     pub const SET_ROBUST_LIST: u64 = 99;
+    pub const GET_ROBUST_LIST: u64 = 100;
     pub const NANOSLEEP: u64 = 101;
     pub const CLOCK_GETTIME: u64 = 113;
     pub const CLOCK_GETRES: u64 = 114;
@@ -116,8 +117,6 @@ pub struct Kernel {
     pub tid: u64,
     /// `set_tid_address` / `CLONE_CHILD_CLEARTID`: zeroed and woken at exit.
     pub clear_child_tid: u64,
-    /// `set_robust_list`'s head, walked at exit.
-    pub robust_list: u64,
     /// The mask `rt_sigsuspend` replaced, restored after the handler.
     pub saved_mask: Option<u64>,
     /// The first argument of a system call a signal interrupted (Linux's
@@ -153,7 +152,6 @@ impl Kernel {
             p,
             ctl,
             clear_child_tid: 0,
-            robust_list: 0,
             saved_mask: None,
             restart: None,
             altstack: (0, 0, true),
@@ -211,12 +209,12 @@ impl Kernel {
                 Ok(self.tid)
             }
             nr::SET_ROBUST_LIST => {
-                if a[1] != 24 {
-                    return Err(EINVAL);
-                }
-                self.robust_list = a[0];
-                Ok(0)
+                // softmm keeps the head per thread and walks it at exit.
+                let len = usize::try_from(a[1]).map_err(|_| EINVAL)?;
+                let tid = u32::try_from(self.tid).map_err(|_| EINVAL)?;
+                self.mm.set_robust_list(tid, a[0], len).map(|()| 0).map_err(|e| e.errno())
             }
+            nr::GET_ROBUST_LIST => self.get_robust_list(hart, a[0], a[1], a[2]),
             nr::RT_SIGACTION => self.sigaction(hart, a[0], a[1], a[2], a[3]),
             nr::RT_SIGPROCMASK => self.sigprocmask(hart, a[0], a[1], a[2], a[3]),
             nr::RT_SIGPENDING => self.rt_sigpending(hart, a[0], a[1]),
@@ -381,6 +379,20 @@ impl Kernel {
             return self.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
         }
         // Other advice is a hint Linux may ignore too.
+        Ok(0)
+    }
+
+    /// get_robust_list(tid, head_ptr, len_ptr) of this thread (tid 0) or
+    /// another thread of this process; ESRCH for any other.
+    fn get_robust_list(&mut self, hart: &mut Hart, tid: u64, head_ptr: u64, len_ptr: u64) -> SysResult {
+        let tid = if tid == 0 { self.tid } else { tid };
+        if self.p.thread(tid).is_none() {
+            return Err(ESRCH);
+        }
+        let tid = u32::try_from(tid).map_err(|_| ESRCH)?;
+        let head = self.mm.robust_list(tid).unwrap_or(0);
+        hart.mem.store(head_ptr, 8, head).map_err(|_| EFAULT)?;
+        hart.mem.store(len_ptr, 8, softmm::futex::ROBUST_LIST_HEAD_LEN as u64).map_err(|_| EFAULT)?;
         Ok(0)
     }
 
