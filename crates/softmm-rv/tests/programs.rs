@@ -341,6 +341,15 @@ fn robust_mutex_owner_dies() {
     same_as_native("robust", &[]);
 }
 
+/// Priority-inheritance mutexes (FUTEX_LOCK_PI, TRYLOCK_PI, UNLOCK_PI)
+/// contended by threads, trylock, a timed lock, errors, and a robust PI
+/// mutex handed on when its owner exits.
+#[test]
+fn priority_inheritance_mutexes() {
+    let stderr = same_as_native("pi", &[]);
+    assert!(stderr.contains("every system call was known"), "{stderr}");
+}
+
 /// fork trees with copy-on-write checks, wait statuses of exits and
 /// signals, waitid, WNOHANG, ECHILD, kill, a process-shared mutex in
 /// MAP_SHARED memory.
@@ -390,7 +399,7 @@ fn file_calls() {
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 23] = [
+    let cases: [(&str, &[&str], &[u8]); 24] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -414,6 +423,7 @@ fn same_as_qemu() {
         ("fork", &[], b""),
         ("realloc", &[], b""),
         ("mremap", &[], b""),
+        ("pi", &[], b""),
     ];
     for (name, args, stdin) in cases {
         let rv = compile(name, Build::Riscv);
