@@ -79,6 +79,9 @@ pub mod nr {
     pub const MREMAP: u64 = 216;
     pub const MMAP: u64 = 222;
     pub const MPROTECT: u64 = 226;
+    pub const MSYNC: u64 = 227;
+    pub const FSYNC: u64 = 82;
+    pub const FDATASYNC: u64 = 83;
     pub const MADVISE: u64 = 233;
     pub const PRLIMIT64: u64 = 261;
     pub const GETRANDOM: u64 = 278;
@@ -95,7 +98,7 @@ pub fn name(n: u64) -> &'static str {
     }
 }
 
-use crate::errno::{EAGAIN, EFAULT, EINTR, EINVAL, ENODEV, ENOENT, ENOSYS, ESRCH};
+use crate::errno::{EAGAIN, EFAULT, EINTR, EINVAL, ENOENT, ENOSYS, ESRCH};
 
 /// What the thread does after a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,7 +202,9 @@ impl Kernel {
             nr::WRITE => self.write(hart, a[0], a[1], a[2]),
             nr::READV | nr::WRITEV => self.rwv(hart, n == nr::WRITEV, a[0], a[1], a[2]),
             nr::BRK => Ok(self.sys_brk(a[0])),
-            nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4]),
+            nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4], a[5]),
+            nr::MSYNC => self.msync(a[0], a[1], a[2]),
+            nr::FSYNC | nr::FDATASYNC => self.fsync(a[0]),
             nr::MUNMAP => self.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
             nr::MREMAP => self.mremap(a[0], a[1], a[2], a[3], a[4]),
             nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
@@ -334,11 +339,7 @@ impl Kernel {
         want
     }
 
-    fn mmap(&mut self, addr: u64, len: u64, prot_bits: u64, flags: u64, _fd: u64) -> SysResult {
-        if flags & MAP_ANONYMOUS == 0 {
-            // File mappings come with the file calls.
-            return Err(ENODEV);
-        }
+    fn mmap(&mut self, addr: u64, len: u64, prot_bits: u64, flags: u64, fd: u64, off: u64) -> SysResult {
         let kind = match flags & 3 {
             MAP_SHARED | MAP_SHARED_VALIDATE => MapKind::Shared,
             MAP_PRIVATE => MapKind::Private,
@@ -351,6 +352,10 @@ impl Kernel {
         } else {
             Placement::Hint
         };
+        if flags & MAP_ANONYMOUS == 0 {
+            let at = crate::mapped::MapAt { addr, len, place };
+            return self.mmap_fd(at, prot(prot_bits)?, kind, fd, off);
+        }
         self.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
     }
 

@@ -394,6 +394,18 @@ fn file_calls() {
     same_as_native("files", &[&dir]);
 }
 
+/// mmap of a file descriptor: MAP_SHARED stores seen by read(2) and
+/// pread (with and without msync), write and pwrite seen through the
+/// mapping, a second mapping and a forked child sharing the pages,
+/// MAP_PRIVATE copies, SIGBUS past the end, ftruncate growth, and mmap's
+/// descriptor errors; the file's final bytes.
+#[test]
+fn mmap_of_files() {
+    let dir = scratch("rv-mmapfile");
+    let stderr = same_as_native("mmapfile", &[&dir]);
+    assert!(stderr.contains("every system call was known"), "{stderr}");
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
@@ -436,6 +448,12 @@ fn same_as_qemu() {
         );
         assert_eq!(status, want_status, "{name}: status differs from qemu's (stderr:\n{stderr})");
     }
+    let dir = scratch("rv-mmapfile-qemu");
+    let rv = compile("mmapfile", Build::Riscv);
+    let (want, want_status) = run_qemu(&rv, &[&dir], b"");
+    let (out, status, stderr) = run_rv(&rv, &[&dir], b"");
+    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want), "mmapfile: differs from qemu ({stderr})");
+    assert_eq!(status, want_status, "mmapfile: status differs from qemu ({stderr})");
     let dir = scratch("rv-files-qemu");
     let rv = compile("files", Build::Riscv);
     let (want, want_status) = run_qemu(&rv, &[&dir], b"");
