@@ -302,7 +302,8 @@ fn realloc_of_big_blocks_uses_mremap() {
 /// mremap with each flag (none, MAYMOVE, FIXED, DONTUNMAP), its errors,
 /// SIGBUS past a grown shared mapping's object, and code moved away: the
 /// old address faults rather than running decoded instructions a hart
-/// kept.
+/// kept. Not compared with qemu-riscv64, which answers a new length of 0
+/// with ENOMEM (Linux: EINVAL).
 #[test]
 fn mremap_flags_and_errors() {
     same_as_native("mremap", &[]);
@@ -343,7 +344,9 @@ fn robust_mutex_owner_dies() {
 
 /// Priority-inheritance mutexes (FUTEX_LOCK_PI, TRYLOCK_PI, UNLOCK_PI)
 /// contended by threads, trylock, a timed lock, errors, and a robust PI
-/// mutex handed on when its owner exits.
+/// mutex handed on when its owner exits. Not compared with
+/// qemu-riscv64, under which this program prints nothing (its user mode
+/// does not carry PI futexes through).
 #[test]
 fn priority_inheritance_mutexes() {
     let stderr = same_as_native("pi", &[]);
@@ -411,7 +414,7 @@ fn mmap_of_files() {
 #[test]
 fn same_as_qemu() {
     toolchain();
-    let cases: [(&str, &[&str], &[u8]); 24] = [
+    let cases: [(&str, &[&str], &[u8]); 22] = [
         ("hello", &["one", "two words"], b""),
         ("malloc", &[], b""),
         ("arith", &[], b""),
@@ -434,8 +437,6 @@ fn same_as_qemu() {
         ("robust", &[], b""),
         ("fork", &[], b""),
         ("realloc", &[], b""),
-        ("mremap", &[], b""),
-        ("pi", &[], b""),
     ];
     for (name, args, stdin) in cases {
         let rv = compile(name, Build::Riscv);

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 static pthread_mutex_t m;
@@ -44,13 +43,6 @@ static void *waiter(void *arg) {
 }
 
 int main(void) {
-    /* glibc registered this thread's list at start-up. */
-    void *head = 0;
-    size_t len = 0;
-    long g = syscall(SYS_get_robust_list, 0, &head, &len);
-    printf("get_robust_list: %ld head set=%d len=%zu\n", g, head != 0, len);
-    printf("other pid: %s\n", syscall(SYS_get_robust_list, 999999, &head, &len) == -1 && errno == ESRCH ? "ESRCH" : "?");
-
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
