@@ -6,8 +6,8 @@
 //! host descriptor (files and directories opened by host path relative to
 //! the host's working directory, pipes, memfds). Reads and writes that
 //! may block (pipes, terminals) wait in slices, so a signal or the end of
-//! the process interrupts them (EINTR). Mapping a file is not there yet:
-//! `mmap` of a descriptor answers ENODEV.
+//! the process interrupts them (EINTR). A file mapped shared has a page
+//! cache the calls here keep in step with the host file ([`crate::mapped`]).
 
 use crate::errno::{EBADF, EFAULT, EINTR, EINVAL, EIO, EMFILE, ENOTTY};
 use crate::hart::Hart;
@@ -249,7 +249,13 @@ impl Kernel {
                 if may_block(h.as_fd()) && !nonblocking(h.as_fd()) {
                     wait_ready(h.as_fd(), rustix::event::PollFlags::OUT, &self.ctl)?;
                 }
-                rustix::io::write(h, &data).map(|n| n as u64).map_err(os)
+                let n = rustix::io::write(h, &data).map_err(os)?;
+                if let Some(f) = self.p.sys.page_cache.get(h) {
+                    // Where it went: append mode writes at the end.
+                    let end = rustix::fs::seek(h, rustix::fs::SeekFrom::Current(0)).map_err(os)?;
+                    cache_written(&f, end - n as u64, &data[..n])?;
+                }
+                Ok(n as u64)
             }
         }
     }
@@ -281,6 +287,7 @@ impl Kernel {
                 if may_block(h.as_fd()) && !nonblocking(h.as_fd()) {
                     wait_ready(h.as_fd(), rustix::event::PollFlags::IN, &self.ctl)?;
                 }
+                self.sync_cache(h)?;
                 rustix::io::read(h, &mut data).map_err(os)?
             }
         };
@@ -289,7 +296,11 @@ impl Kernel {
     }
 
     pub(crate) fn pread(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64, off: u64) -> SysResult {
+        let cache = &self.p.sys.page_cache;
         self.positioned(fd, off, |h| {
+            if let Some(f) = cache.get(h) {
+                f.sync().map_err(|e| e.errno())?;
+            }
             let mut data = vec![0u8; len.min(1 << 20) as usize];
             let n = rustix::io::pread(h, &mut data, off).map_err(os)?;
             hart.mem.write_bytes(buf, &data[..n]).map_err(|_| EFAULT)?;
@@ -298,10 +309,15 @@ impl Kernel {
     }
 
     pub(crate) fn pwrite(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64, off: u64) -> SysResult {
+        let cache = &self.p.sys.page_cache;
         self.positioned(fd, off, |h| {
             let mut data = vec![0u8; len.min(1 << 20) as usize];
             hart.mem.read_bytes(buf, &mut data).map_err(|_| EFAULT)?;
-            rustix::io::pwrite(h, &data, off).map(|n| n as u64).map_err(os)
+            let n = rustix::io::pwrite(h, &data, off).map_err(os)?;
+            if let Some(f) = cache.get(h) {
+                cache_written(&f, off, &data[..n])?;
+            }
+            Ok(n as u64)
         })
     }
 
@@ -536,7 +552,20 @@ impl Kernel {
         if (len as i64) < 0 {
             return Err(EINVAL);
         }
-        rustix::fs::ftruncate(h, len).map(|()| 0).map_err(os)
+        rustix::fs::ftruncate(h, len).map_err(os)?;
+        if let Some(f) = self.p.sys.page_cache.get(h) {
+            f.truncate(len).map_err(|e| e.errno())?;
+        }
+        Ok(0)
+    }
+
+    /// Before a read of host file `h`: stores through its shared mappings
+    /// reach the host file.
+    fn sync_cache(&self, h: &OwnedFd) -> Result<(), i32> {
+        match self.p.sys.page_cache.get(h) {
+            Some(f) => f.sync().map_err(|e| e.errno()),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn memfd_create(&mut self, hart: &mut Hart, name: u64, flags: u64) -> SysResult {
@@ -575,6 +604,12 @@ impl Kernel {
         }
         Err(ENOTTY)
     }
+}
+
+/// After `data` was written to a host file at `pos`: the same bytes in its
+/// page cache, so its mappings see them (written back later, unchanged).
+fn cache_written(f: &softmm::File, pos: u64, data: &[u8]) -> Result<(), i32> {
+    f.pwrite(pos, data).map(|_| ()).map_err(|e| e.errno())
 }
 
 fn nonblocking(fd: BorrowedFd<'_>) -> bool {

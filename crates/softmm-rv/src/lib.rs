@@ -11,7 +11,8 @@
 //! ([`task`], [`thread`], [`fork`], [`mod@exec`]) map onto softmm spaces
 //! (threads share one `Mm`, fork is `Mm::fork`), futexes are softmm's,
 //! signals are delivered with Linux's riscv64 frame ([`deliver`],
-//! [`sigframe`]), and file calls reach host files ([`files`]). A guest
+//! [`sigframe`]), and file calls reach host files ([`files`]), which can be mapped
+//! ([`mapped`]). A guest
 //! fault is a value ([`mem::GuestFault`]) that becomes a signal, never a
 //! host panic; a host panic in a guest thread ends the guest process.
 //!
@@ -37,6 +38,7 @@ pub mod hart;
 pub mod icache;
 pub mod io;
 pub mod loader;
+pub mod mapped;
 pub mod mem;
 pub mod process;
 pub mod sigframe;

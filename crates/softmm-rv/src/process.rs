@@ -98,6 +98,8 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     prepare(&mut hart, &p, &ctl);
     run_thread(hart, Kernel::new(p.clone(), ctl));
     let ending = sys.wait_all(&p);
+    // Mapped files' dirty pages reach their host files.
+    sys.page_cache.sync_all();
     if let Some(m) = &ending.message {
         // What a shell prints for a killed child, with the guest's details.
         let _ = stderr.write_all(m.as_bytes());

@@ -9,7 +9,7 @@ use crate::deliver::{send_to_process, send_to_thread};
 use crate::hart::Hart;
 use crate::signal::{Payload, SigInfo, NSIG, SI_TKILL, SI_USER};
 use crate::task::{lock, Ending, Process, ThreadCtl};
-use softmm::{Advice, MapKind, Mm, Placement, Prot};
+use softmm::{Advice, MapKind, Mm, Placement, Prot, RemapFlags};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,7 @@ pub mod nr {
     pub const SET_TID_ADDRESS: u64 = 96;
     pub const FUTEX: u64 = 98;
     pub const SET_ROBUST_LIST: u64 = 99;
+    pub const GET_ROBUST_LIST: u64 = 100;
     pub const NANOSLEEP: u64 = 101;
     pub const CLOCK_GETTIME: u64 = 113;
     pub const CLOCK_GETRES: u64 = 114;
@@ -75,8 +76,12 @@ pub mod nr {
     pub const GETTID: u64 = 178;
     pub const BRK: u64 = 214;
     pub const MUNMAP: u64 = 215;
+    pub const MREMAP: u64 = 216;
     pub const MMAP: u64 = 222;
     pub const MPROTECT: u64 = 226;
+    pub const MSYNC: u64 = 227;
+    pub const FSYNC: u64 = 82;
+    pub const FDATASYNC: u64 = 83;
     pub const MADVISE: u64 = 233;
     pub const PRLIMIT64: u64 = 261;
     pub const GETRANDOM: u64 = 278;
@@ -87,14 +92,13 @@ pub mod nr {
 pub fn name(n: u64) -> &'static str {
     match n {
         nr::FUTEX => "futex (op)",
-        216 => "mremap",
         258 => "riscv_hwprobe",
         293 => "rseq",
         _ => "?",
     }
 }
 
-use crate::errno::{EAGAIN, EFAULT, EINTR, EINVAL, ENODEV, ENOENT, ENOSYS, ESRCH};
+use crate::errno::{EAGAIN, EFAULT, EINTR, EINVAL, ENOENT, ENOSYS, ESRCH};
 
 /// What the thread does after a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,8 +120,6 @@ pub struct Kernel {
     pub tid: u64,
     /// `set_tid_address` / `CLONE_CHILD_CLEARTID`: zeroed and woken at exit.
     pub clear_child_tid: u64,
-    /// `set_robust_list`'s head, walked at exit.
-    pub robust_list: u64,
     /// The mask `rt_sigsuspend` replaced, restored after the handler.
     pub saved_mask: Option<u64>,
     /// The first argument of a system call a signal interrupted (Linux's
@@ -139,6 +141,9 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MADV_DONTNEED: u64 = 4;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+const MREMAP_DONTUNMAP: u64 = 4;
 const IOV_MAX: u64 = 1024;
 
 impl Kernel {
@@ -150,7 +155,6 @@ impl Kernel {
             p,
             ctl,
             clear_child_tid: 0,
-            robust_list: 0,
             saved_mask: None,
             restart: None,
             altstack: (0, 0, true),
@@ -198,8 +202,11 @@ impl Kernel {
             nr::WRITE => self.write(hart, a[0], a[1], a[2]),
             nr::READV | nr::WRITEV => self.rwv(hart, n == nr::WRITEV, a[0], a[1], a[2]),
             nr::BRK => Ok(self.sys_brk(a[0])),
-            nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4]),
+            nr::MMAP => self.mmap(a[0], a[1], a[2], a[3], a[4], a[5]),
+            nr::MSYNC => self.msync(a[0], a[1], a[2]),
+            nr::FSYNC | nr::FDATASYNC => self.fsync(a[0]),
             nr::MUNMAP => self.mm.munmap(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MREMAP => self.mremap(a[0], a[1], a[2], a[3], a[4]),
             nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
             nr::MADVISE => self.madvise(a[0], a[1], a[2]),
             nr::SET_TID_ADDRESS => {
@@ -207,12 +214,12 @@ impl Kernel {
                 Ok(self.tid)
             }
             nr::SET_ROBUST_LIST => {
-                if a[1] != 24 {
-                    return Err(EINVAL);
-                }
-                self.robust_list = a[0];
-                Ok(0)
+                // softmm keeps the head per thread and walks it at exit.
+                let len = usize::try_from(a[1]).map_err(|_| EINVAL)?;
+                let tid = u32::try_from(self.tid).map_err(|_| EINVAL)?;
+                self.mm.set_robust_list(tid, a[0], len).map(|()| 0).map_err(|e| e.errno())
             }
+            nr::GET_ROBUST_LIST => self.get_robust_list(hart, a[0], a[1], a[2]),
             nr::RT_SIGACTION => self.sigaction(hart, a[0], a[1], a[2], a[3]),
             nr::RT_SIGPROCMASK => self.sigprocmask(hart, a[0], a[1], a[2], a[3]),
             nr::RT_SIGPENDING => self.rt_sigpending(hart, a[0], a[1]),
@@ -332,11 +339,7 @@ impl Kernel {
         want
     }
 
-    fn mmap(&mut self, addr: u64, len: u64, prot_bits: u64, flags: u64, _fd: u64) -> SysResult {
-        if flags & MAP_ANONYMOUS == 0 {
-            // File mappings come with the file calls.
-            return Err(ENODEV);
-        }
+    fn mmap(&mut self, addr: u64, len: u64, prot_bits: u64, flags: u64, fd: u64, off: u64) -> SysResult {
         let kind = match flags & 3 {
             MAP_SHARED | MAP_SHARED_VALIDATE => MapKind::Shared,
             MAP_PRIVATE => MapKind::Private,
@@ -349,7 +352,31 @@ impl Kernel {
         } else {
             Placement::Hint
         };
+        if flags & MAP_ANONYMOUS == 0 {
+            let at = crate::mapped::MapAt { addr, len, place };
+            return self.mmap_fd(at, prot(prot_bits)?, kind, fd, off);
+        }
         self.mm.mmap(addr, len, prot(prot_bits)?, kind, place).map_err(|e| e.errno())
+    }
+
+    /// mremap(old, old_len, new_len, flags, new): Linux's flag bits, any
+    /// other bit EINVAL. A move unmaps the old range through softmm, whose
+    /// notifier drops the harts' decoded instructions there.
+    fn mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64, new: u64) -> SysResult {
+        if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
+            return Err(EINVAL);
+        }
+        let mut f = RemapFlags::NONE;
+        for (bit, flag) in [
+            (MREMAP_MAYMOVE, RemapFlags::MAYMOVE),
+            (MREMAP_FIXED, RemapFlags::FIXED),
+            (MREMAP_DONTUNMAP, RemapFlags::DONTUNMAP),
+        ] {
+            if flags & bit != 0 {
+                f = f.union(flag);
+            }
+        }
+        self.mm.mremap(old, old_len, new_len, f, new).map_err(|e| e.errno())
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: u64) -> SysResult {
@@ -357,6 +384,20 @@ impl Kernel {
             return self.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
         }
         // Other advice is a hint Linux may ignore too.
+        Ok(0)
+    }
+
+    /// get_robust_list(tid, head_ptr, len_ptr) of this thread (tid 0) or
+    /// another thread of this process; ESRCH for any other.
+    fn get_robust_list(&mut self, hart: &mut Hart, tid: u64, head_ptr: u64, len_ptr: u64) -> SysResult {
+        let tid = if tid == 0 { self.tid } else { tid };
+        if self.p.thread(tid).is_none() {
+            return Err(ESRCH);
+        }
+        let tid = u32::try_from(tid).map_err(|_| ESRCH)?;
+        let head = self.mm.robust_list(tid).unwrap_or(0);
+        hart.mem.store(head_ptr, 8, head).map_err(|_| EFAULT)?;
+        hart.mem.store(len_ptr, 8, softmm::futex::ROBUST_LIST_HEAD_LEN as u64).map_err(|_| EFAULT)?;
         Ok(0)
     }
 

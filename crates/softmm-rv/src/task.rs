@@ -161,6 +161,8 @@ pub struct System {
     changed: Condvar,
     next_id: AtomicU64,
     hosts: Mutex<Vec<JoinHandle<()>>>,
+    /// Files mapped shared, one page cache per host file for the run.
+    pub page_cache: crate::mapped::PageCache,
 }
 
 /// How often a wait on the process table looks at its thread's
@@ -175,6 +177,7 @@ impl System {
             changed: Condvar::new(),
             next_id: AtomicU64::new(first_pid + 1),
             hosts: Mutex::new(Vec::new()),
+            page_cache: crate::mapped::PageCache::default(),
         })
     }
 

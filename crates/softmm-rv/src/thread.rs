@@ -33,12 +33,6 @@ pub const CLONE_CHILD_SETTID: u64 = 0x100_0000;
 /// `struct clone_args` of clone3, version 0 (64 bytes).
 const CLONE_ARGS_SIZE_VER0: u64 = 64;
 
-/// Linux's bound on robust-list entries walked at exit.
-const ROBUST_LIST_LIMIT: u32 = 2048;
-const FUTEX_WAITERS: u32 = 0x8000_0000;
-const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
-const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
-
 /// What a clone asks for, from either system call.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloneArgs {
@@ -201,81 +195,17 @@ impl Kernel {
         }
     }
 
-    /// Linux's `mm_release` (thread exit and execve): the robust list,
-    /// then the clear-tid word zeroed and its futex woken; both are
-    /// forgotten after.
+    /// Linux's `mm_release` (thread exit and execve): the robust list
+    /// (softmm's walk, which marks each futex this thread still owns
+    /// `FUTEX_OWNER_DIED` and wakes a waiter, and forgets the list), then
+    /// the clear-tid word zeroed and its futex woken, and forgotten.
     pub(crate) fn mm_release(&mut self, hart: &mut Hart) {
-        self.exit_robust_list(hart);
+        if let Ok(tid) = u32::try_from(self.tid) {
+            self.mm.exit_robust_list(tid);
+        }
         let ctid = std::mem::take(&mut self.clear_child_tid);
         if ctid != 0 && hart.mem.store(ctid, 4, 0).is_ok() {
             let _ = self.mm.futex_wake(ctid, 1);
-        }
-        self.robust_list = 0;
-    }
-
-    /// Linux's `exit_robust_list`: every futex on the list (and the one
-    /// being locked or unlocked, `list_op_pending`) still owned by this
-    /// thread gets `FUTEX_OWNER_DIED` and one waiter woken.
-    fn exit_robust_list(&mut self, hart: &mut Hart) {
-        let head = self.robust_list;
-        if head == 0 {
-            return;
-        }
-        let m = &mut hart.mem;
-        let (Ok(mut entry), Ok(offset), Ok(pending)) =
-            (m.load(head, 8), m.load(head.wrapping_add(8), 8), m.load(head.wrapping_add(16), 8))
-        else {
-            return;
-        };
-        let mut limit = ROBUST_LIST_LIMIT;
-        while entry & !1 != head {
-            let e = entry & !1;
-            let Ok(next) = hart.mem.load(e, 8) else {
-                return;
-            };
-            if e != pending & !1 {
-                self.futex_death(hart, e.wrapping_add(offset), entry & 1 != 0, false);
-            }
-            entry = next;
-            limit -= 1;
-            if limit == 0 {
-                break;
-            }
-        }
-        if pending & !1 != 0 {
-            self.futex_death(hart, (pending & !1).wrapping_add(offset), pending & 1 != 0, true);
-        }
-    }
-
-    /// Linux's `handle_futex_death`.
-    fn futex_death(&mut self, hart: &mut Hart, uaddr: u64, pi: bool, pending: bool) {
-        if uaddr % 4 != 0 {
-            return;
-        }
-        loop {
-            let Ok(uval) = hart.mem.load(uaddr, 4) else {
-                return;
-            };
-            let uval = uval as u32;
-            let owner = uval & FUTEX_TID_MASK;
-            if pending && !pi && owner == 0 {
-                let _ = self.mm.futex_wake(uaddr, 1);
-                return;
-            }
-            if u64::from(owner) != self.tid {
-                return;
-            }
-            let mval = (uval & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
-            match hart.mem.cmpxchg(uaddr, 4, u64::from(uval), u64::from(mval)) {
-                Ok(true) => {
-                    if !pi && uval & FUTEX_WAITERS != 0 {
-                        let _ = self.mm.futex_wake(uaddr, 1);
-                    }
-                    return;
-                }
-                Ok(false) => continue,
-                Err(_) => return,
-            }
         }
     }
 }

@@ -80,6 +80,26 @@ int main(void) {
     show("futex(WAIT, timeout)", syscall(SYS_futex, &shared[3], 0, 77, &short_wait, 0, 0));
     show("futex(WAIT, NULL addr)", syscall(SYS_futex, 0, 0, 0, 0, 0, 0));
     show("nanosleep(bad nsec)", syscall(SYS_nanosleep, &(struct timespec){0, 2000000000L}, 0));
+    /* glibc registered this thread's robust list at start-up. */
+    void *head = 0;
+    size_t hlen = 0;
+    show("get_robust_list(self)", syscall(SYS_get_robust_list, 0, &head, &hlen));
+    printf("robust head set %d len %zu\n", head != 0, hlen);
+    show("get_robust_list(no such)", syscall(SYS_get_robust_list, 999999, &head, &hlen));
+    show("set_robust_list(bad len)", syscall(SYS_set_robust_list, head, 8));
+    shared[3] = 0;
+    show("futex(LOCK_PI|CLOCK_RT)", syscall(SYS_futex, &shared[3], 6 | 256, 0, 0, 0, 0));
+    show("futex(UNLOCK_PI, not owner)", syscall(SYS_futex, &shared[3], 7, 0, 0, 0, 0));
+    show("futex(TRYLOCK_PI)", syscall(SYS_futex, &shared[3], 8, 0, 0, 0, 0));
+    printf("pi word is my tid %d\n", shared[3] == (int)syscall(SYS_gettid));
+    show("futex(TRYLOCK_PI, own)", syscall(SYS_futex, &shared[3], 8, 0, 0, 0, 0));
+    show("futex(LOCK_PI, own)", syscall(SYS_futex, &shared[3], 6, 0, 0, 0, 0));
+    show("futex(UNLOCK_PI)", syscall(SYS_futex, &shared[3], 7, 0, 0, 0, 0));
+    printf("pi word after unlock %d\n", shared[3]);
+    show("futex(LOCK_PI2|CLOCK_RT)", syscall(SYS_futex, &shared[3], 13 | 256, 0, 0, 0, 0));
+    show("futex(UNLOCK_PI)", syscall(SYS_futex, &shared[3], 7, 0, 0, 0, 0));
+    show("msync(unaligned)", syscall(SYS_msync, (long)buf | 1, 10, 4));
+    show("msync(ASYNC|SYNC)", syscall(SYS_msync, 0, 4096, 5));
     fflush(stdout);
     return 0;
 }
