@@ -1,7 +1,10 @@
 //! Model-based test: random histories of mmap, munmap, mprotect (PROT_EXEC
-//! included), madvise, fork, exit and accesses (instruction fetches too)
-//! over up to four address spaces, each step checked against a
-//! deliberately simple reference model.
+//! included), madvise, mremap, mlock and munlock, fork, exit, reclaim,
+//! migration, pins and accesses (instruction fetches too) over up to four
+//! address spaces, each step checked against a deliberately simple
+//! reference model. Locked pages: mlock populates the range, reclaim never
+//! takes a resident locked page, and the advices Linux refuses on mlocked
+//! memory answer EINVAL. (Files have their own model, `files_model.rs`.)
 //!
 //! The model keeps, per address space, a map from virtual page number to
 //! (protection, contents). Private contents are plain byte vectors, copied by
@@ -203,6 +206,12 @@ enum Op {
     Unpin {
         p: usize,
     },
+    /// mlock (`lock`) or munlock of a range.
+    Mlock {
+        s: usize,
+        r: Range,
+        lock: bool,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -313,6 +322,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..MAX_PINS, 0..MAX_RANGE_PAGES * PAGE, access_len(), any::<u8>())
             .prop_map(|(p, off, len, seed)| Op::PinWrite { p, off, len, seed }),
         1 => (0..MAX_PINS).prop_map(|p| Op::Unpin { p }),
+        3 => (slot(), range(), prop_oneof![2 => Just(true), 1 => Just(false)])
+            .prop_map(|(s, r, lock)| Op::Mlock { s, r, lock }),
     ]
 }
 
@@ -355,6 +366,9 @@ struct Page {
     wipe: bool,
     /// MADV_FREE and not written since: reclaim may have dropped it.
     lazy: bool,
+    /// In a `VM_LOCKED` VMA (mlock): reclaim never takes it once resident;
+    /// DONTNEED, FREE, COLD, PAGEOUT and REMOVE refuse it (EINVAL).
+    locked: bool,
 }
 
 impl Page {
@@ -364,7 +378,7 @@ impl Page {
             MapKind::Private => Mem::Private(zeros),
             MapKind::Shared => Mem::Shared(Rc::new(RefCell::new(zeros))),
         };
-        Page { prot, mem, dontfork: false, wipe: false, lazy: false }
+        Page { prot, mem, dontfork: false, wipe: false, lazy: false, locked: false }
     }
 
     fn kind(&self) -> MapKind {
@@ -442,6 +456,10 @@ impl Space {
         }
         let mut hole = false;
         for v in Self::vpns(addr, len) {
+            if self.pages.get(&v).is_some_and(|p| p.locked) {
+                // madvise_dontneed_free_valid_vma: at once, earlier pages done.
+                return Err(errno::EINVAL);
+            }
             match self.pages.get_mut(&v) {
                 Some(Page { mem: Mem::Private(bytes), lazy, .. }) => {
                     bytes.fill(0);
@@ -483,6 +501,7 @@ impl Space {
                 // VM_READ itself, not x86's readable write-only pages.
                 Advice::PopulateRead => ![Prot::READ, Prot::RW, Prot::RX, Prot::RWX].contains(&p.prot),
                 Advice::PopulateWrite => !p.prot.writable(),
+                Advice::Free | Advice::Cold | Advice::PageOut | Advice::Remove if p.locked => true,
                 Advice::Remove => !shared,
                 Advice::WipeOnFork | Advice::Free => shared,
                 _ => false,
@@ -514,6 +533,10 @@ impl Space {
     fn forked(&self) -> Space {
         let mut child = self.clone();
         child.pages.retain(|_, p| !p.dontfork);
+        // A child's VMAs lose VM_LOCKED (dup_mmap).
+        for p in child.pages.values_mut() {
+            p.locked = false;
+        }
         for p in child.pages.values_mut().filter(|p| p.wipe) {
             p.mem = Mem::Private(vec![0u8; PAGE as usize]);
         }
@@ -575,6 +598,20 @@ impl Space {
 
     fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
         self.access(addr, data.len(), true, |b, off, lo, hi| b[off..off + hi - lo].copy_from_slice(&data[lo..hi]))
+    }
+
+    /// mlock (`lock`) or munlock of the pages `addr..addr + len` touches:
+    /// page by page in address order up to the first hole (ENOMEM; nothing
+    /// when the first page is a hole). Population is checked by the caller.
+    fn set_locked(&mut self, addr: u64, len: u64, lock: bool) -> Result<(), i32> {
+        let (start, end) = (addr & !(PAGE - 1), (addr + len).next_multiple_of(PAGE));
+        for v in start / PAGE..end / PAGE {
+            match self.pages.get_mut(&v) {
+                Some(p) => p.locked = lock,
+                None => return Err(errno::ENOMEM),
+            }
+        }
+        Ok(())
     }
 
     /// What `mappings()` should show, page by page.
@@ -820,6 +857,7 @@ impl World {
             | Op::DontNeed { s, .. }
             | Op::Madvise { s, .. }
             | Op::Mremap { s, .. }
+            | Op::Mlock { s, .. }
             | Op::Fork { s, .. }
             | Op::Exit { s }
             | Op::NewAccessor { s } => (s, false),
@@ -998,7 +1036,30 @@ impl World {
                 ensure_eq!(got, want, "load_u32");
             }
             Op::Reclaim { n } => {
+                let resident = self.locked_resident();
                 self.machine.reclaim(n);
+                for (s, v, f) in resident {
+                    let now = self.slots[s].mm.as_ref().and_then(|mm| mm.phys(v * PAGE));
+                    ensure_eq!(now, Some(f), "reclaim of locked page {:#x} in slot {s}", v * PAGE);
+                }
+            }
+            Op::Mlock { s, r, lock } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
+                let got = errno_of(&if lock { mm.mlock(r.addr(), r.len) } else { mm.munlock(r.addr(), r.len) });
+                let want = model.set_locked(r.addr(), r.len, lock);
+                // Locking populates; a PROT_NONE page cannot be faulted in
+                // (ENOMEM from mlock, the flags set all the same).
+                let none = Space::vpns(r.addr() & !(PAGE - 1), r.len + r.addr() % PAGE)
+                    .any(|v| model.pages.get(&v).is_some_and(|p| p.prot == Prot::NONE));
+                if !(lock && want.is_ok() && none && got == Err(errno::ENOMEM)) {
+                    ensure_eq!(got, want, "{}", if lock { "mlock" } else { "munlock" });
+                }
+                if lock && got.is_ok() {
+                    for v in Space::vpns(r.addr() & !(PAGE - 1), r.len + r.addr() % PAGE) {
+                        let populated = mm.phys(v * PAGE).is_some();
+                        ensure_eq!(populated, true, "page {:#x} after mlock", v * PAGE);
+                    }
+                }
             }
             Op::Migrate { s, addr: Addr(addr) } => {
                 let Some(mm) = &self.slots[s].mm else { return Ok(()) };
@@ -1079,6 +1140,11 @@ impl World {
             if old % PAGE == 0 && shared && (nl > ol || ol == 0) {
                 return Ok(());
             }
+        }
+        if dontunmap && self.locked_run(s, old, ol) {
+            // DONTUNMAP unlocks the whole old VMA, whose ends the model
+            // does not know: left to the corpus and tests/mremap.rs.
+            return Ok(());
         }
         let mut flags = softmm::RemapFlags::NONE;
         for (on, f) in [
@@ -1183,6 +1249,9 @@ impl World {
             dontfork: p.dontfork,
             wipe: p.wipe,
             lazy: false,
+            // Growth stays in the VMA (and its lock); DONTUNMAP's old
+            // range is not locked (the caller skips locked ones).
+            locked: p.locked && !dontunmap,
         };
         let (from, dest) = (old / PAGE, at / PAGE);
         if at != old {
@@ -1207,6 +1276,38 @@ impl World {
         for v in dest + ol / PAGE..dest + nl / PAGE {
             model.pages.insert(v, fresh(&first));
         }
+    }
+
+    /// Every locked page of every live space that is resident now:
+    /// (slot, vpn, frame).
+    fn locked_resident(&self) -> Vec<(usize, u64, softmm::FrameId)> {
+        let mut out = Vec::new();
+        for (s, slot) in self.slots.iter().enumerate() {
+            let (Some(mm), Some(model)) = (&slot.mm, &slot.model) else { continue };
+            for (&v, _) in model.pages.iter().filter(|(_, p)| p.locked) {
+                if let Some(f) = mm.phys(v * PAGE) {
+                    out.push((s, v, f));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any page of the run of mapped pages around `[addr, addr +
+    /// len)` in slot `s` is locked (the run holds every VMA the range
+    /// touches).
+    fn locked_run(&self, s: usize, addr: u64, len: u64) -> bool {
+        let Some(model) = self.slots[s].model.as_ref() else { return false };
+        let first = addr / PAGE;
+        let mut lo = first;
+        while lo > 0 && model.pages.contains_key(&(lo - 1)) {
+            lo -= 1;
+        }
+        let mut hi = first + npages(len.max(1));
+        while model.pages.contains_key(&hi) {
+            hi += 1;
+        }
+        (lo..hi).any(|v| model.pages.get(&v).is_some_and(|p| p.locked))
     }
 
     /// `detach` for a range operation that changes pages (munmap, mmap,
