@@ -94,11 +94,29 @@ impl ShmObject {
 
     /// The frame at `pgoff`, allocated zeroed when absent. Takes one extra
     /// reference for the caller (the mapping it is about to install).
-    /// `Error::Again` when the page is on swap: the caller brings it back
-    /// with [`ShmObject::swap_in`] (outside its page-table lock) and retries.
-    /// `Error::Bus` at `addr` when the page is wholly past the end.
-    pub(crate) fn get_page(&self, pgoff: u64, addr: u64) -> Result<FrameId> {
+    /// `Error::Again` when the page is on swap or a host file's page is not
+    /// cached: the caller brings it in with [`ShmObject::prepare_fault`]
+    /// (outside its page-table lock) and retries. `Error::Bus` at `addr`
+    /// when the page is wholly past the end.
+    ///
+    /// With the same look at the index, the resident pages of `[first,
+    /// first + n)` that `want(pgoff)` accepts, as `find_pages_locked` hands
+    /// them: a read fault and its fault-around under one lock of the index.
+    pub(crate) fn get_page_around(
+        &self,
+        pgoff: u64,
+        addr: u64,
+        (first, n): (u64, u64),
+        want: impl FnMut(u64) -> bool,
+        found: impl FnMut(u64, FrameId),
+    ) -> Result<FrameId> {
         let mut index = self.index.lock();
+        let f = self.get_page_locked(&mut index, pgoff, addr)?;
+        self.find_pages_locked(&index, first, n, want, found);
+        Ok(f)
+    }
+
+    fn get_page_locked(&self, index: &mut Index, pgoff: u64, addr: u64) -> Result<FrameId> {
         let slot = index.pages.get_mut(pgoff as usize).ok_or(Error::Bus { addr })?;
         let f = match *slot {
             ShmPage::Frame(f) => f,
@@ -237,14 +255,14 @@ impl ShmObject {
     /// accepts, under one lock of the index, with a reference and a mapping
     /// counted for the caller, who is about to map it: `found(pgoff,
     /// frame)`. Fault-around's lookup.
-    pub(crate) fn find_pages(
+    fn find_pages_locked(
         &self,
+        index: &Index,
         first: u64,
         n: u64,
         mut want: impl FnMut(u64) -> bool,
         mut found: impl FnMut(u64, FrameId),
     ) {
-        let index = self.index.lock();
         let lo = (first as usize).min(index.pages.len());
         let hi = (first.saturating_add(n) as usize).min(index.pages.len());
         for (i, p) in index.pages[lo..hi].iter().enumerate() {

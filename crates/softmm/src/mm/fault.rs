@@ -369,10 +369,7 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
                 Ok(install_anon(mm, g, va, f, access))
             }
             (Backing::Shm(obj), _) => {
-                if access != Access::Write {
-                    fault_around(vma, obj, g, va);
-                }
-                let f = obj.get_page(vma.pgoff_of(va), va)?;
+                let f = get_page_around(vma, obj, g, va, access != Access::Write)?;
                 let m = mm.arena().meta(f);
                 m.add_counts(0, 1);
                 let mut bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
@@ -422,9 +419,8 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
 fn do_private_file_fault(vmf: &Vmf<'_>, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>) -> Result<Pte> {
     let Vmf { mm, st, vma, va, access } = *vmf;
     let c = &mm.machine.counters;
-    let src = obj.get_page(vma.pgoff_of(va), va)?;
+    let src = get_page_around(vma, obj, g, va, !access.breaks_cow())?;
     if !access.breaks_cow() {
-        fault_around(vma, obj, g, va);
         mm.arena().meta(src).add_counts(0, 1);
         Counters::bump(&c.fault_shared);
         return Ok(install(g, va, src, 0));
@@ -442,39 +438,48 @@ fn do_private_file_fault(vmf: &Vmf<'_>, obj: &crate::shm::ShmObject, g: &mut Pte
 /// `fault_around_bytes` (64 KiB) as a page count.
 const FAULT_AROUND_PAGES: u64 = 16;
 
-/// Linux's `do_fault_around` for shared memory: on a read fault, also map
-/// the pages of a 64 KiB window around `va` that are already resident in
-/// the object and not yet mapped here. The window starts at `va` aligned
-/// down to 64 KiB, moved up to the VMA's start if that is later, and runs 16
-/// pages from there, cut at the VMA's end and the PTE table's end (exactly
-/// Linux's `from_pte`/`to_pte`). Pages are mapped clean (not dirty),
-/// writable when the VMA is shared and writable (a private file mapping
-/// maps them read-only: a write copies). Visible to users through `phys`
-/// and smaps (mapcount, PSS).
-fn fault_around(vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
+/// The object's page for the fault at `va` (with a reference for the
+/// caller, as [`crate::shm::ShmObject::get_page_around`]), and for a read fault
+/// (`around`) Linux's `do_fault_around`: the pages of a 64 KiB window
+/// around `va` that are already resident in the object and not yet mapped
+/// here are mapped too. The window starts at `va` aligned down to 64 KiB,
+/// moved up to the VMA's start if that is later, and runs 16 pages from
+/// there, cut at the VMA's end and the PTE table's end (exactly Linux's
+/// `from_pte`/`to_pte`). Pages are mapped clean (not dirty), writable when
+/// the VMA is shared and writable (a private file mapping maps them
+/// read-only: a write copies). Visible to users through `phys` and smaps
+/// (mapcount, PSS). One look at the object's index does both: its lock
+/// nests inside the page-table lock.
+fn get_page_around(
+    vma: &Vma,
+    obj: &crate::shm::ShmObject,
+    g: &mut PteTableGuard<'_>,
+    va: u64,
+    around: bool,
+) -> Result<FrameId> {
     let window = FAULT_AROUND_PAGES * 4096;
     let lo = (va & !(window - 1)).max(vma.start);
-    let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
+    let hi = if around { (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN) } else { lo };
     let shared = matches!(vma.backing, Backing::Shm(_));
     let bits = if shared && vma.prot.writable() { Pte::WRITE } else { 0 };
     let first = vma.pgoff_of(lo);
     let addr = |pgoff: u64| lo + ((pgoff - first) << 12);
-    // One look at the object's index for the window: the index lock nests
-    // inside the page-table lock, as for the faulting page's own lookup.
     let mut found = [(0u64, FrameId(0)); FAULT_AROUND_PAGES as usize];
     let mut n = 0;
-    obj.find_pages(
-        first,
-        (hi - lo) >> 12,
+    let f = obj.get_page_around(
+        vma.pgoff_of(va),
+        va,
+        (first, (hi - lo) >> 12),
         |pgoff| addr(pgoff) != va && g.get(addr(pgoff)).is_none(),
         |pgoff, f| {
             found[n] = (addr(pgoff), f);
             n += 1;
         },
-    );
+    )?;
     for &(at, f) in &found[..n] {
         install(g, at, f, bits);
     }
+    Ok(f)
 }
 
 /// Write to a present, write-protected private page (or an unshare of
