@@ -400,8 +400,10 @@ fn file_calls() {
 /// mmap of a file descriptor: MAP_SHARED stores seen by read(2) and
 /// pread (with and without msync), write and pwrite seen through the
 /// mapping, a second mapping and a forked child sharing the pages,
-/// MAP_PRIVATE copies, SIGBUS past the end, ftruncate growth, and mmap's
-/// descriptor errors; the file's final bytes.
+/// MAP_PRIVATE (later pwrite/write seen on pages it has not written, its
+/// stores never reaching the file), SIGBUS past the end of shared and
+/// private mappings, ftruncate growth, and mmap's descriptor errors; the
+/// file's final bytes.
 #[test]
 fn mmap_of_files() {
     let dir = scratch("rv-mmapfile");
