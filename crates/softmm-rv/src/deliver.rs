@@ -20,7 +20,7 @@ use crate::signal::{
     SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SA_RESTART, SEGV_ACCERR, SEGV_MAPERR, SIGKILL, SIGSEGV, SIG_DFL, SIG_IGN,
     UNBLOCKABLE,
 };
-use crate::syscall::{Flow, Kernel, SysResult};
+use crate::syscall::{Flow, Kernel, Restart, SysResult};
 use crate::task::{lock, Ending, Process, ThreadCtl};
 use softmm::SegvKind;
 use std::sync::atomic::Ordering;
@@ -167,8 +167,8 @@ impl Kernel {
                     DefaultAction::Terminate | DefaultAction::Core => return Flow::ExitGroup(killed_by(sig)),
                 }
             }
-            if let Some((orig_a0, restartsys)) = restart.take() {
-                if restartsys && act.flags & SA_RESTART != 0 {
+            if let Some((orig_a0, how)) = restart.take() {
+                if how == Restart::NoIntr || (how == Restart::Sys && act.flags & SA_RESTART != 0) {
                     self.restart_call(hart, orig_a0);
                 }
             }

@@ -1,7 +1,10 @@
-//! ELF64 parsing for RISC-V executables: the file header and the program
-//! headers, checked. Every malformed input is an [`ElfError`]; nothing here
-//! indexes out of bounds or overflows on hostile input.
+//! ELF64 for RISC-V executables: the file header and the program headers,
+//! read with the `object` crate and checked. Every malformed input is an
+//! [`ElfError`]; nothing here indexes out of bounds or overflows on
+//! hostile input.
 
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::LittleEndian;
 use thiserror::Error;
 
 /// Why a file cannot be loaded.
@@ -13,6 +16,8 @@ pub enum ElfError {
     Truncated(&'static str),
     #[error("not a 64-bit little-endian ELF file")]
     WrongClass,
+    #[error("unknown ELF version {0} (EI_VERSION must be 1)")]
+    BadVersion(u8),
     #[error("not a RISC-V executable (e_machine {0})")]
     WrongMachine(u16),
     #[error("not an executable (e_type {0}): only ET_EXEC and ET_DYN (static-PIE) load")]
@@ -25,15 +30,7 @@ pub enum ElfError {
     NoSegments,
 }
 
-pub const ET_EXEC: u16 = 2;
-pub const ET_DYN: u16 = 3;
-pub const EM_RISCV: u16 = 243;
-pub const PT_LOAD: u32 = 1;
-pub const PT_INTERP: u32 = 3;
-pub const PT_PHDR: u32 = 6;
-pub const PF_X: u32 = 1;
-pub const PF_W: u32 = 2;
-pub const PF_R: u32 = 4;
+pub use object::elf::{EM_RISCV, ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, PT_PHDR};
 
 /// Size of one program header entry.
 pub const PHENT: u16 = 56;
@@ -44,7 +41,7 @@ pub struct Header {
     pub e_type: u16,
     pub entry: u64,
     pub phoff: u64,
-    pub phnum: u16,
+    pub phnum: u64,
 }
 
 /// One program header.
@@ -66,47 +63,34 @@ pub struct Elf {
     pub phdrs: Vec<Phdr>,
 }
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
-}
+type Ehdr = object::elf::FileHeader64<LittleEndian>;
 
 impl Elf {
-    /// Parse and check `file`.
+    /// Parse and check `file`: the `object` crate reads the headers (its
+    /// bounds checked), this checks what the loader needs of them, in
+    /// Linux's order, each with its own error.
     pub fn parse(file: &[u8]) -> Result<Elf, ElfError> {
-        if file.len() < 4 || &file[..4] != b"\x7fELF" {
+        if file.get(..4) != Some(&object::elf::ELFMAG[..]) {
             return Err(ElfError::BadMagic);
         }
-        if file.len() < 64 {
-            return Err(ElfError::Truncated("file header"));
-        }
-        // EI_CLASS = ELFCLASS64, EI_DATA = ELFDATA2LSB.
-        if file[4] != 2 || file[5] != 1 {
+        let h = Ehdr::parse(file).map_err(|_| header_error(file))?;
+        if !h.is_little_endian() {
             return Err(ElfError::WrongClass);
         }
-        let t = ElfError::Truncated("file header");
-        let e_type = u16_at(file, 16).ok_or(t.clone())?;
-        let machine = u16_at(file, 18).ok_or(t.clone())?;
+        let le = LittleEndian;
+        let (e_type, machine) = (h.e_type(le), h.e_machine(le));
         if machine != EM_RISCV {
             return Err(ElfError::WrongMachine(machine));
         }
         if e_type != ET_EXEC && e_type != ET_DYN {
             return Err(ElfError::WrongType(e_type));
         }
-        let entry = u64_at(file, 24).ok_or(t.clone())?;
-        let phoff = u64_at(file, 32).ok_or(t.clone())?;
-        let phentsize = u16_at(file, 54).ok_or(t.clone())?;
-        let phnum = u16_at(file, 56).ok_or(t)?;
-        if phentsize != PHENT {
+        if h.e_phentsize(le) != PHENT {
             return Err(ElfError::BadSegment("e_phentsize is not 56"));
         }
-        let header = Header { e_type, entry, phoff, phnum };
-        let phdrs = (0..u64::from(phnum)).map(|i| parse_phdr(file, phoff, i)).collect::<Result<Vec<_>, _>>()?;
+        let raw = h.program_headers(le, file).map_err(|_| ElfError::Truncated("program headers"))?;
+        let phdrs: Vec<Phdr> = raw.iter().map(phdr).collect();
+        let header = Header { e_type, entry: h.e_entry(le), phoff: h.e_phoff(le), phnum: phdrs.len() as u64 };
         if phdrs.iter().any(|p| p.p_type == PT_INTERP) {
             return Err(ElfError::Dynamic);
         }
@@ -125,22 +109,29 @@ impl Elf {
     }
 }
 
-fn parse_phdr(file: &[u8], phoff: u64, i: u64) -> Result<Phdr, ElfError> {
-    let t = ElfError::Truncated("program headers");
-    let off = phoff.checked_add(i * u64::from(PHENT)).ok_or(t.clone())?;
-    let off = usize::try_from(off).map_err(|_| t.clone())?;
-    let b = file.get(off..off.checked_add(PHENT as usize).ok_or(t.clone())?).ok_or(t.clone())?;
-    let g32 = |o| u32_at(b, o).ok_or(t.clone());
-    let g64 = |o| u64_at(b, o).ok_or(t.clone());
-    Ok(Phdr {
-        p_type: g32(0)?,
-        flags: g32(4)?,
-        offset: g64(8)?,
-        vaddr: g64(16)?,
-        filesz: g64(32)?,
-        memsz: g64(40)?,
-        align: g64(48)?,
-    })
+/// Why `object` refused the file header of a file with ELF's magic.
+fn header_error(file: &[u8]) -> ElfError {
+    if file.len() < std::mem::size_of::<Ehdr>() {
+        return ElfError::Truncated("file header");
+    }
+    // EI_CLASS = ELFCLASS64, EI_DATA = ELFDATA2LSB.
+    if file[4] != object::elf::ELFCLASS64 || file[5] != object::elf::ELFDATA2LSB {
+        return ElfError::WrongClass;
+    }
+    ElfError::BadVersion(file[6])
+}
+
+fn phdr(p: &object::elf::ProgramHeader64<LittleEndian>) -> Phdr {
+    let le = LittleEndian;
+    Phdr {
+        p_type: p.p_type(le),
+        flags: p.p_flags(le),
+        offset: p.p_offset(le),
+        vaddr: p.p_vaddr(le),
+        filesz: p.p_filesz(le),
+        memsz: p.p_memsz(le),
+        align: p.p_align(le),
+    }
 }
 
 fn check_load(p: &Phdr, file_len: u64) -> Result<(), ElfError> {
@@ -223,6 +214,18 @@ pub(crate) mod tests {
         f[64 + 8..64 + 16].copy_from_slice(&16u64.to_le_bytes());
         assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::BadSegment("p_offset + p_filesz overflows"));
         let mut f = tiny();
+        f[6] = 2;
+        assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::BadVersion(2));
+        let mut f = tiny();
+        f[5] = 2;
+        assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::WrongClass);
+        let mut f = tiny();
+        f[54..56].copy_from_slice(&32u16.to_le_bytes());
+        assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::BadSegment("e_phentsize is not 56"));
+        let mut f = tiny();
+        f[32..40].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::NoSegments);
+        let mut f = tiny();
         f[64..68].copy_from_slice(&PT_INTERP.to_le_bytes());
         assert_eq!(Elf::parse(&f).unwrap_err(), ElfError::Dynamic);
         let mut f = tiny();
@@ -231,6 +234,16 @@ pub(crate) mod tests {
         let mut f = tiny();
         f[64 + 16..64 + 24].copy_from_slice(&0x10004u64.to_le_bytes());
         assert!(matches!(Elf::parse(&f).unwrap_err(), ElfError::BadSegment(_)));
+    }
+
+    /// Program headers at an offset that is not 8-aligned read as well.
+    #[test]
+    fn parses_unaligned_program_headers() {
+        let mut f = tiny();
+        f.splice(64..64, [0u8; 4]);
+        f[32..40].copy_from_slice(&68u64.to_le_bytes());
+        let e = Elf::parse(&f).unwrap();
+        assert_eq!(e.loads().next().unwrap().vaddr, 0x10000);
     }
 
     #[test]

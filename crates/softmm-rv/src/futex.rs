@@ -1,8 +1,9 @@
 //! The futex system call and the sleeps: waits go through softmm's
 //! futexes with a canceller the thread's control block holds, so a
-//! process that ends (or, later, a signal) interrupts them.
+//! process that ends, or a signal, interrupts them (PI locks wait in
+//! slices instead: see `futex_lock_pi`).
 
-use crate::errno::{EINTR, EINVAL};
+use crate::errno::{EINTR, EINVAL, ESRCH};
 use crate::hart::Hart;
 use crate::syscall::{absolute_deadline, host_clock, read_timespec, Kernel, SysResult};
 use softmm::futex::Timeout;
@@ -19,6 +20,8 @@ const FUTEX_TRYLOCK_PI: u64 = 8;
 const FUTEX_LOCK_PI2: u64 = 13;
 const FUTEX_WAIT_BITSET: u64 = 9;
 const FUTEX_WAKE_BITSET: u64 = 10;
+const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
+const FUTEX_CMP_REQUEUE_PI: u64 = 12;
 const FUTEX_PRIVATE_FLAG: u64 = 128;
 const FUTEX_CLOCK_REALTIME: u64 = 256;
 
@@ -68,13 +71,32 @@ impl Kernel {
                 } else {
                     absolute_deadline(read_timespec(hart, timeout)?, realtime || cmd == FUTEX_LOCK_PI)
                 };
+                self.check_owner(addr)?;
                 self.futex_lock_pi(addr, deadline)
             }
             FUTEX_TRYLOCK_PI | FUTEX_UNLOCK_PI if op & FUTEX_CLOCK_REALTIME != 0 => Err(crate::errno::ENOSYS),
-            FUTEX_TRYLOCK_PI => self.mm.futex_trylock_pi(addr, self.pi_tid()?).map(|()| 0).map_err(|e| e.errno()),
+            FUTEX_TRYLOCK_PI => {
+                self.check_owner(addr)?;
+                self.mm.futex_trylock_pi(addr, self.pi_tid()?).map(|()| 0).map_err(|e| e.errno())
+            }
             FUTEX_UNLOCK_PI => self.mm.futex_unlock_pi(addr, self.pi_tid()?).map(|()| 0).map_err(|e| e.errno()),
+            FUTEX_WAIT_REQUEUE_PI => {
+                // An absolute deadline, monotonic unless the flag says
+                // real time (as FUTEX_WAIT_BITSET's).
+                let deadline = if timeout == 0 {
+                    None
+                } else {
+                    absolute_deadline(read_timespec(hart, timeout)?, op & FUTEX_CLOCK_REALTIME != 0)
+                };
+                self.futex_wait_requeue_pi(addr, val as u32, addr2, deadline)
+            }
+            FUTEX_CMP_REQUEUE_PI => {
+                // The timeout argument is the requeue count; softmm's
+                // decoder answers ENOSYS to the clock flag, as Linux.
+                let r = self.mm.futex_syscall(addr, op as u32, val as u32, None, addr2, timeout as u32, val3 as u32);
+                r.map(u64::from).map_err(|e| e.errno())
+            }
             _ => {
-                // FUTEX_WAIT_REQUEUE_PI and FUTEX_CMP_REQUEUE_PI among them.
                 self.p.unknown_call(crate::syscall::nr::FUTEX);
                 Err(crate::errno::ENOSYS)
             }
@@ -84,6 +106,38 @@ impl Kernel {
     /// The TID a PI futex word holds for this thread.
     fn pi_tid(&self) -> Result<u32, i32> {
         u32::try_from(self.tid).map_err(|_| EINVAL)
+    }
+
+    /// Linux's `attach_to_pi_owner` for a lock call: a word owned by a
+    /// thread id that no live thread of the run has answers ESRCH, with
+    /// `FUTEX_WAITERS` set as Linux sets it before it looks the owner up.
+    /// softmm does not know the guest's threads, so the machine looks
+    /// first, outside softmm's bucket lock: an owner that exits between
+    /// this look and the queueing is waited for (as an owner that exits
+    /// while waiters queue). A word that cannot be read is left to softmm
+    /// (EFAULT).
+    fn check_owner(&self, addr: u64) -> Result<(), i32> {
+        use softmm::futex::{FUTEX_TID_MASK, FUTEX_WAITERS};
+        use softmm::GuestWords;
+        let me = self.pi_tid()?;
+        let mut acc = self.mm.accessor();
+        loop {
+            let Ok(w) = acc.load_u32(addr) else { return Ok(()) };
+            let owner = w & FUTEX_TID_MASK;
+            if owner == 0 || owner == me || self.live_thread(owner) {
+                return Ok(());
+            }
+            match acc.cmpxchg_u32(addr, w, w | FUTEX_WAITERS) {
+                Ok(Ok(_)) => return Err(ESRCH),
+                Ok(Err(_)) => continue, // changed meanwhile: look again
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether `tid` is a live thread of some process of the run.
+    fn live_thread(&self, tid: u32) -> bool {
+        self.p.sys.all().iter().any(|p| p.thread(u64::from(tid)).is_some())
     }
 
     /// FUTEX_LOCK_PI(2): softmm's PI lock, waited for in slices so that
@@ -109,6 +163,28 @@ impl Kernel {
                 Err(e) => return Err(e.errno()),
             }
         }
+    }
+
+    /// FUTEX_WAIT_REQUEUE_PI: wait on `addr` until a FUTEX_CMP_REQUEUE_PI
+    /// hands this thread the PI lock at `addr2`. The end of the thread or
+    /// its process, or a signal, cancels the wait (EINTR): the thread
+    /// leaves, or the call restarts after the handler (Linux's
+    /// ERESTARTNOINTR while on `addr`; requeued, Linux answers EAGAIN, as
+    /// the restart does when the condition's word changed, as a requeuer's
+    /// does before it requeues).
+    fn futex_wait_requeue_pi(&mut self, addr: u64, val: u32, addr2: u64, deadline: Option<Instant>) -> SysResult {
+        let tid = self.pi_tid()?;
+        let ctl = self.ctl.clone();
+        let r = self.mm.futex_wait_requeue_pi_cancellable(addr, val, addr2, deadline, tid, |c| {
+            let c2 = c.clone();
+            if !ctl.begin_wait(Box::new(move || {
+                c.cancel();
+            })) {
+                c2.cancel();
+            }
+        });
+        self.ctl.end_wait();
+        r.map(|()| 0).map_err(|e| e.errno())
     }
 
     /// Sleep on the futex at `addr` while it holds `val`: woken (0),

@@ -209,7 +209,7 @@ fn build_stack(mm: &Mm, elf: &Elf, info: &StartInfo<'_>, phdr: u64, entry: u64) 
         (AT_CLKTCK, 100),
         (AT_PHDR, phdr),
         (AT_PHENT, u64::from(PHENT)),
-        (AT_PHNUM, u64::from(elf.header.phnum)),
+        (AT_PHNUM, elf.header.phnum),
         (AT_BASE, 0),
         (AT_FLAGS, 0),
         (AT_ENTRY, entry),

@@ -15,13 +15,17 @@
 //! mapping's stores only after one of those (Linux's page cache is the
 //! file itself for them).
 //!
-//! `MAP_PRIVATE` of a file is, for now, an anonymous private mapping
-//! filled with the file's bytes at `mmap` time: later writes to the file
-//! are not seen through it (Linux shows them on pages not yet written),
-//! and pages past the end of the file read as zeros (SIGBUS on Linux).
-//! softmm's private file mappings will replace it.
+//! `MAP_PRIVATE` of a file maps the same page-cache file privately
+//! (softmm's private file mappings): it reads the file's pages, and so
+//! sees later writes to the file, until it writes a page, which it then
+//! copies; a page wholly past the end of the file is SIGBUS. A file the
+//! host will not open for writing (`Machine::open_file` opens read-write:
+//! a read-only file system, a file of another user) cannot enter the
+//! page cache; nothing in the run can write it either, so its private
+//! mappings map a snapshot of the file taken at `mmap` time instead, as
+//! an in-memory file of the same length (SIGBUS past the end kept).
 
-use crate::errno::{EACCES, EBADF, EFAULT, EINVAL, ENODEV};
+use crate::errno::{EACCES, EBADF, EINVAL, ENODEV, EPERM, EROFS, ETXTBSY};
 use crate::files::OpenFile;
 use crate::syscall::{Kernel, SysResult};
 use crate::task::lock;
@@ -43,7 +47,8 @@ impl PageCache {
         lock(&self.files).get(&key).cloned()
     }
 
-    /// The cached file of `h`, opening it in `machine` if needed.
+    /// The cached file of `h`, opening it in `machine` if needed
+    /// (errors as the host's open answered them).
     fn get_or_open(&self, h: &OwnedFd, machine: &softmm::Machine) -> Result<softmm::File, i32> {
         let key = inode(h).ok_or(ENODEV)?;
         let mut files = lock(&self.files);
@@ -69,6 +74,27 @@ fn inode(h: &OwnedFd) -> Option<(u64, u64)> {
     (st.st_mode & 0o170000 == 0o100000).then_some((st.st_dev, st.st_ino))
 }
 
+/// An in-memory file as long as host file `h`, holding its bytes from
+/// `off` for `len` (what a private mapping of them can read): the private
+/// mapping of a file the page cache cannot hold (see the module's note).
+fn snapshot(h: &OwnedFd, machine: &softmm::Machine, off: u64, len: u64) -> Result<softmm::File, i32> {
+    let size = rustix::fs::fstat(h).map_err(|e| e.raw_os_error())?.st_size as u64;
+    let f = machine.memfd("private snapshot", size).map_err(|e| e.errno())?;
+    let end = off.saturating_add(len).min(size);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pos = off;
+    while pos < end {
+        let want = (end - pos).min(buf.len() as u64) as usize;
+        let n = rustix::io::pread(h, &mut buf[..want], pos).map_err(|e| e.raw_os_error())?;
+        if n == 0 {
+            break; // shrunk meanwhile: the rest stays zeros
+        }
+        f.pwrite(pos, &buf[..n]).map_err(|e| e.errno())?;
+        pos += n as u64;
+    }
+    Ok(f)
+}
+
 /// Where an mmap goes: the address (a hint or fixed, as `place` says) and
 /// the length.
 pub(crate) struct MapAt {
@@ -80,8 +106,8 @@ pub(crate) struct MapAt {
 impl Kernel {
     /// mmap of descriptor `fd`: its checks as Linux's (EBADF, EACCES for
     /// an access mode the mapping exceeds, ENODEV for what is not a
-    /// regular file), then a shared mapping of its page-cache file or a
-    /// private copy.
+    /// regular file), then a shared or private mapping of its page-cache
+    /// file.
     pub(crate) fn mmap_fd(&mut self, at: MapAt, prot: Prot, kind: MapKind, fd: u64, off: u64) -> SysResult {
         let MapAt { addr, len, place } = at;
         let file = lock(&self.p.files).get(fd).map_err(|_| EBADF)?;
@@ -105,44 +131,16 @@ impl Kernel {
                 let f = self.p.sys.page_cache.get_or_open(h, &self.mm.machine())?;
                 self.mm.mmap_file(addr, len, prot, kind, place, &f, off).map_err(|e| e.errno())
             }
-            _ => self.mmap_private_copy(addr, len, prot, place, h, off),
-        }
-    }
-
-    /// Temporary `MAP_PRIVATE` of a file: an anonymous private mapping
-    /// holding a copy of the file's bytes (see the module's note).
-    fn mmap_private_copy(
-        &mut self,
-        addr: u64,
-        len: u64,
-        prot: Prot,
-        place: Placement,
-        h: &OwnedFd,
-        off: u64,
-    ) -> SysResult {
-        let at = self.mm.mmap(addr, len, Prot::RW, MapKind::Private, place).map_err(|e| e.errno())?;
-        if let Some(f) = self.p.sys.page_cache.get(h) {
-            let _ = f.sync(); // the host file holds the mappings' stores
-        }
-        let mut acc = self.mm.accessor();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut done = 0u64;
-        while done < len {
-            let want = (len - done).min(buf.len() as u64) as usize;
-            let n = match rustix::io::pread(h, &mut buf[..want], off + done) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if acc.write(at + done, &buf[..n]).is_err() {
-                let _ = self.mm.munmap(at, len);
-                return Err(EFAULT);
+            _ => {
+                let machine = self.mm.machine();
+                let f = match self.p.sys.page_cache.get_or_open(h, &machine) {
+                    Ok(f) => f,
+                    Err(EACCES | EPERM | EROFS | ETXTBSY) => snapshot(h, &machine, off, len)?,
+                    Err(e) => return Err(e),
+                };
+                self.mm.mmap_file(addr, len, prot, MapKind::Private, place, &f, off).map_err(|e| e.errno())
             }
-            done += n as u64;
         }
-        if prot != Prot::RW {
-            self.mm.mprotect(at, len, prot).map_err(|e| e.errno())?;
-        }
-        Ok(at)
     }
 
     /// msync(addr, len, flags): softmm's (MS_SYNC writes shared file

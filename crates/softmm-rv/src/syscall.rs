@@ -123,10 +123,8 @@ pub struct Kernel {
     /// The mask `rt_sigsuspend` replaced, restored after the handler.
     pub saved_mask: Option<u64>,
     /// The first argument of a system call a signal interrupted (Linux's
-    /// `orig_a0`), to restart it when no handler runs, or when the handler
-    /// has SA_RESTART and the flag (ERESTARTSYS rather than ERESTARTNOHAND)
-    /// says so.
-    pub restart: Option<(u64, bool)>,
+    /// `orig_a0`), and when to restart it.
+    pub restart: Option<(u64, Restart)>,
     /// `sigaltstack`: base, size, and whether it is disabled.
     pub altstack: (u64, u64, bool),
 }
@@ -180,14 +178,7 @@ impl Kernel {
             _ => self.dispatch(hart, n, a),
         };
         if r == Err(EINTR) {
-            // Interrupted by a signal: wait4 and futex waits are
-            // ERESTARTSYS in Linux, sleeps and pause-likes ERESTARTNOHAND.
-            let futex_wait = n == nr::FUTEX && matches!(a[1] & 127, 0 | 9);
-            let restartsys = matches!(n, nr::WAIT4 | nr::WAITID) || futex_wait;
-            let nohand = matches!(n, nr::PPOLL | nr::RT_SIGSUSPEND | nr::NANOSLEEP | nr::CLOCK_NANOSLEEP);
-            if restartsys || nohand {
-                self.restart = Some((a[0], restartsys));
-            }
+            self.restart = Restart::of(n, a[1]).map(|how| (a[0], how));
         }
         hart.x[10] = match r {
             Ok(v) => v,
@@ -558,4 +549,33 @@ fn getrandom(hart: &mut Hart, buf: u64, len: u64) -> SysResult {
     crate::io::random_bytes(&mut data).map_err(|_| EAGAIN)?;
     hart.mem.write_bytes(buf, &data).map_err(|_| EFAULT)?;
     Ok(data.len() as u64)
+}
+
+/// When a call a signal interrupted starts over (Linux's ERESTART* codes);
+/// every kind restarts when no handler runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Restart {
+    /// ERESTARTSYS: after a handler too if it has SA_RESTART (wait4,
+    /// waitid, futex waits).
+    Sys,
+    /// ERESTARTNOHAND: only when no handler ran (sleeps, pause-likes).
+    NoHand,
+    /// ERESTARTNOINTR: after any handler (FUTEX_WAIT_REQUEUE_PI).
+    NoIntr,
+}
+
+impl Restart {
+    /// How call `n` (futex command in `op`) restarts after EINTR, if it does.
+    fn of(n: u64, op: u64) -> Option<Restart> {
+        match n {
+            nr::FUTEX => match op & 127 {
+                0 | 9 => Some(Restart::Sys),
+                11 => Some(Restart::NoIntr),
+                _ => None,
+            },
+            nr::WAIT4 | nr::WAITID => Some(Restart::Sys),
+            nr::PPOLL | nr::RT_SIGSUSPEND | nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => Some(Restart::NoHand),
+            _ => None,
+        }
+    }
 }

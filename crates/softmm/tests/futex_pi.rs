@@ -363,6 +363,38 @@ fn a_requeued_waiter_past_its_deadline_leaves_the_mutex_to_the_others() {
     }
 }
 
+/// A cancellable requeue-PI waiter ends with EINTR when cancelled, on the
+/// condition's queue and after a requeue onto the mutex's, and leaves the
+/// mutex to the others.
+#[test]
+fn a_cancelled_requeue_pi_waiter_ends_with_eintr_on_either_queue() {
+    for requeued in [false, true] {
+        let (_m, mm) = space(FutexKeys::Physical, MapKind::Private);
+        mm.futex_lock_pi(BASE, 1, None).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let mm = mm.clone();
+            std::thread::spawn(move || {
+                mm.futex_wait_requeue_pi_cancellable(COND, 0, BASE, None, 2, move |c| tx.send(c).unwrap())
+            })
+        };
+        let canceller = rx.recv().unwrap();
+        until_queued(&mm, 1);
+        if requeued {
+            assert_eq!(mm.futex_cmp_requeue_pi(COND, 1, 5, BASE, 0).unwrap(), 1);
+            assert_eq!(get(&mm, BASE), 1 | FUTEX_WAITERS);
+        }
+        canceller.cancel();
+        assert_eq!(waiter.join().unwrap().unwrap_err().errno(), errno::EINTR, "requeued {requeued}");
+        // Nobody waits any more: nothing to requeue, the unlock frees it.
+        assert_eq!(mm.futex_cmp_requeue_pi(COND, 1, 5, BASE, 0).unwrap(), 0);
+        mm.futex_unlock_pi(BASE, 1).unwrap();
+        assert_eq!(get(&mm, BASE), 0, "requeued {requeued}");
+        assert_eq!(mm.vcache_entries(), 0);
+        mm.check_invariants().unwrap();
+    }
+}
+
 #[test]
 fn a_plain_requeue_never_moves_a_lock_pi_waiter() {
     let (_m, mm) = space(FutexKeys::Physical, MapKind::Private);

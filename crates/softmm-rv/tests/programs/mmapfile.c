@@ -1,6 +1,8 @@
 /* mmap of a file: MAP_SHARED stores reach read(2) and pread (after msync
  * and before), pwrite/write reach the mapping, a second mapping and a
- * forked child share the pages, MAP_PRIVATE copies, SIGBUS past the end,
+ * forked child share the pages, MAP_PRIVATE (sees the file's later
+ * writes on pages it has not written, its stores stay its own), SIGBUS
+ * past the end of shared and private mappings,
  * and mmap's descriptor errors. argv[1]: a scratch directory. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,7 +81,8 @@ int main(int argc, char **argv) {
     waitpid(c, &st, 0);
     printf("child's store: %.5s\n", m + 200);
 
-    /* MAP_PRIVATE: the file's bytes, stores stay private. */
+    /* MAP_PRIVATE: the file's bytes, stores stay private; a page it has
+     * not written sees later writes to the file, a written one does not. */
     char *p = mmap(0, 3 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     printf("private: %s %.6s\n", err(p), p == MAP_FAILED ? "" : p + 10);
     if (p != MAP_FAILED) {
@@ -87,8 +90,24 @@ int main(int argc, char **argv) {
         memset(r, 0, sizeof r);
         pread(fd, r, 7, 0);
         printf("file after private store: %.7s\n", r);
+        pwrite(fd, "LATER", 5, PG + 40);
+        lseek(fd, 20, SEEK_SET);
+        write(fd, "HIDDEN", 6);
+        printf("private sees a later pwrite: %.5s\n", p + PG + 40);
+        printf("private written page keeps its bytes: %.6s %.7s\n", p + 20, p);
+        p[2 * PG] = '!';
+        memset(r, 0, sizeof r);
+        pread(fd, r, 1, 2 * PG);
+        printf("file after a second private store: %c, shared sees %c\n", r[0], m[2 * PG]);
+        pwrite(fd, "AGAIN", 5, 2 * PG + 100);
+        printf("private after writing the page: %.5s\n", p + 2 * PG + 100);
         munmap(p, 3 * PG);
     }
+
+    /* A read-only private mapping reads the file as it is now. */
+    char *pr = mmap(0, PG, PROT_READ, MAP_PRIVATE, fd, PG);
+    printf("private read-only: %s %.5s\n", err(pr), pr == MAP_FAILED ? "" : pr + 40);
+    if (pr != MAP_FAILED) munmap(pr, PG);
 
     /* Past the end of the file: SIGBUS. */
     char *big = mmap(0, 5 * PG, PROT_READ, MAP_SHARED, fd, 0);
@@ -102,6 +121,23 @@ int main(int argc, char **argv) {
     else
         printf("past the end: signal %s\n", sig == SIGBUS ? "SIGBUS" : "other");
     munmap(big, 5 * PG);
+
+    /* The same past the end of a private mapping, for a load and for a
+     * store (no copy of a page the file does not have). */
+    char *pb = mmap(0, 5 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    sig = sigsetjmp(jb, 1);
+    if (sig == 0)
+        printf("private past the end: %d\n", pb[3 * PG + 9]);
+    else
+        printf("private past the end: signal %s\n", sig == SIGBUS ? "SIGBUS" : "other");
+    sig = sigsetjmp(jb, 1);
+    if (sig == 0) {
+        pb[4 * PG] = 1;
+        printf("private store past the end: stored\n");
+    } else {
+        printf("private store past the end: signal %s\n", sig == SIGBUS ? "SIGBUS" : "other");
+    }
+    munmap(pb, 5 * PG);
 
     /* Growing the file through ftruncate makes the pages readable. */
     printf("ftruncate: %d\n", ftruncate(fd, 4 * PG));

@@ -17,6 +17,7 @@
 
 use super::robust::{FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS};
 use super::table::{Check, Node, NodeInner, PiTarget, RequeuePiOps};
+use super::waiter::FutexCanceller;
 use super::{
     bucket_of, check_addr, end_try, enqueue, load_word, physical, read_state, resolve, resolve::Intent, resolve_two,
     settle_two, waiter, BucketPair, Resolved,
@@ -45,7 +46,26 @@ impl crate::Mm {
         deadline: Option<Instant>,
         tid: u32,
     ) -> Result<()> {
-        wait_requeue_pi(&self.inner, addr, val, addr2, deadline, tid)
+        wait_requeue_pi(&self.inner, addr, val, addr2, deadline, tid, None::<fn(FutexCanceller)>)
+    }
+
+    /// [`futex_wait_requeue_pi`](Self::futex_wait_requeue_pi) that another
+    /// thread can end: once the waiter is queued, `on_queued` gets its
+    /// canceller. A cancelled wait ends with `EINTR` (off whichever queue
+    /// it is on, the condition's or, requeued, the PI futex's), unless the
+    /// lock was handed to it first. For hosts whose threads must leave a
+    /// wait on a signal or an exit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn futex_wait_requeue_pi_cancellable(
+        &self,
+        addr: u64,
+        val: u32,
+        addr2: u64,
+        deadline: Option<Instant>,
+        tid: u32,
+        on_queued: impl FnOnce(FutexCanceller),
+    ) -> Result<()> {
+        wait_requeue_pi(&self.inner, addr, val, addr2, deadline, tid, Some(on_queued))
     }
 
     /// `FUTEX_CMP_REQUEUE_PI`: if the word at `addr` holds `val`, wake the
@@ -64,7 +84,15 @@ impl crate::Mm {
     }
 }
 
-fn wait_requeue_pi(mm: &MmInner, addr: u64, val: u32, addr2: u64, deadline: Option<Instant>, tid: u32) -> Result<()> {
+fn wait_requeue_pi(
+    mm: &std::sync::Arc<MmInner>,
+    addr: u64,
+    val: u32,
+    addr2: u64,
+    deadline: Option<Instant>,
+    tid: u32,
+    on_queued: Option<impl FnOnce(FutexCanceller)>,
+) -> Result<()> {
     check_addr(addr)?;
     check_addr(addr2)?;
     super::pi::check_tid(tid)?;
@@ -104,6 +132,9 @@ fn wait_requeue_pi(mm: &MmInner, addr: u64, val: u32, addr2: u64, deadline: Opti
     let queued = enqueue(mm, &st, &node, first, addr, Intent::Wait, check);
     drop(st);
     if queued.is_ok() {
+        if let Some(f) = on_queued {
+            f(FutexCanceller::new(mm.clone(), node.clone()));
+        }
         waiter::park(mm, &node, deadline);
     }
     let deadlock = node.inner.lock().pi_deadlock;

@@ -205,6 +205,10 @@ pub struct FutexCanceller {
 }
 
 impl FutexCanceller {
+    pub(super) fn new(mm: std::sync::Arc<MmInner>, node: Arc<Node>) -> FutexCanceller {
+        FutexCanceller { mm, node }
+    }
+
     /// Take the waiter off its queue; returns the state it ends in.
     pub fn cancel(&self) -> WaitState {
         self.mm.machine.futexes.table.unqueue(&self.node, WaitState::Cancelled)
