@@ -344,16 +344,24 @@ fn a_futex_waiter_on_a_moved_page_is_woken_through_the_new_address() {
 /// a fork, then a write of the moved page by the waiter's space (which
 /// copies it), must take the waiter to the copy, as for a page never
 /// moved. A wake through the new address then reaches it, one through
-/// the child's (the old frame) does not.
+/// the child's (the old frame) does not. Entry by entry, and with the
+/// whole PTE table moved by its PMD entry (2 MiB, aligned).
 #[test]
 fn a_futex_waiter_follows_its_moved_page_through_a_later_cow() {
+    for len in [2 * PAGE, TABLE] {
+        waiter_follows_moved_page(len);
+    }
+}
+
+fn waiter_follows_moved_page(len: u64) {
     use softmm::futex::{WaitState, BITSET_MATCH_ANY};
     let m = common::machine();
     let mm = m.new_mm().unwrap();
-    map(&mm, BASE, 2 * PAGE, Prot::RW, MapKind::Private);
+    map(&mm, BASE, len, Prot::RW, MapKind::Private);
     mm.write(BASE + 8, &0u32.to_ne_bytes()).unwrap();
     let waiter = mm.futex_wait_start(BASE + 8, 0, BITSET_MATCH_ANY).unwrap();
-    let new = move_away(&mm, BASE, 2 * PAGE);
+    let new = move_away(&mm, BASE, len);
+    assert_eq!(m.stats().tables_moved, u64::from(len == TABLE));
     check(&mm);
     let child = mm.fork().unwrap();
     mm.write(new + 16, b"x").unwrap(); // COW: the parent's page gets a copy
