@@ -36,6 +36,11 @@ impl<T> Few<T> {
         self.first.iter().chain(self.rest.iter())
     }
 
+    /// Every element, in order, to change in place.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.first.iter_mut().chain(self.rest.iter_mut())
+    }
+
     /// Remove and return every element, in order.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.first.take().into_iter().chain(self.rest.drain(..))

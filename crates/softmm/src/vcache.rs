@@ -47,6 +47,11 @@ pub(crate) trait Client: Sync {
     /// comes referenced for the callee; `frames` takes references back).
     fn invalidate(&self, frames: &FrameArena, mm: u64, lo: u64, hi: u64, now: &dyn Fn(u64) -> Translation);
 
+    /// The entries of `[lo, hi)` in space `mm` moved to `new_lo` (mremap:
+    /// the page tables say so, each page keeps its translation): re-key
+    /// this client's entries there to their pages' new addresses.
+    fn moved(&self, frames: &FrameArena, mm: u64, lo: u64, hi: u64, new_lo: u64);
+
     /// Space `mm` is gone and its translations are shot down: drop
     /// whatever this client keeps for it (entries counted in `users`).
     fn release(&self, frames: &FrameArena, users: &AtomicUsize, mm: u64);
@@ -75,6 +80,26 @@ pub(crate) fn invalidate(
     if attached(users) {
         for c in clients {
             c.invalidate(frames, mm, lo, hi, now);
+        }
+    }
+}
+
+/// The entries of `[lo, hi)` in `mm` moved to `new_lo` (mremap, under the
+/// `mmap_lock` held for writing, after the page-table locks are released):
+/// every client re-keys its entries there, so that they keep following
+/// their pages. With no entry in the space, one fence and one load.
+pub(crate) fn moved(
+    clients: &[&dyn Client],
+    users: &AtomicUsize,
+    frames: &FrameArena,
+    mm: u64,
+    lo: u64,
+    hi: u64,
+    new_lo: u64,
+) {
+    if attached(users) {
+        for c in clients {
+            c.moved(frames, mm, lo, hi, new_lo);
         }
     }
 }
@@ -222,6 +247,56 @@ impl<C> Vcache<C> {
         } else {
             (0..BUCKETS).for_each(call);
         }
+    }
+
+    /// Re-key every entry of `mm` in `[lo, hi)` to the same offset from
+    /// `new_lo` (which must not overlap the range), moving it to its new
+    /// bucket. For each, `rekey(client, old_page, new_page)` runs with both
+    /// buckets held (two, in index order), so that whoever detaches the
+    /// entry by the client's own record finds it where the record says;
+    /// it returns `false` to leave the entry where it is (the client is
+    /// being released and detaches it there).
+    pub(crate) fn moved(&self, mm: u64, lo: u64, hi: u64, new_lo: u64, rekey: impl Fn(&Arc<C>, u64, u64) -> bool) {
+        let (lo, new_lo) = (lo & !0xfff, new_lo & !0xfff);
+        debug_assert!(new_lo >= hi || new_lo + (hi - lo) <= lo, "a move onto itself");
+        let pages = hi.saturating_sub(lo).div_ceil(4096);
+        let mut sources: Vec<usize> = if pages <= BUCKETS as u64 {
+            (0..pages).map(|i| Self::index(mm, lo + i * 4096)).collect()
+        } else {
+            (0..BUCKETS).collect()
+        };
+        sources.sort_unstable();
+        sources.dedup();
+        for src in sources {
+            // The pages to move, then each under both of its buckets' locks:
+            // only the space's own operations attach here, and its
+            // `mmap_lock` is held for writing, so no entry appears meanwhile.
+            let found: Vec<u64> = self.buckets[src]
+                .lock()
+                .iter()
+                .filter(|e| e.mm == mm && e.page >= lo && e.page < hi)
+                .map(|e| e.page)
+                .collect();
+            for page in found {
+                self.move_entry(mm, src, page, new_lo + (page - lo), &rekey);
+            }
+        }
+    }
+
+    /// Move one entry of `(mm, page)` (in bucket `src`) to `(mm, to)`.
+    fn move_entry(&self, mm: u64, src: usize, page: u64, to: u64, rekey: &impl Fn(&Arc<C>, u64, u64) -> bool) {
+        let dst = Self::index(mm, to);
+        let (lo, hi) = (src.min(dst), src.max(dst));
+        let mut first = self.buckets[lo].lock();
+        let mut second = (hi != lo).then(|| self.buckets[hi].lock());
+        let from = if src == lo { &mut first } else { second.as_mut().unwrap_or(&mut first) };
+        let Some(i) = from.iter().position(|e| e.mm == mm && e.page == page && rekey(&e.client, page, to)) else {
+            return;
+        };
+        let mut e = from.swap_remove(i);
+        e.page = to;
+        let into = if dst == lo { &mut first } else { second.as_mut().unwrap_or(&mut first) };
+        into.push(e);
     }
 
     /// Call `f(mm, page, client)` for every entry, one bucket locked at a

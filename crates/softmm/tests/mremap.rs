@@ -340,6 +340,85 @@ fn a_futex_waiter_on_a_moved_page_is_woken_through_the_new_address() {
     check(&mm);
 }
 
+/// A physical-key waiter keeps following its page after the page moves:
+/// a fork, then a write of the moved page by the waiter's space (which
+/// copies it), must take the waiter to the copy, as for a page never
+/// moved. A wake through the new address then reaches it, one through
+/// the child's (the old frame) does not. Entry by entry, and with the
+/// whole PTE table moved by its PMD entry (2 MiB, aligned).
+#[test]
+fn a_futex_waiter_follows_its_moved_page_through_a_later_cow() {
+    for len in [2 * PAGE, TABLE] {
+        waiter_follows_moved_page(len);
+    }
+}
+
+fn waiter_follows_moved_page(len: u64) {
+    use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+    let m = common::machine();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, len, Prot::RW, MapKind::Private);
+    mm.write(BASE + 8, &0u32.to_ne_bytes()).unwrap();
+    let waiter = mm.futex_wait_start(BASE + 8, 0, BITSET_MATCH_ANY).unwrap();
+    let new = move_away(&mm, BASE, len);
+    assert_eq!(m.stats().tables_moved, u64::from(len == TABLE));
+    check(&mm);
+    let child = mm.fork().unwrap();
+    mm.write(new + 16, b"x").unwrap(); // COW: the parent's page gets a copy
+    check(&mm);
+    check(&child);
+    assert_eq!(child.futex_wake(new + 8, 1).unwrap(), 0, "the waiter stayed on the child's frame");
+    assert_eq!(mm.futex_wake(new + 8, 1).unwrap(), 1);
+    assert_eq!(waiter.state(), WaitState::Woken);
+    waiter.wait(None).unwrap();
+    check(&mm);
+    check(&child);
+}
+
+/// A waiter on an untouched read-only page (the zero frame, keyed by
+/// space and address in physical mode) follows the page's address.
+#[test]
+fn a_futex_waiter_on_a_moved_zero_page_is_woken_through_the_new_address() {
+    use softmm::futex::{WaitState, BITSET_MATCH_ANY};
+    let m = common::machine();
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 2 * PAGE, Prot::READ, MapKind::Private);
+    let waiter = mm.futex_wait_start(BASE + 8, 0, BITSET_MATCH_ANY).unwrap();
+    let new = move_away(&mm, BASE, 2 * PAGE);
+    check(&mm);
+    assert_eq!(mm.futex_wake(new + 8, 1).unwrap(), 1);
+    assert_eq!(waiter.state(), WaitState::Woken);
+    waiter.wait(None).unwrap();
+    check(&mm);
+}
+
+/// Linux keys a private futex by `(mm, address)`: mremap leaves a waiter
+/// on the old address's key, so a wake through the new address misses it
+/// and a wake through the old address (once mapped again) reaches it.
+#[test]
+fn a_linux_key_waiter_stays_on_the_old_address_of_a_moved_page() {
+    use softmm::futex::{FutexKeys, WaitState, BITSET_MATCH_ANY};
+    let m = Machine::new(Config { arena_bytes: 64 << 20, futex_keys: FutexKeys::Linux, ..Config::default() })
+        .expect("machine");
+    let mm = m.new_mm().unwrap();
+    map(&mm, BASE, 2 * PAGE, Prot::RW, MapKind::Private);
+    mm.write(BASE + 8, &0u32.to_ne_bytes()).unwrap();
+    let waiter = mm.futex_wait_start(BASE + 8, 0, BITSET_MATCH_ANY).unwrap();
+    let new = move_away(&mm, BASE, 2 * PAGE);
+    let child = mm.fork().unwrap();
+    mm.write(new + 16, b"x").unwrap();
+    check(&mm);
+    assert_eq!(mm.futex_wake(new + 8, 1).unwrap(), 0);
+    assert_eq!(child.futex_wake(new + 8, 1).unwrap(), 0);
+    assert_eq!(waiter.state(), WaitState::Waiting);
+    assert_eq!(mm.futex_wake(BASE + 8, 1).map_err(|e| e.errno()), Err(errno::EFAULT));
+    map(&mm, BASE, PAGE, Prot::RW, MapKind::Private);
+    assert_eq!(mm.futex_wake(BASE + 8, 1).unwrap(), 1);
+    assert_eq!(waiter.state(), WaitState::Woken);
+    waiter.wait(None).unwrap();
+    check(&mm);
+}
+
 #[test]
 fn fixed_moves_every_mapping_of_the_range_keeping_gaps() {
     let m = common::machine();

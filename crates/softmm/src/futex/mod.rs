@@ -255,6 +255,13 @@ impl crate::vcache::Client for Futexes {
         self.vcache.call_range(mm, lo, hi, |node, page| table::follow(&self.table, frames, node, mm, page, now));
     }
 
+    /// mremap moved the pages: a waiter following one of them follows it
+    /// to its new address (same frame, so its key stays, unless it names
+    /// the address: a zero-frame page's).
+    fn moved(&self, frames: &FrameArena, mm: u64, lo: u64, hi: u64, new_lo: u64) {
+        self.vcache.moved(mm, lo, hi, new_lo, |node, old, new| table::moved(&self.table, frames, node, mm, old, new));
+    }
+
     /// End every wait the space started, as Linux's exit ends the threads
     /// that wait. Each ends `Exited` (`Error::Exited` to whoever waits on
     /// it), its frame reference dropped and its vcache entries detached

@@ -815,6 +815,40 @@ pub(crate) fn follow(
     table.rekey(node, &key, new, refs);
 }
 
+/// The vcache's `moved` for one entry of `node`, `(mm, old)` now
+/// `(mm, new)` (mremap; both vcache buckets held): the waiter's own record
+/// of its entries, and of the page it follows or left, says the new page,
+/// so that its `leave` detaches the entry where it now is and later
+/// callbacks (a COW of the moved page) move it. A key that names the
+/// address (the zero frame's `(mm, address)`) moves with it. Returns
+/// `false`, changing nothing, once the waiter is released: whoever
+/// released it detaches the entry where its record said.
+pub(crate) fn moved(table: &FutexTable, refs: &dyn FrameRefs, node: &Arc<Node>, mm: u64, old: u64, new: u64) -> bool {
+    let key = {
+        let mut inner = node.inner.lock();
+        if node.released() {
+            return false;
+        }
+        if let Some(e) = inner.entries.iter_mut().find(|e| (e.0, e.1) == (mm, old)) {
+            e.1 = new;
+        }
+        let on = |t: &mut Option<(u64, u64)>| {
+            if *t == Some((mm, old)) {
+                *t = Some((mm, new));
+            }
+        };
+        on(&mut inner.tracked);
+        on(&mut inner.left);
+        (inner.tracked == Some((mm, new))).then_some(inner.key)
+    };
+    if let Some(key @ FutexKey::Private { mm: kmm, addr }) = key {
+        if kmm == mm && addr & !0xfff == old && node.state() == WaitState::Waiting {
+            table.rekey(node, &key, FutexKey::Private { mm, addr: new + (addr & 0xfff) }, refs);
+        }
+    }
+    true
+}
+
 /// A waker's half of the vcache protocol. With `(mm, page)`'s vcache
 /// bucket locked, bring every waiter following that page to the key of
 /// `now` (the translation the waker is about to use, its frame referenced

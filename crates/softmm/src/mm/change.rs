@@ -208,9 +208,10 @@ impl<'a> Change<'a> {
     }
 
     /// `move_page_tables` for mremap: the entries of `[old, old + len)`
-    /// move to `new` (`PageTable::move_ptes`). The change was opened for
-    /// the old range: its translations are gone (the vcache's clients hear
-    /// so and re-look their pages up) and, if any was present, shot down.
+    /// move to `new` (`PageTable::move_ptes`). The vcache's clients move
+    /// their entries with them (`vcache::moved`). The change was opened for
+    /// the old range: its translations are gone (clients hear so for what
+    /// is still attached there) and, if any was present, shot down.
     /// The new range held nothing, so nobody caches a translation of it.
     pub(crate) fn move_ptes(&mut self, pt: &PageTable, old: u64, new: u64, len: u64) -> Result<crate::pgtable::Moved> {
         let m = &self.mm.machine;
@@ -221,6 +222,12 @@ impl<'a> Change<'a> {
         if moved.present > 0 {
             self.gather.need_flush();
         }
+        // The vcache's clients re-key their entries to the new range
+        // first (the tables say so, their locks are released): a waiter
+        // keeps following its page, and the old range's callback at the
+        // drop finds nothing of it there.
+        let users = &self.mm.vcache_users;
+        crate::vcache::moved(&m.vcache_clients(), users, &m.arena, self.mm.id, old, old + len, new);
         self.translations_changed(old, old + len);
         r.map(|()| moved)
     }

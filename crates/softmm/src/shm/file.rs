@@ -249,3 +249,205 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Truncation (`File::truncate`: `set_size`, then `reclaim::drop_pages`
+    //! unmapping the dropped page from every mapper) racing a read fault on
+    //! that page of a host file (`prepare_fault` reading it in with
+    //! `read_in`, then `get_page` and the install under the PTE lock), the
+    //! file then growing back. A faithful model of the order, not the real
+    //! functions (they need a frame arena and a host file): the index
+    //! mutex with its `truncations` count, the PTE lock, the host file's
+    //! bytes.
+    //!
+    //! Checked: no page the truncation dropped stays mapped, no page read
+    //! before the truncation enters the cache after it (stale bytes), and
+    //! every frame's references are its entry and the index's. Twins: the
+    //! fault's `get_page` before the PTE lock, and `read_in` without the
+    //! `truncations` check.
+    use loom::sync::atomic::{AtomicBool, AtomicU32};
+    use loom::sync::{Arc, Mutex, RwLock};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// The host file's bytes of the page before the truncation.
+    const OLD: u32 = 7;
+    /// The frame `read_in` fills.
+    const READ: usize = 1;
+
+    /// The index's slot for the page: `None` past the end of the file.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Page {
+        Absent,
+        Frame(usize),
+    }
+
+    struct Index {
+        page: Option<Page>,
+        truncations: u64,
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Twin {
+        None,
+        GetPageOutsidePtl,
+        NoTruncationsCheck,
+    }
+
+    struct World {
+        mmap_lock: RwLock<()>,
+        index: Mutex<Index>,
+        /// The host file's bytes of the page (0 once truncated away).
+        store: AtomicU32,
+        ptl: Mutex<()>,
+        /// The mapping's entry: a frame, or 0.
+        pte: AtomicU32,
+        bytes: [AtomicU32; 2],
+        refs: [AtomicU32; 2],
+        freed: [AtomicBool; 2],
+        twin: Twin,
+    }
+
+    impl World {
+        fn put(&self, f: usize) {
+            let old = self.refs[f].fetch_sub(1, SeqCst);
+            assert!(old >= 1, "frame {f}'s reference dropped twice");
+            if old == 1 {
+                assert_ne!(self.pte.load(SeqCst) as usize, f, "frame {f} freed while mapped");
+                self.freed[f].store(true, SeqCst);
+            }
+        }
+
+        /// `read_in`: fill a frame with no lock held, then insert it only if
+        /// the page is still absent and no truncation ran since `seen`.
+        fn read_in(&self, seen: u64) {
+            self.refs[READ].store(1, SeqCst);
+            self.bytes[READ].store(self.store.load(SeqCst), SeqCst);
+            let mut i = self.index.lock().unwrap();
+            let fresh = self.twin == Twin::NoTruncationsCheck || i.truncations == seen;
+            if fresh && i.page == Some(Page::Absent) {
+                i.page = Some(Page::Frame(READ));
+            } else {
+                drop(i);
+                self.put(READ);
+            }
+        }
+
+        /// `prepare_fault`: `Bus` past the end, else the page read in.
+        fn prepare_fault(&self) -> Result<(), &'static str> {
+            let (seen, page) = {
+                let i = self.index.lock().unwrap();
+                (i.truncations, i.page)
+            };
+            match page {
+                None => Err("bus"),
+                Some(Page::Absent) => {
+                    self.read_in(seen);
+                    Ok(())
+                }
+                Some(Page::Frame(_)) => Ok(()),
+            }
+        }
+
+        /// `get_page`: the cached frame, referenced for the entry.
+        fn get_page(&self) -> Result<usize, &'static str> {
+            let i = self.index.lock().unwrap();
+            match i.page {
+                None => Err("bus"),
+                Some(Page::Absent) => Err("again"), // the fault is retried
+                Some(Page::Frame(f)) => {
+                    self.refs[f].fetch_add(1, SeqCst);
+                    Ok(f)
+                }
+            }
+        }
+
+        /// A read fault on the page (no entry yet), under the `mmap_lock`.
+        fn fault(&self) -> Result<(), &'static str> {
+            let _r = self.mmap_lock.read().unwrap();
+            self.prepare_fault()?;
+            let early = (self.twin == Twin::GetPageOutsidePtl).then(|| self.get_page());
+            let _g = self.ptl.lock().unwrap();
+            let f = match early {
+                Some(r) => r?,
+                None => self.get_page()?,
+            };
+            self.pte.store(f as u32, SeqCst);
+            Ok(())
+        }
+
+        /// `File::truncate(0)`, then the file grows back to one page.
+        fn truncate_and_grow(&self) {
+            let removed = {
+                let mut i = self.index.lock().unwrap();
+                self.store.store(0, SeqCst);
+                i.truncations += 1;
+                i.page.take()
+            };
+            if let Some(Page::Frame(f)) = removed {
+                // `unmap_everywhere`: each mapper's entry, under its locks.
+                {
+                    let _r = self.mmap_lock.read().unwrap();
+                    let _g = self.ptl.lock().unwrap();
+                    if self.pte.load(SeqCst) as usize == f {
+                        self.pte.store(0, SeqCst);
+                        self.put(f);
+                    }
+                }
+                self.put(f); // the index's reference
+            }
+            self.index.lock().unwrap().page = Some(Page::Absent);
+        }
+    }
+
+    fn run(twin: Twin) {
+        loom::model(move || {
+            let w = Arc::new(World {
+                mmap_lock: RwLock::new(()),
+                index: Mutex::new(Index { page: Some(Page::Absent), truncations: 0 }),
+                store: AtomicU32::new(OLD),
+                ptl: Mutex::new(()),
+                pte: AtomicU32::new(0),
+                bytes: [AtomicU32::new(0), AtomicU32::new(0)],
+                refs: [AtomicU32::new(0), AtomicU32::new(0)],
+                freed: [AtomicBool::new(false), AtomicBool::new(false)],
+                twin,
+            });
+            let w2 = w.clone();
+            let truncator = loom::thread::spawn(move || w2.truncate_and_grow());
+            let _ = w.fault();
+            truncator.join().unwrap();
+            let cached = w.index.lock().unwrap().page;
+            let mapped = w.pte.load(SeqCst) as usize;
+            if mapped != 0 {
+                assert_eq!(cached, Some(Page::Frame(mapped)), "a page the truncation dropped stays mapped");
+            }
+            if let Some(Page::Frame(f)) = cached {
+                assert_eq!(w.bytes[f].load(SeqCst), w.store.load(SeqCst), "a stale page entered the cache");
+            }
+            let held = u32::from(mapped == READ) + u32::from(cached == Some(Page::Frame(READ)));
+            assert_eq!(w.refs[READ].load(SeqCst), held, "the frame's references are not its entry and the index's");
+        });
+    }
+
+    #[test]
+    fn truncation_races_a_fault_and_its_read_in() {
+        run(Twin::None);
+    }
+
+    /// The model can fail: a fault that takes its page before the PTE lock
+    /// installs it after the truncation unmapped every mapper.
+    #[test]
+    #[should_panic(expected = "the truncation dropped stays mapped")]
+    fn get_page_outside_the_pte_lock_is_caught() {
+        run(Twin::GetPageOutsidePtl);
+    }
+
+    /// The model can fail: a read begun before the truncation, inserted
+    /// after the file grew back, caches the old bytes.
+    #[test]
+    #[should_panic(expected = "a stale page entered the cache")]
+    fn read_in_without_the_truncations_check_is_caught() {
+        run(Twin::NoTruncationsCheck);
+    }
+}
