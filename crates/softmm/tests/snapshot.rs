@@ -96,7 +96,11 @@ fn restore_after_writes_and_new_faults() {
         let mut b = [0u8; 1];
         mm.read(BASE + 25 * PAGE, &mut b).expect("read"); // a zero-frame fault
         check(&mm);
-        assert_eq!(mm.dirty_pages(BASE, BASE + 32 * PAGE).expect("dirty").len(), 4);
+        // The written and faulted pages; a VMA's first anonymous page logs
+        // its whole VMA (its anon_vma decides its merges).
+        let dirty = mm.dirty_pages(BASE, BASE + 32 * PAGE).expect("dirty");
+        let want: Vec<u64> = [3, 4].iter().chain(&[20, 21, 22, 23, 24, 25, 26, 27]).map(|p| BASE + p * PAGE).collect();
+        assert_eq!(dirty, want);
         mm.restore(&s).expect("restore");
         assert_eq!(mm.dirty_pages(BASE, BASE + 32 * PAGE).expect("dirty"), Vec::<u64>::new());
         check(&mm);
@@ -381,4 +385,26 @@ proptest! {
             prop_assert_eq!(seen(&mm), seen(f));
         }
     }
+}
+
+#[test]
+fn restore_puts_the_break_and_dontfork_memory_back() {
+    let m = machine();
+    let mm = space(&m);
+    mm.set_start_brk(BASE + 128 * PAGE).expect("start_brk");
+    mm.brk(BASE + 130 * PAGE).expect("brk");
+    fill(&mm, BASE + 128 * PAGE, 2, 3);
+    mm.madvise(BASE, 2 * PAGE, softmm::Advice::DontFork).expect("dontfork");
+    let s = mm.snapshot().expect("snapshot");
+    let want = seen(&mm);
+    let old_brk = mm.brk(0).expect("brk");
+    mm.brk(BASE + 140 * PAGE).expect("brk");
+    fill(&mm, BASE + 128 * PAGE, 12, 4);
+    fill(&mm, BASE, 2, 5);
+    mm.restore(&s).expect("restore");
+    check(&mm);
+    assert_eq!(mm.brk(0).expect("brk"), old_brk);
+    // A fork would not have the DONTFORK pages; a snapshot keeps them.
+    assert_eq!(seen(&mm), want);
+    check(&mm);
 }

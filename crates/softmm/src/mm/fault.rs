@@ -622,6 +622,9 @@ fn anon_vma_prepare(mm: &MmInner, st: &MmState, vma: &Vma) -> u64 {
     let reuse = next.and_then(|n| reusable_anon_of(vma, n)).or_else(|| prev.and_then(|p| reusable_anon_of(vma, p)));
     let reuse = reuse.cloned();
     let machine = &mm.machine;
+    // The VMA's anon_vma decides what it merges with: a snapshot taken
+    // before it had one must give the VMA back without it.
+    st.vmas.changed(vma.start, vma.end);
     link.prepare(|me| match reuse {
         Some(av) => {
             av.link(me);
