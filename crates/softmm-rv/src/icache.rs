@@ -67,7 +67,8 @@ impl CodeWatch {
 
 impl MmuNotifier for CodeWatch {
     fn invalidate_range_start(&self, range: &Range) -> Result<(), Again> {
-        let changes_code = matches!(range.event, Event::Unmap | Event::Clear | Event::Protection | Event::Release);
+        let changes_code =
+            matches!(range.event, Event::Unmap | Event::Clear | Event::Protection | Event::Release | Event::Restore);
         if changes_code && range.start < self.hi.load(Ordering::SeqCst) && range.end > self.lo.load(Ordering::SeqCst) {
             self.gen.fetch_add(1, Ordering::SeqCst);
         }

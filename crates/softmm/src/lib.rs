@@ -99,6 +99,7 @@ pub(crate) mod pte;
 pub mod reclaim;
 pub(crate) mod rmap;
 pub(crate) mod shm;
+mod snaplog;
 pub(crate) mod stats;
 pub(crate) mod sync;
 pub(crate) mod tlb;
@@ -112,7 +113,7 @@ pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{
-    Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, RemapFlags, MCL_CURRENT, MCL_FUTURE,
+    Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, RemapFlags, Snapshot, MCL_CURRENT, MCL_FUTURE,
     MCL_ONFAULT, MLOCK_ONFAULT, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
 };
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};

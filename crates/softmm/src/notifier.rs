@@ -91,6 +91,9 @@ pub enum Event {
     Migrate,
     /// The address space is being torn down.
     Release,
+    /// The space is put back to a snapshot (`Mm::restore`): every page and
+    /// mapping changed since may change again, in one bracket.
+    Restore,
 }
 
 /// One invalidation: `[start, end)`, why, and whether the caller may wait.

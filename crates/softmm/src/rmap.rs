@@ -572,6 +572,23 @@ impl AnonLink {
         AnonLink { mm: child.clone(), own: new, ancestors: self.ancestors + 1 }
     }
 
+    /// The link a restore gives the space `mm` for a snapshot's VMA
+    /// (`mm/snapshot.rs`): the snapshot's own anon_vma was forked from the
+    /// space's, so the space links its parent again, and every frame the
+    /// snapshot shares with it stays reachable; merges with the space's
+    /// unchanged VMAs see the anon_vma they had. A VMA without one gets none.
+    pub(crate) fn restore_link(&self, mm: &MmRef) -> AnonLink {
+        let own = std::sync::OnceLock::new();
+        let Some(av) = self.own.get() else { return AnonLink::new(mm.clone()) };
+        let (target, ancestors) = match &av.parent {
+            Some(p) => (p.clone(), self.ancestors.saturating_sub(1)),
+            None => (av.clone(), self.ancestors),
+        };
+        target.link(mm);
+        let _ = own.set(target);
+        AnonLink { mm: mm.clone(), own, ancestors }
+    }
+
     /// Take `other`'s own anon_vma (a merge of a VMA without one into a
     /// neighbour with a singular chain).
     pub(crate) fn adopt(&mut self, other: &AnonLink) {

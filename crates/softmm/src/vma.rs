@@ -283,6 +283,20 @@ impl Vma {
         Vma { start, end, prot, account, pgoff, backing, file, flags }
     }
 
+    /// `[start, end)` of this snapshot VMA as a restore gives it back to the
+    /// space `live` (`mm/snapshot.rs`): same rights, flags and offsets; a
+    /// private backing linked to the anon_vma the snapshot's was forked
+    /// from (`AnonLink::restore_link`), an object linked for `live`.
+    pub(crate) fn restored_copy(&self, start: u64, end: u64, live: &MmRef) -> Vma {
+        let backing = match &self.backing {
+            Backing::Anon(l) => Backing::Anon(l.restore_link(live)),
+            Backing::Shm(o) => Backing::Shm(o.link_for(live)),
+        };
+        let file = self.file.as_ref().map(|f| f.link_for(live));
+        let (prot, account, flags, pgoff) = (self.prot, self.account, self.flags, self.pgoff_of(start));
+        Vma { start, end, prot, account, pgoff, backing, file, flags }
+    }
+
     /// The VMA a fork gives the child for a `VM_WIPEONFORK` VMA: same range
     /// and flags, a new private backing without an anon_vma (Linux's
     /// `anon_vma_fork` leaves it none), so every page reads as zeros.
@@ -366,6 +380,9 @@ pub(crate) struct VmaTree {
     /// a fork: its page offset no longer says its address, and the
     /// reverse map must look its pages up by offset (`anon_addresses`).
     remapped: bool,
+    /// The snapshot logs of the space (`mm/snapshot.rs`), once it took a
+    /// snapshot: every change of a VMA's range or attributes is logged.
+    logs: Option<std::sync::Arc<crate::snaplog::SnapLogs>>,
 }
 
 impl VmaTree {
@@ -405,6 +422,19 @@ impl VmaTree {
         self.map.len()
     }
 
+    /// Log VMA changes of this tree into `logs` from now on.
+    pub(crate) fn set_logs(&mut self, logs: std::sync::Arc<crate::snaplog::SnapLogs>) {
+        self.logs = Some(logs);
+    }
+
+    /// `[lo, hi)` changed its mappings: snapshots of the space hear so.
+    /// Splits and merges change nothing a snapshot sees and are not logged.
+    pub(crate) fn changed(&self, lo: u64, hi: u64) {
+        if let Some(l) = &self.logs {
+            l.vmas_changed(lo, hi);
+        }
+    }
+
     /// Split the VMA containing `at` (if `at` is strictly inside one).
     pub(crate) fn split_at(&mut self, at: u64) {
         let Some(v) = self.find(at) else { return };
@@ -424,6 +454,9 @@ impl VmaTree {
         self.split_at(start);
         self.split_at(end);
         let keys: Vec<u64> = self.map.range(start..end).map(|(k, _)| *k).collect();
+        if !keys.is_empty() {
+            self.changed(start, end);
+        }
         keys.into_iter().filter_map(|k| self.map.remove(&k)).collect()
     }
 
@@ -431,6 +464,7 @@ impl VmaTree {
     pub(crate) fn insert(&mut self, v: Vma) {
         debug_assert!(self.overlapping(v.start, v.end).next().is_none(), "VMA insert over a mapping");
         self.remapped |= matches!(v.backing, Backing::Anon(_)) && v.pgoff != v.start >> 12;
+        self.changed(v.start, v.end);
         self.map.insert(v.start, v);
     }
 
@@ -439,6 +473,7 @@ impl VmaTree {
     /// page keeps its offset.
     pub(crate) fn extend_down(&mut self, start: u64, new_start: u64) {
         let Some(mut v) = self.map.remove(&start) else { return };
+        self.changed(new_start, start);
         v.pgoff -= (start - new_start) >> 12;
         v.start = new_start;
         self.map.insert(new_start, v);
@@ -446,7 +481,12 @@ impl VmaTree {
 
     /// Apply `f` to every VMA inside `[start, end)` (split at the edges
     /// only where `f` would change something, as Linux's mprotect does).
+    /// The caller changes the VMA's attributes, not its range (a change
+    /// of its end logs the new part itself, `changed`).
     pub(crate) fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
+        if let Some(v) = self.map.get(&start) {
+            self.changed(v.start, v.end);
+        }
         self.map.get_mut(&start)
     }
 

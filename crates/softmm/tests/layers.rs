@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module may use its own layer and those below it. Keep
 /// this table and the one at the top of `docs/ARCHITECTURE.md` the same.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("primitives", &["sync", "error", "few", "stats"]),
+    ("primitives", &["sync", "error", "few", "stats", "snaplog"]),
     ("frames", &["phys"]),
     ("swap space", &["reclaim::swap", "reclaim::device"]),
     ("tables", &["pte", "pgtable", "tlb"]),

@@ -68,6 +68,10 @@ pub(crate) struct Change<'a> {
     except: Option<&'a Slot>,
     /// Pages whose translation changed: `[changed.0, changed.1)`.
     changed: (u64, u64),
+    /// Pages whose entries changed in what a snapshot of the space sees
+    /// (`mm/snapshot.rs`): `changed`, except an unshare's pages, which keep
+    /// their frames.
+    logged: (u64, u64),
     /// Leave to write entries (`pgtable::Edit`), minted here alone.
     edit: Edit,
 }
@@ -84,7 +88,16 @@ impl<'a> Change<'a> {
             Some(event) if mm.notifiers.any() => Some(mm.notifiers.start_blocking(lo, hi, event)),
             _ => None,
         };
-        Change { mm, st, inv, gather: Gather::default(), except: None, changed: (0, 0), edit: Edit::for_change() }
+        Change {
+            mm,
+            st,
+            inv,
+            gather: Gather::default(),
+            except: None,
+            changed: (0, 0),
+            logged: (0, 0),
+            edit: Edit::for_change(),
+        }
     }
 
     /// Open a change of one page or range for a reverse-map visit, which
@@ -148,11 +161,26 @@ impl<'a> Change<'a> {
         self.gather.need_flush();
     }
 
-    /// The translations of `[lo, hi)` changed: the vcache's clients hear so.
+    /// The translations of `[lo, hi)` changed: the vcache's clients hear
+    /// so, and snapshots of the space log the pages.
     #[inline]
     pub(crate) fn translations_changed(&mut self, lo: u64, hi: u64) {
-        self.changed =
-            if self.changed.0 < self.changed.1 { (self.changed.0.min(lo), self.changed.1.max(hi)) } else { (lo, hi) };
+        self.translations_moved(lo, hi);
+        self.pages_changed(lo, hi);
+    }
+
+    /// The translations of `[lo, hi)` changed but name the same pages (an
+    /// unshare): the vcache's clients hear so; snapshots log nothing.
+    #[inline]
+    pub(crate) fn translations_moved(&mut self, lo: u64, hi: u64) {
+        self.changed = widen(self.changed, lo, hi);
+    }
+
+    /// Entries of `[lo, hi)` changed without changing any translation the
+    /// vcache follows (a fault filling an empty entry): snapshots log them.
+    #[inline]
+    pub(crate) fn pages_changed(&mut self, lo: u64, hi: u64) {
+        self.logged = widen(self.logged, lo, hi);
     }
 
     /// `zap_pte_range` over `[start, end)`: clear every entry, drop
@@ -236,6 +264,16 @@ impl<'a> Change<'a> {
     /// out of the state): shared tables lose this space's reference.
     pub(crate) fn zap_all(&mut self, pt: &PageTable) {
         self.zap(pt, 0, crate::pgtable::TASK_SIZE, true);
+    }
+}
+
+/// `[r.0, r.1)` widened to cover `[lo, hi)` (an empty `r` becomes it).
+#[inline]
+fn widen(r: (u64, u64), lo: u64, hi: u64) -> (u64, u64) {
+    if r.0 < r.1 {
+        (r.0.min(lo), r.1.max(hi))
+    } else {
+        (lo, hi)
     }
 }
 
@@ -351,6 +389,10 @@ impl Drop for Change<'_> {
     #[inline(always)]
     fn drop(&mut self) {
         let mm = self.mm;
+        // Snapshots log what changed (a leaf lock, only when one is alive).
+        if self.logged.0 < self.logged.1 {
+            mm.snaps.pages_changed(self.logged.0, self.logged.1);
+        }
         // 3. The vcache, after the tables say so and their locks are gone.
         let (lo, hi) = self.changed;
         if lo < hi {

@@ -193,7 +193,7 @@ fn fault_once<const NOTIFY: bool>(
         let base = va & !(PTE_TABLE_SPAN - 1);
         let mut change = Change::open(mm, Some(st), base, base + PTE_TABLE_SPAN, NOTIFY.then_some(Event::Cow));
         change.unshare(pt, va)?;
-        change.translations_changed(base, base + PTE_TABLE_SPAN);
+        change.translations_moved(base, base + PTE_TABLE_SPAN);
         drop(change);
         let now = pt.follow_pte(arena, va);
         if let Some(pte) = fast_path(mm, pt, va, now, access) {
@@ -261,9 +261,13 @@ fn fault_once<const NOTIFY: bool>(
     };
     // A new frame for a page that had one (COW, or the zero frame's first
     // write): the vcache hears of it when the change ends.
+    // Any other new entry (a first fault, a swap-in, COW's reuse making
+    // the page writable) changes only what snapshots see.
     if let Ok(Some(new)) = &result {
         if cur.is_present() && new.frame() != cur.frame() {
             change.translations_changed(va, va + 4096);
+        } else if new.raw() != cur.raw() {
+            change.pages_changed(va, va + 4096);
         }
     }
     drop(change);
@@ -623,6 +627,9 @@ fn anon_vma_prepare(mm: &MmInner, st: &MmState, vma: &Vma) -> u64 {
     let reuse = next.and_then(|n| reusable_anon_of(vma, n)).or_else(|| prev.and_then(|p| reusable_anon_of(vma, p)));
     let reuse = reuse.cloned();
     let machine = &mm.machine;
+    // The VMA's anon_vma decides what it merges with: a snapshot taken
+    // before it had one must give the VMA back without it.
+    st.vmas.changed(vma.start, vma.end);
     link.prepare(|me| match reuse {
         Some(av) => {
             av.link(me);

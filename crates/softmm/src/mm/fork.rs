@@ -8,18 +8,30 @@ use crate::pgtable::{share, Edit, PageTable, PteTableGuard, PTE_TABLE_SPAN};
 use crate::phys::flags;
 use crate::phys::{FrameArena, FrameId};
 use crate::pte::Pte;
+use crate::snaplog::Log;
 use crate::stats::Counters;
 use crate::sync::Ordering;
 use crate::vma::{Backing, VmFlags, Vma};
 use std::sync::Arc;
 
-pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
+/// Fork `parent`. With `snap`, the child is a snapshot (`mm/snapshot.rs`):
+/// it keeps every VMA as it is (lock, `DONTFORK` and `WIPEONFORK` flags
+/// included, whose effects are a fork's, not a snapshot's), and `snap`
+/// starts logging the parent's changes before its `mmap_lock` is released,
+/// with the pages pinned now already in it (their pinners write them
+/// without a fault).
+pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy, snap: Option<&Arc<Log>>) -> Result<Mm> {
     let child = Mm::new(parent.machine.clone())?;
     let machine = &parent.machine;
-    let pst = parent.state.write();
+    let snapshot = snap.is_some();
+    let pins_seen = std::cell::RefCell::new(Vec::new());
+    let mut pst = parent.state.write();
     let ppt = pst.pt.as_ref().ok_or(Error::Exited)?;
     let mut cst = child.inner.state.write();
     cst.heap = pst.heap; // the break is inherited (dup_mm); the locks are not
+    if snapshot {
+        cst.def_flags = pst.def_flags;
+    }
     let mut flush = false;
     let mut result = Ok(());
     let mut last_span = None;
@@ -29,17 +41,20 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
     let pinned = parent.has_pinned.load(std::sync::atomic::Ordering::Relaxed);
     for v in pst.vmas.iter() {
         // MADV_DONTFORK: the child does not get the VMA at all.
-        if v.flags.contains(VmFlags::DONTCOPY) {
+        if v.flags.contains(VmFlags::DONTCOPY) && !snapshot {
             continue;
         }
         // The child's VMA is linked into the anon_vmas before any entry is
         // copied: a reverse-map walk relies on it (`rmap::rmap_walk`).
-        let cv = match v.flags.contains(VmFlags::WIPEONFORK) {
+        let mut cv = match v.flags.contains(VmFlags::WIPEONFORK) && !snapshot {
             // MADV_WIPEONFORK: a fresh private VMA, zero-filled on demand.
             true => v.wiped_copy(&child_ref),
             false => v.fork_copy(&machine.anon_vmas, || machine.new_id(), &child_ref),
         };
-        if needs_copy(v) {
+        if snapshot {
+            cv.flags = v.flags;
+        }
+        if copies(v, snapshot) {
             // Linux's copy_page_range: the parent's entries lose write.
             // A bracket per VMA whose entries lose write, in address
             // order; the shootdown for them all comes once, below (as
@@ -48,7 +63,16 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
             // at the start.
             let change = Change::open(parent, Some(&pst), v.start, v.end, Some(Event::Protection));
             let cpt = cst.pt.as_ref().ok_or(Error::Exited)?;
-            let copy = CopyRange { parent, ppt, cpt, child_anon: anon_id(&cv), pinned, edit: change.edit() };
+            let copy = CopyRange {
+                parent,
+                ppt,
+                cpt,
+                child_anon: anon_id(&cv),
+                pinned,
+                edit: change.edit(),
+                snapshot,
+                pins_seen: &pins_seen,
+            };
             result = match policy {
                 ForkPolicy::CopyTables => copy.copy_page_range(v, v.start, v.end, &mut flush),
                 ForkPolicy::SharedTables => copy.share_page_range(&pst, v, &mut last_span, &mut flush),
@@ -74,6 +98,13 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
         drop(child);
         return Err(e);
     }
+    if let Some(log) = snap {
+        for va in pins_seen.into_inner() {
+            log.pages_changed(va, va + 4096);
+        }
+        parent.snaps.add(log);
+        pst.vmas.set_logs(parent.snaps.clone());
+    }
     drop(pst);
     Counters::bump(&machine.counters.forks);
     Ok(child)
@@ -84,7 +115,23 @@ pub(crate) fn do_fork(parent: &Arc<MmInner>, policy: ForkPolicy) -> Result<Mm> {
 /// the child does not get, or gets wiped, is not copied either.
 fn needs_copy(v: &Vma) -> bool {
     let skipped = v.flags.contains(VmFlags::DONTCOPY) || v.flags.contains(VmFlags::WIPEONFORK);
-    !skipped && matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0)
+    !skipped && has_anon_pages(v)
+}
+
+/// `needs_copy`, or for a snapshot (which ignores the fork-only flags)
+/// whether `v` may map anonymous pages.
+fn copies(v: &Vma, snapshot: bool) -> bool {
+    if snapshot {
+        has_anon_pages(v)
+    } else {
+        needs_copy(v)
+    }
+}
+
+/// A private VMA with an anon_vma: the only kind whose entries a fork
+/// (or a restore, `mm/snapshot.rs`) passes on.
+pub(crate) fn has_anon_pages(v: &Vma) -> bool {
+    matches!(&v.backing, Backing::Anon(l) if l.get().0 != 0)
 }
 
 /// The child's own anon_vma id for `v` (0 when it has none).
@@ -107,6 +154,10 @@ struct CopyRange<'a> {
     /// The parent's change the entries are written under (the child is
     /// not live yet: nothing caches its translations).
     edit: Edit,
+    /// The child is a snapshot (`copies`).
+    snapshot: bool,
+    /// Addresses of the pinned pages copied for the child.
+    pins_seen: &'a std::cell::RefCell<Vec<u64>>,
 }
 
 impl CopyRange<'_> {
@@ -127,7 +178,7 @@ impl CopyRange<'_> {
             let share = match *last {
                 Some((b, share)) if b == base => share,
                 _ => {
-                    let share = pst.vmas.overlapping(base, span_end).all(needs_copy)
+                    let share = pst.vmas.overlapping(base, span_end).all(|o| copies(o, self.snapshot))
                         && !(self.pinned && table_has_pins(arena, self.ppt, base));
                     if share {
                         let (did, was_writable) =
@@ -204,6 +255,7 @@ impl CopyRange<'_> {
                 cg.set(va, pte);
             } else if PINNED && pte.is_present() && is_pinned_anon(arena, pte.frame()) {
                 let (cpte, f) = self.copy_present_page(v, va, pte)?;
+                self.pins_seen.borrow_mut().push(va);
                 cg.set(va, cpte);
                 arena.meta(f).set_flags(flags::ANON);
             } else if pte.is_borrowed() {

@@ -90,6 +90,7 @@ mod mremap;
 mod msync;
 pub(crate) mod pin;
 mod smaps;
+mod snapshot;
 mod stack;
 pub(crate) mod translation;
 
@@ -99,6 +100,7 @@ pub(crate) use fault::Access;
 pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
 pub use msync::{MS_ASYNC, MS_INVALIDATE, MS_SYNC};
 pub use pin::PinnedPages;
+pub use snapshot::Snapshot;
 pub(crate) use stack::expand_stack;
 
 /// The fault path on behalf of an accessor (whose TLB slot need not be waited for).
@@ -176,6 +178,8 @@ pub(crate) struct MmInner {
     /// Work clients asked to run when the space exits, before its memory
     /// goes (`Mm::on_exit`).
     exit_hooks: parking_lot::Mutex<Vec<ExitHook>>,
+    /// The logs of this space's live snapshots (`snapshot.rs`).
+    pub(crate) snaps: Arc<crate::snaplog::SnapLogs>,
 }
 
 /// Work to run when a space exits while its memory is still whole (Linux's
@@ -230,6 +234,7 @@ impl Mm {
             notifiers: crate::notifier::Notifiers::default(),
             has_pinned: std::sync::atomic::AtomicBool::new(false),
             exit_hooks: parking_lot::Mutex::new(Vec::new()),
+            snaps: Arc::default(),
         });
         inner.machine.register_mm(&inner);
         inner.machine.hold();
@@ -418,7 +423,7 @@ impl Mm {
     pub fn fork_with(&self, policy: ForkPolicy) -> Result<Mm> {
         let mut reclaims = 0;
         loop {
-            match fork::do_fork(&self.inner, policy) {
+            match fork::do_fork(&self.inner, policy, None) {
                 // A failed fork changed nothing and released this space,
                 // whose pages reclaim may now swap out too.
                 Err(Error::NoMemory(_)) if reclaims < 16 && crate::reclaim::direct_reclaim(&self.inner.machine) => {

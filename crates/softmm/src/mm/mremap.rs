@@ -225,7 +225,9 @@ fn expandable(st: &MmState, end: u64, delta: u64) -> bool {
 /// they are compatible (Linux's `vma_merge_extend`).
 fn grow_in_place(st: &mut MmState, start: u64, new_end: u64) {
     if let Some(v) = st.vmas.get_mut(start) {
+        let old_end = v.end;
         v.end = new_end;
+        st.vmas.changed(old_end, new_end);
     }
     st.vmas.try_merge_at(new_end);
 }
