@@ -124,6 +124,10 @@ pub enum Error {
     /// A PI futex unlock by a thread that does not own it (`EPERM`).
     #[error("the calling thread does not own this PI futex")]
     NotOwner,
+    /// The mapping does not allow the operation (`EACCES`): a hole punch
+    /// through a private mapping of a file.
+    #[error("permission denied: {0}")]
+    Denied(&'static str),
     /// An operation or argument value softmm does not implement, as Linux
     /// answers for unknown ones (`ENOSYS`).
     #[error("not supported: {0}")]
@@ -194,6 +198,8 @@ pub mod errno {
     pub const EINTR: i32 = 4;
     /// I/O error (the swap device failed).
     pub const EIO: i32 = 5;
+    /// Permission denied.
+    pub const EACCES: i32 = 13;
     /// Device or resource busy.
     pub const EBUSY: i32 = 16;
     /// File too large.
@@ -225,6 +231,7 @@ pub mod errno {
             EPERM => "EPERM",
             EINTR => "EINTR",
             EIO => "EIO",
+            EACCES => "EACCES",
             EBUSY => "EBUSY",
             EFBIG => "EFBIG",
             ENOSPC => "ENOSPC",
@@ -264,6 +271,7 @@ impl Error {
             Error::Interrupted => EINTR,
             Error::Deadlock => EDEADLK,
             Error::NotOwner => EPERM,
+            Error::Denied(_) => EACCES,
             Error::Unsupported(_) => ENOSYS,
             Error::Io { .. } => EIO,
             Error::SwapFull(_) => ENOSPC,

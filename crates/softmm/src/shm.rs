@@ -166,16 +166,6 @@ impl ShmObject {
         m.set_flags(flags::SHM);
     }
 
-    /// Take page `pgoff` out of the index (`MADV_REMOVE`'s hole punch):
-    /// it reads as zeros from now on. The index's reference on the frame
-    /// or slot it held passes to the caller.
-    pub(crate) fn take_page(&self, pgoff: u64) -> ShmPage {
-        match self.index.lock().pages.get_mut(pgoff as usize) {
-            Some(p) => std::mem::replace(p, ShmPage::Absent),
-            None => ShmPage::Absent,
-        }
-    }
-
     /// The swap slot page `pgoff` is in, if it is swapped out.
     pub(crate) fn swapped(&self, pgoff: u64) -> Option<u32> {
         match self.index.lock().pages.get(pgoff as usize) {

@@ -515,3 +515,32 @@ fn stores_past_the_end_never_become_file_content() {
         assert_eq!(&s.bytes()[98..104], [7, 7, 0, 0, 0, 0]);
     }
 }
+
+/// MADV_REMOVE punches a hole in the file (Linux: fallocate PUNCH_HOLE):
+/// the pages read back as zeros through every mapping, through pread and
+/// in the host file itself, not as the file's old bytes read in again. A
+/// private mapping of the file may not punch (EACCES, as Linux).
+#[test]
+fn madv_remove_punches_a_hole_in_a_host_file() {
+    let s = Scratch::new("punch", &[0x5a; 4 * PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    let a = mm.mmap_file(0x1000_0000, 4 * PAGE, Prot::RW, MapKind::Shared, Placement::Fixed, &f, 0).unwrap();
+    assert_eq!(read(&mm, a + PAGE, 2), [0x5a, 0x5a]);
+    mm.madvise(a + PAGE, 2 * PAGE, softmm::Advice::Remove).unwrap();
+    m.check_invariants().unwrap();
+    assert_eq!(read(&mm, a + PAGE, 2), [0, 0], "a punched page read back the file's old bytes");
+    assert_eq!(read(&mm, a + 3 * PAGE - 1, 1), [0]);
+    assert_eq!(read(&mm, a, 1), [0x5a]);
+    assert_eq!(read(&mm, a + 3 * PAGE, 1), [0x5a]);
+    assert_eq!(pread(&f, PAGE, 3), [0, 0, 0]);
+    f.sync().unwrap();
+    let host = s.bytes();
+    assert_eq!(host.len(), 4 * PAGE as usize, "the punch changed the size");
+    assert!(host[PAGE as usize..3 * PAGE as usize].iter().all(|&b| b == 0), "the host file keeps the punched bytes");
+    assert_eq!((host[0], host[3 * PAGE as usize]), (0x5a, 0x5a));
+    let p = mm.mmap_file(0x2000_0000, PAGE, Prot::RW, MapKind::Private, Placement::Fixed, &f, 0).unwrap();
+    assert_eq!(errno_of(mm.madvise(p, PAGE, softmm::Advice::Remove)), errno::EACCES);
+    m.check_invariants().unwrap();
+}

@@ -380,12 +380,14 @@ fn madvise_remove(mm: &MmInner, start: u64, end: u64, hole: Error) -> Result<()>
     let (pieces, refused) = applicable(pieces, |v| match &v.backing {
         _ if v.flags.contains(VmFlags::LOCKED) => Err(Error::Invalid("MADV_REMOVE of mlocked memory")),
         Backing::Shm(_) => Ok(()),
+        // madvise_remove: a file mapping not shared and writable.
+        Backing::Anon(_) if v.private_file().is_some() => Err(Error::Denied("MADV_REMOVE of a private file mapping")),
         Backing::Anon(_) => Err(Error::Invalid("MADV_REMOVE of private memory")),
     });
     for &(lo, hi, v) in pieces.iter() {
         if let Backing::Shm(link) = &v.backing {
             let obj: &Arc<crate::shm::ShmObject> = link;
-            crate::reclaim::punch_shm(&mm.machine, obj, v.pgoff_of(lo), (hi - lo) >> 12);
+            crate::reclaim::punch_shm(&mm.machine, obj, v.pgoff_of(lo), (hi - lo) >> 12)?;
         }
     }
     drop(st);

@@ -49,8 +49,9 @@ pub(crate) fn swapin_range(mm: &MmInner, st: &MmState, v: &Vma, lo: u64, hi: u64
 /// `FALLOC_FL_PUNCH_HOLE`): each page leaves the index first, so a new
 /// fault finds a zero page, then every mapping of it goes, and its frame
 /// or slot is released.
-pub(crate) fn punch_shm(m: &MachineInner, obj: &Arc<ShmObject>, pgoff: u64, n: u64) {
-    drop_pages(m, obj, (pgoff..pgoff.saturating_add(n)).map(|p| (p, obj.take_page(p))));
+pub(crate) fn punch_shm(m: &MachineInner, obj: &Arc<ShmObject>, pgoff: u64, n: u64) -> crate::error::Result<()> {
+    drop_pages(m, obj, obj.punch(pgoff, n)?);
+    Ok(())
 }
 
 /// Unmap pages already out of `obj`'s index from every mapping, then drop

@@ -153,10 +153,41 @@ impl ShmObject {
             return Ok(());
         }
         let off = pgoff << 12;
-        let len = self.size().saturating_sub(off).min(PAGE_SIZE as u64) as usize;
+        // Under the index lock, and only while the page is still the file's:
+        // a truncation or a hole punch that took it meanwhile must not see
+        // its old bytes written back after it (Linux's truncate waits for
+        // writeback under the folio lock).
+        let index = self.index.lock();
+        if !matches!(index.pages.get(pgoff as usize), Some(&ShmPage::Frame(g)) if g == f) {
+            return Ok(());
+        }
+        let len = index.size.saturating_sub(off).min(PAGE_SIZE as u64) as usize;
         let mut page = [0u8; PAGE_SIZE];
         self.arena.read(f, 0, &mut page[..len]);
         self.store.write_at(off, &page[..len]).inspect_err(|_| meta.set_flags(flags::DIRTY))
+    }
+
+    /// `MADV_REMOVE`'s hole punch of pages `[first, first + n)`: they leave
+    /// the index (returned, for the caller to unmap and drop) and, for a
+    /// host file, the file itself, which keeps its size. Both under the
+    /// index lock, as a truncation: a read-in of those pages racing it is
+    /// discarded (`truncations`), and no write-back of them follows.
+    pub(crate) fn punch(&self, first: u64, n: u64) -> Result<Vec<(u64, ShmPage)>> {
+        let mut index = self.index.lock();
+        let end = first.saturating_add(n).min(index.pages.len() as u64);
+        if first >= end {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = (first << 12, (end << 12).min(index.size));
+        if hi > lo {
+            self.store.punch_hole(lo, hi - lo)?;
+        }
+        index.truncations += 1;
+        let pages = &mut index.pages[first as usize..end as usize];
+        Ok((first..)
+            .zip(pages.iter_mut().map(|p| std::mem::replace(p, ShmPage::Absent)))
+            .filter(|(_, p)| *p != ShmPage::Absent)
+            .collect())
     }
 
     /// The frame of page `pgoff` with a reference for the caller, read in

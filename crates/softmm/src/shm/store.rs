@@ -60,6 +60,31 @@ impl Store {
         file.set_len(size).map_err(|e| self.io_error("truncating", size, &e))
     }
 
+    /// Punch `[off, off + len)` out of the host file, keeping its size
+    /// (fallocate `PUNCH_HOLE | KEEP_SIZE`; zeros written where the file
+    /// system cannot punch). Nothing for memory.
+    pub(crate) fn punch_hole(&self, off: u64, len: u64) -> Result<()> {
+        let Store::Host { file, .. } = self else { return Ok(()) };
+        if len == 0 {
+            return Ok(());
+        }
+        let mode = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(file, mode, off, len) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                let zeros = vec![0u8; len.min(1 << 20) as usize];
+                let mut at = off;
+                while at < off + len {
+                    let n = (off + len - at).min(zeros.len() as u64) as usize;
+                    self.write_at(at, &zeros[..n])?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.io_error("punching a hole in", off, &e.into())),
+        }
+    }
+
     fn io_error(&self, doing: &str, off: u64, e: &std::io::Error) -> Error {
         Error::FileIo {
             what: format!("{doing} {} at {off:#x}: {e}", self.describe()),
