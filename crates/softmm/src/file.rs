@@ -63,14 +63,18 @@ impl File {
 
     /// Read up to `buf.len()` bytes at `offset`; returns how many were read
     /// (fewer at the end of the file, 0 past it), as `pread`.
+    /// A range that ends past `i64::MAX` (negative as `off_t`) is `EINVAL`.
     pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        check_offset(offset, buf.len())?;
         self.by_page(offset, buf.len(), |pos, r| self.obj.pread(pos, &mut buf[r]))
     }
 
     /// Write `data` at `offset`, growing the file when the write ends past
     /// its end; returns the bytes written, as `pwrite`. `Error::FileTooBig`
     /// (`EFBIG`) past the largest file size.
+    /// A range that ends past `i64::MAX` (negative as `off_t`) is `EINVAL`.
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        check_offset(offset, data.len())?;
         // The whole size check first: EFBIG writes nothing.
         let end = offset
             .checked_add(data.len() as u64)
@@ -122,8 +126,10 @@ impl File {
 
     /// Set the length (`ftruncate`): growing reads as zeros, shrinking
     /// drops the cached pages past the end and zeroes the rest of the last
-    /// page.
+    /// page. A length past `i64::MAX` (negative as `off_t`) is `EINVAL`; one
+    /// the host file system cannot hold is its error (`EFBIG`).
     pub fn truncate(&self, len: u64) -> Result<()> {
+        check_offset(len, 0)?;
         // Growing zeroes the rest of the old last page, which must be in
         // memory for that (a swapped one could hold a mapping's stores
         // past the end; an evicted host page was written only up to it).
@@ -143,6 +149,16 @@ impl File {
     pub fn cached_pages(&self) -> u64 {
         self.obj.resident().len() as u64
     }
+}
+
+/// Linux's checks of pread and pwrite (`rw_verify_area`: `pos < 0` or
+/// `pos + count` past the largest `off_t`) and of ftruncate's length
+/// (`length < 0`): offsets are signed there.
+fn check_offset(offset: u64, count: usize) -> Result<()> {
+    if offset.checked_add(count as u64).is_none_or(|end| end > i64::MAX as u64) {
+        return Err(Error::Invalid("a file offset or length past i64::MAX (negative as off_t)"));
+    }
+    Ok(())
 }
 
 impl crate::Mm {
@@ -172,6 +188,20 @@ impl crate::Mm {
             return Err(Error::Overflow("file offset plus length"));
         }
         self.mmap_source(addr, len, prot, kind, place, crate::MapFlags::NONE, Some((&file.obj, offset >> 12)))
+    }
+}
+
+impl crate::Mm {
+    /// The byte offset in `file` that `addr` maps, when the VMA holding
+    /// `addr` maps `file` (`None` otherwise): with a VMA's start, the
+    /// offset column of `/proc/PID/maps`.
+    pub fn file_offset(&self, addr: u64, file: &File) -> Option<u64> {
+        let st = self.inner.state.read();
+        let vma = st.vmas.find(addr)?;
+        match &vma.backing {
+            crate::vma::Backing::Shm(o) if Arc::ptr_eq(o, &file.obj) => Some(vma.pgoff_of(addr & !0xfff) << 12),
+            _ => None,
+        }
     }
 }
 

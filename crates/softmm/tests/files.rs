@@ -117,13 +117,17 @@ fn handles_share_one_cache() {
 }
 
 #[test]
-fn too_large_is_efbig_and_changes_nothing() {
+fn bad_offsets_and_sizes_are_linux_errnos_and_change_nothing() {
     let m = machine();
     let f = m.memfd("big", PAGE).unwrap();
     f.pwrite(0, b"keep").unwrap();
-    assert_eq!(errno_of(f.pwrite(u64::MAX - 1, b"abc")), errno::EFBIG);
-    assert_eq!(errno_of(f.pwrite(i64::MAX as u64, b"a")), errno::EFBIG);
-    assert_eq!(errno_of(f.truncate(u64::MAX)), errno::EFBIG);
+    // Offsets are signed (`off_t`): negative, or a range ending past the
+    // largest offset, is EINVAL (rw_verify_area), as is a negative length.
+    assert_eq!(errno_of(f.pwrite(u64::MAX - 1, b"abc")), errno::EINVAL);
+    assert_eq!(errno_of(f.pwrite(i64::MAX as u64, b"a")), errno::EINVAL);
+    assert_eq!(errno_of(f.pread(i64::MAX as u64 - 1, &mut [0; 2])), errno::EINVAL);
+    assert_eq!(f.pread(i64::MAX as u64, &mut []).unwrap(), 0);
+    assert_eq!(errno_of(f.truncate(u64::MAX)), errno::EINVAL);
     assert_eq!(errno_of(m.memfd("huge", u64::MAX)), errno::EFBIG);
     assert_eq!(f.len(), PAGE);
     assert_eq!(pread(&f, 0, 4), b"keep");

@@ -372,7 +372,8 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
                 let f = obj.get_page(vma.pgoff_of(va), va)?;
                 let m = mm.arena().meta(f);
                 m.add_counts(0, 1);
-                let mut bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
+                let writable = vma.prot.writable() && (access == Access::Write || !vma.writenotify());
+                let mut bits = if writable { Pte::WRITE } else { 0 };
                 if access == Access::Write {
                     bits |= Pte::DIRTY;
                     m.set_flags(flags::DIRTY);
@@ -420,13 +421,13 @@ const FAULT_AROUND_PAGES: u64 = 16;
 /// down to 64 KiB, moved up to the VMA's start if that is later, and runs 16
 /// pages from there, cut at the VMA's end and the PTE table's end (exactly
 /// Linux's `from_pte`/`to_pte`). Pages are mapped clean (not dirty),
-/// writable when the VMA is. Visible to users through `phys` and smaps
+/// writable when the VMA is, but for a host file's (write-notified). Visible to users through `phys` and smaps
 /// (mapcount, PSS).
 fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
     let window = FAULT_AROUND_PAGES * 4096;
     let lo = (va & !(window - 1)).max(vma.start);
     let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
-    let bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
+    let bits = if vma.prot.writable() && !vma.writenotify() { Pte::WRITE } else { 0 };
     let mut at = lo;
     while at < hi {
         if at != va && g.get(at).is_none() {
