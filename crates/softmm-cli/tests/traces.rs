@@ -459,3 +459,32 @@ fn linux_runner_refuses_calls_over_its_own_memory() {
         assert!(err.contains("the Linux runner's own memory"), "{ctx}: stderr:\n{err}");
     }
 }
+
+#[test]
+fn scratch_files_are_removed_at_the_end() {
+    // The runners keep their scratch files under the temporary directory
+    // (TMPDIR, a disk file system here); nothing of them may stay there,
+    // after a whole run or one that a malformed line stopped.
+    let tmp = std::env::temp_dir().join(format!("softmm-scratch-test-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let trace = TempTrace::new(
+        "files.trace",
+        "# files\nfile F 8K 61\nnew P\nmmap P 0x10000000 8K rw shared file F 0\nwrite P 0x10000000 \"x\"\n\
+         pread F 0 2\n",
+    );
+    let stopped = TempTrace::new("stopped.trace", "# stops\nfile F 4K 00\nfile F 4K 00\n");
+    let ran = "ok\nok\nok\nok\ndata 7861\n";
+    for (args, t, status, out) in [
+        (&["replay"][..], &trace, 0, ran),
+        (&["replay", "--on", "linux"][..], &trace, 0, ran),
+        (&["replay"][..], &stopped, 2, "ok\n"),
+        (&["replay", "--on", "linux"][..], &stopped, 2, "ok\n"),
+    ] {
+        let o = run(softmm().env("TMPDIR", &tmp).args(args).arg(&t.path));
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
+        assert_eq!(text(&o.stdout), out, "{args:?}");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?} in {}", tmp.display());
+    }
+    std::fs::remove_dir(&tmp).unwrap();
+}

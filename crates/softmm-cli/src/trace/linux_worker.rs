@@ -63,6 +63,10 @@ struct Worker {
     named: NamedRanges,
     /// Where the controller keeps the scratch files.
     files: std::path::PathBuf,
+    /// The scratch files this process opened, each once (a forked worker
+    /// inherits them): mappings of one open file at consecutive offsets
+    /// merge, as in a process that maps one descriptor twice.
+    open: BTreeMap<String, std::fs::File>,
 }
 
 impl Worker {
@@ -140,12 +144,16 @@ impl Worker {
         off: u64,
     ) -> Result<String, String> {
         let path = scratch::file_path(&self.files, f);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        sys::fadvise_random(&file).map_err(|e| format!("fadvise on {}: {e}", path.display()))?;
+        if !self.open.contains_key(f) {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            sys::fadvise_random(&file).map_err(|e| format!("fadvise on {}: {e}", path.display()))?;
+            self.open.insert(f.to_string(), file);
+        }
+        let file = self.open.get(f).ok_or("the file just opened is gone")?;
         let sharing = match kind {
             TKind::Private => Sharing::Private,
             TKind::Shared => Sharing::Shared,
@@ -417,6 +425,7 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
         waiters: BTreeMap::new(),
         named: NamedRanges::default(),
         files: std::path::Path::new(socket).parent().map(|p| p.to_owned()).unwrap_or_default(),
+        open: BTreeMap::new(),
     };
     let mut conn = BufReader::new(connect(socket, name)?);
     loop {
