@@ -224,10 +224,10 @@ impl SoftmmRunner {
                 mm.exit();
                 "ok".into()
             }
-            Op::Write { a, addr, bytes } => unit(self.mm(a)?.write(*addr, bytes)),
+            Op::Write { a, addr, bytes } => access(self.mm(a)?.write(*addr, bytes)),
             Op::Fill { a, addr, len, byte } => {
                 let len = usize::try_from(*len).map_err(|_| format!("fill length {len} too large"))?;
-                unit(self.mm(a)?.fill(*addr, len, *byte))
+                access(self.mm(a)?.fill(*addr, len, *byte))
             }
             Op::Read { a, addr, len } => {
                 let len = usize::try_from(*len).ok().filter(|&l| l <= 1 << 30);
@@ -235,7 +235,7 @@ impl SoftmmRunner {
                 let mut buf = vec![0u8; len];
                 match self.mm(a)?.read(*addr, &mut buf) {
                     Ok(()) => format!("data {}", hex(&buf)),
-                    Err(e) => err_line(&e),
+                    Err(e) => access(Err::<(), _>(e)),
                 }
             }
             Op::Phys { a, addr } => match self.mm(a)?.phys(*addr) {
@@ -424,6 +424,15 @@ fn prot_of(p: TProt) -> Prot {
     }
 }
 
+/// The output line of a load or store (`read`, `write`, `fill`): a page
+/// past the end of a file is SIGBUS there (a system call answers EFAULT).
+fn access(r: softmm::Result<()>) -> String {
+    match r {
+        Err(Error::Bus { .. }) => "sigbus".into(),
+        r => unit(r),
+    }
+}
+
 fn unit<T>(r: softmm::Result<T>) -> String {
     match r {
         Ok(_) => "ok".into(),
@@ -446,7 +455,6 @@ pub fn err_line(e: &Error) -> String {
         Error::Segv { addr, kind: SegvKind::MapErr } if non_canonical(*addr) => "segv code128".into(),
         Error::Segv { kind: SegvKind::MapErr, .. } => "segv maperr".into(),
         Error::Segv { kind: SegvKind::AccErr, .. } => "segv accerr".into(),
-        Error::Bus { .. } => "sigbus".into(),
         e => format!("err {}", e.errno_name()),
     }
 }
