@@ -69,6 +69,11 @@ impl ShmObject {
         let tail = (end & 0xfff) as usize;
         if let (true, Some(&ShmPage::Frame(f))) = (tail != 0, index.pages.get((end >> 12) as usize)) {
             self.arena.fill(f, tail, PAGE_SIZE - tail, 0);
+            // The file system zeroes the block through the page cache
+            // (ext4's ext4_block_truncate_page): the page is dirty.
+            if self.store.is_host() {
+                self.arena.meta(f).set_flags(flags::DIRTY);
+            }
         }
     }
 
