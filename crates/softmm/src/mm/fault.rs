@@ -213,8 +213,14 @@ fn fault_once<const NOTIFY: bool>(
             // A shared page on swap is named by the object's index, not by
             // a PTE, and a file's page may have to be read in: the object
             // brings it into its cache first (or says it is past the end).
-            if obj.prepare_fault(vma.pgoff_of(va), va)? {
-                crate::stats::Counters::bump(&mm.machine.counters.swap_ins);
+            match obj.prepare_fault(vma.pgoff_of(va), va) {
+                Ok(true) => crate::stats::Counters::bump(&mm.machine.counters.swap_ins),
+                Ok(false) => {}
+                // Past the end: a read fault still maps the cached pages
+                // around it, then fails (Linux's do_read_fault runs
+                // fault-around before the fault itself).
+                Err(Error::Bus { .. }) if access != Access::Write => {}
+                Err(e) => return Err(e),
             }
         }
     }
