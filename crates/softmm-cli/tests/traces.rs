@@ -307,8 +307,9 @@ fn fuzz_finds_no_difference() {
     // ranges on and across 2 MiB page-table boundaries: sharing, unsharing,
     // dropping whole tables), the futex one (waits and wakes across
     // fork, COW, munmap and exit) and the remap one (mremap of private
-    // memory), each under both fork strategies.
-    for (profile, n) in [("small", "300"), ("wide", "150"), ("futex", "150"), ("remap", "150")] {
+    // memory) and the files one (scratch files, shared file mappings), each
+    // under both fork strategies.
+    for (profile, n) in [("small", "300"), ("wide", "150"), ("futex", "150"), ("remap", "150"), ("files", "100")] {
         for mode in ["shared", "copy"] {
             let args = [
                 "fuzz",

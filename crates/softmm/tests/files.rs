@@ -519,3 +519,34 @@ fn stores_past_the_end_never_become_file_content() {
         assert_eq!(&s.bytes()[98..104], [7, 7, 0, 0, 0, 0]);
     }
 }
+
+#[test]
+fn a_store_through_one_mapping_of_a_host_file_dirties_the_page_for_all() {
+    // Host-file mappings are write-notified: a read fault maps the page
+    // read-only, the first store faults and dirties the page itself, so a
+    // space that only read it counts it dirty too; write-back cleans it
+    // and write-protects it again, so the next store dirties it again.
+    let s = Scratch::new("notify", &[7u8; 2 * PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    f.sync().unwrap();
+    let a = m.new_mm().unwrap();
+    let b = m.new_mm().unwrap();
+    map_file(&a, &f, 2 * PAGE, 0);
+    map_file(&b, &f, 2 * PAGE, 0);
+    assert_eq!(read(&a, BASE, 1), [7]);
+    assert_eq!(read(&b, BASE, 1), [7]);
+    a.write(BASE, b"x").unwrap();
+    let dirty = |mm: &softmm::Mm| {
+        let s = mm.smaps(BASE).unwrap();
+        s.shared_dirty + s.private_dirty
+    };
+    assert_eq!((dirty(&a), dirty(&b)), (4, 4), "the page is dirty in both");
+    a.msync(BASE, 2 * PAGE, softmm::MS_SYNC).unwrap();
+    assert_eq!((dirty(&a), dirty(&b)), (0, 0));
+    assert_eq!(s.bytes()[0], b'x');
+    b.write(BASE + 1, b"y").unwrap();
+    assert_eq!((dirty(&a), dirty(&b)), (4, 4), "a store after write-back dirties it again");
+    assert_eq!(a.file_offset(BASE + PAGE + 5, &f), Some(PAGE));
+    m.check_invariants().unwrap();
+}
