@@ -433,6 +433,13 @@ fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut Pt
     let window = FAULT_AROUND_PAGES * 4096;
     let lo = (va & !(window - 1)).max(vma.start);
     let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
+    // Linux's filemap_map_pages cuts the range at the end of the file and
+    // maps nothing when a single page is left (after a fault past the end,
+    // the one page before it stays unmapped).
+    let last = vma.pgoff_of(hi - 4096).min(obj.size().div_ceil(4096).saturating_sub(1));
+    if last <= vma.pgoff_of(lo) {
+        return;
+    }
     let bits = if vma.prot.writable() && !vma.writenotify() { Pte::WRITE } else { 0 };
     let mut at = lo;
     while at < hi {
