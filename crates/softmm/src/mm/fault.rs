@@ -181,6 +181,9 @@ fn fault_once<const NOTIFY: bool>(
     if let Some(pte) = fast_path(mm, pt, va, cur, access) {
         return Ok(Some(pte));
     }
+    if access != Access::Write && past_end_without_table(pt, arena, vma, va) {
+        return Err(Error::Bus { addr: va });
+    }
     let mut added = 0;
     let table = pt.pte_table_alloc(arena, va, &mut added);
     if added > 0 {
@@ -421,6 +424,40 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
 /// `fault_around_bytes` (64 KiB) as a page count.
 const FAULT_AROUND_PAGES: u64 = 16;
 
+/// Whether a read fault at `va` past the end of a host file maps nothing
+/// and leaves no PTE table: Linux 6.18's `filemap_map_pages` installs a
+/// missing PTE table only when the first cached page of the fault-around
+/// range is not the file's last (no PMD may map across the end of a file),
+/// and without a table it maps nothing; the fault then fails (SIGBUS) and
+/// frees the table it had ready. Shared anonymous memory (shmem) is exempt,
+/// as in Linux.
+fn past_end_without_table(pt: &crate::pgtable::PageTable, arena: &crate::phys::FrameArena, vma: &Vma, va: u64) -> bool {
+    let Backing::Shm(obj) = &vma.backing else { return false };
+    if !obj.store.is_host() || pt.pte_table(arena, va).is_some() {
+        return false;
+    }
+    let last = obj.size().div_ceil(4096).saturating_sub(1);
+    if vma.pgoff_of(va) <= last && obj.size() > 0 {
+        return false;
+    }
+    let (lo, hi) = around_window(vma, va);
+    let index = obj.index.lock();
+    !(lo..hi)
+        .step_by(4096)
+        .map(|at| vma.pgoff_of(at))
+        .filter(|&p| p < last)
+        .any(|p| matches!(index.pages.get(p as usize), Some(crate::shm::ShmPage::Frame(_))))
+}
+
+/// The fault-around range of a fault at `va`: 64 KiB aligned down, cut at
+/// the VMA's ends and the PTE table's end.
+fn around_window(vma: &Vma, va: u64) -> (u64, u64) {
+    let window = FAULT_AROUND_PAGES * 4096;
+    let lo = (va & !(window - 1)).max(vma.start);
+    let hi = (lo + window).min(vma.end).min((va & !(PTE_TABLE_SPAN - 1)) + PTE_TABLE_SPAN);
+    (lo, hi)
+}
+
 /// Linux's `do_fault_around` for shared memory: on a read fault, also map
 /// the pages of a 64 KiB window around `va` that are already resident in
 /// the object and not yet mapped here. The window starts at `va` aligned
@@ -430,16 +467,7 @@ const FAULT_AROUND_PAGES: u64 = 16;
 /// writable when the VMA is, but for a host file's (write-notified). Visible to users through `phys` and smaps
 /// (mapcount, PSS).
 fn fault_around(mm: &MmInner, vma: &Vma, obj: &crate::shm::ShmObject, g: &mut PteTableGuard<'_>, va: u64) {
-    let window = FAULT_AROUND_PAGES * 4096;
-    let lo = (va & !(window - 1)).max(vma.start);
-    let hi = (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN);
-    // Linux's filemap_map_pages cuts the range at the end of the file and
-    // maps nothing when a single page is left (after a fault past the end,
-    // the one page before it stays unmapped).
-    let last = vma.pgoff_of(hi - 4096).min(obj.size().div_ceil(4096).saturating_sub(1));
-    if last <= vma.pgoff_of(lo) {
-        return;
-    }
+    let (lo, hi) = around_window(vma, va);
     let bits = if vma.prot.writable() && !vma.writenotify() { Pte::WRITE } else { 0 };
     let mut at = lo;
     while at < hi {
