@@ -489,3 +489,20 @@ fn scratch_files_are_removed_at_the_end() {
     }
     std::fs::remove_dir(&tmp).unwrap();
 }
+
+#[test]
+fn an_unknown_or_reused_file_name_stops_the_replay() {
+    for (body, says) in [
+        ("pread G 0 1\n", "no file named `G`"),
+        ("new P\nmmap P 0x10000000 4K rw shared file G 0\n", "no file named `G`"),
+        ("file G 4K 00\nfile G 4K 00\n", "file `G` already exists"),
+    ] {
+        let trace = TempTrace::new("names.trace", &format!("# file names\n{body}"));
+        for on in ["softmm", "linux"] {
+            let o = run(softmm().args(["replay", "--on", on]).arg(&trace.path));
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{on}: {body:?}: {}{err}", text(&o.stdout));
+            assert!(err.contains(says), "{on}: {body:?}: stderr {err}");
+        }
+    }
+}

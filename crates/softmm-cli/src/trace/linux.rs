@@ -169,6 +169,10 @@ impl LinuxRunner {
             }
             Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => Ok("unsupported-on-linux".into()),
             Op::File { f, len, byte } => self.new_file(f, *len, *byte),
+            Op::MmapFile { a, f, .. } => {
+                self.fd(f)?; // a file the trace made, or a malformed trace
+                self.ask(a, &op.to_string())
+            }
             Op::Pwrite { f, off, bytes } => {
                 let fd = self.fd(f)?;
                 Ok(
