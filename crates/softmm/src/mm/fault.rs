@@ -181,7 +181,7 @@ fn fault_once<const NOTIFY: bool>(
     if let Some(pte) = fast_path(mm, pt, va, cur, access) {
         return Ok(Some(pte));
     }
-    if access != Access::Write && past_end_without_table(pt, arena, vma, va) {
+    if past_end_without_table(pt, arena, vma, va, access) {
         return Err(Error::Bus { addr: va });
     }
     let mut added = 0;
@@ -424,14 +424,20 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
 /// `fault_around_bytes` (64 KiB) as a page count.
 const FAULT_AROUND_PAGES: u64 = 16;
 
-/// Whether a read fault at `va` past the end of a host file maps nothing
-/// and leaves no PTE table: Linux 6.18's `filemap_map_pages` installs a
+/// Whether a fault at `va` past the end of a host file maps nothing and
+/// leaves no PTE table (a write fault always; a read fault as follows): Linux 6.18's `filemap_map_pages` installs a
 /// missing PTE table only when the first cached page of the fault-around
 /// range is not the file's last (no PMD may map across the end of a file),
 /// and without a table it maps nothing; the fault then fails (SIGBUS) and
 /// frees the table it had ready. Shared anonymous memory (shmem) is exempt,
 /// as in Linux.
-fn past_end_without_table(pt: &crate::pgtable::PageTable, arena: &crate::phys::FrameArena, vma: &Vma, va: u64) -> bool {
+fn past_end_without_table(
+    pt: &crate::pgtable::PageTable,
+    arena: &crate::phys::FrameArena,
+    vma: &Vma,
+    va: u64,
+    access: Access,
+) -> bool {
     let Backing::Shm(obj) = &vma.backing else { return false };
     if !obj.store.is_host() || pt.pte_table(arena, va).is_some() {
         return false;
@@ -439,6 +445,10 @@ fn past_end_without_table(pt: &crate::pgtable::PageTable, arena: &crate::phys::F
     let last = obj.size().div_ceil(4096).saturating_sub(1);
     if vma.pgoff_of(va) <= last && obj.size() > 0 {
         return false;
+    }
+    // A write fault there (do_shared_fault) maps nothing around at all.
+    if access == Access::Write {
+        return true;
     }
     let (lo, hi) = around_window(vma, va);
     let index = obj.index.lock();

@@ -70,8 +70,9 @@ impl ShmObject {
         if let (true, Some(&ShmPage::Frame(f))) = (tail != 0, index.pages.get((end >> 12) as usize)) {
             self.arena.fill(f, tail, PAGE_SIZE - tail, 0);
             // The file system zeroes the block through the page cache
-            // (ext4's ext4_block_truncate_page): the page is dirty.
-            if self.store.is_host() {
+            // (ext4's ext4_block_truncate_page), which dirties the page
+            // unless the block is a hole on disk (then nothing is written).
+            if self.store.is_host() && self.store.has_data(end >> 12) {
                 self.arena.meta(f).set_flags(flags::DIRTY);
             }
         }
