@@ -83,6 +83,12 @@ impl ShmObject {
     pub(crate) fn load_last_page(&self, new_size: u64) -> Result<()> {
         let old = self.size();
         if new_size > old && old & 0xfff != 0 {
+            // A host file's hole needs no zeroing, and ext4 reads nothing
+            // in for it: the page stays out of the cache.
+            let cached = matches!(self.index.lock().pages.get((old >> 12) as usize), Some(ShmPage::Frame(_)));
+            if self.store.is_host() && !cached && !self.store.has_data(old >> 12) {
+                return Ok(());
+            }
             if let Some(f) = self.page_for_io(old >> 12, false)? {
                 self.arena.put(f);
             }
