@@ -307,8 +307,9 @@ fn fuzz_finds_no_difference() {
     // ranges on and across 2 MiB page-table boundaries: sharing, unsharing,
     // dropping whole tables), the futex one (waits and wakes across
     // fork, COW, munmap and exit) and the remap one (mremap of private
-    // memory), each under both fork strategies.
-    for (profile, n) in [("small", "300"), ("wide", "150"), ("futex", "150"), ("remap", "150")] {
+    // memory) and the files one (scratch files, shared file mappings), each
+    // under both fork strategies.
+    for (profile, n) in [("small", "300"), ("wide", "150"), ("futex", "150"), ("remap", "150"), ("files", "100")] {
         for mode in ["shared", "copy"] {
             let args = [
                 "fuzz",
@@ -457,5 +458,51 @@ fn linux_runner_refuses_calls_over_its_own_memory() {
         assert_eq!(o.status.code(), Some(2), "{ctx}: status {}\nstdout:\n{out}stderr:\n{err}", o.status);
         assert_eq!(out, "ok\nok\nok\n", "{ctx}: only the lines before it must have run");
         assert!(err.contains("the Linux runner's own memory"), "{ctx}: stderr:\n{err}");
+    }
+}
+
+#[test]
+fn scratch_files_are_removed_at_the_end() {
+    // The runners keep their scratch files under the temporary directory
+    // (TMPDIR, a disk file system here); nothing of them may stay there,
+    // after a whole run or one that a malformed line stopped.
+    let tmp = std::env::temp_dir().join(format!("softmm-scratch-test-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let trace = TempTrace::new(
+        "files.trace",
+        "# files\nfile F 8K 61\nnew P\nmmap P 0x10000000 8K rw shared file F 0\nwrite P 0x10000000 \"x\"\n\
+         pread F 0 2\n",
+    );
+    let stopped = TempTrace::new("stopped.trace", "# stops\nfile F 4K 00\nfile F 4K 00\n");
+    let ran = "ok\nok\nok\nok\ndata 7861\n";
+    for (args, t, status, out) in [
+        (&["replay"][..], &trace, 0, ran),
+        (&["replay", "--on", "linux"][..], &trace, 0, ran),
+        (&["replay"][..], &stopped, 2, "ok\n"),
+        (&["replay", "--on", "linux"][..], &stopped, 2, "ok\n"),
+    ] {
+        let o = run(softmm().env("TMPDIR", &tmp).args(args).arg(&t.path));
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
+        assert_eq!(text(&o.stdout), out, "{args:?}");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?} in {}", tmp.display());
+    }
+    std::fs::remove_dir(&tmp).unwrap();
+}
+
+#[test]
+fn an_unknown_or_reused_file_name_stops_the_replay() {
+    for (body, says) in [
+        ("pread G 0 1\n", "no file named `G`"),
+        ("new P\nmmap P 0x10000000 4K rw shared file G 0\n", "no file named `G`"),
+        ("file G 4K 00\nfile G 4K 00\n", "file `G` already exists"),
+    ] {
+        let trace = TempTrace::new("names.trace", &format!("# file names\n{body}"));
+        for on in ["softmm", "linux"] {
+            let o = run(softmm().args(["replay", "--on", on]).arg(&trace.path));
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{on}: {body:?}: {}{err}", text(&o.stdout));
+            assert!(err.contains(says), "{on}: {body:?}: stderr {err}");
+        }
     }
 }

@@ -63,14 +63,18 @@ impl File {
 
     /// Read up to `buf.len()` bytes at `offset`; returns how many were read
     /// (fewer at the end of the file, 0 past it), as `pread`.
+    /// A range that ends past `i64::MAX` (negative as `off_t`) is `EINVAL`.
     pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        check_offset(offset, buf.len())?;
         self.by_page(offset, buf.len(), |pos, r| self.obj.pread(pos, &mut buf[r]))
     }
 
     /// Write `data` at `offset`, growing the file when the write ends past
     /// its end; returns the bytes written, as `pwrite`. `Error::FileTooBig`
     /// (`EFBIG`) past the largest file size.
+    /// A range that ends past `i64::MAX` (negative as `off_t`) is `EINVAL`.
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        check_offset(offset, data.len())?;
         // The whole size check first: EFBIG writes nothing.
         let end = offset
             .checked_add(data.len() as u64)
@@ -122,14 +126,20 @@ impl File {
 
     /// Set the length (`ftruncate`): growing reads as zeros, shrinking
     /// drops the cached pages past the end and zeroes the rest of the last
-    /// page.
+    /// page. A length past `i64::MAX` (negative as `off_t`) is `EINVAL`; one
+    /// the host file system cannot hold is its error (`EFBIG`).
     pub fn truncate(&self, len: u64) -> Result<()> {
+        check_offset(len, 0)?;
         // Growing zeroes the rest of the old last page, which must be in
         // memory for that (a swapped one could hold a mapping's stores
         // past the end; an evicted host page was written only up to it).
         self.obj.load_last_page(len)?;
+        let old = self.obj.size();
         let removed = self.obj.set_size(len)?;
         crate::reclaim::drop_pages(&self.machine, &self.obj, removed);
+        if len < old {
+            zap_private_past(&self.obj, len.div_ceil(4096))?;
+        }
         Ok(())
     }
 
@@ -143,6 +153,16 @@ impl File {
     pub fn cached_pages(&self) -> u64 {
         self.obj.resident().len() as u64
     }
+}
+
+/// Linux's checks of pread and pwrite (`rw_verify_area`: `pos < 0` or
+/// `pos + count` past the largest `off_t`) and of ftruncate's length
+/// (`length < 0`): offsets are signed there.
+fn check_offset(offset: u64, count: usize) -> Result<()> {
+    if offset.checked_add(count as u64).is_none_or(|end| end > i64::MAX as u64) {
+        return Err(Error::Invalid("a file offset or length past i64::MAX (negative as off_t)"));
+    }
+    Ok(())
 }
 
 impl crate::Mm {
@@ -177,8 +197,54 @@ impl crate::Mm {
     }
 }
 
+impl crate::Mm {
+    /// The byte offset in `file` that `addr` maps, when the VMA holding
+    /// `addr` maps `file` (`None` otherwise): with a VMA's start, the
+    /// offset column of `/proc/PID/maps`.
+    pub fn file_offset(&self, addr: u64, file: &File) -> Option<u64> {
+        let st = self.inner.state.read();
+        let vma = st.vmas.find(addr)?;
+        // A shared mapping's object, or a private mapping's file.
+        let o = vma.mapped_object()?;
+        Arc::ptr_eq(o, &file.obj).then(|| vma.pgoff_of(addr & !0xfff) << 12)
+    }
+}
+
 impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "File({:?}, {} bytes)", self.obj, self.len())
     }
+}
+
+/// The end of a truncation in every private mapping of the file (Linux's
+/// `truncate_pagecache`: `unmap_mapping_range(.., even_cows = 1)`): what
+/// each maps from page `first` of the file on goes, its own copies of
+/// those pages included (copies of pages that no longer exist), so the
+/// next access there is SIGBUS. The file's pages already left every
+/// mapping (`drop_pages`); faults past the new end fail from the moment
+/// the size changed, so nothing new is mapped there meanwhile.
+fn zap_private_past(obj: &Arc<crate::shm::ShmObject>, first: u64) -> Result<()> {
+    let mut result = Ok(());
+    obj.members.walk(|mm| {
+        let st = mm.state.read_recursive();
+        let Some(pt) = st.pt.as_ref() else { return };
+        let ranges: Vec<(u64, u64)> = st
+            .vmas
+            .iter()
+            .filter(|v| v.private_file().is_some_and(|o| Arc::ptr_eq(o, obj)))
+            .filter(|v| v.pgoff + (v.len() >> 12) > first)
+            .map(|v| (v.start + (first.saturating_sub(v.pgoff) << 12), v.end))
+            .collect();
+        for (lo, hi) in ranges {
+            // A PTE table shared at fork that the range covers in part
+            // becomes this space's own first (as for MADV_DONTNEED).
+            if let Err(e) = crate::mm::unshare_range(mm, &st, pt, lo, hi, false) {
+                result = result.clone().and(Err(e));
+                continue;
+            }
+            let mut change = crate::mm::Change::open(mm, Some(&st), lo, hi, Some(crate::notifier::Event::Clear));
+            change.zap(pt, lo, hi, false);
+        }
+    });
+    result
 }

@@ -99,9 +99,10 @@ impl ShmObject {
     /// (outside its page-table lock) and retries. `Error::Bus` at `addr`
     /// when the page is wholly past the end.
     ///
-    /// With the same look at the index, the resident pages of `[first,
-    /// first + n)` that `want(pgoff)` accepts, as `find_pages_locked` hands
-    /// them: a read fault and its fault-around under one lock of the index.
+    /// First, with the same look at the index, the resident pages of
+    /// `[first, first + n)` that `want(pgoff)` accepts, as
+    /// `find_pages_locked` hands them (also when the page itself then
+    /// fails): a read fault and its fault-around under one lock.
     pub(crate) fn get_page_around(
         &self,
         pgoff: u64,
@@ -111,9 +112,8 @@ impl ShmObject {
         found: impl FnMut(u64, FrameId),
     ) -> Result<FrameId> {
         let mut index = self.index.lock();
-        let f = self.get_page_locked(&mut index, pgoff, addr)?;
         self.find_pages_locked(&index, first, n, want, found);
-        Ok(f)
+        self.get_page_locked(&mut index, pgoff, addr)
     }
 
     fn get_page_locked(&self, index: &mut Index, pgoff: u64, addr: u64) -> Result<FrameId> {

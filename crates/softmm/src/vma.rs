@@ -215,6 +215,14 @@ impl Vma {
         self.mapped_object().is_some_and(|o| std::ptr::eq(&**o, obj))
     }
 
+    /// Linux's `vma_wants_writenotify` for shared memory: a host file's
+    /// pages are mapped read-only until written, so that the write fault
+    /// marks the page dirty (every mapping then sees it dirty, and write-back
+    /// sees the write); write-back makes them read-only again.
+    pub(crate) fn writenotify(&self) -> bool {
+        matches!(&self.backing, Backing::Shm(o) if o.store.is_host())
+    }
+
     /// Where this VMA starts for those who must keep clear of it (Linux's
     /// `vm_start_gap`): a stack keeps its guard gap below it.
     pub(crate) fn start_gap(&self) -> u64 {

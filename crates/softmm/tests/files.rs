@@ -117,13 +117,17 @@ fn handles_share_one_cache() {
 }
 
 #[test]
-fn too_large_is_efbig_and_changes_nothing() {
+fn bad_offsets_and_sizes_are_linux_errnos_and_change_nothing() {
     let m = machine();
     let f = m.memfd("big", PAGE).unwrap();
     f.pwrite(0, b"keep").unwrap();
-    assert_eq!(errno_of(f.pwrite(u64::MAX - 1, b"abc")), errno::EFBIG);
-    assert_eq!(errno_of(f.pwrite(i64::MAX as u64, b"a")), errno::EFBIG);
-    assert_eq!(errno_of(f.truncate(u64::MAX)), errno::EFBIG);
+    // Offsets are signed (`off_t`): negative, or a range ending past the
+    // largest offset, is EINVAL (rw_verify_area), as is a negative length.
+    assert_eq!(errno_of(f.pwrite(u64::MAX - 1, b"abc")), errno::EINVAL);
+    assert_eq!(errno_of(f.pwrite(i64::MAX as u64, b"a")), errno::EINVAL);
+    assert_eq!(errno_of(f.pread(i64::MAX as u64 - 1, &mut [0; 2])), errno::EINVAL);
+    assert_eq!(f.pread(i64::MAX as u64, &mut []).unwrap(), 0);
+    assert_eq!(errno_of(f.truncate(u64::MAX)), errno::EINVAL);
     assert_eq!(errno_of(m.memfd("huge", u64::MAX)), errno::EFBIG);
     assert_eq!(f.len(), PAGE);
     assert_eq!(pread(&f, 0, 4), b"keep");
@@ -542,5 +546,36 @@ fn madv_remove_punches_a_hole_in_a_host_file() {
     assert_eq!((host[0], host[3 * PAGE as usize]), (0x5a, 0x5a));
     let p = mm.mmap_file(0x2000_0000, PAGE, Prot::RW, MapKind::Private, Placement::Fixed, &f, 0).unwrap();
     assert_eq!(errno_of(mm.madvise(p, PAGE, softmm::Advice::Remove)), errno::EACCES);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn a_store_through_one_mapping_of_a_host_file_dirties_the_page_for_all() {
+    // Host-file mappings are write-notified: a read fault maps the page
+    // read-only, the first store faults and dirties the page itself, so a
+    // space that only read it counts it dirty too; write-back cleans it
+    // and write-protects it again, so the next store dirties it again.
+    let s = Scratch::new("notify", &[7u8; 2 * PAGE as usize]);
+    let m = machine();
+    let f = m.open_file(&s.0).unwrap();
+    f.sync().unwrap();
+    let a = m.new_mm().unwrap();
+    let b = m.new_mm().unwrap();
+    map_file(&a, &f, 2 * PAGE, 0);
+    map_file(&b, &f, 2 * PAGE, 0);
+    assert_eq!(read(&a, BASE, 1), [7]);
+    assert_eq!(read(&b, BASE, 1), [7]);
+    a.write(BASE, b"x").unwrap();
+    let dirty = |mm: &softmm::Mm| {
+        let s = mm.smaps(BASE).unwrap();
+        s.shared_dirty + s.private_dirty
+    };
+    assert_eq!((dirty(&a), dirty(&b)), (4, 4), "the page is dirty in both");
+    a.msync(BASE, 2 * PAGE, softmm::MS_SYNC).unwrap();
+    assert_eq!((dirty(&a), dirty(&b)), (0, 0));
+    assert_eq!(s.bytes()[0], b'x');
+    b.write(BASE + 1, b"y").unwrap();
+    assert_eq!((dirty(&a), dirty(&b)), (4, 4), "a store after write-back dirties it again");
+    assert_eq!(a.file_offset(BASE + PAGE + 5, &f), Some(PAGE));
     m.check_invariants().unwrap();
 }

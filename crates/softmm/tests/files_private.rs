@@ -147,24 +147,39 @@ fn pages_wholly_past_the_end_are_sigbus() {
     check(&mm);
 }
 
+/// Linux's `truncate_pagecache`: `unmap_mapping_range(.., even_cows = 1)`
+/// from the first page wholly past the new end. Private mappings lose
+/// their own copies of those pages too (copies of pages that no longer
+/// exist): the next access is SIGBUS. A copy of the page holding the new
+/// end stays. In a fork child, with its PTE tables shared or copied, the
+/// same.
 #[test]
-fn truncation_unmaps_cache_pages_but_keeps_private_copies() {
-    let m = machine();
-    let f = filled(&m, 3);
-    let mm = m.new_mm().unwrap();
-    map_private(&mm, BASE, &f, 3 * PAGE, Prot::RW);
-    assert_eq!(read(&mm, BASE, 1), [1]);
-    mm.write(BASE + PAGE, b"copy").unwrap();
-    assert!(mm.phys(BASE + 2 * PAGE).is_some());
-    f.truncate(PAGE / 2).unwrap();
-    check(&mm);
-    // Linux's truncate_pagecache: unmap_mapping_range(.., even_cows = 0).
-    assert_eq!(mm.phys(BASE + 2 * PAGE), None, "the file's page is unmapped");
-    assert_eq!(read(&mm, BASE + PAGE, 4), b"copy", "the private copy stays mapped");
-    let mut b = [0u8; 1];
-    assert_eq!(mm.read(BASE + 2 * PAGE, &mut b), Err(Error::Bus { addr: BASE + 2 * PAGE }));
-    assert_eq!(read(&mm, BASE + PAGE / 2 - 1, 2), [1, 0], "the last page's tail is zeroed");
-    check(&mm);
+fn truncation_unmaps_cache_pages_and_private_copies_past_the_end() {
+    for policy in [ForkPolicy::CopyTables, ForkPolicy::SharedTables] {
+        let m = machine();
+        let f = filled(&m, 4);
+        let mm = m.new_mm().unwrap();
+        map_private(&mm, BASE, &f, 4 * PAGE, Prot::RW);
+        assert_eq!(read(&mm, BASE + 3 * PAGE, 1), [4]);
+        mm.write(BASE, b"head").unwrap();
+        mm.write(BASE + 2 * PAGE, b"copy").unwrap();
+        let child = mm.fork_with(policy).unwrap();
+        child.write(BASE + PAGE, b"kid!").unwrap();
+        f.truncate(PAGE / 2).unwrap();
+        check(&mm);
+        check(&child);
+        let mut b = [0u8; 1];
+        for (space, what) in [(&mm, "parent"), (&child, "child")] {
+            for page in 1..4 {
+                let at = BASE + page * PAGE;
+                assert_eq!(space.phys(at), None, "{what} {policy:?}: page {page} still mapped");
+                assert_eq!(space.read(at, &mut b), Err(Error::Bus { addr: at }), "{what} {policy:?}: page {page}");
+            }
+            assert_eq!(read(space, BASE, 4), b"head", "{what} {policy:?}: the copy of the last page stays");
+        }
+        check(&mm);
+        check(&child);
+    }
 }
 
 #[test]

@@ -117,6 +117,12 @@ pub fn become_subreaper() {
     let _ = rustix::process::set_child_subreaper(Pid::from_raw(std::process::id() as i32));
 }
 
+/// `POSIX_FADV_RANDOM` on a whole file: reads through this open file
+/// bring in only the pages they read (no readahead).
+pub fn fadvise_random(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
+    rustix::fs::fadvise(fd, 0, None, rustix::fs::Advice::Random).map_err(io::Error::from)
+}
+
 /// No transparent huge pages for this process from now on.
 pub fn disable_thp() -> io::Result<()> {
     rustix::thread::disable_transparent_huge_pages(true).map_err(io::Error::from)

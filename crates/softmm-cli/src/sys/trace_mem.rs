@@ -117,6 +117,54 @@ impl TraceMem {
         Ok(Ok(()))
     }
 
+    /// mmap(2) of `fd` from byte `offset` at exactly `addr`, as `mmap`
+    /// places anonymous memory (MAP_FIXED only over trace memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap_file(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: ProtFlags,
+        sharing: Sharing,
+        fd: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+    ) -> Result<Answer, String> {
+        let mut flags = match sharing {
+            Sharing::Private => MapFlags::PRIVATE,
+            Sharing::Shared => MapFlags::SHARED,
+        };
+        flags |= MapFlags::FIXED_NOREPLACE;
+        if let Some((s, e)) = span(addr, len) {
+            self.check(s, e)?;
+            if read_maps()?.iter().any(|m| m.start < e && s < m.end) {
+                flags = flags.difference(MapFlags::FIXED_NOREPLACE) | MapFlags::FIXED;
+            }
+        }
+        // SAFETY: as in `mmap`: MAP_FIXED only over trace memory, which no
+        // Rust object lives in; MAP_FIXED_NOREPLACE replaces nothing.
+        let p = match unsafe { rustix::mm::mmap(addr as *mut _, len as usize, prot, flags, fd, offset) } {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        if p as u64 != addr {
+            // SAFETY: as in `mmap`, the mapping just made.
+            let _ = unsafe { rustix::mm::munmap(p, len as usize) };
+            return Err(format!("the kernel placed a fixed mapping at {:#x}, not {addr:#x}", p as u64));
+        }
+        if let Some((s, e)) = span(addr, len) {
+            self.owned.add(s, e);
+        }
+        Ok(Ok(()))
+    }
+
+    /// msync(2) with `MS_SYNC`.
+    pub fn msync(&self, addr: u64, len: u64) -> Result<Answer, String> {
+        self.check_span(addr, len)?;
+        // SAFETY: writing pages back changes no memory; the range holds
+        // only trace memory or nothing (checked above).
+        Ok(errno_answer(unsafe { libc::msync(addr as *mut libc::c_void, len as usize, libc::MS_SYNC) }))
+    }
+
     /// munmap(2).
     pub fn munmap(&mut self, addr: u64, len: u64) -> Result<Answer, String> {
         self.check_span(addr, len)?;

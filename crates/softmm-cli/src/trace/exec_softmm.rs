@@ -7,9 +7,14 @@
 //! address space exits. A pin (`pin ... as P`) is kept under its name
 //! until `unpin P` or the name's reuse; it outlives its address space, as
 //! a pin outlives munmap and exit.
+//!
+//! A scratch file (`file F`) is a host file in a private directory, read
+//! and written through softmm's page cache ([`softmm::File`]); the
+//! directory goes when the runner does.
 
 use super::maps::{maps_line, remap_line, MapsEntry, NamedRanges};
 use super::parse::{hex, Op, TKind, TProt};
+use super::scratch::{self, ScratchDir};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
     Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot, SegvKind,
@@ -67,6 +72,12 @@ pub struct SoftmmRunner {
     opts: SoftmmOptions,
     /// Audits run so far.
     audits: u64,
+    /// The trace's scratch files, by name.
+    files: HashMap<String, softmm::File>,
+    /// Where their host files live (made at the first `file`); declared
+    /// after `files` and `machine`, so their pages are written back before
+    /// it goes.
+    scratch: Option<ScratchDir>,
 }
 
 /// A trace error that stops the replay (exit status 2), as opposed to an
@@ -101,6 +112,8 @@ impl SoftmmRunner {
             named: HashMap::new(),
             opts,
             audits: 0,
+            files: HashMap::new(),
+            scratch: None,
         })
     }
 
@@ -111,6 +124,10 @@ impl SoftmmRunner {
 
     fn mm(&self, a: &str) -> Result<&Mm, Fatal> {
         self.spaces.get(a).ok_or_else(|| no_space(a))
+    }
+
+    fn file(&self, f: &str) -> Result<&softmm::File, Fatal> {
+        self.files.get(f).ok_or_else(|| no_file(f))
     }
 
     /// Run one operation; returns its output line.
@@ -207,10 +224,10 @@ impl SoftmmRunner {
                 mm.exit();
                 "ok".into()
             }
-            Op::Write { a, addr, bytes } => unit(self.mm(a)?.write(*addr, bytes)),
+            Op::Write { a, addr, bytes } => access(self.mm(a)?.write(*addr, bytes)),
             Op::Fill { a, addr, len, byte } => {
                 let len = usize::try_from(*len).map_err(|_| format!("fill length {len} too large"))?;
-                unit(self.mm(a)?.fill(*addr, len, *byte))
+                access(self.mm(a)?.fill(*addr, len, *byte))
             }
             Op::Read { a, addr, len } => {
                 let len = usize::try_from(*len).ok().filter(|&l| l <= 1 << 30);
@@ -218,7 +235,7 @@ impl SoftmmRunner {
                 let mut buf = vec![0u8; len];
                 match self.mm(a)?.read(*addr, &mut buf) {
                     Ok(()) => format!("data {}", hex(&buf)),
-                    Err(e) => err_line(&e),
+                    Err(e) => access(Err::<(), _>(e)),
                 }
             }
             Op::Phys { a, addr } => match self.mm(a)?.phys(*addr) {
@@ -289,19 +306,89 @@ impl SoftmmRunner {
                 Some(s) => format!("locked {}", s.locked),
                 None => "none".into(),
             },
+            Op::File { f, len, byte } => self.new_file(f, *len, *byte)?,
+            Op::Pwrite { f, off, bytes } => unit(self.file(f)?.pwrite(*off, bytes)),
+            Op::Pread { f, off, len } => {
+                let len = usize::try_from(*len).ok().filter(|&l| l <= 1 << 30);
+                let mut buf = vec![0u8; len.ok_or_else(|| "pread length above 1 GiB".to_string())?];
+                match self.file(f)?.pread(*off, &mut buf) {
+                    Ok(n) => format!("data {}", hex(&buf[..n])),
+                    Err(e) => err_line(&e),
+                }
+            }
+            Op::Truncate { f, len } => unit(self.file(f)?.truncate(*len)),
+            Op::MmapFile { a, addr, len, prot, kind, f, off } => {
+                let kind = match kind {
+                    TKind::Private => MapKind::Private,
+                    TKind::Shared => MapKind::Shared,
+                };
+                let file = self.file(f)?;
+                let r = self.mm(a)?.mmap_file(*addr, *len, prot_of(*prot), kind, Placement::Fixed, file, *off);
+                if r.is_ok() {
+                    self.named.entry(a.clone()).or_default().add_mmap(*addr, *len);
+                }
+                unit(r)
+            }
+            Op::Msync { a, addr, len } => unit(self.mm(a)?.msync(*addr, *len, softmm::MS_SYNC)),
         })
+    }
+
+    /// `file F LEN BYTE`: a host file of LEN bytes of BYTE, all of it in the
+    /// page cache and clean (written, then synced). The size is set first,
+    /// so a size no file may have is that error and makes no file.
+    fn new_file(&mut self, f: &str, len: u64, byte: u8) -> Result<String, Fatal> {
+        if self.files.contains_key(f) {
+            return Err(format!("file `{f}` already exists (a file name is used once)"));
+        }
+        if self.scratch.is_none() {
+            self.scratch = Some(ScratchDir::new("files")?);
+        }
+        let dir = self.scratch.as_ref().map(|d| d.path().to_owned()).unwrap_or_default();
+        let path = scratch::file_path(&dir, f);
+        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let file = self.machine.open_file(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        if let Err(e) = file.truncate(len) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Ok(err_line(&e));
+        }
+        if len > MAX_SCRATCH_FILE {
+            return Err(format!("file `{f}`: scratch files are at most 1 GiB"));
+        }
+        let chunk = vec![byte; 64 << 10];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(chunk.len() as u64) as usize;
+            file.pwrite(at, &chunk[..n]).map_err(|e| format!("filling file `{f}`: {e}"))?;
+            at += n as u64;
+        }
+        file.sync().map_err(|e| format!("syncing file `{f}`: {e}"))?;
+        self.files.insert(f.to_string(), file);
+        Ok("ok".into())
     }
 
     /// `maps A`: A's VMAs over the ranges the trace named in A.
     fn maps(&self, a: &str) -> Result<String, Fatal> {
-        let entries = self.mm(a)?.maps().into_iter().map(|m| MapsEntry {
+        let mm = self.mm(a)?;
+        let entries = mm.maps().into_iter().map(|m| MapsEntry {
             start: m.range.start,
             end: m.range.end,
             perms: m.perms(),
-            kind: "anon".into(),
+            kind: self
+                .files
+                .iter()
+                .find_map(|(f, file)| Some(format!("file {f}+{:#x}", mm.file_offset(m.range.start, file)?)))
+                .unwrap_or_else(|| "anon".into()),
         });
         Ok(maps_line(entries, self.named.get(a).unwrap_or(&NamedRanges::default())))
     }
+}
+
+/// The largest scratch file a trace may make (both runners fill it).
+pub const MAX_SCRATCH_FILE: u64 = 1 << 30;
+
+fn no_file(f: &str) -> Fatal {
+    format!("no file named `{f}` (never made, or its `file` failed)")
 }
 
 fn no_pin(p: &str) -> Fatal {
@@ -334,6 +421,15 @@ fn prot_of(p: TProt) -> Prot {
         TProt::Rx => Prot::RX,
         TProt::Wx => Prot::WRITE.union(Prot::EXEC),
         TProt::Rwx => Prot::RWX,
+    }
+}
+
+/// The output line of a load or store (`read`, `write`, `fill`): a page
+/// past the end of a file is SIGBUS there (a system call answers EFAULT).
+fn access(r: softmm::Result<()>) -> String {
+    match r {
+        Err(Error::Bus { .. }) => "sigbus".into(),
+        r => unit(r),
     }
 }
 

@@ -60,7 +60,17 @@ pub enum Profile {
     /// (Shared memory grown past its object faults with SIGBUS, which the
     /// trace format's runners do not compare.)
     Remap,
+    /// The small mix with scratch files: two files (one of a size that
+    /// ends inside a page) mapped shared into the window, pwrite, pread,
+    /// truncate (also below mapped pages: SIGBUS), msync and `maps`,
+    /// among fork, COW, mprotect, DONTNEED, mremap and futex waits and
+    /// wakes (also on file pages). Private file mappings are left out (not
+    /// yet in softmm).
+    Files,
 }
+
+/// `Files`: the scratch files' names and first sizes.
+const FILES: [(&str, u64); 2] = [("X", 24 * 4096), ("Y", 9 * 4096 + 0x321)];
 
 /// Generate a trace of `ops` operations from `seed` with a profile.
 pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
@@ -72,6 +82,14 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
     // Start with something mapped so most operations do something.
     let first_len = if shape == Profile::Wide { 8 << 20 } else { 64 * 4096 };
     out.push(Op::Mmap { a: "A".into(), addr: BASE, len: first_len, prot: TProt::Rw, kind: TKind::Private });
+    if shape == Profile::Files {
+        for (f, len) in FILES {
+            out.push(Op::File { f: f.into(), len, byte: r.below(256) as u8 });
+        }
+        let (addr, len) = (BASE + 8 * 4096, 16 * 4096);
+        let (prot, kind, f) = (TProt::Rw, TKind::Shared, FILES[0].0.into());
+        out.push(Op::MmapFile { a: "A".into(), addr, len, prot, kind, f, off: 0 });
+    }
     while out.len() < ops {
         if live.is_empty() {
             let a = fresh(&mut next_name);
@@ -87,6 +105,18 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
         if shape == Profile::Remap && r.chance(15) {
             out.push(remap_op(&mut r, a));
             continue;
+        }
+        if shape == Profile::Files {
+            let op = match r.below(100) {
+                0..=7 => Some(futex_op(&mut r, a.clone())),
+                8..=15 => Some(remap_op(&mut r, a.clone())),
+                16..=45 => Some(file_op(&mut r, a.clone())),
+                _ => None,
+            };
+            if let Some(op) = op {
+                out.push(op);
+                continue;
+            }
         }
         let op = match r.below(100) {
             0..=11 => Op::Mmap {
@@ -175,6 +205,42 @@ fn remap_op(r: &mut Rng, a: String) -> Op {
     let fixed = if r.chance(35) { Some(addr(r, shape)) } else { None };
     let dontunmap = r.chance(15);
     Op::Mremap { a, old, old_len, new_len, flags: crate::trace::parse::RemapArgs { maymove, fixed, dontunmap } }
+}
+
+/// `Files`: an operation on a scratch file or a file mapping. Offsets
+/// and lengths run a little past the files' first sizes, so reads and
+/// writes reach the end and past it, and truncation cuts mapped pages.
+fn file_op(r: &mut Rng, a: String) -> Op {
+    let shape = Profile::Files;
+    let (f, size) = FILES[if r.chance(70) { 0 } else { 1 }];
+    let f = f.to_string();
+    let file_offset = |r: &mut Rng| r.below(size + 2 * 4096);
+    match r.below(20) {
+        0..=5 => {
+            let (addr, len, prot) = (addr(r, shape), len(r, shape), prot(r, shape));
+            let off = r.below(size / 4096 + 4) * 4096;
+            // One in three private: copy on write of the file's pages.
+            let kind = if r.chance(33) { TKind::Private } else { TKind::Shared };
+            Op::MmapFile { a, addr, len, prot, kind, f, off }
+        }
+        6..=9 => {
+            let off = file_offset(r);
+            // Sometimes a run of one byte across a page boundary.
+            let bytes = if r.chance(10) {
+                vec![r.below(256) as u8; 1 + r.below(4096 + 64) as usize]
+            } else {
+                (0..1 + r.below(16)).map(|_| r.below(256) as u8).collect()
+            };
+            Op::Pwrite { f, off, bytes }
+        }
+        10..=12 => Op::Pread { f, off: file_offset(r), len: 1 + r.below(24) },
+        13..=14 => {
+            let len = if r.chance(50) { r.below(size / 4096 + 3) * 4096 } else { file_offset(r) };
+            Op::Truncate { f, len }
+        }
+        15..=17 => Op::Msync { a, addr: addr(r, shape), len: len(r, shape) },
+        _ => Op::Maps { a },
+    }
 }
 
 /// `Futex`: a wait, a wake, or a store of a small value, on one of 8 words
@@ -295,9 +361,19 @@ pub fn minimize(ops: &[Op], mut fails: impl FnMut(&[Op]) -> bool) -> Vec<Op> {
     }
 }
 
-/// Every name is created before use and not used after its exit.
+/// The scratch file an operation uses, other than `file` itself.
+fn file_of(op: &Op) -> Option<&str> {
+    match op {
+        Op::Pwrite { f, .. } | Op::Pread { f, .. } | Op::Truncate { f, .. } | Op::MmapFile { f, .. } => Some(f),
+        _ => None,
+    }
+}
+
+/// Every name is created before use and not used after its exit; every
+/// file is made (once) before it is used.
 pub fn well_formed(ops: &[Op]) -> bool {
     let mut live: std::collections::HashSet<&str> = Default::default();
+    let mut files: std::collections::HashSet<&str> = Default::default();
     for op in ops {
         match op {
             Op::New { a } => {
@@ -315,8 +391,16 @@ pub fn well_formed(ops: &[Op]) -> bool {
                     return false;
                 }
             }
+            Op::File { f, .. } => {
+                if !files.insert(f) {
+                    return false;
+                }
+            }
             op => {
                 if op.space().is_some_and(|a| !live.contains(a)) {
+                    return false;
+                }
+                if file_of(op).is_some_and(|f| !files.contains(f)) {
                     return false;
                 }
             }
@@ -339,6 +423,36 @@ mod tests {
         let w = generate_with(7, 200, Profile::Wide);
         assert_ne!(a, w);
         assert!(well_formed(&w));
+    }
+
+    #[test]
+    fn files_profile_makes_files_first_and_uses_only_those() {
+        let t = generate_with(5, 400, Profile::Files);
+        assert!(well_formed(&t));
+        assert_eq!(t.len(), 400);
+        assert!(matches!(&t[2], Op::File { f, .. } if f == "X"));
+        assert!(matches!(&t[3], Op::File { f, .. } if f == "Y"));
+        let count = |p: fn(&Op) -> bool| t.iter().filter(|o| p(o)).count();
+        for (what, n) in [
+            ("shared file mappings", count(|o| matches!(o, Op::MmapFile { kind: TKind::Shared, .. }))),
+            ("private file mappings", count(|o| matches!(o, Op::MmapFile { kind: TKind::Private, .. }))),
+            ("pwrites", count(|o| matches!(o, Op::Pwrite { .. }))),
+            ("preads", count(|o| matches!(o, Op::Pread { .. }))),
+            ("truncations", count(|o| matches!(o, Op::Truncate { .. }))),
+            ("msyncs", count(|o| matches!(o, Op::Msync { .. }))),
+            ("mremaps", count(|o| matches!(o, Op::Mremap { .. }))),
+            ("futex waits", count(|o| matches!(o, Op::FutexWait { .. }))),
+            ("forks", count(|o| matches!(o, Op::Fork { .. }))),
+        ] {
+            assert!(n > 0, "no {what} in 400 operations");
+        }
+        // A file used before it is made, or made twice, is not well formed.
+        let mut late = t.clone();
+        late.remove(2);
+        assert!(!well_formed(&late));
+        let mut twice = t.clone();
+        twice.insert(4, t[2].clone());
+        assert!(!well_formed(&twice));
     }
 
     #[test]

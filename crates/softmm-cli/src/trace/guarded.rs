@@ -16,6 +16,8 @@ static IN_GUARD: AtomicBool = AtomicBool::new(false);
 /// Address to resume at after a fault inside a guarded copy.
 static FIXUP: AtomicUsize = AtomicUsize::new(0);
 static SEGV_CODE: AtomicI32 = AtomicI32::new(0);
+/// The signal that ended a guarded copy (SIGSEGV or SIGBUS).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// How a guarded access ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,14 +27,16 @@ pub enum Outcome {
     MapErr,
     /// SIGSEGV with `SEGV_ACCERR`.
     AccErr,
-    /// SIGSEGV with another code, or SIGBUS.
+    /// SIGBUS (a page wholly past the end of a mapped file).
+    Bus,
+    /// SIGSEGV with another code.
     Other(i32),
 }
 
 const SEGV_MAPERR: i32 = 1;
 const SEGV_ACCERR: i32 = 2;
 
-extern "C" fn on_segv(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: installed with SA_SIGINFO (`install_handler`), so the kernel
     // passes a valid `siginfo_t` and the interrupted thread's `ucontext_t`,
     // both live for the handler's run. `signal` is async-signal-safe (a
@@ -51,6 +55,7 @@ extern "C" fn on_segv(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
             return;
         }
         SEGV_CODE.store((*info).si_code, Ordering::SeqCst);
+        SIGNAL.store(sig, Ordering::SeqCst);
         let uc = ctx as *mut libc::ucontext_t;
         (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] = FIXUP.load(Ordering::SeqCst) as i64;
     }
@@ -110,11 +115,15 @@ unsafe fn raw_copy(dst: *mut u8, src: *const u8, n: usize) -> usize {
 
 fn guarded(f: impl FnOnce() -> usize) -> Outcome {
     SEGV_CODE.store(0, Ordering::SeqCst);
+    SIGNAL.store(0, Ordering::SeqCst);
     IN_GUARD.store(true, Ordering::SeqCst);
     let left = f();
     IN_GUARD.store(false, Ordering::SeqCst);
     if left == 0 {
         return Outcome::Ok;
+    }
+    if SIGNAL.load(Ordering::SeqCst) == libc::SIGBUS {
+        return Outcome::Bus;
     }
     match SEGV_CODE.load(Ordering::SeqCst) {
         SEGV_MAPERR => Outcome::MapErr,

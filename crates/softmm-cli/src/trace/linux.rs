@@ -4,11 +4,19 @@
 //! directory; each worker (see `linux_worker.rs`) connects and introduces
 //! itself by name. `new A` starts a worker by re-executing this binary;
 //! `fork A B` asks worker A to fork, and waits for B to introduce itself.
+//!
+//! Scratch files (`file F`) are real files in the same directory (on a
+//! disk filesystem, see `scratch.rs`), where a worker opens them to map
+//! them; `pwrite`, `pread` and `truncate` run here, in the controller, with
+//! `POSIX_FADV_RANDOM` so that a read caches only the pages it reads.
 
+use super::exec_softmm::MAX_SCRATCH_FILE;
 use super::linux_worker::FORGET_WAITER;
-use super::parse::Op;
+use super::parse::{hex, Op};
+use super::scratch::{self, ScratchDir};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,13 +43,17 @@ struct Proc {
 
 /// A trace's state on Linux: one worker process per address space.
 pub struct LinuxRunner {
-    dir: PathBuf,
+    /// Holds the socket and the scratch files; removed on drop, after the
+    /// workers are gone.
+    dir: ScratchDir,
     socket: PathBuf,
     listener: UnixListener,
     procs: HashMap<String, Proc>,
     /// Which worker runs each queued (or finished) waiter thread.
     waiters: HashMap<String, String>,
     spawned: Vec<Child>,
+    /// The trace's scratch files, open read-write.
+    files: HashMap<String, std::fs::File>,
 }
 
 pub type Fatal = String;
@@ -50,11 +62,8 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl LinuxRunner {
     pub fn new() -> Result<LinuxRunner, Fatal> {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("softmm-linux-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let socket = dir.join("ctl.sock");
+        let dir = ScratchDir::new("linux")?;
+        let socket = dir.path().join("ctl.sock");
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
         listener.set_nonblocking(true).map_err(|e| format!("socket setup: {e}"))?;
@@ -62,7 +71,15 @@ impl LinuxRunner {
         // parent exits (instead of by PID 1, which may never reap them), and
         // reaped in `reap_orphans`.
         crate::sys::become_subreaper();
-        Ok(LinuxRunner { dir, socket, listener, procs: HashMap::new(), waiters: HashMap::new(), spawned: Vec::new() })
+        Ok(LinuxRunner {
+            dir,
+            socket,
+            listener,
+            procs: HashMap::new(),
+            waiters: HashMap::new(),
+            spawned: Vec::new(),
+            files: HashMap::new(),
+        })
     }
 
     /// Wait for a worker to connect and introduce itself as `name`.
@@ -151,6 +168,36 @@ impl LinuxRunner {
                 Ok(r)
             }
             Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => Ok("unsupported-on-linux".into()),
+            Op::File { f, len, byte } => self.new_file(f, *len, *byte),
+            Op::MmapFile { a, f, .. } => {
+                self.fd(f)?; // a file the trace made, or a malformed trace
+                self.ask(a, &op.to_string())
+            }
+            Op::Pwrite { f, off, bytes } => {
+                let fd = self.fd(f)?;
+                Ok(
+                    match rw_all(*off, bytes.len(), |at, done| {
+                        pwrite_at(fd, &bytes[done..page_end(at, done, bytes.len())], at)
+                    }) {
+                        Ok(_) => "ok".into(),
+                        Err(e) => errno_line(e),
+                    },
+                )
+            }
+            Op::Pread { f, off, len } => {
+                let fd = self.fd(f)?;
+                let len = usize::try_from(*len).ok().filter(|&l| l as u64 <= MAX_SCRATCH_FILE);
+                let mut buf = vec![0u8; len.ok_or_else(|| "pread length above 1 GiB".to_string())?];
+                let n = buf.len();
+                Ok(match rw_all(*off, n, |at, done| pread_at(fd, &mut buf[done..], at)) {
+                    Ok(got) => format!("data {}", hex(&buf[..got])),
+                    Err(e) => errno_line(e),
+                })
+            }
+            Op::Truncate { f, len } => Ok(match ftruncate(self.fd(f)?, *len) {
+                Ok(()) => "ok".into(),
+                Err(e) => errno_line(e),
+            }),
             Op::FutexWait { a, w, .. } => {
                 if !self.procs.contains_key(a) {
                     return Err(format!("no address space named `{a}` (never created, or exited)"));
@@ -178,6 +225,115 @@ impl LinuxRunner {
                 Some(a) => self.ask(a, &op.to_string()),
                 None => Err(format!("`{op}` names no address space")),
             },
+        }
+    }
+}
+
+impl LinuxRunner {
+    fn fd(&self, f: &str) -> Result<i32, Fatal> {
+        self.files
+            .get(f)
+            .map(|file| file.as_raw_fd())
+            .ok_or_else(|| format!("no file named `{f}` (never made, or its `file` failed)"))
+    }
+
+    /// `file F LEN BYTE`: as on softmm, the size first (its error makes no
+    /// file), then the bytes written and synced, so every page is cached
+    /// and clean.
+    fn new_file(&mut self, f: &str, len: u64, byte: u8) -> Result<String, Fatal> {
+        if self.files.contains_key(f) {
+            return Err(format!("file `{f}` already exists (a file name is used once)"));
+        }
+        let path = scratch::file_path(self.dir.path(), f);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let fd = file.as_raw_fd();
+        if let Err(e) = ftruncate(fd, len) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Ok(errno_line(e));
+        }
+        if len > MAX_SCRATCH_FILE {
+            return Err(format!("file `{f}`: scratch files are at most 1 GiB"));
+        }
+        crate::sys::fadvise_random(&file).map_err(|e| format!("fadvise on {}: {e}", path.display()))?;
+        let page = [byte; 4096];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(4096) as usize;
+            rw_all(at, n, |off, done| pwrite_at(fd, &page[done..n], off))
+                .map_err(|e| format!("filling {}: errno {e}", path.display()))?;
+            at += n as u64;
+        }
+        file.sync_all().map_err(|e| format!("syncing {}: {e}", path.display()))?;
+        self.files.insert(f.to_string(), file);
+        Ok("ok".into())
+    }
+}
+
+fn errno_line(e: i32) -> String {
+    format!("err {}", softmm::errno::name(e))
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// ftruncate(2) with `len` as the kernel's signed `off_t` (a length past
+/// `i64::MAX` is negative there: EINVAL, as Linux answers).
+fn ftruncate(fd: i32, len: u64) -> Result<(), i32> {
+    // SAFETY: ftruncate on a descriptor this runner owns; no memory is passed.
+    if unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// pread(2) at `off` (as `off_t`, so an offset past `i64::MAX` is EINVAL).
+fn pread_at(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, i32> {
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
+    let r = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), off as libc::off_t) };
+    usize::try_from(r).map_err(|_| last_errno())
+}
+
+/// Where the write of `done` of `len` bytes, now at file offset `at`,
+/// stops: at the end of `at`'s page. The runner writes a page at a time, so
+/// that the page cache holds single pages, as softmm's does: a write of
+/// several pages at once may make a large folio (ext4, xfs), all of whose
+/// pages /proc/PID/smaps counts dirty when one of them is.
+fn page_end(at: u64, done: usize, len: usize) -> usize {
+    let room = 4096 - (at % 4096) as usize;
+    done + room.min(len - done)
+}
+
+/// pwrite(2) at `off` (as `off_t`).
+fn pwrite_at(fd: i32, data: &[u8], off: u64) -> Result<usize, i32> {
+    // SAFETY: `data` is a live buffer of `data.len()` bytes, only read.
+    let r = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off as libc::off_t) };
+    usize::try_from(r).map_err(|_| last_errno())
+}
+
+/// Repeat `op(offset, done)` until `len` bytes are done or it does none
+/// (the end of the file); an error after some bytes is a short count, as
+/// one read(2) or write(2) answers. Returns the bytes done.
+fn rw_all(off: u64, len: usize, mut op: impl FnMut(u64, usize) -> Result<usize, i32>) -> Result<usize, i32> {
+    let mut done = 0;
+    loop {
+        match op(off.wrapping_add(done as u64), done) {
+            Ok(0) => return Ok(done),
+            Ok(n) => {
+                done += n;
+                if done >= len {
+                    return Ok(done);
+                }
+            }
+            Err(_) if done > 0 => return Ok(done),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -219,6 +375,7 @@ impl Drop for LinuxRunner {
             reap_orphans();
             std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The scratch directory goes with `self.dir`, after this.
+        self.files.clear();
     }
 }

@@ -15,15 +15,22 @@
 //! lines, the controller sends [`FORGET_WAITER`] when a waiter's name is
 //! reused: a thread still waiting is interrupted by a signal (its
 //! FUTEX_WAIT ends with EINTR, off the queue) and the name forgotten.
+//!
+//! `mmap ... file F OFF` opens scratch file F (in the directory of the
+//! controller's socket) read-write, maps it, and advises `MADV_RANDOM` on
+//! the mapping, so that a fault reads in only its own page (fault-around
+//! still maps cached neighbours, as TRACE.md says).
 
 use super::guarded::{self, Outcome};
 use super::maps::{maps_line, remap_line, MapsEntry, NamedRanges};
 use super::parse::{hex, parse_line, Op, TKind, TProt};
+use super::scratch;
 use crate::sys;
 use crate::sys::trace_mem::{Answer, Sharing, TraceMem};
 use rustix::mm::ProtFlags;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +61,12 @@ struct Worker {
     /// The ranges this space's `mmap`s named (a forked worker inherits
     /// them with its memory), for `maps`.
     named: NamedRanges,
+    /// Where the controller keeps the scratch files.
+    files: std::path::PathBuf,
+    /// The scratch files this process opened, each once (a forked worker
+    /// inherits them): mappings of one open file at consecutive offsets
+    /// merge, as in a process that maps one descriptor twice.
+    open: BTreeMap<String, std::fs::File>,
 }
 
 impl Worker {
@@ -70,6 +83,8 @@ impl Worker {
                 }
                 status(r)
             }
+            Op::MmapFile { addr, len, prot, kind, f, off, .. } => self.mmap_file(*addr, *len, *prot, *kind, f, *off)?,
+            Op::Msync { addr, len, .. } => status(self.mem.msync(*addr, *len)?),
             Op::Munmap { addr, len, .. } => status(self.mem.munmap(*addr, *len)?),
             Op::Mremap { old, old_len, new_len, flags, .. } => {
                 let (maymove, fixed, dontunmap) = (flags.maymove, flags.fixed, flags.dontunmap);
@@ -108,7 +123,7 @@ impl Worker {
                 }
             }
             Op::Waiter { w } => self.waiter(w)?,
-            Op::Maps { .. } => maps_line(proc_maps()?, &self.named),
+            Op::Maps { .. } => maps_line(proc_maps(&self.files)?, &self.named),
             Op::Mlock { addr, len, .. } => status(self.mem.mlock(*addr, *len)?),
             Op::Munlock { addr, len, .. } => status(self.mem.munlock(*addr, *len)?),
             Op::Locked { addr, .. } => match smaps_fields(*addr)? {
@@ -117,6 +132,41 @@ impl Worker {
             },
             other => return Err(format!("the Linux worker cannot run {other:?}")),
         })
+    }
+
+    fn mmap_file(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+        kind: TKind,
+        f: &str,
+        off: u64,
+    ) -> Result<String, String> {
+        let path = scratch::file_path(&self.files, f);
+        if !self.open.contains_key(f) {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            sys::fadvise_random(&file).map_err(|e| format!("fadvise on {}: {e}", path.display()))?;
+            self.open.insert(f.to_string(), file);
+        }
+        let file = self.open.get(f).ok_or("the file just opened is gone")?;
+        let sharing = match kind {
+            TKind::Private => Sharing::Private,
+            TKind::Shared => Sharing::Shared,
+        };
+        let r = self.mem.mmap_file(addr, len, prot_flags(prot), sharing, file.as_fd(), off)?;
+        if r.is_ok() {
+            self.named.add_mmap(addr, len);
+            // No readahead on faults: the mapping reads only what faults.
+            if let Err(e) = self.mem.madvise(addr, len, libc::MADV_RANDOM)? {
+                return Err(format!("MADV_RANDOM on the mapping of {}: {e}", path.display()));
+            }
+        }
+        Ok(status(r))
     }
 
     fn futex_wait(&mut self, addr: u64, val: u32, w: &str) -> Result<String, String> {
@@ -232,19 +282,26 @@ fn prot_flags(p: TProt) -> ProtFlags {
 
 /// This process's VMAs from /proc/self/maps, in address order. Anonymous
 /// memory is `anon`, shared or private: Linux names shared anonymous
-/// memory `/dev/zero (deleted)` (its shmem file), private none.
-fn proc_maps() -> Result<Vec<MapsEntry>, String> {
+/// memory `/dev/zero (deleted)` (its shmem file), private none. A scratch
+/// file in `files` is `file F+0xOFF`.
+fn proc_maps(files: &std::path::Path) -> Result<Vec<MapsEntry>, String> {
     let text = std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("reading /proc/self/maps: {e}"))?;
     let mut out = Vec::new();
     for line in text.lines() {
         // START-END PERMS OFFSET DEV INODE [PATH]
         let mut f = line.splitn(6, ' ');
         let (range, perms) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-        let path = f.nth(3).unwrap_or("").trim();
+        let offset = f.next().and_then(|o| u64::from_str_radix(o, 16).ok()).unwrap_or(0);
+        let path = f.nth(2).unwrap_or("").trim();
         let Some((s, e)) = range.split_once('-') else { continue };
         let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else { continue };
-        let kind =
-            if path.is_empty() || path == "/dev/zero (deleted)" { "anon".into() } else { format!("file {path}") };
+        let kind = if path.is_empty() || path == "/dev/zero (deleted)" {
+            "anon".into()
+        } else if let Some(name) = scratch::file_name(files, path) {
+            format!("file {name}+{offset:#x}")
+        } else {
+            format!("file {path}")
+        };
         out.push(MapsEntry { start, end, perms: perms.into(), kind });
     }
     Ok(out)
@@ -289,6 +346,7 @@ fn outcome(o: Outcome) -> String {
         Outcome::Ok => "ok".into(),
         Outcome::MapErr => "segv maperr".into(),
         Outcome::AccErr => "segv accerr".into(),
+        Outcome::Bus => "sigbus".into(),
         Outcome::Other(c) => format!("segv code{c}"),
     }
 }
@@ -362,7 +420,13 @@ pub fn main(socket: &str, name: &str) -> Result<(), String> {
     // Children this worker forks (other address spaces) are reaped by the
     // kernel when they exit, so an exited one never lingers as a zombie.
     sys::ignore_sigchld();
-    let mut worker = Worker { mem: TraceMem::default(), waiters: BTreeMap::new(), named: NamedRanges::default() };
+    let mut worker = Worker {
+        mem: TraceMem::default(),
+        waiters: BTreeMap::new(),
+        named: NamedRanges::default(),
+        files: std::path::Path::new(socket).parent().map(|p| p.to_owned()).unwrap_or_default(),
+        open: BTreeMap::new(),
+    };
     let mut conn = BufReader::new(connect(socket, name)?);
     loop {
         let mut line = String::new();

@@ -1,6 +1,7 @@
 //! Parsing of the trace format (`../shared/TRACE.md`: version 1, and of
-//! version 2 the `x` protections, `maps`, `mlock`, `munlock`, `locked` and
-//! `mremap`).
+//! version 2 the `x` protections, `maps`, `mlock`, `munlock`, `locked`,
+//! `mremap` and the file operations: `file`, `pwrite`, `pread`, `truncate`,
+//! `mmap ... file F OFF` and `msync`).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
 //! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
@@ -70,29 +71,152 @@ pub enum TKind {
 /// the trace named), `Mlock`, `Munlock` and `Locked` (smaps' `Locked:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    New { a: String },
-    Mmap { a: String, addr: u64, len: u64, prot: TProt, kind: TKind },
-    Munmap { a: String, addr: u64, len: u64 },
-    Mprotect { a: String, addr: u64, len: u64, prot: TProt },
-    Madvise { a: String, addr: u64, len: u64, advice: softmm::Advice },
-    Mremap { a: String, old: u64, old_len: u64, new_len: u64, flags: RemapArgs },
-    Fork { a: String, b: String },
-    Exit { a: String },
-    Write { a: String, addr: u64, bytes: Vec<u8> },
-    Fill { a: String, addr: u64, len: u64, byte: u8 },
-    Read { a: String, addr: u64, len: u64 },
-    Phys { a: String, addr: u64 },
-    Smaps { a: String, addr: u64 },
-    FutexWait { a: String, addr: u64, val: u32, w: String },
-    FutexWake { a: String, addr: u64, n: u32 },
-    Waiter { w: String },
-    Pin { a: String, addr: u64, len: u64, p: String },
-    Pinned { p: String, addr: u64, len: u64 },
-    Unpin { p: String },
-    Maps { a: String },
-    Mlock { a: String, addr: u64, len: u64 },
-    Munlock { a: String, addr: u64, len: u64 },
-    Locked { a: String, addr: u64 },
+    New {
+        a: String,
+    },
+    Mmap {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+        kind: TKind,
+    },
+    Munmap {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+    },
+    Madvise {
+        a: String,
+        addr: u64,
+        len: u64,
+        advice: softmm::Advice,
+    },
+    Mremap {
+        a: String,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapArgs,
+    },
+    Fork {
+        a: String,
+        b: String,
+    },
+    Exit {
+        a: String,
+    },
+    Write {
+        a: String,
+        addr: u64,
+        bytes: Vec<u8>,
+    },
+    Fill {
+        a: String,
+        addr: u64,
+        len: u64,
+        byte: u8,
+    },
+    Read {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Phys {
+        a: String,
+        addr: u64,
+    },
+    Smaps {
+        a: String,
+        addr: u64,
+    },
+    FutexWait {
+        a: String,
+        addr: u64,
+        val: u32,
+        w: String,
+    },
+    FutexWake {
+        a: String,
+        addr: u64,
+        n: u32,
+    },
+    Waiter {
+        w: String,
+    },
+    Pin {
+        a: String,
+        addr: u64,
+        len: u64,
+        p: String,
+    },
+    Pinned {
+        p: String,
+        addr: u64,
+        len: u64,
+    },
+    Unpin {
+        p: String,
+    },
+    Maps {
+        a: String,
+    },
+    Mlock {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Munlock {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Locked {
+        a: String,
+        addr: u64,
+    },
+    /// Version 2: a scratch file F of `len` bytes of `byte`.
+    File {
+        f: String,
+        len: u64,
+        byte: u8,
+    },
+    Pwrite {
+        f: String,
+        off: u64,
+        bytes: Vec<u8>,
+    },
+    Pread {
+        f: String,
+        off: u64,
+        len: u64,
+    },
+    Truncate {
+        f: String,
+        len: u64,
+    },
+    /// `mmap A ADDR LEN PROT KIND file F OFF`.
+    MmapFile {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+        kind: TKind,
+        f: String,
+        off: u64,
+    },
+    /// MS_SYNC.
+    Msync {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
 }
 
 impl Op {
@@ -120,8 +244,16 @@ impl Op {
             | Op::Maps { a }
             | Op::Mlock { a, .. }
             | Op::Munlock { a, .. }
-            | Op::Locked { a, .. } => Some(a),
-            Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => None,
+            | Op::Locked { a, .. }
+            | Op::MmapFile { a, .. }
+            | Op::Msync { a, .. } => Some(a),
+            Op::Waiter { .. }
+            | Op::Pinned { .. }
+            | Op::Unpin { .. }
+            | Op::File { .. }
+            | Op::Pwrite { .. }
+            | Op::Pread { .. }
+            | Op::Truncate { .. } => None,
         }
     }
 
@@ -184,6 +316,14 @@ impl fmt::Display for Op {
             Op::Mlock { a, addr, len } => write!(f, "mlock {a} {addr:#x} {len:#x}"),
             Op::Munlock { a, addr, len } => write!(f, "munlock {a} {addr:#x} {len:#x}"),
             Op::Locked { a, addr } => write!(f, "locked {a} {addr:#x}"),
+            Op::File { f: name, len, byte } => write!(f, "file {name} {len:#x} {byte:02x}"),
+            Op::Pwrite { f: name, off, bytes } => write!(f, "pwrite {name} {off:#x} hex:{}", hex(bytes)),
+            Op::Pread { f: name, off, len } => write!(f, "pread {name} {off:#x} {len:#x}"),
+            Op::Truncate { f: name, len } => write!(f, "truncate {name} {len:#x}"),
+            Op::MmapFile { a, addr, len, prot, kind, f: name, off } => {
+                write!(f, "mmap {a} {addr:#x} {len:#x} {prot} {kind} file {name} {off:#x}")
+            }
+            Op::Msync { a, addr, len } => write!(f, "msync {a} {addr:#x} {len:#x}"),
         }
     }
 }
@@ -297,7 +437,14 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
     let verb = t.word("operation")?;
     let op = match verb {
         "new" => Op::New { a: t.name()? },
-        "mmap" => Op::Mmap { a: t.name()?, addr: t.num("address")?, len: t.len()?, prot: t.prot()?, kind: t.kind()? },
+        "mmap" => {
+            let (a, addr, len, prot, kind) = (t.name()?, t.num("address")?, t.len()?, t.prot()?, t.kind()?);
+            if t.optional("file") {
+                Op::MmapFile { a, addr, len, prot, kind, f: t.name()?, off: t.num("file offset")? }
+            } else {
+                Op::Mmap { a, addr, len, prot, kind }
+            }
+        }
         "munmap" => Op::Munmap { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         "mprotect" => Op::Mprotect { a: t.name()?, addr: t.num("address")?, len: t.len()?, prot: t.prot()? },
         "madvise" => {
@@ -340,6 +487,11 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         "mlock" => Op::Mlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         "munlock" => Op::Munlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         "locked" => Op::Locked { a: t.name()?, addr: t.num("address")? },
+        "file" => Op::File { f: t.name()?, len: t.len()?, byte: t.hex_byte()? },
+        "pwrite" => Op::Pwrite { f: t.name()?, off: t.num("file offset")?, bytes: t.bytes()? },
+        "pread" => Op::Pread { f: t.name()?, off: t.num("file offset")?, len: t.len()? },
+        "truncate" => Op::Truncate { f: t.name()?, len: t.len()? },
+        "msync" => Op::Msync { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
@@ -693,6 +845,47 @@ mod tests {
         for l in parse_trace(t).unwrap() {
             let again = parse_line(&l.op.to_string()).unwrap().unwrap();
             assert_eq!(again, l.op);
+        }
+    }
+
+    #[test]
+    fn file_operations_parse_and_round_trip() {
+        let op = parse_line("mmap P 0x10000 8K rw shared file F 0x1000").unwrap().unwrap();
+        let want = Op::MmapFile {
+            a: "P".into(),
+            addr: 0x10000,
+            len: 8192,
+            prot: TProt::Rw,
+            kind: TKind::Shared,
+            f: "F".into(),
+            off: 0x1000,
+        };
+        assert_eq!(op, want);
+        assert_eq!(parse_line("file F 12K ab").unwrap().unwrap(), Op::File { f: "F".into(), len: 12288, byte: 0xab });
+        for line in [
+            "file F 0x3000 ab",
+            "pwrite F 0x10 hex:0102",
+            "pread F 0x0 0x10",
+            "truncate F 0x1",
+            "msync P 0x1000 0x2000",
+            "mmap P 0x1000 0x1000 r private file G 0x0",
+        ] {
+            let op = parse_line(line).unwrap().unwrap();
+            assert_eq!(op.to_string(), line);
+            assert_eq!(parse_line(&op.to_string()).unwrap().unwrap(), op);
+        }
+        for bad in [
+            "file F 4K",
+            "file 1F 4K 00",
+            "pwrite F 0",
+            "pread F 0",
+            "truncate F",
+            "mmap P 0x1000 4K rw shared file F",
+            "mmap P 0x1000 4K rw shared file",
+            "mmap P 0x1000 4K rw shared F 0",
+            "msync P 0x1000",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad} parsed");
         }
     }
 

@@ -77,9 +77,19 @@ fn get_page(mm: &MmInner, st: &MmState, va: u64, access: Access) -> Result<Frame
 /// the mapping is not writable and the caller only reads (Linux's FUTEX_READ).
 fn gup(mm: &MmInner, st: &MmState, vma: &Vma, va: u64, need_write: bool) -> Result<FrameId> {
     if vma.prot.writable() {
-        return match gup_fast(mm, st, va, true) {
+        let got = match gup_fast(mm, st, va, true) {
             Some(f) => Ok(f),
             None => get_page(mm, st, va, Access::Write),
+        };
+        // Linux's get_futex_key retries a failed write get read-only for a
+        // word it only reads (a page past the end of a file: the read
+        // fault maps the cached pages around it before it fails too).
+        return match got {
+            Err(Error::Fault { .. } | Error::Bus { .. }) if !need_write => match gup_fast(mm, st, va, false) {
+                Some(f) => Ok(f),
+                None => get_page(mm, st, va, Access::Read),
+            },
+            got => got,
         };
     }
     if need_write {

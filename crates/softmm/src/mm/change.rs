@@ -197,8 +197,11 @@ impl<'a> Change<'a> {
 
     /// Rewrite the permission bits of present entries in `[start, end)`.
     /// Private pages never become writable here (COW decides at the next
-    /// write fault); shared pages become writable when `prot` allows it.
-    pub(crate) fn protect(&mut self, pt: &PageTable, start: u64, end: u64, prot: Prot, shared: bool) {
+    /// write fault); shared pages become writable when `prot` allows it,
+    /// those of a write-notified mapping (`notify`, a host file's) only
+    /// when dirty (Linux's `can_change_pte_writable`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn protect(&mut self, pt: &PageTable, start: u64, end: u64, prot: Prot, shared: bool, notify: bool) {
         let arena = self.mm.arena();
         let (gather, edit) = (&mut self.gather, self.edit);
         pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
@@ -212,7 +215,7 @@ impl<'a> Change<'a> {
                     let mut new = if prot.readable() { pte.with(Pte::USER) } else { pte.without(Pte::USER) };
                     if !prot.writable() {
                         new = new.without(Pte::WRITE);
-                    } else if shared && !pte.is_borrowed() {
+                    } else if shared && !pte.is_borrowed() && (!notify || pte.is_dirty()) {
                         new = new.with(Pte::WRITE);
                     }
                     if new != pte {

@@ -181,6 +181,9 @@ fn fault_once<const NOTIFY: bool>(
     if let Some(pte) = fast_path(mm, pt, va, cur, access) {
         return Ok(Some(pte));
     }
+    if past_end_without_table(pt, arena, vma, va, access) {
+        return Err(Error::Bus { addr: va });
+    }
     let mut added = 0;
     let table = pt.pte_table_alloc(arena, va, &mut added);
     if added > 0 {
@@ -213,8 +216,14 @@ fn fault_once<const NOTIFY: bool>(
             // A shared page on swap is named by the object's index, not by
             // a PTE, and a file's page may have to be read in: the object
             // brings it into its cache first (or says it is past the end).
-            if obj.prepare_fault(vma.pgoff_of(va), va)? {
-                crate::stats::Counters::bump(&mm.machine.counters.swap_ins);
+            match obj.prepare_fault(vma.pgoff_of(va), va) {
+                Ok(true) => crate::stats::Counters::bump(&mm.machine.counters.swap_ins),
+                Ok(false) => {}
+                // Past the end: a read fault still maps the cached pages
+                // around it, then fails (Linux's do_read_fault runs
+                // fault-around before the fault itself).
+                Err(Error::Bus { .. }) if access != Access::Write => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -376,7 +385,8 @@ fn handle_pte_fault(vmf: &Vmf<'_>, g: &mut PteTableGuard<'_>, gather: &mut Gathe
                 let f = get_page_around(vma, obj, g, va, access != Access::Write)?;
                 let m = mm.arena().meta(f);
                 m.add_counts(0, 1);
-                let mut bits = if vma.prot.writable() { Pte::WRITE } else { 0 };
+                let writable = vma.prot.writable() && (access == Access::Write || !vma.writenotify());
+                let mut bits = if writable { Pte::WRITE } else { 0 };
                 if access == Access::Write {
                     bits |= Pte::DIRTY;
                     m.set_flags(flags::DIRTY);
@@ -442,18 +452,64 @@ fn do_private_file_fault(vmf: &Vmf<'_>, obj: &crate::shm::ShmObject, g: &mut Pte
 /// `fault_around_bytes` (64 KiB) as a page count.
 const FAULT_AROUND_PAGES: u64 = 16;
 
+/// Whether a fault at `va` past the end of a host file maps nothing and
+/// leaves no PTE table (a write fault always; a read fault as follows): Linux 6.18's `filemap_map_pages` installs a
+/// missing PTE table only when the first cached page of the fault-around
+/// range is not the file's last (no PMD may map across the end of a file),
+/// and without a table it maps nothing; the fault then fails (SIGBUS) and
+/// frees the table it had ready. Shared anonymous memory (shmem) is exempt,
+/// as in Linux.
+fn past_end_without_table(
+    pt: &crate::pgtable::PageTable,
+    arena: &crate::phys::FrameArena,
+    vma: &Vma,
+    va: u64,
+    access: Access,
+) -> bool {
+    let Backing::Shm(obj) = &vma.backing else { return false };
+    if !obj.store.is_host() || pt.pte_table(arena, va).is_some() {
+        return false;
+    }
+    let last = obj.size().div_ceil(4096).saturating_sub(1);
+    if vma.pgoff_of(va) <= last && obj.size() > 0 {
+        return false;
+    }
+    // A write fault there (do_shared_fault) maps nothing around at all.
+    if access == Access::Write {
+        return true;
+    }
+    let (lo, hi) = around_window(vma, va);
+    let index = obj.index.lock();
+    !(lo..hi)
+        .step_by(4096)
+        .map(|at| vma.pgoff_of(at))
+        .filter(|&p| p < last)
+        .any(|p| matches!(index.pages.get(p as usize), Some(crate::shm::ShmPage::Frame(_))))
+}
+
+/// The fault-around range of a fault at `va`: 64 KiB aligned down, cut at
+/// the VMA's ends and the PTE table's end.
+fn around_window(vma: &Vma, va: u64) -> (u64, u64) {
+    let window = FAULT_AROUND_PAGES * 4096;
+    let lo = (va & !(window - 1)).max(vma.start);
+    let hi = (lo + window).min(vma.end).min((va & !(PTE_TABLE_SPAN - 1)) + PTE_TABLE_SPAN);
+    (lo, hi)
+}
+
 /// The object's page for the fault at `va` (with a reference for the
-/// caller, as [`crate::shm::ShmObject::get_page_around`]), and for a read fault
-/// (`around`) Linux's `do_fault_around`: the pages of a 64 KiB window
-/// around `va` that are already resident in the object and not yet mapped
-/// here are mapped too. The window starts at `va` aligned down to 64 KiB,
-/// moved up to the VMA's start if that is later, and runs 16 pages from
-/// there, cut at the VMA's end and the PTE table's end (exactly Linux's
-/// `from_pte`/`to_pte`). Pages are mapped clean (not dirty), writable when
-/// the VMA is shared and writable (a private file mapping maps them
-/// read-only: a write copies). Visible to users through `phys` and smaps
-/// (mapcount, PSS). One look at the object's index does both: its lock
-/// nests inside the page-table lock.
+/// caller, as [`crate::shm::ShmObject::get_page_around`]), and for a read
+/// fault (`around`) Linux's `do_fault_around` first: the pages of a 64 KiB
+/// window around `va` that are already resident in the object and not yet
+/// mapped here are mapped too, also when the fault itself then fails (past
+/// the end of a file: `do_read_fault` maps around before it looks at the
+/// page). The window starts at `va` aligned down to 64 KiB, moved up to the
+/// VMA's start if that is later, and runs 16 pages from there, cut at the
+/// VMA's end and the PTE table's end (exactly Linux's `from_pte`/`to_pte`).
+/// Pages are mapped clean (not dirty), writable when the VMA is shared and
+/// writable but for a host file's (write-notified; a private file mapping
+/// maps them read-only: a write copies). Visible to users through `phys`
+/// and smaps (mapcount, PSS). One look at the object's index does both: its
+/// lock nests inside the page-table lock.
 fn get_page_around(
     vma: &Vma,
     obj: &crate::shm::ShmObject,
@@ -461,11 +517,10 @@ fn get_page_around(
     va: u64,
     around: bool,
 ) -> Result<FrameId> {
-    let window = FAULT_AROUND_PAGES * 4096;
-    let lo = (va & !(window - 1)).max(vma.start);
-    let hi = if around { (lo + window).min(vma.end).min(g.base() + PTE_TABLE_SPAN) } else { lo };
+    let (lo, hi) = around_window(vma, va);
+    let hi = if around { hi } else { lo };
     let shared = matches!(vma.backing, Backing::Shm(_));
-    let bits = if shared && vma.prot.writable() { Pte::WRITE } else { 0 };
+    let bits = if shared && vma.prot.writable() && !vma.writenotify() { Pte::WRITE } else { 0 };
     let first = vma.pgoff_of(lo);
     let addr = |pgoff: u64| lo + ((pgoff - first) << 12);
     let mut found = [(0u64, FrameId(0)); FAULT_AROUND_PAGES as usize];
@@ -479,11 +534,11 @@ fn get_page_around(
             found[n] = (addr(pgoff), f);
             n += 1;
         },
-    )?;
+    );
     for &(at, f) in &found[..n] {
         install(g, at, f, bits);
     }
-    Ok(f)
+    f
 }
 
 /// Write to a present, write-protected private page (or an unshare of

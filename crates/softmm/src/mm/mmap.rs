@@ -234,7 +234,7 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
     }
     // The VMAs first, remembering the pieces whose entries change; then
     // the entries, in one change of the space.
-    let mut pieces: Few<(u64, u64, bool)> = Few::default();
+    let mut pieces: Few<(u64, u64, bool, bool)> = Few::default();
     let mut tmp = addr;
     let mut result = Ok(());
     // PROT_EXEC lives in the VMA alone (entries carry no NX bit), but an
@@ -265,7 +265,8 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
                 piece.prot = prot;
                 piece.account = new_account;
             }
-            pieces.push((tmp, hi, v_kind_at(&st, tmp) == Some(MapKind::Shared)));
+            let notify = st.vmas.find(tmp).is_some_and(|v| v.writenotify());
+            pieces.push((tmp, hi, v_kind_at(&st, tmp) == Some(MapKind::Shared), notify));
         }
         tmp = hi;
         if hi < end && st.vmas.find(hi).is_none_or(|n| n.start != hi) {
@@ -280,8 +281,8 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
             change.need_flush();
         }
         if let Some(pt) = st.pt.as_ref() {
-            for &(lo, hi, shared) in pieces.iter() {
-                change.protect(pt, lo, hi, prot, shared);
+            for &(lo, hi, shared, notify) in pieces.iter() {
+                change.protect(pt, lo, hi, prot, shared, notify);
             }
         }
         // As before the change type: every page of the range is looked at.

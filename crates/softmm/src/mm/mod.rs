@@ -98,6 +98,7 @@ pub use args::{Advice, MapFlags, Placement, RemapFlags};
 pub(crate) use change::{Change, ChangeBatch};
 pub(crate) use fault::Access;
 pub use mlock::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
+pub(crate) use mmap::unshare_range;
 pub use msync::{MS_ASYNC, MS_INVALIDATE, MS_SYNC};
 pub use pin::PinnedPages;
 pub use snapshot::Snapshot;

@@ -100,15 +100,18 @@ pub(super) fn unmap_everywhere(
 
 /// Write page `pgoff` (frame `f`, referenced by the caller) of a host file
 /// back if it is dirty, Linux's `folio_clear_dirty_for_io` then write:
-/// every entry mapping it loses its dirty bit (shot down, so no software
-/// TLB keeps writing unseen), which the page takes over first.
+/// every entry mapping it loses its dirty and write bits (Linux's
+/// `page_mkclean`; shot down, so no software TLB keeps writing unseen), so
+/// the next write faults and dirties the page again; the page takes the
+/// entries' dirty bits over first.
 pub(crate) fn write_back_page(m: &MachineInner, obj: &Arc<ShmObject>, f: FrameId, pgoff: u64) -> Result<()> {
     let meta = m.arena.meta(f);
     // Swap-out and migration of the page hold its lock.
     while !meta.try_lock() {
         meta.wait_unlocked();
     }
-    let (_, _, dirty) = edit_everywhere(m, obj, f, pgoff, false, Event::Protection, |p| p.without(Pte::DIRTY));
+    let (_, _, dirty) =
+        edit_everywhere(m, obj, f, pgoff, false, Event::Protection, |p| p.without(Pte::DIRTY).without(Pte::WRITE));
     if dirty {
         meta.set_flags(flags::DIRTY);
     }

@@ -69,6 +69,12 @@ impl ShmObject {
         let tail = (end & 0xfff) as usize;
         if let (true, Some(&ShmPage::Frame(f))) = (tail != 0, index.pages.get((end >> 12) as usize)) {
             self.arena.fill(f, tail, PAGE_SIZE - tail, 0);
+            // The file system zeroes the block through the page cache
+            // (ext4's ext4_block_truncate_page), which dirties the page
+            // unless the block is a hole on disk (then nothing is written).
+            if self.store.is_host() && self.store.has_data(end >> 12) {
+                self.arena.meta(f).set_flags(flags::DIRTY);
+            }
         }
     }
 
@@ -77,6 +83,12 @@ impl ShmObject {
     pub(crate) fn load_last_page(&self, new_size: u64) -> Result<()> {
         let old = self.size();
         if new_size > old && old & 0xfff != 0 {
+            // A host file's hole needs no zeroing, and ext4 reads nothing
+            // in for it: the page stays out of the cache.
+            let cached = matches!(self.index.lock().pages.get((old >> 12) as usize), Some(ShmPage::Frame(_)));
+            if self.store.is_host() && !cached && !self.store.has_data(old >> 12) {
+                return Ok(());
+            }
             if let Some(f) = self.page_for_io(old >> 12, false)? {
                 self.arena.put(f);
             }

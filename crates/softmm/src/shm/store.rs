@@ -54,6 +54,17 @@ impl Store {
         file.write_all_at(data, off).map_err(|e| self.io_error("writing", off, &e))
     }
 
+    /// Whether the host file holds data in page `pgoff`, not a hole
+    /// (`SEEK_DATA`; a file system that cannot tell counts as data).
+    pub(crate) fn has_data(&self, pgoff: u64) -> bool {
+        let Store::Host { file, .. } = self else { return false };
+        let off = pgoff << 12;
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(off)) {
+            Ok(next) => next < off + PAGE_SIZE as u64,
+            Err(e) => e != rustix::io::Errno::NXIO,
+        }
+    }
+
     /// Set the host file's length (nothing for memory).
     pub(crate) fn set_len(&self, size: u64) -> Result<()> {
         let Store::Host { file, .. } = self else { return Ok(()) };
