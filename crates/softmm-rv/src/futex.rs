@@ -3,10 +3,10 @@
 //! process that ends, or a signal, interrupts them (PI locks wait in
 //! slices instead: see `futex_lock_pi`).
 
-use crate::errno::{EINTR, EINVAL, ESRCH};
+use crate::errno::{EFAULT, EINTR, EINVAL, ESRCH};
 use crate::hart::Hart;
 use crate::syscall::{absolute_deadline, host_clock, read_timespec, Kernel, SysResult};
-use softmm::futex::Timeout;
+use softmm::futex::{FutexWaitv, FutexWaitvCanceller, Timeout};
 use std::time::{Duration, Instant};
 
 const FUTEX_WAIT: u64 = 0;
@@ -200,6 +200,43 @@ impl Kernel {
         let r = waiter.wait(deadline.map(Timeout::At));
         self.ctl.end_wait();
         r.map(|()| 0).map_err(|e| e.errno())
+    }
+
+    /// futex_waitv(waiters, nr, flags, timeout, clockid): wait on up to
+    /// 128 futexes at once; the index of the one woken. The deadline is
+    /// absolute, on CLOCK_MONOTONIC or CLOCK_REALTIME. Linux's order of
+    /// checks: the call's flags and count, the clock and the timeout, then
+    /// each `struct futex_waitv` (softmm checks their fields).
+    pub(crate) fn futex_waitv(&mut self, hart: &mut Hart, a: [u64; 6]) -> SysResult {
+        let [list, nr, flags, timeout, clockid, _] = a;
+        if flags != 0 || nr == 0 || nr > 128 || list == 0 {
+            return Err(EINVAL);
+        }
+        let deadline = if timeout == 0 {
+            None
+        } else {
+            let realtime = match clockid {
+                0 => true,
+                1 => false,
+                _ => return Err(EINVAL),
+            };
+            absolute_deadline(read_timespec(hart, timeout)?, realtime)
+        };
+        let mut waiters = Vec::with_capacity(nr as usize);
+        for i in 0..nr {
+            let at = list.wrapping_add(24 * i);
+            let mut word = |off: u64, size| hart.mem.load(at.wrapping_add(off), size).map_err(|_| EFAULT);
+            let (val, uaddr, fl) = (word(0, 8)?, word(8, 8)?, word(16, 8)?);
+            waiters.push(FutexWaitv { val, uaddr, flags: fl as u32, reserved: (fl >> 32) as u32 });
+        }
+        let cancel = FutexWaitvCanceller::default();
+        let c = cancel.clone();
+        if !self.ctl.begin_wait(Box::new(move || c.cancel())) {
+            cancel.cancel();
+        }
+        let r = self.mm.futex_waitv_cancellable(&waiters, 0, deadline, &cancel);
+        self.ctl.end_wait();
+        r.map(|i| i as u64).map_err(|e| e.errno())
     }
 
     pub(crate) fn nanosleep(&mut self, hart: &mut Hart, req: u64) -> SysResult {

@@ -47,6 +47,7 @@ pub mod nr {
     pub const CLONE3: u64 = 435;
     pub const SET_TID_ADDRESS: u64 = 96;
     pub const FUTEX: u64 = 98;
+    pub const FUTEX_WAITV: u64 = 449;
     pub const SET_ROBUST_LIST: u64 = 99;
     pub const GET_ROBUST_LIST: u64 = 100;
     pub const NANOSLEEP: u64 = 101;
@@ -54,6 +55,10 @@ pub mod nr {
     pub const CLOCK_GETRES: u64 = 114;
     pub const CLOCK_NANOSLEEP: u64 = 115;
     pub const SCHED_YIELD: u64 = 124;
+    pub const SCHED_SETPARAM: u64 = 118;
+    pub const SCHED_SETSCHEDULER: u64 = 119;
+    pub const SCHED_GET_PRIORITY_MAX: u64 = 125;
+    pub const SCHED_GET_PRIORITY_MIN: u64 = 126;
     pub const KILL: u64 = 129;
     pub const TKILL: u64 = 130;
     pub const TGKILL: u64 = 131;
@@ -228,6 +233,11 @@ impl Kernel {
                 std::thread::yield_now();
                 Ok(0)
             }
+            nr::SCHED_GET_PRIORITY_MAX | nr::SCHED_GET_PRIORITY_MIN => {
+                sched_priority_range(a[0]).map(|(lo, hi)| if n == nr::SCHED_GET_PRIORITY_MAX { hi } else { lo })
+            }
+            nr::SCHED_SETSCHEDULER => self.sched_set(hart, a[0], Some(a[1]), a[2]),
+            nr::SCHED_SETPARAM => self.sched_set(hart, a[0], None, a[1]),
             nr::PRLIMIT64 => self.prlimit(hart, a[0], a[1], a[2], a[3]),
             nr::GETRLIMIT => self.prlimit(hart, 0, a[0], 0, a[1]),
             nr::READLINKAT => self.readlinkat(hart, a[1], a[2], a[3]),
@@ -260,6 +270,7 @@ impl Kernel {
             nr::GETGID => Ok(u64::from(rustix::process::getgid().as_raw())),
             nr::GETEGID => Ok(u64::from(rustix::process::getegid().as_raw())),
             nr::FUTEX => self.futex(hart, a),
+            nr::FUTEX_WAITV => self.futex_waitv(hart, a),
             nr::RISCV_FLUSH_ICACHE => {
                 // flags: 0 (all harts) or SYS_RISCV_FLUSH_ICACHE_LOCAL (1);
                 // both drop every hart's decoded instructions.
@@ -443,6 +454,29 @@ impl Kernel {
         Ok(0)
     }
 
+    /// sched_setscheduler(tid, policy, param) / sched_setparam(tid, param):
+    /// checked as Linux checks them (the policy, the priority in its
+    /// range, the thread), then accepted. The machine's threads are host
+    /// threads the host schedules, so a real-time policy or priority
+    /// changes no order here; programs that set one (the PI futex tests
+    /// make their threads SCHED_FIFO) run, without its timing guarantee.
+    fn sched_set(&mut self, hart: &mut Hart, tid: u64, policy: Option<u64>, param: u64) -> SysResult {
+        if tid as i64 > i64::from(i32::MAX) || (tid as i64) < 0 || param == 0 {
+            return Err(EINVAL);
+        }
+        let prio = hart.mem.load(param, 4).map_err(|_| EFAULT)? as i32;
+        if tid != 0 && !self.p.sys.all().iter().any(|q| q.thread(tid).is_some()) {
+            return Err(ESRCH);
+        }
+        // SCHED_RESET_ON_FORK may be or-ed into the policy.
+        let policy = policy.map(|p| p & !SCHED_RESET_ON_FORK).unwrap_or(SCHED_OTHER);
+        let (lo, hi) = sched_priority_range(policy)?;
+        if !(lo as i32..=hi as i32).contains(&prio) {
+            return Err(EINVAL);
+        }
+        Ok(0)
+    }
+
     fn readlinkat(&mut self, hart: &mut Hart, path: u64, buf: u64, size: u64) -> SysResult {
         if size == 0 || size > i32::MAX as u64 {
             return Err(EINVAL);
@@ -455,6 +489,20 @@ impl Kernel {
         let n = exe.len().min(size as usize);
         hart.mem.write_bytes(buf, &exe[..n]).map_err(|_| EFAULT)?;
         Ok(n as u64)
+    }
+}
+
+const SCHED_OTHER: u64 = 0;
+const SCHED_RESET_ON_FORK: u64 = 0x4000_0000;
+
+/// The priorities a scheduling policy takes (Linux's): 1..=99 for
+/// SCHED_FIFO and SCHED_RR, 0 for SCHED_OTHER, SCHED_BATCH, SCHED_IDLE
+/// and SCHED_DEADLINE; any other policy is EINVAL.
+fn sched_priority_range(policy: u64) -> Result<(u64, u64), i32> {
+    match policy {
+        1 | 2 => Ok((1, 99)),
+        0 | 3 | 5 | 6 => Ok((0, 0)),
+        _ => Err(EINVAL),
     }
 }
 
@@ -573,7 +621,7 @@ impl Restart {
                 11 => Some(Restart::NoIntr),
                 _ => None,
             },
-            nr::WAIT4 | nr::WAITID => Some(Restart::Sys),
+            nr::WAIT4 | nr::WAITID | nr::FUTEX_WAITV => Some(Restart::Sys),
             nr::PPOLL | nr::RT_SIGSUSPEND | nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => Some(Restart::NoHand),
             _ => None,
         }
