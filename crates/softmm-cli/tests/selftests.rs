@@ -59,8 +59,6 @@ const DIFFERS: &[(&str, u32, &str)] = &[
     ("futex_wait", 2, SHM),
     ("futex_wait", 3, SHM),
     ("futex_waitv", ANY, SHM),
-    ("futex_requeue", 0, REQUEUE),
-    ("futex_requeue", 1, REQUEUE),
     (
         "mlock2-tests",
         0,
@@ -80,10 +78,6 @@ const ANY: u32 = u32::MAX;
 
 const SHM: &str = "System V shared memory (shmget/shmat) is not in the syscall layer: the program exits at \
                    shmget's ENOSYS before its shared-futex cases";
-
-const REQUEUE: &str = "the waiter FUTEX_CMP_REQUEUE (no wake, one requeue) moved from a futex on the main \
-                       thread's stack is woken at once, so FUTEX_WAKE on the second futex finds none (0, \
-                       Linux 1); the 3-wake/7-requeue case matches (not yet diagnosed)";
 
 /// Programs not run under softmm (natively they still run), and why.
 const NOT_UNDER_SOFTMM: &[(&str, &str)] = &[(

@@ -514,8 +514,13 @@ impl FutexTable {
         {
             let mut pair = self.lock_pair(i1, i2);
             check()?;
-            take_matching(pair.get(i1), k1, u32::MAX, n_wake, &mut woken, |_, _| false);
-            self.buckets[i1].waiters.fetch_sub(woken.len(), Ordering::SeqCst);
+            // Unlike FUTEX_WAKE's count, which wakes one even when 0,
+            // Linux's futex_requeue wakes exactly `n_wake` (`++task_count
+            // <= nr_wake`): a requeue without a wake only moves waiters.
+            if n_wake > 0 {
+                take_matching(pair.get(i1), k1, u32::MAX, n_wake, &mut woken, |_, _| false);
+                self.buckets[i1].waiters.fetch_sub(woken.len(), Ordering::SeqCst);
+            }
             if n_requeue > 0 && k1 != k2 {
                 let src = pair.get(i1);
                 let mut take = Vec::new();

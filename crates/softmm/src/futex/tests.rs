@@ -116,10 +116,11 @@ fn requeue_and_cmp_requeue() {
         let mm = space(&m, MapKind::Private);
         let ws: Vec<_> = (0..5).map(|_| mm.futex_wait_start(A, 0, BITSET_MATCH_ANY).unwrap()).collect();
         assert_eq!(mm.futex_cmp_requeue(A, 1, 2, A + 64, 0).unwrap(), 3);
-        assert_eq!(mm.futex_requeue(A, 0, 10, A + 128).unwrap(), 1 + 1);
+        // No wake at all with n_wake 0 (unlike FUTEX_WAKE's 0): both move.
+        assert_eq!(mm.futex_requeue(A, 0, 10, A + 128).unwrap(), 2);
         audit(&mm);
         assert_eq!(mm.futex_wake(A + 64, 10).unwrap(), 2);
-        assert_eq!(mm.futex_wake(A + 128, 10).unwrap(), 1);
+        assert_eq!(mm.futex_wake(A + 128, 10).unwrap(), 2);
         assert_eq!(mm.futex_wake(A, 10).unwrap(), 0);
         for w in ws {
             assert_eq!(w.wait(None), Ok(()));
