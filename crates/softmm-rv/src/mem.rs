@@ -9,9 +9,11 @@ use softmm::{Accessor, Error, GuestWords, SegvKind};
 pub enum FaultKind {
     /// SIGSEGV: no mapping (`SEGV_MAPERR`) or not permitted (`SEGV_ACCERR`).
     Segv(SegvKind),
-    /// SIGBUS: a misaligned atomic, or a page that could not be read back
-    /// (swap I/O error).
+    /// SIGBUS `BUS_ADRERR`: a page wholly past the end of its file (or
+    /// memfd), or one that could not be read back (swap I/O error).
     Bus,
+    /// SIGBUS `BUS_ADRALN`: a misaligned atomic (LR/SC or AMO).
+    Misaligned,
     /// No frame left for the page: Linux's OOM killer would end the
     /// process (SIGKILL).
     OutOfMemory,
@@ -29,7 +31,7 @@ impl GuestFault {
     pub fn signal(&self) -> i32 {
         match self.kind {
             FaultKind::Segv(_) => crate::signal::SIGSEGV,
-            FaultKind::Bus => crate::signal::SIGBUS,
+            FaultKind::Bus | FaultKind::Misaligned => crate::signal::SIGBUS,
             FaultKind::OutOfMemory => crate::signal::SIGKILL,
         }
     }
@@ -40,6 +42,7 @@ impl std::fmt::Display for GuestFault {
         match self.kind {
             FaultKind::Segv(k) => write!(f, "segmentation fault at {:#x} ({k})", self.addr),
             FaultKind::Bus => write!(f, "bus error at {:#x}", self.addr),
+            FaultKind::Misaligned => write!(f, "misaligned atomic at {:#x}", self.addr),
             FaultKind::OutOfMemory => write!(f, "out of memory at {:#x}", self.addr),
         }
     }
@@ -136,7 +139,7 @@ impl Memory {
     /// Linux sends SIGBUS for a misaligned AMO or LR/SC.
     fn aligned(addr: u64, size: u64) -> MemResult<()> {
         if addr % size != 0 {
-            return Err(GuestFault { addr, kind: FaultKind::Bus });
+            return Err(GuestFault { addr, kind: FaultKind::Misaligned });
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ fn lr_sc_and_amos_are_atomic_across_harts() {
 fn misaligned_lr_is_sigbus() {
     let (_machine, mm) = space(&COUNT_LOOP);
     let mut h = hart(&mm, &[(10, DATA + 2), (11, 1)]);
-    assert_eq!(h.run(), Stop::Fault(GuestFault { addr: DATA + 2, kind: FaultKind::Bus }));
+    assert_eq!(h.run(), Stop::Fault(GuestFault { addr: DATA + 2, kind: FaultKind::Misaligned }));
     assert_eq!(h.pc, CODE, "pc stays at the faulting instruction");
 }
 

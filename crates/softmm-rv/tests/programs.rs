@@ -423,6 +423,29 @@ fn mmap_of_files() {
     assert!(stderr.contains("every system call was known"), "{stderr}");
 }
 
+/// Robust and PI mutexes in MAP_SHARED memory between processes: the
+/// owner process exits or is killed holding the lock (also while the
+/// other waits in it), EOWNERDEAD, consistent, ENOTRECOVERABLE, a PI
+/// counter across processes. Not compared with qemu-riscv64, which keeps
+/// no robust lists (its locks time out).
+#[test]
+fn process_shared_robust_and_pi_mutexes() {
+    let stderr = same_as_native("pshared", &[]);
+    assert!(stderr.contains("every system call was known"), "{stderr}");
+}
+
+/// ftruncate down under live file mappings: SIGBUS with BUS_ADRERR and
+/// si_addr past the new end (shared pages, a forked child's, a private
+/// mapping's unwritten pages), zeros past the end of the partial page,
+/// growth back to zeros; msync; a memfd shared by a parent and its forked
+/// children, truncated too; msync's errors.
+#[test]
+fn truncation_under_mappings_and_memfd() {
+    let dir = scratch("rv-truncate");
+    let stderr = same_as_native("truncate", &[&dir]);
+    assert!(stderr.contains("every system call was known"), "{stderr}");
+}
+
 /// Every program, the riscv64 build, under softmm-rv and under
 /// qemu-riscv64: the same stdout and status.
 #[test]
