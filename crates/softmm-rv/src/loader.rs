@@ -4,7 +4,7 @@
 //! riscv64 (no randomisation: the stack top and the static-PIE base are
 //! fixed, only the AT_RANDOM bytes are random).
 
-use crate::elf::{Elf, ElfError, Phdr, ET_DYN, PF_W, PHENT, PT_PHDR};
+use crate::elf::{Elf, ElfError, Phdr, ET_DYN, PF_R, PF_W, PF_X, PHENT, PT_PHDR};
 use softmm::{MapKind, Mm, Placement, Prot, PAGE_SIZE};
 use thiserror::Error;
 
@@ -91,15 +91,18 @@ fn page_up(x: u64) -> Option<u64> {
 }
 
 fn prot_of(p: &Phdr) -> Prot {
-    // Execute-only and read both become readable: softmm fetches through
-    // reads until it has an execute permission.
-    if p.flags & PF_W != 0 {
-        Prot::RW
-    } else if p.flags & 7 != 0 {
-        Prot::READ
-    } else {
-        Prot::NONE
+    // Execute-only becomes readable too, as PROT_EXEC alone does in mmap.
+    let mut prot = Prot::NONE;
+    if p.flags & (PF_R | PF_X) != 0 {
+        prot = prot.union(Prot::READ);
     }
+    if p.flags & PF_W != 0 {
+        prot = prot.union(Prot::RW);
+    }
+    if p.flags & PF_X != 0 {
+        prot = prot.union(Prot::EXEC);
+    }
+    prot
 }
 
 /// The load bias: 0 for ET_EXEC; for ET_DYN, ET_DYN_BASE aligned to the

@@ -80,24 +80,23 @@ impl Memory {
         &mut self.acc
     }
 
-    /// Instruction fetch: the 32-bit word at `pc`, or only its low 16 bits
-    /// when they are a compressed instruction (so a 2-byte instruction at
-    /// the end of the last mapped page does not fault). softmm has no
-    /// execute permission yet, so this is a read access; this is the one
-    /// place to switch when an instruction-fetch access kind exists.
+    /// Instruction fetch (an execute access: a page without PROT_EXEC
+    /// faults with SEGV_ACCERR): the 32-bit word at `pc`, or only its low
+    /// 16 bits when they are a compressed instruction (so a 2-byte
+    /// instruction at the end of the last executable page does not fault).
     #[inline]
     pub fn fetch(&mut self, pc: u64) -> MemResult<u32> {
         if pc % 4 == 0 {
             // An aligned word never crosses a page: one access.
-            let w = self.acc.load_word::<u32>(pc).map_err(|e| fault(pc, e))?;
+            let w = self.acc.fetch_u32(pc).map_err(|e| fault(pc, e))?;
             return Ok(if w & 3 == 3 { w } else { w & 0xffff });
         }
-        let lo = u32::from(self.acc.load_word::<u16>(pc).map_err(|e| fault(pc, e))?);
+        let lo = u32::from(self.acc.fetch_u16(pc).map_err(|e| fault(pc, e))?);
         if lo & 3 != 3 {
             return Ok(lo);
         }
         let pc2 = pc.wrapping_add(2);
-        let hi = u32::from(self.acc.load_word::<u16>(pc2).map_err(|e| fault(pc2, e))?);
+        let hi = u32::from(self.acc.fetch_u16(pc2).map_err(|e| fault(pc2, e))?);
         Ok(lo | (hi << 16))
     }
 

@@ -462,14 +462,20 @@ fn prot(bits: u64) -> Result<Prot, i32> {
     if bits & !PROT_MASK != 0 {
         return Err(EINVAL);
     }
-    // PROT_EXEC alone still needs reads: softmm fetches through reads.
-    Ok(if bits & 2 != 0 {
-        Prot::RW
-    } else if bits & 5 != 0 {
-        Prot::READ
-    } else {
-        Prot::NONE
-    })
+    // As on riscv64 Linux, a write-only or execute-only page is readable
+    // too (the hardware has no write-only pages; PROT_EXEC alone is
+    // mapped readable).
+    let mut prot = Prot::NONE;
+    if bits & 7 != 0 {
+        prot = prot.union(Prot::READ);
+    }
+    if bits & 2 != 0 {
+        prot = prot.union(Prot::RW);
+    }
+    if bits & 4 != 0 {
+        prot = prot.union(Prot::EXEC);
+    }
+    Ok(prot)
 }
 
 pub(crate) fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {
