@@ -179,7 +179,8 @@ fn phdr_addr(elf: &Elf, bias: u64) -> Option<u64> {
 /// Lay out strings, AT_RANDOM, auxv, envp, argv and argc from the top of
 /// a fresh stack mapping down; returns sp.
 fn build_stack(mm: &Mm, elf: &Elf, info: &StartInfo<'_>, phdr: u64, entry: u64) -> Result<u64, LoadError> {
-    mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, Prot::RW, MapKind::Private, Placement::Fixed)?;
+    let prot = if elf.executable_stack() { Prot::RWX } else { Prot::RW };
+    mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, prot, MapKind::Private, Placement::Fixed)?;
     // Strings, ascending: argv, envp, execfn; then the 8-byte NUL word at
     // the very top (Linux's `bprm->p = vm_end - sizeof(void *)`).
     let strings: Vec<&[u8]> =

@@ -462,6 +462,13 @@ fn mmap_of_files() {
     assert!(stderr.contains("every system call was known"), "{stderr}");
 }
 
+/// A program whose PT_GNU_STACK asks for an executable stack (a GCC
+/// nested function called through a trampoline on the stack) runs.
+#[test]
+fn executable_stack_when_the_program_asks() {
+    same_as_native("execstack", &[]);
+}
+
 /// Robust and PI mutexes in MAP_SHARED memory between processes: the
 /// owner process exits or is killed holding the lock (also while the
 /// other waits in it), EOWNERDEAD, consistent, ENOTRECOVERABLE, a PI
