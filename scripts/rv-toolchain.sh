@@ -3,7 +3,27 @@
 # with its static glibc (gcc-riscv64-linux-gnu, libc6-dev-riscv64-cross) and
 # qemu-user (qemu-riscv64, the second opinion). Idempotent: with both
 # riscv64-linux-gnu-gcc and qemu-riscv64 present it does nothing.
+#
+#   scripts/rv-toolchain.sh [--musl PREFIX]
+#
+# With --musl it then builds riscv64 musl into PREFIX (scripts/rv-musl.sh;
+# the tests run that script themselves, into the target directory).
 set -euo pipefail
+
+musl_prefix=""
+if [ "${1:-}" = "--musl" ]; then
+    if [ -z "${2:-}" ]; then
+        echo "usage: $0 [--musl PREFIX]" >&2
+        exit 2
+    fi
+    musl_prefix="$2"
+fi
+here="$(cd "$(dirname "$0")" && pwd)"
+musl() {
+    if [ -n "$musl_prefix" ]; then
+        bash "$here/rv-musl.sh" "$musl_prefix"
+    fi
+}
 
 missing=()
 command -v riscv64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-riscv64-linux-gnu libc6-dev-riscv64-cross)
@@ -11,6 +31,7 @@ command -v qemu-riscv64 >/dev/null 2>&1 || missing+=(qemu-user)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "rv-toolchain: riscv64-linux-gnu-gcc and qemu-riscv64 are installed"
+    musl
     exit 0
 fi
 
@@ -41,3 +62,4 @@ for tool in riscv64-linux-gnu-gcc qemu-riscv64; do
     fi
 done
 echo "rv-toolchain: installed ${missing[*]}"
+musl

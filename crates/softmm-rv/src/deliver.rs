@@ -101,9 +101,7 @@ pub fn fault_info(f: &GuestFault) -> SigInfo {
     let code = match f.kind {
         FaultKind::Segv(SegvKind::AccErr) => SEGV_ACCERR,
         FaultKind::Segv(_) => SEGV_MAPERR,
-        // A misaligned atomic (its size is not kept: any address not
-        // 8-aligned counts) or a page that could not be read back.
-        FaultKind::Bus if f.addr % 8 != 0 => BUS_ADRALN,
+        FaultKind::Misaligned => BUS_ADRALN,
         FaultKind::Bus => BUS_ADRERR,
         FaultKind::OutOfMemory => 0,
     };

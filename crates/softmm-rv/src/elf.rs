@@ -30,7 +30,7 @@ pub enum ElfError {
     NoSegments,
 }
 
-pub use object::elf::{EM_RISCV, ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, PT_PHDR};
+pub use object::elf::{EM_RISCV, ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_INTERP, PT_LOAD, PT_PHDR};
 
 /// Size of one program header entry.
 pub const PHENT: u16 = 56;
@@ -106,6 +106,12 @@ impl Elf {
     /// The loadable segments, in file order.
     pub fn loads(&self) -> impl Iterator<Item = &Phdr> {
         self.phdrs.iter().filter(|p| p.p_type == PT_LOAD)
+    }
+
+    /// Whether PT_GNU_STACK asks for an executable stack. Without the
+    /// header the stack is not executable, as riscv64 Linux decides.
+    pub fn executable_stack(&self) -> bool {
+        self.phdrs.iter().any(|p| p.p_type == PT_GNU_STACK && p.flags & PF_X != 0)
     }
 }
 

@@ -4,7 +4,7 @@
 //! riscv64 (no randomisation: the stack top and the static-PIE base are
 //! fixed, only the AT_RANDOM bytes are random).
 
-use crate::elf::{Elf, ElfError, Phdr, ET_DYN, PF_W, PHENT, PT_PHDR};
+use crate::elf::{Elf, ElfError, Phdr, ET_DYN, PF_R, PF_W, PF_X, PHENT, PT_PHDR};
 use softmm::{MapKind, Mm, Placement, Prot, PAGE_SIZE};
 use thiserror::Error;
 
@@ -91,15 +91,18 @@ fn page_up(x: u64) -> Option<u64> {
 }
 
 fn prot_of(p: &Phdr) -> Prot {
-    // Execute-only and read both become readable: softmm fetches through
-    // reads until it has an execute permission.
-    if p.flags & PF_W != 0 {
-        Prot::RW
-    } else if p.flags & 7 != 0 {
-        Prot::READ
-    } else {
-        Prot::NONE
+    // Execute-only becomes readable too, as PROT_EXEC alone does in mmap.
+    let mut prot = Prot::NONE;
+    if p.flags & (PF_R | PF_X) != 0 {
+        prot = prot.union(Prot::READ);
     }
+    if p.flags & PF_W != 0 {
+        prot = prot.union(Prot::RW);
+    }
+    if p.flags & PF_X != 0 {
+        prot = prot.union(Prot::EXEC);
+    }
+    prot
 }
 
 /// The load bias: 0 for ET_EXEC; for ET_DYN, ET_DYN_BASE aligned to the
@@ -176,7 +179,8 @@ fn phdr_addr(elf: &Elf, bias: u64) -> Option<u64> {
 /// Lay out strings, AT_RANDOM, auxv, envp, argv and argc from the top of
 /// a fresh stack mapping down; returns sp.
 fn build_stack(mm: &Mm, elf: &Elf, info: &StartInfo<'_>, phdr: u64, entry: u64) -> Result<u64, LoadError> {
-    mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, Prot::RW, MapKind::Private, Placement::Fixed)?;
+    let prot = if elf.executable_stack() { Prot::RWX } else { Prot::RW };
+    mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, prot, MapKind::Private, Placement::Fixed)?;
     // Strings, ascending: argv, envp, execfn; then the 8-byte NUL word at
     // the very top (Linux's `bprm->p = vm_end - sizeof(void *)`).
     let strings: Vec<&[u8]> =

@@ -118,7 +118,7 @@ impl Kernel {
             return Err(ENODEV);
         }
         let mode = rustix::fs::fcntl_getfl(h).map_err(|e| e.raw_os_error())? & rustix::fs::OFlags::RWMODE;
-        let writes = prot == Prot::RW;
+        let writes = prot.writable();
         if mode == rustix::fs::OFlags::WRONLY || (kind == MapKind::Shared && writes && mode != rustix::fs::OFlags::RDWR)
         {
             return Err(EACCES);

@@ -9,9 +9,11 @@ use softmm::{Accessor, Error, GuestWords, SegvKind};
 pub enum FaultKind {
     /// SIGSEGV: no mapping (`SEGV_MAPERR`) or not permitted (`SEGV_ACCERR`).
     Segv(SegvKind),
-    /// SIGBUS: a misaligned atomic, or a page that could not be read back
-    /// (swap I/O error).
+    /// SIGBUS `BUS_ADRERR`: a page wholly past the end of its file (or
+    /// memfd), or one that could not be read back (swap I/O error).
     Bus,
+    /// SIGBUS `BUS_ADRALN`: a misaligned atomic (LR/SC or AMO).
+    Misaligned,
     /// No frame left for the page: Linux's OOM killer would end the
     /// process (SIGKILL).
     OutOfMemory,
@@ -29,7 +31,7 @@ impl GuestFault {
     pub fn signal(&self) -> i32 {
         match self.kind {
             FaultKind::Segv(_) => crate::signal::SIGSEGV,
-            FaultKind::Bus => crate::signal::SIGBUS,
+            FaultKind::Bus | FaultKind::Misaligned => crate::signal::SIGBUS,
             FaultKind::OutOfMemory => crate::signal::SIGKILL,
         }
     }
@@ -40,6 +42,7 @@ impl std::fmt::Display for GuestFault {
         match self.kind {
             FaultKind::Segv(k) => write!(f, "segmentation fault at {:#x} ({k})", self.addr),
             FaultKind::Bus => write!(f, "bus error at {:#x}", self.addr),
+            FaultKind::Misaligned => write!(f, "misaligned atomic at {:#x}", self.addr),
             FaultKind::OutOfMemory => write!(f, "out of memory at {:#x}", self.addr),
         }
     }
@@ -77,24 +80,23 @@ impl Memory {
         &mut self.acc
     }
 
-    /// Instruction fetch: the 32-bit word at `pc`, or only its low 16 bits
-    /// when they are a compressed instruction (so a 2-byte instruction at
-    /// the end of the last mapped page does not fault). softmm has no
-    /// execute permission yet, so this is a read access; this is the one
-    /// place to switch when an instruction-fetch access kind exists.
+    /// Instruction fetch (an execute access: a page without PROT_EXEC
+    /// faults with SEGV_ACCERR): the 32-bit word at `pc`, or only its low
+    /// 16 bits when they are a compressed instruction (so a 2-byte
+    /// instruction at the end of the last executable page does not fault).
     #[inline]
     pub fn fetch(&mut self, pc: u64) -> MemResult<u32> {
         if pc % 4 == 0 {
             // An aligned word never crosses a page: one access.
-            let w = self.acc.load_word::<u32>(pc).map_err(|e| fault(pc, e))?;
+            let w = self.acc.fetch_u32(pc).map_err(|e| fault(pc, e))?;
             return Ok(if w & 3 == 3 { w } else { w & 0xffff });
         }
-        let lo = u32::from(self.acc.load_word::<u16>(pc).map_err(|e| fault(pc, e))?);
+        let lo = u32::from(self.acc.fetch_u16(pc).map_err(|e| fault(pc, e))?);
         if lo & 3 != 3 {
             return Ok(lo);
         }
         let pc2 = pc.wrapping_add(2);
-        let hi = u32::from(self.acc.load_word::<u16>(pc2).map_err(|e| fault(pc2, e))?);
+        let hi = u32::from(self.acc.fetch_u16(pc2).map_err(|e| fault(pc2, e))?);
         Ok(lo | (hi << 16))
     }
 
@@ -136,7 +138,7 @@ impl Memory {
     /// Linux sends SIGBUS for a misaligned AMO or LR/SC.
     fn aligned(addr: u64, size: u64) -> MemResult<()> {
         if addr % size != 0 {
-            return Err(GuestFault { addr, kind: FaultKind::Bus });
+            return Err(GuestFault { addr, kind: FaultKind::Misaligned });
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ pub fn map_trampoline(mm: &Mm) -> softmm::Result<u64> {
     let at = mm.mmap(0, 4096, Prot::RW, MapKind::Private, Placement::Hint)?;
     let code: Vec<u8> = TRAMPOLINE.iter().flat_map(|w| w.to_le_bytes()).collect();
     mm.write(at, &code)?;
-    mm.mprotect(at, 4096, Prot::READ)?;
+    mm.mprotect(at, 4096, Prot::RX)?;
     Ok(at)
 }
 

@@ -88,6 +88,11 @@ pub mod nr {
     pub const FSYNC: u64 = 82;
     pub const FDATASYNC: u64 = 83;
     pub const MADVISE: u64 = 233;
+    pub const MLOCK: u64 = 228;
+    pub const MUNLOCK: u64 = 229;
+    pub const MLOCKALL: u64 = 230;
+    pub const MUNLOCKALL: u64 = 231;
+    pub const MLOCK2: u64 = 284;
     pub const PRLIMIT64: u64 = 261;
     pub const GETRANDOM: u64 = 278;
     pub const RISCV_FLUSH_ICACHE: u64 = 259;
@@ -205,6 +210,17 @@ impl Kernel {
             nr::MREMAP => self.mremap(a[0], a[1], a[2], a[3], a[4]),
             nr::MPROTECT => self.mm.mprotect(a[0], a[1], prot(a[2])?).map(|()| 0).map_err(|e| e.errno()),
             nr::MADVISE => self.madvise(a[0], a[1], a[2]),
+            nr::MLOCK => self.mm.mlock(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MLOCK2 => {
+                let flags = u32::try_from(a[2]).map_err(|_| EINVAL)?;
+                self.mm.mlock2(a[0], a[1], flags).map(|()| 0).map_err(|e| e.errno())
+            }
+            nr::MUNLOCK => self.mm.munlock(a[0], a[1]).map(|()| 0).map_err(|e| e.errno()),
+            nr::MLOCKALL => {
+                let flags = u32::try_from(a[0]).map_err(|_| EINVAL)?;
+                self.mm.mlockall(flags).map(|()| 0).map_err(|e| e.errno())
+            }
+            nr::MUNLOCKALL => self.mm.munlockall().map(|()| 0).map_err(|e| e.errno()),
             nr::SET_TID_ADDRESS => {
                 self.clear_child_tid = a[0];
                 Ok(self.tid)
@@ -510,14 +526,20 @@ fn prot(bits: u64) -> Result<Prot, i32> {
     if bits & !PROT_MASK != 0 {
         return Err(EINVAL);
     }
-    // PROT_EXEC alone still needs reads: softmm fetches through reads.
-    Ok(if bits & 2 != 0 {
-        Prot::RW
-    } else if bits & 5 != 0 {
-        Prot::READ
-    } else {
-        Prot::NONE
-    })
+    // As on riscv64 Linux, a write-only or execute-only page is readable
+    // too (the hardware has no write-only pages; PROT_EXEC alone is
+    // mapped readable).
+    let mut prot = Prot::NONE;
+    if bits & 7 != 0 {
+        prot = prot.union(Prot::READ);
+    }
+    if bits & 2 != 0 {
+        prot = prot.union(Prot::RW);
+    }
+    if bits & 4 != 0 {
+        prot = prot.union(Prot::EXEC);
+    }
+    Ok(prot)
 }
 
 pub(crate) fn read_timespec(hart: &mut Hart, addr: u64) -> Result<Duration, i32> {

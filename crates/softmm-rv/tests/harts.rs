@@ -23,7 +23,7 @@ fn space(code: &[u32]) -> (Machine, Mm) {
     mm.mmap(CODE, 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
     let bytes: Vec<u8> = code.iter().flat_map(|w| w.to_le_bytes()).collect();
     mm.write(CODE, &bytes).unwrap();
-    mm.mprotect(CODE, 4096, Prot::READ).unwrap();
+    mm.mprotect(CODE, 4096, Prot::RX).unwrap();
     mm.mmap(DATA, 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
     (machine, mm)
 }
@@ -62,12 +62,12 @@ fn lr_sc_and_amos_are_atomic_across_harts() {
 fn misaligned_lr_is_sigbus() {
     let (_machine, mm) = space(&COUNT_LOOP);
     let mut h = hart(&mm, &[(10, DATA + 2), (11, 1)]);
-    assert_eq!(h.run(), Stop::Fault(GuestFault { addr: DATA + 2, kind: FaultKind::Bus }));
+    assert_eq!(h.run(), Stop::Fault(GuestFault { addr: DATA + 2, kind: FaultKind::Misaligned }));
     assert_eq!(h.pc, CODE, "pc stays at the faulting instruction");
 }
 
 #[test]
-fn unmapped_and_read_only_accesses_are_sigsegv() {
+fn unmapped_read_only_and_non_executable_accesses_are_sigsegv() {
     let (_machine, mm) = space(&COUNT_LOOP);
     let mut h = hart(&mm, &[(10, 0x5000_0000), (11, 1)]);
     assert_eq!(h.run(), Stop::Fault(GuestFault { addr: 0x5000_0000, kind: FaultKind::Segv(SegvKind::MapErr) }));
@@ -79,6 +79,11 @@ fn unmapped_and_read_only_accesses_are_sigsegv() {
     let mut h = hart(&mm, &[]);
     h.pc = 0x7000_0000;
     assert_eq!(h.run(), Stop::Fault(GuestFault { addr: 0x7000_0000, kind: FaultKind::Segv(SegvKind::MapErr) }));
+    // Jumping to the data page (mapped without PROT_EXEC) faults on the
+    // fetch as an access error.
+    let mut h = hart(&mm, &[]);
+    h.pc = DATA;
+    assert_eq!(h.run(), Stop::Fault(GuestFault { addr: DATA, kind: FaultKind::Segv(SegvKind::AccErr) }));
 }
 
 /// Random instruction words (and random registers) never take the host

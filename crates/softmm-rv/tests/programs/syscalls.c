@@ -56,6 +56,18 @@ int main(void) {
     q = mmap(p + 4096, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     printf("MAP_FIXED in the hole %d\n", q == p + 4096);
     show("madvise(DONTNEED)", madvise(p + 8192, 4096, MADV_DONTNEED));
+    show("mlock", mlock(p + 1, 3 * 4096 - 1));
+    show("munlock", munlock(p, 3 * 4096));
+    show("mlock2(ONFAULT)", mlock2(p, 4096, MLOCK_ONFAULT));
+    show("mlock2(bad flag)", mlock2(p, 4096, 8));
+    char *r = mmap(0, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    munmap(r + 4096, 4096);
+    show("mlock(over a hole)", mlock(r, 2 * 4096));
+    show("mlockall(CURRENT)", mlockall(MCL_CURRENT));
+    show("munlockall", munlockall());
+    show("mlockall(0)", mlockall(0));
+    show("mlockall(ONFAULT alone)", mlockall(MCL_ONFAULT));
+    munmap(r, 4096);
     int *shared = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     shared[3] = 77;
     printf("shared anon %d\n", shared[3]);
