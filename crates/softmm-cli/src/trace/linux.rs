@@ -150,7 +150,12 @@ impl LinuxRunner {
                 self.waiters.retain(|_, b| b != a);
                 Ok(r)
             }
-            Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => Ok("unsupported-on-linux".into()),
+            Op::Pin { .. }
+            | Op::Pinned { .. }
+            | Op::Unpin { .. }
+            | Op::Snapshot { .. }
+            | Op::Restore { .. }
+            | Op::Dirty { .. } => Ok("unsupported-on-linux".into()),
             Op::FutexWait { a, w, .. } => {
                 if !self.procs.contains_key(a) {
                     return Err(format!("no address space named `{a}` (never created, or exited)"));

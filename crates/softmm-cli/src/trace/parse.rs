@@ -1,6 +1,6 @@
 //! Parsing of the trace format (`../shared/TRACE.md`: version 1, and of
-//! version 2 the `x` protections, `maps`, `mlock`, `munlock`, `locked` and
-//! `mremap`).
+//! version 2 the `x` protections, `maps`, `mlock`, `munlock`, `locked`,
+//! `mremap`, and the softmm-only `snapshot`, `restore` and `dirty`).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
 //! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
@@ -70,29 +70,133 @@ pub enum TKind {
 /// the trace named), `Mlock`, `Munlock` and `Locked` (smaps' `Locked:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    New { a: String },
-    Mmap { a: String, addr: u64, len: u64, prot: TProt, kind: TKind },
-    Munmap { a: String, addr: u64, len: u64 },
-    Mprotect { a: String, addr: u64, len: u64, prot: TProt },
-    Madvise { a: String, addr: u64, len: u64, advice: softmm::Advice },
-    Mremap { a: String, old: u64, old_len: u64, new_len: u64, flags: RemapArgs },
-    Fork { a: String, b: String },
-    Exit { a: String },
-    Write { a: String, addr: u64, bytes: Vec<u8> },
-    Fill { a: String, addr: u64, len: u64, byte: u8 },
-    Read { a: String, addr: u64, len: u64 },
-    Phys { a: String, addr: u64 },
-    Smaps { a: String, addr: u64 },
-    FutexWait { a: String, addr: u64, val: u32, w: String },
-    FutexWake { a: String, addr: u64, n: u32 },
-    Waiter { w: String },
-    Pin { a: String, addr: u64, len: u64, p: String },
-    Pinned { p: String, addr: u64, len: u64 },
-    Unpin { p: String },
-    Maps { a: String },
-    Mlock { a: String, addr: u64, len: u64 },
-    Munlock { a: String, addr: u64, len: u64 },
-    Locked { a: String, addr: u64 },
+    New {
+        a: String,
+    },
+    Mmap {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+        kind: TKind,
+    },
+    Munmap {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        a: String,
+        addr: u64,
+        len: u64,
+        prot: TProt,
+    },
+    Madvise {
+        a: String,
+        addr: u64,
+        len: u64,
+        advice: softmm::Advice,
+    },
+    Mremap {
+        a: String,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapArgs,
+    },
+    Fork {
+        a: String,
+        b: String,
+    },
+    Exit {
+        a: String,
+    },
+    Write {
+        a: String,
+        addr: u64,
+        bytes: Vec<u8>,
+    },
+    Fill {
+        a: String,
+        addr: u64,
+        len: u64,
+        byte: u8,
+    },
+    Read {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Phys {
+        a: String,
+        addr: u64,
+    },
+    Smaps {
+        a: String,
+        addr: u64,
+    },
+    FutexWait {
+        a: String,
+        addr: u64,
+        val: u32,
+        w: String,
+    },
+    FutexWake {
+        a: String,
+        addr: u64,
+        n: u32,
+    },
+    Waiter {
+        w: String,
+    },
+    Pin {
+        a: String,
+        addr: u64,
+        len: u64,
+        p: String,
+    },
+    Pinned {
+        p: String,
+        addr: u64,
+        len: u64,
+    },
+    Unpin {
+        p: String,
+    },
+    Maps {
+        a: String,
+    },
+    Mlock {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Munlock {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
+    Locked {
+        a: String,
+        addr: u64,
+    },
+    /// softmm-only: take snapshot S of A (`Mm::snapshot`).
+    Snapshot {
+        a: String,
+        s: String,
+    },
+    /// softmm-only: bring A back to snapshot S (`Mm::restore`).
+    Restore {
+        a: String,
+        s: String,
+    },
+    /// softmm-only: the pages of the range changed since A's latest
+    /// snapshot was taken or restored (`Mm::dirty_pages`).
+    Dirty {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
 }
 
 impl Op {
@@ -120,14 +224,26 @@ impl Op {
             | Op::Maps { a }
             | Op::Mlock { a, .. }
             | Op::Munlock { a, .. }
-            | Op::Locked { a, .. } => Some(a),
+            | Op::Locked { a, .. }
+            | Op::Snapshot { a, .. }
+            | Op::Restore { a, .. }
+            | Op::Dirty { a, .. } => Some(a),
             Op::Waiter { .. } | Op::Pinned { .. } | Op::Unpin { .. } => None,
         }
     }
 
-    /// Whether real Linux can run this operation (pins are softmm-only).
+    /// Whether real Linux can run this operation (pins and snapshots are
+    /// softmm-only).
     pub fn linux_can_run(&self) -> bool {
-        !matches!(self, Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. })
+        !matches!(
+            self,
+            Op::Pin { .. }
+                | Op::Pinned { .. }
+                | Op::Unpin { .. }
+                | Op::Snapshot { .. }
+                | Op::Restore { .. }
+                | Op::Dirty { .. }
+        )
     }
 }
 
@@ -184,6 +300,9 @@ impl fmt::Display for Op {
             Op::Mlock { a, addr, len } => write!(f, "mlock {a} {addr:#x} {len:#x}"),
             Op::Munlock { a, addr, len } => write!(f, "munlock {a} {addr:#x} {len:#x}"),
             Op::Locked { a, addr } => write!(f, "locked {a} {addr:#x}"),
+            Op::Snapshot { a, s } => write!(f, "snapshot {a} as {s}"),
+            Op::Restore { a, s } => write!(f, "restore {a} {s}"),
+            Op::Dirty { a, addr, len } => write!(f, "dirty {a} {addr:#x} {len:#x}"),
         }
     }
 }
@@ -340,6 +459,13 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         "mlock" => Op::Mlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         "munlock" => Op::Munlock { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         "locked" => Op::Locked { a: t.name()?, addr: t.num("address")? },
+        "snapshot" => {
+            let a = t.name()?;
+            t.keyword("as")?;
+            Op::Snapshot { a, s: t.name()? }
+        }
+        "restore" => Op::Restore { a: t.name()?, s: t.name()? },
+        "dirty" => Op::Dirty { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
@@ -675,6 +801,9 @@ mod tests {
             "read P 0x1000 5 extra",
             "fill P 0x1000 10 abc",
             "futex_wait P 0x1000 1 W",
+            "snapshot P S",
+            "restore P",
+            "dirty P 0x1000",
             "mmap P 0x1000 99999999999999999999G rw private",
         ] {
             let e = parse_trace(&format!("new P\n{bad}\n")).unwrap_err();
@@ -688,7 +817,8 @@ mod tests {
         let t = "new P\nmmap P 0x10000000 64K rw private\nwrite P 0x10000000 \"hi\"\nfork P C\nfill C 4096 3 ab\n\
                  munmap P 4096 4096\nmprotect P 4096 4096 -\nmadvise P 0 4096 dontneed\nread P 1 2\nphys P 3\n\
                  smaps P 4\nfutex_wait P 8 1 as W\nfutex_wake P 8 1\nwaiter W\npin P 0 4096 as Q\n\
-                 pinned Q 0 8\nunpin Q\nmremap P 0 4K 8K\nmremap P 0 4K 4K maymove fixed 0x2000 dontunmap\n\
+                 pinned Q 0 8\nunpin Q\nsnapshot P as S\nrestore P S\ndirty P 0 8K\n\
+                 mremap P 0 4K 8K\nmremap P 0 4K 4K maymove fixed 0x2000 dontunmap\n\
                  mremap P 0 4K 4K fixed 8192\nmremap P 0 0 4K dontunmap\nexit C\n";
         for l in parse_trace(t).unwrap() {
             let again = parse_line(&l.op.to_string()).unwrap().unwrap();
