@@ -333,6 +333,22 @@ impl SoftmmRunner {
         })
     }
 
+    /// The ranges the trace named in space `a` (none for an unknown name).
+    pub fn named_ranges(&self, a: &str) -> Vec<(u64, u64)> {
+        self.named.get(a).map(|n| n.ranges().to_vec()).unwrap_or_default()
+    }
+
+    /// Where each of space `a`'s VMAs starts (none for an unknown name).
+    pub fn vma_starts(&self, a: &str) -> Vec<u64> {
+        self.spaces.get(a).map(|mm| mm.maps().iter().map(|m| m.range.start).collect()).unwrap_or_default()
+    }
+
+    /// Whether `addr` of space `a` is in a shared mapping.
+    pub fn in_shared_vma(&self, a: &str, addr: u64) -> bool {
+        let maps = self.spaces.get(a).map(|mm| mm.maps()).unwrap_or_default();
+        maps.iter().any(|m| m.range.contains(&addr) && m.perms().ends_with('s'))
+    }
+
     /// `maps A`: A's VMAs over the ranges the trace named in A.
     fn maps(&self, a: &str) -> Result<String, Fatal> {
         let entries = self.mm(a)?.maps().into_iter().map(|m| MapsEntry {

@@ -60,6 +60,12 @@ pub enum Profile {
     /// (Shared memory grown past its object faults with SIGBUS, which the
     /// trace format's runners do not compare.)
     Remap,
+    /// softmm only: the api mix (without the advice and locks whose effect a
+    /// fork drops: DONTFORK, WIPEONFORK, mlock) with mremap of the remap mix,
+    /// snapshots, restores and `dirty`; no futex waits (the oracle, a fork
+    /// taken at the snapshot, has no threads). `softmm fuzz` checks each
+    /// restored space against a fork taken at its snapshot.
+    Snapshot,
 }
 
 /// Generate a trace of `ops` operations from `seed` with a profile.
@@ -69,6 +75,8 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
     let mut live: Vec<String> = vec!["A".into()];
     let mut out = vec![Op::New { a: "A".into() }];
     let mut next_name = 1;
+    // The snapshots taken so far and the space each is of.
+    let mut snaps: Vec<(String, String)> = Vec::new();
     // Start with something mapped so most operations do something.
     let first_len = if shape == Profile::Wide { 8 << 20 } else { 64 * 4096 };
     out.push(Op::Mmap { a: "A".into(), addr: BASE, len: first_len, prot: TProt::Rw, kind: TKind::Private });
@@ -88,6 +96,14 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             out.push(remap_op(&mut r, a));
             continue;
         }
+        if shape == Profile::Snapshot && r.chance(15) {
+            out.push(snapshot_op(&mut r, a, &mut snaps));
+            continue;
+        }
+        if shape == Profile::Snapshot && r.chance(8) {
+            out.push(remap_op(&mut r, a));
+            continue;
+        }
         let op = match r.below(100) {
             0..=11 => Op::Mmap {
                 a,
@@ -102,7 +118,11 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             }
             25..=28 => {
                 let (addr, len) = (addr(&mut r, shape), len(&mut r, shape));
-                let advice = if shape == Profile::Api { advice(&mut r) } else { Advice::DontNeed };
+                let advice = match shape {
+                    Profile::Api => advice(&mut r),
+                    Profile::Snapshot => snapshot_advice(&mut r),
+                    _ => Advice::DontNeed,
+                };
                 Op::Madvise { a, addr, len, advice }
             }
             29..=34 if live.len() < 4 => {
@@ -123,6 +143,7 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             65..=79 => Op::Read { a, addr: addr(&mut r, shape) + r.below(4096), len: 1 + r.below(24) },
             80..=89 => Op::Phys { a, addr: addr(&mut r, shape) },
             90..=99 if shape == Profile::Api => api_op(&mut r, a),
+            90..=94 if shape == Profile::Snapshot => Op::Maps { a },
             _ => Op::Smaps { a, addr: addr(&mut r, shape) },
         };
         out.push(op);
@@ -139,6 +160,33 @@ fn api_op(r: &mut Rng, a: String) -> Op {
         6..=7 => Op::Mlock { a, addr: addr(r, shape), len: len(r, shape) },
         8 => Op::Munlock { a, addr: addr(r, shape), len: len(r, shape) },
         _ => Op::Locked { a, addr: addr(r, shape) },
+    }
+}
+
+/// `Snapshot`: take a snapshot of `a`, restore one of `a`'s, or ask
+/// which pages changed since.
+fn snapshot_op(r: &mut Rng, a: String, snaps: &mut Vec<(String, String)>) -> Op {
+    let mine: Vec<&String> = snaps.iter().filter(|(_, of)| *of == a).map(|(s, _)| s).collect();
+    match r.below(10) {
+        4..=7 if !mine.is_empty() => {
+            let s = mine[r.below(mine.len() as u64) as usize].clone();
+            Op::Restore { a, s }
+        }
+        8..=9 => Op::Dirty { a, addr: addr(r, Profile::Snapshot), len: len(r, Profile::Snapshot) },
+        _ => {
+            let s = format!("S{}", snaps.len());
+            snaps.push((s.clone(), a.clone()));
+            Op::Snapshot { a, s }
+        }
+    }
+}
+
+/// `Snapshot`: `advice` but DONTFORK and WIPEONFORK, whose effects a
+/// snapshot keeps and a fork does not.
+fn snapshot_advice(r: &mut Rng) -> Advice {
+    match advice(r) {
+        Advice::DontFork | Advice::WipeOnFork => Advice::DontNeed,
+        a => a,
     }
 }
 
@@ -238,7 +286,7 @@ fn wide_len(r: &mut Rng) -> u64 {
 }
 
 fn prot(r: &mut Rng, shape: Profile) -> TProt {
-    if shape == Profile::Api {
+    if matches!(shape, Profile::Api | Profile::Snapshot) {
         // Never `x` alone: with protection keys Linux makes such memory
         // unreadable, and traces never load from it (TRACE.md, version 2).
         return match r.below(10) {
@@ -295,11 +343,24 @@ pub fn minimize(ops: &[Op], mut fails: impl FnMut(&[Op]) -> bool) -> Vec<Op> {
     }
 }
 
-/// Every name is created before use and not used after its exit.
+/// Every name is created before use and not used after its exit; a
+/// restore names a snapshot taken before it.
 pub fn well_formed(ops: &[Op]) -> bool {
     let mut live: std::collections::HashSet<&str> = Default::default();
+    let mut snaps: std::collections::HashSet<&str> = Default::default();
     for op in ops {
         match op {
+            Op::Snapshot { a, s } => {
+                if !live.contains(a.as_str()) {
+                    return false;
+                }
+                snaps.insert(s);
+            }
+            Op::Restore { a, s } => {
+                if !live.contains(a.as_str()) || !snaps.contains(s.as_str()) {
+                    return false;
+                }
+            }
             Op::New { a } => {
                 if !live.insert(a) {
                     return false;

@@ -8,3 +8,4 @@ pub mod linux;
 pub mod linux_worker;
 pub mod maps;
 pub mod parse;
+pub mod snapcheck;
