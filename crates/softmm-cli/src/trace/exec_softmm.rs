@@ -338,9 +338,9 @@ impl SoftmmRunner {
         self.named.get(a).map(|n| n.ranges().to_vec()).unwrap_or_default()
     }
 
-    /// Where each of space `a`'s VMAs starts (none for an unknown name).
-    pub fn vma_starts(&self, a: &str) -> Vec<u64> {
-        self.spaces.get(a).map(|mm| mm.maps().iter().map(|m| m.range.start).collect()).unwrap_or_default()
+    /// Space `a`'s VMAs as `(start, end)` (none for an unknown name).
+    pub fn vmas(&self, a: &str) -> Vec<(u64, u64)> {
+        self.spaces.get(a).map(|mm| mm.maps().iter().map(|m| (m.range.start, m.range.end)).collect()).unwrap_or_default()
     }
 
     /// Whether `addr` of space `a` is in a shared mapping.
