@@ -402,6 +402,16 @@ fn malformed_line_stops_replay_with_status_2() {
     }
 }
 
+#[test]
+fn restore_of_an_unknown_snapshot_stops_replay_with_status_2() {
+    let trace = TempTrace::new("bad_restore.trace", &format!("{GOOD_PREFIX}restore P S\nread P 0x10000000 2\n"));
+    let o = run(softmm().arg("replay").arg(&trace.path));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(2), "status {}\nstdout:\n{out}stderr:\n{err}", o.status);
+    assert_eq!(out, "ok\nok\nok\n", "the lines before it must have run");
+    assert!(err.contains(":6: no snapshot named `S`"), "stderr should name the line and the snapshot:\n{err}");
+}
+
 fn replay_stdin(input: &str) -> Output {
     let mut child = match softmm()
         .args(["replay", "-"])

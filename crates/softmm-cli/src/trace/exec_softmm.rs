@@ -340,7 +340,10 @@ impl SoftmmRunner {
 
     /// Space `a`'s VMAs as `(start, end)` (none for an unknown name).
     pub fn vmas(&self, a: &str) -> Vec<(u64, u64)> {
-        self.spaces.get(a).map(|mm| mm.maps().iter().map(|m| (m.range.start, m.range.end)).collect()).unwrap_or_default()
+        self.spaces
+            .get(a)
+            .map(|mm| mm.maps().iter().map(|m| (m.range.start, m.range.end)).collect())
+            .unwrap_or_default()
     }
 
     /// Whether `addr` of space `a` is in a shared mapping.
