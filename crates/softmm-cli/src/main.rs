@@ -67,8 +67,9 @@ enum Command {
     Diff(DiffArgs),
     /// Print a random trace.
     Gen(GenArgs),
-    /// Diff many random traces against Linux; print a minimized trace for each
-    /// difference.
+    /// Diff many random traces against Linux (`--profile snapshot`: check each
+    /// restored space against a fork taken at its snapshot, on softmm alone);
+    /// print a minimized trace for each difference.
     Fuzz(FuzzArgs),
     /// Run a static riscv64 Linux program (ELF executable or static-PIE) on
     /// softmm; the status is the program's (128 + signal if a fault ended it).

@@ -8,6 +8,7 @@ use crate::trace::exec_softmm::{Audit, SoftmmOptions, SoftmmRunner};
 use crate::trace::gen::{generate_with, minimize, Profile};
 use crate::trace::linux::LinuxRunner;
 use crate::trace::parse::{parse_line, Line, Op, TraceLines};
+use crate::trace::snapcheck;
 use std::io::{BufRead, Write};
 
 /// Where a replay runs.
@@ -183,6 +184,9 @@ fn numbered(ops: &[Op]) -> Vec<Line> {
 /// all were the same. Seeds do not wrap: a range past `u64::MAX` is refused.
 pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, profile: Profile) -> CliResult<bool> {
     let seeds = seed_range(first_seed, traces)?;
+    if profile == Profile::Snapshot {
+        return fuzz_snapshots(seeds, ops, page_tables);
+    }
     let opts = diff_options(page_tables);
     let (mut ran, mut failures) = (0u64, 0u64);
     let (mut shares, mut copies, mut reuses) = (0, 0, 0);
@@ -211,6 +215,38 @@ pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, p
     emit(&format!(
         "softmm page tables over these traces: {shares} shared at fork, {copies} unshared by copy, {reuses} by reuse\n\
          {ran} traces, {} same, {failures} differ\n",
+        ran - failures
+    ))?;
+    Ok(failures == 0)
+}
+
+/// `softmm fuzz --profile snapshot`: run each trace restored and as forks
+/// (`snapcheck`, no Linux); for each that disagrees, print the seed and a
+/// minimized trace.
+fn fuzz_snapshots(seeds: impl Iterator<Item = u64>, ops: usize, page_tables: PageTables) -> CliResult<bool> {
+    let opts = softmm_options(page_tables, FutexKeys::Physical);
+    let (mut ran, mut failures) = (0u64, 0u64);
+    for seed in seeds {
+        ran += 1;
+        let trace = generate_with(seed, ops, Profile::Snapshot);
+        let found = snapcheck::check(&trace, &opts).map_err(|e| CliError(format!("seed {seed}: {e}")))?;
+        if let Some(m) = found {
+            failures += 1;
+            emit(&format!("seed {seed}: differs at {m}\n"))?;
+            let small = minimize(&trace, |t| matches!(snapcheck::check(t, &opts), Ok(Some(_))));
+            let mut text =
+                format!("minimized trace (softmm gen --seed {seed} --ops {ops} --profile snapshot, shrunk):\n");
+            for op in &small {
+                text.push_str(&format!("    {op}\n"));
+            }
+            if let Ok(Some(m)) = snapcheck::check(&small, &opts) {
+                text.push_str(&format!("  {m}\n"));
+            }
+            emit(&text)?;
+        }
+    }
+    emit(&format!(
+        "each restored space checked against a fork taken at its snapshot\n{ran} traces, {} same, {failures} differ\n",
         ran - failures
     ))?;
     Ok(failures == 0)

@@ -11,6 +11,8 @@
 //! - `pinned/NAME.trace` (pins, which real Linux cannot take from user
 //!   space) replays to `NAME.out` under both fork strategies, and `softmm
 //!   diff` skips it;
+//! - `snapshot/NAME.trace` (snapshots, restores, dirty pages: softmm-only)
+//!   likewise;
 //! - `softmm fuzz` finds no difference in 300 random traces;
 //! - `softmm replay` stops at a malformed line with status 2, and reads
 //!   standard input for `-`.
@@ -55,6 +57,11 @@ fn physical_dir() -> PathBuf {
 /// Traces with pins, which real Linux cannot run from user space.
 fn pinned_dir() -> PathBuf {
     corpus_dir().join("pinned")
+}
+
+/// Traces with snapshots, which real Linux has no call for.
+fn snapshot_dir() -> PathBuf {
+    corpus_dir().join("snapshot")
 }
 
 /// The `*.trace` files directly in `dir`, sorted.
@@ -174,7 +181,8 @@ fn corpus_is_complete_and_documented() {
     let traces = traces_in(&corpus_dir());
     assert!(traces.len() >= MIN_TRACES, "only {} traces in {}", traces.len(), short(&corpus_dir()));
     let mut failures = Vec::new();
-    for t in traces.iter().chain(&traces_in(&physical_dir())).chain(&traces_in(&pinned_dir())) {
+    let softmm_only = [physical_dir(), pinned_dir(), snapshot_dir()].map(|d| traces_in(&d)).concat();
+    for t in traces.iter().chain(&softmm_only) {
         let first = read(t).lines().next().unwrap_or_default().to_string();
         if !first.starts_with("# ") {
             failures.push(format!("{}: does not start with a comment saying what it checks", short(t)));
@@ -246,6 +254,12 @@ fn physical_futex_traces_replay_to_expected_outputs() {
 fn pinned_traces_replay_to_expected_outputs() {
     replay_all(&pinned_dir(), &[], Frames::Exact);
     replay_all(&pinned_dir(), &["--page-tables", "copy"], Frames::Renamed);
+}
+
+#[test]
+fn snapshot_traces_replay_to_expected_outputs() {
+    replay_all(&snapshot_dir(), &[], Frames::Exact);
+    replay_all(&snapshot_dir(), &["--page-tables", "copy"], Frames::Renamed);
 }
 
 #[test]
@@ -387,6 +401,16 @@ fn malformed_line_stops_replay_with_status_2() {
             assert!(!err.contains("panicked"), "{ctx}: panicked:\n{err}");
         }
     }
+}
+
+#[test]
+fn restore_of_an_unknown_snapshot_stops_replay_with_status_2() {
+    let trace = TempTrace::new("bad_restore.trace", &format!("{GOOD_PREFIX}restore P S\nread P 0x10000000 2\n"));
+    let o = run(softmm().arg("replay").arg(&trace.path));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(2), "status {}\nstdout:\n{out}stderr:\n{err}", o.status);
+    assert_eq!(out, "ok\nok\nok\n", "the lines before it must have run");
+    assert!(err.contains(":6: no snapshot named `S`"), "stderr should name the line and the snapshot:\n{err}");
 }
 
 fn replay_stdin(input: &str) -> Output {

@@ -482,7 +482,7 @@ fn process_shared_robust_and_pi_mutexes() {
 
 /// ftruncate down under live file mappings: SIGBUS with BUS_ADRERR and
 /// si_addr past the new end (shared pages, a forked child's, a private
-/// mapping's unwritten pages), zeros past the end of the partial page,
+/// mapping's pages and its own copies of them), zeros past the end of the partial page,
 /// growth back to zeros; msync; a memfd shared by a parent and its forked
 /// children, truncated too; msync's errors.
 #[test]

@@ -1,7 +1,7 @@
 //! Model-based test: random histories of mmap, munmap, mprotect (PROT_EXEC
 //! included), madvise, mremap, mlock and munlock, fork, exit, reclaim,
-//! migration, pins and accesses (instruction fetches too) over up to four
-//! address spaces, each step checked against a deliberately simple
+//! migration, pins, snapshots and restores, and accesses (instruction
+//! fetches too) over up to four address spaces, each step checked against a deliberately simple
 //! reference model. Locked pages: mlock populates the range, reclaim never
 //! takes a resident locked page, and the advices Linux refuses on mlocked
 //! memory answer EINVAL. (Files have their own model, `files_model.rs`.)
@@ -12,6 +12,13 @@
 //! shares them. Every step compares results (same `Ok`/`Err`, same fault kind
 //! and address, same bytes), then audits the whole machine with
 //! `check_invariants` and compares the mapped pages and their protection.
+//!
+//! A snapshot keeps a copy of its space's model; a restore must give back
+//! exactly that copy (private bytes as they were, shared pages as their
+//! object holds them now), and answers EINVAL once the snapshot's space is
+//! gone. Restores of a space holding pins are left out, and EBUSY (a
+//! changed page pinned through another space) is accepted while any pin is
+//! held, with nothing changed (the pin rule: `tests/snapshot.rs`).
 //!
 //! `PROPTEST_CASES` overrides the number of cases (2,000 in release builds).
 
@@ -34,6 +41,8 @@ const MAX_RANGE_PAGES: u64 = 8;
 const SLOTS: usize = 4;
 /// Pins held at once.
 const MAX_PINS: usize = 4;
+/// Snapshots kept at once (the oldest goes first).
+const MAX_SNAPS: usize = 3;
 
 // ---------------------------------------------------------------------------
 // Operations
@@ -72,6 +81,15 @@ impl std::fmt::Debug for Range {
 
 #[derive(Clone, Debug)]
 enum Op {
+    /// `Mm::snapshot` of the slot's space.
+    Snapshot {
+        s: usize,
+    },
+    /// `Mm::restore` of the slot's space to the `k`-th (modulo) snapshot kept.
+    Restore {
+        s: usize,
+        k: usize,
+    },
     /// A fresh, empty address space in an empty slot.
     New {
         s: usize,
@@ -324,6 +342,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX_PINS).prop_map(|p| Op::Unpin { p }),
         3 => (slot(), range(), prop_oneof![2 => Just(true), 1 => Just(false)])
             .prop_map(|(s, r, lock)| Op::Mlock { s, r, lock }),
+        2 => slot().prop_map(|s| Op::Snapshot { s }),
+        3 => (slot(), 0..MAX_SNAPS).prop_map(|(s, k)| Op::Restore { s, k }),
     ]
 }
 
@@ -698,6 +718,8 @@ struct World {
     machine: Machine,
     slots: Vec<Slot>,
     pins: Vec<(softmm::PinnedPages, ModelPin)>,
+    /// Snapshots and the model of their space when taken.
+    snaps: Vec<(softmm::Snapshot, Space)>,
 }
 
 type Res = Result<(), String>;
@@ -770,7 +792,7 @@ impl World {
         let mut slots: Vec<Slot> = (0..SLOTS).map(|_| Slot::default()).collect();
         let mm = machine.new_mm().expect("new_mm");
         slots[0] = Slot { acc: Some(mm.accessor()), mm: Some(mm), model: Some(Space::default()) };
-        World { machine, slots, pins: Vec::new() }
+        World { machine, slots, pins: Vec::new(), snaps: Vec::new() }
     }
 
     /// Lazily freed pages (MADV_FREE, not written since) that reclaim may
@@ -804,7 +826,8 @@ impl World {
     fn punch(&mut self, punched: &[SharedPage]) {
         for old in punched {
             let fresh = Rc::new(RefCell::new(vec![0u8; PAGE as usize]));
-            for model in self.slots.iter_mut().filter_map(|s| s.model.as_mut()) {
+            let kept = self.snaps.iter_mut().map(|(_, m)| m);
+            for model in self.slots.iter_mut().filter_map(|s| s.model.as_mut()).chain(kept) {
                 for p in model.pages.values_mut() {
                     if let Mem::Shared(rc) = &mut p.mem {
                         if Rc::ptr_eq(rc, old) {
@@ -839,6 +862,13 @@ impl World {
         let mut op = op.clone();
         let (s, accessor) = match &mut op {
             Op::New { .. } | Op::Reclaim { .. } => return Some(op),
+            Op::Restore { s, k } => {
+                if self.snaps.is_empty() {
+                    return None;
+                }
+                *k %= self.snaps.len();
+                (s, false)
+            }
             Op::PinRead { p, .. } | Op::PinWrite { p, .. } | Op::Unpin { p } => {
                 if self.pins.is_empty() {
                     return None;
@@ -860,6 +890,7 @@ impl World {
             | Op::Mlock { s, .. }
             | Op::Fork { s, .. }
             | Op::Exit { s }
+            | Op::Snapshot { s }
             | Op::NewAccessor { s } => (s, false),
         };
         *s = self.pick(*s, accessor)?;
@@ -929,6 +960,35 @@ impl World {
                 let child = mm.fork_with(policy).map_err(|e| format!("fork: {e}"))?;
                 let child_model = model.forked();
                 self.install(into, child, child_model);
+            }
+            Op::Snapshot { s } => {
+                let Slot { mm: Some(mm), model: Some(model), .. } = &self.slots[s] else { return Ok(()) };
+                let snap = mm.snapshot().map_err(|e| format!("snapshot: {e}"))?;
+                let copy = model.clone();
+                if self.snaps.len() == MAX_SNAPS {
+                    self.snaps.remove(0);
+                }
+                self.snaps.push((snap, copy));
+            }
+            Op::Restore { s, k } => {
+                if self.pins.iter().any(|(_, mp)| mp.s == s) {
+                    return Ok(());
+                }
+                let World { slots, snaps, .. } = self;
+                let Slot { mm: Some(mm), model: Some(model), .. } = &mut slots[s] else { return Ok(()) };
+                let (snap, copy) = &snaps[k];
+                let got = mm.restore(snap);
+                if snap.of() != mm.id() {
+                    ensure_eq!(errno_of(&got), Err(errno::EINVAL), "restore to another space's snapshot");
+                    return Ok(());
+                }
+                // A changed page whose frame another space pinned (shared
+                // memory, a read pin of a COW page) refuses the restore.
+                if errno_of(&got) == Err(errno::EBUSY) && !self.pins.is_empty() {
+                    return Ok(());
+                }
+                got.map_err(|e| format!("restore: {e}"))?;
+                *model = copy.clone();
             }
             Op::Exit { s } => {
                 self.detach(s, |_| true);

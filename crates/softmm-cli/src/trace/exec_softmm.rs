@@ -6,7 +6,8 @@
 //! on one thread), kept under its name until the name is reused or its
 //! address space exits. A pin (`pin ... as P`) is kept under its name
 //! until `unpin P` or the name's reuse; it outlives its address space, as
-//! a pin outlives munmap and exit.
+//! a pin outlives munmap and exit. A snapshot (`snapshot A as S`) is kept
+//! under its name until the name's reuse; it outlives its address space.
 //!
 //! A scratch file (`file F`) is a host file in a private directory, read
 //! and written through softmm's page cache ([`softmm::File`]); the
@@ -18,6 +19,7 @@ use super::scratch::{self, ScratchDir};
 use softmm::futex::{WaitState, BITSET_MATCH_ANY};
 use softmm::{
     Config, Error, ForkPolicy, FutexKeys, FutexWaiter, Machine, MapKind, Mm, PinnedPages, Placement, Prot, SegvKind,
+    Snapshot,
 };
 use std::collections::HashMap;
 
@@ -61,12 +63,20 @@ struct NamedWaiter {
     waiter: FutexWaiter,
 }
 
+/// A snapshot and the ranges its space's `mmap`s had named when it was
+/// taken (a restore gives those back to `maps`, as a fork inherits them).
+struct NamedSnapshot {
+    snap: Snapshot,
+    named: NamedRanges,
+}
+
 /// A trace's state on softmm: the machine and the named address spaces.
 pub struct SoftmmRunner {
     machine: Machine,
     spaces: HashMap<String, Mm>,
     waiters: HashMap<String, NamedWaiter>,
     pins: HashMap<String, PinnedPages>,
+    snapshots: HashMap<String, NamedSnapshot>,
     /// The ranges each space's `mmap`s named, for `maps`.
     named: HashMap<String, NamedRanges>,
     opts: SoftmmOptions,
@@ -109,6 +119,7 @@ impl SoftmmRunner {
             spaces: HashMap::new(),
             waiters: HashMap::new(),
             pins: HashMap::new(),
+            snapshots: HashMap::new(),
             named: HashMap::new(),
             opts,
             audits: 0,
@@ -299,6 +310,36 @@ impl SoftmmRunner {
                 self.pins.remove(p).ok_or_else(|| no_pin(p))?;
                 "ok".into()
             }
+            Op::Snapshot { a, s } => {
+                // A reused name drops the snapshot it named first.
+                self.snapshots.remove(s);
+                match self.mm(a)?.snapshot_with(self.opts.fork_policy) {
+                    Ok(snap) => {
+                        let named = self.named.get(a).cloned().unwrap_or_default();
+                        self.snapshots.insert(s.clone(), NamedSnapshot { snap, named });
+                        "ok".into()
+                    }
+                    Err(e) => err_line(&e),
+                }
+            }
+            Op::Restore { a, s } => {
+                let mm = self.spaces.get(a).ok_or_else(|| no_space(a))?;
+                let named = self.snapshots.get(s).ok_or_else(|| format!("no snapshot named `{s}`"))?;
+                match mm.restore(&named.snap) {
+                    Ok(()) => {
+                        self.named.insert(a.clone(), named.named.clone());
+                        "ok".into()
+                    }
+                    Err(e) => err_line(&e),
+                }
+            }
+            Op::Dirty { a, addr, len } => {
+                let mm = self.mm(a)?;
+                match dirty_range(*addr, *len).and_then(|(lo, hi)| mm.dirty_pages(lo, hi)) {
+                    Ok(pages) => format!("dirty {}", pages.len()),
+                    Err(e) => err_line(&e),
+                }
+            }
             Op::Maps { a } => self.maps(a)?,
             Op::Mlock { a, addr, len } => unit(self.mm(a)?.mlock(*addr, *len)),
             Op::Munlock { a, addr, len } => unit(self.mm(a)?.munlock(*addr, *len)),
@@ -365,6 +406,26 @@ impl SoftmmRunner {
         file.sync().map_err(|e| format!("syncing file `{f}`: {e}"))?;
         self.files.insert(f.to_string(), file);
         Ok("ok".into())
+
+    }
+
+    /// The ranges the trace named in space `a` (none for an unknown name).
+    pub fn named_ranges(&self, a: &str) -> Vec<(u64, u64)> {
+        self.named.get(a).map(|n| n.ranges().to_vec()).unwrap_or_default()
+    }
+
+    /// Space `a`'s VMAs as `(start, end)` (none for an unknown name).
+    pub fn vmas(&self, a: &str) -> Vec<(u64, u64)> {
+        self.spaces
+            .get(a)
+            .map(|mm| mm.maps().iter().map(|m| (m.range.start, m.range.end)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `addr` of space `a` is in a shared mapping.
+    pub fn in_shared_vma(&self, a: &str, addr: u64) -> bool {
+        let maps = self.spaces.get(a).map(|mm| mm.maps()).unwrap_or_default();
+        maps.iter().any(|m| m.range.contains(&addr) && m.perms().ends_with('s'))
     }
 
     /// `maps A`: A's VMAs over the ranges the trace named in A.
@@ -389,6 +450,18 @@ pub const MAX_SCRATCH_FILE: u64 = 1 << 30;
 
 fn no_file(f: &str) -> Fatal {
     format!("no file named `{f}` (never made, or its `file` failed)")
+
+}
+
+/// The page range of `dirty ADDR LEN`, checked as madvise checks its
+/// range: ADDR page-aligned, LEN rounded up to pages, no wrap-around.
+fn dirty_range(addr: u64, len: u64) -> softmm::Result<(u64, u64)> {
+    if addr & 0xfff != 0 {
+        return Err(Error::Invalid("dirty: address not page-aligned"));
+    }
+    let end = len.checked_add(0xfff).map(|l| l & !0xfff).and_then(|l| addr.checked_add(l));
+    let hi = end.ok_or(Error::Invalid("dirty: range wraps around the address space"))?;
+    Ok((addr, hi))
 }
 
 fn no_pin(p: &str) -> Fatal {

@@ -64,9 +64,14 @@ pub enum Profile {
     /// ends inside a page) mapped shared into the window, pwrite, pread,
     /// truncate (also below mapped pages: SIGBUS), msync and `maps`,
     /// among fork, COW, mprotect, DONTNEED, mremap and futex waits and
-    /// wakes (also on file pages). Private file mappings are left out (not
-    /// yet in softmm).
+    /// wakes (also on file pages); a third of the file mappings private.
     Files,
+    /// softmm only: the api mix (without the advice and locks whose effect a
+    /// fork drops: DONTFORK, WIPEONFORK, mlock) with mremap of the remap mix,
+    /// snapshots, restores and `dirty`; no futex waits (the oracle, a fork
+    /// taken at the snapshot, has no threads). `softmm fuzz` checks each
+    /// restored space against a fork taken at its snapshot.
+    Snapshot,
 }
 
 /// `Files`: the scratch files' names and first sizes.
@@ -79,6 +84,8 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
     let mut live: Vec<String> = vec!["A".into()];
     let mut out = vec![Op::New { a: "A".into() }];
     let mut next_name = 1;
+    // The snapshots taken so far and the space each is of.
+    let mut snaps: Vec<(String, String)> = Vec::new();
     // Start with something mapped so most operations do something.
     let first_len = if shape == Profile::Wide { 8 << 20 } else { 64 * 4096 };
     out.push(Op::Mmap { a: "A".into(), addr: BASE, len: first_len, prot: TProt::Rw, kind: TKind::Private });
@@ -118,6 +125,14 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
                 continue;
             }
         }
+        if shape == Profile::Snapshot && r.chance(15) {
+            out.push(snapshot_op(&mut r, a, &mut snaps));
+            continue;
+        }
+        if shape == Profile::Snapshot && r.chance(8) {
+            out.push(remap_op(&mut r, a));
+            continue;
+        }
         let op = match r.below(100) {
             0..=11 => Op::Mmap {
                 a,
@@ -132,7 +147,11 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             }
             25..=28 => {
                 let (addr, len) = (addr(&mut r, shape), len(&mut r, shape));
-                let advice = if shape == Profile::Api { advice(&mut r) } else { Advice::DontNeed };
+                let advice = match shape {
+                    Profile::Api => advice(&mut r),
+                    Profile::Snapshot => snapshot_advice(&mut r),
+                    _ => Advice::DontNeed,
+                };
                 Op::Madvise { a, addr, len, advice }
             }
             29..=34 if live.len() < 4 => {
@@ -153,6 +172,7 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             65..=79 => Op::Read { a, addr: addr(&mut r, shape) + r.below(4096), len: 1 + r.below(24) },
             80..=89 => Op::Phys { a, addr: addr(&mut r, shape) },
             90..=99 if shape == Profile::Api => api_op(&mut r, a),
+            90..=94 if shape == Profile::Snapshot => Op::Maps { a },
             _ => Op::Smaps { a, addr: addr(&mut r, shape) },
         };
         out.push(op);
@@ -169,6 +189,33 @@ fn api_op(r: &mut Rng, a: String) -> Op {
         6..=7 => Op::Mlock { a, addr: addr(r, shape), len: len(r, shape) },
         8 => Op::Munlock { a, addr: addr(r, shape), len: len(r, shape) },
         _ => Op::Locked { a, addr: addr(r, shape) },
+    }
+}
+
+/// `Snapshot`: take a snapshot of `a`, restore one of `a`'s, or ask
+/// which pages changed since.
+fn snapshot_op(r: &mut Rng, a: String, snaps: &mut Vec<(String, String)>) -> Op {
+    let mine: Vec<&String> = snaps.iter().filter(|(_, of)| *of == a).map(|(s, _)| s).collect();
+    match r.below(10) {
+        4..=7 if !mine.is_empty() => {
+            let s = mine[r.below(mine.len() as u64) as usize].clone();
+            Op::Restore { a, s }
+        }
+        8..=9 => Op::Dirty { a, addr: addr(r, Profile::Snapshot), len: len(r, Profile::Snapshot) },
+        _ => {
+            let s = format!("S{}", snaps.len());
+            snaps.push((s.clone(), a.clone()));
+            Op::Snapshot { a, s }
+        }
+    }
+}
+
+/// `Snapshot`: `advice` but DONTFORK and WIPEONFORK, whose effects a
+/// snapshot keeps and a fork does not.
+fn snapshot_advice(r: &mut Rng) -> Advice {
+    match advice(r) {
+        Advice::DontFork | Advice::WipeOnFork => Advice::DontNeed,
+        a => a,
     }
 }
 
@@ -304,7 +351,7 @@ fn wide_len(r: &mut Rng) -> u64 {
 }
 
 fn prot(r: &mut Rng, shape: Profile) -> TProt {
-    if shape == Profile::Api {
+    if matches!(shape, Profile::Api | Profile::Snapshot) {
         // Never `x` alone: with protection keys Linux makes such memory
         // unreadable, and traces never load from it (TRACE.md, version 2).
         return match r.below(10) {
@@ -370,12 +417,25 @@ fn file_of(op: &Op) -> Option<&str> {
 }
 
 /// Every name is created before use and not used after its exit; every
-/// file is made (once) before it is used.
+/// file is made (once) before it is used; a restore names a snapshot taken
+/// before it.
 pub fn well_formed(ops: &[Op]) -> bool {
     let mut live: std::collections::HashSet<&str> = Default::default();
     let mut files: std::collections::HashSet<&str> = Default::default();
+    let mut snaps: std::collections::HashSet<&str> = Default::default();
     for op in ops {
         match op {
+            Op::Snapshot { a, s } => {
+                if !live.contains(a.as_str()) {
+                    return false;
+                }
+                snaps.insert(s);
+            }
+            Op::Restore { a, s } => {
+                if !live.contains(a.as_str()) || !snaps.contains(s.as_str()) {
+                    return false;
+                }
+            }
             Op::New { a } => {
                 if !live.insert(a) {
                     return false;

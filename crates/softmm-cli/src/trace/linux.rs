@@ -167,7 +167,12 @@ impl LinuxRunner {
                 self.waiters.retain(|_, b| b != a);
                 Ok(r)
             }
-            Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. } => Ok("unsupported-on-linux".into()),
+            Op::Pin { .. }
+            | Op::Pinned { .. }
+            | Op::Unpin { .. }
+            | Op::Snapshot { .. }
+            | Op::Restore { .. }
+            | Op::Dirty { .. } => Ok("unsupported-on-linux".into()),
             Op::File { f, len, byte } => self.new_file(f, *len, *byte),
             Op::MmapFile { a, f, .. } => {
                 self.fd(f)?; // a file the trace made, or a malformed trace

@@ -32,6 +32,11 @@ impl NamedRanges {
         }
     }
 
+    /// The named ranges, in the order they were named.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
     /// Whether `[start, end)` overlaps a named range.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         self.0.iter().any(|&(s, e)| s < end && start < e)

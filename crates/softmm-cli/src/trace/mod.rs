@@ -9,3 +9,4 @@ pub mod linux_worker;
 pub mod maps;
 pub mod parse;
 pub mod scratch;
+pub mod snapcheck;

@@ -1,7 +1,8 @@
 //! Parsing of the trace format (`../shared/TRACE.md`: version 1, and of
 //! version 2 the `x` protections, `maps`, `mlock`, `munlock`, `locked`,
-//! `mremap` and the file operations: `file`, `pwrite`, `pread`, `truncate`,
-//! `mmap ... file F OFF` and `msync`).
+//! `mremap`, the file operations: `file`, `pwrite`, `pread`, `truncate`,
+//! `mmap ... file F OFF` and `msync`, and the softmm-only `snapshot`,
+//! `restore` and `dirty`).
 //!
 //! One operation per line; `#` starts a comment; blank lines are skipped.
 //! Names are `[A-Za-z][A-Za-z0-9_]*`; numbers are decimal digits or `0x`
@@ -217,6 +218,23 @@ pub enum Op {
         addr: u64,
         len: u64,
     },
+    /// softmm-only: take snapshot S of A (`Mm::snapshot`).
+    Snapshot {
+        a: String,
+        s: String,
+    },
+    /// softmm-only: bring A back to snapshot S (`Mm::restore`).
+    Restore {
+        a: String,
+        s: String,
+    },
+    /// softmm-only: the pages of the range changed since A's latest
+    /// snapshot was taken or restored (`Mm::dirty_pages`).
+    Dirty {
+        a: String,
+        addr: u64,
+        len: u64,
+    },
 }
 
 impl Op {
@@ -246,7 +264,10 @@ impl Op {
             | Op::Munlock { a, .. }
             | Op::Locked { a, .. }
             | Op::MmapFile { a, .. }
-            | Op::Msync { a, .. } => Some(a),
+            | Op::Msync { a, .. }
+            | Op::Snapshot { a, .. }
+            | Op::Restore { a, .. }
+            | Op::Dirty { a, .. } => Some(a),
             Op::Waiter { .. }
             | Op::Pinned { .. }
             | Op::Unpin { .. }
@@ -257,9 +278,18 @@ impl Op {
         }
     }
 
-    /// Whether real Linux can run this operation (pins are softmm-only).
+    /// Whether real Linux can run this operation (pins and snapshots are
+    /// softmm-only).
     pub fn linux_can_run(&self) -> bool {
-        !matches!(self, Op::Pin { .. } | Op::Pinned { .. } | Op::Unpin { .. })
+        !matches!(
+            self,
+            Op::Pin { .. }
+                | Op::Pinned { .. }
+                | Op::Unpin { .. }
+                | Op::Snapshot { .. }
+                | Op::Restore { .. }
+                | Op::Dirty { .. }
+        )
     }
 }
 
@@ -324,6 +354,9 @@ impl fmt::Display for Op {
                 write!(f, "mmap {a} {addr:#x} {len:#x} {prot} {kind} file {name} {off:#x}")
             }
             Op::Msync { a, addr, len } => write!(f, "msync {a} {addr:#x} {len:#x}"),
+            Op::Snapshot { a, s } => write!(f, "snapshot {a} as {s}"),
+            Op::Restore { a, s } => write!(f, "restore {a} {s}"),
+            Op::Dirty { a, addr, len } => write!(f, "dirty {a} {addr:#x} {len:#x}"),
         }
     }
 }
@@ -492,6 +525,13 @@ pub fn parse_line(raw: &str) -> Result<Option<Op>, String> {
         "pread" => Op::Pread { f: t.name()?, off: t.num("file offset")?, len: t.len()? },
         "truncate" => Op::Truncate { f: t.name()?, len: t.len()? },
         "msync" => Op::Msync { a: t.name()?, addr: t.num("address")?, len: t.len()? },
+        "snapshot" => {
+            let a = t.name()?;
+            t.keyword("as")?;
+            Op::Snapshot { a, s: t.name()? }
+        }
+        "restore" => Op::Restore { a: t.name()?, s: t.name()? },
+        "dirty" => Op::Dirty { a: t.name()?, addr: t.num("address")?, len: t.len()? },
         other => return Err(format!("unknown operation `{}`", shown(other))),
     };
     if let Some(extra) = t.toks.get(t.at) {
@@ -827,6 +867,9 @@ mod tests {
             "read P 0x1000 5 extra",
             "fill P 0x1000 10 abc",
             "futex_wait P 0x1000 1 W",
+            "snapshot P S",
+            "restore P",
+            "dirty P 0x1000",
             "mmap P 0x1000 99999999999999999999G rw private",
         ] {
             let e = parse_trace(&format!("new P\n{bad}\n")).unwrap_err();
@@ -840,7 +883,8 @@ mod tests {
         let t = "new P\nmmap P 0x10000000 64K rw private\nwrite P 0x10000000 \"hi\"\nfork P C\nfill C 4096 3 ab\n\
                  munmap P 4096 4096\nmprotect P 4096 4096 -\nmadvise P 0 4096 dontneed\nread P 1 2\nphys P 3\n\
                  smaps P 4\nfutex_wait P 8 1 as W\nfutex_wake P 8 1\nwaiter W\npin P 0 4096 as Q\n\
-                 pinned Q 0 8\nunpin Q\nmremap P 0 4K 8K\nmremap P 0 4K 4K maymove fixed 0x2000 dontunmap\n\
+                 pinned Q 0 8\nunpin Q\nsnapshot P as S\nrestore P S\ndirty P 0 8K\n\
+                 mremap P 0 4K 8K\nmremap P 0 4K 4K maymove fixed 0x2000 dontunmap\n\
                  mremap P 0 4K 4K fixed 8192\nmremap P 0 0 4K dontunmap\nexit C\n";
         for l in parse_trace(t).unwrap() {
             let again = parse_line(&l.op.to_string()).unwrap().unwrap();

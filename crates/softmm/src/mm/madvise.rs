@@ -184,6 +184,9 @@ fn madvise_free_pte_range(mm: &MmInner, pt: &PageTable, change: &mut Change<'_>,
     let arena = mm.arena();
     let mut swapped = Vec::new();
     let mut flush = false;
+    // The pages made lazily freeable: snapshots log them (a restore must
+    // give back the snapshot's dirty entries, or reclaim could drop them).
+    let mut cleaned: Option<(u64, u64)> = None;
     pt.for_each_pte_table(arena, lo, hi, |table, a, b| {
         let mut g = change.lock_table(pt, table, a & !(PTE_TABLE_SPAN - 1));
         for va in (a..b).step_by(4096) {
@@ -223,8 +226,12 @@ fn madvise_free_pte_range(mm: &MmInner, pt: &PageTable, change: &mut Change<'_>,
                 }
             }
             meta.set_flags(flags::LAZYFREE);
+            cleaned = Some(cleaned.map_or((va, va + 4096), |(l, _)| (l, va + 4096)));
         }
     });
+    if let Some((l, h)) = cleaned {
+        change.pages_changed(l, h);
+    }
     if flush {
         // A cached translation would let a write skip setting dirty again.
         change.need_flush();

@@ -160,14 +160,17 @@ fn edit_everywhere(
             return;
         };
         let Some(pt) = st.pt.as_ref() else { return };
-        // A mapping in a VM_LOCKED VMA stays (Linux's try_to_unmap fails
-        // there): the page is still mapped, so it is not swapped out.
+        // For reclaim, a mapping in a VM_LOCKED VMA stays (Linux's
+        // try_to_unmap fails there): the page is still mapped, so it is not
+        // swapped out. A hole punch or truncation reaches it too (Linux's
+        // unmap_mapping_range ignores mlock).
+        let reclaim = matches!(event, Event::SwapOut);
         let addrs = st
             .vmas
             .iter()
             .filter(|v| v.maps_object(obj))
             .filter(|v| pgoff >= v.pgoff && pgoff < v.pgoff + (v.len() >> 12))
-            .filter(|v| !v.flags.contains(crate::vma::VmFlags::LOCKED))
+            .filter(|v| !(reclaim && v.flags.contains(crate::vma::VmFlags::LOCKED)))
             .map(|v| v.start + ((pgoff - v.pgoff) << 12));
         // Every bracket opens before any entry changes.
         let mut changes = Vec::new();
