@@ -169,10 +169,55 @@ impl Restore<'_> {
         if changed.len() == from {
             return Ok(());
         }
-        for &(a, b) in &changed[zapped..] {
+        let runs = &changed[zapped..];
+        let arena = self.mm.arena();
+        let table = self.pt.pte_table(arena, base);
+        if let Some(t) = table.filter(|&t| plain(arena, t)) {
+            return self.swap(change, base, t, runs);
+        }
+        for &(a, b) in runs {
             change.zap(self.pt, a, b, true);
         }
-        self.copy(change, base, &changed[zapped..])
+        self.copy(change, base, runs)
+    }
+
+    /// `repoint`'s zap and copy in one pass over `runs`, both tables locked
+    /// once, for a space's `table` that neither borrows entries nor backs
+    /// another's (`plain`): each old entry is taken as `zap_entries` takes
+    /// it and released as `Change::zap` releases it.
+    fn swap(&self, change: &mut Change<'_>, base: u64, table: crate::phys::FrameId, runs: &[(u64, u64)]) -> Result<()> {
+        let arena = self.mm.arena();
+        let stable = self.spt.pte_table(arena, base);
+        let edit = change.edit();
+        // The snapshot's table first, as in `copy`.
+        let sg = stable.map(|t| self.spt.lock(arena, t, base, edit));
+        let mut g = self.pt.lock(arena, table, base, edit);
+        let mut result = Ok(());
+        for &(a, b) in runs {
+            let mut va = a;
+            while va < b {
+                let old = take(&mut g, va);
+                if !old.is_none() {
+                    super::mmap::zap_pte(&self.mm.machine, old, change.gather());
+                }
+                va += 4096;
+            }
+            change.translations_changed(a, b);
+            let Some(sg) = sg.as_ref() else { continue };
+            for sv in self.sst.vmas.overlapping(a, b).filter(|v| has_anon_pages(v)) {
+                let snap_own = own_anon(sv);
+                let mut va = sv.start.max(a);
+                while va < sv.end.min(b) && result.is_ok() {
+                    match self.copy_one(sg.get(va), snap_own, va) {
+                        Ok(Some(new)) => g.set(va, new),
+                        Ok(None) => {}
+                        Err(e) => result = Err(e),
+                    }
+                    va += 4096;
+                }
+            }
+        }
+        result
     }
 
     /// The entry the snapshot gives page `va` (in its VMA `sv`, if any):
@@ -290,6 +335,26 @@ impl Restore<'_> {
         m.add_counts(1, 1);
         Ok(Some(pte.without(Pte::ACCESSED | Pte::WRITE | Pte::BORROWED)))
     }
+}
+
+/// A PTE table that neither borrows entries nor is borrowed from (one
+/// reference: its one mapper): its entries may be cleared one by one.
+fn plain(arena: &crate::phys::FrameArena, t: crate::phys::FrameId) -> bool {
+    crate::pgtable::borrow::backing(arena, t).is_none() && arena.meta(t).refcount() == 1
+}
+
+/// Clear the entry at `va` of a locked table, as `zap_entries` does:
+/// lock-free setters may still add accessed and dirty bits, which must
+/// reach the page.
+fn take(g: &mut crate::pgtable::PteTableGuard<'_>, va: u64) -> Pte {
+    let mut old = g.get(va);
+    while !old.is_none() {
+        match g.cas(va, old, Pte::NONE) {
+            Ok(_) => break,
+            Err(now) => old = now,
+        }
+    }
+    old
 }
 
 /// Whether the space's entry `have` is already what the restore would
