@@ -214,9 +214,10 @@ struct BenchArgs {
     /// Memory size per benchmark (default: fault 64M, cow 64M, read 64M,
     /// tlb 1M, futex 16M (its COW region), rmap 64M (the forked process),
     /// reclaim 256M (written and read back under a 16M limit), notifier 1G
-    /// (the mapping munmapped whole with one subscriber); fork: the --sizes
-    /// default, 256M with `all`). With `all`, applies to every benchmark but
-    /// tlb, futex, rmap and notifier.
+    /// (the mapping munmapped whole with one subscriber), snapshot 1G (the
+    /// written space reset); fork: the --sizes default, 256M with `all`).
+    /// With `all`, applies to every benchmark but tlb, futex, rmap,
+    /// notifier, mremap and snapshot.
     #[arg(long, value_parser = units::parse_size)]
     size: Option<u64>,
     /// fork only: resident sizes to fork, comma-separated (default
@@ -280,6 +281,10 @@ pub enum BenchKind {
     /// Read faults on a shared mapping of a file whose pages are all
     /// cached (fault-around on both sides), per page.
     File,
+    /// Reset of a written 1 GiB space after a run that writes 1, 100 or
+    /// 1 % of its pages: restore to a snapshot vs a fork server (softmm
+    /// fork + exit, Linux fork + exit), per iteration.
+    Snapshot,
     /// All of the above.
     All,
 }

@@ -148,7 +148,6 @@ const MAP_SHARED_VALIDATE: u64 = 0x03;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
-const MADV_DONTNEED: u64 = 4;
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
 const MREMAP_DONTUNMAP: u64 = 4;
@@ -397,12 +396,19 @@ impl Kernel {
         self.mm.mremap(old, old_len, new_len, f, new).map_err(|e| e.errno())
     }
 
+    /// madvise: every advice softmm implements goes to it (its checks are
+    /// Linux's); the pure hints (`MADV_NORMAL`, `RANDOM`, `SEQUENTIAL`,
+    /// `MERGEABLE`, `UNMERGEABLE`, `HUGEPAGE`, `NOHUGEPAGE`, `DONTDUMP`,
+    /// `DODUMP`, `COLLAPSE`) change nothing softmm models and answer 0 for
+    /// an aligned start; any other number is `EINVAL`, as an unknown one
+    /// is in Linux (`MADV_DONTNEED_LOCKED` and `MADV_HWPOISON` among them).
     fn madvise(&mut self, addr: u64, len: u64, advice: u64) -> SysResult {
-        if advice == MADV_DONTNEED {
-            return self.mm.madvise(addr, len, Advice::DontNeed).map(|()| 0).map_err(|e| e.errno());
+        const HINTS: [u64; 10] = [0, 1, 2, 12, 13, 14, 15, 16, 17, 25];
+        match u32::try_from(advice).ok().and_then(Advice::from_linux) {
+            Some(a) => self.mm.madvise(addr, len, a).map(|()| 0).map_err(|e| e.errno()),
+            None if HINTS.contains(&advice) && addr & 0xfff == 0 => Ok(0),
+            None => Err(EINVAL),
         }
-        // Other advice is a hint Linux may ignore too.
-        Ok(0)
     }
 
     /// get_robust_list(tid, head_ptr, len_ptr) of this thread (tid 0) or

@@ -77,6 +77,28 @@ impl Log {
     pub(crate) fn pages_changed(&self, lo: u64, hi: u64) {
         push(&mut self.ranges.lock().pages, lo, hi);
     }
+
+    /// Forget what was logged in `[lo, hi)` (`Mm::clear_dirty`).
+    pub(crate) fn forget(&self, lo: u64, hi: u64) {
+        let mut r = self.ranges.lock();
+        cut(&mut r.pages, lo, hi);
+        cut(&mut r.vmas, lo, hi);
+    }
+}
+
+/// Remove `[lo, hi)` from the ranges of `v` (merged first).
+fn cut(v: &mut Vec<(u64, u64)>, lo: u64, hi: u64) {
+    merge(v);
+    let mut out = Vec::with_capacity(v.len() + 1);
+    for &(a, b) in v.iter() {
+        if a < lo {
+            out.push((a, b.min(lo)));
+        }
+        if b > hi {
+            out.push((a.max(hi), b));
+        }
+    }
+    *v = out;
 }
 
 /// The logs of one address space's live snapshots.
@@ -87,8 +109,12 @@ pub(crate) struct SnapLogs {
     /// writing, and every change is made under it held.
     active: AtomicUsize,
     logs: Mutex<Vec<Weak<Log>>>,
-    /// The log of the latest snapshot taken or restored (`Mm::dirty_pages`).
-    latest: Mutex<Weak<Log>>,
+    /// The space's dirty log (`Mm::dirty_pages`): pages changed since the
+    /// latest snapshot was taken or restored, or `Mm::clear_dirty` cleared
+    /// them. Made by the first of those, then listed in `logs` for as long
+    /// as the space lives (a page it saw clean stays write-protected until
+    /// a fault logs it, whether or not a snapshot still exists).
+    dirty: Mutex<Option<Arc<Log>>>,
 }
 
 impl SnapLogs {
@@ -99,7 +125,7 @@ impl SnapLogs {
         logs.push(Arc::downgrade(log));
         self.active.store(logs.len(), Ordering::Relaxed);
         drop(logs);
-        self.set_latest(log);
+        self.dirty_log().clear();
     }
 
     /// Stop logging into `log` (a snapshot dropped).
@@ -109,14 +135,30 @@ impl SnapLogs {
         self.active.store(logs.len(), Ordering::Relaxed);
     }
 
-    /// `log` is the one `Mm::dirty_pages` reads.
-    pub(crate) fn set_latest(&self, log: &Arc<Log>) {
-        *self.latest.lock() = Arc::downgrade(log);
+    /// The space was restored to a snapshot: nothing is dirty.
+    pub(crate) fn restored(&self) {
+        if let Some(d) = self.dirty() {
+            d.clear();
+        }
     }
 
-    /// The latest snapshot's log, if that snapshot is alive.
-    pub(crate) fn latest(&self) -> Option<Arc<Log>> {
-        self.latest.lock().upgrade()
+    /// The dirty log, if a snapshot or `Mm::clear_dirty` started it.
+    pub(crate) fn dirty(&self) -> Option<Arc<Log>> {
+        self.dirty.lock().clone()
+    }
+
+    /// The dirty log, started (empty) if it was not.
+    pub(crate) fn dirty_log(&self) -> Arc<Log> {
+        let mut d = self.dirty.lock();
+        if let Some(log) = d.as_ref() {
+            return log.clone();
+        }
+        let log = Arc::new(Log::default());
+        let mut logs = self.logs.lock();
+        logs.push(Arc::downgrade(&log));
+        self.active.store(logs.len(), Ordering::Relaxed);
+        *d = Some(log.clone());
+        log
     }
 
     fn each(&self, f: impl Fn(&mut Ranges)) {
@@ -131,6 +173,11 @@ impl SnapLogs {
     /// Entries of `[lo, hi)` changed.
     pub(crate) fn pages_changed(&self, lo: u64, hi: u64) {
         self.each(|r| push(&mut r.pages, lo, hi));
+    }
+
+    /// Entries of each of `ranges` changed.
+    pub(crate) fn pages_changed_each(&self, ranges: &[(u64, u64)]) {
+        self.each(|r| ranges.iter().for_each(|&(lo, hi)| push(&mut r.pages, lo, hi)));
     }
 
     /// Mappings of `[lo, hi)` changed.
@@ -171,6 +218,19 @@ mod tests {
         assert_eq!(a.ranges().pages, [(0x1000, 0x2000)]);
         assert_eq!(a.ranges().vmas, [(0x4000, 0x5000)]);
         assert_eq!(b.ranges().pages, [(0x6000, 0x7000)]);
-        assert!(Arc::ptr_eq(&logs.latest().unwrap(), &b));
+        // The dirty log, started by the first snapshot, heard everything
+        // since the latest one.
+        assert_eq!(logs.dirty().unwrap().ranges().pages, [(0x6000, 0x7000)]);
+        assert_eq!(logs.dirty().unwrap().ranges().vmas, [(0x4000, 0x5000)]);
+    }
+
+    #[test]
+    fn forget_cuts_ranges() {
+        let log = Log::default();
+        log.pages_changed(0x1000, 0x5000);
+        log.pages_changed(0x8000, 0x9000);
+        log.forget(0x2000, 0x3000);
+        log.forget(0x4000, 0x8800);
+        assert_eq!(log.ranges().pages, [(0x1000, 0x2000), (0x3000, 0x4000), (0x8800, 0x9000)]);
     }
 }

@@ -408,3 +408,151 @@ fn restore_puts_the_break_and_dontfork_memory_back() {
     assert_eq!(seen(&mm), want);
     check(&mm);
 }
+
+// ---- what a restore costs: re-shared tables, re-pointed entries ----
+
+/// 2 MiB: one PTE table.
+const TABLE: u64 = 2 << 20;
+
+#[test]
+fn a_table_unmapped_whole_is_reshared_not_copied() {
+    let m = machine();
+    let mm = m.new_mm().expect("mm");
+    let base = 0x4000_0000;
+    mm.mmap(base, 2 * TABLE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    fill(&mm, base, 2 * TABLE / PAGE, 3);
+    let (s, reference) = snap(&mm);
+    mm.munmap(base, 2 * TABLE).expect("munmap");
+    let before = m.stats();
+    restored_equals(&mm, &s, &reference);
+    let after = m.stats();
+    // Two tables mapped again as the snapshot's, 1,024 entries untouched.
+    assert_eq!(after.table_shares - before.table_shares, 2);
+    // The PMD and PUD tables the munmap freed come back; no PTE table.
+    assert!(after.page_tables <= before.page_tables + 2, "the restore allocated PTE tables");
+    assert_eq!(mm.phys(base), reference.phys(base));
+    // Writing into a re-shared table unshares it, as after a fork.
+    fill(&mm, base + PAGE, 1, 9);
+    restored_equals(&mm, &s, &reference);
+}
+
+#[test]
+fn a_written_page_is_repointed_alone() {
+    let m = machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 512 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    fill(&mm, BASE, 512, 1);
+    let (s, reference) = snap(&mm);
+    // Pages 10 and 300 written, page 200 only read: a logged range from 10
+    // to 300 would not be more expensive than the two pages.
+    fill(&mm, BASE + 10 * PAGE, 1, 2);
+    fill(&mm, BASE + 300 * PAGE, 1, 2);
+    let in_use = m.stats().frames_in_use;
+    restored_equals(&mm, &s, &reference);
+    // The two copies are gone; nothing else was allocated.
+    assert_eq!(m.stats().frames_in_use, in_use - 2);
+    for p in [10, 200, 300] {
+        assert_eq!(mm.phys(BASE + p * PAGE), reference.phys(BASE + p * PAGE));
+    }
+}
+
+#[test]
+fn other_snapshots_log_only_the_pages_a_restore_changed() {
+    let m = machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 512 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    fill(&mm, BASE, 512, 1);
+    let (s1, reference) = snap(&mm);
+    fill(&mm, BASE + 10 * PAGE, 1, 2);
+    fill(&mm, BASE + 300 * PAGE, 1, 2);
+    let s2 = mm.snapshot().expect("snapshot");
+    restored_equals(&mm, &s1, &reference);
+    assert_eq!(s2.dirty_pages(0, u64::MAX), [BASE + 10 * PAGE, BASE + 300 * PAGE]);
+}
+
+#[test]
+fn a_restore_frees_the_tables_of_mappings_made_since() {
+    let m = machine();
+    let mm = space(&m);
+    let (s, reference) = snap(&mm);
+    let tables = m.stats().page_tables;
+    let far = 0x7000_0000_0000;
+    mm.mmap(far, 4 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    fill(&mm, far, 4, 7);
+    assert!(m.stats().page_tables > tables);
+    restored_equals(&mm, &s, &reference);
+    assert_eq!(m.stats().page_tables, tables, "empty tables left after the restore");
+}
+
+#[test]
+fn swap_out_does_not_dirty_the_log() {
+    let m = swapping(24);
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 32 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    fill(&mm, BASE, 8, 1);
+    let (s, reference) = snap(&mm);
+    // More pages than the limit, written after the snapshot: the
+    // snapshot's pages (0 to 7) go to swap too, unchanged.
+    fill(&mm, BASE + 8 * PAGE, 24, 2);
+    let swapped = (0..8).filter(|p| mm.phys(BASE + p * PAGE).is_none()).count();
+    assert!(swapped > 0, "none of the snapshot's pages was swapped out");
+    let written: Vec<u64> = (8..32).map(|p| BASE + p * PAGE).collect();
+    assert_eq!(mm.dirty_pages(0, u64::MAX).expect("dirty"), written);
+    assert_eq!(s.dirty_pages(0, u64::MAX), written);
+    restored_equals(&mm, &s, &reference);
+}
+
+#[test]
+fn migration_does_not_dirty_the_log() {
+    let m = machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 16 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    fill(&mm, BASE, 16, 1);
+    let (s, reference) = snap(&mm);
+    let old = mm.phys(BASE + 2 * PAGE);
+    mm.migrate(BASE + 2 * PAGE).expect("migrate");
+    assert_ne!(mm.phys(BASE + 2 * PAGE), old, "the page did not move");
+    assert_eq!(mm.dirty_pages(0, u64::MAX).expect("dirty"), Vec::<u64>::new());
+    assert_eq!(s.dirty_pages(0, u64::MAX), Vec::<u64>::new());
+    restored_equals(&mm, &s, &reference);
+    assert_eq!(mm.phys(BASE + 2 * PAGE), reference.phys(BASE + 2 * PAGE));
+}
+
+// ---- dirty tracking on its own ----
+
+#[test]
+fn clear_dirty_write_protects_and_forgets() {
+    let m = machine();
+    let mm = m.new_mm().expect("mm");
+    mm.mmap(BASE, 8 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+    assert_eq!(mm.dirty_pages(0, u64::MAX).unwrap_err().errno(), softmm::errno::EINVAL);
+    fill(&mm, BASE, 8, 1);
+    mm.clear_dirty(BASE, BASE + 8 * PAGE).expect("clear");
+    assert_eq!(mm.dirty_pages(0, u64::MAX).expect("dirty"), Vec::<u64>::new());
+    // Writes through an accessor that cached writable translations before.
+    let mut acc = mm.accessor();
+    acc.write(BASE + 2 * PAGE, &[5]).expect("write");
+    acc.write(BASE + 6 * PAGE, &[5]).expect("write");
+    check(&mm);
+    assert_eq!(mm.dirty_pages(0, u64::MAX).expect("dirty"), [BASE + 2 * PAGE, BASE + 6 * PAGE]);
+    // A part of the range.
+    mm.clear_dirty(BASE + 4 * PAGE, BASE + 8 * PAGE).expect("clear");
+    assert_eq!(mm.dirty_pages(0, u64::MAX).expect("dirty"), [BASE + 2 * PAGE]);
+    acc.write(BASE + 7 * PAGE, &[5]).expect("write");
+    assert_eq!(mm.dirty_pages(BASE + 3 * PAGE, u64::MAX).expect("dirty"), [BASE + 7 * PAGE]);
+    assert_eq!(mm.clear_dirty(BASE + 1, BASE + PAGE).unwrap_err().errno(), softmm::errno::EINVAL);
+    mm.clear_dirty(BASE, BASE).expect("an empty range");
+    check(&mm);
+}
+
+#[test]
+fn clear_dirty_leaves_the_restore_log_alone() {
+    let m = machine();
+    let mm = space(&m);
+    let (s, reference) = snap(&mm);
+    fill(&mm, BASE + 3 * PAGE, 2, 0x55);
+    mm.clear_dirty(0, u64::MAX & !0xfff).expect("clear");
+    assert_eq!(mm.dirty_pages(0, u64::MAX).expect("dirty"), Vec::<u64>::new());
+    assert_eq!(s.dirty_pages(0, u64::MAX), [BASE + 3 * PAGE, BASE + 4 * PAGE]);
+    restored_equals(&mm, &s, &reference);
+}

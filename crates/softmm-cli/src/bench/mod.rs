@@ -36,6 +36,7 @@ pub mod notifier;
 pub mod reclaim;
 pub mod remap;
 pub mod rmap;
+pub mod snapshot;
 pub mod softmm_side;
 
 use crate::error::{CliError, CliResult};
@@ -123,7 +124,7 @@ fn output<R: Report>(r: &R) -> CliResult<(String, serde_json::Value)> {
 }
 
 /// The benches of `bench all`, in the order they run.
-const ALL: [BenchKind; 12] = [
+const ALL: [BenchKind; 13] = [
     BenchKind::Fault,
     BenchKind::Cow,
     BenchKind::Fork,
@@ -136,6 +137,7 @@ const ALL: [BenchKind; 12] = [
     BenchKind::Free,
     BenchKind::Mremap,
     BenchKind::File,
+    BenchKind::Snapshot,
 ];
 
 /// Refuse options given to a bench that does not take them.
@@ -162,10 +164,18 @@ fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_j
     // rmap, whose 64 MiB process is the load it models (a large one
     // would make its copied-tables forks take minutes), and notifier,
     // whose 1 GiB munmap is the case it measures (and costs little), and
-    // mremap, whose 1 GiB move is its case too.
+    // mremap, whose 1 GiB move is its case too, and snapshot, whose
+    // 1 GiB process is the fork server's it compares with.
     let size = if all
-        && matches!(k, BenchKind::Tlb | BenchKind::Futex | BenchKind::Rmap | BenchKind::Notifier | BenchKind::Mremap)
-    {
+        && matches!(
+            k,
+            BenchKind::Tlb
+                | BenchKind::Futex
+                | BenchKind::Rmap
+                | BenchKind::Notifier
+                | BenchKind::Mremap
+                | BenchKind::Snapshot
+        ) {
         None
     } else {
         o.size
@@ -190,6 +200,7 @@ fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_j
         BenchKind::Free => output(&free::free(o, size)?),
         BenchKind::Mremap => output(&remap::remap(o, size)?),
         BenchKind::File => output(&file::file(o, size)?),
+        BenchKind::Snapshot => output(&snapshot::snapshot(o, size)?),
         BenchKind::All => Err(CliError("internal: 'all' is expanded before dispatch".into())),
     }
 }

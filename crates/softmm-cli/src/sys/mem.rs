@@ -74,6 +74,19 @@ impl Region {
         n
     }
 
+    /// Write `byte` to the first byte of `n` pages spread evenly over the
+    /// region (page `i * pages / n` for `i < n`; a volatile store each).
+    pub fn touch_spread(&mut self, byte: u8, n: u64) {
+        let pages = self.pages();
+        for i in 0..n.min(pages) {
+            let off = (i * pages / n) as usize * PAGE;
+            // SAFETY: `i * pages / n < pages`, so the byte lies inside the
+            // mapping, which lives as long as `self`; `&mut self` excludes
+            // other views.
+            unsafe { std::ptr::write_volatile(self.ptr.add(off), byte) }
+        }
+    }
+
     /// Fill page `i` with `byte` (nothing if `i >= pages()`).
     pub fn fill_page(&mut self, i: u64, byte: u8) {
         if i < self.pages() {

@@ -406,7 +406,6 @@ impl SoftmmRunner {
         file.sync().map_err(|e| format!("syncing file `{f}`: {e}"))?;
         self.files.insert(f.to_string(), file);
         Ok("ok".into())
-
     }
 
     /// The ranges the trace named in space `a` (none for an unknown name).
@@ -450,7 +449,6 @@ pub const MAX_SCRATCH_FILE: u64 = 1 << 30;
 
 fn no_file(f: &str) -> Fatal {
     format!("no file named `{f}` (never made, or its `file` failed)")
-
 }
 
 /// The page range of `dirty ADDR LEN`, checked as madvise checks its

@@ -155,6 +155,32 @@ impl Advice {
     pub fn from_word(w: &str) -> Option<Advice> {
         Advice::ALL.into_iter().find(|a| a.word() == w)
     }
+
+    /// Linux's `MADV_*` number for the advice (the same on every
+    /// architecture but parisc and alpha).
+    pub const fn linux_value(self) -> u32 {
+        match self {
+            Advice::WillNeed => 3,
+            Advice::DontNeed => 4,
+            Advice::Free => 8,
+            Advice::Remove => 9,
+            Advice::DontFork => 10,
+            Advice::DoFork => 11,
+            Advice::WipeOnFork => 18,
+            Advice::KeepOnFork => 19,
+            Advice::Cold => 20,
+            Advice::PageOut => 21,
+            Advice::PopulateRead => 22,
+            Advice::PopulateWrite => 23,
+        }
+    }
+
+    /// The advice Linux's `MADV_*` number `n` names, for hosts that
+    /// emulate `madvise` (`None` for the hints softmm has no use for, such
+    /// as `MADV_NORMAL` or `MADV_HUGEPAGE`, and for unknown numbers).
+    pub fn from_linux(n: u32) -> Option<Advice> {
+        Advice::ALL.into_iter().find(|a| a.linux_value() == n)
+    }
 }
 
 #[inline]

@@ -72,6 +72,9 @@ pub(crate) struct Change<'a> {
     /// (`mm/snapshot.rs`): `changed`, except an unshare's pages, which keep
     /// their frames.
     logged: (u64, u64),
+    /// Whether `logged` goes to the snapshots' logs at the end (a restore
+    /// logs the exact pages it changed itself, `mm/restore.rs`).
+    log: bool,
     /// Leave to write entries (`pgtable::Edit`), minted here alone.
     edit: Edit,
 }
@@ -96,6 +99,7 @@ impl<'a> Change<'a> {
             except: None,
             changed: (0, 0),
             logged: (0, 0),
+            log: true,
             edit: Edit::for_change(),
         }
     }
@@ -125,6 +129,15 @@ impl<'a> Change<'a> {
     #[inline]
     pub(crate) fn write_locked(mut self) -> Self {
         self.gather = Gather::for_write_locked(self.mm);
+        self
+    }
+
+    /// The caller tells the snapshots' logs what changed itself (a
+    /// restore, whose widened range would log every page between its
+    /// first and last change).
+    #[inline]
+    pub(crate) fn unlogged(mut self) -> Self {
+        self.log = false;
         self
     }
 
@@ -393,7 +406,7 @@ impl Drop for Change<'_> {
     fn drop(&mut self) {
         let mm = self.mm;
         // Snapshots log what changed (a leaf lock, only when one is alive).
-        if self.logged.0 < self.logged.1 {
+        if self.log && self.logged.0 < self.logged.1 {
             mm.snaps.pages_changed(self.logged.0, self.logged.1);
         }
         // 3. The vcache, after the tables say so and their locks are gone.

@@ -89,8 +89,10 @@ mod mmap;
 mod mremap;
 mod msync;
 pub(crate) mod pin;
+mod restore;
 mod smaps;
 mod snapshot;
+mod softdirty;
 mod stack;
 pub(crate) mod translation;
 

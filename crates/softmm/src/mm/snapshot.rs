@@ -20,16 +20,12 @@
 //! restore does not change. Then the snapshot's log is cleared.
 
 use super::change::Change;
-use super::fork::has_anon_pages;
 use super::{Mm, MmInner, MmState};
 use crate::error::{Error, Result};
 use crate::notifier::Event;
-use crate::pgtable::{PageTable, PTE_TABLE_SPAN};
-use crate::phys::flags;
-use crate::pte::Pte;
+use crate::pgtable::PTE_TABLE_SPAN;
 use crate::snaplog::Log;
-use crate::sync::Ordering;
-use crate::vma::{Backing, Vma};
+use crate::vma::Vma;
 use std::sync::Arc;
 
 /// A point an address space can be put back to ([`Mm::restore`]).
@@ -46,6 +42,9 @@ pub struct Snapshot {
     log: Arc<Log>,
     /// The space's logs (to leave them when dropped).
     logs: Arc<crate::snaplog::SnapLogs>,
+    /// The 2 MiB spans (sorted bases) where it holds pages of its own:
+    /// fork's copies of pages pinned in the space (`mm/restore.rs`).
+    own_spans: Vec<u64>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -92,7 +91,16 @@ pub(crate) fn take(mm: &Arc<MmInner>, policy: super::ForkPolicy) -> Result<Snaps
             r => break r?,
         }
     };
-    Ok(Snapshot { mm: hidden, of: mm.id, log, logs: mm.snaps.clone() })
+    // What the log holds now are the pinned pages fork copied (and maybe
+    // a racing fault of another thread: a span too many is harmless).
+    let mut own_spans: Vec<u64> = log
+        .ranges()
+        .pages
+        .iter()
+        .flat_map(|&(a, b)| (a & !(PTE_TABLE_SPAN - 1)..b).step_by(PTE_TABLE_SPAN as usize))
+        .collect();
+    own_spans.dedup();
+    Ok(Snapshot { mm: hidden, of: mm.id, log, logs: mm.snaps.clone(), own_spans })
 }
 
 pub(crate) fn restore(mm: &MmInner, snap: &Snapshot) -> Result<()> {
@@ -112,16 +120,13 @@ pub(crate) fn restore(mm: &MmInner, snap: &Snapshot) -> Result<()> {
     if all.is_empty() {
         st.heap = sst.heap;
         st.def_flags = sst.def_flags;
-        mm.snaps.set_latest(&snap.log);
+        mm.snaps.restored();
         return Ok(());
     }
     check_pins(mm, &st, &all)?;
-    // Tables the ranges cover in part become the space's own (the only
-    // step that may fail, with nothing changed but the sharing).
+    let spans = super::restore::spans(&all);
     if let Some(pt) = st.pt.as_ref() {
-        for &(lo, hi) in &all {
-            super::mmap::unshare_range(mm, &st, pt, lo, hi, true)?;
-        }
+        super::restore::unshare_partial(mm, &st, pt, &spans)?;
     }
     let removed = restore_vmas(mm, &mut st, &sst, &logged.vmas);
     st.heap = sst.heap;
@@ -129,22 +134,20 @@ pub(crate) fn restore(mm: &MmInner, snap: &Snapshot) -> Result<()> {
     let st: &MmState = &st;
     let pt = st.pt.as_ref().ok_or(Error::Exited)?;
     let (lo, hi) = (all[0].0, all[all.len() - 1].1);
-    let mut change = Change::open(mm, Some(st), lo, hi, Some(Event::Restore)).write_locked();
-    for &(lo, hi) in &all {
-        change.zap(pt, lo, hi, true);
-    }
-    let mut result = Ok(());
-    for &(lo, hi) in &all {
-        result = result.and_then(|()| copy_range(mm, st, pt, &sst, spt, &change, lo, hi));
-    }
+    let r = super::restore::Restore { mm, st, pt, sst: &sst, spt, own_spans: &snap.own_spans };
+    let mut changed = Vec::new();
+    let mut change = Change::open(mm, Some(st), lo, hi, Some(Event::Restore)).write_locked().unlogged();
+    let result = r.entries(&mut change, &spans, &mut changed);
     change.need_flush();
     drop(change);
     drop(removed);
+    // Other snapshots of the space hear of the pages changed, exactly.
+    mm.snaps.pages_changed_each(&changed);
     // On failure (no memory for a table or a copy) the log stays: the
     // space is partly restored, and a later restore finishes the work.
     result?;
     snap.log.clear();
-    mm.snaps.set_latest(&snap.log);
+    mm.snaps.restored();
     Ok(())
 }
 
@@ -194,103 +197,6 @@ fn restore_vmas(mm: &MmInner, st: &mut MmState, sst: &MmState, ranges: &[(u64, u
     removed
 }
 
-/// Copy the snapshot's entries of `[lo, hi)` into the space's (zapped)
-/// tables, as fork copies a parent's: present pages shared and read-only,
-/// swap entries with a slot reference each, zero-frame entries as they
-/// are. A page the snapshot holds alone (a copy fork made of a page pinned
-/// in the space) is copied into a new frame of the space's own.
-#[allow(clippy::too_many_arguments)]
-fn copy_range(
-    mm: &MmInner,
-    st: &MmState,
-    pt: &PageTable,
-    sst: &MmState,
-    spt: &PageTable,
-    change: &Change<'_>,
-    lo: u64,
-    hi: u64,
-) -> Result<()> {
-    let arena = mm.arena();
-    let mut result = Ok(());
-    for sv in sst.vmas.overlapping(lo, hi).filter(|v| has_anon_pages(v)) {
-        let own = match &sv.backing {
-            Backing::Anon(l) => l.get().0,
-            Backing::Shm(_) => 0,
-        };
-        spt.for_each_pte_table(arena, sv.start.max(lo), sv.end.min(hi), |stable, a, b| {
-            if result.is_err() {
-                return;
-            }
-            result = copy_table(mm, st, pt, spt, change, stable, own, a, b);
-        });
-    }
-    result
-}
-
-/// `copy_range` within one PTE table of the snapshot: `[a, b)`.
-#[allow(clippy::too_many_arguments)]
-fn copy_table(
-    mm: &MmInner,
-    st: &MmState,
-    pt: &PageTable,
-    spt: &PageTable,
-    change: &Change<'_>,
-    stable: crate::phys::FrameId,
-    snap_own: u64,
-    a: u64,
-    b: u64,
-) -> Result<()> {
-    let arena = mm.arena();
-    let base = a & !(PTE_TABLE_SPAN - 1);
-    let mut added = 0;
-    let table = pt.pte_table_alloc(arena, a, &mut added);
-    mm.machine.counters.page_tables.fetch_add(added as u64, Ordering::Relaxed);
-    let table = table?;
-    // The snapshot's table first: it is the backing when the space's
-    // borrows from it (backing before borrower).
-    let sg = spt.lock(arena, stable, base, change.edit());
-    let mut g = pt.lock(arena, table, base, change.edit());
-    let mut va = a;
-    while va < b {
-        let pte = sg.get(va);
-        if pte.is_swap() {
-            if let Some(swap) = mm.machine.reclaim.swap.as_ref() {
-                swap.dup(pte.swap_slot());
-            }
-            g.set(va, pte);
-        } else if pte.is_present() && pte.is_zero_frame() {
-            g.set(va, pte.without(Pte::ACCESSED | Pte::WRITE | Pte::BORROWED));
-        } else if let Some(f) = if pte.is_borrowed() { Some(pte.frame()) } else { pte.counted_frame() } {
-            let m = arena.meta(f);
-            if snap_own != 0 && m.owner.load(Ordering::Relaxed) == snap_own {
-                let own = live_anon(st, va);
-                let nf = arena.alloc(false, flags::DIRTY)?;
-                arena.copy_frame(nf, f);
-                let nm = arena.meta(nf);
-                nm.owner.store(own, Ordering::Relaxed);
-                nm.index.store(m.index.load(Ordering::Relaxed), Ordering::Relaxed);
-                nm.add_counts(0, 1);
-                g.set(va, Pte::new(nf, Pte::DIRTY | (pte.raw() & Pte::USER)));
-                nm.set_flags(flags::ANON);
-            } else {
-                m.add_counts(1, 1);
-                g.set(va, pte.without(Pte::ACCESSED | Pte::WRITE | Pte::BORROWED));
-            }
-        }
-        va += 4096;
-    }
-    Ok(())
-}
-
-/// The own anon_vma id of the space's VMA at `va` (restored from the
-/// snapshot's, so it has one when the snapshot's has).
-fn live_anon(st: &MmState, va: u64) -> u64 {
-    match st.vmas.find(va).map(|v| &v.backing) {
-        Some(Backing::Anon(l)) => l.get().0,
-        _ => 0,
-    }
-}
-
 impl Mm {
     /// Take a snapshot of this address space: a hidden copy-on-write fork
     /// ([`Mm::fork`]'s cost: O(page tables) with shared tables) that
@@ -319,13 +225,5 @@ impl Mm {
     /// space may be partly restored; a later restore finishes the work).
     pub fn restore(&self, snap: &Snapshot) -> Result<()> {
         restore(&self.inner, snap)
-    }
-
-    /// The pages of `[lo, hi)` changed since the latest snapshot of this
-    /// space was taken or restored (written, faulted in, unmapped,
-    /// remapped), in address order: `EINVAL` when that snapshot is gone.
-    pub fn dirty_pages(&self, lo: u64, hi: u64) -> Result<Vec<u64>> {
-        let log = self.inner.snaps.latest().ok_or(Error::Invalid("no live snapshot of this space"))?;
-        Ok(pages_in(&log, lo, hi))
     }
 }

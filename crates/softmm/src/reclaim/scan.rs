@@ -474,7 +474,9 @@ impl SwapBatch {
     /// map_count` test); the frame is then an ordinary page again.
     fn discard_lazyfree(&mut self, m: &MachineInner, f: FrameId, try_only: bool) {
         let meta = m.arena.meta(f);
-        let how = How { try_only, event: Some(Event::SwapOut), ..How::default() };
+        // Clear, not SwapOut: the page's bytes go (a later read sees
+        // zeros), so a secondary MMU that keeps contents must drop them.
+        let how = How { try_only, event: Some(Event::Clear), ..How::default() };
         let edit = |pte: Pte| {
             let alone = meta.refcount() == meta.mapcount() + 1 && meta.pins() == 0;
             (pte.is_present() && !pte.is_dirty() && alone).then_some(Pte::NONE)

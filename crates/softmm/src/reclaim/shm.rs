@@ -197,7 +197,8 @@ fn edit_everywhere(
                     Edited::Gone if tables.contains(&g.table()) => change.need_flush(),
                     Edited::Gone | Edited::Kept => {}
                 }
-                change.translations_changed(va, va + 4096);
+                // The page stays the object's: snapshots log nothing.
+                change.translations_moved(va, va + 4096);
             }
             change.defer_to(&mut batch, mm);
         }

@@ -116,8 +116,15 @@ fn visit_one(
                         change.need_flush();
                     }
                     v.changed += 1;
+                    // Swap-out and migration keep the page's contents:
+                    // snapshots log only a page dropped (a lazily freed one).
+                    let dropped = g.get(va).is_none();
                     drop(g);
-                    change.translations_changed(va, va + 4096);
+                    if dropped {
+                        change.translations_changed(va, va + 4096);
+                    } else {
+                        change.translations_moved(va, va + 4096);
+                    }
                 }
                 Edited::Aged => {
                     v.young = true;
