@@ -344,3 +344,18 @@ fn a_store_after_free_survives_concurrent_reclaim() {
     eprintln!("lazily freed pages dropped meanwhile: {}", m.stats().lazyfree_dropped);
     check(&mm);
 }
+
+#[test]
+fn linux_advice_numbers_round_trip_and_hints_are_none() {
+    for a in Advice::ALL {
+        assert_eq!(Advice::from_linux(a.linux_value()), Some(a), "{a:?}");
+    }
+    // Linux's uapi values (include/uapi/asm-generic/mman-common.h).
+    assert_eq!(Advice::from_linux(4), Some(Advice::DontNeed));
+    assert_eq!(Advice::from_linux(8), Some(Advice::Free));
+    assert_eq!(Advice::from_linux(23), Some(Advice::PopulateWrite));
+    // MADV_NORMAL, MADV_HUGEPAGE, MADV_DONTNEED_LOCKED: not softmm advice.
+    for n in [0, 14, 24, 100] {
+        assert_eq!(Advice::from_linux(n), None, "{n}");
+    }
+}
