@@ -11,7 +11,7 @@ use crate::mm::{Mm, MmInner};
 use crate::phys::FrameArena;
 use crate::shm::ShmObject;
 use crate::stats::{Counters, MachineStats};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 
@@ -91,6 +91,10 @@ pub(crate) struct MachineInner {
     pub(crate) reclaim: crate::reclaim::Reclaim,
     /// Every pin, by frame (`mm/pin.rs`), for audits.
     pub(crate) pins: crate::mm::pin::PinRegistry,
+    /// Set once any VMA of the machine was ever `VM_LOCKED` (mlock,
+    /// `MAP_LOCKED`, mlockall): until then reclaim skips its look for a
+    /// locked mapping of each frame (`reclaim/visit.rs`).
+    pub(crate) mlock_used: AtomicBool,
     next_id: AtomicU64,
     mms: Mutex<Vec<Weak<MmInner>>>,
     shms: Mutex<Vec<Weak<ShmObject>>>,
@@ -224,6 +228,7 @@ impl Machine {
             anon_vmas: crate::rmap::AnonVmas::new(),
             reclaim,
             pins: Default::default(),
+            mlock_used: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             mms: Mutex::new(Vec::new()),
             shms: Mutex::new(Vec::new()),

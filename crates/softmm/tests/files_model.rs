@@ -4,7 +4,8 @@
 //! (and, after each sync, the host file's bytes), with the invariant audit
 //! after every step. A private mapping's page reads the file until the
 //! mapping writes it; from then on it is the mapping's own copy, which no
-//! later write to the file reaches (and which `MADV_DONTNEED` drops).
+//! later write to the file reaches (and which `MADV_DONTNEED` drops, and a
+//! truncation below the page).
 //!
 //! `PROPTEST_CASES` overrides the number of cases (256).
 
@@ -113,6 +114,15 @@ impl World {
             }
             Op::Truncate { len } => {
                 self.f.truncate(len).unwrap();
+                if len < self.size() {
+                    // The private mapping's copies of pages wholly past the
+                    // new end go too (Linux's truncate_pagecache).
+                    for (page, copy) in self.copies.iter_mut().enumerate() {
+                        if page as u64 * PAGE >= len {
+                            *copy = None;
+                        }
+                    }
+                }
                 self.model.resize(len as usize, 0);
             }
             Op::Store { page, off, len, byte } => {
@@ -177,7 +187,7 @@ impl World {
 
     /// A store through the private mapping: the first one to a page copies
     /// it from the file (SIGBUS wholly past the end), later ones go to the
-    /// copy, wherever the end of the file is now.
+    /// copy (a truncation below the page drops it).
     fn private_store(&mut self, page: u64, off: u64, len: u64, byte: u8) -> Result<(), TestCaseError> {
         let r = self.mm.write(PRIVATE + page * PAGE + off, &vec![byte; len as usize]);
         if self.copies[page as usize].is_none() {

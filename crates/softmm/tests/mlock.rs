@@ -262,3 +262,33 @@ impl ReadU64 for Mm {
         u64::from_ne_bytes(b)
     }
 }
+
+/// A page locked in one space is kept mapped in every space (Linux keeps
+/// an mlocked page off the evictable lists): reclaim does not unmap it from
+/// a forked child, whose VMA is not locked, or from another sharer.
+#[test]
+fn reclaim_leaves_a_locked_page_mapped_where_it_is_not_locked() {
+    for kind in [MapKind::Private, MapKind::Shared] {
+        let m = limited(64);
+        let mm = m.new_mm().unwrap();
+        map(&mm, A, 16 * PAGE, Prot::RW, kind);
+        mm.mlock(A, 16 * PAGE).unwrap();
+        let child = mm.fork().unwrap();
+        // Fork copies no entry of shared memory: the child faults them in.
+        for i in 0..16 {
+            read(&child, A + i * PAGE, 1);
+        }
+        let frames: Vec<_> = (0..16).map(|i| child.phys(A + i * PAGE)).collect();
+        assert!(frames.iter().all(Option::is_some), "{kind:?}: the child maps the locked pages");
+        let other = A + (1 << 20);
+        map(&mm, other, 256 * PAGE, Prot::RW, MapKind::Private);
+        for i in 0..256 {
+            mm.write(other + i * PAGE, &[7]).unwrap();
+        }
+        assert!(mm.smaps(other).unwrap().swap > 0, "{kind:?}: the unlocked pages were swapped");
+        let now: Vec<_> = (0..16).map(|i| child.phys(A + i * PAGE)).collect();
+        assert_eq!(now, frames, "{kind:?}: the child keeps its mappings of the locked pages");
+        check(&mm);
+        check(&child);
+    }
+}

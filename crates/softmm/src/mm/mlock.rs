@@ -36,6 +36,7 @@ pub(crate) fn do_mlock(mm: &MmInner, addr: u64, len: u64, flags: u32) -> Result<
     }
     let add = if flags & MLOCK_ONFAULT != 0 { LOCKED_MASK } else { VmFlags::LOCKED };
     let Some((start, end)) = lock_range(addr, len)? else { return Ok(()) };
+    mm.machine.mlock_used.store(true, crate::sync::Ordering::Relaxed);
     {
         let mut st = mm.state.write();
         if st.exited() {
@@ -64,6 +65,9 @@ pub(crate) fn do_mlockall(mm: &MmInner, flags: u32, unlock: bool) -> Result<()> 
         return Err(Error::Invalid("mlockall flags must name MCL_CURRENT or MCL_FUTURE, and nothing unknown"));
     }
     let onfault = if flags & MCL_ONFAULT != 0 { VmFlags::LOCKONFAULT } else { VmFlags::NONE };
+    if !unlock {
+        mm.machine.mlock_used.store(true, crate::sync::Ordering::Relaxed);
+    }
     {
         let mut st = mm.state.write();
         if st.exited() {

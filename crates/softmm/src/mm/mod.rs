@@ -303,6 +303,9 @@ impl Mm {
         flags: MapFlags,
         file: mmap::Source<'_>,
     ) -> Result<u64> {
+        if flags.contains(MapFlags::LOCKED) {
+            self.inner.machine.mlock_used.store(true, crate::sync::Ordering::Relaxed);
+        }
         let (start, locked) = mmap::do_mmap(&self.inner, addr, len, prot, kind, place, flags.vm_flags(), file)?;
         if flags.contains(MapFlags::POPULATE) || locked {
             let end = args::page_align(len).map_or(start, |l| start.saturating_add(l));

@@ -44,6 +44,9 @@ fn swap_out_locked(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_o
     }
     let Some(obj) = m.shm_by_id(meta.owner.load(Ordering::Acquire)) else { return Ok(false) };
     let pgoff = meta.index.load(Ordering::Acquire);
+    if m.mlock_used.load(Ordering::Relaxed) && mapped_locked(&obj, f, pgoff, try_only) {
+        return Ok(false); // kept mapped everywhere, as the anonymous visit does
+    }
     let (unmapped, skipped, dirty) = unmap_everywhere(m, &obj, f, pgoff, try_only, Event::SwapOut);
     if unmapped > 0 {
         meta.sub_counts(unmapped, unmapped);
@@ -134,6 +137,33 @@ pub(crate) fn write_back_range(m: &MachineInner, obj: &Arc<ShmObject>, first: u6
         r?;
     }
     Ok(())
+}
+
+/// Whether some space maps page `pgoff` (frame `f`) of `obj` in a
+/// `VM_LOCKED` VMA: Linux keeps such a page off the evictable lists, so
+/// reclaim unmaps it from none of its mappings. A space busy under
+/// `try_only` is not looked at (`unmap_everywhere` skips it too).
+fn mapped_locked(obj: &Arc<ShmObject>, f: FrameId, pgoff: u64, try_only: bool) -> bool {
+    let mut locked = false;
+    obj.members.walk(|mm| {
+        if locked {
+            return;
+        }
+        let Some(st) = super::lock_member(mm, try_only) else { return };
+        let Some(pt) = st.pt.as_ref() else { return };
+        let addrs = st
+            .vmas
+            .iter()
+            .filter(|v| v.flags.contains(crate::vma::VmFlags::LOCKED) && v.maps_object(obj))
+            .filter(|v| pgoff >= v.pgoff && pgoff < v.pgoff + (v.len() >> 12))
+            .map(|v| v.start + ((pgoff - v.pgoff) << 12));
+        for va in addrs {
+            pt.peek_ptes(&mm.machine.arena, va, va + 4096, |_, pte| {
+                locked |= pte.is_present() && !pte.is_zero_frame() && pte.frame() == f;
+            });
+        }
+    });
+    locked
 }
 
 /// Replace every PTE that maps page `pgoff` (frame `f`) of `obj` by what

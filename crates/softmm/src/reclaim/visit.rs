@@ -66,6 +66,9 @@ pub(crate) fn visit_mappings(
     let arena = &m.arena;
     let (owner, index) = rmap_index(arena.meta(f));
     let mut v = Visit::default();
+    if how.mlock && m.mlock_used.load(Ordering::Relaxed) && mapped_locked(m, f, owner, index, how.try_only) {
+        return v; // mapped and locked: it stays resident, every mapping kept
+    }
     crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
         let Some(st) = lock_member(mm, how.try_only) else {
             v.skipped = true;
@@ -77,6 +80,35 @@ pub(crate) fn visit_mappings(
         }
     });
     v
+}
+
+/// Whether some space maps `f` in a `VM_LOCKED` VMA: Linux keeps such a
+/// page off the evictable lists (`PG_mlocked`), so reclaim unmaps it from
+/// none of its mappings, unlocked ones (a forked child's) included. A
+/// space busy under `try_only` is not looked at (the visit skips it too).
+fn mapped_locked(m: &MachineInner, f: FrameId, owner: u64, index: u64, try_only: bool) -> bool {
+    let mut locked = false;
+    crate::rmap::rmap_walk(&m.anon_vmas, owner, |mm| {
+        if locked {
+            return;
+        }
+        let Some(st) = lock_member(mm, try_only) else { return };
+        let Some(pt) = st.pt.as_ref() else { return };
+        for va in st.vmas.anon_addresses(owner, index).drain() {
+            let in_locked = st.vmas.find(va).is_some_and(|v| v.flags.contains(crate::vma::VmFlags::LOCKED));
+            if !in_locked {
+                continue;
+            }
+            // Lock-free, as `follow_pte`: a present entry of `f`.
+            pt.peek_ptes(&m.arena, va, va + 4096, |_, pte| {
+                locked |= pte.is_present() && !pte.is_zero_frame() && pte.frame() == f;
+            });
+            if locked {
+                return;
+            }
+        }
+    });
+    locked
 }
 
 /// One address of a member space where frame `f` may be mapped.
