@@ -54,7 +54,13 @@ const RUNS: &[&[&str]] = &[
 /// Where softmm's verdict is known to differ from Linux's: the program, the
 /// TAP case number (0: the program's exit class; [`ANY`]: every case), and
 /// why. Only these cases may differ; any other difference fails the test.
-const DIFFERS: &[(&str, u32, &str)] = &[];
+const DIFFERS: &[(&str, u32, &str)] = &[(
+    "mremap_test",
+    14,
+    "mremap expand merge looks for a maps line with exactly the expanded mapping's bounds; natively its three \
+     pages may be placed next to another anonymous mapping of the run and merge with it, so the host's verdict \
+     changes from run to run (softmm's, reading the machine's own /proc/self/maps, passes)",
+)];
 
 /// Every case of a program.
 const ANY: u32 = u32::MAX;

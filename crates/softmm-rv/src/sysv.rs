@@ -140,7 +140,7 @@ impl Kernel {
                 return Err(ENOENT);
             }
         }
-        if flags & SHM_HUGETLB != 0 || size < 1 || size > SHMMAX {
+        if flags & SHM_HUGETLB != 0 || !(1..=SHMMAX).contains(&size) {
             return Err(EINVAL);
         }
         if reg.segs.len() >= SHMMNI {
