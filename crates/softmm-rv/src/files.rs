@@ -25,6 +25,8 @@ pub enum OpenFile {
     Input(Mutex<Input>),
     Output(Mutex<Output>),
     Host(OwnedFd),
+    /// A file the machine generates (`/proc/PID/maps`, ...).
+    Proc(crate::proc::ProcFile),
 }
 
 /// A descriptor: the description and the close-on-exec flag.
@@ -224,10 +226,29 @@ impl Kernel {
 
     pub(crate) fn openat(&mut self, hart: &mut Hart, dirfd: u64, path: u64, flags: u64, mode: u64) -> SysResult {
         let p = self.path(hart, path)?;
+        if let Some((who, kind)) = crate::proc::parse_path(&p) {
+            return self.open_proc(who, kind, flags);
+        }
         let mode = Mode::from_bits_truncate(mode as u32 & 0o7777);
         let fd = self.at(dirfd, |d| rustix::fs::openat(d, p.as_slice(), oflags(flags), mode))?;
         let entry = FdEntry { file: Arc::new(OpenFile::Host(fd)), cloexec: flags & O_CLOEXEC != 0 };
         lock(&self.p.files).install(0, entry).map(|fd| fd as u64)
+    }
+
+    /// A `/proc/PID` file of a process of the machine (ENOENT for a pid
+    /// that is none); read-only: write access is EACCES, as its mode 0444
+    /// answers an unprivileged opener (root opens it, and a write is
+    /// EINVAL, as Linux's for a file without a write operation).
+    fn open_proc(&mut self, who: crate::proc::Who, kind: crate::proc::ProcKind, flags: u64) -> SysResult {
+        let p = match who {
+            crate::proc::Who::Caller => self.p.clone(),
+            crate::proc::Who::Pid(pid) => self.p.sys.get(pid).ok_or(crate::errno::ENOENT)?,
+        };
+        if flags & 3 != 0 && !rustix::process::geteuid().is_root() {
+            return Err(crate::errno::EACCES);
+        }
+        let file = Arc::new(OpenFile::Proc(crate::proc::ProcFile::new(kind, &p)));
+        lock(&self.p.files).install(0, FdEntry { file, cloexec: flags & O_CLOEXEC != 0 }).map(|fd| fd as u64)
     }
 
     pub(crate) fn close(&mut self, fd: u64) -> SysResult {
@@ -245,6 +266,7 @@ impl Kernel {
                 Ok(data.len() as u64)
             }
             OpenFile::Input(_) => Err(EBADF),
+            OpenFile::Proc(_) => Err(EINVAL),
             OpenFile::Host(h) => {
                 if may_block(h.as_fd()) && !nonblocking(h.as_fd()) {
                     wait_ready(h.as_fd(), rustix::event::PollFlags::OUT, &self.ctl)?;
@@ -283,6 +305,7 @@ impl Kernel {
                 return Ok(n as u64);
             }
             OpenFile::Output(_) => return Err(EBADF),
+            OpenFile::Proc(f) => f.read(&mut data)?,
             OpenFile::Host(h) => {
                 if may_block(h.as_fd()) && !nonblocking(h.as_fd()) {
                     wait_ready(h.as_fd(), rustix::event::PollFlags::IN, &self.ctl)?;
@@ -296,6 +319,15 @@ impl Kernel {
     }
 
     pub(crate) fn pread(&mut self, hart: &mut Hart, fd: u64, buf: u64, len: u64, off: u64) -> SysResult {
+        if let OpenFile::Proc(f) = &*self.file(fd)? {
+            if (off as i64) < 0 {
+                return Err(EINVAL);
+            }
+            let mut data = vec![0u8; len.min(1 << 20) as usize];
+            let n = f.read_at(off, &mut data)?;
+            hart.mem.write_bytes(buf, &data[..n]).map_err(|_| EFAULT)?;
+            return Ok(n as u64);
+        }
         let cache = &self.p.sys.page_cache;
         self.positioned(fd, off, |h| {
             if let Some(f) = cache.get(h) {
@@ -337,6 +369,9 @@ impl Kernel {
     pub(crate) fn lseek(&mut self, fd: u64, off: u64, whence: u64) -> SysResult {
         use rustix::fs::SeekFrom;
         let file = self.file(fd)?;
+        if let OpenFile::Proc(f) = &*file {
+            return f.seek(off as i64, whence);
+        }
         let OpenFile::Host(h) = &*file else {
             return Err(crate::errno::ESPIPE);
         };
@@ -357,6 +392,7 @@ impl Kernel {
             OpenFile::Input(i) => lock(i).stat(),
             OpenFile::Output(o) => lock(o).stat(),
             OpenFile::Host(h) => stat_of(h.as_fd()).ok_or(EIO)?,
+            OpenFile::Proc(_) => crate::io::proc_stat(),
         })
     }
 
@@ -448,7 +484,7 @@ impl Kernel {
             }
             F_GETFL => match &*file {
                 OpenFile::Host(h) => rustix::fs::fcntl_getfl(h).map(guest_oflags).map_err(os),
-                OpenFile::Input(_) => Ok(0o100000),
+                OpenFile::Input(_) | OpenFile::Proc(_) => Ok(0o100000),
                 OpenFile::Output(_) => Ok(0o100001),
             },
             F_SETFL => match &*file {
@@ -591,6 +627,7 @@ impl Kernel {
             OpenFile::Input(i) => lock(i).is_terminal(),
             OpenFile::Output(o) => lock(o).is_terminal(),
             OpenFile::Host(h) => rustix::termios::isatty(h),
+            OpenFile::Proc(_) => false,
         };
         if req == TCGETS && tty {
             // Enough for isatty(): a zeroed riscv64 struct termios (36 bytes).

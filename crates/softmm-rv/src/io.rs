@@ -153,6 +153,25 @@ fn pipe_stat() -> [u8; 128] {
     .encode()
 }
 
+/// What fstat says of a generated `/proc` file: a regular file of mode
+/// 0444 and size 0 on the proc file system (Linux's device 0:0x16 here).
+pub fn proc_stat() -> [u8; 128] {
+    Stat {
+        dev: 0x16,
+        ino: 1,
+        mode: 0o100000 | 0o444,
+        nlink: 1,
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        rdev: 0,
+        size: 0,
+        blksize: 1024,
+        blocks: 0,
+        times: [(0, 0); 3],
+    }
+    .encode()
+}
+
 fn host_stat(fd: impl std::os::fd::AsFd) -> [u8; 128] {
     stat_of(fd).unwrap_or_else(pipe_stat)
 }

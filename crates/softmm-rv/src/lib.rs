@@ -12,7 +12,8 @@
 //! (threads share one `Mm`, fork is `Mm::fork`), futexes are softmm's,
 //! signals are delivered with Linux's riscv64 frame ([`deliver`],
 //! [`sigframe`]), and file calls reach host files ([`files`]), which can be mapped
-//! ([`mapped`]). A guest
+//! ([`mapped`]), except `/proc/PID/maps`, `smaps` and `pagemap`, which
+//! the machine generates from softmm's view ([`mod@proc`]). A guest
 //! fault is a value ([`mem::GuestFault`]) that becomes a signal, never a
 //! host panic; a host panic in a guest thread ends the guest process.
 //!
@@ -40,10 +41,12 @@ pub mod io;
 pub mod loader;
 pub mod mapped;
 pub mod mem;
+pub mod proc;
 pub mod process;
 pub mod sigframe;
 pub mod signal;
 pub mod syscall;
+pub mod sysv;
 pub mod task;
 pub mod thread;
 

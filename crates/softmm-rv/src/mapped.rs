@@ -74,6 +74,21 @@ fn inode(h: &OwnedFd) -> Option<(u64, u64)> {
     (st.st_mode & 0o170000 == 0o100000).then_some((st.st_dev, st.st_ino))
 }
 
+/// What `/proc/PID/maps` names host file `h` by: its host path (Linux's
+/// `d_path`, `/memfd:NAME (deleted)` for a memfd), device and inode.
+fn host_name(h: &OwnedFd) -> Option<crate::proc::ObjName> {
+    let st = rustix::fs::fstat(h).ok()?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", h.as_raw_fd())).ok()?;
+    // The casts are no-ops on some hosts, not on others.
+    #[allow(clippy::unnecessary_cast)]
+    let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+    Some(crate::proc::ObjName {
+        path: path.to_string_lossy().into_owned(),
+        dev: (rustix::fs::major(dev), rustix::fs::minor(dev)),
+        ino,
+    })
+}
+
 /// An in-memory file as long as host file `h`, holding its bytes from
 /// `off` for `len` (what a private mapping of them can read): the private
 /// mapping of a file the page cache cannot hold (see the module's note).
@@ -126,21 +141,21 @@ impl Kernel {
         if off & 0xfff != 0 {
             return Err(EINVAL);
         }
-        match kind {
-            MapKind::Shared => {
-                let f = self.p.sys.page_cache.get_or_open(h, &self.mm.machine())?;
-                self.mm.mmap_file(addr, len, prot, kind, place, &f, off).map_err(|e| e.errno())
-            }
+        let f = match kind {
+            MapKind::Shared => self.p.sys.page_cache.get_or_open(h, &self.mm.machine())?,
             _ => {
                 let machine = self.mm.machine();
-                let f = match self.p.sys.page_cache.get_or_open(h, &machine) {
+                match self.p.sys.page_cache.get_or_open(h, &machine) {
                     Ok(f) => f,
                     Err(EACCES | EPERM | EROFS | ETXTBSY) => snapshot(h, &machine, off, len)?,
                     Err(e) => return Err(e),
-                };
-                self.mm.mmap_file(addr, len, prot, MapKind::Private, place, &f, off).map_err(|e| e.errno())
+                }
             }
+        };
+        if let Some(name) = host_name(h) {
+            self.p.sys.object_names.set(f.id(), name);
         }
+        self.mm.mmap_file(addr, len, prot, kind, place, &f, off).map_err(|e| e.errno())
     }
 
     /// msync(addr, len, flags): softmm's (MS_SYNC writes shared file

@@ -93,6 +93,10 @@ pub mod nr {
     pub const MLOCKALL: u64 = 230;
     pub const MUNLOCKALL: u64 = 231;
     pub const MLOCK2: u64 = 284;
+    pub const SHMGET: u64 = 194;
+    pub const SHMCTL: u64 = 195;
+    pub const SHMAT: u64 = 196;
+    pub const SHMDT: u64 = 197;
     pub const PRLIMIT64: u64 = 261;
     pub const GETRANDOM: u64 = 278;
     pub const RISCV_FLUSH_ICACHE: u64 = 259;
@@ -219,6 +223,10 @@ impl Kernel {
                 let flags = u32::try_from(a[0]).map_err(|_| EINVAL)?;
                 self.mm.mlockall(flags).map(|()| 0).map_err(|e| e.errno())
             }
+            nr::SHMGET => self.shmget(a[0], a[1], a[2]),
+            nr::SHMAT => self.shmat(a[0], a[1], a[2]),
+            nr::SHMDT => self.shmdt(a[0]),
+            nr::SHMCTL => self.shmctl(hart, a[0], a[1], a[2]),
             nr::MUNLOCKALL => self.mm.munlockall().map(|()| 0).map_err(|e| e.errno()),
             nr::SET_TID_ADDRESS => {
                 self.clear_child_tid = a[0];
@@ -532,15 +540,16 @@ fn prot(bits: u64) -> Result<Prot, i32> {
     if bits & !PROT_MASK != 0 {
         return Err(EINVAL);
     }
-    // As on riscv64 Linux, a write-only or execute-only page is readable
-    // too (the hardware has no write-only pages; PROT_EXEC alone is
-    // mapped readable).
+    // As on riscv64 Linux, a write-only page is readable too (the hardware
+    // has no write-only pages), yet its VMA is write-only: softmm's
+    // `Prot::WRITE` loads as it stores, and `MADV_POPULATE_READ` of it is
+    // EINVAL, as GUP wants VM_READ. PROT_EXEC alone is mapped readable.
     let mut prot = Prot::NONE;
-    if bits & 7 != 0 {
+    if bits & 1 != 0 || bits & 7 == 4 {
         prot = prot.union(Prot::READ);
     }
     if bits & 2 != 0 {
-        prot = prot.union(Prot::RW);
+        prot = prot.union(Prot::WRITE);
     }
     if bits & 4 != 0 {
         prot = prot.union(Prot::EXEC);

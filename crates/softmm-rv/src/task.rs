@@ -163,6 +163,10 @@ pub struct System {
     hosts: Mutex<Vec<JoinHandle<()>>>,
     /// Files mapped shared, one page cache per host file for the run.
     pub page_cache: crate::mapped::PageCache,
+    /// What `/proc/PID/maps` names mapped files and segments by.
+    pub object_names: crate::proc::ObjectNames,
+    /// System V shared memory segments.
+    pub shm: crate::sysv::ShmRegistry,
 }
 
 /// How often a wait on the process table looks at its thread's
@@ -178,6 +182,8 @@ impl System {
             next_id: AtomicU64::new(first_pid + 1),
             hosts: Mutex::new(Vec::new()),
             page_cache: crate::mapped::PageCache::default(),
+            object_names: crate::proc::ObjectNames::default(),
+            shm: crate::sysv::ShmRegistry::default(),
         })
     }
 

@@ -348,6 +348,21 @@ fn mremap_flags_and_errors() {
     same_as_native("mremap", &[]);
 }
 
+/// /proc/self/maps, smaps and pagemap: lines, figures and VmFlags of a
+/// region through mlock, munlock and madvise, named heap, stack and
+/// shared memory, pagemap's present bits, /proc/PID of the caller.
+#[test]
+fn proc_maps_smaps_pagemap() {
+    same_as_native("procmaps", &[]);
+}
+
+/// System V shared memory: shmget, shmat, shmdt, shmctl, across fork, with
+/// a shared futex on a segment.
+#[test]
+fn sysv_shared_memory() {
+    same_as_native("sysvshm", &[]);
+}
+
 /// Threads on host threads: mutex, condvar and barrier counters, joins,
 /// thread-local storage, pthread_exit.
 #[test]

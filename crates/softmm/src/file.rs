@@ -51,6 +51,12 @@ impl File {
         Ok(File { obj: m.new_shm_with(store, len)?, machine: m.clone() })
     }
 
+    /// The file's identity, as [`crate::VmaInfo::object`] names the file a
+    /// mapping maps (stable while the file lives).
+    pub fn id(&self) -> u64 {
+        self.obj.id()
+    }
+
     /// The file's length in bytes.
     pub fn len(&self) -> u64 {
         self.obj.size()

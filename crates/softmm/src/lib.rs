@@ -113,8 +113,8 @@ pub use futex::{FutexKeys, FutexWaiter};
 pub use machine::{Config, Machine};
 pub use mm::invariants::InvariantError;
 pub use mm::{
-    Advice, ForkPolicy, MapFlags, Mapping, Mm, PinnedPages, Placement, RemapFlags, Snapshot, MCL_CURRENT, MCL_FUTURE,
-    MCL_ONFAULT, MLOCK_ONFAULT, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
+    Advice, ForkPolicy, MapFlags, Mapping, Mm, PageState, PinnedPages, Placement, RemapFlags, Snapshot, VmaInfo,
+    MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
 };
 pub use notifier::{IntervalNotifier, IntervalOps, MmuNotifier, Subscription};
 pub use pgtable::TASK_SIZE;

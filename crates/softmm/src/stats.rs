@@ -168,6 +168,8 @@ pub struct Smaps {
     pub rss: u64,
     /// Proportional set: each resident page divided by its number of mappers.
     pub pss: u64,
+    /// The part of `pss` that is dirty memory (Linux's `Pss_Dirty:`).
+    pub pss_dirty: u64,
     /// Anonymous memory.
     pub anonymous: u64,
     /// Clean memory mapped by more than one address space.
@@ -178,6 +180,12 @@ pub struct Smaps {
     pub private_clean: u64,
     /// Dirty memory mapped by this address space only.
     pub private_dirty: u64,
+    /// Resident memory recently accessed (Linux's `Referenced:`: the
+    /// entry's accessed bit or the frame's referenced flag).
+    pub referenced: u64,
+    /// Anonymous memory `MADV_FREE` left clean, freed rather than swapped
+    /// by reclaim (Linux's `LazyFree:`).
+    pub lazyfree: u64,
     /// Memory out on the swap device.
     pub swap: u64,
     /// Linux's `Locked:`: the PSS of the VMA when it is `VM_LOCKED`
@@ -193,6 +201,9 @@ const PSS_SHIFT: u32 = 12;
 pub(crate) struct SmapsAcc {
     rss: u64,
     pss: u64,
+    pss_dirty: u64,
+    referenced: u64,
+    lazyfree: u64,
     anon: u64,
     shared_clean: u64,
     shared_dirty: u64,
@@ -207,6 +218,17 @@ impl SmapsAcc {
         self.swap += 4096;
     }
 
+    /// One present page's accessed state and lazy-free mark, after
+    /// [`SmapsAcc::page`] counted it.
+    pub(crate) fn page_marks(&mut self, referenced: bool, lazyfree: bool) {
+        if referenced {
+            self.referenced += 4096;
+        }
+        if lazyfree {
+            self.lazyfree += 4096;
+        }
+    }
+
     /// One present, non-zero page: its frame's refcount and mapcount, whether
     /// it is anonymous and whether it is dirty (PTE or frame).
     pub(crate) fn page(&mut self, refcount: u32, mapcount: u32, anon: bool, dirty: bool) {
@@ -218,6 +240,9 @@ impl SmapsAcc {
         let private = refcount == 1 || mapcount < 2;
         let pss = if private { size << PSS_SHIFT } else { (size << PSS_SHIFT) / mapcount as u64 };
         self.pss += pss;
+        if dirty {
+            self.pss_dirty += pss;
+        }
         match (private, dirty) {
             (true, true) => self.private_dirty += size,
             (true, false) => self.private_clean += size,
@@ -232,6 +257,9 @@ impl SmapsAcc {
             end,
             rss: self.rss >> 10,
             pss: (self.pss >> PSS_SHIFT) >> 10,
+            pss_dirty: (self.pss_dirty >> PSS_SHIFT) >> 10,
+            referenced: self.referenced >> 10,
+            lazyfree: self.lazyfree >> 10,
             anonymous: self.anon >> 10,
             shared_clean: self.shared_clean >> 10,
             shared_dirty: self.shared_dirty >> 10,

@@ -666,6 +666,73 @@ impl Mm {
         st.vmas.iter().map(|v| Mapping { range: v.start..v.end, prot: v.prot, kind: v.kind() }).collect()
     }
 
+    /// Every VMA with what `/proc/PID/smaps` shows of it beyond
+    /// [`Mm::maps`]: its flags, its offset in the object it maps and that
+    /// object's identity ([`File::id`](crate::File::id)). In address order,
+    /// one entry per VMA, as [`Mm::maps`] lists them.
+    ///
+    /// ```
+    /// use softmm::{Config, Machine, MapKind, Placement, Prot};
+    ///
+    /// let machine = Machine::new(Config { arena_bytes: 16 << 20, ..Config::default() })?;
+    /// let mm = machine.new_mm()?;
+    /// mm.mmap(0x10000, 3 * 4096, Prot::RW, MapKind::Private, Placement::Fixed)?;
+    /// mm.mlock(0x11000, 4096)?;
+    /// let v = mm.vma_info();
+    /// assert_eq!(v.len(), 3);
+    /// assert!(!v[0].locked && v[1].locked && v[1].account && !v[2].locked);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn vma_info(&self) -> Vec<VmaInfo> {
+        use crate::vma::VmFlags;
+        let st = self.inner.state.read();
+        st.vmas
+            .iter()
+            .map(|v| {
+                let object = v.mapped_object().map(|o| o.id());
+                VmaInfo {
+                    range: v.start..v.end,
+                    prot: v.prot,
+                    kind: v.kind(),
+                    locked: v.flags.contains(VmFlags::LOCKED),
+                    lock_on_fault: v.flags.contains(VmFlags::LOCKONFAULT),
+                    dont_fork: v.flags.contains(VmFlags::DONTCOPY),
+                    wipe_on_fork: v.flags.contains(VmFlags::WIPEONFORK),
+                    grows_down: v.flags.contains(VmFlags::GROWSDOWN),
+                    account: v.account,
+                    offset: if object.is_some() { v.pgoff << 12 } else { 0 },
+                    object,
+                }
+            })
+            .collect()
+    }
+
+    /// What the page table holds for the page at `addr` (Linux's
+    /// `/proc/PID/pagemap` entry): a present page and its frame (the zero
+    /// frame included), a swapped-out page, or nothing.
+    pub fn page_state(&self, addr: u64) -> PageState {
+        if addr >= crate::pgtable::TASK_SIZE {
+            return PageState::None;
+        }
+        let st = self.inner.state.read();
+        let Some(pt) = st.pt.as_ref() else { return PageState::None };
+        let arena = self.inner.arena();
+        let pte = pt.follow_pte(arena, addr & !(PAGE_SIZE as u64 - 1));
+        if pte.is_swap() || pte.is_migration() {
+            return PageState::Swapped;
+        }
+        if !pte.is_present() {
+            return PageState::None;
+        }
+        let frame = pte.frame();
+        if pte.is_zero_frame() {
+            return PageState::Present { frame, exclusive: false, anon: false };
+        }
+        let m = arena.meta(frame);
+        let exclusive = !pte.is_borrowed() && m.mapcount() == 1;
+        PageState::Present { frame, exclusive, anon: m.has(crate::phys::flags::ANON) }
+    }
+
     /// Audit the whole machine this address space lives on: recount every
     /// frame's references and mappings from all page tables and shared
     /// objects, and compare them with the stored counts; check page-table
@@ -675,6 +742,54 @@ impl Mm {
     pub fn check_invariants(&self) -> std::result::Result<(), crate::InvariantError> {
         invariants::check_machine(&self.inner.machine)
     }
+}
+
+/// One VMA as [`Mm::vma_info`] describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmaInfo {
+    /// The addresses it covers (page-aligned).
+    pub range: std::ops::Range<u64>,
+    /// What it lets an access do.
+    pub prot: Prot,
+    /// Private or shared memory.
+    pub kind: MapKind,
+    /// `VM_LOCKED` (`mlock`, `mlockall`).
+    pub locked: bool,
+    /// `VM_LOCKONFAULT` (`MLOCK_ONFAULT`, `MCL_ONFAULT`).
+    pub lock_on_fault: bool,
+    /// `VM_DONTCOPY` (`MADV_DONTFORK`).
+    pub dont_fork: bool,
+    /// `VM_WIPEONFORK` (`MADV_WIPEONFORK`).
+    pub wipe_on_fork: bool,
+    /// `VM_GROWSDOWN` (a stack).
+    pub grows_down: bool,
+    /// `VM_ACCOUNT`: private memory that has been writable.
+    pub account: bool,
+    /// Byte offset of `range.start` in the object it maps (0 for private
+    /// anonymous memory).
+    pub offset: u64,
+    /// The shared object or file it maps ([`File::id`](crate::File::id)),
+    /// `None` for private anonymous memory.
+    pub object: Option<u64>,
+}
+
+/// A page table's entry for one page, as [`Mm::page_state`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageState {
+    /// No entry: never touched, or dropped.
+    None,
+    /// A present page.
+    Present {
+        /// Its frame ([`crate::ZERO_FRAME`] for the shared zero page).
+        frame: FrameId,
+        /// This is the frame's only mapping (never the zero page).
+        exclusive: bool,
+        /// An anonymous page: not a shared object's or a file's, nor the
+        /// zero page.
+        anon: bool,
+    },
+    /// Out on the swap device (or being migrated).
+    Swapped,
 }
 
 /// One mapping of an address space, as [`Mm::maps`] lists it.

@@ -80,7 +80,10 @@ impl Sharers {
                     let extra = span.extra(arena, va, f);
                     debug_assert!(!pte.is_borrowed() || sharing, "a borrowed entry while no table is shared");
                     let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
-                    acc.page(m.refcount() + extra, m.mapcount() + extra, m.has(crate::phys::flags::ANON), dirty);
+                    let anon = m.has(crate::phys::flags::ANON);
+                    acc.page(m.refcount() + extra, m.mapcount() + extra, anon, dirty);
+                    let referenced = pte.is_accessed() || m.has(crate::phys::flags::REFERENCED);
+                    acc.page_marks(referenced, anon && !dirty && m.has(crate::phys::flags::LAZYFREE));
                 }
                 va += PAGE_SIZE as u64;
             }
