@@ -9,6 +9,8 @@
 //!   the same run (see `docs/BENCHMARKS.md` for the method); rmap, reclaim
 //!   and notifier have no Linux side (reclaim compares with its swap file's
 //!   own bandwidth, notifier with a build without notifiers).
+//!   `softmm bench exec [--vs-qemu] [--json]` runs riscv64 programs under
+//!   `softmm exec` and under qemu-riscv64.
 //! - `softmm run` and `softmm replay` take `--mem-limit SIZE` (and
 //!   `--swap-file PATH`): beyond the limit, pages are swapped out.
 //!
