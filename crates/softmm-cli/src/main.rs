@@ -9,6 +9,8 @@
 //!   the same run (see `docs/BENCHMARKS.md` for the method); rmap, reclaim
 //!   and notifier have no Linux side (reclaim compares with its swap file's
 //!   own bandwidth, notifier with a build without notifiers).
+//!   `softmm bench exec [--vs-qemu] [--json]` runs riscv64 programs under
+//!   `softmm exec` and under qemu-riscv64.
 //! - `softmm run` and `softmm replay` take `--mem-limit SIZE` (and
 //!   `--swap-file PATH`): beyond the limit, pages are swapped out.
 //!
@@ -208,6 +210,9 @@ struct BenchArgs {
     /// Also time the same work on the Linux kernel and print ratios.
     #[arg(long)]
     vs_linux: bool,
+    /// exec only: also run the programs under qemu-riscv64 and print ratios.
+    #[arg(long)]
+    vs_qemu: bool,
     /// End the output with one JSON object on its own line.
     #[arg(long)]
     json: bool,
@@ -285,7 +290,13 @@ pub enum BenchKind {
     /// 1 % of its pages: restore to a snapshot vs a fork server (softmm
     /// fork + exit, Linux fork + exit), per iteration.
     Snapshot,
-    /// All of the above.
+    /// riscv64 programs under `softmm exec` (`--vs-qemu`: and under
+    /// qemu-riscv64): a fork server (256 MiB heap, a child per input
+    /// writing 1 % of it), 1 GiB mapped, touched and unmapped in 64 KiB
+    /// pieces (--size), a CoreMark-like compute loop (MIPS). Needs
+    /// riscv64-linux-gnu-gcc; not part of `all`.
+    Exec,
+    /// All of the above but exec.
     All,
 }
 
@@ -314,6 +325,7 @@ fn main() -> ExitCode {
             a.which,
             &bench::BenchOpts {
                 vs_linux: a.vs_linux,
+                vs_qemu: a.vs_qemu,
                 json: a.json,
                 size: a.size,
                 sizes: a.sizes.unwrap_or_default(),

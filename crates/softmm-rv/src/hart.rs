@@ -175,6 +175,7 @@ impl Hart {
         self.x[(r & 31) as usize]
     }
 
+    #[inline(always)]
     fn execute(&mut self, inst: Inst, raw: u32, next: u64) -> Result<(), Stop> {
         let pc = self.pc;
         let mut npc = next;

@@ -28,6 +28,8 @@ use std::sync::Arc;
 const MAX_PAGES: usize = 1024;
 /// Slots per page: one per 2-byte instruction start.
 const SLOTS: usize = 2048;
+/// Entries of the direct-mapped page index in front of the hash map.
+const RECENT: usize = 256;
 
 /// One address space's invalidation generation, and the span of pages
 /// whose code some hart may have cached.
@@ -89,6 +91,10 @@ pub struct ICache {
     pages: Vec<Box<[Slot; SLOTS]>>,
     /// The page of the last lookup, as (page number + 1, index); 0: none.
     last: (u64, usize),
+    /// (page number + 1, index) by page number modulo [`RECENT`]: code
+    /// that calls between a few hundred pages (an interpreter's dispatch
+    /// loop and its helpers) finds them here without hashing.
+    recent: Box<[(u64, usize); RECENT]>,
 }
 
 /// A fill in progress: the generation read before the fetch.
@@ -98,7 +104,14 @@ pub struct Ticket(u64);
 impl ICache {
     pub fn new(watch: Arc<CodeWatch>) -> ICache {
         let seen = watch.gen.load(Ordering::SeqCst);
-        ICache { watch, seen, index: HashMap::new(), pages: Vec::new(), last: (0, 0) }
+        ICache {
+            watch,
+            seen,
+            index: HashMap::new(),
+            pages: Vec::new(),
+            last: (0, 0),
+            recent: Box::new([(0, 0); RECENT]),
+        }
     }
 
     /// Forget everything (this hart's `fence.i`).
@@ -106,6 +119,7 @@ impl ICache {
         self.index.clear();
         self.pages.clear();
         self.last = (0, 0);
+        self.recent.fill((0, 0));
     }
 
     /// The watch this cache follows.
@@ -125,7 +139,14 @@ impl ICache {
         let i = if self.last.0 == tag {
             self.last.1
         } else {
-            let i = *self.index.get(&tag)?;
+            let r = &mut self.recent[tag as usize % RECENT];
+            let i = if r.0 == tag {
+                r.1
+            } else {
+                let i = *self.index.get(&tag)?;
+                *r = (tag, i);
+                i
+            };
             self.last = (tag, i);
             i
         };

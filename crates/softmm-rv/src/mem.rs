@@ -102,7 +102,7 @@ impl Memory {
 
     /// Load `size` (1, 2, 4 or 8) bytes, zero-extended. Misaligned loads
     /// are allowed, as Linux emulates them for user space.
-    #[inline]
+    #[inline(always)]
     pub fn load(&mut self, addr: u64, size: u64) -> MemResult<u64> {
         let r = if addr % size == 0 {
             match size {
@@ -119,7 +119,7 @@ impl Memory {
     }
 
     /// Store the low `size` bytes of `v`.
-    #[inline]
+    #[inline(always)]
     pub fn store(&mut self, addr: u64, size: u64, v: u64) -> MemResult<()> {
         let r = if addr % size == 0 {
             match size {

@@ -27,6 +27,7 @@
 //! machine is alive while Linux forks (fork copies this whole process).
 
 pub(crate) mod cpu;
+pub mod exec;
 pub mod file;
 pub mod fork;
 pub mod free;
@@ -51,6 +52,8 @@ use std::fmt::Write as _;
 /// Options of `softmm bench`.
 pub struct BenchOpts {
     pub vs_linux: bool,
+    /// exec only: also run the programs under qemu-riscv64.
+    pub vs_qemu: bool,
     pub json: bool,
     pub size: Option<u64>,
     /// fork only: the resident sizes (empty: --size, or the default).
@@ -154,6 +157,9 @@ fn check_options(which: BenchKind, o: &BenchOpts) -> CliResult<()> {
     if o.background_reclaim && !matches!(which, BenchKind::Reclaim | BenchKind::All) {
         return Err(CliError("--background-reclaim is for `bench reclaim` only".into()));
     }
+    if o.vs_qemu && which != BenchKind::Exec {
+        return Err(CliError("--vs-qemu is for `bench exec` only".into()));
+    }
     Ok(())
 }
 
@@ -201,6 +207,7 @@ fn run_one(k: BenchKind, o: &BenchOpts, all: bool) -> CliResult<(String, serde_j
         BenchKind::Mremap => output(&remap::remap(o, size)?),
         BenchKind::File => output(&file::file(o, size)?),
         BenchKind::Snapshot => output(&snapshot::snapshot(o, size)?),
+        BenchKind::Exec => output(&exec::exec(o, size)?),
         BenchKind::All => Err(CliError("internal: 'all' is expanded before dispatch".into())),
     }
 }
