@@ -12,7 +12,9 @@
 //! Each figure is one whole iteration, run + reset (what a fork server
 //! pays per input), the median of `--reps` (restore: ten times as many,
 //! it is short). The restore call alone is reported too, per written page
-//! against one 4 KiB `memcpy` into the same number of distinct pages.
+//! against one 4 KiB `memcpy` into the same number of distinct pages, and
+//! against Linux's reset alone: its iteration less the run, which the
+//! child times itself and sends back through a pipe.
 //! Linux runs first, before any softmm machine exists (fork copies this
 //! whole process).
 
@@ -45,6 +47,8 @@ pub struct Row {
     restore_call_ns: f64,
     fork_ns: f64,
     linux_ns: Option<f64>,
+    /// Linux's iteration less its child's run: fork, exit and wait.
+    linux_reset_ns: Option<f64>,
     restore_resets_per_s: f64,
     fork_resets_per_s: f64,
     linux_resets_per_s: Option<f64>,
@@ -52,6 +56,8 @@ pub struct Row {
     restore_ratio_vs_linux: Option<f64>,
     /// softmm fork+exit time / restore time.
     restore_ratio_vs_fork: f64,
+    /// Linux's reset alone / the restore call alone.
+    reset_only_ratio_vs_linux: Option<f64>,
     samples: RowSamples,
 }
 
@@ -61,6 +67,7 @@ struct RowSamples {
     restore_call: Vec<f64>,
     fork: Vec<f64>,
     linux: Option<Vec<f64>>,
+    linux_reset: Option<Vec<f64>>,
 }
 
 /// The result of `bench snapshot`.
@@ -76,6 +83,9 @@ pub struct SnapshotResult {
     restore_1_ratio_vs_linux: Option<f64>,
     restore_1pct_ratio_vs_linux: Option<f64>,
     restore_1pct_ratio_vs_fork: f64,
+    /// After a 1 % run: Linux's reset alone (fork, exit, wait) / the
+    /// restore call alone, the run left out on both sides.
+    reset_only_1pct_ratio_vs_linux: Option<f64>,
     /// The restore call after a 1 % run, per page written.
     restore_ns_per_written_page: f64,
     /// One 4 KiB memcpy into each of as many distinct pages, per copy.
@@ -100,7 +110,10 @@ pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
         for &n in &ns_list {
             say(&pb, format!("snapshot: Linux fork+exit, {n} pages written"));
             linux_fork_exit(&mut r, n)?;
-            all.push((0..reps).map(|_| linux_fork_exit(&mut r, n).map(|t| t as f64)).collect::<CliResult<Vec<_>>>()?);
+            let runs = (0..reps).map(|_| linux_fork_exit(&mut r, n)).collect::<CliResult<Vec<_>>>()?;
+            let total: Vec<f64> = runs.iter().map(|&(t, _)| t as f64).collect();
+            let reset: Vec<f64> = runs.iter().map(|&(t, run)| t.saturating_sub(run) as f64).collect();
+            all.push((total, reset));
         }
         Some(all)
     } else {
@@ -128,20 +141,31 @@ pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
         .enumerate()
         .map(|(i, &n)| {
             let (rs, rc) = restores[i].clone();
-            let lin = linux.as_ref().map(|l| l[i].clone());
+            let lin = linux.as_ref().map(|l| l[i].0.clone());
+            let lin_reset = linux.as_ref().map(|l| l[i].1.clone());
             let (r, f, l) = (median(&rs), median(&forks[i]), lin.as_deref().map(median));
+            let l_reset = lin_reset.as_deref().map(median);
+            let call = median(&rc);
             Row {
                 pages_written: n,
                 restore_ns: r,
-                restore_call_ns: median(&rc),
+                restore_call_ns: call,
                 fork_ns: f,
                 linux_ns: l,
+                linux_reset_ns: l_reset,
                 restore_resets_per_s: 1e9 / r,
                 fork_resets_per_s: 1e9 / f,
                 linux_resets_per_s: l.map(|l| 1e9 / l),
                 restore_ratio_vs_linux: l.map(|l| l / r),
                 restore_ratio_vs_fork: f / r,
-                samples: RowSamples { restore: rs, restore_call: rc, fork: forks[i].clone(), linux: lin },
+                reset_only_ratio_vs_linux: l_reset.map(|l| l / call),
+                samples: RowSamples {
+                    restore: rs,
+                    restore_call: rc,
+                    fork: forks[i].clone(),
+                    linux: lin,
+                    linux_reset: lin_reset,
+                },
             }
         })
         .collect();
@@ -157,6 +181,7 @@ pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
         restore_1_ratio_vs_linux: rows[0].restore_ratio_vs_linux,
         restore_1pct_ratio_vs_linux: rows[2].restore_ratio_vs_linux,
         restore_1pct_ratio_vs_fork: rows[2].restore_ratio_vs_fork,
+        reset_only_1pct_ratio_vs_linux: rows[2].reset_only_ratio_vs_linux,
         restore_ns_per_written_page: per_page,
         memcpy_4k_ns,
         restore_page_vs_memcpy: per_page / memcpy_4k_ns,
@@ -165,13 +190,18 @@ pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
 }
 
 /// Linux, one iteration: fork; the child writes `n` pages spread over `r`,
-/// maps, writes and unmaps a small region, and exits; `waitpid`. Total ns.
-fn linux_fork_exit(r: &mut linux::Region, n: u64) -> CliResult<u64> {
+/// maps, writes and unmaps a small region, and exits; `waitpid`. Returns
+/// the iteration's ns and the child's run, which it times itself and
+/// writes to a pipe as 8 bytes.
+fn linux_fork_exit(r: &mut linux::Region, n: u64) -> CliResult<(u64, u64)> {
+    let (rx, tx) = sys::pipe().map_err(|e| io_error("pipe", e))?;
     let t0 = sys::mono_ns();
     // SAFETY: this process is single-threaded while benchmarking (no softmm
     // machine exists yet, the spinner starts no thread); the child only
-    // stores into its copy of `r`, maps and unmaps a region and exits.
+    // stores into its copy of `r`, maps and unmaps a region, writes to the
+    // pipe and exits.
     let Some(pid) = (unsafe { sys::fork() }).map_err(|e| io_error("fork", e))? else {
+        let t = sys::mono_ns();
         r.touch_spread(2, n);
         let ok = match linux::Region::new(SMALL as usize, false) {
             Ok(mut small) => {
@@ -180,14 +210,20 @@ fn linux_fork_exit(r: &mut linux::Region, n: u64) -> CliResult<u64> {
             }
             Err(_) => false,
         };
-        sys::exit_now(if ok { 0 } else { 1 })
+        let run = sys::mono_ns() - t;
+        let sent = rustix::io::write(&tx, &run.to_ne_bytes()).is_ok_and(|k| k == 8);
+        sys::exit_now(if ok && sent { 0 } else { 1 })
     };
+    drop(tx);
     let status = sys::wait_for(pid).map_err(|e| io_error("waitpid", e))?;
     let t1 = sys::mono_ns();
     if status.exit_status() != Some(0) {
         return Err(CliError(format!("the forked child failed (wait status {:#x})", status.as_raw())));
     }
-    Ok(t1 - t0)
+    let mut buf = [0u8; 8];
+    let got = rustix::io::read(&rx, &mut buf).map_err(|e| io_error("reading the child's run time", e.into()))?;
+    check(got == 8, || format!("the forked child sent {got} bytes of its run time, not 8"))?;
+    Ok((t1 - t0, u64::from_ne_bytes(buf)))
 }
 
 /// One 4 KiB memcpy into each of `n` distinct pages, ns per copy, `reps`
@@ -339,6 +375,13 @@ impl Report for SnapshotResult {
             ns(self.memcpy_4k_ns),
             self.restore_page_vs_memcpy
         );
+        if self.rows.iter().any(|r| r.linux_reset_ns.is_some()) {
+            let _ = writeln!(t, "  reset alone (the run left out): restore call, Linux fork + exit + wait");
+            for r in &self.rows {
+                let (Some(l), Some(x)) = (r.linux_reset_ns, r.reset_only_ratio_vs_linux) else { continue };
+                let _ = writeln!(t, "  {:>8}{:>12}{:>14}{:>11.0}x", r.pages_written, ns(r.restore_call_ns), ns(l), x);
+            }
+        }
         t
     }
 }
