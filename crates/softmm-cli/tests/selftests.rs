@@ -66,11 +66,7 @@ const DIFFERS: &[(&str, u32, &str)] = &[(
 const ANY: u32 = u32::MAX;
 
 /// Programs not run under softmm (natively they still run), and why.
-const NOT_UNDER_SOFTMM: &[(&str, &str)] = &[(
-    "futex_requeue_pi_signal_restart",
-    "hangs under softmm: a FUTEX_WAIT_REQUEUE_PI waiter that SIGUSR1 interrupts and restarts is not woken by the \
-     following FUTEX_CMP_REQUEUE_PI and unlock (not yet diagnosed)",
-)];
+const NOT_UNDER_SOFTMM: &[(&str, &str)] = &[];
 
 /// One program's longest run, natively or under softmm.
 const RUN_LIMIT: Duration = Duration::from_secs(120);

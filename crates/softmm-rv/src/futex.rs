@@ -167,11 +167,11 @@ impl Kernel {
 
     /// FUTEX_WAIT_REQUEUE_PI: wait on `addr` until a FUTEX_CMP_REQUEUE_PI
     /// hands this thread the PI lock at `addr2`. The end of the thread or
-    /// its process, or a signal, cancels the wait (EINTR): the thread
-    /// leaves, or the call restarts after the handler (Linux's
-    /// ERESTARTNOINTR while on `addr`; requeued, Linux answers EAGAIN, as
-    /// the restart does when the condition's word changed, as a requeuer's
-    /// does before it requeues).
+    /// its process, or a signal, cancels the wait: the thread leaves, or,
+    /// still on `addr`, the call ends with EINTR and restarts after the
+    /// handler (Linux's ERESTARTNOINTR); once requeued to `addr2`, softmm
+    /// answers EAGAIN, as Linux does (restarting would wait on `addr`
+    /// again).
     fn futex_wait_requeue_pi(&mut self, addr: u64, val: u32, addr2: u64, deadline: Option<Instant>) -> SysResult {
         let tid = self.pi_tid()?;
         let ctl = self.ctl.clone();

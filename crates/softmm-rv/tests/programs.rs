@@ -410,8 +410,8 @@ fn priority_inheritance_mutexes() {
 /// FUTEX_WAIT_REQUEUE_PI and FUTEX_CMP_REQUEUE_PI used directly as a
 /// condition variable over a PI mutex (held by the broadcaster, and
 /// free): each waiter returns owning the mutex and unlocks it; a
-/// signalled waiter runs its handler and goes on waiting; the calls'
-/// errors and deadlines; ESRCH for a lock owned by a thread id no thread
+/// signalled waiter runs its handler and goes on waiting, one signalled
+/// once requeued answers EAGAIN after it; the calls' errors and deadlines; ESRCH for a lock owned by a thread id no thread
 /// has. Not compared with qemu-riscv64 (no PI futexes in its user mode).
 #[test]
 fn requeue_pi_condition_variable() {

@@ -3,7 +3,8 @@
  * a broadcast requeues them to the mutex's word, and each returns owning
  * the mutex and unlocks it (by compare-and-swap, else FUTEX_UNLOCK_PI).
  * With the mutex held by the broadcaster and free; a signal to a waiter
- * (its handler runs and the wait goes on); the calls' errors; and
+ * (its handler runs and the wait goes on) and to a requeued one (EAGAIN
+ * after its handler); the calls' errors; and
  * FUTEX_LOCK_PI on a word owned by a thread id no thread has (ESRCH). */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -131,6 +132,39 @@ static void signalled(void) {
     printf("signalled waiter: counter %ld, owned %d, mutex word %u\n", counter, atomic_load(&owned), mutex);
 }
 
+/* A waiter the broadcast requeued onto the held mutex, then signalled:
+ * Linux ends its call with EAGAIN (EWOULDBLOCK) after the handler rather
+ * than restart it, which would wait on the condition again (here until
+ * the waiter's deadline). The mutex stays the main thread's. */
+static void *requeued_waiter(void *arg) {
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += 3;
+    atomic_fetch_add(&started, 1);
+    long r = futex(&cond, FUTEX_WAIT_REQUEUE_PI_PRIVATE, 0, &ts, &mutex, 0);
+    printf("requeued then signalled waiter: %s, handler ran %d\n", name(r), atomic_load(&handled));
+    if (r == 0) unlock(gettid());
+    return NULL;
+}
+
+static void signalled_after_requeue(void) {
+    pthread_t t;
+    unsigned me = gettid();
+    atomic_store(&handled, 0);
+    atomic_store(&started, 0);
+    printf("main locks: %s\n", name(futex(&mutex, FUTEX_LOCK_PI_PRIVATE, 0, 0, 0, 0)));
+    pthread_create(&t, 0, requeued_waiter, 0);
+    while (atomic_load(&started) < 1) usleep(1000);
+    printf("requeued %ld\n", broadcast(1));
+    pthread_kill(t, SIGUSR1);
+    pthread_join(t, 0);
+    printf("mutex word: owner is main %d, waiters bit %d\n", (mutex & FUTEX_TID_MASK) == me,
+           (mutex & FUTEX_WAITERS) != 0);
+    unlock(me);
+    printf("mutex word after the unlock: %u\n", mutex);
+}
+
 static void errors(void) {
     struct timespec ts;
     printf("nr_wake 2: %s\n", name(futex(&cond, FUTEX_CMP_REQUEUE_PI_PRIVATE, 2, (void *)1L, &mutex, 0)));
@@ -167,6 +201,7 @@ int main(void) {
     round_of(1);
     round_of(0);
     signalled();
+    signalled_after_requeue();
     errors();
     return 0;
 }

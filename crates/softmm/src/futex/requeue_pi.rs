@@ -51,9 +51,11 @@ impl crate::Mm {
 
     /// [`futex_wait_requeue_pi`](Self::futex_wait_requeue_pi) that another
     /// thread can end: once the waiter is queued, `on_queued` gets its
-    /// canceller. A cancelled wait ends with `EINTR` (off whichever queue
-    /// it is on, the condition's or, requeued, the PI futex's), unless the
-    /// lock was handed to it first. For hosts whose threads must leave a
+    /// canceller. A cancelled wait ends as Linux's interrupted one, unless
+    /// the lock was handed to it first: on the condition's queue with
+    /// `EINTR` (Linux restarts the call: ERESTARTNOINTR); requeued onto the
+    /// PI futex's, with `EAGAIN` (Linux's EWOULDBLOCK: restarting would
+    /// wait on the condition again). For hosts whose threads must leave a
     /// wait on a signal or an exit.
     #[allow(clippy::too_many_arguments)]
     pub fn futex_wait_requeue_pi_cancellable(
@@ -137,12 +139,21 @@ fn wait_requeue_pi(
         }
         waiter::park(mm, &node, deadline);
     }
-    let deadlock = node.inner.lock().pi_deadlock;
     let left = waiter::leave(mm, &node);
+    // Read once it is off every queue: a requeue clears the target under
+    // the bucket locks a cancel takes too, so this says where it was.
+    let (deadlock, requeued) = {
+        let inner = node.inner.lock();
+        (inner.pi_deadlock, inner.pi_target.is_none())
+    };
     waiter::recycle(node);
     queued?;
     match left {
         Ok(()) if deadlock => Err(Error::Deadlock),
+        // Linux's interrupted requeued waiter: EWOULDBLOCK, as a restart
+        // would answer once the condition's word changed (waiting on the
+        // condition again could wait for ever).
+        Err(Error::Interrupted) if requeued => Err(Error::Again),
         end => end,
     }
 }
