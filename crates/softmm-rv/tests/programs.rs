@@ -309,6 +309,19 @@ fn code_written_at_run_time() {
     assert!(stderr.contains("Segmentation fault"), "{stderr}");
 }
 
+/// The decoded-instruction cache, one invalidation rule per part (each
+/// part's comment in `coherence.c` says which event it relies on and what
+/// would print were it skipped): fence.i alone, PROT_EXEC taken from code
+/// that ran and given back (SEGV_ACCERR between), a replacement mapping
+/// with no flush call, a private copy dropped by MADV_DONTNEED, and a
+/// fork's child and parent each running their own version of a page.
+/// Not compared with qemu-riscv64, whose MADV_DONTNEED leaves a private
+/// file mapping's copy in place.
+#[test]
+fn decoded_instruction_cache_coherence() {
+    same_as_native("coherence", &[]);
+}
+
 #[test]
 fn static_pie() {
     toolchain();
