@@ -132,9 +132,11 @@ struct Regs {
 }
 
 /// The thread's kernel-side state at the marker.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct ThreadState {
     blocked: u64,
+    /// Signals sent to the thread and not yet delivered.
+    pending: Vec<crate::signal::SigInfo>,
     clear_child_tid: u64,
     altstack: (u64, u64, bool),
     robust_list: Option<u64>,
@@ -218,6 +220,7 @@ impl SnapshotServer {
         let tid = u32::try_from(p.pid).ok();
         let thread = ThreadState {
             blocked: kernel.ctl.blocked.load(Ordering::SeqCst),
+            pending: lock(&kernel.ctl.pending).clone(),
             clear_child_tid: kernel.clear_child_tid,
             altstack: kernel.altstack,
             robust_list: tid.and_then(|t| mm.robust_list(t)),
@@ -287,6 +290,11 @@ impl SnapshotServer {
         );
         let ctl = ThreadCtl::new(self.pid);
         ctl.blocked.store(self.thread.blocked, Ordering::SeqCst);
+        lock(&ctl.pending).clone_from(&self.thread.pending);
+        if !self.thread.pending.is_empty() || !self.process.has_no_pending() {
+            // Delivered at the first stop, as after the marker's call.
+            ctl.attention.store(true, Ordering::SeqCst);
+        }
         p.add_thread(ctl.clone());
         let mut hart = Hart::new(Memory::new(self.mm.accessor()), self.regs.pc, self.regs.x[2]);
         hart.x = self.regs.x;

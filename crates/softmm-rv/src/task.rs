@@ -297,6 +297,13 @@ pub struct ProcessState {
     sigreturn: u64,
 }
 
+impl ProcessState {
+    /// No signal was pending for the process at the marker.
+    pub fn has_no_pending(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// What the threads of one process share.
 pub struct Process {
     pub pid: u64,
