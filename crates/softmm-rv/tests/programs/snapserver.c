@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* A fuzz target for softmm-rv's snapshot server: it builds state, reaches
@@ -19,7 +20,8 @@
    thread is still running at the marker), "early" (exits before it).
 
    Input: "!..." faults, "x<c>..." exits with status c % 64, "loop" spins
-   forever; anything else exits 0. */
+   forever, "t..." also runs a thread and a child process after the
+   marker; anything else exits 0. */
 
 #define BIG (8u << 20)
 #define PAGE 4096u
@@ -45,6 +47,13 @@ static unsigned long sum(const unsigned char *p, size_t n) {
     unsigned long h = 1469598103934665603ul;
     for (size_t i = 0; i < n; i += 64) h = (h ^ p[i]) * 1099511628211ul;
     return h;
+}
+
+static void *add_table(void *arg) {
+    unsigned long s = 0;
+    for (int i = 0; i < 256; i++) s += table[i];
+    *(unsigned long *)arg = s;
+    return 0;
 }
 
 static void *spin(void *arg) {
@@ -92,6 +101,20 @@ int main(int argc, char **argv) {
     printf("run %lu: %zu bytes, crc %08x, before %016lx, after %016lx, more at %+ld, map at %+ld\n", runs, n,
            crc ^ 0xffffffffu, before, sum(big, BIG), (long)(more - big), (long)(map - big));
     fflush(stdout);
+    if (n > 0 && in[0] == 't') {
+        unsigned long s = 0;
+        pthread_t t;
+        if (pthread_create(&t, 0, add_table, &s) || pthread_join(t, 0)) return 93;
+        pid_t child = fork();
+        if (child == 0) {
+            printf("child: table sum %lu, big %016lx\n", s, sum(big, BIG));
+            fflush(stdout);
+            _exit(7);
+        }
+        int st = 0;
+        if (child < 0 || waitpid(child, &st, 0) != child) return 94;
+        printf("thread: table sum %lu, child status %d\n", s, WEXITSTATUS(st));
+    }
     if (n > 0 && in[0] == '!') *(volatile int *)16 = 1;
     if (n >= 4 && !memcmp(in, "loop", 4))
         for (;;) __asm__ volatile("" ::: "memory");
