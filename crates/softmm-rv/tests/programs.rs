@@ -741,8 +741,17 @@ fn snapshot_server_runs_equal_fresh_runs() {
     toolchain();
     let rv = compile("snapserver", Build::Riscv);
     let long: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let inputs: [&[u8]; 9] =
-        [b"hello", b"", &long, b"x\x05 exit five", b"!fault", b"t: a thread and a child", b"hello", b"another input", &long];
+    let inputs: [&[u8]; 9] = [
+        b"hello",
+        b"",
+        &long,
+        b"x\x05 exit five",
+        b"!fault",
+        b"t: a thread and a child",
+        b"hello",
+        b"another input",
+        &long,
+    ];
     // Fresh runs, one per distinct input (the "stdin" argument changes
     // nothing but the marker call).
     let mut fresh = BTreeMap::new();
