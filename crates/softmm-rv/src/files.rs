@@ -56,6 +56,19 @@ impl FdTable {
         t
     }
 
+    /// This table with each descriptor on the first description of a
+    /// pair moved to the pair's second (dups follow: they share the
+    /// description), the others kept as they are.
+    pub fn replace_files(&self, pairs: &[(Arc<OpenFile>, Arc<OpenFile>)]) -> FdTable {
+        let mut t = self.clone();
+        for e in t.fds.values_mut() {
+            if let Some((_, new)) = pairs.iter().find(|(old, _)| Arc::ptr_eq(old, &e.file)) {
+                e.file = new.clone();
+            }
+        }
+        t
+    }
+
     pub fn get(&self, fd: u64) -> Result<Arc<OpenFile>, i32> {
         let fd = i32::try_from(fd).map_err(|_| EBADF)?;
         self.fds.get(&fd).map(|e| e.file.clone()).ok_or(EBADF)

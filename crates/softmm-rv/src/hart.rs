@@ -119,6 +119,12 @@ impl Hart {
         self.icache.as_ref()
     }
 
+    /// Take the decoded-instruction cache away (to give it to another
+    /// hart over the same space).
+    pub fn take_icache(&mut self) -> Option<ICache> {
+        self.icache.take()
+    }
+
     /// Run until an ecall, a fault, an illegal instruction or a breakpoint.
     pub fn run(&mut self) -> Stop {
         loop {

@@ -43,6 +43,7 @@ pub mod mapped;
 pub mod mem;
 pub mod proc;
 pub mod process;
+pub mod server;
 pub mod sigframe;
 pub mod signal;
 pub mod syscall;

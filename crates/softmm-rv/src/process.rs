@@ -13,6 +13,7 @@ use crate::thread::{prepare, run_thread};
 use softmm::{Config, Machine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// How to run a program.
@@ -73,6 +74,39 @@ pub enum ExecError {
 
 /// Run `program` to completion.
 pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
+    let report_syscalls = opts.report_syscalls;
+    let Started { machine: _machine, sys, p, hart, kernel, mut stderr } = start(program, opts)?;
+    run_thread(hart, kernel);
+    let ending = sys.wait_all(&p);
+    // Mapped files' dirty pages reach their host files.
+    sys.page_cache.sync_all();
+    if let Some(m) = &ending.message {
+        // What a shell prints for a killed child, with the guest's details.
+        let _ = stderr.write_all(m.as_bytes());
+    }
+    let unknown = lock(&p.unknown).clone();
+    if report_syscalls {
+        let _ = stderr.write_all(report(&unknown).as_bytes());
+    }
+    let instret = p.instret.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(ExitInfo { status: ending.status, signal: ending.signal, instret, unknown_syscalls: unknown })
+}
+
+/// A program loaded into a fresh machine, its first thread ready to run.
+pub(crate) struct Started {
+    /// The machine whose frames the space uses.
+    pub machine: Machine,
+    pub sys: Arc<System>,
+    pub p: Arc<Process>,
+    pub hart: Hart,
+    pub kernel: Kernel,
+    /// Where the run's own messages go.
+    pub stderr: Output,
+}
+
+/// Load `program` as `opts` says: a machine, a space, the first process
+/// and its thread's hart and kernel side.
+pub(crate) fn start(program: &Path, opts: ExecOptions) -> Result<Started, ExecError> {
     let file = std::fs::read(program).map_err(|err| ExecError::Read { path: program.into(), err })?;
     let load_err = |err: LoadError| ExecError::Load { path: program.into(), err };
     let elf = Elf::parse(&file).map_err(|e| load_err(e.into()))?;
@@ -86,7 +120,7 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     let image = load(&mm, &file, &elf, &info).map_err(load_err)?;
     let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32);
-    let mut stderr = opts.stderr.clone();
+    let stderr = opts.stderr.clone();
     let io = Stdio { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
     let sys = System::new(pid);
     let tramp = crate::sigframe::map_trampoline(&mm).map_err(|e| load_err(e.into()))?;
@@ -96,20 +130,8 @@ pub fn exec(program: &Path, opts: ExecOptions) -> Result<ExitInfo, ExecError> {
     p.add_thread(ctl.clone());
     let mut hart = Hart::new(Memory::new(p.mm().accessor()), image.entry, image.sp);
     prepare(&mut hart, &p, &ctl);
-    run_thread(hart, Kernel::new(p.clone(), ctl));
-    let ending = sys.wait_all(&p);
-    // Mapped files' dirty pages reach their host files.
-    sys.page_cache.sync_all();
-    if let Some(m) = &ending.message {
-        // What a shell prints for a killed child, with the guest's details.
-        let _ = stderr.write_all(m.as_bytes());
-    }
-    let unknown = lock(&p.unknown).clone();
-    if opts.report_syscalls {
-        let _ = stderr.write_all(report(&unknown).as_bytes());
-    }
-    let instret = p.instret.load(std::sync::atomic::Ordering::SeqCst);
-    Ok(ExitInfo { status: ending.status, signal: ending.signal, instret, unknown_syscalls: unknown })
+    let kernel = Kernel::new(p.clone(), ctl);
+    Ok(Started { machine, sys, p, hart, kernel, stderr })
 }
 
 /// The unknown-system-call report.

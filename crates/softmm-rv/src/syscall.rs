@@ -122,6 +122,9 @@ pub enum Flow {
     ExitThread(i32),
     /// The whole process ends (`exit_group`, a fatal signal).
     ExitGroup(Ending),
+    /// The thread stopped at the snapshot server's marker
+    /// ([`crate::server`]); its registers are where each run resumes.
+    Pause,
 }
 
 /// The kernel side of one guest thread: the process it belongs to and
@@ -141,6 +144,9 @@ pub struct Kernel {
     pub restart: Option<(u64, Restart)>,
     /// `sigaltstack`: base, size, and whether it is disabled.
     pub altstack: (u64, u64, bool),
+    /// Stop at this marker ([`crate::server`]); `None` outside a snapshot
+    /// server's first run.
+    pub pause_at: Option<crate::server::Marker>,
 }
 
 pub(crate) type SysResult = Result<u64, i32>;
@@ -169,6 +175,7 @@ impl Kernel {
             saved_mask: None,
             restart: None,
             altstack: (0, 0, true),
+            pause_at: None,
         }
     }
 
@@ -176,6 +183,12 @@ impl Kernel {
     pub fn syscall(&mut self, hart: &mut Hart) -> Flow {
         let n = hart.x[17];
         let a = [hart.x[10], hart.x[11], hart.x[12], hart.x[13], hart.x[14], hart.x[15]];
+        if let Some(m) = self.pause_at {
+            if m.is_at(n, a[0]) {
+                m.resume_point(hart);
+                return Flow::Pause;
+            }
+        }
         let r = match n {
             nr::EXIT => return Flow::ExitThread((a[0] & 0xff) as i32),
             nr::EXIT_GROUP => return Flow::ExitGroup(Ending::code(a[0] as i32)),
@@ -294,6 +307,9 @@ impl Kernel {
             nr::GETEGID => Ok(u64::from(rustix::process::getegid().as_raw())),
             nr::FUTEX => self.futex(hart, a),
             nr::FUTEX_WAITV => self.futex_waitv(hart, a),
+            // The snapshot server's marker, outside the server's first run:
+            // nothing to do.
+            crate::server::SNAPSHOT_CALL => Ok(0),
             nr::RISCV_FLUSH_ICACHE => {
                 // flags: 0 (all harts) or SYS_RISCV_FLUSH_ICACHE_LOCAL (1);
                 // both drop every hart's decoded instructions.

@@ -206,6 +206,13 @@ impl System {
         lock(&self.procs).values().cloned().collect()
     }
 
+    /// Forget every process (a snapshot server's next run starts from an
+    /// empty table: no zombie or child of an earlier run is seen).
+    pub fn clear(&self) {
+        lock(&self.procs).clear();
+        self.changed.notify_all();
+    }
+
     /// Keep a host thread to join at the end of the run.
     pub fn keep_host(&self, h: JoinHandle<()>) {
         lock(&self.hosts).push(h);
@@ -273,6 +280,27 @@ impl Code {
             Some((w, s)) => Code { watch: Some(w), _sub: Some(s) },
             None => Code { watch: None, _sub: None },
         }
+    }
+}
+
+/// What a snapshot server keeps of a process at its marker, besides the
+/// address space and the registers: what every run's process starts with.
+#[derive(Clone)]
+pub struct ProcessState {
+    ppid: u64,
+    exe: Vec<u8>,
+    brk: Brk,
+    pub(crate) files: FdTable,
+    cwd: Cwd,
+    actions: [SigAction; NSIG],
+    pending: Vec<SigInfo>,
+    sigreturn: u64,
+}
+
+impl ProcessState {
+    /// No signal was pending for the process at the marker.
+    pub fn has_no_pending(&self) -> bool {
+        self.pending.is_empty()
     }
 }
 
@@ -361,6 +389,64 @@ impl Process {
         });
         p.sys.add(p.clone());
         p
+    }
+
+    /// The state a snapshot server's runs start from (see
+    /// [`ProcessState`]).
+    pub fn save(&self) -> ProcessState {
+        ProcessState {
+            ppid: self.ppid.load(Ordering::SeqCst),
+            exe: lock(&self.exe).clone(),
+            brk: *lock(&self.brk),
+            files: lock(&self.files).clone(),
+            cwd: lock(&self.cwd).clone(),
+            actions: *lock(&self.actions),
+            pending: lock(&self.pending).clone(),
+            sigreturn: self.sigreturn.load(Ordering::SeqCst),
+        }
+    }
+
+    /// A process as `state` was saved, over `mm` (a snapshot server's
+    /// run), its harts following `watch` (whose subscription the caller
+    /// keeps), with `files` for its descriptor table; in `sys`'s table.
+    pub fn resumed(
+        sys: Arc<System>,
+        pid: u64,
+        mm: Arc<Mm>,
+        watch: Option<Arc<CodeWatch>>,
+        state: &ProcessState,
+        files: FdTable,
+        unknown: Arc<Mutex<BTreeMap<u64, u64>>>,
+    ) -> Arc<Process> {
+        let p = Arc::new(Process {
+            pid,
+            sys,
+            ppid: AtomicU64::new(state.ppid),
+            code: Mutex::new(Code { watch, _sub: None }),
+            mm: Mutex::new(mm),
+            exe: Mutex::new(state.exe.clone()),
+            brk: Mutex::new(state.brk),
+            files: Mutex::new(files),
+            cwd: Mutex::new(state.cwd.clone()),
+            actions: Mutex::new(state.actions),
+            pending: Mutex::new(state.pending.clone()),
+            sigreturn: AtomicU64::new(state.sigreturn),
+            unknown,
+            instret: AtomicU64::new(0),
+            group: Mutex::new(Group::default()),
+            left: Condvar::new(),
+            released: AtomicBool::new(false),
+            reapable: AtomicBool::new(false),
+        });
+        p.sys.add(p.clone());
+        p
+    }
+
+    /// Take the subscription of this process's code watch, leaving the
+    /// watch: the caller keeps it subscribed past this process (a
+    /// snapshot server hands the watch to each run's process).
+    pub fn take_code_subscription(&self) -> Option<Subscription> {
+        lock(&self.code)._sub.take()
     }
 
     /// A child of this process (fork, vfork) over `mm`: the break, the

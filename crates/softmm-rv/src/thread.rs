@@ -136,6 +136,16 @@ impl Kernel {
 
     /// Run this thread's hart until the thread leaves; its exit code.
     pub fn run(&mut self, hart: &mut Hart) -> i32 {
+        match self.run_to(hart) {
+            Left::Exit(code) => code,
+            // Only a snapshot server's first run pauses.
+            Left::Paused => 0,
+        }
+    }
+
+    /// Run this thread's hart until the thread leaves or pauses at the
+    /// snapshot server's marker.
+    pub(crate) fn run_to(&mut self, hart: &mut Hart) -> Left {
         loop {
             let flow = match hart.run() {
                 Stop::Ecall => self.syscall(hart),
@@ -156,18 +166,18 @@ impl Kernel {
                     self.force(hart, info, msg)
                 }
             };
-            if let Some(code) = self.after(flow) {
-                return code;
+            if let Some(left) = self.after(flow) {
+                return left;
             }
             if self.ctl.attention() {
                 // Cleared before looking, so a sender's later raise stays.
                 self.ctl.attention.store(false, Ordering::SeqCst);
                 if self.p.ending() || self.ctl.killed() {
-                    return 0;
+                    return Left::Exit(0);
                 }
                 let flow = self.deliver_pending(hart);
-                if let Some(code) = self.after(flow) {
-                    return code;
+                if let Some(left) = self.after(flow) {
+                    return left;
                 }
             } else {
                 self.restart = None;
@@ -175,15 +185,16 @@ impl Kernel {
         }
     }
 
-    /// Act on a flow: `Some(code)` when the thread is to leave.
-    fn after(&mut self, flow: Flow) -> Option<i32> {
+    /// Act on a flow: `Some` when the thread is to leave or pause.
+    fn after(&mut self, flow: Flow) -> Option<Left> {
         match flow {
             Flow::Continue => None,
-            Flow::ExitThread(code) => Some(code),
+            Flow::ExitThread(code) => Some(Left::Exit(code)),
             Flow::ExitGroup(e) => {
                 self.p.exit_group(e);
-                Some(0)
+                Some(Left::Exit(0))
             }
+            Flow::Pause => Some(Left::Paused),
         }
     }
 
@@ -208,6 +219,15 @@ impl Kernel {
             let _ = self.mm.futex_wake(ctid, 1);
         }
     }
+}
+
+/// How a thread's run loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// The thread leaves with this code.
+    Exit(i32),
+    /// It stopped at the snapshot server's marker.
+    Paused,
 }
 
 /// Give a new hart its process's decoded-instruction cache and its
@@ -249,16 +269,29 @@ fn fatal(sig: i32, what: &str, pc: u64) -> Flow {
 /// The body of a guest thread's host thread (the main thread's too). A
 /// host panic (a bug here) ends the guest process, never the host.
 pub fn run_thread(mut hart: Hart, mut k: Kernel) {
+    drive(&mut hart, &mut k);
+}
+
+/// Run `k`'s thread on the calling host thread until it leaves (`false`)
+/// or pauses at the snapshot server's marker (`true`: it has not left).
+pub(crate) fn drive(hart: &mut Hart, k: &mut Kernel) -> bool {
     k.ctl.bind_host();
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let code = k.run(&mut hart);
-        k.exit_thread(&mut hart, code);
+    let r = catch_unwind(AssertUnwindSafe(|| match k.run_to(hart) {
+        Left::Exit(code) => {
+            k.exit_thread(hart, code);
+            false
+        }
+        Left::Paused => true,
     }));
-    if r.is_err() {
-        let msg = format!("softmm: internal error in guest thread {}\n", k.tid);
-        k.p.exit_group(Ending::killed(SIGKILL, msg));
-        if k.p.remove_thread(k.tid, 0, hart.instret) {
-            notify_parent(&k.p);
+    match r {
+        Ok(paused) => paused,
+        Err(_) => {
+            let msg = format!("softmm: internal error in guest thread {}\n", k.tid);
+            k.p.exit_group(Ending::killed(SIGKILL, msg));
+            if k.p.remove_thread(k.tid, 0, hart.instret) {
+                notify_parent(&k.p);
+            }
+            false
         }
     }
 }

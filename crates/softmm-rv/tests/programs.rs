@@ -309,6 +309,19 @@ fn code_written_at_run_time() {
     assert!(stderr.contains("Segmentation fault"), "{stderr}");
 }
 
+/// The decoded-instruction cache, one invalidation rule per part (each
+/// part's comment in `coherence.c` says which event it relies on and what
+/// would print were it skipped): fence.i alone, PROT_EXEC taken from code
+/// that ran and given back (SEGV_ACCERR between), a replacement mapping
+/// with no flush call, a private copy dropped by MADV_DONTNEED, and a
+/// fork's child and parent each running their own version of a page.
+/// Not compared with qemu-riscv64, whose MADV_DONTNEED leaves a private
+/// file mapping's copy in place.
+#[test]
+fn decoded_instruction_cache_coherence() {
+    same_as_native("coherence", &[]);
+}
+
 #[test]
 fn static_pie() {
     toolchain();
@@ -703,4 +716,116 @@ fn bad_executables_are_errors() {
     let host = std::env::current_exe().unwrap();
     let err = exec(&host, ExecOptions::new(&host)).unwrap_err();
     assert!(err.to_string().contains("not a RISC-V executable"), "{err}");
+}
+
+/// Options for a snapshot server over `rv` (the corpus's argv and
+/// environment, output before the marker captured).
+fn server_opts(rv: &Path, args: &[&str]) -> ExecOptions {
+    let mut opts = ExecOptions::new(rv);
+    opts.argv.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+    opts.envp = ENV.iter().map(|s| s.as_bytes().to_vec()).collect();
+    opts.stdout = Output::capture().0;
+    opts.stderr = Output::capture().0;
+    opts.arena_bytes = 1 << 30;
+    opts
+}
+
+/// The snapshot server: each input's run, from a snapshot taken at the
+/// marker (the marker call, or the first read of standard input), prints
+/// and ends as a fresh `softmm exec` run of the program with that input;
+/// inputs repeat and alternate, so a run that saw an earlier run's writes
+/// (heap, table, break, mappings) would print other numbers.
+#[test]
+fn snapshot_server_runs_equal_fresh_runs() {
+    use softmm_rv::server::{Marker, SnapshotServer};
+    toolchain();
+    let rv = compile("snapserver", Build::Riscv);
+    let long: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let inputs: [&[u8]; 9] = [
+        b"hello",
+        b"",
+        &long,
+        b"x\x05 exit five",
+        b"!fault",
+        b"t: a thread and a child",
+        b"hello",
+        b"another input",
+        &long,
+    ];
+    // Fresh runs, one per distinct input (the "stdin" argument changes
+    // nothing but the marker call).
+    let mut fresh = BTreeMap::new();
+    let t = std::time::Instant::now();
+    for input in inputs {
+        fresh.entry(input).or_insert_with(|| run_rv(&rv, &[], input));
+    }
+    let fresh_each = t.elapsed() / fresh.len() as u32;
+    for (marker, args) in [(Marker::Call, &[][..]), (Marker::StdinRead, &["stdin"][..])] {
+        let t = std::time::Instant::now();
+        let mut server = SnapshotServer::start(&rv, server_opts(&rv, args), marker)
+            .unwrap_or_else(|e| panic!("{marker:?}: the server did not start: {e}"));
+        let started = t.elapsed();
+        let t = std::time::Instant::now();
+        for round in 0..2 {
+            for input in inputs {
+                let run = server.run(input).unwrap_or_else(|e| panic!("{marker:?}: run failed: {e}"));
+                let (out, status, stderr) = fresh[input].clone();
+                let what = format!("{marker:?}, round {round}, input of {} bytes", input.len());
+                assert_eq!(
+                    String::from_utf8_lossy(&run.stdout),
+                    String::from_utf8_lossy(&out),
+                    "{what}: the server's run printed otherwise than a fresh run (fresh stderr:\n{stderr})"
+                );
+                assert_eq!(run.status, status, "{what}: status");
+                assert!(!run.timed_out);
+                if input.first() == Some(&b'!') {
+                    assert_eq!(run.signal, Some(11), "{what}");
+                    assert!(String::from_utf8_lossy(&run.stderr).contains("Segmentation fault"), "{what}");
+                }
+                assert!(run.instret > 0);
+            }
+        }
+        let each = t.elapsed() / (2 * inputs.len() as u32);
+        eprintln!("{marker:?}: start {started:?}, a run from the snapshot {each:?}, a fresh run {fresh_each:?}");
+        assert!(server.unknown_syscalls().is_empty(), "{:?}", server.unknown_syscalls());
+    }
+}
+
+/// A run past its time limit is killed and reported; the next run starts
+/// from the marker as every run does.
+#[test]
+fn snapshot_server_time_limit() {
+    use softmm_rv::server::{Marker, SnapshotServer};
+    toolchain();
+    let rv = compile("snapserver", Build::Riscv);
+    let mut server = SnapshotServer::start(&rv, server_opts(&rv, &[]), Marker::Call).unwrap();
+    server.set_timeout(Some(std::time::Duration::from_millis(300)));
+    let run = server.run(b"loop").unwrap();
+    assert!(run.timed_out);
+    assert_eq!((run.status, run.signal), (128 + 9, Some(9)));
+    let run = server.run(b"hello").unwrap();
+    let (out, status, _) = run_rv(&rv, &[], b"hello");
+    assert_eq!(String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&out));
+    assert_eq!((run.status, run.timed_out), (status, false));
+}
+
+/// A program with a second thread at the marker is refused with a clear
+/// error, and one that ends before the marker says how it ended.
+#[test]
+fn snapshot_server_refuses_threads_and_a_missing_marker() {
+    use softmm_rv::server::{Marker, ServerError, SnapshotServer};
+    toolchain();
+    let rv = compile("snapserver", Build::Riscv);
+    match SnapshotServer::start(&rv, server_opts(&rv, &["thread"]), Marker::Call) {
+        Err(e @ ServerError::NotSingleThreaded { threads: 2, processes: 0 }) => {
+            assert!(e.to_string().contains("single-threaded"), "{e}")
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a program with two threads at the marker was taken"),
+    }
+    match SnapshotServer::start(&rv, server_opts(&rv, &["early"]), Marker::Call) {
+        Err(ServerError::NoMarker { status: 3, signal: None, .. }) => {}
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a program that exits before the marker was taken"),
+    }
 }

@@ -456,6 +456,28 @@ fn a_written_page_is_repointed_alone() {
     }
 }
 
+/// Two written pages on either side of a 2 MiB table boundary: one logged
+/// range, cut into two spans. The second span's page must be restored
+/// too (its differing run once merged into the first span's, ending where
+/// it starts, and was skipped).
+#[test]
+fn written_pages_across_a_table_boundary_are_both_restored() {
+    for policy in [ForkPolicy::SharedTables, ForkPolicy::CopyTables] {
+        let m = machine();
+        let mm = m.new_mm().expect("mm");
+        let boundary = BASE + (2 << 20);
+        mm.mmap(boundary - 4 * PAGE, 8 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).expect("mmap");
+        fill(&mm, boundary - 4 * PAGE, 8, 1);
+        let s = mm.snapshot_with(policy).expect("snapshot");
+        let reference = mm.fork().expect("fork");
+        fill(&mm, boundary - PAGE, 2, 2);
+        restored_equals(&mm, &s, &reference);
+        // And a run of pages across the boundary after a second round.
+        fill(&mm, boundary - 3 * PAGE, 6, 3);
+        restored_equals(&mm, &s, &reference);
+    }
+}
+
 #[test]
 fn other_snapshots_log_only_the_pages_a_restore_changed() {
     let m = machine();

@@ -29,8 +29,8 @@ use std::time::Instant;
 
 impl crate::Mm {
     /// `FUTEX_WAIT_REQUEUE_PI` by thread `tid`: if the word at `addr`
-    /// holds `val`, wait on it until a [`futex_cmp_requeue_pi`]
-    /// (Self::futex_cmp_requeue_pi) to the PI futex at `addr2` hands this
+    /// holds `val`, wait on it until a
+    /// [`futex_cmp_requeue_pi`](Self::futex_cmp_requeue_pi) to the PI futex at `addr2` hands this
     /// thread that lock, directly or through an unlock after a requeue.
     /// `Ok` means the word at `addr2` now holds `tid` (check it for
     /// `FUTEX_OWNER_DIED`). `EAGAIN` if the word differs, `ETIMEDOUT` at

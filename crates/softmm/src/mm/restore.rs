@@ -234,8 +234,11 @@ impl Restore<'_> {
     /// Append to `out` the runs of pages of `pieces` whose entry is not the
     /// snapshot's (read lock-free: the space's `mmap_lock` is held for
     /// writing, and lock-free setters only add accessed and dirty bits,
-    /// which `same` ignores).
+    /// which `same` ignores). A run never extends one `out` held before
+    /// (the previous span's last run may end where this span starts: the
+    /// caller counts this span's runs by what was appended).
     fn differing(&self, base: u64, pieces: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
+        let first = out.len();
         let arena = self.mm.arena();
         let stable = self.spt.pte_table(arena, base);
         let table = self.pt.pte_table(arena, base);
@@ -255,7 +258,7 @@ impl Restore<'_> {
                         )
                     });
                     if !same(have, self.wanted(sv, stable, va)) {
-                        match out.last_mut() {
+                        match out[first..].last_mut() {
                             Some(last) if last.1 == va => last.1 = va + 4096,
                             _ => out.push((va, va + 4096)),
                         }
