@@ -69,7 +69,8 @@ pub enum Profile {
     /// softmm only: the api mix (without the advice and locks whose effect a
     /// fork drops: DONTFORK, WIPEONFORK, mlock) with mremap of the remap mix,
     /// snapshots, restores and `dirty`; no futex waits (the oracle, a fork
-    /// taken at the snapshot, has no threads). `softmm fuzz` checks each
+    /// taken at the snapshot, has no threads), a third of the ranges in a
+    /// second window across a page-table boundary. `softmm fuzz` checks each
     /// restored space against a fork taken at its snapshot.
     Snapshot,
 }
@@ -89,6 +90,11 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
     // Start with something mapped so most operations do something.
     let first_len = if shape == Profile::Wide { 8 << 20 } else { 64 * 4096 };
     out.push(Op::Mmap { a: "A".into(), addr: BASE, len: first_len, prot: TProt::Rw, kind: TKind::Private });
+    if shape == Profile::Snapshot {
+        // A second window across the first page-table boundary.
+        let (addr, len) = (BASE + (TABLE_PAGES - 32) * 4096, 64 * 4096);
+        out.push(Op::Mmap { a: "A".into(), addr, len, prot: TProt::Rw, kind: TKind::Private });
+    }
     if shape == Profile::Files {
         for (f, len) in FILES {
             out.push(Op::File { f: f.into(), len, byte: r.below(256) as u8 });
@@ -313,6 +319,11 @@ fn fresh(next: &mut usize) -> String {
 fn addr(r: &mut Rng, shape: Profile) -> u64 {
     if shape == Profile::Wide {
         return wide_addr(r);
+    }
+    // Snapshots: a third of the ranges in the window across the first
+    // page-table boundary (a restore works one 2 MiB span at a time).
+    if shape == Profile::Snapshot && r.chance(33) {
+        return BASE + (TABLE_PAGES - 32 + r.below(64)) * 4096;
     }
     // Favour a few hot pages so that operations overlap.
     let page = if r.chance(50) { r.below(16) } else { r.below(WINDOW_PAGES) };
