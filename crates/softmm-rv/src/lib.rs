@@ -49,5 +49,6 @@ pub mod syscall;
 pub mod sysv;
 pub mod task;
 pub mod thread;
+pub mod threaded;
 
 pub use process::{exec, report, ExecError, ExecOptions, ExitInfo};
