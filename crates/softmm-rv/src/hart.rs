@@ -73,6 +73,8 @@ pub struct Hart {
     attention: Arc<AtomicBool>,
     /// Why a handler of the page loop left it, if it stops the run.
     pub(crate) pending: Option<Stop>,
+    /// The page loop left at an op not filled yet: fill it first.
+    pub(crate) fill_next: bool,
 }
 
 /// Instructions between two looks at the attention flag.
@@ -94,6 +96,7 @@ impl Hart {
             boot: Instant::now(),
             attention: Arc::new(AtomicBool::new(false)),
             pending: None,
+            fill_next: false,
         }
     }
 
@@ -136,11 +139,18 @@ impl Hart {
             while left > 0 {
                 let pc = self.pc;
                 let page = match self.icache.as_mut() {
-                    Some(c) if pc & 1 == 0 => c.page(pc),
+                    // Page 0 is left to the exact path: the page loop
+                    // tells EXIT (1) from a pc by its page.
+                    Some(c) if pc & 1 == 0 && pc >= 0x1000 => c.page(pc),
                     _ => std::ptr::null(),
                 };
                 if !page.is_null() {
+                    // The page loop's loads and stores run with the
+                    // accessor's slot published once (a hold): its handlers
+                    // never block and never call into the address space.
+                    self.mem.accessor().hold();
                     let (n, exited) = self.run_page(page, left);
+                    self.mem.accessor().release();
                     self.instret += u64::from(n);
                     left -= n;
                     if !exited {
@@ -149,6 +159,9 @@ impl Hart {
                     if let Some(stop) = self.pending.take() {
                         return stop;
                     }
+                }
+                if std::mem::take(&mut self.fill_next) {
+                    self.fill_at(self.pc);
                 }
                 // The exact path, for what the page loop leaves to it.
                 if let Err(stop) = self.step() {
@@ -171,24 +184,22 @@ impl Hart {
         let mut n = 0;
         loop {
             // SAFETY: `page` points to the SLOTS (2048) ops of the page of
-            // `base`, and `pc` is in that page and even, so the index is
-            // below 2048. The pages are freed or written only by the
-            // cache's `flush` and `fill`, which run only in handlers that
-            // return EXIT (the fill handler, the generic executor's
-            // `fence.i` never: it runs on the exact path), after which this
-            // loop returns without reading `page` again. The op is copied
-            // out before its handler runs.
-            let op = unsafe { *page.add(((pc & 0xfff) >> 1) as usize) };
-            let next = (op.f)(self, &op, pc);
-            if next & 1 != 0 {
-                return (n, true);
-            }
+            // `base` (`ICache::page`), and `pc` is in that page and even, so
+            // the index is below 2048. The ops are written and freed only by
+            // the cache's `fill` and `flush`, which no handler calls (a fill
+            // is left to `run`, `fence.i` to the exact path), so the op stays
+            // valid and unchanged while its handler runs.
+            let op = unsafe { &*page.add(((pc & 0xfff) >> 1) as usize) };
+            let next = (op.f)(self, op, pc);
             n += 1;
-            pc = next;
-            if pc & !0xfff != base || n >= budget {
-                self.pc = pc;
+            if next & !0xfff != base || n >= budget {
+                if next & 1 != 0 {
+                    return (n - 1, true);
+                }
+                self.pc = next;
                 return (n, false);
             }
+            pc = next;
         }
     }
 

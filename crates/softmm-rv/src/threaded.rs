@@ -9,7 +9,9 @@
 //! pc (and, for a fault, its pending stop), to leave the page loop of
 //! [`Hart::run`]. Without a pending stop the loop then runs one instruction
 //! at the hart's pc through the exact, uncached path ([`Hart::step`]):
-//! how a fill, a system call, a CSR or `fence.i` gets executed.
+//! how a system call, a CSR or `fence.i` gets executed, and an instruction
+//! not cached yet (after filling its slot). Handlers never change the
+//! cache: the page loop reads ops in place.
 //!
 //! `x0`: an ALU op, `lui` or `auipc` whose destination is `x0` compiles to
 //! [`nop`] (they have no other effect), and a jump that links to `x0` to the
@@ -45,7 +47,9 @@ impl Op {
 }
 
 fn fill(h: &mut Hart, _o: &Op, pc: u64) -> u64 {
-    h.fill_at(pc);
+    // Filled by the run loop once the page loop has left (no handler
+    // changes the cache under it).
+    h.fill_next = true;
     h.pc = pc;
     EXIT
 }
