@@ -75,7 +75,20 @@ pub struct Hart {
     pub(crate) pending: Option<Stop>,
     /// The page loop left at an op not filled yet: fill it first.
     pub(crate) fill_next: bool,
+    /// The ops of the page the page loop runs, and that page's address
+    /// (0 outside the loop).
+    pub(crate) page: PagePtr,
+    pub(crate) page_base: u64,
 }
+
+/// The ops of the page the page loop runs ([`crate::icache::ICache::page`]).
+#[derive(Clone, Copy)]
+pub(crate) struct PagePtr(pub(crate) *const Op);
+
+// SAFETY: the pointer is dereferenced only by the page loop of the hart
+// that holds it, while its cache keeps the page (see `Hart::run`); a hart
+// moved to another thread takes its cache along.
+unsafe impl Send for PagePtr {}
 
 /// Instructions between two looks at the attention flag.
 const ATTENTION_EVERY: u32 = 1024;
@@ -97,6 +110,8 @@ impl Hart {
             attention: Arc::new(AtomicBool::new(false)),
             pending: None,
             fill_next: false,
+            page: PagePtr(std::ptr::null()),
+            page_base: 0,
         }
     }
 
@@ -174,33 +189,28 @@ impl Hart {
 
     /// The page loop: run cached ops from `self.pc` while the pc stays in
     /// the page of `page` (see [`crate::icache::ICache::page`]), at most
-    /// `budget` of them. The instructions it completed, and whether a
+    /// `budget` (at least 1) of them, each handler going on with the next
+    /// ([`crate::threaded`]). The instructions it completed, and whether a
     /// handler asked to leave ([`crate::threaded::EXIT`]; the hart's pc and
     /// pending stop say why).
     #[inline(always)]
     fn run_page(&mut self, page: *const Op, budget: u32) -> (u32, bool) {
-        let mut pc = self.pc;
-        let base = pc & !0xfff;
-        let mut n = 0;
-        loop {
-            // SAFETY: `page` points to the SLOTS (2048) ops of the page of
-            // `base` (`ICache::page`), and `pc` is in that page and even, so
-            // the index is below 2048. The ops are written and freed only by
-            // the cache's `fill` and `flush`, which no handler calls (a fill
-            // is left to `run`, `fence.i` to the exact path), so the op stays
-            // valid and unchanged while its handler runs.
-            let op = unsafe { &*page.add(((pc & 0xfff) >> 1) as usize) };
-            let next = (op.f)(self, op, pc);
-            n += 1;
-            if next & !0xfff != base || n >= budget {
-                if next & 1 != 0 {
-                    return (n - 1, true);
-                }
-                self.pc = next;
-                return (n, false);
-            }
-            pc = next;
+        let pc = self.pc;
+        self.page = PagePtr(page);
+        self.page_base = pc & !0xfff;
+        // SAFETY: `page` points to the SLOTS (2048) ops of the page of
+        // `pc`, which is even, so the index is below 2048. The cache frees
+        // or writes ops only in `fill` and `flush`, which no handler calls
+        // (a fill is left to `run`, `fence.i` to the exact path), so the op
+        // stays valid and unchanged while its handler runs.
+        let op = unsafe { &*page.add(((pc & 0xfff) >> 1) as usize) };
+        let (next, left) = (op.f)(self, op, pc, budget - 1);
+        self.page_base = 0;
+        if next & 1 != 0 {
+            return (budget - left - 1, true);
         }
+        self.pc = next;
+        (budget - left, false)
     }
 
     /// [`run`](Self::run) for a hart without a cache: every instruction

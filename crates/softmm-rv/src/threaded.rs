@@ -4,8 +4,9 @@
 //! running a cached instruction is one indirect call with no decoding and
 //! no `match` on the instruction's kind.
 //!
-//! A handler gets the hart, its op and the instruction's pc, and returns
-//! the next pc; or [`EXIT`] (odd, which no pc is) after setting the hart's
+//! A handler gets the hart, its op and the instruction's pc, and goes on
+//! with the next op itself ([`next`]) until the pc leaves the page or the
+//! budget is spent; or returns [`EXIT`] (odd, which no pc is) after setting the hart's
 //! pc (and, for a fault, its pending stop), to leave the page loop of
 //! [`Hart::run`]. Without a pending stop the loop then runs one instruction
 //! at the hart's pc through the exact, uncached path ([`Hart::step`]):
@@ -23,8 +24,32 @@ use crate::hart::{alu32, alu64, Hart, Stop};
 /// What a handler returns to leave the page loop (see the module doc).
 pub const EXIT: u64 = 1;
 
-/// A cached instruction's handler.
-pub type Handler = fn(&mut Hart, &Op, u64) -> u64;
+/// A cached instruction's handler: the hart, the op, its pc and how many
+/// more ops the page loop may run after it.
+pub type Handler = fn(&mut Hart, &Op, u64, u32) -> Flow;
+
+/// Where a handler chain stopped: the next pc (or [`EXIT`]) and the ops
+/// still allowed (for [`EXIT`]: as given to the handler that exited).
+pub type Flow = (u64, u32);
+
+/// Go on at `pc`: run its op right here (a tail call, so every handler
+/// has its own indirect jump, which the host predicts far better than one
+/// shared one), or return to the page loop when `pc` left the page, is
+/// [`EXIT`] (not in any page the loop runs: it runs none below 4 KiB) or
+/// the budget is spent.
+#[inline(always)]
+fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
+    if pc & !0xfff != h.page_base || left == 0 {
+        return (pc, left);
+    }
+    // SAFETY: `h.page` points to the SLOTS (2048) ops of the page at
+    // `h.page_base` while the page loop runs (`Hart::run` sets both; the
+    // cache frees or writes ops only in `flush` and `fill`, which no
+    // handler calls), `pc` is in that page and even, so the index is below
+    // 2048.
+    let op = unsafe { &*h.page.0.add(((pc & 0xfff) >> 1) as usize) };
+    (op.f)(h, op, pc, left - 1)
+}
 
 /// One decoded instruction, ready to run.
 #[derive(Clone, Copy)]
@@ -46,32 +71,32 @@ impl Op {
     pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
 }
 
-fn fill(h: &mut Hart, _o: &Op, pc: u64) -> u64 {
+fn fill(h: &mut Hart, _o: &Op, pc: u64, left: u32) -> Flow {
     // Filled by the run loop once the page loop has left (no handler
     // changes the cache under it).
     h.fill_next = true;
     h.pc = pc;
-    EXIT
+    (EXIT, left)
 }
 
 /// Leave the loop and run this instruction on the exact path.
-fn slow(h: &mut Hart, _o: &Op, pc: u64) -> u64 {
+fn slow(h: &mut Hart, _o: &Op, pc: u64, left: u32) -> Flow {
     h.pc = pc;
-    EXIT
+    (EXIT, left)
 }
 
-fn nop(_h: &mut Hart, o: &Op, pc: u64) -> u64 {
-    pc + u64::from(o.len)
+fn nop(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+    next(h, pc + u64::from(o.len), left)
 }
 
 /// Any other instruction (atomics, floating point): the generic executor.
-fn generic(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn generic(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     h.pc = pc;
     match h.execute(o.inst, o.imm as u32, pc + u64::from(o.len)) {
-        Ok(()) => after_load(h, h.pc),
+        Ok(()) => after_load(h, h.pc, left),
         Err(s) => {
             h.pending = Some(s);
-            EXIT
+            (EXIT, left)
         }
     }
 }
@@ -80,13 +105,13 @@ fn generic(h: &mut Hart, o: &Op, pc: u64) -> u64 {
 /// the page loop looked (something this load may have observed was
 /// written after it), count the instruction and leave the loop.
 #[inline(always)]
-fn after_load(h: &mut Hart, next: u64) -> u64 {
+fn after_load(h: &mut Hart, npc: u64, left: u32) -> Flow {
     if h.code_stale() {
         h.instret += 1;
-        h.pc = next;
-        return EXIT;
+        h.pc = npc;
+        return (EXIT, left);
     }
-    next
+    next(h, npc, left)
 }
 
 #[inline(always)]
@@ -99,38 +124,39 @@ fn rd(h: &Hart, r: u8) -> u64 {
     h.x[(r & 31) as usize]
 }
 
-fn lui(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn lui(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     wr(h, o.rd, o.imm as i64 as u64);
-    pc + u64::from(o.len)
+    next(h, pc + u64::from(o.len), left)
 }
 
-fn auipc(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn auipc(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
-    pc + u64::from(o.len)
+    next(h, pc + u64::from(o.len), left)
 }
 
-fn jal(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn jal(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     wr(h, o.rd, pc + u64::from(o.len));
-    pc.wrapping_add(o.imm as i64 as u64)
+    next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn j(_h: &mut Hart, o: &Op, pc: u64) -> u64 {
-    pc.wrapping_add(o.imm as i64 as u64)
+fn j(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+    next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn jalr(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn jalr(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     wr(h, o.rd, pc + u64::from(o.len));
-    t
+    next(h, t, left)
 }
 
-fn jr(h: &mut Hart, o: &Op, _pc: u64) -> u64 {
-    rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1
+fn jr(h: &mut Hart, o: &Op, _pc: u64, left: u32) -> Flow {
+    let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
+    next(h, t, left)
 }
 
 const BRANCHES: [BranchOp; 6] = [BranchOp::Eq, BranchOp::Ne, BranchOp::Lt, BranchOp::Ge, BranchOp::Ltu, BranchOp::Geu];
 
-fn branch<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn branch<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let (a, b) = (rd(h, o.rs1), rd(h, o.rs2));
     let taken = match BRANCHES[K] {
         BranchOp::Eq => a == b,
@@ -141,42 +167,74 @@ fn branch<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
         BranchOp::Geu => a >= b,
     };
     if taken {
-        pc.wrapping_add(o.imm as i64 as u64)
+        next(h, pc.wrapping_add(o.imm as i64 as u64), left)
     } else {
-        pc + u64::from(o.len)
+        next(h, pc + u64::from(o.len), left)
     }
 }
 
 const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::Bu, LoadOp::Hu, LoadOp::Wu];
 
-fn load<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
+
+fn load<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+    let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
+    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K>(h, o, pc, left) };
+    let v = match LOADS[K] {
+        LoadOp::B => v as u8 as i8 as i64 as u64,
+        LoadOp::H => v as u16 as i16 as i64 as u64,
+        LoadOp::W => v as u32 as i32 as i64 as u64,
+        _ => v,
+    };
+    if o.rd != 0 {
+        wr(h, o.rd, v);
+    }
+    after_load(h, pc + u64::from(o.len), left)
+}
+
+/// A load that is not a TLB hit: the accessor's full path (fill, fault,
+/// misaligned).
+#[cold]
+#[inline(never)]
+fn load_slow<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
         Ok(v) => {
             if o.rd != 0 {
                 wr(h, o.rd, v);
             }
-            after_load(h, pc + u64::from(o.len))
+            after_load(h, pc + u64::from(o.len), left)
         }
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
             h.pc = pc;
-            EXIT
+            (EXIT, left)
         }
     }
 }
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
-fn store<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn store<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
-    match h.mem.store(addr, STORE_SIZES[K], v) {
-        Ok(()) => pc + u64::from(o.len),
+    if h.mem.store_held(addr, STORE_SIZES[K], v) {
+        return next(h, pc + u64::from(o.len), left);
+    }
+    store_slow::<K>(h, o, pc, left)
+}
+
+/// A store that is not a writable TLB hit: the accessor's full path.
+#[cold]
+#[inline(never)]
+fn store_slow<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+    let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
+    match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
+        Ok(()) => next(h, pc + u64::from(o.len), left),
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
             h.pc = pc;
-            EXIT
+            (EXIT, left)
         }
     }
 }
@@ -202,28 +260,28 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
-fn op_rr<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn op_rr<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    pc + u64::from(o.len)
+    next(h, pc + u64::from(o.len), left)
 }
 
-fn op_ri<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn op_ri<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    pc + u64::from(o.len)
+    next(h, pc + u64::from(o.len), left)
 }
 
-fn op_rr32<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn op_rr32<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    pc + u64::from(o.len)
+    next(h, pc + u64::from(o.len), left)
 }
 
-fn op_ri32<const K: usize>(h: &mut Hart, o: &Op, pc: u64) -> u64 {
+fn op_ri32<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    pc + u64::from(o.len)
+    next(h, pc + u64::from(o.len), left)
 }
 
 macro_rules! table {

@@ -190,6 +190,44 @@ impl Accessor {
         self.held
     }
 
+    /// The aligned word at `addr` (an acquire load), if a
+    /// [`hold`](Self::hold) is open and the TLB translates the page; `None`
+    /// otherwise (no fill, no fault: the caller takes the full path, which
+    /// reports misalignment and faults).
+    #[inline(always)]
+    pub fn load_held<T: Word>(&self, addr: u64) -> Option<T> {
+        let e = *self.entry(addr);
+        if !self.held || e.tag != (addr >> 12) + 1 || addr % std::mem::size_of::<T>() as u64 != 0 {
+            return None;
+        }
+        let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
+        // SAFETY: the entry hits and was cached at `self.gen`, which the
+        // open hold keeps valid: `p` is in a live frame of the arena. The
+        // word is aligned (checked) so it lies in that page-aligned frame
+        // and is aligned for `T::Atomic`. Guest memory is only accessed
+        // through atomics or raw copies.
+        Some(T::load(unsafe { &*p }, Ordering::Acquire))
+    }
+
+    /// Store `v` (release) at the aligned word at `addr`, if a
+    /// [`hold`](Self::hold) is open and the TLB has the page writable;
+    /// `false` (nothing stored) otherwise, as [`load_held`](Self::load_held).
+    #[inline(always)]
+    pub fn store_held<T: Word>(&mut self, addr: u64, v: T) -> bool {
+        let e = *self.entry(addr);
+        if !self.held
+            || e.tag != (addr >> 12) + 1
+            || e.ptr & WRITABLE == 0
+            || addr % std::mem::size_of::<T>() as u64 != 0
+        {
+            return false;
+        }
+        let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
+        // SAFETY: as in `load_held`; the entry is writable.
+        T::store(unsafe { &*p }, v, Ordering::Release);
+        true
+    }
+
     /// Publish the slot at the accessor's generation, catching up (and
     /// dropping cached translations) until the generation holds still.
     #[inline(always)]
