@@ -15,7 +15,8 @@
 //! cache: the page loop reads ops in place.
 //!
 //! `x0`: an ALU op, `lui` or `auipc` whose destination is `x0` compiles to
-//! [`nop`] (they have no other effect), and a jump that links to `x0` to the
+//! [`nop`] (they have no other effect), a load into `x0` (which still
+//! faults) to the generic executor and a jump that links to `x0` to the
 //! handler without the link; the rest write their register unguarded.
 
 use crate::decode::{AluOp, BranchOp, Inst, LoadOp, StoreOp};
@@ -186,9 +187,7 @@ fn load<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
         LoadOp::W => v as u32 as i32 as i64 as u64,
         _ => v,
     };
-    if o.rd != 0 {
-        wr(h, o.rd, v);
-    }
+    wr(h, o.rd, v);
     after_load(h, pc + u64::from(o.len), left)
 }
 
@@ -200,9 +199,7 @@ fn load_slow<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
         Ok(v) => {
-            if o.rd != 0 {
-                wr(h, o.rd, v);
-            }
+            wr(h, o.rd, v);
             after_load(h, pc + u64::from(o.len), left)
         }
         Err(f) => {
@@ -315,6 +312,8 @@ pub fn compile(inst: Inst, raw: u32) -> Op {
             let k = BRANCHES.iter().position(|&x| x == b).unwrap_or(0);
             op(BR[k], imm, 0, rs1, rs2)
         }
+        // A load into x0 still faults: the generic executor runs it.
+        Inst::Load { rd: 0, .. } => op(generic, raw as i32, 0, 0, 0),
         Inst::Load { op: l, rd, rs1, imm } => {
             let k = LOADS.iter().position(|&x| x == l).unwrap_or(0);
             op(LD[k], imm, rd, rs1, 0)
