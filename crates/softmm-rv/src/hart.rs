@@ -8,7 +8,7 @@ use crate::decode::{decode, inst_len, AluOp, AmoOp, BranchOp, CsrOp, FmaOp, FpOp
 use crate::fpu;
 use crate::icache::ICache;
 use crate::mem::{GuestFault, MemResult, Memory};
-use crate::threaded::Op;
+use crate::threaded::{Op, OpRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -203,8 +203,8 @@ impl Hart {
         // or writes ops only in `fill` and `flush`, which no handler calls
         // (a fill is left to `run`, `fence.i` to the exact path), so the op
         // stays valid and unchanged while its handler runs.
-        let op = unsafe { &*page.add(((pc & 0xfff) >> 1) as usize) };
-        let (next, left) = (op.f)(self, op, pc, budget - 1);
+        let op = unsafe { OpRef::at(page, ((pc & 0xfff) >> 1) as usize) };
+        let (next, left) = (op.get().f)(self, op, pc, budget - 1);
         self.page_base = 0;
         if next & 1 != 0 {
             return (budget - left - 1, true);

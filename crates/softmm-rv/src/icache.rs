@@ -29,6 +29,9 @@ use std::sync::Arc;
 const MAX_PAGES: usize = 1024;
 /// Slots per page: one per 2-byte instruction start.
 const SLOTS: usize = 2048;
+/// Ops after the last slot of a page ([`Op::PAGE_END`]): where the op of a
+/// page's last instruction goes on.
+const PAGE_END_OPS: usize = 2;
 /// Entries of the direct-mapped page index in front of the hash map.
 const RECENT: usize = 256;
 
@@ -87,7 +90,7 @@ pub struct ICache {
     /// The generation the cached pages were filled under.
     seen: u64,
     index: HashMap<u64, usize>,
-    pages: Vec<Box<[Op; SLOTS]>>,
+    pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
     /// The page of the last lookup, as (page number + 1, index); 0: none.
     last: (u64, usize),
     /// (page number + 1, index) by page number modulo [`RECENT`]: code
@@ -134,7 +137,8 @@ impl ICache {
 
     /// The ops of the page of `pc` (slots not filled yet hold
     /// [`Op::FILL`]), after dropping everything if an invalidation came.
-    /// The pointer is to [`SLOTS`] ops and stays valid until the next
+    /// The pointer is to [`SLOTS`] ops (one per 2-byte offset), then
+    /// [`Op::PAGE_END`] ops, and stays valid until the next
     /// [`flush`](Self::flush) or [`fill`](Self::fill).
     #[inline]
     pub fn page(&mut self, pc: u64) -> *const Op {
@@ -163,7 +167,9 @@ impl ICache {
         if self.pages.len() >= MAX_PAGES {
             self.flush();
         }
-        let fresh: Box<[Op; SLOTS]> = match vec![Op::FILL; SLOTS].into_boxed_slice().try_into() {
+        let mut ops = vec![Op::FILL; SLOTS + PAGE_END_OPS];
+        ops[SLOTS..].fill(Op::PAGE_END);
+        let fresh: Box<[Op; SLOTS + PAGE_END_OPS]> = match ops.into_boxed_slice().try_into() {
             Ok(b) => b,
             Err(_) => unreachable!("a vector of SLOTS ops"),
         };

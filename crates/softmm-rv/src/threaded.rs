@@ -27,7 +27,7 @@ pub const EXIT: u64 = 1;
 
 /// A cached instruction's handler: the hart, the op, its pc and how many
 /// more ops the page loop may run after it.
-pub type Handler = fn(&mut Hart, &Op, u64, u32) -> Flow;
+pub type Handler = fn(&mut Hart, OpRef, u64, u32) -> Flow;
 
 /// Where a handler chain stopped: the next pc (or [`EXIT`]) and the ops
 /// still allowed (for [`EXIT`]: as given to the handler that exited).
@@ -48,8 +48,60 @@ fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
     // cache frees or writes ops only in `flush` and `fill`, which no
     // handler calls), `pc` is in that page and even, so the index is below
     // 2048.
-    let op = unsafe { &*h.page.0.add(((pc & 0xfff) >> 1) as usize) };
-    (op.f)(h, op, pc, left - 1)
+    let op = OpRef(unsafe { h.page.0.add(((pc & 0xfff) >> 1) as usize) });
+    (op.get().f)(h, op, pc, left - 1)
+}
+
+/// Go on with the op after `op` (at `pc` + its length), which lies in the
+/// same page array: its successor slot, or the page-end op past the last
+/// slot, which returns to the page loop.
+#[inline(always)]
+fn seq(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let len = op.get().len;
+    let npc = pc + u64::from(len);
+    if left == 0 {
+        return (npc, left);
+    }
+    // SAFETY: a cached op of `len` bytes lies wholly in its page (`fill`
+    // caches no other), so the slot `len / 2` after it is in the page's
+    // array or is one of the page-end ops after its last slot
+    // (`ICache::page`).
+    let n = OpRef(unsafe { op.0.add(usize::from(len >> 1)) });
+    (n.get().f)(h, n, npc, left - 1)
+}
+
+/// A pointer to an op in a page array of the cache (with the array's
+/// provenance, so a handler can step to the next slot).
+#[derive(Clone, Copy)]
+pub struct OpRef(*const Op);
+
+impl OpRef {
+    /// A reference to the op at `index` of a page array of
+    /// [`crate::icache::ICache::page`].
+    ///
+    /// # Safety
+    ///
+    /// `page` must come from `ICache::page`, `index` be below its length,
+    /// and the cache must not `fill` or `flush` while the op is used.
+    #[inline(always)]
+    pub(crate) unsafe fn at(page: *const Op, index: usize) -> OpRef {
+        // SAFETY: as the caller promises.
+        OpRef(unsafe { page.add(index) })
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &Op {
+        // SAFETY: an `OpRef` is made only by `at`, `next` and `seq`, each
+        // to an op of a live page array that no handler changes (see
+        // `at`).
+        unsafe { &*self.0 }
+    }
+}
+
+/// The op past a page's last slot: back to the page loop, at the next
+/// page (not an instruction: it gives back the budget it took).
+fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+    (pc, left + 1)
 }
 
 /// One decoded instruction, ready to run.
@@ -70,9 +122,11 @@ pub struct Op {
 impl Op {
     /// The op of a slot not filled yet: decode, fill, run.
     pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+    /// The ops after a page's last slot.
+    pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
 }
 
-fn fill(h: &mut Hart, _o: &Op, pc: u64, left: u32) -> Flow {
+fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
     // Filled by the run loop once the page loop has left (no handler
     // changes the cache under it).
     h.fill_next = true;
@@ -81,20 +135,25 @@ fn fill(h: &mut Hart, _o: &Op, pc: u64, left: u32) -> Flow {
 }
 
 /// Leave the loop and run this instruction on the exact path.
-fn slow(h: &mut Hart, _o: &Op, pc: u64, left: u32) -> Flow {
+fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
     h.pc = pc;
     (EXIT, left)
 }
 
-fn nop(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
-    next(h, pc + u64::from(o.len), left)
+fn nop(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    seq(h, op, pc, left)
 }
 
 /// Any other instruction (atomics, floating point): the generic executor.
-fn generic(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     h.pc = pc;
-    match h.execute(o.inst, o.imm as u32, pc + u64::from(o.len)) {
-        Ok(()) => after_load(h, h.pc, left),
+    let npc = pc + u64::from(o.len);
+    match h.execute(o.inst, o.imm as u32, npc) {
+        // (Every instruction given to it goes on in sequence; were one to
+        // jump, the page check would take it.)
+        Ok(()) if h.pc != npc => next(h, h.pc, left),
+        Ok(()) => after_load(h, op, pc, left),
         Err(s) => {
             h.pending = Some(s);
             (EXIT, left)
@@ -106,13 +165,13 @@ fn generic(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
 /// the page loop looked (something this load may have observed was
 /// written after it), count the instruction and leave the loop.
 #[inline(always)]
-fn after_load(h: &mut Hart, npc: u64, left: u32) -> Flow {
+fn after_load(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     if h.code_stale() {
         h.instret += 1;
-        h.pc = npc;
+        h.pc = pc + u64::from(op.get().len);
         return (EXIT, left);
     }
-    next(h, npc, left)
+    seq(h, op, pc, left)
 }
 
 #[inline(always)]
@@ -125,39 +184,46 @@ fn rd(h: &Hart, r: u8) -> u64 {
     h.x[(r & 31) as usize]
 }
 
-fn lui(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn lui(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     wr(h, o.rd, o.imm as i64 as u64);
-    next(h, pc + u64::from(o.len), left)
+    seq(h, op, pc, left)
 }
 
-fn auipc(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn auipc(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
-    next(h, pc + u64::from(o.len), left)
+    seq(h, op, pc, left)
 }
 
-fn jal(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn jal(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn j(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn j(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn jalr(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, t, left)
 }
 
-fn jr(h: &mut Hart, o: &Op, _pc: u64, left: u32) -> Flow {
+fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     next(h, t, left)
 }
 
 const BRANCHES: [BranchOp; 6] = [BranchOp::Eq, BranchOp::Ne, BranchOp::Lt, BranchOp::Ge, BranchOp::Ltu, BranchOp::Geu];
 
-fn branch<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn branch<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let (a, b) = (rd(h, o.rs1), rd(h, o.rs2));
     let taken = match BRANCHES[K] {
         BranchOp::Eq => a == b,
@@ -170,7 +236,7 @@ fn branch<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
     if taken {
         next(h, pc.wrapping_add(o.imm as i64 as u64), left)
     } else {
-        next(h, pc + u64::from(o.len), left)
+        seq(h, op, pc, left)
     }
 }
 
@@ -178,9 +244,10 @@ const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::
 
 const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 
-fn load<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn load<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
-    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K>(h, o, pc, left) };
+    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K>(h, op, pc, left) };
     let v = match LOADS[K] {
         LoadOp::B => v as u8 as i8 as i64 as u64,
         LoadOp::H => v as u16 as i16 as i64 as u64,
@@ -188,19 +255,20 @@ fn load<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
         _ => v,
     };
     wr(h, o.rd, v);
-    after_load(h, pc + u64::from(o.len), left)
+    after_load(h, op, pc, left)
 }
 
 /// A load that is not a TLB hit: the accessor's full path (fill, fault,
 /// misaligned).
 #[cold]
 #[inline(never)]
-fn load_slow<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn load_slow<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
         Ok(v) => {
             wr(h, o.rd, v);
-            after_load(h, pc + u64::from(o.len), left)
+            after_load(h, op, pc, left)
         }
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
@@ -212,22 +280,24 @@ fn load_slow<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
-fn store<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn store<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
     if h.mem.store_held(addr, STORE_SIZES[K], v) {
-        return next(h, pc + u64::from(o.len), left);
+        return seq(h, op, pc, left);
     }
-    store_slow::<K>(h, o, pc, left)
+    store_slow::<K>(h, op, pc, left)
 }
 
 /// A store that is not a writable TLB hit: the accessor's full path.
 #[cold]
 #[inline(never)]
-fn store_slow<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn store_slow<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
-        Ok(()) => next(h, pc + u64::from(o.len), left),
+        Ok(()) => seq(h, op, pc, left),
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
             h.pc = pc;
@@ -257,28 +327,32 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
-fn op_rr<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn op_rr<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    next(h, pc + u64::from(o.len), left)
+    seq(h, op, pc, left)
 }
 
-fn op_ri<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn op_ri<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    next(h, pc + u64::from(o.len), left)
+    seq(h, op, pc, left)
 }
 
-fn op_rr32<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn op_rr32<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    next(h, pc + u64::from(o.len), left)
+    seq(h, op, pc, left)
 }
 
-fn op_ri32<const K: usize>(h: &mut Hart, o: &Op, pc: u64, left: u32) -> Flow {
+fn op_ri32<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    next(h, pc + u64::from(o.len), left)
+    seq(h, op, pc, left)
 }
 
 macro_rules! table {
