@@ -197,6 +197,6 @@ impl ICache {
         }
         let tag = (pc >> 12) + 1;
         let i = self.index_of(tag);
-        self.pages[i][((pc & 0xfff) >> 1) as usize] = compile(inst, raw);
+        self.pages[i][((pc & 0xfff) >> 1) as usize] = compile(inst, raw, pc);
     }
 }

@@ -207,6 +207,32 @@ fn j(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
+/// `jal` / `j` / a taken branch whose target `compile` found in the
+/// instruction's own page: the op `imm` bytes away in the same array.
+#[inline(always)]
+fn near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let imm = op.get().imm;
+    let npc = pc.wrapping_add(imm as i64 as u64);
+    if left == 0 {
+        return (npc, left);
+    }
+    // SAFETY: `compile` gives a near handler only to an op whose target
+    // (`pc + imm`, even) is in the op's page, so its slot, `imm / 2` slots
+    // away, is in the same array.
+    let n = OpRef(unsafe { op.0.offset((imm >> 1) as isize) });
+    (n.get().f)(h, n, npc, left - 1)
+}
+
+fn jal_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, pc + u64::from(o.len));
+    near(h, op, pc, left)
+}
+
+fn j_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    near(h, op, pc, left)
+}
+
 fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
@@ -222,19 +248,31 @@ fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: u32) -> Flow {
 
 const BRANCHES: [BranchOp; 6] = [BranchOp::Eq, BranchOp::Ne, BranchOp::Lt, BranchOp::Ge, BranchOp::Ltu, BranchOp::Geu];
 
-fn branch<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
-    let o = op.get();
+#[inline(always)]
+fn taken<const K: usize>(h: &Hart, o: &Op) -> bool {
     let (a, b) = (rd(h, o.rs1), rd(h, o.rs2));
-    let taken = match BRANCHES[K] {
+    match BRANCHES[K] {
         BranchOp::Eq => a == b,
         BranchOp::Ne => a != b,
         BranchOp::Lt => (a as i64) < (b as i64),
         BranchOp::Ge => (a as i64) >= (b as i64),
         BranchOp::Ltu => a < b,
         BranchOp::Geu => a >= b,
-    };
-    if taken {
+    }
+}
+
+fn branch<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    if taken::<K>(h, o) {
         next(h, pc.wrapping_add(o.imm as i64 as u64), left)
+    } else {
+        seq(h, op, pc, left)
+    }
+}
+
+fn branch_near<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    if taken::<K>(h, op.get()) {
+        near(h, op, pc, left)
     } else {
         seq(h, op, pc, left)
     }
@@ -364,6 +402,7 @@ const RI: [Handler; 18] = table!(op_ri; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16
 const RR32: [Handler; 18] = table!(op_rr32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
 const RI32: [Handler; 18] = table!(op_ri32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
 const BR: [Handler; 6] = table!(branch; 0 1 2 3 4 5);
+const BR_NEAR: [Handler; 6] = table!(branch_near; 0 1 2 3 4 5);
 const LD: [Handler; 7] = table!(load; 0 1 2 3 4 5 6);
 const ST: [Handler; 4] = table!(store; 0 1 2 3);
 
@@ -371,8 +410,10 @@ fn alu_index(op: AluOp) -> usize {
     ALU.iter().position(|&a| a == op).unwrap_or(0)
 }
 
-/// The op for `inst` (decoded from `raw`).
-pub fn compile(inst: Inst, raw: u32) -> Op {
+/// The op for `inst` (decoded from `raw`) at `pc`.
+pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
+    // Whether a pc-relative target is in the instruction's page.
+    let near = |imm: i32| pc.wrapping_add(imm as i64 as u64) & !0xfff == pc & !0xfff;
     let len = crate::decode::inst_len(raw) as u8;
     let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len, inst };
     // Ops whose only effect is writing `rd`: none at all for x0.
@@ -380,11 +421,19 @@ pub fn compile(inst: Inst, raw: u32) -> Op {
     match inst {
         Inst::Lui { rd, imm } => alu(lui, imm, rd, 0, 0),
         Inst::Auipc { rd, imm } => alu(auipc, imm, rd, 0, 0),
-        Inst::Jal { rd, imm } => op(if rd == 0 { j } else { jal }, imm, rd, 0, 0),
+        Inst::Jal { rd, imm } => {
+            let f: Handler = match (rd == 0, near(imm)) {
+                (true, true) => j_near,
+                (true, false) => j,
+                (false, true) => jal_near,
+                (false, false) => jal,
+            };
+            op(f, imm, rd, 0, 0)
+        }
         Inst::Jalr { rd, rs1, imm } => op(if rd == 0 { jr } else { jalr }, imm, rd, rs1, 0),
         Inst::Branch { op: b, rs1, rs2, imm } => {
             let k = BRANCHES.iter().position(|&x| x == b).unwrap_or(0);
-            op(BR[k], imm, 0, rs1, rs2)
+            op(if near(imm) { BR_NEAR[k] } else { BR[k] }, imm, 0, rs1, rs2)
         }
         // A load into x0 still faults: the generic executor runs it.
         Inst::Load { rd: 0, .. } => op(generic, raw as i32, 0, 0, 0),
