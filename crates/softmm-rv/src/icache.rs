@@ -1,14 +1,16 @@
-//! Decoded-instruction caches: each hart keeps the [`Inst`]s it decoded,
-//! per 4 KiB page of code, so a hot loop is fetched through the softmm
-//! accessor and decoded once, not at every step.
+//! Decoded-instruction caches: each hart keeps what it decoded, compiled to
+//! [`Op`]s (a handler and operands, see [`crate::threaded`]), per 4 KiB page
+//! of code, so a hot loop is fetched through the softmm accessor and
+//! decoded once, not at every step.
 //!
 //! Staleness is softmm's to report. One [`CodeWatch`] per address space is
 //! an MMU notifier: an invalidation that can change what a code address
 //! holds or whether it may be fetched (unmap, a replacing `MAP_FIXED`,
 //! `MADV_DONTNEED`, reduced protection, teardown) and that overlaps the
 //! span of pages any hart has cached bumps the watch's generation; a hart
-//! whose cache was filled under an older generation drops it before its
-//! next lookup. Copy-on-write, swap-out and migration move frames without
+//! whose cache was filled under an older generation drops it when it next
+//! enters a page, and its page loop leaves as soon as a load finds the
+//! generation moved (see [`crate::hart::Hart::run`]). Copy-on-write, swap-out and migration move frames without
 //! changing their bytes and leave the caches alone. Stores to code are seen
 //! after `fence.i` (this hart) or the `riscv_flush_icache` system call
 //! (every hart), which is what RISC-V asks of self-modifying programs.
