@@ -52,21 +52,20 @@ fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
     (op.get().f)(h, op, pc, left - 1)
 }
 
-/// Go on with the op after `op` (at `pc` + its length), which lies in the
-/// same page array: its successor slot, or the page-end op past the last
-/// slot, which returns to the page loop.
+/// Go on with the op after `op`, an instruction of `L` bytes (at `pc` +
+/// `L`), which lies in the same page array: its successor slot, or the
+/// page-end op past the last slot, which returns to the page loop.
 #[inline(always)]
-fn seq(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
-    let len = op.get().len;
-    let npc = pc + u64::from(len);
+fn seq<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let npc = pc + L as u64;
     if left == 0 {
         return (npc, left);
     }
-    // SAFETY: a cached op of `len` bytes lies wholly in its page (`fill`
-    // caches no other), so the slot `len / 2` after it is in the page's
-    // array or is one of the page-end ops after its last slot
-    // (`ICache::page`).
-    let n = OpRef(unsafe { op.0.add(usize::from(len >> 1)) });
+    // SAFETY: a cached op of `L` bytes (`compile` picks the handler by the
+    // instruction's length) lies wholly in its page (`fill` caches no
+    // other), so the slot `L / 2` after it is in the page's array or is
+    // one of the page-end ops after its last slot (`ICache::page`).
+    let n = OpRef(unsafe { op.0.add(L / 2) });
     (n.get().f)(h, n, npc, left - 1)
 }
 
@@ -140,8 +139,8 @@ fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
     (EXIT, left)
 }
 
-fn nop(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
-    seq(h, op, pc, left)
+fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    seq::<L>(h, op, pc, left)
 }
 
 /// Any other instruction (atomics, floating point): the generic executor.
@@ -153,7 +152,8 @@ fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
         // (Every instruction given to it goes on in sequence; were one to
         // jump, the page check would take it.)
         Ok(()) if h.pc != npc => next(h, h.pc, left),
-        Ok(()) => after_load(h, op, pc, left),
+        Ok(()) if o.len == 2 => after_load::<2>(h, op, pc, left),
+        Ok(()) => after_load::<4>(h, op, pc, left),
         Err(s) => {
             h.pending = Some(s);
             (EXIT, left)
@@ -165,13 +165,13 @@ fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
 /// the page loop looked (something this load may have observed was
 /// written after it), count the instruction and leave the loop.
 #[inline(always)]
-fn after_load(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     if h.code_stale() {
         h.instret += 1;
-        h.pc = pc + u64::from(op.get().len);
+        h.pc = pc + L as u64;
         return (EXIT, left);
     }
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
 #[inline(always)]
@@ -184,16 +184,16 @@ fn rd(h: &Hart, r: u8) -> u64 {
     h.x[(r & 31) as usize]
 }
 
-fn lui(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn lui<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     wr(h, o.rd, o.imm as i64 as u64);
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
-fn auipc(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn auipc<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
 fn jal(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
@@ -261,20 +261,20 @@ fn taken<const K: usize>(h: &Hart, o: &Op) -> bool {
     }
 }
 
-fn branch<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     if taken::<K>(h, o) {
         next(h, pc.wrapping_add(o.imm as i64 as u64), left)
     } else {
-        seq(h, op, pc, left)
+        seq::<L>(h, op, pc, left)
     }
 }
 
-fn branch_near<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     if taken::<K>(h, op.get()) {
         near(h, op, pc, left)
     } else {
-        seq(h, op, pc, left)
+        seq::<L>(h, op, pc, left)
     }
 }
 
@@ -282,10 +282,10 @@ const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::
 
 const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 
-fn load<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
-    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K>(h, op, pc, left) };
+    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K, L>(h, op, pc, left) };
     let v = match LOADS[K] {
         LoadOp::B => v as u8 as i8 as i64 as u64,
         LoadOp::H => v as u16 as i16 as i64 as u64,
@@ -293,20 +293,20 @@ fn load<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
         _ => v,
     };
     wr(h, o.rd, v);
-    after_load(h, op, pc, left)
+    after_load::<L>(h, op, pc, left)
 }
 
 /// A load that is not a TLB hit: the accessor's full path (fill, fault,
 /// misaligned).
 #[cold]
 #[inline(never)]
-fn load_slow<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
         Ok(v) => {
             wr(h, o.rd, v);
-            after_load(h, op, pc, left)
+            after_load::<L>(h, op, pc, left)
         }
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
@@ -318,24 +318,24 @@ fn load_slow<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flo
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
-fn store<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
     if h.mem.store_held(addr, STORE_SIZES[K], v) {
-        return seq(h, op, pc, left);
+        return seq::<L>(h, op, pc, left);
     }
-    store_slow::<K>(h, op, pc, left)
+    store_slow::<K, L>(h, op, pc, left)
 }
 
 /// A store that is not a writable TLB hit: the accessor's full path.
 #[cold]
 #[inline(never)]
-fn store_slow<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
-        Ok(()) => seq(h, op, pc, left),
+        Ok(()) => seq::<L>(h, op, pc, left),
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
             h.pc = pc;
@@ -365,46 +365,47 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
-fn op_rr<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
-fn op_ri<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
-fn op_rr32<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
-fn op_ri32<const K: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    seq(h, op, pc, left)
+    seq::<L>(h, op, pc, left)
 }
 
+/// Handlers by length (`[0]`: 2 bytes, `[1]`: 4) and operation.
 macro_rules! table {
-    ($f:ident; $($k:literal)*) => { [$($f::<$k> as Handler),*] };
+    ($f:ident; $($k:literal)*) => { [[$($f::<$k, 2> as Handler),*], [$($f::<$k, 4> as Handler),*]] };
 }
 
-const RR: [Handler; 18] = table!(op_rr; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
-const RI: [Handler; 18] = table!(op_ri; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
-const RR32: [Handler; 18] = table!(op_rr32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
-const RI32: [Handler; 18] = table!(op_ri32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
-const BR: [Handler; 6] = table!(branch; 0 1 2 3 4 5);
-const BR_NEAR: [Handler; 6] = table!(branch_near; 0 1 2 3 4 5);
-const LD: [Handler; 7] = table!(load; 0 1 2 3 4 5 6);
-const ST: [Handler; 4] = table!(store; 0 1 2 3);
+const RR: [[Handler; 18]; 2] = table!(op_rr; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const RI: [[Handler; 18]; 2] = table!(op_ri; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const RR32: [[Handler; 18]; 2] = table!(op_rr32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const RI32: [[Handler; 18]; 2] = table!(op_ri32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const BR: [[Handler; 6]; 2] = table!(branch; 0 1 2 3 4 5);
+const BR_NEAR: [[Handler; 6]; 2] = table!(branch_near; 0 1 2 3 4 5);
+const LD: [[Handler; 7]; 2] = table!(load; 0 1 2 3 4 5 6);
+const ST: [[Handler; 4]; 2] = table!(store; 0 1 2 3);
 
 fn alu_index(op: AluOp) -> usize {
     ALU.iter().position(|&a| a == op).unwrap_or(0)
@@ -417,6 +418,9 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
     let len = crate::decode::inst_len(raw) as u8;
     let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len, inst };
     // Ops whose only effect is writing `rd`: none at all for x0.
+    let w = usize::from(len == 4);
+    let (nop, lui, auipc): (Handler, Handler, Handler) =
+        if len == 4 { (nop::<4>, lui::<4>, auipc::<4>) } else { (nop::<2>, lui::<2>, auipc::<2>) };
     let alu = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| op(if rd == 0 { nop } else { f }, imm, rd, rs1, rs2);
     match inst {
         Inst::Lui { rd, imm } => alu(lui, imm, rd, 0, 0),
@@ -433,13 +437,13 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
         Inst::Jalr { rd, rs1, imm } => op(if rd == 0 { jr } else { jalr }, imm, rd, rs1, 0),
         Inst::Branch { op: b, rs1, rs2, imm } => {
             let k = BRANCHES.iter().position(|&x| x == b).unwrap_or(0);
-            op(if near(imm) { BR_NEAR[k] } else { BR[k] }, imm, 0, rs1, rs2)
+            op(if near(imm) { BR_NEAR[w][k] } else { BR[w][k] }, imm, 0, rs1, rs2)
         }
         // A load into x0 still faults: the generic executor runs it.
         Inst::Load { rd: 0, .. } => op(generic, raw as i32, 0, 0, 0),
         Inst::Load { op: l, rd, rs1, imm } => {
             let k = LOADS.iter().position(|&x| x == l).unwrap_or(0);
-            op(LD[k], imm, rd, rs1, 0)
+            op(LD[w][k], imm, rd, rs1, 0)
         }
         Inst::Store { op: s, rs1, rs2, imm } => {
             let k = match s {
@@ -448,12 +452,12 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
                 StoreOp::W => 2,
                 StoreOp::D => 3,
             };
-            op(ST[k], imm, 0, rs1, rs2)
+            op(ST[w][k], imm, 0, rs1, rs2)
         }
-        Inst::OpImm { op: a, rd, rs1, imm } => alu(RI[alu_index(a)], imm, rd, rs1, 0),
-        Inst::OpImm32 { op: a, rd, rs1, imm } => alu(RI32[alu_index(a)], imm, rd, rs1, 0),
-        Inst::Op { op: a, rd, rs1, rs2 } => alu(RR[alu_index(a)], 0, rd, rs1, rs2),
-        Inst::Op32 { op: a, rd, rs1, rs2 } => alu(RR32[alu_index(a)], 0, rd, rs1, rs2),
+        Inst::OpImm { op: a, rd, rs1, imm } => alu(RI[w][alu_index(a)], imm, rd, rs1, 0),
+        Inst::OpImm32 { op: a, rd, rs1, imm } => alu(RI32[w][alu_index(a)], imm, rd, rs1, 0),
+        Inst::Op { op: a, rd, rs1, rs2 } => alu(RR[w][alu_index(a)], 0, rd, rs1, rs2),
+        Inst::Op32 { op: a, rd, rs1, rs2 } => alu(RR32[w][alu_index(a)], 0, rd, rs1, rs2),
         Inst::Fence => op(nop, 0, 0, 0, 0),
         // Counters, fence.i, system calls and traps run on the exact path.
         Inst::FenceI | Inst::Ecall | Inst::Ebreak | Inst::Csr { .. } | Inst::Illegal(_) => op(slow, 0, 0, 0, 0),
