@@ -139,7 +139,7 @@ impl ICache {
 
     /// The ops of the page of `pc` (slots not filled yet hold
     /// [`Op::FILL`]), after dropping everything if an invalidation came.
-    /// The pointer is to [`SLOTS`] ops (one per 2-byte offset), then
+    /// The pointer is to `SLOTS` ops (one per 2-byte offset), then
     /// [`Op::PAGE_END`] ops, and stays valid until the next
     /// [`flush`](Self::flush) or [`fill`](Self::fill).
     #[inline]

@@ -5,7 +5,7 @@
 //! no `match` on the instruction's kind.
 //!
 //! A handler gets the hart, its op and the instruction's pc, and goes on
-//! with the next op itself ([`next`]) until the pc leaves the page or the
+//! with the next op itself (`next`) until the pc leaves the page or the
 //! budget is spent; or returns [`EXIT`] (odd, which no pc is) after setting the hart's
 //! pc (and, for a fault, its pending stop), to leave the page loop of
 //! [`Hart::run`]. Without a pending stop the loop then runs one instruction
@@ -15,7 +15,7 @@
 //! cache: the page loop reads ops in place.
 //!
 //! `x0`: an ALU op, `lui` or `auipc` whose destination is `x0` compiles to
-//! [`nop`] (they have no other effect), a load into `x0` (which still
+//! `nop` (they have no other effect), a load into `x0` (which still
 //! faults) to the generic executor and a jump that links to `x0` to the
 //! handler without the link; the rest write their register unguarded.
 
