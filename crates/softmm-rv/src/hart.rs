@@ -1,13 +1,14 @@
-//! A hart: the RV64GC register state and the interpreter loop. Each
-//! instruction is fetched through [`Memory::fetch`], decoded into an
-//! [`Inst`] and executed; execution never looks at raw bits again, so a
-//! per-page cache of decoded instructions can later sit between fetch and
-//! execute without changing either.
+//! A hart: the RV64GC register state and the interpreter loop. With a
+//! decoded-instruction cache ([`crate::icache`]) the loop runs a page's
+//! cached ops ([`crate::threaded`]) one indirect call each, and leaves the
+//! rest (fills, system calls, CSRs, `fence.i`, traps) to the exact path:
+//! fetch through [`Memory::fetch`], decode into an [`Inst`], execute.
 
 use crate::decode::{decode, inst_len, AluOp, AmoOp, BranchOp, CsrOp, FmaOp, FpOp, Inst, LoadOp, StoreOp, Width};
 use crate::fpu;
 use crate::icache::ICache;
 use crate::mem::{GuestFault, MemResult, Memory};
+use crate::threaded::{Op, OpRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,7 +71,24 @@ pub struct Hart {
     /// Raised from other threads to stop [`run`](Self::run) between
     /// instructions.
     attention: Arc<AtomicBool>,
+    /// Why a handler of the page loop left it, if it stops the run.
+    pub(crate) pending: Option<Stop>,
+    /// The page loop left at an op not filled yet: fill it first.
+    pub(crate) fill_next: bool,
+    /// The ops of the page the page loop runs, and that page's address
+    /// (0 outside the loop).
+    pub(crate) page: PagePtr,
+    pub(crate) page_base: u64,
 }
+
+/// The ops of the page the page loop runs ([`crate::icache::ICache::page`]).
+#[derive(Clone, Copy)]
+pub(crate) struct PagePtr(pub(crate) *const Op);
+
+// SAFETY: the pointer is dereferenced only by the page loop of the hart
+// that holds it, while its cache keeps the page (see `Hart::run`); a hart
+// moved to another thread takes its cache along.
+unsafe impl Send for PagePtr {}
 
 /// Instructions between two looks at the attention flag.
 const ATTENTION_EVERY: u32 = 1024;
@@ -90,6 +108,10 @@ impl Hart {
             icache: None,
             boot: Instant::now(),
             attention: Arc::new(AtomicBool::new(false)),
+            pending: None,
+            fill_next: false,
+            page: PagePtr(std::ptr::null()),
+            page_base: 0,
         }
     }
 
@@ -127,6 +149,79 @@ impl Hart {
 
     /// Run until an ecall, a fault, an illegal instruction or a breakpoint.
     pub fn run(&mut self) -> Stop {
+        if self.icache.is_none() {
+            return self.run_uncached();
+        }
+        loop {
+            if self.attention.load(Ordering::Acquire) {
+                return Stop::Attention;
+            }
+            let mut left = ATTENTION_EVERY;
+            while left > 0 {
+                let pc = self.pc;
+                let page = match self.icache.as_mut() {
+                    // Page 0 is left to the exact path: the page loop
+                    // tells EXIT (1) from a pc by its page.
+                    Some(c) if pc & 1 == 0 && pc >= 0x1000 => c.page(pc),
+                    _ => std::ptr::null(),
+                };
+                if !page.is_null() {
+                    // The page loop's loads and stores run with the
+                    // accessor's slot published once (a hold): its handlers
+                    // never block and never call into the address space.
+                    self.mem.accessor().hold();
+                    let (n, exited) = self.run_page(page, left);
+                    self.mem.accessor().release();
+                    self.instret += u64::from(n);
+                    left -= n;
+                    if !exited {
+                        continue;
+                    }
+                    if let Some(stop) = self.pending.take() {
+                        return stop;
+                    }
+                }
+                if std::mem::take(&mut self.fill_next) {
+                    self.fill_at(self.pc);
+                }
+                // The exact path, for what the page loop leaves to it.
+                if let Err(stop) = self.step() {
+                    return stop;
+                }
+                left = left.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The page loop: run cached ops from `self.pc` while the pc stays in
+    /// the page of `page` (see [`crate::icache::ICache::page`]), at most
+    /// `budget` (at least 1) of them, each handler going on with the next
+    /// ([`crate::threaded`]). The instructions it completed, and whether a
+    /// handler asked to leave ([`crate::threaded::EXIT`]; the hart's pc and
+    /// pending stop say why).
+    #[inline(always)]
+    fn run_page(&mut self, page: *const Op, budget: u32) -> (u32, bool) {
+        let pc = self.pc;
+        self.page = PagePtr(page);
+        self.page_base = pc & !0xfff;
+        // SAFETY: `page` points to the SLOTS (2048) ops of the page of
+        // `pc`, which is even, so the index is below 2048. The cache frees
+        // or writes ops only in `fill` and `flush`, which no handler calls
+        // (a fill is left to `run`, `fence.i` to the exact path), so the op
+        // stays valid and unchanged while its handler runs.
+        let op = unsafe { OpRef::at(page, ((pc & 0xfff) >> 1) as usize) };
+        let (next, left) = (op.get().f)(self, op, pc, budget - 1);
+        self.page_base = 0;
+        if next & 1 != 0 {
+            return (budget - left - 1, true);
+        }
+        self.pc = next;
+        (budget - left, false)
+    }
+
+    /// [`run`](Self::run) for a hart without a cache: every instruction
+    /// fetched and decoded.
+    fn run_uncached(&mut self) -> Stop {
         loop {
             if self.attention.load(Ordering::Acquire) {
                 return Stop::Attention;
@@ -139,14 +234,10 @@ impl Hart {
         }
     }
 
-    /// Fetch, decode and execute one instruction.
-    #[inline]
+    /// Fetch, decode and execute one instruction (never through the cache).
     pub fn step(&mut self) -> Result<(), Stop> {
-        let cached = self.icache.as_mut().and_then(|c| c.lookup(self.pc));
-        let (inst, raw) = match cached {
-            Some(hit) => hit,
-            None => self.fetch_decode()?,
-        };
+        let raw = self.mem.fetch(self.pc)?;
+        let inst = decode(raw);
         let next = self.pc.wrapping_add(inst_len(raw));
         let r = self.execute(inst, raw, next);
         if r.is_ok() || r == Err(Stop::Ecall) {
@@ -155,16 +246,20 @@ impl Hart {
         r
     }
 
-    /// The slow path of [`step`](Self::step): fetch through the accessor,
-    /// decode, and fill the cache.
-    fn fetch_decode(&mut self) -> Result<(Inst, u32), Stop> {
-        let ticket = self.icache.as_ref().map(|c| c.begin_fill(self.pc));
-        let raw = self.mem.fetch(self.pc)?;
-        let inst = decode(raw);
-        if let (Some(c), Some(t)) = (self.icache.as_mut(), ticket) {
-            c.fill(t, self.pc, inst, raw);
+    /// Decode the instruction at `pc` into the cache, if it can be cached
+    /// (a fetch that faults is left for the exact path to report).
+    pub(crate) fn fill_at(&mut self, pc: u64) {
+        let Some(ticket) = self.icache.as_ref().map(|c| c.begin_fill(pc)) else { return };
+        let Ok(raw) = self.mem.fetch(pc) else { return };
+        if let Some(c) = self.icache.as_mut() {
+            c.fill(ticket, pc, decode(raw), raw);
         }
-        Ok((inst, raw))
+    }
+
+    /// Whether code was invalidated since the page loop looked.
+    #[inline(always)]
+    pub(crate) fn code_stale(&self) -> bool {
+        self.icache.as_ref().is_some_and(|c| c.stale())
     }
 
     // Register numbers come from 5-bit fields: the mask only tells the
@@ -182,7 +277,7 @@ impl Hart {
     }
 
     #[inline(always)]
-    fn execute(&mut self, inst: Inst, raw: u32, next: u64) -> Result<(), Stop> {
+    pub(crate) fn execute(&mut self, inst: Inst, raw: u32, next: u64) -> Result<(), Stop> {
         let pc = self.pc;
         let mut npc = next;
         match inst {
@@ -272,7 +367,8 @@ impl Hart {
         Ok(())
     }
 
-    fn load(&mut self, op: LoadOp, addr: u64) -> MemResult<u64> {
+    #[inline(always)]
+    pub(crate) fn load(&mut self, op: LoadOp, addr: u64) -> MemResult<u64> {
         Ok(match op {
             LoadOp::B => self.mem.load(addr, 1)? as u8 as i8 as i64 as u64,
             LoadOp::H => self.mem.load(addr, 2)? as u16 as i16 as i64 as u64,
@@ -579,6 +675,7 @@ fn branch(op: BranchOp, a: u64, b: u64) -> bool {
 
 /// 64-bit integer operations, with RISC-V's division results: x/0 = -1
 /// (all ones), x%0 = x, MIN/-1 = MIN, MIN%-1 = 0 (no trap).
+#[inline(always)]
 pub fn alu64(op: AluOp, a: u64, b: u64) -> u64 {
     let (sa, sb) = (a as i64, b as i64);
     match op {
@@ -616,6 +713,7 @@ pub fn alu64(op: AluOp, a: u64, b: u64) -> u64 {
 }
 
 /// The `*W` operations: 32-bit operands and a sign-extended 32-bit result.
+#[inline(always)]
 pub fn alu32(op: AluOp, a: u64, b: u64) -> u64 {
     let (a32, b32) = (a as u32, b as u32);
     let (sa, sb) = (a32 as i32, b32 as i32);

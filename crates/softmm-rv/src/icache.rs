@@ -1,14 +1,16 @@
-//! Decoded-instruction caches: each hart keeps the [`Inst`]s it decoded,
-//! per 4 KiB page of code, so a hot loop is fetched through the softmm
-//! accessor and decoded once, not at every step.
+//! Decoded-instruction caches: each hart keeps what it decoded, compiled to
+//! [`Op`]s (a handler and operands, see [`crate::threaded`]), per 4 KiB page
+//! of code, so a hot loop is fetched through the softmm accessor and
+//! decoded once, not at every step.
 //!
 //! Staleness is softmm's to report. One [`CodeWatch`] per address space is
 //! an MMU notifier: an invalidation that can change what a code address
 //! holds or whether it may be fetched (unmap, a replacing `MAP_FIXED`,
 //! `MADV_DONTNEED`, reduced protection, teardown) and that overlaps the
 //! span of pages any hart has cached bumps the watch's generation; a hart
-//! whose cache was filled under an older generation drops it before its
-//! next lookup. Copy-on-write, swap-out and migration move frames without
+//! whose cache was filled under an older generation drops it when it next
+//! enters a page, and its page loop leaves as soon as a load finds the
+//! generation moved (see [`crate::hart::Hart::run`]). Copy-on-write, swap-out and migration move frames without
 //! changing their bytes and leave the caches alone. Stores to code are seen
 //! after `fence.i` (this hart) or the `riscv_flush_icache` system call
 //! (every hart), which is what RISC-V asks of self-modifying programs.
@@ -17,6 +19,7 @@
 //! every time).
 
 use crate::decode::Inst;
+use crate::threaded::{compile, Op};
 use softmm::notifier::{Again, Event, MmuNotifier, Range};
 use softmm::{Mm, Subscription};
 use std::collections::HashMap;
@@ -28,6 +31,9 @@ use std::sync::Arc;
 const MAX_PAGES: usize = 1024;
 /// Slots per page: one per 2-byte instruction start.
 const SLOTS: usize = 2048;
+/// Ops after the last slot of a page ([`Op::PAGE_END`]): where the op of a
+/// page's last instruction goes on.
+const PAGE_END_OPS: usize = 2;
 /// Entries of the direct-mapped page index in front of the hash map.
 const RECENT: usize = 256;
 
@@ -80,15 +86,13 @@ impl MmuNotifier for CodeWatch {
     fn invalidate_range_end(&self, _range: &Range) {}
 }
 
-type Slot = Option<(Inst, u32)>;
-
 /// One hart's cache.
 pub struct ICache {
     watch: Arc<CodeWatch>,
     /// The generation the cached pages were filled under.
     seen: u64,
     index: HashMap<u64, usize>,
-    pages: Vec<Box<[Slot; SLOTS]>>,
+    pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
     /// The page of the last lookup, as (page number + 1, index); 0: none.
     last: (u64, usize),
     /// (page number + 1, index) by page number modulo [`RECENT`]: code
@@ -127,30 +131,53 @@ impl ICache {
         &self.watch
     }
 
-    /// The decoded instruction at `pc` and its raw bits, if cached and
-    /// still valid.
+    /// Whether an invalidation came since the cache was last checked.
+    #[inline(always)]
+    pub fn stale(&self) -> bool {
+        self.watch.gen.load(Ordering::Acquire) != self.seen
+    }
+
+    /// The ops of the page of `pc` (slots not filled yet hold
+    /// [`Op::FILL`]), after dropping everything if an invalidation came.
+    /// The pointer is to `SLOTS` ops (one per 2-byte offset), then
+    /// [`Op::PAGE_END`] ops, and stays valid until the next
+    /// [`flush`](Self::flush) or [`fill`](Self::fill).
     #[inline]
-    pub fn lookup(&mut self, pc: u64) -> Option<(Inst, u32)> {
-        if self.watch.gen.load(Ordering::Acquire) != self.seen {
+    pub fn page(&mut self, pc: u64) -> *const Op {
+        if self.stale() {
             self.flush();
-            return None;
+            self.seen = self.watch.gen.load(Ordering::Acquire);
         }
         let tag = (pc >> 12) + 1;
         let i = if self.last.0 == tag {
             self.last.1
         } else {
-            let r = &mut self.recent[tag as usize % RECENT];
-            let i = if r.0 == tag {
-                r.1
-            } else {
-                let i = *self.index.get(&tag)?;
-                *r = (tag, i);
-                i
-            };
+            let r = self.recent[tag as usize % RECENT];
+            let i = if r.0 == tag { r.1 } else { self.index_of(tag) };
+            self.recent[tag as usize % RECENT] = (tag, i);
             self.last = (tag, i);
             i
         };
-        self.pages[i][((pc & 0xfff) >> 1) as usize]
+        self.pages[i].as_ptr()
+    }
+
+    /// The index of page `tag`, made if missing.
+    fn index_of(&mut self, tag: u64) -> usize {
+        if let Some(&i) = self.index.get(&tag) {
+            return i;
+        }
+        if self.pages.len() >= MAX_PAGES {
+            self.flush();
+        }
+        let mut ops = vec![Op::FILL; SLOTS + PAGE_END_OPS];
+        ops[SLOTS..].fill(Op::PAGE_END);
+        let fresh: Box<[Op; SLOTS + PAGE_END_OPS]> = match ops.into_boxed_slice().try_into() {
+            Ok(b) => b,
+            Err(_) => unreachable!("a vector of SLOTS ops"),
+        };
+        self.pages.push(fresh);
+        self.index.insert(tag, self.pages.len() - 1);
+        self.pages.len() - 1
     }
 
     /// Before fetching `pc` for a fill.
@@ -171,17 +198,7 @@ impl ICache {
             self.seen = ticket.0;
         }
         let tag = (pc >> 12) + 1;
-        let i = match self.index.get(&tag) {
-            Some(&i) => i,
-            None => {
-                if self.pages.len() >= MAX_PAGES {
-                    self.flush();
-                }
-                self.pages.push(Box::new([None; SLOTS]));
-                self.index.insert(tag, self.pages.len() - 1);
-                self.pages.len() - 1
-            }
-        };
-        self.pages[i][((pc & 0xfff) >> 1) as usize] = Some((inst, raw));
+        let i = self.index_of(tag);
+        self.pages[i][((pc & 0xfff) >> 1) as usize] = compile(inst, raw, pc);
     }
 }

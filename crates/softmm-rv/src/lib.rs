@@ -5,8 +5,9 @@
 //! builds. Each guest thread is a host thread with its own hart ([`hart`]),
 //! which interprets RV64GC, fetching, loading and storing through its own
 //! softmm accessor ([`mem`]), with LR/SC and AMOs as host atomics, and
-//! keeps what it decoded per page ([`icache`], invalidated through
-//! softmm's MMU notifiers). `ecall`s go to a Linux system-call layer
+//! keeps what it decoded per page as handler ops that run one after
+//! another ([`icache`], [`threaded`]; invalidated through softmm's MMU
+//! notifiers). `ecall`s go to a Linux system-call layer
 //! ([`syscall`]): memory calls are softmm's, threads and processes
 //! ([`task`], [`thread`], [`fork`], [`mod@exec`]) map onto softmm spaces
 //! (threads share one `Mm`, fork is `Mm::fork`), futexes are softmm's,
@@ -50,5 +51,6 @@ pub mod syscall;
 pub mod sysv;
 pub mod task;
 pub mod thread;
+pub mod threaded;
 
 pub use process::{exec, report, ExecError, ExecOptions, ExitInfo};

@@ -123,3 +123,45 @@ fn random_code_never_panics() {
     // The runs executed code rather than stopping at once.
     assert!(retired > 2_000, "only {retired} instructions retired");
 }
+
+/// ```text
+/// loop: lw t0,0(a0); addi a1,zero,42; beqz t0,loop; addi a0,a1,0; ecall
+/// ```
+const SPIN: [u32; 5] = [0x00052283, 0x00000593 | (42 << 20), 0xfe028ce3, 0x00058513, 0x00000073];
+
+/// A code change flushed (`riscv_flush_icache`) before a flag that a hart
+/// spinning in the same page reads is what that hart runs right after the
+/// load that saw the flag, though it never left the page: the page loop
+/// looks at the cache's generation after every load, not only when it
+/// enters a page. Each round is a race the stale code would win most of the
+/// time (the flag follows the flush by nanoseconds, the page loop runs up
+/// to a thousand instructions between other looks).
+#[test]
+fn code_flushed_before_a_flag_is_seen_right_after_the_flag() {
+    use softmm::GuestWords;
+    use softmm_rv::icache::{CodeWatch, ICache};
+    let (_machine, mm) = space(&SPIN);
+    mm.mprotect(CODE, 4096, Prot::RWX).unwrap();
+    let Some((watch, _sub)) = CodeWatch::register(&mm) else { return };
+    let mut h = hart(&mm, &[]);
+    h.set_icache(ICache::new(watch.clone()));
+    let li = |v: u32| (0x00000593u32 | (v << 20)).to_le_bytes();
+    for round in 0..20u32 {
+        mm.write(CODE + 4, &li(100 + round)).unwrap();
+        watch.flush_all();
+        let mut acc = mm.accessor();
+        acc.store_u32(DATA, 0).unwrap();
+        h.pc = CODE;
+        h.x[10] = DATA;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                mm.write(CODE + 4, &li(200 + round)).unwrap();
+                watch.flush_all();
+                acc.store_u32(DATA, 1).unwrap();
+            });
+            assert_eq!(h.run(), Stop::Ecall);
+        });
+        assert_eq!(h.x[10], u64::from(200 + round), "round {round} ran stale code");
+    }
+}

@@ -46,6 +46,8 @@ impl Accessor {
     /// never block in it (see [`Batch`]).
     #[inline]
     pub fn batch(&mut self) -> Batch<'_> {
+        // The batch publishes and ends the slot itself.
+        self.release();
         let mut b = Batch { acc: self };
         b.enter();
         b
@@ -276,6 +278,41 @@ mod tests {
             }
             assert_eq!(b.load_u64(BASE), Err(Error::Segv { addr: BASE, kind: SegvKind::MapErr }));
         });
+    }
+
+    /// A held accessor keeps the slot published across accesses: a munmap
+    /// in another thread waits for the release, a miss inside the hold
+    /// fills and carries on, and after the release the page faults.
+    #[test]
+    fn munmap_waits_for_a_hold_and_a_batch_ends_it() {
+        let m = machine();
+        let p = Arc::new(m.new_mm().unwrap());
+        p.mmap(BASE, 2 * 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        let mut a = p.accessor();
+        a.hold();
+        a.store_u64(BASE, 3).unwrap(); // a miss (write fault) inside the hold
+        let done = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (p, done) = (p.clone(), done.clone());
+            std::thread::spawn(move || {
+                p.munmap(BASE, 4096).unwrap();
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(if cfg!(miri) { 5 } else { 50 }));
+        assert!(!done.load(Ordering::SeqCst), "munmap returned while a hold used the page");
+        assert_eq!(a.load_u64(BASE).unwrap(), 3, "the page stays while the hold is open");
+        a.release();
+        t.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        a.hold();
+        assert_eq!(a.load_u64(BASE), Err(Error::Segv { addr: BASE, kind: SegvKind::MapErr }));
+        a.store_u64(BASE + 4096, 4).unwrap();
+        assert!(a.is_held());
+        assert_eq!(a.batch().load_u64(BASE + 4096).unwrap(), 4);
+        assert!(!a.is_held(), "a batch ends the hold");
+        drop(a);
+        p.check_invariants().unwrap();
     }
 
     /// The batch's futex calls leave it: a waiter in a batch sleeps while

@@ -63,6 +63,8 @@ pub struct Accessor {
     misses: u64,
     /// The hot-side barrier mode, read once (it never changes back).
     light: bool,
+    /// The slot stays published between accesses ([`Accessor::hold`]).
+    held: bool,
 }
 
 // The raw host pointers in the TLB are only dereferenced under the
@@ -91,7 +93,7 @@ impl Accessor {
         let slot = mm.tlb.register();
         let gen = mm.tlb.generation();
         let light = crate::sync::light_barrier_is_compiler_only();
-        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0, light }
+        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0, light, held: false }
     }
 
     /// The identity of the address space this accessor reads ([`crate::Mm::id`]).
@@ -126,6 +128,15 @@ impl Accessor {
     #[inline(always)]
     fn with_page_for<R>(&mut self, va: u64, need: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
         let tag = (va >> 12) + 1;
+        if self.held {
+            let e = *self.entry(va);
+            if e.tag == tag && e.ptr & need == need {
+                // The hold keeps every entry cached at `self.gen` valid
+                // (see `hold`).
+                return Ok(f((e.ptr & !ENTRY_FLAGS) as *mut u8));
+            }
+            return self.with_page_held_miss(va, need, f);
+        }
         loop {
             let e = *self.entry(va);
             if e.tag == tag && e.ptr & need == need {
@@ -138,6 +149,114 @@ impl Accessor {
                 self.slot.exit();
             }
             self.fill_for(va, need)?;
+        }
+    }
+
+    /// Keep the slot published ("active at this accessor's generation")
+    /// from now until [`release`](Self::release), so each access through a
+    /// cached translation is the tag compare and the host access, with no
+    /// publication of its own. The protocol is [`Batch`]'s, held by the
+    /// accessor instead of a borrow: a shootdown of this address space in
+    /// another thread waits until the hold ends, so every translation cached
+    /// at the generation stays valid meanwhile. A miss releases the slot for
+    /// the fill (which may fault and shoot down) and publishes it again, and
+    /// the futex calls release it around themselves.
+    ///
+    /// While holding, the thread must not block and must not call a
+    /// [`crate::Mm`] method or create an accessor of the same address space:
+    /// either can wait for this very slot, forever. Release before anything
+    /// of the kind. Opening a [`Batch`] ends the hold.
+    #[inline]
+    pub fn hold(&mut self) {
+        if self.held {
+            return;
+        }
+        self.publish();
+        self.held = true;
+    }
+
+    /// End a [`hold`](Self::hold) (nothing if none is open).
+    #[inline]
+    pub fn release(&mut self) {
+        if self.held {
+            self.slot.exit();
+            self.held = false;
+        }
+    }
+
+    /// Whether a [`hold`](Self::hold) is open.
+    #[inline]
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// The aligned word at `addr` (an acquire load), if a
+    /// [`hold`](Self::hold) is open and the TLB translates the page; `None`
+    /// otherwise (no fill, no fault: the caller takes the full path, which
+    /// reports misalignment and faults).
+    #[inline(always)]
+    pub fn load_held<T: Word>(&self, addr: u64) -> Option<T> {
+        let e = *self.entry(addr);
+        if !self.held || e.tag != (addr >> 12) + 1 || addr % std::mem::size_of::<T>() as u64 != 0 {
+            return None;
+        }
+        let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
+        // SAFETY: the entry hits and was cached at `self.gen`, which the
+        // open hold keeps valid: `p` is in a live frame of the arena. The
+        // word is aligned (checked) so it lies in that page-aligned frame
+        // and is aligned for `T::Atomic`. Guest memory is only accessed
+        // through atomics or raw copies.
+        Some(T::load(unsafe { &*p }, Ordering::Acquire))
+    }
+
+    /// Store `v` (release) at the aligned word at `addr`, if a
+    /// [`hold`](Self::hold) is open and the TLB has the page writable;
+    /// `false` (nothing stored) otherwise, as [`load_held`](Self::load_held).
+    #[inline(always)]
+    pub fn store_held<T: Word>(&mut self, addr: u64, v: T) -> bool {
+        let e = *self.entry(addr);
+        if !self.held
+            || e.tag != (addr >> 12) + 1
+            || e.ptr & WRITABLE == 0
+            || addr % std::mem::size_of::<T>() as u64 != 0
+        {
+            return false;
+        }
+        let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
+        // SAFETY: as in `load_held`; the entry is writable.
+        T::store(unsafe { &*p }, v, Ordering::Release);
+        true
+    }
+
+    /// Publish the slot at the accessor's generation, catching up (and
+    /// dropping cached translations) until the generation holds still.
+    #[inline(always)]
+    fn publish(&mut self) {
+        loop {
+            self.slot.enter_as(self.gen, self.light);
+            if self.mm.tlb.generation_relaxed() == self.gen {
+                return;
+            }
+            self.slot.exit();
+            self.resync();
+        }
+    }
+
+    /// The miss path of a held access: fill with the slot released, publish
+    /// it again, retry.
+    #[cold]
+    #[inline(never)]
+    fn with_page_held_miss<R>(&mut self, va: u64, need: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
+        let tag = (va >> 12) + 1;
+        loop {
+            self.slot.exit();
+            let filled = self.fill_for(va, need);
+            self.publish();
+            filled?;
+            let e = *self.entry(va);
+            if e.tag == tag && e.ptr & need == need {
+                return Ok(f((e.ptr & !ENTRY_FLAGS) as *mut u8));
+            }
         }
     }
 
@@ -314,6 +433,12 @@ impl Accessor {
     /// physical keys, a wake that finds nobody waiting costs a TLB hit, a
     /// fence and a load (no lock, no page walk).
     pub fn futex_wake(&mut self, addr: u64, n: u32) -> Result<u32> {
+        if self.held {
+            self.release();
+            let r = self.futex_wake(addr, n);
+            self.hold();
+            return r;
+        }
         if addr % 4 == 0 && self.futex_shortcut() {
             let frame = self.futex_frame(addr)?;
             if frame != crate::phys::ZERO_FRAME {
@@ -329,6 +454,12 @@ impl Accessor {
     /// FUTEX_WAIT, as [`crate::Mm::futex_wait`], with a shortcut: with
     /// physical keys, a word that differs is `EAGAIN` after one TLB read.
     pub fn futex_wait(&mut self, addr: u64, val: u32, timeout: Option<std::time::Duration>) -> Result<()> {
+        if self.held {
+            self.release();
+            let r = self.futex_wait(addr, val, timeout);
+            self.hold();
+            return r;
+        }
         if addr % 4 == 0 && self.mm.machine.config.futex_keys == crate::futex::FutexKeys::Physical {
             let now = self.word(addr, false, |w: &AtomicU32| w.load(Ordering::SeqCst)).map_err(|e| match e {
                 Error::Segv { .. } => Error::Fault { addr },
@@ -366,6 +497,7 @@ fn word_offset<T>(addr: u64) -> Result<usize> {
 
 impl Drop for Accessor {
     fn drop(&mut self) {
+        self.release();
         self.mm.tlb.unregister(&self.slot);
     }
 }

@@ -1,0 +1,469 @@
+//! Threaded dispatch: what the decoded-instruction cache holds per
+//! instruction. An [`Op`] is a pre-resolved handler (a plain function for
+//! that one operation: `add`, `ld`, `bne`, ...) and its operands, so
+//! running a cached instruction is one indirect call with no decoding and
+//! no `match` on the instruction's kind.
+//!
+//! A handler gets the hart, its op and the instruction's pc, and goes on
+//! with the next op itself (`next`, `seq`) until the pc leaves the page or
+//! the budget is spent; or returns [`EXIT`] (odd, which no pc is) after
+//! setting the hart's pc (and, for a fault, its pending stop), to leave the
+//! page loop of [`Hart::run`]. Going on is a call in tail position, which
+//! the optimiser makes a jump in the hot handlers; where it stays a call
+//! (the out-of-line slow paths, the generic executor, any unoptimised
+//! build) the chain nests, one frame per op, at most the budget (1024). Without a pending stop the loop then runs one instruction
+//! at the hart's pc through the exact, uncached path ([`Hart::step`]):
+//! how a system call, a CSR or `fence.i` gets executed, and an instruction
+//! not cached yet (after filling its slot). Handlers never change the
+//! cache: the page loop reads ops in place.
+//!
+//! `x0`: an ALU op, `lui` or `auipc` whose destination is `x0` compiles to
+//! `nop` (they have no other effect), a load into `x0` (which still
+//! faults) to the generic executor and a jump that links to `x0` to the
+//! handler without the link; the rest write their register unguarded.
+
+use crate::decode::{AluOp, BranchOp, Inst, LoadOp, StoreOp};
+use crate::hart::{alu32, alu64, Hart, Stop};
+
+/// What a handler returns to leave the page loop (see the module doc).
+pub const EXIT: u64 = 1;
+
+/// A cached instruction's handler: the hart, the op, its pc and how many
+/// more ops the page loop may run after it.
+pub type Handler = fn(&mut Hart, OpRef, u64, u32) -> Flow;
+
+/// Where a handler chain stopped: the next pc (or [`EXIT`]) and the ops
+/// still allowed (for [`EXIT`]: as given to the handler that exited).
+pub type Flow = (u64, u32);
+
+/// Go on at `pc`: run its op right here (a tail call, so every handler
+/// has its own indirect jump, which the host predicts far better than one
+/// shared one), or return to the page loop when `pc` left the page, is
+/// [`EXIT`] (not in any page the loop runs: it runs none below 4 KiB) or
+/// the budget is spent.
+#[inline(always)]
+fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
+    if pc & !0xfff != h.page_base || left == 0 {
+        return (pc, left);
+    }
+    // SAFETY: `h.page` points to the SLOTS (2048) ops of the page at
+    // `h.page_base` while the page loop runs (`Hart::run` sets both; the
+    // cache frees or writes ops only in `flush` and `fill`, which no
+    // handler calls), `pc` is in that page and even, so the index is below
+    // 2048.
+    let op = OpRef(unsafe { h.page.0.add(((pc & 0xfff) >> 1) as usize) });
+    (op.get().f)(h, op, pc, left - 1)
+}
+
+/// Go on with the op after `op`, an instruction of `L` bytes (at `pc` +
+/// `L`), which lies in the same page array: its successor slot, or the
+/// page-end op past the last slot, which returns to the page loop.
+#[inline(always)]
+fn seq<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let npc = pc + L as u64;
+    if left == 0 {
+        return (npc, left);
+    }
+    // SAFETY: a cached op of `L` bytes (`compile` picks the handler by the
+    // instruction's length) lies wholly in its page (`fill` caches no
+    // other), so the slot `L / 2` after it is in the page's array or is
+    // one of the page-end ops after its last slot (`ICache::page`).
+    let n = OpRef(unsafe { op.0.add(L / 2) });
+    (n.get().f)(h, n, npc, left - 1)
+}
+
+/// A pointer to an op in a page array of the cache (with the array's
+/// provenance, so a handler can step to the next slot).
+#[derive(Clone, Copy)]
+pub struct OpRef(*const Op);
+
+impl OpRef {
+    /// A reference to the op at `index` of a page array of
+    /// [`crate::icache::ICache::page`].
+    ///
+    /// # Safety
+    ///
+    /// `page` must come from `ICache::page`, `index` be below its length,
+    /// and the cache must not `fill` or `flush` while the op is used.
+    #[inline(always)]
+    pub(crate) unsafe fn at(page: *const Op, index: usize) -> OpRef {
+        // SAFETY: as the caller promises.
+        OpRef(unsafe { page.add(index) })
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &Op {
+        // SAFETY: an `OpRef` is made only by `at`, `next` and `seq`, each
+        // to an op of a live page array that no handler changes (see
+        // `at`).
+        unsafe { &*self.0 }
+    }
+}
+
+/// The op past a page's last slot: back to the page loop, at the next
+/// page (not an instruction: it gives back the budget it took).
+fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+    (pc, left + 1)
+}
+
+/// One decoded instruction, ready to run.
+#[derive(Clone, Copy)]
+pub struct Op {
+    pub(crate) f: Handler,
+    /// The immediate; for [`generic`] ops the raw instruction bits.
+    pub(crate) imm: i32,
+    pub(crate) rd: u8,
+    pub(crate) rs1: u8,
+    pub(crate) rs2: u8,
+    /// Length in bytes (2 or 4).
+    pub(crate) len: u8,
+    /// The decoded instruction, for [`generic`] ops.
+    pub(crate) inst: Inst,
+}
+
+impl Op {
+    /// The op of a slot not filled yet: decode, fill, run.
+    pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+    /// The ops after a page's last slot.
+    pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+}
+
+fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+    // Filled by the run loop once the page loop has left (no handler
+    // changes the cache under it).
+    h.fill_next = true;
+    h.pc = pc;
+    (EXIT, left)
+}
+
+/// Leave the loop and run this instruction on the exact path.
+fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+    h.pc = pc;
+    (EXIT, left)
+}
+
+fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    seq::<L>(h, op, pc, left)
+}
+
+/// Any other instruction (atomics, floating point): the generic executor.
+fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    h.pc = pc;
+    let npc = pc + u64::from(o.len);
+    match h.execute(o.inst, o.imm as u32, npc) {
+        // (Every instruction given to it goes on in sequence; were one to
+        // jump, the page check would take it.)
+        Ok(()) if h.pc != npc => next(h, h.pc, left),
+        Ok(()) if o.len == 2 => after_load::<2>(h, op, pc, left),
+        Ok(()) => after_load::<4>(h, op, pc, left),
+        Err(s) => {
+            h.pending = Some(s);
+            (EXIT, left)
+        }
+    }
+}
+
+/// After an instruction that read memory: if code was invalidated since
+/// the page loop looked (something this load may have observed was
+/// written after it), count the instruction and leave the loop.
+#[inline(always)]
+fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    if h.code_stale() {
+        h.instret += 1;
+        h.pc = pc + L as u64;
+        return (EXIT, left);
+    }
+    seq::<L>(h, op, pc, left)
+}
+
+#[inline(always)]
+fn wr(h: &mut Hart, rd: u8, v: u64) {
+    h.x[(rd & 31) as usize] = v;
+}
+
+#[inline(always)]
+fn rd(h: &Hart, r: u8) -> u64 {
+    h.x[(r & 31) as usize]
+}
+
+fn lui<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, o.imm as i64 as u64);
+    seq::<L>(h, op, pc, left)
+}
+
+fn auipc<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
+    seq::<L>(h, op, pc, left)
+}
+
+fn jal(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, pc + u64::from(o.len));
+    next(h, pc.wrapping_add(o.imm as i64 as u64), left)
+}
+
+fn j(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    next(h, pc.wrapping_add(o.imm as i64 as u64), left)
+}
+
+/// `jal` / `j` / a taken branch whose target `compile` found in the
+/// instruction's own page: the op `imm` bytes away in the same array.
+#[inline(always)]
+fn near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let imm = op.get().imm;
+    let npc = pc.wrapping_add(imm as i64 as u64);
+    if left == 0 {
+        return (npc, left);
+    }
+    // SAFETY: `compile` gives a near handler only to an op whose target
+    // (`pc + imm`, even) is in the op's page, so its slot, `imm / 2` slots
+    // away, is in the same array.
+    let n = OpRef(unsafe { op.0.offset((imm >> 1) as isize) });
+    (n.get().f)(h, n, npc, left - 1)
+}
+
+fn jal_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, pc + u64::from(o.len));
+    near(h, op, pc, left)
+}
+
+fn j_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    near(h, op, pc, left)
+}
+
+fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
+    wr(h, o.rd, pc + u64::from(o.len));
+    next(h, t, left)
+}
+
+fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
+    next(h, t, left)
+}
+
+const BRANCHES: [BranchOp; 6] = [BranchOp::Eq, BranchOp::Ne, BranchOp::Lt, BranchOp::Ge, BranchOp::Ltu, BranchOp::Geu];
+
+#[inline(always)]
+fn taken<const K: usize>(h: &Hart, o: &Op) -> bool {
+    let (a, b) = (rd(h, o.rs1), rd(h, o.rs2));
+    match BRANCHES[K] {
+        BranchOp::Eq => a == b,
+        BranchOp::Ne => a != b,
+        BranchOp::Lt => (a as i64) < (b as i64),
+        BranchOp::Ge => (a as i64) >= (b as i64),
+        BranchOp::Ltu => a < b,
+        BranchOp::Geu => a >= b,
+    }
+}
+
+fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    if taken::<K>(h, o) {
+        next(h, pc.wrapping_add(o.imm as i64 as u64), left)
+    } else {
+        seq::<L>(h, op, pc, left)
+    }
+}
+
+fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    if taken::<K>(h, op.get()) {
+        near(h, op, pc, left)
+    } else {
+        seq::<L>(h, op, pc, left)
+    }
+}
+
+const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::Bu, LoadOp::Hu, LoadOp::Wu];
+
+const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
+
+fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
+    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K, L>(h, op, pc, left) };
+    let v = match LOADS[K] {
+        LoadOp::B => v as u8 as i8 as i64 as u64,
+        LoadOp::H => v as u16 as i16 as i64 as u64,
+        LoadOp::W => v as u32 as i32 as i64 as u64,
+        _ => v,
+    };
+    wr(h, o.rd, v);
+    after_load::<L>(h, op, pc, left)
+}
+
+/// A load that is not a TLB hit: the accessor's full path (fill, fault,
+/// misaligned).
+#[cold]
+#[inline(never)]
+fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
+    match h.load(LOADS[K], addr) {
+        Ok(v) => {
+            wr(h, o.rd, v);
+            after_load::<L>(h, op, pc, left)
+        }
+        Err(f) => {
+            h.pending = Some(Stop::Fault(f));
+            h.pc = pc;
+            (EXIT, left)
+        }
+    }
+}
+
+const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
+
+fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
+    let v = rd(h, o.rs2);
+    if h.mem.store_held(addr, STORE_SIZES[K], v) {
+        return seq::<L>(h, op, pc, left);
+    }
+    store_slow::<K, L>(h, op, pc, left)
+}
+
+/// A store that is not a writable TLB hit: the accessor's full path.
+#[cold]
+#[inline(never)]
+fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
+    match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
+        Ok(()) => seq::<L>(h, op, pc, left),
+        Err(f) => {
+            h.pending = Some(Stop::Fault(f));
+            h.pc = pc;
+            (EXIT, left)
+        }
+    }
+}
+
+const ALU: [AluOp; 18] = [
+    AluOp::Add,
+    AluOp::Sub,
+    AluOp::Sll,
+    AluOp::Slt,
+    AluOp::Sltu,
+    AluOp::Xor,
+    AluOp::Srl,
+    AluOp::Sra,
+    AluOp::Or,
+    AluOp::And,
+    AluOp::Mul,
+    AluOp::Mulh,
+    AluOp::Mulhsu,
+    AluOp::Mulhu,
+    AluOp::Div,
+    AluOp::Divu,
+    AluOp::Rem,
+    AluOp::Remu,
+];
+
+fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
+    wr(h, o.rd, v);
+    seq::<L>(h, op, pc, left)
+}
+
+fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
+    wr(h, o.rd, v);
+    seq::<L>(h, op, pc, left)
+}
+
+fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
+    wr(h, o.rd, v);
+    seq::<L>(h, op, pc, left)
+}
+
+fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+    let o = op.get();
+    let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
+    wr(h, o.rd, v);
+    seq::<L>(h, op, pc, left)
+}
+
+/// Handlers by length (`[0]`: 2 bytes, `[1]`: 4) and operation.
+macro_rules! table {
+    ($f:ident; $($k:literal)*) => { [[$($f::<$k, 2> as Handler),*], [$($f::<$k, 4> as Handler),*]] };
+}
+
+const RR: [[Handler; 18]; 2] = table!(op_rr; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const RI: [[Handler; 18]; 2] = table!(op_ri; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const RR32: [[Handler; 18]; 2] = table!(op_rr32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const RI32: [[Handler; 18]; 2] = table!(op_ri32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17);
+const BR: [[Handler; 6]; 2] = table!(branch; 0 1 2 3 4 5);
+const BR_NEAR: [[Handler; 6]; 2] = table!(branch_near; 0 1 2 3 4 5);
+const LD: [[Handler; 7]; 2] = table!(load; 0 1 2 3 4 5 6);
+const ST: [[Handler; 4]; 2] = table!(store; 0 1 2 3);
+
+fn alu_index(op: AluOp) -> usize {
+    ALU.iter().position(|&a| a == op).unwrap_or(0)
+}
+
+/// The op for `inst` (decoded from `raw`) at `pc`.
+pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
+    // Whether a pc-relative target is in the instruction's page.
+    let near = |imm: i32| pc.wrapping_add(imm as i64 as u64) & !0xfff == pc & !0xfff;
+    let len = crate::decode::inst_len(raw) as u8;
+    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len, inst };
+    // Ops whose only effect is writing `rd`: none at all for x0.
+    let w = usize::from(len == 4);
+    let (nop, lui, auipc): (Handler, Handler, Handler) =
+        if len == 4 { (nop::<4>, lui::<4>, auipc::<4>) } else { (nop::<2>, lui::<2>, auipc::<2>) };
+    let alu = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| op(if rd == 0 { nop } else { f }, imm, rd, rs1, rs2);
+    match inst {
+        Inst::Lui { rd, imm } => alu(lui, imm, rd, 0, 0),
+        Inst::Auipc { rd, imm } => alu(auipc, imm, rd, 0, 0),
+        Inst::Jal { rd, imm } => {
+            let f: Handler = match (rd == 0, near(imm)) {
+                (true, true) => j_near,
+                (true, false) => j,
+                (false, true) => jal_near,
+                (false, false) => jal,
+            };
+            op(f, imm, rd, 0, 0)
+        }
+        Inst::Jalr { rd, rs1, imm } => op(if rd == 0 { jr } else { jalr }, imm, rd, rs1, 0),
+        Inst::Branch { op: b, rs1, rs2, imm } => {
+            let k = BRANCHES.iter().position(|&x| x == b).unwrap_or(0);
+            op(if near(imm) { BR_NEAR[w][k] } else { BR[w][k] }, imm, 0, rs1, rs2)
+        }
+        // A load into x0 still faults: the generic executor runs it.
+        Inst::Load { rd: 0, .. } => op(generic, raw as i32, 0, 0, 0),
+        Inst::Load { op: l, rd, rs1, imm } => {
+            let k = LOADS.iter().position(|&x| x == l).unwrap_or(0);
+            op(LD[w][k], imm, rd, rs1, 0)
+        }
+        Inst::Store { op: s, rs1, rs2, imm } => {
+            let k = match s {
+                StoreOp::B => 0,
+                StoreOp::H => 1,
+                StoreOp::W => 2,
+                StoreOp::D => 3,
+            };
+            op(ST[w][k], imm, 0, rs1, rs2)
+        }
+        Inst::OpImm { op: a, rd, rs1, imm } => alu(RI[w][alu_index(a)], imm, rd, rs1, 0),
+        Inst::OpImm32 { op: a, rd, rs1, imm } => alu(RI32[w][alu_index(a)], imm, rd, rs1, 0),
+        Inst::Op { op: a, rd, rs1, rs2 } => alu(RR[w][alu_index(a)], 0, rd, rs1, rs2),
+        Inst::Op32 { op: a, rd, rs1, rs2 } => alu(RR32[w][alu_index(a)], 0, rd, rs1, rs2),
+        Inst::Fence => op(nop, 0, 0, 0, 0),
+        // Counters, fence.i, system calls and traps run on the exact path.
+        Inst::FenceI | Inst::Ecall | Inst::Ebreak | Inst::Csr { .. } | Inst::Illegal(_) => op(slow, 0, 0, 0, 0),
+        _ => op(generic, raw as i32, 0, 0, 0),
+    }
+}
