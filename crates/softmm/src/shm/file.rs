@@ -272,6 +272,7 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    #[cfg_attr(miri, ignore = "a host file: Miri isolates the file system")]
     fn a_page_read_across_a_truncation_stays_out_of_the_cache() {
         let path = std::env::temp_dir().join(format!("softmm-shm-file-{}", std::process::id()));
         std::fs::write(&path, b"old!").unwrap();
