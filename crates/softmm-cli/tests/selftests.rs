@@ -148,8 +148,22 @@ fn run(mut cmd: Command, dir: &Path) -> Outcome {
     Outcome { cases, text }
 }
 
+/// Where what the scripts build from Debian's sources is kept across
+/// builds and clones of the repository: `$XDG_CACHE_HOME/softmm/NAME` or
+/// `~/.cache/softmm/NAME`, else the target directory's. The scripts are
+/// idempotent there (they build only what is missing).
+fn cache_dir(name: &str) -> PathBuf {
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match home {
+        Some(c) => c.join("softmm").join(name),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name),
+    }
+}
+
 fn build_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("selftests")
+    cache_dir("selftests")
 }
 
 /// Build the programs; `None` (with the reason printed) when this machine

@@ -53,13 +53,27 @@ fn toolchain() {
     assert!(have(CROSS) && have(QEMU), "{CROSS} or {QEMU} is still missing after scripts/rv-toolchain.sh");
 }
 
-/// The riscv64 musl-gcc wrapper, built once per target directory by
-/// `scripts/rv-musl.sh`, or why there is none.
+/// Where what the scripts build from Debian's sources is kept across
+/// builds and clones of the repository: `$XDG_CACHE_HOME/softmm/NAME` or
+/// `~/.cache/softmm/NAME`, else the target directory's. The scripts are
+/// idempotent there (they build only what is missing).
+fn cache_dir(name: &str) -> PathBuf {
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match home {
+        Some(c) => c.join("softmm").join(name),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name),
+    }
+}
+
+/// The riscv64 musl-gcc wrapper, built once per machine by
+/// `scripts/rv-musl.sh` (see [`cache_dir`]), or why there is none.
 fn musl() -> Result<PathBuf, String> {
     static MUSL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     MUSL.get_or_init(|| {
         toolchain();
-        let prefix = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rv-musl");
+        let prefix = cache_dir("rv-musl");
         let script = manifest_dir().join("../../scripts/rv-musl.sh");
         let o = Command::new("bash")
             .arg(&script)
