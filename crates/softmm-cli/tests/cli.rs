@@ -72,6 +72,20 @@ fn bench_free_json() {
 }
 
 #[test]
+fn bench_file_json_has_both_linux_caches() {
+    let o = softmm(&["bench", "file", "--vs-linux", "--json", "--size", "4M", "--reps", "2"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "file");
+    for k in ["softmm_ns", "linux_ns", "ratio_vs_linux", "linux_large_folio_ns", "large_folio_ratio_vs_linux"] {
+        positive(&v, k);
+    }
+    // softmm maps 16 pages a fault (fault-around); Linux's count is the host's.
+    assert!(v["softmm_faults"].as_u64().is_some_and(|s| (64..=66).contains(&s)), "{v}");
+    assert!(v["linux_faults"].as_u64().is_some_and(|l| l > 0), "{v}");
+}
+
+#[test]
 fn bench_cow_and_fork_json() {
     for which in ["cow", "fork"] {
         let o = softmm(&["bench", which, "--vs-linux", "--json", "--size", "4M", "--reps", "1"]);

@@ -1,6 +1,7 @@
 //! `bench file`: read faults on a file whose pages are all in the page
 //! cache. A file (64 MiB by default, on the temporary directory's
-//! filesystem) is written and read once, so every page is cached; then per
+//! filesystem) is written a page per write, so every page is cached in a
+//! folio of its own; then per
 //! repetition a shared read-only mapping of it is made, the first byte of
 //! every page is loaded twice over, and the mapping goes. Both sides fault
 //! around (64 KiB: a fault maps the cached neighbours too).
@@ -9,12 +10,14 @@
 //! loads cost the same on both sides (the page's bytes come from the same
 //! caches or memory), so the second pass, over pages already mapped, is
 //! taken away: what is left is the work of mapping the cached pages by
-//! read faults. It is compared per page (`ratio_vs_linux`), since the two
-//! sides map different amounts per fault: softmm 16 pages (fault-around),
-//! Linux as many as its page-cache folio holds when the file system gives
-//! it large folios (ext4 does since 6.x), and the fault counts are shown
-//! for that reason. `first_pass_ratio_vs_linux` compares the first pass
-//! whole. `--vs-linux` does the same with this process's own mapping.
+//! read faults. It is compared per page (`ratio_vs_linux`); with one page
+//! per folio both sides map 16 pages per fault (fault-around, 64 KiB), so
+//! per page and per fault compare the same work. `first_pass_ratio_vs_linux`
+//! compares the first pass whole. `--vs-linux` does the same with this
+//! process's own mapping, and again on a second file written 1 MiB at a
+//! time and read back, which ext4 caches in large folios: Linux then maps
+//! a whole folio per fault (some 200 pages), softmm still 16
+//! (`large_folio_ratio_vs_linux`, per page).
 
 use super::{ensure_memory, median, say, status, BenchOpts, Report};
 use crate::error::{io_error, CliError, CliResult, Context};
@@ -50,6 +53,12 @@ pub struct FileResult {
     softmm_first_pass_ns_per_page: f64,
     linux_first_pass_ns_per_page: Option<f64>,
     first_pass_ratio_vs_linux: Option<f64>,
+    /// Linux on a file cached in large folios: ns of fault work per page,
+    /// per fault, faults per repetition, and Linux / softmm per page.
+    linux_large_folio_ns: Option<f64>,
+    linux_large_folio_ns_per_fault: Option<f64>,
+    linux_large_folio_faults: Option<u64>,
+    large_folio_ratio_vs_linux: Option<f64>,
     /// Faults per repetition (pages / 16 with fault-around).
     softmm_faults: u64,
     linux_faults: Option<u64>,
@@ -90,22 +99,29 @@ impl Drop for Scratch {
     }
 }
 
-/// Write `size` bytes to a new file in the temporary directory and read
-/// them back, so the host's page cache holds every page.
-fn scratch_file(size: u64) -> CliResult<Scratch> {
-    let path = std::env::temp_dir().join(format!("softmm-bench-file-{}", std::process::id()));
+/// Write `size` bytes to a new file in the temporary directory, `write`
+/// bytes per write, so the host's page cache holds every page: a page per
+/// write gives a folio per page; with larger writes the file is also read
+/// back (large folios where the file system makes them).
+fn scratch_file(size: u64, write: usize, name: &str) -> CliResult<Scratch> {
+    let path = std::env::temp_dir().join(format!("softmm-bench-file-{}-{name}", std::process::id()));
     let s = Scratch(path);
     let what = |op: &str| format!("{op} {}", s.0.display());
     let mut f = std::fs::File::create(&s.0).map_err(|e| io_error(&what("creating"), e))?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i / PAGE as u32) as u8).collect();
     let mut left = size;
+    let mut at = 0usize;
     while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n]).map_err(|e| io_error(&what("writing"), e))?;
+        let n = left.min(write as u64) as usize;
+        let from = at % chunk.len();
+        f.write_all(&chunk[from..from + n]).map_err(|e| io_error(&what("writing"), e))?;
         left -= n as u64;
+        at += n;
     }
     f.sync_all().map_err(|e| io_error(&what("syncing"), e))?;
-    read_through(&s.0).map_err(|e| io_error(&what("reading"), e))?;
+    if write > PAGE as usize {
+        read_through(&s.0).map_err(|e| io_error(&what("reading"), e))?;
+    }
     Ok(s)
 }
 
@@ -121,12 +137,15 @@ pub fn file(o: &BenchOpts, size: Option<u64>) -> CliResult<FileResult> {
     ensure_memory("file", size, size.saturating_mul(2))?;
     let pb = status();
     say(&pb, "file: writing the file".into());
-    let scratch = scratch_file(size)?;
-    let linux = if o.vs_linux {
+    let scratch = scratch_file(size, PAGE as usize, "pages")?;
+    let (linux, large) = if o.vs_linux {
         say(&pb, "file: Linux".into());
-        Some(linux_faults(&scratch.0, size, o.reps)?)
+        let l = linux_faults(&scratch.0, size, o.reps)?;
+        say(&pb, "file: Linux, large folios".into());
+        let big = scratch_file(size, 1 << 20, "folios")?;
+        (Some(l), Some(linux_faults(&big.0, size, o.reps)?))
     } else {
-        None
+        (None, None)
     };
     say(&pb, "file: softmm".into());
     let softmm = softmm_faults(&scratch.0, size, o.reps)?;
@@ -135,9 +154,10 @@ pub fn file(o: &BenchOpts, size: Option<u64>) -> CliResult<FileResult> {
     let linux_ns = linux.as_ref().map(|l| median(&l.per_page));
     let softmm_first = median(&softmm.first_per_page);
     let linux_first = linux.as_ref().map(|l| median(&l.first_per_page));
+    let large_ns = large.as_ref().map(|l| median(&l.per_page));
     Ok(FileResult {
         bench: "file",
-        what: "read faults on a shared mapping of a cached file (fault-around on both sides)",
+        what: "read faults on a shared mapping of a cached file, a folio per page (fault-around on both sides)",
         unit: "ns/page",
         size_bytes: size,
         pages: size / PAGE,
@@ -150,6 +170,10 @@ pub fn file(o: &BenchOpts, size: Option<u64>) -> CliResult<FileResult> {
         softmm_first_pass_ns_per_page: softmm_first,
         linux_first_pass_ns_per_page: linux_first,
         first_pass_ratio_vs_linux: linux_first.map(|l| l / softmm_first),
+        linux_large_folio_ns: large_ns,
+        linux_large_folio_ns_per_fault: large.as_ref().map(|l| median(&l.per_fault)),
+        linux_large_folio_faults: large.as_ref().map(|l| l.faults),
+        large_folio_ratio_vs_linux: large_ns.map(|l| l / softmm_ns),
         softmm_faults: softmm.faults,
         linux_faults: linux.as_ref().map(|l| l.faults),
         softmm_samples: softmm.per_page,
@@ -229,6 +253,16 @@ impl Report for FileResult {
         if let (Some(l), Some(r)) = (self.linux_first_pass_ns_per_page, self.first_pass_ratio_vs_linux) {
             let _ = writeln!(t, "    Linux   {}/page", ns(l));
             let _ = writeln!(t, "    ratio (Linux / softmm) {r:.2}");
+        }
+        if let (Some(l), Some(lf), Some(f), Some(r)) = (
+            self.linux_large_folio_ns,
+            self.linux_large_folio_ns_per_fault,
+            self.linux_large_folio_faults,
+            self.large_folio_ratio_vs_linux,
+        ) {
+            let _ = writeln!(t, "  Linux on a file cached in large folios (a fault maps a whole folio), fault work:");
+            let _ = writeln!(t, "    Linux   {}/page, {}/fault ({} faults a run)", ns(l), ns(lf), count(f));
+            let _ = writeln!(t, "    ratio per page (Linux / softmm) {r:.2}");
         }
         t
     }
