@@ -514,3 +514,30 @@ fn tables_shared_by_fork_move_entry_by_entry() {
     assert_filled(&mm, to, 4);
     assert_filled(&child, BASE, 4);
 }
+
+/// A region moved in one space and then forked with shared tables: the
+/// frames are mapped at the old address in the first space and, through a
+/// shared table, at the new address in two others. Every space's smaps
+/// counts all three mappings (PSS a third of a page each), as with copied
+/// tables and on Linux.
+#[test]
+fn smaps_counts_shared_table_mappers_at_another_address() {
+    let pss_of = |policy: ForkPolicy| {
+        let m = Machine::new(Config { arena_bytes: 32 << 20, ..Config::default() }).unwrap();
+        let a = m.new_mm().unwrap();
+        map(&a, BASE, 6 * PAGE, Prot::RW, MapKind::Private);
+        filled(&a, BASE, 6);
+        let b = a.fork_with(policy).unwrap();
+        let to = move_away(&b, BASE, 6 * PAGE);
+        let c = b.fork_with(policy).unwrap();
+        for mm in [&a, &b, &c] {
+            check(mm);
+        }
+        [a.smaps(BASE).unwrap(), b.smaps(to).unwrap(), c.smaps(to).unwrap()].map(|s| (s.rss, s.pss, s.shared_dirty))
+    };
+    let copied = pss_of(ForkPolicy::CopyTables);
+    // 6 pages of 4 kB, each mapped by three spaces: a third of 24 kB,
+    // which Linux's fixed-point sum rounds down to 7 kB.
+    assert_eq!(copied, [(24, 7, 24); 3]);
+    assert_eq!(pss_of(ForkPolicy::SharedTables), copied);
+}

@@ -593,28 +593,28 @@ impl Mm {
     pub fn smaps(&self, addr: u64) -> Option<Smaps> {
         let st = self.inner.state.read();
         let vma = st.vmas.find(addr)?;
-        Some(smaps::Sharers::new(&self.inner, false).vma_smaps(&self.inner, &st, vma.start, vma.end))
+        Some(smaps::Sharers::new(&self.inner).vma_smaps(&self.inner, &st, vma.start, vma.end))
     }
 
     /// smaps counters of every VMA, in address order.
     pub fn smaps_all(&self) -> Vec<Smaps> {
         let st = self.inner.state.read();
-        let mut sharers = smaps::Sharers::new(&self.inner, false);
+        let mut sharers = smaps::Sharers::new(&self.inner);
         st.vmas.iter().map(|v| sharers.vma_smaps(&self.inner, &st, v.start, v.end)).collect()
     }
 
     /// `smaps(addr)` of each `(space, addr)`, spaces of one machine: the
     /// same figures as one call each, for a snapshot of many spaces (a
-    /// process tree). When page tables are shared, the sharers of each
-    /// 2 MiB span are gathered once for all the spaces instead of once per
-    /// space, so N forked spaces cost time linear in N, not quadratic. Each
+    /// process tree). When page tables are shared, the tables that share or
+    /// borrow are read once for all the spaces instead of once per space,
+    /// so N forked spaces cost time linear in N, not quadratic. Each
     /// space is read under its own `mmap_lock` in turn; the sharers are
     /// read as the first space that needed them found them, so the figures
     /// are those of one moment when nothing changes meanwhile (otherwise
     /// they are as approximate as concurrent `smaps` calls').
     pub fn smaps_many(at: &[(&Mm, u64)]) -> Vec<Option<Smaps>> {
         let Some((first, _)) = at.first() else { return Vec::new() };
-        let mut sharers = smaps::Sharers::new(&first.inner, true);
+        let mut sharers = smaps::Sharers::new(&first.inner);
         at.iter()
             .map(|(mm, addr)| {
                 let st = mm.inner.state.read();

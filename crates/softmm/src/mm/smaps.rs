@@ -4,39 +4,34 @@
 //! shared anywhere, a frame's *logical* mapcount and refcount add, for
 //! every table mapping it, that table's sharers beyond the first, which is
 //! what the same history under `CopyTables` (and on Linux) would have
-//! counted. Finding those tables means looking at every live space's
-//! tables for the same 2 MiB span ([`Sharers`]).
+//! counted. A frame may be mapped through a shared table at another
+//! address than here (a region moved by `mremap`, then forked), so those
+//! tables are found by walking every live space's tables once per call
+//! ([`Sharers`]), not by looking at the same address elsewhere.
 
 use super::{MmInner, MmState};
 use crate::phys::{FrameArena, FrameId, PAGE_SIZE};
 use crate::stats::{Smaps, SmapsAcc};
 use std::collections::HashMap;
 
-/// The mappings the physical counts miss, by (entry index, frame), of
-/// one 2 MiB span.
-type SpanExtras = HashMap<(usize, FrameId), u32>;
-
-/// Where the sharers of a span's frames are found, for one smaps call or
-/// for many (`Mm::smaps_many`).
+/// The mappings the physical counts miss, for one smaps call or for many
+/// (`Mm::smaps_many`).
 pub(crate) struct Sharers {
     /// Whether any PTE table is shared: if not, physical counts are the
     /// logical ones.
     sharing: bool,
     /// Page-table roots of every live space.
     roots: Vec<FrameId>,
-    /// Many calls: per span, the extra mappings of each (index, frame),
-    /// computed once for all of them, so that N spaces cost N scans of a
-    /// span's tables, not N per space. One call looks entries up one by
-    /// one instead (it usually reads few of a span's 512).
-    cache: Option<HashMap<u64, SpanExtras>>,
-    /// Spans whose tables were scanned into `cache` (tests).
-    pub(crate) spans_scanned: u64,
+    /// Per frame, the mappings the physical counts miss, over every table
+    /// of every live space: gathered once, when a first frame needs it.
+    extras: Option<HashMap<FrameId, u32>>,
+    /// Tables whose entries were read into `extras` (tests).
+    pub(crate) tables_scanned: u64,
 }
 
 impl Sharers {
-    /// The sharers as the machine of `mm` has them now; `many` when the
-    /// same spans will be looked at for many spaces.
-    pub(crate) fn new(mm: &MmInner, many: bool) -> Sharers {
+    /// The sharers as the machine of `mm` has them now.
+    pub(crate) fn new(mm: &MmInner) -> Sharers {
         let sharing = mm.machine.counters.shared_tables.load(crate::sync::Ordering::Relaxed) > 0;
         let roots = if sharing {
             let mms = mm.machine.live_mms();
@@ -44,7 +39,7 @@ impl Sharers {
         } else {
             Vec::new()
         };
-        Sharers { sharing, roots, cache: many.then(HashMap::new), spans_scanned: 0 }
+        Sharers { sharing, roots, extras: None, tables_scanned: 0 }
     }
 
     /// smaps of `[start, end)` of `mm`.
@@ -66,7 +61,6 @@ impl Sharers {
         let sharing = self.sharing;
         pt.for_each_pte_table(arena, start, end, |table, lo, hi| {
             let base = lo & !(crate::pgtable::PTE_TABLE_SPAN - 1);
-            let span = self.span(arena, base);
             let g = pt.lock_read(arena, table, base);
             let mut va = lo;
             while va < hi {
@@ -77,7 +71,7 @@ impl Sharers {
                     // A migration entry counts as the page it stands for, as
                     // Linux's smaps_pte_entry counts it.
                     let m = arena.meta(f);
-                    let extra = span.extra(arena, va, f);
+                    let extra = self.extra(arena, f);
                     debug_assert!(!pte.is_borrowed() || sharing, "a borrowed entry while no table is shared");
                     let dirty = pte.is_dirty() || m.has(crate::phys::flags::DIRTY);
                     let anon = m.has(crate::phys::flags::ANON);
@@ -96,51 +90,34 @@ impl Sharers {
         s
     }
 
-    /// The sharers of the span at `base`.
-    fn span(&mut self, arena: &FrameArena, base: u64) -> Span<'_> {
+    /// For frame `f`: the mappings the physical counts miss.
+    fn extra(&mut self, arena: &FrameArena, f: FrameId) -> u32 {
         if !self.sharing {
-            return Span::Unshared;
+            return 0;
         }
-        let Some(cache) = self.cache.as_mut() else {
-            return Span::Tables(crate::pgtable::share::tables_at(arena, &self.roots, base));
-        };
-        let extras = cache.entry(base).or_insert_with(|| {
-            self.spans_scanned += 1;
-            let mut extras = HashMap::new();
-            for t in crate::pgtable::share::tables_at(arena, &self.roots, base) {
-                for i in 0..crate::pgtable::PTRS_PER_TABLE {
-                    if let Some((f, n)) = table_extra(arena, t, i) {
-                        *extras.entry((i, f)).or_insert(0) += n;
+        let extras = match &mut self.extras {
+            Some(e) => e,
+            none => {
+                let mut extras = HashMap::new();
+                for t in crate::pgtable::share::all_tables(arena, &self.roots) {
+                    // Only a shared table or one that borrows entries maps a
+                    // frame more often than its entries own it.
+                    if crate::pgtable::borrow::mappers_of(arena, t) <= 1
+                        && crate::pgtable::borrow::backing(arena, t).is_none()
+                    {
+                        continue;
+                    }
+                    self.tables_scanned += 1;
+                    for i in 0..crate::pgtable::PTRS_PER_TABLE {
+                        if let Some((f, n)) = table_extra(arena, t, i).filter(|e| e.1 > 0) {
+                            *extras.entry(f).or_insert(0) += n;
+                        }
                     }
                 }
+                none.insert(extras)
             }
-            extras
-        });
-        Span::Cached(extras)
-    }
-}
-
-/// The sharers of one span's frames.
-enum Span<'a> {
-    /// No table is shared anywhere.
-    Unshared,
-    /// Every live table of the span.
-    Tables(Vec<FrameId>),
-    /// The extra mappings of each (index, frame) of the span.
-    Cached(&'a SpanExtras),
-}
-
-impl Span<'_> {
-    /// For frame `f` at `va`: the mappings the physical counts miss.
-    fn extra(&self, arena: &FrameArena, va: u64, f: FrameId) -> u32 {
-        let i = crate::pgtable::index(va, 0);
-        match self {
-            Span::Unshared => 0,
-            Span::Tables(tables) => {
-                tables.iter().filter_map(|&t| table_extra(arena, t, i).filter(|e| e.0 == f)).map(|e| e.1).sum()
-            }
-            Span::Cached(extras) => extras.get(&(i, f)).copied().unwrap_or(0),
-        }
+        };
+        extras.get(&f).copied().unwrap_or(0)
     }
 }
 
@@ -162,14 +139,15 @@ mod tests {
     use super::Sharers;
     use crate::{Config, ForkPolicy, Machine, MapKind, Placement, Prot};
 
-    /// smaps of every space of a forked tree: each span's tables are
-    /// scanned once for all of them, and the figures are those of the
-    /// one-call path.
+    /// smaps of every space of a forked tree: the tables that share or
+    /// borrow are read once for all of them (each child's copy that borrows
+    /// from the parent's table, not the parent's own), and the figures are
+    /// those of the one-call path.
     #[test]
     // Whole machines forking many times: minutes under Miri, and no unsafe
     // code of their own (the release suite runs them).
     #[cfg_attr(miri, ignore)]
-    fn many_spaces_scan_each_span_once() {
+    fn many_spaces_read_each_table_once() {
         let m = Machine::new(Config { arena_bytes: 64 << 20, prezero: false, ..Config::default() }).unwrap();
         let parent = m.new_mm().unwrap();
         let base = 0x1000_0000;
@@ -181,13 +159,13 @@ mod tests {
             child.write(base + (c % 16) * 4096, b"c").unwrap();
             spaces.push(child);
         }
-        let mut many = Sharers::new(&spaces[0].inner, true);
+        let mut many = Sharers::new(&spaces[0].inner);
         for mm in &spaces {
             let st = mm.inner.state.read();
             let together = many.vma_smaps(&mm.inner, &st, base, base + (64 << 10));
-            let alone = Sharers::new(&mm.inner, false).vma_smaps(&mm.inner, &st, base, base + (64 << 10));
+            let alone = Sharers::new(&mm.inner).vma_smaps(&mm.inner, &st, base, base + (64 << 10));
             assert_eq!(together, alone);
         }
-        assert_eq!(many.spans_scanned, 1);
+        assert_eq!(many.tables_scanned, 30);
     }
 }

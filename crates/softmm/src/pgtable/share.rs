@@ -36,7 +36,7 @@
 //! PSS) is the logical count: for every table that maps the frame, one
 //! per address space mapping the table; see `mm::vma_smaps`.
 
-use super::{borrow, index, slot, Edit, PageTable, PteTableGuard, PteTableRead, PTE_TABLE_SPAN, PTRS_PER_TABLE};
+use super::{borrow, slot, Edit, PageTable, PteTableGuard, PteTableRead, PTE_TABLE_SPAN, PTRS_PER_TABLE};
 use crate::error::Result;
 use crate::phys::{flags, FrameArena, FrameId};
 use crate::pte::Pte;
@@ -537,28 +537,32 @@ impl Drop for PmdLock<'_> {
     }
 }
 
-/// The PTE tables that map `base`'s 2 MiB span in other address spaces,
-/// read lock-free from their roots: for smaps' logical counts. Frame ids
-/// are checked before use, since another space may be changing its tables.
-pub(crate) fn tables_at(arena: &FrameArena, roots: &[FrameId], base: u64) -> Vec<FrameId> {
-    let mut out: Vec<FrameId> = Vec::new();
-    // Sharers of one table each find it: keep the first only, in O(1).
-    let mut seen: std::collections::HashSet<FrameId> = std::collections::HashSet::new();
-    'next: for &root in roots {
-        let mut table = root;
-        for level in (1..super::LEVELS).rev() {
-            if table.0 >= arena.capacity() || !arena.meta(table).has(flags::PAGETABLE) {
-                continue 'next;
-            }
-            let e = Pte::from_raw(slot(arena, table, index(base, level)).load(Ordering::Acquire));
-            if !e.is_present() {
-                continue 'next;
-            }
-            table = e.frame();
+/// Every PTE table the page tables at `roots` map, each once, read
+/// lock-free: for smaps' logical counts. Frame ids are checked before use,
+/// since another space may be changing its tables.
+pub(crate) fn all_tables(arena: &FrameArena, roots: &[FrameId]) -> Vec<FrameId> {
+    fn walk(arena: &FrameArena, table: FrameId, level: u32, out: &mut Vec<FrameId>, seen: &mut HashSet<FrameId>) {
+        if table.0 >= arena.capacity() || !arena.meta(table).has(flags::PAGETABLE) {
+            return;
         }
-        if table.0 < arena.capacity() && arena.meta(table).has(flags::PAGETABLE) && seen.insert(table) {
-            out.push(table);
+        if level == 0 {
+            // Sharers of one table each reach it: keep the first only.
+            if seen.insert(table) {
+                out.push(table);
+            }
+            return;
         }
+        for i in 0..PTRS_PER_TABLE {
+            let e = Pte::from_raw(slot(arena, table, i).load(Ordering::Acquire));
+            if e.is_present() {
+                walk(arena, e.frame(), level - 1, out, seen);
+            }
+        }
+    }
+    use std::collections::HashSet;
+    let (mut out, mut seen) = (Vec::new(), HashSet::new());
+    for &root in roots {
+        walk(arena, root, super::LEVELS - 1, &mut out, &mut seen);
     }
     out
 }
