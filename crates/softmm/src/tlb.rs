@@ -210,6 +210,50 @@ mod loom_tests {
     fn reopen_without_recheck_is_caught() {
         batch(false);
     }
+
+    /// A hold (`Accessor::hold`, `access/mod.rs`): `publish` enters at the
+    /// accessor's generation and, while the domain's generation differs,
+    /// exits, drops every cached translation (`resync`: the generation is
+    /// read again) and enters again. Held accesses then use a cached
+    /// translation with no check of their own; a miss exits, fills and
+    /// publishes again. `recheck`: whether `publish` compares generations.
+    fn hold(recheck: bool) {
+        against_flush(move |sd, slot, g0, frame| {
+            // The translation to `frame` was cached at `g0`.
+            let (mut gen, mut cached) = (g0, true);
+            let mut publish = |gen: &mut u64, cached: &mut bool| loop {
+                slot.enter(*gen);
+                if !recheck || sd.generation_relaxed() == *gen {
+                    return;
+                }
+                slot.exit();
+                *gen = sd.generation();
+                *cached = false;
+            };
+            publish(&mut gen, &mut cached);
+            if cached {
+                assert_eq!(frame.load(Ordering::Relaxed), 1, "a held access through a stale translation");
+            }
+            slot.exit(); // a miss: the fill runs with the slot released
+            publish(&mut gen, &mut cached);
+            if cached {
+                assert_eq!(frame.load(Ordering::Relaxed), 1, "a held access after a miss through a stale translation");
+            }
+            slot.exit();
+        });
+    }
+
+    #[test]
+    fn hold_never_sees_freed_frame() {
+        hold(true);
+    }
+
+    /// The model catches a publish that trusts the accessor's generation.
+    #[test]
+    #[should_panic(expected = "through a stale translation")]
+    fn publish_without_recheck_is_caught() {
+        hold(false);
+    }
 }
 
 #[cfg(all(test, not(loom)))]
