@@ -1,7 +1,7 @@
 //! The trace subcommands: `replay`, `diff`, `gen`, `fuzz`, and the hidden
 //! `__linux-worker` that `replay --on linux` and `diff` start.
 
-use crate::error::{CliError, CliResult};
+use crate::error::{io_error, CliError, CliResult};
 use crate::report::{emit, stdout_error};
 use crate::trace::diff::{diff, diff_with_stats, DiffResult};
 use crate::trace::exec_softmm::{Audit, SoftmmOptions, SoftmmRunner};
@@ -175,6 +175,21 @@ pub fn gen(seed: u64, ops: usize, profile: Profile) -> CliResult<()> {
     out.flush().map_err(closed)
 }
 
+/// Refuse when the host has swap on: Linux's PAGEOUT would then swap
+/// anonymous pages out, which softmm's replay (no swap device) never does.
+fn no_active_swap() -> CliResult<()> {
+    let swaps = std::fs::read_to_string("/proc/swaps").map_err(|e| io_error("reading /proc/swaps", e))?;
+    let active: Vec<&str> = swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    if active.is_empty() {
+        return Ok(());
+    }
+    Err(CliError(format!(
+        "fuzz --profile file-advice: this host has swap on ({}); Linux's MADV_PAGEOUT would swap anonymous \
+         pages out and softmm's replay has no swap device: run it where `swapoff -a` holds",
+        active.join(", ")
+    )))
+}
+
 fn numbered(ops: &[Op]) -> Vec<Line> {
     ops.iter().enumerate().map(|(i, op)| Line { number: i + 1, op: op.clone() }).collect()
 }
@@ -186,6 +201,9 @@ pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, p
     let seeds = seed_range(first_seed, traces)?;
     if profile == Profile::Snapshot {
         return fuzz_snapshots(seeds, ops, page_tables);
+    }
+    if profile == Profile::FileAdvice {
+        no_active_swap()?;
     }
     let opts = diff_options(page_tables);
     let (mut ran, mut failures) = (0u64, 0u64);

@@ -5,7 +5,9 @@ mod common;
 
 use common::{errno_of, machine, read};
 use softmm::reclaim::device::MemSwap;
-use softmm::{errno, Config, Error, Machine, MapKind, Placement, Prot, SwapConfig, MS_ASYNC, MS_INVALIDATE, MS_SYNC};
+use softmm::{
+    errno, Advice, Config, Error, Machine, MapKind, Placement, Prot, SwapConfig, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -578,4 +580,54 @@ fn a_store_through_one_mapping_of_a_host_file_dirties_the_page_for_all() {
     assert_eq!((dirty(&a), dirty(&b)), (4, 4), "a store after write-back dirties it again");
     assert_eq!(a.file_offset(BASE + PAGE + 5, &f), Some(PAGE));
     m.check_invariants().unwrap();
+}
+
+/// MADV_PAGEOUT of file pages mapped only here (Linux's
+/// `madvise_cold_or_pageout_pte_range` then `reclaim_pages`, no swap
+/// needed): a clean cached page is unmapped and dropped; a dirty page of a
+/// shared mapping is unmapped but stays in the cache, still dirty (only
+/// background write-back writes file pages); a page mapped twice stays; a
+/// memfd's page is unmapped and, without swap, stays in the file.
+#[test]
+fn pageout_unmaps_file_pages_mapped_once() {
+    let m = Machine::new(Config { arena_bytes: 32 << 20, ..Config::default() }).unwrap();
+    let s = Scratch::new("pageout", &[0x62; 5 * PAGE as usize]);
+    let f = m.open_file(&s.0).unwrap();
+    let mm = m.new_mm().unwrap();
+    let (shared, private) = (0x1000_0000, 0x2000_0000);
+    mm.mmap_file(shared, 4 * PAGE, Prot::RW, MapKind::Shared, Placement::Fixed, &f, 0).unwrap();
+    mm.mmap_file(private, 2 * PAGE, Prot::READ, MapKind::Private, Placement::Fixed, &f, 3 * PAGE).unwrap();
+    mm.write(shared, b"ab").unwrap();
+    let mut b = [0u8; 1];
+    for i in 1..4 {
+        mm.read(shared + i * PAGE, &mut b).unwrap(); // page 3: also mapped privately, below
+    }
+    mm.read(private, &mut b).unwrap(); // page 3
+    mm.read(private + PAGE, &mut b).unwrap(); // page 4, through the private mapping only
+    let rss = |at| mm.smaps(at).unwrap().rss;
+    assert_eq!((rss(shared), rss(private)), (16, 8));
+    mm.madvise(shared, 4 * PAGE, Advice::PageOut).unwrap();
+    mm.madvise(private, 2 * PAGE, Advice::PageOut).unwrap();
+    mm.check_invariants().unwrap();
+    // Shared: pages 0-2 went; page 3 is mapped privately as well. Private:
+    // page 4 went, page 3 stays.
+    assert_eq!((rss(shared), rss(private)), (4, 4));
+    assert_eq!(s.bytes()[..2], [0x62, 0x62], "PAGEOUT writes nothing back");
+    let mut two = [0u8; 2];
+    mm.read(shared, &mut two).unwrap();
+    assert_eq!(&two, b"ab");
+    let sm = mm.smaps(shared).unwrap();
+    assert_eq!(sm.private_dirty + sm.shared_dirty, 4, "the written page came back dirty from the cache");
+    mm.msync(shared, 4 * PAGE, MS_SYNC).unwrap();
+    assert_eq!(&s.bytes()[..2], b"ab");
+
+    let memfd = m.memfd("pageout", 2 * PAGE).unwrap();
+    let at = 0x3000_0000;
+    mm.mmap_file(at, 2 * PAGE, Prot::RW, MapKind::Shared, Placement::Fixed, &memfd, 0).unwrap();
+    mm.fill(at, 2 * PAGE as usize, 0x33).unwrap();
+    mm.madvise(at, 2 * PAGE, Advice::PageOut).unwrap();
+    assert_eq!(rss(at), 0, "unmapped");
+    mm.read(at + PAGE, &mut b).unwrap();
+    assert_eq!(b[0], 0x33, "kept in the memfd without swap");
+    mm.check_invariants().unwrap();
 }

@@ -73,6 +73,13 @@ pub enum Profile {
     /// second window across a page-table boundary. `softmm fuzz` checks each
     /// restored space against a fork taken at its snapshot.
     Snapshot,
+    /// The files mix whose madvise ranges take any advice, PAGEOUT (a
+    /// quarter of them) and COLD included: file and shared-memory pages
+    /// mapped once are unmapped and dropped or kept as Linux does without
+    /// swap. `softmm fuzz` runs it only on a host without active swap (where
+    /// Linux's PAGEOUT of anonymous memory does nothing, as softmm's
+    /// replay, which has no swap device).
+    FileAdvice,
 }
 
 /// `Files`: the scratch files' names and first sizes.
@@ -95,7 +102,8 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
         let (addr, len) = (BASE + (TABLE_PAGES - 32) * 4096, 64 * 4096);
         out.push(Op::Mmap { a: "A".into(), addr, len, prot: TProt::Rw, kind: TKind::Private });
     }
-    if shape == Profile::Files {
+    let files = matches!(shape, Profile::Files | Profile::FileAdvice);
+    if files {
         for (f, len) in FILES {
             out.push(Op::File { f: f.into(), len, byte: r.below(256) as u8 });
         }
@@ -119,7 +127,7 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
             out.push(remap_op(&mut r, a));
             continue;
         }
-        if shape == Profile::Files {
+        if files {
             let op = match r.below(100) {
                 0..=7 => Some(futex_op(&mut r, a.clone())),
                 8..=15 => Some(remap_op(&mut r, a.clone())),
@@ -156,6 +164,8 @@ pub fn generate_with(seed: u64, ops: usize, profile: Profile) -> Vec<Op> {
                 let advice = match shape {
                     Profile::Api => advice(&mut r),
                     Profile::Snapshot => snapshot_advice(&mut r),
+                    Profile::FileAdvice if r.chance(25) => Advice::PageOut,
+                    Profile::FileAdvice => advice(&mut r),
                     _ => Advice::DontNeed,
                 };
                 Op::Madvise { a, addr, len, advice }
@@ -494,6 +504,18 @@ mod tests {
         let w = generate_with(7, 200, Profile::Wide);
         assert_ne!(a, w);
         assert!(well_formed(&w));
+    }
+
+    #[test]
+    fn file_advice_profile_is_the_files_mix_with_every_advice() {
+        let pageouts = |t: &[Op]| t.iter().filter(|o| matches!(o, Op::Madvise { advice: Advice::PageOut, .. })).count();
+        let t = generate_with(7, 2000, Profile::FileAdvice);
+        assert!(well_formed(&t));
+        assert!(matches!(&t[2], Op::File { f, .. } if f == "X"));
+        assert!(t.iter().any(|o| matches!(o, Op::MmapFile { .. })));
+        assert!(pageouts(&t) > 3, "{} PAGEOUTs", pageouts(&t));
+        assert!(t.iter().any(|o| matches!(o, Op::Madvise { advice: Advice::Cold, .. })));
+        assert_eq!(pageouts(&generate_with(7, 2000, Profile::Files)), 0);
     }
 
     #[test]

@@ -240,9 +240,12 @@ fn madvise_free_pte_range(mm: &MmInner, pt: &PageTable, change: &mut Change<'_>,
 }
 
 /// `MADV_COLD` / `MADV_PAGEOUT` (`madvise_cold_or_pageout_pte_range`):
-/// the private pages mapped only here lose their accessed bits, so that
-/// reclaim takes them first; PAGEOUT then reclaims them now, as far as
-/// swap allows. Pages mapped in several spaces are left alone.
+/// the pages mapped only here (anonymous, a file's or shared memory's)
+/// lose their accessed bits, so that reclaim takes them first; PAGEOUT
+/// then reclaims them now: anonymous pages as far as swap allows, a file's
+/// or shared memory's unmapped and then swapped out, or dropped when clean
+/// ([`crate::reclaim::reclaim_pages`]). Pages mapped in several spaces, or
+/// twice here, are left alone.
 fn madvise_cold_or_pageout_pte_range(mm: &MmInner, st: &MmState, pt: &PageTable, pieces: &[Piece<'_>], pageout: bool) {
     let arena = mm.arena();
     let Some(&(start, _, _)) = pieces.first() else { return };
@@ -260,7 +263,7 @@ fn madvise_cold_or_pageout_pte_range(mm: &MmInner, st: &MmState, pt: &PageTable,
                         continue;
                     }
                     let meta = arena.meta(pte.frame());
-                    if meta.mapcount() != 1 || !meta.has(flags::ANON) {
+                    if meta.mapcount() != 1 || !meta.has(flags::ANON | flags::SHM) {
                         continue;
                     }
                     while pte.is_accessed() {

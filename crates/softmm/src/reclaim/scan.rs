@@ -510,30 +510,39 @@ impl SwapBatch {
 }
 
 /// `MADV_PAGEOUT`'s `reclaim_pages`: swap out (or, lazily freeable and
-/// clean, drop) the private frames `frames` now, each handed over with a
-/// reference this call takes. Frames that cannot go (no swap, no slot,
-/// mapped again, held) stay. Returns the frames freed.
+/// clean, drop) the private frames `frames` now, and unmap shared objects'
+/// pages and swap them out or drop them ([`super::shm::page_out_shm`]);
+/// each frame is handed over with a reference this call takes. Frames that
+/// cannot go (no swap, no slot, mapped again, held) stay. Returns the
+/// frames freed.
 pub(crate) fn reclaim_pages(m: &MachineInner, frames: &[FrameId]) -> usize {
     let arena = &m.arena;
-    let Some(swap) = m.reclaim.swap.as_ref() else {
-        for &f in frames {
-            arena.put(f);
-        }
-        return 0;
-    };
+    let swap = m.reclaim.swap.as_deref();
+    let mut freed = 0;
     let mut batch = SwapBatch::with_capacity(frames.len());
     for &f in frames {
         let fl = arena.meta(f).flags();
-        let evictable = fl & flags::ANON != 0 && fl & (flags::PAGETABLE | flags::ZERO) == 0;
-        if evictable && fl & flags::SWAPCACHE != 0 {
-            batch.age_or_unmap(m, swap, f, false);
-        } else if evictable {
-            batch.add(m, f);
+        if fl & (flags::PAGETABLE | flags::ZERO) != 0 {
+            arena.put(f);
+            continue;
+        }
+        if fl & flags::SHM != 0 {
+            match super::shm::page_out_shm(m, swap, f) {
+                Ok(true) => freed += 1,
+                Ok(false) => {}
+                Err(_) => Counters::bump(&m.counters.swap_failures),
+            }
+        } else if let (true, Some(swap)) = (fl & flags::ANON != 0, swap) {
+            if fl & flags::SWAPCACHE != 0 {
+                batch.age_or_unmap(m, swap, f, false);
+            } else {
+                batch.add(m, f);
+            }
         }
         // The batch holds its own reference on what it took.
         arena.put(f);
     }
-    batch.flush(m, swap, false)
+    freed + swap.map_or(0, |swap| batch.flush(m, swap, false))
 }
 
 #[cfg(test)]

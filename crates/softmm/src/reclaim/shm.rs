@@ -27,16 +27,41 @@ use std::sync::Arc;
 /// a host file's page is written back if dirty and dropped instead (no
 /// swap needed). Returns whether the frame left memory.
 pub(crate) fn swap_out_shm(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_only: bool) -> Result<bool> {
+    out_locked(m, swap, f, try_only, true)
+}
+
+/// `MADV_PAGEOUT`'s take on page `f` of a shared object (the caller holds
+/// a reference): unmapped everywhere, then swapped out or, a host file's,
+/// dropped if clean; a dirty host-file page stays in the cache, dirty, as
+/// Linux's `shrink_folio_list` leaves file write-back to its flushers
+/// outside kswapd.
+pub(crate) fn page_out_shm(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId) -> Result<bool> {
+    out_locked(m, swap, f, false, false)
+}
+
+fn out_locked(
+    m: &MachineInner,
+    swap: Option<&SwapSpace>,
+    f: FrameId,
+    try_only: bool,
+    write_back: bool,
+) -> Result<bool> {
     let meta = m.arena.meta(f);
     if !meta.try_lock() {
         return Ok(false);
     }
-    let r = swap_out_locked(m, swap, f, try_only);
+    let r = swap_out_locked(m, swap, f, try_only, write_back);
     meta.unlock();
     r
 }
 
-fn swap_out_locked(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_only: bool) -> Result<bool> {
+fn swap_out_locked(
+    m: &MachineInner,
+    swap: Option<&SwapSpace>,
+    f: FrameId,
+    try_only: bool,
+    write_back: bool,
+) -> Result<bool> {
     let arena = &m.arena;
     let meta = arena.meta(f);
     if !meta.has(flags::SHM) || meta.pins.load(Ordering::Acquire) > 0 {
@@ -60,6 +85,9 @@ fn swap_out_locked(m: &MachineInner, swap: Option<&SwapSpace>, f: FrameId, try_o
         return Ok(false);
     }
     if obj.store.is_host() {
+        if !write_back && meta.has(flags::DIRTY) {
+            return Ok(false);
+        }
         // Linux's pageout then __remove_mapping: a failed write keeps it.
         obj.write_back_page(pgoff, f)?;
         let dropped = obj.evict(pgoff, f, 2);
