@@ -219,7 +219,7 @@ pub fn fuzz(traces: u64, ops: usize, first_seed: u64, page_tables: PageTables, p
             emit(&format!("seed {seed}: differs at {d}\n"))?;
             let fails = |t: &[Op]| matches!(diff(&numbered(t), &opts), Ok(DiffResult::Differs(_)));
             let small = minimize(&trace, fails);
-            let p = format!("{profile:?}").to_lowercase();
+            let p = clap::ValueEnum::to_possible_value(&profile).map_or_else(String::new, |v| v.get_name().to_string());
             let mut text = format!("minimized trace (softmm gen --seed {seed} --ops {ops} --profile {p}, shrunk):\n");
             for op in &small {
                 text.push_str(&format!("    {op}\n"));

@@ -466,7 +466,9 @@ fn past_end_without_table(
     va: u64,
     access: Access,
 ) -> bool {
-    let Backing::Shm(obj) = &vma.backing else { return false };
+    // Shared and private file mappings alike: the window's pages are the
+    // file's page-cache pages.
+    let Some(obj) = vma.mapped_object() else { return false };
     if !obj.store.is_host() || pt.pte_table(arena, va).is_some() {
         return false;
     }
