@@ -256,6 +256,13 @@ impl Hart {
         }
     }
 
+    /// The instruction of a generic op of the cache (see
+    /// [`ICache::generic`]).
+    #[inline]
+    pub(crate) fn generic_inst(&self, index: u32) -> Option<(Inst, u32)> {
+        self.icache.as_ref()?.generic(index)
+    }
+
     /// Whether code was invalidated since the page loop looked.
     #[inline(always)]
     pub(crate) fn code_stale(&self) -> bool {

@@ -93,6 +93,9 @@ pub struct ICache {
     seen: u64,
     index: HashMap<u64, usize>,
     pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
+    /// The decoded instructions (and their raw bits) of the cached ops the
+    /// generic executor runs, by the index those ops hold.
+    generic: Vec<(Inst, u32)>,
     /// The page of the last lookup, as (page number + 1, index); 0: none.
     last: (u64, usize),
     /// (page number + 1, index) by page number modulo [`RECENT`]: code
@@ -113,6 +116,7 @@ impl ICache {
             seen,
             index: HashMap::new(),
             pages: Vec::new(),
+            generic: Vec::new(),
             last: (0, 0),
             recent: Box::new([(0, 0); RECENT]),
         }
@@ -122,6 +126,7 @@ impl ICache {
     pub fn flush(&mut self) {
         self.index.clear();
         self.pages.clear();
+        self.generic.clear();
         self.last = (0, 0);
         self.recent.fill((0, 0));
     }
@@ -199,6 +204,17 @@ impl ICache {
         }
         let tag = (pc >> 12) + 1;
         let i = self.index_of(tag);
-        self.pages[i][((pc & 0xfff) >> 1) as usize] = compile(inst, raw, pc);
+        let generic = &mut self.generic;
+        let op = compile(inst, raw, pc, |inst, raw| {
+            generic.push((inst, raw));
+            (generic.len() - 1) as u32
+        });
+        self.pages[i][((pc & 0xfff) >> 1) as usize] = op;
+    }
+
+    /// The instruction a generic op holding `index` runs, and its raw bits.
+    #[inline]
+    pub fn generic(&self, index: u32) -> Option<(Inst, u32)> {
+        self.generic.get(index as usize).copied()
     }
 }

@@ -106,26 +106,31 @@ fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
     (pc, left + 1)
 }
 
-/// One decoded instruction, ready to run.
+/// One decoded instruction, ready to run: 16 bytes, so the ops of the
+/// hot code of a page (one per 2-byte slot) stay within the host's L1
+/// data cache next to the guest's data.
 #[derive(Clone, Copy)]
 pub struct Op {
     pub(crate) f: Handler,
-    /// The immediate; for [`generic`] ops the raw instruction bits.
+    /// The immediate; for [`generic`] ops the index of the instruction in
+    /// the cache's table of generic instructions
+    /// ([`crate::icache::ICache::generic`]).
     pub(crate) imm: i32,
     pub(crate) rd: u8,
     pub(crate) rs1: u8,
     pub(crate) rs2: u8,
     /// Length in bytes (2 or 4).
     pub(crate) len: u8,
-    /// The decoded instruction, for [`generic`] ops.
-    pub(crate) inst: Inst,
 }
+
+// Kept at 16 bytes: a slot index is then a shift, and a page's ops 32 KiB.
+const _: () = assert!(std::mem::size_of::<Op>() == 16);
 
 impl Op {
     /// The op of a slot not filled yet: decode, fill, run.
-    pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+    pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0 };
     /// The ops after a page's last slot.
-    pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+    pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0 };
 }
 
 fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
@@ -146,12 +151,18 @@ fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     seq::<L>(h, op, pc, left)
 }
 
-/// Any other instruction (atomics, floating point): the generic executor.
+/// Any other instruction (atomics, floating point): the generic executor,
+/// on the decoded instruction the cache keeps for the op.
 fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     let o = op.get();
     h.pc = pc;
+    let Some((inst, raw)) = h.generic_inst(o.imm as u32) else {
+        // (Not reached: a generic op and its table entry are made and
+        // dropped together.) The exact path runs it.
+        return (EXIT, left);
+    };
     let npc = pc + u64::from(o.len);
-    match h.execute(o.inst, o.imm as u32, npc) {
+    match h.execute(inst, raw, npc) {
         // (Every instruction given to it goes on in sequence; were one to
         // jump, the page check would take it.)
         Ok(()) if h.pc != npc => next(h, h.pc, left),
@@ -414,12 +425,13 @@ fn alu_index(op: AluOp) -> usize {
     ALU.iter().position(|&a| a == op).unwrap_or(0)
 }
 
-/// The op for `inst` (decoded from `raw`) at `pc`.
-pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
+/// The op for `inst` (decoded from `raw`) at `pc`. For an instruction
+/// the generic executor runs, `generic` stores it and gives its index.
+pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u32) -> u32) -> Op {
     // Whether a pc-relative target is in the instruction's page.
     let near = |imm: i32| pc.wrapping_add(imm as i64 as u64) & !0xfff == pc & !0xfff;
     let len = crate::decode::inst_len(raw) as u8;
-    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len, inst };
+    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len };
     // Ops whose only effect is writing `rd`: none at all for x0.
     let w = usize::from(len == 4);
     let (nop, lui, auipc): (Handler, Handler, Handler) =
@@ -443,7 +455,7 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
             op(if near(imm) { BR_NEAR[w][k] } else { BR[w][k] }, imm, 0, rs1, rs2)
         }
         // A load into x0 still faults: the generic executor runs it.
-        Inst::Load { rd: 0, .. } => op(generic, raw as i32, 0, 0, 0),
+        Inst::Load { rd: 0, .. } => op(generic, generic_index(inst, raw) as i32, 0, 0, 0),
         Inst::Load { op: l, rd, rs1, imm } => {
             let k = LOADS.iter().position(|&x| x == l).unwrap_or(0);
             op(LD[w][k], imm, rd, rs1, 0)
@@ -464,6 +476,6 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
         Inst::Fence => op(nop, 0, 0, 0, 0),
         // Counters, fence.i, system calls and traps run on the exact path.
         Inst::FenceI | Inst::Ecall | Inst::Ebreak | Inst::Csr { .. } | Inst::Illegal(_) => op(slow, 0, 0, 0, 0),
-        _ => op(generic, raw as i32, 0, 0, 0),
+        _ => op(generic, generic_index(inst, raw) as i32, 0, 0, 0),
     }
 }
