@@ -6,7 +6,7 @@
 
 use crate::decode::{decode, inst_len, AluOp, AmoOp, BranchOp, CsrOp, FmaOp, FpOp, Inst, LoadOp, StoreOp, Width};
 use crate::fpu;
-use crate::icache::ICache;
+use crate::icache::{CodeWatch, ICache};
 use crate::mem::{GuestFault, MemResult, Memory};
 use crate::threaded::{Op, OpRef};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +79,12 @@ pub struct Hart {
     /// (0 outside the loop).
     pub(crate) page: PagePtr,
     pub(crate) page_base: u64,
+    /// The cache's watch (one nobody bumps without a cache) and, while the
+    /// page loop runs, the generation its pages were filled under: what
+    /// [`code_stale`](Self::code_stale) compares, without going through
+    /// the cache.
+    code_watch: Arc<CodeWatch>,
+    code_seen: u64,
 }
 
 /// The ops of the page the page loop runs ([`crate::icache::ICache::page`]).
@@ -112,6 +118,8 @@ impl Hart {
             fill_next: false,
             page: PagePtr(std::ptr::null()),
             page_base: 0,
+            code_watch: CodeWatch::unwatched(),
+            code_seen: 0,
         }
     }
 
@@ -133,6 +141,7 @@ impl Hart {
 
     /// Cache decoded instructions (see [`crate::icache`]).
     pub fn set_icache(&mut self, cache: ICache) {
+        self.code_watch = cache.watch().clone();
         self.icache = Some(cache);
     }
 
@@ -162,7 +171,11 @@ impl Hart {
                 let page = match self.icache.as_mut() {
                     // Page 0 is left to the exact path: the page loop
                     // tells EXIT (1) from a pc by its page.
-                    Some(c) if pc & 1 == 0 && pc >= 0x1000 => c.page(pc),
+                    Some(c) if pc & 1 == 0 && pc >= 0x1000 => {
+                        let page = c.page(pc);
+                        self.code_seen = c.seen();
+                        page
+                    }
                     _ => std::ptr::null(),
                 };
                 if !page.is_null() {
@@ -263,10 +276,12 @@ impl Hart {
         self.icache.as_ref()?.generic(index)
     }
 
-    /// Whether code was invalidated since the page loop looked.
+    /// Whether code was invalidated since the page loop looked (only
+    /// meaningful in the page loop: it compares with what the loop's page
+    /// was filled under; `ICache::stale` compares the same values).
     #[inline(always)]
     pub(crate) fn code_stale(&self) -> bool {
-        self.icache.as_ref().is_some_and(|c| c.stale())
+        self.code_watch.generation() != self.code_seen
     }
 
     // Register numbers come from 5-bit fields: the mask only tells the

@@ -53,9 +53,20 @@ impl CodeWatch {
         if !softmm::notifier::NOTIFIERS_COMPILED {
             return None;
         }
-        let w = Arc::new(CodeWatch { gen: AtomicU64::new(0), lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0) });
+        let w = CodeWatch::unwatched();
         let sub = mm.register_notifier(w.clone());
         Some((w, sub))
+    }
+
+    /// A watch no address space bumps, for a hart without a cache.
+    pub(crate) fn unwatched() -> Arc<CodeWatch> {
+        Arc::new(CodeWatch { gen: AtomicU64::new(0), lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0) })
+    }
+
+    /// The generation now (an acquire load).
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
     }
 
     /// Drop every hart's cache (`riscv_flush_icache`).
@@ -140,6 +151,14 @@ impl ICache {
     #[inline(always)]
     pub fn stale(&self) -> bool {
         self.watch.gen.load(Ordering::Acquire) != self.seen
+    }
+
+    /// The generation the cached pages were filled under (what
+    /// [`stale`](Self::stale) compares with; it changes only in
+    /// [`page`](Self::page), [`fill`](Self::fill)).
+    #[inline(always)]
+    pub fn seen(&self) -> u64 {
+        self.seen
     }
 
     /// The ops of the page of `pc` (slots not filled yet hold
