@@ -186,7 +186,7 @@ impl Hart {
                     let (n, exited) = self.run_page(page, left);
                     self.mem.accessor().release();
                     self.instret += u64::from(n);
-                    left -= n;
+                    left = left.saturating_sub(n);
                     if !exited {
                         continue;
                     }
@@ -223,13 +223,14 @@ impl Hart {
         // (a fill is left to `run`, `fence.i` to the exact path), so the op
         // stays valid and unchanged while its handler runs.
         let op = unsafe { OpRef::at(page, ((pc & 0xfff) >> 1) as usize) };
+        let budget = budget as i32;
         let (next, left) = (op.get().f)(self, op, pc, budget - 1);
         self.page_base = 0;
         if next & 1 != 0 {
-            return (budget - left - 1, true);
+            return ((budget - left - 1) as u32, true);
         }
         self.pc = next;
-        (budget - left, false)
+        ((budget - left) as u32, false)
     }
 
     /// [`run`](Self::run) for a hart without a cache: every instruction

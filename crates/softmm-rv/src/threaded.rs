@@ -30,11 +30,11 @@ pub const EXIT: u64 = 1;
 
 /// A cached instruction's handler: the hart, the op, its pc and how many
 /// more ops the page loop may run after it.
-pub type Handler = fn(&mut Hart, OpRef, u64, u32) -> Flow;
+pub type Handler = fn(&mut Hart, OpRef, u64, i32) -> Flow;
 
 /// Where a handler chain stopped: the next pc (or [`EXIT`]) and the ops
 /// still allowed (for [`EXIT`]: as given to the handler that exited).
-pub type Flow = (u64, u32);
+pub type Flow = (u64, i32);
 
 /// Go on at `pc`: run its op right here (a tail call, so every handler
 /// has its own indirect jump, which the host predicts far better than one
@@ -42,8 +42,8 @@ pub type Flow = (u64, u32);
 /// [`EXIT`] (not in any page the loop runs: it runs none below 4 KiB) or
 /// the budget is spent.
 #[inline(always)]
-fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
-    if pc & !0xfff != h.page_base || left == 0 {
+fn next(h: &mut Hart, pc: u64, left: i32) -> Flow {
+    if pc & !0xfff != h.page_base || left <= 0 {
         return (pc, left);
     }
     // SAFETY: `h.page` points to the SLOTS (2048) ops of the page at
@@ -59,11 +59,8 @@ fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
 /// `L`), which lies in the same page array: its successor slot, or the
 /// page-end op past the last slot, which returns to the page loop.
 #[inline(always)]
-fn seq<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn seq<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let npc = pc + L as u64;
-    if left == 0 {
-        return (npc, left);
-    }
     // SAFETY: a cached op of `L` bytes (`compile` picks the handler by the
     // instruction's length) lies wholly in its page (`fill` caches no
     // other), so the slot `L / 2` after it is in the page's array or is
@@ -102,7 +99,7 @@ impl OpRef {
 
 /// The op past a page's last slot: back to the page loop, at the next
 /// page (not an instruction: it gives back the budget it took).
-fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: i32) -> Flow {
     (pc, left + 1)
 }
 
@@ -115,12 +112,14 @@ pub struct Op {
     /// The immediate; for [`generic`] ops the index of the instruction in
     /// the cache's table of generic instructions
     /// ([`crate::icache::ICache::generic`]).
-    pub(crate) imm: i32,
-    pub(crate) rd: u8,
-    pub(crate) rs1: u8,
-    pub(crate) rs2: u8,
+    imm: i32,
+    /// Register numbers, each below 32 (only `compile` and the constants
+    /// below make ops, so the handlers index the registers unchecked).
+    rd: u8,
+    rs1: u8,
+    rs2: u8,
     /// Length in bytes (2 or 4).
-    pub(crate) len: u8,
+    len: u8,
 }
 
 // Kept at 16 bytes: a slot index is then a shift, and a page's ops 32 KiB.
@@ -133,7 +132,7 @@ impl Op {
     pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0 };
 }
 
-fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: i32) -> Flow {
     // Filled by the run loop once the page loop has left (no handler
     // changes the cache under it).
     h.fill_next = true;
@@ -142,18 +141,18 @@ fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
 }
 
 /// Leave the loop and run this instruction on the exact path.
-fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: i32) -> Flow {
     h.pc = pc;
     (EXIT, left)
 }
 
-fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     seq::<L>(h, op, pc, left)
 }
 
 /// Any other instruction (atomics, floating point): the generic executor,
 /// on the decoded instruction the cache keeps for the op.
-fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn generic(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     h.pc = pc;
     let Some((inst, raw)) = h.generic_inst(o.imm as u32) else {
@@ -179,7 +178,7 @@ fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
 /// the page loop looked (something this load may have observed was
 /// written after it), count the instruction and leave the loop.
 #[inline(always)]
-fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     if h.code_stale() {
         h.instret += 1;
         h.pc = pc + L as u64;
@@ -188,35 +187,42 @@ fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Fl
     seq::<L>(h, op, pc, left)
 }
 
+/// Write register `rd` of an op (below 32, see [`Op`]).
 #[inline(always)]
 fn wr(h: &mut Hart, rd: u8, v: u64) {
-    h.x[(rd & 31) as usize] = v;
+    debug_assert!(rd < 32);
+    // SAFETY: every op's register numbers are below 32 (`compile` masks
+    // them to 5 bits, the constant ops hold 0), the length of `x`.
+    unsafe { *h.x.get_unchecked_mut(rd as usize) = v }
 }
 
+/// Read register `r` of an op (below 32, see [`Op`]).
 #[inline(always)]
 fn rd(h: &Hart, r: u8) -> u64 {
-    h.x[(r & 31) as usize]
+    debug_assert!(r < 32);
+    // SAFETY: as in `wr`.
+    unsafe { *h.x.get_unchecked(r as usize) }
 }
 
-fn lui<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn lui<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     wr(h, o.rd, o.imm as i64 as u64);
     seq::<L>(h, op, pc, left)
 }
 
-fn auipc<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn auipc<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
     seq::<L>(h, op, pc, left)
 }
 
-fn jal(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn jal(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn j(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn j(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
@@ -224,10 +230,10 @@ fn j(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
 /// `jal` / `j` / a taken branch whose target `compile` found in the
 /// instruction's own page: the op `imm` bytes away in the same array.
 #[inline(always)]
-fn near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let imm = op.get().imm;
     let npc = pc.wrapping_add(imm as i64 as u64);
-    if left == 0 {
+    if left <= 0 {
         return (npc, left);
     }
     // SAFETY: `compile` gives a near handler only to an op whose target
@@ -237,24 +243,24 @@ fn near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
     (n.get().f)(h, n, npc, left - 1)
 }
 
-fn jal_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn jal_near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     wr(h, o.rd, pc + u64::from(o.len));
     near(h, op, pc, left)
 }
 
-fn j_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn j_near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     near(h, op, pc, left)
 }
 
-fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, t, left)
 }
 
-fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: u32) -> Flow {
+fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: i32) -> Flow {
     let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     next(h, t, left)
@@ -275,7 +281,7 @@ fn taken<const K: usize>(h: &Hart, o: &Op) -> bool {
     }
 }
 
-fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     if taken::<K>(h, o) {
         next(h, pc.wrapping_add(o.imm as i64 as u64), left)
@@ -284,7 +290,7 @@ fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left
     }
 }
 
-fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     if taken::<K>(h, op.get()) {
         near(h, op, pc, left)
     } else {
@@ -296,7 +302,7 @@ const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::
 
 const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 
-fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K, L>(h, op, pc, left) };
@@ -314,7 +320,7 @@ fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: 
 /// misaligned).
 #[cold]
 #[inline(never)]
-fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
@@ -332,7 +338,7 @@ fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, l
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
-fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
@@ -345,7 +351,7 @@ fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left:
 /// A store that is not a writable TLB hit: the accessor's full path.
 #[cold]
 #[inline(never)]
-fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
@@ -379,28 +385,28 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
-fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
     seq::<L>(h, op, pc, left)
 }
 
-fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
     seq::<L>(h, op, pc, left)
 }
 
-fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
     seq::<L>(h, op, pc, left)
 }
 
-fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
@@ -431,7 +437,9 @@ pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u
     // Whether a pc-relative target is in the instruction's page.
     let near = |imm: i32| pc.wrapping_add(imm as i64 as u64) & !0xfff == pc & !0xfff;
     let len = crate::decode::inst_len(raw) as u8;
-    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len };
+    // (Decoded register numbers are 5-bit fields: the masks change
+    // nothing but make the bound `rd` and `wr` rely on local.)
+    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd: rd & 31, rs1: rs1 & 31, rs2: rs2 & 31, len };
     // Ops whose only effect is writing `rd`: none at all for x0.
     let w = usize::from(len == 4);
     let (nop, lui, auipc): (Handler, Handler, Handler) =
