@@ -305,7 +305,10 @@ const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
-    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K, L>(h, op, pc, left) };
+    // SAFETY: the page loop runs under the accessor's hold (`Hart::run`),
+    // and nothing a handler runs ends it (a miss or a futex call publishes
+    // the slot again before returning; no handler opens a batch).
+    let Some(v) = (unsafe { h.mem.load_held(addr, LOAD_SIZES[K]) }) else { return load_slow::<K, L>(h, op, pc, left) };
     let v = match LOADS[K] {
         LoadOp::B => v as u8 as i8 as i64 as u64,
         LoadOp::H => v as u16 as i16 as i64 as u64,
@@ -342,7 +345,8 @@ fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left:
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
-    if h.mem.store_held(addr, STORE_SIZES[K], v) {
+    // SAFETY: as in `load`: the page loop runs under the accessor's hold.
+    if unsafe { h.mem.store_held(addr, STORE_SIZES[K], v) } {
         return seq::<L>(h, op, pc, left);
     }
     store_slow::<K, L>(h, op, pc, left)

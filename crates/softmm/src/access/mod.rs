@@ -58,7 +58,8 @@ pub struct Accessor {
     mm: Arc<MmInner>,
     slot: Arc<Slot>,
     gen: u64,
-    tlb: Box<[TlbEntry; TLB_ENTRIES]>,
+    /// Inline (not boxed): a hit is then one load less.
+    tlb: [TlbEntry; TLB_ENTRIES],
     /// Hits and misses, for statistics.
     misses: u64,
     /// The hot-side barrier mode, read once (it never changes back).
@@ -93,7 +94,7 @@ impl Accessor {
         let slot = mm.tlb.register();
         let gen = mm.tlb.generation();
         let light = crate::sync::light_barrier_is_compiler_only();
-        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0, light, held: false }
+        Accessor { mm, slot, gen, tlb: [TlbEntry::default(); TLB_ENTRIES], misses: 0, light, held: false }
     }
 
     /// The identity of the address space this accessor reads ([`crate::Mm::id`]).
@@ -196,16 +197,32 @@ impl Accessor {
     /// reports misalignment and faults).
     #[inline(always)]
     pub fn load_held<T: Word>(&self, addr: u64) -> Option<T> {
+        if !self.held {
+            return None;
+        }
+        // SAFETY: a hold is open (checked).
+        unsafe { self.load_hit(addr) }
+    }
+
+    /// [`load_held`](Self::load_held) for a caller that knows a hold is
+    /// open, without looking.
+    ///
+    /// # Safety
+    ///
+    /// A [`hold`](Self::hold) must be open ([`is_held`](Self::is_held)).
+    #[inline(always)]
+    pub unsafe fn load_hit<T: Word>(&self, addr: u64) -> Option<T> {
+        debug_assert!(self.held);
         let e = *self.entry(addr);
-        if !self.held || e.tag != (addr >> 12) + 1 || addr % std::mem::size_of::<T>() as u64 != 0 {
+        if e.tag != (addr >> 12) + 1 || addr % std::mem::size_of::<T>() as u64 != 0 {
             return None;
         }
         let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
         // SAFETY: the entry hits and was cached at `self.gen`, which the
-        // open hold keeps valid: `p` is in a live frame of the arena. The
-        // word is aligned (checked) so it lies in that page-aligned frame
-        // and is aligned for `T::Atomic`. Guest memory is only accessed
-        // through atomics or raw copies.
+        // open hold (the caller's promise) keeps valid: `p` is in a live
+        // frame of the arena. The word is aligned (checked) so it lies in
+        // that page-aligned frame and is aligned for `T::Atomic`. Guest
+        // memory is only accessed through atomics or raw copies.
         Some(T::load(unsafe { &*p }, Ordering::Acquire))
     }
 
@@ -214,16 +231,28 @@ impl Accessor {
     /// `false` (nothing stored) otherwise, as [`load_held`](Self::load_held).
     #[inline(always)]
     pub fn store_held<T: Word>(&mut self, addr: u64, v: T) -> bool {
+        if !self.held {
+            return false;
+        }
+        // SAFETY: a hold is open (checked).
+        unsafe { self.store_hit(addr, v) }
+    }
+
+    /// [`store_held`](Self::store_held) for a caller that knows a hold is
+    /// open, without looking.
+    ///
+    /// # Safety
+    ///
+    /// A [`hold`](Self::hold) must be open ([`is_held`](Self::is_held)).
+    #[inline(always)]
+    pub unsafe fn store_hit<T: Word>(&mut self, addr: u64, v: T) -> bool {
+        debug_assert!(self.held);
         let e = *self.entry(addr);
-        if !self.held
-            || e.tag != (addr >> 12) + 1
-            || e.ptr & WRITABLE == 0
-            || addr % std::mem::size_of::<T>() as u64 != 0
-        {
+        if e.tag != (addr >> 12) + 1 || e.ptr & WRITABLE == 0 || addr % std::mem::size_of::<T>() as u64 != 0 {
             return false;
         }
         let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
-        // SAFETY: as in `load_held`; the entry is writable.
+        // SAFETY: as in `load_hit`; the entry is writable.
         T::store(unsafe { &*p }, v, Ordering::Release);
         true
     }
