@@ -238,8 +238,10 @@ fn near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     }
     // SAFETY: `compile` gives a near handler only to an op whose target
     // (`pc + imm`, even) is in the op's page, so its slot, `imm / 2` slots
-    // away, is in the same array.
-    let n = OpRef(unsafe { op.0.offset((imm >> 1) as isize) });
+    // away, is in the same array: `imm * 8` bytes away (ops are 16 bytes;
+    // one multiply, where `imm >> 1` would not tell the compiler that
+    // `imm` is even).
+    let n = OpRef(unsafe { op.0.byte_offset(imm as isize * (std::mem::size_of::<Op>() / 2) as isize) });
     (n.get().f)(h, n, npc, left - 1)
 }
 
