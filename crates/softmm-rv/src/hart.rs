@@ -224,7 +224,7 @@ impl Hart {
         // stays valid and unchanged while its handler runs.
         let op = unsafe { OpRef::at(page, ((pc & 0xfff) >> 1) as usize) };
         let budget = budget as i32;
-        let (next, left) = (op.get().f)(self, op, pc, budget - 1);
+        let (next, left) = (op.get().f)(self, op, budget - 1);
         self.page_base = 0;
         if next & 1 != 0 {
             return ((budget - left - 1) as u32, true);

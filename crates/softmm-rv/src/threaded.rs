@@ -28,9 +28,10 @@ use crate::hart::{alu32, alu64, Hart, Stop};
 /// What a handler returns to leave the page loop (see the module doc).
 pub const EXIT: u64 = 1;
 
-/// A cached instruction's handler: the hart, the op, its pc and how many
-/// more ops the page loop may run after it.
-pub type Handler = fn(&mut Hart, OpRef, u64, i32) -> Flow;
+/// A cached instruction's handler: the hart, the op and how many more ops
+/// the page loop may run after it (the op's pc follows from its place in
+/// the page array, [`pc_of`], for the few handlers that need it).
+pub type Handler = fn(&mut Hart, OpRef, i32) -> Flow;
 
 /// Where a handler chain stopped: the next pc (or [`EXIT`]) and the ops
 /// still allowed (for [`EXIT`]: as given to the handler that exited).
@@ -52,21 +53,30 @@ fn next(h: &mut Hart, pc: u64, left: i32) -> Flow {
     // handler calls), `pc` is in that page and even, so the index is below
     // 2048.
     let op = OpRef(unsafe { h.page.0.add(((pc & 0xfff) >> 1) as usize) });
-    (op.get().f)(h, op, pc, left - 1)
+    (op.get().f)(h, op, left - 1)
 }
 
-/// Go on with the op after `op`, an instruction of `L` bytes (at `pc` +
-/// `L`), which lies in the same page array: its successor slot, or the
-/// page-end op past the last slot, which returns to the page loop.
+/// The pc of `op`, an op of the page array the page loop runs (for the
+/// page-end ops: the pc past the page's last slot).
 #[inline(always)]
-fn seq<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
-    let npc = pc + L as u64;
+fn pc_of(h: &Hart, op: OpRef) -> u64 {
+    // Slot `i` (16-byte ops) is the instruction at `page_base + 2 * i`.
+    h.page_base + ((op.0 as usize).wrapping_sub(h.page.0 as usize) / (std::mem::size_of::<Op>() / 2)) as u64
+}
+
+/// Go on with the op after `op`, an instruction of `L` bytes, which lies
+/// in the same page array: its successor slot, or the page-end op past
+/// the last slot, which returns to the page loop. The budget is not looked
+/// at here but at jumps and taken branches: a run in sequence ends at the
+/// page's end anyway.
+#[inline(always)]
+fn seq<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     // SAFETY: a cached op of `L` bytes (`compile` picks the handler by the
     // instruction's length) lies wholly in its page (`fill` caches no
     // other), so the slot `L / 2` after it is in the page's array or is
     // one of the page-end ops after its last slot (`ICache::page`).
     let n = OpRef(unsafe { op.0.add(L / 2) });
-    (n.get().f)(h, n, npc, left - 1)
+    (n.get().f)(h, n, left - 1)
 }
 
 /// A pointer to an op in a page array of the cache (with the array's
@@ -99,8 +109,8 @@ impl OpRef {
 
 /// The op past a page's last slot: back to the page loop, at the next
 /// page (not an instruction: it gives back the budget it took).
-fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: i32) -> Flow {
-    (pc, left + 1)
+fn page_end(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    (pc_of(h, op), left + 1)
 }
 
 /// One decoded instruction, ready to run: 16 bytes, so the ops of the
@@ -132,28 +142,29 @@ impl Op {
     pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0 };
 }
 
-fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: i32) -> Flow {
+fn fill(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     // Filled by the run loop once the page loop has left (no handler
     // changes the cache under it).
     h.fill_next = true;
-    h.pc = pc;
+    h.pc = pc_of(h, op);
     (EXIT, left)
 }
 
 /// Leave the loop and run this instruction on the exact path.
-fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: i32) -> Flow {
-    h.pc = pc;
+fn slow(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    h.pc = pc_of(h, op);
     (EXIT, left)
 }
 
-fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
-    seq::<L>(h, op, pc, left)
+fn nop<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    seq::<L>(h, op, left)
 }
 
 /// Any other instruction (atomics, floating point): the generic executor,
 /// on the decoded instruction the cache keeps for the op.
-fn generic(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn generic(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     h.pc = pc;
     let Some((inst, raw)) = h.generic_inst(o.imm as u32) else {
         // (Not reached: a generic op and its table entry are made and
@@ -165,8 +176,8 @@ fn generic(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
         // (Every instruction given to it goes on in sequence; were one to
         // jump, the page check would take it.)
         Ok(()) if h.pc != npc => next(h, h.pc, left),
-        Ok(()) if o.len == 2 => after_load::<2>(h, op, pc, left),
-        Ok(()) => after_load::<4>(h, op, pc, left),
+        Ok(()) if o.len == 2 => after_load::<2>(h, op, left),
+        Ok(()) => after_load::<4>(h, op, left),
         Err(s) => {
             h.pending = Some(s);
             (EXIT, left)
@@ -178,13 +189,13 @@ fn generic(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
 /// the page loop looked (something this load may have observed was
 /// written after it), count the instruction and leave the loop.
 #[inline(always)]
-fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn after_load<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     if h.code_stale() {
         h.instret += 1;
-        h.pc = pc + L as u64;
+        h.pc = pc_of(h, op) + L as u64;
         return (EXIT, left);
     }
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
 /// Write register `rd` of an op (below 32, see [`Op`]).
@@ -204,37 +215,39 @@ fn rd(h: &Hart, r: u8) -> u64 {
     unsafe { *h.x.get_unchecked(r as usize) }
 }
 
-fn lui<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn lui<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     wr(h, o.rd, o.imm as i64 as u64);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn auipc<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn auipc<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn jal(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn jal(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn j(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn j(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
 /// `jal` / `j` / a taken branch whose target `compile` found in the
 /// instruction's own page: the op `imm` bytes away in the same array.
 #[inline(always)]
-fn near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn near(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let imm = op.get().imm;
-    let npc = pc.wrapping_add(imm as i64 as u64);
     if left <= 0 {
-        return (npc, left);
+        return (pc_of(h, op).wrapping_add(imm as i64 as u64), left);
     }
     // SAFETY: `compile` gives a near handler only to an op whose target
     // (`pc + imm`, even) is in the op's page, so its slot, `imm / 2` slots
@@ -242,27 +255,29 @@ fn near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
     // one multiply, where `imm >> 1` would not tell the compiler that
     // `imm` is even).
     let n = OpRef(unsafe { op.0.byte_offset(imm as isize * (std::mem::size_of::<Op>() / 2) as isize) });
-    (n.get().f)(h, n, npc, left - 1)
+    (n.get().f)(h, n, left - 1)
 }
 
-fn jal_near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn jal_near(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     wr(h, o.rd, pc + u64::from(o.len));
-    near(h, op, pc, left)
+    near(h, op, left)
 }
 
-fn j_near(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
-    near(h, op, pc, left)
+fn j_near(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    near(h, op, left)
 }
 
-fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn jalr(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, t, left)
 }
 
-fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: i32) -> Flow {
+fn jr(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     next(h, t, left)
@@ -283,20 +298,20 @@ fn taken<const K: usize>(h: &Hart, o: &Op) -> bool {
     }
 }
 
-fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     if taken::<K>(h, o) {
-        next(h, pc.wrapping_add(o.imm as i64 as u64), left)
+        next(h, pc_of(h, op).wrapping_add(o.imm as i64 as u64), left)
     } else {
-        seq::<L>(h, op, pc, left)
+        seq::<L>(h, op, left)
     }
 }
 
-fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     if taken::<K>(h, op.get()) {
-        near(h, op, pc, left)
+        near(h, op, left)
     } else {
-        seq::<L>(h, op, pc, left)
+        seq::<L>(h, op, left)
     }
 }
 
@@ -304,13 +319,13 @@ const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::
 
 const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 
-fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     // SAFETY: the page loop runs under the accessor's hold (`Hart::run`),
     // and nothing a handler runs ends it (a miss or a futex call publishes
     // the slot again before returning; no handler opens a batch).
-    let Some(v) = (unsafe { h.mem.load_held(addr, LOAD_SIZES[K]) }) else { return load_slow::<K, L>(h, op, pc, left) };
+    let Some(v) = (unsafe { h.mem.load_held(addr, LOAD_SIZES[K]) }) else { return load_slow::<K, L>(h, op, left) };
     let v = match LOADS[K] {
         LoadOp::B => v as u8 as i8 as i64 as u64,
         LoadOp::H => v as u16 as i16 as i64 as u64,
@@ -318,24 +333,24 @@ fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: 
         _ => v,
     };
     wr(h, o.rd, v);
-    after_load::<L>(h, op, pc, left)
+    after_load::<L>(h, op, left)
 }
 
 /// A load that is not a TLB hit: the accessor's full path (fill, fault,
 /// misaligned).
 #[cold]
 #[inline(never)]
-fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
         Ok(v) => {
             wr(h, o.rd, v);
-            after_load::<L>(h, op, pc, left)
+            after_load::<L>(h, op, left)
         }
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
-            h.pc = pc;
+            h.pc = pc_of(h, op);
             (EXIT, left)
         }
     }
@@ -343,28 +358,28 @@ fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, l
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
-fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
     // SAFETY: as in `load`: the page loop runs under the accessor's hold.
     if unsafe { h.mem.store_held(addr, STORE_SIZES[K], v) } {
-        return seq::<L>(h, op, pc, left);
+        return seq::<L>(h, op, left);
     }
-    store_slow::<K, L>(h, op, pc, left)
+    store_slow::<K, L>(h, op, left)
 }
 
 /// A store that is not a writable TLB hit: the accessor's full path.
 #[cold]
 #[inline(never)]
-fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
-        Ok(()) => seq::<L>(h, op, pc, left),
+        Ok(()) => seq::<L>(h, op, left),
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
-            h.pc = pc;
+            h.pc = pc_of(h, op);
             (EXIT, left)
         }
     }
@@ -391,32 +406,32 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
-fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: i32) -> Flow {
+fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
 /// Handlers by length (`[0]`: 2 bytes, `[1]`: 4) and operation.
