@@ -126,7 +126,7 @@ impl Memory {
     /// The accessor's hold must be open.
     #[inline(always)]
     pub unsafe fn load_held(&self, addr: u64, size: u64) -> Option<u64> {
-        // SAFETY (all four): the caller keeps the hold open.
+        // SAFETY: the caller keeps the hold open (for all four).
         unsafe {
             match size {
                 1 => self.acc.load_hit::<u8>(addr).map(u64::from),
@@ -145,7 +145,7 @@ impl Memory {
     /// The accessor's hold must be open.
     #[inline(always)]
     pub unsafe fn store_held(&mut self, addr: u64, size: u64, v: u64) -> bool {
-        // SAFETY (all four): the caller keeps the hold open.
+        // SAFETY: the caller keeps the hold open (for all four).
         unsafe {
             match size {
                 1 => self.acc.store_hit(addr, v as u8),

@@ -460,7 +460,8 @@ pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u
     let len = crate::decode::inst_len(raw) as u8;
     // (Decoded register numbers are 5-bit fields: the masks change
     // nothing but make the bound `rd` and `wr` rely on local.)
-    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd: rd & 31, rs1: rs1 & 31, rs2: rs2 & 31, len };
+    let op =
+        |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd: rd & 31, rs1: rs1 & 31, rs2: rs2 & 31, len };
     // Ops whose only effect is writing `rd`: none at all for x0.
     let w = usize::from(len == 4);
     let (nop, lui, auipc): (Handler, Handler, Handler) =
