@@ -207,9 +207,11 @@ impl Hart {
     }
 
     /// The page loop: run cached ops from `self.pc` while the pc stays in
-    /// the page of `page` (see [`crate::icache::ICache::page`]), at most
-    /// `budget` (at least 1) of them, each handler going on with the next
-    /// ([`crate::threaded`]). The instructions it completed, and whether a
+    /// the page of `page` (see [`crate::icache::ICache::page`]), about
+    /// `budget` (at least 1) of them (checked at jumps and taken branches,
+    /// so a run in sequence may go past it up to the page's end), each
+    /// handler going on with the next ([`crate::threaded`]). The
+    /// instructions it completed, and whether a
     /// handler asked to leave ([`crate::threaded::EXIT`]; the hart's pc and
     /// pending stop say why).
     #[inline(always)]

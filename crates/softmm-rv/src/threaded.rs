@@ -4,14 +4,17 @@
 //! running a cached instruction is one indirect call with no decoding and
 //! no `match` on the instruction's kind.
 //!
-//! A handler gets the hart, its op and the instruction's pc, and goes on
-//! with the next op itself (`next`, `seq`) until the pc leaves the page or
-//! the budget is spent; or returns [`EXIT`] (odd, which no pc is) after
-//! setting the hart's pc (and, for a fault, its pending stop), to leave the
-//! page loop of [`Hart::run`]. Going on is a call in tail position, which
-//! the optimiser makes a jump in the hot handlers; where it stays a call
-//! (the out-of-line slow paths, the generic executor, any unoptimised
-//! build) the chain nests, one frame per op, at most the budget (1024). Without a pending stop the loop then runs one instruction
+//! A handler gets the hart, its op and the budget left (the instruction's
+//! pc follows from the op's slot), and goes on with the next op itself
+//! (`next`, `seq`) until the pc leaves the page or, at a jump or taken
+//! branch, the budget is spent (a run in sequence ends at the page's end
+//! anyway); or returns [`EXIT`] (odd, which no pc is) after setting the
+//! hart's pc (and, for a fault, its pending stop), to leave the page loop
+//! of [`Hart::run`]. Going on is a call in tail position, which the
+//! optimiser makes a jump in the hot handlers; where it stays a call (the
+//! out-of-line slow paths, the generic executor, any unoptimised build)
+//! the chain nests, one frame per op, at most the budget (1024) and one
+//! page of slots (2048). Without a pending stop the loop then runs one instruction
 //! at the hart's pc through the exact, uncached path ([`Hart::step`]):
 //! how a system call, a CSR or `fence.i` gets executed, and an instruction
 //! not cached yet (after filling its slot). Handlers never change the
