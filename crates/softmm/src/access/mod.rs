@@ -590,6 +590,44 @@ impl std::fmt::Debug for Accessor {
 mod tests {
     use crate::{Config, Error, GuestWords, Machine, MapKind, Placement, Prot, SegvKind};
 
+    /// Under a hold a hit is one compare with the entry's tag for the
+    /// access: an aligned word of a cached page hits, a misaligned word or
+    /// a page not cached misses (nothing filled), a store misses on a page
+    /// cached for reading only, and nothing hits without a hold.
+    #[test]
+    fn held_hits_compare_page_alignment_and_access() {
+        let m = Machine::new(Config { arena_bytes: 64 * 4096, ..Config::default() }).unwrap();
+        let p = m.new_mm().unwrap();
+        // (Pages in distinct entries of the direct-mapped TLB.)
+        let (rw, ro) = (0x40_0000, 0x50_5000);
+        p.mmap(rw, 2 * 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        p.mmap(ro, 4096, Prot::READ, MapKind::Private, Placement::Fixed).unwrap();
+        p.write(rw, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+        let mut a = p.accessor();
+        assert_eq!(a.load_word::<u64>(rw).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(a.load_word::<u64>(ro).unwrap(), 0);
+        assert_eq!(a.load_held::<u64>(rw), None, "no hold");
+        a.hold();
+        assert_eq!(a.load_held::<u64>(rw), Some(0x1122_3344_5566_7788));
+        assert_eq!(a.load_held::<u32>(rw + 4), Some(0x1122_3344));
+        assert_eq!(a.load_held::<u8>(rw + 1), Some(0x77));
+        assert_eq!(a.load_held::<u32>(rw + 2), None, "misaligned");
+        assert_eq!(a.load_held::<u16>(rw + 1), None, "misaligned");
+        assert_eq!(a.load_held::<u64>(rw + 4096), None, "page not cached");
+        assert!(!a.store_held(ro, 1u64), "read-only page");
+        assert!(!a.store_held(rw + 4, 1u64), "misaligned store");
+        assert!(a.store_held(rw + 8, 6u64));
+        assert_eq!(a.load_held::<u64>(rw + 8), Some(6));
+        let misses = a.misses();
+        assert_eq!(a.load_held::<u64>(rw + 4096), None);
+        assert_eq!(a.misses(), misses, "a held miss fills nothing");
+        a.release();
+        assert_eq!(a.load_held::<u64>(rw), None, "released");
+        let mut b = [0; 8];
+        p.read(rw + 8, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 6, "the held store reached the frame");
+    }
+
     /// A read miss caches the mapped, accessed neighbours in its 64 KiB
     /// read-only: a sequential reader misses once per 64 KiB; writes still
     /// take the fault path (the dirty bit), and a neighbour's translation
