@@ -6,7 +6,7 @@
 
 use crate::decode::{decode, inst_len, AluOp, AmoOp, BranchOp, CsrOp, FmaOp, FpOp, Inst, LoadOp, StoreOp, Width};
 use crate::fpu;
-use crate::icache::ICache;
+use crate::icache::{CodeWatch, ICache};
 use crate::mem::{GuestFault, MemResult, Memory};
 use crate::threaded::{Op, OpRef};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +79,12 @@ pub struct Hart {
     /// (0 outside the loop).
     pub(crate) page: PagePtr,
     pub(crate) page_base: u64,
+    /// The cache's watch (one nobody bumps without a cache) and, while the
+    /// page loop runs, the generation its pages were filled under: what
+    /// [`code_stale`](Self::code_stale) compares, without going through
+    /// the cache.
+    code_watch: Arc<CodeWatch>,
+    code_seen: u64,
 }
 
 /// The ops of the page the page loop runs ([`crate::icache::ICache::page`]).
@@ -112,6 +118,8 @@ impl Hart {
             fill_next: false,
             page: PagePtr(std::ptr::null()),
             page_base: 0,
+            code_watch: CodeWatch::unwatched(),
+            code_seen: 0,
         }
     }
 
@@ -133,6 +141,7 @@ impl Hart {
 
     /// Cache decoded instructions (see [`crate::icache`]).
     pub fn set_icache(&mut self, cache: ICache) {
+        self.code_watch = cache.watch().clone();
         self.icache = Some(cache);
     }
 
@@ -162,7 +171,11 @@ impl Hart {
                 let page = match self.icache.as_mut() {
                     // Page 0 is left to the exact path: the page loop
                     // tells EXIT (1) from a pc by its page.
-                    Some(c) if pc & 1 == 0 && pc >= 0x1000 => c.page(pc),
+                    Some(c) if pc & 1 == 0 && pc >= 0x1000 => {
+                        let page = c.page(pc);
+                        self.code_seen = c.seen();
+                        page
+                    }
                     _ => std::ptr::null(),
                 };
                 if !page.is_null() {
@@ -173,7 +186,7 @@ impl Hart {
                     let (n, exited) = self.run_page(page, left);
                     self.mem.accessor().release();
                     self.instret += u64::from(n);
-                    left -= n;
+                    left = left.saturating_sub(n);
                     if !exited {
                         continue;
                     }
@@ -194,9 +207,11 @@ impl Hart {
     }
 
     /// The page loop: run cached ops from `self.pc` while the pc stays in
-    /// the page of `page` (see [`crate::icache::ICache::page`]), at most
-    /// `budget` (at least 1) of them, each handler going on with the next
-    /// ([`crate::threaded`]). The instructions it completed, and whether a
+    /// the page of `page` (see [`crate::icache::ICache::page`]), about
+    /// `budget` (at least 1) of them (checked at jumps and taken branches,
+    /// so a run in sequence may go past it up to the page's end), each
+    /// handler going on with the next ([`crate::threaded`]). The
+    /// instructions it completed, and whether a
     /// handler asked to leave ([`crate::threaded::EXIT`]; the hart's pc and
     /// pending stop say why).
     #[inline(always)]
@@ -210,13 +225,14 @@ impl Hart {
         // (a fill is left to `run`, `fence.i` to the exact path), so the op
         // stays valid and unchanged while its handler runs.
         let op = unsafe { OpRef::at(page, ((pc & 0xfff) >> 1) as usize) };
-        let (next, left) = (op.get().f)(self, op, pc, budget - 1);
+        let budget = budget as i32;
+        let (next, left) = (op.get().f)(self, op, budget - 1);
         self.page_base = 0;
         if next & 1 != 0 {
-            return (budget - left - 1, true);
+            return ((budget - left - 1) as u32, true);
         }
         self.pc = next;
-        (budget - left, false)
+        ((budget - left) as u32, false)
     }
 
     /// [`run`](Self::run) for a hart without a cache: every instruction
@@ -256,10 +272,19 @@ impl Hart {
         }
     }
 
-    /// Whether code was invalidated since the page loop looked.
+    /// The instruction of a generic op of the cache (see
+    /// [`ICache::generic`]).
+    #[inline]
+    pub(crate) fn generic_inst(&self, index: u32) -> Option<(Inst, u32)> {
+        self.icache.as_ref()?.generic(index)
+    }
+
+    /// Whether code was invalidated since the page loop looked (only
+    /// meaningful in the page loop: it compares with what the loop's page
+    /// was filled under; `ICache::stale` compares the same values).
     #[inline(always)]
     pub(crate) fn code_stale(&self) -> bool {
-        self.icache.as_ref().is_some_and(|c| c.stale())
+        self.code_watch.generation() != self.code_seen
     }
 
     // Register numbers come from 5-bit fields: the mask only tells the

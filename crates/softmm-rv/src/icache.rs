@@ -53,9 +53,20 @@ impl CodeWatch {
         if !softmm::notifier::NOTIFIERS_COMPILED {
             return None;
         }
-        let w = Arc::new(CodeWatch { gen: AtomicU64::new(0), lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0) });
+        let w = CodeWatch::unwatched();
         let sub = mm.register_notifier(w.clone());
         Some((w, sub))
+    }
+
+    /// A watch no address space bumps, for a hart without a cache.
+    pub(crate) fn unwatched() -> Arc<CodeWatch> {
+        Arc::new(CodeWatch { gen: AtomicU64::new(0), lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0) })
+    }
+
+    /// The generation now (an acquire load).
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
     }
 
     /// Drop every hart's cache (`riscv_flush_icache`).
@@ -93,6 +104,9 @@ pub struct ICache {
     seen: u64,
     index: HashMap<u64, usize>,
     pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
+    /// The decoded instructions (and their raw bits) of the cached ops the
+    /// generic executor runs, by the index those ops hold.
+    generic: Vec<(Inst, u32)>,
     /// The page of the last lookup, as (page number + 1, index); 0: none.
     last: (u64, usize),
     /// (page number + 1, index) by page number modulo [`RECENT`]: code
@@ -113,6 +127,7 @@ impl ICache {
             seen,
             index: HashMap::new(),
             pages: Vec::new(),
+            generic: Vec::new(),
             last: (0, 0),
             recent: Box::new([(0, 0); RECENT]),
         }
@@ -122,6 +137,7 @@ impl ICache {
     pub fn flush(&mut self) {
         self.index.clear();
         self.pages.clear();
+        self.generic.clear();
         self.last = (0, 0);
         self.recent.fill((0, 0));
     }
@@ -135,6 +151,14 @@ impl ICache {
     #[inline(always)]
     pub fn stale(&self) -> bool {
         self.watch.gen.load(Ordering::Acquire) != self.seen
+    }
+
+    /// The generation the cached pages were filled under (what
+    /// [`stale`](Self::stale) compares with; it changes only in
+    /// [`page`](Self::page), [`fill`](Self::fill)).
+    #[inline(always)]
+    pub fn seen(&self) -> u64 {
+        self.seen
     }
 
     /// The ops of the page of `pc` (slots not filled yet hold
@@ -199,6 +223,17 @@ impl ICache {
         }
         let tag = (pc >> 12) + 1;
         let i = self.index_of(tag);
-        self.pages[i][((pc & 0xfff) >> 1) as usize] = compile(inst, raw, pc);
+        let generic = &mut self.generic;
+        let op = compile(inst, raw, pc, |inst, raw| {
+            generic.push((inst, raw));
+            (generic.len() - 1) as u32
+        });
+        self.pages[i][((pc & 0xfff) >> 1) as usize] = op;
+    }
+
+    /// The instruction a generic op holding `index` runs, and its raw bits.
+    #[inline]
+    pub fn generic(&self, index: u32) -> Option<(Inst, u32)> {
+        self.generic.get(index as usize).copied()
     }
 }

@@ -120,25 +120,39 @@ impl Memory {
 
     /// [`load`](Self::load) if it takes no more than a TLB hit under the
     /// accessor's hold (see [`Accessor::hold`]); `None`: take `load`.
+    ///
+    /// # Safety
+    ///
+    /// The accessor's hold must be open.
     #[inline(always)]
-    pub fn load_held(&self, addr: u64, size: u64) -> Option<u64> {
-        match size {
-            1 => self.acc.load_held::<u8>(addr).map(u64::from),
-            2 => self.acc.load_held::<u16>(addr).map(u64::from),
-            4 => self.acc.load_held::<u32>(addr).map(u64::from),
-            _ => self.acc.load_held::<u64>(addr),
+    pub unsafe fn load_held(&self, addr: u64, size: u64) -> Option<u64> {
+        // SAFETY: the caller keeps the hold open (for all four).
+        unsafe {
+            match size {
+                1 => self.acc.load_hit::<u8>(addr).map(u64::from),
+                2 => self.acc.load_hit::<u16>(addr).map(u64::from),
+                4 => self.acc.load_hit::<u32>(addr).map(u64::from),
+                _ => self.acc.load_hit::<u64>(addr),
+            }
         }
     }
 
     /// [`store`](Self::store) if it takes no more than a TLB hit under the
     /// accessor's hold; `false` (nothing stored): take `store`.
+    ///
+    /// # Safety
+    ///
+    /// The accessor's hold must be open.
     #[inline(always)]
-    pub fn store_held(&mut self, addr: u64, size: u64, v: u64) -> bool {
-        match size {
-            1 => self.acc.store_held(addr, v as u8),
-            2 => self.acc.store_held(addr, v as u16),
-            4 => self.acc.store_held(addr, v as u32),
-            _ => self.acc.store_held(addr, v),
+    pub unsafe fn store_held(&mut self, addr: u64, size: u64, v: u64) -> bool {
+        // SAFETY: the caller keeps the hold open (for all four).
+        unsafe {
+            match size {
+                1 => self.acc.store_hit(addr, v as u8),
+                2 => self.acc.store_hit(addr, v as u16),
+                4 => self.acc.store_hit(addr, v as u32),
+                _ => self.acc.store_hit(addr, v),
+            }
         }
     }
 

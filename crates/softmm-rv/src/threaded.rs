@@ -4,14 +4,17 @@
 //! running a cached instruction is one indirect call with no decoding and
 //! no `match` on the instruction's kind.
 //!
-//! A handler gets the hart, its op and the instruction's pc, and goes on
-//! with the next op itself (`next`, `seq`) until the pc leaves the page or
-//! the budget is spent; or returns [`EXIT`] (odd, which no pc is) after
-//! setting the hart's pc (and, for a fault, its pending stop), to leave the
-//! page loop of [`Hart::run`]. Going on is a call in tail position, which
-//! the optimiser makes a jump in the hot handlers; where it stays a call
-//! (the out-of-line slow paths, the generic executor, any unoptimised
-//! build) the chain nests, one frame per op, at most the budget (1024). Without a pending stop the loop then runs one instruction
+//! A handler gets the hart, its op and the budget left (the instruction's
+//! pc follows from the op's slot), and goes on with the next op itself
+//! (`next`, `seq`) until the pc leaves the page or, at a jump or taken
+//! branch, the budget is spent (a run in sequence ends at the page's end
+//! anyway); or returns [`EXIT`] (odd, which no pc is) after setting the
+//! hart's pc (and, for a fault, its pending stop), to leave the page loop
+//! of [`Hart::run`]. Going on is a call in tail position, which the
+//! optimiser makes a jump in the hot handlers; where it stays a call (the
+//! out-of-line slow paths, the generic executor, any unoptimised build)
+//! the chain nests, one frame per op, at most the budget (1024) and one
+//! page of slots (2048). Without a pending stop the loop then runs one instruction
 //! at the hart's pc through the exact, uncached path ([`Hart::step`]):
 //! how a system call, a CSR or `fence.i` gets executed, and an instruction
 //! not cached yet (after filling its slot). Handlers never change the
@@ -28,13 +31,14 @@ use crate::hart::{alu32, alu64, Hart, Stop};
 /// What a handler returns to leave the page loop (see the module doc).
 pub const EXIT: u64 = 1;
 
-/// A cached instruction's handler: the hart, the op, its pc and how many
-/// more ops the page loop may run after it.
-pub type Handler = fn(&mut Hart, OpRef, u64, u32) -> Flow;
+/// A cached instruction's handler: the hart, the op and how many more ops
+/// the page loop may run after it (the op's pc follows from its place in
+/// the page array, [`pc_of`], for the few handlers that need it).
+pub type Handler = fn(&mut Hart, OpRef, i32) -> Flow;
 
 /// Where a handler chain stopped: the next pc (or [`EXIT`]) and the ops
 /// still allowed (for [`EXIT`]: as given to the handler that exited).
-pub type Flow = (u64, u32);
+pub type Flow = (u64, i32);
 
 /// Go on at `pc`: run its op right here (a tail call, so every handler
 /// has its own indirect jump, which the host predicts far better than one
@@ -42,8 +46,8 @@ pub type Flow = (u64, u32);
 /// [`EXIT`] (not in any page the loop runs: it runs none below 4 KiB) or
 /// the budget is spent.
 #[inline(always)]
-fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
-    if pc & !0xfff != h.page_base || left == 0 {
+fn next(h: &mut Hart, pc: u64, left: i32) -> Flow {
+    if pc & !0xfff != h.page_base || left <= 0 {
         return (pc, left);
     }
     // SAFETY: `h.page` points to the SLOTS (2048) ops of the page at
@@ -52,24 +56,30 @@ fn next(h: &mut Hart, pc: u64, left: u32) -> Flow {
     // handler calls), `pc` is in that page and even, so the index is below
     // 2048.
     let op = OpRef(unsafe { h.page.0.add(((pc & 0xfff) >> 1) as usize) });
-    (op.get().f)(h, op, pc, left - 1)
+    (op.get().f)(h, op, left - 1)
 }
 
-/// Go on with the op after `op`, an instruction of `L` bytes (at `pc` +
-/// `L`), which lies in the same page array: its successor slot, or the
-/// page-end op past the last slot, which returns to the page loop.
+/// The pc of `op`, an op of the page array the page loop runs (for the
+/// page-end ops: the pc past the page's last slot).
 #[inline(always)]
-fn seq<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
-    let npc = pc + L as u64;
-    if left == 0 {
-        return (npc, left);
-    }
+fn pc_of(h: &Hart, op: OpRef) -> u64 {
+    // Slot `i` (16-byte ops) is the instruction at `page_base + 2 * i`.
+    h.page_base + ((op.0 as usize).wrapping_sub(h.page.0 as usize) / (std::mem::size_of::<Op>() / 2)) as u64
+}
+
+/// Go on with the op after `op`, an instruction of `L` bytes, which lies
+/// in the same page array: its successor slot, or the page-end op past
+/// the last slot, which returns to the page loop. The budget is not looked
+/// at here but at jumps and taken branches: a run in sequence ends at the
+/// page's end anyway.
+#[inline(always)]
+fn seq<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     // SAFETY: a cached op of `L` bytes (`compile` picks the handler by the
     // instruction's length) lies wholly in its page (`fill` caches no
     // other), so the slot `L / 2` after it is in the page's array or is
     // one of the page-end ops after its last slot (`ICache::page`).
     let n = OpRef(unsafe { op.0.add(L / 2) });
-    (n.get().f)(h, n, npc, left - 1)
+    (n.get().f)(h, n, left - 1)
 }
 
 /// A pointer to an op in a page array of the cache (with the array's
@@ -102,61 +112,75 @@ impl OpRef {
 
 /// The op past a page's last slot: back to the page loop, at the next
 /// page (not an instruction: it gives back the budget it took).
-fn page_end(_h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
-    (pc, left + 1)
+fn page_end(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    (pc_of(h, op), left + 1)
 }
 
-/// One decoded instruction, ready to run.
+/// One decoded instruction, ready to run: 16 bytes, so the ops of the
+/// hot code of a page (one per 2-byte slot) stay within the host's L1
+/// data cache next to the guest's data.
 #[derive(Clone, Copy)]
 pub struct Op {
     pub(crate) f: Handler,
-    /// The immediate; for [`generic`] ops the raw instruction bits.
-    pub(crate) imm: i32,
-    pub(crate) rd: u8,
-    pub(crate) rs1: u8,
-    pub(crate) rs2: u8,
+    /// The immediate; for [`generic`] ops the index of the instruction in
+    /// the cache's table of generic instructions
+    /// ([`crate::icache::ICache::generic`]).
+    imm: i32,
+    /// Register numbers, each below 32 (only `compile` and the constants
+    /// below make ops, so the handlers index the registers unchecked).
+    rd: u8,
+    rs1: u8,
+    rs2: u8,
     /// Length in bytes (2 or 4).
-    pub(crate) len: u8,
-    /// The decoded instruction, for [`generic`] ops.
-    pub(crate) inst: Inst,
+    len: u8,
 }
+
+// Kept at 16 bytes: a slot index is then a shift, and a page's ops 32 KiB.
+const _: () = assert!(std::mem::size_of::<Op>() == 16);
 
 impl Op {
     /// The op of a slot not filled yet: decode, fill, run.
-    pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+    pub const FILL: Op = Op { f: fill, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0 };
     /// The ops after a page's last slot.
-    pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0, inst: Inst::Fence };
+    pub const PAGE_END: Op = Op { f: page_end, imm: 0, rd: 0, rs1: 0, rs2: 0, len: 0 };
 }
 
-fn fill(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
+fn fill(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     // Filled by the run loop once the page loop has left (no handler
     // changes the cache under it).
     h.fill_next = true;
-    h.pc = pc;
+    h.pc = pc_of(h, op);
     (EXIT, left)
 }
 
 /// Leave the loop and run this instruction on the exact path.
-fn slow(h: &mut Hart, _op: OpRef, pc: u64, left: u32) -> Flow {
-    h.pc = pc;
+fn slow(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    h.pc = pc_of(h, op);
     (EXIT, left)
 }
 
-fn nop<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
-    seq::<L>(h, op, pc, left)
+fn nop<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    seq::<L>(h, op, left)
 }
 
-/// Any other instruction (atomics, floating point): the generic executor.
-fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+/// Any other instruction (atomics, floating point): the generic executor,
+/// on the decoded instruction the cache keeps for the op.
+fn generic(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     h.pc = pc;
+    let Some((inst, raw)) = h.generic_inst(o.imm as u32) else {
+        // (Not reached: a generic op and its table entry are made and
+        // dropped together.) The exact path runs it.
+        return (EXIT, left);
+    };
     let npc = pc + u64::from(o.len);
-    match h.execute(o.inst, o.imm as u32, npc) {
+    match h.execute(inst, raw, npc) {
         // (Every instruction given to it goes on in sequence; were one to
         // jump, the page check would take it.)
         Ok(()) if h.pc != npc => next(h, h.pc, left),
-        Ok(()) if o.len == 2 => after_load::<2>(h, op, pc, left),
-        Ok(()) => after_load::<4>(h, op, pc, left),
+        Ok(()) if o.len == 2 => after_load::<2>(h, op, left),
+        Ok(()) => after_load::<4>(h, op, left),
         Err(s) => {
             h.pending = Some(s);
             (EXIT, left)
@@ -168,82 +192,95 @@ fn generic(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
 /// the page loop looked (something this load may have observed was
 /// written after it), count the instruction and leave the loop.
 #[inline(always)]
-fn after_load<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn after_load<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     if h.code_stale() {
         h.instret += 1;
-        h.pc = pc + L as u64;
+        h.pc = pc_of(h, op) + L as u64;
         return (EXIT, left);
     }
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
+/// Write register `rd` of an op (below 32, see [`Op`]).
 #[inline(always)]
 fn wr(h: &mut Hart, rd: u8, v: u64) {
-    h.x[(rd & 31) as usize] = v;
+    debug_assert!(rd < 32);
+    // SAFETY: every op's register numbers are below 32 (`compile` masks
+    // them to 5 bits, the constant ops hold 0), the length of `x`.
+    unsafe { *h.x.get_unchecked_mut(rd as usize) = v }
 }
 
+/// Read register `r` of an op (below 32, see [`Op`]).
 #[inline(always)]
 fn rd(h: &Hart, r: u8) -> u64 {
-    h.x[(r & 31) as usize]
+    debug_assert!(r < 32);
+    // SAFETY: as in `wr`.
+    unsafe { *h.x.get_unchecked(r as usize) }
 }
 
-fn lui<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn lui<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     wr(h, o.rd, o.imm as i64 as u64);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn auipc<const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn auipc<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     wr(h, o.rd, pc.wrapping_add(o.imm as i64 as u64));
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn jal(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn jal(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
-fn j(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn j(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     next(h, pc.wrapping_add(o.imm as i64 as u64), left)
 }
 
 /// `jal` / `j` / a taken branch whose target `compile` found in the
 /// instruction's own page: the op `imm` bytes away in the same array.
 #[inline(always)]
-fn near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn near(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let imm = op.get().imm;
-    let npc = pc.wrapping_add(imm as i64 as u64);
-    if left == 0 {
-        return (npc, left);
+    if left <= 0 {
+        return (pc_of(h, op).wrapping_add(imm as i64 as u64), left);
     }
     // SAFETY: `compile` gives a near handler only to an op whose target
     // (`pc + imm`, even) is in the op's page, so its slot, `imm / 2` slots
-    // away, is in the same array.
-    let n = OpRef(unsafe { op.0.offset((imm >> 1) as isize) });
-    (n.get().f)(h, n, npc, left - 1)
+    // away, is in the same array: `imm * 8` bytes away (ops are 16 bytes;
+    // one multiply, where `imm >> 1` would not tell the compiler that
+    // `imm` is even).
+    let n = OpRef(unsafe { op.0.byte_offset(imm as isize * (std::mem::size_of::<Op>() / 2) as isize) });
+    (n.get().f)(h, n, left - 1)
 }
 
-fn jal_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn jal_near(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     wr(h, o.rd, pc + u64::from(o.len));
-    near(h, op, pc, left)
+    near(h, op, left)
 }
 
-fn j_near(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
-    near(h, op, pc, left)
+fn j_near(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    near(h, op, left)
 }
 
-fn jalr(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn jalr(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
+    let pc = pc_of(h, op);
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     wr(h, o.rd, pc + u64::from(o.len));
     next(h, t, left)
 }
 
-fn jr(h: &mut Hart, op: OpRef, _pc: u64, left: u32) -> Flow {
+fn jr(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let t = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64) & !1;
     next(h, t, left)
@@ -264,20 +301,20 @@ fn taken<const K: usize>(h: &Hart, o: &Op) -> bool {
     }
 }
 
-fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     if taken::<K>(h, o) {
-        next(h, pc.wrapping_add(o.imm as i64 as u64), left)
+        next(h, pc_of(h, op).wrapping_add(o.imm as i64 as u64), left)
     } else {
-        seq::<L>(h, op, pc, left)
+        seq::<L>(h, op, left)
     }
 }
 
-fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     if taken::<K>(h, op.get()) {
-        near(h, op, pc, left)
+        near(h, op, left)
     } else {
-        seq::<L>(h, op, pc, left)
+        seq::<L>(h, op, left)
     }
 }
 
@@ -285,10 +322,13 @@ const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::
 
 const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 
-fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
-    let Some(v) = h.mem.load_held(addr, LOAD_SIZES[K]) else { return load_slow::<K, L>(h, op, pc, left) };
+    // SAFETY: the page loop runs under the accessor's hold (`Hart::run`),
+    // and nothing a handler runs ends it (a miss or a futex call publishes
+    // the slot again before returning; no handler opens a batch).
+    let Some(v) = (unsafe { h.mem.load_held(addr, LOAD_SIZES[K]) }) else { return load_slow::<K, L>(h, op, left) };
     let v = match LOADS[K] {
         LoadOp::B => v as u8 as i8 as i64 as u64,
         LoadOp::H => v as u16 as i16 as i64 as u64,
@@ -296,24 +336,24 @@ fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: 
         _ => v,
     };
     wr(h, o.rd, v);
-    after_load::<L>(h, op, pc, left)
+    after_load::<L>(h, op, left)
 }
 
 /// A load that is not a TLB hit: the accessor's full path (fill, fault,
 /// misaligned).
 #[cold]
 #[inline(never)]
-fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.load(LOADS[K], addr) {
         Ok(v) => {
             wr(h, o.rd, v);
-            after_load::<L>(h, op, pc, left)
+            after_load::<L>(h, op, left)
         }
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
-            h.pc = pc;
+            h.pc = pc_of(h, op);
             (EXIT, left)
         }
     }
@@ -321,27 +361,28 @@ fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, l
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
-fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     let v = rd(h, o.rs2);
-    if h.mem.store_held(addr, STORE_SIZES[K], v) {
-        return seq::<L>(h, op, pc, left);
+    // SAFETY: as in `load`: the page loop runs under the accessor's hold.
+    if unsafe { h.mem.store_held(addr, STORE_SIZES[K], v) } {
+        return seq::<L>(h, op, left);
     }
-    store_slow::<K, L>(h, op, pc, left)
+    store_slow::<K, L>(h, op, left)
 }
 
 /// A store that is not a writable TLB hit: the accessor's full path.
 #[cold]
 #[inline(never)]
-fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn store_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
     match h.mem.store(addr, STORE_SIZES[K], rd(h, o.rs2)) {
-        Ok(()) => seq::<L>(h, op, pc, left),
+        Ok(()) => seq::<L>(h, op, left),
         Err(f) => {
             h.pending = Some(Stop::Fault(f));
-            h.pc = pc;
+            h.pc = pc_of(h, op);
             (EXIT, left)
         }
     }
@@ -368,32 +409,32 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
-fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
-fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, pc: u64, left: u32) -> Flow {
+fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
     wr(h, o.rd, v);
-    seq::<L>(h, op, pc, left)
+    seq::<L>(h, op, left)
 }
 
 /// Handlers by length (`[0]`: 2 bytes, `[1]`: 4) and operation.
@@ -414,12 +455,16 @@ fn alu_index(op: AluOp) -> usize {
     ALU.iter().position(|&a| a == op).unwrap_or(0)
 }
 
-/// The op for `inst` (decoded from `raw`) at `pc`.
-pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
+/// The op for `inst` (decoded from `raw`) at `pc`. For an instruction
+/// the generic executor runs, `generic` stores it and gives its index.
+pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u32) -> u32) -> Op {
     // Whether a pc-relative target is in the instruction's page.
     let near = |imm: i32| pc.wrapping_add(imm as i64 as u64) & !0xfff == pc & !0xfff;
     let len = crate::decode::inst_len(raw) as u8;
-    let op = |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd, rs1, rs2, len, inst };
+    // (Decoded register numbers are 5-bit fields: the masks change
+    // nothing but make the bound `rd` and `wr` rely on local.)
+    let op =
+        |f: Handler, imm: i32, rd: u8, rs1: u8, rs2: u8| Op { f, imm, rd: rd & 31, rs1: rs1 & 31, rs2: rs2 & 31, len };
     // Ops whose only effect is writing `rd`: none at all for x0.
     let w = usize::from(len == 4);
     let (nop, lui, auipc): (Handler, Handler, Handler) =
@@ -443,7 +488,7 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
             op(if near(imm) { BR_NEAR[w][k] } else { BR[w][k] }, imm, 0, rs1, rs2)
         }
         // A load into x0 still faults: the generic executor runs it.
-        Inst::Load { rd: 0, .. } => op(generic, raw as i32, 0, 0, 0),
+        Inst::Load { rd: 0, .. } => op(generic, generic_index(inst, raw) as i32, 0, 0, 0),
         Inst::Load { op: l, rd, rs1, imm } => {
             let k = LOADS.iter().position(|&x| x == l).unwrap_or(0);
             op(LD[w][k], imm, rd, rs1, 0)
@@ -464,6 +509,6 @@ pub fn compile(inst: Inst, raw: u32, pc: u64) -> Op {
         Inst::Fence => op(nop, 0, 0, 0, 0),
         // Counters, fence.i, system calls and traps run on the exact path.
         Inst::FenceI | Inst::Ecall | Inst::Ebreak | Inst::Csr { .. } | Inst::Illegal(_) => op(slow, 0, 0, 0, 0),
-        _ => op(generic, raw as i32, 0, 0, 0),
+        _ => op(generic, generic_index(inst, raw) as i32, 0, 0, 0),
     }
 }

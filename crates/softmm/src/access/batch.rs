@@ -27,7 +27,7 @@
 //!   the batch's own slot, and even a read of the `mmap_lock` can wait for a
 //!   writer that waits for the slot. Both would hang the thread.
 
-use super::{Accessor, TlbEntry, ENTRY_FLAGS, WRITABLE};
+use super::{Accessor, TlbEntry, WRITABLE};
 use crate::error::Result;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ impl Batch<'_> {
             self.refill(addr, write)?;
             e = *self.acc.entry(addr);
         }
-        let p = (e.ptr & !ENTRY_FLAGS) as *const u8;
+        let p = e.frame(addr) as *const u8;
         // SAFETY: `e` hits (`refill` returns only once it does, and nothing
         // but this accessor changes its TLB), and it was cached at the
         // accessor's generation, which the open batch holds valid (module
@@ -153,7 +153,7 @@ impl Batch<'_> {
 /// Whether TLB entry `e` translates `addr` (and allows writing, if asked).
 #[inline(always)]
 fn hits(e: TlbEntry, addr: u64, write: bool) -> bool {
-    e.tag == (addr >> 12) + 1 && (!write || e.ptr & WRITABLE != 0)
+    e.hits(addr, if write { WRITABLE } else { 0 })
 }
 
 impl Drop for Batch<'_> {

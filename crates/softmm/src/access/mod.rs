@@ -37,19 +37,61 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 const TLB_ENTRIES: usize = 256;
+/// What an access needs of an entry (`0`: reading): writing.
 const WRITABLE: usize = 1;
-/// The entry was filled by an instruction fetch from a `PROT_EXEC` VMA.
-/// Frames are page-aligned, so both flags fit below the host address.
+/// An instruction fetch: the entry was filled by one, from a `PROT_EXEC`
+/// VMA.
 const EXECUTABLE: usize = 2;
-const ENTRY_FLAGS: usize = WRITABLE | EXECUTABLE;
+/// A tag no address (page-aligned, or masked as in
+/// [`Accessor::load_hit`]) equals.
+const NO_PAGE: u64 = u64::MAX;
 
-#[derive(Clone, Copy, Default)]
+/// A cached translation: one tag per kind of access, each the page's
+/// virtual address if the entry allows that access ([`NO_PAGE`] if not),
+/// and the host address of a byte minus its virtual address. A hit is
+/// then one compare (which also rejects a misaligned word, see
+/// [`Accessor::load_hit`]) and the host address one add.
+#[derive(Clone, Copy)]
 struct TlbEntry {
-    /// Virtual page number + 1 (0: invalid).
-    tag: u64,
-    /// Host address of the frame, with `WRITABLE` in bit 0 and
-    /// `EXECUTABLE` in bit 1.
-    ptr: usize,
+    read: u64,
+    write: u64,
+    exec: u64,
+    addend: usize,
+}
+
+impl TlbEntry {
+    const EMPTY: TlbEntry = TlbEntry { read: NO_PAGE, write: NO_PAGE, exec: NO_PAGE, addend: 0 };
+
+    /// The entry of the page of `va`, in the frame at host address `frame`.
+    #[inline]
+    fn new(va: u64, frame: usize, writable: bool, exec: bool) -> TlbEntry {
+        let page = va & !(PAGE_SIZE as u64 - 1);
+        TlbEntry {
+            read: page,
+            write: if writable { page } else { NO_PAGE },
+            exec: if exec { page } else { NO_PAGE },
+            addend: frame.wrapping_sub(page as usize),
+        }
+    }
+
+    /// Whether the entry translates `va` for an access that needs `need`.
+    #[inline(always)]
+    fn hits(&self, va: u64, need: usize) -> bool {
+        let tag = if need & WRITABLE != 0 {
+            self.write
+        } else if need & EXECUTABLE != 0 {
+            self.exec
+        } else {
+            self.read
+        };
+        tag == va & !(PAGE_SIZE as u64 - 1)
+    }
+
+    /// The host address of the frame of `va` (for an entry that hits).
+    #[inline(always)]
+    fn frame(&self, va: u64) -> *mut u8 {
+        ((va & !(PAGE_SIZE as u64 - 1)) as usize).wrapping_add(self.addend) as *mut u8
+    }
 }
 
 /// A thread's handle for accessing one address space. Not `Sync`: create one
@@ -58,7 +100,8 @@ pub struct Accessor {
     mm: Arc<MmInner>,
     slot: Arc<Slot>,
     gen: u64,
-    tlb: Box<[TlbEntry; TLB_ENTRIES]>,
+    /// Inline (not boxed): a hit is then one load less.
+    tlb: [TlbEntry; TLB_ENTRIES],
     /// Hits and misses, for statistics.
     misses: u64,
     /// The hot-side barrier mode, read once (it never changes back).
@@ -82,8 +125,8 @@ unsafe impl Send for Accessor {}
 fn prefill_neighbours(tlb: &mut [TlbEntry; TLB_ENTRIES], arena: &FrameArena, st: &crate::mm::MmState, va: u64) {
     crate::mm::readable_neighbours(st, arena, va, |a, pte| {
         let e = &mut tlb[(a >> 12) as usize % TLB_ENTRIES];
-        if e.tag != (a >> 12) + 1 {
-            *e = TlbEntry { tag: (a >> 12) + 1, ptr: arena.frame_ptr(pte.frame()) as usize };
+        if !e.hits(a, 0) {
+            *e = TlbEntry::new(a, arena.frame_ptr(pte.frame()) as usize, false, false);
         }
     });
 }
@@ -93,7 +136,7 @@ impl Accessor {
         let slot = mm.tlb.register();
         let gen = mm.tlb.generation();
         let light = crate::sync::light_barrier_is_compiler_only();
-        Accessor { mm, slot, gen, tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]), misses: 0, light, held: false }
+        Accessor { mm, slot, gen, tlb: [TlbEntry::EMPTY; TLB_ENTRIES], misses: 0, light, held: false }
     }
 
     /// The identity of the address space this accessor reads ([`crate::Mm::id`]).
@@ -109,7 +152,7 @@ impl Accessor {
 
     /// Drop every cached translation.
     pub fn flush(&mut self) {
-        self.tlb.fill(TlbEntry::default());
+        self.tlb.fill(TlbEntry::EMPTY);
     }
 
     #[inline(always)]
@@ -127,22 +170,21 @@ impl Accessor {
     /// `with_page` for an access that needs the entry flags `need`.
     #[inline(always)]
     fn with_page_for<R>(&mut self, va: u64, need: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
-        let tag = (va >> 12) + 1;
         if self.held {
             let e = *self.entry(va);
-            if e.tag == tag && e.ptr & need == need {
+            if e.hits(va, need) {
                 // The hold keeps every entry cached at `self.gen` valid
                 // (see `hold`).
-                return Ok(f((e.ptr & !ENTRY_FLAGS) as *mut u8));
+                return Ok(f(e.frame(va)));
             }
             return self.with_page_held_miss(va, need, f);
         }
         loop {
             let e = *self.entry(va);
-            if e.tag == tag && e.ptr & need == need {
+            if e.hits(va, need) {
                 self.slot.enter_as(self.gen, self.light);
                 if self.mm.tlb.generation_relaxed() == self.gen {
-                    let r = f((e.ptr & !ENTRY_FLAGS) as *mut u8);
+                    let r = f(e.frame(va));
                     self.slot.exit();
                     return Ok(r);
                 }
@@ -196,16 +238,34 @@ impl Accessor {
     /// reports misalignment and faults).
     #[inline(always)]
     pub fn load_held<T: Word>(&self, addr: u64) -> Option<T> {
-        let e = *self.entry(addr);
-        if !self.held || e.tag != (addr >> 12) + 1 || addr % std::mem::size_of::<T>() as u64 != 0 {
+        if !self.held {
             return None;
         }
-        let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
-        // SAFETY: the entry hits and was cached at `self.gen`, which the
-        // open hold keeps valid: `p` is in a live frame of the arena. The
-        // word is aligned (checked) so it lies in that page-aligned frame
-        // and is aligned for `T::Atomic`. Guest memory is only accessed
-        // through atomics or raw copies.
+        // SAFETY: a hold is open (checked).
+        unsafe { self.load_hit(addr) }
+    }
+
+    /// [`load_held`](Self::load_held) for a caller that knows a hold is
+    /// open, without looking.
+    ///
+    /// # Safety
+    ///
+    /// A [`hold`](Self::hold) must be open ([`is_held`](Self::is_held)).
+    #[inline(always)]
+    pub unsafe fn load_hit<T: Word>(&self, addr: u64) -> Option<T> {
+        debug_assert!(self.held);
+        let e = self.entry(addr);
+        if e.read != addr & word_tag_mask::<T>() {
+            return None;
+        }
+        let p = (addr as usize).wrapping_add(e.addend) as *const T::Atomic;
+        // SAFETY: the entry hits (its tag is the page of `addr`, and the
+        // word is aligned: the tag compare would fail on a set low bit) and
+        // was cached at `self.gen`, which the open hold (the caller's
+        // promise) keeps valid: `p` is in a live frame of the arena. The
+        // aligned word lies in that page-aligned frame and is aligned for
+        // `T::Atomic`. Guest memory is only accessed through atomics or raw
+        // copies.
         Some(T::load(unsafe { &*p }, Ordering::Acquire))
     }
 
@@ -214,16 +274,28 @@ impl Accessor {
     /// `false` (nothing stored) otherwise, as [`load_held`](Self::load_held).
     #[inline(always)]
     pub fn store_held<T: Word>(&mut self, addr: u64, v: T) -> bool {
-        let e = *self.entry(addr);
-        if !self.held
-            || e.tag != (addr >> 12) + 1
-            || e.ptr & WRITABLE == 0
-            || addr % std::mem::size_of::<T>() as u64 != 0
-        {
+        if !self.held {
             return false;
         }
-        let p = ((e.ptr & !ENTRY_FLAGS) + (addr & (PAGE_SIZE as u64 - 1)) as usize) as *const T::Atomic;
-        // SAFETY: as in `load_held`; the entry is writable.
+        // SAFETY: a hold is open (checked).
+        unsafe { self.store_hit(addr, v) }
+    }
+
+    /// [`store_held`](Self::store_held) for a caller that knows a hold is
+    /// open, without looking.
+    ///
+    /// # Safety
+    ///
+    /// A [`hold`](Self::hold) must be open ([`is_held`](Self::is_held)).
+    #[inline(always)]
+    pub unsafe fn store_hit<T: Word>(&mut self, addr: u64, v: T) -> bool {
+        debug_assert!(self.held);
+        let e = self.entry(addr);
+        if e.write != addr & word_tag_mask::<T>() {
+            return false;
+        }
+        let p = (addr as usize).wrapping_add(e.addend) as *const T::Atomic;
+        // SAFETY: as in `load_hit`; the entry is writable.
         T::store(unsafe { &*p }, v, Ordering::Release);
         true
     }
@@ -247,15 +319,14 @@ impl Accessor {
     #[cold]
     #[inline(never)]
     fn with_page_held_miss<R>(&mut self, va: u64, need: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
-        let tag = (va >> 12) + 1;
         loop {
             self.slot.exit();
             let filled = self.fill_for(va, need);
             self.publish();
             filled?;
             let e = *self.entry(va);
-            if e.tag == tag && e.ptr & need == need {
-                return Ok(f((e.ptr & !ENTRY_FLAGS) as *mut u8));
+            if e.hits(va, need) {
+                return Ok(f(e.frame(va)));
             }
         }
     }
@@ -304,9 +375,8 @@ impl Accessor {
             pte
         };
         let ptr = self.mm.arena().frame_ptr(pte.frame()) as usize;
-        let writable = if pte.is_writable() && pte.is_dirty() { WRITABLE } else { 0 };
-        let exec = if access == Access::Fetch { EXECUTABLE } else { 0 };
-        self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry { tag: (va >> 12) + 1, ptr: ptr | writable | exec };
+        let writable = pte.is_writable() && pte.is_dirty();
+        self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry::new(va, ptr, writable, access == Access::Fetch);
         Ok(())
     }
 
@@ -485,6 +555,14 @@ impl Accessor {
     }
 }
 
+/// What a word access of type `T` compares with an entry's tag: the page
+/// bits of its address and the bits that must be clear for alignment (a
+/// tag has them clear, so a misaligned word misses).
+#[inline(always)]
+fn word_tag_mask<T>() -> u64 {
+    !(PAGE_SIZE as u64 - 1) | (std::mem::size_of::<T>() as u64 - 1)
+}
+
 /// The offset in its page of an aligned word of type `T` at `addr`
 /// (aligned words never cross a page); `Misaligned` if `addr` is not.
 #[inline(always)]
@@ -511,6 +589,44 @@ impl std::fmt::Debug for Accessor {
 #[cfg(test)]
 mod tests {
     use crate::{Config, Error, GuestWords, Machine, MapKind, Placement, Prot, SegvKind};
+
+    /// Under a hold a hit is one compare with the entry's tag for the
+    /// access: an aligned word of a cached page hits, a misaligned word or
+    /// a page not cached misses (nothing filled), a store misses on a page
+    /// cached for reading only, and nothing hits without a hold.
+    #[test]
+    fn held_hits_compare_page_alignment_and_access() {
+        let m = Machine::new(Config { arena_bytes: 64 * 4096, ..Config::default() }).unwrap();
+        let p = m.new_mm().unwrap();
+        // (Pages in distinct entries of the direct-mapped TLB.)
+        let (rw, ro) = (0x40_0000, 0x50_5000);
+        p.mmap(rw, 2 * 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        p.mmap(ro, 4096, Prot::READ, MapKind::Private, Placement::Fixed).unwrap();
+        p.write(rw, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+        let mut a = p.accessor();
+        assert_eq!(a.load_word::<u64>(rw).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(a.load_word::<u64>(ro).unwrap(), 0);
+        assert_eq!(a.load_held::<u64>(rw), None, "no hold");
+        a.hold();
+        assert_eq!(a.load_held::<u64>(rw), Some(0x1122_3344_5566_7788));
+        assert_eq!(a.load_held::<u32>(rw + 4), Some(0x1122_3344));
+        assert_eq!(a.load_held::<u8>(rw + 1), Some(0x77));
+        assert_eq!(a.load_held::<u32>(rw + 2), None, "misaligned");
+        assert_eq!(a.load_held::<u16>(rw + 1), None, "misaligned");
+        assert_eq!(a.load_held::<u64>(rw + 4096), None, "page not cached");
+        assert!(!a.store_held(ro, 1u64), "read-only page");
+        assert!(!a.store_held(rw + 4, 1u64), "misaligned store");
+        assert!(a.store_held(rw + 8, 6u64));
+        assert_eq!(a.load_held::<u64>(rw + 8), Some(6));
+        let misses = a.misses();
+        assert_eq!(a.load_held::<u64>(rw + 4096), None);
+        assert_eq!(a.misses(), misses, "a held miss fills nothing");
+        a.release();
+        assert_eq!(a.load_held::<u64>(rw), None, "released");
+        let mut b = [0; 8];
+        p.read(rw + 8, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 6, "the held store reached the frame");
+    }
 
     /// A read miss caches the mapped, accessed neighbours in its 64 KiB
     /// read-only: a sequential reader misses once per 64 KiB; writes still
