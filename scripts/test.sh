@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run every test of the workspace: the release-mode test suites (unit,
-# integration, model-based, stress, CLI), the loom models of the lock-free
-# protocols, the unit and loom tests again with `--features rmap-rwsem`, the
-# examples' own checks, and the unit tests under Miri.
+# integration, model-based, stress, CLI), the suites that reach the engine's
+# internal assertions again with them on (`--profile checked`), the loom
+# models of the lock-free protocols, the unit and loom tests again with
+# `--features rmap-rwsem`, the examples' own checks, and the unit tests
+# under Miri.
 #
 # Budgets (kept so the whole run fits CI's 25 minutes on 2 cores):
 #   PROPTEST_CASES   model-based cases (default 2000, set in the tests)
@@ -14,6 +16,12 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo test --release --workspace"
 cargo test --release --workspace
+
+echo "== debug assertions (--profile checked: release with debug_assert! and overflow checks)"
+CARGO_TARGET_DIR=target/checked cargo test --profile checked -p softmm --lib \
+    --test model --test chaos --test shared_tables --test borrowed --test mremap --test snapshot \
+    --test files --test madvise
+CARGO_TARGET_DIR=target/checked cargo test --profile checked -p softmm-rv --test programs
 
 echo "== loom models (--cfg loom)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \

@@ -235,3 +235,20 @@ fn recycle(recycler: &softmm::Mm, spare: u64, pages: u64) {
         recycler.munmap(spare, pages * PAGE).unwrap();
     }
 }
+
+/// A PTE table shared at the top of the address space, whose 2 MiB span
+/// ends a page past `TASK_SIZE`: each space's exit drops it whole (a zap
+/// may drop a shared table only when it covers the table's span).
+#[test]
+fn exit_drops_a_shared_table_at_the_top_of_the_space() {
+    let m = Machine::new(softmm::Config { arena_bytes: 16 << 20, ..softmm::Config::default() }).unwrap();
+    let parent = m.new_mm().unwrap();
+    let top = softmm::TASK_SIZE - 16 * PAGE;
+    parent.mmap(top, 16 * PAGE, Prot::RW, MapKind::Private, softmm::Placement::Fixed).unwrap();
+    parent.fill(top, 16 * PAGE as usize, 1).unwrap();
+    let child = parent.fork_with(ForkPolicy::SharedTables).unwrap();
+    assert_eq!(read(&child, top, 1), [1]);
+    drop(parent);
+    drop(child);
+    assert_eq!((m.stats().frames_in_use, m.stats().page_tables), (0, 0));
+}

@@ -277,9 +277,13 @@ impl<'a> Change<'a> {
     }
 
     /// Zap every entry of the exited space (its tree `pt`, already taken
-    /// out of the state): shared tables lose this space's reference.
+    /// out of the state): shared tables lose this space's reference. The
+    /// range runs to the end of the last PTE table's span (past `TASK_SIZE`,
+    /// where nothing is mapped), so that a shared table there is covered
+    /// whole, as a zap that drops one must.
     pub(crate) fn zap_all(&mut self, pt: &PageTable) {
-        self.zap(pt, 0, crate::pgtable::TASK_SIZE, true);
+        let end = crate::pgtable::TASK_SIZE.next_multiple_of(crate::pgtable::PTE_TABLE_SPAN);
+        self.zap(pt, 0, end, true);
     }
 }
 

@@ -135,7 +135,9 @@ fn move_entries(
         if !gs.get(from).is_none() {
             borrow::own_entry(arena, gs, from);
             let pte = take(gs, from);
-            debug_assert!(gd.as_deref().map_or(gs.get(to + off), |g| g.get(to + off)).is_none());
+            // (`map_or_else`: the source table is read only when it is
+            // also the destination.)
+            debug_assert!(gd.as_deref().map_or_else(|| gs.get(to + off), |g| g.get(to + off)).is_none());
             match gd.as_deref_mut() {
                 Some(g) => g.set(to + off, pte),
                 None => gs.set(to + off, pte),
