@@ -171,9 +171,13 @@ impl Restore<'_> {
         }
         let runs = &changed[zapped..];
         let arena = self.mm.arena();
-        let table = self.pt.pte_table(arena, base);
-        if let Some(t) = table.filter(|&t| plain(arena, t)) {
-            return self.swap(change, base, t, runs);
+        if let Some(t) = self.pt.pte_table(arena, base) {
+            if plain(arena, t) {
+                return self.swap(change, base, t, runs, false);
+            }
+            if self.borrows_from_snapshot(t, base) {
+                return self.swap(change, base, t, runs, true);
+            }
         }
         for &(a, b) in runs {
             change.zap(self.pt, a, b, true);
@@ -181,11 +185,38 @@ impl Restore<'_> {
         self.copy(change, base, runs)
     }
 
+    /// Whether the space's `table` (covering `base`) borrows its entries
+    /// from the snapshot's table there and backs no other table (one
+    /// reference: its one mapper), in a span where the snapshot holds no
+    /// page of its own. Its entries may then be put back as borrowed ones
+    /// (`swap`), as the unshare that made it copied them.
+    fn borrows_from_snapshot(&self, table: crate::phys::FrameId, base: u64) -> bool {
+        let arena = self.mm.arena();
+        crate::pgtable::borrow::backing(arena, table).is_some()
+            && crate::pgtable::borrow::backing(arena, table) == self.spt.pte_table(arena, base)
+            && arena.meta(table).refcount() == 1
+            && self.own_spans.binary_search(&base).is_err()
+    }
+
     /// `repoint`'s zap and copy in one pass over `runs`, both tables locked
-    /// once, for a space's `table` that neither borrows entries nor backs
-    /// another's (`plain`): each old entry is taken as `zap_entries` takes
-    /// it and released as `Change::zap` releases it.
-    fn swap(&self, change: &mut Change<'_>, base: u64, table: crate::phys::FrameId, runs: &[(u64, u64)]) -> Result<()> {
+    /// once, for a space's `table` that backs no other's and either
+    /// borrows nothing (`plain`) or borrows from the snapshot's table
+    /// (`borrowing`, `borrows_from_snapshot`): each old entry is taken as
+    /// `zap_entries` takes it and released as `Change::zap` releases it (a
+    /// borrowed one holds nothing). A borrowing table gets the snapshot's
+    /// present pages back as borrowed entries, as `share::unshare` copies
+    /// them (B1: the entry names the frame its backing's entry names, both
+    /// tables locked, backing first), without a reference or a mapping per
+    /// page; the table keeps its reference on its backing throughout, so no
+    /// hold is needed for the entries taken.
+    fn swap(
+        &self,
+        change: &mut Change<'_>,
+        base: u64,
+        table: crate::phys::FrameId,
+        runs: &[(u64, u64)],
+        borrowing: bool,
+    ) -> Result<()> {
         let arena = self.mm.arena();
         let stable = self.spt.pte_table(arena, base);
         let edit = change.edit();
@@ -197,7 +228,9 @@ impl Restore<'_> {
             let mut va = a;
             while va < b {
                 let old = take(&mut g, va);
-                if !old.is_none() {
+                if old.is_borrowed() {
+                    change.need_flush();
+                } else if !old.is_none() {
                     super::mmap::zap_pte(&self.mm.machine, old, change.gather());
                 }
                 va += 4096;
@@ -208,7 +241,13 @@ impl Restore<'_> {
                 let snap_own = own_anon(sv);
                 let mut va = sv.start.max(a);
                 while va < sv.end.min(b) && result.is_ok() {
-                    match self.copy_one(sg.get(va), snap_own, va) {
+                    let pte = sg.get(va);
+                    if borrowing && pte.is_present() && !pte.is_zero_frame() {
+                        g.set(va, pte.with(Pte::BORROWED).without(Pte::ACCESSED | Pte::WRITE));
+                        va += 4096;
+                        continue;
+                    }
+                    match self.copy_one(pte, snap_own, va) {
                         Ok(Some(new)) => g.set(va, new),
                         Ok(None) => {}
                         Err(e) => result = Err(e),
