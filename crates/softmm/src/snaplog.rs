@@ -43,17 +43,20 @@ fn push(v: &mut Vec<(u64, u64)>, lo: u64, hi: u64) {
     }
 }
 
-/// Sort and merge overlapping or touching ranges.
+/// Sort and merge overlapping or touching ranges (in place).
 pub(crate) fn merge(v: &mut Vec<(u64, u64)>) {
     v.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
-    for &(lo, hi) in v.iter() {
-        match out.last_mut() {
-            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
+    let mut n = 0;
+    for i in 0..v.len() {
+        let (lo, hi) = v[i];
+        if n > 0 && lo <= v[n - 1].1 {
+            v[n - 1].1 = v[n - 1].1.max(hi);
+        } else {
+            v[n] = (lo, hi);
+            n += 1;
         }
     }
-    *v = out;
+    v.truncate(n);
 }
 
 impl Log {
@@ -257,11 +260,14 @@ impl SnapLogs {
             return;
         }
         let mut list = self.list.lock();
+        let hears = |l: &&Arc<Log>| !except.iter().any(|e| std::ptr::eq(&***l, *e));
+        if !list.logs.iter().any(|l| hears(&l)) {
+            return;
+        }
         list.hand_over();
-        let mut r = Ranges::default();
-        ranges.iter().for_each(|&(lo, hi)| push(&mut r.pages, lo, hi));
+        let mut r = Ranges { pages: ranges.to_vec(), vmas: Vec::new() };
         merge(&mut r.pages);
-        for log in list.logs.iter().filter(|l| !except.iter().any(|e| std::ptr::eq(&***l, *e))) {
+        for log in list.logs.iter().filter(hears) {
             log.append(&r);
         }
     }

@@ -38,23 +38,42 @@ pub(super) struct Restore<'a> {
     pub(super) own_spans: &'a [u64],
 }
 
-/// `ranges` (sorted, disjoint) cut at 2 MiB boundaries, grouped by span:
-/// `(base, pieces)`.
-pub(super) fn spans(ranges: &[(u64, u64)]) -> Vec<(u64, Vec<(u64, u64)>)> {
-    let mut out: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+/// `ranges` (sorted, disjoint) cut at 2 MiB boundaries, grouped by span.
+pub(super) fn spans(ranges: &[(u64, u64)]) -> Spans {
+    let mut out = Spans { pieces: Vec::with_capacity(ranges.len()), ends: Vec::new() };
     for &(lo, hi) in ranges {
         let mut a = lo;
         while a < hi {
             let base = a & !(PTE_TABLE_SPAN - 1);
             let b = hi.min(base + PTE_TABLE_SPAN);
-            match out.last_mut() {
-                Some((last, pieces)) if *last == base => pieces.push((a, b)),
-                _ => out.push((base, vec![(a, b)])),
+            out.pieces.push((a, b));
+            match out.ends.last_mut() {
+                Some((last, end)) if *last == base => *end = out.pieces.len(),
+                _ => out.ends.push((base, out.pieces.len())),
             }
             a = b;
         }
     }
     out
+}
+
+/// Logged ranges grouped by 2 MiB span (one flat list of pieces).
+pub(super) struct Spans {
+    pieces: Vec<(u64, u64)>,
+    /// Each span's base and the end of its pieces in `pieces`.
+    ends: Vec<(u64, usize)>,
+}
+
+impl Spans {
+    /// `(base, pieces)` of each span, in address order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &[(u64, u64)])> + '_ {
+        let mut from = 0;
+        self.ends.iter().map(move |&(base, end)| {
+            let p = &self.pieces[from..end];
+            from = end;
+            (base, p)
+        })
+    }
 }
 
 fn whole(pieces: &[(u64, u64)]) -> bool {
@@ -69,18 +88,18 @@ pub(super) fn unshare_partial(
     mm: &MmInner,
     st: &MmState,
     pt: &PageTable,
-    spans: &[(u64, Vec<(u64, u64)>)],
+    spans: &Spans,
 ) -> Result<()> {
     let arena = mm.arena();
     let mut change: Option<Change<'_>> = None;
-    for (base, pieces) in spans {
-        if whole(pieces) || !pt.pte_table_shared(arena, *base) {
+    for (base, pieces) in spans.iter() {
+        if whole(pieces) || !pt.pte_table_shared(arena, base) {
             continue;
         }
         // The same entries in a table of this space's own: no
         // translation changes, so the change is opened with no event.
-        let c = change.get_or_insert_with(|| Change::open(mm, Some(st), *base, *base + PTE_TABLE_SPAN, None));
-        c.unshare(pt, *base)?;
+        let c = change.get_or_insert_with(|| Change::open(mm, Some(st), base, base + PTE_TABLE_SPAN, None));
+        c.unshare(pt, base)?;
     }
     Ok(())
 }
@@ -91,17 +110,17 @@ impl Restore<'_> {
     pub(super) fn entries(
         &self,
         change: &mut Change<'_>,
-        spans: &[(u64, Vec<(u64, u64)>)],
+        spans: &Spans,
         changed: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
-        for (base, pieces) in spans {
-            if whole(pieces) && self.may_reshare(*base) {
-                self.reshare(change, *base)?;
-                changed.push((*base, *base + PTE_TABLE_SPAN));
+        for (base, pieces) in spans.iter() {
+            if whole(pieces) && self.may_reshare(base) {
+                self.reshare(change, base)?;
+                changed.push((base, base + PTE_TABLE_SPAN));
             } else {
-                self.repoint(change, *base, pieces, changed)?;
+                self.repoint(change, base, pieces, changed)?;
             }
-            self.free_if_unmapped(*base);
+            self.free_if_unmapped(base);
         }
         Ok(())
     }
@@ -435,6 +454,7 @@ mod tests {
     fn spans_cut_ranges_at_tables() {
         let s = PTE_TABLE_SPAN;
         let got = spans(&[(0x1000, 0x2000), (0x3000, s + 0x1000), (3 * s, 5 * s)]);
+        let got: Vec<(u64, Vec<(u64, u64)>)> = got.iter().map(|(b, p)| (b, p.to_vec())).collect();
         assert_eq!(
             got,
             [

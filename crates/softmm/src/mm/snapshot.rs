@@ -136,7 +136,7 @@ pub(crate) fn restore(mm: &MmInner, snap: &Snapshot) -> Result<()> {
     let pt = st.pt.as_ref().ok_or(Error::Exited)?;
     let (lo, hi) = (all[0].0, all[all.len() - 1].1);
     let r = super::restore::Restore { mm, st, pt, sst: &sst, spt, own_spans: &snap.own_spans };
-    let mut changed = Vec::new();
+    let mut changed = Vec::with_capacity(all.len());
     let mut change = Change::open(mm, Some(st), lo, hi, Some(Event::Restore)).write_locked().unlogged();
     let result = r.entries(&mut change, &spans, &mut changed);
     change.need_flush();
