@@ -334,6 +334,12 @@ impl FrameArena {
         self.alloc.zeroing_pending()
     }
 
+    /// Have the zeroing thread zero every free dirty frame, those it
+    /// leaves for COW copies too.
+    pub(crate) fn zero_all(&self) {
+        self.alloc.zero_all();
+    }
+
     // ---- frame contents -------------------------------------------------
 
     #[inline]
