@@ -7,9 +7,11 @@
 //!   table read-only, as a fork shares it (O(1) for the 512 entries).
 //! - Otherwise each logged page whose entry differs from the snapshot's is
 //!   zapped and re-pointed at the snapshot's page (shared copy-on-write
-//!   again), both tables locked once per span. A logged page whose entry
-//!   is the snapshot's already (same frame, same protection, or the same
-//!   swap entry, or none on both sides) is left alone.
+//!   again), both tables locked once per span; in a table that borrows
+//!   from the snapshot's (`borrows_from_snapshot`) the page comes back as
+//!   a borrowed entry (no reference, no mapping). A logged page whose
+//!   entry is the snapshot's already (same frame, same protection, or the
+//!   same swap entry, or none on both sides) is left alone.
 //! - A span where the space has no VMA left loses its (empty) tables, as
 //!   after a munmap.
 //!
@@ -113,7 +115,16 @@ impl Restore<'_> {
         spans: &Spans,
         changed: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
+        let arena = self.mm.arena();
+        let mut next = spans.iter().map(|(base, _)| base).skip(1);
         for (base, pieces) in spans.iter() {
+            // The next span's tables' locks (a cache miss each) load
+            // meanwhile.
+            if let Some(n) = next.next() {
+                for t in [self.pt.pte_table(arena, n), self.spt.pte_table(arena, n)].into_iter().flatten() {
+                    arena.prefetch_meta(t);
+                }
+            }
             if whole(pieces) && self.may_reshare(base) {
                 self.reshare(change, base)?;
                 changed.push((base, base + PTE_TABLE_SPAN));
