@@ -86,12 +86,7 @@ fn whole(pieces: &[(u64, u64)]) -> bool {
 /// changed but the sharing): the space's shared tables of spans the log
 /// covers in part become its own. A span covered whole is dropped or
 /// re-shared whole instead.
-pub(super) fn unshare_partial(
-    mm: &MmInner,
-    st: &MmState,
-    pt: &PageTable,
-    spans: &Spans,
-) -> Result<()> {
+pub(super) fn unshare_partial(mm: &MmInner, st: &MmState, pt: &PageTable, spans: &Spans) -> Result<()> {
     let arena = mm.arena();
     let mut change: Option<Change<'_>> = None;
     for (base, pieces) in spans.iter() {
@@ -109,12 +104,7 @@ pub(super) fn unshare_partial(
 impl Restore<'_> {
     /// Put the snapshot's entries back over `spans` under `change`; the
     /// ranges whose entries changed go to `changed`.
-    pub(super) fn entries(
-        &self,
-        change: &mut Change<'_>,
-        spans: &Spans,
-        changed: &mut Vec<(u64, u64)>,
-    ) -> Result<()> {
+    pub(super) fn entries(&self, change: &mut Change<'_>, spans: &Spans, changed: &mut Vec<(u64, u64)>) -> Result<()> {
         let arena = self.mm.arena();
         let mut next = spans.iter().map(|(base, _)| base).skip(1);
         for (base, pieces) in spans.iter() {
