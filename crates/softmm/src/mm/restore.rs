@@ -244,6 +244,8 @@ impl Restore<'_> {
         let sg = stable.map(|t| self.spt.lock(arena, t, base, edit));
         let mut g = self.pt.lock(arena, table, base, edit);
         let mut result = Ok(());
+        // The snapshot's VMA of the previous run: usually this one's too.
+        let mut last: Option<&Vma> = None;
         for &(a, b) in runs {
             let mut va = a;
             while va < b {
@@ -257,7 +259,13 @@ impl Restore<'_> {
             }
             change.translations_changed(a, b);
             let Some(sg) = sg.as_ref() else { continue };
-            for sv in self.sst.vmas.overlapping(a, b).filter(|v| has_anon_pages(v)) {
+            let cached = last.filter(|v| v.start <= a && b <= v.end);
+            let looked = cached.is_none().then(|| self.sst.vmas.overlapping(a, b)).into_iter().flatten();
+            for sv in cached.into_iter().chain(looked) {
+                last = Some(sv);
+                if !has_anon_pages(sv) {
+                    continue;
+                }
                 let snap_own = own_anon(sv);
                 let mut va = sv.start.max(a);
                 while va < sv.end.min(b) && result.is_ok() {
@@ -301,10 +309,16 @@ impl Restore<'_> {
         let arena = self.mm.arena();
         let stable = self.spt.pte_table(arena, base);
         let table = self.pt.pte_table(arena, base);
+        // The snapshot's VMA of the previous piece: usually this one's too.
+        let mut last: Option<&Vma> = None;
         for &(lo, hi) in pieces {
             let mut va = lo;
             while va < hi {
-                let sv = self.sst.vmas.find(va);
+                let sv = match last {
+                    Some(v) if v.start <= va && va < v.end => Some(v),
+                    _ => self.sst.vmas.find(va),
+                };
+                last = sv;
                 // The pages up to the next VMA boundary share `sv`.
                 let stop = match sv {
                     Some(v) => v.end.min(hi),
