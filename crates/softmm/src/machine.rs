@@ -276,6 +276,9 @@ impl Machine {
     /// finished. Useful before timing faults; a no-op without pre-zeroing.
     pub fn wait_for_prezeroing(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
+        if self.inner.config.prezero {
+            self.inner.arena.zero_all();
+        }
         while self.inner.config.prezero && self.inner.arena.zeroing_pending() {
             if std::time::Instant::now() > deadline {
                 return false;

@@ -135,8 +135,11 @@ impl Deferred {
     /// Drop the references.
     pub(crate) fn release(self, mm: &MmInner) {
         let arena = mm.arena();
-        for f in self.first.into_iter().chain(self.rest) {
-            arena.put(f);
+        match (self.first, self.rest.is_empty()) {
+            (Some(f), true) => {
+                arena.put(f);
+            }
+            (first, _) => arena.put_many(first.into_iter().chain(self.rest)),
         }
         // After the shootdown, so the frames such a table maps outlive every
         // translation of this space. A table found last here is zapped with

@@ -7,9 +7,11 @@
 //!   table read-only, as a fork shares it (O(1) for the 512 entries).
 //! - Otherwise each logged page whose entry differs from the snapshot's is
 //!   zapped and re-pointed at the snapshot's page (shared copy-on-write
-//!   again), both tables locked once per span. A logged page whose entry
-//!   is the snapshot's already (same frame, same protection, or the same
-//!   swap entry, or none on both sides) is left alone.
+//!   again), both tables locked once per span; in a table that borrows
+//!   from the snapshot's (`borrows_from_snapshot`) the page comes back as
+//!   a borrowed entry (no reference, no mapping). A logged page whose
+//!   entry is the snapshot's already (same frame, same protection, or the
+//!   same swap entry, or none on both sides) is left alone.
 //! - A span where the space has no VMA left loses its (empty) tables, as
 //!   after a munmap.
 //!
@@ -38,23 +40,42 @@ pub(super) struct Restore<'a> {
     pub(super) own_spans: &'a [u64],
 }
 
-/// `ranges` (sorted, disjoint) cut at 2 MiB boundaries, grouped by span:
-/// `(base, pieces)`.
-pub(super) fn spans(ranges: &[(u64, u64)]) -> Vec<(u64, Vec<(u64, u64)>)> {
-    let mut out: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+/// `ranges` (sorted, disjoint) cut at 2 MiB boundaries, grouped by span.
+pub(super) fn spans(ranges: &[(u64, u64)]) -> Spans {
+    let mut out = Spans { pieces: Vec::with_capacity(ranges.len()), ends: Vec::new() };
     for &(lo, hi) in ranges {
         let mut a = lo;
         while a < hi {
             let base = a & !(PTE_TABLE_SPAN - 1);
             let b = hi.min(base + PTE_TABLE_SPAN);
-            match out.last_mut() {
-                Some((last, pieces)) if *last == base => pieces.push((a, b)),
-                _ => out.push((base, vec![(a, b)])),
+            out.pieces.push((a, b));
+            match out.ends.last_mut() {
+                Some((last, end)) if *last == base => *end = out.pieces.len(),
+                _ => out.ends.push((base, out.pieces.len())),
             }
             a = b;
         }
     }
     out
+}
+
+/// Logged ranges grouped by 2 MiB span (one flat list of pieces).
+pub(super) struct Spans {
+    pieces: Vec<(u64, u64)>,
+    /// Each span's base and the end of its pieces in `pieces`.
+    ends: Vec<(u64, usize)>,
+}
+
+impl Spans {
+    /// `(base, pieces)` of each span, in address order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &[(u64, u64)])> + '_ {
+        let mut from = 0;
+        self.ends.iter().map(move |&(base, end)| {
+            let p = &self.pieces[from..end];
+            from = end;
+            (base, p)
+        })
+    }
 }
 
 fn whole(pieces: &[(u64, u64)]) -> bool {
@@ -65,22 +86,17 @@ fn whole(pieces: &[(u64, u64)]) -> bool {
 /// changed but the sharing): the space's shared tables of spans the log
 /// covers in part become its own. A span covered whole is dropped or
 /// re-shared whole instead.
-pub(super) fn unshare_partial(
-    mm: &MmInner,
-    st: &MmState,
-    pt: &PageTable,
-    spans: &[(u64, Vec<(u64, u64)>)],
-) -> Result<()> {
+pub(super) fn unshare_partial(mm: &MmInner, st: &MmState, pt: &PageTable, spans: &Spans) -> Result<()> {
     let arena = mm.arena();
     let mut change: Option<Change<'_>> = None;
-    for (base, pieces) in spans {
-        if whole(pieces) || !pt.pte_table_shared(arena, *base) {
+    for (base, pieces) in spans.iter() {
+        if whole(pieces) || !pt.pte_table_shared(arena, base) {
             continue;
         }
         // The same entries in a table of this space's own: no
         // translation changes, so the change is opened with no event.
-        let c = change.get_or_insert_with(|| Change::open(mm, Some(st), *base, *base + PTE_TABLE_SPAN, None));
-        c.unshare(pt, *base)?;
+        let c = change.get_or_insert_with(|| Change::open(mm, Some(st), base, base + PTE_TABLE_SPAN, None));
+        c.unshare(pt, base)?;
     }
     Ok(())
 }
@@ -88,20 +104,24 @@ pub(super) fn unshare_partial(
 impl Restore<'_> {
     /// Put the snapshot's entries back over `spans` under `change`; the
     /// ranges whose entries changed go to `changed`.
-    pub(super) fn entries(
-        &self,
-        change: &mut Change<'_>,
-        spans: &[(u64, Vec<(u64, u64)>)],
-        changed: &mut Vec<(u64, u64)>,
-    ) -> Result<()> {
-        for (base, pieces) in spans {
-            if whole(pieces) && self.may_reshare(*base) {
-                self.reshare(change, *base)?;
-                changed.push((*base, *base + PTE_TABLE_SPAN));
-            } else {
-                self.repoint(change, *base, pieces, changed)?;
+    pub(super) fn entries(&self, change: &mut Change<'_>, spans: &Spans, changed: &mut Vec<(u64, u64)>) -> Result<()> {
+        let arena = self.mm.arena();
+        let mut next = spans.iter().map(|(base, _)| base).skip(1);
+        for (base, pieces) in spans.iter() {
+            // The next span's tables' locks (a cache miss each) load
+            // meanwhile.
+            if let Some(n) = next.next() {
+                for t in [self.pt.pte_table(arena, n), self.spt.pte_table(arena, n)].into_iter().flatten() {
+                    arena.prefetch_meta(t);
+                }
             }
-            self.free_if_unmapped(*base);
+            if whole(pieces) && self.may_reshare(base) {
+                self.reshare(change, base)?;
+                changed.push((base, base + PTE_TABLE_SPAN));
+            } else {
+                self.repoint(change, base, pieces, changed)?;
+            }
+            self.free_if_unmapped(base);
         }
         Ok(())
     }
@@ -171,9 +191,13 @@ impl Restore<'_> {
         }
         let runs = &changed[zapped..];
         let arena = self.mm.arena();
-        let table = self.pt.pte_table(arena, base);
-        if let Some(t) = table.filter(|&t| plain(arena, t)) {
-            return self.swap(change, base, t, runs);
+        if let Some(t) = self.pt.pte_table(arena, base) {
+            if plain(arena, t) {
+                return self.swap(change, base, t, runs, false);
+            }
+            if self.borrows_from_snapshot(t, base) {
+                return self.swap(change, base, t, runs, true);
+            }
         }
         for &(a, b) in runs {
             change.zap(self.pt, a, b, true);
@@ -181,11 +205,38 @@ impl Restore<'_> {
         self.copy(change, base, runs)
     }
 
+    /// Whether the space's `table` (covering `base`) borrows its entries
+    /// from the snapshot's table there and backs no other table (one
+    /// reference: its one mapper), in a span where the snapshot holds no
+    /// page of its own. Its entries may then be put back as borrowed ones
+    /// (`swap`), as the unshare that made it copied them.
+    fn borrows_from_snapshot(&self, table: crate::phys::FrameId, base: u64) -> bool {
+        let arena = self.mm.arena();
+        crate::pgtable::borrow::backing(arena, table).is_some()
+            && crate::pgtable::borrow::backing(arena, table) == self.spt.pte_table(arena, base)
+            && arena.meta(table).refcount() == 1
+            && self.own_spans.binary_search(&base).is_err()
+    }
+
     /// `repoint`'s zap and copy in one pass over `runs`, both tables locked
-    /// once, for a space's `table` that neither borrows entries nor backs
-    /// another's (`plain`): each old entry is taken as `zap_entries` takes
-    /// it and released as `Change::zap` releases it.
-    fn swap(&self, change: &mut Change<'_>, base: u64, table: crate::phys::FrameId, runs: &[(u64, u64)]) -> Result<()> {
+    /// once, for a space's `table` that backs no other's and either
+    /// borrows nothing (`plain`) or borrows from the snapshot's table
+    /// (`borrowing`, `borrows_from_snapshot`): each old entry is taken as
+    /// `zap_entries` takes it and released as `Change::zap` releases it (a
+    /// borrowed one holds nothing). A borrowing table gets the snapshot's
+    /// present pages back as borrowed entries, as `share::unshare` copies
+    /// them (B1: the entry names the frame its backing's entry names, both
+    /// tables locked, backing first), without a reference or a mapping per
+    /// page; the table keeps its reference on its backing throughout, so no
+    /// hold is needed for the entries taken.
+    fn swap(
+        &self,
+        change: &mut Change<'_>,
+        base: u64,
+        table: crate::phys::FrameId,
+        runs: &[(u64, u64)],
+        borrowing: bool,
+    ) -> Result<()> {
         let arena = self.mm.arena();
         let stable = self.spt.pte_table(arena, base);
         let edit = change.edit();
@@ -193,22 +244,38 @@ impl Restore<'_> {
         let sg = stable.map(|t| self.spt.lock(arena, t, base, edit));
         let mut g = self.pt.lock(arena, table, base, edit);
         let mut result = Ok(());
+        // The snapshot's VMA of the previous run: usually this one's too.
+        let mut last: Option<&Vma> = None;
         for &(a, b) in runs {
             let mut va = a;
             while va < b {
                 let old = take(&mut g, va);
-                if !old.is_none() {
+                if old.is_borrowed() {
+                    change.need_flush();
+                } else if !old.is_none() {
                     super::mmap::zap_pte(&self.mm.machine, old, change.gather());
                 }
                 va += 4096;
             }
             change.translations_changed(a, b);
             let Some(sg) = sg.as_ref() else { continue };
-            for sv in self.sst.vmas.overlapping(a, b).filter(|v| has_anon_pages(v)) {
+            let cached = last.filter(|v| v.start <= a && b <= v.end);
+            let looked = cached.is_none().then(|| self.sst.vmas.overlapping(a, b)).into_iter().flatten();
+            for sv in cached.into_iter().chain(looked) {
+                last = Some(sv);
+                if !has_anon_pages(sv) {
+                    continue;
+                }
                 let snap_own = own_anon(sv);
                 let mut va = sv.start.max(a);
                 while va < sv.end.min(b) && result.is_ok() {
-                    match self.copy_one(sg.get(va), snap_own, va) {
+                    let pte = sg.get(va);
+                    if borrowing && pte.is_present() && !pte.is_zero_frame() {
+                        g.set(va, pte.with(Pte::BORROWED).without(Pte::ACCESSED | Pte::WRITE));
+                        va += 4096;
+                        continue;
+                    }
+                    match self.copy_one(pte, snap_own, va) {
                         Ok(Some(new)) => g.set(va, new),
                         Ok(None) => {}
                         Err(e) => result = Err(e),
@@ -242,10 +309,16 @@ impl Restore<'_> {
         let arena = self.mm.arena();
         let stable = self.spt.pte_table(arena, base);
         let table = self.pt.pte_table(arena, base);
+        // The snapshot's VMA of the previous piece: usually this one's too.
+        let mut last: Option<&Vma> = None;
         for &(lo, hi) in pieces {
             let mut va = lo;
             while va < hi {
-                let sv = self.sst.vmas.find(va);
+                let sv = match last {
+                    Some(v) if v.start <= va && va < v.end => Some(v),
+                    _ => self.sst.vmas.find(va),
+                };
+                last = sv;
                 // The pages up to the next VMA boundary share `sv`.
                 let stop = match sv {
                     Some(v) => v.end.min(hi),
@@ -396,6 +469,7 @@ mod tests {
     fn spans_cut_ranges_at_tables() {
         let s = PTE_TABLE_SPAN;
         let got = spans(&[(0x1000, 0x2000), (0x3000, s + 0x1000), (3 * s, 5 * s)]);
+        let got: Vec<(u64, Vec<(u64, u64)>)> = got.iter().map(|(b, p)| (b, p.to_vec())).collect();
         assert_eq!(
             got,
             [

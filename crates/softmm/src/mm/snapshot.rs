@@ -69,13 +69,13 @@ impl Snapshot {
     /// differ from this snapshot's: written, faulted in, unmapped or
     /// remapped since it was taken or last restored.
     pub fn dirty_pages(&self, lo: u64, hi: u64) -> Vec<u64> {
-        pages_in(&self.log, lo, hi)
+        pages_in(&self.logs, &self.log, lo, hi)
     }
 }
 
-/// The logged pages of `log` in `[lo, hi)`, in address order.
-pub(crate) fn pages_in(log: &Log, lo: u64, hi: u64) -> Vec<u64> {
-    let r = log.ranges();
+/// The logged pages of `log` (one of `logs`) in `[lo, hi)`, in address order.
+pub(crate) fn pages_in(logs: &crate::snaplog::SnapLogs, log: &Log, lo: u64, hi: u64) -> Vec<u64> {
+    let r = logs.ranges(log);
     let mut all: Vec<(u64, u64)> = r.pages.iter().chain(r.vmas.iter()).copied().collect();
     crate::snaplog::merge(&mut all);
     let lo = lo & !0xfff;
@@ -93,8 +93,9 @@ pub(crate) fn take(mm: &Arc<MmInner>, policy: super::ForkPolicy) -> Result<Snaps
     };
     // What the log holds now are the pinned pages fork copied (and maybe
     // a racing fault of another thread: a span too many is harmless).
-    let mut own_spans: Vec<u64> = log
-        .ranges()
+    let mut own_spans: Vec<u64> = mm
+        .snaps
+        .ranges(&log)
         .pages
         .iter()
         .flat_map(|&(a, b)| (a & !(PTE_TABLE_SPAN - 1)..b).step_by(PTE_TABLE_SPAN as usize))
@@ -114,7 +115,7 @@ pub(crate) fn restore(mm: &MmInner, snap: &Snapshot) -> Result<()> {
     // Parent before child, as fork: the snapshot is the space's fork.
     let sst = snap.mm.inner.state.read();
     let spt = sst.pt.as_ref().ok_or(Error::Exited)?;
-    let logged = snap.log.ranges();
+    let logged = mm.snaps.ranges(&snap.log);
     let mut all: Vec<(u64, u64)> = logged.pages.iter().chain(logged.vmas.iter()).copied().collect();
     crate::snaplog::merge(&mut all);
     if all.is_empty() {
@@ -135,18 +136,23 @@ pub(crate) fn restore(mm: &MmInner, snap: &Snapshot) -> Result<()> {
     let pt = st.pt.as_ref().ok_or(Error::Exited)?;
     let (lo, hi) = (all[0].0, all[all.len() - 1].1);
     let r = super::restore::Restore { mm, st, pt, sst: &sst, spt, own_spans: &snap.own_spans };
-    let mut changed = Vec::new();
+    let mut changed = Vec::with_capacity(all.len());
     let mut change = Change::open(mm, Some(st), lo, hi, Some(Event::Restore)).write_locked().unlogged();
     let result = r.entries(&mut change, &spans, &mut changed);
     change.need_flush();
     drop(change);
     drop(removed);
-    // Other snapshots of the space hear of the pages changed, exactly.
-    mm.snaps.pages_changed_each(&changed);
-    // On failure (no memory for a table or a copy) the log stays: the
-    // space is partly restored, and a later restore finishes the work.
+    // Other snapshots of the space hear of the pages changed, exactly:
+    // not this one's log, nor, on success, the dirty log, both cleared
+    // next. On failure (no memory for a table or a copy) the log stays
+    // (it holds every page changed here): the space is partly restored,
+    // and a later restore finishes the work.
+    let dirty = mm.snaps.dirty();
+    let skip_dirty = dirty.as_deref().filter(|_| result.is_ok());
+    let except: Vec<&Log> = std::iter::once(&*snap.log).chain(skip_dirty).collect();
+    mm.snaps.pages_changed_each(&changed, &except);
     result?;
-    snap.log.clear();
+    mm.snaps.clear(&snap.log);
     mm.snaps.restored();
     Ok(())
 }

@@ -59,7 +59,7 @@ fn clear_dirty(mm: &MmInner, lo: u64, hi: u64) -> Result<()> {
         }
     });
     drop(change);
-    log.forget(lo, hi);
+    mm.snaps.forget(&log, lo, hi);
     Ok(())
 }
 
@@ -71,7 +71,7 @@ impl Mm {
     pub fn dirty_pages(&self, lo: u64, hi: u64) -> Result<Vec<u64>> {
         let log =
             self.inner.snaps.dirty().ok_or(Error::Invalid("no dirty tracking: no snapshot or clear_dirty yet"))?;
-        Ok(super::snapshot::pages_in(&log, lo, hi))
+        Ok(super::snapshot::pages_in(&self.inner.snaps, &log, lo, hi))
     }
 
     /// Mark the pages of `[lo, hi)` clean for [`Mm::dirty_pages`] (Linux's

@@ -15,7 +15,13 @@
 //!   can do for free; Windows' zero-page thread does the same) and hands
 //!   them back as zeroed frames;
 //! - a demand-zero fault takes a zeroed frame first; a COW copy, which
-//!   overwrites the whole frame anyway, takes a dirty one first.
+//!   overwrites the whole frame anyway, takes a dirty one first;
+//! - the zeroer leaves the pool as many of its hottest dirty frames as COW
+//!   copies took from it lately (`Global::dirty_demand`, halved every
+//!   100 ms without work): a run of copy-on-write faults that frees and
+//!   takes back its frames in turn (a snapshot's restores, a fork server)
+//!   keeps getting frames its own core wrote last, not frames the zeroer
+//!   just wrote on another core, and no zeroing is wasted on them.
 //!
 //! Locks: a CPU cache, then the global pool (never the other way). The
 //! zeroer takes only the global pool, and never while zeroing.
@@ -39,7 +45,13 @@ struct Global {
     lists: Lists,
     /// Frames the zeroer is working on (free, on no list for a moment).
     in_flight: Vec<FrameId>,
+    /// Dirty frames that allocations preferring them (COW copies) took
+    /// from the pool lately, up to `DEMAND_MAX`: the zeroer leaves as many.
+    dirty_demand: usize,
 }
+
+/// Most dirty frames the zeroer leaves for COW copies (64 MiB).
+const DEMAND_MAX: usize = 16384;
 
 pub(crate) struct FrameAllocator {
     caches: Box<[CachePadded<Mutex<Lists>>]>,
@@ -107,7 +119,11 @@ impl FrameAllocator {
             if !src.is_empty() {
                 let at = src.len().saturating_sub(BATCH);
                 let dst = if zeroed { &mut cache.zeroed } else { &mut cache.dirty };
+                let n = src.len() - at;
                 dst.extend(src.drain(at..));
+                if !zeroed && !want_zero {
+                    global.dirty_demand = (global.dirty_demand + n).min(DEMAND_MAX);
+                }
                 drop(global);
                 return take(&mut cache, zeroed);
             }
@@ -167,6 +183,24 @@ impl FrameAllocator {
         }
     }
 
+    /// `free` for each of `frames`, with one visit of this CPU's cache.
+    pub(crate) fn free_many(&self, frames: &[FrameId]) {
+        self.in_use.fetch_sub(frames.len() as u64, Ordering::Relaxed);
+        let mut cache = self.cache().lock();
+        cache.dirty.extend_from_slice(frames);
+        if cache.dirty.len() >= CACHE_MAX {
+            // As many single frees would: the hottest frames stay, the
+            // coldest (the bottom of the LIFO) go to the pool.
+            let n = cache.dirty.len() - BATCH;
+            let cold: Vec<FrameId> = cache.dirty.drain(..n).collect();
+            drop(cache);
+            self.global.lock().lists.dirty.extend(cold);
+            if self.zeroer_on.load(Ordering::Relaxed) {
+                self.work.notify_one();
+            }
+        }
+    }
+
     pub(crate) fn in_use(&self) -> u64 {
         self.in_use.load(Ordering::Relaxed)
     }
@@ -205,22 +239,27 @@ impl FrameAllocator {
         self.work.notify_all();
     }
 
-    /// Wait for dirty frames in the pool and take a batch of the coldest
-    /// (they are the least likely to be reused soon by a COW copy). `None`
-    /// when asked to stop.
+    /// Wait for dirty frames in the pool beyond those left for COW copies
+    /// (`Global::dirty_demand`) and take a batch of the coldest (they are
+    /// the least likely to be reused soon by a COW copy). `None` when asked
+    /// to stop.
     pub(crate) fn zeroer_take(&self) -> Option<Vec<FrameId>> {
         let mut global = self.global.lock();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return None;
             }
-            if !global.lists.dirty.is_empty() {
-                let n = global.lists.dirty.len().min(BATCH);
+            let spare = global.lists.dirty.len().saturating_sub(global.dirty_demand);
+            if spare > 0 {
+                let n = spare.min(BATCH);
                 let batch: Vec<FrameId> = global.lists.dirty.drain(..n).collect();
                 global.in_flight.extend_from_slice(&batch);
                 return Some(batch);
             }
-            self.work.wait_for(&mut global, std::time::Duration::from_millis(100));
+            if self.work.wait_for(&mut global, std::time::Duration::from_millis(100)).timed_out() {
+                // No COW copy took frames lately: leave fewer of them.
+                global.dirty_demand /= 2;
+            }
         }
     }
 
@@ -241,10 +280,20 @@ impl FrameAllocator {
         global.lists.zeroed.extend_from_slice(batch);
     }
 
-    /// Whether dirty frames wait in the pool or are being zeroed.
+    /// Whether dirty frames wait in the pool for the zeroer or are being
+    /// zeroed.
     pub(crate) fn zeroing_pending(&self) -> bool {
         let g = self.global.lock();
-        !g.lists.dirty.is_empty() || !g.in_flight.is_empty()
+        g.lists.dirty.len() > g.dirty_demand || !g.in_flight.is_empty()
+    }
+
+    /// Have the zeroer zero every dirty frame of the pool, those left for
+    /// COW copies too (before timing demand-zero faults).
+    pub(crate) fn zero_all(&self) {
+        self.global.lock().dirty_demand = 0;
+        if self.zeroer_on.load(Ordering::Relaxed) {
+            self.work.notify_one();
+        }
     }
 }
 
@@ -331,6 +380,46 @@ mod tests {
         let mut want = got.clone();
         want.sort();
         assert_eq!(free, want);
+    }
+
+    #[test]
+    fn the_zeroer_leaves_what_cow_copies_took() {
+        let a = FrameAllocator::new(1, 1000, 1);
+        let got: Vec<_> = (0..300).map(|_| a.alloc(true).unwrap().frame).collect();
+        a.free_many(&got);
+        // COW copies take 100 dirty frames: the cache's 64, then a batch
+        // from the pool.
+        let cow: Vec<_> = (0..100).map(|_| a.alloc(false).unwrap().frame).collect();
+        a.free_many(&cow);
+        let demand = a.global.lock().dirty_demand;
+        assert_eq!(demand, BATCH);
+        let dirty = a.global.lock().lists.dirty.len();
+        let mut zeroed = 0;
+        while a.zeroing_pending() {
+            let batch = a.zeroer_take().unwrap();
+            zeroed += batch.len();
+            a.zeroer_done(&batch);
+        }
+        assert_eq!(zeroed, dirty - demand, "the hottest dirty frames stay for COW copies");
+        a.zero_all();
+        assert!(a.zeroing_pending(), "settling zeroes them too");
+    }
+
+    #[test]
+    fn free_many_keeps_every_frame_hottest_first() {
+        let a = FrameAllocator::new(1, 1000, 1);
+        let got: Vec<_> = (0..500).map(|_| a.alloc(true).unwrap().frame).collect();
+        a.free_many(&got[..3]);
+        a.free_many(&got[3..]);
+        assert_eq!(a.in_use(), 0);
+        let mut free: Vec<FrameId> = a.free_frames().into_iter().map(|(f, _)| f).collect();
+        free.sort();
+        assert_eq!(free, got);
+        // The last freed comes back first, from the cache, then the pool's
+        // hottest end.
+        let back: Vec<_> = (0..100).map(|_| a.alloc(false).unwrap().frame).collect();
+        let want: Vec<_> = got.iter().rev().take(100).copied().collect();
+        assert_eq!(back, want);
     }
 
     #[test]

@@ -248,6 +248,31 @@ impl FrameArena {
         self.release(f, 0)
     }
 
+    /// `put` for each of `frames`: the frames freed go to the allocator
+    /// together, a batch at a time (one visit of its cache per batch).
+    pub(crate) fn put_many(&self, frames: impl IntoIterator<Item = FrameId>) {
+        const N: usize = 64;
+        let mut freed = [FrameId(0); N];
+        let mut n = 0;
+        for f in frames {
+            let old = self.meta(f).sub_counts(1, 0);
+            debug_assert!(old > 0, "refcount underflow on frame {}", f.0);
+            if old != 1 || f == ZERO_FRAME {
+                continue;
+            }
+            self.meta(f).flags.store(0, Ordering::Release);
+            freed[n] = f;
+            n += 1;
+            if n == N {
+                self.alloc.free_many(&freed);
+                n = 0;
+            }
+        }
+        if n > 0 {
+            self.alloc.free_many(&freed[..n]);
+        }
+    }
+
     /// Drop a mapping and a reference together (one locked instruction);
     /// frees the frame when that was the last reference.
     #[inline]
@@ -307,6 +332,12 @@ impl FrameArena {
     /// Whether freed frames still wait for the zeroing thread.
     pub(crate) fn zeroing_pending(&self) -> bool {
         self.alloc.zeroing_pending()
+    }
+
+    /// Have the zeroing thread zero every free dirty frame, those it
+    /// leaves for COW copies too.
+    pub(crate) fn zero_all(&self) {
+        self.alloc.zero_all();
     }
 
     // ---- frame contents -------------------------------------------------
