@@ -578,3 +578,38 @@ fn clear_dirty_leaves_the_restore_log_alone() {
     assert_eq!(s.dirty_pages(0, u64::MAX), [BASE + 3 * PAGE, BASE + 4 * PAGE]);
     restored_equals(&mm, &s, &reference);
 }
+
+/// Pages read-pinned at the snapshot are the snapshot's own copies (fork
+/// copies pinned pages); reclaim swaps those copies out, and a restore
+/// after the unpin gives the space their swap entries. The frames they
+/// come back in must reach the space through its anon_vmas (the audit's
+/// rule), as a child's swap-ins reach it after a fork.
+#[test]
+fn restore_of_swapped_copies_of_pages_pinned_at_the_snapshot() {
+    for accessors in [0, 8] {
+        let m = Machine::new(Config {
+            arena_bytes: 32 << 20,
+            swap: SwapConfig::Device(Arc::new(MemSwap::new(16 << 20).expect("mem swap"))),
+            ..Config::default()
+        })
+        .unwrap();
+        let mm = m.new_mm().unwrap();
+        mm.mmap(BASE + 4 * PAGE, 8 * PAGE, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+        let pin = mm.pin_pages(BASE + 4 * PAGE, 3 * PAGE, false).unwrap();
+        let snap = mm.snapshot().unwrap();
+        m.reclaim(3);
+        check(&mm);
+        let accs: Vec<_> = (0..accessors).map(|_| mm.accessor()).collect();
+        drop(pin);
+        drop(accs);
+        let _acc = mm.accessor();
+        mm.restore(&snap).unwrap();
+        check(&mm);
+        let mut b = [1u8; 1];
+        for i in 4..7 {
+            mm.read(BASE + i * PAGE, &mut b).unwrap();
+            assert_eq!(b[0], 0);
+        }
+        check(&mm);
+    }
+}

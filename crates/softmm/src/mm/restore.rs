@@ -386,6 +386,11 @@ impl Restore<'_> {
         let arena = self.mm.arena();
         if pte.is_swap() {
             if let Some(swap) = self.mm.machine.reclaim.swap.as_ref() {
+                if snap_own != 0 {
+                    if let Some(nf) = self.own_copy_of_slot(swap, pte.swap_slot(), snap_own, va)? {
+                        return Ok(Some(Pte::new(nf, Pte::DIRTY | Pte::USER)));
+                    }
+                }
                 swap.dup(pte.swap_slot());
             }
             return Ok(Some(pte));
@@ -410,6 +415,63 @@ impl Restore<'_> {
         }
         m.add_counts(1, 1);
         Ok(Some(pte.without(Pte::ACCESSED | Pte::WRITE | Pte::BORROWED)))
+    }
+}
+
+impl Restore<'_> {
+    /// A page the snapshot holds alone that went to swap (its copy of a
+    /// page pinned in the space, found by the slot's recorded owner or its
+    /// cached frame's): a new frame of the space's own with its bytes, from
+    /// the swap cache or else read from the device, so that no frame of the
+    /// snapshot's own anon_vma is ever mapped in the space (its rmap would
+    /// not reach it). `None`: a page the space may share by the swap entry.
+    fn own_copy_of_slot(
+        &self,
+        swap: &crate::reclaim::swap::SwapSpace,
+        slot: u32,
+        snap_own: u64,
+        va: u64,
+    ) -> Result<Option<crate::phys::FrameId>> {
+        let arena = self.mm.arena();
+        let cached = swap.lookup(arena, slot);
+        let (owner, index) = match cached {
+            Some(f) => (arena.meta(f).owner.load(Ordering::Relaxed), arena.meta(f).index.load(Ordering::Relaxed)),
+            None => swap.rmap_of(slot),
+        };
+        let release = |f: Option<crate::phys::FrameId>| {
+            if let Some(f) = f {
+                arena.put(f);
+            }
+        };
+        if owner != snap_own {
+            release(cached);
+            return Ok(None);
+        }
+        let nf = match arena.alloc(false, flags::DIRTY) {
+            Ok(f) => f,
+            Err(e) => {
+                release(cached);
+                return Err(e);
+            }
+        };
+        if let Some(f) = cached {
+            arena.copy_frame(nf, f);
+            release(cached);
+        } else {
+            let mut page = [0u8; crate::phys::PAGE_SIZE];
+            if let Err(e) = swap.dev.read_page(u64::from(slot), &mut page) {
+                arena.put(nf);
+                let what = format!("reading slot {slot} of {}: {e}", swap.dev.describe());
+                return Err(crate::error::Error::Io { addr: va, what });
+            }
+            arena.write(nf, 0, &page);
+        }
+        let nm = arena.meta(nf);
+        nm.owner.store(live_anon(self.st, va), Ordering::Relaxed);
+        nm.index.store(index, Ordering::Relaxed);
+        nm.add_counts(0, 1);
+        nm.set_flags(flags::ANON);
+        Ok(Some(nf))
     }
 }
 

@@ -348,6 +348,16 @@ impl SwapSpace {
         }
     }
 
+    /// The anonymous page `(owner, index)` recorded for `slot` at its
+    /// swap-out (`set_rmap`; `(0, 0)` when none was).
+    pub(crate) fn rmap_of(&self, slot: u32) -> (u64, u64) {
+        let _shard = self.shard(slot).lock();
+        match (self.owners.get(slot as usize), self.indices.get(slot as usize)) {
+            (Some(o), Some(i)) => (o.load(Ordering::Relaxed), i.load(Ordering::Relaxed)),
+            _ => (0, 0),
+        }
+    }
+
     /// Whether `slot` is worth reading ahead now: in use, holding an
     /// anonymous page whose owner is recorded, not cached. A hint only;
     /// `insert_readahead` decides.
