@@ -287,6 +287,9 @@ impl SwapDevice for FileSwap {
     // One preadv of the whole run, however scattered the pages are.
     fn read_pages_into(&self, first: u64, pages: &mut [&mut [u8; SWAP_PAGE]]) -> io::Result<()> {
         check_run(first, pages.len(), self.slots)?;
+        if pages.is_empty() {
+            return Ok(()); // `first` may be anything then
+        }
         let mut slices: Vec<io::IoSliceMut<'_>> = pages.iter_mut().map(|p| io::IoSliceMut::new(&mut p[..])).collect();
         let mut left = &mut slices[..];
         // Cannot overflow: the run ends inside the file.
