@@ -33,16 +33,16 @@ fn errno_of(r: softmm::Result<u64>) -> i32 {
     r.expect_err("mremap should fail").errno()
 }
 
-/// `n` pages at `at`, page `i` filled with byte `i + 1`.
+/// `n` pages at `at`, page `i` filled with byte `i + 1` (mod 256).
 fn filled(mm: &Mm, at: u64, n: u64) {
     for i in 0..n {
-        mm.fill(at + i * PAGE, PAGE as usize, i as u8 + 1).unwrap();
+        mm.fill(at + i * PAGE, PAGE as usize, (i as u8).wrapping_add(1)).unwrap();
     }
 }
 
 fn assert_filled(mm: &Mm, at: u64, n: u64) {
     for i in 0..n {
-        assert_eq!(read(mm, at + i * PAGE, 2), [i as u8 + 1; 2], "page {i} at {:#x}", at + i * PAGE);
+        assert_eq!(read(mm, at + i * PAGE, 2), [(i as u8).wrapping_add(1); 2], "page {i} at {:#x}", at + i * PAGE);
     }
 }
 
