@@ -221,7 +221,7 @@ mod loom_tests {
         against_flush(move |sd, slot, g0, frame| {
             // The translation to `frame` was cached at `g0`.
             let (mut gen, mut cached) = (g0, true);
-            let mut publish = |gen: &mut u64, cached: &mut bool| loop {
+            let publish = |gen: &mut u64, cached: &mut bool| loop {
                 slot.enter(*gen);
                 if !recheck || sd.generation_relaxed() == *gen {
                     return;
