@@ -19,7 +19,7 @@
 //! every time).
 
 use crate::decode::Inst;
-use crate::threaded::{compile, Op};
+use crate::threaded::{compile, fused, Op, KIND_LEN4};
 use softmm::notifier::{Again, Event, MmuNotifier, Range};
 use softmm::{Mm, Subscription};
 use std::collections::HashMap;
@@ -104,6 +104,9 @@ pub struct ICache {
     seen: u64,
     index: HashMap<u64, usize>,
     pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
+    /// Per page, each slot's kind for fusion (0: none or not filled; see
+    /// [`crate::threaded::fused`]).
+    kinds: Vec<Box<[u8; SLOTS]>>,
     /// The decoded instructions (and their raw bits) of the cached ops the
     /// generic executor runs, by the index those ops hold.
     generic: Vec<(Inst, u32)>,
@@ -127,6 +130,7 @@ impl ICache {
             seen,
             index: HashMap::new(),
             pages: Vec::new(),
+            kinds: Vec::new(),
             generic: Vec::new(),
             last: (0, 0),
             recent: Box::new([(0, 0); RECENT]),
@@ -137,6 +141,7 @@ impl ICache {
     pub fn flush(&mut self) {
         self.index.clear();
         self.pages.clear();
+        self.kinds.clear();
         self.generic.clear();
         self.last = (0, 0);
         self.recent.fill((0, 0));
@@ -200,6 +205,7 @@ impl ICache {
             Err(_) => unreachable!("a vector of SLOTS ops"),
         };
         self.pages.push(fresh);
+        self.kinds.push(Box::new([0; SLOTS]));
         self.index.insert(tag, self.pages.len() - 1);
         self.pages.len() - 1
     }
@@ -223,12 +229,46 @@ impl ICache {
         }
         let tag = (pc >> 12) + 1;
         let i = self.index_of(tag);
+        let slot = ((pc & 0xfff) >> 1) as usize;
+        if self.kinds[i][slot] != 0 {
+            // Filled already (the op before it may be fused with it).
+            return;
+        }
         let generic = &mut self.generic;
-        let op = compile(inst, raw, pc, |inst, raw| {
+        let (op, kind) = compile(inst, raw, pc, |inst, raw| {
             generic.push((inst, raw));
             (generic.len() - 1) as u32
         });
-        self.pages[i][((pc & 0xfff) >> 1) as usize] = op;
+        self.pages[i][slot] = op;
+        self.kinds[i][slot] = kind;
+        // Fuse with the instruction after it and with one before it (a
+        // 2-byte one ending here, a 4-byte one ending here).
+        self.fuse(i, slot);
+        if slot >= 1 && self.kinds[i][slot - 1] & KIND_LEN4 == 0 {
+            self.fuse(i, slot - 1);
+        }
+        if slot >= 2 && self.kinds[i][slot - 2] & KIND_LEN4 != 0 {
+            self.fuse(i, slot - 2);
+        }
+    }
+
+    /// Give the op in `slot` of page `i` the handler of its pair with the
+    /// instruction right after it, if both are filled and that pair is
+    /// fused. (A slot is filled once until the page is dropped, so a
+    /// fused op's successor keeps the op the pair was made for.)
+    fn fuse(&mut self, i: usize, slot: usize) {
+        let a = self.kinds[i][slot];
+        if a == 0 {
+            return;
+        }
+        let b_slot = slot + if a & KIND_LEN4 != 0 { 2 } else { 1 };
+        let Some(&b) = self.kinds[i].get(b_slot) else { return };
+        if b == 0 {
+            return;
+        }
+        if let Some(f) = fused(a, b) {
+            self.pages[i][slot].f = f;
+        }
     }
 
     /// The instruction a generic op holding `index` runs, and its raw bits.
