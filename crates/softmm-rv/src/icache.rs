@@ -19,7 +19,7 @@
 //! every time).
 
 use crate::decode::Inst;
-use crate::threaded::{compile, fused, Op, KIND_LEN4};
+use crate::threaded::{compile, fused, fused3, Op, KIND_LEN4};
 use softmm::notifier::{Again, Event, MmuNotifier, Range};
 use softmm::{Mm, Subscription};
 use std::collections::HashMap;
@@ -241,32 +241,32 @@ impl ICache {
         });
         self.pages[i][slot] = op;
         self.kinds[i][slot] = kind;
-        // Fuse with the instruction after it and with one before it (a
-        // 2-byte one ending here, a 4-byte one ending here).
-        self.fuse(i, slot);
-        if slot >= 1 && self.kinds[i][slot - 1] & KIND_LEN4 == 0 {
-            self.fuse(i, slot - 1);
-        }
-        if slot >= 2 && self.kinds[i][slot - 2] & KIND_LEN4 != 0 {
-            self.fuse(i, slot - 2);
+        // Fuse it with the instructions after it, and the ones up to two
+        // instructions (at most 8 bytes) before it with it.
+        for s in slot.saturating_sub(4)..=slot {
+            self.fuse(i, s);
         }
     }
 
-    /// Give the op in `slot` of page `i` the handler of its pair with the
-    /// instruction right after it, if both are filled and that pair is
-    /// fused. (A slot is filled once until the page is dropped, so a
-    /// fused op's successor keeps the op the pair was made for.)
+    /// Give the op in `slot` of page `i` the handler of its three or pair
+    /// with the instructions right after it, if they are filled and fused.
+    /// (A slot is filled once until the page is dropped, so a fused op's
+    /// successors keep the ops it was made for.)
     fn fuse(&mut self, i: usize, slot: usize) {
-        let a = self.kinds[i][slot];
+        let kinds = &self.kinds[i];
+        let after = |s: usize| s + if kinds[s] & KIND_LEN4 != 0 { 2 } else { 1 };
+        let a = kinds[slot];
         if a == 0 {
             return;
         }
-        let b_slot = slot + if a & KIND_LEN4 != 0 { 2 } else { 1 };
-        let Some(&b) = self.kinds[i].get(b_slot) else { return };
+        let b_slot = after(slot);
+        let Some(&b) = kinds.get(b_slot) else { return };
         if b == 0 {
             return;
         }
-        if let Some(f) = fused(a, b) {
+        let c = kinds.get(after(b_slot)).copied().unwrap_or(0);
+        let f = if c == 0 { None } else { fused3(a, b, c) };
+        if let Some(f) = f.or_else(|| fused(a, b)) {
             self.pages[i][slot].f = f;
         }
     }

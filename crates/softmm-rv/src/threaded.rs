@@ -490,6 +490,8 @@ pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u
         Inst::Branch { op: BranchOp::Eq, .. } if near => K_BEQ,
         Inst::Branch { op: BranchOp::Lt, .. } if near => K_BLT,
         Inst::Branch { op: BranchOp::Ge, .. } if near => K_BGE,
+        Inst::Branch { op: BranchOp::Ltu, .. } if near => K_BLTU,
+        Inst::Branch { op: BranchOp::Geu, .. } if near => K_BGEU,
         _ => 0,
     };
     (op, if k == 0 { 0 } else { k | if op.len == 4 { KIND_LEN4 } else { 0 } })
@@ -594,6 +596,8 @@ const K_BNE: u8 = 16;
 const K_BEQ: u8 = 17;
 const K_BLT: u8 = 18;
 const K_BGE: u8 = 19;
+const K_BLTU: u8 = 20;
+const K_BGEU: u8 = 21;
 /// In a kind: the instruction is 4 bytes (else 2).
 pub const KIND_LEN4: u8 = 0x80;
 
@@ -621,6 +625,8 @@ fn base<const K: u8, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow
         K_BEQ => branch_near::<0, L>(h, op, left),
         K_BLT => branch_near::<2, L>(h, op, left),
         K_BGE => branch_near::<3, L>(h, op, left),
+        K_BLTU => branch_near::<4, L>(h, op, left),
+        K_BGEU => branch_near::<5, L>(h, op, left),
         // (No op has another kind.)
         _ => slow(h, op, left),
     }
@@ -683,6 +689,7 @@ fn part<const K: u8>(h: &mut Hart, o: &Op) -> Part {
 
 /// A pair: `A` (kind, `LA` bytes), then `B` (kind, `LB` bytes) in the
 /// next slot.
+#[inline]
 fn pair<const A: u8, const B: u8, const LA: usize, const LB: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     match part::<A>(h, op.get()) {
         Part::Done => {}
@@ -698,6 +705,64 @@ fn pair<const A: u8, const B: u8, const LA: usize, const LB: usize>(h: &mut Hart
     let n = OpRef(unsafe { op.0.add(LA / 2) });
     base::<B, LB>(h, n, left - 1)
 }
+
+/// Three: `A` (kind, `LA` bytes), then the pair of `B` and `C` after it.
+fn triple<const A: u8, const B: u8, const C: u8, const LA: usize, const LB: usize, const LC: usize>(
+    h: &mut Hart,
+    op: OpRef,
+    left: i32,
+) -> Flow {
+    match part::<A>(h, op.get()) {
+        Part::Done => {}
+        Part::Miss => return base::<A, LA>(h, op, left),
+        Part::Stale => {
+            h.instret += 1;
+            h.pc = pc_of(h, op) + LA as u64;
+            return (EXIT, left);
+        }
+    }
+    // SAFETY: `fused3` gives this handler only to an op of `LA` bytes
+    // whose next slot (`LA / 2` ops on) holds `B`'s op in the same page
+    // array, and the slot after `B` holds `C`'s.
+    let n = OpRef(unsafe { op.0.add(LA / 2) });
+    pair::<B, C, LB, LC>(h, n, left - 1)
+}
+
+macro_rules! triples {
+    ($(($a:ident, $b:ident, $c:ident)),* $(,)?) => {
+        /// The handler running the ops of kinds `a`, `b` and `c` in
+        /// consecutive slots, if those three are fused.
+        pub fn fused3(a: u8, b: u8, c: u8) -> Option<Handler> {
+            let (ka, kb, kc) = (a & !KIND_LEN4, b & !KIND_LEN4, c & !KIND_LEN4);
+            let (la, lb, lc) = (a & KIND_LEN4 != 0, b & KIND_LEN4 != 0, c & KIND_LEN4 != 0);
+            $(
+                if ka == $a && kb == $b && kc == $c {
+                    return Some(match (la, lb, lc) {
+                        (false, false, false) => triple::<$a, $b, $c, 2, 2, 2>,
+                        (false, false, true) => triple::<$a, $b, $c, 2, 2, 4>,
+                        (false, true, false) => triple::<$a, $b, $c, 2, 4, 2>,
+                        (false, true, true) => triple::<$a, $b, $c, 2, 4, 4>,
+                        (true, false, false) => triple::<$a, $b, $c, 4, 2, 2>,
+                        (true, false, true) => triple::<$a, $b, $c, 4, 2, 4>,
+                        (true, true, false) => triple::<$a, $b, $c, 4, 4, 2>,
+                        (true, true, true) => triple::<$a, $b, $c, 4, 4, 4>,
+                    });
+                }
+            )*
+            None
+        }
+    };
+}
+
+// Frequent threes: a loop's last pair and its branch back.
+triples!(
+    (K_SD, K_LD, K_BNE),
+    (K_XOR, K_ADDIW, K_BNE),
+    (K_LW, K_LW, K_BGE),
+    (K_ADDIW, K_LD, K_BNE),
+    (K_ADD, K_LD, K_BEQ),
+    (K_LD, K_ADDIW, K_BNE),
+);
 
 macro_rules! pairs {
     ($(($a:ident, $b:ident)),* $(,)?) => {
@@ -723,7 +788,24 @@ macro_rules! pairs {
 
 // Frequent pairs of compiled C (`gcc -O2`): pointer bumps, moves before a
 // store, spills and reloads around arithmetic, loads feeding a compare.
+// (A move is `addi rd, rs, 0`, or `add rd, x0, rs` compressed.)
 pairs!(
+    (K_ADD, K_SD),
+    (K_ADD, K_ADD),
+    (K_ADD, K_BLT),
+    (K_ADD, K_LD),
+    (K_ADD, K_ADDIW),
+    (K_ADD, K_ADDI),
+    (K_ADDI, K_ADD),
+    (K_ADDW, K_ADD),
+    (K_ADDW, K_SRLIW),
+    (K_ADDIW, K_ADD),
+    (K_ADDIW, K_ANDI),
+    (K_SD, K_ADD),
+    (K_SD, K_SD),
+    (K_LBU, K_BEQ),
+    (K_ANDI, K_ADDI),
+    (K_ADDI, K_BGEU),
     (K_ADDI, K_ADDI),
     (K_ADDI, K_SD),
     (K_ADDI, K_MULW),
