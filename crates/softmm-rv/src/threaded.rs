@@ -224,6 +224,13 @@ fn lui<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     seq::<L>(h, op, left)
 }
 
+#[inline]
+fn mv<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, rd(h, o.rs1));
+    seq::<L>(h, op, left)
+}
+
 fn auipc<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let pc = pc_of(h, op);
@@ -466,6 +473,20 @@ fn alu_index(op: AluOp) -> usize {
 /// fusion ([`fused`]; 0: none). For an instruction the generic executor
 /// runs, `generic` stores it and gives its index.
 pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u32) -> u32) -> (Op, u8) {
+    // A move (`addi rd, rs, 0`; `add rd, x0, rs` compressed): its own
+    // handler, the source in `rs1`.
+    let len = crate::decode::inst_len(raw) as u8;
+    let src = match inst {
+        Inst::OpImm { op: AluOp::Add, rd, rs1, imm: 0 } if rd != 0 => Some((rd, rs1)),
+        Inst::Op { op: AluOp::Add, rd, rs1: 0, rs2 } if rd != 0 => Some((rd, rs2)),
+        Inst::Op { op: AluOp::Add, rd, rs1, rs2: 0 } if rd != 0 => Some((rd, rs1)),
+        _ => None,
+    };
+    if let Some((rd, rs)) = src {
+        let f: Handler = if len == 4 { mv::<4> } else { mv::<2> };
+        let op = Op { f, imm: 0, rd: rd & 31, rs1: rs & 31, rs2: 0, len };
+        return (op, K_MV | if len == 4 { KIND_LEN4 } else { 0 });
+    }
     let op = compile_op(inst, raw, pc, generic_index);
     let near = pc.wrapping_add(op.imm as i64 as u64) & !0xfff == pc & !0xfff;
     let k = match inst {
@@ -598,6 +619,7 @@ const K_BLT: u8 = 18;
 const K_BGE: u8 = 19;
 const K_BLTU: u8 = 20;
 const K_BGEU: u8 = 21;
+const K_MV: u8 = 22;
 /// In a kind: the instruction is 4 bytes (else 2).
 pub const KIND_LEN4: u8 = 0x80;
 
@@ -627,6 +649,7 @@ fn base<const K: u8, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow
         K_BGE => branch_near::<3, L>(h, op, left),
         K_BLTU => branch_near::<4, L>(h, op, left),
         K_BGEU => branch_near::<5, L>(h, op, left),
+        K_MV => mv::<L>(h, op, left),
         // (No op has another kind.)
         _ => slow(h, op, left),
     }
@@ -652,6 +675,7 @@ fn part<const K: u8>(h: &mut Hart, o: &Op) -> Part {
         K_ANDI => a & imm,
         K_SRLIW => alu32(AluOp::Srl, a, imm),
         K_ADD => a.wrapping_add(b),
+        K_MV => a,
         K_ADDW => alu32(AluOp::Add, a, b),
         K_MULW => alu32(AluOp::Mul, a, b),
         K_XOR => a ^ b,
@@ -760,7 +784,7 @@ triples!(
     (K_XOR, K_ADDIW, K_BNE),
     (K_LW, K_LW, K_BGE),
     (K_ADDIW, K_LD, K_BNE),
-    (K_ADD, K_LD, K_BEQ),
+    (K_MV, K_LD, K_BEQ),
     (K_LD, K_ADDIW, K_BNE),
 );
 
@@ -788,20 +812,19 @@ macro_rules! pairs {
 
 // Frequent pairs of compiled C (`gcc -O2`): pointer bumps, moves before a
 // store, spills and reloads around arithmetic, loads feeding a compare.
-// (A move is `addi rd, rs, 0`, or `add rd, x0, rs` compressed.)
 pairs!(
-    (K_ADD, K_SD),
-    (K_ADD, K_ADD),
-    (K_ADD, K_BLT),
-    (K_ADD, K_LD),
-    (K_ADD, K_ADDIW),
-    (K_ADD, K_ADDI),
-    (K_ADDI, K_ADD),
-    (K_ADDW, K_ADD),
+    (K_MV, K_SD),
+    (K_MV, K_MV),
+    (K_MV, K_BLT),
+    (K_MV, K_LD),
+    (K_MV, K_ADDIW),
+    (K_MV, K_ADDI),
+    (K_ADDI, K_MV),
+    (K_ADDW, K_MV),
     (K_ADDW, K_SRLIW),
-    (K_ADDIW, K_ADD),
+    (K_ADDIW, K_MV),
     (K_ADDIW, K_ANDI),
-    (K_SD, K_ADD),
+    (K_SD, K_MV),
     (K_SD, K_SD),
     (K_LBU, K_BEQ),
     (K_ANDI, K_ADDI),
