@@ -106,7 +106,7 @@ pub struct ICache {
     pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
     /// Per page, each slot's kind for fusion (0: none or not filled; see
     /// [`crate::threaded::fused`]).
-    kinds: Vec<Box<[u8; SLOTS]>>,
+    kinds: Vec<[u8; SLOTS]>,
     /// The decoded instructions (and their raw bits) of the cached ops the
     /// generic executor runs, by the index those ops hold.
     generic: Vec<(Inst, u32)>,
@@ -205,7 +205,7 @@ impl ICache {
             Err(_) => unreachable!("a vector of SLOTS ops"),
         };
         self.pages.push(fresh);
-        self.kinds.push(Box::new([0; SLOTS]));
+        self.kinds.push([0; SLOTS]);
         self.index.insert(tag, self.pages.len() - 1);
         self.pages.len() - 1
     }
