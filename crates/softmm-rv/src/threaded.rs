@@ -24,6 +24,11 @@
 //! `nop` (they have no other effect), a load into `x0` (which still
 //! faults) to the generic executor and a jump that links to `x0` to the
 //! handler without the link; the rest write their register unguarded.
+//!
+//! Frequent pairs and threes of instructions in consecutive slots run as
+//! one fused op ([`fused`], [`fused3`]; the cache gives the first slot
+//! the group's handler when the slots after it are filled): one dispatch
+//! for the group, each instruction counted and leaving as it would alone.
 
 use crate::decode::{AluOp, BranchOp, Inst, LoadOp, StoreOp};
 use crate::hart::{alu32, alu64, Hart, Stop};
