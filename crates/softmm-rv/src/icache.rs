@@ -19,7 +19,7 @@
 //! every time).
 
 use crate::decode::Inst;
-use crate::threaded::{compile, Op};
+use crate::threaded::{compile, fused, fused3, Op, KIND_LEN4};
 use softmm::notifier::{Again, Event, MmuNotifier, Range};
 use softmm::{Mm, Subscription};
 use std::collections::HashMap;
@@ -104,6 +104,9 @@ pub struct ICache {
     seen: u64,
     index: HashMap<u64, usize>,
     pages: Vec<Box<[Op; SLOTS + PAGE_END_OPS]>>,
+    /// Per page, each slot's kind for fusion (0: none or not filled; see
+    /// [`crate::threaded::fused`]).
+    kinds: Vec<[u8; SLOTS]>,
     /// The decoded instructions (and their raw bits) of the cached ops the
     /// generic executor runs, by the index those ops hold.
     generic: Vec<(Inst, u32)>,
@@ -127,6 +130,7 @@ impl ICache {
             seen,
             index: HashMap::new(),
             pages: Vec::new(),
+            kinds: Vec::new(),
             generic: Vec::new(),
             last: (0, 0),
             recent: Box::new([(0, 0); RECENT]),
@@ -137,6 +141,7 @@ impl ICache {
     pub fn flush(&mut self) {
         self.index.clear();
         self.pages.clear();
+        self.kinds.clear();
         self.generic.clear();
         self.last = (0, 0);
         self.recent.fill((0, 0));
@@ -200,6 +205,7 @@ impl ICache {
             Err(_) => unreachable!("a vector of SLOTS ops"),
         };
         self.pages.push(fresh);
+        self.kinds.push([0; SLOTS]);
         self.index.insert(tag, self.pages.len() - 1);
         self.pages.len() - 1
     }
@@ -223,12 +229,46 @@ impl ICache {
         }
         let tag = (pc >> 12) + 1;
         let i = self.index_of(tag);
+        let slot = ((pc & 0xfff) >> 1) as usize;
+        if self.kinds[i][slot] != 0 {
+            // Filled already (the op before it may be fused with it).
+            return;
+        }
         let generic = &mut self.generic;
-        let op = compile(inst, raw, pc, |inst, raw| {
+        let (op, kind) = compile(inst, raw, pc, |inst, raw| {
             generic.push((inst, raw));
             (generic.len() - 1) as u32
         });
-        self.pages[i][((pc & 0xfff) >> 1) as usize] = op;
+        self.pages[i][slot] = op;
+        self.kinds[i][slot] = kind;
+        // Fuse it with the instructions after it, and the ones up to two
+        // instructions (at most 8 bytes) before it with it.
+        for s in slot.saturating_sub(4)..=slot {
+            self.fuse(i, s);
+        }
+    }
+
+    /// Give the op in `slot` of page `i` the handler of its three or pair
+    /// with the instructions right after it, if they are filled and fused.
+    /// (A slot is filled once until the page is dropped, so a fused op's
+    /// successors keep the ops it was made for.)
+    fn fuse(&mut self, i: usize, slot: usize) {
+        let kinds = &self.kinds[i];
+        let after = |s: usize| s + if kinds[s] & KIND_LEN4 != 0 { 2 } else { 1 };
+        let a = kinds[slot];
+        if a == 0 {
+            return;
+        }
+        let b_slot = after(slot);
+        let Some(&b) = kinds.get(b_slot) else { return };
+        if b == 0 {
+            return;
+        }
+        let c = kinds.get(after(b_slot)).copied().unwrap_or(0);
+        let f = if c == 0 { None } else { fused3(a, b, c) };
+        if let Some(f) = f.or_else(|| fused(a, b)) {
+            self.pages[i][slot].f = f;
+        }
     }
 
     /// The instruction a generic op holding `index` runs, and its raw bits.

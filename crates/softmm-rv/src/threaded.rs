@@ -24,6 +24,11 @@
 //! `nop` (they have no other effect), a load into `x0` (which still
 //! faults) to the generic executor and a jump that links to `x0` to the
 //! handler without the link; the rest write their register unguarded.
+//!
+//! Frequent pairs and threes of instructions in consecutive slots run as
+//! one fused op ([`fused`], [`fused3`]; the cache gives the first slot
+//! the group's handler when the slots after it are filled): one dispatch
+//! for the group, each instruction counted and leaving as it would alone.
 
 use crate::decode::{AluOp, BranchOp, Inst, LoadOp, StoreOp};
 use crate::hart::{alu32, alu64, Hart, Stop};
@@ -224,6 +229,13 @@ fn lui<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     seq::<L>(h, op, left)
 }
 
+#[inline]
+fn mv<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    let o = op.get();
+    wr(h, o.rd, rd(h, o.rs1));
+    seq::<L>(h, op, left)
+}
+
 fn auipc<const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let pc = pc_of(h, op);
@@ -310,6 +322,7 @@ fn branch<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) ->
     }
 }
 
+#[inline]
 fn branch_near<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     if taken::<K>(h, op.get()) {
         near(h, op, left)
@@ -322,6 +335,7 @@ const LOADS: [LoadOp; 7] = [LoadOp::B, LoadOp::H, LoadOp::W, LoadOp::D, LoadOp::
 
 const LOAD_SIZES: [u64; 7] = [1, 2, 4, 8, 1, 2, 4];
 
+#[inline]
 fn load<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
@@ -361,6 +375,7 @@ fn load_slow<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32)
 
 const STORE_SIZES: [u64; 4] = [1, 2, 4, 8];
 
+#[inline]
 fn store<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let addr = rd(h, o.rs1).wrapping_add(o.imm as i64 as u64);
@@ -409,6 +424,7 @@ const ALU: [AluOp; 18] = [
     AluOp::Remu,
 ];
 
+#[inline]
 fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
@@ -416,6 +432,7 @@ fn op_rr<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> 
     seq::<L>(h, op, left)
 }
 
+#[inline]
 fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu64(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
@@ -423,6 +440,7 @@ fn op_ri<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> 
     seq::<L>(h, op, left)
 }
 
+#[inline]
 fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), rd(h, o.rs2));
@@ -430,6 +448,7 @@ fn op_rr32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -
     seq::<L>(h, op, left)
 }
 
+#[inline]
 fn op_ri32<const K: usize, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
     let o = op.get();
     let v = alu32(ALU[K], rd(h, o.rs1), o.imm as i64 as u64);
@@ -455,9 +474,66 @@ fn alu_index(op: AluOp) -> usize {
     ALU.iter().position(|&a| a == op).unwrap_or(0)
 }
 
-/// The op for `inst` (decoded from `raw`) at `pc`. For an instruction
-/// the generic executor runs, `generic` stores it and gives its index.
-pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u32) -> u32) -> Op {
+/// The op for `inst` (decoded from `raw`) at `pc`, and its kind for
+/// fusion ([`fused`]; 0: none). For an instruction the generic executor
+/// runs, `generic` stores it and gives its index.
+pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u32) -> u32) -> (Op, u8) {
+    // A move (`addi rd, rs, 0`; `add rd, x0, rs` compressed): its own
+    // handler, the source in `rs1`.
+    let len = crate::decode::inst_len(raw) as u8;
+    let src = match inst {
+        Inst::OpImm { op: AluOp::Add, rd, rs1, imm: 0 } if rd != 0 => Some((rd, rs1)),
+        Inst::Op { op: AluOp::Add, rd, rs1: 0, rs2 } if rd != 0 => Some((rd, rs2)),
+        Inst::Op { op: AluOp::Add, rd, rs1, rs2: 0 } if rd != 0 => Some((rd, rs1)),
+        _ => None,
+    };
+    if let Some((rd, rs)) = src {
+        let f: Handler = if len == 4 { mv::<4> } else { mv::<2> };
+        let op = Op { f, imm: 0, rd: rd & 31, rs1: rs & 31, rs2: 0, len };
+        return (op, K_MV | if len == 4 { KIND_LEN4 } else { 0 });
+    }
+    let op = compile_op(inst, raw, pc, generic_index);
+    let near = pc.wrapping_add(op.imm as i64 as u64) & !0xfff == pc & !0xfff;
+    let k = match inst {
+        // (An ALU op into x0 is a `nop`, a load into x0 generic: no kind.)
+        _ if inst_rd(inst) == Some(0) => 0,
+        Inst::OpImm { op: AluOp::Add, .. } => K_ADDI,
+        Inst::OpImm32 { op: AluOp::Add, .. } => K_ADDIW,
+        Inst::OpImm { op: AluOp::Sll, .. } => K_SLLI,
+        Inst::OpImm { op: AluOp::And, .. } => K_ANDI,
+        Inst::OpImm32 { op: AluOp::Srl, .. } => K_SRLIW,
+        Inst::Op { op: AluOp::Add, .. } => K_ADD,
+        Inst::Op32 { op: AluOp::Add, .. } => K_ADDW,
+        Inst::Op32 { op: AluOp::Mul, .. } => K_MULW,
+        Inst::Op { op: AluOp::Xor, .. } => K_XOR,
+        Inst::Load { op: LoadOp::D, .. } => K_LD,
+        Inst::Load { op: LoadOp::W, .. } => K_LW,
+        Inst::Load { op: LoadOp::H, .. } => K_LH,
+        Inst::Load { op: LoadOp::Bu, .. } => K_LBU,
+        Inst::Store { op: StoreOp::D, .. } => K_SD,
+        Inst::Store { op: StoreOp::W, .. } => K_SW,
+        Inst::Branch { op: BranchOp::Ne, .. } if near => K_BNE,
+        Inst::Branch { op: BranchOp::Eq, .. } if near => K_BEQ,
+        Inst::Branch { op: BranchOp::Lt, .. } if near => K_BLT,
+        Inst::Branch { op: BranchOp::Ge, .. } if near => K_BGE,
+        Inst::Branch { op: BranchOp::Ltu, .. } if near => K_BLTU,
+        Inst::Branch { op: BranchOp::Geu, .. } if near => K_BGEU,
+        _ => 0,
+    };
+    (op, if k == 0 { 0 } else { k | if op.len == 4 { KIND_LEN4 } else { 0 } })
+}
+
+/// The destination register of `inst`, for the kinds of [`compile`].
+fn inst_rd(inst: Inst) -> Option<u8> {
+    match inst {
+        Inst::OpImm { rd, .. } | Inst::OpImm32 { rd, .. } | Inst::Op { rd, .. } | Inst::Op32 { rd, .. } => Some(rd),
+        Inst::Load { rd, .. } => Some(rd),
+        _ => None,
+    }
+}
+
+/// [`compile`]'s op.
+fn compile_op(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u32) -> u32) -> Op {
     // Whether a pc-relative target is in the instruction's page.
     let near = |imm: i32| pc.wrapping_add(imm as i64 as u64) & !0xfff == pc & !0xfff;
     let len = crate::decode::inst_len(raw) as u8;
@@ -512,3 +588,282 @@ pub fn compile(inst: Inst, raw: u32, pc: u64, generic_index: impl FnOnce(Inst, u
         _ => op(generic, generic_index(inst, raw) as i32, 0, 0, 0),
     }
 }
+
+// Fused pairs. The op of an instruction `A` whose successor `B` (the slot
+// right after it, filled) is one of the pairs below runs both: `A`'s
+// effect inline, then `B`'s handler called directly (no indirect jump,
+// no handler load between them), which goes on after `B` as usual. Only
+// `A`'s handler changes: `B`'s slot keeps its own op (a jump to `B` runs
+// it alone), and `B`'s operands are read from it. Each instruction is
+// counted (`left`) as when run alone, and leaves as it would: a load or
+// store of `A` that is not a TLB hit has had no effect yet, so `A`'s own
+// handler runs instead; a load of `A` that finds code stale leaves after
+// `A`.
+
+// The kinds of instruction a fused pair may hold (with [`KIND_LEN4`] for
+// a 4-byte one); ALU ops and loads into x0 have none, branches only with
+// a target in their page.
+const K_ADDI: u8 = 1;
+const K_ADDIW: u8 = 2;
+const K_SLLI: u8 = 3;
+const K_ANDI: u8 = 4;
+const K_SRLIW: u8 = 5;
+const K_ADD: u8 = 6;
+const K_ADDW: u8 = 7;
+const K_MULW: u8 = 8;
+const K_XOR: u8 = 9;
+const K_LD: u8 = 10;
+const K_LW: u8 = 11;
+const K_LH: u8 = 12;
+const K_LBU: u8 = 13;
+const K_SD: u8 = 14;
+const K_SW: u8 = 15;
+const K_BNE: u8 = 16;
+const K_BEQ: u8 = 17;
+const K_BLT: u8 = 18;
+const K_BGE: u8 = 19;
+const K_BLTU: u8 = 20;
+const K_BGEU: u8 = 21;
+const K_MV: u8 = 22;
+/// In a kind: the instruction is 4 bytes (else 2).
+pub const KIND_LEN4: u8 = 0x80;
+
+/// The handler of an op of kind `K` and length `L`, as [`compile`] picks
+/// it.
+#[inline(always)]
+fn base<const K: u8, const L: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    match K {
+        K_ADDI => op_ri::<0, L>(h, op, left),
+        K_ADDIW => op_ri32::<0, L>(h, op, left),
+        K_SLLI => op_ri::<2, L>(h, op, left),
+        K_ANDI => op_ri::<9, L>(h, op, left),
+        K_SRLIW => op_ri32::<6, L>(h, op, left),
+        K_ADD => op_rr::<0, L>(h, op, left),
+        K_ADDW => op_rr32::<0, L>(h, op, left),
+        K_MULW => op_rr32::<10, L>(h, op, left),
+        K_XOR => op_rr::<5, L>(h, op, left),
+        K_LD => load::<3, L>(h, op, left),
+        K_LW => load::<2, L>(h, op, left),
+        K_LH => load::<1, L>(h, op, left),
+        K_LBU => load::<4, L>(h, op, left),
+        K_SD => store::<3, L>(h, op, left),
+        K_SW => store::<2, L>(h, op, left),
+        K_BNE => branch_near::<1, L>(h, op, left),
+        K_BEQ => branch_near::<0, L>(h, op, left),
+        K_BLT => branch_near::<2, L>(h, op, left),
+        K_BGE => branch_near::<3, L>(h, op, left),
+        K_BLTU => branch_near::<4, L>(h, op, left),
+        K_BGEU => branch_near::<5, L>(h, op, left),
+        K_MV => mv::<L>(h, op, left),
+        // (No op has another kind.)
+        _ => slow(h, op, left),
+    }
+}
+
+/// How the first instruction of a pair went.
+enum Part {
+    Done,
+    /// A load or store that was not a TLB hit, nothing done.
+    Miss,
+    /// A load done, after which code was found stale.
+    Stale,
+}
+
+/// The effect of an op of kind `K` (ALU ops, loads and stores).
+#[inline(always)]
+fn part<const K: u8>(h: &mut Hart, o: &Op) -> Part {
+    let (a, b, imm) = (rd(h, o.rs1), rd(h, o.rs2), o.imm as i64 as u64);
+    let v = match K {
+        K_ADDI => a.wrapping_add(imm),
+        K_ADDIW => alu32(AluOp::Add, a, imm),
+        K_SLLI => alu64(AluOp::Sll, a, imm),
+        K_ANDI => a & imm,
+        K_SRLIW => alu32(AluOp::Srl, a, imm),
+        K_ADD => a.wrapping_add(b),
+        K_MV => a,
+        K_ADDW => alu32(AluOp::Add, a, b),
+        K_MULW => alu32(AluOp::Mul, a, b),
+        K_XOR => a ^ b,
+        K_LD | K_LW | K_LH | K_LBU => {
+            let (size, k) = match K {
+                K_LD => (8, LoadOp::D),
+                K_LW => (4, LoadOp::W),
+                K_LH => (2, LoadOp::H),
+                _ => (1, LoadOp::Bu),
+            };
+            // SAFETY: as in `load`: the page loop runs under the
+            // accessor's hold.
+            let Some(v) = (unsafe { h.mem.load_held(a.wrapping_add(imm), size) }) else { return Part::Miss };
+            let v = match k {
+                LoadOp::H => v as u16 as i16 as i64 as u64,
+                LoadOp::W => v as u32 as i32 as i64 as u64,
+                _ => v,
+            };
+            wr(h, o.rd, v);
+            return if h.code_stale() { Part::Stale } else { Part::Done };
+        }
+        K_SD | K_SW => {
+            let size = if K == K_SD { 8 } else { 4 };
+            // SAFETY: as in `load`: the page loop runs under the
+            // accessor's hold.
+            let hit = unsafe { h.mem.store_held(a.wrapping_add(imm), size, b) };
+            return if hit { Part::Done } else { Part::Miss };
+        }
+        // (Not fused: see `fused`.)
+        _ => return Part::Miss,
+    };
+    wr(h, o.rd, v);
+    Part::Done
+}
+
+/// A pair: `A` (kind, `LA` bytes), then `B` (kind, `LB` bytes) in the
+/// next slot.
+#[inline]
+fn pair<const A: u8, const B: u8, const LA: usize, const LB: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
+    match part::<A>(h, op.get()) {
+        Part::Done => {}
+        Part::Miss => return base::<A, LA>(h, op, left),
+        Part::Stale => {
+            h.instret += 1;
+            h.pc = pc_of(h, op) + LA as u64;
+            return (EXIT, left);
+        }
+    }
+    // SAFETY: `fused` gives this handler only to an op of `LA` bytes whose
+    // next slot (`LA / 2` ops on) holds `B`'s op in the same page array.
+    let n = OpRef(unsafe { op.0.add(LA / 2) });
+    base::<B, LB>(h, n, left - 1)
+}
+
+/// Three: `A` (kind, `LA` bytes), then the pair of `B` and `C` after it.
+fn triple<const A: u8, const B: u8, const C: u8, const LA: usize, const LB: usize, const LC: usize>(
+    h: &mut Hart,
+    op: OpRef,
+    left: i32,
+) -> Flow {
+    match part::<A>(h, op.get()) {
+        Part::Done => {}
+        Part::Miss => return base::<A, LA>(h, op, left),
+        Part::Stale => {
+            h.instret += 1;
+            h.pc = pc_of(h, op) + LA as u64;
+            return (EXIT, left);
+        }
+    }
+    // SAFETY: `fused3` gives this handler only to an op of `LA` bytes
+    // whose next slot (`LA / 2` ops on) holds `B`'s op in the same page
+    // array, and the slot after `B` holds `C`'s.
+    let n = OpRef(unsafe { op.0.add(LA / 2) });
+    pair::<B, C, LB, LC>(h, n, left - 1)
+}
+
+macro_rules! triples {
+    ($(($a:ident, $b:ident, $c:ident)),* $(,)?) => {
+        /// The handler running the ops of kinds `a`, `b` and `c` in
+        /// consecutive slots, if those three are fused.
+        pub fn fused3(a: u8, b: u8, c: u8) -> Option<Handler> {
+            let (ka, kb, kc) = (a & !KIND_LEN4, b & !KIND_LEN4, c & !KIND_LEN4);
+            let (la, lb, lc) = (a & KIND_LEN4 != 0, b & KIND_LEN4 != 0, c & KIND_LEN4 != 0);
+            $(
+                if ka == $a && kb == $b && kc == $c {
+                    return Some(match (la, lb, lc) {
+                        (false, false, false) => triple::<$a, $b, $c, 2, 2, 2>,
+                        (false, false, true) => triple::<$a, $b, $c, 2, 2, 4>,
+                        (false, true, false) => triple::<$a, $b, $c, 2, 4, 2>,
+                        (false, true, true) => triple::<$a, $b, $c, 2, 4, 4>,
+                        (true, false, false) => triple::<$a, $b, $c, 4, 2, 2>,
+                        (true, false, true) => triple::<$a, $b, $c, 4, 2, 4>,
+                        (true, true, false) => triple::<$a, $b, $c, 4, 4, 2>,
+                        (true, true, true) => triple::<$a, $b, $c, 4, 4, 4>,
+                    });
+                }
+            )*
+            None
+        }
+    };
+}
+
+// Frequent threes: a loop's last pair and its branch back.
+triples!(
+    (K_SD, K_LD, K_BNE),
+    (K_XOR, K_ADDIW, K_BNE),
+    (K_LW, K_LW, K_BGE),
+    (K_ADDIW, K_LD, K_BNE),
+    (K_MV, K_LD, K_BEQ),
+    (K_LD, K_ADDIW, K_BNE),
+);
+
+macro_rules! pairs {
+    ($(($a:ident, $b:ident)),* $(,)?) => {
+        /// The handler running the op of kind `a` and the op of kind `b`
+        /// right after it, if that pair is fused.
+        pub fn fused(a: u8, b: u8) -> Option<Handler> {
+            let (ka, kb) = (a & !KIND_LEN4, b & !KIND_LEN4);
+            let (la, lb) = (a & KIND_LEN4 != 0, b & KIND_LEN4 != 0);
+            $(
+                if ka == $a && kb == $b {
+                    return Some(match (la, lb) {
+                        (false, false) => pair::<$a, $b, 2, 2>,
+                        (false, true) => pair::<$a, $b, 2, 4>,
+                        (true, false) => pair::<$a, $b, 4, 2>,
+                        (true, true) => pair::<$a, $b, 4, 4>,
+                    });
+                }
+            )*
+            None
+        }
+    };
+}
+
+// Frequent pairs of compiled C (`gcc -O2`): pointer bumps, moves before a
+// store, spills and reloads around arithmetic, loads feeding a compare.
+pairs!(
+    (K_MV, K_SD),
+    (K_MV, K_MV),
+    (K_MV, K_BLT),
+    (K_MV, K_LD),
+    (K_MV, K_ADDIW),
+    (K_MV, K_ADDI),
+    (K_ADDI, K_MV),
+    (K_ADDW, K_MV),
+    (K_ADDW, K_SRLIW),
+    (K_ADDIW, K_MV),
+    (K_ADDIW, K_ANDI),
+    (K_SD, K_MV),
+    (K_SD, K_SD),
+    (K_LBU, K_BEQ),
+    (K_ANDI, K_ADDI),
+    (K_ADDI, K_BGEU),
+    (K_ADDI, K_ADDI),
+    (K_ADDI, K_SD),
+    (K_ADDI, K_MULW),
+    (K_ADDI, K_XOR),
+    (K_ADDI, K_LD),
+    (K_ADDI, K_ADDIW),
+    (K_ADDI, K_BNE),
+    (K_ADDI, K_BLT),
+    (K_ADDW, K_ADDI),
+    (K_MULW, K_LD),
+    (K_SD, K_LD),
+    (K_SD, K_ADDI),
+    (K_LD, K_BNE),
+    (K_LD, K_BEQ),
+    (K_LD, K_ADDW),
+    (K_LD, K_ADDIW),
+    (K_LH, K_LH),
+    (K_LH, K_ADDI),
+    (K_LW, K_LW),
+    (K_LW, K_XOR),
+    (K_LW, K_BNE),
+    (K_LW, K_BGE),
+    (K_LBU, K_SRLIW),
+    (K_ADDIW, K_BNE),
+    (K_ADDIW, K_ADDI),
+    (K_ADDIW, K_LD),
+    (K_ADD, K_LW),
+    (K_SLLI, K_ADD),
+    (K_XOR, K_ADDIW),
+    (K_XOR, K_ANDI),
+    (K_ANDI, K_SLLI),
+    (K_SRLIW, K_ADDI),
+);
