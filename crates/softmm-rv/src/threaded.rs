@@ -716,18 +716,29 @@ fn part<const K: u8>(h: &mut Hart, o: &Op) -> Part {
     Part::Done
 }
 
+/// The first instruction of a group (`A`, `LA` bytes at `op`): done, so
+/// the group goes on; or where the run goes instead (a miss: `A`'s own
+/// handler, which takes the full path and faults at its pc; stale code
+/// seen by its load: leave the loop after it).
+#[inline(always)]
+fn lead<const A: u8, const LA: usize>(h: &mut Hart, op: OpRef, left: i32) -> Result<(), Flow> {
+    match part::<A>(h, op.get()) {
+        Part::Done => Ok(()),
+        Part::Miss => Err(base::<A, LA>(h, op, left)),
+        Part::Stale => {
+            h.instret += 1;
+            h.pc = pc_of(h, op) + LA as u64;
+            Err((EXIT, left))
+        }
+    }
+}
+
 /// A pair: `A` (kind, `LA` bytes), then `B` (kind, `LB` bytes) in the
 /// next slot.
 #[inline]
 fn pair<const A: u8, const B: u8, const LA: usize, const LB: usize>(h: &mut Hart, op: OpRef, left: i32) -> Flow {
-    match part::<A>(h, op.get()) {
-        Part::Done => {}
-        Part::Miss => return base::<A, LA>(h, op, left),
-        Part::Stale => {
-            h.instret += 1;
-            h.pc = pc_of(h, op) + LA as u64;
-            return (EXIT, left);
-        }
+    if let Err(flow) = lead::<A, LA>(h, op, left) {
+        return flow;
     }
     // SAFETY: `fused` gives this handler only to an op of `LA` bytes whose
     // next slot (`LA / 2` ops on) holds `B`'s op in the same page array.
@@ -741,14 +752,8 @@ fn triple<const A: u8, const B: u8, const C: u8, const LA: usize, const LB: usiz
     op: OpRef,
     left: i32,
 ) -> Flow {
-    match part::<A>(h, op.get()) {
-        Part::Done => {}
-        Part::Miss => return base::<A, LA>(h, op, left),
-        Part::Stale => {
-            h.instret += 1;
-            h.pc = pc_of(h, op) + LA as u64;
-            return (EXIT, left);
-        }
+    if let Err(flow) = lead::<A, LA>(h, op, left) {
+        return flow;
     }
     // SAFETY: `fused3` gives this handler only to an op of `LA` bytes
     // whose next slot (`LA / 2` ops on) holds `B`'s op in the same page
