@@ -56,15 +56,19 @@ struct TlbEntry {
     read: u64,
     write: u64,
     exec: u64,
-    addend: usize,
+    /// The frame's pointer moved back by the page's virtual address
+    /// (wrapping): adding a virtual address of the page gives a pointer
+    /// into the frame with the arena's provenance, no integer-to-pointer
+    /// cast.
+    addend: *mut u8,
 }
 
 impl TlbEntry {
-    const EMPTY: TlbEntry = TlbEntry { read: NO_PAGE, write: NO_PAGE, exec: NO_PAGE, addend: 0 };
+    const EMPTY: TlbEntry = TlbEntry { read: NO_PAGE, write: NO_PAGE, exec: NO_PAGE, addend: std::ptr::null_mut() };
 
-    /// The entry of the page of `va`, in the frame at host address `frame`.
+    /// The entry of the page of `va`, in the frame at `frame`.
     #[inline]
-    fn new(va: u64, frame: usize, writable: bool, exec: bool) -> TlbEntry {
+    fn new(va: u64, frame: *mut u8, writable: bool, exec: bool) -> TlbEntry {
         let page = va & !(PAGE_SIZE as u64 - 1);
         TlbEntry {
             read: page,
@@ -90,7 +94,7 @@ impl TlbEntry {
     /// The host address of the frame of `va` (for an entry that hits).
     #[inline(always)]
     fn frame(&self, va: u64) -> *mut u8 {
-        ((va & !(PAGE_SIZE as u64 - 1)) as usize).wrapping_add(self.addend) as *mut u8
+        self.addend.wrapping_add((va & !(PAGE_SIZE as u64 - 1)) as usize)
     }
 }
 
@@ -126,7 +130,7 @@ fn prefill_neighbours(tlb: &mut [TlbEntry; TLB_ENTRIES], arena: &FrameArena, st:
     crate::mm::readable_neighbours(st, arena, va, |a, pte| {
         let e = &mut tlb[(a >> 12) as usize % TLB_ENTRIES];
         if !e.hits(a, 0) {
-            *e = TlbEntry::new(a, arena.frame_ptr(pte.frame()) as usize, false, false);
+            *e = TlbEntry::new(a, arena.frame_ptr(pte.frame()), false, false);
         }
     });
 }
@@ -258,7 +262,7 @@ impl Accessor {
         if e.read != addr & word_tag_mask::<T>() {
             return None;
         }
-        let p = (addr as usize).wrapping_add(e.addend) as *const T::Atomic;
+        let p = e.addend.wrapping_add(addr as usize) as *const T::Atomic;
         // SAFETY: the entry hits (its tag is the page of `addr`, and the
         // word is aligned: the tag compare would fail on a set low bit) and
         // was cached at `self.gen`, which the open hold (the caller's
@@ -294,7 +298,7 @@ impl Accessor {
         if e.write != addr & word_tag_mask::<T>() {
             return false;
         }
-        let p = (addr as usize).wrapping_add(e.addend) as *const T::Atomic;
+        let p = e.addend.wrapping_add(addr as usize) as *const T::Atomic;
         // SAFETY: as in `load_hit`; the entry is writable.
         T::store(unsafe { &*p }, v, Ordering::Release);
         true
@@ -374,7 +378,7 @@ impl Accessor {
             }
             pte
         };
-        let ptr = self.mm.arena().frame_ptr(pte.frame()) as usize;
+        let ptr = self.mm.arena().frame_ptr(pte.frame());
         let writable = pte.is_writable() && pte.is_dirty();
         self.tlb[(va >> 12) as usize % TLB_ENTRIES] = TlbEntry::new(va, ptr, writable, access == Access::Fetch);
         Ok(())
