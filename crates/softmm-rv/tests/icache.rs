@@ -1,10 +1,11 @@
 //! The decoded-instruction cache against softmm's snapshots: a hart that
 //! keeps its cache across `Mm::restore` runs the snapshot's code again.
 
-use softmm::{Config, Machine, MapKind, Placement, Prot};
+use softmm::{Config, Machine, MapKind, Mm, Placement, Prot, Subscription};
 use softmm_rv::hart::{Hart, Stop};
 use softmm_rv::icache::{CodeWatch, ICache};
 use softmm_rv::mem::Memory;
+use std::sync::Arc;
 
 const CODE: u64 = 0x10000;
 
@@ -18,6 +19,28 @@ fn run(h: &mut Hart) -> u64 {
     h.pc = CODE;
     assert_eq!(h.run(), Stop::Ecall);
     h.x[10]
+}
+
+/// A space with `returns(1)` at `CODE` (read, write, execute), its
+/// `CodeWatch`, and a hart that caches decoded instructions over it. Bind
+/// every field: the subscription must live as long as the test.
+struct Cached {
+    mm: Mm,
+    watch: Arc<CodeWatch>,
+    h: Hart,
+    _sub: Subscription,
+    _machine: Machine,
+}
+
+fn cached_hart() -> Cached {
+    let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() }).unwrap();
+    let mm = machine.new_mm().unwrap();
+    mm.mmap(CODE, 4096, Prot::RWX, MapKind::Private, Placement::Fixed).unwrap();
+    mm.write(CODE, &returns(1)).unwrap();
+    let (watch, sub) = CodeWatch::register(&mm).expect("softmm is built with MMU notifiers");
+    let mut h = Hart::new(Memory::new(mm.accessor()), CODE, 0);
+    h.set_icache(ICache::new(watch.clone()));
+    Cached { mm, watch, h, _sub: sub, _machine: machine }
 }
 
 /// Run code, snapshot, overwrite the code page (as a debugger's poke would:
@@ -34,13 +57,7 @@ fn run(h: &mut Hart) -> u64 {
 /// hart's cache across runs on this rule.
 #[test]
 fn restore_invalidates_decoded_code() {
-    let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() }).unwrap();
-    let mm = machine.new_mm().unwrap();
-    mm.mmap(CODE, 4096, Prot::RWX, MapKind::Private, Placement::Fixed).unwrap();
-    mm.write(CODE, &returns(1)).unwrap();
-    let (watch, _sub) = CodeWatch::register(&mm).expect("softmm is built with MMU notifiers");
-    let mut h = Hart::new(Memory::new(mm.accessor()), CODE, 0);
-    h.set_icache(ICache::new(watch.clone()));
+    let Cached { mm, watch, mut h, _sub, _machine } = cached_hart();
     assert_eq!(run(&mut h), 1);
     let snap = mm.snapshot().unwrap();
     assert_eq!(run(&mut h), 1, "a snapshot changes no code");
@@ -65,13 +82,7 @@ fn restore_invalidates_decoded_code() {
 /// restore's invalidation and not on the write's.
 #[test]
 fn a_store_to_code_needs_a_flush() {
-    let machine = Machine::new(Config { arena_bytes: 64 << 20, ..Config::default() }).unwrap();
-    let mm = machine.new_mm().unwrap();
-    mm.mmap(CODE, 4096, Prot::RWX, MapKind::Private, Placement::Fixed).unwrap();
-    mm.write(CODE, &returns(1)).unwrap();
-    let (watch, _sub) = CodeWatch::register(&mm).expect("softmm is built with MMU notifiers");
-    let mut h = Hart::new(Memory::new(mm.accessor()), CODE, 0);
-    h.set_icache(ICache::new(watch.clone()));
+    let Cached { mm, watch, mut h, _sub, _machine } = cached_hart();
     assert_eq!(run(&mut h), 1);
     let _snap = mm.snapshot().unwrap();
     // The snapshot write-protects the page (Event::Protection drops the
