@@ -931,7 +931,16 @@ impl World {
                 ensure_eq!(got, model.mprotect(r.addr(), r.len, prot), "mprotect");
             }
             Op::DontNeed { s, r } => {
-                self.detach_range(s, r);
+                // Pins stop seeing only the pages DONTNEED drops: none for a
+                // misaligned start, else those before the first mlocked
+                // page, where it stops (EINVAL).
+                let dropped: Vec<u64> = match &self.slots[s].model {
+                    Some(m) if r.addr() % PAGE == 0 => {
+                        Space::vpns(r.addr(), r.len).take_while(|v| !m.pages.get(v).is_some_and(|p| p.locked)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                self.detach(s, |v| dropped.contains(&v));
                 let Slot { mm: Some(mm), model: Some(model), .. } = &mut self.slots[s] else { return Ok(()) };
                 let got = errno_of(&mm.madvise(r.addr(), r.len, Advice::DontNeed));
                 ensure_eq!(got, model.dontneed(r.addr(), r.len), "madvise(DONTNEED)");
