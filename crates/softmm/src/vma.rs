@@ -310,8 +310,9 @@ impl Vma {
     /// `anon_vma_fork` leaves it none), so every page reads as zeros.
     pub(crate) fn wiped_copy(&self, child: &MmRef) -> Vma {
         let backing = Backing::Anon(AnonLink::new(child.clone()));
-        let (start, end, prot, account, pgoff, flags) =
-            (self.start, self.end, self.prot, self.account, self.pgoff, self.flags);
+        // Not the memory locks either (Linux's dup_mmap, as `fork_copy`).
+        let flags = self.flags.without(VmFlags::LOCKED.with(VmFlags::LOCKONFAULT));
+        let (start, end, prot, account, pgoff) = (self.start, self.end, self.prot, self.account, self.pgoff);
         Vma { start, end, prot, account, pgoff, backing, file: None, flags }
     }
 

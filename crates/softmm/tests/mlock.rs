@@ -292,3 +292,18 @@ fn reclaim_leaves_a_locked_page_mapped_where_it_is_not_locked() {
         check(&child);
     }
 }
+
+/// A fork child's VMAs lose VM_LOCKED, a WIPEONFORK one's too (Linux's
+/// dup_mmap clears it for every VMA it copies): DONTNEED works there.
+#[test]
+fn a_wipeonfork_vma_is_not_locked_in_the_child() {
+    let m = Machine::new(Config { arena_bytes: 16 << 20, ..Config::default() }).unwrap();
+    let a = m.new_mm().unwrap();
+    a.mmap(0x1000_0000, 4 * 4096, Prot::RW, MapKind::Private, Placement::Fixed).unwrap();
+    a.madvise(0x1000_0000, 4 * 4096, softmm::Advice::WipeOnFork).unwrap();
+    a.mlock(0x1000_0000, 4 * 4096).unwrap();
+    let b = a.fork().unwrap();
+    assert_eq!(a.madvise(0x1000_0000, 4096, softmm::Advice::DontNeed).unwrap_err().errno(), EINVAL);
+    b.madvise(0x1000_0000, 4096, softmm::Advice::DontNeed).unwrap();
+    b.check_invariants().unwrap();
+}
