@@ -64,6 +64,9 @@ pub(crate) struct FrameAllocator {
     next_fresh: AtomicU32,
     limit: u32,
     in_use: AtomicU64,
+    /// Times a spill woke the zeroer (for tests: a spill within the COW
+    /// demand must not).
+    wakeups: AtomicU64,
 }
 
 /// A frame from the allocator, and whether its contents are known zero.
@@ -86,6 +89,7 @@ impl FrameAllocator {
             next_fresh: AtomicU32::new(first),
             limit,
             in_use: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
         }
     }
 
@@ -176,10 +180,7 @@ impl FrameAllocator {
             // Spill the coldest frames (the bottom of the LIFO) to the pool.
             let cold: Vec<FrameId> = cache.dirty.drain(..BATCH).collect();
             drop(cache);
-            self.global.lock().lists.dirty.extend(cold);
-            if self.zeroer_on.load(Ordering::Relaxed) {
-                self.work.notify_one();
-            }
+            self.spill(cold);
         }
     }
 
@@ -194,10 +195,24 @@ impl FrameAllocator {
             let n = cache.dirty.len() - BATCH;
             let cold: Vec<FrameId> = cache.dirty.drain(..n).collect();
             drop(cache);
-            self.global.lock().lists.dirty.extend(cold);
-            if self.zeroer_on.load(Ordering::Relaxed) {
-                self.work.notify_one();
-            }
+            self.spill(cold);
+        }
+    }
+
+    /// Put a cache's coldest dirty frames in the pool, and wake the zeroer
+    /// only if that gives it work: the pool now holds more dirty frames
+    /// than COW copies took lately (`Global::dirty_demand`). A restore or a
+    /// fork server that frees and takes back its frames in turn would
+    /// otherwise wake it (a futex call, a cross-CPU wake-up) for nothing
+    /// on every cycle.
+    fn spill(&self, cold: Vec<FrameId>) {
+        let mut global = self.global.lock();
+        global.lists.dirty.extend(cold);
+        let work = global.lists.dirty.len() > global.dirty_demand;
+        drop(global);
+        if work && self.zeroer_on.load(Ordering::Relaxed) {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.work.notify_one();
         }
     }
 
@@ -403,6 +418,28 @@ mod tests {
         assert_eq!(zeroed, dirty - demand, "the hottest dirty frames stay for COW copies");
         a.zero_all();
         assert!(a.zeroing_pending(), "settling zeroes them too");
+    }
+
+    #[test]
+    fn a_spill_within_the_cow_demand_does_not_wake_the_zeroer() {
+        let a = FrameAllocator::new(1, 2000, 1);
+        a.set_zeroer_on();
+        let got: Vec<_> = (0..600).map(|_| a.alloc(false).unwrap().frame).collect();
+        // First cycle: nothing was taken by COW copies yet, so the spill
+        // leaves the zeroer work.
+        a.free_many(&got);
+        assert_eq!(a.wakeups.load(Ordering::Relaxed), 1);
+        // A restore-like cycle: COW copies take the frames back, then the
+        // restore frees them again. The pool now holds no more dirty frames
+        // than the copies took lately: no work, no wake-up.
+        let again: Vec<_> = (0..600).map(|_| a.alloc(false).unwrap().frame).collect();
+        a.free_many(&again);
+        assert_eq!(a.wakeups.load(Ordering::Relaxed), 1, "woke the zeroer with nothing to zero");
+        assert!(!a.zeroing_pending());
+        // Beyond the demand the zeroer has work again.
+        let more: Vec<_> = (0..900).map(|_| a.alloc(true).unwrap().frame).collect();
+        a.free_many(&more);
+        assert_eq!(a.wakeups.load(Ordering::Relaxed), 2);
     }
 
     #[test]
