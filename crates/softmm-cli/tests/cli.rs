@@ -72,6 +72,25 @@ fn bench_free_json() {
 }
 
 #[test]
+fn bench_snapshot_json_has_the_targets_and_the_copy_floor() {
+    let o = softmm(&["bench", "snapshot", "--vs-linux", "--json", "--size", "4M", "--reps", "1"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let v = last_json(&o);
+    assert_eq!(v["bench"], "snapshot");
+    for k in [
+        "restore_1_ratio_vs_linux",
+        "restore_1pct_ratio_vs_linux",
+        "restore_1pct_ratio_vs_fork",
+        "reset_only_1pct_ratio_vs_linux",
+        "restore_ns_per_written_page",
+        "run_copies_1pct_ns",
+        "copies_only_1pct_ratio_vs_linux",
+    ] {
+        positive(&v, k);
+    }
+}
+
+#[test]
 fn bench_file_json_has_both_linux_caches() {
     let o = softmm(&["bench", "file", "--vs-linux", "--json", "--size", "4M", "--reps", "2"]);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));

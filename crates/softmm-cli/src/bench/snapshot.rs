@@ -14,7 +14,10 @@
 //! it is short). The restore call alone is reported too, per written page
 //! against one 4 KiB `memcpy` into the same number of distinct pages, and
 //! against Linux's reset alone: its iteration less the run, which the
-//! child times itself and sends back through a pipe.
+//! child times itself and sends back through a pipe. With `--vs-linux` it
+//! also times the run's page copies alone (`copy_floor`): every reset that
+//! shares pages copy-on-write pays them in the next run, Linux's too, so
+//! Linux's iteration over them is the most any such reset could reach.
 //! Linux runs first, before any softmm machine exists (fork copies this
 //! whole process).
 
@@ -92,6 +95,12 @@ pub struct SnapshotResult {
     memcpy_4k_ns: f64,
     /// restore_ns_per_written_page / memcpy_4k_ns.
     restore_page_vs_memcpy: f64,
+    /// The 1 % run's page copies alone (`--vs-linux`), ns per run.
+    run_copies_1pct_ns: Option<f64>,
+    /// Linux's 1 % iteration / the run's copies alone: the ratio a reset
+    /// costing nothing, in a run whose faults cost only their copies,
+    /// would reach.
+    copies_only_1pct_ratio_vs_linux: Option<f64>,
 }
 
 pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
@@ -115,9 +124,14 @@ pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
             let reset: Vec<f64> = runs.iter().map(|&(t, run)| t.saturating_sub(run) as f64).collect();
             all.push((total, reset));
         }
-        Some(all)
+        say(&pb, "snapshot: the 1 % run's page copies alone".into());
+        Some((all, copy_floor(&r, ns_list[2], reps)))
     } else {
         None
+    };
+    let (linux, copies) = match linux {
+        Some((all, copies)) => (Some(all), Some(median(&copies))),
+        None => (None, None),
     };
     say(&pb, "snapshot: 4 KiB memcpy".into());
     let memcpy = memcpy_4k(ns_list[2], reps)?;
@@ -185,6 +199,8 @@ pub fn snapshot(o: &BenchOpts, size: Option<u64>) -> CliResult<SnapshotResult> {
         restore_ns_per_written_page: per_page,
         memcpy_4k_ns,
         restore_page_vs_memcpy: per_page / memcpy_4k_ns,
+        run_copies_1pct_ns: copies,
+        copies_only_1pct_ratio_vs_linux: copies.zip(rows[2].linux_ns).map(|(c, l)| l / c),
         rows,
     })
 }
@@ -244,6 +260,27 @@ fn memcpy_4k(n: u64, reps: usize) -> CliResult<Vec<f64>> {
         }
     }
     Ok(out)
+}
+
+/// The 1 % run's copies alone: `n` 4 KiB copies from pages spread evenly
+/// over `r` (as a run's COW faults copy the snapshot's or the parent's
+/// frames) into `n` distinct pages reused each time (as recycled frames
+/// are), ns per run, `reps` times after one untimed pass.
+fn copy_floor(r: &linux::Region, n: u64, reps: usize) -> Vec<f64> {
+    let pages = r.pages();
+    let mut dst = vec![0u8; (n * PAGE) as usize];
+    let mut out = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let t = Instant::now();
+        for (i, page) in (0..n).zip(dst.chunks_exact_mut(PAGE as usize)) {
+            page.copy_from_slice(std::hint::black_box(r.page(i * pages / n)));
+        }
+        std::hint::black_box(&mut dst);
+        if rep > 0 {
+            out.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    out
 }
 
 /// A space with every page of `[BASE, BASE + size)` written.
@@ -375,6 +412,15 @@ impl Report for SnapshotResult {
             ns(self.memcpy_4k_ns),
             self.restore_page_vs_memcpy
         );
+        if let (Some(c), Some(x)) = (self.run_copies_1pct_ns, self.copies_only_1pct_ratio_vs_linux) {
+            let _ = writeln!(
+                t,
+                "  the 1 % run's {} page copies alone: {} (every copy-on-write reset pays them in the next run; \
+                 Linux / that: {x:.0}x)",
+                self.rows[2].pages_written,
+                ns(c)
+            );
+        }
         if self.rows.iter().any(|r| r.linux_reset_ns.is_some()) {
             let _ = writeln!(t, "  reset alone (the run left out): restore call, Linux fork + exit + wait");
             for r in &self.rows {
