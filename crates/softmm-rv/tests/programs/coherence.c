@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fncode.h"
+
 /* Coherence of softmm-rv's decoded-instruction cache, one rule per part.
    Each part first runs a small function, so the hart has it decoded and
    cached, then changes what that address holds (or whether it may be
@@ -19,24 +21,6 @@
    what it does not isolate: fence.i alone, PROT_EXEC taken from code that
    ran and given back, a replacement mapping with no flush call at all, a
    dropped private copy, and a fork's two versions of one page. */
-typedef int (*fn_t)(void);
-
-/* The code of a function returning `value`, into `p`, with no flush. */
-static void put(unsigned char *p, int value) {
-#ifdef __riscv
-    /* addi a0, zero, value ; ret (jalr zero, 0(ra)) */
-    unsigned int li = 0x00000513u | ((unsigned)value << 20);
-    unsigned int ret = 0x00008067u;
-    memcpy(p, &li, 4);
-    memcpy(p + 4, &ret, 4);
-#else
-    /* mov eax, value ; ret */
-    p[0] = 0xb8;
-    memcpy(p + 1, &value, 4);
-    p[5] = 0xc3;
-#endif
-}
-
 /* This hart's instruction fetches see its earlier stores: fence.i, no
    system call (x86 keeps instruction fetch coherent by itself). */
 static void fence_i(void) {
@@ -68,7 +52,7 @@ static void *map_rwx(void) {
 static int code_file(const char *name, int value) {
     unsigned char page[4096];
     memset(page, 0, sizeof page);
-    put(page, value);
+    put_code(page, value);
     int fd = memfd_create(name, 0);
     if (fd < 0 || write(fd, page, sizeof page) != (long)sizeof page) exit(11);
     return fd;
@@ -80,13 +64,13 @@ static int code_file(const char *name, int value) {
    line would say 1. */
 static void fence_i_alone(void) {
     unsigned char *p = map_rwx();
-    put(p, 1);
+    put_code(p, 1);
     fence_i();
     printf("fence.i: hot %d", hot(p));
-    put(p, 2);
+    put_code(p, 2);
     fence_i();
     printf(", rewritten %d", run(p));
-    put(p, 3);
+    put_code(p, 3);
     fence_i();
     printf(", again %d\n", hot(p));
     munmap(p, 4096);
@@ -125,7 +109,7 @@ static void exec_taken_and_given_back(void) {
     sa.sa_flags = SA_SIGINFO;
     sigaction(SIGSEGV, &sa, &old);
     unsigned char *p = map_rwx();
-    put(p, 4);
+    put_code(p, 4);
     clear_cache(p);
     printf("mprotect: hot %d\n", hot(p));
     mprotect(p, 4096, PROT_READ);
@@ -173,7 +157,7 @@ static void dropped_private_copy(void) {
     unsigned char *p = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) exit(15);
     printf("dontneed: file %d", hot(p));
-    put(p, 8);
+    put_code(p, 8);
     clear_cache(p);
     printf(", private copy %d", hot(p));
     if (madvise(p, 4096, MADV_DONTNEED)) exit(16);
@@ -191,7 +175,7 @@ static void dropped_private_copy(void) {
    then its own rewrite after its own flush. */
 static void fork_two_versions(void) {
     unsigned char *p = map_rwx();
-    put(p, 9);
+    put_code(p, 9);
     clear_cache(p);
     printf("fork: parent before %d\n", hot(p));
     fflush(stdout);
@@ -199,7 +183,7 @@ static void fork_two_versions(void) {
     if (child < 0) exit(17);
     if (child == 0) {
         int before = hot(p);
-        put(p, 10);
+        put_code(p, 10);
         clear_cache(p);
         printf("fork: child before %d, after its rewrite %d\n", before, hot(p));
         fflush(stdout);
@@ -208,7 +192,7 @@ static void fork_two_versions(void) {
     int st;
     if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0) exit(18);
     printf("fork: parent after the child %d", hot(p));
-    put(p, 11);
+    put_code(p, 11);
     fence_i();
     printf(", after its own rewrite %d\n", hot(p));
     munmap(p, 4096);

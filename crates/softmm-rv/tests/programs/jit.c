@@ -4,30 +4,14 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "fncode.h"
+
 /* Code written at run time: a function returning a constant, rewritten in
    place (made visible with __builtin___clear_cache, as a JIT must), then
    unmapped and mapped anew at the same address with other code. Code in
    a page without PROT_EXEC faults (SEGV_ACCERR at the code's address),
    runs once mprotect adds PROT_EXEC, and faults again once it is taken
    away (no decoded instruction outlives the permission). */
-typedef int (*fn_t)(void);
-
-static void emit(unsigned char *p, int value) {
-#ifdef __riscv
-    /* addi a0, zero, value ; ret (jalr zero, 0(ra)) */
-    unsigned int li = 0x00000513u | ((unsigned)value << 20);
-    unsigned int ret = 0x00008067u;
-    memcpy(p, &li, 4);
-    memcpy(p + 4, &ret, 4);
-#else
-    /* mov eax, value ; ret */
-    p[0] = 0xb8;
-    memcpy(p + 1, &value, 4);
-    p[5] = 0xc3;
-#endif
-    __builtin___clear_cache((char *)p, (char *)p + 16);
-}
-
 static sigjmp_buf jb;
 static volatile int segv_code;
 static void *volatile segv_addr;

@@ -7,6 +7,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fncode.h"
+
 #ifndef MREMAP_DONTUNMAP
 #define MREMAP_DONTUNMAP 4
 #endif
@@ -50,25 +52,10 @@ static void *map(void *at, size_t n, int flags) {
     return mmap(at, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
 }
 
-typedef int (*fn_t)(void);
 static sigjmp_buf jb;
 static void on_segv(int sig) {
     (void)sig;
     siglongjmp(jb, 1);
-}
-
-static void emit(unsigned char *p, int value) {
-#ifdef __riscv
-    unsigned int li = 0x00000513u | ((unsigned)value << 20);
-    unsigned int ret = 0x00008067u;
-    memcpy(p, &li, 4);
-    memcpy(p + 4, &ret, 4);
-#else
-    p[0] = 0xb8;
-    memcpy(p + 1, &value, 4);
-    p[5] = 0xc3;
-#endif
-    __builtin___clear_cache((char *)p, (char *)p + 16);
 }
 
 int main(void) {
