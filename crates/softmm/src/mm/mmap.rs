@@ -306,14 +306,16 @@ pub(crate) fn do_mprotect(mm: &MmInner, addr: u64, len: u64, prot: Prot) -> Resu
 }
 
 /// Linux's `VM_ACCOUNT` after mprotect: a private mapping made writable is
-/// charged; one made unwritable keeps its charge, except when no anonymous
-/// page was ever faulted in (no anon_vma), where the charge is dropped.
-/// The flag takes part in VMA merging, so this is visible in smaps.
+/// charged; one made unwritable keeps its charge, except anonymous memory
+/// in which no page was ever faulted (no anon_vma), where the charge is
+/// dropped (`mprotect_fixup`'s `vma_is_anonymous` test: a private file
+/// mapping keeps it). The flag takes part in VMA merging, so this is
+/// visible in maps and smaps.
 fn account_after_mprotect(v: &Vma, prot: Prot) -> bool {
     match &v.backing {
         Backing::Shm(_) => false,
         Backing::Anon(_) if prot.writable() => true,
-        Backing::Anon(link) => v.account && link.get().0 != 0,
+        Backing::Anon(link) => v.account && (v.private_file().is_some() || link.get().0 != 0),
     }
 }
 
